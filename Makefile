@@ -1,0 +1,110 @@
+# fdpool - a Lua-scriptable prefork process pool.
+# make            build/pool, build/fdpool.so, build/fdfetch
+# make test       C unit tests, then the busted suite (scripts/test)
+# make asan       the same build with AddressSanitizer/UBSan in build-asan/
+# make install    PREFIX, DESTDIR, LUA_CMOD, LUA_LMOD as below
+
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+BINDIR   ?= $(PREFIX)/bin
+LUA_PC   ?= lua5.4
+LUA_CFLAGS ?= $(shell pkg-config --cflags $(LUA_PC) 2>/dev/null || echo -I/usr/include/lua5.4)
+LUA_LIBS   ?= $(shell pkg-config --libs $(LUA_PC) 2>/dev/null || echo -llua5.4)
+LUA_CMOD ?= $(PREFIX)/lib/lua/5.4
+LUA_LMOD ?= $(PREFIX)/share/lua/5.4
+LUA      ?= lua5.4
+
+CC       ?= cc
+OPT      ?= -O2 -g
+WARN     := -Wall -Wextra -Wshadow -Wwrite-strings -Wmissing-prototypes \
+            -Wstrict-prototypes
+CFLAGS   ?=
+ALLCFLAGS = -std=c99 -D_GNU_SOURCE $(OPT) $(WARN) -fPIC $(LUA_CFLAGS) \
+            -Isrc -I$(B) $(SAN) $(CFLAGS)
+LDFLAGS  ?=
+B        ?= build
+SAN      ?=
+
+CORE     := log fdpass channel loop status pool control policy worker \
+            lconn lfdpool
+LUAFILES := $(sort $(wildcard lua/fdpool/*.lua lua/fdpool/*/*.lua))
+CORE_OBJ := $(patsubst %,$(B)/%.o,$(CORE)) $(B)/embed.o
+HEADERS  := $(wildcard src/*.h)
+
+all: $(B)/pool $(B)/fdpool.so $(B)/fdfetch
+
+$(B):
+	mkdir -p $(B)
+
+$(B)/embed.c: $(LUAFILES) scripts/embed.lua | $(B)
+	$(LUA) scripts/embed.lua $@ $(LUAFILES)
+
+$(B)/%.o: src/%.c $(HEADERS) | $(B)
+	$(CC) $(ALLCFLAGS) -c -o $@ $<
+
+$(B)/embed.o: $(B)/embed.c src/embed.h
+	$(CC) $(ALLCFLAGS) -c -o $@ $<
+
+$(B)/pool: $(CORE_OBJ) $(B)/main.o
+	$(CC) $(SAN) $(LDFLAGS) -o $@ $^ $(LUA_LIBS) -lm
+
+# The module leaves Lua's symbols to the interpreter that loads it.
+$(B)/fdpool.so: $(CORE_OBJ)
+	$(CC) $(SAN) $(LDFLAGS) -shared -o $@ $^
+
+$(B)/fdfetch: src/fdfetch.c | $(B)
+	$(CC) -std=c99 -D_GNU_SOURCE $(OPT) $(WARN) $(SAN) $(CFLAGS) -o $@ $<
+
+$(B)/test_core: tests/c/test_core.c $(B)/fdpass.o $(B)/channel.o $(B)/loop.o \
+                $(B)/status.o $(B)/log.o
+	$(CC) $(ALLCFLAGS) $(LDFLAGS) -o $@ $^
+
+setup:
+	scripts/setup
+
+test: all $(B)/test_core
+	$(B)/test_core
+	scripts/test
+
+check: test
+
+asan:
+	$(MAKE) B=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
+	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
+
+test-asan: asan
+	build-asan/test_core 2>/dev/null || $(MAKE) B=build-asan \
+	    OPT="-O1 -g -fno-omit-frame-pointer" \
+	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	    build-asan/test_core
+	build-asan/test_core
+	FDPOOL_BUILD=build-asan scripts/test
+
+run: all
+	$(B)/pool run examples/hello.lua
+
+bench: all
+	scripts/bench
+
+install: all
+	install -d "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(LUA_CMOD)" \
+	    "$(DESTDIR)$(LUA_LMOD)/fdpool/policy"
+	install -m 755 $(B)/pool $(B)/fdfetch "$(DESTDIR)$(BINDIR)/"
+	install -m 755 $(B)/fdpool.so "$(DESTDIR)$(LUA_CMOD)/fdpool.so"
+	for f in $(LUAFILES); do \
+	    install -m 644 $$f "$(DESTDIR)$(LUA_LMOD)/$${f#lua/}"; done
+
+uninstall:
+	rm -f "$(DESTDIR)$(BINDIR)/pool" "$(DESTDIR)$(BINDIR)/fdfetch" \
+	    "$(DESTDIR)$(LUA_CMOD)/fdpool.so"
+	rm -rf "$(DESTDIR)$(LUA_LMOD)/fdpool"
+
+print:
+	@echo PREFIX=$(PREFIX) BINDIR=$(BINDIR) LUA_CMOD=$(LUA_CMOD) \
+	    LUA_LMOD=$(LUA_LMOD) LUA_CFLAGS=$(LUA_CFLAGS) LUA_LIBS=$(LUA_LIBS)
+
+clean:
+	rm -rf build build-asan
+
+.PHONY: all setup test check asan test-asan run bench install uninstall \
+        print clean

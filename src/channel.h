@@ -1,0 +1,88 @@
+/*
+ * channel.h - the framed messages between the master and one worker, over
+ * one SOCK_SEQPACKET socketpair: a fixed header, a small payload, and the
+ * descriptors tied to that message. A per-channel queue holds what the
+ * kernel would not take yet (EAGAIN).
+ */
+#ifndef FDP_CHANNEL_H
+#define FDP_CHANNEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fdpass.h"
+
+#define FDP_MSG_MAX     4096    /* payload bytes */
+#define FDP_BATCH_MAX   32      /* entries in one CONN or DONE message */
+#define FDP_KEY_MAX     32      /* custom status key, with its NUL */
+#define FDP_VAL_MAX     96      /* custom status value, with its NUL */
+#define FDP_CHAN_QMAX   4096    /* messages a channel may hold back */
+
+enum fdp_msg_type {
+    FDP_MSG_CONN = 1,   /* m->w: count x fdp_conn_entry, count fds */
+    FDP_MSG_STOP,       /* m->w: fdp_stop_body */
+    FDP_MSG_READY,      /* w->m: empty: top level ran, handler found */
+    FDP_MSG_FAIL,       /* w->m: text: why the worker cannot serve */
+    FDP_MSG_DONE,       /* w->m: count x fdp_done_entry */
+    FDP_MSG_SET,        /* w->m: "key\0value": a custom status field */
+    FDP_MSG_TYPE_END
+};
+
+struct fdp_msg_hdr {
+    uint16_t type;
+    uint16_t count;
+    uint32_t len;       /* payload bytes after the header */
+};
+
+struct fdp_conn_entry {
+    uint64_t id;
+    uint32_t listener;
+    uint32_t reserved;
+};
+
+struct fdp_done_entry {
+    uint64_t id;
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+    uint64_t usec;
+};
+
+struct fdp_stop_body {
+    uint32_t graceful;
+    uint32_t grace_ms;
+};
+
+/* A received message. The receiver owns fds[0..nfds). */
+struct fdp_msg {
+    struct fdp_msg_hdr h;
+    union {
+        unsigned char bytes[FDP_MSG_MAX];
+        uint64_t align;
+        struct fdp_conn_entry conn[FDP_BATCH_MAX];
+        struct fdp_done_entry done[FDP_BATCH_MAX];
+        struct fdp_stop_body stop;
+    } u;
+    int fds[FDP_MAX_FDS];
+    int nfds;
+};
+
+struct fdp_qmsg;
+
+struct fdp_chan {
+    int fd;
+    int queued;                 /* messages in the queue */
+    struct fdp_qmsg *head;
+    struct fdp_qmsg *tail;
+};
+
+void fdp_chan_init(struct fdp_chan *ch, int fd);
+int fdp_chan_send(struct fdp_chan *ch, unsigned type, unsigned count,
+                  const void *payload, size_t len, const int *fds, int nfds);
+int fdp_chan_flush(struct fdp_chan *ch);
+int fdp_chan_recv(struct fdp_chan *ch, struct fdp_msg *m);
+void fdp_chan_close(struct fdp_chan *ch);
+int fdp_msg_decode(struct fdp_msg *m, const void *buf, size_t n);
+int fdp_msg_check(const struct fdp_msg *m, int from_worker);
+void fdp_msg_close_fds(struct fdp_msg *m);
+
+#endif

@@ -1,0 +1,469 @@
+/*
+ * control.c - the control socket: a unix stream socket, mode 0600 from
+ * birth, peer uid checked, one short text command per connection
+ * ("status", "status json", "stop", "stop graceful"), answered and
+ * closed. The server side lives in the master's loop and never blocks
+ * it: bounded input, bounded time, bounded clients. The client side is
+ * what `pool status` and `pool stop` use.
+ */
+#include "fdp.h"
+#include "pool.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#define CTL_CLIENTS     8
+#define CTL_LINE_MAX    128
+#define CTL_TIMEOUT_MS  2000
+
+struct ctl_client {
+    int fd;
+    struct fdp_io io;
+    struct fdp_timer timer;
+    struct fdp_control *ctl;
+    char in[CTL_LINE_MAX];
+    size_t nin;
+    struct fdp_buf out;
+    size_t sent;
+};
+
+struct fdp_control {
+    int fd;
+    struct fdp_io io;
+    struct fdp_pool *pool;
+    char path[108];
+    struct ctl_client clients[CTL_CLIENTS];
+};
+
+
+static void
+client_close(struct ctl_client *c)
+{
+    struct fdp_pool *p = c->ctl->pool;
+
+    if (c->fd < 0) {
+        return;
+    }
+    if (p->loop.epfd >= 0) {
+        (void) fdp_loop_del(&p->loop, &c->io);
+        fdp_timer_stop(&p->loop, &c->timer);
+    }
+    fdp_close(&c->fd);
+    fdp_buf_free(&c->out);
+}
+
+
+static void
+client_timeout(struct fdp_loop *loop, struct fdp_timer *t)
+{
+    (void) loop;
+    client_close(t->data);
+}
+
+
+static void
+run_command(struct ctl_client *c, const char *cmd)
+{
+    struct fdp_pool *p = c->ctl->pool;
+    struct fdp_status_info info;
+    const char *listen[FDP_MAX_LISTEN];
+    int n = p->nworkers;
+
+    if (strcmp(cmd, "status") == 0 || strcmp(cmd, "status json") == 0) {
+        fdp_pool_status_info(p, &info, listen);
+        {
+            struct fdp_slot *slots = calloc((size_t) n, sizeof(*slots));
+            int i;
+
+            if (slots == NULL) {
+                fdp_buf_printf(&c->out, "ERR out of memory\n");
+                return;
+            }
+            for (i = 0; i < n; i++) {
+                slots[i] = p->workers[i].slot;
+            }
+            if (cmd[6] == ' ') {
+                fdp_status_json(&c->out, &info, slots, n);
+            } else {
+                fdp_status_table(&c->out, &info, slots, n);
+            }
+            free(slots);
+        }
+    } else if (strcmp(cmd, "stop") == 0) {
+        fdp_log(FDP_LOG_INFO, 0, "stop requested on the control socket");
+        fdp_buf_printf(&c->out, "OK stopping\n");
+        fdp_pool_stop(p, 0);
+    } else if (strcmp(cmd, "stop graceful") == 0) {
+        fdp_log(FDP_LOG_INFO, 0, "graceful stop requested on the control "
+                "socket");
+        fdp_buf_printf(&c->out, "OK stopping gracefully\n");
+        fdp_pool_stop(p, 1);
+    } else if (strcmp(cmd, "ping") == 0) {
+        fdp_buf_printf(&c->out, "OK pong\n");
+    } else {
+        fdp_buf_printf(&c->out, "ERR unknown command (expected status, "
+                       "status json, stop, stop graceful, ping)\n");
+    }
+}
+
+
+static void
+client_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
+{
+    struct ctl_client *c = io->data;
+    ssize_t n;
+
+    (void) loop;
+    if (c->out.len == 0 && (ev & (EPOLLIN | EPOLLHUP | EPOLLERR))) {
+        char *nl;
+
+        n = read(c->fd, c->in + c->nin, sizeof(c->in) - 1 - c->nin);
+        if (n <= 0) {
+            if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+                return;
+            }
+            client_close(c);
+            return;
+        }
+        c->nin += (size_t) n;
+        c->in[c->nin] = '\0';
+        nl = memchr(c->in, '\n', c->nin);
+        if (nl == NULL) {
+            if (c->nin == sizeof(c->in) - 1) {
+                client_close(c);    /* too long: not one of ours */
+            }
+            return;
+        }
+        *nl = '\0';
+        if (nl > c->in && nl[-1] == '\r') {
+            nl[-1] = '\0';
+        }
+        run_command(c, c->in);
+        if (c->out.oom || c->fd < 0) {
+            client_close(c);
+            return;
+        }
+        (void) fdp_loop_mod(&c->ctl->pool->loop, &c->io, EPOLLOUT);
+        return;
+    }
+    if (ev & EPOLLOUT) {
+        while (c->sent < c->out.len) {
+            n = send(c->fd, c->out.data + c->sent, c->out.len - c->sent,
+                     MSG_NOSIGNAL);
+            if (n < 0) {
+                if (errno == EAGAIN || errno == EINTR) {
+                    return;
+                }
+                break;
+            }
+            c->sent += (size_t) n;
+        }
+        client_close(c);
+    }
+}
+
+
+static void
+control_accept(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
+{
+    struct fdp_control *ctl = io->data;
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    int fd, i;
+
+    (void) ev;
+    for (;;) {
+        struct ctl_client *c = NULL;
+
+        fd = accept4(ctl->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0) {
+            return;
+        }
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0
+            || (cred.uid != geteuid() && cred.uid != 0)) {
+            fdp_log(FDP_LOG_WARN, 0, "control socket: refused uid %ld",
+                    (long) cred.uid);
+            fdp_close(&fd);
+            continue;
+        }
+        for (i = 0; i < CTL_CLIENTS; i++) {
+            if (ctl->clients[i].fd < 0) {
+                c = &ctl->clients[i];
+                break;
+            }
+        }
+        if (c == NULL) {
+            fdp_close(&fd);     /* busy: the client retries */
+            continue;
+        }
+        memset(c, 0, sizeof(*c));
+        c->fd = fd;
+        c->ctl = ctl;
+        c->io.fd = fd;
+        c->io.cb = client_io;
+        c->io.data = c;
+        fdp_timer_init(&c->timer, client_timeout, c);
+        if (fdp_loop_add(loop, &c->io, EPOLLIN) < 0) {
+            fdp_close(&c->fd);
+            continue;
+        }
+        (void) fdp_timer_start(loop, &c->timer, CTL_TIMEOUT_MS);
+    }
+}
+
+
+/*
+ * Create the control socket at p->control_path: parent directory made
+ * with mode 0700 if missing, a stale socket replaced, a live one left
+ * alone (error), the socket itself 0600 from its creation (umask around
+ * bind). Returns 0 or -1 with err set.
+ */
+int
+fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
+{
+    struct fdp_control *ctl;
+    struct sockaddr_un un;
+    char dir[108], *slash;
+    mode_t old;
+    int r, i;
+
+    if (strlen(p->control_path) >= sizeof(un.sun_path)) {
+        snprintf(err, errlen, "control socket path too long: %s",
+                 p->control_path);
+        return -1;
+    }
+    ctl = calloc(1, sizeof(*ctl));
+    if (ctl == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    ctl->fd = -1;
+    ctl->pool = p;
+    for (i = 0; i < CTL_CLIENTS; i++) {
+        ctl->clients[i].fd = -1;
+        ctl->clients[i].ctl = ctl;
+    }
+    snprintf(ctl->path, sizeof(ctl->path), "%s", p->control_path);
+    snprintf(dir, sizeof(dir), "%s", ctl->path);
+    slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+        *slash = '\0';
+        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+            snprintf(err, errlen, "cannot create control directory %s (%s)",
+                     dir, strerror(errno));
+            goto fail;
+        }
+    }
+    r = fdp_unix_reclaim(ctl->path);
+    if (r < 0) {
+        snprintf(err, errlen, "control socket %s: %s", ctl->path,
+                 r == -EADDRINUSE ? "another pool is running there"
+                 : strerror(-r));
+        goto fail;
+    }
+    ctl->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (ctl->fd < 0) {
+        snprintf(err, errlen, "control socket: socket() failed (%s)",
+                 strerror(errno));
+        goto fail;
+    }
+    memset(&un, 0, sizeof(un));
+    un.sun_family = AF_UNIX;
+    memcpy(un.sun_path, ctl->path, strlen(ctl->path) + 1);
+    old = umask(0177);
+    r = bind(ctl->fd, (struct sockaddr *) &un, sizeof(un));
+    umask(old);
+    if (r < 0 || listen(ctl->fd, 16) < 0) {
+        snprintf(err, errlen, "control socket %s: bind() failed (%s)",
+                 ctl->path, strerror(errno));
+        goto fail;
+    }
+    ctl->io.fd = ctl->fd;
+    ctl->io.cb = control_accept;
+    ctl->io.data = ctl;
+    if (fdp_loop_add(&p->loop, &ctl->io, EPOLLIN) < 0) {
+        snprintf(err, errlen, "control socket: epoll_ctl() failed (%s)",
+                 strerror(errno));
+        (void) unlink(ctl->path);
+        goto fail;
+    }
+    p->control = ctl;
+    return 0;
+
+fail:
+    fdp_close(&ctl->fd);
+    free(ctl);
+    return -1;
+}
+
+
+/* Close the control socket and its clients; unlink the path only in the
+ * process that created it, when asked. */
+void
+fdp_control_close(struct fdp_pool *p, int unlink_path)
+{
+    struct fdp_control *ctl = p->control;
+    int i;
+
+    if (ctl == NULL) {
+        return;
+    }
+    for (i = 0; i < CTL_CLIENTS; i++) {
+        if (p->loop.epfd < 0 || getpid() != p->owner) {
+            fdp_close(&ctl->clients[i].fd);
+            fdp_buf_free(&ctl->clients[i].out);
+        } else {
+            client_close(&ctl->clients[i]);
+        }
+    }
+    if (ctl->fd >= 0 && p->loop.epfd >= 0 && getpid() == p->owner) {
+        (void) fdp_loop_del(&p->loop, &ctl->io);
+    }
+    fdp_close(&ctl->fd);
+    if (unlink_path && getpid() == p->owner) {
+        (void) unlink(ctl->path);
+    }
+    free(ctl);
+    p->control = NULL;
+}
+
+
+/*
+ * Client side: send cmd, read the whole answer into out. Returns 0, or
+ * -1 with err set (no pool there, permission, timeout).
+ */
+int
+fdp_control_request(const char *path, const char *cmd, struct fdp_buf *out,
+                    char *err, size_t errlen)
+{
+    struct sockaddr_un un;
+    struct timeval tv = { 5, 0 };
+    char buf[4096];
+    ssize_t n;
+    int fd;
+
+    if (strlen(path) >= sizeof(un.sun_path)) {
+        snprintf(err, errlen, "control socket path too long: %s", path);
+        return -1;
+    }
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket() failed (%s)", strerror(errno));
+        return -1;
+    }
+    (void) setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    (void) setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    memset(&un, 0, sizeof(un));
+    un.sun_family = AF_UNIX;
+    memcpy(un.sun_path, path, strlen(path) + 1);
+    if (connect(fd, (struct sockaddr *) &un, sizeof(un)) < 0) {
+        snprintf(err, errlen, "cannot reach a pool at %s (%s)", path,
+                 strerror(errno));
+        fdp_close(&fd);
+        return -1;
+    }
+    snprintf(buf, sizeof(buf), "%s\n", cmd);
+    if (send(fd, buf, strlen(buf), MSG_NOSIGNAL) < 0) {
+        snprintf(err, errlen, "cannot send to %s (%s)", path, strerror(errno));
+        fdp_close(&fd);
+        return -1;
+    }
+    for (;;) {
+        n = read(fd, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            break;
+        }
+        fdp_buf_printf(out, "%.*s", (int) n, buf);
+    }
+    if (n < 0) {
+        snprintf(err, errlen, "no answer from %s (%s)", path, strerror(errno));
+        fdp_close(&fd);
+        return -1;
+    }
+    fdp_close(&fd);
+    if (out->len == 0) {
+        snprintf(err, errlen, "the pool at %s closed the connection without "
+                 "an answer (permission?)", path);
+        return -1;
+    }
+    return 0;
+}
+
+
+/*
+ * The default directory for control sockets: /run/fdpool as root, else
+ * $XDG_RUNTIME_DIR/fdpool, else /tmp/fdpool-UID. Created 0700 if
+ * missing; an existing one must be a directory owned by us that nobody
+ * else can write. Returns 0 or -1 with err set.
+ */
+int
+fdp_control_default_dir(char *out, size_t n, int create, char *err,
+                        size_t errlen)
+{
+    const char *xdg = getenv("XDG_RUNTIME_DIR");
+    struct stat st;
+
+    if (geteuid() == 0) {
+        snprintf(out, n, "/run/fdpool");
+    } else if (xdg && xdg[0] == '/') {
+        snprintf(out, n, "%s/fdpool", xdg);
+    } else {
+        snprintf(out, n, "/tmp/fdpool-%ld", (long) geteuid());
+    }
+    if (create && mkdir(out, 0700) < 0 && errno != EEXIST) {
+        snprintf(err, errlen, "cannot create %s (%s)", out, strerror(errno));
+        return -1;
+    }
+    if (lstat(out, &st) < 0) {
+        snprintf(err, errlen, "%s: %s", out, strerror(errno));
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid()
+        || (st.st_mode & 0022)) {
+        snprintf(err, errlen, "%s is not a private directory of this user; "
+                 "refusing to use it", out);
+        return -1;
+    }
+    return 0;
+}
+
+
+/* DIR/<first bound address, made file-safe>.sock */
+int
+fdp_control_default_path(struct fdp_pool *p, char *err, size_t errlen)
+{
+    char dir[96], name[FDP_ADDR_MAX], path[256];
+    const char *s = p->nlisten ? p->listeners[0].bound : "pool";
+    size_t i;
+
+    if (fdp_control_default_dir(dir, sizeof(dir), 1, err, errlen) < 0) {
+        return -1;
+    }
+    for (i = 0; s[i] && i < sizeof(name) - 1; i++) {
+        char c = s[i];
+
+        name[i] = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+                  || (c >= '0' && c <= '9') || c == '.' || c == '-'
+                  ? c : '_';
+    }
+    name[i] = '\0';
+    snprintf(path, sizeof(path), "%s/%s.sock", dir, name);
+    if (strlen(path) >= 108) {
+        snprintf(path, sizeof(path), "%s/pool-%ld.sock", dir, (long) getpid());
+    }
+    free(p->control_path);
+    p->control_path = strdup(path);
+    if (p->control_path == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}

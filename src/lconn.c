@@ -1,0 +1,680 @@
+/*
+ * lconn.c - the conn object handed to handlers (userdata "fdpool.conn"),
+ * shaped like LuaSocket's TCP client object: receive/send/close/
+ * settimeout/getpeername..., plus sendfile. I/O is non-blocking; when the
+ * kernel says EAGAIN the call waits through fdp_wait(), which yields the
+ * task's coroutine (or polls where yielding is impossible). The conn owns
+ * its fd and its read buffer.
+ */
+#include "fdp.h"
+#include "pool.h"
+#include "worker.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#define CONN_MT         "fdpool.conn"
+#define RBUF_MIN        8192
+#define LINE_MAX_BYTES  (1u << 20)
+
+enum { PAT_LINE, PAT_ALL, PAT_COUNT };
+
+struct fdp_fd;
+int fdp_pushfd(lua_State *L, int fd);
+int fdp_fd_fileno(lua_State *L, int idx);
+
+
+static struct fdp_conn *
+checkconn(lua_State *L)
+{
+    return luaL_checkudata(L, 1, CONN_MT);
+}
+
+
+struct fdp_conn *
+fdp_conn_new(lua_State *L, int fd, struct fdp_wctx *w)
+{
+    struct fdp_conn *c = lua_newuserdatauv(L, sizeof(*c), 0);
+
+    memset(c, 0, sizeof(*c));
+    c->fd = -1;
+    luaL_setmetatable(L, CONN_MT);
+    c->fd = fd;
+    c->w = w;
+    c->timeout = -1;
+    c->io.fd = -1;
+    return c;
+}
+
+
+void
+fdp_conn_close(struct fdp_conn *c)
+{
+    if (c->fd >= 0) {
+        if (c->w) {
+            fdp_conn_unwatch(c);
+        }
+        fdp_close(&c->fd);
+    }
+    free(c->rbuf);
+    c->rbuf = NULL;
+    c->rstart = c->rend = c->rcap = 0;
+}
+
+
+static void
+format_addr(const struct sockaddr_storage *ss, char *out, size_t n)
+{
+    char ip[INET6_ADDRSTRLEN];
+
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *) ss;
+
+        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+        snprintf(out, n, "%s:%u", ip, ntohs(in->sin_port));
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) ss;
+
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+        snprintf(out, n, "[%s]:%u", ip, ntohs(in6->sin6_port));
+    } else {
+        snprintf(out, n, "unix");
+    }
+}
+
+
+void
+fdp_conn_peer(struct fdp_conn *c, char *out, size_t n)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+
+    if (c->fd < 0 || getpeername(c->fd, (struct sockaddr *) &ss, &len) < 0) {
+        snprintf(out, n, "?");
+        return;
+    }
+    format_addr(&ss, out, n);
+}
+
+
+/* Start a call: its deadline from the conn's timeout. */
+static void
+op_begin(struct fdp_conn *c)
+{
+    c->deadline = c->timeout < 0 ? 0
+                  : fdp_now_ms() + (uint64_t) (c->timeout * 1000.0) + 1;
+    c->op_pos = 0;
+}
+
+
+/* Read once into the buffer: >0 bytes, 0 EOF, -errno. */
+static ssize_t
+fill(struct fdp_conn *c, size_t want)
+{
+    ssize_t n;
+
+    if (c->rstart == c->rend) {
+        c->rstart = c->rend = 0;
+    }
+    if (c->rcap - c->rend < RBUF_MIN / 2 || c->rcap - c->rstart < want) {
+        if (c->rstart > 0) {
+            memmove(c->rbuf, c->rbuf + c->rstart, c->rend - c->rstart);
+            c->rend -= c->rstart;
+            c->rstart = 0;
+        }
+        if (c->rcap - c->rend < RBUF_MIN / 2 || c->rcap < want) {
+            size_t cap = c->rcap ? c->rcap : RBUF_MIN;
+            char *b;
+
+            while (cap - c->rend < RBUF_MIN / 2 || cap < want) {
+                cap *= 2;
+            }
+            b = realloc(c->rbuf, cap);
+            if (b == NULL) {
+                return -ENOMEM;
+            }
+            c->rbuf = b;
+            c->rcap = cap;
+        }
+    }
+    do {
+        n = read(c->fd, c->rbuf + c->rend, c->rcap - c->rend);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        return -errno;
+    }
+    c->rend += (size_t) n;
+    c->bytes_in += (uint64_t) n;
+    return n;
+}
+
+
+static void
+push_with_prefix(lua_State *L, const char *s, size_t n)
+{
+    if (lua_isstring(L, 3)) {
+        lua_pushvalue(L, 3);
+        lua_pushlstring(L, s, n);
+        lua_concat(L, 2);
+    } else {
+        lua_pushlstring(L, s, n);
+    }
+}
+
+
+/* nil, reason, partial: the partial data is handed over, never lost. */
+static int
+receive_fail(lua_State *L, struct fdp_conn *c, const char *reason)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, reason);
+    push_with_prefix(L, c->rbuf ? c->rbuf + c->rstart : "",
+                     c->rend - c->rstart);
+    c->rstart = c->rend = 0;
+    return 3;
+}
+
+
+static int
+pattern_of(lua_State *L, size_t *count)
+{
+    if (lua_type(L, 2) == LUA_TNUMBER) {
+        lua_Integer n = luaL_checkinteger(L, 2);
+
+        luaL_argcheck(L, n >= 0, 2, "byte count must not be negative");
+        *count = (size_t) n;
+        return PAT_COUNT;
+    } else {
+        const char *p = luaL_optstring(L, 2, "l");
+
+        if (*p == '*') {
+            p++;
+        }
+        if (strcmp(p, "l") == 0) {
+            return PAT_LINE;
+        }
+        if (strcmp(p, "a") == 0) {
+            return PAT_ALL;
+        }
+        return luaL_argerror(L, 2, "invalid receive pattern (expected 'l', "
+                             "'a' or a byte count)");
+    }
+}
+
+
+static int
+receive_k(lua_State *L, int status, lua_KContext ctx)
+{
+    struct fdp_conn *c = checkconn(L);
+    size_t count = 0;
+    int pat = pattern_of(L, &count);
+    ssize_t n;
+
+    (void) ctx;
+    if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
+        return receive_fail(L, c, "timeout");
+    }
+    for (;;) {
+        size_t avail = c->rend - c->rstart;
+
+        if (c->fd < 0) {
+            return receive_fail(L, c, "closed");
+        }
+        if (pat == PAT_COUNT && avail >= count) {
+            push_with_prefix(L, c->rbuf ? c->rbuf + c->rstart : "", count);
+            c->rstart += count;
+            return 1;
+        }
+        if (pat == PAT_LINE && avail > c->op_pos) {
+            char *s = c->rbuf + c->rstart;
+            char *nl = memchr(s + c->op_pos, '\n', avail - c->op_pos);
+
+            if (nl != NULL) {
+                size_t len = (size_t) (nl - s);
+
+                c->rstart += len + 1;
+                if (len > 0 && s[len - 1] == '\r') {
+                    len--;
+                }
+                push_with_prefix(L, s, len);
+                return 1;
+            }
+            c->op_pos = avail;
+            if (avail > LINE_MAX_BYTES) {
+                return receive_fail(L, c, "line too long");
+            }
+        }
+        n = fill(c, pat == PAT_COUNT ? count : 0);
+        if (n > 0) {
+            continue;
+        }
+        if (n == 0) {
+            if (pat == PAT_ALL) {
+                push_with_prefix(L, c->rbuf ? c->rbuf + c->rstart : "",
+                                 c->rend - c->rstart);
+                c->rstart = c->rend = 0;
+                return 1;
+            }
+            return receive_fail(L, c, "closed");
+        }
+        if (n != -EAGAIN) {
+            return receive_fail(L, c, n == -ECONNRESET || n == -EPIPE
+                                ? "closed" : strerror((int) -n));
+        }
+        if (!fdp_wait(L, c, EPOLLIN, 0, receive_k)) {
+            return receive_fail(L, c, "timeout");
+        }
+    }
+}
+
+
+/*
+ * conn:receive([pattern [, prefix]]) -> data | nil, "closed"|"timeout",
+ * partial. Patterns as LuaSocket: "l" (default), "a", or a byte count.
+ */
+static int
+conn_receive(lua_State *L)
+{
+    struct fdp_conn *c = checkconn(L);
+    size_t count;
+
+    (void) pattern_of(L, &count);
+    luaL_argcheck(L, lua_isnoneornil(L, 3) || lua_isstring(L, 3), 3,
+                  "prefix must be a string");
+    lua_settop(L, 3);
+    op_begin(c);
+    return receive_k(L, LUA_OK, 0);
+}
+
+
+static int
+send_k(lua_State *L, int status, lua_KContext ctx)
+{
+    struct fdp_conn *c = checkconn(L);
+    size_t len;
+    const char *s = lua_tolstring(L, 2, &len);
+    size_t end = (size_t) lua_tointeger(L, 4);
+    ssize_t n;
+
+    (void) ctx;
+    if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
+        goto timeout;
+    }
+    while (c->op_pos < end) {
+        if (c->fd < 0) {
+            goto closed;
+        }
+        n = send(c->fd, s + c->op_pos, end - c->op_pos, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->op_pos += (size_t) n;
+            c->bytes_out += (uint64_t) n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (!fdp_wait(L, c, EPOLLOUT, 0, send_k)) {
+                goto timeout;
+            }
+            continue;
+        }
+        goto closed;
+    }
+    lua_pushinteger(L, (lua_Integer) end);
+    return 1;
+
+closed:
+    lua_pushnil(L);
+    lua_pushliteral(L, "closed");
+    lua_pushinteger(L, (lua_Integer) c->op_pos);
+    return 3;
+timeout:
+    lua_pushnil(L);
+    lua_pushliteral(L, "timeout");
+    lua_pushinteger(L, (lua_Integer) c->op_pos);
+    return 3;
+}
+
+
+/* conn:send(data [, i [, j]]) -> index of the last byte sent, or nil,
+ * "closed"|"timeout", index of the last byte sent. */
+static int
+conn_send(lua_State *L)
+{
+    struct fdp_conn *c = checkconn(L);
+    size_t len;
+    const char *s = luaL_checklstring(L, 2, &len);
+    lua_Integer i = luaL_optinteger(L, 3, 1);
+    lua_Integer j = luaL_optinteger(L, 4, -1);
+
+    (void) s;
+    if (i < 0) {
+        i = (lua_Integer) len + i + 1;
+    }
+    if (i < 1) {
+        i = 1;
+    }
+    if (j < 0) {
+        j = (lua_Integer) len + j + 1;
+    }
+    if (j > (lua_Integer) len) {
+        j = (lua_Integer) len;
+    }
+    lua_settop(L, 2);
+    lua_pushinteger(L, i);
+    lua_pushinteger(L, j < i ? i - 1 : j);
+    op_begin(c);
+    c->op_pos = (size_t) (i - 1);
+    return send_k(L, LUA_OK, 0);
+}
+
+
+static int
+sendfile_k(lua_State *L, int status, lua_KContext ctx)
+{
+    struct fdp_conn *c = checkconn(L);
+    int in = fdp_fd_fileno(L, 2);
+    off_t off = (off_t) lua_tointeger(L, 3);
+    size_t count = (size_t) lua_tointeger(L, 4);
+    ssize_t n;
+
+    (void) ctx;
+    if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "timeout");
+        lua_pushinteger(L, (lua_Integer) c->op_pos);
+        return 3;
+    }
+    while (c->op_pos < count) {
+        off_t o = off + (off_t) c->op_pos;
+
+        if (c->fd < 0) {
+            errno = EPIPE;
+            break;
+        }
+        n = sendfile(c->fd, in, &o, count - c->op_pos);
+        if (n > 0) {
+            c->op_pos += (size_t) n;
+            c->bytes_out += (uint64_t) n;
+            continue;
+        }
+        if (n == 0) {
+            break;          /* the file is shorter than it was */
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (!fdp_wait(L, c, EPOLLOUT, 0, sendfile_k)) {
+                lua_pushnil(L);
+                lua_pushliteral(L, "timeout");
+                lua_pushinteger(L, (lua_Integer) c->op_pos);
+                return 3;
+            }
+            continue;
+        }
+        lua_pushnil(L);
+        lua_pushstring(L, errno == EPIPE || errno == ECONNRESET ? "closed"
+                       : strerror(errno));
+        lua_pushinteger(L, (lua_Integer) c->op_pos);
+        return 3;
+    }
+    if (lua_toboolean(L, 5)) {
+        /* We opened it from a path: close it now, not at GC. */
+        lua_getfield(L, 2, "close");
+        lua_pushvalue(L, 2);
+        lua_call(L, 1, 0);
+    }
+    lua_pushinteger(L, (lua_Integer) c->op_pos);
+    return 1;
+}
+
+
+/*
+ * conn:sendfile(path | file | fd [, offset [, count]]) -> bytes sent, or
+ * nil, error, bytes sent. Zero-copy with sendfile(2). count defaults to
+ * the rest of the file from offset.
+ */
+static int
+conn_sendfile(lua_State *L)
+{
+    struct fdp_conn *c = checkconn(L);
+    lua_Integer off = luaL_optinteger(L, 3, 0);
+    int opened = 0, fd;
+    struct stat st;
+
+    luaL_argcheck(L, off >= 0, 3, "offset must not be negative");
+    if (lua_type(L, 2) == LUA_TSTRING) {
+        const char *path = lua_tostring(L, 2);
+
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            return fdp_pushfail(L, errno, path);
+        }
+        fdp_pushfd(L, fd);
+        lua_replace(L, 2);
+        opened = 1;
+    }
+    fd = fdp_fd_fileno(L, 2);
+    if (fstat(fd, &st) < 0) {
+        return fdp_pushfail(L, errno, "fstat");
+    }
+    if (lua_isnoneornil(L, 4)) {
+        lua_Integer rest = (lua_Integer) st.st_size - off;
+
+        lua_settop(L, 3);
+        lua_pushinteger(L, rest > 0 ? rest : 0);
+    } else {
+        luaL_argcheck(L, luaL_checkinteger(L, 4) >= 0, 4,
+                      "count must not be negative");
+        lua_settop(L, 4);
+    }
+    lua_pushinteger(L, off);
+    lua_replace(L, 3);
+    lua_pushboolean(L, opened);
+    op_begin(c);
+    return sendfile_k(L, LUA_OK, 0);
+}
+
+
+static int
+conn_settimeout(lua_State *L)
+{
+    struct fdp_conn *c = checkconn(L);
+
+    c->timeout = luaL_optnumber(L, 2, -1);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+static int
+conn_close(lua_State *L)
+{
+    fdp_conn_close(checkconn(L));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+static int
+conn_gc(lua_State *L)
+{
+    struct fdp_conn *c = luaL_checkudata(L, 1, CONN_MT);
+
+    if (c->waiter == NULL) {
+        fdp_conn_close(c);
+    }
+    return 0;
+}
+
+
+static int
+push_addr(lua_State *L, struct sockaddr_storage *ss)
+{
+    char ip[INET6_ADDRSTRLEN];
+
+    if (ss->ss_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *) ss;
+
+        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+        lua_pushstring(L, ip);
+        lua_pushinteger(L, ntohs(in->sin_port));
+        lua_pushliteral(L, "inet");
+        return 3;
+    }
+    if (ss->ss_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) ss;
+
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+        lua_pushstring(L, ip);
+        lua_pushinteger(L, ntohs(in6->sin6_port));
+        lua_pushliteral(L, "inet6");
+        return 3;
+    }
+    lua_pushstring(L, ((struct sockaddr_un *) ss)->sun_path);
+    lua_pushnil(L);
+    lua_pushliteral(L, "unix");
+    return 3;
+}
+
+
+static int
+conn_getpeername(lua_State *L)
+{
+    struct fdp_conn *c = checkconn(L);
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+
+    memset(&ss, 0, sizeof(ss));
+    if (c->fd < 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    }
+    if (getpeername(c->fd, (struct sockaddr *) &ss, &len) < 0) {
+        return fdp_pushfail(L, errno, "getpeername");
+    }
+    return push_addr(L, &ss);
+}
+
+
+static int
+conn_getsockname(lua_State *L)
+{
+    struct fdp_conn *c = checkconn(L);
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+
+    memset(&ss, 0, sizeof(ss));
+    if (c->fd < 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    }
+    if (getsockname(c->fd, (struct sockaddr *) &ss, &len) < 0) {
+        return fdp_pushfail(L, errno, "getsockname");
+    }
+    return push_addr(L, &ss);
+}
+
+
+static int
+conn_getfd(lua_State *L)
+{
+    lua_pushinteger(L, checkconn(L)->fd);
+    return 1;
+}
+
+
+static int
+conn_getstats(lua_State *L)
+{
+    struct fdp_conn *c = checkconn(L);
+
+    lua_pushinteger(L, (lua_Integer) c->bytes_in);
+    lua_pushinteger(L, (lua_Integer) c->bytes_out);
+    return 2;
+}
+
+
+static int
+conn_shutdown(lua_State *L)
+{
+    struct fdp_conn *c = checkconn(L);
+    static const char *const opts[] = { "both", "send", "receive", NULL };
+    static const int how[] = { SHUT_RDWR, SHUT_WR, SHUT_RD };
+    int o = luaL_checkoption(L, 2, "both", opts);
+
+    if (c->fd < 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    }
+    if (shutdown(c->fd, how[o]) < 0) {
+        return fdp_pushfail(L, errno, "shutdown");
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+static int
+conn_tostring(lua_State *L)
+{
+    struct fdp_conn *c = checkconn(L);
+
+    if (c->fd < 0) {
+        lua_pushliteral(L, "fdpool.conn (closed)");
+    } else {
+        lua_pushfstring(L, "fdpool.conn (%d)", c->fd);
+    }
+    return 1;
+}
+
+
+void
+fdp_conn_open_meta(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        { "receive", conn_receive },
+        { "send", conn_send },
+        { "sendfile", conn_sendfile },
+        { "settimeout", conn_settimeout },
+        { "close", conn_close },
+        { "getpeername", conn_getpeername },
+        { "getsockname", conn_getsockname },
+        { "getfd", conn_getfd },
+        { "fileno", conn_getfd },
+        { "getstats", conn_getstats },
+        { "shutdown", conn_shutdown },
+        { NULL, NULL }
+    };
+    static const luaL_Reg meta[] = {
+        { "__gc", conn_gc },
+        { "__close", conn_gc },
+        { "__tostring", conn_tostring },
+        { "__index", NULL },
+        { NULL, NULL }
+    };
+
+    if (luaL_newmetatable(L, CONN_MT)) {
+        luaL_setfuncs(L, meta, 0);
+        luaL_newlib(L, methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+}

@@ -1,0 +1,127 @@
+/*
+ * log.c - the one logging function of the core, and the clocks.
+ * Lines look like: 2026-11-22T04:33:35Z info  master[123]: message
+ */
+#include "fdp.h"
+
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static char log_tag[32] = "pool";
+static int log_level = FDP_LOG_INFO;
+static const char *level_names[] = { "error", "warn", "info", "debug" };
+
+
+void
+fdp_log_set_tag(const char *tag)
+{
+    snprintf(log_tag, sizeof(log_tag), "%s", tag);
+}
+
+
+void
+fdp_log_set_level(int level)
+{
+    log_level = level;
+}
+
+
+int
+fdp_log_enabled(int level)
+{
+    return level <= log_level;
+}
+
+
+void
+fdp_log(int level, int err, const char *fmt, ...)
+{
+    char buf[4096];
+    size_t n;
+    int r;
+    struct timespec ts;
+    struct tm tm;
+    va_list ap;
+
+    if (level > log_level) {
+        return;
+    }
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    r = snprintf(buf + n, sizeof(buf) - n, " %-5s %s[%ld]: ",
+                 level_names[level], log_tag, (long) getpid());
+    n += (r > 0) ? (size_t) r : 0;
+
+    va_start(ap, fmt);
+    r = vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
+    va_end(ap);
+    if (r > 0) {
+        n += (size_t) r;
+    }
+    if (n >= sizeof(buf) - 1) {
+        n = sizeof(buf) - 2;
+    }
+    if (err > 0) {
+        r = snprintf(buf + n, sizeof(buf) - n, " (%d: %s)", err, strerror(err));
+        if (r > 0) {
+            n += (size_t) r;
+        }
+        if (n >= sizeof(buf) - 1) {
+            n = sizeof(buf) - 2;
+        }
+    }
+    buf[n++] = '\n';
+    /* One write per line: atomic for pipes up to PIPE_BUF. */
+    while (write(STDERR_FILENO, buf, n) < 0 && errno == EINTR) {
+    }
+}
+
+
+uint64_t
+fdp_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+}
+
+
+uint64_t
+fdp_now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
+
+double
+fdp_wall(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
+
+int
+fdp_set_nonblock(int fd, int on)
+{
+    int flags = fcntl(fd, F_GETFL);
+
+    if (flags < 0) {
+        return -errno;
+    }
+    flags = on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
+    if (fcntl(fd, F_SETFL, flags) < 0) {
+        return -errno;
+    }
+    return 0;
+}

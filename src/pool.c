@@ -1,0 +1,1318 @@
+/*
+ * pool.c - the master. Owns the listeners, the channel ends of every
+ * worker, the queue of accepted-but-not-dispatched connections, the
+ * signalfd and the status table. One epoll loop; it never reads client
+ * bytes. fds flow one way: accept4 -> queue -> a worker's batch -> the
+ * channel (which then owns them) -> the worker.
+ */
+#include "fdp.h"
+#include "pool.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+
+#define TICK_MS          100
+#define KILL_MARGIN_MS   500
+#define BACKOFF_MAX_MS   5000
+#define ACCEPT_BURST     256
+
+static void worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev);
+static void listener_io(struct fdp_loop *loop, struct fdp_io *io,
+                        uint32_t ev);
+static void dispatch_queue(struct fdp_pool *p);
+static void flush_batches(struct fdp_pool *p);
+
+
+struct fdp_pool *
+fdp_pool_new(void)
+{
+    struct fdp_pool *p = calloc(1, sizeof(*p));
+    int i;
+
+    if (p == NULL) {
+        return NULL;
+    }
+    p->workers = calloc(FDP_MAX_WORKERS, sizeof(*p->workers));
+    p->queue = calloc(FDP_QUEUE_MAX, sizeof(*p->queue));
+    if (p->workers == NULL || p->queue == NULL) {
+        free(p->workers);
+        free(p->queue);
+        free(p);
+        return NULL;
+    }
+    for (i = 0; i < FDP_MAX_WORKERS; i++) {
+        struct fdp_worker *w = &p->workers[i];
+
+        fdp_slot_reset(&w->slot, i + 1);
+        fdp_chan_init(&w->ch, -1);
+        w->io.fd = -1;
+        w->pool = p;
+    }
+    for (i = 0; i < FDP_MAX_LISTEN; i++) {
+        p->listeners[i].fd = -1;
+    }
+    p->handler_ref = -2;        /* LUA_NOREF */
+    p->policy_ref = -2;
+    p->sigfd = -1;
+    p->loop.epfd = -1;
+    p->nworkers = 1;
+    p->concurrency = 1024;
+    p->grace = 1.0;
+    p->graceful_grace = 30.0;
+    p->owner = getpid();
+    return p;
+}
+
+
+static void
+worker_free_tables(struct fdp_worker *w)
+{
+    free(w->inflight);
+    free(w->freeidx);
+    w->inflight = NULL;
+    w->freeidx = NULL;
+    w->nfree = 0;
+}
+
+
+/* Frees memory and closes what this process holds. Never signals or
+ * unlinks anything: that is fdp_pool_stop's job, in the owner only. */
+void
+fdp_pool_free(struct fdp_pool *p)
+{
+    int i;
+
+    if (p == NULL) {
+        return;
+    }
+    fdp_pool_close_in_child(p, -1);
+    for (i = 0; i < FDP_MAX_WORKERS; i++) {
+        worker_free_tables(&p->workers[i]);
+    }
+    for (i = 0; i < p->nargs; i++) {
+        free(p->args[i]);
+    }
+    for (i = 0; i < FDP_MAX_LISTEN; i++) {
+        free(p->listeners[i].unix_path);
+    }
+    free(p->args);
+    free(p->script);
+    free(p->policy_name);
+    free(p->control_path);
+    free(p->workers);
+    free(p->queue);
+    free(p);
+}
+
+
+/*
+ * Close every fd the master holds except worker `keep`'s channel (-1:
+ * none). Used in a fresh child, and by fdp_pool_free. Touches no epoll
+ * registration: closing the epoll fd is enough in a child.
+ */
+void
+fdp_pool_close_in_child(struct fdp_pool *p, int keep)
+{
+    int i;
+
+    for (i = 0; i < FDP_MAX_LISTEN; i++) {
+        fdp_close(&p->listeners[i].fd);
+    }
+    for (i = 0; i < FDP_MAX_WORKERS; i++) {
+        struct fdp_worker *w = &p->workers[i];
+        int k;
+
+        if (i != keep) {
+            fdp_chan_close(&w->ch);
+        }
+        for (k = 0; k < w->nbatch; k++) {
+            fdp_close(&w->batchfds[k]);
+        }
+        w->nbatch = 0;
+    }
+    while (p->qlen > 0) {
+        fdp_close(&p->queue[p->qhead].fd);
+        p->qhead = (p->qhead + 1) % FDP_QUEUE_MAX;
+        p->qlen--;
+    }
+    fdp_close(&p->sigfd);
+    fdp_control_close(p, 0);
+    fdp_loop_free(&p->loop);
+}
+
+
+/*
+ * Parse HOST:PORT, [V6]:PORT or unix:PATH into a sockaddr. HOST may be a
+ * name (resolved now), "*" or empty for any address. Returns 0 or -1 with
+ * a reason in err.
+ */
+int
+fdp_parse_addr(const char *addr, struct sockaddr_storage *ss,
+               socklen_t *len, char *err, size_t errlen)
+{
+    char host[FDP_ADDR_MAX];
+    const char *port, *colon;
+    struct addrinfo hints, *res = NULL;
+    char *end;
+    long pn;
+    int r;
+
+    memset(ss, 0, sizeof(*ss));
+    if (strncmp(addr, "unix:", 5) == 0) {
+        struct sockaddr_un *un = (struct sockaddr_un *) ss;
+        size_t n = strlen(addr + 5);
+
+        if (n == 0 || n >= sizeof(un->sun_path)) {
+            snprintf(err, errlen, "bad address '%s': unix socket path "
+                     "must be 1 to %zu bytes", addr, sizeof(un->sun_path) - 1);
+            return -1;
+        }
+        un->sun_family = AF_UNIX;
+        memcpy(un->sun_path, addr + 5, n + 1);
+        *len = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + n + 1);
+        return 0;
+    }
+    if (addr[0] == '[') {
+        const char *rb = strchr(addr, ']');
+
+        if (rb == NULL || rb[1] != ':' || (size_t) (rb - addr - 1) >= sizeof(host)) {
+            snprintf(err, errlen, "bad address '%s': expected [IPV6]:PORT",
+                     addr);
+            return -1;
+        }
+        memcpy(host, addr + 1, (size_t) (rb - addr - 1));
+        host[rb - addr - 1] = '\0';
+        port = rb + 2;
+    } else {
+        colon = strrchr(addr, ':');
+        if (colon == NULL || (size_t) (colon - addr) >= sizeof(host)) {
+            snprintf(err, errlen, "bad address '%s': expected HOST:PORT, "
+                     "[IPV6]:PORT or unix:PATH", addr);
+            return -1;
+        }
+        memcpy(host, addr, (size_t) (colon - addr));
+        host[colon - addr] = '\0';
+        port = colon + 1;
+        if (strchr(host, ':') != NULL) {
+            snprintf(err, errlen, "bad address '%s': put IPv6 addresses "
+                     "in brackets, as [::1]:8080", addr);
+            return -1;
+        }
+    }
+    errno = 0;
+    pn = strtol(port, &end, 10);
+    if (*port == '\0' || *end != '\0' || errno || pn < 0 || pn > 65535) {
+        snprintf(err, errlen, "bad address '%s': port must be a number "
+                 "from 0 to 65535", addr);
+        return -1;
+    }
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    r = getaddrinfo((host[0] == '\0' || strcmp(host, "*") == 0) ? NULL : host,
+                    port, &hints, &res);
+    if (r != 0 || res == NULL) {
+        snprintf(err, errlen, "bad address '%s': %s", addr,
+                 r ? gai_strerror(r) : "no address");
+        return -1;
+    }
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+
+/* "ip:port", "[v6]:port" or "unix:path" of a bound socket. */
+static void
+format_sockaddr(const struct sockaddr_storage *ss, char *out, size_t n)
+{
+    char ip[INET6_ADDRSTRLEN];
+
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *) ss;
+
+        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+        snprintf(out, n, "%s:%u", ip, ntohs(in->sin_port));
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) ss;
+
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+        snprintf(out, n, "[%s]:%u", ip, ntohs(in6->sin6_port));
+    } else if (ss->ss_family == AF_UNIX) {
+        snprintf(out, n, "unix:%s", ((const struct sockaddr_un *) ss)->sun_path);
+    } else {
+        snprintf(out, n, "?");
+    }
+}
+
+
+/*
+ * A unix socket path already there: a live server keeps it (EADDRINUSE),
+ * a stale file from a killed run is removed. Anything not a socket is
+ * never touched.
+ */
+int
+fdp_unix_reclaim(const char *path)
+{
+    struct sockaddr_un un;
+    struct stat st;
+    int fd, r;
+
+    if (lstat(path, &st) < 0) {
+        return errno == ENOENT ? 0 : -errno;
+    }
+    if (!S_ISSOCK(st.st_mode)) {
+        return -EEXIST;
+    }
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return -errno;
+    }
+    memset(&un, 0, sizeof(un));
+    un.sun_family = AF_UNIX;
+    snprintf(un.sun_path, sizeof(un.sun_path), "%s", path);
+    r = connect(fd, (struct sockaddr *) &un, sizeof(un));
+    fdp_close(&fd);
+    if (r == 0) {
+        return -EADDRINUSE;
+    }
+    if (errno == ECONNREFUSED) {
+        return unlink(path) < 0 ? -errno : 0;
+    }
+    return -errno;
+}
+
+
+/* Bind and listen now (before any fork), so a port in use fails the start
+ * at once. Returns 0 or -1 with p->error set. */
+int
+fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
+{
+    struct fdp_listener *l;
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int one = 1, r;
+    const char *what;
+
+    if (p->nlisten == FDP_MAX_LISTEN) {
+        snprintf(p->error, sizeof(p->error), "too many listen addresses "
+                 "(at most %d)", FDP_MAX_LISTEN);
+        return -1;
+    }
+    if (strlen(addr) >= FDP_ADDR_MAX) {
+        snprintf(p->error, sizeof(p->error), "listen address too long");
+        return -1;
+    }
+    if (fdp_parse_addr(addr, &ss, &len, p->error, sizeof(p->error)) < 0) {
+        return -1;
+    }
+    l = &p->listeners[p->nlisten];
+    snprintf(l->addr, sizeof(l->addr), "%s", addr);
+    l->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (l->fd < 0) {
+        what = "socket()";
+        goto fail;
+    }
+    if (ss.ss_family == AF_UNIX) {
+        r = fdp_unix_reclaim(((struct sockaddr_un *) &ss)->sun_path);
+        if (r < 0) {
+            errno = -r;
+            what = r == -EEXIST ? "path exists and is not a socket:"
+                                : "unix socket path";
+            goto fail;
+        }
+    } else {
+        (void) setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (ss.ss_family == AF_INET6) {
+            (void) setsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &one,
+                              sizeof(one));
+        }
+    }
+    if (bind(l->fd, (struct sockaddr *) &ss, len) < 0) {
+        what = "bind()";
+        goto fail;
+    }
+    if (ss.ss_family == AF_UNIX) {
+        l->unix_path = strdup(((struct sockaddr_un *) &ss)->sun_path);
+    }
+    if (listen(l->fd, 4096) < 0) {
+        what = "listen()";
+        goto fail;
+    }
+    len = sizeof(ss);
+    if (getsockname(l->fd, (struct sockaddr *) &ss, &len) < 0) {
+        what = "getsockname()";
+        goto fail;
+    }
+    format_sockaddr(&ss, l->bound, sizeof(l->bound));
+    l->pool = p;
+    l->io.fd = l->fd;
+    l->io.cb = listener_io;
+    l->io.data = l;
+    p->nlisten++;
+    return 0;
+
+fail:
+    snprintf(p->error, sizeof(p->error), "cannot listen on %s: %s failed "
+             "(%s)", addr, what, strerror(errno));
+    if (l->unix_path) {
+        (void) unlink(l->unix_path);
+        free(l->unix_path);
+        l->unix_path = NULL;
+    }
+    fdp_close(&l->fd);
+    return -1;
+}
+
+
+static void
+close_listeners(struct fdp_pool *p)
+{
+    int i;
+
+    for (i = 0; i < p->nlisten; i++) {
+        struct fdp_listener *l = &p->listeners[i];
+
+        if (l->fd >= 0) {
+            if (p->loop.epfd >= 0) {
+                (void) fdp_loop_del(&p->loop, &l->io);
+            }
+            fdp_close(&l->fd);
+        }
+        if (l->unix_path && getpid() == p->owner) {
+            (void) unlink(l->unix_path);
+        }
+        free(l->unix_path);
+        l->unix_path = NULL;
+    }
+}
+
+
+static void
+set_accepting(struct fdp_pool *p, int on)
+{
+    int i;
+
+    if (p->accepting == on) {
+        return;
+    }
+    p->accepting = on;
+    for (i = 0; i < p->nlisten; i++) {
+        if (p->listeners[i].fd >= 0) {
+            (void) fdp_loop_mod(&p->loop, &p->listeners[i].io,
+                                on ? EPOLLIN : 0);
+        }
+    }
+}
+
+
+static int
+worker_alloc_tables(struct fdp_worker *w, int capacity)
+{
+    int k;
+
+    if (w->inflight == NULL) {
+        w->inflight = calloc((size_t) capacity, sizeof(*w->inflight));
+        w->freeidx = calloc((size_t) capacity, sizeof(*w->freeidx));
+        if (w->inflight == NULL || w->freeidx == NULL) {
+            worker_free_tables(w);
+            return -ENOMEM;
+        }
+    }
+    memset(w->inflight, 0, (size_t) capacity * sizeof(*w->inflight));
+    for (k = 0; k < capacity; k++) {
+        w->freeidx[k] = (uint32_t) (capacity - 1 - k);
+    }
+    w->nfree = capacity;
+    return 0;
+}
+
+
+/*
+ * Fork worker idx. The child gets one end of a fresh SEQPACKET pair and
+ * never returns from fdp_worker_main. Returns 0 or -errno (logged).
+ */
+static int
+spawn_worker(struct fdp_pool *p, int idx)
+{
+    struct fdp_worker *w = &p->workers[idx];
+    int sv[2], r;
+    pid_t pid;
+
+    assert(w->slot.pid == -1);
+    r = worker_alloc_tables(w, p->concurrency);
+    if (r < 0) {
+        fdp_log(FDP_LOG_ERROR, -r, "cannot allocate worker %d", idx + 1);
+        return r;
+    }
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+        r = -errno;
+        fdp_log(FDP_LOG_ERROR, errno, "socketpair() failed while spawning "
+                "worker %d", idx + 1);
+        return r;
+    }
+    pid = fork();
+    if (pid < 0) {
+        r = -errno;
+        fdp_log(FDP_LOG_ERROR, errno, "fork() failed while spawning worker %d",
+                idx + 1);
+        fdp_close(&sv[0]);
+        fdp_close(&sv[1]);
+        return r;
+    }
+    if (pid == 0) {
+        fdp_close(&sv[0]);
+        fdp_pool_close_in_child(p, -1);
+        fdp_chan_init(&w->ch, sv[1]);
+        fdp_worker_main(p, idx);
+    }
+    fdp_close(&sv[1]);
+    (void) fdp_set_nonblock(sv[0], 1);
+    fdp_chan_init(&w->ch, sv[0]);
+    w->slot.pid = pid;
+    w->slot.generation = p->generation;
+    w->slot.state = FDP_W_STARTING;
+    w->slot.active = 0;
+    w->slot.capacity = p->concurrency;
+    w->slot.started = fdp_wall();
+    w->slot.busy_since = 0;
+    w->slot.nkv = 0;
+    w->started_ms = fdp_now_ms();
+    w->kill_at = 0;
+    w->spawn_at = 0;
+    w->io.fd = sv[0];
+    w->io.cb = worker_io;
+    w->io.data = w;
+    r = fdp_loop_add(&p->loop, &w->io, EPOLLIN);
+    if (r < 0) {
+        fdp_log(FDP_LOG_ERROR, -r, "epoll_ctl() failed for worker %d", idx + 1);
+    }
+    p->nalive++;
+    fdp_log(FDP_LOG_INFO, 0, "worker %d started (pid %ld)", idx + 1,
+            (long) pid);
+    return 0;
+}
+
+
+/* Only ever signal a pid this master forked and has not reaped. */
+static void
+worker_kill(struct fdp_worker *w, int sig)
+{
+    if (w->slot.pid > 0) {
+        (void) kill(w->slot.pid, sig);
+    }
+}
+
+
+static void
+worker_drop_channel(struct fdp_pool *p, struct fdp_worker *w)
+{
+    int k;
+
+    if (w->ch.fd >= 0) {
+        (void) fdp_loop_del(&p->loop, &w->io);
+        fdp_chan_close(&w->ch);
+    }
+    w->io.fd = -1;
+    for (k = 0; k < w->nbatch; k++) {
+        fdp_close(&w->batchfds[k]);
+    }
+    w->nbatch = 0;
+}
+
+
+/* A worker broke the protocol: it is replaced, never trusted again. */
+static void
+worker_fault(struct fdp_pool *p, struct fdp_worker *w, const char *why)
+{
+    fdp_log(FDP_LOG_ERROR, 0, "worker %d (pid %ld) is faulty: %s; killing it",
+            w->slot.id, (long) w->slot.pid, why);
+    worker_drop_channel(p, w);
+    w->slot.state = FDP_W_EXITING;
+    worker_kill(w, SIGKILL);
+}
+
+
+static int
+worker_can_take(const struct fdp_worker *w)
+{
+    return w->slot.state == FDP_W_RUNNING && w->ch.fd >= 0
+           && w->slot.active < w->slot.capacity && w->nfree > 0;
+}
+
+
+static int
+first_free(struct fdp_pool *p)
+{
+    int i;
+
+    for (i = 0; i < p->nworkers; i++) {
+        if (worker_can_take(&p->workers[i])) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+
+static void
+send_batch(struct fdp_pool *p, struct fdp_worker *w)
+{
+    int r, k;
+
+    if (w->nbatch == 0) {
+        return;
+    }
+    r = fdp_chan_send(&w->ch, FDP_MSG_CONN, (unsigned) w->nbatch, w->batch,
+                      (size_t) w->nbatch * sizeof(w->batch[0]), w->batchfds,
+                      w->nbatch);
+    if (r == 0) {
+        w->nbatch = 0;
+        if (w->ch.head != NULL) {
+            (void) fdp_loop_mod(&p->loop, &w->io, EPOLLIN | EPOLLOUT);
+        }
+        return;
+    }
+    /* The worker is gone or stuck: its connections go back to the queue
+     * front, to be handed to another worker. */
+    fdp_log(FDP_LOG_WARN, -r, "cannot hand %d connection(s) to worker %d",
+            w->nbatch, w->slot.id);
+    for (k = w->nbatch - 1; k >= 0; k--) {
+        uint32_t i = (uint32_t) (w->batch[k].id & 0xffff);
+
+        if (p->qlen < FDP_QUEUE_MAX) {
+            struct fdp_pending *q;
+
+            p->qhead = (p->qhead + FDP_QUEUE_MAX - 1) % FDP_QUEUE_MAX;
+            q = &p->queue[p->qhead];
+            memset(q, 0, sizeof(*q));
+            q->fd = w->batchfds[k];
+            q->listener = w->batch[k].listener;
+            p->qlen++;
+        } else {
+            fdp_close(&w->batchfds[k]);
+        }
+        w->inflight[i].id = 0;
+        w->freeidx[w->nfree++] = i;
+        w->slot.active--;
+    }
+    w->nbatch = 0;
+    worker_fault(p, w, "its channel refused a message");
+}
+
+
+static void
+flush_batches(struct fdp_pool *p)
+{
+    int i;
+
+    for (i = 0; i < p->nworkers; i++) {
+        if (p->workers[i].nbatch > 0) {
+            send_batch(p, &p->workers[i]);
+        }
+    }
+}
+
+
+/* Put c in worker idx's next CONN message. Takes ownership of c->fd. */
+static void
+hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
+{
+    struct fdp_worker *w = &p->workers[idx];
+    uint32_t k = w->freeidx[--w->nfree];
+    uint64_t id = (++p->conn_seq << 16) | k;
+
+    w->inflight[k].id = id;
+    w->inflight[k].since_us = fdp_now_us();
+    w->batch[w->nbatch].id = id;
+    w->batch[w->nbatch].listener = c->listener;
+    w->batch[w->nbatch].reserved = 0;
+    w->batchfds[w->nbatch] = c->fd;
+    w->nbatch++;
+    w->slot.active++;
+    fdp_slot_update_busy(&w->slot, fdp_wall());
+    if (w->nbatch == FDP_BATCH_MAX) {
+        send_batch(p, w);
+    }
+}
+
+
+static void
+log_fallback(struct fdp_pool *p, const char *why)
+{
+    uint64_t now = p->loop.now;
+
+    p->fallbacks++;
+    if (now - p->fallback_logged_ms >= 1000) {
+        fdp_log(FDP_LOG_WARN, 0, "policy %s: %s; using first_free "
+                "(%llu more since the last report)", fdp_policy_name(p), why,
+                (unsigned long long) p->fallback_unlogged);
+        p->fallback_logged_ms = now;
+        p->fallback_unlogged = 0;
+    } else {
+        p->fallback_unlogged++;
+    }
+}
+
+
+/* Try to hand c to a worker. Returns 1 when handed, 0 to keep it. */
+static int
+dispatch_one(struct fdp_pool *p, const struct fdp_pending *c)
+{
+    int idx = fdp_policy_pick(p, c);
+
+    if (idx == -1) {
+        return 0;
+    }
+    if (idx >= 0 && !worker_can_take(&p->workers[idx])) {
+        /* A full or unready pick when someone else has room is the
+         * policy's mistake; when nobody has room, keep it queued. */
+        if (first_free(p) < 0) {
+            return 0;
+        }
+        log_fallback(p, "picked a worker that cannot take a connection");
+        idx = -2;
+    }
+    if (idx == -2) {
+        idx = first_free(p);
+        if (idx < 0) {
+            return 0;
+        }
+    }
+    hand(p, idx, c);
+    return 1;
+}
+
+
+static void
+dispatch_queue(struct fdp_pool *p)
+{
+    while (p->qlen > 0 && first_free(p) >= 0) {
+        struct fdp_pending *c = &p->queue[p->qhead];
+
+        if (!dispatch_one(p, c)) {
+            break;
+        }
+        c->fd = -1;
+        p->qhead = (p->qhead + 1) % FDP_QUEUE_MAX;
+        p->qlen--;
+    }
+    flush_batches(p);
+    if (!p->stopping && !p->accepting && p->qlen < FDP_QUEUE_MAX / 2) {
+        set_accepting(p, 1);
+    }
+}
+
+
+static void
+listener_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
+{
+    struct fdp_listener *l = io->data;
+    struct fdp_pool *p = l->pool;
+    int n;
+
+    (void) loop;
+    (void) ev;
+    for (n = 0; n < ACCEPT_BURST && p->accepting; n++) {
+        struct fdp_pending c;
+        int fd;
+
+        c.peerlen = sizeof(c.peer);
+        fd = accept4(l->fd, (struct sockaddr *) &c.peer, &c.peerlen,
+                     SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                break;
+            }
+            if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) {
+                continue;
+            }
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS
+                || errno == ENOMEM) {
+                /* Out of descriptors: stop accepting for a tick rather
+                 * than spin on a listener that stays readable. */
+                fdp_log(FDP_LOG_ERROR, errno, "accept4() failed on %s; "
+                        "pausing accept", l->bound);
+                set_accepting(p, 0);
+                break;
+            }
+            fdp_log(FDP_LOG_ERROR, errno, "accept4() failed on %s", l->bound);
+            break;
+        }
+        p->accepted++;
+        c.fd = fd;
+        c.listener = (uint32_t) (l - p->listeners);
+        if (p->qlen > 0 || !dispatch_one(p, &c)) {
+            if (p->qlen == FDP_QUEUE_MAX) {
+                /* Cannot happen: accepting stops at a full queue. */
+                fdp_close(&c.fd);
+                continue;
+            }
+            p->queue[(p->qhead + p->qlen) % FDP_QUEUE_MAX] = c;
+            p->qlen++;
+            if (p->qlen == FDP_QUEUE_MAX) {
+                set_accepting(p, 0);
+            }
+        }
+    }
+    if (p->qlen > 0) {
+        dispatch_queue(p);
+    } else {
+        flush_batches(p);
+    }
+}
+
+
+static void
+on_done(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
+{
+    int i;
+
+    for (i = 0; i < m->h.count; i++) {
+        const struct fdp_done_entry *d = &m->u.done[i];
+        uint32_t k = (uint32_t) (d->id & 0xffff);
+
+        if (k >= (uint32_t) w->slot.capacity || w->inflight[k].id != d->id
+            || d->id == 0) {
+            worker_fault(p, w, "DONE for a connection it was not given");
+            return;
+        }
+        w->inflight[k].id = 0;
+        w->freeidx[w->nfree++] = k;
+        w->slot.active--;
+        w->slot.served++;
+        w->slot.bytes_in += d->bytes_in;
+        w->slot.bytes_out += d->bytes_out;
+    }
+    fdp_slot_update_busy(&w->slot, fdp_wall());
+}
+
+
+static void
+on_fail(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
+{
+    char text[FDP_MSG_MAX + 1];
+
+    memcpy(text, m->u.bytes, m->h.len);
+    text[m->h.len] = '\0';
+    fdp_log(FDP_LOG_ERROR, 0, "worker %d cannot start: %s", w->slot.id, text);
+    if (!p->ever_ready && !p->failed) {
+        p->failed = 1;
+        snprintf(p->error, sizeof(p->error), "%.1000s", text);
+        fdp_pool_stop(p, 0);
+    }
+}
+
+
+static void
+worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
+{
+    struct fdp_worker *w = io->data;
+    struct fdp_pool *p = w->pool;
+    struct fdp_msg m;
+    int r, n;
+
+    (void) loop;
+    if (ev & EPOLLOUT) {
+        r = fdp_chan_flush(&w->ch);
+        if (r == 0) {
+            (void) fdp_loop_mod(&p->loop, &w->io, EPOLLIN);
+        } else if (r != -EAGAIN) {
+            worker_drop_channel(p, w);
+            return;
+        }
+    }
+    for (n = 0; n < 64 && w->ch.fd >= 0; n++) {
+        r = fdp_chan_recv(&w->ch, &m);
+        if (r == -EAGAIN) {
+            break;
+        }
+        if (r == 0 || r == -ECONNRESET) {
+            /* The worker exited or closed its end: reaping follows. */
+            worker_drop_channel(p, w);
+            if (w->slot.state != FDP_W_NONE) {
+                w->slot.state = FDP_W_EXITING;
+            }
+            break;
+        }
+        if (r < 0) {
+            worker_fault(p, w, "malformed message on its channel");
+            break;
+        }
+        if (fdp_msg_check(&m, 1) < 0) {
+            fdp_msg_close_fds(&m);
+            worker_fault(p, w, "malformed message on its channel");
+            break;
+        }
+        switch (m.h.type) {
+        case FDP_MSG_READY:
+            if (w->slot.state != FDP_W_STARTING) {
+                worker_fault(p, w, "READY twice");
+                return;
+            }
+            w->slot.state = FDP_W_RUNNING;
+            p->ever_ready = 1;
+            fdp_log(FDP_LOG_DEBUG, 0, "worker %d ready", w->slot.id);
+            if (p->stopping == 1) {
+                break;
+            }
+            break;
+        case FDP_MSG_FAIL:
+            on_fail(p, w, &m);
+            break;
+        case FDP_MSG_DONE:
+            on_done(p, w, &m);
+            break;
+        case FDP_MSG_SET:
+            if (fdp_slot_set_kv(&w->slot, (const char *) m.u.bytes,
+                                (const char *) m.u.bytes
+                                + strlen((const char *) m.u.bytes) + 1) < 0) {
+                fdp_log(FDP_LOG_WARN, 0, "worker %d: too many custom status "
+                        "fields (at most %d)", w->slot.id, FDP_KV_MAX);
+            }
+            break;
+        default:
+            break;
+        }
+    }
+    if (p->qlen > 0) {
+        dispatch_queue(p);
+    }
+}
+
+
+static uint64_t
+backoff_ms(int streak)
+{
+    uint64_t ms = 100;
+
+    while (streak-- > 1 && ms < BACKOFF_MAX_MS) {
+        ms *= 2;
+    }
+    return ms > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : ms;
+}
+
+
+static void
+on_exit_status(struct fdp_pool *p, struct fdp_worker *w, int st)
+{
+    char how[64];
+    int was_ready = w->slot.state != FDP_W_STARTING;
+    uint64_t lived = fdp_now_ms() - w->started_ms;
+    int k;
+
+    if (WIFSIGNALED(st)) {
+        w->slot.last_exit_how = FDP_EXIT_SIGNAL;
+        w->slot.last_exit_code = WTERMSIG(st);
+        snprintf(how, sizeof(how), "killed by %s", fdp_signame(WTERMSIG(st)));
+    } else {
+        w->slot.last_exit_how = FDP_EXIT_CODE;
+        w->slot.last_exit_code = WEXITSTATUS(st);
+        snprintf(how, sizeof(how), "exited with code %d", WEXITSTATUS(st));
+    }
+    fdp_log(p->stopping || (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+            ? FDP_LOG_INFO : FDP_LOG_WARN, 0,
+            "worker %d (pid %ld) %s%s", w->slot.id, (long) w->slot.pid, how,
+            w->slot.active > 0 && !p->stopping ? "; its connections are lost"
+                                               : "");
+    worker_drop_channel(p, w);
+    for (k = 0; k < w->slot.capacity && w->inflight; k++) {
+        w->inflight[k].id = 0;
+    }
+    w->slot.pid = -1;
+    w->slot.state = FDP_W_NONE;
+    w->slot.active = 0;
+    w->slot.busy_since = 0;
+    p->nalive--;
+
+    if (p->stopping) {
+        return;
+    }
+    if (!p->ever_ready && !was_ready) {
+        p->failed = 1;
+        if (p->error[0] == '\0') {
+            snprintf(p->error, sizeof(p->error), "worker %d %s before it "
+                     "was ready", w->slot.id, how);
+        }
+        fdp_pool_stop(p, 0);
+        return;
+    }
+    w->slot.restarts++;
+    if (!was_ready || lived < 1000) {
+        p->crash_streak++;
+        w->spawn_at = fdp_now_ms() + backoff_ms(p->crash_streak);
+        fdp_log(FDP_LOG_WARN, 0, "worker %d restarts in %llu ms (crash "
+                "streak %d)", w->slot.id,
+                (unsigned long long) (w->spawn_at - fdp_now_ms()),
+                p->crash_streak);
+    } else {
+        p->crash_streak = 0;
+        w->spawn_at = 0;
+        (void) spawn_worker(p, (int) (w - p->workers));
+    }
+}
+
+
+static void
+reap(struct fdp_pool *p)
+{
+    int i, st;
+
+    for (i = 0; i < FDP_MAX_WORKERS; i++) {
+        struct fdp_worker *w = &p->workers[i];
+        pid_t r;
+
+        if (w->slot.pid <= 0) {
+            continue;
+        }
+        do {
+            r = waitpid(w->slot.pid, &st, WNOHANG);
+        } while (r < 0 && errno == EINTR);
+        if (r == w->slot.pid) {
+            on_exit_status(p, w, st);
+        } else if (r < 0 && errno == ECHILD) {
+            /* Reaped by someone else (a Lua program's own wait). */
+            on_exit_status(p, w, 0);
+        }
+    }
+}
+
+
+static void
+signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
+{
+    struct fdp_pool *p = io->data;
+    struct signalfd_siginfo si;
+    ssize_t n;
+
+    (void) loop;
+    (void) ev;
+    for (;;) {
+        n = read(p->sigfd, &si, sizeof(si));
+        if (n != (ssize_t) sizeof(si)) {
+            break;
+        }
+        switch (si.ssi_signo) {
+        case SIGCHLD:
+            reap(p);
+            break;
+        case SIGTERM:
+        case SIGINT:
+            fdp_log(FDP_LOG_INFO, 0, "%s: stopping", fdp_signame((int) si.ssi_signo));
+            fdp_pool_stop(p, 0);
+            break;
+        case SIGQUIT:
+            fdp_log(FDP_LOG_INFO, 0, "SIGQUIT: stopping gracefully");
+            fdp_pool_stop(p, 1);
+            break;
+        default:
+            fdp_log(FDP_LOG_WARN, 0, "%s ignored (not supported yet)",
+                    fdp_signame((int) si.ssi_signo));
+            break;
+        }
+    }
+    if (p->qlen > 0) {
+        dispatch_queue(p);
+    }
+}
+
+
+static void
+tick(struct fdp_loop *loop, struct fdp_timer *t)
+{
+    struct fdp_pool *p = t->data;
+    uint64_t now = fdp_now_ms();
+    int i;
+
+    for (i = 0; i < FDP_MAX_WORKERS; i++) {
+        struct fdp_worker *w = &p->workers[i];
+
+        if (w->slot.pid > 0 && w->kill_at && now >= w->kill_at) {
+            fdp_log(FDP_LOG_WARN, 0, "worker %d (pid %ld) still running "
+                    "after the grace period; killing it", w->slot.id,
+                    (long) w->slot.pid);
+            worker_kill(w, SIGKILL);
+            w->kill_at = 0;
+        }
+        if (!p->stopping && i < p->nworkers && w->slot.pid == -1
+            && now >= w->spawn_at) {
+            (void) spawn_worker(p, i);
+        }
+    }
+    if (!p->stopping && !p->accepting && p->qlen < FDP_QUEUE_MAX) {
+        set_accepting(p, 1);
+    }
+    if (p->qlen > 0) {
+        dispatch_queue(p);
+    }
+    if (p->fallback_unlogged > 0 && now - p->fallback_logged_ms >= 1000) {
+        log_fallback(p, "more fallbacks");
+        p->fallbacks--;
+    }
+    (void) fdp_timer_start(loop, t, TICK_MS);
+}
+
+
+static int
+setup_signals(struct fdp_pool *p)
+{
+    sigset_t set;
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGQUIT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGTTIN);
+    sigaddset(&set, SIGTTOU);
+    sigaddset(&set, SIGUSR1);
+    if (sigprocmask(SIG_BLOCK, &set, &p->oldmask) < 0) {
+        return -errno;
+    }
+    p->sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (p->sigfd < 0) {
+        int r = -errno;
+
+        (void) sigprocmask(SIG_SETMASK, &p->oldmask, NULL);
+        return r;
+    }
+    p->sigio.fd = p->sigfd;
+    p->sigio.cb = signal_io;
+    p->sigio.data = p;
+    return fdp_loop_add(&p->loop, &p->sigio, EPOLLIN);
+}
+
+
+/*
+ * Start serving: listeners must have been added (default 127.0.0.1:8080
+ * is the caller's business). Opens the policy and the control socket,
+ * blocks the pool's signals into a signalfd, forks the workers. Returns
+ * 0 or -1 with p->error set (nothing left running).
+ */
+int
+fdp_pool_start(struct fdp_pool *p)
+{
+    int i, r;
+
+    if (p->started) {
+        snprintf(p->error, sizeof(p->error), "pool already started");
+        return -1;
+    }
+    if (p->nlisten == 0) {
+        snprintf(p->error, sizeof(p->error), "no listen address");
+        return -1;
+    }
+    if (p->nworkers < 1 || p->nworkers > FDP_MAX_WORKERS) {
+        snprintf(p->error, sizeof(p->error), "workers must be 1 to %d",
+                 FDP_MAX_WORKERS);
+        return -1;
+    }
+    p->owner = getpid();
+    r = fdp_loop_init(&p->loop);
+    if (r < 0) {
+        snprintf(p->error, sizeof(p->error), "epoll_create1() failed (%s)",
+                 strerror(-r));
+        return -1;
+    }
+    if (fdp_policy_open(p, p->error, sizeof(p->error)) < 0) {
+        goto fail;
+    }
+    if (p->control_default && p->control_path == NULL
+        && fdp_control_default_path(p, p->error, sizeof(p->error)) < 0) {
+        goto fail;
+    }
+    if (p->control_path
+        && fdp_control_open(p, p->error, sizeof(p->error)) < 0) {
+        goto fail;
+    }
+    r = setup_signals(p);
+    if (r < 0) {
+        snprintf(p->error, sizeof(p->error), "signalfd() failed (%s)",
+                 strerror(-r));
+        goto fail;
+    }
+    for (i = 0; i < p->nlisten; i++) {
+        r = fdp_loop_add(&p->loop, &p->listeners[i].io, EPOLLIN);
+        if (r < 0) {
+            snprintf(p->error, sizeof(p->error), "epoll_ctl() failed (%s)",
+                     strerror(-r));
+            goto fail;
+        }
+        fdp_log(FDP_LOG_INFO, 0, "listening on %s", p->listeners[i].bound);
+    }
+    p->accepting = 1;
+    p->started = 1;
+    p->running = 1;
+    p->started_at = fdp_wall();
+    p->generation = 1;
+    fdp_log(FDP_LOG_INFO, 0, "pool %s: %d worker(s), concurrency %d, "
+            "policy %s%s%s", FDP_VERSION, p->nworkers, p->concurrency,
+            fdp_policy_name(p), p->control_path ? ", control " : "",
+            p->control_path ? p->control_path : "");
+    if (geteuid() == 0) {
+        fdp_log(FDP_LOG_WARN, 0, "running as root: workers run as root");
+    }
+    for (i = 0; i < p->nworkers; i++) {
+        if (spawn_worker(p, i) < 0) {
+            snprintf(p->error, sizeof(p->error), "cannot start worker %d",
+                     i + 1);
+            p->failed = 1;
+            fdp_pool_stop(p, 0);
+            return 0;
+        }
+    }
+    fdp_timer_init(&p->tick, tick, p);
+    (void) fdp_timer_start(&p->loop, &p->tick, TICK_MS);
+    return 0;
+
+fail:
+    if (p->sigfd >= 0) {
+        fdp_close(&p->sigfd);
+        (void) sigprocmask(SIG_SETMASK, &p->oldmask, NULL);
+    }
+    fdp_control_close(p, 1);
+    fdp_policy_close(p);
+    fdp_loop_free(&p->loop);
+    return -1;
+}
+
+
+/*
+ * Begin stopping: close the listeners, tell every worker to stop within
+ * the grace period, SIGKILL after it. Queued connections are served by a
+ * graceful stop and closed by a fast one. Calling it again upgrades a
+ * graceful stop to a fast one.
+ */
+void
+fdp_pool_stop(struct fdp_pool *p, int graceful)
+{
+    double grace = graceful ? p->graceful_grace : p->grace;
+    struct fdp_stop_body body;
+    uint64_t now = fdp_now_ms();
+    int i;
+
+    if (!p->running) {
+        return;
+    }
+    if (p->stopping && (graceful || p->stopping == 1)) {
+        return;
+    }
+    p->stopping = graceful ? 2 : 1;
+    close_listeners(p);
+    p->accepting = 0;
+    if (!graceful) {
+        while (p->qlen > 0) {
+            fdp_close(&p->queue[p->qhead].fd);
+            p->qhead = (p->qhead + 1) % FDP_QUEUE_MAX;
+            p->qlen--;
+        }
+    }
+    body.graceful = (uint32_t) graceful;
+    body.grace_ms = (uint32_t) (grace * 1000);
+    for (i = 0; i < FDP_MAX_WORKERS; i++) {
+        struct fdp_worker *w = &p->workers[i];
+
+        if (w->slot.pid <= 0) {
+            continue;
+        }
+        if (w->ch.fd >= 0) {
+            send_batch(p, w);
+        }
+        if (w->ch.fd < 0
+            || fdp_chan_send(&w->ch, FDP_MSG_STOP, 0, &body, sizeof(body),
+                             NULL, 0) < 0) {
+            worker_kill(w, SIGKILL);
+        } else if (w->ch.head != NULL) {
+            (void) fdp_loop_mod(&p->loop, &w->io, EPOLLIN | EPOLLOUT);
+        }
+        if (w->slot.state != FDP_W_NONE) {
+            w->slot.state = FDP_W_EXITING;
+        }
+        w->kill_at = now + (uint64_t) body.grace_ms + KILL_MARGIN_MS;
+    }
+}
+
+
+static void
+pool_finish(struct fdp_pool *p)
+{
+    int i;
+
+    p->running = 0;
+    fdp_timer_stop(&p->loop, &p->tick);
+    for (i = 0; i < FDP_MAX_WORKERS; i++) {
+        worker_drop_channel(p, &p->workers[i]);
+    }
+    fdp_control_close(p, 1);
+    fdp_policy_close(p);
+    fdp_close(&p->sigfd);
+    (void) sigprocmask(SIG_SETMASK, &p->oldmask, NULL);
+    fdp_loop_free(&p->loop);
+    fdp_log(p->failed ? FDP_LOG_ERROR : FDP_LOG_INFO, 0, "pool stopped%s%s",
+            p->failed ? ": " : "", p->failed ? p->error : "");
+}
+
+
+/*
+ * Run the loop once, waiting at most timeout_ms (-1: until something
+ * happens). Returns 1 while the pool runs, 0 once it has stopped (all
+ * workers reaped, everything closed).
+ */
+int
+fdp_pool_step(struct fdp_pool *p, int timeout_ms)
+{
+    int r;
+
+    if (!p->running) {
+        return 0;
+    }
+    if (!(p->stopping && p->nalive == 0)) {
+        r = fdp_loop_run_once(&p->loop, timeout_ms);
+        if (r < 0) {
+            fdp_log(FDP_LOG_ERROR, -r, "epoll_wait() failed");
+            fdp_pool_stop(p, 0);
+        }
+        if (p->stopping && p->nalive > 0) {
+            reap(p);
+        }
+    }
+    if (p->stopping && p->nalive == 0) {
+        pool_finish(p);
+        return 0;
+    }
+    return 1;
+}
+
+
+void
+fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
+                     const char **listen)
+{
+    int i;
+
+    memset(info, 0, sizeof(*info));
+    info->pid = p->owner;
+    info->policy = fdp_policy_name(p);
+    for (i = 0; i < p->nlisten; i++) {
+        listen[i] = p->listeners[i].bound;
+    }
+    info->listen = listen;
+    info->nlisten = p->nlisten;
+    info->accepted = p->accepted;
+    info->queued = (uint64_t) p->qlen;
+    info->fallbacks = p->fallbacks;
+    info->started = p->started_at;
+}

@@ -1,0 +1,158 @@
+/*
+ * pool.h - the master: listeners, workers (fork, reap, respawn), dispatch
+ * through the policy, the control socket, stopping. The pool struct is
+ * shared with the worker side (a forked child starts from a copy of it)
+ * and with the Lua binding, which creates and configures it.
+ */
+#ifndef FDP_POOL_H
+#define FDP_POOL_H
+
+#include <signal.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include "channel.h"
+#include "loop.h"
+#include "status.h"
+
+#define FDP_MAX_WORKERS     256
+#define FDP_MAX_LISTEN      16
+#define FDP_MAX_CONCURRENCY 65535
+#define FDP_QUEUE_MAX       1024
+#define FDP_ADDR_MAX        128
+
+struct lua_State;
+struct fdp_pool;
+struct fdp_policy;
+
+struct fdp_listener {
+    int fd;
+    char addr[FDP_ADDR_MAX];        /* as given to --listen */
+    char bound[FDP_ADDR_MAX];       /* with the real port */
+    char *unix_path;                /* to unlink at stop, owner only */
+    struct fdp_io io;
+    struct fdp_pool *pool;
+};
+
+/* A connection accepted and not yet handed to a worker. */
+struct fdp_pending {
+    int fd;
+    uint32_t listener;
+    socklen_t peerlen;
+    struct sockaddr_storage peer;
+};
+
+/* What the master remembers of a connection a worker has. */
+struct fdp_inflight {
+    uint64_t id;                    /* 0 when the entry is free */
+    uint64_t since_us;
+};
+
+struct fdp_worker {
+    struct fdp_slot slot;           /* the public part */
+    struct fdp_chan ch;
+    struct fdp_io io;
+    struct fdp_pool *pool;
+    struct fdp_inflight *inflight;  /* capacity entries */
+    uint32_t *freeidx;              /* stack of free inflight indexes */
+    int nfree;
+    int nbatch;                     /* CONN entries waiting to be sent */
+    struct fdp_conn_entry batch[FDP_BATCH_MAX];
+    int batchfds[FDP_BATCH_MAX];
+    uint64_t spawn_at;              /* ms: respawn not before */
+    uint64_t kill_at;               /* ms: SIGKILL after, 0 = no */
+    uint64_t started_ms;
+};
+
+struct fdp_control;
+
+struct fdp_pool {
+    /* Configuration, set before start. Strings are owned by the pool. */
+    char *script;                   /* handler file, or NULL */
+    int handler_ref;                /* function in L, or LUA_NOREF */
+    char **args;                    /* script arguments */
+    int nargs;
+    int nworkers;
+    int concurrency;
+    char *policy_name;              /* "least_conn", a path, or "function" */
+    int policy_ref;                 /* function in L, or LUA_NOREF */
+    char *control_path;             /* NULL: no control socket */
+    int control_default;            /* make control_path at start */
+    double grace;                   /* seconds for a fast stop */
+    double graceful_grace;          /* seconds for a graceful stop */
+
+    struct lua_State *L;            /* the state that made the pool */
+    pid_t owner;                    /* pid of the master */
+    int started;
+    int running;
+    int stopping;                   /* 0, 1 fast, 2 graceful */
+    int failed;                     /* first generation could not start */
+    char error[1024];
+    int ever_ready;
+
+    struct fdp_loop loop;
+    int sigfd;
+    struct fdp_io sigio;
+    sigset_t oldmask;
+    struct fdp_timer tick;
+
+    int nlisten;
+    struct fdp_listener listeners[FDP_MAX_LISTEN];
+    int accepting;
+
+    struct fdp_worker *workers;     /* FDP_MAX_WORKERS slots */
+    int generation;
+    int nalive;                     /* processes not yet reaped */
+
+    struct fdp_pending *queue;      /* ring of FDP_QUEUE_MAX */
+    int qhead;
+    int qlen;
+
+    uint64_t conn_seq;
+    uint64_t accepted;
+    uint64_t fallbacks;
+    uint64_t fallback_logged_ms;
+    uint64_t fallback_unlogged;
+    double started_at;
+    int crash_streak;
+
+    struct fdp_policy *policy;
+    struct fdp_control *control;
+};
+
+/* pool.c */
+struct fdp_pool *fdp_pool_new(void);
+void fdp_pool_free(struct fdp_pool *p);
+int fdp_pool_add_listen(struct fdp_pool *p, const char *addr);
+int fdp_pool_start(struct fdp_pool *p);
+int fdp_pool_step(struct fdp_pool *p, int timeout_ms);
+void fdp_pool_stop(struct fdp_pool *p, int graceful);
+void fdp_pool_close_in_child(struct fdp_pool *p, int keep);
+void fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
+                          const char **listen);
+int fdp_unix_reclaim(const char *path);
+int fdp_parse_addr(const char *addr, struct sockaddr_storage *ss,
+                   socklen_t *len, char *err, size_t errlen);
+
+/* policy.c: runs the dispatch policy in Lua. */
+int fdp_policy_open(struct fdp_pool *p, char *err, size_t errlen);
+int fdp_policy_pick(struct fdp_pool *p, const struct fdp_pending *c);
+void fdp_policy_close(struct fdp_pool *p);
+const char *fdp_policy_name(struct fdp_pool *p);
+int fdp_policy_check(struct lua_State *L, const char *spec, char *err,
+                     size_t errlen);
+
+/* control.c: the control socket, server and client sides. */
+int fdp_control_open(struct fdp_pool *p, char *err, size_t errlen);
+void fdp_control_close(struct fdp_pool *p, int unlink_path);
+int fdp_control_default_dir(char *out, size_t n, int create, char *err,
+                            size_t errlen);
+int fdp_control_default_path(struct fdp_pool *p, char *err, size_t errlen);
+int fdp_control_request(const char *path, const char *cmd,
+                        struct fdp_buf *out, char *err, size_t errlen);
+
+/* worker.c: the child side; never returns. */
+void fdp_worker_main(struct fdp_pool *p, int idx) __attribute__((noreturn));
+
+#endif

@@ -1,0 +1,277 @@
+/*
+ * status.c - the worker table's slots, their derived state, and the two
+ * renderings of the table (JSON for programs, aligned text for people).
+ * Pure data: no fds, no Lua, no logging.
+ */
+#include "fdp.h"
+#include "status.h"
+
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+
+void
+fdp_slot_reset(struct fdp_slot *s, int id)
+{
+    uint32_t restarts = s->restarts;
+    int how = s->last_exit_how, code = s->last_exit_code;
+
+    memset(s, 0, sizeof(*s));
+    s->id = id;
+    s->pid = -1;
+    s->restarts = restarts;
+    s->last_exit_how = how;
+    s->last_exit_code = code;
+}
+
+
+/* "starting", "free", "busy", "exiting" ("none" for an unused slot). */
+const char *
+fdp_slot_state(const struct fdp_slot *s)
+{
+    switch (s->state) {
+    case FDP_W_STARTING:
+        return "starting";
+    case FDP_W_RUNNING:
+        return s->active < s->capacity ? "free" : "busy";
+    case FDP_W_EXITING:
+        return "exiting";
+    default:
+        return "none";
+    }
+}
+
+
+/* Track busy_since: set when the slot becomes full, cleared when not. */
+void
+fdp_slot_update_busy(struct fdp_slot *s, double now)
+{
+    if (s->active >= s->capacity) {
+        if (s->busy_since == 0) {
+            s->busy_since = now;
+        }
+    } else {
+        s->busy_since = 0;
+    }
+}
+
+
+/* Set or replace a custom field. Returns 0 or -ENOSPC when full. The
+ * caller has checked the lengths (fdp_msg_check). */
+int
+fdp_slot_set_kv(struct fdp_slot *s, const char *key, const char *val)
+{
+    int i;
+
+    for (i = 0; i < s->nkv; i++) {
+        if (strcmp(s->kv[i].key, key) == 0) {
+            break;
+        }
+    }
+    if (i == s->nkv) {
+        if (s->nkv == FDP_KV_MAX) {
+            return -ENOSPC;
+        }
+        s->nkv++;
+        snprintf(s->kv[i].key, sizeof(s->kv[i].key), "%s", key);
+    }
+    snprintf(s->kv[i].val, sizeof(s->kv[i].val), "%s", val);
+    return 0;
+}
+
+
+const char *
+fdp_slot_get_kv(const struct fdp_slot *s, const char *key)
+{
+    int i;
+
+    for (i = 0; i < s->nkv; i++) {
+        if (strcmp(s->kv[i].key, key) == 0) {
+            return s->kv[i].val;
+        }
+    }
+    return NULL;
+}
+
+
+const char *
+fdp_signame(int sig)
+{
+    static const struct { int sig; const char *name; } names[] = {
+        { SIGHUP, "SIGHUP" }, { SIGINT, "SIGINT" }, { SIGQUIT, "SIGQUIT" },
+        { SIGILL, "SIGILL" }, { SIGTRAP, "SIGTRAP" }, { SIGABRT, "SIGABRT" },
+        { SIGBUS, "SIGBUS" }, { SIGFPE, "SIGFPE" }, { SIGKILL, "SIGKILL" },
+        { SIGUSR1, "SIGUSR1" }, { SIGSEGV, "SIGSEGV" }, { SIGUSR2, "SIGUSR2" },
+        { SIGPIPE, "SIGPIPE" }, { SIGALRM, "SIGALRM" }, { SIGTERM, "SIGTERM" },
+        { SIGCHLD, "SIGCHLD" }, { SIGXCPU, "SIGXCPU" }, { SIGSYS, "SIGSYS" },
+        { SIGTTIN, "SIGTTIN" }, { SIGTTOU, "SIGTTOU" }
+    };
+    size_t i;
+
+    for (i = 0; i < FDP_NELEM(names); i++) {
+        if (names[i].sig == sig) {
+            return names[i].name;
+        }
+    }
+    return "SIGUNKNOWN";
+}
+
+
+void
+fdp_buf_printf(struct fdp_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (b->oom) {
+        return;
+    }
+    for (;;) {
+        size_t room = b->cap - b->len;
+
+        va_start(ap, fmt);
+        n = vsnprintf(b->data ? b->data + b->len : NULL, room, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->oom = 1;
+            return;
+        }
+        if ((size_t) n < room) {
+            b->len += (size_t) n;
+            return;
+        }
+        {
+            size_t cap = b->cap ? b->cap : 1024;
+            char *p;
+
+            while (cap - b->len <= (size_t) n) {
+                cap *= 2;
+            }
+            p = realloc(b->data, cap);
+            if (p == NULL) {
+                b->oom = 1;
+                return;
+            }
+            b->data = p;
+            b->cap = cap;
+        }
+    }
+}
+
+
+void
+fdp_buf_json_str(struct fdp_buf *b, const char *s)
+{
+    fdp_buf_printf(b, "\"");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char) *s;
+
+        if (c == '"' || c == '\\') {
+            fdp_buf_printf(b, "\\%c", c);
+        } else if (c < 0x20) {
+            fdp_buf_printf(b, "\\u%04x", c);
+        } else {
+            fdp_buf_printf(b, "%c", c);
+        }
+    }
+    fdp_buf_printf(b, "\"");
+}
+
+
+void
+fdp_buf_free(struct fdp_buf *b)
+{
+    free(b->data);
+    memset(b, 0, sizeof(*b));
+}
+
+
+void
+fdp_status_json(struct fdp_buf *b, const struct fdp_status_info *info,
+                const struct fdp_slot *slots, int n)
+{
+    int i, k;
+
+    fdp_buf_printf(b, "{\"pid\": %ld, \"policy\": ", (long) info->pid);
+    fdp_buf_json_str(b, info->policy);
+    fdp_buf_printf(b, ", \"listen\": [");
+    for (i = 0; i < info->nlisten; i++) {
+        fdp_buf_printf(b, i ? ", " : "");
+        fdp_buf_json_str(b, info->listen[i]);
+    }
+    fdp_buf_printf(b, "], \"accepted\": %llu, \"queued\": %llu, "
+                   "\"fallbacks\": %llu, \"started\": %.3f, \"workers\": [",
+                   (unsigned long long) info->accepted,
+                   (unsigned long long) info->queued,
+                   (unsigned long long) info->fallbacks, info->started);
+    for (i = 0; i < n; i++) {
+        const struct fdp_slot *s = &slots[i];
+
+        fdp_buf_printf(b, "%s{\"id\": %d, \"pid\": %ld, \"generation\": %d, "
+                       "\"state\": \"%s\", \"active\": %d, \"capacity\": %d, "
+                       "\"served\": %llu, \"bytes_in\": %llu, "
+                       "\"bytes_out\": %llu, \"started\": %.3f, "
+                       "\"busy_since\": %.3f, \"restarts\": %u, "
+                       "\"last_exit\": ",
+                       i ? ", " : "", s->id, (long) s->pid, s->generation,
+                       fdp_slot_state(s), s->active, s->capacity,
+                       (unsigned long long) s->served,
+                       (unsigned long long) s->bytes_in,
+                       (unsigned long long) s->bytes_out, s->started,
+                       s->busy_since, s->restarts);
+        if (s->last_exit_how == FDP_EXIT_CODE) {
+            fdp_buf_printf(b, "{\"how\": \"exit\", \"code\": %d}",
+                           s->last_exit_code);
+        } else if (s->last_exit_how == FDP_EXIT_SIGNAL) {
+            fdp_buf_printf(b, "{\"how\": \"signal\", \"code\": %d, "
+                           "\"name\": \"%s\"}", s->last_exit_code,
+                           fdp_signame(s->last_exit_code));
+        } else {
+            fdp_buf_printf(b, "null");
+        }
+        fdp_buf_printf(b, ", \"fields\": {");
+        for (k = 0; k < s->nkv; k++) {
+            fdp_buf_printf(b, k ? ", " : "");
+            fdp_buf_json_str(b, s->kv[k].key);
+            fdp_buf_printf(b, ": ");
+            fdp_buf_json_str(b, s->kv[k].val);
+        }
+        fdp_buf_printf(b, "}}");
+    }
+    fdp_buf_printf(b, "]}\n");
+}
+
+
+void
+fdp_status_table(struct fdp_buf *b, const struct fdp_status_info *info,
+                 const struct fdp_slot *slots, int n)
+{
+    int i, k;
+
+    fdp_buf_printf(b, "master %ld  policy %s  accepted %llu  queued %llu\n",
+                   (long) info->pid, info->policy,
+                   (unsigned long long) info->accepted,
+                   (unsigned long long) info->queued);
+    for (i = 0; i < info->nlisten; i++) {
+        fdp_buf_printf(b, "listen %s\n", info->listen[i]);
+    }
+    fdp_buf_printf(b, "%4s %8s %-8s %6s %8s %10s %8s %12s %12s\n", "ID",
+                   "PID", "STATE", "ACTIVE", "CAPACITY", "SERVED",
+                   "RESTARTS", "BYTES_IN", "BYTES_OUT");
+    for (i = 0; i < n; i++) {
+        const struct fdp_slot *s = &slots[i];
+
+        fdp_buf_printf(b, "%4d %8ld %-8s %6d %8d %10llu %8u %12llu %12llu",
+                       s->id, (long) s->pid, fdp_slot_state(s), s->active,
+                       s->capacity, (unsigned long long) s->served,
+                       s->restarts, (unsigned long long) s->bytes_in,
+                       (unsigned long long) s->bytes_out);
+        for (k = 0; k < s->nkv; k++) {
+            fdp_buf_printf(b, " %s=%s", s->kv[k].key, s->kv[k].val);
+        }
+        fdp_buf_printf(b, "\n");
+    }
+}

@@ -1,0 +1,559 @@
+/*
+ * worker.c - the child side. After fork: drop the master's fds (done by
+ * the caller), restore signals, die with the master, build a Lua state
+ * and an epoll loop, run the handler script's top level, report READY,
+ * then serve: every connection the master hands over runs handler(conn)
+ * in its own coroutine; conn I/O that would block yields to this loop.
+ * Owns the channel end and every connection fd it was handed.
+ */
+#include "fdp.h"
+#include "pool.h"
+#include "worker.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <time.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+static void task_resume(struct fdp_task *t, int nargs);
+
+
+struct fdp_task *
+fdp_current_task(lua_State *L)
+{
+    struct fdp_task *t = *(struct fdp_task **) lua_getextraspace(L);
+
+    return (t != NULL && t->co == L) ? t : NULL;
+}
+
+
+static void
+flush_done(struct fdp_wctx *w)
+{
+    int r;
+
+    if (w->ndone == 0) {
+        return;
+    }
+    r = fdp_chan_send(w->ch, FDP_MSG_DONE, (unsigned) w->ndone, w->done,
+                      (size_t) w->ndone * sizeof(w->done[0]), NULL, 0);
+    if (r < 0) {
+        fdp_log(FDP_LOG_ERROR, -r, "cannot report to the master; exiting");
+        _exit(1);
+    }
+    w->ndone = 0;
+    if (w->ch->head != NULL) {
+        (void) fdp_loop_mod(&w->loop, &w->chio, EPOLLIN | EPOLLOUT);
+    }
+}
+
+
+static void
+worker_exit(struct fdp_wctx *w, int code)
+{
+    flush_done(w);
+    /* The channel queue may hold DONE messages: give them a moment. */
+    if (w->ch->head != NULL) {
+        (void) fdp_set_nonblock(w->ch->fd, 0);
+        (void) fdp_chan_flush(w->ch);
+    }
+    _exit(code);
+}
+
+
+/* Replace "\n\t" in a traceback with " | " so the log keeps one line per
+ * event. Pushes the result. */
+static void
+push_oneline(lua_State *L, const char *s)
+{
+    luaL_Buffer b;
+
+    luaL_buffinit(L, &b);
+    for (; *s; s++) {
+        if (*s == '\n') {
+            luaL_addstring(&b, " | ");
+            while (s[1] == '\t' || s[1] == ' ') {
+                s++;
+            }
+        } else {
+            luaL_addchar(&b, *s);
+        }
+    }
+    luaL_pushresult(&b);
+}
+
+
+static void
+task_finish(struct fdp_task *t, int status)
+{
+    struct fdp_wctx *w = t->w;
+    struct fdp_conn *c = t->conn;
+    struct fdp_done_entry *d;
+
+    if (status != LUA_OK) {
+        const char *msg = lua_tostring(t->co, -1);
+        char peer[80] = "?";
+
+        if (msg == NULL) {
+            msg = luaL_typename(t->co, -1);
+        }
+        if (c) {
+            fdp_conn_peer(c, peer, sizeof(peer));
+        }
+        luaL_traceback(w->L, t->co, msg, 0);
+        push_oneline(w->L, lua_tostring(w->L, -1));
+        fdp_log(FDP_LOG_ERROR, 0, "handler error (peer %s): %s", peer,
+                lua_tostring(w->L, -1));
+        lua_pop(w->L, 2);
+        (void) lua_resetthread(t->co);  /* runs pending <close> */
+    }
+    if (t->waiting) {
+        fdp_timer_stop(&w->loop, &t->timer);
+        if (t->wconn) {
+            t->wconn->waiter = NULL;
+        }
+    }
+    if (c) {
+        d = &w->done[w->ndone++];
+        d->id = t->id;
+        d->bytes_in = c->bytes_in;
+        d->bytes_out = c->bytes_out;
+        d->usec = fdp_now_us() - t->started_us;
+        fdp_conn_close(c);
+        if (w->ndone == FDP_BATCH_MAX) {
+            flush_done(w);
+        }
+    }
+    if (t->prev) {
+        t->prev->next = t->next;
+    } else {
+        w->tasks = t->next;
+    }
+    if (t->next) {
+        t->next->prev = t->prev;
+    }
+    *(struct fdp_task **) lua_getextraspace(t->co) = NULL;
+    luaL_unref(w->L, LUA_REGISTRYINDEX, t->ref);
+    free(t);
+    w->active--;
+}
+
+
+static void
+run_again(struct fdp_loop *loop, struct fdp_timer *timer)
+{
+    struct fdp_task *t = timer->data;
+
+    (void) loop;
+    t->waiting = 0;
+    task_resume(t, 0);
+}
+
+
+static void
+task_resume(struct fdp_task *t, int nargs)
+{
+    struct fdp_wctx *w = t->w;
+    int nres = 0, r;
+
+    r = lua_resume(t->co, w->L, nargs, &nres);
+    if (r == LUA_YIELD) {
+        lua_pop(t->co, nres);
+        if (!t->waiting) {
+            /* A bare coroutine.yield() in a handler: run it again on the
+             * next turn of the loop, after the others. */
+            fdp_timer_init(&t->timer, run_again, t);
+            t->waiting = FDP_WAIT_SLEEP;
+            t->wconn = NULL;
+            (void) fdp_timer_start(&w->loop, &t->timer, 0);
+        }
+        return;
+    }
+    task_finish(t, r);
+}
+
+
+static void
+wait_timeout(struct fdp_loop *loop, struct fdp_timer *timer)
+{
+    struct fdp_task *t = timer->data;
+
+    (void) loop;
+    if (t->wconn) {
+        t->wconn->waiter = NULL;
+    }
+    t->wconn = NULL;
+    t->waiting = 0;
+    t->timed_out = 1;
+    task_resume(t, 0);
+}
+
+
+static void
+conn_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
+{
+    struct fdp_conn *c = io->data;
+    struct fdp_task *t = c->waiter;
+
+    if (t == NULL) {
+        return;
+    }
+    if (ev & (c->wait_events | EPOLLHUP | EPOLLERR)) {
+        fdp_timer_stop(loop, &t->timer);
+        c->waiter = NULL;
+        t->wconn = NULL;
+        t->waiting = 0;
+        t->timed_out = 0;
+        task_resume(t, 0);
+    }
+}
+
+
+void
+fdp_conn_unwatch(struct fdp_conn *c)
+{
+    if (c->io.events != 0 || c->io.seq != 0) {
+        (void) fdp_loop_del(&c->w->loop, &c->io);
+        c->io.seq = 0;
+    }
+}
+
+
+/*
+ * Wait until c's fd is ready for `events` or c->deadline passes.
+ * In a task coroutine this yields (lua_yieldk) and the continuation k
+ * runs later: it asks fdp_wait_timed_out(). Elsewhere (a handler's own
+ * coroutine, init, top level) it blocks in poll() and returns 1 when
+ * ready, 0 on timeout. Edge-triggered epoll: call only after EAGAIN.
+ */
+int
+fdp_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
+         lua_KContext ctx, lua_KFunction k)
+{
+    struct fdp_task *t = fdp_current_task(L);
+    uint64_t now = fdp_now_ms();
+
+    if (t != NULL && lua_isyieldable(L) && c->w != NULL) {
+        if (c->waiter != NULL) {
+            return luaL_error(L, "connection already waited on by another "
+                              "coroutine");
+        }
+        if (c->io.seq == 0) {
+            c->io.fd = c->fd;
+            c->io.cb = conn_io;
+            c->io.data = c;
+            if (fdp_loop_add(&c->w->loop, &c->io,
+                             EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0) {
+                return luaL_error(L, "epoll_ctl() failed: %s",
+                                  strerror(errno));
+            }
+        }
+        c->waiter = t;
+        c->wait_events = events;
+        t->wconn = c;
+        t->waiting = events;
+        t->timed_out = 0;
+        fdp_timer_init(&t->timer, wait_timeout, t);
+        if (c->deadline) {
+            (void) fdp_timer_start(&c->w->loop, &t->timer,
+                                   c->deadline > now ? c->deadline - now : 0);
+        }
+        return lua_yieldk(L, 0, ctx, k);
+    } else {
+        struct pollfd pfd;
+        int ms, r;
+
+        pfd.fd = c->fd;
+        pfd.events = (short) ((events & EPOLLIN ? POLLIN : 0)
+                              | (events & EPOLLOUT ? POLLOUT : 0));
+        do {
+            now = fdp_now_ms();
+            ms = !c->deadline ? -1
+                 : c->deadline > now ? (int) (c->deadline - now) : 0;
+            r = poll(&pfd, 1, ms);
+        } while (r < 0 && errno == EINTR);
+        return r > 0;
+    }
+}
+
+
+int
+fdp_wait_timed_out(lua_State *L)
+{
+    struct fdp_task *t = fdp_current_task(L);
+
+    return t != NULL && t->timed_out;
+}
+
+
+static void
+start_task(struct fdp_wctx *w, int fd, uint64_t id)
+{
+    struct fdp_task *t = calloc(1, sizeof(*t));
+    lua_State *co;
+
+    if (t == NULL) {
+        fdp_log(FDP_LOG_ERROR, ENOMEM, "cannot serve a connection");
+        fdp_close(&fd);
+        return;
+    }
+    co = lua_newthread(w->L);
+    t->ref = luaL_ref(w->L, LUA_REGISTRYINDEX);
+    t->co = co;
+    t->w = w;
+    t->id = id;
+    t->started_us = fdp_now_us();
+    fdp_timer_init(&t->timer, wait_timeout, t);
+    *(struct fdp_task **) lua_getextraspace(co) = t;
+    t->next = w->tasks;
+    if (w->tasks) {
+        w->tasks->prev = t;
+    }
+    w->tasks = t;
+    w->active++;
+
+    lua_rawgeti(co, LUA_REGISTRYINDEX, w->handler_ref);
+    t->conn = fdp_conn_new(co, fd, w);
+    task_resume(t, 1);
+}
+
+
+static void
+stop_now(struct fdp_loop *loop, struct fdp_timer *timer)
+{
+    struct fdp_wctx *w = timer->data;
+
+    (void) loop;
+    if (w->active > 0) {
+        fdp_log(FDP_LOG_WARN, 0, "grace period over with %d connection(s) "
+                "still open; exiting", w->active);
+    }
+    worker_exit(w, 0);
+}
+
+
+static void
+channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
+{
+    struct fdp_wctx *w = io->data;
+    struct fdp_msg m;
+    int r, i;
+
+    if (ev & EPOLLOUT) {
+        r = fdp_chan_flush(w->ch);
+        if (r == 0) {
+            (void) fdp_loop_mod(loop, io, EPOLLIN);
+        } else if (r != -EAGAIN) {
+            _exit(1);
+        }
+    }
+    for (;;) {
+        r = fdp_chan_recv(w->ch, &m);
+        if (r == -EAGAIN) {
+            return;
+        }
+        if (r <= 0 || fdp_msg_check(&m, 0) < 0) {
+            /* EOF: the master is gone, and so are we. Garbage from the
+             * master cannot happen; leave rather than guess. */
+            fdp_msg_close_fds(&m);
+            if (r != 0) {
+                fdp_log(FDP_LOG_ERROR, r < 0 ? -r : 0, "bad message from "
+                        "the master; exiting");
+            }
+            _exit(r == 0 ? 0 : 1);
+        }
+        switch (m.h.type) {
+        case FDP_MSG_CONN:
+            for (i = 0; i < m.h.count; i++) {
+                int fd = m.fds[i];
+
+                m.fds[i] = -1;
+                start_task(w, fd, m.u.conn[i].id);
+            }
+            break;
+        case FDP_MSG_STOP:
+            w->stopping = 1;
+            if (w->active == 0) {
+                worker_exit(w, 0);
+            }
+            fdp_timer_init(&w->stop_timer, stop_now, w);
+            (void) fdp_timer_start(loop, &w->stop_timer, m.u.stop.grace_ms);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+
+static void
+fail(struct fdp_wctx *w, const char *msg)
+{
+    size_t n = strlen(msg);
+
+    if (n > FDP_MSG_MAX) {
+        n = FDP_MSG_MAX;
+    }
+    (void) fdp_set_nonblock(w->ch->fd, 0);
+    (void) fdp_chan_send(w->ch, FDP_MSG_FAIL, 0, msg, n ? n : 1, NULL, 0);
+    _exit(1);
+}
+
+
+static int
+msgh(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+
+    if (msg == NULL) {
+        msg = lua_pushfstring(L, "(error object is a %s value)",
+                              luaL_typename(L, 1));
+    }
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+
+/* Load the handler script into a fresh state (arg and ... as lua5.4
+ * gives them) and leave its result on the stack. 0 or -1, message on top. */
+static int
+load_script(lua_State *L, struct fdp_pool *p)
+{
+    int i;
+
+    lua_createtable(L, p->nargs, 1);
+    lua_pushstring(L, p->script);
+    lua_rawseti(L, -2, 0);
+    for (i = 0; i < p->nargs; i++) {
+        lua_pushstring(L, p->args[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setglobal(L, "arg");
+    lua_pushcfunction(L, msgh);
+    if (luaL_loadfilex(L, p->script, "t") != LUA_OK) {
+        return -1;
+    }
+    for (i = 0; i < p->nargs; i++) {
+        lua_pushstring(L, p->args[i]);
+    }
+    if (lua_pcall(L, p->nargs, 1, -(p->nargs + 2)) != LUA_OK) {
+        return -1;
+    }
+    lua_remove(L, -2);
+    return 0;
+}
+
+
+void
+fdp_worker_main(struct fdp_pool *p, int idx)
+{
+    struct fdp_wctx w;
+    char tag[32];
+    lua_State *L;
+    int r;
+
+    memset(&w, 0, sizeof(w));
+    w.pool = p;
+    w.idx = idx;
+    w.ch = &p->workers[idx].ch;
+    snprintf(tag, sizeof(tag), "worker %d", idx + 1);
+    fdp_log_set_tag(tag);
+
+    /* Die with the master: the signal, and (below) the channel EOF. The
+     * getppid() check closes the race with a master that died first. */
+    (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != p->owner) {
+        _exit(1);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGQUIT, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+    signal(SIGCHLD, SIG_DFL);
+    (void) sigprocmask(SIG_SETMASK, &p->oldmask, NULL);
+
+    if (fdp_loop_init(&w.loop) < 0) {
+        fail(&w, "epoll_create1() failed");
+    }
+    (void) fdp_set_nonblock(w.ch->fd, 1);
+    w.chio.fd = w.ch->fd;
+    w.chio.cb = channel_io;
+    w.chio.data = &w;
+    if (fdp_loop_add(&w.loop, &w.chio, EPOLLIN) < 0) {
+        fail(&w, "epoll_ctl() failed on the channel");
+    }
+
+    if (p->script) {
+        L = luaL_newstate();
+        if (L == NULL) {
+            fail(&w, "cannot create a Lua state");
+        }
+        luaL_openlibs(L);
+        fdp_open_module(L);
+        w.L = L;
+        fdp_module_set_worker(L, &w);
+        if (load_script(L, p) < 0) {
+            fail(&w, lua_tostring(L, -1));
+        }
+    } else {
+        L = p->L;
+        w.L = L;
+        lua_settop(L, 0);
+        fdp_module_set_worker(L, &w);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, p->handler_ref);
+    }
+
+    /* The handler: a function, or {handle = fn, init = fn}. */
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "init");
+        if (!lua_isnil(L, -1)) {
+            if (!lua_isfunction(L, -1)) {
+                fail(&w, "the handler table's 'init' is not a function");
+            }
+            lua_pushcfunction(L, msgh);
+            lua_insert(L, -2);
+            lua_getfield(L, LUA_REGISTRYINDEX, "fdpool.worker");
+            if (lua_pcall(L, 1, 0, -3) != LUA_OK) {
+                lua_pushfstring(L, "init failed: %s", lua_tostring(L, -1));
+                fail(&w, lua_tostring(L, -1));
+            }
+            lua_pop(L, 1);
+        } else {
+            lua_pop(L, 1);
+        }
+        lua_getfield(L, -1, "handle");
+        lua_remove(L, -2);
+    }
+    if (!lua_isfunction(L, -1)) {
+        lua_pushfstring(L, "%s must return a function(conn) or a table "
+                        "{handle = function(conn) ... end} (got %s)",
+                        p->script ? p->script : "the handler",
+                        luaL_typename(L, -1));
+        fail(&w, lua_tostring(L, -1));
+    }
+    w.handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    r = fdp_chan_send(w.ch, FDP_MSG_READY, 0, NULL, 0, NULL, 0);
+    if (r < 0) {
+        _exit(1);
+    }
+    for (;;) {
+        r = fdp_loop_run_once(&w.loop, -1);
+        if (r < 0) {
+            fdp_log(FDP_LOG_ERROR, -r, "epoll_wait() failed");
+            worker_exit(&w, 1);
+        }
+        flush_done(&w);
+        if (w.stopping && w.active == 0) {
+            worker_exit(&w, 0);
+        }
+    }
+}

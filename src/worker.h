@@ -1,0 +1,91 @@
+/*
+ * worker.h - the worker process's scheduler, shared by worker.c (the
+ * loop, tasks, the channel to the master) and lconn.c (the conn object,
+ * whose I/O waits through it). A task is one coroutine serving one
+ * connection.
+ */
+#ifndef FDP_WORKER_H
+#define FDP_WORKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+#include "channel.h"
+#include "loop.h"
+
+#define FDP_WAIT_SLEEP  0x80000000u
+
+struct fdp_pool;
+struct fdp_wctx;
+struct fdp_conn;
+
+struct fdp_task {
+    lua_State *co;
+    int ref;                    /* the thread, in the registry */
+    struct fdp_conn *conn;      /* the connection it serves */
+    struct fdp_wctx *w;
+    uint64_t id;
+    uint64_t started_us;
+    struct fdp_timer timer;     /* wait deadline or sleep */
+    uint32_t waiting;           /* events waited for, 0 = runnable */
+    struct fdp_conn *wconn;     /* conn waited on */
+    int timed_out;
+    struct fdp_task *prev, *next;
+};
+
+struct fdp_wctx {
+    struct fdp_pool *pool;
+    int idx;                    /* 0-based slot */
+    lua_State *L;
+    int handler_ref;
+    struct fdp_loop loop;
+    struct fdp_chan *ch;
+    struct fdp_io chio;
+    int active;
+    int stopping;
+    struct fdp_timer stop_timer;
+    int ndone;
+    struct fdp_done_entry done[FDP_BATCH_MAX];
+    struct fdp_task *tasks;
+    struct fdp_task *runnable;  /* yielded without waiting: resume soon */
+    struct fdp_timer run_timer;
+};
+
+/* The conn object (userdata "fdpool.conn"). */
+struct fdp_conn {
+    int fd;
+    struct fdp_io io;
+    struct fdp_wctx *w;
+    struct fdp_task *waiter;    /* task blocked on this fd */
+    uint32_t wait_events;
+    double timeout;             /* seconds per call, < 0: none */
+    uint64_t deadline;          /* ms of the call in progress, 0: none */
+    size_t op_pos;              /* progress of the call in progress */
+    char *rbuf;
+    size_t rstart, rend, rcap;
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+};
+
+/* worker.c */
+int fdp_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
+             lua_KContext ctx, lua_KFunction k);
+int fdp_wait_timed_out(lua_State *L);
+struct fdp_task *fdp_current_task(lua_State *L);
+void fdp_conn_unwatch(struct fdp_conn *c);
+
+/* lconn.c */
+void fdp_conn_open_meta(lua_State *L);
+struct fdp_conn *fdp_conn_new(lua_State *L, int fd, struct fdp_wctx *w);
+void fdp_conn_close(struct fdp_conn *c);
+void fdp_conn_peer(struct fdp_conn *c, char *out, size_t n);
+
+/* lfdpool.c */
+int luaopen_fdpool(lua_State *L);
+void fdp_open_module(lua_State *L);
+void fdp_module_set_worker(lua_State *L, struct fdp_wctx *w);
+int fdp_pushfail(lua_State *L, int err, const char *what);
+
+#endif
