@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <time.h>
 
 #include <lauxlib.h>
@@ -301,6 +302,85 @@ fd_tostring(lua_State *L)
         lua_pushfstring(L, "%s (closed)", name);
     } else {
         lua_pushfstring(L, "%s (%d)", name, f->fd);
+    }
+    return 1;
+}
+
+
+static int
+fd_settimeout(lua_State *L)
+{
+    struct fdp_fd *f = checkfd(L, 1);
+    lua_Number t = luaL_optnumber(L, 2, 0);
+    struct timeval tv;
+
+    if (t < 0) {
+        t = 0;
+    }
+    tv.tv_sec = (time_t) t;
+    tv.tv_usec = (suseconds_t) ((t - (lua_Number) tv.tv_sec) * 1e6);
+    if (setsockopt(f->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0
+        || setsockopt(f->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0) {
+        return fdp_pushfail(L, errno, "setsockopt");
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+static int
+fd_shutdown(lua_State *L)
+{
+    struct fdp_fd *f = checkfd(L, 1);
+    static const char *const opts[] = { "both", "send", "receive", NULL };
+    static const int how[] = { SHUT_RDWR, SHUT_WR, SHUT_RD };
+    int o = luaL_checkoption(L, 2, "both", opts);
+
+    if (shutdown(f->fd, how[o]) < 0) {
+        return fdp_pushfail(L, errno, "shutdown");
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+/*
+ * fdpool.connect(addr [, timeout]) -> fd, or nil, err, errno: a blocking
+ * client socket (CLOEXEC) to HOST:PORT, [V6]:PORT or unix:PATH, with
+ * timeout (seconds, default none) on connect, reads and writes.
+ */
+static int
+l_connect(lua_State *L)
+{
+    const char *addr = luaL_checkstring(L, 1);
+    lua_Number t = luaL_optnumber(L, 2, 0);
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char err[256];
+    struct timeval tv;
+    int fd;
+
+    if (fdp_parse_addr(addr, &ss, &len, err, sizeof(err)) < 0) {
+        return luaL_argerror(L, 1, err);
+    }
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return fdp_pushfail(L, errno, "socket");
+    }
+    fdp_pushfd(L, fd);
+    if (t > 0) {
+        tv.tv_sec = (time_t) t;
+        tv.tv_usec = (suseconds_t) ((t - (lua_Number) tv.tv_sec) * 1e6);
+        (void) setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        (void) setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    }
+    if (connect(fd, (struct sockaddr *) &ss, len) < 0) {
+        int e = errno;
+        struct fdp_fd *f = lua_touserdata(L, -1);
+
+        fdp_close(&f->fd);
+        lua_pushfstring(L, "connect %s", addr);
+        return fdp_pushfail(L, e, lua_tostring(L, -1));
     }
     return 1;
 }
@@ -1245,6 +1325,7 @@ luaopen_fdpool(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         { "socketpair", l_socketpair },
+        { "connect", l_connect },
         { "open_beneath", l_open_beneath },
         { "sleep", l_sleep },
         { "type", l_type },
@@ -1262,6 +1343,8 @@ luaopen_fdpool(lua_State *L)
         { "read", fd_read },
         { "write", fd_write },
         { "seek", fd_seek },
+        { "settimeout", fd_settimeout },
+        { "shutdown", fd_shutdown },
         { "close", fd_close },
         { NULL, NULL }
     };

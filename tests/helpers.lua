@@ -1,0 +1,240 @@
+-- tests/helpers.lua: what the specs share. Start the real `pool` binary
+-- in the background on a free port or a unix socket, wait for states by
+-- polling with deadlines (never bare sleeps), talk to it over real
+-- sockets, stop it and read its exit code and log.
+local fdpool = require "fdpool"
+local json = require "dkjson"
+
+local H = {}
+
+H.BUILD = os.getenv("FDPOOL_BUILD") or "build"
+H.POOL = H.BUILD .. "/pool"
+H.FDFETCH = H.BUILD .. "/fdfetch"
+H.json = json
+
+local tmpdirs = {}
+-- Remove temp dirs when the Lua state closes.
+H._sentinel = setmetatable({}, { __gc = function()
+  for _, d in ipairs(tmpdirs) do os.execute("rm -rf '" .. d .. "'") end
+end })
+
+function H.quote(s)
+  s = tostring(s)
+  if s:match("^[%w%./_:=,@%-]+$") then return s end
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+function H.readfile(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+function H.writefile(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+  return path
+end
+
+function H.tmpdir()
+  local p = io.popen("mktemp -d /tmp/fdpool-test.XXXXXX")
+  local d = p:read("l")
+  p:close()
+  tmpdirs[#tmpdirs + 1] = d
+  return d
+end
+
+-- Run a shell command; returns ok, exit code, stdout..stderr.
+function H.run(cmd)
+  local p = io.popen("(" .. cmd .. ") 2>&1; echo \"__rc=$?\"")
+  local out = p:read("a")
+  p:close()
+  local body, rc = out:match("^(.*)__rc=(%d+)%s*$")
+  rc = tonumber(rc)
+  return rc == 0, rc, body
+end
+
+function H.sleep(s) fdpool.sleep(s) end
+
+function H.now()
+  local p = io.open("/proc/uptime")
+  local t = p:read("n")
+  p:close()
+  return t
+end
+
+-- Poll fn() until it returns a truthy value or timeout (seconds) passes;
+-- returns that value, or raises with msg.
+function H.wait_until(fn, timeout, msg)
+  local deadline = H.now() + (timeout or 5)
+  local delay = 0.005
+  while true do
+    local v = fn()
+    if v then return v end
+    if H.now() > deadline then
+      error("timed out waiting for " .. (msg or "a condition"), 2)
+    end
+    fdpool.sleep(delay)
+    delay = math.min(delay * 2, 0.05)
+  end
+end
+
+function H.alive(pid)
+  local s = H.readfile("/proc/" .. pid .. "/stat")
+  if not s then return false end
+  local state = s:match("^%d+ %b() (%a)")
+  return state ~= "Z" and state ~= "X"
+end
+
+function H.fd_count(pid)
+  local ok, _, out = H.run("ls /proc/" .. pid .. "/fd | wc -l")
+  return ok and tonumber(out:match("%d+")) or nil
+end
+
+-- Child pids of pid (from /proc/PID/task/*/children).
+function H.children(pid)
+  local s = H.readfile("/proc/" .. pid .. "/task/" .. pid .. "/children") or ""
+  local t = {}
+  for c in s:gmatch("%d+") do t[#t + 1] = tonumber(c) end
+  return t
+end
+
+-- Start `pool run`. opts: script (nil: built-in hello), args, workers,
+-- concurrency, policy, listen (default 127.0.0.1:0; "unix" = a socket
+-- in a temp dir), extra (list of more flags), wait (default true: wait
+-- for "listening on").
+function H.start_pool(opts)
+  opts = opts or {}
+  local dir = H.tmpdir()
+  local p = { dir = dir, log_path = dir .. "/pool.log", exit_path = dir .. "/exit",
+              control = dir .. "/control.sock" }
+  local cmd = { H.POOL, "run" }
+  if opts.script then cmd[#cmd + 1] = opts.script end
+  local listen = opts.listen or "127.0.0.1:0"
+  if listen == "unix" then listen = "unix:" .. dir .. "/pool.sock" end
+  if listen ~= false then
+    cmd[#cmd + 1] = "--listen"; cmd[#cmd + 1] = listen
+  end
+  cmd[#cmd + 1] = "--workers"; cmd[#cmd + 1] = tostring(opts.workers or 2)
+  if opts.concurrency then
+    cmd[#cmd + 1] = "--concurrency"; cmd[#cmd + 1] = tostring(opts.concurrency)
+  end
+  if opts.policy then cmd[#cmd + 1] = "--policy"; cmd[#cmd + 1] = opts.policy end
+  cmd[#cmd + 1] = "--control"; cmd[#cmd + 1] = p.control
+  for _, f in ipairs(opts.extra or {}) do cmd[#cmd + 1] = f end
+  if opts.args then
+    cmd[#cmd + 1] = "--"
+    for _, a in ipairs(opts.args) do cmd[#cmd + 1] = a end
+  end
+  for i, c in ipairs(cmd) do cmd[i] = H.quote(c) end
+  p.cmd = table.concat(cmd, " ")
+  os.execute(("(%s; echo $? > %s) </dev/null >%s/stdout 2>%s &"):format(
+    p.cmd, p.exit_path, dir, p.log_path))
+  setmetatable(p, { __index = H.Pool })
+  -- The master's pid is in every log line: "pool[PID]".
+  p.pid = H.wait_until(function()
+    local log = H.readfile(p.log_path) or ""
+    return tonumber(log:match("pool%[(%d+)%]")) or p:exited()
+  end, 10, "the pool's first log line")
+  if type(p.pid) ~= "number" then p.pid = nil end
+  if opts.wait ~= false and p.pid then
+    local addr = H.wait_until(function()
+      if p:exited() then return "exited" end
+      return (p:log():match("listening on (%S+)"))
+    end, 10, "the pool to listen")
+    if addr ~= "exited" then p.addr = addr end
+    if opts.ready ~= false and p.addr then
+      p:wait_ready(opts.workers or 2)
+    end
+  end
+  return p
+end
+
+H.Pool = {}
+
+function H.Pool:log() return H.readfile(self.log_path) or "" end
+
+-- Exit code once the pool has exited, else nil.
+function H.Pool:exited()
+  local s = H.readfile(self.exit_path)
+  return s and tonumber(s:match("%d+")) or nil
+end
+
+function H.Pool:wait_exit(timeout)
+  return H.wait_until(function() return self:exited() end, timeout or 10, "the pool to exit")
+end
+
+function H.Pool:kill(sig)
+  if self.pid then os.execute("kill -" .. (sig or "TERM") .. " " .. self.pid .. " 2>/dev/null") end
+end
+
+-- Stop with SIGTERM (or sig) and return the exit code.
+function H.Pool:stop(sig)
+  if self:exited() then return self:exited() end
+  self:kill(sig or "TERM")
+  return self:wait_exit(15)
+end
+
+-- The status table as JSON (through `pool status --json`).
+function H.Pool:status()
+  local ok, code, out = H.run(H.POOL .. " status --json --control " .. H.quote(self.control))
+  if not ok then return nil, out, code end
+  return json.decode(out)
+end
+
+-- Wait until n workers report READY (state free or busy).
+function H.Pool:wait_ready(n)
+  return H.wait_until(function()
+    local st = self:status()
+    if not st then return false end
+    local k = 0
+    for _, w in ipairs(st.workers) do
+      if w.state == "free" or w.state == "busy" then k = k + 1 end
+    end
+    return k >= n and st
+  end, 10, n .. " ready workers")
+end
+
+function H.Pool:worker_pids()
+  local st = assert(self:status())
+  local t = {}
+  for _, w in ipairs(st.workers) do t[#t + 1] = w.pid end
+  return t
+end
+
+-- Send bytes, read everything until the server closes.
+function H.request(addr, bytes, timeout)
+  local fd, err = fdpool.connect(addr, timeout or 10)
+  if not fd then return nil, err end
+  if bytes and #bytes > 0 then assert(fd:write(bytes)) end
+  local data, rerr = fd:read("a")
+  fd:close()
+  return data, rerr
+end
+H.tcp_request = H.request
+
+function H.http_get(addr, path, headers)
+  return H.request(addr, ("GET %s HTTP/1.1\r\nHost: test\r\nConnection: close\r\n%s\r\n"):format(
+    path or "/", headers or ""))
+end
+
+-- Count lines of the log at level "error" that do not match any of the
+-- allowed patterns.
+function H.unexpected_errors(log, allowed)
+  local bad = {}
+  for line in log:gmatch("[^\n]+") do
+    if line:match("^%S+ error ") then
+      local ok = false
+      for _, pat in ipairs(allowed or {}) do
+        if line:find(pat) then ok = true end
+      end
+      if not ok then bad[#bad + 1] = line end
+    end
+  end
+  return bad
+end
+
+return H
