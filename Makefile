@@ -62,9 +62,8 @@ $(B)/test_core: tests/c/test_core.c $(B)/fdpass.o $(B)/channel.o $(B)/loop.o \
 setup:
 	scripts/setup
 
-test: all $(B)/test_core
-	$(B)/test_core
-	scripts/test
+test:
+	scripts/run-tests
 
 check: test
 
@@ -72,15 +71,10 @@ asan:
 	$(MAKE) B=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
 
-test-asan: asan
-	build-asan/test_core 2>/dev/null || $(MAKE) B=build-asan \
-	    OPT="-O1 -g -fno-omit-frame-pointer" \
-	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
-	    build-asan/test_core
-	build-asan/test_core
-	FDPOOL_BUILD=build-asan scripts/test
 
-run: all
+run:
+	scripts/setup
+	$(MAKE) all
 	$(B)/pool run examples/hello.lua
 
 bench: all
@@ -106,5 +100,5 @@ print:
 clean:
 	rm -rf build build-asan
 
-.PHONY: all setup test check asan test-asan run bench install uninstall \
+.PHONY: all setup test check asan run bench install uninstall \
         print clean

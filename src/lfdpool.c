@@ -1242,6 +1242,7 @@ worker_set(lua_State *L)
 void
 fdp_module_set_worker(lua_State *L, struct fdp_wctx *w)
 {
+    fdp_worker_register(L, w);
     luaL_requiref(L, "fdpool", luaopen_fdpool, 0);
     lua_createtable(L, 0, 4);
     lua_pushinteger(L, w->idx + 1);

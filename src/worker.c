@@ -25,12 +25,35 @@
 static void task_resume(struct fdp_task *t, int nargs);
 
 
+/* The registry key under which a worker's state keeps its context. */
+static const char worker_key = 'w';
+
+
+void
+fdp_worker_register(lua_State *L, struct fdp_wctx *w)
+{
+    lua_pushlightuserdata(L, w);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &worker_key);
+}
+
+
+/*
+ * The task whose coroutine is L, if L is the coroutine this worker
+ * resumed last (a handler's own coroutines are not tasks: their I/O
+ * blocks instead of yielding to the wrong resumer).
+ */
 struct fdp_task *
 fdp_current_task(lua_State *L)
 {
-    struct fdp_task *t = *(struct fdp_task **) lua_getextraspace(L);
+    struct fdp_wctx *w;
 
-    return (t != NULL && t->co == L) ? t : NULL;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &worker_key);
+    w = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (w == NULL || w->current == NULL || w->current->co != L) {
+        return NULL;
+    }
+    return w->current;
 }
 
 
@@ -139,7 +162,6 @@ task_finish(struct fdp_task *t, int status)
     if (t->next) {
         t->next->prev = t->prev;
     }
-    *(struct fdp_task **) lua_getextraspace(t->co) = NULL;
     luaL_unref(w->L, LUA_REGISTRYINDEX, t->ref);
     free(t);
     w->active--;
@@ -161,9 +183,12 @@ static void
 task_resume(struct fdp_task *t, int nargs)
 {
     struct fdp_wctx *w = t->w;
+    struct fdp_task *prev = w->current;
     int nres = 0, r;
 
+    w->current = t;
     r = lua_resume(t->co, w->L, nargs, &nres);
+    w->current = prev;
     if (r == LUA_YIELD) {
         lua_pop(t->co, nres);
         if (!t->waiting) {
@@ -311,7 +336,6 @@ start_task(struct fdp_wctx *w, int fd, uint64_t id)
     t->id = id;
     t->started_us = fdp_now_us();
     fdp_timer_init(&t->timer, wait_timeout, t);
-    *(struct fdp_task **) lua_getextraspace(co) = t;
     t->next = w->tasks;
     if (w->tasks) {
         w->tasks->prev = t;

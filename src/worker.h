@@ -49,8 +49,7 @@ struct fdp_wctx {
     int ndone;
     struct fdp_done_entry done[FDP_BATCH_MAX];
     struct fdp_task *tasks;
-    struct fdp_task *runnable;  /* yielded without waiting: resume soon */
-    struct fdp_timer run_timer;
+    struct fdp_task *current;   /* the task being resumed */
 };
 
 /* The conn object (userdata "fdpool.conn"). */
@@ -74,6 +73,7 @@ int fdp_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
              lua_KContext ctx, lua_KFunction k);
 int fdp_wait_timed_out(lua_State *L);
 struct fdp_task *fdp_current_task(lua_State *L);
+void fdp_worker_register(lua_State *L, struct fdp_wctx *w);
 void fdp_conn_unwatch(struct fdp_conn *c);
 
 /* lconn.c */
