@@ -237,4 +237,31 @@ function H.unexpected_errors(log, allowed)
   return bad
 end
 
+-- Wall-clock time in seconds with nanosecond resolution (H.now() reads
+-- /proc/uptime, which has 10 ms steps: too coarse to time a few rounds).
+-- The sample is taken inside `date`, so an interval measured between two
+-- calls is never shorter than the real one.
+function H.clock()
+  local p = io.popen("date +%s.%N")
+  local t = p:read("n")
+  p:close()
+  return t
+end
+
+-- Run `pool ARGS` (a shell fragment) under `timeout`, with stdout and
+-- stderr kept apart. Returns the exit code, stdout, stderr.
+function H.run_pool(args, timeout)
+  local dir = H.tmpdir()
+  local _, code = H.run(("timeout %d %s %s >%s/out 2>%s/err </dev/null"):format(
+    timeout or 20, H.POOL, args, dir, dir))
+  return code, H.readfile(dir .. "/out") or "", H.readfile(dir .. "/err") or ""
+end
+
+-- Sum of a field over the workers of a status table.
+function H.sum_workers(st, field)
+  local n = 0
+  for _, w in ipairs(st.workers) do n = n + (w[field] or 0) end
+  return n
+end
+
 return H
