@@ -241,9 +241,32 @@ conn_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 }
 
 
+/*
+ * The conn a task waits on is being closed by someone else (another
+ * coroutine, or GC): resume the waiter on the next turn of the loop; its
+ * retried call then sees the closed fd and returns "closed".
+ */
+static void
+wake_waiter(struct fdp_conn *c)
+{
+    struct fdp_task *t = c->waiter;
+
+    c->waiter = NULL;
+    t->wconn = NULL;
+    fdp_timer_stop(&t->w->loop, &t->timer);
+    fdp_timer_init(&t->timer, run_again, t);
+    t->waiting = FDP_WAIT_SLEEP;
+    t->timed_out = 0;
+    (void) fdp_timer_start(&t->w->loop, &t->timer, 0);
+}
+
+
 void
 fdp_conn_unwatch(struct fdp_conn *c)
 {
+    if (c->waiter != NULL) {
+        wake_waiter(c);
+    }
     if (c->io.events != 0 || c->io.seq != 0) {
         (void) fdp_loop_del(&c->w->loop, &c->io);
         c->io.seq = 0;
