@@ -813,7 +813,7 @@ check_keys(lua_State *L)
 {
     static const char *const known[] = {
         "handler", "args", "listen", "workers", "concurrency", "policy",
-        "control", "grace", "log_level", NULL
+        "control", "grace", "log_level", "timeout", NULL
     };
 
     lua_pushnil(L);
@@ -869,6 +869,11 @@ l_pool(lua_State *L)
         p->graceful_grace = luaL_checknumber(L, -1);
         luaL_argcheck(L, p->graceful_grace >= 0, 1, "grace must not be "
                       "negative");
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "timeout") != LUA_TNIL) {
+        p->timeout = luaL_checknumber(L, -1);
+        luaL_argcheck(L, p->timeout >= 0, 1, "timeout must not be negative");
     }
     lua_pop(L, 1);
     if (lua_getfield(L, 1, "log_level") != LUA_TNIL) {

@@ -636,6 +636,7 @@ hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
 
     w->inflight[k].id = id;
     w->inflight[k].since_us = fdp_now_us();
+    w->inflight[k].escalated = 0;
     w->batch[w->nbatch].id = id;
     w->batch[w->nbatch].listener = c->listener;
     w->batch[w->nbatch].reserved = 0;
@@ -1029,6 +1030,52 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 }
 
 
+/*
+ * The worker enforces --timeout for handlers that wait; one that holds
+ * the CPU keeps the worker's loop from running, so the master watches the
+ * in-flight ages: at timeout + 1 s it sends SIGUSR2 (the worker raises
+ * inside the handler, with a traceback), at + 3 s SIGTERM, at + 4 s
+ * SIGKILL. The worker is then replaced; its other connections are lost.
+ */
+static void
+watch_timeouts(struct fdp_pool *p)
+{
+    uint64_t now = fdp_now_us(), limit = (uint64_t) (p->timeout * 1e6);
+    int i, k;
+
+    for (i = 0; i < FDP_MAX_WORKERS; i++) {
+        struct fdp_worker *w = &p->workers[i];
+
+        if (w->slot.pid <= 0 || w->slot.active == 0 || w->inflight == NULL) {
+            continue;
+        }
+        for (k = 0; k < w->slot.capacity; k++) {
+            struct fdp_inflight *f = &w->inflight[k];
+            uint64_t age;
+
+            if (f->id == 0) {
+                continue;
+            }
+            age = now - f->since_us;
+            if (f->escalated == 0 && age > limit + 1000000) {
+                f->escalated = 1;
+                worker_kill(w, SIGUSR2);
+            } else if (f->escalated == 1 && age > limit + 3000000) {
+                f->escalated = 2;
+                fdp_log(FDP_LOG_ERROR, 0, "worker %d (pid %ld): a handler "
+                        "holds the CPU past --timeout and does not yield; "
+                        "terminating the worker (its %d connection(s) are "
+                        "lost)", w->slot.id, (long) w->slot.pid,
+                        w->slot.active);
+                worker_kill(w, SIGTERM);
+                w->kill_at = fdp_now_ms() + 1000;
+                break;
+            }
+        }
+    }
+}
+
+
 static void
 tick(struct fdp_loop *loop, struct fdp_timer *t)
 {
@@ -1050,6 +1097,9 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
             && now >= w->spawn_at) {
             (void) spawn_worker(p, i);
         }
+    }
+    if (p->timeout > 0) {
+        watch_timeouts(p);
     }
     if (!p->stopping && !p->accepting && p->qlen < FDP_QUEUE_MAX) {
         set_accepting(p, 1);

@@ -47,6 +47,7 @@ struct fdp_pending {
 struct fdp_inflight {
     uint64_t id;                    /* 0 when the entry is free */
     uint64_t since_us;
+    int escalated;                  /* 0, 1 SIGUSR2 sent, 2 SIGTERM sent */
 };
 
 struct fdp_worker {
@@ -79,6 +80,7 @@ struct fdp_pool {
     int policy_ref;                 /* function in L, or LUA_NOREF */
     char *control_path;             /* NULL: no control socket */
     int control_default;            /* make control_path at start */
+    double timeout;                 /* --timeout per handler, 0: none */
     double grace;                   /* seconds for a fast stop */
     double graceful_grace;          /* seconds for a graceful stop */
 

@@ -113,6 +113,14 @@ push_oneline(lua_State *L, const char *s)
 }
 
 
+#define TASK_CANCELLED (-1)
+
+/*
+ * The handler is over: it returned (LUA_OK), raised (its error and
+ * traceback are logged), or was cancelled by --timeout while waiting
+ * (TASK_CANCELLED: logged by the caller). Closes the connection, queues
+ * its DONE entry, frees the task.
+ */
 static void
 task_finish(struct fdp_task *t, int status)
 {
@@ -120,7 +128,10 @@ task_finish(struct fdp_task *t, int status)
     struct fdp_conn *c = t->conn;
     struct fdp_done_entry *d;
 
-    if (status != LUA_OK) {
+    fdp_timer_stop(&w->loop, &t->limit);
+    if (status == TASK_CANCELLED) {
+        (void) lua_resetthread(t->co);  /* runs pending <close> */
+    } else if (status != LUA_OK) {
         const char *msg = lua_tostring(t->co, -1);
         char peer[80] = "?";
 
@@ -341,6 +352,60 @@ fdp_wait_timed_out(lua_State *L)
 }
 
 
+/* --timeout passed while the handler waits on I/O or sleeps: cancel it
+ * alone, with the traceback of where it waited. */
+static void
+task_limit(struct fdp_loop *loop, struct fdp_timer *timer)
+{
+    struct fdp_task *t = timer->data;
+    struct fdp_wctx *w = t->w;
+    char peer[80] = "?";
+
+    (void) loop;
+    if (t->conn) {
+        fdp_conn_peer(t->conn, peer, sizeof(peer));
+    }
+    luaL_traceback(w->L, t->co, "handler timed out", 0);
+    push_oneline(w->L, lua_tostring(w->L, -1));
+    fdp_log(FDP_LOG_ERROR, 0, "handler exceeded --timeout %gs (peer %s); "
+            "cancelled: %s", w->pool->timeout, peer, lua_tostring(w->L, -1));
+    lua_pop(w->L, 2);
+    task_finish(t, TASK_CANCELLED);
+}
+
+
+/*
+ * SIGUSR2 from the master: the handler being resumed has held the CPU
+ * past --timeout. The signal handler only sets a count hook on that
+ * coroutine (lua_sethook is async-signal-safe); the hook, running in the
+ * coroutine at its next instructions, raises, so the handler ends with
+ * an error whose logged traceback shows where it was. A handler stuck in
+ * C never reaches the hook: the master then kills the worker.
+ */
+static struct fdp_wctx *volatile sig_worker;
+
+
+static void
+cpu_hook(lua_State *L, lua_Debug *ar)
+{
+    (void) ar;
+    lua_sethook(L, cpu_hook, LUA_MASKCOUNT, 1000);  /* again if caught */
+    luaL_error(L, "handler timed out: held the CPU past --timeout");
+}
+
+
+static void
+on_sigusr2(int sig)
+{
+    struct fdp_wctx *w = sig_worker;
+
+    (void) sig;
+    if (w != NULL && w->current != NULL) {
+        lua_sethook(w->current->co, cpu_hook, LUA_MASKCOUNT, 1);
+    }
+}
+
+
 static void
 start_task(struct fdp_wctx *w, int fd, uint64_t id)
 {
@@ -359,6 +424,11 @@ start_task(struct fdp_wctx *w, int fd, uint64_t id)
     t->id = id;
     t->started_us = fdp_now_us();
     fdp_timer_init(&t->timer, wait_timeout, t);
+    fdp_timer_init(&t->limit, task_limit, t);
+    if (w->pool->timeout > 0) {
+        (void) fdp_timer_start(&w->loop, &t->limit,
+                               (uint64_t) (w->pool->timeout * 1000.0));
+    }
     t->next = w->tasks;
     if (w->tasks) {
         w->tasks->prev = t;
@@ -525,6 +595,16 @@ fdp_worker_main(struct fdp_pool *p, int idx)
     signal(SIGQUIT, SIG_DFL);
     signal(SIGHUP, SIG_DFL);
     signal(SIGCHLD, SIG_DFL);
+    sig_worker = &w;
+    {
+        struct sigaction sa;
+
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = on_sigusr2;
+        sa.sa_flags = SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        (void) sigaction(SIGUSR2, &sa, NULL);
+    }
     (void) sigprocmask(SIG_SETMASK, &p->oldmask, NULL);
 
     if (fdp_loop_init(&w.loop) < 0) {

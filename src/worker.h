@@ -32,6 +32,7 @@ struct fdp_task {
     uint32_t waiting;           /* events waited for, 0 = runnable */
     struct fdp_conn *wconn;     /* conn waited on */
     int timed_out;
+    struct fdp_timer limit;     /* --timeout for the whole handler */
     struct fdp_task *prev, *next;
 };
 

@@ -28,6 +28,9 @@ Options for run:
                        or /tmp/fdpool-UID)
   --no-control         no control socket
   --grace S            graceful stop limit in seconds (default 30)
+  --timeout S          limit for one connection's handler (default: none);
+                       past it a waiting handler is cancelled, one that
+                       holds the CPU is interrupted, then its worker killed
   --log-level L        error, warn, info (default), debug
   -- ARGS...           passed to SCRIPT as ... and arg[1..n]
 
@@ -94,7 +97,7 @@ end
 local RUN_FLAGS = {
   ["--listen"] = "list", ["--workers"] = "value", ["--concurrency"] = "value",
   ["--policy"] = "value", ["--control"] = "value", ["--no-control"] = "flag",
-  ["--grace"] = "value", ["--log-level"] = "value",
+  ["--grace"] = "value", ["--log-level"] = "value", ["--timeout"] = "value",
 }
 
 local function check_script(script)
@@ -122,6 +125,13 @@ local function cmd_run(args)
       return die(2, "--grace must be a number of seconds (got '%s')", opts["--grace"])
     end
     cfg.grace = g
+  end
+  if opts["--timeout"] then
+    local t = tonumber(opts["--timeout"])
+    if not t or t <= 0 then
+      return die(2, "--timeout must be a positive number of seconds (got '%s')", opts["--timeout"])
+    end
+    cfg.timeout = t
   end
   if opts["--log-level"] then
     local l = opts["--log-level"]
