@@ -103,11 +103,32 @@ run_command(struct ctl_client *c, const char *cmd)
                 "socket");
         fdp_buf_printf(&c->out, "OK stopping gracefully\n");
         fdp_pool_stop(p, 1);
+    } else if (strcmp(cmd, "reload") == 0) {
+        fdp_log(FDP_LOG_INFO, 0, "reload requested on the control socket");
+        if (fdp_pool_reload(p) < 0) {
+            fdp_log(FDP_LOG_ERROR, 0, "%s", p->error);
+            fdp_buf_printf(&c->out, "ERR %s\n", p->error);
+            p->error[0] = '\0';
+        } else {
+            fdp_buf_printf(&c->out, "OK reloading\n");
+        }
+    } else if (strncmp(cmd, "scale ", 6) == 0) {
+        char *end;
+        long want = strtol(cmd + 6, &end, 10);
+
+        if (*end != '\0' || end == cmd + 6 || want < 1
+            || want > FDP_MAX_WORKERS || fdp_pool_scale(p, (int) want) < 0) {
+            fdp_buf_printf(&c->out, "ERR cannot scale to '%s' workers\n",
+                           cmd + 6);
+        } else {
+            fdp_buf_printf(&c->out, "OK %ld workers\n", want);
+        }
     } else if (strcmp(cmd, "ping") == 0) {
         fdp_buf_printf(&c->out, "OK pong\n");
     } else {
         fdp_buf_printf(&c->out, "ERR unknown command (expected status, "
-                       "status json, stop, stop graceful, ping)\n");
+                       "status json, stop, stop graceful, reload, "
+                       "scale N, ping)\n");
     }
 }
 

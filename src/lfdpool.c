@@ -11,6 +11,8 @@
 #include "worker.h"
 
 #include <dirent.h>
+#include <grp.h>
+#include <pwd.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <stdio.h>
@@ -749,6 +751,22 @@ l_log(lua_State *L)
 }
 
 
+/* fdpool.log_file(path): the log (stderr) goes to path; SIGUSR1 reopens
+ * it. Returns true or nil, err, errno. */
+static int
+l_log_file(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    int r = fdp_log_open(path);
+
+    if (r < 0) {
+        return fdp_pushfail(L, -r, path);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
 static int
 l_set_log_level(lua_State *L)
 {
@@ -813,7 +831,8 @@ check_keys(lua_State *L)
 {
     static const char *const known[] = {
         "handler", "args", "listen", "workers", "concurrency", "policy",
-        "control", "grace", "log_level", "timeout", NULL
+        "control", "grace", "log_level", "timeout", "max_requests", "user",
+        NULL
     };
 
     lua_pushnil(L);
@@ -869,6 +888,43 @@ l_pool(lua_State *L)
         p->graceful_grace = luaL_checknumber(L, -1);
         luaL_argcheck(L, p->graceful_grace >= 0, 1, "grace must not be "
                       "negative");
+    }
+    lua_pop(L, 1);
+    p->max_requests = opt_int(L, "max_requests", 0, 0, 0x7fffffff);
+    if (lua_getfield(L, 1, "user") != LUA_TNIL) {
+        const char *spec = luaL_checkstring(L, -1);
+        char name[256], *colon;
+        struct passwd *pw;
+
+        snprintf(name, sizeof(name), "%s", spec);
+        colon = strchr(name, ':');
+        if (colon) {
+            *colon++ = '\0';
+        }
+        pw = getpwnam(name);
+        if (pw == NULL) {
+            lua_pushnil(L);
+            lua_pushfstring(L, "unknown user '%s'", name);
+            return 2;
+        }
+        p->user_uid = pw->pw_uid;
+        p->user_gid = pw->pw_gid;
+        if (colon && *colon) {
+            struct group *gr = getgrnam(colon);
+
+            if (gr == NULL) {
+                lua_pushnil(L);
+                lua_pushfstring(L, "unknown group '%s'", colon);
+                return 2;
+            }
+            p->user_gid = gr->gr_gid;
+        }
+        if (geteuid() != 0) {
+            lua_pushnil(L);
+            lua_pushliteral(L, "user: dropping privileges needs root");
+            return 2;
+        }
+        p->user_name = xstrdup(L, name);
     }
     lua_pop(L, 1);
     if (lua_getfield(L, 1, "timeout") != LUA_TNIL) {
@@ -1049,6 +1105,41 @@ pool_stop(lua_State *L)
     struct fdp_pool *p = checkpool(L);
 
     fdp_pool_stop(p, lua_toboolean(L, 2));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+/* pool:reload() -> true, or nil, why (nothing changed then). */
+static int
+pool_reload(lua_State *L)
+{
+    struct fdp_pool *p = checkpool(L);
+
+    if (fdp_pool_reload(p) < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, p->error);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+/* pool:scale(n) -> true, or nil, why. */
+static int
+pool_scale(lua_State *L)
+{
+    struct fdp_pool *p = checkpool(L);
+    lua_Integer n = luaL_checkinteger(L, 2);
+
+    luaL_argcheck(L, n >= 1 && n <= FDP_MAX_WORKERS, 2, "workers must be "
+                  "1 to 256");
+    if (fdp_pool_scale(p, (int) n) < 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "cannot scale now (stopping, or no spare slot)");
+        return 2;
+    }
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -1342,6 +1433,7 @@ luaopen_fdpool(lua_State *L)
         { "control_sockets", l_control_sockets },
         { "log", l_log },
         { "set_log_level", l_set_log_level },
+        { "log_file", l_log_file },
         { NULL, NULL }
     };
     static const luaL_Reg fd_methods[] = {
@@ -1366,6 +1458,8 @@ luaopen_fdpool(lua_State *L)
         { "step", pool_step },
         { "run", pool_run },
         { "stop", pool_stop },
+        { "reload", pool_reload },
+        { "scale", pool_scale },
         { "status", pool_status },
         { "addresses", pool_addresses },
         { "close", pool_gc },

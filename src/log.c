@@ -11,6 +11,7 @@
 #include <time.h>
 
 static char log_tag[32] = "pool";
+static char log_path[4096];
 static int log_level = FDP_LOG_INFO;
 static const char *level_names[] = { "error", "warn", "info", "debug" };
 
@@ -19,6 +20,38 @@ void
 fdp_log_set_tag(const char *tag)
 {
     snprintf(log_tag, sizeof(log_tag), "%s", tag);
+}
+
+
+/* --log FILE: stderr becomes FILE (appended), so workers and Lua's
+ * io.stderr write there too. Returns 0 or -errno. */
+int
+fdp_log_open(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+
+    if (fd < 0) {
+        return -errno;
+    }
+    if (dup2(fd, STDERR_FILENO) < 0) {
+        int r = -errno;
+
+        close(fd);
+        return r;
+    }
+    close(fd);
+    snprintf(log_path, sizeof(log_path), "%s", path);
+    return 0;
+}
+
+
+/* SIGUSR1: reopen the log file (after logrotate moved it). */
+void
+fdp_log_reopen(void)
+{
+    if (log_path[0] != '\0') {
+        (void) fdp_log_open(log_path);
+    }
 }
 
 

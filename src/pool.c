@@ -25,6 +25,7 @@
 #define KILL_MARGIN_MS   500
 #define BACKOFF_MAX_MS   5000
 #define ACCEPT_BURST     256
+#define CRASH_LIMIT      10
 
 static void worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev);
 static void listener_io(struct fdp_loop *loop, struct fdp_io *io,
@@ -492,6 +493,13 @@ spawn_worker(struct fdp_pool *p, int idx)
     w->started_ms = fdp_now_ms();
     w->kill_at = 0;
     w->spawn_at = 0;
+    w->retiring = 0;
+    w->retire_after = 0;
+    if (p->max_requests > 0) {
+        /* Jitter (up to +10 %) so workers do not all retire at once. */
+        w->retire_after = (uint64_t) p->max_requests
+                          + (uint64_t) (random() % (p->max_requests / 10 + 1));
+    }
     w->io.fd = sv[0];
     w->io.cb = worker_io;
     w->io.data = w;
@@ -776,6 +784,188 @@ listener_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 }
 
 
+/*
+ * Take worker idx's process out of the table: move it to a spare slot at
+ * the top of the array (outside the policy's view), tell it to finish its
+ * connections within the graceful grace, and free slot idx for a new
+ * process. Returns 0, or -1 when no spare slot is left.
+ */
+static int
+retire_worker(struct fdp_pool *p, int idx, const char *why)
+{
+    struct fdp_worker *a = &p->workers[idx], *b = NULL, tmp;
+    struct fdp_stop_body body;
+    int j;
+
+    if (a->slot.pid <= 0) {
+        return 0;
+    }
+    for (j = FDP_MAX_WORKERS - 1; j >= p->nworkers; j--) {
+        if (p->workers[j].slot.pid <= 0 && j != idx) {
+            b = &p->workers[j];
+            break;
+        }
+    }
+    if (b == NULL) {
+        return -1;
+    }
+    send_batch(p, a);
+    if (a->ch.fd >= 0) {
+        (void) fdp_loop_del(&p->loop, &a->io);
+    }
+    tmp = *b;
+    *b = *a;
+    *a = tmp;
+    a->io.data = a;
+    b->io.data = b;
+    b->retiring = 1;
+    if (b->ch.fd >= 0) {
+        b->io.fd = b->ch.fd;
+        (void) fdp_loop_add(&p->loop, &b->io,
+                            EPOLLIN | (b->ch.head ? EPOLLOUT : 0));
+    }
+    fdp_slot_reset(&a->slot, idx + 1);
+    a->slot.restarts = b->slot.restarts;
+    a->slot.last_exit_how = FDP_EXIT_NONE;
+    fdp_chan_init(&a->ch, -1);
+    a->io.fd = -1;
+    a->retiring = 0;
+    a->nbatch = 0;
+
+    fdp_log(FDP_LOG_INFO, 0, "worker %d (pid %ld) retires: %s", idx + 1,
+            (long) b->slot.pid, why);
+    b->slot.state = FDP_W_EXITING;
+    body.graceful = 1;
+    body.grace_ms = (uint32_t) (p->graceful_grace * 1000);
+    if (b->ch.fd < 0 || fdp_chan_send(&b->ch, FDP_MSG_STOP, 0, &body,
+                                      sizeof(body), NULL, 0) < 0) {
+        worker_kill(b, SIGKILL);
+    } else if (b->ch.head != NULL) {
+        (void) fdp_loop_mod(&p->loop, &b->io, EPOLLIN | EPOLLOUT);
+    }
+    b->kill_at = fdp_now_ms() + body.grace_ms + KILL_MARGIN_MS;
+    return 0;
+}
+
+
+/* Retire worker idx and start its replacement in the same slot. */
+static void
+replace_worker(struct fdp_pool *p, int idx, const char *why)
+{
+    if (retire_worker(p, idx, why) < 0) {
+        fdp_log(FDP_LOG_WARN, 0, "cannot retire worker %d now: no spare "
+                "slot", idx + 1);
+        return;
+    }
+    (void) spawn_worker(p, idx);
+}
+
+
+/* Grow or shrink the pool to n workers at run time. 0 or -1. */
+int
+fdp_pool_scale(struct fdp_pool *p, int n)
+{
+    int i, busy = 0;
+
+    if (!p->running || p->stopping) {
+        return -1;
+    }
+    for (i = p->nworkers; i < FDP_MAX_WORKERS; i++) {
+        busy += p->workers[i].slot.pid > 0;
+    }
+    if (n < 1 || n + busy > FDP_MAX_WORKERS) {
+        return -1;
+    }
+    while (p->nworkers > n) {
+        i = p->nworkers - 1;
+        p->nworkers--;
+        if (p->workers[i].slot.pid > 0) {
+            p->workers[i].retiring = 1;
+            p->nworkers++;
+            (void) retire_worker(p, i, "scaling down");
+            p->nworkers--;
+        }
+        fdp_slot_reset(&p->workers[i].slot, i + 1);
+        p->workers[i].slot.restarts = 0;
+    }
+    while (p->nworkers < n) {
+        i = p->nworkers;
+        /* A retiring process may sit in that slot: move it up. */
+        if (p->workers[i].slot.pid > 0) {
+            p->nworkers++;
+            if (retire_worker(p, i, "moved up") < 0) {
+                p->nworkers--;
+                return -1;
+            }
+            p->nworkers--;
+        }
+        p->nworkers++;
+        fdp_slot_reset(&p->workers[i].slot, i + 1);
+        p->workers[i].slot.restarts = 0;
+        p->workers[i].spawn_at = 0;
+        (void) spawn_worker(p, i);
+    }
+    fdp_log(FDP_LOG_INFO, 0, "now %d worker(s)", p->nworkers);
+    return 0;
+}
+
+
+/*
+ * Reload: check the script (and a policy file) compile, then start a new
+ * generation of workers and retire the old one gracefully. A broken
+ * script changes nothing. Returns 0, or -1 with p->error set.
+ */
+int
+fdp_pool_reload(struct fdp_pool *p)
+{
+    char err[512];
+    int i;
+
+    if (!p->running || p->stopping) {
+        snprintf(p->error, sizeof(p->error), "the pool is stopping");
+        return -1;
+    }
+    if (p->script && fdp_script_check(p, err, sizeof(err)) < 0) {
+        snprintf(p->error, sizeof(p->error), "reload refused, keeping the "
+                 "running workers: %s", err);
+        return -1;
+    }
+    if (p->policy_ref == -2 && p->policy_name
+        && fdp_policy_check(p->L, p->policy_name, err, sizeof(err)) < 0) {
+        snprintf(p->error, sizeof(p->error), "reload refused, keeping the "
+                 "running workers: %s", err);
+        return -1;
+    }
+    if (p->policy_ref == -2) {
+        struct fdp_policy *old = p->policy;
+
+        p->policy = NULL;
+        if (fdp_policy_open(p, err, sizeof(err)) < 0) {
+            p->policy = old;
+            snprintf(p->error, sizeof(p->error), "reload refused: %s", err);
+            return -1;
+        }
+        {
+            struct fdp_policy *new = p->policy;
+
+            p->policy = old;
+            fdp_policy_close(p);
+            p->policy = new;
+        }
+    }
+    p->generation++;
+    fdp_log(FDP_LOG_INFO, 0, "reloading: generation %d", p->generation);
+    for (i = 0; i < p->nworkers; i++) {
+        if (p->workers[i].slot.pid > 0) {
+            replace_worker(p, i, "reload");
+        } else {
+            p->workers[i].spawn_at = 0;
+        }
+    }
+    return 0;
+}
+
+
 static void
 on_done(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
 {
@@ -798,6 +988,15 @@ on_done(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
         w->slot.bytes_out += d->bytes_out;
     }
     fdp_slot_update_busy(&w->slot, fdp_wall());
+    if (w->retire_after && w->slot.served >= w->retire_after
+        && !w->retiring && !p->stopping
+        && (int) (w - p->workers) < p->nworkers) {
+        char why[64];
+
+        snprintf(why, sizeof(why), "served %llu connections (--max-requests)",
+                 (unsigned long long) w->slot.served);
+        replace_worker(p, (int) (w - p->workers), why);
+    }
 }
 
 
@@ -941,6 +1140,14 @@ on_exit_status(struct fdp_pool *p, struct fdp_worker *w, int st)
     if (p->stopping) {
         return;
     }
+    if (w->retiring || (int) (w - p->workers) >= p->nworkers) {
+        /* A retired process (recycled, scaled down, old generation). */
+        w->retiring = 0;
+        fdp_slot_reset(&w->slot, (int) (w - p->workers) + 1);
+        w->slot.restarts = 0;
+        w->slot.last_exit_how = FDP_EXIT_NONE;
+        return;
+    }
     if (!p->ever_ready && !was_ready) {
         p->failed = 1;
         if (p->error[0] == '\0') {
@@ -953,6 +1160,15 @@ on_exit_status(struct fdp_pool *p, struct fdp_worker *w, int st)
     w->slot.restarts++;
     if (!was_ready || lived < 1000) {
         p->crash_streak++;
+        if (p->crash_streak > CRASH_LIMIT) {
+            p->failed = 1;
+            snprintf(p->error, sizeof(p->error), "workers keep dying at "
+                     "start (%d times in a row, last: worker %d %s); "
+                     "giving up", p->crash_streak, w->slot.id, how);
+            fdp_log(FDP_LOG_ERROR, 0, "%s", p->error);
+            fdp_pool_stop(p, 0);
+            return;
+        }
         w->spawn_at = fdp_now_ms() + backoff_ms(p->crash_streak);
         fdp_log(FDP_LOG_WARN, 0, "worker %d restarts in %llu ms (crash "
                 "streak %d)", w->slot.id,
@@ -997,6 +1213,7 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     struct fdp_pool *p = io->data;
     struct signalfd_siginfo si;
     ssize_t n;
+    int i;
 
     (void) loop;
     (void) ev;
@@ -1018,9 +1235,32 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             fdp_log(FDP_LOG_INFO, 0, "SIGQUIT: stopping gracefully");
             fdp_pool_stop(p, 1);
             break;
+        case SIGHUP:
+            fdp_log(FDP_LOG_INFO, 0, "SIGHUP: reloading");
+            if (fdp_pool_reload(p) < 0) {
+                fdp_log(FDP_LOG_ERROR, 0, "%s", p->error);
+                p->error[0] = '\0';
+            }
+            break;
+        case SIGTTIN:
+            if (fdp_pool_scale(p, p->nworkers + 1) < 0) {
+                fdp_log(FDP_LOG_WARN, 0, "SIGTTIN: cannot add a worker");
+            }
+            break;
+        case SIGTTOU:
+            if (p->nworkers <= 1 || fdp_pool_scale(p, p->nworkers - 1) < 0) {
+                fdp_log(FDP_LOG_WARN, 0, "SIGTTOU: keeping at least one "
+                        "worker");
+            }
+            break;
+        case SIGUSR1:
+            fdp_log_reopen();
+            fdp_log(FDP_LOG_INFO, 0, "SIGUSR1: log reopened");
+            for (i = 0; i < FDP_MAX_WORKERS; i++) {
+                worker_kill(&p->workers[i], SIGUSR1);
+            }
+            break;
         default:
-            fdp_log(FDP_LOG_WARN, 0, "%s ignored (not supported yet)",
-                    fdp_signame((int) si.ssi_signo));
             break;
         }
     }

@@ -64,6 +64,8 @@ struct fdp_worker {
     uint64_t spawn_at;              /* ms: respawn not before */
     uint64_t kill_at;               /* ms: SIGKILL after, 0 = no */
     uint64_t started_ms;
+    uint64_t retire_after;          /* served count that retires it, 0 no */
+    int retiring;                   /* moved out of the table, stopping */
 };
 
 struct fdp_control;
@@ -81,6 +83,10 @@ struct fdp_pool {
     char *control_path;             /* NULL: no control socket */
     int control_default;            /* make control_path at start */
     double timeout;                 /* --timeout per handler, 0: none */
+    int max_requests;               /* recycle a worker after ~N, 0: no */
+    uint32_t user_uid;              /* --user: drop to these in workers */
+    uint32_t user_gid;
+    char *user_name;                /* NULL: no drop */
     double grace;                   /* seconds for a fast stop */
     double graceful_grace;          /* seconds for a graceful stop */
 
@@ -130,6 +136,8 @@ int fdp_pool_add_listen(struct fdp_pool *p, const char *addr);
 int fdp_pool_start(struct fdp_pool *p);
 int fdp_pool_step(struct fdp_pool *p, int timeout_ms);
 void fdp_pool_stop(struct fdp_pool *p, int graceful);
+int fdp_pool_scale(struct fdp_pool *p, int n);
+int fdp_pool_reload(struct fdp_pool *p);
 void fdp_pool_close_in_child(struct fdp_pool *p, int keep);
 void fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
                           const char **listen);
@@ -142,6 +150,7 @@ int fdp_policy_open(struct fdp_pool *p, char *err, size_t errlen);
 int fdp_policy_pick(struct fdp_pool *p, const struct fdp_pending *c);
 void fdp_policy_close(struct fdp_pool *p);
 const char *fdp_policy_name(struct fdp_pool *p);
+int fdp_script_check(struct fdp_pool *p, char *err, size_t errlen);
 int fdp_policy_check(struct lua_State *L, const char *spec, char *err,
                      size_t errlen);
 

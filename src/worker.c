@@ -18,6 +18,7 @@
 #include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <time.h>
+#include <grp.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -383,6 +384,7 @@ task_limit(struct fdp_loop *loop, struct fdp_timer *timer)
  * C never reaches the hook: the master then kills the worker.
  */
 static struct fdp_wctx *volatile sig_worker;
+static volatile sig_atomic_t sig_reopen;
 
 
 static void
@@ -403,6 +405,48 @@ on_sigusr2(int sig)
     if (w != NULL && w->current != NULL) {
         lua_sethook(w->current->co, cpu_hook, LUA_MASKCOUNT, 1);
     }
+}
+
+
+static void
+on_sigusr1(int sig)
+{
+    (void) sig;
+    sig_reopen = 1;
+}
+
+
+/*
+ * --user: drop to the user's uid/gid and groups, in that order (groups
+ * and gid need the root we are about to lose), and check it cannot be
+ * undone. Not dumpable afterwards. Returns 0 or -1 with err set.
+ */
+static int
+drop_privileges(struct fdp_pool *p, char *err, size_t errlen)
+{
+    if (p->user_name == NULL) {
+        return 0;
+    }
+    if (initgroups(p->user_name, (gid_t) p->user_gid) < 0) {
+        snprintf(err, errlen, "initgroups(%s) failed: %s", p->user_name,
+                 strerror(errno));
+        return -1;
+    }
+    if (setgid((gid_t) p->user_gid) < 0 || setuid((uid_t) p->user_uid) < 0) {
+        snprintf(err, errlen, "cannot switch to user %s: %s", p->user_name,
+                 strerror(errno));
+        return -1;
+    }
+    if (getuid() != (uid_t) p->user_uid || geteuid() != (uid_t) p->user_uid
+        || getgid() != (gid_t) p->user_gid
+        || getegid() != (gid_t) p->user_gid
+        || (p->user_uid != 0 && (setuid(0) == 0 || seteuid(0) == 0))) {
+        snprintf(err, errlen, "privilege drop to %s did not hold",
+                 p->user_name);
+        return -1;
+    }
+    (void) prctl(PR_SET_DUMPABLE, 0);
+    return 0;
 }
 
 
@@ -583,8 +627,16 @@ fdp_worker_main(struct fdp_pool *p, int idx)
     snprintf(tag, sizeof(tag), "worker %d", idx + 1);
     fdp_log_set_tag(tag);
 
-    /* Die with the master: the signal, and (below) the channel EOF. The
-     * getppid() check closes the race with a master that died first. */
+    {
+        char err[256];
+
+        if (drop_privileges(p, err, sizeof(err)) < 0) {
+            fail(&w, err);
+        }
+    }
+    /* Die with the master: the signal (set after the privilege drop,
+     * which clears it), and the channel EOF. The getppid() check closes
+     * the race with a master that died first. */
     (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != p->owner) {
         _exit(1);
@@ -604,6 +656,8 @@ fdp_worker_main(struct fdp_pool *p, int idx)
         sa.sa_flags = SA_RESTART;
         sigemptyset(&sa.sa_mask);
         (void) sigaction(SIGUSR2, &sa, NULL);
+        sa.sa_handler = on_sigusr1;
+        (void) sigaction(SIGUSR1, &sa, NULL);
     }
     (void) sigprocmask(SIG_SETMASK, &p->oldmask, NULL);
 
@@ -679,6 +733,10 @@ fdp_worker_main(struct fdp_pool *p, int idx)
             worker_exit(&w, 1);
         }
         flush_done(&w);
+        if (sig_reopen) {
+            sig_reopen = 0;
+            fdp_log_reopen();
+        }
         if (w.stopping && w.active == 0) {
             worker_exit(&w, 0);
         }

@@ -254,8 +254,10 @@ describe("a running pool", function()
     assert(a:write("again\n"))
     assert.equals("pid " .. pid .. " again", a:read("l"))
     -- And the same worker process serves the next connection.
-    local r = assert(H.request(p.addr, "next\n", 10))
-    assert.truthy(r:find("pid " .. pid .. " next\n", 1, true), r)
+    local c = assert(fdpool.connect(p.addr, 10))
+    assert(c:write("next\n"))
+    assert.equals("pid " .. pid .. " next", c:read("l"))
+    c:close()
     local st = assert(p:status())
     assert.equals(pid, st.workers[1].pid)
     assert.equals(0, st.workers[1].restarts)
@@ -360,6 +362,11 @@ describe("a unix socket listener", function()
 end)
 
 describe("init and custom status fields", function()
+  -- KNOWN BUG (fails at the time of writing): the values read back are
+  -- garbage ("vts", "1n\"):f"): the master reads the SET value as a C
+  -- string past the end of the message (src/pool.c, FDP_MSG_SET case in
+  -- worker_io; the worker sends key NUL value with no final NUL,
+  -- src/lfdpool.c worker_set).
   it("runs init once per worker; worker.set shows in status --json", function()
     local dir = H.tmpdir()
     local log = dir .. "/inits"
@@ -367,7 +374,7 @@ describe("init and custom status fields", function()
     finally(function() p:stop() end)
     local st = wait_status(p, function(s)
       for _, w in ipairs(s.workers) do
-        if w.fields.k ~= "v" then return false end
+        if w.fields.k == nil or w.fields.inits == nil then return false end
       end
       return true
     end, 5, "the custom fields")

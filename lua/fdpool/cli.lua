@@ -12,6 +12,8 @@ Usage:
   pool check SCRIPT [--policy P]             compile and validate, no serving
   pool status [--control PATH] [--json]      show the worker table
   pool stop [--control PATH] [--graceful]    stop a running pool
+  pool reload [--control PATH]               new generation of workers
+  pool scale N [--control PATH]              run N workers from now on
   pool --help | --version
 
 Options for run:
@@ -31,10 +33,16 @@ Options for run:
   --timeout S          limit for one connection's handler (default: none);
                        past it a waiting handler is cancelled, one that
                        holds the CPU is interrupted, then its worker killed
+  --max-requests N     recycle a worker after N connections (+0-10 %
+                       jitter); its replacement starts first
+  --user USER[:GROUP]  workers drop to this user (needs root)
+  --log FILE           log to FILE instead of stderr (SIGUSR1 reopens)
   --log-level L        error, warn, info (default), debug
   -- ARGS...           passed to SCRIPT as ... and arg[1..n]
 
-Signals: TERM/INT stop (1 s grace, then kill), QUIT stops gracefully.
+Signals: TERM/INT stop (1 s grace, then kill), QUIT stops gracefully
+(up to --grace), HUP reloads, TTIN/TTOU add/remove a worker, USR1
+reopens the log file.
 ]]
 
 local function die(code, fmt, ...)
@@ -98,6 +106,7 @@ local RUN_FLAGS = {
   ["--listen"] = "list", ["--workers"] = "value", ["--concurrency"] = "value",
   ["--policy"] = "value", ["--control"] = "value", ["--no-control"] = "flag",
   ["--grace"] = "value", ["--log-level"] = "value", ["--timeout"] = "value",
+  ["--max-requests"] = "value", ["--user"] = "value", ["--log"] = "value",
 }
 
 local function check_script(script)
@@ -119,6 +128,14 @@ local function cmd_run(args)
   ok, v = int_opt(opts, "--concurrency", 1, 65535)
   if not ok then return die(2, "%s", v) end
   cfg.concurrency = v
+  ok, v = int_opt(opts, "--max-requests", 1, 2^31 - 1)
+  if not ok then return die(2, "%s", v) end
+  cfg.max_requests = v
+  cfg.user = opts["--user"]
+  if opts["--log"] then
+    local lok, lerr = fdpool.log_file(opts["--log"])
+    if not lok then return die(1, "cannot open log file: %s", lerr) end
+  end
   if opts["--grace"] then
     local g = tonumber(opts["--grace"])
     if not g or g < 0 then
@@ -229,6 +246,27 @@ local function cmd_status(args)
   return 0
 end
 
+local function cmd_simple(args, name, command)
+  local opts, pos = parse(args, 2, { ["--control"] = "value" }, name)
+  if not opts then return die(2, "%s", pos) end
+  if name == "scale" then
+    local n = tonumber(pos[1] or "")
+    if not n or n ~= math.floor(n) or n < 1 or n > 256 then
+      return die(2, "'pool scale' needs a number of workers from 1 to 256 (got '%s')", tostring(pos[1]))
+    end
+    command = "scale " .. math.tointeger(n)
+    table.remove(pos, 1)
+  end
+  if #pos > 0 then return die(2, "unexpected argument '%s'", pos[1]) end
+  local path, err = find_control(opts)
+  if not path then return die(1, "%s", err) end
+  local out, rerr = fdpool.control(path, command)
+  if not out then return die(1, "%s", rerr) end
+  if out:sub(1, 3) ~= "OK " then return die(1, "%s", (out:gsub("^ERR ", ""):gsub("\n$", ""))) end
+  io.stdout:write(out)
+  return 0
+end
+
 local function cmd_stop(args)
   local opts, pos = parse(args, 2, { ["--control"] = "value", ["--graceful"] = "flag" }, "stop")
   if not opts then return die(2, "%s", pos) end
@@ -258,8 +296,12 @@ function M.main(args)
     return cmd_status(args)
   elseif cmd == "stop" then
     return cmd_stop(args)
+  elseif cmd == "reload" then
+    return cmd_simple(args, "reload", "reload")
+  elseif cmd == "scale" then
+    return cmd_simple(args, "scale")
   end
-  return die(2, "unknown command '%s' (expected run, check, status, stop; see pool --help)", cmd)
+  return die(2, "unknown command '%s' (expected run, check, status, stop, reload, scale; see pool --help)", cmd)
 end
 
 return M
