@@ -25,7 +25,7 @@ LDFLAGS  ?=
 B        ?= build
 SAN      ?=
 
-CORE     := log fdpass channel loop status pool control policy worker \
+CORE     := log fdpass channel loop status ctlproto pool control policy worker \
             lconn lfdpool
 LUAFILES := $(sort $(wildcard lua/fdpool/*.lua lua/fdpool/*/*.lua))
 CORE_OBJ := $(patsubst %,$(B)/%.o,$(CORE)) $(B)/embed.o
@@ -77,6 +77,9 @@ run:
 	$(MAKE) all
 	$(B)/pool run examples/hello.lua
 
+fuzz:
+	scripts/fuzz $(FUZZ_SECONDS)
+
 bench: all
 	scripts/bench
 
@@ -98,7 +101,7 @@ print:
 	    LUA_LMOD=$(LUA_LMOD) LUA_CFLAGS=$(LUA_CFLAGS) LUA_LIBS=$(LUA_LIBS)
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
-.PHONY: all setup test check asan run bench install uninstall \
+.PHONY: all setup test check asan fuzz run bench install uninstall \
         print clean

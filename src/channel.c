@@ -146,6 +146,10 @@ fdp_msg_decode(struct fdp_msg *m, const void *buf, size_t n)
         return -EBADMSG;
     }
     memcpy(m->u.bytes, (const unsigned char *) buf + sizeof(m->h), m->h.len);
+    if (m->h.len < FDP_MSG_MAX) {
+        /* Text payloads (FAIL, SET) are then C strings. */
+        m->u.bytes[m->h.len] = '\0';
+    }
     return 0;
 }
 

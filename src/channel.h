@@ -12,7 +12,7 @@
 
 #include "fdpass.h"
 
-#define FDP_MSG_MAX     4096    /* payload bytes */
+#define FDP_MSG_MAX     4096    /* payload bytes (decoded: NUL after) */
 #define FDP_BATCH_MAX   32      /* entries in one CONN or DONE message */
 #define FDP_KEY_MAX     32      /* custom status key, with its NUL */
 #define FDP_VAL_MAX     96      /* custom status value, with its NUL */

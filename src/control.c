@@ -8,6 +8,7 @@
  */
 #include "fdp.h"
 #include "pool.h"
+#include "ctlproto.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,43 +68,43 @@ client_timeout(struct fdp_loop *loop, struct fdp_timer *t)
 
 
 static void
-run_command(struct ctl_client *c, const char *cmd)
+run_command(struct ctl_client *c, const char *line, size_t n)
 {
     struct fdp_pool *p = c->ctl->pool;
     struct fdp_status_info info;
     const char *listen[FDP_MAX_LISTEN];
-    int n = p->nworkers;
+    long arg;
+    int cmd = fdp_ctl_parse(line, n, &arg), i;
+    struct fdp_slot *slots;
 
-    if (strcmp(cmd, "status") == 0 || strcmp(cmd, "status json") == 0) {
+    switch (cmd) {
+    case FDP_CTL_STATUS:
+    case FDP_CTL_STATUS_JSON:
         fdp_pool_status_info(p, &info, listen);
-        {
-            struct fdp_slot *slots = calloc((size_t) n, sizeof(*slots));
-            int i;
-
-            if (slots == NULL) {
-                fdp_buf_printf(&c->out, "ERR out of memory\n");
-                return;
-            }
-            for (i = 0; i < n; i++) {
-                slots[i] = p->workers[i].slot;
-            }
-            if (cmd[6] == ' ') {
-                fdp_status_json(&c->out, &info, slots, n);
-            } else {
-                fdp_status_table(&c->out, &info, slots, n);
-            }
-            free(slots);
+        slots = calloc((size_t) p->nworkers, sizeof(*slots));
+        if (slots == NULL) {
+            fdp_buf_printf(&c->out, "ERR out of memory\n");
+            return;
         }
-    } else if (strcmp(cmd, "stop") == 0) {
-        fdp_log(FDP_LOG_INFO, 0, "stop requested on the control socket");
-        fdp_buf_printf(&c->out, "OK stopping\n");
-        fdp_pool_stop(p, 0);
-    } else if (strcmp(cmd, "stop graceful") == 0) {
-        fdp_log(FDP_LOG_INFO, 0, "graceful stop requested on the control "
-                "socket");
-        fdp_buf_printf(&c->out, "OK stopping gracefully\n");
-        fdp_pool_stop(p, 1);
-    } else if (strcmp(cmd, "reload") == 0) {
+        for (i = 0; i < p->nworkers; i++) {
+            slots[i] = p->workers[i].slot;
+        }
+        if (cmd == FDP_CTL_STATUS_JSON) {
+            fdp_status_json(&c->out, &info, slots, p->nworkers);
+        } else {
+            fdp_status_table(&c->out, &info, slots, p->nworkers);
+        }
+        free(slots);
+        break;
+    case FDP_CTL_STOP:
+    case FDP_CTL_STOP_GRACEFUL:
+        fdp_log(FDP_LOG_INFO, 0, "%sstop requested on the control socket",
+                cmd == FDP_CTL_STOP ? "" : "graceful ");
+        fdp_buf_printf(&c->out, cmd == FDP_CTL_STOP ? "OK stopping\n"
+                       : "OK stopping gracefully\n");
+        fdp_pool_stop(p, cmd == FDP_CTL_STOP_GRACEFUL);
+        break;
+    case FDP_CTL_RELOAD:
         fdp_log(FDP_LOG_INFO, 0, "reload requested on the control socket");
         if (fdp_pool_reload(p) < 0) {
             fdp_log(FDP_LOG_ERROR, 0, "%s", p->error);
@@ -112,23 +113,23 @@ run_command(struct ctl_client *c, const char *cmd)
         } else {
             fdp_buf_printf(&c->out, "OK reloading\n");
         }
-    } else if (strncmp(cmd, "scale ", 6) == 0) {
-        char *end;
-        long want = strtol(cmd + 6, &end, 10);
-
-        if (*end != '\0' || end == cmd + 6 || want < 1
-            || want > FDP_MAX_WORKERS || fdp_pool_scale(p, (int) want) < 0) {
-            fdp_buf_printf(&c->out, "ERR cannot scale to '%s' workers\n",
-                           cmd + 6);
+        break;
+    case FDP_CTL_SCALE:
+        if (fdp_pool_scale(p, (int) arg) < 0) {
+            fdp_buf_printf(&c->out, "ERR cannot scale to %ld workers now\n",
+                           arg);
         } else {
-            fdp_buf_printf(&c->out, "OK %ld workers\n", want);
+            fdp_buf_printf(&c->out, "OK %ld workers\n", arg);
         }
-    } else if (strcmp(cmd, "ping") == 0) {
+        break;
+    case FDP_CTL_PING:
         fdp_buf_printf(&c->out, "OK pong\n");
-    } else {
+        break;
+    default:
         fdp_buf_printf(&c->out, "ERR unknown command (expected status, "
                        "status json, stop, stop graceful, reload, "
                        "scale N, ping)\n");
+        break;
     }
 }
 
@@ -160,11 +161,7 @@ client_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             }
             return;
         }
-        *nl = '\0';
-        if (nl > c->in && nl[-1] == '\r') {
-            nl[-1] = '\0';
-        }
-        run_command(c, c->in);
+        run_command(c, c->in, (size_t) (nl - c->in));
         if (c->out.oom || c->fd < 0) {
             client_close(c);
             return;

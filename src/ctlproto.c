@@ -1,0 +1,63 @@
+/*
+ * ctlproto.c - parse one control command line (without its newline):
+ * "status", "status json", "stop", "stop graceful", "reload", "scale N"
+ * (1 <= N <= 256), "ping". Anything else, including embedded NULs or
+ * trailing bytes, is FDP_CTL_BAD.
+ */
+#include "ctlproto.h"
+
+#include <string.h>
+
+
+static int
+is(const char *line, size_t n, const char *word)
+{
+    size_t k = strlen(word);
+
+    return n == k && memcmp(line, word, k) == 0;
+}
+
+
+int
+fdp_ctl_parse(const char *line, size_t n, long *arg)
+{
+    size_t i;
+    long v = 0;
+
+    *arg = 0;
+    if (n > 0 && line[n - 1] == '\r') {
+        n--;
+    }
+    if (is(line, n, "status")) {
+        return FDP_CTL_STATUS;
+    }
+    if (is(line, n, "status json")) {
+        return FDP_CTL_STATUS_JSON;
+    }
+    if (is(line, n, "stop")) {
+        return FDP_CTL_STOP;
+    }
+    if (is(line, n, "stop graceful")) {
+        return FDP_CTL_STOP_GRACEFUL;
+    }
+    if (is(line, n, "reload")) {
+        return FDP_CTL_RELOAD;
+    }
+    if (is(line, n, "ping")) {
+        return FDP_CTL_PING;
+    }
+    if (n > 6 && n <= 9 && memcmp(line, "scale ", 6) == 0) {
+        for (i = 6; i < n; i++) {
+            if (line[i] < '0' || line[i] > '9') {
+                return FDP_CTL_BAD;
+            }
+            v = v * 10 + (line[i] - '0');
+        }
+        if (v < 1 || v > 256) {
+            return FDP_CTL_BAD;
+        }
+        *arg = v;
+        return FDP_CTL_SCALE;
+    }
+    return FDP_CTL_BAD;
+}

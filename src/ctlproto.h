@@ -1,0 +1,23 @@
+/*
+ * ctlproto.h - the control socket's command line, parsed by a pure
+ * function (no fds, no pool) so it can be fuzzed on its own.
+ */
+#ifndef FDP_CTLPROTO_H
+#define FDP_CTLPROTO_H
+
+#include <stddef.h>
+
+enum fdp_ctl_cmd {
+    FDP_CTL_BAD = 0,
+    FDP_CTL_STATUS,
+    FDP_CTL_STATUS_JSON,
+    FDP_CTL_STOP,
+    FDP_CTL_STOP_GRACEFUL,
+    FDP_CTL_RELOAD,
+    FDP_CTL_SCALE,
+    FDP_CTL_PING
+};
+
+int fdp_ctl_parse(const char *line, size_t n, long *arg);
+
+#endif

@@ -1,0 +1,1299 @@
+/*
+ * test_core.c - unit tests of the transport layers, no Lua: fd passing
+ * (fdpass.c), framed messages and the send queue (channel.c), the event
+ * loop and timers (loop.c), the status table and its JSON (status.c).
+ * Prints one line per failure and "N passed, N failed"; exits 1 on failure.
+ */
+#include "fdp.h"
+#include "fdpass.h"
+#include "channel.h"
+#include "loop.h"
+#include "status.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+/* A ten-line harness in the style of Redis' testhelp.h. */
+static int test_passed, test_failed;
+#define test_cond(descr, c) do { \
+    if (c) { test_passed++; } else { test_failed++; \
+        printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, descr); } \
+} while (0)
+#define test_report() do { \
+    printf("%d passed, %d failed\n", test_passed, test_failed); \
+    return test_failed ? 1 : 0; \
+} while (0)
+
+
+/* ---- helpers --------------------------------------------------------- */
+
+/* Open descriptors of this process (the DIR's own fd not counted). */
+static int
+fd_count(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    int n = 0;
+
+    if (d == NULL) {
+        return -1;
+    }
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] != '.') {
+            n++;
+        }
+    }
+    closedir(d);
+    return n - 1;
+}
+
+
+static int
+is_open(int fd)
+{
+    return fcntl(fd, F_GETFD) >= 0;
+}
+
+
+static int
+is_cloexec(int fd)
+{
+    int fl = fcntl(fd, F_GETFD);
+
+    return fl >= 0 && (fl & FD_CLOEXEC);
+}
+
+
+/* A SEQPACKET pair; nonblock makes both ends non-blocking. */
+static int
+seqpair(int sv[2], int nonblock)
+{
+    return socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC
+                      | (nonblock ? SOCK_NONBLOCK : 0), 0, sv);
+}
+
+
+/* Does writing "x" into w come out of r? (Both ends of one pipe.) */
+static int
+pipe_works(int w, int r)
+{
+    char c = 0;
+
+    if (write(w, "x", 1) != 1) {
+        return 0;
+    }
+    return read(r, &c, 1) == 1 && c == 'x';
+}
+
+
+/* Send with a raw sendmsg: n fds (more than FDP_MAX_FDS allowed). */
+static ssize_t
+raw_sendfds(int sock, const void *data, size_t len, const int *fds, int n)
+{
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int) * 250)];
+    } cbuf;
+    struct msghdr msg;
+    struct iovec iov;
+    struct cmsghdr *cmsg;
+
+    memset(&msg, 0, sizeof(msg));
+    memset(&cbuf, 0, sizeof(cbuf));
+    iov.iov_base = (void *) data;
+    iov.iov_len = len;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.buf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t) n);
+    cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * (size_t) n);
+    memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * (size_t) n);
+    return sendmsg(sock, &msg, MSG_NOSIGNAL);
+}
+
+
+static void
+close_all(int *fds, int n)
+{
+    int i;
+
+    for (i = 0; i < n; i++) {
+        fdp_close(&fds[i]);
+    }
+}
+
+
+/* ---- fdpass ---------------------------------------------------------- */
+
+static void
+test_fdpass_basic(void)
+{
+    int sv[2], p[2], fds[FDP_MAX_FDS], got[FDP_MAX_FDS], nfds, i, distinct;
+    char buf[64];
+    ssize_t n;
+
+    if (seqpair(sv, 0) < 0 || pipe2(p, O_CLOEXEC) < 0) {
+        test_cond("socketpair/pipe", 0);
+        return;
+    }
+
+    /* 0 fds: data only. */
+    n = fdp_sendfds(sv[0], "abc", 3, NULL, 0);
+    test_cond("send 0 fds returns the byte count", n == 3);
+    nfds = FDP_MAX_FDS;
+    n = fdp_recvfds(sv[1], buf, sizeof(buf), got, &nfds);
+    test_cond("recv 0 fds: bytes", n == 3 && memcmp(buf, "abc", 3) == 0);
+    test_cond("recv 0 fds: nfds 0", nfds == 0);
+
+    /* 1 fd: a copy of the pipe's write end. */
+    n = fdp_sendfds(sv[0], "one", 3, &p[1], 1);
+    test_cond("send 1 fd", n == 3);
+    nfds = FDP_MAX_FDS;
+    n = fdp_recvfds(sv[1], buf, sizeof(buf), got, &nfds);
+    test_cond("recv 1 fd: bytes and count", n == 3 && nfds == 1);
+    if (nfds == 1) {
+        test_cond("recv 1 fd: a new descriptor", got[0] != p[1]);
+        test_cond("recv 1 fd: CLOEXEC", is_cloexec(got[0]));
+        test_cond("recv 1 fd: the same pipe", pipe_works(got[0], p[0]));
+        test_cond("sender's copy still open", is_open(p[1]));
+        fdp_close(&got[0]);
+    }
+
+    /* Many: FDP_MAX_FDS copies in one message, each its own fd. */
+    for (i = 0; i < FDP_MAX_FDS; i++) {
+        fds[i] = p[1];
+    }
+    n = fdp_sendfds(sv[0], "m", 1, fds, FDP_MAX_FDS);
+    test_cond("send FDP_MAX_FDS fds", n == 1);
+    nfds = FDP_MAX_FDS;
+    n = fdp_recvfds(sv[1], buf, sizeof(buf), got, &nfds);
+    test_cond("recv FDP_MAX_FDS fds", n == 1 && nfds == FDP_MAX_FDS);
+    distinct = 1;
+    for (i = 0; i < nfds; i++) {
+        int j;
+
+        for (j = 0; j < i; j++) {
+            if (got[j] == got[i]) {
+                distinct = 0;
+            }
+        }
+        if (!is_cloexec(got[i]) || !pipe_works(got[i], p[0])) {
+            distinct = 0;
+        }
+    }
+    test_cond("many fds: distinct, CLOEXEC, usable", distinct);
+    close_all(got, nfds);
+
+    /* A receiver asking for exactly as many as were sent is fine. */
+    n = fdp_sendfds(sv[0], "3", 1, fds, 3);
+    nfds = 3;
+    n = fdp_recvfds(sv[1], buf, sizeof(buf), got, &nfds);
+    test_cond("recv with room for exactly 3", n == 1 && nfds == 3);
+    close_all(got, nfds);
+
+    /* Non-blocking, nothing there: -EAGAIN. EOF: 0 with no fds. */
+    (void) fdp_set_nonblock(sv[1], 1);
+    nfds = FDP_MAX_FDS;
+    n = fdp_recvfds(sv[1], buf, sizeof(buf), got, &nfds);
+    test_cond("empty non-blocking socket: -EAGAIN", n == -EAGAIN && nfds == 0);
+    fdp_close(&sv[0]);
+    nfds = FDP_MAX_FDS;
+    n = fdp_recvfds(sv[1], buf, sizeof(buf), got, &nfds);
+    test_cond("peer closed: 0 bytes, 0 fds", n == 0 && nfds == 0);
+
+    /* Sending to a closed peer: -EPIPE, no SIGPIPE. */
+    {
+        int sv2[2];
+
+        if (seqpair(sv2, 0) == 0) {
+            fdp_close(&sv2[1]);
+            n = fdp_sendfds(sv2[0], "x", 1, &p[1], 1);
+            test_cond("send to a closed peer: -EPIPE", n == -EPIPE);
+            fdp_close(&sv2[0]);
+        }
+    }
+    fdp_close(&sv[1]);
+    fdp_close(&p[0]);
+    fdp_close(&p[1]);
+}
+
+
+/*
+ * A receiver with room for fewer fds than arrive, a control buffer too
+ * small for them (MSG_CTRUNC), truncated data (MSG_TRUNC), foreign
+ * control messages: each fails and closes every fd that arrived.
+ */
+static void
+test_fdpass_truncation(void)
+{
+    int sv[2], p[2], fds[200], got[FDP_MAX_FDS], nfds, i, before;
+    char buf[256], small[8];
+    ssize_t n;
+
+    if (seqpair(sv, 1) < 0 || pipe2(p, O_CLOEXEC) < 0) {
+        test_cond("socketpair/pipe", 0);
+        return;
+    }
+    for (i = 0; i < 200; i++) {
+        fds[i] = p[1];
+    }
+    before = fd_count();
+
+    /* More fds than the caller has room for. */
+    n = fdp_sendfds(sv[0], "x", 1, fds, 10);
+    test_cond("send 10 fds", n == 1);
+    nfds = 3;
+    for (i = 0; i < FDP_MAX_FDS; i++) {
+        got[i] = -1;
+    }
+    n = fdp_recvfds(sv[1], buf, sizeof(buf), got, &nfds);
+    test_cond("room for 3 of 10: -EMSGSIZE", n == -EMSGSIZE);
+    test_cond("room for 3 of 10: nfds 0", nfds == 0);
+    test_cond("room for 3 of 10: nothing leaked", fd_count() == before);
+    test_cond("room for 3 of 10: got[] untouched beyond room",
+              got[3] == -1 && got[FDP_MAX_FDS - 1] == -1);
+
+    /* More fds than the control buffer holds: the kernel sets
+     * MSG_CTRUNC and installs only what fits. */
+    n = raw_sendfds(sv[0], "y", 1, fds, 200);
+    test_cond("raw send of 200 fds", n == 1);
+    nfds = FDP_MAX_FDS;
+    n = fdp_recvfds(sv[1], buf, sizeof(buf), got, &nfds);
+    test_cond("MSG_CTRUNC: -EMSGSIZE", n == -EMSGSIZE && nfds == 0);
+    test_cond("MSG_CTRUNC: nothing leaked", fd_count() == before);
+
+    /* Data longer than the buffer: MSG_TRUNC, with fds attached. */
+    n = fdp_sendfds(sv[0], "0123456789abcdef", 16, fds, 5);
+    test_cond("send 16 bytes + 5 fds", n == 16);
+    nfds = FDP_MAX_FDS;
+    n = fdp_recvfds(sv[1], small, sizeof(small), got, &nfds);
+    test_cond("data truncated: -EMSGSIZE", n == -EMSGSIZE && nfds == 0);
+    test_cond("data truncated: nothing leaked", fd_count() == before);
+
+    /* The failing messages were consumed whole: the next one is clean. */
+    n = fdp_sendfds(sv[0], "ok", 2, fds, 2);
+    nfds = FDP_MAX_FDS;
+    n = fdp_recvfds(sv[1], buf, sizeof(buf), got, &nfds);
+    test_cond("after errors the next message is intact",
+              n == 2 && nfds == 2 && memcmp(buf, "ok", 2) == 0);
+    close_all(got, nfds);
+
+    /* Foreign control data: SO_PASSCRED adds SCM_CREDENTIALS. */
+    {
+        int one = 1;
+
+        if (setsockopt(sv[1], SOL_SOCKET, SO_PASSCRED, &one,
+                       sizeof(one)) == 0) {
+            n = fdp_sendfds(sv[0], "c", 1, fds, 4);
+            nfds = FDP_MAX_FDS;
+            n = fdp_recvfds(sv[1], buf, sizeof(buf), got, &nfds);
+            test_cond("foreign cmsg: -EBADMSG", n == -EBADMSG && nfds == 0);
+            test_cond("foreign cmsg: nothing leaked", fd_count() == before);
+        }
+    }
+
+    fdp_close(&sv[0]);
+    fdp_close(&sv[1]);
+    fdp_close(&p[0]);
+    fdp_close(&p[1]);
+}
+
+
+/* ---- message decoding and checking ----------------------------------- */
+
+/* Build a wire buffer (header + payload) and decode it into m with nfds
+ * fake descriptors (check only looks at the count). */
+static int
+mk(struct fdp_msg *m, unsigned type, unsigned count, const void *payload,
+   size_t len, int nfds)
+{
+    unsigned char wire[sizeof(struct fdp_msg_hdr) + FDP_MSG_MAX + 16];
+    struct fdp_msg_hdr h;
+    int r;
+
+    memset(m, 0, sizeof(*m));
+    h.type = (uint16_t) type;
+    h.count = (uint16_t) count;
+    h.len = (uint32_t) len;
+    memcpy(wire, &h, sizeof(h));
+    if (len) {
+        memcpy(wire + sizeof(h), payload, len);
+    }
+    r = fdp_msg_decode(m, wire, sizeof(h) + len);
+    m->nfds = nfds;
+    return r;
+}
+
+
+/* Decode and check in one go: 0 when both accept. */
+static int
+valid(unsigned type, unsigned count, const void *payload, size_t len,
+      int nfds, int from_worker)
+{
+    struct fdp_msg m;
+
+    if (mk(&m, type, count, payload, len, nfds) < 0) {
+        return -1;
+    }
+    return fdp_msg_check(&m, from_worker);
+}
+
+
+static void
+test_msg_decode(void)
+{
+    unsigned char wire[sizeof(struct fdp_msg_hdr) + FDP_MSG_MAX + 16];
+    struct fdp_msg m;
+    struct fdp_msg_hdr h;
+
+    memset(wire, 0, sizeof(wire));
+    test_cond("decode: empty buffer", fdp_msg_decode(&m, wire, 0) == -EBADMSG);
+    test_cond("decode: short header",
+              fdp_msg_decode(&m, wire, sizeof(h) - 1) == -EBADMSG);
+
+    h.type = FDP_MSG_READY;
+    h.count = 0;
+    h.len = 0;
+    memcpy(wire, &h, sizeof(h));
+    test_cond("decode: header only", fdp_msg_decode(&m, wire, sizeof(h)) == 0
+              && m.h.type == FDP_MSG_READY && m.h.len == 0);
+    test_cond("decode: bytes beyond len",
+              fdp_msg_decode(&m, wire, sizeof(h) + 1) == -EBADMSG);
+
+    h.len = 8;
+    memcpy(wire, &h, sizeof(h));
+    memcpy(wire + sizeof(h), "12345678", 8);
+    test_cond("decode: len matches", fdp_msg_decode(&m, wire, sizeof(h) + 8)
+              == 0 && memcmp(m.u.bytes, "12345678", 8) == 0);
+    test_cond("decode: len larger than the bytes",
+              fdp_msg_decode(&m, wire, sizeof(h) + 7) == -EBADMSG);
+    test_cond("decode: len smaller than the bytes",
+              fdp_msg_decode(&m, wire, sizeof(h) + 9) == -EBADMSG);
+
+    h.len = FDP_MSG_MAX;
+    memcpy(wire, &h, sizeof(h));
+    test_cond("decode: FDP_MSG_MAX payload",
+              fdp_msg_decode(&m, wire, sizeof(h) + FDP_MSG_MAX) == 0);
+    h.len = FDP_MSG_MAX + 1;
+    memcpy(wire, &h, sizeof(h));
+    test_cond("decode: payload over FDP_MSG_MAX",
+              fdp_msg_decode(&m, wire, sizeof(h) + FDP_MSG_MAX + 1)
+              == -EBADMSG);
+    h.len = 0xffffffffu;
+    memcpy(wire, &h, sizeof(h));
+    test_cond("decode: huge len",
+              fdp_msg_decode(&m, wire, sizeof(h)) == -EBADMSG);
+}
+
+
+static void
+test_msg_check(void)
+{
+    struct fdp_conn_entry conn[FDP_BATCH_MAX + 1];
+    struct fdp_done_entry done[FDP_BATCH_MAX + 1];
+    struct fdp_stop_body stop = { 1, 1000 };
+    char kv[FDP_KEY_MAX + FDP_VAL_MAX + 8];
+    size_t ce = sizeof(struct fdp_conn_entry);
+    size_t de = sizeof(struct fdp_done_entry);
+    struct fdp_msg m;
+    unsigned t;
+
+    memset(conn, 0, sizeof(conn));
+    memset(done, 0, sizeof(done));
+
+    /* Every valid message, in its direction. */
+    test_cond("CONN 1", valid(FDP_MSG_CONN, 1, conn, ce, 1, 0) == 0);
+    test_cond("CONN batch max", valid(FDP_MSG_CONN, FDP_BATCH_MAX, conn,
+              FDP_BATCH_MAX * ce, FDP_BATCH_MAX, 0) == 0);
+    test_cond("STOP", valid(FDP_MSG_STOP, 0, &stop, sizeof(stop), 0, 0) == 0);
+    test_cond("READY", valid(FDP_MSG_READY, 0, NULL, 0, 0, 1) == 0);
+    test_cond("FAIL", valid(FDP_MSG_FAIL, 0, "boom", 4, 0, 1) == 0);
+    test_cond("DONE 1", valid(FDP_MSG_DONE, 1, done, de, 0, 1) == 0);
+    test_cond("DONE batch max", valid(FDP_MSG_DONE, FDP_BATCH_MAX, done,
+              FDP_BATCH_MAX * de, 0, 1) == 0);
+    test_cond("SET k=v", valid(FDP_MSG_SET, 0, "k\0v", 3, 0, 1) == 0);
+    test_cond("SET k=empty", valid(FDP_MSG_SET, 0, "k", 2, 0, 1) == 0);
+    memset(kv, 'k', FDP_KEY_MAX - 1);
+    kv[FDP_KEY_MAX - 1] = '\0';
+    memset(kv + FDP_KEY_MAX, 'v', FDP_VAL_MAX - 1);
+    test_cond("SET longest key and value", valid(FDP_MSG_SET, 0, kv,
+              FDP_KEY_MAX + FDP_VAL_MAX - 1, 0, 1) == 0);
+
+    /* Wrong direction. */
+    test_cond("CONN from a worker", valid(FDP_MSG_CONN, 1, conn, ce, 1, 1)
+              == -EBADMSG);
+    test_cond("STOP from a worker", valid(FDP_MSG_STOP, 0, &stop,
+              sizeof(stop), 0, 1) == -EBADMSG);
+    test_cond("READY from the master", valid(FDP_MSG_READY, 0, NULL, 0, 0, 0)
+              == -EBADMSG);
+    test_cond("FAIL from the master", valid(FDP_MSG_FAIL, 0, "x", 1, 0, 0)
+              == -EBADMSG);
+    test_cond("DONE from the master", valid(FDP_MSG_DONE, 1, done, de, 0, 0)
+              == -EBADMSG);
+    test_cond("SET from the master", valid(FDP_MSG_SET, 0, "k\0v", 3, 0, 0)
+              == -EBADMSG);
+
+    /* Counts. */
+    test_cond("CONN count 0", valid(FDP_MSG_CONN, 0, NULL, 0, 0, 0)
+              == -EBADMSG);
+    test_cond("CONN count over batch max", valid(FDP_MSG_CONN,
+              FDP_BATCH_MAX + 1, conn, (FDP_BATCH_MAX + 1) * ce,
+              FDP_BATCH_MAX + 1, 0) == -EBADMSG);
+    test_cond("DONE count 0", valid(FDP_MSG_DONE, 0, NULL, 0, 0, 1)
+              == -EBADMSG);
+    test_cond("DONE count over batch max", valid(FDP_MSG_DONE,
+              FDP_BATCH_MAX + 1, done, (FDP_BATCH_MAX + 1) * de, 0, 1)
+              == -EBADMSG);
+    test_cond("STOP with a count", valid(FDP_MSG_STOP, 1, &stop,
+              sizeof(stop), 0, 0) == -EBADMSG);
+    test_cond("READY with a count", valid(FDP_MSG_READY, 1, NULL, 0, 0, 1)
+              == -EBADMSG);
+    test_cond("SET with a count", valid(FDP_MSG_SET, 1, "k\0v", 3, 0, 1)
+              == -EBADMSG);
+
+    /* Lengths. */
+    test_cond("CONN len short", valid(FDP_MSG_CONN, 2, conn, ce, 2, 0)
+              == -EBADMSG);
+    test_cond("CONN len long", valid(FDP_MSG_CONN, 1, conn, ce + 1, 1, 0)
+              == -EBADMSG);
+    test_cond("DONE len short", valid(FDP_MSG_DONE, 2, done, 2 * de - 1,
+              0, 1) == -EBADMSG);
+    test_cond("STOP len short", valid(FDP_MSG_STOP, 0, &stop,
+              sizeof(stop) - 1, 0, 0) == -EBADMSG);
+    test_cond("READY with payload", valid(FDP_MSG_READY, 0, "x", 1, 0, 1)
+              == -EBADMSG);
+    test_cond("FAIL empty", valid(FDP_MSG_FAIL, 0, NULL, 0, 0, 1)
+              == -EBADMSG);
+
+    /* Descriptors. */
+    test_cond("CONN nfds < count", valid(FDP_MSG_CONN, 2, conn, 2 * ce, 1, 0)
+              == -EBADMSG);
+    test_cond("CONN nfds > count", valid(FDP_MSG_CONN, 1, conn, ce, 2, 0)
+              == -EBADMSG);
+    test_cond("CONN nfds 0", valid(FDP_MSG_CONN, 1, conn, ce, 0, 0)
+              == -EBADMSG);
+    test_cond("STOP with an fd", valid(FDP_MSG_STOP, 0, &stop, sizeof(stop),
+              1, 0) == -EBADMSG);
+    test_cond("READY with an fd", valid(FDP_MSG_READY, 0, NULL, 0, 1, 1)
+              == -EBADMSG);
+    test_cond("FAIL with an fd", valid(FDP_MSG_FAIL, 0, "x", 1, 1, 1)
+              == -EBADMSG);
+    test_cond("DONE with an fd", valid(FDP_MSG_DONE, 1, done, de, 1, 1)
+              == -EBADMSG);
+    test_cond("SET with an fd", valid(FDP_MSG_SET, 0, "k\0v", 3, 1, 1)
+              == -EBADMSG);
+
+    /* SET payloads. */
+    test_cond("SET without NUL", valid(FDP_MSG_SET, 0, "keyvalue", 8, 0, 1)
+              == -EBADMSG);
+    test_cond("SET empty key", valid(FDP_MSG_SET, 0, "\0v", 2, 0, 1)
+              == -EBADMSG);
+    test_cond("SET 1 byte", valid(FDP_MSG_SET, 0, "k", 1, 0, 1)
+              == -EBADMSG);
+    test_cond("SET empty", valid(FDP_MSG_SET, 0, NULL, 0, 0, 1)
+              == -EBADMSG);
+    memset(kv, 'k', FDP_KEY_MAX);
+    kv[FDP_KEY_MAX] = '\0';
+    kv[FDP_KEY_MAX + 1] = 'v';
+    test_cond("SET oversized key", valid(FDP_MSG_SET, 0, kv,
+              FDP_KEY_MAX + 2, 0, 1) == -EBADMSG);
+    kv[0] = 'k';
+    kv[1] = '\0';
+    memset(kv + 2, 'v', FDP_VAL_MAX);
+    test_cond("SET oversized value", valid(FDP_MSG_SET, 0, kv,
+              2 + FDP_VAL_MAX, 0, 1) == -EBADMSG);
+    test_cond("SET value with NUL", valid(FDP_MSG_SET, 0, "k\0v\0w", 5, 0, 1)
+              == -EBADMSG);
+
+    /* Unknown types, in both directions. */
+    for (t = 0; t < 70000; t += (t < 16 ? 1 : 4093)) {
+        if (t >= FDP_MSG_CONN && t < FDP_MSG_TYPE_END) {
+            continue;
+        }
+        if (mk(&m, t & 0xffff, 0, NULL, 0, 0) == 0
+            && (fdp_msg_check(&m, 0) == 0 || fdp_msg_check(&m, 1) == 0)) {
+            printf("  type %u accepted\n", t & 0xffff);
+            test_cond("unknown type rejected", 0);
+            break;
+        }
+    }
+    test_cond("unknown types rejected", t >= 70000);
+    test_cond("type 0", valid(0, 0, NULL, 0, 0, 1) == -EBADMSG);
+    test_cond("type TYPE_END", valid(FDP_MSG_TYPE_END, 0, NULL, 0, 0, 1)
+              == -EBADMSG);
+    test_cond("type 0xffff", valid(0xffff, 1, conn, ce, 1, 0) == -EBADMSG);
+}
+
+
+/* ---- channel: send, queue, flush, receive ---------------------------- */
+
+/* Send raw filler messages until the kernel says EAGAIN. */
+static int
+fill(int fd)
+{
+    char blob[1024];
+    int n = 0;
+
+    memset(blob, 'f', sizeof(blob));
+    while (n < 1000000) {
+        ssize_t r = fdp_sendfds(fd, blob, sizeof(blob), NULL, 0);
+
+        if (r == -EAGAIN) {
+            return n;
+        }
+        if (r < 0) {
+            return -1;
+        }
+        n++;
+    }
+    return -1;
+}
+
+
+/* Receive and drop n filler messages. Returns how many it got. */
+static int
+drain(int fd, int n)
+{
+    char buf[2048];
+    int i;
+
+    for (i = 0; i < n; i++) {
+        int nfds = 0;
+
+        if (fdp_recvfds(fd, buf, sizeof(buf), NULL, &nfds) != 1024) {
+            break;
+        }
+    }
+    return i;
+}
+
+
+static void
+test_chan_roundtrip(void)
+{
+    struct fdp_chan a, b;
+    struct fdp_msg m;
+    struct fdp_conn_entry ce[2];
+    int sv[2], p[2], fds[2], r, before;
+
+    if (seqpair(sv, 1) < 0 || pipe2(p, O_CLOEXEC) < 0) {
+        test_cond("socketpair/pipe", 0);
+        return;
+    }
+    fdp_chan_init(&a, sv[0]);
+    fdp_chan_init(&b, sv[1]);
+
+    r = fdp_chan_recv(&b, &m);
+    test_cond("chan_recv on empty: -EAGAIN", r == -EAGAIN);
+
+    r = fdp_chan_send(&a, FDP_MSG_READY, 0, NULL, 0, NULL, 0);
+    test_cond("send READY", r == 0 && a.queued == 0);
+    r = fdp_chan_recv(&b, &m);
+    test_cond("recv READY", r == 1 && m.h.type == FDP_MSG_READY
+              && m.h.len == 0 && m.nfds == 0 && fdp_msg_check(&m, 1) == 0);
+
+    memset(ce, 0, sizeof(ce));
+    ce[0].id = 41;
+    ce[1].id = 42;
+    fds[0] = dup(p[1]);
+    fds[1] = dup(p[1]);
+    before = fd_count();
+    r = fdp_chan_send(&a, FDP_MSG_CONN, 2, ce, sizeof(ce), fds, 2);
+    test_cond("send CONN x2", r == 0);
+    test_cond("sent fds are closed by the channel",
+              !is_open(fds[0]) && !is_open(fds[1])
+              && fd_count() == before - 2);
+    r = fdp_chan_recv(&b, &m);
+    test_cond("recv CONN x2", r == 1 && m.h.type == FDP_MSG_CONN
+              && m.h.count == 2 && m.nfds == 2 && m.u.conn[0].id == 41
+              && m.u.conn[1].id == 42 && fdp_msg_check(&m, 0) == 0);
+    if (r == 1 && m.nfds == 2) {
+        test_cond("CONN fds usable", pipe_works(m.fds[0], p[0])
+                  && pipe_works(m.fds[1], p[0]));
+        fdp_msg_close_fds(&m);
+        test_cond("msg_close_fds", m.nfds == 0 && fd_count() == before - 2);
+    }
+
+    test_cond("send payload over FDP_MSG_MAX: -EINVAL",
+              fdp_chan_send(&a, FDP_MSG_FAIL, 0, "x", FDP_MSG_MAX + 1,
+                            NULL, 0) == -EINVAL);
+    test_cond("send over FDP_MAX_FDS: -EINVAL",
+              fdp_chan_send(&a, FDP_MSG_FAIL, 0, "x", 1, fds,
+                            FDP_MAX_FDS + 1) == -EINVAL);
+
+    /* EOF. */
+    fdp_chan_close(&a);
+    test_cond("chan_close marks the fd closed", a.fd == -1);
+    r = fdp_chan_recv(&b, &m);
+    test_cond("chan_recv after peer close: 0", r == 0);
+
+    /* Sending on a channel whose peer is gone: -EPIPE, caller keeps fds. */
+    {
+        int sv2[2], fd;
+        struct fdp_chan c;
+
+        if (seqpair(sv2, 1) == 0) {
+            fdp_chan_init(&c, sv2[0]);
+            fdp_close(&sv2[1]);
+            fd = dup(p[1]);
+            r = fdp_chan_send(&c, FDP_MSG_CONN, 1, ce, sizeof(ce[0]), &fd, 1);
+            test_cond("send to a gone peer: -EPIPE", r == -EPIPE);
+            test_cond("caller still owns the fd after failure", is_open(fd));
+            fdp_close(&fd);
+            fdp_chan_close(&c);
+        }
+    }
+    fdp_chan_close(&b);
+    fdp_close(&p[0]);
+    fdp_close(&p[1]);
+}
+
+
+static void
+test_chan_queue(void)
+{
+    struct fdp_chan a, b;
+    struct fdp_msg m;
+    struct fdp_conn_entry ce;
+    int sv[2], p[2], fd1, fd2, nfill, r, before, got;
+    uint64_t deadline;
+
+    if (seqpair(sv, 1) < 0 || pipe2(p, O_CLOEXEC) < 0) {
+        test_cond("socketpair/pipe", 0);
+        return;
+    }
+    fdp_chan_init(&a, sv[0]);
+    fdp_chan_init(&b, sv[1]);
+
+    nfill = fill(a.fd);
+    test_cond("the socket fills up (EAGAIN)", nfill > 0);
+    if (nfill <= 0) {
+        return;
+    }
+
+    memset(&ce, 0, sizeof(ce));
+    ce.id = 7;
+    fd1 = dup(p[1]);
+    before = fd_count();
+    r = fdp_chan_send(&a, FDP_MSG_CONN, 1, &ce, sizeof(ce), &fd1, 1);
+    test_cond("send on a full socket queues", r == 0 && a.queued == 1);
+    test_cond("the queue holds the fd open", is_open(fd1)
+              && fd_count() == before);
+    test_cond("flush while still full: -EAGAIN",
+              fdp_chan_flush(&a) == -EAGAIN && a.queued == 1);
+
+    /* The reader drains; a new message must still queue behind the
+     * first, never overtake it. */
+    got = drain(b.fd, nfill);
+    test_cond("the reader drains the filler", got == nfill);
+    ce.id = 8;
+    fd2 = dup(p[1]);
+    r = fdp_chan_send(&a, FDP_MSG_CONN, 1, &ce, sizeof(ce), &fd2, 1);
+    test_cond("a send behind a queue queues too (order)", r == 0
+              && a.queued == 2);
+
+    deadline = fdp_now_ms() + 2000;
+    do {
+        r = fdp_chan_flush(&a);
+    } while (r == -EAGAIN && fdp_now_ms() < deadline);
+    test_cond("flush sends the queue once the reader drained", r == 0
+              && a.queued == 0 && a.head == NULL && a.tail == NULL);
+    test_cond("flushed fds closed on the sender side",
+              !is_open(fd1) && !is_open(fd2));
+
+    r = fdp_chan_recv(&b, &m);
+    test_cond("first queued message arrives first", r == 1
+              && m.h.type == FDP_MSG_CONN && m.u.conn[0].id == 7
+              && m.nfds == 1);
+    if (r == 1 && m.nfds == 1) {
+        test_cond("its fd is delivered and works", pipe_works(m.fds[0], p[0]));
+        fdp_msg_close_fds(&m);
+    }
+    r = fdp_chan_recv(&b, &m);
+    test_cond("second queued message arrives second", r == 1
+              && m.u.conn[0].id == 8 && m.nfds == 1);
+    if (r == 1 && m.nfds == 1) {
+        test_cond("its fd is delivered and works", pipe_works(m.fds[0], p[0]));
+        fdp_msg_close_fds(&m);
+    }
+    test_cond("nothing more", fdp_chan_recv(&b, &m) == -EAGAIN);
+    test_cond("no fd leaked through the queue", fd_count() == before - 1);
+
+    /* Closing a channel with queued messages closes their fds. */
+    nfill = fill(a.fd);
+    before = fd_count();
+    fd1 = dup(p[1]);
+    fd2 = dup(p[1]);
+    r = fdp_chan_send(&a, FDP_MSG_CONN, 1, &ce, sizeof(ce), &fd1, 1);
+    r |= fdp_chan_send(&a, FDP_MSG_CONN, 1, &ce, sizeof(ce), &fd2, 1);
+    test_cond("queued two more", r == 0 && a.queued == 2
+              && fd_count() == before + 2);
+    fdp_chan_close(&a);
+    test_cond("chan_close frees the queue and its fds",
+              a.queued == 0 && a.head == NULL
+              && fd_count() == before - 1);
+    fdp_chan_close(&b);
+    fdp_close(&p[0]);
+    fdp_close(&p[1]);
+}
+
+
+/* The queue is bounded: FDP_CHAN_QMAX messages, then -ENOBUFS with the
+ * caller still owning its fds. */
+static void
+test_chan_queue_bound(void)
+{
+    struct fdp_chan a;
+    int sv[2], i, r = 0, fd;
+
+    if (seqpair(sv, 1) < 0) {
+        test_cond("socketpair", 0);
+        return;
+    }
+    fdp_chan_init(&a, sv[0]);
+    test_cond("fill", fill(a.fd) > 0);
+    for (i = 0; i < FDP_CHAN_QMAX && r == 0; i++) {
+        r = fdp_chan_send(&a, FDP_MSG_READY, 0, NULL, 0, NULL, 0);
+    }
+    test_cond("FDP_CHAN_QMAX messages queue", r == 0
+              && a.queued == FDP_CHAN_QMAX);
+    fd = dup(sv[1]);
+    r = fdp_chan_send(&a, FDP_MSG_CONN, 0, NULL, 0, &fd, 1);
+    test_cond("one more: -ENOBUFS", r == -ENOBUFS);
+    test_cond("-ENOBUFS leaves the fd with the caller", is_open(fd));
+    fdp_close(&fd);
+    fdp_chan_close(&a);
+    fdp_close(&sv[1]);
+}
+
+
+/* ---- loop ------------------------------------------------------------ */
+
+struct tlog {
+    int order[64];
+    int n;
+};
+
+struct ttimer {
+    struct fdp_timer t;
+    int id;
+    struct tlog *log;
+};
+
+
+static void
+timer_record(struct fdp_loop *loop, struct fdp_timer *t)
+{
+    struct ttimer *tt = t->data;
+
+    (void) loop;
+    if (tt->log->n < 64) {
+        tt->log->order[tt->log->n] = tt->id;
+    }
+    tt->log->n++;
+}
+
+
+/* Run the loop until want callbacks were logged or ms passed. */
+static void
+run_until(struct fdp_loop *loop, struct tlog *log, int want, int ms)
+{
+    uint64_t deadline = fdp_now_ms() + (uint64_t) ms;
+
+    while (log->n < want && fdp_now_ms() < deadline) {
+        (void) fdp_loop_run_once(loop, 20);
+    }
+}
+
+
+static void
+test_loop_timers(void)
+{
+    struct fdp_loop loop;
+    struct ttimer tt[40];
+    struct tlog log;
+    static const int ms[] = { 30, 10, 0, 20, 5 };
+    static const int want[] = { 2, 4, 1, 3, 0 };
+    int i, ok;
+    uint64_t t0;
+
+    if (fdp_loop_init(&loop) < 0) {
+        test_cond("loop_init", 0);
+        return;
+    }
+    test_cond("loop fd CLOEXEC", is_cloexec(loop.epfd));
+
+    /* Fire in deadline order, whatever the start order. */
+    memset(&log, 0, sizeof(log));
+    for (i = 0; i < 5; i++) {
+        tt[i].id = i;
+        tt[i].log = &log;
+        fdp_timer_init(&tt[i].t, timer_record, &tt[i]);
+        test_cond("timer not active before start", !fdp_timer_active(&tt[i].t));
+        (void) fdp_timer_start(&loop, &tt[i].t, (uint64_t) ms[i]);
+        test_cond("timer active after start", fdp_timer_active(&tt[i].t));
+    }
+    t0 = fdp_now_ms();
+    run_until(&loop, &log, 5, 2000);
+    ok = log.n == 5;
+    for (i = 0; i < 5 && ok; i++) {
+        ok = log.order[i] == want[i];
+    }
+    test_cond("timers fire once each, in deadline order", ok);
+    test_cond("not before their time", fdp_now_ms() - t0 >= 28);
+    test_cond("inactive after firing", !fdp_timer_active(&tt[0].t)
+              && loop.nheap == 0);
+
+    /* Stop: a stopped timer never fires; stopping twice is harmless. */
+    memset(&log, 0, sizeof(log));
+    (void) fdp_timer_start(&loop, &tt[0].t, 5);
+    (void) fdp_timer_start(&loop, &tt[1].t, 10);
+    fdp_timer_stop(&loop, &tt[0].t);
+    fdp_timer_stop(&loop, &tt[0].t);
+    test_cond("stopped timer inactive", !fdp_timer_active(&tt[0].t));
+    run_until(&loop, &log, 1, 2000);
+    (void) fdp_loop_run_once(&loop, 30);
+    test_cond("only the running timer fired", log.n == 1
+              && log.order[0] == 1);
+
+    /* Restart moves a timer rather than adding it twice. */
+    memset(&log, 0, sizeof(log));
+    (void) fdp_timer_start(&loop, &tt[2].t, 1000);
+    (void) fdp_timer_start(&loop, &tt[2].t, 5);
+    test_cond("restart keeps one heap entry", loop.nheap == 1);
+    run_until(&loop, &log, 1, 2000);
+    (void) fdp_loop_run_once(&loop, 20);
+    test_cond("restarted timer fired once", log.n == 1);
+
+    /* Many timers, some stopped from the middle of the heap: the rest
+     * still fire in order. */
+    memset(&log, 0, sizeof(log));
+    for (i = 0; i < 40; i++) {
+        tt[i].id = i;
+        tt[i].log = &log;
+        fdp_timer_init(&tt[i].t, timer_record, &tt[i]);
+        (void) fdp_timer_start(&loop, &tt[i].t,
+                               (uint64_t) (((i * 17) % 40) + 1));
+    }
+    for (i = 0; i < 40; i += 3) {
+        fdp_timer_stop(&loop, &tt[i].t);
+    }
+    run_until(&loop, &log, 26, 2000);
+    (void) fdp_loop_run_once(&loop, 20);
+    ok = log.n == 26;
+    for (i = 0; i < log.n && i < 64 && ok; i++) {
+        int id = log.order[i];
+
+        ok = id % 3 != 0;
+        if (ok && i > 0) {
+            int prev = log.order[i - 1];
+
+            ok = ((prev * 17) % 40) < ((id * 17) % 40);
+        }
+    }
+    test_cond("40 timers, 14 stopped: 26 fire in order", ok);
+    fdp_loop_free(&loop);
+}
+
+
+struct tio {
+    struct fdp_io io;
+    int calls;
+    uint32_t events;
+    struct tio *other;      /* deleted by this one's callback */
+    struct tio *replace;    /* added on other's fd number */
+    int closed_other;
+};
+
+
+static void
+io_record(struct fdp_loop *loop, struct fdp_io *io, uint32_t events)
+{
+    struct tio *t = io->data;
+
+    (void) loop;
+    t->calls++;
+    t->events = events;
+}
+
+
+/* Delete the other watcher (and close its fd), as a callback that tears
+ * down a connection would. */
+static void
+io_delete_other(struct fdp_loop *loop, struct fdp_io *io, uint32_t events)
+{
+    struct tio *t = io->data;
+
+    t->calls++;
+    t->events = events;
+    if (t->other && !t->closed_other) {
+        (void) fdp_loop_del(loop, &t->other->io);
+        t->closed_other = 1;
+        /* Put a new, readable watcher on the same fd number: the stale
+         * event of the old one must not reach it either. */
+        if (t->replace) {
+            int np[2];
+
+            if (pipe2(np, O_CLOEXEC) == 0) {
+                (void) write(np[1], "r", 1);
+                (void) dup3(np[0], t->other->io.fd, O_CLOEXEC);
+                fdp_close(&np[0]);
+                fdp_close(&np[1]);
+                t->replace->io.fd = t->other->io.fd;
+                (void) fdp_loop_add(loop, &t->replace->io, EPOLLIN);
+            }
+        }
+    }
+}
+
+
+static void
+io_stop_loop(struct fdp_loop *loop, struct fdp_io *io, uint32_t events)
+{
+    struct tio *t = io->data;
+
+    t->calls++;
+    t->events = events;
+    loop->stop = 1;
+}
+
+
+static void
+test_loop_io(void)
+{
+    struct fdp_loop loop;
+    struct tio a, b, c;
+    int pa[2], pb[2], r, i;
+
+    if (fdp_loop_init(&loop) < 0 || pipe2(pa, O_CLOEXEC) < 0
+        || pipe2(pb, O_CLOEXEC) < 0) {
+        test_cond("loop_init/pipe", 0);
+        return;
+    }
+
+    /* A plain watcher. */
+    memset(&a, 0, sizeof(a));
+    a.io.fd = pa[0];
+    a.io.cb = io_record;
+    a.io.data = &a;
+    r = fdp_loop_add(&loop, &a.io, EPOLLIN);
+    test_cond("add a watcher", r == 0);
+    r = fdp_loop_run_once(&loop, 0);
+    test_cond("nothing ready: 0 events, no call", r == 0 && a.calls == 0);
+    (void) write(pa[1], "x", 1);
+    r = fdp_loop_run_once(&loop, 1000);
+    test_cond("readable: callback with EPOLLIN", r == 1 && a.calls == 1
+              && (a.events & EPOLLIN));
+    test_cond("mod to the same events is a no-op",
+              fdp_loop_mod(&loop, &a.io, EPOLLIN) == 0);
+    r = fdp_loop_mod(&loop, &a.io, EPOLLOUT);
+    (void) fdp_loop_run_once(&loop, 0);
+    test_cond("mod to EPOLLOUT on a read end: no call", r == 0
+              && a.calls == 1);
+    (void) fdp_loop_mod(&loop, &a.io, EPOLLIN);
+    r = fdp_loop_del(&loop, &a.io);
+    (void) fdp_loop_run_once(&loop, 0);
+    test_cond("deleted watcher is not called", r == 0 && a.calls == 1);
+    {
+        char ch;
+
+        (void) read(pa[0], &ch, 1);
+    }
+    {
+        struct fdp_io bad;
+
+        memset(&bad, 0, sizeof(bad));
+        bad.fd = -1;
+        test_cond("add fd -1: -EBADF", fdp_loop_add(&loop, &bad, EPOLLIN)
+                  == -EBADF);
+    }
+
+    /* Two watchers ready in one batch, each deleting the other: exactly
+     * one of them runs. */
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    a.io.fd = pa[0];
+    b.io.fd = pb[0];
+    a.io.cb = b.io.cb = io_delete_other;
+    a.io.data = &a;
+    b.io.data = &b;
+    a.other = &b;
+    b.other = &a;
+    (void) fdp_loop_add(&loop, &a.io, EPOLLIN);
+    (void) fdp_loop_add(&loop, &b.io, EPOLLIN);
+    (void) write(pa[1], "x", 1);
+    (void) write(pb[1], "x", 1);
+    r = fdp_loop_run_once(&loop, 1000);
+    test_cond("both ready in one batch", r == 2);
+    test_cond("the one deleted in the batch is not called",
+              a.calls + b.calls == 1);
+    if (a.calls) {
+        (void) fdp_loop_del(&loop, &a.io);
+    } else {
+        (void) fdp_loop_del(&loop, &b.io);
+    }
+    {
+        char ch;
+
+        (void) read(pa[0], &ch, 1);
+        (void) read(pb[0], &ch, 1);
+    }
+
+    /* Same, and the deleter puts a new watcher on the deleted one's fd
+     * number (ready at once): the stale event must not reach it in this
+     * batch; it runs on the next turn. Both deleters point at each other
+     * so whichever runs first does it. */
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    memset(&c, 0, sizeof(c));
+    a.io.fd = pa[0];
+    b.io.fd = pb[0];
+    a.io.cb = b.io.cb = io_delete_other;
+    c.io.cb = io_record;
+    a.io.data = &a;
+    b.io.data = &b;
+    c.io.data = &c;
+    a.other = &b;
+    b.other = &a;
+    a.replace = b.replace = &c;
+    (void) fdp_loop_add(&loop, &a.io, EPOLLIN);
+    (void) fdp_loop_add(&loop, &b.io, EPOLLIN);
+    (void) write(pa[1], "x", 1);
+    (void) write(pb[1], "x", 1);
+    r = fdp_loop_run_once(&loop, 1000);
+    test_cond("replace: one deleter ran", r == 2 && a.calls + b.calls == 1);
+    test_cond("replace: new watcher not called by the stale event",
+              c.calls == 0);
+    r = fdp_loop_run_once(&loop, 1000);
+    test_cond("replace: new watcher runs on the next turn", c.calls == 1);
+    (void) fdp_loop_del(&loop, &c.io);
+    (void) fdp_loop_del(&loop, a.calls ? &a.io : &b.io);
+
+    /* loop->stop from a callback ends fdp_loop_run. */
+    for (i = 0; i < 2; i++) {
+        fdp_close(&pa[i]);
+        fdp_close(&pb[i]);
+    }
+    if (pipe2(pa, O_CLOEXEC) == 0) {
+        memset(&a, 0, sizeof(a));
+        a.io.fd = pa[0];
+        a.io.cb = io_stop_loop;
+        a.io.data = &a;
+        (void) fdp_loop_add(&loop, &a.io, EPOLLIN);
+        (void) write(pa[1], "x", 1);
+        r = fdp_loop_run(&loop);
+        test_cond("stop from a callback ends loop_run", r == 0
+                  && a.calls == 1);
+        (void) fdp_loop_del(&loop, &a.io);
+        fdp_close(&pa[0]);
+        fdp_close(&pa[1]);
+    }
+    fdp_loop_free(&loop);
+    test_cond("loop_free closes the epoll fd", loop.epfd == -1);
+}
+
+
+/* ---- status ---------------------------------------------------------- */
+
+static int
+has(const struct fdp_buf *b, const char *needle)
+{
+    if (b->data == NULL || b->oom) {
+        return 0;
+    }
+    if (strstr(b->data, needle) == NULL) {
+        printf("  missing: %s\n", needle);
+        return 0;
+    }
+    return 1;
+}
+
+
+static void
+test_status(void)
+{
+    struct fdp_slot s[4];
+    struct fdp_status_info info;
+    const char *listen[] = { "127.0.0.1:8080", "unix:/tmp/a\"b" };
+    struct fdp_buf b;
+    int i, r = -1;
+
+    for (i = 0; i < 4; i++) {
+        memset(&s[i], 0, sizeof(s[i]));
+        fdp_slot_reset(&s[i], i + 1);
+    }
+    test_cond("reset slot: id, pid -1, state none", s[0].id == 1
+              && s[0].pid == -1 && strcmp(fdp_slot_state(&s[0]), "none") == 0);
+
+    s[0].pid = 1234;
+    s[0].state = FDP_W_RUNNING;
+    s[0].capacity = 4;
+    s[0].active = 1;
+    s[0].served = 7;
+    s[0].bytes_in = 100;
+    s[0].bytes_out = 2000;
+    s[0].restarts = 2;
+    s[0].generation = 3;
+    s[0].last_exit_how = FDP_EXIT_SIGNAL;
+    s[0].last_exit_code = SIGKILL;
+    s[1].pid = 1235;
+    s[1].state = FDP_W_RUNNING;
+    s[1].capacity = 1;
+    s[1].active = 1;
+    s[1].last_exit_how = FDP_EXIT_CODE;
+    s[1].last_exit_code = 3;
+    s[2].pid = 1236;
+    s[2].state = FDP_W_STARTING;
+    s[3].pid = 1237;
+    s[3].state = FDP_W_EXITING;
+
+    test_cond("state free", strcmp(fdp_slot_state(&s[0]), "free") == 0);
+    test_cond("state busy when active == capacity",
+              strcmp(fdp_slot_state(&s[1]), "busy") == 0);
+    test_cond("state starting", strcmp(fdp_slot_state(&s[2]), "starting")
+              == 0);
+    test_cond("state exiting", strcmp(fdp_slot_state(&s[3]), "exiting")
+              == 0);
+
+    fdp_slot_update_busy(&s[1], 1000.5);
+    fdp_slot_update_busy(&s[1], 2000.0);
+    test_cond("busy_since set once when full", s[1].busy_since == 1000.5);
+    fdp_slot_update_busy(&s[0], 1000.5);
+    test_cond("busy_since 0 when not full", s[0].busy_since == 0);
+
+    test_cond("set kv", fdp_slot_set_kv(&s[0], "note", "a\"b\\c\n") == 0);
+    test_cond("replace kv", fdp_slot_set_kv(&s[0], "k2", "one") == 0
+              && fdp_slot_set_kv(&s[0], "k2", "two") == 0 && s[0].nkv == 2
+              && strcmp(fdp_slot_get_kv(&s[0], "k2"), "two") == 0);
+    test_cond("get missing kv", fdp_slot_get_kv(&s[0], "nope") == NULL);
+    for (i = 0; i < FDP_KV_MAX; i++) {
+        char k[8];
+
+        snprintf(k, sizeof(k), "f%d", i);
+        r = fdp_slot_set_kv(&s[3], k, "v");
+    }
+    test_cond("FDP_KV_MAX fields fit", r == 0 && s[3].nkv == FDP_KV_MAX);
+    test_cond("one more: -ENOSPC", fdp_slot_set_kv(&s[3], "more", "v")
+              == -ENOSPC);
+    test_cond("an existing one can still change",
+              fdp_slot_set_kv(&s[3], "f0", "w") == 0);
+
+    test_cond("signame SIGKILL", strcmp(fdp_signame(SIGKILL), "SIGKILL") == 0);
+    test_cond("signame SIGSEGV", strcmp(fdp_signame(SIGSEGV), "SIGSEGV") == 0);
+    test_cond("signame unknown", strcmp(fdp_signame(1000), "SIGUNKNOWN") == 0);
+
+    memset(&info, 0, sizeof(info));
+    info.pid = 999;
+    info.policy = "least_conn";
+    info.listen = listen;
+    info.nlisten = 2;
+    info.accepted = 12;
+    info.queued = 1;
+    info.fallbacks = 0;
+    info.started = 1700000000.25;
+    memset(&b, 0, sizeof(b));
+    fdp_status_json(&b, &info, s, 4);
+    test_cond("json: pool fields", has(&b, "{\"pid\": 999, \"policy\": "
+              "\"least_conn\"") && has(&b, "\"accepted\": 12")
+              && has(&b, "\"queued\": 1"));
+    test_cond("json: listen escaped", has(&b, "\"listen\": "
+              "[\"127.0.0.1:8080\", \"unix:/tmp/a\\\"b\"]"));
+    test_cond("json: worker 1 fields", has(&b, "{\"id\": 1, \"pid\": 1234, "
+              "\"generation\": 3, \"state\": \"free\", \"active\": 1, "
+              "\"capacity\": 4, \"served\": 7, \"bytes_in\": 100, "
+              "\"bytes_out\": 2000"));
+    test_cond("json: restarts", has(&b, "\"restarts\": 2"));
+    test_cond("json: last_exit signal", has(&b, "\"last_exit\": {\"how\": "
+              "\"signal\", \"code\": 9, \"name\": \"SIGKILL\"}"));
+    test_cond("json: last_exit code", has(&b, "\"last_exit\": {\"how\": "
+              "\"exit\", \"code\": 3}"));
+    test_cond("json: last_exit null", has(&b, "\"last_exit\": null"));
+    test_cond("json: busy, starting, exiting",
+              has(&b, "\"state\": \"busy\"") && has(&b, "\"state\": "
+              "\"starting\"") && has(&b, "\"state\": \"exiting\""));
+    test_cond("json: custom fields escaped", has(&b, "\"fields\": "
+              "{\"note\": \"a\\\"b\\\\c\\u000a\", \"k2\": \"two\"}"));
+    test_cond("json: ends with ]}\\n", b.len >= 3
+              && strcmp(b.data + b.len - 3, "]}\n") == 0);
+    {
+        /* Balanced braces and brackets outside strings. */
+        int depth = 0, instr = 0, bad = 0;
+        size_t k;
+
+        for (k = 0; k < b.len; k++) {
+            char ch = b.data[k];
+
+            if (instr) {
+                if (ch == '\\') {
+                    k++;
+                } else if (ch == '"') {
+                    instr = 0;
+                }
+            } else if (ch == '"') {
+                instr = 1;
+            } else if (ch == '{' || ch == '[') {
+                depth++;
+            } else if (ch == '}' || ch == ']') {
+                if (--depth < 0) {
+                    bad = 1;
+                }
+            }
+        }
+        test_cond("json: balanced", !bad && depth == 0 && !instr);
+    }
+    fdp_buf_free(&b);
+    test_cond("buf_free", b.data == NULL && b.len == 0);
+
+    fdp_status_table(&b, &info, s, 4);
+    test_cond("table: header", has(&b, "master 999  policy least_conn")
+              && has(&b, "ID") && has(&b, "STATE") && has(&b, "SERVED"));
+    test_cond("table: a row with custom fields", has(&b, "1234 free")
+              && has(&b, " k2=two"));
+    fdp_buf_free(&b);
+
+    /* A long output grows the buffer. */
+    for (i = 0; i < 2000; i++) {
+        fdp_buf_printf(&b, "%d,", i);
+    }
+    test_cond("buf grows", !b.oom && b.len > 8000
+              && strncmp(b.data + b.len - 5, "1999,", 5) == 0);
+    fdp_buf_free(&b);
+
+    /* reset keeps restarts and last_exit (the slot's history). */
+    fdp_slot_reset(&s[0], 1);
+    test_cond("reset keeps restarts and last_exit", s[0].restarts == 2
+              && s[0].last_exit_how == FDP_EXIT_SIGNAL
+              && s[0].last_exit_code == SIGKILL && s[0].pid == -1
+              && s[0].nkv == 0 && s[0].served == 0);
+}
+
+
+int
+main(void)
+{
+    int before;
+
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    before = fd_count();
+    test_fdpass_basic();
+    test_fdpass_truncation();
+    test_msg_decode();
+    test_msg_check();
+    test_chan_roundtrip();
+    test_chan_queue();
+    test_chan_queue_bound();
+    test_loop_timers();
+    test_loop_io();
+    test_status();
+    test_cond("no fd leaked by the whole run", fd_count() == before);
+    test_report();
+}

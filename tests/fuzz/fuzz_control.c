@@ -1,0 +1,28 @@
+/*
+ * fuzz_control.c - libFuzzer target for the control socket's command
+ * parser: never reads past n, accepts only the documented commands.
+ */
+#include <assert.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "ctlproto.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    long arg;
+    int cmd = fdp_ctl_parse((const char *) data, size, &arg);
+
+    if (cmd == FDP_CTL_SCALE) {
+        assert(arg >= 1 && arg <= 256);
+    } else {
+        assert(arg == 0);
+    }
+    if (cmd != FDP_CTL_BAD) {
+        assert(memchr(data, '\0', size) == NULL);
+    }
+    return 0;
+}
