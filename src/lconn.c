@@ -53,7 +53,7 @@ fdp_conn_new(lua_State *L, int fd, struct fdp_wctx *w)
     luaL_setmetatable(L, CONN_MT);
     c->fd = fd;
     c->w = w;
-    c->timeout = -1;
+    c->timeout = w && w->pool->io_timeout > 0 ? w->pool->io_timeout : -1;
     c->io.fd = -1;
     return c;
 }
@@ -109,11 +109,12 @@ fdp_conn_peer(struct fdp_conn *c, char *out, size_t n)
 }
 
 
-/* Start a call: its deadline from the conn's timeout. */
+/* Start a call. In "t" mode the timeout bounds the whole call; in "b"
+ * mode (the default, as LuaSocket) each wait gets the full timeout. */
 static void
 op_begin(struct fdp_conn *c)
 {
-    c->deadline = c->timeout < 0 ? 0
+    c->deadline = (!c->total || c->timeout < 0) ? 0
                   : fdp_now_ms() + (uint64_t) (c->timeout * 1000.0) + 1;
     c->op_pos = 0;
 }
@@ -490,12 +491,16 @@ conn_sendfile(lua_State *L)
 }
 
 
+/* conn:settimeout(seconds | nil [, "b" | "t"]): nil or negative means
+ * no limit; "b" (default) limits each wait, "t" each whole call. */
 static int
 conn_settimeout(lua_State *L)
 {
     struct fdp_conn *c = checkconn(L);
+    static const char *const modes[] = { "b", "t", "r", NULL };
 
     c->timeout = luaL_optnumber(L, 2, -1);
+    c->total = luaL_checkoption(L, 3, "b", modes) == 1;
     lua_pushboolean(L, 1);
     return 1;
 }

@@ -832,6 +832,7 @@ check_keys(lua_State *L)
     static const char *const known[] = {
         "handler", "args", "listen", "workers", "concurrency", "policy",
         "control", "grace", "log_level", "timeout", "max_requests", "user",
+        "io_timeout",
         NULL
     };
 
@@ -925,6 +926,12 @@ l_pool(lua_State *L)
             return 2;
         }
         p->user_name = xstrdup(L, name);
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "io_timeout") != LUA_TNIL) {
+        p->io_timeout = luaL_checknumber(L, -1);
+        luaL_argcheck(L, p->io_timeout >= 0, 1, "io_timeout must not be "
+                      "negative");
     }
     lua_pop(L, 1);
     if (lua_getfield(L, 1, "timeout") != LUA_TNIL) {

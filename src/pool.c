@@ -70,6 +70,7 @@ fdp_pool_new(void)
     p->concurrency = 1024;
     p->grace = 1.0;
     p->graceful_grace = 30.0;
+    p->io_timeout = 60.0;
     p->owner = getpid();
     return p;
 }

@@ -83,6 +83,7 @@ struct fdp_pool {
     char *control_path;             /* NULL: no control socket */
     int control_default;            /* make control_path at start */
     double timeout;                 /* --timeout per handler, 0: none */
+    double io_timeout;              /* default conn timeout, 0: none */
     int max_requests;               /* recycle a worker after ~N, 0: no */
     uint32_t user_uid;              /* --user: drop to these in workers */
     uint32_t user_gid;

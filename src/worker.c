@@ -300,6 +300,10 @@ fdp_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
     struct fdp_task *t = fdp_current_task(L);
     uint64_t now = fdp_now_ms();
 
+    if (!c->total) {
+        c->deadline = c->timeout < 0 ? 0
+                      : now + (uint64_t) (c->timeout * 1000.0) + 1;
+    }
     if (t != NULL && lua_isyieldable(L) && c->w != NULL) {
         if (c->waiter != NULL) {
             return luaL_error(L, "connection already waited on by another "

@@ -60,8 +60,9 @@ struct fdp_conn {
     struct fdp_wctx *w;
     struct fdp_task *waiter;    /* task blocked on this fd */
     uint32_t wait_events;
-    double timeout;             /* seconds per call, < 0: none */
-    uint64_t deadline;          /* ms of the call in progress, 0: none */
+    double timeout;             /* seconds, < 0: none */
+    int total;                  /* timeout per call ("t"), else per wait */
+    uint64_t deadline;          /* ms, "t" mode: of the call in progress */
     size_t op_pos;              /* progress of the call in progress */
     char *rbuf;
     size_t rstart, rend, rcap;

@@ -33,6 +33,9 @@ Options for run:
   --timeout S          limit for one connection's handler (default: none);
                        past it a waiting handler is cancelled, one that
                        holds the CPU is interrupted, then its worker killed
+  --io-timeout S       default conn:settimeout for each wait on a
+                       client (default 60; 0 = none): idle or slow
+                       clients cannot hold a worker's slot forever
   --max-requests N     recycle a worker after N connections (+0-10 %
                        jitter); its replacement starts first
   --user USER[:GROUP]  workers drop to this user (needs root)
@@ -105,7 +108,7 @@ end
 local RUN_FLAGS = {
   ["--listen"] = "list", ["--workers"] = "value", ["--concurrency"] = "value",
   ["--policy"] = "value", ["--control"] = "value", ["--no-control"] = "flag",
-  ["--grace"] = "value", ["--log-level"] = "value", ["--timeout"] = "value",
+  ["--grace"] = "value", ["--log-level"] = "value", ["--timeout"] = "value", ["--io-timeout"] = "value",
   ["--max-requests"] = "value", ["--user"] = "value", ["--log"] = "value",
 }
 
@@ -149,6 +152,13 @@ local function cmd_run(args)
       return die(2, "--timeout must be a positive number of seconds (got '%s')", opts["--timeout"])
     end
     cfg.timeout = t
+  end
+  if opts["--io-timeout"] then
+    local t = tonumber(opts["--io-timeout"])
+    if not t or t < 0 then
+      return die(2, "--io-timeout must be a number of seconds (got '%s')", opts["--io-timeout"])
+    end
+    cfg.io_timeout = t
   end
   if opts["--log-level"] then
     local l = opts["--log-level"]
