@@ -630,6 +630,20 @@ l_sleep(lua_State *L)
 }
 
 
+/* fdpool.dup(f) -> a new fd object (CLOEXEC) on the same open file as f
+ * (an integer fd, a Lua file, an fdpool fd, chan or conn), or nil, err. */
+static int
+l_dup(lua_State *L)
+{
+    int fd = fcntl(fdp_fd_fileno(L, 1), F_DUPFD_CLOEXEC, 3);
+
+    if (fd < 0) {
+        return fdp_pushfail(L, errno, "dup");
+    }
+    return fdp_pushfd(L, fd);
+}
+
+
 static int
 l_type(lua_State *L)
 {
@@ -1430,6 +1444,7 @@ luaopen_fdpool(lua_State *L)
     static const luaL_Reg funcs[] = {
         { "socketpair", l_socketpair },
         { "connect", l_connect },
+        { "dup", l_dup },
         { "open_beneath", l_open_beneath },
         { "sleep", l_sleep },
         { "type", l_type },

@@ -351,7 +351,7 @@ describe("a unix socket listener", function()
     local p = H.start_pool{ script = FIX .. "pool_reply.lua", workers = 2, listen = "unix" }
     finally(function() p:stop() end)
     local path = p.dir .. "/pool.sock"
-    assert.equals("unix:" .. path, p.addr)
+    assert.equals("unix:" .. path, p.addr, p:log())
     assert.truthy(H.run("test -S " .. q(path)))
     for i = 1, 10 do
       assert.matches("^%d+ u" .. i .. "\n$", assert(H.request(p.addr, "u" .. i .. "\n", 10)))
