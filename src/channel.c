@@ -94,7 +94,9 @@ fdp_chan_send(struct fdp_chan *ch, unsigned type, unsigned count,
     q->next = NULL;
     q->len = total;
     q->nfds = nfds;
-    memcpy(q->fds, fds, sizeof(int) * (size_t) nfds);
+    if (nfds > 0) {
+        memcpy(q->fds, fds, sizeof(int) * (size_t) nfds);
+    }
     memcpy(q->data, wire.bytes, total);
     if (ch->tail) {
         ch->tail->next = q;

@@ -427,6 +427,14 @@ l_socketpair(lua_State *L)
 }
 
 
+static int
+fileno_of(lua_State *L)
+{
+    lua_pushinteger(L, fdp_fd_fileno(L, 1));
+    return 1;
+}
+
+
 /*
  * chan:sendfd(f | {f...} | nil [, data]) -> true, or nil, err, errno.
  * The descriptors are duplicated into the message: the caller keeps its
@@ -449,8 +457,16 @@ chan_sendfd(lua_State *L)
 
         luaL_argcheck(L, k <= FDP_MAX_FDS, 2, "too many fds in one message");
         for (i = 1; i <= k; i++) {
+            lua_pushcfunction(L, fileno_of);
             lua_geti(L, 2, i);
-            fds[nfds++] = fdp_fd_fileno(L, lua_gettop(L));
+            if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+                lua_geti(L, 2, i);
+                return luaL_argerror(L, 2, lua_pushfstring(L, "fd list entry "
+                                     "%d: an fd, file, fdpool.fd, fdpool.chan "
+                                     "or fdpool.conn (open) expected, got %s",
+                                     (int) i, luaL_typename(L, -1)));
+            }
+            fds[nfds++] = (int) lua_tointeger(L, -1);
             lua_pop(L, 1);
         }
     } else if (!lua_isnoneornil(L, 2) && !(lua_isboolean(L, 2)

@@ -347,10 +347,6 @@ describe("fdpool.socketpair", function()
       fd:close()
     end)
 
-    -- KNOWN BUG (reported): a bad entry in the fd list is reported with
-    -- the stack slot of a temporary, not the user's argument: for
-    -- a:sendfd({a, "x"}, "data") the message says "bad argument #3"
-    -- although the call has two arguments and the list is #1.
     it("on a bad entry in the fd list, naming the list argument", function()
       local e = errof(function() a:sendfd({ a, "x" }, "data") end)
       assert.matches("expected, got string", e, 1, true)
