@@ -491,6 +491,263 @@ conn_sendfile(lua_State *L)
 }
 
 
+/* ---- HTTP/1.x request head ------------------------------------------ */
+
+#define HEAD_MAX_DEFAULT   8192
+#define HEADERS_MAX        100
+
+static int
+is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+           || (c >= '0' && c <= '9') || (c != 0 && strchr("!#$%&'*+-.^_`|~",
+                                                         c) != NULL);
+}
+
+
+/* Length of the line at s (up to LF), without CR LF; *next after LF. */
+static size_t
+line_at(const char *s, const char *end, const char **next)
+{
+    const char *nl = memchr(s, '\n', (size_t) (end - s));
+    size_t n = (size_t) (nl - s);
+
+    *next = nl + 1;
+    if (n > 0 && s[n - 1] == '\r') {
+        n--;
+    }
+    return n;
+}
+
+
+/*
+ * Parse the head in [s, end) (it ends with an empty line) into a request
+ * table on the stack. Returns 1, or 0 with an error string pushed.
+ */
+static int
+parse_head(lua_State *L, const char *s, const char *end)
+{
+    const char *next, *p, *sp1, *sp2, *q;
+    size_t n = line_at(s, end, &next), i;
+    int nh = 0;
+    char name[64];
+
+    /* request-line = method SP request-target SP HTTP-version */
+    sp1 = memchr(s, ' ', n);
+    sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t) (s + n - sp1 - 1)) : NULL;
+    if (sp1 == NULL || sp2 == NULL || sp1 == s || sp2 == sp1 + 1
+        || s + n - sp2 - 1 != 8 || memcmp(sp2 + 1, "HTTP/1.", 7) != 0
+        || (sp2[8] != '0' && sp2[8] != '1')) {
+        lua_pushliteral(L, "bad request line");
+        return 0;
+    }
+    for (p = s; p < sp1; p++) {
+        if (!is_tchar((unsigned char) *p)) {
+            lua_pushliteral(L, "bad request line");
+            return 0;
+        }
+    }
+    for (p = sp1 + 1; p < sp2; p++) {
+        if ((unsigned char) *p <= 0x20 || *p == 0x7f) {
+            lua_pushliteral(L, "bad request line");
+            return 0;
+        }
+    }
+    lua_createtable(L, 0, 8);
+    lua_pushlstring(L, s, (size_t) (sp1 - s));
+    lua_setfield(L, -2, "method");
+    lua_pushlstring(L, sp1 + 1, (size_t) (sp2 - sp1 - 1));
+    lua_setfield(L, -2, "target");
+    q = memchr(sp1 + 1, '?', (size_t) (sp2 - sp1 - 1));
+    lua_pushlstring(L, sp1 + 1, (size_t) ((q ? q : sp2) - sp1 - 1));
+    lua_setfield(L, -2, "path");
+    if (q) {
+        lua_pushlstring(L, q + 1, (size_t) (sp2 - q - 1));
+    } else {
+        lua_pushliteral(L, "");
+    }
+    lua_setfield(L, -2, "query");
+    lua_pushstring(L, sp2[8] == '1' ? "1.1" : "1.0");
+    lua_setfield(L, -2, "version");
+
+    lua_createtable(L, 0, 8);
+    for (;;) {
+        const char *line = next, *colon, *v, *ve;
+
+        n = line_at(line, end, &next);
+        if (n == 0) {
+            break;
+        }
+        if (++nh > HEADERS_MAX) {
+            lua_settop(L, lua_gettop(L) - 2);
+            lua_pushliteral(L, "too many headers");
+            return 0;
+        }
+        colon = memchr(line, ':', n);
+        if (colon == NULL || colon == line
+            || (size_t) (colon - line) >= sizeof(name)) {
+            lua_settop(L, lua_gettop(L) - 2);
+            lua_pushliteral(L, "bad header line");
+            return 0;
+        }
+        for (i = 0; i < (size_t) (colon - line); i++) {
+            unsigned char c = (unsigned char) line[i];
+
+            if (!is_tchar(c)) {      /* also refuses obs-fold and spaces */
+                lua_settop(L, lua_gettop(L) - 2);
+                lua_pushliteral(L, "bad header line");
+                return 0;
+            }
+            name[i] = (char) ((c >= 'A' && c <= 'Z') ? c + 32 : c);
+        }
+        v = colon + 1;
+        ve = line + n;
+        while (v < ve && (*v == ' ' || *v == '\t')) {
+            v++;
+        }
+        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) {
+            ve--;
+        }
+        for (p = v; p < ve; p++) {
+            if (((unsigned char) *p < 0x20 && *p != '\t') || *p == 0x7f) {
+                lua_settop(L, lua_gettop(L) - 2);
+                lua_pushliteral(L, "bad header value");
+                return 0;
+            }
+        }
+        lua_pushlstring(L, name, i);
+        if (lua_rawget(L, -2) == LUA_TSTRING) {
+            /* Repeated field: combine as a list (RFC 9110 5.3). */
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, v, (size_t) (ve - v));
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushlstring(L, v, (size_t) (ve - v));
+        }
+        lua_pushlstring(L, name, i);
+        lua_insert(L, -2);
+        lua_rawset(L, -3);
+    }
+    lua_setfield(L, -2, "headers");
+    return 1;
+}
+
+
+static int
+readrequest_k(lua_State *L, int status, lua_KContext ctx)
+{
+    struct fdp_conn *c = checkconn(L);
+    size_t max = (size_t) lua_tointeger(L, 2);
+    ssize_t n;
+
+    (void) ctx;
+    if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "timeout");
+        return 2;
+    }
+    for (;;) {
+        const char *s, *end, *p;
+
+        if (c->fd < 0) {
+            lua_pushnil(L);
+            lua_pushliteral(L, "closed");
+            return 2;
+        }
+        /* Ignore empty lines before a request (RFC 9112 2.2). */
+        while (c->rend > c->rstart && (c->rbuf[c->rstart] == '\r'
+                                       || c->rbuf[c->rstart] == '\n')) {
+            c->rstart++;
+            if (c->op_pos > 0) {
+                c->op_pos--;
+            }
+        }
+        s = c->rbuf ? c->rbuf + c->rstart : NULL;
+        end = s ? c->rbuf + c->rend : NULL;
+        for (p = s ? s + c->op_pos : NULL; p && p < end; p++) {
+            p = memchr(p, '\n', (size_t) (end - p));
+            if (p == NULL) {
+                break;
+            }
+            if ((p + 1 < end && p[1] == '\n')
+                || (p + 2 < end && p[1] == '\r' && p[2] == '\n')) {
+                const char *hend = p + (p[1] == '\n' ? 2 : 3);
+
+                if (!parse_head(L, s, hend)) {
+                    lua_pushnil(L);
+                    lua_insert(L, -2);
+                    return 2;
+                }
+                c->rstart += (size_t) (hend - s);
+                c->op_pos = 0;
+                return 1;
+            }
+        }
+        if (s) {
+            c->op_pos = (size_t) (end - s) > 2 ? (size_t) (end - s) - 2 : 0;
+            if ((size_t) (end - s) > max) {
+                lua_pushnil(L);
+                lua_pushliteral(L, "header too large");
+                return 2;
+            }
+        }
+        n = fill(c, 0);
+        if (n > 0) {
+            continue;
+        }
+        if (n == 0 || n == -ECONNRESET || n == -EPIPE) {
+            lua_pushnil(L);
+            lua_pushstring(L, c->rend > c->rstart ? "bad request: truncated"
+                           : "closed");
+            c->rstart = c->rend = 0;
+            return 2;
+        }
+        if (n != -EAGAIN) {
+            lua_pushnil(L);
+            lua_pushstring(L, strerror((int) -n));
+            return 2;
+        }
+        if (!fdp_wait(L, c, EPOLLIN, 0, readrequest_k)) {
+            lua_pushnil(L);
+            lua_pushliteral(L, "timeout");
+            return 2;
+        }
+    }
+}
+
+
+/*
+ * conn:readrequest([max_head_bytes]) -> request table {method, target,
+ * path, query, version ("1.0"|"1.1"), headers (lower-case names)}, or
+ * nil, "closed"|"timeout"|"header too large"|"bad ..." . The body, if
+ * any, stays buffered for conn:receive(). Parsed in C: the hot path.
+ */
+static int
+conn_readrequest(lua_State *L)
+{
+    struct fdp_conn *c = checkconn(L);
+    lua_Integer max = luaL_optinteger(L, 2, HEAD_MAX_DEFAULT);
+
+    luaL_argcheck(L, max > 0, 2, "the limit must be positive");
+    lua_settop(L, 1);
+    lua_pushinteger(L, max);
+    op_begin(c);
+    return readrequest_k(L, LUA_OK, 0);
+}
+
+
+/* conn:buffered() -> bytes received and not yet read by the handler. */
+static int
+conn_buffered(lua_State *L)
+{
+    struct fdp_conn *c = checkconn(L);
+
+    lua_pushinteger(L, (lua_Integer) (c->rend - c->rstart));
+    return 1;
+}
+
+
 /* conn:settimeout(seconds | nil [, "b" | "t"]): nil or negative means
  * no limit; "b" (default) limits each wait, "t" each whole call. */
 static int
@@ -656,6 +913,8 @@ fdp_conn_open_meta(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         { "receive", conn_receive },
+        { "readrequest", conn_readrequest },
+        { "buffered", conn_buffered },
         { "send", conn_send },
         { "sendfile", conn_sendfile },
         { "settimeout", conn_settimeout },

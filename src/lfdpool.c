@@ -553,7 +553,8 @@ chan_fileno(lua_State *L)
 /* ---- module functions ----------------------------------------------- */
 
 /*
- * fdpool.open_beneath(dir, name) -> fd, size, or nil, message, errno.
+ * fdpool.open_beneath(dir, name) -> fd, size, mtime, or nil, message,
+ * errno.
  * Opens name read-only strictly inside dir: no "..", absolute path or
  * symlink can leave it (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS);
  * only regular files.
@@ -602,7 +603,8 @@ l_open_beneath(lua_State *L)
     (void) fdp_set_nonblock(fd, 0);
     fdp_pushfd(L, fd);
     lua_pushinteger(L, (lua_Integer) st.st_size);
-    return 2;
+    lua_pushinteger(L, (lua_Integer) st.st_mtime);
+    return 3;
 }
 
 

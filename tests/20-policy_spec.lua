@@ -290,10 +290,10 @@ describe("dispatch policies", function()
   end)
 
   describe("custom status fields", function()
-    -- BUG (src/pool.c:880, FDP_MSG_SET): the value of a custom field set
-    -- with fdpool.worker.set() arrives without a NUL terminator and is read
-    -- with "%s", so stale bytes of the message buffer follow it: set "1",
-    -- see "1(fdpoo" (in `pool status` and in the policy's view).
+    -- Regression: a field's value used to arrive without its NUL and was
+    -- read with "%s", so stale bytes of an earlier, longer message
+    -- followed it (set "1", see "1nnnn..."). A longer field is set first
+    -- to make that visible.
     it("reach the policy exactly as the worker set them", function()
       local p = H.start_pool{ script = WHOAMI, workers = 3,
                               policy = FIX .. "policy_warm_exact.lua", args = { "warm" } }

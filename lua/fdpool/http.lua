@@ -1,0 +1,461 @@
+-- fdpool.http: HTTP/1.1 on top of conn. http.serve(function(req, res))
+-- returns a handler for `pool run`; http.static(dir) serves files.
+-- Keep-alive, pipelining, HEAD, Expect: 100-continue, Content-Length and
+-- chunked bodies, and limits answered with 400/408/413/431. The request
+-- head is parsed in C (conn:readrequest); the rest is here.
+local fdpool = require "fdpool"
+
+local M = {}
+
+M.defaults = {
+  max_head = 8192,            -- bytes of request line + headers (431)
+  max_body = 1024 * 1024,     -- bytes of request body (413)
+  head_timeout = 10,          -- seconds to receive a request head (408)
+  body_timeout = 30,          -- seconds for each wait on the body
+  keepalive_timeout = 15,     -- seconds an idle keep-alive connection waits
+  keepalive_requests = 1000,  -- requests per connection, then close
+}
+
+local reasons = {
+  [100] = "Continue", [200] = "OK", [201] = "Created", [202] = "Accepted",
+  [204] = "No Content", [206] = "Partial Content", [301] = "Moved Permanently",
+  [302] = "Found", [303] = "See Other", [304] = "Not Modified",
+  [307] = "Temporary Redirect", [308] = "Permanent Redirect",
+  [400] = "Bad Request", [401] = "Unauthorized", [403] = "Forbidden",
+  [404] = "Not Found", [405] = "Method Not Allowed", [408] = "Request Timeout",
+  [411] = "Length Required", [413] = "Content Too Large",
+  [414] = "URI Too Long", [416] = "Range Not Satisfiable",
+  [417] = "Expectation Failed", [431] = "Request Header Fields Too Large",
+  [500] = "Internal Server Error", [501] = "Not Implemented",
+  [503] = "Service Unavailable", [505] = "HTTP Version Not Supported",
+}
+M.reasons = reasons
+
+local date_cache, date_time = "", -1
+local function http_date(t)
+  if t then return os.date("!%a, %d %b %Y %H:%M:%S GMT", t) end
+  local now = os.time()
+  if now ~= date_time then
+    date_time, date_cache = now, os.date("!%a, %d %b %Y %H:%M:%S GMT", now)
+  end
+  return date_cache
+end
+M.date = http_date
+
+-- A header table whose lookups ignore case (names are stored lower-case).
+local header_mt = {
+  __index = function(t, k)
+    if type(k) == "string" then return rawget(t, k:lower()) end
+  end,
+}
+
+-- ---- request -----------------------------------------------------------
+
+local Req = {}
+Req.__index = Req
+
+local function read_chunked(conn, limit)
+  local parts, total = {}, 0
+  while true do
+    local line, err = conn:receive("l")
+    if not line then return nil, err end
+    local size = tonumber(line:match("^%s*(%x+)"), 16)
+    if not size then return nil, "bad chunk size" end
+    if size == 0 then
+      -- Trailers, up to the empty line.
+      repeat
+        line, err = conn:receive("l")
+        if not line then return nil, err end
+      until line == ""
+      return table.concat(parts)
+    end
+    total = total + size
+    if total > limit then return nil, "too large" end
+    local data
+    data, err = conn:receive(size)
+    if not data then return nil, err end
+    parts[#parts + 1] = data
+    line, err = conn:receive("l")
+    if line ~= "" then return nil, err or "bad chunk" end
+  end
+end
+
+--- The request body (Content-Length or chunked), read once and kept.
+-- @treturn[1] string the body ("" when there is none)
+-- @return[2] nil
+-- @treturn[2] string "too large", "timeout", "closed" or "bad ..."
+function Req:body()
+  if self._body then return self._body end
+  if self._body_err then return nil, self._body_err end
+  local conn, opts = self.conn, self._opts
+  if self._expect_continue then
+    self._expect_continue = false
+    conn:send("HTTP/1.1 100 Continue\r\n\r\n")
+  end
+  conn:settimeout(opts.body_timeout)
+  local body, err
+  if self._chunked then
+    body, err = read_chunked(conn, opts.max_body)
+  elseif self._length > 0 then
+    body, err = conn:receive(self._length)
+  else
+    body = ""
+  end
+  if not body then
+    self._body_err = err
+    self._broken = true
+    return nil, err
+  end
+  self._body = body
+  return body
+end
+
+-- ---- response ----------------------------------------------------------
+
+local Res = {}
+Res.__index = Res
+
+--- Set the status code (before anything is sent).
+function Res:status(code)
+  assert(not self.started, "response already started")
+  self._status = assert(math.tointeger(code), "status must be an integer")
+  return self
+end
+
+--- Set a response header (replaces; a table value sends one line each).
+function Res:header(name, value)
+  assert(not self.started, "response already started")
+  self._headers[name] = value
+  return self
+end
+
+local function head(self, length, chunked)
+  local req, h = self._req, self._headers
+  local code = self._status
+  local parts = { "HTTP/1.1 ", code, " ", reasons[code] or "Unknown", "\r\n" }
+  local n = #parts
+  local function add(k, v)
+    parts[n + 1], parts[n + 2], parts[n + 3], parts[n + 4] = k, ": ", v, "\r\n"
+    n = n + 4
+  end
+  for k, v in pairs(h) do
+    if type(v) == "table" then
+      for _, x in ipairs(v) do add(k, tostring(x)) end
+    else
+      add(k, tostring(v))
+    end
+  end
+  if h["Date"] == nil then add("Date", http_date()) end
+  if chunked then
+    add("Transfer-Encoding", "chunked")
+  elseif length and code ~= 204 and code ~= 304 and code >= 200 then
+    add("Content-Length", length)
+  elseif not length and code ~= 204 and code ~= 304 then
+    req._close = true  -- close-delimited body
+  end
+  if req._close then add("Connection", "close")
+  elseif req.version == "1.0" then add("Connection", "keep-alive") end
+  parts[n + 1] = "\r\n"
+  return table.concat(parts)
+end
+
+--- Send the whole response with this body (Content-Length set).
+function Res:send(body)
+  assert(not self.started, "response already started")
+  body = body or ""
+  self.started = true
+  self.finished = true
+  local h = head(self, #body, false)
+  local ok, err
+  if self._req.method == "HEAD" then
+    ok, err = self._conn:send(h)
+  else
+    ok, err = self._conn:send(h .. body)
+  end
+  if not ok then self._req._broken = true end
+  return ok ~= nil, err
+end
+
+--- Send a part of the body: chunked for HTTP/1.1 clients when no
+-- Content-Length header was set; close-delimited for HTTP/1.0.
+function Res:write(chunk)
+  local conn, req = self._conn, self._req
+  if not self.started then
+    self.started = true
+    local len = self._headers["Content-Length"]
+    self._chunked = len == nil and req.version == "1.1"
+    self._headers["Content-Length"] = nil
+    local ok = conn:send(head(self, len, self._chunked))
+    if not ok then req._broken = true return false end
+  end
+  if req.method == "HEAD" or chunk == nil or chunk == "" then return true end
+  local ok
+  if self._chunked then
+    ok = conn:send(("%x\r\n"):format(#chunk) .. chunk .. "\r\n")
+  else
+    ok = conn:send(chunk)
+  end
+  if not ok then req._broken = true end
+  return ok ~= nil
+end
+
+--- End a response begun with write() (or send an empty one).
+function Res:finish()
+  if self.finished then return true end
+  if not self.started then return self:send("") end
+  self.finished = true
+  if self._chunked and self._req.method ~= "HEAD" then
+    local ok = self._conn:send("0\r\n\r\n")
+    if not ok then self._req._broken = true end
+  end
+  return true
+end
+
+--- Send a file (or a part: offset, count) with sendfile(2). path may be
+-- an fdpool fd object (then size is required).
+function Res:sendfile(path, offset, count, size)
+  local fd, mtime
+  if type(path) == "string" then
+    local f, err = io.open(path, "rb")
+    if not f then
+      self:status(404)
+      return self:send("not found\n")
+    end
+    size = f:seek("end")
+    f:close()
+    fd = path
+  else
+    fd = path
+    mtime = nil
+  end
+  offset = offset or 0
+  count = count or (size - offset)
+  if not self._headers["Content-Type"] then
+    self._headers["Content-Type"] = "application/octet-stream"
+  end
+  self.started = true
+  self.finished = true
+  local conn = self._conn
+  local ok = conn:send(head(self, count, false))
+  if not ok then self._req._broken = true return false end
+  if self._req.method == "HEAD" or count == 0 then return true end
+  conn:settimeout(self._req._opts.body_timeout)
+  local sent, err = conn:sendfile(fd, offset, count)
+  if sent ~= count then
+    self._req._broken = true
+    return false, err or "short file"
+  end
+  return true
+end
+
+-- ---- the connection loop ------------------------------------------------
+
+local function simple(conn, code, text)
+  local body = text or (reasons[code] or "error") .. "\n"
+  conn:send(("HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+    .. "Connection: close\r\nDate: %s\r\n\r\n%s"):format(code, reasons[code] or "Error",
+    #body, http_date(), body))
+end
+
+local function prepare(req, conn, opts)
+  local h = req.headers
+  setmetatable(h, header_mt)
+  req.conn = conn
+  req._opts = opts
+  local te, cl = h["transfer-encoding"], h["content-length"]
+  if te then
+    if cl then return 400, "both Transfer-Encoding and Content-Length" end
+    if te:lower() ~= "chunked" then return 501, "unsupported Transfer-Encoding" end
+    if req.version ~= "1.1" then return 400, "chunked needs HTTP/1.1" end
+    req._chunked = true
+  elseif cl then
+    if not cl:match("^%d+$") or #cl > 15 then return 400, "bad Content-Length" end
+    req._length = tonumber(cl)
+    if req._length > opts.max_body then return 413 end
+  end
+  req._length = req._length or 0
+  if req.version == "1.1" and not h["host"] then return 400, "missing Host" end
+  local expect = h["expect"]
+  if expect then
+    if expect:lower() ~= "100-continue" then return 417 end
+    req._expect_continue = req.version == "1.1"
+  end
+  local c = h["connection"]
+  c = c and c:lower() or ""
+  if req.version == "1.1" then
+    req._close = c:find("close", 1, true) ~= nil
+  else
+    req._close = c:find("keep-alive", 1, true) == nil
+  end
+  return nil
+end
+
+-- Read what is left of the request body, so the next request starts at
+-- the right byte. Returns false when the connection cannot go on.
+local function drain(req)
+  if req._broken then return false end
+  if req._body or (req._length == 0 and not req._chunked) then return true end
+  if req._expect_continue then return false end  -- client waits: just close
+  local ok = req:body()
+  return ok ~= nil
+end
+
+--- A handler for `pool run`: parses requests, calls fn(req, res).
+-- fn may use res, or return status, headers, body.
+function M.serve(fn, options)
+  local opts = {}
+  for k, v in pairs(M.defaults) do opts[k] = v end
+  for k, v in pairs(options or {}) do
+    if M.defaults[k] == nil then error("unknown http option '" .. tostring(k) .. "'", 2) end
+    opts[k] = v
+  end
+  local traceback = debug.traceback
+  return function(conn)
+    local served = 0
+    while true do
+      conn:settimeout(served == 0 and opts.head_timeout or opts.keepalive_timeout)
+      local req, err = conn:readrequest(opts.max_head)
+      if not req then
+        if err == "timeout" then
+          if served == 0 or conn:buffered() > 0 then simple(conn, 408) end
+        elseif err == "header too large" then
+          simple(conn, 431)
+        elseif err ~= "closed" then
+          simple(conn, 400, "bad request: " .. err .. "\n")
+        end
+        return
+      end
+      served = served + 1
+      local code, why = prepare(req, conn, opts)
+      if code then
+        simple(conn, code, why and (why .. "\n"))
+        return
+      end
+      if opts.keepalive_requests > 0 and served >= opts.keepalive_requests then
+        req._close = true
+      end
+      local res = setmetatable({ _conn = conn, _req = req, _status = 200,
+        _headers = {}, started = false, finished = false }, Res)
+      setmetatable(req, Req)
+      local ok, a, b, c = xpcall(fn, traceback, req, res)
+      if not ok then
+        fdpool.log("error", ("http handler error (%s %s): %s"):format(req.method,
+          req.path, tostring(a):gsub("\n%s*", " | ")))
+        if not res.started then simple(conn, 500) end
+        return
+      end
+      if not res.started and a ~= nil then
+        res._status = a
+        if type(b) == "table" then
+          for k, v in pairs(b) do res._headers[k] = v end
+        end
+        res:send(c and tostring(c) or "")
+      elseif not res.finished then
+        res:finish()
+      end
+      if req._close or not drain(req) then return end
+    end
+  end
+end
+
+-- ---- static files -------------------------------------------------------
+
+M.mime = {
+  html = "text/html; charset=utf-8", htm = "text/html; charset=utf-8",
+  txt = "text/plain; charset=utf-8", css = "text/css", js = "text/javascript",
+  json = "application/json", xml = "application/xml", svg = "image/svg+xml",
+  png = "image/png", jpg = "image/jpeg", jpeg = "image/jpeg", gif = "image/gif",
+  webp = "image/webp", ico = "image/x-icon", pdf = "application/pdf",
+  wasm = "application/wasm", mp4 = "video/mp4", mp3 = "audio/mpeg",
+  zip = "application/zip", gz = "application/gzip", tar = "application/x-tar",
+  woff = "font/woff", woff2 = "font/woff2", md = "text/markdown; charset=utf-8",
+}
+
+local function unescape(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- Parse a single "bytes=" range against size: offset, count, or nil to
+-- ignore the header, or false when it cannot be satisfied.
+local function parse_range(h, size)
+  local a, b = h:match("^bytes=(%d*)-(%d*)$")
+  if not a or (a == "" and b == "") then return nil end
+  local first, last
+  if a == "" then
+    local n = tonumber(b)
+    if n == 0 then return false end
+    first, last = math.max(size - n, 0), size - 1
+  else
+    first = tonumber(a)
+    last = b == "" and size - 1 or math.min(tonumber(b), size - 1)
+    if tonumber(b) and tonumber(b) < first then return nil end
+  end
+  if first >= size then return false end
+  return first, last - first + 1
+end
+
+--- A function(req, res) serving the files under dir: no escape through
+-- "..", absolute paths or symlinks (openat2 RESOLVE_BENEATH |
+-- RESOLVE_NO_SYMLINKS), Content-Type by extension, Last-Modified and
+-- If-Modified-Since, ETag and If-None-Match, single byte Range (206/416),
+-- HEAD, sent with sendfile(2). "dir/" paths serve index.html.
+function M.static(dir, options)
+  options = options or {}
+  local index = options.index or "index.html"
+  return function(req, res)
+    if req.method ~= "GET" and req.method ~= "HEAD" then
+      res:status(405):header("Allow", "GET, HEAD")
+      return res:send("method not allowed\n")
+    end
+    local path = unescape(req.path)
+    if path:find("%z") or path:sub(1, 1) ~= "/" then
+      res:status(400)
+      return res:send("bad path\n")
+    end
+    local rel = path:gsub("^/+", "")
+    if rel == "" or rel:sub(-1) == "/" then rel = rel .. index end
+    for seg in rel:gmatch("[^/]+") do
+      if seg == ".." then
+        res:status(403)
+        return res:send("forbidden\n")
+      end
+    end
+    local fd, size, mtime = fdpool.open_beneath(dir, rel)
+    if not fd then
+      local code = (size == "No such file or directory" or size == "Not a directory") and 404 or 403
+      res:status(code)
+      return res:send(code == 404 and "not found\n" or "forbidden\n")
+    end
+    local lm = http_date(mtime)
+    local etag = ('"%x-%x"'):format(size, mtime)
+    local h = req.headers
+    res:header("Last-Modified", lm):header("ETag", etag):header("Accept-Ranges", "bytes")
+    res:header("Content-Type", M.mime[(rel:match("%.([%w]+)$") or ""):lower()]
+      or "application/octet-stream")
+    local inm, ims = h["if-none-match"], h["if-modified-since"]
+    if (inm and (inm == etag or inm == "*")) or (not inm and ims == lm) then
+      fd:close()
+      res:status(304)
+      return res:send("")
+    end
+    local offset, count = 0, size
+    local range = h["range"]
+    if range and (not h["if-range"] or h["if-range"] == etag or h["if-range"] == lm) then
+      local first, n = parse_range(range, size)
+      if first == false then
+        fd:close()
+        res:status(416):header("Content-Range", "bytes */" .. size)
+        return res:send("")
+      elseif first then
+        offset, count = first, n
+        res:status(206):header("Content-Range",
+          ("bytes %d-%d/%d"):format(first, first + n - 1, size))
+      end
+    end
+    local ok, err = res:sendfile(fd, offset, count, size)
+    fd:close()
+    return ok, err
+  end
+end
+
+return M
