@@ -39,6 +39,7 @@ struct fdp_policy {
     char name[128];
     uint64_t err_logged_ms;
     uint64_t err_unlogged;
+    char last_err[256];
 };
 
 struct slot_view {
@@ -564,6 +565,8 @@ fdp_policy_name(struct fdp_pool *p)
 }
 
 
+/* At most one line a second; the errors in between are counted and
+ * reported by the next line or by fdp_policy_flush_log (the tick). */
 static void
 log_policy_error(struct fdp_pool *p, const char *msg)
 {
@@ -578,6 +581,23 @@ log_policy_error(struct fdp_pool *p, const char *msg)
         pol->err_unlogged = 0;
     } else {
         pol->err_unlogged++;
+        snprintf(pol->last_err, sizeof(pol->last_err), "%s", msg);
+    }
+}
+
+
+void
+fdp_policy_flush_log(struct fdp_pool *p)
+{
+    struct fdp_policy *pol = p->policy;
+    uint64_t now = fdp_now_ms();
+
+    if (pol && pol->err_unlogged > 0 && now - pol->err_logged_ms >= 1000) {
+        fdp_log(FDP_LOG_ERROR, 0, "policy %s: %llu more errors, the last: "
+                "%s; using first_free", pol->name,
+                (unsigned long long) pol->err_unlogged, pol->last_err);
+        pol->err_logged_ms = now;
+        pol->err_unlogged = 0;
     }
 }
 

@@ -1110,7 +1110,17 @@ static void
 on_exit_status(struct fdp_pool *p, struct fdp_worker *w, int st)
 {
     char how[64];
-    int was_ready = w->slot.state != FDP_W_STARTING;
+    int was_ready;
+
+    /* Read what it said before it died (READY, DONE, FAIL with its
+     * reason) before judging the exit. */
+    if (w->ch.fd >= 0) {
+        worker_io(&p->loop, &w->io, EPOLLIN);
+    }
+    if (w->slot.pid <= 0) {
+        return;
+    }
+    was_ready = w->slot.state != FDP_W_STARTING;
     uint64_t lived = fdp_now_ms() - w->started_ms;
     int k;
 
@@ -1349,9 +1359,13 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
         dispatch_queue(p);
     }
     if (p->fallback_unlogged > 0 && now - p->fallback_logged_ms >= 1000) {
-        log_fallback(p, "more fallbacks");
-        p->fallbacks--;
+        fdp_log(FDP_LOG_WARN, 0, "policy %s: %llu more picks of a worker "
+                "that could not take a connection; used first_free",
+                fdp_policy_name(p), (unsigned long long) p->fallback_unlogged);
+        p->fallback_logged_ms = now;
+        p->fallback_unlogged = 0;
     }
+    fdp_policy_flush_log(p);
     (void) fdp_timer_start(loop, t, TICK_MS);
 }
 

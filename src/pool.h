@@ -150,6 +150,7 @@ int fdp_parse_addr(const char *addr, struct sockaddr_storage *ss,
 int fdp_policy_open(struct fdp_pool *p, char *err, size_t errlen);
 int fdp_policy_pick(struct fdp_pool *p, const struct fdp_pending *c);
 void fdp_policy_close(struct fdp_pool *p);
+void fdp_policy_flush_log(struct fdp_pool *p);
 const char *fdp_policy_name(struct fdp_pool *p);
 int fdp_script_check(struct fdp_pool *p, char *err, size_t errlen);
 int fdp_policy_check(struct lua_State *L, const char *spec, char *err,

@@ -558,16 +558,26 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 }
 
 
+/*
+ * The worker cannot serve: log the whole message (a traceback folded into
+ * one line), tell the master the first line, and leave.
+ */
 static void
 fail(struct fdp_wctx *w, const char *msg)
 {
-    size_t n = strlen(msg);
+    const char *nl = strchr(msg, '\n');
+    size_t n = nl ? (size_t) (nl - msg) : strlen(msg);
 
+    if (nl != NULL && w->L != NULL) {
+        push_oneline(w->L, msg);
+        fdp_log(FDP_LOG_ERROR, 0, "cannot start: %s", lua_tostring(w->L, -1));
+    }
     if (n > FDP_MSG_MAX) {
         n = FDP_MSG_MAX;
     }
     (void) fdp_set_nonblock(w->ch->fd, 0);
-    (void) fdp_chan_send(w->ch, FDP_MSG_FAIL, 0, msg, n ? n : 1, NULL, 0);
+    (void) fdp_chan_send(w->ch, FDP_MSG_FAIL, 0, n ? msg : "?", n ? n : 1,
+                         NULL, 0);
     _exit(1);
 }
 
