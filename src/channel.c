@@ -185,6 +185,10 @@ fdp_msg_check(const struct fdp_msg *m, int from_worker)
         return from_worker && h->count >= 1 && h->count <= FDP_BATCH_MAX
                && h->len == h->count * sizeof(struct fdp_done_entry)
                && m->nfds == 0 ? 0 : -EBADMSG;
+    case FDP_MSG_PARK:
+        return from_worker && h->count == 1
+               && h->len == sizeof(struct fdp_park_entry)
+               && m->nfds == 1 ? 0 : -EBADMSG;
     case FDP_MSG_SET:
         if (!from_worker || h->count != 0 || m->nfds != 0 || h->len < 2) {
             return -EBADMSG;

@@ -25,6 +25,7 @@ enum fdp_msg_type {
     FDP_MSG_FAIL,       /* w->m: text: why the worker cannot serve */
     FDP_MSG_DONE,       /* w->m: count x fdp_done_entry */
     FDP_MSG_SET,        /* w->m: "key\0value": a custom status field */
+    FDP_MSG_PARK,       /* w->m: 1 x fdp_park_entry + the conn's fd */
     FDP_MSG_TYPE_END
 };
 
@@ -45,6 +46,16 @@ struct fdp_done_entry {
     uint64_t bytes_in;
     uint64_t bytes_out;
     uint64_t usec;
+};
+
+/* A connection handed back, idle at a request boundary: the master
+ * waits for its next bytes (up to idle_ms) and dispatches it again. */
+struct fdp_park_entry {
+    uint64_t id;
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+    uint32_t usec;
+    uint32_t idle_ms;
 };
 
 struct fdp_stop_body {

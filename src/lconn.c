@@ -737,6 +737,21 @@ conn_readrequest(lua_State *L)
 }
 
 
+/* conn:park([idle_seconds]) -> true, or nil, "unread data"|"closed":
+ * the master keeps the idle connection (up to idle_seconds, default 15)
+ * and dispatches it again when its next bytes arrive. The handler should
+ * return right after; the conn is closed for it. */
+static int
+conn_park(lua_State *L)
+{
+    struct fdp_conn *c = checkconn(L);
+    lua_Number idle = luaL_optnumber(L, 2, 15);
+
+    luaL_argcheck(L, idle > 0 && idle < 86400, 2, "idle seconds out of range");
+    return fdp_conn_park(L, c, (uint32_t) (idle * 1000.0));
+}
+
+
 /* conn:buffered() -> bytes received and not yet read by the handler. */
 static int
 conn_buffered(lua_State *L)
@@ -915,6 +930,7 @@ fdp_conn_open_meta(lua_State *L)
         { "receive", conn_receive },
         { "readrequest", conn_readrequest },
         { "buffered", conn_buffered },
+        { "park", conn_park },
         { "send", conn_send },
         { "sendfile", conn_sendfile },
         { "settimeout", conn_settimeout },

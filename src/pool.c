@@ -27,6 +27,16 @@
 #define ACCEPT_BURST     256
 #define CRASH_LIMIT      10
 
+struct fdp_parked {
+    int fd;
+    uint32_t listener;
+    struct fdp_io io;
+    struct fdp_timer timer;
+    struct fdp_pool *pool;
+    struct fdp_parked *prev, *next;
+};
+
+
 static void worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev);
 static void listener_io(struct fdp_loop *loop, struct fdp_io *io,
                         uint32_t ev);
@@ -146,6 +156,9 @@ fdp_pool_close_in_child(struct fdp_pool *p, int keep)
         fdp_close(&p->queue[p->qhead].fd);
         p->qhead = (p->qhead + 1) % FDP_QUEUE_MAX;
         p->qlen--;
+    }
+    for (struct fdp_parked *k = p->parked; k; k = k->next) {
+        fdp_close(&k->fd);
     }
     fdp_close(&p->sigfd);
     fdp_control_close(p, 0);
@@ -646,6 +659,15 @@ hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
     w->inflight[k].id = id;
     w->inflight[k].since_us = fdp_now_us();
     w->inflight[k].escalated = 0;
+    w->inflight[k].listener = c->listener;
+    {
+        struct stat st;
+
+        if (fstat(c->fd, &st) == 0) {
+            w->inflight[k].ino = (uint64_t) st.st_ino;
+            w->inflight[k].dev = (uint64_t) st.st_dev;
+        }
+    }
     w->batch[w->nbatch].id = id;
     w->batch[w->nbatch].listener = c->listener;
     w->batch[w->nbatch].reserved = 0;
@@ -968,6 +990,150 @@ fdp_pool_reload(struct fdp_pool *p)
 
 
 static void
+parked_free(struct fdp_pool *p, struct fdp_parked *k)
+{
+    if (k->fd >= 0) {
+        (void) fdp_loop_del(&p->loop, &k->io);
+        fdp_close(&k->fd);
+    }
+    fdp_timer_stop(&p->loop, &k->timer);
+    if (k->prev) {
+        k->prev->next = k->next;
+    } else {
+        p->parked = k->next;
+    }
+    if (k->next) {
+        k->next->prev = k->prev;
+    }
+    p->nparked--;
+    free(k);
+}
+
+
+static void
+parked_timeout(struct fdp_loop *loop, struct fdp_timer *t)
+{
+    struct fdp_parked *k = t->data;
+
+    (void) loop;
+    parked_free(k->pool, k);
+}
+
+
+/*
+ * A parked connection has bytes (a next request): dispatch it again, as
+ * if just accepted. A hang-up without bytes just closes it.
+ */
+static void
+parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
+{
+    struct fdp_parked *k = io->data;
+    struct fdp_pool *p = k->pool;
+    struct fdp_pending c;
+
+    (void) loop;
+    if (!(ev & EPOLLIN) || p->stopping) {
+        parked_free(p, k);
+        return;
+    }
+    memset(&c, 0, sizeof(c));
+    c.listener = k->listener;
+    c.peerlen = sizeof(c.peer);
+    if (getpeername(k->fd, (struct sockaddr *) &c.peer, &c.peerlen) < 0) {
+        parked_free(p, k);
+        return;
+    }
+    (void) fdp_loop_del(&p->loop, &k->io);
+    c.fd = k->fd;
+    k->fd = -1;
+    parked_free(p, k);
+    if (p->qlen > 0 || !dispatch_one(p, &c)) {
+        if (p->qlen == FDP_QUEUE_MAX) {
+            fdp_close(&c.fd);
+            return;
+        }
+        p->queue[(p->qhead + p->qlen) % FDP_QUEUE_MAX] = c;
+        p->qlen++;
+    }
+    flush_batches(p);
+}
+
+
+static void
+close_parked(struct fdp_pool *p)
+{
+    while (p->parked) {
+        parked_free(p, p->parked);
+    }
+}
+
+
+/*
+ * PARK: a worker hands back an idle connection it was given. Accepted
+ * only for an id in flight on that worker and the very socket handed
+ * (same dev/ino); anything else makes the worker faulty.
+ */
+static void
+on_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
+{
+    const struct fdp_park_entry *e = (const struct fdp_park_entry *) m->u.bytes;
+    uint32_t k = (uint32_t) (e->id & 0xffff);
+    struct fdp_parked *pk;
+    struct stat st;
+    int fd = m->fds[0];
+    uint32_t pk_listener;
+
+    m->fds[0] = -1;
+    m->nfds = 0;
+    if (k >= (uint32_t) w->slot.capacity || w->inflight[k].id != e->id
+        || e->id == 0 || fstat(fd, &st) < 0
+        || (uint64_t) st.st_ino != w->inflight[k].ino
+        || (uint64_t) st.st_dev != w->inflight[k].dev) {
+        fdp_close(&fd);
+        worker_fault(p, w, "PARK of a connection it was not given");
+        return;
+    }
+    pk_listener = w->inflight[k].listener;
+    w->inflight[k].id = 0;
+    w->freeidx[w->nfree++] = k;
+    w->slot.active--;
+    w->slot.served++;
+    w->slot.bytes_in += e->bytes_in;
+    w->slot.bytes_out += e->bytes_out;
+    fdp_slot_update_busy(&w->slot, fdp_wall());
+    if (p->stopping) {
+        fdp_close(&fd);
+        return;
+    }
+    pk = calloc(1, sizeof(*pk));
+    if (pk == NULL) {
+        fdp_close(&fd);
+        return;
+    }
+    pk->fd = fd;
+    pk->pool = p;
+    pk->listener = pk_listener;
+    pk->io.fd = fd;
+    pk->io.cb = parked_io;
+    pk->io.data = pk;
+    fdp_timer_init(&pk->timer, parked_timeout, pk);
+    if (fdp_loop_add(&p->loop, &pk->io, EPOLLIN | EPOLLRDHUP) < 0) {
+        fdp_close(&pk->fd);
+        free(pk);
+        return;
+    }
+    (void) fdp_timer_start(&p->loop, &pk->timer,
+                           e->idle_ms ? e->idle_ms : 15000);
+    pk->next = p->parked;
+    if (p->parked) {
+        p->parked->prev = pk;
+    }
+    p->parked = pk;
+    p->nparked++;
+}
+
+
+static void
 on_done(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
 {
     int i;
@@ -1075,6 +1241,9 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             break;
         case FDP_MSG_DONE:
             on_done(p, w, &m);
+            break;
+        case FDP_MSG_PARK:
+            on_park(p, w, &m);
             break;
         case FDP_MSG_SET:
             if (fdp_slot_set_kv(&w->slot, (const char *) m.u.bytes,
@@ -1517,6 +1686,7 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
     }
     p->stopping = graceful ? 2 : 1;
     close_listeners(p);
+    close_parked(p);
     p->accepting = 0;
     if (!graceful) {
         while (p->qlen > 0) {
@@ -1558,6 +1728,7 @@ pool_finish(struct fdp_pool *p)
 
     p->running = 0;
     fdp_timer_stop(&p->loop, &p->tick);
+    close_parked(p);
     for (i = 0; i < FDP_MAX_WORKERS; i++) {
         worker_drop_channel(p, &p->workers[i]);
     }
@@ -1618,6 +1789,7 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
     info->nlisten = p->nlisten;
     info->accepted = p->accepted;
     info->queued = (uint64_t) p->qlen;
+    info->parked = (uint64_t) p->nparked;
     info->fallbacks = p->fallbacks;
     info->started = p->started_at;
 }

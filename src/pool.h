@@ -47,6 +47,9 @@ struct fdp_pending {
 struct fdp_inflight {
     uint64_t id;                    /* 0 when the entry is free */
     uint64_t since_us;
+    uint64_t ino;                   /* the socket's identity, for PARK */
+    uint64_t dev;
+    uint32_t listener;
     int escalated;                  /* 0, 1 SIGUSR2 sent, 2 SIGTERM sent */
 };
 
@@ -69,6 +72,7 @@ struct fdp_worker {
 };
 
 struct fdp_control;
+struct fdp_parked;
 
 struct fdp_pool {
     /* Configuration, set before start. Strings are owned by the pool. */
@@ -118,6 +122,8 @@ struct fdp_pool {
     int qhead;
     int qlen;
 
+    struct fdp_parked *parked;      /* idle connections the master holds */
+    int nparked;
     uint64_t conn_seq;
     uint64_t accepted;
     uint64_t fallbacks;

@@ -203,9 +203,11 @@ fdp_status_json(struct fdp_buf *b, const struct fdp_status_info *info,
         fdp_buf_json_str(b, info->listen[i]);
     }
     fdp_buf_printf(b, "], \"accepted\": %llu, \"queued\": %llu, "
+                   "\"parked\": %llu, "
                    "\"fallbacks\": %llu, \"started\": %.3f, \"workers\": [",
                    (unsigned long long) info->accepted,
                    (unsigned long long) info->queued,
+                   (unsigned long long) info->parked,
                    (unsigned long long) info->fallbacks, info->started);
     for (i = 0; i < n; i++) {
         const struct fdp_slot *s = &slots[i];
@@ -251,10 +253,11 @@ fdp_status_table(struct fdp_buf *b, const struct fdp_status_info *info,
 {
     int i, k;
 
-    fdp_buf_printf(b, "master %ld  policy %s  accepted %llu  queued %llu\n",
-                   (long) info->pid, info->policy,
+    fdp_buf_printf(b, "master %ld  policy %s  accepted %llu  queued %llu  "
+                   "parked %llu\n", (long) info->pid, info->policy,
                    (unsigned long long) info->accepted,
-                   (unsigned long long) info->queued);
+                   (unsigned long long) info->queued,
+                   (unsigned long long) info->parked);
     for (i = 0; i < info->nlisten; i++) {
         fdp_buf_printf(b, "listen %s\n", info->listen[i]);
     }

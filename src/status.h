@@ -60,6 +60,7 @@ struct fdp_status_info {
     int nlisten;
     uint64_t accepted;
     uint64_t queued;
+    uint64_t parked;
     uint64_t fallbacks;
     double started;
 };

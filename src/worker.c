@@ -155,7 +155,7 @@ task_finish(struct fdp_task *t, int status)
             t->wconn->waiter = NULL;
         }
     }
-    if (c) {
+    if (c && !t->parked) {
         d = &w->done[w->ndone++];
         d->id = t->id;
         d->bytes_in = c->bytes_in;
@@ -283,6 +283,56 @@ fdp_conn_unwatch(struct fdp_conn *c)
         (void) fdp_loop_del(&c->w->loop, &c->io);
         c->io.seq = 0;
     }
+}
+
+
+/*
+ * conn:park(): hand the task's own connection back to the master, which
+ * waits (epoll, up to idle_ms) for its next bytes and dispatches it again
+ * through the policy. Only at a request boundary: nothing may be left
+ * unread in our buffer. Pushes true, or nil and why.
+ */
+int
+fdp_conn_park(lua_State *L, struct fdp_conn *c, uint32_t idle_ms)
+{
+    struct fdp_task *t = fdp_current_task(L);
+    struct fdp_park_entry e;
+    int fd = c->fd, r;
+
+    if (t == NULL || t->conn != c) {
+        return luaL_error(L, "conn:park() is only for the handler's own "
+                          "connection, from its coroutine");
+    }
+    if (fd < 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    }
+    if (c->rend > c->rstart) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "unread data");
+        return 2;
+    }
+    e.id = t->id;
+    e.bytes_in = c->bytes_in;
+    e.bytes_out = c->bytes_out;
+    e.usec = (uint32_t) (fdp_now_us() - t->started_us);
+    e.idle_ms = idle_ms;
+    fdp_conn_unwatch(c);
+    r = fdp_chan_send(t->w->ch, FDP_MSG_PARK, 1, &e, sizeof(e), &fd, 1);
+    if (r < 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "park: %s", strerror(-r));
+        return 2;
+    }
+    /* The channel owns (and closes) our copy now. */
+    c->fd = -1;
+    t->parked = 1;
+    if (t->w->ch->head != NULL) {
+        (void) fdp_loop_mod(&t->w->loop, &t->w->chio, EPOLLIN | EPOLLOUT);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 

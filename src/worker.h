@@ -32,6 +32,7 @@ struct fdp_task {
     uint32_t waiting;           /* events waited for, 0 = runnable */
     struct fdp_conn *wconn;     /* conn waited on */
     int timed_out;
+    int parked;                 /* its conn went back to the master */
     struct fdp_timer limit;     /* --timeout for the whole handler */
     struct fdp_task *prev, *next;
 };
@@ -77,6 +78,7 @@ int fdp_wait_timed_out(lua_State *L);
 struct fdp_task *fdp_current_task(lua_State *L);
 void fdp_worker_register(lua_State *L, struct fdp_wctx *w);
 void fdp_conn_unwatch(struct fdp_conn *c);
+int fdp_conn_park(lua_State *L, struct fdp_conn *c, uint32_t idle_ms);
 
 /* lconn.c */
 void fdp_conn_open_meta(lua_State *L);

@@ -68,12 +68,10 @@ describe("pool run with bad input", function()
     assert.matches("got number", line)
   end)
 
-  -- KNOWN BUG (fails intermittently at the time of writing, ~5% of
-  -- starts): a worker sends FAIL and exits; when the master reaps it
-  -- (SIGCHLD) before reading its channel, on_exit_status drops the channel
-  -- with the FAIL message unread (src/pool.c on_exit_status ->
-  -- worker_drop_channel), and the pool exits with "worker 1 exited with
-  -- code 1 before it was ready" instead of the reason.
+  -- Regression: a worker sends FAIL and exits; a master that reaped it
+  -- (SIGCHLD) before reading its channel dropped the FAIL unread and
+  -- exited with "worker 1 exited with code 1 before it was ready" on
+  -- about 1 start in 20. 100 starts catch that almost surely.
   it("names the reason on every failed start, not just most (100 starts)", function()
     local _, _, out = H.run(("for i in $(seq 1 100); do timeout 20 %s run %s "
       .. "--listen 127.0.0.1:0 --no-control --workers 4 2>&1 >/dev/null | tail -n 1; done"):format(
@@ -100,10 +98,8 @@ describe("pool run with bad input", function()
 
   -- DESIGN.md: "If the first generation fails at start, the pool exits
   -- non-zero with that error in one line."
-  -- KNOWN BUG (fails at the time of writing): the worker's message handler
-  -- appends a Lua traceback (src/worker.c msgh, used by load_script), so
-  -- the "worker N cannot start" log event and the final "pool: ..." line
-  -- both run over several lines ("stack traceback:", "\t[C]: ...").
+  -- Regression: the worker's message handler appended a multi-line Lua
+  -- traceback to the start failure, in the log and the "pool:" line.
   it("reports a raising top level in one line, and one-line log events", function()
     local code, _, err = run_script(FIX .. "cli_raise.lua")
     assert.not_equals(0, code)

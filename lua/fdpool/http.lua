@@ -14,6 +14,9 @@ M.defaults = {
   body_timeout = 30,          -- seconds for each wait on the body
   keepalive_timeout = 15,     -- seconds an idle keep-alive connection waits
   keepalive_requests = 1000,  -- requests per connection, then close
+  park = nil,                 -- hand idle keep-alive connections back to the
+                              -- master between requests (default: when the
+                              -- worker's concurrency is 1, strict prefork)
 }
 
 local reasons = {
@@ -310,6 +313,10 @@ function M.serve(fn, options)
     opts[k] = v
   end
   local traceback = debug.traceback
+  local park = opts.park
+  if park == nil then
+    park = fdpool.worker ~= nil and fdpool.worker.capacity == 1
+  end
   return function(conn)
     local served = 0
     while true do
@@ -354,6 +361,10 @@ function M.serve(fn, options)
         res:finish()
       end
       if req._close or not drain(req) then return end
+      if park and conn:buffered() == 0 then
+        conn:park(opts.keepalive_timeout)
+        return
+      end
     end
   end
 end
