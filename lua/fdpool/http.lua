@@ -132,34 +132,49 @@ function Res:header(name, value)
   return self
 end
 
+local status_lines = setmetatable({}, { __index = function(t, code)
+  local line = ("HTTP/1.1 %d %s\r\n"):format(code, reasons[code] or "Unknown")
+  t[code] = line
+  return line
+end })
+
+local date_line_cache, date_line_time = "", -1
+local function date_line()
+  local now = os.time()
+  if now ~= date_line_time then
+    date_line_time, date_line_cache = now, "Date: " .. http_date() .. "\r\n"
+  end
+  return date_line_cache
+end
+
+-- The status line and headers, as one string.
 local function head(self, length, chunked)
   local req, h = self._req, self._headers
   local code = self._status
-  local parts = { "HTTP/1.1 ", code, " ", reasons[code] or "Unknown", "\r\n" }
-  local n = #parts
-  local function add(k, v)
-    parts[n + 1], parts[n + 2], parts[n + 3], parts[n + 4] = k, ": ", v, "\r\n"
-    n = n + 4
-  end
-  for k, v in pairs(h) do
+  local s = status_lines[code]
+  local has_date = false
+  for k, v in next, h do
+    if k == "Date" then has_date = true end
     if type(v) == "table" then
-      for _, x in ipairs(v) do add(k, tostring(x)) end
+      for _, x in ipairs(v) do s = s .. k .. ": " .. tostring(x) .. "\r\n" end
     else
-      add(k, tostring(v))
+      s = s .. k .. ": " .. v .. "\r\n"
     end
   end
-  if h["Date"] == nil then add("Date", http_date()) end
+  if not has_date then s = s .. date_line() end
   if chunked then
-    add("Transfer-Encoding", "chunked")
+    s = s .. "Transfer-Encoding: chunked\r\n"
   elseif length and code ~= 204 and code ~= 304 and code >= 200 then
-    add("Content-Length", length)
+    s = s .. "Content-Length: " .. length .. "\r\n"
   elseif not length and code ~= 204 and code ~= 304 then
     req._close = true  -- close-delimited body
   end
-  if req._close then add("Connection", "close")
-  elseif req.version == "1.0" then add("Connection", "keep-alive") end
-  parts[n + 1] = "\r\n"
-  return table.concat(parts)
+  if req._close then
+    return s .. "Connection: close\r\n\r\n"
+  elseif req.version == "1.0" then
+    return s .. "Connection: keep-alive\r\n\r\n"
+  end
+  return s .. "\r\n"
 end
 
 --- Send the whole response with this body (Content-Length set).
@@ -262,34 +277,43 @@ end
 
 local function prepare(req, conn, opts)
   local h = req.headers
-  setmetatable(h, header_mt)
   req.conn = conn
   req._opts = opts
-  local te, cl = h["transfer-encoding"], h["content-length"]
+  -- rawget: most of these are absent, and absent keys would go through
+  -- the case-folding __index below.
+  local te, cl = rawget(h, "transfer-encoding"), rawget(h, "content-length")
   if te then
     if cl then return 400, "both Transfer-Encoding and Content-Length" end
     if te:lower() ~= "chunked" then return 501, "unsupported Transfer-Encoding" end
     if req.version ~= "1.1" then return 400, "chunked needs HTTP/1.1" end
     req._chunked = true
+    req._length = 0
   elseif cl then
     if not cl:match("^%d+$") or #cl > 15 then return 400, "bad Content-Length" end
     req._length = tonumber(cl)
     if req._length > opts.max_body then return 413 end
+  else
+    req._length = 0
   end
-  req._length = req._length or 0
-  if req.version == "1.1" and not h["host"] then return 400, "missing Host" end
-  local expect = h["expect"]
+  local v11 = req.version == "1.1"
+  if v11 and not rawget(h, "host") then return 400, "missing Host" end
+  local expect = rawget(h, "expect")
   if expect then
     if expect:lower() ~= "100-continue" then return 417 end
-    req._expect_continue = req.version == "1.1"
+    req._expect_continue = v11
   end
-  local c = h["connection"]
-  c = c and c:lower() or ""
-  if req.version == "1.1" then
-    req._close = c:find("close", 1, true) ~= nil
+  local c = rawget(h, "connection")
+  if c then
+    c = c:lower()
+    if v11 then
+      req._close = c:find("close", 1, true) ~= nil
+    else
+      req._close = c:find("keep-alive", 1, true) == nil
+    end
   else
-    req._close = c:find("keep-alive", 1, true) == nil
+    req._close = not v11
   end
+  setmetatable(h, header_mt)
   return nil
 end
 
@@ -313,15 +337,18 @@ function M.serve(fn, options)
     opts[k] = v
   end
   local traceback = debug.traceback
+  local readrequest
   local park = opts.park
   if park == nil then
     park = fdpool.worker ~= nil and fdpool.worker.capacity == 1
   end
   return function(conn)
+    readrequest = readrequest or conn.readrequest
     local served = 0
+    conn:settimeout(opts.head_timeout)
     while true do
-      conn:settimeout(served == 0 and opts.head_timeout or opts.keepalive_timeout)
-      local req, err = conn:readrequest(opts.max_head)
+      if served == 1 then conn:settimeout(opts.keepalive_timeout) end
+      local req, err = readrequest(conn, opts.max_head)
       if not req then
         if err == "timeout" then
           if served == 0 or conn:buffered() > 0 then simple(conn, 408) end
@@ -361,6 +388,9 @@ function M.serve(fn, options)
         res:finish()
       end
       if req._close or not drain(req) then return end
+      if opts.body_timeout ~= opts.keepalive_timeout and (req._length > 0 or req._chunked) then
+        conn:settimeout(opts.keepalive_timeout)
+      end
       if park and conn:buffered() == 0 then
         conn:park(opts.keepalive_timeout)
         return
