@@ -358,7 +358,7 @@ describe("reload", function()
         assert.equals(pids[i], w.pid)
         assert.equals(1, w.generation)
       end
-      for i = 1, 4 do assert.truthy(echo(p.addr, "still" .. i)) end
+      for i = 1, 4 do assert(echo(p.addr, "still" .. i)) end
     end
     -- SIGHUP with a broken script: logged, nothing changes either.
     p:kill("HUP")
@@ -372,7 +372,7 @@ describe("reload", function()
       return s.workers[1].generation == 2 and s.workers[2].generation == 2 and all_idle(s)
     end, 5, "generation 2")
     assert.falsy(st.workers[1].pid == pids[1] or st.workers[2].pid == pids[2])
-    assert.truthy(echo(p.addr, "fixed"))
+    assert(echo(p.addr, "fixed"))
     finish(p, { "reload refused, keeping the running workers" })
   end)
 end)
@@ -405,7 +405,7 @@ describe("scaling", function()
     p:kill("TTIN")
     st = workers_are(2)
     assert.equals(kept[1], st.workers[1].pid)
-    for i = 1, 10 do assert.truthy(echo(p.addr, "s" .. i)) end
+    for i = 1, 10 do assert(echo(p.addr, "s" .. i)) end
     code, out, err = H.run_pool("scale 0 --control " .. q(p.control), 10)
     assert.equals(2, code)
     assert.matches("pool: 'pool scale' needs a number of workers from 1 to 256 %(got '0'%)", err)
@@ -563,7 +563,7 @@ describe("the control socket", function()
       .. ": another pool is running there\n$", err)
     local st = assert(a:status())
     assert.equals(a.pid, st.pid)
-    assert.truthy(echo(a.addr, "first"))
+    assert(echo(a.addr, "first"))
     -- A killed master leaves its socket file behind: the next pool
     -- replaces it.
     local apids = a:worker_pids()
@@ -578,7 +578,7 @@ describe("the control socket", function()
     assert.equals(b.pid, st.pid)
     _, _, mode = H.run("stat -c '%a %F' " .. q(control))
     assert.equals("600 socket\n", mode)
-    assert.truthy(echo(b.addr, "second"))
+    assert(echo(b.addr, "second"))
     finish(b)
   end)
 
@@ -615,7 +615,7 @@ describe("the control socket", function()
       local ts = H.clock()
       assert.truthy(p:status(), "status " .. i)
       assert.truthy(H.clock() - ts < 1, "status took " .. (H.clock() - ts) .. " s")
-      assert.truthy(echo(p.addr, "c" .. i))
+      assert(echo(p.addr, "c" .. i))
     end
     -- The idle and the garbage clients are cut off after about 2 s.
     assert.equals("", idle:read("a"))
@@ -685,7 +685,7 @@ describe("resources", function()
       return s.workers[1].generation == 2 and s.workers[2].generation == 2 and all_idle(s)
         and #H.children(p.pid) == 2
     end, 5, "generation 2 alone")
-    for i = 1, 10 do assert.truthy(echo(p.addr, "after" .. i)) end
+    for i = 1, 10 do assert(echo(p.addr, "after" .. i)) end
     wait_status(p, all_idle, 5, "idle")
     assert.equals(mfds, H.fd_count(p.pid))
     finish(p)
@@ -788,8 +788,8 @@ describe("a hostile worker", function()
       assert.is_false(H.alive(victim))
       assert.equals(before.workers[other].pid, st.workers[other].pid)
       assert.equals(master, st.pid)
-      assert.truthy(p:log():find(("worker %d (pid %d) killed by SIGKILL"):format(victim_id, victim), 1, true))
-      for i = 1, 6 do assert.truthy(echo(p.addr, c[1] .. i)) end
+      assert.truthy(p:log():find(("worker %d (pid %d) killed by SIGKILL"):format(victim_id, victim), 1, true), p:log())
+      for i = 1, 6 do assert(echo(p.addr, c[1] .. i)) end
     end
     finish(p, { "is faulty: " })
   end)
