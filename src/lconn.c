@@ -403,8 +403,10 @@ sendfile_k(lua_State *L, int status, lua_KContext ctx)
         off_t o = off + (off_t) c->op_pos;
 
         if (c->fd < 0) {
-            errno = EPIPE;
-            break;
+            lua_pushnil(L);
+            lua_pushliteral(L, "closed");
+            lua_pushinteger(L, (lua_Integer) c->op_pos);
+            return 3;
         }
         n = sendfile(c->fd, in, &o, count - c->op_pos);
         if (n > 0) {

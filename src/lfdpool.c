@@ -1078,14 +1078,29 @@ l_pool(lua_State *L)
 
 
 /* pool:start() -> true, or nil, message: forks the workers. */
+/* While a pool runs, the registry keeps its userdata alive: a program
+ * (or a forked worker) that drops its last reference must not have the
+ * pool collected under the running loop. */
+static void
+anchor(lua_State *L, struct fdp_pool *p, int on)
+{
+    if (on) {
+        lua_pushvalue(L, 1);
+    } else {
+        lua_pushnil(L);
+    }
+    lua_rawsetp(L, LUA_REGISTRYINDEX, p);
+}
+
+
 static int
 pool_start(lua_State *L)
 {
     struct fdp_pool *p = checkpool(L);
 
-    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-    lua_pop(L, 1);
+    anchor(L, p, 1);
     if (fdp_pool_start(p) < 0) {
+        anchor(L, p, 0);
         lua_pushnil(L);
         lua_pushstring(L, p->error);
         return 2;
@@ -1104,6 +1119,9 @@ pool_step(lua_State *L)
     lua_Number s = luaL_optnumber(L, 2, -1);
     int r = fdp_pool_step(p, s < 0 ? -1 : (int) (s * 1000));
 
+    if (!r) {
+        anchor(L, p, 0);
+    }
     lua_pushboolean(L, r);
     if (!r && p->failed) {
         lua_pushstring(L, p->error);
@@ -1120,7 +1138,9 @@ pool_run(lua_State *L)
 {
     struct fdp_pool *p = checkpool(L);
 
+    anchor(L, p, 1);
     if (!p->started && fdp_pool_start(p) < 0) {
+        anchor(L, p, 0);
         lua_pushnil(L);
         lua_pushstring(L, p->error);
         return 2;
@@ -1128,6 +1148,7 @@ pool_run(lua_State *L)
     while (fdp_pool_step(p, -1)) {
         p->L = L;
     }
+    anchor(L, p, 0);
     if (p->failed) {
         lua_pushnil(L);
         lua_pushstring(L, p->error);
@@ -1222,6 +1243,7 @@ pool_status(lua_State *L)
     lua_setfield(L, -2, "listen");
     set_int(L, "accepted", (lua_Integer) info.accepted);
     set_int(L, "queued", (lua_Integer) info.queued);
+    set_int(L, "parked", (lua_Integer) info.parked);
     set_int(L, "fallbacks", (lua_Integer) info.fallbacks);
     set_num(L, "started", info.started);
     lua_pushboolean(L, p->running);

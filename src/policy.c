@@ -670,6 +670,9 @@ fdp_script_check(struct fdp_pool *p, char *err, size_t errlen)
     }
     luaL_openlibs(L);
     luaL_requiref(L, "fdpool", luaopen_fdpool, 0);
+    (void) luaL_dostring(L, "package.loaded.fdpool.worker = {id = 0, "
+                         "pid = 0, capacity = 1, set = function() "
+                         "return true end}");
     lua_pop(L, 1);
     if (luaL_loadfilex(L, p->script, "t") != LUA_OK) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));

@@ -1636,8 +1636,12 @@ fdp_pool_start(struct fdp_pool *p)
             "policy %s%s%s", FDP_VERSION, p->nworkers, p->concurrency,
             fdp_policy_name(p), p->control_path ? ", control " : "",
             p->control_path ? p->control_path : "");
-    if (geteuid() == 0) {
-        fdp_log(FDP_LOG_WARN, 0, "running as root: workers run as root");
+    if (geteuid() == 0 && p->user_name == NULL) {
+        fdp_log(FDP_LOG_WARN, 0, "running as root: workers run as root "
+                "(use --user to drop privileges)");
+    } else if (p->user_name != NULL) {
+        fdp_log(FDP_LOG_INFO, 0, "workers run as user %s (uid %u, gid %u)",
+                p->user_name, p->user_uid, p->user_gid);
     }
     for (i = 0; i < p->nworkers; i++) {
         if (spawn_worker(p, i) < 0) {

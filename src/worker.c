@@ -705,11 +705,16 @@ fdp_worker_main(struct fdp_pool *p, int idx)
     if (getppid() != p->owner) {
         _exit(1);
     }
+    /* The master decides when workers stop: Ctrl-C on a terminal sends
+     * SIGINT (QUIT, ...) to the whole process group, and the workers
+     * must still get their grace period. TERM stays fatal. */
     signal(SIGPIPE, SIG_IGN);
     signal(SIGTERM, SIG_DFL);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGQUIT, SIG_DFL);
-    signal(SIGHUP, SIG_DFL);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGQUIT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGTTIN, SIG_IGN);
+    signal(SIGTTOU, SIG_IGN);
     signal(SIGCHLD, SIG_DFL);
     sig_worker = &w;
     {
@@ -751,7 +756,6 @@ fdp_worker_main(struct fdp_pool *p, int idx)
     } else {
         L = p->L;
         w.L = L;
-        lua_settop(L, 0);
         fdp_module_set_worker(L, &w);
         lua_rawgeti(L, LUA_REGISTRYINDEX, p->handler_ref);
     }

@@ -210,8 +210,11 @@ local function cmd_check(args)
     local pok, perr = fdpool.check_policy(opts["--policy"])
     if not pok then return die(1, "%s", perr) end
   end
-  -- Run the top level as a worker would, and check what it returns.
+  -- Run the top level as a worker would, and check what it returns; a
+  -- stand-in fdpool.worker (id 0) lets top levels that use it run.
   _G.arg = { [0] = script, table.unpack(opts["--"] or {}) }
+  fdpool.worker = fdpool.worker or { id = 0, pid = 0, capacity = 1,
+    set = function() return true end }
   local ok, h = pcall(chunk, table.unpack(opts["--"] or {}))
   if not ok then return die(1, "%s", tostring(h)) end
   local handle = type(h) == "table" and h.handle or h
