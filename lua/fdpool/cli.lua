@@ -10,6 +10,7 @@ Usage:
   pool run [SCRIPT] [options] [-- ARGS...]   serve with SCRIPT's handler
                                              (no SCRIPT: built-in hello)
   pool check SCRIPT [--policy P]             compile and validate, no serving
+  pool check --config FILE                   validate a config file and its script
   pool status [--control PATH] [--json]      show the worker table
   pool stop [--control PATH] [--graceful]    stop a running pool
   pool reload [--control PATH]               new generation of workers
@@ -17,6 +18,10 @@ Usage:
   pool --help | --version
 
 Options for run:
+  --config FILE        a Lua file returning a table of settings: the long
+                       flags with _ for - (workers = 4, max_requests = 1000,
+                       listen = {...}, handler = "app.lua", args = {...});
+                       flags given on the command line win
   --listen ADDR        HOST:PORT, [IPV6]:PORT or unix:PATH; repeatable;
                        port 0 picks a free port (default 127.0.0.1:8080)
   --workers N          worker processes (default: online CPUs)
@@ -108,7 +113,8 @@ end
 local RUN_FLAGS = {
   ["--listen"] = "list", ["--workers"] = "value", ["--concurrency"] = "value",
   ["--policy"] = "value", ["--control"] = "value", ["--no-control"] = "flag",
-  ["--grace"] = "value", ["--log-level"] = "value", ["--timeout"] = "value", ["--io-timeout"] = "value",
+  ["--grace"] = "value", ["--log-level"] = "value", ["--timeout"] = "value", ["--io-timeout"] = "value", ["--config"] = "value",
+  ["--metrics"] = "value",
   ["--max-requests"] = "value", ["--user"] = "value", ["--log"] = "value",
 }
 
@@ -118,104 +124,162 @@ local function check_script(script)
   return true
 end
 
+-- Config files (--config FILE.lua) return a table with the keys of
+-- fdpool.pool{}; flags replace what the file says.
+local CONFIG_KEYS = {
+  handler = "string", script = "string", args = "table", listen = "any",
+  workers = "number", concurrency = "number", policy = "string",
+  control = "any", grace = "number", timeout = "number", io_timeout = "number",
+  max_requests = "number", user = "string", log = "string", log_level = "string",
+  metrics = "string",
+}
+
+local function load_config(path)
+  local chunk, err = loadfile(path, "t")
+  if not chunk then return nil, err end
+  local ok, t = pcall(chunk)
+  if not ok then return nil, ("%s: %s"):format(path, tostring(t)) end
+  if type(t) ~= "table" then
+    return nil, ("%s must return a table of settings (got %s)"):format(path, type(t))
+  end
+  local dir = path:match("^(.*)/[^/]*$")
+  for k, v in pairs(t) do
+    local want = CONFIG_KEYS[k]
+    if not want then
+      return nil, ("%s: unknown setting '%s' (settings are the long flags with _ for -)"):format(path, tostring(k))
+    end
+    if want ~= "any" and type(v) ~= want then
+      return nil, ("%s: setting '%s' must be a %s (got %s)"):format(path, k, want, type(v))
+    end
+  end
+  t.handler = t.handler or t.script
+  t.script = nil
+  -- A relative script path is relative to the config file.
+  if type(t.handler) == "string" and t.handler:sub(1, 1) ~= "/" and dir then
+    t.handler = dir .. "/" .. t.handler
+  end
+  if type(t.listen) == "string" then t.listen = { t.listen } end
+  return t
+end
+
+local function num_setting(name, v, lo, hi, integer)
+  local n = tonumber(v)
+  if not n or n < lo or (hi and n > hi) or (integer and n ~= math.floor(n)) then
+    if integer then
+      return nil, ("%s must be an integer from %d to %d (got '%s')"):format(name, lo, hi, tostring(v))
+    end
+    return nil, ("%s must be a number of seconds%s (got '%s')"):format(name,
+      lo > 0 and " above 0" or "", tostring(v))
+  end
+  return integer and math.tointeger(n) or n
+end
+
+-- Build the fdpool.pool{} table from a config file and flags.
+-- Returns cfg, or nil, exit code, message.
+local function build_config(opts, pos, cmd)
+  local cfg = {}
+  if opts["--config"] then
+    local t, err = load_config(opts["--config"])
+    if not t then return nil, 1, err end
+    cfg = t
+  end
+  if #pos > 1 then
+    return nil, 2, ("'pool %s' takes one SCRIPT, got '%s' too (script arguments go after --)"):format(cmd, pos[2])
+  end
+  if pos[1] then cfg.handler = pos[1] end
+  if opts["--"] then cfg.args = opts["--"] end
+  cfg.args = cfg.args or {}
+  local flagmap = {
+    { "--workers", "workers", 1, 256, true }, { "--concurrency", "concurrency", 1, 65535, true },
+    { "--max-requests", "max_requests", 1, 2^31 - 1, true }, { "--grace", "grace", 0 },
+    { "--timeout", "timeout", 0.001 }, { "--io-timeout", "io_timeout", 0 },
+  }
+  for _, f in ipairs(flagmap) do
+    local flag, key, lo, hi, int = f[1], f[2], f[3], f[4], f[5]
+    local v = opts[flag]
+    if v == nil then v = cfg[key] end
+    if v ~= nil then
+      local n, err = num_setting(flag, v, lo, hi, int)
+      if not n then return nil, 2, err end
+      cfg[key] = n
+    end
+  end
+  cfg.workers = cfg.workers or fdpool.ncpu()
+  for _, f in ipairs { { "--user", "user" }, { "--log", "log" }, { "--log-level", "log_level" },
+                       { "--policy", "policy" }, { "--metrics", "metrics" } } do
+    if opts[f[1]] then cfg[f[2]] = opts[f[1]] end
+  end
+  if cfg.log_level and not ({ error = 1, warn = 1, info = 1, debug = 1 })[cfg.log_level] then
+    return nil, 2, ("--log-level must be error, warn, info or debug (got '%s')"):format(cfg.log_level)
+  end
+  if cfg.policy then
+    local pok, perr = fdpool.check_policy(cfg.policy)
+    if not pok then return nil, 2, perr end
+  end
+  cfg.listen = opts["--listen"] or cfg.listen or { "127.0.0.1:8080" }
+  if opts["--no-control"] then
+    cfg.control = nil
+  elseif opts["--control"] then
+    cfg.control = opts["--control"]
+  elseif cfg.control == nil then
+    cfg.control = true
+  elseif cfg.control == false then
+    cfg.control = nil
+  end
+  return cfg
+end
+
 local function cmd_run(args)
   local opts, pos = parse(args, 2, RUN_FLAGS, "run")
   if not opts then return die(2, "%s", pos) end
-  if #pos > 1 then
-    return die(2, "'pool run' takes one SCRIPT, got '%s' too (script arguments go after --)", pos[2])
-  end
-  local cfg = { args = opts["--"] or {} }
-  local ok, v = int_opt(opts, "--workers", 1, 256)
-  if not ok then return die(2, "%s", v) end
-  cfg.workers = v or fdpool.ncpu()
-  ok, v = int_opt(opts, "--concurrency", 1, 65535)
-  if not ok then return die(2, "%s", v) end
-  cfg.concurrency = v
-  ok, v = int_opt(opts, "--max-requests", 1, 2^31 - 1)
-  if not ok then return die(2, "%s", v) end
-  cfg.max_requests = v
-  cfg.user = opts["--user"]
-  if opts["--log"] then
-    local lok, lerr = fdpool.log_file(opts["--log"])
+  local cfg, code, err = build_config(opts, pos, "run")
+  if not cfg then return die(code, "%s", err) end
+  if cfg.log then
+    local lok, lerr = fdpool.log_file(cfg.log)
     if not lok then return die(1, "cannot open log file: %s", lerr) end
+    cfg.log = nil
   end
-  if opts["--grace"] then
-    local g = tonumber(opts["--grace"])
-    if not g or g < 0 then
-      return die(2, "--grace must be a number of seconds (got '%s')", opts["--grace"])
-    end
-    cfg.grace = g
-  end
-  if opts["--timeout"] then
-    local t = tonumber(opts["--timeout"])
-    if not t or t <= 0 then
-      return die(2, "--timeout must be a positive number of seconds (got '%s')", opts["--timeout"])
-    end
-    cfg.timeout = t
-  end
-  if opts["--io-timeout"] then
-    local t = tonumber(opts["--io-timeout"])
-    if not t or t < 0 then
-      return die(2, "--io-timeout must be a number of seconds (got '%s')", opts["--io-timeout"])
-    end
-    cfg.io_timeout = t
-  end
-  if opts["--log-level"] then
-    local l = opts["--log-level"]
-    if l ~= "error" and l ~= "warn" and l ~= "info" and l ~= "debug" then
-      return die(2, "--log-level must be error, warn, info or debug (got '%s')", l)
-    end
-    cfg.log_level = l
-  end
-  cfg.policy = opts["--policy"]
-  if cfg.policy then
-    local pok, perr = fdpool.check_policy(cfg.policy)
-    if not pok then return die(2, "%s", perr) end
-  end
-  cfg.listen = opts["--listen"] or { "127.0.0.1:8080" }
-  if opts["--no-control"] then
-    cfg.control = nil
-  else
-    cfg.control = opts["--control"] or true
-  end
-  local script = pos[1]
-  if script then
+  local script = cfg.handler
+  if type(script) == "string" then
     local f = io.open(script, "r")
     if not f then return die(2, "cannot open script '%s'", script) end
     f:close()
     local sok, serr = check_script(script)
     if not sok then return die(1, "%s", serr) end
-    cfg.handler = script
-  else
+  elseif script == nil then
     cfg.handler = require "fdpool.hello"
   end
-  local pool, err = fdpool.pool(cfg)
-  if not pool then return die(1, "%s", err) end
+  local pool, perr = fdpool.pool(cfg)
+  if not pool then return die(1, "%s", perr) end
   local rok, rerr = pool:run()
   if not rok then return die(1, "%s", rerr) end
   return 0
 end
 
 local function cmd_check(args)
-  local opts, pos = parse(args, 2, { ["--policy"] = "value" }, "check")
+  local opts, pos = parse(args, 2, { ["--policy"] = "value", ["--config"] = "value" }, "check")
   if not opts then return die(2, "%s", pos) end
-  local script = pos[1]
-  if not script then return die(2, "'pool check' needs a SCRIPT") end
+  local cfg, code, err = build_config(opts, pos, "check")
+  if not cfg then return die(code, "%s", err) end
+  local script = cfg.handler
+  if script == nil then
+    if opts["--config"] then
+      io.stdout:write(opts["--config"], ": ok (built-in hello handler)\n")
+      return 0
+    end
+    return die(2, "'pool check' needs a SCRIPT or --config FILE")
+  end
   local f = io.open(script, "r")
   if not f then return die(2, "cannot open script '%s'", script) end
   f:close()
-  local chunk, err = loadfile(script, "t")
-  if not chunk then return die(1, "%s", err) end
-  if opts["--policy"] then
-    local pok, perr = fdpool.check_policy(opts["--policy"])
-    if not pok then return die(1, "%s", perr) end
-  end
+  local chunk, lerr = loadfile(script, "t")
+  if not chunk then return die(1, "%s", lerr) end
   -- Run the top level as a worker would, and check what it returns; a
   -- stand-in fdpool.worker (id 0) lets top levels that use it run.
-  _G.arg = { [0] = script, table.unpack(opts["--"] or {}) }
+  _G.arg = { [0] = script, table.unpack(cfg.args) }
   fdpool.worker = fdpool.worker or { id = 0, pid = 0, capacity = 1,
     set = function() return true end }
-  local ok, h = pcall(chunk, table.unpack(opts["--"] or {}))
+  local ok, h = pcall(chunk, table.unpack(cfg.args))
   if not ok then return die(1, "%s", tostring(h)) end
   local handle = type(h) == "table" and h.handle or h
   if type(handle) ~= "function" then
@@ -225,7 +289,7 @@ local function cmd_check(args)
   if type(h) == "table" and h.init ~= nil and type(h.init) ~= "function" then
     return die(1, "%s: 'init' is not a function", script)
   end
-  io.stdout:write(script, ": ok\n")
+  io.stdout:write(opts["--config"] or script, ": ok\n")
   return 0
 end
 
