@@ -25,7 +25,7 @@ LDFLAGS  ?=
 B        ?= build
 SAN      ?=
 
-CORE     := log fdpass channel loop status ctlproto pool control policy worker \
+CORE     := log fdpass channel loop status ctlproto proxy pool control policy worker \
             lconn lfdpool
 LUAFILES := $(sort $(wildcard lua/fdpool/*.lua lua/fdpool/*/*.lua))
 CORE_OBJ := $(patsubst %,$(B)/%.o,$(CORE)) $(B)/embed.o

@@ -38,6 +38,9 @@ struct fdp_msg_hdr {
 struct fdp_conn_entry {
     uint64_t id;
     uint32_t listener;
+    uint32_t peerlen;           /* > 0: the client's address from a PROXY
+                                   header, which conn:getpeername() gives */
+    unsigned char peer[28];     /* a sockaddr_in or sockaddr_in6 */
     uint32_t reserved;
 };
 

@@ -59,6 +59,15 @@ fdp_conn_new(lua_State *L, int fd, struct fdp_wctx *w)
 }
 
 
+/* The client's address from a PROXY header: getpeername() gives it. */
+void
+fdp_conn_set_peer(struct fdp_conn *c, const void *peer, uint32_t len)
+{
+    memcpy(c->peer, peer, len);
+    c->peerlen = len;
+}
+
+
 void
 fdp_conn_close(struct fdp_conn *c)
 {
@@ -101,7 +110,11 @@ fdp_conn_peer(struct fdp_conn *c, char *out, size_t n)
     struct sockaddr_storage ss;
     socklen_t len = sizeof(ss);
 
-    if (c->fd < 0 || getpeername(c->fd, (struct sockaddr *) &ss, &len) < 0) {
+    if (c->peerlen > 0) {
+        memset(&ss, 0, sizeof(ss));
+        memcpy(&ss, c->peer, c->peerlen);
+    } else if (c->fd < 0
+               || getpeername(c->fd, (struct sockaddr *) &ss, &len) < 0) {
         snprintf(out, n, "?");
         return;
     }
@@ -843,6 +856,10 @@ conn_getpeername(lua_State *L)
         lua_pushnil(L);
         lua_pushliteral(L, "closed");
         return 2;
+    }
+    if (c->peerlen > 0) {
+        memcpy(&ss, c->peer, c->peerlen);
+        return push_addr(L, &ss);
     }
     if (getpeername(c->fd, (struct sockaddr *) &ss, &len) < 0) {
         return fdp_pushfail(L, errno, "getpeername");

@@ -7,11 +7,14 @@
  */
 #include "fdp.h"
 #include "pool.h"
+#include "proxy.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,12 +33,26 @@
 struct fdp_parked {
     int fd;
     uint32_t listener;
+    uint32_t peerlen;               /* a PROXY header's client, or 0 */
+    unsigned char peer[28];
     struct fdp_io io;
     struct fdp_timer timer;
     struct fdp_pool *pool;
     struct fdp_parked *prev, *next;
 };
 
+
+/* A connection on a `proxy` listener whose PROXY header is being read:
+ * the one place the master reads client bytes (bounded size and time). */
+struct fdp_proxywait {
+    struct fdp_pending c;
+    struct fdp_io io;
+    struct fdp_timer timer;
+    struct fdp_pool *pool;
+    struct fdp_proxywait *prev, *next;
+};
+
+#define PROXY_TIMEOUT_MS 5000
 
 static void worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev);
 static void listener_io(struct fdp_loop *loop, struct fdp_io *io,
@@ -75,6 +92,7 @@ fdp_pool_new(void)
     p->handler_ref = -2;        /* LUA_NOREF */
     p->policy_ref = -2;
     p->sigfd = -1;
+    p->notify_fd = -1;
     p->loop.epfd = -1;
     p->nworkers = 1;
     p->concurrency = 1024;
@@ -160,6 +178,10 @@ fdp_pool_close_in_child(struct fdp_pool *p, int keep)
     for (struct fdp_parked *k = p->parked; k; k = k->next) {
         fdp_close(&k->fd);
     }
+    for (struct fdp_proxywait *x = p->proxywait; x; x = x->next) {
+        fdp_close(&x->c.fd);
+    }
+    fdp_close(&p->notify_fd);
     fdp_close(&p->sigfd);
     fdp_control_close(p, 0);
     fdp_loop_free(&p->loop);
@@ -326,14 +348,38 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
                  "(at most %d)", FDP_MAX_LISTEN);
         return -1;
     }
+    char host[FDP_ADDR_MAX], *opt;
+
     if (strlen(addr) >= FDP_ADDR_MAX) {
         snprintf(p->error, sizeof(p->error), "listen address too long");
         return -1;
     }
-    if (fdp_parse_addr(addr, &ss, &len, p->error, sizeof(p->error)) < 0) {
+    l = &p->listeners[p->nlisten];
+    l->proxy = l->reuseport = 0;
+    /* ADDR[,reuseport][,proxy] */
+    snprintf(host, sizeof(host), "%s", addr);
+    opt = strchr(host, ',');
+    if (opt) {
+        char *tok, *save = NULL;
+
+        *opt++ = '\0';
+        for (tok = strtok_r(opt, ",", &save); tok;
+             tok = strtok_r(NULL, ",", &save)) {
+            if (strcmp(tok, "reuseport") == 0) {
+                l->reuseport = 1;
+            } else if (strcmp(tok, "proxy") == 0) {
+                l->proxy = 1;
+            } else {
+                snprintf(p->error, sizeof(p->error), "bad address '%s': "
+                         "unknown option '%s' (expected reuseport, proxy)",
+                         addr, tok);
+                return -1;
+            }
+        }
+    }
+    if (fdp_parse_addr(host, &ss, &len, p->error, sizeof(p->error)) < 0) {
         return -1;
     }
-    l = &p->listeners[p->nlisten];
     snprintf(l->addr, sizeof(l->addr), "%s", addr);
     l->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (l->fd < 0) {
@@ -350,6 +396,11 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
         }
     } else {
         (void) setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (l->reuseport && setsockopt(l->fd, SOL_SOCKET, SO_REUSEPORT, &one,
+                                       sizeof(one)) < 0) {
+            what = "setsockopt(SO_REUSEPORT)";
+            goto fail;
+        }
         if (ss.ss_family == AF_INET6) {
             (void) setsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &one,
                               sizeof(one));
@@ -389,6 +440,130 @@ fail:
     }
     fdp_close(&l->fd);
     return -1;
+}
+
+
+/*
+ * Adopt an already listening socket (systemd socket activation): made
+ * non-blocking and CLOEXEC; name is its LISTEN_FDNAMES entry or NULL.
+ * Returns 0 or -1 with p->error set.
+ */
+int
+fdp_pool_add_fd(struct fdp_pool *p, int fd, const char *name)
+{
+    struct fdp_listener *l;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    int type = 0, acc = 0;
+    socklen_t olen = sizeof(type);
+
+    if (p->nlisten == FDP_MAX_LISTEN) {
+        snprintf(p->error, sizeof(p->error), "too many listen sockets");
+        return -1;
+    }
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &olen) < 0
+        || type != SOCK_STREAM
+        || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &olen) < 0 || !acc
+        || getsockname(fd, (struct sockaddr *) &ss, &len) < 0) {
+        snprintf(p->error, sizeof(p->error), "inherited fd %d is not a "
+                 "listening stream socket", fd);
+        return -1;
+    }
+    (void) fdp_set_nonblock(fd, 1);
+    (void) fcntl(fd, F_SETFD, FD_CLOEXEC);
+    l = &p->listeners[p->nlisten];
+    memset(l, 0, sizeof(*l));
+    l->fd = fd;
+    format_sockaddr(&ss, l->bound, sizeof(l->bound));
+    snprintf(l->addr, sizeof(l->addr), "%s", name && *name ? name : l->bound);
+    l->pool = p;
+    l->io.fd = fd;
+    l->io.cb = listener_io;
+    l->io.data = l;
+    p->nlisten++;
+    return 0;
+}
+
+
+/*
+ * systemd socket activation: when LISTEN_PID is us, adopt fds 3 ..
+ * 3 + LISTEN_FDS - 1 (named by LISTEN_FDNAMES) and unset the variables
+ * so workers and children do not see them. Returns the number adopted,
+ * or -1 with p->error set.
+ */
+int
+fdp_pool_systemd_fds(struct fdp_pool *p)
+{
+    const char *spid = getenv("LISTEN_PID"), *sfds = getenv("LISTEN_FDS");
+    const char *names = getenv("LISTEN_FDNAMES");
+    char buf[1024], *save = NULL, *name;
+    long n, i;
+
+    if (spid == NULL || sfds == NULL || strtol(spid, NULL, 10) != getpid()) {
+        return 0;
+    }
+    n = strtol(sfds, NULL, 10);
+    if (n < 1 || n > FDP_MAX_LISTEN) {
+        snprintf(p->error, sizeof(p->error), "LISTEN_FDS=%s out of range",
+                 sfds);
+        return -1;
+    }
+    snprintf(buf, sizeof(buf), "%s", names ? names : "");
+    name = strtok_r(buf, ":", &save);
+    for (i = 0; i < n; i++) {
+        if (fdp_pool_add_fd(p, 3 + (int) i, name) < 0) {
+            return -1;
+        }
+        name = name ? strtok_r(NULL, ":", &save) : NULL;
+    }
+    unsetenv("LISTEN_PID");
+    unsetenv("LISTEN_FDS");
+    unsetenv("LISTEN_FDNAMES");
+    return (int) n;
+}
+
+
+/* sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET. */
+static void
+notify(struct fdp_pool *p, const char *fmt, ...)
+{
+    struct sockaddr_un un;
+    char msg[256];
+    va_list ap;
+    socklen_t len;
+
+    if (p->notify_fd < 0 || getpid() != p->owner) {
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    memset(&un, 0, sizeof(un));
+    un.sun_family = AF_UNIX;
+    memcpy(un.sun_path, p->notify_path, sizeof(un.sun_path));
+    len = (socklen_t) (offsetof(struct sockaddr_un, sun_path)
+                       + strlen(p->notify_path + (p->notify_path[0] == '@')) + 1
+                       - (p->notify_path[0] == '@'));
+    if (un.sun_path[0] == '@') {
+        un.sun_path[0] = '\0';         /* abstract namespace */
+    }
+    (void) sendto(p->notify_fd, msg, strlen(msg), MSG_NOSIGNAL,
+                  (struct sockaddr *) &un, len);
+}
+
+
+static void
+notify_open(struct fdp_pool *p)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+
+    if (path == NULL || (path[0] != '/' && path[0] != '@')
+        || strlen(path) >= sizeof(p->notify_path)) {
+        return;
+    }
+    snprintf(p->notify_path, sizeof(p->notify_path), "%s", path);
+    p->notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    unsetenv("NOTIFY_SOCKET");
 }
 
 
@@ -671,6 +846,14 @@ hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
     w->batch[w->nbatch].id = id;
     w->batch[w->nbatch].listener = c->listener;
     w->batch[w->nbatch].reserved = 0;
+    w->batch[w->nbatch].peerlen = 0;
+    w->inflight[k].peerlen = 0;
+    if (c->proxied && c->peerlen <= sizeof(w->batch[0].peer)) {
+        w->batch[w->nbatch].peerlen = c->peerlen;
+        memcpy(w->batch[w->nbatch].peer, &c->peer, c->peerlen);
+        w->inflight[k].peerlen = c->peerlen;
+        memcpy(w->inflight[k].peer, &c->peer, c->peerlen);
+    }
     w->batchfds[w->nbatch] = c->fd;
     w->nbatch++;
     w->slot.active++;
@@ -749,6 +932,144 @@ dispatch_queue(struct fdp_pool *p)
 
 
 static void
+queue_or_dispatch(struct fdp_pool *p, struct fdp_pending *c)
+{
+    if (p->qlen > 0 || !dispatch_one(p, c)) {
+        if (p->qlen == FDP_QUEUE_MAX) {
+            fdp_close(&c->fd);      /* cannot happen: accept stops first */
+            return;
+        }
+        p->queue[(p->qhead + p->qlen) % FDP_QUEUE_MAX] = *c;
+        p->qlen++;
+        if (p->qlen == FDP_QUEUE_MAX) {
+            set_accepting(p, 0);
+        }
+    }
+}
+
+
+static void
+proxywait_free(struct fdp_pool *p, struct fdp_proxywait *x)
+{
+    if (x->c.fd >= 0) {
+        (void) fdp_loop_del(&p->loop, &x->io);
+        fdp_close(&x->c.fd);
+    }
+    fdp_timer_stop(&p->loop, &x->timer);
+    if (x->prev) {
+        x->prev->next = x->next;
+    } else {
+        p->proxywait = x->next;
+    }
+    if (x->next) {
+        x->next->prev = x->prev;
+    }
+    free(x);
+}
+
+
+static void
+proxywait_timeout(struct fdp_loop *loop, struct fdp_timer *t)
+{
+    struct fdp_proxywait *x = t->data;
+
+    (void) loop;
+    fdp_log(FDP_LOG_DEBUG, 0, "no PROXY header within %d ms; closed",
+            PROXY_TIMEOUT_MS);
+    proxywait_free(x->pool, x);
+}
+
+
+/*
+ * Bytes on a connection of a `proxy` listener: peek, parse, consume
+ * exactly the header, and dispatch with the client's address. A bad
+ * header closes the connection.
+ */
+static void
+proxywait_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
+{
+    struct fdp_proxywait *x = io->data;
+    struct fdp_pool *p = x->pool;
+    uint8_t buf[FDP_PROXY_MAX];
+    struct sockaddr_storage src;
+    socklen_t slen;
+    ssize_t n;
+    int r;
+
+    (void) loop;
+    (void) ev;
+    do {
+        n = recv(x->c.fd, buf, sizeof(buf), MSG_PEEK);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        return;
+    }
+    r = n > 0 ? fdp_proxy_parse(buf, (size_t) n, &src, &slen) : -1;
+    if (r == 0 && (size_t) n < sizeof(buf)) {
+        return;                     /* wait for the rest */
+    }
+    if (r <= 0 || recv(x->c.fd, buf, (size_t) r, 0) != r) {
+        fdp_log(FDP_LOG_DEBUG, 0, "bad or missing PROXY header on %s; closed",
+                p->listeners[x->c.listener].bound);
+        proxywait_free(p, x);
+        return;
+    }
+    if (slen > 0) {
+        memcpy(&x->c.peer, &src, slen);
+        x->c.peerlen = slen;
+        x->c.proxied = 1;
+    }
+    (void) fdp_loop_del(&p->loop, &x->io);
+    {
+        struct fdp_pending c = x->c;
+
+        x->c.fd = -1;
+        proxywait_free(p, x);
+        queue_or_dispatch(p, &c);
+    }
+    flush_batches(p);
+}
+
+
+static void
+proxywait_start(struct fdp_pool *p, struct fdp_pending *c)
+{
+    struct fdp_proxywait *x = calloc(1, sizeof(*x));
+
+    if (x == NULL) {
+        fdp_close(&c->fd);
+        return;
+    }
+    x->c = *c;
+    x->pool = p;
+    x->io.fd = c->fd;
+    x->io.cb = proxywait_io;
+    x->io.data = x;
+    fdp_timer_init(&x->timer, proxywait_timeout, x);
+    if (fdp_loop_add(&p->loop, &x->io, EPOLLIN | EPOLLRDHUP) < 0) {
+        fdp_close(&x->c.fd);
+        free(x);
+        return;
+    }
+    (void) fdp_timer_start(&p->loop, &x->timer, PROXY_TIMEOUT_MS);
+    x->next = p->proxywait;
+    if (p->proxywait) {
+        p->proxywait->prev = x;
+    }
+    p->proxywait = x;
+}
+
+
+static void
+close_proxywait(struct fdp_pool *p)
+{
+    while (p->proxywait) {
+        proxywait_free(p, p->proxywait);
+    }
+}
+
+
+static void
 listener_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 {
     struct fdp_listener *l = io->data;
@@ -786,18 +1107,12 @@ listener_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         p->accepted++;
         c.fd = fd;
         c.listener = (uint32_t) (l - p->listeners);
-        if (p->qlen > 0 || !dispatch_one(p, &c)) {
-            if (p->qlen == FDP_QUEUE_MAX) {
-                /* Cannot happen: accepting stops at a full queue. */
-                fdp_close(&c.fd);
-                continue;
-            }
-            p->queue[(p->qhead + p->qlen) % FDP_QUEUE_MAX] = c;
-            p->qlen++;
-            if (p->qlen == FDP_QUEUE_MAX) {
-                set_accepting(p, 0);
-            }
+        c.proxied = 0;
+        if (l->proxy) {
+            proxywait_start(p, &c);
+            continue;
         }
+        queue_or_dispatch(p, &c);
     }
     if (p->qlen > 0) {
         dispatch_queue(p);
@@ -978,6 +1293,9 @@ fdp_pool_reload(struct fdp_pool *p)
     }
     p->generation++;
     fdp_log(FDP_LOG_INFO, 0, "reloading: generation %d", p->generation);
+    p->notified_ready = 0;
+    notify(p, "RELOADING=1\nMONOTONIC_USEC=%llu",
+           (unsigned long long) fdp_now_us());
     for (i = 0; i < p->nworkers; i++) {
         if (p->workers[i].slot.pid > 0) {
             replace_worker(p, i, "reload");
@@ -1038,10 +1356,16 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     }
     memset(&c, 0, sizeof(c));
     c.listener = k->listener;
-    c.peerlen = sizeof(c.peer);
-    if (getpeername(k->fd, (struct sockaddr *) &c.peer, &c.peerlen) < 0) {
-        parked_free(p, k);
-        return;
+    if (k->peerlen > 0) {
+        memcpy(&c.peer, k->peer, k->peerlen);
+        c.peerlen = k->peerlen;
+        c.proxied = 1;
+    } else {
+        c.peerlen = sizeof(c.peer);
+        if (getpeername(k->fd, (struct sockaddr *) &c.peer, &c.peerlen) < 0) {
+            parked_free(p, k);
+            return;
+        }
     }
     (void) fdp_loop_del(&p->loop, &k->io);
     c.fd = k->fd;
@@ -1081,7 +1405,8 @@ on_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
     struct fdp_parked *pk;
     struct stat st;
     int fd = m->fds[0];
-    uint32_t pk_listener;
+    uint32_t pk_listener, pk_peerlen;
+    unsigned char pk_peer[28];
 
     m->fds[0] = -1;
     m->nfds = 0;
@@ -1094,6 +1419,8 @@ on_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
         return;
     }
     pk_listener = w->inflight[k].listener;
+    pk_peerlen = w->inflight[k].peerlen;
+    memcpy(pk_peer, w->inflight[k].peer, sizeof(pk_peer));
     w->inflight[k].id = 0;
     w->freeidx[w->nfree++] = k;
     w->slot.active--;
@@ -1113,6 +1440,8 @@ on_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
     pk->fd = fd;
     pk->pool = p;
     pk->listener = pk_listener;
+    pk->peerlen = pk_peerlen;
+    memcpy(pk->peer, pk_peer, sizeof(pk->peer));
     pk->io.fd = fd;
     pk->io.cb = parked_io;
     pk->io.data = pk;
@@ -1231,6 +1560,18 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             }
             w->slot.state = FDP_W_RUNNING;
             p->ever_ready = 1;
+            if (!p->notified_ready) {
+                int i, up = 0;
+
+                for (i = 0; i < p->nworkers; i++) {
+                    up += p->workers[i].slot.state == FDP_W_RUNNING;
+                }
+                if (up == p->nworkers) {
+                    p->notified_ready = 1;
+                    notify(p, "READY=1\nSTATUS=%d workers ready, "
+                           "generation %d", up, p->generation);
+                }
+            }
             fdp_log(FDP_LOG_DEBUG, 0, "worker %d ready", w->slot.id);
             if (p->stopping == 1) {
                 break;
@@ -1595,6 +1936,7 @@ fdp_pool_start(struct fdp_pool *p)
         return -1;
     }
     p->owner = getpid();
+    notify_open(p);
     r = fdp_loop_init(&p->loop);
     if (r < 0) {
         snprintf(p->error, sizeof(p->error), "epoll_create1() failed (%s)",
@@ -1691,6 +2033,8 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
     p->stopping = graceful ? 2 : 1;
     close_listeners(p);
     close_parked(p);
+    close_proxywait(p);
+    notify(p, "STOPPING=1");
     p->accepting = 0;
     if (!graceful) {
         while (p->qlen > 0) {
@@ -1733,6 +2077,7 @@ pool_finish(struct fdp_pool *p)
     p->running = 0;
     fdp_timer_stop(&p->loop, &p->tick);
     close_parked(p);
+    close_proxywait(p);
     for (i = 0; i < FDP_MAX_WORKERS; i++) {
         worker_drop_channel(p, &p->workers[i]);
     }

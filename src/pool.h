@@ -28,6 +28,8 @@ struct fdp_policy;
 
 struct fdp_listener {
     int fd;
+    int proxy;                      /* expects a PROXY protocol header */
+    int reuseport;
     char addr[FDP_ADDR_MAX];        /* as given to --listen */
     char bound[FDP_ADDR_MAX];       /* with the real port */
     char *unix_path;                /* to unlink at stop, owner only */
@@ -39,6 +41,7 @@ struct fdp_listener {
 struct fdp_pending {
     int fd;
     uint32_t listener;
+    int proxied;                    /* peer came from a PROXY header */
     socklen_t peerlen;
     struct sockaddr_storage peer;
 };
@@ -50,6 +53,8 @@ struct fdp_inflight {
     uint64_t ino;                   /* the socket's identity, for PARK */
     uint64_t dev;
     uint32_t listener;
+    uint32_t peerlen;               /* a PROXY header's client, or 0 */
+    unsigned char peer[28];
     int escalated;                  /* 0, 1 SIGUSR2 sent, 2 SIGTERM sent */
 };
 
@@ -73,6 +78,7 @@ struct fdp_worker {
 
 struct fdp_control;
 struct fdp_parked;
+struct fdp_proxywait;
 
 struct fdp_pool {
     /* Configuration, set before start. Strings are owned by the pool. */
@@ -122,6 +128,10 @@ struct fdp_pool {
     int qhead;
     int qlen;
 
+    struct fdp_proxywait *proxywait;  /* reading PROXY headers */
+    int notify_fd;                  /* systemd NOTIFY_SOCKET, or -1 */
+    char notify_path[108];
+    int notified_ready;
     struct fdp_parked *parked;      /* idle connections the master holds */
     int nparked;
     uint64_t conn_seq;
@@ -140,6 +150,8 @@ struct fdp_pool {
 struct fdp_pool *fdp_pool_new(void);
 void fdp_pool_free(struct fdp_pool *p);
 int fdp_pool_add_listen(struct fdp_pool *p, const char *addr);
+int fdp_pool_add_fd(struct fdp_pool *p, int fd, const char *name);
+int fdp_pool_systemd_fds(struct fdp_pool *p);
 int fdp_pool_start(struct fdp_pool *p);
 int fdp_pool_step(struct fdp_pool *p, int timeout_ms);
 void fdp_pool_stop(struct fdp_pool *p, int graceful);

@@ -505,8 +505,9 @@ drop_privileges(struct fdp_pool *p, char *err, size_t errlen)
 
 
 static void
-start_task(struct fdp_wctx *w, int fd, uint64_t id)
+start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
 {
+    uint64_t id = e->id;
     struct fdp_task *t = calloc(1, sizeof(*t));
     lua_State *co;
 
@@ -536,6 +537,9 @@ start_task(struct fdp_wctx *w, int fd, uint64_t id)
 
     lua_rawgeti(co, LUA_REGISTRYINDEX, w->handler_ref);
     t->conn = fdp_conn_new(co, fd, w);
+    if (e->peerlen > 0 && e->peerlen <= sizeof(e->peer)) {
+        fdp_conn_set_peer(t->conn, e->peer, e->peerlen);
+    }
     task_resume(t, 1);
 }
 
@@ -590,7 +594,7 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
                 int fd = m.fds[i];
 
                 m.fds[i] = -1;
-                start_task(w, fd, m.u.conn[i].id);
+                start_task(w, fd, &m.u.conn[i]);
             }
             break;
         case FDP_MSG_STOP:

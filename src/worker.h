@@ -69,6 +69,8 @@ struct fdp_conn {
     size_t rstart, rend, rcap;
     uint64_t bytes_in;
     uint64_t bytes_out;
+    uint32_t peerlen;           /* > 0: the client from a PROXY header */
+    unsigned char peer[28];
 };
 
 /* worker.c */
@@ -83,6 +85,7 @@ int fdp_conn_park(lua_State *L, struct fdp_conn *c, uint32_t idle_ms);
 /* lconn.c */
 void fdp_conn_open_meta(lua_State *L);
 struct fdp_conn *fdp_conn_new(lua_State *L, int fd, struct fdp_wctx *w);
+void fdp_conn_set_peer(struct fdp_conn *c, const void *peer, uint32_t len);
 void fdp_conn_close(struct fdp_conn *c);
 void fdp_conn_peer(struct fdp_conn *c, char *out, size_t n);
 

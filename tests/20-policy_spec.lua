@@ -355,11 +355,9 @@ describe("dispatch policies", function()
   end)
 
   describe("the rate-limited policy error log", function()
-    -- BUG (src/policy.c, log_policy_error): errors after the first in a
-    -- second are only counted, and the count is reported with the next
-    -- logged error; when the errors stop, it never is (the tick in pool.c
-    -- flushes only its own fallback counter). The log then shows one
-    -- failure where there were twelve.
+    -- Regression: errors after the first in a second were only counted,
+    -- and the count reported with the next logged error; when the errors
+    -- stopped it never was, and the log showed one failure for twelve.
     it("eventually accounts for every error it did not show", function()
       local p = H.start_pool{ script = WHOAMI, workers = 2, policy = FIX .. "policy_raises.lua" }
       finally(function() p:stop() end)
@@ -446,7 +444,8 @@ describe("dispatch policies", function()
       assert.is_true(ok, out)
       assert.equals(0, rc)
       ok, rc, out = H.run(H.POOL .. " check " .. WHOAMI .. " --policy " .. FIX .. "policy_syntax_error.lua")
-      assert.equals(1, rc)
+      assert.is_false(ok)
+      assert.equals(2, rc)   -- a bad --policy value, as for `pool run`
       assert.matches("^pool: [^\n]*policy_syntax_error%.lua:4:", out)
     end)
   end)
