@@ -1040,8 +1040,19 @@ l_pool(lua_State *L)
     }
     lua_pop(L, 1);
 
+    /* Sockets passed by systemd (LISTEN_FDS for this pid) come first;
+     * with them, no default address is added. */
+    if (fdp_pool_systemd_fds(p) < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, p->error);
+        return 2;
+    }
     t = lua_getfield(L, 1, "listen");
-    if (t == LUA_TNIL) {
+    if (t == LUA_TNIL && p->nlisten > 0) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        t = LUA_TTABLE;
+    } else if (t == LUA_TNIL) {
         lua_pop(L, 1);
         lua_pushliteral(L, "127.0.0.1:8080");
         t = LUA_TSTRING;

@@ -613,10 +613,8 @@ describe("processes", function()
     no_unexpected_errors(p)
   end)
 
-  -- BUG: pool.c:1456 fdp_pool_start warns "running as root: workers run
-  -- as root" whenever geteuid() == 0, also with --user (DESIGN: "started
-  -- as root without --user"). The check should include p->user_name == NULL.
-  it("BUG: --user does not claim that workers run as root", function()
+  -- Started as root with --user, the pool must not say workers run as root.
+  it("--user does not claim that workers run as root", function()
     local p = H.start_pool{ script = TIMEOUT_FIX, workers = 1, extra = { "--user", "nobody" } }
     finally(function() p:stop() end)
     assert.falsy(p:log():find("workers run as root", 1, true), p:log())
@@ -707,7 +705,7 @@ describe("the control socket", function()
   -- control_accept closes every further client at once ("busy: the
   -- client retries") but the client, control.c fdp_control_request, never
   -- retries: `pool status` / `pool stop` fail with "Connection reset by
-  -- peer" although the idle clients are cut off 2 s later.
+  -- peer" or "Broken pipe" although the idle clients go 2 s later.
   it("BUG: status still answers while 8 idle clients hold every control slot", function()
     local p = H.start_pool{ script = TIMEOUT_FIX, workers = 1 }
     finally(function() p:stop() end)
@@ -769,7 +767,7 @@ describe("resources", function()
 
   -- BUG: on EMFILE, pool.c listener_io pauses accepting
   -- (set_accepting(p, 0)) and then calls dispatch_queue(), whose last
-  -- lines (pool.c:722-725: "!p->accepting && p->qlen < FDP_QUEUE_MAX / 2")
+  -- lines ("!p->accepting && p->qlen < FDP_QUEUE_MAX / 2")
   -- switch accepting back on at once; worker_io's dispatch_queue does the
   -- same. The listener stays readable, so the master spins on accept4()
   -- and logs an error line per failure (about 200,000 lines and 0.9 s of

@@ -23,7 +23,12 @@ Options for run:
                        listen = {...}, handler = "app.lua", args = {...});
                        flags given on the command line win
   --listen ADDR        HOST:PORT, [IPV6]:PORT or unix:PATH; repeatable;
-                       port 0 picks a free port (default 127.0.0.1:8080)
+                       port 0 picks a free port (default 127.0.0.1:8080,
+                       or the sockets systemd passes: LISTEN_FDS);
+                       options: ADDR,reuseport (SO_REUSEPORT: several
+                       pools share the port), ADDR,proxy (expect a PROXY
+                       protocol v1/v2 header: conn:getpeername() is the
+                       client behind HAProxy/nginx)
   --workers N          worker processes (default: online CPUs)
   --concurrency N      connections per worker at once (default 1024;
                        1 = strict prefork, one connection per worker)
@@ -216,7 +221,8 @@ local function build_config(opts, pos, cmd)
     local pok, perr = fdpool.check_policy(cfg.policy)
     if not pok then return nil, 2, perr end
   end
-  cfg.listen = opts["--listen"] or cfg.listen or { "127.0.0.1:8080" }
+  -- No address at all: 127.0.0.1:8080, unless systemd passed sockets.
+  cfg.listen = opts["--listen"] or cfg.listen
   if opts["--no-control"] then
     cfg.control = nil
   elseif opts["--control"] then
