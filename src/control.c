@@ -17,13 +17,17 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 #define CTL_CLIENTS     8
-#define CTL_LINE_MAX    128
+#define CTL_LINE_MAX    1024    /* a --metrics request head */
+#define CTL_CMD_MAX     128     /* a control command line */
 #define CTL_TIMEOUT_MS  2000
 
 struct ctl_client {
     int fd;
+    int http;                   /* a --metrics client, not a control one */
     struct fdp_io io;
     struct fdp_timer timer;
     struct fdp_control *ctl;
@@ -36,6 +40,8 @@ struct ctl_client {
 struct fdp_control {
     int fd;
     struct fdp_io io;
+    int mfd;                    /* --metrics listener, or -1 */
+    struct fdp_io mio;
     struct fdp_pool *pool;
     char path[108];
     struct ctl_client clients[CTL_CLIENTS];
@@ -80,6 +86,7 @@ run_command(struct ctl_client *c, const char *line, size_t n)
     switch (cmd) {
     case FDP_CTL_STATUS:
     case FDP_CTL_STATUS_JSON:
+    case FDP_CTL_STATUS_METRICS:
         fdp_pool_status_info(p, &info, listen);
         slots = calloc((size_t) p->nworkers, sizeof(*slots));
         if (slots == NULL) {
@@ -91,6 +98,8 @@ run_command(struct ctl_client *c, const char *line, size_t n)
         }
         if (cmd == FDP_CTL_STATUS_JSON) {
             fdp_status_json(&c->out, &info, slots, p->nworkers);
+        } else if (cmd == FDP_CTL_STATUS_METRICS) {
+            fdp_status_openmetrics(&c->out, &info, slots, p->nworkers);
         } else {
             fdp_status_table(&c->out, &info, slots, p->nworkers);
         }
@@ -127,10 +136,64 @@ run_command(struct ctl_client *c, const char *line, size_t n)
         break;
     default:
         fdp_buf_printf(&c->out, "ERR unknown command (expected status, "
-                       "status json, stop, stop graceful, reload, "
-                       "scale N, ping)\n");
+                       "status json, status openmetrics, stop, "
+                       "stop graceful, reload, scale N, ping)\n");
         break;
     }
+}
+
+
+/* GET /metrics (OpenMetrics) and GET /healthz (200 while workers run,
+ * else 503), HTTP/1.x, one request per connection. */
+static void
+run_http(struct ctl_client *c)
+{
+    struct fdp_pool *p = c->ctl->pool;
+    struct fdp_status_info info;
+    const char *listen[FDP_MAX_LISTEN];
+    struct fdp_buf body;
+    const char *status = "200 OK", *type = "text/plain; charset=utf-8";
+    int i, up = 0;
+
+    memset(&body, 0, sizeof(body));
+    if (strncmp(c->in, "GET /metrics ", 13) == 0
+        || strncmp(c->in, "GET /metrics?", 13) == 0) {
+        struct fdp_slot *slots = calloc((size_t) p->nworkers, sizeof(*slots));
+
+        if (slots == NULL) {
+            c->out.oom = 1;
+            return;
+        }
+        for (i = 0; i < p->nworkers; i++) {
+            slots[i] = p->workers[i].slot;
+        }
+        fdp_pool_status_info(p, &info, listen);
+        fdp_status_openmetrics(&body, &info, slots, p->nworkers);
+        free(slots);
+        type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    } else if (strncmp(c->in, "GET /healthz ", 13) == 0) {
+        for (i = 0; i < p->nworkers; i++) {
+            up += p->workers[i].slot.state == FDP_W_RUNNING;
+        }
+        if (up > 0 && !p->stopping) {
+            fdp_buf_printf(&body, "ok %d/%d workers\n", up, p->nworkers);
+        } else {
+            status = "503 Service Unavailable";
+            fdp_buf_printf(&body, "unavailable %d/%d workers%s\n", up,
+                           p->nworkers, p->stopping ? ", stopping" : "");
+        }
+    } else {
+        status = "404 Not Found";
+        fdp_buf_printf(&body, "try /metrics or /healthz\n");
+    }
+    fdp_buf_printf(&c->out, "HTTP/1.1 %s\r\nContent-Type: %s\r\n"
+                   "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                   status, type, body.len);
+    if (body.len) {
+        fdp_buf_printf(&c->out, "%.*s", (int) body.len, body.data);
+    }
+    c->out.oom |= body.oom;
+    fdp_buf_free(&body);
 }
 
 
@@ -154,11 +217,31 @@ client_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         }
         c->nin += (size_t) n;
         c->in[c->nin] = '\0';
+        if (c->http) {
+            if (strstr(c->in, "\r\n\r\n") == NULL
+                && strstr(c->in, "\n\n") == NULL) {
+                if (c->nin == sizeof(c->in) - 1) {
+                    client_close(c);
+                }
+                return;
+            }
+            run_http(c);
+            if (c->out.oom) {
+                client_close(c);
+                return;
+            }
+            (void) fdp_loop_mod(&c->ctl->pool->loop, &c->io, EPOLLOUT);
+            return;
+        }
         nl = memchr(c->in, '\n', c->nin);
         if (nl == NULL) {
-            if (c->nin == sizeof(c->in) - 1) {
+            if (c->nin >= CTL_CMD_MAX) {
                 client_close(c);    /* too long: not one of ours */
             }
+            return;
+        }
+        if (nl - c->in >= CTL_CMD_MAX) {
+            client_close(c);
             return;
         }
         run_command(c, c->in, (size_t) (nl - c->in));
@@ -190,6 +273,7 @@ static void
 control_accept(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 {
     struct fdp_control *ctl = io->data;
+    int http = io == &ctl->mio;
     struct ucred cred;
     socklen_t len = sizeof(cred);
     int fd, i;
@@ -198,12 +282,12 @@ control_accept(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     for (;;) {
         struct ctl_client *c = NULL;
 
-        fd = accept4(ctl->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        fd = accept4(io->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (fd < 0) {
             return;
         }
-        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0
-            || (cred.uid != geteuid() && cred.uid != 0)) {
+        if (!http && (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0
+                      || (cred.uid != geteuid() && cred.uid != 0))) {
             fdp_log(FDP_LOG_WARN, 0, "control socket: refused uid %ld",
                     (long) cred.uid);
             fdp_close(&fd);
@@ -221,6 +305,7 @@ control_accept(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         }
         memset(c, 0, sizeof(*c));
         c->fd = fd;
+        c->http = http;
         c->ctl = ctl;
         c->io.fd = fd;
         c->io.cb = client_io;
@@ -241,6 +326,58 @@ control_accept(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
  * alone (error), the socket itself 0600 from its creation (umask around
  * bind). Returns 0 or -1 with err set.
  */
+/*
+ * The --metrics listener: a TCP (or unix) socket answering GET /metrics
+ * and GET /healthz. No uid check is possible on TCP: bind it to loopback
+ * or a private network. Returns 0 or -1 with err set.
+ */
+static int
+open_metrics(struct fdp_control *ctl, struct fdp_pool *p, char *err,
+             size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int one = 1;
+
+    if (fdp_parse_addr(p->metrics_addr, &ss, &len, err, errlen) < 0) {
+        return -1;
+    }
+    ctl->mfd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                      0);
+    if (ctl->mfd < 0) {
+        snprintf(err, errlen, "metrics: socket() failed (%s)", strerror(errno));
+        return -1;
+    }
+    (void) setsockopt(ctl->mfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(ctl->mfd, (struct sockaddr *) &ss, len) < 0
+        || listen(ctl->mfd, 64) < 0) {
+        snprintf(err, errlen, "cannot listen on %s for metrics: %s",
+                 p->metrics_addr, strerror(errno));
+        fdp_close(&ctl->mfd);
+        return -1;
+    }
+    len = sizeof(ss);
+    if (getsockname(ctl->mfd, (struct sockaddr *) &ss, &len) == 0
+        && ss.ss_family == AF_INET) {
+        fdp_log(FDP_LOG_INFO, 0, "metrics on http://127.0.0.1:%u/metrics "
+                "(and /healthz)", ntohs(((struct sockaddr_in *) &ss)->sin_port));
+    } else {
+        fdp_log(FDP_LOG_INFO, 0, "metrics on %s (/metrics, /healthz)",
+                p->metrics_addr);
+    }
+    ctl->mio.fd = ctl->mfd;
+    ctl->mio.cb = control_accept;
+    ctl->mio.data = ctl;
+    if (fdp_loop_add(&p->loop, &ctl->mio, EPOLLIN) < 0) {
+        snprintf(err, errlen, "metrics: epoll_ctl() failed (%s)",
+                 strerror(errno));
+        fdp_close(&ctl->mfd);
+        return -1;
+    }
+    return 0;
+}
+
+
 int
 fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
 {
@@ -250,7 +387,7 @@ fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
     mode_t old;
     int r, i;
 
-    if (strlen(p->control_path) >= sizeof(un.sun_path)) {
+    if (p->control_path && strlen(p->control_path) >= sizeof(un.sun_path)) {
         snprintf(err, errlen, "control socket path too long: %s",
                  p->control_path);
         return -1;
@@ -261,10 +398,18 @@ fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
         return -1;
     }
     ctl->fd = -1;
+    ctl->mfd = -1;
     ctl->pool = p;
     for (i = 0; i < CTL_CLIENTS; i++) {
         ctl->clients[i].fd = -1;
         ctl->clients[i].ctl = ctl;
+    }
+    if (p->metrics_addr && open_metrics(ctl, p, err, errlen) < 0) {
+        goto fail;
+    }
+    if (p->control_path == NULL) {
+        p->control = ctl;
+        return 0;
     }
     snprintf(ctl->path, sizeof(ctl->path), "%s", p->control_path);
     snprintf(dir, sizeof(dir), "%s", ctl->path);
@@ -314,6 +459,10 @@ fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
     return 0;
 
 fail:
+    if (ctl->mfd >= 0) {
+        (void) fdp_loop_del(&p->loop, &ctl->mio);
+        fdp_close(&ctl->mfd);
+    }
     fdp_close(&ctl->fd);
     free(ctl);
     return -1;
@@ -342,8 +491,12 @@ fdp_control_close(struct fdp_pool *p, int unlink_path)
     if (ctl->fd >= 0 && p->loop.epfd >= 0 && getpid() == p->owner) {
         (void) fdp_loop_del(&p->loop, &ctl->io);
     }
+    if (ctl->mfd >= 0 && p->loop.epfd >= 0 && getpid() == p->owner) {
+        (void) fdp_loop_del(&p->loop, &ctl->mio);
+    }
     fdp_close(&ctl->fd);
-    if (unlink_path && getpid() == p->owner) {
+    fdp_close(&ctl->mfd);
+    if (unlink_path && ctl->path[0] && getpid() == p->owner) {
         (void) unlink(ctl->path);
     }
     free(ctl);

@@ -15,7 +15,8 @@ enum fdp_ctl_cmd {
     FDP_CTL_STOP_GRACEFUL,
     FDP_CTL_RELOAD,
     FDP_CTL_SCALE,
-    FDP_CTL_PING
+    FDP_CTL_PING,
+    FDP_CTL_STATUS_METRICS
 };
 
 int fdp_ctl_parse(const char *line, size_t n, long *arg);

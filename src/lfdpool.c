@@ -864,7 +864,7 @@ check_keys(lua_State *L)
     static const char *const known[] = {
         "handler", "args", "listen", "workers", "concurrency", "policy",
         "control", "grace", "log_level", "timeout", "max_requests", "user",
-        "io_timeout",
+        "io_timeout", "metrics",
         NULL
     };
 
@@ -1029,6 +1029,10 @@ l_pool(lua_State *L)
                           "function expected)");
     }
 
+    if (lua_getfield(L, 1, "metrics") != LUA_TNIL) {
+        p->metrics_addr = xstrdup(L, luaL_checkstring(L, -1));
+    }
+    lua_pop(L, 1);
     t = lua_getfield(L, 1, "control");
     if (t == LUA_TSTRING) {
         p->control_path = xstrdup(L, lua_tostring(L, -1));

@@ -139,6 +139,7 @@ fdp_pool_free(struct fdp_pool *p)
     free(p->script);
     free(p->policy_name);
     free(p->control_path);
+    free(p->metrics_addr);
     free(p->workers);
     free(p->queue);
     free(p);
@@ -833,6 +834,16 @@ hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
 
     w->inflight[k].id = id;
     w->inflight[k].since_us = fdp_now_us();
+    if (c->since_us) {
+        double lat = (double) (w->inflight[k].since_us - c->since_us) / 1e6;
+        int b;
+
+        for (b = 0; b < FDP_LAT_BUCKETS - 1 && lat > fdp_lat_bounds[b]; b++) {
+        }
+        p->lat_counts[b]++;
+        p->lat_sum += lat;
+        p->lat_count++;
+    }
     w->inflight[k].escalated = 0;
     w->inflight[k].listener = c->listener;
     {
@@ -1108,6 +1119,7 @@ listener_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         c.fd = fd;
         c.listener = (uint32_t) (l - p->listeners);
         c.proxied = 0;
+        c.since_us = fdp_now_us();
         if (l->proxy) {
             proxywait_start(p, &c);
             continue;
@@ -1356,6 +1368,7 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     }
     memset(&c, 0, sizeof(c));
     c.listener = k->listener;
+    c.since_us = fdp_now_us();
     if (k->peerlen > 0) {
         memcpy(&c.peer, k->peer, k->peerlen);
         c.peerlen = k->peerlen;
@@ -1950,7 +1963,7 @@ fdp_pool_start(struct fdp_pool *p)
         && fdp_control_default_path(p, p->error, sizeof(p->error)) < 0) {
         goto fail;
     }
-    if (p->control_path
+    if ((p->control_path || p->metrics_addr)
         && fdp_control_open(p, p->error, sizeof(p->error)) < 0) {
         goto fail;
     }
@@ -2141,4 +2154,8 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
     info->parked = (uint64_t) p->nparked;
     info->fallbacks = p->fallbacks;
     info->started = p->started_at;
+    info->generation = p->generation;
+    info->lat_counts = p->lat_counts;
+    info->lat_sum = p->lat_sum;
+    info->lat_count = p->lat_count;
 }

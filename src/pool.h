@@ -40,6 +40,7 @@ struct fdp_listener {
 /* A connection accepted and not yet handed to a worker. */
 struct fdp_pending {
     int fd;
+    uint64_t since_us;              /* accepted (or woke from parking) */
     uint32_t listener;
     int proxied;                    /* peer came from a PROXY header */
     socklen_t peerlen;
@@ -134,6 +135,10 @@ struct fdp_pool {
     int notified_ready;
     struct fdp_parked *parked;      /* idle connections the master holds */
     int nparked;
+    uint64_t lat_counts[FDP_LAT_BUCKETS];
+    double lat_sum;
+    uint64_t lat_count;
+    char *metrics_addr;             /* --metrics ADDR, or NULL */
     uint64_t conn_seq;
     uint64_t accepted;
     uint64_t fallbacks;

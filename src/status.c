@@ -278,3 +278,100 @@ fdp_status_table(struct fdp_buf *b, const struct fdp_status_info *info,
         fdp_buf_printf(b, "\n");
     }
 }
+
+
+const double fdp_lat_bounds[FDP_LAT_BUCKETS] = {
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.1, 1.0, -1.0
+};
+
+
+static void
+om_family(struct fdp_buf *b, const char *name, const char *type,
+          const char *help)
+{
+    fdp_buf_printf(b, "# TYPE %s %s\n# HELP %s %s\n", name, type, name, help);
+}
+
+
+/* The OpenMetrics text exposition (Prometheus scrapes it), ending with
+ * "# EOF". Counters are "_total" samples of their family. */
+void
+fdp_status_openmetrics(struct fdp_buf *b, const struct fdp_status_info *info,
+                       const struct fdp_slot *slots, int n)
+{
+    static const char *const states[] = { "starting", "free", "busy",
+                                          "exiting", NULL };
+    uint64_t cum = 0;
+    int i, k;
+
+    om_family(b, "fdpool_accepted", "counter", "Connections accepted.");
+    fdp_buf_printf(b, "fdpool_accepted_total %llu\n",
+                   (unsigned long long) info->accepted);
+    om_family(b, "fdpool_queued", "gauge", "Connections waiting for a "
+              "worker in the master.");
+    fdp_buf_printf(b, "fdpool_queued %llu\n", (unsigned long long) info->queued);
+    om_family(b, "fdpool_parked", "gauge", "Idle keep-alive connections "
+              "held by the master.");
+    fdp_buf_printf(b, "fdpool_parked %llu\n", (unsigned long long) info->parked);
+    om_family(b, "fdpool_policy_fallbacks", "counter", "Dispatch choices "
+              "the policy failed and first_free made.");
+    fdp_buf_printf(b, "fdpool_policy_fallbacks_total %llu\n",
+                   (unsigned long long) info->fallbacks);
+    om_family(b, "fdpool_generation", "gauge", "Worker generation (reloads "
+              "+ 1).");
+    fdp_buf_printf(b, "fdpool_generation %d\n", info->generation);
+    om_family(b, "fdpool_workers", "gauge", "Worker slots.");
+    fdp_buf_printf(b, "fdpool_workers %d\n", n);
+
+    om_family(b, "fdpool_worker_state", "stateset", "Each worker's state.");
+    for (i = 0; i < n; i++) {
+        const char *st = fdp_slot_state(&slots[i]);
+
+        for (k = 0; states[k]; k++) {
+            fdp_buf_printf(b, "fdpool_worker_state{worker=\"%d\","
+                           "fdpool_worker_state=\"%s\"} %d\n", slots[i].id,
+                           states[k], strcmp(st, states[k]) == 0);
+        }
+    }
+#define PER_WORKER(name, type, help, fmt, field)                            \
+    om_family(b, "fdpool_worker_" name, type, help);                         \
+    for (i = 0; i < n; i++) {                                               \
+        fdp_buf_printf(b, "fdpool_worker_" name "%s{worker=\"%d\"} " fmt    \
+                       "\n", strcmp(type, "counter") == 0 ? "_total" : "",   \
+                       slots[i].id, field);                                 \
+    }
+    PER_WORKER("active", "gauge", "Connections the worker has now.", "%d",
+               slots[i].active)
+    PER_WORKER("capacity", "gauge", "Connections the worker may have.", "%d",
+               slots[i].capacity)
+    PER_WORKER("pid", "gauge", "The worker's process id.", "%ld",
+               (long) slots[i].pid)
+    PER_WORKER("served", "counter", "Connections the worker finished.",
+               "%llu", (unsigned long long) slots[i].served)
+    PER_WORKER("bytes_in", "counter", "Bytes received from clients.",
+               "%llu", (unsigned long long) slots[i].bytes_in)
+    PER_WORKER("bytes_out", "counter", "Bytes sent to clients.", "%llu",
+               (unsigned long long) slots[i].bytes_out)
+    PER_WORKER("restarts", "counter", "Times the worker was replaced after "
+               "it died.", "%u", slots[i].restarts)
+#undef PER_WORKER
+
+    om_family(b, "fdpool_dispatch_latency_seconds", "histogram", "From "
+              "accept (or a parked connection's next bytes) to the hand-off "
+              "to a worker.");
+    for (k = 0; k < FDP_LAT_BUCKETS && info->lat_counts; k++) {
+        cum += info->lat_counts[k];
+        if (fdp_lat_bounds[k] < 0) {
+            fdp_buf_printf(b, "fdpool_dispatch_latency_seconds_bucket"
+                           "{le=\"+Inf\"} %llu\n", (unsigned long long) cum);
+        } else {
+            fdp_buf_printf(b, "fdpool_dispatch_latency_seconds_bucket"
+                           "{le=\"%g\"} %llu\n", fdp_lat_bounds[k],
+                           (unsigned long long) cum);
+        }
+    }
+    fdp_buf_printf(b, "fdpool_dispatch_latency_seconds_sum %.6f\n"
+                   "fdpool_dispatch_latency_seconds_count %llu\n",
+                   info->lat_sum, (unsigned long long) info->lat_count);
+    fdp_buf_printf(b, "# EOF\n");
+}

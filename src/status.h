@@ -63,7 +63,16 @@ struct fdp_status_info {
     uint64_t parked;
     uint64_t fallbacks;
     double started;
+    int generation;
+    /* Dispatch latency (accept, or bytes on a parked connection, to the
+     * hand-off), as a histogram over FDP_LAT_BUCKETS upper bounds. */
+    const uint64_t *lat_counts;     /* per bucket, not cumulative */
+    double lat_sum;                 /* seconds */
+    uint64_t lat_count;
 };
+
+#define FDP_LAT_BUCKETS 10
+extern const double fdp_lat_bounds[FDP_LAT_BUCKETS];   /* last: +Inf */
 
 void fdp_slot_reset(struct fdp_slot *s, int id);
 const char *fdp_slot_state(const struct fdp_slot *s);
@@ -88,5 +97,8 @@ void fdp_status_json(struct fdp_buf *b, const struct fdp_status_info *info,
                      const struct fdp_slot *slots, int n);
 void fdp_status_table(struct fdp_buf *b, const struct fdp_status_info *info,
                       const struct fdp_slot *slots, int n);
+void fdp_status_openmetrics(struct fdp_buf *b,
+                            const struct fdp_status_info *info,
+                            const struct fdp_slot *slots, int n);
 
 #endif

@@ -11,7 +11,8 @@ Usage:
                                              (no SCRIPT: built-in hello)
   pool check SCRIPT [--policy P]             compile and validate, no serving
   pool check --config FILE                   validate a config file and its script
-  pool status [--control PATH] [--json]      show the worker table
+  pool status [--control PATH] [--json] [--format table|json|openmetrics]
+                                             show the worker table
   pool stop [--control PATH] [--graceful]    stop a running pool
   pool reload [--control PATH]               new generation of workers
   pool scale N [--control PATH]              run N workers from now on
@@ -39,6 +40,9 @@ Options for run:
                        /run/fdpool as root, else $XDG_RUNTIME_DIR/fdpool
                        or /tmp/fdpool-UID)
   --no-control         no control socket
+  --metrics ADDR       also serve GET /metrics (OpenMetrics, for
+                       Prometheus) and GET /healthz on ADDR (keep it on
+                       loopback or a private network)
   --grace S            graceful stop limit in seconds (default 30)
   --timeout S          limit for one connection's handler (default: none);
                        past it a waiting handler is cancelled, one that
@@ -317,12 +321,13 @@ local function cmd_status(args)
   if not opts then return die(2, "%s", pos) end
   if #pos > 0 then return die(2, "unexpected argument '%s'", pos[1]) end
   local format = opts["--json"] and "json" or opts["--format"] or "table"
-  if format ~= "json" and format ~= "table" then
-    return die(2, "--format must be table or json (got '%s')", format)
+  local commands = { table = "status", json = "status json", openmetrics = "status openmetrics" }
+  if not commands[format] then
+    return die(2, "--format must be table, json or openmetrics (got '%s')", format)
   end
   local path, err = find_control(opts)
   if not path then return die(1, "%s", err) end
-  local out, rerr = fdpool.control(path, format == "json" and "status json" or "status")
+  local out, rerr = fdpool.control(path, commands[format])
   if not out then return die(1, "%s", rerr) end
   if out:sub(1, 4) == "ERR " then return die(1, "%s", out:sub(5):gsub("\n$", "")) end
   io.stdout:write(out)
