@@ -799,6 +799,17 @@ l_log_file(lua_State *L)
 }
 
 
+/* fdpool.log_format("text" | "json") */
+static int
+l_log_format(lua_State *L)
+{
+    static const char *const fmts[] = { "text", "json", NULL };
+
+    fdp_log_set_json(luaL_checkoption(L, 1, NULL, fmts) == 1);
+    return 0;
+}
+
+
 static int
 l_set_log_level(lua_State *L)
 {
@@ -1511,6 +1522,7 @@ luaopen_fdpool(lua_State *L)
         { "log", l_log },
         { "set_log_level", l_set_log_level },
         { "log_file", l_log_file },
+        { "log_format", l_log_format },
         { NULL, NULL }
     };
     static const luaL_Reg fd_methods[] = {

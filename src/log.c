@@ -12,6 +12,7 @@
 
 static char log_tag[32] = "pool";
 static char log_path[4096];
+static int log_json;
 static int log_level = FDP_LOG_INFO;
 static const char *level_names[] = { "error", "warn", "info", "debug" };
 
@@ -51,6 +52,33 @@ fdp_log_reopen(void)
 {
     if (log_path[0] != '\0') {
         (void) fdp_log_open(log_path);
+    }
+}
+
+
+/* --log-format json: one JSON object per line instead of text. */
+void
+fdp_log_set_json(int on)
+{
+    log_json = on;
+}
+
+
+/* Append s to buf (at *n, capacity cap) as a JSON string body. */
+static void
+json_escape(char *buf, size_t *n, size_t cap, const char *s)
+{
+    for (; *s && *n + 7 < cap; s++) {
+        unsigned char c = (unsigned char) *s;
+
+        if (c == '"' || c == '\\') {
+            buf[(*n)++] = '\\';
+            buf[(*n)++] = (char) c;
+        } else if (c < 0x20) {
+            *n += (size_t) snprintf(buf + *n, cap - *n, "\\u%04x", c);
+        } else {
+            buf[(*n)++] = (char) c;
+        }
     }
 }
 
@@ -106,6 +134,30 @@ fdp_log(int level, int err, const char *fmt, ...)
         if (n >= sizeof(buf) - 1) {
             n = sizeof(buf) - 2;
         }
+    }
+    if (log_json) {
+        char msg[4096], js[8192];
+        size_t k = 0;
+        const char *text = buf;
+        int worker = 0;
+
+        /* Re-render: the message starts after "TAG[PID]: ". */
+        buf[n] = '\0';
+        text = strstr(buf, "]: ");
+        text = text ? text + 3 : buf;
+        snprintf(msg, sizeof(msg), "%s", text);
+        (void) sscanf(log_tag, "worker %d", &worker);
+        k = (size_t) snprintf(js, sizeof(js), "{\"time\": \"%.20s\", "
+                              "\"level\": \"%s\", \"pid\": %ld, "
+                              "\"process\": \"%s\", \"worker\": %d, "
+                              "\"msg\": \"", buf, level_names[level],
+                              (long) getpid(), worker ? "worker" : "master",
+                              worker);
+        json_escape(js, &k, sizeof(js) - 3, msg);
+        js[k++] = '"';
+        js[k++] = '}';
+        memcpy(buf, js, k);
+        n = k;
     }
     buf[n++] = '\n';
     /* One write per line: atomic for pipes up to PIPE_BUF. */

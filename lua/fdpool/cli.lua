@@ -55,6 +55,8 @@ Options for run:
   --user USER[:GROUP]  workers drop to this user (needs root)
   --log FILE           log to FILE instead of stderr (SIGUSR1 reopens)
   --log-level L        error, warn, info (default), debug
+  --log-format F       text (default) or json (one object per line:
+                       time, level, pid, process, worker, msg)
   -- ARGS...           passed to SCRIPT as ... and arg[1..n]
 
 Signals: TERM/INT stop (1 s grace, then kill), QUIT stops gracefully
@@ -122,7 +124,7 @@ end
 local RUN_FLAGS = {
   ["--listen"] = "list", ["--workers"] = "value", ["--concurrency"] = "value",
   ["--policy"] = "value", ["--control"] = "value", ["--no-control"] = "flag",
-  ["--grace"] = "value", ["--log-level"] = "value", ["--timeout"] = "value", ["--io-timeout"] = "value", ["--config"] = "value",
+  ["--grace"] = "value", ["--log-level"] = "value", ["--timeout"] = "value", ["--io-timeout"] = "value", ["--config"] = "value", ["--log-format"] = "value",
   ["--metrics"] = "value",
   ["--max-requests"] = "value", ["--user"] = "value", ["--log"] = "value",
 }
@@ -140,6 +142,7 @@ local CONFIG_KEYS = {
   workers = "number", concurrency = "number", policy = "string",
   control = "any", grace = "number", timeout = "number", io_timeout = "number",
   max_requests = "number", user = "string", log = "string", log_level = "string",
+  log_format = "string",
   metrics = "string",
 }
 
@@ -244,6 +247,14 @@ local function cmd_run(args)
   if not opts then return die(2, "%s", pos) end
   local cfg, code, err = build_config(opts, pos, "run")
   if not cfg then return die(code, "%s", err) end
+  local lf = opts["--log-format"] or cfg.log_format
+  if lf then
+    if lf ~= "text" and lf ~= "json" then
+      return die(2, "--log-format must be text or json (got '%s')", tostring(lf))
+    end
+    fdpool.log_format(lf)
+    cfg.log_format = nil
+  end
   if cfg.log then
     local lok, lerr = fdpool.log_file(cfg.log)
     if not lok then return die(1, "cannot open log file: %s", lerr) end
