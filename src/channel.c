@@ -189,6 +189,12 @@ fdp_msg_check(const struct fdp_msg *m, int from_worker)
         return from_worker && h->count == 1
                && h->len == sizeof(struct fdp_park_entry)
                && m->nfds == 1 ? 0 : -EBADMSG;
+    case FDP_MSG_STATUS_REQ:
+        return from_worker && h->count == 0 && h->len == 4
+               && m->nfds == 0 ? 0 : -EBADMSG;
+    case FDP_MSG_STATUS_RESP:
+        return !from_worker && h->count <= 1 && h->len >= 4
+               && m->nfds == 0 ? 0 : -EBADMSG;
     case FDP_MSG_SET:
         if (!from_worker || h->count != 0 || m->nfds != 0 || h->len < 2) {
             return -EBADMSG;

@@ -26,6 +26,9 @@ enum fdp_msg_type {
     FDP_MSG_DONE,       /* w->m: count x fdp_done_entry */
     FDP_MSG_SET,        /* w->m: "key\0value": a custom status field */
     FDP_MSG_PARK,       /* w->m: 1 x fdp_park_entry + the conn's fd */
+    FDP_MSG_STATUS_REQ, /* w->m: u32 request id: fdpool.status() */
+    FDP_MSG_STATUS_RESP,/* m->w: u32 id + a part of a Lua table
+                           constructor; count 1 = more parts follow */
     FDP_MSG_TYPE_END
 };
 

@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
@@ -39,6 +40,7 @@ struct ctl_client {
 
 struct fdp_control {
     int fd;
+    int paused;                 /* EMFILE: not watching until the tick */
     struct fdp_io io;
     int mfd;                    /* --metrics listener, or -1 */
     struct fdp_io mio;
@@ -284,6 +286,15 @@ control_accept(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 
         fd = accept4(io->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS
+                || errno == ENOMEM) {
+                /* Level-triggered: without a pause this would spin. */
+                (void) fdp_loop_mod(loop, &ctl->io, 0);
+                if (ctl->mfd >= 0) {
+                    (void) fdp_loop_mod(loop, &ctl->mio, 0);
+                }
+                ctl->paused = 1;
+            }
             return;
         }
         if (!http && (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0
@@ -300,7 +311,9 @@ control_accept(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             }
         }
         if (c == NULL) {
-            fdp_close(&fd);     /* busy: the client retries */
+            /* All slots taken: say so; fdp_control_request retries. */
+            (void) send(fd, "ERR busy\n", 9, MSG_NOSIGNAL | MSG_DONTWAIT);
+            fdp_close(&fd);
             continue;
         }
         memset(c, 0, sizeof(*c));
@@ -469,6 +482,25 @@ fail:
 }
 
 
+/* The tick: watch the control sockets again after an EMFILE pause. */
+void
+fdp_control_tick(struct fdp_pool *p)
+{
+    struct fdp_control *ctl = p->control;
+
+    if (ctl == NULL || !ctl->paused) {
+        return;
+    }
+    ctl->paused = 0;
+    if (ctl->fd >= 0) {
+        (void) fdp_loop_mod(&p->loop, &ctl->io, EPOLLIN);
+    }
+    if (ctl->mfd >= 0) {
+        (void) fdp_loop_mod(&p->loop, &ctl->mio, EPOLLIN);
+    }
+}
+
+
 /* Close the control socket and its clients; unlink the path only in the
  * process that created it, when asked. */
 void
@@ -504,13 +536,10 @@ fdp_control_close(struct fdp_pool *p, int unlink_path)
 }
 
 
-/*
- * Client side: send cmd, read the whole answer into out. Returns 0, or
- * -1 with err set (no pool there, permission, timeout).
- */
-int
-fdp_control_request(const char *path, const char *cmd, struct fdp_buf *out,
-                    char *err, size_t errlen)
+/* One attempt; -2 means "try again" (the pool was busy). */
+static int
+control_request_once(const char *path, const char *cmd,
+                     struct fdp_buf *out, char *err, size_t errlen)
 {
     struct sockaddr_un un;
     struct timeval tv = { 5, 0 };
@@ -540,9 +569,11 @@ fdp_control_request(const char *path, const char *cmd, struct fdp_buf *out,
     }
     snprintf(buf, sizeof(buf), "%s\n", cmd);
     if (send(fd, buf, strlen(buf), MSG_NOSIGNAL) < 0) {
-        snprintf(err, errlen, "cannot send to %s (%s)", path, strerror(errno));
+        int e = errno;
+
+        snprintf(err, errlen, "cannot send to %s (%s)", path, strerror(e));
         fdp_close(&fd);
-        return -1;
+        return e == EPIPE || e == ECONNRESET ? -2 : -1;
     }
     for (;;) {
         n = read(fd, buf, sizeof(buf));
@@ -555,17 +586,48 @@ fdp_control_request(const char *path, const char *cmd, struct fdp_buf *out,
         fdp_buf_printf(out, "%.*s", (int) n, buf);
     }
     if (n < 0) {
-        snprintf(err, errlen, "no answer from %s (%s)", path, strerror(errno));
+        int e = errno;
+
+        snprintf(err, errlen, "no answer from %s (%s)", path, strerror(e));
         fdp_close(&fd);
-        return -1;
+        return e == ECONNRESET ? -2 : -1;
     }
     fdp_close(&fd);
     if (out->len == 0) {
         snprintf(err, errlen, "the pool at %s closed the connection without "
                  "an answer (permission?)", path);
-        return -1;
+        return -2;
+    }
+    if (out->len == 9 && memcmp(out->data, "ERR busy\n", 9) == 0) {
+        snprintf(err, errlen, "the pool at %s is busy with other control "
+                 "clients", path);
+        return -2;
     }
     return 0;
+}
+
+
+/*
+ * Client side: send cmd, read the whole answer into out. Retries for 3 s
+ * while the pool is busy with other control clients. Returns 0, or -1
+ * with err set (no pool there, permission, timeout).
+ */
+int
+fdp_control_request(const char *path, const char *cmd, struct fdp_buf *out,
+                    char *err, size_t errlen)
+{
+    uint64_t deadline = fdp_now_ms() + 3000;
+    struct timespec ts = { 0, 50 * 1000 * 1000 };
+    int r;
+
+    for (;;) {
+        out->len = 0;
+        r = control_request_once(path, cmd, out, err, errlen);
+        if (r != -2 || fdp_now_ms() >= deadline) {
+            return r == 0 ? 0 : -1;
+        }
+        nanosleep(&ts, NULL);
+    }
 }
 
 

@@ -936,7 +936,8 @@ dispatch_queue(struct fdp_pool *p)
         p->qlen--;
     }
     flush_batches(p);
-    if (!p->stopping && !p->accepting && p->qlen < FDP_QUEUE_MAX / 2) {
+    if (!p->stopping && !p->accepting && p->qlen < FDP_QUEUE_MAX / 2
+        && fdp_now_ms() >= p->accept_paused_until) {
         set_accepting(p, 1);
     }
 }
@@ -1107,8 +1108,14 @@ listener_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
                 || errno == ENOMEM) {
                 /* Out of descriptors: stop accepting for a tick rather
                  * than spin on a listener that stays readable. */
-                fdp_log(FDP_LOG_ERROR, errno, "accept4() failed on %s; "
-                        "pausing accept", l->bound);
+                uint64_t now = fdp_now_ms();
+
+                if (now - p->emfile_logged_ms >= 1000) {
+                    fdp_log(FDP_LOG_ERROR, errno, "accept4() failed on %s; "
+                            "pausing accept for 100 ms", l->bound);
+                    p->emfile_logged_ms = now;
+                }
+                p->accept_paused_until = now + TICK_MS;
                 set_accepting(p, 0);
                 break;
             }
@@ -1475,6 +1482,52 @@ on_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
 }
 
 
+/* fdpool.status() in a worker: the table as Lua text, in parts. */
+static void
+on_status_req(struct fdp_pool *p, struct fdp_worker *w,
+              const struct fdp_msg *m)
+{
+    struct fdp_status_info info;
+    const char *listen[FDP_MAX_LISTEN];
+    struct fdp_slot *slots = calloc((size_t) p->nworkers, sizeof(*slots));
+    struct fdp_buf b;
+    unsigned char part[FDP_MSG_MAX];
+    size_t off = 0, chunk = FDP_MSG_MAX - 4;
+    int i;
+
+    memset(&b, 0, sizeof(b));
+    if (slots == NULL) {
+        return;
+    }
+    for (i = 0; i < p->nworkers; i++) {
+        slots[i] = p->workers[i].slot;
+    }
+    fdp_pool_status_info(p, &info, listen);
+    fdp_status_lua(&b, &info, slots, p->nworkers);
+    free(slots);
+    if (b.oom) {
+        fdp_buf_free(&b);
+        return;
+    }
+    memcpy(part, m->u.bytes, 4);            /* the request id */
+    do {
+        size_t n = b.len - off < chunk ? b.len - off : chunk;
+        int more = off + n < b.len;
+
+        memcpy(part + 4, b.data + off, n);
+        if (fdp_chan_send(&w->ch, FDP_MSG_STATUS_RESP, (unsigned) more, part,
+                          n + 4, NULL, 0) < 0) {
+            break;
+        }
+        off += n;
+    } while (off < b.len);
+    if (w->ch.head != NULL) {
+        (void) fdp_loop_mod(&p->loop, &w->io, EPOLLIN | EPOLLOUT);
+    }
+    fdp_buf_free(&b);
+}
+
+
 static void
 on_done(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
 {
@@ -1598,6 +1651,9 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             break;
         case FDP_MSG_PARK:
             on_park(p, w, &m);
+            break;
+        case FDP_MSG_STATUS_REQ:
+            on_status_req(p, w, &m);
             break;
         case FDP_MSG_SET:
             if (fdp_slot_set_kv(&w->slot, (const char *) m.u.bytes,
@@ -1875,9 +1931,11 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
     if (p->timeout > 0) {
         watch_timeouts(p);
     }
-    if (!p->stopping && !p->accepting && p->qlen < FDP_QUEUE_MAX) {
+    if (!p->stopping && !p->accepting && p->qlen < FDP_QUEUE_MAX
+        && now >= p->accept_paused_until) {
         set_accepting(p, 1);
     }
+    fdp_control_tick(p);
     if (p->qlen > 0) {
         dispatch_queue(p);
     }

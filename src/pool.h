@@ -120,6 +120,8 @@ struct fdp_pool {
     int nlisten;
     struct fdp_listener listeners[FDP_MAX_LISTEN];
     int accepting;
+    uint64_t accept_paused_until;   /* ms: EMFILE back-off */
+    uint64_t emfile_logged_ms;
 
     struct fdp_worker *workers;     /* FDP_MAX_WORKERS slots */
     int generation;
@@ -182,6 +184,7 @@ int fdp_policy_check(struct lua_State *L, const char *spec, char *err,
 /* control.c: the control socket, server and client sides. */
 int fdp_control_open(struct fdp_pool *p, char *err, size_t errlen);
 void fdp_control_close(struct fdp_pool *p, int unlink_path);
+void fdp_control_tick(struct fdp_pool *p);
 int fdp_control_default_dir(char *out, size_t n, int create, char *err,
                             size_t errlen);
 int fdp_control_default_path(struct fdp_pool *p, char *err, size_t errlen);

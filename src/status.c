@@ -375,3 +375,78 @@ fdp_status_openmetrics(struct fdp_buf *b, const struct fdp_status_info *info,
                    info->lat_sum, (unsigned long long) info->lat_count);
     fdp_buf_printf(b, "# EOF\n");
 }
+
+
+static void
+lua_str(struct fdp_buf *b, const char *s)
+{
+    fdp_buf_printf(b, "\"");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char) *s;
+
+        if (c == '"' || c == '\\') {
+            fdp_buf_printf(b, "\\%c", c);
+        } else if (c < 0x20 || c >= 0x7f) {
+            fdp_buf_printf(b, "\\%03u", c);
+        } else {
+            fdp_buf_printf(b, "%c", c);
+        }
+    }
+    fdp_buf_printf(b, "\"");
+}
+
+
+/* The status table as a Lua table constructor, for fdpool.status() in a
+ * worker (loaded there as text, with an empty environment). */
+void
+fdp_status_lua(struct fdp_buf *b, const struct fdp_status_info *info,
+               const struct fdp_slot *slots, int n)
+{
+    int i, k;
+
+    fdp_buf_printf(b, "{pid=%ld,policy=", (long) info->pid);
+    lua_str(b, info->policy);
+    fdp_buf_printf(b, ",listen={");
+    for (i = 0; i < info->nlisten; i++) {
+        lua_str(b, info->listen[i]);
+        fdp_buf_printf(b, ",");
+    }
+    fdp_buf_printf(b, "},accepted=%llu,queued=%llu,parked=%llu,"
+                   "fallbacks=%llu,started=%.3f,generation=%d,workers={",
+                   (unsigned long long) info->accepted,
+                   (unsigned long long) info->queued,
+                   (unsigned long long) info->parked,
+                   (unsigned long long) info->fallbacks, info->started,
+                   info->generation);
+    for (i = 0; i < n; i++) {
+        const struct fdp_slot *s = &slots[i];
+
+        fdp_buf_printf(b, "{id=%d,pid=%ld,generation=%d,state=\"%s\","
+                       "active=%d,capacity=%d,served=%llu,bytes_in=%llu,"
+                       "bytes_out=%llu,started=%.3f,busy_since=%.3f,"
+                       "restarts=%u,", s->id, (long) s->pid, s->generation,
+                       fdp_slot_state(s), s->active, s->capacity,
+                       (unsigned long long) s->served,
+                       (unsigned long long) s->bytes_in,
+                       (unsigned long long) s->bytes_out, s->started,
+                       s->busy_since, s->restarts);
+        if (s->last_exit_how == FDP_EXIT_CODE) {
+            fdp_buf_printf(b, "last_exit={how=\"exit\",code=%d},",
+                           s->last_exit_code);
+        } else if (s->last_exit_how == FDP_EXIT_SIGNAL) {
+            fdp_buf_printf(b, "last_exit={how=\"signal\",code=%d,"
+                           "name=\"%s\"},", s->last_exit_code,
+                           fdp_signame(s->last_exit_code));
+        }
+        fdp_buf_printf(b, "fields={");
+        for (k = 0; k < s->nkv; k++) {
+            fdp_buf_printf(b, "[");
+            lua_str(b, s->kv[k].key);
+            fdp_buf_printf(b, "]=");
+            lua_str(b, s->kv[k].val);
+            fdp_buf_printf(b, ",");
+        }
+        fdp_buf_printf(b, "}},");
+    }
+    fdp_buf_printf(b, "}}");
+}

@@ -97,6 +97,8 @@ void fdp_status_json(struct fdp_buf *b, const struct fdp_status_info *info,
                      const struct fdp_slot *slots, int n);
 void fdp_status_table(struct fdp_buf *b, const struct fdp_status_info *info,
                       const struct fdp_slot *slots, int n);
+void fdp_status_lua(struct fdp_buf *b, const struct fdp_status_info *info,
+                    const struct fdp_slot *slots, int n);
 void fdp_status_openmetrics(struct fdp_buf *b,
                             const struct fdp_status_info *info,
                             const struct fdp_slot *slots, int n);

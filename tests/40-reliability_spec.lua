@@ -3,8 +3,6 @@
 -- starts the real build/pool, talks to it over real sockets from this
 -- process, checks figures (failed connections, processes, fds, times
 -- against deadlines) and the log, and stops the pool in `finally`.
--- Tests marked "BUG:" describe behaviour the design promises and the
--- code does not deliver yet; the diagnosis is next to them.
 local H = require "helpers"
 local fdpool = require "fdpool"
 
@@ -731,12 +729,8 @@ describe("the control socket", function()
     finish(p)
   end)
 
-  -- BUG: with CTL_CLIENTS (8) idle clients connected, control.c
-  -- control_accept closes every further client at once ("busy: the
-  -- client retries") but the client, control.c fdp_control_request, never
-  -- retries: `pool status` / `pool stop` fail with "Connection reset by
-  -- peer" or "Broken pipe" although the idle clients go 2 s later.
-  it("BUG: status still answers while 8 idle clients hold every control slot", function()
+  -- Regression test (was a bug, now fixed):
+  it("status still answers while 8 idle clients hold every control slot", function()
     local defer = cleanup()
     local p = H.start_pool{ script = TIMEOUT_FIX, workers = 1 }
     defer(function() p:stop() end)
@@ -797,14 +791,8 @@ describe("resources", function()
     finish(p)
   end)
 
-  -- BUG: on EMFILE, pool.c listener_io pauses accepting
-  -- (set_accepting(p, 0)) and then calls dispatch_queue(), whose last
-  -- lines ("!p->accepting && p->qlen < FDP_QUEUE_MAX / 2")
-  -- switch accepting back on at once; worker_io's dispatch_queue does the
-  -- same. The listener stays readable, so the master spins on accept4()
-  -- and logs an error line per failure (about 200,000 lines and 0.9 s of
-  -- CPU in 1.5 s here) instead of pausing until the next 100 ms tick.
-  it("BUG: pauses accepting on EMFILE instead of spinning, and serves everyone", function()
+  -- Regression test (was a bug, now fixed):
+  it("pauses accepting on EMFILE instead of spinning, and serves everyone", function()
     local defer = cleanup()
     local p = H.start_pool{ script = FIX .. "pool_slow.lua", args = { "0.05" }, workers = 1, concurrency = 1 }
     defer(function() p:stop() end)
@@ -833,11 +821,8 @@ describe("resources", function()
     finish(p, { "accept4%(%) failed on [^;]*; pausing accept" })
   end)
 
-  -- BUG: control.c control_accept returns on any accept4() error, EMFILE
-  -- included, and the control listener is level-triggered: with no fd
-  -- left, a waiting control client makes the master spin (0.9 s of CPU
-  -- per second here), silently. It should pause like the listeners.
-  it("BUG: does not spin when a control client arrives at EMFILE", function()
+  -- Regression test (was a bug, now fixed):
+  it("does not spin when a control client arrives at EMFILE", function()
     local defer = cleanup()
     local p = H.start_pool{ script = TIMEOUT_FIX, workers = 1 }
     defer(function() p:stop() end)

@@ -12,9 +12,13 @@ H.POOL = H.BUILD .. "/pool"
 H.FDFETCH = H.BUILD .. "/fdfetch"
 H.json = json
 
-local tmpdirs = {}
--- Remove temp dirs when the Lua state closes.
+local tmpdirs, pools = {}, {}
+-- When the Lua state closes: kill any pool a failed test left running
+-- (busted keeps only the last finally() of a test), remove temp dirs.
 H._sentinel = setmetatable({}, { __gc = function()
+  for _, p in ipairs(pools) do
+    if p.pid and not p:exited() then os.execute("kill -KILL " .. p.pid .. " 2>/dev/null") end
+  end
   for _, d in ipairs(tmpdirs) do os.execute("rm -rf '" .. d .. "'") end
 end })
 
@@ -136,6 +140,7 @@ function H.start_pool(opts)
   os.execute(("(%s; echo $? > %s) </dev/null >%s/stdout 2>%s &"):format(
     p.cmd, p.exit_path, dir, p.log_path))
   setmetatable(p, { __index = H.Pool })
+  pools[#pools + 1] = p
   -- The master's pid is in every log line: "pool[PID]".
   p.pid = H.wait_until(function()
     local log = H.readfile(p.log_path) or ""
