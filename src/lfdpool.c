@@ -662,6 +662,15 @@ l_dup(lua_State *L)
 }
 
 
+/* fdpool.status() -> the pool's status table (asked of the master), in a
+ * handler; or nil, why. */
+static int
+l_status(lua_State *L)
+{
+    return fdp_worker_status(L);
+}
+
+
 static int
 l_type(lua_State *L)
 {
@@ -1511,6 +1520,7 @@ luaopen_fdpool(lua_State *L)
         { "socketpair", l_socketpair },
         { "connect", l_connect },
         { "dup", l_dup },
+        { "status", l_status },
         { "open_beneath", l_open_beneath },
         { "sleep", l_sleep },
         { "type", l_type },

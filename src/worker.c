@@ -24,6 +24,7 @@
 #include <lualib.h>
 
 static void task_resume(struct fdp_task *t, int nargs);
+static void status_unwait(struct fdp_task *t);
 
 
 /* The registry key under which a worker's state keeps its context. */
@@ -130,6 +131,9 @@ task_finish(struct fdp_task *t, int status)
     struct fdp_done_entry *d;
 
     fdp_timer_stop(&w->loop, &t->limit);
+    if (t->status_id) {
+        status_unwait(t);
+    }
     if (status == TASK_CANCELLED) {
         (void) lua_resetthread(t->co);  /* runs pending <close> */
     } else if (status != LUA_OK) {
@@ -505,6 +509,130 @@ drop_privileges(struct fdp_pool *p, char *err, size_t errlen)
 
 
 static void
+status_unwait(struct fdp_task *t)
+{
+    struct fdp_task **pp = &t->w->status_waiters;
+
+    while (*pp && *pp != t) {
+        pp = &(*pp)->status_next;
+    }
+    if (*pp) {
+        *pp = t->status_next;
+    }
+    t->status_next = NULL;
+    t->status_id = 0;
+}
+
+
+static int
+status_k(lua_State *L, int status, lua_KContext ctx)
+{
+    struct fdp_task *t = fdp_current_task(L);
+    size_t len;
+    const char *text;
+
+    (void) status;
+    (void) ctx;
+    if (t == NULL || t->timed_out || !lua_isstring(L, -1)) {
+        if (t) {
+            status_unwait(t);
+        }
+        lua_pushnil(L);
+        lua_pushliteral(L, "timeout");
+        return 2;
+    }
+    lua_pushliteral(L, "return ");
+    lua_insert(L, -2);
+    lua_concat(L, 2);
+    text = lua_tolstring(L, -1, &len);
+    if (luaL_loadbufferx(L, text, len, "=fdpool.status", "t") != LUA_OK) {
+        return lua_error(L);
+    }
+    lua_newtable(L);                    /* an empty _ENV: data only */
+    (void) lua_setupvalue(L, -2, 1);
+    lua_call(L, 0, 1);
+    return 1;
+}
+
+
+/*
+ * fdpool.status() in a handler: ask the master for the status table over
+ * the channel and yield until the answer (or 5 s) comes. Pushes the table,
+ * or nil and why.
+ */
+int
+fdp_worker_status(lua_State *L)
+{
+    struct fdp_task *t = fdp_current_task(L), **pp;
+    uint32_t id;
+    int r;
+
+    if (t == NULL || !lua_isyieldable(L)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "fdpool.status() works in a handler's coroutine");
+        return 2;
+    }
+    id = ++t->w->status_seq;
+    if (id == 0) {
+        id = ++t->w->status_seq;
+    }
+    r = fdp_chan_send(t->w->ch, FDP_MSG_STATUS_REQ, 0, &id, sizeof(id),
+                      NULL, 0);
+    if (r < 0) {
+        return fdp_pushfail(L, -r, "status");
+    }
+    if (t->w->ch->head != NULL) {
+        (void) fdp_loop_mod(&t->w->loop, &t->w->chio, EPOLLIN | EPOLLOUT);
+    }
+    t->status_id = id;
+    t->status_next = NULL;
+    for (pp = &t->w->status_waiters; *pp; pp = &(*pp)->status_next) {
+    }
+    *pp = t;
+    t->waiting = FDP_WAIT_SLEEP;
+    t->wconn = NULL;
+    t->timed_out = 0;
+    fdp_timer_init(&t->timer, wait_timeout, t);
+    (void) fdp_timer_start(&t->w->loop, &t->timer, 5000);
+    return lua_yieldk(L, 0, 0, status_k);
+}
+
+
+/* A part of a STATUS_RESP: collect; on the last, wake the waiter. */
+static void
+on_status_resp(struct fdp_wctx *w, const struct fdp_msg *m)
+{
+    uint32_t id;
+    size_t n = m->h.len - 4;
+    char *b;
+    struct fdp_task *t;
+
+    memcpy(&id, m->u.bytes, 4);
+    b = realloc(w->status_buf, w->status_len + n + 1);
+    if (b == NULL) {
+        return;
+    }
+    w->status_buf = b;
+    memcpy(b + w->status_len, m->u.bytes + 4, n);
+    w->status_len += n;
+    if (m->h.count == 1) {
+        return;                         /* more parts follow */
+    }
+    t = w->status_waiters;
+    if (t != NULL && t->status_id == id) {
+        status_unwait(t);
+        fdp_timer_stop(&w->loop, &t->timer);
+        t->waiting = 0;
+        t->timed_out = 0;
+        lua_pushlstring(t->co, w->status_buf, w->status_len);
+        w->status_len = 0;
+        task_resume(t, 1);
+    }
+    w->status_len = 0;
+}
+
+
+static void
 start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
 {
     uint64_t id = e->id;
@@ -596,6 +724,9 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
                 m.fds[i] = -1;
                 start_task(w, fd, &m.u.conn[i]);
             }
+            break;
+        case FDP_MSG_STATUS_RESP:
+            on_status_resp(w, &m);
             break;
         case FDP_MSG_STOP:
             w->stopping = 1;

@@ -33,6 +33,8 @@ struct fdp_task {
     struct fdp_conn *wconn;     /* conn waited on */
     int timed_out;
     int parked;                 /* its conn went back to the master */
+    uint32_t status_id;         /* fdpool.status() request it waits for */
+    struct fdp_task *status_next;
     struct fdp_timer limit;     /* --timeout for the whole handler */
     struct fdp_task *prev, *next;
 };
@@ -52,6 +54,10 @@ struct fdp_wctx {
     struct fdp_done_entry done[FDP_BATCH_MAX];
     struct fdp_task *tasks;
     struct fdp_task *current;   /* the task being resumed */
+    uint32_t status_seq;        /* fdpool.status() requests */
+    struct fdp_task *status_waiters;    /* FIFO of tasks waiting */
+    char *status_buf;           /* the answer being assembled */
+    size_t status_len;
 };
 
 /* The conn object (userdata "fdpool.conn"). */
@@ -81,6 +87,7 @@ struct fdp_task *fdp_current_task(lua_State *L);
 void fdp_worker_register(lua_State *L, struct fdp_wctx *w);
 void fdp_conn_unwatch(struct fdp_conn *c);
 int fdp_conn_park(lua_State *L, struct fdp_conn *c, uint32_t idle_ms);
+int fdp_worker_status(lua_State *L);
 
 /* lconn.c */
 void fdp_conn_open_meta(lua_State *L);
