@@ -689,6 +689,11 @@ readrequest_k(lua_State *L, int status, lua_KContext ctx)
                 || (p + 2 < end && p[1] == '\r' && p[2] == '\n')) {
                 const char *hend = p + (p[1] == '\n' ? 2 : 3);
 
+                if ((size_t) (hend - s) > max) {
+                    lua_pushnil(L);
+                    lua_pushliteral(L, "header too large");
+                    return 2;
+                }
                 if (!parse_head(L, s, hend)) {
                     lua_pushnil(L);
                     lua_insert(L, -2);

@@ -1398,6 +1398,180 @@ pool_tostring(lua_State *L)
 }
 
 
+/* ---- fdpool.sim: the master's dispatch decision without processes ---- */
+
+#define SIM_MT "fdpool.simulator"
+
+static struct fdp_pool *
+checksim(lua_State *L)
+{
+    struct lpool *lp = luaL_checkudata(L, 1, SIM_MT);
+
+    if (lp->p == NULL) {
+        luaL_error(L, "attempt to use a closed simulator");
+    }
+    lp->p->L = L;
+    return lp->p;
+}
+
+
+/*
+ * fdpool.simulator(policy, workers, capacity [, listener]) -> sim: a pool
+ * with no processes whose workers are all running, for fdpool.sim. The
+ * policy (name, path or function) runs exactly as in the master:
+ * sandbox, views, budget, checks, fallback.
+ */
+static int
+l_simulator(lua_State *L)
+{
+    lua_Integer n = luaL_checkinteger(L, 2), cap = luaL_checkinteger(L, 3);
+    const char *listener = luaL_optstring(L, 4, "127.0.0.1:8080");
+    struct lpool *lp;
+    struct fdp_pool *p;
+    int i;
+
+    luaL_argcheck(L, n >= 1 && n <= FDP_MAX_WORKERS, 2, "1 to 256 workers");
+    luaL_argcheck(L, cap >= 1 && cap <= FDP_MAX_CONCURRENCY, 3,
+                  "capacity out of range");
+    lp = lua_newuserdatauv(L, sizeof(*lp), 0);
+    lp->p = NULL;
+    luaL_setmetatable(L, SIM_MT);
+    p = fdp_pool_new();
+    if (p == NULL) {
+        return luaL_error(L, "out of memory");
+    }
+    lp->p = p;
+    p->L = L;
+    p->simulated = 1;
+    p->nworkers = (int) n;
+    p->concurrency = (int) cap;
+    p->nlisten = 1;
+    snprintf(p->listeners[0].addr, sizeof(p->listeners[0].addr), "%s",
+             listener);
+    for (i = 0; i < p->nworkers; i++) {
+        struct fdp_slot *sl = &p->workers[i].slot;
+
+        sl->state = FDP_W_RUNNING;
+        sl->capacity = (int) cap;
+        sl->pid = 0;
+        sl->generation = 1;
+    }
+    if (lua_isfunction(L, 1)) {
+        lua_pushvalue(L, 1);
+        p->policy_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    } else {
+        p->policy_name = xstrdup(L, luaL_checkstring(L, 1));
+    }
+    if (fdp_policy_open(p, p->error, sizeof(p->error)) < 0) {
+        return luaL_error(L, "%s", p->error);
+    }
+    return 1;
+}
+
+
+/* sim:choose(peer) -> worker index, or nil (queued); and whether the
+ * master would have fallen back to first_free. */
+static int
+sim_choose(lua_State *L)
+{
+    struct fdp_pool *p = checksim(L);
+    const char *peer = luaL_checkstring(L, 2);
+    struct fdp_pending c;
+    char err[256];
+    int fallback, idx;
+
+    memset(&c, 0, sizeof(c));
+    c.fd = -1;
+    if (strcmp(peer, "unix") == 0) {
+        c.peer.ss_family = AF_UNIX;
+        c.peerlen = sizeof(sa_family_t);
+    } else if (fdp_parse_addr(peer, &c.peer, &c.peerlen, err,
+                              sizeof(err)) < 0) {
+        return luaL_argerror(L, 2, err);
+    }
+    idx = fdp_pool_choose(p, &c, &fallback);
+    if (idx < 0) {
+        lua_pushnil(L);
+    } else {
+        lua_pushinteger(L, idx + 1);
+    }
+    lua_pushboolean(L, fallback);
+    return 2;
+}
+
+
+/* sim:start(i) / sim:finish(i): a connection begins / ends on worker i. */
+static int
+sim_start(lua_State *L)
+{
+    struct fdp_pool *p = checksim(L);
+    lua_Integer i = luaL_checkinteger(L, 2);
+
+    luaL_argcheck(L, i >= 1 && i <= p->nworkers, 2, "no such worker");
+    p->workers[i - 1].slot.active++;
+    return 0;
+}
+
+
+static int
+sim_finish(lua_State *L)
+{
+    struct fdp_pool *p = checksim(L);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    struct fdp_slot *sl;
+
+    luaL_argcheck(L, i >= 1 && i <= p->nworkers, 2, "no such worker");
+    sl = &p->workers[i - 1].slot;
+    luaL_argcheck(L, sl->active > 0, 2, "worker has no connection");
+    sl->active--;
+    sl->served++;
+    return 0;
+}
+
+
+/* sim:set(i, key, value): a custom status field, as fdpool.worker.set. */
+static int
+sim_set(lua_State *L)
+{
+    struct fdp_pool *p = checksim(L);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    const char *k = luaL_checkstring(L, 3), *v = luaL_tolstring(L, 4, NULL);
+
+    luaL_argcheck(L, i >= 1 && i <= p->nworkers, 2, "no such worker");
+    luaL_argcheck(L, strlen(k) > 0 && strlen(k) < FDP_KEY_MAX, 3,
+                  "key must be 1 to 31 bytes");
+    luaL_argcheck(L, strlen(v) < FDP_VAL_MAX, 4, "value too long");
+    (void) fdp_slot_set_kv(&p->workers[i - 1].slot, k, v);
+    return 0;
+}
+
+
+static int
+sim_fallbacks(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer) checksim(L)->fallbacks);
+    return 1;
+}
+
+
+static int
+sim_gc(lua_State *L)
+{
+    struct lpool *lp = luaL_checkudata(L, 1, SIM_MT);
+
+    if (lp->p) {
+        if (lp->p->policy_ref != LUA_NOREF) {
+            luaL_unref(L, LUA_REGISTRYINDEX, lp->p->policy_ref);
+        }
+        lp->p->L = L;
+        fdp_policy_close(lp->p);
+        fdp_pool_free(lp->p);
+        lp->p = NULL;
+    }
+    return 0;
+}
+
+
 /* ---- worker side ---------------------------------------------------- */
 
 /* fdpool.worker.set(key, value): a custom field in this worker's slot of
@@ -1521,6 +1695,7 @@ luaopen_fdpool(lua_State *L)
         { "connect", l_connect },
         { "dup", l_dup },
         { "status", l_status },
+        { "simulator", l_simulator },
         { "open_beneath", l_open_beneath },
         { "sleep", l_sleep },
         { "type", l_type },
@@ -1595,6 +1770,23 @@ luaopen_fdpool(lua_State *L)
         lua_pushcfunction(L, pool_tostring);
         lua_setfield(L, -2, "__tostring");
         luaL_newlib(L, pool_methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, SIM_MT)) {
+        static const luaL_Reg sim_methods[] = {
+            { "choose", sim_choose },
+            { "start", sim_start },
+            { "finish", sim_finish },
+            { "set", sim_set },
+            { "fallbacks", sim_fallbacks },
+            { "close", sim_gc },
+            { NULL, NULL }
+        };
+
+        lua_pushcfunction(L, sim_gc);
+        lua_setfield(L, -2, "__gc");
+        luaL_newlib(L, sim_methods);
         lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);

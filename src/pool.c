@@ -746,8 +746,9 @@ worker_fault(struct fdp_pool *p, struct fdp_worker *w, const char *why)
 static int
 worker_can_take(const struct fdp_worker *w)
 {
-    return w->slot.state == FDP_W_RUNNING && w->ch.fd >= 0
-           && w->slot.active < w->slot.capacity && w->nfree > 0;
+    return w->slot.state == FDP_W_RUNNING
+           && (w->pool->simulated || (w->ch.fd >= 0 && w->nfree > 0))
+           && w->slot.active < w->slot.capacity;
 }
 
 
@@ -893,29 +894,46 @@ log_fallback(struct fdp_pool *p, const char *why)
 }
 
 
-/* Try to hand c to a worker. Returns 1 when handed, 0 to keep it. */
-static int
-dispatch_one(struct fdp_pool *p, const struct fdp_pending *c)
+/*
+ * The dispatch decision for c, shared by the master and fdpool.sim: the
+ * policy's pick, checked. Returns a worker index, or -1 to keep c queued.
+ * *fallback is set when the policy failed and first_free chose.
+ */
+int
+fdp_pool_choose(struct fdp_pool *p, const struct fdp_pending *c,
+                int *fallback)
 {
     int idx = fdp_policy_pick(p, c);
 
+    *fallback = 0;
     if (idx == -1) {
-        return 0;
+        return -1;
     }
     if (idx >= 0 && !worker_can_take(&p->workers[idx])) {
         /* A full or unready pick when someone else has room is the
          * policy's mistake; when nobody has room, keep it queued. */
         if (first_free(p) < 0) {
-            return 0;
+            return -1;
         }
         log_fallback(p, "picked a worker that cannot take a connection");
         idx = -2;
     }
     if (idx == -2) {
+        *fallback = 1;
         idx = first_free(p);
-        if (idx < 0) {
-            return 0;
-        }
+    }
+    return idx;
+}
+
+
+/* Try to hand c to a worker. Returns 1 when handed, 0 to keep it. */
+static int
+dispatch_one(struct fdp_pool *p, const struct fdp_pending *c)
+{
+    int fallback, idx = fdp_pool_choose(p, c, &fallback);
+
+    if (idx < 0) {
+        return 0;
     }
     hand(p, idx, c);
     return 1;

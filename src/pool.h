@@ -108,6 +108,7 @@ struct fdp_pool {
     int running;
     int stopping;                   /* 0, 1 fast, 2 graceful */
     int failed;                     /* first generation could not start */
+    int simulated;                  /* fdpool.sim: no processes at all */
     char error[1024];
     int ever_ready;
 
@@ -163,6 +164,8 @@ int fdp_pool_start(struct fdp_pool *p);
 int fdp_pool_step(struct fdp_pool *p, int timeout_ms);
 void fdp_pool_stop(struct fdp_pool *p, int graceful);
 int fdp_pool_scale(struct fdp_pool *p, int n);
+int fdp_pool_choose(struct fdp_pool *p, const struct fdp_pending *c,
+                    int *fallback);
 int fdp_pool_reload(struct fdp_pool *p);
 void fdp_pool_close_in_child(struct fdp_pool *p, int keep);
 void fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,

@@ -45,6 +45,26 @@ local function http_date(t)
 end
 M.date = http_date
 
+local months = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6,
+  Jul = 7, Aug = 8, Sep = 9, Oct = 10, Nov = 11, Dec = 12 }
+
+--- Seconds since the epoch of an IMF-fixdate ("Sun, 06 Nov 1994
+-- 08:49:37 GMT"), or nil. Computed in UTC (no dependence on TZ).
+function M.parse_date(s)
+  local d, mon, y, hh, mm, ss = s:match("^%a%a%a, (%d%d) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+  local m = months[mon or ""]
+  if not m then return nil end
+  d, y, hh, mm, ss = tonumber(d), tonumber(y), tonumber(hh), tonumber(mm), tonumber(ss)
+  -- Days from civil (H. Hinnant's algorithm).
+  y = m <= 2 and y - 1 or y
+  local era = y // 400
+  local yoe = y - era * 400
+  local doy = (153 * (m + (m > 2 and -3 or 9)) + 2) // 5 + d - 1
+  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  local days = era * 146097 + doe - 719468
+  return days * 86400 + hh * 3600 + mm * 60 + ss
+end
+
 -- A header table whose lookups ignore case (names are stored lower-case).
 local header_mt = {
   __index = function(t, k)
@@ -125,12 +145,27 @@ function Res:status(code)
   return self
 end
 
---- Set a response header (replaces; a table value sends one line each).
+--- Set a response header (replaces, whatever the case of the name; nil
+-- removes it; a table value sends one line each).
 function Res:header(name, value)
   assert(not self.started, "response already started")
+  local l = name:lower()
+  local old = self._hk[l]
+  if old then self._headers[old] = nil end
+  self._hk[l] = value ~= nil and name or nil
   self._headers[name] = value
   return self
 end
+
+-- A response header by lower-case name.
+local function get(self, l)
+  local k = self._hk[l]
+  return k and self._headers[k]
+end
+
+-- Headers the layer writes itself, from its own knowledge.
+local own = { ["content-length"] = true, ["transfer-encoding"] = true,
+  ["connection"] = true }
 
 local status_lines = setmetatable({}, { __index = function(t, code)
   local line = ("HTTP/1.1 %d %s\r\n"):format(code, reasons[code] or "Unknown")
@@ -152,16 +187,18 @@ local function head(self, length, chunked)
   local req, h = self._req, self._headers
   local code = self._status
   local s = status_lines[code]
-  local has_date = false
+  local hk = self._hk
   for k, v in next, h do
-    if k == "Date" then has_date = true end
-    if type(v) == "table" then
+    local l = k:lower()
+    if own[l] then
+      if l == "connection" and tostring(v):lower() == "close" then req._close = true end
+    elseif type(v) == "table" then
       for _, x in ipairs(v) do s = s .. k .. ": " .. tostring(x) .. "\r\n" end
     else
       s = s .. k .. ": " .. v .. "\r\n"
     end
   end
-  if not has_date then s = s .. date_line() end
+  if not hk["date"] then s = s .. date_line() end
   if chunked then
     s = s .. "Transfer-Encoding: chunked\r\n"
   elseif length and code ~= 204 and code ~= 304 and code >= 200 then
@@ -200,9 +237,8 @@ function Res:write(chunk)
   local conn, req = self._conn, self._req
   if not self.started then
     self.started = true
-    local len = self._headers["Content-Length"]
+    local len = tonumber(get(self, "content-length"))
     self._chunked = len == nil and req.version == "1.1"
-    self._headers["Content-Length"] = nil
     local ok = conn:send(head(self, len, self._chunked))
     if not ok then req._broken = true return false end
   end
@@ -248,8 +284,8 @@ function Res:sendfile(path, offset, count, size)
   end
   offset = offset or 0
   count = count or (size - offset)
-  if not self._headers["Content-Type"] then
-    self._headers["Content-Type"] = "application/octet-stream"
+  if not get(self, "content-type") then
+    self:header("Content-Type", "application/octet-stream")
   end
   self.started = true
   self.finished = true
@@ -369,7 +405,7 @@ function M.serve(fn, options)
         req._close = true
       end
       local res = setmetatable({ _conn = conn, _req = req, _status = 200,
-        _headers = {}, started = false, finished = false }, Res)
+        _headers = {}, _hk = {}, started = false, finished = false }, Res)
       setmetatable(req, Req)
       local ok, a, b, c = xpcall(fn, traceback, req, res)
       if not ok then
@@ -381,7 +417,7 @@ function M.serve(fn, options)
       if not res.started and a ~= nil then
         res._status = a
         if type(b) == "table" then
-          for k, v in pairs(b) do res._headers[k] = v end
+          for k, v in pairs(b) do res:header(k, v) end
         end
         res:send(c and tostring(c) or "")
       elseif not res.finished then
@@ -474,7 +510,8 @@ function M.static(dir, options)
     res:header("Content-Type", M.mime[(rel:match("%.([%w]+)$") or ""):lower()]
       or "application/octet-stream")
     local inm, ims = h["if-none-match"], h["if-modified-since"]
-    if (inm and (inm == etag or inm == "*")) or (not inm and ims == lm) then
+    local since = ims and M.parse_date(ims)
+    if (inm and (inm == etag or inm == "*")) or (not inm and since and mtime <= since) then
       fd:close()
       res:status(304)
       return res:send("")
