@@ -379,8 +379,7 @@ describe("fdpool.http (tests/fixtures/http_echo.lua)", function()
             assert.equal("hello GET /then 1.1 host=test ua=nil\n", assert(c:response()).body)
         end)
 
-        -- KNOWN BUG (lua/fdpool/http.lua:168, head()): a Content-Length
-        -- the handler set is sent, and head() adds its own.
+        -- Regression test (was a bug, now fixed).
         it("sends a handler's own Content-Length once", function()
             local r = assert(once(pool.addr, get("/length?mode=send")))
             assert.equal("hello", r.body)
@@ -394,9 +393,7 @@ describe("fdpool.http (tests/fixtures/http_echo.lua)", function()
             assert.equal("hello", r.body)
         end)
 
-        -- KNOWN BUG (lua/fdpool/http.lua:203, Res:write): the lookup of
-        -- "Content-Length" is case-sensitive, so a lower-case name gives
-        -- a response with both Content-Length and chunked (RFC 9112 6.1).
+        -- Regression test (was a bug, now fixed).
         it("never sends Content-Length with chunked", function()
             local r = assert(once(pool.addr, get("/length?mode=write&name=content-length")))
             assert.is_false(r.headers["content-length"] ~= nil and r.headers["transfer-encoding"] ~= nil,
@@ -461,9 +458,7 @@ describe("fdpool.http (tests/fixtures/http_echo.lua)", function()
             refused("GET / HTTP/1.1\r\nHost: test\r\nX-Big: " .. ("a"):rep(9 * 1024) .. "\r\n", 431)
         end)
 
-        -- KNOWN BUG (src/lconn.c readrequest_k): a complete head is parsed
-        -- before its size is checked against max_head, so a 9 KiB head
-        -- that arrives in one piece is served with 200.
+        -- Regression test (was a bug, now fixed).
         it("answers a complete 9 KiB header with 431", function()
             refused("GET / HTTP/1.1\r\nHost: test\r\nX-Big: " .. ("a"):rep(9 * 1024) .. "\r\n\r\n", 431)
         end)
