@@ -89,6 +89,7 @@ run_command(struct ctl_client *c, const char *line, size_t n)
     case FDP_CTL_STATUS:
     case FDP_CTL_STATUS_JSON:
     case FDP_CTL_STATUS_METRICS:
+    case FDP_CTL_STATUS_LUA:
         fdp_pool_status_info(p, &info, listen);
         slots = calloc((size_t) p->nworkers, sizeof(*slots));
         if (slots == NULL) {
@@ -100,6 +101,9 @@ run_command(struct ctl_client *c, const char *line, size_t n)
         }
         if (cmd == FDP_CTL_STATUS_JSON) {
             fdp_status_json(&c->out, &info, slots, p->nworkers);
+        } else if (cmd == FDP_CTL_STATUS_LUA) {
+            fdp_status_lua(&c->out, &info, slots, p->nworkers);
+            fdp_buf_printf(&c->out, "\n");
         } else if (cmd == FDP_CTL_STATUS_METRICS) {
             fdp_status_openmetrics(&c->out, &info, slots, p->nworkers);
         } else {

@@ -1,6 +1,6 @@
 /*
  * ctlproto.c - parse one control command line (without its newline):
- * "status", "status json", "status openmetrics", "stop", "stop graceful", "reload", "scale N"
+ * "status", "status json", "status openmetrics", "status lua", "stop", "stop graceful", "reload", "scale N"
  * (1 <= N <= 256), "ping". Anything else, including embedded NULs or
  * trailing bytes, is FDP_CTL_BAD.
  */
@@ -33,6 +33,9 @@ fdp_ctl_parse(const char *line, size_t n, long *arg)
     }
     if (is(line, n, "status json")) {
         return FDP_CTL_STATUS_JSON;
+    }
+    if (is(line, n, "status lua")) {
+        return FDP_CTL_STATUS_LUA;
     }
     if (is(line, n, "status openmetrics")) {
         return FDP_CTL_STATUS_METRICS;

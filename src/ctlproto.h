@@ -16,7 +16,8 @@ enum fdp_ctl_cmd {
     FDP_CTL_RELOAD,
     FDP_CTL_SCALE,
     FDP_CTL_PING,
-    FDP_CTL_STATUS_METRICS
+    FDP_CTL_STATUS_METRICS,
+    FDP_CTL_STATUS_LUA
 };
 
 int fdp_ctl_parse(const char *line, size_t n, long *arg);

@@ -770,6 +770,15 @@ l_control_sockets(lua_State *L)
 }
 
 
+/* fdpool.now() -> monotonic seconds (for rates and deadlines). */
+static int
+l_now(lua_State *L)
+{
+    lua_pushnumber(L, (lua_Number) fdp_now_us() / 1e6);
+    return 1;
+}
+
+
 static int
 l_ncpu(lua_State *L)
 {
@@ -1703,6 +1712,7 @@ luaopen_fdpool(lua_State *L)
         { "control", l_control },
         { "check_policy", l_check_policy },
         { "ncpu", l_ncpu },
+        { "now", l_now },
         { "control_sockets", l_control_sockets },
         { "log", l_log },
         { "set_log_level", l_set_log_level },

@@ -15,6 +15,8 @@ Usage:
                                              show the worker table
   pool stop [--control PATH] [--graceful]    stop a running pool
   pool reload [--control PATH]               new generation of workers
+  pool top [--control PATH] [--interval S] [-n COUNT]
+                                             live view of the workers
   pool scale N [--control PATH]              run N workers from now on
   pool --help | --version
 
@@ -345,6 +347,73 @@ local function cmd_status(args)
   return 0
 end
 
+-- The status table through the control socket, as a Lua table.
+local function fetch_status(path)
+  local out, err = fdpool.control(path, "status lua")
+  if not out then return nil, err end
+  if out:sub(1, 4) == "ERR " then return nil, (out:sub(5):gsub("\n$", "")) end
+  local f, lerr = load("return " .. out, "=status", "t", {})
+  if not f then return nil, lerr end
+  return f()
+end
+
+local function rss_mib(pid)
+  local f = io.open("/proc/" .. pid .. "/statm")
+  if not f then return nil end
+  local _, rss = f:read("n", "n")
+  f:close()
+  return rss and rss * 4096 / 1048576
+end
+
+-- pool top: the workers, refreshed in place like top(1).
+local function cmd_top(args)
+  local opts, pos = parse(args, 2, { ["--control"] = "value", ["--interval"] = "value",
+    ["-n"] = "value" }, "top")
+  if not opts then return die(2, "%s", pos) end
+  if #pos > 0 then return die(2, "unexpected argument '%s'", pos[1]) end
+  local interval = tonumber(opts["--interval"] or "1")
+  if not interval or interval < 0.05 then
+    return die(2, "--interval must be a number of seconds >= 0.05 (got '%s')", tostring(opts["--interval"]))
+  end
+  local count = opts["-n"] and math.tointeger(tonumber(opts["-n"]))
+  if opts["-n"] and (not count or count < 1) then
+    return die(2, "-n must be a positive integer (got '%s')", opts["-n"])
+  end
+  local path, err = find_control(opts)
+  if not path then return die(1, "%s", err) end
+  local tty = os.getenv("TERM") ~= nil and os.execute("test -t 1") == true
+  local prev, prev_t = {}, nil
+  local frame = 0
+  while not count or frame < count do
+    local st, serr = fetch_status(path)
+    if not st then return die(1, "%s", serr) end
+    local now = fdpool.now and fdpool.now() or os.time()
+    local out = {}
+    out[#out + 1] = ("pool %d  policy %s  generation %d  accepted %d  queued %d  parked %d  fallbacks %d"):format(
+      st.pid, st.policy, st.generation, st.accepted, st.queued, st.parked, st.fallbacks)
+    out[#out + 1] = "listen " .. table.concat(st.listen, " ")
+    out[#out + 1] = ("%4s %8s %-8s %6s %8s %10s %8s %8s %8s"):format("ID", "PID", "STATE", "ACTIVE",
+      "CAPACITY", "SERVED", "RATE/s", "RSS MiB", "RESTARTS")
+    for _, w in ipairs(st.workers) do
+      local rate = ""
+      local p = prev[w.id]
+      if p and p.pid == w.pid and prev_t and now > prev_t then
+        rate = ("%.1f"):format((w.served - p.served) / (now - prev_t))
+      end
+      local rss = w.pid > 0 and rss_mib(w.pid)
+      out[#out + 1] = ("%4d %8d %-8s %6d %8d %10d %8s %8s %8d"):format(w.id, w.pid, w.state, w.active,
+        w.capacity, w.served, rate, rss and ("%.1f"):format(rss) or "-", w.restarts)
+      prev[w.id] = { pid = w.pid, served = w.served }
+    end
+    prev_t = now
+    io.stdout:write(tty and "\27[H\27[2J" or (frame > 0 and "\n" or ""), table.concat(out, "\n"), "\n")
+    io.stdout:flush()
+    frame = frame + 1
+    if not count or frame < count then fdpool.sleep(interval) end
+  end
+  return 0
+end
+
 local function cmd_simple(args, name, command)
   local opts, pos = parse(args, 2, { ["--control"] = "value" }, name)
   if not opts then return die(2, "%s", pos) end
@@ -395,12 +464,14 @@ function M.main(args)
     return cmd_status(args)
   elseif cmd == "stop" then
     return cmd_stop(args)
+  elseif cmd == "top" then
+    return cmd_top(args)
   elseif cmd == "reload" then
     return cmd_simple(args, "reload", "reload")
   elseif cmd == "scale" then
     return cmd_simple(args, "scale")
   end
-  return die(2, "unknown command '%s' (expected run, check, status, stop, reload, scale; see pool --help)", cmd)
+  return die(2, "unknown command '%s' (expected run, check, status, top, stop, reload, scale; see pool --help)", cmd)
 end
 
 return M
