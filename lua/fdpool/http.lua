@@ -14,6 +14,9 @@ M.defaults = {
   body_timeout = 30,          -- seconds for each wait on the body
   keepalive_timeout = 15,     -- seconds an idle keep-alive connection waits
   keepalive_requests = 1000,  -- requests per connection, then close
+  access_log = nil,           -- nil: none; "-": stderr; a path: appended;
+                              -- a function(line): called with each line
+                              -- (combined log format)
   park = nil,                 -- hand idle keep-alive connections back to the
                               -- master between requests (default: when the
                               -- worker's concurrency is 1, strict prefork)
@@ -226,6 +229,7 @@ function Res:send(body)
     ok, err = self._conn:send(h)
   else
     ok, err = self._conn:send(h .. body)
+    self._bytes = #body
   end
   if not ok then self._req._broken = true end
   return ok ~= nil, err
@@ -249,6 +253,7 @@ function Res:write(chunk)
   else
     ok = conn:send(chunk)
   end
+  self._bytes = (self._bytes or 0) + #chunk
   if not ok then req._broken = true end
   return ok ~= nil
 end
@@ -295,11 +300,39 @@ function Res:sendfile(path, offset, count, size)
   if self._req.method == "HEAD" or count == 0 then return true end
   conn:settimeout(self._req._opts.body_timeout)
   local sent, err = conn:sendfile(fd, offset, count)
+  self._bytes = sent or 0
   if sent ~= count then
     self._req._broken = true
     return false, err or "short file"
   end
   return true
+end
+
+-- ---- access log ----------------------------------------------------------
+
+-- A function(req, res) writing one combined-format line per request.
+local function access_logger(dest)
+  local out
+  if type(dest) == "function" then
+    out = dest
+  else
+    local f
+    if dest == "-" or dest == true then
+      f = io.stderr
+    else
+      f = assert(io.open(dest, "a"))
+      f:setvbuf("line")
+    end
+    out = function(line) f:write(line, "\n") end
+  end
+  return function(req, res)
+    local ip = req.conn and req.conn:getpeername() or "-"
+    local h = req.headers
+    out(('%s - - [%s] "%s %s HTTP/%s" %d %d "%s" "%s"'):format(ip,
+      os.date("!%d/%b/%Y:%H:%M:%S +0000"), req.method, req.target, req.version,
+      res._status, res._bytes or 0, (h["referer"] or "-"):gsub('"', '\\"'),
+      (h["user-agent"] or "-"):gsub('"', '\\"')))
+  end
 end
 
 -- ---- the connection loop ------------------------------------------------
@@ -369,10 +402,13 @@ function M.serve(fn, options)
   local opts = {}
   for k, v in pairs(M.defaults) do opts[k] = v end
   for k, v in pairs(options or {}) do
-    if M.defaults[k] == nil then error("unknown http option '" .. tostring(k) .. "'", 2) end
+    if M.defaults[k] == nil and k ~= "access_log" and k ~= "park" then
+      error("unknown http option '" .. tostring(k) .. "'", 2)
+    end
     opts[k] = v
   end
   local traceback = debug.traceback
+  local log = opts.access_log and access_logger(opts.access_log)
   local readrequest
   local park = opts.park
   if park == nil then
@@ -411,7 +447,11 @@ function M.serve(fn, options)
       if not ok then
         fdpool.log("error", ("http handler error (%s %s): %s"):format(req.method,
           req.path, tostring(a):gsub("\n%s*", " | ")))
-        if not res.started then simple(conn, 500) end
+        if not res.started then
+          simple(conn, 500)
+          res._status = 500
+        end
+        if log then log(req, res) end
         return
       end
       if not res.started and a ~= nil then
@@ -423,6 +463,7 @@ function M.serve(fn, options)
       elseif not res.finished then
         res:finish()
       end
+      if log then log(req, res) end
       if req._close or not drain(req) then return end
       if opts.body_timeout ~= opts.keepalive_timeout and (req._length > 0 or req._chunked) then
         conn:settimeout(opts.keepalive_timeout)
