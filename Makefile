@@ -2,7 +2,8 @@
 # make            build/pool, build/fdpool.so, build/fdfetch
 # make test       C unit tests, then the busted suite (scripts/test)
 # make asan       the same build with AddressSanitizer/UBSan in build-asan/
-# make install    PREFIX, DESTDIR, LUA_CMOD, LUA_LMOD as below
+# make install    PREFIX, DESTDIR, BINDIR, LUA_CMOD, LUA_LMOD, MANDIR, DOCDIR
+#                 as below; make uninstall removes exactly those files
 
 PREFIX   ?= /usr/local
 DESTDIR  ?=
@@ -12,6 +13,8 @@ LUA_CFLAGS ?= $(shell pkg-config --cflags $(LUA_PC) 2>/dev/null || echo -I/usr/i
 LUA_LIBS   ?= $(shell pkg-config --libs $(LUA_PC) 2>/dev/null || echo -llua5.4)
 LUA_CMOD ?= $(PREFIX)/lib/lua/5.4
 LUA_LMOD ?= $(PREFIX)/share/lua/5.4
+MANDIR   ?= $(PREFIX)/share/man
+DOCDIR   ?= $(PREFIX)/share/doc/fdpool
 LUA      ?= lua5.4
 
 CC       ?= cc
@@ -83,22 +86,32 @@ fuzz:
 bench: all
 	scripts/bench
 
+DOCS     := README.md $(wildcard docs/*.md)
+EXAMPLES := $(wildcard examples/*.lua) $(wildcard examples/systemd/*)
+
 install: all
 	install -d "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(LUA_CMOD)" \
-	    "$(DESTDIR)$(LUA_LMOD)/fdpool/policy"
+	    "$(DESTDIR)$(LUA_LMOD)/fdpool/policy" "$(DESTDIR)$(MANDIR)/man1" \
+	    "$(DESTDIR)$(DOCDIR)/examples/systemd"
 	install -m 755 $(B)/pool $(B)/fdfetch "$(DESTDIR)$(BINDIR)/"
 	install -m 755 $(B)/fdpool.so "$(DESTDIR)$(LUA_CMOD)/fdpool.so"
 	for f in $(LUAFILES); do \
-	    install -m 644 $$f "$(DESTDIR)$(LUA_LMOD)/$${f#lua/}"; done
+	    install -m 644 $$f "$(DESTDIR)$(LUA_LMOD)/$${f#lua/}" || exit 1; done
+	install -m 644 docs/pool.1 "$(DESTDIR)$(MANDIR)/man1/pool.1"
+	install -m 644 $(DOCS) "$(DESTDIR)$(DOCDIR)/"
+	for f in $(EXAMPLES); do \
+	    install -m 644 $$f "$(DESTDIR)$(DOCDIR)/$$f" || exit 1; done
 
+# Only what install put there: the fdpool directories under LUA_LMOD and
+# DOCDIR are fdpool's own; shared directories (bin, man1, ...) stay.
 uninstall:
 	rm -f "$(DESTDIR)$(BINDIR)/pool" "$(DESTDIR)$(BINDIR)/fdfetch" \
-	    "$(DESTDIR)$(LUA_CMOD)/fdpool.so"
-	rm -rf "$(DESTDIR)$(LUA_LMOD)/fdpool"
+	    "$(DESTDIR)$(LUA_CMOD)/fdpool.so" "$(DESTDIR)$(MANDIR)/man1/pool.1"
+	rm -rf "$(DESTDIR)$(LUA_LMOD)/fdpool" "$(DESTDIR)$(DOCDIR)"
 
 print:
 	@echo PREFIX=$(PREFIX) BINDIR=$(BINDIR) LUA_CMOD=$(LUA_CMOD) \
-	    LUA_LMOD=$(LUA_LMOD) LUA_CFLAGS=$(LUA_CFLAGS) LUA_LIBS=$(LUA_LIBS)
+	    LUA_LMOD=$(LUA_LMOD) MANDIR=$(MANDIR) DOCDIR=$(DOCDIR) LUA_CFLAGS=$(LUA_CFLAGS) LUA_LIBS=$(LUA_LIBS)
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -137,8 +137,11 @@ function H.start_pool(opts)
   end
   for i, c in ipairs(cmd) do cmd[i] = H.quote(c) end
   p.cmd = table.concat(cmd, " ")
-  os.execute(("(%s; echo $? > %s) </dev/null >%s/stdout 2>%s &"):format(
-    p.cmd, p.exit_path, dir, p.log_path))
+  -- Under the sanitizer build the pool checks for leaks at exit (the
+  -- busted process itself runs with detect_leaks=0).
+  local env = H.BUILD ~= "build" and "ASAN_OPTIONS=detect_leaks=1 " or ""
+  os.execute(("(%s%s; echo $? > %s) </dev/null >%s/stdout 2>%s &"):format(
+    env, p.cmd, p.exit_path, dir, p.log_path))
   setmetatable(p, { __index = H.Pool })
   pools[#pools + 1] = p
   -- The master's pid is in every log line: "pool[PID]".
@@ -170,8 +173,18 @@ function H.Pool:exited()
   return s and tonumber(s:match("%d+")) or nil
 end
 
+-- Sanitizer reports in a pool's log fail the test that stopped it.
+local function check_sanitizers(log)
+  for _, pat in ipairs { "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:" } do
+    local i = log:find(pat, 1, true)
+    if i then error("sanitizer report in the pool's log:\n" .. log:sub(math.max(1, i - 200), i + 1500), 3) end
+  end
+end
+
 function H.Pool:wait_exit(timeout)
-  return H.wait_until(function() return self:exited() end, timeout or 10, "the pool to exit")
+  local code = H.wait_until(function() return self:exited() end, timeout or 10, "the pool to exit")
+  check_sanitizers(self:log())
+  return code
 end
 
 function H.Pool:kill(sig)
