@@ -83,27 +83,6 @@ fdp_conn_close(struct fdp_conn *c)
 }
 
 
-static void
-format_addr(const struct sockaddr_storage *ss, char *out, size_t n)
-{
-    char ip[INET6_ADDRSTRLEN];
-
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *) ss;
-
-        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
-        snprintf(out, n, "%s:%u", ip, ntohs(in->sin_port));
-    } else if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) ss;
-
-        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
-        snprintf(out, n, "[%s]:%u", ip, ntohs(in6->sin6_port));
-    } else {
-        snprintf(out, n, "unix");
-    }
-}
-
-
 void
 fdp_conn_peer(struct fdp_conn *c, char *out, size_t n)
 {
@@ -118,7 +97,7 @@ fdp_conn_peer(struct fdp_conn *c, char *out, size_t n)
         snprintf(out, n, "?");
         return;
     }
-    format_addr(&ss, out, n);
+    fdp_format_sockaddr(&ss, out, n, 0);
 }
 
 

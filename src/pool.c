@@ -272,9 +272,11 @@ fdp_parse_addr(const char *addr, struct sockaddr_storage *ss,
 }
 
 
-/* "ip:port", "[v6]:port" or "unix:path" of a bound socket. */
-static void
-format_sockaddr(const struct sockaddr_storage *ss, char *out, size_t n)
+/* "ip:port", "[v6]:port", and for unix sockets "unix:path" (with_path)
+ * or just "unix" (a client's side is unnamed). */
+void
+fdp_format_sockaddr(const struct sockaddr_storage *ss, char *out, size_t n,
+                    int with_path)
 {
     char ip[INET6_ADDRSTRLEN];
 
@@ -288,8 +290,10 @@ format_sockaddr(const struct sockaddr_storage *ss, char *out, size_t n)
 
         inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
         snprintf(out, n, "[%s]:%u", ip, ntohs(in6->sin6_port));
-    } else if (ss->ss_family == AF_UNIX) {
+    } else if (ss->ss_family == AF_UNIX && with_path) {
         snprintf(out, n, "unix:%s", ((const struct sockaddr_un *) ss)->sun_path);
+    } else if (ss->ss_family == AF_UNIX) {
+        snprintf(out, n, "unix");
     } else {
         snprintf(out, n, "?");
     }
@@ -423,7 +427,7 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
         what = "getsockname()";
         goto fail;
     }
-    format_sockaddr(&ss, l->bound, sizeof(l->bound));
+    fdp_format_sockaddr(&ss, l->bound, sizeof(l->bound), 1);
     l->pool = p;
     l->io.fd = l->fd;
     l->io.cb = listener_io;
@@ -475,7 +479,7 @@ fdp_pool_add_fd(struct fdp_pool *p, int fd, const char *name)
     l = &p->listeners[p->nlisten];
     memset(l, 0, sizeof(*l));
     l->fd = fd;
-    format_sockaddr(&ss, l->bound, sizeof(l->bound));
+    fdp_format_sockaddr(&ss, l->bound, sizeof(l->bound), 1);
     snprintf(l->addr, sizeof(l->addr), "%s", name && *name ? name : l->bound);
     l->pool = p;
     l->io.fd = fd;

@@ -171,6 +171,8 @@ void fdp_pool_close_in_child(struct fdp_pool *p, int keep);
 void fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
                           const char **listen);
 int fdp_unix_reclaim(const char *path);
+void fdp_format_sockaddr(const struct sockaddr_storage *ss, char *out,
+                         size_t n, int with_path);
 int fdp_parse_addr(const char *addr, struct sockaddr_storage *ss,
                    socklen_t *len, char *err, size_t errlen);
 
