@@ -21,6 +21,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/uio.h>
+#include <strings.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -53,6 +55,7 @@ fdp_conn_new(lua_State *L, int fd, struct fdp_wctx *w)
     luaL_setmetatable(L, CONN_MT);
     c->fd = fd;
     c->w = w;
+    c->rready = 1;
     c->timeout = w && w->pool->io_timeout > 0 ? w->pool->io_timeout : -1;
     c->io.fd = -1;
     return c;
@@ -142,11 +145,22 @@ fill(struct fdp_conn *c, size_t want)
             c->rcap = cap;
         }
     }
+    if (!c->rready) {
+        return -EAGAIN;     /* drained by a short read: wait for EPOLLIN */
+    }
     do {
         n = read(c->fd, c->rbuf + c->rend, c->rcap - c->rend);
     } while (n < 0 && errno == EINTR);
     if (n < 0) {
+        if (errno == EAGAIN) {
+            c->rready = 0;
+        }
         return -errno;
+    }
+    /* A short read drained the socket (nginx does the same): the next
+     * read waits for the edge instead of costing a read() for EAGAIN. */
+    if (n > 0 && (size_t) n < c->rcap - c->rend) {
+        c->rready = 0;
     }
     c->rend += (size_t) n;
     c->bytes_in += (uint64_t) n;
@@ -372,6 +386,197 @@ conn_send(lua_State *L)
     op_begin(c);
     c->op_pos = (size_t) (i - 1);
     return send_k(L, LUA_OK, 0);
+}
+
+
+/* Append to a growable head buffer; 0 or -1 (out of memory). */
+struct headbuf {
+    char *p;
+    size_t len, cap;
+    char stack[2048];
+};
+
+
+static int
+hb_add(struct headbuf *b, const char *s, size_t n)
+{
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap * 2;
+        char *q;
+
+        while (cap < b->len + n) {
+            cap *= 2;
+        }
+        q = b->p == b->stack ? malloc(cap) : realloc(b->p, cap);
+        if (q == NULL) {
+            return -1;
+        }
+        if (b->p == b->stack) {
+            memcpy(q, b->stack, b->len);
+        }
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    return 0;
+}
+
+
+static int
+own_header(const char *k, size_t n)
+{
+    return (n == 14 && strncasecmp(k, "content-length", 14) == 0)
+           || (n == 17 && strncasecmp(k, "transfer-encoding", 17) == 0)
+           || (n == 10 && strncasecmp(k, "connection", 10) == 0);
+}
+
+
+static int
+hb_header(struct headbuf *b, const char *k, size_t kn, lua_State *L, int vi)
+{
+    size_t vn;
+    const char *v = luaL_tolstring(L, vi, &vn);
+    int r = hb_add(b, k, kn) | hb_add(b, ": ", 2) | hb_add(b, v, vn)
+            | hb_add(b, "\r\n", 2);
+
+    lua_pop(L, 1);
+    return r;
+}
+
+
+/*
+ * conn:sendresponse(status_line, headers, date_line, length, chunked,
+ *                   connection, body)
+ * -> last index of the body sent (as send), or nil, err, n. Builds the
+ * HTTP response head in C (no Lua strings per header): status_line
+ * ("HTTP/1.1 200 OK\r\n"), each headers[k] = v (a table value: one line
+ * per element) except Content-Length, Transfer-Encoding and Connection,
+ * date_line if not nil, "Content-Length: length" if length is a number,
+ * "Transfer-Encoding: chunked" if chunked, "Connection: <connection>" if
+ * not nil. Sends head and body with one writev; what the
+ * kernel does not take at once goes through conn:send's waiting path.
+ */
+static int
+conn_sendresponse(lua_State *L)
+{
+    struct fdp_conn *c = checkconn(L);
+    size_t sn, dn = 0, bn = 0;
+    const char *sl = luaL_checklstring(L, 2, &sn);
+    const char *dl = luaL_optlstring(L, 4, NULL, &dn);
+    size_t cn = 0;
+    const char *conn_v = luaL_optlstring(L, 7, NULL, &cn);
+    const char *body = luaL_optlstring(L, 8, "", &bn);
+    struct headbuf b;
+    struct iovec iov[2];
+    ssize_t n;
+    int bad = 0;
+
+    luaL_checktype(L, 3, LUA_TTABLE);
+    b.p = b.stack;
+    b.len = 0;
+    b.cap = sizeof(b.stack);
+    bad |= hb_add(&b, sl, sn);
+    lua_pushnil(L);
+    while (lua_next(L, 3) != 0) {
+        size_t kn;
+        const char *k;
+
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            lua_pop(L, 1);
+            continue;
+        }
+        k = lua_tolstring(L, -2, &kn);
+        if (!own_header(k, kn)) {
+            if (lua_istable(L, -1)) {
+                lua_Integer i, m = luaL_len(L, -1);
+
+                for (i = 1; i <= m; i++) {
+                    lua_geti(L, -1, i);
+                    bad |= hb_header(&b, k, kn, L, lua_gettop(L));
+                    lua_pop(L, 1);
+                }
+            } else {
+                bad |= hb_header(&b, k, kn, L, lua_gettop(L));
+            }
+        }
+        lua_pop(L, 1);
+    }
+    if (dl) {
+        bad |= hb_add(&b, dl, dn);
+    }
+    if (lua_isinteger(L, 5)) {
+        char num[48];
+        int k = snprintf(num, sizeof(num), "Content-Length: %lld\r\n",
+                         (long long) lua_tointeger(L, 5));
+
+        bad |= hb_add(&b, num, (size_t) k);
+    }
+    if (lua_toboolean(L, 6)) {
+        bad |= hb_add(&b, "Transfer-Encoding: chunked\r\n", 28);
+    }
+    if (conn_v) {
+        bad |= hb_add(&b, "Connection: ", 12) | hb_add(&b, conn_v, cn)
+               | hb_add(&b, "\r\n", 2);
+    }
+    bad |= hb_add(&b, "\r\n", 2);
+    if (bad) {
+        if (b.p != b.stack) {
+            free(b.p);
+        }
+        return luaL_error(L, "out of memory");
+    }
+    n = -1;
+    errno = EBADF;
+    if (c->fd >= 0) {
+        iov[0].iov_base = b.p;
+        iov[0].iov_len = b.len;
+        iov[1].iov_base = (void *) body;
+        iov[1].iov_len = bn;
+        do {
+            n = writev(c->fd, iov, bn ? 2 : 1);
+        } while (n < 0 && errno == EINTR);
+    }
+    if (n == (ssize_t) (b.len + bn)) {
+        if (b.p != b.stack) {
+            free(b.p);
+        }
+        c->bytes_out += (uint64_t) n;
+        lua_pushinteger(L, (lua_Integer) bn);
+        return 1;
+    }
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+        if (b.p != b.stack) {
+            free(b.p);
+        }
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        lua_pushinteger(L, 0);
+        return 3;
+    }
+    /* The kernel took part: send the rest through conn:send, which waits
+     * (yields) as needed. */
+    {
+        size_t done = n > 0 ? (size_t) n : 0;
+        luaL_Buffer rest;
+
+        c->bytes_out += done;
+        luaL_buffinit(L, &rest);
+        if (done < b.len) {
+            luaL_addlstring(&rest, b.p + done, b.len - done);
+            done = 0;
+        } else {
+            done -= b.len;
+        }
+        luaL_addlstring(&rest, body + done, bn - done);
+        if (b.p != b.stack) {
+            free(b.p);
+        }
+        luaL_pushresult(&rest);
+        lua_replace(L, 2);
+        lua_settop(L, 2);
+        return conn_send(L);
+    }
 }
 
 
@@ -935,6 +1140,7 @@ fdp_conn_open_meta(lua_State *L)
         { "buffered", conn_buffered },
         { "park", conn_park },
         { "send", conn_send },
+        { "sendresponse", conn_sendresponse },
         { "sendfile", conn_sendfile },
         { "settimeout", conn_settimeout },
         { "close", conn_close },

@@ -243,6 +243,11 @@ conn_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     struct fdp_conn *c = io->data;
     struct fdp_task *t = c->waiter;
 
+    /* Edge-triggered: remember readability even when nobody waits, or
+     * the edge would be lost for a conn whose last read was short. */
+    if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        c->rready = 1;
+    }
     if (t == NULL) {
         return;
     }
@@ -397,6 +402,9 @@ fdp_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
                  : c->deadline > now ? (int) (c->deadline - now) : 0;
             r = poll(&pfd, 1, ms);
         } while (r < 0 && errno == EINTR);
+        if (r > 0) {
+            c->rready = 1;
+        }
         return r > 0;
     }
 }

@@ -77,6 +77,8 @@ struct fdp_conn {
     uint64_t bytes_out;
     uint32_t peerlen;           /* > 0: the client from a PROXY header */
     unsigned char peer[28];
+    int rready;                 /* no short read since the last EPOLLIN:
+                                   worth a read() before waiting */
 };
 
 /* worker.c */

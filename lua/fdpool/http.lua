@@ -185,36 +185,24 @@ local function date_line()
   return date_line_cache
 end
 
--- The status line and headers, as one string.
-local function head(self, length, chunked)
-  local req, h = self._req, self._headers
-  local code = self._status
-  local s = status_lines[code]
-  local hk = self._hk
-  for k, v in next, h do
-    local l = k:lower()
-    if own[l] then
-      if l == "connection" and tostring(v):lower() == "close" then req._close = true end
-    elseif type(v) == "table" then
-      for _, x in ipairs(v) do s = s .. k .. ": " .. tostring(x) .. "\r\n" end
-    else
-      s = s .. k .. ": " .. v .. "\r\n"
-    end
-  end
-  if not hk["date"] then s = s .. date_line() end
-  if chunked then
-    s = s .. "Transfer-Encoding: chunked\r\n"
-  elseif length and code ~= 204 and code ~= 304 and code >= 200 then
-    s = s .. "Content-Length: " .. length .. "\r\n"
-  elseif not length and code ~= 204 and code ~= 304 then
+-- Write the status line and headers (built in C by conn:sendresponse)
+-- followed by body (may be nil). length: a Content-Length, or nil.
+local function send_head(self, length, chunked, body)
+  local req, code = self._req, self._status
+  local hk, h = self._hk, self._headers
+  local ck = hk["connection"]
+  if ck and tostring(h[ck]):lower() == "close" then req._close = true end
+  if not chunked and not length and code ~= 204 and code ~= 304 then
     req._close = true  -- close-delimited body
   end
-  if req._close then
-    return s .. "Connection: close\r\n\r\n"
-  elseif req.version == "1.0" then
-    return s .. "Connection: keep-alive\r\n\r\n"
+  if not length or chunked or code == 204 or code == 304 or code < 200 then
+    length = nil
   end
-  return s .. "\r\n"
+  local connection = req._close and "close" or (req.version == "1.0" and "keep-alive") or nil
+  local ok, err = self._conn:sendresponse(status_lines[code], h,
+    not hk["date"] and date_line() or nil, length, chunked, connection, body)
+  if not ok then req._broken = true end
+  return ok, err
 end
 
 --- Send the whole response with this body (Content-Length set).
@@ -223,15 +211,9 @@ function Res:send(body)
   body = body or ""
   self.started = true
   self.finished = true
-  local h = head(self, #body, false)
-  local ok, err
-  if self._req.method == "HEAD" then
-    ok, err = self._conn:send(h)
-  else
-    ok, err = self._conn:send(h .. body)
-    self._bytes = #body
-  end
-  if not ok then self._req._broken = true end
+  local head_only = self._req.method == "HEAD"
+  if not head_only then self._bytes = #body end
+  local ok, err = send_head(self, #body, false, not head_only and body or nil)
   return ok ~= nil, err
 end
 
@@ -243,8 +225,7 @@ function Res:write(chunk)
     self.started = true
     local len = tonumber(get(self, "content-length"))
     self._chunked = len == nil and req.version == "1.1"
-    local ok = conn:send(head(self, len, self._chunked))
-    if not ok then req._broken = true return false end
+    if not send_head(self, len, self._chunked) then return false end
   end
   if req.method == "HEAD" or chunk == nil or chunk == "" then return true end
   local ok
@@ -295,8 +276,7 @@ function Res:sendfile(path, offset, count, size)
   self.started = true
   self.finished = true
   local conn = self._conn
-  local ok = conn:send(head(self, count, false))
-  if not ok then self._req._broken = true return false end
+  if not send_head(self, count, false) then return false end
   if self._req.method == "HEAD" or count == 0 then return true end
   conn:settimeout(self._req._opts.body_timeout)
   local sent, err = conn:sendfile(fd, offset, count)

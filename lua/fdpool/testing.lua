@@ -1,0 +1,995 @@
+-- fdpool.testing: what users need to test their own handlers in busted.
+-- testing.conn{} is an in-memory conn with the real conn's API and return
+-- conventions (readrequest mirrors the C parser in src/lconn.c), so a
+-- handler runs in the test's own process; testing.http_request() drives an
+-- HTTP handler through it; testing.start{} runs the real `pool` binary in
+-- the background for integration specs. Pure Lua; only testing.start (and
+-- the polling in wait_until) needs the C module `fdpool`.
+local M = {}
+
+local has_fdpool, fdpool = pcall(require, "fdpool")
+if not has_fdpool then fdpool = nil end
+
+-- ---- small helpers ---------------------------------------------------
+
+local function argerror(n, fname, msg)
+  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), 3)
+end
+
+local function optinteger(v, n, fname, default)
+  if v == nil then return default end
+  local i = math.tointeger(v)
+  if i == nil then
+    argerror(n, fname, type(v) == "number" and "number has no integer representation"
+      or "number expected, got " .. type(v))
+  end
+  return i
+end
+
+-- "ip:port" / "[v6]:port" / "unix" / "unix:PATH" -> ip|path, port, family
+local function split_addr(s)
+  if s == "unix" then return "", nil, "unix" end
+  local path = s:match("^unix:(.*)$")
+  if path then return path, nil, "unix" end
+  local ip6, p6 = s:match("^%[(.*)%]:(%d+)$")
+  if ip6 then return ip6, tonumber(p6), "inet6" end
+  local ip, port = s:match("^([^:]*):(%d+)$")
+  if ip then return ip, tonumber(port), "inet" end
+  error("bad address '" .. tostring(s) .. "' (expected ip:port, [v6]:port or unix:path)", 3)
+end
+
+-- ---- the in-memory conn ----------------------------------------------
+
+local LINE_MAX = 1 << 20      -- as LINE_MAX_BYTES in src/lconn.c
+local HEAD_MAX_DEFAULT = 8192
+local HEADERS_MAX = 100
+
+local Conn = {}
+local conn_mt = {
+  __index = Conn,
+  __name = "fdpool.testing.conn",
+  __tostring = function(c)
+    return c.closed and "fdpool.testing.conn (closed)" or "fdpool.testing.conn"
+  end,
+}
+conn_mt.__close = function(c) c:close() end
+
+--- An in-memory conn for running a handler in the test's own process.
+-- Same methods and return values as the real conn (docs/api.md section 2).
+-- The input is delivered as if each chunk arrived in one read(2):
+-- `buffered()` counts what has been read and not consumed. At the end of
+-- the input, reads fail with `"closed"` (the client closed or half-closed),
+-- or with `"timeout"` when `timeout_after_input` is set (the client keeps
+-- the connection open and says nothing more).
+-- @tparam[opt] table opts `input` (a string, or a list of strings: the
+-- chunks), `peer` ("ip:port", "[v6]:port" or "unix"; default
+-- "127.0.0.1:40000"), `sock` (default "127.0.0.1:8080"),
+-- `timeout_after_input` (boolean, default false).
+-- @treturn table the conn; besides the methods, `conn:output()` (all bytes
+-- sent), `conn.closed` (closed by the handler or parked), `conn.parked`,
+-- `conn.timeout` (as last set by settimeout).
+function M.conn(opts)
+  opts = opts or {}
+  local input = opts.input or ""
+  local chunks = {}
+  if type(input) == "string" then
+    chunks[1] = input
+  elseif type(input) == "table" then
+    for i, s in ipairs(input) do
+      if type(s) ~= "string" then
+        error("input chunk " .. i .. " must be a string", 2)
+      end
+      chunks[#chunks + 1] = s
+    end
+  else
+    error("input must be a string or a list of strings", 2)
+  end
+  local peer = opts.peer or "127.0.0.1:40000"
+  local sock = opts.sock or "127.0.0.1:8080"
+  split_addr(peer)
+  split_addr(sock)
+  return setmetatable({
+    closed = false, parked = false, timeout = 60, timeout_mode = "b",
+    _chunks = chunks, _next = 1, _buf = "", _out = {},
+    _peer = peer, _sock = sock, _eof_timeout = opts.timeout_after_input and true or false,
+    _in = 0, _outn = 0, _shut_rd = false, _shut_wr = false,
+  }, conn_mt)
+end
+
+--- Everything the handler sent, as one string.
+function Conn:output()
+  return table.concat(self._out)
+end
+
+-- One read(2): "data", "eof" or "timeout".
+function Conn:_fill()
+  if self._shut_rd then return "eof" end
+  while self._chunks[self._next] do
+    local s = self._chunks[self._next]
+    self._next = self._next + 1
+    if #s > 0 then
+      self._buf = self._buf .. s
+      self._in = self._in + #s
+      return "data"
+    end
+  end
+  return self._eof_timeout and "timeout" or "eof"
+end
+
+-- nil, reason, partial: the partial data is handed over and dropped.
+function Conn:_fail(reason, prefix)
+  local partial = (prefix or "") .. self._buf
+  self._buf = ""
+  return nil, reason, partial
+end
+
+local function pattern_of(pat)
+  if type(pat) == "number" then
+    local n = math.tointeger(pat)
+    if n == nil then argerror(1, "receive", "number has no integer representation") end
+    if n < 0 then argerror(1, "receive", "byte count must not be negative") end
+    return "count", n
+  end
+  pat = pat == nil and "l" or pat
+  if type(pat) ~= "string" then argerror(1, "receive", "string expected, got " .. type(pat)) end
+  pat = pat:gsub("^%*", "")
+  if pat == "l" then return "line" end
+  if pat == "a" then return "all" end
+  argerror(1, "receive", "invalid receive pattern (expected 'l', 'a' or a byte count)")
+end
+
+--- Read by pattern, as LuaSocket: "l"/"*l" (default) a line without its
+-- LF and one CR before it, "a"/"*a" all until the end, or n bytes.
+-- @treturn[1] string data (with `prefix` in front)
+-- @return[2] nil
+-- @treturn[2] string "closed", "timeout" or "line too long"
+-- @treturn[2] string partial: everything buffered (with `prefix`)
+function Conn:receive(pat, prefix)
+  local kind, count = pattern_of(pat)
+  if prefix ~= nil and type(prefix) ~= "string" and type(prefix) ~= "number" then
+    argerror(2, "receive", "prefix must be a string")
+  end
+  prefix = prefix ~= nil and tostring(prefix) or ""
+  while true do
+    if self.closed then return self:_fail("closed", prefix) end
+    local buf = self._buf
+    if kind == "count" and #buf >= count then
+      self._buf = buf:sub(count + 1)
+      return prefix .. buf:sub(1, count)
+    end
+    if kind == "line" then
+      local nl = buf:find("\n", 1, true)
+      if nl then
+        self._buf = buf:sub(nl + 1)
+        local line = buf:sub(1, nl - 1)
+        if line:sub(-1) == "\r" then line = line:sub(1, -2) end
+        return prefix .. line
+      end
+      if #buf > LINE_MAX then return self:_fail("line too long", prefix) end
+    end
+    local r = self:_fill()
+    if r == "eof" then
+      if kind == "all" then
+        self._buf = ""
+        return prefix .. buf
+      end
+      return self:_fail("closed", prefix)
+    elseif r == "timeout" then
+      return self:_fail("timeout", prefix)
+    end
+  end
+end
+
+local function is_tchars(s)
+  return s:find("^[A-Za-z0-9!#$%%&'*+%-.^_`|~]+$") ~= nil
+end
+
+-- The line at position i of s (up to LF) without CR LF, and the position
+-- after the LF (as line_at in src/lconn.c).
+local function line_at(s, i)
+  local nl = s:find("\n", i, true)
+  local line = s:sub(i, nl - 1)
+  if line:sub(-1) == "\r" then line = line:sub(1, -2) end
+  return line, nl + 1
+end
+
+--- Parse one request head (the request line and the header lines up to
+-- and including the empty line), with the rules of parse_head() in
+-- src/lconn.c. Exposed for tests of other parsers.
+-- @tparam string head the head, ending with an empty line
+-- @treturn[1] table {method, target, path, query, version, headers}
+-- @return[2] nil
+-- @treturn[2] string "bad request line", "bad header line", "bad header
+-- value" or "too many headers"
+function M.parse_head(head)
+  local line, nxt = line_at(head, 1)
+  -- request-line = method SP request-target SP HTTP-version
+  local sp1 = line:find(" ", 1, true)
+  local sp2 = sp1 and line:find(" ", sp1 + 1, true)
+  if not sp2 or sp1 == 1 or sp2 == sp1 + 1 or #line - sp2 ~= 8
+      or line:sub(sp2 + 1, sp2 + 7) ~= "HTTP/1."
+      or not line:sub(sp2 + 8, sp2 + 8):find("^[01]$") then
+    return nil, "bad request line"
+  end
+  local method, target = line:sub(1, sp1 - 1), line:sub(sp1 + 1, sp2 - 1)
+  if not is_tchars(method) or target:find("[\0-\32\127]") then
+    return nil, "bad request line"
+  end
+  local q = target:find("?", 1, true)
+  local req = {
+    method = method, target = target,
+    path = q and target:sub(1, q - 1) or target,
+    query = q and target:sub(q + 1) or "",
+    version = line:sub(-1) == "1" and "1.1" or "1.0",
+  }
+  local headers, nh = {}, 0
+  while true do
+    line, nxt = line_at(head, nxt)
+    if line == "" then break end
+    nh = nh + 1
+    if nh > HEADERS_MAX then return nil, "too many headers" end
+    local colon = line:find(":", 1, true)
+    if not colon or colon == 1 or colon - 1 >= 64 then return nil, "bad header line" end
+    local name = line:sub(1, colon - 1)
+    if not is_tchars(name) then return nil, "bad header line" end
+    name = name:lower()
+    local value = line:sub(colon + 1):match("^[ \t]*(.-)[ \t]*$")
+    if value:find("[\0-\8\10-\31\127]") then return nil, "bad header value" end
+    local old = headers[name]
+    headers[name] = old and (old .. ", " .. value) or value
+  end
+  req.headers = headers
+  return req
+end
+
+--- Read one HTTP/1.x request head, as the real conn:readrequest: empty
+-- lines before it are skipped, the body stays buffered.
+-- @tparam[opt=8192] integer max bytes of request line and headers
+-- @treturn[1] table {method, target, path, query, version ("1.0"|"1.1"),
+-- headers (lower-case names; repeated ones joined with ", ")}
+-- @return[2] nil
+-- @treturn[2] string "closed", "timeout", "header too large", "bad request
+-- line", "bad header line", "bad header value", "too many headers" or
+-- "bad request: truncated"
+function Conn:readrequest(max)
+  max = optinteger(max, 1, "readrequest", HEAD_MAX_DEFAULT)
+  if max <= 0 then argerror(1, "readrequest", "the limit must be positive") end
+  while true do
+    if self.closed then return nil, "closed" end
+    -- Ignore empty lines before a request (RFC 9112 2.2).
+    self._buf = self._buf:gsub("^[\r\n]+", "")
+    local s = self._buf
+    local _, hend = s:find("\n\r?\n")
+    if hend then
+      if hend > max then return nil, "header too large" end
+      local req, err = M.parse_head(s:sub(1, hend))
+      if not req then return nil, err end
+      self._buf = s:sub(hend + 1)
+      return req
+    end
+    if #s > max then return nil, "header too large" end
+    local r = self:_fill()
+    if r == "eof" then
+      local truncated = #self._buf > 0
+      self._buf = ""
+      return nil, truncated and "bad request: truncated" or "closed"
+    elseif r == "timeout" then
+      return nil, "timeout"
+    end
+  end
+end
+
+--- Bytes received and not yet read by the handler.
+function Conn:buffered()
+  return #self._buf
+end
+
+--- Send data:sub(i, j) (defaults 1, -1).
+-- @treturn[1] integer the index of the last byte sent
+-- @return[2] nil
+-- @treturn[2] string "closed"
+-- @treturn[2] integer the index of the last byte sent
+function Conn:send(data, i, j)
+  if type(data) == "number" then data = tostring(data) end
+  if type(data) ~= "string" then argerror(1, "send", "string expected, got " .. type(data)) end
+  local len = #data
+  i = optinteger(i, 2, "send", 1)
+  j = optinteger(j, 3, "send", -1)
+  if i < 0 then i = len + i + 1 end
+  if i < 1 then i = 1 end
+  if j < 0 then j = len + j + 1 end
+  if j > len then j = len end
+  if j < i then return i - 1 end
+  if self.closed or self._shut_wr then return nil, "closed", i - 1 end
+  self._out[#self._out + 1] = data:sub(i, j)
+  self._outn = self._outn + (j - i + 1)
+  return j
+end
+
+--- Append (part of) a file to the output, as conn:sendfile.
+-- @param src a path, a Lua file, an fdpool.fd or an integer fd
+-- @tparam[opt=0] integer offset
+-- @tparam[opt] integer count (default: the rest of the file)
+-- @treturn[1] integer bytes sent (fewer than count if the file is shorter)
+-- @return[2] nil
+-- @treturn[2] string "closed", or "PATH: strerror" when a path cannot be
+-- opened
+-- @treturn[2] integer bytes sent, or the errno
+function Conn:sendfile(src, offset, count)
+  offset = optinteger(offset, 2, "sendfile", 0)
+  if offset < 0 then argerror(2, "sendfile", "offset must not be negative") end
+  local f, opened, restore
+  if type(src) == "string" then
+    local e, code
+    f, e, code = io.open(src, "rb")
+    if not f then return nil, e, code end
+    opened = true
+  elseif io.type(src) == "file" then
+    f = src
+    f:flush()
+    restore = f:seek()
+  elseif math.type(src) == "integer" and fdpool then
+    f = assert(fdpool.dup(src))
+    opened = true
+  elseif fdpool and fdpool.type(src) == "fd" then
+    f = src
+    restore = f:seek()
+  else
+    local t = fdpool and fdpool.type(src) or io.type(src) or type(src)
+    argerror(1, "sendfile", "fd, file, fdpool.fd, fdpool.chan or fdpool.conn expected, got " .. t)
+  end
+  local size = f:seek("end")
+  if count == nil then
+    count = math.max(size - offset, 0)
+  else
+    count = optinteger(count, 3, "sendfile")
+    if count < 0 then argerror(3, "sendfile", "count must not be negative") end
+  end
+  local parts, got = {}, 0
+  if count > 0 and not (self.closed or self._shut_wr) then
+    f:seek("set", offset)
+    while got < count do
+      local d = f:read(count - got)
+      if not d or d == "" then break end
+      parts[#parts + 1] = d
+      got = got + #d
+    end
+  end
+  if opened then f:close() elseif restore then f:seek("set", restore) end
+  if count > 0 and (self.closed or self._shut_wr) then return nil, "closed", 0 end
+  local data = table.concat(parts)
+  self._out[#self._out + 1] = data
+  self._outn = self._outn + #data
+  return got
+end
+
+--- Record the timeout (`conn.timeout`, `conn.timeout_mode`). In memory
+-- nothing waits: the end of the input is "closed", or "timeout" with
+-- timeout_after_input.
+-- @treturn boolean true
+function Conn:settimeout(seconds, mode)
+  if seconds ~= nil and type(seconds) ~= "number" then
+    argerror(1, "settimeout", "number expected, got " .. type(seconds))
+  end
+  mode = mode or "b"
+  if mode ~= "b" and mode ~= "t" and mode ~= "r" then
+    argerror(2, "settimeout", "invalid option '" .. tostring(mode) .. "'")
+  end
+  self.timeout = seconds or -1
+  self.timeout_mode = mode == "t" and "t" or "b"
+  return true
+end
+
+--- Close (idempotent). Buffered input is dropped, as the real conn does.
+-- @treturn boolean true
+function Conn:close()
+  self.closed = true
+  self._buf = ""
+  return true
+end
+
+--- Shut down one or both directions: after "send", sends fail with
+-- "closed"; after "receive", reads see the end of the input.
+-- @treturn[1] boolean true
+-- @return[2] nil
+-- @treturn[2] string "closed"
+function Conn:shutdown(how)
+  how = how or "both"
+  if how ~= "both" and how ~= "send" and how ~= "receive" then
+    argerror(1, "shutdown", "invalid option '" .. tostring(how) .. "'")
+  end
+  if self.closed then return nil, "closed" end
+  if how ~= "receive" then self._shut_wr = true end
+  if how ~= "send" then self._shut_rd = true end
+  return true
+end
+
+--- Keep-alive parking: here it only records `conn.parked = true` and
+-- closes the conn for the handler, as the real one does.
+-- @treturn[1] boolean true
+-- @return[2] nil
+-- @treturn[2] string "closed" or "unread data"
+function Conn:park(idle)
+  if idle ~= nil and (type(idle) ~= "number" or not (idle > 0 and idle < 86400)) then
+    argerror(1, "park", "idle seconds out of range")
+  end
+  if self.closed then return nil, "closed" end
+  if #self._buf > 0 then return nil, "unread data" end
+  self.parked = true
+  self.park_idle = idle or 15
+  self.closed = true
+  return true
+end
+
+--- The client's address.
+-- @treturn[1] string ip (the socket path for unix)
+-- @treturn[1] integer port (nil for unix)
+-- @treturn[1] string "inet", "inet6" or "unix"
+-- @return[2] nil
+-- @treturn[2] string "closed"
+function Conn:getpeername()
+  if self.closed then return nil, "closed" end
+  return split_addr(self._peer)
+end
+
+--- The local address (from `sock`), as getpeername.
+function Conn:getsockname()
+  if self.closed then return nil, "closed" end
+  return split_addr(self._sock)
+end
+
+--- Always -1: there is no descriptor.
+function Conn:getfd() return -1 end
+Conn.fileno = Conn.getfd
+
+--- Bytes read from the input and bytes sent.
+-- @treturn integer bytes_in
+-- @treturn integer bytes_out
+function Conn:getstats() return self._in, self._outn end
+
+-- ---- HTTP helpers ----------------------------------------------------
+
+local function handler_fn(handler)
+  if type(handler) == "function" then return handler end
+  if type(handler) == "table" and type(handler.handle) == "function" then
+    return handler.handle
+  end
+  error("handler must be a function or a table with a handle function", 3)
+end
+
+--- Run handler on a testing.conn made from conn_opts (or on a conn).
+-- @treturn string the output
+-- @treturn table the conn
+function M.run(handler, conn_opts)
+  local fn = handler_fn(handler)
+  local c = getmetatable(conn_opts) == conn_mt and conn_opts or M.conn(conn_opts)
+  fn(c)
+  return c:output(), c
+end
+
+--- The bytes of an HTTP/1.1 request. Adds Host (unless given) and
+-- Content-Length for a body (unless Content-Length or Transfer-Encoding
+-- is given).
+-- @tparam string method
+-- @tparam string path the request target
+-- @tparam[opt] table opts `headers` (name = value; a list value sends one
+-- line each), `body` (string), `version` ("1.1" default, or "1.0")
+-- @treturn string
+function M.build_request(method, path, opts)
+  opts = opts or {}
+  local lines = { ("%s %s HTTP/%s"):format(method, path, opts.version or "1.1") }
+  local seen = {}
+  local names = {}
+  for k in pairs(opts.headers or {}) do names[#names + 1] = k end
+  table.sort(names)
+  for _, k in ipairs(names) do
+    local v = opts.headers[k]
+    seen[k:lower()] = true
+    if type(v) == "table" then
+      for _, x in ipairs(v) do lines[#lines + 1] = k .. ": " .. tostring(x) end
+    else
+      lines[#lines + 1] = k .. ": " .. tostring(v)
+    end
+  end
+  if not seen["host"] then table.insert(lines, 2, "Host: test") end
+  local body = opts.body
+  if body and not seen["content-length"] and not seen["transfer-encoding"] then
+    lines[#lines + 1] = "Content-Length: " .. #body
+  end
+  return table.concat(lines, "\r\n") .. "\r\n\r\n" .. (body or "")
+end
+
+local function decode_chunked(s, pos)
+  local parts = {}
+  while true do
+    local line_end = s:find("\r\n", pos, true)
+    if not line_end then return nil, "truncated chunked body" end
+    local size = tonumber(s:sub(pos, line_end - 1):match("^%s*(%x+)"), 16)
+    if not size then return nil, "bad chunk size" end
+    pos = line_end + 2
+    if size == 0 then
+      -- Trailers, up to the empty line.
+      local tend = s:find("\r\n", pos, true)
+      while tend and tend > pos do
+        pos = tend + 2
+        tend = s:find("\r\n", pos, true)
+      end
+      return table.concat(parts), tend and tend + 2 or #s + 1
+    end
+    if #s < pos + size - 1 then return nil, "truncated chunked body" end
+    parts[#parts + 1] = s:sub(pos, pos + size - 1)
+    pos = pos + size
+    if s:sub(pos, pos + 1) ~= "\r\n" then return nil, "bad chunk end" end
+    pos = pos + 2
+  end
+end
+
+--- Parse one HTTP/1.x response from bytes (interim 1xx responses are
+-- skipped). The body is delimited by Content-Length, chunked encoding,
+-- or the end of the bytes.
+-- @tparam string bytes
+-- @tparam[opt] string method the request's method ("HEAD": no body)
+-- @treturn[1] integer status
+-- @treturn[1] table headers (lower-case names; repeated ones joined with ", ")
+-- @treturn[1] string body
+-- @treturn[1] string the bytes after this response
+-- @return[2] nil
+-- @treturn[2] string what is wrong
+function M.parse_response(bytes, method)
+  local pos = 1
+  while true do
+    local hend = bytes:find("\r\n\r\n", pos, true)
+    if not hend then
+      return nil, #bytes < pos and "no response" or "truncated response head"
+    end
+    local head = bytes:sub(pos, hend + 1)
+    local status = head:match("^HTTP/1%.[01] (%d%d%d)[^\r\n]*\r\n")
+    if not status then return nil, "bad status line: " .. (head:match("^[^\r\n]*")) end
+    status = tonumber(status)
+    local headers = {}
+    for name, value in head:gmatch("\r\n([^:\r\n]+):[ \t]*([^\r\n]-)[ \t]*%f[\r]") do
+      name = name:lower()
+      headers[name] = headers[name] and (headers[name] .. ", " .. value) or value
+    end
+    pos = hend + 4
+    if status >= 200 or status == 101 then
+      if method == "HEAD" or status == 204 or status == 304 or status < 200 then
+        return status, headers, "", bytes:sub(pos)
+      end
+      local te, cl = headers["transfer-encoding"], headers["content-length"]
+      if te and te:lower():find("chunked", 1, true) then
+        local body, after = decode_chunked(bytes, pos)
+        if not body then return nil, after end
+        return status, headers, body, bytes:sub(after)
+      elseif cl then
+        local n = tonumber(cl)
+        if not n then return nil, "bad Content-Length: " .. cl end
+        if #bytes - pos + 1 < n then return nil, "truncated body" end
+        return status, headers, bytes:sub(pos, pos + n - 1), bytes:sub(pos + n)
+      end
+      return status, headers, bytes:sub(pos), ""
+    end
+  end
+end
+
+--- Run an HTTP handler (a raw one, or one made with http.serve) on a
+-- testing.conn holding one request, and parse its response.
+-- @tparam function|table handler
+-- @tparam string method
+-- @tparam string path
+-- @tparam[opt] table opts as build_request, plus `peer`, `chunks` (split
+-- the request bytes into chunks of this size), `timeout_after_input`
+-- @treturn[1] integer status
+-- @treturn[1] table headers (lower-case names)
+-- @treturn[1] string body
+-- @treturn[1] table the conn (output(), parked, closed)
+-- @return[2] nil
+-- @treturn[2] string what is wrong with the response
+-- @treturn[2] table the conn
+function M.http_request(handler, method, path, opts)
+  opts = opts or {}
+  local fn = handler_fn(handler)
+  local bytes = M.build_request(method, path, opts)
+  local input = bytes
+  if opts.chunks then
+    input = {}
+    for i = 1, #bytes, opts.chunks do input[#input + 1] = bytes:sub(i, i + opts.chunks - 1) end
+  end
+  local c = M.conn{ input = input, peer = opts.peer,
+    timeout_after_input = opts.timeout_after_input }
+  fn(c)
+  local status, headers, body = M.parse_response(c:output(), method)
+  if not status then return nil, headers, c end
+  return status, headers, body, c
+end
+
+-- ---- JSON --------------------------------------------------------------
+
+local escapes = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f",
+  n = "\n", r = "\r", t = "\t" }
+
+--- Decode a JSON text (for `pool status --json`). `null` becomes nil.
+-- @tparam string s
+-- @treturn[1] any the value
+-- @return[2] nil
+-- @treturn[2] string "json: what at position N"
+function M.json_decode(s)
+  local pos = 1
+  local function fail(what) error({ json = ("json: %s at position %d"):format(what, pos) }, 0) end
+  local function skip() pos = s:find("[^ \t\r\n]", pos) or #s + 1 end
+  local value
+  local function str()
+    pos = pos + 1
+    local parts = {}
+    while true do
+      local a, b = s:find('^[^"\\\0-\31]+', pos)
+      if a then parts[#parts + 1] = s:sub(a, b); pos = b + 1 end
+      local c = s:sub(pos, pos)
+      if c == '"' then pos = pos + 1; return table.concat(parts) end
+      if c ~= "\\" then fail(c == "" and "unterminated string" or "control character in string") end
+      local e = s:sub(pos + 1, pos + 1)
+      if escapes[e] then
+        parts[#parts + 1] = escapes[e]
+        pos = pos + 2
+      elseif e == "u" then
+        local cp = tonumber(s:sub(pos + 2, pos + 5):match("^%x%x%x%x$") or "", 16)
+        if not cp then fail("bad \\u escape") end
+        pos = pos + 6
+        if cp >= 0xD800 and cp <= 0xDBFF then
+          local lo = s:sub(pos, pos + 1) == "\\u" and tonumber(s:sub(pos + 2, pos + 5):match("^%x%x%x%x$") or "", 16)
+          if lo and lo >= 0xDC00 and lo <= 0xDFFF then
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
+            pos = pos + 6
+          end
+        end
+        parts[#parts + 1] = utf8.char(cp)
+      else
+        fail("bad escape")
+      end
+    end
+  end
+  function value()
+    skip()
+    local c = s:sub(pos, pos)
+    if c == "{" then
+      local t = {}
+      pos = pos + 1
+      skip()
+      if s:sub(pos, pos) == "}" then pos = pos + 1; return t end
+      while true do
+        skip()
+        if s:sub(pos, pos) ~= '"' then fail("expected a string key") end
+        local k = str()
+        skip()
+        if s:sub(pos, pos) ~= ":" then fail("expected ':'") end
+        pos = pos + 1
+        t[k] = value()
+        skip()
+        c = s:sub(pos, pos)
+        pos = pos + 1
+        if c == "}" then return t end
+        if c ~= "," then fail("expected ',' or '}'") end
+      end
+    elseif c == "[" then
+      local t, n = {}, 0
+      pos = pos + 1
+      skip()
+      if s:sub(pos, pos) == "]" then pos = pos + 1; return t end
+      while true do
+        n = n + 1
+        t[n] = value()
+        skip()
+        c = s:sub(pos, pos)
+        pos = pos + 1
+        if c == "]" then return t end
+        if c ~= "," then fail("expected ',' or ']'") end
+      end
+    elseif c == '"' then
+      return str()
+    elseif s:find("^true", pos) then pos = pos + 4; return true
+    elseif s:find("^false", pos) then pos = pos + 5; return false
+    elseif s:find("^null", pos) then pos = pos + 4; return nil
+    else
+      local num = s:match("^-?%d+%.?%d*[eE]?[-+]?%d*", pos)
+      if not num or num == "" or num == "-" then fail("unexpected " .. (c == "" and "end" or "'" .. c .. "'")) end
+      pos = pos + #num
+      local v = tonumber(num)
+      if v == nil then fail("bad number") end
+      return v
+    end
+  end
+  local ok, v = pcall(function()
+    local r = value()
+    skip()
+    if pos <= #s then fail("trailing characters") end
+    return r
+  end)
+  if ok then return v end
+  if type(v) == "table" and v.json then return nil, v.json end
+  error(v, 0)
+end
+
+-- ---- waiting -------------------------------------------------------------
+
+local function now()
+  if fdpool and fdpool.now then return fdpool.now() end
+  local f = io.open("/proc/uptime")
+  if f then
+    local t = f:read("n")
+    f:close()
+    if t then return t end
+  end
+  return os.time()
+end
+
+local function pause(s)
+  if fdpool then return fdpool.sleep(s) end
+  -- Without the C module: a blocking wait through the shell.
+  os.execute(("sleep %.3f"):format(s))
+end
+
+-- Poll fn() until it returns a truthy value: that value, or nil after
+-- timeout seconds. The delay between polls grows from 5 ms to 50 ms.
+local function poll(fn, timeout)
+  local deadline = now() + (timeout or 5)
+  local delay = 0.005
+  while true do
+    local v = fn()
+    if v then return v end
+    if now() > deadline then return nil end
+    pause(delay)
+    delay = math.min(delay * 2, 0.05)
+  end
+end
+
+--- Poll fn() until it returns a truthy value, with a deadline (never a
+-- bare sleep in a spec).
+-- @tparam function fn
+-- @tparam[opt=5] number timeout seconds
+-- @tparam[opt] string what for the error message
+-- @return fn's truthy value; raises "timed out waiting for WHAT" after
+-- timeout seconds
+function M.wait_until(fn, timeout, what)
+  local v = poll(fn, timeout)
+  if v == nil then error("timed out waiting for " .. (what or "a condition"), 2) end
+  return v
+end
+
+-- ---- the real pool in the background -------------------------------------
+
+local function quote(s)
+  s = tostring(s)
+  if s:match("^[%w%./_:=,@%-]+$") then return s end
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+local function readfile(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function alive(pid)
+  local s = readfile("/proc/" .. pid .. "/stat")
+  if not s then return false end
+  local state = s:match("^%d+ %b() (%a)")
+  return state ~= "Z" and state ~= "X"
+end
+
+--- The pool binary testing.start uses by default: $FDPOOL_POOL, else
+-- ./build/pool if it exists, else "pool" (on PATH).
+function M.pool_binary()
+  local env = os.getenv("FDPOOL_POOL")
+  if env and env ~= "" then return env end
+  local f = io.open("build/pool", "rb")
+  if f then
+    f:close()
+    return "./build/pool"
+  end
+  return "pool"
+end
+
+local Pool = {}
+local pool_mt = { __index = Pool, __name = "fdpool.testing.pool" }
+
+--- The pool's log (its stderr) so far.
+function Pool:log()
+  return self._log or readfile(self.log_path) or ""
+end
+
+--- The pool's exit code once it has exited, else nil.
+function Pool:exited()
+  if self._code then return self._code end
+  local s = readfile(self.exit_path)
+  return s and tonumber(s:match("%d+")) or nil
+end
+
+--- The status table, from `pool status --json`.
+-- @treturn[1] table as `pool status --json` (workers[i].state, .pid, ...)
+-- @return[2] nil
+-- @treturn[2] string the command's error output
+function Pool:status()
+  local p = io.popen(("%s status --json --control %s 2>%s"):format(quote(self.pool),
+    quote(self.control), quote(self.dir .. "/status.err")))
+  local out = p:read("a")
+  local ok = p:close()
+  if not ok then
+    return nil, (readfile(self.dir .. "/status.err") or "") .. out
+  end
+  local st, err = M.json_decode(out)
+  if type(st) ~= "table" then return nil, err or "pool status: no table" end
+  for _, w in ipairs(st.workers or {}) do
+    if w.pid and w.pid > 0 then self._pids[w.pid] = true end
+  end
+  return st
+end
+
+--- A client socket connected to the pool (an fdpool.fd: write, read,
+-- shutdown, close).
+-- @tparam[opt=10] number timeout seconds for connect, each read and write
+function Pool:connect(timeout)
+  return fdpool.connect(self.addr, timeout or 10)
+end
+
+--- Send bytes and read everything until the server closes. After
+-- sending, the client shuts down its sending side (the handler then sees
+-- "closed" at the end of the input, as testing.conn does) unless
+-- keep_open is set.
+-- @tparam string bytes
+-- @tparam[opt] table opts `timeout` (seconds, default 10), `keep_open`
+-- @treturn[1] string what the server sent
+-- @return[2] nil
+-- @treturn[2] string the error
+function Pool:request(bytes, opts)
+  opts = opts or {}
+  local fd, err = fdpool.connect(self.addr, opts.timeout or 10)
+  if not fd then return nil, err end
+  if bytes and #bytes > 0 then
+    local ok, werr = fd:write(bytes)
+    if not ok then
+      fd:close()
+      return nil, werr
+    end
+  end
+  if not opts.keep_open then fd:shutdown("send") end
+  local data, rerr = fd:read("a")
+  fd:close()
+  if not data then return nil, rerr end
+  return data
+end
+
+--- One HTTP request (with Connection: close) and its parsed response.
+-- @tparam string method
+-- @tparam string path
+-- @tparam[opt] table opts as testing.build_request, plus `timeout`
+-- @treturn[1] integer status
+-- @treturn[1] table headers (lower-case names)
+-- @treturn[1] string body
+-- @return[2] nil
+-- @treturn[2] string the error
+function Pool:http(method, path, opts)
+  opts = opts or {}
+  local headers = {}
+  for k, v in pairs(opts.headers or {}) do headers[k] = v end
+  local has_conn = false
+  for k in pairs(headers) do if k:lower() == "connection" then has_conn = true end end
+  if not has_conn then headers.Connection = "close" end
+  local bytes = M.build_request(method, path, { headers = headers, body = opts.body,
+    version = opts.version })
+  local data, err = self:request(bytes, { timeout = opts.timeout })
+  if not data then return nil, err end
+  local status, h, body = M.parse_response(data, method)
+  if not status then return nil, h end
+  return status, h, body
+end
+
+--- Stop the pool and wait for it and its workers to exit.
+-- @tparam[opt="TERM"] string sig "TERM" (fast stop), "QUIT" (graceful)
+-- or "KILL"
+-- @treturn integer the pool's exit code
+function Pool:stop(sig)
+  if self._code then return self._code end
+  if self.pid and not self:exited() then
+    os.execute("kill -" .. (sig or "TERM") .. " " .. self.pid .. " 2>/dev/null")
+  end
+  local code = poll(function() return self:exited() end, 15)
+  if not code and self.pid then
+    os.execute("kill -KILL " .. self.pid .. " 2>/dev/null")
+    code = poll(function() return self:exited() end, 5)
+  end
+  -- Workers die with the master (PDEATHSIG, channel EOF): wait for them.
+  poll(function()
+    for pid in pairs(self._pids) do
+      if alive(pid) then return false end
+    end
+    return true
+  end, 5)
+  self._log = self:log()
+  self._code = code or -1
+  os.execute("rm -rf " .. quote(self.dir))
+  return self._code
+end
+
+pool_mt.__close = function(p) p:stop() end
+pool_mt.__gc = function(p)
+  if not p._code and p.pid and not p:exited() then
+    os.execute("kill -KILL " .. p.pid .. " 2>/dev/null; rm -rf " .. quote(p.dir))
+  end
+end
+
+--- Start the real `pool run` in the background and wait until it is
+-- ready: it logged "listening on ADDR" and all its workers are free or
+-- busy in `pool status`.
+-- @tparam[opt] table opts `script` (nil: the built-in hello), `args`
+-- (list, after `--`), `workers` (default 2), `concurrency`, `policy`,
+-- `listen` ("127.0.0.1:0" default: a free port; "unix": a socket in a
+-- temp dir; or any --listen address), `flags` (list of more arguments),
+-- `pool` (the binary; default testing.pool_binary()), `timeout` (seconds
+-- to wait for readiness, default 10)
+-- @treturn[1] table the pool: `.addr`, `.pid`, `:request(bytes)`,
+-- `:http(method, path, opts)`, `:status()`, `:log()`, `:stop()`,
+-- `:connect()`, `:exited()`
+-- @return[2] nil
+-- @treturn[2] string why it did not start, with its log
+function M.start(opts)
+  opts = opts or {}
+  if not fdpool then error("fdpool.testing.start needs the fdpool C module", 2) end
+  local p = io.popen("mktemp -d \"${TMPDIR:-/tmp}/fdpool-testing.XXXXXX\"")
+  local dir = p:read("l")
+  p:close()
+  if not dir then return nil, "mktemp failed" end
+  local pool = setmetatable({ dir = dir, pool = opts.pool or M.pool_binary(),
+    log_path = dir .. "/pool.log", exit_path = dir .. "/exit",
+    control = dir .. "/control.sock", _pids = {} }, pool_mt)
+  local workers = opts.workers or 2
+  local listen = opts.listen or "127.0.0.1:0"
+  if listen == "unix" then listen = "unix:" .. dir .. "/pool.sock" end
+  local cmd = { pool.pool, "run" }
+  local function add(...) for _, a in ipairs{ ... } do cmd[#cmd + 1] = tostring(a) end end
+  if opts.script then add(opts.script) end
+  add("--listen", listen, "--workers", workers)
+  if opts.concurrency then add("--concurrency", opts.concurrency) end
+  if opts.policy then add("--policy", opts.policy) end
+  add("--control", pool.control)
+  for _, f in ipairs(opts.flags or {}) do add(f) end
+  if opts.args then
+    add("--")
+    for _, a in ipairs(opts.args) do add(a) end
+  end
+  for i, c in ipairs(cmd) do cmd[i] = quote(c) end
+  pool.cmd = table.concat(cmd, " ")
+  os.execute(("(%s; echo $? >%s) </dev/null >%s 2>%s &"):format(pool.cmd,
+    quote(pool.exit_path), quote(dir .. "/stdout"), quote(pool.log_path)))
+  local timeout = opts.timeout or 10
+  local function failed(why)
+    local code = pool:stop("KILL")
+    return nil, ("pool did not start (%s; exit code %d): %s"):format(why, code, pool:log())
+  end
+  -- The master's pid is in every log line: "pool[PID]".
+  local r = poll(function()
+    return tonumber(pool:log():match("pool%[(%d+)%]")) or pool:exited() and "exited"
+  end, timeout)
+  if r == "exited" or r == nil then return failed(r or "no log line") end
+  pool.pid = r
+  r = poll(function()
+    return pool:log():match("listening on (%S+)") or pool:exited() and "exited"
+  end, timeout)
+  if r == "exited" or r == nil then return failed(r or "not listening") end
+  pool.addr = r
+  r = poll(function()
+    if pool:exited() then return "exited" end
+    local st = pool:status()
+    if not st then return false end
+    local n = 0
+    for _, w in ipairs(st.workers or {}) do
+      if w.state == "free" or w.state == "busy" then n = n + 1 end
+    end
+    return n >= workers
+  end, timeout)
+  if r ~= true then return failed(r or "workers not ready") end
+  return pool
+end
+
+return M
