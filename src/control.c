@@ -374,13 +374,17 @@ open_metrics(struct fdp_control *ctl, struct fdp_pool *p, char *err,
         return -1;
     }
     len = sizeof(ss);
-    if (getsockname(ctl->mfd, (struct sockaddr *) &ss, &len) == 0
-        && ss.ss_family == AF_INET) {
-        fdp_log(FDP_LOG_INFO, 0, "metrics on http://127.0.0.1:%u/metrics "
-                "(and /healthz)", ntohs(((struct sockaddr_in *) &ss)->sin_port));
-    } else {
-        fdp_log(FDP_LOG_INFO, 0, "metrics on %s (/metrics, /healthz)",
-                p->metrics_addr);
+    if (getsockname(ctl->mfd, (struct sockaddr *) &ss, &len) == 0) {
+        char where[FDP_ADDR_MAX];
+
+        fdp_format_sockaddr(&ss, where, sizeof(where), 1);
+        if (ss.ss_family == AF_UNIX) {
+            fdp_log(FDP_LOG_INFO, 0, "metrics on %s (GET /metrics, "
+                    "/healthz)", where);
+        } else {
+            fdp_log(FDP_LOG_INFO, 0, "metrics on http://%s/metrics (and "
+                    "/healthz)", where);
+        }
     }
     ctl->mio.fd = ctl->mfd;
     ctl->mio.cb = control_accept;
@@ -517,11 +521,19 @@ fdp_control_close(struct fdp_pool *p, int unlink_path)
         return;
     }
     for (i = 0; i < CTL_CLIENTS; i++) {
+        struct ctl_client *c = &ctl->clients[i];
+
         if (p->loop.epfd < 0 || getpid() != p->owner) {
-            fdp_close(&ctl->clients[i].fd);
-            fdp_buf_free(&ctl->clients[i].out);
+            fdp_close(&c->fd);
+            fdp_buf_free(&c->out);
         } else {
-            client_close(&ctl->clients[i]);
+            /* An answer not sent yet ("OK stopping" when the stop was
+             * quick): one last try, without blocking. */
+            if (c->fd >= 0 && c->sent < c->out.len) {
+                (void) send(c->fd, c->out.data + c->sent,
+                            c->out.len - c->sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+            }
+            client_close(c);
         }
     }
     if (ctl->fd >= 0 && p->loop.epfd >= 0 && getpid() == p->owner) {

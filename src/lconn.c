@@ -76,7 +76,7 @@ fdp_conn_close(struct fdp_conn *c)
 {
     if (c->fd >= 0) {
         if (c->w) {
-            fdp_conn_unwatch(c);
+            fdp_conn_forget(c);
         }
         fdp_close(&c->fd);
     }

@@ -64,20 +64,51 @@ fdp_log_set_json(int on)
 }
 
 
-/* Append s to buf (at *n, capacity cap) as a JSON string body. */
+/* Length of the valid UTF-8 sequence at s, or 0. */
+static size_t
+utf8_len(const unsigned char *s)
+{
+    size_t n, i;
+    unsigned int c = s[0];
+
+    if (c < 0x80) {
+        return 1;
+    }
+    n = c >= 0xF0 && c <= 0xF4 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 && c < 0xE0
+        ? 2 : 0;
+    for (i = 1; i < n; i++) {
+        if ((s[i] & 0xC0) != 0x80) {
+            return 0;
+        }
+    }
+    return n;
+}
+
+
+/* Append s to buf (at *n, capacity cap) as a JSON string body: valid
+ * UTF-8 passes, control characters are escaped, invalid bytes become
+ * U+FFFD, so every line is valid JSON. */
 static void
 json_escape(char *buf, size_t *n, size_t cap, const char *s)
 {
-    for (; *s && *n + 7 < cap; s++) {
-        unsigned char c = (unsigned char) *s;
+    const unsigned char *p = (const unsigned char *) s;
 
-        if (c == '"' || c == '\\') {
+    while (*p && *n + 8 < cap) {
+        size_t k;
+
+        if (*p == '"' || *p == '\\') {
             buf[(*n)++] = '\\';
-            buf[(*n)++] = (char) c;
-        } else if (c < 0x20) {
-            *n += (size_t) snprintf(buf + *n, cap - *n, "\\u%04x", c);
+            buf[(*n)++] = (char) *p++;
+        } else if (*p < 0x20) {
+            *n += (size_t) snprintf(buf + *n, cap - *n, "\\u%04x", *p++);
+        } else if ((k = utf8_len(p)) > 0) {
+            memcpy(buf + *n, p, k);
+            *n += k;
+            p += k;
         } else {
-            buf[(*n)++] = (char) c;
+            memcpy(buf + *n, "\\ufffd", 6);
+            *n += 6;
+            p++;
         }
     }
 }

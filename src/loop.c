@@ -124,6 +124,20 @@ fdp_loop_del(struct fdp_loop *loop, struct fdp_io *io)
 }
 
 
+/* Forget a watcher whose fd is about to be closed, without a syscall:
+ * closing the last reference removes it from the epoll set, and a stale
+ * event (the fd was shared) no longer matches its registration number. */
+void
+fdp_loop_forget(struct fdp_loop *loop, struct fdp_io *io)
+{
+    if (io->fd >= 0 && (size_t) io->fd < loop->nios
+        && loop->ios[io->fd] == io) {
+        loop->ios[io->fd] = NULL;
+    }
+    io->events = 0;
+}
+
+
 void
 fdp_timer_init(struct fdp_timer *t, fdp_timer_cb cb, void *data)
 {

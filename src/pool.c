@@ -140,6 +140,7 @@ fdp_pool_free(struct fdp_pool *p)
     free(p->policy_name);
     free(p->control_path);
     free(p->metrics_addr);
+    free(p->user_name);
     free(p->workers);
     free(p->queue);
     free(p);
@@ -480,7 +481,12 @@ fdp_pool_add_fd(struct fdp_pool *p, int fd, const char *name)
     memset(l, 0, sizeof(*l));
     l->fd = fd;
     fdp_format_sockaddr(&ss, l->bound, sizeof(l->bound), 1);
-    snprintf(l->addr, sizeof(l->addr), "%s", name && *name ? name : l->bound);
+    l->named = name && *name;
+    if (l->named) {
+        snprintf(l->addr, sizeof(l->addr), "%s", name);
+    } else {
+        memcpy(l->addr, l->bound, sizeof(l->addr));
+    }
     l->pool = p;
     l->io.fd = fd;
     l->io.cb = listener_io;
@@ -1080,7 +1086,9 @@ proxywait_start(struct fdp_pool *p, struct fdp_pending *c)
     x->io.cb = proxywait_io;
     x->io.data = x;
     fdp_timer_init(&x->timer, proxywait_timeout, x);
-    if (fdp_loop_add(&p->loop, &x->io, EPOLLIN | EPOLLRDHUP) < 0) {
+    /* Edge-triggered: a partial header waits for more bytes instead of
+     * waking the master again and again. */
+    if (fdp_loop_add(&p->loop, &x->io, EPOLLIN | EPOLLRDHUP | EPOLLET) < 0) {
         fdp_close(&x->c.fd);
         free(x);
         return;
@@ -2225,7 +2233,9 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
     info->pid = p->owner;
     info->policy = fdp_policy_name(p);
     for (i = 0; i < p->nlisten; i++) {
-        listen[i] = p->listeners[i].bound;
+        /* The real address (port 0 resolved), or a systemd socket's name. */
+        listen[i] = p->listeners[i].named ? p->listeners[i].addr
+                                          : p->listeners[i].bound;
     }
     info->listen = listen;
     info->nlisten = p->nlisten;

@@ -29,6 +29,7 @@ struct fdp_policy;
 struct fdp_listener {
     int fd;
     int proxy;                      /* expects a PROXY protocol header */
+    int named;                      /* from systemd, addr is its FDNAME */
     int reuseport;
     char addr[FDP_ADDR_MAX];        /* as given to --listen */
     char bound[FDP_ADDR_MAX];       /* with the real port */

@@ -44,8 +44,8 @@ static int
 parse_v1(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
          socklen_t *len)
 {
-    const char *s = (const char *) buf, *end, *f[6];
-    size_t fl[6], i, k = 0;
+    const char *s = (const char *) buf, *end, *f[7];
+    size_t fl[7], i, k = 0;
     char ip[64];
     uint16_t port;
 
@@ -56,8 +56,9 @@ parse_v1(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
     if (end == s || end[-1] != '\r') {
         return -1;
     }
-    /* Split the line (without CR LF) on single spaces. */
-    for (i = 0; s + i < end - 1 && k < 6;) {
+    /* Split the line (without CR LF) on single spaces; a seventh field
+     * makes k 7 and the header invalid. */
+    for (i = 0; s + i < end - 1 && k < 7;) {
         size_t j = i;
 
         while (s + j < end - 1 && s[j] != ' ') {
@@ -81,9 +82,20 @@ parse_v1(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
                                  && memcmp(f[1], "TCP6", 4) != 0)) {
         return -1;
     }
-    if (fl[2] == 0 || fl[2] >= sizeof(ip) || parse_port(f[4], fl[4], &port) < 0
+    if (fl[2] == 0 || fl[2] >= sizeof(ip) || fl[3] == 0 || fl[3] >= sizeof(ip)
+        || parse_port(f[4], fl[4], &port) < 0
         || parse_port(f[5], fl[5], &port) < 0) {
         return -1;
+    }
+    /* The destination must be an address of the same family too. */
+    {
+        unsigned char dst[16];
+
+        memcpy(ip, f[3], fl[3]);
+        ip[fl[3]] = '\0';
+        if (inet_pton(f[1][3] == '4' ? AF_INET : AF_INET6, ip, dst) != 1) {
+            return -1;
+        }
     }
     (void) parse_port(f[4], fl[4], &port);
     memcpy(ip, f[2], fl[2]);

@@ -81,6 +81,39 @@ flush_done(struct fdp_wctx *w)
 
 
 static void
+done_timer_cb(struct fdp_loop *loop, struct fdp_timer *t)
+{
+    (void) loop;
+    flush_done(t->data);
+}
+
+
+/*
+ * End of a loop turn: report finished connections now when the master's
+ * view of this worker is close to full (it would hold back connections),
+ * else within DONE_DELAY_MS, so that under load one DONE message (and
+ * one wake-up of the master) covers many connections.
+ */
+#define DONE_DELAY_MS 2
+
+static void
+maybe_flush_done(struct fdp_wctx *w)
+{
+    int cap = w->pool->concurrency;
+
+    if (w->ndone == 0) {
+        return;
+    }
+    if (cap <= 8 || (w->active + w->ndone) * 4 >= cap * 3 || w->stopping) {
+        fdp_timer_stop(&w->loop, &w->done_timer);
+        flush_done(w);
+    } else if (!fdp_timer_active(&w->done_timer)) {
+        (void) fdp_timer_start(&w->loop, &w->done_timer, DONE_DELAY_MS);
+    }
+}
+
+
+static void
 worker_exit(struct fdp_wctx *w, int code)
 {
     flush_done(w);
@@ -290,6 +323,20 @@ fdp_conn_unwatch(struct fdp_conn *c)
     }
     if (c->io.events != 0 || c->io.seq != 0) {
         (void) fdp_loop_del(&c->w->loop, &c->io);
+        c->io.seq = 0;
+    }
+}
+
+
+/* The conn's fd is being closed: stop watching it without a syscall. */
+void
+fdp_conn_forget(struct fdp_conn *c)
+{
+    if (c->waiter != NULL) {
+        wake_waiter(c);
+    }
+    if (c->io.seq != 0) {
+        fdp_loop_forget(&c->w->loop, &c->io);
         c->io.seq = 0;
     }
 }
@@ -876,6 +923,7 @@ fdp_worker_main(struct fdp_pool *p, int idx)
     if (fdp_loop_init(&w.loop) < 0) {
         fail(&w, "epoll_create1() failed");
     }
+    fdp_timer_init(&w.done_timer, done_timer_cb, &w);
     (void) fdp_set_nonblock(w.ch->fd, 1);
     w.chio.fd = w.ch->fd;
     w.chio.cb = channel_io;
@@ -943,7 +991,7 @@ fdp_worker_main(struct fdp_pool *p, int idx)
             fdp_log(FDP_LOG_ERROR, -r, "epoll_wait() failed");
             worker_exit(&w, 1);
         }
-        flush_done(&w);
+        maybe_flush_done(&w);
         if (sig_reopen) {
             sig_reopen = 0;
             fdp_log_reopen();

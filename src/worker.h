@@ -52,6 +52,7 @@ struct fdp_wctx {
     struct fdp_timer stop_timer;
     int ndone;
     struct fdp_done_entry done[FDP_BATCH_MAX];
+    struct fdp_timer done_timer;    /* coalesces DONE reports */
     struct fdp_task *tasks;
     struct fdp_task *current;   /* the task being resumed */
     uint32_t status_seq;        /* fdpool.status() requests */
@@ -88,6 +89,7 @@ int fdp_wait_timed_out(lua_State *L);
 struct fdp_task *fdp_current_task(lua_State *L);
 void fdp_worker_register(lua_State *L, struct fdp_wctx *w);
 void fdp_conn_unwatch(struct fdp_conn *c);
+void fdp_conn_forget(struct fdp_conn *c);
 int fdp_conn_park(lua_State *L, struct fdp_conn *c, uint32_t idle_ms);
 int fdp_worker_status(lua_State *L);
 

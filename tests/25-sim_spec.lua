@@ -306,14 +306,8 @@ describe("fdpool.sim", function()
       assert.same(real, r.choices)
     end)
 
-    -- BUG (lua/fdpool/sim.lua drain(), vs src/pool.c:946 dispatch_queue):
-    -- the master retries its queue only while some worker has room
-    -- (`while (p->qlen > 0 && first_free(p) >= 0)`), but the sim calls the
-    -- policy for the queue's head on every 0.1 s tick even when every
-    -- worker is full. A stateful or broken policy is called more often in
-    -- the sim than in the master, and its fallbacks are over-counted
-    -- (here 13 in the sim against 3 in the master).
-    it("counts the same fallbacks as the master while a connection waits [BUG: sim retries when no worker has room]", function()
+    -- Regression test (was a bug, now fixed).
+    it("counts the same fallbacks as the master while a connection waits", function()
       local p = H.start_pool{ script = WHOAMI, workers = 1, concurrency = 1,
         policy = FIX .. "policy_raises.lua" }
       local fds = {}

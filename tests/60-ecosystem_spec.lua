@@ -64,6 +64,15 @@ local function graceful_stop(p)
     "the pool to take the graceful stop")
 end
 
+-- systemd-socket-activate starts its command with a fresh environment:
+-- under the sanitizer build, give the pool what H.start_pool gives it
+-- (leak checks at exit; UBSan settings of the run).
+local function sanitizer_env(cmd)
+  if H.BUILD == "build" then return end
+  cmd[#cmd + 1] = "-E"; cmd[#cmd + 1] = "ASAN_OPTIONS=detect_leaks=1"
+  if os.getenv("UBSAN_OPTIONS") then cmd[#cmd + 1] = "-E"; cmd[#cmd + 1] = "UBSAN_OPTIONS" end
+end
+
 local function have(cmd)
   return (H.run("command -v " .. cmd .. " >/dev/null"))
 end
@@ -284,6 +293,9 @@ describe("systemd", function()
   -- unit's FileDescriptorName, run the way systemd would: the socket is
   -- passed by systemd-socket-activate (LISTEN_FDS, LISTEN_FDNAMES), the
   -- notifications go to a datagram socket we read.
+  -- FAILS under the ASan build as of this writing: with --user the pool
+  -- leaks p->user_name (src/lfdpool.c:989 xstrdup, never freed), and
+  -- LeakSanitizer reports it at exit.
   it("the example unit's ExecStart serves the activated socket and notifies READY, RELOADING, STOPPING", function()
     if not have("systemd-socket-activate") or not have("python3") then
       pending("systemd-socket-activate (package systemd) or python3 is missing")
@@ -325,6 +337,7 @@ describe("systemd", function()
 
     local cmd = { "systemd-socket-activate", "-l", "127.0.0.1:" .. port, "--fdname=" .. fdname,
                   "-E", "NOTIFY_SOCKET=" .. nsock }
+    sanitizer_env(cmd)
     for _, w in ipairs(argv) do cmd[#cmd + 1] = w end
     p = spawn(dir, "pool", cmd, dir .. "/control.sock")
     H.wait_until(function() return p:log():find("Listening on", 1, true) or p:exited() end, 10,
@@ -350,8 +363,17 @@ describe("systemd", function()
       end
     end
 
+    -- The state changes sent (messages with only STATUS= are left out:
+    -- systemd allows them at any time).
+    local function notes()
+      local t = {}
+      for _, m in ipairs(lines(H.readfile(nout))) do
+        if m:find("READY=1", 1, true) or m:find("RELOADING=1", 1, true)
+           or m:find("STOPPING=1", 1, true) then t[#t + 1] = m end
+      end
+      return t
+    end
     -- READY=1 once every worker is ready, with a STATUS line.
-    local function notes() return lines(H.readfile(nout)) end
     H.wait_until(function() return #notes() >= 1 end, 10, "READY=1")
     local n = notes()
     assert.matches("^READY=1|STATUS=2 workers ready", n[1])
@@ -387,9 +409,11 @@ describe("systemd", function()
     end
     local dir = H.tmpdir()
     local port = free_port()
-    local p = spawn(dir, "pool", { "systemd-socket-activate", "-l", "127.0.0.1:" .. port,
-      "--fdname=web", H.POOL, "run", "examples/http_hello.lua", "--workers", "1",
-      "--control", dir .. "/control.sock" }, dir .. "/control.sock")
+    local cmd = { "systemd-socket-activate", "-l", "127.0.0.1:" .. port, "--fdname=web" }
+    sanitizer_env(cmd)
+    for _, w in ipairs { H.POOL, "run", "examples/http_hello.lua", "--workers", "1",
+                         "--control", dir .. "/control.sock" } do cmd[#cmd + 1] = w end
+    local p = spawn(dir, "pool", cmd, dir .. "/control.sock")
     finally(function() reap(p) end)
     H.wait_until(function() return p:log():find("Listening on", 1, true) or p:exited() end, 10,
       "systemd-socket-activate to listen")
@@ -550,7 +574,7 @@ describe("HAProxy in front of two pools (PROXY protocol)", function()
     -- Drain pool A (pool stop --graceful) while a client loop goes
     -- through HAProxy: no request fails; once A is gone, B answers all.
     local N = 200
-    client = spawn(dir, "client", { "sh", "-c", ("for i in $(seq 1 %d); do "
+    client = spawn(dir, "client", { "timeout", "60", "sh", "-c", ("for i in $(seq 1 %d); do "
       .. "curl -sf -m 5 http://127.0.0.1:%d/drain || echo \"FAIL $?\"; done"):format(N, ports.FE_V1) })
     H.wait_until(function() return #lines(client:log()) >= 30 end, 15, "30 answers before the drain")
     graceful_stop(a)
@@ -591,9 +615,9 @@ describe("pool stop --graceful (draining in scripts)", function()
   -- cannot reach a pool at ... (No such file or directory)" although the
   -- pool did stop. A deploy script doing `pool stop --graceful && ...`
   -- then fails.
-  it("reports success every time (30 stops of an idle pool)", function()
+  it("reports success every time (150 stops of an idle pool)", function()
     local bad = {}
-    for i = 1, 30 do
+    for i = 1, 150 do
       local p = H.start_pool { workers = 1 }
       local code, out, err = H.run_pool("stop --graceful --control " .. q(p.control), 10)
       local exit = p:wait_exit(10)

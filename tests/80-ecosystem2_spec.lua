@@ -310,11 +310,8 @@ describe("ecosystem, part 2", function()
       assert.matches("listening on 127.0.0.1:%d+", p:log())
     end)
 
-    -- BUG (src/log.c:69 json_escape): bytes >= 0x80 are copied as they
-    -- are, so a message quoting client bytes that are not UTF-8 makes a
-    -- line that is not valid JSON (RFC 8259 requires UTF-8; Python's
-    -- json.loads and strict consumers reject it).
-    it("stays valid UTF-8 when a message holds bytes that are not [BUG: raw bytes copied]", function()
+    -- Regression test (was a bug, now fixed).
+    it("stays valid UTF-8 when a message holds bytes that are not", function()
       local d = H.tmpdir()
       local p = launch({ HTTP, "--listen", "127.0.0.1:0", "--workers", "1", "--control",
         d .. "/control.sock", "--log-format", "json", "--", d .. "/access.log" },
@@ -575,15 +572,8 @@ describe("ecosystem, part 2", function()
       assert.is_true(waited >= 4.5 and waited < 7.5, "closed after " .. waited .. " s")
     end)
 
-    -- BUG (src/pool.c:1038-1040, proxywait_io): with only part of a header
-    -- in the socket, the master peeks (MSG_PEEK), parses "need more" and
-    -- returns with the level-triggered EPOLLIN still armed (added with
-    -- EPOLLIN|EPOLLRDHUP in proxywait_start): epoll_wait returns at once
-    -- again, so the master spins at 100% CPU until the header completes or
-    -- the 5 s timeout, for every such client (cheap DoS of the dispatcher).
-    -- Fix: read what is there into a per-connection buffer (or wait for
-    -- more with EPOLLET / a timer) instead of peeking again.
-    it("waits for the rest of a split header without spinning [BUG: master busy-loops]", function()
+    -- Regression test (was a bug, now fixed).
+    it("waits for the rest of a split header without spinning", function()
       local fd = assert(fdpool.connect(p.addr, 5))
       finally(function() fd:close() end)
       fd:settimeout(5)

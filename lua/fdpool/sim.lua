@@ -88,8 +88,16 @@ function M.run(opts)
     return true
   end
 
+  -- As the master: the queue is retried only while some worker has room.
+  local function room()
+    for i = 1, nw do
+      if active[i] < cap then return true end
+    end
+    return false
+  end
+
   local function drain(now)
-    while queue[qhead] and try(queue[qhead], now) do
+    while queue[qhead] and room() and try(queue[qhead], now) do
       queue[qhead] = nil
       qhead = qhead + 1
     end

@@ -12,8 +12,10 @@ if not has_fdpool then fdpool = nil end
 
 -- ---- small helpers ---------------------------------------------------
 
-local function argerror(n, fname, msg)
-  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), 3)
+-- Raise as luaL_argerror does; level 3 blames the caller of the method
+-- that called argerror (4 from a helper of that method).
+local function argerror(n, fname, msg, level)
+  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level or 3)
 end
 
 local function optinteger(v, n, fname, default)
@@ -21,7 +23,7 @@ local function optinteger(v, n, fname, default)
   local i = math.tointeger(v)
   if i == nil then
     argerror(n, fname, type(v) == "number" and "number has no integer representation"
-      or "number expected, got " .. type(v))
+      or "number expected, got " .. type(v), 4)
   end
   return i
 end
@@ -126,16 +128,16 @@ end
 local function pattern_of(pat)
   if type(pat) == "number" then
     local n = math.tointeger(pat)
-    if n == nil then argerror(1, "receive", "number has no integer representation") end
-    if n < 0 then argerror(1, "receive", "byte count must not be negative") end
+    if n == nil then argerror(1, "receive", "number has no integer representation", 4) end
+    if n < 0 then argerror(1, "receive", "byte count must not be negative", 4) end
     return "count", n
   end
   pat = pat == nil and "l" or pat
-  if type(pat) ~= "string" then argerror(1, "receive", "string expected, got " .. type(pat)) end
+  if type(pat) ~= "string" then argerror(1, "receive", "string expected, got " .. type(pat), 4) end
   pat = pat:gsub("^%*", "")
   if pat == "l" then return "line" end
   if pat == "a" then return "all" end
-  argerror(1, "receive", "invalid receive pattern (expected 'l', 'a' or a byte count)")
+  argerror(1, "receive", "invalid receive pattern (expected 'l', 'a' or a byte count)", 4)
 end
 
 --- Read by pattern, as LuaSocket: "l"/"*l" (default) a line without its
@@ -304,6 +306,49 @@ function Conn:send(data, i, j)
   self._out[#self._out + 1] = data:sub(i, j)
   self._outn = self._outn + (j - i + 1)
   return j
+end
+
+local own_headers = { ["content-length"] = true, ["transfer-encoding"] = true,
+  ["connection"] = true }
+
+--- Send an HTTP response head and body, as the real conn:sendresponse
+-- (the fast path fdpool.http uses; see src/lconn.c): status_line, each
+-- headers[k] = v (a list value: one line each) but Content-Length,
+-- Transfer-Encoding and Connection, date_line, "Content-Length: length"
+-- (an integer), "Transfer-Encoding: chunked", "Connection: connection",
+-- the empty line, then body.
+-- @treturn[1] integer the length of body
+-- @return[2] nil
+-- @treturn[2] string "closed"
+-- @treturn[2] integer 0
+function Conn:sendresponse(status_line, headers, date_line, length, chunked, connection, body)
+  if type(status_line) ~= "string" then
+    argerror(1, "sendresponse", "string expected, got " .. type(status_line))
+  end
+  if type(headers) ~= "table" then
+    argerror(2, "sendresponse", "table expected, got " .. type(headers))
+  end
+  local t = { status_line }
+  for k, v in next, headers do
+    if type(k) == "string" and not own_headers[k:lower()] then
+      if type(v) == "table" then
+        for i = 1, #v do t[#t + 1] = k .. ": " .. tostring(v[i]) .. "\r\n" end
+      else
+        t[#t + 1] = k .. ": " .. tostring(v) .. "\r\n"
+      end
+    end
+  end
+  if date_line then t[#t + 1] = date_line end
+  if math.type(length) == "integer" then t[#t + 1] = "Content-Length: " .. length .. "\r\n" end
+  if chunked then t[#t + 1] = "Transfer-Encoding: chunked\r\n" end
+  if connection then t[#t + 1] = "Connection: " .. connection .. "\r\n" end
+  t[#t + 1] = "\r\n"
+  body = body or ""
+  if self.closed or self._shut_wr then return nil, "closed", 0 end
+  local s = table.concat(t) .. body
+  self._out[#self._out + 1] = s
+  self._outn = self._outn + #s
+  return #body
 end
 
 --- Append (part of) a file to the output, as conn:sendfile.
@@ -666,9 +711,9 @@ function M.json_decode(s)
         t[k] = value()
         skip()
         c = s:sub(pos, pos)
+        if c ~= "," and c ~= "}" then fail("expected ',' or '}'") end
         pos = pos + 1
         if c == "}" then return t end
-        if c ~= "," then fail("expected ',' or '}'") end
       end
     elseif c == "[" then
       local t, n = {}, 0
@@ -680,9 +725,9 @@ function M.json_decode(s)
         t[n] = value()
         skip()
         c = s:sub(pos, pos)
+        if c ~= "," and c ~= "]" then fail("expected ',' or ']'") end
         pos = pos + 1
         if c == "]" then return t end
-        if c ~= "," then fail("expected ',' or ']'") end
       end
     elseif c == '"' then
       return str()
