@@ -159,7 +159,7 @@ fill(struct fdp_conn *c, size_t want)
     }
     /* A short read drained the socket (nginx does the same): the next
      * read waits for the edge instead of costing a read() for EAGAIN. */
-    if (n > 0 && (size_t) n < c->rcap - c->rend) {
+    if (n > 0 && (size_t) n < c->rcap - c->rend && !c->rdhup) {
         c->rready = 0;
     }
     c->rend += (size_t) n;

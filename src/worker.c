@@ -281,6 +281,9 @@ conn_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
         c->rready = 1;
     }
+    if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        c->rdhup = 1;       /* as nginx's pending_eof */
+    }
     if (t == NULL) {
         return;
     }

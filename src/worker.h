@@ -80,6 +80,8 @@ struct fdp_conn {
     unsigned char peer[28];
     int rready;                 /* no short read since the last EPOLLIN:
                                    worth a read() before waiting */
+    int rdhup;                  /* the peer's FIN (or an error) was seen:
+                                   a short read no longer means drained */
 };
 
 /* worker.c */
