@@ -104,7 +104,10 @@ maybe_flush_done(struct fdp_wctx *w)
     if (w->ndone == 0) {
         return;
     }
-    if (cap <= 8 || (w->active + w->ndone) * 4 >= cap * 3 || w->stopping) {
+    /* --max-requests counts DONEs: report at once so the master retires
+     * the worker on time. */
+    if (cap <= 8 || (w->active + w->ndone) * 4 >= cap * 3 || w->stopping
+        || w->pool->max_requests > 0) {
         fdp_timer_stop(&w->loop, &w->done_timer);
         flush_done(w);
     } else if (!fdp_timer_active(&w->done_timer)) {
