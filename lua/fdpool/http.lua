@@ -150,9 +150,16 @@ end
 
 --- Set a response header (replaces, whatever the case of the name; nil
 -- removes it; a table value sends one line each).
+-- Lower-case names of the response headers handlers use (a handful).
+local lower = setmetatable({}, { __index = function(t, k)
+  local l = k:lower()
+  t[k] = l
+  return l
+end })
+
 function Res:header(name, value)
   assert(not self.started, "response already started")
-  local l = name:lower()
+  local l = lower[name]
   local old = self._hk[l]
   if old then self._headers[old] = nil end
   self._hk[l] = value ~= nil and name or nil
