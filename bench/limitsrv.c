@@ -1,7 +1,7 @@
 /*
  * bench/limitsrv.c: copied unchanged (apart from this comment) from the project's
- * shared measuring material, /work/shared/bench-anchors/limit/limitsrv.c (see
- * /work/shared/bench-anchors/RESULTS.md). scripts/bench compiles it into its temp dir
+ * shared measuring material, ../shared/bench-anchors/limit/limitsrv.c (see
+ * ../shared/bench-anchors/RESULTS.md). scripts/bench compiles it into its temp dir
  * and runs it as "c-single" (limitsrv single PORT): the C epoll "limit" server, one
  * process, no Lua, no HTTP parser worth the name. It is a yardstick, not a peer.
  */

@@ -841,16 +841,24 @@ l_set_log_level(lua_State *L)
 
 /* ---- fdpool.pool ---------------------------------------------------- */
 
+/* The pool behind a pool (or simulator) object; raises if closed. */
 static struct fdp_pool *
-checkpool(lua_State *L)
+checkpoolof(lua_State *L, const char *mt, const char *what)
 {
-    struct lpool *lp = luaL_checkudata(L, 1, POOL_MT);
+    struct lpool *lp = luaL_checkudata(L, 1, mt);
 
     if (lp->p == NULL) {
-        luaL_error(L, "attempt to use a closed pool");
+        luaL_error(L, "attempt to use a closed %s", what);
     }
     lp->p->L = L;
     return lp->p;
+}
+
+
+static struct fdp_pool *
+checkpool(lua_State *L)
+{
+    return checkpoolof(L, POOL_MT, "pool");
 }
 
 
@@ -1414,13 +1422,7 @@ pool_tostring(lua_State *L)
 static struct fdp_pool *
 checksim(lua_State *L)
 {
-    struct lpool *lp = luaL_checkudata(L, 1, SIM_MT);
-
-    if (lp->p == NULL) {
-        luaL_error(L, "attempt to use a closed simulator");
-    }
-    lp->p->L = L;
-    return lp->p;
+    return checkpoolof(L, SIM_MT, "simulator");
 }
 
 
