@@ -624,18 +624,18 @@ static int
 l_sleep(lua_State *L)
 {
     lua_Number s = luaL_checknumber(L, 1);
-    struct fdp_task *t = fdp_current_task(L);
+    struct fdp_task *t = fdp_wait_task(L);
 
     if (s < 0) {
         s = 0;
     }
-    if (t != NULL && lua_isyieldable(L)) {
+    if (t != NULL) {
         t->waiting = FDP_WAIT_SLEEP;
         t->wconn = NULL;
         t->timed_out = 0;
         (void) fdp_timer_start(&t->w->loop, &t->timer,
                                (uint64_t) (s * 1000.0 + 0.5));
-        return lua_yieldk(L, 0, 0, sleep_k);
+        return fdp_task_yield(L, t, 0, sleep_k);
     } else {
         struct timespec ts;
 

@@ -39,23 +39,143 @@ fdp_worker_register(lua_State *L, struct fdp_wctx *w)
 }
 
 
+/* What a handler's own coroutine yields to say "I wait for I/O": the
+ * worker's coroutine.resume/wrap pass it up to the task (OpenResty does
+ * the same), and resume the coroutine again when the task is woken. */
+static const char io_yield_key = 'y';
+static const char forward_key = 'f';
+
+
 /*
- * The task whose coroutine is L, if L is the coroutine this worker
- * resumed last (a handler's own coroutines are not tasks: their I/O
- * blocks instead of yielding to the wrong resumer).
+ * The task whose execution L is part of: its own coroutine, or (when
+ * `nested` is given) a handler's coroutine resumed through the worker's
+ * coroutine.resume while the task runs. NULL elsewhere (top level,
+ * init, the master, plain programs).
  */
-struct fdp_task *
-fdp_current_task(lua_State *L)
+static struct fdp_task *
+task_of(lua_State *L, int *nested)
 {
     struct fdp_wctx *w;
+    struct fdp_task *t;
+    int fwd;
 
     lua_rawgetp(L, LUA_REGISTRYINDEX, &worker_key);
     w = lua_touserdata(L, -1);
     lua_pop(L, 1);
-    if (w == NULL || w->current == NULL || w->current->co != L) {
+    if (w == NULL || (t = w->current) == NULL) {
         return NULL;
     }
-    return w->current;
+    if (t->co == L) {
+        if (nested) {
+            *nested = 0;
+        }
+        return t;
+    }
+    if (nested == NULL) {
+        return NULL;
+    }
+    /* Forward only if the wrapper said the resumer can yield too. */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &forward_key);
+    lua_pushthread(L);
+    lua_rawget(L, -2);
+    fwd = lua_toboolean(L, -1);
+    lua_pop(L, 2);
+    if (!fwd) {
+        return NULL;
+    }
+    *nested = 1;
+    return t;
+}
+
+
+struct fdp_task *
+fdp_current_task(lua_State *L)
+{
+    return task_of(L, NULL);
+}
+
+
+/*
+ * Yield for a wait registered on task t: the task's own coroutine yields
+ * to the worker's loop; a nested one yields the I/O marker, which the
+ * coroutine.resume wrappers pass up to the task.
+ */
+int
+fdp_task_yield(lua_State *L, struct fdp_task *t, lua_KContext ctx,
+               lua_KFunction k)
+{
+    if (t->co == L) {
+        return lua_yieldk(L, 0, ctx, k);
+    }
+    lua_pushlightuserdata(L, (void *) &io_yield_key);
+    return lua_yieldk(L, 1, ctx, k);
+}
+
+
+/* The task for a wait from L (own or nested coroutine), or NULL when L
+ * must block instead. */
+struct fdp_task *
+fdp_wait_task(lua_State *L)
+{
+    int nested;
+    struct fdp_task *t = task_of(L, &nested);
+
+    return t != NULL && lua_isyieldable(L) ? t : NULL;
+}
+
+
+/* The worker's coroutine.resume and coroutine.wrap, in Lua: they pass the
+ * I/O marker up and resume again, so conn I/O in a handler's own
+ * coroutines yields to the worker's loop instead of blocking it. */
+static const char coroutine_wrappers[] =
+    "local IO, forward = ...\n"
+    "local create, resume0, yield, isyieldable, status = coroutine.create,\n"
+    "  coroutine.resume, coroutine.yield, coroutine.isyieldable,\n"
+    "  coroutine.status\n"
+    "local pack, unpack = table.pack, table.unpack\n"
+    "local function resume(co, ...)\n"
+    "  forward[co] = isyieldable()\n"
+    "  local r = pack(resume0(co, ...))\n"
+    "  while r[1] and r.n == 2 and r[2] == IO and status(co) == 'suspended' do\n"
+    "    local v = pack(yield(IO))\n"
+    "    forward[co] = isyieldable()\n"
+    "    r = pack(resume0(co, unpack(v, 1, v.n)))\n"
+    "  end\n"
+    "  return unpack(r, 1, r.n)\n"
+    "end\n"
+    "coroutine.resume = resume\n"
+    "coroutine.wrap = function(f)\n"
+    "  local co = create(f)\n"
+    "  return function(...)\n"
+    "    local r = pack(resume(co, ...))\n"
+    "    if not r[1] then error(r[2], 2) end\n"
+    "    return unpack(r, 2, r.n)\n"
+    "  end\n"
+    "end\n";
+
+
+/* Install the wrappers in L's coroutine library (a worker's state). */
+static void
+install_coroutine_wrappers(lua_State *L)
+{
+    lua_newtable(L);                            /* weak: thread -> bool */
+    lua_newtable(L);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &forward_key);
+    if (luaL_loadbufferx(L, coroutine_wrappers, sizeof(coroutine_wrappers) - 1,
+                         "=[fdpool] coroutine", "t") != LUA_OK) {
+        lua_pop(L, 2);
+        return;
+    }
+    lua_insert(L, -2);
+    lua_pushlightuserdata(L, (void *) &io_yield_key);
+    lua_insert(L, -2);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+        lua_pop(L, 1);
+    }
 }
 
 
@@ -409,14 +529,14 @@ int
 fdp_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
          lua_KContext ctx, lua_KFunction k)
 {
-    struct fdp_task *t = fdp_current_task(L);
+    struct fdp_task *t = fdp_wait_task(L);
     uint64_t now = fdp_now_ms();
 
     if (!c->total) {
         c->deadline = c->timeout < 0 ? 0
                       : now + (uint64_t) (c->timeout * 1000.0) + 1;
     }
-    if (t != NULL && lua_isyieldable(L) && c->w != NULL) {
+    if (t != NULL && c->w != NULL) {
         if (c->waiter != NULL) {
             return luaL_error(L, "connection already waited on by another "
                               "coroutine");
@@ -441,7 +561,7 @@ fdp_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
             (void) fdp_timer_start(&c->w->loop, &t->timer,
                                    c->deadline > now ? c->deadline - now : 0);
         }
-        return lua_yieldk(L, 0, ctx, k);
+        return fdp_task_yield(L, t, ctx, k);
     } else {
         struct pollfd pfd;
         int ms, r;
@@ -466,7 +586,8 @@ fdp_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
 int
 fdp_wait_timed_out(lua_State *L)
 {
-    struct fdp_task *t = fdp_current_task(L);
+    int nested;
+    struct fdp_task *t = task_of(L, &nested);
 
     return t != NULL && t->timed_out;
 }
@@ -947,6 +1068,7 @@ fdp_worker_main(struct fdp_pool *p, int idx)
         fdp_open_module(L);
         w.L = L;
         fdp_module_set_worker(L, &w);
+        install_coroutine_wrappers(L);
         if (load_script(L, p) < 0) {
             fail(&w, lua_tostring(L, -1));
         }
@@ -954,6 +1076,7 @@ fdp_worker_main(struct fdp_pool *p, int idx)
         L = p->L;
         w.L = L;
         fdp_module_set_worker(L, &w);
+        install_coroutine_wrappers(L);
         lua_rawgeti(L, LUA_REGISTRYINDEX, p->handler_ref);
     }
 

@@ -89,6 +89,9 @@ int fdp_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
              lua_KContext ctx, lua_KFunction k);
 int fdp_wait_timed_out(lua_State *L);
 struct fdp_task *fdp_current_task(lua_State *L);
+struct fdp_task *fdp_wait_task(lua_State *L);
+int fdp_task_yield(lua_State *L, struct fdp_task *t, lua_KContext ctx,
+                   lua_KFunction k);
 void fdp_worker_register(lua_State *L, struct fdp_wctx *w);
 void fdp_conn_unwatch(struct fdp_conn *c);
 void fdp_conn_forget(struct fdp_conn *c);
