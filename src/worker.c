@@ -334,7 +334,16 @@ task_finish(struct fdp_task *t, int status)
     if (t->next) {
         t->next->prev = t->prev;
     }
-    luaL_unref(w->L, LUA_REGISTRYINDEX, t->ref);
+    /* Keep the finished coroutine for the next connection (a new thread
+     * per connection is an allocation and later a collection): its stack
+     * emptied, any --timeout hook removed. */
+    if (lua_status(t->co) == LUA_OK && w->nspare < (int) FDP_NELEM(w->spare)) {
+        lua_settop(t->co, 0);
+        lua_sethook(t->co, NULL, 0, 0);
+        w->spare[w->nspare++] = t->ref;
+    } else {
+        luaL_unref(w->L, LUA_REGISTRYINDEX, t->ref);
+    }
     free(t);
     w->active--;
 }
@@ -826,8 +835,15 @@ start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
         fdp_close(&fd);
         return;
     }
-    co = lua_newthread(w->L);
-    t->ref = luaL_ref(w->L, LUA_REGISTRYINDEX);
+    if (w->nspare > 0) {
+        t->ref = w->spare[--w->nspare];
+        lua_rawgeti(w->L, LUA_REGISTRYINDEX, t->ref);
+        co = lua_tothread(w->L, -1);
+        lua_pop(w->L, 1);
+    } else {
+        co = lua_newthread(w->L);
+        t->ref = luaL_ref(w->L, LUA_REGISTRYINDEX);
+    }
     t->co = co;
     t->w = w;
     t->id = id;

@@ -53,6 +53,8 @@ struct fdp_wctx {
     int ndone;
     struct fdp_done_entry done[FDP_BATCH_MAX];
     struct fdp_timer done_timer;    /* coalesces DONE reports */
+    int nspare;                     /* finished coroutines kept for reuse */
+    int spare[64];                  /* their registry refs */
     struct fdp_task *tasks;
     struct fdp_task *current;   /* the task being resumed */
     uint32_t status_seq;        /* fdpool.status() requests */
