@@ -857,7 +857,17 @@ hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
     }
     w->inflight[k].escalated = 0;
     w->inflight[k].listener = c->listener;
-    {
+    /* Remember the socket's identity for a later PARK: a plain TCP
+     * connection by the peer address accept4 gave (no syscall on the hot
+     * path), anything else by fstat's dev/ino. */
+    w->inflight[k].by_peer = 0;
+    if (!c->proxied && (c->peer.ss_family == AF_INET
+                        || c->peer.ss_family == AF_INET6)
+        && c->peerlen <= sizeof(w->inflight[k].rpeer)) {
+        memset(&w->inflight[k].rpeer, 0, sizeof(w->inflight[k].rpeer));
+        memcpy(&w->inflight[k].rpeer, &c->peer, c->peerlen);
+        w->inflight[k].by_peer = 1;
+    } else {
         struct stat st;
 
         if (fstat(c->fd, &st) == 0) {
@@ -1442,6 +1452,58 @@ close_parked(struct fdp_pool *p)
 }
 
 
+/* Is fd the socket recorded at hand-off? For TCP: the same peer address
+ * and a local port of the listener it came in on; else dev/ino. */
+static int
+same_socket(struct fdp_pool *p, const struct fdp_inflight *f, int fd)
+{
+    struct sockaddr_storage ss, ls;
+    socklen_t len = sizeof(ss), llen = sizeof(ls);
+    struct stat st;
+
+    if (!f->by_peer) {
+        return fstat(fd, &st) == 0 && (uint64_t) st.st_ino == f->ino
+               && (uint64_t) st.st_dev == f->dev;
+    }
+    if (getpeername(fd, (struct sockaddr *) &ss, &len) < 0
+        || getsockname(fd, (struct sockaddr *) &ls, &llen) < 0
+        || ss.ss_family != f->rpeer.sin6_family) {
+        return 0;
+    }
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *) &ss;
+        const struct sockaddr_in *b = (const struct sockaddr_in *) &f->rpeer;
+
+        if (a->sin_port != b->sin_port
+            || a->sin_addr.s_addr != b->sin_addr.s_addr) {
+            return 0;
+        }
+    } else {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *) &ss;
+
+        if (a->sin6_port != f->rpeer.sin6_port
+            || memcmp(&a->sin6_addr, &f->rpeer.sin6_addr, 16) != 0) {
+            return 0;
+        }
+    }
+    /* The local side must be the listener's port (the bound address may
+     * be a wildcard). */
+    {
+        const struct fdp_listener *l = &p->listeners[f->listener];
+        const char *colon = strrchr(l->bound, ':');
+        unsigned port = ls.ss_family == AF_INET
+                        ? ntohs(((struct sockaddr_in *) &ls)->sin_port)
+                        : ntohs(((struct sockaddr_in6 *) &ls)->sin6_port);
+
+        if (l->bound[0] != '\0' && colon != NULL
+            && strtoul(colon + 1, NULL, 10) != port) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+
 /*
  * PARK: a worker hands back an idle connection it was given. Accepted
  * only for an id in flight on that worker and the very socket handed
@@ -1453,7 +1515,6 @@ on_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
     const struct fdp_park_entry *e = (const struct fdp_park_entry *) m->u.bytes;
     uint32_t k = (uint32_t) (e->id & 0xffff);
     struct fdp_parked *pk;
-    struct stat st;
     int fd = m->fds[0];
     uint32_t pk_listener, pk_peerlen;
     unsigned char pk_peer[28];
@@ -1461,9 +1522,7 @@ on_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
     m->fds[0] = -1;
     m->nfds = 0;
     if (k >= (uint32_t) w->slot.capacity || w->inflight[k].id != e->id
-        || e->id == 0 || fstat(fd, &st) < 0
-        || (uint64_t) st.st_ino != w->inflight[k].ino
-        || (uint64_t) st.st_dev != w->inflight[k].dev) {
+        || e->id == 0 || !same_socket(p, &w->inflight[k], fd)) {
         fdp_close(&fd);
         worker_fault(p, w, "PARK of a connection it was not given");
         return;

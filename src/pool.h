@@ -9,6 +9,7 @@
 
 #include <signal.h>
 #include <stdint.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -52,8 +53,10 @@ struct fdp_pending {
 struct fdp_inflight {
     uint64_t id;                    /* 0 when the entry is free */
     uint64_t since_us;
-    uint64_t ino;                   /* the socket's identity, for PARK */
-    uint64_t dev;
+    uint64_t ino;                   /* the socket's identity, for PARK: */
+    uint64_t dev;                   /* dev/ino (unix, proxied), or */
+    struct sockaddr_in6 rpeer;      /* the TCP peer it was accepted from */
+    int by_peer;
     uint32_t listener;
     uint32_t peerlen;               /* a PROXY header's client, or 0 */
     unsigned char peer[28];
