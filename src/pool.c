@@ -1728,9 +1728,6 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
                 }
             }
             fdp_log(FDP_LOG_DEBUG, 0, "worker %d ready", w->slot.id);
-            if (p->stopping == 1) {
-                break;
-            }
             break;
         case FDP_MSG_FAIL:
             on_fail(p, w, &m);
