@@ -309,11 +309,10 @@ fd_tostring(lua_State *L)
 }
 
 
+/* SO_RCVTIMEO and SO_SNDTIMEO to t seconds (0: none). 0 or -1. */
 static int
-fd_settimeout(lua_State *L)
+set_timeouts(int fd, lua_Number t)
 {
-    struct fdp_fd *f = checkfd(L, 1);
-    lua_Number t = luaL_optnumber(L, 2, 0);
     struct timeval tv;
 
     if (t < 0) {
@@ -321,8 +320,20 @@ fd_settimeout(lua_State *L)
     }
     tv.tv_sec = (time_t) t;
     tv.tv_usec = (suseconds_t) ((t - (lua_Number) tv.tv_sec) * 1e6);
-    if (setsockopt(f->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0
-        || setsockopt(f->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0) {
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0
+        || setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+
+static int
+fd_settimeout(lua_State *L)
+{
+    struct fdp_fd *f = checkfd(L, 1);
+
+    if (set_timeouts(f->fd, luaL_optnumber(L, 2, 0)) < 0) {
         return fdp_pushfail(L, errno, "setsockopt");
     }
     lua_pushboolean(L, 1);
@@ -359,7 +370,6 @@ l_connect(lua_State *L)
     struct sockaddr_storage ss;
     socklen_t len;
     char err[256];
-    struct timeval tv;
     int fd;
 
     if (fdp_parse_addr(addr, &ss, &len, err, sizeof(err)) < 0) {
@@ -371,10 +381,7 @@ l_connect(lua_State *L)
     }
     fdp_pushfd(L, fd);
     if (t > 0) {
-        tv.tv_sec = (time_t) t;
-        tv.tv_usec = (suseconds_t) ((t - (lua_Number) tv.tv_sec) * 1e6);
-        (void) setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        (void) setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        (void) set_timeouts(fd, t);
     }
     if (connect(fd, (struct sockaddr *) &ss, len) < 0) {
         int e = errno;

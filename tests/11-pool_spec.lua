@@ -17,20 +17,7 @@ local function finish(p, allowed)
   assert.same({}, bad, "unexpected error lines:\n" .. table.concat(bad, "\n"))
 end
 
--- A status table once `pred(st)` holds (polled through the control socket).
-local function wait_status(p, pred, timeout, what)
-  return H.wait_until(function()
-    local st = p:status()
-    return st and pred(st) and st
-  end, timeout or 5, what)
-end
-
-local function all_idle(st)
-  for _, w in ipairs(st.workers) do
-    if w.state ~= "free" or w.active ~= 0 then return false end
-  end
-  return true
-end
+local wait_status, all_idle = H.wait_status, H.all_idle
 
 -- Open n client connections at once (connect is blocking, but completes
 -- from the listen backlog whether or not the master has accepted yet).

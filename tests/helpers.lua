@@ -284,4 +284,20 @@ function H.sum_workers(st, field)
   return n
 end
 
+-- A status table once pred(st) holds (polled through the control socket).
+function H.wait_status(p, pred, timeout, what)
+  return H.wait_until(function()
+    local st = p:status()
+    return st and pred(st) and st
+  end, timeout or 5, what)
+end
+
+-- Every worker free with nothing active.
+function H.all_idle(st)
+  for _, w in ipairs(st.workers) do
+    if w.state ~= "free" or w.active ~= 0 then return false end
+  end
+  return true
+end
+
 return H
