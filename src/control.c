@@ -25,6 +25,8 @@
 #define CTL_LINE_MAX    1024    /* a --metrics request head */
 #define CTL_CMD_MAX     128     /* a control command line */
 #define CTL_TIMEOUT_MS  2000
+#define CTL_RELOAD_WAIT_S 75    /* client: a reload's new generation may
+                                 * take up to 60 s to be READY */
 
 struct ctl_client {
     int fd;
@@ -36,6 +38,7 @@ struct ctl_client {
     size_t nin;
     struct fdp_buf out;
     size_t sent;
+    int waiting;                /* for the outcome of its reload */
 };
 
 struct fdp_control {
@@ -58,6 +61,7 @@ client_close(struct ctl_client *c)
     if (c->fd < 0) {
         return;
     }
+    c->waiting = 0;
     if (p->loop.epfd >= 0) {
         (void) fdp_loop_del(&p->loop, &c->io);
         fdp_timer_stop(&p->loop, &c->timer);
@@ -125,8 +129,11 @@ run_command(struct ctl_client *c, const char *line, size_t n)
             fdp_log(FDP_LOG_ERROR, 0, "%s", p->error);
             fdp_buf_printf(&c->out, "ERR %s\n", p->error);
             p->error[0] = '\0';
-        } else {
-            fdp_buf_printf(&c->out, "OK reloading\n");
+        } else if (p->reload_gen) {
+            /* Answered by fdp_control_reload_done once the new
+             * generation is READY or refused. */
+            c->waiting = 1;
+            fdp_timer_stop(&p->loop, &c->timer);
         }
         break;
     case FDP_CTL_SCALE:
@@ -182,12 +189,18 @@ run_http(struct ctl_client *c)
             up += p->workers[i].slot.state == FDP_W_RUNNING;
         }
         if (up > 0 && !p->stopping) {
-            fdp_buf_printf(&body, "ok %d/%d workers\n", up, p->nworkers);
+            fdp_buf_printf(&body, "ok %d/%d workers", up, p->nworkers);
         } else {
             status = "503 Service Unavailable";
-            fdp_buf_printf(&body, "unavailable %d/%d workers%s\n", up,
+            fdp_buf_printf(&body, "unavailable %d/%d workers%s", up,
                            p->nworkers, p->stopping ? ", stopping" : "");
         }
+        if (p->crash_streak > 0 && p->crash_why[0]) {
+            fdp_buf_printf(&body, "; crash streak %d (last: %s), "
+                           "restarting with back-off", p->crash_streak,
+                           p->crash_why);
+        }
+        fdp_buf_printf(&body, "\n");
     } else {
         status = "404 Not Found";
         fdp_buf_printf(&body, "try /metrics or /healthz\n");
@@ -210,6 +223,16 @@ client_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     ssize_t n;
 
     (void) loop;
+    if (c->waiting) {
+        /* Only a hang-up matters while the reload goes on. */
+        char b[64];
+
+        n = read(c->fd, b, sizeof(b));
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+            client_close(c);
+        }
+        return;
+    }
     if (c->out.len == 0 && (ev & (EPOLLIN | EPOLLHUP | EPOLLERR))) {
         char *nl;
 
@@ -255,7 +278,9 @@ client_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             client_close(c);
             return;
         }
-        (void) fdp_loop_mod(&c->ctl->pool->loop, &c->io, EPOLLOUT);
+        if (!c->waiting) {
+            (void) fdp_loop_mod(&c->ctl->pool->loop, &c->io, EPOLLOUT);
+        }
         return;
     }
     if (ev & EPOLLOUT) {
@@ -490,6 +515,38 @@ fail:
 }
 
 
+/*
+ * The outcome of a reload started on the control socket: answer the
+ * client that waits for it ("OK reloaded: ..." or "ERR reload refused,
+ * ..."), on one line. Nothing to do for a reload from SIGHUP or Lua.
+ */
+void
+fdp_control_reload_done(struct fdp_pool *p, int ok, const char *text)
+{
+    struct fdp_control *ctl = p->control;
+    int i;
+
+    if (ctl == NULL) {
+        return;
+    }
+    for (i = 0; i < CTL_CLIENTS; i++) {
+        struct ctl_client *c = &ctl->clients[i];
+
+        if (c->fd < 0 || !c->waiting) {
+            continue;
+        }
+        c->waiting = 0;
+        fdp_buf_printf(&c->out, "%s %s\n", ok ? "OK" : "ERR", text);
+        if (c->out.oom) {
+            client_close(c);
+            continue;
+        }
+        (void) fdp_loop_mod(&p->loop, &c->io, EPOLLOUT);
+        (void) fdp_timer_start(&p->loop, &c->timer, CTL_TIMEOUT_MS);
+    }
+}
+
+
 /* The tick: watch the control sockets again after an EMFILE pause. */
 void
 fdp_control_tick(struct fdp_pool *p)
@@ -558,7 +615,8 @@ control_request_once(const char *path, const char *cmd,
                      struct fdp_buf *out, char *err, size_t errlen)
 {
     struct sockaddr_un un;
-    struct timeval tv = { 5, 0 };
+    struct timeval tv = { strcmp(cmd, "reload") == 0 ? CTL_RELOAD_WAIT_S : 5,
+                          0 };
     char buf[4096];
     ssize_t n;
     int fd;

@@ -1229,7 +1229,9 @@ pool_stop(lua_State *L)
 }
 
 
-/* pool:reload() -> true, or nil, why (nothing changed then). */
+/* pool:reload() -> true (a new generation is starting; it replaces the
+ * running one once READY, or is stopped and the refusal logged), or nil,
+ * why (refused at once: nothing changed). */
 static int
 pool_reload(lua_State *L)
 {
@@ -1303,6 +1305,12 @@ pool_status(lua_State *L)
     set_int(L, "accepted", (lua_Integer) info.accepted);
     set_int(L, "queued", (lua_Integer) info.queued);
     set_int(L, "parked", (lua_Integer) info.parked);
+    set_int(L, "closed_by_peer", (lua_Integer) info.closed_by_peer);
+    set_int(L, "crash_streak", info.crash_streak);
+    if (info.crash_why) {
+        lua_pushstring(L, info.crash_why);
+        lua_setfield(L, -2, "crash");
+    }
     set_int(L, "fallbacks", (lua_Integer) info.fallbacks);
     set_num(L, "started", info.started);
     lua_pushboolean(L, p->running);

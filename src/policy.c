@@ -654,47 +654,25 @@ fdp_policy_pick(struct fdp_pool *p, const struct fdp_pending *c)
 
 
 /*
- * Check a handler script the way a worker will use it, in a scratch
- * state: it compiles, its top level runs, and it returns a function or a
- * table with a `handle` function. For `pool reload`. 0 or -1 with err.
+ * For `pool reload`: the handler script must still compile (checked in a
+ * scratch state, so a syntax error is refused at once). Its top level
+ * and `init` run only in the new workers, never in the master. 0 or -1
+ * with err.
  */
 int
 fdp_script_check(struct fdp_pool *p, char *err, size_t errlen)
 {
     lua_State *L = luaL_newstate();
-    int i, r = -1;
+    int r = 0;
 
     if (L == NULL) {
         snprintf(err, errlen, "cannot create a Lua state");
         return -1;
     }
-    luaL_openlibs(L);
-    luaL_requiref(L, "fdpool", luaopen_fdpool, 0);
-    (void) luaL_dostring(L, "package.loaded.fdpool.worker = {id = 0, "
-                         "pid = 0, capacity = 1, set = function() "
-                         "return true end}");
-    lua_pop(L, 1);
     if (luaL_loadfilex(L, p->script, "t") != LUA_OK) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
-        goto done;
+        r = -1;
     }
-    for (i = 0; i < p->nargs; i++) {
-        lua_pushstring(L, p->args[i]);
-    }
-    if (lua_pcall(L, p->nargs, 1, 0) != LUA_OK) {
-        snprintf(err, errlen, "%s", lua_tostring(L, -1));
-        goto done;
-    }
-    if (lua_istable(L, -1)) {
-        lua_getfield(L, -1, "handle");
-    }
-    if (!lua_isfunction(L, -1)) {
-        snprintf(err, errlen, "%s must return a function(conn) or a table "
-                 "{handle = function(conn) ... end}", p->script);
-        goto done;
-    }
-    r = 0;
-done:
     lua_close(L);
     return r;
 }

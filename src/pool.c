@@ -26,9 +26,10 @@
 
 #define TICK_MS          100
 #define KILL_MARGIN_MS   500
-#define BACKOFF_MAX_MS   5000
+#define BACKOFF_MAX_MS   30000
 #define ACCEPT_BURST     256
 #define CRASH_LIMIT      10
+#define RELOAD_TIMEOUT_MS 60000
 
 struct fdp_parked {
     int fd;
@@ -70,7 +71,7 @@ fdp_pool_new(void)
     if (p == NULL) {
         return NULL;
     }
-    p->workers = calloc(FDP_MAX_WORKERS, sizeof(*p->workers));
+    p->workers = calloc(FDP_SLOTS, sizeof(*p->workers));
     p->queue = calloc(FDP_QUEUE_MAX, sizeof(*p->queue));
     if (p->workers == NULL || p->queue == NULL) {
         free(p->workers);
@@ -78,7 +79,7 @@ fdp_pool_new(void)
         free(p);
         return NULL;
     }
-    for (i = 0; i < FDP_MAX_WORKERS; i++) {
+    for (i = 0; i < FDP_SLOTS; i++) {
         struct fdp_worker *w = &p->workers[i];
 
         fdp_slot_reset(&w->slot, i + 1);
@@ -126,7 +127,7 @@ fdp_pool_free(struct fdp_pool *p)
         return;
     }
     fdp_pool_close_in_child(p, -1);
-    for (i = 0; i < FDP_MAX_WORKERS; i++) {
+    for (i = 0; i < FDP_SLOTS; i++) {
         worker_free_tables(&p->workers[i]);
     }
     for (i = 0; i < p->nargs; i++) {
@@ -160,7 +161,7 @@ fdp_pool_close_in_child(struct fdp_pool *p, int keep)
     for (i = 0; i < FDP_MAX_LISTEN; i++) {
         fdp_close(&p->listeners[i].fd);
     }
-    for (i = 0; i < FDP_MAX_WORKERS; i++) {
+    for (i = 0; i < FDP_SLOTS; i++) {
         struct fdp_worker *w = &p->workers[i];
         int k;
 
@@ -694,6 +695,8 @@ spawn_worker(struct fdp_pool *p, int idx)
     w->kill_at = 0;
     w->spawn_at = 0;
     w->retiring = 0;
+    w->pending = 0;
+    w->ordered = 0;
     w->retire_after = 0;
     if (p->max_requests > 0) {
         /* Jitter (up to +10 %) so workers do not all retire at once. */
@@ -708,7 +711,7 @@ spawn_worker(struct fdp_pool *p, int idx)
         fdp_log(FDP_LOG_ERROR, -r, "epoll_ctl() failed for worker %d", idx + 1);
     }
     p->nalive++;
-    fdp_log(FDP_LOG_INFO, 0, "worker %d started (pid %ld)", idx + 1,
+    fdp_log(FDP_LOG_INFO, 0, "worker %d started (pid %ld)", w->slot.id,
             (long) pid);
     return 0;
 }
@@ -749,6 +752,7 @@ worker_fault(struct fdp_pool *p, struct fdp_worker *w, const char *why)
             w->slot.id, (long) w->slot.pid, why);
     worker_drop_channel(p, w);
     w->slot.state = FDP_W_EXITING;
+    w->ordered = 1;
     worker_kill(w, SIGKILL);
 }
 
@@ -809,6 +813,18 @@ send_batch(struct fdp_pool *p, struct fdp_worker *w)
             memset(q, 0, sizeof(*q));
             q->fd = w->batchfds[k];
             q->listener = w->batch[k].listener;
+            /* Keep what identifies it (a PROXY client, the TCP peer). */
+            if (w->inflight[i].peerlen > 0) {
+                memcpy(&q->peer, w->inflight[i].peer, w->inflight[i].peerlen);
+                q->peerlen = w->inflight[i].peerlen;
+                q->proxied = 1;
+            } else if (w->inflight[i].by_peer) {
+                memcpy(&q->peer, &w->inflight[i].rpeer,
+                       sizeof(w->inflight[i].rpeer));
+                q->peerlen = w->inflight[i].rpeer.sin6_family == AF_INET
+                             ? sizeof(struct sockaddr_in)
+                             : sizeof(struct sockaddr_in6);
+            }
             p->qlen++;
         } else {
             fdp_close(&w->batchfds[k]);
@@ -1197,7 +1213,7 @@ retire_worker(struct fdp_pool *p, int idx, const char *why)
     if (a->slot.pid <= 0) {
         return 0;
     }
-    for (j = FDP_MAX_WORKERS - 1; j >= p->nworkers; j--) {
+    for (j = FDP_SLOTS - 1; j >= p->nworkers; j--) {
         if (p->workers[j].slot.pid <= 0 && j != idx) {
             b = &p->workers[j];
             break;
@@ -1264,13 +1280,13 @@ fdp_pool_scale(struct fdp_pool *p, int n)
 {
     int i, busy = 0;
 
-    if (!p->running || p->stopping) {
+    if (!p->running || p->stopping || p->reload_gen) {
         return -1;
     }
-    for (i = p->nworkers; i < FDP_MAX_WORKERS; i++) {
+    for (i = p->nworkers; i < FDP_SLOTS; i++) {
         busy += p->workers[i].slot.pid > 0;
     }
-    if (n < 1 || n + busy > FDP_MAX_WORKERS) {
+    if (n < 1 || n > FDP_MAX_WORKERS || n + busy > FDP_SLOTS) {
         return -1;
     }
     while (p->nworkers > n) {
@@ -1307,19 +1323,197 @@ fdp_pool_scale(struct fdp_pool *p, int n)
 }
 
 
+/* Close a policy state that is not (or no longer) p->policy. */
+static void
+policy_close_other(struct fdp_pool *p, struct fdp_policy *other)
+{
+    struct fdp_policy *cur = p->policy;
+
+    if (other == NULL) {
+        return;
+    }
+    p->policy = other;
+    fdp_policy_close(p);
+    p->policy = cur;
+}
+
+
 /*
- * Reload: check the script (and a policy file) compile, then start a new
- * generation of workers and retire the old one gracefully. A broken
- * script changes nothing. Returns 0, or -1 with p->error set.
+ * The end of a refused reload: the new generation's processes are
+ * stopped (they hold no connection), the old generation goes on as if
+ * nothing happened, and the refusal is logged and answered.
+ */
+static void
+reload_abort(struct fdp_pool *p, const char *why)
+{
+    char text[sizeof(p->error)];
+    size_t i;
+    int j;
+
+    if (p->reload_gen == 0) {
+        return;
+    }
+    snprintf(text, sizeof(text), "reload refused, keeping the running "
+             "workers: %s", why);
+    for (i = 0; text[i]; i++) {
+        if (text[i] == '\n' || text[i] == '\r') {
+            text[i] = ' ';
+        }
+    }
+    for (j = 0; j < FDP_SLOTS; j++) {
+        struct fdp_worker *w = &p->workers[j];
+
+        if (!w->pending) {
+            continue;
+        }
+        w->pending = 0;
+        w->retiring = 1;
+        w->ordered = 1;
+        w->slot.state = FDP_W_EXITING;
+        worker_drop_channel(p, w);
+        worker_kill(w, SIGTERM);
+        w->kill_at = fdp_now_ms() + 1000;
+    }
+    p->reload_gen = 0;
+    p->reload_npending = 0;
+    policy_close_other(p, p->reload_policy);
+    p->reload_policy = NULL;
+    fdp_log(FDP_LOG_ERROR, 0, "%s", text);
+    notify(p, "READY=1\nSTATUS=reload refused, generation %d serving",
+           p->generation);
+    fdp_control_reload_done(p, 0, text);
+}
+
+
+/*
+ * Put pending worker j into table slot i. The process that was there (if
+ * any) moves to slot j, leaves the table, and finishes its connections
+ * within the graceful grace, as a retired worker does.
+ */
+static void
+reload_swap(struct fdp_pool *p, int i, int j)
+{
+    struct fdp_worker *a = &p->workers[i], *b = &p->workers[j], tmp;
+    struct fdp_stop_body body;
+    uint32_t restarts = a->slot.restarts;
+
+    send_batch(p, a);
+    if (a->ch.fd >= 0) {
+        (void) fdp_loop_del(&p->loop, &a->io);
+    }
+    if (b->ch.fd >= 0) {
+        (void) fdp_loop_del(&p->loop, &b->io);
+    }
+    tmp = *b;
+    *b = *a;
+    *a = tmp;
+    a->io.data = a;
+    b->io.data = b;
+    a->pending = 0;
+    a->slot.restarts = restarts;
+    if (a->ch.fd >= 0) {
+        a->io.fd = a->ch.fd;
+        (void) fdp_loop_add(&p->loop, &a->io,
+                            EPOLLIN | (a->ch.head ? EPOLLOUT : 0));
+    }
+    if (b->slot.pid <= 0) {
+        /* Slot i had no process (a crashed worker waiting for its
+         * back-off): nothing to retire. */
+        fdp_slot_reset(&b->slot, j + 1);
+        b->retiring = 0;
+        b->io.fd = -1;
+        return;
+    }
+    b->retiring = 1;
+    if (b->ch.fd >= 0) {
+        b->io.fd = b->ch.fd;
+        (void) fdp_loop_add(&p->loop, &b->io,
+                            EPOLLIN | (b->ch.head ? EPOLLOUT : 0));
+    }
+    fdp_log(FDP_LOG_INFO, 0, "worker %d (pid %ld) retires: reload",
+            i + 1, (long) b->slot.pid);
+    b->slot.state = FDP_W_EXITING;
+    body.graceful = 1;
+    body.grace_ms = (uint32_t) (p->graceful_grace * 1000);
+    if (b->ch.fd < 0 || fdp_chan_send(&b->ch, FDP_MSG_STOP, 0, &body,
+                                      sizeof(body), NULL, 0) < 0) {
+        worker_kill(b, SIGKILL);
+    } else if (b->ch.head != NULL) {
+        (void) fdp_loop_mod(&p->loop, &b->io, EPOLLIN | EPOLLOUT);
+    }
+    b->kill_at = fdp_now_ms() + body.grace_ms + KILL_MARGIN_MS;
+}
+
+
+/* Every worker of the new generation is READY: it takes the table, the
+ * old generation retires, the new policy takes over. */
+static void
+reload_commit(struct fdp_pool *p)
+{
+    char text[128];
+    int i, j;
+
+    for (i = 0; i < p->nworkers; i++) {
+        for (j = p->nworkers; j < FDP_SLOTS; j++) {
+            if (p->workers[j].pending && p->workers[j].slot.id == i + 1) {
+                break;
+            }
+        }
+        if (j < FDP_SLOTS) {
+            reload_swap(p, i, j);
+        }
+    }
+    p->generation = p->reload_gen;
+    p->reload_gen = 0;
+    p->reload_npending = 0;
+    if (p->reload_policy != NULL) {
+        struct fdp_policy *old = p->policy;
+
+        p->policy = p->reload_policy;
+        p->reload_policy = NULL;
+        policy_close_other(p, old);
+    }
+    p->crash_streak = 0;
+    p->crash_why[0] = '\0';
+    snprintf(text, sizeof(text), "reloaded: generation %d serving "
+             "(%d worker(s))", p->generation, p->nworkers);
+    fdp_log(FDP_LOG_INFO, 0, "%s", text);
+    p->notified_ready = 1;
+    notify(p, "READY=1\nSTATUS=%d workers ready, generation %d",
+           p->nworkers, p->generation);
+    fdp_control_reload_done(p, 1, text);
+    if (p->qlen > 0) {
+        dispatch_queue(p);
+    }
+}
+
+
+/*
+ * Reload: check that the script compiles (and that a policy file loads),
+ * then start a whole new generation of workers in spare slots, next to
+ * the running one, which goes on serving. When every new worker has run
+ * the top level and `init` and sent READY, the new generation takes the
+ * table and the old one retires gracefully (reload_commit); if one sends
+ * FAIL, dies, or is not READY within RELOAD_TIMEOUT_MS, the new
+ * generation is stopped and the old one stays (reload_abort). Returns 0
+ * when the new generation is starting (the outcome is logged and given
+ * to fdp_control_reload_done), or -1 with p->error set when it is
+ * refused at once (nothing changed).
  */
 int
 fdp_pool_reload(struct fdp_pool *p)
 {
     char err[512];
-    int i;
+    int i, j, nfree = 0;
 
     if (!p->running || p->stopping) {
         snprintf(p->error, sizeof(p->error), "the pool is stopping");
+        return -1;
+    }
+    if (p->reload_gen) {
+        snprintf(p->error, sizeof(p->error), "reload refused: generation "
+                 "%d is still starting (a reload is in progress; try again "
+                 "when it is done)", p->reload_gen);
         return -1;
     }
     if (p->script && fdp_script_check(p, err, sizeof(err)) < 0) {
@@ -1333,6 +1527,16 @@ fdp_pool_reload(struct fdp_pool *p)
                  "running workers: %s", err);
         return -1;
     }
+    for (j = p->nworkers; j < FDP_SLOTS; j++) {
+        nfree += p->workers[j].slot.pid <= 0;
+    }
+    if (nfree < p->nworkers) {
+        snprintf(p->error, sizeof(p->error), "reload refused: a new "
+                 "generation needs %d free worker slots and %d are free "
+                 "(workers of an earlier generation are still finishing); "
+                 "try again later", p->nworkers, nfree);
+        return -1;
+    }
     if (p->policy_ref == -2) {
         struct fdp_policy *old = p->policy;
 
@@ -1342,25 +1546,34 @@ fdp_pool_reload(struct fdp_pool *p)
             snprintf(p->error, sizeof(p->error), "reload refused: %s", err);
             return -1;
         }
-        {
-            struct fdp_policy *new = p->policy;
-
-            p->policy = old;
-            fdp_policy_close(p);
-            p->policy = new;
-        }
+        p->reload_policy = p->policy;
+        p->policy = old;
     }
-    p->generation++;
-    fdp_log(FDP_LOG_INFO, 0, "reloading: generation %d", p->generation);
-    p->notified_ready = 0;
+    p->reload_gen = p->generation + 1;
+    p->reload_npending = 0;
+    p->reload_deadline = fdp_now_ms() + RELOAD_TIMEOUT_MS;
+    fdp_log(FDP_LOG_INFO, 0, "reloading: generation %d starting next to "
+            "generation %d", p->reload_gen, p->generation);
     notify(p, "RELOADING=1\nMONOTONIC_USEC=%llu",
            (unsigned long long) fdp_now_us());
+    j = FDP_SLOTS;
     for (i = 0; i < p->nworkers; i++) {
-        if (p->workers[i].slot.pid > 0) {
-            replace_worker(p, i, "reload");
-        } else {
-            p->workers[i].spawn_at = 0;
+        struct fdp_worker *w;
+
+        do {
+            j--;
+        } while (p->workers[j].slot.pid > 0 || p->workers[j].pending);
+        w = &p->workers[j];
+        fdp_slot_reset(&w->slot, i + 1);
+        w->slot.restarts = 0;
+        if (spawn_worker(p, j) < 0) {
+            fdp_slot_reset(&w->slot, j + 1);
+            reload_abort(p, "cannot start a new worker (see the log)");
+            return 0;
         }
+        w->slot.generation = p->reload_gen;
+        w->pending = 1;
+        p->reload_npending++;
     }
     return 0;
 }
@@ -1409,9 +1622,25 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     struct fdp_pending c;
 
     (void) loop;
-    if (!(ev & EPOLLIN) || p->stopping) {
+    if (p->stopping) {
         parked_free(p, k);
         return;
+    }
+    if (!(ev & EPOLLIN) || (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+        /* Bytes and a hang-up together (a last request, then FIN) still
+         * go to a worker; a hang-up or a reset alone closes it here. */
+        char b;
+        ssize_t n = recv(k->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)
+            && (ev & EPOLLIN)) {
+            return;
+        }
+        if (n <= 0) {
+            p->closed_by_peer++;
+            parked_free(p, k);
+            return;
+        }
     }
     memset(&c, 0, sizeof(c));
     c.listener = k->listener;
@@ -1423,6 +1652,7 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     } else {
         c.peerlen = sizeof(c.peer);
         if (getpeername(k->fd, (struct sockaddr *) &c.peer, &c.peerlen) < 0) {
+            p->closed_by_peer++;
             parked_free(p, k);
             return;
         }
@@ -1452,8 +1682,14 @@ close_parked(struct fdp_pool *p)
 }
 
 
-/* Is fd the socket recorded at hand-off? For TCP: the same peer address
- * and a local port of the listener it came in on; else dev/ino. */
+/*
+ * Is fd the socket recorded at hand-off? For TCP: the same peer address
+ * and a local port of the listener it came in on; else dev/ino. Returns
+ * 1 when it is, 0 when it is something else (the worker's fault), and
+ * -1 when it is a connected-then-dead socket: a client that reset or
+ * closed has no peer address any more (getpeername: ENOTCONN), which is
+ * no fault of the worker's; such a socket is only ever closed.
+ */
 static int
 same_socket(struct fdp_pool *p, const struct fdp_inflight *f, int fd)
 {
@@ -1465,8 +1701,10 @@ same_socket(struct fdp_pool *p, const struct fdp_inflight *f, int fd)
         return fstat(fd, &st) == 0 && (uint64_t) st.st_ino == f->ino
                && (uint64_t) st.st_dev == f->dev;
     }
-    if (getpeername(fd, (struct sockaddr *) &ss, &len) < 0
-        || getsockname(fd, (struct sockaddr *) &ls, &llen) < 0
+    if (getpeername(fd, (struct sockaddr *) &ss, &len) < 0) {
+        return errno == ENOTCONN ? -1 : 0;
+    }
+    if (getsockname(fd, (struct sockaddr *) &ls, &llen) < 0
         || ss.ss_family != f->rpeer.sin6_family) {
         return 0;
     }
@@ -1507,7 +1745,8 @@ same_socket(struct fdp_pool *p, const struct fdp_inflight *f, int fd)
 /*
  * PARK: a worker hands back an idle connection it was given. Accepted
  * only for an id in flight on that worker and the very socket handed
- * (same dev/ino); anything else makes the worker faulty.
+ * (see same_socket); anything else makes the worker faulty. A socket
+ * whose client has gone (reset, closed) counts as done and is closed.
  */
 static void
 on_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
@@ -1518,11 +1757,15 @@ on_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
     int fd = m->fds[0];
     uint32_t pk_listener, pk_peerlen;
     unsigned char pk_peer[28];
+    int same = 0;
 
     m->fds[0] = -1;
     m->nfds = 0;
-    if (k >= (uint32_t) w->slot.capacity || w->inflight[k].id != e->id
-        || e->id == 0 || !same_socket(p, &w->inflight[k], fd)) {
+    if (k < (uint32_t) w->slot.capacity && w->inflight[k].id == e->id
+        && e->id != 0) {
+        same = same_socket(p, &w->inflight[k], fd);
+    }
+    if (same == 0) {
         fdp_close(&fd);
         worker_fault(p, w, "PARK of a connection it was not given");
         return;
@@ -1537,6 +1780,11 @@ on_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
     w->slot.bytes_in += e->bytes_in;
     w->slot.bytes_out += e->bytes_out;
     fdp_slot_update_busy(&w->slot, fdp_wall());
+    if (same < 0) {
+        p->closed_by_peer++;
+        fdp_close(&fd);
+        return;
+    }
     if (p->stopping) {
         fdp_close(&fd);
         return;
@@ -1658,6 +1906,14 @@ on_fail(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
 
     memcpy(text, m->u.bytes, m->h.len);
     text[m->h.len] = '\0';
+    if (w->pending) {
+        char why[sizeof(text) + 64];
+
+        snprintf(why, sizeof(why), "worker %d of generation %d cannot "
+                 "start: %s", w->slot.id, w->slot.generation, text);
+        reload_abort(p, why);
+        return;
+    }
     fdp_log(FDP_LOG_ERROR, 0, "worker %d cannot start: %s", w->slot.id, text);
     if (!p->ever_ready && !p->failed) {
         p->failed = 1;
@@ -1714,6 +1970,22 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
                 return;
             }
             w->slot.state = FDP_W_RUNNING;
+            if (w->pending) {
+                int j, up = 0;
+
+                fdp_log(FDP_LOG_DEBUG, 0, "worker %d of generation %d ready",
+                        w->slot.id, w->slot.generation);
+                for (j = 0; j < FDP_SLOTS; j++) {
+                    up += p->workers[j].pending
+                          && p->workers[j].slot.state == FDP_W_RUNNING;
+                }
+                if (up == p->reload_npending) {
+                    /* Swaps slots, w included: read the rest later. */
+                    reload_commit(p);
+                    return;
+                }
+                break;
+            }
             p->ever_ready = 1;
             if (!p->notified_ready) {
                 int i, up = 0;
@@ -1816,6 +2088,18 @@ on_exit_status(struct fdp_pool *p, struct fdp_worker *w, int st)
     if (p->stopping) {
         return;
     }
+    if (w->pending) {
+        /* A reload's new worker died before READY: the reload fails,
+         * the running generation stays. */
+        char why[160];
+
+        w->pending = 0;
+        fdp_slot_reset(&w->slot, (int) (w - p->workers) + 1);
+        snprintf(why, sizeof(why), "a worker of generation %d %s before "
+                 "it was ready", p->reload_gen, how);
+        reload_abort(p, why);
+        return;
+    }
     if (w->retiring || (int) (w - p->workers) >= p->nworkers) {
         /* A retired process (recycled, scaled down, old generation). */
         w->retiring = 0;
@@ -1834,24 +2118,35 @@ on_exit_status(struct fdp_pool *p, struct fdp_worker *w, int st)
         return;
     }
     w->slot.restarts++;
-    if (!was_ready || lived < 1000) {
-        p->crash_streak++;
-        if (p->crash_streak > CRASH_LIMIT) {
-            p->failed = 1;
-            snprintf(p->error, sizeof(p->error), "workers keep dying at "
-                     "start (%d times in a row, last: worker %d %s); "
-                     "giving up", p->crash_streak, w->slot.id, how);
-            fdp_log(FDP_LOG_ERROR, 0, "%s", p->error);
-            fdp_pool_stop(p, 0);
-            return;
+    if (w->ordered) {
+        /* The master killed it (faulty, past --timeout): that is no
+         * crash. A new one starts at once, or after a second when this
+         * one lived less, so a fault at start cannot make a fork loop. */
+        w->spawn_at = lived < 1000 ? fdp_now_ms() + 1000 : 0;
+        if (w->spawn_at == 0) {
+            (void) spawn_worker(p, (int) (w - p->workers));
         }
+        return;
+    }
+    if (!was_ready || lived < 1000) {
+        /* A crash: back off, 100 ms doubling up to 30 s, and keep
+         * retrying. The pool has had a READY generation (else it stopped
+         * above), so it never gives up: clients are served by the
+         * workers that run, and /healthz and `pool status` show why. */
+        p->crash_streak++;
+        snprintf(p->crash_why, sizeof(p->crash_why), "worker %d %s%s",
+                 w->slot.id, how, was_ready ? " within a second of its "
+                 "start" : " before it was ready");
         w->spawn_at = fdp_now_ms() + backoff_ms(p->crash_streak);
-        fdp_log(FDP_LOG_WARN, 0, "worker %d restarts in %llu ms (crash "
-                "streak %d)", w->slot.id,
+        fdp_log(p->crash_streak >= CRASH_LIMIT ? FDP_LOG_ERROR
+                : FDP_LOG_WARN, 0, "worker %d restarts in %llu ms (crash "
+                "streak %d)%s", w->slot.id,
                 (unsigned long long) (w->spawn_at - fdp_now_ms()),
-                p->crash_streak);
+                p->crash_streak, p->crash_streak >= CRASH_LIMIT
+                ? ": workers keep dying; the pool keeps retrying" : "");
     } else {
         p->crash_streak = 0;
+        p->crash_why[0] = '\0';
         w->spawn_at = 0;
         (void) spawn_worker(p, (int) (w - p->workers));
     }
@@ -1863,7 +2158,7 @@ reap(struct fdp_pool *p)
 {
     int i, st;
 
-    for (i = 0; i < FDP_MAX_WORKERS; i++) {
+    for (i = 0; i < FDP_SLOTS; i++) {
         struct fdp_worker *w = &p->workers[i];
         pid_t r;
 
@@ -1932,7 +2227,7 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         case SIGUSR1:
             fdp_log_reopen();
             fdp_log(FDP_LOG_INFO, 0, "SIGUSR1: log reopened");
-            for (i = 0; i < FDP_MAX_WORKERS; i++) {
+            for (i = 0; i < FDP_SLOTS; i++) {
                 worker_kill(&p->workers[i], SIGUSR1);
             }
             break;
@@ -1959,7 +2254,7 @@ watch_timeouts(struct fdp_pool *p)
     uint64_t now = fdp_now_us(), limit = (uint64_t) (p->timeout * 1e6);
     int i, k;
 
-    for (i = 0; i < FDP_MAX_WORKERS; i++) {
+    for (i = 0; i < FDP_SLOTS; i++) {
         struct fdp_worker *w = &p->workers[i];
 
         if (w->slot.pid <= 0 || w->slot.active == 0 || w->inflight == NULL) {
@@ -1983,6 +2278,7 @@ watch_timeouts(struct fdp_pool *p)
                         "terminating the worker (its %d connection(s) are "
                         "lost)", w->slot.id, (long) w->slot.pid,
                         w->slot.active);
+                w->ordered = 1;
                 worker_kill(w, SIGTERM);
                 w->kill_at = fdp_now_ms() + 1000;
                 break;
@@ -1999,7 +2295,7 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
     uint64_t now = fdp_now_ms();
     int i;
 
-    for (i = 0; i < FDP_MAX_WORKERS; i++) {
+    for (i = 0; i < FDP_SLOTS; i++) {
         struct fdp_worker *w = &p->workers[i];
 
         if (w->slot.pid > 0 && w->kill_at && now >= w->kill_at) {
@@ -2012,6 +2308,28 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
         if (!p->stopping && i < p->nworkers && w->slot.pid == -1
             && now >= w->spawn_at) {
             (void) spawn_worker(p, i);
+        }
+    }
+    if (p->reload_gen && now >= p->reload_deadline) {
+        char why[96];
+
+        snprintf(why, sizeof(why), "generation %d was not ready within "
+                 "%d s", p->reload_gen, RELOAD_TIMEOUT_MS / 1000);
+        reload_abort(p, why);
+    }
+    if (p->crash_streak > 0 && !p->stopping) {
+        /* Every worker up for a second: the crash streak is over. */
+        int up = 0;
+
+        for (i = 0; i < p->nworkers; i++) {
+            up += p->workers[i].slot.state == FDP_W_RUNNING
+                  && now - p->workers[i].started_ms >= 1000;
+        }
+        if (up == p->nworkers) {
+            fdp_log(FDP_LOG_INFO, 0, "all %d worker(s) running again "
+                    "(crash streak of %d over)", up, p->crash_streak);
+            p->crash_streak = 0;
+            p->crash_why[0] = '\0';
         }
     }
     if (p->timeout > 0) {
@@ -2187,6 +2505,7 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
     if (p->stopping && (graceful || p->stopping == 1)) {
         return;
     }
+    reload_abort(p, "the pool is stopping");
     p->stopping = graceful ? 2 : 1;
     close_listeners(p);
     close_parked(p);
@@ -2202,7 +2521,7 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
     }
     body.graceful = (uint32_t) graceful;
     body.grace_ms = (uint32_t) (grace * 1000);
-    for (i = 0; i < FDP_MAX_WORKERS; i++) {
+    for (i = 0; i < FDP_SLOTS; i++) {
         struct fdp_worker *w = &p->workers[i];
 
         if (w->slot.pid <= 0) {
@@ -2235,7 +2554,7 @@ pool_finish(struct fdp_pool *p)
     fdp_timer_stop(&p->loop, &p->tick);
     close_parked(p);
     close_proxywait(p);
-    for (i = 0; i < FDP_MAX_WORKERS; i++) {
+    for (i = 0; i < FDP_SLOTS; i++) {
         worker_drop_channel(p, &p->workers[i]);
     }
     fdp_control_close(p, 1);
@@ -2301,6 +2620,9 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
     info->fallbacks = p->fallbacks;
     info->started = p->started_at;
     info->generation = p->generation;
+    info->closed_by_peer = p->closed_by_peer;
+    info->crash_streak = p->crash_streak;
+    info->crash_why = p->crash_streak > 0 ? p->crash_why : NULL;
     info->lat_counts = p->lat_counts;
     info->lat_sum = p->lat_sum;
     info->lat_count = p->lat_count;

@@ -18,6 +18,9 @@
 #include "status.h"
 
 #define FDP_MAX_WORKERS     256
+/* Process slots: the table (at most FDP_MAX_WORKERS) plus room for a
+ * reload's new generation and processes still finishing (retiring). */
+#define FDP_SLOTS           (2 * FDP_MAX_WORKERS)
 #define FDP_MAX_LISTEN      16
 #define FDP_MAX_CONCURRENCY 65535
 #define FDP_QUEUE_MAX       1024
@@ -79,6 +82,10 @@ struct fdp_worker {
     uint64_t started_ms;
     uint64_t retire_after;          /* served count that retires it, 0 no */
     int retiring;                   /* moved out of the table, stopping */
+    int pending;                    /* a reload's new generation, not
+                                     * in the table until all are READY */
+    int ordered;                    /* the master killed it (faulty,
+                                     * timeout): its death is no crash */
 };
 
 struct fdp_control;
@@ -128,7 +135,7 @@ struct fdp_pool {
     uint64_t accept_paused_until;   /* ms: EMFILE back-off */
     uint64_t emfile_logged_ms;
 
-    struct fdp_worker *workers;     /* FDP_MAX_WORKERS slots */
+    struct fdp_worker *workers;     /* FDP_SLOTS slots */
     int generation;
     int nalive;                     /* processes not yet reaped */
 
@@ -153,6 +160,15 @@ struct fdp_pool {
     uint64_t fallback_unlogged;
     double started_at;
     int crash_streak;
+    char crash_why[160];            /* the last crash, while streak > 0 */
+    uint64_t closed_by_peer;        /* died while the master held them */
+
+    /* A reload in progress: its new generation starts in spare slots and
+     * replaces the table only when every new worker is READY. */
+    int reload_gen;                 /* 0: none */
+    int reload_npending;
+    uint64_t reload_deadline;       /* ms */
+    struct fdp_policy *reload_policy;   /* the new policy, until then */
 
     struct fdp_policy *policy;
     struct fdp_control *control;
@@ -199,6 +215,7 @@ int fdp_control_default_dir(char *out, size_t n, int create, char *err,
 int fdp_control_default_path(struct fdp_pool *p, char *err, size_t errlen);
 int fdp_control_request(const char *path, const char *cmd,
                         struct fdp_buf *out, char *err, size_t errlen);
+void fdp_control_reload_done(struct fdp_pool *p, int ok, const char *text);
 
 /* worker.c: the child side; never returns. */
 void fdp_worker_main(struct fdp_pool *p, int idx) __attribute__((noreturn));

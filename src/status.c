@@ -203,12 +203,22 @@ fdp_status_json(struct fdp_buf *b, const struct fdp_status_info *info,
         fdp_buf_json_str(b, info->listen[i]);
     }
     fdp_buf_printf(b, "], \"accepted\": %llu, \"queued\": %llu, "
-                   "\"parked\": %llu, "
-                   "\"fallbacks\": %llu, \"started\": %.3f, \"workers\": [",
+                   "\"parked\": %llu, \"closed_by_peer\": %llu, "
+                   "\"fallbacks\": %llu, \"started\": %.3f, "
+                   "\"generation\": %d, \"crash_streak\": %d, "
+                   "\"crash\": ",
                    (unsigned long long) info->accepted,
                    (unsigned long long) info->queued,
                    (unsigned long long) info->parked,
-                   (unsigned long long) info->fallbacks, info->started);
+                   (unsigned long long) info->closed_by_peer,
+                   (unsigned long long) info->fallbacks, info->started,
+                   info->generation, info->crash_streak);
+    if (info->crash_why) {
+        fdp_buf_json_str(b, info->crash_why);
+    } else {
+        fdp_buf_printf(b, "null");
+    }
+    fdp_buf_printf(b, ", \"workers\": [");
     for (i = 0; i < n; i++) {
         const struct fdp_slot *s = &slots[i];
 
@@ -254,10 +264,15 @@ fdp_status_table(struct fdp_buf *b, const struct fdp_status_info *info,
     int i, k;
 
     fdp_buf_printf(b, "master %ld  policy %s  accepted %llu  queued %llu  "
-                   "parked %llu\n", (long) info->pid, info->policy,
-                   (unsigned long long) info->accepted,
+                   "parked %llu  closed by peer %llu\n", (long) info->pid,
+                   info->policy, (unsigned long long) info->accepted,
                    (unsigned long long) info->queued,
-                   (unsigned long long) info->parked);
+                   (unsigned long long) info->parked,
+                   (unsigned long long) info->closed_by_peer);
+    if (info->crash_why) {
+        fdp_buf_printf(b, "crash streak %d: %s; restarting with back-off\n",
+                       info->crash_streak, info->crash_why);
+    }
     for (i = 0; i < info->nlisten; i++) {
         fdp_buf_printf(b, "listen %s\n", info->listen[i]);
     }
@@ -313,6 +328,13 @@ fdp_status_openmetrics(struct fdp_buf *b, const struct fdp_status_info *info,
     om_family(b, "fdpool_parked", "gauge", "Idle keep-alive connections "
               "held by the master.");
     fdp_buf_printf(b, "fdpool_parked %llu\n", (unsigned long long) info->parked);
+    om_family(b, "fdpool_closed_by_peer", "counter", "Connections whose "
+              "client reset or closed while the master held them.");
+    fdp_buf_printf(b, "fdpool_closed_by_peer_total %llu\n",
+                   (unsigned long long) info->closed_by_peer);
+    om_family(b, "fdpool_crash_streak", "gauge", "Workers that crashed in "
+              "a row (0: none; restarts back off while above 0).");
+    fdp_buf_printf(b, "fdpool_crash_streak %d\n", info->crash_streak);
     om_family(b, "fdpool_policy_fallbacks", "counter", "Dispatch choices "
               "the policy failed and first_free made.");
     fdp_buf_printf(b, "fdpool_policy_fallbacks_total %llu\n",
@@ -412,12 +434,20 @@ fdp_status_lua(struct fdp_buf *b, const struct fdp_status_info *info,
         fdp_buf_printf(b, ",");
     }
     fdp_buf_printf(b, "},accepted=%llu,queued=%llu,parked=%llu,"
-                   "fallbacks=%llu,started=%.3f,generation=%d,workers={",
+                   "closed_by_peer=%llu,fallbacks=%llu,started=%.3f,"
+                   "generation=%d,crash_streak=%d,",
                    (unsigned long long) info->accepted,
                    (unsigned long long) info->queued,
                    (unsigned long long) info->parked,
+                   (unsigned long long) info->closed_by_peer,
                    (unsigned long long) info->fallbacks, info->started,
-                   info->generation);
+                   info->generation, info->crash_streak);
+    if (info->crash_why) {
+        fdp_buf_printf(b, "crash=");
+        lua_str(b, info->crash_why);
+        fdp_buf_printf(b, ",");
+    }
+    fdp_buf_printf(b, "workers={");
     for (i = 0; i < n; i++) {
         const struct fdp_slot *s = &slots[i];
 

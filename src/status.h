@@ -64,6 +64,10 @@ struct fdp_status_info {
     uint64_t fallbacks;
     double started;
     int generation;
+    uint64_t closed_by_peer;        /* clients gone while the master held
+                                     * their connection (PARK, parked) */
+    int crash_streak;               /* workers crashing in a row */
+    const char *crash_why;          /* the last crash, or NULL */
     /* Dispatch latency (accept, or bytes on a parked connection, to the
      * hand-off), as a histogram over FDP_LAT_BUCKETS upper bounds. */
     const uint64_t *lat_counts;     /* per bucket, not cumulative */

@@ -1019,9 +1019,11 @@ fdp_worker_main(struct fdp_pool *p, int idx)
 
     memset(&w, 0, sizeof(w));
     w.pool = p;
-    w.idx = idx;
+    /* The id it serves as: a reload's new worker starts in a spare slot
+     * and takes the table slot of this id once its generation is READY. */
+    w.idx = p->workers[idx].slot.id - 1;
     w.ch = &p->workers[idx].ch;
-    snprintf(tag, sizeof(tag), "worker %d", idx + 1);
+    snprintf(tag, sizeof(tag), "worker %d", w.idx + 1);
     fdp_log_set_tag(tag);
 
     {
