@@ -1949,7 +1949,9 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         if (r == 0 || r == -ECONNRESET) {
             /* The worker exited or closed its end: reaping follows. */
             worker_drop_channel(p, w);
-            if (w->slot.state != FDP_W_NONE) {
+            if (w->slot.state != FDP_W_NONE
+                && w->slot.state != FDP_W_STARTING) {
+                /* (Still "starting": its exit is judged as a start.) */
                 w->slot.state = FDP_W_EXITING;
             }
             break;
