@@ -14,7 +14,8 @@ Usage:
   pool status [--control PATH] [--json] [--format table|json|openmetrics]
                                              show the worker table
   pool stop [--control PATH] [--graceful]    stop a running pool
-  pool reload [--control PATH]               new generation of workers
+  pool reload [--control PATH]               new generation of workers; waits
+                                             until it serves (or is refused)
   pool top [--control PATH] [--interval S] [-n COUNT]
                                              live view of the workers
   pool scale N [--control PATH]              run N workers from now on
