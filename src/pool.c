@@ -1498,7 +1498,7 @@ reload_commit(struct fdp_pool *p)
  * generation is stopped and the old one stays (reload_abort). Returns 0
  * when the new generation is starting (the outcome is logged and given
  * to fdp_control_reload_done), or -1 with p->error set when it is
- * refused at once (nothing changed).
+ * refused at once (nothing changed; a fork that fails is logged twice).
  */
 int
 fdp_pool_reload(struct fdp_pool *p)
@@ -1569,7 +1569,10 @@ fdp_pool_reload(struct fdp_pool *p)
         if (spawn_worker(p, j) < 0) {
             fdp_slot_reset(&w->slot, j + 1);
             reload_abort(p, "cannot start a new worker (see the log)");
-            return 0;
+            snprintf(p->error, sizeof(p->error), "reload refused, keeping "
+                     "the running workers: cannot start a new worker (see "
+                     "the log)");
+            return -1;
         }
         w->slot.generation = p->reload_gen;
         w->pending = 1;
