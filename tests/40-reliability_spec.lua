@@ -212,6 +212,9 @@ describe("--timeout", function()
     assert.truthy(log:find(("worker 1 (pid %d): a handler holds the CPU past --timeout and does not "
       .. "yield; terminating the worker (its 1 connection(s) are lost)"):format(pid0), 1, true), log)
     assert.truthy(log:find(("worker 1 (pid %d) killed by SIGTERM"):format(pid0), 1, true), log)
+    -- A kill the master ordered is no crash: no back-off, no streak.
+    assert.falsy(log:find("restarts in", 1, true), log)
+    assert.equals(0, st.crash_streak)
     finish(p, { "holds the CPU past %-%-timeout" })
   end)
 end)
