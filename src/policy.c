@@ -654,13 +654,44 @@ fdp_policy_pick(struct fdp_pool *p, const struct fdp_pending *c)
 
 
 /*
- * For `pool reload`: the handler script must still compile (checked in a
- * scratch state, so a syntax error is refused at once). Its top level
- * and `init` run only in the new workers, never in the master. 0 or -1
- * with err.
+ * Compile a handler script from its text as luaL_loadfilex would from
+ * the file (chunk name "@path", a UTF-8 BOM and a first line starting
+ * with '#' skipped, line numbers kept). Workers load the text the master
+ * read, so a worker restarted later runs its generation's script, not
+ * whatever is on disk by then. Returns a lua_load status, the function
+ * or the message on top.
  */
 int
-fdp_script_check(struct fdp_pool *p, char *err, size_t errlen)
+fdp_script_load(lua_State *L, const char *path, const char *src, size_t len)
+{
+    const char *s = src, *end = src + len;
+    int r;
+
+    if (end - s >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) {
+        s += 3;
+    }
+    if (s < end && *s == '#') {
+        /* Keep the newline: the rest still starts on line 2. */
+        const char *nl = memchr(s, '\n', (size_t) (end - s));
+
+        s = nl ? nl : end;
+    }
+    lua_pushfstring(L, "@%s", path);
+    r = luaL_loadbufferx(L, s, (size_t) (end - s), lua_tostring(L, -1), "t");
+    lua_remove(L, -2);
+    return r;
+}
+
+
+/*
+ * For `pool reload`: the handler script's new text must still compile
+ * (checked in a scratch state, so a syntax error is refused at once).
+ * Its top level and `init` run only in the new workers, never in the
+ * master. 0 or -1 with err.
+ */
+int
+fdp_script_check(struct fdp_pool *p, const char *src, size_t len, char *err,
+                 size_t errlen)
 {
     lua_State *L = luaL_newstate();
     int r = 0;
@@ -669,7 +700,7 @@ fdp_script_check(struct fdp_pool *p, char *err, size_t errlen)
         snprintf(err, errlen, "cannot create a Lua state");
         return -1;
     }
-    if (luaL_loadfilex(L, p->script, "t") != LUA_OK) {
+    if (fdp_script_load(L, p->script, src, len) != LUA_OK) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
         r = -1;
     }

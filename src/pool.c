@@ -138,6 +138,8 @@ fdp_pool_free(struct fdp_pool *p)
     }
     free(p->args);
     free(p->script);
+    free(p->script_src);
+    free(p->reload_src);
     free(p->policy_name);
     free(p->control_path);
     free(p->metrics_addr);
@@ -576,6 +578,55 @@ notify_open(struct fdp_pool *p)
     snprintf(p->notify_path, sizeof(p->notify_path), "%s", path);
     p->notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     unsetenv("NOTIFY_SOCKET");
+}
+
+
+/* Read a whole (script) file into *out (NUL-terminated; the caller
+ * frees it). 0 or -1 with err set. */
+static int
+read_file(const char *path, char **out, size_t *len, char *err,
+          size_t errlen)
+{
+    char *buf = NULL, *nb;
+    size_t n = 0, cap = 0;
+    FILE *f = fopen(path, "re");
+
+    if (f == NULL) {
+        snprintf(err, errlen, "cannot open %s (%s)", path, strerror(errno));
+        return -1;
+    }
+    for (;;) {
+        size_t k;
+
+        if (cap - n < 4096) {
+            cap = cap ? cap * 2 : 16384;
+            nb = cap > ((size_t) 1 << 30) ? NULL : realloc(buf, cap + 1);
+            if (nb == NULL) {
+                snprintf(err, errlen, "cannot read %s (too big)", path);
+                goto fail;
+            }
+            buf = nb;
+        }
+        k = fread(buf + n, 1, cap - n, f);
+        n += k;
+        if (k == 0) {
+            break;
+        }
+    }
+    if (ferror(f)) {
+        snprintf(err, errlen, "cannot read %s (%s)", path, strerror(errno));
+        goto fail;
+    }
+    fclose(f);
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return 0;
+
+fail:
+    fclose(f);
+    free(buf);
+    return -1;
 }
 
 
@@ -1378,6 +1429,8 @@ reload_abort(struct fdp_pool *p, const char *why)
     p->reload_npending = 0;
     policy_close_other(p, p->reload_policy);
     p->reload_policy = NULL;
+    free(p->reload_src);
+    p->reload_src = NULL;
     fdp_log(FDP_LOG_ERROR, 0, "%s", text);
     notify(p, "READY=1\nSTATUS=reload refused, generation %d serving",
            p->generation);
@@ -1466,6 +1519,13 @@ reload_commit(struct fdp_pool *p)
     p->generation = p->reload_gen;
     p->reload_gen = 0;
     p->reload_npending = 0;
+    if (p->reload_src != NULL) {
+        /* Workers of this generation restarted later load this text. */
+        free(p->script_src);
+        p->script_src = p->reload_src;
+        p->script_len = p->reload_len;
+        p->reload_src = NULL;
+    }
     if (p->reload_policy != NULL) {
         struct fdp_policy *old = p->policy;
 
@@ -1516,7 +1576,13 @@ fdp_pool_reload(struct fdp_pool *p)
                  "when it is done)", p->reload_gen);
         return -1;
     }
-    if (p->script && fdp_script_check(p, err, sizeof(err)) < 0) {
+    if (p->script
+        && (read_file(p->script, &p->reload_src, &p->reload_len, err,
+                      sizeof(err)) < 0
+            || fdp_script_check(p, p->reload_src, p->reload_len, err,
+                                sizeof(err)) < 0)) {
+        free(p->reload_src);
+        p->reload_src = NULL;
         snprintf(p->error, sizeof(p->error), "reload refused, keeping the "
                  "running workers: %s", err);
         return -1;
@@ -1525,7 +1591,7 @@ fdp_pool_reload(struct fdp_pool *p)
         && fdp_policy_check(p->L, p->policy_name, err, sizeof(err)) < 0) {
         snprintf(p->error, sizeof(p->error), "reload refused, keeping the "
                  "running workers: %s", err);
-        return -1;
+        goto refused;
     }
     for (j = p->nworkers; j < FDP_SLOTS; j++) {
         nfree += p->workers[j].slot.pid <= 0;
@@ -1535,7 +1601,7 @@ fdp_pool_reload(struct fdp_pool *p)
                  "generation needs %d free worker slots and %d are free "
                  "(workers of an earlier generation are still finishing); "
                  "try again later", p->nworkers, nfree);
-        return -1;
+        goto refused;
     }
     if (p->policy_ref == -2) {
         struct fdp_policy *old = p->policy;
@@ -1544,7 +1610,7 @@ fdp_pool_reload(struct fdp_pool *p)
         if (fdp_policy_open(p, err, sizeof(err)) < 0) {
             p->policy = old;
             snprintf(p->error, sizeof(p->error), "reload refused: %s", err);
-            return -1;
+            goto refused;
         }
         p->reload_policy = p->policy;
         p->policy = old;
@@ -1557,6 +1623,7 @@ fdp_pool_reload(struct fdp_pool *p)
     notify(p, "RELOADING=1\nMONOTONIC_USEC=%llu",
            (unsigned long long) fdp_now_us());
     j = FDP_SLOTS;
+    p->spawn_new = 1;
     for (i = 0; i < p->nworkers; i++) {
         struct fdp_worker *w;
 
@@ -1567,6 +1634,7 @@ fdp_pool_reload(struct fdp_pool *p)
         fdp_slot_reset(&w->slot, i + 1);
         w->slot.restarts = 0;
         if (spawn_worker(p, j) < 0) {
+            p->spawn_new = 0;
             fdp_slot_reset(&w->slot, j + 1);
             reload_abort(p, "cannot start a new worker (see the log)");
             snprintf(p->error, sizeof(p->error), "reload refused, keeping "
@@ -1578,7 +1646,13 @@ fdp_pool_reload(struct fdp_pool *p)
         w->pending = 1;
         p->reload_npending++;
     }
+    p->spawn_new = 0;
     return 0;
+
+refused:
+    free(p->reload_src);
+    p->reload_src = NULL;
+    return -1;
 }
 
 
@@ -2413,6 +2487,11 @@ fdp_pool_start(struct fdp_pool *p)
     if (p->nworkers < 1 || p->nworkers > FDP_MAX_WORKERS) {
         snprintf(p->error, sizeof(p->error), "workers must be 1 to %d",
                  FDP_MAX_WORKERS);
+        return -1;
+    }
+    if (p->script && p->script_src == NULL
+        && read_file(p->script, &p->script_src, &p->script_len, p->error,
+                     sizeof(p->error)) < 0) {
         return -1;
     }
     p->owner = getpid();

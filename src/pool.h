@@ -95,6 +95,9 @@ struct fdp_proxywait;
 struct fdp_pool {
     /* Configuration, set before start. Strings are owned by the pool. */
     char *script;                   /* handler file, or NULL */
+    char *script_src;               /* its text as the serving generation
+                                     * loaded it (read at start, reload) */
+    size_t script_len;
     int handler_ref;                /* function in L, or LUA_NOREF */
     char **args;                    /* script arguments */
     int nargs;
@@ -169,6 +172,9 @@ struct fdp_pool {
     int reload_npending;
     uint64_t reload_deadline;       /* ms */
     struct fdp_policy *reload_policy;   /* the new policy, until then */
+    char *reload_src;               /* the new script text, until then */
+    size_t reload_len;
+    int spawn_new;                  /* forking for the new generation */
 
     struct fdp_policy *policy;
     struct fdp_control *control;
@@ -202,7 +208,10 @@ int fdp_policy_pick(struct fdp_pool *p, const struct fdp_pending *c);
 void fdp_policy_close(struct fdp_pool *p);
 void fdp_policy_flush_log(struct fdp_pool *p);
 const char *fdp_policy_name(struct fdp_pool *p);
-int fdp_script_check(struct fdp_pool *p, char *err, size_t errlen);
+int fdp_script_check(struct fdp_pool *p, const char *src, size_t len,
+                     char *err, size_t errlen);
+int fdp_script_load(struct lua_State *L, const char *path, const char *src,
+                    size_t len);
 int fdp_policy_check(struct lua_State *L, const char *spec, char *err,
                      size_t errlen);
 

@@ -995,7 +995,11 @@ load_script(lua_State *L, struct fdp_pool *p)
     }
     lua_setglobal(L, "arg");
     lua_pushcfunction(L, msgh);
-    if (luaL_loadfilex(L, p->script, "t") != LUA_OK) {
+    /* The text of this worker's generation, as the master read it. */
+    if (p->spawn_new ? fdp_script_load(L, p->script, p->reload_src,
+                                       p->reload_len)
+                     : fdp_script_load(L, p->script, p->script_src,
+                                       p->script_len)) {
         return -1;
     }
     for (i = 0; i < p->nargs; i++) {

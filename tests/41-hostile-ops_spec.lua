@@ -312,6 +312,35 @@ describe("reload", function()
     finish(p, { "reload refused, keeping the running workers", "cannot start: " })
   end)
 
+  it("refused leaves the running generation's script to its restarts, not the broken file on disk", function()
+    local defer = cleanup()
+    local dir = H.tmpdir()
+    local script = dir .. "/handler.lua"
+    -- A first line starting with '#' is skipped, line numbers kept.
+    H.writefile(script, "#!/usr/bin/env pool\n" .. assert(H.readfile(FIX .. "ops_reload.lua")))
+    local p = H.start_pool{ script = script, args = { dir }, workers = 2 }
+    defer(function() p:stop() end)
+    local pids = p:worker_pids()
+    H.writefile(script, "#!/usr/bin/env pool\nerror('broken deploy')\n")
+    local code, out, err = H.run_pool("reload --control " .. q(p.control), 80)
+    assert.equals(1, code, out .. err)
+    assert.matches("^pool: reload refused, keeping the running workers: worker %d of generation 2 cannot "
+      .. "start: [^\n]*handler.lua:2: broken deploy\n$", err)
+    -- A worker of generation 1 dies and is replaced: its replacement
+    -- runs generation 1's script, as the master read it.
+    local n = count(p:log(), "cannot start: ")
+    os.execute("kill -KILL " .. pids[1])
+    -- (A worker under a second old counts as a crash: the streak ends
+    -- once every worker has run a second.)
+    local st = H.wait_status(p, function(s)
+      return s.workers[1].pid ~= pids[1] and H.all_idle(s) and s.crash_streak == 0
+    end, 10, "worker 1 replaced")
+    assert.equals(1, st.workers[1].generation)
+    assert.equals(n, count(p:log(), "cannot start: "))
+    for i = 1, 6 do assert(echo(p.addr, "old" .. i)) end
+    finish(p, { "reload refused, keeping the running workers", "cannot start: " })
+  end)
+
   it("that works, under load: no failed request, the old generation serves until the new one is ready", function()
     local defer = cleanup()
     local dir = H.tmpdir()
