@@ -231,7 +231,8 @@ local function reload_bg(p)
 end
 
 -- Requests one after another until done() gives a result (at least
--- `min` of them); returns the result, the failures and the pids seen.
+-- `min` of them); returns the result, the failures, the pids that
+-- answered (in order) and the number of requests.
 local function load_until(p, done, min)
   local failures, seen, i = {}, {}, 0
   local deadline = H.now() + 80
@@ -239,7 +240,6 @@ local function load_until(p, done, min)
     i = i + 1
     local pid, err = echo(p.addr, "r" .. i)
     if pid then
-      seen[pid] = true
       seen[#seen + 1] = pid
     else
       failures[#failures + 1] = i .. ": " .. tostring(err)
