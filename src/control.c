@@ -1,8 +1,9 @@
 /*
  * control.c - the control socket: a unix stream socket, mode 0600 from
  * birth, peer uid checked, one short text command per connection
- * ("status", "status json", "stop", "stop graceful"), answered and
- * closed. The server side lives in the master's loop and never blocks
+ * ("status", "status json", "stop", "stop graceful", "reload", ...),
+ * answered and closed ("reload" once its new generation is ready or
+ * refused). The server side lives in the master's loop and never blocks
  * it: bounded input, bounded time, bounded clients. The client side is
  * what `pool status` and `pool stop` use.
  */
