@@ -13,6 +13,7 @@
 #include <lua.h>
 
 #include "channel.h"
+#include "http_parse.h"
 #include "loop.h"
 
 #define FDP_WAIT_SLEEP  0x80000000u
@@ -84,6 +85,7 @@ struct fdp_conn {
                                    worth a read() before waiting */
     int rdhup;                  /* the peer's FIN (or an error) was seen:
                                    a short read no longer means drained */
+    struct fdp_http_chunked chunked;    /* conn:readchunked in progress */
 };
 
 /* worker.c */
