@@ -103,7 +103,8 @@ crlf_line(const char *s, const char *end, const char **eol,
 
 /*
  * Parse the head in [s, s+n) (it ends with the empty line) into *h: the
- * spans point into s, and header names are lower-cased in place. Returns
+ * spans point into s, and header names are lower-cased in place (only
+ * when the whole head parsed). Returns
  * 0 or a FDP_HTTP_E* error; h->method is set once the request line
  * parsed, so an error reply can tell a HEAD request.
  */
@@ -111,6 +112,7 @@ int
 fdp_http_parse_head(char *s, size_t n, struct fdp_http_head *h)
 {
     const char *end = s + n, *eol, *next, *p, *sp1, *sp2;
+    size_t i;
 
     h->method = NULL;
     h->nfields = 0;
@@ -154,7 +156,7 @@ fdp_http_parse_head(char *s, size_t n, struct fdp_http_head *h)
             return FDP_HTTP_EHEADER;        /* bare LF */
         }
         if (eol == line) {
-            return 0;
+            break;
         }
         if (h->nfields == FDP_HTTP_FIELDS_MAX) {
             return FDP_HTTP_ETOOMANY;
@@ -162,9 +164,6 @@ fdp_http_parse_head(char *s, size_t n, struct fdp_http_head *h)
         /* A leading SP/HTAB (obs-fold) or a space before the colon
          * fails here: neither is a tchar. */
         for (q = line; q < eol && tchar[(unsigned char) *q]; q++) {
-            if (*q >= 'A' && *q <= 'Z') {
-                *q = (char) (*q + 32);
-            }
         }
         if (q == line || q == eol || *q != ':') {
             return FDP_HTTP_EHEADER;
@@ -188,6 +187,18 @@ fdp_http_parse_head(char *s, size_t n, struct fdp_http_head *h)
         h->fields[h->nfields].value_len = (size_t) (ve - v);
         h->nfields++;
     }
+    /* Lower-case the names only now: a refused head stays as it came
+     * (conn:receive may still read it). */
+    for (i = 0; i < h->nfields; i++) {
+        char *q = (char *) h->fields[i].name, *e = q + h->fields[i].name_len;
+
+        for (; q < e; q++) {
+            if (*q >= 'A' && *q <= 'Z') {
+                *q = (char) (*q + 32);
+            }
+        }
+    }
+    return 0;
 }
 
 
