@@ -2,7 +2,8 @@
 -- returns a handler for `pool run`; http.static(dir) serves files.
 -- Keep-alive, pipelining, HEAD, Expect: 100-continue, Content-Length and
 -- chunked bodies, and limits answered with 400/408/413/431. The request
--- head is parsed in C (conn:readrequest); the rest is here.
+-- head and chunked bodies are parsed in C (conn:readrequest,
+-- conn:readchunked over src/http_parse.c); the framing rules are here.
 local fdpool = require "fdpool"
 
 local M = {}
@@ -308,9 +309,11 @@ local function simple(conn, code, text, head)
     #body, http_date(), head and "" or body))
 end
 
--- The status for a request-body error: framing (400) or size (413).
+-- The status for a request-body error: framing (400), size (413) or a
+-- client too slow (408).
 local function body_status(err)
   if err == "too large" then return 413 end
+  if err == "timeout" then return 408 end
   if type(err) == "string" and err:sub(1, 4) == "bad " then return 400 end
   return nil
 end
