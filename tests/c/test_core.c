@@ -1189,7 +1189,7 @@ test_status(void)
               && strcmp(fdp_slot_get_kv(&s[0], "k2"), "two") == 0);
     test_cond("get missing kv", fdp_slot_get_kv(&s[0], "nope") == NULL);
     for (i = 0; i < FDP_KV_MAX; i++) {
-        char k[8];
+        char k[16];
 
         snprintf(k, sizeof(k), "f%d", i);
         r = fdp_slot_set_kv(&s[3], k, "v");
