@@ -62,6 +62,11 @@ struct fdp_wctx {
     struct fdp_task *status_waiters;    /* FIFO of tasks waiting */
     char *status_buf;           /* the answer being assembled */
     size_t status_len;
+    lua_Alloc mem_inner;        /* --max-memory: the allocator wrapped */
+    void *mem_inner_ud;
+    size_t mem_used;            /* bytes the Lua state holds */
+    size_t mem_limit;           /* refused past this in handler code */
+    int mem_limited;            /* running handler code now */
 };
 
 /* The conn object (userdata "fdpool.conn"). */
