@@ -2293,7 +2293,6 @@ fdp_pool_start(struct fdp_pool *p)
         return -1;
     }
     p->owner = getpid();
-    raise_nofile(p);
     notify_open(p);
     r = fdp_loop_init(&p->loop);
     if (r < 0) {
@@ -2318,6 +2317,7 @@ fdp_pool_start(struct fdp_pool *p)
                  strerror(-r));
         goto fail;
     }
+    raise_nofile(p);
     for (i = 0; i < p->nlisten; i++) {
         r = fdp_loop_add(&p->loop, &p->listeners[i].io, EPOLLIN);
         if (r < 0) {
