@@ -1085,7 +1085,19 @@ memory_limit(struct fdp_wctx *w)
 static void
 stdin_devnull(struct fdp_wctx *w)
 {
-    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    int fd;
+
+    /* A master started with fd 0 closed may have given it to our channel:
+     * move the channel out of the way first. */
+    if (w->ch->fd == 0) {
+        fd = fcntl(0, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0) {
+            _exit(1);
+        }
+        (void) close(0);
+        w->ch->fd = fd;
+    }
+    fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 
     if (fd < 0 || (fd != 0 && dup2(fd, 0) < 0)) {
         fail(w, "cannot open /dev/null as stdin");
