@@ -2226,7 +2226,8 @@ raise_nofile(struct fdp_pool *p)
     }
     need = (unsigned long long) p->nworkers * (unsigned long long)
            p->concurrency + (unsigned long long) p->nworkers + 64;
-    if (rl.rlim_cur != RLIM_INFINITY && (unsigned long long) rl.rlim_cur < need) {
+    if (rl.rlim_cur != RLIM_INFINITY
+        && (unsigned long long) rl.rlim_cur < need) {
         fdp_log(FDP_LOG_WARN, 0, "open files limit %llu is below the %llu "
                 "this pool may hold open (--workers %d x --concurrency %d "
                 "+ margin): expect EMFILE under load; raise the hard limit "
