@@ -2136,7 +2136,8 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
     if (p->timeout > 0) {
         watch_timeouts(p);
     }
-    if (p->max_memory > 0 && ++p->mem_tick >= MEM_CHECK_TICKS) {
+    if (p->max_memory > 0 && !p->stopping
+        && ++p->mem_tick >= MEM_CHECK_TICKS) {
         p->mem_tick = 0;
         watch_memory(p);
     }
