@@ -19,11 +19,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 
 #define TICK_MS          100
 #define KILL_MARGIN_MS   500
@@ -339,6 +341,52 @@ fdp_unix_reclaim(const char *path)
 }
 
 
+/*
+ * Serialize "is the socket at path stale? unlink it, bind, listen" among
+ * processes: two pools starting together on one unix path could each see
+ * the stale file, and the second unlink the first's fresh socket. An
+ * exclusive flock on the directory holding path, for that short section
+ * only, is enough: once listening, a socket answers connect(), so the next
+ * reclaim sees it live. Waits up to 5 s for the lock, then goes on
+ * without it (as before). Returns the locked directory's fd (close it to
+ * unlock), or -1.
+ */
+int
+fdp_unix_lock_dir(const char *path)
+{
+    char dir[sizeof(((struct sockaddr_un *) 0)->sun_path)];
+    char *slash;
+    int fd, i;
+
+    snprintf(dir, sizeof(dir), "%s", path);
+    slash = strrchr(dir, '/');
+    if (slash == NULL) {
+        snprintf(dir, sizeof(dir), ".");
+    } else if (slash == dir) {
+        dir[1] = '\0';
+    } else {
+        *slash = '\0';
+    }
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        return -1;
+    }
+    for (i = 0; i < 500; i++) {
+        struct timespec ts = { 0, 10 * 1000 * 1000 };
+
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            return fd;
+        }
+        if (errno != EWOULDBLOCK && errno != EINTR) {
+            break;
+        }
+        (void) nanosleep(&ts, NULL);
+    }
+    fdp_close(&fd);
+    return -1;
+}
+
+
 /* The identity (st_dev, st_ino) of the file at path, not following a
  * symlink. 0 or -errno. */
 int
@@ -382,7 +430,7 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
     struct fdp_listener *l;
     struct sockaddr_storage ss;
     socklen_t len;
-    int one = 1, r;
+    int one = 1, r, dirlock = -1;
     const char *what;
 
     if (p->nlisten == FDP_MAX_LISTEN) {
@@ -429,6 +477,7 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
         goto fail;
     }
     if (ss.ss_family == AF_UNIX) {
+        dirlock = fdp_unix_lock_dir(((struct sockaddr_un *) &ss)->sun_path);
         r = fdp_unix_reclaim(((struct sockaddr_un *) &ss)->sun_path);
         if (r < 0) {
             errno = -r;
@@ -464,6 +513,7 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
         what = "listen()";
         goto fail;
     }
+    fdp_close(&dirlock);
     len = sizeof(ss);
     if (getsockname(l->fd, (struct sockaddr *) &ss, &len) < 0) {
         what = "getsockname()";
@@ -480,6 +530,7 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
 fail:
     snprintf(p->error, sizeof(p->error), "cannot listen on %s: %s failed "
              "(%s)", addr, what, strerror(errno));
+    fdp_close(&dirlock);
     if (l->unix_path) {
         fdp_unlink_own(l->unix_path, l->path_dev, l->path_ino);
         free(l->unix_path);

@@ -181,6 +181,7 @@ void fdp_pool_close_in_child(struct fdp_pool *p, int keep);
 void fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
                           const char **listen);
 int fdp_unix_reclaim(const char *path);
+int fdp_unix_lock_dir(const char *path);
 int fdp_path_identity(const char *path, uint64_t *dev, uint64_t *ino);
 void fdp_unlink_own(const char *path, uint64_t dev, uint64_t ino);
 void fdp_format_sockaddr(const struct sockaddr_storage *ss, char *out,

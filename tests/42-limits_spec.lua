@@ -104,8 +104,9 @@ describe("--max-memory", function()
     local s2, b2 = read_response(slow)
     assert.equals(200, s2)
     assert.equals("slow done " .. old, b2)
-    H.wait_until(function() return not H.alive(old) end, 10, "the old worker to exit")
-    assert.truthy(p:log():find("worker 1 (pid " .. old .. ") exited with code 0", 1, true), p:log())
+    H.wait_until(function()
+      return p:log():find("worker 1 (pid " .. old .. ") exited with code 0", 1, true)
+    end, 10, "the old worker to exit with code 0")
     assert.equals(200, (get(p.addr, "/pid")))
     assert.equals(0, p:stop())
     no_unexpected_errors(p)
@@ -254,7 +255,7 @@ describe("SIGUSR2", function()
   end)
 end)
 
-describe("the control socket path", function()
+describe("socket paths", function()
   -- Start `pool run` at control path `ctl` in the background, without
   -- waiting; returns a table with its log and exit files.
   local function launch_cmd(dir, name, ctl)
@@ -268,7 +269,7 @@ describe("the control socket path", function()
     return tonumber((H.readfile(r.log) or ""):match("pool%[(%d+)%]: pool "))
   end
 
-  it("goes to exactly one of two pools started at the same moment", function()
+  it("a control path goes to exactly one of two pools started at the same moment", function()
     local defer = cleanup()
     local dir = H.tmpdir()
     local ctl = dir .. "/c.sock"
@@ -300,7 +301,7 @@ describe("the control socket path", function()
     end
   end)
 
-  it("is not taken from a pool still starting there (stale socket, lock held)", function()
+  it("a control path is not taken from a pool still starting there (stale socket, lock held)", function()
     local defer = cleanup()
     local dir = H.tmpdir()
     local ctl = dir .. "/c.sock"
@@ -327,7 +328,42 @@ describe("the control socket path", function()
     assert.truthy(H.run("test -S " .. q(ctl)), "the stale socket is left alone")
   end)
 
-  it("is not removed at stop once another file has taken it over", function()
+  it("a unix listener path: a pool waits for another starting there, and does not take its socket", function()
+    local defer = cleanup()
+    local dir = H.tmpdir()
+    local path = dir .. "/app.sock"
+    -- A stale socket file at the path (its server is gone) ...
+    assert(H.run(("python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.bind(%q)'"):format(path)))
+    assert.truthy(H.run("test -S " .. q(path)))
+    -- ... while "another pool" is between its check and its listen: it
+    -- holds the directory's lock, then has a live socket there (python,
+    -- listening) and lets go of the lock.
+    H.writefile(dir .. "/live.py", ([[
+import os, socket, time
+os.unlink(%q)
+s = socket.socket(socket.AF_UNIX)
+s.bind(%q)
+s.listen(8)
+open(%q, "w").write(str(os.getpid()))
+time.sleep(20)
+]]):format(path, path, dir .. "/live.pid"))
+    os.execute(("flock -o %s sh -c 'touch %s; sleep 0.5; python3 %s & while [ ! -s %s ]; do sleep 0.05; done' "
+      .. ">/dev/null 2>&1 &"):format(q(dir), q(dir .. "/held"), q(dir .. "/live.py"), q(dir .. "/live.pid")))
+    defer(function()
+      local pid = tonumber(H.readfile(dir .. "/live.pid") or "")
+      if pid then os.execute("kill " .. pid .. " 2>/dev/null") end
+    end)
+    H.wait_until(function() return H.readfile(dir .. "/held") end, 10, "the lock to be held")
+    local code, _, err = H.run_pool("run " .. APP .. " --listen " .. q("unix:" .. path)
+      .. " --workers 1 --no-control")
+    assert.equals(1, code)
+    assert.equals("pool: cannot listen on unix:" .. path .. ": unix socket path failed (Address already in use)\n", err)
+    assert.truthy(H.readfile(dir .. "/live.pid"), "the live socket was made while the lock was held")
+    -- The live socket is still the one that answers.
+    assert.truthy(H.run(("python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.connect(%q)'"):format(path)))
+  end)
+
+  it("are not removed at stop once another file has taken them over", function()
     local defer = cleanup()
     local p = H.start_pool{ script = APP, workers = 1, listen = "unix" }
     defer(function() p:stop() end)
@@ -343,7 +379,7 @@ describe("the control socket path", function()
     assert.equals("not yours\n", H.readfile(sock))
   end)
 
-  it("is removed at stop while it is still the pool's own", function()
+  it("are removed at stop while they are still the pool's own", function()
     local defer = cleanup()
     local p = H.start_pool{ script = APP, workers = 1, listen = "unix" }
     defer(function() p:stop() end)
