@@ -366,9 +366,7 @@ task_resume(struct fdp_task *t, int nargs)
 {
     struct fdp_wctx *w = t->w;
     struct fdp_task *prev = w->current;
-    int nres = 0, r;
-
-    int limited = w->mem_limited;
+    int nres = 0, r, limited = w->mem_limited;
 
     w->current = t;
     w->mem_limited = w->mem_limit > 0;
@@ -1092,13 +1090,12 @@ stdin_devnull(struct fdp_wctx *w)
     if (w->ch->fd == 0) {
         fd = fcntl(0, F_DUPFD_CLOEXEC, 3);
         if (fd < 0) {
-            _exit(1);
+            fail(w, "cannot move the channel off fd 0");
         }
         (void) close(0);
         w->ch->fd = fd;
     }
     fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-
     if (fd < 0 || (fd != 0 && dup2(fd, 0) < 0)) {
         fail(w, "cannot open /dev/null as stdin");
     }
