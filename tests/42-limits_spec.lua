@@ -273,12 +273,18 @@ describe("socket paths", function()
     local defer = cleanup()
     local dir = H.tmpdir()
     local ctl = dir .. "/c.sock"
-    local running = {}
+    local launched = {}
     defer(function()
-      for _, pid in ipairs(running) do os.execute("kill -KILL " .. pid .. " 2>/dev/null") end
+      -- Whatever happened (both winning is the bug), leave nothing running.
+      for _, r in ipairs(launched) do
+        local pid = master_pid(r)
+        if pid and not H.readfile(r.exit) then os.execute("kill -KILL " .. pid .. " 2>/dev/null") end
+      end
     end)
     for round = 1, 4 do
       local a, b = launch_cmd(dir, "a" .. round, ctl), launch_cmd(dir, "b" .. round, ctl)
+      launched[#launched + 1] = a
+      launched[#launched + 1] = b
       os.execute(a.cmd .. " " .. b.cmd)
       -- One exits 1 with one line; the other runs.
       local loser = H.wait_until(function()
@@ -287,7 +293,6 @@ describe("socket paths", function()
       end, 15, "one pool to give up")
       local winner = loser == a and b or a
       local pid = H.wait_until(function() return master_pid(winner) end, 10, "the winner's start")
-      running[#running + 1] = pid
       assert.equals("1", H.readfile(loser.exit):match("%d+"))
       assert.equals("pool: control socket " .. ctl .. ": another pool is running there\n",
         H.readfile(loser.log))
