@@ -908,7 +908,7 @@ check_keys(lua_State *L)
     static const char *const known[] = {
         "handler", "args", "listen", "workers", "concurrency", "policy",
         "control", "grace", "log_level", "timeout", "max_requests", "user",
-        "io_timeout", "metrics",
+        "io_timeout", "metrics", "max_memory",
         NULL
     };
 
@@ -968,6 +968,8 @@ l_pool(lua_State *L)
     }
     lua_pop(L, 1);
     p->max_requests = opt_int(L, "max_requests", 0, 0, 0x7fffffff);
+    /* MiB per worker: its Lua heap in handler code, and its RssAnon. */
+    p->max_memory = (uint64_t) opt_int(L, "max_memory", 0, 0, 4194304) << 20;
     if (lua_getfield(L, 1, "user") != LUA_TNIL) {
         const char *spec = luaL_checkstring(L, -1);
         char name[256], *colon;

@@ -55,6 +55,10 @@ Options for run:
                        clients cannot hold a worker's slot forever
   --max-requests N     recycle a worker after N connections (+0-10 %
                        jitter); its replacement starts first
+  --max-memory MB      per worker: handler code past MB of Lua memory
+                       gets "not enough memory" (HTTP: a 500 for that
+                       request), and a worker whose RssAnon stays above
+                       MB is retired gracefully and replaced
   --user USER[:GROUP]  workers drop to this user (needs root)
   --log FILE           log to FILE instead of stderr (SIGUSR1 reopens)
   --log-level L        error, warn, info (default), debug
@@ -130,6 +134,7 @@ local RUN_FLAGS = {
   ["--grace"] = "value", ["--log-level"] = "value", ["--timeout"] = "value", ["--io-timeout"] = "value", ["--config"] = "value", ["--log-format"] = "value",
   ["--metrics"] = "value",
   ["--max-requests"] = "value", ["--user"] = "value", ["--log"] = "value",
+  ["--max-memory"] = "value",
 }
 
 local function check_script(script)
@@ -144,7 +149,7 @@ local CONFIG_KEYS = {
   handler = "string", script = "string", args = "table", listen = "any",
   workers = "number", concurrency = "number", policy = "string",
   control = "any", grace = "number", timeout = "number", io_timeout = "number",
-  max_requests = "number", user = "string", log = "string", log_level = "string",
+  max_requests = "number", max_memory = "number", user = "string", log = "string", log_level = "string",
   log_format = "string",
   metrics = "string",
 }
@@ -207,6 +212,7 @@ local function build_config(opts, pos, cmd)
   local flagmap = {
     { "--workers", "workers", 1, 256, true }, { "--concurrency", "concurrency", 1, 65535, true },
     { "--max-requests", "max_requests", 1, 2^31 - 1, true }, { "--grace", "grace", 0 },
+    { "--max-memory", "max_memory", 1, 4194304, true },
     { "--timeout", "timeout", 0.001 }, { "--io-timeout", "io_timeout", 0 },
   }
   for _, f in ipairs(flagmap) do
