@@ -99,6 +99,8 @@ fdp_pool_new(void)
     p->grace = 1.0;
     p->graceful_grace = 30.0;
     p->io_timeout = 60.0;
+    p->accept_filter = FDP_AF_AUTO;
+    p->max_pending = FDP_PENDING_MAX_DEFAULT;
     p->owner = getpid();
     return p;
 }
@@ -126,6 +128,7 @@ fdp_pool_free(struct fdp_pool *p)
         return;
     }
     fdp_pool_close_in_child(p, -1);
+    fdp_acceptf_free(p);
     for (i = 0; i < FDP_MAX_WORKERS; i++) {
         worker_free_tables(&p->workers[i]);
     }
@@ -183,6 +186,7 @@ fdp_pool_close_in_child(struct fdp_pool *p, int keep)
     for (struct fdp_proxywait *x = p->proxywait; x; x = x->next) {
         fdp_close(&x->c.fd);
     }
+    fdp_acceptf_close_in_child(p);
     fdp_close(&p->notify_fd);
     fdp_close(&p->sigfd);
     fdp_control_close(p, 0);
@@ -362,7 +366,8 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
     }
     l = &p->listeners[p->nlisten];
     l->proxy = l->reuseport = 0;
-    /* ADDR[,reuseport][,proxy] */
+    l->filter = FDP_AF_AUTO;
+    /* ADDR[,reuseport][,proxy][,filter=MODE] */
     snprintf(host, sizeof(host), "%s", addr);
     opt = strchr(host, ',');
     if (opt) {
@@ -375,10 +380,13 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
                 l->reuseport = 1;
             } else if (strcmp(tok, "proxy") == 0) {
                 l->proxy = 1;
+            } else if (strncmp(tok, "filter=", 7) == 0
+                       && fdp_acceptf_parse(tok + 7) >= 0) {
+                l->filter = fdp_acceptf_parse(tok + 7);
             } else {
                 snprintf(p->error, sizeof(p->error), "bad address '%s': "
-                         "unknown option '%s' (expected reuseport, proxy)",
-                         addr, tok);
+                         "unknown option '%s' (expected reuseport, proxy, "
+                         "filter=none|data|http)", addr, tok);
                 return -1;
             }
         }
@@ -813,6 +821,7 @@ send_batch(struct fdp_pool *p, struct fdp_worker *w)
         } else {
             fdp_close(&w->batchfds[k]);
         }
+        fdp_acceptf_inflight_done(p, &w->inflight[i]);
         w->inflight[i].id = 0;
         w->freeidx[w->nfree++] = i;
         w->slot.active--;
@@ -998,6 +1007,16 @@ queue_or_dispatch(struct fdp_pool *p, struct fdp_pending *c)
 }
 
 
+/* A connection the accept filter found ready: dispatched as if just
+ * accepted. Takes ownership of c->fd. */
+void
+fdp_pool_admit(struct fdp_pool *p, struct fdp_pending *c)
+{
+    queue_or_dispatch(p, c);
+    flush_batches(p);
+}
+
+
 static void
 proxywait_free(struct fdp_pool *p, struct fdp_proxywait *x)
 {
@@ -1075,7 +1094,9 @@ proxywait_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 
         x->c.fd = -1;
         proxywait_free(p, x);
-        queue_or_dispatch(p, &c);
+        if (!fdp_acceptf_hold(p, &c)) {
+            queue_or_dispatch(p, &c);
+        }
     }
     flush_batches(p);
 }
@@ -1167,8 +1188,15 @@ listener_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         c.listener = (uint32_t) (l - p->listeners);
         c.proxied = 0;
         c.since_us = fdp_now_us();
+        if (fdp_acceptf_ip_take(p, &c.peer, c.listener) < 0) {
+            fdp_close(&c.fd);
+            continue;
+        }
         if (l->proxy) {
             proxywait_start(p, &c);
+            continue;
+        }
+        if (fdp_acceptf_hold(p, &c)) {
             continue;
         }
         queue_or_dispatch(p, &c);
@@ -1370,6 +1398,7 @@ static void
 parked_free(struct fdp_pool *p, struct fdp_parked *k)
 {
     if (k->fd >= 0) {
+        fdp_acceptf_fd_release(p, k->fd, k->listener);
         (void) fdp_loop_del(&p->loop, &k->io);
         fdp_close(&k->fd);
     }
@@ -1431,6 +1460,9 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     c.fd = k->fd;
     k->fd = -1;
     parked_free(p, k);
+    if (fdp_acceptf_hold(p, &c)) {
+        return;
+    }
     if (p->qlen > 0 || !dispatch_one(p, &c)) {
         if (p->qlen == FDP_QUEUE_MAX) {
             fdp_close(&c.fd);
@@ -1631,6 +1663,7 @@ on_done(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
             worker_fault(p, w, "DONE for a connection it was not given");
             return;
         }
+        fdp_acceptf_inflight_done(p, &w->inflight[k]);
         w->inflight[k].id = 0;
         w->freeidx[w->nfree++] = k;
         w->slot.active--;
@@ -1715,6 +1748,7 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             }
             w->slot.state = FDP_W_RUNNING;
             p->ever_ready = 1;
+            fdp_acceptf_ready(p, (const struct fdp_ready_body *) m.u.bytes);
             if (!p->notified_ready) {
                 int i, up = 0;
 
@@ -1805,6 +1839,9 @@ on_exit_status(struct fdp_pool *p, struct fdp_worker *w, int st)
                                                : "");
     worker_drop_channel(p, w);
     for (k = 0; k < w->slot.capacity && w->inflight; k++) {
+        if (w->inflight[k].id != 0) {
+            fdp_acceptf_inflight_done(p, &w->inflight[k]);
+        }
         w->inflight[k].id = 0;
     }
     w->slot.pid = -1;
@@ -2191,6 +2228,7 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
     close_listeners(p);
     close_parked(p);
     close_proxywait(p);
+    fdp_acceptf_close_all(p);
     notify(p, "STOPPING=1");
     p->accepting = 0;
     if (!graceful) {
@@ -2235,6 +2273,7 @@ pool_finish(struct fdp_pool *p)
     fdp_timer_stop(&p->loop, &p->tick);
     close_parked(p);
     close_proxywait(p);
+    fdp_acceptf_close_all(p);
     for (i = 0; i < FDP_MAX_WORKERS; i++) {
         worker_drop_channel(p, &p->workers[i]);
     }
@@ -2304,4 +2343,6 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
     info->lat_counts = p->lat_counts;
     info->lat_sum = p->lat_sum;
     info->lat_count = p->lat_count;
+    info->pending = (uint64_t) fdp_acceptf_pending(p);
+    memcpy(info->closed, p->af_closed, sizeof(info->closed));
 }

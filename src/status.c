@@ -203,11 +203,18 @@ fdp_status_json(struct fdp_buf *b, const struct fdp_status_info *info,
         fdp_buf_json_str(b, info->listen[i]);
     }
     fdp_buf_printf(b, "], \"accepted\": %llu, \"queued\": %llu, "
-                   "\"parked\": %llu, "
+                   "\"parked\": %llu, \"pending\": %llu, "
+                   "\"closed\": {\"deadline\": %llu, \"overflow\": %llu, "
+                   "\"per_ip\": %llu, \"peer_closed\": %llu}, "
                    "\"fallbacks\": %llu, \"started\": %.3f, \"workers\": [",
                    (unsigned long long) info->accepted,
                    (unsigned long long) info->queued,
                    (unsigned long long) info->parked,
+                   (unsigned long long) info->pending,
+                   (unsigned long long) info->closed[0],
+                   (unsigned long long) info->closed[1],
+                   (unsigned long long) info->closed[2],
+                   (unsigned long long) info->closed[3],
                    (unsigned long long) info->fallbacks, info->started);
     for (i = 0; i < n; i++) {
         const struct fdp_slot *s = &slots[i];
@@ -254,10 +261,17 @@ fdp_status_table(struct fdp_buf *b, const struct fdp_status_info *info,
     int i, k;
 
     fdp_buf_printf(b, "master %ld  policy %s  accepted %llu  queued %llu  "
-                   "parked %llu\n", (long) info->pid, info->policy,
-                   (unsigned long long) info->accepted,
+                   "parked %llu  pending %llu\n", (long) info->pid,
+                   info->policy, (unsigned long long) info->accepted,
                    (unsigned long long) info->queued,
-                   (unsigned long long) info->parked);
+                   (unsigned long long) info->parked,
+                   (unsigned long long) info->pending);
+    fdp_buf_printf(b, "closed waiting: deadline %llu  overflow %llu  "
+                   "per-ip %llu  peer-closed %llu\n",
+                   (unsigned long long) info->closed[0],
+                   (unsigned long long) info->closed[1],
+                   (unsigned long long) info->closed[2],
+                   (unsigned long long) info->closed[3]);
     for (i = 0; i < info->nlisten; i++) {
         fdp_buf_printf(b, "listen %s\n", info->listen[i]);
     }
@@ -313,6 +327,19 @@ fdp_status_openmetrics(struct fdp_buf *b, const struct fdp_status_info *info,
     om_family(b, "fdpool_parked", "gauge", "Idle keep-alive connections "
               "held by the master.");
     fdp_buf_printf(b, "fdpool_parked %llu\n", (unsigned long long) info->parked);
+    om_family(b, "fdpool_pending", "gauge", "Connections the accept filter "
+              "holds until they have something to serve.");
+    fdp_buf_printf(b, "fdpool_pending %llu\n",
+                   (unsigned long long) info->pending);
+    om_family(b, "fdpool_closed_waiting", "counter", "Connections the "
+              "master closed before a worker saw them, by reason.");
+    for (i = 0; i < 4; i++) {
+        static const char *const why[] = { "deadline", "overflow", "per_ip",
+                                           "peer_closed" };
+
+        fdp_buf_printf(b, "fdpool_closed_waiting_total{reason=\"%s\"} %llu\n",
+                       why[i], (unsigned long long) info->closed[i]);
+    }
     om_family(b, "fdpool_policy_fallbacks", "counter", "Dispatch choices "
               "the policy failed and first_free made.");
     fdp_buf_printf(b, "fdpool_policy_fallbacks_total %llu\n",
@@ -412,10 +439,17 @@ fdp_status_lua(struct fdp_buf *b, const struct fdp_status_info *info,
         fdp_buf_printf(b, ",");
     }
     fdp_buf_printf(b, "},accepted=%llu,queued=%llu,parked=%llu,"
+                   "pending=%llu,closed={deadline=%llu,overflow=%llu,"
+                   "per_ip=%llu,peer_closed=%llu},"
                    "fallbacks=%llu,started=%.3f,generation=%d,workers={",
                    (unsigned long long) info->accepted,
                    (unsigned long long) info->queued,
                    (unsigned long long) info->parked,
+                   (unsigned long long) info->pending,
+                   (unsigned long long) info->closed[0],
+                   (unsigned long long) info->closed[1],
+                   (unsigned long long) info->closed[2],
+                   (unsigned long long) info->closed[3],
                    (unsigned long long) info->fallbacks, info->started,
                    info->generation);
     for (i = 0; i < n; i++) {
