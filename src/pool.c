@@ -1012,6 +1012,13 @@ queue_or_dispatch(struct fdp_pool *p, struct fdp_pending *c)
 void
 fdp_pool_admit(struct fdp_pool *p, struct fdp_pending *c)
 {
+    if (p->qlen == FDP_QUEUE_MAX) {
+        /* Every worker full and the queue too: no room to wait in. */
+        p->af_closed[FDP_AF_OVERFLOW]++;
+        fdp_acceptf_ip_release(p, &c->peer, c->listener);
+        fdp_close(&c->fd);
+        return;
+    }
     queue_or_dispatch(p, c);
     flush_batches(p);
 }

@@ -191,6 +191,27 @@ describe("--max-conns-per-ip", function()
     assert.equal(1, assert(pool:status()).closed.per_ip)
   end)
 
+  it("counts parked keep-alive connections (--concurrency 1) and frees them on close", function()
+    local pool = H.start_pool{ script = HTTP, workers = 1, args = { "5" },
+                               extra = { "--concurrency", "1", "--max-conns-per-ip", "2" } }
+    finally(function() pool:stop() end)
+    local a, b = connect(pool.addr), connect(pool.addr)
+    finally(function() pcall(a.close, a); b:close() end)
+    for _, fd in ipairs { a, b } do
+      assert(fd:write("GET / HTTP/1.1\r\nHost: t\r\n\r\n"))
+      assert.truthy(fd:read(4096):find("^HTTP/1.1 200"))
+    end
+    H.wait_status(pool, function(s) return s.parked == 2 end, 5, "2 parked")
+    local c = connect(pool.addr)
+    assert.equal("", c:read("a"))
+    c:close()
+    assert.equal(1, assert(pool:status()).closed.per_ip)
+    a:close()
+    H.wait_status(pool, function(s) return s.parked == 1 end, 5, "1 parked")
+    local r = assert(hello(pool.addr))
+    assert.truthy(r:find("^HTTP/1.1 200"), r)
+  end)
+
   it("shows pending and the closes by reason in pool status and the metrics", function()
     local pool = H.start_pool{ script = HTTP, workers = 1, args = { "5" },
                                extra = { "--max-conns-per-ip", "1" } }
@@ -260,6 +281,20 @@ describe("accept filter none and per-listener filters", function()
     local st = H.wait_status(pool, function(s) return s.pending == 1 and active(s) == 1 end, 5,
       "one pending, one active")
     assert.equal(1, st.pending)
+  end)
+
+  it("on a proxy listener, filters after the PROXY header is consumed", function()
+    local pool = H.start_pool{ script = HTTP, workers = 1, args = { "5" },
+                               listen = "127.0.0.1:0,proxy" }
+    finally(function() pool:stop() end)
+    local fd = connect(pool.addr)
+    finally(function() fd:close() end)
+    assert(fd:write("PROXY TCP4 192.0.2.7 192.0.2.1 4242 80\r\nGET / HTTP/1.1\r\n"))
+    local st = H.wait_status(pool, function(s) return s.pending == 1 end, 5, "pending 1")
+    assert.equal(0, active(st))
+    assert(fd:write("Host: t\r\nConnection: close\r\n\r\n"))
+    local r = fd:read("a")
+    assert.truthy(r:find("^HTTP/1.1 200"), r)
   end)
 
   it("refuses a bad filter name with a one-line error", function()
