@@ -26,6 +26,7 @@ struct af_conn {
     struct fdp_timer timer;
     struct fdp_pool *pool;
     int mode;
+    int ready;                      /* has a head, waits for queue room */
     struct af_conn *prev, *next;    /* oldest first */
 };
 
@@ -38,6 +39,7 @@ struct ip_node {
 struct fdp_acceptf {
     struct af_conn *head, *tail;
     size_t n;
+    size_t nready;
     int http;                       /* from READY: the handler's kind */
     uint32_t max_head;
     uint32_t head_ms;
@@ -251,10 +253,11 @@ af_unlink(struct fdp_pool *p, struct af_conn *x)
 {
     struct fdp_acceptf *af = p->acceptf;
 
-    if (x->c.fd >= 0 && p->loop.epfd >= 0) {
+    if (x->c.fd >= 0 && p->loop.epfd >= 0 && !x->ready) {
         (void) fdp_loop_del(&p->loop, &x->io);
     }
     fdp_timer_stop(&p->loop, &x->timer);
+    af->nready -= x->ready ? 1 : 0;
     if (x->prev) {
         x->prev->next = x->next;
     } else {
@@ -343,11 +346,42 @@ af_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         af_close(p, x, FDP_AF_PEER_CLOSED);
         return;
     }
+    if (p->qlen == FDP_QUEUE_MAX) {
+        /* Every worker full and the queue too: it keeps its place here
+         * (out of epoll) until fdp_acceptf_retry finds room. */
+        (void) fdp_loop_del(&p->loop, &x->io);
+        x->ready = 1;
+        p->acceptf->nready++;
+        return;
+    }
     af_unlink(p, x);
     c = x->c;
     free(x);
     c.since_us = fdp_now_us();
     fdp_pool_admit(p, &c);
+}
+
+
+/* Called on the master's tick: ready connections that found the queue
+ * full go to it now, oldest first, while it has room. */
+void
+fdp_acceptf_retry(struct fdp_pool *p)
+{
+    struct fdp_acceptf *af = p->acceptf;
+    struct af_conn *x, *nx;
+
+    for (x = af ? af->head : NULL; x && af->nready > 0
+         && p->qlen < FDP_QUEUE_MAX; x = nx) {
+        nx = x->next;
+        if (x->ready) {
+            struct fdp_pending c = x->c;
+
+            af_unlink(p, x);
+            free(x);
+            c.since_us = fdp_now_us();
+            fdp_pool_admit(p, &c);
+        }
+    }
 }
 
 
@@ -368,6 +402,10 @@ af_timeout(struct fdp_loop *loop, struct fdp_timer *t)
     int i;
 
     (void) loop;
+    if (x->ready) {
+        af_close(p, x, FDP_AF_OVERFLOW);    /* no room for it in time */
+        return;
+    }
     if (x->mode == FDP_AF_HTTP) {
         for (i = 0, n = 1; i < 16 && n > 0; i++) {
             n = recv(x->c.fd, buf, sizeof(buf), MSG_DONTWAIT);

@@ -2069,6 +2069,7 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
     if (p->qlen > 0) {
         dispatch_queue(p);
     }
+    fdp_acceptf_retry(p);
     if (p->fallback_unlogged > 0 && now - p->fallback_logged_ms >= 1000) {
         fdp_log(FDP_LOG_WARN, 0, "policy %s: %llu more picks of a worker "
                 "that could not take a connection; used first_free",
