@@ -10,10 +10,12 @@
 #include "pool.h"
 #include "ctlproto.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -46,6 +48,9 @@ struct fdp_control {
     struct fdp_io mio;
     struct fdp_pool *pool;
     char path[108];
+    int lockfd;                 /* PATH.lock, flock()ed while we run */
+    uint64_t path_dev;          /* the socket file we bound, so that */
+    uint64_t path_ino;          /* stop unlinks only that one */
     struct ctl_client clients[CTL_CLIENTS];
 };
 
@@ -420,6 +425,7 @@ fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
     }
     ctl->fd = -1;
     ctl->mfd = -1;
+    ctl->lockfd = -1;
     ctl->pool = p;
     for (i = 0; i < CTL_CLIENTS; i++) {
         ctl->clients[i].fd = -1;
@@ -440,6 +446,32 @@ fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
         if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
             snprintf(err, errlen, "cannot create control directory %s (%s)",
                      dir, strerror(errno));
+            goto fail;
+        }
+    }
+    /* Two pools starting at once on one path: "is it stale?" then
+     * unlink and bind is a race (each may remove the other's fresh
+     * socket). An exclusive flock on PATH.lock, held for the pool's life
+     * (the kernel drops it when the master exits, however it exits),
+     * makes exactly one of them go on. The lock file stays: removing it
+     * would reopen the race. */
+    {
+        char lock[sizeof(ctl->path) + 8];
+
+        snprintf(lock, sizeof(lock), "%s.lock", ctl->path);
+        old = umask(0177);
+        ctl->lockfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+                           0600);
+        umask(old);
+        if (ctl->lockfd < 0) {
+            snprintf(err, errlen, "control socket %s: cannot open %s (%s)",
+                     ctl->path, lock, strerror(errno));
+            goto fail;
+        }
+        if (flock(ctl->lockfd, LOCK_EX | LOCK_NB) < 0) {
+            snprintf(err, errlen, "control socket %s: %s", ctl->path,
+                     errno == EWOULDBLOCK ? "another pool is running there"
+                     : strerror(errno));
             goto fail;
         }
     }
@@ -467,19 +499,21 @@ fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
                  ctl->path, strerror(errno));
         goto fail;
     }
+    (void) fdp_path_identity(ctl->path, &ctl->path_dev, &ctl->path_ino);
     ctl->io.fd = ctl->fd;
     ctl->io.cb = control_accept;
     ctl->io.data = ctl;
     if (fdp_loop_add(&p->loop, &ctl->io, EPOLLIN) < 0) {
         snprintf(err, errlen, "control socket: epoll_ctl() failed (%s)",
                  strerror(errno));
-        (void) unlink(ctl->path);
+        fdp_unlink_own(ctl->path, ctl->path_dev, ctl->path_ino);
         goto fail;
     }
     p->control = ctl;
     return 0;
 
 fail:
+    fdp_close(&ctl->lockfd);
     if (ctl->mfd >= 0) {
         (void) fdp_loop_del(&p->loop, &ctl->mio);
         fdp_close(&ctl->mfd);
@@ -544,9 +578,11 @@ fdp_control_close(struct fdp_pool *p, int unlink_path)
     }
     fdp_close(&ctl->fd);
     fdp_close(&ctl->mfd);
+    /* Only the socket we bound: the path may be another file by now. */
     if (unlink_path && ctl->path[0] && getpid() == p->owner) {
-        (void) unlink(ctl->path);
+        fdp_unlink_own(ctl->path, ctl->path_dev, ctl->path_ino);
     }
+    fdp_close(&ctl->lockfd);
     free(ctl);
     p->control = NULL;
 }

@@ -694,142 +694,66 @@ conn_sendfile(lua_State *L)
 }
 
 
-/* ---- HTTP/1.x request head ------------------------------------------ */
+/* ---- HTTP/1.x request head and chunked body -------------------------- */
 
 #define HEAD_MAX_DEFAULT   8192
-#define HEADERS_MAX        100
-
-static int
-is_tchar(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
-           || (c >= '0' && c <= '9') || (c != 0 && strchr("!#$%&'*+-.^_`|~",
-                                                         c) != NULL);
-}
-
-
-/* Length of the line at s (up to LF), without CR LF; *next after LF. */
-static size_t
-line_at(const char *s, const char *end, const char **next)
-{
-    const char *nl = memchr(s, '\n', (size_t) (end - s));
-    size_t n = (size_t) (nl - s);
-
-    *next = nl + 1;
-    if (n > 0 && s[n - 1] == '\r') {
-        n--;
-    }
-    return n;
-}
-
 
 /*
- * Parse the head in [s, end) (it ends with an empty line) into a request
- * table on the stack. Returns 1, or 0 with an error string pushed.
+ * Parse the head in [s, end) (it ends with an empty line; http_parse.c)
+ * into a request table on the stack. Returns 1, or 0 with nil, an error
+ * string and the method (or nil when the request line did not parse)
+ * pushed.
  */
 static int
-parse_head(lua_State *L, const char *s, const char *end)
+parse_head(lua_State *L, char *s, char *end)
 {
-    const char *next, *p, *sp1, *sp2, *q;
-    size_t n = line_at(s, end, &next), i;
-    int nh = 0;
-    char name[64];
+    struct fdp_http_head h;
+    const char *q;
+    size_t i;
+    int err = fdp_http_parse_head(s, (size_t) (end - s), &h);
 
-    /* request-line = method SP request-target SP HTTP-version */
-    sp1 = memchr(s, ' ', n);
-    sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t) (s + n - sp1 - 1)) : NULL;
-    if (sp1 == NULL || sp2 == NULL || sp1 == s || sp2 == sp1 + 1
-        || s + n - sp2 - 1 != 8 || memcmp(sp2 + 1, "HTTP/1.", 7) != 0
-        || (sp2[8] != '0' && sp2[8] != '1')) {
-        lua_pushliteral(L, "bad request line");
+    if (err < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, fdp_http_strerror(err));
+        if (h.method) {
+            lua_pushlstring(L, h.method, h.method_len);
+        } else {
+            lua_pushnil(L);
+        }
         return 0;
     }
-    for (p = s; p < sp1; p++) {
-        if (!is_tchar((unsigned char) *p)) {
-            lua_pushliteral(L, "bad request line");
-            return 0;
-        }
-    }
-    for (p = sp1 + 1; p < sp2; p++) {
-        if ((unsigned char) *p <= 0x20 || *p == 0x7f) {
-            lua_pushliteral(L, "bad request line");
-            return 0;
-        }
-    }
     lua_createtable(L, 0, 8);
-    lua_pushlstring(L, s, (size_t) (sp1 - s));
+    lua_pushlstring(L, h.method, h.method_len);
     lua_setfield(L, -2, "method");
-    lua_pushlstring(L, sp1 + 1, (size_t) (sp2 - sp1 - 1));
+    lua_pushlstring(L, h.target, h.target_len);
     lua_setfield(L, -2, "target");
-    q = memchr(sp1 + 1, '?', (size_t) (sp2 - sp1 - 1));
-    lua_pushlstring(L, sp1 + 1, (size_t) ((q ? q : sp2) - sp1 - 1));
+    q = memchr(h.target, '?', h.target_len);
+    lua_pushlstring(L, h.target, q ? (size_t) (q - h.target) : h.target_len);
     lua_setfield(L, -2, "path");
     if (q) {
-        lua_pushlstring(L, q + 1, (size_t) (sp2 - q - 1));
+        lua_pushlstring(L, q + 1, h.target_len - (size_t) (q - h.target) - 1);
     } else {
         lua_pushliteral(L, "");
     }
     lua_setfield(L, -2, "query");
-    lua_pushstring(L, sp2[8] == '1' ? "1.1" : "1.0");
+    lua_pushstring(L, h.minor ? "1.1" : "1.0");
     lua_setfield(L, -2, "version");
 
-    lua_createtable(L, 0, 8);
-    for (;;) {
-        const char *line = next, *colon, *v, *ve;
+    lua_createtable(L, 0, (int) h.nfields);
+    for (i = 0; i < h.nfields; i++) {
+        struct fdp_http_field *f = &h.fields[i];
 
-        n = line_at(line, end, &next);
-        if (n == 0) {
-            break;
-        }
-        if (++nh > HEADERS_MAX) {
-            lua_settop(L, lua_gettop(L) - 2);
-            lua_pushliteral(L, "too many headers");
-            return 0;
-        }
-        colon = memchr(line, ':', n);
-        if (colon == NULL || colon == line
-            || (size_t) (colon - line) >= sizeof(name)) {
-            lua_settop(L, lua_gettop(L) - 2);
-            lua_pushliteral(L, "bad header line");
-            return 0;
-        }
-        for (i = 0; i < (size_t) (colon - line); i++) {
-            unsigned char c = (unsigned char) line[i];
-
-            if (!is_tchar(c)) {      /* also refuses obs-fold and spaces */
-                lua_settop(L, lua_gettop(L) - 2);
-                lua_pushliteral(L, "bad header line");
-                return 0;
-            }
-            name[i] = (char) ((c >= 'A' && c <= 'Z') ? c + 32 : c);
-        }
-        v = colon + 1;
-        ve = line + n;
-        while (v < ve && (*v == ' ' || *v == '\t')) {
-            v++;
-        }
-        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) {
-            ve--;
-        }
-        for (p = v; p < ve; p++) {
-            if (((unsigned char) *p < 0x20 && *p != '\t') || *p == 0x7f) {
-                lua_settop(L, lua_gettop(L) - 2);
-                lua_pushliteral(L, "bad header value");
-                return 0;
-            }
-        }
-        lua_pushlstring(L, name, i);
-        if (lua_rawget(L, -2) == LUA_TSTRING) {
+        lua_pushlstring(L, f->name, f->name_len);
+        lua_pushvalue(L, -1);
+        if (lua_rawget(L, -3) == LUA_TSTRING) {
             /* Repeated field: combine as a list (RFC 9110 5.3). */
             lua_pushliteral(L, ", ");
-            lua_pushlstring(L, v, (size_t) (ve - v));
+            lua_pushlstring(L, f->value, f->value_len);
             lua_concat(L, 3);
         } else {
             lua_pop(L, 1);
-            lua_pushlstring(L, v, (size_t) (ve - v));
+            lua_pushlstring(L, f->value, f->value_len);
         }
-        lua_pushlstring(L, name, i);
-        lua_insert(L, -2);
         lua_rawset(L, -3);
     }
     lua_setfield(L, -2, "headers");
@@ -919,10 +843,9 @@ readrequest_run(lua_State *L, int status)
                     lua_pushliteral(L, "header too large");
                     return 2;
                 }
-                if (!parse_head(L, s, hend)) {
-                    lua_pushnil(L);
-                    lua_insert(L, -2);
-                    return 2;
+                if (!parse_head(L, c->rbuf + c->rstart,
+                                c->rbuf + c->rstart + (hend - s))) {
+                    return 3;
                 }
                 c->rstart += (size_t) (hend - s);
                 c->op_pos = 0;
@@ -967,9 +890,12 @@ readrequest_run(lua_State *L, int status)
  * conn:readrequest([max_head_bytes [, head_seconds]]) -> request table
  * {method, target, path, query, version ("1.0"|"1.1"), headers
  * (lower-case names)}, or nil, "closed"|"timeout"|"header too large"|
- * "bad ...". head_seconds bounds the whole head from its first byte
+ * "too many headers"|"unsupported HTTP version"|"bad ...", method (when
+ * the request line parsed, so a HEAD gets no error body). HTTP/1.2..1.9
+ * read as "1.1". head_seconds bounds the whole head from its first byte
  * (waits before that byte keep the conn's timeout). The body, if any,
- * stays buffered for conn:receive(). Parsed in C: the hot path.
+ * stays buffered for conn:receive()/readchunked(). Parsed in C
+ * (http_parse.c): the hot path.
  */
 static int
 conn_readrequest(lua_State *L)
@@ -989,6 +915,124 @@ conn_readrequest(lua_State *L)
     lua_pushnil(L);                     /* slot 4: the conn's own limit */
     op_begin(c);
     return readrequest_k(L, LUA_OK, 0);
+}
+
+
+static int
+readchunked_fail(lua_State *L, const char *why)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, why);
+    return 2;
+}
+
+
+/*
+ * The body pieces so far are in the table at index 4; the bytes in the
+ * read buffer go through the decoder (fdp_http_chunked_next) in place,
+ * and the data parts are copied out (or only counted when discarding),
+ * so the buffer stays its usual size whatever the body's.
+ */
+static int
+readchunked_k(lua_State *L, int status, lua_KContext ctx)
+{
+    struct fdp_conn *c = checkconn(L);
+    struct fdp_http_chunked *d = &c->chunked;
+    uint64_t max = (uint64_t) lua_tointeger(L, 2);
+    int discard = lua_toboolean(L, 3);
+    ssize_t n;
+
+    (void) ctx;
+    if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
+        return readchunked_fail(L, "timeout");
+    }
+    for (;;) {
+        if (c->fd < 0) {
+            return readchunked_fail(L, "closed");
+        }
+        while (c->rend > c->rstart) {
+            size_t used = 0, k;
+            int r = fdp_http_chunked_next(d, c->rbuf + c->rstart,
+                                          c->rend - c->rstart, &used);
+            luaL_Buffer b;
+            lua_Integer i, np;
+
+            c->rstart += used;
+            if (r < 0) {
+                return readchunked_fail(L, fdp_http_strerror(r));
+            }
+            if (r == FDP_HTTP_CHUNK_DONE) {
+                if (discard) {
+                    lua_pushinteger(L, (lua_Integer) d->total);
+                    return 1;
+                }
+                np = (lua_Integer) lua_rawlen(L, 4);
+                luaL_buffinit(L, &b);
+                for (i = 1; i <= np; i++) {
+                    lua_rawgeti(L, 4, i);
+                    luaL_addvalue(&b);
+                }
+                luaL_pushresult(&b);
+                return 1;
+            }
+            if (r == FDP_HTTP_CHUNK_AGAIN) {
+                break;
+            }
+            if (d->left > max || d->total > max - d->left) {
+                return readchunked_fail(L, "too large");
+            }
+            k = c->rend - c->rstart;
+            if ((uint64_t) k > d->left) {
+                k = (size_t) d->left;
+            }
+            if (k == 0) {
+                break;
+            }
+            if (!discard) {
+                lua_pushlstring(L, c->rbuf + c->rstart, k);
+                lua_rawseti(L, 4, (lua_Integer) lua_rawlen(L, 4) + 1);
+            }
+            fdp_http_chunked_take(d, k);
+            c->rstart += k;
+        }
+        n = fill(c, 0);
+        if (n > 0) {
+            continue;
+        }
+        if (n == 0 || n == -ECONNRESET || n == -EPIPE) {
+            return readchunked_fail(L, "closed");
+        }
+        if (n != -EAGAIN) {
+            return readchunked_fail(L, strerror((int) -n));
+        }
+        if (!fdp_wait(L, c, EPOLLIN, 0, readchunked_k)) {
+            return readchunked_fail(L, "timeout");
+        }
+    }
+}
+
+
+/*
+ * conn:readchunked(max_bytes [, discard]) -> body | nil, err: read a
+ * chunked request body (RFC 9112 7.1) that follows the head, trailers
+ * included (parsed and dropped), decoded in C. With discard true, the
+ * data is dropped and its byte count returned (constant memory). err is
+ * "too large" (data beyond max_bytes), "bad chunk size", "bad chunk
+ * extension", "bad chunk", "bad trailer", "closed" or "timeout"; after
+ * an error the stream cannot be resynchronised.
+ */
+static int
+conn_readchunked(lua_State *L)
+{
+    struct fdp_conn *c = checkconn(L);
+    lua_Integer max = luaL_checkinteger(L, 2);
+
+    luaL_argcheck(L, max >= 0, 2, "the limit must not be negative");
+    lua_settop(L, 3);
+    lua_newtable(L);
+    fdp_http_chunked_init(&c->chunked);
+    op_begin(c);
+    return readchunked_k(L, LUA_OK, 0);
 }
 
 
@@ -1209,6 +1253,7 @@ fdp_conn_open_meta(lua_State *L)
     static const luaL_Reg methods[] = {
         { "receive", conn_receive },
         { "readrequest", conn_readrequest },
+        { "readchunked", conn_readchunked },
         { "buffered", conn_buffered },
         { "park", conn_park },
         { "send", conn_send },

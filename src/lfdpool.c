@@ -908,8 +908,8 @@ check_keys(lua_State *L)
     static const char *const known[] = {
         "handler", "args", "listen", "workers", "concurrency", "policy",
         "control", "grace", "log_level", "timeout", "max_requests", "user",
-        "io_timeout", "metrics", "accept_filter", "max_conns_per_ip",
-        "max_pending",
+        "io_timeout", "metrics", "max_memory", "accept_filter",
+        "max_conns_per_ip", "max_pending",
         NULL
     };
 
@@ -981,6 +981,8 @@ l_pool(lua_State *L)
                       1, "accept_filter must be none, data, http or auto");
     }
     lua_pop(L, 1);
+    /* MiB per worker: its Lua heap in handler code, and its RssAnon. */
+    p->max_memory = (uint64_t) opt_int(L, "max_memory", 0, 0, 4194304) << 20;
     if (lua_getfield(L, 1, "user") != LUA_TNIL) {
         const char *spec = luaL_checkstring(L, -1);
         char name[256], *colon;

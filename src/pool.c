@@ -19,10 +19,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 
 #define TICK_MS          100
 #define KILL_MARGIN_MS   500
@@ -342,6 +345,87 @@ fdp_unix_reclaim(const char *path)
 }
 
 
+/*
+ * Serialize "is the socket at path stale? unlink it, bind, listen" among
+ * processes: two pools starting together on one unix path could each see
+ * the stale file, and the second unlink the first's fresh socket. An
+ * exclusive flock on the directory holding path, for that short section
+ * only, is enough: once listening, a socket answers connect(), so the next
+ * reclaim sees it live. Waits up to 5 s for the lock, then goes on
+ * without it (as before). Returns the locked directory's fd (close it to
+ * unlock), or -1.
+ */
+int
+fdp_unix_lock_dir(const char *path)
+{
+    char dir[sizeof(((struct sockaddr_un *) 0)->sun_path)];
+    char *slash;
+    int fd, i;
+
+    snprintf(dir, sizeof(dir), "%s", path);
+    slash = strrchr(dir, '/');
+    if (slash == NULL) {
+        snprintf(dir, sizeof(dir), ".");
+    } else if (slash == dir) {
+        dir[1] = '\0';
+    } else {
+        *slash = '\0';
+    }
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        return -1;
+    }
+    for (i = 0; i < 500; i++) {
+        struct timespec ts = { 0, 10 * 1000 * 1000 };
+
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            return fd;
+        }
+        if (errno != EWOULDBLOCK && errno != EINTR) {
+            break;
+        }
+        (void) nanosleep(&ts, NULL);
+    }
+    fdp_close(&fd);
+    return -1;
+}
+
+
+/* The identity (st_dev, st_ino) of the file at path, not following a
+ * symlink. 0 or -errno. */
+int
+fdp_path_identity(const char *path, uint64_t *dev, uint64_t *ino)
+{
+    struct stat st;
+
+    if (lstat(path, &st) < 0) {
+        return -errno;
+    }
+    *dev = (uint64_t) st.st_dev;
+    *ino = (uint64_t) st.st_ino;
+    return 0;
+}
+
+
+/*
+ * Unlink a socket path this process bound, only if it is still that file:
+ * another pool (or anything else) may have taken the path over since, and
+ * its file is not ours to remove. dev/ino come from fdp_path_identity()
+ * after bind; 0/0 (never recorded) unlinks nothing.
+ */
+void
+fdp_unlink_own(const char *path, uint64_t dev, uint64_t ino)
+{
+    uint64_t d, i;
+
+    if ((dev == 0 && ino == 0) || fdp_path_identity(path, &d, &i) < 0
+        || d != dev || i != ino) {
+        return;
+    }
+    (void) unlink(path);
+}
+
+
 /* Bind and listen now (before any fork), so a port in use fails the start
  * at once. Returns 0 or -1 with p->error set. */
 int
@@ -350,7 +434,7 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
     struct fdp_listener *l;
     struct sockaddr_storage ss;
     socklen_t len;
-    int one = 1, r;
+    int one = 1, r, dirlock = -1;
     const char *what;
 
     if (p->nlisten == FDP_MAX_LISTEN) {
@@ -401,6 +485,7 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
         goto fail;
     }
     if (ss.ss_family == AF_UNIX) {
+        dirlock = fdp_unix_lock_dir(((struct sockaddr_un *) &ss)->sun_path);
         r = fdp_unix_reclaim(((struct sockaddr_un *) &ss)->sun_path);
         if (r < 0) {
             errno = -r;
@@ -426,11 +511,17 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
     }
     if (ss.ss_family == AF_UNIX) {
         l->unix_path = strdup(((struct sockaddr_un *) &ss)->sun_path);
+        l->path_dev = l->path_ino = 0;
+        if (l->unix_path) {
+            (void) fdp_path_identity(l->unix_path, &l->path_dev,
+                                     &l->path_ino);
+        }
     }
     if (listen(l->fd, 4096) < 0) {
         what = "listen()";
         goto fail;
     }
+    fdp_close(&dirlock);
     len = sizeof(ss);
     if (getsockname(l->fd, (struct sockaddr *) &ss, &len) < 0) {
         what = "getsockname()";
@@ -447,8 +538,9 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
 fail:
     snprintf(p->error, sizeof(p->error), "cannot listen on %s: %s failed "
              "(%s)", addr, what, strerror(errno));
+    fdp_close(&dirlock);
     if (l->unix_path) {
-        (void) unlink(l->unix_path);
+        fdp_unlink_own(l->unix_path, l->path_dev, l->path_ino);
         free(l->unix_path);
         l->unix_path = NULL;
     }
@@ -601,7 +693,7 @@ close_listeners(struct fdp_pool *p)
             fdp_close(&l->fd);
         }
         if (l->unix_path && getpid() == p->owner) {
-            (void) unlink(l->unix_path);
+            fdp_unlink_own(l->unix_path, l->path_dev, l->path_ino);
         }
         free(l->unix_path);
         l->unix_path = NULL;
@@ -703,6 +795,7 @@ spawn_worker(struct fdp_pool *p, int idx)
     w->spawn_at = 0;
     w->retiring = 0;
     w->retire_after = 0;
+    w->mem_over = 0;
     if (p->max_requests > 0) {
         /* Jitter (up to +10 %) so workers do not all retire at once. */
         w->retire_after = (uint64_t) p->max_requests
@@ -1990,6 +2083,83 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 }
 
 
+/* A worker's anonymous resident memory (RssAnon in /proc/PID/status:
+ * private pages, not shared mappings or files), in KiB; -1 if unknown. */
+static long
+rss_anon_kb(pid_t pid)
+{
+    char path[64], buf[4096];
+    const char *s;
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof(path), "/proc/%ld/status", (long) pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return -1;
+    }
+    n = read(fd, buf, sizeof(buf) - 1);
+    fdp_close(&fd);
+    if (n <= 0) {
+        return -1;
+    }
+    buf[n] = '\0';
+    s = strstr(buf, "\nRssAnon:");
+    return s ? strtol(s + 9, NULL, 10) : -1;
+}
+
+
+/*
+ * --max-memory, the process side (the Lua allocator in the worker is the
+ * other): every MEM_CHECK_TICKS the master reads each current worker's
+ * RssAnon, and a worker above the limit at two checks in a row is retired
+ * gracefully (it finishes its connections, takes no new ones) and replaced.
+ * The master reads it rather than trusting the worker, so a worker stuck
+ * in a handler is measured too. A worker that has served nothing yet is
+ * only warned about: a fresh one would be no smaller.
+ */
+#define MEM_CHECK_TICKS 5
+
+static void
+watch_memory(struct fdp_pool *p)
+{
+    int i;
+
+    for (i = 0; i < p->nworkers; i++) {
+        struct fdp_worker *w = &p->workers[i];
+        long kb;
+        char why[128];
+
+        if (w->slot.pid <= 0 || w->slot.state != FDP_W_RUNNING
+            || w->retiring) {
+            continue;
+        }
+        kb = rss_anon_kb(w->slot.pid);
+        if (kb < 0 || (uint64_t) kb * 1024 <= p->max_memory) {
+            w->mem_over = 0;
+            continue;
+        }
+        if (++w->mem_over < 2) {
+            continue;
+        }
+        if (w->slot.served == 0 && w->slot.active == 0) {
+            if (w->mem_over == 2) {
+                fdp_log(FDP_LOG_WARN, 0, "worker %d (pid %ld) uses %ld MiB "
+                        "(RssAnon) before serving anything, above "
+                        "--max-memory %llu MiB; not retiring it", i + 1,
+                        (long) w->slot.pid, kb / 1024,
+                        (unsigned long long) (p->max_memory >> 20));
+            }
+            continue;
+        }
+        snprintf(why, sizeof(why), "RssAnon %ld MiB stays above "
+                 "--max-memory %llu MiB", kb / 1024,
+                 (unsigned long long) (p->max_memory >> 20));
+        replace_worker(p, i, why);
+    }
+}
+
+
 /*
  * The worker enforces --timeout for handlers that wait; one that holds
  * the CPU keeps the worker's loop from running, so the master watches the
@@ -2061,6 +2231,11 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
     if (p->timeout > 0) {
         watch_timeouts(p);
     }
+    if (p->max_memory > 0 && !p->stopping
+        && ++p->mem_tick >= MEM_CHECK_TICKS) {
+        p->mem_tick = 0;
+        watch_memory(p);
+    }
     if (!p->stopping && !p->accepting && p->qlen < FDP_QUEUE_MAX
         && now >= p->accept_paused_until) {
         set_accepting(p, 1);
@@ -2079,6 +2254,84 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
     }
     fdp_policy_flush_log(p);
     (void) fdp_timer_start(loop, t, TICK_MS);
+}
+
+
+/* fs.nr_open: the ceiling for RLIMIT_NOFILE when the hard limit is
+ * "unlimited". */
+static rlim_t
+nr_open(void)
+{
+    char buf[32];
+    ssize_t n;
+    int fd = open("/proc/sys/fs/nr_open", O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0) {
+        return 1048576;
+    }
+    n = read(fd, buf, sizeof(buf) - 1);
+    fdp_close(&fd);
+    if (n <= 0) {
+        return 1048576;
+    }
+    buf[n] = '\0';
+    return (rlim_t) strtoull(buf, NULL, 10);
+}
+
+
+/*
+ * Raise RLIMIT_NOFILE's soft limit to the hard limit (as nginx's
+ * worker_rlimit_nofile; workers inherit it) and log the figure. Warn when
+ * it is short of what the configuration may hold open at once: every
+ * worker's connections, and the master may hold any of them (queued,
+ * parked between keep-alive requests), so workers x concurrency plus a
+ * margin for listeners, channels, the control socket and logs.
+ */
+static void
+raise_nofile(struct fdp_pool *p)
+{
+    struct rlimit rl;
+    rlim_t was;
+    unsigned long long need;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
+        fdp_log(FDP_LOG_WARN, errno, "getrlimit(RLIMIT_NOFILE) failed");
+        return;
+    }
+    was = rl.rlim_cur;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+            rl.rlim_cur = nr_open();
+            if (rl.rlim_cur > rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+            }
+            if (rl.rlim_cur <= was || setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+                fdp_log(FDP_LOG_WARN, errno, "setrlimit(RLIMIT_NOFILE) "
+                        "failed");
+                rl.rlim_cur = was;
+            }
+        }
+    }
+    if (rl.rlim_cur == was) {
+        fdp_log(FDP_LOG_INFO, 0, "open files limit (RLIMIT_NOFILE): %llu",
+                (unsigned long long) rl.rlim_cur);
+    } else {
+        fdp_log(FDP_LOG_INFO, 0, "open files limit (RLIMIT_NOFILE): %llu "
+                "(raised from %llu)", (unsigned long long) rl.rlim_cur,
+                (unsigned long long) was);
+    }
+    need = (unsigned long long) p->nworkers * (unsigned long long)
+           p->concurrency + (unsigned long long) p->nworkers + 64;
+    if (rl.rlim_cur != RLIM_INFINITY
+        && (unsigned long long) rl.rlim_cur < need) {
+        fdp_log(FDP_LOG_WARN, 0, "open files limit %llu is below the %llu "
+                "this pool may hold open (--workers %d x --concurrency %d "
+                "+ margin): expect EMFILE under load; raise the hard limit "
+                "(ulimit -Hn, systemd LimitNOFILE=)",
+                (unsigned long long) rl.rlim_cur, need, p->nworkers,
+                p->concurrency);
+    }
 }
 
 
@@ -2162,6 +2415,7 @@ fdp_pool_start(struct fdp_pool *p)
                  strerror(-r));
         goto fail;
     }
+    raise_nofile(p);
     for (i = 0; i < p->nlisten; i++) {
         r = fdp_loop_add(&p->loop, &p->listeners[i].io, EPOLLIN);
         if (r < 0) {

@@ -37,6 +37,8 @@ struct fdp_listener {
     char addr[FDP_ADDR_MAX];        /* as given to --listen */
     char bound[FDP_ADDR_MAX];       /* with the real port */
     char *unix_path;                /* to unlink at stop, owner only */
+    uint64_t path_dev;              /* unix_path's identity at bind: */
+    uint64_t path_ino;              /* unlinked only while it is ours */
     struct fdp_io io;
     struct fdp_pool *pool;
 };
@@ -81,6 +83,7 @@ struct fdp_worker {
     uint64_t started_ms;
     uint64_t retire_after;          /* served count that retires it, 0 no */
     int retiring;                   /* moved out of the table, stopping */
+    int mem_over;                   /* checks in a row above max_memory */
 };
 
 struct fdp_control;
@@ -102,6 +105,9 @@ struct fdp_pool {
     double timeout;                 /* --timeout per handler, 0: none */
     double io_timeout;              /* default conn timeout, 0: none */
     int max_requests;               /* recycle a worker after ~N, 0: no */
+    uint64_t max_memory;            /* bytes per worker (Lua heap and
+                                       RssAnon), 0: no limit */
+    int mem_tick;                   /* ticks since the last RssAnon check */
     uint32_t user_uid;              /* --user: drop to these in workers */
     uint32_t user_gid;
     char *user_name;                /* NULL: no drop */
@@ -183,6 +189,9 @@ void fdp_pool_admit(struct fdp_pool *p, struct fdp_pending *c);
 void fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
                           const char **listen);
 int fdp_unix_reclaim(const char *path);
+int fdp_unix_lock_dir(const char *path);
+int fdp_path_identity(const char *path, uint64_t *dev, uint64_t *ino);
+void fdp_unlink_own(const char *path, uint64_t dev, uint64_t ino);
 void fdp_format_sockaddr(const struct sockaddr_storage *ss, char *out,
                          size_t n, int with_path);
 int fdp_parse_addr(const char *addr, struct sockaddr_storage *ss,

@@ -204,7 +204,8 @@ fdp_proxy_parse(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
 /*
  * Does [s, s+n) hold a complete request head, as conn:readrequest reads
  * it: empty lines before the request skipped, then up to an empty line
- * (CRLF CRLF, or bare LF, which the parser accepts too)? 1 or 0. Pure.
+ * (CRLF CRLF, or bare LFs, which it finds too and then refuses)? 1 or 0.
+ * Pure.
  */
 int
 fdp_http_head_complete(const char *s, size_t n)

@@ -10,6 +10,7 @@
 #include "pool.h"
 #include "worker.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -365,10 +366,12 @@ task_resume(struct fdp_task *t, int nargs)
 {
     struct fdp_wctx *w = t->w;
     struct fdp_task *prev = w->current;
-    int nres = 0, r;
+    int nres = 0, r, limited = w->mem_limited;
 
     w->current = t;
+    w->mem_limited = w->mem_limit > 0;
     r = lua_resume(t->co, w->L, nargs, &nres);
+    w->mem_limited = limited;
     w->current = prev;
     if (r == LUA_YIELD) {
         lua_pop(t->co, nres);
@@ -650,13 +653,20 @@ cpu_hook(lua_State *L, lua_Debug *ar)
 }
 
 
+/* Only the master's SIGUSR2 counts (kill() by its pid): a stray
+ * `kill -USR2 <worker>` must not raise inside a handler. */
 static void
-on_sigusr2(int sig)
+on_sigusr2(int sig, siginfo_t *si, void *uc)
 {
     struct fdp_wctx *w = sig_worker;
 
     (void) sig;
-    if (w != NULL && w->current != NULL) {
+    (void) uc;
+    if (w == NULL || si == NULL || si->si_code != SI_USER
+        || si->si_pid != w->pool->owner) {
+        return;
+    }
+    if (w->current != NULL) {
         lua_sethook(w->current->co, cpu_hook, LUA_MASKCOUNT, 1);
     }
 }
@@ -1048,6 +1058,95 @@ load_script(lua_State *L, struct fdp_pool *p)
 }
 
 
+/*
+ * --max-memory, the Lua side: the worker's allocator wraps the state's
+ * own (a script handler's fresh state, or the forked copy of the caller's
+ * state for a function handler: lua_setallocf works on a live state, and
+ * the wrapped allocator still frees what was allocated before the fork).
+ * It counts the bytes the state holds and, while handler code runs (a
+ * task's resume, the script's top level, init), refuses growth past the
+ * limit: Lua then collects garbage once and retries, and failing that
+ * raises "not enough memory" inside the handler (fdpool.http answers
+ * 500). Everything else the worker does (the scheduler, new coroutines,
+ * tracebacks, unprotected API calls) is never refused, so it cannot fail
+ * outside a protected call: the headroom past the limit is the worker's.
+ * The master's RssAnon check bounds what that, and memory Lua does not
+ * see, can add up to.
+ */
+static void *
+limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    struct fdp_wctx *w = ud;
+    size_t old = ptr != NULL ? osize : 0;   /* else osize is a type tag */
+    void *np;
+
+    if (nsize > old && w->mem_limited
+        && w->mem_used + (nsize - old) > w->mem_limit) {
+        return NULL;
+    }
+    np = w->mem_inner(w->mem_inner_ud, ptr, osize, nsize);
+    if (np != NULL || nsize == 0) {
+        w->mem_used = w->mem_used - old + nsize;
+    }
+    return np;
+}
+
+
+static void
+memory_limit(struct fdp_wctx *w)
+{
+    lua_State *L = w->L;
+
+    if (w->pool->max_memory == 0) {
+        return;
+    }
+    w->mem_limit = (size_t) w->pool->max_memory;
+    w->mem_used = (size_t) lua_gc(L, LUA_GCCOUNT, 0) * 1024
+                  + (size_t) lua_gc(L, LUA_GCCOUNTB, 0);
+    w->mem_inner = lua_getallocf(L, &w->mem_inner_ud);
+    lua_setallocf(L, limited_alloc, w);
+    if (w->mem_used >= w->mem_limit) {
+        char msg[160];
+
+        snprintf(msg, sizeof(msg), "the Lua state already holds %zu KiB, "
+                 "above --max-memory %zu KiB", w->mem_used / 1024,
+                 w->mem_limit / 1024);
+        fail(w, msg);
+    }
+}
+
+
+/* stdin is /dev/null in a worker: a handler's io.read() gets EOF at once
+ * instead of blocking the whole worker on the terminal or a pipe. dup2
+ * keeps fd 0 open (and not CLOEXEC) as stdin always is. */
+static void
+stdin_devnull(struct fdp_wctx *w)
+{
+    int fd;
+
+    /* A master started with fd 0 closed may have given it to our channel:
+     * move the channel out of the way first. */
+    if (w->ch->fd == 0) {
+        fd = fcntl(0, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0) {
+            fail(w, "cannot move the channel off fd 0");
+        }
+        (void) close(0);
+        w->ch->fd = fd;
+    }
+    fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || (fd != 0 && dup2(fd, 0) < 0)) {
+        fail(w, "cannot open /dev/null as stdin");
+    }
+    if (fd != 0) {
+        fdp_close(&fd);
+    } else {
+        (void) fcntl(0, F_SETFD, 0);
+    }
+    clearerr(stdin);
+}
+
+
 void
 fdp_worker_main(struct fdp_pool *p, int idx)
 {
@@ -1094,14 +1193,18 @@ fdp_worker_main(struct fdp_pool *p, int idx)
         struct sigaction sa;
 
         memset(&sa, 0, sizeof(sa));
-        sa.sa_handler = on_sigusr2;
-        sa.sa_flags = SA_RESTART;
+        sa.sa_sigaction = on_sigusr2;
+        sa.sa_flags = SA_RESTART | SA_SIGINFO;
         sigemptyset(&sa.sa_mask);
         (void) sigaction(SIGUSR2, &sa, NULL);
+        memset(&sa, 0, sizeof(sa));
         sa.sa_handler = on_sigusr1;
+        sa.sa_flags = SA_RESTART;
+        sigemptyset(&sa.sa_mask);
         (void) sigaction(SIGUSR1, &sa, NULL);
     }
     (void) sigprocmask(SIG_SETMASK, &p->oldmask, NULL);
+    stdin_devnull(&w);
 
     if (fdp_loop_init(&w.loop) < 0) {
         fail(&w, "epoll_create1() failed");
@@ -1120,17 +1223,22 @@ fdp_worker_main(struct fdp_pool *p, int idx)
         if (L == NULL) {
             fail(&w, "cannot create a Lua state");
         }
+        w.L = L;
+        memory_limit(&w);
         luaL_openlibs(L);
         fdp_open_module(L);
-        w.L = L;
         fdp_module_set_worker(L, &w);
         install_coroutine_wrappers(L);
-        if (load_script(L, p) < 0) {
+        w.mem_limited = w.mem_limit > 0;
+        r = load_script(L, p);
+        w.mem_limited = 0;
+        if (r < 0) {
             fail(&w, lua_tostring(L, -1));
         }
     } else {
         L = p->L;
         w.L = L;
+        memory_limit(&w);
         fdp_module_set_worker(L, &w);
         install_coroutine_wrappers(L);
         lua_rawgeti(L, LUA_REGISTRYINDEX, p->handler_ref);
@@ -1146,7 +1254,10 @@ fdp_worker_main(struct fdp_pool *p, int idx)
             lua_pushcfunction(L, msgh);
             lua_insert(L, -2);
             lua_getfield(L, LUA_REGISTRYINDEX, "fdpool.worker");
-            if (lua_pcall(L, 1, 0, -3) != LUA_OK) {
+            w.mem_limited = w.mem_limit > 0;
+            r = lua_pcall(L, 1, 0, -3);
+            w.mem_limited = 0;
+            if (r != LUA_OK) {
                 lua_pushfstring(L, "init failed: %s", lua_tostring(L, -1));
                 fail(&w, lua_tostring(L, -1));
             }

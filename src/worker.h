@@ -13,6 +13,7 @@
 #include <lua.h>
 
 #include "channel.h"
+#include "http_parse.h"
 #include "loop.h"
 
 #define FDP_WAIT_SLEEP  0x80000000u
@@ -61,6 +62,11 @@ struct fdp_wctx {
     struct fdp_task *status_waiters;    /* FIFO of tasks waiting */
     char *status_buf;           /* the answer being assembled */
     size_t status_len;
+    lua_Alloc mem_inner;        /* --max-memory: the allocator wrapped */
+    void *mem_inner_ud;
+    size_t mem_used;            /* bytes the Lua state holds */
+    size_t mem_limit;           /* refused past this in handler code */
+    int mem_limited;            /* running handler code now */
 };
 
 /* The conn object (userdata "fdpool.conn"). */
@@ -87,6 +93,7 @@ struct fdp_conn {
                                    worth a read() before waiting */
     int rdhup;                  /* the peer's FIN (or an error) was seen:
                                    a short read no longer means drained */
+    struct fdp_http_chunked chunked;    /* conn:readchunked in progress */
 };
 
 /* worker.c */

@@ -478,7 +478,7 @@ describe("fdpool.http (tests/fixtures/http_echo.lua)", function()
 
         it("answers a garbage request line with 400", function()
             refused("HELLO THERE\r\n\r\n", 400, "bad request line")
-            refused("GET /x HTTP/2.0\r\nHost: t\r\n\r\n", 400, "bad request line")
+            refused("GET /x HTTP/2.0\r\nHost: t\r\n\r\n", 505)
             refused("GET / HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n", 400, "bad header line")
         end)
 

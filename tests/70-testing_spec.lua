@@ -3,7 +3,7 @@
 -- recorder handler runs on a testing.conn and in the real build/pool for
 -- the same bytes and must produce the same report (receive patterns,
 -- prefixes, partial data, timeouts, send ranges, sendfile, readrequest on
--- good and bad heads, http.serve responses). Then the HTTP helpers, the
+-- good and bad heads, readchunked, http.serve responses). Then the HTTP helpers, the
 -- JSON decoder, testing.start's lifecycle (no process left behind), the
 -- module inside the pool binary, and docs/testing.md's snippets.
 local fdpool = require "fdpool"
@@ -42,6 +42,8 @@ return function(conn)
     local r
     if name == "rr" then
       r = pack(conn:readrequest(tonumber(a)))
+    elseif name == "rc" then
+      r = pack(conn:readchunked(tonumber(a), b == "d"))
     elseif name == "to" then
       r = pack(conn:settimeout(tonumber(a)))
     elseif name == "buf" then
@@ -214,6 +216,25 @@ describe("fdpool.testing readrequest against the C parser", function()
         "header too large", "bad request: truncated", "closed" } do
       assert.matches('"' .. e .. '"', seen, 1, true)
     end
+  end)
+
+  it("readchunked gives the same results on the framing table's chunked bodies", function()
+    package.path = "./tests/?.lua;" .. package.path
+    local F = require "framing_cases"
+    local n = 0
+    for _, c in ipairs(F.cases) do
+      local body = c[2]:match("Transfer%-Encoding: chunked\r\n\r\n(.*)$")
+      if body then
+        -- rc:max, then rc:max:d (discard) on a fresh copy after it.
+        same("rc:65536 a", body)
+        same("rc:65536:d a", body)
+        same("rc:3 a", body)
+        n = n + 1
+      end
+    end
+    assert.is_true(n >= 40, n .. " bodies")
+    -- Split across reads, byte by byte.
+    same("rc:100 a", "2;a=\"b\"\r\nhe\r\n3\r\nllo\r\n0\r\nT: 1\r\n\r\nrest")
   end)
 
   it("gives the same result for more than 100 headers", function()

@@ -111,7 +111,7 @@ end
 -- Start `pool run`. opts: script (nil: built-in hello), args, workers,
 -- concurrency, policy, listen (default 127.0.0.1:0; "unix" = a socket
 -- in a temp dir), extra (list of more flags), wait (default true: wait
--- for "listening on").
+-- for "listening on"), shell and stdin (see below).
 function H.start_pool(opts)
   opts = opts or {}
   local dir = H.tmpdir()
@@ -137,11 +137,14 @@ function H.start_pool(opts)
   end
   for i, c in ipairs(cmd) do cmd[i] = H.quote(c) end
   p.cmd = table.concat(cmd, " ")
+  -- opts.shell: a shell fragment run first (e.g. "ulimit -Hn 64;");
+  -- opts.stdin: a redirection for the pool's stdin (e.g. "0<>FIFO").
+  if opts.stdin then p.cmd = p.cmd .. " " .. opts.stdin end
   -- Under the sanitizer build the pool checks for leaks at exit (the
   -- busted process itself runs with detect_leaks=0).
   local env = H.BUILD ~= "build" and "ASAN_OPTIONS=detect_leaks=1 " or ""
-  os.execute(("(%s%s; echo $? > %s) </dev/null >%s/stdout 2>%s &"):format(
-    env, p.cmd, p.exit_path, dir, p.log_path))
+  os.execute(("(%s%s%s; echo $? > %s) </dev/null >%s/stdout 2>%s &"):format(
+    opts.shell and opts.shell .. " " or "", env, p.cmd, p.exit_path, dir, p.log_path))
   setmetatable(p, { __index = H.Pool })
   pools[#pools + 1] = p
   -- The master's pid is in every log line: "pool[PID]".

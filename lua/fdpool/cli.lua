@@ -65,6 +65,10 @@ Options for run:
   --max-conns-per-ip N connections at once from one address (waiting,
                        parked or in a worker; default: no cap); more are
                        closed at accept
+  --max-memory MB      per worker: handler code past MB of Lua memory
+                       gets "not enough memory" (HTTP: a 500 for that
+                       request), and a worker whose RssAnon stays above
+                       MB is retired gracefully and replaced
   --user USER[:GROUP]  workers drop to this user (needs root)
   --log FILE           log to FILE instead of stderr (SIGUSR1 reopens)
   --log-level L        error, warn, info (default), debug
@@ -141,6 +145,7 @@ local RUN_FLAGS = {
   ["--metrics"] = "value", ["--accept-filter"] = "value", ["--max-pending"] = "value",
   ["--max-conns-per-ip"] = "value",
   ["--max-requests"] = "value", ["--user"] = "value", ["--log"] = "value",
+  ["--max-memory"] = "value",
 }
 
 local function check_script(script)
@@ -155,7 +160,7 @@ local CONFIG_KEYS = {
   handler = "string", script = "string", args = "table", listen = "any",
   workers = "number", concurrency = "number", policy = "string",
   control = "any", grace = "number", timeout = "number", io_timeout = "number",
-  max_requests = "number", user = "string", log = "string", log_level = "string",
+  max_requests = "number", max_memory = "number", user = "string", log = "string", log_level = "string",
   log_format = "string",
   metrics = "string", accept_filter = "string", max_pending = "number",
   max_conns_per_ip = "number",
@@ -219,6 +224,7 @@ local function build_config(opts, pos, cmd)
   local flagmap = {
     { "--workers", "workers", 1, 256, true }, { "--concurrency", "concurrency", 1, 65535, true },
     { "--max-requests", "max_requests", 1, 2^31 - 1, true }, { "--grace", "grace", 0 },
+    { "--max-memory", "max_memory", 1, 4194304, true },
     { "--timeout", "timeout", 0.001 }, { "--io-timeout", "io_timeout", 0 },
     { "--max-pending", "max_pending", 1, 1048576, true },
     { "--max-conns-per-ip", "max_conns_per_ip", 1, 2^31 - 1, true },

@@ -2,7 +2,8 @@
 -- returns a handler for `pool run`; http.static(dir) serves files.
 -- Keep-alive, pipelining, HEAD, Expect: 100-continue, Content-Length and
 -- chunked bodies, and limits answered with 400/408/413/431. The request
--- head is parsed in C (conn:readrequest); the rest is here.
+-- head and chunked bodies are parsed in C (conn:readrequest,
+-- conn:readchunked over src/http_parse.c); the framing rules are here.
 local fdpool = require "fdpool"
 
 local M = {}
@@ -84,36 +85,11 @@ local header_mt = {
 local Req = {}
 Req.__index = Req
 
-local function read_chunked(conn, limit)
-  local parts, total = {}, 0
-  while true do
-    local line, err = conn:receive("l")
-    if not line then return nil, err end
-    local size = tonumber(line:match("^%s*(%x+)"), 16)
-    if not size then return nil, "bad chunk size" end
-    if size == 0 then
-      -- Trailers, up to the empty line.
-      repeat
-        line, err = conn:receive("l")
-        if not line then return nil, err end
-      until line == ""
-      return table.concat(parts)
-    end
-    total = total + size
-    if total > limit then return nil, "too large" end
-    local data
-    data, err = conn:receive(size)
-    if not data then return nil, err end
-    parts[#parts + 1] = data
-    line, err = conn:receive("l")
-    if line ~= "" then return nil, err or "bad chunk" end
-  end
-end
-
 --- The request body (Content-Length or chunked), read once and kept.
 -- @treturn[1] string the body ("" when there is none)
 -- @return[2] nil
--- @treturn[2] string "too large", "timeout", "closed" or "bad ..."
+-- @treturn[2] string "too large", "timeout", "closed" or "bad ..." (a
+-- framing error: the connection closes after the response)
 function Req:body()
   if self._body then return self._body end
   if self._body_err then return nil, self._body_err end
@@ -126,7 +102,7 @@ function Req:body()
   conn:setdeadline(opts.body_timeout, opts.body_min_rate)
   local body, err
   if self._chunked then
-    body, err = read_chunked(conn, opts.max_body)
+    body, err = conn:readchunked(opts.max_body)
   elseif self._length > 0 then
     body, err = conn:receive(self._length)
   else
@@ -330,11 +306,31 @@ end
 
 -- ---- the connection loop ------------------------------------------------
 
-local function simple(conn, code, text)
+-- An error reply, then the connection closes. head: the request was HEAD
+-- (or nil when unknown): the headers only.
+local function simple(conn, code, text, head)
   local body = text or (reasons[code] or "error") .. "\n"
   conn:send(("HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
     .. "Connection: close\r\nDate: %s\r\n\r\n%s"):format(code, reasons[code] or "Error",
-    #body, http_date(), body))
+    #body, http_date(), head and "" or body))
+end
+
+-- The status for a request-body error: framing (400), size (413) or a
+-- client too slow (408).
+local function body_status(err)
+  if err == "too large" then return 413 end
+  if err == "timeout" then return 408 end
+  if type(err) == "string" and err:sub(1, 4) == "bad " then return 400 end
+  return nil
+end
+
+-- Host = uri-host [ ":" port ] (RFC 9110 7.2, RFC 3986 3.2.2): an
+-- IP-literal in brackets, or reg-name/IPv4 characters; empty is allowed.
+-- A second Host line arrives joined with ", ", which fails here too.
+local function valid_host(v)
+  local port = v:match("^%[[%w:.%-_~!$&'()*+,;=]+%](.*)$")
+  if not port then port = v:match("^[%w%-._~!$&'()*+,;=%%]*(.*)$") end
+  return port == "" or port:find("^:%d*$") ~= nil
 end
 
 local function prepare(req, conn, opts)
@@ -343,22 +339,53 @@ local function prepare(req, conn, opts)
   req._opts = opts
   -- rawget: most of these are absent, and absent keys would go through
   -- the case-folding __index below.
+  local v11 = req.version == "1.1"
+  -- Framing (RFC 9112 6): anything ambiguous is refused, never guessed.
   local te, cl = rawget(h, "transfer-encoding"), rawget(h, "content-length")
   if te then
     if cl then return 400, "both Transfer-Encoding and Content-Length" end
-    if te:lower() ~= "chunked" then return 501, "unsupported Transfer-Encoding" end
-    if req.version ~= "1.1" then return 400, "chunked needs HTTP/1.1" end
+    if not v11 then return 400, "Transfer-Encoding in HTTP/1.0" end
+    local codings = {}
+    for c in te:gmatch("[^,]+") do
+      c = c:match("^[ \t]*(.-)[ \t]*$"):lower()
+      if c ~= "" then codings[#codings + 1] = c end
+    end
+    -- chunked once and last (400 otherwise, RFC 9112 6.3); no other
+    -- coding is implemented (501, 6.1).
+    for i = 1, #codings - 1 do
+      if codings[i] == "chunked" then
+        return 400, "chunked is not the final Transfer-Encoding"
+      end
+    end
+    if #codings ~= 1 or codings[1] ~= "chunked" then
+      return 501, "unsupported Transfer-Encoding"
+    end
     req._chunked = true
     req._length = 0
   elseif cl then
-    if not cl:match("^%d+$") or #cl > 15 then return 400, "bad Content-Length" end
-    req._length = tonumber(cl)
-    if req._length > opts.max_body then return 413 end
+    -- 1*DIGIT: a list ("5, 5" from two lines), a sign or blanks are 400.
+    if not cl:find("^%d+$") then return 400, "bad Content-Length" end
+    local digits = cl:match("^0*(%d-)$")
+    if #digits > 15 or (tonumber(digits) or 0) > opts.max_body then return 413 end
+    req._length = tonumber(digits) or 0
   else
     req._length = 0
   end
-  local v11 = req.version == "1.1"
-  if v11 and not rawget(h, "host") then return 400, "missing Host" end
+  local host = rawget(h, "host")
+  if host then
+    if not valid_host(host) then return 400, "bad Host" end
+  elseif v11 then
+    return 400, "missing Host"
+  end
+  -- origin-form, absolute-form, authority-form (CONNECT), "*" (OPTIONS).
+  local t = req.target
+  if t:byte(1) ~= 47 and not t:find("^%a[%w+.-]*://") then
+    if t == "*" then
+      if req.method ~= "OPTIONS" then return 400, "bad request target" end
+    elseif req.method ~= "CONNECT" then
+      return 400, "bad request target"
+    end
+  end
   local expect = rawget(h, "expect")
   if expect then
     if expect:lower() ~= "100-continue" then return 417 end
@@ -380,13 +407,26 @@ local function prepare(req, conn, opts)
 end
 
 -- Read what is left of the request body, so the next request starts at
--- the right byte. Returns false when the connection cannot go on.
+-- the right byte: discarded in pieces, memory constant whatever its size
+-- (it is at most max_body: a larger Content-Length got 413, a larger
+-- chunked body closes the connection instead). Returns false when the
+-- connection cannot go on.
 local function drain(req)
   if req._broken then return false end
   if req._body or (req._length == 0 and not req._chunked) then return true end
   if req._expect_continue then return false end  -- client waits: just close
-  local ok = req:body()
-  return ok ~= nil
+  local conn = req.conn
+  conn:settimeout(req._opts.body_timeout)
+  if req._chunked then
+    return conn:readchunked(req._opts.max_body, true) ~= nil
+  end
+  local left = req._length
+  while left > 0 do
+    local got = conn:receive(left < 65536 and left or 65536)
+    if not got then return false end
+    left = left - #got
+  end
+  return true
 end
 
 -- Handlers made by serve, with their options: a worker tells the master
@@ -418,21 +458,24 @@ function M.serve(fn, options)
     conn:settimeout(opts.head_timeout)
     while true do
       if served == 1 then conn:settimeout(opts.keepalive_timeout) end
-      local req, err = readrequest(conn, opts.max_head, opts.head_timeout)
+      local req, err, method = readrequest(conn, opts.max_head, opts.head_timeout)
       if not req then
+        local head = method == "HEAD"
         if err == "timeout" then
           if served == 0 or conn:buffered() > 0 then simple(conn, 408) end
-        elseif err == "header too large" then
-          simple(conn, 431)
+        elseif err == "header too large" or err == "too many headers" then
+          simple(conn, 431, nil, head)
+        elseif err == "unsupported HTTP version" then
+          simple(conn, 505, nil, head)
         elseif err ~= "closed" then
-          simple(conn, 400, "bad request: " .. err .. "\n")
+          simple(conn, 400, "bad request: " .. err .. "\n", head)
         end
         return
       end
       served = served + 1
       local code, why = prepare(req, conn, opts)
       if code then
-        simple(conn, code, why and (why .. "\n"))
+        simple(conn, code, why and (why .. "\n"), req.method == "HEAD")
         return
       end
       if opts.keepalive_requests > 0 and served >= opts.keepalive_requests then
@@ -446,9 +489,18 @@ function M.serve(fn, options)
         fdpool.log("error", ("http handler error (%s %s): %s"):format(req.method,
           req.path, tostring(a):gsub("\n%s*", " | ")))
         if not res.started then
-          simple(conn, 500)
-          res._status = 500
+          -- A body that failed to frame is the client's error, not ours.
+          local st = body_status(req._body_err) or 500
+          simple(conn, st, nil, req.method == "HEAD")
+          res._status = st
         end
+        if log then log(req, res) end
+        return
+      end
+      local st = not res.started and a == nil and body_status(req._body_err)
+      if st then
+        simple(conn, st, nil, req.method == "HEAD")
+        res._status = st
         if log then log(req, res) end
         return
       end

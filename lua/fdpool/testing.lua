@@ -1,6 +1,7 @@
 -- fdpool.testing: what users need to test their own handlers in busted.
 -- testing.conn{} is an in-memory conn with the real conn's API and return
--- conventions (readrequest mirrors the C parser in src/lconn.c), so a
+-- conventions (readrequest and readchunked mirror the C parser in
+-- src/http_parse.c), so a
 -- handler runs in the test's own process; testing.http_request() drives an
 -- HTTP handler through it; testing.start{} runs the real `pool` binary in
 -- the background for integration specs. Pure Lua; only testing.start (and
@@ -182,61 +183,51 @@ function Conn:receive(pat, prefix)
   end
 end
 
-local function is_tchars(s)
-  return s:find("^[A-Za-z0-9!#$%%&'*+%-.^_`|~]+$") ~= nil
-end
-
--- The line at position i of s (up to LF) without CR LF, and the position
--- after the LF (as line_at in src/lconn.c).
+-- The line at position i of s (up to LF) without CR LF, the position
+-- after the LF, and whether the line ended in CRLF (crlf_line in
+-- src/http_parse.c: a bare LF is an error there).
 local function line_at(s, i)
   local nl = s:find("\n", i, true)
   local line = s:sub(i, nl - 1)
-  if line:sub(-1) == "\r" then line = line:sub(1, -2) end
-  return line, nl + 1
+  if line:sub(-1) == "\r" then return line:sub(1, -2), nl + 1, true end
+  return line, nl + 1, false
 end
 
 --- Parse one request head (the request line and the header lines up to
--- and including the empty line), with the rules of parse_head() in
--- src/lconn.c. Exposed for tests of other parsers.
+-- and including the empty line), with the rules of fdp_http_parse_head()
+-- in src/http_parse.c. Exposed for tests of other parsers.
 -- @tparam string head the head, ending with an empty line
 -- @treturn[1] table {method, target, path, query, version, headers}
 -- @return[2] nil
--- @treturn[2] string "bad request line", "bad header line", "bad header
--- value" or "too many headers"
+-- @treturn[2] string "bad request line", "unsupported HTTP version", "bad
+-- header line", "bad header value" or "too many headers"
+-- @treturn[2] string the method, when the request line parsed
 function M.parse_head(head)
-  local line, nxt = line_at(head, 1)
-  -- request-line = method SP request-target SP HTTP-version
-  local sp1 = line:find(" ", 1, true)
-  local sp2 = sp1 and line:find(" ", sp1 + 1, true)
-  if not sp2 or sp1 == 1 or sp2 == sp1 + 1 or #line - sp2 ~= 8
-      or line:sub(sp2 + 1, sp2 + 7) ~= "HTTP/1."
-      or not line:sub(sp2 + 8, sp2 + 8):find("^[01]$") then
-    return nil, "bad request line"
-  end
-  local method, target = line:sub(1, sp1 - 1), line:sub(sp1 + 1, sp2 - 1)
-  if not is_tchars(method) or target:find("[\0-\32\127]") then
-    return nil, "bad request line"
-  end
+  local line, nxt, crlf = line_at(head, 1)
+  -- request-line = method SP request-target SP HTTP-version CRLF
+  local method, target, major, minor = line:match(
+    "^([A-Za-z0-9!#$%%&'*+%-.^_`|~]+) ([^%z\1- \127]+) HTTP/(%d)%.(%d)$")
+  if not crlf or not method then return nil, "bad request line" end
+  if major ~= "1" then return nil, "unsupported HTTP version", method end
   local q = target:find("?", 1, true)
   local req = {
     method = method, target = target,
     path = q and target:sub(1, q - 1) or target,
     query = q and target:sub(q + 1) or "",
-    version = line:sub(-1) == "1" and "1.1" or "1.0",
+    version = minor == "0" and "1.0" or "1.1",
   }
   local headers, nh = {}, 0
   while true do
-    line, nxt = line_at(head, nxt)
+    line, nxt, crlf = line_at(head, nxt)
+    if not crlf then return nil, "bad header line", method end
     if line == "" then break end
     nh = nh + 1
-    if nh > HEADERS_MAX then return nil, "too many headers" end
-    local colon = line:find(":", 1, true)
-    if not colon or colon == 1 or colon - 1 >= 64 then return nil, "bad header line" end
-    local name = line:sub(1, colon - 1)
-    if not is_tchars(name) then return nil, "bad header line" end
+    if nh > HEADERS_MAX then return nil, "too many headers", method end
+    local name, rest = line:match("^([A-Za-z0-9!#$%%&'*+%-.^_`|~]+):(.*)$")
+    if not name then return nil, "bad header line", method end
     name = name:lower()
-    local value = line:sub(colon + 1):match("^[ \t]*(.-)[ \t]*$")
-    if value:find("[\0-\8\10-\31\127]") then return nil, "bad header value" end
+    local value = rest:match("^[ \t]*(.-)[ \t]*$")
+    if value:find("[%z\1-\8\10-\31\127]") then return nil, "bad header value", method end
     local old = headers[name]
     headers[name] = old and (old .. ", " .. value) or value
   end
@@ -253,8 +244,9 @@ end
 -- headers (lower-case names; repeated ones joined with ", ")}
 -- @return[2] nil
 -- @treturn[2] string "closed", "timeout", "header too large", "bad request
--- line", "bad header line", "bad header value", "too many headers" or
--- "bad request: truncated"
+-- line", "unsupported HTTP version", "bad header line", "bad header
+-- value", "too many headers" or "bad request: truncated"
+-- @treturn[2] string the method, when the request line parsed
 function Conn:readrequest(max, head)
   max = optinteger(max, 1, "readrequest", HEAD_MAX_DEFAULT)
   if max <= 0 then argerror(1, "readrequest", "the limit must be positive") end
@@ -270,8 +262,8 @@ function Conn:readrequest(max, head)
     local _, hend = s:find("\n\r?\n")
     if hend then
       if hend > max then return nil, "header too large" end
-      local req, err = M.parse_head(s:sub(1, hend))
-      if not req then return nil, err end
+      local req, err, method = M.parse_head(s:sub(1, hend))
+      if not req then return nil, err, method end
       self._buf = s:sub(hend + 1)
       return req
     end
@@ -284,6 +276,178 @@ function Conn:readrequest(max, head)
     elseif r == "timeout" then
       return nil, "timeout"
     end
+  end
+end
+
+-- The chunked decoder of src/http_parse.c (fdp_http_chunked_next), byte
+-- by byte with the same states and limits: returns "again", "data" (the
+-- chunk's data starts at byte i) or "done" (the body ended before byte i),
+-- and the position after what it consumed; or nil, error, the position
+-- after the offending byte.
+local EXT_MAX, TRAILERS_MAX, TRAILER_BYTES = 1024, 100, 8192
+local function tchar(c) return c:find("^[A-Za-z0-9!#$%%&'*+%-.^_`|~]$") ~= nil end
+local function fieldbyte(c) return c == "\t" or (c >= " " and c ~= "\127") end
+local function ows(c) return c == " " or c == "\t" end
+
+local function chunked_next(d, s, i)
+  if d.err then return nil, d.err, i end
+  local function fail(e) d.err = e; return nil, e, i end
+  while true do
+    if d.state == "done" then return "done", i end
+    if d.state == "data" then
+      if d.left > 0 then return "data", i end
+      d.state = "data_cr"
+    end
+    if i > #s then return "again", i end
+    local c, st = s:sub(i, i), d.state
+    i = i + 1
+    if st:sub(1, 3) == "tr_" then
+      d.trailer_bytes = d.trailer_bytes + 1
+      if d.trailer_bytes > TRAILER_BYTES then return fail("bad trailer") end
+    end
+    local ext = function()
+      d.ext = d.ext + 1
+      return d.ext <= EXT_MAX
+    end
+    if st == "size" then
+      local x = tonumber(c, 16)
+      if x and c:find("^%x$") then
+        d.ndigits = d.ndigits + 1
+        if d.ndigits > 16 then return fail("bad chunk size") end
+        -- 16 digits may pass 2^63: saturate (over any limit anyway).
+        d.left = d.left > (math.maxinteger - x) // 16 and math.maxinteger
+          or d.left * 16 + x
+      elseif d.ndigits == 0 then return fail("bad chunk size")
+      elseif c == ";" then d.state = "ext_name0"; if not ext() then return fail("bad chunk extension") end
+      elseif ows(c) then d.state = "size_ws"; if not ext() then return fail("bad chunk extension") end
+      elseif c == "\r" then d.state = "size_lf"
+      else return fail("bad chunk size") end
+    elseif st == "size_ws" then
+      if not ext() then return fail("bad chunk extension") end
+      if c == ";" then d.state = "ext_name0"
+      elseif not ows(c) then return fail("bad chunk size") end
+    elseif st == "ext_name0" then
+      if not ext() then return fail("bad chunk extension") end
+      if tchar(c) then d.state = "ext_name"
+      elseif not ows(c) then return fail("bad chunk extension") end
+    elseif st == "ext_name" or st == "ext_token" then
+      if c == "\r" then d.state = "size_lf"
+      else
+        if not ext() then return fail("bad chunk extension") end
+        if tchar(c) then -- stay
+        elseif c == ";" then d.state = "ext_name0"
+        elseif ows(c) then d.state = st == "ext_name" and "ext_name_ws" or "ext_val_ws"
+        elseif c == "=" and st == "ext_name" then d.state = "ext_val0"
+        else return fail("bad chunk extension") end
+      end
+    elseif st == "ext_name_ws" then
+      if not ext() then return fail("bad chunk extension") end
+      if c == "=" then d.state = "ext_val0"
+      elseif c == ";" then d.state = "ext_name0"
+      elseif not ows(c) then return fail("bad chunk extension") end
+    elseif st == "ext_val0" then
+      if not ext() then return fail("bad chunk extension") end
+      if c == '"' then d.state = "ext_quoted"
+      elseif tchar(c) then d.state = "ext_token"
+      elseif not ows(c) then return fail("bad chunk extension") end
+    elseif st == "ext_quoted" then
+      if not ext() then return fail("bad chunk extension") end
+      if c == '"' then d.state = "ext_val_end"
+      elseif c == "\\" then d.state = "ext_qpair"
+      elseif not fieldbyte(c) then return fail("bad chunk extension") end
+    elseif st == "ext_qpair" then
+      if not ext() then return fail("bad chunk extension") end
+      if not fieldbyte(c) then return fail("bad chunk extension") end
+      d.state = "ext_quoted"
+    elseif st == "ext_val_end" then
+      if c == "\r" then d.state = "size_lf"
+      else
+        if not ext() then return fail("bad chunk extension") end
+        if c == ";" then d.state = "ext_name0"
+        elseif ows(c) then d.state = "ext_val_ws"
+        else return fail("bad chunk extension") end
+      end
+    elseif st == "ext_val_ws" then
+      if not ext() then return fail("bad chunk extension") end
+      if c == ";" then d.state = "ext_name0"
+      elseif not ows(c) then return fail("bad chunk extension") end
+    elseif st == "size_lf" then
+      if c ~= "\n" then return fail("bad chunk") end
+      d.state = d.left > 0 and "data" or "tr_line"
+    elseif st == "data_cr" then
+      if c ~= "\r" then return fail("bad chunk") end
+      d.state = "data_lf"
+    elseif st == "data_lf" then
+      if c ~= "\n" then return fail("bad chunk") end
+      d.state, d.ndigits, d.ext, d.left = "size", 0, 0, 0
+    elseif st == "tr_line" then
+      if c == "\r" then d.state = "end_lf"
+      elseif tchar(c) then
+        d.ntrailers = d.ntrailers + 1
+        if d.ntrailers > TRAILERS_MAX then return fail("bad trailer") end
+        d.state = "tr_name"
+      else return fail("bad trailer") end
+    elseif st == "tr_name" then
+      if c == ":" then d.state = "tr_value"
+      elseif not tchar(c) then return fail("bad trailer") end
+    elseif st == "tr_value" then
+      if c == "\r" then d.state = "tr_lf"
+      elseif not fieldbyte(c) then return fail("bad trailer") end
+    elseif st == "tr_lf" then
+      if c ~= "\n" then return fail("bad trailer") end
+      d.state = "tr_line"
+    elseif st == "end_lf" then
+      if c ~= "\n" then return fail("bad chunk") end
+      d.state = "done"
+    end
+  end
+end
+
+--- Read a chunked request body, as the real conn:readchunked (the
+-- decoder of src/http_parse.c, mirrored byte by byte).
+-- @tparam integer max bytes of data at most
+-- @tparam[opt] boolean discard drop the data, return its length
+-- @treturn[1] string|integer the body (its length with discard)
+-- @return[2] nil
+-- @treturn[2] string "too large", "bad chunk size", "bad chunk
+-- extension", "bad chunk", "bad trailer", "closed" or "timeout"
+function Conn:readchunked(max, discard)
+  max = optinteger(max, 1, "readchunked")
+  if max == nil then argerror(1, "readchunked", "number expected, got no value") end
+  if max < 0 then argerror(1, "readchunked", "the limit must not be negative") end
+  local d = { state = "size", ndigits = 0, ext = 0, left = 0, total = 0,
+    trailer_bytes = 0, ntrailers = 0 }
+  local parts = {}
+  while true do
+    if self.closed then return nil, "closed" end
+    local i = 1
+    while i <= #self._buf do
+      local r, j, at = chunked_next(d, self._buf, i)
+      if not r then
+        self._buf = self._buf:sub(at)
+        return nil, j
+      end
+      i = j
+      if r == "done" then
+        self._buf = self._buf:sub(i)
+        if discard then return d.total end
+        return table.concat(parts)
+      end
+      if r == "again" then break end
+      if d.left > max - d.total then
+        self._buf = self._buf:sub(i)
+        return nil, "too large"
+      end
+      local k = math.min(d.left, #self._buf - i + 1)
+      if k == 0 then break end
+      if not discard then parts[#parts + 1] = self._buf:sub(i, i + k - 1) end
+      d.left, d.total = d.left - k, d.total + k
+      i = i + k
+    end
+    self._buf = self._buf:sub(i)
+    local r = self:_fill()
+    if r == "eof" then return nil, "closed" end
+    if r == "timeout" then return nil, "timeout" end
   end
 end
 

@@ -1,7 +1,8 @@
 /*
  * test_core.c - unit tests of the transport layers, no Lua: fd passing
  * (fdpass.c), framed messages and the send queue (channel.c), the event
- * loop and timers (loop.c), the status table and its JSON (status.c).
+ * loop and timers (loop.c), the status table and its JSON (status.c),
+ * the HTTP head parser and chunked decoder (http_parse.c).
  * Prints one line per failure and "N passed, N failed"; exits 1 on failure.
  */
 #include "fdp.h"
@@ -9,6 +10,7 @@
 #include "channel.h"
 #include "loop.h"
 #include "status.h"
+#include "http_parse.h"
 #include "proxy.h"
 
 #include <dirent.h>
@@ -1199,7 +1201,7 @@ test_status(void)
               && strcmp(fdp_slot_get_kv(&s[0], "k2"), "two") == 0);
     test_cond("get missing kv", fdp_slot_get_kv(&s[0], "nope") == NULL);
     for (i = 0; i < FDP_KV_MAX; i++) {
-        char k[8];
+        char k[16];
 
         snprintf(k, sizeof(k), "f%d", i);
         r = fdp_slot_set_kv(&s[3], k, "v");
@@ -1299,11 +1301,167 @@ test_status(void)
               && s[0].nkv == 0 && s[0].served == 0);
 }
 
+/* ---- http_parse.c ----------------------------------------------------- */
+
+static int
+head(const char *in, struct fdp_http_head *h)
+{
+    static char buf[4096];
+    size_t n = strlen(in);
+
+    memcpy(buf, in, n);
+    return fdp_http_parse_head(buf, n, h);
+}
+
+
+static void
+test_http_head(void)
+{
+    struct fdp_http_head h;
+    char big[600];
+
+    test_cond("head: a GET parses",
+              head("GET /a?b HTTP/1.1\r\nHost: t\r\nX-Y:\t v \r\n\r\n", &h) == 0
+              && h.method_len == 3 && h.target_len == 4 && h.minor == 1
+              && h.nfields == 2 && memcmp(h.fields[1].name, "x-y", 3) == 0
+              && h.fields[1].value_len == 1 && h.fields[1].value[0] == 'v');
+    test_cond("head: HTTP/1.0", head("GET / HTTP/1.0\r\n\r\n", &h) == 0
+              && h.minor == 0 && h.nfields == 0);
+    test_cond("head: HTTP/1.2 reads as 1.1",
+              head("GET / HTTP/1.2\r\n\r\n", &h) == 0 && h.minor == 1);
+    test_cond("head: HTTP/2.0 is EVERSION with the method known",
+              head("HEAD / HTTP/2.0\r\n\r\n", &h) == FDP_HTTP_EVERSION
+              && h.method != NULL && h.method_len == 4);
+    test_cond("head: HTTP/1.10", head("GET / HTTP/1.10\r\n\r\n", &h)
+              == FDP_HTTP_EBADLINE);
+    test_cond("head: bare LF in the request line",
+              head("GET / HTTP/1.1\nHost: t\r\n\r\n", &h) == FDP_HTTP_EBADLINE
+              && h.method == NULL);
+    test_cond("head: bare LF in a field",
+              head("GET / HTTP/1.1\r\nHost: t\n\r\n", &h) == FDP_HTTP_EHEADER);
+    test_cond("head: obs-fold",
+              head("GET / HTTP/1.1\r\nA: b\r\n c\r\n\r\n", &h)
+              == FDP_HTTP_EHEADER);
+    test_cond("head: space before the colon",
+              head("GET / HTTP/1.1\r\nHost : t\r\n\r\n", &h) == FDP_HTTP_EHEADER);
+    test_cond("head: bare CR in a value",
+              head("GET / HTTP/1.1\r\nA: b\rc\r\n\r\n", &h) == FDP_HTTP_EVALUE);
+    test_cond("head: method with a bad byte",
+              head("G@T / HTTP/1.1\r\n\r\n", &h) == FDP_HTTP_EBADLINE);
+    memset(big, 'N', sizeof(big));
+    memcpy(big, "GET / HTTP/1.1\r\n", 16);
+    memcpy(big + 500, ": v\r\n\r\n", 8);
+    test_cond("head: a 484-byte name", head(big, &h) == 0
+              && h.fields[0].name_len == 484 && h.fields[0].name[0] == 'n');
+}
+
+
+/* Decode in as one piece (step 0) or step bytes at a time; returns the
+ * last result and the data in out (*outn bytes). */
+static int
+chunked(const char *in, size_t n, size_t step, char *out, size_t *outn)
+{
+    struct fdp_http_chunked d;
+    size_t off = 0, end = 0;
+    int r = FDP_HTTP_CHUNK_AGAIN;
+
+    fdp_http_chunked_init(&d);
+    *outn = 0;
+    while (off < n || r == FDP_HTTP_CHUNK_DATA) {
+        size_t used = 0, k;
+
+        end = step == 0 || off + step > n ? n : off + step;
+        r = fdp_http_chunked_next(&d, in + off, end - off, &used);
+        off += used;
+        if (r < 0 || r == FDP_HTTP_CHUNK_DONE) {
+            return r;
+        }
+        if (r == FDP_HTTP_CHUNK_DATA) {
+            k = end - off < d.left ? end - off : (size_t) d.left;
+            if (k == 0 && end == n) {
+                return r;
+            }
+            memcpy(out + *outn, in + off, k);
+            *outn += k;
+            fdp_http_chunked_take(&d, k);
+            off += k;
+        }
+    }
+    return r;
+}
+
+
+static void
+test_http_chunked(void)
+{
+    static const struct {
+        const char *in;
+        int want;
+        const char *data;
+    } t[] = {
+        { "5\r\nhello\r\n0\r\n\r\n", FDP_HTTP_CHUNK_DONE, "hello" },
+        { "2\r\nhe\r\n3;a=\"x;\\\"y\" ; b\r\nllo\r\n0\r\nT: 1\r\n\r\n",
+          FDP_HTTP_CHUNK_DONE, "hello" },
+        { "0000000000000005\r\nhello\r\n0\r\n\r\n", FDP_HTTP_CHUNK_DONE,
+          "hello" },
+        { "00000000000000005\r\nhello\r\n0\r\n\r\n", FDP_HTTP_ECHUNKSIZE, "" },
+        { "10000000000000000\r\n", FDP_HTTP_ECHUNKSIZE, "" },
+        { "0x5\r\nhello\r\n0\r\n\r\n", FDP_HTTP_ECHUNKSIZE, "" },
+        { "-5\r\n", FDP_HTTP_ECHUNKSIZE, "" },
+        { " 5\r\n", FDP_HTTP_ECHUNKSIZE, "" },
+        { "5 \r\n", FDP_HTTP_ECHUNKSIZE, "" },
+        { "5 junk\r\n", FDP_HTTP_ECHUNKSIZE, "" },
+        { "\r\n", FDP_HTTP_ECHUNKSIZE, "" },
+        { "5\nhello\r\n", FDP_HTTP_ECHUNKSIZE, "" },
+        { "5\rhello\r\n", FDP_HTTP_ECHUNK, "" },
+        { "5;\r\n", FDP_HTTP_ECHUNKEXT, "" },
+        { "5;a \r\n", FDP_HTTP_ECHUNKEXT, "" },
+        { "5;a=\"x\r\n", FDP_HTTP_ECHUNKEXT, "" },
+        { "5\r\nhelloX\r\n", FDP_HTTP_ECHUNK, "hello" },
+        { "5\r\nhello\n0\r\n\r\n", FDP_HTTP_ECHUNK, "hello" },
+        { "0\r\nX: a\r\n b\r\n\r\n", FDP_HTTP_ETRAILER, "" },
+        { "0\r\nX : a\r\n\r\n", FDP_HTTP_ETRAILER, "" },
+        { "0\r\n\n", FDP_HTTP_ETRAILER, "" },
+        { "5\r\nhel", FDP_HTTP_CHUNK_DATA, "hel" },
+    };
+    char out[64], ext[1200];
+    size_t i, step, n;
+    struct fdp_http_chunked d;
+    const char *rest = "0\r\n\r\nGET / HTTP/1.1\r\n";
+
+    for (i = 0; i < FDP_NELEM(t); i++) {
+        for (step = 0; step <= 3; step++) {
+            int r = chunked(t[i].in, strlen(t[i].in), step, out, &n);
+            char what[128];
+
+            snprintf(what, sizeof(what), "chunked case %zu step %zu: %d",
+                     i, step, r);
+            test_cond(what, r == t[i].want && n == strlen(t[i].data)
+                      && memcmp(out, t[i].data, n) == 0);
+        }
+    }
+    /* DONE stops at the end of the body: the next request is left. */
+    fdp_http_chunked_init(&d);
+    test_cond("chunked: DONE leaves the next request",
+              fdp_http_chunked_next(&d, rest, strlen(rest), &n)
+              == FDP_HTTP_CHUNK_DONE && n == 5);
+    memset(ext, 'a', sizeof(ext));
+    memcpy(ext, "5;", 2);
+    memcpy(ext + sizeof(ext) - 2, "\r\n", 2);
+    test_cond("chunked: a 1200-byte extension",
+              chunked(ext, sizeof(ext), 0, out, &n) == FDP_HTTP_ECHUNKEXT);
+    /* A 16-digit size is read whole: the caller bounds it. */
+    fdp_http_chunked_init(&d);
+    test_cond("chunked: ffffffffffffffff is DATA of 2^64-1",
+              fdp_http_chunked_next(&d, "ffffffffffffffff\r\n", 18, &n)
+              == FDP_HTTP_CHUNK_DATA && d.left == UINT64_MAX && n == 18);
+}
+
 
 /* The accept filter's look at an HTTP head: what conn:readrequest would
  * take as complete (CRLF CRLF or bare LF LF, empty lines first skipped). */
 static void
-test_http_head(void)
+test_head_filter(void)
 {
     static const struct {
         const char *s;
@@ -1355,6 +1513,8 @@ main(void)
     test_loop_io();
     test_status();
     test_http_head();
+    test_head_filter();
+    test_http_chunked();
     test_cond("no fd leaked by the whole run", fd_count() == before);
     test_report();
 }

@@ -1,13 +1,20 @@
 /*
- * fuzz_http.c - libFuzzer target for the HTTP request-head parser
- * (conn:readrequest in src/lconn.c: head framing, parse_head). The input
- * is written into one end of a socketpair, that end is closed, and
- * conn:readrequest(max) is called through Lua on a conn wrapping the
- * other end (fdp_conn_new with no worker: waits would use poll, but EOF
- * comes first) until it fails, as fdpool.http's loop does for pipelined
- * requests. Byte 0 picks max_head (64..8192); the rest is the stream.
- * Whatever it returns must be what fdpool.http relies on: a request
- * table whose fields obey the grammar, or one of the documented errors.
+ * fuzz_http.c - libFuzzer target for the HTTP request parser: heads
+ * (conn:readrequest in src/lconn.c over src/http_parse.c) and chunked
+ * bodies (conn:readchunked, fdp_http_chunked_next). The input is written
+ * into one end of a socketpair, that end is closed, and conn:readrequest
+ * (max) is called through Lua on a conn wrapping the other end
+ * (fdp_conn_new with no worker: waits would use poll, but EOF comes
+ * first) until it fails, as fdpool.http's loop does for pipelined
+ * requests; a chunked request's body is read with conn:readchunked, a
+ * Content-Length body skipped. Byte 0 picks max_head (64..8192) and the
+ * piece size of the split check; the rest is the stream. Whatever it
+ * returns must be what fdpool.http relies on: a request table whose
+ * fields obey the grammar, a body within its limit, or one of the
+ * documented errors. Before that, what follows the first empty line (or
+ * the whole input) is also decoded as a chunked body in one piece and in
+ * small pieces: the incremental decoder must give the same result and
+ * the same data whatever the split.
  */
 #include <assert.h>
 #include <fcntl.h>
@@ -22,6 +29,7 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include "http_parse.h"
 #include "worker.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -33,7 +41,10 @@ static const char check_src[] =
     "local errors = { closed = true, ['bad request: truncated'] = true,\n"
     "  ['header too large'] = true, ['bad request line'] = true,\n"
     "  ['bad header line'] = true, ['bad header value'] = true,\n"
-    "  ['too many headers'] = true }\n"
+    "  ['too many headers'] = true, ['unsupported HTTP version'] = true }\n"
+    "local body_errors = { closed = true, ['too large'] = true,\n"
+    "  ['bad chunk size'] = true, ['bad chunk extension'] = true,\n"
+    "  ['bad chunk'] = true, ['bad trailer'] = true }\n"
     "for n = 1, 10000 do\n"
     "  local req, err = conn:readrequest(max)\n"
     "  if not req then\n"
@@ -52,7 +63,7 @@ static const char check_src[] =
     "  else\n"
     "    assert(req.target == req.path, 'path = target')\n"
     "  end\n"
-    "  local line = req.method .. ' ' .. req.target .. ' HTTP/' .. req.version\n"
+    "  local line = req.method .. ' ' .. req.target .. ' HTTP/1.'\n"
     "  assert(input:find(line, 1, true), 'request line not in the input')\n"
     "  local count = 0\n"
     "  for k, v in pairs(req.headers) do\n"
@@ -64,10 +75,81 @@ static const char check_src[] =
     "      'value not trimmed')\n"
     "  end\n"
     "  assert(count <= 100, 'more than 100 headers')\n"
+    "  local te, cl = req.headers['transfer-encoding'], req.headers['content-length']\n"
+    "  if te and te:lower() == 'chunked' then\n"
+    "    local body, err = conn:readchunked(max)\n"
+    "    if not body then\n"
+    "      assert(body_errors[err], 'unexpected body error: ' .. tostring(err))\n"
+    "      conn:close()\n"
+    "      return n\n"
+    "    end\n"
+    "    assert(type(body) == 'string' and #body <= max, 'body over the limit')\n"
+    "  elseif cl and cl:match('^%d+$') and #cl < 8 then\n"
+    "    conn:receive(tonumber(cl))\n"
+    "  end\n"
     "end\n"
     "error('no end of input')\n";
 
 static lua_State *L;
+static char whole[1 << 16], split[1 << 16];
+
+
+/* Decode in[0..n) as a chunked body, piece bytes at a time (0: all at
+ * once), copying the data to out; returns the last result. */
+static int
+decode(const uint8_t *in, size_t n, size_t piece, char *out, size_t *outn,
+       uint64_t *total)
+{
+    struct fdp_http_chunked d;
+    size_t off = 0;
+    int r = FDP_HTTP_CHUNK_AGAIN;
+
+    fdp_http_chunked_init(&d);
+    *outn = 0;
+    while (off < n) {
+        size_t end = piece == 0 || off + piece > n ? n : off + piece;
+        size_t used = 0, k;
+
+        r = fdp_http_chunked_next(&d, (const char *) in + off, end - off,
+                                  &used);
+        assert(used <= end - off);
+        off += used;
+        if (r < 0 || r == FDP_HTTP_CHUNK_DONE) {
+            break;
+        }
+        if (r == FDP_HTTP_CHUNK_DATA) {
+            assert(d.left > 0);
+            k = end - off < d.left ? end - off : (size_t) d.left;
+            if (k == 0 && end == n) {
+                break;
+            }
+            memcpy(out + *outn, in + off, k);
+            *outn += k;
+            fdp_http_chunked_take(&d, k);
+            off += k;
+        }
+    }
+    *total = d.total;
+    return r;
+}
+
+
+static void
+check_chunked(const uint8_t *data, size_t size, size_t piece)
+{
+    size_t n1, n2;
+    uint64_t t1, t2;
+    int r1, r2;
+
+    if (size > sizeof(whole)) {
+        return;
+    }
+    r1 = decode(data, size, 0, whole, &n1, &t1);
+    r2 = decode(data, size, piece, split, &n2, &t2);
+    assert(r1 == r2);
+    assert(n1 == n2 && t1 == t2 && n1 == t1);
+    assert(memcmp(whole, split, n1) == 0);
+}
 static int check_ref;
 
 static void
@@ -98,6 +180,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     max = 64 + (lua_Integer) data[0] * 32;
+    {
+        /* The body after the first head if there is one, else it all. */
+        const uint8_t *b = memmem(data + 1, size - 1, "\r\n\r\n", 4);
+
+        b = b ? b + 4 : data + 1;
+        check_chunked(b, size - (size_t) (b - data),
+                      (size_t) (data[0] % 7) + 1);
+    }
     data++;
     size--;
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
