@@ -28,8 +28,8 @@ LDFLAGS  ?=
 B        ?= build
 SAN      ?=
 
-CORE     := log fdpass channel loop status ctlproto proxy http_parse pool control \
-            policy worker lconn lfdpool
+CORE     := log fdpass channel loop status ctlproto proxy http_parse pool acceptf \
+            control policy worker lconn lfdpool
 LUAFILES := $(sort $(wildcard lua/fdpool/*.lua lua/fdpool/*/*.lua))
 CORE_OBJ := $(patsubst %,$(B)/%.o,$(CORE)) $(B)/embed.o
 HEADERS  := $(wildcard src/*.h)
@@ -59,7 +59,7 @@ $(B)/fdfetch: src/fdfetch.c | $(B)
 	$(CC) -std=c99 -D_GNU_SOURCE $(OPT) $(WARN) $(SAN) $(CFLAGS) -o $@ $<
 
 $(B)/test_core: tests/c/test_core.c $(B)/fdpass.o $(B)/channel.o $(B)/loop.o \
-                $(B)/status.o $(B)/log.o $(B)/http_parse.o
+                $(B)/status.o $(B)/log.o $(B)/http_parse.o $(B)/proxy.o
 	$(CC) $(ALLCFLAGS) $(LDFLAGS) -o $@ $^
 
 setup:

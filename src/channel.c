@@ -176,7 +176,8 @@ fdp_msg_check(const struct fdp_msg *m, int from_worker)
                && h->len == sizeof(struct fdp_stop_body)
                && m->nfds == 0 ? 0 : -EBADMSG;
     case FDP_MSG_READY:
-        return from_worker && h->count == 0 && h->len == 0
+        return from_worker && h->count == 0
+               && h->len == sizeof(struct fdp_ready_body)
                && m->nfds == 0 ? 0 : -EBADMSG;
     case FDP_MSG_FAIL:
         return from_worker && h->count == 0 && h->len >= 1

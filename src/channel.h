@@ -21,7 +21,8 @@
 enum fdp_msg_type {
     FDP_MSG_CONN = 1,   /* m->w: count x fdp_conn_entry, count fds */
     FDP_MSG_STOP,       /* m->w: fdp_stop_body */
-    FDP_MSG_READY,      /* w->m: empty: top level ran, handler found */
+    FDP_MSG_READY,      /* w->m: fdp_ready_body: top level ran, handler
+                           found, and what the master's filter needs */
     FDP_MSG_FAIL,       /* w->m: text: why the worker cannot serve */
     FDP_MSG_DONE,       /* w->m: count x fdp_done_entry */
     FDP_MSG_SET,        /* w->m: "key\0value": a custom status field */
@@ -62,6 +63,14 @@ struct fdp_park_entry {
     uint64_t bytes_out;
     uint32_t usec;
     uint32_t idle_ms;
+};
+
+/* READY: what the accept filter needs to know of the handler. */
+struct fdp_ready_body {
+    uint32_t http;              /* 1: made by http.serve (speaks HTTP) */
+    uint32_t max_head;          /* its max_head in bytes, 0: not HTTP */
+    uint32_t head_ms;           /* its head_timeout in ms, 0: none */
+    uint32_t reserved;          /* 0 */
 };
 
 struct fdp_stop_body {

@@ -164,6 +164,10 @@ fill(struct fdp_conn *c, size_t want)
     }
     c->rend += (size_t) n;
     c->bytes_in += (uint64_t) n;
+    if (c->limit > 0 && c->min_rate > 0) {
+        /* mod_reqtimeout's MinRate: each byte buys 1/min_rate s more. */
+        c->limit += (double) n * 1000.0 / c->min_rate;
+    }
     return n;
 }
 
@@ -757,14 +761,51 @@ parse_head(lua_State *L, char *s, char *end)
 }
 
 
+/*
+ * The whole-head limit of readrequest: armed once the head's first byte
+ * is buffered (stack slot 3: seconds, or nil), the conn's own limit kept
+ * in slot 4 and put back when the call returns.
+ */
+static void
+head_limit_arm(lua_State *L, struct fdp_conn *c)
+{
+    if (lua_isnumber(L, 3) && lua_isnil(L, 4) && c->rend > c->rstart) {
+        double lim = (double) fdp_now_ms() + lua_tonumber(L, 3) * 1000.0;
+
+        lua_pushnumber(L, c->limit);
+        lua_replace(L, 4);
+        if (c->limit <= 0 || lim < c->limit) {
+            c->limit = lim;
+        }
+    }
+}
+
+
+static int readrequest_run(lua_State *L, int status);
+
+
 static int
 readrequest_k(lua_State *L, int status, lua_KContext ctx)
+{
+    struct fdp_conn *c = checkconn(L);
+    int r;
+
+    (void) ctx;
+    r = readrequest_run(L, status);     /* a yield does not come back */
+    if (lua_isnumber(L, 4)) {
+        c->limit = lua_tonumber(L, 4);
+    }
+    return r;
+}
+
+
+static int
+readrequest_run(lua_State *L, int status)
 {
     struct fdp_conn *c = checkconn(L);
     size_t max = (size_t) lua_tointeger(L, 2);
     ssize_t n;
 
-    (void) ctx;
     if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
         lua_pushnil(L);
         lua_pushliteral(L, "timeout");
@@ -835,6 +876,7 @@ readrequest_k(lua_State *L, int status, lua_KContext ctx)
             lua_pushstring(L, strerror((int) -n));
             return 2;
         }
+        head_limit_arm(L, c);
         if (!fdp_wait(L, c, EPOLLIN, 0, readrequest_k)) {
             lua_pushnil(L);
             lua_pushliteral(L, "timeout");
@@ -845,23 +887,32 @@ readrequest_k(lua_State *L, int status, lua_KContext ctx)
 
 
 /*
- * conn:readrequest([max_head_bytes]) -> request table {method, target,
- * path, query, version ("1.0"|"1.1"), headers (lower-case names)}, or
- * nil, "closed"|"timeout"|"header too large"|"too many headers"|
- * "unsupported HTTP version"|"bad ...", method (when the request line
- * parsed, so a HEAD gets no error body). HTTP/1.2..1.9 read as "1.1".
- * The body, if any, stays buffered for conn:receive()/readchunked().
- * Parsed in C (http_parse.c): the hot path.
+ * conn:readrequest([max_head_bytes [, head_seconds]]) -> request table
+ * {method, target, path, query, version ("1.0"|"1.1"), headers
+ * (lower-case names)}, or nil, "closed"|"timeout"|"header too large"|
+ * "too many headers"|"unsupported HTTP version"|"bad ...", method (when
+ * the request line parsed, so a HEAD gets no error body). HTTP/1.2..1.9
+ * read as "1.1". head_seconds bounds the whole head from its first byte
+ * (waits before that byte keep the conn's timeout). The body, if any,
+ * stays buffered for conn:receive()/readchunked(). Parsed in C
+ * (http_parse.c): the hot path.
  */
 static int
 conn_readrequest(lua_State *L)
 {
     struct fdp_conn *c = checkconn(L);
     lua_Integer max = luaL_optinteger(L, 2, HEAD_MAX_DEFAULT);
+    lua_Number head = luaL_optnumber(L, 3, -1);
 
     luaL_argcheck(L, max > 0, 2, "the limit must be positive");
     lua_settop(L, 1);
     lua_pushinteger(L, max);
+    if (head > 0) {
+        lua_pushnumber(L, head);
+    } else {
+        lua_pushnil(L);
+    }
+    lua_pushnil(L);                     /* slot 4: the conn's own limit */
     op_begin(c);
     return readrequest_k(L, LUA_OK, 0);
 }
@@ -1007,6 +1058,27 @@ conn_buffered(lua_State *L)
     struct fdp_conn *c = checkconn(L);
 
     lua_pushinteger(L, (lua_Integer) (c->rend - c->rstart));
+    return 1;
+}
+
+
+/*
+ * conn:setdeadline(seconds | nil [, min_rate]) -> true: no wait (read or
+ * write) goes on past seconds from now, whatever conn:settimeout says;
+ * with min_rate (bytes/s) each byte received pushes the deadline later by
+ * 1/min_rate s, as Apache mod_reqtimeout's MinRate. nil removes it.
+ */
+static int
+conn_setdeadline(lua_State *L)
+{
+    struct fdp_conn *c = checkconn(L);
+    lua_Number sec = luaL_optnumber(L, 2, -1);
+    lua_Number rate = luaL_optnumber(L, 3, 0);
+
+    luaL_argcheck(L, rate >= 0, 3, "min_rate must not be negative");
+    c->limit = sec >= 0 ? (double) fdp_now_ms() + sec * 1000.0 : 0;
+    c->min_rate = sec >= 0 ? rate : 0;
+    lua_pushboolean(L, 1);
     return 1;
 }
 
@@ -1188,6 +1260,7 @@ fdp_conn_open_meta(lua_State *L)
         { "sendresponse", conn_sendresponse },
         { "sendfile", conn_sendfile },
         { "settimeout", conn_settimeout },
+        { "setdeadline", conn_setdeadline },
         { "close", conn_close },
         { "getpeername", conn_getpeername },
         { "getsockname", conn_getsockname },

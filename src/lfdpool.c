@@ -908,7 +908,8 @@ check_keys(lua_State *L)
     static const char *const known[] = {
         "handler", "args", "listen", "workers", "concurrency", "policy",
         "control", "grace", "log_level", "timeout", "max_requests", "user",
-        "io_timeout", "metrics", "max_memory",
+        "io_timeout", "metrics", "max_memory", "accept_filter",
+        "max_conns_per_ip", "max_pending",
         NULL
     };
 
@@ -968,6 +969,18 @@ l_pool(lua_State *L)
     }
     lua_pop(L, 1);
     p->max_requests = opt_int(L, "max_requests", 0, 0, 0x7fffffff);
+    p->max_conns_per_ip = opt_int(L, "max_conns_per_ip", 0, 0, 0x7fffffff);
+    p->max_pending = opt_int(L, "max_pending", FDP_PENDING_MAX_DEFAULT, 1,
+                             1 << 20);
+    if (lua_getfield(L, 1, "accept_filter") != LUA_TNIL) {
+        const char *af = luaL_checkstring(L, -1);
+
+        p->accept_filter = strcmp(af, "auto") == 0 ? FDP_AF_AUTO
+                           : fdp_acceptf_parse(af);
+        luaL_argcheck(L, p->accept_filter != -1 || strcmp(af, "auto") == 0,
+                      1, "accept_filter must be none, data, http or auto");
+    }
+    lua_pop(L, 1);
     /* MiB per worker: its Lua heap in handler code, and its RssAnon. */
     p->max_memory = (uint64_t) opt_int(L, "max_memory", 0, 0, 4194304) << 20;
     if (lua_getfield(L, 1, "user") != LUA_TNIL) {
@@ -1307,6 +1320,13 @@ pool_status(lua_State *L)
     set_int(L, "accepted", (lua_Integer) info.accepted);
     set_int(L, "queued", (lua_Integer) info.queued);
     set_int(L, "parked", (lua_Integer) info.parked);
+    set_int(L, "pending", (lua_Integer) info.pending);
+    lua_createtable(L, 0, 4);
+    set_int(L, "deadline", (lua_Integer) info.closed[0]);
+    set_int(L, "overflow", (lua_Integer) info.closed[1]);
+    set_int(L, "per_ip", (lua_Integer) info.closed[2]);
+    set_int(L, "peer_closed", (lua_Integer) info.closed[3]);
+    lua_setfield(L, -2, "closed");
     set_int(L, "closed_by_peer", (lua_Integer) info.closed_by_peer);
     set_int(L, "crash_streak", info.crash_streak);
     if (info.crash_why) {

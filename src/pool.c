@@ -103,6 +103,8 @@ fdp_pool_new(void)
     p->grace = 1.0;
     p->graceful_grace = 30.0;
     p->io_timeout = 60.0;
+    p->accept_filter = FDP_AF_AUTO;
+    p->max_pending = FDP_PENDING_MAX_DEFAULT;
     p->owner = getpid();
     return p;
 }
@@ -130,6 +132,7 @@ fdp_pool_free(struct fdp_pool *p)
         return;
     }
     fdp_pool_close_in_child(p, -1);
+    fdp_acceptf_free(p);
     for (i = 0; i < FDP_SLOTS; i++) {
         worker_free_tables(&p->workers[i]);
     }
@@ -189,6 +192,7 @@ fdp_pool_close_in_child(struct fdp_pool *p, int keep)
     for (struct fdp_proxywait *x = p->proxywait; x; x = x->next) {
         fdp_close(&x->c.fd);
     }
+    fdp_acceptf_close_in_child(p);
     fdp_close(&p->notify_fd);
     fdp_close(&p->sigfd);
     fdp_control_close(p, 0);
@@ -449,7 +453,8 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
     }
     l = &p->listeners[p->nlisten];
     l->proxy = l->reuseport = 0;
-    /* ADDR[,reuseport][,proxy] */
+    l->filter = FDP_AF_AUTO;
+    /* ADDR[,reuseport][,proxy][,filter=MODE] */
     snprintf(host, sizeof(host), "%s", addr);
     opt = strchr(host, ',');
     if (opt) {
@@ -462,10 +467,13 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
                 l->reuseport = 1;
             } else if (strcmp(tok, "proxy") == 0) {
                 l->proxy = 1;
+            } else if (strncmp(tok, "filter=", 7) == 0
+                       && fdp_acceptf_parse(tok + 7) >= 0) {
+                l->filter = fdp_acceptf_parse(tok + 7);
             } else {
                 snprintf(p->error, sizeof(p->error), "bad address '%s': "
-                         "unknown option '%s' (expected reuseport, proxy)",
-                         addr, tok);
+                         "unknown option '%s' (expected reuseport, proxy, "
+                         "filter=none|data|http)", addr, tok);
                 return -1;
             }
         }
@@ -973,6 +981,7 @@ send_batch(struct fdp_pool *p, struct fdp_worker *w)
         } else {
             fdp_close(&w->batchfds[k]);
         }
+        fdp_acceptf_inflight_done(p, &w->inflight[i]);
         w->inflight[i].id = 0;
         w->freeidx[w->nfree++] = i;
         w->slot.active--;
@@ -1158,6 +1167,23 @@ queue_or_dispatch(struct fdp_pool *p, struct fdp_pending *c)
 }
 
 
+/* A connection the accept filter found ready: dispatched as if just
+ * accepted. Takes ownership of c->fd. */
+void
+fdp_pool_admit(struct fdp_pool *p, struct fdp_pending *c)
+{
+    if (p->qlen == FDP_QUEUE_MAX) {
+        /* Every worker full and the queue too: no room to wait in. */
+        p->af_closed[FDP_AF_OVERFLOW]++;
+        fdp_acceptf_ip_release(p, &c->peer, c->listener);
+        fdp_close(&c->fd);
+        return;
+    }
+    queue_or_dispatch(p, c);
+    flush_batches(p);
+}
+
+
 static void
 proxywait_free(struct fdp_pool *p, struct fdp_proxywait *x)
 {
@@ -1235,7 +1261,9 @@ proxywait_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 
         x->c.fd = -1;
         proxywait_free(p, x);
-        queue_or_dispatch(p, &c);
+        if (!fdp_acceptf_hold(p, &c)) {
+            queue_or_dispatch(p, &c);
+        }
     }
     flush_batches(p);
 }
@@ -1327,8 +1355,15 @@ listener_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         c.listener = (uint32_t) (l - p->listeners);
         c.proxied = 0;
         c.since_us = fdp_now_us();
+        if (fdp_acceptf_ip_take(p, &c.peer, c.listener) < 0) {
+            fdp_close(&c.fd);
+            continue;
+        }
         if (l->proxy) {
             proxywait_start(p, &c);
+            continue;
+        }
+        if (fdp_acceptf_hold(p, &c)) {
             continue;
         }
         queue_or_dispatch(p, &c);
@@ -1619,6 +1654,7 @@ reload_commit(struct fdp_pool *p)
         p->script_len = p->reload_len;
         p->reload_src = NULL;
     }
+    fdp_acceptf_ready(p, &p->reload_ready);
     if (p->reload_policy != NULL) {
         struct fdp_policy *old = p->policy;
 
@@ -1753,6 +1789,7 @@ static void
 parked_free(struct fdp_pool *p, struct fdp_parked *k)
 {
     if (k->fd >= 0) {
+        fdp_acceptf_fd_release(p, k->fd, k->listener);
         (void) fdp_loop_del(&p->loop, &k->io);
         fdp_close(&k->fd);
     }
@@ -1831,6 +1868,9 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     c.fd = k->fd;
     k->fd = -1;
     parked_free(p, k);
+    if (fdp_acceptf_hold(p, &c)) {
+        return;
+    }
     if (p->qlen > 0 || !dispatch_one(p, &c)) {
         if (p->qlen == FDP_QUEUE_MAX) {
             fdp_close(&c.fd);
@@ -2049,6 +2089,7 @@ on_done(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
             worker_fault(p, w, "DONE for a connection it was not given");
             return;
         }
+        fdp_acceptf_inflight_done(p, &w->inflight[k]);
         w->inflight[k].id = 0;
         w->freeidx[w->nfree++] = k;
         w->slot.active--;
@@ -2147,6 +2188,8 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 
                 fdp_log(FDP_LOG_DEBUG, 0, "worker %d of generation %d ready",
                         w->slot.id, w->slot.generation);
+                /* Its filter settings apply once its generation serves. */
+                p->reload_ready = *(const struct fdp_ready_body *) m.u.bytes;
                 for (j = 0; j < FDP_SLOTS; j++) {
                     up += p->workers[j].pending
                           && p->workers[j].slot.state == FDP_W_RUNNING;
@@ -2159,6 +2202,7 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
                 break;
             }
             p->ever_ready = 1;
+            fdp_acceptf_ready(p, (const struct fdp_ready_body *) m.u.bytes);
             if (!p->notified_ready) {
                 int i, up = 0;
 
@@ -2249,6 +2293,9 @@ on_exit_status(struct fdp_pool *p, struct fdp_worker *w, int st)
                                                : "");
     worker_drop_channel(p, w);
     for (k = 0; k < w->slot.capacity && w->inflight; k++) {
+        if (w->inflight[k].id != 0) {
+            fdp_acceptf_inflight_done(p, &w->inflight[k]);
+        }
         w->inflight[k].id = 0;
     }
     w->slot.pid = -1;
@@ -2597,6 +2644,7 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
     if (p->qlen > 0) {
         dispatch_queue(p);
     }
+    fdp_acceptf_retry(p);
     if (p->fallback_unlogged > 0 && now - p->fallback_logged_ms >= 1000) {
         fdp_log(FDP_LOG_WARN, 0, "policy %s: %llu more picks of a worker "
                 "that could not take a connection; used first_free",
@@ -2848,6 +2896,7 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
     close_listeners(p);
     close_parked(p);
     close_proxywait(p);
+    fdp_acceptf_close_all(p);
     notify(p, "STOPPING=1");
     p->accepting = 0;
     if (!graceful) {
@@ -2892,6 +2941,7 @@ pool_finish(struct fdp_pool *p)
     fdp_timer_stop(&p->loop, &p->tick);
     close_parked(p);
     close_proxywait(p);
+    fdp_acceptf_close_all(p);
     for (i = 0; i < FDP_SLOTS; i++) {
         worker_drop_channel(p, &p->workers[i]);
     }
@@ -2964,4 +3014,6 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
     info->lat_counts = p->lat_counts;
     info->lat_sum = p->lat_sum;
     info->lat_count = p->lat_count;
+    info->pending = (uint64_t) fdp_acceptf_pending(p);
+    memcpy(info->closed, p->af_closed, sizeof(info->closed));
 }

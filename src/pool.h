@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+#include "acceptf.h"
 #include "channel.h"
 #include "loop.h"
 #include "status.h"
@@ -35,6 +36,7 @@ struct fdp_listener {
     int proxy;                      /* expects a PROXY protocol header */
     int named;                      /* from systemd, addr is its FDNAME */
     int reuseport;
+    int filter;                     /* enum fdp_af_mode; AUTO: the pool's */
     char addr[FDP_ADDR_MAX];        /* as given to --listen */
     char bound[FDP_ADDR_MAX];       /* with the real port */
     char *unix_path;                /* to unlink at stop, owner only */
@@ -121,6 +123,9 @@ struct fdp_pool {
     char *user_name;                /* NULL: no drop */
     double grace;                   /* seconds for a fast stop */
     double graceful_grace;          /* seconds for a graceful stop */
+    int accept_filter;              /* --accept-filter, FDP_AF_AUTO */
+    int max_conns_per_ip;           /* 0: no cap */
+    int max_pending;                /* size of the filter's pending set */
 
     struct lua_State *L;            /* the state that made the pool */
     pid_t owner;                    /* pid of the master */
@@ -153,6 +158,8 @@ struct fdp_pool {
     int qlen;
 
     struct fdp_proxywait *proxywait;  /* reading PROXY headers */
+    struct fdp_acceptf *acceptf;    /* waiting for something to serve */
+    uint64_t af_closed[FDP_AF_NREASONS];
     int notify_fd;                  /* systemd NOTIFY_SOCKET, or -1 */
     char notify_path[108];
     int notified_ready;
@@ -181,6 +188,7 @@ struct fdp_pool {
     char *reload_src;               /* the new script text, until then */
     size_t reload_len;
     int spawn_new;                  /* forking for the new generation */
+    struct fdp_ready_body reload_ready; /* its READY (accept filter) */
 
     struct fdp_policy *policy;
     struct fdp_control *control;
@@ -200,6 +208,7 @@ int fdp_pool_choose(struct fdp_pool *p, const struct fdp_pending *c,
                     int *fallback);
 int fdp_pool_reload(struct fdp_pool *p);
 void fdp_pool_close_in_child(struct fdp_pool *p, int keep);
+void fdp_pool_admit(struct fdp_pool *p, struct fdp_pending *c);
 void fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
                           const char **listen);
 int fdp_unix_reclaim(const char *path);

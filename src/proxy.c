@@ -3,6 +3,9 @@
  * Returns the header's length (> 0) with the client's address in *src
  * (*len = 0 for LOCAL/UNKNOWN: keep the real peer), 0 when more bytes
  * are needed, -1 when it is not a valid header. Never reads past n.
+ * Also the accept filter's test for a complete HTTP request head. Both
+ * are pure functions over bytes the master peeked at, so they are fuzzed
+ * and unit-tested.
  */
 #include "proxy.h"
 
@@ -195,4 +198,33 @@ fdp_proxy_parse(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
         return n < 6 ? 0 : parse_v1(buf, n, src, len);
     }
     return -1;
+}
+
+
+/*
+ * Does [s, s+n) hold a complete request head, as conn:readrequest reads
+ * it: empty lines before the request skipped, then up to an empty line
+ * (CRLF CRLF, or bare LFs, which it finds too and then refuses)? 1 or 0.
+ * Pure.
+ */
+int
+fdp_http_head_complete(const char *s, size_t n)
+{
+    const char *end = s + n, *p = s;
+
+    while (p < end && (*p == '\r' || *p == '\n')) {
+        p++;
+    }
+    while (p < end) {
+        p = memchr(p, '\n', (size_t) (end - p));
+        if (p == NULL) {
+            return 0;
+        }
+        if ((p + 1 < end && p[1] == '\n')
+            || (p + 2 < end && p[1] == '\r' && p[2] == '\n')) {
+            return 1;
+        }
+        p++;
+    }
+    return 0;
 }

@@ -12,6 +12,9 @@
 
 #define FDP_PROXY_MAX 232       /* v2: 16 + 216 (unix addresses) */
 
+/* The accept filter's look at an HTTP head (acceptf.c). */
+int fdp_http_head_complete(const char *s, size_t n);
+
 int fdp_proxy_parse(const uint8_t *buf, size_t n,
                     struct sockaddr_storage *src, socklen_t *len);
 

@@ -203,13 +203,21 @@ fdp_status_json(struct fdp_buf *b, const struct fdp_status_info *info,
         fdp_buf_json_str(b, info->listen[i]);
     }
     fdp_buf_printf(b, "], \"accepted\": %llu, \"queued\": %llu, "
-                   "\"parked\": %llu, \"closed_by_peer\": %llu, "
+                   "\"parked\": %llu, \"pending\": %llu, "
+                   "\"closed\": {\"deadline\": %llu, \"overflow\": %llu, "
+                   "\"per_ip\": %llu, \"peer_closed\": %llu}, "
+                   "\"closed_by_peer\": %llu, "
                    "\"fallbacks\": %llu, \"started\": %.3f, "
                    "\"generation\": %d, \"crash_streak\": %d, "
                    "\"crash\": ",
                    (unsigned long long) info->accepted,
                    (unsigned long long) info->queued,
                    (unsigned long long) info->parked,
+                   (unsigned long long) info->pending,
+                   (unsigned long long) info->closed[0],
+                   (unsigned long long) info->closed[1],
+                   (unsigned long long) info->closed[2],
+                   (unsigned long long) info->closed[3],
                    (unsigned long long) info->closed_by_peer,
                    (unsigned long long) info->fallbacks, info->started,
                    info->generation, info->crash_streak);
@@ -264,11 +272,19 @@ fdp_status_table(struct fdp_buf *b, const struct fdp_status_info *info,
     int i, k;
 
     fdp_buf_printf(b, "master %ld  policy %s  accepted %llu  queued %llu  "
-                   "parked %llu  closed by peer %llu\n", (long) info->pid,
-                   info->policy, (unsigned long long) info->accepted,
+                   "parked %llu  pending %llu  closed by peer %llu\n",
+                   (long) info->pid, info->policy,
+                   (unsigned long long) info->accepted,
                    (unsigned long long) info->queued,
                    (unsigned long long) info->parked,
+                   (unsigned long long) info->pending,
                    (unsigned long long) info->closed_by_peer);
+    fdp_buf_printf(b, "closed waiting: deadline %llu  overflow %llu  "
+                   "per-ip %llu  peer-closed %llu\n",
+                   (unsigned long long) info->closed[0],
+                   (unsigned long long) info->closed[1],
+                   (unsigned long long) info->closed[2],
+                   (unsigned long long) info->closed[3]);
     if (info->crash_why) {
         fdp_buf_printf(b, "crash streak %d: %s; restarting with back-off\n",
                        info->crash_streak, info->crash_why);
@@ -328,8 +344,22 @@ fdp_status_openmetrics(struct fdp_buf *b, const struct fdp_status_info *info,
     om_family(b, "fdpool_parked", "gauge", "Idle keep-alive connections "
               "held by the master.");
     fdp_buf_printf(b, "fdpool_parked %llu\n", (unsigned long long) info->parked);
+    om_family(b, "fdpool_pending", "gauge", "Connections the accept filter "
+              "holds until they have something to serve.");
+    fdp_buf_printf(b, "fdpool_pending %llu\n",
+                   (unsigned long long) info->pending);
+    om_family(b, "fdpool_closed_waiting", "counter", "Connections the "
+              "master closed before a worker saw them, by reason.");
+    for (i = 0; i < 4; i++) {
+        static const char *const why[] = { "deadline", "overflow", "per_ip",
+                                           "peer_closed" };
+
+        fdp_buf_printf(b, "fdpool_closed_waiting_total{reason=\"%s\"} %llu\n",
+                       why[i], (unsigned long long) info->closed[i]);
+    }
     om_family(b, "fdpool_closed_by_peer", "counter", "Connections whose "
-              "client reset or closed while the master held them.");
+              "client reset or closed while the master held them after a "
+              "worker (PARK, parked).");
     fdp_buf_printf(b, "fdpool_closed_by_peer_total %llu\n",
                    (unsigned long long) info->closed_by_peer);
     om_family(b, "fdpool_crash_streak", "gauge", "Workers that crashed in "
@@ -434,11 +464,18 @@ fdp_status_lua(struct fdp_buf *b, const struct fdp_status_info *info,
         fdp_buf_printf(b, ",");
     }
     fdp_buf_printf(b, "},accepted=%llu,queued=%llu,parked=%llu,"
+                   "pending=%llu,closed={deadline=%llu,overflow=%llu,"
+                   "per_ip=%llu,peer_closed=%llu},"
                    "closed_by_peer=%llu,fallbacks=%llu,started=%.3f,"
                    "generation=%d,crash_streak=%d,",
                    (unsigned long long) info->accepted,
                    (unsigned long long) info->queued,
                    (unsigned long long) info->parked,
+                   (unsigned long long) info->pending,
+                   (unsigned long long) info->closed[0],
+                   (unsigned long long) info->closed[1],
+                   (unsigned long long) info->closed[2],
+                   (unsigned long long) info->closed[3],
                    (unsigned long long) info->closed_by_peer,
                    (unsigned long long) info->fallbacks, info->started,
                    info->generation, info->crash_streak);

@@ -73,6 +73,10 @@ struct fdp_status_info {
     const uint64_t *lat_counts;     /* per bucket, not cumulative */
     double lat_sum;                 /* seconds */
     uint64_t lat_count;
+    /* The accept filter: connections waiting in the master for bytes,
+     * and closes by reason (deadline, overflow, per-ip, peer closed). */
+    uint64_t pending;
+    uint64_t closed[4];
 };
 
 #define FDP_LAT_BUCKETS 10

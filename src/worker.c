@@ -542,11 +542,17 @@ fdp_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
          lua_KContext ctx, lua_KFunction k)
 {
     struct fdp_task *t = fdp_wait_task(L);
-    uint64_t now = fdp_now_ms();
+    uint64_t now = fdp_now_ms(), dl;
 
     if (!c->total) {
         c->deadline = c->timeout < 0 ? 0
                       : now + (uint64_t) (c->timeout * 1000.0) + 1;
+    }
+    /* conn:setdeadline (or readrequest's whole-head limit) caps every
+     * wait, whatever the per-wait timeout. */
+    dl = c->deadline;
+    if (c->limit > 0 && (dl == 0 || (uint64_t) c->limit < dl)) {
+        dl = (uint64_t) c->limit;
     }
     if (t != NULL && c->w != NULL) {
         if (c->waiter != NULL) {
@@ -569,9 +575,9 @@ fdp_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
         t->waiting = events;
         t->timed_out = 0;
         fdp_timer_init(&t->timer, wait_timeout, t);
-        if (c->deadline) {
+        if (dl) {
             (void) fdp_timer_start(&c->w->loop, &t->timer,
-                                   c->deadline > now ? c->deadline - now : 0);
+                                   dl > now ? dl - now : 0);
         }
         return fdp_task_yield(L, t, ctx, k);
     } else {
@@ -583,8 +589,7 @@ fdp_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
                               | (events & EPOLLOUT ? POLLOUT : 0));
         do {
             now = fdp_now_ms();
-            ms = !c->deadline ? -1
-                 : c->deadline > now ? (int) (c->deadline - now) : 0;
+            ms = !dl ? -1 : dl > now ? (int) (dl - now) : 0;
             r = poll(&pfd, 1, ms);
         } while (r < 0 && errno == EINTR);
         if (r > 0) {
@@ -989,6 +994,40 @@ msgh(lua_State *L)
 }
 
 
+/*
+ * What READY tells the master about the handler on top of L's stack: a
+ * function made by http.serve (listed in fdpool.http's weak `handlers`
+ * table with its options) speaks HTTP, and its max_head and head_timeout
+ * set the master's accept filter. Anything else: zeros.
+ */
+static void
+ready_body(lua_State *L, struct fdp_ready_body *rb)
+{
+    int top = lua_gettop(L);
+
+    memset(rb, 0, sizeof(*rb));
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    if (lua_istable(L, -1)
+        && lua_getfield(L, -1, "fdpool.http") == LUA_TTABLE
+        && lua_getfield(L, -1, "handlers") == LUA_TTABLE) {
+        lua_pushvalue(L, top);
+        if (lua_rawget(L, -2) == LUA_TTABLE) {
+            lua_Number mh, ht;
+
+            lua_getfield(L, -1, "max_head");
+            lua_getfield(L, -2, "head_timeout");
+            mh = lua_tonumber(L, -2);
+            ht = lua_tonumber(L, -1);
+            rb->http = 1;
+            rb->max_head = mh > 0 && mh < 4294967295.0 ? (uint32_t) mh : 0;
+            rb->head_ms = ht > 0 && ht < 4294967.0
+                          ? (uint32_t) (ht * 1000.0) : 0;
+        }
+    }
+    lua_settop(L, top);
+}
+
+
 /* Load the handler script into a fresh state (arg and ... as lua5.4
  * gives them) and leave its result on the stack. 0 or -1, message on top. */
 static int
@@ -1116,6 +1155,7 @@ void
 fdp_worker_main(struct fdp_pool *p, int idx)
 {
     struct fdp_wctx w;
+    struct fdp_ready_body rb;
     char tag[32];
     lua_State *L;
     int r;
@@ -1241,9 +1281,10 @@ fdp_worker_main(struct fdp_pool *p, int idx)
                         luaL_typename(L, -1));
         fail(&w, lua_tostring(L, -1));
     }
+    ready_body(L, &rb);
     w.handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
-    r = fdp_chan_send(w.ch, FDP_MSG_READY, 0, NULL, 0, NULL, 0);
+    r = fdp_chan_send(w.ch, FDP_MSG_READY, 0, &rb, sizeof(rb), NULL, 0);
     if (r < 0) {
         _exit(1);
     }

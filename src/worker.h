@@ -79,6 +79,9 @@ struct fdp_conn {
     double timeout;             /* seconds, < 0: none */
     int total;                  /* timeout per call ("t"), else per wait */
     uint64_t deadline;          /* ms, "t" mode: of the call in progress */
+    double limit;               /* ms: no wait goes past it (a whole head,
+                                   a whole body), 0: none */
+    double min_rate;            /* bytes/s that push limit later, 0: no */
     size_t op_pos;              /* progress of the call in progress */
     char *rbuf;
     size_t rstart, rend, rcap;

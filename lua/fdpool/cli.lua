@@ -32,7 +32,8 @@ Options for run:
                        options: ADDR,reuseport (SO_REUSEPORT: several
                        pools share the port), ADDR,proxy (expect a PROXY
                        protocol v1/v2 header: conn:getpeername() is the
-                       client behind HAProxy/nginx)
+                       client behind HAProxy/nginx), ADDR,filter=MODE
+                       (this listener's --accept-filter)
   --workers N          worker processes (default: online CPUs)
   --concurrency N      connections per worker at once (default 1024;
                        1 = strict prefork, one connection per worker)
@@ -55,6 +56,16 @@ Options for run:
                        clients cannot hold a worker's slot forever
   --max-requests N     recycle a worker after N connections (+0-10 %
                        jitter); its replacement starts first
+  --accept-filter M    none, data or http: the master hands a connection
+                       to a worker only once its first bytes (data) or a
+                       whole request head (http) arrived, closing it at
+                       the deadline (head_timeout, else --io-timeout);
+                       default http for http.serve handlers, else none
+  --max-pending N      connections the filter holds at most (default
+                       4096); when full the oldest is closed
+  --max-conns-per-ip N connections at once from one address (waiting,
+                       parked or in a worker; default: no cap); more are
+                       closed at accept
   --max-memory MB      per worker: handler code past MB of Lua memory
                        gets "not enough memory" (HTTP: a 500 for that
                        request), and a worker whose RssAnon stays above
@@ -132,7 +143,8 @@ local RUN_FLAGS = {
   ["--listen"] = "list", ["--workers"] = "value", ["--concurrency"] = "value",
   ["--policy"] = "value", ["--control"] = "value", ["--no-control"] = "flag",
   ["--grace"] = "value", ["--log-level"] = "value", ["--timeout"] = "value", ["--io-timeout"] = "value", ["--config"] = "value", ["--log-format"] = "value",
-  ["--metrics"] = "value",
+  ["--metrics"] = "value", ["--accept-filter"] = "value", ["--max-pending"] = "value",
+  ["--max-conns-per-ip"] = "value",
   ["--max-requests"] = "value", ["--user"] = "value", ["--log"] = "value",
   ["--max-memory"] = "value",
 }
@@ -151,7 +163,8 @@ local CONFIG_KEYS = {
   control = "any", grace = "number", timeout = "number", io_timeout = "number",
   max_requests = "number", max_memory = "number", user = "string", log = "string", log_level = "string",
   log_format = "string",
-  metrics = "string",
+  metrics = "string", accept_filter = "string", max_pending = "number",
+  max_conns_per_ip = "number",
 }
 
 local function load_config(path)
@@ -214,6 +227,8 @@ local function build_config(opts, pos, cmd)
     { "--max-requests", "max_requests", 1, 2^31 - 1, true }, { "--grace", "grace", 0 },
     { "--max-memory", "max_memory", 1, 4194304, true },
     { "--timeout", "timeout", 0.001 }, { "--io-timeout", "io_timeout", 0 },
+    { "--max-pending", "max_pending", 1, 1048576, true },
+    { "--max-conns-per-ip", "max_conns_per_ip", 1, 2^31 - 1, true },
   }
   for _, f in ipairs(flagmap) do
     local flag, key, lo, hi, int = f[1], f[2], f[3], f[4], f[5]
@@ -227,8 +242,12 @@ local function build_config(opts, pos, cmd)
   end
   cfg.workers = cfg.workers or fdpool.ncpu()
   for _, f in ipairs { { "--user", "user" }, { "--log", "log" }, { "--log-level", "log_level" },
-                       { "--policy", "policy" }, { "--metrics", "metrics" } } do
+                       { "--policy", "policy" }, { "--metrics", "metrics" },
+                       { "--accept-filter", "accept_filter" } } do
     if opts[f[1]] then cfg[f[2]] = opts[f[1]] end
+  end
+  if cfg.accept_filter and not ({ none = 1, data = 1, http = 1 })[cfg.accept_filter] then
+    return nil, 2, ("--accept-filter must be none, data or http (got '%s')"):format(cfg.accept_filter)
   end
   if cfg.log_level and not ({ error = 1, warn = 1, info = 1, debug = 1 })[cfg.log_level] then
     return nil, 2, ("--log-level must be error, warn, info or debug (got '%s')"):format(cfg.log_level)
@@ -396,8 +415,8 @@ local function cmd_top(args)
     if not st then return die(1, "%s", serr) end
     local now = fdpool.now and fdpool.now() or os.time()
     local out = {}
-    out[#out + 1] = ("pool %d  policy %s  generation %d  accepted %d  queued %d  parked %d  fallbacks %d"):format(
-      st.pid, st.policy, st.generation, st.accepted, st.queued, st.parked, st.fallbacks)
+    out[#out + 1] = ("pool %d  policy %s  generation %d  accepted %d  queued %d  parked %d  pending %d  fallbacks %d"):format(
+      st.pid, st.policy, st.generation, st.accepted, st.queued, st.parked, st.pending or 0, st.fallbacks)
     out[#out + 1] = "listen " .. table.concat(st.listen, " ")
     out[#out + 1] = ("%4s %8s %-8s %6s %8s %10s %8s %8s %8s"):format("ID", "PID", "STATE", "ACTIVE",
       "CAPACITY", "SERVED", "RATE/s", "RSS MiB", "RESTARTS")

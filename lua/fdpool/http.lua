@@ -11,8 +11,12 @@ local M = {}
 M.defaults = {
   max_head = 8192,            -- bytes of request line + headers (431)
   max_body = 1024 * 1024,     -- bytes of request body (413)
-  head_timeout = 10,          -- seconds to receive a request head (408)
-  body_timeout = 30,          -- seconds for each wait on the body
+  head_timeout = 10,          -- seconds for a whole request head, from its
+                              -- first byte (408)
+  body_timeout = 30,          -- seconds for each wait on the body, and for
+                              -- the whole body plus 1 s per body_min_rate
+  body_min_rate = 500,        -- bytes/s (mod_reqtimeout's MinRate); 0: the
+                              -- whole body within body_timeout
   keepalive_timeout = 15,     -- seconds an idle keep-alive connection waits
   keepalive_requests = 1000,  -- requests per connection, then close
   access_log = nil,           -- nil: none; "-": stderr; a path: appended;
@@ -95,6 +99,7 @@ function Req:body()
     conn:send("HTTP/1.1 100 Continue\r\n\r\n")
   end
   conn:settimeout(opts.body_timeout)
+  conn:setdeadline(opts.body_timeout, opts.body_min_rate)
   local body, err
   if self._chunked then
     body, err = conn:readchunked(opts.max_body)
@@ -103,6 +108,7 @@ function Req:body()
   else
     body = ""
   end
+  conn:setdeadline(nil)
   if not body then
     self._body_err = err
     self._broken = true
@@ -423,6 +429,11 @@ local function drain(req)
   return true
 end
 
+-- Handlers made by serve, with their options: a worker tells the master
+-- (READY) that its handler speaks HTTP, so the master's accept filter
+-- waits for whole request heads (max_head, head_timeout).
+M.handlers = setmetatable({}, { __mode = "k" })
+
 --- A handler for `pool run`: parses requests, calls fn(req, res).
 -- fn may use res, or return status, headers, body.
 function M.serve(fn, options)
@@ -441,13 +452,13 @@ function M.serve(fn, options)
   if park == nil then
     park = fdpool.worker ~= nil and fdpool.worker.capacity == 1
   end
-  return function(conn)
+  local handler = function(conn)
     readrequest = readrequest or conn.readrequest
     local served = 0
     conn:settimeout(opts.head_timeout)
     while true do
       if served == 1 then conn:settimeout(opts.keepalive_timeout) end
-      local req, err, method = readrequest(conn, opts.max_head)
+      local req, err, method = readrequest(conn, opts.max_head, opts.head_timeout)
       if not req then
         local head = method == "HEAD"
         if err == "timeout" then
@@ -513,6 +524,8 @@ function M.serve(fn, options)
       end
     end
   end
+  M.handlers[handler] = opts
+  return handler
 end
 
 -- ---- static files -------------------------------------------------------

@@ -238,6 +238,8 @@ end
 --- Read one HTTP/1.x request head, as the real conn:readrequest: empty
 -- lines before it are skipped, the body stays buffered.
 -- @tparam[opt=8192] integer max bytes of request line and headers
+-- @tparam[opt] number head seconds for the whole head (recorded as
+-- `conn.head_timeout`; in memory nothing waits)
 -- @treturn[1] table {method, target, path, query, version ("1.0"|"1.1"),
 -- headers (lower-case names; repeated ones joined with ", ")}
 -- @return[2] nil
@@ -245,9 +247,13 @@ end
 -- line", "unsupported HTTP version", "bad header line", "bad header
 -- value", "too many headers" or "bad request: truncated"
 -- @treturn[2] string the method, when the request line parsed
-function Conn:readrequest(max)
+function Conn:readrequest(max, head)
   max = optinteger(max, 1, "readrequest", HEAD_MAX_DEFAULT)
   if max <= 0 then argerror(1, "readrequest", "the limit must be positive") end
+  if head ~= nil and type(head) ~= "number" then
+    argerror(2, "readrequest", "number expected, got " .. type(head))
+  end
+  self.head_timeout = head
   while true do
     if self.closed then return nil, "closed" end
     -- Ignore empty lines before a request (RFC 9112 2.2).
@@ -586,6 +592,21 @@ function Conn:settimeout(seconds, mode)
   end
   self.timeout = seconds or -1
   self.timeout_mode = mode == "t" and "t" or "b"
+  return true
+end
+
+--- Record a deadline (`conn.deadline`, `conn.min_rate`; nil clears
+-- them), as the real conn:setdeadline. In memory nothing waits.
+-- @treturn boolean true
+function Conn:setdeadline(seconds, min_rate)
+  if seconds ~= nil and type(seconds) ~= "number" then
+    argerror(1, "setdeadline", "number expected, got " .. type(seconds))
+  end
+  if min_rate ~= nil and (type(min_rate) ~= "number" or min_rate < 0) then
+    argerror(2, "setdeadline", "min_rate must not be negative")
+  end
+  self.deadline = seconds
+  self.min_rate = seconds and min_rate or nil
   return true
 end
 

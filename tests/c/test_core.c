@@ -11,6 +11,7 @@
 #include "loop.h"
 #include "status.h"
 #include "http_parse.h"
+#include "proxy.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -421,6 +422,7 @@ test_msg_check(void)
     struct fdp_conn_entry conn[FDP_BATCH_MAX + 1];
     struct fdp_done_entry done[FDP_BATCH_MAX + 1];
     struct fdp_stop_body stop = { 1, 1000 };
+    struct fdp_ready_body rb = { 1, 8192, 10000, 0 };
     char kv[FDP_KEY_MAX + FDP_VAL_MAX + 8];
     size_t ce = sizeof(struct fdp_conn_entry);
     size_t de = sizeof(struct fdp_done_entry);
@@ -435,7 +437,7 @@ test_msg_check(void)
     test_cond("CONN batch max", valid(FDP_MSG_CONN, FDP_BATCH_MAX, conn,
               FDP_BATCH_MAX * ce, FDP_BATCH_MAX, 0) == 0);
     test_cond("STOP", valid(FDP_MSG_STOP, 0, &stop, sizeof(stop), 0, 0) == 0);
-    test_cond("READY", valid(FDP_MSG_READY, 0, NULL, 0, 0, 1) == 0);
+    test_cond("READY", valid(FDP_MSG_READY, 0, &rb, sizeof(rb), 0, 1) == 0);
     test_cond("FAIL", valid(FDP_MSG_FAIL, 0, "boom", 4, 0, 1) == 0);
     test_cond("DONE 1", valid(FDP_MSG_DONE, 1, done, de, 0, 1) == 0);
     test_cond("DONE batch max", valid(FDP_MSG_DONE, FDP_BATCH_MAX, done,
@@ -489,8 +491,10 @@ test_msg_check(void)
               0, 1) == -EBADMSG);
     test_cond("STOP len short", valid(FDP_MSG_STOP, 0, &stop,
               sizeof(stop) - 1, 0, 0) == -EBADMSG);
-    test_cond("READY with payload", valid(FDP_MSG_READY, 0, "x", 1, 0, 1)
-              == -EBADMSG);
+    test_cond("READY with a short payload", valid(FDP_MSG_READY, 0, &rb,
+              sizeof(rb) - 1, 0, 1) == -EBADMSG);
+    test_cond("READY empty (the old shape)", valid(FDP_MSG_READY, 0, NULL, 0,
+              0, 1) == -EBADMSG);
     test_cond("FAIL empty", valid(FDP_MSG_FAIL, 0, NULL, 0, 0, 1)
               == -EBADMSG);
 
@@ -503,8 +507,8 @@ test_msg_check(void)
               == -EBADMSG);
     test_cond("STOP with an fd", valid(FDP_MSG_STOP, 0, &stop, sizeof(stop),
               1, 0) == -EBADMSG);
-    test_cond("READY with an fd", valid(FDP_MSG_READY, 0, NULL, 0, 1, 1)
-              == -EBADMSG);
+    test_cond("READY with an fd", valid(FDP_MSG_READY, 0, &rb, sizeof(rb), 1,
+              1) == -EBADMSG);
     test_cond("FAIL with an fd", valid(FDP_MSG_FAIL, 0, "x", 1, 1, 1)
               == -EBADMSG);
     test_cond("DONE with an fd", valid(FDP_MSG_DONE, 1, done, de, 1, 1)
@@ -615,11 +619,19 @@ test_chan_roundtrip(void)
     r = fdp_chan_recv(&b, &m);
     test_cond("chan_recv on empty: -EAGAIN", r == -EAGAIN);
 
-    r = fdp_chan_send(&a, FDP_MSG_READY, 0, NULL, 0, NULL, 0);
-    test_cond("send READY", r == 0 && a.queued == 0);
-    r = fdp_chan_recv(&b, &m);
-    test_cond("recv READY", r == 1 && m.h.type == FDP_MSG_READY
-              && m.h.len == 0 && m.nfds == 0 && fdp_msg_check(&m, 1) == 0);
+    {
+        struct fdp_ready_body rb = { 1, 4096, 1500, 0 };
+        const struct fdp_ready_body *got;
+
+        r = fdp_chan_send(&a, FDP_MSG_READY, 0, &rb, sizeof(rb), NULL, 0);
+        test_cond("send READY", r == 0 && a.queued == 0);
+        r = fdp_chan_recv(&b, &m);
+        got = (const struct fdp_ready_body *) m.u.bytes;
+        test_cond("recv READY", r == 1 && m.h.type == FDP_MSG_READY
+                  && m.h.len == sizeof(rb) && m.nfds == 0
+                  && fdp_msg_check(&m, 1) == 0 && got->http == 1
+                  && got->max_head == 4096 && got->head_ms == 1500);
+    }
 
     memset(ce, 0, sizeof(ce));
     ce[0].id = 41;
@@ -1446,6 +1458,43 @@ test_http_chunked(void)
 }
 
 
+/* The accept filter's look at an HTTP head: what conn:readrequest would
+ * take as complete (CRLF CRLF or bare LF LF, empty lines first skipped). */
+static void
+test_head_filter(void)
+{
+    static const struct {
+        const char *s;
+        int want;
+    } cases[] = {
+        { "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 1 },
+        { "GET / HTTP/1.1\r\n\r\n", 1 },
+        { "GET / HTTP/1.0\n\n", 1 },
+        { "GET / HTTP/1.1\nHost: a\n\r\n", 1 },
+        { "\r\n\r\nGET / HTTP/1.1\r\n\r\n", 1 },
+        { "GET / HTTP/1.1\r\nHost: a\r\n\r\nbody", 1 },
+        { "", 0 },
+        { "G", 0 },
+        { "\r\n\r\n", 0 },
+        { "\r\n\r\nGET / HTTP/1.1\r\n", 0 },
+        { "GET / HTTP/1.1\r\nHost: a\r\n", 0 },
+        { "GET / HTTP/1.1\r\nHost: a\r\n\r", 0 },
+        { "GET / HTTP/1.1\r\r\n", 0 },
+    };
+    size_t i;
+    int ok = 1;
+
+    for (i = 0; i < FDP_NELEM(cases); i++) {
+        if (fdp_http_head_complete(cases[i].s, strlen(cases[i].s))
+            != cases[i].want) {
+            printf("  head case %zu: %s\n", i, cases[i].s);
+            ok = 0;
+        }
+    }
+    test_cond("http head completeness (accept filter)", ok);
+}
+
+
 int
 main(void)
 {
@@ -1464,6 +1513,7 @@ main(void)
     test_loop_io();
     test_status();
     test_http_head();
+    test_head_filter();
     test_http_chunked();
     test_cond("no fd leaked by the whole run", fd_count() == before);
     test_report();

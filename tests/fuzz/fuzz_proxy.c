@@ -3,7 +3,8 @@
  * (src/proxy.c): never reads past n, and a header it accepts has a sane
  * length and an address the master can copy into the connection, it
  * is found the same with more bytes after it, and its prefixes ask for
- * more bytes instead of failing.
+ * more bytes instead of failing. Also the accept filter's HTTP head
+ * test, which lives in the same file.
  */
 #include <assert.h>
 #include <netinet/in.h>
@@ -28,6 +29,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     assert(buf != NULL);
     if (size) {
         memcpy(buf, data, size);
+    }
+    /* The accept filter's head test (same file): within n, and a head
+     * that is complete stays complete with more bytes after it. */
+    if (fdp_http_head_complete((const char *) buf, size) && size > 0) {
+        char *more = malloc(size + 1);
+
+        assert(more != NULL);
+        memcpy(more, buf, size);
+        more[size] = 'x';
+        assert(fdp_http_head_complete(more, size + 1));
+        free(more);
     }
     memset(&src, 0xAA, sizeof(src));
     r = fdp_proxy_parse(buf, size, &src, &len);
