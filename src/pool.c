@@ -39,6 +39,8 @@ struct fdp_parked {
     uint32_t listener;
     uint32_t peerlen;               /* a PROXY header's client, or 0 */
     unsigned char peer[28];
+    int by_peer;                    /* rpeer is the TCP peer it came from */
+    struct sockaddr_in6 rpeer;      /* (a dead socket has no peer name) */
     struct fdp_io io;
     struct fdp_timer timer;
     struct fdp_pool *pool;
@@ -1789,7 +1791,13 @@ static void
 parked_free(struct fdp_pool *p, struct fdp_parked *k)
 {
     if (k->fd >= 0) {
-        fdp_acceptf_fd_release(p, k->fd, k->listener);
+        /* Give back its --max-conns-per-ip count by the address it was
+         * accepted from: a client that reset has no peer name any more. */
+        if (k->by_peer) {
+            fdp_acceptf_ip_release(p, &k->rpeer, k->listener);
+        } else {
+            fdp_acceptf_fd_release(p, k->fd, k->listener);
+        }
         (void) fdp_loop_del(&p->loop, &k->io);
         fdp_close(&k->fd);
     }
@@ -1964,9 +1972,8 @@ on_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
     const struct fdp_park_entry *e = (const struct fdp_park_entry *) m->u.bytes;
     uint32_t k = (uint32_t) (e->id & 0xffff);
     struct fdp_parked *pk;
+    struct fdp_inflight f;
     int fd = m->fds[0];
-    uint32_t pk_listener, pk_peerlen;
-    unsigned char pk_peer[28];
     int same = 0;
 
     m->fds[0] = -1;
@@ -1980,9 +1987,7 @@ on_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
         worker_fault(p, w, "PARK of a connection it was not given");
         return;
     }
-    pk_listener = w->inflight[k].listener;
-    pk_peerlen = w->inflight[k].peerlen;
-    memcpy(pk_peer, w->inflight[k].peer, sizeof(pk_peer));
+    f = w->inflight[k];
     w->inflight[k].id = 0;
     w->freeidx[w->nfree++] = k;
     w->slot.active--;
@@ -1992,28 +1997,27 @@ on_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
     fdp_slot_update_busy(&w->slot, fdp_wall());
     if (same < 0) {
         p->closed_by_peer++;
-        fdp_close(&fd);
-        return;
     }
-    if (p->stopping) {
-        fdp_close(&fd);
-        return;
-    }
-    pk = calloc(1, sizeof(*pk));
+    pk = same < 0 || p->stopping ? NULL : calloc(1, sizeof(*pk));
     if (pk == NULL) {
+        /* Over here: the connection ends, its per-address count too. */
+        fdp_acceptf_inflight_done(p, &f);
         fdp_close(&fd);
         return;
     }
     pk->fd = fd;
     pk->pool = p;
-    pk->listener = pk_listener;
-    pk->peerlen = pk_peerlen;
-    memcpy(pk->peer, pk_peer, sizeof(pk->peer));
+    pk->listener = f.listener;
+    pk->peerlen = f.peerlen;
+    memcpy(pk->peer, f.peer, sizeof(pk->peer));
+    pk->by_peer = f.by_peer;
+    pk->rpeer = f.rpeer;
     pk->io.fd = fd;
     pk->io.cb = parked_io;
     pk->io.data = pk;
     fdp_timer_init(&pk->timer, parked_timeout, pk);
     if (fdp_loop_add(&p->loop, &pk->io, EPOLLIN | EPOLLRDHUP) < 0) {
+        fdp_acceptf_inflight_done(p, &f);
         fdp_close(&pk->fd);
         free(pk);
         return;

@@ -116,6 +116,34 @@ describe("clients that reset or close", function()
     end)
   end
 
+  it("give back their --max-conns-per-ip count when they die parked or being parked", function()
+    local defer = cleanup()
+    local cap = 6
+    local p = H.start_pool{ script = "examples/http_hello.lua", workers = 2, concurrency = 1,
+                            extra = { "--max-conns-per-ip", tostring(cap) } }
+    defer(function() p:stop() end)
+    local host, port = p.addr:match("^(.*):(%d+)$")
+    local n = HEAVY and 200 or 40
+    local ok, _, out = H.run(("timeout 60 python3 %shostile_clients.py %s %s %d 4 2>&1"):format(FIX, host, port, n))
+    assert.truthy(ok, out)
+    local st = H.wait_status(p, function(s) return H.all_idle(s) and s.parked == 0 end, 20, "all closed")
+    assert.truthy(st.closed_by_peer > 0)
+    assert.equals(0, st.closed.per_ip)
+    -- Every count was given back: `cap` connections at once still pass.
+    local fds = {}
+    defer(function() for _, fd in ipairs(fds) do fd:close() end end)
+    for i = 1, cap do
+      fds[i] = assert(fdpool.connect(p.addr, 10))
+      assert(fds[i]:write("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+    end
+    for i = 1, cap do
+      local head = assert(fds[i]:read("l"))
+      assert.matches("^HTTP/1.1 200", head)
+    end
+    assert.equals(0, assert(p:status()).closed.per_ip)
+    finish(p)
+  end)
+
   it("are counted as closed by peer in pool status, --json and openmetrics", function()
     local defer = cleanup()
     local p = H.start_pool{ script = "examples/http_hello.lua", workers = 1, concurrency = 1 }
