@@ -1,4 +1,8 @@
--- examples/hello.lua: a minimal HTTP/1.1 server, keep-alive included.
+-- examples/hello.lua: the conn API at its barest: "hello" over HTTP/1.1
+-- with keep-alive, parsing nothing but the lines it needs. It trusts its
+-- clients (no body handling, no limits, no accept filter): for a real
+-- HTTP service use fdpool.http, as examples/http_hello.lua and the
+-- built-in default handler (`pool run` with no script) do.
 -- Run: build/pool run examples/hello.lua   (then curl 127.0.0.1:8080)
 local function handle(conn)
   conn:settimeout(30)
