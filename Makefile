@@ -78,7 +78,7 @@ asan:
 run:
 	scripts/setup
 	$(MAKE) all
-	$(B)/pool run examples/hello.lua
+	$(B)/pool run
 
 fuzz:
 	scripts/fuzz $(FUZZ_SECONDS)
