@@ -252,6 +252,82 @@ describe("--max-requests", function()
     assert.falsy(log:find("killed by", 1, true), log)
     finish(p)
   end)
+
+  -- docs/operations.md "Recycling": the replacement is forked into the
+  -- slot first, then the old process is told to finish. Watched here
+  -- while a one-process pool recycles every 2 connections (2 + 0..10 %
+  -- of 2 = exactly 2), with a replacement that takes 0.2 s to start.
+  it("never leaves the slot of a --workers 1 --concurrency 1 pool without a running process", function()
+    local defer = cleanup()
+    local p = H.start_pool{ script = FIX .. "rel_slow_start.lua", args = { "0.2" }, workers = 1,
+                            concurrency = 1, extra = { "--max-requests", "2" } }
+    defer(function() p:stop() end)
+    local samples, starting, unsure = 0, 0, 0
+    -- One sample: the status table, then the master's children.
+    local function sample()
+      local st = assert(p:status())
+      local w = st.workers[1]
+      local what = ("sample %d: slot 1 is %s (pid %d)"):format(samples + 1, w.state, w.pid)
+      assert.truthy(w.pid > 0, what)
+      assert.truthy(w.state == "starting" or w.state == "free" or w.state == "busy", what)
+      -- The process the slot names is running (it was forked before the
+      -- status answer; nothing kills it).
+      assert.truthy(H.alive(w.pid), what .. ", not a running process")
+      -- OS level: some child of the master runs. A child read as dead
+      -- may have died after the list was read, its replacement forked
+      -- meanwhile: only a second list with no newcomer proves a gap.
+      local kids = H.children(p.pid)
+      local live = 0
+      for _, c in ipairs(kids) do
+        if H.alive(c) then live = live + 1 end
+      end
+      if live == 0 then
+        local seen, newcomer = set_of(kids), false
+        for _, c in ipairs(H.children(p.pid)) do
+          if not seen[c] and H.alive(c) then newcomer = true end
+        end
+        assert.truthy(newcomer, ("sample %d: no running child of the master (children: %s)")
+          :format(samples + 1, table.concat(kids, " ")))
+        unsure = unsure + 1
+      end
+      samples = samples + 1
+      if w.state == "starting" then starting = starting + 1 end
+      return w, kids
+    end
+    local served = {}
+    for i = 1, 12 do
+      local pid = assert(echo(p.addr, "r" .. i))
+      served[pid] = (served[pid] or 0) + 1
+      if i % 2 == 0 then
+        -- This DONE retires pid: sample (without sleeping) until its
+        -- replacement is ready and pid has been reaped.
+        local deadline = H.now() + 10
+        while true do
+          local w, kids = sample()
+          if w.pid ~= pid and w.state == "free" and #kids == 1 then break end
+          assert.truthy(H.now() < deadline, "recycling of pid " .. pid .. " did not finish in 10 s")
+        end
+      else
+        for _ = 1, 3 do sample() end
+      end
+    end
+    -- Concurrency 1: a connection that arrives before the master has
+    -- counted the last DONE waits for the replacement, so each process
+    -- serves exactly 2.
+    local n = 0
+    for pid, k in pairs(served) do
+      n = n + 1
+      assert.equals(2, k, ("pid %d served %d"):format(pid, k))
+    end
+    assert.equals(6, n)
+    -- The samples did look inside the recyclings: the fixture keeps each
+    -- replacement starting for 0.2 s.
+    assert.truthy(starting >= 6, ("%d of %d samples saw a replacement starting"):format(starting, samples))
+    local log = p:log()
+    assert.equals(6, count(log, "retires: served 2 connections (--max-requests)"), log)
+    assert.falsy(log:find("killed by", 1, true), log)
+    finish(p)
+  end)
 end)
 
 describe("stopping", function()
