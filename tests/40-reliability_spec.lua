@@ -229,21 +229,30 @@ describe("--max-requests", function()
       assert.truthy(H.now() < deadline, "60 requests took over 30 s")
     end
     assert.same({}, failures)
-    -- 5 (+ 0..10 %, i.e. + 0 for 5) connections per process; one more may
-    -- be in flight when the DONE that retires it arrives.
+    -- The master retires a process when it has counted 5 (+ 0..10 % of
+    -- 5, i.e. + 0) DONEs from it. It may have handed it more before:
+    -- with one client at a time, up to 2. The worker closes a connection
+    -- before it reports it done, so the client's next connection can be
+    -- handed to the same process first (6); and the one after that too
+    -- (7) when the master is slow to run and its epoll_wait then lists
+    -- the listener before the channel holding that DONE. After that
+    -- batch the master has counted it. (Seen on a loaded machine.)
     local n = 0
     for pid, served in pairs(pids) do
       n = n + 1
-      assert.truthy(served <= 6, ("pid %d served %d"):format(pid, served))
+      assert.truthy(served <= 7, ("pid %d served %d"):format(pid, served))
     end
-    assert.truthy(n >= 10, n .. " distinct worker pids for 60 requests")
+    -- So at least ceil(60 / 7) = 9 processes served the 60 requests ...
+    assert.truthy(n >= 9, n .. " distinct worker pids for 60 requests")
     local log = p:log()
     local retired = 0
     for served in log:gmatch("retires: served (%d+) connections %(%-%-max%-requests%)") do
       retired = retired + 1
       assert.truthy(tonumber(served) == 5 or tonumber(served) == 6, served)
     end
-    assert.truthy(retired >= 9, retired .. " retirements logged")
+    -- ... and at least ceil((60 - 2 * 4) / 7) = 8 retired (the two that
+    -- remain have served at most 4 each).
+    assert.truthy(retired >= 8, retired .. " retirements logged")
     -- Retired processes finish and go: two workers remain, all new.
     local st = wait_status(p, function(s)
       return all_idle(s) and #H.children(p.pid) == 2

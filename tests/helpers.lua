@@ -95,9 +95,19 @@ function H.alive(pid)
   return state ~= "Z" and state ~= "X"
 end
 
+-- The number of fds pid has open, or nil when there is no such process.
+-- A shell reads them (through popen), and the popen pipe is left out:
+-- the calling process holds its read end, and, for a moment after the
+-- spawn, its write end too (until popen closes it in the parent); on a
+-- busy machine the shell can get there first, so counting the pipe gave
+-- the caller's own count +1 or +2 at random.
 function H.fd_count(pid)
-  local ok, _, out = H.run("ls /proc/" .. pid .. "/fd | wc -l")
-  return ok and tonumber(out:match("%d+")) or nil
+  local ok, _, out = H.run(([[
+d=/proc/%d/fd; [ -d $d ] || exit 1
+me=$(readlink /proc/$$/fd/1)
+n=$(LC_ALL=C ls -l $d 2>/dev/null | grep -F -- ' -> ' | grep -cvF -- "-> $me")
+echo "fds=$n"]]):format(pid))
+  return ok and tonumber(out:match("fds=(%d+)")) or nil
 end
 
 -- Child pids of pid (from /proc/PID/task/*/children).
