@@ -155,9 +155,14 @@ function H.start_pool(opts)
   setmetatable(p, { __index = H.Pool })
   pools[#pools + 1] = p
   -- The master's pid is in every log line: "pool[PID]".
+  -- (A pool that exits at once may write its log between our reading it
+  -- and seeing the exit: read it again then. Never take the exit code
+  -- for a pid.)
+  local function logged_pid()
+    return tonumber((H.readfile(p.log_path) or ""):match("pool%[(%d+)%]"))
+  end
   p.pid = H.wait_until(function()
-    local log = H.readfile(p.log_path) or ""
-    return tonumber(log:match("pool%[(%d+)%]")) or p:exited()
+    return logged_pid() or (p:exited() and (logged_pid() or "exited"))
   end, 10, "the pool's first log line")
   if type(p.pid) ~= "number" then p.pid = nil end
   if opts.wait ~= false and p.pid then
