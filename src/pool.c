@@ -1380,17 +1380,19 @@ listener_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 
 /*
  * Take worker idx's process out of the table: move it to a spare slot at
- * the top of the array (outside the policy's view), tell it to finish its
- * connections within the graceful grace, and free slot idx for a new
- * process. Returns 0, or -1 when no spare slot is left.
+ * the top of the array (outside the policy's view) and free slot idx for
+ * a new process. *moved is set to the spare slot (NULL when slot idx had
+ * no process). The process is not told to stop yet: see retire_stop.
+ * Returns 0, or -1 when no spare slot is left.
  */
 static int
-retire_worker(struct fdp_pool *p, int idx, const char *why)
+retire_move(struct fdp_pool *p, int idx, const char *why,
+            struct fdp_worker **moved)
 {
     struct fdp_worker *a = &p->workers[idx], *b = NULL, tmp;
-    struct fdp_stop_body body;
     int j;
 
+    *moved = NULL;
     if (a->slot.pid <= 0) {
         return 0;
     }
@@ -1429,6 +1431,18 @@ retire_worker(struct fdp_pool *p, int idx, const char *why)
     fdp_log(FDP_LOG_INFO, 0, "worker %d (pid %ld) retires: %s", idx + 1,
             (long) b->slot.pid, why);
     b->slot.state = FDP_W_EXITING;
+    *moved = b;
+    return 0;
+}
+
+
+/* Tell a moved-out process (retire_move) to finish its connections
+ * within the graceful grace, then go. */
+static void
+retire_stop(struct fdp_pool *p, struct fdp_worker *b)
+{
+    struct fdp_stop_body body;
+
     body.graceful = 1;
     body.grace_ms = (uint32_t) (p->graceful_grace * 1000);
     if (b->ch.fd < 0 || fdp_chan_send(&b->ch, FDP_MSG_STOP, 0, &body,
@@ -1438,20 +1452,48 @@ retire_worker(struct fdp_pool *p, int idx, const char *why)
         (void) fdp_loop_mod(&p->loop, &b->io, EPOLLIN | EPOLLOUT);
     }
     b->kill_at = fdp_now_ms() + body.grace_ms + KILL_MARGIN_MS;
+}
+
+
+/*
+ * Take worker idx's process out of the table and tell it to finish its
+ * connections within the graceful grace. Returns 0, or -1 when no spare
+ * slot is left.
+ */
+static int
+retire_worker(struct fdp_pool *p, int idx, const char *why)
+{
+    struct fdp_worker *b;
+
+    if (retire_move(p, idx, why, &b) < 0) {
+        return -1;
+    }
+    if (b != NULL) {
+        retire_stop(p, b);
+    }
     return 0;
 }
 
 
-/* Retire worker idx and start its replacement in the same slot. */
+/*
+ * Retire worker idx and start its replacement in the same slot. The
+ * replacement is forked before the old process is told to stop, so the
+ * slot never goes without a running process (docs/operations.md).
+ */
 static void
 replace_worker(struct fdp_pool *p, int idx, const char *why)
 {
-    if (retire_worker(p, idx, why) < 0) {
+    struct fdp_worker *b;
+
+    if (retire_move(p, idx, why, &b) < 0) {
         fdp_log(FDP_LOG_WARN, 0, "cannot retire worker %d now: no spare "
                 "slot", idx + 1);
         return;
     }
     (void) spawn_worker(p, idx);
+    if (b != NULL) {
+        retire_stop(p, b);
+    }
 }
 
 

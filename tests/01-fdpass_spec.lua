@@ -13,9 +13,8 @@ end
 
 local PID = mypid()
 
--- Open descriptors of this process. H.fd_count runs `ls` through popen,
--- whose pipe is open in our process while it runs: the same +1 every
--- time, so counts compare.
+-- Open descriptors of this process, once garbage is collected (H.fd_count
+-- leaves out the pipe of the popen that counts them).
 local function fdcount()
   collectgarbage()
   collectgarbage()

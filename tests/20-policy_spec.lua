@@ -289,6 +289,78 @@ describe("dispatch policies", function()
     end)
   end)
 
+  -- docs/ARCHITECTURE.md "Dispatch": a pick of a worker that cannot take
+  -- a connection falls back to first_free, unless no worker has room, in
+  -- which case the connection waits (and is not counted as a fallback).
+  describe("a policy that picks a full worker (always 1, --workers 2 --concurrency 1)", function()
+    it("falls back while another worker has room, and waits while none has", function()
+      local p = H.start_pool{ script = WHOAMI, workers = 2, concurrency = 1,
+                              policy = FIX .. "policy_always_1.lua" }
+      local held = {}
+      finally(function()
+        for _, fd in pairs(held) do fd:close() end
+        p:stop()
+      end)
+      -- Finish a held connection: the handler returns on a line.
+      local function release(name)
+        assert(held[name]:write("bye\n"))
+        assert.equals("", held[name]:read("a"))
+        held[name]:close()
+        held[name] = nil
+      end
+      local function st_is(what, pred)
+        return H.wait_status(p, pred, 10, what)
+      end
+
+      -- a: the pick is honoured.
+      local id
+      id, held.a = open(p.addr)
+      assert.equals(1, id)
+      st_is("worker 1 full", function(s) return s.workers[1].active == 1 end)
+      assert.equals(0, status(p).fallbacks)
+
+      -- b: worker 1 is full, worker 2 has room: first_free, logged.
+      id, held.b = open(p.addr)
+      assert.equals(2, id)
+      local st = status(p)
+      assert.equals(1, st.fallbacks)
+      assert.same({ 1, 1 }, { st.workers[1].active, st.workers[2].active })
+      H.wait_until(function()
+        return p:log():find("picked a worker that cannot take a connection; using first_free", 1, true)
+      end, 5, "the fallback in the log")
+
+      -- c: nobody has room: it waits in the master's queue, unanswered,
+      -- and that is not a fallback.
+      held.c = assert(fdpool.connect(p.addr, 10))
+      st = st_is("c queued", function(s) return s.accepted == 3 and s.queued == 1 end)
+      assert.equals(1, st.fallbacks)
+      assert.same({ 1, 1 }, { st.workers[1].active, st.workers[2].active })
+
+      -- Worker 2 gets room (b ends): the pick of full worker 1 falls back
+      -- again, and c goes to worker 2.
+      release("b")
+      local line = assert(held.c:read("l"))
+      assert.matches("^2 ", line)
+      st = st_is("c on worker 2", function(s) return s.queued == 0 and s.workers[2].active == 1 end)
+      assert.equals(2, st.fallbacks)
+
+      -- d: both full again, waits; worker 1 gets room (a ends): the pick
+      -- is honoured, no fallback.
+      held.d = assert(fdpool.connect(p.addr, 10))
+      st_is("d queued", function(s) return s.accepted == 4 and s.queued == 1 end)
+      release("a")
+      line = assert(held.d:read("l"))
+      assert.matches("^1 ", line)
+      release("c")
+      release("d")
+      st = st_is("all idle", function(s) return H.all_idle(s) and s.queued == 0 end)
+      assert.equals(2, st.fallbacks)
+      assert.same({ 2, 2 }, { st.workers[1].served, st.workers[2].served })
+      assert.equals(0, p:stop())
+      assert.same({}, H.unexpected_errors(p:log()))
+    end)
+  end)
+
   describe("custom status fields", function()
     -- Regression: a field's value used to arrive without its NUL and was
     -- read with "%s", so stale bytes of an earlier, longer message

@@ -54,6 +54,9 @@ function Driver:wait_line(key, timeout)
     local bad = self:line("timeout") or self:line("error")
     if bad then error("driver gave up: " .. table.concat(bad, " ") .. "\n" .. self:stderr()) end
     if self:exited() then
+      -- It may have printed the line after we read its stdout, then exited.
+      t = self:line(key)
+      if t then return t end
       error(("driver exited (%s) before printing '%s':\n%s%s"):format(
         self:exited(), key, self:stdout(), self:stderr()))
     end

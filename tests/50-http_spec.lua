@@ -697,6 +697,40 @@ describe("http.static (examples/static.lua)", function()
         assert.equal("bytes */256", r.headers["content-range"])
     end)
 
+    -- RFC 9110 §14.1.2-14.4: a last position past the end means the end,
+    -- a suffix longer than the file means all of it (still a 206), and a
+    -- first position at or past the end cannot be satisfied.
+    it("clamps ranges to the file: past the end, suffixes, single bytes (RFC 9110 §14)", function()
+        local data = all_bytes()
+        for _, t in ipairs{
+            -- Range, Content-Range, first and last byte (1-based) of the body
+            { "bytes=10-999", "bytes 10-255/256", 11, 256 },
+            { "bytes=-10", "bytes 246-255/256", 247, 256 },
+            { "bytes=-999", "bytes 0-255/256", 1, 256 },
+            { "bytes=-256", "bytes 0-255/256", 1, 256 },
+            { "bytes=0-0", "bytes 0-0/256", 1, 1 },
+            { "bytes=255-", "bytes 255-255/256", 256, 256 },
+            { "bytes=255-255", "bytes 255-255/256", 256, 256 },
+            { "bytes=255-9999", "bytes 255-255/256", 256, 256 },
+            { "bytes=0-", "bytes 0-255/256", 1, 256 },
+        } do
+            local r = assert(once(pool.addr, get("/data.bin", "Range: " .. t[1] .. "\r\n")))
+            assert.equal(206, r.status, t[1])
+            assert.equal(t[2], r.headers["content-range"], t[1])
+            local body = data:sub(t[3], t[4])
+            assert.equal(tostring(#body), r.headers["content-length"], t[1])
+            assert.equal(#body, #r.body, t[1])
+            assert.equal(body, r.body, t[1])
+        end
+        assert.equal(246, #data:sub(11, 256))
+        for _, range in ipairs{ "bytes=256-", "bytes=256-300", "bytes=1000-", "bytes=-0" } do
+            local r = assert(once(pool.addr, get("/data.bin", "Range: " .. range .. "\r\n")))
+            assert.equal(416, r.status, range)
+            assert.equal("bytes */256", r.headers["content-range"], range)
+            assert.equal("", r.body, range)
+        end
+    end)
+
     it("resumes a partial 3 MiB download (curl -C -) byte-exact", function()
         local dst = out .. "/resume.bin"
         sh("head -c 1234567 %s > %s", q(www .. "/big.bin"), q(dst))

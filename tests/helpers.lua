@@ -95,9 +95,19 @@ function H.alive(pid)
   return state ~= "Z" and state ~= "X"
 end
 
+-- The number of fds pid has open, or nil when there is no such process.
+-- A shell reads them (through popen), and the popen pipe is left out:
+-- the calling process holds its read end, and, for a moment after the
+-- spawn, its write end too (until popen closes it in the parent); on a
+-- busy machine the shell can get there first, so counting the pipe gave
+-- the caller's own count +1 or +2 at random.
 function H.fd_count(pid)
-  local ok, _, out = H.run("ls /proc/" .. pid .. "/fd | wc -l")
-  return ok and tonumber(out:match("%d+")) or nil
+  local ok, _, out = H.run(([[
+d=/proc/%d/fd; [ -d $d ] || exit 1
+me=$(readlink /proc/$$/fd/1)
+n=$(LC_ALL=C ls -l $d 2>/dev/null | grep -F -- ' -> ' | grep -cvF -- "-> $me")
+echo "fds=$n"]]):format(pid))
+  return ok and tonumber(out:match("fds=(%d+)")) or nil
 end
 
 -- Child pids of pid (from /proc/PID/task/*/children).
@@ -148,9 +158,14 @@ function H.start_pool(opts)
   setmetatable(p, { __index = H.Pool })
   pools[#pools + 1] = p
   -- The master's pid is in every log line: "pool[PID]".
+  -- (A pool that exits at once may write its log between our reading it
+  -- and seeing the exit: read it again then. Never take the exit code
+  -- for a pid.)
+  local function logged_pid()
+    return tonumber((H.readfile(p.log_path) or ""):match("pool%[(%d+)%]"))
+  end
   p.pid = H.wait_until(function()
-    local log = H.readfile(p.log_path) or ""
-    return tonumber(log:match("pool%[(%d+)%]")) or p:exited()
+    return logged_pid() or (p:exited() and (logged_pid() or "exited"))
   end, 10, "the pool's first log line")
   if type(p.pid) ~= "number" then p.pid = nil end
   if opts.wait ~= false and p.pid then
