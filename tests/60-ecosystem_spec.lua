@@ -356,7 +356,13 @@ describe("systemd", function()
     H.wait_until(function() return p:log():find("REPORT peer=", 1, true) end, 5, "the policy report")
     assert.matches("REPORT peer=127%.0%.0%.1:%d+ .* listener=web ", p:log())
     if user then
-      local st = assert(p:status())
+      -- A worker drops privileges before READY: read uids once both are.
+      local st = H.wait_status(p, function(s)
+        for _, w in ipairs(s.workers) do
+          if w.state ~= "free" and w.state ~= "busy" then return false end
+        end
+        return #s.workers == 2
+      end, 10, "both workers ready")
       for _, w in ipairs(st.workers) do
         local uid = (H.readfile("/proc/" .. w.pid .. "/status") or ""):match("\nUid:%s+(%d+)")
         assert.equal("33", uid)   -- www-data
