@@ -429,10 +429,10 @@ open_metrics(struct fdp_control *ctl, struct fdp_pool *p, char *err,
         fdp_format_sockaddr(&ss, where, sizeof(where), 1);
         if (ss.ss_family == AF_UNIX) {
             fdp_log(FDP_LOG_INFO, 0, "metrics on %s (GET /metrics, "
-                    "/healthz)", where);
+                    "/healthz, /status)", where);
         } else {
             fdp_log(FDP_LOG_INFO, 0, "metrics on http://%s/metrics (and "
-                    "/healthz)", where);
+                    "/healthz, /status)", where);
         }
     }
     ctl->mio.fd = ctl->mfd;

@@ -232,7 +232,7 @@ render_rows(struct fdp_buf *b, const struct fdp_status_info *info,
     for (i = 0; i < n; i++) {
         const struct fdp_slot *s = &slots[i];
         const char *st = fdp_slot_state(s);
-        double up = info->now - s->started;
+        double up = info->now - info->started;
 
         fdp_buf_printf(b, "<tr class=\"st-%s\" data-id=\"%d\" data-pid=\"%ld\" "
                        "data-state=\"%s\" data-src=\"html\">", st, s->id,
@@ -248,7 +248,7 @@ render_rows(struct fdp_buf *b, const struct fdp_status_info *info,
         cell(b, "active", "num", v);
         snprintf(v, sizeof(v), "%llu", (unsigned long long) s->served);
         cell(b, "served", "num", v);
-        if (s->pid > 0 && s->started > 0 && up >= 1) {
+        if (up >= 1) {
             snprintf(v, sizeof(v), "%.1f", (double) s->served / up);
         } else {
             snprintf(v, sizeof(v), "-");
