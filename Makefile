@@ -94,7 +94,7 @@ fuzz:
 bench: all
 	scripts/bench
 
-DOCS     := README.md $(wildcard docs/*.md)
+DOCS     := README.md $(wildcard docs/*.md docs/*.png)
 EXAMPLES := $(wildcard examples/*.lua) $(wildcard examples/systemd/*)
 
 install: all
