@@ -10,6 +10,7 @@
 #include "fdp.h"
 #include "pool.h"
 #include "ctlproto.h"
+#include "statuspage.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -25,7 +26,8 @@
 #include <netinet/in.h>
 
 #define CTL_CLIENTS     8
-#define CTL_LINE_MAX    1024    /* a --metrics request head */
+#define CTL_LINE_MAX    8192    /* a --metrics request head (a browser's
+                                 * may have cookies) */
 #define CTL_CMD_MAX     128     /* a control command line */
 #define CTL_TIMEOUT_MS  2000
 #define CTL_RELOAD_WAIT_S 75    /* client: a reload's new generation may
@@ -92,7 +94,7 @@ run_command(struct ctl_client *c, const char *line, size_t n)
     struct fdp_status_info info;
     const char *listen[FDP_MAX_LISTEN];
     long arg;
-    int cmd = fdp_ctl_parse(line, n, &arg), i;
+    int cmd = fdp_ctl_parse(line, n, &arg);
     struct fdp_slot *slots;
 
     switch (cmd) {
@@ -100,14 +102,10 @@ run_command(struct ctl_client *c, const char *line, size_t n)
     case FDP_CTL_STATUS_JSON:
     case FDP_CTL_STATUS_METRICS:
     case FDP_CTL_STATUS_LUA:
-        fdp_pool_status_info(p, &info, listen);
-        slots = calloc((size_t) p->nworkers, sizeof(*slots));
+        slots = fdp_statuspage_snapshot(p, &info, listen);
         if (slots == NULL) {
             fdp_buf_printf(&c->out, "ERR out of memory\n");
             return;
-        }
-        for (i = 0; i < p->nworkers; i++) {
-            slots[i] = p->workers[i].slot;
         }
         if (cmd == FDP_CTL_STATUS_JSON) {
             fdp_status_json(&c->out, &info, slots, p->nworkers);
@@ -163,7 +161,8 @@ run_command(struct ctl_client *c, const char *line, size_t n)
 
 
 /* GET /metrics (OpenMetrics) and GET /healthz (200 while workers run,
- * else 503), HTTP/1.x, one request per connection. */
+ * else 503), HTTP/1.x, one request per connection; the request line,
+ * /status and /status.json are src/statuspage.c's. */
 static void
 run_http(struct ctl_client *c)
 {
@@ -172,8 +171,11 @@ run_http(struct ctl_client *c)
     const char *listen[FDP_MAX_LISTEN];
     struct fdp_buf body;
     const char *status = "200 OK", *type = "text/plain; charset=utf-8";
-    int i, up = 0;
+    int i, up = 0, head;
 
+    if (fdp_statuspage_http(p, c->in, sizeof(c->in), &c->out, &head)) {
+        return;
+    }
     memset(&body, 0, sizeof(body));
     if (strncmp(c->in, "GET /metrics ", 13) == 0
         || strncmp(c->in, "GET /metrics?", 13) == 0) {
@@ -219,6 +221,9 @@ run_http(struct ctl_client *c)
     }
     c->out.oom |= body.oom;
     fdp_buf_free(&body);
+    if (head) {
+        fdp_statuspage_head_only(&c->out);
+    }
 }
 
 
@@ -253,10 +258,11 @@ client_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         c->nin += (size_t) n;
         c->in[c->nin] = '\0';
         if (c->http) {
-            if (strstr(c->in, "\r\n\r\n") == NULL
-                && strstr(c->in, "\n\n") == NULL) {
+            if (memmem(c->in, c->nin, "\r\n\r\n", 4) == NULL
+                && memmem(c->in, c->nin, "\n\n", 2) == NULL) {
                 if (c->nin == sizeof(c->in) - 1) {
-                    client_close(c);
+                    fdp_statuspage_too_large(&c->out);
+                    (void) fdp_loop_mod(&c->ctl->pool->loop, &c->io, EPOLLOUT);
                 }
                 return;
             }
@@ -300,6 +306,9 @@ client_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
                 break;
             }
             c->sent += (size_t) n;
+        }
+        if (c->http) {
+            fdp_statuspage_drain(c->fd);
         }
         client_close(c);
     }
@@ -347,7 +356,16 @@ control_accept(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         }
         if (c == NULL) {
             /* All slots taken: say so; fdp_control_request retries. */
-            (void) send(fd, "ERR busy\n", 9, MSG_NOSIGNAL | MSG_DONTWAIT);
+            static const char busy503[] = "HTTP/1.1 503 Service Unavailable"
+                "\r\nContent-Length: 5\r\nRetry-After: 1\r\n"
+                "Connection: close\r\n\r\nbusy\n";
+
+            if (http) {
+                (void) send(fd, busy503, sizeof(busy503) - 1,
+                            MSG_NOSIGNAL | MSG_DONTWAIT);
+            } else {
+                (void) send(fd, "ERR busy\n", 9, MSG_NOSIGNAL | MSG_DONTWAIT);
+            }
             fdp_close(&fd);
             continue;
         }
@@ -411,10 +429,10 @@ open_metrics(struct fdp_control *ctl, struct fdp_pool *p, char *err,
         fdp_format_sockaddr(&ss, where, sizeof(where), 1);
         if (ss.ss_family == AF_UNIX) {
             fdp_log(FDP_LOG_INFO, 0, "metrics on %s (GET /metrics, "
-                    "/healthz)", where);
+                    "/healthz, /status)", where);
         } else {
             fdp_log(FDP_LOG_INFO, 0, "metrics on http://%s/metrics (and "
-                    "/healthz)", where);
+                    "/healthz, /status)", where);
         }
     }
     ctl->mio.fd = ctl->mfd;
