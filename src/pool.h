@@ -14,6 +14,7 @@
 #include <sys/types.h>
 
 #include "acceptf.h"
+#include "addr.h"
 #include "channel.h"
 #include "loop.h"
 #include "status.h"
@@ -25,7 +26,6 @@
 #define FDP_MAX_LISTEN      16
 #define FDP_MAX_CONCURRENCY 65535
 #define FDP_QUEUE_MAX       1024
-#define FDP_ADDR_MAX        128
 
 struct lua_State;
 struct fdp_pool;
@@ -211,14 +211,6 @@ void fdp_pool_close_in_child(struct fdp_pool *p, int keep);
 void fdp_pool_admit(struct fdp_pool *p, struct fdp_pending *c);
 void fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
                           const char **listen);
-int fdp_unix_reclaim(const char *path);
-int fdp_unix_lock_dir(const char *path);
-int fdp_path_identity(const char *path, uint64_t *dev, uint64_t *ino);
-void fdp_unlink_own(const char *path, uint64_t dev, uint64_t ino);
-void fdp_format_sockaddr(const struct sockaddr_storage *ss, char *out,
-                         size_t n, int with_path);
-int fdp_parse_addr(const char *addr, struct sockaddr_storage *ss,
-                   socklen_t *len, char *err, size_t errlen);
 
 /* policy.c: runs the dispatch policy in Lua. */
 int fdp_policy_open(struct fdp_pool *p, char *err, size_t errlen);
