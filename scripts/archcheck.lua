@@ -1,5 +1,5 @@
 #!/usr/bin/env lua5.4
--- scripts/archcheck.lua [builddir]: checks that src/ keeps its layers.
+-- scripts/archcheck.lua [-v] [--layers FILE] [builddir]: checks that src/ keeps its layers.
 -- Reads which object in builddir (default build/) defines and which uses
 -- each global symbol (`nm`), and fails (exit 1, one line per problem) on
 --   - an object file not in tests/arch_layers.lua,
@@ -7,11 +7,15 @@
 --   - a loop between files (two or more files that use each other),
 -- except the "from>to" pairs in the table's allow list.
 -- Prints the file graph with -v.
-local B, verbose = "build", false
-for _, a in ipairs(arg) do
-  if a == "-v" then verbose = true else B = a end
+local B, verbose, layers = "build", false, "tests/arch_layers.lua"
+local i = 1
+while arg[i] do
+  if arg[i] == "-v" then verbose = true
+  elseif arg[i] == "--layers" then i = i + 1; layers = arg[i]
+  else B = arg[i] end
+  i = i + 1
 end
-local T = dofile("tests/arch_layers.lua")
+local T = dofile(layers)
 
 local layer, order = {}, {}
 for i, l in ipairs(T.layers) do

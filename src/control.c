@@ -9,6 +9,7 @@
  */
 #include "fdp.h"
 #include "pool.h"
+#include "control.h"
 #include "ctlproto.h"
 
 #include <fcntl.h>
@@ -811,3 +812,27 @@ fdp_control_default_path(struct fdp_pool *p, char *err, size_t errlen)
     }
     return 0;
 }
+
+
+/* The pool's service: at start, the default control path (when asked
+ * for) and the control socket and --metrics listener when either is set. */
+static int
+service_open(struct fdp_pool *p, char *err, size_t errlen)
+{
+    if (p->control_default && p->control_path == NULL
+        && fdp_control_default_path(p, err, errlen) < 0) {
+        return -1;
+    }
+    if (p->control_path || p->metrics_addr) {
+        return fdp_control_open(p, err, errlen);
+    }
+    return 0;
+}
+
+
+const struct fdp_service fdp_control_service = {
+    service_open,
+    fdp_control_close,
+    fdp_control_tick,
+    fdp_control_reload_done,
+};

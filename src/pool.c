@@ -7,6 +7,7 @@
  */
 #include "fdp.h"
 #include "pool.h"
+#include "policy.h"
 #include "proxy.h"
 
 #include <arpa/inet.h>
@@ -64,6 +65,16 @@ static void worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev);
 static void listener_io(struct fdp_loop *loop, struct fdp_io *io,
                         uint32_t ev);
 static void dispatch_queue(struct fdp_pool *p);
+
+
+static void
+service_close(struct fdp_pool *p, int unlink_path)
+{
+    if (p->service != NULL) {
+        p->service->close(p, unlink_path);
+    }
+}
+
 static void flush_batches(struct fdp_pool *p);
 
 
@@ -108,6 +119,7 @@ fdp_pool_new(void)
     p->accept_filter = FDP_AF_AUTO;
     p->max_pending = FDP_PENDING_MAX_DEFAULT;
     p->owner = getpid();
+    p->admit = fdp_pool_admit;
     return p;
 }
 
@@ -197,7 +209,7 @@ fdp_pool_close_in_child(struct fdp_pool *p, int keep)
     fdp_acceptf_close_in_child(p);
     fdp_close(&p->notify_fd);
     fdp_close(&p->sigfd);
-    fdp_control_close(p, 0);
+    service_close(p, 0);
     fdp_loop_free(&p->loop);
 }
 
@@ -568,7 +580,7 @@ worker_alloc_tables(struct fdp_worker *w, int capacity)
 
 /*
  * Fork worker idx. The child gets one end of a fresh SEQPACKET pair and
- * never returns from fdp_worker_main. Returns 0 or -errno (logged).
+ * never returns from p->worker_main. Returns 0 or -errno (logged).
  */
 static int
 spawn_worker(struct fdp_pool *p, int idx)
@@ -602,7 +614,10 @@ spawn_worker(struct fdp_pool *p, int idx)
         fdp_close(&sv[0]);
         fdp_pool_close_in_child(p, -1);
         fdp_chan_init(&w->ch, sv[1]);
-        fdp_worker_main(p, idx);
+        if (p->worker_main != NULL) {
+            p->worker_main(p, idx);
+        }
+        _exit(127);
     }
     fdp_close(&sv[1]);
     (void) fdp_set_nonblock(sv[0], 1);
@@ -1377,7 +1392,9 @@ reload_abort(struct fdp_pool *p, const char *why)
     fdp_log(FDP_LOG_ERROR, 0, "%s", text);
     notify(p, "READY=1\nSTATUS=reload refused, generation %d serving",
            p->generation);
-    fdp_control_reload_done(p, 0, text);
+    if (p->service != NULL) {
+        p->service->reload_done(p, 0, text);
+    }
 }
 
 
@@ -1485,7 +1502,9 @@ reload_commit(struct fdp_pool *p)
     p->notified_ready = 1;
     notify(p, "READY=1\nSTATUS=%d workers ready, generation %d",
            p->nworkers, p->generation);
-    fdp_control_reload_done(p, 1, text);
+    if (p->service != NULL) {
+        p->service->reload_done(p, 1, text);
+    }
     if (p->qlen > 0) {
         dispatch_queue(p);
     }
@@ -1501,7 +1520,7 @@ reload_commit(struct fdp_pool *p)
  * FAIL, dies, or is not READY within RELOAD_TIMEOUT_MS, the new
  * generation is stopped and the old one stays (reload_abort). Returns 0
  * when the new generation is starting (the outcome is logged and given
- * to fdp_control_reload_done), or -1 with p->error set when it is
+ * to p->service->reload_done), or -1 with p->error set when it is
  * refused at once (nothing changed; a fork that fails is logged twice).
  */
 int
@@ -2457,7 +2476,9 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
         && now >= p->accept_paused_until) {
         set_accepting(p, 1);
     }
-    fdp_control_tick(p);
+    if (p->service != NULL) {
+        p->service->tick(p);
+    }
     if (p->qlen > 0) {
         dispatch_queue(p);
     }
@@ -2623,12 +2644,8 @@ fdp_pool_start(struct fdp_pool *p)
     if (fdp_policy_open(p, p->error, sizeof(p->error)) < 0) {
         goto fail;
     }
-    if (p->control_default && p->control_path == NULL
-        && fdp_control_default_path(p, p->error, sizeof(p->error)) < 0) {
-        goto fail;
-    }
-    if ((p->control_path || p->metrics_addr)
-        && fdp_control_open(p, p->error, sizeof(p->error)) < 0) {
+    if (p->service != NULL
+        && p->service->open(p, p->error, sizeof(p->error)) < 0) {
         goto fail;
     }
     r = setup_signals(p);
@@ -2681,7 +2698,7 @@ fail:
         fdp_close(&p->sigfd);
         (void) sigprocmask(SIG_SETMASK, &p->oldmask, NULL);
     }
-    fdp_control_close(p, 1);
+    service_close(p, 1);
     fdp_policy_close(p);
     fdp_loop_free(&p->loop);
     return -1;
@@ -2762,7 +2779,7 @@ pool_finish(struct fdp_pool *p)
     for (i = 0; i < FDP_SLOTS; i++) {
         worker_drop_channel(p, &p->workers[i]);
     }
-    fdp_control_close(p, 1);
+    service_close(p, 1);
     fdp_policy_close(p);
     fdp_close(&p->sigfd);
     (void) sigprocmask(SIG_SETMASK, &p->oldmask, NULL);

@@ -22,5 +22,8 @@ return {
   -- Each entry is "from>to" (from's object uses a symbol defined by to's).
   -- The lead removes this list after merging R2.
   allow = {
+    "lconn>lfdpool",    -- fdp_fd_fileno: the fd object lives in the binding
+    "worker>lfdpool",   -- fdp_module_set_worker
+    "lconn>worker",     -- fdp_wait, fdp_conn_park...: lconn <-> worker loop
   },
 }
