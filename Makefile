@@ -28,7 +28,7 @@ LDFLAGS  ?=
 B        ?= build
 SAN      ?=
 
-CORE     := log fdpass channel loop addr status ctlproto proxy http_parse pool acceptf \
+CORE     := log fdpass channel loop addr status ctlproto proxy http_parse listen dispatch pool acceptf \
             control policy worker lconn lfdpool
 LUAFILES := $(sort $(wildcard lua/fdpool/*.lua lua/fdpool/*/*.lua))
 CORE_OBJ := $(patsubst %,$(B)/%.o,$(CORE)) $(B)/embed.o

@@ -8,6 +8,8 @@
 #include "fdp.h"
 #include "pool.h"
 #include "policy.h"
+#include "listen.h"
+#include "dispatch.h"
 #include "proxy.h"
 
 #include <arpa/inet.h>
@@ -28,43 +30,13 @@
 #include <sys/wait.h>
 #include <time.h>
 
-#define TICK_MS          100
 #define KILL_MARGIN_MS   500
 #define BACKOFF_MAX_MS   30000
-#define ACCEPT_BURST     256
 #define CRASH_LIMIT      10
 #define RELOAD_TIMEOUT_MS 60000
 
-struct fdp_parked {
-    int fd;
-    uint32_t listener;
-    uint32_t peerlen;               /* a PROXY header's client, or 0 */
-    unsigned char peer[28];
-    int by_peer;                    /* rpeer is the TCP peer it came from */
-    struct sockaddr_in6 rpeer;      /* (a dead socket has no peer name) */
-    struct fdp_io io;
-    struct fdp_timer timer;
-    struct fdp_pool *pool;
-    struct fdp_parked *prev, *next;
-};
-
-
-/* A connection on a `proxy` listener whose PROXY header is being read:
- * the one place the master reads client bytes (bounded size and time). */
-struct fdp_proxywait {
-    struct fdp_pending c;
-    struct fdp_io io;
-    struct fdp_timer timer;
-    struct fdp_pool *pool;
-    struct fdp_proxywait *prev, *next;
-};
-
-#define PROXY_TIMEOUT_MS 5000
 
 static void worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev);
-static void listener_io(struct fdp_loop *loop, struct fdp_io *io,
-                        uint32_t ev);
-static void dispatch_queue(struct fdp_pool *p);
 
 
 static void
@@ -75,7 +47,6 @@ service_close(struct fdp_pool *p, int unlink_path)
     }
 }
 
-static void flush_batches(struct fdp_pool *p);
 
 
 struct fdp_pool *
@@ -119,7 +90,7 @@ fdp_pool_new(void)
     p->accept_filter = FDP_AF_AUTO;
     p->max_pending = FDP_PENDING_MAX_DEFAULT;
     p->owner = getpid();
-    p->admit = fdp_pool_admit;
+    p->admit = fdp_dispatch_admit;
     return p;
 }
 
@@ -200,269 +171,12 @@ fdp_pool_close_in_child(struct fdp_pool *p, int keep)
         p->qhead = (p->qhead + 1) % FDP_QUEUE_MAX;
         p->qlen--;
     }
-    for (struct fdp_parked *k = p->parked; k; k = k->next) {
-        fdp_close(&k->fd);
-    }
-    for (struct fdp_proxywait *x = p->proxywait; x; x = x->next) {
-        fdp_close(&x->c.fd);
-    }
+    fdp_dispatch_close_in_child(p);
     fdp_acceptf_close_in_child(p);
     fdp_close(&p->notify_fd);
     fdp_close(&p->sigfd);
     service_close(p, 0);
     fdp_loop_free(&p->loop);
-}
-
-
-/* Bind and listen now (before any fork), so a port in use fails the start
- * at once. Returns 0 or -1 with p->error set. */
-int
-fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
-{
-    struct fdp_listener *l;
-    struct sockaddr_storage ss;
-    socklen_t len;
-    int one = 1, r, dirlock = -1;
-    const char *what;
-
-    if (p->nlisten == FDP_MAX_LISTEN) {
-        snprintf(p->error, sizeof(p->error), "too many listen addresses "
-                 "(at most %d)", FDP_MAX_LISTEN);
-        return -1;
-    }
-    char host[FDP_ADDR_MAX], *opt;
-
-    if (strlen(addr) >= FDP_ADDR_MAX) {
-        snprintf(p->error, sizeof(p->error), "listen address too long");
-        return -1;
-    }
-    l = &p->listeners[p->nlisten];
-    l->proxy = l->reuseport = 0;
-    l->filter = FDP_AF_AUTO;
-    /* ADDR[,reuseport][,proxy][,filter=MODE] */
-    snprintf(host, sizeof(host), "%s", addr);
-    opt = strchr(host, ',');
-    if (opt) {
-        char *tok, *save = NULL;
-
-        *opt++ = '\0';
-        for (tok = strtok_r(opt, ",", &save); tok;
-             tok = strtok_r(NULL, ",", &save)) {
-            if (strcmp(tok, "reuseport") == 0) {
-                l->reuseport = 1;
-            } else if (strcmp(tok, "proxy") == 0) {
-                l->proxy = 1;
-            } else if (strncmp(tok, "filter=", 7) == 0
-                       && fdp_acceptf_parse(tok + 7) >= 0) {
-                l->filter = fdp_acceptf_parse(tok + 7);
-            } else {
-                snprintf(p->error, sizeof(p->error), "bad address '%s': "
-                         "unknown option '%s' (expected reuseport, proxy, "
-                         "filter=none|data|http)", addr, tok);
-                return -1;
-            }
-        }
-    }
-    if (fdp_parse_addr(host, &ss, &len, p->error, sizeof(p->error)) < 0) {
-        return -1;
-    }
-    snprintf(l->addr, sizeof(l->addr), "%s", addr);
-    l->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (l->fd < 0) {
-        what = "socket()";
-        goto fail;
-    }
-    if (ss.ss_family == AF_UNIX) {
-        dirlock = fdp_unix_lock_dir(((struct sockaddr_un *) &ss)->sun_path);
-        r = fdp_unix_reclaim(((struct sockaddr_un *) &ss)->sun_path);
-        if (r < 0) {
-            errno = -r;
-            what = r == -EEXIST ? "path exists and is not a socket:"
-                                : "unix socket path";
-            goto fail;
-        }
-    } else {
-        (void) setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (l->reuseport && setsockopt(l->fd, SOL_SOCKET, SO_REUSEPORT, &one,
-                                       sizeof(one)) < 0) {
-            what = "setsockopt(SO_REUSEPORT)";
-            goto fail;
-        }
-        if (ss.ss_family == AF_INET6) {
-            (void) setsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &one,
-                              sizeof(one));
-        }
-    }
-    if (bind(l->fd, (struct sockaddr *) &ss, len) < 0) {
-        what = "bind()";
-        goto fail;
-    }
-    if (ss.ss_family == AF_UNIX) {
-        l->unix_path = strdup(((struct sockaddr_un *) &ss)->sun_path);
-        l->path_dev = l->path_ino = 0;
-        if (l->unix_path) {
-            (void) fdp_path_identity(l->unix_path, &l->path_dev,
-                                     &l->path_ino);
-        }
-    }
-    if (listen(l->fd, 4096) < 0) {
-        what = "listen()";
-        goto fail;
-    }
-    fdp_close(&dirlock);
-    len = sizeof(ss);
-    if (getsockname(l->fd, (struct sockaddr *) &ss, &len) < 0) {
-        what = "getsockname()";
-        goto fail;
-    }
-    fdp_format_sockaddr(&ss, l->bound, sizeof(l->bound), 1);
-    l->pool = p;
-    l->io.fd = l->fd;
-    l->io.cb = listener_io;
-    l->io.data = l;
-    p->nlisten++;
-    return 0;
-
-fail:
-    snprintf(p->error, sizeof(p->error), "cannot listen on %s: %s failed "
-             "(%s)", addr, what, strerror(errno));
-    fdp_close(&dirlock);
-    if (l->unix_path) {
-        fdp_unlink_own(l->unix_path, l->path_dev, l->path_ino);
-        free(l->unix_path);
-        l->unix_path = NULL;
-    }
-    fdp_close(&l->fd);
-    return -1;
-}
-
-
-/*
- * Adopt an already listening socket (systemd socket activation): made
- * non-blocking and CLOEXEC; name is its LISTEN_FDNAMES entry or NULL.
- * Returns 0 or -1 with p->error set.
- */
-int
-fdp_pool_add_fd(struct fdp_pool *p, int fd, const char *name)
-{
-    struct fdp_listener *l;
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof(ss);
-    int type = 0, acc = 0;
-    socklen_t olen = sizeof(type);
-
-    if (p->nlisten == FDP_MAX_LISTEN) {
-        snprintf(p->error, sizeof(p->error), "too many listen sockets");
-        return -1;
-    }
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &olen) < 0
-        || type != SOCK_STREAM
-        || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &olen) < 0 || !acc
-        || getsockname(fd, (struct sockaddr *) &ss, &len) < 0) {
-        snprintf(p->error, sizeof(p->error), "inherited fd %d is not a "
-                 "listening stream socket", fd);
-        return -1;
-    }
-    (void) fdp_set_nonblock(fd, 1);
-    (void) fcntl(fd, F_SETFD, FD_CLOEXEC);
-    l = &p->listeners[p->nlisten];
-    memset(l, 0, sizeof(*l));
-    l->fd = fd;
-    fdp_format_sockaddr(&ss, l->bound, sizeof(l->bound), 1);
-    l->named = name && *name;
-    if (l->named) {
-        snprintf(l->addr, sizeof(l->addr), "%s", name);
-    } else {
-        memcpy(l->addr, l->bound, sizeof(l->addr));
-    }
-    l->pool = p;
-    l->io.fd = fd;
-    l->io.cb = listener_io;
-    l->io.data = l;
-    p->nlisten++;
-    return 0;
-}
-
-
-/*
- * systemd socket activation: when LISTEN_PID is us, adopt fds 3 ..
- * 3 + LISTEN_FDS - 1 (named by LISTEN_FDNAMES) and unset the variables
- * so workers and children do not see them. Returns the number adopted,
- * or -1 with p->error set.
- */
-int
-fdp_pool_systemd_fds(struct fdp_pool *p)
-{
-    const char *spid = getenv("LISTEN_PID"), *sfds = getenv("LISTEN_FDS");
-    const char *names = getenv("LISTEN_FDNAMES");
-    char buf[1024], *save = NULL, *name;
-    long n, i;
-
-    if (spid == NULL || sfds == NULL || strtol(spid, NULL, 10) != getpid()) {
-        return 0;
-    }
-    n = strtol(sfds, NULL, 10);
-    if (n < 1 || n > FDP_MAX_LISTEN) {
-        snprintf(p->error, sizeof(p->error), "LISTEN_FDS=%s out of range",
-                 sfds);
-        return -1;
-    }
-    snprintf(buf, sizeof(buf), "%s", names ? names : "");
-    name = strtok_r(buf, ":", &save);
-    for (i = 0; i < n; i++) {
-        if (fdp_pool_add_fd(p, 3 + (int) i, name) < 0) {
-            return -1;
-        }
-        name = name ? strtok_r(NULL, ":", &save) : NULL;
-    }
-    unsetenv("LISTEN_PID");
-    unsetenv("LISTEN_FDS");
-    unsetenv("LISTEN_FDNAMES");
-    return (int) n;
-}
-
-
-/* sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET. */
-static void
-notify(struct fdp_pool *p, const char *fmt, ...)
-{
-    struct sockaddr_un un;
-    char msg[256];
-    va_list ap;
-    socklen_t len;
-
-    if (p->notify_fd < 0 || getpid() != p->owner) {
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    memset(&un, 0, sizeof(un));
-    un.sun_family = AF_UNIX;
-    memcpy(un.sun_path, p->notify_path, sizeof(un.sun_path));
-    len = (socklen_t) (offsetof(struct sockaddr_un, sun_path)
-                       + strlen(p->notify_path + (p->notify_path[0] == '@')) + 1
-                       - (p->notify_path[0] == '@'));
-    if (un.sun_path[0] == '@') {
-        un.sun_path[0] = '\0';         /* abstract namespace */
-    }
-    (void) sendto(p->notify_fd, msg, strlen(msg), MSG_NOSIGNAL,
-                  (struct sockaddr *) &un, len);
-}
-
-
-static void
-notify_open(struct fdp_pool *p)
-{
-    const char *path = getenv("NOTIFY_SOCKET");
-
-    if (path == NULL || (path[0] != '/' && path[0] != '@')
-        || strlen(path) >= sizeof(p->notify_path)) {
-        return;
-    }
-    snprintf(p->notify_path, sizeof(p->notify_path), "%s", path);
-    p->notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    unsetenv("NOTIFY_SOCKET");
 }
 
 
@@ -515,45 +229,6 @@ fail:
 }
 
 
-static void
-close_listeners(struct fdp_pool *p)
-{
-    int i;
-
-    for (i = 0; i < p->nlisten; i++) {
-        struct fdp_listener *l = &p->listeners[i];
-
-        if (l->fd >= 0) {
-            if (p->loop.epfd >= 0) {
-                (void) fdp_loop_del(&p->loop, &l->io);
-            }
-            fdp_close(&l->fd);
-        }
-        if (l->unix_path && getpid() == p->owner) {
-            fdp_unlink_own(l->unix_path, l->path_dev, l->path_ino);
-        }
-        free(l->unix_path);
-        l->unix_path = NULL;
-    }
-}
-
-
-static void
-set_accepting(struct fdp_pool *p, int on)
-{
-    int i;
-
-    if (p->accepting == on) {
-        return;
-    }
-    p->accepting = on;
-    for (i = 0; i < p->nlisten; i++) {
-        if (p->listeners[i].fd >= 0) {
-            (void) fdp_loop_mod(&p->loop, &p->listeners[i].io,
-                                on ? EPOLLIN : 0);
-        }
-    }
-}
 
 
 static int
@@ -657,511 +332,44 @@ spawn_worker(struct fdp_pool *p, int idx)
 }
 
 
-/* Only ever signal a pid this master forked and has not reaped. */
-static void
-worker_kill(struct fdp_worker *w, int sig)
-{
-    if (w->slot.pid > 0) {
-        (void) kill(w->slot.pid, sig);
-    }
-}
 
 
-static void
-worker_drop_channel(struct fdp_pool *p, struct fdp_worker *w)
-{
-    int k;
-
-    if (w->ch.fd >= 0) {
-        (void) fdp_loop_del(&p->loop, &w->io);
-        fdp_chan_close(&w->ch);
-    }
-    w->io.fd = -1;
-    for (k = 0; k < w->nbatch; k++) {
-        fdp_close(&w->batchfds[k]);
-    }
-    w->nbatch = 0;
-}
 
 
-/* A worker broke the protocol: it is replaced, never trusted again. */
-static void
-worker_fault(struct fdp_pool *p, struct fdp_worker *w, const char *why)
-{
-    fdp_log(FDP_LOG_ERROR, 0, "worker %d (pid %ld) is faulty: %s; killing it",
-            w->slot.id, (long) w->slot.pid, why);
-    worker_drop_channel(p, w);
-    w->slot.state = FDP_W_EXITING;
-    w->ordered = 1;
-    worker_kill(w, SIGKILL);
-}
 
 
-static int
-worker_can_take(const struct fdp_worker *w)
-{
-    return w->slot.state == FDP_W_RUNNING
-           && (w->pool->simulated || (w->ch.fd >= 0 && w->nfree > 0))
-           && w->slot.active < w->slot.capacity;
-}
 
 
-static int
-first_free(struct fdp_pool *p)
-{
-    int i;
-
-    for (i = 0; i < p->nworkers; i++) {
-        if (worker_can_take(&p->workers[i])) {
-            return i;
-        }
-    }
-    return -1;
-}
 
 
-static void
-send_batch(struct fdp_pool *p, struct fdp_worker *w)
-{
-    int r, k;
-
-    if (w->nbatch == 0) {
-        return;
-    }
-    r = fdp_chan_send(&w->ch, FDP_MSG_CONN, (unsigned) w->nbatch, w->batch,
-                      (size_t) w->nbatch * sizeof(w->batch[0]), w->batchfds,
-                      w->nbatch);
-    if (r == 0) {
-        w->nbatch = 0;
-        if (w->ch.head != NULL) {
-            (void) fdp_loop_mod(&p->loop, &w->io, EPOLLIN | EPOLLOUT);
-        }
-        return;
-    }
-    /* The worker is gone or stuck: its connections go back to the queue
-     * front, to be handed to another worker. */
-    fdp_log(FDP_LOG_WARN, -r, "cannot hand %d connection(s) to worker %d",
-            w->nbatch, w->slot.id);
-    for (k = w->nbatch - 1; k >= 0; k--) {
-        uint32_t i = (uint32_t) (w->batch[k].id & 0xffff);
-
-        if (p->qlen < FDP_QUEUE_MAX) {
-            struct fdp_pending *q;
-
-            p->qhead = (p->qhead + FDP_QUEUE_MAX - 1) % FDP_QUEUE_MAX;
-            q = &p->queue[p->qhead];
-            memset(q, 0, sizeof(*q));
-            q->fd = w->batchfds[k];
-            q->listener = w->batch[k].listener;
-            /* Keep what identifies it (a PROXY client, the TCP peer). */
-            if (w->inflight[i].peerlen > 0) {
-                memcpy(&q->peer, w->inflight[i].peer, w->inflight[i].peerlen);
-                q->peerlen = w->inflight[i].peerlen;
-                q->proxied = 1;
-            } else if (w->inflight[i].by_peer) {
-                memcpy(&q->peer, &w->inflight[i].rpeer,
-                       sizeof(w->inflight[i].rpeer));
-                q->peerlen = w->inflight[i].rpeer.sin6_family == AF_INET
-                             ? sizeof(struct sockaddr_in)
-                             : sizeof(struct sockaddr_in6);
-            }
-            p->qlen++;
-        } else {
-            fdp_close(&w->batchfds[k]);
-        }
-        fdp_acceptf_inflight_done(p, &w->inflight[i]);
-        w->inflight[i].id = 0;
-        w->freeidx[w->nfree++] = i;
-        w->slot.active--;
-    }
-    w->nbatch = 0;
-    worker_fault(p, w, "its channel refused a message");
-}
 
 
-static void
-flush_batches(struct fdp_pool *p)
-{
-    int i;
-
-    for (i = 0; i < p->nworkers; i++) {
-        if (p->workers[i].nbatch > 0) {
-            send_batch(p, &p->workers[i]);
-        }
-    }
-}
 
 
-/* Put c in worker idx's next CONN message. Takes ownership of c->fd. */
-static void
-hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
-{
-    struct fdp_worker *w = &p->workers[idx];
-    uint32_t k = w->freeidx[--w->nfree];
-    uint64_t id = (++p->conn_seq << 16) | k;
-
-    w->inflight[k].id = id;
-    w->inflight[k].since_us = fdp_now_us();
-    if (c->since_us) {
-        double lat = (double) (w->inflight[k].since_us - c->since_us) / 1e6;
-        int b;
-
-        for (b = 0; b < FDP_LAT_BUCKETS - 1 && lat > fdp_lat_bounds[b]; b++) {
-        }
-        p->lat_counts[b]++;
-        p->lat_sum += lat;
-        p->lat_count++;
-    }
-    w->inflight[k].escalated = 0;
-    w->inflight[k].listener = c->listener;
-    /* Remember the socket's identity for a later PARK: a plain TCP
-     * connection by the peer address accept4 gave (no syscall on the hot
-     * path), anything else by fstat's dev/ino. */
-    w->inflight[k].by_peer = 0;
-    if (!c->proxied && (c->peer.ss_family == AF_INET
-                        || c->peer.ss_family == AF_INET6)
-        && c->peerlen <= sizeof(w->inflight[k].rpeer)) {
-        memset(&w->inflight[k].rpeer, 0, sizeof(w->inflight[k].rpeer));
-        memcpy(&w->inflight[k].rpeer, &c->peer, c->peerlen);
-        w->inflight[k].by_peer = 1;
-    } else {
-        struct stat st;
-
-        if (fstat(c->fd, &st) == 0) {
-            w->inflight[k].ino = (uint64_t) st.st_ino;
-            w->inflight[k].dev = (uint64_t) st.st_dev;
-        }
-    }
-    w->batch[w->nbatch].id = id;
-    w->batch[w->nbatch].listener = c->listener;
-    w->batch[w->nbatch].reserved = 0;
-    w->batch[w->nbatch].peerlen = 0;
-    w->inflight[k].peerlen = 0;
-    if (c->proxied && c->peerlen <= sizeof(w->batch[0].peer)) {
-        w->batch[w->nbatch].peerlen = c->peerlen;
-        memcpy(w->batch[w->nbatch].peer, &c->peer, c->peerlen);
-        w->inflight[k].peerlen = c->peerlen;
-        memcpy(w->inflight[k].peer, &c->peer, c->peerlen);
-    }
-    w->batchfds[w->nbatch] = c->fd;
-    w->nbatch++;
-    w->slot.active++;
-    fdp_slot_update_busy(&w->slot, fdp_wall());
-    if (w->nbatch == FDP_BATCH_MAX) {
-        send_batch(p, w);
-    }
-}
 
 
-static void
-log_fallback(struct fdp_pool *p, const char *why)
-{
-    uint64_t now = p->loop.now;
-
-    p->fallbacks++;
-    if (now - p->fallback_logged_ms >= 1000) {
-        fdp_log(FDP_LOG_WARN, 0, "policy %s: %s; using first_free "
-                "(%llu more since the last report)", fdp_policy_name(p), why,
-                (unsigned long long) p->fallback_unlogged);
-        p->fallback_logged_ms = now;
-        p->fallback_unlogged = 0;
-    } else {
-        p->fallback_unlogged++;
-    }
-}
 
 
-/*
- * The dispatch decision for c, shared by the master and fdpool.sim: the
- * policy's pick, checked. Returns a worker index, or -1 to keep c queued.
- * *fallback is set when the policy failed and first_free chose.
- */
-int
-fdp_pool_choose(struct fdp_pool *p, const struct fdp_pending *c,
-                int *fallback)
-{
-    int idx = fdp_policy_pick(p, c);
-
-    *fallback = 0;
-    if (idx == -1) {
-        return -1;
-    }
-    if (idx >= 0 && !worker_can_take(&p->workers[idx])) {
-        /* A full or unready pick when someone else has room is the
-         * policy's mistake; when nobody has room, keep it queued. */
-        if (first_free(p) < 0) {
-            return -1;
-        }
-        log_fallback(p, "picked a worker that cannot take a connection");
-        idx = -2;
-    }
-    if (idx == -2) {
-        *fallback = 1;
-        idx = first_free(p);
-    }
-    return idx;
-}
 
 
-/* Try to hand c to a worker. Returns 1 when handed, 0 to keep it. */
-static int
-dispatch_one(struct fdp_pool *p, const struct fdp_pending *c)
-{
-    int fallback, idx = fdp_pool_choose(p, c, &fallback);
-
-    if (idx < 0) {
-        return 0;
-    }
-    hand(p, idx, c);
-    return 1;
-}
 
 
-static void
-dispatch_queue(struct fdp_pool *p)
-{
-    while (p->qlen > 0 && first_free(p) >= 0) {
-        struct fdp_pending *c = &p->queue[p->qhead];
-
-        if (!dispatch_one(p, c)) {
-            break;
-        }
-        c->fd = -1;
-        p->qhead = (p->qhead + 1) % FDP_QUEUE_MAX;
-        p->qlen--;
-    }
-    flush_batches(p);
-    if (!p->stopping && !p->accepting && p->qlen < FDP_QUEUE_MAX / 2
-        && fdp_now_ms() >= p->accept_paused_until) {
-        set_accepting(p, 1);
-    }
-}
 
 
-static void
-queue_or_dispatch(struct fdp_pool *p, struct fdp_pending *c)
-{
-    if (p->qlen > 0 || !dispatch_one(p, c)) {
-        if (p->qlen == FDP_QUEUE_MAX) {
-            fdp_close(&c->fd);      /* cannot happen: accept stops first */
-            return;
-        }
-        p->queue[(p->qhead + p->qlen) % FDP_QUEUE_MAX] = *c;
-        p->qlen++;
-        if (p->qlen == FDP_QUEUE_MAX) {
-            set_accepting(p, 0);
-        }
-    }
-}
 
 
-/* A connection the accept filter found ready: dispatched as if just
- * accepted. Takes ownership of c->fd. */
-void
-fdp_pool_admit(struct fdp_pool *p, struct fdp_pending *c)
-{
-    if (p->qlen == FDP_QUEUE_MAX) {
-        /* Every worker full and the queue too: no room to wait in. */
-        p->af_closed[FDP_AF_OVERFLOW]++;
-        fdp_acceptf_ip_release(p, &c->peer, c->listener);
-        fdp_close(&c->fd);
-        return;
-    }
-    queue_or_dispatch(p, c);
-    flush_batches(p);
-}
 
 
-static void
-proxywait_free(struct fdp_pool *p, struct fdp_proxywait *x)
-{
-    if (x->c.fd >= 0) {
-        (void) fdp_loop_del(&p->loop, &x->io);
-        fdp_close(&x->c.fd);
-    }
-    fdp_timer_stop(&p->loop, &x->timer);
-    if (x->prev) {
-        x->prev->next = x->next;
-    } else {
-        p->proxywait = x->next;
-    }
-    if (x->next) {
-        x->next->prev = x->prev;
-    }
-    free(x);
-}
 
 
-static void
-proxywait_timeout(struct fdp_loop *loop, struct fdp_timer *t)
-{
-    struct fdp_proxywait *x = t->data;
-
-    (void) loop;
-    fdp_log(FDP_LOG_DEBUG, 0, "no PROXY header within %d ms; closed",
-            PROXY_TIMEOUT_MS);
-    proxywait_free(x->pool, x);
-}
 
 
-/*
- * Bytes on a connection of a `proxy` listener: peek, parse, consume
- * exactly the header, and dispatch with the client's address. A bad
- * header closes the connection.
- */
-static void
-proxywait_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
-{
-    struct fdp_proxywait *x = io->data;
-    struct fdp_pool *p = x->pool;
-    uint8_t buf[FDP_PROXY_MAX];
-    struct sockaddr_storage src;
-    socklen_t slen;
-    ssize_t n;
-    int r;
-
-    (void) loop;
-    (void) ev;
-    do {
-        n = recv(x->c.fd, buf, sizeof(buf), MSG_PEEK);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        return;
-    }
-    r = n > 0 ? fdp_proxy_parse(buf, (size_t) n, &src, &slen) : -1;
-    if (r == 0 && (size_t) n < sizeof(buf)) {
-        return;                     /* wait for the rest */
-    }
-    if (r <= 0 || recv(x->c.fd, buf, (size_t) r, 0) != r) {
-        fdp_log(FDP_LOG_DEBUG, 0, "bad or missing PROXY header on %s; closed",
-                p->listeners[x->c.listener].bound);
-        proxywait_free(p, x);
-        return;
-    }
-    if (slen > 0) {
-        memcpy(&x->c.peer, &src, slen);
-        x->c.peerlen = slen;
-        x->c.proxied = 1;
-    }
-    (void) fdp_loop_del(&p->loop, &x->io);
-    {
-        struct fdp_pending c = x->c;
-
-        x->c.fd = -1;
-        proxywait_free(p, x);
-        if (!fdp_acceptf_hold(p, &c)) {
-            queue_or_dispatch(p, &c);
-        }
-    }
-    flush_batches(p);
-}
 
 
-static void
-proxywait_start(struct fdp_pool *p, struct fdp_pending *c)
-{
-    struct fdp_proxywait *x = calloc(1, sizeof(*x));
-
-    if (x == NULL) {
-        fdp_close(&c->fd);
-        return;
-    }
-    x->c = *c;
-    x->pool = p;
-    x->io.fd = c->fd;
-    x->io.cb = proxywait_io;
-    x->io.data = x;
-    fdp_timer_init(&x->timer, proxywait_timeout, x);
-    /* Edge-triggered: a partial header waits for more bytes instead of
-     * waking the master again and again. */
-    if (fdp_loop_add(&p->loop, &x->io, EPOLLIN | EPOLLRDHUP | EPOLLET) < 0) {
-        fdp_close(&x->c.fd);
-        free(x);
-        return;
-    }
-    (void) fdp_timer_start(&p->loop, &x->timer, PROXY_TIMEOUT_MS);
-    x->next = p->proxywait;
-    if (p->proxywait) {
-        p->proxywait->prev = x;
-    }
-    p->proxywait = x;
-}
 
 
-static void
-close_proxywait(struct fdp_pool *p)
-{
-    while (p->proxywait) {
-        proxywait_free(p, p->proxywait);
-    }
-}
 
 
-static void
-listener_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
-{
-    struct fdp_listener *l = io->data;
-    struct fdp_pool *p = l->pool;
-    int n;
-
-    (void) loop;
-    (void) ev;
-    for (n = 0; n < ACCEPT_BURST && p->accepting; n++) {
-        struct fdp_pending c;
-        int fd;
-
-        c.peerlen = sizeof(c.peer);
-        fd = accept4(l->fd, (struct sockaddr *) &c.peer, &c.peerlen,
-                     SOCK_CLOEXEC | SOCK_NONBLOCK);
-        if (fd < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                break;
-            }
-            if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) {
-                continue;
-            }
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS
-                || errno == ENOMEM) {
-                /* Out of descriptors: stop accepting for a tick rather
-                 * than spin on a listener that stays readable. */
-                uint64_t now = fdp_now_ms();
-
-                if (now - p->emfile_logged_ms >= 1000) {
-                    fdp_log(FDP_LOG_ERROR, errno, "accept4() failed on %s; "
-                            "pausing accept for 100 ms", l->bound);
-                    p->emfile_logged_ms = now;
-                }
-                p->accept_paused_until = now + TICK_MS;
-                set_accepting(p, 0);
-                break;
-            }
-            fdp_log(FDP_LOG_ERROR, errno, "accept4() failed on %s", l->bound);
-            break;
-        }
-        p->accepted++;
-        c.fd = fd;
-        c.listener = (uint32_t) (l - p->listeners);
-        c.proxied = 0;
-        c.since_us = fdp_now_us();
-        if (fdp_acceptf_ip_take(p, &c.peer, c.listener) < 0) {
-            fdp_close(&c.fd);
-            continue;
-        }
-        if (l->proxy) {
-            proxywait_start(p, &c);
-            continue;
-        }
-        if (fdp_acceptf_hold(p, &c)) {
-            continue;
-        }
-        queue_or_dispatch(p, &c);
-    }
-    if (p->qlen > 0) {
-        dispatch_queue(p);
-    } else {
-        flush_batches(p);
-    }
-}
 
 
 /*
@@ -1191,7 +399,7 @@ retire_move(struct fdp_pool *p, int idx, const char *why,
     if (b == NULL) {
         return -1;
     }
-    send_batch(p, a);
+    fdp_dispatch_send(p, a);
     if (a->ch.fd >= 0) {
         (void) fdp_loop_del(&p->loop, &a->io);
     }
@@ -1233,7 +441,7 @@ retire_stop(struct fdp_pool *p, struct fdp_worker *b)
     body.grace_ms = (uint32_t) (p->graceful_grace * 1000);
     if (b->ch.fd < 0 || fdp_chan_send(&b->ch, FDP_MSG_STOP, 0, &body,
                                       sizeof(body), NULL, 0) < 0) {
-        worker_kill(b, SIGKILL);
+        fdp_worker_kill(b, SIGKILL);
     } else if (b->ch.head != NULL) {
         (void) fdp_loop_mod(&p->loop, &b->io, EPOLLIN | EPOLLOUT);
     }
@@ -1379,8 +587,8 @@ reload_abort(struct fdp_pool *p, const char *why)
         w->retiring = 1;
         w->ordered = 1;
         w->slot.state = FDP_W_EXITING;
-        worker_drop_channel(p, w);
-        worker_kill(w, SIGTERM);
+        fdp_worker_drop_channel(p, w);
+        fdp_worker_kill(w, SIGTERM);
         w->kill_at = fdp_now_ms() + 1000;
     }
     p->reload_gen = 0;
@@ -1390,7 +598,7 @@ reload_abort(struct fdp_pool *p, const char *why)
     free(p->reload_src);
     p->reload_src = NULL;
     fdp_log(FDP_LOG_ERROR, 0, "%s", text);
-    notify(p, "READY=1\nSTATUS=reload refused, generation %d serving",
+    fdp_notify(p, "READY=1\nSTATUS=reload refused, generation %d serving",
            p->generation);
     if (p->service != NULL) {
         p->service->reload_done(p, 0, text);
@@ -1410,7 +618,7 @@ reload_swap(struct fdp_pool *p, int i, int j)
     struct fdp_stop_body body;
     uint32_t restarts = a->slot.restarts;
 
-    send_batch(p, a);
+    fdp_dispatch_send(p, a);
     if (a->ch.fd >= 0) {
         (void) fdp_loop_del(&p->loop, &a->io);
     }
@@ -1450,7 +658,7 @@ reload_swap(struct fdp_pool *p, int i, int j)
     body.grace_ms = (uint32_t) (p->graceful_grace * 1000);
     if (b->ch.fd < 0 || fdp_chan_send(&b->ch, FDP_MSG_STOP, 0, &body,
                                       sizeof(body), NULL, 0) < 0) {
-        worker_kill(b, SIGKILL);
+        fdp_worker_kill(b, SIGKILL);
     } else if (b->ch.head != NULL) {
         (void) fdp_loop_mod(&p->loop, &b->io, EPOLLIN | EPOLLOUT);
     }
@@ -1500,13 +708,13 @@ reload_commit(struct fdp_pool *p)
              "(%d worker(s))", p->generation, p->nworkers);
     fdp_log(FDP_LOG_INFO, 0, "%s", text);
     p->notified_ready = 1;
-    notify(p, "READY=1\nSTATUS=%d workers ready, generation %d",
+    fdp_notify(p, "READY=1\nSTATUS=%d workers ready, generation %d",
            p->nworkers, p->generation);
     if (p->service != NULL) {
         p->service->reload_done(p, 1, text);
     }
     if (p->qlen > 0) {
-        dispatch_queue(p);
+        fdp_dispatch_queue(p);
     }
 }
 
@@ -1583,7 +791,7 @@ fdp_pool_reload(struct fdp_pool *p)
     p->reload_deadline = fdp_now_ms() + RELOAD_TIMEOUT_MS;
     fdp_log(FDP_LOG_INFO, 0, "reloading: generation %d starting next to "
             "generation %d", p->reload_gen, p->generation);
-    notify(p, "RELOADING=1\nMONOTONIC_USEC=%llu",
+    fdp_notify(p, "RELOADING=1\nMONOTONIC_USEC=%llu",
            (unsigned long long) fdp_now_us());
     j = FDP_SLOTS;
     p->spawn_new = 1;
@@ -1619,250 +827,16 @@ refused:
 }
 
 
-static void
-parked_free(struct fdp_pool *p, struct fdp_parked *k)
-{
-    if (k->fd >= 0) {
-        /* Give back its --max-conns-per-ip count by the address it was
-         * accepted from: a client that reset has no peer name any more. */
-        if (k->by_peer) {
-            fdp_acceptf_ip_release(p, &k->rpeer, k->listener);
-        } else {
-            fdp_acceptf_fd_release(p, k->fd, k->listener);
-        }
-        (void) fdp_loop_del(&p->loop, &k->io);
-        fdp_close(&k->fd);
-    }
-    fdp_timer_stop(&p->loop, &k->timer);
-    if (k->prev) {
-        k->prev->next = k->next;
-    } else {
-        p->parked = k->next;
-    }
-    if (k->next) {
-        k->next->prev = k->prev;
-    }
-    p->nparked--;
-    free(k);
-}
 
 
-static void
-parked_timeout(struct fdp_loop *loop, struct fdp_timer *t)
-{
-    struct fdp_parked *k = t->data;
-
-    (void) loop;
-    parked_free(k->pool, k);
-}
 
 
-/*
- * A parked connection has bytes (a next request): dispatch it again, as
- * if just accepted. A hang-up without bytes just closes it.
- */
-static void
-parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
-{
-    struct fdp_parked *k = io->data;
-    struct fdp_pool *p = k->pool;
-    struct fdp_pending c;
-
-    (void) loop;
-    if (p->stopping) {
-        parked_free(p, k);
-        return;
-    }
-    if (!(ev & EPOLLIN) || (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
-        /* Bytes and a hang-up together (a last request, then FIN) still
-         * go to a worker; a hang-up or a reset alone closes it here. */
-        char b;
-        ssize_t n = recv(k->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-
-        if (n < 0 && (errno == EAGAIN || errno == EINTR)
-            && (ev & EPOLLIN)) {
-            return;
-        }
-        if (n <= 0) {
-            p->closed_by_peer++;
-            parked_free(p, k);
-            return;
-        }
-    }
-    memset(&c, 0, sizeof(c));
-    c.listener = k->listener;
-    c.since_us = fdp_now_us();
-    if (k->peerlen > 0) {
-        memcpy(&c.peer, k->peer, k->peerlen);
-        c.peerlen = k->peerlen;
-        c.proxied = 1;
-    } else {
-        c.peerlen = sizeof(c.peer);
-        if (getpeername(k->fd, (struct sockaddr *) &c.peer, &c.peerlen) < 0) {
-            p->closed_by_peer++;
-            parked_free(p, k);
-            return;
-        }
-    }
-    (void) fdp_loop_del(&p->loop, &k->io);
-    c.fd = k->fd;
-    k->fd = -1;
-    parked_free(p, k);
-    if (fdp_acceptf_hold(p, &c)) {
-        return;
-    }
-    if (p->qlen > 0 || !dispatch_one(p, &c)) {
-        if (p->qlen == FDP_QUEUE_MAX) {
-            fdp_close(&c.fd);
-            return;
-        }
-        p->queue[(p->qhead + p->qlen) % FDP_QUEUE_MAX] = c;
-        p->qlen++;
-    }
-    flush_batches(p);
-}
 
 
-static void
-close_parked(struct fdp_pool *p)
-{
-    while (p->parked) {
-        parked_free(p, p->parked);
-    }
-}
 
 
-/*
- * Is fd the socket recorded at hand-off? For TCP: the same peer address
- * and a local port of the listener it came in on; else dev/ino. Returns
- * 1 when it is, 0 when it is something else (the worker's fault), and
- * -1 when it is a connected-then-dead socket: a client that reset or
- * closed has no peer address any more (getpeername: ENOTCONN), which is
- * no fault of the worker's; such a socket is only ever closed.
- */
-static int
-same_socket(struct fdp_pool *p, const struct fdp_inflight *f, int fd)
-{
-    struct sockaddr_storage ss, ls;
-    socklen_t len = sizeof(ss), llen = sizeof(ls);
-    struct stat st;
-
-    if (!f->by_peer) {
-        return fstat(fd, &st) == 0 && (uint64_t) st.st_ino == f->ino
-               && (uint64_t) st.st_dev == f->dev;
-    }
-    if (getpeername(fd, (struct sockaddr *) &ss, &len) < 0) {
-        return errno == ENOTCONN ? -1 : 0;
-    }
-    if (getsockname(fd, (struct sockaddr *) &ls, &llen) < 0
-        || ss.ss_family != f->rpeer.sin6_family) {
-        return 0;
-    }
-    if (ss.ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *) &ss;
-        const struct sockaddr_in *b = (const struct sockaddr_in *) &f->rpeer;
-
-        if (a->sin_port != b->sin_port
-            || a->sin_addr.s_addr != b->sin_addr.s_addr) {
-            return 0;
-        }
-    } else {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *) &ss;
-
-        if (a->sin6_port != f->rpeer.sin6_port
-            || memcmp(&a->sin6_addr, &f->rpeer.sin6_addr, 16) != 0) {
-            return 0;
-        }
-    }
-    /* The local side must be the listener's port (the bound address may
-     * be a wildcard). */
-    {
-        const struct fdp_listener *l = &p->listeners[f->listener];
-        const char *colon = strrchr(l->bound, ':');
-        unsigned port = ls.ss_family == AF_INET
-                        ? ntohs(((struct sockaddr_in *) &ls)->sin_port)
-                        : ntohs(((struct sockaddr_in6 *) &ls)->sin6_port);
-
-        if (l->bound[0] != '\0' && colon != NULL
-            && strtoul(colon + 1, NULL, 10) != port) {
-            return 0;
-        }
-    }
-    return 1;
-}
 
 
-/*
- * PARK: a worker hands back an idle connection it was given. Accepted
- * only for an id in flight on that worker and the very socket handed
- * (see same_socket); anything else makes the worker faulty. A socket
- * whose client has gone (reset, closed) counts as done and is closed.
- */
-static void
-on_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
-{
-    const struct fdp_park_entry *e = (const struct fdp_park_entry *) m->u.bytes;
-    uint32_t k = (uint32_t) (e->id & 0xffff);
-    struct fdp_parked *pk;
-    struct fdp_inflight f;
-    int fd = m->fds[0];
-    int same = 0;
-
-    m->fds[0] = -1;
-    m->nfds = 0;
-    if (k < (uint32_t) w->slot.capacity && w->inflight[k].id == e->id
-        && e->id != 0) {
-        same = same_socket(p, &w->inflight[k], fd);
-    }
-    if (same == 0) {
-        fdp_close(&fd);
-        worker_fault(p, w, "PARK of a connection it was not given");
-        return;
-    }
-    f = w->inflight[k];
-    w->inflight[k].id = 0;
-    w->freeidx[w->nfree++] = k;
-    w->slot.active--;
-    w->slot.served++;
-    w->slot.bytes_in += e->bytes_in;
-    w->slot.bytes_out += e->bytes_out;
-    fdp_slot_update_busy(&w->slot, fdp_wall());
-    if (same < 0) {
-        p->closed_by_peer++;
-    }
-    pk = same < 0 || p->stopping ? NULL : calloc(1, sizeof(*pk));
-    if (pk == NULL) {
-        /* Over here: the connection ends, its per-address count too. */
-        fdp_acceptf_inflight_done(p, &f);
-        fdp_close(&fd);
-        return;
-    }
-    pk->fd = fd;
-    pk->pool = p;
-    pk->listener = f.listener;
-    pk->peerlen = f.peerlen;
-    memcpy(pk->peer, f.peer, sizeof(pk->peer));
-    pk->by_peer = f.by_peer;
-    pk->rpeer = f.rpeer;
-    pk->io.fd = fd;
-    pk->io.cb = parked_io;
-    pk->io.data = pk;
-    fdp_timer_init(&pk->timer, parked_timeout, pk);
-    if (fdp_loop_add(&p->loop, &pk->io, EPOLLIN | EPOLLRDHUP) < 0) {
-        fdp_acceptf_inflight_done(p, &f);
-        fdp_close(&pk->fd);
-        free(pk);
-        return;
-    }
-    (void) fdp_timer_start(&p->loop, &pk->timer,
-                           e->idle_ms ? e->idle_ms : 15000);
-    pk->next = p->parked;
-    if (p->parked) {
-        p->parked->prev = pk;
-    }
-    p->parked = pk;
-    p->nparked++;
-}
 
 
 /* fdpool.status() in a worker: the table as Lua text, in parts. */
@@ -1922,7 +896,7 @@ on_done(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
 
         if (k >= (uint32_t) w->slot.capacity || w->inflight[k].id != d->id
             || d->id == 0) {
-            worker_fault(p, w, "DONE for a connection it was not given");
+            fdp_worker_fault(p, w, "DONE for a connection it was not given");
             return;
         }
         fdp_acceptf_inflight_done(p, &w->inflight[k]);
@@ -1984,7 +958,7 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         if (r == 0) {
             (void) fdp_loop_mod(&p->loop, &w->io, EPOLLIN);
         } else if (r != -EAGAIN) {
-            worker_drop_channel(p, w);
+            fdp_worker_drop_channel(p, w);
             return;
         }
     }
@@ -1995,7 +969,7 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         }
         if (r == 0 || r == -ECONNRESET) {
             /* The worker exited or closed its end: reaping follows. */
-            worker_drop_channel(p, w);
+            fdp_worker_drop_channel(p, w);
             if (w->slot.state != FDP_W_NONE
                 && w->slot.state != FDP_W_STARTING) {
                 /* (Still "starting": its exit is judged as a start.) */
@@ -2004,18 +978,18 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             break;
         }
         if (r < 0) {
-            worker_fault(p, w, "malformed message on its channel");
+            fdp_worker_fault(p, w, "malformed message on its channel");
             break;
         }
         if (fdp_msg_check(&m, 1) < 0) {
             fdp_msg_close_fds(&m);
-            worker_fault(p, w, "malformed message on its channel");
+            fdp_worker_fault(p, w, "malformed message on its channel");
             break;
         }
         switch (m.h.type) {
         case FDP_MSG_READY:
             if (w->slot.state != FDP_W_STARTING) {
-                worker_fault(p, w, "READY twice");
+                fdp_worker_fault(p, w, "READY twice");
                 return;
             }
             w->slot.state = FDP_W_RUNNING;
@@ -2047,7 +1021,7 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
                 }
                 if (up == p->nworkers) {
                     p->notified_ready = 1;
-                    notify(p, "READY=1\nSTATUS=%d workers ready, "
+                    fdp_notify(p, "READY=1\nSTATUS=%d workers ready, "
                            "generation %d", up, p->generation);
                 }
             }
@@ -2060,7 +1034,7 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             on_done(p, w, &m);
             break;
         case FDP_MSG_PARK:
-            on_park(p, w, &m);
+            fdp_dispatch_park(p, w, &m);
             break;
         case FDP_MSG_STATUS_REQ:
             on_status_req(p, w, &m);
@@ -2078,7 +1052,7 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         }
     }
     if (p->qlen > 0) {
-        dispatch_queue(p);
+        fdp_dispatch_queue(p);
     }
 }
 
@@ -2127,7 +1101,7 @@ on_exit_status(struct fdp_pool *p, struct fdp_worker *w, int st)
             "worker %d (pid %ld) %s%s", w->slot.id, (long) w->slot.pid, how,
             w->slot.active > 0 && !p->stopping ? "; its connections are lost"
                                                : "");
-    worker_drop_channel(p, w);
+    fdp_worker_drop_channel(p, w);
     for (k = 0; k < w->slot.capacity && w->inflight; k++) {
         if (w->inflight[k].id != 0) {
             fdp_acceptf_inflight_done(p, &w->inflight[k]);
@@ -2283,7 +1257,7 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             fdp_log_reopen();
             fdp_log(FDP_LOG_INFO, 0, "SIGUSR1: log reopened");
             for (i = 0; i < FDP_SLOTS; i++) {
-                worker_kill(&p->workers[i], SIGUSR1);
+                fdp_worker_kill(&p->workers[i], SIGUSR1);
             }
             break;
         default:
@@ -2291,7 +1265,7 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         }
     }
     if (p->qlen > 0) {
-        dispatch_queue(p);
+        fdp_dispatch_queue(p);
     }
 }
 
@@ -2402,7 +1376,7 @@ watch_timeouts(struct fdp_pool *p)
             age = now - f->since_us;
             if (f->escalated == 0 && age > limit + 1000000) {
                 f->escalated = 1;
-                worker_kill(w, SIGUSR2);
+                fdp_worker_kill(w, SIGUSR2);
             } else if (f->escalated == 1 && age > limit + 3000000) {
                 f->escalated = 2;
                 fdp_log(FDP_LOG_ERROR, 0, "worker %d (pid %ld): a handler "
@@ -2411,7 +1385,7 @@ watch_timeouts(struct fdp_pool *p)
                         "lost)", w->slot.id, (long) w->slot.pid,
                         w->slot.active);
                 w->ordered = 1;
-                worker_kill(w, SIGTERM);
+                fdp_worker_kill(w, SIGTERM);
                 w->kill_at = fdp_now_ms() + 1000;
                 break;
             }
@@ -2434,7 +1408,7 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
             fdp_log(FDP_LOG_WARN, 0, "worker %d (pid %ld) still running "
                     "after the grace period; killing it", w->slot.id,
                     (long) w->slot.pid);
-            worker_kill(w, SIGKILL);
+            fdp_worker_kill(w, SIGKILL);
             w->kill_at = 0;
         }
         if (!p->stopping && i < p->nworkers && w->slot.pid == -1
@@ -2474,13 +1448,13 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
     }
     if (!p->stopping && !p->accepting && p->qlen < FDP_QUEUE_MAX
         && now >= p->accept_paused_until) {
-        set_accepting(p, 1);
+        fdp_dispatch_accepting(p, 1);
     }
     if (p->service != NULL) {
         p->service->tick(p);
     }
     if (p->qlen > 0) {
-        dispatch_queue(p);
+        fdp_dispatch_queue(p);
     }
     fdp_acceptf_retry(p);
     if (p->fallback_unlogged > 0 && now - p->fallback_logged_ms >= 1000) {
@@ -2491,7 +1465,7 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
         p->fallback_unlogged = 0;
     }
     fdp_policy_flush_log(p);
-    (void) fdp_timer_start(loop, t, TICK_MS);
+    (void) fdp_timer_start(loop, t, FDP_TICK_MS);
 }
 
 
@@ -2634,7 +1608,7 @@ fdp_pool_start(struct fdp_pool *p)
         return -1;
     }
     p->owner = getpid();
-    notify_open(p);
+    fdp_notify_open(p);
     r = fdp_loop_init(&p->loop);
     if (r < 0) {
         snprintf(p->error, sizeof(p->error), "epoll_create1() failed (%s)",
@@ -2656,6 +1630,7 @@ fdp_pool_start(struct fdp_pool *p)
     }
     raise_nofile(p);
     for (i = 0; i < p->nlisten; i++) {
+        p->listeners[i].io.cb = fdp_dispatch_listener_io;
         r = fdp_loop_add(&p->loop, &p->listeners[i].io, EPOLLIN);
         if (r < 0) {
             snprintf(p->error, sizeof(p->error), "epoll_ctl() failed (%s)",
@@ -2690,7 +1665,7 @@ fdp_pool_start(struct fdp_pool *p)
         }
     }
     fdp_timer_init(&p->tick, tick, p);
-    (void) fdp_timer_start(&p->loop, &p->tick, TICK_MS);
+    (void) fdp_timer_start(&p->loop, &p->tick, FDP_TICK_MS);
     return 0;
 
 fail:
@@ -2727,11 +1702,10 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
     }
     reload_abort(p, "the pool is stopping");
     p->stopping = graceful ? 2 : 1;
-    close_listeners(p);
-    close_parked(p);
-    close_proxywait(p);
+    fdp_listen_close_all(p);
+    fdp_dispatch_close_held(p);
     fdp_acceptf_close_all(p);
-    notify(p, "STOPPING=1");
+    fdp_notify(p, "STOPPING=1");
     p->accepting = 0;
     if (!graceful) {
         while (p->qlen > 0) {
@@ -2749,12 +1723,12 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
             continue;
         }
         if (w->ch.fd >= 0) {
-            send_batch(p, w);
+            fdp_dispatch_send(p, w);
         }
         if (w->ch.fd < 0
             || fdp_chan_send(&w->ch, FDP_MSG_STOP, 0, &body, sizeof(body),
                              NULL, 0) < 0) {
-            worker_kill(w, SIGKILL);
+            fdp_worker_kill(w, SIGKILL);
         } else if (w->ch.head != NULL) {
             (void) fdp_loop_mod(&p->loop, &w->io, EPOLLIN | EPOLLOUT);
         }
@@ -2773,11 +1747,10 @@ pool_finish(struct fdp_pool *p)
 
     p->running = 0;
     fdp_timer_stop(&p->loop, &p->tick);
-    close_parked(p);
-    close_proxywait(p);
+    fdp_dispatch_close_held(p);
     fdp_acceptf_close_all(p);
     for (i = 0; i < FDP_SLOTS; i++) {
-        worker_drop_channel(p, &p->workers[i]);
+        fdp_worker_drop_channel(p, &p->workers[i]);
     }
     service_close(p, 1);
     fdp_policy_close(p);

@@ -26,6 +26,7 @@
 #define FDP_MAX_LISTEN      16
 #define FDP_MAX_CONCURRENCY 65535
 #define FDP_QUEUE_MAX       1024
+#define FDP_TICK_MS         100     /* the master's tick */
 
 struct lua_State;
 struct fdp_pool;
@@ -94,7 +95,7 @@ struct fdp_worker {
 };
 
 struct fdp_control;
-struct fdp_parked;
+struct fdp_held;
 
 /* A forked worker runs this (as ngx_spawn_process takes its proc); it
  * never returns. worker.c's fdp_worker_main. */
@@ -109,7 +110,6 @@ struct fdp_service {
     void (*tick)(struct fdp_pool *p);
     void (*reload_done)(struct fdp_pool *p, int ok, const char *text);
 };
-struct fdp_proxywait;
 
 struct fdp_pool {
     /* Configuration, set before start. Strings are owned by the pool. */
@@ -171,13 +171,13 @@ struct fdp_pool {
     int qhead;
     int qlen;
 
-    struct fdp_proxywait *proxywait;  /* reading PROXY headers */
+    struct fdp_held *proxywait;    /* reading PROXY headers */
     struct fdp_acceptf *acceptf;    /* waiting for something to serve */
     uint64_t af_closed[FDP_AF_NREASONS];
     int notify_fd;                  /* systemd NOTIFY_SOCKET, or -1 */
     char notify_path[108];
     int notified_ready;
-    struct fdp_parked *parked;      /* idle connections the master holds */
+    struct fdp_held *parked;        /* idle connections the master holds */
     int nparked;
     uint64_t lat_counts[FDP_LAT_BUCKETS];
     double lat_sum;
@@ -230,7 +230,6 @@ int fdp_pool_choose(struct fdp_pool *p, const struct fdp_pending *c,
                     int *fallback);
 int fdp_pool_reload(struct fdp_pool *p);
 void fdp_pool_close_in_child(struct fdp_pool *p, int keep);
-void fdp_pool_admit(struct fdp_pool *p, struct fdp_pending *c);
 void fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
                           const char **listen);
 
