@@ -90,37 +90,25 @@ static void
 run_command(struct ctl_client *c, const char *line, size_t n)
 {
     struct fdp_pool *p = c->ctl->pool;
-    struct fdp_status_info info;
-    const char *listen[FDP_MAX_LISTEN];
     long arg;
-    int cmd = fdp_ctl_parse(line, n, &arg), i;
-    struct fdp_slot *slots;
+    int cmd = fdp_ctl_parse(line, n, &arg);
 
     switch (cmd) {
     case FDP_CTL_STATUS:
     case FDP_CTL_STATUS_JSON:
     case FDP_CTL_STATUS_METRICS:
     case FDP_CTL_STATUS_LUA:
-        fdp_pool_status_info(p, &info, listen);
-        slots = calloc((size_t) p->nworkers, sizeof(*slots));
-        if (slots == NULL) {
+        if (fdp_pool_status(p, &c->out,
+                            cmd == FDP_CTL_STATUS_JSON ? FDP_STATUS_JSON
+                            : cmd == FDP_CTL_STATUS_LUA ? FDP_STATUS_LUA
+                            : cmd == FDP_CTL_STATUS_METRICS
+                            ? FDP_STATUS_OPENMETRICS : FDP_STATUS_TABLE) < 0) {
             fdp_buf_printf(&c->out, "ERR out of memory\n");
             return;
         }
-        for (i = 0; i < p->nworkers; i++) {
-            slots[i] = p->workers[i].slot;
-        }
-        if (cmd == FDP_CTL_STATUS_JSON) {
-            fdp_status_json(&c->out, &info, slots, p->nworkers);
-        } else if (cmd == FDP_CTL_STATUS_LUA) {
-            fdp_status_lua(&c->out, &info, slots, p->nworkers);
+        if (cmd == FDP_CTL_STATUS_LUA) {
             fdp_buf_printf(&c->out, "\n");
-        } else if (cmd == FDP_CTL_STATUS_METRICS) {
-            fdp_status_openmetrics(&c->out, &info, slots, p->nworkers);
-        } else {
-            fdp_status_table(&c->out, &info, slots, p->nworkers);
         }
-        free(slots);
         break;
     case FDP_CTL_STOP:
     case FDP_CTL_STOP_GRACEFUL:
@@ -169,8 +157,6 @@ static void
 run_http(struct ctl_client *c)
 {
     struct fdp_pool *p = c->ctl->pool;
-    struct fdp_status_info info;
-    const char *listen[FDP_MAX_LISTEN];
     struct fdp_buf body;
     const char *status = "200 OK", *type = "text/plain; charset=utf-8";
     int i, up = 0;
@@ -178,18 +164,10 @@ run_http(struct ctl_client *c)
     memset(&body, 0, sizeof(body));
     if (strncmp(c->in, "GET /metrics ", 13) == 0
         || strncmp(c->in, "GET /metrics?", 13) == 0) {
-        struct fdp_slot *slots = calloc((size_t) p->nworkers, sizeof(*slots));
-
-        if (slots == NULL) {
+        if (fdp_pool_status(p, &body, FDP_STATUS_OPENMETRICS) < 0) {
             c->out.oom = 1;
             return;
         }
-        for (i = 0; i < p->nworkers; i++) {
-            slots[i] = p->workers[i].slot;
-        }
-        fdp_pool_status_info(p, &info, listen);
-        fdp_status_openmetrics(&body, &info, slots, p->nworkers);
-        free(slots);
         type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     } else if (strncmp(c->in, "GET /healthz ", 13) == 0) {
         for (i = 0; i < p->nworkers; i++) {

@@ -615,7 +615,6 @@ static void
 reload_swap(struct fdp_pool *p, int i, int j)
 {
     struct fdp_worker *a = &p->workers[i], *b = &p->workers[j], tmp;
-    struct fdp_stop_body body;
     uint32_t restarts = a->slot.restarts;
 
     fdp_dispatch_send(p, a);
@@ -654,15 +653,7 @@ reload_swap(struct fdp_pool *p, int i, int j)
     fdp_log(FDP_LOG_INFO, 0, "worker %d (pid %ld) retires: reload",
             i + 1, (long) b->slot.pid);
     b->slot.state = FDP_W_EXITING;
-    body.graceful = 1;
-    body.grace_ms = (uint32_t) (p->graceful_grace * 1000);
-    if (b->ch.fd < 0 || fdp_chan_send(&b->ch, FDP_MSG_STOP, 0, &body,
-                                      sizeof(body), NULL, 0) < 0) {
-        fdp_worker_kill(b, SIGKILL);
-    } else if (b->ch.head != NULL) {
-        (void) fdp_loop_mod(&p->loop, &b->io, EPOLLIN | EPOLLOUT);
-    }
-    b->kill_at = fdp_now_ms() + body.grace_ms + KILL_MARGIN_MS;
+    retire_stop(p, b);
 }
 
 
@@ -844,24 +835,14 @@ static void
 on_status_req(struct fdp_pool *p, struct fdp_worker *w,
               const struct fdp_msg *m)
 {
-    struct fdp_status_info info;
-    const char *listen[FDP_MAX_LISTEN];
-    struct fdp_slot *slots = calloc((size_t) p->nworkers, sizeof(*slots));
     struct fdp_buf b;
     unsigned char part[FDP_MSG_MAX];
     size_t off = 0, chunk = FDP_MSG_MAX - 4;
-    int i;
 
     memset(&b, 0, sizeof(b));
-    if (slots == NULL) {
+    if (fdp_pool_status(p, &b, FDP_STATUS_LUA) < 0) {
         return;
     }
-    for (i = 0; i < p->nworkers; i++) {
-        slots[i] = p->workers[i].slot;
-    }
-    fdp_pool_status_info(p, &info, listen);
-    fdp_status_lua(&b, &info, slots, p->nworkers);
-    free(slots);
     if (b.oom) {
         fdp_buf_free(&b);
         return;
@@ -1823,4 +1804,31 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
     info->lat_count = p->lat_count;
     info->pending = (uint64_t) fdp_acceptf_pending(p);
     memcpy(info->closed, p->af_closed, sizeof(info->closed));
+}
+
+
+/*
+ * The status snapshot, taken in one place: the pool's counters and a
+ * copy of the table's slots, rendered into b in format (an
+ * fdp_status_format). 0, or -ENOMEM when the copy cannot be made
+ * (nothing written); b->oom tells of a rendering that ran out.
+ */
+int
+fdp_pool_status(struct fdp_pool *p, struct fdp_buf *b, int format)
+{
+    struct fdp_status_info info;
+    const char *listen[FDP_MAX_LISTEN];
+    struct fdp_slot *slots = calloc((size_t) p->nworkers, sizeof(*slots));
+    int i;
+
+    if (slots == NULL) {
+        return -ENOMEM;
+    }
+    for (i = 0; i < p->nworkers; i++) {
+        slots[i] = p->workers[i].slot;
+    }
+    fdp_pool_status_info(p, &info, listen);
+    fdp_status_render(b, format, &info, slots, p->nworkers);
+    free(slots);
+    return 0;
 }
