@@ -29,7 +29,7 @@ B        ?= build
 SAN      ?=
 
 CORE     := log fdpass channel loop addr status ctlproto proxy http_parse listen dispatch pool acceptf \
-            control policy worker lconn lfdpool
+            control ctlclient policy worker lconn lfdpool
 LUAFILES := $(sort $(wildcard lua/fdpool/*.lua lua/fdpool/*/*.lua))
 CORE_OBJ := $(patsubst %,$(B)/%.o,$(CORE)) $(B)/embed.o
 HEADERS  := $(wildcard src/*.h)
