@@ -29,9 +29,10 @@ B        ?= build
 SAN      ?=
 
 CORE     := log fdpass channel loop addr status ctlproto proxy http_parse listen dispatch pool acceptf \
-            control ctlclient policy worker lconn lfdpool
+            control ctlclient statuspage policy worker lconn lfdpool
 LUAFILES := $(sort $(wildcard lua/fdpool/*.lua lua/fdpool/*/*.lua))
-CORE_OBJ := $(patsubst %,$(B)/%.o,$(CORE)) $(B)/embed.o
+CORE_OBJ := $(patsubst %,$(B)/%.o,$(CORE)) $(B)/embed.o \
+            $(B)/statuspage_html.o
 HEADERS  := $(wildcard src/*.h)
 
 all: $(B)/pool $(B)/fdpool.so $(B)/fdfetch
@@ -46,6 +47,13 @@ $(B)/%.o: src/%.c $(HEADERS) | $(B)
 	$(CC) $(ALLCFLAGS) -c -o $@ $<
 
 $(B)/embed.o: $(B)/embed.c src/embed.h
+	$(CC) $(ALLCFLAGS) -c -o $@ $<
+
+# The status page (GET /status on --metrics), embedded as one string.
+$(B)/statuspage_html.c: src/statuspage.html scripts/embed.lua | $(B)
+	$(LUA) scripts/embed.lua --blob fdp_statuspage_html $@ src/statuspage.html
+
+$(B)/statuspage_html.o: $(B)/statuspage_html.c
 	$(CC) $(ALLCFLAGS) -c -o $@ $<
 
 $(B)/pool: $(CORE_OBJ) $(B)/main.o
@@ -86,7 +94,7 @@ fuzz:
 bench: all
 	scripts/bench
 
-DOCS     := README.md $(wildcard docs/*.md)
+DOCS     := README.md $(wildcard docs/*.md docs/*.png)
 EXAMPLES := $(wildcard examples/*.lua) $(wildcard examples/systemd/*)
 
 install: all

@@ -11,6 +11,7 @@
 #include "pool.h"
 #include "control.h"
 #include "ctlproto.h"
+#include "statuspage.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -26,7 +27,8 @@
 #include <netinet/in.h>
 
 #define CTL_CLIENTS     8
-#define CTL_LINE_MAX    1024    /* a --metrics request head */
+#define CTL_LINE_MAX    8192    /* a --metrics request head (a browser's
+                                 * may have cookies) */
 #define CTL_CMD_MAX     128     /* a control command line */
 #define CTL_TIMEOUT_MS  2000
 
@@ -100,7 +102,8 @@ run_command(struct ctl_client *c, const char *line, size_t n)
                             cmd == FDP_CTL_STATUS_JSON ? FDP_STATUS_JSON
                             : cmd == FDP_CTL_STATUS_LUA ? FDP_STATUS_LUA
                             : cmd == FDP_CTL_STATUS_METRICS
-                            ? FDP_STATUS_OPENMETRICS : FDP_STATUS_TABLE) < 0) {
+                            ? FDP_STATUS_OPENMETRICS : FDP_STATUS_TABLE,
+                            1) < 0) {
             fdp_buf_printf(&c->out, "ERR out of memory\n");
             return;
         }
@@ -150,19 +153,23 @@ run_command(struct ctl_client *c, const char *line, size_t n)
 
 
 /* GET /metrics (OpenMetrics) and GET /healthz (200 while workers run,
- * else 503), HTTP/1.x, one request per connection. */
+ * else 503), HTTP/1.x, one request per connection; the request line,
+ * /status and /status.json are src/statuspage.c's. */
 static void
 run_http(struct ctl_client *c)
 {
     struct fdp_pool *p = c->ctl->pool;
     struct fdp_buf body;
     const char *status = "200 OK", *type = "text/plain; charset=utf-8";
-    int i, up = 0;
+    int i, up = 0, head;
 
+    if (fdp_statuspage_http(p, c->in, sizeof(c->in), &c->out, &head)) {
+        return;
+    }
     memset(&body, 0, sizeof(body));
     if (strncmp(c->in, "GET /metrics ", 13) == 0
         || strncmp(c->in, "GET /metrics?", 13) == 0) {
-        if (fdp_pool_status(p, &body, FDP_STATUS_OPENMETRICS) < 0) {
+        if (fdp_pool_status(p, &body, FDP_STATUS_OPENMETRICS, 0) < 0) {
             c->out.oom = 1;
             return;
         }
@@ -196,6 +203,9 @@ run_http(struct ctl_client *c)
     }
     c->out.oom |= body.oom;
     fdp_buf_free(&body);
+    if (head) {
+        fdp_statuspage_head_only(&c->out);
+    }
 }
 
 
@@ -230,10 +240,11 @@ client_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         c->nin += (size_t) n;
         c->in[c->nin] = '\0';
         if (c->http) {
-            if (strstr(c->in, "\r\n\r\n") == NULL
-                && strstr(c->in, "\n\n") == NULL) {
+            if (memmem(c->in, c->nin, "\r\n\r\n", 4) == NULL
+                && memmem(c->in, c->nin, "\n\n", 2) == NULL) {
                 if (c->nin == sizeof(c->in) - 1) {
-                    client_close(c);
+                    fdp_statuspage_too_large(&c->out);
+                    (void) fdp_loop_mod(&c->ctl->pool->loop, &c->io, EPOLLOUT);
                 }
                 return;
             }
@@ -277,6 +288,9 @@ client_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
                 break;
             }
             c->sent += (size_t) n;
+        }
+        if (c->http) {
+            fdp_statuspage_drain(c->fd);
         }
         client_close(c);
     }
@@ -324,7 +338,16 @@ control_accept(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         }
         if (c == NULL) {
             /* All slots taken: say so; fdp_control_request retries. */
-            (void) send(fd, "ERR busy\n", 9, MSG_NOSIGNAL | MSG_DONTWAIT);
+            static const char busy503[] = "HTTP/1.1 503 Service Unavailable"
+                "\r\nContent-Length: 5\r\nRetry-After: 1\r\n"
+                "Connection: close\r\n\r\nbusy\n";
+
+            if (http) {
+                (void) send(fd, busy503, sizeof(busy503) - 1,
+                            MSG_NOSIGNAL | MSG_DONTWAIT);
+            } else {
+                (void) send(fd, "ERR busy\n", 9, MSG_NOSIGNAL | MSG_DONTWAIT);
+            }
             fdp_close(&fd);
             continue;
         }
@@ -388,10 +411,10 @@ open_metrics(struct fdp_control *ctl, struct fdp_pool *p, char *err,
         fdp_format_sockaddr(&ss, where, sizeof(where), 1);
         if (ss.ss_family == AF_UNIX) {
             fdp_log(FDP_LOG_INFO, 0, "metrics on %s (GET /metrics, "
-                    "/healthz)", where);
+                    "/healthz, /status)", where);
         } else {
             fdp_log(FDP_LOG_INFO, 0, "metrics on http://%s/metrics (and "
-                    "/healthz)", where);
+                    "/healthz, /status)", where);
         }
     }
     ctl->mio.fd = ctl->mfd;

@@ -840,7 +840,7 @@ on_status_req(struct fdp_pool *p, struct fdp_worker *w,
     size_t off = 0, chunk = FDP_MSG_MAX - 4;
 
     memset(&b, 0, sizeof(b));
-    if (fdp_pool_status(p, &b, FDP_STATUS_LUA) < 0) {
+    if (fdp_pool_status(p, &b, FDP_STATUS_LUA, 0) < 0) {
         return;
     }
     if (b.oom) {
@@ -1807,27 +1807,79 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
 }
 
 
+/* Resident memory of pid in bytes (/proc/PID/statm), 0 if unknown. */
+static uint64_t
+rss_bytes(pid_t pid)
+{
+    char path[64], buf[128];
+    unsigned long long size, res;
+    long page = sysconf(_SC_PAGESIZE);
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof(path), "/proc/%ld/statm", (long) pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return 0;
+    }
+    n = read(fd, buf, sizeof(buf) - 1);
+    fdp_close(&fd);
+    if (n <= 0) {
+        return 0;
+    }
+    buf[n] = '\0';
+    if (sscanf(buf, "%llu %llu", &size, &res) != 2 || page <= 0) {
+        return 0;
+    }
+    return (uint64_t) res * (uint64_t) page;
+}
+
+
 /*
- * The status snapshot, taken in one place: the pool's counters and a
- * copy of the table's slots, rendered into b in format (an
- * fdp_status_format). 0, or -ENOMEM when the copy cannot be made
- * (nothing written); b->oom tells of a rendering that ran out.
+ * The status snapshot, taken in this one place for every rendering: a
+ * copy of the worker table (with each worker's resident memory when
+ * with_rss) and the pool-wide figures with the time (listen must hold
+ * FDP_MAX_LISTEN entries). Returns the copy (p->nworkers slots, free()
+ * it) or NULL when out of memory.
  */
+struct fdp_slot *
+fdp_pool_snapshot(struct fdp_pool *p, struct fdp_status_info *info,
+                  const char **listen, int with_rss)
+{
+    struct fdp_slot *slots;
+    int i;
+
+    slots = calloc(p->nworkers > 0 ? (size_t) p->nworkers : 1,
+                   sizeof(*slots));
+    if (slots == NULL) {
+        return NULL;
+    }
+    for (i = 0; i < p->nworkers; i++) {
+        slots[i] = p->workers[i].slot;
+        if (with_rss && slots[i].pid > 0 && slots[i].state != FDP_W_NONE) {
+            slots[i].rss = rss_bytes(slots[i].pid);
+        }
+    }
+    fdp_pool_status_info(p, info, listen);
+    info->now = fdp_wall();
+    return slots;
+}
+
+
+/* The snapshot rendered into b in format (an fdp_status_format). 0, or
+ * -ENOMEM when the copy cannot be made (nothing written); b->oom tells
+ * of a rendering that ran out. */
 int
-fdp_pool_status(struct fdp_pool *p, struct fdp_buf *b, int format)
+fdp_pool_status(struct fdp_pool *p, struct fdp_buf *b, int format,
+                int with_rss)
 {
     struct fdp_status_info info;
     const char *listen[FDP_MAX_LISTEN];
-    struct fdp_slot *slots = calloc((size_t) p->nworkers, sizeof(*slots));
-    int i;
+    struct fdp_slot *slots = fdp_pool_snapshot(p, &info, listen, with_rss);
 
     if (slots == NULL) {
         return -ENOMEM;
     }
-    for (i = 0; i < p->nworkers; i++) {
-        slots[i] = p->workers[i].slot;
-    }
-    fdp_pool_status_info(p, &info, listen);
     fdp_status_render(b, format, &info, slots, p->nworkers);
     free(slots);
     return 0;

@@ -232,6 +232,10 @@ int fdp_pool_reload(struct fdp_pool *p);
 void fdp_pool_close_in_child(struct fdp_pool *p, int keep);
 void fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
                           const char **listen);
-int fdp_pool_status(struct fdp_pool *p, struct fdp_buf *b, int format);
+struct fdp_slot *fdp_pool_snapshot(struct fdp_pool *p,
+                                   struct fdp_status_info *info,
+                                   const char **listen, int with_rss);
+int fdp_pool_status(struct fdp_pool *p, struct fdp_buf *b, int format,
+                    int with_rss);
 
 #endif

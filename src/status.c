@@ -195,7 +195,9 @@ fdp_status_json(struct fdp_buf *b, const struct fdp_status_info *info,
 {
     int i, k;
 
-    fdp_buf_printf(b, "{\"pid\": %ld, \"policy\": ", (long) info->pid);
+    fdp_buf_printf(b, "{\"pid\": %ld, \"version\": \"%s\", \"now\": %.3f, "
+                   "\"policy\": ", (long) info->pid, FDP_VERSION,
+                   info->now > 0 ? info->now : fdp_wall());
     fdp_buf_json_str(b, info->policy);
     fdp_buf_printf(b, ", \"listen\": [");
     for (i = 0; i < info->nlisten; i++) {
@@ -235,13 +237,19 @@ fdp_status_json(struct fdp_buf *b, const struct fdp_status_info *info,
                        "\"served\": %llu, \"bytes_in\": %llu, "
                        "\"bytes_out\": %llu, \"started\": %.3f, "
                        "\"busy_since\": %.3f, \"restarts\": %u, "
-                       "\"last_exit\": ",
+                       "\"rss\": ",
                        i ? ", " : "", s->id, (long) s->pid, s->generation,
                        fdp_slot_state(s), s->active, s->capacity,
                        (unsigned long long) s->served,
                        (unsigned long long) s->bytes_in,
                        (unsigned long long) s->bytes_out, s->started,
                        s->busy_since, s->restarts);
+        if (s->rss) {
+            fdp_buf_printf(b, "%llu, \"last_exit\": ",
+                           (unsigned long long) s->rss);
+        } else {
+            fdp_buf_printf(b, "null, \"last_exit\": ");
+        }
         if (s->last_exit_how == FDP_EXIT_CODE) {
             fdp_buf_printf(b, "{\"how\": \"exit\", \"code\": %d}",
                            s->last_exit_code);
@@ -456,7 +464,9 @@ fdp_status_lua(struct fdp_buf *b, const struct fdp_status_info *info,
 {
     int i, k;
 
-    fdp_buf_printf(b, "{pid=%ld,policy=", (long) info->pid);
+    fdp_buf_printf(b, "{pid=%ld,version=\"%s\",now=%.3f,policy=",
+                   (long) info->pid, FDP_VERSION,
+                   info->now > 0 ? info->now : fdp_wall());
     lua_str(b, info->policy);
     fdp_buf_printf(b, ",listen={");
     for (i = 0; i < info->nlisten; i++) {
@@ -497,6 +507,9 @@ fdp_status_lua(struct fdp_buf *b, const struct fdp_status_info *info,
                        (unsigned long long) s->bytes_in,
                        (unsigned long long) s->bytes_out, s->started,
                        s->busy_since, s->restarts);
+        if (s->rss) {
+            fdp_buf_printf(b, "rss=%llu,", (unsigned long long) s->rss);
+        }
         if (s->last_exit_how == FDP_EXIT_CODE) {
             fdp_buf_printf(b, "last_exit={how=\"exit\",code=%d},",
                            s->last_exit_code);

@@ -50,11 +50,15 @@ struct fdp_slot {
     int last_exit_code;     /* exit status or signal number */
     int nkv;
     struct fdp_kv kv[FDP_KV_MAX];
+    uint64_t rss;           /* resident bytes (/proc/PID/statm), read for
+                             * a snapshot of the table; 0: not read */
 };
 
 /* Pool-wide figures that go with the table when it is shown. */
 struct fdp_status_info {
     pid_t pid;
+    double now;                     /* wall clock of the snapshot (0: the
+                                     * renderer reads it) */
     const char *policy;
     const char *const *listen;
     int nlisten;

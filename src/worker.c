@@ -938,6 +938,10 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
                 m.fds[i] = -1;
                 start_task(w, fd, &m.u.conn[i]);
             }
+            /* Handlers that finished at once are reported now when the
+             * master needs them soon (--max-requests, a small capacity),
+             * not after every message waiting on the channel. */
+            maybe_flush_done(w);
             break;
         case FDP_MSG_STATUS_RESP:
             on_status_resp(w, &m);

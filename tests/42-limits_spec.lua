@@ -154,7 +154,18 @@ describe("--max-memory", function()
     local pid = ask("hi"):match("^hi (%d+)\n$")
     assert.truthy(pid)
     assert.equals("refused: not enough memory\n", ask("hog"))
-    assert.equals("again " .. pid .. "\n", ask("again"))
+    -- The worker keeps serving. Under the ASan build its RssAnon (shadow
+    -- memory, the allocator's quarantine) may stay above the limit after
+    -- the hog: then it is retired gracefully, never killed.
+    local again = ask("again")
+    if H.BUILD ~= "build" and again ~= "again " .. pid .. "\n" then
+      assert.matches("^again %d+\n$", again)
+      local err = H.readfile(dir .. "/err") or ""
+      assert.truthy(err:find("retires: RssAnon", 1, true), err)
+      assert.falsy(err:find("killed by", 1, true), err)
+    else
+      assert.equals("again " .. pid .. "\n", again)
+    end
     os.execute("kill " .. ppid)
     H.wait_until(function() return H.readfile(dir .. "/exit") end, 10, "the program to exit")
     assert.equals("run true nil\n", (H.readfile(dir .. "/out"):match("run [^\n]*\n")))
@@ -162,7 +173,7 @@ describe("--max-memory", function()
 
   it("fails the start with a clear reason when the script's top level needs more", function()
     local dir = H.tmpdir()
-    H.writefile(dir .. "/big.lua", "local t = {} for i = 1, 4e6 do t[i] = i .. '' end\n"
+    H.writefile(dir .. "/big.lua", "local t = {} for i = 1, 4e5 do t[i] = i .. '' end\n"
       .. "return function(conn) end\n")
     local code, _, err = H.run_pool("run " .. q(dir .. "/big.lua") .. " --listen 127.0.0.1:0 "
       .. "--workers 1 --no-control --max-memory 8")

@@ -79,13 +79,13 @@ end
 
 -- Every file `make install` puts under PREFIX (relative paths), from the
 -- source tree: the two commands, the C module, the Lua files, the man
--- page, the docs and the examples.
+-- page, the docs (with their pictures) and the examples.
 local function expected_files()
   local t = { "bin/pool", "bin/fdfetch", "lib/lua/5.4/fdpool.so", "share/man/man1/pool.1",
               "share/doc/fdpool/README.md" }
   local _, _, lua = H.run("cd lua && find fdpool -name '*.lua' | sort")
   for _, f in ipairs(lines(lua)) do t[#t + 1] = "share/lua/5.4/" .. f end
-  local _, _, docs = H.run("ls docs/*.md")
+  local _, _, docs = H.run("ls docs/*.md docs/*.png")
   for _, f in ipairs(lines(docs)) do t[#t + 1] = "share/doc/fdpool/" .. f:match("[^/]+$") end
   local _, _, ex = H.run("ls examples/*.lua examples/systemd/*")
   for _, f in ipairs(lines(ex)) do t[#t + 1] = "share/doc/fdpool/" .. f end
@@ -356,7 +356,13 @@ describe("systemd", function()
     H.wait_until(function() return p:log():find("REPORT peer=", 1, true) end, 5, "the policy report")
     assert.matches("REPORT peer=127%.0%.0%.1:%d+ .* listener=web ", p:log())
     if user then
-      local st = assert(p:status())
+      -- A worker drops privileges before READY: read uids once both are.
+      local st = H.wait_status(p, function(s)
+        for _, w in ipairs(s.workers) do
+          if w.state ~= "free" and w.state ~= "busy" then return false end
+        end
+        return #s.workers == 2
+      end, 10, "both workers ready")
       for _, w in ipairs(st.workers) do
         local uid = (H.readfile("/proc/" .. w.pid .. "/status") or ""):match("\nUid:%s+(%d+)")
         assert.equal("33", uid)   -- www-data

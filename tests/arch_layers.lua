@@ -8,10 +8,10 @@ return {
   layers = {
     { name = "ground",
       files = { "log", "loop", "fdpass", "channel", "addr", "proxy", "ctlproto",
-                "http_parse", "status", "embed" } },
+                "http_parse", "status", "embed", "statuspage_html" } },
     { name = "master",
-      files = { "policy", "acceptf", "listen", "dispatch", "pool", "control",
-                "ctlclient" } },
+      files = { "policy", "acceptf", "listen", "dispatch", "pool", "statuspage",
+                "control", "ctlclient" } },
     { name = "worker",
       files = { "task", "lconn", "lhttp", "worker" } },
     { name = "binding",

@@ -45,8 +45,10 @@ Options for run:
                        or /tmp/fdpool-UID)
   --no-control         no control socket
   --metrics ADDR       also serve GET /metrics (OpenMetrics, for
-                       Prometheus) and GET /healthz on ADDR (keep it on
-                       loopback or a private network)
+                       Prometheus), GET /healthz, GET /status (a page
+                       for a browser; ?refresh=N: no script, reloads
+                       every N s) and GET /status.json on ADDR (keep it
+                       on loopback or a private network)
   --grace S            graceful stop limit in seconds (default 30)
   --timeout S          limit for one connection's handler (default: none);
                        past it a waiting handler is cancelled, one that
@@ -426,7 +428,8 @@ local function cmd_top(args)
       if p and p.pid == w.pid and prev_t and now > prev_t then
         rate = ("%.1f"):format((w.served - p.served) / (now - prev_t))
       end
-      local rss = w.pid > 0 and rss_mib(w.pid)
+      -- The master reads it (a pool of another user is readable too).
+      local rss = w.rss and w.rss / 1048576 or w.pid > 0 and rss_mib(w.pid)
       out[#out + 1] = ("%4d %8d %-8s %6d %8d %10d %8s %8s %8d"):format(w.id, w.pid, w.state, w.active,
         w.capacity, w.served, rate, rss and ("%.1f"):format(rss) or "-", w.restarts)
       prev[w.id] = { pid = w.pid, served = w.served }

@@ -1227,9 +1227,19 @@ test_status(void)
     info.started = 1700000000.25;
     memset(&b, 0, sizeof(b));
     fdp_status_json(&b, &info, s, 4);
-    test_cond("json: pool fields", has(&b, "{\"pid\": 999, \"policy\": "
+    test_cond("json: pool fields", has(&b, "{\"pid\": 999, \"version\": \""
+              FDP_VERSION "\", \"now\": ") && has(&b, "\"policy\": "
               "\"least_conn\"") && has(&b, "\"accepted\": 12")
               && has(&b, "\"queued\": 1"));
+    test_cond("json: rss unread is null", has(&b, "\"restarts\": 2, "
+              "\"rss\": null, \"last_exit\""));
+    fdp_buf_free(&b);
+    s[0].rss = 40960;
+    info.now = 1700000100.5;
+    fdp_status_json(&b, &info, s, 4);
+    test_cond("json: rss in bytes", has(&b, "\"rss\": 40960, "));
+    test_cond("json: the snapshot's now", has(&b, "\"now\": 1700000100.500, "));
+    s[0].rss = 0;
     test_cond("json: listen escaped", has(&b, "\"listen\": "
               "[\"127.0.0.1:8080\", \"unix:/tmp/a\\\"b\"]"));
     test_cond("json: worker 1 fields", has(&b, "{\"id\": 1, \"pid\": 1234, "
