@@ -5,6 +5,7 @@
 --   - an object file not in tests/arch_layers.lua,
 --   - a use of a symbol defined in a higher layer,
 --   - a loop between files (two or more files that use each other),
+--   - a src/ file that includes a header of a higher layer,
 -- except the "from>to" pairs in the table's allow list.
 -- Prints the file graph with -v.
 local B, verbose, layers = "build", false, "tests/arch_layers.lua"
@@ -76,6 +77,26 @@ for _, a in ipairs(objs) do
     if layer[a] and layer[b] and layer[b] > layer[a] and not allow[a .. ">" .. b] then
       problem(("upward: %s (%s) uses %s of %s (%s)"):format(a,
         T.layers[layer[a]].name, edges[a][b], b, T.layers[layer[b]].name))
+    end
+  end
+end
+
+-- Includes: a file (its .c and .h) includes only headers of its own
+-- layer or a lower one (fdp.h is ground). Files outside the table
+-- (fdfetch.c, a separate program) are not looked at.
+if not T.objects_only then
+  layer.fdp = layer.fdp or 1
+  for f in sh("ls src/*.c src/*.h 2>/dev/null"):gmatch("[^\n]+") do
+    local base = f:match("([^/]+)%.[ch]$")
+    if layer[base] then
+      for inc in io.lines(f) do
+        local h = inc:match('^#%s*include%s+"([%w_]+)%.h"')
+        if h and layer[h] and layer[h] > layer[base]
+           and not allow[base .. ">" .. h] then
+          problem(("upward include: %s (%s) includes %s.h (%s)"):format(f,
+            T.layers[layer[base]].name, h, T.layers[layer[h]].name))
+        end
+      end
     end
   end
 end

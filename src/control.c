@@ -430,12 +430,57 @@ open_metrics(struct fdp_control *ctl, struct fdp_pool *p, char *err,
 }
 
 
+/*
+ * Make the control socket's directory if missing, and take the lock.
+ * Two pools starting at once on one path: "is it stale?" then unlink and
+ * bind is a race (each may remove the other's fresh socket). An
+ * exclusive flock on PATH.lock, held for the pool's life (the kernel
+ * drops it when the master exits, however it exits), makes exactly one
+ * of them go on. The lock file stays: removing it would reopen the race.
+ * 0 or -1 with err set.
+ */
+static int
+lock_path(struct fdp_control *ctl, char *err, size_t errlen)
+{
+    char dir[108], *slash;
+    char lock[sizeof(ctl->path) + 8];
+    mode_t old;
+
+    snprintf(dir, sizeof(dir), "%s", ctl->path);
+    slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+        *slash = '\0';
+        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+            snprintf(err, errlen, "cannot create control directory %s (%s)",
+                     dir, strerror(errno));
+            return -1;
+        }
+    }
+    snprintf(lock, sizeof(lock), "%s.lock", ctl->path);
+    old = umask(0177);
+    ctl->lockfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+                       0600);
+    umask(old);
+    if (ctl->lockfd < 0) {
+        snprintf(err, errlen, "control socket %s: cannot open %s (%s)",
+                 ctl->path, lock, strerror(errno));
+        return -1;
+    }
+    if (flock(ctl->lockfd, LOCK_EX | LOCK_NB) < 0) {
+        snprintf(err, errlen, "control socket %s: %s", ctl->path,
+                 errno == EWOULDBLOCK ? "another pool is running there"
+                 : strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+
 int
 fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
 {
     struct fdp_control *ctl;
     struct sockaddr_un un;
-    char dir[108], *slash;
     mode_t old;
     int r, i;
 
@@ -465,41 +510,8 @@ fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
         return 0;
     }
     snprintf(ctl->path, sizeof(ctl->path), "%s", p->control_path);
-    snprintf(dir, sizeof(dir), "%s", ctl->path);
-    slash = strrchr(dir, '/');
-    if (slash && slash != dir) {
-        *slash = '\0';
-        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
-            snprintf(err, errlen, "cannot create control directory %s (%s)",
-                     dir, strerror(errno));
-            goto fail;
-        }
-    }
-    /* Two pools starting at once on one path: "is it stale?" then
-     * unlink and bind is a race (each may remove the other's fresh
-     * socket). An exclusive flock on PATH.lock, held for the pool's life
-     * (the kernel drops it when the master exits, however it exits),
-     * makes exactly one of them go on. The lock file stays: removing it
-     * would reopen the race. */
-    {
-        char lock[sizeof(ctl->path) + 8];
-
-        snprintf(lock, sizeof(lock), "%s.lock", ctl->path);
-        old = umask(0177);
-        ctl->lockfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
-                           0600);
-        umask(old);
-        if (ctl->lockfd < 0) {
-            snprintf(err, errlen, "control socket %s: cannot open %s (%s)",
-                     ctl->path, lock, strerror(errno));
-            goto fail;
-        }
-        if (flock(ctl->lockfd, LOCK_EX | LOCK_NB) < 0) {
-            snprintf(err, errlen, "control socket %s: %s", ctl->path,
-                     errno == EWOULDBLOCK ? "another pool is running there"
-                     : strerror(errno));
-            goto fail;
-        }
+    if (lock_path(ctl, err, errlen) < 0) {
+        goto fail;
     }
     r = fdp_unix_reclaim(ctl->path);
     if (r < 0) {

@@ -21,6 +21,46 @@
 #include <unistd.h>
 
 
+/* ADDR[,reuseport][,proxy][,filter=MODE]: the options into l, ADDR into
+ * host (FDP_ADDR_MAX bytes). 0 or -1 with p->error set. */
+static int
+parse_options(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
+              char *host)
+{
+    char *opt, *tok, *save = NULL;
+
+    if (strlen(addr) >= FDP_ADDR_MAX) {
+        snprintf(p->error, sizeof(p->error), "listen address too long");
+        return -1;
+    }
+    l->proxy = l->reuseport = 0;
+    l->filter = FDP_AF_AUTO;
+    snprintf(host, FDP_ADDR_MAX, "%s", addr);
+    opt = strchr(host, ',');
+    if (opt == NULL) {
+        return 0;
+    }
+    *opt++ = '\0';
+    for (tok = strtok_r(opt, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        if (strcmp(tok, "reuseport") == 0) {
+            l->reuseport = 1;
+        } else if (strcmp(tok, "proxy") == 0) {
+            l->proxy = 1;
+        } else if (strncmp(tok, "filter=", 7) == 0
+                   && fdp_acceptf_parse(tok + 7) >= 0) {
+            l->filter = fdp_acceptf_parse(tok + 7);
+        } else {
+            snprintf(p->error, sizeof(p->error), "bad address '%s': "
+                     "unknown option '%s' (expected reuseport, proxy, "
+                     "filter=none|data|http)", addr, tok);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+
 /* Bind and listen now (before any fork), so a port in use fails the start
  * at once. Returns 0 or -1 with p->error set. */
 int
@@ -37,40 +77,11 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
                  "(at most %d)", FDP_MAX_LISTEN);
         return -1;
     }
-    char host[FDP_ADDR_MAX], *opt;
+    char host[FDP_ADDR_MAX];
 
-    if (strlen(addr) >= FDP_ADDR_MAX) {
-        snprintf(p->error, sizeof(p->error), "listen address too long");
-        return -1;
-    }
     l = &p->listeners[p->nlisten];
-    l->proxy = l->reuseport = 0;
-    l->filter = FDP_AF_AUTO;
-    /* ADDR[,reuseport][,proxy][,filter=MODE] */
-    snprintf(host, sizeof(host), "%s", addr);
-    opt = strchr(host, ',');
-    if (opt) {
-        char *tok, *save = NULL;
-
-        *opt++ = '\0';
-        for (tok = strtok_r(opt, ",", &save); tok;
-             tok = strtok_r(NULL, ",", &save)) {
-            if (strcmp(tok, "reuseport") == 0) {
-                l->reuseport = 1;
-            } else if (strcmp(tok, "proxy") == 0) {
-                l->proxy = 1;
-            } else if (strncmp(tok, "filter=", 7) == 0
-                       && fdp_acceptf_parse(tok + 7) >= 0) {
-                l->filter = fdp_acceptf_parse(tok + 7);
-            } else {
-                snprintf(p->error, sizeof(p->error), "bad address '%s': "
-                         "unknown option '%s' (expected reuseport, proxy, "
-                         "filter=none|data|http)", addr, tok);
-                return -1;
-            }
-        }
-    }
-    if (fdp_parse_addr(host, &ss, &len, p->error, sizeof(p->error)) < 0) {
+    if (parse_options(p, l, addr, host) < 0
+        || fdp_parse_addr(host, &ss, &len, p->error, sizeof(p->error)) < 0) {
         return -1;
     }
     snprintf(l->addr, sizeof(l->addr), "%s", addr);

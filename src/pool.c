@@ -10,7 +10,6 @@
 #include "policy.h"
 #include "listen.h"
 #include "dispatch.h"
-#include "proxy.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -925,6 +924,56 @@ on_fail(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
 }
 
 
+/*
+ * READY from w: it serves (a reload's new worker: when the last of its
+ * generation is ready, the generation takes over). Returns -1 when the
+ * caller must stop reading w's channel (w is faulty, or the table was
+ * swapped), else 0.
+ */
+static int
+on_ready(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
+{
+    const struct fdp_ready_body *b = (const struct fdp_ready_body *) m->u.bytes;
+    int i, up = 0;
+
+    if (w->slot.state != FDP_W_STARTING) {
+        fdp_worker_fault(p, w, "READY twice");
+        return -1;
+    }
+    w->slot.state = FDP_W_RUNNING;
+    if (w->pending) {
+        fdp_log(FDP_LOG_DEBUG, 0, "worker %d of generation %d ready",
+                w->slot.id, w->slot.generation);
+        /* Its filter settings apply once its generation serves. */
+        p->reload_ready = *b;
+        for (i = 0; i < FDP_SLOTS; i++) {
+            up += p->workers[i].pending
+                  && p->workers[i].slot.state == FDP_W_RUNNING;
+        }
+        if (up == p->reload_npending) {
+            /* Swaps slots, w included: read the rest later. */
+            reload_commit(p);
+            return -1;
+        }
+        return 0;
+    }
+    p->ever_ready = 1;
+    fdp_acceptf_ready(p, b);
+    if (!p->notified_ready) {
+        for (i = 0; i < p->nworkers; i++) {
+            up += p->workers[i].slot.state == FDP_W_RUNNING;
+        }
+        if (up == p->nworkers) {
+            p->notified_ready = 1;
+            fdp_notify(p, "READY=1\nSTATUS=%d workers ready, "
+                       "generation %d", up, p->generation);
+        }
+    }
+    fdp_log(FDP_LOG_DEBUG, 0, "worker %d ready", w->slot.id);
+    return 0;
+}
+
+
 static void
 worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 {
@@ -969,44 +1018,9 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         }
         switch (m.h.type) {
         case FDP_MSG_READY:
-            if (w->slot.state != FDP_W_STARTING) {
-                fdp_worker_fault(p, w, "READY twice");
+            if (on_ready(p, w, &m) < 0) {
                 return;
             }
-            w->slot.state = FDP_W_RUNNING;
-            if (w->pending) {
-                int j, up = 0;
-
-                fdp_log(FDP_LOG_DEBUG, 0, "worker %d of generation %d ready",
-                        w->slot.id, w->slot.generation);
-                /* Its filter settings apply once its generation serves. */
-                p->reload_ready = *(const struct fdp_ready_body *) m.u.bytes;
-                for (j = 0; j < FDP_SLOTS; j++) {
-                    up += p->workers[j].pending
-                          && p->workers[j].slot.state == FDP_W_RUNNING;
-                }
-                if (up == p->reload_npending) {
-                    /* Swaps slots, w included: read the rest later. */
-                    reload_commit(p);
-                    return;
-                }
-                break;
-            }
-            p->ever_ready = 1;
-            fdp_acceptf_ready(p, (const struct fdp_ready_body *) m.u.bytes);
-            if (!p->notified_ready) {
-                int i, up = 0;
-
-                for (i = 0; i < p->nworkers; i++) {
-                    up += p->workers[i].slot.state == FDP_W_RUNNING;
-                }
-                if (up == p->nworkers) {
-                    p->notified_ready = 1;
-                    fdp_notify(p, "READY=1\nSTATUS=%d workers ready, "
-                           "generation %d", up, p->generation);
-                }
-            }
-            fdp_log(FDP_LOG_DEBUG, 0, "worker %d ready", w->slot.id);
             break;
         case FDP_MSG_FAIL:
             on_fail(p, w, &m);
@@ -1050,32 +1064,22 @@ backoff_ms(int streak)
 }
 
 
+/* w's process is gone (wait status st): record and log how (into how),
+ * close its channel, end its connections' bookkeeping, free the slot. */
 static void
-on_exit_status(struct fdp_pool *p, struct fdp_worker *w, int st)
+worker_gone(struct fdp_pool *p, struct fdp_worker *w, int st, char *how,
+            size_t howlen)
 {
-    char how[64];
-    int was_ready;
-
-    /* Read what it said before it died (READY, DONE, FAIL with its
-     * reason) before judging the exit. */
-    if (w->ch.fd >= 0) {
-        worker_io(&p->loop, &w->io, EPOLLIN);
-    }
-    if (w->slot.pid <= 0) {
-        return;
-    }
-    was_ready = w->slot.state != FDP_W_STARTING;
-    uint64_t lived = fdp_now_ms() - w->started_ms;
     int k;
 
     if (WIFSIGNALED(st)) {
         w->slot.last_exit_how = FDP_EXIT_SIGNAL;
         w->slot.last_exit_code = WTERMSIG(st);
-        snprintf(how, sizeof(how), "killed by %s", fdp_signame(WTERMSIG(st)));
+        snprintf(how, howlen, "killed by %s", fdp_signame(WTERMSIG(st)));
     } else {
         w->slot.last_exit_how = FDP_EXIT_CODE;
         w->slot.last_exit_code = WEXITSTATUS(st);
-        snprintf(how, sizeof(how), "exited with code %d", WEXITSTATUS(st));
+        snprintf(how, howlen, "exited with code %d", WEXITSTATUS(st));
     }
     fdp_log(p->stopping || (WIFEXITED(st) && WEXITSTATUS(st) == 0)
             ? FDP_LOG_INFO : FDP_LOG_WARN, 0,
@@ -1094,6 +1098,27 @@ on_exit_status(struct fdp_pool *p, struct fdp_worker *w, int st)
     w->slot.active = 0;
     w->slot.busy_since = 0;
     p->nalive--;
+}
+
+
+static void
+on_exit_status(struct fdp_pool *p, struct fdp_worker *w, int st)
+{
+    char how[64];
+    int was_ready;
+
+    /* Read what it said before it died (READY, DONE, FAIL with its
+     * reason) before judging the exit. */
+    if (w->ch.fd >= 0) {
+        worker_io(&p->loop, &w->io, EPOLLIN);
+    }
+    if (w->slot.pid <= 0) {
+        return;
+    }
+    was_ready = w->slot.state != FDP_W_STARTING;
+    uint64_t lived = fdp_now_ms() - w->started_ms;
+
+    worker_gone(p, w, st, how, sizeof(how));
 
     if (p->stopping) {
         return;

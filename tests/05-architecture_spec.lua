@@ -30,7 +30,7 @@ local function layers_file(dir, allow)
   f:write([[return { layers = {
     { name = "ground", files = { "log", "loop" } },
     { name = "master", files = { "pool", "control" } } },
-    allow = { ]] .. (allow or "") .. [[ } }]])
+    allow = { ]] .. (allow or "") .. [[ }, objects_only = true }]])
   f:close()
   return dir .. "/layers.lua"
 end
