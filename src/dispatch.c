@@ -154,6 +154,21 @@ fdp_dispatch_accepting(struct fdp_pool *p, int on)
 }
 
 
+/* Connection k of w has ended there (DONE) or come back (PARK): free its
+ * in-flight entry and count it as served. */
+void
+fdp_worker_served(struct fdp_worker *w, uint32_t k, uint64_t bytes_in,
+                  uint64_t bytes_out)
+{
+    w->inflight[k].id = 0;
+    w->freeidx[w->nfree++] = k;
+    w->slot.active--;
+    w->slot.served++;
+    w->slot.bytes_in += bytes_in;
+    w->slot.bytes_out += bytes_out;
+}
+
+
 /* Only ever signal a pid this master forked and has not reaped. */
 void
 fdp_worker_kill(struct fdp_worker *w, int sig)
@@ -771,12 +786,7 @@ fdp_dispatch_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
         return;
     }
     f = w->inflight[k];
-    w->inflight[k].id = 0;
-    w->freeidx[w->nfree++] = k;
-    w->slot.active--;
-    w->slot.served++;
-    w->slot.bytes_in += e->bytes_in;
-    w->slot.bytes_out += e->bytes_out;
+    fdp_worker_served(w, k, e->bytes_in, e->bytes_out);
     fdp_slot_update_busy(&w->slot, fdp_wall());
     if (same < 0) {
         p->closed_by_peer++;

@@ -32,5 +32,7 @@ void fdp_worker_kill(struct fdp_worker *w, int sig);
 void fdp_worker_drop_channel(struct fdp_pool *p, struct fdp_worker *w);
 void fdp_worker_fault(struct fdp_pool *p, struct fdp_worker *w,
                       const char *why);
+void fdp_worker_served(struct fdp_worker *w, uint32_t k, uint64_t bytes_in,
+                       uint64_t bytes_out);
 
 #endif

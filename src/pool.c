@@ -880,12 +880,7 @@ on_done(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
             return;
         }
         fdp_acceptf_inflight_done(p, &w->inflight[k]);
-        w->inflight[k].id = 0;
-        w->freeidx[w->nfree++] = k;
-        w->slot.active--;
-        w->slot.served++;
-        w->slot.bytes_in += d->bytes_in;
-        w->slot.bytes_out += d->bytes_out;
+        fdp_worker_served(w, k, d->bytes_in, d->bytes_out);
     }
     fdp_slot_update_busy(&w->slot, fdp_wall());
     if (w->retire_after && w->slot.served >= w->retire_after
