@@ -157,8 +157,8 @@ fdp_dispatch_accepting(struct fdp_pool *p, int on)
 /* Connection k of w has ended there (DONE) or come back (PARK): free its
  * in-flight entry and count it as served. */
 void
-fdp_worker_served(struct fdp_worker *w, uint32_t k, uint64_t bytes_in,
-                  uint64_t bytes_out)
+fdp_dispatch_served(struct fdp_worker *w, uint32_t k, uint64_t bytes_in,
+                    uint64_t bytes_out)
 {
     w->inflight[k].id = 0;
     w->freeidx[w->nfree++] = k;
@@ -169,18 +169,8 @@ fdp_worker_served(struct fdp_worker *w, uint32_t k, uint64_t bytes_in,
 }
 
 
-/* Only ever signal a pid this master forked and has not reaped. */
 void
-fdp_worker_kill(struct fdp_worker *w, int sig)
-{
-    if (w->slot.pid > 0) {
-        (void) kill(w->slot.pid, sig);
-    }
-}
-
-
-void
-fdp_worker_drop_channel(struct fdp_pool *p, struct fdp_worker *w)
+fdp_dispatch_drop_channel(struct fdp_pool *p, struct fdp_worker *w)
 {
     int k;
 
@@ -198,14 +188,16 @@ fdp_worker_drop_channel(struct fdp_pool *p, struct fdp_worker *w)
 
 /* A worker broke the protocol: it is replaced, never trusted again. */
 void
-fdp_worker_fault(struct fdp_pool *p, struct fdp_worker *w, const char *why)
+fdp_dispatch_fault(struct fdp_pool *p, struct fdp_worker *w, const char *why)
 {
     fdp_log(FDP_LOG_ERROR, 0, "worker %d (pid %ld) is faulty: %s; killing it",
             w->slot.id, (long) w->slot.pid, why);
-    fdp_worker_drop_channel(p, w);
+    fdp_dispatch_drop_channel(p, w);
     w->slot.state = FDP_W_EXITING;
     w->ordered = 1;
-    fdp_worker_kill(w, SIGKILL);
+    if (w->slot.pid > 0) {          /* a process this master forked */
+        (void) kill(w->slot.pid, SIGKILL);
+    }
 }
 
 
@@ -287,7 +279,7 @@ fdp_dispatch_send(struct fdp_pool *p, struct fdp_worker *w)
         w->slot.active--;
     }
     w->nbatch = 0;
-    fdp_worker_fault(p, w, "its channel refused a message");
+    fdp_dispatch_fault(p, w, "its channel refused a message");
 }
 
 
@@ -672,7 +664,7 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     c.since_us = fdp_now_us();
     if (!c.proxied) {
         c.peerlen = sizeof(c.peer);
-        if (getpeername(k->c.fd, (struct sockaddr *) &c.peer, &c.peerlen) < 0) {
+        if (getpeername(c.fd, (struct sockaddr *) &c.peer, &c.peerlen) < 0) {
             p->closed_by_peer++;
             held_free(p, k);
             return;
@@ -782,11 +774,11 @@ fdp_dispatch_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
     }
     if (same == 0) {
         fdp_close(&fd);
-        fdp_worker_fault(p, w, "PARK of a connection it was not given");
+        fdp_dispatch_fault(p, w, "PARK of a connection it was not given");
         return;
     }
     f = w->inflight[k];
-    fdp_worker_served(w, k, e->bytes_in, e->bytes_out);
+    fdp_dispatch_served(w, k, e->bytes_in, e->bytes_out);
     fdp_slot_update_busy(&w->slot, fdp_wall());
     if (same < 0) {
         p->closed_by_peer++;

@@ -25,14 +25,13 @@ void fdp_dispatch_park(struct fdp_pool *p, struct fdp_worker *w,
 void fdp_dispatch_close_held(struct fdp_pool *p);
 void fdp_dispatch_close_in_child(struct fdp_pool *p);
 
-/* The worker's slot: signal its process (only one this master forked and
- * has not reaped), close its channel end (and a batch not sent), and
- * mark it faulty (it broke the protocol: killed, replaced when reaped). */
-void fdp_worker_kill(struct fdp_worker *w, int sig);
-void fdp_worker_drop_channel(struct fdp_pool *p, struct fdp_worker *w);
-void fdp_worker_fault(struct fdp_pool *p, struct fdp_worker *w,
-                      const char *why);
-void fdp_worker_served(struct fdp_worker *w, uint32_t k, uint64_t bytes_in,
-                       uint64_t bytes_out);
+/* The worker's slot: close its channel end (and a batch not sent); mark
+ * it faulty (it broke the protocol: SIGKILLed, replaced when reaped);
+ * free the in-flight entry k of a connection that ended or came back. */
+void fdp_dispatch_drop_channel(struct fdp_pool *p, struct fdp_worker *w);
+void fdp_dispatch_fault(struct fdp_pool *p, struct fdp_worker *w,
+                        const char *why);
+void fdp_dispatch_served(struct fdp_worker *w, uint32_t k, uint64_t bytes_in,
+                         uint64_t bytes_out);
 
 #endif

@@ -240,7 +240,7 @@ fdp_pool_systemd_fds(struct fdp_pool *p)
 
 /* sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET. */
 void
-fdp_notify(struct fdp_pool *p, const char *fmt, ...)
+fdp_listen_notify(struct fdp_pool *p, const char *fmt, ...)
 {
     struct sockaddr_un un;
     char msg[256];
@@ -268,7 +268,7 @@ fdp_notify(struct fdp_pool *p, const char *fmt, ...)
 
 
 void
-fdp_notify_open(struct fdp_pool *p)
+fdp_listen_notify_open(struct fdp_pool *p)
 {
     const char *path = getenv("NOTIFY_SOCKET");
 

@@ -7,8 +7,8 @@ struct fdp_pool;
 
 /* fdp_pool_add_listen, fdp_pool_add_fd, fdp_pool_systemd_fds: pool.h. */
 void fdp_listen_close_all(struct fdp_pool *p);
-void fdp_notify_open(struct fdp_pool *p);
-void fdp_notify(struct fdp_pool *p, const char *fmt, ...)
+void fdp_listen_notify_open(struct fdp_pool *p);
+void fdp_listen_notify(struct fdp_pool *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 #endif

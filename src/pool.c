@@ -38,6 +38,16 @@
 static void worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev);
 
 
+/* Only ever signal a pid this master forked and has not reaped. */
+static void
+worker_kill(struct fdp_worker *w, int sig)
+{
+    if (w->slot.pid > 0) {
+        (void) kill(w->slot.pid, sig);
+    }
+}
+
+
 static void
 service_close(struct fdp_pool *p, int unlink_path)
 {
@@ -440,7 +450,7 @@ retire_stop(struct fdp_pool *p, struct fdp_worker *b)
     body.grace_ms = (uint32_t) (p->graceful_grace * 1000);
     if (b->ch.fd < 0 || fdp_chan_send(&b->ch, FDP_MSG_STOP, 0, &body,
                                       sizeof(body), NULL, 0) < 0) {
-        fdp_worker_kill(b, SIGKILL);
+        worker_kill(b, SIGKILL);
     } else if (b->ch.head != NULL) {
         (void) fdp_loop_mod(&p->loop, &b->io, EPOLLIN | EPOLLOUT);
     }
@@ -586,8 +596,8 @@ reload_abort(struct fdp_pool *p, const char *why)
         w->retiring = 1;
         w->ordered = 1;
         w->slot.state = FDP_W_EXITING;
-        fdp_worker_drop_channel(p, w);
-        fdp_worker_kill(w, SIGTERM);
+        fdp_dispatch_drop_channel(p, w);
+        worker_kill(w, SIGTERM);
         w->kill_at = fdp_now_ms() + 1000;
     }
     p->reload_gen = 0;
@@ -597,8 +607,8 @@ reload_abort(struct fdp_pool *p, const char *why)
     free(p->reload_src);
     p->reload_src = NULL;
     fdp_log(FDP_LOG_ERROR, 0, "%s", text);
-    fdp_notify(p, "READY=1\nSTATUS=reload refused, generation %d serving",
-           p->generation);
+    fdp_listen_notify(p, "READY=1\nSTATUS=reload refused, generation %d "
+                      "serving", p->generation);
     if (p->service != NULL) {
         p->service->reload_done(p, 0, text);
     }
@@ -698,8 +708,8 @@ reload_commit(struct fdp_pool *p)
              "(%d worker(s))", p->generation, p->nworkers);
     fdp_log(FDP_LOG_INFO, 0, "%s", text);
     p->notified_ready = 1;
-    fdp_notify(p, "READY=1\nSTATUS=%d workers ready, generation %d",
-           p->nworkers, p->generation);
+    fdp_listen_notify(p, "READY=1\nSTATUS=%d workers ready, generation %d",
+                      p->nworkers, p->generation);
     if (p->service != NULL) {
         p->service->reload_done(p, 1, text);
     }
@@ -781,8 +791,8 @@ fdp_pool_reload(struct fdp_pool *p)
     p->reload_deadline = fdp_now_ms() + RELOAD_TIMEOUT_MS;
     fdp_log(FDP_LOG_INFO, 0, "reloading: generation %d starting next to "
             "generation %d", p->reload_gen, p->generation);
-    fdp_notify(p, "RELOADING=1\nMONOTONIC_USEC=%llu",
-           (unsigned long long) fdp_now_us());
+    fdp_listen_notify(p, "RELOADING=1\nMONOTONIC_USEC=%llu",
+                      (unsigned long long) fdp_now_us());
     j = FDP_SLOTS;
     p->spawn_new = 1;
     for (i = 0; i < p->nworkers; i++) {
@@ -876,11 +886,12 @@ on_done(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
 
         if (k >= (uint32_t) w->slot.capacity || w->inflight[k].id != d->id
             || d->id == 0) {
-            fdp_worker_fault(p, w, "DONE for a connection it was not given");
+            fdp_dispatch_fault(p, w,
+                               "DONE for a connection it was not given");
             return;
         }
         fdp_acceptf_inflight_done(p, &w->inflight[k]);
-        fdp_worker_served(w, k, d->bytes_in, d->bytes_out);
+        fdp_dispatch_served(w, k, d->bytes_in, d->bytes_out);
     }
     fdp_slot_update_busy(&w->slot, fdp_wall());
     if (w->retire_after && w->slot.served >= w->retire_after
@@ -928,11 +939,12 @@ on_fail(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
 static int
 on_ready(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
 {
-    const struct fdp_ready_body *b = (const struct fdp_ready_body *) m->u.bytes;
+    const struct fdp_ready_body *b;
     int i, up = 0;
 
+    b = (const struct fdp_ready_body *) m->u.bytes;
     if (w->slot.state != FDP_W_STARTING) {
-        fdp_worker_fault(p, w, "READY twice");
+        fdp_dispatch_fault(p, w, "READY twice");
         return -1;
     }
     w->slot.state = FDP_W_RUNNING;
@@ -960,8 +972,8 @@ on_ready(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
         }
         if (up == p->nworkers) {
             p->notified_ready = 1;
-            fdp_notify(p, "READY=1\nSTATUS=%d workers ready, "
-                       "generation %d", up, p->generation);
+            fdp_listen_notify(p, "READY=1\nSTATUS=%d workers ready, "
+                              "generation %d", up, p->generation);
         }
     }
     fdp_log(FDP_LOG_DEBUG, 0, "worker %d ready", w->slot.id);
@@ -983,7 +995,7 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         if (r == 0) {
             (void) fdp_loop_mod(&p->loop, &w->io, EPOLLIN);
         } else if (r != -EAGAIN) {
-            fdp_worker_drop_channel(p, w);
+            fdp_dispatch_drop_channel(p, w);
             return;
         }
     }
@@ -994,7 +1006,7 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         }
         if (r == 0 || r == -ECONNRESET) {
             /* The worker exited or closed its end: reaping follows. */
-            fdp_worker_drop_channel(p, w);
+            fdp_dispatch_drop_channel(p, w);
             if (w->slot.state != FDP_W_NONE
                 && w->slot.state != FDP_W_STARTING) {
                 /* (Still "starting": its exit is judged as a start.) */
@@ -1003,12 +1015,14 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             break;
         }
         if (r < 0) {
-            fdp_worker_fault(p, w, "malformed message on its channel");
+            fdp_dispatch_fault(p, w, "malformed message on its "
+                               "channel");
             break;
         }
         if (fdp_msg_check(&m, 1) < 0) {
             fdp_msg_close_fds(&m);
-            fdp_worker_fault(p, w, "malformed message on its channel");
+            fdp_dispatch_fault(p, w, "malformed message on its "
+                               "channel");
             break;
         }
         switch (m.h.type) {
@@ -1081,7 +1095,7 @@ worker_gone(struct fdp_pool *p, struct fdp_worker *w, int st, char *how,
             "worker %d (pid %ld) %s%s", w->slot.id, (long) w->slot.pid, how,
             w->slot.active > 0 && !p->stopping ? "; its connections are lost"
                                                : "");
-    fdp_worker_drop_channel(p, w);
+    fdp_dispatch_drop_channel(p, w);
     for (k = 0; k < w->slot.capacity && w->inflight; k++) {
         if (w->inflight[k].id != 0) {
             fdp_acceptf_inflight_done(p, &w->inflight[k]);
@@ -1258,7 +1272,7 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             fdp_log_reopen();
             fdp_log(FDP_LOG_INFO, 0, "SIGUSR1: log reopened");
             for (i = 0; i < FDP_SLOTS; i++) {
-                fdp_worker_kill(&p->workers[i], SIGUSR1);
+                worker_kill(&p->workers[i], SIGUSR1);
             }
             break;
         default:
@@ -1377,7 +1391,7 @@ watch_timeouts(struct fdp_pool *p)
             age = now - f->since_us;
             if (f->escalated == 0 && age > limit + 1000000) {
                 f->escalated = 1;
-                fdp_worker_kill(w, SIGUSR2);
+                worker_kill(w, SIGUSR2);
             } else if (f->escalated == 1 && age > limit + 3000000) {
                 f->escalated = 2;
                 fdp_log(FDP_LOG_ERROR, 0, "worker %d (pid %ld): a handler "
@@ -1386,7 +1400,7 @@ watch_timeouts(struct fdp_pool *p)
                         "lost)", w->slot.id, (long) w->slot.pid,
                         w->slot.active);
                 w->ordered = 1;
-                fdp_worker_kill(w, SIGTERM);
+                worker_kill(w, SIGTERM);
                 w->kill_at = fdp_now_ms() + 1000;
                 break;
             }
@@ -1409,7 +1423,7 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
             fdp_log(FDP_LOG_WARN, 0, "worker %d (pid %ld) still running "
                     "after the grace period; killing it", w->slot.id,
                     (long) w->slot.pid);
-            fdp_worker_kill(w, SIGKILL);
+            worker_kill(w, SIGKILL);
             w->kill_at = 0;
         }
         if (!p->stopping && i < p->nworkers && w->slot.pid == -1
@@ -1609,7 +1623,7 @@ fdp_pool_start(struct fdp_pool *p)
         return -1;
     }
     p->owner = getpid();
-    fdp_notify_open(p);
+    fdp_listen_notify_open(p);
     r = fdp_loop_init(&p->loop);
     if (r < 0) {
         snprintf(p->error, sizeof(p->error), "epoll_create1() failed (%s)",
@@ -1706,7 +1720,7 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
     fdp_listen_close_all(p);
     fdp_dispatch_close_held(p);
     fdp_acceptf_close_all(p);
-    fdp_notify(p, "STOPPING=1");
+    fdp_listen_notify(p, "STOPPING=1");
     p->accepting = 0;
     if (!graceful) {
         while (p->qlen > 0) {
@@ -1729,7 +1743,7 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
         if (w->ch.fd < 0
             || fdp_chan_send(&w->ch, FDP_MSG_STOP, 0, &body, sizeof(body),
                              NULL, 0) < 0) {
-            fdp_worker_kill(w, SIGKILL);
+            worker_kill(w, SIGKILL);
         } else if (w->ch.head != NULL) {
             (void) fdp_loop_mod(&p->loop, &w->io, EPOLLIN | EPOLLOUT);
         }
@@ -1751,7 +1765,7 @@ pool_finish(struct fdp_pool *p)
     fdp_dispatch_close_held(p);
     fdp_acceptf_close_all(p);
     for (i = 0; i < FDP_SLOTS; i++) {
-        fdp_worker_drop_channel(p, &p->workers[i]);
+        fdp_dispatch_drop_channel(p, &p->workers[i]);
     }
     service_close(p, 1);
     fdp_policy_close(p);
