@@ -28,8 +28,8 @@ LDFLAGS  ?=
 B        ?= build
 SAN      ?=
 
-CORE     := log fdpass channel loop status ctlproto proxy http_parse pool acceptf \
-            control policy worker lconn lfdpool statuspage
+CORE     := log fdpass channel loop addr status ctlproto proxy http_parse listen dispatch pool acceptf \
+            control ctlclient statuspage policy worker lconn lfdpool
 LUAFILES := $(sort $(wildcard lua/fdpool/*.lua lua/fdpool/*/*.lua))
 CORE_OBJ := $(patsubst %,$(B)/%.o,$(CORE)) $(B)/embed.o \
             $(B)/statuspage_html.o

@@ -358,7 +358,7 @@ af_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     c = x->c;
     free(x);
     c.since_us = fdp_now_us();
-    fdp_pool_admit(p, &c);
+    p->admit(p, &c);
 }
 
 
@@ -379,7 +379,7 @@ fdp_acceptf_retry(struct fdp_pool *p)
             af_unlink(p, x);
             free(x);
             c.since_us = fdp_now_us();
-            fdp_pool_admit(p, &c);
+            p->admit(p, &c);
         }
     }
 }

@@ -9,6 +9,7 @@
  */
 #include "fdp.h"
 #include "pool.h"
+#include "control.h"
 #include "ctlproto.h"
 #include "statuspage.h"
 
@@ -30,8 +31,6 @@
                                  * may have cookies) */
 #define CTL_CMD_MAX     128     /* a control command line */
 #define CTL_TIMEOUT_MS  2000
-#define CTL_RELOAD_WAIT_S 75    /* client: a reload's new generation may
-                                 * take up to 60 s to be READY */
 
 struct ctl_client {
     int fd;
@@ -91,33 +90,26 @@ static void
 run_command(struct ctl_client *c, const char *line, size_t n)
 {
     struct fdp_pool *p = c->ctl->pool;
-    struct fdp_status_info info;
-    const char *listen[FDP_MAX_LISTEN];
     long arg;
     int cmd = fdp_ctl_parse(line, n, &arg);
-    struct fdp_slot *slots;
 
     switch (cmd) {
     case FDP_CTL_STATUS:
     case FDP_CTL_STATUS_JSON:
     case FDP_CTL_STATUS_METRICS:
     case FDP_CTL_STATUS_LUA:
-        slots = fdp_statuspage_snapshot(p, &info, listen);
-        if (slots == NULL) {
+        if (fdp_pool_status(p, &c->out,
+                            cmd == FDP_CTL_STATUS_JSON ? FDP_STATUS_JSON
+                            : cmd == FDP_CTL_STATUS_LUA ? FDP_STATUS_LUA
+                            : cmd == FDP_CTL_STATUS_METRICS
+                            ? FDP_STATUS_OPENMETRICS : FDP_STATUS_TABLE,
+                            1) < 0) {
             fdp_buf_printf(&c->out, "ERR out of memory\n");
             return;
         }
-        if (cmd == FDP_CTL_STATUS_JSON) {
-            fdp_status_json(&c->out, &info, slots, p->nworkers);
-        } else if (cmd == FDP_CTL_STATUS_LUA) {
-            fdp_status_lua(&c->out, &info, slots, p->nworkers);
+        if (cmd == FDP_CTL_STATUS_LUA) {
             fdp_buf_printf(&c->out, "\n");
-        } else if (cmd == FDP_CTL_STATUS_METRICS) {
-            fdp_status_openmetrics(&c->out, &info, slots, p->nworkers);
-        } else {
-            fdp_status_table(&c->out, &info, slots, p->nworkers);
         }
-        free(slots);
         break;
     case FDP_CTL_STOP:
     case FDP_CTL_STOP_GRACEFUL:
@@ -167,8 +159,6 @@ static void
 run_http(struct ctl_client *c)
 {
     struct fdp_pool *p = c->ctl->pool;
-    struct fdp_status_info info;
-    const char *listen[FDP_MAX_LISTEN];
     struct fdp_buf body;
     const char *status = "200 OK", *type = "text/plain; charset=utf-8";
     int i, up = 0, head;
@@ -179,18 +169,10 @@ run_http(struct ctl_client *c)
     memset(&body, 0, sizeof(body));
     if (strncmp(c->in, "GET /metrics ", 13) == 0
         || strncmp(c->in, "GET /metrics?", 13) == 0) {
-        struct fdp_slot *slots = calloc((size_t) p->nworkers, sizeof(*slots));
-
-        if (slots == NULL) {
+        if (fdp_pool_status(p, &body, FDP_STATUS_OPENMETRICS, 0) < 0) {
             c->out.oom = 1;
             return;
         }
-        for (i = 0; i < p->nworkers; i++) {
-            slots[i] = p->workers[i].slot;
-        }
-        fdp_pool_status_info(p, &info, listen);
-        fdp_status_openmetrics(&body, &info, slots, p->nworkers);
-        free(slots);
         type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     } else if (strncmp(c->in, "GET /healthz ", 13) == 0) {
         for (i = 0; i < p->nworkers; i++) {
@@ -448,12 +430,57 @@ open_metrics(struct fdp_control *ctl, struct fdp_pool *p, char *err,
 }
 
 
+/*
+ * Make the control socket's directory if missing, and take the lock.
+ * Two pools starting at once on one path: "is it stale?" then unlink and
+ * bind is a race (each may remove the other's fresh socket). An
+ * exclusive flock on PATH.lock, held for the pool's life (the kernel
+ * drops it when the master exits, however it exits), makes exactly one
+ * of them go on. The lock file stays: removing it would reopen the race.
+ * 0 or -1 with err set.
+ */
+static int
+lock_path(struct fdp_control *ctl, char *err, size_t errlen)
+{
+    char dir[108], *slash;
+    char lock[sizeof(ctl->path) + 8];
+    mode_t old;
+
+    snprintf(dir, sizeof(dir), "%s", ctl->path);
+    slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+        *slash = '\0';
+        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+            snprintf(err, errlen, "cannot create control directory %s (%s)",
+                     dir, strerror(errno));
+            return -1;
+        }
+    }
+    snprintf(lock, sizeof(lock), "%s.lock", ctl->path);
+    old = umask(0177);
+    ctl->lockfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+                       0600);
+    umask(old);
+    if (ctl->lockfd < 0) {
+        snprintf(err, errlen, "control socket %s: cannot open %s (%s)",
+                 ctl->path, lock, strerror(errno));
+        return -1;
+    }
+    if (flock(ctl->lockfd, LOCK_EX | LOCK_NB) < 0) {
+        snprintf(err, errlen, "control socket %s: %s", ctl->path,
+                 errno == EWOULDBLOCK ? "another pool is running there"
+                 : strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+
 int
 fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
 {
     struct fdp_control *ctl;
     struct sockaddr_un un;
-    char dir[108], *slash;
     mode_t old;
     int r, i;
 
@@ -483,41 +510,8 @@ fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
         return 0;
     }
     snprintf(ctl->path, sizeof(ctl->path), "%s", p->control_path);
-    snprintf(dir, sizeof(dir), "%s", ctl->path);
-    slash = strrchr(dir, '/');
-    if (slash && slash != dir) {
-        *slash = '\0';
-        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
-            snprintf(err, errlen, "cannot create control directory %s (%s)",
-                     dir, strerror(errno));
-            goto fail;
-        }
-    }
-    /* Two pools starting at once on one path: "is it stale?" then
-     * unlink and bind is a race (each may remove the other's fresh
-     * socket). An exclusive flock on PATH.lock, held for the pool's life
-     * (the kernel drops it when the master exits, however it exits),
-     * makes exactly one of them go on. The lock file stays: removing it
-     * would reopen the race. */
-    {
-        char lock[sizeof(ctl->path) + 8];
-
-        snprintf(lock, sizeof(lock), "%s.lock", ctl->path);
-        old = umask(0177);
-        ctl->lockfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
-                           0600);
-        umask(old);
-        if (ctl->lockfd < 0) {
-            snprintf(err, errlen, "control socket %s: cannot open %s (%s)",
-                     ctl->path, lock, strerror(errno));
-            goto fail;
-        }
-        if (flock(ctl->lockfd, LOCK_EX | LOCK_NB) < 0) {
-            snprintf(err, errlen, "control socket %s: %s", ctl->path,
-                     errno == EWOULDBLOCK ? "another pool is running there"
-                     : strerror(errno));
-            goto fail;
-        }
+    if (lock_path(ctl, err, errlen) < 0) {
+        goto fail;
     }
     r = fdp_unix_reclaim(ctl->path);
     if (r < 0) {
@@ -664,138 +658,10 @@ fdp_control_close(struct fdp_pool *p, int unlink_path)
 }
 
 
-/* One attempt; -2 means "try again" (the pool was busy). */
-static int
-control_request_once(const char *path, const char *cmd,
-                     struct fdp_buf *out, char *err, size_t errlen)
-{
-    struct sockaddr_un un;
-    struct timeval tv = { strcmp(cmd, "reload") == 0 ? CTL_RELOAD_WAIT_S : 5,
-                          0 };
-    char buf[4096];
-    ssize_t n;
-    int fd;
-
-    if (strlen(path) >= sizeof(un.sun_path)) {
-        snprintf(err, errlen, "control socket path too long: %s", path);
-        return -1;
-    }
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(err, errlen, "socket() failed (%s)", strerror(errno));
-        return -1;
-    }
-    (void) setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    (void) setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    memset(&un, 0, sizeof(un));
-    un.sun_family = AF_UNIX;
-    memcpy(un.sun_path, path, strlen(path) + 1);
-    if (connect(fd, (struct sockaddr *) &un, sizeof(un)) < 0) {
-        snprintf(err, errlen, "cannot reach a pool at %s (%s)", path,
-                 strerror(errno));
-        fdp_close(&fd);
-        return -1;
-    }
-    snprintf(buf, sizeof(buf), "%s\n", cmd);
-    if (send(fd, buf, strlen(buf), MSG_NOSIGNAL) < 0) {
-        int e = errno;
-
-        snprintf(err, errlen, "cannot send to %s (%s)", path, strerror(e));
-        fdp_close(&fd);
-        return e == EPIPE || e == ECONNRESET ? -2 : -1;
-    }
-    for (;;) {
-        n = read(fd, buf, sizeof(buf));
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n <= 0) {
-            break;
-        }
-        fdp_buf_printf(out, "%.*s", (int) n, buf);
-    }
-    if (n < 0) {
-        int e = errno;
-
-        snprintf(err, errlen, "no answer from %s (%s)", path, strerror(e));
-        fdp_close(&fd);
-        return e == ECONNRESET ? -2 : -1;
-    }
-    fdp_close(&fd);
-    if (out->len == 0) {
-        snprintf(err, errlen, "the pool at %s closed the connection without "
-                 "an answer (permission?)", path);
-        return -2;
-    }
-    if (out->len == 9 && memcmp(out->data, "ERR busy\n", 9) == 0) {
-        snprintf(err, errlen, "the pool at %s is busy with other control "
-                 "clients", path);
-        return -2;
-    }
-    return 0;
-}
 
 
-/*
- * Client side: send cmd, read the whole answer into out. Retries for 3 s
- * while the pool is busy with other control clients. Returns 0, or -1
- * with err set (no pool there, permission, timeout).
- */
-int
-fdp_control_request(const char *path, const char *cmd, struct fdp_buf *out,
-                    char *err, size_t errlen)
-{
-    uint64_t deadline = fdp_now_ms() + 3000;
-    struct timespec ts = { 0, 50 * 1000 * 1000 };
-    int r;
-
-    for (;;) {
-        out->len = 0;
-        r = control_request_once(path, cmd, out, err, errlen);
-        if (r != -2 || fdp_now_ms() >= deadline) {
-            return r == 0 ? 0 : -1;
-        }
-        nanosleep(&ts, NULL);
-    }
-}
 
 
-/*
- * The default directory for control sockets: /run/fdpool as root, else
- * $XDG_RUNTIME_DIR/fdpool, else /tmp/fdpool-UID. Created 0700 if
- * missing; an existing one must be a directory owned by us that nobody
- * else can write. Returns 0 or -1 with err set.
- */
-int
-fdp_control_default_dir(char *out, size_t n, int create, char *err,
-                        size_t errlen)
-{
-    const char *xdg = getenv("XDG_RUNTIME_DIR");
-    struct stat st;
-
-    if (geteuid() == 0) {
-        snprintf(out, n, "/run/fdpool");
-    } else if (xdg && xdg[0] == '/') {
-        snprintf(out, n, "%s/fdpool", xdg);
-    } else {
-        snprintf(out, n, "/tmp/fdpool-%ld", (long) geteuid());
-    }
-    if (create && mkdir(out, 0700) < 0 && errno != EEXIST) {
-        snprintf(err, errlen, "cannot create %s (%s)", out, strerror(errno));
-        return -1;
-    }
-    if (lstat(out, &st) < 0) {
-        snprintf(err, errlen, "%s: %s", out, strerror(errno));
-        return -1;
-    }
-    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid()
-        || (st.st_mode & 0022)) {
-        snprintf(err, errlen, "%s is not a private directory of this user; "
-                 "refusing to use it", out);
-        return -1;
-    }
-    return 0;
-}
 
 
 /* DIR/<first bound address, made file-safe>.sock */
@@ -829,3 +695,27 @@ fdp_control_default_path(struct fdp_pool *p, char *err, size_t errlen)
     }
     return 0;
 }
+
+
+/* The pool's service: at start, the default control path (when asked
+ * for) and the control socket and --metrics listener when either is set. */
+static int
+service_open(struct fdp_pool *p, char *err, size_t errlen)
+{
+    if (p->control_default && p->control_path == NULL
+        && fdp_control_default_path(p, err, errlen) < 0) {
+        return -1;
+    }
+    if (p->control_path || p->metrics_addr) {
+        return fdp_control_open(p, err, errlen);
+    }
+    return 0;
+}
+
+
+const struct fdp_service fdp_control_service = {
+    service_open,
+    fdp_control_close,
+    fdp_control_tick,
+    fdp_control_reload_done,
+};

@@ -8,6 +8,8 @@
 #include "fdp.h"
 #include "embed.h"
 #include "pool.h"
+#include "control.h"
+#include "policy.h"
 #include "worker.h"
 
 #include <dirent.h>
@@ -958,6 +960,7 @@ l_pool(lua_State *L)
     }
     lp->p = p;
     p->L = L;
+    p->worker_main = fdp_worker_main; p->service = &fdp_control_service;
 
     p->nworkers = opt_int(L, "workers", (int) sysconf(_SC_NPROCESSORS_ONLN),
                           1, FDP_MAX_WORKERS);

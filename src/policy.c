@@ -8,8 +8,8 @@
  */
 #include "fdp.h"
 #include "pool.h"
+#include "policy.h"
 #include "embed.h"
-#include "worker.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>

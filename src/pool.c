@@ -7,7 +7,9 @@
  */
 #include "fdp.h"
 #include "pool.h"
-#include "proxy.h"
+#include "policy.h"
+#include "listen.h"
+#include "dispatch.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -27,44 +29,33 @@
 #include <sys/wait.h>
 #include <time.h>
 
-#define TICK_MS          100
 #define KILL_MARGIN_MS   500
 #define BACKOFF_MAX_MS   30000
-#define ACCEPT_BURST     256
 #define CRASH_LIMIT      10
 #define RELOAD_TIMEOUT_MS 60000
 
-struct fdp_parked {
-    int fd;
-    uint32_t listener;
-    uint32_t peerlen;               /* a PROXY header's client, or 0 */
-    unsigned char peer[28];
-    int by_peer;                    /* rpeer is the TCP peer it came from */
-    struct sockaddr_in6 rpeer;      /* (a dead socket has no peer name) */
-    struct fdp_io io;
-    struct fdp_timer timer;
-    struct fdp_pool *pool;
-    struct fdp_parked *prev, *next;
-};
-
-
-/* A connection on a `proxy` listener whose PROXY header is being read:
- * the one place the master reads client bytes (bounded size and time). */
-struct fdp_proxywait {
-    struct fdp_pending c;
-    struct fdp_io io;
-    struct fdp_timer timer;
-    struct fdp_pool *pool;
-    struct fdp_proxywait *prev, *next;
-};
-
-#define PROXY_TIMEOUT_MS 5000
 
 static void worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev);
-static void listener_io(struct fdp_loop *loop, struct fdp_io *io,
-                        uint32_t ev);
-static void dispatch_queue(struct fdp_pool *p);
-static void flush_batches(struct fdp_pool *p);
+
+
+/* Only ever signal a pid this master forked and has not reaped. */
+static void
+worker_kill(struct fdp_worker *w, int sig)
+{
+    if (w->slot.pid > 0) {
+        (void) kill(w->slot.pid, sig);
+    }
+}
+
+
+static void
+service_close(struct fdp_pool *p, int unlink_path)
+{
+    if (p->service != NULL) {
+        p->service->close(p, unlink_path);
+    }
+}
+
 
 
 struct fdp_pool *
@@ -108,6 +99,7 @@ fdp_pool_new(void)
     p->accept_filter = FDP_AF_AUTO;
     p->max_pending = FDP_PENDING_MAX_DEFAULT;
     p->owner = getpid();
+    p->admit = fdp_dispatch_admit;
     return p;
 }
 
@@ -188,498 +180,12 @@ fdp_pool_close_in_child(struct fdp_pool *p, int keep)
         p->qhead = (p->qhead + 1) % FDP_QUEUE_MAX;
         p->qlen--;
     }
-    for (struct fdp_parked *k = p->parked; k; k = k->next) {
-        fdp_close(&k->fd);
-    }
-    for (struct fdp_proxywait *x = p->proxywait; x; x = x->next) {
-        fdp_close(&x->c.fd);
-    }
+    fdp_dispatch_close_in_child(p);
     fdp_acceptf_close_in_child(p);
     fdp_close(&p->notify_fd);
     fdp_close(&p->sigfd);
-    fdp_control_close(p, 0);
+    service_close(p, 0);
     fdp_loop_free(&p->loop);
-}
-
-
-/*
- * Parse HOST:PORT, [V6]:PORT or unix:PATH into a sockaddr. HOST may be a
- * name (resolved now), "*" or empty for any address. Returns 0 or -1 with
- * a reason in err.
- */
-int
-fdp_parse_addr(const char *addr, struct sockaddr_storage *ss,
-               socklen_t *len, char *err, size_t errlen)
-{
-    char host[FDP_ADDR_MAX];
-    const char *port, *colon;
-    struct addrinfo hints, *res = NULL;
-    char *end;
-    long pn;
-    int r;
-
-    memset(ss, 0, sizeof(*ss));
-    if (strncmp(addr, "unix:", 5) == 0) {
-        struct sockaddr_un *un = (struct sockaddr_un *) ss;
-        size_t n = strlen(addr + 5);
-
-        if (n == 0 || n >= sizeof(un->sun_path)) {
-            snprintf(err, errlen, "bad address '%s': unix socket path "
-                     "must be 1 to %zu bytes", addr, sizeof(un->sun_path) - 1);
-            return -1;
-        }
-        un->sun_family = AF_UNIX;
-        memcpy(un->sun_path, addr + 5, n + 1);
-        *len = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + n + 1);
-        return 0;
-    }
-    if (addr[0] == '[') {
-        const char *rb = strchr(addr, ']');
-
-        if (rb == NULL || rb[1] != ':' || (size_t) (rb - addr - 1) >= sizeof(host)) {
-            snprintf(err, errlen, "bad address '%s': expected [IPV6]:PORT",
-                     addr);
-            return -1;
-        }
-        memcpy(host, addr + 1, (size_t) (rb - addr - 1));
-        host[rb - addr - 1] = '\0';
-        port = rb + 2;
-    } else {
-        colon = strrchr(addr, ':');
-        if (colon == NULL || (size_t) (colon - addr) >= sizeof(host)) {
-            snprintf(err, errlen, "bad address '%s': expected HOST:PORT, "
-                     "[IPV6]:PORT or unix:PATH", addr);
-            return -1;
-        }
-        memcpy(host, addr, (size_t) (colon - addr));
-        host[colon - addr] = '\0';
-        port = colon + 1;
-        if (strchr(host, ':') != NULL) {
-            snprintf(err, errlen, "bad address '%s': put IPv6 addresses "
-                     "in brackets, as [::1]:8080", addr);
-            return -1;
-        }
-    }
-    errno = 0;
-    pn = strtol(port, &end, 10);
-    if (*port == '\0' || *end != '\0' || errno || pn < 0 || pn > 65535) {
-        snprintf(err, errlen, "bad address '%s': port must be a number "
-                 "from 0 to 65535", addr);
-        return -1;
-    }
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    r = getaddrinfo((host[0] == '\0' || strcmp(host, "*") == 0) ? NULL : host,
-                    port, &hints, &res);
-    if (r != 0 || res == NULL) {
-        snprintf(err, errlen, "bad address '%s': %s", addr,
-                 r ? gai_strerror(r) : "no address");
-        return -1;
-    }
-    memcpy(ss, res->ai_addr, res->ai_addrlen);
-    *len = res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
-}
-
-
-/* "ip:port", "[v6]:port", and for unix sockets "unix:path" (with_path)
- * or just "unix" (a client's side is unnamed). */
-void
-fdp_format_sockaddr(const struct sockaddr_storage *ss, char *out, size_t n,
-                    int with_path)
-{
-    char ip[INET6_ADDRSTRLEN];
-
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *) ss;
-
-        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
-        snprintf(out, n, "%s:%u", ip, ntohs(in->sin_port));
-    } else if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) ss;
-
-        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
-        snprintf(out, n, "[%s]:%u", ip, ntohs(in6->sin6_port));
-    } else if (ss->ss_family == AF_UNIX && with_path) {
-        snprintf(out, n, "unix:%s", ((const struct sockaddr_un *) ss)->sun_path);
-    } else if (ss->ss_family == AF_UNIX) {
-        snprintf(out, n, "unix");
-    } else {
-        snprintf(out, n, "?");
-    }
-}
-
-
-/*
- * A unix socket path already there: a live server keeps it (EADDRINUSE),
- * a stale file from a killed run is removed. Anything not a socket is
- * never touched.
- */
-int
-fdp_unix_reclaim(const char *path)
-{
-    struct sockaddr_un un;
-    struct stat st;
-    int fd, r;
-
-    if (lstat(path, &st) < 0) {
-        return errno == ENOENT ? 0 : -errno;
-    }
-    if (!S_ISSOCK(st.st_mode)) {
-        return -EEXIST;
-    }
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        return -errno;
-    }
-    memset(&un, 0, sizeof(un));
-    un.sun_family = AF_UNIX;
-    snprintf(un.sun_path, sizeof(un.sun_path), "%s", path);
-    r = connect(fd, (struct sockaddr *) &un, sizeof(un));
-    fdp_close(&fd);
-    if (r == 0) {
-        return -EADDRINUSE;
-    }
-    if (errno == ECONNREFUSED) {
-        return unlink(path) < 0 ? -errno : 0;
-    }
-    return -errno;
-}
-
-
-/*
- * Serialize "is the socket at path stale? unlink it, bind, listen" among
- * processes: two pools starting together on one unix path could each see
- * the stale file, and the second unlink the first's fresh socket. An
- * exclusive flock on the directory holding path, for that short section
- * only, is enough: once listening, a socket answers connect(), so the next
- * reclaim sees it live. Waits up to 5 s for the lock, then goes on
- * without it (as before). Returns the locked directory's fd (close it to
- * unlock), or -1.
- */
-int
-fdp_unix_lock_dir(const char *path)
-{
-    char dir[sizeof(((struct sockaddr_un *) 0)->sun_path)];
-    char *slash;
-    int fd, i;
-
-    snprintf(dir, sizeof(dir), "%s", path);
-    slash = strrchr(dir, '/');
-    if (slash == NULL) {
-        snprintf(dir, sizeof(dir), ".");
-    } else if (slash == dir) {
-        dir[1] = '\0';
-    } else {
-        *slash = '\0';
-    }
-    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) {
-        return -1;
-    }
-    for (i = 0; i < 500; i++) {
-        struct timespec ts = { 0, 10 * 1000 * 1000 };
-
-        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
-            return fd;
-        }
-        if (errno != EWOULDBLOCK && errno != EINTR) {
-            break;
-        }
-        (void) nanosleep(&ts, NULL);
-    }
-    fdp_close(&fd);
-    return -1;
-}
-
-
-/* The identity (st_dev, st_ino) of the file at path, not following a
- * symlink. 0 or -errno. */
-int
-fdp_path_identity(const char *path, uint64_t *dev, uint64_t *ino)
-{
-    struct stat st;
-
-    if (lstat(path, &st) < 0) {
-        return -errno;
-    }
-    *dev = (uint64_t) st.st_dev;
-    *ino = (uint64_t) st.st_ino;
-    return 0;
-}
-
-
-/*
- * Unlink a socket path this process bound, only if it is still that file:
- * another pool (or anything else) may have taken the path over since, and
- * its file is not ours to remove. dev/ino come from fdp_path_identity()
- * after bind; 0/0 (never recorded) unlinks nothing.
- */
-void
-fdp_unlink_own(const char *path, uint64_t dev, uint64_t ino)
-{
-    uint64_t d, i;
-
-    if ((dev == 0 && ino == 0) || fdp_path_identity(path, &d, &i) < 0
-        || d != dev || i != ino) {
-        return;
-    }
-    (void) unlink(path);
-}
-
-
-/* Bind and listen now (before any fork), so a port in use fails the start
- * at once. Returns 0 or -1 with p->error set. */
-int
-fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
-{
-    struct fdp_listener *l;
-    struct sockaddr_storage ss;
-    socklen_t len;
-    int one = 1, r, dirlock = -1;
-    const char *what;
-
-    if (p->nlisten == FDP_MAX_LISTEN) {
-        snprintf(p->error, sizeof(p->error), "too many listen addresses "
-                 "(at most %d)", FDP_MAX_LISTEN);
-        return -1;
-    }
-    char host[FDP_ADDR_MAX], *opt;
-
-    if (strlen(addr) >= FDP_ADDR_MAX) {
-        snprintf(p->error, sizeof(p->error), "listen address too long");
-        return -1;
-    }
-    l = &p->listeners[p->nlisten];
-    l->proxy = l->reuseport = 0;
-    l->filter = FDP_AF_AUTO;
-    /* ADDR[,reuseport][,proxy][,filter=MODE] */
-    snprintf(host, sizeof(host), "%s", addr);
-    opt = strchr(host, ',');
-    if (opt) {
-        char *tok, *save = NULL;
-
-        *opt++ = '\0';
-        for (tok = strtok_r(opt, ",", &save); tok;
-             tok = strtok_r(NULL, ",", &save)) {
-            if (strcmp(tok, "reuseport") == 0) {
-                l->reuseport = 1;
-            } else if (strcmp(tok, "proxy") == 0) {
-                l->proxy = 1;
-            } else if (strncmp(tok, "filter=", 7) == 0
-                       && fdp_acceptf_parse(tok + 7) >= 0) {
-                l->filter = fdp_acceptf_parse(tok + 7);
-            } else {
-                snprintf(p->error, sizeof(p->error), "bad address '%s': "
-                         "unknown option '%s' (expected reuseport, proxy, "
-                         "filter=none|data|http)", addr, tok);
-                return -1;
-            }
-        }
-    }
-    if (fdp_parse_addr(host, &ss, &len, p->error, sizeof(p->error)) < 0) {
-        return -1;
-    }
-    snprintf(l->addr, sizeof(l->addr), "%s", addr);
-    l->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (l->fd < 0) {
-        what = "socket()";
-        goto fail;
-    }
-    if (ss.ss_family == AF_UNIX) {
-        dirlock = fdp_unix_lock_dir(((struct sockaddr_un *) &ss)->sun_path);
-        r = fdp_unix_reclaim(((struct sockaddr_un *) &ss)->sun_path);
-        if (r < 0) {
-            errno = -r;
-            what = r == -EEXIST ? "path exists and is not a socket:"
-                                : "unix socket path";
-            goto fail;
-        }
-    } else {
-        (void) setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (l->reuseport && setsockopt(l->fd, SOL_SOCKET, SO_REUSEPORT, &one,
-                                       sizeof(one)) < 0) {
-            what = "setsockopt(SO_REUSEPORT)";
-            goto fail;
-        }
-        if (ss.ss_family == AF_INET6) {
-            (void) setsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &one,
-                              sizeof(one));
-        }
-    }
-    if (bind(l->fd, (struct sockaddr *) &ss, len) < 0) {
-        what = "bind()";
-        goto fail;
-    }
-    if (ss.ss_family == AF_UNIX) {
-        l->unix_path = strdup(((struct sockaddr_un *) &ss)->sun_path);
-        l->path_dev = l->path_ino = 0;
-        if (l->unix_path) {
-            (void) fdp_path_identity(l->unix_path, &l->path_dev,
-                                     &l->path_ino);
-        }
-    }
-    if (listen(l->fd, 4096) < 0) {
-        what = "listen()";
-        goto fail;
-    }
-    fdp_close(&dirlock);
-    len = sizeof(ss);
-    if (getsockname(l->fd, (struct sockaddr *) &ss, &len) < 0) {
-        what = "getsockname()";
-        goto fail;
-    }
-    fdp_format_sockaddr(&ss, l->bound, sizeof(l->bound), 1);
-    l->pool = p;
-    l->io.fd = l->fd;
-    l->io.cb = listener_io;
-    l->io.data = l;
-    p->nlisten++;
-    return 0;
-
-fail:
-    snprintf(p->error, sizeof(p->error), "cannot listen on %s: %s failed "
-             "(%s)", addr, what, strerror(errno));
-    fdp_close(&dirlock);
-    if (l->unix_path) {
-        fdp_unlink_own(l->unix_path, l->path_dev, l->path_ino);
-        free(l->unix_path);
-        l->unix_path = NULL;
-    }
-    fdp_close(&l->fd);
-    return -1;
-}
-
-
-/*
- * Adopt an already listening socket (systemd socket activation): made
- * non-blocking and CLOEXEC; name is its LISTEN_FDNAMES entry or NULL.
- * Returns 0 or -1 with p->error set.
- */
-int
-fdp_pool_add_fd(struct fdp_pool *p, int fd, const char *name)
-{
-    struct fdp_listener *l;
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof(ss);
-    int type = 0, acc = 0;
-    socklen_t olen = sizeof(type);
-
-    if (p->nlisten == FDP_MAX_LISTEN) {
-        snprintf(p->error, sizeof(p->error), "too many listen sockets");
-        return -1;
-    }
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &olen) < 0
-        || type != SOCK_STREAM
-        || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &olen) < 0 || !acc
-        || getsockname(fd, (struct sockaddr *) &ss, &len) < 0) {
-        snprintf(p->error, sizeof(p->error), "inherited fd %d is not a "
-                 "listening stream socket", fd);
-        return -1;
-    }
-    (void) fdp_set_nonblock(fd, 1);
-    (void) fcntl(fd, F_SETFD, FD_CLOEXEC);
-    l = &p->listeners[p->nlisten];
-    memset(l, 0, sizeof(*l));
-    l->fd = fd;
-    fdp_format_sockaddr(&ss, l->bound, sizeof(l->bound), 1);
-    l->named = name && *name;
-    if (l->named) {
-        snprintf(l->addr, sizeof(l->addr), "%s", name);
-    } else {
-        memcpy(l->addr, l->bound, sizeof(l->addr));
-    }
-    l->pool = p;
-    l->io.fd = fd;
-    l->io.cb = listener_io;
-    l->io.data = l;
-    p->nlisten++;
-    return 0;
-}
-
-
-/*
- * systemd socket activation: when LISTEN_PID is us, adopt fds 3 ..
- * 3 + LISTEN_FDS - 1 (named by LISTEN_FDNAMES) and unset the variables
- * so workers and children do not see them. Returns the number adopted,
- * or -1 with p->error set.
- */
-int
-fdp_pool_systemd_fds(struct fdp_pool *p)
-{
-    const char *spid = getenv("LISTEN_PID"), *sfds = getenv("LISTEN_FDS");
-    const char *names = getenv("LISTEN_FDNAMES");
-    char buf[1024], *save = NULL, *name;
-    long n, i;
-
-    if (spid == NULL || sfds == NULL || strtol(spid, NULL, 10) != getpid()) {
-        return 0;
-    }
-    n = strtol(sfds, NULL, 10);
-    if (n < 1 || n > FDP_MAX_LISTEN) {
-        snprintf(p->error, sizeof(p->error), "LISTEN_FDS=%s out of range",
-                 sfds);
-        return -1;
-    }
-    snprintf(buf, sizeof(buf), "%s", names ? names : "");
-    name = strtok_r(buf, ":", &save);
-    for (i = 0; i < n; i++) {
-        if (fdp_pool_add_fd(p, 3 + (int) i, name) < 0) {
-            return -1;
-        }
-        name = name ? strtok_r(NULL, ":", &save) : NULL;
-    }
-    unsetenv("LISTEN_PID");
-    unsetenv("LISTEN_FDS");
-    unsetenv("LISTEN_FDNAMES");
-    return (int) n;
-}
-
-
-/* sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET. */
-static void
-notify(struct fdp_pool *p, const char *fmt, ...)
-{
-    struct sockaddr_un un;
-    char msg[256];
-    va_list ap;
-    socklen_t len;
-
-    if (p->notify_fd < 0 || getpid() != p->owner) {
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    memset(&un, 0, sizeof(un));
-    un.sun_family = AF_UNIX;
-    memcpy(un.sun_path, p->notify_path, sizeof(un.sun_path));
-    len = (socklen_t) (offsetof(struct sockaddr_un, sun_path)
-                       + strlen(p->notify_path + (p->notify_path[0] == '@')) + 1
-                       - (p->notify_path[0] == '@'));
-    if (un.sun_path[0] == '@') {
-        un.sun_path[0] = '\0';         /* abstract namespace */
-    }
-    (void) sendto(p->notify_fd, msg, strlen(msg), MSG_NOSIGNAL,
-                  (struct sockaddr *) &un, len);
-}
-
-
-static void
-notify_open(struct fdp_pool *p)
-{
-    const char *path = getenv("NOTIFY_SOCKET");
-
-    if (path == NULL || (path[0] != '/' && path[0] != '@')
-        || strlen(path) >= sizeof(p->notify_path)) {
-        return;
-    }
-    snprintf(p->notify_path, sizeof(p->notify_path), "%s", path);
-    p->notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    unsetenv("NOTIFY_SOCKET");
 }
 
 
@@ -732,45 +238,6 @@ fail:
 }
 
 
-static void
-close_listeners(struct fdp_pool *p)
-{
-    int i;
-
-    for (i = 0; i < p->nlisten; i++) {
-        struct fdp_listener *l = &p->listeners[i];
-
-        if (l->fd >= 0) {
-            if (p->loop.epfd >= 0) {
-                (void) fdp_loop_del(&p->loop, &l->io);
-            }
-            fdp_close(&l->fd);
-        }
-        if (l->unix_path && getpid() == p->owner) {
-            fdp_unlink_own(l->unix_path, l->path_dev, l->path_ino);
-        }
-        free(l->unix_path);
-        l->unix_path = NULL;
-    }
-}
-
-
-static void
-set_accepting(struct fdp_pool *p, int on)
-{
-    int i;
-
-    if (p->accepting == on) {
-        return;
-    }
-    p->accepting = on;
-    for (i = 0; i < p->nlisten; i++) {
-        if (p->listeners[i].fd >= 0) {
-            (void) fdp_loop_mod(&p->loop, &p->listeners[i].io,
-                                on ? EPOLLIN : 0);
-        }
-    }
-}
 
 
 static int
@@ -797,7 +264,7 @@ worker_alloc_tables(struct fdp_worker *w, int capacity)
 
 /*
  * Fork worker idx. The child gets one end of a fresh SEQPACKET pair and
- * never returns from fdp_worker_main. Returns 0 or -errno (logged).
+ * never returns from p->worker_main. Returns 0 or -errno (logged).
  */
 static int
 spawn_worker(struct fdp_pool *p, int idx)
@@ -831,7 +298,10 @@ spawn_worker(struct fdp_pool *p, int idx)
         fdp_close(&sv[0]);
         fdp_pool_close_in_child(p, -1);
         fdp_chan_init(&w->ch, sv[1]);
-        fdp_worker_main(p, idx);
+        if (p->worker_main != NULL) {
+            p->worker_main(p, idx);
+        }
+        _exit(127);
     }
     fdp_close(&sv[1]);
     (void) fdp_set_nonblock(sv[0], 1);
@@ -871,511 +341,44 @@ spawn_worker(struct fdp_pool *p, int idx)
 }
 
 
-/* Only ever signal a pid this master forked and has not reaped. */
-static void
-worker_kill(struct fdp_worker *w, int sig)
-{
-    if (w->slot.pid > 0) {
-        (void) kill(w->slot.pid, sig);
-    }
-}
 
 
-static void
-worker_drop_channel(struct fdp_pool *p, struct fdp_worker *w)
-{
-    int k;
-
-    if (w->ch.fd >= 0) {
-        (void) fdp_loop_del(&p->loop, &w->io);
-        fdp_chan_close(&w->ch);
-    }
-    w->io.fd = -1;
-    for (k = 0; k < w->nbatch; k++) {
-        fdp_close(&w->batchfds[k]);
-    }
-    w->nbatch = 0;
-}
 
 
-/* A worker broke the protocol: it is replaced, never trusted again. */
-static void
-worker_fault(struct fdp_pool *p, struct fdp_worker *w, const char *why)
-{
-    fdp_log(FDP_LOG_ERROR, 0, "worker %d (pid %ld) is faulty: %s; killing it",
-            w->slot.id, (long) w->slot.pid, why);
-    worker_drop_channel(p, w);
-    w->slot.state = FDP_W_EXITING;
-    w->ordered = 1;
-    worker_kill(w, SIGKILL);
-}
 
 
-static int
-worker_can_take(const struct fdp_worker *w)
-{
-    return w->slot.state == FDP_W_RUNNING
-           && (w->pool->simulated || (w->ch.fd >= 0 && w->nfree > 0))
-           && w->slot.active < w->slot.capacity;
-}
 
 
-static int
-first_free(struct fdp_pool *p)
-{
-    int i;
-
-    for (i = 0; i < p->nworkers; i++) {
-        if (worker_can_take(&p->workers[i])) {
-            return i;
-        }
-    }
-    return -1;
-}
 
 
-static void
-send_batch(struct fdp_pool *p, struct fdp_worker *w)
-{
-    int r, k;
-
-    if (w->nbatch == 0) {
-        return;
-    }
-    r = fdp_chan_send(&w->ch, FDP_MSG_CONN, (unsigned) w->nbatch, w->batch,
-                      (size_t) w->nbatch * sizeof(w->batch[0]), w->batchfds,
-                      w->nbatch);
-    if (r == 0) {
-        w->nbatch = 0;
-        if (w->ch.head != NULL) {
-            (void) fdp_loop_mod(&p->loop, &w->io, EPOLLIN | EPOLLOUT);
-        }
-        return;
-    }
-    /* The worker is gone or stuck: its connections go back to the queue
-     * front, to be handed to another worker. */
-    fdp_log(FDP_LOG_WARN, -r, "cannot hand %d connection(s) to worker %d",
-            w->nbatch, w->slot.id);
-    for (k = w->nbatch - 1; k >= 0; k--) {
-        uint32_t i = (uint32_t) (w->batch[k].id & 0xffff);
-
-        if (p->qlen < FDP_QUEUE_MAX) {
-            struct fdp_pending *q;
-
-            p->qhead = (p->qhead + FDP_QUEUE_MAX - 1) % FDP_QUEUE_MAX;
-            q = &p->queue[p->qhead];
-            memset(q, 0, sizeof(*q));
-            q->fd = w->batchfds[k];
-            q->listener = w->batch[k].listener;
-            /* Keep what identifies it (a PROXY client, the TCP peer). */
-            if (w->inflight[i].peerlen > 0) {
-                memcpy(&q->peer, w->inflight[i].peer, w->inflight[i].peerlen);
-                q->peerlen = w->inflight[i].peerlen;
-                q->proxied = 1;
-            } else if (w->inflight[i].by_peer) {
-                memcpy(&q->peer, &w->inflight[i].rpeer,
-                       sizeof(w->inflight[i].rpeer));
-                q->peerlen = w->inflight[i].rpeer.sin6_family == AF_INET
-                             ? sizeof(struct sockaddr_in)
-                             : sizeof(struct sockaddr_in6);
-            }
-            p->qlen++;
-        } else {
-            fdp_close(&w->batchfds[k]);
-        }
-        fdp_acceptf_inflight_done(p, &w->inflight[i]);
-        w->inflight[i].id = 0;
-        w->freeidx[w->nfree++] = i;
-        w->slot.active--;
-    }
-    w->nbatch = 0;
-    worker_fault(p, w, "its channel refused a message");
-}
 
 
-static void
-flush_batches(struct fdp_pool *p)
-{
-    int i;
-
-    for (i = 0; i < p->nworkers; i++) {
-        if (p->workers[i].nbatch > 0) {
-            send_batch(p, &p->workers[i]);
-        }
-    }
-}
 
 
-/* Put c in worker idx's next CONN message. Takes ownership of c->fd. */
-static void
-hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
-{
-    struct fdp_worker *w = &p->workers[idx];
-    uint32_t k = w->freeidx[--w->nfree];
-    uint64_t id = (++p->conn_seq << 16) | k;
-
-    w->inflight[k].id = id;
-    w->inflight[k].since_us = fdp_now_us();
-    if (c->since_us) {
-        double lat = (double) (w->inflight[k].since_us - c->since_us) / 1e6;
-        int b;
-
-        for (b = 0; b < FDP_LAT_BUCKETS - 1 && lat > fdp_lat_bounds[b]; b++) {
-        }
-        p->lat_counts[b]++;
-        p->lat_sum += lat;
-        p->lat_count++;
-    }
-    w->inflight[k].escalated = 0;
-    w->inflight[k].listener = c->listener;
-    /* Remember the socket's identity for a later PARK: a plain TCP
-     * connection by the peer address accept4 gave (no syscall on the hot
-     * path), anything else by fstat's dev/ino. */
-    w->inflight[k].by_peer = 0;
-    if (!c->proxied && (c->peer.ss_family == AF_INET
-                        || c->peer.ss_family == AF_INET6)
-        && c->peerlen <= sizeof(w->inflight[k].rpeer)) {
-        memset(&w->inflight[k].rpeer, 0, sizeof(w->inflight[k].rpeer));
-        memcpy(&w->inflight[k].rpeer, &c->peer, c->peerlen);
-        w->inflight[k].by_peer = 1;
-    } else {
-        struct stat st;
-
-        if (fstat(c->fd, &st) == 0) {
-            w->inflight[k].ino = (uint64_t) st.st_ino;
-            w->inflight[k].dev = (uint64_t) st.st_dev;
-        }
-    }
-    w->batch[w->nbatch].id = id;
-    w->batch[w->nbatch].listener = c->listener;
-    w->batch[w->nbatch].reserved = 0;
-    w->batch[w->nbatch].peerlen = 0;
-    w->inflight[k].peerlen = 0;
-    if (c->proxied && c->peerlen <= sizeof(w->batch[0].peer)) {
-        w->batch[w->nbatch].peerlen = c->peerlen;
-        memcpy(w->batch[w->nbatch].peer, &c->peer, c->peerlen);
-        w->inflight[k].peerlen = c->peerlen;
-        memcpy(w->inflight[k].peer, &c->peer, c->peerlen);
-    }
-    w->batchfds[w->nbatch] = c->fd;
-    w->nbatch++;
-    w->slot.active++;
-    fdp_slot_update_busy(&w->slot, fdp_wall());
-    if (w->nbatch == FDP_BATCH_MAX) {
-        send_batch(p, w);
-    }
-}
 
 
-static void
-log_fallback(struct fdp_pool *p, const char *why)
-{
-    uint64_t now = p->loop.now;
-
-    p->fallbacks++;
-    if (now - p->fallback_logged_ms >= 1000) {
-        fdp_log(FDP_LOG_WARN, 0, "policy %s: %s; using first_free "
-                "(%llu more since the last report)", fdp_policy_name(p), why,
-                (unsigned long long) p->fallback_unlogged);
-        p->fallback_logged_ms = now;
-        p->fallback_unlogged = 0;
-    } else {
-        p->fallback_unlogged++;
-    }
-}
 
 
-/*
- * The dispatch decision for c, shared by the master and fdpool.sim: the
- * policy's pick, checked. Returns a worker index, or -1 to keep c queued.
- * *fallback is set when the policy failed and first_free chose.
- */
-int
-fdp_pool_choose(struct fdp_pool *p, const struct fdp_pending *c,
-                int *fallback)
-{
-    int idx = fdp_policy_pick(p, c);
-
-    *fallback = 0;
-    if (idx == -1) {
-        return -1;
-    }
-    if (idx >= 0 && !worker_can_take(&p->workers[idx])) {
-        /* A full or unready pick when someone else has room is the
-         * policy's mistake; when nobody has room, keep it queued. */
-        if (first_free(p) < 0) {
-            return -1;
-        }
-        log_fallback(p, "picked a worker that cannot take a connection");
-        idx = -2;
-    }
-    if (idx == -2) {
-        *fallback = 1;
-        idx = first_free(p);
-    }
-    return idx;
-}
 
 
-/* Try to hand c to a worker. Returns 1 when handed, 0 to keep it. */
-static int
-dispatch_one(struct fdp_pool *p, const struct fdp_pending *c)
-{
-    int fallback, idx = fdp_pool_choose(p, c, &fallback);
-
-    if (idx < 0) {
-        return 0;
-    }
-    hand(p, idx, c);
-    return 1;
-}
 
 
-static void
-dispatch_queue(struct fdp_pool *p)
-{
-    while (p->qlen > 0 && first_free(p) >= 0) {
-        struct fdp_pending *c = &p->queue[p->qhead];
-
-        if (!dispatch_one(p, c)) {
-            break;
-        }
-        c->fd = -1;
-        p->qhead = (p->qhead + 1) % FDP_QUEUE_MAX;
-        p->qlen--;
-    }
-    flush_batches(p);
-    if (!p->stopping && !p->accepting && p->qlen < FDP_QUEUE_MAX / 2
-        && fdp_now_ms() >= p->accept_paused_until) {
-        set_accepting(p, 1);
-    }
-}
 
 
-static void
-queue_or_dispatch(struct fdp_pool *p, struct fdp_pending *c)
-{
-    if (p->qlen > 0 || !dispatch_one(p, c)) {
-        if (p->qlen == FDP_QUEUE_MAX) {
-            fdp_close(&c->fd);      /* cannot happen: accept stops first */
-            return;
-        }
-        p->queue[(p->qhead + p->qlen) % FDP_QUEUE_MAX] = *c;
-        p->qlen++;
-        if (p->qlen == FDP_QUEUE_MAX) {
-            set_accepting(p, 0);
-        }
-    }
-}
 
 
-/* A connection the accept filter found ready: dispatched as if just
- * accepted. Takes ownership of c->fd. */
-void
-fdp_pool_admit(struct fdp_pool *p, struct fdp_pending *c)
-{
-    if (p->qlen == FDP_QUEUE_MAX) {
-        /* Every worker full and the queue too: no room to wait in. */
-        p->af_closed[FDP_AF_OVERFLOW]++;
-        fdp_acceptf_ip_release(p, &c->peer, c->listener);
-        fdp_close(&c->fd);
-        return;
-    }
-    queue_or_dispatch(p, c);
-    flush_batches(p);
-}
 
 
-static void
-proxywait_free(struct fdp_pool *p, struct fdp_proxywait *x)
-{
-    if (x->c.fd >= 0) {
-        (void) fdp_loop_del(&p->loop, &x->io);
-        fdp_close(&x->c.fd);
-    }
-    fdp_timer_stop(&p->loop, &x->timer);
-    if (x->prev) {
-        x->prev->next = x->next;
-    } else {
-        p->proxywait = x->next;
-    }
-    if (x->next) {
-        x->next->prev = x->prev;
-    }
-    free(x);
-}
 
 
-static void
-proxywait_timeout(struct fdp_loop *loop, struct fdp_timer *t)
-{
-    struct fdp_proxywait *x = t->data;
-
-    (void) loop;
-    fdp_log(FDP_LOG_DEBUG, 0, "no PROXY header within %d ms; closed",
-            PROXY_TIMEOUT_MS);
-    proxywait_free(x->pool, x);
-}
 
 
-/*
- * Bytes on a connection of a `proxy` listener: peek, parse, consume
- * exactly the header, and dispatch with the client's address. A bad
- * header closes the connection.
- */
-static void
-proxywait_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
-{
-    struct fdp_proxywait *x = io->data;
-    struct fdp_pool *p = x->pool;
-    uint8_t buf[FDP_PROXY_MAX];
-    struct sockaddr_storage src;
-    socklen_t slen;
-    ssize_t n;
-    int r;
-
-    (void) loop;
-    (void) ev;
-    do {
-        n = recv(x->c.fd, buf, sizeof(buf), MSG_PEEK);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        return;
-    }
-    r = n > 0 ? fdp_proxy_parse(buf, (size_t) n, &src, &slen) : -1;
-    if (r == 0 && (size_t) n < sizeof(buf)) {
-        return;                     /* wait for the rest */
-    }
-    if (r <= 0 || recv(x->c.fd, buf, (size_t) r, 0) != r) {
-        fdp_log(FDP_LOG_DEBUG, 0, "bad or missing PROXY header on %s; closed",
-                p->listeners[x->c.listener].bound);
-        proxywait_free(p, x);
-        return;
-    }
-    if (slen > 0) {
-        memcpy(&x->c.peer, &src, slen);
-        x->c.peerlen = slen;
-        x->c.proxied = 1;
-    }
-    (void) fdp_loop_del(&p->loop, &x->io);
-    {
-        struct fdp_pending c = x->c;
-
-        x->c.fd = -1;
-        proxywait_free(p, x);
-        if (!fdp_acceptf_hold(p, &c)) {
-            queue_or_dispatch(p, &c);
-        }
-    }
-    flush_batches(p);
-}
 
 
-static void
-proxywait_start(struct fdp_pool *p, struct fdp_pending *c)
-{
-    struct fdp_proxywait *x = calloc(1, sizeof(*x));
-
-    if (x == NULL) {
-        fdp_close(&c->fd);
-        return;
-    }
-    x->c = *c;
-    x->pool = p;
-    x->io.fd = c->fd;
-    x->io.cb = proxywait_io;
-    x->io.data = x;
-    fdp_timer_init(&x->timer, proxywait_timeout, x);
-    /* Edge-triggered: a partial header waits for more bytes instead of
-     * waking the master again and again. */
-    if (fdp_loop_add(&p->loop, &x->io, EPOLLIN | EPOLLRDHUP | EPOLLET) < 0) {
-        fdp_close(&x->c.fd);
-        free(x);
-        return;
-    }
-    (void) fdp_timer_start(&p->loop, &x->timer, PROXY_TIMEOUT_MS);
-    x->next = p->proxywait;
-    if (p->proxywait) {
-        p->proxywait->prev = x;
-    }
-    p->proxywait = x;
-}
 
 
-static void
-close_proxywait(struct fdp_pool *p)
-{
-    while (p->proxywait) {
-        proxywait_free(p, p->proxywait);
-    }
-}
 
 
-static void
-listener_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
-{
-    struct fdp_listener *l = io->data;
-    struct fdp_pool *p = l->pool;
-    int n;
-
-    (void) loop;
-    (void) ev;
-    for (n = 0; n < ACCEPT_BURST && p->accepting; n++) {
-        struct fdp_pending c;
-        int fd;
-
-        c.peerlen = sizeof(c.peer);
-        fd = accept4(l->fd, (struct sockaddr *) &c.peer, &c.peerlen,
-                     SOCK_CLOEXEC | SOCK_NONBLOCK);
-        if (fd < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                break;
-            }
-            if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) {
-                continue;
-            }
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS
-                || errno == ENOMEM) {
-                /* Out of descriptors: stop accepting for a tick rather
-                 * than spin on a listener that stays readable. */
-                uint64_t now = fdp_now_ms();
-
-                if (now - p->emfile_logged_ms >= 1000) {
-                    fdp_log(FDP_LOG_ERROR, errno, "accept4() failed on %s; "
-                            "pausing accept for 100 ms", l->bound);
-                    p->emfile_logged_ms = now;
-                }
-                p->accept_paused_until = now + TICK_MS;
-                set_accepting(p, 0);
-                break;
-            }
-            fdp_log(FDP_LOG_ERROR, errno, "accept4() failed on %s", l->bound);
-            break;
-        }
-        p->accepted++;
-        c.fd = fd;
-        c.listener = (uint32_t) (l - p->listeners);
-        c.proxied = 0;
-        c.since_us = fdp_now_us();
-        if (fdp_acceptf_ip_take(p, &c.peer, c.listener) < 0) {
-            fdp_close(&c.fd);
-            continue;
-        }
-        if (l->proxy) {
-            proxywait_start(p, &c);
-            continue;
-        }
-        if (fdp_acceptf_hold(p, &c)) {
-            continue;
-        }
-        queue_or_dispatch(p, &c);
-    }
-    if (p->qlen > 0) {
-        dispatch_queue(p);
-    } else {
-        flush_batches(p);
-    }
-}
 
 
 /*
@@ -1405,7 +408,7 @@ retire_move(struct fdp_pool *p, int idx, const char *why,
     if (b == NULL) {
         return -1;
     }
-    send_batch(p, a);
+    fdp_dispatch_send(p, a);
     if (a->ch.fd >= 0) {
         (void) fdp_loop_del(&p->loop, &a->io);
     }
@@ -1593,7 +596,7 @@ reload_abort(struct fdp_pool *p, const char *why)
         w->retiring = 1;
         w->ordered = 1;
         w->slot.state = FDP_W_EXITING;
-        worker_drop_channel(p, w);
+        fdp_dispatch_drop_channel(p, w);
         worker_kill(w, SIGTERM);
         w->kill_at = fdp_now_ms() + 1000;
     }
@@ -1604,9 +607,11 @@ reload_abort(struct fdp_pool *p, const char *why)
     free(p->reload_src);
     p->reload_src = NULL;
     fdp_log(FDP_LOG_ERROR, 0, "%s", text);
-    notify(p, "READY=1\nSTATUS=reload refused, generation %d serving",
-           p->generation);
-    fdp_control_reload_done(p, 0, text);
+    fdp_listen_notify(p, "READY=1\nSTATUS=reload refused, generation %d "
+                      "serving", p->generation);
+    if (p->service != NULL) {
+        p->service->reload_done(p, 0, text);
+    }
 }
 
 
@@ -1619,10 +624,9 @@ static void
 reload_swap(struct fdp_pool *p, int i, int j)
 {
     struct fdp_worker *a = &p->workers[i], *b = &p->workers[j], tmp;
-    struct fdp_stop_body body;
     uint32_t restarts = a->slot.restarts;
 
-    send_batch(p, a);
+    fdp_dispatch_send(p, a);
     if (a->ch.fd >= 0) {
         (void) fdp_loop_del(&p->loop, &a->io);
     }
@@ -1658,15 +662,7 @@ reload_swap(struct fdp_pool *p, int i, int j)
     fdp_log(FDP_LOG_INFO, 0, "worker %d (pid %ld) retires: reload",
             i + 1, (long) b->slot.pid);
     b->slot.state = FDP_W_EXITING;
-    body.graceful = 1;
-    body.grace_ms = (uint32_t) (p->graceful_grace * 1000);
-    if (b->ch.fd < 0 || fdp_chan_send(&b->ch, FDP_MSG_STOP, 0, &body,
-                                      sizeof(body), NULL, 0) < 0) {
-        worker_kill(b, SIGKILL);
-    } else if (b->ch.head != NULL) {
-        (void) fdp_loop_mod(&p->loop, &b->io, EPOLLIN | EPOLLOUT);
-    }
-    b->kill_at = fdp_now_ms() + body.grace_ms + KILL_MARGIN_MS;
+    retire_stop(p, b);
 }
 
 
@@ -1712,11 +708,13 @@ reload_commit(struct fdp_pool *p)
              "(%d worker(s))", p->generation, p->nworkers);
     fdp_log(FDP_LOG_INFO, 0, "%s", text);
     p->notified_ready = 1;
-    notify(p, "READY=1\nSTATUS=%d workers ready, generation %d",
-           p->nworkers, p->generation);
-    fdp_control_reload_done(p, 1, text);
+    fdp_listen_notify(p, "READY=1\nSTATUS=%d workers ready, generation %d",
+                      p->nworkers, p->generation);
+    if (p->service != NULL) {
+        p->service->reload_done(p, 1, text);
+    }
     if (p->qlen > 0) {
-        dispatch_queue(p);
+        fdp_dispatch_queue(p);
     }
 }
 
@@ -1730,7 +728,7 @@ reload_commit(struct fdp_pool *p)
  * FAIL, dies, or is not READY within RELOAD_TIMEOUT_MS, the new
  * generation is stopped and the old one stays (reload_abort). Returns 0
  * when the new generation is starting (the outcome is logged and given
- * to fdp_control_reload_done), or -1 with p->error set when it is
+ * to p->service->reload_done), or -1 with p->error set when it is
  * refused at once (nothing changed; a fork that fails is logged twice).
  */
 int
@@ -1793,8 +791,8 @@ fdp_pool_reload(struct fdp_pool *p)
     p->reload_deadline = fdp_now_ms() + RELOAD_TIMEOUT_MS;
     fdp_log(FDP_LOG_INFO, 0, "reloading: generation %d starting next to "
             "generation %d", p->reload_gen, p->generation);
-    notify(p, "RELOADING=1\nMONOTONIC_USEC=%llu",
-           (unsigned long long) fdp_now_us());
+    fdp_listen_notify(p, "RELOADING=1\nMONOTONIC_USEC=%llu",
+                      (unsigned long long) fdp_now_us());
     j = FDP_SLOTS;
     p->spawn_new = 1;
     for (i = 0; i < p->nworkers; i++) {
@@ -1829,250 +827,16 @@ refused:
 }
 
 
-static void
-parked_free(struct fdp_pool *p, struct fdp_parked *k)
-{
-    if (k->fd >= 0) {
-        /* Give back its --max-conns-per-ip count by the address it was
-         * accepted from: a client that reset has no peer name any more. */
-        if (k->by_peer) {
-            fdp_acceptf_ip_release(p, &k->rpeer, k->listener);
-        } else {
-            fdp_acceptf_fd_release(p, k->fd, k->listener);
-        }
-        (void) fdp_loop_del(&p->loop, &k->io);
-        fdp_close(&k->fd);
-    }
-    fdp_timer_stop(&p->loop, &k->timer);
-    if (k->prev) {
-        k->prev->next = k->next;
-    } else {
-        p->parked = k->next;
-    }
-    if (k->next) {
-        k->next->prev = k->prev;
-    }
-    p->nparked--;
-    free(k);
-}
 
 
-static void
-parked_timeout(struct fdp_loop *loop, struct fdp_timer *t)
-{
-    struct fdp_parked *k = t->data;
-
-    (void) loop;
-    parked_free(k->pool, k);
-}
 
 
-/*
- * A parked connection has bytes (a next request): dispatch it again, as
- * if just accepted. A hang-up without bytes just closes it.
- */
-static void
-parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
-{
-    struct fdp_parked *k = io->data;
-    struct fdp_pool *p = k->pool;
-    struct fdp_pending c;
-
-    (void) loop;
-    if (p->stopping) {
-        parked_free(p, k);
-        return;
-    }
-    if (!(ev & EPOLLIN) || (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
-        /* Bytes and a hang-up together (a last request, then FIN) still
-         * go to a worker; a hang-up or a reset alone closes it here. */
-        char b;
-        ssize_t n = recv(k->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-
-        if (n < 0 && (errno == EAGAIN || errno == EINTR)
-            && (ev & EPOLLIN)) {
-            return;
-        }
-        if (n <= 0) {
-            p->closed_by_peer++;
-            parked_free(p, k);
-            return;
-        }
-    }
-    memset(&c, 0, sizeof(c));
-    c.listener = k->listener;
-    c.since_us = fdp_now_us();
-    if (k->peerlen > 0) {
-        memcpy(&c.peer, k->peer, k->peerlen);
-        c.peerlen = k->peerlen;
-        c.proxied = 1;
-    } else {
-        c.peerlen = sizeof(c.peer);
-        if (getpeername(k->fd, (struct sockaddr *) &c.peer, &c.peerlen) < 0) {
-            p->closed_by_peer++;
-            parked_free(p, k);
-            return;
-        }
-    }
-    (void) fdp_loop_del(&p->loop, &k->io);
-    c.fd = k->fd;
-    k->fd = -1;
-    parked_free(p, k);
-    if (fdp_acceptf_hold(p, &c)) {
-        return;
-    }
-    if (p->qlen > 0 || !dispatch_one(p, &c)) {
-        if (p->qlen == FDP_QUEUE_MAX) {
-            fdp_close(&c.fd);
-            return;
-        }
-        p->queue[(p->qhead + p->qlen) % FDP_QUEUE_MAX] = c;
-        p->qlen++;
-    }
-    flush_batches(p);
-}
 
 
-static void
-close_parked(struct fdp_pool *p)
-{
-    while (p->parked) {
-        parked_free(p, p->parked);
-    }
-}
 
 
-/*
- * Is fd the socket recorded at hand-off? For TCP: the same peer address
- * and a local port of the listener it came in on; else dev/ino. Returns
- * 1 when it is, 0 when it is something else (the worker's fault), and
- * -1 when it is a connected-then-dead socket: a client that reset or
- * closed has no peer address any more (getpeername: ENOTCONN), which is
- * no fault of the worker's; such a socket is only ever closed.
- */
-static int
-same_socket(struct fdp_pool *p, const struct fdp_inflight *f, int fd)
-{
-    struct sockaddr_storage ss, ls;
-    socklen_t len = sizeof(ss), llen = sizeof(ls);
-    struct stat st;
-
-    if (!f->by_peer) {
-        return fstat(fd, &st) == 0 && (uint64_t) st.st_ino == f->ino
-               && (uint64_t) st.st_dev == f->dev;
-    }
-    if (getpeername(fd, (struct sockaddr *) &ss, &len) < 0) {
-        return errno == ENOTCONN ? -1 : 0;
-    }
-    if (getsockname(fd, (struct sockaddr *) &ls, &llen) < 0
-        || ss.ss_family != f->rpeer.sin6_family) {
-        return 0;
-    }
-    if (ss.ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *) &ss;
-        const struct sockaddr_in *b = (const struct sockaddr_in *) &f->rpeer;
-
-        if (a->sin_port != b->sin_port
-            || a->sin_addr.s_addr != b->sin_addr.s_addr) {
-            return 0;
-        }
-    } else {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *) &ss;
-
-        if (a->sin6_port != f->rpeer.sin6_port
-            || memcmp(&a->sin6_addr, &f->rpeer.sin6_addr, 16) != 0) {
-            return 0;
-        }
-    }
-    /* The local side must be the listener's port (the bound address may
-     * be a wildcard). */
-    {
-        const struct fdp_listener *l = &p->listeners[f->listener];
-        const char *colon = strrchr(l->bound, ':');
-        unsigned port = ls.ss_family == AF_INET
-                        ? ntohs(((struct sockaddr_in *) &ls)->sin_port)
-                        : ntohs(((struct sockaddr_in6 *) &ls)->sin6_port);
-
-        if (l->bound[0] != '\0' && colon != NULL
-            && strtoul(colon + 1, NULL, 10) != port) {
-            return 0;
-        }
-    }
-    return 1;
-}
 
 
-/*
- * PARK: a worker hands back an idle connection it was given. Accepted
- * only for an id in flight on that worker and the very socket handed
- * (see same_socket); anything else makes the worker faulty. A socket
- * whose client has gone (reset, closed) counts as done and is closed.
- */
-static void
-on_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
-{
-    const struct fdp_park_entry *e = (const struct fdp_park_entry *) m->u.bytes;
-    uint32_t k = (uint32_t) (e->id & 0xffff);
-    struct fdp_parked *pk;
-    struct fdp_inflight f;
-    int fd = m->fds[0];
-    int same = 0;
-
-    m->fds[0] = -1;
-    m->nfds = 0;
-    if (k < (uint32_t) w->slot.capacity && w->inflight[k].id == e->id
-        && e->id != 0) {
-        same = same_socket(p, &w->inflight[k], fd);
-    }
-    if (same == 0) {
-        fdp_close(&fd);
-        worker_fault(p, w, "PARK of a connection it was not given");
-        return;
-    }
-    f = w->inflight[k];
-    w->inflight[k].id = 0;
-    w->freeidx[w->nfree++] = k;
-    w->slot.active--;
-    w->slot.served++;
-    w->slot.bytes_in += e->bytes_in;
-    w->slot.bytes_out += e->bytes_out;
-    fdp_slot_update_busy(&w->slot, fdp_wall());
-    if (same < 0) {
-        p->closed_by_peer++;
-    }
-    pk = same < 0 || p->stopping ? NULL : calloc(1, sizeof(*pk));
-    if (pk == NULL) {
-        /* Over here: the connection ends, its per-address count too. */
-        fdp_acceptf_inflight_done(p, &f);
-        fdp_close(&fd);
-        return;
-    }
-    pk->fd = fd;
-    pk->pool = p;
-    pk->listener = f.listener;
-    pk->peerlen = f.peerlen;
-    memcpy(pk->peer, f.peer, sizeof(pk->peer));
-    pk->by_peer = f.by_peer;
-    pk->rpeer = f.rpeer;
-    pk->io.fd = fd;
-    pk->io.cb = parked_io;
-    pk->io.data = pk;
-    fdp_timer_init(&pk->timer, parked_timeout, pk);
-    if (fdp_loop_add(&p->loop, &pk->io, EPOLLIN | EPOLLRDHUP) < 0) {
-        fdp_acceptf_inflight_done(p, &f);
-        fdp_close(&pk->fd);
-        free(pk);
-        return;
-    }
-    (void) fdp_timer_start(&p->loop, &pk->timer,
-                           e->idle_ms ? e->idle_ms : 15000);
-    pk->next = p->parked;
-    if (p->parked) {
-        p->parked->prev = pk;
-    }
-    p->parked = pk;
-    p->nparked++;
-}
 
 
 /* fdpool.status() in a worker: the table as Lua text, in parts. */
@@ -2080,24 +844,14 @@ static void
 on_status_req(struct fdp_pool *p, struct fdp_worker *w,
               const struct fdp_msg *m)
 {
-    struct fdp_status_info info;
-    const char *listen[FDP_MAX_LISTEN];
-    struct fdp_slot *slots = calloc((size_t) p->nworkers, sizeof(*slots));
     struct fdp_buf b;
     unsigned char part[FDP_MSG_MAX];
     size_t off = 0, chunk = FDP_MSG_MAX - 4;
-    int i;
 
     memset(&b, 0, sizeof(b));
-    if (slots == NULL) {
+    if (fdp_pool_status(p, &b, FDP_STATUS_LUA, 0) < 0) {
         return;
     }
-    for (i = 0; i < p->nworkers; i++) {
-        slots[i] = p->workers[i].slot;
-    }
-    fdp_pool_status_info(p, &info, listen);
-    fdp_status_lua(&b, &info, slots, p->nworkers);
-    free(slots);
     if (b.oom) {
         fdp_buf_free(&b);
         return;
@@ -2132,16 +886,12 @@ on_done(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
 
         if (k >= (uint32_t) w->slot.capacity || w->inflight[k].id != d->id
             || d->id == 0) {
-            worker_fault(p, w, "DONE for a connection it was not given");
+            fdp_dispatch_fault(p, w,
+                               "DONE for a connection it was not given");
             return;
         }
         fdp_acceptf_inflight_done(p, &w->inflight[k]);
-        w->inflight[k].id = 0;
-        w->freeidx[w->nfree++] = k;
-        w->slot.active--;
-        w->slot.served++;
-        w->slot.bytes_in += d->bytes_in;
-        w->slot.bytes_out += d->bytes_out;
+        fdp_dispatch_served(w, k, d->bytes_in, d->bytes_out);
     }
     fdp_slot_update_busy(&w->slot, fdp_wall());
     if (w->retire_after && w->slot.served >= w->retire_after
@@ -2180,6 +930,57 @@ on_fail(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
 }
 
 
+/*
+ * READY from w: it serves (a reload's new worker: when the last of its
+ * generation is ready, the generation takes over). Returns -1 when the
+ * caller must stop reading w's channel (w is faulty, or the table was
+ * swapped), else 0.
+ */
+static int
+on_ready(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
+{
+    const struct fdp_ready_body *b;
+    int i, up = 0;
+
+    b = (const struct fdp_ready_body *) m->u.bytes;
+    if (w->slot.state != FDP_W_STARTING) {
+        fdp_dispatch_fault(p, w, "READY twice");
+        return -1;
+    }
+    w->slot.state = FDP_W_RUNNING;
+    if (w->pending) {
+        fdp_log(FDP_LOG_DEBUG, 0, "worker %d of generation %d ready",
+                w->slot.id, w->slot.generation);
+        /* Its filter settings apply once its generation serves. */
+        p->reload_ready = *b;
+        for (i = 0; i < FDP_SLOTS; i++) {
+            up += p->workers[i].pending
+                  && p->workers[i].slot.state == FDP_W_RUNNING;
+        }
+        if (up == p->reload_npending) {
+            /* Swaps slots, w included: read the rest later. */
+            reload_commit(p);
+            return -1;
+        }
+        return 0;
+    }
+    p->ever_ready = 1;
+    fdp_acceptf_ready(p, b);
+    if (!p->notified_ready) {
+        for (i = 0; i < p->nworkers; i++) {
+            up += p->workers[i].slot.state == FDP_W_RUNNING;
+        }
+        if (up == p->nworkers) {
+            p->notified_ready = 1;
+            fdp_listen_notify(p, "READY=1\nSTATUS=%d workers ready, "
+                              "generation %d", up, p->generation);
+        }
+    }
+    fdp_log(FDP_LOG_DEBUG, 0, "worker %d ready", w->slot.id);
+    return 0;
+}
+
+
 static void
 worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 {
@@ -2194,7 +995,7 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         if (r == 0) {
             (void) fdp_loop_mod(&p->loop, &w->io, EPOLLIN);
         } else if (r != -EAGAIN) {
-            worker_drop_channel(p, w);
+            fdp_dispatch_drop_channel(p, w);
             return;
         }
     }
@@ -2205,7 +1006,7 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         }
         if (r == 0 || r == -ECONNRESET) {
             /* The worker exited or closed its end: reaping follows. */
-            worker_drop_channel(p, w);
+            fdp_dispatch_drop_channel(p, w);
             if (w->slot.state != FDP_W_NONE
                 && w->slot.state != FDP_W_STARTING) {
                 /* (Still "starting": its exit is judged as a start.) */
@@ -2214,54 +1015,21 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             break;
         }
         if (r < 0) {
-            worker_fault(p, w, "malformed message on its channel");
+            fdp_dispatch_fault(p, w, "malformed message on its "
+                               "channel");
             break;
         }
         if (fdp_msg_check(&m, 1) < 0) {
             fdp_msg_close_fds(&m);
-            worker_fault(p, w, "malformed message on its channel");
+            fdp_dispatch_fault(p, w, "malformed message on its "
+                               "channel");
             break;
         }
         switch (m.h.type) {
         case FDP_MSG_READY:
-            if (w->slot.state != FDP_W_STARTING) {
-                worker_fault(p, w, "READY twice");
+            if (on_ready(p, w, &m) < 0) {
                 return;
             }
-            w->slot.state = FDP_W_RUNNING;
-            if (w->pending) {
-                int j, up = 0;
-
-                fdp_log(FDP_LOG_DEBUG, 0, "worker %d of generation %d ready",
-                        w->slot.id, w->slot.generation);
-                /* Its filter settings apply once its generation serves. */
-                p->reload_ready = *(const struct fdp_ready_body *) m.u.bytes;
-                for (j = 0; j < FDP_SLOTS; j++) {
-                    up += p->workers[j].pending
-                          && p->workers[j].slot.state == FDP_W_RUNNING;
-                }
-                if (up == p->reload_npending) {
-                    /* Swaps slots, w included: read the rest later. */
-                    reload_commit(p);
-                    return;
-                }
-                break;
-            }
-            p->ever_ready = 1;
-            fdp_acceptf_ready(p, (const struct fdp_ready_body *) m.u.bytes);
-            if (!p->notified_ready) {
-                int i, up = 0;
-
-                for (i = 0; i < p->nworkers; i++) {
-                    up += p->workers[i].slot.state == FDP_W_RUNNING;
-                }
-                if (up == p->nworkers) {
-                    p->notified_ready = 1;
-                    notify(p, "READY=1\nSTATUS=%d workers ready, "
-                           "generation %d", up, p->generation);
-                }
-            }
-            fdp_log(FDP_LOG_DEBUG, 0, "worker %d ready", w->slot.id);
             break;
         case FDP_MSG_FAIL:
             on_fail(p, w, &m);
@@ -2270,7 +1038,7 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             on_done(p, w, &m);
             break;
         case FDP_MSG_PARK:
-            on_park(p, w, &m);
+            fdp_dispatch_park(p, w, &m);
             break;
         case FDP_MSG_STATUS_REQ:
             on_status_req(p, w, &m);
@@ -2288,7 +1056,7 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         }
     }
     if (p->qlen > 0) {
-        dispatch_queue(p);
+        fdp_dispatch_queue(p);
     }
 }
 
@@ -2302,6 +1070,43 @@ backoff_ms(int streak)
         ms *= 2;
     }
     return ms > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : ms;
+}
+
+
+/* w's process is gone (wait status st): record and log how (into how),
+ * close its channel, end its connections' bookkeeping, free the slot. */
+static void
+worker_gone(struct fdp_pool *p, struct fdp_worker *w, int st, char *how,
+            size_t howlen)
+{
+    int k;
+
+    if (WIFSIGNALED(st)) {
+        w->slot.last_exit_how = FDP_EXIT_SIGNAL;
+        w->slot.last_exit_code = WTERMSIG(st);
+        snprintf(how, howlen, "killed by %s", fdp_signame(WTERMSIG(st)));
+    } else {
+        w->slot.last_exit_how = FDP_EXIT_CODE;
+        w->slot.last_exit_code = WEXITSTATUS(st);
+        snprintf(how, howlen, "exited with code %d", WEXITSTATUS(st));
+    }
+    fdp_log(p->stopping || (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+            ? FDP_LOG_INFO : FDP_LOG_WARN, 0,
+            "worker %d (pid %ld) %s%s", w->slot.id, (long) w->slot.pid, how,
+            w->slot.active > 0 && !p->stopping ? "; its connections are lost"
+                                               : "");
+    fdp_dispatch_drop_channel(p, w);
+    for (k = 0; k < w->slot.capacity && w->inflight; k++) {
+        if (w->inflight[k].id != 0) {
+            fdp_acceptf_inflight_done(p, &w->inflight[k]);
+        }
+        w->inflight[k].id = 0;
+    }
+    w->slot.pid = -1;
+    w->slot.state = FDP_W_NONE;
+    w->slot.active = 0;
+    w->slot.busy_since = 0;
+    p->nalive--;
 }
 
 
@@ -2321,34 +1126,8 @@ on_exit_status(struct fdp_pool *p, struct fdp_worker *w, int st)
     }
     was_ready = w->slot.state != FDP_W_STARTING;
     uint64_t lived = fdp_now_ms() - w->started_ms;
-    int k;
 
-    if (WIFSIGNALED(st)) {
-        w->slot.last_exit_how = FDP_EXIT_SIGNAL;
-        w->slot.last_exit_code = WTERMSIG(st);
-        snprintf(how, sizeof(how), "killed by %s", fdp_signame(WTERMSIG(st)));
-    } else {
-        w->slot.last_exit_how = FDP_EXIT_CODE;
-        w->slot.last_exit_code = WEXITSTATUS(st);
-        snprintf(how, sizeof(how), "exited with code %d", WEXITSTATUS(st));
-    }
-    fdp_log(p->stopping || (WIFEXITED(st) && WEXITSTATUS(st) == 0)
-            ? FDP_LOG_INFO : FDP_LOG_WARN, 0,
-            "worker %d (pid %ld) %s%s", w->slot.id, (long) w->slot.pid, how,
-            w->slot.active > 0 && !p->stopping ? "; its connections are lost"
-                                               : "");
-    worker_drop_channel(p, w);
-    for (k = 0; k < w->slot.capacity && w->inflight; k++) {
-        if (w->inflight[k].id != 0) {
-            fdp_acceptf_inflight_done(p, &w->inflight[k]);
-        }
-        w->inflight[k].id = 0;
-    }
-    w->slot.pid = -1;
-    w->slot.state = FDP_W_NONE;
-    w->slot.active = 0;
-    w->slot.busy_since = 0;
-    p->nalive--;
+    worker_gone(p, w, st, how, sizeof(how));
 
     if (p->stopping) {
         return;
@@ -2501,7 +1280,7 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         }
     }
     if (p->qlen > 0) {
-        dispatch_queue(p);
+        fdp_dispatch_queue(p);
     }
 }
 
@@ -2684,11 +1463,13 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
     }
     if (!p->stopping && !p->accepting && p->qlen < FDP_QUEUE_MAX
         && now >= p->accept_paused_until) {
-        set_accepting(p, 1);
+        fdp_dispatch_accepting(p, 1);
     }
-    fdp_control_tick(p);
+    if (p->service != NULL) {
+        p->service->tick(p);
+    }
     if (p->qlen > 0) {
-        dispatch_queue(p);
+        fdp_dispatch_queue(p);
     }
     fdp_acceptf_retry(p);
     if (p->fallback_unlogged > 0 && now - p->fallback_logged_ms >= 1000) {
@@ -2699,7 +1480,7 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
         p->fallback_unlogged = 0;
     }
     fdp_policy_flush_log(p);
-    (void) fdp_timer_start(loop, t, TICK_MS);
+    (void) fdp_timer_start(loop, t, FDP_TICK_MS);
 }
 
 
@@ -2842,7 +1623,7 @@ fdp_pool_start(struct fdp_pool *p)
         return -1;
     }
     p->owner = getpid();
-    notify_open(p);
+    fdp_listen_notify_open(p);
     r = fdp_loop_init(&p->loop);
     if (r < 0) {
         snprintf(p->error, sizeof(p->error), "epoll_create1() failed (%s)",
@@ -2852,12 +1633,8 @@ fdp_pool_start(struct fdp_pool *p)
     if (fdp_policy_open(p, p->error, sizeof(p->error)) < 0) {
         goto fail;
     }
-    if (p->control_default && p->control_path == NULL
-        && fdp_control_default_path(p, p->error, sizeof(p->error)) < 0) {
-        goto fail;
-    }
-    if ((p->control_path || p->metrics_addr)
-        && fdp_control_open(p, p->error, sizeof(p->error)) < 0) {
+    if (p->service != NULL
+        && p->service->open(p, p->error, sizeof(p->error)) < 0) {
         goto fail;
     }
     r = setup_signals(p);
@@ -2868,6 +1645,7 @@ fdp_pool_start(struct fdp_pool *p)
     }
     raise_nofile(p);
     for (i = 0; i < p->nlisten; i++) {
+        p->listeners[i].io.cb = fdp_dispatch_listener_io;
         r = fdp_loop_add(&p->loop, &p->listeners[i].io, EPOLLIN);
         if (r < 0) {
             snprintf(p->error, sizeof(p->error), "epoll_ctl() failed (%s)",
@@ -2902,7 +1680,7 @@ fdp_pool_start(struct fdp_pool *p)
         }
     }
     fdp_timer_init(&p->tick, tick, p);
-    (void) fdp_timer_start(&p->loop, &p->tick, TICK_MS);
+    (void) fdp_timer_start(&p->loop, &p->tick, FDP_TICK_MS);
     return 0;
 
 fail:
@@ -2910,7 +1688,7 @@ fail:
         fdp_close(&p->sigfd);
         (void) sigprocmask(SIG_SETMASK, &p->oldmask, NULL);
     }
-    fdp_control_close(p, 1);
+    service_close(p, 1);
     fdp_policy_close(p);
     fdp_loop_free(&p->loop);
     return -1;
@@ -2939,11 +1717,10 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
     }
     reload_abort(p, "the pool is stopping");
     p->stopping = graceful ? 2 : 1;
-    close_listeners(p);
-    close_parked(p);
-    close_proxywait(p);
+    fdp_listen_close_all(p);
+    fdp_dispatch_close_held(p);
     fdp_acceptf_close_all(p);
-    notify(p, "STOPPING=1");
+    fdp_listen_notify(p, "STOPPING=1");
     p->accepting = 0;
     if (!graceful) {
         while (p->qlen > 0) {
@@ -2961,7 +1738,7 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
             continue;
         }
         if (w->ch.fd >= 0) {
-            send_batch(p, w);
+            fdp_dispatch_send(p, w);
         }
         if (w->ch.fd < 0
             || fdp_chan_send(&w->ch, FDP_MSG_STOP, 0, &body, sizeof(body),
@@ -2985,13 +1762,12 @@ pool_finish(struct fdp_pool *p)
 
     p->running = 0;
     fdp_timer_stop(&p->loop, &p->tick);
-    close_parked(p);
-    close_proxywait(p);
+    fdp_dispatch_close_held(p);
     fdp_acceptf_close_all(p);
     for (i = 0; i < FDP_SLOTS; i++) {
-        worker_drop_channel(p, &p->workers[i]);
+        fdp_dispatch_drop_channel(p, &p->workers[i]);
     }
-    fdp_control_close(p, 1);
+    service_close(p, 1);
     fdp_policy_close(p);
     fdp_close(&p->sigfd);
     (void) sigprocmask(SIG_SETMASK, &p->oldmask, NULL);
@@ -3062,4 +1838,83 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
     info->lat_count = p->lat_count;
     info->pending = (uint64_t) fdp_acceptf_pending(p);
     memcpy(info->closed, p->af_closed, sizeof(info->closed));
+}
+
+
+/* Resident memory of pid in bytes (/proc/PID/statm), 0 if unknown. */
+static uint64_t
+rss_bytes(pid_t pid)
+{
+    char path[64], buf[128];
+    unsigned long long size, res;
+    long page = sysconf(_SC_PAGESIZE);
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof(path), "/proc/%ld/statm", (long) pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return 0;
+    }
+    n = read(fd, buf, sizeof(buf) - 1);
+    fdp_close(&fd);
+    if (n <= 0) {
+        return 0;
+    }
+    buf[n] = '\0';
+    if (sscanf(buf, "%llu %llu", &size, &res) != 2 || page <= 0) {
+        return 0;
+    }
+    return (uint64_t) res * (uint64_t) page;
+}
+
+
+/*
+ * The status snapshot, taken in this one place for every rendering: a
+ * copy of the worker table (with each worker's resident memory when
+ * with_rss) and the pool-wide figures with the time (listen must hold
+ * FDP_MAX_LISTEN entries). Returns the copy (p->nworkers slots, free()
+ * it) or NULL when out of memory.
+ */
+struct fdp_slot *
+fdp_pool_snapshot(struct fdp_pool *p, struct fdp_status_info *info,
+                  const char **listen, int with_rss)
+{
+    struct fdp_slot *slots;
+    int i;
+
+    slots = calloc(p->nworkers > 0 ? (size_t) p->nworkers : 1,
+                   sizeof(*slots));
+    if (slots == NULL) {
+        return NULL;
+    }
+    for (i = 0; i < p->nworkers; i++) {
+        slots[i] = p->workers[i].slot;
+        if (with_rss && slots[i].pid > 0 && slots[i].state != FDP_W_NONE) {
+            slots[i].rss = rss_bytes(slots[i].pid);
+        }
+    }
+    fdp_pool_status_info(p, info, listen);
+    info->now = fdp_wall();
+    return slots;
+}
+
+
+/* The snapshot rendered into b in format (an fdp_status_format). 0, or
+ * -ENOMEM when the copy cannot be made (nothing written); b->oom tells
+ * of a rendering that ran out. */
+int
+fdp_pool_status(struct fdp_pool *p, struct fdp_buf *b, int format,
+                int with_rss)
+{
+    struct fdp_status_info info;
+    const char *listen[FDP_MAX_LISTEN];
+    struct fdp_slot *slots = fdp_pool_snapshot(p, &info, listen, with_rss);
+
+    if (slots == NULL) {
+        return -ENOMEM;
+    }
+    fdp_status_render(b, format, &info, slots, p->nworkers);
+    free(slots);
+    return 0;
 }

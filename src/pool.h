@@ -14,6 +14,7 @@
 #include <sys/types.h>
 
 #include "acceptf.h"
+#include "addr.h"
 #include "channel.h"
 #include "loop.h"
 #include "status.h"
@@ -25,7 +26,7 @@
 #define FDP_MAX_LISTEN      16
 #define FDP_MAX_CONCURRENCY 65535
 #define FDP_QUEUE_MAX       1024
-#define FDP_ADDR_MAX        128
+#define FDP_TICK_MS         100     /* the master's tick */
 
 struct lua_State;
 struct fdp_pool;
@@ -94,8 +95,21 @@ struct fdp_worker {
 };
 
 struct fdp_control;
-struct fdp_parked;
-struct fdp_proxywait;
+struct fdp_held;
+
+/* A forked worker runs this (as ngx_spawn_process takes its proc); it
+ * never returns. worker.c's fdp_worker_main. */
+typedef void (*fdp_worker_main_fn)(struct fdp_pool *p, int idx);
+
+/* A service the pool opens at start, ticks, tells a reload's outcome and
+ * closes (control.c's fdp_control_service: the control socket and the
+ * --metrics listener). open: 0 or -1 with err. */
+struct fdp_service {
+    int (*open)(struct fdp_pool *p, char *err, size_t errlen);
+    void (*close)(struct fdp_pool *p, int unlink_path);
+    void (*tick)(struct fdp_pool *p);
+    void (*reload_done)(struct fdp_pool *p, int ok, const char *text);
+};
 
 struct fdp_pool {
     /* Configuration, set before start. Strings are owned by the pool. */
@@ -157,13 +171,13 @@ struct fdp_pool {
     int qhead;
     int qlen;
 
-    struct fdp_proxywait *proxywait;  /* reading PROXY headers */
+    struct fdp_held *proxywait;    /* reading PROXY headers */
     struct fdp_acceptf *acceptf;    /* waiting for something to serve */
     uint64_t af_closed[FDP_AF_NREASONS];
     int notify_fd;                  /* systemd NOTIFY_SOCKET, or -1 */
     char notify_path[108];
     int notified_ready;
-    struct fdp_parked *parked;      /* idle connections the master holds */
+    struct fdp_held *parked;        /* idle connections the master holds */
     int nparked;
     uint64_t lat_counts[FDP_LAT_BUCKETS];
     double lat_sum;
@@ -192,6 +206,14 @@ struct fdp_pool {
 
     struct fdp_policy *policy;
     struct fdp_control *control;
+
+    /* The pool calls up only through these two, set by whoever creates
+     * it (the Lua binding); NULL: none. */
+    fdp_worker_main_fn worker_main; /* the child's main (never returns) */
+    /* Where the accept filter hands a connection that is ready (set by
+     * fdp_pool_new to the dispatcher: the filter sits below it). */
+    void (*admit)(struct fdp_pool *p, struct fdp_pending *c);
+    const struct fdp_service *service;  /* the control socket/metrics */
 };
 
 /* pool.c */
@@ -208,43 +230,12 @@ int fdp_pool_choose(struct fdp_pool *p, const struct fdp_pending *c,
                     int *fallback);
 int fdp_pool_reload(struct fdp_pool *p);
 void fdp_pool_close_in_child(struct fdp_pool *p, int keep);
-void fdp_pool_admit(struct fdp_pool *p, struct fdp_pending *c);
 void fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
                           const char **listen);
-int fdp_unix_reclaim(const char *path);
-int fdp_unix_lock_dir(const char *path);
-int fdp_path_identity(const char *path, uint64_t *dev, uint64_t *ino);
-void fdp_unlink_own(const char *path, uint64_t dev, uint64_t ino);
-void fdp_format_sockaddr(const struct sockaddr_storage *ss, char *out,
-                         size_t n, int with_path);
-int fdp_parse_addr(const char *addr, struct sockaddr_storage *ss,
-                   socklen_t *len, char *err, size_t errlen);
-
-/* policy.c: runs the dispatch policy in Lua. */
-int fdp_policy_open(struct fdp_pool *p, char *err, size_t errlen);
-int fdp_policy_pick(struct fdp_pool *p, const struct fdp_pending *c);
-void fdp_policy_close(struct fdp_pool *p);
-void fdp_policy_flush_log(struct fdp_pool *p);
-const char *fdp_policy_name(struct fdp_pool *p);
-int fdp_script_check(struct fdp_pool *p, const char *src, size_t len,
-                     char *err, size_t errlen);
-int fdp_script_load(struct lua_State *L, const char *path, const char *src,
-                    size_t len);
-int fdp_policy_check(struct lua_State *L, const char *spec, char *err,
-                     size_t errlen);
-
-/* control.c: the control socket, server and client sides. */
-int fdp_control_open(struct fdp_pool *p, char *err, size_t errlen);
-void fdp_control_close(struct fdp_pool *p, int unlink_path);
-void fdp_control_tick(struct fdp_pool *p);
-int fdp_control_default_dir(char *out, size_t n, int create, char *err,
-                            size_t errlen);
-int fdp_control_default_path(struct fdp_pool *p, char *err, size_t errlen);
-int fdp_control_request(const char *path, const char *cmd,
-                        struct fdp_buf *out, char *err, size_t errlen);
-void fdp_control_reload_done(struct fdp_pool *p, int ok, const char *text);
-
-/* worker.c: the child side; never returns. */
-void fdp_worker_main(struct fdp_pool *p, int idx) __attribute__((noreturn));
+struct fdp_slot *fdp_pool_snapshot(struct fdp_pool *p,
+                                   struct fdp_status_info *info,
+                                   const char **listen, int with_rss);
+int fdp_pool_status(struct fdp_pool *p, struct fdp_buf *b, int format,
+                    int with_rss);
 
 #endif

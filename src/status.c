@@ -530,3 +530,25 @@ fdp_status_lua(struct fdp_buf *b, const struct fdp_status_info *info,
     }
     fdp_buf_printf(b, "}}");
 }
+
+
+void
+fdp_status_render(struct fdp_buf *b, int format,
+                  const struct fdp_status_info *info,
+                  const struct fdp_slot *slots, int n)
+{
+    switch (format) {
+    case FDP_STATUS_JSON:
+        fdp_status_json(b, info, slots, n);
+        break;
+    case FDP_STATUS_LUA:
+        fdp_status_lua(b, info, slots, n);
+        break;
+    case FDP_STATUS_OPENMETRICS:
+        fdp_status_openmetrics(b, info, slots, n);
+        break;
+    default:
+        fdp_status_table(b, info, slots, n);
+        break;
+    }
+}

@@ -115,4 +115,12 @@ void fdp_status_openmetrics(struct fdp_buf *b,
                             const struct fdp_status_info *info,
                             const struct fdp_slot *slots, int n);
 
+/* The renderings by name, for callers that pick one at run time. */
+enum fdp_status_format {
+    FDP_STATUS_TABLE, FDP_STATUS_JSON, FDP_STATUS_LUA, FDP_STATUS_OPENMETRICS
+};
+void fdp_status_render(struct fdp_buf *b, int format,
+                       const struct fdp_status_info *info,
+                       const struct fdp_slot *slots, int n);
+
 #endif

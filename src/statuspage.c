@@ -37,57 +37,8 @@ struct req {
 };
 
 
-/* Resident bytes of a process (second field of /proc/PID/statm, in
- * pages), or 0 when it cannot be read (gone, a zombie). */
-static uint64_t
-rss_bytes(pid_t pid)
-{
-    char path[64], buf[128];
-    unsigned long long size, res;
-    ssize_t n;
-    long page = sysconf(_SC_PAGESIZE);
-    int fd;
-
-    snprintf(path, sizeof(path), "/proc/%ld/statm", (long) pid);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        return 0;
-    }
-    n = read(fd, buf, sizeof(buf) - 1);
-    fdp_close(&fd);
-    if (n <= 0) {
-        return 0;
-    }
-    buf[n] = '\0';
-    if (sscanf(buf, "%llu %llu", &size, &res) != 2 || page <= 0) {
-        return 0;
-    }
-    return (uint64_t) res * (uint64_t) page;
-}
 
 
-struct fdp_slot *
-fdp_statuspage_snapshot(struct fdp_pool *p, struct fdp_status_info *info,
-                        const char **listen)
-{
-    struct fdp_slot *slots;
-    int i;
-
-    slots = calloc(p->nworkers > 0 ? (size_t) p->nworkers : 1,
-                   sizeof(*slots));
-    if (slots == NULL) {
-        return NULL;
-    }
-    for (i = 0; i < p->nworkers; i++) {
-        slots[i] = p->workers[i].slot;
-        if (slots[i].pid > 0 && slots[i].state != FDP_W_NONE) {
-            slots[i].rss = rss_bytes(slots[i].pid);
-        }
-    }
-    fdp_pool_status_info(p, info, listen);
-    info->now = fdp_wall();
-    return slots;
-}
 
 
 /* ---- HTML ---- */
@@ -297,7 +248,7 @@ render_page(struct fdp_buf *b, struct fdp_pool *p, int refresh)
 {
     struct fdp_status_info info;
     const char *listen[FDP_MAX_LISTEN];
-    struct fdp_slot *slots = fdp_statuspage_snapshot(p, &info, listen);
+    struct fdp_slot *slots = fdp_pool_snapshot(p, &info, listen, 1);
     const char *t = fdp_statuspage_html, *end = t + fdp_statuspage_html_len;
     int skip = 0;
 
@@ -525,7 +476,7 @@ fdp_statuspage_http(struct fdp_pool *p, char *req, size_t size,
     if (strcmp(r.path, "/status.json") == 0) {
         struct fdp_status_info info;
         const char *listen[FDP_MAX_LISTEN];
-        struct fdp_slot *slots = fdp_statuspage_snapshot(p, &info, listen);
+        struct fdp_slot *slots = fdp_pool_snapshot(p, &info, listen, 1);
 
         if (slots == NULL) {
             out->oom = 1;

@@ -19,16 +19,7 @@ struct fdp_pool;
 extern const char fdp_statuspage_html[];
 extern const size_t fdp_statuspage_html_len;
 
-/*
- * A copy of the worker table with each worker's resident memory read
- * from /proc/PID/statm, and the pool-wide figures (listen must hold
- * FDP_MAX_LISTEN entries): what every rendering of the status starts
- * from. Returns the copy (p->nworkers slots, free() it) or NULL when out
- * of memory.
- */
-struct fdp_slot *fdp_statuspage_snapshot(struct fdp_pool *p,
-                                         struct fdp_status_info *info,
-                                         const char **listen);
+/* The snapshot every page starts from is pool.h's fdp_pool_snapshot. */
 
 /*
  * One complete request head (NUL-terminated in req, a buffer of size

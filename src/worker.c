@@ -8,6 +8,7 @@
  */
 #include "fdp.h"
 #include "pool.h"
+#include "policy.h"
 #include "worker.h"
 
 #include <fcntl.h>

@@ -122,5 +122,6 @@ int luaopen_fdpool(lua_State *L);
 void fdp_open_module(lua_State *L);
 void fdp_module_set_worker(lua_State *L, struct fdp_wctx *w);
 int fdp_pushfail(lua_State *L, int err, const char *what);
+void fdp_worker_main(struct fdp_pool *p, int idx) __attribute__((noreturn));
 
 #endif

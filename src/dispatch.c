@@ -1,0 +1,837 @@
+/*
+ * dispatch.c - the master's connections on their way to a worker:
+ * accept (in bursts) -> the PROXY header wait -> the accept filter
+ * (acceptf.c) -> the queue -> the policy's pick -> a worker's batch ->
+ * one CONN message per worker per burst. Also the connections the master
+ * holds: parked ones a worker handed back (PARK) until their next bytes,
+ * and those whose PROXY header is being read. It never reads client
+ * bytes but a PROXY header. A worker that breaks the hand-off protocol is
+ * faulty (killed here; the pool replaces it when it is reaped).
+ */
+#include "fdp.h"
+#include "pool.h"
+#include "policy.h"
+#include "proxy.h"
+#include "dispatch.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#define ACCEPT_BURST     256
+
+/*
+ * A connection the master holds, not (or no longer) a worker's: one on a
+ * `proxy` listener whose PROXY header is being read (the one place the
+ * master reads client bytes: bounded size and time), or a parked one a
+ * worker handed back, waiting for its next bytes. One type, one list per
+ * kind (p->proxywait, p->parked), one free.
+ */
+enum { HELD_PROXY, HELD_PARKED };
+
+struct fdp_held {
+    struct fdp_pending c;           /* fd, listener; peer when proxied */
+    int kind;
+    int by_peer;                    /* parked: rpeer is the TCP peer it */
+    struct sockaddr_in6 rpeer;      /* came from (a dead socket has no
+                                     * peer name any more) */
+    struct fdp_io io;
+    struct fdp_timer timer;
+    struct fdp_pool *pool;
+    struct fdp_held *prev, *next;
+};
+
+#define PROXY_TIMEOUT_MS 5000
+
+
+static struct fdp_held **
+held_list(struct fdp_pool *p, const struct fdp_held *h)
+{
+    return h->kind == HELD_PARKED ? &p->parked : &p->proxywait;
+}
+
+
+/* Close (a parked one gives back its --max-conns-per-ip count by the
+ * address it was accepted from: a client that reset has no peer name any
+ * more), unlink and free h. */
+static void
+held_free(struct fdp_pool *p, struct fdp_held *h)
+{
+    struct fdp_held **list = held_list(p, h);
+
+    if (h->c.fd >= 0) {
+        if (h->kind == HELD_PARKED && h->by_peer) {
+            fdp_acceptf_ip_release(p, &h->rpeer, h->c.listener);
+        } else if (h->kind == HELD_PARKED) {
+            fdp_acceptf_fd_release(p, h->c.fd, h->c.listener);
+        }
+        (void) fdp_loop_del(&p->loop, &h->io);
+        fdp_close(&h->c.fd);
+    }
+    fdp_timer_stop(&p->loop, &h->timer);
+    if (h->prev) {
+        h->prev->next = h->next;
+    } else {
+        *list = h->next;
+    }
+    if (h->next) {
+        h->next->prev = h->prev;
+    }
+    if (h->kind == HELD_PARKED) {
+        p->nparked--;
+    }
+    free(h);
+}
+
+
+static void
+held_timeout(struct fdp_loop *loop, struct fdp_timer *t)
+{
+    struct fdp_held *h = t->data;
+
+    (void) loop;
+    if (h->kind == HELD_PROXY) {
+        fdp_log(FDP_LOG_DEBUG, 0, "no PROXY header within %d ms; closed",
+                PROXY_TIMEOUT_MS);
+    }
+    held_free(h->pool, h);
+}
+
+
+/* Watch h (h->c filled in) for events, with a deadline of ms, and put it
+ * on its list. Returns 0, or -1 (h not linked, its fd still open). */
+static int
+held_start(struct fdp_pool *p, struct fdp_held *h, int kind,
+           fdp_io_cb cb, uint32_t events, uint64_t ms)
+{
+    struct fdp_held **list;
+
+    h->kind = kind;
+    h->pool = p;
+    h->io.fd = h->c.fd;
+    h->io.cb = cb;
+    h->io.data = h;
+    fdp_timer_init(&h->timer, held_timeout, h);
+    if (fdp_loop_add(&p->loop, &h->io, events) < 0) {
+        return -1;
+    }
+    (void) fdp_timer_start(&p->loop, &h->timer, ms);
+    list = held_list(p, h);
+    h->next = *list;
+    if (*list) {
+        (*list)->prev = h;
+    }
+    *list = h;
+    if (kind == HELD_PARKED) {
+        p->nparked++;
+    }
+    return 0;
+}
+
+
+void
+fdp_dispatch_accepting(struct fdp_pool *p, int on)
+{
+    int i;
+
+    if (p->accepting == on) {
+        return;
+    }
+    p->accepting = on;
+    for (i = 0; i < p->nlisten; i++) {
+        if (p->listeners[i].fd >= 0) {
+            (void) fdp_loop_mod(&p->loop, &p->listeners[i].io,
+                                on ? EPOLLIN : 0);
+        }
+    }
+}
+
+
+/* Connection k of w has ended there (DONE) or come back (PARK): free its
+ * in-flight entry and count it as served. */
+void
+fdp_dispatch_served(struct fdp_worker *w, uint32_t k, uint64_t bytes_in,
+                    uint64_t bytes_out)
+{
+    w->inflight[k].id = 0;
+    w->freeidx[w->nfree++] = k;
+    w->slot.active--;
+    w->slot.served++;
+    w->slot.bytes_in += bytes_in;
+    w->slot.bytes_out += bytes_out;
+}
+
+
+void
+fdp_dispatch_drop_channel(struct fdp_pool *p, struct fdp_worker *w)
+{
+    int k;
+
+    if (w->ch.fd >= 0) {
+        (void) fdp_loop_del(&p->loop, &w->io);
+        fdp_chan_close(&w->ch);
+    }
+    w->io.fd = -1;
+    for (k = 0; k < w->nbatch; k++) {
+        fdp_close(&w->batchfds[k]);
+    }
+    w->nbatch = 0;
+}
+
+
+/* A worker broke the protocol: it is replaced, never trusted again. */
+void
+fdp_dispatch_fault(struct fdp_pool *p, struct fdp_worker *w, const char *why)
+{
+    fdp_log(FDP_LOG_ERROR, 0, "worker %d (pid %ld) is faulty: %s; killing it",
+            w->slot.id, (long) w->slot.pid, why);
+    fdp_dispatch_drop_channel(p, w);
+    w->slot.state = FDP_W_EXITING;
+    w->ordered = 1;
+    if (w->slot.pid > 0) {          /* a process this master forked */
+        (void) kill(w->slot.pid, SIGKILL);
+    }
+}
+
+
+static int
+worker_can_take(const struct fdp_worker *w)
+{
+    return w->slot.state == FDP_W_RUNNING
+           && (w->pool->simulated || (w->ch.fd >= 0 && w->nfree > 0))
+           && w->slot.active < w->slot.capacity;
+}
+
+
+static int
+first_free(struct fdp_pool *p)
+{
+    int i;
+
+    for (i = 0; i < p->nworkers; i++) {
+        if (worker_can_take(&p->workers[i])) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+
+void
+fdp_dispatch_send(struct fdp_pool *p, struct fdp_worker *w)
+{
+    int r, k;
+
+    if (w->nbatch == 0) {
+        return;
+    }
+    r = fdp_chan_send(&w->ch, FDP_MSG_CONN, (unsigned) w->nbatch, w->batch,
+                      (size_t) w->nbatch * sizeof(w->batch[0]), w->batchfds,
+                      w->nbatch);
+    if (r == 0) {
+        w->nbatch = 0;
+        if (w->ch.head != NULL) {
+            (void) fdp_loop_mod(&p->loop, &w->io, EPOLLIN | EPOLLOUT);
+        }
+        return;
+    }
+    /* The worker is gone or stuck: its connections go back to the queue
+     * front, to be handed to another worker. */
+    fdp_log(FDP_LOG_WARN, -r, "cannot hand %d connection(s) to worker %d",
+            w->nbatch, w->slot.id);
+    for (k = w->nbatch - 1; k >= 0; k--) {
+        uint32_t i = (uint32_t) (w->batch[k].id & 0xffff);
+
+        if (p->qlen < FDP_QUEUE_MAX) {
+            struct fdp_pending *q;
+
+            p->qhead = (p->qhead + FDP_QUEUE_MAX - 1) % FDP_QUEUE_MAX;
+            q = &p->queue[p->qhead];
+            memset(q, 0, sizeof(*q));
+            q->fd = w->batchfds[k];
+            q->listener = w->batch[k].listener;
+            /* Keep what identifies it (a PROXY client, the TCP peer). */
+            if (w->inflight[i].peerlen > 0) {
+                memcpy(&q->peer, w->inflight[i].peer, w->inflight[i].peerlen);
+                q->peerlen = w->inflight[i].peerlen;
+                q->proxied = 1;
+            } else if (w->inflight[i].by_peer) {
+                memcpy(&q->peer, &w->inflight[i].rpeer,
+                       sizeof(w->inflight[i].rpeer));
+                q->peerlen = w->inflight[i].rpeer.sin6_family == AF_INET
+                             ? sizeof(struct sockaddr_in)
+                             : sizeof(struct sockaddr_in6);
+            }
+            p->qlen++;
+        } else {
+            fdp_close(&w->batchfds[k]);
+        }
+        fdp_acceptf_inflight_done(p, &w->inflight[i]);
+        w->inflight[i].id = 0;
+        w->freeidx[w->nfree++] = i;
+        w->slot.active--;
+    }
+    w->nbatch = 0;
+    fdp_dispatch_fault(p, w, "its channel refused a message");
+}
+
+
+void
+fdp_dispatch_flush(struct fdp_pool *p)
+{
+    int i;
+
+    for (i = 0; i < p->nworkers; i++) {
+        if (p->workers[i].nbatch > 0) {
+            fdp_dispatch_send(p, &p->workers[i]);
+        }
+    }
+}
+
+
+/* Put c in worker idx's next CONN message. Takes ownership of c->fd. */
+static void
+hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
+{
+    struct fdp_worker *w = &p->workers[idx];
+    uint32_t k = w->freeidx[--w->nfree];
+    uint64_t id = (++p->conn_seq << 16) | k;
+
+    w->inflight[k].id = id;
+    w->inflight[k].since_us = fdp_now_us();
+    if (c->since_us) {
+        double lat = (double) (w->inflight[k].since_us - c->since_us) / 1e6;
+        int b;
+
+        for (b = 0; b < FDP_LAT_BUCKETS - 1 && lat > fdp_lat_bounds[b]; b++) {
+        }
+        p->lat_counts[b]++;
+        p->lat_sum += lat;
+        p->lat_count++;
+    }
+    w->inflight[k].escalated = 0;
+    w->inflight[k].listener = c->listener;
+    /* Remember the socket's identity for a later PARK: a plain TCP
+     * connection by the peer address accept4 gave (no syscall on the hot
+     * path), anything else by fstat's dev/ino. */
+    w->inflight[k].by_peer = 0;
+    if (!c->proxied && (c->peer.ss_family == AF_INET
+                        || c->peer.ss_family == AF_INET6)
+        && c->peerlen <= sizeof(w->inflight[k].rpeer)) {
+        memset(&w->inflight[k].rpeer, 0, sizeof(w->inflight[k].rpeer));
+        memcpy(&w->inflight[k].rpeer, &c->peer, c->peerlen);
+        w->inflight[k].by_peer = 1;
+    } else {
+        struct stat st;
+
+        if (fstat(c->fd, &st) == 0) {
+            w->inflight[k].ino = (uint64_t) st.st_ino;
+            w->inflight[k].dev = (uint64_t) st.st_dev;
+        }
+    }
+    w->batch[w->nbatch].id = id;
+    w->batch[w->nbatch].listener = c->listener;
+    w->batch[w->nbatch].reserved = 0;
+    w->batch[w->nbatch].peerlen = 0;
+    w->inflight[k].peerlen = 0;
+    if (c->proxied && c->peerlen <= sizeof(w->batch[0].peer)) {
+        w->batch[w->nbatch].peerlen = c->peerlen;
+        memcpy(w->batch[w->nbatch].peer, &c->peer, c->peerlen);
+        w->inflight[k].peerlen = c->peerlen;
+        memcpy(w->inflight[k].peer, &c->peer, c->peerlen);
+    }
+    w->batchfds[w->nbatch] = c->fd;
+    w->nbatch++;
+    w->slot.active++;
+    fdp_slot_update_busy(&w->slot, fdp_wall());
+    if (w->nbatch == FDP_BATCH_MAX) {
+        fdp_dispatch_send(p, w);
+    }
+}
+
+
+static void
+log_fallback(struct fdp_pool *p, const char *why)
+{
+    uint64_t now = p->loop.now;
+
+    p->fallbacks++;
+    if (now - p->fallback_logged_ms >= 1000) {
+        fdp_log(FDP_LOG_WARN, 0, "policy %s: %s; using first_free "
+                "(%llu more since the last report)", fdp_policy_name(p), why,
+                (unsigned long long) p->fallback_unlogged);
+        p->fallback_logged_ms = now;
+        p->fallback_unlogged = 0;
+    } else {
+        p->fallback_unlogged++;
+    }
+}
+
+
+/*
+ * The dispatch decision for c, shared by the master and fdpool.sim: the
+ * policy's pick, checked. Returns a worker index, or -1 to keep c queued.
+ * *fallback is set when the policy failed and first_free chose.
+ */
+int
+fdp_pool_choose(struct fdp_pool *p, const struct fdp_pending *c,
+                int *fallback)
+{
+    int idx = fdp_policy_pick(p, c);
+
+    *fallback = 0;
+    if (idx == -1) {
+        return -1;
+    }
+    if (idx >= 0 && !worker_can_take(&p->workers[idx])) {
+        /* A full or unready pick when someone else has room is the
+         * policy's mistake; when nobody has room, keep it queued. */
+        if (first_free(p) < 0) {
+            return -1;
+        }
+        log_fallback(p, "picked a worker that cannot take a connection");
+        idx = -2;
+    }
+    if (idx == -2) {
+        *fallback = 1;
+        idx = first_free(p);
+    }
+    return idx;
+}
+
+
+/* Try to hand c to a worker. Returns 1 when handed, 0 to keep it. */
+static int
+dispatch_one(struct fdp_pool *p, const struct fdp_pending *c)
+{
+    int fallback, idx = fdp_pool_choose(p, c, &fallback);
+
+    if (idx < 0) {
+        return 0;
+    }
+    hand(p, idx, c);
+    return 1;
+}
+
+
+void
+fdp_dispatch_queue(struct fdp_pool *p)
+{
+    while (p->qlen > 0 && first_free(p) >= 0) {
+        struct fdp_pending *c = &p->queue[p->qhead];
+
+        if (!dispatch_one(p, c)) {
+            break;
+        }
+        c->fd = -1;
+        p->qhead = (p->qhead + 1) % FDP_QUEUE_MAX;
+        p->qlen--;
+    }
+    fdp_dispatch_flush(p);
+    if (!p->stopping && !p->accepting && p->qlen < FDP_QUEUE_MAX / 2
+        && fdp_now_ms() >= p->accept_paused_until) {
+        fdp_dispatch_accepting(p, 1);
+    }
+}
+
+
+static void
+queue_or_dispatch(struct fdp_pool *p, struct fdp_pending *c)
+{
+    if (p->qlen > 0 || !dispatch_one(p, c)) {
+        if (p->qlen == FDP_QUEUE_MAX) {
+            fdp_close(&c->fd);      /* cannot happen: accept stops first */
+            return;
+        }
+        p->queue[(p->qhead + p->qlen) % FDP_QUEUE_MAX] = *c;
+        p->qlen++;
+        if (p->qlen == FDP_QUEUE_MAX) {
+            fdp_dispatch_accepting(p, 0);
+        }
+    }
+}
+
+
+/* A connection the accept filter found ready: dispatched as if just
+ * accepted. Takes ownership of c->fd. */
+void
+fdp_dispatch_admit(struct fdp_pool *p, struct fdp_pending *c)
+{
+    if (p->qlen == FDP_QUEUE_MAX) {
+        /* Every worker full and the queue too: no room to wait in. */
+        p->af_closed[FDP_AF_OVERFLOW]++;
+        fdp_acceptf_ip_release(p, &c->peer, c->listener);
+        fdp_close(&c->fd);
+        return;
+    }
+    queue_or_dispatch(p, c);
+    fdp_dispatch_flush(p);
+}
+
+
+
+
+
+
+/*
+ * Bytes on a connection of a `proxy` listener: peek, parse, consume
+ * exactly the header, and dispatch with the client's address. A bad
+ * header closes the connection.
+ */
+static void
+proxywait_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
+{
+    struct fdp_held *x = io->data;
+    struct fdp_pool *p = x->pool;
+    uint8_t buf[FDP_PROXY_MAX];
+    struct sockaddr_storage src;
+    socklen_t slen;
+    ssize_t n;
+    int r;
+
+    (void) loop;
+    (void) ev;
+    do {
+        n = recv(x->c.fd, buf, sizeof(buf), MSG_PEEK);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        return;
+    }
+    r = n > 0 ? fdp_proxy_parse(buf, (size_t) n, &src, &slen) : -1;
+    if (r == 0 && (size_t) n < sizeof(buf)) {
+        return;                     /* wait for the rest */
+    }
+    if (r <= 0 || recv(x->c.fd, buf, (size_t) r, 0) != r) {
+        fdp_log(FDP_LOG_DEBUG, 0, "bad or missing PROXY header on %s; closed",
+                p->listeners[x->c.listener].bound);
+        held_free(p, x);
+        return;
+    }
+    if (slen > 0) {
+        memcpy(&x->c.peer, &src, slen);
+        x->c.peerlen = slen;
+        x->c.proxied = 1;
+    }
+    (void) fdp_loop_del(&p->loop, &x->io);
+    {
+        struct fdp_pending c = x->c;
+
+        x->c.fd = -1;
+        held_free(p, x);
+        if (!fdp_acceptf_hold(p, &c)) {
+            queue_or_dispatch(p, &c);
+        }
+    }
+    fdp_dispatch_flush(p);
+}
+
+
+
+
+
+
+static void
+proxywait_start(struct fdp_pool *p, struct fdp_pending *c)
+{
+    struct fdp_held *x = calloc(1, sizeof(*x));
+
+    if (x == NULL) {
+        fdp_close(&c->fd);
+        return;
+    }
+    x->c = *c;
+    /* Edge-triggered: a partial header waits for more bytes instead of
+     * waking the master again and again. */
+    if (held_start(p, x, HELD_PROXY, proxywait_io,
+                   EPOLLIN | EPOLLRDHUP | EPOLLET, PROXY_TIMEOUT_MS) < 0) {
+        fdp_close(&x->c.fd);
+        free(x);
+    }
+}
+
+
+void
+fdp_dispatch_listener_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
+{
+    struct fdp_listener *l = io->data;
+    struct fdp_pool *p = l->pool;
+    int n;
+
+    (void) loop;
+    (void) ev;
+    for (n = 0; n < ACCEPT_BURST && p->accepting; n++) {
+        struct fdp_pending c;
+        int fd;
+
+        c.peerlen = sizeof(c.peer);
+        fd = accept4(l->fd, (struct sockaddr *) &c.peer, &c.peerlen,
+                     SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                break;
+            }
+            if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) {
+                continue;
+            }
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS
+                || errno == ENOMEM) {
+                /* Out of descriptors: stop accepting for a tick rather
+                 * than spin on a listener that stays readable. */
+                uint64_t now = fdp_now_ms();
+
+                if (now - p->emfile_logged_ms >= 1000) {
+                    fdp_log(FDP_LOG_ERROR, errno, "accept4() failed on %s; "
+                            "pausing accept for 100 ms", l->bound);
+                    p->emfile_logged_ms = now;
+                }
+                p->accept_paused_until = now + FDP_TICK_MS;
+                fdp_dispatch_accepting(p, 0);
+                break;
+            }
+            fdp_log(FDP_LOG_ERROR, errno, "accept4() failed on %s", l->bound);
+            break;
+        }
+        p->accepted++;
+        c.fd = fd;
+        c.listener = (uint32_t) (l - p->listeners);
+        c.proxied = 0;
+        c.since_us = fdp_now_us();
+        if (fdp_acceptf_ip_take(p, &c.peer, c.listener) < 0) {
+            fdp_close(&c.fd);
+            continue;
+        }
+        if (l->proxy) {
+            proxywait_start(p, &c);
+            continue;
+        }
+        if (fdp_acceptf_hold(p, &c)) {
+            continue;
+        }
+        queue_or_dispatch(p, &c);
+    }
+    if (p->qlen > 0) {
+        fdp_dispatch_queue(p);
+    } else {
+        fdp_dispatch_flush(p);
+    }
+}
+
+
+
+
+
+
+/*
+ * A parked connection has bytes (a next request): dispatch it again, as
+ * if just accepted. A hang-up without bytes just closes it.
+ */
+static void
+parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
+{
+    struct fdp_held *k = io->data;
+    struct fdp_pool *p = k->pool;
+    struct fdp_pending c;
+
+    (void) loop;
+    if (p->stopping) {
+        held_free(p, k);
+        return;
+    }
+    if (!(ev & EPOLLIN) || (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+        /* Bytes and a hang-up together (a last request, then FIN) still
+         * go to a worker; a hang-up or a reset alone closes it here. */
+        char b;
+        ssize_t n = recv(k->c.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)
+            && (ev & EPOLLIN)) {
+            return;
+        }
+        if (n <= 0) {
+            p->closed_by_peer++;
+            held_free(p, k);
+            return;
+        }
+    }
+    c = k->c;
+    c.since_us = fdp_now_us();
+    if (!c.proxied) {
+        c.peerlen = sizeof(c.peer);
+        if (getpeername(c.fd, (struct sockaddr *) &c.peer, &c.peerlen) < 0) {
+            p->closed_by_peer++;
+            held_free(p, k);
+            return;
+        }
+    }
+    (void) fdp_loop_del(&p->loop, &k->io);
+    k->c.fd = -1;
+    held_free(p, k);
+    if (fdp_acceptf_hold(p, &c)) {
+        return;
+    }
+    if (p->qlen > 0 || !dispatch_one(p, &c)) {
+        if (p->qlen == FDP_QUEUE_MAX) {
+            fdp_close(&c.fd);
+            return;
+        }
+        p->queue[(p->qhead + p->qlen) % FDP_QUEUE_MAX] = c;
+        p->qlen++;
+    }
+    fdp_dispatch_flush(p);
+}
+
+
+
+
+/*
+ * Is fd the socket recorded at hand-off? For TCP: the same peer address
+ * and a local port of the listener it came in on; else dev/ino. Returns
+ * 1 when it is, 0 when it is something else (the worker's fault), and
+ * -1 when it is a connected-then-dead socket: a client that reset or
+ * closed has no peer address any more (getpeername: ENOTCONN), which is
+ * no fault of the worker's; such a socket is only ever closed.
+ */
+static int
+same_socket(struct fdp_pool *p, const struct fdp_inflight *f, int fd)
+{
+    struct sockaddr_storage ss, ls;
+    socklen_t len = sizeof(ss), llen = sizeof(ls);
+    struct stat st;
+
+    if (!f->by_peer) {
+        return fstat(fd, &st) == 0 && (uint64_t) st.st_ino == f->ino
+               && (uint64_t) st.st_dev == f->dev;
+    }
+    if (getpeername(fd, (struct sockaddr *) &ss, &len) < 0) {
+        return errno == ENOTCONN ? -1 : 0;
+    }
+    if (getsockname(fd, (struct sockaddr *) &ls, &llen) < 0
+        || ss.ss_family != f->rpeer.sin6_family) {
+        return 0;
+    }
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *) &ss;
+        const struct sockaddr_in *b = (const struct sockaddr_in *) &f->rpeer;
+
+        if (a->sin_port != b->sin_port
+            || a->sin_addr.s_addr != b->sin_addr.s_addr) {
+            return 0;
+        }
+    } else {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *) &ss;
+
+        if (a->sin6_port != f->rpeer.sin6_port
+            || memcmp(&a->sin6_addr, &f->rpeer.sin6_addr, 16) != 0) {
+            return 0;
+        }
+    }
+    /* The local side must be the listener's port (the bound address may
+     * be a wildcard). */
+    {
+        const struct fdp_listener *l = &p->listeners[f->listener];
+        const char *colon = strrchr(l->bound, ':');
+        unsigned port = ls.ss_family == AF_INET
+                        ? ntohs(((struct sockaddr_in *) &ls)->sin_port)
+                        : ntohs(((struct sockaddr_in6 *) &ls)->sin6_port);
+
+        if (l->bound[0] != '\0' && colon != NULL
+            && strtoul(colon + 1, NULL, 10) != port) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+
+/*
+ * PARK: a worker hands back an idle connection it was given. Accepted
+ * only for an id in flight on that worker and the very socket handed
+ * (see same_socket); anything else makes the worker faulty. A socket
+ * whose client has gone (reset, closed) counts as done and is closed.
+ */
+void
+fdp_dispatch_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
+{
+    const struct fdp_park_entry *e = (const struct fdp_park_entry *) m->u.bytes;
+    uint32_t k = (uint32_t) (e->id & 0xffff);
+    struct fdp_held *pk;
+    struct fdp_inflight f;
+    int fd = m->fds[0];
+    int same = 0;
+
+    m->fds[0] = -1;
+    m->nfds = 0;
+    if (k < (uint32_t) w->slot.capacity && w->inflight[k].id == e->id
+        && e->id != 0) {
+        same = same_socket(p, &w->inflight[k], fd);
+    }
+    if (same == 0) {
+        fdp_close(&fd);
+        fdp_dispatch_fault(p, w, "PARK of a connection it was not given");
+        return;
+    }
+    f = w->inflight[k];
+    fdp_dispatch_served(w, k, e->bytes_in, e->bytes_out);
+    fdp_slot_update_busy(&w->slot, fdp_wall());
+    if (same < 0) {
+        p->closed_by_peer++;
+    }
+    pk = same < 0 || p->stopping ? NULL : calloc(1, sizeof(*pk));
+    if (pk == NULL) {
+        /* Over here: the connection ends, its per-address count too. */
+        fdp_acceptf_inflight_done(p, &f);
+        fdp_close(&fd);
+        return;
+    }
+    pk->c.fd = fd;
+    pk->c.listener = f.listener;
+    if (f.peerlen > 0) {            /* a PROXY header's client */
+        memcpy(&pk->c.peer, f.peer, f.peerlen);
+        pk->c.peerlen = f.peerlen;
+        pk->c.proxied = 1;
+    }
+    pk->by_peer = f.by_peer;
+    pk->rpeer = f.rpeer;
+    if (held_start(p, pk, HELD_PARKED, parked_io, EPOLLIN | EPOLLRDHUP,
+                   e->idle_ms ? e->idle_ms : 15000) < 0) {
+        fdp_acceptf_inflight_done(p, &f);
+        fdp_close(&pk->c.fd);
+        free(pk);
+    }
+}
+
+
+/* Close every connection the master holds (parked or reading a PROXY
+ * header): the pool is stopping. */
+void
+fdp_dispatch_close_held(struct fdp_pool *p)
+{
+    while (p->parked) {
+        held_free(p, p->parked);
+    }
+    while (p->proxywait) {
+        held_free(p, p->proxywait);
+    }
+}
+
+
+/* In a new child: close the held connections' fds (nothing else). */
+void
+fdp_dispatch_close_in_child(struct fdp_pool *p)
+{
+    struct fdp_held *h;
+
+    for (h = p->parked; h; h = h->next) {
+        fdp_close(&h->c.fd);
+    }
+    for (h = p->proxywait; h; h = h->next) {
+        fdp_close(&h->c.fd);
+    }
+}
