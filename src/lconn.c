@@ -8,7 +8,8 @@
  */
 #include "fdp.h"
 #include "pool.h"
-#include "worker.h"
+#include "laux.h"
+#include "lconn.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -34,8 +35,6 @@
 enum { PAT_LINE, PAT_ALL, PAT_COUNT };
 
 struct fdp_fd;
-int fdp_pushfd(lua_State *L, int fd);
-int fdp_fd_fileno(lua_State *L, int idx);
 
 
 static struct fdp_conn *

@@ -9,6 +9,8 @@
 #include "fdp.h"
 #include "pool.h"
 #include "worker.h"
+#include "laux.h"
+#include "lconn.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -994,6 +996,82 @@ msgh(lua_State *L)
 }
 
 
+/* fdpool.worker.set(key, value): a custom field in this worker's slot of
+ * the status table. */
+static int
+worker_set(lua_State *L)
+{
+    struct fdp_wctx *w = lua_touserdata(L, lua_upvalueindex(1));
+    size_t klen, vlen;
+    const char *key = luaL_checklstring(L, 1, &klen);
+    const char *val;
+    char buf[FDP_KEY_MAX + FDP_VAL_MAX];
+    int r;
+
+    luaL_checkany(L, 2);
+    val = luaL_tolstring(L, 2, &vlen);
+    luaL_argcheck(L, klen > 0 && klen < FDP_KEY_MAX
+                  && strlen(key) == klen, 1, "key must be 1 to 31 bytes");
+    luaL_argcheck(L, vlen < FDP_VAL_MAX && strlen(val) == vlen, 2,
+                  "value must be at most 95 bytes");
+    memcpy(buf, key, klen + 1);
+    memcpy(buf + klen + 1, val, vlen);
+    r = fdp_chan_send(w->ch, FDP_MSG_SET, 0, buf, klen + 1 + vlen, NULL, 0);
+    if (r < 0) {
+        return fdp_pushfail(L, -r, "worker.set");
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+/* The registry key of the binding's luaopen_fdpool (a C function), left
+ * in the state that creates a pool: the worker opens the module in a
+ * fresh state with it, without knowing the layer above. */
+static const char luaopen_key = 'o';
+
+
+void
+fdp_worker_set_luaopen(lua_State *L, lua_CFunction open)
+{
+    lua_pushcfunction(L, open);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &luaopen_key);
+}
+
+
+/* Make fdpool.worker = {id, pid, set} in L (requiring fdpool, with the
+ * binding's opener found in the pool's state, if the program had not),
+ * and keep it in the registry for init(worker). */
+static void
+module_set_worker(lua_State *L, struct fdp_wctx *w)
+{
+    lua_CFunction open;
+
+    lua_rawgetp(w->pool->L, LUA_REGISTRYINDEX, &luaopen_key);
+    open = lua_tocfunction(w->pool->L, -1);
+    lua_pop(w->pool->L, 1);
+    if (open == NULL) {
+        fail(w, "the fdpool module is not open in the pool's state");
+    }
+    fdp_worker_register(L, w);
+    luaL_requiref(L, "fdpool", open, 0);
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, w->idx + 1);
+    lua_setfield(L, -2, "id");
+    lua_pushinteger(L, getpid());
+    lua_setfield(L, -2, "pid");
+    lua_pushinteger(L, w->pool->concurrency);
+    lua_setfield(L, -2, "capacity");
+    lua_pushlightuserdata(L, w);
+    lua_pushcclosure(L, worker_set, 1);
+    lua_setfield(L, -2, "set");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "fdpool.worker");
+    lua_setfield(L, -2, "worker");
+    lua_pop(L, 1);
+}
+
+
 /*
  * What READY tells the master about the handler on top of L's stack: a
  * function made by http.serve (listed in fdpool.http's weak `handlers`
@@ -1232,8 +1310,7 @@ fdp_worker_main(struct fdp_pool *p, int idx)
         w.L = L;
         memory_limit(&w);
         luaL_openlibs(L);
-        fdp_open_module(L);
-        fdp_module_set_worker(L, &w);
+        module_set_worker(L, &w);
         install_coroutine_wrappers(L);
         w.mem_limited = w.mem_limit > 0;
         r = load_script(L, p);
@@ -1245,7 +1322,7 @@ fdp_worker_main(struct fdp_pool *p, int idx)
         L = p->L;
         w.L = L;
         memory_limit(&w);
-        fdp_module_set_worker(L, &w);
+        module_set_worker(L, &w);
         install_coroutine_wrappers(L);
         lua_rawgeti(L, LUA_REGISTRYINDEX, p->handler_ref);
     }

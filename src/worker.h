@@ -69,33 +69,6 @@ struct fdp_wctx {
     int mem_limited;            /* running handler code now */
 };
 
-/* The conn object (userdata "fdpool.conn"). */
-struct fdp_conn {
-    int fd;
-    struct fdp_io io;
-    struct fdp_wctx *w;
-    struct fdp_task *waiter;    /* task blocked on this fd */
-    uint32_t wait_events;
-    double timeout;             /* seconds, < 0: none */
-    int total;                  /* timeout per call ("t"), else per wait */
-    uint64_t deadline;          /* ms, "t" mode: of the call in progress */
-    double limit;               /* ms: no wait goes past it (a whole head,
-                                   a whole body), 0: none */
-    double min_rate;            /* bytes/s that push limit later, 0: no */
-    size_t op_pos;              /* progress of the call in progress */
-    char *rbuf;
-    size_t rstart, rend, rcap;
-    uint64_t bytes_in;
-    uint64_t bytes_out;
-    uint32_t peerlen;           /* > 0: the client from a PROXY header */
-    unsigned char peer[28];
-    int rready;                 /* no short read since the last EPOLLIN:
-                                   worth a read() before waiting */
-    int rdhup;                  /* the peer's FIN (or an error) was seen:
-                                   a short read no longer means drained */
-    struct fdp_http_chunked chunked;    /* conn:readchunked in progress */
-};
-
 /* worker.c */
 int fdp_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
              lua_KContext ctx, lua_KFunction k);
@@ -110,17 +83,7 @@ void fdp_conn_forget(struct fdp_conn *c);
 int fdp_conn_park(lua_State *L, struct fdp_conn *c, uint32_t idle_ms);
 int fdp_worker_status(lua_State *L);
 
-/* lconn.c */
-void fdp_conn_open_meta(lua_State *L);
-struct fdp_conn *fdp_conn_new(lua_State *L, int fd, struct fdp_wctx *w);
-void fdp_conn_set_peer(struct fdp_conn *c, const void *peer, uint32_t len);
-void fdp_conn_close(struct fdp_conn *c);
-void fdp_conn_peer(struct fdp_conn *c, char *out, size_t n);
-
-/* lfdpool.c */
-int luaopen_fdpool(lua_State *L);
-void fdp_open_module(lua_State *L);
-void fdp_module_set_worker(lua_State *L, struct fdp_wctx *w);
-int fdp_pushfail(lua_State *L, int err, const char *what);
+void fdp_worker_set_luaopen(lua_State *L, lua_CFunction open);
+void fdp_worker_main(struct fdp_pool *p, int idx) __attribute__((noreturn));
 
 #endif

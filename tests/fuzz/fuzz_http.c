@@ -30,7 +30,7 @@
 #include <lualib.h>
 
 #include "http_parse.h"
-#include "worker.h"
+#include "lconn.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
