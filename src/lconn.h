@@ -5,6 +5,8 @@
 #ifndef FDP_LCONN_H
 #define FDP_LCONN_H
 
+#include <sys/types.h>
+
 #include "worker.h"
 
 /* The conn object (userdata "fdpool.conn"). */
@@ -36,6 +38,10 @@ struct fdp_conn {
 
 /* lconn.c */
 void fdp_conn_open_meta(lua_State *L);
+struct fdp_conn *fdp_checkconn(lua_State *L);
+void fdp_conn_op_begin(struct fdp_conn *c);
+ssize_t fdp_conn_fill(struct fdp_conn *c, size_t want);
+int fdp_conn_send(lua_State *L);
 struct fdp_conn *fdp_conn_new(lua_State *L, int fd, struct fdp_wctx *w);
 void fdp_conn_set_peer(struct fdp_conn *c, const void *peer, uint32_t len);
 void fdp_conn_close(struct fdp_conn *c);

@@ -11,6 +11,7 @@
 #include "lconn.h"
 #include "lfd.h"
 #include "lfdpool.h"
+#include "lhttp.h"
 #include "lpool.h"
 #include "pool.h"
 #include "worker.h"
@@ -312,7 +313,7 @@ luaopen_fdpool(lua_State *L)
         { NULL, NULL }
     };
 
-    fdp_conn_open_meta(L);
+    fdp_lhttp_open(L);
     install_searcher(L);
     fdp_worker_set_luaopen(L, luaopen_fdpool);
 

@@ -31,6 +31,7 @@
 
 #include "http_parse.h"
 #include "lconn.h"
+#include "lhttp.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -157,7 +158,7 @@ init(void)
 {
     L = luaL_newstate();
     luaL_openlibs(L);
-    fdp_conn_open_meta(L);
+    fdp_lhttp_open(L);
     if (luaL_loadbuffer(L, check_src, sizeof(check_src) - 1, "=check") != LUA_OK) {
         fprintf(stderr, "fuzz_http: %s\n", lua_tostring(L, -1));
         abort();
