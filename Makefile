@@ -29,7 +29,7 @@ B        ?= build
 SAN      ?=
 
 CORE     := log fdpass channel loop status ctlproto proxy http_parse pool acceptf \
-            control policy laux lconn lhttp worker lfd lpool lfdpool
+            control policy laux task lconn lhttp worker lfd lpool lfdpool
 LUAFILES := $(sort $(wildcard lua/fdpool/*.lua lua/fdpool/*/*.lua))
 CORE_OBJ := $(patsubst %,$(B)/%.o,$(CORE)) $(B)/embed.o
 HEADERS  := $(wildcard src/*.h)

@@ -1,10 +1,11 @@
 /*
  * lconn.c - the conn object handed to handlers (userdata "fdpool.conn"),
  * shaped like LuaSocket's TCP client object: receive/send/close/
- * settimeout/getpeername..., plus sendfile. I/O is non-blocking; when the
- * kernel says EAGAIN the call waits through fdp_wait(), which yields the
- * task's coroutine (or polls where yielding is impossible). The conn owns
- * its fd and its read buffer.
+ * settimeout/getpeername..., plus sendfile and park. I/O is non-blocking,
+ * through the conn's transport; when the kernel says EAGAIN the call
+ * waits through task.c's fdp_wait(), which yields the task's coroutine
+ * (or polls where yielding is impossible). The conn owns its fd and its
+ * read buffer. The HTTP methods are in lhttp.c.
  */
 #include "fdp.h"
 #include "pool.h"
@@ -44,8 +45,45 @@ fdp_checkconn(lua_State *L)
 }
 
 
+/* ---- the plain-socket transport ------------------------------------ */
+
+static ssize_t
+sock_read(struct fdp_conn *c, void *buf, size_t n)
+{
+    return read(c->fd, buf, n);
+}
+
+
+static ssize_t
+sock_write(struct fdp_conn *c, const void *buf, size_t n)
+{
+    return send(c->fd, buf, n, MSG_NOSIGNAL);
+}
+
+
+static ssize_t
+sock_writev(struct fdp_conn *c, const struct iovec *iov, int n)
+{
+    return writev(c->fd, iov, n);
+}
+
+
+static ssize_t
+sock_sendfile(struct fdp_conn *c, int in, off_t *off, size_t n)
+{
+    return sendfile(c->fd, in, off, n);
+}
+
+
+static const struct fdp_transport sock_transport = {
+    sock_read, sock_write, sock_writev, sock_sendfile
+};
+
+
+/* ---- the conn object ------------------------------------------------- */
+
 struct fdp_conn *
-fdp_conn_new(lua_State *L, int fd, struct fdp_wctx *w)
+fdp_conn_new(lua_State *L, int fd, struct fdp_sched *s, double timeout)
 {
     struct fdp_conn *c = lua_newuserdatauv(L, sizeof(*c), 0);
 
@@ -53,10 +91,11 @@ fdp_conn_new(lua_State *L, int fd, struct fdp_wctx *w)
     c->fd = -1;
     luaL_setmetatable(L, CONN_MT);
     c->fd = fd;
-    c->w = w;
-    c->rready = 1;
-    c->timeout = w && w->pool->io_timeout > 0 ? w->pool->io_timeout : -1;
-    c->io.fd = -1;
+    c->tr = &sock_transport;
+    c->wt.s = s;
+    c->wt.rready = 1;
+    c->timeout = timeout;
+    c->wt.io.fd = -1;
     return c;
 }
 
@@ -74,8 +113,8 @@ void
 fdp_conn_close(struct fdp_conn *c)
 {
     if (c->fd >= 0) {
-        if (c->w) {
-            fdp_conn_forget(c);
+        if (c->wt.s) {
+            fdp_waitable_forget(&c->wt);
         }
         fdp_close(&c->fd);
     }
@@ -100,6 +139,31 @@ fdp_conn_peer(struct fdp_conn *c, char *out, size_t n)
         return;
     }
     fdp_format_sockaddr(&ss, out, n, 0);
+}
+
+
+/*
+ * Wait until c's fd is ready for `events`, within the per-wait timeout
+ * (or, in "t" mode, the call's deadline) and any conn:setdeadline or
+ * whole-head limit: fdp_wait's contract.
+ */
+int
+fdp_conn_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
+              lua_KContext ctx, lua_KFunction k)
+{
+    uint64_t dl;
+
+    if (!c->total) {
+        c->deadline = c->timeout < 0 ? 0
+                      : fdp_now_ms() + (uint64_t) (c->timeout * 1000.0) + 1;
+    }
+    /* conn:setdeadline (or readrequest's whole-head limit) caps every
+     * wait, whatever the per-wait timeout. */
+    dl = c->deadline;
+    if (c->limit > 0 && (dl == 0 || (uint64_t) c->limit < dl)) {
+        dl = (uint64_t) c->limit;
+    }
+    return fdp_wait(L, &c->wt, c->fd, events, dl, ctx, k);
 }
 
 
@@ -144,22 +208,22 @@ fdp_conn_fill(struct fdp_conn *c, size_t want)
             c->rcap = cap;
         }
     }
-    if (!c->rready) {
+    if (!c->wt.rready) {
         return -EAGAIN;     /* drained by a short read: wait for EPOLLIN */
     }
     do {
-        n = read(c->fd, c->rbuf + c->rend, c->rcap - c->rend);
+        n = c->tr->read(c, c->rbuf + c->rend, c->rcap - c->rend);
     } while (n < 0 && errno == EINTR);
     if (n < 0) {
         if (errno == EAGAIN) {
-            c->rready = 0;
+            c->wt.rready = 0;
         }
         return -errno;
     }
     /* A short read drained the socket (nginx does the same): the next
      * read waits for the edge instead of costing a read() for EAGAIN. */
-    if (n > 0 && (size_t) n < c->rcap - c->rend && !c->rdhup) {
-        c->rready = 0;
+    if (n > 0 && (size_t) n < c->rcap - c->rend && !c->wt.rdhup) {
+        c->wt.rready = 0;
     }
     c->rend += (size_t) n;
     c->bytes_in += (uint64_t) n;
@@ -283,7 +347,7 @@ receive_k(lua_State *L, int status, lua_KContext ctx)
             return receive_fail(L, c, n == -ECONNRESET || n == -EPIPE
                                 ? "closed" : strerror((int) -n));
         }
-        if (!fdp_wait(L, c, EPOLLIN, 0, receive_k)) {
+        if (!fdp_conn_wait(L, c, EPOLLIN, 0, receive_k)) {
             return receive_fail(L, c, "timeout");
         }
     }
@@ -326,7 +390,7 @@ send_k(lua_State *L, int status, lua_KContext ctx)
         if (c->fd < 0) {
             goto closed;
         }
-        n = send(c->fd, s + c->op_pos, end - c->op_pos, MSG_NOSIGNAL);
+        n = c->tr->write(c, s + c->op_pos, end - c->op_pos);
         if (n > 0) {
             c->op_pos += (size_t) n;
             c->bytes_out += (uint64_t) n;
@@ -336,7 +400,7 @@ send_k(lua_State *L, int status, lua_KContext ctx)
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (!fdp_wait(L, c, EPOLLOUT, 0, send_k)) {
+            if (!fdp_conn_wait(L, c, EPOLLOUT, 0, send_k)) {
                 goto timeout;
             }
             continue;
@@ -417,7 +481,7 @@ sendfile_k(lua_State *L, int status, lua_KContext ctx)
             lua_pushinteger(L, (lua_Integer) c->op_pos);
             return 3;
         }
-        n = sendfile(c->fd, in, &o, count - c->op_pos);
+        n = c->tr->sendfile(c, in, &o, count - c->op_pos);
         if (n > 0) {
             c->op_pos += (size_t) n;
             c->bytes_out += (uint64_t) n;
@@ -430,7 +494,7 @@ sendfile_k(lua_State *L, int status, lua_KContext ctx)
             continue;
         }
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            if (!fdp_wait(L, c, EPOLLOUT, 0, sendfile_k)) {
+            if (!fdp_conn_wait(L, c, EPOLLOUT, 0, sendfile_k)) {
                 lua_pushnil(L);
                 lua_pushliteral(L, "timeout");
                 lua_pushinteger(L, (lua_Integer) c->op_pos);
@@ -502,6 +566,44 @@ conn_sendfile(lua_State *L)
 }
 
 
+/*
+ * Hand the task's own connection back to the master (its owner's park,
+ * see task.h). Only at a request boundary: nothing may be left unread
+ * in our buffer. Pushes true, or nil and why.
+ */
+static int
+park(lua_State *L, struct fdp_conn *c, uint32_t idle_ms)
+{
+    struct fdp_task *t = fdp_current_task(L);
+    int r;
+
+    if (t == NULL || t->data != c || t->s->ops->park == NULL) {
+        return luaL_error(L, "conn:park() is only for the handler's own "
+                          "connection, from its coroutine");
+    }
+    if (c->fd < 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    }
+    if (c->rend > c->rstart) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "unread data");
+        return 2;
+    }
+    fdp_waitable_unwatch(&c->wt);
+    r = t->s->ops->park(t, c->fd, c->bytes_in, c->bytes_out, idle_ms);
+    if (r < 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "park: %s", strerror(-r));
+        return 2;
+    }
+    c->fd = -1;         /* the channel owns (and closes) it now */
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
 /* conn:park([idle_seconds]) -> true, or nil, "unread data"|"closed":
  * the master keeps the idle connection (up to idle_seconds, default 15)
  * and dispatches it again when its next bytes arrive. The handler should
@@ -513,7 +615,7 @@ conn_park(lua_State *L)
     lua_Number idle = luaL_optnumber(L, 2, 15);
 
     luaL_argcheck(L, idle > 0 && idle < 86400, 2, "idle seconds out of range");
-    return fdp_conn_park(L, c, (uint32_t) (idle * 1000.0));
+    return park(L, c, (uint32_t) (idle * 1000.0));
 }
 
 
@@ -578,7 +680,7 @@ conn_gc(lua_State *L)
 {
     struct fdp_conn *c = luaL_checkudata(L, 1, CONN_MT);
 
-    if (c->waiter == NULL) {
+    if (c->wt.waiter == NULL) {
         fdp_conn_close(c);
     }
     return 0;

@@ -14,6 +14,7 @@
 #include "lhttp.h"
 #include "lpool.h"
 #include "pool.h"
+#include "task.h"
 #include "worker.h"
 
 #include <dirent.h>
@@ -29,43 +30,12 @@
 
 /* ---- module functions ----------------------------------------------- */
 
-static int
-sleep_k(lua_State *L, int status, lua_KContext ctx)
-{
-    (void) L;
-    (void) status;
-    (void) ctx;
-    return 0;
-}
-
-
 /* fdpool.sleep(seconds): yields the handler's coroutine; blocks outside
  * one. */
 static int
 l_sleep(lua_State *L)
 {
-    lua_Number s = luaL_checknumber(L, 1);
-    struct fdp_task *t = fdp_wait_task(L);
-
-    if (s < 0) {
-        s = 0;
-    }
-    if (t != NULL) {
-        t->waiting = FDP_WAIT_SLEEP;
-        t->wconn = NULL;
-        t->timed_out = 0;
-        (void) fdp_timer_start(&t->w->loop, &t->timer,
-                               (uint64_t) (s * 1000.0 + 0.5));
-        return fdp_task_yield(L, t, 0, sleep_k);
-    } else {
-        struct timespec ts;
-
-        ts.tv_sec = (time_t) s;
-        ts.tv_nsec = (long) ((s - (lua_Number) ts.tv_sec) * 1e9);
-        while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-        }
-    }
-    return 0;
+    return fdp_sleep(L, luaL_checknumber(L, 1));
 }
 
 

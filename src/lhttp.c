@@ -170,7 +170,7 @@ conn_sendresponse(lua_State *L)
         iov[1].iov_base = (void *) body;
         iov[1].iov_len = bn;
         do {
-            n = writev(c->fd, iov, bn ? 2 : 1);
+            n = c->tr->writev(c, iov, bn ? 2 : 1);
         } while (n < 0 && errno == EINTR);
     }
     if (n == (ssize_t) (b.len + bn)) {
@@ -399,7 +399,7 @@ readrequest_run(lua_State *L, int status)
             return 2;
         }
         head_limit_arm(L, c);
-        if (!fdp_wait(L, c, EPOLLIN, 0, readrequest_k)) {
+        if (!fdp_conn_wait(L, c, EPOLLIN, 0, readrequest_k)) {
             lua_pushnil(L);
             lua_pushliteral(L, "timeout");
             return 2;
@@ -527,7 +527,7 @@ readchunked_k(lua_State *L, int status, lua_KContext ctx)
         if (n != -EAGAIN) {
             return readchunked_fail(L, strerror((int) -n));
         }
-        if (!fdp_wait(L, c, EPOLLIN, 0, readchunked_k)) {
+        if (!fdp_conn_wait(L, c, EPOLLIN, 0, readchunked_k)) {
             return readchunked_fail(L, "timeout");
         }
     }

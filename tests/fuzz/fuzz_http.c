@@ -210,7 +210,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     close(sv[1]);
 
     lua_rawgeti(L, LUA_REGISTRYINDEX, check_ref);
-    c = fdp_conn_new(L, sv[0], NULL);
+    c = fdp_conn_new(L, sv[0], NULL, -1);
     lua_pushinteger(L, max);
     lua_pushlstring(L, (const char *) data, size);
     if (lua_pcall(L, 3, 1, 0) != LUA_OK) {
