@@ -91,7 +91,8 @@ EXAMPLES := $(wildcard examples/*.lua) $(wildcard examples/systemd/*)
 
 install: all
 	install -d "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(LUA_CMOD)" \
-	    "$(DESTDIR)$(LUA_LMOD)/fdpool/policy" "$(DESTDIR)$(MANDIR)/man1" \
+	    "$(DESTDIR)$(LUA_LMOD)/fdpool/policy" "$(DESTDIR)$(LUA_LMOD)/fdpool/testing" \
+	    "$(DESTDIR)$(MANDIR)/man1" \
 	    "$(DESTDIR)$(DOCDIR)/examples/systemd"
 	install -m 755 $(B)/pool $(B)/fdfetch "$(DESTDIR)$(BINDIR)/"
 	install -m 755 $(B)/fdpool.so "$(DESTDIR)$(LUA_CMOD)/fdpool.so"
