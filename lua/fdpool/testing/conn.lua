@@ -478,7 +478,7 @@ local own_headers = { ["content-length"] = true, ["transfer-encoding"] = true,
   ["connection"] = true }
 
 --- Send an HTTP response head and body, as the real conn:sendresponse
--- (the fast path fdpool.http uses; see src/lconn.c): status_line, each
+-- (the fast path fdpool.http uses; see src/lhttp.c): status_line, each
 -- headers[k] = v (a list value: one line each) but Content-Length,
 -- Transfer-Encoding and Connection, date_line, "Content-Length: length"
 -- (an integer), "Transfer-Encoding: chunked", "Connection: connection",
