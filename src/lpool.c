@@ -123,32 +123,11 @@ check_keys(lua_State *L)
 }
 
 
-/*
- * fdpool.pool{handler = fn | "file.lua", args = {...}, listen = addr |
- * {addr...}, workers = n, concurrency = n, policy = name | path | fn,
- * control = path, grace = seconds} -> pool, or nil, message.
- * Binds the listeners now (a port in use fails here), compiles a script
- * handler (a syntax error fails here); forks nothing yet.
- */
+/* workers, concurrency, grace, max_requests, max_conns_per_ip,
+ * max_pending, accept_filter, max_memory. */
 static int
-l_pool(lua_State *L)
+opt_limits(lua_State *L, struct fdp_pool *p)
 {
-    struct lpool *lp;
-    struct fdp_pool *p;
-    int t, i;
-
-    luaL_checktype(L, 1, LUA_TTABLE);
-    check_keys(L);
-    lp = lua_newuserdatauv(L, sizeof(*lp), 0);
-    lp->p = NULL;
-    luaL_setmetatable(L, POOL_MT);
-    p = fdp_pool_new();
-    if (p == NULL) {
-        return luaL_error(L, "out of memory");
-    }
-    lp->p = p;
-    p->L = L;
-
     p->nworkers = opt_int(L, "workers", (int) sysconf(_SC_NPROCESSORS_ONLN),
                           1, FDP_MAX_WORKERS);
     p->concurrency = opt_int(L, "concurrency", 1024, 1, FDP_MAX_CONCURRENCY);
@@ -173,6 +152,15 @@ l_pool(lua_State *L)
     lua_pop(L, 1);
     /* MiB per worker: its Lua heap in handler code, and its RssAnon. */
     p->max_memory = (uint64_t) opt_int(L, "max_memory", 0, 0, 4194304) << 20;
+    return 0;
+}
+
+
+/* user = "name[:group]": checked now (a worker cannot say why
+ * later). 0, or 2 with nil, message pushed. */
+static int
+opt_user(lua_State *L, struct fdp_pool *p)
+{
     if (lua_getfield(L, 1, "user") != LUA_TNIL) {
         const char *spec = luaL_checkstring(L, -1);
         char name[256], *colon;
@@ -209,6 +197,14 @@ l_pool(lua_State *L)
         p->user_name = xstrdup(L, name);
     }
     lua_pop(L, 1);
+    return 0;
+}
+
+
+/* io_timeout, timeout, log_level. */
+static int
+opt_timeouts(lua_State *L, struct fdp_pool *p)
+{
     if (lua_getfield(L, 1, "io_timeout") != LUA_TNIL) {
         p->io_timeout = luaL_checknumber(L, -1);
         luaL_argcheck(L, p->io_timeout >= 0, 1, "io_timeout must not be "
@@ -227,6 +223,16 @@ l_pool(lua_State *L)
     } else {
         lua_pop(L, 1);
     }
+    return 0;
+}
+
+
+/* handler (a function, a table or a script, compiled now) and args.
+ * 0, or 2 with nil, message pushed. */
+static int
+opt_handler(lua_State *L, struct fdp_pool *p)
+{
+    int t, i;
 
     t = lua_getfield(L, 1, "handler");
     if (t == LUA_TFUNCTION || t == LUA_TTABLE) {
@@ -264,6 +270,15 @@ l_pool(lua_State *L)
         }
     }
     lua_pop(L, 1);
+    return 0;
+}
+
+
+/* policy, metrics, control. */
+static int
+opt_policy(lua_State *L, struct fdp_pool *p)
+{
+    int t;
 
     t = lua_getfield(L, 1, "policy");
     if (t == LUA_TFUNCTION) {
@@ -292,6 +307,16 @@ l_pool(lua_State *L)
                           "expected)");
     }
     lua_pop(L, 1);
+    return 0;
+}
+
+
+/* The listeners: sockets passed by systemd, then listen. 0, or 2
+ * with nil, message pushed. */
+static int
+opt_listen(lua_State *L, struct fdp_pool *p)
+{
+    int t, i;
 
     /* Sockets passed by systemd (LISTEN_FDS for this pid) come first;
      * with them, no default address is added. */
@@ -327,6 +352,15 @@ l_pool(lua_State *L)
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
+    return 0;
+}
+
+
+/* A policy by name or path must load now. 0, or 2 with nil, message
+ * pushed. */
+static int
+check_policy(lua_State *L, struct fdp_pool *p)
+{
     if (p->policy_ref == LUA_NOREF) {
         char err[512];
 
@@ -336,6 +370,42 @@ l_pool(lua_State *L)
             lua_pushstring(L, err);
             return 2;
         }
+    }
+    return 0;
+}
+
+
+/*
+ * fdpool.pool{handler = fn | "file.lua", args = {...}, listen = addr |
+ * {addr...}, workers = n, concurrency = n, policy = name | path | fn,
+ * control = path, grace = seconds} -> pool, or nil, message.
+ * Binds the listeners now (a port in use fails here), compiles a script
+ * handler (a syntax error fails here); forks nothing yet. Misuse (a bad
+ * option) raises.
+ */
+static int
+l_pool(lua_State *L)
+{
+    struct lpool *lp;
+    struct fdp_pool *p;
+    int r;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    check_keys(L);
+    lp = lua_newuserdatauv(L, sizeof(*lp), 0);
+    lp->p = NULL;
+    luaL_setmetatable(L, POOL_MT);
+    p = fdp_pool_new();
+    if (p == NULL) {
+        return luaL_error(L, "out of memory");
+    }
+    lp->p = p;
+    p->L = L;
+    if ((r = opt_limits(L, p)) != 0 || (r = opt_user(L, p)) != 0
+        || (r = opt_timeouts(L, p)) != 0 || (r = opt_handler(L, p)) != 0
+        || (r = opt_policy(L, p)) != 0 || (r = opt_listen(L, p)) != 0
+        || (r = check_policy(L, p)) != 0) {
+        return r;
     }
     return 1;
 }
