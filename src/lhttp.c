@@ -81,6 +81,70 @@ hb_header(struct headbuf *b, const char *k, size_t kn, lua_State *L, int vi)
 }
 
 
+/* Each headers[k] = v of the table at idx (a table value: one line per
+ * element), except the ones sendresponse writes itself. 0 or -1. */
+static int
+hb_headers(struct headbuf *b, lua_State *L, int idx)
+{
+    int bad = 0;
+
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        size_t kn;
+        const char *k;
+
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            lua_pop(L, 1);
+            continue;
+        }
+        k = lua_tolstring(L, -2, &kn);
+        if (!own_header(k, kn)) {
+            if (lua_istable(L, -1)) {
+                lua_Integer i, m = luaL_len(L, -1);
+
+                for (i = 1; i <= m; i++) {
+                    lua_geti(L, -1, i);
+                    bad |= hb_header(b, k, kn, L, lua_gettop(L));
+                    lua_pop(L, 1);
+                }
+            } else {
+                bad |= hb_header(b, k, kn, L, lua_gettop(L));
+            }
+        }
+        lua_pop(L, 1);
+    }
+    return bad;
+}
+
+
+/* The kernel took n bytes of head b and body (maybe none): send the rest
+ * through conn:send, which waits (yields) as needed. Frees b. */
+static int
+send_rest(lua_State *L, struct fdp_conn *c, struct headbuf *b,
+          const char *body, size_t bn, ssize_t n)
+{
+    size_t done = n > 0 ? (size_t) n : 0;
+    luaL_Buffer rest;
+
+    c->bytes_out += done;
+    luaL_buffinit(L, &rest);
+    if (done < b->len) {
+        luaL_addlstring(&rest, b->p + done, b->len - done);
+        done = 0;
+    } else {
+        done -= b->len;
+    }
+    luaL_addlstring(&rest, body + done, bn - done);
+    if (b->p != b->stack) {
+        free(b->p);
+    }
+    luaL_pushresult(&rest);
+    lua_replace(L, 2);
+    lua_settop(L, 2);
+    return fdp_conn_send(L);
+}
+
+
 /*
  * conn:sendresponse(status_line, headers, date_line, length, chunked,
  *                   connection, body)
@@ -113,31 +177,7 @@ conn_sendresponse(lua_State *L)
     b.len = 0;
     b.cap = sizeof(b.stack);
     bad |= hb_add(&b, sl, sn);
-    lua_pushnil(L);
-    while (lua_next(L, 3) != 0) {
-        size_t kn;
-        const char *k;
-
-        if (lua_type(L, -2) != LUA_TSTRING) {
-            lua_pop(L, 1);
-            continue;
-        }
-        k = lua_tolstring(L, -2, &kn);
-        if (!own_header(k, kn)) {
-            if (lua_istable(L, -1)) {
-                lua_Integer i, m = luaL_len(L, -1);
-
-                for (i = 1; i <= m; i++) {
-                    lua_geti(L, -1, i);
-                    bad |= hb_header(&b, k, kn, L, lua_gettop(L));
-                    lua_pop(L, 1);
-                }
-            } else {
-                bad |= hb_header(&b, k, kn, L, lua_gettop(L));
-            }
-        }
-        lua_pop(L, 1);
-    }
+    bad |= hb_headers(&b, L, 3);
     if (dl) {
         bad |= hb_add(&b, dl, dn);
     }
@@ -190,29 +230,7 @@ conn_sendresponse(lua_State *L)
         lua_pushinteger(L, 0);
         return 3;
     }
-    /* The kernel took part: send the rest through conn:send, which waits
-     * (yields) as needed. */
-    {
-        size_t done = n > 0 ? (size_t) n : 0;
-        luaL_Buffer rest;
-
-        c->bytes_out += done;
-        luaL_buffinit(L, &rest);
-        if (done < b.len) {
-            luaL_addlstring(&rest, b.p + done, b.len - done);
-            done = 0;
-        } else {
-            done -= b.len;
-        }
-        luaL_addlstring(&rest, body + done, bn - done);
-        if (b.p != b.stack) {
-            free(b.p);
-        }
-        luaL_pushresult(&rest);
-        lua_replace(L, 2);
-        lua_settop(L, 2);
-        return fdp_conn_send(L);
-    }
+    return send_rest(L, c, &b, body, bn, n);
 }
 
 

@@ -746,6 +746,115 @@ stdin_devnull(struct fdp_wctx *w)
 }
 
 
+/* The worker's signal dispositions (sig_worker is w from now on). */
+static void
+worker_signals(struct fdp_wctx *w)
+{
+    /* The master decides when workers stop: Ctrl-C on a terminal sends
+     * SIGINT (QUIT, ...) to the whole process group, and the workers
+     * must still get their grace period. TERM stays fatal. */
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGQUIT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGTTIN, SIG_IGN);
+    signal(SIGTTOU, SIG_IGN);
+    signal(SIGCHLD, SIG_DFL);
+    sig_worker = w;
+    {
+        struct sigaction sa;
+
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_sigaction = on_sigusr2;
+        sa.sa_flags = SA_RESTART | SA_SIGINFO;
+        sigemptyset(&sa.sa_mask);
+        (void) sigaction(SIGUSR2, &sa, NULL);
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = on_sigusr1;
+        sa.sa_flags = SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        (void) sigaction(SIGUSR1, &sa, NULL);
+    }
+}
+
+
+/*
+ * The Lua side of a new worker: a fresh state running the script (or
+ * the forked copy of the caller's state for a function handler), the
+ * fdpool.worker table, the coroutine wrappers, the handler table's
+ * init(worker). Leaves the handler function on top of the returned
+ * state's stack; any failure is fail()'s.
+ */
+static lua_State *
+open_handler(struct fdp_wctx *w)
+{
+    struct fdp_pool *p = w->pool;
+    lua_State *L;
+    int r;
+
+    if (p->script) {
+        L = luaL_newstate();
+        if (L == NULL) {
+            fail(w, "cannot create a Lua state");
+        }
+        w->L = L;
+        w->sched.L = L;
+        memory_limit(w);
+        luaL_openlibs(L);
+        module_set_worker(L, w);
+        fdp_sched_install_wrappers(L);
+        w->sched.mem_limited = w->sched.limit_mem;
+        r = load_script(L, p);
+        w->sched.mem_limited = 0;
+        if (r < 0) {
+            fail(w, lua_tostring(L, -1));
+        }
+    } else {
+        L = p->L;
+        w->L = L;
+        w->sched.L = L;
+        memory_limit(w);
+        module_set_worker(L, w);
+        fdp_sched_install_wrappers(L);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, p->handler_ref);
+    }
+
+    /* The handler: a function, or {handle = fn, init = fn}. */
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "init");
+        if (!lua_isnil(L, -1)) {
+            if (!lua_isfunction(L, -1)) {
+                fail(w, "the handler table's 'init' is not a function");
+            }
+            lua_pushcfunction(L, msgh);
+            lua_insert(L, -2);
+            lua_getfield(L, LUA_REGISTRYINDEX, "fdpool.worker");
+            w->sched.mem_limited = w->sched.limit_mem;
+            r = lua_pcall(L, 1, 0, -3);
+            w->sched.mem_limited = 0;
+            if (r != LUA_OK) {
+                lua_pushfstring(L, "init failed: %s", lua_tostring(L, -1));
+                fail(w, lua_tostring(L, -1));
+            }
+            lua_pop(L, 1);
+        } else {
+            lua_pop(L, 1);
+        }
+        lua_getfield(L, -1, "handle");
+        lua_remove(L, -2);
+    }
+    if (!lua_isfunction(L, -1)) {
+        lua_pushfstring(L, "%s must return a function(conn) or a table "
+                        "{handle = function(conn) ... end} (got %s)",
+                        p->script ? p->script : "the handler",
+                        luaL_typename(L, -1));
+        fail(w, lua_tostring(L, -1));
+    }
+    return L;
+}
+
+
 void
 fdp_worker_main(struct fdp_pool *p, int idx)
 {
@@ -778,32 +887,7 @@ fdp_worker_main(struct fdp_pool *p, int idx)
     if (getppid() != p->owner) {
         _exit(1);
     }
-    /* The master decides when workers stop: Ctrl-C on a terminal sends
-     * SIGINT (QUIT, ...) to the whole process group, and the workers
-     * must still get their grace period. TERM stays fatal. */
-    signal(SIGPIPE, SIG_IGN);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGINT, SIG_IGN);
-    signal(SIGQUIT, SIG_IGN);
-    signal(SIGHUP, SIG_IGN);
-    signal(SIGTTIN, SIG_IGN);
-    signal(SIGTTOU, SIG_IGN);
-    signal(SIGCHLD, SIG_DFL);
-    sig_worker = &w;
-    {
-        struct sigaction sa;
-
-        memset(&sa, 0, sizeof(sa));
-        sa.sa_sigaction = on_sigusr2;
-        sa.sa_flags = SA_RESTART | SA_SIGINFO;
-        sigemptyset(&sa.sa_mask);
-        (void) sigaction(SIGUSR2, &sa, NULL);
-        memset(&sa, 0, sizeof(sa));
-        sa.sa_handler = on_sigusr1;
-        sa.sa_flags = SA_RESTART;
-        sigemptyset(&sa.sa_mask);
-        (void) sigaction(SIGUSR1, &sa, NULL);
-    }
+    worker_signals(&w);
     (void) sigprocmask(SIG_SETMASK, &p->oldmask, NULL);
     stdin_devnull(&w);
 
@@ -822,64 +906,7 @@ fdp_worker_main(struct fdp_pool *p, int idx)
         fail(&w, "epoll_ctl() failed on the channel");
     }
 
-    if (p->script) {
-        L = luaL_newstate();
-        if (L == NULL) {
-            fail(&w, "cannot create a Lua state");
-        }
-        w.L = L;
-        w.sched.L = L;
-        memory_limit(&w);
-        luaL_openlibs(L);
-        module_set_worker(L, &w);
-        fdp_sched_install_wrappers(L);
-        w.sched.mem_limited = w.sched.limit_mem;
-        r = load_script(L, p);
-        w.sched.mem_limited = 0;
-        if (r < 0) {
-            fail(&w, lua_tostring(L, -1));
-        }
-    } else {
-        L = p->L;
-        w.L = L;
-        w.sched.L = L;
-        memory_limit(&w);
-        module_set_worker(L, &w);
-        fdp_sched_install_wrappers(L);
-        lua_rawgeti(L, LUA_REGISTRYINDEX, p->handler_ref);
-    }
-
-    /* The handler: a function, or {handle = fn, init = fn}. */
-    if (lua_istable(L, -1)) {
-        lua_getfield(L, -1, "init");
-        if (!lua_isnil(L, -1)) {
-            if (!lua_isfunction(L, -1)) {
-                fail(&w, "the handler table's 'init' is not a function");
-            }
-            lua_pushcfunction(L, msgh);
-            lua_insert(L, -2);
-            lua_getfield(L, LUA_REGISTRYINDEX, "fdpool.worker");
-            w.sched.mem_limited = w.sched.limit_mem;
-            r = lua_pcall(L, 1, 0, -3);
-            w.sched.mem_limited = 0;
-            if (r != LUA_OK) {
-                lua_pushfstring(L, "init failed: %s", lua_tostring(L, -1));
-                fail(&w, lua_tostring(L, -1));
-            }
-            lua_pop(L, 1);
-        } else {
-            lua_pop(L, 1);
-        }
-        lua_getfield(L, -1, "handle");
-        lua_remove(L, -2);
-    }
-    if (!lua_isfunction(L, -1)) {
-        lua_pushfstring(L, "%s must return a function(conn) or a table "
-                        "{handle = function(conn) ... end} (got %s)",
-                        p->script ? p->script : "the handler",
-                        luaL_typename(L, -1));
-        fail(&w, lua_tostring(L, -1));
-    }
+    L = open_handler(&w);
     ready_body(L, &rb);
     w.handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
