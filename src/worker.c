@@ -8,9 +8,12 @@
  */
 #include "fdp.h"
 #include "pool.h"
-#include "worker.h"
+#include "channel.h"
 #include "laux.h"
 #include "lconn.h"
+#include "loop.h"
+#include "task.h"
+#include "worker.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -25,6 +28,42 @@
 
 #include <lauxlib.h>
 #include <lualib.h>
+
+/* A task of the worker: the scheduler's, plus the connection it serves. */
+struct fdp_wtask {
+    struct fdp_task t;          /* first: a struct fdp_task * is one */
+    struct fdp_wctx *w;
+    struct fdp_conn *conn;      /* the connection it serves */
+    uint64_t id;
+    uint64_t started_us;
+    int parked;                 /* its conn went back to the master */
+    uint32_t status_id;         /* fdpool.status() request it waits for */
+    struct fdp_wtask *status_next;
+};
+
+struct fdp_wctx {
+    struct fdp_pool *pool;
+    int idx;                    /* 0-based slot */
+    lua_State *L;
+    struct fdp_sched sched;     /* its tasks */
+    int handler_ref;
+    struct fdp_loop loop;
+    struct fdp_chan *ch;
+    struct fdp_io chio;
+    int stopping;
+    struct fdp_timer stop_timer;
+    int ndone;
+    struct fdp_done_entry done[FDP_BATCH_MAX];
+    struct fdp_timer done_timer;    /* coalesces DONE reports */
+    uint32_t status_seq;        /* fdpool.status() requests */
+    struct fdp_wtask *status_waiters;    /* FIFO of tasks waiting */
+    char *status_buf;           /* the answer being assembled */
+    size_t status_len;
+    lua_Alloc mem_inner;        /* --max-memory: the allocator wrapped */
+    void *mem_inner_ud;
+    size_t mem_used;            /* bytes the Lua state holds */
+    size_t mem_limit;           /* refused past this in handler code */
+};
 
 static void status_unwait(struct fdp_wtask *t);
 
