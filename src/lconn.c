@@ -8,9 +8,9 @@
  * read buffer. The HTTP methods are in lhttp.c.
  */
 #include "fdp.h"
-#include "pool.h"
 #include "laux.h"
 #include "lconn.h"
+#include "pool.h"             /* fdp_format_sockaddr */
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -35,7 +35,9 @@
 
 enum { PAT_LINE, PAT_ALL, PAT_COUNT };
 
-struct fdp_fd;
+/* fdp_fd_fileno and fdpool.type read a conn's descriptor as the first
+ * member of every fd-owning userdata. */
+typedef char conn_fd_first[offsetof(struct fdp_conn, fd) == 0 ? 1 : -1];
 
 
 struct fdp_conn *

@@ -8,7 +8,6 @@
 #include "fdp.h"
 #include "embed.h"
 #include "laux.h"
-#include "lconn.h"
 #include "lfd.h"
 #include "lfdpool.h"
 #include "lhttp.h"
@@ -21,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
