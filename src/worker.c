@@ -892,8 +892,10 @@ open_handler(struct fdp_wctx *w)
 }
 
 
-void
-fdp_worker_main(struct fdp_pool *p, int idx)
+/* The shape the pool takes its worker main in (a function pointer set
+ * by whoever creates the pool): the slot wk of p, after fork. */
+int
+fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
 {
     struct fdp_wctx w;
     struct fdp_ready_body rb;
@@ -905,8 +907,8 @@ fdp_worker_main(struct fdp_pool *p, int idx)
     w.pool = p;
     /* The id it serves as: a reload's new worker starts in a spare slot
      * and takes the table slot of this id once its generation is READY. */
-    w.idx = p->workers[idx].slot.id - 1;
-    w.ch = &p->workers[idx].ch;
+    w.idx = wk->slot.id - 1;
+    w.ch = &wk->ch;
     snprintf(tag, sizeof(tag), "worker %d", w.idx + 1);
     fdp_log_set_tag(tag);
 
@@ -966,4 +968,12 @@ fdp_worker_main(struct fdp_pool *p, int idx)
             worker_exit(&w, 0);
         }
     }
+}
+
+
+void
+fdp_worker_main(struct fdp_pool *p, int idx)
+{
+    (void) fdp_worker_run(p, &p->workers[idx]);
+    _exit(1);                           /* not reached */
 }
