@@ -29,7 +29,7 @@ B        ?= build
 SAN      ?=
 
 CORE     := log fdpass channel loop addr status ctlproto proxy http_parse listen dispatch pool acceptf \
-            control ctlclient statuspage policy worker lconn lfdpool
+            control ctlclient statuspage policy laux task lconn lhttp worker lfd lpool lfdpool
 LUAFILES := $(sort $(wildcard lua/fdpool/*.lua lua/fdpool/*/*.lua))
 CORE_OBJ := $(patsubst %,$(B)/%.o,$(CORE)) $(B)/embed.o \
             $(B)/statuspage_html.o
@@ -99,7 +99,8 @@ EXAMPLES := $(wildcard examples/*.lua) $(wildcard examples/systemd/*)
 
 install: all
 	install -d "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(LUA_CMOD)" \
-	    "$(DESTDIR)$(LUA_LMOD)/fdpool/policy" "$(DESTDIR)$(MANDIR)/man1" \
+	    "$(DESTDIR)$(LUA_LMOD)/fdpool/policy" "$(DESTDIR)$(LUA_LMOD)/fdpool/testing" \
+	    "$(DESTDIR)$(MANDIR)/man1" \
 	    "$(DESTDIR)$(DOCDIR)/examples/systemd"
 	install -m 755 $(B)/pool $(B)/fdfetch "$(DESTDIR)$(BINDIR)/"
 	install -m 755 $(B)/fdpool.so "$(DESTDIR)$(LUA_CMOD)/fdpool.so"

@@ -2,7 +2,7 @@
  * http_parse.h - HTTP/1.x request framing as pure functions, no Lua and
  * no I/O, so they can be fuzzed and unit-tested: the request head (line
  * and header fields, RFC 9112 2-5) and an incremental chunked body
- * decoder (RFC 9112 7.1). lconn.c drives both from a conn's read buffer.
+ * decoder (RFC 9112 7.1). lhttp.c drives both from a conn's read buffer.
  */
 #ifndef FDP_HTTP_PARSE_H
 #define FDP_HTTP_PARSE_H

@@ -1,14 +1,16 @@
 /*
  * lconn.c - the conn object handed to handlers (userdata "fdpool.conn"),
  * shaped like LuaSocket's TCP client object: receive/send/close/
- * settimeout/getpeername..., plus sendfile. I/O is non-blocking; when the
- * kernel says EAGAIN the call waits through fdp_wait(), which yields the
- * task's coroutine (or polls where yielding is impossible). The conn owns
- * its fd and its read buffer.
+ * settimeout/getpeername..., plus sendfile and park. I/O is non-blocking,
+ * through the conn's transport; when the kernel says EAGAIN the call
+ * waits through task.c's fdp_wait(), which yields the task's coroutine
+ * (or polls where yielding is impossible). The conn owns its fd and its
+ * read buffer. The HTTP methods are in lhttp.c.
  */
 #include "fdp.h"
-#include "pool.h"
-#include "worker.h"
+#include "laux.h"
+#include "lconn.h"
+#include "pool.h"             /* fdp_format_sockaddr */
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -27,26 +29,63 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
-#define CONN_MT         "fdpool.conn"
+#define CONN_MT         FDP_CONN_MT
 #define RBUF_MIN        8192
 #define LINE_MAX_BYTES  (1u << 20)
 
 enum { PAT_LINE, PAT_ALL, PAT_COUNT };
 
-struct fdp_fd;
-int fdp_pushfd(lua_State *L, int fd);
-int fdp_fd_fileno(lua_State *L, int idx);
+/* fdp_fd_fileno and fdpool.type read a conn's descriptor as the first
+ * member of every fd-owning userdata. */
+typedef char conn_fd_first[offsetof(struct fdp_conn, fd) == 0 ? 1 : -1];
 
 
-static struct fdp_conn *
-checkconn(lua_State *L)
+struct fdp_conn *
+fdp_checkconn(lua_State *L)
 {
     return luaL_checkudata(L, 1, CONN_MT);
 }
 
 
+/* ---- the plain-socket transport ------------------------------------ */
+
+static ssize_t
+sock_read(struct fdp_conn *c, void *buf, size_t n)
+{
+    return read(c->fd, buf, n);
+}
+
+
+static ssize_t
+sock_write(struct fdp_conn *c, const void *buf, size_t n)
+{
+    return send(c->fd, buf, n, MSG_NOSIGNAL);
+}
+
+
+static ssize_t
+sock_writev(struct fdp_conn *c, const struct iovec *iov, int n)
+{
+    return writev(c->fd, iov, n);
+}
+
+
+static ssize_t
+sock_sendfile(struct fdp_conn *c, int in, off_t *off, size_t n)
+{
+    return sendfile(c->fd, in, off, n);
+}
+
+
+static const struct fdp_transport sock_transport = {
+    sock_read, sock_write, sock_writev, sock_sendfile
+};
+
+
+/* ---- the conn object ------------------------------------------------- */
+
 struct fdp_conn *
-fdp_conn_new(lua_State *L, int fd, struct fdp_wctx *w)
+fdp_conn_new(lua_State *L, int fd, struct fdp_sched *s, double timeout)
 {
     struct fdp_conn *c = lua_newuserdatauv(L, sizeof(*c), 0);
 
@@ -54,10 +93,11 @@ fdp_conn_new(lua_State *L, int fd, struct fdp_wctx *w)
     c->fd = -1;
     luaL_setmetatable(L, CONN_MT);
     c->fd = fd;
-    c->w = w;
-    c->rready = 1;
-    c->timeout = w && w->pool->io_timeout > 0 ? w->pool->io_timeout : -1;
-    c->io.fd = -1;
+    c->tr = &sock_transport;
+    c->wt.s = s;
+    c->wt.rready = 1;
+    c->timeout = timeout;
+    c->wt.io.fd = -1;
     return c;
 }
 
@@ -75,8 +115,8 @@ void
 fdp_conn_close(struct fdp_conn *c)
 {
     if (c->fd >= 0) {
-        if (c->w) {
-            fdp_conn_forget(c);
+        if (c->wt.s) {
+            fdp_waitable_forget(&c->wt);
         }
         fdp_close(&c->fd);
     }
@@ -104,10 +144,35 @@ fdp_conn_peer(struct fdp_conn *c, char *out, size_t n)
 }
 
 
+/*
+ * Wait until c's fd is ready for `events`, within the per-wait timeout
+ * (or, in "t" mode, the call's deadline) and any conn:setdeadline or
+ * whole-head limit: fdp_wait's contract.
+ */
+int
+fdp_conn_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
+              lua_KContext ctx, lua_KFunction k)
+{
+    uint64_t dl;
+
+    if (!c->total) {
+        c->deadline = c->timeout < 0 ? 0
+                      : fdp_now_ms() + (uint64_t) (c->timeout * 1000.0) + 1;
+    }
+    /* conn:setdeadline (or readrequest's whole-head limit) caps every
+     * wait, whatever the per-wait timeout. */
+    dl = c->deadline;
+    if (c->limit > 0 && (dl == 0 || (uint64_t) c->limit < dl)) {
+        dl = (uint64_t) c->limit;
+    }
+    return fdp_wait(L, &c->wt, c->fd, events, dl, ctx, k);
+}
+
+
 /* Start a call. In "t" mode the timeout bounds the whole call; in "b"
  * mode (the default, as LuaSocket) each wait gets the full timeout. */
-static void
-op_begin(struct fdp_conn *c)
+void
+fdp_conn_op_begin(struct fdp_conn *c)
 {
     c->deadline = (!c->total || c->timeout < 0) ? 0
                   : fdp_now_ms() + (uint64_t) (c->timeout * 1000.0) + 1;
@@ -116,8 +181,8 @@ op_begin(struct fdp_conn *c)
 
 
 /* Read once into the buffer: >0 bytes, 0 EOF, -errno. */
-static ssize_t
-fill(struct fdp_conn *c, size_t want)
+ssize_t
+fdp_conn_fill(struct fdp_conn *c, size_t want)
 {
     ssize_t n;
 
@@ -145,22 +210,22 @@ fill(struct fdp_conn *c, size_t want)
             c->rcap = cap;
         }
     }
-    if (!c->rready) {
+    if (!c->wt.rready) {
         return -EAGAIN;     /* drained by a short read: wait for EPOLLIN */
     }
     do {
-        n = read(c->fd, c->rbuf + c->rend, c->rcap - c->rend);
+        n = c->tr->read(c, c->rbuf + c->rend, c->rcap - c->rend);
     } while (n < 0 && errno == EINTR);
     if (n < 0) {
         if (errno == EAGAIN) {
-            c->rready = 0;
+            c->wt.rready = 0;
         }
         return -errno;
     }
     /* A short read drained the socket (nginx does the same): the next
      * read waits for the edge instead of costing a read() for EAGAIN. */
-    if (n > 0 && (size_t) n < c->rcap - c->rend && !c->rdhup) {
-        c->rready = 0;
+    if (n > 0 && (size_t) n < c->rcap - c->rend && !c->wt.rdhup) {
+        c->wt.rready = 0;
     }
     c->rend += (size_t) n;
     c->bytes_in += (uint64_t) n;
@@ -228,7 +293,7 @@ pattern_of(lua_State *L, size_t *count)
 static int
 receive_k(lua_State *L, int status, lua_KContext ctx)
 {
-    struct fdp_conn *c = checkconn(L);
+    struct fdp_conn *c = fdp_checkconn(L);
     size_t count = 0;
     int pat = pattern_of(L, &count);
     ssize_t n;
@@ -267,7 +332,7 @@ receive_k(lua_State *L, int status, lua_KContext ctx)
                 return receive_fail(L, c, "line too long");
             }
         }
-        n = fill(c, pat == PAT_COUNT ? count : 0);
+        n = fdp_conn_fill(c, pat == PAT_COUNT ? count : 0);
         if (n > 0) {
             continue;
         }
@@ -284,7 +349,7 @@ receive_k(lua_State *L, int status, lua_KContext ctx)
             return receive_fail(L, c, n == -ECONNRESET || n == -EPIPE
                                 ? "closed" : strerror((int) -n));
         }
-        if (!fdp_wait(L, c, EPOLLIN, 0, receive_k)) {
+        if (!fdp_conn_wait(L, c, EPOLLIN, 0, receive_k)) {
             return receive_fail(L, c, "timeout");
         }
     }
@@ -298,14 +363,14 @@ receive_k(lua_State *L, int status, lua_KContext ctx)
 static int
 conn_receive(lua_State *L)
 {
-    struct fdp_conn *c = checkconn(L);
+    struct fdp_conn *c = fdp_checkconn(L);
     size_t count;
 
     (void) pattern_of(L, &count);
     luaL_argcheck(L, lua_isnoneornil(L, 3) || lua_isstring(L, 3), 3,
                   "prefix must be a string");
     lua_settop(L, 3);
-    op_begin(c);
+    fdp_conn_op_begin(c);
     return receive_k(L, LUA_OK, 0);
 }
 
@@ -313,7 +378,7 @@ conn_receive(lua_State *L)
 static int
 send_k(lua_State *L, int status, lua_KContext ctx)
 {
-    struct fdp_conn *c = checkconn(L);
+    struct fdp_conn *c = fdp_checkconn(L);
     size_t len;
     const char *s = lua_tolstring(L, 2, &len);
     size_t end = (size_t) lua_tointeger(L, 4);
@@ -327,7 +392,7 @@ send_k(lua_State *L, int status, lua_KContext ctx)
         if (c->fd < 0) {
             goto closed;
         }
-        n = send(c->fd, s + c->op_pos, end - c->op_pos, MSG_NOSIGNAL);
+        n = c->tr->write(c, s + c->op_pos, end - c->op_pos);
         if (n > 0) {
             c->op_pos += (size_t) n;
             c->bytes_out += (uint64_t) n;
@@ -337,7 +402,7 @@ send_k(lua_State *L, int status, lua_KContext ctx)
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (!fdp_wait(L, c, EPOLLOUT, 0, send_k)) {
+            if (!fdp_conn_wait(L, c, EPOLLOUT, 0, send_k)) {
                 goto timeout;
             }
             continue;
@@ -362,10 +427,10 @@ timeout:
 
 /* conn:send(data [, i [, j]]) -> index of the last byte sent, or nil,
  * "closed"|"timeout", index of the last byte sent. */
-static int
-conn_send(lua_State *L)
+int
+fdp_conn_send(lua_State *L)
 {
-    struct fdp_conn *c = checkconn(L);
+    struct fdp_conn *c = fdp_checkconn(L);
     size_t len;
     const char *s = luaL_checklstring(L, 2, &len);
     lua_Integer i = luaL_optinteger(L, 3, 1);
@@ -387,207 +452,16 @@ conn_send(lua_State *L)
     lua_settop(L, 2);
     lua_pushinteger(L, i);
     lua_pushinteger(L, j < i ? i - 1 : j);
-    op_begin(c);
+    fdp_conn_op_begin(c);
     c->op_pos = (size_t) (i - 1);
     return send_k(L, LUA_OK, 0);
-}
-
-
-/* Append to a growable head buffer; 0 or -1 (out of memory). */
-struct headbuf {
-    char *p;
-    size_t len, cap;
-    char stack[2048];
-};
-
-
-static int
-hb_add(struct headbuf *b, const char *s, size_t n)
-{
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap * 2;
-        char *q;
-
-        while (cap < b->len + n) {
-            cap *= 2;
-        }
-        q = b->p == b->stack ? malloc(cap) : realloc(b->p, cap);
-        if (q == NULL) {
-            return -1;
-        }
-        if (b->p == b->stack) {
-            memcpy(q, b->stack, b->len);
-        }
-        b->p = q;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    return 0;
-}
-
-
-static int
-own_header(const char *k, size_t n)
-{
-    return (n == 14 && strncasecmp(k, "content-length", 14) == 0)
-           || (n == 17 && strncasecmp(k, "transfer-encoding", 17) == 0)
-           || (n == 10 && strncasecmp(k, "connection", 10) == 0);
-}
-
-
-static int
-hb_header(struct headbuf *b, const char *k, size_t kn, lua_State *L, int vi)
-{
-    size_t vn;
-    const char *v = luaL_tolstring(L, vi, &vn);
-    int r = hb_add(b, k, kn) | hb_add(b, ": ", 2) | hb_add(b, v, vn)
-            | hb_add(b, "\r\n", 2);
-
-    lua_pop(L, 1);
-    return r;
-}
-
-
-/*
- * conn:sendresponse(status_line, headers, date_line, length, chunked,
- *                   connection, body)
- * -> last index of the body sent (as send), or nil, err, n. Builds the
- * HTTP response head in C (no Lua strings per header): status_line
- * ("HTTP/1.1 200 OK\r\n"), each headers[k] = v (a table value: one line
- * per element) except Content-Length, Transfer-Encoding and Connection,
- * date_line if not nil, "Content-Length: length" if length is a number,
- * "Transfer-Encoding: chunked" if chunked, "Connection: <connection>" if
- * not nil. Sends head and body with one writev; what the
- * kernel does not take at once goes through conn:send's waiting path.
- */
-static int
-conn_sendresponse(lua_State *L)
-{
-    struct fdp_conn *c = checkconn(L);
-    size_t sn, dn = 0, bn = 0;
-    const char *sl = luaL_checklstring(L, 2, &sn);
-    const char *dl = luaL_optlstring(L, 4, NULL, &dn);
-    size_t cn = 0;
-    const char *conn_v = luaL_optlstring(L, 7, NULL, &cn);
-    const char *body = luaL_optlstring(L, 8, "", &bn);
-    struct headbuf b;
-    struct iovec iov[2];
-    ssize_t n;
-    int bad = 0;
-
-    luaL_checktype(L, 3, LUA_TTABLE);
-    b.p = b.stack;
-    b.len = 0;
-    b.cap = sizeof(b.stack);
-    bad |= hb_add(&b, sl, sn);
-    lua_pushnil(L);
-    while (lua_next(L, 3) != 0) {
-        size_t kn;
-        const char *k;
-
-        if (lua_type(L, -2) != LUA_TSTRING) {
-            lua_pop(L, 1);
-            continue;
-        }
-        k = lua_tolstring(L, -2, &kn);
-        if (!own_header(k, kn)) {
-            if (lua_istable(L, -1)) {
-                lua_Integer i, m = luaL_len(L, -1);
-
-                for (i = 1; i <= m; i++) {
-                    lua_geti(L, -1, i);
-                    bad |= hb_header(&b, k, kn, L, lua_gettop(L));
-                    lua_pop(L, 1);
-                }
-            } else {
-                bad |= hb_header(&b, k, kn, L, lua_gettop(L));
-            }
-        }
-        lua_pop(L, 1);
-    }
-    if (dl) {
-        bad |= hb_add(&b, dl, dn);
-    }
-    if (lua_isinteger(L, 5)) {
-        char num[48];
-        int k = snprintf(num, sizeof(num), "Content-Length: %lld\r\n",
-                         (long long) lua_tointeger(L, 5));
-
-        bad |= hb_add(&b, num, (size_t) k);
-    }
-    if (lua_toboolean(L, 6)) {
-        bad |= hb_add(&b, "Transfer-Encoding: chunked\r\n", 28);
-    }
-    if (conn_v) {
-        bad |= hb_add(&b, "Connection: ", 12) | hb_add(&b, conn_v, cn)
-               | hb_add(&b, "\r\n", 2);
-    }
-    bad |= hb_add(&b, "\r\n", 2);
-    if (bad) {
-        if (b.p != b.stack) {
-            free(b.p);
-        }
-        return luaL_error(L, "out of memory");
-    }
-    n = -1;
-    errno = EBADF;
-    if (c->fd >= 0) {
-        iov[0].iov_base = b.p;
-        iov[0].iov_len = b.len;
-        iov[1].iov_base = (void *) body;
-        iov[1].iov_len = bn;
-        do {
-            n = writev(c->fd, iov, bn ? 2 : 1);
-        } while (n < 0 && errno == EINTR);
-    }
-    if (n == (ssize_t) (b.len + bn)) {
-        if (b.p != b.stack) {
-            free(b.p);
-        }
-        c->bytes_out += (uint64_t) n;
-        lua_pushinteger(L, (lua_Integer) bn);
-        return 1;
-    }
-    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-        if (b.p != b.stack) {
-            free(b.p);
-        }
-        lua_pushnil(L);
-        lua_pushliteral(L, "closed");
-        lua_pushinteger(L, 0);
-        return 3;
-    }
-    /* The kernel took part: send the rest through conn:send, which waits
-     * (yields) as needed. */
-    {
-        size_t done = n > 0 ? (size_t) n : 0;
-        luaL_Buffer rest;
-
-        c->bytes_out += done;
-        luaL_buffinit(L, &rest);
-        if (done < b.len) {
-            luaL_addlstring(&rest, b.p + done, b.len - done);
-            done = 0;
-        } else {
-            done -= b.len;
-        }
-        luaL_addlstring(&rest, body + done, bn - done);
-        if (b.p != b.stack) {
-            free(b.p);
-        }
-        luaL_pushresult(&rest);
-        lua_replace(L, 2);
-        lua_settop(L, 2);
-        return conn_send(L);
-    }
 }
 
 
 static int
 sendfile_k(lua_State *L, int status, lua_KContext ctx)
 {
-    struct fdp_conn *c = checkconn(L);
+    struct fdp_conn *c = fdp_checkconn(L);
     int in = fdp_fd_fileno(L, 2);
     off_t off = (off_t) lua_tointeger(L, 3);
     size_t count = (size_t) lua_tointeger(L, 4);
@@ -609,7 +483,7 @@ sendfile_k(lua_State *L, int status, lua_KContext ctx)
             lua_pushinteger(L, (lua_Integer) c->op_pos);
             return 3;
         }
-        n = sendfile(c->fd, in, &o, count - c->op_pos);
+        n = c->tr->sendfile(c, in, &o, count - c->op_pos);
         if (n > 0) {
             c->op_pos += (size_t) n;
             c->bytes_out += (uint64_t) n;
@@ -622,7 +496,7 @@ sendfile_k(lua_State *L, int status, lua_KContext ctx)
             continue;
         }
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            if (!fdp_wait(L, c, EPOLLOUT, 0, sendfile_k)) {
+            if (!fdp_conn_wait(L, c, EPOLLOUT, 0, sendfile_k)) {
                 lua_pushnil(L);
                 lua_pushliteral(L, "timeout");
                 lua_pushinteger(L, (lua_Integer) c->op_pos);
@@ -655,7 +529,7 @@ sendfile_k(lua_State *L, int status, lua_KContext ctx)
 static int
 conn_sendfile(lua_State *L)
 {
-    struct fdp_conn *c = checkconn(L);
+    struct fdp_conn *c = fdp_checkconn(L);
     lua_Integer off = luaL_optinteger(L, 3, 0);
     int opened = 0, fd;
     struct stat st;
@@ -689,350 +563,46 @@ conn_sendfile(lua_State *L)
     lua_pushinteger(L, off);
     lua_replace(L, 3);
     lua_pushboolean(L, opened);
-    op_begin(c);
+    fdp_conn_op_begin(c);
     return sendfile_k(L, LUA_OK, 0);
 }
 
 
-/* ---- HTTP/1.x request head and chunked body -------------------------- */
-
-#define HEAD_MAX_DEFAULT   8192
-
 /*
- * Parse the head in [s, end) (it ends with an empty line; http_parse.c)
- * into a request table on the stack. Returns 1, or 0 with nil, an error
- * string and the method (or nil when the request line did not parse)
- * pushed.
+ * Hand the task's own connection back to the master (its owner's park,
+ * see task.h). Only at a request boundary: nothing may be left unread
+ * in our buffer. Pushes true, or nil and why.
  */
 static int
-parse_head(lua_State *L, char *s, char *end)
+park(lua_State *L, struct fdp_conn *c, uint32_t idle_ms)
 {
-    struct fdp_http_head h;
-    const char *q;
-    size_t i;
-    int err = fdp_http_parse_head(s, (size_t) (end - s), &h);
-
-    if (err < 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, fdp_http_strerror(err));
-        if (h.method) {
-            lua_pushlstring(L, h.method, h.method_len);
-        } else {
-            lua_pushnil(L);
-        }
-        return 0;
-    }
-    lua_createtable(L, 0, 8);
-    lua_pushlstring(L, h.method, h.method_len);
-    lua_setfield(L, -2, "method");
-    lua_pushlstring(L, h.target, h.target_len);
-    lua_setfield(L, -2, "target");
-    q = memchr(h.target, '?', h.target_len);
-    lua_pushlstring(L, h.target, q ? (size_t) (q - h.target) : h.target_len);
-    lua_setfield(L, -2, "path");
-    if (q) {
-        lua_pushlstring(L, q + 1, h.target_len - (size_t) (q - h.target) - 1);
-    } else {
-        lua_pushliteral(L, "");
-    }
-    lua_setfield(L, -2, "query");
-    lua_pushstring(L, h.minor ? "1.1" : "1.0");
-    lua_setfield(L, -2, "version");
-
-    lua_createtable(L, 0, (int) h.nfields);
-    for (i = 0; i < h.nfields; i++) {
-        struct fdp_http_field *f = &h.fields[i];
-
-        lua_pushlstring(L, f->name, f->name_len);
-        lua_pushvalue(L, -1);
-        if (lua_rawget(L, -3) == LUA_TSTRING) {
-            /* Repeated field: combine as a list (RFC 9110 5.3). */
-            lua_pushliteral(L, ", ");
-            lua_pushlstring(L, f->value, f->value_len);
-            lua_concat(L, 3);
-        } else {
-            lua_pop(L, 1);
-            lua_pushlstring(L, f->value, f->value_len);
-        }
-        lua_rawset(L, -3);
-    }
-    lua_setfield(L, -2, "headers");
-    return 1;
-}
-
-
-/*
- * The whole-head limit of readrequest: armed once the head's first byte
- * is buffered (stack slot 3: seconds, or nil), the conn's own limit kept
- * in slot 4 and put back when the call returns.
- */
-static void
-head_limit_arm(lua_State *L, struct fdp_conn *c)
-{
-    if (lua_isnumber(L, 3) && lua_isnil(L, 4) && c->rend > c->rstart) {
-        double lim = (double) fdp_now_ms() + lua_tonumber(L, 3) * 1000.0;
-
-        lua_pushnumber(L, c->limit);
-        lua_replace(L, 4);
-        if (c->limit <= 0 || lim < c->limit) {
-            c->limit = lim;
-        }
-    }
-}
-
-
-static int readrequest_run(lua_State *L, int status);
-
-
-static int
-readrequest_k(lua_State *L, int status, lua_KContext ctx)
-{
-    struct fdp_conn *c = checkconn(L);
+    struct fdp_task *t = fdp_current_task(L);
     int r;
 
-    (void) ctx;
-    r = readrequest_run(L, status);     /* a yield does not come back */
-    if (lua_isnumber(L, 4)) {
-        c->limit = lua_tonumber(L, 4);
+    if (t == NULL || t->data != c || t->s->ops->park == NULL) {
+        return luaL_error(L, "conn:park() is only for the handler's own "
+                          "connection, from its coroutine");
     }
-    return r;
-}
-
-
-static int
-readrequest_run(lua_State *L, int status)
-{
-    struct fdp_conn *c = checkconn(L);
-    size_t max = (size_t) lua_tointeger(L, 2);
-    ssize_t n;
-
-    if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
+    if (c->fd < 0) {
         lua_pushnil(L);
-        lua_pushliteral(L, "timeout");
+        lua_pushliteral(L, "closed");
         return 2;
     }
-    for (;;) {
-        const char *s, *end, *p;
-
-        if (c->fd < 0) {
-            lua_pushnil(L);
-            lua_pushliteral(L, "closed");
-            return 2;
-        }
-        /* Ignore empty lines before a request (RFC 9112 2.2). */
-        while (c->rend > c->rstart && (c->rbuf[c->rstart] == '\r'
-                                       || c->rbuf[c->rstart] == '\n')) {
-            c->rstart++;
-            if (c->op_pos > 0) {
-                c->op_pos--;
-            }
-        }
-        s = c->rbuf ? c->rbuf + c->rstart : NULL;
-        end = s ? c->rbuf + c->rend : NULL;
-        for (p = s ? s + c->op_pos : NULL; p && p < end; p++) {
-            p = memchr(p, '\n', (size_t) (end - p));
-            if (p == NULL) {
-                break;
-            }
-            if ((p + 1 < end && p[1] == '\n')
-                || (p + 2 < end && p[1] == '\r' && p[2] == '\n')) {
-                const char *hend = p + (p[1] == '\n' ? 2 : 3);
-
-                if ((size_t) (hend - s) > max) {
-                    lua_pushnil(L);
-                    lua_pushliteral(L, "header too large");
-                    return 2;
-                }
-                if (!parse_head(L, c->rbuf + c->rstart,
-                                c->rbuf + c->rstart + (hend - s))) {
-                    return 3;
-                }
-                c->rstart += (size_t) (hend - s);
-                c->op_pos = 0;
-                return 1;
-            }
-        }
-        if (s) {
-            c->op_pos = (size_t) (end - s) > 2 ? (size_t) (end - s) - 2 : 0;
-            if ((size_t) (end - s) > max) {
-                lua_pushnil(L);
-                lua_pushliteral(L, "header too large");
-                return 2;
-            }
-        }
-        n = fill(c, 0);
-        if (n > 0) {
-            continue;
-        }
-        if (n == 0 || n == -ECONNRESET || n == -EPIPE) {
-            lua_pushnil(L);
-            lua_pushstring(L, c->rend > c->rstart ? "bad request: truncated"
-                           : "closed");
-            c->rstart = c->rend = 0;
-            return 2;
-        }
-        if (n != -EAGAIN) {
-            lua_pushnil(L);
-            lua_pushstring(L, strerror((int) -n));
-            return 2;
-        }
-        head_limit_arm(L, c);
-        if (!fdp_wait(L, c, EPOLLIN, 0, readrequest_k)) {
-            lua_pushnil(L);
-            lua_pushliteral(L, "timeout");
-            return 2;
-        }
-    }
-}
-
-
-/*
- * conn:readrequest([max_head_bytes [, head_seconds]]) -> request table
- * {method, target, path, query, version ("1.0"|"1.1"), headers
- * (lower-case names)}, or nil, "closed"|"timeout"|"header too large"|
- * "too many headers"|"unsupported HTTP version"|"bad ...", method (when
- * the request line parsed, so a HEAD gets no error body). HTTP/1.2..1.9
- * read as "1.1". head_seconds bounds the whole head from its first byte
- * (waits before that byte keep the conn's timeout). The body, if any,
- * stays buffered for conn:receive()/readchunked(). Parsed in C
- * (http_parse.c): the hot path.
- */
-static int
-conn_readrequest(lua_State *L)
-{
-    struct fdp_conn *c = checkconn(L);
-    lua_Integer max = luaL_optinteger(L, 2, HEAD_MAX_DEFAULT);
-    lua_Number head = luaL_optnumber(L, 3, -1);
-
-    luaL_argcheck(L, max > 0, 2, "the limit must be positive");
-    lua_settop(L, 1);
-    lua_pushinteger(L, max);
-    if (head > 0) {
-        lua_pushnumber(L, head);
-    } else {
+    if (c->rend > c->rstart) {
         lua_pushnil(L);
+        lua_pushliteral(L, "unread data");
+        return 2;
     }
-    lua_pushnil(L);                     /* slot 4: the conn's own limit */
-    op_begin(c);
-    return readrequest_k(L, LUA_OK, 0);
-}
-
-
-static int
-readchunked_fail(lua_State *L, const char *why)
-{
-    lua_pushnil(L);
-    lua_pushstring(L, why);
-    return 2;
-}
-
-
-/*
- * The body pieces so far are in the table at index 4; the bytes in the
- * read buffer go through the decoder (fdp_http_chunked_next) in place,
- * and the data parts are copied out (or only counted when discarding),
- * so the buffer stays its usual size whatever the body's.
- */
-static int
-readchunked_k(lua_State *L, int status, lua_KContext ctx)
-{
-    struct fdp_conn *c = checkconn(L);
-    struct fdp_http_chunked *d = &c->chunked;
-    uint64_t max = (uint64_t) lua_tointeger(L, 2);
-    int discard = lua_toboolean(L, 3);
-    ssize_t n;
-
-    (void) ctx;
-    if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
-        return readchunked_fail(L, "timeout");
+    fdp_waitable_unwatch(&c->wt);
+    r = t->s->ops->park(t, c->fd, c->bytes_in, c->bytes_out, idle_ms);
+    if (r < 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "park: %s", strerror(-r));
+        return 2;
     }
-    for (;;) {
-        if (c->fd < 0) {
-            return readchunked_fail(L, "closed");
-        }
-        while (c->rend > c->rstart) {
-            size_t used = 0, k;
-            int r = fdp_http_chunked_next(d, c->rbuf + c->rstart,
-                                          c->rend - c->rstart, &used);
-            luaL_Buffer b;
-            lua_Integer i, np;
-
-            c->rstart += used;
-            if (r < 0) {
-                return readchunked_fail(L, fdp_http_strerror(r));
-            }
-            if (r == FDP_HTTP_CHUNK_DONE) {
-                if (discard) {
-                    lua_pushinteger(L, (lua_Integer) d->total);
-                    return 1;
-                }
-                np = (lua_Integer) lua_rawlen(L, 4);
-                luaL_buffinit(L, &b);
-                for (i = 1; i <= np; i++) {
-                    lua_rawgeti(L, 4, i);
-                    luaL_addvalue(&b);
-                }
-                luaL_pushresult(&b);
-                return 1;
-            }
-            if (r == FDP_HTTP_CHUNK_AGAIN) {
-                break;
-            }
-            if (d->left > max || d->total > max - d->left) {
-                return readchunked_fail(L, "too large");
-            }
-            k = c->rend - c->rstart;
-            if ((uint64_t) k > d->left) {
-                k = (size_t) d->left;
-            }
-            if (k == 0) {
-                break;
-            }
-            if (!discard) {
-                lua_pushlstring(L, c->rbuf + c->rstart, k);
-                lua_rawseti(L, 4, (lua_Integer) lua_rawlen(L, 4) + 1);
-            }
-            fdp_http_chunked_take(d, k);
-            c->rstart += k;
-        }
-        n = fill(c, 0);
-        if (n > 0) {
-            continue;
-        }
-        if (n == 0 || n == -ECONNRESET || n == -EPIPE) {
-            return readchunked_fail(L, "closed");
-        }
-        if (n != -EAGAIN) {
-            return readchunked_fail(L, strerror((int) -n));
-        }
-        if (!fdp_wait(L, c, EPOLLIN, 0, readchunked_k)) {
-            return readchunked_fail(L, "timeout");
-        }
-    }
-}
-
-
-/*
- * conn:readchunked(max_bytes [, discard]) -> body | nil, err: read a
- * chunked request body (RFC 9112 7.1) that follows the head, trailers
- * included (parsed and dropped), decoded in C. With discard true, the
- * data is dropped and its byte count returned (constant memory). err is
- * "too large" (data beyond max_bytes), "bad chunk size", "bad chunk
- * extension", "bad chunk", "bad trailer", "closed" or "timeout"; after
- * an error the stream cannot be resynchronised.
- */
-static int
-conn_readchunked(lua_State *L)
-{
-    struct fdp_conn *c = checkconn(L);
-    lua_Integer max = luaL_checkinteger(L, 2);
-
-    luaL_argcheck(L, max >= 0, 2, "the limit must not be negative");
-    lua_settop(L, 3);
-    lua_newtable(L);
-    fdp_http_chunked_init(&c->chunked);
-    op_begin(c);
-    return readchunked_k(L, LUA_OK, 0);
+    c->fd = -1;         /* the channel owns (and closes) it now */
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 
@@ -1043,11 +613,11 @@ conn_readchunked(lua_State *L)
 static int
 conn_park(lua_State *L)
 {
-    struct fdp_conn *c = checkconn(L);
+    struct fdp_conn *c = fdp_checkconn(L);
     lua_Number idle = luaL_optnumber(L, 2, 15);
 
     luaL_argcheck(L, idle > 0 && idle < 86400, 2, "idle seconds out of range");
-    return fdp_conn_park(L, c, (uint32_t) (idle * 1000.0));
+    return park(L, c, (uint32_t) (idle * 1000.0));
 }
 
 
@@ -1055,7 +625,7 @@ conn_park(lua_State *L)
 static int
 conn_buffered(lua_State *L)
 {
-    struct fdp_conn *c = checkconn(L);
+    struct fdp_conn *c = fdp_checkconn(L);
 
     lua_pushinteger(L, (lua_Integer) (c->rend - c->rstart));
     return 1;
@@ -1071,7 +641,7 @@ conn_buffered(lua_State *L)
 static int
 conn_setdeadline(lua_State *L)
 {
-    struct fdp_conn *c = checkconn(L);
+    struct fdp_conn *c = fdp_checkconn(L);
     lua_Number sec = luaL_optnumber(L, 2, -1);
     lua_Number rate = luaL_optnumber(L, 3, 0);
 
@@ -1088,7 +658,7 @@ conn_setdeadline(lua_State *L)
 static int
 conn_settimeout(lua_State *L)
 {
-    struct fdp_conn *c = checkconn(L);
+    struct fdp_conn *c = fdp_checkconn(L);
     static const char *const modes[] = { "b", "t", "r", NULL };
 
     c->timeout = luaL_optnumber(L, 2, -1);
@@ -1101,7 +671,7 @@ conn_settimeout(lua_State *L)
 static int
 conn_close(lua_State *L)
 {
-    fdp_conn_close(checkconn(L));
+    fdp_conn_close(fdp_checkconn(L));
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -1112,7 +682,7 @@ conn_gc(lua_State *L)
 {
     struct fdp_conn *c = luaL_checkudata(L, 1, CONN_MT);
 
-    if (c->waiter == NULL) {
+    if (c->wt.waiter == NULL) {
         fdp_conn_close(c);
     }
     return 0;
@@ -1152,7 +722,7 @@ push_addr(lua_State *L, struct sockaddr_storage *ss)
 static int
 conn_getpeername(lua_State *L)
 {
-    struct fdp_conn *c = checkconn(L);
+    struct fdp_conn *c = fdp_checkconn(L);
     struct sockaddr_storage ss;
     socklen_t len = sizeof(ss);
 
@@ -1176,7 +746,7 @@ conn_getpeername(lua_State *L)
 static int
 conn_getsockname(lua_State *L)
 {
-    struct fdp_conn *c = checkconn(L);
+    struct fdp_conn *c = fdp_checkconn(L);
     struct sockaddr_storage ss;
     socklen_t len = sizeof(ss);
 
@@ -1196,7 +766,7 @@ conn_getsockname(lua_State *L)
 static int
 conn_getfd(lua_State *L)
 {
-    lua_pushinteger(L, checkconn(L)->fd);
+    lua_pushinteger(L, fdp_checkconn(L)->fd);
     return 1;
 }
 
@@ -1204,7 +774,7 @@ conn_getfd(lua_State *L)
 static int
 conn_getstats(lua_State *L)
 {
-    struct fdp_conn *c = checkconn(L);
+    struct fdp_conn *c = fdp_checkconn(L);
 
     lua_pushinteger(L, (lua_Integer) c->bytes_in);
     lua_pushinteger(L, (lua_Integer) c->bytes_out);
@@ -1215,7 +785,7 @@ conn_getstats(lua_State *L)
 static int
 conn_shutdown(lua_State *L)
 {
-    struct fdp_conn *c = checkconn(L);
+    struct fdp_conn *c = fdp_checkconn(L);
     static const char *const opts[] = { "both", "send", "receive", NULL };
     static const int how[] = { SHUT_RDWR, SHUT_WR, SHUT_RD };
     int o = luaL_checkoption(L, 2, "both", opts);
@@ -1236,7 +806,7 @@ conn_shutdown(lua_State *L)
 static int
 conn_tostring(lua_State *L)
 {
-    struct fdp_conn *c = checkconn(L);
+    struct fdp_conn *c = fdp_checkconn(L);
 
     if (c->fd < 0) {
         lua_pushliteral(L, "fdpool.conn (closed)");
@@ -1252,12 +822,9 @@ fdp_conn_open_meta(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         { "receive", conn_receive },
-        { "readrequest", conn_readrequest },
-        { "readchunked", conn_readchunked },
         { "buffered", conn_buffered },
         { "park", conn_park },
-        { "send", conn_send },
-        { "sendresponse", conn_sendresponse },
+        { "send", fdp_conn_send },
         { "sendfile", conn_sendfile },
         { "settimeout", conn_settimeout },
         { "setdeadline", conn_setdeadline },
@@ -1274,14 +841,8 @@ fdp_conn_open_meta(lua_State *L)
         { "__gc", conn_gc },
         { "__close", conn_gc },
         { "__tostring", conn_tostring },
-        { "__index", NULL },
         { NULL, NULL }
     };
 
-    if (luaL_newmetatable(L, CONN_MT)) {
-        luaL_setfuncs(L, meta, 0);
-        luaL_newlib(L, methods);
-        lua_setfield(L, -2, "__index");
-    }
-    lua_pop(L, 1);
+    fdp_createmeta(L, CONN_MT, meta, methods);
 }

@@ -4,7 +4,7 @@
  * escape it print as one line, "pool: message", with exit code 1.
  */
 #include "fdp.h"
-#include "worker.h"
+#include "lfdpool.h"
 
 #include <signal.h>
 #include <stdio.h>

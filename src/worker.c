@@ -8,177 +8,64 @@
  */
 #include "fdp.h"
 #include "pool.h"
+#include "channel.h"
+#include "laux.h"
+#include "lconn.h"
+#include "loop.h"
 #include "policy.h"
+#include "task.h"
 #include "worker.h"
 
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
-#include <time.h>
 #include <grp.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
 
-static void task_resume(struct fdp_task *t, int nargs);
-static void status_unwait(struct fdp_task *t);
-
-
-/* The registry key under which a worker's state keeps its context. */
-static const char worker_key = 'w';
-
-
-void
-fdp_worker_register(lua_State *L, struct fdp_wctx *w)
-{
-    lua_pushlightuserdata(L, w);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &worker_key);
-}
-
-
-/* What a handler's own coroutine yields to say "I wait for I/O": the
- * worker's coroutine.resume/wrap pass it up to the task (OpenResty does
- * the same), and resume the coroutine again when the task is woken. */
-static const char io_yield_key = 'y';
-static const char forward_key = 'f';
-
-
-/*
- * The task whose execution L is part of: its own coroutine, or (when
- * `nested` is given) a handler's coroutine resumed through the worker's
- * coroutine.resume while the task runs. NULL elsewhere (top level,
- * init, the master, plain programs).
- */
-static struct fdp_task *
-task_of(lua_State *L, int *nested)
-{
+/* A task of the worker: the scheduler's, plus the connection it serves. */
+struct fdp_wtask {
+    struct fdp_task t;          /* first: a struct fdp_task * is one */
     struct fdp_wctx *w;
-    struct fdp_task *t;
-    int fwd;
+    struct fdp_conn *conn;      /* the connection it serves */
+    uint64_t id;
+    uint64_t started_us;
+    int parked;                 /* its conn went back to the master */
+    uint32_t status_id;         /* fdpool.status() request it waits for */
+    struct fdp_wtask *status_next;
+};
 
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &worker_key);
-    w = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    if (w == NULL || (t = w->current) == NULL) {
-        return NULL;
-    }
-    if (t->co == L) {
-        if (nested) {
-            *nested = 0;
-        }
-        return t;
-    }
-    if (nested == NULL) {
-        return NULL;
-    }
-    /* Forward only if the wrapper said the resumer can yield too. */
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &forward_key);
-    lua_pushthread(L);
-    lua_rawget(L, -2);
-    fwd = lua_toboolean(L, -1);
-    lua_pop(L, 2);
-    if (!fwd) {
-        return NULL;
-    }
-    *nested = 1;
-    return t;
-}
+struct fdp_wctx {
+    struct fdp_pool *pool;
+    int idx;                    /* 0-based slot */
+    lua_State *L;
+    struct fdp_sched sched;     /* its tasks */
+    int handler_ref;
+    struct fdp_loop loop;
+    struct fdp_chan *ch;
+    struct fdp_io chio;
+    int stopping;
+    struct fdp_timer stop_timer;
+    int ndone;
+    struct fdp_done_entry done[FDP_BATCH_MAX];
+    struct fdp_timer done_timer;    /* coalesces DONE reports */
+    uint32_t status_seq;        /* fdpool.status() requests */
+    struct fdp_wtask *status_waiters;    /* FIFO of tasks waiting */
+    char *status_buf;           /* the answer being assembled */
+    size_t status_len;
+    lua_Alloc mem_inner;        /* --max-memory: the allocator wrapped */
+    void *mem_inner_ud;
+    size_t mem_used;            /* bytes the Lua state holds */
+    size_t mem_limit;           /* refused past this in handler code */
+};
 
+static void status_unwait(struct fdp_wtask *t);
 
-struct fdp_task *
-fdp_current_task(lua_State *L)
-{
-    return task_of(L, NULL);
-}
-
-
-/*
- * Yield for a wait registered on task t: the task's own coroutine yields
- * to the worker's loop; a nested one yields the I/O marker, which the
- * coroutine.resume wrappers pass up to the task.
- */
-int
-fdp_task_yield(lua_State *L, struct fdp_task *t, lua_KContext ctx,
-               lua_KFunction k)
-{
-    if (t->co == L) {
-        return lua_yieldk(L, 0, ctx, k);
-    }
-    lua_pushlightuserdata(L, (void *) &io_yield_key);
-    return lua_yieldk(L, 1, ctx, k);
-}
-
-
-/* The task for a wait from L (own or nested coroutine), or NULL when L
- * must block instead. */
-struct fdp_task *
-fdp_wait_task(lua_State *L)
-{
-    int nested;
-    struct fdp_task *t = task_of(L, &nested);
-
-    return t != NULL && lua_isyieldable(L) ? t : NULL;
-}
-
-
-/* The worker's coroutine.resume and coroutine.wrap, in Lua: they pass the
- * I/O marker up and resume again, so conn I/O in a handler's own
- * coroutines yields to the worker's loop instead of blocking it. */
-static const char coroutine_wrappers[] =
-    "local IO, forward = ...\n"
-    "local create, resume0, yield, isyieldable, status = coroutine.create,\n"
-    "  coroutine.resume, coroutine.yield, coroutine.isyieldable,\n"
-    "  coroutine.status\n"
-    "local pack, unpack = table.pack, table.unpack\n"
-    "local function resume(co, ...)\n"
-    "  forward[co] = isyieldable()\n"
-    "  local r = pack(resume0(co, ...))\n"
-    "  while r[1] and r.n == 2 and r[2] == IO and status(co) == 'suspended' do\n"
-    "    local v = pack(yield(IO))\n"
-    "    forward[co] = isyieldable()\n"
-    "    r = pack(resume0(co, unpack(v, 1, v.n)))\n"
-    "  end\n"
-    "  return unpack(r, 1, r.n)\n"
-    "end\n"
-    "coroutine.resume = resume\n"
-    "coroutine.wrap = function(f)\n"
-    "  local co = create(f)\n"
-    "  return function(...)\n"
-    "    local r = pack(resume(co, ...))\n"
-    "    if not r[1] then error(r[2], 2) end\n"
-    "    return unpack(r, 2, r.n)\n"
-    "  end\n"
-    "end\n";
-
-
-/* Install the wrappers in L's coroutine library (a worker's state). */
-static void
-install_coroutine_wrappers(lua_State *L)
-{
-    lua_newtable(L);                            /* weak: thread -> bool */
-    lua_newtable(L);
-    lua_pushliteral(L, "k");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &forward_key);
-    if (luaL_loadbufferx(L, coroutine_wrappers, sizeof(coroutine_wrappers) - 1,
-                         "=[fdpool] coroutine", "t") != LUA_OK) {
-        lua_pop(L, 2);
-        return;
-    }
-    lua_insert(L, -2);
-    lua_pushlightuserdata(L, (void *) &io_yield_key);
-    lua_insert(L, -2);
-    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-        lua_pop(L, 1);
-    }
-}
 
 
 static void
@@ -228,7 +115,7 @@ maybe_flush_done(struct fdp_wctx *w)
     }
     /* --max-requests counts DONEs: report at once so the master retires
      * the worker on time. */
-    if (cap <= 8 || (w->active + w->ndone) * 4 >= cap * 3 || w->stopping
+    if (cap <= 8 || (w->sched.active + w->ndone) * 4 >= cap * 3 || w->stopping
         || w->pool->max_requests > 0) {
         fdp_timer_stop(&w->loop, &w->done_timer);
         flush_done(w);
@@ -251,71 +138,32 @@ worker_exit(struct fdp_wctx *w, int code)
 }
 
 
-/* Replace "\n\t" in a traceback with " | " so the log keeps one line per
- * event. Pushes the result. */
+/* The task's connection, for log lines. */
 static void
-push_oneline(lua_State *L, const char *s)
+task_peer(struct fdp_task *tk, char *out, size_t n)
 {
-    luaL_Buffer b;
+    struct fdp_wtask *t = (struct fdp_wtask *) tk;
 
-    luaL_buffinit(L, &b);
-    for (; *s; s++) {
-        if (*s == '\n') {
-            luaL_addstring(&b, " | ");
-            while (s[1] == '\t' || s[1] == ' ') {
-                s++;
-            }
-        } else {
-            luaL_addchar(&b, *s);
-        }
+    if (t->conn) {
+        fdp_conn_peer(t->conn, out, n);
     }
-    luaL_pushresult(&b);
 }
 
 
-#define TASK_CANCELLED (-1)
-
 /*
- * The handler is over: it returned (LUA_OK), raised (its error and
- * traceback are logged), or was cancelled by --timeout while waiting
- * (TASK_CANCELLED: logged by the caller). Closes the connection, queues
- * its DONE entry, frees the task.
+ * The handler is over: queue its connection's DONE entry and close it
+ * (unless parked), and free the task.
  */
 static void
-task_finish(struct fdp_task *t, int status)
+task_done(struct fdp_task *tk)
 {
+    struct fdp_wtask *t = (struct fdp_wtask *) tk;
     struct fdp_wctx *w = t->w;
     struct fdp_conn *c = t->conn;
     struct fdp_done_entry *d;
 
-    fdp_timer_stop(&w->loop, &t->limit);
     if (t->status_id) {
         status_unwait(t);
-    }
-    if (status == TASK_CANCELLED) {
-        (void) lua_resetthread(t->co);  /* runs pending <close> */
-    } else if (status != LUA_OK) {
-        const char *msg = lua_tostring(t->co, -1);
-        char peer[80] = "?";
-
-        if (msg == NULL) {
-            msg = luaL_typename(t->co, -1);
-        }
-        if (c) {
-            fdp_conn_peer(c, peer, sizeof(peer));
-        }
-        luaL_traceback(w->L, t->co, msg, 0);
-        push_oneline(w->L, lua_tostring(w->L, -1));
-        fdp_log(FDP_LOG_ERROR, 0, "handler error (peer %s): %s", peer,
-                lua_tostring(w->L, -1));
-        lua_pop(w->L, 2);
-        (void) lua_resetthread(t->co);  /* runs pending <close> */
-    }
-    if (t->waiting) {
-        fdp_timer_stop(&w->loop, &t->timer);
-        if (t->wconn) {
-            t->wconn->waiter = NULL;
-        }
     }
     if (c && !t->parked) {
         d = &w->done[w->ndone++];
@@ -328,309 +176,43 @@ task_finish(struct fdp_task *t, int status)
             flush_done(w);
         }
     }
-    if (t->prev) {
-        t->prev->next = t->next;
-    } else {
-        w->tasks = t->next;
-    }
-    if (t->next) {
-        t->next->prev = t->prev;
-    }
-    /* Keep the finished coroutine for the next connection (a new thread
-     * per connection is an allocation and later a collection): its stack
-     * emptied, any --timeout hook removed. */
-    if (lua_status(t->co) == LUA_OK && w->nspare < (int) FDP_NELEM(w->spare)) {
-        lua_settop(t->co, 0);
-        lua_sethook(t->co, NULL, 0, 0);
-        w->spare[w->nspare++] = t->ref;
-    } else {
-        luaL_unref(w->L, LUA_REGISTRYINDEX, t->ref);
-    }
     free(t);
-    w->active--;
-}
-
-
-static void
-run_again(struct fdp_loop *loop, struct fdp_timer *timer)
-{
-    struct fdp_task *t = timer->data;
-
-    (void) loop;
-    t->waiting = 0;
-    task_resume(t, 0);
-}
-
-
-static void
-task_resume(struct fdp_task *t, int nargs)
-{
-    struct fdp_wctx *w = t->w;
-    struct fdp_task *prev = w->current;
-    int nres = 0, r, limited = w->mem_limited;
-
-    w->current = t;
-    w->mem_limited = w->mem_limit > 0;
-    r = lua_resume(t->co, w->L, nargs, &nres);
-    w->mem_limited = limited;
-    w->current = prev;
-    if (r == LUA_YIELD) {
-        lua_pop(t->co, nres);
-        if (!t->waiting) {
-            /* A bare coroutine.yield() in a handler: run it again on the
-             * next turn of the loop, after the others. */
-            fdp_timer_init(&t->timer, run_again, t);
-            t->waiting = FDP_WAIT_SLEEP;
-            t->wconn = NULL;
-            (void) fdp_timer_start(&w->loop, &t->timer, 0);
-        }
-        return;
-    }
-    task_finish(t, r);
-}
-
-
-static void
-wait_timeout(struct fdp_loop *loop, struct fdp_timer *timer)
-{
-    struct fdp_task *t = timer->data;
-
-    (void) loop;
-    if (t->wconn) {
-        t->wconn->waiter = NULL;
-    }
-    t->wconn = NULL;
-    t->waiting = 0;
-    t->timed_out = 1;
-    task_resume(t, 0);
-}
-
-
-static void
-conn_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
-{
-    struct fdp_conn *c = io->data;
-    struct fdp_task *t = c->waiter;
-
-    /* Edge-triggered: remember readability even when nobody waits, or
-     * the edge would be lost for a conn whose last read was short. */
-    if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
-        c->rready = 1;
-    }
-    if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
-        c->rdhup = 1;       /* as nginx's pending_eof */
-    }
-    if (t == NULL) {
-        return;
-    }
-    if (ev & (c->wait_events | EPOLLHUP | EPOLLERR)) {
-        fdp_timer_stop(loop, &t->timer);
-        c->waiter = NULL;
-        t->wconn = NULL;
-        t->waiting = 0;
-        t->timed_out = 0;
-        task_resume(t, 0);
-    }
 }
 
 
 /*
- * The conn a task waits on is being closed by someone else (another
- * coroutine, or GC): resume the waiter on the next turn of the loop; its
- * retried call then sees the closed fd and returns "closed".
+ * conn:park(), the worker's part: hand the task's own connection back to
+ * the master, which waits (epoll, up to idle_ms) for its next bytes and
+ * dispatches it again through the policy. 0, or -errno.
  */
-static void
-wake_waiter(struct fdp_conn *c)
+static int
+task_park(struct fdp_task *tk, int fd, uint64_t bytes_in, uint64_t bytes_out,
+          uint32_t idle_ms)
 {
-    struct fdp_task *t = c->waiter;
-
-    c->waiter = NULL;
-    t->wconn = NULL;
-    fdp_timer_stop(&t->w->loop, &t->timer);
-    fdp_timer_init(&t->timer, run_again, t);
-    t->waiting = FDP_WAIT_SLEEP;
-    t->timed_out = 0;
-    (void) fdp_timer_start(&t->w->loop, &t->timer, 0);
-}
-
-
-void
-fdp_conn_unwatch(struct fdp_conn *c)
-{
-    if (c->waiter != NULL) {
-        wake_waiter(c);
-    }
-    if (c->io.events != 0 || c->io.seq != 0) {
-        (void) fdp_loop_del(&c->w->loop, &c->io);
-        c->io.seq = 0;
-    }
-}
-
-
-/* The conn's fd is being closed: stop watching it without a syscall. */
-void
-fdp_conn_forget(struct fdp_conn *c)
-{
-    if (c->waiter != NULL) {
-        wake_waiter(c);
-    }
-    if (c->io.seq != 0) {
-        fdp_loop_forget(&c->w->loop, &c->io);
-        c->io.seq = 0;
-    }
-}
-
-
-/*
- * conn:park(): hand the task's own connection back to the master, which
- * waits (epoll, up to idle_ms) for its next bytes and dispatches it again
- * through the policy. Only at a request boundary: nothing may be left
- * unread in our buffer. Pushes true, or nil and why.
- */
-int
-fdp_conn_park(lua_State *L, struct fdp_conn *c, uint32_t idle_ms)
-{
-    struct fdp_task *t = fdp_current_task(L);
+    struct fdp_wtask *t = (struct fdp_wtask *) tk;
     struct fdp_park_entry e;
-    int fd = c->fd, r;
+    int r;
 
-    if (t == NULL || t->conn != c) {
-        return luaL_error(L, "conn:park() is only for the handler's own "
-                          "connection, from its coroutine");
-    }
-    if (fd < 0) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "closed");
-        return 2;
-    }
-    if (c->rend > c->rstart) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "unread data");
-        return 2;
-    }
     e.id = t->id;
-    e.bytes_in = c->bytes_in;
-    e.bytes_out = c->bytes_out;
+    e.bytes_in = bytes_in;
+    e.bytes_out = bytes_out;
     e.usec = (uint32_t) (fdp_now_us() - t->started_us);
     e.idle_ms = idle_ms;
-    fdp_conn_unwatch(c);
     r = fdp_chan_send(t->w->ch, FDP_MSG_PARK, 1, &e, sizeof(e), &fd, 1);
     if (r < 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "park: %s", strerror(-r));
-        return 2;
+        return r;
     }
-    /* The channel owns (and closes) our copy now. */
-    c->fd = -1;
+    /* The channel owns (and closes) the fd now. */
     t->parked = 1;
     if (t->w->ch->head != NULL) {
         (void) fdp_loop_mod(&t->w->loop, &t->w->chio, EPOLLIN | EPOLLOUT);
     }
-    lua_pushboolean(L, 1);
-    return 1;
+    return 0;
 }
 
 
-/*
- * Wait until c's fd is ready for `events` or c->deadline passes.
- * In a task coroutine this yields (lua_yieldk) and the continuation k
- * runs later: it asks fdp_wait_timed_out(). Elsewhere (a handler's own
- * coroutine, init, top level) it blocks in poll() and returns 1 when
- * ready, 0 on timeout. Edge-triggered epoll: call only after EAGAIN.
- */
-int
-fdp_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
-         lua_KContext ctx, lua_KFunction k)
-{
-    struct fdp_task *t = fdp_wait_task(L);
-    uint64_t now = fdp_now_ms(), dl;
-
-    if (!c->total) {
-        c->deadline = c->timeout < 0 ? 0
-                      : now + (uint64_t) (c->timeout * 1000.0) + 1;
-    }
-    /* conn:setdeadline (or readrequest's whole-head limit) caps every
-     * wait, whatever the per-wait timeout. */
-    dl = c->deadline;
-    if (c->limit > 0 && (dl == 0 || (uint64_t) c->limit < dl)) {
-        dl = (uint64_t) c->limit;
-    }
-    if (t != NULL && c->w != NULL) {
-        if (c->waiter != NULL) {
-            return luaL_error(L, "connection already waited on by another "
-                              "coroutine");
-        }
-        if (c->io.seq == 0) {
-            c->io.fd = c->fd;
-            c->io.cb = conn_io;
-            c->io.data = c;
-            if (fdp_loop_add(&c->w->loop, &c->io,
-                             EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0) {
-                return luaL_error(L, "epoll_ctl() failed: %s",
-                                  strerror(errno));
-            }
-        }
-        c->waiter = t;
-        c->wait_events = events;
-        t->wconn = c;
-        t->waiting = events;
-        t->timed_out = 0;
-        fdp_timer_init(&t->timer, wait_timeout, t);
-        if (dl) {
-            (void) fdp_timer_start(&c->w->loop, &t->timer,
-                                   dl > now ? dl - now : 0);
-        }
-        return fdp_task_yield(L, t, ctx, k);
-    } else {
-        struct pollfd pfd;
-        int ms, r;
-
-        pfd.fd = c->fd;
-        pfd.events = (short) ((events & EPOLLIN ? POLLIN : 0)
-                              | (events & EPOLLOUT ? POLLOUT : 0));
-        do {
-            now = fdp_now_ms();
-            ms = !dl ? -1 : dl > now ? (int) (dl - now) : 0;
-            r = poll(&pfd, 1, ms);
-        } while (r < 0 && errno == EINTR);
-        if (r > 0) {
-            c->rready = 1;
-        }
-        return r > 0;
-    }
-}
-
-
-int
-fdp_wait_timed_out(lua_State *L)
-{
-    int nested;
-    struct fdp_task *t = task_of(L, &nested);
-
-    return t != NULL && t->timed_out;
-}
-
-
-/* --timeout passed while the handler waits on I/O or sleeps: cancel it
- * alone, with the traceback of where it waited. */
-static void
-task_limit(struct fdp_loop *loop, struct fdp_timer *timer)
-{
-    struct fdp_task *t = timer->data;
-    struct fdp_wctx *w = t->w;
-    char peer[80] = "?";
-
-    (void) loop;
-    if (t->conn) {
-        fdp_conn_peer(t->conn, peer, sizeof(peer));
-    }
-    luaL_traceback(w->L, t->co, "handler timed out", 0);
-    push_oneline(w->L, lua_tostring(w->L, -1));
-    fdp_log(FDP_LOG_ERROR, 0, "handler exceeded --timeout %gs (peer %s); "
-            "cancelled: %s", w->pool->timeout, peer, lua_tostring(w->L, -1));
-    lua_pop(w->L, 2);
-    task_finish(t, TASK_CANCELLED);
-}
+static const struct fdp_task_ops task_ops = { task_peer, task_done,
+                                              task_park };
 
 
 /*
@@ -667,8 +249,8 @@ on_sigusr2(int sig, siginfo_t *si, void *uc)
         || si->si_pid != w->pool->owner) {
         return;
     }
-    if (w->current != NULL) {
-        lua_sethook(w->current->co, cpu_hook, LUA_MASKCOUNT, 1);
+    if (w->sched.current != NULL) {
+        lua_sethook(w->sched.current->co, cpu_hook, LUA_MASKCOUNT, 1);
     }
 }
 
@@ -716,9 +298,9 @@ drop_privileges(struct fdp_pool *p, char *err, size_t errlen)
 
 
 static void
-status_unwait(struct fdp_task *t)
+status_unwait(struct fdp_wtask *t)
 {
-    struct fdp_task **pp = &t->w->status_waiters;
+    struct fdp_wtask **pp = &t->w->status_waiters;
 
     while (*pp && *pp != t) {
         pp = &(*pp)->status_next;
@@ -734,13 +316,13 @@ status_unwait(struct fdp_task *t)
 static int
 status_k(lua_State *L, int status, lua_KContext ctx)
 {
-    struct fdp_task *t = fdp_current_task(L);
+    struct fdp_wtask *t = (struct fdp_wtask *) fdp_current_task(L);
     size_t len;
     const char *text;
 
     (void) status;
     (void) ctx;
-    if (t == NULL || t->timed_out || !lua_isstring(L, -1)) {
+    if (t == NULL || t->t.timed_out || !lua_isstring(L, -1)) {
         if (t) {
             status_unwait(t);
         }
@@ -770,7 +352,7 @@ status_k(lua_State *L, int status, lua_KContext ctx)
 int
 fdp_worker_status(lua_State *L)
 {
-    struct fdp_task *t = fdp_current_task(L), **pp;
+    struct fdp_wtask *t = (struct fdp_wtask *) fdp_current_task(L), **pp;
     uint32_t id;
     int r;
 
@@ -796,11 +378,7 @@ fdp_worker_status(lua_State *L)
     for (pp = &t->w->status_waiters; *pp; pp = &(*pp)->status_next) {
     }
     *pp = t;
-    t->waiting = FDP_WAIT_SLEEP;
-    t->wconn = NULL;
-    t->timed_out = 0;
-    fdp_timer_init(&t->timer, wait_timeout, t);
-    (void) fdp_timer_start(&t->w->loop, &t->timer, 5000);
+    fdp_task_suspend(&t->t, 5000);
     return lua_yieldk(L, 0, 0, status_k);
 }
 
@@ -812,7 +390,7 @@ on_status_resp(struct fdp_wctx *w, const struct fdp_msg *m)
     uint32_t id;
     size_t n = m->h.len - 4;
     char *b;
-    struct fdp_task *t;
+    struct fdp_wtask *t;
 
     memcpy(&id, m->u.bytes, 4);
     b = realloc(w->status_buf, w->status_len + n + 1);
@@ -828,12 +406,9 @@ on_status_resp(struct fdp_wctx *w, const struct fdp_msg *m)
     t = w->status_waiters;
     if (t != NULL && t->status_id == id) {
         status_unwait(t);
-        fdp_timer_stop(&w->loop, &t->timer);
-        t->waiting = 0;
-        t->timed_out = 0;
-        lua_pushlstring(t->co, w->status_buf, w->status_len);
+        lua_pushlstring(t->t.co, w->status_buf, w->status_len);
         w->status_len = 0;
-        task_resume(t, 1);
+        fdp_task_wake(&t->t, 1);
     }
     w->status_len = 0;
 }
@@ -842,8 +417,7 @@ on_status_resp(struct fdp_wctx *w, const struct fdp_msg *m)
 static void
 start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
 {
-    uint64_t id = e->id;
-    struct fdp_task *t = calloc(1, sizeof(*t));
+    struct fdp_wtask *t = calloc(1, sizeof(*t));
     lua_State *co;
 
     if (t == NULL) {
@@ -851,38 +425,19 @@ start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
         fdp_close(&fd);
         return;
     }
-    if (w->nspare > 0) {
-        t->ref = w->spare[--w->nspare];
-        lua_rawgeti(w->L, LUA_REGISTRYINDEX, t->ref);
-        co = lua_tothread(w->L, -1);
-        lua_pop(w->L, 1);
-    } else {
-        co = lua_newthread(w->L);
-        t->ref = luaL_ref(w->L, LUA_REGISTRYINDEX);
-    }
-    t->co = co;
     t->w = w;
-    t->id = id;
+    t->id = e->id;
     t->started_us = fdp_now_us();
-    fdp_timer_init(&t->timer, wait_timeout, t);
-    fdp_timer_init(&t->limit, task_limit, t);
-    if (w->pool->timeout > 0) {
-        (void) fdp_timer_start(&w->loop, &t->limit,
-                               (uint64_t) (w->pool->timeout * 1000.0));
-    }
-    t->next = w->tasks;
-    if (w->tasks) {
-        w->tasks->prev = t;
-    }
-    w->tasks = t;
-    w->active++;
-
+    fdp_task_start(&w->sched, &t->t);
+    co = t->t.co;
     lua_rawgeti(co, LUA_REGISTRYINDEX, w->handler_ref);
-    t->conn = fdp_conn_new(co, fd, w);
+    t->conn = fdp_conn_new(co, fd, &w->sched, w->pool->io_timeout > 0
+                                              ? w->pool->io_timeout : -1);
+    t->t.data = t->conn;
     if (e->peerlen > 0 && e->peerlen <= sizeof(e->peer)) {
         fdp_conn_set_peer(t->conn, e->peer, e->peerlen);
     }
-    task_resume(t, 1);
+    fdp_task_resume(&t->t, 1);
 }
 
 
@@ -892,9 +447,9 @@ stop_now(struct fdp_loop *loop, struct fdp_timer *timer)
     struct fdp_wctx *w = timer->data;
 
     (void) loop;
-    if (w->active > 0) {
+    if (w->sched.active > 0) {
         fdp_log(FDP_LOG_WARN, 0, "grace period over with %d connection(s) "
-                "still open; exiting", w->active);
+                "still open; exiting", w->sched.active);
     }
     worker_exit(w, 0);
 }
@@ -948,7 +503,7 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             break;
         case FDP_MSG_STOP:
             w->stopping = 1;
-            if (w->active == 0) {
+            if (w->sched.active == 0) {
                 worker_exit(w, 0);
             }
             fdp_timer_init(&w->stop_timer, stop_now, w);
@@ -972,7 +527,7 @@ fail(struct fdp_wctx *w, const char *msg)
     size_t n = nl ? (size_t) (nl - msg) : strlen(msg);
 
     if (nl != NULL && w->L != NULL) {
-        push_oneline(w->L, msg);
+        fdp_push_oneline(w->L, msg);
         fdp_log(FDP_LOG_ERROR, 0, "cannot start: %s", lua_tostring(w->L, -1));
     }
     if (n > FDP_MSG_MAX) {
@@ -996,6 +551,82 @@ msgh(lua_State *L)
     }
     luaL_traceback(L, L, msg, 1);
     return 1;
+}
+
+
+/* fdpool.worker.set(key, value): a custom field in this worker's slot of
+ * the status table. */
+static int
+worker_set(lua_State *L)
+{
+    struct fdp_wctx *w = lua_touserdata(L, lua_upvalueindex(1));
+    size_t klen, vlen;
+    const char *key = luaL_checklstring(L, 1, &klen);
+    const char *val;
+    char buf[FDP_KEY_MAX + FDP_VAL_MAX];
+    int r;
+
+    luaL_checkany(L, 2);
+    val = luaL_tolstring(L, 2, &vlen);
+    luaL_argcheck(L, klen > 0 && klen < FDP_KEY_MAX
+                  && strlen(key) == klen, 1, "key must be 1 to 31 bytes");
+    luaL_argcheck(L, vlen < FDP_VAL_MAX && strlen(val) == vlen, 2,
+                  "value must be at most 95 bytes");
+    memcpy(buf, key, klen + 1);
+    memcpy(buf + klen + 1, val, vlen);
+    r = fdp_chan_send(w->ch, FDP_MSG_SET, 0, buf, klen + 1 + vlen, NULL, 0);
+    if (r < 0) {
+        return fdp_pushfail(L, -r, "worker.set");
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+/* The registry key of the binding's luaopen_fdpool (a C function), left
+ * in the state that creates a pool: the worker opens the module in a
+ * fresh state with it, without knowing the layer above. */
+static const char luaopen_key = 'o';
+
+
+void
+fdp_worker_set_luaopen(lua_State *L, lua_CFunction open)
+{
+    lua_pushcfunction(L, open);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &luaopen_key);
+}
+
+
+/* Make fdpool.worker = {id, pid, set} in L (requiring fdpool, with the
+ * binding's opener found in the pool's state, if the program had not),
+ * and keep it in the registry for init(worker). */
+static void
+module_set_worker(lua_State *L, struct fdp_wctx *w)
+{
+    lua_CFunction open;
+
+    lua_rawgetp(w->pool->L, LUA_REGISTRYINDEX, &luaopen_key);
+    open = lua_tocfunction(w->pool->L, -1);
+    lua_pop(w->pool->L, 1);
+    if (open == NULL) {
+        fail(w, "the fdpool module is not open in the pool's state");
+    }
+    fdp_sched_register(L, &w->sched);
+    luaL_requiref(L, "fdpool", open, 0);
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, w->idx + 1);
+    lua_setfield(L, -2, "id");
+    lua_pushinteger(L, getpid());
+    lua_setfield(L, -2, "pid");
+    lua_pushinteger(L, w->pool->concurrency);
+    lua_setfield(L, -2, "capacity");
+    lua_pushlightuserdata(L, w);
+    lua_pushcclosure(L, worker_set, 1);
+    lua_setfield(L, -2, "set");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "fdpool.worker");
+    lua_setfield(L, -2, "worker");
+    lua_pop(L, 1);
 }
 
 
@@ -1089,7 +720,7 @@ limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     size_t old = ptr != NULL ? osize : 0;   /* else osize is a type tag */
     void *np;
 
-    if (nsize > old && w->mem_limited
+    if (nsize > old && w->sched.mem_limited
         && w->mem_used + (nsize - old) > w->mem_limit) {
         return NULL;
     }
@@ -1110,6 +741,7 @@ memory_limit(struct fdp_wctx *w)
         return;
     }
     w->mem_limit = (size_t) w->pool->max_memory;
+    w->sched.limit_mem = w->mem_limit > 0;
     w->mem_used = (size_t) lua_gc(L, LUA_GCCOUNT, 0) * 1024
                   + (size_t) lua_gc(L, LUA_GCCOUNTB, 0);
     w->mem_inner = lua_getallocf(L, &w->mem_inner_ud);
@@ -1156,8 +788,119 @@ stdin_devnull(struct fdp_wctx *w)
 }
 
 
-void
-fdp_worker_main(struct fdp_pool *p, int idx)
+/* The worker's signal dispositions (sig_worker is w from now on). */
+static void
+worker_signals(struct fdp_wctx *w)
+{
+    /* The master decides when workers stop: Ctrl-C on a terminal sends
+     * SIGINT (QUIT, ...) to the whole process group, and the workers
+     * must still get their grace period. TERM stays fatal. */
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGQUIT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGTTIN, SIG_IGN);
+    signal(SIGTTOU, SIG_IGN);
+    signal(SIGCHLD, SIG_DFL);
+    sig_worker = w;
+    {
+        struct sigaction sa;
+
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_sigaction = on_sigusr2;
+        sa.sa_flags = SA_RESTART | SA_SIGINFO;
+        sigemptyset(&sa.sa_mask);
+        (void) sigaction(SIGUSR2, &sa, NULL);
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = on_sigusr1;
+        sa.sa_flags = SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        (void) sigaction(SIGUSR1, &sa, NULL);
+    }
+}
+
+
+/*
+ * The Lua side of a new worker: a fresh state running the script (or
+ * the forked copy of the caller's state for a function handler), the
+ * fdpool.worker table, the coroutine wrappers, the handler table's
+ * init(worker). Leaves the handler function on top of the returned
+ * state's stack; any failure is fail()'s.
+ */
+static lua_State *
+open_handler(struct fdp_wctx *w)
+{
+    struct fdp_pool *p = w->pool;
+    lua_State *L;
+    int r;
+
+    if (p->script) {
+        L = luaL_newstate();
+        if (L == NULL) {
+            fail(w, "cannot create a Lua state");
+        }
+        w->L = L;
+        w->sched.L = L;
+        memory_limit(w);
+        luaL_openlibs(L);
+        module_set_worker(L, w);
+        fdp_sched_install_wrappers(L);
+        w->sched.mem_limited = w->sched.limit_mem;
+        r = load_script(L, p);
+        w->sched.mem_limited = 0;
+        if (r < 0) {
+            fail(w, lua_tostring(L, -1));
+        }
+    } else {
+        L = p->L;
+        w->L = L;
+        w->sched.L = L;
+        memory_limit(w);
+        module_set_worker(L, w);
+        fdp_sched_install_wrappers(L);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, p->handler_ref);
+    }
+
+    /* The handler: a function, or {handle = fn, init = fn}. */
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "init");
+        if (!lua_isnil(L, -1)) {
+            if (!lua_isfunction(L, -1)) {
+                fail(w, "the handler table's 'init' is not a function");
+            }
+            lua_pushcfunction(L, msgh);
+            lua_insert(L, -2);
+            lua_getfield(L, LUA_REGISTRYINDEX, "fdpool.worker");
+            w->sched.mem_limited = w->sched.limit_mem;
+            r = lua_pcall(L, 1, 0, -3);
+            w->sched.mem_limited = 0;
+            if (r != LUA_OK) {
+                lua_pushfstring(L, "init failed: %s", lua_tostring(L, -1));
+                fail(w, lua_tostring(L, -1));
+            }
+            lua_pop(L, 1);
+        } else {
+            lua_pop(L, 1);
+        }
+        lua_getfield(L, -1, "handle");
+        lua_remove(L, -2);
+    }
+    if (!lua_isfunction(L, -1)) {
+        lua_pushfstring(L, "%s must return a function(conn) or a table "
+                        "{handle = function(conn) ... end} (got %s)",
+                        p->script ? p->script : "the handler",
+                        luaL_typename(L, -1));
+        fail(w, lua_tostring(L, -1));
+    }
+    return L;
+}
+
+
+/* The shape the pool takes its worker main in (a function pointer set
+ * by whoever creates the pool): the slot wk of p, after fork. */
+int
+fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
 {
     struct fdp_wctx w;
     struct fdp_ready_body rb;
@@ -1169,8 +912,8 @@ fdp_worker_main(struct fdp_pool *p, int idx)
     w.pool = p;
     /* The id it serves as: a reload's new worker starts in a spare slot
      * and takes the table slot of this id once its generation is READY. */
-    w.idx = p->workers[idx].slot.id - 1;
-    w.ch = &p->workers[idx].ch;
+    w.idx = wk->slot.id - 1;
+    w.ch = &wk->ch;
     snprintf(tag, sizeof(tag), "worker %d", w.idx + 1);
     fdp_log_set_tag(tag);
 
@@ -1188,38 +931,16 @@ fdp_worker_main(struct fdp_pool *p, int idx)
     if (getppid() != p->owner) {
         _exit(1);
     }
-    /* The master decides when workers stop: Ctrl-C on a terminal sends
-     * SIGINT (QUIT, ...) to the whole process group, and the workers
-     * must still get their grace period. TERM stays fatal. */
-    signal(SIGPIPE, SIG_IGN);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGINT, SIG_IGN);
-    signal(SIGQUIT, SIG_IGN);
-    signal(SIGHUP, SIG_IGN);
-    signal(SIGTTIN, SIG_IGN);
-    signal(SIGTTOU, SIG_IGN);
-    signal(SIGCHLD, SIG_DFL);
-    sig_worker = &w;
-    {
-        struct sigaction sa;
-
-        memset(&sa, 0, sizeof(sa));
-        sa.sa_sigaction = on_sigusr2;
-        sa.sa_flags = SA_RESTART | SA_SIGINFO;
-        sigemptyset(&sa.sa_mask);
-        (void) sigaction(SIGUSR2, &sa, NULL);
-        memset(&sa, 0, sizeof(sa));
-        sa.sa_handler = on_sigusr1;
-        sa.sa_flags = SA_RESTART;
-        sigemptyset(&sa.sa_mask);
-        (void) sigaction(SIGUSR1, &sa, NULL);
-    }
+    worker_signals(&w);
     (void) sigprocmask(SIG_SETMASK, &p->oldmask, NULL);
     stdin_devnull(&w);
 
     if (fdp_loop_init(&w.loop) < 0) {
         fail(&w, "epoll_create1() failed");
     }
+    w.sched.loop = &w.loop;
+    w.sched.ops = &task_ops;
+    w.sched.timeout = p->timeout;
     fdp_timer_init(&w.done_timer, done_timer_cb, &w);
     (void) fdp_set_nonblock(w.ch->fd, 1);
     w.chio.fd = w.ch->fd;
@@ -1229,63 +950,7 @@ fdp_worker_main(struct fdp_pool *p, int idx)
         fail(&w, "epoll_ctl() failed on the channel");
     }
 
-    if (p->script) {
-        L = luaL_newstate();
-        if (L == NULL) {
-            fail(&w, "cannot create a Lua state");
-        }
-        w.L = L;
-        memory_limit(&w);
-        luaL_openlibs(L);
-        fdp_open_module(L);
-        fdp_module_set_worker(L, &w);
-        install_coroutine_wrappers(L);
-        w.mem_limited = w.mem_limit > 0;
-        r = load_script(L, p);
-        w.mem_limited = 0;
-        if (r < 0) {
-            fail(&w, lua_tostring(L, -1));
-        }
-    } else {
-        L = p->L;
-        w.L = L;
-        memory_limit(&w);
-        fdp_module_set_worker(L, &w);
-        install_coroutine_wrappers(L);
-        lua_rawgeti(L, LUA_REGISTRYINDEX, p->handler_ref);
-    }
-
-    /* The handler: a function, or {handle = fn, init = fn}. */
-    if (lua_istable(L, -1)) {
-        lua_getfield(L, -1, "init");
-        if (!lua_isnil(L, -1)) {
-            if (!lua_isfunction(L, -1)) {
-                fail(&w, "the handler table's 'init' is not a function");
-            }
-            lua_pushcfunction(L, msgh);
-            lua_insert(L, -2);
-            lua_getfield(L, LUA_REGISTRYINDEX, "fdpool.worker");
-            w.mem_limited = w.mem_limit > 0;
-            r = lua_pcall(L, 1, 0, -3);
-            w.mem_limited = 0;
-            if (r != LUA_OK) {
-                lua_pushfstring(L, "init failed: %s", lua_tostring(L, -1));
-                fail(&w, lua_tostring(L, -1));
-            }
-            lua_pop(L, 1);
-        } else {
-            lua_pop(L, 1);
-        }
-        lua_getfield(L, -1, "handle");
-        lua_remove(L, -2);
-    }
-    if (!lua_isfunction(L, -1)) {
-        lua_pushfstring(L, "%s must return a function(conn) or a table "
-                        "{handle = function(conn) ... end} (got %s)",
-                        p->script ? p->script : "the handler",
-                        luaL_typename(L, -1));
-        fail(&w, lua_tostring(L, -1));
-    }
+    L = open_handler(&w);
     ready_body(L, &rb);
     w.handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
@@ -1304,8 +969,16 @@ fdp_worker_main(struct fdp_pool *p, int idx)
             sig_reopen = 0;
             fdp_log_reopen();
         }
-        if (w.stopping && w.active == 0) {
+        if (w.stopping && w.sched.active == 0) {
             worker_exit(&w, 0);
         }
     }
+}
+
+
+void
+fdp_worker_main(struct fdp_pool *p, int idx)
+{
+    (void) fdp_worker_run(p, &p->workers[idx]);
+    _exit(1);                           /* not reached */
 }

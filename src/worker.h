@@ -1,127 +1,27 @@
 /*
- * worker.h - the worker process's scheduler, shared by worker.c (the
- * loop, tasks, the channel to the master) and lconn.c (the conn object,
- * whose I/O waits through it). A task is one coroutine serving one
- * connection.
+ * worker.h - the worker process (worker.c): its main (run by the pool
+ * after fork), its channel to the master, its tasks (task.c's, each
+ * serving one connection), parking and status requests.
  */
 #ifndef FDP_WORKER_H
 #define FDP_WORKER_H
 
-#include <stddef.h>
-#include <stdint.h>
-
 #include <lua.h>
 
-#include "channel.h"
-#include "http_parse.h"
-#include "loop.h"
-
-#define FDP_WAIT_SLEEP  0x80000000u
-
 struct fdp_pool;
-struct fdp_wctx;
-struct fdp_conn;
+struct fdp_worker;
 
-struct fdp_task {
-    lua_State *co;
-    int ref;                    /* the thread, in the registry */
-    struct fdp_conn *conn;      /* the connection it serves */
-    struct fdp_wctx *w;
-    uint64_t id;
-    uint64_t started_us;
-    struct fdp_timer timer;     /* wait deadline or sleep */
-    uint32_t waiting;           /* events waited for, 0 = runnable */
-    struct fdp_conn *wconn;     /* conn waited on */
-    int timed_out;
-    int parked;                 /* its conn went back to the master */
-    uint32_t status_id;         /* fdpool.status() request it waits for */
-    struct fdp_task *status_next;
-    struct fdp_timer limit;     /* --timeout for the whole handler */
-    struct fdp_task *prev, *next;
-};
-
-struct fdp_wctx {
-    struct fdp_pool *pool;
-    int idx;                    /* 0-based slot */
-    lua_State *L;
-    int handler_ref;
-    struct fdp_loop loop;
-    struct fdp_chan *ch;
-    struct fdp_io chio;
-    int active;
-    int stopping;
-    struct fdp_timer stop_timer;
-    int ndone;
-    struct fdp_done_entry done[FDP_BATCH_MAX];
-    struct fdp_timer done_timer;    /* coalesces DONE reports */
-    int nspare;                     /* finished coroutines kept for reuse */
-    int spare[64];                  /* their registry refs */
-    struct fdp_task *tasks;
-    struct fdp_task *current;   /* the task being resumed */
-    uint32_t status_seq;        /* fdpool.status() requests */
-    struct fdp_task *status_waiters;    /* FIFO of tasks waiting */
-    char *status_buf;           /* the answer being assembled */
-    size_t status_len;
-    lua_Alloc mem_inner;        /* --max-memory: the allocator wrapped */
-    void *mem_inner_ud;
-    size_t mem_used;            /* bytes the Lua state holds */
-    size_t mem_limit;           /* refused past this in handler code */
-    int mem_limited;            /* running handler code now */
-};
-
-/* The conn object (userdata "fdpool.conn"). */
-struct fdp_conn {
-    int fd;
-    struct fdp_io io;
-    struct fdp_wctx *w;
-    struct fdp_task *waiter;    /* task blocked on this fd */
-    uint32_t wait_events;
-    double timeout;             /* seconds, < 0: none */
-    int total;                  /* timeout per call ("t"), else per wait */
-    uint64_t deadline;          /* ms, "t" mode: of the call in progress */
-    double limit;               /* ms: no wait goes past it (a whole head,
-                                   a whole body), 0: none */
-    double min_rate;            /* bytes/s that push limit later, 0: no */
-    size_t op_pos;              /* progress of the call in progress */
-    char *rbuf;
-    size_t rstart, rend, rcap;
-    uint64_t bytes_in;
-    uint64_t bytes_out;
-    uint32_t peerlen;           /* > 0: the client from a PROXY header */
-    unsigned char peer[28];
-    int rready;                 /* no short read since the last EPOLLIN:
-                                   worth a read() before waiting */
-    int rdhup;                  /* the peer's FIN (or an error) was seen:
-                                   a short read no longer means drained */
-    struct fdp_http_chunked chunked;    /* conn:readchunked in progress */
-};
-
-/* worker.c */
-int fdp_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
-             lua_KContext ctx, lua_KFunction k);
-int fdp_wait_timed_out(lua_State *L);
-struct fdp_task *fdp_current_task(lua_State *L);
-struct fdp_task *fdp_wait_task(lua_State *L);
-int fdp_task_yield(lua_State *L, struct fdp_task *t, lua_KContext ctx,
-                   lua_KFunction k);
-void fdp_worker_register(lua_State *L, struct fdp_wctx *w);
-void fdp_conn_unwatch(struct fdp_conn *c);
-void fdp_conn_forget(struct fdp_conn *c);
-int fdp_conn_park(lua_State *L, struct fdp_conn *c, uint32_t idle_ms);
+/* fdpool.status() in a handler: ask the master, yield until it answers
+ * (5 s at most). Pushes the status table, or nil and why. */
 int fdp_worker_status(lua_State *L);
-
-/* lconn.c */
-void fdp_conn_open_meta(lua_State *L);
-struct fdp_conn *fdp_conn_new(lua_State *L, int fd, struct fdp_wctx *w);
-void fdp_conn_set_peer(struct fdp_conn *c, const void *peer, uint32_t len);
-void fdp_conn_close(struct fdp_conn *c);
-void fdp_conn_peer(struct fdp_conn *c, char *out, size_t n);
-
-/* lfdpool.c */
-int luaopen_fdpool(lua_State *L);
-void fdp_open_module(lua_State *L);
-void fdp_module_set_worker(lua_State *L, struct fdp_wctx *w);
-int fdp_pushfail(lua_State *L, int err, const char *what);
+/* The binding's luaopen_fdpool, left in the state that creates a pool:
+ * a worker with a fresh state opens the module with it. */
+void fdp_worker_set_luaopen(lua_State *L, lua_CFunction open);
+/* The child process, after fork: serves slot wk of p until told to stop;
+ * never returns. fdp_worker_main is the same by slot index, as pool.c
+ * calls it today. */
+int fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
+    __attribute__((noreturn));
 void fdp_worker_main(struct fdp_pool *p, int idx) __attribute__((noreturn));
 
 #endif

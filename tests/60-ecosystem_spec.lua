@@ -294,7 +294,7 @@ describe("systemd", function()
   -- passed by systemd-socket-activate (LISTEN_FDS, LISTEN_FDNAMES), the
   -- notifications go to a datagram socket we read.
   -- FAILS under the ASan build as of this writing: with --user the pool
-  -- leaks p->user_name (src/lfdpool.c:989 xstrdup, never freed), and
+  -- leaks p->user_name (src/lpool.c:209 xstrdup, never freed), and
   -- LeakSanitizer reports it at exit.
   it("the example unit's ExecStart serves the activated socket and notifies READY, RELOADING, STOPPING", function()
     if not have("systemd-socket-activate") or not have("python3") then

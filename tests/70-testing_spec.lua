@@ -145,7 +145,7 @@ describe("fdpool.testing.conn against the real conn", function()
     assert.matches('nil "' .. dir .. '/none: No such file or directory" 2', r, 1, true)
   end)
 
-  -- BUG (src/lconn.c:160-164, commit 6e66a81): a short read clears
+  -- BUG (src/lconn.c:223-227 today, commit 6e66a81): a short read clears
   -- c->rready, so the next read waits for an EPOLLIN edge; when the
   -- client's FIN came with (or before) the data, no edge follows and the
   -- handler gets "timeout" after its full timeout instead of EOF. Seen

@@ -13,17 +13,9 @@ return {
       files = { "policy", "acceptf", "listen", "dispatch", "pool", "statuspage",
                 "control", "ctlclient" } },
     { name = "worker",
-      files = { "task", "lconn", "lhttp", "worker" } },
+      files = { "laux", "task", "lconn", "lhttp", "worker" } },
     { name = "binding",
       files = { "lfd", "lpool", "lfdpool", "main" } },
   },
-  -- TEMPORARY (issue 11, until the worker-side redesign "R2" is merged):
-  -- known violations among the worker and binding files, R2's side ONLY.
-  -- Each entry is "from>to" (from's object uses a symbol defined by to's).
-  -- The lead removes this list after merging R2.
-  allow = {
-    "lconn>lfdpool",    -- fdp_fd_fileno: the fd object lives in the binding
-    "worker>lfdpool",   -- fdp_module_set_worker
-    "lconn>worker",     -- fdp_wait, fdp_conn_park...: lconn <-> worker loop
-  },
+  allow = {},
 }

@@ -30,7 +30,8 @@
 #include <lualib.h>
 
 #include "http_parse.h"
-#include "worker.h"
+#include "lconn.h"
+#include "lhttp.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -157,7 +158,7 @@ init(void)
 {
     L = luaL_newstate();
     luaL_openlibs(L);
-    fdp_conn_open_meta(L);
+    fdp_lhttp_open(L);
     if (luaL_loadbuffer(L, check_src, sizeof(check_src) - 1, "=check") != LUA_OK) {
         fprintf(stderr, "fuzz_http: %s\n", lua_tostring(L, -1));
         abort();
@@ -209,7 +210,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     close(sv[1]);
 
     lua_rawgeti(L, LUA_REGISTRYINDEX, check_ref);
-    c = fdp_conn_new(L, sv[0], NULL);
+    c = fdp_conn_new(L, sv[0], NULL, -1);
     lua_pushinteger(L, max);
     lua_pushlstring(L, (const char *) data, size);
     if (lua_pcall(L, 3, 1, 0) != LUA_OK) {

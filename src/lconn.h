@@ -1,0 +1,71 @@
+/*
+ * lconn.h - the conn object (userdata "fdpool.conn", lconn.c): one
+ * connection handed to a worker, read and written by its task through
+ * a transport (plain socket calls today; TLS can plug in), waiting
+ * through task.c's waitable. The HTTP methods are lhttp.c's.
+ */
+#ifndef FDP_LCONN_H
+#define FDP_LCONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <lua.h>
+
+#include "http_parse.h"
+#include "task.h"
+
+struct fdp_conn;
+
+/* How a conn's bytes move: each returns a count or -1 with errno set,
+ * as the system calls they stand for. */
+struct fdp_transport {
+    ssize_t (*read)(struct fdp_conn *c, void *buf, size_t n);
+    ssize_t (*write)(struct fdp_conn *c, const void *buf, size_t n);
+    ssize_t (*writev)(struct fdp_conn *c, const struct iovec *iov, int n);
+    ssize_t (*sendfile)(struct fdp_conn *c, int in, off_t *off, size_t n);
+};
+
+/* The conn object (userdata "fdpool.conn"). */
+struct fdp_conn {
+    int fd;                     /* first, as every fd-owning userdata */
+    struct fdp_waitable wt;     /* its waits (and readiness) */
+    const struct fdp_transport *tr;
+    double timeout;             /* seconds, < 0: none */
+    int total;                  /* timeout per call ("t"), else per wait */
+    uint64_t deadline;          /* ms, "t" mode: of the call in progress */
+    double limit;               /* ms: no wait goes past it (a whole head,
+                                   a whole body), 0: none */
+    double min_rate;            /* bytes/s that push limit later, 0: no */
+    size_t op_pos;              /* progress of the call in progress */
+    char *rbuf;
+    size_t rstart, rend, rcap;
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+    uint32_t peerlen;           /* > 0: the client from a PROXY header */
+    unsigned char peer[28];
+    struct fdp_http_chunked chunked;    /* conn:readchunked in progress */
+};
+
+void fdp_conn_open_meta(lua_State *L);
+
+/* A new conn owning fd on the stack of L, its waits scheduled by s
+ * (NULL: they block in poll()), with timeout seconds per wait (< 0:
+ * none). */
+struct fdp_conn *fdp_conn_new(lua_State *L, int fd, struct fdp_sched *s,
+                              double timeout);
+void fdp_conn_set_peer(struct fdp_conn *c, const void *peer, uint32_t len);
+void fdp_conn_close(struct fdp_conn *c);
+void fdp_conn_peer(struct fdp_conn *c, char *out, size_t n);
+
+/* For the methods built on the conn (lhttp.c). */
+struct fdp_conn *fdp_checkconn(lua_State *L);
+void fdp_conn_op_begin(struct fdp_conn *c);
+ssize_t fdp_conn_fill(struct fdp_conn *c, size_t want);
+int fdp_conn_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
+                  lua_KContext ctx, lua_KFunction k);
+int fdp_conn_send(lua_State *L);
+
+#endif

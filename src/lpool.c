@@ -1,0 +1,935 @@
+/*
+ * lpool.c - fdpool.pool{}: a pool made from Lua ("fdpool.pool": start,
+ * step, run, stop, reload, scale, status, addresses), and
+ * fdpool.simulator(): the master's dispatch decision without processes
+ * ("fdpool.simulator", for fdpool.sim). Misuse raises.
+ */
+#include "fdp.h"
+#include "laux.h"
+#include "lpool.h"
+#include "pool.h"
+#include "control.h"
+#include "policy.h"
+#include "worker.h"
+
+#include <grp.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#define POOL_MT     FDP_POOL_MT
+
+struct lpool {
+    struct fdp_pool *p;
+};
+
+
+/* fdpool.set_log_level(name): "error", "warn", "info" or "debug". */
+static int
+l_set_log_level(lua_State *L)
+{
+    static const char *const levels[] = { "error", "warn", "info", "debug",
+                                          NULL };
+
+    fdp_log_set_level(luaL_checkoption(L, 1, NULL, levels));
+    return 0;
+}
+
+
+/* ---- fdpool.pool ---------------------------------------------------- */
+
+/* The pool behind a pool (or simulator) object; raises if closed. */
+static struct fdp_pool *
+checkpoolof(lua_State *L, const char *mt, const char *what)
+{
+    struct lpool *lp = luaL_checkudata(L, 1, mt);
+
+    if (lp->p == NULL) {
+        luaL_error(L, "attempt to use a closed %s", what);
+    }
+    lp->p->L = L;
+    return lp->p;
+}
+
+
+static struct fdp_pool *
+checkpool(lua_State *L)
+{
+    return checkpoolof(L, POOL_MT, "pool");
+}
+
+
+static int
+opt_int(lua_State *L, const char *key, int def, int lo, int hi)
+{
+    int isnum, t = lua_getfield(L, 1, key);
+    lua_Integer v;
+
+    if (t == LUA_TNIL) {
+        lua_pop(L, 1);
+        return def;
+    }
+    v = lua_tointegerx(L, -1, &isnum);
+    if (!isnum || v < lo || v > hi) {
+        luaL_error(L, "bad option '%s' (an integer from %d to %d expected, "
+                   "got %s)", key, lo, hi, lua_tostring(L, -1)
+                   ? lua_tostring(L, -1) : luaL_typename(L, -1));
+    }
+    lua_pop(L, 1);
+    return (int) v;
+}
+
+
+static char *
+xstrdup(lua_State *L, const char *s)
+{
+    char *d = strdup(s);
+
+    if (d == NULL) {
+        luaL_error(L, "out of memory");
+    }
+    return d;
+}
+
+
+static void
+check_keys(lua_State *L)
+{
+    static const char *const known[] = {
+        "handler", "args", "listen", "workers", "concurrency", "policy",
+        "control", "grace", "log_level", "timeout", "max_requests", "user",
+        "io_timeout", "metrics", "max_memory", "accept_filter",
+        "max_conns_per_ip", "max_pending",
+        NULL
+    };
+
+    lua_pushnil(L);
+    while (lua_next(L, 1) != 0) {
+        int i, ok = 0;
+
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            for (i = 0; known[i]; i++) {
+                if (strcmp(lua_tostring(L, -1), known[i]) == 0) {
+                    ok = 1;
+                }
+            }
+        }
+        if (!ok) {
+            luaL_error(L, "unknown option '%s' in fdpool.pool{}",
+                       luaL_tolstring(L, -1, NULL));
+        }
+    }
+}
+
+
+/* workers, concurrency, grace, max_requests, max_conns_per_ip,
+ * max_pending, accept_filter, max_memory. */
+static int
+opt_limits(lua_State *L, struct fdp_pool *p)
+{
+    p->nworkers = opt_int(L, "workers", (int) sysconf(_SC_NPROCESSORS_ONLN),
+                          1, FDP_MAX_WORKERS);
+    p->concurrency = opt_int(L, "concurrency", 1024, 1, FDP_MAX_CONCURRENCY);
+    if (lua_getfield(L, 1, "grace") != LUA_TNIL) {
+        p->graceful_grace = luaL_checknumber(L, -1);
+        luaL_argcheck(L, p->graceful_grace >= 0, 1, "grace must not be "
+                      "negative");
+    }
+    lua_pop(L, 1);
+    p->max_requests = opt_int(L, "max_requests", 0, 0, 0x7fffffff);
+    p->max_conns_per_ip = opt_int(L, "max_conns_per_ip", 0, 0, 0x7fffffff);
+    p->max_pending = opt_int(L, "max_pending", FDP_PENDING_MAX_DEFAULT, 1,
+                             1 << 20);
+    if (lua_getfield(L, 1, "accept_filter") != LUA_TNIL) {
+        const char *af = luaL_checkstring(L, -1);
+
+        p->accept_filter = strcmp(af, "auto") == 0 ? FDP_AF_AUTO
+                           : fdp_acceptf_parse(af);
+        luaL_argcheck(L, p->accept_filter != -1 || strcmp(af, "auto") == 0,
+                      1, "accept_filter must be none, data, http or auto");
+    }
+    lua_pop(L, 1);
+    /* MiB per worker: its Lua heap in handler code, and its RssAnon. */
+    p->max_memory = (uint64_t) opt_int(L, "max_memory", 0, 0, 4194304) << 20;
+    return 0;
+}
+
+
+/* user = "name[:group]": checked now (a worker cannot say why
+ * later). 0, or 2 with nil, message pushed. */
+static int
+opt_user(lua_State *L, struct fdp_pool *p)
+{
+    if (lua_getfield(L, 1, "user") != LUA_TNIL) {
+        const char *spec = luaL_checkstring(L, -1);
+        char name[256], *colon;
+        struct passwd *pw;
+
+        snprintf(name, sizeof(name), "%s", spec);
+        colon = strchr(name, ':');
+        if (colon) {
+            *colon++ = '\0';
+        }
+        pw = getpwnam(name);
+        if (pw == NULL) {
+            lua_pushnil(L);
+            lua_pushfstring(L, "unknown user '%s'", name);
+            return 2;
+        }
+        p->user_uid = pw->pw_uid;
+        p->user_gid = pw->pw_gid;
+        if (colon && *colon) {
+            struct group *gr = getgrnam(colon);
+
+            if (gr == NULL) {
+                lua_pushnil(L);
+                lua_pushfstring(L, "unknown group '%s'", colon);
+                return 2;
+            }
+            p->user_gid = gr->gr_gid;
+        }
+        if (geteuid() != 0) {
+            lua_pushnil(L);
+            lua_pushliteral(L, "user: dropping privileges needs root");
+            return 2;
+        }
+        p->user_name = xstrdup(L, name);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+
+/* io_timeout, timeout, log_level. */
+static int
+opt_timeouts(lua_State *L, struct fdp_pool *p)
+{
+    if (lua_getfield(L, 1, "io_timeout") != LUA_TNIL) {
+        p->io_timeout = luaL_checknumber(L, -1);
+        luaL_argcheck(L, p->io_timeout >= 0, 1, "io_timeout must not be "
+                      "negative");
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "timeout") != LUA_TNIL) {
+        p->timeout = luaL_checknumber(L, -1);
+        luaL_argcheck(L, p->timeout >= 0, 1, "timeout must not be negative");
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "log_level") != LUA_TNIL) {
+        lua_pushcfunction(L, l_set_log_level);
+        lua_insert(L, -2);
+        lua_call(L, 1, 0);
+    } else {
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+
+/* handler (a function, a table or a script, compiled now) and args.
+ * 0, or 2 with nil, message pushed. */
+static int
+opt_handler(lua_State *L, struct fdp_pool *p)
+{
+    int t, i;
+
+    t = lua_getfield(L, 1, "handler");
+    if (t == LUA_TFUNCTION || t == LUA_TTABLE) {
+        p->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    } else if (t == LUA_TSTRING) {
+        const char *path = lua_tostring(L, -1);
+
+        p->script = xstrdup(L, path);
+        lua_pop(L, 1);
+        if (luaL_loadfilex(L, p->script, "t") != LUA_OK) {
+            lua_pushnil(L);
+            lua_insert(L, -2);
+            return 2;
+        }
+        lua_pop(L, 1);
+    } else {
+        return luaL_error(L, "bad option 'handler' (a function, a table or "
+                          "a script path expected, got %s)",
+                          luaL_typename(L, -1));
+    }
+
+    if (lua_getfield(L, 1, "args") != LUA_TNIL) {
+        lua_Integer k;
+
+        luaL_checktype(L, -1, LUA_TTABLE);
+        k = luaL_len(L, -1);
+        p->args = calloc((size_t) k + 1, sizeof(char *));
+        if (p->args == NULL) {
+            return luaL_error(L, "out of memory");
+        }
+        for (i = 1; i <= k; i++) {
+            lua_geti(L, -1, i);
+            p->args[p->nargs++] = xstrdup(L, luaL_checkstring(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+
+/* policy, metrics, control. */
+static int
+opt_policy(lua_State *L, struct fdp_pool *p)
+{
+    int t;
+
+    t = lua_getfield(L, 1, "policy");
+    if (t == LUA_TFUNCTION) {
+        p->policy_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    } else if (t == LUA_TSTRING) {
+        p->policy_name = xstrdup(L, lua_tostring(L, -1));
+        lua_pop(L, 1);
+    } else if (t == LUA_TNIL) {
+        lua_pop(L, 1);
+    } else {
+        return luaL_error(L, "bad option 'policy' (a name, a path or a "
+                          "function expected)");
+    }
+
+    if (lua_getfield(L, 1, "metrics") != LUA_TNIL) {
+        p->metrics_addr = xstrdup(L, luaL_checkstring(L, -1));
+    }
+    lua_pop(L, 1);
+    t = lua_getfield(L, 1, "control");
+    if (t == LUA_TSTRING) {
+        p->control_path = xstrdup(L, lua_tostring(L, -1));
+    } else if (t == LUA_TBOOLEAN) {
+        p->control_default = lua_toboolean(L, -1);
+    } else if (t != LUA_TNIL) {
+        return luaL_error(L, "bad option 'control' (a path or true "
+                          "expected)");
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+
+/* The listeners: sockets passed by systemd, then listen. 0, or 2
+ * with nil, message pushed. */
+static int
+opt_listen(lua_State *L, struct fdp_pool *p)
+{
+    int t, i;
+
+    /* Sockets passed by systemd (LISTEN_FDS for this pid) come first;
+     * with them, no default address is added. */
+    if (fdp_pool_systemd_fds(p) < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, p->error);
+        return 2;
+    }
+    t = lua_getfield(L, 1, "listen");
+    if (t == LUA_TNIL && p->nlisten > 0) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        t = LUA_TTABLE;
+    } else if (t == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_pushliteral(L, "127.0.0.1:8080");
+        t = LUA_TSTRING;
+    }
+    if (t == LUA_TSTRING) {
+        lua_createtable(L, 1, 0);
+        lua_insert(L, -2);
+        lua_rawseti(L, -2, 1);
+    }
+    luaL_argcheck(L, lua_istable(L, -1), 1, "listen must be an address or "
+                  "a list of addresses");
+    for (i = 1; i <= luaL_len(L, -1); i++) {
+        lua_geti(L, -1, i);
+        if (fdp_pool_add_listen(p, luaL_checkstring(L, -1)) < 0) {
+            lua_pushnil(L);
+            lua_pushstring(L, p->error);
+            return 2;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+
+/* A policy by name or path must load now. 0, or 2 with nil, message
+ * pushed. */
+static int
+check_policy(lua_State *L, struct fdp_pool *p)
+{
+    if (p->policy_ref == LUA_NOREF) {
+        char err[512];
+
+        if (fdp_policy_check(L, p->policy_name ? p->policy_name
+                             : "least_conn", err, sizeof(err)) < 0) {
+            lua_pushnil(L);
+            lua_pushstring(L, err);
+            return 2;
+        }
+    }
+    return 0;
+}
+
+
+/*
+ * fdpool.pool{handler = fn | "file.lua", args = {...}, listen = addr |
+ * {addr...}, workers = n, concurrency = n, policy = name | path | fn,
+ * control = path, grace = seconds} -> pool, or nil, message.
+ * Binds the listeners now (a port in use fails here), compiles a script
+ * handler (a syntax error fails here); forks nothing yet. Misuse (a bad
+ * option) raises.
+ */
+static int
+l_pool(lua_State *L)
+{
+    struct lpool *lp;
+    struct fdp_pool *p;
+    int r;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    check_keys(L);
+    lp = lua_newuserdatauv(L, sizeof(*lp), 0);
+    lp->p = NULL;
+    luaL_setmetatable(L, POOL_MT);
+    p = fdp_pool_new();
+    if (p == NULL) {
+        return luaL_error(L, "out of memory");
+    }
+    lp->p = p;
+    p->L = L;
+    /* What the pool runs above itself: the worker's main in each child,
+     * the control socket as its service. */
+    p->worker_main = fdp_worker_main;
+    p->service = &fdp_control_service;
+    if ((r = opt_limits(L, p)) != 0 || (r = opt_user(L, p)) != 0
+        || (r = opt_timeouts(L, p)) != 0 || (r = opt_handler(L, p)) != 0
+        || (r = opt_policy(L, p)) != 0 || (r = opt_listen(L, p)) != 0
+        || (r = check_policy(L, p)) != 0) {
+        return r;
+    }
+    return 1;
+}
+
+
+/* pool:start() -> true, or nil, message: forks the workers. */
+/* While a pool runs, the registry keeps its userdata alive: a program
+ * (or a forked worker) that drops its last reference must not have the
+ * pool collected under the running loop. */
+static void
+anchor(lua_State *L, struct fdp_pool *p, int on)
+{
+    if (on) {
+        lua_pushvalue(L, 1);
+    } else {
+        lua_pushnil(L);
+    }
+    lua_rawsetp(L, LUA_REGISTRYINDEX, p);
+}
+
+
+static int
+pool_start(lua_State *L)
+{
+    struct fdp_pool *p = checkpool(L);
+
+    anchor(L, p, 1);
+    if (fdp_pool_start(p) < 0) {
+        anchor(L, p, 0);
+        lua_pushnil(L);
+        lua_pushstring(L, p->error);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+/* pool:step([seconds]) -> true while running, false once stopped (then
+ * nil-able second value: the start error, if the pool failed). */
+static int
+pool_step(lua_State *L)
+{
+    struct fdp_pool *p = checkpool(L);
+    lua_Number s = luaL_optnumber(L, 2, -1);
+    int r = fdp_pool_step(p, s < 0 ? -1 : (int) (s * 1000));
+
+    if (!r) {
+        anchor(L, p, 0);
+    }
+    lua_pushboolean(L, r);
+    if (!r && p->failed) {
+        lua_pushstring(L, p->error);
+        return 2;
+    }
+    return 1;
+}
+
+
+/* pool:run() -> true when it has stopped, or nil, message when the
+ * first generation of workers could not start. */
+static int
+pool_run(lua_State *L)
+{
+    struct fdp_pool *p = checkpool(L);
+
+    anchor(L, p, 1);
+    if (!p->started && fdp_pool_start(p) < 0) {
+        anchor(L, p, 0);
+        lua_pushnil(L);
+        lua_pushstring(L, p->error);
+        return 2;
+    }
+    while (fdp_pool_step(p, -1)) {
+        p->L = L;
+    }
+    anchor(L, p, 0);
+    if (p->failed) {
+        lua_pushnil(L);
+        lua_pushstring(L, p->error);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+static int
+pool_stop(lua_State *L)
+{
+    struct fdp_pool *p = checkpool(L);
+
+    fdp_pool_stop(p, lua_toboolean(L, 2));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+/* pool:reload() -> true (a new generation is starting; it replaces the
+ * running one once READY, or is stopped and the refusal logged), or nil,
+ * why (refused at once: nothing changed). */
+static int
+pool_reload(lua_State *L)
+{
+    struct fdp_pool *p = checkpool(L);
+
+    if (fdp_pool_reload(p) < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, p->error);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+/* pool:scale(n) -> true, or nil, why. */
+static int
+pool_scale(lua_State *L)
+{
+    struct fdp_pool *p = checkpool(L);
+    lua_Integer n = luaL_checkinteger(L, 2);
+
+    luaL_argcheck(L, n >= 1 && n <= FDP_MAX_WORKERS, 2, "workers must be "
+                  "1 to 256");
+    if (fdp_pool_scale(p, (int) n) < 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "cannot scale now (stopping, or no spare slot)");
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+static void
+set_int(lua_State *L, const char *k, lua_Integer v)
+{
+    lua_pushinteger(L, v);
+    lua_setfield(L, -2, k);
+}
+
+
+static void
+set_num(lua_State *L, const char *k, lua_Number v)
+{
+    lua_pushnumber(L, v);
+    lua_setfield(L, -2, k);
+}
+
+
+/* pool:status() -> a snapshot table of the pool and its workers. */
+static int
+pool_status(lua_State *L)
+{
+    struct fdp_pool *p = checkpool(L);
+    struct fdp_status_info info;
+    const char *listen[FDP_MAX_LISTEN];
+    int i, k;
+
+    fdp_pool_status_info(p, &info, listen);
+    lua_createtable(L, 0, 8);
+    set_int(L, "pid", info.pid);
+    lua_pushstring(L, info.policy);
+    lua_setfield(L, -2, "policy");
+    lua_createtable(L, info.nlisten, 0);
+    for (i = 0; i < info.nlisten; i++) {
+        lua_pushstring(L, listen[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "listen");
+    set_int(L, "accepted", (lua_Integer) info.accepted);
+    set_int(L, "queued", (lua_Integer) info.queued);
+    set_int(L, "parked", (lua_Integer) info.parked);
+    set_int(L, "pending", (lua_Integer) info.pending);
+    lua_createtable(L, 0, 4);
+    set_int(L, "deadline", (lua_Integer) info.closed[0]);
+    set_int(L, "overflow", (lua_Integer) info.closed[1]);
+    set_int(L, "per_ip", (lua_Integer) info.closed[2]);
+    set_int(L, "peer_closed", (lua_Integer) info.closed[3]);
+    lua_setfield(L, -2, "closed");
+    set_int(L, "closed_by_peer", (lua_Integer) info.closed_by_peer);
+    set_int(L, "crash_streak", info.crash_streak);
+    if (info.crash_why) {
+        lua_pushstring(L, info.crash_why);
+        lua_setfield(L, -2, "crash");
+    }
+    set_int(L, "fallbacks", (lua_Integer) info.fallbacks);
+    set_num(L, "started", info.started);
+    lua_pushboolean(L, p->running);
+    lua_setfield(L, -2, "running");
+    lua_createtable(L, p->nworkers, 0);
+    for (i = 0; i < p->nworkers; i++) {
+        const struct fdp_slot *s = &p->workers[i].slot;
+
+        lua_createtable(L, 0, 16);
+        set_int(L, "id", s->id);
+        set_int(L, "pid", s->pid);
+        set_int(L, "generation", s->generation);
+        lua_pushstring(L, fdp_slot_state(s));
+        lua_setfield(L, -2, "state");
+        set_int(L, "active", s->active);
+        set_int(L, "capacity", s->capacity);
+        set_int(L, "served", (lua_Integer) s->served);
+        set_int(L, "bytes_in", (lua_Integer) s->bytes_in);
+        set_int(L, "bytes_out", (lua_Integer) s->bytes_out);
+        set_num(L, "started", s->started);
+        set_num(L, "busy_since", s->busy_since);
+        set_int(L, "restarts", s->restarts);
+        if (s->last_exit_how != FDP_EXIT_NONE) {
+            lua_createtable(L, 0, 3);
+            lua_pushstring(L, s->last_exit_how == FDP_EXIT_CODE ? "exit"
+                           : "signal");
+            lua_setfield(L, -2, "how");
+            set_int(L, "code", s->last_exit_code);
+            if (s->last_exit_how == FDP_EXIT_SIGNAL) {
+                lua_pushstring(L, fdp_signame(s->last_exit_code));
+                lua_setfield(L, -2, "name");
+            }
+            lua_setfield(L, -2, "last_exit");
+        }
+        lua_createtable(L, 0, s->nkv);
+        for (k = 0; k < s->nkv; k++) {
+            lua_pushstring(L, s->kv[k].val);
+            lua_setfield(L, -2, s->kv[k].key);
+        }
+        lua_setfield(L, -2, "fields");
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "workers");
+    return 1;
+}
+
+
+/* pool:addresses() -> {"127.0.0.1:43123", ...}: where it really listens. */
+static int
+pool_addresses(lua_State *L)
+{
+    struct fdp_pool *p = checkpool(L);
+    int i;
+
+    lua_createtable(L, p->nlisten, 0);
+    for (i = 0; i < p->nlisten; i++) {
+        lua_pushstring(L, p->listeners[i].bound);
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+
+/*
+ * __gc/__close: the owner stops a running pool (fast) and waits for its
+ * workers; a forked child only frees its copy (never signals, never
+ * unlinks).
+ */
+static int
+pool_gc(lua_State *L)
+{
+    struct lpool *lp = luaL_checkudata(L, 1, POOL_MT);
+    struct fdp_pool *p = lp->p;
+
+    if (p == NULL) {
+        return 0;
+    }
+    p->L = L;
+    if (getpid() == p->owner && p->running) {
+        fdp_pool_stop(p, 0);
+        while (fdp_pool_step(p, 100)) {
+        }
+    }
+    if (getpid() == p->owner) {
+        int i;
+
+        if (p->handler_ref != LUA_NOREF) {
+            luaL_unref(L, LUA_REGISTRYINDEX, p->handler_ref);
+        }
+        if (p->policy_ref != LUA_NOREF) {
+            luaL_unref(L, LUA_REGISTRYINDEX, p->policy_ref);
+        }
+        for (i = 0; i < p->nlisten; i++) {
+            if (p->listeners[i].unix_path && p->listeners[i].fd >= 0) {
+                (void) unlink(p->listeners[i].unix_path);
+            }
+        }
+    }
+    fdp_pool_free(p);
+    lp->p = NULL;
+    return 0;
+}
+
+
+static int
+pool_tostring(lua_State *L)
+{
+    struct lpool *lp = luaL_checkudata(L, 1, POOL_MT);
+
+    if (lp->p == NULL) {
+        lua_pushliteral(L, "fdpool.pool (closed)");
+    } else {
+        lua_pushfstring(L, "fdpool.pool (%s)", lp->p->running ? "running"
+                        : "stopped");
+    }
+    return 1;
+}
+
+
+/* ---- fdpool.sim: the master's dispatch decision without processes ---- */
+
+#define SIM_MT "fdpool.simulator"
+
+static struct fdp_pool *
+checksim(lua_State *L)
+{
+    return checkpoolof(L, SIM_MT, "simulator");
+}
+
+
+/*
+ * fdpool.simulator(policy, workers, capacity [, listener]) -> sim: a pool
+ * with no processes whose workers are all running, for fdpool.sim. The
+ * policy (name, path or function) runs exactly as in the master:
+ * sandbox, views, budget, checks, fallback.
+ */
+static int
+l_simulator(lua_State *L)
+{
+    lua_Integer n = luaL_checkinteger(L, 2), cap = luaL_checkinteger(L, 3);
+    const char *listener = luaL_optstring(L, 4, "127.0.0.1:8080");
+    struct lpool *lp;
+    struct fdp_pool *p;
+    int i;
+
+    luaL_argcheck(L, n >= 1 && n <= FDP_MAX_WORKERS, 2, "1 to 256 workers");
+    luaL_argcheck(L, cap >= 1 && cap <= FDP_MAX_CONCURRENCY, 3,
+                  "capacity out of range");
+    lp = lua_newuserdatauv(L, sizeof(*lp), 0);
+    lp->p = NULL;
+    luaL_setmetatable(L, SIM_MT);
+    p = fdp_pool_new();
+    if (p == NULL) {
+        return luaL_error(L, "out of memory");
+    }
+    lp->p = p;
+    p->L = L;
+    p->simulated = 1;
+    p->nworkers = (int) n;
+    p->concurrency = (int) cap;
+    p->nlisten = 1;
+    snprintf(p->listeners[0].addr, sizeof(p->listeners[0].addr), "%s",
+             listener);
+    for (i = 0; i < p->nworkers; i++) {
+        struct fdp_slot *sl = &p->workers[i].slot;
+
+        sl->state = FDP_W_RUNNING;
+        sl->capacity = (int) cap;
+        sl->pid = 0;
+        sl->generation = 1;
+    }
+    if (lua_isfunction(L, 1)) {
+        lua_pushvalue(L, 1);
+        p->policy_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    } else {
+        p->policy_name = xstrdup(L, luaL_checkstring(L, 1));
+    }
+    if (fdp_policy_open(p, p->error, sizeof(p->error)) < 0) {
+        return luaL_error(L, "%s", p->error);
+    }
+    return 1;
+}
+
+
+/* sim:choose(peer) -> worker index, or nil (queued); and whether the
+ * master would have fallen back to first_free. */
+static int
+sim_choose(lua_State *L)
+{
+    struct fdp_pool *p = checksim(L);
+    const char *peer = luaL_checkstring(L, 2);
+    struct fdp_pending c;
+    char err[256];
+    int fallback, idx;
+
+    memset(&c, 0, sizeof(c));
+    c.fd = -1;
+    if (strcmp(peer, "unix") == 0) {
+        c.peer.ss_family = AF_UNIX;
+        c.peerlen = sizeof(sa_family_t);
+    } else if (fdp_parse_addr(peer, &c.peer, &c.peerlen, err,
+                              sizeof(err)) < 0) {
+        return luaL_argerror(L, 2, err);
+    }
+    idx = fdp_pool_choose(p, &c, &fallback);
+    if (idx < 0) {
+        lua_pushnil(L);
+    } else {
+        lua_pushinteger(L, idx + 1);
+    }
+    lua_pushboolean(L, fallback);
+    return 2;
+}
+
+
+/* sim:start(i) / sim:finish(i): a connection begins / ends on worker i. */
+static int
+sim_start(lua_State *L)
+{
+    struct fdp_pool *p = checksim(L);
+    lua_Integer i = luaL_checkinteger(L, 2);
+
+    luaL_argcheck(L, i >= 1 && i <= p->nworkers, 2, "no such worker");
+    p->workers[i - 1].slot.active++;
+    return 0;
+}
+
+
+static int
+sim_finish(lua_State *L)
+{
+    struct fdp_pool *p = checksim(L);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    struct fdp_slot *sl;
+
+    luaL_argcheck(L, i >= 1 && i <= p->nworkers, 2, "no such worker");
+    sl = &p->workers[i - 1].slot;
+    luaL_argcheck(L, sl->active > 0, 2, "worker has no connection");
+    sl->active--;
+    sl->served++;
+    return 0;
+}
+
+
+/* sim:set(i, key, value): a custom status field, as fdpool.worker.set. */
+static int
+sim_set(lua_State *L)
+{
+    struct fdp_pool *p = checksim(L);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    const char *k = luaL_checkstring(L, 3), *v = luaL_tolstring(L, 4, NULL);
+
+    luaL_argcheck(L, i >= 1 && i <= p->nworkers, 2, "no such worker");
+    luaL_argcheck(L, strlen(k) > 0 && strlen(k) < FDP_KEY_MAX, 3,
+                  "key must be 1 to 31 bytes");
+    luaL_argcheck(L, strlen(v) < FDP_VAL_MAX, 4, "value too long");
+    (void) fdp_slot_set_kv(&p->workers[i - 1].slot, k, v);
+    return 0;
+}
+
+
+static int
+sim_fallbacks(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer) checksim(L)->fallbacks);
+    return 1;
+}
+
+
+static int
+sim_gc(lua_State *L)
+{
+    struct lpool *lp = luaL_checkudata(L, 1, SIM_MT);
+
+    if (lp->p) {
+        if (lp->p->policy_ref != LUA_NOREF) {
+            luaL_unref(L, LUA_REGISTRYINDEX, lp->p->policy_ref);
+        }
+        lp->p->L = L;
+        fdp_policy_close(lp->p);
+        fdp_pool_free(lp->p);
+        lp->p = NULL;
+    }
+    return 0;
+}
+
+
+
+void
+fdp_lpool_open(lua_State *L)
+{
+    static const luaL_Reg funcs[] = {
+        { "pool", l_pool },
+        { "simulator", l_simulator },
+        { "set_log_level", l_set_log_level },
+        { NULL, NULL }
+    };
+    static const luaL_Reg pool_meta[] = {
+        { "__gc", pool_gc },
+        { "__close", pool_gc },
+        { "__tostring", pool_tostring },
+        { NULL, NULL }
+    };
+    static const luaL_Reg pool_methods[] = {
+        { "start", pool_start },
+        { "step", pool_step },
+        { "run", pool_run },
+        { "stop", pool_stop },
+        { "reload", pool_reload },
+        { "scale", pool_scale },
+        { "status", pool_status },
+        { "addresses", pool_addresses },
+        { "close", pool_gc },
+        { NULL, NULL }
+    };
+    static const luaL_Reg sim_meta[] = {
+        { "__gc", sim_gc },
+        { NULL, NULL }
+    };
+    static const luaL_Reg sim_methods[] = {
+        { "choose", sim_choose },
+        { "start", sim_start },
+        { "finish", sim_finish },
+        { "set", sim_set },
+        { "fallbacks", sim_fallbacks },
+        { "close", sim_gc },
+        { NULL, NULL }
+    };
+
+    fdp_createmeta(L, POOL_MT, pool_meta, pool_methods);
+    fdp_createmeta(L, SIM_MT, sim_meta, sim_methods);
+    luaL_setfuncs(L, funcs, 0);
+}

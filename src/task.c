@@ -1,0 +1,562 @@
+/*
+ * task.c - the worker's coroutine scheduler (see task.h): tasks, their
+ * waits on waitables (edge-triggered epoll through loop.c, or poll()
+ * where no yield is possible), sleeps, the --timeout cancel, and the
+ * coroutine wrappers that let a handler's own coroutines wait too. Owns
+ * the tasks' coroutines; the owner (worker.c) owns what they serve.
+ */
+#include "fdp.h"
+#include "task.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <time.h>
+
+#include <lauxlib.h>
+
+#define TASK_CANCELLED (-1)
+
+static void task_resume(struct fdp_task *t, int nargs);
+
+
+/* The registry key under which a Lua state keeps its scheduler. */
+static const char sched_key = 's';
+
+
+void
+fdp_sched_register(lua_State *L, struct fdp_sched *s)
+{
+    lua_pushlightuserdata(L, s);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &sched_key);
+}
+
+
+/* What a handler's own coroutine yields to say "I wait for I/O": the
+ * worker's coroutine.resume/wrap pass it up to the task (OpenResty does
+ * the same), and resume the coroutine again when the task is woken. */
+static const char io_yield_key = 'y';
+static const char forward_key = 'f';
+
+
+/*
+ * The task whose execution L is part of: its own coroutine, or (when
+ * `nested` is given) a handler's coroutine resumed through the worker's
+ * coroutine.resume while the task runs. NULL elsewhere (top level,
+ * init, the master, plain programs).
+ */
+static struct fdp_task *
+task_of(lua_State *L, int *nested)
+{
+    struct fdp_sched *s;
+    struct fdp_task *t;
+    int fwd;
+
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &sched_key);
+    s = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (s == NULL || (t = s->current) == NULL) {
+        return NULL;
+    }
+    if (t->co == L) {
+        if (nested) {
+            *nested = 0;
+        }
+        return t;
+    }
+    if (nested == NULL) {
+        return NULL;
+    }
+    /* Forward only if the wrapper said the resumer can yield too. */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &forward_key);
+    lua_pushthread(L);
+    lua_rawget(L, -2);
+    fwd = lua_toboolean(L, -1);
+    lua_pop(L, 2);
+    if (!fwd) {
+        return NULL;
+    }
+    *nested = 1;
+    return t;
+}
+
+
+struct fdp_task *
+fdp_current_task(lua_State *L)
+{
+    return task_of(L, NULL);
+}
+
+
+/*
+ * Yield for a wait registered on task t: the task's own coroutine yields
+ * to the loop; a nested one yields the I/O marker, which the
+ * coroutine.resume wrappers pass up to the task.
+ */
+int
+fdp_task_yield(lua_State *L, struct fdp_task *t, lua_KContext ctx,
+               lua_KFunction k)
+{
+    if (t->co == L) {
+        return lua_yieldk(L, 0, ctx, k);
+    }
+    lua_pushlightuserdata(L, (void *) &io_yield_key);
+    return lua_yieldk(L, 1, ctx, k);
+}
+
+
+/* The task for a wait from L (own or nested coroutine), or NULL when L
+ * must block instead. */
+struct fdp_task *
+fdp_wait_task(lua_State *L)
+{
+    int nested;
+    struct fdp_task *t = task_of(L, &nested);
+
+    return t != NULL && lua_isyieldable(L) ? t : NULL;
+}
+
+
+/* The worker's coroutine.resume and coroutine.wrap, in Lua: they pass the
+ * I/O marker up and resume again, so conn I/O in a handler's own
+ * coroutines yields to the worker's loop instead of blocking it. */
+static const char coroutine_wrappers[] =
+    "local IO, forward = ...\n"
+    "local create, resume0, yield, isyieldable, status = coroutine.create,\n"
+    "  coroutine.resume, coroutine.yield, coroutine.isyieldable,\n"
+    "  coroutine.status\n"
+    "local pack, unpack = table.pack, table.unpack\n"
+    "local function resume(co, ...)\n"
+    "  forward[co] = isyieldable()\n"
+    "  local r = pack(resume0(co, ...))\n"
+    "  while r[1] and r.n == 2 and r[2] == IO and status(co) == 'suspended' do\n"
+    "    local v = pack(yield(IO))\n"
+    "    forward[co] = isyieldable()\n"
+    "    r = pack(resume0(co, unpack(v, 1, v.n)))\n"
+    "  end\n"
+    "  return unpack(r, 1, r.n)\n"
+    "end\n"
+    "coroutine.resume = resume\n"
+    "coroutine.wrap = function(f)\n"
+    "  local co = create(f)\n"
+    "  return function(...)\n"
+    "    local r = pack(resume(co, ...))\n"
+    "    if not r[1] then error(r[2], 2) end\n"
+    "    return unpack(r, 2, r.n)\n"
+    "  end\n"
+    "end\n";
+
+
+/* Install the wrappers in L's coroutine library (a worker's state). */
+void
+fdp_sched_install_wrappers(lua_State *L)
+{
+    lua_newtable(L);                            /* weak: thread -> bool */
+    lua_newtable(L);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &forward_key);
+    if (luaL_loadbufferx(L, coroutine_wrappers, sizeof(coroutine_wrappers) - 1,
+                         "=[fdpool] coroutine", "t") != LUA_OK) {
+        lua_pop(L, 2);
+        return;
+    }
+    lua_insert(L, -2);
+    lua_pushlightuserdata(L, (void *) &io_yield_key);
+    lua_insert(L, -2);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+        lua_pop(L, 1);
+    }
+}
+
+
+/* Replace "\n\t" in a traceback with " | " so the log keeps one line per
+ * event. Pushes the result. */
+void
+fdp_push_oneline(lua_State *L, const char *s)
+{
+    luaL_Buffer b;
+
+    luaL_buffinit(L, &b);
+    for (; *s; s++) {
+        if (*s == '\n') {
+            luaL_addstring(&b, " | ");
+            while (s[1] == '\t' || s[1] == ' ') {
+                s++;
+            }
+        } else {
+            luaL_addchar(&b, *s);
+        }
+    }
+    luaL_pushresult(&b);
+}
+
+
+/*
+ * The handler is over: it returned (LUA_OK), raised (its error and
+ * traceback are logged), or was cancelled by --timeout while waiting
+ * (TASK_CANCELLED: logged by the caller). Unlinks the task, keeps its
+ * coroutine for reuse, and hands it to the owner's finish.
+ */
+static void
+task_finish(struct fdp_task *t, int status)
+{
+    struct fdp_sched *s = t->s;
+
+    fdp_timer_stop(s->loop, &t->limit);
+    if (status == TASK_CANCELLED) {
+        (void) lua_resetthread(t->co);  /* runs pending <close> */
+    } else if (status != LUA_OK) {
+        const char *msg = lua_tostring(t->co, -1);
+        char peer[80] = "?";
+
+        if (msg == NULL) {
+            msg = luaL_typename(t->co, -1);
+        }
+        s->ops->peer(t, peer, sizeof(peer));
+        luaL_traceback(s->L, t->co, msg, 0);
+        fdp_push_oneline(s->L, lua_tostring(s->L, -1));
+        fdp_log(FDP_LOG_ERROR, 0, "handler error (peer %s): %s", peer,
+                lua_tostring(s->L, -1));
+        lua_pop(s->L, 2);
+        (void) lua_resetthread(t->co);  /* runs pending <close> */
+    }
+    if (t->waiting) {
+        fdp_timer_stop(s->loop, &t->timer);
+        if (t->wobj) {
+            t->wobj->waiter = NULL;
+        }
+    }
+    if (t->prev) {
+        t->prev->next = t->next;
+    } else {
+        s->tasks = t->next;
+    }
+    if (t->next) {
+        t->next->prev = t->prev;
+    }
+    /* Keep the finished coroutine for the next task (a new thread per
+     * connection is an allocation and later a collection): its stack
+     * emptied, any --timeout hook removed. */
+    if (lua_status(t->co) == LUA_OK && s->nspare < (int) FDP_NELEM(s->spare)) {
+        lua_settop(t->co, 0);
+        lua_sethook(t->co, NULL, 0, 0);
+        s->spare[s->nspare++] = t->ref;
+    } else {
+        luaL_unref(s->L, LUA_REGISTRYINDEX, t->ref);
+    }
+    s->active--;
+    s->ops->finish(t);
+}
+
+
+static void
+run_again(struct fdp_loop *loop, struct fdp_timer *timer)
+{
+    struct fdp_task *t = timer->data;
+
+    (void) loop;
+    t->waiting = 0;
+    task_resume(t, 0);
+}
+
+
+static void
+task_resume(struct fdp_task *t, int nargs)
+{
+    struct fdp_sched *s = t->s;
+    struct fdp_task *prev = s->current;
+    int nres = 0, r, limited = s->mem_limited;
+
+    s->current = t;
+    s->mem_limited = s->limit_mem;
+    r = lua_resume(t->co, s->L, nargs, &nres);
+    s->mem_limited = limited;
+    s->current = prev;
+    if (r == LUA_YIELD) {
+        lua_pop(t->co, nres);
+        if (!t->waiting) {
+            /* A bare coroutine.yield() in a handler: run it again on the
+             * next turn of the loop, after the others. */
+            fdp_timer_init(&t->timer, run_again, t);
+            t->waiting = FDP_WAIT_SLEEP;
+            t->wobj = NULL;
+            (void) fdp_timer_start(s->loop, &t->timer, 0);
+        }
+        return;
+    }
+    task_finish(t, r);
+}
+
+
+void
+fdp_task_resume(struct fdp_task *t, int nargs)
+{
+    task_resume(t, nargs);
+}
+
+
+static void
+wait_timeout(struct fdp_loop *loop, struct fdp_timer *timer)
+{
+    struct fdp_task *t = timer->data;
+
+    (void) loop;
+    if (t->wobj) {
+        t->wobj->waiter = NULL;
+    }
+    t->wobj = NULL;
+    t->waiting = 0;
+    t->timed_out = 1;
+    task_resume(t, 0);
+}
+
+
+/* --timeout passed while the handler waits on I/O or sleeps: cancel it
+ * alone, with the traceback of where it waited. */
+static void
+task_limit(struct fdp_loop *loop, struct fdp_timer *timer)
+{
+    struct fdp_task *t = timer->data;
+    struct fdp_sched *s = t->s;
+    char peer[80] = "?";
+
+    (void) loop;
+    s->ops->peer(t, peer, sizeof(peer));
+    luaL_traceback(s->L, t->co, "handler timed out", 0);
+    fdp_push_oneline(s->L, lua_tostring(s->L, -1));
+    fdp_log(FDP_LOG_ERROR, 0, "handler exceeded --timeout %gs (peer %s); "
+            "cancelled: %s", s->timeout, peer, lua_tostring(s->L, -1));
+    lua_pop(s->L, 2);
+    task_finish(t, TASK_CANCELLED);
+}
+
+
+void
+fdp_task_start(struct fdp_sched *s, struct fdp_task *t)
+{
+    lua_State *co;
+
+    if (s->nspare > 0) {
+        t->ref = s->spare[--s->nspare];
+        lua_rawgeti(s->L, LUA_REGISTRYINDEX, t->ref);
+        co = lua_tothread(s->L, -1);
+        lua_pop(s->L, 1);
+    } else {
+        co = lua_newthread(s->L);
+        t->ref = luaL_ref(s->L, LUA_REGISTRYINDEX);
+    }
+    t->co = co;
+    t->s = s;
+    fdp_timer_init(&t->timer, wait_timeout, t);
+    fdp_timer_init(&t->limit, task_limit, t);
+    if (s->timeout > 0) {
+        (void) fdp_timer_start(s->loop, &t->limit,
+                               (uint64_t) (s->timeout * 1000.0));
+    }
+    t->next = s->tasks;
+    if (s->tasks) {
+        s->tasks->prev = t;
+    }
+    s->tasks = t;
+    s->active++;
+}
+
+
+void
+fdp_task_suspend(struct fdp_task *t, uint64_t ms)
+{
+    t->waiting = FDP_WAIT_SLEEP;
+    t->wobj = NULL;
+    t->timed_out = 0;
+    fdp_timer_init(&t->timer, wait_timeout, t);
+    (void) fdp_timer_start(t->s->loop, &t->timer, ms);
+}
+
+
+void
+fdp_task_wake(struct fdp_task *t, int nargs)
+{
+    fdp_timer_stop(t->s->loop, &t->timer);
+    t->waiting = 0;
+    t->timed_out = 0;
+    task_resume(t, nargs);
+}
+
+
+static void
+waitable_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
+{
+    struct fdp_waitable *wt = io->data;
+    struct fdp_task *t = wt->waiter;
+
+    /* Edge-triggered: remember readability even when nobody waits, or
+     * the edge would be lost for a conn whose last read was short. */
+    if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        wt->rready = 1;
+    }
+    if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        wt->rdhup = 1;      /* as nginx's pending_eof */
+    }
+    if (t == NULL) {
+        return;
+    }
+    if (ev & (wt->events | EPOLLHUP | EPOLLERR)) {
+        fdp_timer_stop(loop, &t->timer);
+        wt->waiter = NULL;
+        t->wobj = NULL;
+        t->waiting = 0;
+        t->timed_out = 0;
+        task_resume(t, 0);
+    }
+}
+
+
+/*
+ * The waitable a task waits on is being closed by someone else (another
+ * coroutine, or GC): resume the waiter on the next turn of the loop; its
+ * retried call then sees the closed fd and returns "closed".
+ */
+static void
+wake_waiter(struct fdp_waitable *wt)
+{
+    struct fdp_task *t = wt->waiter;
+
+    wt->waiter = NULL;
+    t->wobj = NULL;
+    fdp_timer_stop(t->s->loop, &t->timer);
+    fdp_timer_init(&t->timer, run_again, t);
+    t->waiting = FDP_WAIT_SLEEP;
+    t->timed_out = 0;
+    (void) fdp_timer_start(t->s->loop, &t->timer, 0);
+}
+
+
+void
+fdp_waitable_unwatch(struct fdp_waitable *wt)
+{
+    if (wt->waiter != NULL) {
+        wake_waiter(wt);
+    }
+    if (wt->io.events != 0 || wt->io.seq != 0) {
+        (void) fdp_loop_del(wt->s->loop, &wt->io);
+        wt->io.seq = 0;
+    }
+}
+
+
+void
+fdp_waitable_forget(struct fdp_waitable *wt)
+{
+    if (wt->waiter != NULL) {
+        wake_waiter(wt);
+    }
+    if (wt->io.seq != 0) {
+        fdp_loop_forget(wt->s->loop, &wt->io);
+        wt->io.seq = 0;
+    }
+}
+
+
+int
+fdp_wait(lua_State *L, struct fdp_waitable *wt, int fd, uint32_t events,
+         uint64_t dl, lua_KContext ctx, lua_KFunction k)
+{
+    struct fdp_task *t = fdp_wait_task(L);
+    uint64_t now = fdp_now_ms();
+
+    if (t != NULL && wt->s != NULL) {
+        if (wt->waiter != NULL) {
+            return luaL_error(L, "connection already waited on by another "
+                              "coroutine");
+        }
+        if (wt->io.seq == 0) {
+            wt->io.fd = fd;
+            wt->io.cb = waitable_io;
+            wt->io.data = wt;
+            if (fdp_loop_add(wt->s->loop, &wt->io,
+                             EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0) {
+                return luaL_error(L, "epoll_ctl() failed: %s",
+                                  strerror(errno));
+            }
+        }
+        wt->waiter = t;
+        wt->events = events;
+        t->wobj = wt;
+        t->waiting = events;
+        t->timed_out = 0;
+        fdp_timer_init(&t->timer, wait_timeout, t);
+        if (dl) {
+            (void) fdp_timer_start(wt->s->loop, &t->timer,
+                                   dl > now ? dl - now : 0);
+        }
+        return fdp_task_yield(L, t, ctx, k);
+    } else {
+        struct pollfd pfd;
+        int ms, r;
+
+        pfd.fd = fd;
+        pfd.events = (short) ((events & EPOLLIN ? POLLIN : 0)
+                              | (events & EPOLLOUT ? POLLOUT : 0));
+        do {
+            now = fdp_now_ms();
+            ms = !dl ? -1 : dl > now ? (int) (dl - now) : 0;
+            r = poll(&pfd, 1, ms);
+        } while (r < 0 && errno == EINTR);
+        if (r > 0) {
+            wt->rready = 1;
+        }
+        return r > 0;
+    }
+}
+
+
+int
+fdp_wait_timed_out(lua_State *L)
+{
+    int nested;
+    struct fdp_task *t = task_of(L, &nested);
+
+    return t != NULL && t->timed_out;
+}
+
+
+static int
+sleep_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void) L;
+    (void) status;
+    (void) ctx;
+    return 0;
+}
+
+
+int
+fdp_sleep(lua_State *L, lua_Number s)
+{
+    struct fdp_task *t = fdp_wait_task(L);
+
+    if (s < 0) {
+        s = 0;
+    }
+    if (t != NULL) {
+        t->waiting = FDP_WAIT_SLEEP;
+        t->wobj = NULL;
+        t->timed_out = 0;
+        (void) fdp_timer_start(t->s->loop, &t->timer,
+                               (uint64_t) (s * 1000.0 + 0.5));
+        return fdp_task_yield(L, t, 0, sleep_k);
+    } else {
+        struct timespec ts;
+
+        ts.tv_sec = (time_t) s;
+        ts.tv_nsec = (long) ((s - (lua_Number) ts.tv_sec) * 1e9);
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,127 @@
+/*
+ * task.h - the worker's coroutine scheduler (task.c), as
+ * lua-nginx-module's cosocket core: a task is one coroutine running a
+ * handler; a waitable is what it waits on (a conn embeds one; an outbound
+ * socket or a timer can next). I/O that would block yields the task to
+ * the loop; where yielding is impossible (top level, init, a plain
+ * program) the wait blocks in poll() instead.
+ *
+ * The scheduler knows no conn, channel or master: what the handler's end
+ * means (close the connection, report it) and what parking is belong to
+ * the owner, which fills struct fdp_task_ops.
+ */
+#ifndef FDP_TASK_H
+#define FDP_TASK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+#include "loop.h"
+
+#define FDP_WAIT_SLEEP  0x80000000u
+
+struct fdp_sched;
+struct fdp_task;
+
+/* Something a task can wait on: an fd watched edge-triggered in the
+ * scheduler's loop (registered at the first wait). */
+struct fdp_waitable {
+    struct fdp_io io;
+    struct fdp_sched *s;        /* NULL: waits block in poll() */
+    struct fdp_task *waiter;    /* task blocked on it */
+    uint32_t events;            /* what the waiter waits for */
+    int rready;                 /* no short read since the last EPOLLIN:
+                                   worth a read() before waiting */
+    int rdhup;                  /* the peer's FIN (or an error) was seen:
+                                   a short read no longer means drained */
+};
+
+/* What the owner of the tasks does at their edges. */
+struct fdp_task_ops {
+    /* The peer of the task, for log lines. */
+    void (*peer)(struct fdp_task *t, char *out, size_t n);
+    /* The handler is over (its coroutine done and reset, t unlinked):
+     * the owner's bookkeeping; it frees t. */
+    void (*finish)(struct fdp_task *t);
+    /* Hand fd (the task's own connection, with its counters) back to
+     * the master: 0 (fd is the channel's now) or -errno. */
+    int (*park)(struct fdp_task *t, int fd, uint64_t bytes_in,
+                uint64_t bytes_out, uint32_t idle_ms);
+};
+
+struct fdp_task {
+    lua_State *co;
+    int ref;                    /* the thread, in the registry */
+    struct fdp_sched *s;
+    void *data;                 /* the owner's: the object it serves */
+    struct fdp_timer timer;     /* wait deadline or sleep */
+    uint32_t waiting;           /* events waited for, 0 = runnable */
+    struct fdp_waitable *wobj;  /* waitable waited on */
+    int timed_out;
+    struct fdp_timer limit;     /* --timeout for the whole handler */
+    struct fdp_task *prev, *next;
+};
+
+struct fdp_sched {
+    lua_State *L;
+    struct fdp_loop *loop;
+    const struct fdp_task_ops *ops;
+    double timeout;             /* --timeout, seconds, 0: none */
+    struct fdp_task *tasks;
+    struct fdp_task *current;   /* the task being resumed */
+    int active;                 /* tasks alive */
+    int nspare;                 /* finished coroutines kept for reuse */
+    int spare[64];              /* their registry refs */
+    int limit_mem;              /* set mem_limited while a task runs */
+    int mem_limited;            /* handler code runs: the owner's
+                                   allocator refuses growth past its limit */
+};
+
+/* Make s the scheduler of L's tasks (a registry entry), and install the
+ * coroutine.resume/wrap that pass a nested coroutine's waits up. */
+void fdp_sched_register(lua_State *L, struct fdp_sched *s);
+void fdp_sched_install_wrappers(lua_State *L);
+
+/* Start t (zeroed by the caller, or its container) on a coroutine of
+ * its own, and link it. The caller pushes the function and its
+ * arguments on t->co, then calls fdp_task_resume. */
+void fdp_task_start(struct fdp_sched *s, struct fdp_task *t);
+void fdp_task_resume(struct fdp_task *t, int nargs);
+
+/* The task L runs in (its own coroutine), or NULL. */
+struct fdp_task *fdp_current_task(lua_State *L);
+/* The task for a wait from L (own or nested coroutine), or NULL when L
+ * must block instead. */
+struct fdp_task *fdp_wait_task(lua_State *L);
+int fdp_task_yield(lua_State *L, struct fdp_task *t, lua_KContext ctx,
+                   lua_KFunction k);
+/* Suspend t (no I/O) until fdp_task_wake or ms pass (then it resumes
+ * timed out); the caller yields. */
+void fdp_task_suspend(struct fdp_task *t, uint64_t ms);
+void fdp_task_wake(struct fdp_task *t, int nargs);
+
+/*
+ * Wait until fd (watched through wt) is ready for `events` or
+ * deadline_ms (fdp_now_ms() time, 0: none) passes. In a task this yields
+ * and the continuation k runs later: it asks fdp_wait_timed_out().
+ * Elsewhere it blocks in poll() and returns 1 when ready, 0 on timeout.
+ * Edge-triggered: call only after EAGAIN.
+ */
+int fdp_wait(lua_State *L, struct fdp_waitable *wt, int fd, uint32_t events,
+             uint64_t deadline_ms, lua_KContext ctx, lua_KFunction k);
+int fdp_wait_timed_out(lua_State *L);
+/* wt's fd is being closed by its owner: resume its waiter (which then
+ * sees it closed) and stop watching it; unwatch with epoll_ctl, forget
+ * without a syscall (the fd is about to close). */
+void fdp_waitable_unwatch(struct fdp_waitable *wt);
+void fdp_waitable_forget(struct fdp_waitable *wt);
+
+/* fdpool.sleep: yield the task for s seconds, or block outside one. */
+int fdp_sleep(lua_State *L, lua_Number s);
+
+/* Push s with each "\n\t" of a traceback as " | " (one log line). */
+void fdp_push_oneline(lua_State *L, const char *s);
+
+#endif
