@@ -102,3 +102,21 @@ fdp_fd_fileno(lua_State *L, int idx)
                           "fdpool.conn");
 }
 
+
+
+int
+fdp_errmsg(lua_State *L, int traceback)
+{
+    const char *msg = lua_tostring(L, 1);
+
+    if (msg == NULL) {
+        msg = lua_pushfstring(L, "(error object is a %s value)",
+                              luaL_typename(L, 1));
+    }
+    if (traceback) {
+        luaL_traceback(L, L, msg, 1);
+    } else {
+        lua_pushstring(L, msg);
+    }
+    return 1;
+}

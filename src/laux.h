@@ -37,4 +37,9 @@ int fdp_fd_fileno(lua_State *L, int idx);
 void fdp_createmeta(lua_State *L, const char *name, const luaL_Reg *meta,
                     const luaL_Reg *methods);
 
+/* The body of a lua_pcall message handler: the error object at index 1
+ * as a string (naming its type when it is not one), with a traceback if
+ * `traceback` is set. Returns 1. */
+int fdp_errmsg(lua_State *L, int traceback);
+
 #endif

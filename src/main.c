@@ -4,6 +4,7 @@
  * escape it print as one line, "pool: message", with exit code 1.
  */
 #include "fdp.h"
+#include "laux.h"
 #include "lfdpool.h"
 
 #include <signal.h>
@@ -18,18 +19,7 @@
 static int
 msgh(lua_State *L)
 {
-    const char *msg = lua_tostring(L, 1);
-
-    if (msg == NULL) {
-        msg = lua_pushfstring(L, "(error object is a %s value)",
-                              luaL_typename(L, 1));
-    }
-    if (getenv("FDPOOL_DEBUG")) {
-        luaL_traceback(L, L, msg, 1);
-    } else {
-        lua_pushstring(L, msg);
-    }
-    return 1;
+    return fdp_errmsg(L, getenv("FDPOOL_DEBUG") != NULL);
 }
 
 

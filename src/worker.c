@@ -543,14 +543,7 @@ fail(struct fdp_wctx *w, const char *msg)
 static int
 msgh(lua_State *L)
 {
-    const char *msg = lua_tostring(L, 1);
-
-    if (msg == NULL) {
-        msg = lua_pushfstring(L, "(error object is a %s value)",
-                              luaL_typename(L, 1));
-    }
-    luaL_traceback(L, L, msg, 1);
-    return 1;
+    return fdp_errmsg(L, 1);
 }
 
 
