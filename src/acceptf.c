@@ -11,6 +11,7 @@
 #include "acceptf.h"
 #include "proxy.h"
 
+#include <errno.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,7 +51,7 @@ struct fdp_acceptf {
 enum { AF_WAIT, AF_READY, AF_CLOSED };
 
 
-/* "none", "data", "http" -> the mode, or -1. */
+/* "none", "data", "http" -> the mode (>= 0), or -EINVAL. */
 int
 fdp_acceptf_parse(const char *s)
 {
@@ -63,7 +64,7 @@ fdp_acceptf_parse(const char *s)
     if (strcmp(s, "http") == 0) {
         return FDP_AF_HTTP;
     }
-    return -1;
+    return -EINVAL;
 }
 
 
@@ -166,8 +167,8 @@ ip_counted(struct fdp_pool *p, uint32_t listener)
 
 
 /*
- * A connection from ss accepted on listener: count it. Returns 0, or -1
- * when the address already has --max-conns-per-ip connections (counted
+ * A connection from ss accepted on listener: count it. Returns 0, or
+ * -EUSERS when the address already has --max-conns-per-ip connections (counted
  * as a per-ip close; the caller closes it). Connections of `proxy`
  * listeners and unix sockets are not counted.
  */
@@ -186,7 +187,7 @@ fdp_acceptf_ip_take(struct fdp_pool *p, const struct sockaddr_storage *ss,
     np = ip_find(af, key);
     if (*np && (*np)->count >= (uint32_t) p->max_conns_per_ip) {
         p->af_closed[FDP_AF_PER_IP]++;
-        return -1;
+        return -EUSERS;
     }
     if (*np == NULL) {
         *np = calloc(1, sizeof(**np));

@@ -24,8 +24,8 @@
 
 /*
  * Parse HOST:PORT, [V6]:PORT or unix:PATH into a sockaddr. HOST may be a
- * name (resolved now), "*" or empty for any address. Returns 0 or -1 with
- * a reason in err.
+ * name (resolved now), "*" or empty for any address. Returns 0, or
+ * -EINVAL with a reason in err.
  */
 int
 fdp_parse_addr(const char *addr, struct sockaddr_storage *ss,
@@ -46,7 +46,7 @@ fdp_parse_addr(const char *addr, struct sockaddr_storage *ss,
         if (n == 0 || n >= sizeof(un->sun_path)) {
             snprintf(err, errlen, "bad address '%s': unix socket path "
                      "must be 1 to %zu bytes", addr, sizeof(un->sun_path) - 1);
-            return -1;
+            return -EINVAL;
         }
         un->sun_family = AF_UNIX;
         memcpy(un->sun_path, addr + 5, n + 1);
@@ -59,7 +59,7 @@ fdp_parse_addr(const char *addr, struct sockaddr_storage *ss,
         if (rb == NULL || rb[1] != ':' || (size_t) (rb - addr - 1) >= sizeof(host)) {
             snprintf(err, errlen, "bad address '%s': expected [IPV6]:PORT",
                      addr);
-            return -1;
+            return -EINVAL;
         }
         memcpy(host, addr + 1, (size_t) (rb - addr - 1));
         host[rb - addr - 1] = '\0';
@@ -69,7 +69,7 @@ fdp_parse_addr(const char *addr, struct sockaddr_storage *ss,
         if (colon == NULL || (size_t) (colon - addr) >= sizeof(host)) {
             snprintf(err, errlen, "bad address '%s': expected HOST:PORT, "
                      "[IPV6]:PORT or unix:PATH", addr);
-            return -1;
+            return -EINVAL;
         }
         memcpy(host, addr, (size_t) (colon - addr));
         host[colon - addr] = '\0';
@@ -77,7 +77,7 @@ fdp_parse_addr(const char *addr, struct sockaddr_storage *ss,
         if (strchr(host, ':') != NULL) {
             snprintf(err, errlen, "bad address '%s': put IPv6 addresses "
                      "in brackets, as [::1]:8080", addr);
-            return -1;
+            return -EINVAL;
         }
     }
     errno = 0;
@@ -85,7 +85,7 @@ fdp_parse_addr(const char *addr, struct sockaddr_storage *ss,
     if (*port == '\0' || *end != '\0' || errno || pn < 0 || pn > 65535) {
         snprintf(err, errlen, "bad address '%s': port must be a number "
                  "from 0 to 65535", addr);
-        return -1;
+        return -EINVAL;
     }
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
@@ -96,7 +96,7 @@ fdp_parse_addr(const char *addr, struct sockaddr_storage *ss,
     if (r != 0 || res == NULL) {
         snprintf(err, errlen, "bad address '%s': %s", addr,
                  r ? gai_strerror(r) : "no address");
-        return -1;
+        return -EINVAL;
     }
     memcpy(ss, res->ai_addr, res->ai_addrlen);
     *len = res->ai_addrlen;
@@ -178,14 +178,14 @@ fdp_unix_reclaim(const char *path)
  * only, is enough: once listening, a socket answers connect(), so the next
  * reclaim sees it live. Waits up to 5 s for the lock, then goes on
  * without it (as before). Returns the locked directory's fd (close it to
- * unlock), or -1.
+ * unlock), or -errno (-EWOULDBLOCK when the wait ran out).
  */
 int
 fdp_unix_lock_dir(const char *path)
 {
     char dir[sizeof(((struct sockaddr_un *) 0)->sun_path)];
     char *slash;
-    int fd, i;
+    int fd, i, r;
 
     snprintf(dir, sizeof(dir), "%s", path);
     slash = strrchr(dir, '/');
@@ -198,7 +198,7 @@ fdp_unix_lock_dir(const char *path)
     }
     fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) {
-        return -1;
+        return -errno;
     }
     for (i = 0; i < 500; i++) {
         struct timespec ts = { 0, 10 * 1000 * 1000 };
@@ -207,12 +207,14 @@ fdp_unix_lock_dir(const char *path)
             return fd;
         }
         if (errno != EWOULDBLOCK && errno != EINTR) {
-            break;
+            r = -errno;
+            fdp_close(&fd);
+            return r;
         }
         (void) nanosleep(&ts, NULL);
     }
     fdp_close(&fd);
-    return -1;
+    return -EWOULDBLOCK;
 }
 
 

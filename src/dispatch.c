@@ -504,7 +504,7 @@ proxywait_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         return;
     }
-    r = n > 0 ? fdp_proxy_parse(buf, (size_t) n, &src, &slen) : -1;
+    r = n > 0 ? fdp_proxy_parse(buf, (size_t) n, &src, &slen) : -EINVAL;
     if (r == 0 && (size_t) n < sizeof(buf)) {
         return;                     /* wait for the rest */
     }

@@ -149,7 +149,7 @@ opt_limits(lua_State *L, struct fdp_pool *p)
 
         p->accept_filter = strcmp(af, "auto") == 0 ? FDP_AF_AUTO
                            : fdp_acceptf_parse(af);
-        luaL_argcheck(L, p->accept_filter != -1 || strcmp(af, "auto") == 0,
+        luaL_argcheck(L, p->accept_filter >= 0 || strcmp(af, "auto") == 0,
                       1, "accept_filter must be none, data, http or auto");
     }
     lua_pop(L, 1);

@@ -2,7 +2,7 @@
  * proxy.c - parse a PROXY protocol header at the start of a connection.
  * Returns the header's length (> 0) with the client's address in *src
  * (*len = 0 for LOCAL/UNKNOWN: keep the real peer), 0 when more bytes
- * are needed, -1 when it is not a valid header. Never reads past n.
+ * are needed, -EINVAL when it is not a valid header. Never reads past n.
  * Also the accept filter's test for a complete HTTP request head. Both
  * are pure functions over bytes the master peeked at, so they are fuzzed
  * and unit-tested.
@@ -10,6 +10,7 @@
 #include "proxy.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,16 +27,16 @@ parse_port(const char *s, size_t n, uint16_t *port)
     size_t i;
 
     if (n == 0 || n > 5 || (n > 1 && s[0] == '0')) {
-        return -1;
+        return -EINVAL;
     }
     for (i = 0; i < n; i++) {
         if (s[i] < '0' || s[i] > '9') {
-            return -1;
+            return -EINVAL;
         }
         v = v * 10 + (unsigned long) (s[i] - '0');
     }
     if (v > 65535) {
-        return -1;
+        return -EINVAL;
     }
     *port = (uint16_t) v;
     return 0;
@@ -57,7 +58,7 @@ parse_v1(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
         return n >= 107 ? -1 : 0;
     }
     if (end == s || end[-1] != '\r') {
-        return -1;
+        return -EINVAL;
     }
     /* Split the line (without CR LF) on single spaces; a seventh field
      * makes k 7 and the header invalid. */
@@ -75,7 +76,7 @@ parse_v1(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
         }
     }
     if (k < 2 || fl[0] != 5 || memcmp(f[0], "PROXY", 5) != 0) {
-        return -1;
+        return -EINVAL;
     }
     if (fl[1] == 7 && memcmp(f[1], "UNKNOWN", 7) == 0) {
         *len = 0;
@@ -83,12 +84,12 @@ parse_v1(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
     }
     if (k != 6 || fl[1] != 4 || (memcmp(f[1], "TCP4", 4) != 0
                                  && memcmp(f[1], "TCP6", 4) != 0)) {
-        return -1;
+        return -EINVAL;
     }
     if (fl[2] == 0 || fl[2] >= sizeof(ip) || fl[3] == 0 || fl[3] >= sizeof(ip)
         || parse_port(f[4], fl[4], &port) < 0
         || parse_port(f[5], fl[5], &port) < 0) {
-        return -1;
+        return -EINVAL;
     }
     /* The destination must be an address of the same family too. */
     {
@@ -97,7 +98,7 @@ parse_v1(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
         memcpy(ip, f[3], fl[3]);
         ip[fl[3]] = '\0';
         if (inet_pton(f[1][3] == '4' ? AF_INET : AF_INET6, ip, dst) != 1) {
-            return -1;
+            return -EINVAL;
         }
     }
     (void) parse_port(f[4], fl[4], &port);
@@ -108,7 +109,7 @@ parse_v1(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
         struct sockaddr_in *in = (struct sockaddr_in *) src;
 
         if (inet_pton(AF_INET, ip, &in->sin_addr) != 1) {
-            return -1;
+            return -EINVAL;
         }
         in->sin_family = AF_INET;
         in->sin_port = htons(port);
@@ -117,7 +118,7 @@ parse_v1(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
         struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) src;
 
         if (inet_pton(AF_INET6, ip, &in6->sin6_addr) != 1) {
-            return -1;
+            return -EINVAL;
         }
         in6->sin6_family = AF_INET6;
         in6->sin6_port = htons(port);
@@ -142,7 +143,7 @@ parse_v2(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
     alen = ((size_t) buf[14] << 8) | buf[15];
     total = 16 + alen;
     if ((ver_cmd & 0xF0) != 0x20 || total > FDP_PROXY_MAX) {
-        return -1;
+        return -EINVAL;
     }
     if (n < total) {
         return 0;
@@ -153,13 +154,13 @@ parse_v2(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
         return (int) total;
     }
     if ((ver_cmd & 0x0F) != 0x01) {
-        return -1;
+        return -EINVAL;
     }
     if (fam == 0x11) {                      /* TCP over IPv4 */
         struct sockaddr_in *in = (struct sockaddr_in *) src;
 
         if (alen < 12) {
-            return -1;
+            return -EINVAL;
         }
         in->sin_family = AF_INET;
         memcpy(&in->sin_addr, buf + 16, 4);
@@ -169,7 +170,7 @@ parse_v2(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
         struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) src;
 
         if (alen < 36) {
-            return -1;
+            return -EINVAL;
         }
         in6->sin6_family = AF_INET6;
         memcpy(&in6->sin6_addr, buf + 16, 16);
@@ -197,7 +198,7 @@ fdp_proxy_parse(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
     if (memcmp(buf, "PROXY ", n < 6 ? n : 6) == 0) {
         return n < 6 ? 0 : parse_v1(buf, n, src, len);
     }
-    return -1;
+    return -EINVAL;
 }
 
 
