@@ -5,11 +5,13 @@
 #ifndef FDP_CTLPROTO_H
 #define FDP_CTLPROTO_H
 
+#include <errno.h>
 #include <stddef.h>
 
+/* fdp_ctl_parse returns a command (> 0), or FDP_CTL_BAD (-EINVAL). */
 enum fdp_ctl_cmd {
-    FDP_CTL_BAD = 0,
-    FDP_CTL_STATUS,
+    FDP_CTL_BAD = -EINVAL,
+    FDP_CTL_STATUS = 1,
     FDP_CTL_STATUS_JSON,
     FDP_CTL_STOP,
     FDP_CTL_STOP_GRACEFUL,

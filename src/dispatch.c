@@ -106,12 +106,14 @@ held_timeout(struct fdp_loop *loop, struct fdp_timer *t)
 
 
 /* Watch h (h->c filled in) for events, with a deadline of ms, and put it
- * on its list. Returns 0, or -1 (h not linked, its fd still open). */
+ * on its list. Returns 0, or -errno from fdp_loop_add (h not linked, its
+ * fd still open). */
 static int
 held_start(struct fdp_pool *p, struct fdp_held *h, int kind,
            fdp_io_cb cb, uint32_t events, uint64_t ms)
 {
     struct fdp_held **list;
+    int r;
 
     h->kind = kind;
     h->pool = p;
@@ -119,8 +121,9 @@ held_start(struct fdp_pool *p, struct fdp_held *h, int kind,
     h->io.cb = cb;
     h->io.data = h;
     fdp_timer_init(&h->timer, held_timeout, h);
-    if (fdp_loop_add(&p->loop, &h->io, events) < 0) {
-        return -1;
+    r = fdp_loop_add(&p->loop, &h->io, events);
+    if (r < 0) {
+        return r;
     }
     (void) fdp_timer_start(&p->loop, &h->timer, ms);
     list = held_list(p, h);
@@ -210,6 +213,7 @@ worker_can_take(const struct fdp_worker *w)
 }
 
 
+/* The first worker that can take a connection, or -EAGAIN: none now. */
 static int
 first_free(struct fdp_pool *p)
 {
@@ -220,7 +224,7 @@ first_free(struct fdp_pool *p)
             return i;
         }
     }
-    return -1;
+    return -EAGAIN;
 }
 
 
@@ -377,8 +381,8 @@ log_fallback(struct fdp_pool *p, const char *why)
 
 /*
  * The dispatch decision for c, shared by the master and fdpool.sim: the
- * policy's pick, checked. Returns a worker index, or -1 to keep c queued.
- * *fallback is set when the policy failed and first_free chose.
+ * policy's pick, checked. Returns a worker index, or -EAGAIN to keep c
+ * queued. *fallback is set when the policy failed and first_free chose.
  */
 int
 fdp_pool_choose(struct fdp_pool *p, const struct fdp_pending *c,
@@ -387,19 +391,19 @@ fdp_pool_choose(struct fdp_pool *p, const struct fdp_pending *c,
     int idx = fdp_policy_pick(p, c);
 
     *fallback = 0;
-    if (idx == -1) {
-        return -1;
+    if (idx == -EAGAIN) {
+        return -EAGAIN;
     }
     if (idx >= 0 && !worker_can_take(&p->workers[idx])) {
         /* A full or unready pick when someone else has room is the
          * policy's mistake; when nobody has room, keep it queued. */
         if (first_free(p) < 0) {
-            return -1;
+            return -EAGAIN;
         }
         log_fallback(p, "picked a worker that cannot take a connection");
-        idx = -2;
+        idx = -EINVAL;
     }
-    if (idx == -2) {
+    if (idx == -EINVAL) {
         *fallback = 1;
         idx = first_free(p);
     }

@@ -13,6 +13,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -418,14 +419,31 @@ valid_name(const char *s)
 }
 
 
+/* A Lua status as -errno: out of memory, a file that cannot be read
+ * (e: errno from the load), or else bad code (-EINVAL). */
+static int
+lua_errno(int status, int e)
+{
+    if (status == LUA_ERRMEM) {
+        return -ENOMEM;
+    }
+    if (status == LUA_ERRFILE) {
+        return -(e > 0 ? e : EIO);
+    }
+    return -EINVAL;
+}
+
+
 /*
  * Load policy `spec` (a built-in name or a .lua file) into S and leave
- * its pick function on the stack. Returns 0 or -1 with err set.
+ * its pick function on the stack. Returns 0, or -errno (-EINVAL for an
+ * unknown name or bad code, the open's errno for a file that cannot be
+ * read) with err set.
  */
 static int
 load_policy(lua_State *S, const char *spec, char *err, size_t errlen)
 {
-    int r;
+    int r, e = 0;
 
     if (strchr(spec, '/') == NULL && strstr(spec, ".lua") == NULL) {
         char mod[160];
@@ -438,18 +456,20 @@ load_policy(lua_State *S, const char *spec, char *err, size_t errlen)
             snprintf(err, errlen, "unknown policy '%s' (built in: first_free, "
                      "round_robin, least_conn, ip_hash; or a path to a "
                      ".lua file)", spec);
-            return -1;
+            return -EINVAL;
         }
         lua_pushfstring(S, "=policy %s", spec);
         r = luaL_loadbufferx(S, src, len, lua_tostring(S, -1), "t");
         lua_remove(S, -2);
     } else {
+        errno = 0;
         r = luaL_loadfilex(S, spec, "t");
+        e = errno;
     }
     if (r != LUA_OK) {
         snprintf(err, errlen, "cannot load policy: %s", lua_tostring(S, -1));
         lua_pop(S, 1);
-        return -1;
+        return lua_errno(r, e);
     }
     lua_sethook(S, budget_hook, LUA_MASKCOUNT, POLICY_BUDGET * 10);
     r = lua_pcall(S, 0, 1, 0);
@@ -458,7 +478,7 @@ load_policy(lua_State *S, const char *spec, char *err, size_t errlen)
         snprintf(err, errlen, "policy %s failed: %s", spec,
                  lua_tostring(S, -1));
         lua_pop(S, 1);
-        return -1;
+        return lua_errno(r, 0);
     }
     if (lua_istable(S, -1)) {
         lua_getfield(S, -1, "pick");
@@ -468,7 +488,7 @@ load_policy(lua_State *S, const char *spec, char *err, size_t errlen)
         snprintf(err, errlen, "policy %s must return a function "
                  "pick(workers, conn) (got %s)", spec, luaL_typename(S, -1));
         lua_pop(S, 1);
-        return -1;
+        return -EINVAL;
     }
     return 0;
 }
@@ -479,10 +499,11 @@ fdp_policy_open(struct fdp_pool *p, char *err, size_t errlen)
 {
     struct fdp_policy *pol = calloc(1, sizeof(*pol));
     const char *spec = p->policy_name ? p->policy_name : "least_conn";
+    int r;
 
     if (pol == NULL) {
         snprintf(err, errlen, "out of memory");
-        return -1;
+        return -ENOMEM;
     }
     if (p->policy_ref != LUA_NOREF && p->L != NULL) {
         pol->S = p->L;
@@ -493,14 +514,15 @@ fdp_policy_open(struct fdp_pool *p, char *err, size_t errlen)
         if (pol->S == NULL) {
             free(pol);
             snprintf(err, errlen, "cannot create the policy's Lua state");
-            return -1;
+            return -ENOMEM;
         }
         pol->own = 1;
         open_sandbox_libs(pol->S);
-        if (load_policy(pol->S, spec, err, errlen) < 0) {
+        r = load_policy(pol->S, spec, err, errlen);
+        if (r < 0) {
             lua_close(pol->S);
             free(pol);
-            return -1;
+            return r;
         }
         snprintf(pol->name, sizeof(pol->name), "%s", spec);
     }
@@ -524,7 +546,7 @@ fdp_policy_check(lua_State *L, const char *spec, char *err, size_t errlen)
     S = lua_newstate(sandbox_alloc, &pol);
     if (S == NULL) {
         snprintf(err, errlen, "cannot create the policy's Lua state");
-        return -1;
+        return -ENOMEM;
     }
     open_sandbox_libs(S);
     r = load_policy(S, spec, err, errlen);
@@ -603,9 +625,10 @@ fdp_policy_flush_log(struct fdp_pool *p)
 
 
 /*
- * Ask the policy for a worker for c. Returns a 0-based worker index, -1
- * for "keep it queued" (nil), or -2 when the policy failed (raised,
- * looped, returned nonsense): the caller falls back to first_free.
+ * Ask the policy for a worker for c. Returns a 0-based worker index,
+ * -EAGAIN for "keep it queued" (nil), or -EINVAL when the policy failed
+ * (raised, looped, returned nonsense): the caller falls back to
+ * first_free.
  */
 int
 fdp_policy_pick(struct fdp_pool *p, const struct fdp_pending *c)
@@ -629,11 +652,11 @@ fdp_policy_pick(struct fdp_pool *p, const struct fdp_pending *c)
         p->fallbacks++;
         log_policy_error(p, msg ? msg : "error object is not a string");
         lua_settop(S, top);
-        return -2;
+        return -EINVAL;
     }
     if (lua_isnil(S, -1)) {
         lua_settop(S, top);
-        return -1;
+        return -EAGAIN;
     }
     i = lua_tointegerx(S, -1, &isnum);
     if (!isnum || i < 1 || i > p->nworkers) {
@@ -646,7 +669,7 @@ fdp_policy_pick(struct fdp_pool *p, const struct fdp_pending *c)
         p->fallbacks++;
         log_policy_error(p, msg);
         lua_settop(S, top);
-        return -2;
+        return -EINVAL;
     }
     lua_settop(S, top);
     return (int) i - 1;
@@ -687,7 +710,7 @@ fdp_script_load(lua_State *L, const char *path, const char *src, size_t len)
  * For `pool reload`: the handler script's new text must still compile
  * (checked in a scratch state, so a syntax error is refused at once).
  * Its top level and `init` run only in the new workers, never in the
- * master. 0 or -1 with err.
+ * master. 0, or -errno with err (-EINVAL: it does not compile).
  */
 int
 fdp_script_check(struct fdp_pool *p, const char *src, size_t len, char *err,
@@ -698,11 +721,12 @@ fdp_script_check(struct fdp_pool *p, const char *src, size_t len, char *err,
 
     if (L == NULL) {
         snprintf(err, errlen, "cannot create a Lua state");
-        return -1;
+        return -ENOMEM;
     }
-    if (fdp_script_load(L, p->script, src, len) != LUA_OK) {
+    r = fdp_script_load(L, p->script, src, len);
+    if (r != LUA_OK) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
-        r = -1;
+        r = lua_errno(r, 0);
     }
     lua_close(L);
     return r;

@@ -3,6 +3,7 @@
  * parser: never reads past n, accepts only the documented commands.
  */
 #include <assert.h>
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -21,6 +22,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else {
         assert(arg == 0);
     }
+    assert(cmd == -EINVAL || (cmd >= FDP_CTL_STATUS
+                              && cmd <= FDP_CTL_STATUS_LUA));
     if (cmd != FDP_CTL_BAD) {
         assert(memchr(data, '\0', size) == NULL);
     }
