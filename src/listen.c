@@ -22,7 +22,7 @@
 
 
 /* ADDR[,reuseport][,proxy][,filter=MODE]: the options into l, ADDR into
- * host (FDP_ADDR_MAX bytes). 0 or -1 with p->error set. */
+ * host (FDP_ADDR_MAX bytes). 0, or -EINVAL with p->error set. */
 static int
 parse_options(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
               char *host)
@@ -31,7 +31,7 @@ parse_options(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
 
     if (strlen(addr) >= FDP_ADDR_MAX) {
         snprintf(p->error, sizeof(p->error), "listen address too long");
-        return -1;
+        return -EINVAL;
     }
     l->proxy = l->reuseport = 0;
     l->filter = FDP_AF_AUTO;
@@ -54,7 +54,7 @@ parse_options(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
             snprintf(p->error, sizeof(p->error), "bad address '%s': "
                      "unknown option '%s' (expected reuseport, proxy, "
                      "filter=none|data|http)", addr, tok);
-            return -1;
+            return -EINVAL;
         }
     }
     return 0;
@@ -62,7 +62,8 @@ parse_options(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
 
 
 /* Bind and listen now (before any fork), so a port in use fails the start
- * at once. Returns 0 or -1 with p->error set. */
+ * at once. Returns 0, or -errno with p->error set: -EINVAL for a bad
+ * address or option, else the failing call's (-EADDRINUSE, -EACCES...). */
 int
 fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
 {
@@ -75,14 +76,16 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
     if (p->nlisten == FDP_MAX_LISTEN) {
         snprintf(p->error, sizeof(p->error), "too many listen addresses "
                  "(at most %d)", FDP_MAX_LISTEN);
-        return -1;
+        return -EINVAL;
     }
     char host[FDP_ADDR_MAX];
 
     l = &p->listeners[p->nlisten];
-    if (parse_options(p, l, addr, host) < 0
-        || fdp_parse_addr(host, &ss, &len, p->error, sizeof(p->error)) < 0) {
-        return -1;
+    r = parse_options(p, l, addr, host);
+    if (r < 0
+        || (r = fdp_parse_addr(host, &ss, &len, p->error,
+                               sizeof(p->error))) < 0) {
+        return r;
     }
     snprintf(l->addr, sizeof(l->addr), "%s", addr);
     l->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -141,8 +144,9 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
     return 0;
 
 fail:
+    r = -errno;
     snprintf(p->error, sizeof(p->error), "cannot listen on %s: %s failed "
-             "(%s)", addr, what, strerror(errno));
+             "(%s)", addr, what, strerror(-r));
     fdp_close(&dirlock);
     if (l->unix_path) {
         fdp_unlink_own(l->unix_path, l->path_dev, l->path_ino);
@@ -150,14 +154,15 @@ fail:
         l->unix_path = NULL;
     }
     fdp_close(&l->fd);
-    return -1;
+    return r;
 }
 
 
 /*
  * Adopt an already listening socket (systemd socket activation): made
  * non-blocking and CLOEXEC; name is its LISTEN_FDNAMES entry or NULL.
- * Returns 0 or -1 with p->error set.
+ * Returns 0, or -errno with p->error set (-EINVAL: too many, or not a
+ * listening stream socket; the failing call's when it is no socket).
  */
 int
 fdp_pool_add_fd(struct fdp_pool *p, int fd, const char *name)
@@ -170,15 +175,16 @@ fdp_pool_add_fd(struct fdp_pool *p, int fd, const char *name)
 
     if (p->nlisten == FDP_MAX_LISTEN) {
         snprintf(p->error, sizeof(p->error), "too many listen sockets");
-        return -1;
+        return -EINVAL;
     }
+    errno = EINVAL;                 /* unless a call below fails */
     if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &olen) < 0
         || type != SOCK_STREAM
         || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &olen) < 0 || !acc
         || getsockname(fd, (struct sockaddr *) &ss, &len) < 0) {
         snprintf(p->error, sizeof(p->error), "inherited fd %d is not a "
                  "listening stream socket", fd);
-        return -1;
+        return -errno;
     }
     (void) fdp_set_nonblock(fd, 1);
     (void) fcntl(fd, F_SETFD, FD_CLOEXEC);
@@ -204,7 +210,7 @@ fdp_pool_add_fd(struct fdp_pool *p, int fd, const char *name)
  * systemd socket activation: when LISTEN_PID is us, adopt fds 3 ..
  * 3 + LISTEN_FDS - 1 (named by LISTEN_FDNAMES) and unset the variables
  * so workers and children do not see them. Returns the number adopted,
- * or -1 with p->error set.
+ * or -errno with p->error set (-EINVAL: LISTEN_FDS out of range).
  */
 int
 fdp_pool_systemd_fds(struct fdp_pool *p)
@@ -213,6 +219,7 @@ fdp_pool_systemd_fds(struct fdp_pool *p)
     const char *names = getenv("LISTEN_FDNAMES");
     char buf[1024], *save = NULL, *name;
     long n, i;
+    int r;
 
     if (spid == NULL || sfds == NULL || strtol(spid, NULL, 10) != getpid()) {
         return 0;
@@ -221,13 +228,14 @@ fdp_pool_systemd_fds(struct fdp_pool *p)
     if (n < 1 || n > FDP_MAX_LISTEN) {
         snprintf(p->error, sizeof(p->error), "LISTEN_FDS=%s out of range",
                  sfds);
-        return -1;
+        return -EINVAL;
     }
     snprintf(buf, sizeof(buf), "%s", names ? names : "");
     name = strtok_r(buf, ":", &save);
     for (i = 0; i < n; i++) {
-        if (fdp_pool_add_fd(p, 3 + (int) i, name) < 0) {
-            return -1;
+        r = fdp_pool_add_fd(p, 3 + (int) i, name);
+        if (r < 0) {
+            return r;
         }
         name = name ? strtok_r(NULL, ":", &save) : NULL;
     }

@@ -1,5 +1,6 @@
 /* listen.h - the master's listeners and sd_notify (listen.c). Bind and
- * adopt return 0 (systemd: the number adopted) or -1 with p->error set. */
+ * adopt return 0 (systemd: the number adopted) or -errno with p->error
+ * set. */
 #ifndef FDP_LISTEN_H
 #define FDP_LISTEN_H
 
