@@ -190,7 +190,7 @@ fdp_pool_close_in_child(struct fdp_pool *p, int keep)
 
 
 /* Read a whole (script) file into *out (NUL-terminated; the caller
- * frees it). 0 or -1 with err set. */
+ * frees it). 0, or -errno with err set (-EFBIG: over 1 GiB). */
 static int
 read_file(const char *path, char **out, size_t *len, char *err,
           size_t errlen)
@@ -198,10 +198,12 @@ read_file(const char *path, char **out, size_t *len, char *err,
     char *buf = NULL, *nb;
     size_t n = 0, cap = 0;
     FILE *f = fopen(path, "re");
+    int r;
 
     if (f == NULL) {
-        snprintf(err, errlen, "cannot open %s (%s)", path, strerror(errno));
-        return -1;
+        r = -errno;
+        snprintf(err, errlen, "cannot open %s (%s)", path, strerror(-r));
+        return r;
     }
     for (;;) {
         size_t k;
@@ -211,6 +213,7 @@ read_file(const char *path, char **out, size_t *len, char *err,
             nb = cap > ((size_t) 1 << 30) ? NULL : realloc(buf, cap + 1);
             if (nb == NULL) {
                 snprintf(err, errlen, "cannot read %s (too big)", path);
+                r = -EFBIG;
                 goto fail;
             }
             buf = nb;
@@ -222,7 +225,8 @@ read_file(const char *path, char **out, size_t *len, char *err,
         }
     }
     if (ferror(f)) {
-        snprintf(err, errlen, "cannot read %s (%s)", path, strerror(errno));
+        r = errno ? -errno : -EIO;
+        snprintf(err, errlen, "cannot read %s (%s)", path, strerror(-r));
         goto fail;
     }
     fclose(f);
@@ -234,7 +238,7 @@ read_file(const char *path, char **out, size_t *len, char *err,
 fail:
     fclose(f);
     free(buf);
-    return -1;
+    return r;
 }
 
 
@@ -406,7 +410,7 @@ retire_move(struct fdp_pool *p, int idx, const char *why,
         }
     }
     if (b == NULL) {
-        return -1;
+        return -ENOSPC;
     }
     fdp_dispatch_send(p, a);
     if (a->ch.fd >= 0) {
@@ -460,16 +464,17 @@ retire_stop(struct fdp_pool *p, struct fdp_worker *b)
 
 /*
  * Take worker idx's process out of the table and tell it to finish its
- * connections within the graceful grace. Returns 0, or -1 when no spare
- * slot is left.
+ * connections within the graceful grace. Returns 0, or -ENOSPC when no
+ * spare slot is left.
  */
 static int
 retire_worker(struct fdp_pool *p, int idx, const char *why)
 {
     struct fdp_worker *b;
+    int r = retire_move(p, idx, why, &b);
 
-    if (retire_move(p, idx, why, &b) < 0) {
-        return -1;
+    if (r < 0) {
+        return r;
     }
     if (b != NULL) {
         retire_stop(p, b);
@@ -500,20 +505,25 @@ replace_worker(struct fdp_pool *p, int idx, const char *why)
 }
 
 
-/* Grow or shrink the pool to n workers at run time. 0 or -1. */
+/* Grow or shrink the pool to n workers at run time. 0, or -EBUSY (not
+ * running, stopping, reloading), -EINVAL (n out of range) or -ENOSPC
+ * (too few free slots while earlier workers finish). */
 int
 fdp_pool_scale(struct fdp_pool *p, int n)
 {
-    int i, busy = 0;
+    int i, r, busy = 0;
 
     if (!p->running || p->stopping || p->reload_gen) {
-        return -1;
+        return -EBUSY;
+    }
+    if (n < 1 || n > FDP_MAX_WORKERS) {
+        return -EINVAL;
     }
     for (i = p->nworkers; i < FDP_SLOTS; i++) {
         busy += p->workers[i].slot.pid > 0;
     }
-    if (n < 1 || n > FDP_MAX_WORKERS || n + busy > FDP_SLOTS) {
-        return -1;
+    if (n + busy > FDP_SLOTS) {
+        return -ENOSPC;
     }
     while (p->nworkers > n) {
         i = p->nworkers - 1;
@@ -532,9 +542,10 @@ fdp_pool_scale(struct fdp_pool *p, int n)
         /* A retiring process may sit in that slot: move it up. */
         if (p->workers[i].slot.pid > 0) {
             p->nworkers++;
-            if (retire_worker(p, i, "moved up") < 0) {
+            r = retire_worker(p, i, "moved up");
+            if (r < 0) {
                 p->nworkers--;
-                return -1;
+                return r;
             }
             p->nworkers--;
         }
@@ -728,38 +739,42 @@ reload_commit(struct fdp_pool *p)
  * FAIL, dies, or is not READY within RELOAD_TIMEOUT_MS, the new
  * generation is stopped and the old one stays (reload_abort). Returns 0
  * when the new generation is starting (the outcome is logged and given
- * to p->service->reload_done), or -1 with p->error set when it is
- * refused at once (nothing changed; a fork that fails is logged twice).
+ * to p->service->reload_done), or -errno with p->error set when it is
+ * refused at once (nothing changed; a fork that fails is logged twice):
+ * -ESHUTDOWN stopping, -EBUSY a reload in progress or too few free
+ * slots, -EINVAL a script or policy that does not compile, the read's
+ * errno for a script that cannot be read, fork()'s errno.
  */
 int
 fdp_pool_reload(struct fdp_pool *p)
 {
     char err[512];
-    int i, j, nfree = 0;
+    int i, j, r, nfree = 0;
 
     if (!p->running || p->stopping) {
         snprintf(p->error, sizeof(p->error), "the pool is stopping");
-        return -1;
+        return -ESHUTDOWN;
     }
     if (p->reload_gen) {
         snprintf(p->error, sizeof(p->error), "reload refused: generation "
                  "%d is still starting (a reload is in progress; try again "
                  "when it is done)", p->reload_gen);
-        return -1;
+        return -EBUSY;
     }
     if (p->script
-        && (read_file(p->script, &p->reload_src, &p->reload_len, err,
-                      sizeof(err)) < 0
-            || fdp_script_check(p, p->reload_src, p->reload_len, err,
-                                sizeof(err)) < 0)) {
+        && ((r = read_file(p->script, &p->reload_src, &p->reload_len, err,
+                           sizeof(err))) < 0
+            || (r = fdp_script_check(p, p->reload_src, p->reload_len, err,
+                                     sizeof(err))) < 0)) {
         free(p->reload_src);
         p->reload_src = NULL;
         snprintf(p->error, sizeof(p->error), "reload refused, keeping the "
                  "running workers: %s", err);
-        return -1;
+        return r;
     }
     if (p->policy_ref == -2 && p->policy_name
-        && fdp_policy_check(p->L, p->policy_name, err, sizeof(err)) < 0) {
+        && (r = fdp_policy_check(p->L, p->policy_name, err,
+                                 sizeof(err))) < 0) {
         snprintf(p->error, sizeof(p->error), "reload refused, keeping the "
                  "running workers: %s", err);
         goto refused;
@@ -772,13 +787,15 @@ fdp_pool_reload(struct fdp_pool *p)
                  "generation needs %d free worker slots and %d are free "
                  "(workers of an earlier generation are still finishing); "
                  "try again later", p->nworkers, nfree);
+        r = -EBUSY;
         goto refused;
     }
     if (p->policy_ref == -2) {
         struct fdp_policy *old = p->policy;
 
         p->policy = NULL;
-        if (fdp_policy_open(p, err, sizeof(err)) < 0) {
+        r = fdp_policy_open(p, err, sizeof(err));
+        if (r < 0) {
             p->policy = old;
             snprintf(p->error, sizeof(p->error), "reload refused: %s", err);
             goto refused;
@@ -804,14 +821,15 @@ fdp_pool_reload(struct fdp_pool *p)
         w = &p->workers[j];
         fdp_slot_reset(&w->slot, i + 1);
         w->slot.restarts = 0;
-        if (spawn_worker(p, j) < 0) {
+        r = spawn_worker(p, j);
+        if (r < 0) {
             p->spawn_new = 0;
             fdp_slot_reset(&w->slot, j + 1);
             reload_abort(p, "cannot start a new worker (see the log)");
             snprintf(p->error, sizeof(p->error), "reload refused, keeping "
                      "the running workers: cannot start a new worker (see "
                      "the log)");
-            return -1;
+            return r;
         }
         w->slot.generation = p->reload_gen;
         w->pending = 1;
@@ -823,7 +841,7 @@ fdp_pool_reload(struct fdp_pool *p)
 refused:
     free(p->reload_src);
     p->reload_src = NULL;
-    return -1;
+    return r;
 }
 
 
@@ -932,9 +950,9 @@ on_fail(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
 
 /*
  * READY from w: it serves (a reload's new worker: when the last of its
- * generation is ready, the generation takes over). Returns -1 when the
- * caller must stop reading w's channel (w is faulty, or the table was
- * swapped), else 0.
+ * generation is ready, the generation takes over). Returns -ECONNABORTED
+ * when the caller must stop reading w's channel (w is faulty, or the
+ * table was swapped), else 0.
  */
 static int
 on_ready(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
@@ -945,7 +963,7 @@ on_ready(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
     b = (const struct fdp_ready_body *) m->u.bytes;
     if (w->slot.state != FDP_W_STARTING) {
         fdp_dispatch_fault(p, w, "READY twice");
-        return -1;
+        return -ECONNABORTED;
     }
     w->slot.state = FDP_W_RUNNING;
     if (w->pending) {
@@ -960,7 +978,7 @@ on_ready(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
         if (up == p->reload_npending) {
             /* Swaps slots, w included: read the rest later. */
             reload_commit(p);
-            return -1;
+            return -ECONNABORTED;
         }
         return 0;
     }
@@ -1286,7 +1304,8 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 
 
 /* A worker's anonymous resident memory (RssAnon in /proc/PID/status:
- * private pages, not shared mappings or files), in KiB; -1 if unknown. */
+ * private pages, not shared mappings or files), in KiB; -errno if
+ * unknown (-ENODATA: no RssAnon line). */
 static long
 rss_anon_kb(pid_t pid)
 {
@@ -1298,16 +1317,19 @@ rss_anon_kb(pid_t pid)
     snprintf(path, sizeof(path), "/proc/%ld/status", (long) pid);
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        return -1;
+        return -errno;
     }
     n = read(fd, buf, sizeof(buf) - 1);
     fdp_close(&fd);
-    if (n <= 0) {
-        return -1;
+    if (n < 0) {
+        return -errno;
+    }
+    if (n == 0) {
+        return -ENODATA;
     }
     buf[n] = '\0';
     s = strstr(buf, "\nRssAnon:");
-    return s ? strtol(s + 9, NULL, 10) : -1;
+    return s ? strtol(s + 9, NULL, 10) : -ENODATA;
 }
 
 
@@ -1597,7 +1619,10 @@ setup_signals(struct fdp_pool *p)
  * Start serving: listeners must have been added (default 127.0.0.1:8080
  * is the caller's business). Opens the policy and the control socket,
  * blocks the pool's signals into a signalfd, forks the workers. Returns
- * 0 or -1 with p->error set (nothing left running).
+ * 0, or -errno with p->error set (nothing left running): -EINVAL for a
+ * bad setting (already started, no listener, workers out of range, a
+ * policy that does not compile), else the failing call's errno (a
+ * script that cannot be read: -ENOENT, -EACCES...).
  */
 int
 fdp_pool_start(struct fdp_pool *p)
@@ -1606,21 +1631,21 @@ fdp_pool_start(struct fdp_pool *p)
 
     if (p->started) {
         snprintf(p->error, sizeof(p->error), "pool already started");
-        return -1;
+        return -EINVAL;
     }
     if (p->nlisten == 0) {
         snprintf(p->error, sizeof(p->error), "no listen address");
-        return -1;
+        return -EINVAL;
     }
     if (p->nworkers < 1 || p->nworkers > FDP_MAX_WORKERS) {
         snprintf(p->error, sizeof(p->error), "workers must be 1 to %d",
                  FDP_MAX_WORKERS);
-        return -1;
+        return -EINVAL;
     }
     if (p->script && p->script_src == NULL
-        && read_file(p->script, &p->script_src, &p->script_len, p->error,
-                     sizeof(p->error)) < 0) {
-        return -1;
+        && (r = read_file(p->script, &p->script_src, &p->script_len,
+                          p->error, sizeof(p->error))) < 0) {
+        return r;
     }
     p->owner = getpid();
     fdp_listen_notify_open(p);
@@ -1628,13 +1653,14 @@ fdp_pool_start(struct fdp_pool *p)
     if (r < 0) {
         snprintf(p->error, sizeof(p->error), "epoll_create1() failed (%s)",
                  strerror(-r));
-        return -1;
+        return r;
     }
-    if (fdp_policy_open(p, p->error, sizeof(p->error)) < 0) {
+    r = fdp_policy_open(p, p->error, sizeof(p->error));
+    if (r < 0) {
         goto fail;
     }
     if (p->service != NULL
-        && p->service->open(p, p->error, sizeof(p->error)) < 0) {
+        && (r = p->service->open(p, p->error, sizeof(p->error))) < 0) {
         goto fail;
     }
     r = setup_signals(p);
@@ -1691,7 +1717,7 @@ fail:
     service_close(p, 1);
     fdp_policy_close(p);
     fdp_loop_free(&p->loop);
-    return -1;
+    return r;
 }
 
 

@@ -103,7 +103,7 @@ typedef void (*fdp_worker_main_fn)(struct fdp_pool *p, int idx);
 
 /* A service the pool opens at start, ticks, tells a reload's outcome and
  * closes (control.c's fdp_control_service: the control socket and the
- * --metrics listener). open: 0 or -1 with err. */
+ * --metrics listener). open: 0, or -errno with err. */
 struct fdp_service {
     int (*open)(struct fdp_pool *p, char *err, size_t errlen);
     void (*close)(struct fdp_pool *p, int unlink_path);
