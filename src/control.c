@@ -372,12 +372,13 @@ control_accept(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
  * Create the control socket at p->control_path: parent directory made
  * with mode 0700 if missing, a stale socket replaced, a live one left
  * alone (error), the socket itself 0600 from its creation (umask around
- * bind). Returns 0 or -1 with err set.
+ * bind). Returns 0, or -errno with err set (-EWOULDBLOCK or -EADDRINUSE:
+ * another pool is running there).
  */
 /*
  * The --metrics listener: a TCP (or unix) socket answering GET /metrics
  * and GET /healthz. No uid check is possible on TCP: bind it to loopback
- * or a private network. Returns 0 or -1 with err set.
+ * or a private network. Returns 0, or -errno with err set.
  */
 static int
 open_metrics(struct fdp_control *ctl, struct fdp_pool *p, char *err,
@@ -385,24 +386,27 @@ open_metrics(struct fdp_control *ctl, struct fdp_pool *p, char *err,
 {
     struct sockaddr_storage ss;
     socklen_t len;
-    int one = 1;
+    int one = 1, r;
 
-    if (fdp_parse_addr(p->metrics_addr, &ss, &len, err, errlen) < 0) {
-        return -1;
+    r = fdp_parse_addr(p->metrics_addr, &ss, &len, err, errlen);
+    if (r < 0) {
+        return r;
     }
     ctl->mfd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
                       0);
     if (ctl->mfd < 0) {
-        snprintf(err, errlen, "metrics: socket() failed (%s)", strerror(errno));
-        return -1;
+        r = -errno;
+        snprintf(err, errlen, "metrics: socket() failed (%s)", strerror(-r));
+        return r;
     }
     (void) setsockopt(ctl->mfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (bind(ctl->mfd, (struct sockaddr *) &ss, len) < 0
         || listen(ctl->mfd, 64) < 0) {
+        r = -errno;
         snprintf(err, errlen, "cannot listen on %s for metrics: %s",
-                 p->metrics_addr, strerror(errno));
+                 p->metrics_addr, strerror(-r));
         fdp_close(&ctl->mfd);
-        return -1;
+        return r;
     }
     len = sizeof(ss);
     if (getsockname(ctl->mfd, (struct sockaddr *) &ss, &len) == 0) {
@@ -420,11 +424,12 @@ open_metrics(struct fdp_control *ctl, struct fdp_pool *p, char *err,
     ctl->mio.fd = ctl->mfd;
     ctl->mio.cb = control_accept;
     ctl->mio.data = ctl;
-    if (fdp_loop_add(&p->loop, &ctl->mio, EPOLLIN) < 0) {
+    r = fdp_loop_add(&p->loop, &ctl->mio, EPOLLIN);
+    if (r < 0) {
         snprintf(err, errlen, "metrics: epoll_ctl() failed (%s)",
-                 strerror(errno));
+                 strerror(-r));
         fdp_close(&ctl->mfd);
-        return -1;
+        return r;
     }
     return 0;
 }
@@ -437,7 +442,7 @@ open_metrics(struct fdp_control *ctl, struct fdp_pool *p, char *err,
  * exclusive flock on PATH.lock, held for the pool's life (the kernel
  * drops it when the master exits, however it exits), makes exactly one
  * of them go on. The lock file stays: removing it would reopen the race.
- * 0 or -1 with err set.
+ * 0, or -errno with err set (-EWOULDBLOCK: another pool holds it).
  */
 static int
 lock_path(struct fdp_control *ctl, char *err, size_t errlen)
@@ -445,15 +450,17 @@ lock_path(struct fdp_control *ctl, char *err, size_t errlen)
     char dir[108], *slash;
     char lock[sizeof(ctl->path) + 8];
     mode_t old;
+    int r;
 
     snprintf(dir, sizeof(dir), "%s", ctl->path);
     slash = strrchr(dir, '/');
     if (slash && slash != dir) {
         *slash = '\0';
         if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+            r = -errno;
             snprintf(err, errlen, "cannot create control directory %s (%s)",
-                     dir, strerror(errno));
-            return -1;
+                     dir, strerror(-r));
+            return r;
         }
     }
     snprintf(lock, sizeof(lock), "%s.lock", ctl->path);
@@ -462,15 +469,17 @@ lock_path(struct fdp_control *ctl, char *err, size_t errlen)
                        0600);
     umask(old);
     if (ctl->lockfd < 0) {
+        r = -errno;
         snprintf(err, errlen, "control socket %s: cannot open %s (%s)",
-                 ctl->path, lock, strerror(errno));
-        return -1;
+                 ctl->path, lock, strerror(-r));
+        return r;
     }
     if (flock(ctl->lockfd, LOCK_EX | LOCK_NB) < 0) {
+        r = -errno;
         snprintf(err, errlen, "control socket %s: %s", ctl->path,
-                 errno == EWOULDBLOCK ? "another pool is running there"
-                 : strerror(errno));
-        return -1;
+                 r == -EWOULDBLOCK ? "another pool is running there"
+                 : strerror(-r));
+        return r;
     }
     return 0;
 }
@@ -487,12 +496,12 @@ fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
     if (p->control_path && strlen(p->control_path) >= sizeof(un.sun_path)) {
         snprintf(err, errlen, "control socket path too long: %s",
                  p->control_path);
-        return -1;
+        return -ENAMETOOLONG;
     }
     ctl = calloc(1, sizeof(*ctl));
     if (ctl == NULL) {
         snprintf(err, errlen, "out of memory");
-        return -1;
+        return -ENOMEM;
     }
     ctl->fd = -1;
     ctl->mfd = -1;
@@ -502,7 +511,7 @@ fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
         ctl->clients[i].fd = -1;
         ctl->clients[i].ctl = ctl;
     }
-    if (p->metrics_addr && open_metrics(ctl, p, err, errlen) < 0) {
+    if (p->metrics_addr && (r = open_metrics(ctl, p, err, errlen)) < 0) {
         goto fail;
     }
     if (p->control_path == NULL) {
@@ -510,7 +519,8 @@ fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
         return 0;
     }
     snprintf(ctl->path, sizeof(ctl->path), "%s", p->control_path);
-    if (lock_path(ctl, err, errlen) < 0) {
+    r = lock_path(ctl, err, errlen);
+    if (r < 0) {
         goto fail;
     }
     r = fdp_unix_reclaim(ctl->path);
@@ -522,8 +532,9 @@ fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
     }
     ctl->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (ctl->fd < 0) {
+        r = -errno;
         snprintf(err, errlen, "control socket: socket() failed (%s)",
-                 strerror(errno));
+                 strerror(-r));
         goto fail;
     }
     memset(&un, 0, sizeof(un));
@@ -533,17 +544,19 @@ fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
     r = bind(ctl->fd, (struct sockaddr *) &un, sizeof(un));
     umask(old);
     if (r < 0 || listen(ctl->fd, 16) < 0) {
+        r = -errno;
         snprintf(err, errlen, "control socket %s: bind() failed (%s)",
-                 ctl->path, strerror(errno));
+                 ctl->path, strerror(-r));
         goto fail;
     }
     (void) fdp_path_identity(ctl->path, &ctl->path_dev, &ctl->path_ino);
     ctl->io.fd = ctl->fd;
     ctl->io.cb = control_accept;
     ctl->io.data = ctl;
-    if (fdp_loop_add(&p->loop, &ctl->io, EPOLLIN) < 0) {
+    r = fdp_loop_add(&p->loop, &ctl->io, EPOLLIN);
+    if (r < 0) {
         snprintf(err, errlen, "control socket: epoll_ctl() failed (%s)",
-                 strerror(errno));
+                 strerror(-r));
         fdp_unlink_own(ctl->path, ctl->path_dev, ctl->path_ino);
         goto fail;
     }
@@ -558,7 +571,7 @@ fail:
     }
     fdp_close(&ctl->fd);
     free(ctl);
-    return -1;
+    return r;
 }
 
 
@@ -664,16 +677,19 @@ fdp_control_close(struct fdp_pool *p, int unlink_path)
 
 
 
-/* DIR/<first bound address, made file-safe>.sock */
+/* DIR/<first bound address, made file-safe>.sock. 0, or -errno with
+ * err set. */
 int
 fdp_control_default_path(struct fdp_pool *p, char *err, size_t errlen)
 {
     char dir[96], name[FDP_ADDR_MAX], path[256];
     const char *s = p->nlisten ? p->listeners[0].bound : "pool";
     size_t i;
+    int r;
 
-    if (fdp_control_default_dir(dir, sizeof(dir), 1, err, errlen) < 0) {
-        return -1;
+    r = fdp_control_default_dir(dir, sizeof(dir), 1, err, errlen);
+    if (r < 0) {
+        return r;
     }
     for (i = 0; s[i] && i < sizeof(name) - 1; i++) {
         char c = s[i];
@@ -691,7 +707,7 @@ fdp_control_default_path(struct fdp_pool *p, char *err, size_t errlen)
     p->control_path = strdup(path);
     if (p->control_path == NULL) {
         snprintf(err, errlen, "out of memory");
-        return -1;
+        return -ENOMEM;
     }
     return 0;
 }
@@ -702,9 +718,11 @@ fdp_control_default_path(struct fdp_pool *p, char *err, size_t errlen)
 static int
 service_open(struct fdp_pool *p, char *err, size_t errlen)
 {
+    int r;
+
     if (p->control_default && p->control_path == NULL
-        && fdp_control_default_path(p, err, errlen) < 0) {
-        return -1;
+        && (r = fdp_control_default_path(p, err, errlen)) < 0) {
+        return r;
     }
     if (p->control_path || p->metrics_addr) {
         return fdp_control_open(p, err, errlen);

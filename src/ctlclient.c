@@ -23,7 +23,9 @@
                                  * take up to 60 s to be READY */
 
 
-/* One attempt; -2 means "try again" (the pool was busy). */
+/* One attempt: 0, or -errno with err set. The codes that mean "try
+ * again" (retryable()): -EBUSY (the pool is busy with other clients),
+ * -ECONNABORTED (closed without an answer), -EPIPE, -ECONNRESET. */
 static int
 control_request_once(const char *path, const char *cmd,
                      struct fdp_buf *out, char *err, size_t errlen)
@@ -33,16 +35,17 @@ control_request_once(const char *path, const char *cmd,
                           0 };
     char buf[4096];
     ssize_t n;
-    int fd;
+    int fd, r;
 
     if (strlen(path) >= sizeof(un.sun_path)) {
         snprintf(err, errlen, "control socket path too long: %s", path);
-        return -1;
+        return -ENAMETOOLONG;
     }
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        snprintf(err, errlen, "socket() failed (%s)", strerror(errno));
-        return -1;
+        r = -errno;
+        snprintf(err, errlen, "socket() failed (%s)", strerror(-r));
+        return r;
     }
     (void) setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     (void) setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
@@ -50,18 +53,18 @@ control_request_once(const char *path, const char *cmd,
     un.sun_family = AF_UNIX;
     memcpy(un.sun_path, path, strlen(path) + 1);
     if (connect(fd, (struct sockaddr *) &un, sizeof(un)) < 0) {
+        r = -errno;
         snprintf(err, errlen, "cannot reach a pool at %s (%s)", path,
-                 strerror(errno));
+                 strerror(-r));
         fdp_close(&fd);
-        return -1;
+        return r;
     }
     snprintf(buf, sizeof(buf), "%s\n", cmd);
     if (send(fd, buf, strlen(buf), MSG_NOSIGNAL) < 0) {
-        int e = errno;
-
-        snprintf(err, errlen, "cannot send to %s (%s)", path, strerror(e));
+        r = -errno;
+        snprintf(err, errlen, "cannot send to %s (%s)", path, strerror(-r));
         fdp_close(&fd);
-        return e == EPIPE || e == ECONNRESET ? -2 : -1;
+        return r;
     }
     for (;;) {
         n = read(fd, buf, sizeof(buf));
@@ -74,31 +77,39 @@ control_request_once(const char *path, const char *cmd,
         fdp_buf_printf(out, "%.*s", (int) n, buf);
     }
     if (n < 0) {
-        int e = errno;
-
-        snprintf(err, errlen, "no answer from %s (%s)", path, strerror(e));
+        r = -errno;
+        snprintf(err, errlen, "no answer from %s (%s)", path, strerror(-r));
         fdp_close(&fd);
-        return e == ECONNRESET ? -2 : -1;
+        return r;
     }
     fdp_close(&fd);
     if (out->len == 0) {
         snprintf(err, errlen, "the pool at %s closed the connection without "
                  "an answer (permission?)", path);
-        return -2;
+        return -ECONNABORTED;
     }
     if (out->len == 9 && memcmp(out->data, "ERR busy\n", 9) == 0) {
         snprintf(err, errlen, "the pool at %s is busy with other control "
                  "clients", path);
-        return -2;
+        return -EBUSY;
     }
     return 0;
 }
 
 
+static int
+retryable(int r)
+{
+    return r == -EBUSY || r == -ECONNABORTED || r == -EPIPE
+           || r == -ECONNRESET;
+}
+
+
 /*
  * Client side: send cmd, read the whole answer into out. Retries for 3 s
- * while the pool is busy with other control clients. Returns 0, or -1
- * with err set (no pool there, permission, timeout).
+ * while the pool is busy with other control clients. Returns 0, or
+ * -errno with err set (-ENOENT or -ECONNREFUSED: no pool there;
+ * -EACCES: permission; -EAGAIN: no answer in time; -EBUSY: still busy).
  */
 int
 fdp_control_request(const char *path, const char *cmd, struct fdp_buf *out,
@@ -111,8 +122,8 @@ fdp_control_request(const char *path, const char *cmd, struct fdp_buf *out,
     for (;;) {
         out->len = 0;
         r = control_request_once(path, cmd, out, err, errlen);
-        if (r != -2 || fdp_now_ms() >= deadline) {
-            return r == 0 ? 0 : -1;
+        if (!retryable(r) || fdp_now_ms() >= deadline) {
+            return r;
         }
         nanosleep(&ts, NULL);
     }
@@ -123,7 +134,8 @@ fdp_control_request(const char *path, const char *cmd, struct fdp_buf *out,
  * The default directory for control sockets: /run/fdpool as root, else
  * $XDG_RUNTIME_DIR/fdpool, else /tmp/fdpool-UID. Created 0700 if
  * missing; an existing one must be a directory owned by us that nobody
- * else can write. Returns 0 or -1 with err set.
+ * else can write. Returns 0, or -errno with err set (-EPERM: not a
+ * private directory).
  */
 int
 fdp_control_default_dir(char *out, size_t n, int create, char *err,
@@ -131,6 +143,7 @@ fdp_control_default_dir(char *out, size_t n, int create, char *err,
 {
     const char *xdg = getenv("XDG_RUNTIME_DIR");
     struct stat st;
+    int r;
 
     if (geteuid() == 0) {
         snprintf(out, n, "/run/fdpool");
@@ -140,18 +153,20 @@ fdp_control_default_dir(char *out, size_t n, int create, char *err,
         snprintf(out, n, "/tmp/fdpool-%ld", (long) geteuid());
     }
     if (create && mkdir(out, 0700) < 0 && errno != EEXIST) {
-        snprintf(err, errlen, "cannot create %s (%s)", out, strerror(errno));
-        return -1;
+        r = -errno;
+        snprintf(err, errlen, "cannot create %s (%s)", out, strerror(-r));
+        return r;
     }
     if (lstat(out, &st) < 0) {
-        snprintf(err, errlen, "%s: %s", out, strerror(errno));
-        return -1;
+        r = -errno;
+        snprintf(err, errlen, "%s: %s", out, strerror(-r));
+        return r;
     }
     if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid()
         || (st.st_mode & 0022)) {
         snprintf(err, errlen, "%s is not a private directory of this user; "
                  "refusing to use it", out);
-        return -1;
+        return -EPERM;
     }
     return 0;
 }

@@ -1,5 +1,5 @@
 /* ctlclient.h - the control socket's client side (ctlclient.c). Both
- * return 0 or -1 with a one-line reason in err. */
+ * return 0, or -errno with a one-line reason in err. */
 #ifndef FDP_CTLCLIENT_H
 #define FDP_CTLCLIENT_H
 

@@ -7,6 +7,7 @@
  */
 #include "http_parse.h"
 
+#include <errno.h>
 #include <string.h>
 
 
@@ -38,6 +39,7 @@ is_field_byte(unsigned char c)
 }
 
 
+/* A hex digit's value, or -EINVAL. */
 static int
 hexval(unsigned char c)
 {
@@ -50,7 +52,7 @@ hexval(unsigned char c)
     if (c >= 'A' && c <= 'F') {
         return c - 'A' + 10;
     }
-    return -1;
+    return -EINVAL;
 }
 
 

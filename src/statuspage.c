@@ -22,6 +22,7 @@
 #include "pool.h"
 #include "statuspage.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/socket.h>
@@ -408,8 +409,8 @@ parse_request(char *req, struct req *r)
 
 /*
  * ?refresh=N among the query's name=value pairs (& or ; between them);
- * other names are ignored. Returns N, 0 when absent, -1 when malformed
- * or out of 1..REFRESH_MAX.
+ * other names are ignored. Returns N, 0 when absent, -EINVAL when
+ * malformed or out of 1..REFRESH_MAX.
  */
 static int
 query_refresh(const char *q)
@@ -425,20 +426,20 @@ query_refresh(const char *q)
             size_t i, nd = len - 8;
 
             if (nd == 0 || nd > 5) {
-                return -1;
+                return -EINVAL;
             }
             for (i = 0; i < nd; i++) {
                 if (d[i] < '0' || d[i] > '9') {
-                    return -1;
+                    return -EINVAL;
                 }
                 v = v * 10 + (d[i] - '0');
             }
             if (v < 1 || v > REFRESH_MAX) {
-                return -1;
+                return -EINVAL;
             }
             refresh = (int) v;
         } else if (len == 7 && memcmp(q, "refresh", 7) == 0) {
-            return -1;
+            return -EINVAL;
         }
         q += len;
         if (*q) {
