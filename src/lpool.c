@@ -12,6 +12,7 @@
 #include "policy.h"
 #include "worker.h"
 
+#include <errno.h>
 #include <grp.h>
 #include <pwd.h>
 #include <stdio.h>
@@ -80,6 +81,18 @@ opt_int(lua_State *L, const char *key, int def, int lo, int hi)
     }
     lua_pop(L, 1);
     return (int) v;
+}
+
+
+/* A failure of the world for fdpool.pool{} and the pool's methods: nil,
+ * msg, errno (r is the C side's -errno). 3 values pushed. */
+static int
+pushfail_msg(lua_State *L, const char *msg, int r)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, msg);
+    lua_pushinteger(L, r < 0 ? -r : r);
+    return 3;
 }
 
 
@@ -160,7 +173,8 @@ opt_limits(lua_State *L, struct fdp_pool *p)
 
 
 /* user = "name[:group]": checked now (a worker cannot say why
- * later). 0, or 2 with nil, message pushed. */
+ * later). 0, or 3 with nil, message, errno pushed (EINVAL: no such user
+ * or group; EPERM: not root). */
 static int
 opt_user(lua_State *L, struct fdp_pool *p)
 {
@@ -176,9 +190,8 @@ opt_user(lua_State *L, struct fdp_pool *p)
         }
         pw = getpwnam(name);
         if (pw == NULL) {
-            lua_pushnil(L);
             lua_pushfstring(L, "unknown user '%s'", name);
-            return 2;
+            return pushfail_msg(L, lua_tostring(L, -1), -EINVAL);
         }
         p->user_uid = pw->pw_uid;
         p->user_gid = pw->pw_gid;
@@ -186,16 +199,14 @@ opt_user(lua_State *L, struct fdp_pool *p)
             struct group *gr = getgrnam(colon);
 
             if (gr == NULL) {
-                lua_pushnil(L);
                 lua_pushfstring(L, "unknown group '%s'", colon);
-                return 2;
+                return pushfail_msg(L, lua_tostring(L, -1), -EINVAL);
             }
             p->user_gid = gr->gr_gid;
         }
         if (geteuid() != 0) {
-            lua_pushnil(L);
-            lua_pushliteral(L, "user: dropping privileges needs root");
-            return 2;
+            return pushfail_msg(L, "user: dropping privileges needs root",
+                                -EPERM);
         }
         p->user_name = xstrdup(L, name);
     }
@@ -231,7 +242,8 @@ opt_timeouts(lua_State *L, struct fdp_pool *p)
 
 
 /* handler (a function, a table or a script, compiled now) and args.
- * 0, or 2 with nil, message pushed. */
+ * 0, or 3 with nil, message, errno pushed (the open's errno for a
+ * script that cannot be read, EINVAL for one that does not compile). */
 static int
 opt_handler(lua_State *L, struct fdp_pool *p)
 {
@@ -242,13 +254,17 @@ opt_handler(lua_State *L, struct fdp_pool *p)
         p->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     } else if (t == LUA_TSTRING) {
         const char *path = lua_tostring(L, -1);
+        int r, e;
 
         p->script = xstrdup(L, path);
         lua_pop(L, 1);
-        if (luaL_loadfilex(L, p->script, "t") != LUA_OK) {
-            lua_pushnil(L);
-            lua_insert(L, -2);
-            return 2;
+        errno = 0;
+        r = luaL_loadfilex(L, p->script, "t");
+        e = errno;
+        if (r != LUA_OK) {
+            return pushfail_msg(L, lua_tostring(L, -1),
+                                r == LUA_ERRFILE ? -(e > 0 ? e : EIO)
+                                : r == LUA_ERRMEM ? -ENOMEM : -EINVAL);
         }
         lua_pop(L, 1);
     } else {
@@ -314,19 +330,18 @@ opt_policy(lua_State *L, struct fdp_pool *p)
 }
 
 
-/* The listeners: sockets passed by systemd, then listen. 0, or 2
- * with nil, message pushed. */
+/* The listeners: sockets passed by systemd, then listen. 0, or 3
+ * with nil, message, errno pushed (EADDRINUSE, EACCES, EINVAL...). */
 static int
 opt_listen(lua_State *L, struct fdp_pool *p)
 {
-    int t, i;
+    int t, i, r;
 
     /* Sockets passed by systemd (LISTEN_FDS for this pid) come first;
      * with them, no default address is added. */
-    if (fdp_pool_systemd_fds(p) < 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, p->error);
-        return 2;
+    r = fdp_pool_systemd_fds(p);
+    if (r < 0) {
+        return pushfail_msg(L, p->error, r);
     }
     t = lua_getfield(L, 1, "listen");
     if (t == LUA_TNIL && p->nlisten > 0) {
@@ -347,10 +362,9 @@ opt_listen(lua_State *L, struct fdp_pool *p)
                   "a list of addresses");
     for (i = 1; i <= luaL_len(L, -1); i++) {
         lua_geti(L, -1, i);
-        if (fdp_pool_add_listen(p, luaL_checkstring(L, -1)) < 0) {
-            lua_pushnil(L);
-            lua_pushstring(L, p->error);
-            return 2;
+        r = fdp_pool_add_listen(p, luaL_checkstring(L, -1));
+        if (r < 0) {
+            return pushfail_msg(L, p->error, r);
         }
         lua_pop(L, 1);
     }
@@ -359,19 +373,18 @@ opt_listen(lua_State *L, struct fdp_pool *p)
 }
 
 
-/* A policy by name or path must load now. 0, or 2 with nil, message
- * pushed. */
+/* A policy by name or path must load now. 0, or 3 with nil, message,
+ * errno pushed. */
 static int
 check_policy(lua_State *L, struct fdp_pool *p)
 {
     if (p->policy_ref == LUA_NOREF) {
         char err[512];
+        int r = fdp_policy_check(L, p->policy_name ? p->policy_name
+                                 : "least_conn", err, sizeof(err));
 
-        if (fdp_policy_check(L, p->policy_name ? p->policy_name
-                             : "least_conn", err, sizeof(err)) < 0) {
-            lua_pushnil(L);
-            lua_pushstring(L, err);
-            return 2;
+        if (r < 0) {
+            return pushfail_msg(L, err, r);
         }
     }
     return 0;
@@ -381,10 +394,11 @@ check_policy(lua_State *L, struct fdp_pool *p)
 /*
  * fdpool.pool{handler = fn | "file.lua", args = {...}, listen = addr |
  * {addr...}, workers = n, concurrency = n, policy = name | path | fn,
- * control = path, grace = seconds} -> pool, or nil, message.
- * Binds the listeners now (a port in use fails here), compiles a script
- * handler (a syntax error fails here); forks nothing yet. Misuse (a bad
- * option) raises.
+ * control = path, grace = seconds} -> pool, or nil, message, errno.
+ * Binds the listeners now (a port in use fails here: EADDRINUSE),
+ * compiles a script handler (one that cannot be read: its open's errno;
+ * a syntax error: EINVAL); forks nothing yet. Misuse (a bad option)
+ * raises.
  */
 static int
 l_pool(lua_State *L)
@@ -418,7 +432,7 @@ l_pool(lua_State *L)
 }
 
 
-/* pool:start() -> true, or nil, message: forks the workers. */
+/* pool:start() -> true, or nil, message, errno: forks the workers. */
 /* While a pool runs, the registry keeps its userdata alive: a program
  * (or a forked worker) that drops its last reference must not have the
  * pool collected under the running loop. */
@@ -439,12 +453,13 @@ pool_start(lua_State *L)
 {
     struct fdp_pool *p = checkpool(L);
 
+    int r;
+
     anchor(L, p, 1);
-    if (fdp_pool_start(p) < 0) {
+    r = fdp_pool_start(p);
+    if (r < 0) {
         anchor(L, p, 0);
-        lua_pushnil(L);
-        lua_pushstring(L, p->error);
-        return 2;
+        return pushfail_msg(L, p->error, r);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -472,19 +487,19 @@ pool_step(lua_State *L)
 }
 
 
-/* pool:run() -> true when it has stopped, or nil, message when the
- * first generation of workers could not start. */
+/* pool:run() -> true when it has stopped; nil, message, errno when it
+ * cannot start; nil, message when the first generation of workers could
+ * not start (their own error: no errno). */
 static int
 pool_run(lua_State *L)
 {
     struct fdp_pool *p = checkpool(L);
+    int r;
 
     anchor(L, p, 1);
-    if (!p->started && fdp_pool_start(p) < 0) {
+    if (!p->started && (r = fdp_pool_start(p)) < 0) {
         anchor(L, p, 0);
-        lua_pushnil(L);
-        lua_pushstring(L, p->error);
-        return 2;
+        return pushfail_msg(L, p->error, r);
     }
     while (fdp_pool_step(p, -1)) {
         p->L = L;
@@ -513,35 +528,35 @@ pool_stop(lua_State *L)
 
 /* pool:reload() -> true (a new generation is starting; it replaces the
  * running one once READY, or is stopped and the refusal logged), or nil,
- * why (refused at once: nothing changed). */
+ * why, errno (refused at once: nothing changed). */
 static int
 pool_reload(lua_State *L)
 {
     struct fdp_pool *p = checkpool(L);
+    int r = fdp_pool_reload(p);
 
-    if (fdp_pool_reload(p) < 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, p->error);
-        return 2;
+    if (r < 0) {
+        return pushfail_msg(L, p->error, r);
     }
     lua_pushboolean(L, 1);
     return 1;
 }
 
 
-/* pool:scale(n) -> true, or nil, why. */
+/* pool:scale(n) -> true, or nil, why, errno (EBUSY, ENOSPC). */
 static int
 pool_scale(lua_State *L)
 {
     struct fdp_pool *p = checkpool(L);
     lua_Integer n = luaL_checkinteger(L, 2);
+    int r;
 
     luaL_argcheck(L, n >= 1 && n <= FDP_MAX_WORKERS, 2, "workers must be "
                   "1 to 256");
-    if (fdp_pool_scale(p, (int) n) < 0) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "cannot scale now (stopping, or no spare slot)");
-        return 2;
+    r = fdp_pool_scale(p, (int) n);
+    if (r < 0) {
+        return pushfail_msg(L, "cannot scale now (stopping, or no spare "
+                            "slot)", r);
     }
     lua_pushboolean(L, 1);
     return 1;

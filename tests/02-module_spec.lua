@@ -310,11 +310,13 @@ describe("fdpool.pool{} argument checking", function()
     assert.matches("table expected, got string", errof(fdpool.pool, "x"), 1, true)
   end)
 
-  it("returns nil and a message naming a bad listen address", function()
-    for _, addr in ipairs({ "nope", "127.0.0.1:99999", "127.0.0.1:x", "::1:80" }) do
-      local p, err = fdpool.pool{ handler = noop, listen = addr }
+  it("returns nil, a message naming a bad listen address, EINVAL", function()
+    for _, addr in ipairs({ "nope", "127.0.0.1:99999", "127.0.0.1:x", "::1:80",
+                            "127.0.0.1:0,bogus" }) do
+      local p, err, code = fdpool.pool{ handler = noop, listen = addr }
       assert.is_nil(p, addr)
       assert.matches("bad address '" .. addr .. "'", err, 1, true)
+      assert.equals(22, code, addr)   -- EINVAL
     end
   end)
 
@@ -322,39 +324,75 @@ describe("fdpool.pool{} argument checking", function()
     local p1 = assert(fdpool.pool{ handler = noop, listen = "127.0.0.1:0", workers = 1 })
     finally(function() p1:close() end)
     local addr = p1:addresses()[1]
-    local p2, err = fdpool.pool{ handler = noop, listen = addr, workers = 1 }
+    local p2, err, code = fdpool.pool{ handler = noop, listen = addr, workers = 1 }
     assert.is_nil(p2)
     assert.equals("cannot listen on " .. addr .. ": bind() failed (Address already in use)", err)
+    assert.equals(98, code)           -- EADDRINUSE
   end)
 
   it("returns nil for a unix socket path held by a live server", function()
     local path = dir .. "/live.sock"
     local p1 = assert(fdpool.pool{ handler = noop, listen = "unix:" .. path, workers = 1 })
     finally(function() p1:close() end)
-    local p2, err = fdpool.pool{ handler = noop, listen = "unix:" .. path, workers = 1 }
+    local p2, err, code = fdpool.pool{ handler = noop, listen = "unix:" .. path, workers = 1 }
     assert.is_nil(p2)
     assert.matches("cannot listen on unix:" .. path, err, 1, true)
     assert.matches("Address already in use", err, 1, true)
+    assert.equals(98, code)           -- EADDRINUSE
+  end)
+
+  it("returns nil, message, errno for a unix path it cannot bind", function()
+    -- A regular file where the socket should go: EEXIST, and it stays.
+    local file = H.writefile(dir .. "/plain", "x")
+    local p, err, code = fdpool.pool{ handler = noop, listen = "unix:" .. file, workers = 1 }
+    assert.is_nil(p)
+    assert.matches("path exists and is not a socket", err, 1, true)
+    assert.equals(17, code)           -- EEXIST
+    assert.equals("x", H.readfile(file))
+    -- A directory that does not exist: bind() fails with ENOENT.
+    p, err, code = fdpool.pool{ handler = noop, listen = "unix:" .. dir .. "/no/such/s.sock",
+                                workers = 1 }
+    assert.is_nil(p)
+    assert.matches("cannot listen on unix:" .. dir .. "/no/such/s.sock", err, 1, true)
+    assert.equals(2, code)            -- ENOENT
   end)
 
   it("returns nil with file:line for a handler script with a syntax error", function()
     local path = H.writefile(dir .. "/bad.lua", "local x = 1\nreturn function(conn)\n  x y\nend\n")
-    local p, err = fdpool.pool{ handler = path, listen = "127.0.0.1:0", workers = 1 }
+    local p, err, code = fdpool.pool{ handler = path, listen = "127.0.0.1:0", workers = 1 }
     assert.is_nil(p)
     assert.matches(path .. ":3:", err, 1, true)
     assert.matches("near 'y'", err, 1, true)
+    assert.equals(22, code)           -- EINVAL
   end)
 
-  it("returns nil for a handler script that does not exist", function()
-    local p, err = fdpool.pool{ handler = dir .. "/none.lua", listen = "127.0.0.1:0", workers = 1 }
+  it("returns nil, message, ENOENT for a handler script that does not exist", function()
+    local p, err, code = fdpool.pool{ handler = dir .. "/none.lua", listen = "127.0.0.1:0", workers = 1 }
     assert.is_nil(p)
     assert.equals("cannot open " .. dir .. "/none.lua: No such file or directory", err)
+    assert.equals(2, code)            -- ENOENT
   end)
 
-  it("returns nil, 'unknown policy' for policy 'nope'", function()
-    local p, err = fdpool.pool{ handler = noop, listen = "127.0.0.1:0", policy = "nope", workers = 1 }
+  it("returns nil, message, EISDIR for a handler script that is a directory", function()
+    local p, err, code = fdpool.pool{ handler = dir, listen = "127.0.0.1:0", workers = 1 }
+    assert.is_nil(p)
+    assert.matches("cannot read " .. dir, err, 1, true)
+    assert.equals(21, code)           -- EISDIR
+  end)
+
+  it("returns nil, 'unknown policy', EINVAL for policy 'nope'", function()
+    local p, err, code = fdpool.pool{ handler = noop, listen = "127.0.0.1:0", policy = "nope", workers = 1 }
     assert.is_nil(p)
     assert.matches("unknown policy 'nope'", err, 1, true)
+    assert.equals(22, code)           -- EINVAL
+  end)
+
+  it("returns nil, message, ENOENT for a policy file that does not exist", function()
+    local p, err, code = fdpool.pool{ handler = noop, listen = "127.0.0.1:0",
+                                      policy = dir .. "/missing.lua", workers = 1 }
+    assert.is_nil(p)
+    assert.equals("cannot load policy: cannot open " .. dir .. "/missing.lua: No such file or directory", err)
+    assert.equals(2, code)            -- ENOENT
   end)
 
   it("frees what a failed pool{} had bound, once collected", function()
