@@ -120,6 +120,8 @@ describe("fdpool.pool{} from a Lua program", function()
       assert.is_true(H.alive(pid))
       assert.not_equals(d.pid, pid)
     end
+    -- A second start() fails as the world does: nil, message, EINVAL.
+    assert.same({ "nil", "22", "pool", "already", "started" }, d:wait_line("again"))
     -- The handler's upvalue `token` is the driver's own, unique to this run.
     local seen = {}
     for i = 1, 6 do
