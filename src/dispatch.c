@@ -698,7 +698,7 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
  * Is fd the socket recorded at hand-off? For TCP: the same peer address
  * and a local port of the listener it came in on; else dev/ino. Returns
  * 1 when it is, 0 when it is something else (the worker's fault), and
- * -1 when it is a connected-then-dead socket: a client that reset or
+ * -ENOTCONN when it is a connected-then-dead socket: a client that reset or
  * closed has no peer address any more (getpeername: ENOTCONN), which is
  * no fault of the worker's; such a socket is only ever closed.
  */
@@ -714,7 +714,7 @@ same_socket(struct fdp_pool *p, const struct fdp_inflight *f, int fd)
                && (uint64_t) st.st_dev == f->dev;
     }
     if (getpeername(fd, (struct sockaddr *) &ss, &len) < 0) {
-        return errno == ENOTCONN ? -1 : 0;
+        return errno == ENOTCONN ? -ENOTCONN : 0;
     }
     if (getsockname(fd, (struct sockaddr *) &ls, &llen) < 0
         || ss.ss_family != f->rpeer.sin6_family) {

@@ -55,7 +55,7 @@ parse_v1(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
 
     end = memchr(s, '\n', n < 107 ? n : 107);
     if (end == NULL) {
-        return n >= 107 ? -1 : 0;
+        return n >= 107 ? -EINVAL : 0;
     }
     if (end == s || end[-1] != '\r') {
         return -EINVAL;

@@ -14,7 +14,9 @@
 #include "proxy.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1505,6 +1507,35 @@ test_head_filter(void)
 }
 
 
+/* fdp_proxy_parse's three outcomes: a length, 0 for "need more", and
+ * -EINVAL (the errno convention) for anything that is not a header. */
+static void
+test_proxy_codes(void)
+{
+    static const char v1[] = "PROXY TCP4 1.2.3.4 5.6.7.8 111 222\r\n";
+    struct sockaddr_storage src;
+    socklen_t len;
+    char longline[120];
+
+    memset(longline, 'x', sizeof(longline));
+    memcpy(longline, "PROXY ", 6);
+    test_cond("proxy: a v1 header gives its length",
+              fdp_proxy_parse((const uint8_t *) v1, sizeof(v1) - 1, &src, &len)
+              == (int) sizeof(v1) - 1 && len == sizeof(struct sockaddr_in));
+    test_cond("proxy: a prefix of one needs more (0)",
+              fdp_proxy_parse((const uint8_t *) v1, 10, &src, &len) == 0);
+    test_cond("proxy: not a header is -EINVAL",
+              fdp_proxy_parse((const uint8_t *) "GET / HTTP/1.1\r\n", 16, &src,
+                              &len) == -EINVAL && len == 0);
+    test_cond("proxy: a bad v1 line is -EINVAL",
+              fdp_proxy_parse((const uint8_t *) "PROXY TCP4 x y 1 2\r\n", 20,
+                              &src, &len) == -EINVAL);
+    test_cond("proxy: 107 bytes without a newline is -EINVAL",
+              fdp_proxy_parse((const uint8_t *) longline, sizeof(longline),
+                              &src, &len) == -EINVAL);
+}
+
+
 int
 main(void)
 {
@@ -1524,6 +1555,7 @@ main(void)
     test_status();
     test_http_head();
     test_head_filter();
+    test_proxy_codes();
     test_http_chunked();
     test_cond("no fd leaked by the whole run", fd_count() == before);
     test_report();
