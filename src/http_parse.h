@@ -15,7 +15,9 @@
 #define FDP_HTTP_TRAILERS_MAX   100     /* trailer fields */
 #define FDP_HTTP_TRAILER_BYTES  8192    /* bytes of the trailer section */
 
-/* Results: 0 or a positive state on success, these on a framing error. */
+/* Results: 0 or a positive state on success, these on a framing error:
+ * this parser's own codes naming the rule broken, not errnos (read them
+ * with fdp_http_strerror; see ARCHITECTURE.md, Error convention). */
 enum {
     FDP_HTTP_EBADLINE = -1,     /* request line */
     FDP_HTTP_EVERSION = -2,     /* HTTP major version other than 1: 505 */
