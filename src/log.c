@@ -41,18 +41,26 @@ fdp_log_open(const char *path)
         return r;
     }
     close(fd);
-    snprintf(log_path, sizeof(log_path), "%s", path);
+    /* Reopening passes log_path itself: copying a string onto itself is
+     * undefined (glibc's snprintf emptied it, so every SIGUSR1 after the
+     * first was silently ignored and the log stayed on the moved file). */
+    if (path != log_path) {
+        snprintf(log_path, sizeof(log_path), "%s", path);
+    }
     return 0;
 }
 
 
-/* SIGUSR1: reopen the log file (after logrotate moved it). */
-void
+/* SIGUSR1: reopen the log file (after logrotate moved it). Returns 0
+ * (also when there is no log file) or -errno; on failure the log goes on
+ * to the file it had. */
+int
 fdp_log_reopen(void)
 {
     if (log_path[0] != '\0') {
-        (void) fdp_log_open(log_path);
+        return fdp_log_open(log_path);
     }
+    return 0;
 }
 
 

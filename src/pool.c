@@ -1228,7 +1228,7 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     struct fdp_pool *p = io->data;
     struct signalfd_siginfo si;
     ssize_t n;
-    int i;
+    int i, r;
 
     (void) loop;
     (void) ev;
@@ -1269,8 +1269,13 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             }
             break;
         case SIGUSR1:
-            fdp_log_reopen();
-            fdp_log(FDP_LOG_INFO, 0, "SIGUSR1: log reopened");
+            r = fdp_log_reopen();
+            if (r < 0) {
+                fdp_log(FDP_LOG_WARN, -r, "SIGUSR1: cannot reopen the log "
+                        "file; logging on to the one already open");
+            } else {
+                fdp_log(FDP_LOG_INFO, 0, "SIGUSR1: log reopened");
+            }
             for (i = 0; i < FDP_SLOTS; i++) {
                 worker_kill(&p->workers[i], SIGUSR1);
             }

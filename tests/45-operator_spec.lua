@@ -1,0 +1,94 @@
+-- tests/45-operator_spec.lua: what an operator does to a running pool
+-- (rotates its log, fills its disk, kills its workers at odd moments) and
+-- what the pool must keep doing. Every test starts the real build/pool
+-- and talks to it over real sockets.
+local H = require "helpers"
+local fdpool = require "fdpool"
+
+local FIX = "tests/fixtures/"
+local q = H.quote
+
+-- Start `pool run` with `--log DIR/app.log` (H.start_pool reads the
+-- pool's stderr, which --log replaces). Returns an H.Pool whose log() is
+-- the current --log file.
+local function start_logged(script, extra)
+  local dir = H.tmpdir()
+  local p = { dir = dir, log_path = dir .. "/app.log", exit_path = dir .. "/exit",
+              control = dir .. "/control.sock" }
+  local cmd = { H.POOL, "run", script, "--listen", "127.0.0.1:0", "--workers", "2",
+                "--control", p.control, "--log", p.log_path }
+  for _, f in ipairs(extra or {}) do cmd[#cmd + 1] = f end
+  for i, c in ipairs(cmd) do cmd[i] = q(c) end
+  local env = H.BUILD ~= "build" and "ASAN_OPTIONS=detect_leaks=1 " or ""
+  os.execute(("(%s%s; echo $? > %s) </dev/null >%s/stdout 2>%s/stderr &"):format(
+    env, table.concat(cmd, " "), p.exit_path, dir, dir))
+  setmetatable(p, { __index = H.Pool })
+  p.pid = H.wait_until(function()
+    return tonumber(p:log():match("pool%[(%d+)%]"))
+  end, 10, "the pool's first log line")
+  p.addr = H.wait_until(function() return p:log():match("listening on (%S+)") end,
+    10, "the pool to listen")
+  p:wait_ready(2)
+  finally(function()
+    if not p:exited() then p:kill("KILL") end
+  end)
+  return p
+end
+
+-- One "boom" line to pool_boom.lua: its worker logs a handler error.
+local function boom(addr)
+  local r = H.request(addr, "boom\n", 10)
+  return r
+end
+
+describe("log rotation", function()
+  it("SIGUSR1 reopens the --log file every time, in the master and the workers", function()
+    local p = start_logged(FIX .. "pool_boom.lua")
+    local wpids = p:worker_pids()
+    -- logrotate's default (create): move the file, signal, again and again.
+    for round = 1, 3 do
+      local moved = p.dir .. "/app.log." .. round
+      assert(os.rename(p.log_path, moved))
+      p:kill("USR1")
+      H.wait_until(function()
+        return p:log():find("SIGUSR1: log reopened", 1, true)
+      end, 5, "round " .. round .. ": the master to write to a new app.log")
+      -- Every worker writes to the new file too.
+      for _, wpid in ipairs(wpids) do
+        H.wait_until(function()
+          local ok, _, out = H.run("readlink /proc/" .. wpid .. "/fd/2")
+          return ok and out:match("^(.-)%s*$") == p.log_path
+        end, 5, "round " .. round .. ": worker " .. wpid .. "'s stderr on the new app.log")
+      end
+      boom(p.addr)
+      H.wait_until(function()
+        return p:log():find("boom requested", 1, true)
+      end, 5, "round " .. round .. ": a worker's error line in the new app.log")
+    end
+    assert.equals(0, p:stop())
+  end)
+
+  it("a reopen that fails is logged and the pool logs on to the open file", function()
+    local p = start_logged(FIX .. "pool_boom.lua")
+    -- The log's directory becomes unwritable for a moment: a path where
+    -- a directory stands cannot be opened for writing.
+    local moved = p.dir .. "/app.log.1"
+    assert(os.rename(p.log_path, moved))
+    assert(H.run("mkdir " .. q(p.log_path)))
+    p:kill("USR1")
+    H.wait_until(function()
+      return (H.readfile(moved) or ""):find("cannot reopen the log file", 1, true)
+    end, 5, "the failed reopen in the old file")
+    assert.truthy(boom(p.addr))
+    H.wait_until(function()
+      return (H.readfile(moved) or ""):find("boom requested", 1, true)
+    end, 5, "the workers to log on to the old file")
+    -- Once the path is usable again, the next SIGUSR1 takes it.
+    assert(H.run("rmdir " .. q(p.log_path)))
+    p:kill("USR1")
+    H.wait_until(function()
+      return p:log():find("SIGUSR1: log reopened", 1, true)
+    end, 5, "the reopen once the path is free")
+    assert.equals(0, p:stop())
+  end)
+end)
