@@ -322,6 +322,7 @@ spawn_worker(struct fdp_pool *p, int idx)
     w->ordered = 0;
     w->retire_after = 0;
     w->mem_over = 0;
+    w->cpu_killed = 0;
     if (p->max_requests > 0) {
         /* Jitter (up to +10 %) so workers do not all retire at once. */
         w->retire_after = (uint64_t) p->max_requests
@@ -1383,7 +1384,11 @@ watch_timeouts(struct fdp_pool *p)
     for (i = 0; i < FDP_SLOTS; i++) {
         struct fdp_worker *w = &p->workers[i];
 
-        if (w->slot.pid <= 0 || w->slot.active == 0 || w->inflight == NULL) {
+        /* A worker already being terminated is not terminated again for
+         * its next overdue connection: that logged the line once per
+         * connection and pushed its SIGKILL back a second each time. */
+        if (w->slot.pid <= 0 || w->slot.active == 0 || w->inflight == NULL
+            || w->cpu_killed) {
             continue;
         }
         for (k = 0; k < w->slot.capacity; k++) {
@@ -1405,6 +1410,7 @@ watch_timeouts(struct fdp_pool *p)
                         "lost)", w->slot.id, (long) w->slot.pid,
                         w->slot.active);
                 w->ordered = 1;
+                w->cpu_killed = 1;
                 worker_kill(w, SIGTERM);
                 w->kill_at = fdp_now_ms() + 1000;
                 break;

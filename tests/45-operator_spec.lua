@@ -92,3 +92,48 @@ describe("log rotation", function()
     assert.equals(0, p:stop())
   end)
 end)
+
+local function count(s, plain)
+  local n, i = 0, 1
+  while true do
+    local a, b = s:find(plain, i, true)
+    if not a then return n end
+    n, i = n + 1, b + 1
+  end
+end
+
+describe("a stopped worker", function()
+  it("SIGSTOP with connections in flight: terminated once under --timeout, replaced, the pool serves", function()
+    local p = H.start_pool { script = FIX .. "pool_slow.lua", args = { "0" }, workers = 1,
+                             concurrency = 4, extra = { "--timeout", "1" } }
+    local victim = p:worker_pids()[1]
+    assert(H.run("kill -STOP " .. victim))
+    -- Three connections in flight in the stopped worker.
+    local fds = {}
+    for i = 1, 3 do
+      fds[i] = assert(fdpool.connect(p.addr, 10))
+      assert(fds[i]:write("held" .. i .. "\n"))
+    end
+    H.wait_status(p, function(st) return st.workers[1].active == 3 end, 10,
+      "three connections in the stopped worker")
+    -- The master does not block on it: status answers, and after
+    -- --timeout + 3 s it terminates the worker, once, then kills it.
+    H.wait_until(function()
+      return p:log():find("worker 1 (pid " .. victim .. ") killed by SIGKILL", 1, true)
+    end, 20, "the stopped worker killed")
+    local log = p:log()
+    assert.equals(1, count(log, "does not yield; terminating the worker"), log)
+    assert.truthy(log:find("its 3 connection(s) are lost", 1, true), log)
+    for i = 1, 3 do
+      local got = fds[i]:read("a")
+      assert.is_true(got == nil or got == "", "connection " .. i .. " got " .. tostring(got))
+      fds[i]:close()
+    end
+    -- Replaced; the pool serves, nothing in flight is left over.
+    local st = p:wait_ready(1)
+    assert.are_not.equal(victim, st.workers[1].pid)
+    assert.equals("1 after\n", H.request(p.addr, "after\n", 10))
+    H.wait_status(p, H.all_idle, 5, "an idle pool")
+    assert.equals(0, p:stop())
+  end)
+end)
