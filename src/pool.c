@@ -323,6 +323,7 @@ spawn_worker(struct fdp_pool *p, int idx)
     w->retire_after = 0;
     w->mem_over = 0;
     w->cpu_killed = 0;
+    w->ready_seen = 0;
     if (p->max_requests > 0) {
         /* Jitter (up to +10 %) so workers do not all retire at once. */
         w->retire_after = (uint64_t) p->max_requests
@@ -944,9 +945,17 @@ on_ready(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
     int i, up = 0;
 
     b = (const struct fdp_ready_body *) m->u.bytes;
-    if (w->slot.state != FDP_W_STARTING) {
+    if (w->ready_seen) {
         fdp_dispatch_fault(p, w, "READY twice");
         return -1;
+    }
+    w->ready_seen = 1;
+    if (w->slot.state != FDP_W_STARTING) {
+        /* Retired before it was ready (its generation was replaced by a
+         * reload, or it was scaled down while starting): it has been
+         * told to stop, and its READY comes late. No fault: it finishes
+         * and exits like any retiring worker. */
+        return 0;
     }
     w->slot.state = FDP_W_RUNNING;
     if (w->pending) {

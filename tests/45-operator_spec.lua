@@ -137,3 +137,67 @@ describe("a stopped worker", function()
     assert.equals(0, p:stop())
   end)
 end)
+
+-- `pool CMD` on p's control socket: exit code, output.
+local function ctl(p, cmd)
+  local _, code, out = H.run(H.POOL .. " " .. cmd .. " --control " .. q(p.control))
+  return code, out
+end
+
+describe("workers retired before they were ready", function()
+  -- ops_reload.lua with "slow_init": every worker takes 1 s to be READY.
+  local function slow_pool()
+    local dir = H.tmpdir()
+    H.writefile(dir .. "/slow_init", "1\n")
+    return H.start_pool { script = FIX .. "ops_reload.lua", args = { dir }, workers = 2 }
+  end
+
+  it("a table worker killed during a reload: its replacement retires without a fault", function()
+    local p = slow_pool()
+    for round = 1, 2 do
+      local victim = p:worker_pids()[1]
+      local out = p.dir .. "/reload" .. round
+      os.execute(("%s reload --control %s >%s 2>&1 &"):format(H.POOL, q(p.control), q(out)))
+      H.wait_until(function()
+        return p:log():find("reloading: generation " .. round + 1 .. " starting", 1, true)
+      end, 10, "the reload to start")
+      assert(H.run("kill -KILL " .. victim))
+      -- The old generation's replacement starts (1 s) while the new one does.
+      local restarted = H.wait_status(p, function(st)
+        return st.workers[1].pid ~= victim and st.workers[1].pid > 0
+           and st.workers[1].generation == round
+      end, 10, "the killed worker replaced in its generation").workers[1]
+      H.wait_until(function()
+        return (H.readfile(out) or ""):find("OK reloaded: generation " .. round + 1, 1, true)
+      end, 20, "the reload to succeed")
+      -- The replacement was retired before it was READY; its late READY
+      -- is no fault: it exits by itself.
+      H.wait_until(function()
+        return p:log():find("(pid " .. restarted.pid .. ") exited with code 0", 1, true)
+      end, 10, "the early-retired replacement to exit cleanly")
+      assert.falsy(p:log():find("faulty", 1, true), p:log())
+    end
+    local st = H.wait_status(p, function(s)
+      return s.generation == 3 and H.all_idle(s)
+    end, 10, "generation 3 idle")
+    assert.equals(2, #st.workers)
+    assert.equals(2, #H.children(p.pid))
+    assert.equals(0, p:stop())
+  end)
+
+  it("a worker scaled down while starting exits without a fault", function()
+    local p = slow_pool()
+    assert.equals(0, (ctl(p, "scale 3")))
+    local st = H.wait_status(p, function(s)
+      return #s.workers == 3 and s.workers[3].state == "starting"
+    end, 5, "worker 3 starting")
+    local pid3 = st.workers[3].pid
+    assert.equals(0, (ctl(p, "scale 2")))
+    H.wait_until(function()
+      return p:log():find("(pid " .. pid3 .. ") exited with code 0", 1, true)
+    end, 10, "worker 3 to exit cleanly")
+    assert.falsy(p:log():find("faulty", 1, true), p:log())
+    assert.equals("pid", (H.request(p.addr, "x\n", 10) or ""):match("^pid"))
+    assert.equals(0, p:stop())
+  end)
+end)
