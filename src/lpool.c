@@ -540,7 +540,8 @@ pool_scale(lua_State *L)
                   "1 to 256");
     if (fdp_pool_scale(p, (int) n) < 0) {
         lua_pushnil(L);
-        lua_pushliteral(L, "cannot scale now (stopping, or no spare slot)");
+        lua_pushfstring(L, "cannot scale now: %s", p->error);
+        p->error[0] = '\0';
         return 2;
     }
     lua_pushboolean(L, 1);

@@ -502,19 +502,34 @@ replace_worker(struct fdp_pool *p, int idx, const char *why)
 }
 
 
-/* Grow or shrink the pool to n workers at run time. 0 or -1. */
+/* Grow or shrink the pool to n workers at run time. 0, or -1 with
+ * p->error saying why. */
 int
 fdp_pool_scale(struct fdp_pool *p, int n)
 {
     int i, busy = 0;
 
-    if (!p->running || p->stopping || p->reload_gen) {
+    if (!p->running || p->stopping) {
+        snprintf(p->error, sizeof(p->error), "the pool is stopping");
+        return -1;
+    }
+    if (p->reload_gen) {
+        snprintf(p->error, sizeof(p->error), "generation %d is still "
+                 "starting (a reload is in progress; try again when it is "
+                 "done)", p->reload_gen);
+        return -1;
+    }
+    if (n < 1 || n > FDP_MAX_WORKERS) {
+        snprintf(p->error, sizeof(p->error), "the worker count must be "
+                 "1 to %d", FDP_MAX_WORKERS);
         return -1;
     }
     for (i = p->nworkers; i < FDP_SLOTS; i++) {
         busy += p->workers[i].slot.pid > 0;
     }
-    if (n < 1 || n > FDP_MAX_WORKERS || n + busy > FDP_SLOTS) {
+    if (n + busy > FDP_SLOTS) {
+        snprintf(p->error, sizeof(p->error), "%d retiring worker(s) still "
+                 "hold slots; try again later", busy);
         return -1;
     }
     while (p->nworkers > n) {
@@ -536,6 +551,8 @@ fdp_pool_scale(struct fdp_pool *p, int n)
             p->nworkers++;
             if (retire_worker(p, i, "moved up") < 0) {
                 p->nworkers--;
+                snprintf(p->error, sizeof(p->error), "no spare slot for "
+                         "a retiring worker; try again later");
                 return -1;
             }
             p->nworkers--;
@@ -1269,13 +1286,19 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             break;
         case SIGTTIN:
             if (fdp_pool_scale(p, p->nworkers + 1) < 0) {
-                fdp_log(FDP_LOG_WARN, 0, "SIGTTIN: cannot add a worker");
+                fdp_log(FDP_LOG_WARN, 0, "SIGTTIN: cannot add a worker: "
+                        "%s", p->error);
+                p->error[0] = '\0';
             }
             break;
         case SIGTTOU:
-            if (p->nworkers <= 1 || fdp_pool_scale(p, p->nworkers - 1) < 0) {
+            if (p->nworkers <= 1) {
                 fdp_log(FDP_LOG_WARN, 0, "SIGTTOU: keeping at least one "
                         "worker");
+            } else if (fdp_pool_scale(p, p->nworkers - 1) < 0) {
+                fdp_log(FDP_LOG_WARN, 0, "SIGTTOU: cannot remove a "
+                        "worker: %s", p->error);
+                p->error[0] = '\0';
             }
             break;
         case SIGUSR1:
