@@ -1712,6 +1712,8 @@ fdp_pool_start(struct fdp_pool *p)
     } else if (p->user_name != NULL) {
         fdp_log(FDP_LOG_INFO, 0, "workers run as user %s (uid %u, gid %u)",
                 p->user_name, p->user_uid, p->user_gid);
+        /* So that they can reopen --log after a rotation (SIGUSR1). */
+        fdp_log_set_owner((long) p->user_uid);
     }
     for (i = 0; i < p->nworkers; i++) {
         if (spawn_worker(p, i) < 0) {

@@ -68,6 +68,34 @@ describe("log rotation", function()
     assert.equals(0, p:stop())
   end)
 
+  it("--user: the workers reopen the rotated log too (the master gives them the new file)", function()
+    if not H.run("[ $(id -u) = 0 ] && id nobody >/dev/null") then
+      pending("needs root and the user nobody")
+      return
+    end
+    local p = start_logged(FIX .. "pool_boom.lua", { "--user", "nobody" })
+    -- The log's directory is searchable by the workers' user (as
+    -- /var/log is); the file was created by the master, as root.
+    assert(H.run("chmod 755 " .. q(p.dir)))
+    local wpids = p:worker_pids()
+    for round = 1, 2 do
+      assert(os.rename(p.log_path, p.dir .. "/app.log." .. round))
+      p:kill("USR1")
+      for _, wpid in ipairs(wpids) do
+        H.wait_until(function()
+          local ok, _, out = H.run("readlink /proc/" .. wpid .. "/fd/2")
+          return ok and out:match("^(.-)%s*$") == p.log_path
+        end, 5, "round " .. round .. ": worker " .. wpid .. "'s stderr on the new app.log")
+      end
+      boom(p.addr)
+      H.wait_until(function()
+        return p:log():find("boom requested", 1, true)
+      end, 5, "round " .. round .. ": a worker's error line in the new app.log")
+      assert.falsy(p:log():find("cannot reopen", 1, true), p:log())
+    end
+    assert.equals(0, p:stop())
+  end)
+
   it("a reopen that fails is logged and the pool logs on to the open file", function()
     local p = start_logged(FIX .. "pool_boom.lua")
     -- The log's directory becomes unwritable for a moment: a path where
