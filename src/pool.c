@@ -1117,7 +1117,10 @@ worker_gone(struct fdp_pool *p, struct fdp_worker *w, int st, char *how,
         w->slot.last_exit_code = WEXITSTATUS(st);
         snprintf(how, howlen, "exited with code %d", WEXITSTATUS(st));
     }
+    /* A SIGTERM the master sent itself (the rest of a refused reload's
+     * generation, a handler past --timeout already logged) is no news. */
     fdp_log(p->stopping || (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+            || (w->ordered && WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM)
             ? FDP_LOG_INFO : FDP_LOG_WARN, 0,
             "worker %d (pid %ld) %s%s", w->slot.id, (long) w->slot.pid, how,
             w->slot.active > 0 && !p->stopping ? "; its connections are lost"

@@ -259,3 +259,38 @@ describe("scale during a reload", function()
     assert.equals(0, p:stop())
   end)
 end)
+
+describe("a reload's new worker killed before READY", function()
+  it("refuses the reload, keeps the old generation, and stops the rest quietly", function()
+    local dir = H.tmpdir()
+    H.writefile(dir .. "/slow_init", "1\n")
+    local p = H.start_pool { script = FIX .. "ops_reload.lua", args = { dir }, workers = 2 }
+    local old = p:worker_pids()
+    local fd0 = H.fd_count(p.pid)
+    local out = p.dir .. "/reload.out"
+    os.execute(("%s reload --control %s >%s 2>&1 &"):format(H.POOL, q(p.control), q(out)))
+    -- The new generation's processes: the master's children not in the table.
+    local new = H.wait_until(function()
+      local t = {}
+      for _, c in ipairs(H.children(p.pid)) do
+        if c ~= old[1] and c ~= old[2] then t[#t + 1] = c end
+      end
+      return #t == 2 and t
+    end, 10, "the new generation's two processes")
+    assert(H.run("kill -KILL " .. new[1]))
+    H.wait_until(function()
+      return (H.readfile(out) or ""):find("reload refused, keeping the running workers: "
+        .. "a worker of generation 2 killed by SIGKILL before it was ready", 1, true)
+    end, 20, "the refusal")
+    H.wait_until(function() return #H.children(p.pid) == 2 end, 10, "the other new worker to go")
+    local log = p:log()
+    assert.truthy(log:find("info  pool%[%d+%]: worker %d %(pid " .. new[2] .. "%) killed by SIGTERM"), log)
+    assert.same(old, p:worker_pids())
+    local st = p:status()
+    assert.equals(1, st.generation)
+    assert.equals(0, st.crash_streak)
+    assert.equals("pid", (H.request(p.addr, "x\n", 10) or ""):match("^pid"))
+    assert.equals(fd0, H.fd_count(p.pid))
+    assert.equals(0, p:stop())
+  end)
+end)
