@@ -134,8 +134,9 @@ run_command(struct ctl_client *c, const char *line, size_t n)
         break;
     case FDP_CTL_SCALE:
         if (fdp_pool_scale(p, (int) arg) < 0) {
-            fdp_buf_printf(&c->out, "ERR cannot scale to %ld workers now\n",
-                           arg);
+            fdp_buf_printf(&c->out, "ERR cannot scale to %ld workers: %s\n",
+                           arg, p->error);
+            p->error[0] = '\0';
         } else {
             fdp_buf_printf(&c->out, "OK %ld workers\n", arg);
         }

@@ -43,7 +43,8 @@ void fdp_log_set_tag(const char *tag);
 void fdp_log_set_level(int level);
 void fdp_log_set_json(int on);
 int fdp_log_open(const char *path);
-void fdp_log_reopen(void);
+int fdp_log_reopen(void);
+void fdp_log_set_owner(long uid);
 int fdp_log_enabled(int level);
 
 /* Monotonic clock in milliseconds / microseconds; wall clock seconds. */

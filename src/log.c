@@ -12,6 +12,7 @@
 
 static char log_tag[32] = "pool";
 static char log_path[4096];
+static long log_owner = -1;
 static int log_json;
 static int log_level = FDP_LOG_INFO;
 static const char *level_names[] = { "error", "warn", "info", "debug" };
@@ -34,6 +35,12 @@ fdp_log_open(const char *path)
     if (fd < 0) {
         return -errno;
     }
+    /* --user: the workers reopen the file too (SIGUSR1), as that user,
+     * so a file the master (root) creates or reopens is given to them
+     * (as nginx does for its logs). Not root: nothing to give. */
+    if (log_owner >= 0 && geteuid() == 0) {
+        (void) fchown(fd, (uid_t) log_owner, (gid_t) -1);
+    }
     if (dup2(fd, STDERR_FILENO) < 0) {
         int r = -errno;
 
@@ -41,18 +48,35 @@ fdp_log_open(const char *path)
         return r;
     }
     close(fd);
-    snprintf(log_path, sizeof(log_path), "%s", path);
+    /* Reopening passes log_path itself: copying a string onto itself is
+     * undefined (glibc's snprintf emptied it, so every SIGUSR1 after the
+     * first was silently ignored and the log stayed on the moved file). */
+    if (path != log_path) {
+        snprintf(log_path, sizeof(log_path), "%s", path);
+    }
     return 0;
 }
 
 
-/* SIGUSR1: reopen the log file (after logrotate moved it). */
+/* --user: the uid the log file is given to when the master reopens it
+ * (-1: none). */
 void
+fdp_log_set_owner(long uid)
+{
+    log_owner = uid;
+}
+
+
+/* SIGUSR1: reopen the log file (after logrotate moved it). Returns 0
+ * (also when there is no log file) or -errno; on failure the log goes on
+ * to the file it had. */
+int
 fdp_log_reopen(void)
 {
     if (log_path[0] != '\0') {
-        (void) fdp_log_open(log_path);
+        return fdp_log_open(log_path);
     }
+    return 0;
 }
 
 

@@ -555,8 +555,9 @@ pool_scale(lua_State *L)
                   "1 to 256");
     r = fdp_pool_scale(p, (int) n);
     if (r < 0) {
-        return pushfail_msg(L, "cannot scale now (stopping, or no spare "
-                            "slot)", r);
+        lua_pushfstring(L, "cannot scale now: %s", p->error);
+        p->error[0] = '\0';
+        return pushfail_msg(L, lua_tostring(L, -1), r);
     }
     lua_pushboolean(L, 1);
     return 1;

@@ -326,6 +326,8 @@ spawn_worker(struct fdp_pool *p, int idx)
     w->ordered = 0;
     w->retire_after = 0;
     w->mem_over = 0;
+    w->cpu_killed = 0;
+    w->ready_seen = 0;
     if (p->max_requests > 0) {
         /* Jitter (up to +10 %) so workers do not all retire at once. */
         w->retire_after = (uint64_t) p->max_requests
@@ -505,24 +507,36 @@ replace_worker(struct fdp_pool *p, int idx, const char *why)
 }
 
 
-/* Grow or shrink the pool to n workers at run time. 0, or -EBUSY (not
- * running, stopping, reloading), -EINVAL (n out of range) or -ENOSPC
- * (too few free slots while earlier workers finish). */
+/* Grow or shrink the pool to n workers at run time. 0, or -errno with
+ * p->error saying why: -EBUSY (stopping, or a reload is starting),
+ * -EINVAL (n out of range), -ENOSPC (retiring workers still hold the
+ * slots). */
 int
 fdp_pool_scale(struct fdp_pool *p, int n)
 {
     int i, r, busy = 0;
 
-    if (!p->running || p->stopping || p->reload_gen) {
+    if (!p->running || p->stopping) {
+        snprintf(p->error, sizeof(p->error), "the pool is stopping");
+        return -EBUSY;
+    }
+    if (p->reload_gen) {
+        snprintf(p->error, sizeof(p->error), "generation %d is still "
+                 "starting (a reload is in progress; try again when it is "
+                 "done)", p->reload_gen);
         return -EBUSY;
     }
     if (n < 1 || n > FDP_MAX_WORKERS) {
+        snprintf(p->error, sizeof(p->error), "the worker count must be "
+                 "1 to %d", FDP_MAX_WORKERS);
         return -EINVAL;
     }
     for (i = p->nworkers; i < FDP_SLOTS; i++) {
         busy += p->workers[i].slot.pid > 0;
     }
     if (n + busy > FDP_SLOTS) {
+        snprintf(p->error, sizeof(p->error), "%d retiring worker(s) still "
+                 "hold slots; try again later", busy);
         return -ENOSPC;
     }
     while (p->nworkers > n) {
@@ -545,6 +559,8 @@ fdp_pool_scale(struct fdp_pool *p, int n)
             r = retire_worker(p, i, "moved up");
             if (r < 0) {
                 p->nworkers--;
+                snprintf(p->error, sizeof(p->error), "no spare slot for "
+                         "a retiring worker; try again later");
                 return r;
             }
             p->nworkers--;
@@ -961,9 +977,17 @@ on_ready(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
     int i, up = 0;
 
     b = (const struct fdp_ready_body *) m->u.bytes;
-    if (w->slot.state != FDP_W_STARTING) {
+    if (w->ready_seen) {
         fdp_dispatch_fault(p, w, "READY twice");
         return -ECONNABORTED;
+    }
+    w->ready_seen = 1;
+    if (w->slot.state != FDP_W_STARTING) {
+        /* Retired before it was ready (its generation was replaced by a
+         * reload, or it was scaled down while starting): it has been
+         * told to stop, and its READY comes late. No fault: it finishes
+         * and exits like any retiring worker. */
+        return 0;
     }
     w->slot.state = FDP_W_RUNNING;
     if (w->pending) {
@@ -1108,7 +1132,10 @@ worker_gone(struct fdp_pool *p, struct fdp_worker *w, int st, char *how,
         w->slot.last_exit_code = WEXITSTATUS(st);
         snprintf(how, howlen, "exited with code %d", WEXITSTATUS(st));
     }
+    /* A SIGTERM the master sent itself (the rest of a refused reload's
+     * generation, a handler past --timeout already logged) is no news. */
     fdp_log(p->stopping || (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+            || (w->ordered && WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM)
             ? FDP_LOG_INFO : FDP_LOG_WARN, 0,
             "worker %d (pid %ld) %s%s", w->slot.id, (long) w->slot.pid, how,
             w->slot.active > 0 && !p->stopping ? "; its connections are lost"
@@ -1246,7 +1273,7 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     struct fdp_pool *p = io->data;
     struct signalfd_siginfo si;
     ssize_t n;
-    int i;
+    int i, r;
 
     (void) loop;
     (void) ev;
@@ -1277,18 +1304,29 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             break;
         case SIGTTIN:
             if (fdp_pool_scale(p, p->nworkers + 1) < 0) {
-                fdp_log(FDP_LOG_WARN, 0, "SIGTTIN: cannot add a worker");
+                fdp_log(FDP_LOG_WARN, 0, "SIGTTIN: cannot add a worker: "
+                        "%s", p->error);
+                p->error[0] = '\0';
             }
             break;
         case SIGTTOU:
-            if (p->nworkers <= 1 || fdp_pool_scale(p, p->nworkers - 1) < 0) {
+            if (p->nworkers <= 1) {
                 fdp_log(FDP_LOG_WARN, 0, "SIGTTOU: keeping at least one "
                         "worker");
+            } else if (fdp_pool_scale(p, p->nworkers - 1) < 0) {
+                fdp_log(FDP_LOG_WARN, 0, "SIGTTOU: cannot remove a "
+                        "worker: %s", p->error);
+                p->error[0] = '\0';
             }
             break;
         case SIGUSR1:
-            fdp_log_reopen();
-            fdp_log(FDP_LOG_INFO, 0, "SIGUSR1: log reopened");
+            r = fdp_log_reopen();
+            if (r < 0) {
+                fdp_log(FDP_LOG_WARN, -r, "SIGUSR1: cannot reopen the log "
+                        "file; logging on to the one already open");
+            } else {
+                fdp_log(FDP_LOG_INFO, 0, "SIGUSR1: log reopened");
+            }
             for (i = 0; i < FDP_SLOTS; i++) {
                 worker_kill(&p->workers[i], SIGUSR1);
             }
@@ -1400,7 +1438,11 @@ watch_timeouts(struct fdp_pool *p)
     for (i = 0; i < FDP_SLOTS; i++) {
         struct fdp_worker *w = &p->workers[i];
 
-        if (w->slot.pid <= 0 || w->slot.active == 0 || w->inflight == NULL) {
+        /* A worker already being terminated is not terminated again for
+         * its next overdue connection: that logged the line once per
+         * connection and pushed its SIGKILL back a second each time. */
+        if (w->slot.pid <= 0 || w->slot.active == 0 || w->inflight == NULL
+            || w->cpu_killed) {
             continue;
         }
         for (k = 0; k < w->slot.capacity; k++) {
@@ -1422,6 +1464,7 @@ watch_timeouts(struct fdp_pool *p)
                         "lost)", w->slot.id, (long) w->slot.pid,
                         w->slot.active);
                 w->ordered = 1;
+                w->cpu_killed = 1;
                 worker_kill(w, SIGTERM);
                 w->kill_at = fdp_now_ms() + 1000;
                 break;
@@ -1695,6 +1738,8 @@ fdp_pool_start(struct fdp_pool *p)
     } else if (p->user_name != NULL) {
         fdp_log(FDP_LOG_INFO, 0, "workers run as user %s (uid %u, gid %u)",
                 p->user_name, p->user_uid, p->user_gid);
+        /* So that they can reopen --log after a rotation (SIGUSR1). */
+        fdp_log_set_owner((long) p->user_uid);
     }
     for (i = 0; i < p->nworkers; i++) {
         if (spawn_worker(p, i) < 0) {

@@ -92,6 +92,10 @@ struct fdp_worker {
     int ordered;                    /* the master killed it (faulty,
                                      * timeout): its death is no crash */
     int mem_over;                   /* checks in a row above max_memory */
+    int ready_seen;                 /* its READY came (whatever its state
+                                     * became before it: retired early) */
+    int cpu_killed;                 /* terminated for holding the CPU
+                                     * past --timeout (once per process) */
 };
 
 struct fdp_control;

@@ -960,7 +960,11 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
         maybe_flush_done(&w);
         if (sig_reopen) {
             sig_reopen = 0;
-            fdp_log_reopen();
+            r = fdp_log_reopen();
+            if (r < 0) {
+                fdp_log(FDP_LOG_WARN, -r, "SIGUSR1: cannot reopen the log "
+                        "file; logging on to the one already open");
+            }
         }
         if (w.stopping && w.sched.active == 0) {
             worker_exit(&w, 0);

@@ -1,0 +1,296 @@
+-- tests/45-operator_spec.lua: what an operator does to a running pool
+-- (rotates its log, fills its disk, kills its workers at odd moments) and
+-- what the pool must keep doing. Every test starts the real build/pool
+-- and talks to it over real sockets.
+local H = require "helpers"
+local fdpool = require "fdpool"
+
+local FIX = "tests/fixtures/"
+local q = H.quote
+
+-- Start `pool run` with `--log DIR/app.log` (H.start_pool reads the
+-- pool's stderr, which --log replaces). Returns an H.Pool whose log() is
+-- the current --log file.
+local function start_logged(script, extra)
+  local dir = H.tmpdir()
+  local p = { dir = dir, log_path = dir .. "/app.log", exit_path = dir .. "/exit",
+              control = dir .. "/control.sock" }
+  local cmd = { H.POOL, "run", script, "--listen", "127.0.0.1:0", "--workers", "2",
+                "--control", p.control, "--log", p.log_path }
+  for _, f in ipairs(extra or {}) do cmd[#cmd + 1] = f end
+  for i, c in ipairs(cmd) do cmd[i] = q(c) end
+  local env = H.BUILD ~= "build" and "ASAN_OPTIONS=detect_leaks=1 " or ""
+  os.execute(("(%s%s; echo $? > %s) </dev/null >%s/stdout 2>%s/stderr &"):format(
+    env, table.concat(cmd, " "), p.exit_path, dir, dir))
+  setmetatable(p, { __index = H.Pool })
+  p.pid = H.wait_until(function()
+    return tonumber(p:log():match("pool%[(%d+)%]"))
+  end, 10, "the pool's first log line")
+  p.addr = H.wait_until(function() return p:log():match("listening on (%S+)") end,
+    10, "the pool to listen")
+  p:wait_ready(2)
+  finally(function()
+    if not p:exited() then p:kill("KILL") end
+  end)
+  return p
+end
+
+-- One "boom" line to pool_boom.lua: its worker logs a handler error.
+local function boom(addr)
+  local r = H.request(addr, "boom\n", 10)
+  return r
+end
+
+describe("log rotation", function()
+  it("SIGUSR1 reopens the --log file every time, in the master and the workers", function()
+    local p = start_logged(FIX .. "pool_boom.lua")
+    local wpids = p:worker_pids()
+    -- logrotate's default (create): move the file, signal, again and again.
+    for round = 1, 3 do
+      local moved = p.dir .. "/app.log." .. round
+      assert(os.rename(p.log_path, moved))
+      p:kill("USR1")
+      H.wait_until(function()
+        return p:log():find("SIGUSR1: log reopened", 1, true)
+      end, 5, "round " .. round .. ": the master to write to a new app.log")
+      -- Every worker writes to the new file too.
+      for _, wpid in ipairs(wpids) do
+        H.wait_until(function()
+          local ok, _, out = H.run("readlink /proc/" .. wpid .. "/fd/2")
+          return ok and out:match("^(.-)%s*$") == p.log_path
+        end, 5, "round " .. round .. ": worker " .. wpid .. "'s stderr on the new app.log")
+      end
+      boom(p.addr)
+      H.wait_until(function()
+        return p:log():find("boom requested", 1, true)
+      end, 5, "round " .. round .. ": a worker's error line in the new app.log")
+    end
+    assert.equals(0, p:stop())
+  end)
+
+  it("--user: the workers reopen the rotated log too (the master gives them the new file)", function()
+    if not H.run("[ $(id -u) = 0 ] && id nobody >/dev/null") then
+      pending("needs root and the user nobody")
+      return
+    end
+    local p = start_logged(FIX .. "pool_boom.lua", { "--user", "nobody" })
+    -- The log's directory is searchable by the workers' user (as
+    -- /var/log is); the file was created by the master, as root.
+    assert(H.run("chmod 755 " .. q(p.dir)))
+    local wpids = p:worker_pids()
+    for round = 1, 2 do
+      assert(os.rename(p.log_path, p.dir .. "/app.log." .. round))
+      p:kill("USR1")
+      for _, wpid in ipairs(wpids) do
+        H.wait_until(function()
+          local ok, _, out = H.run("readlink /proc/" .. wpid .. "/fd/2")
+          return ok and out:match("^(.-)%s*$") == p.log_path
+        end, 5, "round " .. round .. ": worker " .. wpid .. "'s stderr on the new app.log")
+      end
+      boom(p.addr)
+      H.wait_until(function()
+        return p:log():find("boom requested", 1, true)
+      end, 5, "round " .. round .. ": a worker's error line in the new app.log")
+      assert.falsy(p:log():find("cannot reopen", 1, true), p:log())
+    end
+    assert.equals(0, p:stop())
+  end)
+
+  it("a reopen that fails is logged and the pool logs on to the open file", function()
+    local p = start_logged(FIX .. "pool_boom.lua")
+    -- The log's directory becomes unwritable for a moment: a path where
+    -- a directory stands cannot be opened for writing.
+    local moved = p.dir .. "/app.log.1"
+    assert(os.rename(p.log_path, moved))
+    assert(H.run("mkdir " .. q(p.log_path)))
+    p:kill("USR1")
+    H.wait_until(function()
+      return (H.readfile(moved) or ""):find("cannot reopen the log file", 1, true)
+    end, 5, "the failed reopen in the old file")
+    assert.truthy(boom(p.addr))
+    H.wait_until(function()
+      return (H.readfile(moved) or ""):find("boom requested", 1, true)
+    end, 5, "the workers to log on to the old file")
+    -- Once the path is usable again, the next SIGUSR1 takes it.
+    assert(H.run("rmdir " .. q(p.log_path)))
+    p:kill("USR1")
+    H.wait_until(function()
+      return p:log():find("SIGUSR1: log reopened", 1, true)
+    end, 5, "the reopen once the path is free")
+    assert.equals(0, p:stop())
+  end)
+end)
+
+local function count(s, plain)
+  local n, i = 0, 1
+  while true do
+    local a, b = s:find(plain, i, true)
+    if not a then return n end
+    n, i = n + 1, b + 1
+  end
+end
+
+describe("a stopped worker", function()
+  it("SIGSTOP with connections in flight: terminated once under --timeout, replaced, the pool serves", function()
+    local p = H.start_pool { script = FIX .. "pool_slow.lua", args = { "0" }, workers = 1,
+                             concurrency = 4, extra = { "--timeout", "1" } }
+    local victim = p:worker_pids()[1]
+    assert(H.run("kill -STOP " .. victim))
+    -- Three connections in flight in the stopped worker.
+    local fds = {}
+    for i = 1, 3 do
+      fds[i] = assert(fdpool.connect(p.addr, 10))
+      assert(fds[i]:write("held" .. i .. "\n"))
+    end
+    H.wait_status(p, function(st) return st.workers[1].active == 3 end, 10,
+      "three connections in the stopped worker")
+    -- The master does not block on it: status answers, and after
+    -- --timeout + 3 s it terminates the worker, once, then kills it.
+    H.wait_until(function()
+      return p:log():find("worker 1 (pid " .. victim .. ") killed by SIGKILL", 1, true)
+    end, 20, "the stopped worker killed")
+    local log = p:log()
+    assert.equals(1, count(log, "does not yield; terminating the worker"), log)
+    assert.truthy(log:find("its 3 connection(s) are lost", 1, true), log)
+    for i = 1, 3 do
+      local got = fds[i]:read("a")
+      assert.is_true(got == nil or got == "", "connection " .. i .. " got " .. tostring(got))
+      fds[i]:close()
+    end
+    -- Replaced; the pool serves, nothing in flight is left over.
+    local st = p:wait_ready(1)
+    assert.are_not.equal(victim, st.workers[1].pid)
+    assert.equals("1 after\n", H.request(p.addr, "after\n", 10))
+    H.wait_status(p, H.all_idle, 5, "an idle pool")
+    assert.equals(0, p:stop())
+  end)
+end)
+
+-- `pool CMD` on p's control socket: exit code, output.
+local function ctl(p, cmd)
+  local _, code, out = H.run(H.POOL .. " " .. cmd .. " --control " .. q(p.control))
+  return code, out
+end
+
+describe("workers retired before they were ready", function()
+  -- ops_reload.lua with "slow_init": every worker takes 1 s to be READY.
+  local function slow_pool()
+    local dir = H.tmpdir()
+    H.writefile(dir .. "/slow_init", "1\n")
+    return H.start_pool { script = FIX .. "ops_reload.lua", args = { dir }, workers = 2 }
+  end
+
+  it("a table worker killed during a reload: its replacement retires without a fault", function()
+    local p = slow_pool()
+    for round = 1, 2 do
+      local victim = p:worker_pids()[1]
+      local out = p.dir .. "/reload" .. round
+      os.execute(("%s reload --control %s >%s 2>&1 &"):format(H.POOL, q(p.control), q(out)))
+      H.wait_until(function()
+        return p:log():find("reloading: generation " .. round + 1 .. " starting", 1, true)
+      end, 10, "the reload to start")
+      assert(H.run("kill -KILL " .. victim))
+      -- The old generation's replacement starts (1 s) while the new one does.
+      local restarted = H.wait_status(p, function(st)
+        return st.workers[1].pid ~= victim and st.workers[1].pid > 0
+           and st.workers[1].generation == round
+      end, 10, "the killed worker replaced in its generation").workers[1]
+      H.wait_until(function()
+        return (H.readfile(out) or ""):find("OK reloaded: generation " .. round + 1, 1, true)
+      end, 20, "the reload to succeed")
+      -- The replacement was retired before it was READY; its late READY
+      -- is no fault: it exits by itself.
+      H.wait_until(function()
+        return p:log():find("(pid " .. restarted.pid .. ") exited with code 0", 1, true)
+      end, 10, "the early-retired replacement to exit cleanly")
+      assert.falsy(p:log():find("faulty", 1, true), p:log())
+    end
+    local st = H.wait_status(p, function(s)
+      return s.generation == 3 and H.all_idle(s)
+    end, 10, "generation 3 idle")
+    assert.equals(2, #st.workers)
+    assert.equals(2, #H.children(p.pid))
+    assert.equals(0, p:stop())
+  end)
+
+  it("a worker scaled down while starting exits without a fault", function()
+    local p = slow_pool()
+    assert.equals(0, (ctl(p, "scale 3")))
+    local st = H.wait_status(p, function(s)
+      return #s.workers == 3 and s.workers[3].state == "starting"
+    end, 5, "worker 3 starting")
+    local pid3 = st.workers[3].pid
+    assert.equals(0, (ctl(p, "scale 2")))
+    H.wait_until(function()
+      return p:log():find("(pid " .. pid3 .. ") exited with code 0", 1, true)
+    end, 10, "worker 3 to exit cleanly")
+    assert.falsy(p:log():find("faulty", 1, true), p:log())
+    assert.equals("pid", (H.request(p.addr, "x\n", 10) or ""):match("^pid"))
+    assert.equals(0, p:stop())
+  end)
+end)
+
+describe("scale during a reload", function()
+  it("is refused with the reason, on the control socket and for SIGTTIN/SIGTTOU", function()
+    local dir = H.tmpdir()
+    H.writefile(dir .. "/slow_init", "1\n")
+    local p = H.start_pool { script = FIX .. "ops_reload.lua", args = { dir }, workers = 2 }
+    local out = p.dir .. "/reload.out"
+    os.execute(("%s reload --control %s >%s 2>&1 &"):format(H.POOL, q(p.control), q(out)))
+    H.wait_until(function()
+      return p:log():find("reloading: generation 2 starting", 1, true)
+    end, 10, "the reload to start")
+    local code, msg = ctl(p, "scale 3")
+    assert.equals(1, code)
+    assert.truthy(msg:find("cannot scale to 3 workers: generation 2 is still starting", 1, true), msg)
+    p:kill("TTIN")
+    H.wait_until(function()
+      return p:log():find("SIGTTIN: cannot add a worker: generation 2 is still starting", 1, true)
+    end, 5, "the SIGTTIN refusal with its reason")
+    p:kill("TTOU")
+    H.wait_until(function()
+      return p:log():find("SIGTTOU: cannot remove a worker: generation 2 is still starting", 1, true)
+    end, 5, "the SIGTTOU refusal with its reason")
+    H.wait_until(function()
+      return (H.readfile(out) or ""):find("OK reloaded: generation 2", 1, true)
+    end, 20, "the reload to succeed")
+    assert.equals(0, (ctl(p, "scale 3")))
+    p:wait_ready(3)
+    assert.equals(0, p:stop())
+  end)
+end)
+
+describe("a reload's new worker killed before READY", function()
+  it("refuses the reload, keeps the old generation, and stops the rest quietly", function()
+    local dir = H.tmpdir()
+    H.writefile(dir .. "/slow_init", "1\n")
+    local p = H.start_pool { script = FIX .. "ops_reload.lua", args = { dir }, workers = 2 }
+    local old = p:worker_pids()
+    local fd0 = H.fd_count(p.pid)
+    local out = p.dir .. "/reload.out"
+    os.execute(("%s reload --control %s >%s 2>&1 &"):format(H.POOL, q(p.control), q(out)))
+    -- The new generation's processes: the master's children not in the table.
+    local new = H.wait_until(function()
+      local t = {}
+      for _, c in ipairs(H.children(p.pid)) do
+        if c ~= old[1] and c ~= old[2] then t[#t + 1] = c end
+      end
+      return #t == 2 and t
+    end, 10, "the new generation's two processes")
+    assert(H.run("kill -KILL " .. new[1]))
+    H.wait_until(function()
+      return (H.readfile(out) or ""):find("reload refused, keeping the running workers: "
+        .. "a worker of generation 2 killed by SIGKILL before it was ready", 1, true)
+    end, 20, "the refusal")
+    H.wait_until(function() return #H.children(p.pid) == 2 end, 10, "the other new worker to go")
+    local log = p:log()
+    assert.truthy(log:find("info  pool%[%d+%]: worker %d %(pid " .. new[2] .. "%) killed by SIGTERM"), log)
+    assert.same(old, p:worker_pids())
+    local st = p:status()
+    assert.equals(1, st.generation)
+    assert.equals(0, st.crash_streak)
+    assert.equals("pid", (H.request(p.addr, "x\n", 10) or ""):match("^pid"))
+    assert.equals(fd0, H.fd_count(p.pid))
+    assert.equals(0, p:stop())
+  end)
+end)
