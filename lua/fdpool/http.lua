@@ -155,6 +155,14 @@ local function get(self, l)
   return k and self._headers[k]
 end
 
+-- A response that carries no body whatever the handler gives (RFC 9110
+-- 6.4.1): to HEAD, and 1xx, 204 and 304. Bytes sent after its head would
+-- be read as the next response on a keep-alive connection.
+local function no_body(self)
+  local code = self._status
+  return self._req.method == "HEAD" or code == 204 or code == 304 or code < 200
+end
+
 -- Headers the layer writes itself, from its own knowledge.
 local own = { ["content-length"] = true, ["transfer-encoding"] = true,
   ["connection"] = true }
@@ -200,7 +208,7 @@ function Res:send(body)
   body = body or ""
   self.started = true
   self.finished = true
-  local head_only = self._req.method == "HEAD"
+  local head_only = no_body(self)
   if not head_only then self._bytes = #body end
   local ok, err = send_head(self, #body, false, not head_only and body or nil)
   return ok ~= nil, err
@@ -213,14 +221,23 @@ function Res:write(chunk)
   if not self.started then
     self.started = true
     local len = tonumber(get(self, "content-length"))
-    self._chunked = len == nil and req.version == "1.1"
+    self._declared = len
+    self._chunked = len == nil and req.version == "1.1" and not no_body(self)
     if not send_head(self, len, self._chunked) then return false end
   end
-  if req.method == "HEAD" or chunk == nil or chunk == "" then return true end
+  if no_body(self) or chunk == nil or chunk == "" then return true end
   local ok
   if self._chunked then
     ok = conn:send(("%x\r\n"):format(#chunk) .. chunk .. "\r\n")
   else
+    local len = self._declared
+    if len and (self._bytes or 0) + #chunk > len then
+      -- More than the Content-Length said: the excess would be read as
+      -- the next response. Send what fits, close after this response.
+      req._close = true
+      chunk = chunk:sub(1, len - (self._bytes or 0))
+      if chunk == "" then return false end
+    end
     ok = conn:send(chunk)
   end
   self._bytes = (self._bytes or 0) + #chunk
@@ -233,9 +250,14 @@ function Res:finish()
   if self.finished then return true end
   if not self.started then return self:send("") end
   self.finished = true
-  if self._chunked and self._req.method ~= "HEAD" then
+  if self._chunked and not no_body(self) then
     local ok = self._conn:send("0\r\n\r\n")
     if not ok then self._req._broken = true end
+  elseif self._declared and not no_body(self) and (self._bytes or 0) ~= self._declared then
+    -- Fewer bytes than the Content-Length said: the client waits for
+    -- the rest, and the next response would be read as body. Close.
+    self._req._broken = true
+    return false, "response shorter than its Content-Length"
   end
   return true
 end

@@ -1,0 +1,130 @@
+-- tests/44-attacks_spec.lua: what hostile and careless clients and
+-- handlers do, against the real build/pool: pipelined requests after
+-- responses that must carry no body, a handler whose writes disagree
+-- with its own Content-Length, half-closing clients in every mode.
+
+package.path = "./tests/?.lua;" .. package.path
+local H = require "helpers"
+local fdpool = require "fdpool"
+
+-- Send bytes, half-close (SHUT_WR), read until the server closes.
+local function exchange(addr, bytes)
+  local fd = assert(fdpool.connect(addr, 10))
+  assert(fd:write(bytes))
+  assert(fd:shutdown("send"))
+  local data, err = fd:read("a")
+  fd:close()
+  return assert(data, err)
+end
+
+-- Split a byte stream into responses as a client reads them: the head,
+-- then a body by the RFC 9112 6.3 rules (none after HEAD, 1xx, 204, 304;
+-- chunked; Content-Length; else to the end). Returns a list of
+-- { status, body } and whatever bytes did not frame.
+local function responses(s, methods)
+  local out, i = {}, 1
+  while i <= #s do
+    local hend = s:find("\r\n\r\n", i, true)
+    if not hend then break end
+    local head = s:sub(i, hend + 1)
+    local status = tonumber(head:match("^HTTP/1%.1 (%d%d%d) "))
+    if not status then break end
+    i = hend + 4
+    local body = ""
+    local method = methods and methods[#out + 1] or "GET"
+    local cl = head:match("\r\n[Cc]ontent%-[Ll]ength: *(%d+)")
+    if method == "HEAD" or status == 204 or status == 304 or status < 200 then
+      body = ""
+    elseif head:lower():find("\r\ntransfer%-encoding: *chunked") then
+      while true do
+        local e = s:find("\r\n", i, true)
+        if not e then return out, s:sub(i) end
+        local n = tonumber(s:sub(i, e - 1), 16)
+        if not n then return out, s:sub(i) end
+        if n == 0 then i = e + 4; break end
+        body = body .. s:sub(e + 2, e + 1 + n)
+        i = e + 4 + n
+      end
+    elseif cl then
+      body = s:sub(i, i + tonumber(cl) - 1)
+      if #body < tonumber(cl) then
+        out[#out + 1] = { status = status, body = body, short = true }
+        return out, ""
+      end
+      i = i + tonumber(cl)
+    else
+      body = s:sub(i); i = #s + 1
+    end
+    out[#out + 1] = { status = status, body = body }
+  end
+  return out, s:sub(i)
+end
+
+local function get(path, extra)
+  return ("GET %s HTTP/1.1\r\nHost: t\r\n%s\r\n"):format(path, extra or "")
+end
+
+describe("responses without a body keep a pipelined connection in sync", function()
+  local pool
+
+  setup(function()
+    pool = H.start_pool({ script = "tests/fixtures/attacks.lua", workers = 2 })
+    assert(pool.addr, "pool did not start: " .. pool:log())
+  end)
+
+  teardown(function()
+    if pool then pool:stop() end
+  end)
+
+  for _, path in ipairs { "/204", "/304", "/204w", "/304w" } do
+    it(path .. ": no body bytes, no Transfer-Encoding; the next request is answered", function()
+      local raw = exchange(pool.addr, get(path) .. get("/next"))
+      local rs, rest = responses(raw)
+      assert.equal(2, #rs, raw)
+      assert.equal(tonumber(path:match("%d+")), rs[1].status)
+      assert.is_nil(raw:lower():find("transfer-encoding", 1, true), raw)
+      assert.equal(200, rs[2].status)
+      assert.equal("path /next\n", rs[2].body)
+      assert.equal("", rest)
+    end)
+  end
+
+  it("a HEAD between GETs: head only, in order", function()
+    local raw = exchange(pool.addr, get("/a") .. ("HEAD /b HTTP/1.1\r\nHost: t\r\n\r\n") .. get("/c"))
+    local rs, rest = responses(raw, { "GET", "HEAD", "GET" })
+    assert.equal(3, #rs, raw)
+    assert.equal("path /a\n", rs[1].body)
+    assert.equal("", rs[2].body)
+    assert.equal("path /c\n", rs[3].body)
+    assert.equal("", rest)
+  end)
+
+  it("a handler that writes less than its Content-Length: the connection closes, nothing more is sent", function()
+    local raw = exchange(pool.addr, get("/short") .. get("/next"))
+    local rs, rest = responses(raw)
+    assert.equal(1, #rs, raw)
+    assert.is_true(rs[1].short, raw)
+    assert.equal("abc", rs[1].body)
+    assert.equal("", rest)
+  end)
+
+  it("a handler that writes more than its Content-Length: the excess is not sent, the connection closes", function()
+    local raw = exchange(pool.addr, get("/long") .. get("/next"))
+    local rs, rest = responses(raw)
+    assert.equal(1, #rs, raw)
+    assert.equal("abc", rs[1].body)
+    assert.equal("", rest)
+  end)
+
+  it("a handler that fails after write() started: the chunked body is left unterminated and the connection closes", function()
+    local raw = exchange(pool.addr, get("/err") .. get("/next"))
+    assert.truthy(raw:find("partial", 1, true), raw)
+    assert.is_nil(raw:find("0\r\n\r\n", 1, true), raw)
+    assert.is_nil(raw:find("path /next", 1, true), raw)
+  end)
+
+  it("the pool logged only the handler error it was asked for", function()
+    local bad = H.unexpected_errors(pool:log(), { "handler fails after write" })
+    assert.same({}, bad)
+  end)
+end)
