@@ -189,7 +189,7 @@ local function send_head(self, length, chunked, body)
   local hk, h = self._hk, self._headers
   local ck = hk["connection"]
   if ck and tostring(h[ck]):lower() == "close" then req._close = true end
-  if not chunked and not length and code ~= 204 and code ~= 304 then
+  if not chunked and not length and code ~= 204 and code ~= 304 and code >= 200 then
     req._close = true  -- close-delimited body
   end
   if not length or chunked or code == 204 or code == 304 or code < 200 then
@@ -222,7 +222,11 @@ function Res:write(chunk)
     self.started = true
     local len = tonumber(get(self, "content-length"))
     self._declared = len
-    self._chunked = len == nil and req.version == "1.1" and not no_body(self)
+    -- A HEAD's head says what the GET's would (chunked); a 1xx, 204 or
+    -- 304 has no body to frame.
+    local code = self._status
+    self._chunked = len == nil and req.version == "1.1"
+      and code ~= 204 and code ~= 304 and code >= 200
     if not send_head(self, len, self._chunked) then return false end
   end
   if no_body(self) or chunk == nil or chunk == "" then return true end
