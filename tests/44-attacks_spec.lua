@@ -128,3 +128,67 @@ describe("responses without a body keep a pipelined connection in sync", functio
     assert.same({}, bad)
   end)
 end)
+
+describe("an error answer reaches a client still sending (lingering close)", function()
+  local pool
+
+  setup(function()
+    pool = H.start_pool({ script = "tests/fixtures/attacks.lua", workers = 2 })
+    assert(pool.addr, "pool did not start: " .. pool:log())
+  end)
+
+  teardown(function()
+    if pool then pool:stop() end
+  end)
+
+  -- Write all of bytes (no half-close), then read the answer: the server
+  -- must not reset the connection while bytes it did not read are queued.
+  local function send_then_read(bytes)
+    local fd = assert(fdpool.connect(pool.addr, 10))
+    assert(fd:settimeout(10))
+    assert(fd:write(bytes))
+    local data, err = fd:read("a")
+    fd:close()
+    return data, err
+  end
+
+  it("2000 header lines (16 KiB past max_head) get 431, not a reset", function()
+    local h = {}
+    for i = 1, 2000 do h[i] = ("X-%d: v\r\n"):format(i) end
+    for _ = 1, 5 do
+      local data, err = send_then_read("GET / HTTP/1.1\r\nHost: t\r\n" .. table.concat(h) .. "\r\n")
+      assert(data, err)
+      assert.equal("HTTP/1.1 431 ", data:sub(1, 13))
+    end
+  end)
+
+  it("a 512 KiB body over max_body gets 413, not a reset", function()
+    local body = ("x"):rep(512 * 1024)
+    for _ = 1, 3 do
+      local data, err = send_then_read("POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: "
+        .. (#body * 4) .. "\r\n\r\n" .. body)
+      assert(data, err)
+      assert.equal("HTTP/1.1 413 ", data:sub(1, 13))
+    end
+  end)
+
+  it("a client that keeps sending after the answer is cut off and the worker serves on", function()
+    -- A Python client (the test process would die of SIGPIPE): a head past
+    -- max_head, then 1 KiB every ms until the server closes, at most 60 s.
+    local host, port = pool.addr:match("^(.*):(%d+)$")
+    local ok, _, out = H.run(([[timeout 60 python3 -c '
+import socket, time
+s = socket.create_connection(("%s", %s))
+s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX: " + b"a" * 20000 + b"\r\n\r\n")
+try:
+    while True:
+        s.send(b"z" * 1024); time.sleep(0.001)
+except OSError as e:
+    print("server closed:", e.__class__.__name__)
+']]):format(host, port))
+    assert(ok, out)
+    assert.truthy(out:find("server closed", 1, true), out)
+    local data = H.http_get(pool.addr, "/after")
+    assert.truthy(data and data:find("path /after", 1, true), data)
+  end)
+end)

@@ -332,13 +332,32 @@ end
 
 -- ---- the connection loop ------------------------------------------------
 
--- An error reply, then the connection closes. head: the request was HEAD
--- (or nil when unknown): the headers only.
+-- Lingering close (as nginx's lingering_close, Apache's
+-- ap_lingering_close): after an answer sent while the client may still be
+-- sending (a head too large, a body refused or left unread), send FIN and
+-- discard what arrives until the client closes, for at most
+-- LINGER_TOTAL s (LINGER_WAIT s per wait). Closing with unread bytes in
+-- the socket would send RST, and an RST makes the client's kernel drop
+-- the answer it has not read yet: the client sees "connection reset"
+-- instead of the 431 or 413.
+local LINGER_WAIT, LINGER_TOTAL = 2, 5
+local function linger(conn)
+  if not conn:shutdown("send") then return end
+  conn:settimeout(LINGER_WAIT)
+  conn:setdeadline(LINGER_TOTAL)
+  repeat until not conn:receive(65536)
+  conn:setdeadline(nil)
+end
+M._linger = linger
+
+-- An error reply, then the connection closes (lingering). head: the
+-- request was HEAD (or nil when unknown): the headers only.
 local function simple(conn, code, text, head)
   local body = text or (reasons[code] or "error") .. "\n"
-  conn:send(("HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+  local ok = conn:send(("HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
     .. "Connection: close\r\nDate: %s\r\n\r\n%s"):format(code, reasons[code] or "Error",
     #body, http_date(), head and "" or body))
+  if ok then linger(conn) end
 end
 
 -- The status for a request-body error: framing (400), size (413) or a
