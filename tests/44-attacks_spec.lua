@@ -192,3 +192,42 @@ except OSError as e:
     assert.truthy(data and data:find("path /after", 1, true), data)
   end)
 end)
+
+describe("Expect: 100-continue", function()
+  local pool
+
+  setup(function()
+    pool = H.start_pool({ script = "tests/fixtures/attacks.lua", workers = 1 })
+    assert(pool.addr, "pool did not start: " .. pool:log())
+  end)
+
+  teardown(function()
+    if pool then pool:stop() end
+  end)
+
+  it("a handler that never asks for the body: the answer says Connection: close, and the connection closes", function()
+    local fd = assert(fdpool.connect(pool.addr, 10))
+    assert(fd:settimeout(10))
+    assert(fd:write("POST /nobody HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"))
+    local data = assert(fd:read("a"))
+    fd:close()
+    assert.equal("HTTP/1.1 200 ", data:sub(1, 13))
+    assert.is_nil(data:find("100 Continue", 1, true), data)
+    assert.truthy(data:find("\r\nConnection: close\r\n", 1, true), data)
+    assert.truthy(data:find("path /nobody\n", 1, true), data)
+  end)
+
+  it("a handler that reads the body: 100 Continue, then the answer, and the connection stays open", function()
+    local fd = assert(fdpool.connect(pool.addr, 10))
+    assert(fd:settimeout(10))
+    assert(fd:write("POST /body HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"))
+    assert.equal("HTTP/1.1 100 Continue\r\n\r\n", fd:read(25))
+    assert(fd:write("hello" .. get("/next") .. get("/last", "Connection: close\r\n")))
+    local data = assert(fd:read("a"))
+    fd:close()
+    local rs = responses(data)
+    assert.equal(3, #rs, data)
+    assert.equal("got 5\n", rs[1].body)
+    assert.equal("path /next\n", rs[2].body)
+  end)
+end)

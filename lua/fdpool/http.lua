@@ -189,6 +189,11 @@ local function send_head(self, length, chunked, body)
   local hk, h = self._hk, self._headers
   local ck = hk["connection"]
   if ck and tostring(h[ck]):lower() == "close" then req._close = true end
+  -- A client waiting for 100 Continue whose body was not asked for:
+  -- the connection cannot go on (drain closes it); say so.
+  if req._expect_continue and not req._body and (req._length > 0 or req._chunked) then
+    req._close = true
+  end
   if not chunked and not length and code ~= 204 and code ~= 304 and code >= 200 then
     req._close = true  -- close-delimited body
   end
