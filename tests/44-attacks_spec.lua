@@ -231,3 +231,53 @@ describe("Expect: 100-continue", function()
     assert.equal("path /next\n", rs[2].body)
   end)
 end)
+
+describe("the --metrics listener under slowloris", function()
+  local pool, metrics
+
+  setup(function()
+    pool = H.start_pool({ script = "tests/fixtures/attacks.lua", workers = 1,
+      extra = { "--metrics", "127.0.0.1:0" } })
+    assert(pool.addr, "pool did not start: " .. pool:log())
+    metrics = H.wait_until(function()
+      return pool:log():match("metrics on http://([^/%s]+)/metrics")
+    end, 5, "the metrics listener")
+  end)
+
+  teardown(function()
+    if pool then pool:stop() end
+  end)
+
+  it("with its 8 slots held by trickling heads, a 9th client reads 503, not a reset; then it serves again", function()
+    local held = {}
+    for i = 1, 8 do
+      held[i] = assert(fdpool.connect(metrics, 10))
+      assert(held[i]:write("GET /sta"))
+    end
+    local function probe()
+      local fd = assert(fdpool.connect(metrics, 10))
+      fd:settimeout(10)
+      assert(fd:write("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"))
+      local data, err = fd:read("a")
+      fd:close()
+      return data, err
+    end
+    -- Once the master has taken all 8 (the first 503), every 9th is told.
+    H.wait_until(function()
+      local d = probe()
+      return d and d:find("^HTTP/1.1 503 ")
+    end, 10, "a 503 from the full listener")
+    for _ = 1, 10 do
+      local data, err = probe()
+      assert(data, err)
+      assert.matches("^HTTP/1.1 503 ", data)
+    end
+    for _, fd in ipairs(held) do fd:close() end
+    H.wait_until(function()
+      local d = probe()
+      return d and d:find("^HTTP/1.1 200 ")
+    end, 10, "/healthz once the slots are free")
+    local st = assert(pool:status())
+    assert.equal(0, st.workers[1].restarts)
+  end)
+end)
