@@ -281,3 +281,45 @@ describe("the --metrics listener under slowloris", function()
     assert.equal(0, st.workers[1].restarts)
   end)
 end)
+
+describe("a handler's response head cannot be split", function()
+  local pool
+
+  setup(function()
+    pool = H.start_pool({ script = "tests/fixtures/attacks.lua", workers = 1 })
+    assert(pool.addr, "pool did not start: " .. pool:log())
+  end)
+
+  teardown(function()
+    if pool then pool:stop() end
+  end)
+
+  for _, path in ipairs { "/crlf", "/lf", "/name", "/ret-crlf", "/status", "/ret-status" } do
+    it(path .. ": 500, nothing of the bad head sent, the connection closes", function()
+      local raw = exchange(pool.addr, get(path) .. get("/next"))
+      assert.matches("^HTTP/1.1 500 ", raw)
+      assert.is_nil(raw:find("Injected", 1, true), raw)
+      assert.is_nil(raw:find("smuggled", 1, true), raw)
+      assert.is_nil(raw:find("path /next", 1, true), raw)
+      local rs = responses(raw)
+      assert.equal(1, #rs, raw)
+    end)
+  end
+
+  it("sendfile with a 204 sends no file bytes; the next request is answered", function()
+    local raw = exchange(pool.addr, get("/sf204") .. get("/next"))
+    local rs, rest = responses(raw)
+    assert.equal(2, #rs, raw)
+    assert.equal(204, rs[1].status)
+    assert.equal("path /next\n", rs[2].body)
+    assert.equal("", rest)
+  end)
+
+  it("each refused head is logged as the handler's error, and the worker lives on", function()
+    local n = select(2, pool:log():gsub("invalid response header", ""))
+    assert.equal(4, n)
+    n = select(2, pool:log():gsub("status must be an integer from 100 to 999", ""))
+    assert.equal(2, n)
+    assert.equal(0, assert(pool:status()).workers[1].restarts)
+  end)
+end)

@@ -126,7 +126,10 @@ Res.__index = Res
 --- Set the status code (before anything is sent).
 function Res:status(code)
   assert(not self.started, "response already started")
-  self._status = assert(math.tointeger(code), "status must be an integer")
+  code = math.tointeger(code)
+  -- A status line has three digits (RFC 9110 15).
+  assert(code and code >= 100 and code <= 999, "status must be an integer from 100 to 999")
+  self._status = code
   return self
 end
 
@@ -203,6 +206,7 @@ local function send_head(self, length, chunked, body)
   local connection = req._close and "close" or (req.version == "1.0" and "keep-alive") or nil
   local ok, err = self._conn:sendresponse(status_lines[code], h,
     not hk["date"] and date_line() or nil, length, chunked, connection, body)
+  self._head_sent = true  -- (sendresponse raises on a bad header: not sent)
   if not ok then req._broken = true end
   return ok, err
 end
@@ -297,7 +301,7 @@ function Res:sendfile(path, offset, count, size)
   self.finished = true
   local conn = self._conn
   if not send_head(self, count, false) then return false end
-  if self._req.method == "HEAD" or count == 0 then return true end
+  if no_body(self) or count == 0 then return true end
   conn:settimeout(self._req._opts.body_timeout)
   local sent, err = conn:sendfile(fd, offset, count)
   self._bytes = sent or 0
@@ -479,6 +483,21 @@ local function drain(req)
   return true
 end
 
+-- Run fn(req, res); a status, headers, body it returns are sent here,
+-- under the same xpcall (a bad status or header is the handler's error).
+-- Returns the status it returned, or nil.
+local function call(fn, req, res)
+  local a, b, c = fn(req, res)
+  if a ~= nil and not res.started then
+    res:status(a)
+    if type(b) == "table" then
+      for k, v in pairs(b) do res:header(k, v) end
+    end
+    res:send(c and tostring(c) or "")
+  end
+  return a
+end
+
 -- Handlers made by serve, with their options: a worker tells the master
 -- (READY) that its handler speaks HTTP, so the master's accept filter
 -- waits for whole request heads (max_head, head_timeout).
@@ -534,11 +553,11 @@ function M.serve(fn, options)
       local res = setmetatable({ _conn = conn, _req = req, _status = 200,
         _headers = {}, _hk = {}, started = false, finished = false }, Res)
       setmetatable(req, Req)
-      local ok, a, b, c = xpcall(fn, traceback, req, res)
+      local ok, a = xpcall(call, traceback, fn, req, res)
       if not ok then
         fdpool.log("error", ("http handler error (%s %s): %s"):format(req.method,
           req.path, tostring(a):gsub("\n%s*", " | ")))
-        if not res.started then
+        if not res._head_sent then
           -- A body that failed to frame is the client's error, not ours.
           local st = body_status(req._body_err) or 500
           simple(conn, st, nil, req.method == "HEAD")
@@ -554,13 +573,7 @@ function M.serve(fn, options)
         if log then log(req, res) end
         return
       end
-      if not res.started and a ~= nil then
-        res._status = a
-        if type(b) == "table" then
-          for k, v in pairs(b) do res:header(k, v) end
-        end
-        res:send(c and tostring(c) or "")
-      elseif not res.finished then
+      if not res.finished then
         res:finish()
       end
       if log then log(req, res) end
