@@ -172,6 +172,26 @@ describe("an error answer reaches a client still sending (lingering close)", fun
     end
   end)
 
+  it("a handler that answers without reading a body on a Connection: close request: the answer arrives, not a reset", function()
+    local body = ("x"):rep(900 * 1024)
+    for _ = 1, 3 do
+      local data, err = send_then_read("POST /ignored HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+        .. "Content-Length: " .. #body .. "\r\n\r\n" .. body)
+      assert(data, err)
+      assert.equal("HTTP/1.1 200 ", data:sub(1, 13))
+      assert.truthy(data:find("path /ignored\n", 1, true), data)
+    end
+  end)
+
+  it("a handler that answers after its body failed to frame: the answer arrives, not a reset", function()
+    for _ = 1, 3 do
+      local data, err = send_then_read("POST /body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        .. "5;" .. ("e"):rep(100000) .. "\r\nhello\r\n0\r\n\r\n")
+      assert(data, err)
+      assert.truthy(data:find("got 0\n", 1, true), data)
+    end
+  end)
+
   it("a client that keeps sending after the answer is cut off and the worker serves on", function()
     -- A Python client (the test process would die of SIGPIPE): a head past
     -- max_head, then 1 KiB every ms until the server closes, at most 60 s.

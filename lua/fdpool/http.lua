@@ -577,7 +577,14 @@ function M.serve(fn, options)
         res:finish()
       end
       if log then log(req, res) end
-      if req._close or not drain(req) then return end
+      if req._close or not drain(req) then
+        -- Bytes of this request may still be on their way (a body not
+        -- read or not readable): close without a reset.
+        if req._broken or (not req._body and (req._length > 0 or req._chunked)) then
+          linger(conn)
+        end
+        return
+      end
       if opts.body_timeout ~= opts.keepalive_timeout and (req._length > 0 or req._chunked) then
         conn:settimeout(opts.keepalive_timeout)
       end
