@@ -343,3 +343,33 @@ describe("a handler's response head cannot be split", function()
     assert.equal(0, assert(pool:status()).workers[1].restarts)
   end)
 end)
+
+describe("a worker's custom status fields in the text table", function()
+  it("cannot add lines or terminal escapes to `pool status`", function()
+    local dir = H.tmpdir()
+    local script = H.writefile(dir .. "/setter.lua", [[
+local fdpool = require "fdpool"
+return {
+  init = function()
+    fdpool.worker.set("k\nfake", "v\n   9 99999 free  \27[2Jx\127")
+  end,
+  handle = function(conn) conn:send("x") end,
+}
+]])
+    local p = H.start_pool({ script = script, workers = 1 })
+    finally(function() p:stop() end)
+    assert(p.addr, p:log())
+    local st = H.wait_until(function()
+      local s = p:status()
+      return s and s.workers[1].fields and next(s.workers[1].fields) and s
+    end, 5, "the custom field")
+    -- JSON keeps the bytes (escaped); the table shows them as '?'.
+    assert.equal("v\n   9 99999 free  \27[2Jx\127", st.workers[1].fields["k\nfake"])
+    local code, out = H.run_pool("status --control " .. H.quote(p.control))
+    assert.equal(0, code, out)
+    assert.is_nil(out:find("\27", 1, true), out)
+    assert.is_nil(out:find("\127", 1, true), out)
+    assert.truthy(out:find(" k?fake=v?   9 99999 free  ?[2Jx?\n", 1, true), out)
+    assert.is_nil(out:find("\n   9 ", 1, true), out)
+  end)
+end)
