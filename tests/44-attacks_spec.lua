@@ -373,3 +373,20 @@ return {
     assert.is_nil(out:find("\n   9 ", 1, true), out)
   end)
 end)
+
+describe("pipelined responses", function()
+  it("go out on TCP_NODELAY sockets (Nagle held each one after the first for the client's delayed ACK)", function()
+    local p = H.start_pool({ script = "tests/fixtures/attacks.lua", workers = 1 })
+    finally(function() p:stop() end)
+    assert(p.addr, p:log())
+    local host, port = p.addr:match("^(.*):(%d+)$")
+    local wpid = assert(p:worker_pids()[1])
+    local ok, _, out = H.run(("timeout 20 python3 tests/fixtures/nodelay.py %s %s %d"):format(host, port, wpid))
+    assert(ok, out)
+    if out:find("^skip:") then
+      pending(out)
+      return
+    end
+    assert.equal("nodelay=1\n", out)
+  end)
+end)
