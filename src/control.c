@@ -349,6 +349,9 @@ control_accept(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             } else {
                 (void) send(fd, "ERR busy\n", 9, MSG_NOSIGNAL | MSG_DONTWAIT);
             }
+            /* The request is often here already: unread, the close
+             * would send RST and drop the answer before it leaves. */
+            fdp_statuspage_drain(fd);
             fdp_close(&fd);
             continue;
         }

@@ -29,6 +29,7 @@
 struct headbuf {
     char *p;
     size_t len, cap;
+    const char *invalid;        /* the name of a header refused, or NULL */
     char stack[2048];
 };
 
@@ -68,14 +69,50 @@ own_header(const char *k, size_t n)
 }
 
 
+/* A field name is a token, a value has no control byte but HTAB (RFC 9110
+ * 5.1, 5.5): a CR or LF from a handler's header would end the head early
+ * and let the rest be read as headers or a body of the attacker's. */
+static int
+valid_field(const char *k, size_t kn, const char *v, size_t vn)
+{
+    size_t i;
+
+    if (kn == 0) {
+        return 0;
+    }
+    for (i = 0; i < kn; i++) {
+        unsigned char ch = (unsigned char) k[i];
+
+        if (!((ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z'))
+            && (ch == 0 || strchr("!#$%&'*+-.^_`|~", ch) == NULL)) {
+            return 0;
+        }
+    }
+    for (i = 0; i < vn; i++) {
+        unsigned char ch = (unsigned char) v[i];
+
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+
 static int
 hb_header(struct headbuf *b, const char *k, size_t kn, lua_State *L, int vi)
 {
     size_t vn;
     const char *v = luaL_tolstring(L, vi, &vn);
-    int r = hb_add(b, k, kn) | hb_add(b, ": ", 2) | hb_add(b, v, vn)
-            | hb_add(b, "\r\n", 2);
+    int r;
 
+    if (!valid_field(k, kn, v, vn)) {
+        b->invalid = k;         /* the headers table keeps k alive */
+        lua_pop(L, 1);
+        return 0;
+    }
+    r = hb_add(b, k, kn) | hb_add(b, ": ", 2) | hb_add(b, v, vn)
+        | hb_add(b, "\r\n", 2);
     lua_pop(L, 1);
     return r;
 }
@@ -176,6 +213,7 @@ conn_sendresponse(lua_State *L)
     b.p = b.stack;
     b.len = 0;
     b.cap = sizeof(b.stack);
+    b.invalid = NULL;
     bad |= hb_add(&b, sl, sn);
     bad |= hb_headers(&b, L, 3);
     if (dl) {
@@ -196,9 +234,14 @@ conn_sendresponse(lua_State *L)
                | hb_add(&b, "\r\n", 2);
     }
     bad |= hb_add(&b, "\r\n", 2);
-    if (bad) {
+    if (bad || b.invalid) {
         if (b.p != b.stack) {
             free(b.p);
+        }
+        if (b.invalid) {
+            return luaL_error(L, "invalid response header '%s' (a name must be "
+                              "a token, a value must hold no CR, LF or other "
+                              "control byte)", b.invalid);
         }
         return luaL_error(L, "out of memory");
     }

@@ -181,6 +181,20 @@ fdp_buf_json_str(struct fdp_buf *b, const char *s)
 }
 
 
+/* A custom field's key or value (a worker's bytes) in the text table:
+ * a control byte would let a worker's handler write lines of its own,
+ * or terminal escapes, into `pool status`: shown as '?'. */
+static void
+text_str(struct fdp_buf *b, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char) *s;
+
+        fdp_buf_printf(b, "%c", c < 0x20 || c == 0x7f ? '?' : c);
+    }
+}
+
+
 void
 fdp_buf_free(struct fdp_buf *b)
 {
@@ -312,7 +326,10 @@ fdp_status_table(struct fdp_buf *b, const struct fdp_status_info *info,
                        s->restarts, (unsigned long long) s->bytes_in,
                        (unsigned long long) s->bytes_out);
         for (k = 0; k < s->nkv; k++) {
-            fdp_buf_printf(b, " %s=%s", s->kv[k].key, s->kv[k].val);
+            fdp_buf_printf(b, " ");
+            text_str(b, s->kv[k].key);
+            fdp_buf_printf(b, "=");
+            text_str(b, s->kv[k].val);
         }
         fdp_buf_printf(b, "\n");
     }

@@ -126,7 +126,10 @@ Res.__index = Res
 --- Set the status code (before anything is sent).
 function Res:status(code)
   assert(not self.started, "response already started")
-  self._status = assert(math.tointeger(code), "status must be an integer")
+  code = math.tointeger(code)
+  -- A status line has three digits (RFC 9110 15).
+  assert(code and code >= 100 and code <= 999, "status must be an integer from 100 to 999")
+  self._status = code
   return self
 end
 
@@ -155,6 +158,14 @@ local function get(self, l)
   return k and self._headers[k]
 end
 
+-- A response that carries no body whatever the handler gives (RFC 9110
+-- 6.4.1): to HEAD, and 1xx, 204 and 304. Bytes sent after its head would
+-- be read as the next response on a keep-alive connection.
+local function no_body(self)
+  local code = self._status
+  return self._req.method == "HEAD" or code == 204 or code == 304 or code < 200
+end
+
 -- Headers the layer writes itself, from its own knowledge.
 local own = { ["content-length"] = true, ["transfer-encoding"] = true,
   ["connection"] = true }
@@ -181,7 +192,12 @@ local function send_head(self, length, chunked, body)
   local hk, h = self._hk, self._headers
   local ck = hk["connection"]
   if ck and tostring(h[ck]):lower() == "close" then req._close = true end
-  if not chunked and not length and code ~= 204 and code ~= 304 then
+  -- A client waiting for 100 Continue whose body was not asked for:
+  -- the connection cannot go on (drain closes it); say so.
+  if req._expect_continue and not req._body and (req._length > 0 or req._chunked) then
+    req._close = true
+  end
+  if not chunked and not length and code ~= 204 and code ~= 304 and code >= 200 then
     req._close = true  -- close-delimited body
   end
   if not length or chunked or code == 204 or code == 304 or code < 200 then
@@ -190,6 +206,7 @@ local function send_head(self, length, chunked, body)
   local connection = req._close and "close" or (req.version == "1.0" and "keep-alive") or nil
   local ok, err = self._conn:sendresponse(status_lines[code], h,
     not hk["date"] and date_line() or nil, length, chunked, connection, body)
+  self._head_sent = true  -- (sendresponse raises on a bad header: not sent)
   if not ok then req._broken = true end
   return ok, err
 end
@@ -200,7 +217,7 @@ function Res:send(body)
   body = body or ""
   self.started = true
   self.finished = true
-  local head_only = self._req.method == "HEAD"
+  local head_only = no_body(self)
   if not head_only then self._bytes = #body end
   local ok, err = send_head(self, #body, false, not head_only and body or nil)
   return ok ~= nil, err
@@ -213,14 +230,27 @@ function Res:write(chunk)
   if not self.started then
     self.started = true
     local len = tonumber(get(self, "content-length"))
+    self._declared = len
+    -- A HEAD's head says what the GET's would (chunked); a 1xx, 204 or
+    -- 304 has no body to frame.
+    local code = self._status
     self._chunked = len == nil and req.version == "1.1"
+      and code ~= 204 and code ~= 304 and code >= 200
     if not send_head(self, len, self._chunked) then return false end
   end
-  if req.method == "HEAD" or chunk == nil or chunk == "" then return true end
+  if no_body(self) or chunk == nil or chunk == "" then return true end
   local ok
   if self._chunked then
     ok = conn:send(("%x\r\n"):format(#chunk) .. chunk .. "\r\n")
   else
+    local len = self._declared
+    if len and (self._bytes or 0) + #chunk > len then
+      -- More than the Content-Length said: the excess would be read as
+      -- the next response. Send what fits, close after this response.
+      req._close = true
+      chunk = chunk:sub(1, len - (self._bytes or 0))
+      if chunk == "" then return false end
+    end
     ok = conn:send(chunk)
   end
   self._bytes = (self._bytes or 0) + #chunk
@@ -233,9 +263,14 @@ function Res:finish()
   if self.finished then return true end
   if not self.started then return self:send("") end
   self.finished = true
-  if self._chunked and self._req.method ~= "HEAD" then
+  if self._chunked and not no_body(self) then
     local ok = self._conn:send("0\r\n\r\n")
     if not ok then self._req._broken = true end
+  elseif self._declared and not no_body(self) and (self._bytes or 0) ~= self._declared then
+    -- Fewer bytes than the Content-Length said: the client waits for
+    -- the rest, and the next response would be read as body. Close.
+    self._req._broken = true
+    return false, "response shorter than its Content-Length"
   end
   return true
 end
@@ -266,7 +301,7 @@ function Res:sendfile(path, offset, count, size)
   self.finished = true
   local conn = self._conn
   if not send_head(self, count, false) then return false end
-  if self._req.method == "HEAD" or count == 0 then return true end
+  if no_body(self) or count == 0 then return true end
   conn:settimeout(self._req._opts.body_timeout)
   local sent, err = conn:sendfile(fd, offset, count)
   self._bytes = sent or 0
@@ -306,13 +341,32 @@ end
 
 -- ---- the connection loop ------------------------------------------------
 
--- An error reply, then the connection closes. head: the request was HEAD
--- (or nil when unknown): the headers only.
+-- Lingering close (as nginx's lingering_close, Apache's
+-- ap_lingering_close): after an answer sent while the client may still be
+-- sending (a head too large, a body refused or left unread), send FIN and
+-- discard what arrives until the client closes, for at most
+-- LINGER_TOTAL s (LINGER_WAIT s per wait). Closing with unread bytes in
+-- the socket would send RST, and an RST makes the client's kernel drop
+-- the answer it has not read yet: the client sees "connection reset"
+-- instead of the 431 or 413.
+local LINGER_WAIT, LINGER_TOTAL = 2, 5
+local function linger(conn)
+  if not conn:shutdown("send") then return end
+  conn:settimeout(LINGER_WAIT)
+  conn:setdeadline(LINGER_TOTAL)
+  repeat until not conn:receive(65536)
+  conn:setdeadline(nil)
+end
+M._linger = linger
+
+-- An error reply, then the connection closes (lingering). head: the
+-- request was HEAD (or nil when unknown): the headers only.
 local function simple(conn, code, text, head)
   local body = text or (reasons[code] or "error") .. "\n"
-  conn:send(("HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+  local ok = conn:send(("HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
     .. "Connection: close\r\nDate: %s\r\n\r\n%s"):format(code, reasons[code] or "Error",
     #body, http_date(), head and "" or body))
+  if ok then linger(conn) end
 end
 
 -- The status for a request-body error: framing (400), size (413) or a
@@ -429,6 +483,21 @@ local function drain(req)
   return true
 end
 
+-- Run fn(req, res); a status, headers, body it returns are sent here,
+-- under the same xpcall (a bad status or header is the handler's error).
+-- Returns the status it returned, or nil.
+local function call(fn, req, res)
+  local a, b, c = fn(req, res)
+  if a ~= nil and not res.started then
+    res:status(a)
+    if type(b) == "table" then
+      for k, v in pairs(b) do res:header(k, v) end
+    end
+    res:send(c and tostring(c) or "")
+  end
+  return a
+end
+
 -- Handlers made by serve, with their options: a worker tells the master
 -- (READY) that its handler speaks HTTP, so the master's accept filter
 -- waits for whole request heads (max_head, head_timeout).
@@ -484,11 +553,11 @@ function M.serve(fn, options)
       local res = setmetatable({ _conn = conn, _req = req, _status = 200,
         _headers = {}, _hk = {}, started = false, finished = false }, Res)
       setmetatable(req, Req)
-      local ok, a, b, c = xpcall(fn, traceback, req, res)
+      local ok, a = xpcall(call, traceback, fn, req, res)
       if not ok then
         fdpool.log("error", ("http handler error (%s %s): %s"):format(req.method,
           req.path, tostring(a):gsub("\n%s*", " | ")))
-        if not res.started then
+        if not res._head_sent then
           -- A body that failed to frame is the client's error, not ours.
           local st = body_status(req._body_err) or 500
           simple(conn, st, nil, req.method == "HEAD")
@@ -504,17 +573,18 @@ function M.serve(fn, options)
         if log then log(req, res) end
         return
       end
-      if not res.started and a ~= nil then
-        res._status = a
-        if type(b) == "table" then
-          for k, v in pairs(b) do res:header(k, v) end
-        end
-        res:send(c and tostring(c) or "")
-      elseif not res.finished then
+      if not res.finished then
         res:finish()
       end
       if log then log(req, res) end
-      if req._close or not drain(req) then return end
+      if req._close or not drain(req) then
+        -- Bytes of this request may still be on their way (a body not
+        -- read or not readable): close without a reset.
+        if req._broken or (not req._body and (req._length > 0 or req._chunked)) then
+          linger(conn)
+        end
+        return
+      end
       if opts.body_timeout ~= opts.keepalive_timeout and (req._length > 0 or req._chunked) then
         conn:settimeout(opts.keepalive_timeout)
       end
