@@ -49,31 +49,40 @@ fdp_checkconn(lua_State *L)
 
 /* ---- the plain-socket transport ------------------------------------ */
 
+/* A system call's result as the transport returns it: a count, or the
+ * negative errno. */
+static ssize_t
+sysret(ssize_t n)
+{
+    return n < 0 ? -errno : n;
+}
+
+
 static ssize_t
 sock_read(struct fdp_conn *c, void *buf, size_t n)
 {
-    return read(c->fd, buf, n);
+    return sysret(read(c->fd, buf, n));
 }
 
 
 static ssize_t
 sock_write(struct fdp_conn *c, const void *buf, size_t n)
 {
-    return send(c->fd, buf, n, MSG_NOSIGNAL);
+    return sysret(send(c->fd, buf, n, MSG_NOSIGNAL));
 }
 
 
 static ssize_t
 sock_writev(struct fdp_conn *c, const struct iovec *iov, int n)
 {
-    return writev(c->fd, iov, n);
+    return sysret(writev(c->fd, iov, n));
 }
 
 
 static ssize_t
 sock_sendfile(struct fdp_conn *c, int in, off_t *off, size_t n)
 {
-    return sendfile(c->fd, in, off, n);
+    return sysret(sendfile(c->fd, in, off, n));
 }
 
 
@@ -215,12 +224,12 @@ fdp_conn_fill(struct fdp_conn *c, size_t want)
     }
     do {
         n = c->tr->read(c, c->rbuf + c->rend, c->rcap - c->rend);
-    } while (n < 0 && errno == EINTR);
+    } while (n == -EINTR);
     if (n < 0) {
-        if (errno == EAGAIN) {
+        if (n == -EAGAIN || n == -EWOULDBLOCK) {
             c->wt.rready = 0;
         }
-        return -errno;
+        return n;
     }
     /* A short read drained the socket (nginx does the same): the next
      * read waits for the edge instead of costing a read() for EAGAIN. */
@@ -398,10 +407,10 @@ send_k(lua_State *L, int status, lua_KContext ctx)
             c->bytes_out += (uint64_t) n;
             continue;
         }
-        if (n < 0 && errno == EINTR) {
+        if (n == -EINTR) {
             continue;
         }
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (n == -EAGAIN || n == -EWOULDBLOCK) {
             if (!fdp_conn_wait(L, c, EPOLLOUT, 0, send_k)) {
                 goto timeout;
             }
@@ -492,10 +501,10 @@ sendfile_k(lua_State *L, int status, lua_KContext ctx)
         if (n == 0) {
             break;          /* the file is shorter than it was */
         }
-        if (errno == EINTR) {
+        if (n == -EINTR) {
             continue;
         }
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        if (n == -EAGAIN || n == -EWOULDBLOCK) {
             if (!fdp_conn_wait(L, c, EPOLLOUT, 0, sendfile_k)) {
                 lua_pushnil(L);
                 lua_pushliteral(L, "timeout");
@@ -505,8 +514,8 @@ sendfile_k(lua_State *L, int status, lua_KContext ctx)
             continue;
         }
         lua_pushnil(L);
-        lua_pushstring(L, errno == EPIPE || errno == ECONNRESET ? "closed"
-                       : strerror(errno));
+        lua_pushstring(L, n == -EPIPE || n == -ECONNRESET ? "closed"
+                       : strerror((int) -n));
         lua_pushinteger(L, (lua_Integer) c->op_pos);
         return 3;
     }

@@ -19,8 +19,9 @@
 
 struct fdp_conn;
 
-/* How a conn's bytes move: each returns a count or -1 with errno set,
- * as the system calls they stand for. */
+/* How a conn's bytes move: each returns a count (0 from read: EOF; from
+ * sendfile: the file ended) or a negative errno (-EAGAIN: wait), as the
+ * rest of the C core does. */
 struct fdp_transport {
     ssize_t (*read)(struct fdp_conn *c, void *buf, size_t n);
     ssize_t (*write)(struct fdp_conn *c, const void *buf, size_t n);

@@ -46,7 +46,7 @@ hb_add(struct headbuf *b, const char *s, size_t n)
         }
         q = b->p == b->stack ? malloc(cap) : realloc(b->p, cap);
         if (q == NULL) {
-            return -1;
+            return -ENOMEM;
         }
         if (b->p == b->stack) {
             memcpy(q, b->stack, b->len);
@@ -119,7 +119,7 @@ hb_header(struct headbuf *b, const char *k, size_t kn, lua_State *L, int vi)
 
 
 /* Each headers[k] = v of the table at idx (a table value: one line per
- * element), except the ones sendresponse writes itself. 0 or -1. */
+ * element), except the ones sendresponse writes itself. 0 or -ENOMEM. */
 static int
 hb_headers(struct headbuf *b, lua_State *L, int idx)
 {
@@ -245,8 +245,7 @@ conn_sendresponse(lua_State *L)
         }
         return luaL_error(L, "out of memory");
     }
-    n = -1;
-    errno = EBADF;
+    n = -EBADF;
     if (c->fd >= 0) {
         iov[0].iov_base = b.p;
         iov[0].iov_len = b.len;
@@ -254,7 +253,7 @@ conn_sendresponse(lua_State *L)
         iov[1].iov_len = bn;
         do {
             n = c->tr->writev(c, iov, bn ? 2 : 1);
-        } while (n < 0 && errno == EINTR);
+        } while (n == -EINTR);
     }
     if (n == (ssize_t) (b.len + bn)) {
         if (b.p != b.stack) {
@@ -264,7 +263,7 @@ conn_sendresponse(lua_State *L)
         lua_pushinteger(L, (lua_Integer) bn);
         return 1;
     }
-    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+    if (n < 0 && n != -EAGAIN && n != -EWOULDBLOCK) {
         if (b.p != b.stack) {
             free(b.p);
         }

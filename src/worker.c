@@ -266,7 +266,7 @@ on_sigusr1(int sig)
 /*
  * --user: drop to the user's uid/gid and groups, in that order (groups
  * and gid need the root we are about to lose), and check it cannot be
- * undone. Not dumpable afterwards. Returns 0 or -1 with err set.
+ * undone. Not dumpable afterwards. Returns 0, or -errno with err set.
  */
 static int
 drop_privileges(struct fdp_pool *p, char *err, size_t errlen)
@@ -275,14 +275,18 @@ drop_privileges(struct fdp_pool *p, char *err, size_t errlen)
         return 0;
     }
     if (initgroups(p->user_name, (gid_t) p->user_gid) < 0) {
+        int e = errno;
+
         snprintf(err, errlen, "initgroups(%s) failed: %s", p->user_name,
-                 strerror(errno));
-        return -1;
+                 strerror(e));
+        return -e;
     }
     if (setgid((gid_t) p->user_gid) < 0 || setuid((uid_t) p->user_uid) < 0) {
+        int e = errno;
+
         snprintf(err, errlen, "cannot switch to user %s: %s", p->user_name,
-                 strerror(errno));
-        return -1;
+                 strerror(e));
+        return -e;
     }
     if (getuid() != (uid_t) p->user_uid || geteuid() != (uid_t) p->user_uid
         || getgid() != (gid_t) p->user_gid
@@ -290,7 +294,7 @@ drop_privileges(struct fdp_pool *p, char *err, size_t errlen)
         || (p->user_uid != 0 && (setuid(0) == 0 || seteuid(0) == 0))) {
         snprintf(err, errlen, "privilege drop to %s did not hold",
                  p->user_name);
-        return -1;
+        return -EPERM;
     }
     (void) prctl(PR_SET_DUMPABLE, 0);
     return 0;
@@ -658,7 +662,8 @@ ready_body(lua_State *L, struct fdp_ready_body *rb)
 
 
 /* Load the handler script into a fresh state (arg and ... as lua5.4
- * gives them) and leave its result on the stack. 0 or -1, message on top. */
+ * gives them) and leave its result on the stack. 0, or -EINVAL with the
+ * message on top. */
 static int
 load_script(lua_State *L, struct fdp_pool *p)
 {
@@ -678,13 +683,13 @@ load_script(lua_State *L, struct fdp_pool *p)
                                        p->reload_len)
                      : fdp_script_load(L, p->script, p->script_src,
                                        p->script_len)) {
-        return -1;
+        return -EINVAL;
     }
     for (i = 0; i < p->nargs; i++) {
         lua_pushstring(L, p->args[i]);
     }
     if (lua_pcall(L, p->nargs, 1, -(p->nargs + 2)) != LUA_OK) {
-        return -1;
+        return -EINVAL;
     }
     lua_remove(L, -2);
     return 0;
