@@ -120,3 +120,13 @@ fdp_errmsg(lua_State *L, int traceback)
     }
     return 1;
 }
+
+
+int
+fdp_pushfailmsg(lua_State *L, const char *msg, int r)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, msg);
+    lua_pushinteger(L, r < 0 ? -r : r);
+    return 3;
+}

@@ -24,6 +24,10 @@ struct fdp_fd {
 /* nil, "what: strerror", errno -- as luaL_fileresult. Returns 3. */
 int fdp_pushfail(lua_State *L, int err, const char *what);
 
+/* nil, msg (a C function's line of text), errno from its -errno r: the
+ * binding's failure shape when the C side wrote the message. Returns 3. */
+int fdp_pushfailmsg(lua_State *L, const char *msg, int r);
+
 /* Push a new fd object owning fd. Returns 1. */
 int fdp_pushfd(lua_State *L, int fd);
 

@@ -76,7 +76,7 @@ l_type(lua_State *L)
 }
 
 
-/* fdpool.control(path, command) -> answer, or nil, message. */
+/* fdpool.control(path, command) -> answer, or nil, message, errno. */
 static int
 l_control(lua_State *L)
 {
@@ -84,13 +84,13 @@ l_control(lua_State *L)
     const char *cmd = luaL_checkstring(L, 2);
     struct fdp_buf out;
     char err[256];
+    int r;
 
     memset(&out, 0, sizeof(out));
-    if (fdp_control_request(path, cmd, &out, err, sizeof(err)) < 0) {
+    r = fdp_control_request(path, cmd, &out, err, sizeof(err));
+    if (r < 0) {
         fdp_buf_free(&out);
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        return 2;
+        return fdp_pushfailmsg(L, err, r);
     }
     lua_pushlstring(L, out.data, out.len);
     fdp_buf_free(&out);
@@ -98,23 +98,23 @@ l_control(lua_State *L)
 }
 
 
-/* fdpool.check_policy(spec) -> true, or nil, message. */
+/* fdpool.check_policy(spec) -> true, or nil, message, errno. */
 static int
 l_check_policy(lua_State *L)
 {
     char err[512];
+    int r = fdp_policy_check(L, luaL_checkstring(L, 1), err, sizeof(err));
 
-    if (fdp_policy_check(L, luaL_checkstring(L, 1), err, sizeof(err)) < 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        return 2;
+    if (r < 0) {
+        return fdp_pushfailmsg(L, err, r);
     }
     lua_pushboolean(L, 1);
     return 1;
 }
 
 
-/* fdpool.control_sockets() -> dir, {socket paths in it}, or nil, err. */
+/* fdpool.control_sockets() -> dir, {socket paths in it}, or nil, err,
+ * errno. */
 static int
 l_control_sockets(lua_State *L)
 {
@@ -122,11 +122,10 @@ l_control_sockets(lua_State *L)
     DIR *d;
     struct dirent *e;
     int n = 0;
+    int r = fdp_control_default_dir(dir, sizeof(dir), 0, err, sizeof(err));
 
-    if (fdp_control_default_dir(dir, sizeof(dir), 0, err, sizeof(err)) < 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        return 2;
+    if (r < 0) {
+        return fdp_pushfailmsg(L, err, r);
     }
     lua_pushstring(L, dir);
     lua_newtable(L);

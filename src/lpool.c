@@ -84,18 +84,6 @@ opt_int(lua_State *L, const char *key, int def, int lo, int hi)
 }
 
 
-/* A failure of the world for fdpool.pool{} and the pool's methods: nil,
- * msg, errno (r is the C side's -errno). 3 values pushed. */
-static int
-pushfail_msg(lua_State *L, const char *msg, int r)
-{
-    lua_pushnil(L);
-    lua_pushstring(L, msg);
-    lua_pushinteger(L, r < 0 ? -r : r);
-    return 3;
-}
-
-
 static char *
 xstrdup(lua_State *L, const char *s)
 {
@@ -191,7 +179,7 @@ opt_user(lua_State *L, struct fdp_pool *p)
         pw = getpwnam(name);
         if (pw == NULL) {
             lua_pushfstring(L, "unknown user '%s'", name);
-            return pushfail_msg(L, lua_tostring(L, -1), -EINVAL);
+            return fdp_pushfailmsg(L, lua_tostring(L, -1), -EINVAL);
         }
         p->user_uid = pw->pw_uid;
         p->user_gid = pw->pw_gid;
@@ -200,12 +188,12 @@ opt_user(lua_State *L, struct fdp_pool *p)
 
             if (gr == NULL) {
                 lua_pushfstring(L, "unknown group '%s'", colon);
-                return pushfail_msg(L, lua_tostring(L, -1), -EINVAL);
+                return fdp_pushfailmsg(L, lua_tostring(L, -1), -EINVAL);
             }
             p->user_gid = gr->gr_gid;
         }
         if (geteuid() != 0) {
-            return pushfail_msg(L, "user: dropping privileges needs root",
+            return fdp_pushfailmsg(L, "user: dropping privileges needs root",
                                 -EPERM);
         }
         p->user_name = xstrdup(L, name);
@@ -262,7 +250,7 @@ opt_handler(lua_State *L, struct fdp_pool *p)
         r = luaL_loadfilex(L, p->script, "t");
         e = errno;
         if (r != LUA_OK) {
-            return pushfail_msg(L, lua_tostring(L, -1),
+            return fdp_pushfailmsg(L, lua_tostring(L, -1),
                                 r == LUA_ERRFILE ? -(e > 0 ? e : EIO)
                                 : r == LUA_ERRMEM ? -ENOMEM : -EINVAL);
         }
@@ -341,7 +329,7 @@ opt_listen(lua_State *L, struct fdp_pool *p)
      * with them, no default address is added. */
     r = fdp_pool_systemd_fds(p);
     if (r < 0) {
-        return pushfail_msg(L, p->error, r);
+        return fdp_pushfailmsg(L, p->error, r);
     }
     t = lua_getfield(L, 1, "listen");
     if (t == LUA_TNIL && p->nlisten > 0) {
@@ -364,7 +352,7 @@ opt_listen(lua_State *L, struct fdp_pool *p)
         lua_geti(L, -1, i);
         r = fdp_pool_add_listen(p, luaL_checkstring(L, -1));
         if (r < 0) {
-            return pushfail_msg(L, p->error, r);
+            return fdp_pushfailmsg(L, p->error, r);
         }
         lua_pop(L, 1);
     }
@@ -384,7 +372,7 @@ check_policy(lua_State *L, struct fdp_pool *p)
                                  : "least_conn", err, sizeof(err));
 
         if (r < 0) {
-            return pushfail_msg(L, err, r);
+            return fdp_pushfailmsg(L, err, r);
         }
     }
     return 0;
@@ -459,7 +447,7 @@ pool_start(lua_State *L)
     r = fdp_pool_start(p);
     if (r < 0) {
         anchor(L, p, 0);
-        return pushfail_msg(L, p->error, r);
+        return fdp_pushfailmsg(L, p->error, r);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -499,7 +487,7 @@ pool_run(lua_State *L)
     anchor(L, p, 1);
     if (!p->started && (r = fdp_pool_start(p)) < 0) {
         anchor(L, p, 0);
-        return pushfail_msg(L, p->error, r);
+        return fdp_pushfailmsg(L, p->error, r);
     }
     while (fdp_pool_step(p, -1)) {
         p->L = L;
@@ -536,7 +524,7 @@ pool_reload(lua_State *L)
     int r = fdp_pool_reload(p);
 
     if (r < 0) {
-        return pushfail_msg(L, p->error, r);
+        return fdp_pushfailmsg(L, p->error, r);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -557,7 +545,7 @@ pool_scale(lua_State *L)
     if (r < 0) {
         lua_pushfstring(L, "cannot scale now: %s", p->error);
         p->error[0] = '\0';
-        return pushfail_msg(L, lua_tostring(L, -1), r);
+        return fdp_pushfailmsg(L, lua_tostring(L, -1), r);
     }
     lua_pushboolean(L, 1);
     return 1;

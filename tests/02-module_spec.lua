@@ -427,13 +427,15 @@ describe("fdpool.check_policy", function()
   end)
 
   it("returns nil and the reason otherwise", function()
-    local ok, err = fdpool.check_policy("nope")
+    local ok, err, errno = fdpool.check_policy("nope")
     assert.is_nil(ok)
     assert.matches("^unknown policy 'nope' %(built in: first_free, round_robin, least_conn, ip_hash", err)
+    assert.equals(22, errno)   -- EINVAL
 
-    ok, err = fdpool.check_policy(dir .. "/missing.lua")
+    ok, err, errno = fdpool.check_policy(dir .. "/missing.lua")
     assert.is_nil(ok)
     assert.equals("cannot load policy: cannot open " .. dir .. "/missing.lua: No such file or directory", err)
+    assert.equals(2, errno)    -- ENOENT
 
     local syn = H.writefile(dir .. "/syn.lua", "return function(\n  x y\nend")
     ok, err = fdpool.check_policy(syn)
@@ -456,6 +458,16 @@ describe("fdpool.check_policy", function()
     ok, err = fdpool.check_policy(loop)
     assert.is_nil(ok)
     assert.matches("policy exceeded its instruction budget", err, 1, true)
+  end)
+end)
+
+describe("fdpool.control", function()
+  it("returns nil, the reason and an errno when no pool answers", function()
+    local dir = H.tmpdir()
+    local ok, err, errno = fdpool.control(dir .. "/none.sock", "status")
+    assert.is_nil(ok)
+    assert.matches("none.sock", err, 1, true)
+    assert.equals(2, errno)    -- ENOENT: no socket at that path
   end)
 end)
 
