@@ -10,16 +10,9 @@ local FIX = "tests/fixtures/"
 local TIMEOUT_FIX = FIX .. "rel_timeout.lua"
 local q = H.quote
 
--- busted keeps only the last finally() of a test, so a test registers
--- one, through this: defer(fn) adds a cleanup; they run last-in
--- first-out, each protected, even when the test fails.
-local function cleanup()
-  local list = {}
-  finally(function()
-    for i = #list, 1, -1 do pcall(list[i]) end
-  end)
-  return function(fn) list[#list + 1] = fn end
-end
+-- finally() is the spec file's own (busted gives it to spec files,
+-- not to modules): hand it to H.cleanup.
+local function cleanup() return H.cleanup(finally) end
 
 local wait_status, all_idle = H.wait_status, H.all_idle
 
@@ -59,20 +52,9 @@ local function close_all(fds)
   end
 end
 
-local function count(s, plain)
-  local n, i = 0, 1
-  while true do
-    local a, b = s:find(plain, i, true)
-    if not a then return n end
-    n, i = n + 1, b + 1
-  end
-end
+local count = H.count
 
-local function set_of(list)
-  local s = {}
-  for _, v in ipairs(list) do s[v] = true end
-  return s
-end
+local set_of = H.set_of
 
 -- Field `name` of /proc/PID/status ("Uid", "Groups", ...), or nil.
 local function proc_status(pid, name)

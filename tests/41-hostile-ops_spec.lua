@@ -13,13 +13,9 @@ local q = H.quote
 -- and no wrk runs there.
 local HEAVY = H.BUILD == "build"
 
-local function cleanup()
-  local list = {}
-  finally(function()
-    for i = #list, 1, -1 do pcall(list[i]) end
-  end)
-  return function(fn) list[#list + 1] = fn end
-end
+-- finally() is the spec file's own (busted gives it to spec files,
+-- not to modules): hand it to H.cleanup.
+local function cleanup() return H.cleanup(finally) end
 
 local function no_unexpected_errors(p, allowed)
   local bad = H.unexpected_errors(p:log(), allowed)
@@ -31,20 +27,9 @@ local function finish(p, allowed)
   no_unexpected_errors(p, allowed)
 end
 
-local function count(s, plain)
-  local n, i = 0, 1
-  while true do
-    local a, b = s:find(plain, i, true)
-    if not a then return n end
-    n, i = n + 1, b + 1
-  end
-end
+local count = H.count
 
-local function set_of(list)
-  local s = {}
-  for _, v in ipairs(list) do s[v] = true end
-  return s
-end
+local set_of = H.set_of
 
 -- One request to an echo fixture: "WORD\n" -> "pid <pid> WORD\n".
 -- Returns the worker pid, or nil and why.

@@ -10,15 +10,9 @@ local fdpool = require "fdpool"
 local APP = "tests/fixtures/limits_app.lua"
 local q = H.quote
 
--- busted keeps only the last finally() of a test: one per test, running
--- the cleanups registered through the function it returns.
-local function cleanup()
-  local list = {}
-  finally(function()
-    for i = #list, 1, -1 do pcall(list[i]) end
-  end)
-  return function(fn) list[#list + 1] = fn end
-end
+-- finally() is the spec file's own (busted gives it to spec files,
+-- not to modules): hand it to H.cleanup.
+local function cleanup() return H.cleanup(finally) end
 
 -- Send an HTTP request on a new connection; returns the fd (the answer
 -- is read later with read_response).

@@ -121,14 +121,7 @@ describe("log rotation", function()
   end)
 end)
 
-local function count(s, plain)
-  local n, i = 0, 1
-  while true do
-    local a, b = s:find(plain, i, true)
-    if not a then return n end
-    n, i = n + 1, b + 1
-  end
-end
+local count = H.count
 
 describe("a stopped worker", function()
   it("SIGSTOP with connections in flight: terminated once under --timeout, replaced, the pool serves", function()

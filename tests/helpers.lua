@@ -318,4 +318,33 @@ function H.all_idle(st)
   return true
 end
 
+-- busted keeps only the last finally() of a test, so a test registers
+-- one, through this: local defer = H.cleanup(finally); defer(fn) adds a
+-- cleanup; they run last-in first-out, each protected, even when the test
+-- fails.
+function H.cleanup(finally)
+  local list = {}
+  finally(function()
+    for i = #list, 1, -1 do pcall(list[i]) end
+  end)
+  return function(fn) list[#list + 1] = fn end
+end
+
+-- How many times the plain string `plain` occurs in s.
+function H.count(s, plain)
+  local n, i = 0, 1
+  while true do
+    local a, b = s:find(plain, i, true)
+    if not a then return n end
+    n, i = n + 1, b + 1
+  end
+end
+
+-- The values of a list as the keys of a set.
+function H.set_of(list)
+  local s = {}
+  for _, v in ipairs(list) do s[v] = true end
+  return s
+end
+
 return H
