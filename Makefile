@@ -28,8 +28,8 @@ LDFLAGS  ?=
 B        ?= build
 SAN      ?=
 
-CORE     := log fdpass channel loop addr status ctlproto proxy http_parse listen dispatch pool acceptf \
-            control ctlclient statuspage policy laux task lconn lhttp worker lfd lpool lfdpool
+CORE     := log fdpass channel loop addr status ctlproto proxy http_parse wsproto listen dispatch pool acceptf \
+            control ctlclient statuspage policy laux task lconn lhttp lws worker lfd lpool lfdpool
 LUAFILES := $(sort $(wildcard lua/fdpool/*.lua lua/fdpool/*/*.lua))
 CORE_OBJ := $(patsubst %,$(B)/%.o,$(CORE)) $(B)/embed.o \
             $(B)/statuspage_html.o
@@ -67,7 +67,8 @@ $(B)/fdfetch: src/fdfetch.c | $(B)
 	$(CC) -std=c99 -D_GNU_SOURCE $(OPT) $(WARN) $(SAN) $(CFLAGS) -o $@ $<
 
 $(B)/test_core: tests/c/test_core.c $(B)/fdpass.o $(B)/channel.o $(B)/loop.o \
-                $(B)/status.o $(B)/log.o $(B)/http_parse.o $(B)/proxy.o
+                $(B)/status.o $(B)/log.o $(B)/http_parse.o $(B)/proxy.o \
+                $(B)/wsproto.o
 	$(CC) $(ALLCFLAGS) $(LDFLAGS) -o $@ $^
 
 setup:
@@ -100,6 +101,7 @@ EXAMPLES := $(wildcard examples/*.lua) $(wildcard examples/systemd/*)
 install: all
 	install -d "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(LUA_CMOD)" \
 	    "$(DESTDIR)$(LUA_LMOD)/fdpool/policy" "$(DESTDIR)$(LUA_LMOD)/fdpool/testing" \
+	    "$(DESTDIR)$(LUA_LMOD)/fdpool/http" \
 	    "$(DESTDIR)$(MANDIR)/man1" \
 	    "$(DESTDIR)$(DOCDIR)/examples/systemd"
 	install -m 755 $(B)/pool $(B)/fdfetch "$(DESTDIR)$(BINDIR)/"
