@@ -174,7 +174,7 @@ local function need(self, n)
   return d
 end
 
--- One frame: fin, opcode, payload (unmasked), or nil, err [, code].
+-- One frame: opcode, fin, payload (unmasked), or nil, err [, code].
 function WS:_frame()
   local conn = self.conn
   -- The first byte may take as long as the client likes (timeout); from
@@ -236,7 +236,7 @@ function WS:_frame()
   data, err = need(self, len)
   if not data then return nil, err end
   conn:setdeadline(nil)
-  return fin, op, fdpool.ws_mask(data, key)
+  return op, fin, fdpool.ws_mask(data, key)
 end
 
 -- A close frame's payload: code, reason, or nil, why, code to fail with.
@@ -272,8 +272,8 @@ end
 
 function WS:_receive()
   while true do
-    local fin, op, data = self:_frame()
-    if not fin then return nil, op, data end
+    local op, fin, data = self:_frame()
+    if not op then return nil, fin, data end
     if op == 8 then
       local code, reason, fcode = parse_close(data)
       if not code then return self:_fail(fcode, reason) end
@@ -344,8 +344,8 @@ function WS:close(code, reason)
   local conn = self.conn
   conn:setdeadline(self._opts.close_timeout)
   while self.state ~= "closed" do
-    local _, kind = self:_receive()
-    if kind == "close" or kind == nil then break end
+    local data, kind = self:_receive()
+    if data == nil or kind == "close" then break end
   end
   conn:setdeadline(nil)
   self:_drop()
