@@ -23,7 +23,7 @@ end
 function M.parse_query(s, max)
   max = max or 1000
   local t, n, truncated = {}, 0, nil
-  for pair in s:gmatch("[^&;]+") do
+  for pair in s:gmatch("[^&]+") do
     local k, v = pair:match("^([^=]*)=?(.*)$")
     k = M.urldecode(k)
     if k ~= "" then
@@ -87,7 +87,7 @@ local samesites = { strict = "Strict", lax = "Lax", none = "None" }
 function M.set_cookie(name, value, opts, date)
   if not token(name) then error("res:cookie: the name must be a token", 3) end
   value = tostring(value)
-  if value:find('[^\33\35-\43\45-\58\60-\91\93-\126]') then
+  if value:find('[%c%s",;\\\128-\255]') then
     error("res:cookie: the value holds a byte a cookie cannot carry "
       .. "(CR, LF, ';', ',', space, quote, backslash, control or non-ASCII): "
       .. "encode it first (http.urlencode)", 3)

@@ -53,13 +53,19 @@ local function mark(v, depth)
   return v
 end
 
+-- An error as "what went wrong": no position prefix, no "json: ".
+local function clean(e)
+  e = tostring(e):gsub("^[^:]*:%d+: ", ""):gsub("^json: ", "")
+  return (e:gsub("^%u", string.lower))
+end
+
 --- Encode a value (tables, strings, numbers, booleans, json.null).
 -- @treturn[1] string the JSON text
 -- @return[2] nil
 -- @treturn[2] string why (a function, NaN, a string not UTF-8, a cycle...)
 function M.encode(v)
   local ok, r = pcall(function() return cjson.encode(mark(v, 0)) end)
-  if not ok then return nil, (tostring(r):gsub("^json: ", "")) end
+  if not ok then return nil, clean(r) end
   return (r:gsub('"\255([^"]*)"', "%1"))
 end
 
@@ -79,6 +85,7 @@ local function mark_text(s)
       pos = j
     else
       local num = s:match("^%-?%d[%d%.eE%+%-]*", i) or "-"
+      if num:find("^%-?0%d") then return nil, "bad number " .. num end
       if num:find("^%-?0$") or num:find("^%-?[1-9]%d*$") then
         n = n + 1
         out[#out + 1] = s:sub(last, i - 1)
@@ -114,9 +121,9 @@ function M.decode(s)
   if type(s) ~= "string" then return nil, "expected a string, got " .. type(s) end
   if not utf8_ok(s) then return nil, "not UTF-8" end
   local text, n = mark_text(s)
-  if not text then return nil, "unterminated string" end
+  if not text then return nil, n or "unterminated string" end
   local ok, v = pcall(cjson.decode, text)
-  if not ok then return nil, (tostring(v):gsub("^Expected", "expected")) end
+  if not ok then return nil, clean(v) end
   if n > 0 then v = unmark(v) end
   return v
 end
