@@ -34,6 +34,7 @@ describe("examples/json_api.lua (router and JSON)", function()
   end)
 end)
 
+local testing = require "fdpool.testing"
 describe("examples/ws_chat.lua (WebSocket)", function()
   local handle = dofile("examples/ws_chat.lua")
 
