@@ -754,7 +754,7 @@ resize_table(struct fdp_pool *p, int n, int spawn)
 int
 fdp_pool_scale(struct fdp_pool *p, int n)
 {
-    int r;
+    int r, was;
 
     if (!p->running || p->stopping) {
         snprintf(p->error, sizeof(p->error), "the pool is stopping");
@@ -774,10 +774,13 @@ fdp_pool_scale(struct fdp_pool *p, int n)
     if (p->max_workers > 0) {
         return ondemand_scale(p, n);
     }
+    was = p->nworkers;
     r = resize_table(p, n, 1);
     if (r < 0) {
         return r;
     }
+    snprintf(p->scaled_why, sizeof(p->scaled_why), "scaled: %d -> %d", was,
+             n);
     fdp_log(FDP_LOG_INFO, 0, "now %d worker(s)", p->nworkers);
     return 0;
 }

@@ -45,6 +45,8 @@ struct fdp_listener {
     char *unix_path;                /* to unlink at stop, owner only */
     uint64_t path_dev;              /* unix_path's identity at bind: */
     uint64_t path_ino;              /* unlinked only while it is ours */
+    int mode;                       /* unix: ,mode=0660 (-1: umask's) */
+    long uid, gid;                  /* unix: ,owner=USER[:GROUP] (-1) */
     struct fdp_io io;
     struct fdp_pool *pool;
 };
