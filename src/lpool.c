@@ -1195,6 +1195,30 @@ sim_set(lua_State *L)
 }
 
 
+/* sim:state(i, "none" | "starting" | "running"): workers on demand in
+ * fdpool.sim: a slot without a process ("none", pid -1) and one starting
+ * are skipped by the checks, as in the master. */
+static int
+sim_state(lua_State *L)
+{
+    static const char *const names[] = { "none", "starting", "running",
+                                         NULL };
+    static const int states[] = { FDP_W_NONE, FDP_W_STARTING,
+                                  FDP_W_RUNNING };
+    struct fdp_pool *p = checksim(L);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    int k = luaL_checkoption(L, 3, NULL, names);
+    struct fdp_slot *sl;
+
+    luaL_argcheck(L, i >= 1 && i <= p->nworkers, 2, "no such worker");
+    sl = &p->workers[i - 1].slot;
+    luaL_argcheck(L, k != 0 || sl->active == 0, 3, "worker has connections");
+    sl->state = states[k];
+    sl->pid = k == 0 ? -1 : 0;
+    return 0;
+}
+
+
 static int
 sim_fallbacks(lua_State *L)
 {
@@ -1258,6 +1282,7 @@ fdp_lpool_open(lua_State *L)
         { "start", sim_start },
         { "finish", sim_finish },
         { "set", sim_set },
+        { "state", sim_state },
         { "fallbacks", sim_fallbacks },
         { "close", sim_gc },
         { NULL, NULL }
