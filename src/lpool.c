@@ -928,6 +928,14 @@ pool_status(lua_State *L)
         lua_setfield(L, -2, "crash");
     }
     set_int(L, "fallbacks", (lua_Integer) info.fallbacks);
+    set_int(L, "workers_min", info.workers_min);
+    set_int(L, "workers_max", info.workers_max);
+    set_int(L, "spawned", (lua_Integer) info.spawned);
+    set_int(L, "retired_idle", (lua_Integer) info.retired_idle);
+    if (info.scaled) {
+        lua_pushstring(L, info.scaled);
+        lua_setfield(L, -2, "scaled");
+    }
     set_num(L, "started", info.started);
     lua_pushboolean(L, p->running);
     lua_setfield(L, -2, "running");

@@ -14,8 +14,9 @@ Usage:
   pool status [--control PATH] [--json] [--format table|json|openmetrics]
                                              show the worker table
   pool stop [--control PATH] [--graceful]    stop a running pool
-  pool reload [--control PATH]               new generation of workers; waits
-                                             until it serves (or is refused)
+  pool reload [--control PATH]               new generation of workers (reads
+                                             --config again); waits until it
+                                             serves (or is refused)
   pool top [--control PATH] [--interval S] [-n COUNT]
                                              live view of the workers
   pool scale N [--control PATH]              run N workers from now on
@@ -33,7 +34,9 @@ Options for run:
                        pools share the port), ADDR,proxy (expect a PROXY
                        protocol v1/v2 header: conn:getpeername() is the
                        client behind HAProxy/nginx), ADDR,filter=MODE
-                       (this listener's --accept-filter)
+                       (this listener's --accept-filter); unix:PATH
+                       also ,mode=0660 and ,owner=USER[:GROUP] (the
+                       socket file's, set before it listens)
   --workers N          worker processes (default: online CPUs)
   --workers MIN-MAX    workers on demand: MIN always run; more start (up
                        to MAX, 1, 2, 4 ... 32 per 100 ms) while
