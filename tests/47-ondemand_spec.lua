@@ -97,6 +97,11 @@ describe("workers on demand", function()
     assert.is_true(H.count(p:log(), "retires: idle for 0.5 s (on demand)") == 7)
     local text = select(3, H.run(H.POOL .. " status --control " .. q(p.control)))
     assert.matches("workers 1%-8  spawned 7  retired idle 7  last change: retired idle: slot %d", text)
+    local _, _, om = H.run(H.POOL .. " status --format openmetrics --control " .. q(p.control))
+    assert.matches("\nfdpool_workers_min 1\n", om)
+    assert.matches("\nfdpool_workers_max 8\n", om)
+    assert.matches("\nfdpool_workers_spawned_total 7\n", om)
+    assert.matches("\nfdpool_workers_retired_idle_total 7\n", om)
     assert.are.equal(0, p:stop())
   end)
 
@@ -423,5 +428,55 @@ describe("unix listener mode= and owner=", function()
     local code, _, err = H.run_pool("run --no-control --listen 127.0.0.1:0,mode=0660")
     assert.are.equal(1, code)
     assert.matches("^pool: bad address '127%.0%.0%.1:0,mode=0660': mode= and owner= are for unix:PATH listeners only\n$", err)
+  end)
+end)
+
+describe("fdpool.sim with workers on demand", function()
+  local sim = require "fdpool.sim"
+
+  it("starts workers at the doubling rate while arrivals wait, and retires idle ones", function()
+    local arr = {}
+    for i = 1, 40 do arr[i] = { at = 0, hold = 1 } end
+    local r = sim.run { workers = "1-8", capacity = 1, arrivals = arr, idle_timeout = 2 }
+    assert.are.equal(0, r.unserved)
+    assert.are.equal(0, r.fallbacks)
+    assert.are.equal(8, r.max_live)
+    assert.are.equal(7, r.spawned)
+    assert.are.equal(7, r.retired)
+    local spawns, last_spawn = {}, 0
+    for _, e in ipairs(r.events) do
+      if e.spawn then
+        spawns[#spawns + 1] = e.spawn
+        last_spawn = e.at
+      else
+        -- Every arrival held 1 s and the last started after the spawns:
+        -- nobody retires before 2 s of idleness.
+        assert.is_true(e.at >= last_spawn + 2, "retired at " .. e.at)
+      end
+    end
+    assert.are.same({ 1, 2, 4 }, spawns)
+    local served = 0
+    for _, w in ipairs(r.workers) do served = served + w.served end
+    assert.are.equal(40, served)
+  end)
+
+  it("shows the policy slots without a process as none, and a pick of one falls back", function()
+    local seen
+    local r = sim.run { workers = { min = 2, max = 4 }, arrivals = { { at = 0, hold = 1 } },
+      policy = function(workers)
+        seen = {}
+        for i = 1, #workers do seen[i] = workers[i].state .. ":" .. workers[i].pid end
+        return 4
+      end }
+    assert.are.same({ "free:0", "free:0", "none:-1", "none:-1" }, seen)
+    assert.are.equal(1, r.fallbacks)
+    assert.are.equal(1, r.choices[1])        -- first_free chose for it
+  end)
+
+  it("keeps a fixed count as before", function()
+    local r = sim.run { workers = 2, arrivals = { { at = 0, hold = 1 }, { at = 0, hold = 1 } } }
+    assert.is_nil(r.spawned)
+    assert.are.equal(1, r.workers[1].served)
+    assert.are.equal(1, r.workers[2].served)
   end)
 end)
