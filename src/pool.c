@@ -576,19 +576,70 @@ ondemand_start(struct fdp_pool *p)
 
 
 /*
- * Each tick with workers on demand: connections waiting in the queue and
- * no running worker with room start workers in empty slots, as many as
- * the queue needs (less those already starting) but at most spawn_rate,
- * which doubles each tick the wait goes on (1, 2, 4 ... 32: Apache's
- * spawn rate) and falls back to 1 on a tick with no wait. With nothing
- * waiting, a worker above min_workers that had no connection for
- * idle_timeout seconds retires gracefully (highest slot first) and its
- * slot is left empty. No scaling while a reload starts its generation.
+ * Workers on demand, up: connections waiting in the queue and no running
+ * worker with room start workers in empty slots, as many as the queue
+ * needs (less those already starting) but at most spawn_rate, which
+ * doubles each round the wait goes on (1, 2, 4 ... 32: Apache's spawn
+ * rate; back to 1 on a tick with no wait). A round runs at once when a
+ * wait begins (after each turn of the loop) and at most once a tick
+ * (FDP_TICK_MS) while it lasts. No scaling while a reload starts its
+ * generation. Returns 1 when the queue waits (0: nothing to do).
+ */
+static int
+ondemand_grow(struct fdp_pool *p, uint64_t now)
+{
+    int i, k, room = 0, coming = 0, need;
+
+    if (p->max_workers == 0 || p->stopping || p->reload_gen
+        || p->qlen == 0) {
+        return 0;
+    }
+    if (now < p->spawn_next_ms) {
+        return 1;
+    }
+    for (i = 0; i < p->nworkers; i++) {
+        struct fdp_worker *w = &p->workers[i];
+
+        if (w->off) {
+            continue;
+        }
+        if (w->slot.pid <= 0 || w->slot.state == FDP_W_STARTING) {
+            coming++;
+        } else if (w->slot.state == FDP_W_RUNNING && w->ch.fd >= 0
+                   && w->slot.active < w->slot.capacity) {
+            room++;
+        }
+    }
+    if (room > 0) {
+        return 1;
+    }
+    need = (p->qlen + p->concurrency - 1) / p->concurrency - coming;
+    if (need > p->spawn_rate) {
+        need = p->spawn_rate;
+    }
+    for (k = 0; k < need && ondemand_start(p) >= 0; k++) {
+    }
+    if (k > 0) {
+        p->spawned_demand += (uint64_t) k;
+        p->spawn_next_ms = now + FDP_TICK_MS;
+        scaled(p, "spawned: %d (%d waiting)", k, p->qlen);
+        p->spawn_rate = p->spawn_rate * 2 > FDP_SPAWN_RATE_MAX
+                        ? FDP_SPAWN_RATE_MAX : p->spawn_rate * 2;
+    }
+    return 1;
+}
+
+
+/*
+ * Each tick with workers on demand: grow (above) while connections wait;
+ * with nothing waiting, the rate falls back to 1 and a worker above
+ * min_workers that had no connection for idle_timeout seconds retires
+ * gracefully (highest slot first); its slot is left empty.
  */
 static void
 ondemand_tick(struct fdp_pool *p, uint64_t now)
 {
-    int i, k, room = 0, coming = 0, wanted = 0, need;
+    int i, wanted = 0;
     uint64_t idle_ms = (uint64_t) (p->idle_timeout * 1000);
 
     if (p->max_workers == 0 || p->stopping || p->reload_gen) {
@@ -597,37 +648,13 @@ ondemand_tick(struct fdp_pool *p, uint64_t now)
     for (i = 0; i < p->nworkers; i++) {
         struct fdp_worker *w = &p->workers[i];
 
-        if (w->off) {
-            continue;
-        }
-        wanted++;
-        if (w->slot.pid <= 0 || w->slot.state == FDP_W_STARTING) {
-            coming++;
-        } else if (w->slot.state == FDP_W_RUNNING && w->ch.fd >= 0
-                   && w->slot.active < w->slot.capacity) {
-            room++;
-        }
+        wanted += !w->off;
         if (w->slot.active > 0 || w->slot.served != w->used_served) {
             w->used_ms = now;
             w->used_served = w->slot.served;
         }
     }
-    if (p->qlen > 0) {
-        if (room > 0) {
-            return;
-        }
-        need = (p->qlen + p->concurrency - 1) / p->concurrency - coming;
-        if (need > p->spawn_rate) {
-            need = p->spawn_rate;
-        }
-        for (k = 0; k < need && ondemand_start(p) >= 0; k++) {
-        }
-        if (k > 0) {
-            p->spawned_demand += (uint64_t) k;
-            scaled(p, "spawned: %d (%d waiting)", k, p->qlen);
-            p->spawn_rate = p->spawn_rate * 2 > FDP_SPAWN_RATE_MAX
-                            ? FDP_SPAWN_RATE_MAX : p->spawn_rate * 2;
-        }
+    if (ondemand_grow(p, now)) {
         return;
     }
     p->spawn_rate = 1;
@@ -2183,6 +2210,11 @@ fdp_pool_step(struct fdp_pool *p, int timeout_ms)
         if (r < 0) {
             fdp_log(FDP_LOG_ERROR, -r, "epoll_wait() failed");
             fdp_pool_stop(p, 0);
+        }
+        if (p->qlen > 0) {
+            /* Connections wait: workers on demand start now, not at
+             * the next tick. */
+            (void) ondemand_grow(p, fdp_now_ms());
         }
         if (p->stopping && p->nalive > 0) {
             reap(p);

@@ -192,6 +192,7 @@ struct fdp_pool {
     int max_workers;
     double idle_timeout;
     int spawn_rate;
+    uint64_t spawn_next_ms;         /* no start round before (ms) */
     uint64_t spawned_demand;        /* processes started for demand */
     uint64_t retired_idle;          /* processes retired for idleness */
     char scaled_why[96];            /* why the count changed last */

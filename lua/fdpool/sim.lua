@@ -102,7 +102,7 @@ function M.run(opts)
   local state, ready, used = {}, {}, {}
   local idle = opts.idle_timeout or 10
   local spawn_time = opts.spawn_time or 0.05
-  local rate = 1
+  local rate, next_round = 1, 0
   for i = 1, nw do state[i], used[i] = "running", 0 end
   if max then
     for i = min + 1, nw do
@@ -148,7 +148,7 @@ function M.run(opts)
     end
     local waiting = qtail - qhead + 1
     if waiting > 0 then
-      if room() then return end
+      if room() or now < next_round then return end
       local need = math.min((waiting + cap - 1) // cap - coming, rate)
       local n = 0
       for i = 1, nw do
@@ -160,6 +160,7 @@ function M.run(opts)
         end
       end
       if n > 0 then
+        next_round = now + M.tick
         result.spawned = result.spawned + n
         result.events[#result.events + 1] = { at = now, spawn = n }
         rate = math.min(rate * 2, M.spawn_rate_max)
@@ -215,6 +216,8 @@ function M.run(opts)
       if queue[qhead] or not try(a, now) then
         qtail = qtail + 1
         queue[qtail] = a
+        -- The master starts workers on demand as soon as one waits.
+        if max then ondemand(now) end
       end
     else
       next_tick = math.huge
