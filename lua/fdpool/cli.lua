@@ -179,6 +179,33 @@ local CONFIG_KEYS = {
   max_conns_per_ip = "number",
 }
 
+-- --workers N or MIN-MAX (config: also {min = MIN, max = MAX}): N, or
+-- "MIN-MAX" for fdpool.pool{}; nil, message naming the flag.
+local function workers_setting(v)
+  local bad = ("--workers must be N or MIN-MAX with 1 <= MIN <= MAX <= 256 (got '%s')")
+  local shown = v
+  if type(v) == "table" then
+    shown = "{min = " .. tostring(v.min) .. ", max = " .. tostring(v.max) .. "}"
+    if math.type(v.min) ~= "integer" or math.type(v.max) ~= "integer" then
+      return nil, bad:format(shown)
+    end
+    v = v.min .. "-" .. v.max
+  end
+  if math.type(v) == "integer" or (type(v) == "string" and v:match("^%d+$")) then
+    local n = math.tointeger(tonumber(v))
+    if not n or n < 1 or n > 256 then
+      return nil, ("--workers must be an integer from 1 to 256 (got '%s')"):format(tostring(v))
+    end
+    return n
+  end
+  local lo, hi = tostring(v):match("^(%d+)%-(%d+)$")
+  lo, hi = tonumber(lo), tonumber(hi)
+  if not lo or lo < 1 or hi < lo or hi > 256 then
+    return nil, bad:format(tostring(shown))
+  end
+  return ("%d-%d"):format(lo, hi)
+end
+
 local function load_config(path)
   local chunk, err = loadfile(path, "t")
   if not chunk then return nil, err end
@@ -195,6 +222,12 @@ local function load_config(path)
     end
     if want ~= "any" and type(v) ~= want then
       return nil, ("%s: setting '%s' must be a %s (got %s)"):format(path, k, want, type(v))
+    end
+  end
+  if t.workers ~= nil then
+    local _, werr = workers_setting(t.workers)
+    if werr then
+      return nil, ("%s: setting 'workers' %s"):format(path, (werr:gsub("^%-%-workers ", "")))
     end
   end
   t.handler = t.handler or t.script
@@ -217,31 +250,6 @@ local function num_setting(name, v, lo, hi, integer)
       lo > 0 and " above 0" or "", tostring(v))
   end
   return integer and math.tointeger(n) or n
-end
-
--- --workers N or MIN-MAX (config: also {min = MIN, max = MAX}): N, or
--- "MIN-MAX" for fdpool.pool{}; nil, message naming the flag.
-local function workers_setting(v)
-  local bad = ("--workers must be N or MIN-MAX with 1 <= MIN <= MAX <= 256 (got '%s')")
-  if type(v) == "table" then
-    if math.type(v.min) ~= "integer" or math.type(v.max) ~= "integer" then
-      return nil, bad:format("{min = " .. tostring(v.min) .. ", max = " .. tostring(v.max) .. "}")
-    end
-    v = v.min .. "-" .. v.max
-  end
-  if math.type(v) == "integer" or (type(v) == "string" and v:match("^%d+$")) then
-    local n = math.tointeger(tonumber(v))
-    if not n or n < 1 or n > 256 then
-      return nil, ("--workers must be an integer from 1 to 256 (got '%s')"):format(tostring(v))
-    end
-    return n
-  end
-  local lo, hi = tostring(v):match("^(%d+)%-(%d+)$")
-  lo, hi = tonumber(lo), tonumber(hi)
-  if not lo or lo < 1 or hi < lo or hi > 256 then
-    return nil, bad:format(tostring(v))
-  end
-  return ("%d-%d"):format(lo, hi)
 end
 
 -- Build the fdpool.pool{} table from a config file and flags.
