@@ -260,6 +260,32 @@ local function start_args(args)
   return p
 end
 
+describe("pool status lists the processes outside the table", function()
+  it("shows an old worker that still finishes a connection after a reload as retiring", function()
+    local bar = H.tmpdir()
+    local p = H.start_pool { script = FIX .. "od_barrier.lua", workers = 1, concurrency = 1,
+      args = { bar, "2" } }
+    finally(function() p:stop() end)
+    local old = p:worker_pids()[1]
+    local fd = assert(fdpool.connect(p.addr, 20))
+    fd:write("held\n")
+    H.wait_status(p, function(s) return s.workers[1].active == 1 end, 10, "the connection in the worker")
+    local ok, _, out = H.run(H.POOL .. " reload --control " .. q(p.control))
+    assert.is_true(ok, out)
+    local st = assert(p:status())
+    assert.are.equal(1, #st.others)
+    assert.are.same({ id = 1, pid = old, generation = 1, state = "exiting", role = "retiring",
+      active = 1 }, st.others[1])
+    local _, _, text = H.run(H.POOL .. " status --control " .. q(p.control))
+    assert.matches("\nretiring: slot 1 pid " .. old .. " generation 1 exiting active 1\n", text)
+    H.writefile(bar .. "/release", "")       -- the barrier opens: it finishes
+    assert.are.equal("ok " .. old .. "\n", fd:read("a"))
+    fd:close()
+    H.wait_status(p, function(s) return #s.others == 0 end, 10, "the old worker gone")
+    assert.are.equal(0, p:stop())
+  end)
+end)
+
 describe("reload reads --config again", function()
   local handler = "handler = " .. ("%q"):format(os.getenv("PWD") .. "/" .. FIX .. "od_reply.lua")
 
