@@ -1,7 +1,8 @@
 -- examples/spec/apps_spec.lua: the application examples on in-memory
 -- conns: examples/json_api.lua (router, JSON), examples/ws_chat.lua
 -- (WebSocket, through testing.websocket), examples/upload.lua (multipart
--- and streamed bodies, cookies).
+-- and streamed bodies, cookies), examples/site.lua (http.static's 301,
+-- index list and on_missing).
 local testing = require "fdpool.testing"
 local json = require "fdpool.http.json"   -- lua-cjson, integers kept
 
@@ -111,5 +112,38 @@ describe("examples/upload.lua (forms and streamed bodies)", function()
     assert.equal(201, status)
     assert.equal("11 bytes in b.bin\n", body)
     assert.equal("hello world", read(dir .. "/b.bin"))
+  end)
+end)
+
+describe("examples/site.lua (a static site)", function()
+  local dir, handle
+
+  setup(function()
+    local p = io.popen("mktemp -d /tmp/site-spec.XXXXXX")
+    dir = p:read("l")
+    p:close()
+    os.execute("mkdir '" .. dir .. "/docs'")
+    local f = assert(io.open(dir .. "/docs/index.htm", "wb"))
+    f:write("docs\n")
+    f:close()
+    handle = assert(loadfile("examples/site.lua"))(dir)
+  end)
+
+  teardown(function()
+    os.execute("rm -rf '" .. dir .. "'")
+  end)
+
+  it("redirects /docs to /docs/ and serves its index.htm", function()
+    local status, headers = testing.http_request(handle, "GET", "/docs")
+    assert.same({ 301, "/docs/" }, { status, headers["location"] })
+    local s2, _, body = testing.http_request(handle, "GET", "/docs/")
+    assert.same({ 200, "docs\n" }, { s2, body })
+  end)
+
+  it("answers a missing page with its own 404 page", function()
+    local status, headers, body = testing.http_request(handle, "GET", "/nope")
+    assert.equal(404, status)
+    assert.equal("text/html; charset=utf-8", headers["content-type"])
+    assert.truthy(body:find("No /nope here.", 1, true))
   end)
 end)
