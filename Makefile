@@ -29,7 +29,7 @@ B        ?= build
 SAN      ?=
 
 CORE     := log fdpass channel loop addr status ctlproto proxy http_parse listen dispatch pool acceptf \
-            control ctlclient statuspage policy laux task lconn lhttp worker lfd lpool lfdpool
+            control ctlclient statuspage policy laux task lthread lconn lhttp worker lfd lpool lfdpool
 LUAFILES := $(sort $(wildcard lua/fdpool/*.lua lua/fdpool/*/*.lua))
 CORE_OBJ := $(patsubst %,$(B)/%.o,$(CORE)) $(B)/embed.o \
             $(B)/statuspage_html.o

@@ -12,6 +12,7 @@
 #include "lfdpool.h"
 #include "lhttp.h"
 #include "lpool.h"
+#include "lthread.h"
 #include "pool.h"
 #include "control.h"
 #include "policy.h"
@@ -289,6 +290,7 @@ luaopen_fdpool(lua_State *L)
     luaL_newlib(L, funcs);
     fdp_lfd_open(L);
     fdp_lpool_open(L);
+    fdp_lthread_open(L);
     lua_pushliteral(L, FDP_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

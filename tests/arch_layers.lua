@@ -13,7 +13,7 @@ return {
       files = { "policy", "acceptf", "listen", "dispatch", "pool", "statuspage",
                 "control", "ctlclient" } },
     { name = "worker",
-      files = { "laux", "task", "lconn", "lhttp", "worker" } },
+      files = { "laux", "task", "lthread", "lconn", "lhttp", "worker" } },
     { name = "binding",
       files = { "lfd", "lpool", "lfdpool", "main" } },
   },
