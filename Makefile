@@ -28,7 +28,7 @@ LDFLAGS  ?=
 B        ?= build
 SAN      ?=
 
-CORE     := log fdpass channel loop addr status ctlproto proxy http_parse listen dispatch pool acceptf \
+CORE     := log fdpass channel loop addr status ctlproto proxy http_parse shdict listen dispatch pool acceptf \
             control ctlclient statuspage policy laux task lthread lconn lhttp worker lfd lpool lfdpool
 LUAFILES := $(sort $(wildcard lua/fdpool/*.lua lua/fdpool/*/*.lua))
 CORE_OBJ := $(patsubst %,$(B)/%.o,$(CORE)) $(B)/embed.o \
@@ -67,7 +67,8 @@ $(B)/fdfetch: src/fdfetch.c | $(B)
 	$(CC) -std=c99 -D_GNU_SOURCE $(OPT) $(WARN) $(SAN) $(CFLAGS) -o $@ $<
 
 $(B)/test_core: tests/c/test_core.c $(B)/fdpass.o $(B)/channel.o $(B)/loop.o \
-                $(B)/status.o $(B)/log.o $(B)/http_parse.o $(B)/proxy.o
+                $(B)/status.o $(B)/log.o $(B)/http_parse.o $(B)/proxy.o \
+                $(B)/shdict.o
 	$(CC) $(ALLCFLAGS) $(LDFLAGS) -o $@ $^
 
 setup:

@@ -8,7 +8,7 @@ return {
   layers = {
     { name = "ground",
       files = { "log", "loop", "fdpass", "channel", "addr", "proxy", "ctlproto",
-                "http_parse", "status", "embed", "statuspage_html" } },
+                "http_parse", "shdict", "status", "embed", "statuspage_html" } },
     { name = "master",
       files = { "policy", "acceptf", "listen", "dispatch", "pool", "statuspage",
                 "control", "ctlclient" } },
