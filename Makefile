@@ -28,8 +28,8 @@ LDFLAGS  ?=
 B        ?= build
 SAN      ?=
 
-CORE     := log fdpass channel loop addr status ctlproto proxy http_parse shdict listen dispatch pool acceptf \
-            control ctlclient statuspage policy laux task lthread lconn lhttp worker lfd lpool lfdpool
+CORE     := log fdpass channel loop addr status ctlproto proxy http_parse shdict listen dispatch shzone pool acceptf \
+            control ctlclient statuspage policy laux task lthread lshared lconn lhttp worker lfd lpool lfdpool
 LUAFILES := $(sort $(wildcard lua/fdpool/*.lua lua/fdpool/*/*.lua))
 CORE_OBJ := $(patsubst %,$(B)/%.o,$(CORE)) $(B)/embed.o \
             $(B)/statuspage_html.o

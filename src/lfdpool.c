@@ -291,6 +291,8 @@ luaopen_fdpool(lua_State *L)
     fdp_lfd_open(L);
     fdp_lpool_open(L);
     fdp_lthread_open(L);
+    lua_newtable(L);            /* a worker's fdpool.shared.NAME */
+    lua_setfield(L, -2, "shared");
     lua_pushliteral(L, FDP_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

@@ -126,6 +126,7 @@ fdp_pool_free(struct fdp_pool *p)
         return;
     }
     fdp_pool_close_in_child(p, -1);
+    fdp_shzone_close(p, 1);
     fdp_acceptf_free(p);
     for (i = 0; i < FDP_SLOTS; i++) {
         worker_free_tables(&p->workers[i]);
@@ -163,6 +164,7 @@ fdp_pool_close_in_child(struct fdp_pool *p, int keep)
     for (i = 0; i < FDP_MAX_LISTEN; i++) {
         fdp_close(&p->listeners[i].fd);
     }
+    fdp_shzone_close(p, 0);     /* the memfds; the mappings stay */
     for (i = 0; i < FDP_SLOTS; i++) {
         struct fdp_worker *w = &p->workers[i];
         int k;
@@ -1909,6 +1911,7 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
     info->lat_count = p->lat_count;
     info->pending = (uint64_t) fdp_acceptf_pending(p);
     memcpy(info->closed, p->af_closed, sizeof(info->closed));
+    fdp_shzone_status(p, info);
 }
 
 

@@ -11,6 +11,7 @@
 #include "channel.h"
 #include "laux.h"
 #include "lconn.h"
+#include "lshared.h"
 #include "lthread.h"
 #include "loop.h"
 #include "policy.h"
@@ -642,6 +643,7 @@ module_set_worker(lua_State *L, struct fdp_wctx *w)
     lua_pushvalue(L, -1);
     lua_setfield(L, LUA_REGISTRYINDEX, "fdpool.worker");
     lua_setfield(L, -2, "worker");
+    fdp_lshared_open(L, w->pool);
     lua_pop(L, 1);
 }
 
