@@ -413,7 +413,23 @@ static int
 lock(struct fdp_shd *d, int op)
 {
     struct shd_hdr *h = hdr(d);
-    int r = pthread_mutex_lock(&h->lock);
+    int r, i;
+
+    /* Critical sections are short: spin a little before sleeping in
+     * the kernel (as ngx_shmtx_lock does), or two busy workers hand the
+     * lock over through futex wake-ups. */
+    for (i = 0; i < 100; i++) {
+        r = pthread_mutex_trylock(&h->lock);
+        if (r != EBUSY) {
+            break;
+        }
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    if (r == EBUSY) {
+        r = pthread_mutex_lock(&h->lock);
+    }
 
     d->recovered = 0;
     if (r == EOWNERDEAD) {
@@ -677,6 +693,8 @@ put_num(struct fdp_shd *d, uint32_t e, const struct fdp_shd_val *v)
 
 static uint32_t lookup(struct fdp_shd *d, const char *key, size_t klen,
                        uint32_t hash, uint32_t *linkp);
+static void put_value(struct fdp_shd *d, uint32_t e, size_t klen,
+                      const struct fdp_shd_val *v, size_t vlen);
 static void ent_delete(struct fdp_shd *d, uint32_t e, uint32_t link);
 
 /* A new entry for key = v, linked first in its bucket and the LRU; the
@@ -720,6 +738,18 @@ ent_insert(struct fdp_shd *d, const char *key, size_t klen, uint32_t hash,
     put_num(d, e, v);
     set_exp(d, e, ttl, now);
     wbytes(d, e + E_SIZE, key, klen);
+    put_value(d, e, klen, v, vlen);
+    lru_push(d, e);
+    w32(d, link, e);
+    return 0;
+}
+
+
+/* The value bytes of e (after its key of klen bytes). */
+static void
+put_value(struct fdp_shd *d, uint32_t e, size_t klen,
+          const struct fdp_shd_val *v, size_t vlen)
+{
     if (vlen) {
         /* unaligned after the key: the first bytes share its last word */
         uint32_t at = e + E_SIZE + (uint32_t) klen, head = (4 - (at & 3)) & 3;
@@ -742,9 +772,6 @@ ent_insert(struct fdp_shd *d, const char *key, size_t klen, uint32_t hash,
             wbytes(d, at + head, v->s + head, vlen - head);
         }
     }
-    lru_push(d, e);
-    w32(d, link, e);
-    return 0;
 }
 
 
@@ -821,6 +848,21 @@ fdp_shd_get(struct fdp_shd *d, const char *key, size_t klen,
 }
 
 
+/* Does key = v need a block of e's size (so it can be rewritten in
+ * place)? */
+static int
+same_block(struct fdp_shd *d, uint32_t e, size_t klen,
+           const struct fdp_shd_val *v)
+{
+    uint64_t need = (uint64_t) 8 + E_SIZE + klen
+                    + (v->type == FDP_SHD_STRING ? v->len : 0);
+    uint32_t o = blk_order(d, e - 8, 0);
+
+    return o != 0 && need <= (1ull << o)
+           && (o == MINORD || need > (1ull << (o - 1)));
+}
+
+
 int
 fdp_shd_set(struct fdp_shd *d, int mode, const char *key, size_t klen,
             const struct fdp_shd_val *v, double ttl, int *evicted)
@@ -851,6 +893,19 @@ fdp_shd_set(struct fdp_shd *d, int mode, const char *key, size_t klen,
         if (e != 0) {
             ent_delete(d, e, link);
         }
+    } else if (e != 0 && same_block(d, e, klen, v)) {
+        /* The new value needs a block of the same size: rewrite it in
+         * place, every byte through the journal (an undo must find the
+         * old value again). */
+        size_t vlen = v->type == FDP_SHD_STRING ? v->len : 0;
+
+        d->nfreed++;
+        w32(d, e + E_VLEN, (uint32_t) vlen);
+        w32(d, e + E_FLAGS, v->flags);
+        put_num(d, e, v);
+        set_exp(d, e, ttl, now);
+        put_value(d, e, klen, v, vlen);
+        lru_touch(d, e);
     } else {
         r = ent_insert(d, key, klen, hash, v, ttl, now, evicted, e);
     }

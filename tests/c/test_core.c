@@ -1756,6 +1756,8 @@ test_shdict_lru(void)
 /* A child dies inside op (the test knob) at its write number `at`; the
  * parent's next operation must repair (or flush) and find the value as
  * before the dead operation. */
+static const char *shd_new_value = "new-value";
+
 static int
 shd_die_in(struct fdp_shd *d, int op, uint32_t at)
 {
@@ -1763,7 +1765,7 @@ shd_die_in(struct fdp_shd *d, int op, uint32_t at)
     int st = 0;
 
     if (pid == 0) {
-        struct fdp_shd_val v = sval("new-value"), by = ival(5), out;
+        struct fdp_shd_val v = sval(shd_new_value), by = ival(5), out;
         int ev;
 
         d->die_op = op;
@@ -1803,19 +1805,26 @@ test_shdict_owner_dead(void)
         fdp_shd_set(&d, 0, key, strlen(key), &v, 0, &ev);
     }
     /* die at each write of a set, one after another: every time the
-     * next op repairs, and "a" is exactly the old value */
-    for (at = 1; at <= 40; at++) {
-        fdp_shd_set(&d, 0, "a", 1, &v, 0, &ev);
-        if (shd_die_in(&d, FDP_SHD_OP_SET, (uint32_t) at) != 86) {
-            break;                      /* the set had fewer writes */
+     * next op repairs, and "a" is exactly the old value; a value of the
+     * same size (rewritten in place), then a longer one (a new block) */
+    for (i = 0; i < 2; i++) {
+        dead = good = 0;
+        shd_new_value = i == 0 ? "new-value" : "a-new-value-much-longer-than-"
+                        "the-old-one-so-it-needs-another-block";
+        for (at = 1; at <= 80; at++) {
+            fdp_shd_set(&d, 0, "a", 1, &v, 0, &ev);
+            if (shd_die_in(&d, FDP_SHD_OP_SET, (uint32_t) at) != 86) {
+                break;                  /* the set had fewer writes */
+            }
+            dead++;
+            if (shd_get_str(&d, "a", "old-value") && d.recovered == 1) {
+                good++;
+            }
         }
-        dead++;
-        if (shd_get_str(&d, "a", "old-value") && d.recovered == 1) {
-            good++;
-        }
+        test_cond("shdict: a set killed at every write is undone",
+                  dead > 5 && good == dead);
     }
-    test_cond("shdict: a set killed at every write is undone",
-              dead > 10 && good == dead);
+    shd_new_value = "new-value";
     test_cond("shdict: the other keys survived", shd_get_str(&d, "k0",
               "old-value") && shd_get_str(&d, "k49", "old-value"));
     fdp_shd_set(&d, 0, "n", 1, &n, 0, &ev);
