@@ -19,6 +19,7 @@ local fdpool = require "fdpool"
 local N = tonumber(os.getenv("N")) or 200000
 local ROUNDS = tonumber(os.getenv("ROUNDS")) or 3
 local WAITERS = tonumber(os.getenv("WAITERS")) or 1000
+local OPS = { "get", "set", "incr", "capacity" }
 
 -- The one loop both servers run (dict, op, n) -> seconds, as text.
 local LOOP = [[
@@ -33,6 +34,8 @@ local function loop(d, op, n, now)
     for i = 1, n do local v = d:get(keys[i % 1000 + 1]) end
   elseif op == "set" then
     for i = 1, n do d:set(keys[i % 1000 + 1], "value") end
+  elseif op == "capacity" then          -- the floor: a method call, no lock
+    for i = 1, n do local c = d:capacity() end
   else
     for i = 1, n do d:incr(keys[i % 1000 + 1], 1, 0) end
   end
@@ -171,7 +174,7 @@ local results = {}
 for _, impl in ipairs { "fdpool", "nginx" } do
   for _, w in ipairs { 1, 2 } do
     local srv = (impl == "fdpool" and start_fdpool or start_nginx)(w)
-    for _, op in ipairs { "get", "set", "incr" } do
+    for _, op in ipairs(OPS) do
       local rates, tries = {}, 0
       burst(srv.addr, ("/%s/%d"):format(op, N // 10), w)    -- warm-up (LuaJIT)
       while #rates < ROUNDS and tries < ROUNDS * 10 do
@@ -194,7 +197,7 @@ end
 print(("Shared dictionary, ops/s (N=%d per connection, 1000 keys, median of %d; one run on a shared, noisy machine):"):format(N, ROUNDS))
 print("| op | workers | fdpool.shared | ngx.shared.DICT | fdpool / nginx |")
 print("|---|---|---|---|---|")
-for _, op in ipairs { "get", "set", "incr" } do
+for _, op in ipairs(OPS) do
   for _, w in ipairs { 1, 2 } do
     local f, n = results["fdpool" .. w .. op], results["nginx" .. w .. op]
     print(("| %s | %d | %.0f | %.0f | %.2f |"):format(op, w, f, n, f / n))

@@ -444,6 +444,7 @@ lock(struct fdp_shd *d, int op)
     d->nwrites = 0;
     d->corrupt = 0;
     d->nfreed = 0;
+    d->now = 0;
     return 0;
 }
 
@@ -523,19 +524,35 @@ ent_exp(struct fdp_shd *d, uint32_t e)
 }
 
 
+/* The clock, read at most once per operation and only when an entry
+ * with a ttl (or a new ttl) needs it: clock_gettime was the biggest cost
+ * of a get. */
+static uint64_t
+now_ms(struct fdp_shd *d)
+{
+    if (d->now == 0) {
+        d->now = fdp_now_ms();
+    }
+    return d->now;
+}
+
+
 static int
 expired(struct fdp_shd *d, uint32_t e, uint64_t now)
 {
     uint64_t x = ent_exp(d, e);
 
-    return x != 0 && now >= x;
+    (void) now;
+    return x != 0 && now_ms(d) >= x;
 }
 
 
 static void
 set_exp(struct fdp_shd *d, uint32_t e, double ttl, uint64_t now)
 {
-    uint64_t x = ttl > 0 ? now + (uint64_t) (ttl * 1000.0 + 0.5) : 0;
+    uint64_t x = ttl > 0 ? now_ms(d) + (uint64_t) (ttl * 1000.0 + 0.5) : 0;
+
+    (void) now;
 
     if (ttl > 0 && x == 0) {
         x = 1;
@@ -640,7 +657,7 @@ static uint32_t
 ent_alloc(struct fdp_shd *d, uint64_t need, int *evicted, int *err)
 {
     uint32_t order = MINORD, blk, i;
-    uint64_t now = fdp_now_ms();
+    uint64_t now = 0;
 
     while (order <= d->maxorder && (1ull << order) < need) {
         order++;
@@ -798,6 +815,9 @@ ttl_left(struct fdp_shd *d, uint32_t e, uint64_t now)
 {
     uint64_t x = ent_exp(d, e);
 
+    if (x != 0) {
+        now = now_ms(d);
+    }
     return x == 0 ? 0 : x > now ? (double) (x - now) / 1000.0 : 0.001;
 }
 
@@ -809,7 +829,7 @@ fdp_shd_get(struct fdp_shd *d, const char *key, size_t klen,
             struct fdp_shd_val *v, double *ttl)
 {
     uint32_t hash = hash_key(key, klen), link = 0, e;
-    uint64_t now = fdp_now_ms();
+    uint64_t now = 0;
     int r = 0;
 
     if ((r = lock(d, FDP_SHD_OP_GET)) < 0) {
@@ -868,7 +888,7 @@ fdp_shd_set(struct fdp_shd *d, int mode, const char *key, size_t klen,
             const struct fdp_shd_val *v, double ttl, int *evicted)
 {
     uint32_t hash = hash_key(key, klen), link = 0, e;
-    uint64_t now = fdp_now_ms();
+    uint64_t now = 0;
     int r;
 
     *evicted = 0;
@@ -919,7 +939,7 @@ fdp_shd_incr(struct fdp_shd *d, const char *key, size_t klen,
              double init_ttl, struct fdp_shd_val *v, int *evicted)
 {
     uint32_t hash = hash_key(key, klen), link = 0, e;
-    uint64_t now = fdp_now_ms();
+    uint64_t now = 0;
     struct fdp_shd_val cur;
     int r;
 
@@ -973,7 +993,7 @@ int
 fdp_shd_ttl(struct fdp_shd *d, const char *key, size_t klen, double *ttl)
 {
     uint32_t hash = hash_key(key, klen), link = 0, e;
-    uint64_t now = fdp_now_ms();
+    uint64_t now = 0;
     int r;
 
     if ((r = lock(d, FDP_SHD_OP_GET)) < 0) {
@@ -995,7 +1015,7 @@ int
 fdp_shd_expire(struct fdp_shd *d, const char *key, size_t klen, double ttl)
 {
     uint32_t hash = hash_key(key, klen), link = 0, e;
-    uint64_t now = fdp_now_ms();
+    uint64_t now = 0;
     int r;
 
     if ((r = lock(d, FDP_SHD_OP_EXPIRE)) < 0) {
@@ -1034,7 +1054,7 @@ int
 fdp_shd_keys(struct fdp_shd *d, size_t max,
              void (*fn)(void *ud, const char *key, size_t klen), void *ud)
 {
-    uint64_t now = fdp_now_ms();
+    uint64_t now = 0;
     uint32_t e, steps = 0, maxsteps = (d->heapend - d->heap) >> MINORD;
     char *buf = NULL;
     size_t len = 0, cap = 0, n = 0, i;

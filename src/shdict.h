@@ -60,6 +60,7 @@ struct fdp_shd {
     int die_op;                 /* test knob: _exit at write die_at of op */
     uint32_t die_at;
     int corrupt;                /* a bad offset was met in this op */
+    uint64_t now;               /* the clock in this op (0: not read) */
     uint32_t nfreed;            /* blocks freed in this op: reusing one
                                    needs its bytes journaled too */
     /* what the last lock found: 1 repaired from the journal, 2 flushed */
