@@ -625,6 +625,17 @@ pool_status(lua_State *L)
         lua_rawseti(L, -2, i + 1);
     }
     lua_setfield(L, -2, "listen");
+    lua_createtable(L, info.nshared, 0);
+    for (i = 0; i < info.nshared; i++) {
+        lua_createtable(L, 0, 4);
+        lua_pushstring(L, info.shared[i].name);
+        lua_setfield(L, -2, "name");
+        set_int(L, "size", (lua_Integer) info.shared[i].size);
+        set_int(L, "used", (lua_Integer) info.shared[i].used);
+        set_int(L, "keys", (lua_Integer) info.shared[i].keys);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "shared");
     set_int(L, "accepted", (lua_Integer) info.accepted);
     set_int(L, "queued", (lua_Integer) info.queued);
     set_int(L, "parked", (lua_Integer) info.parked);

@@ -229,6 +229,15 @@ describe("--shared", function()
     assert.truthy(err:find("missing size", 1, true))
   end)
 
+  it("is made by fdpool.pool{shared=} and shown by pool:status()", function()
+    local pool = assert(fdpool.pool{ handler = function() end, workers = 1, listen = { "127.0.0.1:0" },
+                                     control = false, shared = { a = "64k", b = 131072 } })
+    local st = pool:status()
+    local sizes = {}
+    for _, z in ipairs(st.shared) do sizes[z.name] = z.size; assert.equals(0, z.keys) end
+    assert.same({ a = 65536, b = 131072 }, sizes)
+  end)
+
   it("is listed in pool --help", function()
     local _, out = H.run_pool("--help", 10)
     assert.truthy(out:find("--shared NAME:SIZE", 1, true))
