@@ -69,11 +69,31 @@ describe("timers, threads, queues", function()
     c:close()
   end)
 
+  it("lets a thread use its handler's conn (its waits yield too)", function()
+    local c = assert(fdpool.connect(p.addr, 10))
+    assert(c:write("threadio\n"))
+    assert.equals("from thread", c:read("l"))
+    assert(c:write("reply to thread\n"))
+    assert.equals("true reply to thread", c:read("l"))
+    c:close()
+  end)
+
   it("ends a handler's threads with it unless detached", function()
     assert.equals("ok", cmd(p, "orphan"))
     H.wait_until(function() return cmd(p, "orphans") == "0 1" end, 10, "the detached thread to run")
     fdpool.sleep(0.1)
     assert.equals("0 1", cmd(p, "orphans"))
+  end)
+
+  it("ends 2000 waiting threads with their handler, memory back", function()
+    local _, mem0 = cmd(p, "alive"):match("^(%d+) (%d+)$")
+    for _ = 1, 3 do
+      assert.equals("2000", cmd(p, "many 2000"))
+      assert.equals("0", cmd(p, "alive"):match("^(%d+)"))
+    end
+    local _, mem1 = cmd(p, "alive"):match("^(%d+) (%d+)$")
+    -- the Lua heap (MiB) did not keep 6000 dead threads
+    assert.is_true(tonumber(mem1) <= tonumber(mem0) + 2, mem0 .. " -> " .. mem1)
   end)
 
   it("raises for misuse, naming the argument", function()
