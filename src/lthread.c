@@ -174,6 +174,10 @@ lt_ended(struct fdp_task *t, int status)
         if (status == LUA_OK) {
             int i, n = lua_gettop(co);
 
+            if (!lua_checkstack(co, 3)) {
+                lua_settop(co, 0);      /* results dropped, never overflow */
+                n = 0;
+            }
             lua_createtable(co, n, 1);
             for (i = 1; i <= n; i++) {
                 lua_pushvalue(co, i);
@@ -253,6 +257,12 @@ start(lua_State *L, struct fdp_sched *s, int kind, int fidx, int nargs,
     lt->ud = ud;
     lt->udref = luaL_ref(L, LUA_REGISTRYINDEX);
     fdp_task_start(s, &lt->t);
+    if (!lua_checkstack(lt->t.co, nargs + 1 + LUA_MINSTACK)) {
+        fdp_task_set_parent(&lt->t, NULL);
+        (void) fdp_task_cancel(&lt->t);     /* frees lt */
+        luaL_error(L, "too many arguments");
+        return NULL;
+    }
     lt->t.ops = &lt_ops;
     /* --timeout is for handlers: a thread ends with its handler, and a
      * timer or detached thread is the script's own business. */
@@ -470,9 +480,18 @@ l_terror(lua_State *L)
 }
 
 
+/* xpcall's message handler for timer callbacks: the message with a
+ * traceback (a C function, so a state without the debug library works). */
+static int
+l_ttraceback(lua_State *L)
+{
+    return fdp_errmsg(L, 1);
+}
+
+
 static const char timer_loop[] =
-    "local tsleep, terror = ...\n"
-    "local xpcall, traceback = xpcall, debug.traceback\n"
+    "local tsleep, terror, traceback = ...\n"
+    "local xpcall = xpcall\n"
     "return function(h, fn, ...)\n"
     "  while tsleep(h) do\n"
     "    local ok, err = xpcall(fn, traceback, ...)\n"
@@ -508,7 +527,8 @@ timer_new(lua_State *L, int every)
         }
         lua_pushcfunction(L, l_tsleep);
         lua_pushcfunction(L, l_terror);
-        lua_call(L, 2, 1);
+        lua_pushcfunction(L, l_ttraceback);
+        lua_call(L, 3, 1);
         lua_pushvalue(L, -1);
         lua_rawsetp(L, LUA_REGISTRYINDEX, &timerfn_key);
     }
@@ -613,7 +633,7 @@ queue_push(lua_State *L)
     luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "value expected (nil "
                   "cannot be queued)");
     lua_settop(L, 2);
-    if (w != NULL) {
+    if (w != NULL && lua_checkstack(w->co, 1)) {
         lua_xmove(L, w->co, 1);
         fdp_task_resume_soon(w, 1);
     } else if (q->cap > 0 && q->count >= q->cap) {

@@ -1056,8 +1056,7 @@ fdp_shd_keys(struct fdp_shd *d, size_t max,
 {
     uint64_t now = 0;
     uint32_t e, steps = 0, maxsteps = (d->heapend - d->heap) >> MINORD;
-    char *buf = NULL;
-    size_t len = 0, cap = 0, n = 0, i;
+    size_t len = 0, n = 0, i;
     int r;
 
     if ((r = lock(d, FDP_SHD_OP_GET)) < 0) {
@@ -1075,32 +1074,31 @@ fdp_shd_keys(struct fdp_shd *d, size_t max,
             continue;
         }
         klen = r32(d, e + E_KLEN);
-        if (len + klen + 4 > cap) {
-            char *b;
+        if (len + klen + 4 > d->scratchcap) {
+            size_t cap = (len + klen + 4) * 2;
+            char *b = realloc(d->scratch, cap);
 
-            cap = (len + klen + 4) * 2;
-            if ((b = realloc(buf, cap)) == NULL) {
-                free(buf);
+            if (b == NULL) {
                 return unlock(d, -ENOMEM);
             }
-            buf = b;
+            d->scratch = b;
+            d->scratchcap = cap;
         }
-        memcpy(buf + len, &klen, 4);
-        memcpy(buf + len + 4, d->base + e + E_SIZE, klen);
+        memcpy(d->scratch + len, &klen, 4);
+        memcpy(d->scratch + len + 4, d->base + e + E_SIZE, klen);
         len += 4 + klen;
         n++;
     }
     r = unlock(d, (int) n);
-    if (r >= 0) {
-        for (i = 0; i < len;) {
-            uint32_t klen;
+    /* The keys are in the view's scratch (freed with the view): fn may
+     * raise (a Lua error) without leaking them. */
+    for (i = 0; r >= 0 && i < len;) {
+        uint32_t klen;
 
-            memcpy(&klen, buf + i, 4);
-            fn(ud, buf + i + 4, klen);
-            i += 4 + klen;
-        }
+        memcpy(&klen, d->scratch + i, 4);
+        fn(ud, d->scratch + i + 4, klen);
+        i += 4 + klen;
     }
-    free(buf);
     return r;
 }
 
