@@ -43,6 +43,10 @@ describe("timers, threads, queues", function()
     assert.truthy(p:log():find("thread error: [^\n]*thread boom"))
   end)
 
+  it("passes many arguments to a thread and many results back", function()
+    assert.equals("true 300 302 300", cmd(p, "manyargs"))
+  end)
+
   it("kills a waiting thread, running its <close> variables", function()
     assert.equals("true false killed nil already ended true killed", cmd(p, "kill"))
   end)
