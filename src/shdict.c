@@ -1118,6 +1118,68 @@ fdp_shd_free_space(struct fdp_shd *d)
 }
 
 
+/*
+ * Check the whole structure (tests; slow: it walks everything): the heap
+ * block by block, every bucket chain, the LRU list both ways and every
+ * free list, and that the counters agree with them. 0, or -EIO (nothing
+ * is changed or flushed), or the lock's error.
+ */
+int
+fdp_shd_check(struct fdp_shd *d)
+{
+    uint32_t off, o, nused = 0, used = 0, freeb = 0, n, e, prev, i;
+    uint32_t maxsteps = (d->heapend - d->heap) >> MINORD;
+    int r, ok = 1;
+
+    if ((r = lock(d, FDP_SHD_OP_GET)) < 0) {
+        return r;
+    }
+    for (off = d->heap; ok && off + (1u << MINORD) <= d->heapend;
+         off += 1u << o) {
+        uint32_t tag = r32(d, off);
+
+        o = tag & 0xffu;
+        if ((tag & 0xfffffe00u) != TAG || o < MINORD || o > d->maxorder
+            || ((off - d->heap) & ((1u << o) - 1)) != 0
+            || (uint64_t) off + (1u << o) > d->heapend) {
+            ok = 0;
+            break;
+        }
+        if (tag & TAG_FREE) {
+            freeb += 1u << o;
+        } else {
+            used += 1u << o;
+            nused++;
+            ok = ent_ok(d, off + 8);
+        }
+    }
+    ok = ok && used == r32(d, HOFF(used)) && nused == r32(d, HOFF(nkeys));
+    for (i = 0, n = 0; ok && i < d->nbuckets; i++) {
+        for (e = r32(d, d->buckets + 4 * i); ok && e != 0;
+             e = r32(d, e + E_HNEXT)) {
+            ok = ent_ok(d, e) && (r32(d, e + E_HASH) & (d->nbuckets - 1)) == i
+                 && ++n <= maxsteps;
+        }
+    }
+    ok = ok && n == nused;
+    for (prev = 0, n = 0, e = r32(d, HOFF(lru_head)); ok && e != 0;
+         prev = e, e = r32(d, e + E_LNEXT)) {
+        ok = ent_ok(d, e) && r32(d, e + E_LPREV) == prev && ++n <= maxsteps;
+    }
+    ok = ok && n == nused && r32(d, HOFF(lru_tail)) == prev;
+    for (o = MINORD, n = 0; ok && o <= d->maxorder; o++) {
+        for (prev = 0, e = r32(d, FL(o)); ok && e != 0;
+             prev = e, e = r32(d, e + B_NEXT)) {
+            ok = blk_order(d, e, 1) == o && r32(d, e + B_PREV) == prev
+                 && (n += 1u << o) <= d->heapend - d->heap;
+        }
+    }
+    ok = ok && n == freeb && !d->corrupt;
+    d->corrupt = 0;             /* a check never flushes */
+    return unlock(d, ok ? 0 : -EIO);
+}
+
+
 /* ---- setting up ---------------------------------------------------------- */
 
 int

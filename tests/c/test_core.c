@@ -1848,6 +1848,102 @@ test_shdict_owner_dead(void)
 }
 
 
+/* Random operations, each in a child killed at a random write (or
+ * finishing): after every one the whole structure checks out, and the
+ * key holds either its value from before or the new one, whole. */
+static void
+test_shdict_random_deaths(void)
+{
+    size_t size = 64 * 1024;
+    void *m = shd_map(size);
+    struct fdp_shd d;
+    uint32_t seed = 4242;
+    int round, bad = 0, deaths = 0, checks_ok = 0, ev;
+    char key[16], val[400];
+
+    fdp_shd_format(m, size);
+    fdp_shd_attach(&d, m, size);
+    for (round = 0; round < 400; round++) {
+        int kind, len, st = 0, k;
+        uint32_t at;
+        pid_t pid;
+        struct fdp_shd_val before, after;
+        char saved[400];
+        size_t savedlen = 0;
+        int had;
+
+        seed = seed * 1103515245u + 12345u;
+        kind = (int) (seed >> 8) % 4;
+        k = (int) (seed >> 12) % 40;
+        len = (int) (seed >> 4) % 380;
+        seed = seed * 1103515245u + 12345u;
+        at = 1 + (seed >> 8) % 40;
+        snprintf(key, sizeof(key), "r%d", k);
+        memset(val, 'a' + round % 26, sizeof(val));     /* a new value */
+        had = fdp_shd_get(&d, key, strlen(key), &before, NULL);
+        /* the get made it the most recently used: a set to another key
+         * first, so an in-place rewrite also moves it (more writes) */
+        if (round % 2) {
+            struct fdp_shd_val o = ival(round);
+
+            fdp_shd_set(&d, 0, "other", 5, &o, 0, &ev);
+        }
+        if (had == 1 && before.type == FDP_SHD_STRING) {
+            savedlen = before.len;
+            memcpy(saved, before.s, savedlen);
+        }
+        pid = fork();
+        if (pid == 0) {
+            struct fdp_shd_val v, by = ival(1), out;
+
+            memset(&v, 0, sizeof(v));
+            v.type = FDP_SHD_STRING;
+            v.s = val;
+            v.len = (size_t) len;
+            d.die_op = kind == 2 ? FDP_SHD_OP_INCR : FDP_SHD_OP_SET;
+            d.die_at = at;
+            if (kind == 0 || kind == 1) {
+                fdp_shd_set(&d, 0, key, strlen(key), &v, 0, &ev);
+            } else if (kind == 2) {
+                fdp_shd_incr(&d, "counter", 7, &by, &by, 0, &out, &ev);
+            } else {
+                v.type = FDP_SHD_NIL;
+                fdp_shd_set(&d, 0, key, strlen(key), &v, 0, &ev);
+            }
+            _exit(0);
+        }
+        waitpid(pid, &st, 0);
+        deaths += WIFEXITED(st) && WEXITSTATUS(st) == 86;
+        if (fdp_shd_check(&d) == 0) {
+            checks_ok++;
+        }
+        if (kind != 2) {
+            int r = fdp_shd_get(&d, key, strlen(key), &after, NULL);
+            int died = WEXITSTATUS(st) == 86;
+
+            if (died) {
+                /* as before */
+                if (r != had || (r == 1 && (after.len != savedlen
+                    || memcmp(after.s, saved, savedlen) != 0))) {
+                    bad++;
+                }
+            } else if (kind == 3 ? r != 0
+                       : r == 1 && (after.len != (size_t) len
+                                    || memcmp(after.s, val, (size_t) len))) {
+                bad++;
+            }
+        }
+    }
+    test_cond("shdict: random deaths: every death found", deaths > 100);
+    test_cond("shdict: random deaths: the structure always checks out",
+              checks_ok == 400);
+    test_cond("shdict: random deaths: values before or after, whole",
+              bad == 0);
+    fdp_shd_detach(&d);
+    munmap(m, size);
+}
+
+
 /* Scribbles on the mapping (what a bad worker could do): every operation
  * returns (-EIO at worst, the dictionary flushed), never crashes. */
 static void
@@ -1933,6 +2029,7 @@ main(void)
     test_shdict_values();
     test_shdict_lru();
     test_shdict_owner_dead();
+    test_shdict_random_deaths();
     test_shdict_corrupt();
     test_cond("no fd leaked by the whole run", fd_count() == before);
     test_report();
