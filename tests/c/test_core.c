@@ -1745,6 +1745,7 @@ test_shdict_lru(void)
     test_cond("shdict: the oldest keys went first",
               shd_get_str(&d, "key1", NULL) && shd_get_str(&d, "key999", val));
     test_cond("shdict: a recently read key stays", shd_get_str(&d, "key0", val));
+    test_cond("shdict: consistent after evictions", fdp_shd_check(&d) == 0);
     v.len = 2 * 1024 * 1024;
     test_cond("shdict: an entry larger than any block",
               fdp_shd_set(&d, 0, "big", 3, &v, 0, &ev) == -E2BIG);
@@ -1994,6 +1995,8 @@ test_shdict_corrupt(void)
     }
     test_cond("shdict: scribbled mappings never crash an operation", ok);
     test_cond("shdict: and are noticed (-EIO, flushed)", eio > 0);
+    test_cond("shdict: consistent after the flush", fdp_shd_flush(&d) == 0
+              && fdp_shd_check(&d) == 0);
     test_cond("shdict: still works afterwards", fdp_shd_flush(&d) == 0
               && fdp_shd_set(&d, 0, "z", 1, &v, 0, &ev) == 0
               && shd_get_str(&d, "z", "value"));
