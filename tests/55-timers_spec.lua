@@ -116,6 +116,22 @@ describe("timers, threads, queues", function()
   end)
 end)
 
+describe("the worker's busy accounting", function()
+  it("counts connections only: --concurrency 1 with timers always running", function()
+    -- tm_timers' timers run (and sleep) all the time; the one slot still
+    -- takes each new connection and the worker returns to free
+    local p = H.start_pool{ script = "tests/fixtures/tm_timers.lua", workers = 1,
+                            extra = { "--concurrency", "1" } }
+    finally(function() p:stop() end)
+    for _ = 1, 20 do assert.equals("ok", cmd(p, "orphan")) end
+    local st = H.wait_status(p, function(s)
+      return s.workers[1].served >= 20 and H.all_idle(s)
+    end, 10, "20 served and idle")
+    assert.equals(20, st.workers[1].served)
+    assert.equals(0, st.workers[1].restarts)
+  end)
+end)
+
 describe("outside a worker", function()
   it("raises: timers and threads need a pool's worker", function()
     local ok, err = pcall(fdpool.timer.at, 1, print)
