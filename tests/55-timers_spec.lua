@@ -132,6 +132,27 @@ describe("the worker's busy accounting", function()
   end)
 end)
 
+describe("timers at a script's top level", function()
+  it("run in each worker, and pool check accepts the script", function()
+    local dir = H.tmpdir()
+    local script = H.writefile(dir .. "/top.lua", [[
+      local fdpool = require "fdpool"
+      local n = 0
+      local t = fdpool.timer.every(0.01, function() n = n + 1 end)
+      fdpool.spawn(function() end)
+      fdpool.worker.on_stop(function() t:cancel() end)
+      return function(conn) conn:send(tostring(n > 0) .. "\n") end
+    ]])
+    local code, out = H.run_pool("check " .. H.quote(script), 20)
+    assert.equals(0, code)
+    assert.truthy(out:find(": ok", 1, true))
+    local p = H.start_pool{ script = script, workers = 1 }
+    finally(function() p:stop() end)
+    H.wait_until(function() return H.request(p.addr, "") == "true\n" end, 10, "the timer to tick")
+    assert.equals(0, p:stop())
+  end)
+end)
+
 describe("outside a worker", function()
   it("raises: timers and threads need a pool's worker", function()
     local ok, err = pcall(fdpool.timer.at, 1, print)

@@ -349,7 +349,13 @@ local function cmd_check(args)
   -- stand-in fdpool.worker (id 0) lets top levels that use it run.
   _G.arg = { [0] = script, table.unpack(cfg.args) }
   fdpool.worker = fdpool.worker or { id = 0, pid = 0, capacity = 1,
-    set = function() return true end }
+    set = function() return true end, exiting = function() return false end,
+    on_stop = function() end }
+  -- Timers and threads started by the top level are not run here: inert
+  -- stand-ins (the real ones exist only in a worker).
+  local inert = setmetatable({}, { __index = function() return function() return true end end })
+  fdpool.timer = { at = function() return inert end, every = function() return inert end }
+  fdpool.spawn = function() return inert end
   local ok, h = pcall(chunk, table.unpack(cfg.args))
   if not ok then return die(1, "%s", tostring(h)) end
   local handle = type(h) == "table" and h.handle or h
