@@ -670,7 +670,7 @@ ent_alloc(struct fdp_shd *d, uint64_t need, int *evicted, int *err)
         uint32_t tail, link;
 
         blk = blk_alloc(d, order);
-        if (blk != 0 || d->corrupt) {
+        if (blk != 0 || d->corrupt || i == EVICT_MAX) {
             break;
         }
         tail = r32(d, HOFF(lru_tail));
