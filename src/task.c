@@ -278,7 +278,6 @@ static void
 run_again(struct fdp_loop *loop, struct fdp_timer *timer)
 {
     struct fdp_task *t = timer->data;
-
     int n = t->nresume;
 
     (void) loop;
