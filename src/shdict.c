@@ -58,6 +58,12 @@
 #define B_PREV      12
 
 struct shd_hdr {
+    /* first, alone in its cache line: a worker that scribbles on the
+     * mapping elsewhere cannot break the lock */
+    union {
+        pthread_mutex_t m;
+        char line[64];
+    } lock;
     uint32_t magic, version, size, pad0;
     /* the fields below are written through the journal */
     uint32_t used;              /* bytes of blocks holding entries */
@@ -70,7 +76,6 @@ struct shd_hdr {
     uint32_t op;                /* FDP_SHD_OP_FLUSH while flushing */
     uint32_t pad1;
     uint64_t flushes, repairs;
-    pthread_mutex_t lock;
 };
 
 struct shd_rec {
@@ -419,7 +424,7 @@ lock(struct fdp_shd *d, int op)
      * the kernel (as ngx_shmtx_lock does), or two busy workers hand the
      * lock over through futex wake-ups. */
     for (i = 0; i < 100; i++) {
-        r = pthread_mutex_trylock(&h->lock);
+        r = pthread_mutex_trylock(&h->lock.m);
         if (r != EBUSY) {
             break;
         }
@@ -428,13 +433,13 @@ lock(struct fdp_shd *d, int op)
 #endif
     }
     if (r == EBUSY) {
-        r = pthread_mutex_lock(&h->lock);
+        r = pthread_mutex_lock(&h->lock.m);
     }
 
     d->recovered = 0;
     if (r == EOWNERDEAD) {
         recover(d);
-        (void) pthread_mutex_consistent(&h->lock);
+        (void) pthread_mutex_consistent(&h->lock.m);
     } else if (r != 0) {
         return -EIO;            /* ENOTRECOVERABLE, or a scribbled mutex */
     } else if (h->jn != 0 || h->op != 0 || h->jover) {
@@ -465,7 +470,7 @@ unlock(struct fdp_shd *d, int r)
     h->jn = 0;
     h->jover = 0;
     d->op = FDP_SHD_OP_NONE;
-    (void) pthread_mutex_unlock(&h->lock);
+    (void) pthread_mutex_unlock(&h->lock.m);
     return r;
 }
 
@@ -1208,7 +1213,7 @@ fdp_shd_format(void *base, size_t size)
         r = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
     }
     if (r == 0) {
-        r = pthread_mutex_init(&h->lock, &a);
+        r = pthread_mutex_init(&h->lock.m, &a);
     }
     (void) pthread_mutexattr_destroy(&a);
     if (r != 0) {

@@ -2001,7 +2001,7 @@ test_shdict_corrupt(void)
               && fdp_shd_set(&d, 0, "z", 1, &v, 0, &ev) == 0
               && shd_get_str(&d, "z", "value"));
     fdp_shd_detach(&d);
-    memset(m, 0xff, 64);
+    memset(m, 0xff, 128);
     test_cond("shdict: attach refuses a foreign mapping",
               fdp_shd_attach(&d, m, size) == -EINVAL);
     munmap(m, size);
