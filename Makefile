@@ -28,8 +28,8 @@ LDFLAGS  ?=
 B        ?= build
 SAN      ?=
 
-CORE     := log fdpass channel loop addr status ctlproto proxy http_parse wsproto listen dispatch pool acceptf \
-            control ctlclient statuspage policy laux task lconn lhttp lws worker lfd lpool lfdpool
+CORE     := log fdpass channel loop addr status ctlproto proxy http_parse wsproto shdict listen dispatch shzone pool acceptf \
+            control ctlclient statuspage policy laux task lthread lshared lconn lhttp lws worker lfd lpool lfdpool
 LUAFILES := $(sort $(wildcard lua/fdpool/*.lua lua/fdpool/*/*.lua))
 CORE_OBJ := $(patsubst %,$(B)/%.o,$(CORE)) $(B)/embed.o \
             $(B)/statuspage_html.o
@@ -68,7 +68,7 @@ $(B)/fdfetch: src/fdfetch.c | $(B)
 
 $(B)/test_core: tests/c/test_core.c $(B)/fdpass.o $(B)/channel.o $(B)/loop.o \
                 $(B)/status.o $(B)/log.o $(B)/http_parse.o $(B)/proxy.o \
-                $(B)/wsproto.o
+                $(B)/shdict.o $(B)/wsproto.o
 	$(CC) $(ALLCFLAGS) $(LDFLAGS) -o $@ $^
 
 setup:

@@ -13,6 +13,7 @@
 #include "lhttp.h"
 #include "lws.h"
 #include "lpool.h"
+#include "lthread.h"
 #include "pool.h"
 #include "control.h"
 #include "policy.h"
@@ -291,6 +292,9 @@ luaopen_fdpool(lua_State *L)
     fdp_lfd_open(L);
     fdp_lpool_open(L);
     fdp_lws_open(L);
+    fdp_lthread_open(L);
+    lua_newtable(L);            /* a worker's fdpool.shared.NAME */
+    lua_setfield(L, -2, "shared");
     lua_pushliteral(L, FDP_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

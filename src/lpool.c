@@ -105,6 +105,7 @@ check_keys(lua_State *L)
         "io_timeout", "metrics", "max_memory", "accept_filter",
         "max_conns_per_ip", "max_pending", "worker_idle_timeout",
         "reconfigure",
+        "max_conns_per_ip", "max_pending", "shared",
         NULL
     };
 
@@ -223,6 +224,43 @@ opt_limits(lua_State *L, struct fdp_pool *p)
     lua_pop(L, 1);
     /* MiB per worker: its Lua heap in handler code, and its RssAnon. */
     p->max_memory = (uint64_t) opt_int(L, "max_memory", 0, 0, 4194304) << 20;
+    return 0;
+}
+
+
+/* shared = {NAME = "10m" | bytes, ...}: the dictionaries, made now (the
+ * master maps them before any worker forks). 0, or 3 with nil, message,
+ * errno pushed. */
+static int
+opt_shared(lua_State *L, struct fdp_pool *p)
+{
+    if (lua_getfield(L, 1, "shared") != LUA_TNIL) {
+        luaL_argcheck(L, lua_istable(L, -1), 1, "shared must be a table "
+                      "{NAME = SIZE}");
+        lua_pushnil(L);
+        while (lua_next(L, -2) != 0) {
+            const char *size_s = NULL;
+            uint64_t size = 0;
+            int r;
+
+            if (lua_type(L, -2) != LUA_TSTRING) {
+                return luaL_error(L, "shared: names must be strings");
+            }
+            if (lua_isinteger(L, -1) && lua_tointeger(L, -1) > 0) {
+                size = (uint64_t) lua_tointeger(L, -1);
+            } else if (lua_type(L, -1) == LUA_TSTRING) {
+                size_s = lua_tostring(L, -1);
+            } else {
+                size_s = "";
+            }
+            r = fdp_shzone_add(p, lua_tostring(L, -2), size_s, size);
+            if (r < 0) {
+                return fdp_pushfailmsg(L, p->error, r);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
     return 0;
 }
 
@@ -726,8 +764,8 @@ l_pool(lua_State *L)
      * the control socket as its service. */
     p->worker_main = fdp_worker_main;
     p->service = &fdp_control_service;
-    if ((r = opt_limits(L, p)) != 0 || (r = opt_user(L, p)) != 0
-        || (r = opt_timeouts(L, p)) != 0 || (r = opt_handler(L, p)) != 0
+    if ((r = opt_limits(L, p)) != 0 || (r = opt_shared(L, p)) != 0
+        || (r = opt_user(L, p)) != 0 || (r = opt_timeouts(L, p)) != 0 || (r = opt_handler(L, p)) != 0
         || (r = opt_policy(L, p)) != 0 || (r = opt_listen(L, p)) != 0
         || (r = check_policy(L, p)) != 0) {
         return r;
@@ -911,6 +949,17 @@ pool_status(lua_State *L)
         lua_rawseti(L, -2, i + 1);
     }
     lua_setfield(L, -2, "listen");
+    lua_createtable(L, info.nshared, 0);
+    for (i = 0; i < info.nshared; i++) {
+        lua_createtable(L, 0, 4);
+        lua_pushstring(L, info.shared[i].name);
+        lua_setfield(L, -2, "name");
+        set_int(L, "size", (lua_Integer) info.shared[i].size);
+        set_int(L, "used", (lua_Integer) info.shared[i].used);
+        set_int(L, "keys", (lua_Integer) info.shared[i].keys);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "shared");
     set_int(L, "accepted", (lua_Integer) info.accepted);
     set_int(L, "queued", (lua_Integer) info.queued);
     set_int(L, "parked", (lua_Integer) info.parked);

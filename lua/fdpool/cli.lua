@@ -80,6 +80,9 @@ Options for run:
                        gets "not enough memory" (HTTP: a 500 for that
                        request), and a worker whose RssAnon stays above
                        MB is retired gracefully and replaced
+  --shared NAME:SIZE   a dictionary shared by all workers, as
+                       fdpool.shared.NAME (SIZE 64k to 1g: 512k, 10m);
+                       repeatable; kept across reloads and restarts
   --user USER[:GROUP]  workers drop to this user (needs root)
   --log FILE           log to FILE instead of stderr (SIGUSR1 reopens)
   --log-level L        error, warn, info (default), debug
@@ -159,6 +162,7 @@ local RUN_FLAGS = {
   ["--max-requests"] = "value", ["--user"] = "value", ["--log"] = "value",
   ["--max-memory"] = "value",
   ["--worker-idle-timeout"] = "value",
+  ["--shared"] = "list",
 }
 
 local function check_script(script)
@@ -177,6 +181,7 @@ local CONFIG_KEYS = {
   log_format = "string",
   metrics = "string", accept_filter = "string", max_pending = "number",
   max_conns_per_ip = "number",
+  shared = "table",
 }
 
 -- --workers N or MIN-MAX (config: also {min = MIN, max = MAX}): N, or
@@ -299,6 +304,21 @@ local function build_config(opts, pos, cmd)
                        { "--accept-filter", "accept_filter" } } do
     if opts[f[1]] then cfg[f[2]] = opts[f[1]] end
   end
+  -- --shared NAME:SIZE (repeatable), added to the config's shared table;
+  -- names and sizes are checked by fdpool.pool{}.
+  for _, spec in ipairs(opts["--shared"] or {}) do
+    local name, size = spec:match("^([^:]*):(.*)$")
+    if not name or size == "" then
+      return nil, 2, ("--shared needs NAME:SIZE, e.g. cache:10m (got '%s')"):format(spec)
+    end
+    cfg.shared = cfg.shared or {}
+    if cfg.shared[name] and opts["--shared"].seen and opts["--shared"].seen[name] then
+      return nil, 2, ("--shared: '%s' given twice"):format(name)
+    end
+    opts["--shared"].seen = opts["--shared"].seen or {}
+    opts["--shared"].seen[name] = true
+    cfg.shared[name] = size
+  end
   if cfg.accept_filter and not ({ none = 1, data = 1, http = 1 })[cfg.accept_filter] then
     return nil, 2, ("--accept-filter must be none, data or http (got '%s')"):format(cfg.accept_filter)
   end
@@ -409,7 +429,13 @@ local function cmd_check(args)
   -- stand-in fdpool.worker (id 0) lets top levels that use it run.
   _G.arg = { [0] = script, table.unpack(cfg.args) }
   fdpool.worker = fdpool.worker or { id = 0, pid = 0, capacity = 1,
-    set = function() return true end }
+    set = function() return true end, exiting = function() return false end,
+    on_stop = function() end }
+  -- Timers and threads started by the top level are not run here: inert
+  -- stand-ins (the real ones exist only in a worker).
+  local inert = setmetatable({}, { __index = function() return function() return true end end })
+  fdpool.timer = { at = function() return inert end, every = function() return inert end }
+  fdpool.spawn = function() return inert end
   local ok, h = pcall(chunk, table.unpack(cfg.args))
   if not ok then return die(1, "%s", tostring(h)) end
   local handle = type(h) == "table" and h.handle or h
