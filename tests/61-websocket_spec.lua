@@ -324,6 +324,40 @@ describe("websocket in the real pool", function()
     assert.equal(4003, frames[1].code)
   end)
 
+  -- A client waiting on /echo in the background; its output file.
+  local function waiting_client()
+    local out = H.tmpdir() .. "/client.out"
+    os.execute(("timeout 60 /usr/bin/python3 tests/fixtures/ws_client.py %s stop > %s 2>&1 &")
+      :format(ws_url(p), out))
+    H.wait_until(function() return (H.readfile(out) or ""):find("open hi\n", 1, true) end,
+      20, "the client's echo")
+    return out
+  end
+
+  it("closes WebSockets with 1001 on a reload (the stop notice)", function()
+    local out = waiting_client()
+    local ok, code, text = H.run(H.POOL .. " reload --control " .. H.quote(p.control))
+    assert(ok, ("reload: exit %s: %s"):format(code, text))
+    H.wait_until(function() return (H.readfile(out) or ""):find("closed", 1, true) end,
+      20, "the client's close")
+    assert.equal("open hi\nclosed 1001 server stopping\n", H.readfile(out))
+  end)
+
+  it("closes WebSockets with 1001 on a graceful stop, and the pool exits", function()
+    local q = H.start_pool{ script = APP, workers = 1 }
+    finally(function() q:stop() end)
+    local out = H.tmpdir() .. "/client.out"
+    os.execute(("timeout 60 /usr/bin/python3 tests/fixtures/ws_client.py ws://%s stop > %s 2>&1 &")
+      :format(q.addr, out))
+    H.wait_until(function() return (H.readfile(out) or ""):find("open hi\n", 1, true) end,
+      20, "the client's echo")
+    q:kill("QUIT")
+    H.wait_until(function() return (H.readfile(out) or ""):find("closed", 1, true) end,
+      20, "the client's close")
+    assert.equal("open hi\nclosed 1001 server stopping\n", H.readfile(out))
+    assert.equal(0, q:wait_exit(20))
+  end)
+
   it("leaves no fd and no open WebSocket behind", function()
     local pid = p:worker_pids()[1]
     local before = H.fd_count(pid)

@@ -322,6 +322,16 @@ function WS:_receive()
   end
 end
 
+-- Send a close frame once; false when the connection is gone.
+function WS:_send_close(code, reason)
+  if not self._close_sent then
+    self._close_sent = true
+    if self.state == "open" then self.state = "closing" end
+    if not self:_write(frame(8, string.pack(">I2", code) .. (reason or ""))) then return false end
+  end
+  return self.state ~= "closed"
+end
+
 --- Start the closing handshake: send a close frame (code default 1000,
 -- reason at most 123 bytes), then, unless another coroutine is reading
 -- this ws, read until the client's close (data is dropped) for at most
@@ -335,11 +345,7 @@ function WS:close(code, reason)
     or (code >= 3000 and code <= 4999)), "ws:close: invalid close code")
   assert(#reason <= 123, "ws:close: the reason is at most 123 bytes")
   if self.state == "closed" then return true end
-  if not self._close_sent then
-    self._close_sent = true
-    self.state = "closing"
-    if not self:_write(frame(8, string.pack(">I2", code) .. reason)) then return true end
-  end
+  if not self:_send_close(code, reason) then return true end
   if self._reading then return true end  -- the reader sees the reply
   local conn = self.conn
   conn:setdeadline(self._opts.close_timeout)
@@ -350,6 +356,31 @@ function WS:close(code, reason)
   conn:setdeadline(nil)
   self:_drop()
   return true
+end
+
+--- Send every open WebSocket of this worker a close (code default 1001,
+-- going away) without waiting: their handlers see the clients' replies
+-- in ws:receive(). Returns how many.
+function M.close_all(code, reason)
+  local n = 0
+  for ws in pairs(open) do
+    if ws.state == "open" then
+      ws:_send_close(code or 1001, reason or "server stopping")
+      n = n + 1
+    end
+  end
+  return n
+end
+
+-- The stop notice (reload, graceful stop, recycling): close them all
+-- with 1001 instead of letting the stop cut them. Registered once per
+-- worker, at the first upgrade.
+local registered = false
+local function on_stop()
+  local w = fdpool.worker
+  if registered or not w or type(w.on_stop) ~= "function" then return end
+  registered = true
+  w.on_stop(function() M.close_all(1001, "server stopping") end)
 end
 
 --- Answer a WebSocket upgrade on req/res (inside an http.serve handler).
@@ -413,20 +444,13 @@ function M.upgrade(req, res, options)
     _opts = opts, _size = 0 }, WS)
   open[ws] = true
   res._ws = ws
-  return ws
-end
-
---- Close every open WebSocket of this worker with code (1001: going
--- away) without waiting: their readers see the clients' replies.
-function M.close_all(code, reason)
-  local n = 0
-  for ws in pairs(open) do
-    if ws.state == "open" then
-      ws:close(code or 1001, reason or "server stopping")
-      n = n + 1
-    end
+  on_stop()
+  local w = fdpool.worker
+  if w and type(w.exiting) == "function" and w.exiting() then
+    -- Upgraded after the stop notice: say so at once.
+    ws:_send_close(1001, "server stopping")
   end
-  return n
+  return ws
 end
 
 return M
