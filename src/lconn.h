@@ -36,11 +36,15 @@ struct fdp_conn {
     const struct fdp_transport *tr;
     double timeout;             /* seconds, < 0: none */
     int total;                  /* timeout per call ("t"), else per wait */
-    uint64_t deadline;          /* ms, "t" mode: of the call in progress */
+    uint64_t deadline;          /* ms, "t" mode: of the read in progress */
+    uint64_t wdeadline;         /* ms, "t" mode: of the write in progress */
     double limit;               /* ms: no wait goes past it (a whole head,
                                    a whole body), 0: none */
     double min_rate;            /* bytes/s that push limit later, 0: no */
-    size_t op_pos;              /* progress of the call in progress */
+    size_t op_pos;              /* progress of the read in progress */
+    size_t wpos;                /* progress of the write in progress: a
+                                   reader and a writer (two coroutines)
+                                   may each be in a call at once */
     char *rbuf;
     size_t rstart, rend, rcap;
     uint64_t bytes_in;
@@ -63,7 +67,11 @@ void fdp_conn_peer(struct fdp_conn *c, char *out, size_t n);
 
 /* For the methods built on the conn (lhttp.c). */
 struct fdp_conn *fdp_checkconn(lua_State *L);
+/* Start a read (op_pos, deadline); writes keep their own state. */
 void fdp_conn_op_begin(struct fdp_conn *c);
+/* Push nil, "busy" when another coroutine waits to read (write) on c:
+ * returns 2, else 0. */
+int fdp_conn_busy(lua_State *L, struct fdp_conn *c, int write);
 ssize_t fdp_conn_fill(struct fdp_conn *c, size_t want);
 int fdp_conn_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
                   lua_KContext ctx, lua_KFunction k);

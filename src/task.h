@@ -30,8 +30,12 @@ struct fdp_task;
 struct fdp_waitable {
     struct fdp_io io;
     struct fdp_sched *s;        /* NULL: waits block in poll() */
-    struct fdp_task *waiter;    /* task blocked on it */
+    struct fdp_task *waiter;    /* task blocked on it (reading, or any
+                                   wait but a write's) */
     uint32_t events;            /* what the waiter waits for */
+    struct fdp_task *writer;    /* task blocked on it writing (EPOLLOUT
+                                   alone): one reader and one writer may
+                                   wait at once */
     int rready;                 /* no short read since the last EPOLLIN:
                                    worth a read() before waiting */
     int rdhup;                  /* the peer's FIN (or an error) was seen:
