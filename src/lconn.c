@@ -40,10 +40,17 @@ enum { PAT_LINE, PAT_ALL, PAT_COUNT };
 typedef char conn_fd_first[offsetof(struct fdp_conn, fd) == 0 ? 1 : -1];
 
 
+/* A conn, or a client socket (lsock.c), which starts with one: the conn
+ * methods serve both. */
 struct fdp_conn *
 fdp_checkconn(lua_State *L)
 {
-    return luaL_checkudata(L, 1, CONN_MT);
+    void *c = luaL_testudata(L, 1, CONN_MT);
+
+    if (c == NULL) {
+        c = luaL_testudata(L, 1, FDP_TCP_MT);
+    }
+    return c != NULL ? c : luaL_checkudata(L, 1, CONN_MT);
 }
 
 
@@ -93,6 +100,26 @@ static const struct fdp_transport sock_transport = {
 
 /* ---- the conn object ------------------------------------------------- */
 
+void
+fdp_conn_init(struct fdp_conn *c, int fd, struct fdp_sched *s, double timeout)
+{
+    memset(c, 0, sizeof(*c));
+    c->fd = fd;
+    c->tr = &sock_transport;
+    c->wt.s = s;
+    c->wt.rready = 1;
+    c->timeout = timeout;
+    c->wt.io.fd = -1;
+}
+
+
+const struct fdp_transport *
+fdp_conn_plain_transport(void)
+{
+    return &sock_transport;
+}
+
+
 struct fdp_conn *
 fdp_conn_new(lua_State *L, int fd, struct fdp_sched *s, double timeout)
 {
@@ -101,12 +128,7 @@ fdp_conn_new(lua_State *L, int fd, struct fdp_sched *s, double timeout)
     memset(c, 0, sizeof(*c));
     c->fd = -1;
     luaL_setmetatable(L, CONN_MT);
-    c->fd = fd;
-    c->tr = &sock_transport;
-    c->wt.s = s;
-    c->wt.rready = 1;
-    c->timeout = timeout;
-    c->wt.io.fd = -1;
+    fdp_conn_init(c, fd, s, timeout);
     return c;
 }
 

@@ -61,6 +61,11 @@ void fdp_conn_open_meta(lua_State *L);
  * none). */
 struct fdp_conn *fdp_conn_new(lua_State *L, int fd, struct fdp_sched *s,
                               double timeout);
+/* Fill a conn embedded in another object (a client socket: lsock.c)
+ * with fd (-1: none yet) and the plain-socket transport. */
+void fdp_conn_init(struct fdp_conn *c, int fd, struct fdp_sched *s,
+                   double timeout);
+const struct fdp_transport *fdp_conn_plain_transport(void);
 void fdp_conn_set_peer(struct fdp_conn *c, const void *peer, uint32_t len);
 void fdp_conn_close(struct fdp_conn *c);
 void fdp_conn_peer(struct fdp_conn *c, char *out, size_t n);

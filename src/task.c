@@ -34,6 +34,18 @@ fdp_sched_register(lua_State *L, struct fdp_sched *s)
 }
 
 
+struct fdp_sched *
+fdp_sched_of(lua_State *L)
+{
+    struct fdp_sched *s;
+
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &sched_key);
+    s = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return s;
+}
+
+
 /* What a handler's own coroutine yields to say "I wait for I/O": the
  * worker's coroutine.resume/wrap pass it up to the task (OpenResty does
  * the same), and resume the coroutine again when the task is woken. */

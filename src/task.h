@@ -94,6 +94,8 @@ void fdp_sched_install_wrappers(lua_State *L);
 void fdp_task_start(struct fdp_sched *s, struct fdp_task *t);
 void fdp_task_resume(struct fdp_task *t, int nargs);
 
+/* The scheduler registered in L's state (a worker), or NULL. */
+struct fdp_sched *fdp_sched_of(lua_State *L);
 /* The task L runs in (its own coroutine), or NULL. */
 struct fdp_task *fdp_current_task(lua_State *L);
 /* The task for a wait from L (own or nested coroutine), or NULL when L

@@ -110,3 +110,147 @@ describe("fdpool.testing's live conns", function()
     assert.same({ nil, "timeout", "" }, { testing.conn{ live = true }:receive("l") })
   end)
 end)
+
+-- ---- fdpool.tcp() ------------------------------------------------------
+
+local function split(addr)
+  local h, p = addr:match("^(.*):(%d+)$")
+  return h, tonumber(p)
+end
+
+-- A free TCP port on 127.0.0.1 nobody listens on.
+local function closed_port()
+  local p = H.start_pool{ script = "tests/fixtures/cos_upstream.lua", workers = 1 }
+  local _, port = split(p.addr)
+  p:stop()
+  return port
+end
+
+local function ask(fd, line)
+  assert(fd:write(line .. "\n"))
+  return fd:read("l")
+end
+
+describe("fdpool.tcp()", function()
+  local up, cli, uphost, upport
+  setup(function()
+    up = H.start_pool{ script = "tests/fixtures/cos_upstream.lua", workers = 1 }
+    uphost, upport = split(up.addr)
+    cli = H.start_pool{ script = "tests/fixtures/cos_client.lua", workers = 1,
+                        args = { uphost, tostring(upport) } }
+  end)
+  teardown(function()
+    if cli then cli:stop() end
+    if up then up:stop() end
+  end)
+
+  it("connects, sends, receives, pools and reuses a keep-alive connection", function()
+    local c = assert(fdpool.connect(cli.addr, 10))
+    assert.equals("closed tcp fdpool.tcp", ask(c, "type"))
+    assert.equals("nil closed", ask(c, "reused"))
+    assert.equals("true", ask(c, "connect UP"))
+    assert.equals("0", ask(c, "reused"))
+    local id = ask(c, "ask id")
+    assert.matches("^%d+$", id)
+    assert.equals("hello", ask(c, "ask echo hello"))
+    assert.equals("true", ask(c, "keepalive"))
+    assert.matches("^nil closed", ask(c, "recv"))
+    assert.equals("true", ask(c, "connect UP"))
+    assert.equals("1", ask(c, "reused"))
+    assert.equals(id, ask(c, "ask id"), "the pooled connection was reused")
+    -- Unread data refuses the pool; the socket stays usable.
+    assert.equals("9", ask(c, "send echo abc"))
+    assert.equals("a", ask(c, "recv 1"))
+    assert.equals("nil unread data", ask(c, "keepalive"))
+    assert.equals("bc", ask(c, "recv"))
+    assert.equals("true", ask(c, "close"))
+    assert.equals("nil closed", ask(c, "close"))
+    c:close()
+  end)
+
+  it("fails with nil, message, errno: refused, no such host, timeout, closed", function()
+    local c = assert(fdpool.connect(cli.addr, 10))
+    local port = closed_port()
+    assert.equals("nil connection refused 111", ask(c, "connect 127.0.0.1 " .. port))
+    -- The reserved .invalid TLD fails at once, without asking a server.
+    local r = ask(c, "connect nothing.invalid 80 timed")
+    assert.matches("^nil no such host 2 ", r)
+    assert.is_true(tonumber(r:match("(%S+)$")) < 1.0, r)
+    assert.equals("true", ask(c, "connect localhost " .. upport))
+    assert.equals("via localhost", ask(c, "ask echo via localhost"))
+    assert.equals("nil no such file or directory 2",
+      ask(c, "connect unix:" .. H.tmpdir() .. "/none.sock"))
+    -- A read timeout leaves the socket usable.
+    assert.equals("true", ask(c, "connect UP"))
+    assert.equals("true", ask(c, "timeout 0.2"))
+    assert.equals("8", ask(c, "send hold t1"))
+    assert.equals("nil timeout ", ask(c, "recv"))
+    local c2 = assert(fdpool.connect(cli.addr, 10))
+    assert.equals("true", ask(c2, "connect UP"))
+    assert.equals("released", ask(c2, "ask release t1"))
+    assert.equals("true", ask(c, "timeout 5"))
+    assert.equals("held t1", ask(c, "recv"))
+    -- The upstream closes: "closed", with the partial data.
+    assert.equals("bye", ask(c, "ask bye"))
+    assert.equals("nil closed ", ask(c, "recv"))
+    -- An oversized line (more than 1 MiB without a newline).
+    assert.equals("true", ask(c, "connect UP"))
+    local long = ask(c, "ask long 1100000")
+    assert.matches("^nil line too long x+$", long)
+    c:close(); c2:close()
+  end)
+
+  it("yields: a call waiting on its upstream does not hold the worker", function()
+    -- One client worker: A's upstream call is held until B (served by
+    -- the same worker meanwhile) releases it.
+    local a = assert(fdpool.connect(cli.addr, 10))
+    local b = assert(fdpool.connect(cli.addr, 10))
+    assert.equals("true", ask(a, "connect UP"))
+    assert.equals("11", ask(a, "send hold yield"))
+    assert(a:write("recv\n"))
+    assert.equals("true", ask(b, "connect UP"))
+    assert.equals("released", ask(b, "ask release yield"))
+    assert.equals("held yield", a:read("l"))
+    assert.equals("nested", ask(b, "nested"))
+    a:close(); b:close()
+  end)
+
+  it("never hands out a pooled connection the upstream closed, nor an expired one", function()
+    local c = assert(fdpool.connect(cli.addr, 10))
+    assert.equals("true", ask(c, "connect UP"))
+    -- "bye": the upstream answers, then closes; pooled at once, before
+    -- (or after) its FIN arrives.
+    assert(c:write("send bye\nrecv\nkeepalive\n"))
+    assert.equals("4", c:read("l"))
+    assert.equals("bye", c:read("l"))
+    assert.matches("^true$", (c:read("l"):gsub("^nil closed$", "true")))
+    assert.equals("true", ask(c, "connect UP"))
+    assert.equals("0", ask(c, "reused"))
+    assert.equals("fresh", ask(c, "ask echo fresh"))
+    -- Idle time: pooled for 0.1 s, asked for after 0.3 s.
+    assert.equals("true", ask(c, "keepalive 0.1"))
+    assert.equals("slept", ask(c, "sleep 0.3"))
+    assert.equals("true", ask(c, "connect UP"))
+    assert.equals("0", ask(c, "reused"))
+    assert.equals("true", ask(c, "close"))
+    c:close()
+  end)
+
+  it("leaks no fd over connect/close cycles and pool reuse", function()
+    local n = ASAN and 200 or 2000
+    local c = assert(fdpool.connect(cli.addr, 30))
+    local pid = cli:worker_pids()[1]
+    assert.equals("20 0", ask(c, "cycle 20"))
+    local before = H.fd_count(pid)
+    assert.equals(n .. " 0", ask(c, "cycle " .. n))
+    local r = ask(c, "cycle " .. n .. " keep")
+    assert.equals(tostring(n), r:match("^(%d+)"))
+    assert.is_true(tonumber(r:match("(%d+)$")) >= n - 1, r)
+    -- One idle pooled connection may remain: at most one fd more.
+    local after = H.fd_count(pid)
+    assert.is_true(after <= before + 1, ("fds %d -> %d"):format(before, after))
+    assert.equals(tostring(n), ask(c, "cycle " .. n):match("^(%d+)"))
+    assert.is_true(H.fd_count(pid) <= before + 1)
+    c:close()
+  end)
+end)
