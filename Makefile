@@ -104,6 +104,7 @@ EXAMPLES := $(wildcard examples/*.lua) $(wildcard examples/systemd/*)
 install: all
 	install -d "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(LUA_CMOD)" \
 	    "$(DESTDIR)$(LUA_LMOD)/fdpool/policy" "$(DESTDIR)$(LUA_LMOD)/fdpool/testing" \
+	    "$(DESTDIR)$(LUA_LMOD)/fdpool/http" \
 	    "$(DESTDIR)$(MANDIR)/man1" \
 	    "$(DESTDIR)$(DOCDIR)/examples/systemd"
 	install -m 755 $(B)/pool $(B)/fdfetch "$(DESTDIR)$(BINDIR)/"
