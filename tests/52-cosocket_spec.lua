@@ -217,16 +217,29 @@ describe("fdpool.tcp()", function()
 
   it("never hands out a pooled connection the upstream closed, nor an expired one", function()
     local c = assert(fdpool.connect(cli.addr, 10))
+    local c2 = assert(fdpool.connect(cli.addr, 10))
     assert.equals("true", ask(c, "connect UP"))
-    -- "bye": the upstream answers, then closes; pooled at once, before
-    -- (or after) its FIN arrives.
+    local id = ask(c, "ask id")
+    -- Pooled while the upstream holds it open; the upstream then closes
+    -- it while it is idle in the pool.
+    assert.equals("ok", ask(c, "ask closeon idle1"))
+    assert.equals("true", ask(c, "keepalive"))
+    -- (another pool key: "UP" would take the idle connection itself)
+    assert.equals("true", ask(c2, "connect localhost " .. upport))
+    assert.equals("released", ask(c2, "ask release idle1"))
+    assert.equals("true", ask(c, "connect UP"))
+    assert.equals("0", ask(c, "reused"))
+    assert.are_not.equal(id, ask(c, "ask id"))
+    assert.equals("fresh", ask(c, "ask echo fresh"))
+    -- The same when the upstream closes right after its answer (its FIN
+    -- may arrive before or after setkeepalive): never a broken socket.
     assert(c:write("send bye\nrecv\nkeepalive\n"))
     assert.equals("4", c:read("l"))
     assert.equals("bye", c:read("l"))
     assert.matches("^true$", (c:read("l"):gsub("^nil closed$", "true")))
     assert.equals("true", ask(c, "connect UP"))
-    assert.equals("0", ask(c, "reused"))
-    assert.equals("fresh", ask(c, "ask echo fresh"))
+    assert.equals("after bye", ask(c, "ask echo after bye"):gsub("^nil closed.*", "after bye"))
+    c2:close()
     -- Idle time: pooled for 0.1 s, asked for after 0.3 s.
     assert.equals("true", ask(c, "keepalive 0.1"))
     assert.equals("slept", ask(c, "sleep 0.3"))
@@ -234,6 +247,27 @@ describe("fdpool.tcp()", function()
     assert.equals("0", ask(c, "reused"))
     assert.equals("true", ask(c, "close"))
     c:close()
+  end)
+
+  it("survives its worker being killed with calls in flight", function()
+    local a = assert(fdpool.connect(cli.addr, 10))
+    assert.equals("true", ask(a, "connect UP"))
+    assert.equals("10", ask(a, "send hold kill"))
+    assert(a:write("recv\n"))
+    local pid = cli:worker_pids()[1]
+    os.execute("kill -KILL " .. pid)
+    assert.is_nil(a:read("l"))
+    a:close()
+    H.wait_until(function()
+      local st = cli:status()
+      local w = st and st.workers[1]
+      return w and w.pid ~= pid and w.state == "free"
+    end, 10, "a new client worker")
+    local b = assert(fdpool.connect(cli.addr, 10))
+    assert.equals("true", ask(b, "connect UP"))
+    assert.equals("alive", ask(b, "ask echo alive"))
+    assert.equals("released", ask(b, "ask release kill"))
+    b:close()
   end)
 
   it("leaks no fd over connect/close cycles and pool reuse", function()
