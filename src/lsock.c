@@ -77,6 +77,8 @@ struct idle {
     struct keypool *kp;
     int fd;
     const struct fdp_transport *tr;
+    char *rbuf;                 /* the socket's empty read buffer, kept */
+    size_t rcap;
     unsigned reused;
     uint64_t expires;           /* ms, 0: never */
     struct fdp_io io;           /* the socket's registration, moved here */
@@ -94,12 +96,14 @@ struct keypool {
 
 struct sockpool {
     pid_t pid;
+    struct fdp_sched *s;        /* the worker's scheduler it was made for */
     struct fdp_loop *loop;      /* NULL: no watching, expiry checked late */
     struct keypool *list;
 };
 
 struct resolver {
     pid_t pid;
+    struct fdp_sched *s;
     struct fdp_dns *d;
 };
 
@@ -144,6 +148,7 @@ idle_free(struct idle *e, int close_fd)
     if (close_fd) {
         fdp_close(&e->fd);
     }
+    free(e->rbuf);
     free(e);
 }
 
@@ -179,24 +184,35 @@ resolver_gc(lua_State *L)
 
 /* The process's object under key (made on first use, and again in a
  * forked child: the parent's sockets and queries are not its own). */
+/* Both structs start so: */
+struct owned {
+    pid_t pid;
+    struct fdp_sched *s;
+};
+
+
 static void *
 registry_obj(lua_State *L, const char *mt, const void *key, size_t size,
              pid_t **made)
 {
-    void *u;
+    struct fdp_sched *s = fdp_sched_of(L);
+    struct owned *u;
 
     /* registry[mt] is the metatable; the object sits under key. */
     lua_rawgetp(L, LUA_REGISTRYINDEX, key);
     u = luaL_testudata(L, -1, mt);
     lua_pop(L, 1);
-    if (u != NULL && *(pid_t *) u == getpid()) {
-        return u;               /* both structs start with their pid */
+    /* A worker's scheduler is made after the fork: the same one means
+     * the same process, without a getpid() per call. */
+    if (u != NULL && u->s == s && (s != NULL || u->pid == getpid())) {
+        return u;
     }
     u = lua_newuserdatauv(L, size, 0);
     memset(u, 0, size);
     luaL_setmetatable(L, mt);
     lua_rawsetp(L, LUA_REGISTRYINDEX, key);
-    *made = u;
+    u->s = s;
+    *made = &u->pid;
     **made = getpid();
     return u;
 }
@@ -307,9 +323,16 @@ pool_take(lua_State *L, struct fdp_sock *k, const char *key)
         }
         c->fd = e->fd;
         c->tr = e->tr;
-        c->wt.rready = 1;
+        /* Nothing to read (just checked): the first read waits for the
+         * edge instead of costing a read() for EAGAIN. */
+        c->wt.rready = 0;
         c->wt.rdhup = 0;
         c->rstart = c->rend = 0;
+        if (c->rbuf == NULL) {
+            c->rbuf = e->rbuf;
+            c->rcap = e->rcap;
+            e->rbuf = NULL;
+        }
         k->reused = e->reused + 1;
         if (e->io.seq != 0 && sp->loop != NULL) {
             if (e->saved_cb != NULL && c->wt.s != NULL) {
@@ -757,7 +780,10 @@ sock_setkeepalive(lua_State *L)
         lua_pushliteral(L, "unread data");
         return 2;
     }
-    r = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    /* Drained by a short read and no edge since (rready 0, no FIN seen):
+     * nothing arrived, no need to ask. */
+    r = c->wt.rready || c->wt.rdhup || c->wt.s == NULL
+        ? recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) : (errno = EAGAIN, -1);
     if (r > 0) {
         lua_pushnil(L);
         lua_pushliteral(L, "unread data");
@@ -785,6 +811,11 @@ sock_setkeepalive(lua_State *L)
     e->kp = kp;
     e->fd = c->fd;
     e->tr = c->tr;
+    if (c->rcap <= 16384) {     /* the usual size: reuse it, no malloc */
+        e->rbuf = c->rbuf;
+        e->rcap = c->rcap;
+        c->rbuf = NULL;
+    }
     e->reused = k->reused;
     e->expires = idle > 0 ? fdp_now_ms() + (uint64_t) (idle * 1000.0) : 0;
     e->io.fd = -1;
