@@ -143,7 +143,7 @@ sock_state(void *data, ares_socket_t fd, int readable, int writable)
 
 
 int
-fdp_dns_new(struct fdp_dns **out, struct fdp_loop *loop)
+fdp_dns_new(struct fdp_dns **out, struct fdp_loop *loop, const char *servers)
 {
     struct fdp_dns *d;
     struct ares_options o;
@@ -176,6 +176,12 @@ fdp_dns_new(struct fdp_dns **out, struct fdp_loop *loop)
                           | ARES_OPT_LOOKUPS);
     if (r != ARES_SUCCESS) {
         r = r == ARES_ENOMEM ? -ENOMEM : -EIO;
+        goto fail;
+    }
+    if (servers != NULL && *servers != '\0'
+        && ares_set_servers_ports_csv(d->ch, servers) != ARES_SUCCESS) {
+        ares_destroy(d->ch);
+        r = -EINVAL;
         goto fail;
     }
     *out = d;

@@ -34,8 +34,10 @@ struct fdp_dns_result {
 typedef void (*fdp_dns_cb)(void *arg, const struct fdp_dns_result *r);
 
 /* A resolver whose sockets and timer live in loop (NULL: none; waits
- * then go through fdp_dns_wait). 0 or -errno. */
-int fdp_dns_new(struct fdp_dns **out, struct fdp_loop *loop);
+ * then go through fdp_dns_wait), asking servers ("ip[:port],...", NULL:
+ * resolv.conf's). 0 or -errno (-EINVAL: a bad servers list). */
+int fdp_dns_new(struct fdp_dns **out, struct fdp_loop *loop,
+                const char *servers);
 /* Free it: pending lookups are answered with -ECANCELED first. */
 void fdp_dns_free(struct fdp_dns *d);
 

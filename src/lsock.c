@@ -242,7 +242,10 @@ resolver_of(lua_State *L)
     if (r->d == NULL) {
         struct fdp_sched *s = fdp_sched_of(L);
 
-        (void) fdp_dns_new(&r->d, s ? s->loop : NULL);
+        /* FDPOOL_RESOLVER ("ip[:port],..."): these servers instead of
+         * resolv.conf's (tests, or a local cache). */
+        (void) fdp_dns_new(&r->d, s ? s->loop : NULL,
+                           getenv("FDPOOL_RESOLVER"));
     }
     return r->d;
 }

@@ -288,3 +288,48 @@ describe("fdpool.tcp()", function()
     c:close()
   end)
 end)
+
+describe("fdpool.tcp() name lookups through a DNS server", function()
+  it("resolve without blocking the worker, cache for the TTL, and fail cleanly", function()
+    local dir = H.tmpdir()
+    assert(os.execute(("/usr/bin/python3 tests/fixtures/cos_dns.py %s/port %s/queries >%s/dns.log 2>&1 & echo $! >%s/pid")
+      :format(dir, dir, dir, dir)))
+    local dpid = tonumber(H.wait_until(function() return H.readfile(dir .. "/pid") end, 5, "dns pid"))
+    finally(function() os.execute("kill " .. dpid .. " 2>/dev/null") end)
+    local dport = tonumber(H.wait_until(function() return H.readfile(dir .. "/port") end, 10, "the DNS server"))
+    local up = H.start_pool{ script = "tests/fixtures/cos_upstream.lua", workers = 1 }
+    finally(function() up:stop() end)
+    local uphost, upport = split(up.addr)
+    local cli = H.start_pool{ script = "tests/fixtures/cos_client.lua", workers = 1,
+                              args = { uphost, tostring(upport) },
+                              shell = "export FDPOOL_RESOLVER=127.0.0.1:" .. dport .. ";" }
+    finally(function() cli:stop() end)
+    local a = assert(fdpool.connect(cli.addr, 10))
+    local b = assert(fdpool.connect(cli.addr, 10))
+    assert.equals("true", ask(a, "connect up.test.example " .. upport))
+    assert.equals("by name", ask(a, "ask echo by name"))
+    assert.equals("true", ask(a, "connect up.test.example " .. upport))
+    local function queries(name)
+      local n = 0
+      for l in (H.readfile(dir .. "/queries") or ""):gmatch("[^\n]+") do
+        if l == name .. " 1" then n = n + 1 end
+      end
+      return n
+    end
+    assert.equals(1, queries("up.test.example"), "the answer was cached for its TTL")
+    assert.equals("nil no such host 2", ask(a, "connect nx.test.example 80"))
+    -- A lookup the server holds back until another connection of the
+    -- same worker asks for release.test.example: the worker must serve
+    -- that one meanwhile.
+    assert(a:write("connect hold.test.example " .. upport .. "\n"))
+    assert.equals("true", ask(b, "connect release.test.example " .. upport))
+    assert.equals("true", a:read("l"))
+    assert.equals("held", ask(a, "ask echo held"))
+    -- Held and never released: the socket's timeout ends the lookup.
+    assert.equals("true", ask(a, "timeout 0.3"))
+    assert.equals("nil timeout 110", ask(a, "connect hold2.test.example 80"))
+    a:close(); b:close()
+    assert.equals(0, cli:stop())
+    assert.same({}, H.unexpected_errors(cli:log()))
+  end)
+end)
