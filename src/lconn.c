@@ -94,7 +94,7 @@ sock_sendfile(struct fdp_conn *c, int in, off_t *off, size_t n)
 
 
 static const struct fdp_transport sock_transport = {
-    sock_read, sock_write, sock_writev, sock_sendfile
+    sock_read, sock_write, sock_writev, sock_sendfile, NULL
 };
 
 
@@ -110,13 +110,6 @@ fdp_conn_init(struct fdp_conn *c, int fd, struct fdp_sched *s, double timeout)
     c->wt.rready = 1;
     c->timeout = timeout;
     c->wt.io.fd = -1;
-}
-
-
-const struct fdp_transport *
-fdp_conn_plain_transport(void)
-{
-    return &sock_transport;
 }
 
 
@@ -151,6 +144,11 @@ fdp_conn_close(struct fdp_conn *c)
         }
         fdp_close(&c->fd);
     }
+    if (c->tr->release != NULL && c->tr_ctx != NULL) {
+        c->tr->release(c->tr_ctx);
+    }
+    c->tr_ctx = NULL;
+    c->tr = &sock_transport;
     free(c->rbuf);
     c->rbuf = NULL;
     c->rstart = c->rend = c->rcap = 0;

@@ -27,6 +27,8 @@ struct fdp_transport {
     ssize_t (*write)(struct fdp_conn *c, const void *buf, size_t n);
     ssize_t (*writev)(struct fdp_conn *c, const struct iovec *iov, int n);
     ssize_t (*sendfile)(struct fdp_conn *c, int in, off_t *off, size_t n);
+    /* Optional: free the connection's state (tr_ctx) when it closes. */
+    void (*release)(void *tr_ctx);
 };
 
 /* The conn object (userdata "fdpool.conn"). */
@@ -34,6 +36,9 @@ struct fdp_conn {
     int fd;                     /* first, as every fd-owning userdata */
     struct fdp_waitable wt;     /* its waits (and readiness) */
     const struct fdp_transport *tr;
+    void *tr_ctx;               /* the transport's state (a TLS session):
+                                   it moves with the connection into and
+                                   out of the keep-alive pool */
     double timeout;             /* seconds, < 0: none */
     int total;                  /* timeout per call ("t"), else per wait */
     uint64_t deadline;          /* ms, "t" mode: of the read in progress */
@@ -62,10 +67,10 @@ void fdp_conn_open_meta(lua_State *L);
 struct fdp_conn *fdp_conn_new(lua_State *L, int fd, struct fdp_sched *s,
                               double timeout);
 /* Fill a conn embedded in another object (a client socket: lsock.c)
- * with fd (-1: none yet) and the plain-socket transport. */
+ * with fd (-1: none yet) and the plain-socket transport, which
+ * fdp_conn_close also restores (after the transport's release). */
 void fdp_conn_init(struct fdp_conn *c, int fd, struct fdp_sched *s,
                    double timeout);
-const struct fdp_transport *fdp_conn_plain_transport(void);
 void fdp_conn_set_peer(struct fdp_conn *c, const void *peer, uint32_t len);
 void fdp_conn_close(struct fdp_conn *c);
 void fdp_conn_peer(struct fdp_conn *c, char *out, size_t n);

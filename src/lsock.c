@@ -77,6 +77,7 @@ struct idle {
     struct keypool *kp;
     int fd;
     const struct fdp_transport *tr;
+    void *tr_ctx;               /* its state (a TLS session), kept */
     char *rbuf;                 /* the socket's empty read buffer, kept */
     size_t rcap;
     unsigned reused;
@@ -147,6 +148,9 @@ idle_free(struct idle *e, int close_fd)
     }
     if (close_fd) {
         fdp_close(&e->fd);
+        if (e->tr->release != NULL && e->tr_ctx != NULL) {
+            e->tr->release(e->tr_ctx);
+        }
     }
     free(e->rbuf);
     free(e);
@@ -326,6 +330,7 @@ pool_take(lua_State *L, struct fdp_sock *k, const char *key)
         }
         c->fd = e->fd;
         c->tr = e->tr;
+        c->tr_ctx = e->tr_ctx;
         /* Nothing to read (just checked): the first read waits for the
          * edge instead of costing a read() for EAGAIN. */
         c->wt.rready = 0;
@@ -814,6 +819,7 @@ sock_setkeepalive(lua_State *L)
     e->kp = kp;
     e->fd = c->fd;
     e->tr = c->tr;
+    e->tr_ctx = c->tr_ctx;
     if (c->rcap <= 16384) {     /* the usual size: reuse it, no malloc */
         e->rbuf = c->rbuf;
         e->rcap = c->rcap;
@@ -848,8 +854,10 @@ sock_setkeepalive(lua_State *L)
     }
     kp->head = e;
     kp->n++;
-    /* The socket object lets the connection go (the pool owns it). */
+    /* The socket object lets the connection go (the pool owns it, and
+     * its transport's state). */
     c->fd = -1;
+    c->tr_ctx = NULL;
     c->wt.io.seq = 0;
     c->wt.io.fd = -1;
     free(c->rbuf);
