@@ -463,9 +463,10 @@ on_dns(void *arg, const struct fdp_dns_result *r)
         free(q);
         return;
     }
-    if (t != NULL) {
+    if (t != NULL && r->status != -ECANCELED) {
         /* Resume the task on the next turn of the loop (not from inside
-         * c-ares): its wait timer, run now, finds the answer done. */
+         * c-ares): its wait timer, run now, finds the answer done. (Not
+         * while the resolver is being freed: the process is ending.) */
         q->wt.waiter = NULL;
         t->wobj = NULL;
         fdp_timer_stop(t->s->loop, &t->timer);
