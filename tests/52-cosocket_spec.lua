@@ -249,6 +249,16 @@ describe("fdpool.tcp()", function()
     c:close()
   end)
 
+  it("blocks at the top level and in init, and hands the top level's connection on", function()
+    local p = H.start_pool{ script = "tests/fixtures/cos_toplevel.lua", workers = 1,
+                            args = { uphost, tostring(upport) } }
+    finally(function() p:stop() end)
+    assert.equals("top init handler reused=1\n", H.request(p.addr, ""))
+    assert.equals("top init handler reused=2\n", H.request(p.addr, ""))
+    assert.equals(0, p:stop())
+    assert.same({}, H.unexpected_errors(p:log()))
+  end)
+
   it("survives its worker being killed with calls in flight", function()
     local a = assert(fdpool.connect(cli.addr, 10))
     assert.equals("true", ask(a, "connect UP"))

@@ -242,6 +242,7 @@ local function exchange(o, method, u, head, body, deadline)
   local keep = kind ~= "close" and res.status ~= 101 and keepalive_ok(res)
   if o.stream then
     sock:setdeadline(nil)
+    sock:settimeout(o.timeout)
     local reader = make_reader(sock, kind, len, keep, o)
     res.read = function() return reader() end
     res.close = function() sock:close() end
