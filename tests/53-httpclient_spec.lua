@@ -56,6 +56,18 @@ describe("fdpool.http.client", function()
     local again = ask(c, "GET /id")
     assert.matches("^200 reused=0 len=%d+ body=%d+$", again)
     assert.are_not.equal(id, again:match("body=(%d+)$"))
+    -- Closed by the upstream while idle in the pool (its FIN seen): the
+    -- next request opens a new connection, no retry needed.
+    local function opened()
+      return tonumber(H.http_get(up.addr, "/open"):match("\r\n\r\n(%d+)$"))
+    end
+    local before = opened()
+    local idle = ask(c, "GET /idleclose"):match("body=(%d+)$")
+    H.wait_until(function() return opened() < before end, 10,
+      "the upstream to close the idle connection")
+    local fresh = ask(c, "GET /id")
+    assert.matches("^200 reused=0 ", fresh)
+    assert.are_not.equal(idle, fresh:match("body=(%d+)$"))
     -- A POST is not retried: its error reaches the caller.
     assert.truthy(ask(c, "GET /dropnext"):match("^200"))
     assert.equals("nil closed", ask(c, "POST /echo body=3"))
