@@ -226,7 +226,8 @@ static struct sockpool *
 sockpool_of(lua_State *L)
 {
     pid_t *pid = NULL;
-    struct sockpool *sp = registry_obj(L, POOL_MT, &pool_key, sizeof(*sp), &pid);
+    struct sockpool *sp = registry_obj(L, POOL_MT, &pool_key, sizeof(*sp),
+                                       &pid);
 
     if (pid != NULL) {
         struct fdp_sched *s = fdp_sched_of(L);
