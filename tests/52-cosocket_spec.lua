@@ -261,6 +261,24 @@ describe("fdpool.tcp()", function()
     assert.same({}, H.unexpected_errors(p:log()))
   end)
 
+  it("keeps at most pool_size idle connections per key, closing the oldest", function()
+    local c = assert(fdpool.connect(cli.addr, 10))
+    local function opened()       -- not counting this probe
+      local fd = assert(fdpool.connect(up.addr, 10))
+      local n = tonumber(ask(fd, "opened"))
+      fd:close()
+      return n - 1
+    end
+    local before = opened()
+    assert.equals("5", ask(c, "fill 5 2"))
+    H.wait_until(function() return opened() == before + 2 end, 10,
+      "the upstream to see 3 of the 5 closed")
+    -- Again: the 2 idle ones are reused, 3 new ones made, 3 closed.
+    assert.equals("5", ask(c, "fill 5 2"))
+    H.wait_until(function() return opened() == before + 2 end, 10, "2 idle again")
+    c:close()
+  end)
+
   it("connects to IPv6 literals", function()
     local up6 = H.start_pool{ script = "tests/fixtures/cos_upstream.lua", workers = 1,
                               listen = "[::1]:0" }
