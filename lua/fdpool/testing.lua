@@ -17,6 +17,7 @@ local ws = require "fdpool.testing.websocket"
 
 return {
   conn = tconn.conn,
+  tasks = tconn.tasks,
   parse_head = tconn.parse_head,
   run = http.run,
   build_request = http.build_request,
