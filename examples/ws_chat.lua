@@ -47,7 +47,9 @@ return http.serve(function(req, res)
   elseif req.path ~= "/ws" then
     return 404, { ["Content-Type"] = "text/plain" }, "not found\n"
   end
-  local ws = http.websocket(req, res, { max_payload = 4096 })
+  -- timeout: a broadcast waits at most 30 s for a client that does not
+  -- read, and a client silent for 30 s gets a ping.
+  local ws = http.websocket(req, res, { max_payload = 4096, timeout = 30 })
   if not ws then return end          -- not an upgrade: 400/426 sent
   clients[ws] = true
   broadcast("* someone joined (" .. (function()
@@ -55,10 +57,19 @@ return http.serve(function(req, res)
     for _ in pairs(clients) do n = n + 1 end
     return n
   end)() .. " here)")
+  local idle = 0
   while true do
     local data, kind = ws:receive()
-    if not data or kind == "close" then break end
-    if kind == "text" then broadcast(data) end
+    if data then idle = 0 end
+    if not data and kind == "timeout" then
+      -- Silent for 30 s: ping; silent 30 s more (no pong): gone.
+      idle = idle + 1
+      if idle > 1 or not ws:ping() then break end
+    elseif not data or kind == "close" then
+      break
+    elseif kind == "text" then
+      broadcast(data)
+    end
   end
   clients[ws] = nil
   broadcast("* someone left")

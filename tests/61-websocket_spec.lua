@@ -251,6 +251,10 @@ describe("websocket in the real pool", function()
     assert.equal("fits 999\nclosed 1009 message larger than 1000 bytes\n", py("small"))
   end)
 
+  it("lets a handler send on another handler's WebSocket, waiting for room", function()
+    assert.equal("a got 256 in order\nflooded 256\n", py("flood"))
+  end)
+
   it("talks with node's ws", function()
     local ok, code, out = H.run(("NODE_PATH=/usr/share/nodejs timeout 60 node tests/fixtures/ws_client.js %s 2>&1")
       :format(ws_url(p)))

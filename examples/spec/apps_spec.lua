@@ -61,6 +61,16 @@ describe("examples/ws_chat.lua (WebSocket)", function()
     assert.equal(1000, r.close.code)                -- the close is echoed
   end)
 
+  it("pings a silent client, then drops it", function()
+    -- timeout_after_input: after the frames the client stays silent (in
+    -- memory each wait times out at once).
+    local r = testing.websocket(handle, "/ws", { frames = { { "text", "hi" } },
+      timeout_after_input = true })
+    assert.same({ "* someone joined (1 here)", "hi" }, r.messages)
+    assert.equal("ping", r.frames[3].kind)
+    assert.equal(1000, r.close.code)        -- closed when the handler returned
+  end)
+
   it("closes with 1009 a message over max_payload", function()
     local r = testing.websocket(handle, "/ws", { frames = { { "text", ("x"):rep(5000) } } })
     assert.equal(1009, r.close.code)
