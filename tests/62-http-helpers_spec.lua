@@ -82,6 +82,16 @@ describe("cookies", function()
     end, "res:cookie: path must not hold ';' or control bytes")
   end)
 
+  it("is refused by testing.conn as by the real conn when a raw header carries CR LF", function()
+    local h = http.serve(function(_, res)
+      res:header("X-A", "a\r\nSet-Cookie: evil=1")
+      return res:send("x")
+    end)
+    local status, _, _, conn = testing.http_request(h, "GET", "/")
+    assert.equal(500, status)
+    assert.falsy(conn:output():find("evil", 1, true))
+  end)
+
   it("parses a 10 KiB Cookie header (with max_head raised), at most 200 cookies", function()
     local parts = {}
     for i = 1, 1000 do parts[i] = ("c%d=%05d"):format(i, i) end

@@ -584,12 +584,22 @@ function Conn:sendresponse(status_line, headers, date_line, length, chunked, con
     argerror(2, "sendresponse", "table expected, got " .. type(headers))
   end
   local t = { status_line }
+  -- As the C side (lhttp.c valid_field): a name is a token, a value has
+  -- no control byte but HTAB, else nothing is sent and it raises.
+  local function line(k, v)
+    v = tostring(v)
+    if not k:find("^[!#$%%&'*+%-.^_`|~%w]+$") or v:find("[%z\1-\8\10-\31\127]") then
+      error(("invalid response header '%s' (a name must be a token, a value must "
+        .. "hold no CR, LF or other control byte)"):format(k), 3)
+    end
+    t[#t + 1] = k .. ": " .. v .. "\r\n"
+  end
   for k, v in next, headers do
     if type(k) == "string" and not own_headers[k:lower()] then
       if type(v) == "table" then
-        for i = 1, #v do t[#t + 1] = k .. ": " .. tostring(v[i]) .. "\r\n" end
+        for i = 1, #v do line(k, v[i]) end
       else
-        t[#t + 1] = k .. ": " .. tostring(v) .. "\r\n"
+        line(k, v)
       end
     end
   end
