@@ -58,8 +58,9 @@ describe("websocket handshake (in memory)", function()
       { { Upgrade = false }, "Upgrade: websocket missing" },
       { { Upgrade = "h2c" }, "Upgrade: websocket missing" },
       { { Connection = "keep-alive" }, "Connection: Upgrade missing" },
+      { { ["Content-Length"] = "3" }, "a request body with the upgrade", { "abc" } },
     } do
-      local r = assert(testing.websocket(app, "/echo", { headers = case[1] }))
+      local r = assert(testing.websocket(app, "/echo", { headers = case[1], frames = case[3] }))
       assert.equal(400, r.status)
       assert.matches(case[2], r.body)
     end

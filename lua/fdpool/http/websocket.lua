@@ -408,6 +408,9 @@ function M.upgrade(req, res, options)
     why = "Upgrade: websocket missing"
   elseif not has_token(h["connection"], "upgrade") then
     why = "Connection: Upgrade missing"
+  elseif (req._length or 0) > 0 or req._chunked then
+    -- Its bytes would be read as frames.
+    why = "a request body with the upgrade"
   end
   if not why and h["sec-websocket-version"] ~= "13" then
     res:status(426):header("Sec-WebSocket-Version", "13")
