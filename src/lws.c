@@ -103,6 +103,38 @@ l_utf8_check(lua_State *L)
 }
 
 
+/* fdpool.json_mark(text) -> text with its integer literals marked (see
+ * fdp_json_mark), count; or nil, "bad number"|"unterminated string",
+ * the 1-based position. For fdpool.http.json. */
+static int
+l_json_mark(lua_State *L)
+{
+    size_t n, count;
+    const char *s = luaL_checklstring(L, 1, &n);
+    long len = fdp_json_mark(s, n, NULL, &count);
+    luaL_Buffer b;
+    char *out;
+
+    if (len < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, s[count] == '"' ? "unterminated string"
+                       : "bad number (a leading zero)");
+        lua_pushinteger(L, (lua_Integer) count + 1);
+        return 3;
+    }
+    if (count == 0) {
+        lua_settop(L, 1);
+        lua_pushinteger(L, 0);
+        return 2;
+    }
+    out = luaL_buffinitsize(L, &b, (size_t) len);
+    (void) fdp_json_mark(s, n, out, &count);
+    luaL_pushresultsize(&b, (size_t) len);
+    lua_pushinteger(L, (lua_Integer) count);
+    return 2;
+}
+
+
 void
 fdp_lws_open(lua_State *L)
 {
@@ -112,6 +144,7 @@ fdp_lws_open(lua_State *L)
         { "ws_accept", l_ws_accept },
         { "ws_mask", l_ws_mask },
         { "utf8_check", l_utf8_check },
+        { "json_mark", l_json_mark },
         { NULL, NULL }
     };
 

@@ -1,7 +1,8 @@
 /*
  * wsproto.c - WebSocket's byte-level pieces (wsproto.h): SHA-1 and base64
  * for the handshake's Sec-WebSocket-Accept, payload masking, incremental
- * UTF-8 validation. Pure functions: unit-tested in tests/c/test_core.c.
+ * UTF-8 validation; and fdpool.http.json's integer marker. Pure
+ * functions: unit-tested in tests/c/test_core.c.
  */
 #include "wsproto.h"
 
@@ -244,4 +245,82 @@ fdp_utf8_check(uint32_t *state, const unsigned char *s, size_t n)
     }
     *state = need | (uint32_t) lo << 8 | (uint32_t) hi << 16;
     return need ? 1 : 0;
+}
+
+
+/* ---- JSON integer literals -------------------------------------------- */
+
+static int
+num_char(char c)
+{
+    return (c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E'
+           || c == '+' || c == '-';
+}
+
+
+long
+fdp_json_mark(const char *in, size_t n, char *out, size_t *count)
+{
+    size_t i = 0, o = 0, marked = 0;
+
+    while (i < n) {
+        char c = in[i];
+
+        if (c == '"') {
+            size_t j = i + 1;
+
+            while (j < n && in[j] != '"') {
+                j += in[j] == '\\' ? 2 : 1;
+            }
+            if (j >= n) {
+                *count = i;
+                return -EINVAL;
+            }
+            if (out) {
+                memcpy(out + o, in + i, j + 1 - i);
+            }
+            o += j + 1 - i;
+            i = j + 1;
+        } else if (c == '-' || (c >= '0' && c <= '9')) {
+            size_t j = i + (c == '-'), k;
+            int integer;
+
+            k = j;
+            while (k < n && in[k] >= '0' && in[k] <= '9') {
+                k++;
+            }
+            if (k - j > 1 && in[j] == '0') {
+                *count = i;
+                return -EINVAL;
+            }
+            integer = k > j && (k == n || !num_char(in[k]));
+            while (k < n && num_char(in[k])) {
+                k++;
+            }
+            if (integer) {
+                if (out) {
+                    out[o] = '"';
+                    out[o + 1] = (char) 0xff;
+                    memcpy(out + o + 2, in + i, k - i);
+                    out[o + 2 + (k - i)] = '"';
+                }
+                o += k - i + 3;
+                marked++;
+            } else {
+                if (out) {
+                    memcpy(out + o, in + i, k - i);
+                }
+                o += k - i;
+            }
+            i = k;
+        } else {
+            if (out) {
+                out[o] = c;
+            }
+            o++;
+            i++;
+        }
+    }
+    *count = marked;
+    return (long) o;
 }

@@ -2,7 +2,8 @@
  * wsproto.h - the byte-level pieces of WebSocket (RFC 6455) as pure
  * functions, no Lua and no I/O: SHA-1 (FIPS 180-4) and base64 for the
  * Sec-WebSocket-Accept handshake, payload masking, and an incremental
- * UTF-8 validator (text messages may split a character across frames).
+ * UTF-8 validator (text messages may split a character across frames);
+ * and the JSON integer marker fdpool.http.json decodes exactly with.
  * lws.c binds them; fdpool.http.websocket frames in Lua on top.
  */
 #ifndef FDP_WSPROTO_H
@@ -34,5 +35,14 @@ void fdp_ws_mask(unsigned char *buf, size_t n, const unsigned char key[4],
  * bytes so far are valid and end on a character boundary, 1 when valid
  * but inside a character (more must come), -EILSEQ when invalid. */
 int fdp_utf8_check(uint32_t *state, const unsigned char *s, size_t n);
+
+/* Copy JSON text in[0..n) to out with every integer literal outside
+ * strings (-?(0|[1-9][0-9]*) not followed by '.', 'e' or 'E') written as
+ * a string: '"', 0xFF, the literal, '"' -- so a decoder that reads
+ * numbers as doubles keeps them exact. out NULL: only measure. Returns
+ * the length of the result (*count: the literals marked), or -EINVAL for
+ * a number with a leading zero or an unterminated string (*count: the
+ * offset where it starts). */
+long fdp_json_mark(const char *in, size_t n, char *out, size_t *count);
 
 #endif

@@ -145,6 +145,15 @@ describe("JSON", function()
     assert.equal('["ÿ1"]', json.encode({ "ÿ1" }))
   end)
 
+  it("writes numbers lua-cjson writes exactly through it, the others exactly too", function()
+    assert.equal('[1,2.5,"x",99999999999999]', json.encode({ 1, 2.5, "x", 99999999999999 }))
+    assert.equal('[100000000000000,-100000000000000,0.1]',
+      json.encode({ 100000000000000, -100000000000000, 0.1 }))
+    assert.equal("integer", math.type(json.decode("[100000000000000]")[1]))
+    assert.same({ nil, "bad number (a leading zero) at character 5" }, { json.decode('[1, 01]') })
+    assert.same({ nil, "unterminated string at character 2" }, { json.decode('["a\\"]') })
+  end)
+
   it("refuses what JSON cannot hold", function()
     local v, err = json.encode({ 0 / 0 })
     assert.is_nil(v)

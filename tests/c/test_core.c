@@ -1638,6 +1638,25 @@ test_wsproto(void)
     test_cond("utf8 split: completed", i == 0 && st == 0x00bf8000);
     st = 0;
     (void) fdp_utf8_check(&st, (const unsigned char *) "\xed", 1);
+    {
+        static const char text[] = "[1,-20,0.5,\"7\",1e3,\"a\\\"9\",-0]";
+        char jbuf[128];
+        size_t count = 0;
+        long len = fdp_json_mark(text, sizeof(text) - 1, NULL, &count);
+
+        test_cond("json mark: measured", len == (long) sizeof(text) - 1 + 9
+                  && count == 3);
+        len = fdp_json_mark(text, sizeof(text) - 1, jbuf, &count);
+        jbuf[len] = '\0';
+        test_cond("json mark: integers only, strings untouched",
+                  strcmp(jbuf, "[\"\xff" "1\",\"\xff-20\",0.5,\"7\",1e3,"
+                         "\"a\\\"9\",\"\xff-0\"]") == 0);
+        test_cond("json mark: leading zero", fdp_json_mark("[01]", 4, NULL,
+                  &count) == -EINVAL && count == 1);
+        test_cond("json mark: unterminated string",
+                  fdp_json_mark("[\"ab\\\"]", 7, NULL, &count) == -EINVAL
+                  && count == 1);
+    }
     test_cond("utf8 split surrogate refused",
               fdp_utf8_check(&st, (const unsigned char *) "\xa0\x80", 2)
               == -EILSEQ);

@@ -59,45 +59,39 @@ local function clean(e)
   return (e:gsub("^%u", string.lower))
 end
 
+-- Does v hold a number lua-cjson would not write exactly (it writes
+-- %.14g), or a string that is not UTF-8? Then mark() it; else cjson can
+-- take v as it is. (Raises for a cycle, as mark.)
+local function needs_mark(v, depth)
+  local t = type(v)
+  if t == "number" then
+    if math.type(v) == "integer" then return v >= 1e14 or v <= -1e14 end
+    return v ~= v or tonumber(("%.14g"):format(v)) ~= v
+  elseif t == "string" then
+    return not utf8_ok(v)
+  elseif t == "table" then
+    if depth > 1000 then error("json: nested too deep (a cycle?)", 0) end
+    for k, x in pairs(v) do
+      if (type(k) == "string" and not utf8_ok(k)) or needs_mark(x, depth + 1) then
+        return true
+      end
+    end
+  end
+  return false
+end
+
 --- Encode a value (tables, strings, numbers, booleans, json.null).
 -- @treturn[1] string the JSON text
 -- @return[2] nil
 -- @treturn[2] string why (a function, NaN, a string not UTF-8, a cycle...)
 function M.encode(v)
-  local ok, r = pcall(function() return cjson.encode(mark(v, 0)) end)
+  local ok, r, marked = pcall(function()
+    if not needs_mark(v, 0) then return cjson.encode(v), false end
+    return cjson.encode(mark(v, 0)), true
+  end)
   if not ok then return nil, clean(r) end
+  if not marked then return r end
   return (r:gsub('"\255([^"]*)"', "%1"))
-end
-
--- Replace the integer literals outside strings by marked strings.
-local function mark_text(s)
-  local out, n, pos, last = {}, 0, 1, 1
-  while true do
-    local i, _, c = s:find('(["%-%d])', pos)
-    if not i then break end
-    if c == '"' then
-      local j = i + 1
-      while true do
-        local k, _, e = s:find('(["\\])', j)
-        if not k then return nil end
-        if e == "\\" then j = k + 2 else j = k + 1 break end
-      end
-      pos = j
-    else
-      local num = s:match("^%-?%d[%d%.eE%+%-]*", i) or "-"
-      if num:find("^%-?0%d") then return nil, "bad number " .. num end
-      if num:find("^%-?0$") or num:find("^%-?[1-9]%d*$") then
-        n = n + 1
-        out[#out + 1] = s:sub(last, i - 1)
-        out[#out + 1] = '"' .. MARK .. num .. '"'
-        last = i + #num
-      end
-      pos = i + #num
-    end
-  end
-  if n == 0 then return s, 0 end
-  out[#out + 1] = s:sub(last)
-  return table.concat(out), n
 end
 
 local function unmark(v)
@@ -120,8 +114,9 @@ end
 function M.decode(s)
   if type(s) ~= "string" then return nil, "expected a string, got " .. type(s) end
   if not utf8_ok(s) then return nil, "not UTF-8" end
-  local text, n = mark_text(s)
-  if not text then return nil, n or "unterminated string" end
+  -- Integer literals outside strings become marked strings (in C).
+  local text, n, at = fdpool.json_mark(s)
+  if not text then return nil, ("%s at character %d"):format(n, at) end
   local ok, v = pcall(cjson.decode, text)
   if not ok then return nil, clean(v) end
   if n > 0 then v = unmark(v) end
