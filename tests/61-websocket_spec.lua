@@ -278,9 +278,12 @@ describe("websocket in the real pool", function()
     return fd, buf:sub(buf:find("\r\n\r\n", 1, true) + 4)
   end
 
+  -- Everything the server sends until it closes (a read timeout, 10 s
+  -- from fdpool.connect, fails the test: the server must close).
   local function read_all(fd, buf)
     while true do
-      local d = fd:read(65536)
+      local d, err = fd:read(65536)
+      assert(d or not err, "the server did not close: " .. tostring(err))
       if not d or d == "" then break end
       buf = buf .. d
     end
@@ -317,10 +320,8 @@ describe("websocket in the real pool", function()
   it("cuts a frame whose bytes stop coming (frame_timeout)", function()
     local fd, rest = raw("/echo")
     assert(fd:write(testing.ws_frame("text", "hello"):sub(1, 4)))
-    local t0 = H.now()
     local frames = read_all(fd, rest)   -- the server closes (3 s in the fixture)
     assert.equal(0, #frames)
-    assert.is_true(H.now() - t0 < 30)
   end)
 
   it("closes the TCP connection when the client never answers its close", function()
