@@ -534,6 +534,34 @@ local function call(fn, req, res)
   return a
 end
 
+-- After fn(req, res) returned (ok) or raised (not ok, a: the error):
+-- remove the request's temp files (req:form), and when the connection
+-- was taken over -- res:takeover (http.websocket), or written to by the
+-- handler itself past res (a hand-made 101: more bytes out than the
+-- 100 Continue since req._out0) -- log, close an open WebSocket, and
+-- return true: http.serve writes and reads nothing more on it.
+local function handed_over(conn, req, res, ok, a, log)
+  if req._tmpfiles then
+    for _, f in ipairs(req._tmpfiles) do os.remove(f) end
+    req._tmpfiles = nil
+  end
+  if not res._taken and not res.started and req._out0 then
+    local _, out1 = conn:getstats()
+    if out1 and out1 - req._out0 > (req._sent100 or 0) then
+      res._taken, res._status = true, 101
+    end
+  end
+  if not res._taken then return false end
+  if not ok then
+    fdpool.log("error", ("http handler error (%s %s): %s"):format(req.method,
+      req.path, tostring(a):gsub("\n%s*", " | ")))
+  end
+  if res._ws then res._ws:_abandon(ok and 1000 or 1011) end
+  if log then log(req, res) end
+  return true
+end
+M._handed_over = handed_over
+
 -- Handlers made by serve, with their options: a worker tells the master
 -- (READY) that its handler speaks HTTP, so the master's accept filter
 -- waits for whole request heads (max_head, head_timeout).
@@ -589,29 +617,9 @@ function M.serve(fn, options)
       local res = setmetatable({ _conn = conn, _req = req, _status = 200,
         _headers = {}, _hk = {}, started = false, finished = false }, Res)
       setmetatable(req, Req)
-      local _, out0 = conn:getstats()
+      req._out0 = select(2, conn:getstats())
       local ok, a = xpcall(call, traceback, fn, req, res)
-      if req._tmpfiles then
-        for _, f in ipairs(req._tmpfiles) do os.remove(f) end
-      end
-      -- A connection taken over (res:takeover, http.websocket), or
-      -- written to by the handler itself past res (a hand-made 101): no
-      -- byte more from here, whatever happened.
-      if not res._taken and not res.started then
-        local _, out1 = conn:getstats()
-        if out1 and out1 - out0 > (req._sent100 or 0) then
-          res._taken, res._status = true, 101
-        end
-      end
-      if res._taken then
-        if not ok then
-          fdpool.log("error", ("http handler error (%s %s): %s"):format(req.method,
-            req.path, tostring(a):gsub("\n%s*", " | ")))
-        end
-        if res._ws then res._ws:_abandon(ok and 1000 or 1011) end
-        if log then log(req, res) end
-        return
-      end
+      if handed_over(conn, req, res, ok, a, log) then return end
       if not ok then
         fdpool.log("error", ("http handler error (%s %s): %s"):format(req.method,
           req.path, tostring(a):gsub("\n%s*", " | ")))
