@@ -191,6 +191,24 @@ describe("websocket protocol errors (in memory)", function()
   end)
 end)
 
+describe("websocket on random bytes (in memory)", function()
+  it("ends every time with a close code or a closed connection, never an error", function()
+    math.randomseed(16)
+    local valid = { [1000] = true, [1002] = true, [1007] = true, [1009] = true }
+    for _ = 1, 300 do
+      -- Random frames: a plausible first byte half the time.
+      local t = {}
+      for i = 1, math.random(1, 40) do
+        t[i] = string.char(i == 1 and math.random() < 0.5 and 0x81 or math.random(0, 255))
+      end
+      local r = ws("/echo", { table.concat(t) }, { chunks = math.random(1, 7) })
+      assert.equal(101, r.status)
+      assert.is_true(r.conn.closed)
+      if r.close then assert.truthy(valid[r.close.code], tostring(r.close.code)) end
+    end
+  end)
+end)
+
 describe("a connection taken over (in memory)", function()
   it("gets nothing from http.serve after a hand-written 101", function()
     local out = testing.run(app, { input = "GET /raw101 HTTP/1.1\r\nHost: x\r\n\r\nGET /stats HTTP/1.1\r\nHost: x\r\n\r\n" })
