@@ -179,12 +179,13 @@ run_http(struct ctl_client *c)
         for (i = 0; i < p->nworkers; i++) {
             up += p->workers[i].slot.state == FDP_W_RUNNING;
         }
-        if (up > 0 && !p->stopping) {
+        if (up > 0 && !p->stopping && !p->draining) {
             fdp_buf_printf(&body, "ok %d/%d workers", up, p->nworkers);
         } else {
             status = "503 Service Unavailable";
             fdp_buf_printf(&body, "unavailable %d/%d workers%s", up,
-                           p->nworkers, p->stopping ? ", stopping" : "");
+                           p->nworkers, p->stopping || p->draining
+                           ? ", stopping" : "");
         }
         if (p->crash_streak > 0 && p->crash_why[0]) {
             fdp_buf_printf(&body, "; crash streak %d (last: %s), "

@@ -13,6 +13,7 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
 #include <stdio.h>
@@ -103,7 +104,8 @@ check_keys(lua_State *L)
         "handler", "args", "listen", "workers", "concurrency", "policy",
         "control", "grace", "log_level", "timeout", "max_requests", "user",
         "io_timeout", "metrics", "max_memory", "accept_filter",
-        "max_conns_per_ip", "max_pending",
+        "max_conns_per_ip", "max_pending", "slow", "slow_log",
+        "drain_delay",
         NULL
     };
 
@@ -225,6 +227,42 @@ opt_timeouts(lua_State *L, struct fdp_pool *p)
     } else {
         lua_pop(L, 1);
     }
+    return 0;
+}
+
+
+/* slow, slow_log, drain_delay (docs/operations.md). The slow log is
+ * opened here, append-only, CLOEXEC (workers inherit the master's
+ * descriptor, so --user needs no write access to it). 0, or 3 with nil,
+ * message, errno pushed (the open's errno). */
+static int
+opt_ops(lua_State *L, struct fdp_pool *p)
+{
+    if (lua_getfield(L, 1, "slow") != LUA_TNIL) {
+        p->slow = luaL_checknumber(L, -1);
+        luaL_argcheck(L, p->slow >= 0, 1, "slow must not be negative");
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "drain_delay") != LUA_TNIL) {
+        p->drain_delay = luaL_checknumber(L, -1);
+        luaL_argcheck(L, p->drain_delay >= 0 && p->drain_delay <= 3600, 1,
+                      "drain_delay must be 0 to 3600 seconds");
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "slow_log") != LUA_TNIL) {
+        const char *path = luaL_checkstring(L, -1);
+
+        p->slow_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC
+                          | O_NOCTTY, 0640);
+        if (p->slow_fd < 0) {
+            int e = errno;
+
+            lua_pushfstring(L, "cannot open slow log %s (%s)", path,
+                            strerror(e));
+            return fdp_pushfailmsg(L, lua_tostring(L, -1), -e);
+        }
+    }
+    lua_pop(L, 1);
     return 0;
 }
 
@@ -411,7 +449,8 @@ l_pool(lua_State *L)
     p->worker_main = fdp_worker_main;
     p->service = &fdp_control_service;
     if ((r = opt_limits(L, p)) != 0 || (r = opt_user(L, p)) != 0
-        || (r = opt_timeouts(L, p)) != 0 || (r = opt_handler(L, p)) != 0
+        || (r = opt_timeouts(L, p)) != 0 || (r = opt_ops(L, p)) != 0
+        || (r = opt_handler(L, p)) != 0
         || (r = opt_policy(L, p)) != 0 || (r = opt_listen(L, p)) != 0
         || (r = check_policy(L, p)) != 0) {
         return r;

@@ -16,6 +16,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,16 +91,19 @@ fdp_pool_new(void)
     p->policy_ref = -2;
     p->sigfd = -1;
     p->notify_fd = -1;
+    p->slow_fd = -1;
     p->loop.epfd = -1;
     p->nworkers = 1;
     p->concurrency = 1024;
     p->grace = 1.0;
     p->graceful_grace = 30.0;
+    p->drain_delay = 0.5;
     p->io_timeout = 60.0;
     p->accept_filter = FDP_AF_AUTO;
     p->max_pending = FDP_PENDING_MAX_DEFAULT;
     p->owner = getpid();
     p->admit = fdp_dispatch_admit;
+    fdp_timer_init(&p->drain_timer, NULL, p);
     return p;
 }
 
@@ -126,6 +130,7 @@ fdp_pool_free(struct fdp_pool *p)
         return;
     }
     fdp_pool_close_in_child(p, -1);
+    fdp_close(&p->slow_fd);
     fdp_acceptf_free(p);
     for (i = 0; i < FDP_SLOTS; i++) {
         worker_free_tables(&p->workers[i]);
@@ -1474,6 +1479,43 @@ watch_timeouts(struct fdp_pool *p)
 }
 
 
+/*
+ * --slow, for handlers that hold the CPU (a waiting one is logged by its
+ * worker's own timer): a connection in flight past --slow gets its
+ * worker one SIGUSR2 sent with sigqueue and FDP_SIG_SLOW_VALUE as its value,
+ * which the worker tells apart from --timeout's kill(): it logs where
+ * the running handler is and lets it go on (task.c's slow_hook).
+ */
+static void
+watch_slow(struct fdp_pool *p)
+{
+    uint64_t now = fdp_now_us(), limit = (uint64_t) (p->slow * 1e6);
+    union sigval v;
+    int i, k, send;
+
+    v.sival_int = FDP_SIG_SLOW_VALUE;
+    for (i = 0; i < FDP_SLOTS; i++) {
+        struct fdp_worker *w = &p->workers[i];
+
+        if (w->slot.pid <= 0 || w->slot.active == 0 || w->inflight == NULL) {
+            continue;
+        }
+        send = 0;
+        for (k = 0; k < w->slot.capacity; k++) {
+            struct fdp_inflight *f = &w->inflight[k];
+
+            if (f->id != 0 && !f->slow_sent && now - f->since_us > limit) {
+                f->slow_sent = 1;
+                send = 1;
+            }
+        }
+        if (send) {
+            (void) sigqueue(w->slot.pid, SIGUSR2, v);
+        }
+    }
+}
+
+
 static void
 tick(struct fdp_loop *loop, struct fdp_timer *t)
 {
@@ -1520,6 +1562,9 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
     }
     if (p->timeout > 0) {
         watch_timeouts(p);
+    }
+    if (p->slow > 0) {
+        watch_slow(p);
     }
     if (p->max_memory > 0 && !p->stopping
         && ++p->mem_tick >= MEM_CHECK_TICKS) {
@@ -1767,6 +1812,71 @@ fail:
 
 
 /*
+ * --drain-delay, the end: accept what the listeners hold (until EAGAIN,
+ * or until the queue is full), then close them in the same turn of the
+ * loop (fdp_pool_stop), so that a connection the kernel completed just
+ * before is served rather than reset. The queued ones are served by the
+ * graceful stop.
+ */
+static void
+drain_end(struct fdp_loop *loop, struct fdp_timer *t)
+{
+    struct fdp_pool *p = t->data;
+    int i, k;
+
+    (void) loop;
+    p->draining = 2;
+    for (i = 0; i < p->nlisten; i++) {
+        struct fdp_listener *l = &p->listeners[i];
+
+        for (k = 0; k < 64 && l->fd >= 0 && p->accepting; k++) {
+            struct pollfd pf;
+
+            pf.fd = l->fd;
+            pf.events = POLLIN;
+            pf.revents = 0;
+            if (poll(&pf, 1, 0) <= 0 || !(pf.revents & POLLIN)) {
+                break;
+            }
+            fdp_dispatch_listener_io(&p->loop, &l->io, EPOLLIN);
+        }
+    }
+    fdp_log(FDP_LOG_INFO, 0, "drain delay over: listeners closed");
+    fdp_pool_stop(p, 1);
+}
+
+
+/*
+ * --drain-delay, the start of a graceful stop: report stopping (systemd
+ * STOPPING=1, /healthz 503, status "stopping") but go on accepting and
+ * serving for drain_delay seconds, so that a balancer's health check
+ * takes the pool out before its listeners close (a connection completed
+ * into a listener's queue when it closes is reset). Returns 1 when the
+ * stop waits for the drain (started now or already), 0 when it goes on.
+ */
+static int
+drain_begin(struct fdp_pool *p)
+{
+    if (p->draining == 1) {
+        return 1;
+    }
+    if (p->draining || p->stopping || p->drain_delay <= 0
+        || p->loop.epfd < 0) {
+        return 0;
+    }
+    p->draining = 1;
+    reload_abort(p, "the pool is stopping");
+    fdp_listen_notify(p, "STOPPING=1");
+    fdp_log(FDP_LOG_INFO, 0, "stopping gracefully: reporting stopping, "
+            "still accepting for %g s (--drain-delay)", p->drain_delay);
+    fdp_timer_init(&p->drain_timer, drain_end, p);
+    (void) fdp_timer_start(&p->loop, &p->drain_timer,
+                           (uint64_t) (p->drain_delay * 1000.0));
+    return 1;
+}
+
+
+/*
  * Begin stopping: close the listeners, tell every worker to stop within
  * the grace period, SIGKILL after it. Queued connections are served by a
  * graceful stop and closed by a fast one. Calling it again upgrades a
@@ -1780,18 +1890,25 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
     uint64_t now = fdp_now_ms();
     int i;
 
-    if (!p->running) {
+    if (!p->running || (graceful && drain_begin(p))) {
         return;
     }
     if (p->stopping && (graceful || p->stopping == 1)) {
         return;
+    }
+    if (p->draining == 1) {
+        /* A fast stop cuts a graceful stop's drain delay short. */
+        p->draining = 2;
+        fdp_timer_stop(&p->loop, &p->drain_timer);
     }
     reload_abort(p, "the pool is stopping");
     p->stopping = graceful ? 2 : 1;
     fdp_listen_close_all(p);
     fdp_dispatch_close_held(p);
     fdp_acceptf_close_all(p);
-    fdp_listen_notify(p, "STOPPING=1");
+    if (!p->draining) {
+        fdp_listen_notify(p, "STOPPING=1");
+    }
     p->accepting = 0;
     if (!graceful) {
         while (p->qlen > 0) {
@@ -1887,6 +2004,7 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
 
     memset(info, 0, sizeof(*info));
     info->pid = p->owner;
+    info->state = p->stopping || p->draining ? "stopping" : "running";
     info->policy = fdp_policy_name(p);
     for (i = 0; i < p->nlisten; i++) {
         /* The real address (port 0 resolved), or a systemd socket's name. */

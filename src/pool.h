@@ -27,6 +27,9 @@
 #define FDP_MAX_CONCURRENCY 65535
 #define FDP_QUEUE_MAX       1024
 #define FDP_TICK_MS         100     /* the master's tick */
+/* The value of the SIGUSR2 the master sends with sigqueue for --slow
+ * (task.h's FDP_SIG_SLOW: the worker logs, the handler goes on). */
+#define FDP_SIG_SLOW_VALUE  1
 
 struct lua_State;
 struct fdp_pool;
@@ -69,6 +72,7 @@ struct fdp_inflight {
     uint32_t peerlen;               /* a PROXY header's client, or 0 */
     unsigned char peer[28];
     int escalated;                  /* 0, 1 SIGUSR2 sent, 2 SIGTERM sent */
+    int slow_sent;                  /* --slow: the worker was told */
 };
 
 struct fdp_worker {
@@ -144,12 +148,20 @@ struct fdp_pool {
     int accept_filter;              /* --accept-filter, FDP_AF_AUTO */
     int max_conns_per_ip;           /* 0: no cap */
     int max_pending;                /* size of the filter's pending set */
+    double slow;                    /* --slow: log handlers past it, 0 no */
+    int slow_fd;                    /* --slow-log file (O_APPEND), or -1 */
+    double drain_delay;             /* graceful stop: report stopping
+                                     * but serve for this long first */
 
     struct lua_State *L;            /* the state that made the pool */
     pid_t owner;                    /* pid of the master */
     int started;
     int running;
     int stopping;                   /* 0, 1 fast, 2 graceful */
+    int draining;                   /* 1: a graceful stop's drain delay
+                                     * (stopping reported, still
+                                     * accepting), 2: over */
+    struct fdp_timer drain_timer;
     int failed;                     /* first generation could not start */
     int simulated;                  /* fdpool.sim: no processes at all */
     char error[1024];

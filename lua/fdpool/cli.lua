@@ -72,6 +72,14 @@ Options for run:
                        gets "not enough memory" (HTTP: a 500 for that
                        request), and a worker whose RssAnon stays above
                        MB is retired gracefully and replaced
+  --slow S             log the Lua traceback of a handler still running
+                       after S seconds, once (where it waits or where it
+                       spins); it is not stopped (default: off)
+  --slow-log FILE      write those lines to FILE instead of the log
+  --drain-delay S      graceful stop (QUIT, pool stop --graceful): report
+                       stopping (/healthz 503) but accept and serve for S
+                       seconds first, so a balancer's health check sees
+                       it go (default 0.5; 0 = none)
   --user USER[:GROUP]  workers drop to this user (needs root)
   --log FILE           log to FILE instead of stderr (SIGUSR1 reopens)
   --log-level L        error, warn, info (default), debug
@@ -149,6 +157,7 @@ local RUN_FLAGS = {
   ["--max-conns-per-ip"] = "value",
   ["--max-requests"] = "value", ["--user"] = "value", ["--log"] = "value",
   ["--max-memory"] = "value",
+  ["--slow"] = "value", ["--slow-log"] = "value", ["--drain-delay"] = "value",
 }
 
 local function check_script(script)
@@ -167,6 +176,7 @@ local CONFIG_KEYS = {
   log_format = "string",
   metrics = "string", accept_filter = "string", max_pending = "number",
   max_conns_per_ip = "number",
+  slow = "number", slow_log = "string", drain_delay = "number",
 }
 
 local function load_config(path)
@@ -204,7 +214,7 @@ local function num_setting(name, v, lo, hi, integer)
       return nil, ("%s must be an integer from %d to %d (got '%s')"):format(name, lo, hi, tostring(v))
     end
     return nil, ("%s must be a number of seconds%s (got '%s')"):format(name,
-      lo > 0 and " above 0" or "", tostring(v))
+      hi and (" from %g to %g"):format(lo, hi) or lo > 0 and " above 0" or "", tostring(v))
   end
   return integer and math.tointeger(n) or n
 end
@@ -231,6 +241,7 @@ local function build_config(opts, pos, cmd)
     { "--timeout", "timeout", 0.001 }, { "--io-timeout", "io_timeout", 0 },
     { "--max-pending", "max_pending", 1, 1048576, true },
     { "--max-conns-per-ip", "max_conns_per_ip", 1, 2^31 - 1, true },
+    { "--slow", "slow", 0.001 }, { "--drain-delay", "drain_delay", 0, 3600 },
   }
   for _, f in ipairs(flagmap) do
     local flag, key, lo, hi, int = f[1], f[2], f[3], f[4], f[5]
@@ -245,7 +256,7 @@ local function build_config(opts, pos, cmd)
   cfg.workers = cfg.workers or fdpool.ncpu()
   for _, f in ipairs { { "--user", "user" }, { "--log", "log" }, { "--log-level", "log_level" },
                        { "--policy", "policy" }, { "--metrics", "metrics" },
-                       { "--accept-filter", "accept_filter" } } do
+                       { "--accept-filter", "accept_filter" }, { "--slow-log", "slow_log" } } do
     if opts[f[1]] then cfg[f[2]] = opts[f[1]] end
   end
   if cfg.accept_filter and not ({ none = 1, data = 1, http = 1 })[cfg.accept_filter] then
