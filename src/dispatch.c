@@ -441,7 +441,7 @@ fdp_dispatch_queue(struct fdp_pool *p)
     }
     fdp_dispatch_flush(p);
     if (!p->stopping && !p->accepting && p->qlen < FDP_QUEUE_MAX / 2
-        && fdp_now_ms() >= p->accept_paused_until) {
+        && !p->accept_held && fdp_now_ms() >= p->accept_paused_until) {
         fdp_dispatch_accepting(p, 1);
     }
 }

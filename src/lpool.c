@@ -11,6 +11,7 @@
 #include "control.h"
 #include "policy.h"
 #include "worker.h"
+#include "upgrade.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -105,7 +106,7 @@ check_keys(lua_State *L)
         "control", "grace", "log_level", "timeout", "max_requests", "user",
         "io_timeout", "metrics", "max_memory", "accept_filter",
         "max_conns_per_ip", "max_pending", "slow", "slow_log",
-        "drain_delay",
+        "drain_delay", "exec_argv",
         NULL
     };
 
@@ -263,6 +264,34 @@ opt_ops(lua_State *L, struct fdp_pool *p)
         }
     }
     lua_pop(L, 1);
+    if (lua_getfield(L, 1, "exec_argv") != LUA_TNIL) {
+        /* pool upgrade re-executes this command line with the binary
+         * running now (`pool run` sets it; without it upgrade is
+         * refused). */
+        lua_Integer i, k;
+        char exe[4096];
+        ssize_t n;
+
+        luaL_checktype(L, -1, LUA_TTABLE);
+        k = luaL_len(L, -1);
+        luaL_argcheck(L, k >= 1 && k < 4096, 1, "exec_argv must be a list "
+                      "of 1 or more strings");
+        p->exec_argv = calloc((size_t) k + 1, sizeof(char *));
+        if (p->exec_argv == NULL) {
+            return luaL_error(L, "out of memory");
+        }
+        for (i = 1; i <= k; i++) {
+            lua_geti(L, -1, i);
+            p->exec_argv[i - 1] = xstrdup(L, luaL_checkstring(L, -1));
+            lua_pop(L, 1);
+        }
+        n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+        if (n > 0) {
+            exe[n] = '\0';
+            p->exe = xstrdup(L, exe);
+        }
+    }
+    lua_pop(L, 1);
     return 0;
 }
 
@@ -363,6 +392,12 @@ opt_listen(lua_State *L, struct fdp_pool *p)
 {
     int t, i, r;
 
+    /* A pool upgrade's new master: the old master's listeners, and no
+     * others (the same --listen addresses are bound already). */
+    r = fdp_upgrade_adopt(p);
+    if (r != 0) {
+        return r < 0 ? fdp_pushfailmsg(L, p->error, r) : 0;
+    }
     /* Sockets passed by systemd (LISTEN_FDS for this pid) come first;
      * with them, no default address is added. */
     r = fdp_pool_systemd_fds(p);

@@ -10,6 +10,7 @@
 #include "policy.h"
 #include "listen.h"
 #include "dispatch.h"
+#include "upgrade.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -92,6 +93,11 @@ fdp_pool_new(void)
     p->sigfd = -1;
     p->notify_fd = -1;
     p->slow_fd = -1;
+    p->upgrade_fd = -1;
+    p->ready_fd = -1;
+    p->inherit_ctl_fd = -1;
+    p->inherit_lock_fd = -1;
+    p->inherit_metrics_fd = -1;
     p->loop.epfd = -1;
     p->nworkers = 1;
     p->concurrency = 1024;
@@ -141,6 +147,11 @@ fdp_pool_free(struct fdp_pool *p)
     for (i = 0; i < FDP_MAX_LISTEN; i++) {
         free(p->listeners[i].unix_path);
     }
+    for (i = 0; p->exec_argv && p->exec_argv[i]; i++) {
+        free(p->exec_argv[i]);
+    }
+    free(p->exec_argv);
+    free(p->exe);
     free(p->args);
     free(p->script);
     free(p->script_src);
@@ -189,6 +200,7 @@ fdp_pool_close_in_child(struct fdp_pool *p, int keep)
     fdp_acceptf_close_in_child(p);
     fdp_close(&p->notify_fd);
     fdp_close(&p->sigfd);
+    fdp_upgrade_close_in_child(p);
     service_close(p, 0);
     fdp_loop_free(&p->loop);
 }
@@ -782,6 +794,11 @@ fdp_pool_reload(struct fdp_pool *p)
                  "when it is done)", p->reload_gen);
         return -EBUSY;
     }
+    if (p->upgrade_fd >= 0) {
+        snprintf(p->error, sizeof(p->error), "reload refused: an upgrade is "
+                 "in progress (new master pid %ld)", (long) p->upgrade_pid);
+        return -EBUSY;
+    }
     if (p->script
         && ((r = read_file(p->script, &p->reload_src, &p->reload_len, err,
                            sizeof(err))) < 0
@@ -1019,8 +1036,14 @@ on_ready(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
         }
         if (up == p->nworkers) {
             p->notified_ready = 1;
-            fdp_listen_notify(p, "READY=1\nSTATUS=%d workers ready, "
-                              "generation %d", up, p->generation);
+            if (p->ready_fd >= 0) {
+                /* An upgrade's new master: the old one tells systemd
+                 * (MAINPID=, READY=1) once it has handed over. */
+                fdp_upgrade_ready(p);
+            } else {
+                fdp_listen_notify(p, "READY=1\nSTATUS=%d workers ready, "
+                                  "generation %d", up, p->generation);
+            }
         }
     }
     fdp_log(FDP_LOG_DEBUG, 0, "worker %d ready", w->slot.id);
@@ -1290,6 +1313,14 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         switch (si.ssi_signo) {
         case SIGCHLD:
             reap(p);
+            fdp_upgrade_poll(p);
+            break;
+        case SIGUSR2:
+            fdp_log(FDP_LOG_INFO, 0, "SIGUSR2: upgrading");
+            if (fdp_pool_upgrade(p) < 0) {
+                fdp_log(FDP_LOG_ERROR, 0, "%s", p->error);
+                p->error[0] = '\0';
+            }
             break;
         case SIGTERM:
         case SIGINT:
@@ -1571,8 +1602,9 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
         p->mem_tick = 0;
         watch_memory(p);
     }
+    fdp_upgrade_poll(p);
     if (!p->stopping && !p->accepting && p->qlen < FDP_QUEUE_MAX
-        && now >= p->accept_paused_until) {
+        && !p->accept_held && now >= p->accept_paused_until) {
         fdp_dispatch_accepting(p, 1);
     }
     if (p->service != NULL) {
@@ -1686,6 +1718,7 @@ setup_signals(struct fdp_pool *p)
     sigaddset(&set, SIGTTIN);
     sigaddset(&set, SIGTTOU);
     sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGUSR2);
     if (sigprocmask(SIG_BLOCK, &set, &p->oldmask) < 0) {
         return -errno;
     }
@@ -1760,7 +1793,9 @@ fdp_pool_start(struct fdp_pool *p)
     raise_nofile(p);
     for (i = 0; i < p->nlisten; i++) {
         p->listeners[i].io.cb = fdp_dispatch_listener_io;
-        r = fdp_loop_add(&p->loop, &p->listeners[i].io, EPOLLIN);
+        /* A pool upgrade's new master accepts from its READY on. */
+        r = fdp_loop_add(&p->loop, &p->listeners[i].io,
+                         p->accept_held ? 0 : EPOLLIN);
         if (r < 0) {
             snprintf(p->error, sizeof(p->error), "epoll_ctl() failed (%s)",
                      strerror(-r));
@@ -1768,7 +1803,7 @@ fdp_pool_start(struct fdp_pool *p)
         }
         fdp_log(FDP_LOG_INFO, 0, "listening on %s", p->listeners[i].bound);
     }
-    p->accepting = 1;
+    p->accepting = !p->accept_held;
     p->started = 1;
     p->running = 1;
     p->started_at = fdp_wall();
@@ -1800,6 +1835,7 @@ fdp_pool_start(struct fdp_pool *p)
     return 0;
 
 fail:
+    fdp_upgrade_abandon(p, p->error);
     if (p->sigfd >= 0) {
         fdp_close(&p->sigfd);
         (void) sigprocmask(SIG_SETMASK, &p->oldmask, NULL);
@@ -1861,7 +1897,7 @@ drain_begin(struct fdp_pool *p)
         return 1;
     }
     if (p->draining || p->stopping || p->drain_delay <= 0
-        || p->loop.epfd < 0) {
+        || p->upgraded || p->loop.epfd < 0) {
         return 0;
     }
     p->draining = 1;
@@ -1896,6 +1932,7 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
     if (p->stopping && (graceful || p->stopping == 1)) {
         return;
     }
+    fdp_upgrade_abandon(p, p->failed ? p->error : NULL);
     if (p->draining == 1) {
         /* A fast stop cuts a graceful stop's drain delay short. */
         p->draining = 2;
@@ -1905,8 +1942,14 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
     p->stopping = graceful ? 2 : 1;
     fdp_listen_close_all(p);
     fdp_dispatch_close_held(p);
+    if (graceful) {
+        /* Served, not closed: what waits in the accept filter, and the
+         * queue, before the workers are told to stop. */
+        fdp_acceptf_admit_all(p);
+        fdp_dispatch_queue(p);
+    }
     fdp_acceptf_close_all(p);
-    if (!p->draining) {
+    if (!p->draining && !p->upgraded) {
         fdp_listen_notify(p, "STOPPING=1");
     }
     p->accepting = 0;
@@ -1966,6 +2009,34 @@ pool_finish(struct fdp_pool *p)
 
 
 /*
+ * pool upgrade (SIGUSR2, the control socket's "upgrade"): start a new
+ * master from this binary (upgrade.c). 0 (the outcome comes later), or
+ * -errno with p->error set: -ESHUTDOWN stopping, else fdp_upgrade_start's.
+ */
+int
+fdp_pool_upgrade(struct fdp_pool *p)
+{
+    if (!p->running || p->stopping || p->draining) {
+        snprintf(p->error, sizeof(p->error), "upgrade refused: the pool is "
+                 "stopping");
+        return -ESHUTDOWN;
+    }
+    return fdp_upgrade_start(p);
+}
+
+
+/* The new master is READY: it accepts on the same sockets, so this one
+ * only closes its copies (no connection waits in a listener of its own)
+ * and stops gracefully, serving what it holds. */
+static void
+upgrade_handover(struct fdp_pool *p)
+{
+    fdp_upgrade_release(p);
+    fdp_pool_stop(p, 1);
+}
+
+
+/*
  * Run the loop once, waiting at most timeout_ms (-1: until something
  * happens). Returns 1 while the pool runs, 0 once it has stopped (all
  * workers reaped, everything closed).
@@ -1987,6 +2058,9 @@ fdp_pool_step(struct fdp_pool *p, int timeout_ms)
         if (p->stopping && p->nalive > 0) {
             reap(p);
         }
+        if (p->upgrade_state == FDP_UP_READY) {
+            upgrade_handover(p);
+        }
     }
     if (p->stopping && p->nalive == 0) {
         pool_finish(p);
@@ -2004,7 +2078,8 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
 
     memset(info, 0, sizeof(*info));
     info->pid = p->owner;
-    info->state = p->stopping || p->draining ? "stopping" : "running";
+    info->state = p->stopping || p->draining ? "stopping"
+                  : p->upgrade_fd >= 0 ? "upgrading" : "running";
     info->policy = fdp_policy_name(p);
     for (i = 0; i < p->nlisten; i++) {
         /* The real address (port 0 resolved), or a systemd socket's name. */

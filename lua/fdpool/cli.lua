@@ -19,6 +19,10 @@ Usage:
   pool top [--control PATH] [--interval S] [-n COUNT]
                                              live view of the workers
   pool scale N [--control PATH]              run N workers from now on
+  pool upgrade [--control PATH]              start a new master from the
+                                             binary on disk, hand it the
+                                             sockets; waits until it serves
+                                             (or is refused)
   pool --help | --version
 
 Options for run:
@@ -88,8 +92,8 @@ Options for run:
   -- ARGS...           passed to SCRIPT as ... and arg[1..n]
 
 Signals: TERM/INT stop (1 s grace, then kill), QUIT stops gracefully
-(up to --grace), HUP reloads, TTIN/TTOU add/remove a worker, USR1
-reopens the log file.
+(after --drain-delay, up to --grace), HUP reloads, USR2 upgrades (as
+pool upgrade), TTIN/TTOU add/remove a worker, USR1 reopens the log file.
 ]]
 
 local function die(code, fmt, ...)
@@ -311,6 +315,8 @@ local function cmd_run(args)
   elseif script == nil then
     cfg.handler = require "fdpool.hello"
   end
+  -- pool upgrade runs this command line again (docs/operations.md).
+  if args[0] then cfg.exec_argv = table.move(args, 0, #args, 1, {}) end
   local pool, perr = fdpool.pool(cfg)
   if not pool then return die(1, "%s", perr) end
   local rok, rerr = pool:run()
@@ -510,8 +516,10 @@ function M.main(args)
     return cmd_simple(args, "reload", "reload")
   elseif cmd == "scale" then
     return cmd_simple(args, "scale")
+  elseif cmd == "upgrade" then
+    return cmd_simple(args, "upgrade", "upgrade")
   end
-  return die(2, "unknown command '%s' (expected run, check, status, top, stop, reload, scale; see pool --help)", cmd)
+  return die(2, "unknown command '%s' (expected run, check, status, top, stop, reload, scale, upgrade; see pool --help)", cmd)
 end
 
 return M
