@@ -476,10 +476,13 @@ describe("SO_REUSEPORT", function()
     assert.is_true(seen.A >= 3 and seen.B >= 3,
       ("after %d connections: A %d, B %d"):format(n, seen.A, seen.B))
 
-    -- The old pool stops gracefully: once the command returned, every new
-    -- connection reaches the new pool, and the held request still
-    -- completes on the old one, which then exits 0.
+    -- The old pool stops gracefully: once its drain delay is over
+    -- (--drain-delay: it still accepts for 0.5 s), every new connection
+    -- reaches the new pool, and the held request still completes on the
+    -- old one, which then exits 0.
     graceful_stop(a)
+    H.wait_until(function() return a:log():find("drain delay over: listeners closed", 1, true) end,
+      5, "pool A's drain delay to end")
     for _ = 1, 20 do
       local resp = assert(H.http_get(b.addr, "/"))
       assert.matches("\r\n\r\nB master=" .. b.pid .. " ", resp)
