@@ -1902,6 +1902,7 @@ drain_begin(struct fdp_pool *p)
     }
     p->draining = 1;
     reload_abort(p, "the pool is stopping");
+    fdp_upgrade_cancel(p, "the pool is stopping");
     fdp_listen_notify(p, "STOPPING=1");
     fdp_log(FDP_LOG_INFO, 0, "stopping gracefully: reporting stopping, "
             "still accepting for %g s (--drain-delay)", p->drain_delay);
@@ -1939,6 +1940,7 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
         fdp_timer_stop(&p->loop, &p->drain_timer);
     }
     reload_abort(p, "the pool is stopping");
+    fdp_upgrade_cancel(p, "the pool is stopping");
     p->stopping = graceful ? 2 : 1;
     fdp_listen_close_all(p);
     fdp_dispatch_close_held(p);

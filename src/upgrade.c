@@ -209,6 +209,12 @@ fdp_upgrade_start(struct fdp_pool *p)
                  "(restart the program instead)");
         return -EOPNOTSUPP;
     }
+    if (p->ready_fd >= 0) {
+        snprintf(p->error, sizeof(p->error), "upgrade refused: this master "
+                 "is itself an upgrade still starting (from pid %ld)",
+                 (long) p->upgraded_from);
+        return -EBUSY;
+    }
     if (p->upgrade_pid > 0) {
         snprintf(p->error, sizeof(p->error), "upgrade refused: %s (pid "
                  "%ld)", p->upgraded ? "this master has handed over to a "
@@ -288,6 +294,17 @@ fdp_upgrade_start(struct fdp_pool *p)
     fdp_listen_notify(p, "RELOADING=1\nMONOTONIC_USEC=%llu",
                       (unsigned long long) fdp_now_us());
     return 0;
+}
+
+
+/* The old master stops (or drains) while a new master is starting: that
+ * one is stopped, as a failed one is. */
+void
+fdp_upgrade_cancel(struct fdp_pool *p, const char *why)
+{
+    if (starting(p)) {
+        up_refuse(p, why);
+    }
 }
 
 

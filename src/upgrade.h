@@ -13,6 +13,7 @@ struct fdp_pool;
 int fdp_upgrade_start(struct fdp_pool *p);
 void fdp_upgrade_poll(struct fdp_pool *p);
 void fdp_upgrade_release(struct fdp_pool *p);
+void fdp_upgrade_cancel(struct fdp_pool *p, const char *why);
 
 /* The new master. */
 int fdp_upgrade_adopt(struct fdp_pool *p);
