@@ -15,6 +15,14 @@ local LOAD = "tests/fixtures/up_load.py"
 local NOTIFY = "tests/fixtures/eco_notify.py"
 local ASAN = H.BUILD ~= "build"
 
+-- Sanitizer reports in a log (the new masters write to the log of the
+-- pool the test started, and are not stopped through H.Pool).
+local function no_sanitizer_reports(log)
+  for _, pat in ipairs { "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:" } do
+    assert.falsy(log:find(pat, 1, true), log)
+  end
+end
+
 local function lines(s)
   local t = {}
   for l in (s or ""):gmatch("[^\n]+") do t[#t + 1] = l end
@@ -174,6 +182,7 @@ describe("pool upgrade", function()
     -- files (the control socket) are removed then.
     stop_pid(masters[3])
     assert.is_false(H.run("test -e " .. q(p.control)))
+    no_sanitizer_reports(p:log())
   end)
 
   it("refuses a new binary that exits at once or cannot be executed, and serves on", function()
@@ -315,5 +324,6 @@ describe("pool upgrade", function()
     assert.equals(4, #n, table.concat(n, "\n"))
     H.wait_until(function() return not H.alive(newpid) end, 15, "the new master to exit")
     assert.same({}, H.unexpected_errors(p:log()))
+    no_sanitizer_reports(p:log())
   end)
 end)
