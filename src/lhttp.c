@@ -429,6 +429,11 @@ readrequest_run(lua_State *L, int status)
                                 c->rbuf + c->rstart + (hend - s))) {
                     return 3;
                 }
+                lua_getfield(L, -1, "method");
+                lua_getfield(L, -2, "target");
+                snprintf(c->req, sizeof(c->req), "%s %s",
+                         lua_tostring(L, -2), lua_tostring(L, -1));
+                lua_pop(L, 2);
                 c->rstart += (size_t) (hend - s);
                 c->op_pos = 0;
                 return 1;

@@ -350,7 +350,7 @@ static void
 slow_log(struct fdp_task *t, lua_State *S, lua_State *L, const char *how)
 {
     struct fdp_sched *s = t->s;
-    char peer[80] = "?", head[160], line[8192];
+    char peer[80] = "?", req[96] = "", head[256], line[8192];
     double secs = (double) (fdp_now_ms() - t->start_ms) / 1000.0;
     const char *tb;
 
@@ -359,8 +359,11 @@ slow_log(struct fdp_task *t, lua_State *S, lua_State *L, const char *how)
     }
     t->slow_logged = 1;
     s->ops->peer(t, peer, sizeof(peer));
-    snprintf(head, sizeof(head), "slow handler (peer %s, running %.2f s, "
-             "%s)", peer, secs, how);
+    if (s->ops->request != NULL) {
+        s->ops->request(t, req, sizeof(req));
+    }
+    snprintf(head, sizeof(head), "slow handler (peer %s%s%s, running %.2f "
+             "s, %s)", peer, req[0] ? ", " : "", req, secs, how);
     if (!lua_checkstack(S, 3)) {
         return;
     }

@@ -49,6 +49,9 @@ struct fdp_task_ops {
      * the master: 0 (fd is the channel's now) or -errno. */
     int (*park)(struct fdp_task *t, int fd, uint64_t bytes_in,
                 uint64_t bytes_out, uint32_t idle_ms);
+    /* The request the task serves, if known ("GET /x"), for --slow's
+     * line; NULL or "" when none. */
+    void (*request)(struct fdp_task *t, char *out, size_t n);
 };
 
 struct fdp_task {

@@ -211,8 +211,20 @@ task_park(struct fdp_task *tk, int fd, uint64_t bytes_in, uint64_t bytes_out,
 }
 
 
+/* The request line its conn read last (fdpool.http), if any. */
+static void
+task_request(struct fdp_task *tk, char *out, size_t n)
+{
+    struct fdp_wtask *t = (struct fdp_wtask *) tk;
+
+    if (t->conn) {
+        snprintf(out, n, "%s", t->conn->req);
+    }
+}
+
+
 static const struct fdp_task_ops task_ops = { task_peer, task_done,
-                                              task_park };
+                                              task_park, task_request };
 
 
 /*

@@ -92,6 +92,23 @@ describe("--slow", function()
     assert.same({}, H.unexpected_errors(p:log()))
   end)
 
+  it("names the request of an fdpool.http handler", function()
+    local defer = H.cleanup(finally)
+    local p = H.start_pool { script = "tests/fixtures/up_slowhttp.lua", workers = 1,
+      extra = { "--slow", "0.3" } }
+    defer(function() p:stop() end)
+    local resp = H.http_get(p.addr, "/sleep?x=1")
+    assert.matches("^HTTP/1.1 200 OK.*\r\n\r\ndone /sleep\n$", resp)
+    local log = H.wait_until(function()
+      local l = p:log()
+      return l:find("slow handler", 1, true) and l
+    end, 5, "the slow line")
+    assert.equals(1, H.count(log, "slow handler"), log)
+    assert.matches("slow handler %(peer 127%.0%.0%.1:%d+, GET /sleep%?x=1, running [%d.]+ s, waiting%): "
+      .. "stack traceback: | %[C%]: in function 'fdpool.sleep' | tests/fixtures/up_slowhttp.lua:8: in ", log)
+    assert.equals(0, p:stop())
+  end)
+
   it("writes to --slow-log FILE instead of the log", function()
     local defer = H.cleanup(finally)
     local dir = H.tmpdir()
