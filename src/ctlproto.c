@@ -1,6 +1,7 @@
 /*
  * ctlproto.c - parse one control command line (without its newline):
- * "status", "status json", "status openmetrics", "status lua", "stop", "stop graceful", "reload", "upgrade", "scale N"
+ * "status", "status json", "status openmetrics", "status lua", "stop",
+ * "stop graceful", "reload", "upgrade", "scale N"
  * (1 <= N <= 256), "ping". Anything else, including embedded NULs or
  * trailing bytes, is FDP_CTL_BAD (-EINVAL); a command is > 0.
  */

@@ -339,12 +339,12 @@ task_limit(struct fdp_loop *loop, struct fdp_timer *timer)
 
 
 /*
- * The --slow line for task t, once: where L (t's coroutine, suspended, or
- * the one running when called from the hook) is (the text is built on
- * S's stack: the scheduler's state, or L itself when it runs), how long the handler
- * has run, its peer. Written to --slow-log (one write(2), so lines from
- * several workers never interleave) or, without one, to the log as a
- * warning. The handler goes on.
+ * The --slow line for task t, once: where L is (t's coroutine, suspended,
+ * or the one running when called from the hook), how long the handler
+ * has run, its peer and request. The text is built on S's stack (the
+ * scheduler's state, or L itself when it runs). Written to --slow-log
+ * (one write(2), so lines from several workers never interleave) or,
+ * without one, to the log as a warning. The handler goes on.
  */
 static void
 slow_log(struct fdp_task *t, lua_State *S, lua_State *L, const char *how)

@@ -260,7 +260,8 @@ on_sigusr2(int sig, siginfo_t *si, void *uc)
     if (w == NULL || si == NULL || si->si_pid != w->pool->owner) {
         return;
     }
-    if (si->si_code == SI_QUEUE && si->si_value.sival_int == FDP_SIG_SLOW_VALUE) {
+    if (si->si_code == SI_QUEUE
+        && si->si_value.sival_int == FDP_SIG_SLOW_VALUE) {
         /* --slow (sigqueue): log where it runs, do not stop it. */
         fdp_sched_slow_signal(&w->sched);
         return;
