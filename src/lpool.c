@@ -654,6 +654,8 @@ pool_status(lua_State *L)
     fdp_pool_status_info(p, &info, listen);
     lua_createtable(L, 0, 8);
     set_int(L, "pid", info.pid);
+    lua_pushstring(L, info.state);
+    lua_setfield(L, -2, "state");
     lua_pushstring(L, info.policy);
     lua_setfield(L, -2, "policy");
     lua_createtable(L, info.nlisten, 0);

@@ -627,7 +627,8 @@ describe("pool stop --graceful (draining in scripts)", function()
   it("reports success every time (150 stops of an idle pool)", function()
     local bad = {}
     for i = 1, 150 do
-      local p = H.start_pool { workers = 1 }
+      -- No drain delay: the stop (and the race with the answer) at once.
+      local p = H.start_pool { workers = 1, extra = { "--drain-delay", "0" } }
       local code, out, err = H.run_pool("stop --graceful --control " .. q(p.control), 10)
       local exit = p:wait_exit(10)
       if code ~= 0 or out ~= "OK stopping gracefully\n" or exit ~= 0 then
