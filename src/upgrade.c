@@ -102,19 +102,17 @@ describe_exit(int st, char *out, size_t n)
 
 /* The ready pipe: "READY pid", "ERR why", or EOF (it is exiting: the
  * exit status, reaped on SIGCHLD, says how; a process that closed the
- * pipe and lives on gets 2 s). */
-static void
-up_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
+ * pipe and lives on gets 2 s). Returns 1 when the pipe said something
+ * or closed, 0 when it had nothing to read. */
+static int
+up_read(struct fdp_pool *p)
 {
-    struct fdp_pool *p = io->data;
     char buf[1100], why[1200];
     ssize_t n;
 
-    (void) loop;
-    (void) ev;
     n = read(p->upgrade_fd, buf, sizeof(buf) - 1);
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-        return;
+        return 0;
     }
     if (n > 0) {
         buf[n] = '\0';
@@ -123,19 +121,29 @@ up_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             (void) fdp_loop_del(&p->loop, &p->upgrade_io);
             fdp_close(&p->upgrade_fd);
             p->upgrade_state = FDP_UP_READY;     /* pool.c hands over */
-            return;
+            return 1;
         }
         if (strncmp(buf, "ERR ", 4) == 0) {
             snprintf(why, sizeof(why), "the new master (pid %ld) cannot "
                      "start: %s", (long) p->upgrade_pid, buf + 4);
             up_refuse(p, why);
-            return;
+            return 1;
         }
     }
     (void) fdp_loop_del(&p->loop, &p->upgrade_io);
     fdp_close(&p->upgrade_fd);
     p->upgrade_state = FDP_UP_FAILED;
     p->upgrade_deadline = fdp_now_ms() + 2000;
+    return 1;
+}
+
+
+static void
+up_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
+{
+    (void) loop;
+    (void) ev;
+    (void) up_read(io->data);
 }
 
 
@@ -326,7 +334,18 @@ fdp_upgrade_poll(struct fdp_pool *p)
     } while (r < 0 && errno == EINTR);
     if (r == p->upgrade_pid || (r < 0 && errno == ECHILD)) {
         describe_exit(st, how, sizeof(how));
-        if (starting(p)) {
+        if (p->upgrade_fd >= 0 && !p->upgraded) {
+            /* Its last word (why it could not start) may still be in
+             * the pipe: SIGCHLD can come first. */
+            p->upgrade_kill_at = 1;         /* gone: nothing to kill */
+            (void) up_read(p);
+        }
+        if (p->upgrade_state == FDP_UP_READY) {
+            snprintf(why, sizeof(why), "the new master (pid %ld) %s just "
+                     "after it was ready", (long) p->upgrade_pid, how);
+            p->upgrade_kill_at = 1;
+            up_refuse(p, why);
+        } else if (starting(p)) {
             snprintf(why, sizeof(why), "the new master (pid %ld) %s before "
                      "it was ready", (long) p->upgrade_pid, how);
             p->upgrade_kill_at = 1;         /* gone: nothing to kill */
