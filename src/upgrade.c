@@ -526,6 +526,10 @@ fdp_upgrade_ready(struct fdp_pool *p)
                                      &l->path_ino);
         }
     }
+    for (i = 0; i < p->ndropped; i++) {
+        fdp_unlink_own(p->dropped[i], p->dropped_id[i][0],
+                       p->dropped_id[i][1]);
+    }
     if (p->service != NULL && p->service->upgrade != NULL) {
         p->service->upgrade(p, FDP_SVC_RESUME, NULL);
     }

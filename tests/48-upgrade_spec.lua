@@ -185,6 +185,51 @@ describe("pool upgrade", function()
     no_sanitizer_reports(p:log())
   end)
 
+  it("takes over the addresses --config still names, binds new ones, drops the others", function()
+    local defer = H.cleanup(finally)
+    local dir = H.tmpdir()
+    local root = select(3, H.run("pwd")):match("[^\n]+")
+    local conf = dir .. "/pool.conf.lua"
+    local function config(listen)
+      H.writefile(conf, ("return { handler = %q, args = { 'A' }, listen = { %s } }\n"):format(
+        root .. "/" .. APP, listen))
+    end
+    config(("'127.0.0.1:0', 'unix:%s/old.sock'"):format(dir))
+    -- (H.start_pool always passes --listen, which would win over the file.)
+    local argv = { H.POOL, "run", "--config", conf, "--workers", "1", "--control", dir .. "/control.sock" }
+    if ASAN then table.insert(argv, 1, "ASAN_OPTIONS=detect_leaks=1"); table.insert(argv, 1, "env") end
+    local p = spawn(dir, "pool", argv, dir .. "/control.sock")
+    local masters = { p.pid }
+    defer(function() for _, pid in ipairs(masters) do stop_pid(pid) end end)
+    p.addr = H.wait_until(function() return p:log():match("listening on (127%S+)") end, 10, "the pool to listen")
+    p:wait_ready(1)
+    local function via_unix(name)
+      local ok, _, out = H.run("curl -s -m 5 --unix-socket " .. q(dir .. "/" .. name) .. " http://x/")
+      return ok and out or nil
+    end
+    assert.matches("^A master=" .. p.pid .. " ", via_unix("old.sock"))
+    -- The same TCP address (port 0: the socket already bound), a new
+    -- unix socket, and old.sock no more.
+    config(("'127.0.0.1:0', 'unix:%s/new.sock'"):format(dir))
+    local code, out, err = upgrade(p)
+    assert.equals(0, code, err)
+    local pid = new_pid(out)
+    masters[2] = pid
+    assert.matches("^A master=" .. pid .. " ", assert(H.http_get(p.addr, "/")):match("\r\n\r\n(.*)$"))
+    assert.matches("^A master=" .. pid .. " ", via_unix("new.sock"))
+    assert.equals(0, p:wait_exit(30))
+    assert.is_false(H.run("test -e " .. q(dir .. "/old.sock")))
+    assert.is_nil(via_unix("old.sock"))
+    local st = assert(p:status())
+    assert.equals(pid, st.pid)
+    assert.same({ p.addr, "unix:" .. dir .. "/new.sock" }, st.listen)
+    assert.truthy(p:log():find("upgrade: not taking over unix:" .. dir .. "/old.sock (no longer in the "
+      .. "configuration)", 1, true), p:log())
+    stop_pid(pid)
+    assert.is_false(H.run("test -e " .. q(dir .. "/new.sock")))
+    no_sanitizer_reports(p:log())
+  end)
+
   it("refuses a new binary that exits at once or cannot be executed, and serves on", function()
     local defer = H.cleanup(finally)
     local dir = H.tmpdir()
