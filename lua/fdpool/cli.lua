@@ -261,7 +261,7 @@ local function num_setting(name, v, lo, hi, integer)
       return nil, ("%s must be an integer from %d to %d (got '%s')"):format(name, lo, hi, tostring(v))
     end
     return nil, ("%s must be a number of seconds%s (got '%s')"):format(name,
-      hi and (" from %g to %g"):format(lo, hi) or lo > 0 and " above 0" or "", tostring(v))
+      lo > 0 and " above 0" or hi and (" from 0 to %g"):format(hi) or "", tostring(v))
   end
   return integer and math.tointeger(n) or n
 end
