@@ -321,7 +321,7 @@ hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
         p->lat_count++;
     }
     w->inflight[k].escalated = 0;
-    w->inflight[k].slow_sent = 0;
+    w->inflight[k].slow_at = 0;
     w->inflight[k].listener = c->listener;
     /* Remember the socket's identity for a later PARK: a plain TCP
      * connection by the peer address accept4 gave (no syscall on the hot

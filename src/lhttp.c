@@ -434,6 +434,7 @@ readrequest_run(lua_State *L, int status)
                 snprintf(c->req, sizeof(c->req), "%s %s",
                          lua_tostring(L, -2), lua_tostring(L, -1));
                 lua_pop(L, 2);
+                fdp_task_request(L, 1);     /* --slow counts from here */
                 c->rstart += (size_t) (hend - s);
                 c->op_pos = 0;
                 return 1;
@@ -501,6 +502,7 @@ conn_readrequest(lua_State *L)
     }
     lua_pushnil(L);                     /* slot 4: the conn's own limit */
     fdp_conn_op_begin(c);
+    fdp_task_request(L, 0);             /* waiting for a request */
     return readrequest_k(L, LUA_OK, 0);
 }
 

@@ -1840,15 +1840,20 @@ watch_timeouts(struct fdp_pool *p)
 
 /*
  * --slow, for handlers that hold the CPU (a waiting one is logged by its
- * worker's own timer): a connection in flight past --slow gets its
- * worker one SIGUSR2 sent with sigqueue and FDP_SIG_SLOW_VALUE as its value,
- * which the worker tells apart from --timeout's kill(): it logs where
- * the running handler is and lets it go on (task.c's slow_hook).
+ * worker's own timer): while a connection in flight is older than
+ * --slow, its worker gets a SIGUSR2 sent with sigqueue and
+ * FDP_SIG_SLOW_VALUE as its value, again every quarter of --slow (100 ms
+ * to 1 s), so a spin is seen within that much past --slow; the
+ * worker tells apart from --timeout's kill(). The worker knows where its
+ * requests start (a keep-alive connection is older than its request):
+ * if the handler it runs is past --slow and not logged yet, it logs
+ * where it is and lets it go on (task.c's slow_hook); else nothing.
  */
 static void
 watch_slow(struct fdp_pool *p)
 {
     uint64_t now = fdp_now_us(), limit = (uint64_t) (p->slow * 1e6);
+    uint64_t ms = now / 1000, every = (uint64_t) (p->slow * 250.0);
     union sigval v;
     int i, k, send;
 
@@ -1863,8 +1868,9 @@ watch_slow(struct fdp_pool *p)
         for (k = 0; k < w->slot.capacity; k++) {
             struct fdp_inflight *f = &w->inflight[k];
 
-            if (f->id != 0 && !f->slow_sent && now - f->since_us > limit) {
-                f->slow_sent = 1;
+            if (f->id != 0 && now - f->since_us > limit && ms >= f->slow_at) {
+                f->slow_at = ms + (every < FDP_TICK_MS ? FDP_TICK_MS
+                                   : every > 1000 ? 1000 : every);
                 send = 1;
             }
         }

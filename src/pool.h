@@ -76,7 +76,7 @@ struct fdp_inflight {
     uint32_t peerlen;               /* a PROXY header's client, or 0 */
     unsigned char peer[28];
     int escalated;                  /* 0, 1 SIGUSR2 sent, 2 SIGTERM sent */
-    int slow_sent;                  /* --slow: the worker was told */
+    uint64_t slow_at;               /* --slow: ms of the next SIGUSR2 */
 };
 
 struct fdp_worker {

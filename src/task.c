@@ -408,34 +408,59 @@ task_slow(struct fdp_loop *loop, struct fdp_timer *timer)
 
 
 /* The count hook fdp_sched_slow_signal set: runs in the coroutine that
- * holds the CPU, logs it if its handler is past --slow, and goes. */
+ * holds the CPU, logs where, and goes. */
 static void
 slow_hook(lua_State *L, lua_Debug *ar)
 {
     struct fdp_task *t = task_of(L, NULL);
 
     (void) ar;
-    if (t != NULL && !t->slow_logged && t->s->slow > 0
-        && fdp_now_ms() - t->start_ms < (uint64_t) (t->s->slow * 1000.0)) {
-        /* The master's clock started at accept, a little earlier: look
-         * again in a while. */
-        lua_sethook(L, slow_hook, LUA_MASKCOUNT, 10000);
-        return;
-    }
     lua_sethook(L, NULL, 0, 0);
-    if (t != NULL && t->s->slow > 0) {
+    if (t != NULL && t->start_ms != 0) {
         slow_log(t, L, L, "on the CPU");
     }
 }
 
 
+/* In the signal handler: only reads and lua_sethook (both safe there);
+ * fdp_now_ms is clock_gettime. */
 void
 fdp_sched_slow_signal(struct fdp_sched *s)
 {
     struct fdp_task *t = s->current;
 
-    if (t != NULL && !t->slow_logged && lua_gethook(t->co) == NULL) {
+    if (t != NULL && !t->slow_logged && t->start_ms != 0 && s->slow > 0
+        && fdp_now_ms() - t->start_ms >= (uint64_t) (s->slow * 1000.0)
+        && lua_gethook(t->co) == NULL) {
         lua_sethook(t->co, slow_hook, LUA_MASKCOUNT, 1);
+    }
+}
+
+
+/*
+ * --slow counts from a request's start where the handler says where
+ * requests are (fdpool.http's conn:readrequest): begin = 0 as it starts
+ * reading a request (an idle keep-alive connection is not slow), 1 when
+ * the head is read (the clock starts again, and the request may be
+ * logged once). Other handlers count from the connection's start.
+ */
+void
+fdp_task_request(lua_State *L, int begin)
+{
+    int nested;
+    struct fdp_task *t = task_of(L, &nested);
+
+    if (t == NULL || t->s->slow <= 0) {
+        return;
+    }
+    if (begin) {
+        t->start_ms = fdp_now_ms();
+        t->slow_logged = 0;
+        (void) fdp_timer_start(t->s->loop, &t->slow,
+                               (uint64_t) (t->s->slow * 1000.0));
+    } else {
+        t->start_ms = 0;
+        fdp_timer_stop(t->s->loop, &t->slow);
     }
 }
 

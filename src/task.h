@@ -65,7 +65,8 @@ struct fdp_task {
     int timed_out;
     struct fdp_timer limit;     /* --timeout for the whole handler */
     struct fdp_timer slow;      /* --slow: log where it waits, once */
-    uint64_t start_ms;          /* when the handler started */
+    uint64_t start_ms;          /* when the handler (or its request)
+                                   started; 0: between requests */
     int slow_logged;            /* its --slow line was written */
     struct fdp_task *prev, *next;
 };
@@ -136,6 +137,9 @@ int fdp_sleep(lua_State *L, lua_Number s);
  * async-signal-safe) unless one is set already (--timeout's); the hook
  * logs the traceback of where the handler runs, once, and goes. */
 void fdp_sched_slow_signal(struct fdp_sched *s);
+/* A request starts (begin 1) or the handler waits for the next one
+ * (begin 0): --slow counts per request (task.c). */
+void fdp_task_request(lua_State *L, int begin);
 
 /* Push s with each "\n\t" of a traceback as " | " (one log line). */
 void fdp_push_oneline(lua_State *L, const char *s);

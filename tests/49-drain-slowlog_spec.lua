@@ -82,7 +82,7 @@ describe("--slow", function()
     local spinning = log:match("[^\n]* warn  worker 1%[" .. wpid .. "%]: slow handler %(peer "
       .. "127%.0%.0%.1:%d+, running [%d.]+ s, on the CPU%): stack traceback: |[^\n]*")
     assert.truthy(spinning, log)
-    assert.truthy(spinning:find(SLOW .. ":1[0-9]: in ", 1) or spinning:find(SLOW .. ":1[0-9]: in "), spinning)
+    assert.truthy(spinning:find(SLOW:gsub("%p", "%%%0") .. ":%d+: in "), spinning)
     assert.truthy(spinning:find("spin_for", 1, true), spinning)
     -- The worker was neither stopped nor replaced.
     local st = assert(p:status())
@@ -92,20 +92,40 @@ describe("--slow", function()
     assert.same({}, H.unexpected_errors(p:log()))
   end)
 
-  it("names the request of an fdpool.http handler", function()
+  it("counts per request for fdpool.http: an idle keep-alive connection is not slow, its requests are", function()
     local defer = H.cleanup(finally)
     local p = H.start_pool { script = "tests/fixtures/up_slowhttp.lua", workers = 1,
       extra = { "--slow", "0.3" } }
     defer(function() p:stop() end)
-    local resp = H.http_get(p.addr, "/sleep?x=1")
-    assert.matches("^HTTP/1.1 200 OK.*\r\n\r\ndone /sleep\n$", resp)
+    local fd = assert(fdpool.connect(p.addr, 10))
+    defer(function() fd:close() end)
+    local function get(path, close)
+      assert(fd:write(("GET %s HTTP/1.1\r\nHost: t\r\n%s\r\n"):format(path,
+        close and "Connection: close\r\n" or "")))
+      local status, len = assert(fd:read("l")), nil
+      while true do
+        local l = assert(fd:read("l"))
+        if l == "" or l == "\r" then break end
+        len = len or tonumber(l:match("^[Cc]ontent%-[Ll]ength:%s*(%d+)"))
+      end
+      return status, fd:read(len)
+    end
+    assert.equals("done /a\n", select(2, get("/a")))
+    -- Idle on the keep-alive connection for longer than --slow (the time
+    -- passing is what is tested), then more requests on it.
+    H.sleep(0.6)
+    assert.equals("done /b\n", select(2, get("/b")))
+    assert.equals("done /sleep\n", select(2, get("/sleep?x=1")))
+    assert.equals("done /spin\n", select(2, get("/spin", true)))
     local log = H.wait_until(function()
       local l = p:log()
-      return l:find("slow handler", 1, true) and l
-    end, 5, "the slow line")
-    assert.equals(1, H.count(log, "slow handler"), log)
+      return H.count(l, "slow handler") >= 2 and l
+    end, 5, "two slow lines")
+    assert.equals(2, H.count(log, "slow handler"), log)
     assert.matches("slow handler %(peer 127%.0%.0%.1:%d+, GET /sleep%?x=1, running [%d.]+ s, waiting%): "
-      .. "stack traceback: | %[C%]: in function 'fdpool.sleep' | tests/fixtures/up_slowhttp.lua:8: in ", log)
+      .. "stack traceback: | %[C%]: in function 'fdpool.sleep' | tests/fixtures/up_slowhttp.lua:17: in ", log)
+    assert.matches("slow handler %(peer 127%.0%.0%.1:%d+, GET /spin, running [%d.]+ s, on the CPU%): "
+      .. "stack traceback: | tests/fixtures/up_slowhttp.lua:%d+: in [^|]*spin", log)
     assert.equals(0, p:stop())
   end)
 
