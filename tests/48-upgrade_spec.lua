@@ -281,6 +281,30 @@ describe("pool upgrade", function()
     assert.is_false(H.run("test -e " .. q(p.dir .. "/pool.sock")))
   end)
 
+  it("is refused when the new master's workers cannot start, and says why", function()
+    local defer = H.cleanup(finally)
+    local dir = H.tmpdir()
+    local script = dir .. "/app.lua"
+    H.writefile(script, "return function(conn) conn:send('v1\\n') end\n")
+    local p = H.start_pool { script = script, workers = 1 }
+    defer(function() p:stop() end)
+    assert.equals("v1\n", H.request(p.addr, nil, 10))
+    -- The script compiles (the new master's command line checks that
+    -- much) but its top level raises in every new worker.
+    H.writefile(script, "error('broken at start')\nreturn function(conn) end\n")
+    local code, out, err = upgrade(p)
+    assert.equals(1, code, out)
+    assert.equals(("pool: upgrade refused, this master (pid %d) goes on serving: the new master (pid N) "
+      .. "cannot start: %s:1: broken at start\n"):format(p.pid, script),
+      (err:gsub("master %(pid %d+%) cannot", "master (pid N) cannot")))
+    -- The running workers loaded the script's text at start: still v1.
+    assert.equals("v1\n", H.request(p.addr, nil, 10))
+    local st = assert(p:status())
+    assert.equals(p.pid, st.pid)
+    assert.equals(0, p:stop())
+    assert.is_false(H.run("test -e " .. q(p.control)))
+  end)
+
   it("is refused by a pool made by fdpool.pool{} (pool upgrade and SIGUSR2), which serves on", function()
     local defer = H.cleanup(finally)
     local dir = H.tmpdir()
