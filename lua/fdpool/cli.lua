@@ -85,7 +85,8 @@ Options for run:
                        request), and a worker whose RssAnon stays above
                        MB is retired gracefully and replaced
   --slow S             log the Lua traceback of a handler still running
-                       after S seconds, once (where it waits or where it
+                       S seconds into its request (fdpool.http) or
+                       connection, once (where it waits or where it
                        spins); it is not stopped (default: off)
   --slow-log FILE      write those lines to FILE instead of the log
   --drain-delay S      graceful stop (QUIT, pool stop --graceful): report
