@@ -232,7 +232,7 @@ lt_finish(struct fdp_task *t)
 
 
 static const struct fdp_task_ops lt_ops = { lt_peer, lt_finish, NULL,
-                                            lt_ended };
+                                            lt_ended, NULL };
 
 
 /*
@@ -265,8 +265,11 @@ start(lua_State *L, struct fdp_sched *s, int kind, int fidx, int nargs,
     }
     lt->t.ops = &lt_ops;
     /* --timeout is for handlers: a thread ends with its handler, and a
-     * timer or detached thread is the script's own business. */
+     * timer or detached thread is the script's own business. So is
+     * --slow (a handler's request). */
     fdp_timer_stop(s->loop, &lt->t.limit);
+    fdp_timer_stop(s->loop, &lt->t.slow);
+    lt->t.start_ms = 0;
     for (i = 0; i <= nargs; i++) {
         lua_pushvalue(L, fidx + i);
     }
