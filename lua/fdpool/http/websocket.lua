@@ -77,12 +77,18 @@ end
 function WS:_write(bytes)
   while self._sending do
     if self.state == "closed" then return nil, "closed" end
+    if coroutine.status(self._sending) == "dead" then
+      -- The sender was killed mid-frame (--timeout, fdpool.kill): the
+      -- stream is broken.
+      self:_drop()
+      return nil, "closed"
+    end
     fdpool.sleep(0.001)
   end
   if self.state == "closed" then return nil, "closed" end
-  self._sending = true
+  self._sending = coroutine.running()
   local ok, sent, err = pcall(self.conn.send, self.conn, bytes)
-  self._sending = false
+  self._sending = nil
   if not ok then
     -- Raised: e.g. the conn's wait is taken by the coroutine reading it.
     err = tostring(sent)
@@ -107,7 +113,7 @@ end
 -- The handler returned (or raised) with the ws open: a close frame
 -- without waiting for the reply, then the TCP close.
 function WS:_abandon(code)
-  if self.state ~= "closed" and not self._close_sent then
+  if self.state ~= "closed" and not self._close_sent and not self._sending then
     self._close_sent = true
     self:_write(frame(8, string.pack(">I2", code)))
   end
