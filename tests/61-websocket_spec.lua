@@ -72,6 +72,20 @@ describe("websocket handshake (in memory)", function()
     assert.equal("13", r.headers["sec-websocket-version"])
   end)
 
+  it("sends the headers set on res before the upgrade with the 101", function()
+    local http = require "fdpool.http"
+    local h = http.serve(function(req, res)
+      res:header("X-Before", "1"):cookie("sid", "abc", { httponly = true })
+      local w = assert(http.websocket(req, res))
+      w:close(1000)
+    end)
+    local r = assert(testing.websocket(h, "/", { frames = { { "close", { 1000 } } } }))
+    assert.equal(101, r.status)
+    assert.equal("1", r.headers["x-before"])
+    assert.equal("sid=abc; HttpOnly", r.headers["set-cookie"])
+    assert.equal(1000, r.close.code)
+  end)
+
   it("accepts Upgrade and Connection as token lists in any case", function()
     local r = ws("/echo", { { "close", { 1000 } } },
       { headers = { Connection = "keep-alive, UPGRADE", Upgrade = "WebSocket" } })
