@@ -87,7 +87,7 @@ sock_sendfile(struct fdp_conn *c, int in, off_t *off, size_t n)
 
 
 static const struct fdp_transport sock_transport = {
-    sock_read, sock_write, sock_writev, sock_sendfile
+    sock_read, sock_write, sock_writev, sock_sendfile, NULL
 };
 
 
@@ -123,6 +123,10 @@ fdp_conn_set_peer(struct fdp_conn *c, const void *peer, uint32_t len)
 void
 fdp_conn_close(struct fdp_conn *c)
 {
+    if (c->tr->close != NULL) {
+        c->tr->close(c);
+    }
+    c->tr = &sock_transport;
     if (c->fd >= 0) {
         if (c->wt.s) {
             fdp_waitable_forget(&c->wt);
@@ -171,6 +175,10 @@ fdp_conn_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
     /* conn:setdeadline (or readrequest's whole-head limit) caps every
      * wait, whatever the per-wait timeout. */
     dl = c->deadline;
+    if (c->tr_want != 0) {
+        events = c->tr_want;        /* TLS: a read that must write first */
+        c->tr_want = 0;
+    }
     if (c->limit > 0 && (dl == 0 || (uint64_t) c->limit < dl)) {
         dl = (uint64_t) c->limit;
     }
@@ -602,6 +610,12 @@ park(lua_State *L, struct fdp_conn *c, uint32_t idle_ms)
         lua_pushliteral(L, "unread data");
         return 2;
     }
+    if (c->tls != NULL) {
+        /* Its TLS state lives in this process (no kTLS): it stays. */
+        lua_pushnil(L);
+        lua_pushliteral(L, "tls");
+        return 2;
+    }
     fdp_waitable_unwatch(&c->wt);
     r = t->s->ops->park(t, c->fd, c->bytes_in, c->bytes_out, idle_ms);
     if (r < 0) {
@@ -615,7 +629,8 @@ park(lua_State *L, struct fdp_conn *c, uint32_t idle_ms)
 }
 
 
-/* conn:park([idle_seconds]) -> true, or nil, "unread data"|"closed":
+/* conn:park([idle_seconds]) -> true, or nil, "unread data"|"closed"|
+ * "tls" (a TLS connection stays with its worker):
  * the master keeps the idle connection (up to idle_seconds, default 15)
  * and dispatches it again when its next bytes arrive. The handler should
  * return right after; the conn is closed for it. */

@@ -21,12 +21,17 @@ struct fdp_conn;
 
 /* How a conn's bytes move: each returns a count (0 from read: EOF; from
  * sendfile: the file ended) or a negative errno (-EAGAIN: wait), as the
- * rest of the C core does. */
+ * rest of the C core does. A read shorter than asked means the socket
+ * is drained (the conn then waits for the next edge). A transport whose
+ * -EAGAIN needs another readiness than the call's (TLS: a read that must
+ * write) sets tr_want. close (may be NULL) frees its state before the
+ * fd is closed. */
 struct fdp_transport {
     ssize_t (*read)(struct fdp_conn *c, void *buf, size_t n);
     ssize_t (*write)(struct fdp_conn *c, const void *buf, size_t n);
     ssize_t (*writev)(struct fdp_conn *c, const struct iovec *iov, int n);
     ssize_t (*sendfile)(struct fdp_conn *c, int in, off_t *off, size_t n);
+    void (*close)(struct fdp_conn *c);
 };
 
 /* The conn object (userdata "fdpool.conn"). */
@@ -34,6 +39,10 @@ struct fdp_conn {
     int fd;                     /* first, as every fd-owning userdata */
     struct fdp_waitable wt;     /* its waits (and readiness) */
     const struct fdp_transport *tr;
+    void *tls;                  /* the TLS transport's state (an SSL *),
+                                   NULL: a plain socket */
+    uint32_t tr_want;           /* the transport's last -EAGAIN waits for
+                                   this (EPOLLIN/EPOLLOUT), 0: the call's */
     double timeout;             /* seconds, < 0: none */
     int total;                  /* timeout per call ("t"), else per wait */
     uint64_t deadline;          /* ms, "t" mode: of the call in progress */

@@ -12,6 +12,7 @@
 #include "lfdpool.h"
 #include "lhttp.h"
 #include "lpool.h"
+#include "ltls.h"
 #include "pool.h"
 #include "control.h"
 #include "policy.h"
@@ -283,6 +284,7 @@ luaopen_fdpool(lua_State *L)
     };
 
     fdp_lhttp_open(L);
+    fdp_ltls_open(L);
     install_searcher(L);
     fdp_worker_set_luaopen(L, luaopen_fdpool);
 

@@ -22,8 +22,10 @@
 #include <unistd.h>
 
 
-/* ADDR[,reuseport][,proxy][,filter=MODE]: the options into l, ADDR into
- * host (FDP_ADDR_MAX bytes). 0, or -EINVAL with p->error set. */
+/* ADDR[,reuseport][,proxy][,tls][,filter=MODE]: the options into l,
+ * ADDR into host (FDP_ADDR_MAX bytes). 0, or -EINVAL with p->error set.
+ * filter=tls needs tls; a tls listener takes no filter=http (the bytes
+ * are encrypted). */
 static int
 parse_options(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
               char *host)
@@ -34,7 +36,7 @@ parse_options(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
         snprintf(p->error, sizeof(p->error), "listen address too long");
         return -EINVAL;
     }
-    l->proxy = l->reuseport = 0;
+    l->proxy = l->reuseport = l->tls = 0;
     l->filter = FDP_AF_AUTO;
     snprintf(host, FDP_ADDR_MAX, "%s", addr);
     opt = strchr(host, ',');
@@ -48,15 +50,27 @@ parse_options(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
             l->reuseport = 1;
         } else if (strcmp(tok, "proxy") == 0) {
             l->proxy = 1;
+        } else if (strcmp(tok, "tls") == 0) {
+            l->tls = 1;
         } else if (strncmp(tok, "filter=", 7) == 0
                    && fdp_acceptf_parse(tok + 7) >= 0) {
             l->filter = fdp_acceptf_parse(tok + 7);
         } else {
             snprintf(p->error, sizeof(p->error), "bad address '%s': "
                      "unknown option '%s' (expected reuseport, proxy, "
-                     "filter=none|data|http)", addr, tok);
+                     "tls, filter=none|data|http|tls)", addr, tok);
             return -EINVAL;
         }
+    }
+    if (l->filter == FDP_AF_TLS && !l->tls) {
+        snprintf(p->error, sizeof(p->error), "bad address '%s': filter=tls "
+                 "needs the tls option", addr);
+        return -EINVAL;
+    }
+    if (l->filter == FDP_AF_HTTP && l->tls) {
+        snprintf(p->error, sizeof(p->error), "bad address '%s': a tls "
+                 "listener cannot use filter=http (use filter=tls)", addr);
+        return -EINVAL;
     }
     return 0;
 }

@@ -10,6 +10,7 @@
 #include "pool.h"
 #include "control.h"
 #include "policy.h"
+#include "tls.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -103,7 +104,7 @@ check_keys(lua_State *L)
         "handler", "args", "listen", "workers", "concurrency", "policy",
         "control", "grace", "log_level", "timeout", "max_requests", "user",
         "io_timeout", "metrics", "max_memory", "accept_filter",
-        "max_conns_per_ip", "max_pending",
+        "max_conns_per_ip", "max_pending", "tls_cert", "tls_key",
         NULL
     };
 
@@ -199,6 +200,65 @@ opt_user(lua_State *L, struct fdp_pool *p)
         p->user_name = xstrdup(L, name);
     }
     lua_pop(L, 1);
+    return 0;
+}
+
+
+/* Option name (a string or a list of strings) into a fresh array of
+ * copies; its length. */
+static int
+string_list(lua_State *L, const char *name, char ***out)
+{
+    int i, n;
+
+    *out = NULL;
+    lua_getfield(L, 1, name);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        lua_createtable(L, 1, 0);
+        lua_insert(L, -2);
+        lua_rawseti(L, -2, 1);
+    }
+    luaL_argcheck(L, lua_istable(L, -1), 1, lua_pushfstring(L, "%s must be "
+                  "a file name or a list of them", name));
+    n = (int) luaL_len(L, -1);
+    luaL_argcheck(L, n <= FDP_TLS_MAX_CERTS, 1, lua_pushfstring(L, "at most "
+                  "%d %s files", FDP_TLS_MAX_CERTS, name));
+    *out = calloc((size_t) n + 1, sizeof(char *));
+    if (*out == NULL) {
+        luaL_error(L, "out of memory");
+    }
+    for (i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            luaL_argerror(L, 1, lua_pushfstring(L, "%s[%d] must be a file "
+                          "name", name, i + 1));
+        }
+        (*out)[i] = xstrdup(L, lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return n;
+}
+
+
+/* tls_cert, tls_key: pairs (the first the default certificate, the
+ * others chosen by SNI). Loaded by pool:start(), before any fork. */
+static int
+opt_tls(lua_State *L, struct fdp_pool *p)
+{
+    int nc = string_list(L, "tls_cert", &p->tls_cert);
+    int nk = string_list(L, "tls_key", &p->tls_key);
+
+    p->ntls = nc < nk ? nc : nk;
+    if (nc != nk) {
+        lua_pushfstring(L, "tls_cert and tls_key come in pairs (got %d "
+                        "certificate(s) and %d key(s))", nc, nk);
+        return fdp_pushfailmsg(L, lua_tostring(L, -1), -EINVAL);
+    }
     return 0;
 }
 
@@ -411,7 +471,8 @@ l_pool(lua_State *L)
     p->worker_main = fdp_worker_main;
     p->service = &fdp_control_service;
     if ((r = opt_limits(L, p)) != 0 || (r = opt_user(L, p)) != 0
-        || (r = opt_timeouts(L, p)) != 0 || (r = opt_handler(L, p)) != 0
+        || (r = opt_timeouts(L, p)) != 0 || (r = opt_tls(L, p)) != 0
+        || (r = opt_handler(L, p)) != 0
         || (r = opt_policy(L, p)) != 0 || (r = opt_listen(L, p)) != 0
         || (r = check_policy(L, p)) != 0) {
         return r;
@@ -597,6 +658,7 @@ pool_status(lua_State *L)
     set_int(L, "overflow", (lua_Integer) info.closed[1]);
     set_int(L, "per_ip", (lua_Integer) info.closed[2]);
     set_int(L, "peer_closed", (lua_Integer) info.closed[3]);
+    set_int(L, "not_tls", (lua_Integer) info.closed[4]);
     lua_setfield(L, -2, "closed");
     set_int(L, "closed_by_peer", (lua_Integer) info.closed_by_peer);
     set_int(L, "crash_streak", info.crash_streak);

@@ -38,6 +38,7 @@ struct fdp_listener {
     int named;                      /* from systemd, addr is its FDNAME */
     int reuseport;
     int filter;                     /* enum fdp_af_mode; AUTO: the pool's */
+    int tls;                        /* terminates TLS (the pool's certs) */
     char addr[FDP_ADDR_MAX];        /* as given to --listen */
     char bound[FDP_ADDR_MAX];       /* with the real port */
     char *unix_path;                /* to unlink at stop, owner only */
@@ -144,6 +145,10 @@ struct fdp_pool {
     int accept_filter;              /* --accept-filter, FDP_AF_AUTO */
     int max_conns_per_ip;           /* 0: no cap */
     int max_pending;                /* size of the filter's pending set */
+    char **tls_cert;                /* --tls-cert/--tls-key pairs (the */
+    char **tls_key;                 /* first the default, others by SNI) */
+    int ntls;
+    struct fdp_tls *tls;            /* loaded: the serving generation's */
 
     struct lua_State *L;            /* the state that made the pool */
     pid_t owner;                    /* pid of the master */
@@ -207,6 +212,7 @@ struct fdp_pool {
     size_t reload_len;
     int spawn_new;                  /* forking for the new generation */
     struct fdp_ready_body reload_ready; /* its READY (accept filter) */
+    struct fdp_tls *reload_tls;     /* its certificates, until then */
 
     struct fdp_policy *policy;
     struct fdp_control *control;

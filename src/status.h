@@ -80,7 +80,7 @@ struct fdp_status_info {
     /* The accept filter: connections waiting in the master for bytes,
      * and closes by reason (deadline, overflow, per-ip, peer closed). */
     uint64_t pending;
-    uint64_t closed[4];
+    uint64_t closed[5];
 };
 
 #define FDP_LAT_BUCKETS 10
