@@ -89,11 +89,12 @@ no_passphrase(char *buf, int size, int rwflag, void *u)
 }
 
 
-/* OpenSSL's last error as text (and the queue cleared). */
+/* OpenSSL's first error as text, the most specific one ("no start
+ * line" before "PEM lib"), and the queue cleared. */
 static const char *
 ssl_reason(unsigned long *code)
 {
-    unsigned long e = ERR_peek_last_error();
+    unsigned long e = ERR_peek_error();
     const char *s = ERR_reason_error_string(e);
 
     if (code != NULL) {
@@ -150,7 +151,7 @@ load_one(struct fdp_tls *t, const char *cert, const char *key, char *err,
                      | SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
-        snprintf(err, errlen, "bad TLS certificate '%s': %s", cert,
+        snprintf(err, errlen, "bad TLS certificate '%s': %s (expected a PEM certificate chain)", cert,
                  ssl_reason(NULL));
         return -EINVAL;
     }
@@ -162,7 +163,7 @@ load_one(struct fdp_tls *t, const char *cert, const char *key, char *err,
             snprintf(err, errlen, "TLS key '%s' does not match certificate "
                      "'%s'", key, cert);
         } else {
-            snprintf(err, errlen, "bad TLS key '%s': %s", key, why);
+            snprintf(err, errlen, "bad TLS key '%s': %s (expected an unencrypted PEM private key)", key, why);
         }
         return -EINVAL;
     }
