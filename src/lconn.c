@@ -175,10 +175,12 @@ fdp_conn_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
     /* conn:setdeadline (or readrequest's whole-head limit) caps every
      * wait, whatever the per-wait timeout. */
     dl = c->deadline;
-    if (c->tr_want != 0) {
-        events = c->tr_want;        /* TLS: a read that must write first */
-        c->tr_want = 0;
+    if (c->tr_want != 0 && c->tr_want != events) {
+        /* TLS: a read that must write first (or the reverse) waits for
+         * either readiness and retries. */
+        events = EPOLLIN | EPOLLOUT;
     }
+    c->tr_want = 0;
     if (c->limit > 0 && (dl == 0 || (uint64_t) c->limit < dl)) {
         dl = (uint64_t) c->limit;
     }
