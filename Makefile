@@ -20,21 +20,24 @@ LUA      ?= lua5.4
 SSL_PC   ?= openssl
 SSL_CFLAGS ?= $(shell pkg-config --cflags $(SSL_PC) 2>/dev/null)
 SSL_LIBS   ?= $(shell pkg-config --libs $(SSL_PC) 2>/dev/null || echo -lssl -lcrypto)
+# c-ares: fdpool.tcp()'s resolver (src/dns.c).
+CARES_CFLAGS ?= $(shell pkg-config --cflags libcares 2>/dev/null)
+CARES_LIBS   ?= $(shell pkg-config --libs libcares 2>/dev/null || echo -lcares)
 
 CC       ?= cc
 OPT      ?= -O2 -g
 WARN     := -Wall -Wextra -Wshadow -Wwrite-strings -Wmissing-prototypes \
             -Wstrict-prototypes
 CFLAGS   ?=
-ALLCFLAGS = -std=c99 -D_GNU_SOURCE $(OPT) $(WARN) -fPIC $(LUA_CFLAGS) $(SSL_CFLAGS) \
-            -Isrc -I$(B) $(SAN) $(CFLAGS)
+ALLCFLAGS = -std=c99 -D_GNU_SOURCE $(OPT) $(WARN) -fPIC $(LUA_CFLAGS) \
+            $(CARES_CFLAGS) $(SSL_CFLAGS) -Isrc -I$(B) $(SAN) $(CFLAGS)
 LDFLAGS  ?=
 B        ?= build
 SAN      ?=
 
 CORE     := log fdpass channel loop addr status ctlproto proxy http_parse listen dispatch pool acceptf \
             control ctlclient statuspage policy laux task lconn lhttp worker lfd lpool lfdpool \
-            tls ltls
+            dns lsock tls ltls
 LUAFILES := $(sort $(wildcard lua/fdpool/*.lua lua/fdpool/*/*.lua))
 CORE_OBJ := $(patsubst %,$(B)/%.o,$(CORE)) $(B)/embed.o \
             $(B)/statuspage_html.o
@@ -62,11 +65,11 @@ $(B)/statuspage_html.o: $(B)/statuspage_html.c
 	$(CC) $(ALLCFLAGS) -c -o $@ $<
 
 $(B)/pool: $(CORE_OBJ) $(B)/main.o
-	$(CC) $(SAN) $(LDFLAGS) -o $@ $^ $(LUA_LIBS) $(SSL_LIBS) -lm
+	$(CC) $(SAN) $(LDFLAGS) -o $@ $^ $(LUA_LIBS) $(CARES_LIBS) $(SSL_LIBS) -lm
 
 # The module leaves Lua's symbols to the interpreter that loads it.
 $(B)/fdpool.so: $(CORE_OBJ)
-	$(CC) $(SAN) $(LDFLAGS) -shared -o $@ $^ $(SSL_LIBS)
+	$(CC) $(SAN) $(LDFLAGS) -shared -o $@ $^ $(CARES_LIBS) $(SSL_LIBS)
 
 $(B)/fdfetch: src/fdfetch.c | $(B)
 	$(CC) -std=c99 -D_GNU_SOURCE $(OPT) $(WARN) $(SAN) $(CFLAGS) -o $@ $<
@@ -105,6 +108,7 @@ EXAMPLES := $(wildcard examples/*.lua) $(wildcard examples/systemd/*)
 install: all
 	install -d "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(LUA_CMOD)" \
 	    "$(DESTDIR)$(LUA_LMOD)/fdpool/policy" "$(DESTDIR)$(LUA_LMOD)/fdpool/testing" \
+	    "$(DESTDIR)$(LUA_LMOD)/fdpool/http" \
 	    "$(DESTDIR)$(MANDIR)/man1" \
 	    "$(DESTDIR)$(DOCDIR)/examples/systemd"
 	install -m 755 $(B)/pool $(B)/fdfetch "$(DESTDIR)$(BINDIR)/"

@@ -34,7 +34,7 @@
 static ssize_t
 tls_result(struct fdp_conn *c, int r)
 {
-    int e = SSL_get_error(c->tls, r);
+    int e = SSL_get_error(c->tr_ctx, r);
 
     switch (e) {
     case SSL_ERROR_WANT_READ:
@@ -67,7 +67,7 @@ tls_read(struct fdp_conn *c, void *buf, size_t n)
     while (got < n) {
         ERR_clear_error();
         errno = 0;
-        if (SSL_read_ex(c->tls, (char *) buf + got, n - got, &k) == 1) {
+        if (SSL_read_ex(c->tr_ctx, (char *) buf + got, n - got, &k) == 1) {
             got += k;
             continue;
         }
@@ -88,7 +88,7 @@ tls_write(struct fdp_conn *c, const void *buf, size_t n)
     }
     ERR_clear_error();
     errno = 0;
-    if (SSL_write_ex(c->tls, buf, n, &k) == 1) {
+    if (SSL_write_ex(c->tr_ctx, buf, n, &k) == 1) {
         return (ssize_t) k;
     }
     return tls_result(c, 0);
@@ -157,25 +157,30 @@ tls_sendfile(struct fdp_conn *c, int in, off_t *off, size_t n)
 
 
 /* Before the fd closes: a close_notify if the session was up (one
- * non-blocking try), then the SSL object goes. */
+ * non-blocking try). */
 static void
-tls_close(struct fdp_conn *c)
+tls_shutdown(struct fdp_conn *c)
 {
-    if (c->tls == NULL) {
-        return;
-    }
-    if (c->fd >= 0 && SSL_is_init_finished(c->tls)) {
+    if (SSL_is_init_finished(c->tr_ctx)) {
         ERR_clear_error();
-        (void) SSL_shutdown(c->tls);
+        (void) SSL_shutdown(c->tr_ctx);
+        ERR_clear_error();
     }
+}
+
+
+/* The SSL object goes (its fd may be closed already: no I/O). */
+static void
+tls_release(void *ctx)
+{
+    SSL_free(ctx);
     ERR_clear_error();
-    SSL_free(c->tls);
-    c->tls = NULL;
 }
 
 
 static const struct fdp_transport tls_transport = {
-    tls_read, tls_write, tls_writev, tls_sendfile, tls_close
+    tls_read, tls_write, tls_writev, tls_sendfile, tls_shutdown,
+    tls_release
 };
 
 
@@ -190,7 +195,7 @@ fdp_tls_accept(struct fdp_conn *c, struct ssl_ctx_st *ctx)
         return -ENOMEM;
     }
     SSL_set_accept_state(s);
-    c->tls = s;
+    c->tr_ctx = s;
     c->tr = &tls_transport;
     return 0;
 }
@@ -220,17 +225,17 @@ handshake_k(lua_State *L, int status, lua_KContext ctx)
         goto fail;
     }
     for (;;) {
-        if (c->fd < 0 || c->tls == NULL) {
+        if (c->fd < 0 || c->tr_ctx == NULL) {
             snprintf(why, sizeof(why), "closed");
             goto fail;
         }
         ERR_clear_error();
         errno = 0;
-        r = SSL_do_handshake(c->tls);
+        r = SSL_do_handshake(c->tr_ctx);
         if (r == 1) {
             break;
         }
-        e = SSL_get_error(c->tls, r);
+        e = SSL_get_error(c->tr_ctx, r);
         if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
             const char *rs = ERR_reason_error_string(ERR_peek_last_error());
 
@@ -281,26 +286,26 @@ conn_tls(lua_State *L)
     unsigned int alen = 0;
     const char *sni;
 
-    if (c->tls == NULL) {
+    if (c->tr_ctx == NULL) {
         lua_pushnil(L);
         return 1;
     }
     lua_createtable(L, 0, 5);
-    lua_pushstring(L, SSL_get_version(c->tls));
+    lua_pushstring(L, SSL_get_version(c->tr_ctx));
     lua_setfield(L, -2, "protocol");
-    lua_pushstring(L, SSL_get_cipher_name(c->tls));
+    lua_pushstring(L, SSL_get_cipher_name(c->tr_ctx));
     lua_setfield(L, -2, "cipher");
-    sni = SSL_get_servername(c->tls, TLSEXT_NAMETYPE_host_name);
+    sni = SSL_get_servername(c->tr_ctx, TLSEXT_NAMETYPE_host_name);
     if (sni != NULL) {
         lua_pushstring(L, sni);
         lua_setfield(L, -2, "sni");
     }
-    SSL_get0_alpn_selected(c->tls, &alpn, &alen);
+    SSL_get0_alpn_selected(c->tr_ctx, &alpn, &alen);
     if (alpn != NULL && alen > 0) {
         lua_pushlstring(L, (const char *) alpn, alen);
         lua_setfield(L, -2, "alpn");
     }
-    lua_pushboolean(L, SSL_session_reused(c->tls));
+    lua_pushboolean(L, SSL_session_reused(c->tr_ctx));
     lua_setfield(L, -2, "resumed");
     return 1;
 }
