@@ -286,7 +286,6 @@ luaopen_fdpool(lua_State *L)
     };
 
     fdp_lhttp_open(L);
-    fdp_ltls_open(L);
     install_searcher(L);
     fdp_worker_set_luaopen(L, luaopen_fdpool);
 
@@ -294,6 +293,7 @@ luaopen_fdpool(lua_State *L)
     fdp_lfd_open(L);
     fdp_lpool_open(L);
     fdp_lsock_open(L);
+    fdp_ltls_open(L);
     lua_pushliteral(L, FDP_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

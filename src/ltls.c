@@ -11,7 +11,9 @@
 #include "lconn.h"
 #include "ltls.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -276,12 +278,331 @@ fdp_tls_serve(lua_State *L)
 }
 
 
-/* conn:tls() -> {protocol, cipher, sni, alpn, resumed}, or nil for a
- * plain connection. */
+/* ---- outbound: sock:sslhandshake() -------------------------------------- */
+
+#define SESS_MT     "fdpool.ssl_session"
+#define CLIENT_MT   "fdpool.tls.client"
+#define CLIENTS_KEY "fdpool.tls.clients"
+
+/* A client session, shared by its Lua object and the SSL that made it
+ * (TLS 1.3 tickets come after the handshake: the newest one replaces
+ * s). Freed by whichever lets go last. */
+struct tls_sess {
+    int refs;
+    SSL_SESSION *s;
+};
+
+struct client_ctx {
+    SSL_CTX *ctx;
+};
+
+static int sess_index = -1;     /* SSL ex_data: its struct tls_sess */
+
+
+static void
+sess_unref(struct tls_sess *ts)
+{
+    if (ts != NULL && --ts->refs == 0) {
+        SSL_SESSION_free(ts->s);
+        free(ts);
+    }
+}
+
+
+static void
+sess_exfree(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+            void *argp)
+{
+    (void) parent;
+    (void) ad;
+    (void) idx;
+    (void) argl;
+    (void) argp;
+    sess_unref(ptr);
+}
+
+
+/* A new session (or ticket) for a client SSL: its session object takes
+ * it. Returns 0: OpenSSL keeps no other reference. */
+static int
+new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+    struct tls_sess *ts = SSL_get_ex_data(ssl, sess_index);
+
+    if (ts == NULL) {
+        return 0;
+    }
+    SSL_SESSION_free(ts->s);
+    ts->s = sess;
+    return 1;                   /* we hold the reference OpenSSL gave */
+}
+
+
+static int
+sess_gc(lua_State *L)
+{
+    struct tls_sess **u = luaL_checkudata(L, 1, SESS_MT);
+
+    sess_unref(*u);
+    *u = NULL;
+    return 0;
+}
+
+
+static int
+client_gc(lua_State *L)
+{
+    struct client_ctx *cc = luaL_checkudata(L, 1, CLIENT_MT);
+
+    SSL_CTX_free(cc->ctx);
+    cc->ctx = NULL;
+    return 0;
+}
+
+
+/* The worker's client context for cafile (NULL: the system store, as
+ * OpenSSL's default paths: /etc/ssl/certs), made once and kept in the
+ * registry. NULL with an error message pushed when cafile does not
+ * load. */
+static SSL_CTX *
+client_ctx(lua_State *L, const char *cafile)
+{
+    struct client_ctx *cc;
+    SSL_CTX *ctx;
+
+    if (lua_getfield(L, LUA_REGISTRYINDEX, CLIENTS_KEY) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, LUA_REGISTRYINDEX, CLIENTS_KEY);
+    }
+    lua_getfield(L, -1, cafile ? cafile : "");
+    cc = luaL_testudata(L, -1, CLIENT_MT);
+    if (cc != NULL && cc->ctx != NULL) {
+        lua_pop(L, 2);
+        return cc->ctx;
+    }
+    lua_pop(L, 1);
+    ERR_clear_error();
+    ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL) {
+        lua_pop(L, 1);
+        lua_pushliteral(L, "SSL_CTX_new() failed");
+        return NULL;
+    }
+    (void) SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION
+                        | SSL_OP_IGNORE_UNEXPECTED_EOF);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE
+                     | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    (void) SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT
+                                          | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, new_session_cb);
+    if ((cafile ? SSL_CTX_load_verify_locations(ctx, cafile, NULL)
+                : SSL_CTX_set_default_verify_paths(ctx)) != 1) {
+        const char *rs = ERR_reason_error_string(ERR_peek_error());
+
+        ERR_clear_error();
+        SSL_CTX_free(ctx);
+        lua_pop(L, 1);
+        lua_pushfstring(L, "cannot load CA file '%s': %s", cafile ? cafile
+                        : "(system)", rs ? rs : "unknown error");
+        return NULL;
+    }
+    cc = lua_newuserdatauv(L, sizeof(*cc), 0);
+    cc->ctx = ctx;
+    luaL_setmetatable(L, CLIENT_MT);
+    lua_setfield(L, -2, cafile ? cafile : "");
+    lua_pop(L, 1);
+    return ctx;
+}
+
+
+/* nil, msg: a failed client handshake also closes the connection (its
+ * TLS state is unusable), as a failed connect would. */
+static int
+client_fail(lua_State *L, struct fdp_conn *c, const char *msg)
+{
+    fdp_conn_close(c);
+    lua_pushnil(L);
+    lua_pushstring(L, msg);
+    return 2;
+}
+
+
+/* The result: a session object (the SSL's, updated as tickets come), or
+ * true when reused_session was false. */
+static int
+client_done(lua_State *L, struct fdp_conn *c)
+{
+    struct tls_sess *ts, **u;
+
+    if (lua_type(L, 2) == LUA_TBOOLEAN && !lua_toboolean(L, 2)) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    ts = SSL_get_ex_data(c->tr_ctx, sess_index);
+    if (ts == NULL) {
+        ts = calloc(1, sizeof(*ts));
+        if (ts == NULL) {
+            return luaL_error(L, "not enough memory");
+        }
+        ts->refs = 1;
+        ts->s = SSL_get1_session(c->tr_ctx);
+        (void) SSL_set_ex_data(c->tr_ctx, sess_index, ts);
+    }
+    u = lua_newuserdatauv(L, sizeof(*u), 0);
+    *u = ts;
+    ts->refs++;
+    luaL_setmetatable(L, SESS_MT);
+    return 1;
+}
+
+
+static int
+client_k(lua_State *L, int status, lua_KContext ctx)
+{
+    struct fdp_conn *c = luaL_checkudata(L, 1, FDP_TCP_MT);
+    char msg[200];
+    int r, e;
+    long v;
+
+    (void) ctx;
+    if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
+        return client_fail(L, c, "timeout");
+    }
+    for (;;) {
+        if (c->fd < 0 || c->tr_ctx == NULL) {
+            lua_pushnil(L);
+            lua_pushliteral(L, "closed");
+            return 2;
+        }
+        ERR_clear_error();
+        errno = 0;
+        r = SSL_do_handshake(c->tr_ctx);
+        if (r == 1) {
+            return client_done(L, c);
+        }
+        e = SSL_get_error(c->tr_ctx, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            c->tr_want = e == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLOUT;
+            if (!fdp_conn_wait(L, c, c->tr_want, 0, client_k)) {
+                return client_fail(L, c, "timeout");
+            }
+            continue;
+        }
+        v = SSL_get_verify_result(c->tr_ctx);
+        if (v != X509_V_OK) {
+            snprintf(msg, sizeof(msg), "certificate verify failed: %s",
+                     X509_verify_cert_error_string(v));
+        } else if (e == SSL_ERROR_SSL) {
+            const char *rs = ERR_reason_error_string(ERR_peek_last_error());
+
+            snprintf(msg, sizeof(msg), "handshake failed: %s",
+                     rs ? rs : "TLS error");
+        } else {
+            snprintf(msg, sizeof(msg), "closed");
+        }
+        ERR_clear_error();
+        return client_fail(L, c, msg);
+    }
+}
+
+
+/*
+ * sock:sslhandshake([reused_session [, server_name [, verify]]]) ->
+ * session (true when reused_session is false), or nil, err. As
+ * OpenResty's: reused_session is a session an earlier handshake
+ * returned (resumed when the server agrees), server_name goes as SNI
+ * and is the name the certificate must match; verify is true (the
+ * default: the system store), false (no check), or the path of a PEM
+ * CA file to verify against instead. Waits (yields) like any socket
+ * I/O, within the socket's timeout. A connection reused from the
+ * keep-alive pool that is already TLS returns at once. err: "timeout",
+ * "closed", "certificate verify failed: ...", "handshake failed: ...";
+ * a failed handshake closes the connection.
+ */
+static int
+sock_sslhandshake(lua_State *L)
+{
+    struct fdp_conn *c = luaL_checkudata(L, 1, FDP_TCP_MT);
+    const char *name = luaL_optstring(L, 3, NULL);
+    const char *cafile = NULL;
+    int verify = 1;
+    SSL_CTX *ctx;
+    SSL *s;
+
+    luaL_argcheck(L, lua_isnoneornil(L, 2) || lua_type(L, 2) == LUA_TBOOLEAN
+                  || luaL_testudata(L, 2, SESS_MT), 2,
+                  "session, false or nil expected");
+    if (lua_type(L, 4) == LUA_TSTRING) {
+        cafile = lua_tostring(L, 4);
+    } else if (!lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TBOOLEAN);
+        verify = lua_toboolean(L, 4);
+    }
+    lua_settop(L, 4);
+    if (c->fd < 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    }
+    if (c->wt.waiter != NULL || c->wt.writer != NULL) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "busy");
+        return 2;
+    }
+    if (c->tr_ctx != NULL) {
+        return client_done(L, c);       /* pooled, already TLS */
+    }
+    if (sess_index < 0) {
+        sess_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, sess_exfree);
+    }
+    ctx = client_ctx(L, cafile);
+    if (ctx == NULL) {
+        return client_fail(L, c, lua_tostring(L, -1));
+    }
+    s = SSL_new(ctx);
+    if (s == NULL || SSL_set_fd(s, c->fd) != 1) {
+        SSL_free(s);
+        ERR_clear_error();
+        return client_fail(L, c, "not enough memory");
+    }
+    SSL_set_connect_state(s);
+    if (name != NULL) {
+        unsigned char ip[16];
+
+        /* SNI only for names, never for address literals (RFC 6066). */
+        if (inet_pton(AF_INET, name, ip) != 1
+            && inet_pton(AF_INET6, name, ip) != 1) {
+            (void) SSL_set_tlsext_host_name(s, name);
+        }
+        if (verify && SSL_set1_host(s, name) != 1) {
+            SSL_free(s);
+            return client_fail(L, c, "bad server name");
+        }
+    }
+    SSL_set_verify(s, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    if (luaL_testudata(L, 2, SESS_MT)) {
+        struct tls_sess *ts = *(struct tls_sess **) lua_touserdata(L, 2);
+
+        if (ts != NULL && ts->s != NULL) {
+            (void) SSL_set_session(s, ts->s);
+        }
+    }
+    c->tr_ctx = s;
+    c->tr = &tls_transport;
+    c->rstart = c->rend = 0;
+    return client_k(L, LUA_OK, 0);
+}
+
+
+/* conn:tls() (and sock:tls()) -> {protocol, cipher, sni, alpn, resumed},
+ * or nil for a plain connection. */
 static int
 conn_tls(lua_State *L)
 {
-    struct fdp_conn *c = luaL_checkudata(L, 1, FDP_CONN_MT);
+    struct fdp_conn *c = fdp_checkconn(L);
     const unsigned char *alpn = NULL;
     unsigned int alen = 0;
     const char *sni;
@@ -319,8 +640,31 @@ fdp_ltls_open(lua_State *L)
         { NULL, NULL }
     };
 
+    static const luaL_Reg sock_methods[] = {
+        { "tls", conn_tls },
+        { "sslhandshake", sock_sslhandshake },
+        { NULL, NULL }
+    };
+    static const luaL_Reg sess_meta[] = {
+        { "__gc", sess_gc },
+        { NULL, NULL }
+    };
+    static const luaL_Reg client_meta[] = {
+        { "__gc", client_gc },
+        { NULL, NULL }
+    };
+
     luaL_getmetatable(L, FDP_CONN_MT);
     lua_getfield(L, -1, "__index");
     luaL_setfuncs(L, methods, 0);
     lua_pop(L, 2);
+    /* fdpool.tcp() sockets (their metatable is made first). */
+    if (luaL_getmetatable(L, FDP_TCP_MT) == LUA_TTABLE) {
+        lua_getfield(L, -1, "__index");
+        luaL_setfuncs(L, sock_methods, 0);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    fdp_createmeta(L, SESS_MT, sess_meta, NULL);
+    fdp_createmeta(L, CLIENT_MT, client_meta, NULL);
 }

@@ -183,3 +183,51 @@ describe("TLS and plain listeners in one pool", function()
     assert.equal(0, p:stop())
   end)
 end)
+
+describe("outbound TLS (fdpool.tcp():sslhandshake, fdpool.http.client https://)", function()
+  local up, cli, c
+  setup(function()
+    up = start({ name = "upstream" })
+    cli = H.start_pool{ script = "tests/fixtures/tls_outbound.lua", workers = 1,
+                        args = { tostring(port_of(up.addr)), C.ca } }
+    assert(cli.addr, cli:log())
+    c = assert(require("fdpool").connect(cli.addr, 30))
+  end)
+  teardown(function()
+    if c then c:close() end
+    local log = cli and cli:log() or ""
+    if cli then assert.equal(0, cli:stop()) end
+    if up then assert.equal(0, up:stop()) end
+    assert.same({}, H.unexpected_errors(log))
+  end)
+
+  local function ask(line)
+    assert(c:write(line .. "\n"))
+    return c:read("l")
+  end
+
+  it("verifies the server against a CA file, sends SNI, and resumes the returned session", function()
+    local r = ask("raw localhost ca")
+    assert.matches("^ok pid=%d+ proto=TLSv1%.[23] .-sni=localhost .-resumed=false client=TLSv1%.[23] | " ..
+                   "pid=%d+ .-sni=localhost .-resumed=true ", r)
+    r = ask("raw alt.test ca")
+    assert.matches("^ok .-sni=alt%.test .-resumed=false .- | .-sni=alt%.test .-resumed=true ", r)
+  end)
+
+  it("refuses a certificate the system store does not trust, or one for another name; verify=false skips both", function()
+    assert.equal("nil certificate verify failed: unable to get local issuer certificate", ask("raw localhost system"))
+    assert.equal("nil certificate verify failed: hostname mismatch", ask("raw other.example ca"))
+    assert.matches("^ok .-sni=other%.example ", ask("raw other.example off"))
+  end)
+
+  it("fdpool.http.client speaks https://, keeping TLS connections alive in the pool", function()
+    local r = ask("https info")
+    assert.matches("^200 reused=%d+ pid=%d+ proto=TLSv1", r)
+    local r2 = ask("https info")
+    assert.matches("^200 reused=[1-9]%d* pid=%d+ proto=TLSv1", r2)
+    -- The same connection: the same upstream worker.
+    assert.equal(r:match("pid=(%d+)"), r2:match("pid=(%d+)"))
+    local r3 = ask("https file")
+    assert.matches("^200 reused=[1-9]", r3)
+  end)
+end)
