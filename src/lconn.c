@@ -874,6 +874,9 @@ conn_shutdown(lua_State *L)
         lua_pushliteral(L, "closed");
         return 2;
     }
+    if (how[o] != SHUT_RD && c->tr_ctx != NULL && c->tr->shutdown != NULL) {
+        c->tr->shutdown(c);     /* TLS: close_notify before the FIN */
+    }
     if (shutdown(c->fd, how[o]) < 0) {
         return fdp_pushfail(L, errno, "shutdown");
     }

@@ -163,7 +163,9 @@ tls_sendfile(struct fdp_conn *c, int in, off_t *off, size_t n)
 static void
 tls_shutdown(struct fdp_conn *c)
 {
-    if (SSL_is_init_finished(c->tr_ctx)) {
+    /* Once only (conn:shutdown, then the close). */
+    if (SSL_is_init_finished(c->tr_ctx)
+        && !(SSL_get_shutdown(c->tr_ctx) & SSL_SENT_SHUTDOWN)) {
         ERR_clear_error();
         (void) SSL_shutdown(c->tr_ctx);
         ERR_clear_error();

@@ -208,6 +208,29 @@ describe("clients that do not speak TLS", function()
   end
 end)
 
+describe("the handshake deadline", function()
+  it("closes a half handshake in the worker (filter=none) within --io-timeout, freeing its slot", function()
+    local p = H.start_pool{ script = APP, workers = 1, listen = "127.0.0.1:0,tls,filter=none",
+                            extra = { "--tls-cert", C.srv, "--tls-key", C.srv_key, "--io-timeout", "1" } }
+    finally(function() p:stop() end)
+    assert(p.addr, p:log())
+    local fd = assert(fdpool.connect(p.addr, 5))
+    -- A record header announcing 512 bytes, and nothing more.
+    assert(fd:write("\22\3\1\2\0"))
+    H.wait_status(p, function(s) return s.workers[1].active == 1 end, 5, "the worker to hold it")
+    fd:settimeout(15)
+    local data = fd:read("a")
+    assert.equal("", data or "")
+    fd:close()
+    local st = H.wait_status(p, H.all_idle, 5, "the slot free again")
+    assert.equal(0, st.crash_streak)
+    assert.matches("proto=TLSv1", curl_info(port_of(p.addr)))
+    local log = p:log()
+    assert.equal(0, p:stop())
+    assert.same({}, H.unexpected_errors(log))
+  end)
+end)
+
 describe("--user", function()
   it("a worker under --user nobody serves TLS with a key only root can read", function()
     local dir = H.tmpdir()
