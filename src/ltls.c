@@ -66,6 +66,7 @@ tls_read(struct fdp_conn *c, void *buf, size_t n)
     size_t got = 0, k;
     ssize_t r;
 
+    c->tr_want = 0;
     while (got < n) {
         ERR_clear_error();
         errno = 0;
@@ -85,6 +86,7 @@ tls_write(struct fdp_conn *c, const void *buf, size_t n)
 {
     size_t k;
 
+    c->tr_want = 0;
     if (n == 0) {
         return 0;
     }
