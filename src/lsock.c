@@ -123,6 +123,25 @@ checksock(lua_State *L)
 
 /* ---- per-process objects in the registry ---------------------------- */
 
+/* An empty key's entry goes, so a handler reaching many hosts does not
+ * grow the list for ever. */
+static void
+keypool_drop(struct keypool *kp)
+{
+    struct keypool **pp;
+
+    for (pp = &kp->sp->list; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == kp) {
+            *pp = kp->next;
+            break;
+        }
+    }
+    free(kp);
+}
+
+
+/* Unlink e (closing its fd, or not when its connection was handed to a
+ * socket) and free it, and its key's entry when that is left empty. */
 static void
 idle_free(struct idle *e, int close_fd)
 {
@@ -154,6 +173,9 @@ idle_free(struct idle *e, int close_fd)
     }
     free(e->rbuf);
     free(e);
+    if (kp->n == 0) {
+        keypool_drop(kp);
+    }
 }
 
 
@@ -161,16 +183,14 @@ static int
 pool_gc(lua_State *L)
 {
     struct sockpool *sp = luaL_checkudata(L, 1, POOL_MT);
-    struct keypool *kp, *next;
 
-    for (kp = sp->list; kp; kp = next) {
-        next = kp->next;
-        while (kp->head) {
-            idle_free(kp->head, 1);
+    while (sp->list != NULL) {
+        if (sp->list->head != NULL) {
+            idle_free(sp->list->head, 1);   /* the last one drops the key */
+        } else {
+            keypool_drop(sp->list);
         }
-        free(kp);
     }
-    sp->list = NULL;
     return 0;
 }
 
@@ -318,10 +338,12 @@ static int
 pool_take(lua_State *L, struct fdp_sock *k, const char *key)
 {
     struct sockpool *sp = sockpool_of(L);
-    struct keypool *kp = keypool_find(sp, key, 0);
     uint64_t now = fdp_now_ms();
+    struct keypool *kp;
 
-    while (kp != NULL && kp->head != NULL) {
+    /* (Looked up again after each stale one: freeing the last entry
+     * frees the key's.) */
+    while ((kp = keypool_find(sp, key, 0)) != NULL && kp->head != NULL) {
         struct idle *e = kp->head;
         struct fdp_conn *c = &k->c;
 
@@ -810,13 +832,13 @@ sock_setkeepalive(lua_State *L)
     e = calloc(1, sizeof(*e));
     if (kp == NULL || e == NULL) {
         free(e);
+        if (kp != NULL && kp->n == 0) {
+            keypool_drop(kp);
+        }
         fdp_conn_close(c);
         lua_pushnil(L);
         lua_pushliteral(L, "not enough memory");
         return 2;
-    }
-    while (kp->n >= size && kp->tail != NULL) {
-        idle_free(kp->tail, 1);
     }
     e->kp = kp;
     e->fd = c->fd;
@@ -856,6 +878,10 @@ sock_setkeepalive(lua_State *L)
     }
     kp->head = e;
     kp->n++;
+    /* Over the size: the oldest go (never e, so the key stays). */
+    while (kp->n > size) {
+        idle_free(kp->tail, 1);
+    }
     /* The socket object lets the connection go (the pool owns it, and
      * its transport's state). */
     c->fd = -1;

@@ -241,6 +241,8 @@ describe("fdpool.tcp()", function()
     assert.equals("after bye", ask(c, "ask echo after bye"):gsub("^nil closed.*", "after bye"))
     c2:close()
     -- Idle time: pooled for 0.1 s, asked for after 0.3 s.
+    assert.equals("true", ask(c, "connect UP"))
+    assert.equals("x", ask(c, "ask echo x"))
     assert.equals("true", ask(c, "keepalive 0.1"))
     assert.equals("slept", ask(c, "sleep 0.3"))
     assert.equals("true", ask(c, "connect UP"))
@@ -257,6 +259,37 @@ describe("fdpool.tcp()", function()
     assert.equals("top init handler reused=2\n", H.request(p.addr, ""))
     assert.equals(0, p:stop())
     assert.same({}, H.unexpected_errors(p:log()))
+  end)
+
+  it("keeps at most pool_size idle connections per key, closing the oldest", function()
+    local c = assert(fdpool.connect(cli.addr, 10))
+    local function opened()       -- not counting this probe
+      local fd = assert(fdpool.connect(up.addr, 10))
+      local n = tonumber(ask(fd, "opened"))
+      fd:close()
+      return n - 1
+    end
+    local before = opened()
+    assert.equals("5", ask(c, "fill 5 2"))
+    H.wait_until(function() return opened() == before + 2 end, 10,
+      "the upstream to see 3 of the 5 closed")
+    -- Again: the 2 idle ones are reused, 3 new ones made, 3 closed.
+    assert.equals("5", ask(c, "fill 5 2"))
+    H.wait_until(function() return opened() == before + 2 end, 10, "2 idle again")
+    c:close()
+  end)
+
+  it("connects to IPv6 literals", function()
+    local up6 = H.start_pool{ script = "tests/fixtures/cos_upstream.lua", workers = 1,
+                              listen = "[::1]:0" }
+    finally(function() up6:stop() end)
+    local port6 = up6.addr:match("%]:(%d+)$")
+    local c = assert(fdpool.connect(cli.addr, 10))
+    assert.equals("true", ask(c, "connect ::1 " .. port6))
+    assert.equals("v6", ask(c, "ask echo v6"))
+    assert.equals("true", ask(c, "connect [::1] " .. port6))
+    assert.equals("v6 again", ask(c, "ask echo v6 again"))
+    c:close()
   end)
 
   it("survives its worker being killed with calls in flight", function()
@@ -328,6 +361,9 @@ describe("fdpool.tcp() name lookups through a DNS server", function()
     end
     assert.equals(1, queries("up.test.example"), "the answer was cached for its TTL")
     assert.equals("nil no such host 2", ask(a, "connect nx.test.example 80"))
+    -- Two addresses, the first refusing: the next one is tried.
+    assert.equals("true", ask(a, "connect multi.test.example " .. upport))
+    assert.equals("second", ask(a, "ask echo second"))
     -- A lookup the server holds back until another connection of the
     -- same worker asks for release.test.example: the worker must serve
     -- that one meanwhile.

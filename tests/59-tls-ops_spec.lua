@@ -158,6 +158,35 @@ for _, mode in ipairs { { name = "default concurrency" },
   end)
 end
 
+describe("--config", function()
+  it("a reload re-reads tls_cert and tls_key from the file", function()
+    local dir = H.tmpdir()
+    local conf = dir .. "/app.conf.lua"
+    local function write_conf(cert, key)
+      H.writefile(conf, ("return { handler = %q, listen = '127.0.0.1:0,tls', workers = 1, " ..
+        "tls_cert = %q, tls_key = %q }\n"):format(os.getenv("PWD") .. "/" .. APP, cert, key))
+    end
+    write_conf(C.srv, C.srv_key)
+    -- (--listen as in the file: start_pool always gives one.)
+    local p = H.start_pool{ listen = "127.0.0.1:0,tls", workers = 1, extra = { "--config", conf } }
+    finally(function() p:stop() end)
+    assert(p.addr, p:log())
+    local port = port_of(p.addr)
+    assert.equal("1001", certs.serial(port, C.ca))
+    local npem, nkey = certs.issue(C.dir, "viaconf", 0x3001, "localhost", "DNS:localhost,IP:127.0.0.1")
+    write_conf(npem, nkey)
+    local code, out, err = H.run_pool("reload --control " .. H.quote(p.control), 60)
+    assert.equal(0, code, err)
+    assert.equal("3001", certs.serial(port, C.ca))
+    write_conf(npem, C.alt_key)
+    code, out, err = H.run_pool("reload --control " .. H.quote(p.control), 60)
+    assert.equal(1, code)
+    assert.matches("^pool: reload refused, keeping the running workers: TLS key '.-/alt%.key' does not match", err)
+    assert.equal("3001", certs.serial(port, C.ca))
+    assert.equal(0, p:stop())
+  end)
+end)
+
 describe("clients that do not speak TLS", function()
   local function hostile(port)
     local got = {}

@@ -63,6 +63,20 @@ function M.parse_url(url)
   return { scheme = scheme, host = host, port = port, target = target, hosthdr = hosthdr }
 end
 
+-- parse_url's answers for the URLs seen lately (a proxy asks for the same
+-- few again and again); emptied when it holds 256.
+local url_cache, url_cached = {}, 0
+local function parse_url_cached(url)
+  local u = url_cache[url]
+  if u then return u end
+  local err
+  u, err = M.parse_url(url)
+  if not u then return nil, err end
+  if url_cached >= 256 then url_cache, url_cached = {}, 0 end
+  url_cache[url], url_cached = u, url_cached + 1
+  return u
+end
+
 -- The request head: method, target, Host, the caller's fields, framing.
 local function build_head(method, u, headers, body)
   local t = { method, " ", u.target, " HTTP/1.1\r\n" }
@@ -114,8 +128,8 @@ local function read_head(sock, max_head)
     if line == "" then break end
     n = n + 1
     if n > 100 then return nil, "too many headers", true end
-    local k, v = line:match("^([^:%s]+):[ \t]*(.-)[ \t]*$")
-    if not k or not tchar_only(k) then return nil, "bad header line", true end
+    local k, v = line:match("^([%w!#$%%&'*+%-.^_`|~]+):[ \t]*(.-)[ \t]*$")
+    if not k then return nil, "bad header line", true end
     if v:find("[%z\1-\8\10-\31\127]") then return nil, "bad header value", true end
     k = k:lower()
     h[k] = h[k] and (h[k] .. ", " .. v) or v
@@ -280,6 +294,13 @@ local function exchange(o, method, u, head, body, deadline)
   return res
 end
 
+-- A request's options: the caller's, else M.defaults.
+local OPTS_MT = { __index = function(t, k)
+  local v = t._opts[k]
+  if v == nil then v = M.defaults[k] end
+  return v
+end }
+
 local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
 
 --- Make a request.
@@ -301,11 +322,7 @@ local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308]
 -- ...", "too many redirects"
 function M.request(opts)
   if type(opts) ~= "table" then error("request{} expects a table", 2) end
-  local o = setmetatable({}, { __index = function(_, k)
-    local v = opts[k]
-    if v == nil then v = M.defaults[k] end
-    return v
-  end })
+  local o = setmetatable({ _opts = opts }, OPTS_MT)
   local method = (opts.method or "GET"):upper()
   if not tchar_only(method) then error("bad method", 2) end
   local body = opts.body
@@ -318,7 +335,7 @@ function M.request(opts)
   local deadline = fdpool.now() + o.timeout
   local hops = 0
   while true do
-    local u, err = M.parse_url(url)
+    local u, err = parse_url_cached(url)
     if not u then return nil, err end
     local head = build_head(method, u, headers, body)
     local res, retry
