@@ -150,6 +150,9 @@ load_one(struct fdp_tls *t, const char *cert, const char *key, char *err,
                      | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                      | SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
+    /* A record's header and body (and what follows) in one read(): a
+     * short read still means drained, as ltls.c's read loop needs. */
+    SSL_CTX_set_read_ahead(ctx, 1);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
         snprintf(err, errlen, "bad TLS certificate '%s': %s (expected a PEM certificate chain)", cert,
                  ssl_reason(NULL));
