@@ -260,6 +260,38 @@ describe("the handshake deadline", function()
   end)
 end)
 
+describe("pool upgrade", function()
+  it("the new master takes over the tls listener with its option and reads the certificates itself", function()
+    local p = H.start_pool{ script = APP, workers = 1, listen = "127.0.0.1:0,tls",
+                            extra = { "--tls-cert", C.srv, "--tls-key", C.srv_key } }
+    local newpid
+    finally(function()
+      p:stop()
+      if newpid and H.alive(newpid) then
+        os.execute("kill -TERM " .. newpid)
+        pcall(H.wait_until, function() return not H.alive(newpid) end, 10)
+      end
+    end)
+    assert(p.addr, p:log())
+    local port = port_of(p.addr)
+    local before = curl_info(port):match("pid=(%d+)")
+    local code, out, err = H.run_pool("upgrade --control " .. H.quote(p.control), 90)
+    assert.equal(0, code, err)
+    newpid = tonumber(out:match("master pid (%d+) serving"))
+    assert.truthy(newpid, out)
+    local after = curl_info(port):match("pid=(%d+)")
+    assert.are_not.equal(before, after)
+    assert.equal("1001", certs.serial(port, C.ca))
+    assert.truthy(p:log():find(("pool[%d]: TLS: 1 certificate(s) loaded"):format(newpid), 1, true))
+    -- Still TLS only: plain text is closed by the new master's filter.
+    local fd = assert(fdpool.connect(p.addr, 5))
+    assert(fd:write("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert.equal("", fd:read("a") or "")
+    fd:close()
+    assert.same({}, H.unexpected_errors(p:log()))
+  end)
+end)
+
 describe("--user", function()
   it("a worker under --user nobody serves TLS with a key only root can read", function()
     local dir = H.tmpdir()
