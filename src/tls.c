@@ -154,7 +154,8 @@ load_one(struct fdp_tls *t, const char *cert, const char *key, char *err,
      * short read still means drained, as ltls.c's read loop needs. */
     SSL_CTX_set_read_ahead(ctx, 1);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
-        snprintf(err, errlen, "bad TLS certificate '%s': %s (expected a PEM certificate chain)", cert,
+        snprintf(err, errlen, "bad TLS certificate '%s': %s (expected a "
+                 "PEM certificate chain)", cert,
                  ssl_reason(NULL));
         return -EINVAL;
     }
@@ -166,7 +167,8 @@ load_one(struct fdp_tls *t, const char *cert, const char *key, char *err,
             snprintf(err, errlen, "TLS key '%s' does not match certificate "
                      "'%s'", key, cert);
         } else {
-            snprintf(err, errlen, "bad TLS key '%s': %s (expected an unencrypted PEM private key)", key, why);
+            snprintf(err, errlen, "bad TLS key '%s': %s (expected an "
+                     "unencrypted PEM private key)", key, why);
         }
         return -EINVAL;
     }
