@@ -13,6 +13,7 @@
 #include "lhttp.h"
 #include "lpool.h"
 #include "lsock.h"
+#include "ltls.h"
 #include "pool.h"
 #include "control.h"
 #include "policy.h"
@@ -292,6 +293,7 @@ luaopen_fdpool(lua_State *L)
     fdp_lfd_open(L);
     fdp_lpool_open(L);
     fdp_lsock_open(L);
+    fdp_ltls_open(L);
     lua_pushliteral(L, FDP_VERSION);
     lua_setfield(L, -2, "version");
     return 1;
