@@ -15,6 +15,7 @@
 #include "lpool.h"
 #include "lthread.h"
 #include "lsock.h"
+#include "ltls.h"
 #include "pool.h"
 #include "control.h"
 #include "policy.h"
@@ -298,6 +299,7 @@ luaopen_fdpool(lua_State *L)
     lua_newtable(L);            /* a worker's fdpool.shared.NAME */
     lua_setfield(L, -2, "shared");
     fdp_lsock_open(L);
+    fdp_ltls_open(L);
     lua_pushliteral(L, FDP_VERSION);
     lua_setfield(L, -2, "version");
     return 1;
