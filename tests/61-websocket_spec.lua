@@ -396,6 +396,21 @@ describe("websocket in the real pool", function()
     assert.equal(0, q:wait_exit(20))
   end)
 
+  it("speaks wss:// on a TLS listener", function()
+    local certs = dofile("tests/fixtures/tls_certs.lua")
+    local dir = H.tmpdir()
+    local c = certs.make(dir)
+    local q = H.start_pool{ script = APP, workers = 1, listen = "127.0.0.1:0,tls",
+      extra = { "--tls-cert", c.srv, "--tls-key", c.srv_key } }
+    finally(function() q:stop() end)
+    assert.truthy(q.addr, q:log())
+    local addr = q.addr:gsub(",tls$", "")   -- (the certificate names 127.0.0.1)
+    local ok, code, out = H.run(("timeout 60 /usr/bin/python3 tests/fixtures/ws_client.py wss://%s wss %s 2>&1")
+      :format(addr, c.ca))
+    assert(ok, ("ws_client.py wss: exit %s: %s"):format(code, out))
+    assert.equal("text over tls\nbig 300000\nfragments ab\nclosed 1000\n", out)
+  end)
+
   it("leaves no fd and no open WebSocket behind", function()
     local pid = p:worker_pids()[1]
     local before = H.fd_count(pid)
