@@ -178,6 +178,28 @@ describe("the dictionary's lifetime", function()
     assert.equals(0, p:stop())
   end)
 
+  it("is kept by a reload that re-reads the config file; a changed one is refused", function()
+    local dir = H.tmpdir()
+    local handler = os.getenv("PWD") .. "/tests/fixtures/tm_shared.lua"
+    local conf = dir .. "/conf.lua"
+    local function write(size)
+      H.writefile(conf, ("return { handler = %q, shared = { cache = %q } }"):format(handler, size))
+    end
+    write("256k")
+    local p = H.start_pool{ workers = 1, extra = { "--config", conf } }
+    finally(function() p:stop() end)
+    assert.equals("true nil false", cmd(p, "set kept 7"))
+    local code, out = H.run_pool("reload --control " .. H.quote(p.control), 60)
+    assert.equals(0, code, out)
+    assert.equals("integer 7 nil", cmd(p, "get kept"))
+    write("512k")
+    local code2, out2, err2 = H.run_pool("reload --control " .. H.quote(p.control), 60)
+    assert.are_not.equals(0, code2)
+    assert.truthy((out2 .. err2):find("the shared dictionaries changed: they need a restart", 1, true), out2 .. err2)
+    assert.equals("integer 7 nil", cmd(p, "get kept"))
+    assert.equals(262144, p:status().shared[1].size)
+  end)
+
   it("is made from the config file's shared table and fdpool.pool{shared=}", function()
     local dir = H.tmpdir()
     local conf = H.writefile(dir .. "/conf.lua", ([[
