@@ -197,6 +197,41 @@ describe("the stop notice", function()
     assert.same({}, H.unexpected_errors(p:log()))
   end)
 
+  it("reaches a long handler on a worker removed by pool scale", function()
+    local p = H.start_pool{ script = "tests/fixtures/tm_stop.lua", workers = 2,
+                            extra = { "--grace", "30" } }
+    finally(function() p:stop() end)
+    -- one long handler on each worker
+    local conns, seen = {}, {}
+    H.wait_until(function()
+      local c = assert(fdpool.connect(p.addr, 10))
+      assert(c:write("go\n"))
+      assert.equals("started", c:read("l"))
+      conns[#conns + 1] = c
+      local st = p:status()
+      seen = {}
+      for _, w in ipairs(st.workers) do if w.active > 0 then seen[w.id] = true end end
+      return seen[1] and seen[2]
+    end, 10, "a long handler on each worker")
+    local code, out = H.run_pool("scale 1 --control " .. H.quote(p.control), 30)
+    assert.equals(0, code, out)
+    -- the removed worker's handler saw the notice and finished its reply
+    -- (the other one keeps waiting: poll each in turn)
+    for _, c in ipairs(conns) do c:settimeout(0.1) end
+    local reply = H.wait_until(function()
+      for _, c in ipairs(conns) do
+        local first = c:read("l")
+        if first then
+          c:settimeout(10)
+          return first .. "\n" .. (c:read("a") or "")
+        end
+      end
+    end, 20, "the removed worker's handler to answer")
+    assert.truthy(reply:find("^exiting true"), reply)
+    assert.truthy(reply:find("end of reply", 1, true), reply)
+    for _, c in ipairs(conns) do c:close() end
+  end)
+
   it("turns exiting() on in the old generation on a reload", function()
     local p = H.start_pool{ script = "tests/fixtures/tm_stop.lua", workers = 1,
                             extra = { "--grace", "30" } }
