@@ -53,7 +53,10 @@ static int
 l_type(lua_State *L)
 {
     static const char *const types[] = { FDP_FD_MT, FDP_CHAN_MT,
-                                         FDP_CONN_MT, FDP_POOL_MT, NULL };
+                                         FDP_CONN_MT, FDP_POOL_MT,
+                                         "fdpool.thread", "fdpool.timer",
+                                         "fdpool.queue", "fdpool.semaphore",
+                                         "fdpool.shdict", NULL };
     int i;
 
     luaL_checkany(L, 1);

@@ -57,7 +57,8 @@ describe("timers, threads, queues", function()
   end)
 
   it("bounds a queue and times pops out", function()
-    assert.equals("true true full a b timeout timeout 0 nil cannot be queued", cmd(p, "queue"))
+    assert.equals("queue semaphore thread true true full a b timeout timeout 0 nil cannot be queued",
+      cmd(p, "queue"))
   end)
 
   it("counts semaphore units and hands them to waiters", function()
