@@ -7,6 +7,8 @@
 local H = require "helpers"
 local fdpool = require "fdpool"
 
+local ASAN = H.BUILD ~= "build"
+
 local function cmd(p, line)
   local out, err = H.request(p.addr, line .. "\n", 30)
   assert(out, err)
@@ -54,6 +56,26 @@ describe("timers, threads, queues", function()
   it("wakes 1000 waiters of one queue, one item each", function()
     -- 1000 threads wait in pop; 1000 pushes reach each exactly once
     assert.equals("1000 500500", cmd(p, "waiters 1000"))
+  end)
+
+  it("wakes 1000 handlers (connections) waiting on the worker's queue", function()
+    -- 1000 connections wait in pop() on one worker; one more pushes 1000
+    -- items: each waiter gets exactly one (200 under the sanitizers)
+    local n, conns = ASAN and 200 or 1000, {}
+    for i = 1, n do
+      conns[i] = assert(fdpool.connect(p.addr, 30))
+      assert(conns[i]:write("qwait\n"))
+    end
+    H.wait_status(p, function(st) return st.workers[1].active >= n end, 30, n .. " waiting handlers")
+    assert.equals("pushed", cmd(p, "qpushn " .. n))
+    local got = {}
+    for i = 1, n do
+      local v = tonumber(assert(conns[i]:read("l")))
+      conns[i]:close()
+      assert.is_nil(got[v], "item " .. tostring(v) .. " twice")
+      got[v] = true
+    end
+    for i = 1, n do assert.truthy(got[i], "item " .. i .. " lost") end
   end)
 
   it("bounds a queue and times pops out", function()
