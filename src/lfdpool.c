@@ -12,6 +12,7 @@
 #include "lfdpool.h"
 #include "lhttp.h"
 #include "lpool.h"
+#include "lsock.h"
 #include "lthread.h"
 #include "pool.h"
 #include "control.h"
@@ -53,7 +54,8 @@ static int
 l_type(lua_State *L)
 {
     static const char *const types[] = { FDP_FD_MT, FDP_CHAN_MT,
-                                         FDP_CONN_MT, FDP_POOL_MT,
+                                         FDP_CONN_MT, FDP_TCP_MT,
+                                         FDP_POOL_MT,
                                          "fdpool.thread", "fdpool.timer",
                                          "fdpool.queue", "fdpool.semaphore",
                                          "fdpool.shdict", NULL };
@@ -66,8 +68,8 @@ l_type(lua_State *L)
         if (u) {
             const char *name = types[i] + 7;
 
-            /* fd, chan and conn keep their descriptor first */
-            if (i <= 2 && ((struct fdp_fd *) u)->fd < 0) {
+            /* fd, chan, conn and tcp keep their descriptor first */
+            if (i <= 3 && ((struct fdp_fd *) u)->fd < 0) {
                 lua_pushfstring(L, "closed %s", name);
             } else {
                 lua_pushstring(L, name);
@@ -293,6 +295,7 @@ luaopen_fdpool(lua_State *L)
     luaL_newlib(L, funcs);
     fdp_lfd_open(L);
     fdp_lpool_open(L);
+    fdp_lsock_open(L);
     fdp_lthread_open(L);
     lua_newtable(L);            /* a worker's fdpool.shared.NAME */
     lua_setfield(L, -2, "shared");

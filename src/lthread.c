@@ -93,7 +93,7 @@ get_state(lua_State *L)
 static struct fdp_sched *
 need_sched(lua_State *L, const char *what)
 {
-    struct fdp_sched *s = fdp_sched_get(L);
+    struct fdp_sched *s = fdp_sched_of(L);
 
     if (s == NULL) {
         luaL_error(L, "%s works only in a pool's worker", what);
@@ -847,7 +847,7 @@ fdp_lthread_on_stop(lua_State *L)
 void
 fdp_lthread_stop(lua_State *L)
 {
-    struct fdp_sched *s = fdp_sched_get(L);
+    struct fdp_sched *s = fdp_sched_of(L);
     struct lt_state *st = get_state(L);
     struct fdp_task *t;
     lua_Integer i, n;
