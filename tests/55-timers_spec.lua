@@ -105,6 +105,12 @@ describe("timers, threads, queues", function()
     c:close()
   end)
 
+  it("lets a timer callback use fdpool.tcp (the worker serves meanwhile)", function()
+    -- one worker: the callback's connection to the pool is served by
+    -- the same worker while the callback waits for the answer
+    assert.equals("from-timer", cmd(p, "tcptimer " .. p.addr))
+  end)
+
   it("ends a handler's threads with it unless detached", function()
     assert.equals("ok", cmd(p, "orphan"))
     H.wait_until(function() return cmd(p, "orphans") == "0 1" end, 10, "the detached thread to run")
