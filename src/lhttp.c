@@ -429,6 +429,12 @@ readrequest_run(lua_State *L, int status)
                                 c->rbuf + c->rstart + (hend - s))) {
                     return 3;
                 }
+                lua_getfield(L, -1, "method");
+                lua_getfield(L, -2, "target");
+                snprintf(c->req, sizeof(c->req), "%s %s",
+                         lua_tostring(L, -2), lua_tostring(L, -1));
+                lua_pop(L, 2);
+                fdp_task_request(L, 1);     /* --slow counts from here */
                 c->rstart += (size_t) (hend - s);
                 c->op_pos = 0;
                 return 1;
@@ -496,6 +502,7 @@ conn_readrequest(lua_State *L)
     }
     lua_pushnil(L);                     /* slot 4: the conn's own limit */
     fdp_conn_op_begin(c);
+    fdp_task_request(L, 0);             /* waiting for a request */
     return readrequest_k(L, LUA_OK, 0);
 }
 

@@ -232,7 +232,7 @@ lt_finish(struct fdp_task *t)
 
 
 static const struct fdp_task_ops lt_ops = { lt_peer, lt_finish, NULL,
-                                            lt_ended };
+                                            NULL, lt_ended };
 
 
 /*
@@ -264,9 +264,12 @@ start(lua_State *L, struct fdp_sched *s, int kind, int fidx, int nargs,
         return NULL;
     }
     lt->t.ops = &lt_ops;
-    /* --timeout is for handlers: a thread ends with its handler, and a
-     * timer or detached thread is the script's own business. */
+    /* --timeout and --slow are for handlers: a thread ends with its
+     * handler, and a timer or detached thread is the script's own
+     * business. */
     fdp_timer_stop(s->loop, &lt->t.limit);
+    fdp_timer_stop(s->loop, &lt->t.slow);
+    lt->t.start_ms = 0;
     for (i = 0; i <= nargs; i++) {
         lua_pushvalue(L, fidx + i);
     }

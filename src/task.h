@@ -63,6 +63,9 @@ struct fdp_task_ops {
      * the master: 0 (fd is the channel's now) or -errno. */
     int (*park)(struct fdp_task *t, int fd, uint64_t bytes_in,
                 uint64_t bytes_out, uint32_t idle_ms);
+    /* The request the task serves, if known ("GET /x"), for --slow's
+     * line; NULL or "" when none. */
+    void (*request)(struct fdp_task *t, char *out, size_t n);
     /* Optional, called first when the task ends, with its results on
      * t->co (LUA_OK), its error on top (an error status) or nothing
      * (FDP_TASK_CANCELLED). Nonzero: it logged the error itself. */
@@ -81,6 +84,10 @@ struct fdp_task {
     struct fdp_waitable *wobj;  /* waitable waited on */
     int timed_out;
     struct fdp_timer limit;     /* --timeout for the whole handler */
+    struct fdp_timer slow;      /* --slow: log where it waits, once */
+    uint64_t start_ms;          /* when the handler (or its request)
+                                   started; 0: between requests */
+    int slow_logged;            /* its --slow line was written */
     struct fdp_task *prev, *next;
     /* Additions for threads and timers (lthread.c). */
     const struct fdp_task_ops *ops;     /* NULL: the scheduler's */
@@ -105,6 +112,9 @@ struct fdp_sched {
     int limit_mem;              /* set mem_limited while a task runs */
     int mem_limited;            /* handler code runs: the owner's
                                    allocator refuses growth past its limit */
+    double slow;                /* --slow, seconds, 0: none */
+    int slow_fd;                /* --slow-log file, or -1: the log */
+    char slow_who[32];          /* "worker N": who writes the line */
 };
 
 /* Make s the scheduler of L's tasks (a registry entry), and install the
@@ -167,6 +177,16 @@ int fdp_waitlist_wait(lua_State *L, struct fdp_task *t,
 
 /* fdpool.sleep: yield the task for s seconds, or block outside one. */
 int fdp_sleep(lua_State *L, lua_Number s);
+
+/* --slow for a handler that holds the CPU: the master's SIGUSR2 (with
+ * FDP_SIG_SLOW_VALUE, pool.h) lands here, in the signal handler. It only
+ * sets a count hook on the running task's coroutine (lua_sethook is
+ * async-signal-safe) unless one is set already (--timeout's); the hook
+ * logs the traceback of where the handler runs, once, and goes. */
+void fdp_sched_slow_signal(struct fdp_sched *s);
+/* A request starts (begin 1) or the handler waits for the next one
+ * (begin 0): --slow counts per request (task.c). */
+void fdp_task_request(lua_State *L, int begin);
 
 /* Push s with each "\n\t" of a traceback as " | " (one log line). */
 void fdp_push_oneline(lua_State *L, const char *s);
