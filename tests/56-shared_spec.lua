@@ -178,6 +178,31 @@ describe("the dictionary's lifetime", function()
     assert.equals(0, p:stop())
   end)
 
+  it("outlives a binary upgrade (pool upgrade hands the memfd over)", function()
+    local p = start()
+    local new
+    finally(function()
+      p:stop()
+      if new and H.alive(new) then
+        os.execute("kill -TERM " .. new)
+        pcall(H.wait_until, function() return not H.alive(new) end, 10)
+        if H.alive(new) then os.execute("kill -KILL " .. new) end
+      end
+    end)
+    assert.equals("true nil false", cmd(p, "set through-upgrade 42"))
+    local code, out, err = H.run_pool("upgrade --control " .. H.quote(p.control), 90)
+    assert.equals(0, code, out .. err)
+    new = tonumber(out:match("master pid (%d+) serving"))
+    assert.truthy(new, out)
+    H.wait_until(function()
+      local st = p:status()
+      return st and st.pid == new and H.all_idle(st) and st
+    end, 30, "the new master serving")
+    -- served by the new master's workers, from the same memory
+    for _ = 1, 3 do assert.equals("integer 42 nil", cmd(p, "get through-upgrade")) end
+    assert.truthy(p:log():find("upgrade: shared 'cache' taken over with its entries", 1, true))
+  end)
+
   it("is kept by a reload that re-reads the config file; a changed one is refused", function()
     local dir = H.tmpdir()
     local handler = os.getenv("PWD") .. "/tests/fixtures/tm_shared.lua"
