@@ -13,6 +13,7 @@
 #include "lhttp.h"
 #include "lpool.h"
 #include "lsock.h"
+#include "ltls.h"
 #include "lthread.h"
 #include "pool.h"
 #include "control.h"
@@ -296,6 +297,7 @@ luaopen_fdpool(lua_State *L)
     fdp_lfd_open(L);
     fdp_lpool_open(L);
     fdp_lsock_open(L);
+    fdp_ltls_open(L);
     fdp_lthread_open(L);
     lua_newtable(L);            /* a worker's fdpool.shared.NAME */
     lua_setfield(L, -2, "shared");

@@ -11,6 +11,7 @@
 #include "shdict.h"
 #include "control.h"
 #include "policy.h"
+#include "tls.h"
 #include "worker.h"
 #include "upgrade.h"
 
@@ -108,7 +109,7 @@ check_keys(lua_State *L)
         "io_timeout", "metrics", "max_memory", "accept_filter",
         "max_conns_per_ip", "max_pending", "worker_idle_timeout",
         "reconfigure", "slow", "slow_log", "drain_delay", "exec_argv",
-        "shared",
+        "tls_cert", "tls_key", "shared",
         NULL
     };
 
@@ -307,6 +308,65 @@ opt_user(lua_State *L, struct fdp_pool *p)
         p->user_name = xstrdup(L, name);
     }
     lua_pop(L, 1);
+    return 0;
+}
+
+
+/* Option name (a string or a list of strings) into a fresh array of
+ * copies; its length. */
+static int
+string_list(lua_State *L, const char *name, char ***out)
+{
+    int i, n;
+
+    *out = NULL;
+    lua_getfield(L, 1, name);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        lua_createtable(L, 1, 0);
+        lua_insert(L, -2);
+        lua_rawseti(L, -2, 1);
+    }
+    luaL_argcheck(L, lua_istable(L, -1), 1, lua_pushfstring(L, "%s must be "
+                  "a file name or a list of them", name));
+    n = (int) luaL_len(L, -1);
+    luaL_argcheck(L, n <= FDP_TLS_MAX_CERTS, 1, lua_pushfstring(L, "at most "
+                  "%d %s files", FDP_TLS_MAX_CERTS, name));
+    *out = calloc((size_t) n + 1, sizeof(char *));
+    if (*out == NULL) {
+        luaL_error(L, "out of memory");
+    }
+    for (i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            luaL_argerror(L, 1, lua_pushfstring(L, "%s[%d] must be a file "
+                          "name", name, i + 1));
+        }
+        (*out)[i] = xstrdup(L, lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return n;
+}
+
+
+/* tls_cert, tls_key: pairs (the first the default certificate, the
+ * others chosen by SNI). Loaded by pool:start(), before any fork. */
+static int
+opt_tls(lua_State *L, struct fdp_pool *p)
+{
+    int nc = string_list(L, "tls_cert", &p->tls_cert);
+    int nk = string_list(L, "tls_key", &p->tls_key);
+
+    p->ntls = nc < nk ? nc : nk;
+    if (nc != nk) {
+        lua_pushfstring(L, "tls_cert and tls_key come in pairs (got %d "
+                        "certificate(s) and %d key(s))", nc, nk);
+        return fdp_pushfailmsg(L, lua_tostring(L, -1), -EINVAL);
+    }
     return 0;
 }
 
@@ -636,6 +696,8 @@ struct saved_conf {
     int accept_filter;
     double timeout, io_timeout, graceful_grace, idle_timeout;
     uint64_t max_memory;
+    char **tls_cert, **tls_key;     /* NULL-terminated lists */
+    int ntls;
     double slow, drain_delay;
 };
 
@@ -652,6 +714,19 @@ free_args(char **args, int nargs)
 }
 
 
+/* A NULL-terminated list of strings (tls_cert, tls_key). */
+static void
+free_list(char **list)
+{
+    int i;
+
+    for (i = 0; list != NULL && list[i] != NULL; i++) {
+        free(list[i]);
+    }
+    free(list);
+}
+
+
 /* Swap what a reload may change between p and s (both ways). */
 static void
 swap_conf(struct fdp_pool *p, struct saved_conf *s)
@@ -663,6 +738,7 @@ swap_conf(struct fdp_pool *p, struct saved_conf *s)
     SW(policy_name); SW(concurrency); SW(max_requests); SW(max_conns_per_ip);
     SW(max_pending); SW(accept_filter); SW(timeout); SW(io_timeout);
     SW(graceful_grace); SW(idle_timeout); SW(max_memory);
+    SW(tls_cert); SW(tls_key); SW(ntls);
     SW(slow); SW(drain_delay);
 #undef SW
 }
@@ -675,6 +751,8 @@ drop_conf(lua_State *L, struct saved_conf *s)
     free(s->script);
     free_args(s->args, s->nargs);
     free(s->policy_name);
+    free_list(s->tls_cert);
+    free_list(s->tls_key);
     if (s->handler_ref != LUA_NOREF) {
         luaL_unref(L, LUA_REGISTRYINDEX, s->handler_ref);
     }
@@ -833,6 +911,7 @@ reconf_read(lua_State *L)
     }
     q->L = L;
     if ((r = opt_limits(L, q)) != 0 || (r = opt_timeouts(L, q)) != 0
+        || (r = opt_tls(L, q)) != 0
         || (r = opt_handler(L, q)) != 0 || (r = opt_policy(L, q)) != 0
         || (r = check_policy(L, q)) != 0) {
         return luaL_error(L, "%s", lua_tostring(L, -2));
@@ -864,6 +943,11 @@ reconf_read(lua_State *L)
     s->graceful_grace = q->graceful_grace;
     s->idle_timeout = q->idle_timeout;
     s->max_memory = q->max_memory;
+    s->tls_cert = q->tls_cert;      /* the certificates' paths: the */
+    s->tls_key = q->tls_key;        /* reload reads them next */
+    s->ntls = q->ntls;
+    q->tls_cert = q->tls_key = NULL;
+    q->ntls = 0;
     s->slow = q->slow;
     s->drain_delay = q->drain_delay;
     swap_conf(p, s);
@@ -952,6 +1036,7 @@ l_pool(lua_State *L)
     if ((r = opt_limits(L, p)) != 0 || (r = opt_shared(L, p)) != 0
         || (r = opt_user(L, p)) != 0
         || (r = opt_timeouts(L, p)) != 0 || (r = opt_ops(L, p)) != 0
+        || (r = opt_tls(L, p)) != 0
         || (r = opt_handler(L, p)) != 0
         || (r = opt_policy(L, p)) != 0 || (r = opt_listen(L, p)) != 0
         || (r = check_policy(L, p)) != 0) {
@@ -1158,6 +1243,7 @@ pool_status(lua_State *L)
     set_int(L, "overflow", (lua_Integer) info.closed[1]);
     set_int(L, "per_ip", (lua_Integer) info.closed[2]);
     set_int(L, "peer_closed", (lua_Integer) info.closed[3]);
+    set_int(L, "not_tls", (lua_Integer) info.closed[4]);
     lua_setfield(L, -2, "closed");
     set_int(L, "closed_by_peer", (lua_Integer) info.closed_by_peer);
     set_int(L, "crash_streak", info.crash_streak);

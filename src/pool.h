@@ -44,6 +44,7 @@ struct fdp_listener {
     int named;                      /* from systemd, addr is its FDNAME */
     int reuseport;
     int filter;                     /* enum fdp_af_mode; AUTO: the pool's */
+    int tls;                        /* terminates TLS (the pool's certs) */
     char addr[FDP_ADDR_MAX];        /* as given to --listen */
     char bound[FDP_ADDR_MAX];       /* with the real port */
     char *unix_path;                /* to unlink at stop, owner only */
@@ -169,6 +170,10 @@ struct fdp_pool {
     int accept_filter;              /* --accept-filter, FDP_AF_AUTO */
     int max_conns_per_ip;           /* 0: no cap */
     int max_pending;                /* size of the filter's pending set */
+    char **tls_cert;                /* --tls-cert/--tls-key pairs (the */
+    char **tls_key;                 /* first the default, others by SNI) */
+    int ntls;
+    struct fdp_tls *tls;            /* loaded: the serving generation's */
     double slow;                    /* --slow: log handlers past it, 0 no */
     int slow_fd;                    /* --slow-log file (O_APPEND), or -1 */
     double drain_delay;             /* graceful stop: report stopping
@@ -265,6 +270,7 @@ struct fdp_pool {
     size_t reload_len;
     int spawn_new;                  /* forking for the new generation */
     struct fdp_ready_body reload_ready; /* its READY (accept filter) */
+    struct fdp_tls *reload_tls;     /* its certificates, until then */
 
     struct fdp_policy *policy;
     struct fdp_control *control;

@@ -241,7 +241,8 @@ fdp_status_json(struct fdp_buf *b, const struct fdp_status_info *info,
     fdp_buf_printf(b, "], \"accepted\": %llu, \"queued\": %llu, "
                    "\"parked\": %llu, \"pending\": %llu, "
                    "\"closed\": {\"deadline\": %llu, \"overflow\": %llu, "
-                   "\"per_ip\": %llu, \"peer_closed\": %llu}, "
+                   "\"per_ip\": %llu, \"peer_closed\": %llu, "
+                   "\"not_tls\": %llu}, "
                    "\"closed_by_peer\": %llu, "
                    "\"fallbacks\": %llu, \"started\": %.3f, "
                    "\"generation\": %d, \"crash_streak\": %d, "
@@ -254,6 +255,7 @@ fdp_status_json(struct fdp_buf *b, const struct fdp_status_info *info,
                    (unsigned long long) info->closed[1],
                    (unsigned long long) info->closed[2],
                    (unsigned long long) info->closed[3],
+                   (unsigned long long) info->closed[4],
                    (unsigned long long) info->closed_by_peer,
                    (unsigned long long) info->fallbacks, info->started,
                    info->generation, info->crash_streak);
@@ -342,11 +344,12 @@ fdp_status_table(struct fdp_buf *b, const struct fdp_status_info *info,
                    (unsigned long long) info->pending,
                    (unsigned long long) info->closed_by_peer);
     fdp_buf_printf(b, "closed waiting: deadline %llu  overflow %llu  "
-                   "per-ip %llu  peer-closed %llu\n",
+                   "per-ip %llu  peer-closed %llu  not-tls %llu\n",
                    (unsigned long long) info->closed[0],
                    (unsigned long long) info->closed[1],
                    (unsigned long long) info->closed[2],
-                   (unsigned long long) info->closed[3]);
+                   (unsigned long long) info->closed[3],
+                   (unsigned long long) info->closed[4]);
     if (info->crash_why) {
         fdp_buf_printf(b, "crash streak %d: %s; restarting with back-off\n",
                        info->crash_streak, info->crash_why);
@@ -440,9 +443,9 @@ fdp_status_openmetrics(struct fdp_buf *b, const struct fdp_status_info *info,
                    (unsigned long long) info->pending);
     om_family(b, "fdpool_closed_waiting", "counter", "Connections the "
               "master closed before a worker saw them, by reason.");
-    for (i = 0; i < 4; i++) {
+    for (i = 0; i < 5; i++) {
         static const char *const why[] = { "deadline", "overflow", "per_ip",
-                                           "peer_closed" };
+                                           "peer_closed", "not_tls" };
 
         fdp_buf_printf(b, "fdpool_closed_waiting_total{reason=\"%s\"} %llu\n",
                        why[i], (unsigned long long) info->closed[i]);
@@ -600,7 +603,7 @@ fdp_status_lua(struct fdp_buf *b, const struct fdp_status_info *info,
     }
     fdp_buf_printf(b, "},accepted=%llu,queued=%llu,parked=%llu,"
                    "pending=%llu,closed={deadline=%llu,overflow=%llu,"
-                   "per_ip=%llu,peer_closed=%llu},"
+                   "per_ip=%llu,peer_closed=%llu,not_tls=%llu},"
                    "closed_by_peer=%llu,fallbacks=%llu,started=%.3f,"
                    "generation=%d,crash_streak=%d,",
                    (unsigned long long) info->accepted,
@@ -611,6 +614,7 @@ fdp_status_lua(struct fdp_buf *b, const struct fdp_status_info *info,
                    (unsigned long long) info->closed[1],
                    (unsigned long long) info->closed[2],
                    (unsigned long long) info->closed[3],
+                   (unsigned long long) info->closed[4],
                    (unsigned long long) info->closed_by_peer,
                    (unsigned long long) info->fallbacks, info->started,
                    info->generation, info->crash_streak);

@@ -85,7 +85,7 @@ struct fdp_status_info {
     /* The accept filter: connections waiting in the master for bytes,
      * and closes by reason (deadline, overflow, per-ip, peer closed). */
     uint64_t pending;
-    uint64_t closed[4];
+    uint64_t closed[5];
     /* The worker count: min and max (equal when fixed), why it changed
      * last (NULL: never), processes started for waiting connections and
      * retired idle (workers on demand); and the processes outside the

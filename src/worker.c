@@ -13,9 +13,11 @@
 #include "lconn.h"
 #include "lshared.h"
 #include "lthread.h"
+#include "ltls.h"
 #include "loop.h"
 #include "policy.h"
 #include "task.h"
+#include "tls.h"
 #include "worker.h"
 
 #include <fcntl.h>
@@ -47,6 +49,7 @@ struct fdp_wctx {
     int idx;                    /* 0-based slot */
     lua_State *L;
     struct fdp_sched sched;     /* its tasks */
+    struct fdp_tls *tls;        /* its generation's certificates, or NULL */
     int handler_ref;
     struct fdp_loop loop;
     struct fdp_chan *ch;
@@ -470,6 +473,25 @@ start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
     t->t.data = t->conn;
     if (e->peerlen > 0 && e->peerlen <= sizeof(e->peer)) {
         fdp_conn_set_peer(t->conn, e->peer, e->peerlen);
+    }
+    if (w->tls != NULL && e->listener < (uint32_t) w->pool->nlisten
+        && w->pool->listeners[e->listener].tls) {
+        double ms = FDP_TLS_HANDSHAKE_MS;
+
+        if (w->pool->io_timeout > 0 && w->pool->io_timeout * 1000.0 < ms) {
+            ms = w->pool->io_timeout * 1000.0;
+        }
+        if (fdp_tls_accept(t->conn, fdp_tls_ctx(w->tls)) < 0) {
+            fdp_log(FDP_LOG_ERROR, ENOMEM, "cannot serve a TLS connection");
+            fdp_conn_close(t->conn);    /* fdp_tls_serve ends at once */
+        }
+        /* handler, conn -> fdp_tls_serve(handler, conn, ms): the
+         * handshake first, in the task, then the handler. */
+        lua_pushcfunction(co, fdp_tls_serve);
+        lua_insert(co, -3);
+        lua_pushinteger(co, (lua_Integer) ms);
+        fdp_task_resume(&t->t, 3);
+        return;
     }
     fdp_task_resume(&t->t, 1);
 }
@@ -959,6 +981,8 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
      * and takes the table slot of this id once its generation is READY. */
     w.idx = wk->slot.id - 1;
     w.ch = &wk->ch;
+    /* A reload's new worker serves with the certificates read for it. */
+    w.tls = p->spawn_new ? p->reload_tls : p->tls;
     snprintf(tag, sizeof(tag), "worker %d", w.idx + 1);
     fdp_log_set_tag(tag);
 

@@ -40,7 +40,16 @@ Options for run:
                        client behind HAProxy/nginx), ADDR,filter=MODE
                        (this listener's --accept-filter); unix:PATH
                        also ,mode=0660 and ,owner=USER[:GROUP] (the
-                       socket file's, set before it listens)
+                       socket file's, set before it listens); ADDR,tls
+                       (terminate TLS with --tls-cert/--tls-key; accept
+                       filter tls by default: the master waits for the
+                       whole ClientHello record)
+  --tls-cert FILE      PEM certificate chain for tls listeners; with
+  --tls-key FILE       its PEM key (unencrypted), read by the master
+                       before forking (workers under --user need not
+                       read it) and again on reload; repeat both for
+                       more certificates: the first is the default, the
+                       others are chosen by the client's SNI name
   --workers N          worker processes (default: online CPUs)
   --workers MIN-MAX    workers on demand: MIN always run; more start (up
                        to MAX, 1, 2, 4 ... 32 per 100 ms) while
@@ -173,7 +182,7 @@ local RUN_FLAGS = {
   ["--metrics"] = "value", ["--accept-filter"] = "value", ["--max-pending"] = "value",
   ["--max-conns-per-ip"] = "value",
   ["--max-requests"] = "value", ["--user"] = "value", ["--log"] = "value",
-  ["--max-memory"] = "value",
+  ["--max-memory"] = "value", ["--tls-cert"] = "list", ["--tls-key"] = "list",
   ["--slow"] = "value", ["--slow-log"] = "value", ["--drain-delay"] = "value",
   ["--worker-idle-timeout"] = "value",
   ["--shared"] = "list",
@@ -194,7 +203,7 @@ local CONFIG_KEYS = {
   max_requests = "number", max_memory = "number", user = "string", log = "string", log_level = "string",
   log_format = "string",
   metrics = "string", accept_filter = "string", max_pending = "number",
-  max_conns_per_ip = "number",
+  max_conns_per_ip = "number", tls_cert = "any", tls_key = "any",
   slow = "number", slow_log = "string", drain_delay = "number",
   shared = "table",
 }
@@ -344,6 +353,18 @@ local function build_config(opts, pos, cmd)
   if cfg.policy then
     local pok, perr = fdpool.check_policy(cfg.policy)
     if not pok then return nil, 2, perr end
+  end
+  -- TLS certificate/key pairs: flags replace the file's lists.
+  for _, f in ipairs { { "--tls-cert", "tls_cert" }, { "--tls-key", "tls_key" } } do
+    if opts[f[1]] then cfg[f[2]] = opts[f[1]] end
+    if type(cfg[f[2]]) == "string" then cfg[f[2]] = { cfg[f[2]] } end
+    if cfg[f[2]] ~= nil and type(cfg[f[2]]) ~= "table" then
+      return nil, 2, ("%s must be a file name or a list of them"):format(f[2])
+    end
+  end
+  if #(cfg.tls_cert or {}) ~= #(cfg.tls_key or {}) then
+    return nil, 2, ("--tls-cert and --tls-key come in pairs (got %d certificate(s) and %d key(s))")
+      :format(#(cfg.tls_cert or {}), #(cfg.tls_key or {}))
   end
   -- No address at all: 127.0.0.1:8080, unless systemd passed sockets.
   cfg.listen = opts["--listen"] or cfg.listen
