@@ -8,6 +8,7 @@
 #include "laux.h"
 #include "lpool.h"
 #include "pool.h"
+#include "shdict.h"
 #include "control.h"
 #include "policy.h"
 #include "tls.h"
@@ -108,7 +109,7 @@ check_keys(lua_State *L)
         "io_timeout", "metrics", "max_memory", "accept_filter",
         "max_conns_per_ip", "max_pending", "worker_idle_timeout",
         "reconfigure", "slow", "slow_log", "drain_delay", "exec_argv",
-        "tls_cert", "tls_key",
+        "tls_cert", "tls_key", "shared",
         NULL
     };
 
@@ -227,6 +228,43 @@ opt_limits(lua_State *L, struct fdp_pool *p)
     lua_pop(L, 1);
     /* MiB per worker: its Lua heap in handler code, and its RssAnon. */
     p->max_memory = (uint64_t) opt_int(L, "max_memory", 0, 0, 4194304) << 20;
+    return 0;
+}
+
+
+/* shared = {NAME = "10m" | bytes, ...}: the dictionaries, made now (the
+ * master maps them before any worker forks). 0, or 3 with nil, message,
+ * errno pushed. */
+static int
+opt_shared(lua_State *L, struct fdp_pool *p)
+{
+    if (lua_getfield(L, 1, "shared") != LUA_TNIL) {
+        luaL_argcheck(L, lua_istable(L, -1), 1, "shared must be a table "
+                      "{NAME = SIZE}");
+        lua_pushnil(L);
+        while (lua_next(L, -2) != 0) {
+            const char *size_s = NULL;
+            uint64_t size = 0;
+            int r;
+
+            if (lua_type(L, -2) != LUA_TSTRING) {
+                return luaL_error(L, "shared: names must be strings");
+            }
+            if (lua_isinteger(L, -1) && lua_tointeger(L, -1) > 0) {
+                size = (uint64_t) lua_tointeger(L, -1);
+            } else if (lua_type(L, -1) == LUA_TSTRING) {
+                size_s = lua_tostring(L, -1);
+            } else {
+                size_s = "";
+            }
+            r = fdp_shzone_add(p, lua_tostring(L, -2), size_s, size);
+            if (r < 0) {
+                return fdp_pushfailmsg(L, p->error, r);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
     return 0;
 }
 
@@ -797,6 +835,48 @@ same_sockets(lua_State *L, struct fdp_pool *p)
 }
 
 
+/* Does the configuration at index 1 ask for the shared dictionaries p
+ * has (names and sizes)? Raises otherwise: the mappings are made before
+ * the first worker forks and live as long as the master. */
+static void
+same_shared(lua_State *L, struct fdp_pool *p)
+{
+    int n = 0, i;
+
+    if (lua_getfield(L, 1, "shared") == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, -2) != 0) {
+            uint64_t size = 0;
+            char err[128];
+            int found = 0;
+
+            if (lua_isinteger(L, -1)) {
+                size = (uint64_t) lua_tointeger(L, -1);
+            } else if (lua_type(L, -1) == LUA_TSTRING) {
+                (void) fdp_shd_parse_size(lua_tostring(L, -1), &size, err,
+                                          sizeof(err));
+            }
+            for (i = 0; i < p->nshared; i++) {
+                found |= lua_type(L, -2) == LUA_TSTRING
+                         && strcmp(p->shared[i].name,
+                                   lua_tostring(L, -2)) == 0
+                         && p->shared[i].size == size;
+            }
+            if (!found) {
+                luaL_error(L, "the shared dictionaries changed: they need a "
+                           "restart");
+            }
+            n++;
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    if (n != p->nshared) {
+        luaL_error(L, "the shared dictionaries changed: they need a restart");
+    }
+}
+
+
 /*
  * (Under lua_pcall.) Call the pool's reconfigure function for a new
  * settings table, check it as fdpool.pool{} would (in a scratch pool,
@@ -821,6 +901,7 @@ reconf_read(lua_State *L)
     lua_settop(L, 1);
     check_keys(L);
     same_sockets(L, p);
+    same_shared(L, p);
     lp = lua_newuserdatauv(L, sizeof(*lp), 0);
     lp->p = NULL;
     luaL_setmetatable(L, POOL_MT);
@@ -952,7 +1033,8 @@ l_pool(lua_State *L)
      * the control socket as its service. */
     p->worker_main = fdp_worker_main;
     p->service = &fdp_control_service;
-    if ((r = opt_limits(L, p)) != 0 || (r = opt_user(L, p)) != 0
+    if ((r = opt_limits(L, p)) != 0 || (r = opt_shared(L, p)) != 0
+        || (r = opt_user(L, p)) != 0
         || (r = opt_timeouts(L, p)) != 0 || (r = opt_ops(L, p)) != 0
         || (r = opt_tls(L, p)) != 0
         || (r = opt_handler(L, p)) != 0
@@ -1141,6 +1223,17 @@ pool_status(lua_State *L)
         lua_rawseti(L, -2, i + 1);
     }
     lua_setfield(L, -2, "listen");
+    lua_createtable(L, info.nshared, 0);
+    for (i = 0; i < info.nshared; i++) {
+        lua_createtable(L, 0, 4);
+        lua_pushstring(L, info.shared[i].name);
+        lua_setfield(L, -2, "name");
+        set_int(L, "size", (lua_Integer) info.shared[i].size);
+        set_int(L, "used", (lua_Integer) info.shared[i].used);
+        set_int(L, "keys", (lua_Integer) info.shared[i].keys);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "shared");
     set_int(L, "accepted", (lua_Integer) info.accepted);
     set_int(L, "queued", (lua_Integer) info.queued);
     set_int(L, "parked", (lua_Integer) info.parked);

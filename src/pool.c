@@ -141,6 +141,7 @@ fdp_pool_free(struct fdp_pool *p)
     }
     fdp_pool_close_in_child(p, -1);
     fdp_close(&p->slow_fd);
+    fdp_shzone_close(p, 1);
     fdp_acceptf_free(p);
     for (i = 0; i < FDP_SLOTS; i++) {
         worker_free_tables(&p->workers[i]);
@@ -196,6 +197,7 @@ fdp_pool_close_in_child(struct fdp_pool *p, int keep)
     for (i = 0; i < FDP_MAX_LISTEN; i++) {
         fdp_close(&p->listeners[i].fd);
     }
+    fdp_shzone_close(p, 0);     /* the memfds; the mappings stay */
     for (i = 0; i < FDP_SLOTS; i++) {
         struct fdp_worker *w = &p->workers[i];
         int k;
@@ -2536,6 +2538,7 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
     info->scaled = p->scaled_why[0] ? p->scaled_why : NULL;
     info->spawned = p->spawned_demand;
     info->retired_idle = p->retired_idle;
+    fdp_shzone_status(p, info);
 }
 
 

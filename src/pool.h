@@ -18,6 +18,7 @@
 #include "channel.h"
 #include "loop.h"
 #include "status.h"
+#include "shzone.h"
 
 #define FDP_MAX_WORKERS     256
 /* Process slots: the table (at most FDP_MAX_WORKERS) plus room for a
@@ -190,6 +191,8 @@ struct fdp_pool {
     int failed;                     /* first generation could not start */
     int simulated;                  /* fdpool.sim: no processes at all */
     char error[1024];
+    struct fdp_shzone shared[FDP_MAX_SHARED];   /* --shared (shzone.c) */
+    int nshared;
     int ever_ready;
 
     struct fdp_loop loop;

@@ -14,6 +14,7 @@
 #include "channel.h"
 
 #define FDP_KV_MAX 8        /* custom fields per worker */
+#define FDP_STATUS_SHARED_MAX 16
 
 enum fdp_wstate {
     FDP_W_NONE = 0,         /* slot unused */
@@ -96,6 +97,13 @@ struct fdp_status_info {
     uint64_t retired_idle;
     const struct fdp_slot *others;
     int nothers;
+    /* The shared dictionaries (--shared): size, bytes used and keys, from
+     * counters clamped to [0, size] by the master. */
+    struct fdp_status_shared {
+        const char *name;
+        uint64_t size, used, keys;
+    } shared[FDP_STATUS_SHARED_MAX];
+    int nshared;
 };
 
 #define FDP_LAT_BUCKETS 10

@@ -102,6 +102,9 @@ Options for run:
                        stopping (/healthz 503) but accept and serve for S
                        seconds first, so a balancer's health check sees
                        it go (default 0.5; 0 = none)
+  --shared NAME:SIZE   a dictionary shared by all workers, as
+                       fdpool.shared.NAME (SIZE 64k to 1g: 512k, 10m);
+                       repeatable; kept across reloads and restarts
   --user USER[:GROUP]  workers drop to this user (needs root)
   --log FILE           log to FILE instead of stderr (SIGUSR1 reopens)
   --log-level L        error, warn, info (default), debug
@@ -182,6 +185,7 @@ local RUN_FLAGS = {
   ["--max-memory"] = "value", ["--tls-cert"] = "list", ["--tls-key"] = "list",
   ["--slow"] = "value", ["--slow-log"] = "value", ["--drain-delay"] = "value",
   ["--worker-idle-timeout"] = "value",
+  ["--shared"] = "list",
 }
 
 local function check_script(script)
@@ -201,6 +205,7 @@ local CONFIG_KEYS = {
   metrics = "string", accept_filter = "string", max_pending = "number",
   max_conns_per_ip = "number", tls_cert = "any", tls_key = "any",
   slow = "number", slow_log = "string", drain_delay = "number",
+  shared = "table",
 }
 
 -- --workers N or MIN-MAX (config: also {min = MIN, max = MAX}): N, or
@@ -323,6 +328,21 @@ local function build_config(opts, pos, cmd)
                        { "--policy", "policy" }, { "--metrics", "metrics" },
                        { "--accept-filter", "accept_filter" }, { "--slow-log", "slow_log" } } do
     if opts[f[1]] then cfg[f[2]] = opts[f[1]] end
+  end
+  -- --shared NAME:SIZE (repeatable), added to the config's shared table;
+  -- names and sizes are checked by fdpool.pool{}.
+  local seen = {}
+  for _, spec in ipairs(opts["--shared"] or {}) do
+    local name, size = spec:match("^([^:]*):(.*)$")
+    if not name or size == "" then
+      return nil, 2, ("--shared needs NAME:SIZE, e.g. cache:10m (got '%s')"):format(spec)
+    end
+    if seen[name] then
+      return nil, 2, ("--shared: '%s' given twice"):format(name)
+    end
+    seen[name] = true
+    cfg.shared = cfg.shared or {}
+    cfg.shared[name] = size
   end
   if cfg.accept_filter and not ({ none = 1, data = 1, http = 1 })[cfg.accept_filter] then
     return nil, 2, ("--accept-filter must be none, data or http (got '%s')"):format(cfg.accept_filter)
@@ -448,7 +468,13 @@ local function cmd_check(args)
   -- stand-in fdpool.worker (id 0) lets top levels that use it run.
   _G.arg = { [0] = script, table.unpack(cfg.args) }
   fdpool.worker = fdpool.worker or { id = 0, pid = 0, capacity = 1,
-    set = function() return true end }
+    set = function() return true end, exiting = function() return false end,
+    on_stop = function() end }
+  -- Timers and threads started by the top level are not run here: inert
+  -- stand-ins (the real ones exist only in a worker).
+  local inert = setmetatable({}, { __index = function() return function() return true end end })
+  fdpool.timer = { at = function() return inert end, every = function() return inert end }
+  fdpool.spawn = function() return inert end
   local ok, h = pcall(chunk, table.unpack(cfg.args))
   if not ok then return die(1, "%s", tostring(h)) end
   local handle = type(h) == "table" and h.handle or h
