@@ -8,6 +8,7 @@
 #include "laux.h"
 #include "lpool.h"
 #include "pool.h"
+#include "shdict.h"
 #include "control.h"
 #include "policy.h"
 #include "tls.h"
@@ -107,8 +108,8 @@ check_keys(lua_State *L)
         "control", "grace", "log_level", "timeout", "max_requests", "user",
         "io_timeout", "metrics", "max_memory", "accept_filter",
         "max_conns_per_ip", "max_pending", "worker_idle_timeout",
-        "reconfigure", "shared", "slow", "slow_log", "drain_delay", "exec_argv",
-        "tls_cert", "tls_key",
+        "reconfigure", "slow", "slow_log", "drain_delay", "exec_argv",
+        "tls_cert", "tls_key", "shared",
         NULL
     };
 
@@ -834,6 +835,48 @@ same_sockets(lua_State *L, struct fdp_pool *p)
 }
 
 
+/* Does the configuration at index 1 ask for the shared dictionaries p
+ * has (names and sizes)? Raises otherwise: the mappings are made before
+ * the first worker forks and live as long as the master. */
+static void
+same_shared(lua_State *L, struct fdp_pool *p)
+{
+    int n = 0, i;
+
+    if (lua_getfield(L, 1, "shared") == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, -2) != 0) {
+            uint64_t size = 0;
+            char err[128];
+            int found = 0;
+
+            if (lua_isinteger(L, -1)) {
+                size = (uint64_t) lua_tointeger(L, -1);
+            } else if (lua_type(L, -1) == LUA_TSTRING) {
+                (void) fdp_shd_parse_size(lua_tostring(L, -1), &size, err,
+                                          sizeof(err));
+            }
+            for (i = 0; i < p->nshared; i++) {
+                found |= lua_type(L, -2) == LUA_TSTRING
+                         && strcmp(p->shared[i].name,
+                                   lua_tostring(L, -2)) == 0
+                         && p->shared[i].size == size;
+            }
+            if (!found) {
+                luaL_error(L, "the shared dictionaries changed: they need a "
+                           "restart");
+            }
+            n++;
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    if (n != p->nshared) {
+        luaL_error(L, "the shared dictionaries changed: they need a restart");
+    }
+}
+
+
 /*
  * (Under lua_pcall.) Call the pool's reconfigure function for a new
  * settings table, check it as fdpool.pool{} would (in a scratch pool,
@@ -858,6 +901,7 @@ reconf_read(lua_State *L)
     lua_settop(L, 1);
     check_keys(L);
     same_sockets(L, p);
+    same_shared(L, p);
     lp = lua_newuserdatauv(L, sizeof(*lp), 0);
     lp->p = NULL;
     luaL_setmetatable(L, POOL_MT);
@@ -990,8 +1034,9 @@ l_pool(lua_State *L)
     p->worker_main = fdp_worker_main;
     p->service = &fdp_control_service;
     if ((r = opt_limits(L, p)) != 0 || (r = opt_shared(L, p)) != 0
-        || (r = opt_user(L, p)) != 0 || (r = opt_timeouts(L, p)) != 0
-        || (r = opt_ops(L, p)) != 0 || (r = opt_tls(L, p)) != 0
+        || (r = opt_user(L, p)) != 0
+        || (r = opt_timeouts(L, p)) != 0 || (r = opt_ops(L, p)) != 0
+        || (r = opt_tls(L, p)) != 0
         || (r = opt_handler(L, p)) != 0
         || (r = opt_policy(L, p)) != 0 || (r = opt_listen(L, p)) != 0
         || (r = check_policy(L, p)) != 0) {

@@ -93,7 +93,7 @@ get_state(lua_State *L)
 static struct fdp_sched *
 need_sched(lua_State *L, const char *what)
 {
-    struct fdp_sched *s = fdp_sched_get(L);
+    struct fdp_sched *s = fdp_sched_of(L);
 
     if (s == NULL) {
         luaL_error(L, "%s works only in a pool's worker", what);
@@ -232,7 +232,7 @@ lt_finish(struct fdp_task *t)
 
 
 static const struct fdp_task_ops lt_ops = { lt_peer, lt_finish, NULL,
-                                            lt_ended, NULL };
+                                            NULL, lt_ended };
 
 
 /*
@@ -264,9 +264,9 @@ start(lua_State *L, struct fdp_sched *s, int kind, int fidx, int nargs,
         return NULL;
     }
     lt->t.ops = &lt_ops;
-    /* --timeout is for handlers: a thread ends with its handler, and a
-     * timer or detached thread is the script's own business. So is
-     * --slow (a handler's request). */
+    /* --timeout and --slow are for handlers: a thread ends with its
+     * handler, and a timer or detached thread is the script's own
+     * business. */
     fdp_timer_stop(s->loop, &lt->t.limit);
     fdp_timer_stop(s->loop, &lt->t.slow);
     lt->t.start_ms = 0;
@@ -850,7 +850,7 @@ fdp_lthread_on_stop(lua_State *L)
 void
 fdp_lthread_stop(lua_State *L)
 {
-    struct fdp_sched *s = fdp_sched_get(L);
+    struct fdp_sched *s = fdp_sched_of(L);
     struct lt_state *st = get_state(L);
     struct fdp_task *t;
     lua_Integer i, n;

@@ -140,8 +140,8 @@ fdp_pool_free(struct fdp_pool *p)
         return;
     }
     fdp_pool_close_in_child(p, -1);
-    fdp_shzone_close(p, 1);
     fdp_close(&p->slow_fd);
+    fdp_shzone_close(p, 1);
     fdp_acceptf_free(p);
     for (i = 0; i < FDP_SLOTS; i++) {
         worker_free_tables(&p->workers[i]);

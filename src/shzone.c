@@ -13,7 +13,9 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 
 int
@@ -80,6 +82,44 @@ fdp_shzone_add(struct fdp_pool *p, const char *name, const char *size_s,
     z->size = size;
     p->nshared++;
     return 0;
+}
+
+
+void
+fdp_shzone_adopt(struct fdp_pool *p, const char *name, int fd)
+{
+    struct fdp_shzone *z = NULL;
+    struct stat st;
+    void *base;
+    int i;
+
+    for (i = 0; i < p->nshared; i++) {
+        if (strcmp(p->shared[i].name, name) == 0) {
+            z = &p->shared[i];
+        }
+    }
+    if (z == NULL || fstat(fd, &st) < 0 || (uint64_t) st.st_size != z->size) {
+        fdp_log(FDP_LOG_WARN, 0, "upgrade: shared '%.40s' %s; its entries "
+                "are dropped", name, z == NULL ? "is no longer configured"
+                : "changed size (or cannot be read)");
+        fdp_close(&fd);
+        return;
+    }
+    base = mmap(NULL, (size_t) z->size, PROT_READ | PROT_WRITE, MAP_SHARED,
+                fd, 0);
+    if (base == MAP_FAILED) {
+        fdp_log(FDP_LOG_WARN, errno, "upgrade: shared '%s': mmap() failed; "
+                "starting empty", name);
+        fdp_close(&fd);
+        return;
+    }
+    (void) munmap(z->base, (size_t) z->size);
+    fdp_close(&z->fd);
+    z->base = base;
+    z->fd = fd;
+    (void) fcntl(fd, F_SETFD, FD_CLOEXEC);
+    fdp_log(FDP_LOG_INFO, 0, "upgrade: shared '%s' taken over with its "
+            "entries", name);
 }
 
 

@@ -26,6 +26,10 @@ struct fdp_shzone {
  * size_s, or size when size_s is NULL). 0, or -errno with p->error set. */
 int fdp_shzone_add(struct fdp_pool *p, const char *name, const char *size_s,
                    uint64_t size);
+/* A new master of `pool upgrade` got the old master's memfd of `name`
+ * (takes fd): it maps that one instead of the fresh one (the entries go
+ * on) when the sizes agree; else it keeps the fresh one. Logs which. */
+void fdp_shzone_adopt(struct fdp_pool *p, const char *name, int fd);
 /* A worker drops the memfds (keeps the mappings); the pool's free drops
  * both (unmap != 0). */
 void fdp_shzone_close(struct fdp_pool *p, int unmap);

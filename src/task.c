@@ -398,7 +398,6 @@ static void
 slow_log(struct fdp_task *t, lua_State *S, lua_State *L, const char *how)
 {
     struct fdp_sched *s = t->s;
-    const struct fdp_task_ops *ops = TASK_OPS(t);
     char peer[80] = "?", req[96] = "", head[256], line[8192];
     double secs = (double) (fdp_now_ms() - t->start_ms) / 1000.0;
     const char *tb;
@@ -407,9 +406,9 @@ slow_log(struct fdp_task *t, lua_State *S, lua_State *L, const char *how)
         return;
     }
     t->slow_logged = 1;
-    ops->peer(t, peer, sizeof(peer));
-    if (ops->request != NULL) {
-        ops->request(t, req, sizeof(req));
+    TASK_OPS(t)->peer(t, peer, sizeof(peer));
+    if (TASK_OPS(t)->request != NULL) {
+        TASK_OPS(t)->request(t, req, sizeof(req));
     }
     snprintf(head, sizeof(head), "slow handler (peer %s%s%s, running %.2f "
              "s, %s)", peer, req[0] ? ", " : "", req, secs, how);
@@ -794,18 +793,6 @@ fdp_sleep(lua_State *L, lua_Number s)
 
 
 /* ---- additions for threads, timers, queues (lthread.c) -------------- */
-
-struct fdp_sched *
-fdp_sched_get(lua_State *L)
-{
-    struct fdp_sched *s;
-
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &sched_key);
-    s = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    return s;
-}
-
 
 static void
 waitlist_leave(struct fdp_task *t)

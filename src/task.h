@@ -63,13 +63,13 @@ struct fdp_task_ops {
      * the master: 0 (fd is the channel's now) or -errno. */
     int (*park)(struct fdp_task *t, int fd, uint64_t bytes_in,
                 uint64_t bytes_out, uint32_t idle_ms);
+    /* The request the task serves, if known ("GET /x"), for --slow's
+     * line; NULL or "" when none. */
+    void (*request)(struct fdp_task *t, char *out, size_t n);
     /* Optional, called first when the task ends, with its results on
      * t->co (LUA_OK), its error on top (an error status) or nothing
      * (FDP_TASK_CANCELLED). Nonzero: it logged the error itself. */
     int (*ended)(struct fdp_task *t, int status);
-    /* The request the task serves, if known ("GET /x"), for --slow's
-     * line; NULL or "" when none. */
-    void (*request)(struct fdp_task *t, char *out, size_t n);
 };
 
 #define FDP_TASK_CANCELLED (-1)
@@ -158,8 +158,6 @@ int fdp_wait_timed_out(lua_State *L);
 void fdp_waitable_unwatch(struct fdp_waitable *wt);
 void fdp_waitable_forget(struct fdp_waitable *wt);
 
-/* The scheduler registered for L, or NULL (the master, plain programs). */
-struct fdp_sched *fdp_sched_get(lua_State *L);
 /* Resume t on the next turn of the loop with the nargs values on top of
  * t->co: a task just started, or one suspended (fdp_task_suspend or a
  * waitlist; it leaves the list, not timed out). Never resumes t inside

@@ -234,7 +234,8 @@ task_request(struct fdp_task *tk, char *out, size_t n)
 
 
 static const struct fdp_task_ops task_ops = { task_peer, task_done,
-                                              task_park, NULL, task_request };
+                                              task_park, task_request,
+                                              NULL };
 
 
 /*
@@ -535,9 +536,14 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             return;
         }
         if (r <= 0 || fdp_msg_check(&m, 0) < 0) {
-            /* EOF: the master is gone, and so are we. Garbage from the
-             * master cannot happen; leave rather than guess. */
+            /* EOF: the master is gone, and so are we (a master killed
+             * with data unread on its end resets the pair instead:
+             * ECONNRESET is the same news). Garbage from the master
+             * cannot happen; leave rather than guess. */
             fdp_msg_close_fds(&m);
+            if (r == -ECONNRESET) {
+                r = 0;
+            }
             if (r != 0) {
                 fdp_log(FDP_LOG_ERROR, r < 0 ? -r : 0, "bad message from "
                         "the master; exiting");

@@ -7,6 +7,8 @@
 local H = require "helpers"
 local fdpool = require "fdpool"
 
+local ASAN = H.BUILD ~= "build"
+
 local function cmd(p, line)
   local out, err = H.request(p.addr, line .. "\n", 30)
   assert(out, err)
@@ -56,8 +58,29 @@ describe("timers, threads, queues", function()
     assert.equals("1000 500500", cmd(p, "waiters 1000"))
   end)
 
+  it("wakes 1000 handlers (connections) waiting on the worker's queue", function()
+    -- 1000 connections wait in pop() on one worker; one more pushes 1000
+    -- items: each waiter gets exactly one (200 under the sanitizers)
+    local n, conns = ASAN and 200 or 1000, {}
+    for i = 1, n do
+      conns[i] = assert(fdpool.connect(p.addr, 30))
+      assert(conns[i]:write("qwait\n"))
+    end
+    H.wait_status(p, function(st) return st.workers[1].active >= n end, 30, n .. " waiting handlers")
+    assert.equals("pushed", cmd(p, "qpushn " .. n))
+    local got = {}
+    for i = 1, n do
+      local v = tonumber(assert(conns[i]:read("l")))
+      conns[i]:close()
+      assert.is_nil(got[v], "item " .. tostring(v) .. " twice")
+      got[v] = true
+    end
+    for i = 1, n do assert.truthy(got[i], "item " .. i .. " lost") end
+  end)
+
   it("bounds a queue and times pops out", function()
-    assert.equals("true true full a b timeout timeout 0 nil cannot be queued", cmd(p, "queue"))
+    assert.equals("queue semaphore thread true true full a b timeout timeout 0 nil cannot be queued",
+      cmd(p, "queue"))
   end)
 
   it("counts semaphore units and hands them to waiters", function()
@@ -80,6 +103,12 @@ describe("timers, threads, queues", function()
     assert(c:write("reply to thread\n"))
     assert.equals("true reply to thread", c:read("l"))
     c:close()
+  end)
+
+  it("lets a timer callback use fdpool.tcp (the worker serves meanwhile)", function()
+    -- one worker: the callback's connection to the pool is served by
+    -- the same worker while the callback waits for the answer
+    assert.equals("from-timer", cmd(p, "tcptimer " .. p.addr))
   end)
 
   it("ends a handler's threads with it unless detached", function()
@@ -195,6 +224,41 @@ describe("the stop notice", function()
     assert.truthy(p:log():find("on_stop callback done", 1, true))
     assert.falsy(p:log():find("grace period over", 1, true))
     assert.same({}, H.unexpected_errors(p:log()))
+  end)
+
+  it("reaches a long handler on a worker removed by pool scale", function()
+    local p = H.start_pool{ script = "tests/fixtures/tm_stop.lua", workers = 2,
+                            extra = { "--grace", "30" } }
+    finally(function() p:stop() end)
+    -- one long handler on each worker
+    local conns, seen = {}, {}
+    H.wait_until(function()
+      local c = assert(fdpool.connect(p.addr, 10))
+      assert(c:write("go\n"))
+      assert.equals("started", c:read("l"))
+      conns[#conns + 1] = c
+      local st = p:status()
+      seen = {}
+      for _, w in ipairs(st.workers) do if w.active > 0 then seen[w.id] = true end end
+      return seen[1] and seen[2]
+    end, 10, "a long handler on each worker")
+    local code, out = H.run_pool("scale 1 --control " .. H.quote(p.control), 30)
+    assert.equals(0, code, out)
+    -- the removed worker's handler saw the notice and finished its reply
+    -- (the other one keeps waiting: poll each in turn)
+    for _, c in ipairs(conns) do c:settimeout(0.1) end
+    local reply = H.wait_until(function()
+      for _, c in ipairs(conns) do
+        local first = c:read("l")
+        if first then
+          c:settimeout(10)
+          return first .. "\n" .. (c:read("a") or "")
+        end
+      end
+    end, 20, "the removed worker's handler to answer")
+    assert.truthy(reply:find("^exiting true"), reply)
+    assert.truthy(reply:find("end of reply", 1, true), reply)
+    for _, c in ipairs(conns) do c:close() end
   end)
 
   it("turns exiting() on in the old generation on a reload", function()

@@ -178,6 +178,53 @@ describe("the dictionary's lifetime", function()
     assert.equals(0, p:stop())
   end)
 
+  it("outlives a binary upgrade (pool upgrade hands the memfd over)", function()
+    local p = start()
+    local new
+    finally(function()
+      p:stop()
+      if new and H.alive(new) then
+        os.execute("kill -TERM " .. new)
+        pcall(H.wait_until, function() return not H.alive(new) end, 10)
+        if H.alive(new) then os.execute("kill -KILL " .. new) end
+      end
+    end)
+    assert.equals("true nil false", cmd(p, "set through-upgrade 42"))
+    local code, out, err = H.run_pool("upgrade --control " .. H.quote(p.control), 90)
+    assert.equals(0, code, out .. err)
+    new = tonumber(out:match("master pid (%d+) serving"))
+    assert.truthy(new, out)
+    H.wait_until(function()
+      local st = p:status()
+      return st and st.pid == new and H.all_idle(st) and st
+    end, 30, "the new master serving")
+    -- served by the new master's workers, from the same memory
+    for _ = 1, 3 do assert.equals("integer 42 nil", cmd(p, "get through-upgrade")) end
+    assert.truthy(p:log():find("upgrade: shared 'cache' taken over with its entries", 1, true))
+  end)
+
+  it("is kept by a reload that re-reads the config file; a changed one is refused", function()
+    local dir = H.tmpdir()
+    local handler = os.getenv("PWD") .. "/tests/fixtures/tm_shared.lua"
+    local conf = dir .. "/conf.lua"
+    local function write(size)
+      H.writefile(conf, ("return { handler = %q, shared = { cache = %q } }"):format(handler, size))
+    end
+    write("256k")
+    local p = H.start_pool{ workers = 1, extra = { "--config", conf } }
+    finally(function() p:stop() end)
+    assert.equals("true nil false", cmd(p, "set kept 7"))
+    local code, out = H.run_pool("reload --control " .. H.quote(p.control), 60)
+    assert.equals(0, code, out)
+    assert.equals("integer 7 nil", cmd(p, "get kept"))
+    write("512k")
+    local code2, out2, err2 = H.run_pool("reload --control " .. H.quote(p.control), 60)
+    assert.are_not.equals(0, code2)
+    assert.truthy((out2 .. err2):find("the shared dictionaries changed: they need a restart", 1, true), out2 .. err2)
+    assert.equals("integer 7 nil", cmd(p, "get kept"))
+    assert.equals(262144, p:status().shared[1].size)
+  end)
+
   it("is made from the config file's shared table and fdpool.pool{shared=}", function()
     local dir = H.tmpdir()
     local conf = H.writefile(dir .. "/conf.lua", ([[

@@ -11,7 +11,7 @@ return {
                 "http_parse", "wsproto", "shdict", "status", "tls", "embed", "statuspage_html",
                 "dns" } },
     { name = "master",
-      files = { "policy", "acceptf", "listen", "dispatch", "shzone", "upgrade", "pool",
+      files = { "policy", "acceptf", "listen", "dispatch", "upgrade", "shzone", "pool",
                 "statuspage", "control", "ctlclient" } },
     { name = "worker",
       files = { "laux", "task", "lthread", "lshared", "lconn", "ltls", "lhttp", "lsock", "lws",

@@ -93,9 +93,6 @@ Options for run:
                        gets "not enough memory" (HTTP: a 500 for that
                        request), and a worker whose RssAnon stays above
                        MB is retired gracefully and replaced
-  --shared NAME:SIZE   a dictionary shared by all workers, as
-                       fdpool.shared.NAME (SIZE 64k to 1g: 512k, 10m);
-                       repeatable; kept across reloads and restarts
   --slow S             log the Lua traceback of a handler still running
                        S seconds into its request (fdpool.http) or
                        connection, once (where it waits or where it
@@ -105,6 +102,9 @@ Options for run:
                        stopping (/healthz 503) but accept and serve for S
                        seconds first, so a balancer's health check sees
                        it go (default 0.5; 0 = none)
+  --shared NAME:SIZE   a dictionary shared by all workers, as
+                       fdpool.shared.NAME (SIZE 64k to 1g: 512k, 10m);
+                       repeatable; kept across reloads and restarts
   --user USER[:GROUP]  workers drop to this user (needs root)
   --log FILE           log to FILE instead of stderr (SIGUSR1 reopens)
   --log-level L        error, warn, info (default), debug
@@ -204,8 +204,8 @@ local CONFIG_KEYS = {
   log_format = "string",
   metrics = "string", accept_filter = "string", max_pending = "number",
   max_conns_per_ip = "number", tls_cert = "any", tls_key = "any",
-  shared = "table",
   slow = "number", slow_log = "string", drain_delay = "number",
+  shared = "table",
 }
 
 -- --workers N or MIN-MAX (config: also {min = MIN, max = MAX}): N, or
@@ -331,17 +331,17 @@ local function build_config(opts, pos, cmd)
   end
   -- --shared NAME:SIZE (repeatable), added to the config's shared table;
   -- names and sizes are checked by fdpool.pool{}.
+  local seen = {}
   for _, spec in ipairs(opts["--shared"] or {}) do
     local name, size = spec:match("^([^:]*):(.*)$")
     if not name or size == "" then
       return nil, 2, ("--shared needs NAME:SIZE, e.g. cache:10m (got '%s')"):format(spec)
     end
-    cfg.shared = cfg.shared or {}
-    if cfg.shared[name] and opts["--shared"].seen and opts["--shared"].seen[name] then
+    if seen[name] then
       return nil, 2, ("--shared: '%s' given twice"):format(name)
     end
-    opts["--shared"].seen = opts["--shared"].seen or {}
-    opts["--shared"].seen[name] = true
+    seen[name] = true
+    cfg.shared = cfg.shared or {}
     cfg.shared[name] = size
   end
   if cfg.accept_filter and not ({ none = 1, data = 1, http = 1 })[cfg.accept_filter] then
