@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <lua.h>
 #include <lauxlib.h>
@@ -121,6 +122,14 @@ slot_index(lua_State *L)
     case 'c':
         if (strcmp(k, "capacity") == 0) {
             lua_pushinteger(L, s->capacity);
+            return 1;
+        }
+        if (strcmp(k, "cpu") == 0) {
+            if (s->cpu >= 0) {
+                lua_pushinteger(L, s->cpu);
+            } else {
+                lua_pushnil(L);
+            }
             return 1;
         }
         break;
@@ -307,6 +316,21 @@ connview_index(lua_State *L)
         push_peer(L, c, 2);
     } else if (strcmp(k, "listener") == 0) {
         lua_pushstring(L, p->listeners[c->listener].addr);
+    } else if (strcmp(k, "cpu") == 0) {
+        /* the CPU that received it (SO_INCOMING_CPU): asked only when a
+         * policy reads it; a simulated one carries it */
+        int cpu = c->fd < 0 ? c->cpu : -1;
+        socklen_t len = sizeof(cpu);
+
+        if (c->fd >= 0 && getsockopt(c->fd, SOL_SOCKET, SO_INCOMING_CPU,
+                                     &cpu, &len) < 0) {
+            cpu = -1;
+        }
+        if (cpu >= 0) {
+            lua_pushinteger(L, cpu);
+        } else {
+            lua_pushnil(L);
+        }
     } else {
         lua_pushnil(L);
     }

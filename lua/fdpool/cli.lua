@@ -72,6 +72,9 @@ Options for run:
                        gets "not enough memory" (HTTP: a 500 for that
                        request), and a worker whose RssAnon stays above
                        MB is retired gracefully and replaced
+  --cpu-affinity A     auto: pin worker i to the i-th CPU of the pool's
+                       own CPU set (taskset's, if any); or a LIST such as
+                       0,2-3 (worker i on its i-th CPU, wrapping)
   --user USER[:GROUP]  workers drop to this user (needs root)
   --log FILE           log to FILE instead of stderr (SIGUSR1 reopens)
   --log-level L        error, warn, info (default), debug
@@ -149,6 +152,7 @@ local RUN_FLAGS = {
   ["--max-conns-per-ip"] = "value",
   ["--max-requests"] = "value", ["--user"] = "value", ["--log"] = "value",
   ["--max-memory"] = "value",
+  ["--cpu-affinity"] = "value",
 }
 
 local function check_script(script)
@@ -167,6 +171,7 @@ local CONFIG_KEYS = {
   log_format = "string",
   metrics = "string", accept_filter = "string", max_pending = "number",
   max_conns_per_ip = "number",
+  cpu_affinity = "string",
 }
 
 local function load_config(path)
@@ -245,7 +250,8 @@ local function build_config(opts, pos, cmd)
   cfg.workers = cfg.workers or fdpool.ncpu()
   for _, f in ipairs { { "--user", "user" }, { "--log", "log" }, { "--log-level", "log_level" },
                        { "--policy", "policy" }, { "--metrics", "metrics" },
-                       { "--accept-filter", "accept_filter" } } do
+                       { "--accept-filter", "accept_filter" },
+                       { "--cpu-affinity", "cpu_affinity" } } do
     if opts[f[1]] then cfg[f[2]] = opts[f[1]] end
   end
   if cfg.accept_filter and not ({ none = 1, data = 1, http = 1 })[cfg.accept_filter] then
