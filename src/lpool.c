@@ -754,9 +754,11 @@ checksim(lua_State *L)
 
 
 /*
- * fdpool.simulator(policy, workers, capacity [, listener [, cpus]]) -> sim:
- * a pool with no processes whose workers are all running, for
- * fdpool.sim; cpus[i]: worker i's CPU (as --cpu-affinity pins it). The
+ * fdpool.simulator(policy, workers, capacity [, listener [, cpus
+ * [, reference]]]) -> sim: a pool with no processes whose workers are all
+ * running, for fdpool.sim; cpus[i]: worker i's CPU (as --cpu-affinity
+ * pins it); reference: a built-in policy runs its Lua file instead of
+ * its C fast path (the master's), so the two can be compared. The
  * policy (name, path or function) runs exactly as in the master:
  * sandbox, views, budget, checks, fallback.
  */
@@ -783,6 +785,7 @@ l_simulator(lua_State *L)
     lp->p = p;
     p->L = L;
     p->simulated = 1;
+    p->policy_lua = lua_toboolean(L, 6);
     p->nworkers = (int) n;
     p->concurrency = (int) cap;
     p->nlisten = 1;

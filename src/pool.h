@@ -155,6 +155,8 @@ struct fdp_pool {
     int stopping;                   /* 0, 1 fast, 2 graceful */
     int failed;                     /* first generation could not start */
     int simulated;                  /* fdpool.sim: no processes at all */
+    int policy_lua;                 /* built-in policies run their Lua
+                                     * files, not the C fast paths */
     int ncpus;                      /* --cpu-affinity: slot i runs on
                                      * cpus[i % ncpus]; 0: not pinned */
     int cpus[FDP_MAX_WORKERS];      /* (slots < 256: the first 256 do) */

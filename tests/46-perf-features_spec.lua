@@ -161,6 +161,42 @@ describe("conn.cpu and w.cpu", function()
   end)
 end)
 
+describe("the built-in policies' C fast paths", function()
+  it("choose as their Lua files do (fdpool.sim reference = true), CPUs or not", function()
+    -- a fixed pseudo-random mix: bursts, holds, IPv4/IPv6/unix peers, CPUs
+    local seed = 12345
+    local function rnd(n)
+      seed = (seed * 1103515245 + 12345) % 2147483648
+      return seed % n
+    end
+    local peers = { "10.0.0.1:1000", "10.0.0.2:1000", "192.168.7.9:5", "[::1]:80",
+      "[2001:db8::42]:443", "unix", "127.0.0.1:40000" }
+    local arrivals, t = {}, 0
+    for i = 1, 400 do
+      t = t + (rnd(4) == 0 and 0 or rnd(100) / 1000)
+      arrivals[i] = { at = t, hold = rnd(300) / 100, peer = peers[rnd(#peers) + 1],
+        cpu = rnd(3) == 0 and nil or rnd(3) }
+    end
+    for _, policy in ipairs { "first_free", "round_robin", "least_conn", "ip_hash" } do
+      for _, shape in ipairs { { 2, 4 }, { 3, 8 }, { 5, 2 } } do
+        for _, cpus in ipairs { false, { 0, 1 }, { 1, 0, 2, 1, 0 } } do
+          local opts = { policy = policy, workers = shape[1], capacity = shape[2],
+            cpus = cpus or nil, arrivals = arrivals }
+          local c = sim.run(opts)
+          opts.reference = true
+          local lua = sim.run(opts)
+          local what = ("%s, %d workers x %d, cpus %s"):format(policy, shape[1], shape[2],
+            cpus and table.concat(cpus, ",") or "none")
+          assert.same(lua.choices, c.choices, what)
+          assert.same(lua.workers, c.workers, what)
+          assert.equal(lua.queued_max, c.queued_max, what)
+          assert.equal(0, c.fallbacks, what)
+        end
+      end
+    end
+  end)
+end)
+
 describe("the HTTP loop in C keeps fdpool.http's behaviours", function()
   local finally_ = H.cleanup
   local p

@@ -48,7 +48,8 @@ end
 -- default 1), `listener` (conn.listener, default "127.0.0.1:8080"),
 -- `fields` ({[i] = {key = value}}: custom status fields per worker),
 -- `cpus` ({[i] = CPU}: worker i pinned to that CPU, as --cpu-affinity
--- does; w.cpu in the policy),
+-- does; w.cpu in the policy), `reference` (true: a built-in policy runs
+-- its Lua file, not the C fast path the master uses),
 -- `arrivals` (list of {at = seconds, peer = "ip:port", hold = seconds,
 -- cpu = the CPU that received it (conn.cpu; nil: unknown)}),
 -- `limit` (seconds of simulated time after the last arrival, default 3600).
@@ -56,7 +57,8 @@ end
 -- fallbacks = n, unserved = n, choices = {worker index per arrival}}`
 function M.run(opts)
   local nw, cap = opts.workers or 2, opts.capacity or 1
-  local s = fdpool.simulator(opts.policy or "least_conn", nw, cap, opts.listener, opts.cpus)
+  local s = fdpool.simulator(opts.policy or "least_conn", nw, cap, opts.listener, opts.cpus,
+    opts.reference)
   for i, fields in pairs(opts.fields or {}) do
     for k, v in pairs(fields) do s:set(i, k, v) end
   end
