@@ -65,6 +65,7 @@ void fdp_conn_peer(struct fdp_conn *c, char *out, size_t n);
 struct fdp_conn *fdp_checkconn(lua_State *L);
 void fdp_conn_op_begin(struct fdp_conn *c);
 ssize_t fdp_conn_fill(struct fdp_conn *c, size_t want);
+void fdp_conn_idle(struct fdp_conn *c);
 int fdp_conn_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
                   lua_KContext ctx, lua_KFunction k);
 int fdp_conn_send(lua_State *L);

@@ -524,6 +524,7 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, lua_KContext ctx,
             lua_pushstring(L, strerror((int) -n));
             return 0;
         }
+        fdp_conn_idle(c);       /* no buffer held while idle */
         head_limit_arm(L, c);
         if (!fdp_conn_wait(L, c, EPOLLIN, ctx, k)) {
             lua_pushnil(L);

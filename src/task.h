@@ -77,6 +77,8 @@ struct fdp_sched {
     int limit_mem;              /* set mem_limited while a task runs */
     int mem_limited;            /* handler code runs: the owner's
                                    allocator refuses growth past its limit */
+    int nrbufs;                 /* idle conns' read buffers, kept for */
+    char *rbufs[32];            /* the next fill (lconn.c) */
 };
 
 /* Make s the scheduler of L's tasks (a registry entry), and install the
