@@ -72,12 +72,12 @@ describe("--cpu-affinity", function()
       pending("needs 2 CPUs")
       return
     end
-    local p = H.start_pool{ script = APP, workers = 2, shell = "taskset -c 1",
+    local p = H.start_pool{ script = APP, workers = 2, shell = "taskset -c 1 env",
       extra = { "--cpu-affinity", "auto" } }
     assert.truthy(p.addr, p:log())
     assert.same({ "1", "1" }, worker_cpus(p))
     assert.equal(0, p:stop())
-    p = H.start_pool{ script = APP, workers = 2, shell = "taskset -c 0,1",
+    p = H.start_pool{ script = APP, workers = 2, shell = "taskset -c 0,1 env",
       extra = { "--cpu-affinity", "auto" } }
     assert.truthy(p.addr, p:log())
     assert.same({ "0", "1" }, worker_cpus(p))
