@@ -33,12 +33,19 @@ dependencies = {
    "lua >= 5.4, < 5.5",
 }
 
+-- c-ares: fdpool.tcp()'s resolver (Debian: libc-ares-dev).
+external_dependencies = {
+   CARES = { header = "ares.h", library = "cares" },
+}
+
 build = {
    type = "make",
    build_target = "all",
    build_variables = {
       CFLAGS = "$(CFLAGS)",
       LUA_CFLAGS = "-I$(LUA_INCDIR)",
+      CARES_CFLAGS = "-I$(CARES_INCDIR)",
+      CARES_LIBS = "-L$(CARES_LIBDIR) -lcares",
       LUA = "$(LUA)",
    },
    install_target = "install",

@@ -137,6 +137,14 @@ run_command(struct ctl_client *c, const char *line, size_t n)
             fdp_buf_printf(&c->out, "ERR cannot scale to %ld workers: %s\n",
                            arg, p->error);
             p->error[0] = '\0';
+        } else if (p->max_workers > 0 && arg > p->max_workers) {
+            fdp_buf_printf(&c->out, "OK workers %d-%d on demand (%ld is "
+                           "above the maximum: the minimum is now the "
+                           "maximum; raise MAX with --config and a "
+                           "reload)\n", p->min_workers, p->max_workers, arg);
+        } else if (p->max_workers > 0) {
+            fdp_buf_printf(&c->out, "OK workers %d-%d on demand\n",
+                           p->min_workers, p->max_workers);
         } else {
             fdp_buf_printf(&c->out, "OK %ld workers\n", arg);
         }

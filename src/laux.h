@@ -14,6 +14,7 @@
 #define FDP_FD_MT   "fdpool.fd"
 #define FDP_CHAN_MT "fdpool.chan"
 #define FDP_CONN_MT "fdpool.conn"
+#define FDP_TCP_MT  "fdpool.tcp"     /* a client socket: a conn first */
 
 /* An fd or chan object. Every userdata that owns a descriptor (fd, chan,
  * conn) keeps it as its first member, -1 once closed. */

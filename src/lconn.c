@@ -40,10 +40,17 @@ enum { PAT_LINE, PAT_ALL, PAT_COUNT };
 typedef char conn_fd_first[offsetof(struct fdp_conn, fd) == 0 ? 1 : -1];
 
 
+/* A conn, or a client socket (lsock.c), which starts with one: the conn
+ * methods serve both. */
 struct fdp_conn *
 fdp_checkconn(lua_State *L)
 {
-    return luaL_checkudata(L, 1, CONN_MT);
+    void *c = luaL_testudata(L, 1, CONN_MT);
+
+    if (c == NULL) {
+        c = luaL_testudata(L, 1, FDP_TCP_MT);
+    }
+    return c != NULL ? c : luaL_checkudata(L, 1, CONN_MT);
 }
 
 
@@ -87,11 +94,24 @@ sock_sendfile(struct fdp_conn *c, int in, off_t *off, size_t n)
 
 
 static const struct fdp_transport sock_transport = {
-    sock_read, sock_write, sock_writev, sock_sendfile
+    sock_read, sock_write, sock_writev, sock_sendfile, NULL
 };
 
 
 /* ---- the conn object ------------------------------------------------- */
+
+void
+fdp_conn_init(struct fdp_conn *c, int fd, struct fdp_sched *s, double timeout)
+{
+    memset(c, 0, sizeof(*c));
+    c->fd = fd;
+    c->tr = &sock_transport;
+    c->wt.s = s;
+    c->wt.rready = 1;
+    c->timeout = timeout;
+    c->wt.io.fd = -1;
+}
+
 
 struct fdp_conn *
 fdp_conn_new(lua_State *L, int fd, struct fdp_sched *s, double timeout)
@@ -101,12 +121,7 @@ fdp_conn_new(lua_State *L, int fd, struct fdp_sched *s, double timeout)
     memset(c, 0, sizeof(*c));
     c->fd = -1;
     luaL_setmetatable(L, CONN_MT);
-    c->fd = fd;
-    c->tr = &sock_transport;
-    c->wt.s = s;
-    c->wt.rready = 1;
-    c->timeout = timeout;
-    c->wt.io.fd = -1;
+    fdp_conn_init(c, fd, s, timeout);
     return c;
 }
 
@@ -132,6 +147,11 @@ fdp_conn_close(struct fdp_conn *c)
         }
         fdp_close(&c->fd);
     }
+    if (c->tr->release != NULL && c->tr_ctx != NULL) {
+        c->tr->release(c->tr_ctx);
+    }
+    c->tr_ctx = NULL;
+    c->tr = &sock_transport;
     rbuf_release(c);
 }
 
@@ -163,15 +183,15 @@ int
 fdp_conn_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
               lua_KContext ctx, lua_KFunction k)
 {
-    uint64_t dl;
+    uint64_t dl, *d = events == EPOLLOUT ? &c->wdeadline : &c->deadline;
 
     if (!c->total) {
-        c->deadline = c->timeout < 0 ? 0
-                      : fdp_now_ms() + (uint64_t) (c->timeout * 1000.0) + 1;
+        *d = c->timeout < 0 ? 0
+             : fdp_now_ms() + (uint64_t) (c->timeout * 1000.0) + 1;
     }
     /* conn:setdeadline (or readrequest's whole-head limit) caps every
      * wait, whatever the per-wait timeout. */
-    dl = c->deadline;
+    dl = *d;
     if (c->limit > 0 && (dl == 0 || (uint64_t) c->limit < dl)) {
         dl = (uint64_t) c->limit;
     }
@@ -219,6 +239,31 @@ fdp_conn_idle(struct fdp_conn *c)
         rbuf_release(c);
         c->op_pos = 0;
     }
+}
+
+
+/* A write starts: its own deadline and progress, apart from a read's. */
+static void
+wop_begin(struct fdp_conn *c)
+{
+    c->wdeadline = (!c->total || c->timeout < 0) ? 0
+                   : fdp_now_ms() + (uint64_t) (c->timeout * 1000.0) + 1;
+    c->wpos = 0;
+}
+
+
+/* One reader and one writer may wait on a conn at once (a handler's
+ * coroutines, or another handler of the worker writing to it); a second
+ * of either kind gets nil, "busy", as OpenResty's cosockets answer. */
+int
+fdp_conn_busy(lua_State *L, struct fdp_conn *c, int write)
+{
+    if ((write ? c->wt.writer : c->wt.waiter) == NULL) {
+        return 0;
+    }
+    lua_pushnil(L);
+    lua_pushliteral(L, "busy");
+    return 2;
 }
 
 
@@ -416,6 +461,9 @@ conn_receive(lua_State *L)
     (void) pattern_of(L, &count);
     luaL_argcheck(L, lua_isnoneornil(L, 3) || lua_isstring(L, 3), 3,
                   "prefix must be a string");
+    if (fdp_conn_busy(L, c, 0)) {
+        return 2;
+    }
     lua_settop(L, 3);
     fdp_conn_op_begin(c);
     return receive_k(L, LUA_OK, 0);
@@ -435,13 +483,13 @@ send_k(lua_State *L, int status, lua_KContext ctx)
     if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
         goto timeout;
     }
-    while (c->op_pos < end) {
+    while (c->wpos < end) {
         if (c->fd < 0) {
             goto closed;
         }
-        n = c->tr->write(c, s + c->op_pos, end - c->op_pos);
+        n = c->tr->write(c, s + c->wpos, end - c->wpos);
         if (n > 0) {
-            c->op_pos += (size_t) n;
+            c->wpos += (size_t) n;
             c->bytes_out += (uint64_t) n;
             continue;
         }
@@ -462,12 +510,12 @@ send_k(lua_State *L, int status, lua_KContext ctx)
 closed:
     lua_pushnil(L);
     lua_pushliteral(L, "closed");
-    lua_pushinteger(L, (lua_Integer) c->op_pos);
+    lua_pushinteger(L, (lua_Integer) c->wpos);
     return 3;
 timeout:
     lua_pushnil(L);
     lua_pushliteral(L, "timeout");
-    lua_pushinteger(L, (lua_Integer) c->op_pos);
+    lua_pushinteger(L, (lua_Integer) c->wpos);
     return 3;
 }
 
@@ -484,6 +532,9 @@ fdp_conn_send(lua_State *L)
     lua_Integer j = luaL_optinteger(L, 4, -1);
 
     (void) s;
+    if (fdp_conn_busy(L, c, 1)) {
+        return 2;
+    }
     if (i < 0) {
         i = (lua_Integer) len + i + 1;
     }
@@ -499,8 +550,8 @@ fdp_conn_send(lua_State *L)
     lua_settop(L, 2);
     lua_pushinteger(L, i);
     lua_pushinteger(L, j < i ? i - 1 : j);
-    fdp_conn_op_begin(c);
-    c->op_pos = (size_t) (i - 1);
+    wop_begin(c);
+    c->wpos = (size_t) (i - 1);
     return send_k(L, LUA_OK, 0);
 }
 
@@ -518,21 +569,21 @@ sendfile_k(lua_State *L, int status, lua_KContext ctx)
     if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
         lua_pushnil(L);
         lua_pushliteral(L, "timeout");
-        lua_pushinteger(L, (lua_Integer) c->op_pos);
+        lua_pushinteger(L, (lua_Integer) c->wpos);
         return 3;
     }
-    while (c->op_pos < count) {
-        off_t o = off + (off_t) c->op_pos;
+    while (c->wpos < count) {
+        off_t o = off + (off_t) c->wpos;
 
         if (c->fd < 0) {
             lua_pushnil(L);
             lua_pushliteral(L, "closed");
-            lua_pushinteger(L, (lua_Integer) c->op_pos);
+            lua_pushinteger(L, (lua_Integer) c->wpos);
             return 3;
         }
-        n = c->tr->sendfile(c, in, &o, count - c->op_pos);
+        n = c->tr->sendfile(c, in, &o, count - c->wpos);
         if (n > 0) {
-            c->op_pos += (size_t) n;
+            c->wpos += (size_t) n;
             c->bytes_out += (uint64_t) n;
             continue;
         }
@@ -546,7 +597,7 @@ sendfile_k(lua_State *L, int status, lua_KContext ctx)
             if (!fdp_conn_wait(L, c, EPOLLOUT, 0, sendfile_k)) {
                 lua_pushnil(L);
                 lua_pushliteral(L, "timeout");
-                lua_pushinteger(L, (lua_Integer) c->op_pos);
+                lua_pushinteger(L, (lua_Integer) c->wpos);
                 return 3;
             }
             continue;
@@ -554,7 +605,7 @@ sendfile_k(lua_State *L, int status, lua_KContext ctx)
         lua_pushnil(L);
         lua_pushstring(L, n == -EPIPE || n == -ECONNRESET ? "closed"
                        : strerror((int) -n));
-        lua_pushinteger(L, (lua_Integer) c->op_pos);
+        lua_pushinteger(L, (lua_Integer) c->wpos);
         return 3;
     }
     if (lua_toboolean(L, 5)) {
@@ -563,7 +614,7 @@ sendfile_k(lua_State *L, int status, lua_KContext ctx)
         lua_pushvalue(L, 2);
         lua_call(L, 1, 0);
     }
-    lua_pushinteger(L, (lua_Integer) c->op_pos);
+    lua_pushinteger(L, (lua_Integer) c->wpos);
     return 1;
 }
 
@@ -582,6 +633,9 @@ conn_sendfile(lua_State *L)
     struct stat st;
 
     luaL_argcheck(L, off >= 0, 3, "offset must not be negative");
+    if (fdp_conn_busy(L, c, 1)) {
+        return 2;
+    }
     if (lua_type(L, 2) == LUA_TSTRING) {
         const char *path = lua_tostring(L, 2);
 
@@ -610,7 +664,7 @@ conn_sendfile(lua_State *L)
     lua_pushinteger(L, off);
     lua_replace(L, 3);
     lua_pushboolean(L, opened);
-    fdp_conn_op_begin(c);
+    wop_begin(c);
     return sendfile_k(L, LUA_OK, 0);
 }
 
@@ -729,7 +783,7 @@ conn_gc(lua_State *L)
 {
     struct fdp_conn *c = luaL_checkudata(L, 1, CONN_MT);
 
-    if (c->wt.waiter == NULL) {
+    if (c->wt.waiter == NULL && c->wt.writer == NULL) {
         fdp_conn_close(c);
     }
     return 0;

@@ -27,6 +27,8 @@ struct fdp_transport {
     ssize_t (*write)(struct fdp_conn *c, const void *buf, size_t n);
     ssize_t (*writev)(struct fdp_conn *c, const struct iovec *iov, int n);
     ssize_t (*sendfile)(struct fdp_conn *c, int in, off_t *off, size_t n);
+    /* Optional: free the connection's state (tr_ctx) when it closes. */
+    void (*release)(void *tr_ctx);
 };
 
 /* The conn object (userdata "fdpool.conn"). */
@@ -34,13 +36,20 @@ struct fdp_conn {
     int fd;                     /* first, as every fd-owning userdata */
     struct fdp_waitable wt;     /* its waits (and readiness) */
     const struct fdp_transport *tr;
+    void *tr_ctx;               /* the transport's state (a TLS session):
+                                   it moves with the connection into and
+                                   out of the keep-alive pool */
     double timeout;             /* seconds, < 0: none */
     int total;                  /* timeout per call ("t"), else per wait */
-    uint64_t deadline;          /* ms, "t" mode: of the call in progress */
+    uint64_t deadline;          /* ms, "t" mode: of the read in progress */
+    uint64_t wdeadline;         /* ms, "t" mode: of the write in progress */
     double limit;               /* ms: no wait goes past it (a whole head,
                                    a whole body), 0: none */
     double min_rate;            /* bytes/s that push limit later, 0: no */
-    size_t op_pos;              /* progress of the call in progress */
+    size_t op_pos;              /* progress of the read in progress */
+    size_t wpos;                /* progress of the write in progress: a
+                                   reader and a writer (two coroutines)
+                                   may each be in a call at once */
     char *rbuf;
     size_t rstart, rend, rcap;
     uint64_t bytes_in;
@@ -57,13 +66,22 @@ void fdp_conn_open_meta(lua_State *L);
  * none). */
 struct fdp_conn *fdp_conn_new(lua_State *L, int fd, struct fdp_sched *s,
                               double timeout);
+/* Fill a conn embedded in another object (a client socket: lsock.c)
+ * with fd (-1: none yet) and the plain-socket transport, which
+ * fdp_conn_close also restores (after the transport's release). */
+void fdp_conn_init(struct fdp_conn *c, int fd, struct fdp_sched *s,
+                   double timeout);
 void fdp_conn_set_peer(struct fdp_conn *c, const void *peer, uint32_t len);
 void fdp_conn_close(struct fdp_conn *c);
 void fdp_conn_peer(struct fdp_conn *c, char *out, size_t n);
 
 /* For the methods built on the conn (lhttp.c). */
 struct fdp_conn *fdp_checkconn(lua_State *L);
+/* Start a read (op_pos, deadline); writes keep their own state. */
 void fdp_conn_op_begin(struct fdp_conn *c);
+/* Push nil, "busy" when another coroutine waits to read (write) on c:
+ * returns 2, else 0. */
+int fdp_conn_busy(lua_State *L, struct fdp_conn *c, int write);
 ssize_t fdp_conn_fill(struct fdp_conn *c, size_t want);
 void fdp_conn_idle(struct fdp_conn *c);
 int fdp_conn_wait(lua_State *L, struct fdp_conn *c, uint32_t events,

@@ -12,6 +12,7 @@
 #include "lfdpool.h"
 #include "lhttp.h"
 #include "lpool.h"
+#include "lsock.h"
 #include "pool.h"
 #include "control.h"
 #include "policy.h"
@@ -52,7 +53,8 @@ static int
 l_type(lua_State *L)
 {
     static const char *const types[] = { FDP_FD_MT, FDP_CHAN_MT,
-                                         FDP_CONN_MT, FDP_POOL_MT, NULL };
+                                         FDP_CONN_MT, FDP_TCP_MT,
+                                         FDP_POOL_MT, NULL };
     int i;
 
     luaL_checkany(L, 1);
@@ -62,8 +64,8 @@ l_type(lua_State *L)
         if (u) {
             const char *name = types[i] + 7;
 
-            /* fd, chan and conn keep their descriptor first */
-            if (i <= 2 && ((struct fdp_fd *) u)->fd < 0) {
+            /* fd, chan, conn and tcp keep their descriptor first */
+            if (i <= 3 && ((struct fdp_fd *) u)->fd < 0) {
                 lua_pushfstring(L, "closed %s", name);
             } else {
                 lua_pushstring(L, name);
@@ -289,6 +291,7 @@ luaopen_fdpool(lua_State *L)
     luaL_newlib(L, funcs);
     fdp_lfd_open(L);
     fdp_lpool_open(L);
+    fdp_lsock_open(L);
     lua_pushliteral(L, FDP_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

@@ -10,6 +10,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
@@ -18,12 +20,79 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 
-/* ADDR[,reuseport][,proxy][,filter=MODE]: the options into l, ADDR into
- * host (FDP_ADDR_MAX bytes). 0, or -EINVAL with p->error set. */
+/* owner=USER[:GROUP] of a unix listener: its uid and gid (the user's
+ * group unless GROUP is given) into l. 0, or -EINVAL with p->error. */
+static int
+parse_owner(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
+            const char *spec)
+{
+    char name[256], *colon;
+    struct passwd *pw;
+    struct group *gr;
+
+    snprintf(name, sizeof(name), "%s", spec);
+    colon = strchr(name, ':');
+    if (colon != NULL) {
+        *colon++ = '\0';
+    }
+    if (name[0] != '\0') {
+        pw = getpwnam(name);
+        if (pw == NULL) {
+            snprintf(p->error, sizeof(p->error), "bad address '%s': "
+                     "unknown user '%s' in owner=", addr, name);
+            return -EINVAL;
+        }
+        l->uid = (long) pw->pw_uid;
+        l->gid = (long) pw->pw_gid;
+    }
+    if (colon != NULL && *colon != '\0') {
+        gr = getgrnam(colon);
+        if (gr == NULL) {
+            snprintf(p->error, sizeof(p->error), "bad address '%s': "
+                     "unknown group '%s' in owner=", addr, colon);
+            return -EINVAL;
+        }
+        l->gid = (long) gr->gr_gid;
+    }
+    if (l->uid < 0 && l->gid < 0) {
+        snprintf(p->error, sizeof(p->error), "bad address '%s': owner= "
+                 "needs USER, USER:GROUP or :GROUP", addr);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+
+/* mode=OCTAL of a unix listener (PHP-FPM's listen.mode): 0 to 0777. */
+static int
+parse_mode(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
+           const char *spec)
+{
+    char *end;
+    long m;
+
+    errno = 0;
+    m = strtol(spec, &end, 8);
+    if (*spec < '0' || *spec > '7' || *end != '\0' || errno != 0 || m < 0
+        || m > 0777) {
+        snprintf(p->error, sizeof(p->error), "bad address '%s': mode= "
+                 "must be octal permissions from 0 to 0777 (got '%s')",
+                 addr, spec);
+        return -EINVAL;
+    }
+    l->mode = (int) m;
+    return 0;
+}
+
+
+/* ADDR[,reuseport][,proxy][,filter=MODE][,mode=0660][,owner=U[:G]]: the
+ * options into l, ADDR into host (FDP_ADDR_MAX bytes). 0, or -EINVAL
+ * with p->error set. */
 static int
 parse_options(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
               char *host)
@@ -36,6 +105,8 @@ parse_options(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
     }
     l->proxy = l->reuseport = 0;
     l->filter = FDP_AF_AUTO;
+    l->mode = -1;
+    l->uid = l->gid = -1;
     snprintf(host, FDP_ADDR_MAX, "%s", addr);
     opt = strchr(host, ',');
     if (opt == NULL) {
@@ -51,12 +122,27 @@ parse_options(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
         } else if (strncmp(tok, "filter=", 7) == 0
                    && fdp_acceptf_parse(tok + 7) >= 0) {
             l->filter = fdp_acceptf_parse(tok + 7);
+        } else if (strncmp(tok, "mode=", 5) == 0) {
+            if (parse_mode(p, l, addr, tok + 5) < 0) {
+                return -EINVAL;
+            }
+        } else if (strncmp(tok, "owner=", 6) == 0) {
+            if (parse_owner(p, l, addr, tok + 6) < 0) {
+                return -EINVAL;
+            }
         } else {
             snprintf(p->error, sizeof(p->error), "bad address '%s': "
                      "unknown option '%s' (expected reuseport, proxy, "
-                     "filter=none|data|http)", addr, tok);
+                     "filter=none|data|http, and for unix: mode=0660, "
+                     "owner=USER[:GROUP])", addr, tok);
             return -EINVAL;
         }
+    }
+    if ((l->mode >= 0 || l->uid >= 0 || l->gid >= 0)
+        && (strncmp(host, "unix:", 5) != 0 || host[5] == '@')) {
+        snprintf(p->error, sizeof(p->error), "bad address '%s': mode= and "
+                 "owner= are for unix:PATH listeners only", addr);
+        return -EINVAL;
     }
     return 0;
 }
@@ -130,6 +216,33 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
         if (l->unix_path) {
             (void) fdp_path_identity(l->unix_path, &l->path_dev,
                                      &l->path_ino);
+        }
+    }
+    /* Before listen(): until then no client can connect, so none does
+     * before the socket has its owner and mode (nginx running as
+     * www-data must be let in, and nobody else). lchown does not follow
+     * a symlink; the mode goes to the very file bound (checked by its
+     * identity), never to what another process put at the path. */
+    if (ss.ss_family == AF_UNIX && l->unix_path
+        && (l->uid >= 0 || l->gid >= 0)
+        && lchown(l->unix_path, (uid_t) l->uid, (gid_t) l->gid) < 0) {
+        what = "chown() of the socket";
+        goto fail;
+    }
+    if (ss.ss_family == AF_UNIX && l->unix_path && l->mode >= 0) {
+        struct stat st;
+        int e = lstat(l->unix_path, &st) < 0 ? errno : 0;
+
+        if (e != 0 || !S_ISSOCK(st.st_mode)
+            || (uint64_t) st.st_ino != l->path_ino
+            || (uint64_t) st.st_dev != l->path_dev) {
+            errno = e != 0 ? e : EEXIST;
+            what = "stat() of the socket";
+            goto fail;
+        }
+        if (chmod(l->unix_path, (mode_t) l->mode) < 0) {
+            what = "chmod() of the socket";
+            goto fail;
         }
     }
     if (listen(l->fd, 4096) < 0) {

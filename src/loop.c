@@ -138,6 +138,24 @@ fdp_loop_forget(struct fdp_loop *loop, struct fdp_io *io)
 }
 
 
+/* A keep-alive connection moving between its socket and the idle pool
+ * keeps its epoll registration (and edge state): only who is called
+ * changes. */
+void
+fdp_loop_move(struct fdp_loop *loop, struct fdp_io *from, struct fdp_io *to)
+{
+    to->fd = from->fd;
+    to->events = from->events;
+    to->seq = from->seq;
+    if (from->fd >= 0 && (size_t) from->fd < loop->nios
+        && loop->ios[from->fd] == from) {
+        loop->ios[from->fd] = to;
+    }
+    from->seq = 0;
+    from->events = 0;
+}
+
+
 void
 fdp_timer_init(struct fdp_timer *t, fdp_timer_cb cb, void *data)
 {

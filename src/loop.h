@@ -50,6 +50,10 @@ int fdp_loop_add(struct fdp_loop *loop, struct fdp_io *io, uint32_t events);
 int fdp_loop_mod(struct fdp_loop *loop, struct fdp_io *io, uint32_t events);
 int fdp_loop_del(struct fdp_loop *loop, struct fdp_io *io);
 void fdp_loop_forget(struct fdp_loop *loop, struct fdp_io *io);
+/* Hand from's registration (fd, events, number) to `to`, whose cb the
+ * loop calls from now on; no syscall. from is left unregistered. */
+void fdp_loop_move(struct fdp_loop *loop, struct fdp_io *from,
+                   struct fdp_io *to);
 void fdp_timer_init(struct fdp_timer *t, fdp_timer_cb cb, void *data);
 int fdp_timer_start(struct fdp_loop *loop, struct fdp_timer *t, uint64_t ms);
 void fdp_timer_stop(struct fdp_loop *loop, struct fdp_timer *t);

@@ -103,7 +103,8 @@ check_keys(lua_State *L)
         "handler", "args", "listen", "workers", "concurrency", "policy",
         "control", "grace", "log_level", "timeout", "max_requests", "user",
         "io_timeout", "metrics", "max_memory", "accept_filter",
-        "max_conns_per_ip", "max_pending", "cpu_affinity",
+        "max_conns_per_ip", "max_pending", "worker_idle_timeout",
+        "reconfigure", "cpu_affinity",
         NULL
     };
 
@@ -146,13 +147,79 @@ opt_affinity(lua_State *L, struct fdp_pool *p)
 }
 
 
+/* workers = n | "MIN-MAX" | {min = MIN, max = MAX}: a fixed count, or
+ * workers on demand (max_workers 0: fixed); worker_idle_timeout. */
+static void
+opt_workers(lua_State *L, struct fdp_pool *p)
+{
+    lua_Integer min = 0, max = 0;
+    int t = lua_getfield(L, 1, "workers"), ok = 1;
+
+    if (t == LUA_TSTRING && !lua_isinteger(L, -1)) {
+        const char *s = lua_tostring(L, -1);
+        char *end;
+
+        errno = 0;
+        min = (lua_Integer) strtol(s, &end, 10);
+        ok = end != s && *end == '-' && s[0] >= '0' && s[0] <= '9';
+        if (end != s && *end == '\0' && s[0] >= '0' && s[0] <= '9') {
+            ok = 1;                 /* "4": fixed */
+            max = -1;
+        } else if (ok) {
+            s = end + 1;
+            max = (lua_Integer) strtol(s, &end, 10);
+            ok = end != s && *end == '\0' && s[0] >= '0' && s[0] <= '9'
+                 && errno == 0;
+        }
+    } else if (t == LUA_TTABLE) {
+        int a = lua_getfield(L, -1, "min"), b = lua_getfield(L, -2, "max");
+
+        min = lua_tointegerx(L, -2, &ok);
+        max = ok ? lua_tointegerx(L, -1, &ok) : 0;
+        ok = ok && a == LUA_TNUMBER && b == LUA_TNUMBER;
+        lua_pop(L, 2);
+    } else {
+        lua_pop(L, 1);
+        p->nworkers = opt_int(L, "workers",
+                              (int) sysconf(_SC_NPROCESSORS_ONLN), 1,
+                              FDP_MAX_WORKERS);
+        p->max_workers = p->min_workers = 0;
+        ok = -1;
+    }
+    if (ok >= 0 && max == -1) {
+        luaL_argcheck(L, min >= 1 && min <= FDP_MAX_WORKERS, 1, "bad "
+                      "option 'workers' (1 to 256 expected)");
+        lua_pop(L, 1);
+        p->nworkers = (int) min;
+        p->max_workers = p->min_workers = 0;
+    } else if (ok >= 0) {
+        if (!ok || min < 1 || max < min || max > FDP_MAX_WORKERS) {
+            luaL_error(L, "bad option 'workers' (N, \"MIN-MAX\" or {min = "
+                       "MIN, max = MAX} with 1 <= MIN <= MAX <= %d expected, "
+                       "got %s)", FDP_MAX_WORKERS, luaL_tolstring(L, -1,
+                                                                   NULL));
+        }
+        lua_pop(L, 1);
+        p->min_workers = (int) min;
+        p->max_workers = (int) max;
+        p->nworkers = (int) max;
+    }
+    if (lua_getfield(L, 1, "worker_idle_timeout") != LUA_TNIL) {
+        p->idle_timeout = luaL_checknumber(L, -1);
+        luaL_argcheck(L, p->idle_timeout > 0 && p->idle_timeout <= 1e6, 1,
+                      "worker_idle_timeout must be a number of seconds "
+                      "above 0");
+    }
+    lua_pop(L, 1);
+}
+
+
 /* workers, concurrency, grace, max_requests, max_conns_per_ip,
  * max_pending, accept_filter, max_memory, cpu_affinity. */
 static int
 opt_limits(lua_State *L, struct fdp_pool *p)
 {
-    p->nworkers = opt_int(L, "workers", (int) sysconf(_SC_NPROCESSORS_ONLN),
-                          1, FDP_MAX_WORKERS);
+    opt_workers(L, p);
     p->concurrency = opt_int(L, "concurrency", 1024, 1, FDP_MAX_CONCURRENCY);
     if (lua_getfield(L, 1, "grace") != LUA_TNIL) {
         p->graceful_grace = luaL_checknumber(L, -1);
@@ -398,6 +465,255 @@ check_policy(lua_State *L, struct fdp_pool *p)
 }
 
 
+/* ---- reconfigure: a reload re-reads the configuration --------------- */
+
+/* What a reload's configuration may change, as it was: restored when the
+ * reload is refused (phase 2), freed when the new generation serves. */
+struct saved_conf {
+    char *script;
+    char **args;
+    int nargs;
+    int handler_ref;
+    int policy_ref;
+    char *policy_name;
+    int concurrency, max_requests, max_conns_per_ip, max_pending;
+    int accept_filter;
+    double timeout, io_timeout, graceful_grace, idle_timeout;
+    uint64_t max_memory;
+};
+
+
+static void
+free_args(char **args, int nargs)
+{
+    int i;
+
+    for (i = 0; i < nargs; i++) {
+        free(args[i]);
+    }
+    free(args);
+}
+
+
+/* Swap what a reload may change between p and s (both ways). */
+static void
+swap_conf(struct fdp_pool *p, struct saved_conf *s)
+{
+    struct saved_conf t = *s;
+
+#define SW(f) do { s->f = p->f; p->f = t.f; } while (0)
+    SW(script); SW(args); SW(nargs); SW(handler_ref); SW(policy_ref);
+    SW(policy_name); SW(concurrency); SW(max_requests); SW(max_conns_per_ip);
+    SW(max_pending); SW(accept_filter); SW(timeout); SW(io_timeout);
+    SW(graceful_grace); SW(idle_timeout); SW(max_memory);
+#undef SW
+}
+
+
+/* Free a saved configuration's own strings and references. */
+static void
+drop_conf(lua_State *L, struct saved_conf *s)
+{
+    free(s->script);
+    free_args(s->args, s->nargs);
+    free(s->policy_name);
+    if (s->handler_ref != LUA_NOREF) {
+        luaL_unref(L, LUA_REGISTRYINDEX, s->handler_ref);
+    }
+    if (s->policy_ref != LUA_NOREF) {
+        luaL_unref(L, LUA_REGISTRYINDEX, s->policy_ref);
+    }
+    free(s);
+}
+
+
+/* Does the configuration at index 1 ask for other listeners (or another
+ * control socket, metrics address or user) than p has? Raises with the
+ * difference: those need new sockets, so `pool upgrade`. */
+static void
+same_sockets(lua_State *L, struct fdp_pool *p)
+{
+    char want[FDP_MAX_LISTEN * (FDP_ADDR_MAX + 1) + 1] = "";
+    char have[sizeof(want)] = "";
+    size_t wl = 0, hl = 0;
+    int i, t, n, named = 0;
+
+    for (i = 0; i < p->nlisten; i++) {
+        if (p->listeners[i].named) {
+            named = 1;
+        } else {
+            hl += (size_t) snprintf(have + hl, sizeof(have) - hl, "%s%s",
+                                    hl ? " " : "", p->listeners[i].addr);
+        }
+    }
+    t = lua_getfield(L, 1, "listen");
+    if (t == LUA_TSTRING) {
+        snprintf(want, sizeof(want), "%s", lua_tostring(L, -1));
+    } else if (t == LUA_TTABLE) {
+        n = (int) luaL_len(L, -1);
+        for (i = 1; i <= n && wl < sizeof(want); i++) {
+            lua_geti(L, -1, i);
+            wl += (size_t) snprintf(want + wl, sizeof(want) - wl, "%s%s",
+                                    wl ? " " : "", luaL_tolstring(L, -1,
+                                                                  NULL));
+            lua_pop(L, 2);
+        }
+    } else if (!named) {
+        snprintf(want, sizeof(want), "127.0.0.1:8080");
+    }
+    lua_pop(L, 1);
+    if (strcmp(want, have) != 0) {
+        luaL_error(L, "the listen addresses changed (from '%s' to '%s'): "
+                   "new listeners need `pool upgrade` (or a restart)",
+                   have, want);
+    }
+    if (lua_getfield(L, 1, "control") == LUA_TSTRING && p->control_path
+        && strcmp(lua_tostring(L, -1), p->control_path) != 0) {
+        luaL_error(L, "the control socket changed: it needs a restart");
+    }
+    lua_pop(L, 1);
+    t = lua_getfield(L, 1, "metrics");
+    if ((t == LUA_TSTRING) != (p->metrics_addr != NULL)
+        || (t == LUA_TSTRING && strcmp(lua_tostring(L, -1),
+                                       p->metrics_addr) != 0)) {
+        luaL_error(L, "the metrics address changed: a new listener needs "
+                   "`pool upgrade` (or a restart)");
+    }
+    lua_pop(L, 1);
+    t = lua_getfield(L, 1, "user");
+    if ((t == LUA_TSTRING) != (p->user_name != NULL)) {
+        luaL_error(L, "the user changed: it needs a restart");
+    }
+    if (t == LUA_TSTRING) {
+        char name[256], *colon;
+
+        snprintf(name, sizeof(name), "%s", lua_tostring(L, -1));
+        if ((colon = strchr(name, ':')) != NULL) {
+            *colon = '\0';
+        }
+        if (strcmp(name, p->user_name) != 0) {
+            luaL_error(L, "the user changed: it needs a restart");
+        }
+    }
+    lua_pop(L, 1);
+}
+
+
+/*
+ * (Under lua_pcall.) Call the pool's reconfigure function for a new
+ * settings table, check it as fdpool.pool{} would (in a scratch pool,
+ * collected if anything raises) and swap it into p, saving the settings
+ * it replaces in p->reconf_saved. Raises with the one-line reason.
+ */
+static int
+reconf_read(lua_State *L)
+{
+    struct fdp_pool *p = lua_touserdata(L, 1), *q;
+    struct saved_conf *s;
+    struct lpool *lp;
+    int r;
+
+    lua_settop(L, 0);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->reconf_ref);
+    lua_call(L, 0, 2);
+    if (!lua_istable(L, 1)) {
+        return luaL_error(L, "%s", lua_isstring(L, 2) ? lua_tostring(L, 2)
+                          : "the configuration is not a table");
+    }
+    lua_settop(L, 1);
+    check_keys(L);
+    same_sockets(L, p);
+    lp = lua_newuserdatauv(L, sizeof(*lp), 0);
+    lp->p = NULL;
+    luaL_setmetatable(L, POOL_MT);
+    q = lp->p = fdp_pool_new();
+    if (q == NULL) {
+        return luaL_error(L, "out of memory");
+    }
+    q->L = L;
+    if ((r = opt_limits(L, q)) != 0 || (r = opt_timeouts(L, q)) != 0
+        || (r = opt_handler(L, q)) != 0 || (r = opt_policy(L, q)) != 0
+        || (r = check_policy(L, q)) != 0) {
+        return luaL_error(L, "%s", lua_tostring(L, -2));
+    }
+    s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        return luaL_error(L, "out of memory");
+    }
+    /* q's values into s, then s (the new) swapped with p's (the old). */
+    s->script = q->script;
+    s->args = q->args;
+    s->nargs = q->nargs;
+    s->handler_ref = q->handler_ref;
+    s->policy_ref = q->policy_ref;
+    s->policy_name = q->policy_name;
+    q->script = NULL;
+    q->args = NULL;
+    q->nargs = 0;
+    q->handler_ref = q->policy_ref = LUA_NOREF;
+    q->policy_name = NULL;
+    s->concurrency = q->concurrency;
+    s->max_requests = q->max_requests;
+    s->max_conns_per_ip = q->max_conns_per_ip;
+    s->max_pending = q->max_pending;
+    s->accept_filter = q->accept_filter;
+    s->timeout = q->timeout;
+    s->io_timeout = q->io_timeout;
+    s->graceful_grace = q->graceful_grace;
+    s->idle_timeout = q->idle_timeout;
+    s->max_memory = q->max_memory;
+    swap_conf(p, s);
+    p->reconf_saved = s;
+    p->reconf_workers[0] = q->max_workers ? q->min_workers : q->nworkers;
+    p->reconf_workers[1] = q->max_workers;
+    return 0;
+}
+
+
+/* The pool's reconfigure hook (pool.h): phase 0 reads and applies,
+ * 1 keeps, 2 restores what phase 0 replaced. */
+static int
+lpool_reconfigure(struct fdp_pool *p, int phase, char *err, size_t errlen)
+{
+    lua_State *L = p->L;
+    struct saved_conf *s = p->reconf_saved;
+    int top = lua_gettop(L), r;
+
+    if (phase != 0) {
+        if (s != NULL && phase == 2) {
+            swap_conf(p, s);        /* the old back, the new into s */
+        }
+        if (s != NULL) {
+            drop_conf(L, s);
+        }
+        p->reconf_saved = NULL;
+        p->reconf_workers[0] = p->reconf_workers[1] = 0;
+        return 0;
+    }
+    if (s != NULL) {                /* cannot happen: one reload at once */
+        drop_conf(L, s);
+        p->reconf_saved = NULL;
+    }
+    lua_pushcfunction(L, reconf_read);
+    lua_pushlightuserdata(L, p);
+    r = lua_pcall(L, 1, 0, 0);
+    if (r != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+        char *nl;
+
+        snprintf(err, errlen, "%s", msg ? msg : "error in the configuration");
+        if ((nl = strchr(err, '\n')) != NULL) {
+            *nl = '\0';
+        }
+        lua_settop(L, top);
+        return r == LUA_ERRMEM ? -ENOMEM : -EINVAL;
+    }
+    lua_settop(L, top);
+    fdp_log(FDP_LOG_INFO, 0, "reload: configuration read again");
+    return 0;
+}
+
+
 /*
  * fdpool.pool{handler = fn | "file.lua", args = {...}, listen = addr |
  * {addr...}, workers = n, concurrency = n, policy = name | path | fn,
@@ -434,6 +750,13 @@ l_pool(lua_State *L)
         || (r = opt_policy(L, p)) != 0 || (r = opt_listen(L, p)) != 0
         || (r = check_policy(L, p)) != 0) {
         return r;
+    }
+    if (lua_getfield(L, 1, "reconfigure") != LUA_TNIL) {
+        luaL_checktype(L, -1, LUA_TFUNCTION);
+        p->reconf_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        p->reconfigure = lpool_reconfigure;
+    } else {
+        lua_pop(L, 1);
     }
     return 1;
 }
@@ -624,6 +947,14 @@ pool_status(lua_State *L)
         lua_setfield(L, -2, "crash");
     }
     set_int(L, "fallbacks", (lua_Integer) info.fallbacks);
+    set_int(L, "workers_min", info.workers_min);
+    set_int(L, "workers_max", info.workers_max);
+    set_int(L, "spawned", (lua_Integer) info.spawned);
+    set_int(L, "retired_idle", (lua_Integer) info.retired_idle);
+    if (info.scaled) {
+        lua_pushstring(L, info.scaled);
+        lua_setfield(L, -2, "scaled");
+    }
     set_num(L, "started", info.started);
     lua_pushboolean(L, p->running);
     lua_setfield(L, -2, "running");
@@ -714,6 +1045,13 @@ pool_gc(lua_State *L)
         }
         if (p->policy_ref != LUA_NOREF) {
             luaL_unref(L, LUA_REGISTRYINDEX, p->policy_ref);
+        }
+        if (p->reconf_ref != LUA_NOREF) {
+            luaL_unref(L, LUA_REGISTRYINDEX, p->reconf_ref);
+        }
+        if (p->reconf_saved != NULL) {
+            drop_conf(L, p->reconf_saved);
+            p->reconf_saved = NULL;
         }
         for (i = 0; i < p->nlisten; i++) {
             if (p->listeners[i].unix_path && p->listeners[i].fd >= 0) {
@@ -896,6 +1234,30 @@ sim_set(lua_State *L)
 }
 
 
+/* sim:state(i, "none" | "starting" | "running"): workers on demand in
+ * fdpool.sim: a slot without a process ("none", pid -1) and one starting
+ * are skipped by the checks, as in the master. */
+static int
+sim_state(lua_State *L)
+{
+    static const char *const names[] = { "none", "starting", "running",
+                                         NULL };
+    static const int states[] = { FDP_W_NONE, FDP_W_STARTING,
+                                  FDP_W_RUNNING };
+    struct fdp_pool *p = checksim(L);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    int k = luaL_checkoption(L, 3, NULL, names);
+    struct fdp_slot *sl;
+
+    luaL_argcheck(L, i >= 1 && i <= p->nworkers, 2, "no such worker");
+    sl = &p->workers[i - 1].slot;
+    luaL_argcheck(L, k != 0 || sl->active == 0, 3, "worker has connections");
+    sl->state = states[k];
+    sl->pid = k == 0 ? -1 : 0;
+    return 0;
+}
+
+
 static int
 sim_fallbacks(lua_State *L)
 {
@@ -959,6 +1321,7 @@ fdp_lpool_open(lua_State *L)
         { "start", sim_start },
         { "finish", sim_finish },
         { "set", sim_set },
+        { "state", sim_state },
         { "fallbacks", sim_fallbacks },
         { "close", sim_gc },
         { NULL, NULL }

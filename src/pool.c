@@ -99,6 +99,9 @@ fdp_pool_new(void)
     p->io_timeout = 60.0;
     p->accept_filter = FDP_AF_AUTO;
     p->max_pending = FDP_PENDING_MAX_DEFAULT;
+    p->idle_timeout = FDP_IDLE_TIMEOUT;
+    p->reconf_ref = -2;         /* LUA_NOREF */
+    p->spawn_rate = 1;
     p->owner = getpid();
     p->admit = fdp_dispatch_admit;
     return p;
@@ -250,7 +253,12 @@ worker_alloc_tables(struct fdp_worker *w, int capacity)
 {
     int k;
 
+    if (w->inflight != NULL && w->ncap != capacity) {
+        /* --concurrency changed by a reload's --config. */
+        worker_free_tables(w);
+    }
     if (w->inflight == NULL) {
+        w->ncap = capacity;
         w->inflight = calloc((size_t) capacity, sizeof(*w->inflight));
         w->freeidx = calloc((size_t) capacity, sizeof(*w->freeidx));
         if (w->inflight == NULL || w->freeidx == NULL) {
@@ -330,6 +338,9 @@ spawn_worker(struct fdp_pool *p, int idx)
     w->mem_over = 0;
     w->cpu_killed = 0;
     w->ready_seen = 0;
+    w->off = 0;
+    w->used_ms = w->started_ms;
+    w->used_served = 0;
     if (p->max_requests > 0) {
         /* Jitter (up to +10 %) so workers do not all retire at once. */
         w->retire_after = (uint64_t) p->max_requests
@@ -509,30 +520,213 @@ replace_worker(struct fdp_pool *p, int idx, const char *why)
 }
 
 
-/* Grow or shrink the pool to n workers at run time. 0, or -errno with
- * p->error saying why: -EBUSY (stopping, or a reload is starting),
- * -EINVAL (n out of range), -ENOSPC (retiring workers still hold the
- * slots). */
-int
-fdp_pool_scale(struct fdp_pool *p, int n)
+/* ---- Workers on demand (--workers MIN-MAX) ------------------------- */
+
+/* Table slots meant to have a process: all but the on-demand empty ones
+ * (a crashed worker waiting for its back-off counts: it comes back). */
+static int
+wanted_workers(struct fdp_pool *p)
+{
+    int i, n = 0;
+
+    for (i = 0; i < p->nworkers; i++) {
+        n += !p->workers[i].off;
+    }
+    return n;
+}
+
+
+/* Why the number of workers changed last (status "scaled"), logged. */
+static void
+scaled(struct fdp_pool *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+scaled(struct fdp_pool *p, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(p->scaled_why, sizeof(p->scaled_why), fmt, ap);
+    va_end(ap);
+    fdp_log(FDP_LOG_INFO, 0, "workers: %s (%d of %d-%d)", p->scaled_why,
+            wanted_workers(p), p->min_workers, p->max_workers);
+}
+
+
+/* Start a process in the lowest empty on-demand slot. Returns its index,
+ * or -1 (none empty, or the fork failed: logged). */
+static int
+ondemand_start(struct fdp_pool *p)
+{
+    int i;
+
+    for (i = 0; i < p->nworkers; i++) {
+        struct fdp_worker *w = &p->workers[i];
+
+        if (w->off && w->slot.pid <= 0) {
+            w->spawn_at = 0;
+            if (spawn_worker(p, i) < 0) {
+                w->off = 1;
+                return -1;
+            }
+            return i;
+        }
+    }
+    return -1;
+}
+
+
+/*
+ * Workers on demand, up: connections waiting in the queue and no running
+ * worker with room start workers in empty slots, as many as the queue
+ * needs (less those already starting) but at most spawn_rate, which
+ * doubles each round the wait goes on (1, 2, 4 ... 32: Apache's spawn
+ * rate; back to 1 on a tick with no wait). A round runs at once when a
+ * wait begins (after each turn of the loop) and at most once a tick
+ * (FDP_TICK_MS) while it lasts. No scaling while a reload starts its
+ * generation. Returns 1 when the queue waits (0: nothing to do).
+ */
+static int
+ondemand_grow(struct fdp_pool *p, uint64_t now)
+{
+    int i, k, room = 0, coming = 0, need;
+
+    if (p->max_workers == 0 || p->stopping || p->reload_gen
+        || p->qlen == 0) {
+        return 0;
+    }
+    if (now < p->spawn_next_ms) {
+        return 1;
+    }
+    for (i = 0; i < p->nworkers; i++) {
+        struct fdp_worker *w = &p->workers[i];
+
+        if (w->off) {
+            continue;
+        }
+        if (w->slot.pid <= 0 || w->slot.state == FDP_W_STARTING) {
+            coming++;
+        } else if (w->slot.state == FDP_W_RUNNING && w->ch.fd >= 0
+                   && w->slot.active < w->slot.capacity) {
+            room++;
+        }
+    }
+    if (room > 0) {
+        return 1;
+    }
+    need = (p->qlen + p->concurrency - 1) / p->concurrency - coming;
+    if (need > p->spawn_rate) {
+        need = p->spawn_rate;
+    }
+    for (k = 0; k < need && ondemand_start(p) >= 0; k++) {
+    }
+    if (k > 0) {
+        p->spawned_demand += (uint64_t) k;
+        p->spawn_next_ms = now + FDP_TICK_MS;
+        scaled(p, "spawned: %d (%d waiting)", k, p->qlen);
+        p->spawn_rate = p->spawn_rate * 2 > FDP_SPAWN_RATE_MAX
+                        ? FDP_SPAWN_RATE_MAX : p->spawn_rate * 2;
+    }
+    return 1;
+}
+
+
+/*
+ * Each tick with workers on demand: grow (above) while connections wait;
+ * with nothing waiting, the rate falls back to 1 and a worker above
+ * min_workers that had no connection for idle_timeout seconds retires
+ * gracefully (highest slot first); its slot is left empty.
+ */
+static void
+ondemand_tick(struct fdp_pool *p, uint64_t now)
+{
+    int i, wanted = 0;
+    uint64_t idle_ms = (uint64_t) (p->idle_timeout * 1000);
+
+    if (p->max_workers == 0 || p->stopping || p->reload_gen) {
+        return;
+    }
+    for (i = 0; i < p->nworkers; i++) {
+        struct fdp_worker *w = &p->workers[i];
+
+        wanted += !w->off;
+        if (w->slot.active > 0 || w->slot.served != w->used_served) {
+            w->used_ms = now;
+            w->used_served = w->slot.served;
+        }
+    }
+    if (ondemand_grow(p, now)) {
+        return;
+    }
+    p->spawn_rate = 1;
+    for (i = p->nworkers - 1; i >= 0 && wanted > p->min_workers; i--) {
+        struct fdp_worker *w = &p->workers[i];
+        char why[64];
+
+        if (w->off || w->slot.pid <= 0 || w->slot.state != FDP_W_RUNNING
+            || w->slot.active > 0 || now - w->used_ms < idle_ms) {
+            continue;
+        }
+        snprintf(why, sizeof(why), "idle for %g s (on demand)",
+                 p->idle_timeout);
+        if (retire_worker(p, i, why) < 0) {
+            break;
+        }
+        p->workers[i].off = 1;
+        wanted--;
+        p->retired_idle++;
+        scaled(p, "retired idle: slot %d", i + 1);
+    }
+}
+
+
+/* Start processes in empty slots until min_workers slots have one. */
+static int
+ondemand_fill(struct fdp_pool *p)
+{
+    while (wanted_workers(p) < p->min_workers) {
+        if (ondemand_start(p) < 0) {
+            return -EAGAIN;
+        }
+    }
+    return 0;
+}
+
+
+/* pool scale N, TTIN, TTOU with workers on demand: N is the new minimum,
+ * clamped to the maximum (the reply says so); missing workers start
+ * now, those above it retire when idle. */
+static int
+ondemand_scale(struct fdp_pool *p, int n)
+{
+    int was = p->min_workers;
+
+    if (n < 1) {
+        snprintf(p->error, sizeof(p->error), "the minimum must be at "
+                 "least 1");
+        return -EINVAL;
+    }
+    p->min_workers = n > p->max_workers ? p->max_workers : n;
+    if (ondemand_fill(p) < 0) {
+        snprintf(p->error, sizeof(p->error), "cannot start a worker (see "
+                 "the log)");
+        return -EAGAIN;
+    }
+    scaled(p, "min %d -> %d%s", was, p->min_workers,
+           n > p->max_workers ? " (clamped to max)" : "");
+    return 0;
+}
+
+
+/* Grow or shrink the table to n slots; new slots get a process now
+ * (spawn), or are left empty for workers on demand. 0, or -errno with
+ * p->error set. */
+static int
+resize_table(struct fdp_pool *p, int n, int spawn)
 {
     int i, r, busy = 0;
 
-    if (!p->running || p->stopping) {
-        snprintf(p->error, sizeof(p->error), "the pool is stopping");
-        return -EBUSY;
-    }
-    if (p->reload_gen) {
-        snprintf(p->error, sizeof(p->error), "generation %d is still "
-                 "starting (a reload is in progress; try again when it is "
-                 "done)", p->reload_gen);
-        return -EBUSY;
-    }
-    if (n < 1 || n > FDP_MAX_WORKERS) {
-        snprintf(p->error, sizeof(p->error), "the worker count must be "
-                 "1 to %d", FDP_MAX_WORKERS);
-        return -EINVAL;
-    }
     for (i = p->nworkers; i < FDP_SLOTS; i++) {
         busy += p->workers[i].slot.pid > 0;
     }
@@ -552,6 +746,7 @@ fdp_pool_scale(struct fdp_pool *p, int n)
         }
         fdp_slot_reset(&p->workers[i].slot, i + 1);
         p->workers[i].slot.restarts = 0;
+        p->workers[i].off = 0;
     }
     while (p->nworkers < n) {
         i = p->nworkers;
@@ -571,9 +766,92 @@ fdp_pool_scale(struct fdp_pool *p, int n)
         fdp_slot_reset(&p->workers[i].slot, i + 1);
         p->workers[i].slot.restarts = 0;
         p->workers[i].spawn_at = 0;
-        (void) spawn_worker(p, i);
+        p->workers[i].off = !spawn;
+        if (spawn) {
+            (void) spawn_worker(p, i);
+        }
     }
+    return 0;
+}
+
+
+/* Grow or shrink the pool to n workers at run time (with workers on
+ * demand: n is the new minimum, see ondemand_scale). 0, or -errno with
+ * p->error saying why: -EBUSY (stopping, or a reload is starting),
+ * -EINVAL (n out of range), -ENOSPC (retiring workers still hold the
+ * slots). */
+int
+fdp_pool_scale(struct fdp_pool *p, int n)
+{
+    int r, was;
+
+    if (!p->running || p->stopping) {
+        snprintf(p->error, sizeof(p->error), "the pool is stopping");
+        return -EBUSY;
+    }
+    if (p->reload_gen) {
+        snprintf(p->error, sizeof(p->error), "generation %d is still "
+                 "starting (a reload is in progress; try again when it is "
+                 "done)", p->reload_gen);
+        return -EBUSY;
+    }
+    if (n < 1 || n > FDP_MAX_WORKERS) {
+        snprintf(p->error, sizeof(p->error), "the worker count must be "
+                 "1 to %d", FDP_MAX_WORKERS);
+        return -EINVAL;
+    }
+    if (p->max_workers > 0) {
+        return ondemand_scale(p, n);
+    }
+    was = p->nworkers;
+    r = resize_table(p, n, 1);
+    if (r < 0) {
+        return r;
+    }
+    snprintf(p->scaled_why, sizeof(p->scaled_why), "scaled: %d -> %d", was,
+             n);
     fdp_log(FDP_LOG_INFO, 0, "now %d worker(s)", p->nworkers);
+    return 0;
+}
+
+
+/*
+ * Workers from a reloaded --config: fixed (max 0: min processes) or on
+ * demand (a table of max slots, at least min with a process). Returns 0,
+ * or -errno with p->error set (as fdp_pool_scale).
+ */
+int
+fdp_pool_set_workers(struct fdp_pool *p, int min, int max)
+{
+    int i, r;
+
+    if (min < 1 || min > FDP_MAX_WORKERS || max < 0
+        || max > FDP_MAX_WORKERS || (max > 0 && min > max)) {
+        snprintf(p->error, sizeof(p->error), "workers must be N or "
+                 "MIN-MAX with 1 <= MIN <= MAX <= %d", FDP_MAX_WORKERS);
+        return -EINVAL;
+    }
+    if (max == 0) {
+        if (p->max_workers > 0) {
+            /* Leaving on demand: every slot kept is wanted again. */
+            for (i = 0; i < p->nworkers; i++) {
+                p->workers[i].off = 0;
+            }
+            p->max_workers = p->min_workers = 0;
+        }
+        return fdp_pool_scale(p, min);
+    }
+    if (p->max_workers == 0) {
+        p->spawn_rate = 1;
+    }
+    r = resize_table(p, max, 0);
+    if (r < 0) {
+        return r;
+    }
+    p->max_workers = max;
+    p->min_workers = min;
+    (void) ondemand_fill(p);
+    scaled(p, "set to %d-%d", min, max);
     return 0;
 }
 
@@ -635,6 +913,12 @@ reload_abort(struct fdp_pool *p, const char *why)
     p->reload_policy = NULL;
     free(p->reload_src);
     p->reload_src = NULL;
+    if (p->reconfigure != NULL) {
+        char err[64];
+
+        /* The configuration the running generation started with. */
+        (void) p->reconfigure(p, 2, err, sizeof(err));
+    }
     fdp_log(FDP_LOG_ERROR, 0, "%s", text);
     fdp_listen_notify(p, "READY=1\nSTATUS=reload refused, generation %d "
                       "serving", p->generation);
@@ -695,6 +979,31 @@ reload_swap(struct fdp_pool *p, int i, int j)
 }
 
 
+/* A reload's --config keeps its settings (the binding's phase 1), and
+ * its worker count applies now that the new generation has the table. */
+static void
+reload_workers(struct fdp_pool *p)
+{
+    char err[64];
+    int min = p->reconf_workers[0], max = p->reconf_workers[1];
+
+    if (p->reconfigure == NULL) {
+        return;
+    }
+    (void) p->reconfigure(p, 1, err, sizeof(err));
+    p->reconf_workers[0] = p->reconf_workers[1] = 0;
+    if (min < 1 || (max == p->max_workers
+                    && min == (max ? p->min_workers : p->nworkers))) {
+        return;
+    }
+    if (fdp_pool_set_workers(p, min, max) < 0) {
+        fdp_log(FDP_LOG_ERROR, 0, "reload: cannot apply workers %d-%d: %s",
+                min, max, p->error);
+        p->error[0] = '\0';
+    }
+}
+
+
 /* Every worker of the new generation is READY: it takes the table, the
  * old generation retires, the new policy takes over. */
 static void
@@ -733,8 +1042,9 @@ reload_commit(struct fdp_pool *p)
     }
     p->crash_streak = 0;
     p->crash_why[0] = '\0';
+    reload_workers(p);
     snprintf(text, sizeof(text), "reloaded: generation %d serving "
-             "(%d worker(s))", p->generation, p->nworkers);
+             "(%d worker(s))", p->generation, wanted_workers(p));
     fdp_log(FDP_LOG_INFO, 0, "%s", text);
     p->notified_ready = 1;
     fdp_listen_notify(p, "READY=1\nSTATUS=%d workers ready, generation %d",
@@ -779,16 +1089,20 @@ fdp_pool_reload(struct fdp_pool *p)
                  "when it is done)", p->reload_gen);
         return -EBUSY;
     }
+    if (p->reconfigure != NULL
+        && (r = p->reconfigure(p, 0, err, sizeof(err))) < 0) {
+        snprintf(p->error, sizeof(p->error), "reload refused, keeping the "
+                 "running workers and configuration: %s", err);
+        return r;
+    }
     if (p->script
         && ((r = read_file(p->script, &p->reload_src, &p->reload_len, err,
                            sizeof(err))) < 0
             || (r = fdp_script_check(p, p->reload_src, p->reload_len, err,
                                      sizeof(err))) < 0)) {
-        free(p->reload_src);
-        p->reload_src = NULL;
         snprintf(p->error, sizeof(p->error), "reload refused, keeping the "
                  "running workers: %s", err);
-        return r;
+        goto refused;
     }
     if (p->policy_ref == -2 && p->policy_name
         && (r = fdp_policy_check(p->L, p->policy_name, err,
@@ -800,11 +1114,11 @@ fdp_pool_reload(struct fdp_pool *p)
     for (j = p->nworkers; j < FDP_SLOTS; j++) {
         nfree += p->workers[j].slot.pid <= 0;
     }
-    if (nfree < p->nworkers) {
+    if (nfree < wanted_workers(p)) {
         snprintf(p->error, sizeof(p->error), "reload refused: a new "
                  "generation needs %d free worker slots and %d are free "
                  "(workers of an earlier generation are still finishing); "
-                 "try again later", p->nworkers, nfree);
+                 "try again later", wanted_workers(p), nfree);
         r = -EBUSY;
         goto refused;
     }
@@ -833,6 +1147,9 @@ fdp_pool_reload(struct fdp_pool *p)
     for (i = 0; i < p->nworkers; i++) {
         struct fdp_worker *w;
 
+        if (p->workers[i].off) {
+            continue;               /* empty on purpose (on demand) */
+        }
         do {
             j--;
         } while (p->workers[j].slot.pid > 0 || p->workers[j].pending);
@@ -859,6 +1176,9 @@ fdp_pool_reload(struct fdp_pool *p)
 refused:
     free(p->reload_src);
     p->reload_src = NULL;
+    if (p->reconfigure != NULL) {
+        (void) p->reconfigure(p, 2, err, sizeof(err));
+    }
     return r;
 }
 
@@ -1014,7 +1334,7 @@ on_ready(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
         for (i = 0; i < p->nworkers; i++) {
             up += p->workers[i].slot.state == FDP_W_RUNNING;
         }
-        if (up == p->nworkers) {
+        if (up == wanted_workers(p)) {
             p->notified_ready = 1;
             fdp_listen_notify(p, "READY=1\nSTATUS=%d workers ready, "
                               "generation %d", up, p->generation);
@@ -1305,17 +1625,22 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             }
             break;
         case SIGTTIN:
-            if (fdp_pool_scale(p, p->nworkers + 1) < 0) {
+            if (p->max_workers > 0 && p->min_workers >= p->max_workers) {
+                fdp_log(FDP_LOG_WARN, 0, "SIGTTIN: the minimum is already "
+                        "the maximum (%d)", p->max_workers);
+            } else if (fdp_pool_scale(p, (p->max_workers ? p->min_workers
+                                          : p->nworkers) + 1) < 0) {
                 fdp_log(FDP_LOG_WARN, 0, "SIGTTIN: cannot add a worker: "
                         "%s", p->error);
                 p->error[0] = '\0';
             }
             break;
         case SIGTTOU:
-            if (p->nworkers <= 1) {
+            if ((p->max_workers ? p->min_workers : p->nworkers) <= 1) {
                 fdp_log(FDP_LOG_WARN, 0, "SIGTTOU: keeping at least one "
                         "worker");
-            } else if (fdp_pool_scale(p, p->nworkers - 1) < 0) {
+            } else if (fdp_pool_scale(p, (p->max_workers ? p->min_workers
+                                          : p->nworkers) - 1) < 0) {
                 fdp_log(FDP_LOG_WARN, 0, "SIGTTOU: cannot remove a "
                         "worker: %s", p->error);
                 p->error[0] = '\0';
@@ -1494,7 +1819,7 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
             w->kill_at = 0;
         }
         if (!p->stopping && i < p->nworkers && w->slot.pid == -1
-            && now >= w->spawn_at) {
+            && !w->off && now >= w->spawn_at) {
             (void) spawn_worker(p, i);
         }
     }
@@ -1513,7 +1838,7 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
             up += p->workers[i].slot.state == FDP_W_RUNNING
                   && now - p->workers[i].started_ms >= 1000;
         }
-        if (up == p->nworkers) {
+        if (up == wanted_workers(p)) {
             fdp_log(FDP_LOG_INFO, 0, "all %d worker(s) running again "
                     "(crash streak of %d over)", up, p->crash_streak);
             p->crash_streak = 0;
@@ -1523,6 +1848,7 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
     if (p->timeout > 0) {
         watch_timeouts(p);
     }
+    ondemand_tick(p, now);
     if (p->max_memory > 0 && !p->stopping
         && ++p->mem_tick >= MEM_CHECK_TICKS) {
         p->mem_tick = 0;
@@ -1682,10 +2008,17 @@ fdp_pool_start(struct fdp_pool *p)
         snprintf(p->error, sizeof(p->error), "no listen address");
         return -EINVAL;
     }
-    if (p->nworkers < 1 || p->nworkers > FDP_MAX_WORKERS) {
-        snprintf(p->error, sizeof(p->error), "workers must be 1 to %d",
+    if (p->nworkers < 1 || p->nworkers > FDP_MAX_WORKERS
+        || (p->max_workers > 0 && (p->min_workers < 1
+                                   || p->min_workers > p->max_workers
+                                   || p->max_workers > FDP_MAX_WORKERS))) {
+        snprintf(p->error, sizeof(p->error), "workers must be 1 to %d "
+                 "(on demand: 1 <= MIN <= MAX <= %d)", FDP_MAX_WORKERS,
                  FDP_MAX_WORKERS);
         return -EINVAL;
+    }
+    if (p->max_workers > 0) {
+        p->nworkers = p->max_workers;
     }
     if (p->script && p->script_src == NULL
         && (r = read_file(p->script, &p->script_src, &p->script_len,
@@ -1743,7 +2076,18 @@ fdp_pool_start(struct fdp_pool *p)
         /* So that they can reopen --log after a rotation (SIGUSR1). */
         fdp_log_set_owner((long) p->user_uid);
     }
+    if (p->max_workers > 0) {
+        fdp_log(FDP_LOG_INFO, 0, "workers on demand: %d to %d, idle ones "
+                "retire after %g s", p->min_workers, p->max_workers,
+                p->idle_timeout);
+        snprintf(p->scaled_why, sizeof(p->scaled_why), "started: %d",
+                 p->min_workers);
+    }
     for (i = 0; i < p->nworkers; i++) {
+        if (p->max_workers > 0 && i >= p->min_workers) {
+            p->workers[i].off = 1;
+            continue;
+        }
         if (spawn_worker(p, i) < 0) {
             snprintf(p->error, sizeof(p->error), "cannot start worker %d",
                      i + 1);
@@ -1869,6 +2213,11 @@ fdp_pool_step(struct fdp_pool *p, int timeout_ms)
             fdp_log(FDP_LOG_ERROR, -r, "epoll_wait() failed");
             fdp_pool_stop(p, 0);
         }
+        if (p->qlen > 0) {
+            /* Connections wait: workers on demand start now, not at
+             * the next tick. */
+            (void) ondemand_grow(p, fdp_now_ms());
+        }
         if (p->stopping && p->nalive > 0) {
             reap(p);
         }
@@ -1911,6 +2260,11 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
     info->lat_count = p->lat_count;
     info->pending = (uint64_t) fdp_acceptf_pending(p);
     memcpy(info->closed, p->af_closed, sizeof(info->closed));
+    info->workers_min = p->max_workers ? p->min_workers : p->nworkers;
+    info->workers_max = p->max_workers ? p->max_workers : p->nworkers;
+    info->scaled = p->scaled_why[0] ? p->scaled_why : NULL;
+    info->spawned = p->spawned_demand;
+    info->retired_idle = p->retired_idle;
 }
 
 
@@ -1954,10 +2308,12 @@ fdp_pool_snapshot(struct fdp_pool *p, struct fdp_status_info *info,
                   const char **listen, int with_rss)
 {
     struct fdp_slot *slots;
-    int i;
+    int i, n = p->nworkers;
 
-    slots = calloc(p->nworkers > 0 ? (size_t) p->nworkers : 1,
-                   sizeof(*slots));
+    for (i = p->nworkers; i < FDP_SLOTS; i++) {
+        n += p->workers[i].slot.pid > 0;
+    }
+    slots = calloc(n > 0 ? (size_t) n : 1, sizeof(*slots));
     if (slots == NULL) {
         return NULL;
     }
@@ -1968,6 +2324,14 @@ fdp_pool_snapshot(struct fdp_pool *p, struct fdp_status_info *info,
         }
     }
     fdp_pool_status_info(p, info, listen);
+    /* After the table: the processes outside it (retiring, pending). */
+    info->others = slots + p->nworkers;
+    for (i = p->nworkers; i < FDP_SLOTS && info->nothers < n - p->nworkers;
+         i++) {
+        if (p->workers[i].slot.pid > 0) {
+            slots[p->nworkers + info->nothers++] = p->workers[i].slot;
+        }
+    }
     info->now = fdp_wall();
     return slots;
 }

@@ -27,6 +27,8 @@
 #define FDP_MAX_CONCURRENCY 65535
 #define FDP_QUEUE_MAX       1024
 #define FDP_TICK_MS         100     /* the master's tick */
+#define FDP_SPAWN_RATE_MAX  32      /* on-demand starts per tick, at most */
+#define FDP_IDLE_TIMEOUT    10.0    /* --worker-idle-timeout default */
 
 struct lua_State;
 struct fdp_pool;
@@ -43,6 +45,8 @@ struct fdp_listener {
     char *unix_path;                /* to unlink at stop, owner only */
     uint64_t path_dev;              /* unix_path's identity at bind: */
     uint64_t path_ino;              /* unlinked only while it is ours */
+    int mode;                       /* unix: ,mode=0660 (-1: umask's) */
+    long uid, gid;                  /* unix: ,owner=USER[:GROUP] (-1) */
     struct fdp_io io;
     struct fdp_pool *pool;
 };
@@ -99,6 +103,13 @@ struct fdp_worker {
                                      * became before it: retired early) */
     int cpu_killed;                 /* terminated for holding the CPU
                                      * past --timeout (once per process) */
+    /* Workers on demand (--workers MIN-MAX): a table slot left empty on
+     * purpose (state "none", not respawned until demand), and when its
+     * process last had a connection (ms) and its served count then. */
+    int off;
+    uint64_t used_ms;
+    uint64_t used_served;
+    int ncap;                       /* entries in inflight/freeidx */
 };
 
 struct fdp_control;
@@ -179,6 +190,29 @@ struct fdp_pool {
     int generation;
     int nalive;                     /* processes not yet reaped */
 
+    /* Workers on demand: the table has max_workers slots (nworkers ==
+     * max_workers), at least min_workers of them with a process; the
+     * others are started while connections wait and no worker has room
+     * (at most spawn_rate per tick, doubling to FDP_SPAWN_RATE_MAX) and
+     * retired after idle_timeout seconds without a connection. 0: fixed
+     * (nworkers processes). */
+    int min_workers;
+    int max_workers;
+    double idle_timeout;
+    int spawn_rate;
+    uint64_t spawn_next_ms;         /* no start round before (ms) */
+    uint64_t spawned_demand;        /* processes started for demand */
+    uint64_t retired_idle;          /* processes retired for idleness */
+    char scaled_why[96];            /* why the count changed last */
+    /* --config re-read by a reload (the binding's): phase 0 reads and
+     * applies the file (0, or -errno with err: the reload is refused),
+     * 1 the new generation serves (keep), 2 it was refused (restore). */
+    int (*reconfigure)(struct fdp_pool *p, int phase, char *err,
+                       size_t errlen);
+    int reconf_workers[2];          /* min, max to apply at commit */
+    void *reconf_saved;             /* the binding's: what phase 2 restores */
+    int reconf_ref;                 /* its Lua function, or LUA_NOREF */
+
     struct fdp_pending *queue;      /* ring of FDP_QUEUE_MAX */
     int qhead;
     int qlen;
@@ -238,6 +272,7 @@ int fdp_pool_start(struct fdp_pool *p);
 int fdp_pool_step(struct fdp_pool *p, int timeout_ms);
 void fdp_pool_stop(struct fdp_pool *p, int graceful);
 int fdp_pool_scale(struct fdp_pool *p, int n);
+int fdp_pool_set_workers(struct fdp_pool *p, int min, int max);
 int fdp_pool_choose(struct fdp_pool *p, const struct fdp_pending *c,
                     int *fallback);
 int fdp_pool_reload(struct fdp_pool *p);

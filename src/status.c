@@ -204,6 +204,15 @@ fdp_buf_free(struct fdp_buf *b)
 }
 
 
+/* A process outside the table: told to stop (retiring), or a reload's
+ * new generation waiting for the rest of it (pending). */
+static const char *
+other_role(const struct fdp_slot *s)
+{
+    return s->state == FDP_W_EXITING ? "retiring" : "pending";
+}
+
+
 void
 fdp_status_json(struct fdp_buf *b, const struct fdp_status_info *info,
                 const struct fdp_slot *slots, int n)
@@ -243,7 +252,27 @@ fdp_status_json(struct fdp_buf *b, const struct fdp_status_info *info,
     } else {
         fdp_buf_printf(b, "null");
     }
-    fdp_buf_printf(b, ", \"workers\": [");
+    fdp_buf_printf(b, ", \"workers_min\": %d, \"workers_max\": %d, "
+                   "\"spawned\": %llu, \"retired_idle\": %llu, "
+                   "\"scaled\": ", info->workers_min, info->workers_max,
+                   (unsigned long long) info->spawned,
+                   (unsigned long long) info->retired_idle);
+    if (info->scaled) {
+        fdp_buf_json_str(b, info->scaled);
+    } else {
+        fdp_buf_printf(b, "null");
+    }
+    fdp_buf_printf(b, ", \"others\": [");
+    for (i = 0; i < info->nothers; i++) {
+        const struct fdp_slot *s = &info->others[i];
+
+        fdp_buf_printf(b, "%s{\"id\": %d, \"pid\": %ld, \"generation\": "
+                       "%d, \"state\": \"%s\", \"role\": \"%s\", "
+                       "\"active\": %d}", i ? ", " : "", s->id, (long) s->pid,
+                       s->generation, fdp_slot_state(s), other_role(s),
+                       s->active);
+    }
+    fdp_buf_printf(b, "], \"workers\": [");
     for (i = 0; i < n; i++) {
         const struct fdp_slot *s = &slots[i];
 
@@ -311,6 +340,21 @@ fdp_status_table(struct fdp_buf *b, const struct fdp_status_info *info,
     if (info->crash_why) {
         fdp_buf_printf(b, "crash streak %d: %s; restarting with back-off\n",
                        info->crash_streak, info->crash_why);
+    }
+    if (info->workers_min != info->workers_max || info->scaled) {
+        fdp_buf_printf(b, "workers %d-%d  spawned %llu  retired idle %llu"
+                       "%s%s\n", info->workers_min, info->workers_max,
+                       (unsigned long long) info->spawned,
+                       (unsigned long long) info->retired_idle,
+                       info->scaled ? "  last change: " : "",
+                       info->scaled ? info->scaled : "");
+    }
+    for (i = 0; i < info->nothers; i++) {
+        const struct fdp_slot *s = &info->others[i];
+
+        fdp_buf_printf(b, "%s: slot %d pid %ld generation %d %s active %d\n",
+                       other_role(s), s->id, (long) s->pid, s->generation,
+                       fdp_slot_state(s), s->active);
     }
     for (i = 0; i < info->nlisten; i++) {
         fdp_buf_printf(b, "listen %s\n", info->listen[i]);
@@ -400,6 +444,20 @@ fdp_status_openmetrics(struct fdp_buf *b, const struct fdp_status_info *info,
     fdp_buf_printf(b, "fdpool_generation %d\n", info->generation);
     om_family(b, "fdpool_workers", "gauge", "Worker slots.");
     fdp_buf_printf(b, "fdpool_workers %d\n", n);
+    om_family(b, "fdpool_workers_min", "gauge", "Workers kept running "
+              "(--workers MIN, or the fixed count).");
+    fdp_buf_printf(b, "fdpool_workers_min %d\n", info->workers_min);
+    om_family(b, "fdpool_workers_max", "gauge", "Workers at most "
+              "(--workers MAX, or the fixed count).");
+    fdp_buf_printf(b, "fdpool_workers_max %d\n", info->workers_max);
+    om_family(b, "fdpool_workers_spawned", "counter", "Workers started "
+              "because connections waited (on demand).");
+    fdp_buf_printf(b, "fdpool_workers_spawned_total %llu\n",
+                   (unsigned long long) info->spawned);
+    om_family(b, "fdpool_workers_retired_idle", "counter", "Workers "
+              "retired after --worker-idle-timeout without a connection.");
+    fdp_buf_printf(b, "fdpool_workers_retired_idle_total %llu\n",
+                   (unsigned long long) info->retired_idle);
 
     om_family(b, "fdpool_worker_state", "stateset", "Each worker's state.");
     for (i = 0; i < n; i++) {
@@ -512,6 +570,25 @@ fdp_status_lua(struct fdp_buf *b, const struct fdp_status_info *info,
         lua_str(b, info->crash_why);
         fdp_buf_printf(b, ",");
     }
+    fdp_buf_printf(b, "workers_min=%d,workers_max=%d,spawned=%llu,"
+                   "retired_idle=%llu,", info->workers_min, info->workers_max,
+                   (unsigned long long) info->spawned,
+                   (unsigned long long) info->retired_idle);
+    if (info->scaled) {
+        fdp_buf_printf(b, "scaled=");
+        lua_str(b, info->scaled);
+        fdp_buf_printf(b, ",");
+    }
+    fdp_buf_printf(b, "others={");
+    for (i = 0; i < info->nothers; i++) {
+        const struct fdp_slot *s = &info->others[i];
+
+        fdp_buf_printf(b, "{id=%d,pid=%ld,generation=%d,state=\"%s\","
+                       "role=\"%s\",active=%d},", s->id, (long) s->pid,
+                       s->generation, fdp_slot_state(s), other_role(s),
+                       s->active);
+    }
+    fdp_buf_printf(b, "},");
     fdp_buf_printf(b, "workers={");
     for (i = 0; i < n; i++) {
         const struct fdp_slot *s = &slots[i];

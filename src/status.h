@@ -83,6 +83,17 @@ struct fdp_status_info {
      * and closes by reason (deadline, overflow, per-ip, peer closed). */
     uint64_t pending;
     uint64_t closed[4];
+    /* The worker count: min and max (equal when fixed), why it changed
+     * last (NULL: never), processes started for waiting connections and
+     * retired idle (workers on demand); and the processes outside the
+     * table (retiring, or a reload's generation still starting). */
+    int workers_min;
+    int workers_max;
+    const char *scaled;
+    uint64_t spawned;
+    uint64_t retired_idle;
+    const struct fdp_slot *others;
+    int nothers;
 };
 
 #define FDP_LAT_BUCKETS 10

@@ -161,6 +161,10 @@ render_pool(struct fdp_buf *b, const struct fdp_status_info *info)
         snprintf(v, sizeof(v), "%d", info->crash_streak);
     }
     item(b, "crash streak", v);
+    snprintf(v, sizeof(v), "%d-%d%s%s", info->workers_min,
+             info->workers_max, info->scaled ? ", last change: " : "",
+             info->scaled ? info->scaled : "");
+    item(b, "workers", v);
 }
 
 

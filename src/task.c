@@ -34,6 +34,18 @@ fdp_sched_register(lua_State *L, struct fdp_sched *s)
 }
 
 
+struct fdp_sched *
+fdp_sched_of(lua_State *L)
+{
+    struct fdp_sched *s;
+
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &sched_key);
+    s = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return s;
+}
+
+
 /* What a handler's own coroutine yields to say "I wait for I/O": the
  * worker's coroutine.resume/wrap pass it up to the task (OpenResty does
  * the same), and resume the coroutine again when the task is woken. */
@@ -196,6 +208,24 @@ fdp_push_oneline(lua_State *L, const char *s)
 }
 
 
+/* t no longer waits on its waitable (timed out, cancelled, finished). */
+static void
+waitable_drop(struct fdp_task *t)
+{
+    struct fdp_waitable *wt = t->wobj;
+
+    if (wt != NULL) {
+        if (wt->waiter == t) {
+            wt->waiter = NULL;
+        }
+        if (wt->writer == t) {
+            wt->writer = NULL;
+        }
+    }
+    t->wobj = NULL;
+}
+
+
 /*
  * The handler is over: it returned (LUA_OK), raised (its error and
  * traceback are logged), or was cancelled by --timeout while waiting
@@ -227,9 +257,7 @@ task_finish(struct fdp_task *t, int status)
     }
     if (t->waiting) {
         fdp_timer_stop(s->loop, &t->timer);
-        if (t->wobj) {
-            t->wobj->waiter = NULL;
-        }
+        waitable_drop(t);
     }
     if (t->prev) {
         t->prev->next = t->next;
@@ -306,10 +334,7 @@ wait_timeout(struct fdp_loop *loop, struct fdp_timer *timer)
     struct fdp_task *t = timer->data;
 
     (void) loop;
-    if (t->wobj) {
-        t->wobj->waiter = NULL;
-    }
-    t->wobj = NULL;
+    waitable_drop(t);
     t->waiting = 0;
     t->timed_out = 1;
     task_resume(t, 0);
@@ -388,6 +413,9 @@ fdp_task_wake(struct fdp_task *t, int nargs)
 }
 
 
+static void wake_writer(struct fdp_waitable *wt);
+
+
 static void
 waitable_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 {
@@ -401,6 +429,22 @@ waitable_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     }
     if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
         wt->rdhup = 1;      /* as nginx's pending_eof */
+    }
+    if (wt->writer != NULL && (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR))) {
+        if (t == NULL || !(ev & (wt->events | EPOLLHUP | EPOLLERR))) {
+            struct fdp_task *w = wt->writer;
+
+            fdp_timer_stop(loop, &w->timer);
+            wt->writer = NULL;
+            w->wobj = NULL;
+            w->waiting = 0;
+            w->timed_out = 0;
+            task_resume(w, 0);
+            return;
+        }
+        /* The reader runs now; the writer on the next turn (wt may be
+         * gone once the reader has run). */
+        wake_writer(wt);
     }
     if (t == NULL) {
         return;
@@ -422,11 +466,8 @@ waitable_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
  * retried call then sees the closed fd and returns "closed".
  */
 static void
-wake_waiter(struct fdp_waitable *wt)
+wake_task(struct fdp_task *t)
 {
-    struct fdp_task *t = wt->waiter;
-
-    wt->waiter = NULL;
     t->wobj = NULL;
     fdp_timer_stop(t->s->loop, &t->timer);
     fdp_timer_init(&t->timer, run_again, t);
@@ -436,10 +477,33 @@ wake_waiter(struct fdp_waitable *wt)
 }
 
 
+static void
+wake_writer(struct fdp_waitable *wt)
+{
+    struct fdp_task *t = wt->writer;
+
+    wt->writer = NULL;
+    wake_task(t);
+}
+
+
+static void
+wake_waiter(struct fdp_waitable *wt)
+{
+    struct fdp_task *t = wt->waiter;
+
+    wt->waiter = NULL;
+    wake_task(t);
+    if (wt->writer != NULL) {
+        wake_writer(wt);
+    }
+}
+
+
 void
 fdp_waitable_unwatch(struct fdp_waitable *wt)
 {
-    if (wt->waiter != NULL) {
+    if (wt->waiter != NULL || wt->writer != NULL) {
         wake_waiter(wt);
     }
     if (wt->io.events != 0 || wt->io.seq != 0) {
@@ -452,7 +516,7 @@ fdp_waitable_unwatch(struct fdp_waitable *wt)
 void
 fdp_waitable_forget(struct fdp_waitable *wt)
 {
-    if (wt->waiter != NULL) {
+    if (wt->waiter != NULL || wt->writer != NULL) {
         wake_waiter(wt);
     }
     if (wt->io.seq != 0) {
@@ -470,7 +534,10 @@ fdp_wait(lua_State *L, struct fdp_waitable *wt, int fd, uint32_t events,
     uint64_t now = fdp_now_ms();
 
     if (t != NULL && wt->s != NULL) {
-        if (wt->waiter != NULL) {
+        struct fdp_task **slot = events == EPOLLOUT ? &wt->writer
+                                                    : &wt->waiter;
+
+        if (*slot != NULL) {
             return luaL_error(L, "connection already waited on by another "
                               "coroutine");
         }
@@ -484,8 +551,10 @@ fdp_wait(lua_State *L, struct fdp_waitable *wt, int fd, uint32_t events,
                                   strerror(errno));
             }
         }
-        wt->waiter = t;
-        wt->events = events;
+        *slot = t;
+        if (slot == &wt->waiter) {
+            wt->events = events;
+        }
         t->wobj = wt;
         t->waiting = events;
         t->timed_out = 0;

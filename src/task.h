@@ -30,8 +30,12 @@ struct fdp_task;
 struct fdp_waitable {
     struct fdp_io io;
     struct fdp_sched *s;        /* NULL: waits block in poll() */
-    struct fdp_task *waiter;    /* task blocked on it */
+    struct fdp_task *waiter;    /* task blocked on it (reading, or any
+                                   wait but a write's) */
     uint32_t events;            /* what the waiter waits for */
+    struct fdp_task *writer;    /* task blocked on it writing (EPOLLOUT
+                                   alone): one reader and one writer may
+                                   wait at once */
     int rready;                 /* no short read since the last EPOLLIN:
                                    worth a read() before waiting */
     int rdhup;                  /* the peer's FIN (or an error) was seen:
@@ -92,6 +96,8 @@ void fdp_sched_install_wrappers(lua_State *L);
 void fdp_task_start(struct fdp_sched *s, struct fdp_task *t);
 void fdp_task_resume(struct fdp_task *t, int nargs);
 
+/* The scheduler registered in L's state (a worker), or NULL. */
+struct fdp_sched *fdp_sched_of(lua_State *L);
 /* The task L runs in (its own coroutine), or NULL. */
 struct fdp_task *fdp_current_task(lua_State *L);
 /* The task for a wait from L (own or nested coroutine), or NULL when L

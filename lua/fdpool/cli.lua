@@ -14,8 +14,9 @@ Usage:
   pool status [--control PATH] [--json] [--format table|json|openmetrics]
                                              show the worker table
   pool stop [--control PATH] [--graceful]    stop a running pool
-  pool reload [--control PATH]               new generation of workers; waits
-                                             until it serves (or is refused)
+  pool reload [--control PATH]               new generation of workers (reads
+                                             --config again); waits until it
+                                             serves (or is refused)
   pool top [--control PATH] [--interval S] [-n COUNT]
                                              live view of the workers
   pool scale N [--control PATH]              run N workers from now on
@@ -33,8 +34,15 @@ Options for run:
                        pools share the port), ADDR,proxy (expect a PROXY
                        protocol v1/v2 header: conn:getpeername() is the
                        client behind HAProxy/nginx), ADDR,filter=MODE
-                       (this listener's --accept-filter)
+                       (this listener's --accept-filter); unix:PATH
+                       also ,mode=0660 and ,owner=USER[:GROUP] (the
+                       socket file's, set before it listens)
   --workers N          worker processes (default: online CPUs)
+  --workers MIN-MAX    workers on demand: MIN always run; more start (up
+                       to MAX, 1, 2, 4 ... 32 per 100 ms) while
+                       connections wait and no worker has room
+  --worker-idle-timeout S  on demand: a worker above MIN with no
+                       connection for S seconds retires (default 10)
   --concurrency N      connections per worker at once (default 1024;
                        1 = strict prefork, one connection per worker)
   --policy P           first_free, round_robin, least_conn (default),
@@ -83,8 +91,9 @@ Options for run:
   -- ARGS...           passed to SCRIPT as ... and arg[1..n]
 
 Signals: TERM/INT stop (1 s grace, then kill), QUIT stops gracefully
-(up to --grace), HUP reloads, TTIN/TTOU add/remove a worker, USR1
-reopens the log file.
+(up to --grace), HUP reloads (and reads --config again), TTIN/TTOU
+add/remove a worker (on demand: raise/lower MIN), USR1 reopens the
+log file.
 ]]
 
 local function die(code, fmt, ...)
@@ -153,6 +162,7 @@ local RUN_FLAGS = {
   ["--max-requests"] = "value", ["--user"] = "value", ["--log"] = "value",
   ["--max-memory"] = "value",
   ["--cpu-affinity"] = "value",
+  ["--worker-idle-timeout"] = "value",
 }
 
 local function check_script(script)
@@ -165,7 +175,7 @@ end
 -- fdpool.pool{}; flags replace what the file says.
 local CONFIG_KEYS = {
   handler = "string", script = "string", args = "table", listen = "any",
-  workers = "number", concurrency = "number", policy = "string",
+  workers = "any", worker_idle_timeout = "number", concurrency = "number", policy = "string",
   control = "any", grace = "number", timeout = "number", io_timeout = "number",
   max_requests = "number", max_memory = "number", user = "string", log = "string", log_level = "string",
   log_format = "string",
@@ -173,6 +183,33 @@ local CONFIG_KEYS = {
   max_conns_per_ip = "number",
   cpu_affinity = "string",
 }
+
+-- --workers N or MIN-MAX (config: also {min = MIN, max = MAX}): N, or
+-- "MIN-MAX" for fdpool.pool{}; nil, message naming the flag.
+local function workers_setting(v)
+  local bad = ("--workers must be N or MIN-MAX with 1 <= MIN <= MAX <= 256 (got '%s')")
+  local shown = v
+  if type(v) == "table" then
+    shown = "{min = " .. tostring(v.min) .. ", max = " .. tostring(v.max) .. "}"
+    if math.type(v.min) ~= "integer" or math.type(v.max) ~= "integer" then
+      return nil, bad:format(shown)
+    end
+    v = v.min .. "-" .. v.max
+  end
+  if math.type(v) == "integer" or (type(v) == "string" and v:match("^%d+$")) then
+    local n = math.tointeger(tonumber(v))
+    if not n or n < 1 or n > 256 then
+      return nil, ("--workers must be an integer from 1 to 256 (got '%s')"):format(tostring(v))
+    end
+    return n
+  end
+  local lo, hi = tostring(v):match("^(%d+)%-(%d+)$")
+  lo, hi = tonumber(lo), tonumber(hi)
+  if not lo or lo < 1 or hi < lo or hi > 256 then
+    return nil, bad:format(tostring(shown))
+  end
+  return ("%d-%d"):format(lo, hi)
+end
 
 local function load_config(path)
   local chunk, err = loadfile(path, "t")
@@ -190,6 +227,12 @@ local function load_config(path)
     end
     if want ~= "any" and type(v) ~= want then
       return nil, ("%s: setting '%s' must be a %s (got %s)"):format(path, k, want, type(v))
+    end
+  end
+  if t.workers ~= nil then
+    local _, werr = workers_setting(t.workers)
+    if werr then
+      return nil, ("%s: setting 'workers' %s"):format(path, (werr:gsub("^%-%-workers ", "")))
     end
   end
   t.handler = t.handler or t.script
@@ -230,7 +273,8 @@ local function build_config(opts, pos, cmd)
   if opts["--"] then cfg.args = opts["--"] end
   cfg.args = cfg.args or {}
   local flagmap = {
-    { "--workers", "workers", 1, 256, true }, { "--concurrency", "concurrency", 1, 65535, true },
+    { "--concurrency", "concurrency", 1, 65535, true },
+    { "--worker-idle-timeout", "worker_idle_timeout", 0.001, 1e6 },
     { "--max-requests", "max_requests", 1, 2^31 - 1, true }, { "--grace", "grace", 0 },
     { "--max-memory", "max_memory", 1, 4194304, true },
     { "--timeout", "timeout", 0.001 }, { "--io-timeout", "io_timeout", 0 },
@@ -246,6 +290,13 @@ local function build_config(opts, pos, cmd)
       if not n then return nil, 2, err end
       cfg[key] = n
     end
+  end
+  local w = opts["--workers"]
+  if w == nil then w = cfg.workers end
+  if w ~= nil then
+    local werr
+    cfg.workers, werr = workers_setting(w)
+    if not cfg.workers then return nil, 2, werr end
   end
   cfg.workers = cfg.workers or fdpool.ncpu()
   for _, f in ipairs { { "--user", "user" }, { "--log", "log" }, { "--log-level", "log_level" },
@@ -278,6 +329,34 @@ local function build_config(opts, pos, cmd)
   return cfg
 end
 
+-- With --config: what a reload (HUP, pool reload) calls in the master to
+-- read the file again, with the same flags on top. Log settings apply at
+-- once; the rest is checked and applied by the pool (a new listener is
+-- refused there). Returns the settings, or nil, a one-line message.
+local function rereader(opts, pos)
+  return function()
+    local c, _, err = build_config(opts, pos, "run")
+    if not c then return nil, err end
+    local lf = opts["--log-format"] or c.log_format
+    if lf and lf ~= "text" and lf ~= "json" then
+      return nil, ("--log-format must be text or json (got '%s')"):format(tostring(lf))
+    end
+    if type(c.handler) == "string" then
+      local sok, serr = check_script(c.handler)
+      if not sok then return nil, serr end
+    elseif c.handler == nil then
+      c.handler = require "fdpool.hello"
+    end
+    if c.log then
+      local lok, lerr = fdpool.log_file(c.log)
+      if not lok then return nil, "cannot open log file: " .. tostring(lerr) end
+    end
+    if lf then fdpool.log_format(lf) end
+    c.log, c.log_format = nil, nil
+    return c
+  end
+end
+
 local function cmd_run(args)
   local opts, pos = parse(args, 2, RUN_FLAGS, "run")
   if not opts then return die(2, "%s", pos) end
@@ -306,6 +385,7 @@ local function cmd_run(args)
   elseif script == nil then
     cfg.handler = require "fdpool.hello"
   end
+  if opts["--config"] then cfg.reconfigure = rereader(opts, pos) end
   local pool, perr = fdpool.pool(cfg)
   if not pool then return die(1, "%s", perr) end
   local rok, rerr = pool:run()

@@ -42,9 +42,29 @@ local function heap_pop(h)
   return top
 end
 
+-- The master's on-demand spawn rate: at most this many new workers per
+-- tick, doubling from 1 (as src/pool.c's FDP_SPAWN_RATE_MAX).
+M.spawn_rate_max = 32
+
+-- "MIN-MAX", {min = , max = } or n -> min, max (max nil: fixed n).
+local function workers_range(w)
+  if type(w) == "table" then return w.min, w.max end
+  if type(w) == "string" then
+    local lo, hi = w:match("^(%d+)%-(%d+)$")
+    assert(lo, "workers must be n, \"MIN-MAX\" or {min = , max = }")
+    return tonumber(lo), tonumber(hi)
+  end
+  return w or 2, nil
+end
+
 --- Simulate arrivals on a pool.
 -- @tparam table opts `policy` (built-in name, path, or function(workers,
--- conn)), `workers` (default 2), `capacity` (connections per worker,
+-- conn)), `workers` (default 2; "MIN-MAX" or {min = , max = }: workers
+-- on demand as the master runs them: a slot without a process has state
+-- "none", workers start while connections wait and none has room, at
+-- most 1, 2, 4 ... 32 a tick, each taking `spawn_time` seconds (default
+-- 0.05) to start, and a worker above MIN idle for `idle_timeout` seconds
+-- (default 10) retires), `capacity` (connections per worker,
 -- default 1), `listener` (conn.listener, default "127.0.0.1:8080"),
 -- `fields` ({[i] = {key = value}}: custom status fields per worker),
 -- `cpus` ({[i] = CPU}: worker i pinned to that CPU, as --cpu-affinity
@@ -54,9 +74,12 @@ end
 -- cpu = the CPU that received it (conn.cpu; nil: unknown)}),
 -- `limit` (seconds of simulated time after the last arrival, default 3600).
 -- @treturn table `{workers = {{served, max_active}...}, queued_max = n,
--- fallbacks = n, unserved = n, choices = {worker index per arrival}}`
+-- fallbacks = n, unserved = n, choices = {worker index per arrival}}`;
+-- on demand also `spawned`, `retired` (counts), `max_live` (processes at
+-- once) and `events` ({at = t, spawn = n} and {at = t, retire = slot}).
 function M.run(opts)
-  local nw, cap = opts.workers or 2, opts.capacity or 1
+  local min, max = workers_range(opts.workers)
+  local nw, cap = max or min, opts.capacity or 1
   local s = fdpool.simulator(opts.policy or "least_conn", nw, cap, opts.listener, opts.cpus,
     opts.reference)
   for i, fields in pairs(opts.fields or {}) do
@@ -79,6 +102,20 @@ function M.run(opts)
   end
   local departures, queue, qhead, qtail = {}, {}, 1, 0
   local result = { workers = workers, queued_max = 0, choices = {} }
+  -- Workers on demand: each slot "running", "starting" (until ready[i])
+  -- or "none"; used[i] is when it last had a connection.
+  local state, ready, used = {}, {}, {}
+  local idle = opts.idle_timeout or 10
+  local spawn_time = opts.spawn_time or 0.05
+  local rate, next_round = 1, 0
+  for i = 1, nw do state[i], used[i] = "running", 0 end
+  if max then
+    for i = min + 1, nw do
+      state[i] = "none"
+      s:state(i, "none")
+    end
+    result.spawned, result.retired, result.max_live, result.events = 0, 0, min, {}
+  end
   local last = arrivals[#arrivals] and arrivals[#arrivals].at or 0
   local stop_at = last + (opts.limit or 3600)
 
@@ -86,6 +123,7 @@ function M.run(opts)
     local w = s:choose(a.peer, a.cpu)
     if not w then return false end
     s:start(w)
+    used[w] = now
     active[w] = active[w] + 1
     if active[w] > workers[w].max_active then workers[w].max_active = active[w] end
     result.choices[a.n] = w
@@ -96,7 +134,63 @@ function M.run(opts)
   -- As the master: the queue is retried only while some worker has room.
   local function room()
     for i = 1, nw do
-      if active[i] < cap then return true end
+      if state[i] == "running" and active[i] < cap then return true end
+    end
+    return false
+  end
+
+  -- The master's on-demand tick (src/pool.c ondemand_tick).
+  local function ondemand(now)
+    local live, coming = 0, 0
+    for i = 1, nw do
+      if state[i] == "starting" and now >= ready[i] then
+        state[i] = "running"
+        s:state(i, "running")
+      end
+      if state[i] ~= "none" then live = live + 1 end
+      if state[i] == "starting" then coming = coming + 1 end
+      if active[i] > 0 then used[i] = now end
+    end
+    local waiting = qtail - qhead + 1
+    if waiting > 0 then
+      if room() or now < next_round then return end
+      local need = math.min((waiting + cap - 1) // cap - coming, rate)
+      local n = 0
+      for i = 1, nw do
+        if n >= need then break end
+        if state[i] == "none" then
+          state[i], ready[i], used[i] = "starting", now + spawn_time, now
+          s:state(i, "starting")
+          n, live = n + 1, live + 1
+        end
+      end
+      if n > 0 then
+        next_round = now + M.tick
+        result.spawned = result.spawned + n
+        result.events[#result.events + 1] = { at = now, spawn = n }
+        rate = math.min(rate * 2, M.spawn_rate_max)
+        if live > result.max_live then result.max_live = live end
+      end
+      return
+    end
+    rate = 1
+    for i = nw, 1, -1 do
+      if live <= min then break end
+      if state[i] == "running" and active[i] == 0 and now - used[i] >= idle then
+        state[i] = "none"
+        s:state(i, "none")
+        live = live - 1
+        result.retired = result.retired + 1
+        result.events[#result.events + 1] = { at = now, retire = i }
+      end
+    end
+  end
+
+  -- Is there anything a tick still has to do (workers on demand)?
+  local function busy_slots()
+    if not max then return false end
+    for i = min + 1, nw do
+      if state[i] ~= "none" then return true end
     end
     return false
   end
@@ -127,14 +221,19 @@ function M.run(opts)
       if queue[qhead] or not try(a, now) then
         qtail = qtail + 1
         queue[qtail] = a
+        -- The master starts workers on demand as soon as one waits.
+        if max then ondemand(now) end
       end
     else
       next_tick = math.huge
+      if max then ondemand(now) end
       drain(now)
     end
     local waiting = qtail - qhead + 1
     if waiting > result.queued_max then result.queued_max = waiting end
-    if waiting > 0 and next_tick == math.huge then next_tick = now + M.tick end
+    if (waiting > 0 or busy_slots()) and next_tick == math.huge then
+      next_tick = now + M.tick
+    end
   end
   result.unserved = qtail - qhead + 1
   result.fallbacks = s:fallbacks()

@@ -15,6 +15,7 @@ local process = require "fdpool.testing.process"
 
 return {
   conn = tconn.conn,
+  tasks = tconn.tasks,
   parse_head = tconn.parse_head,
   run = http.run,
   build_request = http.build_request,

@@ -63,7 +63,11 @@ conn_mt.__close = function(c) c:close() end
 -- @tparam[opt] table opts `input` (a string, or a list of strings: the
 -- chunks), `peer` ("ip:port", "[v6]:port" or "unix"; default
 -- "127.0.0.1:40000"), `sock` (default "127.0.0.1:8080"),
--- `timeout_after_input` (boolean, default false).
+-- `timeout_after_input` (boolean, default false), `live` (boolean: more
+-- input may come with `conn:feed`; a read that finds nothing waits, by
+-- yielding its coroutine, until `conn:feed` or `conn:hangup`: run such
+-- handlers with `testing.tasks()`; outside a coroutine it fails with
+-- "timeout").
 -- @treturn table the conn; besides the methods, `conn:output()` (all bytes
 -- sent), `conn.closed` (closed by the handler or parked), `conn.parked`,
 -- `conn.timeout` (as last set by settimeout).
@@ -92,7 +96,43 @@ function M.conn(opts)
     _chunks = chunks, _next = 1, _buf = "", _out = {},
     _peer = peer, _sock = sock, _eof_timeout = opts.timeout_after_input and true or false,
     _in = 0, _outn = 0, _shut_rd = false, _shut_wr = false,
+    _live = opts.live and true or false, _hungup = false, _version = 0,
   }, conn_mt)
+end
+
+--- A live conn's client sends more (a string): a reader waiting on it
+-- runs at the next `tasks:run()`.
+function Conn:feed(data)
+  if not self._live then error("feed: not a live conn (testing.conn{live = true})", 2) end
+  if type(data) ~= "string" then argerror(1, "feed", "string expected, got " .. type(data)) end
+  self._chunks[#self._chunks + 1] = data
+  self._version = self._version + 1
+end
+
+--- A live conn's client closes: reads see the end of the input.
+function Conn:hangup()
+  self._hungup = true
+  self._version = self._version + 1
+end
+
+-- What a waiting read yields to testing.tasks (a handler's own
+-- coroutines would take it for theirs: run them through tasks too).
+local WAIT = setmetatable({}, { __name = "fdpool.testing.wait" })
+
+-- A live conn with nothing to read: wait (yield) for feed/hangup, one
+-- reader at a time as the real conn. "timeout" when it cannot yield.
+function Conn:_wait()
+  if not coroutine.isyieldable() then return "timeout" end
+  self._reader = coroutine.running()
+  coroutine.yield(WAIT, self)
+  self._reader = nil
+  return "again"
+end
+
+-- nil, "busy" when another coroutine waits to read this conn.
+function Conn:_busy()
+  local r = self._reader
+  return r ~= nil and r ~= coroutine.running()
 end
 
 --- Everything the handler sent, as one string.
@@ -111,6 +151,9 @@ function Conn:_fill()
       self._in = self._in + #s
       return "data"
     end
+  end
+  if self._live and not self._hungup and not self.closed then
+    return self:_wait() == "again" and self:_fill() or "timeout"
   end
   return self._eof_timeout and "timeout" or "eof"
 end
@@ -149,6 +192,7 @@ function Conn:receive(pat, prefix)
     argerror(2, "receive", "prefix must be a string")
   end
   prefix = prefix ~= nil and tostring(prefix) or ""
+  if self:_busy() then return nil, "busy" end
   while true do
     if self.closed then return self:_fail("closed", prefix) end
     local buf = self._buf
@@ -677,6 +721,52 @@ function Conn:getstats() return self._in, self._outn end
 --- Whether v is a testing.conn.
 function M.is_conn(v)
   return getmetatable(v) == conn_mt
+end
+
+--- A tiny scheduler for handlers on live conns, as a worker runs its
+-- handlers: `tasks:spawn(fn, ...)` runs fn(...) in a coroutine until it
+-- waits; `tasks:run()` resumes every task whose conn got input (or hung
+-- up, or was closed) until none can go on, and returns how many still
+-- wait. A handler's error is raised by spawn/run with its traceback.
+function M.tasks()
+  local T = { list = {} }
+  local function step(t, ...)
+    local r = table.pack(coroutine.resume(t.co, ...))
+    if not r[1] then
+      error(debug.traceback(t.co, tostring(r[2])), 0)
+    end
+    if coroutine.status(t.co) == "dead" then
+      t.done = true
+    elseif r[2] == WAIT then
+      t.conn, t.version = r[3], r[3]._version
+    else
+      t.conn = nil          -- a bare yield: run again next round
+    end
+  end
+  function T:spawn(fn, ...)
+    local t = { co = coroutine.create(fn) }
+    self.list[#self.list + 1] = t
+    step(t, ...)
+    return t
+  end
+  function T:run()
+    repeat
+      local progress = false
+      for _, t in ipairs(self.list) do
+        local c = t.conn
+        if not t.done and (c == nil or c._version ~= t.version or c.closed) then
+          progress = true
+          step(t)
+        end
+      end
+    until not progress
+    local n = 0
+    for _, t in ipairs(self.list) do
+      if not t.done then n = n + 1 end
+    end
+    return n
+  end
+  return T
 end
 
 return M

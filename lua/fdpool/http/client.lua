@@ -1,0 +1,353 @@
+-- fdpool.http.client: an HTTP/1.1 client for handlers, over fdpool.tcp()
+-- (so every wait yields to the worker's loop), with keep-alive through
+-- the worker's socket pool, Content-Length, chunked (decoded in C by the
+-- socket's readchunked/readchunk) and close-delimited bodies, a
+-- streaming reader for large bodies, and redirects off by default.
+-- http:// only: https:// answers nil, "https not supported yet".
+local fdpool = require "fdpool"
+
+local M = {}
+
+--- Defaults for request{} (each may be given per request).
+M.defaults = {
+  timeout = 60,               -- seconds for the whole request (connect,
+                              -- send, head, body; streaming: up to the head)
+  max_head = 65536,           -- bytes of status line and header fields
+  max_body = 64 << 20,        -- bytes of a body read whole ("too large")
+  keepalive_timeout = 60,     -- seconds an idle connection stays pooled
+  keepalive_pool = 30,        -- idle connections per host:port
+  max_redirects = 5,          -- when follow_redirects is true
+}
+
+local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true,
+  OPTIONS = true, TRACE = true }
+
+local function tchar_only(s) return s:find("^[A-Za-z0-9!#$%%&'*+%-.^_`|~]+$") ~= nil end
+
+--- Split an http:// URL: scheme, host, port, target ("/..."), and the
+-- Host header value. Returns nil, err for what it cannot send.
+function M.parse_url(url)
+  if type(url) ~= "string" then return nil, "url must be a string" end
+  local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
+  if not scheme then return nil, "bad url" end
+  scheme = scheme:lower()
+  if scheme == "https" then return nil, "https not supported yet" end
+  if scheme ~= "http" then return nil, "unsupported scheme: " .. scheme end
+  local authority, target = rest:match("^([^/?#]*)(.*)$")
+  target = target:gsub("#.*$", "")
+  if target == "" then target = "/" elseif target:sub(1, 1) == "?" then target = "/" .. target end
+  if authority:find("@", 1, true) then return nil, "bad url: userinfo not supported" end
+  local host, port = authority:match("^%[([%x:.]+)%]:?(%d*)$")
+  local hosthdr
+  if host then
+    hosthdr = "[" .. host .. "]"
+  else
+    host, port = authority:match("^([^:]+):?(%d*)$")
+    hosthdr = host
+  end
+  if not host or host == "" then return nil, "bad url: no host" end
+  if target:find("[%z\1-\32\127]") then return nil, "bad url: space or control byte in the path" end
+  port = port ~= "" and tonumber(port) or 80
+  if port < 1 or port > 65535 then return nil, "bad url: port out of range" end
+  if port ~= 80 then hosthdr = hosthdr .. ":" .. port end
+  return { scheme = scheme, host = host, port = port, target = target, hosthdr = hosthdr }
+end
+
+-- parse_url's answers for the URLs seen lately (a proxy asks for the same
+-- few again and again); emptied when it holds 256.
+local url_cache, url_cached = {}, 0
+local function parse_url_cached(url)
+  local u = url_cache[url]
+  if u then return u end
+  local err
+  u, err = M.parse_url(url)
+  if not u then return nil, err end
+  if url_cached >= 256 then url_cache, url_cached = {}, 0 end
+  url_cache[url], url_cached = u, url_cached + 1
+  return u
+end
+
+-- The request head: method, target, Host, the caller's fields, framing.
+local function build_head(method, u, headers, body)
+  local t = { method, " ", u.target, " HTTP/1.1\r\n" }
+  local has = {}
+  local function add(k, v)
+    v = tostring(v)
+    if not tchar_only(k) then error("bad header name: " .. k, 4) end
+    if v:find("[%z\r\n]") then error("bad header value for " .. k, 4) end
+    t[#t + 1] = k .. ": " .. v .. "\r\n"
+    has[k:lower()] = true
+  end
+  for k, v in pairs(headers or {}) do
+    if type(k) ~= "string" then error("header names must be strings", 3) end
+    if type(v) == "table" then
+      for _, x in ipairs(v) do add(k, x) end
+    else
+      add(k, v)
+    end
+  end
+  if not has.host then t[#t + 1] = "Host: " .. u.hosthdr .. "\r\n" end
+  if body and not has["content-length"] and not has["transfer-encoding"] then
+    t[#t + 1] = "Content-Length: " .. #body .. "\r\n"
+  elseif not body and (method == "POST" or method == "PUT") and not has["content-length"] then
+    t[#t + 1] = "Content-Length: 0\r\n"
+  end
+  t[#t + 1] = "\r\n"
+  return table.concat(t)
+end
+
+-- Read the status line and header fields. Returns the response table,
+-- or nil, err, got_bytes (whether anything at all arrived).
+local function read_head(sock, max_head)
+  local total, line, err, partial
+  repeat
+    line, err, partial = sock:receive("l")
+    if not line then return nil, err, partial ~= nil and partial ~= "" end
+  until line ~= ""          -- tolerate empty lines before (RFC 9112 2.2)
+  total = #line
+  local major, minor, status, reason = line:match("^HTTP/(%d)%.(%d) (%d%d%d) ?(.*)$")
+  if not major or major ~= "1" then return nil, "bad status line", true end
+  local res = { status = tonumber(status), reason = reason, version = major .. "." .. minor,
+    headers = {} }
+  local h, n = res.headers, 0
+  while true do
+    line, err = sock:receive("l")
+    if not line then return nil, err, true end
+    total = total + #line + 2
+    if total > max_head then return nil, "header too large", true end
+    if line == "" then break end
+    n = n + 1
+    if n > 100 then return nil, "too many headers", true end
+    local k, v = line:match("^([%w!#$%%&'*+%-.^_`|~]+):[ \t]*(.-)[ \t]*$")
+    if not k then return nil, "bad header line", true end
+    if v:find("[%z\1-\8\10-\31\127]") then return nil, "bad header value", true end
+    k = k:lower()
+    h[k] = h[k] and (h[k] .. ", " .. v) or v
+  end
+  return res
+end
+
+-- How the body is framed: "none", "chunked", "length" (n) or "close";
+-- or nil, err for a response nobody can frame safely.
+local function framing(method, res)
+  local s = res.status
+  if method == "HEAD" or (s >= 100 and s < 200) or s == 204 or s == 304 then
+    return "none"
+  end
+  local te, cl = res.headers["transfer-encoding"], res.headers["content-length"]
+  if te then
+    if cl then return nil, "bad response: Transfer-Encoding and Content-Length" end
+    local last = te:lower():match("([^,%s]+)%s*$")
+    if last == "chunked" then return "chunked" end
+    return "close"
+  end
+  if cl then
+    if not cl:find("^%d+$") or #cl > 18 then return nil, "bad response: Content-Length" end
+    return "length", tonumber(cl)
+  end
+  return "close"
+end
+
+local function keepalive_ok(res)
+  local c = (res.headers.connection or ""):lower()
+  if res.version == "1.0" then return c:find("keep%-alive") ~= nil end
+  return not c:find("close")
+end
+
+-- A streaming reader for the body: res:read() -> piece, or nil at the
+-- end (the connection then goes back to the pool), or nil, err.
+local function make_reader(sock, kind, len, keep, o)
+  local left, done = len, false
+  local first = true
+  local function finish(ok)
+    done = true
+    if ok and keep then
+      if not sock:setkeepalive(o.keepalive_timeout, o.keepalive_pool) then sock:close() end
+    else
+      sock:close()
+    end
+  end
+  return function()
+    if done then return nil end
+    if kind == "none" then finish(true); return nil end
+    if kind == "length" then
+      if left == 0 then finish(true); return nil end
+      local n = math.min(left, 65536)
+      local data, err = sock:receive(n)
+      if not data then finish(false); return nil, err end
+      left = left - #data
+      return data
+    elseif kind == "chunked" then
+      local data, err = sock:readchunk(65536, first)
+      first = false
+      if not data then finish(false); return nil, err end
+      if data == "" then finish(true); return nil end
+      return data
+    else
+      local data, err, partial = sock:receive(65536)
+      if data then return data end
+      finish(false)
+      if err == "closed" then
+        if partial and partial ~= "" then return partial end
+        return nil
+      end
+      return nil, err
+    end
+  end
+end
+
+-- Read a whole body (bounded by max_body).
+local function read_body(sock, kind, len, max)
+  if kind == "none" then return "" end
+  if kind == "length" then
+    if len > max then return nil, "too large" end
+    if len == 0 then return "" end
+    local data, err = sock:receive(len)
+    if not data then return nil, err end
+    return data
+  elseif kind == "chunked" then
+    return sock:readchunked(max)
+  end
+  local parts, n = {}, 0
+  while true do
+    local data, err, partial = sock:receive(65536)
+    data = data or partial
+    if data and data ~= "" then
+      n = n + #data
+      if n > max then return nil, "too large" end
+      parts[#parts + 1] = data
+    end
+    if err == "closed" then return table.concat(parts) end
+    if err then return nil, err end
+  end
+end
+
+-- One exchange on one connection (no redirect). Returns res, or nil,
+-- err, retryable (a reused connection that failed before any byte of a
+-- response: the upstream closed it while it was idle).
+local function exchange(o, method, u, head, body, deadline)
+  local sock = fdpool.tcp()
+  local remaining = deadline - fdpool.now()
+  if remaining <= 0 then return nil, "timeout" end
+  sock:settimeout(remaining)
+  local ok, err = sock:connect(u.host, u.port)
+  if not ok then return nil, err end
+  local reused = sock:getreusedtimes()
+  remaining = deadline - fdpool.now()
+  if remaining <= 0 then sock:close(); return nil, "timeout" end
+  sock:setdeadline(remaining)
+  local sent
+  sent, err = sock:send(body and head .. body or head)
+  if not sent then
+    sock:close()
+    return nil, err, reused > 0
+  end
+  local res, got
+  repeat
+    res, err, got = read_head(sock, o.max_head)
+    if not res then
+      sock:close()
+      return nil, err, reused > 0 and not got and err == "closed"
+    end
+  until res.status >= 200 or res.status == 101
+  res.reused = reused
+  local kind, len = framing(method, res)
+  if not kind then sock:close(); return nil, len end
+  local keep = kind ~= "close" and res.status ~= 101 and keepalive_ok(res)
+  if o.stream then
+    sock:setdeadline(nil)
+    sock:settimeout(o.timeout)
+    local reader = make_reader(sock, kind, len, keep, o)
+    res.read = function() return reader() end
+    res.close = function() sock:close() end
+    return res
+  end
+  res.body, err = read_body(sock, kind, len, o.max_body)
+  if not res.body then sock:close(); return nil, err end
+  if keep then
+    if not sock:setkeepalive(o.keepalive_timeout, o.keepalive_pool) then sock:close() end
+  else
+    sock:close()
+  end
+  return res
+end
+
+-- A request's options: the caller's, else M.defaults.
+local OPTS_MT = { __index = function(t, k)
+  local v = t._opts[k]
+  if v == nil then v = M.defaults[k] end
+  return v
+end }
+
+local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
+
+--- Make a request.
+-- @tparam table opts `url` (http://host[:port]/path), `method` ("GET"),
+-- `headers` (name = value; a list sends one line each), `body` (a
+-- string), `timeout` (seconds, the whole request), `follow_redirects`
+-- (false (default), true (up to max_redirects) or a number), `stream`
+-- (true: `res.body` is nil; read it with `res:read()`), `max_head`,
+-- `max_body`, `keepalive_timeout`, `keepalive_pool` (see M.defaults).
+-- @treturn[1] table res: `status`, `reason`, `version`, `headers`
+-- (lower-case names, repeated ones joined with ", "), `body`, `reused`
+-- (times its connection had been reused from the pool), `url` (the last
+-- one, after redirects)
+-- @return[2] nil
+-- @treturn[2] string "timeout", "connection refused", "no such host",
+-- "closed", "too large", "bad status line", "header too large", "bad
+-- chunk size"..., "https not supported yet", "too many redirects"
+function M.request(opts)
+  if type(opts) ~= "table" then error("request{} expects a table", 2) end
+  local o = setmetatable({ _opts = opts }, OPTS_MT)
+  local method = (opts.method or "GET"):upper()
+  if not tchar_only(method) then error("bad method", 2) end
+  local body = opts.body
+  if body ~= nil and type(body) ~= "string" then error("body must be a string", 2) end
+  local url = opts.url
+  local headers = opts.headers or {}
+  local follow = opts.follow_redirects
+  local max_redirects = follow == true and M.defaults.max_redirects
+    or (type(follow) == "number" and follow) or 0
+  local deadline = fdpool.now() + o.timeout
+  local hops = 0
+  while true do
+    local u, err = parse_url_cached(url)
+    if not u then return nil, err end
+    local head = build_head(method, u, headers, body)
+    local res, retry
+    res, err, retry = exchange(o, method, u, head, body, deadline)
+    if not res and retry and IDEMPOTENT[method] then
+      -- The pooled connection was closed by the upstream while idle
+      -- (its FIN still in flight): once more, as nginx does.
+      res, err = exchange(o, method, u, head, body, deadline)
+    end
+    if not res then return nil, err end
+    res.url = url
+    local loc = res.headers.location
+    if not (REDIRECT[res.status] and loc and max_redirects > 0) or o.stream then
+      return res
+    end
+    hops = hops + 1
+    if hops > max_redirects then return nil, "too many redirects" end
+    if loc:find("^/") and not loc:find("^//") then
+      loc = "http://" .. u.hosthdr .. loc
+    elseif not loc:find("^%a[%w+.-]*://") then
+      return nil, "bad redirect location"
+    end
+    local nu = M.parse_url(loc)
+    if nu and (nu.host ~= u.host or nu.port ~= u.port) then
+      local h = {}
+      for k, v in pairs(headers) do
+        local lk = k:lower()
+        if lk ~= "authorization" and lk ~= "cookie" and lk ~= "host" then h[k] = v end
+      end
+      headers = h
+    end
+    if res.status == 303 or ((res.status == 301 or res.status == 302) and method == "POST") then
+      method, body = method == "HEAD" and "HEAD" or "GET", nil
+    end
+    url = loc
+  end
+end
+
+return M
