@@ -34,6 +34,8 @@ SAN      ?=
 CORE     := log fdpass channel loop addr status ctlproto proxy http_parse listen dispatch pool acceptf \
             control ctlclient statuspage policy laux task lconn lhttp worker lfd lpool lfdpool \
             dns lsock
+# pool upgrade (issue 19)
+CORE     += upgrade
 LUAFILES := $(sort $(wildcard lua/fdpool/*.lua lua/fdpool/*/*.lua))
 CORE_OBJ := $(patsubst %,$(B)/%.o,$(CORE)) $(B)/embed.o \
             $(B)/statuspage_html.o

@@ -507,6 +507,24 @@ fdp_acceptf_close_all(struct fdp_pool *p)
 }
 
 
+/* A graceful stop: what waits here is served rather than closed. Each
+ * goes to the dispatcher as if its bytes had come (the worker reads them
+ * as it would), while the queue has room; the rest is closed. */
+void
+fdp_acceptf_admit_all(struct fdp_pool *p)
+{
+    while (p->acceptf && p->acceptf->head && p->qlen < FDP_QUEUE_MAX) {
+        struct af_conn *x = p->acceptf->head;
+        struct fdp_pending c = x->c;
+
+        af_unlink(p, x);
+        free(x);
+        c.since_us = fdp_now_us();
+        p->admit(p, &c);
+    }
+}
+
+
 /* In a fresh child: close the fds, touch no epoll or timer. */
 void
 fdp_acceptf_close_in_child(struct fdp_pool *p)

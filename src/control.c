@@ -53,6 +53,8 @@ struct fdp_control {
     struct fdp_io mio;
     struct fdp_pool *pool;
     char path[108];
+    char upath[108];            /* taken over from an old master: the
+                                 * path, owned (path) from READY on */
     int lockfd;                 /* PATH.lock, flock()ed while we run */
     uint64_t path_dev;          /* the socket file we bound, so that */
     uint64_t path_ino;          /* stop unlinks only that one */
@@ -132,6 +134,19 @@ run_command(struct ctl_client *c, const char *line, size_t n)
             fdp_timer_stop(&p->loop, &c->timer);
         }
         break;
+    case FDP_CTL_UPGRADE:
+        fdp_log(FDP_LOG_INFO, 0, "upgrade requested on the control socket");
+        if (fdp_pool_upgrade(p) < 0) {
+            fdp_log(FDP_LOG_ERROR, 0, "%s", p->error);
+            fdp_buf_printf(&c->out, "ERR %s\n", p->error);
+            p->error[0] = '\0';
+        } else {
+            /* Answered by fdp_control_reload_done once the new master is
+             * READY (handed over) or refused. */
+            c->waiting = 1;
+            fdp_timer_stop(&p->loop, &c->timer);
+        }
+        break;
     case FDP_CTL_SCALE:
         if (fdp_pool_scale(p, (int) arg) < 0) {
             fdp_buf_printf(&c->out, "ERR cannot scale to %ld workers: %s\n",
@@ -155,7 +170,7 @@ run_command(struct ctl_client *c, const char *line, size_t n)
     default:
         fdp_buf_printf(&c->out, "ERR unknown command (expected status, "
                        "status json, status openmetrics, stop, "
-                       "stop graceful, reload, scale N, ping)\n");
+                       "stop graceful, reload, upgrade, scale N, ping)\n");
         break;
     }
 }
@@ -187,12 +202,13 @@ run_http(struct ctl_client *c)
         for (i = 0; i < p->nworkers; i++) {
             up += p->workers[i].slot.state == FDP_W_RUNNING;
         }
-        if (up > 0 && !p->stopping) {
+        if (up > 0 && !p->stopping && !p->draining) {
             fdp_buf_printf(&body, "ok %d/%d workers", up, p->nworkers);
         } else {
             status = "503 Service Unavailable";
             fdp_buf_printf(&body, "unavailable %d/%d workers%s", up,
-                           p->nworkers, p->stopping ? ", stopping" : "");
+                           p->nworkers, p->stopping || p->draining
+                           ? ", stopping" : "");
         }
         if (p->crash_streak > 0 && p->crash_why[0]) {
             fdp_buf_printf(&body, "; crash streak %d (last: %s), "
@@ -400,6 +416,13 @@ open_metrics(struct fdp_control *ctl, struct fdp_pool *p, char *err,
     socklen_t len;
     int one = 1, r;
 
+    if (p->inherit_metrics_fd >= 0) {
+        /* A pool upgrade handed it over: the same socket, still bound. */
+        ctl->mfd = p->inherit_metrics_fd;
+        p->inherit_metrics_fd = -1;
+        (void) fdp_set_nonblock(ctl->mfd, 1);
+        goto bound;
+    }
     r = fdp_parse_addr(p->metrics_addr, &ss, &len, err, errlen);
     if (r < 0) {
         return r;
@@ -420,6 +443,7 @@ open_metrics(struct fdp_control *ctl, struct fdp_pool *p, char *err,
         fdp_close(&ctl->mfd);
         return r;
     }
+bound:
     len = sizeof(ss);
     if (getsockname(ctl->mfd, (struct sockaddr *) &ss, &len) == 0) {
         char where[FDP_ADDR_MAX];
@@ -436,7 +460,7 @@ open_metrics(struct fdp_control *ctl, struct fdp_pool *p, char *err,
     ctl->mio.fd = ctl->mfd;
     ctl->mio.cb = control_accept;
     ctl->mio.data = ctl;
-    r = fdp_loop_add(&p->loop, &ctl->mio, EPOLLIN);
+    r = fdp_loop_add(&p->loop, &ctl->mio, p->accept_held ? 0 : EPOLLIN);
     if (r < 0) {
         snprintf(err, errlen, "metrics: epoll_ctl() failed (%s)",
                  strerror(-r));
@@ -497,6 +521,35 @@ lock_path(struct fdp_control *ctl, char *err, size_t errlen)
 }
 
 
+/* The control socket and its lock, handed over by an old master (pool
+ * upgrade): used as they are; the path is owned only from READY on
+ * (control_upgrade's RESUME), so a new master that fails unlinks
+ * nothing. */
+static void
+adopt_control(struct fdp_control *ctl, struct fdp_pool *p)
+{
+    struct sockaddr_un un;
+    socklen_t len = sizeof(un);
+
+    ctl->fd = p->inherit_ctl_fd;
+    ctl->lockfd = p->inherit_lock_fd;
+    p->inherit_ctl_fd = -1;
+    p->inherit_lock_fd = -1;
+    (void) fdp_set_nonblock(ctl->fd, 1);
+    memset(&un, 0, sizeof(un));
+    if (getsockname(ctl->fd, (struct sockaddr *) &un, &len) == 0
+        && un.sun_family == AF_UNIX) {
+        un.sun_path[sizeof(un.sun_path) - 1] = '\0';
+        snprintf(ctl->upath, sizeof(ctl->upath), "%s", un.sun_path);
+        free(p->control_path);
+        p->control_path = strdup(ctl->upath);
+    }
+    ctl->io.fd = ctl->fd;
+    ctl->io.cb = control_accept;
+    ctl->io.data = ctl;
+}
+
+
 int
 fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
 {
@@ -527,6 +580,17 @@ fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
         goto fail;
     }
     if (p->control_path == NULL) {
+        p->control = ctl;
+        return 0;
+    }
+    if (p->inherit_ctl_fd >= 0) {
+        adopt_control(ctl, p);
+        if (fdp_loop_add(&p->loop, &ctl->io, p->accept_held ? 0 : EPOLLIN)
+            < 0) {
+            r = -EBADF;
+            snprintf(err, errlen, "control socket: epoll_ctl() failed");
+            goto fail;
+        }
         p->control = ctl;
         return 0;
     }
@@ -743,9 +807,54 @@ service_open(struct fdp_pool *p, char *err, size_t errlen)
 }
 
 
+/* pool upgrade: see struct fdp_service in pool.h. */
+static void
+control_upgrade(struct fdp_pool *p, int op, int *fds)
+{
+    struct fdp_control *ctl = p->control;
+
+    if (op == FDP_SVC_FDS) {
+        fds[0] = ctl ? ctl->fd : -1;
+        fds[1] = ctl && ctl->fd >= 0 ? ctl->lockfd : -1;
+        fds[2] = ctl ? ctl->mfd : -1;
+        return;
+    }
+    if (ctl == NULL) {
+        return;
+    }
+    if (op == FDP_SVC_RESUME) {
+        if (ctl->upath[0] && !ctl->path[0]) {
+            memcpy(ctl->path, ctl->upath, sizeof(ctl->path));
+            (void) fdp_path_identity(ctl->path, &ctl->path_dev,
+                                     &ctl->path_ino);
+        }
+        if (ctl->fd >= 0) {
+            (void) fdp_loop_mod(&p->loop, &ctl->io, EPOLLIN);
+        }
+        if (ctl->mfd >= 0) {
+            (void) fdp_loop_mod(&p->loop, &ctl->mio, EPOLLIN);
+        }
+    } else if (op == FDP_SVC_RELEASE) {
+        /* The new master accepts on the same sockets; the lock stays
+         * held through its copy of the same open file. */
+        if (ctl->fd >= 0) {
+            (void) fdp_loop_del(&p->loop, &ctl->io);
+            fdp_close(&ctl->fd);
+        }
+        if (ctl->mfd >= 0) {
+            (void) fdp_loop_del(&p->loop, &ctl->mio);
+            fdp_close(&ctl->mfd);
+        }
+        fdp_close(&ctl->lockfd);
+        ctl->path[0] = '\0';
+    }
+}
+
+
 const struct fdp_service fdp_control_service = {
     service_open,
     fdp_control_close,
     fdp_control_tick,
     fdp_control_reload_done,
+    control_upgrade,
 };

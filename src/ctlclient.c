@@ -19,8 +19,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define CTL_RELOAD_WAIT_S 75    /* client: a reload's new generation may
-                                 * take up to 60 s to be READY */
+#define CTL_RELOAD_WAIT_S 75    /* client: a reload's new generation (an
+                                 * upgrade's new master) may take up to
+                                 * 60 s to be READY */
 
 
 /* One attempt: 0, or -errno with err set. The codes that mean "try
@@ -31,8 +32,9 @@ control_request_once(const char *path, const char *cmd,
                      struct fdp_buf *out, char *err, size_t errlen)
 {
     struct sockaddr_un un;
-    struct timeval tv = { strcmp(cmd, "reload") == 0 ? CTL_RELOAD_WAIT_S : 5,
-                          0 };
+    struct timeval tv = { strcmp(cmd, "reload") == 0
+                          || strcmp(cmd, "upgrade") == 0
+                          ? CTL_RELOAD_WAIT_S : 5, 0 };
     char buf[4096];
     ssize_t n;
     int fd, r;

@@ -1,6 +1,7 @@
 /*
  * ctlproto.c - parse one control command line (without its newline):
- * "status", "status json", "status openmetrics", "status lua", "stop", "stop graceful", "reload", "scale N"
+ * "status", "status json", "status openmetrics", "status lua", "stop",
+ * "stop graceful", "reload", "upgrade", "scale N"
  * (1 <= N <= 256), "ping". Anything else, including embedded NULs or
  * trailing bytes, is FDP_CTL_BAD (-EINVAL); a command is > 0.
  */
@@ -48,6 +49,9 @@ fdp_ctl_parse(const char *line, size_t n, long *arg)
     }
     if (is(line, n, "reload")) {
         return FDP_CTL_RELOAD;
+    }
+    if (is(line, n, "upgrade")) {
+        return FDP_CTL_UPGRADE;
     }
     if (is(line, n, "ping")) {
         return FDP_CTL_PING;

@@ -19,7 +19,8 @@ enum fdp_ctl_cmd {
     FDP_CTL_SCALE,
     FDP_CTL_PING,
     FDP_CTL_STATUS_METRICS,
-    FDP_CTL_STATUS_LUA
+    FDP_CTL_STATUS_LUA,
+    FDP_CTL_UPGRADE
 };
 
 int fdp_ctl_parse(const char *line, size_t n, long *arg);

@@ -321,6 +321,7 @@ hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
         p->lat_count++;
     }
     w->inflight[k].escalated = 0;
+    w->inflight[k].slow_at = 0;
     w->inflight[k].listener = c->listener;
     /* Remember the socket's identity for a later PARK: a plain TCP
      * connection by the peer address accept4 gave (no syscall on the hot
@@ -440,7 +441,7 @@ fdp_dispatch_queue(struct fdp_pool *p)
     }
     fdp_dispatch_flush(p);
     if (!p->stopping && !p->accepting && p->qlen < FDP_QUEUE_MAX / 2
-        && fdp_now_ms() >= p->accept_paused_until) {
+        && !p->accept_held && fdp_now_ms() >= p->accept_paused_until) {
         fdp_dispatch_accepting(p, 1);
     }
 }

@@ -57,6 +57,8 @@ struct fdp_conn {
     uint32_t peerlen;           /* > 0: the client from a PROXY header */
     unsigned char peer[28];
     struct fdp_http_chunked chunked;    /* conn:readchunked in progress */
+    char req[96];               /* the last request line read ("GET /x"),
+                                   for --slow's log line; "": none */
 };
 
 void fdp_conn_open_meta(lua_State *L);

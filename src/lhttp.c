@@ -358,7 +358,7 @@ kget(lua_State *L, int t, int k)
  * pushed.
  */
 static int
-parse_head(lua_State *L, char *s, char *end, int keyed)
+parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c)
 {
     struct fdp_http_head h;
     const char *q;
@@ -374,6 +374,19 @@ parse_head(lua_State *L, char *s, char *end, int keyed)
             lua_pushnil(L);
         }
         return 0;
+    }
+    if (c != NULL) {
+        /* the request line for --slow's log ("GET /x"), and its clock */
+        size_t m = h.method_len < sizeof(c->req) - 2 ? h.method_len
+                   : sizeof(c->req) - 2;
+        size_t t = h.target_len < sizeof(c->req) - 2 - m ? h.target_len
+                   : sizeof(c->req) - 2 - m;
+
+        memcpy(c->req, h.method, m);
+        c->req[m] = ' ';
+        memcpy(c->req + m + 1, h.target, t);
+        c->req[m + 1 + t] = '\0';
+        fdp_task_request(L, 1);         /* --slow counts from here */
     }
     lua_createtable(L, 0, 12);         /* and prepare's, body()'s fields */
     lua_pushlstring(L, h.method, h.method_len);
@@ -551,7 +564,7 @@ readrequest_run(lua_State *L, int status)
     if (hl == 0) {
         return 2;
     }
-    if (!parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 0)) {
+    if (!parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 0, c)) {
         return 3;
     }
     c->rstart += hl;
@@ -587,6 +600,7 @@ conn_readrequest(lua_State *L)
     }
     lua_pushnil(L);                     /* slot 4: the conn's own limit */
     fdp_conn_op_begin(c);
+    fdp_task_request(L, 0);             /* waiting for a request */
     return readrequest_k(L, LUA_OK, 0);
 }
 
@@ -931,6 +945,7 @@ httploop_next(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp)
         c->total = 0;
     }
     fdp_conn_op_begin(c);
+    fdp_task_request(L, 0);             /* waiting for a request */
 }
 
 
@@ -955,7 +970,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         lua_pushnil(L);
         lua_replace(L, S_LIMIT);
     }
-    if (hl == 0 || !parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 1)) {
+    if (hl == 0 || !parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 1, c)) {
         if (hl == 0) {
             lua_pushnil(L);             /* no method */
         }
@@ -1089,6 +1104,7 @@ conn_httploop(lua_State *L)
     c->timeout = head > 0 ? head : -1;
     c->total = 0;
     fdp_conn_op_begin(c);
+    fdp_task_request(L, 0);             /* waiting for a request */
     return httploop_k(L, LUA_OK, PH_READ);
 }
 

@@ -148,6 +148,23 @@ parse_options(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
 }
 
 
+/* Set l's options (reuseport, proxy, filter) from an --listen string, as
+ * for a listener bound here (a pool upgrade's adopted ones). 0, or
+ * -EINVAL with p->error set. */
+int
+fdp_listen_options(struct fdp_pool *p, struct fdp_listener *l,
+                   const char *addr)
+{
+    char host[FDP_ADDR_MAX];
+    int r = parse_options(p, l, addr, host);
+
+    if (r == 0) {
+        snprintf(l->addr, sizeof(l->addr), "%s", addr);
+    }
+    return r;
+}
+
+
 /* Bind and listen now (before any fork), so a port in use fails the start
  * at once. Returns 0, or -errno with p->error set: -EINVAL for a bad
  * address or option, else the failing call's (-EADDRINUSE, -EACCES...). */

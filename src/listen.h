@@ -7,7 +7,10 @@
 struct fdp_pool;
 
 /* fdp_pool_add_listen, fdp_pool_add_fd, fdp_pool_systemd_fds: pool.h. */
+struct fdp_listener;
 void fdp_listen_close_all(struct fdp_pool *p);
+int fdp_listen_options(struct fdp_pool *p, struct fdp_listener *l,
+                       const char *addr);
 void fdp_listen_notify_open(struct fdp_pool *p);
 void fdp_listen_notify(struct fdp_pool *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

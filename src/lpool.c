@@ -11,8 +11,10 @@
 #include "control.h"
 #include "policy.h"
 #include "worker.h"
+#include "upgrade.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
 #include <stdio.h>
@@ -104,7 +106,8 @@ check_keys(lua_State *L)
         "control", "grace", "log_level", "timeout", "max_requests", "user",
         "io_timeout", "metrics", "max_memory", "accept_filter",
         "max_conns_per_ip", "max_pending", "worker_idle_timeout",
-        "reconfigure", "cpu_affinity",
+        "reconfigure", "slow", "slow_log", "drain_delay", "exec_argv",
+        "cpu_affinity",
         NULL
     };
 
@@ -315,6 +318,78 @@ opt_timeouts(lua_State *L, struct fdp_pool *p)
 }
 
 
+/* slow, drain_delay (docs/operations.md); a reload reads them again. */
+static void
+opt_delays(lua_State *L, struct fdp_pool *p)
+{
+    if (lua_getfield(L, 1, "slow") != LUA_TNIL) {
+        p->slow = luaL_checknumber(L, -1);
+        luaL_argcheck(L, p->slow >= 0, 1, "slow must not be negative");
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "drain_delay") != LUA_TNIL) {
+        p->drain_delay = luaL_checknumber(L, -1);
+        luaL_argcheck(L, p->drain_delay >= 0 && p->drain_delay <= 3600, 1,
+                      "drain_delay must be 0 to 3600 seconds");
+    }
+    lua_pop(L, 1);
+}
+
+
+/* slow_log, exec_argv, and opt_delays. The slow log is opened here,
+ * append-only, CLOEXEC (workers inherit the master's descriptor, so
+ * --user needs no write access to it). 0, or 3 with nil, message, errno
+ * pushed (the open's errno). */
+static int
+opt_ops(lua_State *L, struct fdp_pool *p)
+{
+    opt_delays(L, p);
+    if (lua_getfield(L, 1, "slow_log") != LUA_TNIL) {
+        const char *path = luaL_checkstring(L, -1);
+
+        p->slow_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC
+                          | O_NOCTTY, 0640);
+        if (p->slow_fd < 0) {
+            int e = errno;
+
+            lua_pushfstring(L, "cannot open slow log %s (%s)", path,
+                            strerror(e));
+            return fdp_pushfailmsg(L, lua_tostring(L, -1), -e);
+        }
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "exec_argv") != LUA_TNIL) {
+        /* pool upgrade re-executes this command line with the binary
+         * running now (`pool run` sets it; without it upgrade is
+         * refused). */
+        lua_Integer i, k;
+        char exe[4096];
+        ssize_t n;
+
+        luaL_checktype(L, -1, LUA_TTABLE);
+        k = luaL_len(L, -1);
+        luaL_argcheck(L, k >= 1 && k < 4096, 1, "exec_argv must be a list "
+                      "of 1 or more strings");
+        p->exec_argv = calloc((size_t) k + 1, sizeof(char *));
+        if (p->exec_argv == NULL) {
+            return luaL_error(L, "out of memory");
+        }
+        for (i = 1; i <= k; i++) {
+            lua_geti(L, -1, i);
+            p->exec_argv[i - 1] = xstrdup(L, luaL_checkstring(L, -1));
+            lua_pop(L, 1);
+        }
+        n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+        if (n > 0) {
+            exe[n] = '\0';
+            p->exe = xstrdup(L, exe);
+        }
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+
 /* handler (a function, a table or a script, compiled now) and args.
  * 0, or 3 with nil, message, errno pushed (the open's errno for a
  * script that cannot be read, EINVAL for one that does not compile). */
@@ -404,21 +479,72 @@ opt_policy(lua_State *L, struct fdp_pool *p)
 }
 
 
+/* A pool upgrade's new master: close the old master's listeners that the
+ * configuration no longer names (systemd's stay), keeping the order of
+ * the rest. */
+static void
+upgrade_drop_listeners(struct fdp_pool *p, int nadopted, const char *kept)
+{
+    int i, k = 0;
+
+    for (i = 0; i < p->nlisten; i++) {
+        struct fdp_listener *l = &p->listeners[i];
+
+        if (i < nadopted && !kept[i] && !l->named) {
+            fdp_log(FDP_LOG_INFO, 0, "upgrade: not taking over %s (no longer "
+                    "in the configuration)", l->bound);
+            if (strncmp(l->bound, "unix:", 5) == 0 && p->ndropped
+                < FDP_MAX_LISTEN && (p->dropped[p->ndropped] =
+                                     strdup(l->bound + 5)) != NULL) {
+                (void) fdp_path_identity(p->dropped[p->ndropped],
+                                         &p->dropped_id[p->ndropped][0],
+                                         &p->dropped_id[p->ndropped][1]);
+                p->ndropped++;
+            }
+            fdp_close(&l->fd);
+            free(l->unix_path);
+            continue;
+        }
+        if (k != i) {
+            p->listeners[k] = *l;
+        }
+        p->listeners[k].io.data = &p->listeners[k];
+        k++;
+    }
+    for (i = k; i < p->nlisten; i++) {
+        memset(&p->listeners[i], 0, sizeof(p->listeners[i]));
+        p->listeners[i].fd = -1;
+    }
+    p->nlisten = k;
+}
+
+
 /* The listeners: sockets passed by systemd, then listen. 0, or 3
  * with nil, message, errno pushed (EADDRINUSE, EACCES, EINVAL...). */
 static int
 opt_listen(lua_State *L, struct fdp_pool *p)
 {
-    int t, i, r;
+    int t, i, r, nadopted, named = 0;
+    char kept[FDP_MAX_LISTEN] = { 0 };
 
-    /* Sockets passed by systemd (LISTEN_FDS for this pid) come first;
-     * with them, no default address is added. */
-    r = fdp_pool_systemd_fds(p);
+    /* A pool upgrade's new master: the old master's listeners first
+     * (systemd's, and each --listen address it bound, taken over as it
+     * is); only addresses new in the configuration are bound below. */
+    nadopted = r = fdp_upgrade_adopt(p);
     if (r < 0) {
         return fdp_pushfailmsg(L, p->error, r);
     }
+    /* Sockets passed by systemd (LISTEN_FDS for this pid) come first;
+     * with them, no default address is added. */
+    r = nadopted ? 0 : fdp_pool_systemd_fds(p);
+    if (r < 0) {
+        return fdp_pushfailmsg(L, p->error, r);
+    }
+    for (i = 0; i < p->nlisten; i++) {
+        named |= p->listeners[i].named;
+    }
     t = lua_getfield(L, 1, "listen");
-    if (t == LUA_TNIL && p->nlisten > 0) {
+    if (t == LUA_TNIL && (named || (p->nlisten > 0 && !nadopted))) {
         lua_pop(L, 1);
         lua_newtable(L);
         t = LUA_TTABLE;
@@ -435,14 +561,25 @@ opt_listen(lua_State *L, struct fdp_pool *p)
     luaL_argcheck(L, lua_istable(L, -1), 1, "listen must be an address or "
                   "a list of addresses");
     for (i = 1; i <= luaL_len(L, -1); i++) {
+        const char *addr;
+        int j;
+
         lua_geti(L, -1, i);
-        r = fdp_pool_add_listen(p, luaL_checkstring(L, -1));
-        if (r < 0) {
+        addr = luaL_checkstring(L, -1);
+        for (j = 0; j < nadopted; j++) {
+            if (!kept[j] && !p->listeners[j].named
+                && strcmp(p->listeners[j].addr, addr) == 0) {
+                kept[j] = 1;
+                break;
+            }
+        }
+        if (j == nadopted && (r = fdp_pool_add_listen(p, addr)) < 0) {
             return fdp_pushfailmsg(L, p->error, r);
         }
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
+    upgrade_drop_listeners(p, nadopted, kept);
     return 0;
 }
 
@@ -480,6 +617,7 @@ struct saved_conf {
     int accept_filter;
     double timeout, io_timeout, graceful_grace, idle_timeout;
     uint64_t max_memory;
+    double slow, drain_delay;
 };
 
 
@@ -506,6 +644,7 @@ swap_conf(struct fdp_pool *p, struct saved_conf *s)
     SW(policy_name); SW(concurrency); SW(max_requests); SW(max_conns_per_ip);
     SW(max_pending); SW(accept_filter); SW(timeout); SW(io_timeout);
     SW(graceful_grace); SW(idle_timeout); SW(max_memory);
+    SW(slow); SW(drain_delay);
 #undef SW
 }
 
@@ -636,6 +775,7 @@ reconf_read(lua_State *L)
         || (r = check_policy(L, q)) != 0) {
         return luaL_error(L, "%s", lua_tostring(L, -2));
     }
+    opt_delays(L, q);
     s = calloc(1, sizeof(*s));
     if (s == NULL) {
         return luaL_error(L, "out of memory");
@@ -662,6 +802,8 @@ reconf_read(lua_State *L)
     s->graceful_grace = q->graceful_grace;
     s->idle_timeout = q->idle_timeout;
     s->max_memory = q->max_memory;
+    s->slow = q->slow;
+    s->drain_delay = q->drain_delay;
     swap_conf(p, s);
     p->reconf_saved = s;
     p->reconf_workers[0] = q->max_workers ? q->min_workers : q->nworkers;
@@ -746,7 +888,8 @@ l_pool(lua_State *L)
     p->worker_main = fdp_worker_main;
     p->service = &fdp_control_service;
     if ((r = opt_limits(L, p)) != 0 || (r = opt_user(L, p)) != 0
-        || (r = opt_timeouts(L, p)) != 0 || (r = opt_handler(L, p)) != 0
+        || (r = opt_timeouts(L, p)) != 0 || (r = opt_ops(L, p)) != 0
+        || (r = opt_handler(L, p)) != 0
         || (r = opt_policy(L, p)) != 0 || (r = opt_listen(L, p)) != 0
         || (r = check_policy(L, p)) != 0) {
         return r;
@@ -922,6 +1065,8 @@ pool_status(lua_State *L)
     fdp_pool_status_info(p, &info, listen);
     lua_createtable(L, 0, 8);
     set_int(L, "pid", info.pid);
+    lua_pushstring(L, info.state);
+    lua_setfield(L, -2, "state");
     lua_pushstring(L, info.policy);
     lua_setfield(L, -2, "policy");
     lua_createtable(L, info.nlisten, 0);

@@ -37,7 +37,7 @@ run_cli(lua_State *L)
     lua_call(L, 1, 1);
     lua_getfield(L, -1, "main");
     lua_createtable(L, argc, 0);
-    for (i = 1; i < argc; i++) {
+    for (i = 0; i < argc; i++) {      /* args[0]: the program's name */
         lua_pushstring(L, argv[i]);
         lua_rawseti(L, -2, i);
     }

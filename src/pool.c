@@ -10,12 +10,14 @@
 #include "policy.h"
 #include "listen.h"
 #include "dispatch.h"
+#include "upgrade.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,11 +93,18 @@ fdp_pool_new(void)
     p->policy_ref = -2;
     p->sigfd = -1;
     p->notify_fd = -1;
+    p->slow_fd = -1;
+    p->upgrade_fd = -1;
+    p->ready_fd = -1;
+    p->inherit_ctl_fd = -1;
+    p->inherit_lock_fd = -1;
+    p->inherit_metrics_fd = -1;
     p->loop.epfd = -1;
     p->nworkers = 1;
     p->concurrency = 1024;
     p->grace = 1.0;
     p->graceful_grace = 30.0;
+    p->drain_delay = 0.5;
     p->io_timeout = 60.0;
     p->accept_filter = FDP_AF_AUTO;
     p->max_pending = FDP_PENDING_MAX_DEFAULT;
@@ -104,6 +113,7 @@ fdp_pool_new(void)
     p->spawn_rate = 1;
     p->owner = getpid();
     p->admit = fdp_dispatch_admit;
+    fdp_timer_init(&p->drain_timer, NULL, p);
     return p;
 }
 
@@ -130,6 +140,7 @@ fdp_pool_free(struct fdp_pool *p)
         return;
     }
     fdp_pool_close_in_child(p, -1);
+    fdp_close(&p->slow_fd);
     fdp_acceptf_free(p);
     for (i = 0; i < FDP_SLOTS; i++) {
         worker_free_tables(&p->workers[i]);
@@ -139,6 +150,14 @@ fdp_pool_free(struct fdp_pool *p)
     }
     for (i = 0; i < FDP_MAX_LISTEN; i++) {
         free(p->listeners[i].unix_path);
+    }
+    for (i = 0; p->exec_argv && p->exec_argv[i]; i++) {
+        free(p->exec_argv[i]);
+    }
+    free(p->exec_argv);
+    free(p->exe);
+    for (i = 0; i < p->ndropped; i++) {
+        free(p->dropped[i]);
     }
     free(p->args);
     free(p->script);
@@ -188,6 +207,7 @@ fdp_pool_close_in_child(struct fdp_pool *p, int keep)
     fdp_acceptf_close_in_child(p);
     fdp_close(&p->notify_fd);
     fdp_close(&p->sigfd);
+    fdp_upgrade_close_in_child(p);
     service_close(p, 0);
     fdp_loop_free(&p->loop);
 }
@@ -1089,6 +1109,11 @@ fdp_pool_reload(struct fdp_pool *p)
                  "when it is done)", p->reload_gen);
         return -EBUSY;
     }
+    if (p->upgrade_fd >= 0) {
+        snprintf(p->error, sizeof(p->error), "reload refused: an upgrade is "
+                 "in progress (new master pid %ld)", (long) p->upgrade_pid);
+        return -EBUSY;
+    }
     if (p->reconfigure != NULL
         && (r = p->reconfigure(p, 0, err, sizeof(err))) < 0) {
         snprintf(p->error, sizeof(p->error), "reload refused, keeping the "
@@ -1336,8 +1361,14 @@ on_ready(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
         }
         if (up == wanted_workers(p)) {
             p->notified_ready = 1;
-            fdp_listen_notify(p, "READY=1\nSTATUS=%d workers ready, "
-                              "generation %d", up, p->generation);
+            if (p->ready_fd >= 0) {
+                /* An upgrade's new master: the old one tells systemd
+                 * (MAINPID=, READY=1) once it has handed over. */
+                fdp_upgrade_ready(p);
+            } else {
+                fdp_listen_notify(p, "READY=1\nSTATUS=%d workers ready, "
+                                  "generation %d", up, p->generation);
+            }
         }
     }
     fdp_log(FDP_LOG_DEBUG, 0, "worker %d ready", w->slot.id);
@@ -1607,6 +1638,14 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         switch (si.ssi_signo) {
         case SIGCHLD:
             reap(p);
+            fdp_upgrade_poll(p);
+            break;
+        case SIGUSR2:
+            fdp_log(FDP_LOG_INFO, 0, "SIGUSR2: upgrading");
+            if (fdp_pool_upgrade(p) < 0) {
+                fdp_log(FDP_LOG_ERROR, 0, "%s", p->error);
+                p->error[0] = '\0';
+            }
             break;
         case SIGTERM:
         case SIGINT:
@@ -1801,6 +1840,49 @@ watch_timeouts(struct fdp_pool *p)
 }
 
 
+/*
+ * --slow, for handlers that hold the CPU (a waiting one is logged by its
+ * worker's own timer): while a connection in flight is older than
+ * --slow, its worker gets a SIGUSR2 sent with sigqueue and
+ * FDP_SIG_SLOW_VALUE as its value, again every quarter of --slow (100 ms
+ * to 1 s), so a spin is seen within that much past --slow; the
+ * worker tells apart from --timeout's kill(). The worker knows where its
+ * requests start (a keep-alive connection is older than its request):
+ * if the handler it runs is past --slow and not logged yet, it logs
+ * where it is and lets it go on (task.c's slow_hook); else nothing.
+ */
+static void
+watch_slow(struct fdp_pool *p)
+{
+    uint64_t now = fdp_now_us(), limit = (uint64_t) (p->slow * 1e6);
+    uint64_t ms = now / 1000, every = (uint64_t) (p->slow * 250.0);
+    union sigval v;
+    int i, k, send;
+
+    v.sival_int = FDP_SIG_SLOW_VALUE;
+    for (i = 0; i < FDP_SLOTS; i++) {
+        struct fdp_worker *w = &p->workers[i];
+
+        if (w->slot.pid <= 0 || w->slot.active == 0 || w->inflight == NULL) {
+            continue;
+        }
+        send = 0;
+        for (k = 0; k < w->slot.capacity; k++) {
+            struct fdp_inflight *f = &w->inflight[k];
+
+            if (f->id != 0 && now - f->since_us > limit && ms >= f->slow_at) {
+                f->slow_at = ms + (every < FDP_TICK_MS ? FDP_TICK_MS
+                                   : every > 1000 ? 1000 : every);
+                send = 1;
+            }
+        }
+        if (send) {
+            (void) sigqueue(w->slot.pid, SIGUSR2, v);
+        }
+    }
+}
+
+
 static void
 tick(struct fdp_loop *loop, struct fdp_timer *t)
 {
@@ -1848,14 +1930,18 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
     if (p->timeout > 0) {
         watch_timeouts(p);
     }
+    if (p->slow > 0) {
+        watch_slow(p);
+    }
     ondemand_tick(p, now);
     if (p->max_memory > 0 && !p->stopping
         && ++p->mem_tick >= MEM_CHECK_TICKS) {
         p->mem_tick = 0;
         watch_memory(p);
     }
+    fdp_upgrade_poll(p);
     if (!p->stopping && !p->accepting && p->qlen < FDP_QUEUE_MAX
-        && now >= p->accept_paused_until) {
+        && !p->accept_held && now >= p->accept_paused_until) {
         fdp_dispatch_accepting(p, 1);
     }
     if (p->service != NULL) {
@@ -1969,6 +2055,7 @@ setup_signals(struct fdp_pool *p)
     sigaddset(&set, SIGTTIN);
     sigaddset(&set, SIGTTOU);
     sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGUSR2);
     if (sigprocmask(SIG_BLOCK, &set, &p->oldmask) < 0) {
         return -errno;
     }
@@ -2050,7 +2137,9 @@ fdp_pool_start(struct fdp_pool *p)
     raise_nofile(p);
     for (i = 0; i < p->nlisten; i++) {
         p->listeners[i].io.cb = fdp_dispatch_listener_io;
-        r = fdp_loop_add(&p->loop, &p->listeners[i].io, EPOLLIN);
+        /* A pool upgrade's new master accepts from its READY on. */
+        r = fdp_loop_add(&p->loop, &p->listeners[i].io,
+                         p->accept_held ? 0 : EPOLLIN);
         if (r < 0) {
             snprintf(p->error, sizeof(p->error), "epoll_ctl() failed (%s)",
                      strerror(-r));
@@ -2058,7 +2147,7 @@ fdp_pool_start(struct fdp_pool *p)
         }
         fdp_log(FDP_LOG_INFO, 0, "listening on %s", p->listeners[i].bound);
     }
-    p->accepting = 1;
+    p->accepting = !p->accept_held;
     p->started = 1;
     p->running = 1;
     p->started_at = fdp_wall();
@@ -2101,6 +2190,7 @@ fdp_pool_start(struct fdp_pool *p)
     return 0;
 
 fail:
+    fdp_upgrade_abandon(p, p->error);
     if (p->sigfd >= 0) {
         fdp_close(&p->sigfd);
         (void) sigprocmask(SIG_SETMASK, &p->oldmask, NULL);
@@ -2109,6 +2199,72 @@ fail:
     fdp_policy_close(p);
     fdp_loop_free(&p->loop);
     return r;
+}
+
+
+/*
+ * --drain-delay, the end: accept what the listeners hold (until EAGAIN,
+ * or until the queue is full), then close them in the same turn of the
+ * loop (fdp_pool_stop), so that a connection the kernel completed just
+ * before is served rather than reset. The queued ones are served by the
+ * graceful stop.
+ */
+static void
+drain_end(struct fdp_loop *loop, struct fdp_timer *t)
+{
+    struct fdp_pool *p = t->data;
+    int i, k;
+
+    (void) loop;
+    p->draining = 2;
+    for (i = 0; i < p->nlisten; i++) {
+        struct fdp_listener *l = &p->listeners[i];
+
+        for (k = 0; k < 64 && l->fd >= 0 && p->accepting; k++) {
+            struct pollfd pf;
+
+            pf.fd = l->fd;
+            pf.events = POLLIN;
+            pf.revents = 0;
+            if (poll(&pf, 1, 0) <= 0 || !(pf.revents & POLLIN)) {
+                break;
+            }
+            fdp_dispatch_listener_io(&p->loop, &l->io, EPOLLIN);
+        }
+    }
+    fdp_log(FDP_LOG_INFO, 0, "drain delay over: listeners closed");
+    fdp_pool_stop(p, 1);
+}
+
+
+/*
+ * --drain-delay, the start of a graceful stop: report stopping (systemd
+ * STOPPING=1, /healthz 503, status "stopping") but go on accepting and
+ * serving for drain_delay seconds, so that a balancer's health check
+ * takes the pool out before its listeners close (a connection completed
+ * into a listener's queue when it closes is reset). Returns 1 when the
+ * stop waits for the drain (started now or already), 0 when it goes on.
+ */
+static int
+drain_begin(struct fdp_pool *p)
+{
+    if (p->draining == 1) {
+        return 1;
+    }
+    if (p->draining || p->stopping || p->drain_delay <= 0
+        || p->upgraded || p->loop.epfd < 0) {
+        return 0;
+    }
+    p->draining = 1;
+    reload_abort(p, "the pool is stopping");
+    fdp_upgrade_cancel(p, "the pool is stopping");
+    fdp_listen_notify(p, "STOPPING=1");
+    fdp_log(FDP_LOG_INFO, 0, "stopping gracefully: reporting stopping, "
+            "still accepting for %g s (--drain-delay)", p->drain_delay);
+    fdp_timer_init(&p->drain_timer, drain_end, p);
+    (void) fdp_timer_start(&p->loop, &p->drain_timer,
+                           (uint64_t) (p->drain_delay * 1000.0));
+    return 1;
 }
 
 
@@ -2126,18 +2282,33 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
     uint64_t now = fdp_now_ms();
     int i;
 
-    if (!p->running) {
+    if (!p->running || (graceful && drain_begin(p))) {
         return;
     }
     if (p->stopping && (graceful || p->stopping == 1)) {
         return;
     }
+    fdp_upgrade_abandon(p, p->failed ? p->error : NULL);
+    if (p->draining == 1) {
+        /* A fast stop cuts a graceful stop's drain delay short. */
+        p->draining = 2;
+        fdp_timer_stop(&p->loop, &p->drain_timer);
+    }
     reload_abort(p, "the pool is stopping");
+    fdp_upgrade_cancel(p, "the pool is stopping");
     p->stopping = graceful ? 2 : 1;
     fdp_listen_close_all(p);
     fdp_dispatch_close_held(p);
+    if (graceful) {
+        /* Served, not closed: what waits in the accept filter, and the
+         * queue, before the workers are told to stop. */
+        fdp_acceptf_admit_all(p);
+        fdp_dispatch_queue(p);
+    }
     fdp_acceptf_close_all(p);
-    fdp_listen_notify(p, "STOPPING=1");
+    if (!p->draining && !p->upgraded) {
+        fdp_listen_notify(p, "STOPPING=1");
+    }
     p->accepting = 0;
     if (!graceful) {
         while (p->qlen > 0) {
@@ -2195,6 +2366,34 @@ pool_finish(struct fdp_pool *p)
 
 
 /*
+ * pool upgrade (SIGUSR2, the control socket's "upgrade"): start a new
+ * master from this binary (upgrade.c). 0 (the outcome comes later), or
+ * -errno with p->error set: -ESHUTDOWN stopping, else fdp_upgrade_start's.
+ */
+int
+fdp_pool_upgrade(struct fdp_pool *p)
+{
+    if (!p->running || p->stopping || p->draining) {
+        snprintf(p->error, sizeof(p->error), "upgrade refused: the pool is "
+                 "stopping");
+        return -ESHUTDOWN;
+    }
+    return fdp_upgrade_start(p);
+}
+
+
+/* The new master is READY: it accepts on the same sockets, so this one
+ * only closes its copies (no connection waits in a listener of its own)
+ * and stops gracefully, serving what it holds. */
+static void
+upgrade_handover(struct fdp_pool *p)
+{
+    fdp_upgrade_release(p);
+    fdp_pool_stop(p, 1);
+}
+
+
+/*
  * Run the loop once, waiting at most timeout_ms (-1: until something
  * happens). Returns 1 while the pool runs, 0 once it has stopped (all
  * workers reaped, everything closed).
@@ -2221,6 +2420,9 @@ fdp_pool_step(struct fdp_pool *p, int timeout_ms)
         if (p->stopping && p->nalive > 0) {
             reap(p);
         }
+        if (p->upgrade_state == FDP_UP_READY) {
+            upgrade_handover(p);
+        }
     }
     if (p->stopping && p->nalive == 0) {
         pool_finish(p);
@@ -2238,6 +2440,8 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
 
     memset(info, 0, sizeof(*info));
     info->pid = p->owner;
+    info->state = p->stopping || p->draining ? "stopping"
+                  : p->upgrade_fd >= 0 ? "upgrading" : "running";
     info->policy = fdp_policy_name(p);
     for (i = 0; i < p->nlisten; i++) {
         /* The real address (port 0 resolved), or a systemd socket's name. */

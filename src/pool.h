@@ -29,6 +29,9 @@
 #define FDP_TICK_MS         100     /* the master's tick */
 #define FDP_SPAWN_RATE_MAX  32      /* on-demand starts per tick, at most */
 #define FDP_IDLE_TIMEOUT    10.0    /* --worker-idle-timeout default */
+/* The value of the SIGUSR2 the master sends with sigqueue for --slow
+ * (task.h's FDP_SIG_SLOW: the worker logs, the handler goes on). */
+#define FDP_SIG_SLOW_VALUE  1
 
 struct lua_State;
 struct fdp_pool;
@@ -76,6 +79,7 @@ struct fdp_inflight {
     uint32_t peerlen;               /* a PROXY header's client, or 0 */
     unsigned char peer[28];
     int escalated;                  /* 0, 1 SIGUSR2 sent, 2 SIGTERM sent */
+    uint64_t slow_at;               /* --slow: ms of the next SIGUSR2 */
 };
 
 struct fdp_worker {
@@ -127,7 +131,16 @@ struct fdp_service {
     void (*close)(struct fdp_pool *p, int unlink_path);
     void (*tick)(struct fdp_pool *p);
     void (*reload_done)(struct fdp_pool *p, int ok, const char *text);
+    /* pool upgrade (upgrade.c), op FDP_SVC_*: FDS fills fds[3] with the
+     * sockets to hand to a new master (control socket, its lock file,
+     * --metrics; -1: none); RESUME (the new master, READY) starts
+     * accepting on the ones it took over and owns the path; RELEASE
+     * (the old master) closes its copies and forgets the path, keeping
+     * its clients. */
+    void (*upgrade)(struct fdp_pool *p, int op, int *fds);
 };
+
+enum { FDP_SVC_FDS, FDP_SVC_RESUME, FDP_SVC_RELEASE };
 
 struct fdp_pool {
     /* Configuration, set before start. Strings are owned by the pool. */
@@ -158,12 +171,20 @@ struct fdp_pool {
     int accept_filter;              /* --accept-filter, FDP_AF_AUTO */
     int max_conns_per_ip;           /* 0: no cap */
     int max_pending;                /* size of the filter's pending set */
+    double slow;                    /* --slow: log handlers past it, 0 no */
+    int slow_fd;                    /* --slow-log file (O_APPEND), or -1 */
+    double drain_delay;             /* graceful stop: report stopping
+                                     * but serve for this long first */
 
     struct lua_State *L;            /* the state that made the pool */
     pid_t owner;                    /* pid of the master */
     int started;
     int running;
     int stopping;                   /* 0, 1 fast, 2 graceful */
+    int draining;                   /* 1: a graceful stop's drain delay
+                                     * (stopping reported, still
+                                     * accepting), 2: over */
+    struct fdp_timer drain_timer;
     int failed;                     /* first generation could not start */
     int simulated;                  /* fdpool.sim: no processes at all */
     int policy_lua;                 /* built-in policies run their Lua
@@ -253,6 +274,32 @@ struct fdp_pool {
     struct fdp_policy *policy;
     struct fdp_control *control;
 
+    /* pool upgrade (upgrade.c). The old master: */
+    char **exec_argv;               /* the command line to re-execute
+                                     * (NULL: fdpool.pool{}, refused) */
+    char *exe;                      /* /proc/self/exe at start */
+    pid_t upgrade_pid;              /* the new master starting, or 0 */
+    int upgrade_fd;                 /* its ready pipe, or -1 */
+    struct fdp_io upgrade_io;
+    uint64_t upgrade_deadline;      /* ms */
+    uint64_t upgrade_kill_at;       /* ms: SIGKILL a refused new master */
+    int upgrade_state;              /* FDP_UP_*: READY: hand over now;
+                                     * FAILED: its pipe closed early */
+    int upgraded;                   /* handed over: drains and exits
+                                     * without unlinking anything */
+    /* The new master (from FDPOOL_UPGRADE, until its first READY): */
+    pid_t upgraded_from;            /* the old master, or 0 */
+    int ready_fd;                   /* the pipe to say READY on, or -1 */
+    int accept_held;                /* not accepting until READY */
+    int inherit_ctl_fd;             /* handed-over control socket, -1 */
+    int inherit_lock_fd;            /* its PATH.lock (flock held), -1 */
+    int inherit_metrics_fd;         /* --metrics listener, -1 */
+    int ndropped;                   /* unix socket files of listeners the
+                                     * configuration no longer names: */
+    char *dropped[FDP_MAX_LISTEN];  /* removed at READY (the old master
+                                     * serves on them until then) */
+    uint64_t dropped_id[FDP_MAX_LISTEN][2];   /* their dev, ino */
+
     /* The pool calls up only through these two, set by whoever creates
      * it (the Lua binding); NULL: none. */
     fdp_worker_main_fn worker_main; /* the child's main (never returns) */
@@ -261,6 +308,8 @@ struct fdp_pool {
     void (*admit)(struct fdp_pool *p, struct fdp_pending *c);
     const struct fdp_service *service;  /* the control socket/metrics */
 };
+
+enum { FDP_UP_NONE, FDP_UP_READY, FDP_UP_FAILED };
 
 /* pool.c */
 struct fdp_pool *fdp_pool_new(void);
@@ -276,6 +325,7 @@ int fdp_pool_set_workers(struct fdp_pool *p, int min, int max);
 int fdp_pool_choose(struct fdp_pool *p, const struct fdp_pending *c,
                     int *fallback);
 int fdp_pool_reload(struct fdp_pool *p);
+int fdp_pool_upgrade(struct fdp_pool *p);
 void fdp_pool_close_in_child(struct fdp_pool *p, int keep);
 void fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
                           const char **listen);

@@ -220,8 +220,9 @@ fdp_status_json(struct fdp_buf *b, const struct fdp_status_info *info,
     int i, k;
 
     fdp_buf_printf(b, "{\"pid\": %ld, \"version\": \"%s\", \"now\": %.3f, "
-                   "\"policy\": ", (long) info->pid, FDP_VERSION,
-                   info->now > 0 ? info->now : fdp_wall());
+                   "\"state\": \"%s\", \"policy\": ", (long) info->pid,
+                   FDP_VERSION, info->now > 0 ? info->now : fdp_wall(),
+                   info->state ? info->state : "running");
     fdp_buf_json_str(b, info->policy);
     fdp_buf_printf(b, ", \"listen\": [");
     for (i = 0; i < info->nlisten; i++) {
@@ -340,6 +341,9 @@ fdp_status_table(struct fdp_buf *b, const struct fdp_status_info *info,
     if (info->crash_why) {
         fdp_buf_printf(b, "crash streak %d: %s; restarting with back-off\n",
                        info->crash_streak, info->crash_why);
+    }
+    if (info->state && strcmp(info->state, "running") != 0) {
+        fdp_buf_printf(b, "state %s\n", info->state);
     }
     if (info->workers_min != info->workers_max || info->scaled) {
         fdp_buf_printf(b, "workers %d-%d  spawned %llu  retired idle %llu"
@@ -540,9 +544,10 @@ fdp_status_lua(struct fdp_buf *b, const struct fdp_status_info *info,
 {
     int i, k;
 
-    fdp_buf_printf(b, "{pid=%ld,version=\"%s\",now=%.3f,policy=",
-                   (long) info->pid, FDP_VERSION,
-                   info->now > 0 ? info->now : fdp_wall());
+    fdp_buf_printf(b, "{pid=%ld,version=\"%s\",now=%.3f,state=\"%s\","
+                   "policy=", (long) info->pid, FDP_VERSION,
+                   info->now > 0 ? info->now : fdp_wall(),
+                   info->state ? info->state : "running");
     lua_str(b, info->policy);
     fdp_buf_printf(b, ",listen={");
     for (i = 0; i < info->nlisten; i++) {

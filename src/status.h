@@ -61,6 +61,10 @@ struct fdp_status_info {
     pid_t pid;
     double now;                     /* wall clock of the snapshot (0: the
                                      * renderer reads it) */
+    const char *state;              /* "running", "stopping" (a graceful
+                                     * stop's drain included), "upgrading"
+                                     * (a new master is starting);
+                                     * NULL: running */
     const char *policy;
     const char *const *listen;
     int nlisten;

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include <lauxlib.h>
+#include <signal.h>
 
 #define TASK_CANCELLED (-1)
 
@@ -238,6 +239,7 @@ task_finish(struct fdp_task *t, int status)
     struct fdp_sched *s = t->s;
 
     fdp_timer_stop(s->loop, &t->limit);
+    fdp_timer_stop(s->loop, &t->slow);
     if (status == TASK_CANCELLED) {
         (void) lua_resetthread(t->co);  /* runs pending <close> */
     } else if (status != LUA_OK) {
@@ -361,6 +363,133 @@ task_limit(struct fdp_loop *loop, struct fdp_timer *timer)
 }
 
 
+/*
+ * The --slow line for task t, once: where L is (t's coroutine, suspended,
+ * or the one running when called from the hook), how long the handler
+ * has run, its peer and request. The text is built on S's stack (the
+ * scheduler's state, or L itself when it runs). Written to --slow-log
+ * (one write(2), so lines from several workers never interleave) or,
+ * without one, to the log as a warning. The handler goes on.
+ */
+static void
+slow_log(struct fdp_task *t, lua_State *S, lua_State *L, const char *how)
+{
+    struct fdp_sched *s = t->s;
+    char peer[80] = "?", req[96] = "", head[256], line[8192];
+    double secs = (double) (fdp_now_ms() - t->start_ms) / 1000.0;
+    const char *tb;
+
+    if (t->slow_logged) {
+        return;
+    }
+    t->slow_logged = 1;
+    s->ops->peer(t, peer, sizeof(peer));
+    if (s->ops->request != NULL) {
+        s->ops->request(t, req, sizeof(req));
+    }
+    snprintf(head, sizeof(head), "slow handler (peer %s%s%s, running %.2f "
+             "s, %s)", peer, req[0] ? ", " : "", req, secs, how);
+    if (!lua_checkstack(S, 3)) {
+        return;
+    }
+    luaL_traceback(S, L, NULL, 0);
+    fdp_push_oneline(S, lua_tostring(S, -1));
+    tb = lua_tostring(S, -1);
+    if (s->slow_fd < 0) {
+        fdp_log(FDP_LOG_WARN, 0, "%s: %s", head, tb);
+    } else {
+        struct timespec ts;
+        struct tm tm;
+        size_t n;
+        int k;
+
+        clock_gettime(CLOCK_REALTIME, &ts);
+        gmtime_r(&ts.tv_sec, &tm);
+        n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        k = snprintf(line + n, sizeof(line) - n - 1, " %s[%ld]: %s: %s",
+                     s->slow_who, (long) getpid(), head, tb);
+        n += k > 0 ? (size_t) k : 0;
+        if (n > sizeof(line) - 2) {
+            n = sizeof(line) - 2;
+        }
+        line[n++] = '\n';
+        while (write(s->slow_fd, line, n) < 0 && errno == EINTR) {
+        }
+    }
+    lua_pop(S, 2);
+}
+
+
+/* --slow passed while the handler waits (the loop runs, so it is not on
+ * the CPU): the traceback of its suspended coroutine. */
+static void
+task_slow(struct fdp_loop *loop, struct fdp_timer *timer)
+{
+    struct fdp_task *t = timer->data;
+
+    (void) loop;
+    slow_log(t, t->s->L, t->co, "waiting");
+}
+
+
+/* The count hook fdp_sched_slow_signal set: runs in the coroutine that
+ * holds the CPU, logs where, and goes. */
+static void
+slow_hook(lua_State *L, lua_Debug *ar)
+{
+    struct fdp_task *t = task_of(L, NULL);
+
+    (void) ar;
+    lua_sethook(L, NULL, 0, 0);
+    if (t != NULL && t->start_ms != 0) {
+        slow_log(t, L, L, "on the CPU");
+    }
+}
+
+
+/* In the signal handler: only reads and lua_sethook (both safe there);
+ * fdp_now_ms is clock_gettime. */
+void
+fdp_sched_slow_signal(struct fdp_sched *s)
+{
+    struct fdp_task *t = s->current;
+
+    if (t != NULL && !t->slow_logged && t->start_ms != 0 && s->slow > 0
+        && fdp_now_ms() - t->start_ms >= (uint64_t) (s->slow * 1000.0)
+        && lua_gethook(t->co) == NULL) {
+        lua_sethook(t->co, slow_hook, LUA_MASKCOUNT, 1);
+    }
+}
+
+
+/*
+ * --slow counts from a request's start where the handler says where
+ * requests are (fdpool.http's conn:readrequest): begin = 0 as it starts
+ * reading a request (an idle keep-alive connection is not slow), 1 when
+ * the head is read (the clock starts again, and the request may be
+ * logged once). Other handlers count from the connection's start.
+ */
+void
+fdp_task_request(lua_State *L, int begin)
+{
+    int nested;
+    struct fdp_task *t = task_of(L, &nested);
+
+    if (t == NULL || t->s->slow <= 0) {
+        return;
+    }
+    if (begin) {
+        t->start_ms = fdp_now_ms();
+        t->slow_logged = 0;
+        (void) fdp_timer_start(t->s->loop, &t->slow,
+                               (uint64_t) (t->s->slow * 1000.0));
+    } else {
+        t->start_ms = 0;
+        fdp_timer_stop(t->s->loop, &t->slow);
+    }
+}
+
+
 void
 fdp_task_start(struct fdp_sched *s, struct fdp_task *t)
 {
@@ -379,9 +508,16 @@ fdp_task_start(struct fdp_sched *s, struct fdp_task *t)
     t->s = s;
     fdp_timer_init(&t->timer, wait_timeout, t);
     fdp_timer_init(&t->limit, task_limit, t);
+    fdp_timer_init(&t->slow, task_slow, t);
     if (s->timeout > 0) {
         (void) fdp_timer_start(s->loop, &t->limit,
                                (uint64_t) (s->timeout * 1000.0));
+    }
+    t->start_ms = fdp_now_ms();
+    t->slow_logged = 0;
+    if (s->slow > 0) {
+        (void) fdp_timer_start(s->loop, &t->slow,
+                               (uint64_t) (s->slow * 1000.0));
     }
     t->next = s->tasks;
     if (s->tasks) {

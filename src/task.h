@@ -53,6 +53,9 @@ struct fdp_task_ops {
      * the master: 0 (fd is the channel's now) or -errno. */
     int (*park)(struct fdp_task *t, int fd, uint64_t bytes_in,
                 uint64_t bytes_out, uint32_t idle_ms);
+    /* The request the task serves, if known ("GET /x"), for --slow's
+     * line; NULL or "" when none. */
+    void (*request)(struct fdp_task *t, char *out, size_t n);
 };
 
 struct fdp_task {
@@ -65,6 +68,10 @@ struct fdp_task {
     struct fdp_waitable *wobj;  /* waitable waited on */
     int timed_out;
     struct fdp_timer limit;     /* --timeout for the whole handler */
+    struct fdp_timer slow;      /* --slow: log where it waits, once */
+    uint64_t start_ms;          /* when the handler (or its request)
+                                   started; 0: between requests */
+    int slow_logged;            /* its --slow line was written */
     struct fdp_task *prev, *next;
 };
 
@@ -83,6 +90,9 @@ struct fdp_sched {
                                    allocator refuses growth past its limit */
     int nrbufs;                 /* idle conns' read buffers, kept for */
     char *rbufs[32];            /* the next fill (lconn.c) */
+    double slow;                /* --slow, seconds, 0: none */
+    int slow_fd;                /* --slow-log file, or -1: the log */
+    char slow_who[32];          /* "worker N": who writes the line */
 };
 
 /* Make s the scheduler of L's tasks (a registry entry), and install the
@@ -128,6 +138,16 @@ void fdp_waitable_forget(struct fdp_waitable *wt);
 
 /* fdpool.sleep: yield the task for s seconds, or block outside one. */
 int fdp_sleep(lua_State *L, lua_Number s);
+
+/* --slow for a handler that holds the CPU: the master's SIGUSR2 (with
+ * FDP_SIG_SLOW_VALUE, pool.h) lands here, in the signal handler. It only
+ * sets a count hook on the running task's coroutine (lua_sethook is
+ * async-signal-safe) unless one is set already (--timeout's); the hook
+ * logs the traceback of where the handler runs, once, and goes. */
+void fdp_sched_slow_signal(struct fdp_sched *s);
+/* A request starts (begin 1) or the handler waits for the next one
+ * (begin 0): --slow counts per request (task.c). */
+void fdp_task_request(lua_State *L, int begin);
 
 /* Push s with each "\n\t" of a traceback as " | " (one log line). */
 void fdp_push_oneline(lua_State *L, const char *s);

@@ -211,8 +211,20 @@ task_park(struct fdp_task *tk, int fd, uint64_t bytes_in, uint64_t bytes_out,
 }
 
 
+/* The request line its conn read last (fdpool.http), if any. */
+static void
+task_request(struct fdp_task *tk, char *out, size_t n)
+{
+    struct fdp_wtask *t = (struct fdp_wtask *) tk;
+
+    if (t->conn) {
+        snprintf(out, n, "%s", t->conn->req);
+    }
+}
+
+
 static const struct fdp_task_ops task_ops = { task_peer, task_done,
-                                              task_park };
+                                              task_park, task_request };
 
 
 /*
@@ -245,8 +257,16 @@ on_sigusr2(int sig, siginfo_t *si, void *uc)
 
     (void) sig;
     (void) uc;
-    if (w == NULL || si == NULL || si->si_code != SI_USER
-        || si->si_pid != w->pool->owner) {
+    if (w == NULL || si == NULL || si->si_pid != w->pool->owner) {
+        return;
+    }
+    if (si->si_code == SI_QUEUE
+        && si->si_value.sival_int == FDP_SIG_SLOW_VALUE) {
+        /* --slow (sigqueue): log where it runs, do not stop it. */
+        fdp_sched_slow_signal(&w->sched);
+        return;
+    }
+    if (si->si_code != SI_USER) {
         return;
     }
     if (w->sched.current != NULL) {
@@ -948,6 +968,9 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
     w.sched.loop = &w.loop;
     w.sched.ops = &task_ops;
     w.sched.timeout = p->timeout;
+    w.sched.slow = p->slow;
+    w.sched.slow_fd = p->slow_fd;
+    snprintf(w.sched.slow_who, sizeof(w.sched.slow_who), "%s", tag);
     fdp_timer_init(&w.done_timer, done_timer_cb, &w);
     (void) fdp_set_nonblock(w.ch->fd, 1);
     w.chio.fd = w.ch->fd;

@@ -349,7 +349,10 @@ describe("stopping", function()
     assert.equals(0, code, err)
     assert.equals("OK stopping gracefully\n", out)
     local t0 = H.clock()
-    -- The listener is closed as the stop begins.
+    -- The listener is closed once the drain delay (--drain-delay, 0.5 s
+    -- by default: the pool reports stopping but still accepts) is over.
+    H.wait_until(function() return p:log():find("drain delay over: listeners closed", 1, true) end,
+      5, "the drain delay to end")
     local fd, cerr = fdpool.connect(p.addr, 2)
     if fd then fd:close() end
     assert.is_nil(fd)

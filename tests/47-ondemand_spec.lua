@@ -131,7 +131,9 @@ describe("workers on demand", function()
     assert.is_true(ok, out)
     assert.matches("OK workers 3%-3 on demand %(9 is above the maximum", out)
     H.wait_status(p, function(s) return s.workers_min == 3 and live(s) == 3 end, 10, "min 3")
+    -- two identical pending signals merge into one: wait for the first to land
     p:kill("TTOU")
+    H.wait_status(p, function(s) return s.workers_min == 2 end, 10, "first TTOU: min 2")
     p:kill("TTOU")
     local st = H.wait_status(p, function(s) return s.workers_min == 1 and live(s) == 1 end, 20,
       "TTOU twice: min 1 and the idle workers retired")

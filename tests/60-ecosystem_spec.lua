@@ -476,10 +476,13 @@ describe("SO_REUSEPORT", function()
     assert.is_true(seen.A >= 3 and seen.B >= 3,
       ("after %d connections: A %d, B %d"):format(n, seen.A, seen.B))
 
-    -- The old pool stops gracefully: once the command returned, every new
-    -- connection reaches the new pool, and the held request still
-    -- completes on the old one, which then exits 0.
+    -- The old pool stops gracefully: once its drain delay is over
+    -- (--drain-delay: it still accepts for 0.5 s), every new connection
+    -- reaches the new pool, and the held request still completes on the
+    -- old one, which then exits 0.
     graceful_stop(a)
+    H.wait_until(function() return a:log():find("drain delay over: listeners closed", 1, true) end,
+      5, "pool A's drain delay to end")
     for _ = 1, 20 do
       local resp = assert(H.http_get(b.addr, "/"))
       assert.matches("\r\n\r\nB master=" .. b.pid .. " ", resp)
@@ -624,7 +627,8 @@ describe("pool stop --graceful (draining in scripts)", function()
   it("reports success every time (150 stops of an idle pool)", function()
     local bad = {}
     for i = 1, 150 do
-      local p = H.start_pool { workers = 1 }
+      -- No drain delay: the stop (and the race with the answer) at once.
+      local p = H.start_pool { workers = 1, extra = { "--drain-delay", "0" } }
       local code, out, err = H.run_pool("stop --graceful --control " .. q(p.control), 10)
       local exit = p:wait_exit(10)
       if code ~= 0 or out ~= "OK stopping gracefully\n" or exit ~= 0 then

@@ -20,6 +20,10 @@ Usage:
   pool top [--control PATH] [--interval S] [-n COUNT]
                                              live view of the workers
   pool scale N [--control PATH]              run N workers from now on
+  pool upgrade [--control PATH]              start a new master from the
+                                             binary on disk, hand it the
+                                             sockets; waits until it serves
+                                             (or is refused)
   pool --help | --version
 
 Options for run:
@@ -80,6 +84,15 @@ Options for run:
                        gets "not enough memory" (HTTP: a 500 for that
                        request), and a worker whose RssAnon stays above
                        MB is retired gracefully and replaced
+  --slow S             log the Lua traceback of a handler still running
+                       S seconds into its request (fdpool.http) or
+                       connection, once (where it waits or where it
+                       spins); it is not stopped (default: off)
+  --slow-log FILE      write those lines to FILE instead of the log
+  --drain-delay S      graceful stop (QUIT, pool stop --graceful): report
+                       stopping (/healthz 503) but accept and serve for S
+                       seconds first, so a balancer's health check sees
+                       it go (default 0.5; 0 = none)
   --cpu-affinity A     auto: pin worker i to the i-th CPU of the pool's
                        own CPU set (taskset's, if any); or a LIST such as
                        0,2-3 (worker i on its i-th CPU, wrapping)
@@ -91,9 +104,9 @@ Options for run:
   -- ARGS...           passed to SCRIPT as ... and arg[1..n]
 
 Signals: TERM/INT stop (1 s grace, then kill), QUIT stops gracefully
-(up to --grace), HUP reloads (and reads --config again), TTIN/TTOU
-add/remove a worker (on demand: raise/lower MIN), USR1 reopens the
-log file.
+(after --drain-delay, up to --grace), HUP reloads (and reads --config
+again), USR2 upgrades (as pool upgrade), TTIN/TTOU add/remove a worker
+(on demand: raise/lower MIN), USR1 reopens the log file.
 ]]
 
 local function die(code, fmt, ...)
@@ -161,6 +174,7 @@ local RUN_FLAGS = {
   ["--max-conns-per-ip"] = "value",
   ["--max-requests"] = "value", ["--user"] = "value", ["--log"] = "value",
   ["--max-memory"] = "value",
+  ["--slow"] = "value", ["--slow-log"] = "value", ["--drain-delay"] = "value",
   ["--cpu-affinity"] = "value",
   ["--worker-idle-timeout"] = "value",
 }
@@ -181,6 +195,7 @@ local CONFIG_KEYS = {
   log_format = "string",
   metrics = "string", accept_filter = "string", max_pending = "number",
   max_conns_per_ip = "number",
+  slow = "number", slow_log = "string", drain_delay = "number",
   cpu_affinity = "string",
 }
 
@@ -252,7 +267,7 @@ local function num_setting(name, v, lo, hi, integer)
       return nil, ("%s must be an integer from %d to %d (got '%s')"):format(name, lo, hi, tostring(v))
     end
     return nil, ("%s must be a number of seconds%s (got '%s')"):format(name,
-      lo > 0 and " above 0" or "", tostring(v))
+      lo > 0 and " above 0" or hi and (" from 0 to %g"):format(hi) or "", tostring(v))
   end
   return integer and math.tointeger(n) or n
 end
@@ -280,6 +295,7 @@ local function build_config(opts, pos, cmd)
     { "--timeout", "timeout", 0.001 }, { "--io-timeout", "io_timeout", 0 },
     { "--max-pending", "max_pending", 1, 1048576, true },
     { "--max-conns-per-ip", "max_conns_per_ip", 1, 2^31 - 1, true },
+    { "--slow", "slow", 0.001 }, { "--drain-delay", "drain_delay", 0, 3600 },
   }
   for _, f in ipairs(flagmap) do
     local flag, key, lo, hi, int = f[1], f[2], f[3], f[4], f[5]
@@ -301,7 +317,7 @@ local function build_config(opts, pos, cmd)
   cfg.workers = cfg.workers or fdpool.ncpu()
   for _, f in ipairs { { "--user", "user" }, { "--log", "log" }, { "--log-level", "log_level" },
                        { "--policy", "policy" }, { "--metrics", "metrics" },
-                       { "--accept-filter", "accept_filter" },
+                       { "--accept-filter", "accept_filter" }, { "--slow-log", "slow_log" },
                        { "--cpu-affinity", "cpu_affinity" } } do
     if opts[f[1]] then cfg[f[2]] = opts[f[1]] end
   end
@@ -386,6 +402,8 @@ local function cmd_run(args)
     cfg.handler = require "fdpool.hello"
   end
   if opts["--config"] then cfg.reconfigure = rereader(opts, pos) end
+  -- pool upgrade runs this command line again (docs/operations.md).
+  if args[0] then cfg.exec_argv = table.move(args, 0, #args, 1, {}) end
   local pool, perr = fdpool.pool(cfg)
   if not pool then return die(1, "%s", perr) end
   local rok, rerr = pool:run()
@@ -585,8 +603,10 @@ function M.main(args)
     return cmd_simple(args, "reload", "reload")
   elseif cmd == "scale" then
     return cmd_simple(args, "scale")
+  elseif cmd == "upgrade" then
+    return cmd_simple(args, "upgrade", "upgrade")
   end
-  return die(2, "unknown command '%s' (expected run, check, status, top, stop, reload, scale; see pool --help)", cmd)
+  return die(2, "unknown command '%s' (expected run, check, status, top, stop, reload, scale, upgrade; see pool --help)", cmd)
 end
 
 return M
