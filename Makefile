@@ -16,6 +16,10 @@ LUA_LMOD ?= $(PREFIX)/share/lua/5.4
 MANDIR   ?= $(PREFIX)/share/man
 DOCDIR   ?= $(PREFIX)/share/doc/fdpool
 LUA      ?= lua5.4
+# OpenSSL 3 (libssl-dev): TLS listeners and conn:sslhandshake().
+SSL_PC   ?= openssl
+SSL_CFLAGS ?= $(shell pkg-config --cflags $(SSL_PC) 2>/dev/null)
+SSL_LIBS   ?= $(shell pkg-config --libs $(SSL_PC) 2>/dev/null || echo -lssl -lcrypto)
 # c-ares: fdpool.tcp()'s resolver (src/dns.c).
 CARES_CFLAGS ?= $(shell pkg-config --cflags libcares 2>/dev/null)
 CARES_LIBS   ?= $(shell pkg-config --libs libcares 2>/dev/null || echo -lcares)
@@ -26,14 +30,14 @@ WARN     := -Wall -Wextra -Wshadow -Wwrite-strings -Wmissing-prototypes \
             -Wstrict-prototypes
 CFLAGS   ?=
 ALLCFLAGS = -std=c99 -D_GNU_SOURCE $(OPT) $(WARN) -fPIC $(LUA_CFLAGS) \
-            $(CARES_CFLAGS) -Isrc -I$(B) $(SAN) $(CFLAGS)
+            $(CARES_CFLAGS) $(SSL_CFLAGS) -Isrc -I$(B) $(SAN) $(CFLAGS)
 LDFLAGS  ?=
 B        ?= build
 SAN      ?=
 
-CORE     := log fdpass channel loop addr status ctlproto proxy http_parse listen dispatch pool acceptf \
-            control ctlclient statuspage policy laux task lconn lhttp worker lfd lpool lfdpool \
-            dns lsock
+CORE     := log fdpass channel loop addr status ctlproto proxy http_parse shdict listen dispatch shzone pool acceptf \
+            control ctlclient statuspage policy laux task lthread lshared lconn lhttp worker lfd lpool lfdpool \
+            dns lsock tls ltls
 # pool upgrade (issue 19)
 CORE     += upgrade
 LUAFILES := $(sort $(wildcard lua/fdpool/*.lua lua/fdpool/*/*.lua))
@@ -63,17 +67,18 @@ $(B)/statuspage_html.o: $(B)/statuspage_html.c
 	$(CC) $(ALLCFLAGS) -c -o $@ $<
 
 $(B)/pool: $(CORE_OBJ) $(B)/main.o
-	$(CC) $(SAN) $(LDFLAGS) -o $@ $^ $(LUA_LIBS) $(CARES_LIBS) -lm
+	$(CC) $(SAN) $(LDFLAGS) -o $@ $^ $(LUA_LIBS) $(CARES_LIBS) $(SSL_LIBS) -lm
 
 # The module leaves Lua's symbols to the interpreter that loads it.
 $(B)/fdpool.so: $(CORE_OBJ)
-	$(CC) $(SAN) $(LDFLAGS) -shared -o $@ $^ $(CARES_LIBS)
+	$(CC) $(SAN) $(LDFLAGS) -shared -o $@ $^ $(CARES_LIBS) $(SSL_LIBS)
 
 $(B)/fdfetch: src/fdfetch.c | $(B)
 	$(CC) -std=c99 -D_GNU_SOURCE $(OPT) $(WARN) $(SAN) $(CFLAGS) -o $@ $<
 
 $(B)/test_core: tests/c/test_core.c $(B)/fdpass.o $(B)/channel.o $(B)/loop.o \
-                $(B)/status.o $(B)/log.o $(B)/http_parse.o $(B)/proxy.o
+                $(B)/status.o $(B)/log.o $(B)/http_parse.o $(B)/proxy.o \
+                $(B)/shdict.o
 	$(CC) $(ALLCFLAGS) $(LDFLAGS) -o $@ $^
 
 setup:

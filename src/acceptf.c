@@ -10,6 +10,7 @@
 #include "pool.h"
 #include "acceptf.h"
 #include "proxy.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -48,7 +49,7 @@ struct fdp_acceptf {
     struct ip_node *ip[IP_BUCKETS];
 };
 
-enum { AF_WAIT, AF_READY, AF_CLOSED };
+enum { AF_WAIT, AF_READY, AF_CLOSED, AF_NOT_TLS };
 
 
 /* "none", "data", "http" -> the mode (>= 0), or -EINVAL. */
@@ -64,6 +65,9 @@ fdp_acceptf_parse(const char *s)
     if (strcmp(s, "http") == 0) {
         return FDP_AF_HTTP;
     }
+    if (strcmp(s, "tls") == 0) {
+        return FDP_AF_TLS;
+    }
     return -EINVAL;
 }
 
@@ -72,7 +76,8 @@ const char *
 fdp_acceptf_name(int mode)
 {
     return mode == FDP_AF_DATA ? "data" : mode == FDP_AF_HTTP ? "http"
-           : mode == FDP_AF_NONE ? "none" : "auto";
+           : mode == FDP_AF_TLS ? "tls" : mode == FDP_AF_NONE ? "none"
+           : "auto";
 }
 
 
@@ -87,12 +92,17 @@ get(struct fdp_pool *p)
 
 
 /* The mode for a connection of listener i: its own option, else
- * --accept-filter, else http for an HTTP handler, none otherwise. */
+ * --accept-filter, else http for an HTTP handler, none otherwise. A tls
+ * listener: its own option, else tls (never the pool's: an http filter
+ * cannot read encrypted bytes). */
 int
 fdp_acceptf_mode(struct fdp_pool *p, uint32_t listener)
 {
     int m = p->listeners[listener].filter;
 
+    if (p->listeners[listener].tls) {
+        return m == FDP_AF_AUTO ? FDP_AF_TLS : m;
+    }
     if (m == FDP_AF_AUTO) {
         m = p->accept_filter;
     }
@@ -291,7 +301,8 @@ af_close(struct fdp_pool *p, struct af_conn *x, int reason)
  * Look at what fd has received, without taking it. AF_READY: dispatch it
  * (data there, a whole head, a head over max_head - the worker answers
  * 431 -, or a half-closed client whose bytes the worker should judge);
- * AF_CLOSED: nothing and the peer left (or an error); AF_WAIT.
+ * AF_CLOSED: nothing and the peer left (or an error); AF_NOT_TLS: a tls
+ * listener's client sent something else; AF_WAIT.
  */
 static int
 af_look(struct fdp_acceptf *af, int fd, int mode, int hup)
@@ -300,8 +311,9 @@ af_look(struct fdp_acceptf *af, int fd, int mode, int hup)
     char one;
     ssize_t n;
 
-    if (mode == FDP_AF_HTTP) {
-        want = (size_t) (af->max_head ? af->max_head : 8192) + 64;
+    if (mode == FDP_AF_HTTP || mode == FDP_AF_TLS) {
+        want = mode == FDP_AF_TLS ? 5 + 16384
+               : (size_t) (af->max_head ? af->max_head : 8192) + 64;
         if (want > PEEK_CAP) {
             want = PEEK_CAP;
         }
@@ -310,8 +322,8 @@ af_look(struct fdp_acceptf *af, int fd, int mode, int hup)
         }
     }
     do {
-        n = recv(fd, mode == FDP_AF_HTTP ? af->buf : &one, want,
-                 MSG_PEEK | MSG_DONTWAIT);
+        n = recv(fd, mode == FDP_AF_DATA || mode == FDP_AF_NONE ? &one
+                 : af->buf, want, MSG_PEEK | MSG_DONTWAIT);
     } while (n < 0 && errno == EINTR);
     if (n < 0) {
         return errno == EAGAIN || errno == EWOULDBLOCK ? (hup ? AF_CLOSED
@@ -320,6 +332,15 @@ af_look(struct fdp_acceptf *af, int fd, int mode, int hup)
     }
     if (n == 0) {
         return AF_CLOSED;
+    }
+    if (mode == FDP_AF_TLS) {
+        /* Not TLS at all (plain HTTP, garbage): it costs its connection
+         * only. A truncated hello whose client hung up: the same. */
+        int r = fdp_tls_hello_check((const unsigned char *) af->buf,
+                                    (size_t) n);
+
+        return r > 0 ? AF_READY : r < 0 ? AF_NOT_TLS : hup ? AF_CLOSED
+               : AF_WAIT;
     }
     if (mode != FDP_AF_HTTP || hup || (size_t) n >= want
         || fdp_http_head_complete(af->buf, (size_t) n)) {
@@ -343,8 +364,8 @@ af_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     if (r == AF_WAIT) {
         return;
     }
-    if (r == AF_CLOSED) {
-        af_close(p, x, FDP_AF_PEER_CLOSED);
+    if (r == AF_CLOSED || r == AF_NOT_TLS) {
+        af_close(p, x, r == AF_CLOSED ? FDP_AF_PEER_CLOSED : FDP_AF_NOT_TLS);
         return;
     }
     if (p->qlen == FDP_QUEUE_MAX) {
@@ -456,8 +477,9 @@ fdp_acceptf_hold(struct fdp_pool *p, struct fdp_pending *c)
     if (r == AF_READY) {
         return 0;
     }
-    if (r == AF_CLOSED) {
-        p->af_closed[FDP_AF_PEER_CLOSED]++;
+    if (r == AF_CLOSED || r == AF_NOT_TLS) {
+        p->af_closed[r == AF_CLOSED ? FDP_AF_PEER_CLOSED
+                                    : FDP_AF_NOT_TLS]++;
         fdp_acceptf_ip_release(p, &c->peer, c->listener);
         fdp_close(&c->fd);
         return 1;

@@ -15,7 +15,8 @@ enum fdp_af_mode {
     FDP_AF_AUTO = -1,       /* from the workers' READY: http or none */
     FDP_AF_NONE = 0,        /* hand over at accept */
     FDP_AF_DATA,            /* first bytes arrived */
-    FDP_AF_HTTP             /* a complete request head arrived */
+    FDP_AF_HTTP,            /* a complete request head arrived */
+    FDP_AF_TLS              /* a whole TLS ClientHello record arrived */
 };
 
 enum fdp_af_reason {
@@ -23,6 +24,7 @@ enum fdp_af_reason {
     FDP_AF_OVERFLOW,        /* the pending set was full: oldest closed */
     FDP_AF_PER_IP,          /* over --max-conns-per-ip at accept */
     FDP_AF_PEER_CLOSED,     /* hung up (or failed) while pending */
+    FDP_AF_NOT_TLS,         /* a tls listener's client sent no TLS */
     FDP_AF_NREASONS
 };
 

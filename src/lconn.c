@@ -94,7 +94,7 @@ sock_sendfile(struct fdp_conn *c, int in, off_t *off, size_t n)
 
 
 static const struct fdp_transport sock_transport = {
-    sock_read, sock_write, sock_writev, sock_sendfile, NULL
+    sock_read, sock_write, sock_writev, sock_sendfile, NULL, NULL
 };
 
 
@@ -141,6 +141,9 @@ static void rbuf_release(struct fdp_conn *c);
 void
 fdp_conn_close(struct fdp_conn *c)
 {
+    if (c->fd >= 0 && c->tr_ctx != NULL && c->tr->shutdown != NULL) {
+        c->tr->shutdown(c);
+    }
     if (c->fd >= 0) {
         if (c->wt.s) {
             fdp_waitable_forget(&c->wt);
@@ -192,6 +195,12 @@ fdp_conn_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
     /* conn:setdeadline (or readrequest's whole-head limit) caps every
      * wait, whatever the per-wait timeout. */
     dl = *d;
+    if (c->tr_want != 0 && c->tr_want != events) {
+        /* TLS: a read that must write first (or the reverse) waits for
+         * either readiness and retries. */
+        events = EPOLLIN | EPOLLOUT;
+    }
+    c->tr_want = 0;
     if (c->limit > 0 && (dl == 0 || (uint64_t) c->limit < dl)) {
         dl = (uint64_t) c->limit;
     }
@@ -694,6 +703,12 @@ park(lua_State *L, struct fdp_conn *c, uint32_t idle_ms)
         lua_pushliteral(L, "unread data");
         return 2;
     }
+    if (c->tr_ctx != NULL) {
+        /* Its TLS state lives in this process (no kTLS): it stays. */
+        lua_pushnil(L);
+        lua_pushliteral(L, "tls");
+        return 2;
+    }
     fdp_waitable_unwatch(&c->wt);
     r = t->s->ops->park(t, c->fd, c->bytes_in, c->bytes_out, idle_ms);
     if (r < 0) {
@@ -707,7 +722,8 @@ park(lua_State *L, struct fdp_conn *c, uint32_t idle_ms)
 }
 
 
-/* conn:park([idle_seconds]) -> true, or nil, "unread data"|"closed":
+/* conn:park([idle_seconds]) -> true, or nil, "unread data"|"closed"|
+ * "tls" (a TLS connection stays with its worker):
  * the master keeps the idle connection (up to idle_seconds, default 15)
  * and dispatches it again when its next bytes arrive. The handler should
  * return right after; the conn is closed for it. */
@@ -895,6 +911,9 @@ conn_shutdown(lua_State *L)
         lua_pushnil(L);
         lua_pushliteral(L, "closed");
         return 2;
+    }
+    if (how[o] != SHUT_RD && c->tr_ctx != NULL && c->tr->shutdown != NULL) {
+        c->tr->shutdown(c);     /* TLS: close_notify before the FIN */
     }
     if (shutdown(c->fd, how[o]) < 0) {
         return fdp_pushfail(L, errno, "shutdown");

@@ -21,13 +21,21 @@ struct fdp_conn;
 
 /* How a conn's bytes move: each returns a count (0 from read: EOF; from
  * sendfile: the file ended) or a negative errno (-EAGAIN: wait), as the
- * rest of the C core does. */
+ * rest of the C core does. A read shorter than asked means the socket
+ * is drained (the conn then waits for the next edge). A transport whose
+ * -EAGAIN needs another readiness than the call's (TLS: a read that must
+ * write) sets tr_want. close (may be NULL) frees its state before the
+ * fd is closed. */
 struct fdp_transport {
     ssize_t (*read)(struct fdp_conn *c, void *buf, size_t n);
     ssize_t (*write)(struct fdp_conn *c, const void *buf, size_t n);
     ssize_t (*writev)(struct fdp_conn *c, const struct iovec *iov, int n);
     ssize_t (*sendfile)(struct fdp_conn *c, int in, off_t *off, size_t n);
-    /* Optional: free the connection's state (tr_ctx) when it closes. */
+    /* Optional: before the fd closes, a goodbye that must go out on it
+     * (TLS: close_notify; one non-blocking try). */
+    void (*shutdown)(struct fdp_conn *c);
+    /* Optional: free the connection's state (tr_ctx) when it closes
+     * (the fd may be closed already: it must not write). */
     void (*release)(void *tr_ctx);
 };
 
@@ -39,6 +47,8 @@ struct fdp_conn {
     void *tr_ctx;               /* the transport's state (a TLS session):
                                    it moves with the connection into and
                                    out of the keep-alive pool */
+    uint32_t tr_want;           /* the transport's last -EAGAIN waits for
+                                   this (EPOLLIN/EPOLLOUT), 0: the call's */
     double timeout;             /* seconds, < 0: none */
     int total;                  /* timeout per call ("t"), else per wait */
     uint64_t deadline;          /* ms, "t" mode: of the read in progress */

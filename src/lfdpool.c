@@ -13,6 +13,8 @@
 #include "lhttp.h"
 #include "lpool.h"
 #include "lsock.h"
+#include "ltls.h"
+#include "lthread.h"
 #include "pool.h"
 #include "control.h"
 #include "policy.h"
@@ -54,7 +56,10 @@ l_type(lua_State *L)
 {
     static const char *const types[] = { FDP_FD_MT, FDP_CHAN_MT,
                                          FDP_CONN_MT, FDP_TCP_MT,
-                                         FDP_POOL_MT, NULL };
+                                         FDP_POOL_MT,
+                                         "fdpool.thread", "fdpool.timer",
+                                         "fdpool.queue", "fdpool.semaphore",
+                                         "fdpool.shdict", NULL };
     int i;
 
     luaL_checkany(L, 1);
@@ -292,6 +297,10 @@ luaopen_fdpool(lua_State *L)
     fdp_lfd_open(L);
     fdp_lpool_open(L);
     fdp_lsock_open(L);
+    fdp_ltls_open(L);
+    fdp_lthread_open(L);
+    lua_newtable(L);            /* a worker's fdpool.shared.NAME */
+    lua_setfield(L, -2, "shared");
     lua_pushliteral(L, FDP_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

@@ -90,9 +90,10 @@ parse_mode(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
 }
 
 
-/* ADDR[,reuseport][,proxy][,filter=MODE][,mode=0660][,owner=U[:G]]: the
- * options into l, ADDR into host (FDP_ADDR_MAX bytes). 0, or -EINVAL
- * with p->error set. */
+/* ADDR[,reuseport][,proxy][,tls][,filter=MODE][,mode=0660][,owner=U[:G]]:
+ * the options into l, ADDR into host (FDP_ADDR_MAX bytes). 0, or -EINVAL
+ * with p->error set. filter=tls needs tls; a tls listener takes no
+ * filter=http (the bytes are encrypted). */
 static int
 parse_options(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
               char *host)
@@ -103,7 +104,7 @@ parse_options(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
         snprintf(p->error, sizeof(p->error), "listen address too long");
         return -EINVAL;
     }
-    l->proxy = l->reuseport = 0;
+    l->proxy = l->reuseport = l->tls = 0;
     l->filter = FDP_AF_AUTO;
     l->mode = -1;
     l->uid = l->gid = -1;
@@ -119,6 +120,8 @@ parse_options(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
             l->reuseport = 1;
         } else if (strcmp(tok, "proxy") == 0) {
             l->proxy = 1;
+        } else if (strcmp(tok, "tls") == 0) {
+            l->tls = 1;
         } else if (strncmp(tok, "filter=", 7) == 0
                    && fdp_acceptf_parse(tok + 7) >= 0) {
             l->filter = fdp_acceptf_parse(tok + 7);
@@ -133,10 +136,20 @@ parse_options(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
         } else {
             snprintf(p->error, sizeof(p->error), "bad address '%s': "
                      "unknown option '%s' (expected reuseport, proxy, "
-                     "filter=none|data|http, and for unix: mode=0660, "
-                     "owner=USER[:GROUP])", addr, tok);
+                     "tls, filter=none|data|http|tls, and for unix: "
+                     "mode=0660, owner=USER[:GROUP])", addr, tok);
             return -EINVAL;
         }
+    }
+    if (l->filter == FDP_AF_TLS && !l->tls) {
+        snprintf(p->error, sizeof(p->error), "bad address '%s': filter=tls "
+                 "needs the tls option", addr);
+        return -EINVAL;
+    }
+    if (l->filter == FDP_AF_HTTP && l->tls) {
+        snprintf(p->error, sizeof(p->error), "bad address '%s': a tls "
+                 "listener cannot use filter=http (use filter=tls)", addr);
+        return -EINVAL;
     }
     if ((l->mode >= 0 || l->uid >= 0 || l->gid >= 0)
         && (strncmp(host, "unix:", 5) != 0 || host[5] == '@')) {

@@ -8,8 +8,10 @@
 #include "laux.h"
 #include "lpool.h"
 #include "pool.h"
+#include "shdict.h"
 #include "control.h"
 #include "policy.h"
+#include "tls.h"
 #include "worker.h"
 #include "upgrade.h"
 
@@ -107,7 +109,7 @@ check_keys(lua_State *L)
         "io_timeout", "metrics", "max_memory", "accept_filter",
         "max_conns_per_ip", "max_pending", "worker_idle_timeout",
         "reconfigure", "slow", "slow_log", "drain_delay", "exec_argv",
-        "cpu_affinity",
+        "cpu_affinity", "tls_cert", "tls_key", "shared",
         NULL
     };
 
@@ -249,6 +251,43 @@ opt_limits(lua_State *L, struct fdp_pool *p)
 }
 
 
+/* shared = {NAME = "10m" | bytes, ...}: the dictionaries, made now (the
+ * master maps them before any worker forks). 0, or 3 with nil, message,
+ * errno pushed. */
+static int
+opt_shared(lua_State *L, struct fdp_pool *p)
+{
+    if (lua_getfield(L, 1, "shared") != LUA_TNIL) {
+        luaL_argcheck(L, lua_istable(L, -1), 1, "shared must be a table "
+                      "{NAME = SIZE}");
+        lua_pushnil(L);
+        while (lua_next(L, -2) != 0) {
+            const char *size_s = NULL;
+            uint64_t size = 0;
+            int r;
+
+            if (lua_type(L, -2) != LUA_TSTRING) {
+                return luaL_error(L, "shared: names must be strings");
+            }
+            if (lua_isinteger(L, -1) && lua_tointeger(L, -1) > 0) {
+                size = (uint64_t) lua_tointeger(L, -1);
+            } else if (lua_type(L, -1) == LUA_TSTRING) {
+                size_s = lua_tostring(L, -1);
+            } else {
+                size_s = "";
+            }
+            r = fdp_shzone_add(p, lua_tostring(L, -2), size_s, size);
+            if (r < 0) {
+                return fdp_pushfailmsg(L, p->error, r);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+
 /* user = "name[:group]": checked now (a worker cannot say why
  * later). 0, or 3 with nil, message, errno pushed (EINVAL: no such user
  * or group; EPERM: not root). */
@@ -288,6 +327,65 @@ opt_user(lua_State *L, struct fdp_pool *p)
         p->user_name = xstrdup(L, name);
     }
     lua_pop(L, 1);
+    return 0;
+}
+
+
+/* Option name (a string or a list of strings) into a fresh array of
+ * copies; its length. */
+static int
+string_list(lua_State *L, const char *name, char ***out)
+{
+    int i, n;
+
+    *out = NULL;
+    lua_getfield(L, 1, name);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        lua_createtable(L, 1, 0);
+        lua_insert(L, -2);
+        lua_rawseti(L, -2, 1);
+    }
+    luaL_argcheck(L, lua_istable(L, -1), 1, lua_pushfstring(L, "%s must be "
+                  "a file name or a list of them", name));
+    n = (int) luaL_len(L, -1);
+    luaL_argcheck(L, n <= FDP_TLS_MAX_CERTS, 1, lua_pushfstring(L, "at most "
+                  "%d %s files", FDP_TLS_MAX_CERTS, name));
+    *out = calloc((size_t) n + 1, sizeof(char *));
+    if (*out == NULL) {
+        luaL_error(L, "out of memory");
+    }
+    for (i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            luaL_argerror(L, 1, lua_pushfstring(L, "%s[%d] must be a file "
+                          "name", name, i + 1));
+        }
+        (*out)[i] = xstrdup(L, lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return n;
+}
+
+
+/* tls_cert, tls_key: pairs (the first the default certificate, the
+ * others chosen by SNI). Loaded by pool:start(), before any fork. */
+static int
+opt_tls(lua_State *L, struct fdp_pool *p)
+{
+    int nc = string_list(L, "tls_cert", &p->tls_cert);
+    int nk = string_list(L, "tls_key", &p->tls_key);
+
+    p->ntls = nc < nk ? nc : nk;
+    if (nc != nk) {
+        lua_pushfstring(L, "tls_cert and tls_key come in pairs (got %d "
+                        "certificate(s) and %d key(s))", nc, nk);
+        return fdp_pushfailmsg(L, lua_tostring(L, -1), -EINVAL);
+    }
     return 0;
 }
 
@@ -617,6 +715,8 @@ struct saved_conf {
     int accept_filter;
     double timeout, io_timeout, graceful_grace, idle_timeout;
     uint64_t max_memory;
+    char **tls_cert, **tls_key;     /* NULL-terminated lists */
+    int ntls;
     double slow, drain_delay;
 };
 
@@ -633,6 +733,19 @@ free_args(char **args, int nargs)
 }
 
 
+/* A NULL-terminated list of strings (tls_cert, tls_key). */
+static void
+free_list(char **list)
+{
+    int i;
+
+    for (i = 0; list != NULL && list[i] != NULL; i++) {
+        free(list[i]);
+    }
+    free(list);
+}
+
+
 /* Swap what a reload may change between p and s (both ways). */
 static void
 swap_conf(struct fdp_pool *p, struct saved_conf *s)
@@ -644,6 +757,7 @@ swap_conf(struct fdp_pool *p, struct saved_conf *s)
     SW(policy_name); SW(concurrency); SW(max_requests); SW(max_conns_per_ip);
     SW(max_pending); SW(accept_filter); SW(timeout); SW(io_timeout);
     SW(graceful_grace); SW(idle_timeout); SW(max_memory);
+    SW(tls_cert); SW(tls_key); SW(ntls);
     SW(slow); SW(drain_delay);
 #undef SW
 }
@@ -656,6 +770,8 @@ drop_conf(lua_State *L, struct saved_conf *s)
     free(s->script);
     free_args(s->args, s->nargs);
     free(s->policy_name);
+    free_list(s->tls_cert);
+    free_list(s->tls_key);
     if (s->handler_ref != LUA_NOREF) {
         luaL_unref(L, LUA_REGISTRYINDEX, s->handler_ref);
     }
@@ -738,6 +854,48 @@ same_sockets(lua_State *L, struct fdp_pool *p)
 }
 
 
+/* Does the configuration at index 1 ask for the shared dictionaries p
+ * has (names and sizes)? Raises otherwise: the mappings are made before
+ * the first worker forks and live as long as the master. */
+static void
+same_shared(lua_State *L, struct fdp_pool *p)
+{
+    int n = 0, i;
+
+    if (lua_getfield(L, 1, "shared") == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, -2) != 0) {
+            uint64_t size = 0;
+            char err[128];
+            int found = 0;
+
+            if (lua_isinteger(L, -1)) {
+                size = (uint64_t) lua_tointeger(L, -1);
+            } else if (lua_type(L, -1) == LUA_TSTRING) {
+                (void) fdp_shd_parse_size(lua_tostring(L, -1), &size, err,
+                                          sizeof(err));
+            }
+            for (i = 0; i < p->nshared; i++) {
+                found |= lua_type(L, -2) == LUA_TSTRING
+                         && strcmp(p->shared[i].name,
+                                   lua_tostring(L, -2)) == 0
+                         && p->shared[i].size == size;
+            }
+            if (!found) {
+                luaL_error(L, "the shared dictionaries changed: they need a "
+                           "restart");
+            }
+            n++;
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    if (n != p->nshared) {
+        luaL_error(L, "the shared dictionaries changed: they need a restart");
+    }
+}
+
+
 /*
  * (Under lua_pcall.) Call the pool's reconfigure function for a new
  * settings table, check it as fdpool.pool{} would (in a scratch pool,
@@ -762,6 +920,7 @@ reconf_read(lua_State *L)
     lua_settop(L, 1);
     check_keys(L);
     same_sockets(L, p);
+    same_shared(L, p);
     lp = lua_newuserdatauv(L, sizeof(*lp), 0);
     lp->p = NULL;
     luaL_setmetatable(L, POOL_MT);
@@ -771,6 +930,7 @@ reconf_read(lua_State *L)
     }
     q->L = L;
     if ((r = opt_limits(L, q)) != 0 || (r = opt_timeouts(L, q)) != 0
+        || (r = opt_tls(L, q)) != 0
         || (r = opt_handler(L, q)) != 0 || (r = opt_policy(L, q)) != 0
         || (r = check_policy(L, q)) != 0) {
         return luaL_error(L, "%s", lua_tostring(L, -2));
@@ -802,6 +962,11 @@ reconf_read(lua_State *L)
     s->graceful_grace = q->graceful_grace;
     s->idle_timeout = q->idle_timeout;
     s->max_memory = q->max_memory;
+    s->tls_cert = q->tls_cert;      /* the certificates' paths: the */
+    s->tls_key = q->tls_key;        /* reload reads them next */
+    s->ntls = q->ntls;
+    q->tls_cert = q->tls_key = NULL;
+    q->ntls = 0;
     s->slow = q->slow;
     s->drain_delay = q->drain_delay;
     swap_conf(p, s);
@@ -887,8 +1052,10 @@ l_pool(lua_State *L)
      * the control socket as its service. */
     p->worker_main = fdp_worker_main;
     p->service = &fdp_control_service;
-    if ((r = opt_limits(L, p)) != 0 || (r = opt_user(L, p)) != 0
+    if ((r = opt_limits(L, p)) != 0 || (r = opt_shared(L, p)) != 0
+        || (r = opt_user(L, p)) != 0
         || (r = opt_timeouts(L, p)) != 0 || (r = opt_ops(L, p)) != 0
+        || (r = opt_tls(L, p)) != 0
         || (r = opt_handler(L, p)) != 0
         || (r = opt_policy(L, p)) != 0 || (r = opt_listen(L, p)) != 0
         || (r = check_policy(L, p)) != 0) {
@@ -1075,6 +1242,17 @@ pool_status(lua_State *L)
         lua_rawseti(L, -2, i + 1);
     }
     lua_setfield(L, -2, "listen");
+    lua_createtable(L, info.nshared, 0);
+    for (i = 0; i < info.nshared; i++) {
+        lua_createtable(L, 0, 4);
+        lua_pushstring(L, info.shared[i].name);
+        lua_setfield(L, -2, "name");
+        set_int(L, "size", (lua_Integer) info.shared[i].size);
+        set_int(L, "used", (lua_Integer) info.shared[i].used);
+        set_int(L, "keys", (lua_Integer) info.shared[i].keys);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "shared");
     set_int(L, "accepted", (lua_Integer) info.accepted);
     set_int(L, "queued", (lua_Integer) info.queued);
     set_int(L, "parked", (lua_Integer) info.parked);
@@ -1084,6 +1262,7 @@ pool_status(lua_State *L)
     set_int(L, "overflow", (lua_Integer) info.closed[1]);
     set_int(L, "per_ip", (lua_Integer) info.closed[2]);
     set_int(L, "peer_closed", (lua_Integer) info.closed[3]);
+    set_int(L, "not_tls", (lua_Integer) info.closed[4]);
     lua_setfield(L, -2, "closed");
     set_int(L, "closed_by_peer", (lua_Integer) info.closed_by_peer);
     set_int(L, "crash_streak", info.crash_streak);

@@ -10,6 +10,7 @@
 #include "policy.h"
 #include "listen.h"
 #include "dispatch.h"
+#include "tls.h"
 #include "upgrade.h"
 
 #include <arpa/inet.h>
@@ -141,6 +142,7 @@ fdp_pool_free(struct fdp_pool *p)
     }
     fdp_pool_close_in_child(p, -1);
     fdp_close(&p->slow_fd);
+    fdp_shzone_close(p, 1);
     fdp_acceptf_free(p);
     for (i = 0; i < FDP_SLOTS; i++) {
         worker_free_tables(&p->workers[i]);
@@ -167,6 +169,16 @@ fdp_pool_free(struct fdp_pool *p)
     free(p->control_path);
     free(p->metrics_addr);
     free(p->user_name);
+    for (i = 0; p->tls_cert && p->tls_cert[i]; i++) {
+        free(p->tls_cert[i]);       /* NULL-terminated lists */
+    }
+    for (i = 0; p->tls_key && p->tls_key[i]; i++) {
+        free(p->tls_key[i]);
+    }
+    free(p->tls_cert);
+    free(p->tls_key);
+    fdp_tls_free(p->tls);
+    fdp_tls_free(p->reload_tls);
     free(p->workers);
     free(p->queue);
     free(p);
@@ -186,6 +198,7 @@ fdp_pool_close_in_child(struct fdp_pool *p, int keep)
     for (i = 0; i < FDP_MAX_LISTEN; i++) {
         fdp_close(&p->listeners[i].fd);
     }
+    fdp_shzone_close(p, 0);     /* the memfds; the mappings stay */
     for (i = 0; i < FDP_SLOTS; i++) {
         struct fdp_worker *w = &p->workers[i];
         int k;
@@ -933,6 +946,8 @@ reload_abort(struct fdp_pool *p, const char *why)
     p->reload_policy = NULL;
     free(p->reload_src);
     p->reload_src = NULL;
+    fdp_tls_free(p->reload_tls);
+    p->reload_tls = NULL;
     if (p->reconfigure != NULL) {
         char err[64];
 
@@ -1052,6 +1067,12 @@ reload_commit(struct fdp_pool *p)
         p->script_len = p->reload_len;
         p->reload_src = NULL;
     }
+    if (p->reload_tls != NULL) {
+        /* The old generation's workers keep their own copies. */
+        fdp_tls_free(p->tls);
+        p->tls = p->reload_tls;
+        p->reload_tls = NULL;
+    }
     fdp_acceptf_ready(p, &p->reload_ready);
     if (p->reload_policy != NULL) {
         struct fdp_policy *old = p->policy;
@@ -1136,6 +1157,32 @@ fdp_pool_reload(struct fdp_pool *p)
                  "running workers: %s", err);
         goto refused;
     }
+    for (i = 0; i < p->nlisten; i++) {
+        if (p->listeners[i].tls && p->ntls == 0) {
+            snprintf(p->error, sizeof(p->error), "reload refused, keeping "
+                     "the running workers: listener %s has the tls option "
+                     "but no certificate was given", p->listeners[i].addr);
+            r = -EINVAL;
+            goto refused;
+        }
+    }
+    /* Renewed certificates: read now, as root, before any fork; one that
+     * does not load refuses the reload. */
+    if (p->ntls > 0
+        && (r = fdp_tls_load(&p->reload_tls, p->tls_cert, p->tls_key,
+                             p->ntls, err, sizeof(err))) < 0) {
+        snprintf(p->error, sizeof(p->error), "reload refused, keeping the "
+                 "running workers: %s", err);
+        goto refused;
+    }
+    if (p->reload_tls != NULL) {
+        char serial[80];
+
+        fdp_tls_serial(p->reload_tls, serial, sizeof(serial));
+        fdp_log(FDP_LOG_INFO, 0, "TLS: %d certificate(s) read for the new "
+                "generation, default %s (serial %s)", p->ntls,
+                p->tls_cert[0], serial);
+    }
     for (j = p->nworkers; j < FDP_SLOTS; j++) {
         nfree += p->workers[j].slot.pid <= 0;
     }
@@ -1201,6 +1248,8 @@ fdp_pool_reload(struct fdp_pool *p)
 refused:
     free(p->reload_src);
     p->reload_src = NULL;
+    fdp_tls_free(p->reload_tls);
+    p->reload_tls = NULL;
     if (p->reconfigure != NULL) {
         (void) p->reconfigure(p, 2, err, sizeof(err));
     }
@@ -2112,6 +2161,28 @@ fdp_pool_start(struct fdp_pool *p)
                           p->error, sizeof(p->error))) < 0) {
         return r;
     }
+    for (i = 0; i < p->nlisten; i++) {
+        if (p->listeners[i].tls && p->ntls == 0) {
+            snprintf(p->error, sizeof(p->error), "listener %s has the tls "
+                     "option but no certificate was given (--tls-cert and "
+                     "--tls-key)", p->listeners[i].addr);
+            return -EINVAL;
+        }
+    }
+    /* Certificates and keys are read here, in the master, before any
+     * fork: workers under --user never need to read the key file. */
+    if (p->ntls > 0 && p->tls == NULL
+        && (r = fdp_tls_load(&p->tls, p->tls_cert, p->tls_key, p->ntls,
+                             p->error, sizeof(p->error))) < 0) {
+        return r;
+    }
+    if (p->tls != NULL) {
+        char serial[80];
+
+        fdp_tls_serial(p->tls, serial, sizeof(serial));
+        fdp_log(FDP_LOG_INFO, 0, "TLS: %d certificate(s) loaded, default "
+                "%s (serial %s)", p->ntls, p->tls_cert[0], serial);
+    }
     p->owner = getpid();
     fdp_listen_notify_open(p);
     r = fdp_loop_init(&p->loop);
@@ -2469,6 +2540,7 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
     info->scaled = p->scaled_why[0] ? p->scaled_why : NULL;
     info->spawned = p->spawned_demand;
     info->retired_idle = p->retired_idle;
+    fdp_shzone_status(p, info);
 }
 
 

@@ -18,6 +18,7 @@
 #include "channel.h"
 #include "loop.h"
 #include "status.h"
+#include "shzone.h"
 
 #define FDP_MAX_WORKERS     256
 /* Process slots: the table (at most FDP_MAX_WORKERS) plus room for a
@@ -43,6 +44,7 @@ struct fdp_listener {
     int named;                      /* from systemd, addr is its FDNAME */
     int reuseport;
     int filter;                     /* enum fdp_af_mode; AUTO: the pool's */
+    int tls;                        /* terminates TLS (the pool's certs) */
     char addr[FDP_ADDR_MAX];        /* as given to --listen */
     char bound[FDP_ADDR_MAX];       /* with the real port */
     char *unix_path;                /* to unlink at stop, owner only */
@@ -171,6 +173,10 @@ struct fdp_pool {
     int accept_filter;              /* --accept-filter, FDP_AF_AUTO */
     int max_conns_per_ip;           /* 0: no cap */
     int max_pending;                /* size of the filter's pending set */
+    char **tls_cert;                /* --tls-cert/--tls-key pairs (the */
+    char **tls_key;                 /* first the default, others by SNI) */
+    int ntls;
+    struct fdp_tls *tls;            /* loaded: the serving generation's */
     double slow;                    /* --slow: log handlers past it, 0 no */
     int slow_fd;                    /* --slow-log file (O_APPEND), or -1 */
     double drain_delay;             /* graceful stop: report stopping
@@ -193,6 +199,8 @@ struct fdp_pool {
                                      * cpus[i % ncpus]; 0: not pinned */
     int cpus[FDP_MAX_WORKERS];      /* (slots < 256: the first 256 do) */
     char error[1024];
+    struct fdp_shzone shared[FDP_MAX_SHARED];   /* --shared (shzone.c) */
+    int nshared;
     int ever_ready;
 
     struct fdp_loop loop;
@@ -270,6 +278,7 @@ struct fdp_pool {
     size_t reload_len;
     int spawn_new;                  /* forking for the new generation */
     struct fdp_ready_body reload_ready; /* its READY (accept filter) */
+    struct fdp_tls *reload_tls;     /* its certificates, until then */
 
     struct fdp_policy *policy;
     struct fdp_control *control;

@@ -229,10 +229,21 @@ fdp_status_json(struct fdp_buf *b, const struct fdp_status_info *info,
         fdp_buf_printf(b, i ? ", " : "");
         fdp_buf_json_str(b, info->listen[i]);
     }
+    fdp_buf_printf(b, "], \"shared\": [");
+    for (i = 0; i < info->nshared; i++) {
+        fdp_buf_printf(b, "%s{\"name\": ", i ? ", " : "");
+        fdp_buf_json_str(b, info->shared[i].name);
+        fdp_buf_printf(b, ", \"size\": %llu, \"used\": %llu, "
+                       "\"keys\": %llu}",
+                       (unsigned long long) info->shared[i].size,
+                       (unsigned long long) info->shared[i].used,
+                       (unsigned long long) info->shared[i].keys);
+    }
     fdp_buf_printf(b, "], \"accepted\": %llu, \"queued\": %llu, "
                    "\"parked\": %llu, \"pending\": %llu, "
                    "\"closed\": {\"deadline\": %llu, \"overflow\": %llu, "
-                   "\"per_ip\": %llu, \"peer_closed\": %llu}, "
+                   "\"per_ip\": %llu, \"peer_closed\": %llu, "
+                   "\"not_tls\": %llu}, "
                    "\"closed_by_peer\": %llu, "
                    "\"fallbacks\": %llu, \"started\": %.3f, "
                    "\"generation\": %d, \"crash_streak\": %d, "
@@ -245,6 +256,7 @@ fdp_status_json(struct fdp_buf *b, const struct fdp_status_info *info,
                    (unsigned long long) info->closed[1],
                    (unsigned long long) info->closed[2],
                    (unsigned long long) info->closed[3],
+                   (unsigned long long) info->closed[4],
                    (unsigned long long) info->closed_by_peer,
                    (unsigned long long) info->fallbacks, info->started,
                    info->generation, info->crash_streak);
@@ -333,11 +345,12 @@ fdp_status_table(struct fdp_buf *b, const struct fdp_status_info *info,
                    (unsigned long long) info->pending,
                    (unsigned long long) info->closed_by_peer);
     fdp_buf_printf(b, "closed waiting: deadline %llu  overflow %llu  "
-                   "per-ip %llu  peer-closed %llu\n",
+                   "per-ip %llu  peer-closed %llu  not-tls %llu\n",
                    (unsigned long long) info->closed[0],
                    (unsigned long long) info->closed[1],
                    (unsigned long long) info->closed[2],
-                   (unsigned long long) info->closed[3]);
+                   (unsigned long long) info->closed[3],
+                   (unsigned long long) info->closed[4]);
     if (info->crash_why) {
         fdp_buf_printf(b, "crash streak %d: %s; restarting with back-off\n",
                        info->crash_streak, info->crash_why);
@@ -362,6 +375,13 @@ fdp_status_table(struct fdp_buf *b, const struct fdp_status_info *info,
     }
     for (i = 0; i < info->nlisten; i++) {
         fdp_buf_printf(b, "listen %s\n", info->listen[i]);
+    }
+    for (i = 0; i < info->nshared; i++) {
+        fdp_buf_printf(b, "shared %s  size %llu  used %llu  keys %llu\n",
+                       info->shared[i].name,
+                       (unsigned long long) info->shared[i].size,
+                       (unsigned long long) info->shared[i].used,
+                       (unsigned long long) info->shared[i].keys);
     }
     fdp_buf_printf(b, "%4s %8s %-8s %6s %8s %10s %8s %12s %12s\n", "ID",
                    "PID", "STATE", "ACTIVE", "CAPACITY", "SERVED",
@@ -424,9 +444,9 @@ fdp_status_openmetrics(struct fdp_buf *b, const struct fdp_status_info *info,
                    (unsigned long long) info->pending);
     om_family(b, "fdpool_closed_waiting", "counter", "Connections the "
               "master closed before a worker saw them, by reason.");
-    for (i = 0; i < 4; i++) {
+    for (i = 0; i < 5; i++) {
         static const char *const why[] = { "deadline", "overflow", "per_ip",
-                                           "peer_closed" };
+                                           "peer_closed", "not_tls" };
 
         fdp_buf_printf(b, "fdpool_closed_waiting_total{reason=\"%s\"} %llu\n",
                        why[i], (unsigned long long) info->closed[i]);
@@ -496,6 +516,25 @@ fdp_status_openmetrics(struct fdp_buf *b, const struct fdp_status_info *info,
                "it died.", "%u", slots[i].restarts)
 #undef PER_WORKER
 
+    if (info->nshared > 0) {
+        static const char *const fam[3][2] = {
+            { "fdpool_shared_size_bytes", "Size of a shared dictionary." },
+            { "fdpool_shared_used_bytes", "Bytes a shared dictionary's "
+              "entries hold." },
+            { "fdpool_shared_keys", "Keys in a shared dictionary." } };
+
+        for (k = 0; k < 3; k++) {
+            om_family(b, fam[k][0], "gauge", fam[k][1]);
+            for (i = 0; i < info->nshared; i++) {
+                const struct fdp_status_shared *z = &info->shared[i];
+
+                fdp_buf_printf(b, "%s{name=\"%s\"} %llu\n", fam[k][0],
+                               z->name, (unsigned long long)
+                               (k == 0 ? z->size : k == 1 ? z->used
+                                : z->keys));
+            }
+        }
+    }
     om_family(b, "fdpool_dispatch_latency_seconds", "histogram", "From "
               "accept (or a parked connection's next bytes) to the hand-off "
               "to a worker.");
@@ -554,9 +593,18 @@ fdp_status_lua(struct fdp_buf *b, const struct fdp_status_info *info,
         lua_str(b, info->listen[i]);
         fdp_buf_printf(b, ",");
     }
+    fdp_buf_printf(b, "},shared={");
+    for (i = 0; i < info->nshared; i++) {
+        fdp_buf_printf(b, "{name=");
+        lua_str(b, info->shared[i].name);
+        fdp_buf_printf(b, ",size=%llu,used=%llu,keys=%llu},",
+                       (unsigned long long) info->shared[i].size,
+                       (unsigned long long) info->shared[i].used,
+                       (unsigned long long) info->shared[i].keys);
+    }
     fdp_buf_printf(b, "},accepted=%llu,queued=%llu,parked=%llu,"
                    "pending=%llu,closed={deadline=%llu,overflow=%llu,"
-                   "per_ip=%llu,peer_closed=%llu},"
+                   "per_ip=%llu,peer_closed=%llu,not_tls=%llu},"
                    "closed_by_peer=%llu,fallbacks=%llu,started=%.3f,"
                    "generation=%d,crash_streak=%d,",
                    (unsigned long long) info->accepted,
@@ -567,6 +615,7 @@ fdp_status_lua(struct fdp_buf *b, const struct fdp_status_info *info,
                    (unsigned long long) info->closed[1],
                    (unsigned long long) info->closed[2],
                    (unsigned long long) info->closed[3],
+                   (unsigned long long) info->closed[4],
                    (unsigned long long) info->closed_by_peer,
                    (unsigned long long) info->fallbacks, info->started,
                    info->generation, info->crash_streak);

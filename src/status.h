@@ -14,6 +14,7 @@
 #include "channel.h"
 
 #define FDP_KV_MAX 8        /* custom fields per worker */
+#define FDP_STATUS_SHARED_MAX 16
 
 enum fdp_wstate {
     FDP_W_NONE = 0,         /* slot unused */
@@ -86,7 +87,7 @@ struct fdp_status_info {
     /* The accept filter: connections waiting in the master for bytes,
      * and closes by reason (deadline, overflow, per-ip, peer closed). */
     uint64_t pending;
-    uint64_t closed[4];
+    uint64_t closed[5];
     /* The worker count: min and max (equal when fixed), why it changed
      * last (NULL: never), processes started for waiting connections and
      * retired idle (workers on demand); and the processes outside the
@@ -98,6 +99,13 @@ struct fdp_status_info {
     uint64_t retired_idle;
     const struct fdp_slot *others;
     int nothers;
+    /* The shared dictionaries (--shared): size, bytes used and keys, from
+     * counters clamped to [0, size] by the master. */
+    struct fdp_status_shared {
+        const char *name;
+        uint64_t size, used, keys;
+    } shared[FDP_STATUS_SHARED_MAX];
+    int nshared;
 };
 
 #define FDP_LAT_BUCKETS 10

@@ -147,10 +147,12 @@ render_pool(struct fdp_buf *b, const struct fdp_status_info *info)
              (unsigned long long) info->pending);
     item(b, "waiting", v);
     snprintf(v, sizeof(v), "deadline %llu, overflow %llu, per-ip %llu, "
-             "peer-closed %llu", (unsigned long long) info->closed[0],
+             "peer-closed %llu, not-tls %llu",
+             (unsigned long long) info->closed[0],
              (unsigned long long) info->closed[1],
              (unsigned long long) info->closed[2],
-             (unsigned long long) info->closed[3]);
+             (unsigned long long) info->closed[3],
+             (unsigned long long) info->closed[4]);
     item(b, "closed waiting", v);
     snprintf(v, sizeof(v), "%llu", (unsigned long long) info->closed_by_peer);
     item(b, "closed by peer", v);

@@ -18,9 +18,11 @@
 #include <lauxlib.h>
 #include <signal.h>
 
-#define TASK_CANCELLED (-1)
+#define TASK_CANCELLED FDP_TASK_CANCELLED
+#define TASK_OPS(t) ((t)->ops != NULL ? (t)->ops : (t)->s->ops)
 
 static void task_resume(struct fdp_task *t, int nargs);
+static void waitlist_leave(struct fdp_task *t);
 
 
 /* The registry key under which a Lua state keeps its scheduler. */
@@ -237,11 +239,18 @@ static void
 task_finish(struct fdp_task *t, int status)
 {
     struct fdp_sched *s = t->s;
+    const struct fdp_task_ops *ops = TASK_OPS(t);
+    int logged = 0;
 
     fdp_timer_stop(s->loop, &t->limit);
     fdp_timer_stop(s->loop, &t->slow);
+    if (ops->ended != NULL) {
+        logged = ops->ended(t, status);
+    }
     if (status == TASK_CANCELLED) {
         (void) lua_resetthread(t->co);  /* runs pending <close> */
+    } else if (logged) {
+        (void) lua_resetthread(t->co);
     } else if (status != LUA_OK) {
         const char *msg = lua_tostring(t->co, -1);
         char peer[80] = "?";
@@ -249,7 +258,7 @@ task_finish(struct fdp_task *t, int status)
         if (msg == NULL) {
             msg = luaL_typename(t->co, -1);
         }
-        s->ops->peer(t, peer, sizeof(peer));
+        ops->peer(t, peer, sizeof(peer));
         luaL_traceback(s->L, t->co, msg, 0);
         fdp_push_oneline(s->L, lua_tostring(s->L, -1));
         fdp_log(FDP_LOG_ERROR, 0, "handler error (peer %s): %s", peer,
@@ -261,6 +270,17 @@ task_finish(struct fdp_task *t, int status)
         fdp_timer_stop(s->loop, &t->timer);
         waitable_drop(t);
     }
+    waitlist_leave(t);
+    /* Its kids end with it (the running one, if any, is let go). */
+    while (t->kids != NULL) {
+        struct fdp_task *k = t->kids;
+
+        fdp_task_set_parent(k, NULL);
+        if (k != s->current) {
+            task_finish(k, TASK_CANCELLED);
+        }
+    }
+    fdp_task_set_parent(t, NULL);
     if (t->prev) {
         t->prev->next = t->next;
     } else {
@@ -280,7 +300,7 @@ task_finish(struct fdp_task *t, int status)
         luaL_unref(s->L, LUA_REGISTRYINDEX, t->ref);
     }
     s->active--;
-    s->ops->finish(t);
+    ops->finish(t);
 }
 
 
@@ -288,10 +308,12 @@ static void
 run_again(struct fdp_loop *loop, struct fdp_timer *timer)
 {
     struct fdp_task *t = timer->data;
+    int n = t->nresume;
 
     (void) loop;
     t->waiting = 0;
-    task_resume(t, 0);
+    t->nresume = 0;
+    task_resume(t, n);
 }
 
 
@@ -337,6 +359,7 @@ wait_timeout(struct fdp_loop *loop, struct fdp_timer *timer)
 
     (void) loop;
     waitable_drop(t);
+    waitlist_leave(t);
     t->waiting = 0;
     t->timed_out = 1;
     task_resume(t, 0);
@@ -353,7 +376,7 @@ task_limit(struct fdp_loop *loop, struct fdp_timer *timer)
     char peer[80] = "?";
 
     (void) loop;
-    s->ops->peer(t, peer, sizeof(peer));
+    TASK_OPS(t)->peer(t, peer, sizeof(peer));
     luaL_traceback(s->L, t->co, "handler timed out", 0);
     fdp_push_oneline(s->L, lua_tostring(s->L, -1));
     fdp_log(FDP_LOG_ERROR, 0, "handler exceeded --timeout %gs (peer %s); "
@@ -383,9 +406,9 @@ slow_log(struct fdp_task *t, lua_State *S, lua_State *L, const char *how)
         return;
     }
     t->slow_logged = 1;
-    s->ops->peer(t, peer, sizeof(peer));
-    if (s->ops->request != NULL) {
-        s->ops->request(t, req, sizeof(req));
+    TASK_OPS(t)->peer(t, peer, sizeof(peer));
+    if (TASK_OPS(t)->request != NULL) {
+        TASK_OPS(t)->request(t, req, sizeof(req));
     }
     snprintf(head, sizeof(head), "slow handler (peer %s%s%s, running %.2f "
              "s, %s)", peer, req[0] ? ", " : "", req, secs, how);
@@ -535,7 +558,9 @@ fdp_task_suspend(struct fdp_task *t, uint64_t ms)
     t->wobj = NULL;
     t->timed_out = 0;
     fdp_timer_init(&t->timer, wait_timeout, t);
-    (void) fdp_timer_start(t->s->loop, &t->timer, ms);
+    if (ms != FDP_FOREVER) {
+        (void) fdp_timer_start(t->s->loop, &t->timer, ms);
+    }
 }
 
 
@@ -764,4 +789,100 @@ fdp_sleep(lua_State *L, lua_Number s)
         }
     }
     return 0;
+}
+
+
+/* ---- additions for threads, timers, queues (lthread.c) -------------- */
+
+static void
+waitlist_leave(struct fdp_task *t)
+{
+    struct fdp_waitlist *wl = t->wlist;
+
+    if (wl == NULL) {
+        return;
+    }
+    if (t->wprev) {
+        t->wprev->wnext = t->wnext;
+    } else {
+        wl->head = t->wnext;
+    }
+    if (t->wnext) {
+        t->wnext->wprev = t->wprev;
+    } else {
+        wl->tail = t->wprev;
+    }
+    wl->n--;
+    t->wlist = NULL;
+    t->wprev = t->wnext = NULL;
+}
+
+
+void
+fdp_task_resume_soon(struct fdp_task *t, int nargs)
+{
+    waitlist_leave(t);
+    waitable_drop(t);
+    fdp_timer_stop(t->s->loop, &t->timer);
+    fdp_timer_init(&t->timer, run_again, t);
+    t->waiting = FDP_WAIT_SLEEP;
+    t->timed_out = 0;
+    t->nresume = nargs;
+    (void) fdp_timer_start(t->s->loop, &t->timer, 0);
+}
+
+
+int
+fdp_task_cancel(struct fdp_task *t)
+{
+    if (t == t->s->current) {
+        return -EBUSY;
+    }
+    task_finish(t, TASK_CANCELLED);
+    return 0;
+}
+
+
+void
+fdp_task_set_parent(struct fdp_task *t, struct fdp_task *parent)
+{
+    if (t->parent != NULL) {
+        if (t->kprev) {
+            t->kprev->knext = t->knext;
+        } else {
+            t->parent->kids = t->knext;
+        }
+        if (t->knext) {
+            t->knext->kprev = t->kprev;
+        }
+    }
+    t->parent = parent;
+    t->kprev = NULL;
+    t->knext = NULL;
+    if (parent != NULL) {
+        t->knext = parent->kids;
+        if (parent->kids) {
+            parent->kids->kprev = t;
+        }
+        parent->kids = t;
+    }
+}
+
+
+int
+fdp_waitlist_wait(lua_State *L, struct fdp_task *t, struct fdp_waitlist *wl,
+                  uint64_t ms, lua_KContext ctx, lua_KFunction k)
+{
+    fdp_task_suspend(t, ms);
+    t->wlist = wl;
+    t->wnext = NULL;
+    t->wprev = wl->tail;
+    if (wl->tail) {
+        wl->tail->wnext = t;
+    } else {
+        wl->head = t;
+    }
+    wl->tail = t;
+    wl->n++;
+    return fdp_task_yield(L, t, ctx, k);
 }

@@ -22,8 +22,18 @@
 
 #define FDP_WAIT_SLEEP  0x80000000u
 
+#define FDP_FOREVER     UINT64_MAX
+
 struct fdp_sched;
 struct fdp_task;
+
+/* Tasks waiting in line for something that is not an fd (a queue's
+ * items, a semaphore's units, a thread's end): FIFO, a task is in at
+ * most one; a task that times out or ends leaves it by itself. */
+struct fdp_waitlist {
+    struct fdp_task *head, *tail;
+    int n;
+};
 
 /* Something a task can wait on: an fd watched edge-triggered in the
  * scheduler's loop (registered at the first wait). */
@@ -56,7 +66,13 @@ struct fdp_task_ops {
     /* The request the task serves, if known ("GET /x"), for --slow's
      * line; NULL or "" when none. */
     void (*request)(struct fdp_task *t, char *out, size_t n);
+    /* Optional, called first when the task ends, with its results on
+     * t->co (LUA_OK), its error on top (an error status) or nothing
+     * (FDP_TASK_CANCELLED). Nonzero: it logged the error itself. */
+    int (*ended)(struct fdp_task *t, int status);
 };
+
+#define FDP_TASK_CANCELLED (-1)
 
 struct fdp_task {
     lua_State *co;
@@ -73,6 +89,14 @@ struct fdp_task {
                                    started; 0: between requests */
     int slow_logged;            /* its --slow line was written */
     struct fdp_task *prev, *next;
+    /* Additions for threads and timers (lthread.c). */
+    const struct fdp_task_ops *ops;     /* NULL: the scheduler's */
+    int nresume;                /* values for the next deferred resume */
+    struct fdp_task *parent;    /* ends this task when it ends, or NULL */
+    struct fdp_task *kids;      /* tasks it ends when it ends */
+    struct fdp_task *kprev, *knext;
+    struct fdp_waitlist *wlist; /* the waitlist it waits in, or NULL */
+    struct fdp_task *wprev, *wnext;
 };
 
 struct fdp_sched {
@@ -135,6 +159,23 @@ int fdp_wait_timed_out(lua_State *L);
  * without a syscall (the fd is about to close). */
 void fdp_waitable_unwatch(struct fdp_waitable *wt);
 void fdp_waitable_forget(struct fdp_waitable *wt);
+
+/* Resume t on the next turn of the loop with the nargs values on top of
+ * t->co: a task just started, or one suspended (fdp_task_suspend or a
+ * waitlist; it leaves the list, not timed out). Never resumes t inside
+ * the caller, so a task that wakes another keeps running first. */
+void fdp_task_resume_soon(struct fdp_task *t, int nargs);
+/* End a task that is not running (killed): its pending <close>
+ * variables run, its kids end too. 0, or -EBUSY for the running task. */
+int fdp_task_cancel(struct fdp_task *t);
+/* Make t a kid of parent (ended with it), or of nobody (NULL). */
+void fdp_task_set_parent(struct fdp_task *t, struct fdp_task *parent);
+/* Wait in wl (FIFO) until fdp_task_resume_soon or ms pass (FDP_FOREVER:
+ * no limit); t must be L's wait task. Yields; the continuation k asks
+ * fdp_wait_timed_out(). */
+int fdp_waitlist_wait(lua_State *L, struct fdp_task *t,
+                      struct fdp_waitlist *wl, uint64_t ms,
+                      lua_KContext ctx, lua_KFunction k);
 
 /* fdpool.sleep: yield the task for s seconds, or block outside one. */
 int fdp_sleep(lua_State *L, lua_Number s);

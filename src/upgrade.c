@@ -27,7 +27,7 @@
 #include <sys/wait.h>
 
 #define UPGRADE_TIMEOUT_MS  60000
-#define UP_FD_MAX           (FDP_MAX_LISTEN + 4)
+#define UP_FD_MAX           (FDP_MAX_LISTEN + 4 + FDP_MAX_SHARED)
 
 
 /* One line of text: newlines become spaces, none at the end. */
@@ -204,8 +204,9 @@ int
 fdp_upgrade_start(struct fdp_pool *p)
 {
     char spec[FDP_MAX_LISTEN * (FDP_ADDR_MAX + 4) + 32];
-    char names[UP_FD_MAX * 16];
+    char names[UP_FD_MAX * 48];
     const char *name[UP_FD_MAX];
+    char zname[FDP_MAX_SHARED][48];
     int fds[UP_FD_MAX], svc[3] = { -1, -1, -1 }, pfd[2], nfd = 0, i, r;
     size_t off;
     pid_t pid;
@@ -259,6 +260,16 @@ fdp_upgrade_start(struct fdp_pool *p)
                 name[nfd] = svcname[i];
                 fds[nfd++] = svc[i];
             }
+        }
+    }
+    /* The shared dictionaries' memfds: the new master maps them (the
+     * entries go on) instead of making fresh ones. */
+    for (i = 0; i < p->nshared; i++) {
+        if (p->shared[i].fd >= 0) {
+            snprintf(zname[i], sizeof(zname[i]), "fdpool-shared-%s",
+                     p->shared[i].name);
+            name[nfd] = zname[i];
+            fds[nfd++] = p->shared[i].fd;
         }
     }
     if (pipe2(pfd, O_CLOEXEC) < 0) {
@@ -427,7 +438,7 @@ fdp_upgrade_adopt(struct fdp_pool *p)
 {
     const char *env = getenv("FDPOOL_UPGRADE"), *spid = getenv("LISTEN_PID");
     const char *sfds = getenv("LISTEN_FDS"), *snames = getenv("LISTEN_FDNAMES");
-    char spec[FDP_MAX_LISTEN * (FDP_ADDR_MAX + 4) + 32], names[UP_FD_MAX * 16];
+    char spec[FDP_MAX_LISTEN * (FDP_ADDR_MAX + 4) + 32], names[UP_FD_MAX * 48];
     char *ssave = NULL, *nsave = NULL, *line, *name;
     long n, i, nl = 0;
     int r = 0;
@@ -471,6 +482,8 @@ fdp_upgrade_adopt(struct fdp_pool *p)
             p->inherit_metrics_fd = fd;
         } else if (name && strcmp(name, "fdpool-ready") == 0) {
             p->ready_fd = fd;
+        } else if (name && strncmp(name, "fdpool-shared-", 14) == 0) {
+            fdp_shzone_adopt(p, name + 14, fd);
         } else {
             snprintf(p->error, sizeof(p->error), "upgrade: unexpected fd %d "
                      "(%s)", fd, name ? name : "no name");

@@ -11,9 +11,13 @@
 #include "channel.h"
 #include "laux.h"
 #include "lconn.h"
+#include "lshared.h"
+#include "lthread.h"
+#include "ltls.h"
 #include "loop.h"
 #include "policy.h"
 #include "task.h"
+#include "tls.h"
 #include "worker.h"
 
 #include <fcntl.h>
@@ -45,11 +49,14 @@ struct fdp_wctx {
     int idx;                    /* 0-based slot */
     lua_State *L;
     struct fdp_sched sched;     /* its tasks */
+    struct fdp_tls *tls;        /* its generation's certificates, or NULL */
     int handler_ref;
     struct fdp_loop loop;
     struct fdp_chan *ch;
     struct fdp_io chio;
     int stopping;
+    int nconn;                  /* tasks serving a connection (not timers
+                                   or threads: they never make it busy) */
     struct fdp_timer stop_timer;
     int ndone;
     struct fdp_done_entry done[FDP_BATCH_MAX];
@@ -115,7 +122,7 @@ maybe_flush_done(struct fdp_wctx *w)
     }
     /* --max-requests counts DONEs: report at once so the master retires
      * the worker on time. */
-    if (cap <= 8 || (w->sched.active + w->ndone) * 4 >= cap * 3 || w->stopping
+    if (cap <= 8 || (w->nconn + w->ndone) * 4 >= cap * 3 || w->stopping
         || w->pool->max_requests > 0) {
         fdp_timer_stop(&w->loop, &w->done_timer);
         flush_done(w);
@@ -164,6 +171,9 @@ task_done(struct fdp_task *tk)
 
     if (t->status_id) {
         status_unwait(t);
+    }
+    if (c) {
+        w->nconn--;
     }
     if (c && !t->parked) {
         d = &w->done[w->ndone++];
@@ -224,7 +234,8 @@ task_request(struct fdp_task *tk, char *out, size_t n)
 
 
 static const struct fdp_task_ops task_ops = { task_peer, task_done,
-                                              task_park, task_request };
+                                              task_park, task_request,
+                                              NULL };
 
 
 /*
@@ -380,7 +391,8 @@ fdp_worker_status(lua_State *L)
     uint32_t id;
     int r;
 
-    if (t == NULL || !lua_isyieldable(L)) {
+    /* A thread or timer (its own task ops) has no slot for the request. */
+    if (t == NULL || t->t.ops != NULL || !lua_isyieldable(L)) {
         lua_pushnil(L);
         lua_pushliteral(L, "fdpool.status() works in a handler's coroutine");
         return 2;
@@ -450,6 +462,7 @@ start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
         return;
     }
     t->w = w;
+    w->nconn++;
     t->id = e->id;
     t->started_us = fdp_now_us();
     fdp_task_start(&w->sched, &t->t);
@@ -461,6 +474,25 @@ start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
     if (e->peerlen > 0 && e->peerlen <= sizeof(e->peer)) {
         fdp_conn_set_peer(t->conn, e->peer, e->peerlen);
     }
+    if (w->tls != NULL && e->listener < (uint32_t) w->pool->nlisten
+        && w->pool->listeners[e->listener].tls) {
+        double ms = FDP_TLS_HANDSHAKE_MS;
+
+        if (w->pool->io_timeout > 0 && w->pool->io_timeout * 1000.0 < ms) {
+            ms = w->pool->io_timeout * 1000.0;
+        }
+        if (fdp_tls_accept(t->conn, fdp_tls_ctx(w->tls)) < 0) {
+            fdp_log(FDP_LOG_ERROR, ENOMEM, "cannot serve a TLS connection");
+            fdp_conn_close(t->conn);    /* fdp_tls_serve ends at once */
+        }
+        /* handler, conn -> fdp_tls_serve(handler, conn, ms): the
+         * handshake first, in the task, then the handler. */
+        lua_pushcfunction(co, fdp_tls_serve);
+        lua_insert(co, -3);
+        lua_pushinteger(co, (lua_Integer) ms);
+        fdp_task_resume(&t->t, 3);
+        return;
+    }
     fdp_task_resume(&t->t, 1);
 }
 
@@ -471,9 +503,13 @@ stop_now(struct fdp_loop *loop, struct fdp_timer *timer)
     struct fdp_wctx *w = timer->data;
 
     (void) loop;
-    if (w->sched.active > 0) {
+    if (w->nconn > 0) {
         fdp_log(FDP_LOG_WARN, 0, "grace period over with %d connection(s) "
-                "still open; exiting", w->sched.active);
+                "still open; exiting", w->nconn);
+    } else if (fdp_lthread_holding(w->L) > 0) {
+        fdp_log(FDP_LOG_WARN, 0, "grace period over with %d on_stop "
+                "callback(s) still running; exiting",
+                fdp_lthread_holding(w->L));
     }
     worker_exit(w, 0);
 }
@@ -500,9 +536,14 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             return;
         }
         if (r <= 0 || fdp_msg_check(&m, 0) < 0) {
-            /* EOF: the master is gone, and so are we. Garbage from the
-             * master cannot happen; leave rather than guess. */
+            /* EOF: the master is gone, and so are we (a master killed
+             * with data unread on its end resets the pair instead:
+             * ECONNRESET is the same news). Garbage from the master
+             * cannot happen; leave rather than guess. */
             fdp_msg_close_fds(&m);
+            if (r == -ECONNRESET) {
+                r = 0;
+            }
             if (r != 0) {
                 fdp_log(FDP_LOG_ERROR, r < 0 ? -r : 0, "bad message from "
                         "the master; exiting");
@@ -527,7 +568,10 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             break;
         case FDP_MSG_STOP:
             w->stopping = 1;
-            if (w->sched.active == 0) {
+            /* The stop notice: exiting() turns true, timers stop, the
+             * on_stop callbacks start (they run within the grace). */
+            fdp_lthread_stop(w->L);
+            if (w->nconn == 0 && fdp_lthread_holding(w->L) == 0) {
                 worker_exit(w, 0);
             }
             fdp_timer_init(&w->stop_timer, stop_now, w);
@@ -640,9 +684,14 @@ module_set_worker(lua_State *L, struct fdp_wctx *w)
     lua_pushlightuserdata(L, w);
     lua_pushcclosure(L, worker_set, 1);
     lua_setfield(L, -2, "set");
+    lua_pushcfunction(L, fdp_lthread_exiting);
+    lua_setfield(L, -2, "exiting");
+    lua_pushcfunction(L, fdp_lthread_on_stop);
+    lua_setfield(L, -2, "on_stop");
     lua_pushvalue(L, -1);
     lua_setfield(L, LUA_REGISTRYINDEX, "fdpool.worker");
     lua_setfield(L, -2, "worker");
+    fdp_lshared_open(L, w->pool);
     lua_pop(L, 1);
 }
 
@@ -932,6 +981,8 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
      * and takes the table slot of this id once its generation is READY. */
     w.idx = wk->slot.id - 1;
     w.ch = &wk->ch;
+    /* A reload's new worker serves with the certificates read for it. */
+    w.tls = p->spawn_new ? p->reload_tls : p->tls;
     snprintf(tag, sizeof(tag), "worker %d", w.idx + 1);
     fdp_log_set_tag(tag);
 
@@ -1003,7 +1054,7 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
                         "file; logging on to the one already open");
             }
         }
-        if (w.stopping && w.sched.active == 0) {
+        if (w.stopping && w.nconn == 0 && fdp_lthread_holding(w.L) == 0) {
             worker_exit(&w, 0);
         }
     }

@@ -40,7 +40,16 @@ Options for run:
                        client behind HAProxy/nginx), ADDR,filter=MODE
                        (this listener's --accept-filter); unix:PATH
                        also ,mode=0660 and ,owner=USER[:GROUP] (the
-                       socket file's, set before it listens)
+                       socket file's, set before it listens); ADDR,tls
+                       (terminate TLS with --tls-cert/--tls-key; accept
+                       filter tls by default: the master waits for the
+                       whole ClientHello record)
+  --tls-cert FILE      PEM certificate chain for tls listeners; with
+  --tls-key FILE       its PEM key (unencrypted), read by the master
+                       before forking (workers under --user need not
+                       read it) and again on reload; repeat both for
+                       more certificates: the first is the default, the
+                       others are chosen by the client's SNI name
   --workers N          worker processes (default: online CPUs)
   --workers MIN-MAX    workers on demand: MIN always run; more start (up
                        to MAX, 1, 2, 4 ... 32 per 100 ms) while
@@ -93,6 +102,9 @@ Options for run:
                        stopping (/healthz 503) but accept and serve for S
                        seconds first, so a balancer's health check sees
                        it go (default 0.5; 0 = none)
+  --shared NAME:SIZE   a dictionary shared by all workers, as
+                       fdpool.shared.NAME (SIZE 64k to 1g: 512k, 10m);
+                       repeatable; kept across reloads and restarts
   --cpu-affinity A     auto: pin worker i to the i-th CPU of the pool's
                        own CPU set (taskset's, if any); or a LIST such as
                        0,2-3 (worker i on its i-th CPU, wrapping)
@@ -173,10 +185,11 @@ local RUN_FLAGS = {
   ["--metrics"] = "value", ["--accept-filter"] = "value", ["--max-pending"] = "value",
   ["--max-conns-per-ip"] = "value",
   ["--max-requests"] = "value", ["--user"] = "value", ["--log"] = "value",
-  ["--max-memory"] = "value",
+  ["--max-memory"] = "value", ["--tls-cert"] = "list", ["--tls-key"] = "list",
   ["--slow"] = "value", ["--slow-log"] = "value", ["--drain-delay"] = "value",
   ["--cpu-affinity"] = "value",
   ["--worker-idle-timeout"] = "value",
+  ["--shared"] = "list",
 }
 
 local function check_script(script)
@@ -194,8 +207,9 @@ local CONFIG_KEYS = {
   max_requests = "number", max_memory = "number", user = "string", log = "string", log_level = "string",
   log_format = "string",
   metrics = "string", accept_filter = "string", max_pending = "number",
-  max_conns_per_ip = "number",
+  max_conns_per_ip = "number", tls_cert = "any", tls_key = "any",
   slow = "number", slow_log = "string", drain_delay = "number",
+  shared = "table",
   cpu_affinity = "string",
 }
 
@@ -321,6 +335,21 @@ local function build_config(opts, pos, cmd)
                        { "--cpu-affinity", "cpu_affinity" } } do
     if opts[f[1]] then cfg[f[2]] = opts[f[1]] end
   end
+  -- --shared NAME:SIZE (repeatable), added to the config's shared table;
+  -- names and sizes are checked by fdpool.pool{}.
+  local seen = {}
+  for _, spec in ipairs(opts["--shared"] or {}) do
+    local name, size = spec:match("^([^:]*):(.*)$")
+    if not name or size == "" then
+      return nil, 2, ("--shared needs NAME:SIZE, e.g. cache:10m (got '%s')"):format(spec)
+    end
+    if seen[name] then
+      return nil, 2, ("--shared: '%s' given twice"):format(name)
+    end
+    seen[name] = true
+    cfg.shared = cfg.shared or {}
+    cfg.shared[name] = size
+  end
   if cfg.accept_filter and not ({ none = 1, data = 1, http = 1 })[cfg.accept_filter] then
     return nil, 2, ("--accept-filter must be none, data or http (got '%s')"):format(cfg.accept_filter)
   end
@@ -330,6 +359,18 @@ local function build_config(opts, pos, cmd)
   if cfg.policy then
     local pok, perr = fdpool.check_policy(cfg.policy)
     if not pok then return nil, 2, perr end
+  end
+  -- TLS certificate/key pairs: flags replace the file's lists.
+  for _, f in ipairs { { "--tls-cert", "tls_cert" }, { "--tls-key", "tls_key" } } do
+    if opts[f[1]] then cfg[f[2]] = opts[f[1]] end
+    if type(cfg[f[2]]) == "string" then cfg[f[2]] = { cfg[f[2]] } end
+    if cfg[f[2]] ~= nil and type(cfg[f[2]]) ~= "table" then
+      return nil, 2, ("%s must be a file name or a list of them"):format(f[2])
+    end
+  end
+  if #(cfg.tls_cert or {}) ~= #(cfg.tls_key or {}) then
+    return nil, 2, ("--tls-cert and --tls-key come in pairs (got %d certificate(s) and %d key(s))")
+      :format(#(cfg.tls_cert or {}), #(cfg.tls_key or {}))
   end
   -- No address at all: 127.0.0.1:8080, unless systemd passed sockets.
   cfg.listen = opts["--listen"] or cfg.listen
@@ -433,7 +474,13 @@ local function cmd_check(args)
   -- stand-in fdpool.worker (id 0) lets top levels that use it run.
   _G.arg = { [0] = script, table.unpack(cfg.args) }
   fdpool.worker = fdpool.worker or { id = 0, pid = 0, capacity = 1,
-    set = function() return true end }
+    set = function() return true end, exiting = function() return false end,
+    on_stop = function() end }
+  -- Timers and threads started by the top level are not run here: inert
+  -- stand-ins (the real ones exist only in a worker).
+  local inert = setmetatable({}, { __index = function() return function() return true end end })
+  fdpool.timer = { at = function() return inert end, every = function() return inert end }
+  fdpool.spawn = function() return inert end
   local ok, h = pcall(chunk, table.unpack(cfg.args))
   if not ok then return die(1, "%s", tostring(h)) end
   local handle = type(h) == "table" and h.handle or h

@@ -572,8 +572,8 @@ function M.serve(fn, options)
     if opts.body_timeout ~= opts.keepalive_timeout and (req._length > 0 or req._chunked) then
       conn:settimeout(opts.keepalive_timeout)
     end
-    if park and conn:buffered() == 0 then
-      conn:park(opts.keepalive_timeout)
+    -- A TLS connection cannot be parked (park says "tls"): it stays.
+    if park and conn:buffered() == 0 and conn:park(opts.keepalive_timeout) then
       return false
     end
     return true

@@ -2,7 +2,8 @@
  * test_core.c - unit tests of the transport layers, no Lua: fd passing
  * (fdpass.c), framed messages and the send queue (channel.c), the event
  * loop and timers (loop.c), the status table and its JSON (status.c),
- * the HTTP head parser and chunked decoder (http_parse.c).
+ * the HTTP head parser and chunked decoder (http_parse.c), the shared
+ * dictionary (shdict.c: values, LRU, undo after a death, corruption).
  * Prints one line per failure and "N passed, N failed"; exits 1 on failure.
  */
 #include "fdp.h"
@@ -12,6 +13,7 @@
 #include "status.h"
 #include "http_parse.h"
 #include "proxy.h"
+#include "shdict.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -23,6 +25,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
 
 /* A ten-line harness in the style of Redis' testhelp.h. */
 static int test_passed, test_failed;
@@ -1536,6 +1541,473 @@ test_proxy_codes(void)
 }
 
 
+/* ---- the shared dictionary (shdict.c) -------------------------------- */
+
+static void *
+shd_map(size_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+    return p == MAP_FAILED ? NULL : p;
+}
+
+
+static struct fdp_shd_val
+sval(const char *s)
+{
+    struct fdp_shd_val v;
+
+    memset(&v, 0, sizeof(v));
+    v.type = FDP_SHD_STRING;
+    v.s = s;
+    v.len = strlen(s);
+    return v;
+}
+
+
+static struct fdp_shd_val
+ival(int64_t i)
+{
+    struct fdp_shd_val v;
+
+    memset(&v, 0, sizeof(v));
+    v.type = FDP_SHD_INTEGER;
+    v.i = i;
+    return v;
+}
+
+
+static int
+shd_get_str(struct fdp_shd *d, const char *key, const char *want)
+{
+    struct fdp_shd_val v;
+    int r = fdp_shd_get(d, key, strlen(key), &v, NULL);
+
+    if (want == NULL) {
+        return r == 0;
+    }
+    return r == 1 && v.type == FDP_SHD_STRING && v.len == strlen(want)
+           && memcmp(v.s, want, v.len) == 0;
+}
+
+
+static void
+count_key(void *ud, const char *key, size_t klen)
+{
+    (void) key;
+    (void) klen;
+    (*(int *) ud)++;
+}
+
+
+static void
+test_shdict_values(void)
+{
+    size_t size = 256 * 1024;
+    void *m = shd_map(size);
+    struct fdp_shd d;
+    struct fdp_shd_val v, by, init;
+    struct fdp_shd_usage u;
+    struct timespec ts = { 0, 30 * 1000000 };
+    int ev, n = 0;
+    double ttl = -1;
+    char err[128];
+    uint64_t sz;
+
+    test_cond("shdict: map", m != NULL);
+    test_cond("shdict: format", fdp_shd_format(m, size) == 0);
+    test_cond("shdict: attach", fdp_shd_attach(&d, m, size) == 0);
+    v = sval("hello");
+    test_cond("shdict: set", fdp_shd_set(&d, 0, "k", 1, &v, 0, &ev) == 0
+              && ev == 0);
+    test_cond("shdict: get string", shd_get_str(&d, "k", "hello"));
+    test_cond("shdict: missing key", shd_get_str(&d, "nope", NULL));
+    test_cond("shdict: add refuses an existing key",
+              fdp_shd_set(&d, 1, "k", 1, &v, 0, &ev) == -EEXIST);
+    test_cond("shdict: replace refuses a missing key",
+              fdp_shd_set(&d, 2, "x", 1, &v, 0, &ev) == -ENOENT);
+    v = sval("");
+    test_cond("shdict: replace to an empty string",
+              fdp_shd_set(&d, 2, "k", 1, &v, 0, &ev) == 0
+              && shd_get_str(&d, "k", ""));
+    v = ival(41);
+    v.flags = 7;
+    fdp_shd_set(&d, 0, "n", 1, &v, 0, &ev);
+    by = ival(1);
+    test_cond("shdict: incr keeps an integer",
+              fdp_shd_incr(&d, "n", 1, &by, NULL, 0, &v, &ev) == 0
+              && v.type == FDP_SHD_INTEGER && v.i == 42);
+    test_cond("shdict: get integer with flags",
+              fdp_shd_get(&d, "n", 1, &v, NULL) == 1
+              && v.type == FDP_SHD_INTEGER && v.i == 42 && v.flags == 7);
+    memset(&by, 0, sizeof(by));
+    by.type = FDP_SHD_NUMBER;
+    by.n = 0.5;
+    test_cond("shdict: incr by a float",
+              fdp_shd_incr(&d, "n", 1, &by, NULL, 0, &v, &ev) == 0
+              && v.type == FDP_SHD_NUMBER && v.n == 42.5);
+    by = ival(2);
+    init = ival(10);
+    test_cond("shdict: incr missing without init",
+              fdp_shd_incr(&d, "m", 1, &by, NULL, 0, &v, &ev) == -ENOENT);
+    test_cond("shdict: incr missing with init",
+              fdp_shd_incr(&d, "m", 1, &by, &init, 0, &v, &ev) == 0
+              && v.i == 12);
+    test_cond("shdict: incr a string",
+              fdp_shd_incr(&d, "k", 1, &by, NULL, 0, &v, &ev) == -EINVAL);
+    memset(&v, 0, sizeof(v));
+    v.type = FDP_SHD_BOOLEAN;
+    v.i = 1;
+    fdp_shd_set(&d, 0, "b", 1, &v, 0, &ev);
+    test_cond("shdict: boolean",
+              fdp_shd_get(&d, "b", 1, &v, NULL) == 1
+              && v.type == FDP_SHD_BOOLEAN && v.i == 1);
+    v.type = FDP_SHD_NIL;
+    test_cond("shdict: set nil deletes",
+              fdp_shd_set(&d, 0, "b", 1, &v, 0, &ev) == 0
+              && fdp_shd_get(&d, "b", 1, &v, NULL) == 0);
+    v = sval("short-lived");
+    fdp_shd_set(&d, 0, "t", 1, &v, 0.001, &ev);
+    fdp_shd_set(&d, 0, "t2", 2, &v, 100, &ev);
+    test_cond("shdict: ttl", fdp_shd_ttl(&d, "t2", 2, &ttl) == 0
+              && ttl > 99 && ttl <= 100);
+    test_cond("shdict: expire", fdp_shd_expire(&d, "t2", 2, 0) == 0
+              && fdp_shd_ttl(&d, "t2", 2, &ttl) == 0 && ttl == 0);
+    nanosleep(&ts, NULL);
+    test_cond("shdict: an expired key is gone", shd_get_str(&d, "t", NULL)
+              && fdp_shd_ttl(&d, "t", 1, &ttl) == -ENOENT);
+    test_cond("shdict: keys", fdp_shd_keys(&d, 0, count_key, &n) == 4
+              && n == 4);
+    n = 0;
+    test_cond("shdict: keys with a max", fdp_shd_keys(&d, 2, count_key, &n)
+              == 2 && n == 2);
+    fdp_shd_usage(m, size, &u);
+    test_cond("shdict: usage", u.size == size && u.keys == 4 && u.used > 0);
+    test_cond("shdict: flush", fdp_shd_flush(&d) == 0
+              && shd_get_str(&d, "k", NULL));
+    fdp_shd_usage(m, size, &u);
+    test_cond("shdict: empty after flush", u.keys == 0 && u.used == 0
+              && fdp_shd_free_space(&d) > (int64_t) size / 2);
+    test_cond("shdict: sizes", fdp_shd_parse_size("512k", &sz, err,
+              sizeof(err)) == 0 && sz == 512 * 1024
+              && fdp_shd_parse_size("10m", &sz, err, sizeof(err)) == 0
+              && sz == 10 * 1024 * 1024
+              && fdp_shd_parse_size("0", &sz, err, sizeof(err)) == -EINVAL
+              && fdp_shd_parse_size("", &sz, err, sizeof(err)) == -EINVAL
+              && fdp_shd_parse_size("2g", &sz, err, sizeof(err)) == -EINVAL
+              && fdp_shd_parse_size("99999999999999999999999", &sz, err,
+                                    sizeof(err)) == -EINVAL
+              && fdp_shd_parse_size("10q", &sz, err, sizeof(err)) == -EINVAL
+              && fdp_shd_parse_size("1k", &sz, err, sizeof(err)) == -EINVAL);
+    test_cond("shdict: names", fdp_shd_check_name("cache_1", err, sizeof(err))
+              == 0 && fdp_shd_check_name("1x", err, sizeof(err)) < 0
+              && fdp_shd_check_name("a-b", err, sizeof(err)) < 0
+              && fdp_shd_check_name("", err, sizeof(err)) < 0);
+    fdp_shd_detach(&d);
+    munmap(m, size);
+}
+
+
+static void
+test_shdict_lru(void)
+{
+    size_t size = 64 * 1024;
+    void *m = shd_map(size);
+    struct fdp_shd d;
+    struct fdp_shd_val v;
+    char key[32], val[200];
+    int i, ev = 0, evictions = 0, last = 0, r;
+
+    fdp_shd_format(m, size);
+    fdp_shd_attach(&d, m, size);
+    memset(val, 'v', sizeof(val) - 1);
+    val[sizeof(val) - 1] = '\0';
+    v = sval(val);
+    for (i = 0; i < 1000; i++) {
+        snprintf(key, sizeof(key), "key%d", i);
+        r = fdp_shd_set(&d, 0, key, strlen(key), &v, 0, &ev);
+        if (r != 0) {
+            break;
+        }
+        evictions += ev;
+        if (i == 5) {
+            /* key0 stays the most recently used */
+            test_cond("shdict: get key0", shd_get_str(&d, "key0", val));
+        }
+        if (i > 5) {
+            (void) shd_get_str(&d, "key0", val);
+        }
+        last = i;
+    }
+    test_cond("shdict: a full dictionary evicts and keeps setting",
+              last == 999 && evictions > 0);
+    test_cond("shdict: the oldest keys went first",
+              shd_get_str(&d, "key1", NULL) && shd_get_str(&d, "key999", val));
+    test_cond("shdict: a recently read key stays", shd_get_str(&d, "key0", val));
+    test_cond("shdict: consistent after evictions", fdp_shd_check(&d) == 0);
+    v.len = 2 * 1024 * 1024;
+    test_cond("shdict: an entry larger than any block",
+              fdp_shd_set(&d, 0, "big", 3, &v, 0, &ev) == -E2BIG);
+    fdp_shd_detach(&d);
+    munmap(m, size);
+}
+
+
+/* A child dies inside op (the test knob) at its write number `at`; the
+ * parent's next operation must repair (or flush) and find the value as
+ * before the dead operation. */
+static const char *shd_new_value = "new-value";
+
+static int
+shd_die_in(struct fdp_shd *d, int op, uint32_t at)
+{
+    pid_t pid = fork();
+    int st = 0;
+
+    if (pid == 0) {
+        struct fdp_shd_val v = sval(shd_new_value), by = ival(5), out;
+        int ev;
+
+        d->die_op = op;
+        d->die_at = at;
+        if (op == FDP_SHD_OP_SET) {
+            fdp_shd_set(d, 0, "a", 1, &v, 0, &ev);
+        } else if (op == FDP_SHD_OP_INCR) {
+            fdp_shd_incr(d, "n", 1, &by, NULL, 0, &out, &ev);
+        } else if (op == FDP_SHD_OP_DELETE || op == FDP_SHD_OP_GET) {
+            v.type = FDP_SHD_NIL;
+            d->die_op = FDP_SHD_OP_SET;
+            fdp_shd_set(d, 0, "a", 1, &v, 0, &ev);
+        } else if (op == FDP_SHD_OP_FLUSH) {
+            fdp_shd_flush(d);
+        }
+        _exit(0);
+    }
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+
+static void
+test_shdict_owner_dead(void)
+{
+    size_t size = 128 * 1024;
+    void *m = shd_map(size);
+    struct fdp_shd d;
+    struct fdp_shd_val v = sval("old-value"), n = ival(100), out;
+    int ev, at, dead = 0, good = 0, i;
+    char key[16];
+
+    fdp_shd_format(m, size);
+    fdp_shd_attach(&d, m, size);
+    for (i = 0; i < 50; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        fdp_shd_set(&d, 0, key, strlen(key), &v, 0, &ev);
+    }
+    /* die at each write of a set, one after another: every time the
+     * next op repairs, and "a" is exactly the old value; a value of the
+     * same size (rewritten in place), then a longer one (a new block) */
+    for (i = 0; i < 2; i++) {
+        dead = good = 0;
+        shd_new_value = i == 0 ? "new-value" : "a-new-value-much-longer-than-"
+                        "the-old-one-so-it-needs-another-block";
+        for (at = 1; at <= 80; at++) {
+            fdp_shd_set(&d, 0, "a", 1, &v, 0, &ev);
+            if (shd_die_in(&d, FDP_SHD_OP_SET, (uint32_t) at) != 86) {
+                break;                  /* the set had fewer writes */
+            }
+            dead++;
+            if (shd_get_str(&d, "a", "old-value") && d.recovered == 1) {
+                good++;
+            }
+        }
+        test_cond("shdict: a set killed at every write is undone",
+                  dead > 5 && good == dead);
+    }
+    shd_new_value = "new-value";
+    test_cond("shdict: the other keys survived", shd_get_str(&d, "k0",
+              "old-value") && shd_get_str(&d, "k49", "old-value"));
+    fdp_shd_set(&d, 0, "n", 1, &n, 0, &ev);
+    test_cond("shdict: an incr killed inside is undone",
+              shd_die_in(&d, FDP_SHD_OP_INCR, 2) == 86
+              && fdp_shd_get(&d, "n", 1, &out, NULL) == 1
+              && d.recovered == 1 && out.i == 100);
+    fdp_shd_set(&d, 0, "a", 1, &v, 0, &ev);
+    i = shd_die_in(&d, FDP_SHD_OP_DELETE, 3);
+    test_cond("shdict: a delete killed inside is undone",
+              i == 86
+              && shd_get_str(&d, "a", "old-value") && d.recovered == 1);
+    test_cond("shdict: a flush killed inside flushes",
+              shd_die_in(&d, FDP_SHD_OP_FLUSH, 1) == 86
+              && shd_get_str(&d, "a", NULL) && d.recovered == 2);
+    test_cond("shdict: works after all that",
+              fdp_shd_set(&d, 0, "a", 1, &v, 0, &ev) == 0
+              && shd_get_str(&d, "a", "old-value"));
+    fdp_shd_detach(&d);
+    munmap(m, size);
+}
+
+
+/* Random operations, each in a child killed at a random write (or
+ * finishing): after every one the whole structure checks out, and the
+ * key holds either its value from before or the new one, whole. */
+static void
+test_shdict_random_deaths(void)
+{
+    size_t size = 64 * 1024;
+    void *m = shd_map(size);
+    struct fdp_shd d;
+    uint32_t seed = 4242;
+    int round, bad = 0, deaths = 0, checks_ok = 0, ev;
+    char key[16], val[400];
+
+    fdp_shd_format(m, size);
+    fdp_shd_attach(&d, m, size);
+    for (round = 0; round < 400; round++) {
+        int kind, len, st = 0, k;
+        uint32_t at;
+        pid_t pid;
+        struct fdp_shd_val before, after;
+        char saved[400];
+        size_t savedlen = 0;
+        int had;
+
+        seed = seed * 1103515245u + 12345u;
+        kind = (int) (seed >> 8) % 4;
+        k = (int) (seed >> 12) % 40;
+        len = (int) (seed >> 4) % 380;
+        seed = seed * 1103515245u + 12345u;
+        at = 1 + (seed >> 8) % 40;
+        snprintf(key, sizeof(key), "r%d", k);
+        memset(val, 'a' + round % 26, sizeof(val));     /* a new value */
+        had = fdp_shd_get(&d, key, strlen(key), &before, NULL);
+        /* the get made it the most recently used: a set to another key
+         * first, so an in-place rewrite also moves it (more writes) */
+        if (round % 2) {
+            struct fdp_shd_val o = ival(round);
+
+            fdp_shd_set(&d, 0, "other", 5, &o, 0, &ev);
+        }
+        if (had == 1 && before.type == FDP_SHD_STRING) {
+            savedlen = before.len;
+            memcpy(saved, before.s, savedlen);
+        }
+        pid = fork();
+        if (pid == 0) {
+            struct fdp_shd_val v, by = ival(1), out;
+
+            memset(&v, 0, sizeof(v));
+            v.type = FDP_SHD_STRING;
+            v.s = val;
+            v.len = (size_t) len;
+            d.die_op = kind == 2 ? FDP_SHD_OP_INCR : FDP_SHD_OP_SET;
+            d.die_at = at;
+            if (kind == 0 || kind == 1) {
+                fdp_shd_set(&d, 0, key, strlen(key), &v, 0, &ev);
+            } else if (kind == 2) {
+                fdp_shd_incr(&d, "counter", 7, &by, &by, 0, &out, &ev);
+            } else {
+                v.type = FDP_SHD_NIL;
+                fdp_shd_set(&d, 0, key, strlen(key), &v, 0, &ev);
+            }
+            _exit(0);
+        }
+        waitpid(pid, &st, 0);
+        deaths += WIFEXITED(st) && WEXITSTATUS(st) == 86;
+        if (fdp_shd_check(&d) == 0) {
+            checks_ok++;
+        }
+        if (kind != 2) {
+            int r = fdp_shd_get(&d, key, strlen(key), &after, NULL);
+            int died = WEXITSTATUS(st) == 86;
+
+            if (died) {
+                /* as before */
+                if (r != had || (r == 1 && (after.len != savedlen
+                    || memcmp(after.s, saved, savedlen) != 0))) {
+                    bad++;
+                }
+            } else if (kind == 3 ? r != 0
+                       : r == 1 && (after.len != (size_t) len
+                                    || memcmp(after.s, val, (size_t) len))) {
+                bad++;
+            }
+        }
+    }
+    test_cond("shdict: random deaths: every death found", deaths > 100);
+    test_cond("shdict: random deaths: the structure always checks out",
+              checks_ok == 400);
+    test_cond("shdict: random deaths: values before or after, whole",
+              bad == 0);
+    fdp_shd_detach(&d);
+    munmap(m, size);
+}
+
+
+/* Scribbles on the mapping (what a bad worker could do): every operation
+ * returns (-EIO at worst, the dictionary flushed), never crashes. */
+static void
+test_shdict_corrupt(void)
+{
+    size_t size = 64 * 1024;
+    unsigned char *m = shd_map(size);
+    struct fdp_shd d;
+    struct fdp_shd_val v = sval("value"), out, by = ival(1);
+    uint32_t seed = 12345;
+    int ev, round, i, ok = 1, eio = 0;
+    char key[16];
+    double ttl;
+
+    fdp_shd_format(m, size);
+    fdp_shd_attach(&d, m, size);
+    for (round = 0; round < 300; round++) {
+        for (i = 0; i < 20; i++) {
+            snprintf(key, sizeof(key), "k%d", i);
+            fdp_shd_set(&d, 0, key, strlen(key), &v, 0, &ev);
+        }
+        /* scribble 8 random words past the mutex */
+        for (i = 0; i < 8; i++) {
+            uint32_t off, val;
+
+            seed = seed * 1103515245u + 12345u;
+            off = (128 + seed % (uint32_t) (size - 132)) & ~3u;
+            seed = seed * 1103515245u + 12345u;
+            val = round % 3 == 0 ? seed : round % 3 == 1 ? 0xffffffffu
+                  : seed % (uint32_t) size;
+            memcpy(m + off, &val, 4);
+        }
+        for (i = 0; i < 20; i++) {
+            int r;
+
+            snprintf(key, sizeof(key), "k%d", i);
+            r = fdp_shd_get(&d, key, strlen(key), &out, &ttl);
+            eio += r == -EIO;
+            r = fdp_shd_incr(&d, key, strlen(key), &by, &by, 0, &out, &ev);
+            eio += r == -EIO;
+            if (r < 0 && r != -EIO && r != -EINVAL && r != -ENOMEM) {
+                ok = 0;
+            }
+            eio += fdp_shd_set(&d, 0, key, strlen(key), &v, 0, &ev) == -EIO;
+        }
+        (void) fdp_shd_keys(&d, 0, count_key, &i);
+        (void) fdp_shd_free_space(&d);
+    }
+    test_cond("shdict: scribbled mappings never crash an operation", ok);
+    test_cond("shdict: and are noticed (-EIO, flushed)", eio > 0);
+    test_cond("shdict: consistent after the flush", fdp_shd_flush(&d) == 0
+              && fdp_shd_check(&d) == 0);
+    test_cond("shdict: still works afterwards", fdp_shd_flush(&d) == 0
+              && fdp_shd_set(&d, 0, "z", 1, &v, 0, &ev) == 0
+              && shd_get_str(&d, "z", "value"));
+    fdp_shd_detach(&d);
+    memset(m, 0xff, 128);
+    test_cond("shdict: attach refuses a foreign mapping",
+              fdp_shd_attach(&d, m, size) == -EINVAL);
+    munmap(m, size);
+}
+
+
 int
 main(void)
 {
@@ -1557,6 +2029,11 @@ main(void)
     test_head_filter();
     test_proxy_codes();
     test_http_chunked();
+    test_shdict_values();
+    test_shdict_lru();
+    test_shdict_owner_dead();
+    test_shdict_random_deaths();
+    test_shdict_corrupt();
     test_cond("no fd leaked by the whole run", fd_count() == before);
     test_report();
 }

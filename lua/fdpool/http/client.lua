@@ -3,7 +3,10 @@
 -- the worker's socket pool, Content-Length, chunked (decoded in C by the
 -- socket's readchunked/readchunk) and close-delimited bodies, a
 -- streaming reader for large bodies, and redirects off by default.
--- http:// only: https:// answers nil, "https not supported yet".
+-- https:// goes through the socket's sslhandshake (certificates verified
+-- against the system store by default; ssl_verify = false or a CA file),
+-- with TLS keep-alive connections pooled apart from plain ones and the
+-- last session per host:port resumed on new connections.
 local fdpool = require "fdpool"
 
 local M = {}
@@ -17,22 +20,28 @@ M.defaults = {
   keepalive_timeout = 60,     -- seconds an idle connection stays pooled
   keepalive_pool = 30,        -- idle connections per host:port
   max_redirects = 5,          -- when follow_redirects is true
+  ssl_verify = true,          -- https: true (the system store), false, or
+                              -- the path of a PEM CA file to trust instead
 }
+
+-- The last TLS session per pool key (host:port, SNI and trust): new
+-- connections to the same server resume it.
+local sessions = {}
 
 local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true,
   OPTIONS = true, TRACE = true }
 
 local function tchar_only(s) return s:find("^[A-Za-z0-9!#$%%&'*+%-.^_`|~]+$") ~= nil end
 
---- Split an http:// URL: scheme, host, port, target ("/..."), and the
--- Host header value. Returns nil, err for what it cannot send.
+--- Split an http:// or https:// URL: scheme, host, port, target
+-- ("/..."), and the Host header value. Returns nil, err for what it
+-- cannot send.
 function M.parse_url(url)
   if type(url) ~= "string" then return nil, "url must be a string" end
   local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
   if not scheme then return nil, "bad url" end
   scheme = scheme:lower()
-  if scheme == "https" then return nil, "https not supported yet" end
-  if scheme ~= "http" then return nil, "unsupported scheme: " .. scheme end
+  if scheme ~= "http" and scheme ~= "https" then return nil, "unsupported scheme: " .. scheme end
   local authority, target = rest:match("^([^/?#]*)(.*)$")
   target = target:gsub("#.*$", "")
   if target == "" then target = "/" elseif target:sub(1, 1) == "?" then target = "/" .. target end
@@ -47,9 +56,10 @@ function M.parse_url(url)
   end
   if not host or host == "" then return nil, "bad url: no host" end
   if target:find("[%z\1-\32\127]") then return nil, "bad url: space or control byte in the path" end
-  port = port ~= "" and tonumber(port) or 80
+  local default = scheme == "https" and 443 or 80
+  port = port ~= "" and tonumber(port) or default
   if port < 1 or port > 65535 then return nil, "bad url: port out of range" end
-  if port ~= 80 then hosthdr = hosthdr .. ":" .. port end
+  if port ~= default then hosthdr = hosthdr .. ":" .. port end
   return { scheme = scheme, host = host, port = port, target = target, hosthdr = hosthdr }
 end
 
@@ -230,9 +240,21 @@ local function exchange(o, method, u, head, body, deadline)
   local remaining = deadline - fdpool.now()
   if remaining <= 0 then return nil, "timeout" end
   sock:settimeout(remaining)
-  local ok, err = sock:connect(u.host, u.port)
+  local ok, err, pool
+  if u.scheme == "https" then
+    -- TLS connections are pooled apart (by name and trust) from plain
+    -- ones to the same host:port.
+    pool = ("https:%s:%d:%s"):format(u.host, u.port, tostring(o.ssl_verify))
+  end
+  ok, err = sock:connect(u.host, u.port, pool and { pool = pool })
   if not ok then return nil, err end
   local reused = sock:getreusedtimes()
+  if pool then
+    local sess
+    sess, err = sock:sslhandshake(sessions[pool], u.host, o.ssl_verify)
+    if not sess then return nil, err end
+    sessions[pool] = sess
+  end
   remaining = deadline - fdpool.now()
   if remaining <= 0 then sock:close(); return nil, "timeout" end
   sock:setdeadline(remaining)
@@ -288,6 +310,7 @@ local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308]
 -- (false (default), true (up to max_redirects) or a number), `stream`
 -- (true: `res.body` is nil; read it with `res:read()`), `max_head`,
 -- `max_body`, `keepalive_timeout`, `keepalive_pool` (see M.defaults).
+-- `ssl_verify` (https: true, false, or a CA file).
 -- @treturn[1] table res: `status`, `reason`, `version`, `headers`
 -- (lower-case names, repeated ones joined with ", "), `body`, `reused`
 -- (times its connection had been reused from the pool), `url` (the last
@@ -295,7 +318,8 @@ local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308]
 -- @return[2] nil
 -- @treturn[2] string "timeout", "connection refused", "no such host",
 -- "closed", "too large", "bad status line", "header too large", "bad
--- chunk size"..., "https not supported yet", "too many redirects"
+-- chunk size"..., "certificate verify failed: ...", "handshake failed:
+-- ...", "too many redirects"
 function M.request(opts)
   if type(opts) ~= "table" then error("request{} expects a table", 2) end
   local o = setmetatable({ _opts = opts }, OPTS_MT)
@@ -330,12 +354,12 @@ function M.request(opts)
     hops = hops + 1
     if hops > max_redirects then return nil, "too many redirects" end
     if loc:find("^/") and not loc:find("^//") then
-      loc = "http://" .. u.hosthdr .. loc
+      loc = u.scheme .. "://" .. u.hosthdr .. loc
     elseif not loc:find("^%a[%w+.-]*://") then
       return nil, "bad redirect location"
     end
     local nu = M.parse_url(loc)
-    if nu and (nu.host ~= u.host or nu.port ~= u.port) then
+    if nu and (nu.host ~= u.host or nu.port ~= u.port or nu.scheme ~= u.scheme) then
       local h = {}
       for k, v in pairs(headers) do
         local lk = k:lower()

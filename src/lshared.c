@@ -1,0 +1,536 @@
+/*
+ * lshared.c - fdpool.shared.NAME in a worker: the Lua side of the shared
+ * dictionaries (shdict.c) the master mapped before forking (shzone.c),
+ * with ngx.shared.DICT's methods and return shapes. Owns each view's
+ * scratch buffer; the mappings are the pool's.
+ */
+#include "fdp.h"
+#include "laux.h"
+#include "lshared.h"
+#include "pool.h"
+#include "shdict.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#define SHDICT_MT   "fdpool.shdict"
+
+struct lshd {
+    struct fdp_shd d;
+    char name[32];
+    uint32_t size;
+    /* FDPOOL_TEST_SHARED_DIE=OP:N:KEY (tests only): _exit at the N-th
+     * write of OP on KEY, holding the lock */
+    int die_op;
+    uint32_t die_at;
+    char die_key[64];
+};
+
+
+/* The dictionary at 1. Each method has the metatable as its upvalue:
+ * comparing with it skips luaL_checkudata's registry lookup by name,
+ * a tenth of a get's time. */
+static struct lshd *
+check(lua_State *L)
+{
+    void *u = lua_touserdata(L, 1);
+
+    if (u != NULL && lua_getmetatable(L, 1)) {
+        int same = lua_rawequal(L, -1, lua_upvalueindex(1));
+
+        lua_pop(L, 1);
+        if (same) {
+            return u;
+        }
+    }
+    luaL_typeerror(L, 1, SHDICT_MT);
+    return NULL;
+}
+
+
+static const char *
+check_key(lua_State *L, int idx, size_t *len, struct lshd *s, int op)
+{
+    const char *k = luaL_checklstring(L, idx, len);
+
+    luaL_argcheck(L, *len > 0, idx, "key must not be empty");
+    luaL_argcheck(L, *len <= FDP_SHD_KEY_MAX, idx, "key too long (at most "
+                  "65535 bytes)");
+    if (s->die_op == op && strcmp(k, s->die_key) == 0) {
+        s->d.die_op = op;
+        s->d.die_at = s->die_at;
+    } else {
+        s->d.die_op = 0;
+    }
+    return k;
+}
+
+
+/* A value from Lua at idx (nil deletes). Raises for other types. */
+static void
+check_value(lua_State *L, int idx, struct fdp_shd_val *v)
+{
+    memset(v, 0, sizeof(*v));
+    switch (lua_type(L, idx)) {
+    case LUA_TNONE:
+    case LUA_TNIL:
+        v->type = FDP_SHD_NIL;
+        break;
+    case LUA_TBOOLEAN:
+        v->type = FDP_SHD_BOOLEAN;
+        v->i = lua_toboolean(L, idx);
+        break;
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx)) {
+            v->type = FDP_SHD_INTEGER;
+            v->i = (int64_t) lua_tointeger(L, idx);
+        } else {
+            v->type = FDP_SHD_NUMBER;
+            v->n = (double) lua_tonumber(L, idx);
+        }
+        break;
+    case LUA_TSTRING:
+        v->type = FDP_SHD_STRING;
+        v->s = lua_tolstring(L, idx, &v->len);
+        luaL_argcheck(L, v->len < 0x7fffffff, idx, "value too long");
+        break;
+    default:
+        luaL_argerror(L, idx, lua_pushfstring(L, "bad value type (string, "
+                      "number, boolean or nil expected, got %s)",
+                      luaL_typename(L, idx)));
+    }
+}
+
+
+static double
+opt_ttl(lua_State *L, int idx)
+{
+    lua_Number t = luaL_optnumber(L, idx, 0);
+
+    luaL_argcheck(L, t >= 0 && t < 1e9, idx, "ttl must be 0 (never) to 1e9 "
+                  "seconds");
+    return (double) t;
+}
+
+
+/* What the last operation's lock found, for the log: a worker that died
+ * holding it (its operation undone, or the dictionary flushed), or a
+ * scribbled mapping (flushed). */
+static void
+note(struct lshd *s, int r)
+{
+    if (s->d.recovered == 1) {
+        fdp_log(FDP_LOG_WARN, 0, "shared '%s': a process died holding its "
+                "lock; its operation was undone", s->name);
+    } else if (s->d.recovered == 2) {
+        fdp_log(FDP_LOG_ERROR, 0, "shared '%s': %s; every entry flushed",
+                s->name, r == -EIO ? "found corrupted" : "a process died "
+                "holding its lock in an operation that cannot be undone");
+    }
+    s->d.recovered = 0;
+}
+
+
+static const char *
+errtext(int r)
+{
+    switch (r) {
+    case -EEXIST: return "exists";
+    case -ENOENT: return "not found";
+    case -ENOMEM: return "no memory";
+    case -E2BIG: return "value too big";
+    case -EINVAL: return "not a number";
+    case -EIO: return "corrupted (flushed)";
+    default: return strerror(-r);
+    }
+}
+
+
+static void
+push_val(lua_State *L, const struct fdp_shd_val *v)
+{
+    switch (v->type) {
+    case FDP_SHD_STRING:
+        lua_pushlstring(L, v->s, v->len);
+        break;
+    case FDP_SHD_INTEGER:
+        lua_pushinteger(L, (lua_Integer) v->i);
+        break;
+    case FDP_SHD_NUMBER:
+        lua_pushnumber(L, (lua_Number) v->n);
+        break;
+    case FDP_SHD_BOOLEAN:
+        lua_pushboolean(L, v->i != 0);
+        break;
+    default:
+        lua_pushnil(L);
+    }
+}
+
+
+/* dict:get(key) -> value, flags (flags only when not 0) | nil | nil, err */
+static int
+shd_get(lua_State *L)
+{
+    struct lshd *s = check(L);
+    size_t klen;
+    const char *key = check_key(L, 2, &klen, s, FDP_SHD_OP_GET);
+    struct fdp_shd_val v;
+    int r = fdp_shd_get(&s->d, key, klen, &v, NULL);
+
+    note(s, r);
+    if (r < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, errtext(r));
+        return 2;
+    }
+    if (r == 0) {
+        lua_pushnil(L);
+        return 1;
+    }
+    push_val(L, &v);
+    if (v.flags != 0) {
+        lua_pushinteger(L, v.flags);
+        return 2;
+    }
+    return 1;
+}
+
+
+/* set/add/replace(key, value [, ttl [, flags]]) -> true, nil, forcible |
+ * false, err, forcible (ngx's shape). */
+static int
+set_mode(lua_State *L, int mode)
+{
+    struct lshd *s = check(L);
+    size_t klen;
+    const char *key = check_key(L, 2, &klen, s, FDP_SHD_OP_SET);
+    struct fdp_shd_val v;
+    double ttl = opt_ttl(L, 4);
+    lua_Integer flags = luaL_optinteger(L, 5, 0);
+    int ev = 0, r;
+
+    check_value(L, 3, &v);
+    luaL_argcheck(L, flags >= 0 && flags <= 0xffffffff, 5, "flags must be "
+                  "0 to 2^32-1");
+    v.flags = (uint32_t) flags;
+    if (v.type == FDP_SHD_NIL && mode != 0) {
+        v.type = FDP_SHD_NIL;       /* add/replace of nil: a delete too */
+    }
+    r = fdp_shd_set(&s->d, mode, key, klen, &v, ttl, &ev);
+    note(s, r);
+    lua_pushboolean(L, r == 0);
+    if (r == 0) {
+        lua_pushnil(L);
+    } else {
+        lua_pushstring(L, errtext(r));
+    }
+    lua_pushboolean(L, ev);
+    return 3;
+}
+
+
+static int
+shd_set(lua_State *L)
+{
+    return set_mode(L, 0);
+}
+
+
+static int
+shd_add(lua_State *L)
+{
+    return set_mode(L, 1);
+}
+
+
+static int
+shd_replace(lua_State *L)
+{
+    return set_mode(L, 2);
+}
+
+
+/* dict:delete(key) -> true */
+static int
+shd_delete(lua_State *L)
+{
+    struct lshd *s = check(L);
+    size_t klen;
+    const char *key = check_key(L, 2, &klen, s, FDP_SHD_OP_SET);
+    struct fdp_shd_val v;
+    int ev, r;
+
+    memset(&v, 0, sizeof(v));
+    r = fdp_shd_set(&s->d, 0, key, klen, &v, 0, &ev);
+    note(s, r);
+    if (r < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, errtext(r));
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+/* dict:incr(key, n [, init [, init_ttl]]) -> new value, nil, forcible |
+ * nil, err, forcible. Integers stay integers. */
+static int
+shd_incr(lua_State *L)
+{
+    struct lshd *s = check(L);
+    size_t klen;
+    const char *key = check_key(L, 2, &klen, s, FDP_SHD_OP_INCR);
+    struct fdp_shd_val by, init, out;
+    double ttl;
+    int ev = 0, r;
+
+    luaL_checktype(L, 3, LUA_TNUMBER);
+    check_value(L, 3, &by);
+    if (!lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TNUMBER);
+        check_value(L, 4, &init);
+    }
+    ttl = opt_ttl(L, 5);
+    r = fdp_shd_incr(&s->d, key, klen, &by, lua_isnoneornil(L, 4) ? NULL
+                     : &init, ttl, &out, &ev);
+    note(s, r);
+    if (r < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, errtext(r));
+    } else {
+        push_val(L, &out);
+        lua_pushnil(L);
+    }
+    lua_pushboolean(L, ev);
+    return 3;
+}
+
+
+/* dict:ttl(key) -> seconds left (0: never expires) | nil, "not found" */
+static int
+shd_ttl(lua_State *L)
+{
+    struct lshd *s = check(L);
+    size_t klen;
+    const char *key = check_key(L, 2, &klen, s, FDP_SHD_OP_GET);
+    double ttl = 0;
+    int r = fdp_shd_ttl(&s->d, key, klen, &ttl);
+
+    note(s, r);
+    if (r < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, errtext(r));
+        return 2;
+    }
+    if (ttl == 0) {
+        lua_pushinteger(L, 0);          /* never expires */
+    } else {
+        lua_pushnumber(L, ttl);
+    }
+    return 1;
+}
+
+
+/* dict:expire(key, ttl) -> true | nil, "not found" (ttl 0: never) */
+static int
+shd_expire(lua_State *L)
+{
+    struct lshd *s = check(L);
+    size_t klen;
+    const char *key = check_key(L, 2, &klen, s, FDP_SHD_OP_EXPIRE);
+    double ttl;
+    int r;
+
+    luaL_checknumber(L, 3);
+    ttl = opt_ttl(L, 3);
+    r = fdp_shd_expire(&s->d, key, klen, ttl);
+    note(s, r);
+    if (r < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, errtext(r));
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+/* dict:flush_all(): every entry gone (the memory is free at once). */
+static int
+shd_flush_all(lua_State *L)
+{
+    struct lshd *s = check(L);
+    int r;
+
+    s->d.die_op = s->die_op == FDP_SHD_OP_FLUSH ? FDP_SHD_OP_FLUSH : 0;
+    s->d.die_at = s->die_at;
+    r = fdp_shd_flush(&s->d);
+    note(s, r);
+    if (r < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, errtext(r));
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+struct keys_ud {
+    lua_State *L;
+    lua_Integer n;
+};
+
+
+static void
+add_key(void *ud, const char *key, size_t klen)
+{
+    struct keys_ud *k = ud;
+
+    lua_pushlstring(k->L, key, klen);
+    lua_rawseti(k->L, -2, ++k->n);
+}
+
+
+/* dict:get_keys([max]) -> {keys} (max default 1024, 0: all) */
+static int
+shd_get_keys(lua_State *L)
+{
+    struct lshd *s = check(L);
+    lua_Integer max = luaL_optinteger(L, 2, 1024);
+    struct keys_ud k;
+    int r;
+
+    luaL_argcheck(L, max >= 0, 2, "max must be >= 0 (0: all)");
+    lua_newtable(L);
+    k.L = L;
+    k.n = 0;
+    s->d.die_op = 0;
+    r = fdp_shd_keys(&s->d, (size_t) max, add_key, &k);
+    note(s, r);
+    if (r < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, errtext(r));
+        return 2;
+    }
+    return 1;
+}
+
+
+static int
+shd_capacity(lua_State *L)
+{
+    lua_pushinteger(L, check(L)->size);
+    return 1;
+}
+
+
+static int
+shd_free_space(lua_State *L)
+{
+    struct lshd *s = check(L);
+    int64_t r;
+
+    s->d.die_op = 0;
+    r = fdp_shd_free_space(&s->d);
+    note(s, (int) (r < 0 ? r : 0));
+    if (r < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, errtext((int) r));
+        return 2;
+    }
+    lua_pushinteger(L, (lua_Integer) r);
+    return 1;
+}
+
+
+static int
+shd_tostring(lua_State *L)
+{
+    struct lshd *s = check(L);
+
+    lua_pushfstring(L, "fdpool.shdict (%s)", s->name);
+    return 1;
+}
+
+
+static int
+shd_gc(lua_State *L)
+{
+    fdp_shd_detach(&check(L)->d);
+    return 0;
+}
+
+
+/* The test knob, read once per worker. */
+static void
+read_knob(struct lshd *s)
+{
+    static const char *const ops[] = { "", "get", "set", "incr", "delete",
+                                       "expire", "flush" };
+    const char *e = getenv("FDPOOL_TEST_SHARED_DIE");
+    char op[16];
+    unsigned at;
+    int i;
+
+    if (e == NULL || sscanf(e, "%15[a-z]:%u:%63s", op, &at, s->die_key) < 2) {
+        return;
+    }
+    for (i = 1; i < (int) FDP_NELEM(ops); i++) {
+        if (strcmp(op, ops[i]) == 0) {
+            s->die_op = i == FDP_SHD_OP_DELETE ? FDP_SHD_OP_SET : i;
+            s->die_at = at;
+        }
+    }
+}
+
+
+void
+fdp_lshared_open(lua_State *L, struct fdp_pool *p)
+{
+    static const luaL_Reg methods[] = {
+        { "get", shd_get }, { "set", shd_set }, { "add", shd_add },
+        { "replace", shd_replace }, { "delete", shd_delete },
+        { "incr", shd_incr }, { "ttl", shd_ttl }, { "expire", shd_expire },
+        { "flush_all", shd_flush_all }, { "get_keys", shd_get_keys },
+        { "capacity", shd_capacity }, { "free_space", shd_free_space },
+        { NULL, NULL }
+    };
+    static const luaL_Reg meta[] = {
+        { "__tostring", shd_tostring }, { "__gc", shd_gc }, { NULL, NULL }
+    };
+    int i;
+
+    if (luaL_newmetatable(L, SHDICT_MT)) {
+        lua_pushvalue(L, -1);
+        luaL_setfuncs(L, meta, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -2);
+        luaL_setfuncs(L, methods, 1);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    lua_newtable(L);
+    for (i = 0; i < p->nshared; i++) {
+        struct fdp_shzone *z = &p->shared[i];
+        struct lshd *s = lua_newuserdatauv(L, sizeof(*s), 0);
+
+        memset(s, 0, sizeof(*s));
+        if (z->base == NULL
+            || fdp_shd_attach(&s->d, z->base, (size_t) z->size) < 0) {
+            lua_pop(L, 1);
+            continue;
+        }
+        luaL_setmetatable(L, SHDICT_MT);
+        snprintf(s->name, sizeof(s->name), "%s", z->name);
+        s->size = (uint32_t) z->size;
+        read_knob(s);
+        lua_setfield(L, -2, z->name);
+    }
+    lua_setfield(L, -2, "shared");
+}

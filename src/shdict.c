@@ -1,0 +1,1327 @@
+/*
+ * shdict.c - the shared dictionary (see shdict.h). One mapping:
+ *
+ *   header (counters, LRU ends, free lists, journal state, the mutex)
+ *   buckets  nbuckets x u32: offset of the first entry of each chain
+ *   journal  jcap x {u32 off, u32 old}: the undo record of the one
+ *            operation in progress
+ *   heap     blocks of a buddy allocator (64 B .. 1 MiB), each an 8-byte
+ *            tag then, when in use, one entry (48-byte head, key, value)
+ *
+ * Every link is an offset into the mapping, and every offset read from
+ * it is checked (range, alignment, the block's tag, the entry's lengths)
+ * before use: a bad one makes the operation flush the dictionary and
+ * return -EIO instead of following it. The layout is computed from the
+ * size by each process, never read back. Every metadata write of an
+ * operation goes through w32(), which first appends the old value to the
+ * journal; the journal is emptied when the operation ends. A process that
+ * dies holding the (robust) lock leaves the journal behind, and the next
+ * locker (EOWNERDEAD) writes the old values back in reverse: the
+ * dictionary is as it was before that operation. Key and value bytes go
+ * only into freshly allocated blocks, so they need no journal; a journal
+ * that overflowed (a long eviction) or a death inside flush_all flushes.
+ */
+#include "fdp.h"
+#include "shdict.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SHD_MAGIC       0x66647368u     /* "fdsh" */
+#define SHD_VERSION     1u
+#define TAG             0xb10c0000u
+#define TAG_FREE        0x100u
+#define MINORD          6               /* 64-byte blocks */
+#define MAXORD          20              /* 1 MiB */
+#define EVICT_MAX       30              /* entries evicted for one alloc */
+
+/* entry fields, from the entry's offset (block + 8) */
+#define E_HNEXT     0
+#define E_LPREV     4
+#define E_LNEXT     8
+#define E_HASH      12
+#define E_KLEN      16
+#define E_VLEN      20
+#define E_TYPE      24
+#define E_FLAGS     28
+#define E_EXPLO     32
+#define E_EXPHI     36
+#define E_NUMLO     40
+#define E_NUMHI     44
+#define E_SIZE      48
+/* a free block: tag, next, prev */
+#define B_NEXT      8
+#define B_PREV      12
+
+struct shd_hdr {
+    /* first, alone in its cache line: a worker that scribbles on the
+     * mapping elsewhere cannot break the lock */
+    union {
+        pthread_mutex_t m;
+        char line[64];
+    } lock;
+    uint32_t magic, version, size, pad0;
+    /* the fields below are written through the journal */
+    uint32_t used;              /* bytes of blocks holding entries */
+    uint32_t nkeys;
+    uint32_t lru_head, lru_tail;    /* head: most recently used */
+    uint32_t freelist[MAXORD + 1];
+    /* not journaled */
+    uint32_t jn;                /* journal records of the op in progress */
+    uint32_t jover;             /* the journal overflowed: flush on death */
+    uint32_t op;                /* FDP_SHD_OP_FLUSH while flushing */
+    uint32_t pad1;
+    uint64_t flushes, repairs;
+};
+
+struct shd_rec {
+    uint32_t off, old;
+};
+
+#define HOFF(f)     ((uint32_t) offsetof(struct shd_hdr, f))
+#define FL(o)       (HOFF(freelist) + 4u * (uint32_t) (o))
+
+static struct shd_hdr *
+hdr(struct fdp_shd *d)
+{
+    return (struct shd_hdr *) (void *) d->base;
+}
+
+
+static uint32_t
+r32(struct fdp_shd *d, uint32_t off)
+{
+    return *(volatile uint32_t *) (void *) (d->base + off);
+}
+
+
+/* The one way an operation writes metadata: journal the old value, then
+ * write. The compiler barriers keep the journal record ahead of the
+ * write (a process killed between the two leaves a usable record). */
+static void
+w32(struct fdp_shd *d, uint32_t off, uint32_t v)
+{
+    struct shd_hdr *h = hdr(d);
+    volatile uint32_t *p = (volatile uint32_t *) (void *) (d->base + off);
+    uint32_t n = h->jn;
+
+    if (n < d->jcap && !h->jover) {
+        volatile struct shd_rec *rec = (volatile struct shd_rec *) (void *)
+                                       (d->base + d->journal);
+
+        rec[n].off = off;
+        rec[n].old = *p;
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        h->jn = n + 1;
+    } else {
+        h->jover = 1;
+    }
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    *p = v;
+    if (d->die_op != 0 && d->die_op == d->op && ++d->nwrites == d->die_at) {
+        _exit(86);              /* the test knob: die holding the lock */
+    }
+}
+
+
+/* Copy n bytes to off (4-aligned). Into a block that was never freed in
+ * this operation, directly (nothing live was there: a death undoes the
+ * allocation); into one that may have been (an evicted or replaced
+ * entry's), word by word through the journal, so an undo finds that
+ * entry's bytes again. */
+static void
+wbytes(struct fdp_shd *d, uint32_t off, const char *src, size_t n)
+{
+    size_t i;
+
+    if (d->nfreed == 0) {
+        memcpy(d->base + off, src, n);
+        return;
+    }
+    for (i = 0; i < n; i += 4) {
+        uint32_t w;
+
+        memcpy(&w, d->base + off + i, 4);
+        memcpy(&w, src + i, n - i < 4 ? n - i : 4);
+        w32(d, off + (uint32_t) i, w);
+    }
+}
+
+
+/* ---- layout ----------------------------------------------------------- */
+
+static uint32_t
+align64(uint32_t x)
+{
+    return (x + 63u) & ~63u;
+}
+
+
+static void
+layout(struct fdp_shd *d, uint32_t size)
+{
+    uint32_t nb = 16, avail, o;
+
+    while (nb * 2 <= size / 512) {
+        nb *= 2;
+    }
+    d->size = size;
+    d->buckets = align64((uint32_t) sizeof(struct shd_hdr));
+    d->nbuckets = nb;
+    d->jcap = size / 64 < 8192 ? size / 64 : 8192;
+    d->journal = align64(d->buckets + nb * 4);
+    d->heap = align64(d->journal + d->jcap * (uint32_t) sizeof(struct shd_rec));
+    avail = size - d->heap;
+    for (o = MAXORD; o > MINORD && (1u << o) > avail; o--) {
+    }
+    d->maxorder = o;
+    d->heapend = d->heap + (avail & ~63u);
+}
+
+
+/* ---- checks of what the mapping says ----------------------------------- */
+
+static int
+bad(struct fdp_shd *d)
+{
+    d->corrupt = 1;
+    return 0;
+}
+
+
+/* A block at blk: aligned, inside the heap, its tag valid. Returns its
+ * order (0: not a block). want_free: -1 any, 0 in use, 1 free. */
+static uint32_t
+blk_order(struct fdp_shd *d, uint32_t blk, int want_free)
+{
+    uint32_t tag, o;
+
+    if (blk < d->heap || blk >= d->heapend || ((blk - d->heap) & 63u)) {
+        return bad(d);
+    }
+    tag = r32(d, blk);
+    o = tag & 0xffu;
+    if ((tag & 0xfffffe00u) != TAG || o < MINORD || o > d->maxorder
+        || (uint64_t) blk + (1u << o) > d->heapend
+        || (want_free >= 0 && !!(tag & TAG_FREE) != want_free)) {
+        return bad(d);
+    }
+    return o;
+}
+
+
+/* An entry at e (0 is "none", valid): in a used block, its lengths
+ * inside the block. */
+static int
+ent_ok(struct fdp_shd *d, uint32_t e)
+{
+    uint32_t o;
+
+    if (e == 0) {
+        return 1;
+    }
+    if (e < d->heap + 8 || (o = blk_order(d, e - 8, 0)) == 0) {
+        return bad(d);
+    }
+    if ((uint64_t) 8 + E_SIZE + r32(d, e + E_KLEN) + r32(d, e + E_VLEN)
+        > (1u << o)) {
+        return bad(d);
+    }
+    return 1;
+}
+
+
+static int
+free_ok(struct fdp_shd *d, uint32_t blk, uint32_t o)
+{
+    return blk == 0 || blk_order(d, blk, 1) == o || bad(d);
+}
+
+
+/* ---- the buddy allocator ------------------------------------------------ */
+
+static void
+fl_remove(struct fdp_shd *d, uint32_t blk, uint32_t o)
+{
+    uint32_t next = r32(d, blk + B_NEXT), prev = r32(d, blk + B_PREV);
+
+    if (!free_ok(d, next, o) || !free_ok(d, prev, o)) {
+        return;
+    }
+    if (prev) {
+        w32(d, prev + B_NEXT, next);
+    } else {
+        w32(d, FL(o), next);
+    }
+    if (next) {
+        w32(d, next + B_PREV, prev);
+    }
+}
+
+
+static void
+fl_push(struct fdp_shd *d, uint32_t blk, uint32_t o)
+{
+    uint32_t head = r32(d, FL(o));
+
+    if (!free_ok(d, head, o)) {
+        return;
+    }
+    w32(d, blk, TAG | TAG_FREE | o);
+    w32(d, blk + B_NEXT, head);
+    w32(d, blk + B_PREV, 0);
+    if (head) {
+        w32(d, head + B_PREV, blk);
+    }
+    w32(d, FL(o), blk);
+}
+
+
+/* A block of order `order` (its tag written), or 0. */
+static uint32_t
+blk_alloc(struct fdp_shd *d, uint32_t order)
+{
+    uint32_t o, blk;
+
+    for (o = order; o <= d->maxorder; o++) {
+        blk = r32(d, FL(o));
+        if (blk == 0) {
+            continue;
+        }
+        if (!free_ok(d, blk, o)) {
+            return 0;
+        }
+        fl_remove(d, blk, o);
+        while (o > order) {
+            o--;
+            fl_push(d, blk + (1u << o), o);
+        }
+        w32(d, blk, TAG | order);
+        return d->corrupt ? 0 : blk;
+    }
+    return 0;
+}
+
+
+static void
+blk_free(struct fdp_shd *d, uint32_t blk, uint32_t o)
+{
+    d->nfreed++;
+    while (o < d->maxorder) {
+        uint32_t rel = blk - d->heap, brel = rel ^ (1u << o);
+        uint32_t b = d->heap + brel;
+
+        if ((uint64_t) b + (1u << o) > d->heapend
+            || r32(d, b) != (TAG | TAG_FREE | o)) {
+            break;
+        }
+        fl_remove(d, b, o);
+        blk = d->heap + (rel < brel ? rel : brel);
+        o++;
+    }
+    fl_push(d, blk, o);
+}
+
+
+/* Lay the heap out as free blocks, empty every list: the flush. Written
+ * without the journal, marked by hdr->op (a death inside flushes again). */
+static void
+format_data(struct fdp_shd *d)
+{
+    struct shd_hdr *h = hdr(d);
+    uint32_t rel, o, avail = d->heapend - d->heap;
+
+    h->op = FDP_SHD_OP_FLUSH;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    memset(d->base + d->buckets, 0, (size_t) d->nbuckets * 4);
+    h->used = 0;
+    h->nkeys = 0;
+    h->lru_head = 0;
+    h->lru_tail = 0;
+    memset(h->freelist, 0, sizeof(h->freelist));
+    for (rel = 0; avail - rel >= (1u << MINORD); rel += 1u << o) {
+        uint32_t blk = d->heap + rel, head;
+
+        for (o = d->maxorder; o > MINORD; o--) {
+            if ((rel & ((1u << o) - 1)) == 0 && rel + (1u << o) <= avail) {
+                break;
+            }
+        }
+        head = h->freelist[o];
+        *(uint32_t *) (void *) (d->base + blk) = TAG | TAG_FREE | o;
+        *(uint32_t *) (void *) (d->base + blk + B_NEXT) = head;
+        *(uint32_t *) (void *) (d->base + blk + B_PREV) = 0;
+        if (head) {
+            *(uint32_t *) (void *) (d->base + head + B_PREV) = blk;
+        }
+        h->freelist[o] = blk;
+    }
+    h->jn = 0;
+    h->jover = 0;
+    h->flushes++;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    h->op = 0;
+}
+
+
+/* A journaled write may only have touched the counters and lists of the
+ * header, the buckets or the heap. */
+static int
+journal_off_ok(struct fdp_shd *d, uint32_t off)
+{
+    if (off & 3u) {
+        return 0;
+    }
+    return (off >= HOFF(used) && off < HOFF(jn))
+           || (off >= d->buckets && off < d->buckets + d->nbuckets * 4)
+           || (off >= d->heap && off + 4 <= d->heapend);
+}
+
+
+/* The last locker died inside an operation: undo it from the journal (1),
+ * or flush when that cannot be trusted (2). */
+static void
+recover(struct fdp_shd *d)
+{
+    struct shd_hdr *h = hdr(d);
+    struct shd_rec *rec = (struct shd_rec *) (void *) (d->base + d->journal);
+    uint32_t n = h->jn, i;
+
+    if (h->op != 0 || h->jover || n > d->jcap) {
+        format_data(d);
+        d->recovered = 2;
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        if (!journal_off_ok(d, rec[i].off)) {
+            format_data(d);
+            d->recovered = 2;
+            return;
+        }
+    }
+    while (n > 0) {
+        n--;
+        *(volatile uint32_t *) (void *) (d->base + rec[n].off) = rec[n].old;
+    }
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    h->jn = 0;
+    h->repairs++;
+    d->recovered = 1;
+}
+
+
+static int
+lock(struct fdp_shd *d, int op)
+{
+    struct shd_hdr *h = hdr(d);
+    int r, i;
+
+    /* Critical sections are short: spin a little before sleeping in
+     * the kernel (as ngx_shmtx_lock does), or two busy workers hand the
+     * lock over through futex wake-ups. */
+    for (i = 0; i < 100; i++) {
+        r = pthread_mutex_trylock(&h->lock.m);
+        if (r != EBUSY) {
+            break;
+        }
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    if (r == EBUSY) {
+        r = pthread_mutex_lock(&h->lock.m);
+    }
+
+    d->recovered = 0;
+    if (r == EOWNERDEAD) {
+        recover(d);
+        (void) pthread_mutex_consistent(&h->lock.m);
+    } else if (r != 0) {
+        return -EIO;            /* ENOTRECOVERABLE, or a scribbled mutex */
+    } else if (h->jn != 0 || h->op != 0 || h->jover) {
+        recover(d);             /* cannot happen but by a scribble */
+    }
+    d->op = op;
+    d->nwrites = 0;
+    d->corrupt = 0;
+    d->nfreed = 0;
+    d->now = 0;
+    return 0;
+}
+
+
+/* End the operation: commit (empty the journal), or flush when it met a
+ * bad offset (-EIO). Returns r, or -EIO. */
+static int
+unlock(struct fdp_shd *d, int r)
+{
+    struct shd_hdr *h = hdr(d);
+
+    if (d->corrupt) {
+        format_data(d);
+        d->recovered = 2;
+        r = -EIO;
+    }
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    h->jn = 0;
+    h->jover = 0;
+    d->op = FDP_SHD_OP_NONE;
+    (void) pthread_mutex_unlock(&h->lock.m);
+    return r;
+}
+
+
+/* ---- entries ------------------------------------------------------------ */
+
+static uint32_t
+hash_key(const char *key, size_t klen)
+{
+    uint32_t h = 2166136261u;
+    size_t i;
+
+    for (i = 0; i < klen; i++) {
+        h = (h ^ (unsigned char) key[i]) * 16777619u;
+    }
+    return h;
+}
+
+
+static uint32_t
+bucket_of(struct fdp_shd *d, uint32_t hash)
+{
+    return d->buckets + (hash & (d->nbuckets - 1)) * 4;
+}
+
+
+/* The entry of key, or 0 (also when corrupt); *linkp: the offset of the
+ * link that points at it. The walk is bounded: a loop is corruption. */
+static uint32_t
+lookup(struct fdp_shd *d, const char *key, size_t klen, uint32_t hash,
+       uint32_t *linkp)
+{
+    uint32_t link = bucket_of(d, hash), e, steps = 0;
+    uint32_t maxsteps = (d->heapend - d->heap) >> MINORD;
+
+    while ((e = r32(d, link)) != 0) {
+        if (!ent_ok(d, e) || ++steps > maxsteps) {
+            return bad(d);
+        }
+        if (r32(d, e + E_HASH) == hash && r32(d, e + E_KLEN) == klen
+            && memcmp(d->base + e + E_SIZE, key, klen) == 0) {
+            *linkp = link;
+            return e;
+        }
+        link = e + E_HNEXT;
+    }
+    return 0;
+}
+
+
+static uint64_t
+ent_exp(struct fdp_shd *d, uint32_t e)
+{
+    return (uint64_t) r32(d, e + E_EXPLO)
+           | ((uint64_t) r32(d, e + E_EXPHI) << 32);
+}
+
+
+/* The clock, read at most once per operation and only when an entry
+ * with a ttl (or a new ttl) needs it: clock_gettime was the biggest cost
+ * of a get. */
+static uint64_t
+now_ms(struct fdp_shd *d)
+{
+    if (d->now == 0) {
+        d->now = fdp_now_ms();
+    }
+    return d->now;
+}
+
+
+static int
+expired(struct fdp_shd *d, uint32_t e, uint64_t now)
+{
+    uint64_t x = ent_exp(d, e);
+
+    (void) now;
+    return x != 0 && now_ms(d) >= x;
+}
+
+
+static void
+set_exp(struct fdp_shd *d, uint32_t e, double ttl, uint64_t now)
+{
+    uint64_t x = ttl > 0 ? now_ms(d) + (uint64_t) (ttl * 1000.0 + 0.5) : 0;
+
+    (void) now;
+
+    if (ttl > 0 && x == 0) {
+        x = 1;
+    }
+    w32(d, e + E_EXPLO, (uint32_t) x);
+    w32(d, e + E_EXPHI, (uint32_t) (x >> 32));
+}
+
+
+static void
+lru_remove(struct fdp_shd *d, uint32_t e)
+{
+    uint32_t p = r32(d, e + E_LPREV), n = r32(d, e + E_LNEXT);
+
+    if (!ent_ok(d, p) || !ent_ok(d, n)) {
+        return;
+    }
+    if (p) {
+        w32(d, p + E_LNEXT, n);
+    } else {
+        w32(d, HOFF(lru_head), n);
+    }
+    if (n) {
+        w32(d, n + E_LPREV, p);
+    } else {
+        w32(d, HOFF(lru_tail), p);
+    }
+}
+
+
+static void
+lru_push(struct fdp_shd *d, uint32_t e)
+{
+    uint32_t head = r32(d, HOFF(lru_head));
+
+    if (!ent_ok(d, head)) {
+        return;
+    }
+    w32(d, e + E_LPREV, 0);
+    w32(d, e + E_LNEXT, head);
+    if (head) {
+        w32(d, head + E_LPREV, e);
+    } else {
+        w32(d, HOFF(lru_tail), e);
+    }
+    w32(d, HOFF(lru_head), e);
+}
+
+
+static void
+lru_touch(struct fdp_shd *d, uint32_t e)
+{
+    if (r32(d, HOFF(lru_head)) != e) {
+        lru_remove(d, e);
+        lru_push(d, e);
+    }
+}
+
+
+/* Unlink e (found through link) and free its block. */
+static void
+ent_delete(struct fdp_shd *d, uint32_t e, uint32_t link)
+{
+    uint32_t o = blk_order(d, e - 8, 0), used = r32(d, HOFF(used));
+    uint32_t nk = r32(d, HOFF(nkeys));
+
+    if (o == 0) {
+        return;
+    }
+    w32(d, link, r32(d, e + E_HNEXT));
+    lru_remove(d, e);
+    w32(d, HOFF(used), used >= (1u << o) ? used - (1u << o) : 0);
+    w32(d, HOFF(nkeys), nk > 0 ? nk - 1 : 0);
+    blk_free(d, e - 8, o);
+}
+
+
+/* The link pointing at e, walking its bucket (0: not found, corrupt). */
+static uint32_t
+link_of(struct fdp_shd *d, uint32_t e)
+{
+    uint32_t link = bucket_of(d, r32(d, e + E_HASH)), x, steps = 0;
+    uint32_t maxsteps = (d->heapend - d->heap) >> MINORD;
+
+    while ((x = r32(d, link)) != 0) {
+        if (x == e) {
+            return link;
+        }
+        if (!ent_ok(d, x) || ++steps > maxsteps) {
+            return bad(d);
+        }
+        link = x + E_HNEXT;
+    }
+    return bad(d);
+}
+
+
+/* Room for an entry of `need` bytes (with its block tag): a block, after
+ * evicting up to EVICT_MAX least recently used entries (expired ones do
+ * not count as evicted). 0 with *err set: -E2BIG, -ENOMEM. */
+static uint32_t
+ent_alloc(struct fdp_shd *d, uint64_t need, int *evicted, int *err)
+{
+    uint32_t order = MINORD, blk, i;
+    uint64_t now = 0;
+
+    while (order <= d->maxorder && (1ull << order) < need) {
+        order++;
+    }
+    if (order > d->maxorder) {
+        *err = -E2BIG;
+        return 0;
+    }
+    for (i = 0; i <= EVICT_MAX; i++) {
+        uint32_t tail, link;
+
+        blk = blk_alloc(d, order);
+        if (blk != 0 || d->corrupt || i == EVICT_MAX) {
+            break;
+        }
+        tail = r32(d, HOFF(lru_tail));
+        if (tail == 0 || !ent_ok(d, tail) || (link = link_of(d, tail)) == 0) {
+            break;
+        }
+        if (!expired(d, tail, now)) {
+            *evicted = 1;
+        }
+        ent_delete(d, tail, link);
+    }
+    if (blk == 0) {
+        *err = -ENOMEM;
+        return 0;
+    }
+    w32(d, HOFF(used), r32(d, HOFF(used)) + (1u << order));
+    w32(d, HOFF(nkeys), r32(d, HOFF(nkeys)) + 1);
+    return blk + 8;
+}
+
+
+static void
+put_num(struct fdp_shd *d, uint32_t e, const struct fdp_shd_val *v)
+{
+    uint64_t bits = 0;
+
+    if (v->type == FDP_SHD_NUMBER) {
+        memcpy(&bits, &v->n, 8);
+    } else {
+        bits = (uint64_t) v->i;
+    }
+    w32(d, e + E_TYPE, (uint32_t) v->type);
+    w32(d, e + E_NUMLO, (uint32_t) bits);
+    w32(d, e + E_NUMHI, (uint32_t) (bits >> 32));
+}
+
+
+static uint32_t lookup(struct fdp_shd *d, const char *key, size_t klen,
+                       uint32_t hash, uint32_t *linkp);
+static void put_value(struct fdp_shd *d, uint32_t e, size_t klen,
+                      const struct fdp_shd_val *v, size_t vlen);
+static void ent_delete(struct fdp_shd *d, uint32_t e, uint32_t link);
+
+/* A new entry for key = v, linked first in its bucket and the LRU; the
+ * old entry of key (if any, and still there after the evictions) is
+ * deleted after the new one is filled, so its block is never reused. */
+static int
+ent_insert(struct fdp_shd *d, const char *key, size_t klen, uint32_t hash,
+           const struct fdp_shd_val *v, double ttl, uint64_t now,
+           int *evicted, uint32_t old)
+{
+    size_t vlen = v->type == FDP_SHD_STRING ? v->len : 0;
+    int err = 0;
+    uint32_t nfreed = d->nfreed, link = 0;
+    uint32_t e = ent_alloc(d, (uint64_t) 8 + E_SIZE + klen + vlen, evicted,
+                           &err);
+
+    if (e == 0) {
+        return d->corrupt ? -EIO : err;
+    }
+    if (old != 0) {
+        if (d->nfreed != nfreed) {
+            old = lookup(d, key, klen, hash, &link);   /* evicted? */
+        } else {
+            (void) lookup(d, key, klen, hash, &link);
+        }
+        if (old != 0) {
+            ent_delete(d, old, link);
+        }
+        if (d->corrupt) {
+            return -EIO;
+        }
+    }
+    link = bucket_of(d, hash);
+    /* Fresh block: the head through the journal (it overwrites the free
+     * block's links), key and value bytes directly. */
+    w32(d, e + E_HNEXT, r32(d, link));
+    w32(d, e + E_HASH, hash);
+    w32(d, e + E_KLEN, (uint32_t) klen);
+    w32(d, e + E_VLEN, (uint32_t) vlen);
+    w32(d, e + E_FLAGS, v->flags);
+    put_num(d, e, v);
+    set_exp(d, e, ttl, now);
+    wbytes(d, e + E_SIZE, key, klen);
+    put_value(d, e, klen, v, vlen);
+    lru_push(d, e);
+    w32(d, link, e);
+    return 0;
+}
+
+
+/* The value bytes of e (after its key of klen bytes). */
+static void
+put_value(struct fdp_shd *d, uint32_t e, size_t klen,
+          const struct fdp_shd_val *v, size_t vlen)
+{
+    if (vlen) {
+        /* unaligned after the key: the first bytes share its last word */
+        uint32_t at = e + E_SIZE + (uint32_t) klen, head = (4 - (at & 3)) & 3;
+
+        if (head > vlen) {
+            head = (uint32_t) vlen;
+        }
+        if (head > 0) {
+            uint32_t w;
+
+            memcpy(&w, d->base + (at & ~3u), 4);
+            memcpy((char *) &w + (at & 3), v->s, head);
+            if (d->nfreed == 0) {
+                memcpy(d->base + (at & ~3u), &w, 4);
+            } else {
+                w32(d, at & ~3u, w);
+            }
+        }
+        if (vlen > head) {
+            wbytes(d, at + head, v->s + head, vlen - head);
+        }
+    }
+}
+
+
+static void
+ent_value(struct fdp_shd *d, uint32_t e, struct fdp_shd_val *v)
+{
+    uint64_t bits = (uint64_t) r32(d, e + E_NUMLO)
+                    | ((uint64_t) r32(d, e + E_NUMHI) << 32);
+
+    v->type = (int) r32(d, e + E_TYPE);
+    v->flags = r32(d, e + E_FLAGS);
+    v->i = (int64_t) bits;
+    memcpy(&v->n, &bits, 8);
+    v->s = NULL;
+    v->len = 0;
+    if (v->type < FDP_SHD_STRING || v->type > FDP_SHD_BOOLEAN) {
+        bad(d);
+    }
+}
+
+
+static double
+ttl_left(struct fdp_shd *d, uint32_t e, uint64_t now)
+{
+    uint64_t x = ent_exp(d, e);
+
+    if (x != 0) {
+        now = now_ms(d);
+    }
+    return x == 0 ? 0 : x > now ? (double) (x - now) / 1000.0 : 0.001;
+}
+
+
+/* ---- the operations ----------------------------------------------------- */
+
+int
+fdp_shd_get(struct fdp_shd *d, const char *key, size_t klen,
+            struct fdp_shd_val *v, double *ttl)
+{
+    uint32_t hash = hash_key(key, klen), link = 0, e;
+    uint64_t now = 0;
+    int r = 0;
+
+    if ((r = lock(d, FDP_SHD_OP_GET)) < 0) {
+        return r;
+    }
+    e = lookup(d, key, klen, hash, &link);
+    if (e != 0 && expired(d, e, now)) {
+        ent_delete(d, e, link);
+        e = 0;
+    }
+    if (e != 0) {
+        ent_value(d, e, v);
+        if (ttl) {
+            *ttl = ttl_left(d, e, now);
+        }
+        if (v->type == FDP_SHD_STRING) {
+            size_t n = r32(d, e + E_VLEN);
+
+            if (n + 1 > d->scratchcap) {
+                char *b = realloc(d->scratch, n + 1);
+
+                if (b == NULL) {
+                    return unlock(d, -ENOMEM);
+                }
+                d->scratch = b;
+                d->scratchcap = n + 1;
+            }
+            memcpy(d->scratch, d->base + e + E_SIZE + klen, n);
+            v->s = d->scratch;
+            v->len = n;
+        }
+        lru_touch(d, e);
+        r = 1;
+    }
+    return unlock(d, r);
+}
+
+
+/* Does key = v need a block of e's size (so it can be rewritten in
+ * place)? */
+static int
+same_block(struct fdp_shd *d, uint32_t e, size_t klen,
+           const struct fdp_shd_val *v)
+{
+    uint64_t need = (uint64_t) 8 + E_SIZE + klen
+                    + (v->type == FDP_SHD_STRING ? v->len : 0);
+    uint32_t o = blk_order(d, e - 8, 0);
+
+    return o != 0 && need <= (1ull << o)
+           && (o == MINORD || need > (1ull << (o - 1)));
+}
+
+
+int
+fdp_shd_set(struct fdp_shd *d, int mode, const char *key, size_t klen,
+            const struct fdp_shd_val *v, double ttl, int *evicted)
+{
+    uint32_t hash = hash_key(key, klen), link = 0, e;
+    uint64_t now = 0;
+    int r;
+
+    *evicted = 0;
+    if ((r = lock(d, FDP_SHD_OP_SET)) < 0) {
+        return r;
+    }
+    e = lookup(d, key, klen, hash, &link);
+    if (e != 0 && expired(d, e, now)) {
+        ent_delete(d, e, link);
+        e = 0;
+    }
+    if (d->corrupt) {
+        return unlock(d, -EIO);
+    }
+    if (mode == 1 && e != 0) {
+        return unlock(d, -EEXIST);
+    }
+    if (mode == 2 && e == 0) {
+        return unlock(d, -ENOENT);
+    }
+    if (v->type == FDP_SHD_NIL) {
+        if (e != 0) {
+            ent_delete(d, e, link);
+        }
+    } else if (e != 0 && same_block(d, e, klen, v)) {
+        /* The new value needs a block of the same size: rewrite it in
+         * place, every byte through the journal (an undo must find the
+         * old value again). */
+        size_t vlen = v->type == FDP_SHD_STRING ? v->len : 0;
+
+        d->nfreed++;
+        w32(d, e + E_VLEN, (uint32_t) vlen);
+        w32(d, e + E_FLAGS, v->flags);
+        put_num(d, e, v);
+        set_exp(d, e, ttl, now);
+        put_value(d, e, klen, v, vlen);
+        lru_touch(d, e);
+    } else {
+        r = ent_insert(d, key, klen, hash, v, ttl, now, evicted, e);
+    }
+    return unlock(d, r);
+}
+
+
+int
+fdp_shd_incr(struct fdp_shd *d, const char *key, size_t klen,
+             const struct fdp_shd_val *by, const struct fdp_shd_val *init,
+             double init_ttl, struct fdp_shd_val *v, int *evicted)
+{
+    uint32_t hash = hash_key(key, klen), link = 0, e;
+    uint64_t now = 0;
+    struct fdp_shd_val cur;
+    int r;
+
+    *evicted = 0;
+    if ((r = lock(d, FDP_SHD_OP_INCR)) < 0) {
+        return r;
+    }
+    e = lookup(d, key, klen, hash, &link);
+    if (e != 0 && expired(d, e, now)) {
+        ent_delete(d, e, link);
+        e = 0;
+    }
+    if (d->corrupt) {
+        return unlock(d, -EIO);
+    }
+    if (e == 0) {
+        if (init == NULL) {
+            return unlock(d, -ENOENT);
+        }
+        cur = *init;
+    } else {
+        ent_value(d, e, &cur);
+        if (cur.type != FDP_SHD_INTEGER && cur.type != FDP_SHD_NUMBER) {
+            return unlock(d, -EINVAL);
+        }
+    }
+    /* integer + integer stays an integer (wrapping, as Lua's +) */
+    if (cur.type == FDP_SHD_INTEGER && by->type == FDP_SHD_INTEGER) {
+        v->type = FDP_SHD_INTEGER;
+        v->i = (int64_t) ((uint64_t) cur.i + (uint64_t) by->i);
+    } else {
+        v->type = FDP_SHD_NUMBER;
+        v->n = (cur.type == FDP_SHD_INTEGER ? (double) cur.i : cur.n)
+               + (by->type == FDP_SHD_INTEGER ? (double) by->i : by->n);
+    }
+    v->flags = 0;
+    v->s = NULL;
+    v->len = 0;
+    if (e == 0) {
+        r = ent_insert(d, key, klen, hash, v, init_ttl, now, evicted, 0);
+    } else {
+        v->flags = cur.flags;
+        put_num(d, e, v);
+        lru_touch(d, e);
+    }
+    return unlock(d, r);
+}
+
+
+int
+fdp_shd_ttl(struct fdp_shd *d, const char *key, size_t klen, double *ttl)
+{
+    uint32_t hash = hash_key(key, klen), link = 0, e;
+    uint64_t now = 0;
+    int r;
+
+    if ((r = lock(d, FDP_SHD_OP_GET)) < 0) {
+        return r;
+    }
+    e = lookup(d, key, klen, hash, &link);
+    if (e != 0 && expired(d, e, now)) {
+        ent_delete(d, e, link);
+        e = 0;
+    }
+    if (e != 0) {
+        *ttl = ttl_left(d, e, now);
+    }
+    return unlock(d, e != 0 ? 0 : -ENOENT);
+}
+
+
+int
+fdp_shd_expire(struct fdp_shd *d, const char *key, size_t klen, double ttl)
+{
+    uint32_t hash = hash_key(key, klen), link = 0, e;
+    uint64_t now = 0;
+    int r;
+
+    if ((r = lock(d, FDP_SHD_OP_EXPIRE)) < 0) {
+        return r;
+    }
+    e = lookup(d, key, klen, hash, &link);
+    if (e != 0 && expired(d, e, now)) {
+        ent_delete(d, e, link);
+        e = 0;
+    }
+    if (e != 0) {
+        set_exp(d, e, ttl, now);
+    }
+    return unlock(d, e != 0 ? 0 : -ENOENT);
+}
+
+
+int
+fdp_shd_flush(struct fdp_shd *d)
+{
+    int r;
+
+    if ((r = lock(d, FDP_SHD_OP_FLUSH)) < 0) {
+        return r;
+    }
+    if (d->die_op == FDP_SHD_OP_FLUSH && d->die_at > 0) {
+        hdr(d)->op = FDP_SHD_OP_FLUSH;      /* the test knob: die inside */
+        _exit(86);
+    }
+    format_data(d);
+    return unlock(d, 0);
+}
+
+
+int
+fdp_shd_keys(struct fdp_shd *d, size_t max,
+             void (*fn)(void *ud, const char *key, size_t klen), void *ud)
+{
+    uint64_t now = 0;
+    uint32_t e, steps = 0, maxsteps = (d->heapend - d->heap) >> MINORD;
+    size_t len = 0, n = 0, i;
+    int r;
+
+    if ((r = lock(d, FDP_SHD_OP_GET)) < 0) {
+        return r;
+    }
+    for (e = r32(d, HOFF(lru_head)); e != 0 && (max == 0 || n < max);
+         e = r32(d, e + E_LNEXT)) {
+        uint32_t klen;
+
+        if (!ent_ok(d, e) || ++steps > maxsteps) {
+            bad(d);
+            break;
+        }
+        if (expired(d, e, now)) {
+            continue;
+        }
+        klen = r32(d, e + E_KLEN);
+        if (len + klen + 4 > d->scratchcap) {
+            size_t cap = (len + klen + 4) * 2;
+            char *b = realloc(d->scratch, cap);
+
+            if (b == NULL) {
+                return unlock(d, -ENOMEM);
+            }
+            d->scratch = b;
+            d->scratchcap = cap;
+        }
+        memcpy(d->scratch + len, &klen, 4);
+        memcpy(d->scratch + len + 4, d->base + e + E_SIZE, klen);
+        len += 4 + klen;
+        n++;
+    }
+    r = unlock(d, (int) n);
+    /* The keys are in the view's scratch (freed with the view): fn may
+     * raise (a Lua error) without leaking them. */
+    for (i = 0; r >= 0 && i < len;) {
+        uint32_t klen;
+
+        memcpy(&klen, d->scratch + i, 4);
+        fn(ud, d->scratch + i + 4, klen);
+        i += 4 + klen;
+    }
+    return r;
+}
+
+
+int64_t
+fdp_shd_free_space(struct fdp_shd *d)
+{
+    uint32_t heap = d->heapend - d->heap, used;
+    int r = lock(d, FDP_SHD_OP_GET);
+
+    if (r < 0) {
+        return r;
+    }
+    used = r32(d, HOFF(used));
+    (void) unlock(d, 0);
+    return used < heap ? (int64_t) (heap - used) : 0;
+}
+
+
+/*
+ * Check the whole structure (tests; slow: it walks everything): the heap
+ * block by block, every bucket chain, the LRU list both ways and every
+ * free list, and that the counters agree with them. 0, or -EIO (nothing
+ * is changed or flushed), or the lock's error.
+ */
+int
+fdp_shd_check(struct fdp_shd *d)
+{
+    uint32_t off, o, nused = 0, used = 0, freeb = 0, n, e, prev, i;
+    uint32_t maxsteps = (d->heapend - d->heap) >> MINORD;
+    int r, ok = 1;
+
+    if ((r = lock(d, FDP_SHD_OP_GET)) < 0) {
+        return r;
+    }
+    for (off = d->heap; ok && off + (1u << MINORD) <= d->heapend;
+         off += 1u << o) {
+        uint32_t tag = r32(d, off);
+
+        o = tag & 0xffu;
+        if ((tag & 0xfffffe00u) != TAG || o < MINORD || o > d->maxorder
+            || ((off - d->heap) & ((1u << o) - 1)) != 0
+            || (uint64_t) off + (1u << o) > d->heapend) {
+            ok = 0;
+            break;
+        }
+        if (tag & TAG_FREE) {
+            freeb += 1u << o;
+        } else {
+            used += 1u << o;
+            nused++;
+            ok = ent_ok(d, off + 8);
+        }
+    }
+    ok = ok && used == r32(d, HOFF(used)) && nused == r32(d, HOFF(nkeys));
+    for (i = 0, n = 0; ok && i < d->nbuckets; i++) {
+        for (e = r32(d, d->buckets + 4 * i); ok && e != 0;
+             e = r32(d, e + E_HNEXT)) {
+            ok = ent_ok(d, e) && (r32(d, e + E_HASH) & (d->nbuckets - 1)) == i
+                 && ++n <= maxsteps;
+        }
+    }
+    ok = ok && n == nused;
+    for (prev = 0, n = 0, e = r32(d, HOFF(lru_head)); ok && e != 0;
+         prev = e, e = r32(d, e + E_LNEXT)) {
+        ok = ent_ok(d, e) && r32(d, e + E_LPREV) == prev && ++n <= maxsteps;
+    }
+    ok = ok && n == nused && r32(d, HOFF(lru_tail)) == prev;
+    for (o = MINORD, n = 0; ok && o <= d->maxorder; o++) {
+        for (prev = 0, e = r32(d, FL(o)); ok && e != 0;
+             prev = e, e = r32(d, e + B_NEXT)) {
+            ok = blk_order(d, e, 1) == o && r32(d, e + B_PREV) == prev
+                 && (n += 1u << o) <= d->heapend - d->heap;
+        }
+    }
+    ok = ok && n == freeb && !d->corrupt;
+    d->corrupt = 0;             /* a check never flushes */
+    return unlock(d, ok ? 0 : -EIO);
+}
+
+
+/* ---- setting up ---------------------------------------------------------- */
+
+int
+fdp_shd_format(void *base, size_t size)
+{
+    struct fdp_shd d;
+    struct shd_hdr *h = base;
+    pthread_mutexattr_t a;
+    int r;
+
+    if (size < FDP_SHD_MIN || size > FDP_SHD_MAX) {
+        return -EINVAL;
+    }
+    memset(&d, 0, sizeof(d));
+    d.base = base;
+    layout(&d, (uint32_t) size);
+    memset(base, 0, d.heap);
+    h->magic = SHD_MAGIC;
+    h->version = SHD_VERSION;
+    h->size = (uint32_t) size;
+    if ((r = pthread_mutexattr_init(&a)) != 0) {
+        return -r;
+    }
+    r = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    if (r == 0) {
+        r = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    }
+    if (r == 0) {
+        r = pthread_mutex_init(&h->lock.m, &a);
+    }
+    (void) pthread_mutexattr_destroy(&a);
+    if (r != 0) {
+        return -r;
+    }
+    format_data(&d);
+    h->flushes = 0;
+    return 0;
+}
+
+
+int
+fdp_shd_attach(struct fdp_shd *d, void *base, size_t size)
+{
+    struct shd_hdr *h = base;
+
+    memset(d, 0, sizeof(*d));
+    if (size < FDP_SHD_MIN || size > FDP_SHD_MAX || h->magic != SHD_MAGIC
+        || h->version != SHD_VERSION) {
+        return -EINVAL;
+    }
+    d->base = base;
+    layout(d, (uint32_t) size);
+    return 0;
+}
+
+
+void
+fdp_shd_detach(struct fdp_shd *d)
+{
+    free(d->scratch);
+    d->scratch = NULL;
+    d->scratchcap = 0;
+}
+
+
+void
+fdp_shd_usage(const void *base, size_t size, struct fdp_shd_usage *u)
+{
+    const volatile struct shd_hdr *h = base;
+    uint64_t used = h->used, keys = h->nkeys;
+
+    u->size = size;
+    u->used = used > size ? size : used;
+    u->keys = keys > size / 64 ? size / 64 : keys;
+}
+
+
+/* "512k", "10m", "1g" or bytes; 0 or -EINVAL with err. */
+int
+fdp_shd_parse_size(const char *s, uint64_t *out, char *err, size_t errlen)
+{
+    char *end;
+    unsigned long long v;
+    uint64_t mul = 1;
+
+    if (s == NULL || *s == '\0') {
+        snprintf(err, errlen, "missing size");
+        return -EINVAL;
+    }
+    if (*s < '0' || *s > '9') {
+        snprintf(err, errlen, "bad size '%.40s' (a number, k, m or g)", s);
+        return -EINVAL;
+    }
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (*end == 'k' || *end == 'K') {
+        mul = 1024;
+        end++;
+    } else if (*end == 'm' || *end == 'M') {
+        mul = 1024 * 1024;
+        end++;
+    } else if (*end == 'g' || *end == 'G') {
+        mul = 1024 * 1024 * 1024;
+        end++;
+    }
+    if (*end != '\0' || errno != 0) {
+        snprintf(err, errlen, "bad size '%.40s' (a number, k, m or g)", s);
+        return -EINVAL;
+    }
+    if (v == 0 || v > FDP_SHD_MAX / mul || v * mul < FDP_SHD_MIN) {
+        snprintf(err, errlen, "size '%.40s' out of range (64k to 1g)", s);
+        return -EINVAL;
+    }
+    *out = v * mul;
+    return 0;
+}
+
+
+int
+fdp_shd_check_name(const char *name, char *err, size_t errlen)
+{
+    size_t i, n = strlen(name);
+
+    if (n == 0 || n > FDP_SHD_NAME_MAX || (name[0] >= '0' && name[0] <= '9')) {
+        snprintf(err, errlen, "bad name '%.40s' (1 to 31 letters, digits, "
+                 "_; not starting with a digit)", name);
+        return -EINVAL;
+    }
+    for (i = 0; i < n; i++) {
+        char c = name[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+              || (c >= '0' && c <= '9') || c == '_')) {
+            snprintf(err, errlen, "bad name '%.40s' (1 to 31 letters, "
+                     "digits, _; not starting with a digit)", name);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
