@@ -20,7 +20,8 @@ enum fdp_ctl_cmd {
     FDP_CTL_PING,
     FDP_CTL_STATUS_METRICS,
     FDP_CTL_STATUS_LUA,
-    FDP_CTL_UPGRADE
+    FDP_CTL_UPGRADE,
+    FDP_CTL_LAST = FDP_CTL_UPGRADE   /* keep last: the fuzz target's bound */
 };
 
 int fdp_ctl_parse(const char *line, size_t n, long *arg);

@@ -545,16 +545,21 @@ fdp_statuspage_too_large(struct fdp_buf *out)
 
 
 /*
- * Read and drop what the client sent beyond the head (a body, the rest of
+ * Called once the answer is sent, before the close. Send FIN first, then
+ * read and drop what the client sent beyond the head (a body, the rest of
  * a head too big), at most 64 KiB and without waiting: closing a socket
  * with unread bytes sends RST, which can destroy the answer before the
- * client has read it.
+ * client has read it. Bytes that arrive after the drain still draw an
+ * RST, but it now comes after the FIN, so the client reads the answer
+ * and its end.
  */
 void
 fdp_statuspage_drain(int fd)
 {
     char buf[4096];
     int i;
+
+    (void) shutdown(fd, SHUT_WR);
 
     for (i = 0; i < 16; i++) {
         if (recv(fd, buf, sizeof(buf), MSG_DONTWAIT) <= 0) {

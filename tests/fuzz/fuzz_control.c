@@ -23,7 +23,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         assert(arg == 0);
     }
     assert(cmd == -EINVAL || (cmd >= FDP_CTL_STATUS
-                              && cmd <= FDP_CTL_STATUS_LUA));
+                              && cmd <= FDP_CTL_LAST));
     if (cmd != FDP_CTL_BAD) {
         assert(memchr(data, '\0', size) == NULL);
     }
