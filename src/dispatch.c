@@ -667,7 +667,14 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     }
     c = k->c;
     c.since_us = fdp_now_us();
-    if (!c.proxied) {
+    if (!c.proxied && k->by_peer) {
+        /* TCP: the peer address same_socket checked at PARK time (no
+         * getpeername per round trip) */
+        memset(&c.peer, 0, sizeof(c.peer));
+        memcpy(&c.peer, &k->rpeer, sizeof(k->rpeer));
+        c.peerlen = k->rpeer.sin6_family == AF_INET
+                    ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    } else if (!c.proxied) {
         c.peerlen = sizeof(c.peer);
         if (getpeername(c.fd, (struct sockaddr *) &c.peer, &c.peerlen) < 0) {
             p->closed_by_peer++;

@@ -135,6 +135,9 @@ fdp_conn_set_peer(struct fdp_conn *c, const void *peer, uint32_t len)
 }
 
 
+static void rbuf_release(struct fdp_conn *c);
+
+
 void
 fdp_conn_close(struct fdp_conn *c)
 {
@@ -152,9 +155,7 @@ fdp_conn_close(struct fdp_conn *c)
     }
     c->tr_ctx = NULL;
     c->tr = &sock_transport;
-    free(c->rbuf);
-    c->rbuf = NULL;
-    c->rstart = c->rend = c->rcap = 0;
+    rbuf_release(c);
 }
 
 
@@ -218,6 +219,38 @@ fdp_conn_op_begin(struct fdp_conn *c)
 }
 
 
+/*
+ * Nothing buffered and about to wait (a keep-alive connection between
+ * requests): give the read buffer back, as nginx's keep-alive does, so an
+ * idle connection holds none. A buffer of the usual size goes to the
+ * scheduler's few spares, which the next fill of any conn takes first.
+ */
+static void
+rbuf_release(struct fdp_conn *c)
+{
+    struct fdp_sched *s = c->wt.s;
+
+    if (c->rbuf != NULL && s != NULL && c->rcap == RBUF_MIN
+        && s->nrbufs < (int) FDP_NELEM(s->rbufs)) {
+        s->rbufs[s->nrbufs++] = c->rbuf;
+    } else {
+        free(c->rbuf);
+    }
+    c->rbuf = NULL;
+    c->rstart = c->rend = c->rcap = 0;
+}
+
+
+void
+fdp_conn_idle(struct fdp_conn *c)
+{
+    if (c->rbuf != NULL && c->rstart == c->rend) {
+        rbuf_release(c);
+        c->op_pos = 0;
+    }
+}
+
+
 /* A write starts: its own deadline and progress, apart from a read's. */
 static void
 wop_begin(struct fdp_conn *c)
@@ -251,6 +284,11 @@ fdp_conn_fill(struct fdp_conn *c, size_t want)
 
     if (c->rstart == c->rend) {
         c->rstart = c->rend = 0;
+    }
+    if (c->rbuf == NULL && want <= RBUF_MIN && c->wt.s != NULL
+        && c->wt.s->nrbufs > 0) {
+        c->rbuf = c->wt.s->rbufs[--c->wt.s->nrbufs];
+        c->rcap = RBUF_MIN;
     }
     if (c->rcap - c->rend < RBUF_MIN / 2 || c->rcap - c->rstart < want) {
         if (c->rstart > 0) {

@@ -95,6 +95,7 @@ void fdp_conn_op_begin(struct fdp_conn *c);
  * returns 2, else 0. */
 int fdp_conn_busy(lua_State *L, struct fdp_conn *c, int write);
 ssize_t fdp_conn_fill(struct fdp_conn *c, size_t want);
+void fdp_conn_idle(struct fdp_conn *c);
 int fdp_conn_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
                   lua_KContext ctx, lua_KFunction k);
 int fdp_conn_send(lua_State *L);

@@ -103,17 +103,19 @@ static int
 hb_header(struct headbuf *b, const char *k, size_t kn, lua_State *L, int vi)
 {
     size_t vn;
-    const char *v = luaL_tolstring(L, vi, &vn);
+    /* a string as it is (the table keeps it alive); else tostring */
+    int str = lua_type(L, vi) == LUA_TSTRING;
+    const char *v = str ? lua_tolstring(L, vi, &vn) : luaL_tolstring(L, vi, &vn);
     int r;
 
     if (!valid_field(k, kn, v, vn)) {
         b->invalid = k;         /* the headers table keeps k alive */
-        lua_pop(L, 1);
+        lua_pop(L, !str);
         return 0;
     }
     r = hb_add(b, k, kn) | hb_add(b, ": ", 2) | hb_add(b, v, vn)
         | hb_add(b, "\r\n", 2);
-    lua_pop(L, 1);
+    lua_pop(L, !str);
     return r;
 }
 
@@ -220,11 +222,25 @@ conn_sendresponse(lua_State *L)
         bad |= hb_add(&b, dl, dn);
     }
     if (lua_isinteger(L, 5)) {
+        /* digits from the end: no snprintf on the hot path */
         char num[48];
-        int k = snprintf(num, sizeof(num), "Content-Length: %lld\r\n",
-                         (long long) lua_tointeger(L, 5));
+        char *q = num + sizeof(num);
+        lua_Integer v = lua_tointeger(L, 5);
+        unsigned long long u = v < 0 ? 0 - (unsigned long long) v
+                                     : (unsigned long long) v;
 
-        bad |= hb_add(&b, num, (size_t) k);
+        *--q = '\n';
+        *--q = '\r';
+        do {
+            *--q = (char) ('0' + u % 10);
+            u /= 10;
+        } while (u > 0);
+        if (v < 0) {
+            *--q = '-';
+        }
+        q -= 16;
+        memcpy(q, "Content-Length: ", 16);
+        bad |= hb_add(&b, q, (size_t) (num + sizeof(num) - q));
     }
     if (lua_toboolean(L, 6)) {
         bad |= hb_add(&b, "Transfer-Encoding: chunked\r\n", 28);
@@ -281,13 +297,69 @@ conn_sendresponse(lua_State *L)
 #define HEAD_MAX_DEFAULT   8192
 
 /*
+ * conn:httploop's cfg table (stack slot S_CFG) holds in its array part
+ * what the loop pushes per request, then the field names it reads and
+ * writes, as interned strings: pushing one is a rawgeti, where
+ * lua_getfield/lua_setfield would look the C string up each time.
+ */
+enum { S_CONN = 1, S_CFG, S_HEADSEC, S_LIMIT, S_SERVED, S_REQ, S_RES,
+       S_TOP = S_RES, S_MSGH };
+enum { C_FN = 1, C_CALL, C_TRACEBACK, C_AFTER, C_REQ, C_RES, C_HEADER_MT,
+       C_OPTS, C_PARAMS,
+       K_METHOD, K_TARGET, K_PATH, K_QUERY, K_VERSION, K_HEADERS, K_CONN,
+       K_OPTS, K_LENGTH, K_CLOSE, K_CHUNKED, K_EXPECT_CONTINUE, K_RCONN,
+       K_RREQ, K_STATUS, K_RHEADERS, K_HK, K_STARTED, K_FINISHED, K_BROKEN,
+       K_HOST, K_TE, K_CL, K_EXPECT, K_CONNECTION, K_OUT0, K_END };
+static const char *const keynames[K_END - K_METHOD] = {
+    "method", "target", "path", "query", "version", "headers", "conn",
+    "_opts", "_length", "_close", "_chunked", "_expect_continue", "_conn",
+    "_req", "_status", "_headers", "_hk", "started", "finished", "_broken",
+    "host", "transfer-encoding", "content-length", "expect", "connection",
+    "_out0"
+};
+
+
+/* table[-2][key k] = value[-1] (pops it); keyed: with cfg's interned key,
+ * else by name */
+static void
+setkey(lua_State *L, int keyed, int k)
+{
+    if (keyed) {
+        lua_rawgeti(L, S_CFG, k);
+        lua_insert(L, -2);
+        lua_rawset(L, -3);
+    } else {
+        lua_setfield(L, -2, keynames[k - K_METHOD]);
+    }
+}
+
+
+/* t[key k] = value on top (pops it); t absolute */
+static void
+kset(lua_State *L, int t, int k)
+{
+    lua_rawgeti(L, S_CFG, k);
+    lua_insert(L, -2);
+    lua_rawset(L, t);
+}
+
+
+/* pushes t[key k] (raw); its type */
+static int
+kget(lua_State *L, int t, int k)
+{
+    lua_rawgeti(L, S_CFG, k);
+    return lua_rawget(L, t);
+}
+
+/*
  * Parse the head in [s, end) (it ends with an empty line; http_parse.c)
  * into a request table on the stack. Returns 1, or 0 with nil, an error
  * string and the method (or nil when the request line did not parse)
  * pushed.
  */
 static int
-parse_head(lua_State *L, char *s, char *end)
+parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c)
 {
     struct fdp_http_head h;
     const char *q;
@@ -304,22 +376,35 @@ parse_head(lua_State *L, char *s, char *end)
         }
         return 0;
     }
-    lua_createtable(L, 0, 8);
+    if (c != NULL) {
+        /* the request line for --slow's log ("GET /x"), and its clock */
+        size_t m = h.method_len < sizeof(c->req) - 2 ? h.method_len
+                   : sizeof(c->req) - 2;
+        size_t t = h.target_len < sizeof(c->req) - 2 - m ? h.target_len
+                   : sizeof(c->req) - 2 - m;
+
+        memcpy(c->req, h.method, m);
+        c->req[m] = ' ';
+        memcpy(c->req + m + 1, h.target, t);
+        c->req[m + 1 + t] = '\0';
+        fdp_task_request(L, 1);         /* --slow counts from here */
+    }
+    lua_createtable(L, 0, 12);         /* and prepare's, body()'s fields */
     lua_pushlstring(L, h.method, h.method_len);
-    lua_setfield(L, -2, "method");
+    setkey(L, keyed, K_METHOD);
     lua_pushlstring(L, h.target, h.target_len);
-    lua_setfield(L, -2, "target");
+    setkey(L, keyed, K_TARGET);
     q = memchr(h.target, '?', h.target_len);
     lua_pushlstring(L, h.target, q ? (size_t) (q - h.target) : h.target_len);
-    lua_setfield(L, -2, "path");
+    setkey(L, keyed, K_PATH);
     if (q) {
         lua_pushlstring(L, q + 1, h.target_len - (size_t) (q - h.target) - 1);
     } else {
         lua_pushliteral(L, "");
     }
-    lua_setfield(L, -2, "query");
+    setkey(L, keyed, K_QUERY);
     lua_pushstring(L, h.minor ? "1.1" : "1.0");
-    lua_setfield(L, -2, "version");
+    setkey(L, keyed, K_VERSION);
 
     lua_createtable(L, 0, (int) h.nfields);
     for (i = 0; i < h.nfields; i++) {
@@ -338,7 +423,7 @@ parse_head(lua_State *L, char *s, char *end)
         }
         lua_rawset(L, -3);
     }
-    lua_setfield(L, -2, "headers");
+    setkey(L, keyed, K_HEADERS);
     return 1;
 }
 
@@ -381,27 +466,27 @@ readrequest_k(lua_State *L, int status, lua_KContext ctx)
 }
 
 
-static int
-readrequest_run(lua_State *L, int status)
+/*
+ * Find a whole request head at the start of c's buffer, reading more as
+ * needed: returns its length (> 0), or 0 with nil and why pushed (2
+ * values). A wait yields to k with ctx; the head's whole-time limit uses
+ * stack slots 3 and 4 (head_limit_arm). Empty lines before a request are
+ * skipped (RFC 9112 2.2).
+ */
+static size_t
+head_find(lua_State *L, struct fdp_conn *c, size_t max, lua_KContext ctx,
+          lua_KFunction k)
 {
-    struct fdp_conn *c = fdp_checkconn(L);
-    size_t max = (size_t) lua_tointeger(L, 2);
     ssize_t n;
 
-    if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "timeout");
-        return 2;
-    }
     for (;;) {
         const char *s, *end, *p;
 
         if (c->fd < 0) {
             lua_pushnil(L);
             lua_pushliteral(L, "closed");
-            return 2;
+            return 0;
         }
-        /* Ignore empty lines before a request (RFC 9112 2.2). */
         while (c->rend > c->rstart && (c->rbuf[c->rstart] == '\r'
                                        || c->rbuf[c->rstart] == '\n')) {
             c->rstart++;
@@ -423,21 +508,10 @@ readrequest_run(lua_State *L, int status)
                 if ((size_t) (hend - s) > max) {
                     lua_pushnil(L);
                     lua_pushliteral(L, "header too large");
-                    return 2;
+                    return 0;
                 }
-                if (!parse_head(L, c->rbuf + c->rstart,
-                                c->rbuf + c->rstart + (hend - s))) {
-                    return 3;
-                }
-                lua_getfield(L, -1, "method");
-                lua_getfield(L, -2, "target");
-                snprintf(c->req, sizeof(c->req), "%s %s",
-                         lua_tostring(L, -2), lua_tostring(L, -1));
-                lua_pop(L, 2);
-                fdp_task_request(L, 1);     /* --slow counts from here */
-                c->rstart += (size_t) (hend - s);
                 c->op_pos = 0;
-                return 1;
+                return (size_t) (hend - s);
             }
         }
         if (s) {
@@ -445,7 +519,7 @@ readrequest_run(lua_State *L, int status)
             if ((size_t) (end - s) > max) {
                 lua_pushnil(L);
                 lua_pushliteral(L, "header too large");
-                return 2;
+                return 0;
             }
         }
         n = fdp_conn_fill(c, 0);
@@ -457,20 +531,45 @@ readrequest_run(lua_State *L, int status)
             lua_pushstring(L, c->rend > c->rstart ? "bad request: truncated"
                            : "closed");
             c->rstart = c->rend = 0;
-            return 2;
+            return 0;
         }
         if (n != -EAGAIN) {
             lua_pushnil(L);
             lua_pushstring(L, strerror((int) -n));
-            return 2;
+            return 0;
         }
+        fdp_conn_idle(c);       /* no buffer held while idle */
         head_limit_arm(L, c);
-        if (!fdp_conn_wait(L, c, EPOLLIN, 0, readrequest_k)) {
+        if (!fdp_conn_wait(L, c, EPOLLIN, ctx, k)) {
             lua_pushnil(L);
             lua_pushliteral(L, "timeout");
-            return 2;
+            return 0;
         }
     }
+}
+
+
+static int
+readrequest_run(lua_State *L, int status)
+{
+    struct fdp_conn *c = fdp_checkconn(L);
+    size_t max = (size_t) lua_tointeger(L, 2);
+    size_t hl;
+
+    if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "timeout");
+        return 2;
+    }
+    hl = head_find(L, c, max, 0, readrequest_k);
+    if (hl == 0) {
+        return 2;
+    }
+    if (!parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 0, c)) {
+        return 3;
+    }
+    c->rstart += hl;
+    return 1;
 }
 
 
@@ -504,6 +603,514 @@ conn_readrequest(lua_State *L)
     fdp_conn_op_begin(c);
     fdp_task_request(L, 0);             /* waiting for a request */
     return readrequest_k(L, LUA_OK, 0);
+}
+
+
+/* ---- the request loop of fdpool.http ---------------------------------- */
+
+/*
+ * conn:httploop(cfg) is http.serve's connection loop in C: read and parse
+ * each request head, check its framing (prepare, below), build req and
+ * res (tables with http.lua's metatables, so methods added there work on
+ * them), and enter Lua once per request, for call(fn, req, res) under
+ * xpcall with traceback. When the request ended the plain way (res
+ * finished, no body, keep-alive, no access log, no parking) the next head
+ * is read at once; otherwise cfg.after(conn, req, res, ok, a), http.lua's
+ * own after-handler logic, decides (true: go on). It returns nothing when
+ * the connection is over, "read", served, why, method when a head could
+ * not be read, or "refuse", req, status, why when prepare refused one:
+ * http.lua answers those. The stack slots below survive yields (waits
+ * for a head, a handler that waits).
+ */
+enum { PH_READ, PH_HANDLER, PH_AFTER };
+
+/* C_PARAMS is a userdata the first call makes from cfg's named settings
+ * (with the interned keys), so each request reads them from a struct. */
+
+struct httpcfg {
+    size_t max_head;
+    double head_timeout;        /* <= 0: none */
+    double keepalive_timeout;   /* < 0: none */
+    double max_body;
+    lua_Integer keepalive_requests;
+    int plain;                  /* no access log, no parking */
+};
+
+
+static double
+cfg_num(lua_State *L, const char *k, double dflt)
+{
+    double v = dflt;
+
+    if (lua_getfield(L, S_CFG, k) == LUA_TNUMBER) {
+        v = lua_tonumber(L, -1);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+
+static struct httpcfg *
+cfg_params(lua_State *L)
+{
+    struct httpcfg *p;
+
+    if (lua_rawgeti(L, S_CFG, C_PARAMS) == LUA_TUSERDATA) {
+        p = lua_touserdata(L, -1);
+        lua_pop(L, 1);
+        return p;
+    }
+    lua_pop(L, 1);
+    p = lua_newuserdatauv(L, sizeof(*p), 0);
+    p->max_head = (size_t) cfg_num(L, "max_head", HEAD_MAX_DEFAULT);
+    p->head_timeout = cfg_num(L, "head_timeout", -1);
+    p->keepalive_timeout = cfg_num(L, "keepalive_timeout", -1);
+    p->max_body = cfg_num(L, "max_body", 0);
+    p->keepalive_requests = (lua_Integer) cfg_num(L, "keepalive_requests", 0);
+    lua_getfield(L, S_CFG, "plain");
+    p->plain = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_rawseti(L, S_CFG, C_PARAMS);
+    for (int k = K_METHOD; k < K_END; k++) {
+        lua_pushstring(L, keynames[k - K_METHOD]);
+        lua_rawseti(L, S_CFG, k);
+    }
+    return p;
+}
+
+
+/* The value of header k in the headers table at hi, or NULL. */
+static const char *
+hget(lua_State *L, int hi, int k, size_t *n)
+{
+    const char *v = NULL;
+
+    if (kget(L, hi, k) == LUA_TSTRING) {
+        v = lua_tolstring(L, -1, n);    /* the table keeps it alive */
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+
+static int
+is_alnum(int ch)
+{
+    return (ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z');
+}
+
+
+/* Host = uri-host [ ":" port ] (RFC 9110 7.2, RFC 3986 3.2.2), as
+ * http.lua's valid_host: an IP-literal in brackets or reg-name/IPv4
+ * characters (empty allowed), then nothing or ":" digits. */
+static int
+valid_host(const char *v, size_t n)
+{
+    size_t i = 0;
+
+    if (n > 0 && v[0] == '[') {
+        for (i = 1; i < n && (is_alnum((unsigned char) v[i])
+                              || strchr(":.-_~!$&'()*+,;=", v[i]) != NULL)
+             && v[i] != 0; i++) {
+        }
+        if (i > 1 && i < n && v[i] == ']') {
+            i++;
+            goto port;
+        }
+        i = 0;
+    }
+    while (i < n && v[i] != 0 && (is_alnum((unsigned char) v[i])
+                                  || strchr("-._~!$&'()*+,;=%", v[i]) != NULL)) {
+        i++;
+    }
+port:
+    if (i == n) {
+        return 1;
+    }
+    if (v[i] != ':') {
+        return 0;
+    }
+    for (i++; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+
+static int
+has_ci(const char *v, size_t n, const char *w)
+{
+    size_t m = strlen(w), i;
+
+    for (i = 0; i + m <= n; i++) {
+        if (strncasecmp(v + i, w, m) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+
+/*
+ * http.lua's prepare, in C (the same rules, the same answers): the
+ * request's framing (RFC 9112 6: anything ambiguous is refused), Host,
+ * the target's form, Expect and Connection. Sets req's conn, _opts,
+ * _length, _chunked, _expect_continue, _close and the headers' case-
+ * folding metatable. Returns 0, or a status with *why set (or NULL).
+ */
+static int
+prepare(lua_State *L, const struct httpcfg *cp, int v11, const char **why)
+{
+    int hi;
+    size_t tn = 0, cn = 0, n = 0;
+    const char *te, *cl, *v, *t, *m;
+    lua_Integer length = 0;
+
+    *why = NULL;
+    lua_pushvalue(L, S_CONN);
+    kset(L, S_REQ, K_CONN);
+    lua_rawgeti(L, S_CFG, C_OPTS);
+    kset(L, S_REQ, K_OPTS);
+    kget(L, S_REQ, K_HEADERS);
+    hi = lua_gettop(L);
+    te = hget(L, hi, K_TE, &tn);
+    cl = hget(L, hi, K_CL, &cn);
+    if (te) {
+        size_t i = 0, ncod = 0, a, b;
+        int last_chunked = 0;
+
+        if (cl) {
+            *why = "both Transfer-Encoding and Content-Length";
+            return 400;
+        }
+        if (!v11) {
+            *why = "Transfer-Encoding in HTTP/1.0";
+            return 400;
+        }
+        /* chunked once and last (400 otherwise, RFC 9112 6.3); no other
+         * coding is implemented (501, 6.1). */
+        while (i <= tn) {
+            for (a = i; a < tn && te[a] != ','; a++) {
+            }
+            b = a;
+            while (i < b && (te[i] == ' ' || te[i] == '\t')) {
+                i++;
+            }
+            while (b > i && (te[b - 1] == ' ' || te[b - 1] == '\t')) {
+                b--;
+            }
+            if (b > i) {
+                if (last_chunked) {
+                    *why = "chunked is not the final Transfer-Encoding";
+                    return 400;
+                }
+                ncod++;
+                last_chunked = b - i == 7 && strncasecmp(te + i, "chunked", 7) == 0;
+            }
+            i = a + 1;
+        }
+        if (ncod != 1 || !last_chunked) {
+            *why = "unsupported Transfer-Encoding";
+            return 501;
+        }
+        lua_pushboolean(L, 1);
+        kset(L, S_REQ, K_CHUNKED);
+    } else if (cl) {
+        size_t i;
+
+        for (i = 0; i < cn; i++) {
+            if (cl[i] < '0' || cl[i] > '9') {
+                break;
+            }
+        }
+        if (cn == 0 || i < cn) {
+            *why = "bad Content-Length";
+            return 400;
+        }
+        for (i = 0; i < cn && cl[i] == '0'; i++) {
+        }
+        if (cn - i > 15) {
+            return 413;
+        }
+        for (; i < cn; i++) {
+            length = length * 10 + (cl[i] - '0');
+        }
+        if ((double) length > cp->max_body) {
+            return 413;
+        }
+    }
+    lua_pushinteger(L, length);
+    kset(L, S_REQ, K_LENGTH);
+    v = hget(L, hi, K_HOST, &n);
+    if (v) {
+        if (!valid_host(v, n)) {
+            *why = "bad Host";
+            return 400;
+        }
+    } else if (v11) {
+        *why = "missing Host";
+        return 400;
+    }
+    /* origin-form, absolute-form, authority-form (CONNECT), "*"
+     * (OPTIONS). */
+    kget(L, S_REQ, K_TARGET);
+    t = lua_tolstring(L, -1, &n);
+    kget(L, S_REQ, K_METHOD);
+    m = lua_tostring(L, -1);
+    lua_pop(L, 2);                      /* req keeps both alive */
+    if (n == 0 || t[0] != '/') {
+        size_t i = 1;
+        int absolute = n > 0 && ((t[0] | 0x20) >= 'a' && (t[0] | 0x20) <= 'z');
+
+        while (absolute && i < n && (is_alnum((unsigned char) t[i])
+                                     || t[i] == '+' || t[i] == '.' || t[i] == '-')) {
+            i++;
+        }
+        absolute = absolute && n - i >= 3 && memcmp(t + i, "://", 3) == 0;
+        if (!absolute) {
+            if (n == 1 && t[0] == '*') {
+                if (strcmp(m, "OPTIONS") != 0) {
+                    *why = "bad request target";
+                    return 400;
+                }
+            } else if (strcmp(m, "CONNECT") != 0) {
+                *why = "bad request target";
+                return 400;
+            }
+        }
+    }
+    v = hget(L, hi, K_EXPECT, &n);
+    if (v) {
+        if (n != 12 || strncasecmp(v, "100-continue", 12) != 0) {
+            return 417;
+        }
+        lua_pushboolean(L, v11);
+        kset(L, S_REQ, K_EXPECT_CONTINUE);
+    }
+    v = hget(L, hi, K_CONNECTION, &n);
+    if (v) {
+        lua_pushboolean(L, v11 ? has_ci(v, n, "close") : !has_ci(v, n, "keep-alive"));
+    } else {
+        lua_pushboolean(L, !v11);
+    }
+    kset(L, S_REQ, K_CLOSE);
+    lua_rawgeti(L, S_CFG, C_HEADER_MT);
+    lua_setmetatable(L, hi);
+    lua_settop(L, hi - 1);
+    return 0;
+}
+
+
+/* The request ended the plain way: res finished, no request body, no
+ * close, nothing for cfg.after to do (no access log, no parking). */
+static int
+plain_end(lua_State *L, const struct httpcfg *cp)
+{
+    int r;
+
+    if (!cp->plain) {
+        return 0;
+    }
+    if (kget(L, S_RES, K_FINISHED) != LUA_TBOOLEAN || !lua_toboolean(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    kget(L, S_REQ, K_CLOSE);
+    kget(L, S_REQ, K_BROKEN);
+    kget(L, S_REQ, K_CHUNKED);
+    kget(L, S_REQ, K_LENGTH);
+    r = !lua_toboolean(L, -4) && !lua_toboolean(L, -3) && !lua_toboolean(L, -2)
+        && lua_isinteger(L, -1) && lua_tointeger(L, -1) == 0;
+    lua_pop(L, 5);
+    return r;
+}
+
+
+static int httploop_k(lua_State *L, int status, lua_KContext ctx);
+
+
+/* The next request: its head's limits, and the per-wait timeout that
+ * keep-alive waits use from the second request on. */
+static void
+httploop_next(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp)
+{
+    lua_settop(L, S_TOP);
+    lua_pushnil(L);
+    lua_replace(L, S_REQ);
+    lua_pushnil(L);
+    lua_replace(L, S_RES);
+    if (lua_tointeger(L, S_SERVED) == 1) {
+        c->timeout = cp->keepalive_timeout;
+        c->total = 0;
+    }
+    fdp_conn_op_begin(c);
+    fdp_task_request(L, 0);             /* waiting for a request */
+}
+
+
+static int
+httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
+              int status)
+{
+    size_t hl;
+    lua_Integer served;
+    int code;
+    const char *why;
+
+    if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "timeout");
+        hl = 0;
+    } else {
+        hl = head_find(L, c, cp->max_head, PH_READ, httploop_k);
+    }
+    if (lua_isnumber(L, S_LIMIT)) {     /* the head's limit ends */
+        c->limit = lua_tonumber(L, S_LIMIT);
+        lua_pushnil(L);
+        lua_replace(L, S_LIMIT);
+    }
+    if (hl == 0 || !parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 1, c)) {
+        if (hl == 0) {
+            lua_pushnil(L);             /* no method */
+        }
+        lua_pushliteral(L, "read");
+        lua_pushvalue(L, S_SERVED);
+        lua_rotate(L, -5, 2);           /* "read", served, nil, why, method */
+        lua_remove(L, -3);
+        return -4;
+    }
+    c->rstart += hl;
+    served = lua_tointeger(L, S_SERVED) + 1;
+    lua_pushinteger(L, served);
+    lua_replace(L, S_SERVED);
+    lua_replace(L, S_REQ);
+    kget(L, S_REQ, K_VERSION);
+    code = prepare(L, cp, lua_tostring(L, -1)[2] == '1', &why);
+    if (code) {
+        lua_settop(L, S_TOP);
+        lua_pushliteral(L, "refuse");
+        lua_pushvalue(L, S_REQ);
+        lua_pushinteger(L, code);
+        if (why) {
+            lua_pushstring(L, why);
+        } else {
+            lua_pushnil(L);
+        }
+        return -4;
+    }
+    lua_settop(L, S_TOP);
+    if (cp->keepalive_requests > 0 && served >= cp->keepalive_requests) {
+        lua_pushboolean(L, 1);
+        kset(L, S_REQ, K_CLOSE);
+    }
+    /* res, as http.lua makes it (its methods create any other state);
+     * room for the fields sending adds (_head_sent, _bytes) */
+    lua_createtable(L, 0, 10);
+    lua_pushvalue(L, S_CONN);
+    setkey(L, 1, K_RCONN);
+    lua_pushvalue(L, S_REQ);
+    setkey(L, 1, K_RREQ);
+    lua_pushinteger(L, 200);
+    setkey(L, 1, K_STATUS);
+    lua_createtable(L, 0, 2);
+    setkey(L, 1, K_RHEADERS);
+    lua_createtable(L, 0, 2);
+    setkey(L, 1, K_HK);
+    lua_pushboolean(L, 0);
+    setkey(L, 1, K_STARTED);
+    lua_pushboolean(L, 0);
+    setkey(L, 1, K_FINISHED);
+    lua_rawgeti(L, S_CFG, C_RES);
+    lua_setmetatable(L, -2);
+    lua_replace(L, S_RES);
+    lua_rawgeti(L, S_CFG, C_REQ);
+    lua_setmetatable(L, S_REQ);
+    return 0;
+}
+
+
+static int
+httploop_k(lua_State *L, int status, lua_KContext ctx)
+{
+    struct fdp_conn *c = lua_touserdata(L, S_CONN);
+    const struct httpcfg *cp = cfg_params(L);
+    int phase = (int) ctx, r;
+
+    for (;;) {
+        switch (phase) {
+        case PH_READ:
+            r = httploop_read(L, c, cp, status);
+            if (r < 0) {
+                return -r;
+            }
+            /* http.lua's handed_over: bytes the handler writes past res
+             * (a hand-made 101) mean it took the connection over. */
+            lua_pushinteger(L, (lua_Integer) c->bytes_out);
+            kset(L, S_REQ, K_OUT0);
+            lua_rawgeti(L, S_CFG, C_TRACEBACK);         /* S_MSGH */
+            lua_rawgeti(L, S_CFG, C_CALL);
+            lua_rawgeti(L, S_CFG, C_FN);
+            lua_pushvalue(L, S_REQ);
+            lua_pushvalue(L, S_RES);
+            status = lua_pcallk(L, 3, 1, S_MSGH, PH_HANDLER, httploop_k);
+            phase = PH_HANDLER;
+            break;
+        case PH_HANDLER:
+            r = status == LUA_OK || status == LUA_YIELD;
+            if (r && plain_end(L, cp)) {
+                phase = PH_READ;
+                status = LUA_OK;
+                httploop_next(L, c, cp);
+                break;
+            }
+            lua_rawgeti(L, S_CFG, C_AFTER);
+            lua_pushvalue(L, S_CONN);
+            lua_pushvalue(L, S_REQ);
+            lua_pushvalue(L, S_RES);
+            lua_pushboolean(L, r);
+            lua_pushvalue(L, S_MSGH + 1);       /* the result or error */
+            lua_callk(L, 5, 1, PH_AFTER, httploop_k);
+            phase = PH_AFTER;
+            status = LUA_OK;
+            break;
+        default:                                /* PH_AFTER */
+            if (!lua_toboolean(L, -1)) {
+                return 0;
+            }
+            phase = PH_READ;
+            status = LUA_OK;
+            httploop_next(L, c, cp);
+            break;
+        }
+    }
+}
+
+
+static int
+conn_httploop(lua_State *L)
+{
+    struct fdp_conn *c = fdp_checkconn(L);
+    double head;
+
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, S_CFG);
+    head = cfg_params(L)->head_timeout;
+    if (head > 0) {
+        lua_pushnumber(L, head);        /* S_HEADSEC */
+    } else {
+        lua_pushnil(L);
+    }
+    lua_pushnil(L);                     /* S_LIMIT */
+    lua_pushinteger(L, 0);              /* S_SERVED */
+    lua_pushnil(L);                     /* S_REQ */
+    lua_pushnil(L);                     /* S_RES */
+    c->timeout = head > 0 ? head : -1;
+    c->total = 0;
+    fdp_conn_op_begin(c);
+    fdp_task_request(L, 0);             /* waiting for a request */
+    return httploop_k(L, LUA_OK, PH_READ);
 }
 
 
@@ -720,6 +1327,7 @@ fdp_lhttp_open(lua_State *L)
         { "readchunked", conn_readchunked },
         { "readchunk", conn_readchunk },
         { "sendresponse", conn_sendresponse },
+        { "httploop", conn_httploop },
         { NULL, NULL }
     };
 

@@ -109,7 +109,7 @@ check_keys(lua_State *L)
         "io_timeout", "metrics", "max_memory", "accept_filter",
         "max_conns_per_ip", "max_pending", "worker_idle_timeout",
         "reconfigure", "slow", "slow_log", "drain_delay", "exec_argv",
-        "tls_cert", "tls_key", "shared",
+        "cpu_affinity", "tls_cert", "tls_key", "shared",
         NULL
     };
 
@@ -130,6 +130,25 @@ check_keys(lua_State *L)
                        luaL_tolstring(L, -1, NULL));
         }
     }
+}
+
+
+/* cpu_affinity = "auto" | "0,2-3" (a bad one: nil, message, EINVAL). */
+static int
+opt_affinity(lua_State *L, struct fdp_pool *p)
+{
+    int r = 0;
+
+    if (lua_getfield(L, 1, "cpu_affinity") != LUA_TNIL) {
+        char err[160];
+
+        r = fdp_pool_set_affinity(p, luaL_checkstring(L, -1), err, sizeof(err));
+        if (r < 0) {
+            return fdp_pushfailmsg(L, err, r);
+        }
+    }
+    lua_pop(L, 1);
+    return 0;
 }
 
 
@@ -201,7 +220,7 @@ opt_workers(lua_State *L, struct fdp_pool *p)
 
 
 /* workers, concurrency, grace, max_requests, max_conns_per_ip,
- * max_pending, accept_filter, max_memory. */
+ * max_pending, accept_filter, max_memory, cpu_affinity. */
 static int
 opt_limits(lua_State *L, struct fdp_pool *p)
 {
@@ -228,7 +247,7 @@ opt_limits(lua_State *L, struct fdp_pool *p)
     lua_pop(L, 1);
     /* MiB per worker: its Lua heap in handler code, and its RssAnon. */
     p->max_memory = (uint64_t) opt_int(L, "max_memory", 0, 0, 4194304) << 20;
-    return 0;
+    return opt_affinity(L, p);
 }
 
 
@@ -1397,8 +1416,11 @@ checksim(lua_State *L)
 
 
 /*
- * fdpool.simulator(policy, workers, capacity [, listener]) -> sim: a pool
- * with no processes whose workers are all running, for fdpool.sim. The
+ * fdpool.simulator(policy, workers, capacity [, listener [, cpus
+ * [, reference]]]) -> sim: a pool with no processes whose workers are all
+ * running, for fdpool.sim; cpus[i]: worker i's CPU (as --cpu-affinity
+ * pins it); reference: a built-in policy runs its Lua file instead of
+ * its C fast path (the master's), so the two can be compared. The
  * policy (name, path or function) runs exactly as in the master:
  * sandbox, views, budget, checks, fallback.
  */
@@ -1407,6 +1429,7 @@ l_simulator(lua_State *L)
 {
     lua_Integer n = luaL_checkinteger(L, 2), cap = luaL_checkinteger(L, 3);
     const char *listener = luaL_optstring(L, 4, "127.0.0.1:8080");
+    int ncpus = lua_istable(L, 5) ? (int) luaL_len(L, 5) : 0;
     struct lpool *lp;
     struct fdp_pool *p;
     int i;
@@ -1424,6 +1447,7 @@ l_simulator(lua_State *L)
     lp->p = p;
     p->L = L;
     p->simulated = 1;
+    p->policy_lua = lua_toboolean(L, 6);
     p->nworkers = (int) n;
     p->concurrency = (int) cap;
     p->nlisten = 1;
@@ -1436,6 +1460,11 @@ l_simulator(lua_State *L)
         sl->capacity = (int) cap;
         sl->pid = 0;
         sl->generation = 1;
+        if (i < ncpus) {            /* worker i's CPU (--cpu-affinity) */
+            lua_geti(L, 5, i + 1);
+            sl->cpu = lua_isinteger(L, -1) ? (int) lua_tointeger(L, -1) : -1;
+            lua_pop(L, 1);
+        }
     }
     if (lua_isfunction(L, 1)) {
         lua_pushvalue(L, 1);
@@ -1450,8 +1479,9 @@ l_simulator(lua_State *L)
 }
 
 
-/* sim:choose(peer) -> worker index, or nil (queued); and whether the
- * master would have fallen back to first_free. */
+/* sim:choose(peer [, cpu]) -> worker index, or nil (queued); and
+ * whether the master would have fallen back to first_free. cpu: the CPU
+ * that received the connection (conn.cpu). */
 static int
 sim_choose(lua_State *L)
 {
@@ -1463,6 +1493,7 @@ sim_choose(lua_State *L)
 
     memset(&c, 0, sizeof(c));
     c.fd = -1;
+    c.cpu = (int) luaL_optinteger(L, 3, -1);
     if (strcmp(peer, "unix") == 0) {
         c.peer.ss_family = AF_UNIX;
         c.peerlen = sizeof(sa_family_t);

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <lua.h>
 #include <lauxlib.h>
@@ -41,7 +42,14 @@ struct fdp_policy {
     uint64_t err_logged_ms;
     uint64_t err_unlogged;
     char last_err[256];
+    int builtin;                /* enum builtin: its C fast path, or 0 */
+    int rr_last;                /* round_robin's last pick (1-based) */
 };
+
+/* The built-in policies in C: the same choices as their Lua files in
+ * lua/fdpool/policy/ (the reference; fdpool.sim compares both), without
+ * a Lua call per connection. */
+enum builtin { B_LUA, B_FIRST_FREE, B_ROUND_ROBIN, B_LEAST_CONN, B_IP_HASH };
 
 struct slot_view {
     struct fdp_pool *p;
@@ -121,6 +129,14 @@ slot_index(lua_State *L)
     case 'c':
         if (strcmp(k, "capacity") == 0) {
             lua_pushinteger(L, s->capacity);
+            return 1;
+        }
+        if (strcmp(k, "cpu") == 0) {
+            if (s->cpu >= 0) {
+                lua_pushinteger(L, s->cpu);
+            } else {
+                lua_pushnil(L);
+            }
             return 1;
         }
         break;
@@ -251,6 +267,40 @@ workers_pairs(lua_State *L)
 }
 
 
+/* conn.ip as the Lua view gives it, into ip (INET6_ADDRSTRLEN); 0 when
+ * the peer has no IP (a unix socket). */
+static int
+peer_ip(const struct fdp_pending *c, char *ip)
+{
+    if (c->peer.ss_family == AF_INET) {
+        inet_ntop(AF_INET, &((const struct sockaddr_in *) &c->peer)->sin_addr,
+                  ip, INET6_ADDRSTRLEN);
+        return 1;
+    }
+    if (c->peer.ss_family == AF_INET6) {
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *) &c->peer)->sin6_addr,
+                  ip, INET6_ADDRSTRLEN);
+        return 1;
+    }
+    return 0;
+}
+
+
+/* conn.cpu: the CPU that received c (SO_INCOMING_CPU), -1 unknown */
+static int
+conn_cpu(const struct fdp_pending *c)
+{
+    int cpu = c->fd < 0 ? c->cpu : -1;
+    socklen_t len = sizeof(cpu);
+
+    if (c->fd >= 0 && getsockopt(c->fd, SOL_SOCKET, SO_INCOMING_CPU, &cpu,
+                                 &len) < 0) {
+        cpu = -1;
+    }
+    return cpu;
+}
+
+
 static void
 push_peer(lua_State *L, const struct fdp_pending *c, int what)
 {
@@ -307,6 +357,16 @@ connview_index(lua_State *L)
         push_peer(L, c, 2);
     } else if (strcmp(k, "listener") == 0) {
         lua_pushstring(L, p->listeners[c->listener].addr);
+    } else if (strcmp(k, "cpu") == 0) {
+        /* the CPU that received it (SO_INCOMING_CPU): asked only when a
+         * policy reads it; a simulated one carries it */
+        int cpu = conn_cpu(c);
+
+        if (cpu >= 0) {
+            lua_pushinteger(L, cpu);
+        } else {
+            lua_pushnil(L);
+        }
     } else {
         lua_pushnil(L);
     }
@@ -525,6 +585,12 @@ fdp_policy_open(struct fdp_pool *p, char *err, size_t errlen)
             return r;
         }
         snprintf(pol->name, sizeof(pol->name), "%s", spec);
+        if (!p->policy_lua) {
+            pol->builtin = strcmp(spec, "first_free") == 0 ? B_FIRST_FREE
+                           : strcmp(spec, "round_robin") == 0 ? B_ROUND_ROBIN
+                           : strcmp(spec, "least_conn") == 0 ? B_LEAST_CONN
+                           : strcmp(spec, "ip_hash") == 0 ? B_IP_HASH : B_LUA;
+        }
     }
     pol->fn_ref = luaL_ref(pol->S, LUA_REGISTRYINDEX);
     new_views(pol->S, p, pol);
@@ -630,14 +696,106 @@ fdp_policy_flush_log(struct fdp_pool *p)
  * (raised, looped, returned nonsense): the caller falls back to
  * first_free.
  */
+static int
+is_free(const struct fdp_pool *p, int i)
+{
+    const struct fdp_slot *s = &p->workers[i].slot;
+
+    return s->state == FDP_W_RUNNING && s->active < s->capacity;
+}
+
+
+/* The built-in policies of lua/fdpool/policy/ in C: a 0-based index or
+ * -EAGAIN (nil). */
+static int
+pick_builtin(struct fdp_pool *p, struct fdp_policy *pol,
+             const struct fdp_pending *c)
+{
+    int n = p->nworkers, i, k, best = -1, cpu;
+    double best_load = 0;
+
+    switch (pol->builtin) {
+    case B_FIRST_FREE:
+        for (i = 0; i < n; i++) {
+            if (is_free(p, i)) {
+                return i;
+            }
+        }
+        return -EAGAIN;
+    case B_ROUND_ROBIN:
+        for (k = 1; k <= n; k++) {
+            i = (pol->rr_last + k - 1) % n;
+            if (is_free(p, i)) {
+                pol->rr_last = i + 1;
+                return i;
+            }
+        }
+        return -EAGAIN;
+    case B_LEAST_CONN:
+        for (i = 0; i < n; i++) {
+            const struct fdp_slot *s = &p->workers[i].slot;
+
+            if (is_free(p, i)) {
+                double load = (double) s->active / (double) s->capacity;
+
+                if (best < 0 || load < best_load) {
+                    best = i;
+                    best_load = load;
+                }
+            }
+        }
+        /* a near tie goes to the worker on the connection's CPU */
+        if (best >= 0 && p->workers[best].slot.cpu >= 0
+            && (cpu = conn_cpu(c)) >= 0 && p->workers[best].slot.cpu != cpu) {
+            for (i = 0; i < n; i++) {
+                const struct fdp_slot *s = &p->workers[i].slot;
+
+                if (s->cpu == cpu && is_free(p, i)
+                    && (double) s->active / (double) s->capacity
+                       <= best_load + 1.0 / 8) {
+                    return i;
+                }
+            }
+        }
+        return best >= 0 ? best : -EAGAIN;
+    default: {                          /* B_IP_HASH */
+        char ip[INET6_ADDRSTRLEN];
+        const char *key = peer_ip(c, ip) ? ip : NULL;
+        uint32_t h = 2166136261u;
+        char peer[INET6_ADDRSTRLEN + 16];
+        size_t j;
+
+        if (key == NULL) {              /* conn.peer: "unix" */
+            snprintf(peer, sizeof(peer), "unix");
+            key = peer;
+        }
+        for (j = 0; key[j]; j++) {      /* FNV-1a, as ip_hash.lua */
+            h = (h ^ (unsigned char) key[j]) * 16777619u;
+        }
+        for (k = 0; k < n; k++) {
+            i = (int) ((h % (uint32_t) n + (uint32_t) k) % (uint32_t) n);
+            if (is_free(p, i)) {
+                return i;
+            }
+        }
+        return -EAGAIN;
+    }
+    }
+}
+
+
 int
 fdp_policy_pick(struct fdp_pool *p, const struct fdp_pending *c)
 {
     struct fdp_policy *pol = p->policy;
     lua_State *S = pol->S;
-    int top = lua_gettop(S), r, isnum;
+    int top, r, isnum;
     lua_Integer i;
 
+    if (pol->builtin != B_LUA) {
+        return pick_builtin(p, pol, c);
+    }
+    top = lua_gettop(S);
     pol->cur = c;
     lua_rawgeti(S, LUA_REGISTRYINDEX, pol->fn_ref);
     lua_rawgeti(S, LUA_REGISTRYINDEX, pol->workers_ref);

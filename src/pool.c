@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -352,6 +353,7 @@ spawn_worker(struct fdp_pool *p, int idx)
     (void) fdp_set_nonblock(sv[0], 1);
     fdp_chan_init(&w->ch, sv[0]);
     w->slot.pid = pid;
+    w->slot.cpu = fdp_pool_cpu_of(p, w->slot.id - 1);
     w->slot.generation = p->generation;
     w->slot.state = FDP_W_STARTING;
     w->slot.active = 0;
@@ -2628,4 +2630,111 @@ fdp_pool_status(struct fdp_pool *p, struct fdp_buf *b, int format,
     fdp_status_render(b, format, &info, slots, p->nworkers);
     free(slots);
     return 0;
+}
+
+
+/* ---- --cpu-affinity ---------------------------------------------------- */
+
+/*
+ * "auto": slot i on the i-th CPU (modulo their number) of the mask the
+ * pool inherited, so a pool started under taskset stays inside it; or a
+ * LIST of CPUs and ranges ("0,2-3"), each of which must be in that mask.
+ */
+int
+fdp_pool_set_affinity(struct fdp_pool *p, const char *spec, char *err,
+                      size_t errlen)
+{
+    cpu_set_t mask;
+    const char *s = spec;
+    int n = 0, i;
+
+    p->ncpus = 0;
+    if (spec == NULL || strcmp(spec, "none") == 0) {
+        return 0;
+    }
+    if (sched_getaffinity(0, sizeof(mask), &mask) < 0) {
+        snprintf(err, errlen, "--cpu-affinity: sched_getaffinity() failed: %s",
+                 strerror(errno));
+        return -errno;
+    }
+    if (strcmp(spec, "auto") == 0) {
+        for (i = 0; i < CPU_SETSIZE && n < FDP_MAX_WORKERS; i++) {
+            if (CPU_ISSET(i, &mask)) {
+                p->cpus[n++] = i;
+            }
+        }
+        p->ncpus = n;
+        return n > 0 ? 0 : -EINVAL;
+    }
+    while (*s) {
+        char *end;
+        long a, b;
+
+        if (*s < '0' || *s > '9') {
+            goto bad;
+        }
+        a = strtol(s, &end, 10);
+        b = a;
+        if (*end == '-') {
+            s = end + 1;
+            if (*s < '0' || *s > '9') {
+                goto bad;
+            }
+            b = strtol(s, &end, 10);
+        }
+        if (a < 0 || b < a || b >= CPU_SETSIZE) {
+            goto bad;
+        }
+        for (i = (int) a; i <= (int) b; i++) {
+            if (!CPU_ISSET(i, &mask)) {
+                snprintf(err, errlen, "--cpu-affinity '%s': CPU %d is not "
+                         "one this process may run on", spec, i);
+                return -EINVAL;
+            }
+            if (n < FDP_MAX_WORKERS) {
+                p->cpus[n++] = i;
+            }
+        }
+        s = end;
+        if (*s == ',') {
+            s++;
+            if (*s == '\0') {
+                goto bad;
+            }
+        } else if (*s != '\0') {
+            goto bad;
+        }
+    }
+    if (n == 0) {
+        goto bad;
+    }
+    p->ncpus = n;
+    return 0;
+
+bad:
+    snprintf(err, errlen, "--cpu-affinity must be auto or a list of CPUs "
+             "such as 0,2-3 (got '%s')", spec);
+    return -EINVAL;
+}
+
+
+int
+fdp_pool_cpu_of(const struct fdp_pool *p, int i)
+{
+    return p->ncpus > 0 && i >= 0 ? p->cpus[i % p->ncpus] : -1;
+}
+
+
+int
+fdp_pool_pin(const struct fdp_pool *p, int i)
+{
+    cpu_set_t set;
+    int cpu = fdp_pool_cpu_of(p, i);
+
+    if (cpu < 0) {
+        return 0;
+    }
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return sched_setaffinity(0, sizeof(set), &set) < 0 ? -errno : 0;
 }

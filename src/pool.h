@@ -59,6 +59,9 @@ struct fdp_listener {
 /* A connection accepted and not yet handed to a worker. */
 struct fdp_pending {
     int fd;
+    int cpu;                        /* fd -1 (fdpool.sim): the CPU that
+                                     * received it, -1: unknown; a real
+                                     * one is asked (SO_INCOMING_CPU) */
     uint64_t since_us;              /* accepted (or woke from parking) */
     uint32_t listener;
     int proxied;                    /* peer came from a PROXY header */
@@ -190,6 +193,11 @@ struct fdp_pool {
     struct fdp_timer drain_timer;
     int failed;                     /* first generation could not start */
     int simulated;                  /* fdpool.sim: no processes at all */
+    int policy_lua;                 /* built-in policies run their Lua
+                                     * files, not the C fast paths */
+    int ncpus;                      /* --cpu-affinity: slot i runs on
+                                     * cpus[i % ncpus]; 0: not pinned */
+    int cpus[FDP_MAX_WORKERS];      /* (slots < 256: the first 256 do) */
     char error[1024];
     struct fdp_shzone shared[FDP_MAX_SHARED];   /* --shared (shzone.c) */
     int nshared;
@@ -335,5 +343,14 @@ struct fdp_slot *fdp_pool_snapshot(struct fdp_pool *p,
                                    const char **listen, int with_rss);
 int fdp_pool_status(struct fdp_pool *p, struct fdp_buf *b, int format,
                     int with_rss);
+
+/* --cpu-affinity: "auto" (slot i on the i-th CPU of the mask the pool
+ * inherited) or a LIST ("0,2-3"; each CPU in that mask). 0, or -EINVAL
+ * with a line in err. The CPU of slot index i (-1: not pinned); pin the
+ * calling process to it. */
+int fdp_pool_set_affinity(struct fdp_pool *p, const char *spec, char *err,
+                          size_t errlen);
+int fdp_pool_cpu_of(const struct fdp_pool *p, int i);
+int fdp_pool_pin(const struct fdp_pool *p, int i);
 
 #endif

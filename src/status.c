@@ -25,6 +25,7 @@ fdp_slot_reset(struct fdp_slot *s, int id)
     s->restarts = restarts;
     s->last_exit_how = how;
     s->last_exit_code = code;
+    s->cpu = -1;
 }
 
 

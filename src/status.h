@@ -53,6 +53,8 @@ struct fdp_slot {
     struct fdp_kv kv[FDP_KV_MAX];
     uint64_t rss;           /* resident bytes (/proc/PID/statm), read for
                              * a snapshot of the table; 0: not read */
+    int cpu;                /* the CPU it is pinned to (--cpu-affinity),
+                             * -1: not pinned */
 };
 
 /* Pool-wide figures that go with the table when it is shown. */

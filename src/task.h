@@ -112,6 +112,8 @@ struct fdp_sched {
     int limit_mem;              /* set mem_limited while a task runs */
     int mem_limited;            /* handler code runs: the owner's
                                    allocator refuses growth past its limit */
+    int nrbufs;                 /* idle conns' read buffers, kept for */
+    char *rbufs[32];            /* the next fill (lconn.c) */
     double slow;                /* --slow, seconds, 0: none */
     int slow_fd;                /* --slow-log file, or -1: the log */
     char slow_who[32];          /* "worker N": who writes the line */

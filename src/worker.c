@@ -993,6 +993,15 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
             fail(&w, err);
         }
     }
+    /* --cpu-affinity: this slot's CPU (the master recorded it too) */
+    r = fdp_pool_pin(p, w.idx);
+    if (r < 0) {
+        char err[96];
+
+        snprintf(err, sizeof(err), "cannot pin worker %d to CPU %d: %s",
+                 w.idx + 1, fdp_pool_cpu_of(p, w.idx), strerror(-r));
+        fail(&w, err);
+    }
     /* Die with the master: the signal (set after the privilege drop,
      * which clears it), and the channel EOF. The getppid() check closes
      * the race with a master that died first. */

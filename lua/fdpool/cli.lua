@@ -105,6 +105,9 @@ Options for run:
   --shared NAME:SIZE   a dictionary shared by all workers, as
                        fdpool.shared.NAME (SIZE 64k to 1g: 512k, 10m);
                        repeatable; kept across reloads and restarts
+  --cpu-affinity A     auto: pin worker i to the i-th CPU of the pool's
+                       own CPU set (taskset's, if any); or a LIST such as
+                       0,2-3 (worker i on its i-th CPU, wrapping)
   --user USER[:GROUP]  workers drop to this user (needs root)
   --log FILE           log to FILE instead of stderr (SIGUSR1 reopens)
   --log-level L        error, warn, info (default), debug
@@ -184,6 +187,7 @@ local RUN_FLAGS = {
   ["--max-requests"] = "value", ["--user"] = "value", ["--log"] = "value",
   ["--max-memory"] = "value", ["--tls-cert"] = "list", ["--tls-key"] = "list",
   ["--slow"] = "value", ["--slow-log"] = "value", ["--drain-delay"] = "value",
+  ["--cpu-affinity"] = "value",
   ["--worker-idle-timeout"] = "value",
   ["--shared"] = "list",
 }
@@ -206,6 +210,7 @@ local CONFIG_KEYS = {
   max_conns_per_ip = "number", tls_cert = "any", tls_key = "any",
   slow = "number", slow_log = "string", drain_delay = "number",
   shared = "table",
+  cpu_affinity = "string",
 }
 
 -- --workers N or MIN-MAX (config: also {min = MIN, max = MAX}): N, or
@@ -326,7 +331,8 @@ local function build_config(opts, pos, cmd)
   cfg.workers = cfg.workers or fdpool.ncpu()
   for _, f in ipairs { { "--user", "user" }, { "--log", "log" }, { "--log-level", "log_level" },
                        { "--policy", "policy" }, { "--metrics", "metrics" },
-                       { "--accept-filter", "accept_filter" }, { "--slow-log", "slow_log" } } do
+                       { "--accept-filter", "accept_filter" }, { "--slow-log", "slow_log" },
+                       { "--cpu-affinity", "cpu_affinity" } } do
     if opts[f[1]] then cfg[f[2]] = opts[f[1]] end
   end
   -- --shared NAME:SIZE (repeatable), added to the config's shared table;

@@ -585,7 +585,85 @@ function M.serve(fn, options)
   if park == nil then
     park = fdpool.worker ~= nil and fdpool.worker.capacity == 1
   end
+  -- The connection's end when its next head could not be read.
+  local function read_failed(conn, served, err, method)
+    local head = method == "HEAD"
+    if err == "timeout" then
+      if served == 0 or conn:buffered() > 0 then simple(conn, 408) end
+    elseif err == "header too large" or err == "too many headers" then
+      simple(conn, 431, nil, head)
+    elseif err == "unsupported HTTP version" then
+      simple(conn, 505, nil, head)
+    elseif err ~= "closed" then
+      simple(conn, 400, "bad request: " .. err .. "\n", head)
+    end
+  end
+  -- After fn(req, res) returned (ok) or raised (not ok, a: the error):
+  -- finish the response, log, read what is left of the body. true: the
+  -- connection goes on to its next request.
+  local function after(conn, req, res, ok, a)
+    if handed_over(conn, req, res, ok, a, log) then return false end
+    if not ok then
+      fdpool.log("error", ("http handler error (%s %s): %s"):format(req.method,
+        req.path, tostring(a):gsub("\n%s*", " | ")))
+      if not res._head_sent then
+        -- A body that failed to frame is the client's error, not ours.
+        local st = body_status(req._body_err) or 500
+        simple(conn, st, nil, req.method == "HEAD")
+        res._status = st
+      end
+      if log then log(req, res) end
+      return false
+    end
+    local st = not res.started and a == nil and body_status(req._body_err)
+    if st then
+      simple(conn, st, nil, req.method == "HEAD")
+      res._status = st
+      if log then log(req, res) end
+      return false
+    end
+    if not res.finished then
+      res:finish()
+    end
+    if log then log(req, res) end
+    if req._close or not drain(req) then
+      -- Bytes of this request may still be on their way (a body not
+      -- read or not readable): close without a reset.
+      if req._broken or (not req._body and (req._length > 0 or req._chunked)) then
+        linger(conn)
+      end
+      return false
+    end
+    if opts.body_timeout ~= opts.keepalive_timeout and (req._length > 0 or req._chunked) then
+      conn:settimeout(opts.keepalive_timeout)
+    end
+    -- A TLS connection cannot be parked (park says "tls"): it stays.
+    if park and conn:buffered() == 0 and conn:park(opts.keepalive_timeout) then
+      return false
+    end
+    return true
+  end
+  -- The loop runs in C (conn:httploop, src/lhttp.c: the same steps as the
+  -- Lua loop below, with prepare in C; cfg's order is lhttp.c's C_*) on
+  -- a real conn; the Lua loop serves
+  -- fdpool.testing's in-memory conn. Both build req and res alike: res
+  -- gets exactly the fields below, so a method needing more state creates
+  -- it when first called.
+  local cfg = { fn, call, traceback, after, Req, Res, header_mt, opts,
+    max_head = opts.max_head, head_timeout = opts.head_timeout,
+    keepalive_timeout = opts.keepalive_timeout,
+    max_body = opts.max_upload or opts.max_body,   -- the framing check (prepare)
+    keepalive_requests = opts.keepalive_requests, plain = not log and not park }
   local handler = function(conn)
+    if conn.httploop then
+      local kind, a, b, c = conn:httploop(cfg)
+      if kind == "read" then
+        read_failed(conn, a, b, c)
+      elseif kind == "refuse" then
+        simple(conn, b, c and (c .. "\n"), a.method == "HEAD")
+      end
+      return
+    end
     readrequest = readrequest or conn.readrequest
     local served = 0
     conn:settimeout(opts.head_timeout)
@@ -593,17 +671,7 @@ function M.serve(fn, options)
       if served == 1 then conn:settimeout(opts.keepalive_timeout) end
       local req, err, method = readrequest(conn, opts.max_head, opts.head_timeout)
       if not req then
-        local head = method == "HEAD"
-        if err == "timeout" then
-          if served == 0 or conn:buffered() > 0 then simple(conn, 408) end
-        elseif err == "header too large" or err == "too many headers" then
-          simple(conn, 431, nil, head)
-        elseif err == "unsupported HTTP version" then
-          simple(conn, 505, nil, head)
-        elseif err ~= "closed" then
-          simple(conn, 400, "bad request: " .. err .. "\n", head)
-        end
-        return
+        return read_failed(conn, served, err, method)
       end
       served = served + 1
       local code, why = prepare(req, conn, opts)
@@ -618,44 +686,7 @@ function M.serve(fn, options)
         _headers = {}, _hk = {}, started = false, finished = false }, Res)
       setmetatable(req, Req)
       req._out0 = select(2, conn:getstats())
-      local ok, a = xpcall(call, traceback, fn, req, res)
-      if handed_over(conn, req, res, ok, a, log) then return end
-      if not ok then
-        fdpool.log("error", ("http handler error (%s %s): %s"):format(req.method,
-          req.path, tostring(a):gsub("\n%s*", " | ")))
-        if not res._head_sent then
-          -- A body that failed to frame is the client's error, not ours.
-          local st = body_status(req._body_err) or 500
-          simple(conn, st, nil, req.method == "HEAD")
-          res._status = st
-        end
-        if log then log(req, res) end
-        return
-      end
-      local st = not res.started and a == nil and body_status(req._body_err)
-      if st then
-        simple(conn, st, nil, req.method == "HEAD")
-        res._status = st
-        if log then log(req, res) end
-        return
-      end
-      if not res.finished then
-        res:finish()
-      end
-      if log then log(req, res) end
-      if req._close or not drain(req) then
-        -- Bytes of this request may still be on their way (a body not
-        -- read or not readable): close without a reset.
-        if req._broken or (not req._body and (req._length > 0 or req._chunked)) then
-          linger(conn)
-        end
-        return
-      end
-      if opts.body_timeout ~= opts.keepalive_timeout and (req._length > 0 or req._chunked) then
-        conn:settimeout(opts.keepalive_timeout)
-      end
-      -- A TLS connection cannot be parked (park says "tls"): it stays.
-      if park and conn:buffered() == 0 and conn:park(opts.keepalive_timeout) then
+      if not after(conn, req, res, xpcall(call, traceback, fn, req, res)) then
         return
       end
     end

@@ -67,7 +67,11 @@ end
 -- (default 10) retires), `capacity` (connections per worker,
 -- default 1), `listener` (conn.listener, default "127.0.0.1:8080"),
 -- `fields` ({[i] = {key = value}}: custom status fields per worker),
--- `arrivals` (list of {at = seconds, peer = "ip:port", hold = seconds}),
+-- `cpus` ({[i] = CPU}: worker i pinned to that CPU, as --cpu-affinity
+-- does; w.cpu in the policy), `reference` (true: a built-in policy runs
+-- its Lua file, not the C fast path the master uses),
+-- `arrivals` (list of {at = seconds, peer = "ip:port", hold = seconds,
+-- cpu = the CPU that received it (conn.cpu; nil: unknown)}),
 -- `limit` (seconds of simulated time after the last arrival, default 3600).
 -- @treturn table `{workers = {{served, max_active}...}, queued_max = n,
 -- fallbacks = n, unserved = n, choices = {worker index per arrival}}`;
@@ -76,7 +80,8 @@ end
 function M.run(opts)
   local min, max = workers_range(opts.workers)
   local nw, cap = max or min, opts.capacity or 1
-  local s = fdpool.simulator(opts.policy or "least_conn", nw, cap, opts.listener)
+  local s = fdpool.simulator(opts.policy or "least_conn", nw, cap, opts.listener, opts.cpus,
+    opts.reference)
   for i, fields in pairs(opts.fields or {}) do
     for k, v in pairs(fields) do s:set(i, k, v) end
   end
@@ -84,7 +89,7 @@ function M.run(opts)
   for i, a in ipairs(opts.arrivals or {}) do
     assert(type(a.at) == "number", "arrival " .. i .. ": 'at' must be a number")
     arrivals[#arrivals + 1] = { at = a.at, peer = a.peer or "127.0.0.1:40000",
-      hold = a.hold or 0, n = i }
+      hold = a.hold or 0, cpu = a.cpu, n = i }
   end
   table.sort(arrivals, function(a, b)
     if a.at == b.at then return a.n < b.n end
@@ -115,7 +120,7 @@ function M.run(opts)
   local stop_at = last + (opts.limit or 3600)
 
   local function try(a, now)
-    local w = s:choose(a.peer)
+    local w = s:choose(a.peer, a.cpu)
     if not w then return false end
     s:start(w)
     used[w] = now
