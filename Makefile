@@ -35,8 +35,8 @@ LDFLAGS  ?=
 B        ?= build
 SAN      ?=
 
-CORE     := log fdpass channel loop addr status ctlproto proxy http_parse shdict listen dispatch shzone pool acceptf \
-            control ctlclient statuspage policy laux task lthread lshared lconn lhttp worker lfd lpool lfdpool \
+CORE     := log fdpass channel loop addr status ctlproto proxy http_parse wsproto shdict listen dispatch shzone pool acceptf \
+            control ctlclient statuspage policy laux task lthread lshared lconn lhttp lws worker lfd lpool lfdpool \
             dns lsock tls ltls
 # pool upgrade (issue 19)
 CORE     += upgrade
@@ -78,7 +78,7 @@ $(B)/fdfetch: src/fdfetch.c | $(B)
 
 $(B)/test_core: tests/c/test_core.c $(B)/fdpass.o $(B)/channel.o $(B)/loop.o \
                 $(B)/status.o $(B)/log.o $(B)/http_parse.o $(B)/proxy.o \
-                $(B)/shdict.o
+                $(B)/shdict.o $(B)/wsproto.o
 	$(CC) $(ALLCFLAGS) $(LDFLAGS) -o $@ $^
 
 setup:

@@ -11,6 +11,7 @@
 #include "lfd.h"
 #include "lfdpool.h"
 #include "lhttp.h"
+#include "lws.h"
 #include "lpool.h"
 #include "lsock.h"
 #include "ltls.h"
@@ -296,6 +297,7 @@ luaopen_fdpool(lua_State *L)
     luaL_newlib(L, funcs);
     fdp_lfd_open(L);
     fdp_lpool_open(L);
+    fdp_lws_open(L);
     fdp_lsock_open(L);
     fdp_ltls_open(L);
     fdp_lthread_open(L);

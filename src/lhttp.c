@@ -309,12 +309,13 @@ enum { C_FN = 1, C_CALL, C_TRACEBACK, C_AFTER, C_REQ, C_RES, C_HEADER_MT,
        K_METHOD, K_TARGET, K_PATH, K_QUERY, K_VERSION, K_HEADERS, K_CONN,
        K_OPTS, K_LENGTH, K_CLOSE, K_CHUNKED, K_EXPECT_CONTINUE, K_RCONN,
        K_RREQ, K_STATUS, K_RHEADERS, K_HK, K_STARTED, K_FINISHED, K_BROKEN,
-       K_HOST, K_TE, K_CL, K_EXPECT, K_CONNECTION, K_END };
+       K_HOST, K_TE, K_CL, K_EXPECT, K_CONNECTION, K_OUT0, K_END };
 static const char *const keynames[K_END - K_METHOD] = {
     "method", "target", "path", "query", "version", "headers", "conn",
     "_opts", "_length", "_close", "_chunked", "_expect_continue", "_conn",
     "_req", "_status", "_headers", "_hk", "started", "finished", "_broken",
-    "host", "transfer-encoding", "content-length", "expect", "connection"
+    "host", "transfer-encoding", "content-length", "expect", "connection",
+    "_out0"
 };
 
 
@@ -1044,6 +1045,10 @@ httploop_k(lua_State *L, int status, lua_KContext ctx)
             if (r < 0) {
                 return -r;
             }
+            /* http.lua's handed_over: bytes the handler writes past res
+             * (a hand-made 101) mean it took the connection over. */
+            lua_pushinteger(L, (lua_Integer) c->bytes_out);
+            kset(L, S_REQ, K_OUT0);
             lua_rawgeti(L, S_CFG, C_TRACEBACK);         /* S_MSGH */
             lua_rawgeti(L, S_CFG, C_CALL);
             lua_rawgeti(L, S_CFG, C_FN);
@@ -1227,12 +1232,100 @@ conn_readchunked(lua_State *L)
 }
 
 
+/*
+ * conn:readchunk(max_bytes [, start]): the chunked body piece by piece,
+ * for bodies streamed through (req:body_reader): the data now buffered
+ * or the next to arrive, up to the end of the current chunk; "" once the
+ * body (trailers included) is over; nil, err as readchunked. start (true
+ * on the first call) begins a body. max_bytes bounds the whole body.
+ */
+static int
+readchunk_k(lua_State *L, int status, lua_KContext ctx)
+{
+    struct fdp_conn *c = fdp_checkconn(L);
+    struct fdp_http_chunked *d = &c->chunked;
+    uint64_t max = (uint64_t) lua_tointeger(L, 2);
+    ssize_t n;
+
+    (void) ctx;
+    if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
+        return readchunked_fail(L, "timeout");
+    }
+    for (;;) {
+        if (c->fd < 0) {
+            return readchunked_fail(L, "closed");
+        }
+        while (c->rend > c->rstart) {
+            size_t used = 0, k;
+            int r = fdp_http_chunked_next(d, c->rbuf + c->rstart,
+                                          c->rend - c->rstart, &used);
+
+            c->rstart += used;
+            if (r < 0) {
+                return readchunked_fail(L, fdp_http_strerror(r));
+            }
+            if (r == FDP_HTTP_CHUNK_DONE) {
+                lua_pushliteral(L, "");
+                return 1;
+            }
+            if (r == FDP_HTTP_CHUNK_AGAIN) {
+                break;
+            }
+            if (d->left > max || d->total > max - d->left) {
+                return readchunked_fail(L, "too large");
+            }
+            k = c->rend - c->rstart;
+            if ((uint64_t) k > d->left) {
+                k = (size_t) d->left;
+            }
+            if (k == 0) {
+                break;
+            }
+            lua_pushlstring(L, c->rbuf + c->rstart, k);
+            fdp_http_chunked_take(d, k);
+            c->rstart += k;
+            return 1;
+        }
+        n = fdp_conn_fill(c, 0);
+        if (n > 0) {
+            continue;
+        }
+        if (n == 0 || n == -ECONNRESET || n == -EPIPE) {
+            return readchunked_fail(L, "closed");
+        }
+        if (n != -EAGAIN) {
+            return readchunked_fail(L, strerror((int) -n));
+        }
+        if (!fdp_conn_wait(L, c, EPOLLIN, 0, readchunk_k)) {
+            return readchunked_fail(L, "timeout");
+        }
+    }
+}
+
+
+static int
+conn_readchunk(lua_State *L)
+{
+    struct fdp_conn *c = fdp_checkconn(L);
+    lua_Integer max = luaL_checkinteger(L, 2);
+
+    luaL_argcheck(L, max >= 0, 2, "the limit must not be negative");
+    if (lua_toboolean(L, 3)) {
+        fdp_http_chunked_init(&c->chunked);
+    }
+    lua_settop(L, 2);
+    fdp_conn_op_begin(c);
+    return readchunk_k(L, LUA_OK, 0);
+}
+
+
 void
 fdp_lhttp_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         { "readrequest", conn_readrequest },
         { "readchunked", conn_readchunked },
+        { "readchunk", conn_readchunk },
         { "sendresponse", conn_sendresponse },
         { "httploop", conn_httploop },
         { NULL, NULL }

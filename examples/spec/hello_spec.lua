@@ -3,8 +3,8 @@
 -- examples/hello.lua (a raw handler reading lines) and
 -- examples/http_hello.lua (a handler made with fdpool.http's serve).
 -- Run from the project root: busted --lua=lua5.4 examples/spec
-local testing = require "fdpool.testing"
 
+local testing = require "fdpool.testing"
 describe("examples/hello.lua (a raw handler)", function()
   local handle = dofile("examples/hello.lua")
 
@@ -35,6 +35,7 @@ describe("examples/hello.lua (a raw handler)", function()
   end)
 end)
 
+local testing = require "fdpool.testing"
 describe("examples/http_hello.lua (http.serve)", function()
   local handle = dofile("examples/http_hello.lua")
 

@@ -11,6 +11,8 @@ local M = {}
 M.defaults = {
   max_head = 8192,            -- bytes of request line + headers (431)
   max_body = 1024 * 1024,     -- bytes of request body (413)
+  max_upload = nil,           -- bytes of a body streamed with
+                              -- req:body_reader (nil: max_body)
   head_timeout = 10,          -- seconds for a whole request head, from its
                               -- first byte (408)
   body_timeout = 30,          -- seconds for each wait on the body, and for
@@ -93,10 +95,17 @@ Req.__index = Req
 function Req:body()
   if self._body then return self._body end
   if self._body_err then return nil, self._body_err end
+  if self._streamed then return nil, "body already read by body_reader" end
   local conn, opts = self.conn, self._opts
+  if self._length > opts.max_body then
+    -- Allowed in by max_upload, for body_reader only.
+    self._body_err = "too large"
+    return nil, "too large"
+  end
   if self._expect_continue then
     self._expect_continue = false
     conn:send("HTTP/1.1 100 Continue\r\n\r\n")
+    self._sent100 = 25
   end
   conn:settimeout(opts.body_timeout)
   conn:setdeadline(opts.body_timeout, opts.body_min_rate)
@@ -312,6 +321,17 @@ function Res:sendfile(path, offset, count, size)
   return true
 end
 
+--- Take the connection over (after a 101, to speak another protocol):
+-- http.serve writes nothing more on it, reads no next request, and the
+-- worker closes it when the handler returns. Returns the conn.
+function Res:takeover(status)
+  assert(not self.started, "response already started")
+  self.started, self.finished, self._head_sent, self._taken = true, true, true, true
+  self._status = status or 101
+  self._req._close = true
+  return self._conn
+end
+
 -- ---- access log ----------------------------------------------------------
 
 -- A function(req, res) writing one combined-format line per request.
@@ -420,7 +440,9 @@ local function prepare(req, conn, opts)
     -- 1*DIGIT: a list ("5, 5" from two lines), a sign or blanks are 400.
     if not cl:find("^%d+$") then return 400, "bad Content-Length" end
     local digits = cl:match("^0*(%d-)$")
-    if #digits > 15 or (tonumber(digits) or 0) > opts.max_body then return 413 end
+    if #digits > 15 or (tonumber(digits) or 0) > (opts.max_upload or opts.max_body) then
+      return 413
+    end
     req._length = tonumber(digits) or 0
   else
     req._length = 0
@@ -467,7 +489,10 @@ end
 -- connection cannot go on.
 local function drain(req)
   if req._broken then return false end
-  if req._body or (req._length == 0 and not req._chunked) then return true end
+  if req._body or req._streamed == "done" or (req._length == 0 and not req._chunked) then
+    return true
+  end
+  if req._length > req._opts.max_body then return false end
   if req._expect_continue then return false end  -- client waits: just close
   local conn = req.conn
   conn:settimeout(req._opts.body_timeout)
@@ -489,14 +514,53 @@ end
 local function call(fn, req, res)
   local a, b, c = fn(req, res)
   if a ~= nil and not res.started then
-    res:status(a)
+    -- A status as a number or a numeric string ("404").
+    local code = math.tointeger(tonumber(a))
+    if not code then
+      error(("handler returned %s as the status (expected status, headers, body)")
+        :format(type(a) == "string" and ("%q"):format(a) or type(a)), 0)
+    end
+    res:status(code)
     if type(b) == "table" then
       for k, v in pairs(b) do res:header(k, v) end
+    end
+    local tc = type(c)
+    if c ~= nil and tc ~= "string" and tc ~= "number" then
+      error(("handler returned a %s as the body: a body is a string (use "
+        .. "res:json(value) for JSON)"):format(tc), 0)
     end
     res:send(c and tostring(c) or "")
   end
   return a
 end
+
+-- After fn(req, res) returned (ok) or raised (not ok, a: the error):
+-- remove the request's temp files (req:form), and when the connection
+-- was taken over -- res:takeover (http.websocket), or written to by the
+-- handler itself past res (a hand-made 101: more bytes out than the
+-- 100 Continue since req._out0) -- log, close an open WebSocket, and
+-- return true: http.serve writes and reads nothing more on it.
+local function handed_over(conn, req, res, ok, a, log)
+  if req._tmpfiles then
+    for _, f in ipairs(req._tmpfiles) do os.remove(f) end
+    req._tmpfiles = nil
+  end
+  if not res._taken and not res.started and req._out0 then
+    local _, out1 = conn:getstats()
+    if out1 and out1 - req._out0 > (req._sent100 or 0) then
+      res._taken, res._status = true, 101
+    end
+  end
+  if not res._taken then return false end
+  if not ok then
+    fdpool.log("error", ("http handler error (%s %s): %s"):format(req.method,
+      req.path, tostring(a):gsub("\n%s*", " | ")))
+  end
+  if res._ws then res._ws:_abandon(ok and 1000 or 1011) end
+  if log then log(req, res) end
+  return true
+end
+M._handed_over = handed_over
 
 -- Handlers made by serve, with their options: a worker tells the master
 -- (READY) that its handler speaks HTTP, so the master's accept filter
@@ -509,7 +573,7 @@ function M.serve(fn, options)
   local opts = {}
   for k, v in pairs(M.defaults) do opts[k] = v end
   for k, v in pairs(options or {}) do
-    if M.defaults[k] == nil and k ~= "access_log" and k ~= "park" then
+    if M.defaults[k] == nil and k ~= "access_log" and k ~= "park" and k ~= "max_upload" then
       error("unknown http option '" .. tostring(k) .. "'", 2)
     end
     opts[k] = v
@@ -538,6 +602,7 @@ function M.serve(fn, options)
   -- finish the response, log, read what is left of the body. true: the
   -- connection goes on to its next request.
   local function after(conn, req, res, ok, a)
+    if handed_over(conn, req, res, ok, a, log) then return false end
     if not ok then
       fdpool.log("error", ("http handler error (%s %s): %s"):format(req.method,
         req.path, tostring(a):gsub("\n%s*", " | ")))
@@ -586,7 +651,8 @@ function M.serve(fn, options)
   -- it when first called.
   local cfg = { fn, call, traceback, after, Req, Res, header_mt, opts,
     max_head = opts.max_head, head_timeout = opts.head_timeout,
-    keepalive_timeout = opts.keepalive_timeout, max_body = opts.max_body,
+    keepalive_timeout = opts.keepalive_timeout,
+    max_body = opts.max_upload or opts.max_body,   -- the framing check (prepare)
     keepalive_requests = opts.keepalive_requests, plain = not log and not park }
   local handler = function(conn)
     if conn.httploop then
@@ -619,6 +685,7 @@ function M.serve(fn, options)
       local res = setmetatable({ _conn = conn, _req = req, _status = 200,
         _headers = {}, _hk = {}, started = false, finished = false }, Res)
       setmetatable(req, Req)
+      req._out0 = select(2, conn:getstats())
       if not after(conn, req, res, xpcall(call, traceback, fn, req, res)) then
         return
       end
@@ -627,6 +694,85 @@ function M.serve(fn, options)
   M.handlers[handler] = opts
   return handler
 end
+
+-- ---- request and response helpers (fdpool.http.form, json, router,
+-- websocket: loaded when first used) --------------------------------------
+
+local function form() return require "fdpool.http.form" end
+
+--- The query's arguments, decoded: {key = value, key = {v1, v2} for a
+-- repeated key}; at most max (default 1000) keys, then a second value
+-- "truncated".
+function Req:args(max)
+  if not self._args then self._args, self._args_trunc = form().parse_query(self.query or "", max) end
+  return self._args, self._args_trunc
+end
+
+--- The Cookie header as {name = value}.
+function Req:cookies()
+  if not self._cookies then self._cookies = form().parse_cookies(self.headers["cookie"]) end
+  return self._cookies
+end
+
+--- A function giving the body piece by piece (Content-Length or
+-- chunked), for bodies up to max_upload: a string, nil at the end, or
+-- nil, err.
+function Req:body_reader(size)
+  return form().body_reader(self, self._opts.max_upload or self._opts.max_body, size)
+end
+
+--- The form (urlencoded or multipart/form-data): fields, or nil, err,
+-- status. See fdpool.http.form.
+function Req:form(opts)
+  return form().form(self, opts)
+end
+
+--- The body decoded as JSON: value, or nil, err.
+function Req:json()
+  local body, err = self:body()
+  if not body then return nil, err end
+  local v, jerr = require("fdpool.http.json").decode(body)
+  if jerr then return nil, "invalid JSON: " .. jerr end
+  return v
+end
+
+--- Send value as JSON (Content-Type application/json) with status
+-- (default: the one set, 200). Raises for a value JSON cannot hold.
+function Res:json(value, status)
+  local text, err = require("fdpool.http.json").encode(value)
+  if not text then error("res:json: " .. err, 2) end
+  if status then self:status(status) end
+  self:header("Content-Type", "application/json")
+  return self:send(text)
+end
+
+--- Add a Set-Cookie line (opts: path, domain, max_age, expires, secure,
+-- httponly, samesite). Raises for a value that could inject a header.
+function Res:cookie(name, value, opts)
+  local line = form().set_cookie(name, value, opts, http_date)
+  local old = get(self, "set-cookie")
+  if old == nil then
+    self:header("Set-Cookie", { line })
+  else
+    if type(old) ~= "table" then old = { old } self:header("Set-Cookie", old) end
+    old[#old + 1] = line
+  end
+  return self
+end
+
+--- Answer a WebSocket upgrade: a ws object, or nil, err (400 or 426
+-- sent). See fdpool.http.websocket.
+function M.websocket(req, res, opts)
+  return require("fdpool.http.websocket").upgrade(req, res, opts)
+end
+
+--- A router (fdpool.http.router): http.serve(router).
+function M.router()
+  return require("fdpool.http.router").new()
+end
+
+M.urldecode = function(s, plus) return form().urldecode(s, plus) end
+M.urlencode = function(s) return form().urlencode(s) end
 
 -- ---- static files -------------------------------------------------------
 
@@ -672,6 +818,21 @@ end
 function M.static(dir, options)
   options = options or {}
   local index = options.index or "index.html"
+  if type(index) == "string" then index = { index } end
+  local on_missing = options.on_missing
+  local function missing(req, res)
+    if on_missing then return on_missing(req, res) end
+    res:status(404)
+    return res:send("not found\n")
+  end
+  -- The first index file of directory rel (ending in "/") that opens.
+  local function open_index(rel)
+    for _, name in ipairs(index) do
+      local fd, size, mtime = fdpool.open_beneath(dir, rel .. name)
+      if fd then return fd, size, mtime, rel .. name end
+    end
+    return nil, "No such file or directory"
+  end
   return function(req, res)
     if req.method ~= "GET" and req.method ~= "HEAD" then
       res:status(405):header("Allow", "GET, HEAD")
@@ -683,18 +844,33 @@ function M.static(dir, options)
       return res:send("bad path\n")
     end
     local rel = path:gsub("^/+", "")
-    if rel == "" or rel:sub(-1) == "/" then rel = rel .. index end
     for seg in rel:gmatch("[^/]+") do
       if seg == ".." then
         res:status(403)
         return res:send("forbidden\n")
       end
     end
-    local fd, size, mtime = fdpool.open_beneath(dir, rel)
+    local fd, size, mtime
+    if rel == "" or rel:sub(-1) == "/" then
+      fd, size, mtime, rel = open_index(rel)
+    else
+      fd, size, mtime = fdpool.open_beneath(dir, rel)
+      -- A directory named without its slash: redirect (as nginx and
+      -- Apache's mod_dir), so its relative links resolve inside it.
+      local ifd = not fd and size == "not a regular file" and open_index(rel .. "/")
+      if ifd then
+        ifd:close()
+        local q = req.query ~= "" and "?" .. req.query or ""
+        res:status(301):header("Location", req.path .. "/" .. q)
+        return res:send("moved\n")
+      end
+    end
     if not fd then
-      local code = (size == "No such file or directory" or size == "Not a directory") and 404 or 403
-      res:status(code)
-      return res:send(code == 404 and "not found\n" or "forbidden\n")
+      if size == "No such file or directory" or size == "Not a directory" then
+        return missing(req, res)
+      end
+      res:status(403)
+      return res:send("forbidden\n")
     end
     local lm = http_date(mtime)
     local etag = ('"%x-%x"'):format(size, mtime)

@@ -7,11 +7,13 @@
 -- the background for integration specs. Pure Lua; only testing.start (and
 -- the polling in wait_until) needs the C module `fdpool`.
 -- The parts: fdpool.testing.conn (the in-memory conn), .http (the HTTP
--- helpers), .json (the JSON decoder), .process (the process harness).
+-- helpers), .json (the JSON decoder), .process (the process harness),
+-- .websocket (a WebSocket client's frames in memory).
 local tconn = require "fdpool.testing.conn"
 local http = require "fdpool.testing.http"
 local json = require "fdpool.testing.json"
 local process = require "fdpool.testing.process"
+local ws = require "fdpool.testing.websocket"
 
 return {
   conn = tconn.conn,
@@ -25,4 +27,7 @@ return {
   wait_until = process.wait_until,
   pool_binary = process.pool_binary,
   start = process.start,
+  websocket = ws.websocket,
+  ws_frame = ws.frame,
+  ws_parse_frames = ws.parse_frames,
 }

@@ -3,7 +3,9 @@
  * (fdpass.c), framed messages and the send queue (channel.c), the event
  * loop and timers (loop.c), the status table and its JSON (status.c),
  * the HTTP head parser and chunked decoder (http_parse.c), the shared
- * dictionary (shdict.c: values, LRU, undo after a death, corruption).
+ * dictionary (shdict.c: values, LRU, undo after a death, corruption),
+ * WebSocket's SHA-1, base64, handshake, masking and UTF-8 check
+ * (wsproto.c).
  * Prints one line per failure and "N passed, N failed"; exits 1 on failure.
  */
 #include "fdp.h"
@@ -13,6 +15,7 @@
 #include "status.h"
 #include "http_parse.h"
 #include "proxy.h"
+#include "wsproto.h"
 #include "shdict.h"
 
 #include <dirent.h>
@@ -1540,6 +1543,125 @@ test_proxy_codes(void)
                               &src, &len) == -EINVAL);
 }
 
+/* ---- wsproto.c -------------------------------------------------------- */
+
+static int
+sha1_is(const char *msg, size_t n, const char *hex)
+{
+    unsigned char d[20];
+    char h[41];
+    int i;
+
+    fdp_sha1(msg, n, d);
+    for (i = 0; i < 20; i++) {
+        snprintf(h + 2 * i, 3, "%02x", d[i]);
+    }
+    return strcmp(h, hex) == 0;
+}
+
+
+static int
+utf8_is(const char *s, int expect)
+{
+    uint32_t st = 0;
+
+    return fdp_utf8_check(&st, (const unsigned char *) s, strlen(s)) == expect;
+}
+
+
+static void
+test_wsproto(void)
+{
+    static char million[1000000];
+    char out[64];
+    unsigned char buf[11] = "Hello World", key[4] = { 1, 2, 3, 4 };
+    uint32_t st = 0;
+    int i;
+
+    /* FIPS 180-2 appendix A and the empty string. */
+    test_cond("sha1 abc", sha1_is("abc", 3,
+              "a9993e364706816aba3e25717850c26c9cd0d89d"));
+    test_cond("sha1 empty", sha1_is("", 0,
+              "da39a3ee5e6b4b0d3255bfef95601890afd80709"));
+    test_cond("sha1 448 bits (two padding blocks)", sha1_is(
+              "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", 56,
+              "84983e441c3bd26ebaae4aa1f95129e5e54670f1"));
+    memset(million, 'a', sizeof(million));
+    test_cond("sha1 a million a", sha1_is(million, sizeof(million),
+              "34aa973cd4c4daa4f61eeb2bdbad27316534016f"));
+    test_cond("sha1 55 bytes (padding fits one block)", sha1_is(million, 55,
+              "c1c8bbdc22796e28c0e15163d20899b65621d65a"));
+    test_cond("sha1 64 bytes", sha1_is(million, 64,
+              "0098ba824b5c16427bd7a1122a5a442a25ec644d"));
+    /* RFC 4648 10. */
+    test_cond("base64 f", fdp_base64((const unsigned char *) "f", 1, out) == 4
+              && strcmp(out, "Zg==") == 0);
+    test_cond("base64 fo", fdp_base64((const unsigned char *) "fo", 2, out) == 4
+              && strcmp(out, "Zm8=") == 0);
+    test_cond("base64 foobar",
+              fdp_base64((const unsigned char *) "foobar", 6, out) == 8
+              && strcmp(out, "Zm9vYmFy") == 0);
+    test_cond("base64 empty", fdp_base64((const unsigned char *) "", 0, out) == 0
+              && out[0] == '\0');
+    /* RFC 6455 1.3's example key. */
+    test_cond("ws accept", fdp_ws_accept("dGhlIHNhbXBsZSBub25jZQ==", 24, out) == 28
+              && strcmp(out, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") == 0);
+    test_cond("ws accept: short key", fdp_ws_accept("abc", 3, out) == -EINVAL);
+    test_cond("ws accept: 17 bytes", fdp_ws_accept("dGhlIHNhbXBsZSBub25jZR==",
+              24, out) == -EINVAL);
+    test_cond("ws accept: not base64", fdp_ws_accept("dGhlIHNhbXBsZSB!b25jZQ==",
+              24, out) == -EINVAL);
+    /* Masking twice gives the bytes back, from any offset. */
+    fdp_ws_mask(buf, 11, key, 0);
+    test_cond("ws mask changes", buf[0] == ('H' ^ 1) && buf[5] == (' ' ^ 2));
+    fdp_ws_mask(buf, 3, key, 0);
+    fdp_ws_mask(buf + 3, 8, key, 3);
+    test_cond("ws mask in parts", memcmp(buf, "Hello World", 11) == 0);
+    /* UTF-8: Table 3-7's edges. */
+    test_cond("utf8 ascii", utf8_is("hello", 0));
+    test_cond("utf8 2-4 bytes", utf8_is("\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 0));
+    test_cond("utf8 max", utf8_is("\xf4\x8f\xbf\xbf", 0));
+    test_cond("utf8 above max", utf8_is("\xf4\x90\x80\x80", -EILSEQ));
+    test_cond("utf8 overlong 2", utf8_is("\xc0\xaf", -EILSEQ));
+    test_cond("utf8 overlong 3", utf8_is("\xe0\x80\xaf", -EILSEQ));
+    test_cond("utf8 overlong 4", utf8_is("\xf0\x80\x80\xaf", -EILSEQ));
+    test_cond("utf8 surrogate", utf8_is("\xed\xa0\x80", -EILSEQ));
+    test_cond("utf8 lone continuation", utf8_is("\x80", -EILSEQ));
+    test_cond("utf8 f5", utf8_is("\xf5\x80\x80\x80", -EILSEQ));
+    test_cond("utf8 truncated", utf8_is("\xe2\x82", 1));
+    /* A character split across pieces (fragments). */
+    i = fdp_utf8_check(&st, (const unsigned char *) "a\xf0\x9f", 3);
+    test_cond("utf8 split: first part inside", i == 1 && st != 0);
+    i = fdp_utf8_check(&st, (const unsigned char *) "\x98", 1);
+    test_cond("utf8 split: still inside", i == 1);
+    i = fdp_utf8_check(&st, (const unsigned char *) "\x80z", 2);
+    test_cond("utf8 split: completed", i == 0 && st == 0x00bf8000);
+    st = 0;
+    (void) fdp_utf8_check(&st, (const unsigned char *) "\xed", 1);
+    {
+        static const char text[] = "[1,-20,0.5,\"7\",1e3,\"a\\\"9\",-0]";
+        char jbuf[128];
+        size_t count = 0;
+        long len = fdp_json_mark(text, sizeof(text) - 1, NULL, &count);
+
+        test_cond("json mark: measured", len == (long) sizeof(text) - 1 + 9
+                  && count == 3);
+        len = fdp_json_mark(text, sizeof(text) - 1, jbuf, &count);
+        jbuf[len] = '\0';
+        test_cond("json mark: integers only, strings untouched",
+                  strcmp(jbuf, "[\"\xff" "1\",\"\xff-20\",0.5,\"7\",1e3,"
+                         "\"a\\\"9\",\"\xff-0\"]") == 0);
+        test_cond("json mark: leading zero", fdp_json_mark("[01]", 4, NULL,
+                  &count) == -EINVAL && count == 1);
+        test_cond("json mark: unterminated string",
+                  fdp_json_mark("[\"ab\\\"]", 7, NULL, &count) == -EINVAL
+                  && count == 1);
+    }
+    test_cond("utf8 split surrogate refused",
+              fdp_utf8_check(&st, (const unsigned char *) "\xa0\x80", 2)
+              == -EILSEQ);
+}
+
 
 /* ---- the shared dictionary (shdict.c) -------------------------------- */
 
@@ -2029,6 +2151,7 @@ main(void)
     test_head_filter();
     test_proxy_codes();
     test_http_chunked();
+    test_wsproto();
     test_shdict_values();
     test_shdict_lru();
     test_shdict_owner_dead();

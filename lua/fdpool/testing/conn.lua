@@ -491,6 +491,51 @@ function Conn:readchunked(max, discard)
   end
 end
 
+--- The chunked body piece by piece, as the real conn:readchunk: the
+-- data up to the end of the current chunk, "" once the body is over,
+-- nil, err as readchunked. start (true on the first call) begins a body.
+function Conn:readchunk(max, start)
+  max = optinteger(max, 1, "readchunk")
+  if max == nil then argerror(1, "readchunk", "number expected, got no value") end
+  if max < 0 then argerror(1, "readchunk", "the limit must not be negative") end
+  if start or not self._chunk then
+    self._chunk = { state = "size", ndigits = 0, ext = 0, left = 0, total = 0,
+      trailer_bytes = 0, ntrailers = 0 }
+  end
+  local d = self._chunk
+  while true do
+    if self.closed then return nil, "closed" end
+    local i = 1
+    while i <= #self._buf do
+      local r, j, at = chunked_next(d, self._buf, i)
+      if not r then
+        self._buf = self._buf:sub(at)
+        return nil, j
+      end
+      i = j
+      if r == "done" then
+        self._buf = self._buf:sub(i)
+        return ""
+      end
+      if r == "again" then break end
+      if d.left > max - d.total then
+        self._buf = self._buf:sub(i)
+        return nil, "too large"
+      end
+      local k = math.min(d.left, #self._buf - i + 1)
+      if k == 0 then break end
+      local piece = self._buf:sub(i, i + k - 1)
+      d.left, d.total = d.left - k, d.total + k
+      self._buf = self._buf:sub(i + k)
+      return piece
+    end
+    self._buf = self._buf:sub(i)
+    local r = self:_fill()
+    if r == "eof" then return nil, "closed" end
+    if r == "timeout" then return nil, "timeout" end
+  end
+end
+
 --- Bytes received and not yet read by the handler.
 function Conn:buffered()
   return #self._buf
@@ -539,12 +584,22 @@ function Conn:sendresponse(status_line, headers, date_line, length, chunked, con
     argerror(2, "sendresponse", "table expected, got " .. type(headers))
   end
   local t = { status_line }
+  -- As the C side (lhttp.c valid_field): a name is a token, a value has
+  -- no control byte but HTAB, else nothing is sent and it raises.
+  local function line(k, v)
+    v = tostring(v)
+    if not k:find("^[!#$%%&'*+%-.^_`|~%w]+$") or v:find("[%z\1-\8\10-\31\127]") then
+      error(("invalid response header '%s' (a name must be a token, a value must "
+        .. "hold no CR, LF or other control byte)"):format(k), 3)
+    end
+    t[#t + 1] = k .. ": " .. v .. "\r\n"
+  end
   for k, v in next, headers do
     if type(k) == "string" and not own_headers[k:lower()] then
       if type(v) == "table" then
-        for i = 1, #v do t[#t + 1] = k .. ": " .. tostring(v[i]) .. "\r\n" end
+        for i = 1, #v do line(k, v[i]) end
       else
-        t[#t + 1] = k .. ": " .. tostring(v) .. "\r\n"
+        line(k, v)
       end
     end
   end
