@@ -1,5 +1,5 @@
 -- bench/apache_hello.lua: mod_lua handler, 200 "hello\n" with Content-Length
--- (from ../shared/bench-anchors/apache/hello.lua).
+-- (the peer's side of the hello scenario).
 function handle(r)
     r.content_type = "text/plain"
     r.headers_out["Content-Length"] = "6"

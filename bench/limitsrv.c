@@ -1,7 +1,7 @@
 /*
- * bench/limitsrv.c: copied unchanged (apart from this comment) from the project's
- * shared measuring material, ../shared/bench-anchors/limit/limitsrv.c (see
- * ../shared/bench-anchors/RESULTS.md). scripts/bench compiles it into its temp dir
+ * bench/limitsrv.c: the reference C servers the team measures peers against
+ * (the same source as the team's published anchor numbers, docs/performance.md
+ * holds the figures). scripts/bench compiles it into its temp dir
  * and runs it as "c-single" (limitsrv single PORT): the C epoll "limit" server, one
  * process, no Lua, no HTTP parser worth the name. It is a yardstick, not a peer.
  */

@@ -1,6 +1,6 @@
 // bench/node_cluster.js PORT WORKERS WWW: node cluster with SCHED_RR (the primary
 // accepts and passes each handle to a worker over IPC, the same design as fdpool),
-// adapted from ../shared/bench-anchors/node/cluster.js. "/big.bin" is streamed
+// the peer of docs/performance.md's table. "/big.bin" is streamed
 // from WWW with fs.createReadStream; anything else answers "hello\n".
 'use strict';
 const cluster = require('cluster');
