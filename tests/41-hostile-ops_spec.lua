@@ -5,6 +5,7 @@
 -- generation cannot start changes nothing, and a good one loses nothing.
 -- Every test starts the real build/pool and talks to it over real sockets.
 local H = require "helpers"
+local have = H.have
 local fdpool = require "fdpool"
 
 local FIX = "tests/fixtures/"
@@ -41,9 +42,6 @@ local function echo(addr, word)
   return tonumber(pid)
 end
 
-local function have(cmd)
-  return (H.run("command -v " .. cmd .. " >/dev/null 2>&1"))
-end
 
 -- wrk against addr for about a second; returns the number of requests.
 local function wrk(addr, conns)

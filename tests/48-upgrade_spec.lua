@@ -7,6 +7,7 @@
 -- with a stand-in NOTIFY_SOCKET the new main pid is announced (MAINPID=).
 -- Every pool is the real binary; every load is bounded in time.
 local H = require "helpers"
+local lines, have, free_port, spawn, reap = H.lines, H.have, H.free_port, H.spawn, H.reap
 local fdpool = require "fdpool"
 
 local q = H.quote
@@ -23,46 +24,10 @@ local function no_sanitizer_reports(log)
   end
 end
 
-local function lines(s)
-  local t = {}
-  for l in (s or ""):gmatch("[^\n]+") do t[#t + 1] = l end
-  return t
-end
 
-local function have(cmd)
-  return (H.run("command -v " .. cmd .. " >/dev/null"))
-end
 
-local function free_port()
-  local p = assert(fdpool.pool { handler = function() end, listen = "127.0.0.1:0",
-    workers = 1, control = false })
-  local port = tonumber(p:addresses()[1]:match(":(%d+)$"))
-  p:close()
-  return port
-end
 
--- Start argv in the background outside busted's LD_PRELOAD, keeping its
--- pid through exec (as tests/60 does): DIR/NAME.log, .exit.
-local function spawn(dir, name, argv, control)
-  local words = {}
-  for i, a in ipairs(argv) do words[i] = q(a) end
-  local base = dir .. "/" .. name
-  os.execute(("(unset LD_PRELOAD; sh -c 'echo $$ > %s.pid; exec \"$@\"' sh %s; echo $? > %s.exit)"
-    .. " </dev/null >%s.log 2>&1 &"):format(base, table.concat(words, " "), base, base))
-  local p = setmetatable({ dir = dir, log_path = base .. ".log", exit_path = base .. ".exit",
-    control = control }, { __index = H.Pool })
-  p.pid = H.wait_until(function()
-    return tonumber((H.readfile(base .. ".pid") or ""):match("%d+"))
-  end, 5, name .. " to start")
-  return p
-end
 
-local function reap(p)
-  if not p or p:exited() then return end
-  p:kill("TERM")
-  local ok = pcall(p.wait_exit, p, 5)
-  if not ok then p:kill("KILL"); pcall(p.wait_exit, p, 5) end
-end
 
 -- Stop a master that is not our child (a new master outlives the
 -- process the test started): TERM, wait for it to go, KILL at worst.

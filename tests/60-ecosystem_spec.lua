@@ -6,6 +6,7 @@
 -- of two pools with the PROXY protocol (v1 and v2), health checks and a
 -- graceful drain. Every server listens on loopback; every loop is bounded.
 local H = require "helpers"
+local free_port, spawn, reap, lines, have = H.free_port, H.spawn, H.reap, H.lines, H.have
 local fdpool = require "fdpool"
 
 local q = H.quote
@@ -13,46 +14,9 @@ local APP = "tests/fixtures/eco_app.lua"
 local NOTIFY = "tests/fixtures/eco_notify.py"
 local ROOT = select(3, H.run("pwd")):match("[^\n]+")
 
--- A free TCP port on 127.0.0.1 (bound, read, released).
-local function free_port()
-  local p = assert(fdpool.pool { handler = function() end, listen = "127.0.0.1:0",
-    workers = 1, control = false })
-  local port = tonumber(p:addresses()[1]:match(":(%d+)$"))
-  p:close()
-  return port
-end
 
--- Start argv in the background, outside busted's LD_PRELOAD, keeping its
--- pid through exec (sh writes $$, then execs): DIR/NAME.pid, .log (stdout
--- and stderr), .exit (the exit code, once it exits). Returns an object
--- with the H.Pool methods (log, exited, kill, stop, status, wait_ready).
-local function spawn(dir, name, argv, control)
-  local words = {}
-  for i, a in ipairs(argv) do words[i] = q(a) end
-  local base = dir .. "/" .. name
-  os.execute(("(unset LD_PRELOAD; sh -c 'echo $$ > %s.pid; exec \"$@\"' sh %s; echo $? > %s.exit)"
-    .. " </dev/null >%s.log 2>&1 &"):format(base, table.concat(words, " "), base, base))
-  local p = setmetatable({ dir = dir, log_path = base .. ".log", exit_path = base .. ".exit",
-    control = control }, { __index = H.Pool })
-  p.pid = H.wait_until(function()
-    return tonumber((H.readfile(base .. ".pid") or ""):match("%d+"))
-  end, 5, name .. " to start")
-  return p
-end
 
--- Stop a spawned process (TERM, then KILL after 5 s) if it still runs.
-local function reap(p)
-  if not p or p:exited() then return end
-  p:kill("TERM")
-  local ok = pcall(p.wait_exit, p, 5)
-  if not ok then p:kill("KILL"); pcall(p.wait_exit, p, 5) end
-end
 
-local function lines(s)
-  local t = {}
-  for l in (s or ""):gmatch("[^\n]+") do t[#t + 1] = l end
-  return t
-end
 
 -- `pool stop --graceful` for a pool; returns once the master has taken
 -- the command (it logs it). The command's own exit code is checked by
@@ -73,9 +37,6 @@ local function sanitizer_env(cmd)
   if os.getenv("UBSAN_OPTIONS") then cmd[#cmd + 1] = "-E"; cmd[#cmd + 1] = "UBSAN_OPTIONS" end
 end
 
-local function have(cmd)
-  return (H.run("command -v " .. cmd .. " >/dev/null"))
-end
 
 -- Every file `make install` puts under PREFIX (relative paths), from the
 -- source tree: the two commands, the C module, the Lua files, the man

@@ -347,4 +347,51 @@ function H.set_of(list)
   return s
 end
 
+-- Lines of s (no empty ones), as a list.
+function H.lines(s)
+  local t = {}
+  for l in (s or ""):gmatch("[^\n]+") do t[#t + 1] = l end
+  return t
+end
+
+-- Whether a command is on PATH.
+function H.have(cmd)
+  return (H.run("command -v " .. cmd .. " >/dev/null 2>&1"))
+end
+
+-- A free TCP port on 127.0.0.1 (bound, read, released).
+function H.free_port()
+  local p = assert(fdpool.pool { handler = function() end, listen = "127.0.0.1:0",
+    workers = 1, control = false })
+  local port = tonumber(p:addresses()[1]:match(":(%d+)$"))
+  p:close()
+  return port
+end
+
+-- Start argv in the background, outside busted's LD_PRELOAD, keeping its
+-- pid through exec (sh writes $$, then execs): DIR/NAME.pid, .log (stdout
+-- and stderr), .exit (the exit code, once it exits). Returns an object
+-- with the H.Pool methods (log, exited, kill, stop, status, wait_ready).
+function H.spawn(dir, name, argv, control)
+  local words = {}
+  for i, a in ipairs(argv) do words[i] = H.quote(a) end
+  local base = dir .. "/" .. name
+  os.execute(("(unset LD_PRELOAD; sh -c 'echo $$ > %s.pid; exec \"$@\"' sh %s; echo $? > %s.exit)"
+    .. " </dev/null >%s.log 2>&1 &"):format(base, table.concat(words, " "), base, base))
+  local p = setmetatable({ dir = dir, log_path = base .. ".log", exit_path = base .. ".exit",
+    control = control }, { __index = H.Pool })
+  p.pid = H.wait_until(function()
+    return tonumber((H.readfile(base .. ".pid") or ""):match("%d+"))
+  end, 5, name .. " to start")
+  return p
+end
+
+-- Stop a spawned process (TERM, then KILL after 5 s) if it still runs.
+function H.reap(p)
+  if not p or p:exited() then return end
+  p:kill("TERM")
+  local ok = pcall(p.wait_exit, p, 5)
+  if not ok then p:kill("KILL"); pcall(p.wait_exit, p, 5) end
+end
+
 return H
