@@ -457,6 +457,26 @@ deadline_ms(struct fdp_pool *p)
 
 
 /*
+ * A parked connection's next bytes: 1 when it may be dispatched now (no
+ * filter, or what the filter waits for is there: one look, as
+ * fdp_acceptf_hold's first), 0 when fdp_acceptf_hold would take it. The
+ * master keeps its epoll registration of a parked socket for the first
+ * case, the common one, and hands the rest to fdp_acceptf_hold.
+ */
+int
+fdp_acceptf_dispatchable(struct fdp_pool *p, const struct fdp_pending *c)
+{
+    int mode = fdp_acceptf_mode(p, c->listener);
+    struct fdp_acceptf *af;
+
+    if (mode == FDP_AF_NONE || p->stopping || (af = get(p)) == NULL) {
+        return 1;
+    }
+    return af_look(af, c->fd, mode, 0) == AF_READY;
+}
+
+
+/*
  * A connection just accepted (after its PROXY header, if any) or a parked
  * one whose next bytes arrived. Returns 0 when it should be dispatched
  * now (no filter, or it already has what the filter waits for), 1 when

@@ -13,6 +13,7 @@ struct fdp_qmsg {
     struct fdp_qmsg *next;
     size_t len;
     int nfds;
+    uint32_t keep;              /* bit i: fds[i] stays its owner's */
     int fds[FDP_MAX_FDS];
     unsigned char data[];
 };
@@ -33,7 +34,9 @@ qmsg_free(struct fdp_qmsg *q)
     int i;
 
     for (i = 0; i < q->nfds; i++) {
-        fdp_close(&q->fds[i]);
+        if (!(q->keep & (1u << i))) {
+            fdp_close(&q->fds[i]);
+        }
     }
     free(q);
 }
@@ -48,6 +51,21 @@ qmsg_free(struct fdp_qmsg *q)
 int
 fdp_chan_send(struct fdp_chan *ch, unsigned type, unsigned count,
               const void *payload, size_t len, const int *fds, int nfds)
+{
+    return fdp_chan_send_keep(ch, type, count, payload, len, fds, nfds, 0);
+}
+
+
+/*
+ * fdp_chan_send, where bit i of keep marks fds[i] as borrowed: the
+ * channel sends it but never closes it; its owner keeps it open until
+ * the message has left the queue (fdp_chan_flush or fdp_chan_close).
+ * The master keeps its copy of a parked connection's socket this way.
+ */
+int
+fdp_chan_send_keep(struct fdp_chan *ch, unsigned type, unsigned count,
+                   const void *payload, size_t len, const int *fds,
+                   int nfds, uint32_t keep)
 {
     union {
         unsigned char bytes[sizeof(struct fdp_msg_hdr) + FDP_MSG_MAX];
@@ -76,7 +94,10 @@ fdp_chan_send(struct fdp_chan *ch, unsigned type, unsigned count,
         if (n >= 0) {
             for (i = 0; i < nfds; i++) {
                 int fd = fds[i];
-                fdp_close(&fd);
+
+                if (!(keep & (1u << i))) {
+                    fdp_close(&fd);
+                }
             }
             return 0;
         }
@@ -94,6 +115,7 @@ fdp_chan_send(struct fdp_chan *ch, unsigned type, unsigned count,
     q->next = NULL;
     q->len = total;
     q->nfds = nfds;
+    q->keep = keep;
     if (nfds > 0) {
         memcpy(q->fds, fds, sizeof(int) * (size_t) nfds);
     }
@@ -187,9 +209,11 @@ fdp_msg_check(const struct fdp_msg *m, int from_worker)
                && h->len == h->count * sizeof(struct fdp_done_entry)
                && m->nfds == 0 ? 0 : -EBADMSG;
     case FDP_MSG_PARK:
+        /* The fd, or none for a connection the master kept a copy of
+         * (FDP_CONN_KEPT); the master checks which. */
         return from_worker && h->count == 1
                && h->len == sizeof(struct fdp_park_entry)
-               && m->nfds == 1 ? 0 : -EBADMSG;
+               && m->nfds <= 1 ? 0 : -EBADMSG;
     case FDP_MSG_STATUS_REQ:
         return from_worker && h->count == 0 && h->len == 4
                && m->nfds == 0 ? 0 : -EBADMSG;

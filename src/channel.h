@@ -45,8 +45,12 @@ struct fdp_conn_entry {
     uint32_t peerlen;           /* > 0: the client's address from a PROXY
                                    header, which conn:getpeername() gives */
     unsigned char peer[28];     /* a sockaddr_in or sockaddr_in6 */
-    uint32_t reserved;
+    uint32_t flags;             /* FDP_CONN_KEPT */
 };
+
+/* CONN flag: the master keeps its own copy of this socket (a connection
+ * parked before), so a PARK of it carries no fd. */
+#define FDP_CONN_KEPT   1u
 
 struct fdp_done_entry {
     uint64_t id;
@@ -56,7 +60,8 @@ struct fdp_done_entry {
 };
 
 /* A connection handed back, idle at a request boundary: the master
- * waits for its next bytes (up to idle_ms) and dispatches it again. */
+ * waits for its next bytes (up to idle_ms) and dispatches it again.
+ * With the connection's fd, or without for one handed FDP_CONN_KEPT. */
 struct fdp_park_entry {
     uint64_t id;
     uint64_t bytes_in;
@@ -104,6 +109,9 @@ struct fdp_chan {
 void fdp_chan_init(struct fdp_chan *ch, int fd);
 int fdp_chan_send(struct fdp_chan *ch, unsigned type, unsigned count,
                   const void *payload, size_t len, const int *fds, int nfds);
+int fdp_chan_send_keep(struct fdp_chan *ch, unsigned type, unsigned count,
+                       const void *payload, size_t len, const int *fds,
+                       int nfds, uint32_t keep);
 int fdp_chan_flush(struct fdp_chan *ch);
 int fdp_chan_recv(struct fdp_chan *ch, struct fdp_msg *m);
 void fdp_chan_close(struct fdp_chan *ch);

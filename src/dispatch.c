@@ -39,6 +39,7 @@ enum { HELD_PROXY, HELD_PARKED };
 struct fdp_held {
     struct fdp_pending c;           /* fd, listener; peer when proxied */
     int kind;
+    int armed;                      /* parked: on p->parked, watched */
     int by_peer;                    /* parked: rpeer is the TCP peer it */
     struct sockaddr_in6 rpeer;      /* came from (a dead socket has no
                                      * peer name any more) */
@@ -46,6 +47,7 @@ struct fdp_held {
     struct fdp_timer timer;
     struct fdp_pool *pool;
     struct fdp_held *prev, *next;
+    struct fdp_held *kprev, *knext; /* parked kind: on p->kept */
 };
 
 #define PROXY_TIMEOUT_MS 5000
@@ -62,10 +64,45 @@ held_list(struct fdp_pool *p, const struct fdp_held *h)
  * address it was accepted from: a client that reset has no peer name any
  * more), unlink and free h. */
 static void
-held_free(struct fdp_pool *p, struct fdp_held *h)
+kept_unlink(struct fdp_pool *p, struct fdp_held *h)
+{
+    if (h->kprev) {
+        h->kprev->knext = h->knext;
+    } else if (p->kept == h) {
+        p->kept = h->knext;
+    }
+    if (h->knext) {
+        h->knext->kprev = h->kprev;
+    }
+    h->kprev = h->knext = NULL;
+}
+
+
+/* Take an armed held connection off its list (it stays allocated). */
+static void
+held_unlink(struct fdp_pool *p, struct fdp_held *h)
 {
     struct fdp_held **list = held_list(p, h);
 
+    if (h->prev) {
+        h->prev->next = h->next;
+    } else {
+        *list = h->next;
+    }
+    if (h->next) {
+        h->next->prev = h->prev;
+    }
+    h->prev = h->next = NULL;
+    if (h->kind == HELD_PARKED) {
+        p->nparked--;
+    }
+    h->armed = 0;
+}
+
+
+static void
+held_free(struct fdp_pool *p, struct fdp_held *h)
+{
     if (h->c.fd >= 0) {
         if (h->kind == HELD_PARKED && h->by_peer) {
             fdp_acceptf_ip_release(p, &h->rpeer, h->c.listener);
@@ -76,18 +113,58 @@ held_free(struct fdp_pool *p, struct fdp_held *h)
         fdp_close(&h->c.fd);
     }
     fdp_timer_stop(&p->loop, &h->timer);
-    if (h->prev) {
-        h->prev->next = h->next;
-    } else {
-        *list = h->next;
-    }
-    if (h->next) {
-        h->next->prev = h->prev;
+    if (h->armed) {
+        held_unlink(p, h);
     }
     if (h->kind == HELD_PARKED) {
-        p->nparked--;
+        kept_unlink(p, h);
     }
     free(h);
+}
+
+
+/*
+ * The end of the master's copy of a parked connection that is out of
+ * its hands (queued, or a worker's: the worker has closed its own copy
+ * before DONE, and its registration here is disarmed since the
+ * one-shot event that dispatched it): close it, no epoll_ctl. The
+ * per-address count is the queue's or the in-flight entry's business.
+ */
+static void
+kept_drop(struct fdp_pool *p, struct fdp_held *h)
+{
+    fdp_loop_forget(&p->loop, &h->io);
+    fdp_close(&h->c.fd);
+    kept_unlink(p, h);
+    free(h);
+}
+
+
+/* Close a connection that has not reached a worker: its own fd, or the
+ * master's kept copy. */
+void
+fdp_dispatch_pending_close(struct fdp_pool *p, struct fdp_pending *c)
+{
+    if (c->kept != NULL) {
+        kept_drop(p, c->kept);
+        c->kept = NULL;
+        c->fd = -1;
+    } else {
+        fdp_close(&c->fd);
+    }
+}
+
+
+/* A connection a worker had has ended (DONE, the worker's death): its
+ * per-address count, and the master's copy when it kept one. */
+void
+fdp_dispatch_inflight_end(struct fdp_pool *p, struct fdp_inflight *f)
+{
+    fdp_acceptf_inflight_done(p, f);
+    if (f->kept != NULL) {
+        kept_drop(p, f->kept);
+        f->kept = NULL;
+    }
 }
 
 
@@ -105,6 +182,26 @@ held_timeout(struct fdp_loop *loop, struct fdp_timer *t)
 }
 
 
+/* Put h on its list with a deadline of ms (its fd watched already). */
+static void
+held_arm(struct fdp_pool *p, struct fdp_held *h, uint64_t ms)
+{
+    struct fdp_held **list = held_list(p, h);
+
+    (void) fdp_timer_start(&p->loop, &h->timer, ms);
+    h->prev = NULL;
+    h->next = *list;
+    if (*list) {
+        (*list)->prev = h;
+    }
+    *list = h;
+    if (h->kind == HELD_PARKED) {
+        p->nparked++;
+    }
+    h->armed = 1;
+}
+
+
 /* Watch h (h->c filled in) for events, with a deadline of ms, and put it
  * on its list. Returns 0, or -errno from fdp_loop_add (h not linked, its
  * fd still open). */
@@ -112,7 +209,6 @@ static int
 held_start(struct fdp_pool *p, struct fdp_held *h, int kind,
            fdp_io_cb cb, uint32_t events, uint64_t ms)
 {
-    struct fdp_held **list;
     int r;
 
     h->kind = kind;
@@ -125,16 +221,14 @@ held_start(struct fdp_pool *p, struct fdp_held *h, int kind,
     if (r < 0) {
         return r;
     }
-    (void) fdp_timer_start(&p->loop, &h->timer, ms);
-    list = held_list(p, h);
-    h->next = *list;
-    if (*list) {
-        (*list)->prev = h;
-    }
-    *list = h;
     if (kind == HELD_PARKED) {
-        p->nparked++;
+        h->knext = p->kept;
+        if (p->kept) {
+            p->kept->kprev = h;
+        }
+        p->kept = h;
     }
+    held_arm(p, h, ms);
     return 0;
 }
 
@@ -182,10 +276,15 @@ fdp_dispatch_drop_channel(struct fdp_pool *p, struct fdp_worker *w)
         fdp_chan_close(&w->ch);
     }
     w->io.fd = -1;
+    /* A kept copy stays its record's: the in-flight entry hand() made
+     * ends it when the worker is reaped. */
     for (k = 0; k < w->nbatch; k++) {
-        fdp_close(&w->batchfds[k]);
+        if (!(w->batchkeep & (1u << k))) {
+            fdp_close(&w->batchfds[k]);
+        }
     }
     w->nbatch = 0;
+    w->batchkeep = 0;
 }
 
 
@@ -236,11 +335,12 @@ fdp_dispatch_send(struct fdp_pool *p, struct fdp_worker *w)
     if (w->nbatch == 0) {
         return;
     }
-    r = fdp_chan_send(&w->ch, FDP_MSG_CONN, (unsigned) w->nbatch, w->batch,
-                      (size_t) w->nbatch * sizeof(w->batch[0]), w->batchfds,
-                      w->nbatch);
+    r = fdp_chan_send_keep(&w->ch, FDP_MSG_CONN, (unsigned) w->nbatch,
+                           w->batch, (size_t) w->nbatch * sizeof(w->batch[0]),
+                           w->batchfds, w->nbatch, w->batchkeep);
     if (r == 0) {
         w->nbatch = 0;
+        w->batchkeep = 0;
         if (w->ch.head != NULL) {
             (void) fdp_loop_mod(&p->loop, &w->io, EPOLLIN | EPOLLOUT);
         }
@@ -260,6 +360,7 @@ fdp_dispatch_send(struct fdp_pool *p, struct fdp_worker *w)
             q = &p->queue[p->qhead];
             memset(q, 0, sizeof(*q));
             q->fd = w->batchfds[k];
+            q->kept = w->inflight[i].kept;
             q->listener = w->batch[k].listener;
             /* Keep what identifies it (a PROXY client, the TCP peer). */
             if (w->inflight[i].peerlen > 0) {
@@ -274,15 +375,19 @@ fdp_dispatch_send(struct fdp_pool *p, struct fdp_worker *w)
                              : sizeof(struct sockaddr_in6);
             }
             p->qlen++;
+        } else if (w->inflight[i].kept != NULL) {
+            kept_drop(p, w->inflight[i].kept);
         } else {
             fdp_close(&w->batchfds[k]);
         }
         fdp_acceptf_inflight_done(p, &w->inflight[i]);
+        w->inflight[i].kept = NULL;
         w->inflight[i].id = 0;
         w->freeidx[w->nfree++] = i;
         w->slot.active--;
     }
     w->nbatch = 0;
+    w->batchkeep = 0;
     fdp_dispatch_fault(p, w, "its channel refused a message");
 }
 
@@ -323,9 +428,11 @@ hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
     w->inflight[k].escalated = 0;
     w->inflight[k].slow_at = 0;
     w->inflight[k].listener = c->listener;
+    w->inflight[k].kept = c->kept;
     /* Remember the socket's identity for a later PARK: a plain TCP
      * connection by the peer address accept4 gave (no syscall on the hot
-     * path), anything else by fstat's dev/ino. */
+     * path), anything else by fstat's dev/ino (a kept one comes back
+     * without an fd: nothing to check). */
     w->inflight[k].by_peer = 0;
     if (!c->proxied && (c->peer.ss_family == AF_INET
                         || c->peer.ss_family == AF_INET6)
@@ -333,7 +440,7 @@ hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
         memset(&w->inflight[k].rpeer, 0, sizeof(w->inflight[k].rpeer));
         memcpy(&w->inflight[k].rpeer, &c->peer, c->peerlen);
         w->inflight[k].by_peer = 1;
-    } else {
+    } else if (c->kept == NULL) {
         struct stat st;
 
         if (fstat(c->fd, &st) == 0) {
@@ -343,7 +450,7 @@ hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
     }
     w->batch[w->nbatch].id = id;
     w->batch[w->nbatch].listener = c->listener;
-    w->batch[w->nbatch].reserved = 0;
+    w->batch[w->nbatch].flags = c->kept != NULL ? FDP_CONN_KEPT : 0;
     w->batch[w->nbatch].peerlen = 0;
     w->inflight[k].peerlen = 0;
     if (c->proxied && c->peerlen <= sizeof(w->batch[0].peer)) {
@@ -353,6 +460,11 @@ hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
         memcpy(w->inflight[k].peer, &c->peer, c->peerlen);
     }
     w->batchfds[w->nbatch] = c->fd;
+    if (c->kept != NULL) {
+        w->batchkeep |= 1u << w->nbatch;
+    } else {
+        w->batchkeep &= ~(1u << w->nbatch);
+    }
     w->nbatch++;
     w->slot.active++;
     fdp_slot_update_busy(&w->slot, fdp_wall());
@@ -452,7 +564,8 @@ queue_or_dispatch(struct fdp_pool *p, struct fdp_pending *c)
 {
     if (p->qlen > 0 || !dispatch_one(p, c)) {
         if (p->qlen == FDP_QUEUE_MAX) {
-            fdp_close(&c->fd);      /* cannot happen: accept stops first */
+            /* cannot happen: accept stops first */
+            fdp_dispatch_pending_close(p, c);
             return;
         }
         p->queue[(p->qhead + p->qlen) % FDP_QUEUE_MAX] = *c;
@@ -473,7 +586,7 @@ fdp_dispatch_admit(struct fdp_pool *p, struct fdp_pending *c)
         /* Every worker full and the queue too: no room to wait in. */
         p->af_closed[FDP_AF_OVERFLOW]++;
         fdp_acceptf_ip_release(p, &c->peer, c->listener);
-        fdp_close(&c->fd);
+        fdp_dispatch_pending_close(p, c);
         return;
     }
     queue_or_dispatch(p, c);
@@ -605,6 +718,7 @@ fdp_dispatch_listener_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         }
         p->accepted++;
         c.fd = fd;
+        c.kept = NULL;
         c.listener = (uint32_t) (l - p->listeners);
         c.proxied = 0;
         c.since_us = fdp_now_us();
@@ -633,9 +747,28 @@ fdp_dispatch_listener_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 
 
 
+/* The parked registration: one-shot, so the event that dispatches a
+ * connection also disarms it, and a PARK re-arms it (one epoll_ctl). */
+#define PARKED_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLONESHOT)
+
+
+/* Watch a kept parked connection again (its registration exists,
+ * disarmed by its last event). 0, or -errno. */
+static int
+parked_rearm(struct fdp_pool *p, struct fdp_held *k)
+{
+    k->io.events = 0;               /* force the MOD: one-shot disarmed it */
+    return fdp_loop_mod(&p->loop, &k->io, PARKED_EVENTS);
+}
+
+
 /*
  * A parked connection has bytes (a next request): dispatch it again, as
- * if just accepted. A hang-up without bytes just closes it.
+ * if just accepted. A hang-up without bytes just closes it. The master
+ * keeps its copy of the socket and its registration (disarmed by the
+ * one-shot event) while a worker serves it: the next PARK carries no fd
+ * and costs one epoll_ctl, where passing the fd back cost a check of
+ * its identity, an epoll_ctl in and one out, and a close.
  */
 static void
 parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
@@ -657,6 +790,9 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 
         if (n < 0 && (errno == EAGAIN || errno == EINTR)
             && (ev & EPOLLIN)) {
+            if (parked_rearm(p, k) < 0) {
+                held_free(p, k);
+            }
             return;
         }
         if (n <= 0) {
@@ -666,6 +802,7 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         }
     }
     c = k->c;
+    c.kept = NULL;
     c.since_us = fdp_now_us();
     if (!c.proxied && k->by_peer) {
         /* TCP: the peer address same_socket checked at PARK time (no
@@ -682,15 +819,25 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             return;
         }
     }
-    (void) fdp_loop_del(&p->loop, &k->io);
-    k->c.fd = -1;
-    held_free(p, k);
-    if (fdp_acceptf_hold(p, &c)) {
-        return;
+    if (fdp_acceptf_dispatchable(p, &c)) {
+        /* The common case: a whole request is there. The record goes
+         * with the connection (queued, then in flight) and owns fd. */
+        fdp_timer_stop(&p->loop, &k->timer);
+        held_unlink(p, k);
+        c.kept = k;
+    } else {
+        /* A partial head (or a hang-up the filter sees): the accept
+         * filter takes the socket as it takes a new one. */
+        (void) fdp_loop_del(&p->loop, &k->io);
+        k->c.fd = -1;
+        held_free(p, k);
+        if (fdp_acceptf_hold(p, &c)) {
+            return;
+        }
     }
     if (p->qlen > 0 || !dispatch_one(p, &c)) {
         if (p->qlen == FDP_QUEUE_MAX) {
-            fdp_close(&c.fd);
+            fdp_dispatch_pending_close(p, &c);
             return;
         }
         p->queue[(p->qhead + p->qlen) % FDP_QUEUE_MAX] = c;
@@ -767,6 +914,9 @@ same_socket(struct fdp_pool *p, const struct fdp_inflight *f, int fd)
  * only for an id in flight on that worker and the very socket handed
  * (see same_socket); anything else makes the worker faulty. A socket
  * whose client has gone (reset, closed) counts as done and is closed.
+ * From its first PARK on, the master keeps its copy of the socket (the
+ * CONN entries say FDP_CONN_KEPT): later PARKs of it carry no fd, and
+ * it is watched again with one epoll_ctl.
  */
 void
 fdp_dispatch_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
@@ -775,13 +925,35 @@ fdp_dispatch_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
     uint32_t k = (uint32_t) (e->id & 0xffff);
     struct fdp_held *pk;
     struct fdp_inflight f;
-    int fd = m->fds[0];
-    int same = 0;
+    int fd = m->nfds == 1 ? m->fds[0] : -1;
+    int same = 0, known;
+    uint64_t idle = e->idle_ms ? e->idle_ms : 15000;
 
     m->fds[0] = -1;
     m->nfds = 0;
-    if (k < (uint32_t) w->slot.capacity && w->inflight[k].id == e->id
-        && e->id != 0) {
+    known = k < (uint32_t) w->slot.capacity && w->inflight[k].id == e->id
+            && e->id != 0;
+    if (known && w->inflight[k].kept != NULL) {
+        /* Kept: the id alone; an fd with it breaks the protocol. */
+        if (fd >= 0) {
+            fdp_close(&fd);
+            fdp_dispatch_fault(p, w, "PARK with an fd of a kept connection");
+            return;
+        }
+        f = w->inflight[k];
+        pk = f.kept;
+        w->inflight[k].kept = NULL;
+        fdp_dispatch_served(w, k, e->bytes_in, e->bytes_out);
+        fdp_slot_update_busy(&w->slot, fdp_wall());
+        if (p->stopping || parked_rearm(p, pk) < 0) {
+            fdp_acceptf_inflight_done(p, &f);
+            kept_drop(p, pk);
+            return;
+        }
+        held_arm(p, pk, idle);
+        return;
+    }
+    if (known && fd >= 0) {
         same = same_socket(p, &w->inflight[k], fd);
     }
     if (same == 0) {
@@ -811,8 +983,7 @@ fdp_dispatch_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
     }
     pk->by_peer = f.by_peer;
     pk->rpeer = f.rpeer;
-    if (held_start(p, pk, HELD_PARKED, parked_io, EPOLLIN | EPOLLRDHUP,
-                   e->idle_ms ? e->idle_ms : 15000) < 0) {
+    if (held_start(p, pk, HELD_PARKED, parked_io, PARKED_EVENTS, idle) < 0) {
         fdp_acceptf_inflight_done(p, &f);
         fdp_close(&pk->c.fd);
         free(pk);
@@ -834,13 +1005,14 @@ fdp_dispatch_close_held(struct fdp_pool *p)
 }
 
 
-/* In a new child: close the held connections' fds (nothing else). */
+/* In a new child: close the held connections' fds (nothing else), and
+ * the master's kept copies of parked connections (queued or served). */
 void
 fdp_dispatch_close_in_child(struct fdp_pool *p)
 {
     struct fdp_held *h;
 
-    for (h = p->parked; h; h = h->next) {
+    for (h = p->kept; h; h = h->knext) {
         fdp_close(&h->c.fd);
     }
     for (h = p->proxywait; h; h = h->next) {

@@ -23,6 +23,8 @@ void fdp_dispatch_flush(struct fdp_pool *p);
 void fdp_dispatch_park(struct fdp_pool *p, struct fdp_worker *w,
                        struct fdp_msg *m);
 void fdp_dispatch_close_held(struct fdp_pool *p);
+void fdp_dispatch_pending_close(struct fdp_pool *p, struct fdp_pending *c);
+void fdp_dispatch_inflight_end(struct fdp_pool *p, struct fdp_inflight *f);
 void fdp_dispatch_close_in_child(struct fdp_pool *p);
 
 /* The worker's slot: close its channel end (and a batch not sent); mark

@@ -148,6 +148,10 @@ fdp_conn_close(struct fdp_conn *c)
         if (c->wt.s) {
             fdp_waitable_forget(&c->wt);
         }
+        if (c->shared) {
+            (void) shutdown(c->fd, SHUT_RDWR);
+            c->shared = 0;
+        }
         fdp_close(&c->fd);
     }
     if (c->tr->release != NULL && c->tr_ctx != NULL) {

@@ -69,6 +69,10 @@ struct fdp_conn {
     struct fdp_http_chunked chunked;    /* conn:readchunked in progress */
     char req[96];               /* the last request line read ("GET /x"),
                                    for --slow's log line; "": none */
+    int shared;                 /* the master holds a copy of fd (a
+                                   parked connection): closing shuts the
+                                   socket down, so its peer sees the end
+                                   now, not when the master lets go */
 };
 
 void fdp_conn_open_meta(lua_State *L);

@@ -207,12 +207,16 @@ fdp_pool_close_in_child(struct fdp_pool *p, int keep)
             fdp_chan_close(&w->ch);
         }
         for (k = 0; k < w->nbatch; k++) {
-            fdp_close(&w->batchfds[k]);
+            if (!(w->batchkeep & (1u << k))) {  /* kept: closed below */
+                fdp_close(&w->batchfds[k]);
+            }
         }
         w->nbatch = 0;
     }
     while (p->qlen > 0) {
-        fdp_close(&p->queue[p->qhead].fd);
+        if (p->queue[p->qhead].kept == NULL) {  /* kept: closed below */
+            fdp_close(&p->queue[p->qhead].fd);
+        }
         p->qhead = (p->qhead + 1) % FDP_QUEUE_MAX;
         p->qlen--;
     }
@@ -1320,7 +1324,7 @@ on_done(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
                                "DONE for a connection it was not given");
             return;
         }
-        fdp_acceptf_inflight_done(p, &w->inflight[k]);
+        fdp_dispatch_inflight_end(p, &w->inflight[k]);
         fdp_dispatch_served(w, k, d->bytes_in, d->bytes_out);
     }
     fdp_slot_update_busy(&w->slot, fdp_wall());
@@ -1545,7 +1549,7 @@ worker_gone(struct fdp_pool *p, struct fdp_worker *w, int st, char *how,
     fdp_dispatch_drop_channel(p, w);
     for (k = 0; k < w->slot.capacity && w->inflight; k++) {
         if (w->inflight[k].id != 0) {
-            fdp_acceptf_inflight_done(p, &w->inflight[k]);
+            fdp_dispatch_inflight_end(p, &w->inflight[k]);
         }
         w->inflight[k].id = 0;
     }
@@ -2383,7 +2387,7 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
     p->accepting = 0;
     if (!graceful) {
         while (p->qlen > 0) {
-            fdp_close(&p->queue[p->qhead].fd);
+            fdp_dispatch_pending_close(p, &p->queue[p->qhead]);
             p->qhead = (p->qhead + 1) % FDP_QUEUE_MAX;
             p->qlen--;
         }

@@ -56,9 +56,14 @@ struct fdp_listener {
     struct fdp_pool *pool;
 };
 
+struct fdp_held;
+
 /* A connection accepted and not yet handed to a worker. */
 struct fdp_pending {
     int fd;
+    struct fdp_held *kept;          /* a parked connection's record that
+                                     * owns fd (dispatch.c), or NULL: fd
+                                     * is this entry's own */
     int cpu;                        /* fd -1 (fdpool.sim): the CPU that
                                      * received it, -1: unknown; a real
                                      * one is asked (SO_INCOMING_CPU) */
@@ -80,6 +85,8 @@ struct fdp_inflight {
     uint32_t listener;
     uint32_t peerlen;               /* a PROXY header's client, or 0 */
     unsigned char peer[28];
+    struct fdp_held *kept;          /* the master's copy of its socket
+                                     * (parked before), or NULL */
     int escalated;                  /* 0, 1 SIGUSR2 sent, 2 SIGTERM sent */
     uint64_t slow_at;               /* --slow: ms of the next SIGUSR2 */
 };
@@ -95,6 +102,7 @@ struct fdp_worker {
     int nbatch;                     /* CONN entries waiting to be sent */
     struct fdp_conn_entry batch[FDP_BATCH_MAX];
     int batchfds[FDP_BATCH_MAX];
+    uint32_t batchkeep;             /* bit k: batchfds[k] is a kept copy */
     uint64_t spawn_at;              /* ms: respawn not before */
     uint64_t kill_at;               /* ms: SIGKILL after, 0 = no */
     uint64_t started_ms;
@@ -119,7 +127,6 @@ struct fdp_worker {
 };
 
 struct fdp_control;
-struct fdp_held;
 
 /* A forked worker runs this (as ngx_spawn_process takes its proc); it
  * never returns. worker.c's fdp_worker_main. */
@@ -254,6 +261,8 @@ struct fdp_pool {
     int notified_ready;
     struct fdp_held *parked;        /* idle connections the master holds */
     int nparked;
+    struct fdp_held *kept;          /* every socket the master keeps a
+                                     * copy of: parked, queued or served */
     uint64_t lat_counts[FDP_LAT_BUCKETS];
     double lat_sum;
     uint64_t lat_count;

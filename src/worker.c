@@ -40,6 +40,8 @@ struct fdp_wtask {
     uint64_t id;
     uint64_t started_us;
     int parked;                 /* its conn went back to the master */
+    int kept;                   /* the master kept a copy of its socket
+                                   (FDP_CONN_KEPT): PARK sends no fd */
     uint32_t status_id;         /* fdpool.status() request it waits for */
     struct fdp_wtask *status_next;
 };
@@ -208,11 +210,19 @@ task_park(struct fdp_task *tk, int fd, uint64_t bytes_in, uint64_t bytes_out,
     e.bytes_out = bytes_out;
     e.usec = (uint32_t) (fdp_now_us() - t->started_us);
     e.idle_ms = idle_ms;
-    r = fdp_chan_send(t->w->ch, FDP_MSG_PARK, 1, &e, sizeof(e), &fd, 1);
+    /* A socket the master kept a copy of goes back by its id alone: no
+     * fd to pass, check or register again (the master re-arms its own
+     * epoll registration). */
+    r = fdp_chan_send(t->w->ch, FDP_MSG_PARK, 1, &e, sizeof(e), &fd,
+                      t->kept ? 0 : 1);
     if (r < 0) {
         return r;
     }
-    /* The channel owns (and closes) the fd now. */
+    /* The channel owns (and closes) the fd now; a kept one is ours to
+     * close (the master's copy keeps the connection open). */
+    if (t->kept) {
+        fdp_close(&fd);
+    }
     t->parked = 1;
     if (t->w->ch->head != NULL) {
         (void) fdp_loop_mod(&t->w->loop, &t->w->chio, EPOLLIN | EPOLLOUT);
@@ -471,6 +481,10 @@ start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
     t->conn = fdp_conn_new(co, fd, &w->sched, w->pool->io_timeout > 0
                                               ? w->pool->io_timeout : -1);
     t->t.data = t->conn;
+    if (e->flags & FDP_CONN_KEPT) {
+        t->kept = 1;
+        t->conn->shared = 1;
+    }
     if (e->peerlen > 0 && e->peerlen <= sizeof(e->peer)) {
         fdp_conn_set_peer(t->conn, e->peer, e->peerlen);
     }
