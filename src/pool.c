@@ -1487,6 +1487,12 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             break;
         case FDP_MSG_PARK:
             fdp_dispatch_park(p, w, &m);
+            if (w->slot.capacity == 1) {
+                /* Strict prefork: nothing more comes before its next
+                 * CONN, as a rule; the channel is level-triggered, so
+                 * stopping here only saves the recvmsg that says so. */
+                goto out;
+            }
             break;
         case FDP_MSG_STATUS_REQ:
             on_status_req(p, w, &m);
@@ -1503,6 +1509,7 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             break;
         }
     }
+out:
     if (p->qlen > 0) {
         fdp_dispatch_queue(p);
     }
