@@ -687,8 +687,8 @@ conn_sendfile(lua_State *L)
  * see task.h). Only at a request boundary: nothing may be left unread
  * in our buffer. Pushes true, or nil and why.
  */
-static int
-park(lua_State *L, struct fdp_conn *c, uint32_t idle_ms)
+int
+fdp_conn_park(lua_State *L, struct fdp_conn *c, uint32_t idle_ms)
 {
     struct fdp_task *t = fdp_current_task(L);
     int r;
@@ -738,7 +738,7 @@ conn_park(lua_State *L)
     lua_Number idle = luaL_optnumber(L, 2, 15);
 
     luaL_argcheck(L, idle > 0 && idle < 86400, 2, "idle seconds out of range");
-    return park(L, c, (uint32_t) (idle * 1000.0));
+    return fdp_conn_park(L, c, (uint32_t) (idle * 1000.0));
 }
 
 

@@ -103,5 +103,8 @@ void fdp_conn_idle(struct fdp_conn *c);
 int fdp_conn_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
                   lua_KContext ctx, lua_KFunction k);
 int fdp_conn_send(lua_State *L);
+/* conn:park(idle_ms) for the task's own conn: pushes true, or nil and
+ * why (unread data, closed, tls, a channel error); returns 1 or 2. */
+int fdp_conn_park(lua_State *L, struct fdp_conn *c, uint32_t idle_ms);
 
 #endif

@@ -634,6 +634,7 @@ struct httpcfg {
     double max_body;
     lua_Integer keepalive_requests;
     int plain;                  /* no access log, no parking */
+    int park;                   /* parking, no access log: park_end */
 };
 
 
@@ -669,6 +670,10 @@ cfg_params(lua_State *L)
     p->keepalive_requests = (lua_Integer) cfg_num(L, "keepalive_requests", 0);
     lua_getfield(L, S_CFG, "plain");
     p->plain = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, S_CFG, "park");
+    p->park = lua_toboolean(L, -1) && p->keepalive_timeout > 0
+              && p->keepalive_timeout < 86400;
     lua_pop(L, 1);
     lua_rawseti(L, S_CFG, C_PARAMS);
     for (int k = K_METHOD; k < K_END; k++) {
@@ -928,6 +933,36 @@ plain_end(lua_State *L, const struct httpcfg *cp)
 }
 
 
+/*
+ * Strict prefork's plain end: the request ended the plain way (as
+ * plain_end, no access log) and the connection is idle: park it here,
+ * as http.lua's after would (conn:park with keepalive_timeout), without
+ * entering Lua. 1 when parked (the loop is over), 0 to go the usual way
+ * (after decides, and parks or keeps serving).
+ */
+static int
+park_end(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp)
+{
+    struct httpcfg plain = *cp;
+    struct fdp_task *t = fdp_current_task(L);
+    int r;
+
+    /* Only where conn:park would work (it raises elsewhere). */
+    if (!cp->park || c->rend > c->rstart || c->tr_ctx != NULL || t == NULL
+        || t->data != c || t->s->ops->park == NULL) {
+        return 0;
+    }
+    plain.plain = 1;
+    if (!plain_end(L, &plain)) {
+        return 0;
+    }
+    r = fdp_conn_park(L, c, (uint32_t) (cp->keepalive_timeout * 1000.0));
+    r = r == 1 && lua_toboolean(L, -1);
+    lua_pop(L, r ? 1 : 2);
+    return r;
+}
+
+
 static int httploop_k(lua_State *L, int status, lua_KContext ctx);
 
 
@@ -1064,6 +1099,9 @@ httploop_k(lua_State *L, int status, lua_KContext ctx)
                 status = LUA_OK;
                 httploop_next(L, c, cp);
                 break;
+            }
+            if (r && park_end(L, c, cp)) {
+                return 0;
             }
             lua_rawgeti(L, S_CFG, C_AFTER);
             lua_pushvalue(L, S_CONN);

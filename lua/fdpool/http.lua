@@ -653,7 +653,8 @@ function M.serve(fn, options)
     max_head = opts.max_head, head_timeout = opts.head_timeout,
     keepalive_timeout = opts.keepalive_timeout,
     max_body = opts.max_upload or opts.max_body,   -- the framing check (prepare)
-    keepalive_requests = opts.keepalive_requests, plain = not log and not park }
+    keepalive_requests = opts.keepalive_requests, plain = not log and not park,
+    park = park and not log }     -- parking without Lua: lhttp.c's park_end
   local handler = function(conn)
     if conn.httploop then
       local kind, a, b, c = conn:httploop(cfg)
