@@ -1,0 +1,242 @@
+-- tests/65-parking_spec.lua: keep-alive parking in strict prefork
+-- (--concurrency 1) under the real build/pool. From its first park on,
+-- the master keeps its own copy of a parked socket: later parks carry no
+-- fd, and the master re-arms its one-shot epoll registration. What a
+-- client relies on: every request on many parked connections answered,
+-- in order; a client that closes while parked (or while being served
+-- after a park) costs nothing and leaks no fd; a client that sends while
+-- its connection is being handed back, or sends its next head in pieces,
+-- is answered; an idle parked client never holds the only worker.
+
+package.path = "./tests/?.lua;" .. package.path
+local fdpool = require "fdpool"
+local H = require "helpers"
+
+-- The app: "PATH pid" for any path; /sleep?ms=N answers after N ms.
+local APP = [[
+local fdpool = require "fdpool"
+local http = require "fdpool.http"
+return http.serve(function(req, res)
+  local ms = req.path == "/sleep" and tonumber(req.query:match("ms=(%d+)"))
+  if ms then fdpool.sleep(ms / 1000) end
+  res:send(req.path .. " " .. fdpool.worker.pid .. "\n")
+end)
+]]
+
+local function get(path)
+  return "GET " .. path .. " HTTP/1.1\r\nHost: t\r\n\r\n"
+end
+
+-- A raw client: send bytes, read whole responses (Content-Length bodies).
+local C = {}
+C.__index = C
+
+local function client(addr)
+  return setmetatable({ fd = assert(fdpool.connect(addr, 10)), buf = "" }, C)
+end
+
+function C:send(s) assert(self.fd:write(s)); return self end
+
+-- status, body of the next response; nil, why at EOF or timeout.
+function C:response()
+  while true do
+    local i = self.buf:find("\r\n\r\n", 1, true)
+    if i then
+      local n = tonumber(self.buf:sub(1, i):match("\r\n[Cc]ontent%-[Ll]ength: *(%d+)"))
+      if n and #self.buf >= i + 3 + n then
+        local st = tonumber(self.buf:match("^HTTP/1%.%d (%d%d%d)"))
+        local body = self.buf:sub(i + 4, i + 3 + n)
+        self.buf = self.buf:sub(i + 4 + n)
+        return st, body
+      end
+    end
+    local d, err = self.fd:read(65536)
+    if not d then return nil, err or "closed" end
+    self.buf = self.buf .. d
+  end
+end
+
+-- true at EOF with nothing more sent
+function C:eof()
+  local d, err = self.fd:read(65536)
+  while d do
+    self.buf = self.buf .. d
+    d, err = self.fd:read(65536)
+  end
+  return err == nil and self.buf == ""
+end
+
+function C:close() pcall(self.fd.close, self.fd) end
+
+describe("parking (--concurrency 1)", function()
+  local pool, dir
+
+  setup(function()
+    dir = H.tmpdir()
+    H.writefile(dir .. "/app.lua", APP)
+    pool = H.start_pool{ script = dir .. "/app.lua", workers = 2, concurrency = 1 }
+    assert(pool.addr, pool:log())
+  end)
+
+  teardown(function()
+    if pool then pool:stop() end
+  end)
+
+  local function parked(n, what)
+    return H.wait_status(pool, function(s) return s.parked == n end, 10,
+                         what or (n .. " parked"))
+  end
+
+  it("answers every request on 40 parked connections in order, round after round, pipelined pairs too", function()
+    local N, ROUNDS = 40, 4
+    local base = H.fd_count(pool.pid)
+    local cs = {}
+    finally(function() for _, c in ipairs(cs) do c:close() end end)
+    for i = 1, N do cs[i] = client(pool.addr) end
+    for r = 1, ROUNDS do
+      -- every client sends before any reads: the master queues what the
+      -- two workers cannot take yet
+      for i, c in ipairs(cs) do
+        if i % 5 == 0 then           -- a pipelined pair: served together
+          c:send(get("/r" .. r .. "/" .. i .. "/a") .. get("/r" .. r .. "/" .. i .. "/b"))
+        else
+          c:send(get("/r" .. r .. "/" .. i))
+        end
+      end
+      for i, c in ipairs(cs) do
+        local paths = i % 5 == 0 and { "/r" .. r .. "/" .. i .. "/a", "/r" .. r .. "/" .. i .. "/b" }
+                      or { "/r" .. r .. "/" .. i }
+        for _, path in ipairs(paths) do
+          local st, body = c:response()
+          assert.equal(200, st, body)
+          assert.equal(path, body:match("^(%S+)"))
+        end
+      end
+      parked(N, ("all %d parked after round %d"):format(N, r))
+    end
+    -- one hand-off per connection and round (a pipelined pair is served
+    -- in one: park refuses while the second request is unread)
+    local st = pool:status()
+    assert.equal(N * ROUNDS, H.sum_workers(st, "served"))
+    for _, c in ipairs(cs) do c:close() end
+    cs = {}
+    H.wait_status(pool, function(s)
+      return s.parked == 0 and H.all_idle(s) and H.fd_count(pool.pid) == base
+    end, 10, "no parked connection, the master's fds back to " .. base)
+    assert.same({}, H.unexpected_errors(pool:log()))
+  end)
+
+  it("closes a client that leaves while parked, after its first park and after later ones", function()
+    local base = H.fd_count(pool.pid)
+    local closed0 = pool:status().closed_by_peer or 0
+    local a, b = client(pool.addr), client(pool.addr)
+    finally(function() a:close(); b:close() end)
+    -- a: parked once (its fd came back with PARK), then gone
+    a:send(get("/a1"))
+    assert.equal(200, (a:response()))
+    -- b: parked, served again (the master kept its copy), parked again
+    b:send(get("/b1"))
+    assert.equal(200, (b:response()))
+    parked(2)
+    b:send(get("/b2"))
+    assert.equal(200, (b:response()))
+    parked(2)
+    a:close()
+    b:close()
+    local st = H.wait_status(pool, function(s)
+      return s.parked == 0 and H.fd_count(pool.pid) == base
+    end, 10, "both closed, the master's fds back to " .. base)
+    assert.equal(closed0 + 2, st.closed_by_peer)
+  end)
+
+  it("ends a kept connection its client closes while a worker serves it, and the worker goes on", function()
+    local base = H.fd_count(pool.pid)
+    local defer = H.cleanup(finally)
+    local c = client(pool.addr)
+    defer(function() c:close() end)
+    c:send(get("/first"))
+    assert.equal(200, (c:response()))
+    parked(1)
+    -- served after a park, the client gone before the answer
+    c:send(get("/sleep?ms=200"))
+    c:close()
+    H.wait_status(pool, function(s)
+      return s.parked == 0 and H.all_idle(s) and H.fd_count(pool.pid) == base
+    end, 10, "the connection ended, the master's fds back to " .. base)
+    local d = client(pool.addr)
+    defer(function() d:close() end)
+    d:send(get("/after"))
+    local st, body = d:response()
+    assert.equal(200, st)
+    assert.equal("/after", body:match("^(%S+)"))
+  end)
+
+  it("sees the end a handler's close makes on a kept connection at once (Connection: close)", function()
+    local c = client(pool.addr)
+    finally(function() c:close() end)
+    c:send(get("/one"))
+    assert.equal(200, (c:response()))
+    parked(1)
+    c:send("GET /last HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    local st, body = c:response()
+    assert.equal(200, st)
+    assert.equal("/last", body:match("^(%S+)"))
+    assert.is_true(c:eof())
+  end)
+
+  it("answers a client that sends its next request while the connection is handed back", function()
+    -- Each client writes its next request the moment it has read an
+    -- answer: the bytes land while the worker parks the connection, or
+    -- just after the master re-armed it. 6 clients x 150 requests.
+    local cs = {}
+    finally(function() for _, c in ipairs(cs) do c:close() end end)
+    for i = 1, 6 do cs[i] = client(pool.addr) end
+    for i, c in ipairs(cs) do c:send(get("/k" .. i .. "/1")) end
+    for n = 1, 150 do
+      for i, c in ipairs(cs) do
+        local st, body = c:response()
+        assert.equal(200, st, body)
+        assert.equal("/k" .. i .. "/" .. n, body:match("^(%S+)"))
+        if n < 150 then c:send(get("/k" .. i .. "/" .. (n + 1))) end
+      end
+    end
+    parked(6)
+  end)
+
+  it("answers a parked client whose next head arrives in pieces", function()
+    local c = client(pool.addr)
+    finally(function() c:close() end)
+    c:send(get("/p1"))
+    assert.equal(200, (c:response()))
+    parked(1)
+    for n = 2, 4 do
+      c:send("GET /p" .. n .. " HTTP/1.1\r\nHo")
+      -- the master holds the partial head (the accept filter), not a worker
+      H.wait_status(pool, function(s) return s.parked == 0 and (s.pending or 0) == 1 end,
+                    10, "the partial head in the accept filter")
+      c:send("st: t\r\n\r\n")
+      local st, body = c:response()
+      assert.equal(200, st)
+      assert.equal("/p" .. n, body:match("^(%S+)"))
+      parked(1)
+    end
+  end)
+
+  it("never lets an idle parked client hold the only worker", function()
+    local defer = H.cleanup(finally)
+    local p = H.start_pool{ script = dir .. "/app.lua", workers = 1, concurrency = 1 }
+    defer(function() p:stop() end)
+    local a, b = client(p.addr), client(p.addr)
+    defer(function() a:close(); b:close() end)
+    for r = 1, 3 do
+      a:send(get("/a" .. r))
+      assert.equal(200, (a:response()))
+      -- a is idle now; b is served by the one worker meanwhile
+      b:send(get("/b" .. r))
+      local st, body = b:response()
+      assert.equal(200, st)
+      assert.equal("/b" .. r, body:match("^(%S+)"))
+    end
+    H.wait_status(p, function(s) return s.parked == 2 end, 10, "both parked")
+  end)
+end)
