@@ -352,6 +352,32 @@ kget(lua_State *L, int t, int k)
     return lua_rawget(L, t);
 }
 
+/* The head's fields as a table (lower-case names; a repeated field's
+ * values joined with ", ", RFC 9110 5.3). */
+static void
+push_fields(lua_State *L, const struct fdp_http_head *h)
+{
+    size_t i;
+
+    lua_createtable(L, 0, (int) h->nfields);
+    for (i = 0; i < h->nfields; i++) {
+        const struct fdp_http_field *f = &h->fields[i];
+
+        lua_pushlstring(L, f->name, f->name_len);
+        lua_pushvalue(L, -1);
+        if (lua_rawget(L, -3) == LUA_TSTRING) {
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, f->value, f->value_len);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushlstring(L, f->value, f->value_len);
+        }
+        lua_rawset(L, -3);
+    }
+}
+
+
 /*
  * Parse the head in [s, end) (it ends with an empty line; http_parse.c)
  * into a request table on the stack. Returns 1, or 0 with nil, an error
@@ -363,7 +389,6 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c)
 {
     struct fdp_http_head h;
     const char *q;
-    size_t i;
     int err = fdp_http_parse_head(s, (size_t) (end - s), &h);
 
     if (err < 0) {
@@ -406,23 +431,7 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c)
     lua_pushstring(L, h.minor ? "1.1" : "1.0");
     setkey(L, keyed, K_VERSION);
 
-    lua_createtable(L, 0, (int) h.nfields);
-    for (i = 0; i < h.nfields; i++) {
-        struct fdp_http_field *f = &h.fields[i];
-
-        lua_pushlstring(L, f->name, f->name_len);
-        lua_pushvalue(L, -1);
-        if (lua_rawget(L, -3) == LUA_TSTRING) {
-            /* Repeated field: combine as a list (RFC 9110 5.3). */
-            lua_pushliteral(L, ", ");
-            lua_pushlstring(L, f->value, f->value_len);
-            lua_concat(L, 3);
-        } else {
-            lua_pop(L, 1);
-            lua_pushlstring(L, f->value, f->value_len);
-        }
-        lua_rawset(L, -3);
-    }
+    push_fields(L, &h);
     setkey(L, keyed, K_HEADERS);
     return 1;
 }
@@ -467,15 +476,17 @@ readrequest_k(lua_State *L, int status, lua_KContext ctx)
 
 
 /*
- * Find a whole request head at the start of c's buffer, reading more as
- * needed: returns its length (> 0), or 0 with nil and why pushed (2
- * values). A wait yields to k with ctx; the head's whole-time limit uses
- * stack slots 3 and 4 (head_limit_arm). Empty lines before a request are
- * skipped (RFC 9112 2.2).
+ * Find a whole head at the start of c's buffer, reading more as needed:
+ * returns its length (> 0), or 0 with nil and why pushed (2 values). A
+ * peer that closes mid-head gives `truncated` (then the buffer is
+ * emptied), or with truncated NULL "closed" and the bytes left buffered
+ * for the caller. A wait yields to k with ctx; the head's whole-time
+ * limit uses stack slots 3 and 4 (head_limit_arm). Empty lines before a
+ * head are skipped (RFC 9112 2.2).
  */
 static size_t
-head_find(lua_State *L, struct fdp_conn *c, size_t max, lua_KContext ctx,
-          lua_KFunction k)
+head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
+          lua_KContext ctx, lua_KFunction k)
 {
     ssize_t n;
 
@@ -528,8 +539,11 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, lua_KContext ctx,
         }
         if (n == 0 || n == -ECONNRESET || n == -EPIPE) {
             lua_pushnil(L);
-            lua_pushstring(L, c->rend > c->rstart ? "bad request: truncated"
-                           : "closed");
+            if (truncated == NULL) {    /* the caller takes the partial */
+                lua_pushliteral(L, "closed");
+                return 0;
+            }
+            lua_pushstring(L, c->rend > c->rstart ? truncated : "closed");
             c->rstart = c->rend = 0;
             return 0;
         }
@@ -561,7 +575,7 @@ readrequest_run(lua_State *L, int status)
         lua_pushliteral(L, "timeout");
         return 2;
     }
-    hl = head_find(L, c, max, 0, readrequest_k);
+    hl = head_find(L, c, max, "bad request: truncated", 0, readrequest_k);
     if (hl == 0) {
         return 2;
     }
@@ -603,6 +617,86 @@ conn_readrequest(lua_State *L)
     fdp_conn_op_begin(c);
     fdp_task_request(L, 0);             /* waiting for a request */
     return readrequest_k(L, LUA_OK, 0);
+}
+
+
+/* ---- a client socket's response head --------------------------------- */
+
+static int
+readresponse_k(lua_State *L, int status, lua_KContext ctx)
+{
+    struct fdp_conn *c = fdp_checkconn(L);
+    struct fdp_http_head h;
+    size_t hl;
+    int err;
+
+    (void) ctx;
+    if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "timeout");
+        hl = 0;
+    } else {
+        hl = head_find(L, c, (size_t) lua_tointeger(L, 2), NULL, 0,
+                       readresponse_k);
+    }
+    if (hl == 0) {
+        /* nil, why, partial: what arrived is handed over (a caller may
+         * retry a request on a reused connection that sent nothing) */
+        lua_pushlstring(L, c->rbuf ? c->rbuf + c->rstart : "",
+                        c->rend - c->rstart);
+        c->rstart = c->rend = 0;
+        return 3;
+    }
+    err = fdp_http_parse_response(c->rbuf + c->rstart, hl, &h);
+    if (err < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, fdp_http_strerror(err));
+        lua_pushlstring(L, c->rbuf + c->rstart, hl);
+        c->rstart = c->rend = 0;
+        return 3;
+    }
+    /* room for what fdpool.http.client adds (body, reused, url) */
+    lua_createtable(L, 0, 8);
+    lua_pushinteger(L, h.status);
+    lua_setfield(L, -2, "status");
+    lua_pushlstring(L, h.reason, h.reason_len);
+    lua_setfield(L, -2, "reason");
+    lua_pushstring(L, h.minor ? "1.1" : "1.0");
+    lua_setfield(L, -2, "version");
+    push_fields(L, &h);
+    lua_setfield(L, -2, "headers");
+    c->rstart += hl;
+    return 1;
+}
+
+
+/*
+ * sock:readresponse([max_head_bytes]) -> {status, reason, version
+ * ("1.0"|"1.1"), headers (lower-case names, a repeated field's values
+ * joined with ", ")}, or nil, err, partial (the bytes of the head that
+ * came, handed over): "closed", "timeout", "header too large", "bad
+ * status line", "bad header line" (obs-fold included), "bad header
+ * value", "too many headers". The response head parsed in C
+ * (http_parse.c: lines may end in a bare LF, empty lines before it are
+ * skipped); the body stays buffered for receive(n), readchunked,
+ * readchunk. A method of fdpool.tcp() sockets (lsock.c registers it).
+ */
+int
+fdp_lhttp_readresponse(lua_State *L)
+{
+    struct fdp_conn *c = fdp_checkconn(L);
+    lua_Integer max = luaL_optinteger(L, 2, HEAD_MAX_DEFAULT);
+
+    luaL_argcheck(L, max > 0, 2, "the limit must be positive");
+    if (fdp_conn_busy(L, c, 0)) {
+        return 2;
+    }
+    lua_settop(L, 1);
+    lua_pushinteger(L, max);
+    lua_pushnil(L);                     /* slots 3, 4: no whole-head limit */
+    lua_pushnil(L);
+    fdp_conn_op_begin(c);
+    return readresponse_k(L, LUA_OK, 0);
 }
 
 
@@ -964,7 +1058,8 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         lua_pushliteral(L, "timeout");
         hl = 0;
     } else {
-        hl = head_find(L, c, cp->max_head, PH_READ, httploop_k);
+        hl = head_find(L, c, cp->max_head, "bad request: truncated", PH_READ,
+                       httploop_k);
     }
     if (lua_isnumber(L, S_LIMIT)) {     /* the head's limit ends */
         c->limit = lua_tonumber(L, S_LIMIT);
@@ -1233,11 +1328,12 @@ conn_readchunked(lua_State *L)
 
 
 /*
- * conn:readchunk(max_bytes [, start]): the chunked body piece by piece,
- * for bodies streamed through (req:body_reader): the data now buffered
- * or the next to arrive, up to the end of the current chunk; "" once the
- * body (trailers included) is over; nil, err as readchunked. start (true
- * on the first call) begins a body. max_bytes bounds the whole body.
+ * The chunked body piece by piece, for bodies streamed through
+ * (conn:readchunk for req:body_reader, sock:readchunk for the client's
+ * res:read): the data now buffered or the next to arrive, up to the end
+ * of the current chunk and at most the piece limit (stack slot 3); ""
+ * once the body (trailers included) is over; nil, err as readchunked.
+ * Slot 2 bounds the whole body.
  */
 static int
 readchunk_k(lua_State *L, int status, lua_KContext ctx)
@@ -1245,6 +1341,7 @@ readchunk_k(lua_State *L, int status, lua_KContext ctx)
     struct fdp_conn *c = fdp_checkconn(L);
     struct fdp_http_chunked *d = &c->chunked;
     uint64_t max = (uint64_t) lua_tointeger(L, 2);
+    uint64_t piece = (uint64_t) lua_tointeger(L, 3);
     ssize_t n;
 
     (void) ctx;
@@ -1278,6 +1375,9 @@ readchunk_k(lua_State *L, int status, lua_KContext ctx)
             if ((uint64_t) k > d->left) {
                 k = (size_t) d->left;
             }
+            if ((uint64_t) k > piece) {
+                k = (size_t) piece;
+            }
             if (k == 0) {
                 break;
             }
@@ -1303,19 +1403,37 @@ readchunk_k(lua_State *L, int status, lua_KContext ctx)
 }
 
 
+/* readchunk_k on the conn (or socket) at 1: max bounds the body, piece
+ * each answer; start begins a body. */
+int
+fdp_lhttp_readchunk(lua_State *L, lua_Integer max, lua_Integer piece,
+                    int start)
+{
+    struct fdp_conn *c = fdp_checkconn(L);
+
+    if (fdp_conn_busy(L, c, 0)) {
+        return 2;
+    }
+    if (start) {
+        fdp_http_chunked_init(&c->chunked);
+    }
+    lua_settop(L, 1);
+    lua_pushinteger(L, max);
+    lua_pushinteger(L, piece);
+    fdp_conn_op_begin(c);
+    return readchunk_k(L, LUA_OK, 0);
+}
+
+
+/* conn:readchunk(max_bytes [, start]): max_bytes bounds the whole body;
+ * start (true on the first call) begins one. */
 static int
 conn_readchunk(lua_State *L)
 {
-    struct fdp_conn *c = fdp_checkconn(L);
     lua_Integer max = luaL_checkinteger(L, 2);
 
     luaL_argcheck(L, max >= 0, 2, "the limit must not be negative");
-    if (lua_toboolean(L, 3)) {
-        fdp_http_chunked_init(&c->chunked);
-    }
-    lua_settop(L, 2);
-    fdp_conn_op_begin(c);
-    return readchunk_k(L, LUA_OK, 0);
+    return fdp_lhttp_readchunk(L, max, LUA_MAXINTEGER, lua_toboolean(L, 3));
 }
 
 

@@ -4,7 +4,8 @@
  * with a conn (lconn.c), so the conn's buffered I/O methods (receive,
  * send, readchunked...) serve it unchanged, through its pluggable
  * transport; this file adds connect (host names through dns.c, without
- * blocking the worker), a streaming chunked reader, and the per-worker
+ * blocking the worker), the HTTP readers of lhttp.c (readresponse: a
+ * response head; readchunk: a streaming chunked body), and the per-worker
  * pool of idle keep-alive connections keyed by host:port. Owns each
  * socket's fd (through its conn), the idle fds and the resolver.
  */
@@ -12,6 +13,7 @@
 #include "dns.h"
 #include "laux.h"
 #include "lconn.h"
+#include "lhttp.h"
 #include "lsock.h"
 
 #include <arpa/inet.h>
@@ -916,82 +918,6 @@ sock_getreusedtimes(lua_State *L)
 
 /* ---- the streaming chunked reader --------------------------------------- */
 
-static int
-readchunk_k(lua_State *L, int status, lua_KContext ctx)
-{
-    struct fdp_conn *c = &checksock(L)->c;
-    struct fdp_http_chunked *d = &c->chunked;
-    size_t max = (size_t) lua_tointeger(L, 2);
-    ssize_t n;
-
-    (void) ctx;
-    if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "timeout");
-        return 2;
-    }
-    for (;;) {
-        if (c->fd < 0) {
-            lua_pushnil(L);
-            lua_pushliteral(L, "closed");
-            return 2;
-        }
-        while (c->rend > c->rstart) {
-            size_t used = 0, k;
-            int r = fdp_http_chunked_next(d, c->rbuf + c->rstart,
-                                          c->rend - c->rstart, &used);
-
-            c->rstart += used;
-            if (r < 0) {
-                lua_pushnil(L);
-                lua_pushstring(L, fdp_http_strerror(r));
-                return 2;
-            }
-            if (r == FDP_HTTP_CHUNK_DONE) {
-                lua_pushliteral(L, "");
-                return 1;
-            }
-            if (r == FDP_HTTP_CHUNK_AGAIN) {
-                break;
-            }
-            k = c->rend - c->rstart;
-            if ((uint64_t) k > d->left) {
-                k = (size_t) d->left;
-            }
-            if (k > max) {
-                k = max;
-            }
-            if (k == 0) {
-                break;
-            }
-            lua_pushlstring(L, c->rbuf + c->rstart, k);
-            fdp_http_chunked_take(d, k);
-            c->rstart += k;
-            return 1;
-        }
-        n = fdp_conn_fill(c, 0);
-        if (n > 0) {
-            continue;
-        }
-        if (n == 0 || n == -ECONNRESET || n == -EPIPE) {
-            lua_pushnil(L);
-            lua_pushliteral(L, "closed");
-            return 2;
-        }
-        if (n != -EAGAIN) {
-            lua_pushnil(L);
-            lua_pushstring(L, strerror((int) -n));
-            return 2;
-        }
-        if (!fdp_conn_wait(L, c, EPOLLIN, 0, readchunk_k)) {
-            lua_pushnil(L);
-            lua_pushliteral(L, "timeout");
-            return 2;
-        }
-    }
-}
-
-
 /*
  * sock:readchunk([max [, first]]) -> data | "" | nil, err: the next piece
  * (at most max bytes, default 65536) of a chunked body, decoded in C;
@@ -1001,20 +927,11 @@ readchunk_k(lua_State *L, int status, lua_KContext ctx)
 static int
 sock_readchunk(lua_State *L)
 {
-    struct fdp_sock *k = checksock(L);
     lua_Integer max = luaL_optinteger(L, 2, CHUNK_PIECE);
 
+    (void) checksock(L);
     luaL_argcheck(L, max > 0, 2, "the piece size must be positive");
-    if (fdp_conn_busy(L, &k->c, 0)) {
-        return 2;
-    }
-    if (lua_toboolean(L, 3)) {
-        fdp_http_chunked_init(&k->c.chunked);
-    }
-    lua_settop(L, 1);
-    lua_pushinteger(L, max);
-    fdp_conn_op_begin(&k->c);
-    return readchunk_k(L, LUA_OK, 0);
+    return fdp_lhttp_readchunk(L, LUA_MAXINTEGER, max, lua_toboolean(L, 3));
 }
 
 
@@ -1092,6 +1009,7 @@ fdp_lsock_open(lua_State *L)
         { "setkeepalive", sock_setkeepalive },
         { "getreusedtimes", sock_getreusedtimes },
         { "readchunk", sock_readchunk },
+        { "readresponse", fdp_lhttp_readresponse },
         { "close", sock_close },
         { NULL, NULL }
     };

@@ -106,34 +106,12 @@ local function build_head(method, u, headers, body)
   return table.concat(t)
 end
 
--- Read the status line and header fields. Returns the response table,
--- or nil, err, got_bytes (whether anything at all arrived).
+-- Read the status line and header fields (parsed in C:
+-- sock:readresponse). Returns the response table, or nil, err, got_bytes
+-- (whether anything at all arrived).
 local function read_head(sock, max_head)
-  local total, line, err, partial
-  repeat
-    line, err, partial = sock:receive("l")
-    if not line then return nil, err, partial ~= nil and partial ~= "" end
-  until line ~= ""          -- tolerate empty lines before (RFC 9112 2.2)
-  total = #line
-  local major, minor, status, reason = line:match("^HTTP/(%d)%.(%d) (%d%d%d) ?(.*)$")
-  if not major or major ~= "1" then return nil, "bad status line", true end
-  local res = { status = tonumber(status), reason = reason, version = major .. "." .. minor,
-    headers = {} }
-  local h, n = res.headers, 0
-  while true do
-    line, err = sock:receive("l")
-    if not line then return nil, err, true end
-    total = total + #line + 2
-    if total > max_head then return nil, "header too large", true end
-    if line == "" then break end
-    n = n + 1
-    if n > 100 then return nil, "too many headers", true end
-    local k, v = line:match("^([%w!#$%%&'*+%-.^_`|~]+):[ \t]*(.-)[ \t]*$")
-    if not k then return nil, "bad header line", true end
-    if v:find("[%z\1-\8\10-\31\127]") then return nil, "bad header value", true end
-    k = k:lower()
-    h[k] = h[k] and (h[k] .. ", " .. v) or v
-  end
+  local res, err, partial = sock:readresponse(max_head)
+  if not res then return nil, err, partial ~= nil and partial ~= "" end
   return res
 end
 
