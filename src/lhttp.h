@@ -14,7 +14,7 @@ void fdp_lhttp_open(lua_State *L);
 /* fdpool.tcp() sockets' HTTP methods (lsock.c registers them): the
  * response head (sock:readresponse), and the streaming chunked reader
  * shared with conn:readchunk (the conn or socket at 1; max bounds the
- * whole body, piece each answer; start begins a body). */
+ * whole body, -1: no bound; piece each answer; start begins a body). */
 int fdp_lhttp_readresponse(lua_State *L);
 int fdp_lhttp_readchunk(lua_State *L, lua_Integer max, lua_Integer piece,
                         int start);

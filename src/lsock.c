@@ -922,7 +922,8 @@ sock_getreusedtimes(lua_State *L)
  * sock:readchunk([max [, first]]) -> data | "" | nil, err: the next piece
  * (at most max bytes, default 65536) of a chunked body, decoded in C;
  * "" once the body (and its trailers) ended. first = true starts a new
- * body. Errors as conn:readchunked (no "too large": nothing accumulates).
+ * body. Errors as conn:readchunked (no bound on the body: "too large"
+ * only for chunk sizes adding up past 2^64 bytes).
  */
 static int
 sock_readchunk(lua_State *L)
@@ -931,7 +932,7 @@ sock_readchunk(lua_State *L)
 
     (void) checksock(L);
     luaL_argcheck(L, max > 0, 2, "the piece size must be positive");
-    return fdp_lhttp_readchunk(L, LUA_MAXINTEGER, max, lua_toboolean(L, 3));
+    return fdp_lhttp_readchunk(L, -1, max, lua_toboolean(L, 3));
 }
 
 
