@@ -224,9 +224,9 @@ registry_obj(lua_State *L, const char *mt, const void *key, size_t size,
     struct fdp_sched *s = fdp_sched_of(L);
     struct owned *u;
 
-    /* registry[mt] is the metatable; the object sits under key. */
+    /* Only this file writes under key: a userdata there is ours. */
     lua_rawgetp(L, LUA_REGISTRYINDEX, key);
-    u = luaL_testudata(L, -1, mt);
+    u = lua_touserdata(L, -1);
     lua_pop(L, 1);
     /* A worker's scheduler is made after the fork: the same one means
      * the same process, without a getpid() per call. */
@@ -1033,6 +1033,7 @@ fdp_lsock_open(lua_State *L)
     fdp_createmeta(L, DNS_MT, rmeta, NULL);
     fdp_createmeta(L, SOCK_MT, meta, methods);
     luaL_getmetatable(L, SOCK_MT);
+    fdp_conn_tag_meta(L);
     lua_getfield(L, -1, "__index");
     luaL_getmetatable(L, FDP_CONN_MT);
     lua_getfield(L, -1, "__index");
