@@ -515,7 +515,7 @@ local function call(fn, req, res)
   local a, b, c = fn(req, res)
   if a ~= nil and not res.started then
     -- A status as a number or a numeric string ("404").
-    local code = math.tointeger(tonumber(a))
+    local code = math.type(a) == "integer" and a or math.tointeger(tonumber(a))
     if not code then
       error(("handler returned %s as the status (expected status, headers, body)")
         :format(type(a) == "string" and ("%q"):format(a) or type(a)), 0)
@@ -529,7 +529,7 @@ local function call(fn, req, res)
       error(("handler returned a %s as the body: a body is a string (use "
         .. "res:json(value) for JSON)"):format(tc), 0)
     end
-    res:send(c and tostring(c) or "")
+    res:send(tc == "string" and c or c and tostring(c) or "")
   end
   return a
 end

@@ -126,12 +126,21 @@ end
 
 -- How the body is framed: "none", "chunked", "length" (n) or "close";
 -- or nil, err for a response nobody can frame safely.
+-- Content-Length values seen lately and their numbers (a proxy sees the
+-- same few again and again); emptied when it holds 256.
+local lengths, nlengths = {}, 0
+
 local function framing(method, res)
   local s = res.status
   if method == "HEAD" or (s >= 100 and s < 200) or s == 204 or s == 304 then
     return "none"
   end
-  local te, cl = res.headers["transfer-encoding"], res.headers["content-length"]
+  local h = res.headers
+  local te, cl = h["transfer-encoding"], h["content-length"]
+  if cl and not te then
+    local n = lengths[cl]
+    if n then return "length", n end
+  end
   if te then
     if cl then return nil, "bad response: Transfer-Encoding and Content-Length" end
     local last = te:lower():match("([^,%s]+)%s*$")
@@ -140,13 +149,18 @@ local function framing(method, res)
   end
   if cl then
     if not cl:find("^%d+$") or #cl > 18 then return nil, "bad response: Content-Length" end
-    return "length", tonumber(cl)
+    local n = tonumber(cl)
+    if nlengths >= 256 then lengths, nlengths = {}, 0 end
+    lengths[cl], nlengths = n, nlengths + 1
+    return "length", n
   end
   return "close"
 end
 
 local function keepalive_ok(res)
-  local c = (res.headers.connection or ""):lower()
+  local c = res.headers.connection
+  if not c then return res.version ~= "1.0" end
+  c = c:lower()
   if res.version == "1.0" then return c:find("keep%-alive") ~= nil end
   return not c:find("close")
 end
