@@ -766,9 +766,13 @@ sock_connect(lua_State *L)
         lua_pushliteral(L, "busy");
         return 2;
     }
-    /* A connected socket lets its connection go first (as OpenResty). */
+    /* A connected socket lets its connection go first (as OpenResty).
+     * The new connection waits through the scheduler of where it is
+     * made (fdpool.http.client reuses closed socket objects, which may
+     * have been made at the top level). */
     fdp_conn_close(&k->c);
     k->c.op_pos = k->c.wpos = 0;
+    k->c.wt.s = fdp_sched_of(L);
     memcpy(k->key, key, strlen(key) + 1);
     if (pool_take(L, k, key)) {
         lua_pushboolean(L, 1);
