@@ -124,12 +124,12 @@ local function build_head(method, u, headers, body)
   return table.concat(t)
 end
 
--- How the body is framed: "none", "chunked", "length" (n) or "close";
--- or nil, err for a response nobody can frame safely.
 -- Content-Length values seen lately and their numbers (a proxy sees the
 -- same few again and again); emptied when it holds 256.
 local lengths, nlengths = {}, 0
 
+-- How the body is framed: "none", "chunked", "length" (n) or "close";
+-- or nil, err for a response nobody can frame safely.
 local function framing(method, res)
   local s = res.status
   if method == "HEAD" or (s >= 100 and s < 200) or s == 204 or s == 304 then
@@ -305,7 +305,6 @@ local function exchange(opts, method, u, head, body, deadline)
   if nspare < 16 then nspare = nspare + 1; spare[nspare] = sock end
   return res
 end
-
 
 local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
 
