@@ -520,7 +520,11 @@ local function call(fn, req, res)
       error(("handler returned %s as the status (expected status, headers, body)")
         :format(type(a) == "string" and ("%q"):format(a) or type(a)), 0)
     end
-    res:status(code)
+    if code >= 100 and code <= 999 then
+      res._status = code              -- what res:status checks, inline
+    else
+      res:status(code)                -- (raises its error)
+    end
     if type(b) == "table" then
       for k, v in pairs(b) do res:header(k, v) end
     end
