@@ -24,7 +24,8 @@ M.defaults = {
                               -- the path of a PEM CA file to trust instead
 }
 
--- A request's option k: the caller's, else M.defaults'.
+-- A request's option k: the caller's, else M.defaults' (the numeric
+-- ones are read inline: `opts.k or M.defaults.k`).
 local function opt(opts, k)
   local v = opts[k]
   if v == nil then return M.defaults[k] end
@@ -173,7 +174,11 @@ local function make_reader(sock, kind, len, keep, opts)
   local function finish(ok)
     done = true
     if ok and keep then
-      if not sock:setkeepalive(opt(opts, "keepalive_timeout"), opt(opts, "keepalive_pool")) then sock:close() end
+      local d = M.defaults
+      if not sock:setkeepalive(opts.keepalive_timeout or d.keepalive_timeout,
+        opts.keepalive_pool or d.keepalive_pool) then
+        sock:close()
+      end
     else
       sock:close()
     end
@@ -279,7 +284,7 @@ local function exchange(opts, method, u, head, body, deadline)
   end
   local res, partial
   repeat
-    res, err, partial = sock:readresponse(opt(opts, "max_head"))
+    res, err, partial = sock:readresponse(opts.max_head or M.defaults.max_head)
     if not res then
       sock:close()
       return nil, err, reused > 0 and err == "closed" and partial == ""
@@ -289,17 +294,19 @@ local function exchange(opts, method, u, head, body, deadline)
   local kind, len = framing(method, res)
   if not kind then sock:close(); return nil, len end
   local keep = kind ~= "close" and res.status ~= 101 and keepalive_ok(res)
-  if opt(opts, "stream") then
+  if opts.stream then
     sock:setdeadline(nil)
-    sock:settimeout(opt(opts, "timeout"))
+    sock:settimeout(opts.timeout or M.defaults.timeout)
     local reader = make_reader(sock, kind, len, keep, opts)
     res.read = function() return reader() end
     res.close = function() sock:close() end
     return res
   end
-  res.body, err = read_body(sock, kind, len, opt(opts, "max_body"))
+  res.body, err = read_body(sock, kind, len, opts.max_body or M.defaults.max_body)
   if not res.body then sock:close(); return nil, err end
-  if not (keep and sock:setkeepalive(opt(opts, "keepalive_timeout"), opt(opts, "keepalive_pool"))) then
+  local d = M.defaults
+  if not (keep and sock:setkeepalive(opts.keepalive_timeout or d.keepalive_timeout,
+      opts.keepalive_pool or d.keepalive_pool)) then
     sock:close()
   end
   if nspare < 16 then nspare = nspare + 1; spare[nspare] = sock end
@@ -340,7 +347,7 @@ function M.request(opts)
   local follow = opts.follow_redirects
   local max_redirects = follow == true and M.defaults.max_redirects
     or (type(follow) == "number" and follow) or 0
-  local deadline = fdpool.now() + opt(opts, "timeout")
+  local deadline = fdpool.now() + (opts.timeout or M.defaults.timeout)
   local hops = 0
   while true do
     local u, err = parse_url_cached(url)
