@@ -17,9 +17,17 @@
 #include <lauxlib.h>
 
 #define SHDICT_MT   "fdpool.shdict"
+#define VIEW_MT     "fdpool.shdict.view"
 
+/*
+ * fdpool.shared.NAME is a table holding its methods directly (so
+ * `dict:get(k)` is one table hit, not a metatable's __index), each a C
+ * closure whose upvalue is the view (a full userdata, struct lshd, with
+ * its own __gc). The table's metatable is SHDICT_MT (__name, __tostring).
+ */
 struct lshd {
     struct fdp_shd d;
+    const void *self;           /* the dictionary's table (lua_topointer) */
     char name[32];
     uint32_t size;
     /* FDPOOL_TEST_SHARED_DIE=OP:N:KEY (tests only): _exit at the N-th
@@ -30,24 +38,57 @@ struct lshd {
 };
 
 
-/* The dictionary at 1. Each method has the metatable as its upvalue:
- * comparing with it skips luaL_checkudata's registry lookup by name,
- * a tenth of a get's time. */
+/* The view behind a dictionary table at idx (any dictionary), or NULL:
+ * its `capacity` method's upvalue. Leaves the stack as it was. */
 static struct lshd *
+view_of(lua_State *L, int idx)
+{
+    struct lshd *s = NULL;
+
+    if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) {
+        return NULL;
+    }
+    luaL_getmetatable(L, SHDICT_MT);
+    if (lua_rawequal(L, -1, -2)) {
+        lua_pushliteral(L, "capacity");
+        lua_rawget(L, idx < 0 ? idx - 3 : idx);
+        if (lua_tocfunction(L, -1) != NULL
+            && lua_getupvalue(L, -1, 1) != NULL) {
+            s = luaL_testudata(L, -1, VIEW_MT);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
+    return s;
+}
+
+
+/* The dictionary at 1: the closure's own (one pointer compare), or
+ * another dictionary's table (its method called on the wrong one still
+ * works, as with a shared metatable); anything else raises
+ * "fdpool.shdict expected". */
+static struct lshd *
+check_slow(lua_State *L)
+{
+    struct lshd *s = view_of(L, 1);
+
+    if (s == NULL) {
+        luaL_typeerror(L, 1, SHDICT_MT);
+    }
+    return s;
+}
+
+
+static inline struct lshd *
 check(lua_State *L)
 {
-    void *u = lua_touserdata(L, 1);
+    struct lshd *s = lua_touserdata(L, lua_upvalueindex(1));
 
-    if (u != NULL && lua_getmetatable(L, 1)) {
-        int same = lua_rawequal(L, -1, lua_upvalueindex(1));
-
-        lua_pop(L, 1);
-        if (same) {
-            return u;
-        }
+    if (lua_topointer(L, 1) == s->self) {
+        return s;
     }
-    luaL_typeerror(L, 1, SHDICT_MT);
-    return NULL;
+    return check_slow(L);
 }
 
 
@@ -452,17 +493,17 @@ shd_free_space(lua_State *L)
 static int
 shd_tostring(lua_State *L)
 {
-    struct lshd *s = check(L);
+    struct lshd *s = view_of(L, 1);
 
-    lua_pushfstring(L, "fdpool.shdict (%s)", s->name);
+    lua_pushfstring(L, "fdpool.shdict (%s)", s ? s->name : "?");
     return 1;
 }
 
 
 static int
-shd_gc(lua_State *L)
+view_gc(lua_State *L)
 {
-    fdp_shd_detach(&check(L)->d);
+    fdp_shd_detach(&((struct lshd *) luaL_checkudata(L, 1, VIEW_MT))->d);
     return 0;
 }
 
@@ -501,18 +542,16 @@ fdp_lshared_open(lua_State *L, struct fdp_pool *p)
         { "capacity", shd_capacity }, { "free_space", shd_free_space },
         { NULL, NULL }
     };
-    static const luaL_Reg meta[] = {
-        { "__tostring", shd_tostring }, { "__gc", shd_gc }, { NULL, NULL }
-    };
     int i;
 
     if (luaL_newmetatable(L, SHDICT_MT)) {
-        lua_pushvalue(L, -1);
-        luaL_setfuncs(L, meta, 1);
-        lua_newtable(L);
-        lua_pushvalue(L, -2);
-        luaL_setfuncs(L, methods, 1);
-        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, shd_tostring);
+        lua_setfield(L, -2, "__tostring");
+    }
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, VIEW_MT)) {
+        lua_pushcfunction(L, view_gc);
+        lua_setfield(L, -2, "__gc");
     }
     lua_pop(L, 1);
     lua_newtable(L);
@@ -526,10 +565,16 @@ fdp_lshared_open(lua_State *L, struct fdp_pool *p)
             lua_pop(L, 1);
             continue;
         }
-        luaL_setmetatable(L, SHDICT_MT);
+        luaL_setmetatable(L, VIEW_MT);
         snprintf(s->name, sizeof(s->name), "%s", z->name);
         s->size = (uint32_t) z->size;
         read_knob(s);
+        /* the dictionary's table: its methods, each with the view */
+        lua_createtable(L, 0, (int) FDP_NELEM(methods));
+        lua_insert(L, -2);
+        luaL_setfuncs(L, methods, 1);
+        s->self = lua_topointer(L, -1);
+        luaL_setmetatable(L, SHDICT_MT);
         lua_setfield(L, -2, z->name);
     }
     lua_setfield(L, -2, "shared");
