@@ -74,6 +74,9 @@ struct shd_hdr {
     uint32_t jn;                /* journal records of the op in progress */
     uint32_t jover;             /* the journal overflowed: flush on death */
     uint32_t op;                /* FDP_SHD_OP_FLUSH while flushing */
+    /* the LRU move in progress (lru_touch): its entry (0: none), and
+     * what it was linked to; enough to put it back (recover) */
+    uint32_t mv_e, mv_p, mv_n, mv_head;
     uint32_t pad1;
     uint64_t flushes, repairs;
 };
@@ -100,30 +103,37 @@ r32(struct fdp_shd *d, uint32_t off)
 
 
 /* The one way an operation writes metadata: journal the old value, then
- * write. The compiler barriers keep the journal record ahead of the
- * write (a process killed between the two leaves a usable record). */
-static void
+ * write (a write that changes nothing is skipped: nothing to undo). The
+ * compiler barriers keep the journal record ahead of the write (a
+ * process killed between the two leaves a usable record). Once the
+ * journal is full, jover says so (a death then flushes). */
+static inline void
 w32(struct fdp_shd *d, uint32_t off, uint32_t v)
 {
     struct shd_hdr *h = hdr(d);
     volatile uint32_t *p = (volatile uint32_t *) (void *) (d->base + off);
-    uint32_t n = h->jn;
+    uint32_t n = h->jn, old = *p;
 
-    if (n < d->jcap && !h->jover) {
-        volatile struct shd_rec *rec = (volatile struct shd_rec *) (void *)
-                                       (d->base + d->journal);
+    if (old != v) {
+        if (n < d->jcap) {
+            volatile struct shd_rec *rec = (volatile struct shd_rec *)
+                                           (void *) (d->base + d->journal);
 
-        rec[n].off = off;
-        rec[n].old = *p;
+            rec[n].off = off;
+            rec[n].old = old;
+            __atomic_signal_fence(__ATOMIC_SEQ_CST);
+            h->jn = n + 1;
+        } else {
+            h->jover = 1;
+        }
         __atomic_signal_fence(__ATOMIC_SEQ_CST);
-        h->jn = n + 1;
-    } else {
-        h->jover = 1;
+        *p = v;
     }
-    __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    *p = v;
-    if (d->die_op != 0 && d->die_op == d->op && ++d->nwrites == d->die_at) {
-        _exit(86);              /* the test knob: die holding the lock */
+    /* the test knob: die holding the lock after this write (counted
+     * whether it changed anything or not) */
+    if (__builtin_expect(d->die_op != 0, 0) && d->die_op == d->op
+        && ++d->nwrites == d->die_at) {
+        _exit(86);
     }
 }
 
@@ -195,7 +205,7 @@ bad(struct fdp_shd *d)
 
 /* A block at blk: aligned, inside the heap, its tag valid. Returns its
  * order (0: not a block). want_free: -1 any, 0 in use, 1 free. */
-static uint32_t
+static inline uint32_t
 blk_order(struct fdp_shd *d, uint32_t blk, int want_free)
 {
     uint32_t tag, o;
@@ -216,7 +226,7 @@ blk_order(struct fdp_shd *d, uint32_t blk, int want_free)
 
 /* An entry at e (0 is "none", valid): in a used block, its lengths
  * inside the block. */
-static int
+static inline int
 ent_ok(struct fdp_shd *d, uint32_t e)
 {
     uint32_t o;
@@ -239,6 +249,20 @@ static int
 free_ok(struct fdp_shd *d, uint32_t blk, uint32_t o)
 {
     return blk == 0 || blk_order(d, blk, 1) == o || bad(d);
+}
+
+
+/* A link to an entry whose list fields alone are read or written (the
+ * LRU neighbours): 0, or where an entry can start (a block's offset + 8)
+ * so its head lies inside the heap. What it links is checked when an
+ * operation reads the entry itself (ent_ok). */
+static inline int
+link_ok(struct fdp_shd *d, uint32_t e)
+{
+    uint32_t rel = e - d->heap - 8;
+
+    return e == 0 || ((rel & 63u) == 0 && rel < d->heapend - d->heap)
+           || bad(d);
 }
 
 
@@ -362,6 +386,7 @@ format_data(struct fdp_shd *d)
     }
     h->jn = 0;
     h->jover = 0;
+    h->mv_e = 0;
     h->flushes++;
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     h->op = 0;
@@ -382,6 +407,8 @@ journal_off_ok(struct fdp_shd *d, uint32_t off)
 }
 
 
+static int lru_undo(struct fdp_shd *d);
+
 /* The last locker died inside an operation: undo it from the journal (1),
  * or flush when that cannot be trusted (2). */
 static void
@@ -391,7 +418,8 @@ recover(struct fdp_shd *d)
     struct shd_rec *rec = (struct shd_rec *) (void *) (d->base + d->journal);
     uint32_t n = h->jn, i;
 
-    if (h->op != 0 || h->jover || n > d->jcap) {
+    if (h->op != 0 || h->jover || n > d->jcap
+        || (h->mv_e != 0 && lru_undo(d) < 0)) {
         format_data(d);
         d->recovered = 2;
         return;
@@ -428,8 +456,18 @@ lock(struct fdp_shd *d, int op)
         if (r != EBUSY) {
             break;
         }
+        /* wait reading the lock word (it stays in this CPU's cache) and
+         * try again once it looks free: a failed trylock writes the
+         * line and takes it away from the holder */
+        do {
 #if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
+            __builtin_ia32_pause();
+#endif
+#ifdef __GLIBC__
+        } while (++i < 100 && __atomic_load_n(&h->lock.m.__data.__lock,
+                                              __ATOMIC_RELAXED) != 0);
+#else
+        } while (0);
 #endif
     }
     if (r == EBUSY) {
@@ -442,7 +480,7 @@ lock(struct fdp_shd *d, int op)
         (void) pthread_mutex_consistent(&h->lock.m);
     } else if (r != 0) {
         return -EIO;            /* ENOTRECOVERABLE, or a scribbled mutex */
-    } else if (h->jn != 0 || h->op != 0 || h->jover) {
+    } else if (h->jn != 0 || h->op != 0 || h->jover || h->mv_e != 0) {
         recover(d);             /* cannot happen but by a scribble */
     }
     d->op = op;
@@ -567,53 +605,117 @@ set_exp(struct fdp_shd *d, uint32_t e, double ttl, uint64_t now)
 }
 
 
-static void
+static inline void
 lru_remove(struct fdp_shd *d, uint32_t e)
 {
     uint32_t p = r32(d, e + E_LPREV), n = r32(d, e + E_LNEXT);
 
-    if (!ent_ok(d, p) || !ent_ok(d, n)) {
+    if (!link_ok(d, p) || !link_ok(d, n)) {
         return;
     }
-    if (p) {
-        w32(d, p + E_LNEXT, n);
-    } else {
-        w32(d, HOFF(lru_head), n);
-    }
-    if (n) {
-        w32(d, n + E_LPREV, p);
-    } else {
-        w32(d, HOFF(lru_tail), p);
-    }
+    w32(d, p ? p + E_LNEXT : HOFF(lru_head), n);
+    w32(d, n ? n + E_LPREV : HOFF(lru_tail), p);
 }
 
 
-static void
+static inline void
 lru_push(struct fdp_shd *d, uint32_t e)
 {
     uint32_t head = r32(d, HOFF(lru_head));
 
-    if (!ent_ok(d, head)) {
+    if (!link_ok(d, head)) {
         return;
     }
     w32(d, e + E_LPREV, 0);
     w32(d, e + E_LNEXT, head);
-    if (head) {
-        w32(d, head + E_LPREV, e);
-    } else {
-        w32(d, HOFF(lru_tail), e);
-    }
+    w32(d, head ? head + E_LPREV : HOFF(lru_tail), e);
     w32(d, HOFF(lru_head), e);
 }
 
 
-static void
+/* The test knob's count of a write made outside w32() (lru_touch). */
+static inline void
+knob(struct fdp_shd *d)
+{
+    if (__builtin_expect(d->die_op != 0, 0) && d->die_op == d->op
+        && ++d->nwrites == d->die_at) {
+        _exit(86);
+    }
+}
+
+
+static inline void
+st32(struct fdp_shd *d, uint32_t off, uint32_t v)
+{
+    *(volatile uint32_t *) (void *) (d->base + off) = v;
+    knob(d);
+}
+
+
+/*
+ * Move e to the head of the LRU list (a get, or a value rewritten in
+ * place). Not through the journal: the header first records e and what
+ * it was linked to (its neighbours, the old head), then the six links
+ * are written directly; a death in between is undone by lru_undo() from
+ * that record alone. Called only where no journaled write of the same
+ * operation touched the list before it, so undoing the journal after
+ * the move completed still leaves a whole list (e merely at the head).
+ */
+static inline void
 lru_touch(struct fdp_shd *d, uint32_t e)
 {
-    if (r32(d, HOFF(lru_head)) != e) {
-        lru_remove(d, e);
-        lru_push(d, e);
+    struct shd_hdr *h = hdr(d);
+    uint32_t head = h->lru_head, p, n;
+
+    if (head == e) {
+        return;
     }
+    p = r32(d, e + E_LPREV);
+    n = r32(d, e + E_LNEXT);
+    if (p == 0 || !link_ok(d, p) || !link_ok(d, n) || !link_ok(d, head)) {
+        bad(d);                 /* not the head, so it has a previous */
+        return;
+    }
+    h->mv_p = p;
+    h->mv_n = n;
+    h->mv_head = head;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    h->mv_e = e;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    st32(d, p + E_LNEXT, n);
+    st32(d, n ? n + E_LPREV : HOFF(lru_tail), p);
+    st32(d, e + E_LPREV, 0);
+    st32(d, e + E_LNEXT, head);
+    st32(d, head + E_LPREV, e);
+    st32(d, HOFF(lru_head), e);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    h->mv_e = 0;
+}
+
+
+/* A death inside lru_touch: put e back between its neighbours and the
+ * old head back first. 0, or -1 when the record is not believable. */
+static int
+lru_undo(struct fdp_shd *d)
+{
+    struct shd_hdr *h = hdr(d);
+    uint32_t e = h->mv_e, p = h->mv_p, n = h->mv_n, head = h->mv_head;
+
+    if (e == 0 || p == 0 || head == 0 || !link_ok(d, e) || !link_ok(d, p)
+        || !link_ok(d, n) || !link_ok(d, head) || d->corrupt) {
+        d->corrupt = 0;
+        return -1;
+    }
+    *(volatile uint32_t *) (void *) (d->base + head + E_LPREV) = 0;
+    *(volatile uint32_t *) (void *) (d->base + e + E_LPREV) = p;
+    *(volatile uint32_t *) (void *) (d->base + e + E_LNEXT) = n;
+    *(volatile uint32_t *) (void *) (d->base + p + E_LNEXT) = e;
+    *(volatile uint32_t *) (void *) (d->base + (n ? n + E_LPREV
+                                                : HOFF(lru_tail))) = e;
+    h->lru_head = head;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    h->mv_e = 0;
+    return 0;
 }
 
 
@@ -929,7 +1031,9 @@ fdp_shd_set(struct fdp_shd *d, int mode, const char *key, size_t klen,
         w32(d, e + E_FLAGS, v->flags);
         put_num(d, e, v);
         set_exp(d, e, ttl, now);
-        put_value(d, e, klen, v, vlen);
+        if (vlen && memcmp(d->base + e + E_SIZE + klen, v->s, vlen) != 0) {
+            put_value(d, e, klen, v, vlen);
+        }
         lru_touch(d, e);
     } else {
         r = ent_insert(d, key, klen, hash, v, ttl, now, evicted, e);

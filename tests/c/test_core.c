@@ -1932,10 +1932,14 @@ test_shdict_owner_dead(void)
      * same size (rewritten in place), then a longer one (a new block) */
     for (i = 0; i < 2; i++) {
         dead = good = 0;
-        shd_new_value = i == 0 ? "new-value" : "a-new-value-much-longer-than-"
+        /* (unchanged words are not written: a new value that differs in
+         * every byte, and "a" not the most recently used, so the set
+         * also moves it in the LRU list) */
+        shd_new_value = i == 0 ? "NEW-VALUE" : "a-new-value-much-longer-than-"
                         "the-old-one-so-it-needs-another-block";
         for (at = 1; at <= 80; at++) {
             fdp_shd_set(&d, 0, "a", 1, &v, 0, &ev);
+            fdp_shd_set(&d, 0, "k0", 2, &v, 0, &ev);
             if (shd_die_in(&d, FDP_SHD_OP_SET, (uint32_t) at) != 86) {
                 break;                  /* the set had fewer writes */
             }
@@ -1951,6 +1955,7 @@ test_shdict_owner_dead(void)
     test_cond("shdict: the other keys survived", shd_get_str(&d, "k0",
               "old-value") && shd_get_str(&d, "k49", "old-value"));
     fdp_shd_set(&d, 0, "n", 1, &n, 0, &ev);
+    fdp_shd_set(&d, 0, "k0", 2, &v, 0, &ev);
     test_cond("shdict: an incr killed inside is undone",
               shd_die_in(&d, FDP_SHD_OP_INCR, 2) == 86
               && fdp_shd_get(&d, "n", 1, &out, NULL) == 1
