@@ -36,8 +36,10 @@ local function loop(d, op, n, now)
     for i = 1, n do d:set(keys[i % 1000 + 1], "value") end
   elseif op == "capacity" then          -- the floor: a method call, no lock
     for i = 1, n do local c = d:capacity() end
-  else
-    for i = 1, n do d:incr(keys[i % 1000 + 1], 1, 0) end
+  else                                  -- counters of their own (keys hold strings)
+    local nkeys = {}
+    for i = 1, 1000 do nkeys[i] = "num" .. i end
+    for i = 1, n do d:incr(nkeys[i % 1000 + 1], 1, 0) end
   end
   return now() - t0
 end

@@ -1976,6 +1976,90 @@ test_shdict_owner_dead(void)
 }
 
 
+/* get_keys' order (most recently used first) as one string. */
+static void
+cat_key(void *ud, const char *key, size_t klen)
+{
+    char *b = ud;
+    size_t n = strlen(b);
+
+    if (n + klen + 2 < 256) {
+        memcpy(b + n, key, klen);
+        b[n + klen] = ',';
+        b[n + klen + 1] = '\0';
+    }
+}
+
+
+/* A get moves its entry to the head of the LRU list outside the journal
+ * (its own undo record): a child killed after each of the move's writes
+ * leaves a list the next locker puts back exactly as it was. */
+static void
+test_shdict_get_deaths(void)
+{
+    size_t size = 64 * 1024;
+    void *m = shd_map(size);
+    struct fdp_shd d;
+    struct fdp_shd_val v = sval("value"), out;
+    char key[16], before[256], after[256];
+    int i, ev, at, dead = 0, good = 0;
+
+    fdp_shd_format(m, size);
+    fdp_shd_attach(&d, m, size);
+    for (i = 0; i < 10; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        fdp_shd_set(&d, 0, key, strlen(key), &v, 0, &ev);
+    }
+    for (at = 1; at <= 20; at++) {
+        pid_t pid;
+        int st = 0;
+
+        before[0] = after[0] = '\0';
+        fdp_shd_keys(&d, 0, cat_key, before);
+        pid = fork();
+        if (pid == 0) {
+            d.die_op = FDP_SHD_OP_GET;
+            d.die_at = (uint32_t) at;
+            (void) fdp_shd_get(&d, at % 2 ? "k3" : "k0", 2, &out, NULL);
+            _exit(0);
+        }
+        waitpid(pid, &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 86) {
+            break;                      /* the move had fewer writes */
+        }
+        dead++;
+        if (fdp_shd_check(&d) == 0 && d.recovered == 1
+            && fdp_shd_keys(&d, 0, cat_key, after) == 10
+            && strcmp(before, after) == 0) {
+            good++;
+        }
+    }
+    test_cond("shdict: a get killed inside its LRU move is undone",
+              dead == 6 && good == dead);
+    test_cond("shdict: a get still moves its entry first",
+              shd_get_str(&d, "k3", "value")
+              && (after[0] = '\0', fdp_shd_keys(&d, 1, cat_key, after) == 1)
+              && strcmp(after, "k3,") == 0);
+    /* a scribbled move record is not believed: flushed, not followed */
+    fdp_shd_set(&d, 0, "k3", 2, &v, 0, &ev);
+    if (fork() == 0) {
+        d.die_op = FDP_SHD_OP_GET;
+        d.die_at = 2;
+        (void) fdp_shd_get(&d, "k5", 2, &out, NULL);
+        _exit(0);
+    }
+    wait(NULL);
+    /* the header's mv_p (shdict.c: the mutex's 64 bytes, 4 words, used,
+     * nkeys, the LRU ends, 21 free lists, jn, jover, op, mv_e, mv_p) */
+    ((uint32_t *) m)[(64 + 4 * (4 + 4 + 21 + 4))  / 4] = 12345;
+    test_cond("shdict: a bad move record flushes",
+              fdp_shd_get(&d, "k5", 2, &out, NULL) == 0 && d.recovered == 2
+              && fdp_shd_check(&d) == 0);
+    fdp_shd_detach(&d);
+    munmap(m, size);
+}
+
+
 /* Random operations, each in a child killed at a random write (or
  * finishing): after every one the whole structure checks out, and the
  * key holds either its value from before or the new one, whole. */
@@ -2160,6 +2244,7 @@ main(void)
     test_shdict_values();
     test_shdict_lru();
     test_shdict_owner_dead();
+    test_shdict_get_deaths();
     test_shdict_random_deaths();
     test_shdict_corrupt();
     test_cond("no fd leaked by the whole run", fd_count() == before);
