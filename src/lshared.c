@@ -18,6 +18,8 @@
 
 #define SHDICT_MT   "fdpool.shdict"
 #define VIEW_MT     "fdpool.shdict.view"
+#define SHD_VCACHE  4096        /* get's cached strings, per dictionary */
+#define SHD_VCMAX   40          /* only short (interned) strings */
 
 /*
  * fdpool.shared.NAME is a table holding its methods directly (so
@@ -35,6 +37,11 @@ struct lshd {
     int die_op;
     uint32_t die_at;
     char die_key[64];
+    /* get's string cache: the get closure's second upvalue is a table
+     * of the Lua string last pushed for each entry (by its offset),
+     * reused when its bytes are the value's, so a hot short value is not
+     * interned again; emptied (a new table) after SHD_VCACHE misses */
+    uint32_t vcn;
 };
 
 
@@ -232,7 +239,28 @@ shd_get(lua_State *L)
         lua_pushnil(L);
         return 1;
     }
-    push_val(L, &v);
+    if (v.type == FDP_SHD_STRING && v.len <= SHD_VCMAX) {
+        size_t n;
+        const char *c;
+
+        if (lua_rawgeti(L, lua_upvalueindex(2), v.at) == LUA_TSTRING
+            && (c = lua_tolstring(L, -1, &n), n == v.len)
+            && memcmp(c, v.s, n) == 0) {
+            goto pushed;
+        }
+        lua_pop(L, 1);
+        if (++s->vcn > SHD_VCACHE) {
+            lua_createtable(L, 0, SHD_VCACHE);
+            lua_replace(L, lua_upvalueindex(2));
+            s->vcn = 1;
+        }
+        lua_pushlstring(L, v.s, v.len);
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, lua_upvalueindex(2), v.at);
+    } else {
+        push_val(L, &v);
+    }
+pushed:
     if (v.flags != 0) {
         lua_pushinteger(L, v.flags);
         return 2;
@@ -573,6 +601,12 @@ fdp_lshared_open(lua_State *L, struct fdp_pool *p)
         lua_createtable(L, 0, (int) FDP_NELEM(methods));
         lua_insert(L, -2);
         luaL_setfuncs(L, methods, 1);
+        lua_getfield(L, -1, "capacity");
+        lua_getupvalue(L, -1, 1);       /* the view again */
+        lua_createtable(L, 0, 64);
+        lua_pushcclosure(L, shd_get, 2);
+        lua_setfield(L, -3, "get");
+        lua_pop(L, 1);
         s->self = lua_topointer(L, -1);
         luaL_setmetatable(L, SHDICT_MT);
         lua_setfield(L, -2, z->name);

@@ -967,6 +967,7 @@ fdp_shd_get(struct fdp_shd *d, const char *key, size_t klen,
             memcpy(d->scratch, d->base + e + E_SIZE + klen, n);
             v->s = d->scratch;
             v->len = n;
+            v->at = e;
         }
         lru_touch(d, e);
         r = 1;

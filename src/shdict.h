@@ -43,6 +43,7 @@ struct fdp_shd_val {
     const char *s;              /* STRING (get: the view's scratch copy) */
     size_t len;
     uint32_t flags;
+    uint32_t at;                /* get: the entry's offset (a cache hint) */
 };
 
 /* A process's view of one mapping: the layout is computed from the size
