@@ -121,8 +121,17 @@ check_key(lua_State *L, int idx, size_t *len, struct lshd *s, int op)
 static void
 check_value(lua_State *L, int idx, struct fdp_shd_val *v)
 {
-    memset(v, 0, sizeof(*v));
+    v->i = 0;
+    v->n = 0;
+    v->s = NULL;
+    v->len = 0;
+    v->flags = 0;
     switch (lua_type(L, idx)) {
+    case LUA_TSTRING:
+        v->type = FDP_SHD_STRING;
+        v->s = lua_tolstring(L, idx, &v->len);
+        luaL_argcheck(L, v->len < 0x7fffffff, idx, "value too long");
+        break;
     case LUA_TNONE:
     case LUA_TNIL:
         v->type = FDP_SHD_NIL;
@@ -140,15 +149,30 @@ check_value(lua_State *L, int idx, struct fdp_shd_val *v)
             v->n = (double) lua_tonumber(L, idx);
         }
         break;
-    case LUA_TSTRING:
-        v->type = FDP_SHD_STRING;
-        v->s = lua_tolstring(L, idx, &v->len);
-        luaL_argcheck(L, v->len < 0x7fffffff, idx, "value too long");
-        break;
     default:
         luaL_argerror(L, idx, lua_pushfstring(L, "bad value type (string, "
                       "number, boolean or nil expected, got %s)",
                       luaL_typename(L, idx)));
+    }
+}
+
+
+/* A number argument of incr (raises "number expected" for others). */
+static void
+check_num(lua_State *L, int idx, struct fdp_shd_val *v)
+{
+    v->s = NULL;
+    v->len = 0;
+    v->flags = 0;
+    if (lua_isinteger(L, idx)) {
+        v->type = FDP_SHD_INTEGER;
+        v->i = (int64_t) lua_tointeger(L, idx);
+        v->n = 0;
+    } else {
+        luaL_checktype(L, idx, LUA_TNUMBER);
+        v->type = FDP_SHD_NUMBER;
+        v->n = (double) lua_tonumber(L, idx);
+        v->i = 0;
     }
 }
 
@@ -278,8 +302,9 @@ set_mode(lua_State *L, int mode)
     size_t klen;
     const char *key = check_key(L, 2, &klen, s, FDP_SHD_OP_SET);
     struct fdp_shd_val v;
-    double ttl = opt_ttl(L, 4);
-    lua_Integer flags = luaL_optinteger(L, 5, 0);
+    int top = lua_gettop(L);
+    double ttl = top >= 4 ? opt_ttl(L, 4) : 0;
+    lua_Integer flags = top >= 5 ? luaL_optinteger(L, 5, 0) : 0;
     int ev = 0, r;
 
     check_value(L, 3, &v);
@@ -356,17 +381,16 @@ shd_incr(lua_State *L)
     const char *key = check_key(L, 2, &klen, s, FDP_SHD_OP_INCR);
     struct fdp_shd_val by, init, out;
     double ttl;
+    int top = lua_gettop(L), has_init = top >= 4 && !lua_isnil(L, 4);
     int ev = 0, r;
 
-    luaL_checktype(L, 3, LUA_TNUMBER);
-    check_value(L, 3, &by);
-    if (!lua_isnoneornil(L, 4)) {
-        luaL_checktype(L, 4, LUA_TNUMBER);
-        check_value(L, 4, &init);
+    check_num(L, 3, &by);
+    if (has_init) {
+        check_num(L, 4, &init);
     }
-    ttl = opt_ttl(L, 5);
-    r = fdp_shd_incr(&s->d, key, klen, &by, lua_isnoneornil(L, 4) ? NULL
-                     : &init, ttl, &out, &ev);
+    ttl = top >= 5 ? opt_ttl(L, 5) : 0;
+    r = fdp_shd_incr(&s->d, key, klen, &by, has_init ? &init : NULL, ttl,
+                     &out, &ev);
     note(s, r);
     if (r < 0) {
         lua_pushnil(L);
