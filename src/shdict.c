@@ -32,7 +32,7 @@
 #include <string.h>
 
 #define SHD_MAGIC       0x66647368u     /* "fdsh" */
-#define SHD_VERSION     1u
+#define SHD_VERSION     2u      /* 2: the hot header line, the LRU move record */
 #define TAG             0xb10c0000u
 #define TAG_FREE        0x100u
 #define MINORD          6               /* 64-byte blocks */
@@ -64,12 +64,9 @@ struct shd_hdr {
         pthread_mutex_t m;
         char line[64];
     } lock;
-    uint32_t magic, version, size, pad0;
-    /* the fields below are written through the journal */
-    uint32_t used;              /* bytes of blocks holding entries */
-    uint32_t nkeys;
-    uint32_t lru_head, lru_tail;    /* head: most recently used */
-    uint32_t freelist[MAXORD + 1];
+    /* the next line holds what every operation touches, so a lock
+     * handed between workers brings one line of header with it */
+    uint32_t magic, version, size;
     /* not journaled */
     uint32_t jn;                /* journal records of the op in progress */
     uint32_t jover;             /* the journal overflowed: flush on death */
@@ -77,6 +74,11 @@ struct shd_hdr {
     /* the LRU move in progress (lru_touch): its entry (0: none), and
      * what it was linked to; enough to put it back (recover) */
     uint32_t mv_e, mv_p, mv_n, mv_head;
+    /* from here to the end of freelist: written through the journal */
+    uint32_t used;              /* bytes of blocks holding entries */
+    uint32_t nkeys;
+    uint32_t lru_head, lru_tail;    /* head: most recently used */
+    uint32_t freelist[MAXORD + 1];
     uint32_t pad1;
     uint64_t flushes, repairs;
 };
@@ -401,7 +403,7 @@ journal_off_ok(struct fdp_shd *d, uint32_t off)
     if (off & 3u) {
         return 0;
     }
-    return (off >= HOFF(used) && off < HOFF(jn))
+    return (off >= HOFF(used) && off < HOFF(pad1))
            || (off >= d->buckets && off < d->buckets + d->nbuckets * 4)
            || (off >= d->heap && off + 4 <= d->heapend);
 }
@@ -1343,6 +1345,17 @@ fdp_shd_attach(struct fdp_shd *d, void *base, size_t size)
     d->base = base;
     layout(d, (uint32_t) size);
     return 0;
+}
+
+
+int
+fdp_shd_compatible(const void *base, size_t size)
+{
+    const volatile struct shd_hdr *h = base;
+
+    return size >= FDP_SHD_MIN && size <= FDP_SHD_MAX
+           && h->magic == SHD_MAGIC && h->version == SHD_VERSION
+           && h->size == size;
 }
 
 

@@ -1806,6 +1806,8 @@ test_shdict_values(void)
               == 2 && n == 2);
     fdp_shd_usage(m, size, &u);
     test_cond("shdict: usage", u.size == size && u.keys == 4 && u.used > 0);
+    test_cond("shdict: compatible", fdp_shd_compatible(m, size)
+              && !fdp_shd_compatible(m, size * 2));
     test_cond("shdict: flush", fdp_shd_flush(&d) == 0
               && shd_get_str(&d, "k", NULL));
     fdp_shd_usage(m, size, &u);
@@ -2049,9 +2051,9 @@ test_shdict_get_deaths(void)
         _exit(0);
     }
     wait(NULL);
-    /* the header's mv_p (shdict.c: the mutex's 64 bytes, 4 words, used,
-     * nkeys, the LRU ends, 21 free lists, jn, jover, op, mv_e, mv_p) */
-    ((uint32_t *) m)[(64 + 4 * (4 + 4 + 21 + 4))  / 4] = 12345;
+    /* the header's mv_p (shdict.c: the mutex's 64 bytes, then magic,
+     * version, size, jn, jover, op, mv_e, mv_p) */
+    ((uint32_t *) m)[(64 + 4 * 7) / 4] = 12345;
     test_cond("shdict: a bad move record flushes",
               fdp_shd_get(&d, "k5", 2, &out, NULL) == 0 && d.recovered == 2
               && fdp_shd_check(&d) == 0);
