@@ -18,7 +18,8 @@
 
 #define SHDICT_MT   "fdpool.shdict"
 #define VIEW_MT     "fdpool.shdict.view"
-#define SHD_VCACHE  4096        /* get's cached strings, per dictionary */
+#define SHD_VCBITS  12
+#define SHD_VCACHE  (1u << SHD_VCBITS)  /* get's cached strings, per dict */
 #define SHD_VCMAX   40          /* only short (interned) strings */
 
 /*
@@ -37,11 +38,12 @@ struct lshd {
     int die_op;
     uint32_t die_at;
     char die_key[64];
-    /* get's string cache: the get closure's second upvalue is a table
-     * of the Lua string last pushed for each entry (by its offset),
-     * reused when its bytes are the value's, so a hot short value is not
-     * interned again; emptied (a new table) after SHD_VCACHE misses */
-    uint32_t vcn;
+    /* get's string cache: the Lua string last pushed for an entry, in
+     * slot hash(entry offset) of an array (C: where its bytes are; the
+     * get closure's second upvalue, a table: the string itself, kept
+     * alive). Reused when its bytes are the value's, so a hot short value
+     * is not interned again. */
+    struct { uint32_t at, len; const char *p; } vc[SHD_VCACHE];
 };
 
 
@@ -264,23 +266,20 @@ shd_get(lua_State *L)
         return 1;
     }
     if (v.type == FDP_SHD_STRING && v.len <= SHD_VCMAX) {
-        size_t n;
-        const char *c;
+        /* Fibonacci hashing spreads the evenly spaced offsets */
+        uint32_t slot = (v.at * 2654435769u) >> (32 - SHD_VCBITS);
 
-        if (lua_rawgeti(L, lua_upvalueindex(2), v.at) == LUA_TSTRING
-            && (c = lua_tolstring(L, -1, &n), n == v.len)
-            && memcmp(c, v.s, n) == 0) {
+        if (s->vc[slot].at == v.at && s->vc[slot].len == v.len
+            && memcmp(s->vc[slot].p, v.s, v.len) == 0) {
+            lua_rawgeti(L, lua_upvalueindex(2), slot + 1);
             goto pushed;
-        }
-        lua_pop(L, 1);
-        if (++s->vcn > SHD_VCACHE) {
-            lua_createtable(L, 0, SHD_VCACHE);
-            lua_replace(L, lua_upvalueindex(2));
-            s->vcn = 1;
         }
         lua_pushlstring(L, v.s, v.len);
         lua_pushvalue(L, -1);
-        lua_rawseti(L, lua_upvalueindex(2), v.at);
+        lua_rawseti(L, lua_upvalueindex(2), slot + 1);
+        s->vc[slot].at = v.at;
+        s->vc[slot].len = (uint32_t) v.len;
+        s->vc[slot].p = lua_tostring(L, -1);
     } else {
         push_val(L, &v);
     }
@@ -627,7 +626,7 @@ fdp_lshared_open(lua_State *L, struct fdp_pool *p)
         luaL_setfuncs(L, methods, 1);
         lua_getfield(L, -1, "capacity");
         lua_getupvalue(L, -1, 1);       /* the view again */
-        lua_createtable(L, 0, 64);
+        lua_createtable(L, SHD_VCACHE, 0);
         lua_pushcclosure(L, shd_get, 2);
         lua_setfield(L, -3, "get");
         lua_pop(L, 1);
