@@ -1,25 +1,36 @@
 /*
  * shdict.c - the shared dictionary (see shdict.h). One mapping:
  *
- *   header (counters, LRU ends, free lists, journal state, the mutex)
- *   buckets  nbuckets x u32: offset of the first entry of each chain
+ *   header   the mutex (its own cache line), the free lists and the
+ *            counters read once; then one "hot" line with what every
+ *            operation touches (journal state, the LRU move record, the
+ *            LRU ends, use counters)
  *   journal  jcap x {u32 off, u32 old}: the undo record of the one
- *            operation in progress
+ *            operation in progress (its first two records in the hot line)
+ *   buckets  nbuckets x u32: offset of the first entry of each chain
  *   heap     blocks of a buddy allocator (64 B .. 1 MiB), each an 8-byte
  *            tag then, when in use, one entry (48-byte head, key, value)
  *
  * Every link is an offset into the mapping, and every offset read from
- * it is checked (range, alignment, the block's tag, the entry's lengths)
- * before use: a bad one makes the operation flush the dictionary and
- * return -EIO instead of following it. The layout is computed from the
- * size by each process, never read back. Every metadata write of an
- * operation goes through w32(), which first appends the old value to the
- * journal; the journal is emptied when the operation ends. A process that
- * dies holding the (robust) lock leaves the journal behind, and the next
- * locker (EOWNERDEAD) writes the old values back in reverse: the
- * dictionary is as it was before that operation. Key and value bytes go
- * only into freshly allocated blocks, so they need no journal; a journal
- * that overflowed (a long eviction) or a death inside flush_all flushes.
+ * it is checked before use (an entry whose key or value is read: range,
+ * alignment, the block's tag, its lengths; an LRU neighbour whose links
+ * alone are written: range and alignment): a bad one makes the operation
+ * flush the dictionary and return -EIO instead of following it. The
+ * layout is computed from the size by each process, never read back.
+ * Every metadata write of an operation goes through w32(), which first
+ * appends the old value to the journal (a write that changes nothing is
+ * skipped); the journal is emptied when the operation ends. A process
+ * that dies holding the (robust) lock leaves the journal behind, and the
+ * next locker (EOWNERDEAD) writes the old values back in reverse: the
+ * dictionary is as it was before that operation. One exception, the
+ * most frequent write: moving an entry to the head of the LRU list (get,
+ * a value rewritten in place, incr) records the entry and its old
+ * neighbours in the hot line, then writes the six links directly; a
+ * death inside is undone from that record (lru_undo), a death after it
+ * leaves the entry at the head of a whole list. Key and value bytes go
+ * only into freshly allocated blocks, or through the journal when
+ * rewritten in place, so an undo finds them again; a journal that
+ * overflowed (a long eviction) or a death inside flush_all flushes.
  */
 #include "fdp.h"
 #include "shdict.h"
@@ -64,24 +75,31 @@ struct shd_hdr {
         pthread_mutex_t m;
         char line[64];
     } lock;
-    /* the next line holds what every operation touches, so a lock
-     * handed between workers brings one line of header with it */
-    uint32_t magic, version, size;
-    /* not journaled */
+    /* read once (attach), or by the allocator */
+    uint32_t magic, version, size, pad0;
+    uint32_t freelist[MAXORD + 1];  /* written through the journal */
+    uint32_t pad1;
+    uint64_t flushes, repairs;
+    uint32_t pad2[2];
+    /* the line every operation touches (offset 192), so a lock handed
+     * between workers brings one line of header with it; the journal
+     * follows, its first two records in this line too */
     uint32_t jn;                /* journal records of the op in progress */
     uint32_t jover;             /* the journal overflowed: flush on death */
     uint32_t op;                /* FDP_SHD_OP_FLUSH while flushing */
     /* the LRU move in progress (lru_touch): its entry (0: none), and
      * what it was linked to; enough to put it back (recover) */
     uint32_t mv_e, mv_p, mv_n, mv_head;
-    /* from here to the end of freelist: written through the journal */
+    /* written through the journal */
     uint32_t used;              /* bytes of blocks holding entries */
     uint32_t nkeys;
     uint32_t lru_head, lru_tail;    /* head: most recently used */
-    uint32_t freelist[MAXORD + 1];
-    uint32_t pad1;
-    uint64_t flushes, repairs;
+    uint32_t pad3;
 };
+
+/* the layout above, checked at compile time */
+typedef char shd_hdr_layout[(offsetof(struct shd_hdr, jn) == 192
+                             && sizeof(struct shd_hdr) == 240) ? 1 : -1];
 
 struct shd_rec {
     uint32_t off, old;
@@ -182,11 +200,12 @@ layout(struct fdp_shd *d, uint32_t size)
         nb *= 2;
     }
     d->size = size;
-    d->buckets = align64((uint32_t) sizeof(struct shd_hdr));
-    d->nbuckets = nb;
+    d->journal = (uint32_t) sizeof(struct shd_hdr);   /* in the hot line */
     d->jcap = size / 64 < 8192 ? size / 64 : 8192;
-    d->journal = align64(d->buckets + nb * 4);
-    d->heap = align64(d->journal + d->jcap * (uint32_t) sizeof(struct shd_rec));
+    d->buckets = align64(d->journal
+                         + d->jcap * (uint32_t) sizeof(struct shd_rec));
+    d->nbuckets = nb;
+    d->heap = align64(d->buckets + nb * 4);
     avail = size - d->heap;
     for (o = MAXORD; o > MINORD && (1u << o) > avail; o--) {
     }
@@ -403,7 +422,8 @@ journal_off_ok(struct fdp_shd *d, uint32_t off)
     if (off & 3u) {
         return 0;
     }
-    return (off >= HOFF(used) && off < HOFF(pad1))
+    return (off >= HOFF(used) && off < HOFF(pad3))
+           || (off >= HOFF(freelist) && off < HOFF(pad1))
            || (off >= d->buckets && off < d->buckets + d->nbuckets * 4)
            || (off >= d->heap && off + 4 <= d->heapend);
 }
