@@ -42,8 +42,8 @@ struct lshd {
      * slot hash(entry offset) of an array (C: where its bytes are; the
      * get closure's second upvalue, a table: the string itself, kept
      * alive). Reused when its bytes are the value's, so a hot short value
-     * is not interned again. */
-    struct { uint32_t at, len; const char *p; } vc[SHD_VCACHE];
+     * is not interned again. Made by the first get of a short string. */
+    struct shd_vc { uint32_t at, len; const char *p; } *vc;
 };
 
 
@@ -249,11 +249,20 @@ push_val(lua_State *L, const struct fdp_shd_val *v)
 static int
 shd_get(lua_State *L)
 {
-    struct lshd *s = check(L);
+    struct lshd *s = lua_touserdata(L, lua_upvalueindex(1));
+    /* the string cache is this closure's dictionary's: another
+     * dictionary's get called on this one goes without it */
+    int own = lua_topointer(L, 1) == s->self;
     size_t klen;
-    const char *key = check_key(L, 2, &klen, s, FDP_SHD_OP_GET);
+    const char *key;
     struct fdp_shd_val v;
-    int r = fdp_shd_get(&s->d, key, klen, &v, NULL);
+    int r;
+
+    if (!own) {
+        s = check_slow(L);
+    }
+    key = check_key(L, 2, &klen, s, FDP_SHD_OP_GET);
+    r = fdp_shd_get(&s->d, key, klen, &v, NULL);
 
     note(s, r);
     if (r < 0) {
@@ -265,10 +274,18 @@ shd_get(lua_State *L)
         lua_pushnil(L);
         return 1;
     }
-    if (v.type == FDP_SHD_STRING && v.len <= SHD_VCMAX) {
+    if (v.type == FDP_SHD_STRING && v.len <= SHD_VCMAX && own) {
         /* Fibonacci hashing spreads the evenly spaced offsets */
         uint32_t slot = (v.at * 2654435769u) >> (32 - SHD_VCBITS);
 
+        if (s->vc == NULL) {
+            s->vc = calloc(SHD_VCACHE, sizeof(*s->vc));
+            if (s->vc == NULL) {
+                return luaL_error(L, "not enough memory");
+            }
+            lua_createtable(L, SHD_VCACHE, 0);
+            lua_replace(L, lua_upvalueindex(2));
+        }
         if (s->vc[slot].at == v.at && s->vc[slot].len == v.len
             && memcmp(s->vc[slot].p, v.s, v.len) == 0) {
             lua_rawgeti(L, lua_upvalueindex(2), slot + 1);
@@ -554,7 +571,11 @@ shd_tostring(lua_State *L)
 static int
 view_gc(lua_State *L)
 {
-    fdp_shd_detach(&((struct lshd *) luaL_checkudata(L, 1, VIEW_MT))->d);
+    struct lshd *s = luaL_checkudata(L, 1, VIEW_MT);
+
+    fdp_shd_detach(&s->d);
+    free(s->vc);
+    s->vc = NULL;
     return 0;
 }
 
@@ -626,7 +647,7 @@ fdp_lshared_open(lua_State *L, struct fdp_pool *p)
         luaL_setfuncs(L, methods, 1);
         lua_getfield(L, -1, "capacity");
         lua_getupvalue(L, -1, 1);       /* the view again */
-        lua_createtable(L, SHD_VCACHE, 0);
+        lua_pushboolean(L, 0);          /* the string cache, made later */
         lua_pushcclosure(L, shd_get, 2);
         lua_setfield(L, -3, "get");
         lua_pop(L, 1);

@@ -527,8 +527,10 @@ unlock(struct fdp_shd *d, int r)
         r = -EIO;
     }
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    h->jn = 0;
-    h->jover = 0;
+    if (h->jn != 0 || h->jover != 0) {
+        h->jn = 0;
+        h->jover = 0;
+    }
     d->op = FDP_SHD_OP_NONE;
     (void) pthread_mutex_unlock(&h->lock.m);
     return r;

@@ -51,6 +51,11 @@ describe("fdpool.shared", function()
     assert.truthy(out:find("false value too big false; nil", 1, true), out)
   end)
 
+  it("is a table of its methods that knows its own kind", function()
+    assert.equals("shdict,fdpool.shdict (cache),function,in-small in-cache in-cache in-small,"
+      .. "1111,2222,3333,true", cmd(p, "object"))
+  end)
+
   it("is one dictionary for every worker", function()
     assert.equals("true nil false", cmd(p, "set shared-key hello"))
     local seen = {}
