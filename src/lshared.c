@@ -104,7 +104,11 @@ check(lua_State *L)
 static const char *
 check_key(lua_State *L, int idx, size_t *len, struct lshd *s, int op)
 {
-    const char *k = luaL_checklstring(L, idx, len);
+    const char *k = lua_tolstring(L, idx, len);
+
+    if (k == NULL) {
+        k = luaL_checklstring(L, idx, len);     /* raises */
+    }
 
     luaL_argcheck(L, *len > 0, idx, "key must not be empty");
     luaL_argcheck(L, *len <= FDP_SHD_KEY_MAX, idx, "key too long (at most "
