@@ -502,7 +502,7 @@ lock(struct fdp_shd *d, int op)
         (void) pthread_mutex_consistent(&h->lock.m);
     } else if (r != 0) {
         return -EIO;            /* ENOTRECOVERABLE, or a scribbled mutex */
-    } else if (h->jn != 0 || h->op != 0 || h->jover || h->mv_e != 0) {
+    } else if ((h->jn | h->op | h->jover | h->mv_e) != 0) {
         recover(d);             /* cannot happen but by a scribble */
     }
     d->op = op;
@@ -614,7 +614,7 @@ expired(struct fdp_shd *d, uint32_t e, uint64_t now)
 }
 
 
-static void
+static inline void
 set_exp(struct fdp_shd *d, uint32_t e, double ttl, uint64_t now)
 {
     uint64_t x = ttl > 0 ? now_ms(d) + (uint64_t) (ttl * 1000.0 + 0.5) : 0;
@@ -669,10 +669,12 @@ knob(struct fdp_shd *d)
 
 
 static inline void
-st32(struct fdp_shd *d, uint32_t off, uint32_t v)
+st32(struct fdp_shd *d, uint32_t off, uint32_t v, int k)
 {
     *(volatile uint32_t *) (void *) (d->base + off) = v;
-    knob(d);
+    if (__builtin_expect(k, 0)) {
+        knob(d);
+    }
 }
 
 
@@ -690,6 +692,7 @@ lru_touch(struct fdp_shd *d, uint32_t e)
 {
     struct shd_hdr *h = hdr(d);
     uint32_t head = h->lru_head, p, n;
+    int k = d->die_op != 0;     /* the test knob counts these writes */
 
     if (head == e) {
         return;
@@ -706,12 +709,12 @@ lru_touch(struct fdp_shd *d, uint32_t e)
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     h->mv_e = e;
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    st32(d, p + E_LNEXT, n);
-    st32(d, n ? n + E_LPREV : HOFF(lru_tail), p);
-    st32(d, e + E_LPREV, 0);
-    st32(d, e + E_LNEXT, head);
-    st32(d, head + E_LPREV, e);
-    st32(d, HOFF(lru_head), e);
+    st32(d, p + E_LNEXT, n, k);
+    st32(d, n ? n + E_LPREV : HOFF(lru_tail), p, k);
+    st32(d, e + E_LPREV, 0, k);
+    st32(d, e + E_LNEXT, head, k);
+    st32(d, head + E_LPREV, e, k);
+    st32(d, HOFF(lru_head), e, k);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     h->mv_e = 0;
 }
@@ -823,7 +826,7 @@ ent_alloc(struct fdp_shd *d, uint64_t need, int *evicted, int *err)
 }
 
 
-static void
+static inline void
 put_num(struct fdp_shd *d, uint32_t e, const struct fdp_shd_val *v)
 {
     uint64_t bits = 0;
@@ -923,7 +926,7 @@ put_value(struct fdp_shd *d, uint32_t e, size_t klen,
 }
 
 
-static void
+static inline void
 ent_value(struct fdp_shd *d, uint32_t e, struct fdp_shd_val *v)
 {
     uint64_t bits = (uint64_t) r32(d, e + E_NUMLO)
