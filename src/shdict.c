@@ -1053,12 +1053,32 @@ fdp_shd_set(struct fdp_shd *d, int mode, const char *key, size_t klen,
          * place, every byte through the journal (an undo must find the
          * old value again). */
         size_t vlen = v->type == FDP_SHD_STRING ? v->len : 0;
+        uint32_t f[7];          /* the fields E_VLEN .. E_NUMHI as they */
+        uint64_t bits = 0, x;   /* will be */
 
+        if (v->type == FDP_SHD_NUMBER) {
+            memcpy(&bits, &v->n, 8);
+        } else {
+            bits = (uint64_t) v->i;
+        }
+        x = ttl > 0 ? now_ms(d) + (uint64_t) (ttl * 1000.0 + 0.5) : 0;
+        f[(E_VLEN - E_VLEN) / 4] = (uint32_t) vlen;
+        f[(E_TYPE - E_VLEN) / 4] = (uint32_t) v->type;
+        f[(E_FLAGS - E_VLEN) / 4] = v->flags;
+        f[(E_EXPLO - E_VLEN) / 4] = (uint32_t) (ttl > 0 && x == 0 ? 1 : x);
+        f[(E_EXPHI - E_VLEN) / 4] = (uint32_t) (x >> 32);
+        f[(E_NUMLO - E_VLEN) / 4] = (uint32_t) bits;
+        f[(E_NUMHI - E_VLEN) / 4] = (uint32_t) (bits >> 32);
         d->nfreed++;
-        w32(d, e + E_VLEN, (uint32_t) vlen);
-        w32(d, e + E_FLAGS, v->flags);
-        put_num(d, e, v);
-        set_exp(d, e, ttl, now);
+        /* the same fields (a value of the same type and length): none
+         * written, nothing journaled */
+        if (memcmp(d->base + e + E_VLEN, f, sizeof(f)) != 0) {
+            uint32_t i;
+
+            for (i = 0; i < 7; i++) {
+                w32(d, e + E_VLEN + 4 * i, f[i]);
+            }
+        }
         if (vlen && memcmp(d->base + e + E_SIZE + klen, v->s, vlen) != 0) {
             put_value(d, e, klen, v, vlen);
         }
