@@ -464,7 +464,7 @@ recover(struct fdp_shd *d)
 }
 
 
-static int
+static inline __attribute__((always_inline)) int
 lock(struct fdp_shd *d, int op)
 {
     struct shd_hdr *h = hdr(d);
@@ -516,7 +516,7 @@ lock(struct fdp_shd *d, int op)
 
 /* End the operation: commit (empty the journal), or flush when it met a
  * bad offset (-EIO). Returns r, or -EIO. */
-static int
+static inline __attribute__((always_inline)) int
 unlock(struct fdp_shd *d, int r)
 {
     struct shd_hdr *h = hdr(d);
@@ -561,7 +561,7 @@ bucket_of(struct fdp_shd *d, uint32_t hash)
 
 /* The entry of key, or 0 (also when corrupt); *linkp: the offset of the
  * link that points at it. The walk is bounded: a loop is corruption. */
-static uint32_t
+static inline __attribute__((always_inline)) uint32_t
 lookup(struct fdp_shd *d, const char *key, size_t klen, uint32_t hash,
        uint32_t *linkp)
 {
@@ -687,7 +687,7 @@ st32(struct fdp_shd *d, uint32_t off, uint32_t v, int k)
  * operation touched the list before it, so undoing the journal after
  * the move completed still leaves a whole list (e merely at the head).
  */
-static inline void
+static inline __attribute__((always_inline)) void
 lru_touch(struct fdp_shd *d, uint32_t e)
 {
     struct shd_hdr *h = hdr(d);
@@ -842,7 +842,7 @@ put_num(struct fdp_shd *d, uint32_t e, const struct fdp_shd_val *v)
 }
 
 
-static uint32_t lookup(struct fdp_shd *d, const char *key, size_t klen,
+static inline uint32_t lookup(struct fdp_shd *d, const char *key, size_t klen,
                        uint32_t hash, uint32_t *linkp);
 static void put_value(struct fdp_shd *d, uint32_t e, size_t klen,
                       const struct fdp_shd_val *v, size_t vlen);
