@@ -19,6 +19,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/uio.h>
+#include <time.h>
 
 #include <lauxlib.h>
 
@@ -289,6 +290,313 @@ conn_sendresponse(lua_State *L)
         return 3;
     }
     return send_rest(L, c, &b, body, bn, n);
+}
+
+
+/* ---- res:header and res:send (fdpool.http's Res methods) ------------ */
+
+/*
+ * http.lua's Res:header and Res:send in C, the same steps on the same
+ * fields (res._hk, res._headers, started, finished, _bytes, _head_sent;
+ * req._close, _broken): the handler's two calls of every plain request
+ * without the Lua interpreter. fdpool._httpres(status_lines) makes them:
+ * closures whose upvalues are the field names (interned), http.lua's
+ * status_lines table and the cached Date line.
+ */
+enum { R_STARTED = 1, R_FINISHED, R_STATUS, R_REQ, R_HEADERS, R_HK,
+       R_BYTES, R_HEAD_SENT, R_CONN, R_METHOD, R_CLOSE, R_EXPECT_CONTINUE,
+       R_BODY, R_LENGTH, R_CHUNKED, R_VERSION, R_BROKEN, R_CONNECTION,
+       R_DATE, R_END };
+static const char *const reskeys[R_END - 1] = {
+    "started", "finished", "_status", "_req", "_headers", "_hk", "_bytes",
+    "_head_sent", "_conn", "method", "_close", "_expect_continue", "_body",
+    "_length", "_chunked", "version", "_broken", "connection", "date"
+};
+#define RKEYS lua_upvalueindex(1)
+#define RSTATUS_LINES lua_upvalueindex(2)
+#define RDATE lua_upvalueindex(3)
+#define RDATE_TIME lua_upvalueindex(4)
+
+
+/* pushes t[key k] (raw); its type */
+static int
+rget(lua_State *L, int t, int k)
+{
+    lua_rawgeti(L, RKEYS, k);
+    return lua_rawget(L, t);
+}
+
+
+/* t[key k] = value on top (pops it) */
+static void
+rset(lua_State *L, int t, int k)
+{
+    lua_rawgeti(L, RKEYS, k);
+    lua_insert(L, -2);
+    lua_rawset(L, t);
+}
+
+
+static int
+rtrue(lua_State *L, int t, int k)
+{
+    int r = lua_toboolean(L, (rget(L, t, k), -1));
+
+    lua_pop(L, 1);
+    return r;
+}
+
+
+static void
+not_started(lua_State *L)
+{
+    if (rtrue(L, 1, R_STARTED)) {
+        /* as assert(not self.started, "...") */
+        lua_pushliteral(L, "response already started");
+        lua_error(L);
+    }
+}
+
+
+/* res:header(name, value): set (replace whatever the case of the name),
+ * nil removes, a table sends one line each. Returns res. */
+static int
+res_header(lua_State *L)
+{
+    size_t n, i;
+    const char *name;
+    int hk, h;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    not_started(L);
+    name = luaL_checklstring(L, 2, &n);
+    lua_settop(L, 3);
+    rget(L, 1, R_HK);                   /* 4 */
+    rget(L, 1, R_HEADERS);              /* 5 */
+    hk = 4;
+    h = 5;
+    luaL_checktype(L, hk, LUA_TTABLE);
+    luaL_checktype(L, h, LUA_TTABLE);
+    for (i = 0; i < n && !(name[i] >= 'A' && name[i] <= 'Z'); i++) {
+    }
+    if (i == n) {
+        lua_pushvalue(L, 2);            /* 6: already lower-case */
+    } else {
+        luaL_Buffer b;
+        char *q = luaL_buffinitsize(L, &b, n);
+
+        for (i = 0; i < n; i++) {
+            q[i] = (char) ((name[i] >= 'A' && name[i] <= 'Z') ? name[i] | 0x20
+                           : name[i]);
+        }
+        luaL_pushresultsize(&b, n);     /* 6 */
+    }
+    lua_pushvalue(L, 6);
+    if (lua_rawget(L, hk) != LUA_TNIL) {        /* the old name */
+        lua_pushnil(L);
+        lua_rawset(L, h);
+    } else {
+        lua_pop(L, 1);
+    }
+    lua_pushvalue(L, 6);
+    if (lua_isnil(L, 3)) {
+        lua_pushnil(L);
+    } else {
+        lua_pushvalue(L, 2);
+    }
+    lua_rawset(L, hk);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, 3);
+    lua_rawset(L, h);
+    lua_settop(L, 1);
+    return 1;
+}
+
+
+static int conn_sendresponse(lua_State *L);
+
+
+/* after sendresponse: (1 res, 2 body, 3 req, ..., ok, err) */
+static int
+res_send_k(lua_State *L, int status, lua_KContext ctx)
+{
+    int ok;
+
+    (void) status;
+    (void) ctx;
+    lua_pushboolean(L, 1);
+    rset(L, 1, R_HEAD_SENT);
+    ok = !lua_isnil(L, -2);
+    if (!ok) {
+        lua_pushboolean(L, 1);
+        rset(L, 3, R_BROKEN);
+    }
+    lua_pushboolean(L, ok);
+    lua_replace(L, -3);
+    return 2;
+}
+
+
+/* res:send(body): the whole response with Content-Length (http.lua's
+ * Res:send and send_head). Returns true, or false, err. */
+static int
+res_send(lua_State *L)
+{
+    size_t bn = 0;
+    lua_Integer code;
+    int head_only, close;
+    time_t now;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    not_started(L);
+    if (lua_isnoneornil(L, 2)) {
+        lua_settop(L, 1);
+        lua_pushliteral(L, "");
+    } else if (lua_type(L, 2) != LUA_TSTRING) {
+        return luaL_error(L, "attempt to get length of a %s value (local "
+                          "'body')", luaL_typename(L, 2));
+    }
+    lua_settop(L, 2);
+    (void) lua_tolstring(L, 2, &bn);
+    lua_pushboolean(L, 1);
+    rset(L, 1, R_STARTED);
+    lua_pushboolean(L, 1);
+    rset(L, 1, R_FINISHED);
+    rget(L, 1, R_REQ);                  /* 3 */
+    luaL_checktype(L, 3, LUA_TTABLE);
+    rget(L, 1, R_STATUS);
+    code = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    rget(L, 3, R_METHOD);
+    {
+        size_t mn;
+        const char *m = lua_tolstring(L, -1, &mn);
+
+        head_only = (m != NULL && mn == 4 && memcmp(m, "HEAD", 4) == 0)
+                    || code == 204 || code == 304 || code < 200;
+    }
+    lua_pop(L, 1);
+    if (!head_only) {
+        lua_pushinteger(L, (lua_Integer) bn);
+        rset(L, 1, R_BYTES);
+    }
+    rget(L, 1, R_HK);                   /* 4 */
+    rget(L, 1, R_HEADERS);              /* 5 */
+    luaL_checktype(L, 4, LUA_TTABLE);
+    luaL_checktype(L, 5, LUA_TTABLE);
+    /* send_head: Connection: close from the handler closes */
+    if (rget(L, 4, R_CONNECTION) != LUA_TNIL) {
+        size_t vn;
+        const char *v;
+
+        lua_rawget(L, 5);
+        v = luaL_tolstring(L, -1, &vn);
+        if (vn == 5 && strncasecmp(v, "close", 5) == 0) {
+            lua_pushboolean(L, 1);
+            rset(L, 3, R_CLOSE);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    /* a client waiting for 100 Continue whose body was not asked for */
+    if (rtrue(L, 3, R_EXPECT_CONTINUE) && !rtrue(L, 3, R_BODY)) {
+        rget(L, 3, R_LENGTH);
+        if ((lua_isnumber(L, -1) && lua_tonumber(L, -1) > 0)
+            || rtrue(L, 3, R_CHUNKED)) {
+            lua_pushboolean(L, 1);
+            rset(L, 3, R_CLOSE);
+        }
+        lua_pop(L, 1);
+    }
+    close = rtrue(L, 3, R_CLOSE);
+    /* sendresponse(status_line, h, date, length, false, connection, body) */
+    lua_pushcfunction(L, conn_sendresponse);    /* 6 */
+    rget(L, 1, R_CONN);
+    lua_geti(L, RSTATUS_LINES, code);
+    lua_pushvalue(L, 5);
+    if (rget(L, 4, R_DATE) != LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_pushnil(L);
+    } else {
+        lua_pop(L, 1);
+        now = time(NULL);
+        if ((lua_Integer) now != lua_tointeger(L, RDATE_TIME)
+            || lua_isnil(L, RDATE)) {
+            char buf[64];
+            struct tm tm;
+            size_t dn = 0;
+
+            if (gmtime_r(&now, &tm) != NULL) {
+                dn = strftime(buf, sizeof(buf),
+                              "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+            }
+            lua_pushlstring(L, buf, dn);
+            lua_replace(L, RDATE);
+            lua_pushinteger(L, (lua_Integer) now);
+            lua_replace(L, RDATE_TIME);
+        }
+        lua_pushvalue(L, RDATE);
+    }
+    if (code == 204 || code == 304 || code < 200) {
+        lua_pushnil(L);
+    } else {
+        lua_pushinteger(L, (lua_Integer) bn);
+    }
+    lua_pushboolean(L, 0);
+    if (close) {
+        lua_pushliteral(L, "close");
+    } else {
+        size_t vn = 0;
+        const char *v;
+
+        rget(L, 3, R_VERSION);
+        v = lua_tolstring(L, -1, &vn);
+        lua_pop(L, 1);
+        if (v != NULL && vn == 3 && memcmp(v, "1.0", 3) == 0) {
+            lua_pushliteral(L, "keep-alive");
+        } else {
+            lua_pushnil(L);
+        }
+    }
+    if (head_only) {
+        lua_pushnil(L);
+    } else {
+        lua_pushvalue(L, 2);
+    }
+    if (lua_type(L, 7) != LUA_TUSERDATA) {
+        /* not a real conn (fdpool.testing's): its own sendresponse */
+        lua_getfield(L, 7, "sendresponse");
+        lua_replace(L, 6);
+    }
+    lua_callk(L, 8, 2, 0, res_send_k);
+    return res_send_k(L, LUA_OK, 0);
+}
+
+
+/* fdpool._httpres(status_lines) -> header, send (http.lua's Res
+ * methods, above) */
+int
+fdp_lhttp_res(lua_State *L)
+{
+    int k;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_createtable(L, R_END - 1, 0);
+    for (k = 1; k < R_END; k++) {
+        lua_pushstring(L, reskeys[k - 1]);
+        lua_rawseti(L, -2, k);
+    }
+    lua_pushvalue(L, -1);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    lua_pushinteger(L, -1);
+    lua_pushcclosure(L, res_header, 4);
+    lua_insert(L, -2);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    lua_pushinteger(L, -1);
+    lua_pushcclosure(L, res_send, 4);
+    return 2;
 }
 
 

@@ -10,4 +10,8 @@
  * readchunked and sendresponse to its methods. */
 void fdp_lhttp_open(lua_State *L);
 
+/* fdpool._httpres(status_lines) -> header, send: fdpool.http's
+ * res:header and res:send in C. */
+int fdp_lhttp_res(lua_State *L);
+
 #endif

@@ -232,6 +232,15 @@ function Res:send(body)
   return ok ~= nil, err
 end
 
+-- Res:header and Res:send above, in C (src/lhttp.c: the same steps on the
+-- same fields, without the interpreter: the two calls of every plain
+-- request). The Lua ones stay as their reference (M._lua_res).
+M._lua_res = { header = Res.header, send = Res.send }
+if fdpool._httpres then
+  Res.header, Res.send = fdpool._httpres(status_lines)
+end
+M._c_res = { header = Res.header, send = Res.send }
+
 --- Send a part of the body: chunked for HTTP/1.1 clients when no
 -- Content-Length header was set; close-delimited for HTTP/1.0.
 function Res:write(chunk)
