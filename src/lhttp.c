@@ -197,36 +197,31 @@ send_rest(lua_State *L, struct fdp_conn *c, struct headbuf *b,
  * not nil. Sends head and body with one writev; what the
  * kernel does not take at once goes through conn:send's waiting path.
  */
-static int
-conn_sendresponse(lua_State *L)
+/* The head of a response into b (b->p is b->stack or malloc'd; on
+ * return 0 the caller frees it): status line, headers table at hidx,
+ * date line (or NULL), "Content-Length: length" when has_len,
+ * "Transfer-Encoding: chunked", "Connection: cv" (or NULL). Raises for
+ * a header that is not a token/value, or out of memory (b freed). */
+static void
+head_build(lua_State *L, struct headbuf *b, const char *sl, size_t sn,
+           int hidx, const char *dl, size_t dn, int has_len, lua_Integer v,
+           int chunked, const char *cv, size_t cn)
 {
-    struct fdp_conn *c = fdp_checkconn(L);
-    size_t sn, dn = 0, bn = 0;
-    const char *sl = luaL_checklstring(L, 2, &sn);
-    const char *dl = luaL_optlstring(L, 4, NULL, &dn);
-    size_t cn = 0;
-    const char *conn_v = luaL_optlstring(L, 7, NULL, &cn);
-    const char *body = luaL_optlstring(L, 8, "", &bn);
-    struct headbuf b;
-    struct iovec iov[2];
-    ssize_t n;
     int bad = 0;
 
-    luaL_checktype(L, 3, LUA_TTABLE);
-    b.p = b.stack;
-    b.len = 0;
-    b.cap = sizeof(b.stack);
-    b.invalid = NULL;
-    bad |= hb_add(&b, sl, sn);
-    bad |= hb_headers(&b, L, 3);
+    b->p = b->stack;
+    b->len = 0;
+    b->cap = sizeof(b->stack);
+    b->invalid = NULL;
+    bad |= hb_add(b, sl, sn);
+    bad |= hb_headers(b, L, hidx);
     if (dl) {
-        bad |= hb_add(&b, dl, dn);
+        bad |= hb_add(b, dl, dn);
     }
-    if (lua_isinteger(L, 5)) {
+    if (has_len) {
         /* digits from the end: no snprintf on the hot path */
         char num[48];
         char *q = num + sizeof(num);
-        lua_Integer v = lua_tointeger(L, 5);
         unsigned long long u = v < 0 ? 0 - (unsigned long long) v
                                      : (unsigned long long) v;
 
@@ -241,37 +236,79 @@ conn_sendresponse(lua_State *L)
         }
         q -= 16;
         memcpy(q, "Content-Length: ", 16);
-        bad |= hb_add(&b, q, (size_t) (num + sizeof(num) - q));
+        bad |= hb_add(b, q, (size_t) (num + sizeof(num) - q));
     }
-    if (lua_toboolean(L, 6)) {
-        bad |= hb_add(&b, "Transfer-Encoding: chunked\r\n", 28);
+    if (chunked) {
+        bad |= hb_add(b, "Transfer-Encoding: chunked\r\n", 28);
     }
-    if (conn_v) {
-        bad |= hb_add(&b, "Connection: ", 12) | hb_add(&b, conn_v, cn)
-               | hb_add(&b, "\r\n", 2);
+    if (cv) {
+        bad |= hb_add(b, "Connection: ", 12) | hb_add(b, cv, cn)
+               | hb_add(b, "\r\n", 2);
     }
-    bad |= hb_add(&b, "\r\n", 2);
-    if (bad || b.invalid) {
-        if (b.p != b.stack) {
-            free(b.p);
+    bad |= hb_add(b, "\r\n", 2);
+    if (bad || b->invalid) {
+        if (b->p != b->stack) {
+            free(b->p);
         }
-        if (b.invalid) {
-            return luaL_error(L, "invalid response header '%s' (a name must be "
-                              "a token, a value must hold no CR, LF or other "
-                              "control byte)", b.invalid);
+        if (b->invalid) {
+            luaL_error(L, "invalid response header '%s' (a name must be "
+                       "a token, a value must hold no CR, LF or other "
+                       "control byte)", b->invalid);
         }
-        return luaL_error(L, "out of memory");
+        luaL_error(L, "out of memory");
     }
-    n = -EBADF;
+}
+
+
+/* One writev of head b and body: the count written, or -errno. */
+static ssize_t
+head_write(struct fdp_conn *c, struct headbuf *b, const char *body, size_t bn)
+{
+    struct iovec iov[2];
+    ssize_t n = -EBADF;
+
     if (c->fd >= 0) {
-        iov[0].iov_base = b.p;
-        iov[0].iov_len = b.len;
+        iov[0].iov_base = b->p;
+        iov[0].iov_len = b->len;
         iov[1].iov_base = (void *) body;
         iov[1].iov_len = bn;
         do {
             n = c->tr->writev(c, iov, bn ? 2 : 1);
         } while (n == -EINTR);
     }
+    return n;
+}
+
+
+/*
+ * conn:sendresponse(status_line, headers, date_line, length, chunked,
+ *                   connection, body)
+ * -> last index of the body sent (as send), or nil, err, n. Builds the
+ * HTTP response head in C (no Lua strings per header): status_line
+ * ("HTTP/1.1 200 OK\r\n"), each headers[k] = v (a table value: one line
+ * per element) except Content-Length, Transfer-Encoding and Connection,
+ * date_line if not nil, "Content-Length: length" if length is a number,
+ * "Transfer-Encoding: chunked" if chunked, "Connection: <connection>" if
+ * not nil. Sends head and body with one writev; what the
+ * kernel does not take at once goes through conn:send's waiting path.
+ */
+static int
+conn_sendresponse(lua_State *L)
+{
+    struct fdp_conn *c = fdp_checkconn(L);
+    size_t sn, dn = 0, bn = 0;
+    const char *sl = luaL_checklstring(L, 2, &sn);
+    const char *dl = luaL_optlstring(L, 4, NULL, &dn);
+    size_t cn = 0;
+    const char *conn_v = luaL_optlstring(L, 7, NULL, &cn);
+    const char *body = luaL_optlstring(L, 8, "", &bn);
+    struct headbuf b;
+    ssize_t n;
+
+    luaL_checktype(L, 3, LUA_TTABLE);
+    head_build(L, &b, sl, sn, 3, dl, dn, lua_isinteger(L, 5),
+               lua_tointeger(L, 5), lua_toboolean(L, 6), conn_v, cn);
+    n = head_write(c, &b, body, bn);
     if (n == (ssize_t) (b.len + bn)) {
         if (b.p != b.stack) {
             free(b.p);
@@ -382,14 +419,19 @@ res_header(lua_State *L)
     if (i == n) {
         lua_pushvalue(L, 2);            /* 6: already lower-case */
     } else {
+        char small[64];
         luaL_Buffer b;
-        char *q = luaL_buffinitsize(L, &b, n);
+        char *q = n <= sizeof(small) ? small : luaL_buffinitsize(L, &b, n);
 
         for (i = 0; i < n; i++) {
             q[i] = (char) ((name[i] >= 'A' && name[i] <= 'Z') ? name[i] | 0x20
                            : name[i]);
         }
-        luaL_pushresultsize(&b, n);     /* 6 */
+        if (q == small) {
+            lua_pushlstring(L, small, n);       /* 6 */
+        } else {
+            luaL_pushresultsize(&b, n);         /* 6 */
+        }
     }
     lua_pushvalue(L, 6);
     if (lua_rawget(L, hk) != LUA_TNIL) {        /* the old name */
@@ -414,6 +456,7 @@ res_header(lua_State *L)
 
 
 static int conn_sendresponse(lua_State *L);
+static int res_write(lua_State *L, int head_only, int has_len, size_t bn);
 
 
 /* after sendresponse: (1 res, 2 body, 3 req, ..., ok, err) */
@@ -509,12 +552,9 @@ res_send(lua_State *L)
         lua_pop(L, 1);
     }
     close = rtrue(L, 3, R_CLOSE);
-    /* sendresponse(status_line, h, date, length, false, connection, body) */
-    lua_pushcfunction(L, conn_sendresponse);    /* 6 */
-    rget(L, 1, R_CONN);
-    lua_geti(L, RSTATUS_LINES, code);
-    lua_pushvalue(L, 5);
-    if (rget(L, 4, R_DATE) != LUA_TNIL) {
+    rget(L, 1, R_CONN);                         /* 6 */
+    lua_geti(L, RSTATUS_LINES, code);           /* 7 */
+    if (rget(L, 4, R_DATE) != LUA_TNIL) {       /* 8 */
         lua_pop(L, 1);
         lua_pushnil(L);
     } else {
@@ -537,13 +577,7 @@ res_send(lua_State *L)
         }
         lua_pushvalue(L, RDATE);
     }
-    if (code == 204 || code == 304 || code < 200) {
-        lua_pushnil(L);
-    } else {
-        lua_pushinteger(L, (lua_Integer) bn);
-    }
-    lua_pushboolean(L, 0);
-    if (close) {
+    if (close) {                                /* 9 */
         lua_pushliteral(L, "close");
     } else {
         size_t vn = 0;
@@ -558,18 +592,94 @@ res_send(lua_State *L)
             lua_pushnil(L);
         }
     }
-    if (head_only) {
-        lua_pushnil(L);
-    } else {
-        lua_pushvalue(L, 2);
-    }
-    if (lua_type(L, 7) != LUA_TUSERDATA) {
+    return res_write(L, head_only, !(code == 204 || code == 304 || code < 200), bn);
+}
+
+
+/* res_send's write: (1 res, 2 body, 3 req, 4 hk, 5 headers, 6 conn,
+ * 7 status line, 8 date line or nil, 9 connection or nil), as
+ * conn:sendresponse(7, 5, 8, has_len and bn, false, 9, body) does it,
+ * without a call through Lua on a real conn. */
+static int
+res_write(lua_State *L, int head_only, int has_len, size_t bn)
+{
+    struct fdp_conn *c = luaL_testudata(L, 6, FDP_CONN_MT);
+    size_t sn, dn = 0, cn = 0, n1 = head_only ? 0 : bn;
+    const char *sl, *dl, *cv, *body = head_only ? "" : lua_tostring(L, 2);
+    struct headbuf b;
+    ssize_t n;
+
+    if (c == NULL) {
         /* not a real conn (fdpool.testing's): its own sendresponse */
-        lua_getfield(L, 7, "sendresponse");
-        lua_replace(L, 6);
+        if (lua_type(L, 6) == LUA_TUSERDATA) {
+            lua_pushcfunction(L, conn_sendresponse);
+        } else {
+            lua_getfield(L, 6, "sendresponse");
+        }
+        lua_pushvalue(L, 6);
+        lua_pushvalue(L, 7);
+        lua_pushvalue(L, 5);
+        lua_pushvalue(L, 8);
+        if (has_len) {
+            lua_pushinteger(L, (lua_Integer) bn);
+        } else {
+            lua_pushnil(L);
+        }
+        lua_pushboolean(L, 0);
+        lua_pushvalue(L, 9);
+        if (head_only) {
+            lua_pushnil(L);
+        } else {
+            lua_pushvalue(L, 2);
+        }
+        lua_callk(L, 8, 2, 0, res_send_k);
+        return res_send_k(L, LUA_OK, 0);
     }
-    lua_callk(L, 8, 2, 0, res_send_k);
-    return res_send_k(L, LUA_OK, 0);
+    sl = luaL_checklstring(L, 7, &sn);
+    dl = lua_tolstring(L, 8, &dn);
+    cv = lua_tolstring(L, 9, &cn);
+    head_build(L, &b, sl, sn, 5, dl, dn, has_len, (lua_Integer) bn, 0, cv, cn);
+    n = head_write(c, &b, body, n1);
+    if (n == (ssize_t) (b.len + n1) || (n < 0 && n != -EAGAIN
+                                        && n != -EWOULDBLOCK)) {
+        if (b.p != b.stack) {
+            free(b.p);
+        }
+        lua_settop(L, 3);
+        if (n >= 0) {
+            c->bytes_out += (uint64_t) n;
+            lua_pushinteger(L, (lua_Integer) n1);
+            lua_pushnil(L);
+        } else {
+            lua_pushnil(L);
+            lua_pushliteral(L, "closed");
+        }
+        return res_send_k(L, LUA_OK, 0);
+    }
+    {
+        /* the rest through conn:send, which waits (yields) as needed */
+        size_t done = n > 0 ? (size_t) n : 0;
+        luaL_Buffer rest;
+
+        c->bytes_out += done;
+        lua_settop(L, 6);
+        lua_pushcfunction(L, fdp_conn_send);
+        lua_pushvalue(L, 6);
+        luaL_buffinit(L, &rest);
+        if (done < b.len) {
+            luaL_addlstring(&rest, b.p + done, b.len - done);
+            done = 0;
+        } else {
+            done -= b.len;
+        }
+        luaL_addlstring(&rest, body + done, n1 - done);
+        if (b.p != b.stack) {
+            free(b.p);
+        }
+        luaL_pushresult(&rest);
+        lua_callk(L, 2, 2, 0, res_send_k);
+        return res_send_k(L, LUA_OK, 0);
+    }
 }
 
 
