@@ -334,20 +334,19 @@ conn_sendresponse(lua_State *L)
 
 /*
  * http.lua's Res:header and Res:send in C, the same steps on the same
- * fields (res._hk, res._headers, started, finished, _bytes, _head_sent;
+ * fields (res._headers, started, finished, _bytes, _head_sent;
  * req._close, _broken): the handler's two calls of every plain request
  * without the Lua interpreter. fdpool._httpres(status_lines) makes them:
  * closures whose upvalues are the field names (interned), http.lua's
  * status_lines table and the cached Date line.
  */
-enum { R_STARTED = 1, R_FINISHED, R_STATUS, R_REQ, R_HEADERS, R_HK,
+enum { R_STARTED = 1, R_FINISHED, R_STATUS, R_REQ, R_HEADERS,
        R_BYTES, R_HEAD_SENT, R_CONN, R_METHOD, R_CLOSE, R_EXPECT_CONTINUE,
-       R_BODY, R_LENGTH, R_CHUNKED, R_VERSION, R_BROKEN, R_CONNECTION,
-       R_DATE, R_END };
+       R_BODY, R_LENGTH, R_CHUNKED, R_VERSION, R_BROKEN, R_END };
 static const char *const reskeys[R_END - 1] = {
-    "started", "finished", "_status", "_req", "_headers", "_hk", "_bytes",
+    "started", "finished", "_status", "_req", "_headers", "_bytes",
     "_head_sent", "_conn", "method", "_close", "_expect_continue", "_body",
-    "_length", "_chunked", "version", "_broken", "connection", "date"
+    "_length", "_chunked", "version", "_broken"
 };
 #define RKEYS lua_upvalueindex(1)
 #define RSTATUS_LINES lua_upvalueindex(2)
@@ -395,61 +394,72 @@ not_started(lua_State *L)
 }
 
 
+/* a and b (n bytes each) equal but for ASCII case */
+static int
+ci_eq(const char *a, const char *b, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        unsigned char x = (unsigned char) a[i], y = (unsigned char) b[i];
+
+        if (x != y && ((x | 0x20) != (y | 0x20) || (x | 0x20) < 'a'
+                       || (x | 0x20) > 'z')) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+
+/* Push the key of the headers table at h (absolute) that is name but for
+ * ASCII case, the first in traversal order (http.lua's key_of): 1, or 0
+ * and nothing pushed. res._headers holds a handful of names. */
+static int
+header_key(lua_State *L, int h, const char *name, size_t n)
+{
+    lua_pushnil(L);
+    while (lua_next(L, h) != 0) {
+        size_t kn;
+
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            const char *k = lua_tolstring(L, -2, &kn);
+
+            if (kn == n && ci_eq(k, name, n)) {
+                lua_pop(L, 1);
+                return 1;
+            }
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+
 /* res:header(name, value): set (replace whatever the case of the name),
  * nil removes, a table sends one line each. Returns res. */
 static int
 res_header(lua_State *L)
 {
-    size_t n, i;
+    size_t n;
     const char *name;
-    int hk, h;
 
     luaL_checktype(L, 1, LUA_TTABLE);
     not_started(L);
-    name = luaL_checklstring(L, 2, &n);
+    if (lua_type(L, 2) != LUA_TSTRING) {
+        return luaL_typeerror(L, 2, "string");
+    }
+    name = lua_tolstring(L, 2, &n);
     lua_settop(L, 3);
-    rget(L, 1, R_HK);                   /* 4 */
-    rget(L, 1, R_HEADERS);              /* 5 */
-    hk = 4;
-    h = 5;
-    luaL_checktype(L, hk, LUA_TTABLE);
-    luaL_checktype(L, h, LUA_TTABLE);
-    for (i = 0; i < n && !(name[i] >= 'A' && name[i] <= 'Z'); i++) {
-    }
-    if (i == n) {
-        lua_pushvalue(L, 2);            /* 6: already lower-case */
-    } else {
-        char small[64];
-        luaL_Buffer b;
-        char *q = n <= sizeof(small) ? small : luaL_buffinitsize(L, &b, n);
-
-        for (i = 0; i < n; i++) {
-            q[i] = (char) ((name[i] >= 'A' && name[i] <= 'Z') ? name[i] | 0x20
-                           : name[i]);
-        }
-        if (q == small) {
-            lua_pushlstring(L, small, n);       /* 6 */
-        } else {
-            luaL_pushresultsize(&b, n);         /* 6 */
-        }
-    }
-    lua_pushvalue(L, 6);
-    if (lua_rawget(L, hk) != LUA_TNIL) {        /* the old name */
+    rget(L, 1, R_HEADERS);              /* 4 */
+    luaL_checktype(L, 4, LUA_TTABLE);
+    if (header_key(L, 4, name, n)) {
         lua_pushnil(L);
-        lua_rawset(L, h);
-    } else {
-        lua_pop(L, 1);
+        lua_rawset(L, 4);
     }
-    lua_pushvalue(L, 6);
-    if (lua_isnil(L, 3)) {
-        lua_pushnil(L);
-    } else {
-        lua_pushvalue(L, 2);
-    }
-    lua_rawset(L, hk);
     lua_pushvalue(L, 2);
     lua_pushvalue(L, 3);
-    lua_rawset(L, h);
+    lua_rawset(L, 4);
     lua_settop(L, 1);
     return 1;
 }
@@ -487,7 +497,7 @@ res_send(lua_State *L)
 {
     size_t bn = 0;
     lua_Integer code;
-    int head_only, close;
+    int head_only, close, seen_conn = 0, has_date = 0;
     time_t now;
 
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -523,24 +533,34 @@ res_send(lua_State *L)
         lua_pushinteger(L, (lua_Integer) bn);
         rset(L, 1, R_BYTES);
     }
-    rget(L, 1, R_HK);                   /* 4 */
+    lua_pushnil(L);                     /* 4 (unused) */
     rget(L, 1, R_HEADERS);              /* 5 */
-    luaL_checktype(L, 4, LUA_TTABLE);
     luaL_checktype(L, 5, LUA_TTABLE);
-    /* send_head: Connection: close from the handler closes */
-    if (rget(L, 4, R_CONNECTION) != LUA_TNIL) {
-        size_t vn;
-        const char *v;
+    /* send_head: Connection: close from the handler closes; a Date from
+     * the handler replaces ours */
+    lua_pushnil(L);
+    while (lua_next(L, 5) != 0) {
+        size_t kn;
+        const char *k;
 
-        lua_rawget(L, 5);
-        v = luaL_tolstring(L, -1, &vn);
-        if (vn == 5 && strncasecmp(v, "close", 5) == 0) {
-            lua_pushboolean(L, 1);
-            rset(L, 3, R_CLOSE);
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            k = lua_tolstring(L, -2, &kn);
+            if (!seen_conn && kn == 10 && ci_eq(k, "connection", 10)) {
+                size_t vn;
+                const char *v = luaL_tolstring(L, -1, &vn);
+
+                seen_conn = 1;
+                if (vn == 5 && ci_eq(v, "close", 5)) {
+                    lua_pushboolean(L, 1);
+                    rset(L, 3, R_CLOSE);
+                }
+                lua_pop(L, 1);
+            } else if (kn == 4 && ci_eq(k, "date", 4)) {
+                has_date = 1;
+            }
         }
         lua_pop(L, 1);
     }
-    lua_pop(L, 1);
     /* a client waiting for 100 Continue whose body was not asked for */
     if (rtrue(L, 3, R_EXPECT_CONTINUE) && !rtrue(L, 3, R_BODY)) {
         rget(L, 3, R_LENGTH);
@@ -554,11 +574,9 @@ res_send(lua_State *L)
     close = rtrue(L, 3, R_CLOSE);
     rget(L, 1, R_CONN);                         /* 6 */
     lua_geti(L, RSTATUS_LINES, code);           /* 7 */
-    if (rget(L, 4, R_DATE) != LUA_TNIL) {       /* 8 */
-        lua_pop(L, 1);
+    if (has_date) {                             /* 8 */
         lua_pushnil(L);
     } else {
-        lua_pop(L, 1);
         now = time(NULL);
         if ((lua_Integer) now != lua_tointeger(L, RDATE_TIME)
             || lua_isnil(L, RDATE)) {
@@ -726,12 +744,12 @@ enum { C_FN = 1, C_CALL, C_TRACEBACK, C_AFTER, C_REQ, C_RES, C_HEADER_MT,
        C_OPTS, C_PARAMS,
        K_METHOD, K_TARGET, K_PATH, K_QUERY, K_VERSION, K_HEADERS, K_CONN,
        K_OPTS, K_LENGTH, K_CLOSE, K_CHUNKED, K_EXPECT_CONTINUE, K_RCONN,
-       K_RREQ, K_STATUS, K_RHEADERS, K_HK, K_STARTED, K_FINISHED, K_BROKEN,
+       K_RREQ, K_STATUS, K_RHEADERS, K_STARTED, K_FINISHED, K_BROKEN,
        K_HOST, K_TE, K_CL, K_EXPECT, K_CONNECTION, K_OUT0, K_END };
 static const char *const keynames[K_END - K_METHOD] = {
     "method", "target", "path", "query", "version", "headers", "conn",
     "_opts", "_length", "_close", "_chunked", "_expect_continue", "_conn",
-    "_req", "_status", "_headers", "_hk", "started", "finished", "_broken",
+    "_req", "_status", "_headers", "started", "finished", "_broken",
     "host", "transfer-encoding", "content-length", "expect", "connection",
     "_out0"
 };
@@ -1425,7 +1443,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     }
     /* res, as http.lua makes it (its methods create any other state);
      * room for the fields sending adds (_head_sent, _bytes) */
-    lua_createtable(L, 0, 10);
+    lua_createtable(L, 0, 8);
     lua_pushvalue(L, S_CONN);
     setkey(L, 1, K_RCONN);
     lua_pushvalue(L, S_REQ);
@@ -1434,8 +1452,6 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     setkey(L, 1, K_STATUS);
     lua_createtable(L, 0, 2);
     setkey(L, 1, K_RHEADERS);
-    lua_createtable(L, 0, 2);
-    setkey(L, 1, K_HK);
     lua_pushboolean(L, 0);
     setkey(L, 1, K_STARTED);
     lua_pushboolean(L, 0);

@@ -43,7 +43,7 @@ local function run(impl, reqf, steps, ok)
   local conn = recorder(ok ~= false)
   local req = { method = "GET", version = "1.1", _length = 0, _close = false }
   for k, v in pairs(reqf or {}) do req[k] = v end
-  local res = { _conn = conn, _req = req, _status = 200, _headers = {}, _hk = {},
+  local res = { _conn = conn, _req = req, _status = 200, _headers = {},
     started = false, finished = false }
   local out = {}
   for _, s in ipairs(steps) do
