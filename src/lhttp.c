@@ -739,7 +739,7 @@ fdp_lhttp_res(lua_State *L)
  * lua_getfield/lua_setfield would look the C string up each time.
  */
 enum { S_CONN = 1, S_CFG, S_HEADSEC, S_LIMIT, S_SERVED, S_REQ, S_RES,
-       S_TOP = S_RES, S_MSGH };
+       S_OUT0, S_TOP = S_OUT0, S_MSGH };
 enum { C_FN = 1, C_CALL, C_TRACEBACK, C_AFTER, C_REQ, C_RES, C_HEADER_MT,
        C_OPTS, C_PARAMS,
        K_METHOD, K_TARGET, K_PATH, K_QUERY, K_VERSION, K_HEADERS, K_CONN,
@@ -1482,7 +1482,7 @@ httploop_k(lua_State *L, int status, lua_KContext ctx)
             /* http.lua's handed_over: bytes the handler writes past res
              * (a hand-made 101) mean it took the connection over. */
             lua_pushinteger(L, (lua_Integer) c->bytes_out);
-            kset(L, S_REQ, K_OUT0);
+            lua_replace(L, S_OUT0);     /* req._out0 for cfg.after */
             lua_rawgeti(L, S_CFG, C_TRACEBACK);         /* S_MSGH */
             lua_rawgeti(L, S_CFG, C_CALL);
             lua_rawgeti(L, S_CFG, C_FN);
@@ -1499,6 +1499,8 @@ httploop_k(lua_State *L, int status, lua_KContext ctx)
                 httploop_next(L, c, cp);
                 break;
             }
+            lua_pushvalue(L, S_OUT0);
+            kset(L, S_REQ, K_OUT0);
             lua_rawgeti(L, S_CFG, C_AFTER);
             lua_pushvalue(L, S_CONN);
             lua_pushvalue(L, S_REQ);
@@ -1540,6 +1542,7 @@ conn_httploop(lua_State *L)
     lua_pushinteger(L, 0);              /* S_SERVED */
     lua_pushnil(L);                     /* S_REQ */
     lua_pushnil(L);                     /* S_RES */
+    lua_pushnil(L);                     /* S_OUT0 */
     c->timeout = head > 0 ? head : -1;
     c->total = 0;
     fdp_conn_op_begin(c);
