@@ -845,8 +845,19 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c)
     lua_createtable(L, 0, (int) h.nfields);
     for (i = 0; i < h.nfields; i++) {
         struct fdp_http_field *f = &h.fields[i];
+        size_t j;
+        int seen = h.nfields > 32;      /* else: an earlier line's name? */
 
+        for (j = 0; j < i && !seen; j++) {
+            seen = h.fields[j].name_len == f->name_len
+                   && memcmp(h.fields[j].name, f->name, f->name_len) == 0;
+        }
         lua_pushlstring(L, f->name, f->name_len);
+        if (!seen) {
+            lua_pushlstring(L, f->value, f->value_len);
+            lua_rawset(L, -3);
+            continue;
+        }
         lua_pushvalue(L, -1);
         if (lua_rawget(L, -3) == LUA_TSTRING) {
             /* Repeated field: combine as a list (RFC 9110 5.3). */
