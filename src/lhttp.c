@@ -788,14 +788,47 @@ kget(lua_State *L, int t, int k)
     return lua_rawget(L, t);
 }
 
+/* What prepare reads of a head, noted while parse_head goes over its
+ * fields: each framing header's value in the read buffer when it came
+ * once (a repeated one is read back from the headers table, joined). */
+enum { SP_TE, SP_CL, SP_HOST, SP_EXPECT, SP_CONN, SP_N };
+struct hspec {
+    const char *v[SP_N];
+    size_t n[SP_N];
+    int count[SP_N];
+    int v11;
+};
+
+
+static void
+hspec_note(struct hspec *sp, const struct fdp_http_field *f)
+{
+    int k;
+
+    switch (f->name_len) {
+    case 4: k = memcmp(f->name, "host", 4) == 0 ? SP_HOST : -1; break;
+    case 6: k = memcmp(f->name, "expect", 6) == 0 ? SP_EXPECT : -1; break;
+    case 10: k = memcmp(f->name, "connection", 10) == 0 ? SP_CONN : -1; break;
+    case 14: k = memcmp(f->name, "content-length", 14) == 0 ? SP_CL : -1; break;
+    case 17: k = memcmp(f->name, "transfer-encoding", 17) == 0 ? SP_TE : -1; break;
+    default: k = -1;
+    }
+    if (k >= 0 && sp->count[k]++ == 0) {
+        sp->v[k] = f->value;
+        sp->n[k] = f->value_len;
+    }
+}
+
+
 /*
  * Parse the head in [s, end) (it ends with an empty line; http_parse.c)
- * into a request table on the stack. Returns 1, or 0 with nil, an error
+ * into a request table on the stack (sp: noted for prepare, or NULL). Returns 1, or 0 with nil, an error
  * string and the method (or nil when the request line did not parse)
  * pushed.
  */
 static int
-parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c)
+parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
+           struct hspec *sp)
 {
     struct fdp_http_head h;
     const char *q;
@@ -841,6 +874,10 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c)
     setkey(L, keyed, K_QUERY);
     lua_pushstring(L, h.minor ? "1.1" : "1.0");
     setkey(L, keyed, K_VERSION);
+    if (sp != NULL) {
+        memset(sp, 0, sizeof(*sp));
+        sp->v11 = h.minor != 0;
+    }
 
     lua_createtable(L, 0, (int) h.nfields);
     for (i = 0; i < h.nfields; i++) {
@@ -851,6 +888,9 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c)
         for (j = 0; j < i && !seen; j++) {
             seen = h.fields[j].name_len == f->name_len
                    && memcmp(h.fields[j].name, f->name, f->name_len) == 0;
+        }
+        if (sp != NULL) {
+            hspec_note(sp, f);
         }
         lua_pushlstring(L, f->name, f->name_len);
         if (!seen) {
@@ -1012,7 +1052,7 @@ readrequest_run(lua_State *L, int status)
     if (hl == 0) {
         return 2;
     }
-    if (!parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 0, c)) {
+    if (!parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 0, c, NULL)) {
         return 3;
     }
     c->rstart += hl;
@@ -1140,6 +1180,23 @@ hget(lua_State *L, int hi, int k, size_t *n)
 }
 
 
+/* Header k's value: from the head when it came once (in the read
+ * buffer, n bytes, not NUL-terminated), from the headers table at hi
+ * when repeated (joined with ", "), or NULL. */
+static const char *
+spget(lua_State *L, int hi, const struct hspec *sp, int i, int k, size_t *n)
+{
+    if (sp->count[i] == 0) {
+        return NULL;
+    }
+    if (sp->count[i] == 1) {
+        *n = sp->n[i];
+        return sp->v[i];
+    }
+    return hget(L, hi, k, n);
+}
+
+
 static int
 is_alnum(int ch)
 {
@@ -1208,9 +1265,10 @@ has_ci(const char *v, size_t n, const char *w)
  * folding metatable. Returns 0, or a status with *why set (or NULL).
  */
 static int
-prepare(lua_State *L, const struct httpcfg *cp, int v11, const char **why)
+prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
+        const char **why)
 {
-    int hi;
+    int hi, v11 = sp->v11;
     size_t tn = 0, cn = 0, n = 0;
     const char *te, *cl, *v, *t, *m;
     lua_Integer length = 0;
@@ -1222,8 +1280,8 @@ prepare(lua_State *L, const struct httpcfg *cp, int v11, const char **why)
     kset(L, S_REQ, K_OPTS);
     kget(L, S_REQ, K_HEADERS);
     hi = lua_gettop(L);
-    te = hget(L, hi, K_TE, &tn);
-    cl = hget(L, hi, K_CL, &cn);
+    te = spget(L, hi, sp, SP_TE, K_TE, &tn);
+    cl = spget(L, hi, sp, SP_CL, K_CL, &cn);
     if (te) {
         size_t i = 0, ncod = 0, a, b;
         int last_chunked = 0;
@@ -1290,7 +1348,7 @@ prepare(lua_State *L, const struct httpcfg *cp, int v11, const char **why)
     }
     lua_pushinteger(L, length);
     kset(L, S_REQ, K_LENGTH);
-    v = hget(L, hi, K_HOST, &n);
+    v = spget(L, hi, sp, SP_HOST, K_HOST, &n);
     if (v) {
         if (!valid_host(v, n)) {
             *why = "bad Host";
@@ -1328,7 +1386,7 @@ prepare(lua_State *L, const struct httpcfg *cp, int v11, const char **why)
             }
         }
     }
-    v = hget(L, hi, K_EXPECT, &n);
+    v = spget(L, hi, sp, SP_EXPECT, K_EXPECT, &n);
     if (v) {
         if (n != 12 || strncasecmp(v, "100-continue", 12) != 0) {
             return 417;
@@ -1336,7 +1394,7 @@ prepare(lua_State *L, const struct httpcfg *cp, int v11, const char **why)
         lua_pushboolean(L, v11);
         kset(L, S_REQ, K_EXPECT_CONTINUE);
     }
-    v = hget(L, hi, K_CONNECTION, &n);
+    v = spget(L, hi, sp, SP_CONN, K_CONNECTION, &n);
     if (v) {
         lua_pushboolean(L, v11 ? has_ci(v, n, "close") : !has_ci(v, n, "keep-alive"));
     } else {
@@ -1405,6 +1463,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     lua_Integer served;
     int code;
     const char *why;
+    struct hspec sp;
 
     if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
         lua_pushnil(L);
@@ -1418,7 +1477,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         lua_pushnil(L);
         lua_replace(L, S_LIMIT);
     }
-    if (hl == 0 || !parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 1, c)) {
+    if (hl == 0 || !parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 1, c, &sp)) {
         if (hl == 0) {
             lua_pushnil(L);             /* no method */
         }
@@ -1433,8 +1492,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     lua_pushinteger(L, served);
     lua_replace(L, S_SERVED);
     lua_replace(L, S_REQ);
-    kget(L, S_REQ, K_VERSION);
-    code = prepare(L, cp, lua_tostring(L, -1)[2] == '1', &why);
+    code = prepare(L, cp, &sp, &why);
     if (code) {
         lua_settop(L, S_TOP);
         lua_pushliteral(L, "refuse");
