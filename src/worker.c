@@ -831,7 +831,7 @@ struct fcache {
 #endif
 #endif
 
-
+#ifndef FC_OFF
 static void *
 fc_get(struct fcache *fc, size_t n)
 {
@@ -901,6 +901,7 @@ fc_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     }
     return np;
 }
+#endif
 
 
 static void
