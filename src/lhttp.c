@@ -502,19 +502,20 @@ res_send(lua_State *L)
 
     luaL_checktype(L, 1, LUA_TTABLE);
     not_started(L);
-    if (lua_isnoneornil(L, 2)) {
+    if (!lua_toboolean(L, 2)) {         /* body or "" */
         lua_settop(L, 1);
         lua_pushliteral(L, "");
-    } else if (lua_type(L, 2) != LUA_TSTRING) {
-        return luaL_error(L, "attempt to get length of a %s value (local "
-                          "'body')", luaL_typename(L, 2));
     }
     lua_settop(L, 2);
-    (void) lua_tolstring(L, 2, &bn);
     lua_pushboolean(L, 1);
     rset(L, 1, R_STARTED);
     lua_pushboolean(L, 1);
     rset(L, 1, R_FINISHED);
+    if (lua_type(L, 2) != LUA_TSTRING) {
+        return luaL_error(L, "attempt to get length of a %s value (local "
+                          "'body')", luaL_typename(L, 2));
+    }
+    (void) lua_tolstring(L, 2, &bn);
     rget(L, 1, R_REQ);                  /* 3 */
     luaL_checktype(L, 3, LUA_TTABLE);
     rget(L, 1, R_STATUS);

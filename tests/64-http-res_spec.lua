@@ -63,6 +63,8 @@ local CASES = {
   { "a table value, a number value", nil, { { "header", "Set-Cookie", { "a=1", "b=2" } },
     { "header", "X-N", 5 }, { "send", "x" } } },
   { "nil body", nil, { { "send" } } },
+  { "false body", nil, { { "send", false } } },
+  { "a number body", nil, { { "send", 42 } } },
   { "HEAD", { method = "HEAD" }, { { "send", "body" } } },
   { "204", nil, { { "status", 204 }, { "send", "dropped" } } },
   { "304", nil, { { "status", 304 }, { "send", "" } } },
