@@ -740,7 +740,7 @@ fdp_lhttp_res(lua_State *L)
  * lua_getfield/lua_setfield would look the C string up each time.
  */
 enum { S_CONN = 1, S_CFG, S_HEADSEC, S_LIMIT, S_SERVED, S_REQ, S_RES,
-       S_OUT0, S_TOP = S_OUT0, S_MSGH };
+       S_OUT0, S_BODY, S_TOP = S_BODY, S_MSGH };
 enum { C_FN = 1, C_CALL, C_TRACEBACK, C_AFTER, C_REQ, C_RES, C_HEADER_MT,
        C_OPTS, C_PARAMS,
        K_METHOD, K_TARGET, K_PATH, K_QUERY, K_VERSION, K_HEADERS, K_CONN,
@@ -1349,6 +1349,9 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
     }
     lua_pushinteger(L, length);
     kset(L, S_REQ, K_LENGTH);
+    /* for plain_end: a body to read (-1: chunked) */
+    lua_pushinteger(L, te ? -1 : length);
+    lua_replace(L, S_BODY);
     v = spget(L, hi, sp, SP_HOST, K_HOST, &n);
     if (v) {
         if (!valid_host(v, n)) {
@@ -1423,13 +1426,12 @@ plain_end(lua_State *L, const struct httpcfg *cp)
         lua_pop(L, 1);
         return 0;
     }
+    /* req._chunked and _length as prepare set them (S_BODY) */
     kget(L, S_REQ, K_CLOSE);
     kget(L, S_REQ, K_BROKEN);
-    kget(L, S_REQ, K_CHUNKED);
-    kget(L, S_REQ, K_LENGTH);
-    r = !lua_toboolean(L, -4) && !lua_toboolean(L, -3) && !lua_toboolean(L, -2)
-        && lua_isinteger(L, -1) && lua_tointeger(L, -1) == 0;
-    lua_pop(L, 5);
+    r = !lua_toboolean(L, -2) && !lua_toboolean(L, -1)
+        && lua_tointeger(L, S_BODY) == 0;
+    lua_pop(L, 3);
     return r;
 }
 
@@ -1613,6 +1615,7 @@ conn_httploop(lua_State *L)
     lua_pushnil(L);                     /* S_REQ */
     lua_pushnil(L);                     /* S_RES */
     lua_pushnil(L);                     /* S_OUT0 */
+    lua_pushinteger(L, 0);              /* S_BODY */
     c->timeout = head > 0 ? head : -1;
     c->total = 0;
     fdp_conn_op_begin(c);
