@@ -19,4 +19,8 @@ int fdp_lhttp_readresponse(lua_State *L);
 int fdp_lhttp_readchunk(lua_State *L, lua_Integer max, lua_Integer piece,
                         int start);
 
+/* fdpool._httpres(status_lines) -> header, send: fdpool.http's
+ * res:header and res:send in C. */
+int fdp_lhttp_res(lua_State *L);
+
 #endif
