@@ -283,12 +283,17 @@ shd_get(lua_State *L)
         uint32_t slot = (v.at * 2654435769u) >> (32 - SHD_VCBITS);
 
         if (s->vc == NULL) {
-            s->vc = calloc(SHD_VCACHE, sizeof(*s->vc));
-            if (s->vc == NULL) {
+            /* the table first: it may raise (--max-memory), and vc set
+             * means the table is there to keep the strings */
+            struct shd_vc *vc;
+
+            lua_createtable(L, SHD_VCACHE, 0);
+            vc = calloc(SHD_VCACHE, sizeof(*vc));
+            if (vc == NULL) {
                 return luaL_error(L, "not enough memory");
             }
-            lua_createtable(L, SHD_VCACHE, 0);
             lua_replace(L, lua_upvalueindex(2));
+            s->vc = vc;
         }
         if (s->vc[slot].at == v.at && s->vc[slot].len == v.len
             && memcmp(s->vc[slot].p, v.s, v.len) == 0) {

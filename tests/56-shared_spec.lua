@@ -56,6 +56,15 @@ describe("fdpool.shared", function()
       .. "1111,2222,3333,true", cmd(p, "object"))
   end)
 
+  it("answers get after its string cache could not be made (--max-memory)", function()
+    local q = start({ "--max-memory", "8" }, { workers = 1 })
+    local ok, out = pcall(cmd, q, "vcoom")
+    q:stop()
+    assert(ok, out)
+    assert.equals("false,false:not enough memory,short,short", out)
+    assert.falsy(q:log():find("killed by", 1, true), q:log())
+  end)
+
   it("is one dictionary for every worker", function()
     assert.equals("true nil false", cmd(p, "set shared-key hello"))
     local seen = {}
