@@ -455,39 +455,18 @@ function Conn:readchunked(max, discard)
   max = optinteger(max, 1, "readchunked")
   if max == nil then argerror(1, "readchunked", "number expected, got no value") end
   if max < 0 then argerror(1, "readchunked", "the limit must not be negative") end
-  local d = { state = "size", ndigits = 0, ext = 0, left = 0, total = 0,
-    trailer_bytes = 0, ntrailers = 0 }
-  local parts = {}
+  local parts, total, start = {}, 0, true
   while true do
-    if self.closed then return nil, "closed" end
-    local i = 1
-    while i <= #self._buf do
-      local r, j, at = chunked_next(d, self._buf, i)
-      if not r then
-        self._buf = self._buf:sub(at)
-        return nil, j
-      end
-      i = j
-      if r == "done" then
-        self._buf = self._buf:sub(i)
-        if discard then return d.total end
-        return table.concat(parts)
-      end
-      if r == "again" then break end
-      if d.left > max - d.total then
-        self._buf = self._buf:sub(i)
-        return nil, "too large"
-      end
-      local k = math.min(d.left, #self._buf - i + 1)
-      if k == 0 then break end
-      if not discard then parts[#parts + 1] = self._buf:sub(i, i + k - 1) end
-      d.left, d.total = d.left - k, d.total + k
-      i = i + k
+    local piece, err = self:readchunk(max, start)
+    start = false
+    if not piece then self._chunk = nil return nil, err end
+    if piece == "" then
+      self._chunk = nil
+      if discard then return total end
+      return table.concat(parts)
     end
-    self._buf = self._buf:sub(i)
-    local r = self:_fill()
-    if r == "eof" then return nil, "closed" end
-    if r == "timeout" then return nil, "timeout" end
+    total = total + #piece
+    if not discard then parts[#parts + 1] = piece end
   end
 end
 
