@@ -40,6 +40,7 @@
 
 
 static void worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev);
+static void sched_master(struct fdp_pool *p, int on);
 
 
 /* Only ever signal a pid this master forked and has not reaped. */
@@ -140,6 +141,7 @@ fdp_pool_free(struct fdp_pool *p)
     if (p == NULL) {
         return;
     }
+    sched_master(p, 0);         /* a pool dropped while it ran */
     fdp_pool_close_in_child(p, -1);
     fdp_close(&p->slow_fd);
     fdp_shzone_close(p, 1);
