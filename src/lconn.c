@@ -40,17 +40,38 @@ enum { PAT_LINE, PAT_ALL, PAT_COUNT };
 typedef char conn_fd_first[offsetof(struct fdp_conn, fd) == 0 ? 1 : -1];
 
 
+/* The key both metatables (the conn's, a client socket's) carry: one
+ * raw lookup in the argument's metatable tells either (every conn
+ * method call asks; luaL_testudata would look each name up in the
+ * registry). */
+static const char conn_tag = 'c';
+
+
+void
+fdp_conn_tag_meta(lua_State *L)
+{
+    lua_pushboolean(L, 1);
+    lua_rawsetp(L, -2, &conn_tag);
+}
+
+
 /* A conn, or a client socket (lsock.c), which starts with one: the conn
  * methods serve both. */
 struct fdp_conn *
 fdp_checkconn(lua_State *L)
 {
-    void *c = luaL_testudata(L, 1, CONN_MT);
+    void *c = lua_touserdata(L, 1);
 
-    if (c == NULL) {
-        c = luaL_testudata(L, 1, FDP_TCP_MT);
+    if (c != NULL && lua_type(L, 1) == LUA_TUSERDATA
+        && lua_getmetatable(L, 1)) {
+        int ok = lua_rawgetp(L, -1, &conn_tag) == LUA_TBOOLEAN;
+
+        lua_pop(L, 2);
+        if (ok) {
+            return c;
+        }
     }
-    return c != NULL ? c : luaL_checkudata(L, 1, CONN_MT);
+    return luaL_checkudata(L, 1, CONN_MT);      /* raises */
 }
 
 
@@ -965,4 +986,7 @@ fdp_conn_open_meta(lua_State *L)
     };
 
     fdp_createmeta(L, CONN_MT, meta, methods);
+    luaL_getmetatable(L, CONN_MT);
+    fdp_conn_tag_meta(L);
+    lua_pop(L, 1);
 }

@@ -295,6 +295,7 @@ luaopen_fdpool(lua_State *L)
         { "log", l_log },
         { "log_file", l_log_file },
         { "log_format", l_log_format },
+        { "_httpres", fdp_lhttp_res },
         { NULL, NULL }
     };
 

@@ -1376,6 +1376,60 @@ test_http_head(void)
 }
 
 
+static int
+resp(const char *in, struct fdp_http_head *h)
+{
+    static char buf[4096];
+    size_t n = strlen(in);
+
+    memcpy(buf, in, n);
+    return fdp_http_parse_response(buf, n, h);
+}
+
+
+static void
+test_http_response(void)
+{
+    struct fdp_http_head h;
+
+    test_cond("response: a 200 parses",
+              resp("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A:\t v \r\n"
+                   "\r\n", &h) == 0
+              && h.status == 200 && h.minor == 1 && h.reason_len == 2
+              && memcmp(h.reason, "OK", 2) == 0 && h.nfields == 2
+              && memcmp(h.fields[0].name, "content-length", 14) == 0
+              && h.fields[1].value_len == 1 && h.fields[1].value[0] == 'v');
+    test_cond("response: no reason, HTTP/1.0",
+              resp("HTTP/1.0 204\r\n\r\n", &h) == 0 && h.status == 204
+              && h.minor == 0 && h.reason_len == 0 && h.nfields == 0);
+    test_cond("response: bare LF line ends",
+              resp("HTTP/1.1 404 Not Found\nA: b\n\n", &h) == 0
+              && h.status == 404 && h.reason_len == 9 && h.nfields == 1
+              && h.fields[0].value_len == 1);
+    test_cond("response: HTTP/2.0", resp("HTTP/2.0 200 OK\r\n\r\n", &h)
+              == FDP_HTTP_ESTATUS);
+    test_cond("response: status 099", resp("HTTP/1.1 099 X\r\n\r\n", &h)
+              == FDP_HTTP_ESTATUS);
+    test_cond("response: 4-digit status",
+              resp("HTTP/1.1 2000 X\r\n\r\n", &h) == FDP_HTTP_ESTATUS);
+    test_cond("response: not HTTP", resp("HELLO WORLD\r\n\r\n", &h)
+              == FDP_HTTP_ESTATUS);
+    test_cond("response: control byte in the reason",
+              resp("HTTP/1.1 200 O\001K\r\n\r\n", &h) == FDP_HTTP_ESTATUS);
+    test_cond("response: obs-fold",
+              resp("HTTP/1.1 200 OK\r\nA: b\r\n c\r\n\r\n", &h)
+              == FDP_HTTP_EHEADER);
+    test_cond("response: no colon",
+              resp("HTTP/1.1 200 OK\r\nA b\r\n\r\n", &h) == FDP_HTTP_EHEADER);
+    test_cond("response: bare CR in a value",
+              resp("HTTP/1.1 200 OK\r\nA: b\rc\r\n\r\n", &h)
+              == FDP_HTTP_EVALUE);
+    test_cond("response: its error text",
+              strcmp(fdp_http_strerror(FDP_HTTP_ESTATUS), "bad status line")
+              == 0);
+}
+
+
 /* Decode in as one piece (step 0) or step bytes at a time; returns the
  * last result and the data in out (*outn bytes). */
 static int
@@ -2239,6 +2293,7 @@ main(void)
     test_loop_io();
     test_status();
     test_http_head();
+    test_http_response();
     test_head_filter();
     test_proxy_codes();
     test_http_chunked();
