@@ -974,6 +974,22 @@ readrequest_k(lua_State *L, int status, lua_KContext ctx)
  * limit uses stack slots 3 and 4 (head_limit_arm). Empty lines before a
  * head are skipped (RFC 9112 2.2).
  */
+/* A head past max: for a request whose first line alone is past it,
+ * "uri too long" (414, as nginx and Apache answer), else "header too
+ * large" (431); truncated NULL is a response's head. */
+static size_t
+head_too_large(lua_State *L, const char *s, size_t max, const char *truncated)
+{
+    lua_pushnil(L);
+    if (truncated != NULL && memchr(s, '\n', max) == NULL) {
+        lua_pushliteral(L, "uri too long");
+    } else {
+        lua_pushliteral(L, "header too large");
+    }
+    return 0;
+}
+
+
 static size_t
 head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
           lua_KContext ctx, lua_KFunction k)
@@ -1007,9 +1023,7 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
                 const char *hend = p + (p[1] == '\n' ? 2 : 3);
 
                 if ((size_t) (hend - s) > max) {
-                    lua_pushnil(L);
-                    lua_pushliteral(L, "header too large");
-                    return 0;
+                    return head_too_large(L, s, max, truncated);
                 }
                 c->op_pos = 0;
                 return (size_t) (hend - s);
@@ -1018,9 +1032,7 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
         if (s) {
             c->op_pos = (size_t) (end - s) > 2 ? (size_t) (end - s) - 2 : 0;
             if ((size_t) (end - s) > max) {
-                lua_pushnil(L);
-                lua_pushliteral(L, "header too large");
-                return 0;
+                return head_too_large(L, s, max, truncated);
             }
         }
         n = fdp_conn_fill(c, 0);
@@ -1080,7 +1092,7 @@ readrequest_run(lua_State *L, int status)
 /*
  * conn:readrequest([max_head_bytes [, head_seconds]]) -> request table
  * {method, target, path, query, version ("1.0"|"1.1"), headers
- * (lower-case names)}, or nil, "closed"|"timeout"|"header too large"|
+ * (lower-case names)}, or nil, "closed"|"timeout"|"uri too long"|"header too large"|
  * "too many headers"|"unsupported HTTP version"|"bad ...", method (when
  * the request line parsed, so a HEAD gets no error body). HTTP/1.2..1.9
  * read as "1.1". head_seconds bounds the whole head from its first byte

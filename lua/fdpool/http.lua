@@ -612,6 +612,8 @@ function M.serve(fn, options)
       if served == 0 or conn:buffered() > 0 then simple(conn, 408) end
     elseif err == "header too large" or err == "too many headers" then
       simple(conn, 431, nil, head)
+    elseif err == "uri too long" then
+      simple(conn, 414, nil, head)
     elseif err == "unsupported HTTP version" then
       simple(conn, 505, nil, head)
     elseif err ~= "closed" then

@@ -43,6 +43,7 @@ static const char check_src[] =
     "local tchar = \"^[%w!#$%%&'*+%-.^_`|~]+$\"\n"
     "local errors = { closed = true, ['bad request: truncated'] = true,\n"
     "  ['header too large'] = true, ['bad request line'] = true,\n"
+    "  ['uri too long'] = true,\n"
     "  ['bad header line'] = true, ['bad header value'] = true,\n"
     "  ['too many headers'] = true, ['unsupported HTTP version'] = true }\n"
     "local body_errors = { closed = true, ['too large'] = true,\n"

@@ -283,10 +283,17 @@ end
 -- @treturn[1] table {method, target, path, query, version ("1.0"|"1.1"),
 -- headers (lower-case names; repeated ones joined with ", ")}
 -- @return[2] nil
--- @treturn[2] string "closed", "timeout", "header too large", "bad request
+-- @treturn[2] string "closed", "timeout", "uri too long", "header too large", "bad request
 -- line", "unsupported HTTP version", "bad header line", "bad header
 -- value", "too many headers" or "bad request: truncated"
 -- @treturn[2] string the method, when the request line parsed
+-- A head past max: "uri too long" when its request line alone is past
+-- it (414), else "header too large" (431), as the real conn.
+local function too_large(s, max)
+  if not s:sub(1, max):find("\n", 1, true) then return "uri too long" end
+  return "header too large"
+end
+
 function Conn:readrequest(max, head)
   max = optinteger(max, 1, "readrequest", HEAD_MAX_DEFAULT)
   if max <= 0 then argerror(1, "readrequest", "the limit must be positive") end
@@ -301,13 +308,13 @@ function Conn:readrequest(max, head)
     local s = self._buf
     local _, hend = s:find("\n\r?\n")
     if hend then
-      if hend > max then return nil, "header too large" end
+      if hend > max then return nil, too_large(s, max) end
       local req, err, method = M.parse_head(s:sub(1, hend))
       if not req then return nil, err, method end
       self._buf = s:sub(hend + 1)
       return req
     end
-    if #s > max then return nil, "header too large" end
+    if #s > max then return nil, too_large(s, max) end
     local r = self:_fill()
     if r == "eof" then
       local truncated = #self._buf > 0
