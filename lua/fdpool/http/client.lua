@@ -66,6 +66,8 @@ function M.parse_url(url)
     hosthdr = host
   end
   if not host or host == "" then return nil, "bad url: no host" end
+  -- RFC 3986 reg-name bytes only: the host goes into the Host line.
+  if host:find("[^%w%.%-_~%%!$&'()*+,;=:]") then return nil, "bad url: bad byte in the host" end
   if target:find("[%z\1-\32\127]") then return nil, "bad url: space or control byte in the path" end
   local default = scheme == "https" and 443 or 80
   port = port ~= "" and tonumber(port) or default
