@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """bench/instr_client.py MODE PORT N: N HTTP/1.1 GET / requests to 127.0.0.1:PORT,
 one at a time (MODE ka: one keep-alive connection; close: a new connection per
-request with Connection: close; pipe: batches of 16 pipelined on one connection).
+request with Connection: close; pipe: batches of 16 pipelined on one connection;
+many: CONNS (default 1000) keep-alive connections opened first, each asked
+once, then the N requests round robin over them).
 A fixed request count for bench/instr (instructions per request under callgrind).
 Exits non-zero if any answer is not 200."""
 import socket, sys
@@ -39,7 +41,20 @@ def read_responses(s, buf, count):
     return buf
 
 
-if mode == "close":
+if mode == "many":
+    import os
+    conns = [socket.create_connection(("127.0.0.1", port))
+             for _ in range(int(os.environ.get("CONNS", "1000")))]
+    for s in conns:
+        s.sendall(REQ)
+        read_responses(s, b"", 1)
+    for i in range(n):
+        s = conns[i % len(conns)]
+        s.sendall(REQ)
+        read_responses(s, b"", 1)
+    for s in conns:
+        s.close()
+elif mode == "close":
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(CLOSE)

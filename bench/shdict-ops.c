@@ -20,7 +20,7 @@ main(int argc, char **argv)
                    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     struct fdp_shd d;
     struct fdp_shd_val v, by, out;
-    char keys[1000][16];
+    char keys[1000][16], nkeys[1000][16];
     long i, n = argc > 2 ? atol(argv[2]) : 100000;
     int ev;
 
@@ -38,6 +38,7 @@ main(int argc, char **argv)
     by.i = 1;
     for (i = 0; i < 1000; i++) {
         snprintf(keys[i], sizeof(keys[i]), "key%ld", i + 1);
+        snprintf(nkeys[i], sizeof(nkeys[i]), "num%ld", i + 1);
         fdp_shd_set(&d, 0, keys[i], strlen(keys[i]), &v, 0, &ev);
     }
     for (i = 0; i < n; i++) {
@@ -48,6 +49,9 @@ main(int argc, char **argv)
         } else if (strcmp(argv[1], "set") == 0) {
             (void) fdp_shd_set(&d, 0, k, strlen(k), &v, 0, &ev);
         } else {
+            /* counters of their own (an incr of a string value is an
+             * error); the first round makes them */
+            k = nkeys[i % 1000];
             (void) fdp_shd_incr(&d, k, strlen(k), &by, &by, 0, &out, &ev);
         }
     }

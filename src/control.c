@@ -202,11 +202,19 @@ run_http(struct ctl_client *c)
         for (i = 0; i < p->nworkers; i++) {
             up += p->workers[i].slot.state == FDP_W_RUNNING;
         }
-        if (up > 0 && !p->stopping && !p->draining) {
-            fdp_buf_printf(&body, "ok %d/%d workers", up, p->nworkers);
-        } else {
+        if (up == 0 || p->stopping || p->draining) {
             status = "503 Service Unavailable";
-            fdp_buf_printf(&body, "unavailable %d/%d workers%s", up,
+        }
+        /* Workers on demand: the table's slots are the maximum, and an
+         * idle pool runs its minimum by design, which is not "1/8". */
+        if (p->max_workers) {
+            fdp_buf_printf(&body, "%s %d workers (on demand, %d-%d)%s",
+                           *status == '2' ? "ok" : "unavailable", up,
+                           p->min_workers, p->max_workers,
+                           p->stopping || p->draining ? ", stopping" : "");
+        } else {
+            fdp_buf_printf(&body, "%s %d/%d workers%s",
+                           *status == '2' ? "ok" : "unavailable", up,
                            p->nworkers, p->stopping || p->draining
                            ? ", stopping" : "");
         }

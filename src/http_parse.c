@@ -1,9 +1,11 @@
 /*
- * http_parse.c - HTTP/1.x request framing without Lua or I/O: the head
- * parser (request line and header fields) and the incremental chunked
- * body decoder. Strict as llhttp without its lenient flags: CRLF only,
- * no obs-fold, no whitespace before a colon, chunk sizes of 1 to 16 hex
- * digits, chunk extensions and trailers by the RFC 9112 grammar.
+ * http_parse.c - HTTP/1.x framing without Lua or I/O: the head parsers
+ * (a request line or a response's status line, then the header fields,
+ * one field parser for both) and the incremental chunked body decoder.
+ * Strict as llhttp without its lenient flags: CRLF only (a response may
+ * end its lines in a bare LF), no obs-fold, no whitespace before a
+ * colon, chunk sizes of 1 to 16 hex digits, chunk extensions and
+ * trailers by the RFC 9112 grammar.
  */
 #include "http_parse.h"
 
@@ -78,6 +80,8 @@ fdp_http_strerror(int err)
         return "bad chunk";
     case FDP_HTTP_ETRAILER:
         return "bad trailer";
+    case FDP_HTTP_ESTATUS:
+        return "bad status line";
     default:
         return "bad request";
     }
@@ -104,58 +108,46 @@ crlf_line(const char *s, const char *end, const char **eol,
 
 
 /*
- * Parse the head in [s, s+n) (it ends with the empty line) into *h: the
- * spans point into s, and header names are lower-cased in place (only
- * when the whole head parsed). Returns
- * 0 or a FDP_HTTP_E* error; h->method is set once the request line
- * parsed, so an error reply can tell a HEAD request.
+ * The line at s: its end (at the CR of a CRLF, or at a bare LF) in *eol
+ * and the next line in *next; 0 when no LF is left. Responses only: a
+ * client MAY take a bare LF as a line end (RFC 9112 2.2), as nginx's
+ * upstream parser does; a lone CR stays a bad byte.
  */
-int
-fdp_http_parse_head(char *s, size_t n, struct fdp_http_head *h)
+static int
+lf_line(const char *s, const char *end, const char **eol,
+        const char **next)
 {
-    const char *end = s + n, *eol, *next, *p, *sp1, *sp2;
+    const char *nl = memchr(s, '\n', (size_t) (end - s));
+
+    if (nl == NULL) {
+        return 0;
+    }
+    *eol = nl > s && nl[-1] == '\r' ? nl - 1 : nl;
+    *next = nl + 1;
+    return 1;
+}
+
+
+/*
+ * The header section after the start line, from next to the empty line,
+ * into h->fields: *( field-line CRLF ) CRLF, field-line = name ":" OWS
+ * value OWS. lf_ok: a bare LF ends a line too (responses). Names are
+ * lower-cased in place only when the whole section parsed.
+ */
+static int
+parse_fields(const char *next, const char *end, struct fdp_http_head *h,
+             int lf_ok)
+{
+    const char *eol, *p;
     size_t i;
 
-    h->method = NULL;
-    h->nfields = 0;
-    /* request-line = method SP request-target SP HTTP-version CRLF */
-    if (!crlf_line(s, end, &eol, &next)) {
-        return FDP_HTTP_EBADLINE;
-    }
-    for (p = s; p < eol && tchar[(unsigned char) *p]; p++) {
-    }
-    if (p == s || p == eol || *p != ' ') {
-        return FDP_HTTP_EBADLINE;
-    }
-    sp1 = p;
-    for (p = sp1 + 1; p < eol && (unsigned char) *p > 0x20 && *p != 0x7f;
-         p++) {
-    }
-    if (p == sp1 + 1 || p == eol || *p != ' ') {
-        return FDP_HTTP_EBADLINE;
-    }
-    sp2 = p;
-    if (eol - sp2 - 1 != 8 || memcmp(sp2 + 1, "HTTP/", 5) != 0
-        || sp2[6] < '0' || sp2[6] > '9' || sp2[7] != '.'
-        || sp2[8] < '0' || sp2[8] > '9') {
-        return FDP_HTTP_EBADLINE;
-    }
-    h->method = s;
-    h->method_len = (size_t) (sp1 - s);
-    h->target = sp1 + 1;
-    h->target_len = (size_t) (sp2 - sp1 - 1);
-    if (sp2[6] != '1') {
-        return FDP_HTTP_EVERSION;
-    }
-    h->minor = sp2[8] == '0' ? 0 : 1;
-
-    /* *( field-line CRLF ) CRLF, field-line = name ":" OWS value OWS */
     for (;;) {
         char *line = (char *) next, *q;
         const char *v, *ve;
 
-        if (!crlf_line(line, end, &eol, &next)) {
-            return FDP_HTTP_EHEADER;        /* bare LF */
+        if (!(lf_ok ? lf_line(line, end, &eol, &next)
+              : crlf_line(line, end, &eol, &next))) {
+            return FDP_HTTP_EHEADER;        /* a request's bare LF */
         }
         if (eol == line) {
             break;
@@ -201,6 +193,91 @@ fdp_http_parse_head(char *s, size_t n, struct fdp_http_head *h)
         }
     }
     return 0;
+}
+
+
+/*
+ * Parse the head in [s, s+n) (it ends with the empty line) into *h: the
+ * spans point into s, and header names are lower-cased in place (only
+ * when the whole head parsed). Returns
+ * 0 or a FDP_HTTP_E* error; h->method is set once the request line
+ * parsed, so an error reply can tell a HEAD request.
+ */
+int
+fdp_http_parse_head(char *s, size_t n, struct fdp_http_head *h)
+{
+    const char *end = s + n, *eol, *next, *p, *sp1, *sp2;
+
+    h->method = NULL;
+    h->nfields = 0;
+    /* request-line = method SP request-target SP HTTP-version CRLF */
+    if (!crlf_line(s, end, &eol, &next)) {
+        return FDP_HTTP_EBADLINE;
+    }
+    for (p = s; p < eol && tchar[(unsigned char) *p]; p++) {
+    }
+    if (p == s || p == eol || *p != ' ') {
+        return FDP_HTTP_EBADLINE;
+    }
+    sp1 = p;
+    for (p = sp1 + 1; p < eol && (unsigned char) *p > 0x20 && *p != 0x7f;
+         p++) {
+    }
+    if (p == sp1 + 1 || p == eol || *p != ' ') {
+        return FDP_HTTP_EBADLINE;
+    }
+    sp2 = p;
+    if (eol - sp2 - 1 != 8 || memcmp(sp2 + 1, "HTTP/", 5) != 0
+        || sp2[6] < '0' || sp2[6] > '9' || sp2[7] != '.'
+        || sp2[8] < '0' || sp2[8] > '9') {
+        return FDP_HTTP_EBADLINE;
+    }
+    h->method = s;
+    h->method_len = (size_t) (sp1 - s);
+    h->target = sp1 + 1;
+    h->target_len = (size_t) (sp2 - sp1 - 1);
+    if (sp2[6] != '1') {
+        return FDP_HTTP_EVERSION;
+    }
+    h->minor = sp2[8] == '0' ? 0 : 1;
+    return parse_fields(next, end, h, 0);
+}
+
+
+/*
+ * Parse a response head in [s, s+n) (it ends with the empty line) into
+ * *h: status, reason, minor and the fields, as fdp_http_parse_head does
+ * for a request (the same field rules, names lower-cased in place), but
+ * lines may end in a bare LF. status-line = HTTP-version SP 3DIGIT
+ * [ SP reason-phrase ] (a missing reason is taken, as nginx does).
+ * Returns 0 or a FDP_HTTP_E* error (FDP_HTTP_ESTATUS for the status
+ * line, a major version other than 1 included).
+ */
+int
+fdp_http_parse_response(char *s, size_t n, struct fdp_http_head *h)
+{
+    const char *end = s + n, *eol, *next, *p;
+
+    h->method = NULL;
+    h->nfields = 0;
+    h->status = 0;
+    if (!lf_line(s, end, &eol, &next) || eol - s < 12
+        || memcmp(s, "HTTP/1.", 7) != 0 || s[7] < '0' || s[7] > '9'
+        || s[8] != ' ' || s[9] < '1' || s[9] > '9' || s[10] < '0'
+        || s[10] > '9' || s[11] < '0' || s[11] > '9'
+        || (eol - s > 12 && s[12] != ' ')) {
+        return FDP_HTTP_ESTATUS;
+    }
+    for (p = s + 12; p < eol; p++) {
+        if (!is_field_byte((unsigned char) *p)) {
+            return FDP_HTTP_ESTATUS;
+        }
+    }
+    h->minor = s[7] == '0' ? 0 : 1;
+    h->status = (s[9] - '0') * 100 + (s[10] - '0') * 10 + (s[11] - '0');
+    h->reason = eol - s > 12 ? s + 13 : eol;
+    h->reason_len = (size_t) (eol - h->reason);
+    return parse_fields(next, end, h, 1);
 }
 
 

@@ -1,8 +1,9 @@
 /*
- * http_parse.h - HTTP/1.x request framing as pure functions, no Lua and
- * no I/O, so they can be fuzzed and unit-tested: the request head (line
- * and header fields, RFC 9112 2-5) and an incremental chunked body
- * decoder (RFC 9112 7.1). lhttp.c drives both from a conn's read buffer.
+ * http_parse.h - HTTP/1.x framing as pure functions, no Lua and no I/O,
+ * so they can be fuzzed and unit-tested: the request head and the
+ * response head (start line and header fields, RFC 9112 2-5) and an
+ * incremental chunked body decoder (RFC 9112 7.1). lhttp.c drives them
+ * from a conn's (or a client socket's) read buffer.
  */
 #ifndef FDP_HTTP_PARSE_H
 #define FDP_HTTP_PARSE_H
@@ -27,7 +28,8 @@ enum {
     FDP_HTTP_ECHUNKSIZE = -6,   /* chunk-size: not 1..16 hex digits */
     FDP_HTTP_ECHUNKEXT = -7,    /* chunk-ext: grammar or length */
     FDP_HTTP_ECHUNK = -8,       /* no CRLF where the framing needs one */
-    FDP_HTTP_ETRAILER = -9      /* trailer section: grammar or limits */
+    FDP_HTTP_ETRAILER = -9,     /* trailer section: grammar or limits */
+    FDP_HTTP_ESTATUS = -10      /* a response's status line, or not 1.x */
 };
 
 struct fdp_http_field {
@@ -42,12 +44,16 @@ struct fdp_http_head {
     size_t method_len;
     const char *target;
     size_t target_len;
+    int status;                 /* a response's: 100..999 */
+    const char *reason;         /* a response's reason phrase */
+    size_t reason_len;
     int minor;                  /* 0 or 1: HTTP/1.2..1.9 read as 1.1 */
     size_t nfields;
     struct fdp_http_field fields[FDP_HTTP_FIELDS_MAX];
 };
 
 int fdp_http_parse_head(char *s, size_t n, struct fdp_http_head *h);
+int fdp_http_parse_response(char *s, size_t n, struct fdp_http_head *h);
 const char *fdp_http_strerror(int err);
 
 /*

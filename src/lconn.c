@@ -40,17 +40,43 @@ enum { PAT_LINE, PAT_ALL, PAT_COUNT };
 typedef char conn_fd_first[offsetof(struct fdp_conn, fd) == 0 ? 1 : -1];
 
 
+/* The key both metatables (the conn's, a client socket's) carry: one
+ * raw lookup in the argument's metatable tells either (every conn
+ * method call asks; luaL_testudata would look each name up in the
+ * registry). Its value is the metatable's own address as a light
+ * userdata: Lua code can read the mark (pairs over getmetatable) and
+ * copy it into another userdata's metatable, but a copy there names
+ * the wrong table, and Lua cannot make a light userdata of its own. */
+static const char conn_tag = 'c';
+
+
+void
+fdp_conn_tag_meta(lua_State *L)
+{
+    lua_pushlightuserdata(L, (void *) lua_topointer(L, -1));
+    lua_rawsetp(L, -2, &conn_tag);
+}
+
+
 /* A conn, or a client socket (lsock.c), which starts with one: the conn
  * methods serve both. */
 struct fdp_conn *
 fdp_checkconn(lua_State *L)
 {
-    void *c = luaL_testudata(L, 1, CONN_MT);
+    void *c = lua_touserdata(L, 1);
 
-    if (c == NULL) {
-        c = luaL_testudata(L, 1, FDP_TCP_MT);
+    if (c != NULL && lua_type(L, 1) == LUA_TUSERDATA
+        && lua_getmetatable(L, 1)) {
+        int ok = lua_rawgetp(L, -1, &conn_tag) == LUA_TLIGHTUSERDATA
+                 && lua_touserdata(L, -1) == lua_topointer(L, -2)
+                 && lua_rawlen(L, 1) >= sizeof(struct fdp_conn);
+
+        lua_pop(L, 2);
+        if (ok) {
+            return c;
+        }
     }
-    return c != NULL ? c : luaL_checkudata(L, 1, CONN_MT);
+    return luaL_checkudata(L, 1, CONN_MT);      /* raises */
 }
 
 
@@ -969,4 +995,7 @@ fdp_conn_open_meta(lua_State *L)
     };
 
     fdp_createmeta(L, CONN_MT, meta, methods);
+    luaL_getmetatable(L, CONN_MT);
+    fdp_conn_tag_meta(L);
+    lua_pop(L, 1);
 }

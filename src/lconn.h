@@ -91,8 +91,11 @@ void fdp_conn_set_peer(struct fdp_conn *c, const void *peer, uint32_t len);
 void fdp_conn_close(struct fdp_conn *c);
 void fdp_conn_peer(struct fdp_conn *c, char *out, size_t n);
 
-/* For the methods built on the conn (lhttp.c). */
+/* For the methods built on the conn (lhttp.c): the conn or client socket
+ * at 1 (raises for anything else); a socket's metatable is marked as one
+ * with fdp_conn_tag_meta (the metatable at the top of the stack). */
 struct fdp_conn *fdp_checkconn(lua_State *L);
+void fdp_conn_tag_meta(lua_State *L);
 /* Start a read (op_pos, deadline); writes keep their own state. */
 void fdp_conn_op_begin(struct fdp_conn *c);
 /* Push nil, "busy" when another coroutine waits to read (write) on c:

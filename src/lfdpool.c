@@ -60,7 +60,7 @@ l_type(lua_State *L)
                                          FDP_POOL_MT,
                                          "fdpool.thread", "fdpool.timer",
                                          "fdpool.queue", "fdpool.semaphore",
-                                         "fdpool.shdict", NULL };
+                                         NULL };
     int i;
 
     luaL_checkany(L, 1);
@@ -76,6 +76,14 @@ l_type(lua_State *L)
             } else {
                 lua_pushstring(L, name);
             }
+            return 1;
+        }
+    }
+    /* a shared dictionary is a table of its methods (lshared.c) */
+    if (lua_istable(L, 1) && lua_getmetatable(L, 1)) {
+        luaL_getmetatable(L, "fdpool.shdict");
+        if (lua_rawequal(L, -1, -2)) {
+            lua_pushliteral(L, "shdict");
             return 1;
         }
     }
@@ -287,6 +295,7 @@ luaopen_fdpool(lua_State *L)
         { "log", l_log },
         { "log_file", l_log_file },
         { "log_format", l_log_format },
+        { "_httpres", fdp_lhttp_res },
         { NULL, NULL }
     };
 

@@ -19,6 +19,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/uio.h>
+#include <time.h>
 
 #include <lauxlib.h>
 
@@ -196,36 +197,31 @@ send_rest(lua_State *L, struct fdp_conn *c, struct headbuf *b,
  * not nil. Sends head and body with one writev; what the
  * kernel does not take at once goes through conn:send's waiting path.
  */
-static int
-conn_sendresponse(lua_State *L)
+/* The head of a response into b (b->p is b->stack or malloc'd; on
+ * return 0 the caller frees it): status line, headers table at hidx,
+ * date line (or NULL), "Content-Length: length" when has_len,
+ * "Transfer-Encoding: chunked", "Connection: cv" (or NULL). Raises for
+ * a header that is not a token/value, or out of memory (b freed). */
+static void
+head_build(lua_State *L, struct headbuf *b, const char *sl, size_t sn,
+           int hidx, const char *dl, size_t dn, int has_len, lua_Integer v,
+           int chunked, const char *cv, size_t cn)
 {
-    struct fdp_conn *c = fdp_checkconn(L);
-    size_t sn, dn = 0, bn = 0;
-    const char *sl = luaL_checklstring(L, 2, &sn);
-    const char *dl = luaL_optlstring(L, 4, NULL, &dn);
-    size_t cn = 0;
-    const char *conn_v = luaL_optlstring(L, 7, NULL, &cn);
-    const char *body = luaL_optlstring(L, 8, "", &bn);
-    struct headbuf b;
-    struct iovec iov[2];
-    ssize_t n;
     int bad = 0;
 
-    luaL_checktype(L, 3, LUA_TTABLE);
-    b.p = b.stack;
-    b.len = 0;
-    b.cap = sizeof(b.stack);
-    b.invalid = NULL;
-    bad |= hb_add(&b, sl, sn);
-    bad |= hb_headers(&b, L, 3);
+    b->p = b->stack;
+    b->len = 0;
+    b->cap = sizeof(b->stack);
+    b->invalid = NULL;
+    bad |= hb_add(b, sl, sn);
+    bad |= hb_headers(b, L, hidx);
     if (dl) {
-        bad |= hb_add(&b, dl, dn);
+        bad |= hb_add(b, dl, dn);
     }
-    if (lua_isinteger(L, 5)) {
+    if (has_len) {
         /* digits from the end: no snprintf on the hot path */
         char num[48];
         char *q = num + sizeof(num);
-        lua_Integer v = lua_tointeger(L, 5);
         unsigned long long u = v < 0 ? 0 - (unsigned long long) v
                                      : (unsigned long long) v;
 
@@ -240,37 +236,79 @@ conn_sendresponse(lua_State *L)
         }
         q -= 16;
         memcpy(q, "Content-Length: ", 16);
-        bad |= hb_add(&b, q, (size_t) (num + sizeof(num) - q));
+        bad |= hb_add(b, q, (size_t) (num + sizeof(num) - q));
     }
-    if (lua_toboolean(L, 6)) {
-        bad |= hb_add(&b, "Transfer-Encoding: chunked\r\n", 28);
+    if (chunked) {
+        bad |= hb_add(b, "Transfer-Encoding: chunked\r\n", 28);
     }
-    if (conn_v) {
-        bad |= hb_add(&b, "Connection: ", 12) | hb_add(&b, conn_v, cn)
-               | hb_add(&b, "\r\n", 2);
+    if (cv) {
+        bad |= hb_add(b, "Connection: ", 12) | hb_add(b, cv, cn)
+               | hb_add(b, "\r\n", 2);
     }
-    bad |= hb_add(&b, "\r\n", 2);
-    if (bad || b.invalid) {
-        if (b.p != b.stack) {
-            free(b.p);
+    bad |= hb_add(b, "\r\n", 2);
+    if (bad || b->invalid) {
+        if (b->p != b->stack) {
+            free(b->p);
         }
-        if (b.invalid) {
-            return luaL_error(L, "invalid response header '%s' (a name must be "
-                              "a token, a value must hold no CR, LF or other "
-                              "control byte)", b.invalid);
+        if (b->invalid) {
+            luaL_error(L, "invalid response header '%s' (a name must be "
+                       "a token, a value must hold no CR, LF or other "
+                       "control byte)", b->invalid);
         }
-        return luaL_error(L, "out of memory");
+        luaL_error(L, "out of memory");
     }
-    n = -EBADF;
+}
+
+
+/* One writev of head b and body: the count written, or -errno. */
+static ssize_t
+head_write(struct fdp_conn *c, struct headbuf *b, const char *body, size_t bn)
+{
+    struct iovec iov[2];
+    ssize_t n = -EBADF;
+
     if (c->fd >= 0) {
-        iov[0].iov_base = b.p;
-        iov[0].iov_len = b.len;
+        iov[0].iov_base = b->p;
+        iov[0].iov_len = b->len;
         iov[1].iov_base = (void *) body;
         iov[1].iov_len = bn;
         do {
             n = c->tr->writev(c, iov, bn ? 2 : 1);
         } while (n == -EINTR);
     }
+    return n;
+}
+
+
+/*
+ * conn:sendresponse(status_line, headers, date_line, length, chunked,
+ *                   connection, body)
+ * -> last index of the body sent (as send), or nil, err, n. Builds the
+ * HTTP response head in C (no Lua strings per header): status_line
+ * ("HTTP/1.1 200 OK\r\n"), each headers[k] = v (a table value: one line
+ * per element) except Content-Length, Transfer-Encoding and Connection,
+ * date_line if not nil, "Content-Length: length" if length is a number,
+ * "Transfer-Encoding: chunked" if chunked, "Connection: <connection>" if
+ * not nil. Sends head and body with one writev; what the
+ * kernel does not take at once goes through conn:send's waiting path.
+ */
+static int
+conn_sendresponse(lua_State *L)
+{
+    struct fdp_conn *c = fdp_checkconn(L);
+    size_t sn, dn = 0, bn = 0;
+    const char *sl = luaL_checklstring(L, 2, &sn);
+    const char *dl = luaL_optlstring(L, 4, NULL, &dn);
+    size_t cn = 0;
+    const char *conn_v = luaL_optlstring(L, 7, NULL, &cn);
+    const char *body = luaL_optlstring(L, 8, "", &bn);
+    struct headbuf b;
+    ssize_t n;
+
+    luaL_checktype(L, 3, LUA_TTABLE);
+    head_build(L, &b, sl, sn, 3, dl, dn, lua_isinteger(L, 5),
+               lua_tointeger(L, 5), lua_toboolean(L, 6), conn_v, cn);
+    n = head_write(c, &b, body, bn);
     if (n == (ssize_t) (b.len + bn)) {
         if (b.p != b.stack) {
             free(b.p);
@@ -292,6 +330,405 @@ conn_sendresponse(lua_State *L)
 }
 
 
+/* ---- res:header and res:send (fdpool.http's Res methods) ------------ */
+
+/*
+ * http.lua's Res:header and Res:send in C, the same steps on the same
+ * fields (res._headers, started, finished, _bytes, _head_sent;
+ * req._close, _broken): the handler's two calls of every plain request
+ * without the Lua interpreter. fdpool._httpres(status_lines) makes them:
+ * closures whose upvalues are the field names (interned), http.lua's
+ * status_lines table and the cached Date line.
+ */
+enum { R_STARTED = 1, R_FINISHED, R_STATUS, R_REQ, R_HEADERS,
+       R_BYTES, R_HEAD_SENT, R_CONN, R_METHOD, R_CLOSE, R_EXPECT_CONTINUE,
+       R_BODY, R_LENGTH, R_CHUNKED, R_VERSION, R_BROKEN, R_END };
+static const char *const reskeys[R_END - 1] = {
+    "started", "finished", "_status", "_req", "_headers", "_bytes",
+    "_head_sent", "_conn", "method", "_close", "_expect_continue", "_body",
+    "_length", "_chunked", "version", "_broken"
+};
+#define RKEYS lua_upvalueindex(1)
+#define RSTATUS_LINES lua_upvalueindex(2)
+#define RDATE lua_upvalueindex(3)
+#define RDATE_TIME lua_upvalueindex(4)
+
+
+/* pushes t[key k] (raw); its type */
+static int
+rget(lua_State *L, int t, int k)
+{
+    lua_rawgeti(L, RKEYS, k);
+    return lua_rawget(L, t);
+}
+
+
+/* t[key k] = value on top (pops it) */
+static void
+rset(lua_State *L, int t, int k)
+{
+    lua_rawgeti(L, RKEYS, k);
+    lua_insert(L, -2);
+    lua_rawset(L, t);
+}
+
+
+static int
+rtrue(lua_State *L, int t, int k)
+{
+    int r = lua_toboolean(L, (rget(L, t, k), -1));
+
+    lua_pop(L, 1);
+    return r;
+}
+
+
+static void
+not_started(lua_State *L)
+{
+    if (rtrue(L, 1, R_STARTED)) {
+        /* as assert(not self.started, "...") */
+        lua_pushliteral(L, "response already started");
+        lua_error(L);
+    }
+}
+
+
+/* a and b (n bytes each) equal but for ASCII case */
+static int
+ci_eq(const char *a, const char *b, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        unsigned char x = (unsigned char) a[i], y = (unsigned char) b[i];
+
+        if (x != y && ((x | 0x20) != (y | 0x20) || (x | 0x20) < 'a'
+                       || (x | 0x20) > 'z')) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+
+/* Push the key of the headers table at h (absolute) that is name but for
+ * ASCII case, the first in traversal order (http.lua's key_of): 1, or 0
+ * and nothing pushed. res._headers holds a handful of names. */
+static int
+header_key(lua_State *L, int h, const char *name, size_t n)
+{
+    lua_pushnil(L);
+    while (lua_next(L, h) != 0) {
+        size_t kn;
+
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            const char *k = lua_tolstring(L, -2, &kn);
+
+            if (kn == n && ci_eq(k, name, n)) {
+                lua_pop(L, 1);
+                return 1;
+            }
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+
+/* res:header(name, value): set (replace whatever the case of the name),
+ * nil removes, a table sends one line each. Returns res. */
+static int
+res_header(lua_State *L)
+{
+    size_t n;
+    const char *name;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    not_started(L);
+    if (lua_type(L, 2) != LUA_TSTRING) {
+        return luaL_typeerror(L, 2, "string");
+    }
+    name = lua_tolstring(L, 2, &n);
+    lua_settop(L, 3);
+    rget(L, 1, R_HEADERS);              /* 4 */
+    luaL_checktype(L, 4, LUA_TTABLE);
+    if (header_key(L, 4, name, n)) {
+        lua_pushnil(L);
+        lua_rawset(L, 4);
+    }
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, 3);
+    lua_rawset(L, 4);
+    lua_settop(L, 1);
+    return 1;
+}
+
+
+static int conn_sendresponse(lua_State *L);
+static int res_write(lua_State *L, int head_only, int has_len, size_t bn);
+
+
+/* after sendresponse: (1 res, 2 body, 3 req, ..., ok, err) */
+static int
+res_send_k(lua_State *L, int status, lua_KContext ctx)
+{
+    int ok;
+
+    (void) status;
+    (void) ctx;
+    lua_pushboolean(L, 1);
+    rset(L, 1, R_HEAD_SENT);
+    ok = !lua_isnil(L, -2);
+    if (!ok) {
+        lua_pushboolean(L, 1);
+        rset(L, 3, R_BROKEN);
+    }
+    lua_pushboolean(L, ok);
+    lua_replace(L, -3);
+    return 2;
+}
+
+
+/* res:send(body): the whole response with Content-Length (http.lua's
+ * Res:send and send_head). Returns true, or false, err. */
+static int
+res_send(lua_State *L)
+{
+    size_t bn = 0;
+    lua_Integer code;
+    int head_only, close, seen_conn = 0, has_date = 0;
+    time_t now;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    not_started(L);
+    if (!lua_toboolean(L, 2)) {         /* body or "" */
+        lua_settop(L, 1);
+        lua_pushliteral(L, "");
+    }
+    lua_settop(L, 2);
+    lua_pushboolean(L, 1);
+    rset(L, 1, R_STARTED);
+    lua_pushboolean(L, 1);
+    rset(L, 1, R_FINISHED);
+    if (lua_type(L, 2) != LUA_TSTRING) {
+        return luaL_error(L, "attempt to get length of a %s value (local "
+                          "'body')", luaL_typename(L, 2));
+    }
+    (void) lua_tolstring(L, 2, &bn);
+    rget(L, 1, R_REQ);                  /* 3 */
+    luaL_checktype(L, 3, LUA_TTABLE);
+    rget(L, 1, R_STATUS);
+    code = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    rget(L, 3, R_METHOD);
+    {
+        size_t mn;
+        const char *m = lua_tolstring(L, -1, &mn);
+
+        head_only = (m != NULL && mn == 4 && memcmp(m, "HEAD", 4) == 0)
+                    || code == 204 || code == 304 || code < 200;
+    }
+    lua_pop(L, 1);
+    if (!head_only) {
+        lua_pushinteger(L, (lua_Integer) bn);
+        rset(L, 1, R_BYTES);
+    }
+    lua_pushnil(L);                     /* 4 (unused) */
+    rget(L, 1, R_HEADERS);              /* 5 */
+    luaL_checktype(L, 5, LUA_TTABLE);
+    /* send_head: Connection: close from the handler closes; a Date from
+     * the handler replaces ours */
+    lua_pushnil(L);
+    while (lua_next(L, 5) != 0) {
+        size_t kn;
+        const char *k;
+
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            k = lua_tolstring(L, -2, &kn);
+            if (!seen_conn && kn == 10 && ci_eq(k, "connection", 10)) {
+                size_t vn;
+                const char *v = luaL_tolstring(L, -1, &vn);
+
+                seen_conn = 1;
+                if (vn == 5 && ci_eq(v, "close", 5)) {
+                    lua_pushboolean(L, 1);
+                    rset(L, 3, R_CLOSE);
+                }
+                lua_pop(L, 1);
+            } else if (kn == 4 && ci_eq(k, "date", 4)) {
+                has_date = 1;
+            }
+        }
+        lua_pop(L, 1);
+    }
+    /* a client waiting for 100 Continue whose body was not asked for */
+    if (rtrue(L, 3, R_EXPECT_CONTINUE) && !rtrue(L, 3, R_BODY)) {
+        rget(L, 3, R_LENGTH);
+        if ((lua_isnumber(L, -1) && lua_tonumber(L, -1) > 0)
+            || rtrue(L, 3, R_CHUNKED)) {
+            lua_pushboolean(L, 1);
+            rset(L, 3, R_CLOSE);
+        }
+        lua_pop(L, 1);
+    }
+    close = rtrue(L, 3, R_CLOSE);
+    rget(L, 1, R_CONN);                         /* 6 */
+    lua_geti(L, RSTATUS_LINES, code);           /* 7 */
+    if (has_date) {                             /* 8 */
+        lua_pushnil(L);
+    } else {
+        now = time(NULL);
+        if ((lua_Integer) now != lua_tointeger(L, RDATE_TIME)
+            || lua_isnil(L, RDATE)) {
+            char buf[64];
+            struct tm tm;
+            size_t dn = 0;
+
+            if (gmtime_r(&now, &tm) != NULL) {
+                dn = strftime(buf, sizeof(buf),
+                              "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+            }
+            lua_pushlstring(L, buf, dn);
+            lua_replace(L, RDATE);
+            lua_pushinteger(L, (lua_Integer) now);
+            lua_replace(L, RDATE_TIME);
+        }
+        lua_pushvalue(L, RDATE);
+    }
+    if (close) {                                /* 9 */
+        lua_pushliteral(L, "close");
+    } else {
+        size_t vn = 0;
+        const char *v;
+
+        rget(L, 3, R_VERSION);
+        v = lua_tolstring(L, -1, &vn);
+        lua_pop(L, 1);
+        if (v != NULL && vn == 3 && memcmp(v, "1.0", 3) == 0) {
+            lua_pushliteral(L, "keep-alive");
+        } else {
+            lua_pushnil(L);
+        }
+    }
+    return res_write(L, head_only, !(code == 204 || code == 304 || code < 200), bn);
+}
+
+
+/* res_send's write: (1 res, 2 body, 3 req, 4 hk, 5 headers, 6 conn,
+ * 7 status line, 8 date line or nil, 9 connection or nil), as
+ * conn:sendresponse(7, 5, 8, has_len and bn, false, 9, body) does it,
+ * without a call through Lua on a real conn. */
+static int
+res_write(lua_State *L, int head_only, int has_len, size_t bn)
+{
+    struct fdp_conn *c = luaL_testudata(L, 6, FDP_CONN_MT);
+    size_t sn, dn = 0, cn = 0, n1 = head_only ? 0 : bn;
+    const char *sl, *dl, *cv, *body = head_only ? "" : lua_tostring(L, 2);
+    struct headbuf b;
+    ssize_t n;
+
+    if (c == NULL) {
+        /* not a real conn (fdpool.testing's): its own sendresponse */
+        if (lua_type(L, 6) == LUA_TUSERDATA) {
+            lua_pushcfunction(L, conn_sendresponse);
+        } else {
+            lua_getfield(L, 6, "sendresponse");
+        }
+        lua_pushvalue(L, 6);
+        lua_pushvalue(L, 7);
+        lua_pushvalue(L, 5);
+        lua_pushvalue(L, 8);
+        if (has_len) {
+            lua_pushinteger(L, (lua_Integer) bn);
+        } else {
+            lua_pushnil(L);
+        }
+        lua_pushboolean(L, 0);
+        lua_pushvalue(L, 9);
+        if (head_only) {
+            lua_pushnil(L);
+        } else {
+            lua_pushvalue(L, 2);
+        }
+        lua_callk(L, 8, 2, 0, res_send_k);
+        return res_send_k(L, LUA_OK, 0);
+    }
+    sl = luaL_checklstring(L, 7, &sn);
+    dl = lua_tolstring(L, 8, &dn);
+    cv = lua_tolstring(L, 9, &cn);
+    head_build(L, &b, sl, sn, 5, dl, dn, has_len, (lua_Integer) bn, 0, cv, cn);
+    n = head_write(c, &b, body, n1);
+    if (n == (ssize_t) (b.len + n1) || (n < 0 && n != -EAGAIN
+                                        && n != -EWOULDBLOCK)) {
+        if (b.p != b.stack) {
+            free(b.p);
+        }
+        lua_settop(L, 3);
+        if (n >= 0) {
+            c->bytes_out += (uint64_t) n;
+            lua_pushinteger(L, (lua_Integer) n1);
+            lua_pushnil(L);
+        } else {
+            lua_pushnil(L);
+            lua_pushliteral(L, "closed");
+        }
+        return res_send_k(L, LUA_OK, 0);
+    }
+    {
+        /* the rest through conn:send, which waits (yields) as needed */
+        size_t done = n > 0 ? (size_t) n : 0;
+        luaL_Buffer rest;
+
+        c->bytes_out += done;
+        lua_settop(L, 6);
+        lua_pushcfunction(L, fdp_conn_send);
+        lua_pushvalue(L, 6);
+        luaL_buffinit(L, &rest);
+        if (done < b.len) {
+            luaL_addlstring(&rest, b.p + done, b.len - done);
+            done = 0;
+        } else {
+            done -= b.len;
+        }
+        luaL_addlstring(&rest, body + done, n1 - done);
+        if (b.p != b.stack) {
+            free(b.p);
+        }
+        luaL_pushresult(&rest);
+        lua_callk(L, 2, 2, 0, res_send_k);
+        return res_send_k(L, LUA_OK, 0);
+    }
+}
+
+
+/* fdpool._httpres(status_lines) -> header, send (http.lua's Res
+ * methods, above) */
+int
+fdp_lhttp_res(lua_State *L)
+{
+    int k;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_createtable(L, R_END - 1, 0);
+    for (k = 1; k < R_END; k++) {
+        lua_pushstring(L, reskeys[k - 1]);
+        lua_rawseti(L, -2, k);
+    }
+    lua_pushvalue(L, -1);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    lua_pushinteger(L, -1);
+    lua_pushcclosure(L, res_header, 4);
+    lua_insert(L, -2);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    lua_pushinteger(L, -1);
+    lua_pushcclosure(L, res_send, 4);
+    return 2;
+}
+
+
 /* ---- HTTP/1.x request head and chunked body -------------------------- */
 
 #define HEAD_MAX_DEFAULT   8192
@@ -303,17 +740,17 @@ conn_sendresponse(lua_State *L)
  * lua_getfield/lua_setfield would look the C string up each time.
  */
 enum { S_CONN = 1, S_CFG, S_HEADSEC, S_LIMIT, S_SERVED, S_REQ, S_RES,
-       S_TOP = S_RES, S_MSGH };
+       S_OUT0, S_BODY, S_TOP = S_BODY, S_MSGH };
 enum { C_FN = 1, C_CALL, C_TRACEBACK, C_AFTER, C_REQ, C_RES, C_HEADER_MT,
        C_OPTS, C_PARAMS,
        K_METHOD, K_TARGET, K_PATH, K_QUERY, K_VERSION, K_HEADERS, K_CONN,
        K_OPTS, K_LENGTH, K_CLOSE, K_CHUNKED, K_EXPECT_CONTINUE, K_RCONN,
-       K_RREQ, K_STATUS, K_RHEADERS, K_HK, K_STARTED, K_FINISHED, K_BROKEN,
+       K_RREQ, K_STATUS, K_RHEADERS, K_STARTED, K_FINISHED, K_BROKEN,
        K_HOST, K_TE, K_CL, K_EXPECT, K_CONNECTION, K_OUT0, K_END };
 static const char *const keynames[K_END - K_METHOD] = {
     "method", "target", "path", "query", "version", "headers", "conn",
     "_opts", "_length", "_close", "_chunked", "_expect_continue", "_conn",
-    "_req", "_status", "_headers", "_hk", "started", "finished", "_broken",
+    "_req", "_status", "_headers", "started", "finished", "_broken",
     "host", "transfer-encoding", "content-length", "expect", "connection",
     "_out0"
 };
@@ -352,18 +789,92 @@ kget(lua_State *L, int t, int k)
     return lua_rawget(L, t);
 }
 
+/* What prepare reads of a head, noted while parse_head goes over its
+ * fields: each framing header's value in the read buffer when it came
+ * once (a repeated one is read back from the headers table, joined). */
+enum { SP_TE, SP_CL, SP_HOST, SP_EXPECT, SP_CONN, SP_N };
+struct hspec {
+    const char *v[SP_N];
+    size_t n[SP_N];
+    int count[SP_N];
+    int v11;
+};
+
+
+static void
+hspec_note(struct hspec *sp, const struct fdp_http_field *f)
+{
+    int k;
+
+    switch (f->name_len) {
+    case 4: k = memcmp(f->name, "host", 4) == 0 ? SP_HOST : -1; break;
+    case 6: k = memcmp(f->name, "expect", 6) == 0 ? SP_EXPECT : -1; break;
+    case 10: k = memcmp(f->name, "connection", 10) == 0 ? SP_CONN : -1; break;
+    case 14: k = memcmp(f->name, "content-length", 14) == 0 ? SP_CL : -1; break;
+    case 17: k = memcmp(f->name, "transfer-encoding", 17) == 0 ? SP_TE : -1; break;
+    default: k = -1;
+    }
+    if (k >= 0 && sp->count[k]++ == 0) {
+        sp->v[k] = f->value;
+        sp->n[k] = f->value_len;
+    }
+}
+
+
+/* The head's fields as a table (lower-case names; a repeated field's
+ * values joined with ", ", RFC 9110 5.3), noting prepare's framing
+ * headers in sp (NULL: a response's head). */
+static void
+push_fields(lua_State *L, const struct fdp_http_head *h, struct hspec *sp)
+{
+    size_t i;
+
+    lua_createtable(L, 0, (int) h->nfields);
+    for (i = 0; i < h->nfields; i++) {
+        const struct fdp_http_field *f = &h->fields[i];
+        size_t j;
+        int seen = h->nfields > 32;     /* else: an earlier line's name? */
+
+        for (j = 0; j < i && !seen; j++) {
+            seen = h->fields[j].name_len == f->name_len
+                   && memcmp(h->fields[j].name, f->name, f->name_len) == 0;
+        }
+        if (sp != NULL) {
+            hspec_note(sp, f);
+        }
+        lua_pushlstring(L, f->name, f->name_len);
+        if (!seen) {
+            lua_pushlstring(L, f->value, f->value_len);
+            lua_rawset(L, -3);
+            continue;
+        }
+        lua_pushvalue(L, -1);
+        if (lua_rawget(L, -3) == LUA_TSTRING) {
+            /* Repeated field: combine as a list (RFC 9110 5.3). */
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, f->value, f->value_len);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushlstring(L, f->value, f->value_len);
+        }
+        lua_rawset(L, -3);
+    }
+}
+
+
 /*
  * Parse the head in [s, end) (it ends with an empty line; http_parse.c)
- * into a request table on the stack. Returns 1, or 0 with nil, an error
+ * into a request table on the stack (sp: noted for prepare, or NULL). Returns 1, or 0 with nil, an error
  * string and the method (or nil when the request line did not parse)
  * pushed.
  */
 static int
-parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c)
+parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
+           struct hspec *sp)
 {
     struct fdp_http_head h;
     const char *q;
-    size_t i;
     int err = fdp_http_parse_head(s, (size_t) (end - s), &h);
 
     if (err < 0) {
@@ -405,24 +916,12 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c)
     setkey(L, keyed, K_QUERY);
     lua_pushstring(L, h.minor ? "1.1" : "1.0");
     setkey(L, keyed, K_VERSION);
-
-    lua_createtable(L, 0, (int) h.nfields);
-    for (i = 0; i < h.nfields; i++) {
-        struct fdp_http_field *f = &h.fields[i];
-
-        lua_pushlstring(L, f->name, f->name_len);
-        lua_pushvalue(L, -1);
-        if (lua_rawget(L, -3) == LUA_TSTRING) {
-            /* Repeated field: combine as a list (RFC 9110 5.3). */
-            lua_pushliteral(L, ", ");
-            lua_pushlstring(L, f->value, f->value_len);
-            lua_concat(L, 3);
-        } else {
-            lua_pop(L, 1);
-            lua_pushlstring(L, f->value, f->value_len);
-        }
-        lua_rawset(L, -3);
+    if (sp != NULL) {
+        memset(sp, 0, sizeof(*sp));
+        sp->v11 = h.minor != 0;
     }
+
+    push_fields(L, &h, sp);
     setkey(L, keyed, K_HEADERS);
     return 1;
 }
@@ -467,15 +966,33 @@ readrequest_k(lua_State *L, int status, lua_KContext ctx)
 
 
 /*
- * Find a whole request head at the start of c's buffer, reading more as
- * needed: returns its length (> 0), or 0 with nil and why pushed (2
- * values). A wait yields to k with ctx; the head's whole-time limit uses
- * stack slots 3 and 4 (head_limit_arm). Empty lines before a request are
- * skipped (RFC 9112 2.2).
+ * Find a whole head at the start of c's buffer, reading more as needed:
+ * returns its length (> 0), or 0 with nil and why pushed (2 values). A
+ * peer that closes mid-head gives `truncated` (then the buffer is
+ * emptied), or with truncated NULL "closed" and the bytes left buffered
+ * for the caller. A wait yields to k with ctx; the head's whole-time
+ * limit uses stack slots 3 and 4 (head_limit_arm). Empty lines before a
+ * head are skipped (RFC 9112 2.2).
  */
+/* A head past max: for a request whose first line alone is past it,
+ * "uri too long" (414, as nginx and Apache answer), else "header too
+ * large" (431); truncated NULL is a response's head. */
 static size_t
-head_find(lua_State *L, struct fdp_conn *c, size_t max, lua_KContext ctx,
-          lua_KFunction k)
+head_too_large(lua_State *L, const char *s, size_t max, const char *truncated)
+{
+    lua_pushnil(L);
+    if (truncated != NULL && memchr(s, '\n', max) == NULL) {
+        lua_pushliteral(L, "uri too long");
+    } else {
+        lua_pushliteral(L, "header too large");
+    }
+    return 0;
+}
+
+
+static size_t
+head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
+          lua_KContext ctx, lua_KFunction k)
 {
     ssize_t n;
 
@@ -506,9 +1023,7 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, lua_KContext ctx,
                 const char *hend = p + (p[1] == '\n' ? 2 : 3);
 
                 if ((size_t) (hend - s) > max) {
-                    lua_pushnil(L);
-                    lua_pushliteral(L, "header too large");
-                    return 0;
+                    return head_too_large(L, s, max, truncated);
                 }
                 c->op_pos = 0;
                 return (size_t) (hend - s);
@@ -517,9 +1032,7 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, lua_KContext ctx,
         if (s) {
             c->op_pos = (size_t) (end - s) > 2 ? (size_t) (end - s) - 2 : 0;
             if ((size_t) (end - s) > max) {
-                lua_pushnil(L);
-                lua_pushliteral(L, "header too large");
-                return 0;
+                return head_too_large(L, s, max, truncated);
             }
         }
         n = fdp_conn_fill(c, 0);
@@ -528,8 +1041,11 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, lua_KContext ctx,
         }
         if (n == 0 || n == -ECONNRESET || n == -EPIPE) {
             lua_pushnil(L);
-            lua_pushstring(L, c->rend > c->rstart ? "bad request: truncated"
-                           : "closed");
+            if (truncated == NULL) {    /* the caller takes the partial */
+                lua_pushliteral(L, "closed");
+                return 0;
+            }
+            lua_pushstring(L, c->rend > c->rstart ? truncated : "closed");
             c->rstart = c->rend = 0;
             return 0;
         }
@@ -561,11 +1077,11 @@ readrequest_run(lua_State *L, int status)
         lua_pushliteral(L, "timeout");
         return 2;
     }
-    hl = head_find(L, c, max, 0, readrequest_k);
+    hl = head_find(L, c, max, "bad request: truncated", 0, readrequest_k);
     if (hl == 0) {
         return 2;
     }
-    if (!parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 0, c)) {
+    if (!parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 0, c, NULL)) {
         return 3;
     }
     c->rstart += hl;
@@ -576,7 +1092,7 @@ readrequest_run(lua_State *L, int status)
 /*
  * conn:readrequest([max_head_bytes [, head_seconds]]) -> request table
  * {method, target, path, query, version ("1.0"|"1.1"), headers
- * (lower-case names)}, or nil, "closed"|"timeout"|"header too large"|
+ * (lower-case names)}, or nil, "closed"|"timeout"|"uri too long"|"header too large"|
  * "too many headers"|"unsupported HTTP version"|"bad ...", method (when
  * the request line parsed, so a HEAD gets no error body). HTTP/1.2..1.9
  * read as "1.1". head_seconds bounds the whole head from its first byte
@@ -603,6 +1119,86 @@ conn_readrequest(lua_State *L)
     fdp_conn_op_begin(c);
     fdp_task_request(L, 0);             /* waiting for a request */
     return readrequest_k(L, LUA_OK, 0);
+}
+
+
+/* ---- a client socket's response head --------------------------------- */
+
+static int
+readresponse_k(lua_State *L, int status, lua_KContext ctx)
+{
+    struct fdp_conn *c = fdp_checkconn(L);
+    struct fdp_http_head h;
+    size_t hl;
+    int err;
+
+    (void) ctx;
+    if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "timeout");
+        hl = 0;
+    } else {
+        hl = head_find(L, c, (size_t) lua_tointeger(L, 2), NULL, 0,
+                       readresponse_k);
+    }
+    if (hl == 0) {
+        /* nil, why, partial: what arrived is handed over (a caller may
+         * retry a request on a reused connection that sent nothing) */
+        lua_pushlstring(L, c->rbuf ? c->rbuf + c->rstart : "",
+                        c->rend - c->rstart);
+        c->rstart = c->rend = 0;
+        return 3;
+    }
+    err = fdp_http_parse_response(c->rbuf + c->rstart, hl, &h);
+    if (err < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, fdp_http_strerror(err));
+        lua_pushlstring(L, c->rbuf + c->rstart, hl);
+        c->rstart = c->rend = 0;
+        return 3;
+    }
+    /* room for what fdpool.http.client adds (body, reused, url) */
+    lua_createtable(L, 0, 8);
+    lua_pushinteger(L, h.status);
+    lua_setfield(L, -2, "status");
+    lua_pushlstring(L, h.reason, h.reason_len);
+    lua_setfield(L, -2, "reason");
+    lua_pushstring(L, h.minor ? "1.1" : "1.0");
+    lua_setfield(L, -2, "version");
+    push_fields(L, &h, NULL);
+    lua_setfield(L, -2, "headers");
+    c->rstart += hl;
+    return 1;
+}
+
+
+/*
+ * sock:readresponse([max_head_bytes]) -> {status, reason, version
+ * ("1.0"|"1.1"), headers (lower-case names, a repeated field's values
+ * joined with ", ")}, or nil, err, partial (the bytes of the head that
+ * came, handed over): "closed", "timeout", "header too large", "bad
+ * status line", "bad header line" (obs-fold included), "bad header
+ * value", "too many headers". The response head parsed in C
+ * (http_parse.c: lines may end in a bare LF, empty lines before it are
+ * skipped); the body stays buffered for receive(n), readchunked,
+ * readchunk. A method of fdpool.tcp() sockets (lsock.c registers it).
+ */
+int
+fdp_lhttp_readresponse(lua_State *L)
+{
+    struct fdp_conn *c = fdp_checkconn(L);
+    lua_Integer max = luaL_optinteger(L, 2, HEAD_MAX_DEFAULT);
+
+    luaL_argcheck(L, max > 0, 2, "the limit must be positive");
+    if (fdp_conn_busy(L, c, 0)) {
+        return 2;
+    }
+    lua_settop(L, 1);
+    lua_pushinteger(L, max);
+    lua_pushnil(L);                     /* slots 3, 4: no whole-head limit */
+    lua_pushnil(L);
+    fdp_conn_op_begin(c);
+    return readresponse_k(L, LUA_OK, 0);
 }
 
 
@@ -698,6 +1294,23 @@ hget(lua_State *L, int hi, int k, size_t *n)
 }
 
 
+/* Header k's value: from the head when it came once (in the read
+ * buffer, n bytes, not NUL-terminated), from the headers table at hi
+ * when repeated (joined with ", "), or NULL. */
+static const char *
+spget(lua_State *L, int hi, const struct hspec *sp, int i, int k, size_t *n)
+{
+    if (sp->count[i] == 0) {
+        return NULL;
+    }
+    if (sp->count[i] == 1) {
+        *n = sp->n[i];
+        return sp->v[i];
+    }
+    return hget(L, hi, k, n);
+}
+
+
 static int
 is_alnum(int ch)
 {
@@ -766,9 +1379,10 @@ has_ci(const char *v, size_t n, const char *w)
  * folding metatable. Returns 0, or a status with *why set (or NULL).
  */
 static int
-prepare(lua_State *L, const struct httpcfg *cp, int v11, const char **why)
+prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
+        const char **why)
 {
-    int hi;
+    int hi, v11 = sp->v11;
     size_t tn = 0, cn = 0, n = 0;
     const char *te, *cl, *v, *t, *m;
     lua_Integer length = 0;
@@ -780,8 +1394,8 @@ prepare(lua_State *L, const struct httpcfg *cp, int v11, const char **why)
     kset(L, S_REQ, K_OPTS);
     kget(L, S_REQ, K_HEADERS);
     hi = lua_gettop(L);
-    te = hget(L, hi, K_TE, &tn);
-    cl = hget(L, hi, K_CL, &cn);
+    te = spget(L, hi, sp, SP_TE, K_TE, &tn);
+    cl = spget(L, hi, sp, SP_CL, K_CL, &cn);
     if (te) {
         size_t i = 0, ncod = 0, a, b;
         int last_chunked = 0;
@@ -848,7 +1462,10 @@ prepare(lua_State *L, const struct httpcfg *cp, int v11, const char **why)
     }
     lua_pushinteger(L, length);
     kset(L, S_REQ, K_LENGTH);
-    v = hget(L, hi, K_HOST, &n);
+    /* for plain_end: a body to read (-1: chunked) */
+    lua_pushinteger(L, te ? -1 : length);
+    lua_replace(L, S_BODY);
+    v = spget(L, hi, sp, SP_HOST, K_HOST, &n);
     if (v) {
         if (!valid_host(v, n)) {
             *why = "bad Host";
@@ -886,7 +1503,7 @@ prepare(lua_State *L, const struct httpcfg *cp, int v11, const char **why)
             }
         }
     }
-    v = hget(L, hi, K_EXPECT, &n);
+    v = spget(L, hi, sp, SP_EXPECT, K_EXPECT, &n);
     if (v) {
         if (n != 12 || strncasecmp(v, "100-continue", 12) != 0) {
             return 417;
@@ -894,7 +1511,7 @@ prepare(lua_State *L, const struct httpcfg *cp, int v11, const char **why)
         lua_pushboolean(L, v11);
         kset(L, S_REQ, K_EXPECT_CONTINUE);
     }
-    v = hget(L, hi, K_CONNECTION, &n);
+    v = spget(L, hi, sp, SP_CONN, K_CONNECTION, &n);
     if (v) {
         lua_pushboolean(L, v11 ? has_ci(v, n, "close") : !has_ci(v, n, "keep-alive"));
     } else {
@@ -922,13 +1539,12 @@ plain_end(lua_State *L, const struct httpcfg *cp)
         lua_pop(L, 1);
         return 0;
     }
+    /* req._chunked and _length as prepare set them (S_BODY) */
     kget(L, S_REQ, K_CLOSE);
     kget(L, S_REQ, K_BROKEN);
-    kget(L, S_REQ, K_CHUNKED);
-    kget(L, S_REQ, K_LENGTH);
-    r = !lua_toboolean(L, -4) && !lua_toboolean(L, -3) && !lua_toboolean(L, -2)
-        && lua_isinteger(L, -1) && lua_tointeger(L, -1) == 0;
-    lua_pop(L, 5);
+    r = !lua_toboolean(L, -2) && !lua_toboolean(L, -1)
+        && lua_tointeger(L, S_BODY) == 0;
+    lua_pop(L, 3);
     return r;
 }
 
@@ -993,20 +1609,22 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     lua_Integer served;
     int code;
     const char *why;
+    struct hspec sp;
 
     if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
         lua_pushnil(L);
         lua_pushliteral(L, "timeout");
         hl = 0;
     } else {
-        hl = head_find(L, c, cp->max_head, PH_READ, httploop_k);
+        hl = head_find(L, c, cp->max_head, "bad request: truncated", PH_READ,
+                       httploop_k);
     }
     if (lua_isnumber(L, S_LIMIT)) {     /* the head's limit ends */
         c->limit = lua_tonumber(L, S_LIMIT);
         lua_pushnil(L);
         lua_replace(L, S_LIMIT);
     }
-    if (hl == 0 || !parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 1, c)) {
+    if (hl == 0 || !parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 1, c, &sp)) {
         if (hl == 0) {
             lua_pushnil(L);             /* no method */
         }
@@ -1021,8 +1639,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     lua_pushinteger(L, served);
     lua_replace(L, S_SERVED);
     lua_replace(L, S_REQ);
-    kget(L, S_REQ, K_VERSION);
-    code = prepare(L, cp, lua_tostring(L, -1)[2] == '1', &why);
+    code = prepare(L, cp, &sp, &why);
     if (code) {
         lua_settop(L, S_TOP);
         lua_pushliteral(L, "refuse");
@@ -1042,7 +1659,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     }
     /* res, as http.lua makes it (its methods create any other state);
      * room for the fields sending adds (_head_sent, _bytes) */
-    lua_createtable(L, 0, 10);
+    lua_createtable(L, 0, 8);
     lua_pushvalue(L, S_CONN);
     setkey(L, 1, K_RCONN);
     lua_pushvalue(L, S_REQ);
@@ -1051,8 +1668,6 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     setkey(L, 1, K_STATUS);
     lua_createtable(L, 0, 2);
     setkey(L, 1, K_RHEADERS);
-    lua_createtable(L, 0, 2);
-    setkey(L, 1, K_HK);
     lua_pushboolean(L, 0);
     setkey(L, 1, K_STARTED);
     lua_pushboolean(L, 0);
@@ -1083,7 +1698,7 @@ httploop_k(lua_State *L, int status, lua_KContext ctx)
             /* http.lua's handed_over: bytes the handler writes past res
              * (a hand-made 101) mean it took the connection over. */
             lua_pushinteger(L, (lua_Integer) c->bytes_out);
-            kset(L, S_REQ, K_OUT0);
+            lua_replace(L, S_OUT0);     /* req._out0 for cfg.after */
             lua_rawgeti(L, S_CFG, C_TRACEBACK);         /* S_MSGH */
             lua_rawgeti(L, S_CFG, C_CALL);
             lua_rawgeti(L, S_CFG, C_FN);
@@ -1103,6 +1718,8 @@ httploop_k(lua_State *L, int status, lua_KContext ctx)
             if (r && park_end(L, c, cp)) {
                 return 0;
             }
+            lua_pushvalue(L, S_OUT0);
+            kset(L, S_REQ, K_OUT0);
             lua_rawgeti(L, S_CFG, C_AFTER);
             lua_pushvalue(L, S_CONN);
             lua_pushvalue(L, S_REQ);
@@ -1144,6 +1761,8 @@ conn_httploop(lua_State *L)
     lua_pushinteger(L, 0);              /* S_SERVED */
     lua_pushnil(L);                     /* S_REQ */
     lua_pushnil(L);                     /* S_RES */
+    lua_pushnil(L);                     /* S_OUT0 */
+    lua_pushinteger(L, 0);              /* S_BODY */
     c->timeout = head > 0 ? head : -1;
     c->total = 0;
     fdp_conn_op_begin(c);
@@ -1271,11 +1890,12 @@ conn_readchunked(lua_State *L)
 
 
 /*
- * conn:readchunk(max_bytes [, start]): the chunked body piece by piece,
- * for bodies streamed through (req:body_reader): the data now buffered
- * or the next to arrive, up to the end of the current chunk; "" once the
- * body (trailers included) is over; nil, err as readchunked. start (true
- * on the first call) begins a body. max_bytes bounds the whole body.
+ * The chunked body piece by piece, for bodies streamed through
+ * (conn:readchunk for req:body_reader, sock:readchunk for the client's
+ * res:read): the data now buffered or the next to arrive, up to the end
+ * of the current chunk and at most the piece limit (stack slot 3); ""
+ * once the body (trailers included) is over; nil, err as readchunked.
+ * Slot 2 bounds the whole body.
  */
 static int
 readchunk_k(lua_State *L, int status, lua_KContext ctx)
@@ -1283,6 +1903,7 @@ readchunk_k(lua_State *L, int status, lua_KContext ctx)
     struct fdp_conn *c = fdp_checkconn(L);
     struct fdp_http_chunked *d = &c->chunked;
     uint64_t max = (uint64_t) lua_tointeger(L, 2);
+    uint64_t piece = (uint64_t) lua_tointeger(L, 3);
     ssize_t n;
 
     (void) ctx;
@@ -1316,6 +1937,9 @@ readchunk_k(lua_State *L, int status, lua_KContext ctx)
             if ((uint64_t) k > d->left) {
                 k = (size_t) d->left;
             }
+            if ((uint64_t) k > piece) {
+                k = (size_t) piece;
+            }
             if (k == 0) {
                 break;
             }
@@ -1341,19 +1965,37 @@ readchunk_k(lua_State *L, int status, lua_KContext ctx)
 }
 
 
+/* readchunk_k on the conn (or socket) at 1: max bounds the body, piece
+ * each answer; start begins a body. */
+int
+fdp_lhttp_readchunk(lua_State *L, lua_Integer max, lua_Integer piece,
+                    int start)
+{
+    struct fdp_conn *c = fdp_checkconn(L);
+
+    if (fdp_conn_busy(L, c, 0)) {
+        return 2;
+    }
+    if (start) {
+        fdp_http_chunked_init(&c->chunked);
+    }
+    lua_settop(L, 1);
+    lua_pushinteger(L, max);
+    lua_pushinteger(L, piece);
+    fdp_conn_op_begin(c);
+    return readchunk_k(L, LUA_OK, 0);
+}
+
+
+/* conn:readchunk(max_bytes [, start]): max_bytes bounds the whole body;
+ * start (true on the first call) begins one. */
 static int
 conn_readchunk(lua_State *L)
 {
-    struct fdp_conn *c = fdp_checkconn(L);
     lua_Integer max = luaL_checkinteger(L, 2);
 
     luaL_argcheck(L, max >= 0, 2, "the limit must not be negative");
-    if (lua_toboolean(L, 3)) {
-        fdp_http_chunked_init(&c->chunked);
-    }
-    lua_settop(L, 2);
-    fdp_conn_op_begin(c);
-    return readchunk_k(L, LUA_OK, 0);
+    return fdp_lhttp_readchunk(L, max, LUA_MAXINTEGER, lua_toboolean(L, 3));
 }
 
 

@@ -1,5 +1,6 @@
 /*
- * lhttp.h - the conn object's HTTP/1.x methods (lhttp.c).
+ * lhttp.h - the conn object's HTTP/1.x methods (lhttp.c), and a client
+ * socket's (its response head, its chunked bodies).
  */
 #ifndef FDP_LHTTP_H
 #define FDP_LHTTP_H
@@ -9,5 +10,17 @@
 /* Make the conn metatable (fdp_conn_open_meta) and add readrequest,
  * readchunked and sendresponse to its methods. */
 void fdp_lhttp_open(lua_State *L);
+
+/* fdpool.tcp() sockets' HTTP methods (lsock.c registers them): the
+ * response head (sock:readresponse), and the streaming chunked reader
+ * shared with conn:readchunk (the conn or socket at 1; max bounds the
+ * whole body, -1: no bound; piece each answer; start begins a body). */
+int fdp_lhttp_readresponse(lua_State *L);
+int fdp_lhttp_readchunk(lua_State *L, lua_Integer max, lua_Integer piece,
+                        int start);
+
+/* fdpool._httpres(status_lines) -> header, send: fdpool.http's
+ * res:header and res:send in C. */
+int fdp_lhttp_res(lua_State *L);
 
 #endif

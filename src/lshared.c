@@ -17,9 +17,20 @@
 #include <lauxlib.h>
 
 #define SHDICT_MT   "fdpool.shdict"
+#define VIEW_MT     "fdpool.shdict.view"
+#define SHD_VCBITS  12
+#define SHD_VCACHE  (1u << SHD_VCBITS)  /* get's cached strings, per dict */
+#define SHD_VCMAX   40          /* only short (interned) strings */
 
+/*
+ * fdpool.shared.NAME is a table holding its methods directly (so
+ * `dict:get(k)` is one table hit, not a metatable's __index), each a C
+ * closure whose upvalue is the view (a full userdata, struct lshd, with
+ * its own __gc). The table's metatable is SHDICT_MT (__name, __tostring).
+ */
 struct lshd {
     struct fdp_shd d;
+    const void *self;           /* the dictionary's table (lua_topointer) */
     char name[32];
     uint32_t size;
     /* FDPOOL_TEST_SHARED_DIE=OP:N:KEY (tests only): _exit at the N-th
@@ -27,34 +38,77 @@ struct lshd {
     int die_op;
     uint32_t die_at;
     char die_key[64];
+    /* get's string cache: the Lua string last pushed for an entry, in
+     * slot hash(entry offset) of an array (C: where its bytes are; the
+     * get closure's second upvalue, a table: the string itself, kept
+     * alive). Reused when its bytes are the value's, so a hot short value
+     * is not interned again. Made by the first get of a short string. */
+    struct shd_vc { uint32_t at, len; const char *p; } *vc;
 };
 
 
-/* The dictionary at 1. Each method has the metatable as its upvalue:
- * comparing with it skips luaL_checkudata's registry lookup by name,
- * a tenth of a get's time. */
+/* The view behind a dictionary table at idx (any dictionary), or NULL:
+ * its `capacity` method's upvalue. Leaves the stack as it was. */
 static struct lshd *
+view_of(lua_State *L, int idx)
+{
+    struct lshd *s = NULL;
+
+    if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) {
+        return NULL;
+    }
+    luaL_getmetatable(L, SHDICT_MT);
+    if (lua_rawequal(L, -1, -2)) {
+        lua_pushliteral(L, "capacity");
+        lua_rawget(L, idx < 0 ? idx - 3 : idx);
+        if (lua_tocfunction(L, -1) != NULL
+            && lua_getupvalue(L, -1, 1) != NULL) {
+            s = luaL_testudata(L, -1, VIEW_MT);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
+    return s;
+}
+
+
+/* The dictionary at 1: the closure's own (one pointer compare), or
+ * another dictionary's table (its method called on the wrong one still
+ * works, as with a shared metatable); anything else raises
+ * "fdpool.shdict expected". */
+static struct lshd *
+check_slow(lua_State *L)
+{
+    struct lshd *s = view_of(L, 1);
+
+    if (s == NULL) {
+        luaL_typeerror(L, 1, SHDICT_MT);
+    }
+    return s;
+}
+
+
+static inline struct lshd *
 check(lua_State *L)
 {
-    void *u = lua_touserdata(L, 1);
+    struct lshd *s = lua_touserdata(L, lua_upvalueindex(1));
 
-    if (u != NULL && lua_getmetatable(L, 1)) {
-        int same = lua_rawequal(L, -1, lua_upvalueindex(1));
-
-        lua_pop(L, 1);
-        if (same) {
-            return u;
-        }
+    if (lua_topointer(L, 1) == s->self) {
+        return s;
     }
-    luaL_typeerror(L, 1, SHDICT_MT);
-    return NULL;
+    return check_slow(L);
 }
 
 
 static const char *
 check_key(lua_State *L, int idx, size_t *len, struct lshd *s, int op)
 {
-    const char *k = luaL_checklstring(L, idx, len);
+    const char *k = lua_tolstring(L, idx, len);
+
+    if (k == NULL) {
+        k = luaL_checklstring(L, idx, len);     /* raises */
+    }
 
     luaL_argcheck(L, *len > 0, idx, "key must not be empty");
     luaL_argcheck(L, *len <= FDP_SHD_KEY_MAX, idx, "key too long (at most "
@@ -73,8 +127,17 @@ check_key(lua_State *L, int idx, size_t *len, struct lshd *s, int op)
 static void
 check_value(lua_State *L, int idx, struct fdp_shd_val *v)
 {
-    memset(v, 0, sizeof(*v));
+    v->i = 0;
+    v->n = 0;
+    v->s = NULL;
+    v->len = 0;
+    v->flags = 0;
     switch (lua_type(L, idx)) {
+    case LUA_TSTRING:
+        v->type = FDP_SHD_STRING;
+        v->s = lua_tolstring(L, idx, &v->len);
+        luaL_argcheck(L, v->len < 0x7fffffff, idx, "value too long");
+        break;
     case LUA_TNONE:
     case LUA_TNIL:
         v->type = FDP_SHD_NIL;
@@ -92,15 +155,30 @@ check_value(lua_State *L, int idx, struct fdp_shd_val *v)
             v->n = (double) lua_tonumber(L, idx);
         }
         break;
-    case LUA_TSTRING:
-        v->type = FDP_SHD_STRING;
-        v->s = lua_tolstring(L, idx, &v->len);
-        luaL_argcheck(L, v->len < 0x7fffffff, idx, "value too long");
-        break;
     default:
         luaL_argerror(L, idx, lua_pushfstring(L, "bad value type (string, "
                       "number, boolean or nil expected, got %s)",
                       luaL_typename(L, idx)));
+    }
+}
+
+
+/* A number argument of incr (raises "number expected" for others). */
+static void
+check_num(lua_State *L, int idx, struct fdp_shd_val *v)
+{
+    v->s = NULL;
+    v->len = 0;
+    v->flags = 0;
+    if (lua_isinteger(L, idx)) {
+        v->type = FDP_SHD_INTEGER;
+        v->i = (int64_t) lua_tointeger(L, idx);
+        v->n = 0;
+    } else {
+        luaL_checktype(L, idx, LUA_TNUMBER);
+        v->type = FDP_SHD_NUMBER;
+        v->n = (double) lua_tonumber(L, idx);
+        v->i = 0;
     }
 }
 
@@ -175,11 +253,20 @@ push_val(lua_State *L, const struct fdp_shd_val *v)
 static int
 shd_get(lua_State *L)
 {
-    struct lshd *s = check(L);
+    struct lshd *s = lua_touserdata(L, lua_upvalueindex(1));
+    /* the string cache is this closure's dictionary's: another
+     * dictionary's get called on this one goes without it */
+    int own = lua_topointer(L, 1) == s->self;
     size_t klen;
-    const char *key = check_key(L, 2, &klen, s, FDP_SHD_OP_GET);
+    const char *key;
     struct fdp_shd_val v;
-    int r = fdp_shd_get(&s->d, key, klen, &v, NULL);
+    int r;
+
+    if (!own) {
+        s = check_slow(L);
+    }
+    key = check_key(L, 2, &klen, s, FDP_SHD_OP_GET);
+    r = fdp_shd_get(&s->d, key, klen, &v, NULL);
 
     note(s, r);
     if (r < 0) {
@@ -191,7 +278,38 @@ shd_get(lua_State *L)
         lua_pushnil(L);
         return 1;
     }
-    push_val(L, &v);
+    if (v.type == FDP_SHD_STRING && v.len <= SHD_VCMAX && own) {
+        /* Fibonacci hashing spreads the evenly spaced offsets */
+        uint32_t slot = (v.at * 2654435769u) >> (32 - SHD_VCBITS);
+
+        if (s->vc == NULL) {
+            /* the table first: it may raise (--max-memory), and vc set
+             * means the table is there to keep the strings */
+            struct shd_vc *vc;
+
+            lua_createtable(L, SHD_VCACHE, 0);
+            vc = calloc(SHD_VCACHE, sizeof(*vc));
+            if (vc == NULL) {
+                return luaL_error(L, "not enough memory");
+            }
+            lua_replace(L, lua_upvalueindex(2));
+            s->vc = vc;
+        }
+        if (s->vc[slot].at == v.at && s->vc[slot].len == v.len
+            && memcmp(s->vc[slot].p, v.s, v.len) == 0) {
+            lua_rawgeti(L, lua_upvalueindex(2), slot + 1);
+            goto pushed;
+        }
+        lua_pushlstring(L, v.s, v.len);
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, lua_upvalueindex(2), slot + 1);
+        s->vc[slot].at = v.at;
+        s->vc[slot].len = (uint32_t) v.len;
+        s->vc[slot].p = lua_tostring(L, -1);
+    } else {
+        push_val(L, &v);
+    }
+pushed:
     if (v.flags != 0) {
         lua_pushinteger(L, v.flags);
         return 2;
@@ -209,8 +327,9 @@ set_mode(lua_State *L, int mode)
     size_t klen;
     const char *key = check_key(L, 2, &klen, s, FDP_SHD_OP_SET);
     struct fdp_shd_val v;
-    double ttl = opt_ttl(L, 4);
-    lua_Integer flags = luaL_optinteger(L, 5, 0);
+    int top = lua_gettop(L);
+    double ttl = top >= 4 ? opt_ttl(L, 4) : 0;
+    lua_Integer flags = top >= 5 ? luaL_optinteger(L, 5, 0) : 0;
     int ev = 0, r;
 
     check_value(L, 3, &v);
@@ -287,17 +406,16 @@ shd_incr(lua_State *L)
     const char *key = check_key(L, 2, &klen, s, FDP_SHD_OP_INCR);
     struct fdp_shd_val by, init, out;
     double ttl;
+    int top = lua_gettop(L), has_init = top >= 4 && !lua_isnil(L, 4);
     int ev = 0, r;
 
-    luaL_checktype(L, 3, LUA_TNUMBER);
-    check_value(L, 3, &by);
-    if (!lua_isnoneornil(L, 4)) {
-        luaL_checktype(L, 4, LUA_TNUMBER);
-        check_value(L, 4, &init);
+    check_num(L, 3, &by);
+    if (has_init) {
+        check_num(L, 4, &init);
     }
-    ttl = opt_ttl(L, 5);
-    r = fdp_shd_incr(&s->d, key, klen, &by, lua_isnoneornil(L, 4) ? NULL
-                     : &init, ttl, &out, &ev);
+    ttl = top >= 5 ? opt_ttl(L, 5) : 0;
+    r = fdp_shd_incr(&s->d, key, klen, &by, has_init ? &init : NULL, ttl,
+                     &out, &ev);
     note(s, r);
     if (r < 0) {
         lua_pushnil(L);
@@ -452,17 +570,21 @@ shd_free_space(lua_State *L)
 static int
 shd_tostring(lua_State *L)
 {
-    struct lshd *s = check(L);
+    struct lshd *s = view_of(L, 1);
 
-    lua_pushfstring(L, "fdpool.shdict (%s)", s->name);
+    lua_pushfstring(L, "fdpool.shdict (%s)", s ? s->name : "?");
     return 1;
 }
 
 
 static int
-shd_gc(lua_State *L)
+view_gc(lua_State *L)
 {
-    fdp_shd_detach(&check(L)->d);
+    struct lshd *s = luaL_checkudata(L, 1, VIEW_MT);
+
+    fdp_shd_detach(&s->d);
+    free(s->vc);
+    s->vc = NULL;
     return 0;
 }
 
@@ -501,18 +623,16 @@ fdp_lshared_open(lua_State *L, struct fdp_pool *p)
         { "capacity", shd_capacity }, { "free_space", shd_free_space },
         { NULL, NULL }
     };
-    static const luaL_Reg meta[] = {
-        { "__tostring", shd_tostring }, { "__gc", shd_gc }, { NULL, NULL }
-    };
     int i;
 
     if (luaL_newmetatable(L, SHDICT_MT)) {
-        lua_pushvalue(L, -1);
-        luaL_setfuncs(L, meta, 1);
-        lua_newtable(L);
-        lua_pushvalue(L, -2);
-        luaL_setfuncs(L, methods, 1);
-        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, shd_tostring);
+        lua_setfield(L, -2, "__tostring");
+    }
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, VIEW_MT)) {
+        lua_pushcfunction(L, view_gc);
+        lua_setfield(L, -2, "__gc");
     }
     lua_pop(L, 1);
     lua_newtable(L);
@@ -526,10 +646,22 @@ fdp_lshared_open(lua_State *L, struct fdp_pool *p)
             lua_pop(L, 1);
             continue;
         }
-        luaL_setmetatable(L, SHDICT_MT);
+        luaL_setmetatable(L, VIEW_MT);
         snprintf(s->name, sizeof(s->name), "%s", z->name);
         s->size = (uint32_t) z->size;
         read_knob(s);
+        /* the dictionary's table: its methods, each with the view */
+        lua_createtable(L, 0, (int) FDP_NELEM(methods));
+        lua_insert(L, -2);
+        luaL_setfuncs(L, methods, 1);
+        lua_getfield(L, -1, "capacity");
+        lua_getupvalue(L, -1, 1);       /* the view again */
+        lua_pushboolean(L, 0);          /* the string cache, made later */
+        lua_pushcclosure(L, shd_get, 2);
+        lua_setfield(L, -3, "get");
+        lua_pop(L, 1);
+        s->self = lua_topointer(L, -1);
+        luaL_setmetatable(L, SHDICT_MT);
         lua_setfield(L, -2, z->name);
     }
     lua_setfield(L, -2, "shared");

@@ -31,6 +31,8 @@ enum { TH_RUNNING, TH_DONE, TH_FAILED, TH_KILLED };
 struct lt_state {
     int exiting;                /* the worker was told to stop */
     int nhold;                  /* on_stop callbacks still running */
+    int ntimers;                /* timers not ended (pending or running) */
+    int max_timers;             /* the cap on ntimers (timer.max_pending) */
 };
 
 /* A task of this file: a thread, a timer's loop, or an on_stop call. */
@@ -85,6 +87,7 @@ get_state(lua_State *L)
     lua_pop(L, 1);
     st = lua_newuserdatauv(L, sizeof(*st), 0);
     memset(st, 0, sizeof(*st));
+    st->max_timers = 1024;
     lua_rawsetp(L, LUA_REGISTRYINDEX, &state_key);
     return st;
 }
@@ -205,6 +208,7 @@ lt_ended(struct fdp_task *t, int status)
         }
     } else if (lt->kind == K_TIMER) {
         ((struct lt_timer *) lt->ud)->task = NULL;
+        lt->st->ntimers--;
         if (status != LUA_OK && status != FDP_TASK_CANCELLED) {
             log_error(L, co, "timer");
             logged = 1;
@@ -511,14 +515,21 @@ timer_new(lua_State *L, int every)
     lua_Number d = luaL_checknumber(L, 1);
     int n = lua_gettop(L);
     struct lt_timer *tm;
+    struct lt_state *st;
 
     luaL_argcheck(L, d >= 0 && d < 1e9 && (!every || d > 0), 1, every
                   ? "interval must be > 0 and < 1e9 seconds"
                   : "delay must be 0 to 1e9 seconds");
     luaL_checktype(L, 2, LUA_TFUNCTION);
-    if (get_state(L)->exiting) {
+    st = get_state(L);
+    if (st->exiting) {
         lua_pushnil(L);
         lua_pushliteral(L, "exiting");
+        return 2;
+    }
+    if (st->ntimers >= st->max_timers) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "too many pending timers");
         return 2;
     }
     /* The loop function, then (h, fn, ...) as its arguments. */
@@ -545,7 +556,38 @@ timer_new(lua_State *L, int every)
     lua_insert(L, 2);           /* delay loopfn h fn args... */
     lua_pushvalue(L, 3);        /* the object kept alive while it runs */
     tm->task = start(L, s, K_TIMER, 2, n, tm, NULL);
+    st->ntimers++;
     lua_pushvalue(L, 3);
+    return 1;
+}
+
+
+/* fdpool.timer.pending() -> the worker's timers not ended yet. */
+static int
+l_timer_pending(lua_State *L)
+{
+    lua_pushinteger(L, get_state(L)->ntimers);
+    return 1;
+}
+
+
+/* fdpool.timer.max_pending([n]) -> the cap (after setting it to n): a
+ * timer started past it gets nil, "too many pending timers", so a handler
+ * that starts one per request cannot grow the worker without bound
+ * (ngx's lua_max_pending_timers; 1024 by default, as there). */
+static int
+l_timer_max_pending(lua_State *L)
+{
+    struct lt_state *st = get_state(L);
+
+    if (!lua_isnoneornil(L, 1)) {
+        lua_Integer n = luaL_checkinteger(L, 1);
+
+        luaL_argcheck(L, n >= 1 && n <= 1000000, 1,
+                      "the cap must be 1 to 1000000");
+        st->max_timers = (int) n;
+    }
+    lua_pushinteger(L, st->max_timers);
     return 1;
 }
 
@@ -905,6 +947,8 @@ fdp_lthread_open(lua_State *L)
     static const luaL_Reg timer_funcs[] = {
         { "at", l_timer_at },
         { "every", l_timer_every },
+        { "pending", l_timer_pending },
+        { "max_pending", l_timer_max_pending },
         { NULL, NULL }
     };
     static const luaL_Reg thread_m[] = {

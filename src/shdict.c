@@ -1,25 +1,36 @@
 /*
  * shdict.c - the shared dictionary (see shdict.h). One mapping:
  *
- *   header (counters, LRU ends, free lists, journal state, the mutex)
- *   buckets  nbuckets x u32: offset of the first entry of each chain
+ *   header   the mutex (its own cache line), the free lists and the
+ *            counters read once; then one "hot" line with what every
+ *            operation touches (journal state, the LRU move record, the
+ *            LRU ends, use counters)
  *   journal  jcap x {u32 off, u32 old}: the undo record of the one
- *            operation in progress
+ *            operation in progress (its first two records in the hot line)
+ *   buckets  nbuckets x u32: offset of the first entry of each chain
  *   heap     blocks of a buddy allocator (64 B .. 1 MiB), each an 8-byte
  *            tag then, when in use, one entry (48-byte head, key, value)
  *
  * Every link is an offset into the mapping, and every offset read from
- * it is checked (range, alignment, the block's tag, the entry's lengths)
- * before use: a bad one makes the operation flush the dictionary and
- * return -EIO instead of following it. The layout is computed from the
- * size by each process, never read back. Every metadata write of an
- * operation goes through w32(), which first appends the old value to the
- * journal; the journal is emptied when the operation ends. A process that
- * dies holding the (robust) lock leaves the journal behind, and the next
- * locker (EOWNERDEAD) writes the old values back in reverse: the
- * dictionary is as it was before that operation. Key and value bytes go
- * only into freshly allocated blocks, so they need no journal; a journal
- * that overflowed (a long eviction) or a death inside flush_all flushes.
+ * it is checked before use (an entry whose key or value is read: range,
+ * alignment, the block's tag, its lengths; an LRU neighbour whose links
+ * alone are written: range and alignment): a bad one makes the operation
+ * flush the dictionary and return -EIO instead of following it. The
+ * layout is computed from the size by each process, never read back.
+ * Every metadata write of an operation goes through w32(), which first
+ * appends the old value to the journal (a write that changes nothing is
+ * skipped); the journal is emptied when the operation ends. A process
+ * that dies holding the (robust) lock leaves the journal behind, and the
+ * next locker (EOWNERDEAD) writes the old values back in reverse: the
+ * dictionary is as it was before that operation. One exception, the
+ * most frequent write: moving an entry to the head of the LRU list (get,
+ * a value rewritten in place, incr) records the entry and its old
+ * neighbours in the hot line, then writes the six links directly; a
+ * death inside is undone from that record (lru_undo), a death after it
+ * leaves the entry at the head of a whole list. Key and value bytes go
+ * only into freshly allocated blocks, or through the journal when
+ * rewritten in place, so an undo finds them again; a journal that
+ * overflowed (a long eviction) or a death inside flush_all flushes.
  */
 #include "fdp.h"
 #include "shdict.h"
@@ -32,7 +43,7 @@
 #include <string.h>
 
 #define SHD_MAGIC       0x66647368u     /* "fdsh" */
-#define SHD_VERSION     1u
+#define SHD_VERSION     2u      /* 2: the hot header line, the LRU move record */
 #define TAG             0xb10c0000u
 #define TAG_FREE        0x100u
 #define MINORD          6               /* 64-byte blocks */
@@ -64,19 +75,31 @@ struct shd_hdr {
         pthread_mutex_t m;
         char line[64];
     } lock;
+    /* read once (attach), or by the allocator */
     uint32_t magic, version, size, pad0;
-    /* the fields below are written through the journal */
-    uint32_t used;              /* bytes of blocks holding entries */
-    uint32_t nkeys;
-    uint32_t lru_head, lru_tail;    /* head: most recently used */
-    uint32_t freelist[MAXORD + 1];
-    /* not journaled */
+    uint32_t freelist[MAXORD + 1];  /* written through the journal */
+    uint32_t pad1;
+    uint64_t flushes, repairs;
+    uint32_t pad2[2];
+    /* the line every operation touches (offset 192), so a lock handed
+     * between workers brings one line of header with it; the journal
+     * follows, its first two records in this line too */
     uint32_t jn;                /* journal records of the op in progress */
     uint32_t jover;             /* the journal overflowed: flush on death */
     uint32_t op;                /* FDP_SHD_OP_FLUSH while flushing */
-    uint32_t pad1;
-    uint64_t flushes, repairs;
+    /* the LRU move in progress (lru_touch): its entry (0: none), and
+     * what it was linked to; enough to put it back (recover) */
+    uint32_t mv_e, mv_p, mv_n, mv_head;
+    /* written through the journal */
+    uint32_t used;              /* bytes of blocks holding entries */
+    uint32_t nkeys;
+    uint32_t lru_head, lru_tail;    /* head: most recently used */
+    uint32_t pad3;
 };
+
+/* the layout above, checked at compile time */
+typedef char shd_hdr_layout[(offsetof(struct shd_hdr, jn) == 192
+                             && sizeof(struct shd_hdr) == 240) ? 1 : -1];
 
 struct shd_rec {
     uint32_t off, old;
@@ -100,30 +123,37 @@ r32(struct fdp_shd *d, uint32_t off)
 
 
 /* The one way an operation writes metadata: journal the old value, then
- * write. The compiler barriers keep the journal record ahead of the
- * write (a process killed between the two leaves a usable record). */
-static void
+ * write (a write that changes nothing is skipped: nothing to undo). The
+ * compiler barriers keep the journal record ahead of the write (a
+ * process killed between the two leaves a usable record). Once the
+ * journal is full, jover says so (a death then flushes). */
+static inline void
 w32(struct fdp_shd *d, uint32_t off, uint32_t v)
 {
     struct shd_hdr *h = hdr(d);
     volatile uint32_t *p = (volatile uint32_t *) (void *) (d->base + off);
-    uint32_t n = h->jn;
+    uint32_t n = h->jn, old = *p;
 
-    if (n < d->jcap && !h->jover) {
-        volatile struct shd_rec *rec = (volatile struct shd_rec *) (void *)
-                                       (d->base + d->journal);
+    if (old != v) {
+        if (n < d->jcap) {
+            volatile struct shd_rec *rec = (volatile struct shd_rec *)
+                                           (void *) (d->base + d->journal);
 
-        rec[n].off = off;
-        rec[n].old = *p;
+            rec[n].off = off;
+            rec[n].old = old;
+            __atomic_signal_fence(__ATOMIC_SEQ_CST);
+            h->jn = n + 1;
+        } else {
+            h->jover = 1;
+        }
         __atomic_signal_fence(__ATOMIC_SEQ_CST);
-        h->jn = n + 1;
-    } else {
-        h->jover = 1;
+        *p = v;
     }
-    __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    *p = v;
-    if (d->die_op != 0 && d->die_op == d->op && ++d->nwrites == d->die_at) {
-        _exit(86);              /* the test knob: die holding the lock */
+    /* the test knob: die holding the lock after this write (counted
+     * whether it changed anything or not) */
+    if (__builtin_expect(d->die_op != 0, 0) && d->die_op == d->op
+        && ++d->nwrites == d->die_at) {
+        _exit(86);
     }
 }
 
@@ -170,11 +200,12 @@ layout(struct fdp_shd *d, uint32_t size)
         nb *= 2;
     }
     d->size = size;
-    d->buckets = align64((uint32_t) sizeof(struct shd_hdr));
-    d->nbuckets = nb;
+    d->journal = (uint32_t) sizeof(struct shd_hdr);   /* in the hot line */
     d->jcap = size / 64 < 8192 ? size / 64 : 8192;
-    d->journal = align64(d->buckets + nb * 4);
-    d->heap = align64(d->journal + d->jcap * (uint32_t) sizeof(struct shd_rec));
+    d->buckets = align64(d->journal
+                         + d->jcap * (uint32_t) sizeof(struct shd_rec));
+    d->nbuckets = nb;
+    d->heap = align64(d->buckets + nb * 4);
     avail = size - d->heap;
     for (o = MAXORD; o > MINORD && (1u << o) > avail; o--) {
     }
@@ -195,7 +226,7 @@ bad(struct fdp_shd *d)
 
 /* A block at blk: aligned, inside the heap, its tag valid. Returns its
  * order (0: not a block). want_free: -1 any, 0 in use, 1 free. */
-static uint32_t
+static inline uint32_t
 blk_order(struct fdp_shd *d, uint32_t blk, int want_free)
 {
     uint32_t tag, o;
@@ -216,7 +247,7 @@ blk_order(struct fdp_shd *d, uint32_t blk, int want_free)
 
 /* An entry at e (0 is "none", valid): in a used block, its lengths
  * inside the block. */
-static int
+static inline int
 ent_ok(struct fdp_shd *d, uint32_t e)
 {
     uint32_t o;
@@ -239,6 +270,20 @@ static int
 free_ok(struct fdp_shd *d, uint32_t blk, uint32_t o)
 {
     return blk == 0 || blk_order(d, blk, 1) == o || bad(d);
+}
+
+
+/* A link to an entry whose list fields alone are read or written (the
+ * LRU neighbours): 0, or where an entry can start (a block's offset + 8)
+ * so its head lies inside the heap. What it links is checked when an
+ * operation reads the entry itself (ent_ok). */
+static inline int
+link_ok(struct fdp_shd *d, uint32_t e)
+{
+    uint32_t rel = e - d->heap - 8;
+
+    return e == 0 || ((rel & 63u) == 0 && rel < d->heapend - d->heap)
+           || bad(d);
 }
 
 
@@ -362,6 +407,7 @@ format_data(struct fdp_shd *d)
     }
     h->jn = 0;
     h->jover = 0;
+    h->mv_e = 0;
     h->flushes++;
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     h->op = 0;
@@ -376,11 +422,14 @@ journal_off_ok(struct fdp_shd *d, uint32_t off)
     if (off & 3u) {
         return 0;
     }
-    return (off >= HOFF(used) && off < HOFF(jn))
+    return (off >= HOFF(used) && off < HOFF(pad3))
+           || (off >= HOFF(freelist) && off < HOFF(pad1))
            || (off >= d->buckets && off < d->buckets + d->nbuckets * 4)
            || (off >= d->heap && off + 4 <= d->heapend);
 }
 
+
+static int lru_undo(struct fdp_shd *d);
 
 /* The last locker died inside an operation: undo it from the journal (1),
  * or flush when that cannot be trusted (2). */
@@ -391,7 +440,8 @@ recover(struct fdp_shd *d)
     struct shd_rec *rec = (struct shd_rec *) (void *) (d->base + d->journal);
     uint32_t n = h->jn, i;
 
-    if (h->op != 0 || h->jover || n > d->jcap) {
+    if (h->op != 0 || h->jover || n > d->jcap
+        || (h->mv_e != 0 && lru_undo(d) < 0)) {
         format_data(d);
         d->recovered = 2;
         return;
@@ -414,7 +464,7 @@ recover(struct fdp_shd *d)
 }
 
 
-static int
+static inline __attribute__((always_inline)) int
 lock(struct fdp_shd *d, int op)
 {
     struct shd_hdr *h = hdr(d);
@@ -428,8 +478,18 @@ lock(struct fdp_shd *d, int op)
         if (r != EBUSY) {
             break;
         }
+        /* wait reading the lock word (it stays in this CPU's cache) and
+         * try again once it looks free: a failed trylock writes the
+         * line and takes it away from the holder */
+        do {
 #if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
+            __builtin_ia32_pause();
+#endif
+#ifdef __GLIBC__
+        } while (++i < 100 && __atomic_load_n(&h->lock.m.__data.__lock,
+                                              __ATOMIC_RELAXED) != 0);
+#else
+        } while (0);
 #endif
     }
     if (r == EBUSY) {
@@ -442,7 +502,7 @@ lock(struct fdp_shd *d, int op)
         (void) pthread_mutex_consistent(&h->lock.m);
     } else if (r != 0) {
         return -EIO;            /* ENOTRECOVERABLE, or a scribbled mutex */
-    } else if (h->jn != 0 || h->op != 0 || h->jover) {
+    } else if ((h->jn | h->op | h->jover | h->mv_e) != 0) {
         recover(d);             /* cannot happen but by a scribble */
     }
     d->op = op;
@@ -456,7 +516,7 @@ lock(struct fdp_shd *d, int op)
 
 /* End the operation: commit (empty the journal), or flush when it met a
  * bad offset (-EIO). Returns r, or -EIO. */
-static int
+static inline __attribute__((always_inline)) int
 unlock(struct fdp_shd *d, int r)
 {
     struct shd_hdr *h = hdr(d);
@@ -467,8 +527,10 @@ unlock(struct fdp_shd *d, int r)
         r = -EIO;
     }
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    h->jn = 0;
-    h->jover = 0;
+    if (h->jn != 0 || h->jover != 0) {
+        h->jn = 0;
+        h->jover = 0;
+    }
     d->op = FDP_SHD_OP_NONE;
     (void) pthread_mutex_unlock(&h->lock.m);
     return r;
@@ -499,7 +561,7 @@ bucket_of(struct fdp_shd *d, uint32_t hash)
 
 /* The entry of key, or 0 (also when corrupt); *linkp: the offset of the
  * link that points at it. The walk is bounded: a loop is corruption. */
-static uint32_t
+static inline __attribute__((always_inline)) uint32_t
 lookup(struct fdp_shd *d, const char *key, size_t klen, uint32_t hash,
        uint32_t *linkp)
 {
@@ -552,7 +614,7 @@ expired(struct fdp_shd *d, uint32_t e, uint64_t now)
 }
 
 
-static void
+static inline void
 set_exp(struct fdp_shd *d, uint32_t e, double ttl, uint64_t now)
 {
     uint64_t x = ttl > 0 ? now_ms(d) + (uint64_t) (ttl * 1000.0 + 0.5) : 0;
@@ -567,53 +629,120 @@ set_exp(struct fdp_shd *d, uint32_t e, double ttl, uint64_t now)
 }
 
 
-static void
+static inline void
 lru_remove(struct fdp_shd *d, uint32_t e)
 {
     uint32_t p = r32(d, e + E_LPREV), n = r32(d, e + E_LNEXT);
 
-    if (!ent_ok(d, p) || !ent_ok(d, n)) {
+    if (!link_ok(d, p) || !link_ok(d, n)) {
         return;
     }
-    if (p) {
-        w32(d, p + E_LNEXT, n);
-    } else {
-        w32(d, HOFF(lru_head), n);
-    }
-    if (n) {
-        w32(d, n + E_LPREV, p);
-    } else {
-        w32(d, HOFF(lru_tail), p);
-    }
+    w32(d, p ? p + E_LNEXT : HOFF(lru_head), n);
+    w32(d, n ? n + E_LPREV : HOFF(lru_tail), p);
 }
 
 
-static void
+static inline void
 lru_push(struct fdp_shd *d, uint32_t e)
 {
     uint32_t head = r32(d, HOFF(lru_head));
 
-    if (!ent_ok(d, head)) {
+    if (!link_ok(d, head)) {
         return;
     }
     w32(d, e + E_LPREV, 0);
     w32(d, e + E_LNEXT, head);
-    if (head) {
-        w32(d, head + E_LPREV, e);
-    } else {
-        w32(d, HOFF(lru_tail), e);
-    }
+    w32(d, head ? head + E_LPREV : HOFF(lru_tail), e);
     w32(d, HOFF(lru_head), e);
 }
 
 
-static void
+/* The test knob's count of a write made outside w32() (lru_touch). */
+static inline void
+knob(struct fdp_shd *d)
+{
+    if (__builtin_expect(d->die_op != 0, 0) && d->die_op == d->op
+        && ++d->nwrites == d->die_at) {
+        _exit(86);
+    }
+}
+
+
+static inline void
+st32(struct fdp_shd *d, uint32_t off, uint32_t v, int k)
+{
+    *(volatile uint32_t *) (void *) (d->base + off) = v;
+    if (__builtin_expect(k, 0)) {
+        knob(d);
+    }
+}
+
+
+/*
+ * Move e to the head of the LRU list (a get, or a value rewritten in
+ * place). Not through the journal: the header first records e and what
+ * it was linked to (its neighbours, the old head), then the six links
+ * are written directly; a death in between is undone by lru_undo() from
+ * that record alone. Called only where no journaled write of the same
+ * operation touched the list before it, so undoing the journal after
+ * the move completed still leaves a whole list (e merely at the head).
+ */
+static inline __attribute__((always_inline)) void
 lru_touch(struct fdp_shd *d, uint32_t e)
 {
-    if (r32(d, HOFF(lru_head)) != e) {
-        lru_remove(d, e);
-        lru_push(d, e);
+    struct shd_hdr *h = hdr(d);
+    uint32_t head = h->lru_head, p, n;
+    int k = d->die_op != 0;     /* the test knob counts these writes */
+
+    if (head == e) {
+        return;
     }
+    p = r32(d, e + E_LPREV);
+    n = r32(d, e + E_LNEXT);
+    if (p == 0 || !link_ok(d, p) || !link_ok(d, n) || !link_ok(d, head)) {
+        bad(d);                 /* not the head, so it has a previous */
+        return;
+    }
+    h->mv_p = p;
+    h->mv_n = n;
+    h->mv_head = head;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    h->mv_e = e;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    st32(d, p + E_LNEXT, n, k);
+    st32(d, n ? n + E_LPREV : HOFF(lru_tail), p, k);
+    st32(d, e + E_LPREV, 0, k);
+    st32(d, e + E_LNEXT, head, k);
+    st32(d, head + E_LPREV, e, k);
+    st32(d, HOFF(lru_head), e, k);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    h->mv_e = 0;
+}
+
+
+/* A death inside lru_touch: put e back between its neighbours and the
+ * old head back first. 0, or -1 when the record is not believable. */
+static int
+lru_undo(struct fdp_shd *d)
+{
+    struct shd_hdr *h = hdr(d);
+    uint32_t e = h->mv_e, p = h->mv_p, n = h->mv_n, head = h->mv_head;
+
+    if (e == 0 || p == 0 || head == 0 || !link_ok(d, e) || !link_ok(d, p)
+        || !link_ok(d, n) || !link_ok(d, head) || d->corrupt) {
+        d->corrupt = 0;
+        return -1;
+    }
+    *(volatile uint32_t *) (void *) (d->base + head + E_LPREV) = 0;
+    *(volatile uint32_t *) (void *) (d->base + e + E_LPREV) = p;
+    *(volatile uint32_t *) (void *) (d->base + e + E_LNEXT) = n;
+    *(volatile uint32_t *) (void *) (d->base + p + E_LNEXT) = e;
+    *(volatile uint32_t *) (void *) (d->base + (n ? n + E_LPREV
+                                                : HOFF(lru_tail))) = e;
+    h->lru_head = head;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    h->mv_e = 0;
+    return 0;
 }
 
 
@@ -697,7 +826,7 @@ ent_alloc(struct fdp_shd *d, uint64_t need, int *evicted, int *err)
 }
 
 
-static void
+static inline void
 put_num(struct fdp_shd *d, uint32_t e, const struct fdp_shd_val *v)
 {
     uint64_t bits = 0;
@@ -713,7 +842,7 @@ put_num(struct fdp_shd *d, uint32_t e, const struct fdp_shd_val *v)
 }
 
 
-static uint32_t lookup(struct fdp_shd *d, const char *key, size_t klen,
+static inline uint32_t lookup(struct fdp_shd *d, const char *key, size_t klen,
                        uint32_t hash, uint32_t *linkp);
 static void put_value(struct fdp_shd *d, uint32_t e, size_t klen,
                       const struct fdp_shd_val *v, size_t vlen);
@@ -797,7 +926,7 @@ put_value(struct fdp_shd *d, uint32_t e, size_t klen,
 }
 
 
-static void
+static inline void
 ent_value(struct fdp_shd *d, uint32_t e, struct fdp_shd_val *v)
 {
     uint64_t bits = (uint64_t) r32(d, e + E_NUMLO)
@@ -865,6 +994,7 @@ fdp_shd_get(struct fdp_shd *d, const char *key, size_t klen,
             memcpy(d->scratch, d->base + e + E_SIZE + klen, n);
             v->s = d->scratch;
             v->len = n;
+            v->at = e;
         }
         lru_touch(d, e);
         r = 1;
@@ -923,13 +1053,35 @@ fdp_shd_set(struct fdp_shd *d, int mode, const char *key, size_t klen,
          * place, every byte through the journal (an undo must find the
          * old value again). */
         size_t vlen = v->type == FDP_SHD_STRING ? v->len : 0;
+        uint32_t f[7];          /* the fields E_VLEN .. E_NUMHI as they */
+        uint64_t bits = 0, x;   /* will be */
 
+        if (v->type == FDP_SHD_NUMBER) {
+            memcpy(&bits, &v->n, 8);
+        } else {
+            bits = (uint64_t) v->i;
+        }
+        x = ttl > 0 ? now_ms(d) + (uint64_t) (ttl * 1000.0 + 0.5) : 0;
+        f[(E_VLEN - E_VLEN) / 4] = (uint32_t) vlen;
+        f[(E_TYPE - E_VLEN) / 4] = (uint32_t) v->type;
+        f[(E_FLAGS - E_VLEN) / 4] = v->flags;
+        f[(E_EXPLO - E_VLEN) / 4] = (uint32_t) (ttl > 0 && x == 0 ? 1 : x);
+        f[(E_EXPHI - E_VLEN) / 4] = (uint32_t) (x >> 32);
+        f[(E_NUMLO - E_VLEN) / 4] = (uint32_t) bits;
+        f[(E_NUMHI - E_VLEN) / 4] = (uint32_t) (bits >> 32);
         d->nfreed++;
-        w32(d, e + E_VLEN, (uint32_t) vlen);
-        w32(d, e + E_FLAGS, v->flags);
-        put_num(d, e, v);
-        set_exp(d, e, ttl, now);
-        put_value(d, e, klen, v, vlen);
+        /* the same fields (a value of the same type and length): none
+         * written, nothing journaled */
+        if (memcmp(d->base + e + E_VLEN, f, sizeof(f)) != 0) {
+            uint32_t i;
+
+            for (i = 0; i < 7; i++) {
+                w32(d, e + E_VLEN + 4 * i, f[i]);
+            }
+        }
+        if (vlen && memcmp(d->base + e + E_SIZE + klen, v->s, vlen) != 0) {
+            put_value(d, e, klen, v, vlen);
+        }
         lru_touch(d, e);
     } else {
         r = ent_insert(d, key, klen, hash, v, ttl, now, evicted, e);
@@ -1238,6 +1390,17 @@ fdp_shd_attach(struct fdp_shd *d, void *base, size_t size)
     d->base = base;
     layout(d, (uint32_t) size);
     return 0;
+}
+
+
+int
+fdp_shd_compatible(const void *base, size_t size)
+{
+    const volatile struct shd_hdr *h = base;
+
+    return size >= FDP_SHD_MIN && size <= FDP_SHD_MAX
+           && h->magic == SHD_MAGIC && h->version == SHD_VERSION
+           && h->size == size;
 }
 
 

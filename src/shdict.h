@@ -43,6 +43,7 @@ struct fdp_shd_val {
     const char *s;              /* STRING (get: the view's scratch copy) */
     size_t len;
     uint32_t flags;
+    uint32_t at;                /* get: the entry's offset (a cache hint) */
 };
 
 /* A process's view of one mapping: the layout is computed from the size
@@ -87,6 +88,9 @@ int fdp_shd_format(void *base, size_t size);
 /* Attach a view (any process): 0 or -EINVAL (not a dictionary). */
 int fdp_shd_attach(struct fdp_shd *d, void *base, size_t size);
 void fdp_shd_detach(struct fdp_shd *d);
+/* Is this a dictionary of this binary's format (a mapping handed over by
+ * `pool upgrade` may be an older one)? 1 or 0; reads the header only. */
+int fdp_shd_compatible(const void *base, size_t size);
 void fdp_shd_usage(const void *base, size_t size, struct fdp_shd_usage *u);
 
 /*

@@ -113,6 +113,13 @@ fdp_shzone_adopt(struct fdp_pool *p, const char *name, int fd)
         fdp_close(&fd);
         return;
     }
+    if (!fdp_shd_compatible(base, (size_t) z->size)) {
+        fdp_log(FDP_LOG_WARN, 0, "upgrade: shared '%s' was made by a binary "
+                "with another format; its entries are dropped", name);
+        (void) munmap(base, (size_t) z->size);
+        fdp_close(&fd);
+        return;
+    }
     (void) munmap(z->base, (size_t) z->size);
     fdp_close(&z->fd);
     z->base = base;

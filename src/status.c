@@ -1,6 +1,7 @@
 /*
  * status.c - the worker table's slots, their derived state, and the two
- * renderings of the table (JSON for programs, aligned text for people).
+ * renderings of the table (JSON and Lua for programs, aligned text and
+ * OpenMetrics for people and scrapers).
  * Pure data: no fds, no Lua, no logging.
  */
 #include "fdp.h"
@@ -213,120 +214,251 @@ other_role(const struct fdp_slot *s)
 }
 
 
+/* One walk over the status, two notations: JSON (`pool status --json`,
+ * the control socket) and a Lua table constructor (fdpool.status() in a
+ * worker, loaded there as text with an empty environment). The walk says
+ * what is there; the writer says how it is spelt. A missing value is
+ * null in JSON and an absent field in Lua. */
+struct tree {
+    struct fdp_buf *b;
+    int lua;
+    int depth;
+    unsigned char first[8];         /* per level: nothing written yet */
+};
+
+static void
+lua_str(struct fdp_buf *b, const char *s)
+{
+    fdp_buf_printf(b, "\"");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char) *s;
+
+        if (c == '"' || c == '\\') {
+            fdp_buf_printf(b, "\\%c", c);
+        } else if (c < 0x20 || c >= 0x7f) {
+            fdp_buf_printf(b, "\\%03u", c);
+        } else {
+            fdp_buf_printf(b, "%c", c);
+        }
+    }
+    fdp_buf_printf(b, "\"");
+}
+
+static void
+t_string(struct tree *t, const char *s)
+{
+    if (t->lua) {
+        lua_str(t->b, s);
+    } else {
+        fdp_buf_json_str(t->b, s);
+    }
+}
+
+/* The separator, then the key: a name (NULL: an array element), or with
+ * any = 1 a worker's own string (quoted; ["..."]= in Lua). */
+static void
+t_key(struct tree *t, const char *key, int any)
+{
+    if (!t->first[t->depth]) {
+        fdp_buf_printf(t->b, t->lua ? "," : ", ");
+    }
+    t->first[t->depth] = 0;
+    if (key == NULL) {
+        return;
+    }
+    if (!any) {
+        fdp_buf_printf(t->b, t->lua ? "%s=" : "\"%s\": ", key);
+    } else if (t->lua) {
+        fdp_buf_printf(t->b, "[");
+        lua_str(t->b, key);
+        fdp_buf_printf(t->b, "]=");
+    } else {
+        fdp_buf_json_str(t->b, key);
+        fdp_buf_printf(t->b, ": ");
+    }
+}
+
+static void
+t_open(struct tree *t, const char *key, int array)
+{
+    t_key(t, key, 0);
+    fdp_buf_printf(t->b, array && !t->lua ? "[" : "{");
+    t->depth++;
+    t->first[t->depth] = 1;
+}
+
+static void
+t_close(struct tree *t, int array)
+{
+    t->depth--;
+    fdp_buf_printf(t->b, array && !t->lua ? "]" : "}");
+}
+
+static void
+t_u64(struct tree *t, const char *key, uint64_t v)
+{
+    t_key(t, key, 0);
+    fdp_buf_printf(t->b, "%llu", (unsigned long long) v);
+}
+
+static void
+t_int(struct tree *t, const char *key, long v)
+{
+    t_key(t, key, 0);
+    fdp_buf_printf(t->b, "%ld", v);
+}
+
+static void
+t_time(struct tree *t, const char *key, double v)
+{
+    t_key(t, key, 0);
+    fdp_buf_printf(t->b, "%.3f", v);
+}
+
+static void
+t_str(struct tree *t, const char *key, const char *s)
+{
+    if (s == NULL) {
+        if (!t->lua) {
+            t_key(t, key, 0);
+            fdp_buf_printf(t->b, "null");
+        }
+        return;
+    }
+    t_key(t, key, 0);
+    t_string(t, s);
+}
+
+static void
+t_null(struct tree *t, const char *key)
+{
+    t_str(t, key, NULL);
+}
+
+
+static void
+status_tree(struct tree *t, const struct fdp_status_info *info,
+            const struct fdp_slot *slots, int n)
+{
+    static const char *const closed[] = {
+        "deadline", "overflow", "per_ip", "peer_closed", "not_tls"
+    };
+    int i, k;
+
+    t->first[0] = 1;
+    t_open(t, NULL, 0);
+    t_int(t, "pid", (long) info->pid);
+    t_str(t, "version", FDP_VERSION);
+    t_time(t, "now", info->now > 0 ? info->now : fdp_wall());
+    t_str(t, "state", info->state ? info->state : "running");
+    t_str(t, "policy", info->policy);
+    t_open(t, "listen", 1);
+    for (i = 0; i < info->nlisten; i++) {
+        t_str(t, NULL, info->listen[i]);
+    }
+    t_close(t, 1);
+    t_open(t, "shared", 1);
+    for (i = 0; i < info->nshared; i++) {
+        t_open(t, NULL, 0);
+        t_str(t, "name", info->shared[i].name);
+        t_u64(t, "size", info->shared[i].size);
+        t_u64(t, "used", info->shared[i].used);
+        t_u64(t, "keys", info->shared[i].keys);
+        t_close(t, 0);
+    }
+    t_close(t, 1);
+    t_u64(t, "accepted", info->accepted);
+    t_u64(t, "queued", info->queued);
+    t_u64(t, "parked", info->parked);
+    t_u64(t, "pending", info->pending);
+    t_open(t, "closed", 0);
+    for (i = 0; i < (int) (sizeof(closed) / sizeof(closed[0])); i++) {
+        t_u64(t, closed[i], info->closed[i]);
+    }
+    t_close(t, 0);
+    t_u64(t, "closed_by_peer", info->closed_by_peer);
+    t_u64(t, "fallbacks", info->fallbacks);
+    t_time(t, "started", info->started);
+    t_int(t, "generation", info->generation);
+    t_int(t, "crash_streak", info->crash_streak);
+    t_str(t, "crash", info->crash_why);
+    t_int(t, "workers_min", info->workers_min);
+    t_int(t, "workers_max", info->workers_max);
+    t_u64(t, "spawned", info->spawned);
+    t_u64(t, "retired_idle", info->retired_idle);
+    t_str(t, "scaled", info->scaled);
+    t_open(t, "others", 1);
+    for (i = 0; i < info->nothers; i++) {
+        const struct fdp_slot *s = &info->others[i];
+
+        t_open(t, NULL, 0);
+        t_int(t, "id", s->id);
+        t_int(t, "pid", (long) s->pid);
+        t_int(t, "generation", s->generation);
+        t_str(t, "state", fdp_slot_state(s));
+        t_str(t, "role", other_role(s));
+        t_int(t, "active", s->active);
+        t_close(t, 0);
+    }
+    t_close(t, 1);
+    t_open(t, "workers", 1);
+    for (i = 0; i < n; i++) {
+        const struct fdp_slot *s = &slots[i];
+
+        t_open(t, NULL, 0);
+        t_int(t, "id", s->id);
+        t_int(t, "pid", (long) s->pid);
+        t_int(t, "generation", s->generation);
+        t_str(t, "state", fdp_slot_state(s));
+        t_int(t, "active", s->active);
+        t_int(t, "capacity", s->capacity);
+        t_u64(t, "served", s->served);
+        t_u64(t, "bytes_in", s->bytes_in);
+        t_u64(t, "bytes_out", s->bytes_out);
+        t_time(t, "started", s->started);
+        t_time(t, "busy_since", s->busy_since);
+        t_u64(t, "restarts", s->restarts);
+        if (s->rss) {
+            t_u64(t, "rss", s->rss);
+        } else {
+            t_null(t, "rss");
+        }
+        if (s->last_exit_how == FDP_EXIT_CODE
+            || s->last_exit_how == FDP_EXIT_SIGNAL)
+        {
+            int sig = s->last_exit_how == FDP_EXIT_SIGNAL;
+
+            t_open(t, "last_exit", 0);
+            t_str(t, "how", sig ? "signal" : "exit");
+            t_int(t, "code", s->last_exit_code);
+            if (sig) {
+                t_str(t, "name", fdp_signame(s->last_exit_code));
+            }
+            t_close(t, 0);
+        } else {
+            t_null(t, "last_exit");
+        }
+        t_open(t, "fields", 0);
+        for (k = 0; k < s->nkv; k++) {
+            t_key(t, s->kv[k].key, 1);
+            t_string(t, s->kv[k].val);
+        }
+        t_close(t, 0);
+        t_close(t, 0);
+    }
+    t_close(t, 1);
+    t_close(t, 0);
+}
+
+
 void
 fdp_status_json(struct fdp_buf *b, const struct fdp_status_info *info,
                 const struct fdp_slot *slots, int n)
 {
-    int i, k;
+    struct tree t = { b, 0, 0, { 0 } };
 
-    fdp_buf_printf(b, "{\"pid\": %ld, \"version\": \"%s\", \"now\": %.3f, "
-                   "\"state\": \"%s\", \"policy\": ", (long) info->pid,
-                   FDP_VERSION, info->now > 0 ? info->now : fdp_wall(),
-                   info->state ? info->state : "running");
-    fdp_buf_json_str(b, info->policy);
-    fdp_buf_printf(b, ", \"listen\": [");
-    for (i = 0; i < info->nlisten; i++) {
-        fdp_buf_printf(b, i ? ", " : "");
-        fdp_buf_json_str(b, info->listen[i]);
-    }
-    fdp_buf_printf(b, "], \"shared\": [");
-    for (i = 0; i < info->nshared; i++) {
-        fdp_buf_printf(b, "%s{\"name\": ", i ? ", " : "");
-        fdp_buf_json_str(b, info->shared[i].name);
-        fdp_buf_printf(b, ", \"size\": %llu, \"used\": %llu, "
-                       "\"keys\": %llu}",
-                       (unsigned long long) info->shared[i].size,
-                       (unsigned long long) info->shared[i].used,
-                       (unsigned long long) info->shared[i].keys);
-    }
-    fdp_buf_printf(b, "], \"accepted\": %llu, \"queued\": %llu, "
-                   "\"parked\": %llu, \"pending\": %llu, "
-                   "\"closed\": {\"deadline\": %llu, \"overflow\": %llu, "
-                   "\"per_ip\": %llu, \"peer_closed\": %llu, "
-                   "\"not_tls\": %llu}, "
-                   "\"closed_by_peer\": %llu, "
-                   "\"fallbacks\": %llu, \"started\": %.3f, "
-                   "\"generation\": %d, \"crash_streak\": %d, "
-                   "\"crash\": ",
-                   (unsigned long long) info->accepted,
-                   (unsigned long long) info->queued,
-                   (unsigned long long) info->parked,
-                   (unsigned long long) info->pending,
-                   (unsigned long long) info->closed[0],
-                   (unsigned long long) info->closed[1],
-                   (unsigned long long) info->closed[2],
-                   (unsigned long long) info->closed[3],
-                   (unsigned long long) info->closed[4],
-                   (unsigned long long) info->closed_by_peer,
-                   (unsigned long long) info->fallbacks, info->started,
-                   info->generation, info->crash_streak);
-    if (info->crash_why) {
-        fdp_buf_json_str(b, info->crash_why);
-    } else {
-        fdp_buf_printf(b, "null");
-    }
-    fdp_buf_printf(b, ", \"workers_min\": %d, \"workers_max\": %d, "
-                   "\"spawned\": %llu, \"retired_idle\": %llu, "
-                   "\"scaled\": ", info->workers_min, info->workers_max,
-                   (unsigned long long) info->spawned,
-                   (unsigned long long) info->retired_idle);
-    if (info->scaled) {
-        fdp_buf_json_str(b, info->scaled);
-    } else {
-        fdp_buf_printf(b, "null");
-    }
-    fdp_buf_printf(b, ", \"others\": [");
-    for (i = 0; i < info->nothers; i++) {
-        const struct fdp_slot *s = &info->others[i];
-
-        fdp_buf_printf(b, "%s{\"id\": %d, \"pid\": %ld, \"generation\": "
-                       "%d, \"state\": \"%s\", \"role\": \"%s\", "
-                       "\"active\": %d}", i ? ", " : "", s->id, (long) s->pid,
-                       s->generation, fdp_slot_state(s), other_role(s),
-                       s->active);
-    }
-    fdp_buf_printf(b, "], \"workers\": [");
-    for (i = 0; i < n; i++) {
-        const struct fdp_slot *s = &slots[i];
-
-        fdp_buf_printf(b, "%s{\"id\": %d, \"pid\": %ld, \"generation\": %d, "
-                       "\"state\": \"%s\", \"active\": %d, \"capacity\": %d, "
-                       "\"served\": %llu, \"bytes_in\": %llu, "
-                       "\"bytes_out\": %llu, \"started\": %.3f, "
-                       "\"busy_since\": %.3f, \"restarts\": %u, "
-                       "\"rss\": ",
-                       i ? ", " : "", s->id, (long) s->pid, s->generation,
-                       fdp_slot_state(s), s->active, s->capacity,
-                       (unsigned long long) s->served,
-                       (unsigned long long) s->bytes_in,
-                       (unsigned long long) s->bytes_out, s->started,
-                       s->busy_since, s->restarts);
-        if (s->rss) {
-            fdp_buf_printf(b, "%llu, \"last_exit\": ",
-                           (unsigned long long) s->rss);
-        } else {
-            fdp_buf_printf(b, "null, \"last_exit\": ");
-        }
-        if (s->last_exit_how == FDP_EXIT_CODE) {
-            fdp_buf_printf(b, "{\"how\": \"exit\", \"code\": %d}",
-                           s->last_exit_code);
-        } else if (s->last_exit_how == FDP_EXIT_SIGNAL) {
-            fdp_buf_printf(b, "{\"how\": \"signal\", \"code\": %d, "
-                           "\"name\": \"%s\"}", s->last_exit_code,
-                           fdp_signame(s->last_exit_code));
-        } else {
-            fdp_buf_printf(b, "null");
-        }
-        fdp_buf_printf(b, ", \"fields\": {");
-        for (k = 0; k < s->nkv; k++) {
-            fdp_buf_printf(b, k ? ", " : "");
-            fdp_buf_json_str(b, s->kv[k].key);
-            fdp_buf_printf(b, ": ");
-            fdp_buf_json_str(b, s->kv[k].val);
-        }
-        fdp_buf_printf(b, "}}");
-    }
-    fdp_buf_printf(b, "]}\n");
+    status_tree(&t, info, slots, n);
+    fdp_buf_printf(b, "\n");
 }
 
 
@@ -556,128 +688,13 @@ fdp_status_openmetrics(struct fdp_buf *b, const struct fdp_status_info *info,
 }
 
 
-static void
-lua_str(struct fdp_buf *b, const char *s)
-{
-    fdp_buf_printf(b, "\"");
-    for (; *s; s++) {
-        unsigned char c = (unsigned char) *s;
-
-        if (c == '"' || c == '\\') {
-            fdp_buf_printf(b, "\\%c", c);
-        } else if (c < 0x20 || c >= 0x7f) {
-            fdp_buf_printf(b, "\\%03u", c);
-        } else {
-            fdp_buf_printf(b, "%c", c);
-        }
-    }
-    fdp_buf_printf(b, "\"");
-}
-
-
-/* The status table as a Lua table constructor, for fdpool.status() in a
- * worker (loaded there as text, with an empty environment). */
 void
 fdp_status_lua(struct fdp_buf *b, const struct fdp_status_info *info,
                const struct fdp_slot *slots, int n)
 {
-    int i, k;
+    struct tree t = { b, 1, 0, { 0 } };
 
-    fdp_buf_printf(b, "{pid=%ld,version=\"%s\",now=%.3f,state=\"%s\","
-                   "policy=", (long) info->pid, FDP_VERSION,
-                   info->now > 0 ? info->now : fdp_wall(),
-                   info->state ? info->state : "running");
-    lua_str(b, info->policy);
-    fdp_buf_printf(b, ",listen={");
-    for (i = 0; i < info->nlisten; i++) {
-        lua_str(b, info->listen[i]);
-        fdp_buf_printf(b, ",");
-    }
-    fdp_buf_printf(b, "},shared={");
-    for (i = 0; i < info->nshared; i++) {
-        fdp_buf_printf(b, "{name=");
-        lua_str(b, info->shared[i].name);
-        fdp_buf_printf(b, ",size=%llu,used=%llu,keys=%llu},",
-                       (unsigned long long) info->shared[i].size,
-                       (unsigned long long) info->shared[i].used,
-                       (unsigned long long) info->shared[i].keys);
-    }
-    fdp_buf_printf(b, "},accepted=%llu,queued=%llu,parked=%llu,"
-                   "pending=%llu,closed={deadline=%llu,overflow=%llu,"
-                   "per_ip=%llu,peer_closed=%llu,not_tls=%llu},"
-                   "closed_by_peer=%llu,fallbacks=%llu,started=%.3f,"
-                   "generation=%d,crash_streak=%d,",
-                   (unsigned long long) info->accepted,
-                   (unsigned long long) info->queued,
-                   (unsigned long long) info->parked,
-                   (unsigned long long) info->pending,
-                   (unsigned long long) info->closed[0],
-                   (unsigned long long) info->closed[1],
-                   (unsigned long long) info->closed[2],
-                   (unsigned long long) info->closed[3],
-                   (unsigned long long) info->closed[4],
-                   (unsigned long long) info->closed_by_peer,
-                   (unsigned long long) info->fallbacks, info->started,
-                   info->generation, info->crash_streak);
-    if (info->crash_why) {
-        fdp_buf_printf(b, "crash=");
-        lua_str(b, info->crash_why);
-        fdp_buf_printf(b, ",");
-    }
-    fdp_buf_printf(b, "workers_min=%d,workers_max=%d,spawned=%llu,"
-                   "retired_idle=%llu,", info->workers_min, info->workers_max,
-                   (unsigned long long) info->spawned,
-                   (unsigned long long) info->retired_idle);
-    if (info->scaled) {
-        fdp_buf_printf(b, "scaled=");
-        lua_str(b, info->scaled);
-        fdp_buf_printf(b, ",");
-    }
-    fdp_buf_printf(b, "others={");
-    for (i = 0; i < info->nothers; i++) {
-        const struct fdp_slot *s = &info->others[i];
-
-        fdp_buf_printf(b, "{id=%d,pid=%ld,generation=%d,state=\"%s\","
-                       "role=\"%s\",active=%d},", s->id, (long) s->pid,
-                       s->generation, fdp_slot_state(s), other_role(s),
-                       s->active);
-    }
-    fdp_buf_printf(b, "},");
-    fdp_buf_printf(b, "workers={");
-    for (i = 0; i < n; i++) {
-        const struct fdp_slot *s = &slots[i];
-
-        fdp_buf_printf(b, "{id=%d,pid=%ld,generation=%d,state=\"%s\","
-                       "active=%d,capacity=%d,served=%llu,bytes_in=%llu,"
-                       "bytes_out=%llu,started=%.3f,busy_since=%.3f,"
-                       "restarts=%u,", s->id, (long) s->pid, s->generation,
-                       fdp_slot_state(s), s->active, s->capacity,
-                       (unsigned long long) s->served,
-                       (unsigned long long) s->bytes_in,
-                       (unsigned long long) s->bytes_out, s->started,
-                       s->busy_since, s->restarts);
-        if (s->rss) {
-            fdp_buf_printf(b, "rss=%llu,", (unsigned long long) s->rss);
-        }
-        if (s->last_exit_how == FDP_EXIT_CODE) {
-            fdp_buf_printf(b, "last_exit={how=\"exit\",code=%d},",
-                           s->last_exit_code);
-        } else if (s->last_exit_how == FDP_EXIT_SIGNAL) {
-            fdp_buf_printf(b, "last_exit={how=\"signal\",code=%d,"
-                           "name=\"%s\"},", s->last_exit_code,
-                           fdp_signame(s->last_exit_code));
-        }
-        fdp_buf_printf(b, "fields={");
-        for (k = 0; k < s->nkv; k++) {
-            fdp_buf_printf(b, "[");
-            lua_str(b, s->kv[k].key);
-            fdp_buf_printf(b, "]=");
-            lua_str(b, s->kv[k].val);
-            fdp_buf_printf(b, ",");
-        }
-        fdp_buf_printf(b, "}},");
-    }
-    fdp_buf_printf(b, "}}");
+    status_tree(&t, info, slots, n);
 }
 
 

@@ -28,10 +28,17 @@ static void waitlist_leave(struct fdp_task *t);
 /* The registry key under which a Lua state keeps its scheduler. */
 static const char sched_key = 's';
 
+/* The scheduler registered last: a worker registers one, for its life.
+ * task_of's fast path (a registry lookup per call was ~4 % of a
+ * keep-alive request): a task whose coroutine is L is L's task whatever
+ * state registered it, so no check that L belongs to it is needed. */
+static struct fdp_sched *last_sched;
+
 
 void
 fdp_sched_register(lua_State *L, struct fdp_sched *s)
 {
+    last_sched = s;
     lua_pushlightuserdata(L, s);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &sched_key);
 }
@@ -69,6 +76,13 @@ task_of(lua_State *L, int *nested)
     struct fdp_task *t;
     int fwd;
 
+    s = last_sched;
+    if (s != NULL && (t = s->current) != NULL && t->co == L) {
+        if (nested) {
+            *nested = 0;
+        }
+        return t;
+    }
     lua_rawgetp(L, LUA_REGISTRYINDEX, &sched_key);
     s = lua_touserdata(L, -1);
     lua_pop(L, 1);
@@ -244,6 +258,8 @@ task_finish(struct fdp_task *t, int status)
 
     fdp_timer_stop(s->loop, &t->limit);
     fdp_timer_stop(s->loop, &t->slow);
+    fdp_timer_stop(s->loop, &t->iot);
+    t->iot_dl = 0;
     if (ops->ended != NULL) {
         logged = ops->ended(t, status);
     }
@@ -324,6 +340,7 @@ task_resume(struct fdp_task *t, int nargs)
     struct fdp_task *prev = s->current;
     int nres = 0, r, limited = s->mem_limited;
 
+    t->iot_dl = 0;              /* whatever wait it was in is over */
     s->current = t;
     s->mem_limited = s->limit_mem;
     r = lua_resume(t->co, s->L, nargs, &nres);
@@ -363,6 +380,31 @@ wait_timeout(struct fdp_loop *loop, struct fdp_timer *timer)
     t->waiting = 0;
     t->timed_out = 1;
     task_resume(t, 0);
+}
+
+
+/*
+ * fdp_wait's deadline. The timer is not stopped when a wait ends (a
+ * keep-alive connection waits once per request: a stop and a start in
+ * the loop's heap each time, which at 1000 connections walk the heap
+ * through cold timers); the next wait keeps it when it fires no later
+ * than the new deadline (as nginx's lazy timer updates). So it may fire
+ * early, or after the wait: then it re-arms for what is left, or does
+ * nothing.
+ */
+static void
+iot_fire(struct fdp_loop *loop, struct fdp_timer *timer)
+{
+    struct fdp_task *t = timer->data;
+
+    if (t->iot_dl == 0 || t->waiting == 0 || t->waiting == FDP_WAIT_SLEEP) {
+        return;
+    }
+    if (loop->now < t->iot_dl) {
+        (void) fdp_timer_start(loop, &t->iot, t->iot_dl - loop->now);
+        return;
+    }
+    wait_timeout(loop, &t->timer);
 }
 
 
@@ -532,6 +574,8 @@ fdp_task_start(struct fdp_sched *s, struct fdp_task *t)
     fdp_timer_init(&t->timer, wait_timeout, t);
     fdp_timer_init(&t->limit, task_limit, t);
     fdp_timer_init(&t->slow, task_slow, t);
+    fdp_timer_init(&t->iot, iot_fire, t);
+    t->iot_dl = 0;
     if (s->timeout > 0) {
         (void) fdp_timer_start(s->loop, &t->limit,
                                (uint64_t) (s->timeout * 1000.0));
@@ -719,9 +763,9 @@ fdp_wait(lua_State *L, struct fdp_waitable *wt, int fd, uint32_t events,
         t->wobj = wt;
         t->waiting = events;
         t->timed_out = 0;
-        fdp_timer_init(&t->timer, wait_timeout, t);
-        if (dl) {
-            (void) fdp_timer_start(wt->s->loop, &t->timer,
+        t->iot_dl = dl;
+        if (dl && !(fdp_timer_active(&t->iot) && t->iot.when <= dl)) {
+            (void) fdp_timer_start(wt->s->loop, &t->iot,
                                    dl > now ? dl - now : 0);
         }
         return fdp_task_yield(L, t, ctx, k);

@@ -85,6 +85,8 @@ struct fdp_task {
     int timed_out;
     struct fdp_timer limit;     /* --timeout for the whole handler */
     struct fdp_timer slow;      /* --slow: log where it waits, once */
+    struct fdp_timer iot;       /* fdp_wait's deadline, re-armed lazily */
+    uint64_t iot_dl;            /* that deadline (ms), 0: none or over */
     uint64_t start_ms;          /* when the handler (or its request)
                                    started; 0: between requests */
     int slow_logged;            /* its --slow line was written */

@@ -17,6 +17,7 @@
 #include "upgrade.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -295,6 +296,12 @@ fdp_upgrade_start(struct fdp_pool *p)
         return r;
     }
     if (pid == 0) {
+        if (p->sched_batch) {
+            struct sched_param sp = { 0 };
+
+            /* The new master chooses its own (pool.c's sched_master). */
+            (void) sched_setscheduler(0, SCHED_OTHER, &sp);
+        }
         up_exec(p, fds, nfd, names, spec);
     }
     fdp_close(&pfd[1]);

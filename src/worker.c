@@ -28,6 +28,7 @@
 #include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <grp.h>
+#include <malloc.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -71,6 +72,7 @@ struct fdp_wctx {
     void *mem_inner_ud;
     size_t mem_used;            /* bytes the Lua state holds */
     size_t mem_limit;           /* refused past this in handler code */
+    struct fcache *fc;          /* small blocks kept for reuse, or NULL */
 };
 
 static void status_unwait(struct fdp_wtask *t);
@@ -820,6 +822,123 @@ limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 }
 
 
+/*
+ * A script handler's Lua allocator: freed blocks of up to FC_MAX bytes
+ * are kept on free lists by size (8-byte classes) and handed out again,
+ * so the objects every request makes and the collector frees (its
+ * tables, their node arrays, strings) cost a list push and pop instead
+ * of glibc's free and malloc, whose per-size caches (7 blocks) a
+ * collector's sweep overflows. At most FC_CAP bytes wait on the lists;
+ * the rest goes back to free(). The state is the worker's own
+ * (luaL_newstate, whose allocator is realloc/free), so every block is
+ * malloc's: a block from before the switch goes on a list only when
+ * malloc_usable_size says it holds its class. Off under AddressSanitizer,
+ * which must see every free.
+ */
+#define FC_MAX      512
+#define FC_CLASSES  (FC_MAX / 8)
+#define FC_CAP      (256 * 1024)
+
+struct fcache {
+    void *head[FC_CLASSES + 1];
+    size_t bytes;
+};
+
+#if defined(__SANITIZE_ADDRESS__)
+#define FC_OFF 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FC_OFF 1
+#endif
+#endif
+
+#ifndef FC_OFF
+static void *
+fc_get(struct fcache *fc, size_t n)
+{
+    size_t k = (n + 7) >> 3;
+    void *p = fc->head[k];
+
+    if (p != NULL) {
+        fc->head[k] = *(void **) p;
+        fc->bytes -= k << 3;
+        return p;
+    }
+    return malloc(k << 3);
+}
+
+
+static void
+fc_put(struct fcache *fc, void *p, size_t n)
+{
+    size_t k = (n + 7) >> 3;
+
+    if (fc->bytes + (k << 3) <= FC_CAP && malloc_usable_size(p) >= k << 3) {
+        *(void **) p = fc->head[k];
+        fc->head[k] = p;
+        fc->bytes += k << 3;
+        return;
+    }
+    free(p);
+}
+
+
+static void *
+fc_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    struct fcache *fc = ud;
+    size_t old = ptr != NULL ? osize : 0;   /* else osize is a type tag */
+    void *np;
+
+    if (nsize == 0) {
+        if (ptr != NULL) {
+            if (old > 0 && old <= FC_MAX) {
+                fc_put(fc, ptr, old);
+            } else {
+                free(ptr);
+            }
+        }
+        return NULL;
+    }
+    if (ptr == NULL) {
+        return nsize <= FC_MAX ? fc_get(fc, nsize) : malloc(nsize);
+    }
+    if (old > FC_MAX && nsize > FC_MAX) {
+        return realloc(ptr, nsize);
+    }
+    if (old > 0 && ((old + 7) >> 3) == ((nsize + 7) >> 3)
+        && malloc_usable_size(ptr) >= nsize) {
+        return ptr;
+    }
+    np = nsize <= FC_MAX ? fc_get(fc, nsize) : malloc(nsize);
+    if (np == NULL) {
+        return NULL;            /* Lua keeps ptr */
+    }
+    memcpy(np, ptr, old < nsize ? old : nsize);
+    if (old > 0 && old <= FC_MAX) {
+        fc_put(fc, ptr, old);
+    } else {
+        free(ptr);
+    }
+    return np;
+}
+#endif
+
+
+static void
+fcache_install(struct fdp_wctx *w)
+{
+#ifndef FC_OFF
+    w->fc = calloc(1, sizeof(*w->fc));
+    if (w->fc != NULL) {
+        lua_setallocf(w->L, fc_alloc, w->fc);
+    }
+#else
+    (void) w;
+#endif
+}
+
+
 static void
 memory_limit(struct fdp_wctx *w)
 {
@@ -933,6 +1052,7 @@ open_handler(struct fdp_wctx *w)
         }
         w->L = L;
         w->sched.L = L;
+        fcache_install(w);
         memory_limit(w);
         luaL_openlibs(L);
         module_set_worker(L, w);

@@ -120,6 +120,8 @@ describe("fdpool.pool{} from a Lua program", function()
       assert.is_true(H.alive(pid))
       assert.not_equals(d.pid, pid)
     end
+    -- The caller is the master: SCHED_BATCH while the pool runs.
+    assert.same({ "3" }, d:wait_line("sched"))
     -- A second start() fails as the world does: nil, message, EINVAL.
     assert.same({ "nil", "22", "pool", "already", "started" }, d:wait_line("again"))
     -- The handler's upvalue `token` is the driver's own, unique to this run.
@@ -141,6 +143,7 @@ describe("fdpool.pool{} from a Lua program", function()
     assert.same({ "6", "6" }, d:wait_line("served"))
     -- stop(), then step() until false: stopped, nothing left running.
     assert.same({ "false", "fdpool.pool", "(stopped)", "false" }, d:wait_line("stopped"))
+    assert.same({ "0" }, d:wait_line("sched-after"))  -- back to SCHED_OTHER
     assert.same({ "0" }, d:wait_line("master-served"))
     assert.equals(0, d:wait_exit())
     for _, pid in ipairs(pids) do assert.is_false(H.alive(pid)) end

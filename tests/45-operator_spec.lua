@@ -289,3 +289,39 @@ describe("a reload's new worker killed before READY", function()
     assert.equals(0, p:stop())
   end)
 end)
+
+describe("the master's scheduling policy", function()
+  -- /proc/PID/stat's policy field: 0 SCHED_OTHER, 3 SCHED_BATCH, 5 SCHED_IDLE.
+  local function policy(pid)
+    local f = {}
+    for x in assert(H.readfile("/proc/" .. pid .. "/stat")):match("%) (.*)$"):gmatch("%S+") do
+      f[#f + 1] = x
+    end
+    return tonumber(f[39])
+  end
+
+  it("is SCHED_BATCH (its wake-ups do not preempt busy workers); workers, restarted ones too, stay SCHED_OTHER", function()
+    local p = H.start_pool{ workers = 2 }
+    finally(function() p:stop() end)
+    assert(p.addr, p:log())
+    assert.equal(3, policy(p.pid))
+    local pids = p:worker_pids()
+    for _, pid in ipairs(pids) do assert.equal(0, policy(pid)) end
+    assert(H.run("kill -KILL " .. pids[1]))
+    local new = H.wait_until(function()
+      local now = p:worker_pids()
+      return now[1] ~= pids[1] and now[1] > 0 and now[1]
+    end, 10, "the killed worker's successor")
+    assert.equal(0, policy(new))
+    assert.equal(0, p:stop())
+  end)
+
+  it("is left alone when the operator chose one (chrt): the pool keeps it for all its processes", function()
+    local p = H.start_pool{ workers = 1, shell = "chrt -i 0 env" }
+    finally(function() p:stop() end)
+    assert(p.addr, p:log())
+    assert.equal(5, policy(p.pid))
+    assert.equal(5, policy(p:worker_pids()[1]))
+    assert.equal(0, p:stop())
+  end)
+end)

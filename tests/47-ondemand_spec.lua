@@ -62,8 +62,13 @@ describe("workers on demand", function()
   it("serves a burst of blocking requests in parallel on --workers 1-8 --concurrency 1, then shrinks back to 1 when idle", function()
     local bar = H.tmpdir()
     local p = start(FIX .. "od_barrier.lua", "1-8", 1,
-      { "--worker-idle-timeout", "0.5" }, { bar, "8" })
+      { "--worker-idle-timeout", "0.5", "--metrics", "127.0.0.1:0" }, { bar, "8" })
     finally(function() p:stop() end)
+    -- /healthz counts running workers against the range, not the slots:
+    -- an idle pool on its minimum is healthy, not "1/8".
+    local metrics = assert(p:log():match("metrics on http://(%S+)/metrics"))
+    assert.matches("^HTTP/1.1 200 OK\r\n.*\r\n\r\nok 1 workers %(on demand, 1%-8%)\n$",
+      H.http_get(metrics, "/healthz"))
     local st = assert(p:status())
     assert.are.equal(1, st.workers_min)
     assert.are.equal(8, st.workers_max)
@@ -102,6 +107,7 @@ describe("workers on demand", function()
     assert.matches("\nfdpool_workers_max 8\n", om)
     assert.matches("\nfdpool_workers_spawned_total 7\n", om)
     assert.matches("\nfdpool_workers_retired_idle_total 7\n", om)
+    assert.matches("\r\n\r\nok 1 workers %(on demand, 1%-8%)\n$", H.http_get(metrics, "/healthz"))
     assert.are.equal(0, p:stop())
   end)
 

@@ -459,6 +459,11 @@ describe("fdpool.http (tests/fixtures/http_echo.lua)", function()
         end)
 
         -- Regression test (was a bug, now fixed).
+        it("answers a 9 KiB request line with 414 (still arriving, and complete)", function()
+            refused("GET /" .. ("a"):rep(9 * 1024), 414)
+            refused("GET /" .. ("a"):rep(9 * 1024) .. " HTTP/1.1\r\nHost: test\r\n\r\n", 414)
+        end)
+
         it("answers a complete 9 KiB header with 431", function()
             refused("GET / HTTP/1.1\r\nHost: test\r\nX-Big: " .. ("a"):rep(9 * 1024) .. "\r\n\r\n", 431)
         end)

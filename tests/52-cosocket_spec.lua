@@ -131,6 +131,32 @@ local function ask(fd, line)
   return fd:read("l")
 end
 
+describe("a conn method called on a userdata of another kind", function()
+  -- The mark that tells a conn's (or socket's) metatable is readable from
+  -- Lua (pairs over getmetatable): copied into another userdata's
+  -- metatable it must still not make that userdata a conn.
+  it("raises, even when the other metatable carries a copy of the mark", function()
+    local s = fdpool.tcp()
+    local f = assert(io.tmpfile())
+    local mt = getmetatable(f)
+    local copied = {}
+    for k, v in pairs(getmetatable(s)) do
+      if type(k) == "userdata" then mt[k] = v; copied[#copied + 1] = k end
+    end
+    local ok, err = pcall(s.getstats, f)
+    local ok2, err2 = pcall(s.getfd, f)
+    for _, k in ipairs(copied) do mt[k] = nil end
+    f:close()
+    assert.equals(1, #copied)
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("fdpool.conn expected", 1, true), tostring(err))
+    assert.is_false(ok2)
+    assert.truthy(tostring(err2):find("fdpool.conn expected", 1, true), tostring(err2))
+    -- the real ones still pass
+    assert.equals(-1, s:getfd())
+  end)
+end)
+
 describe("fdpool.tcp()", function()
   local up, cli, uphost, upport
   setup(function()

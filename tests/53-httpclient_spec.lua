@@ -87,7 +87,8 @@ describe("fdpool.http.client", function()
     assert.equals("nil too large", ask(c, "GET /hugechunk"))
     assert.equals("nil bad chunk size", ask(c, "GET /overflow"))
     assert.equals("nil bad status line", ask(c, "GET /garbage"))
-    assert.equals("nil line too long", ask(c, "GET /longheader"))
+    assert.equals("nil header too large", ask(c, "GET /longheader"))
+    assert.equals("nil header too large", ask(c, "GET /id max_head=20"))
     assert.equals("nil too large", ask(c, "GET /len/2000 max_body=1000"))
     assert.equals("nil connection refused", ask(c, "GET http://127.0.0.1:1/"))
     assert.equals("nil no such host", ask(c, "GET http://upstream.invalid/"))
@@ -96,6 +97,24 @@ describe("fdpool.http.client", function()
     -- After all that the worker still serves.
     assert.matches("^200 ", ask(c, "GET /id"))
     assert.same({}, H.unexpected_errors(cli:log()))
+  end)
+
+  it("parses response heads in C: split across reads, bare LF, 1xx, bad lines refused and not reused", function()
+    -- The head comes in four writes (one between CR and LF): parsed
+    -- whole, X-A's two values joined, and the connection pooled.
+    local r = ask(c, "GET /split show=x-a")
+    local id = r:match("^200 reused=%d+ len=%d+ body=(%d+) Fine x%-a=1, 2$")
+    assert.truthy(id, r)
+    assert.matches("^200 reused=[1-9]%d* len=%d+ body=" .. id .. "$", ask(c, "GET /id"))
+    assert.equals("200 reused=1 len=2 body=ok OK x-a=1", ask(c, "GET /barelf show=x-a"):gsub("reused=%d+", "reused=1"))
+    assert.matches("^200 reused=%d+ len=2 body=ok$", ask(c, "GET /interim"))
+    -- Garbage in a head: a clear error, and that connection is closed,
+    -- never pooled (the next request opens a new one).
+    for path, err in pairs{ ["/obsfold"] = "bad header line", ["/nocolon"] = "bad header line",
+                            ["/ctlbyte"] = "bad header value", ["/garbage"] = "bad status line" } do
+      assert.equals("nil " .. err, ask(c, "GET " .. path))
+      assert.matches("^200 reused=0 ", ask(c, "GET /id"))
+    end
   end)
 
   it("follows redirects only when asked, within a bound", function()
@@ -121,6 +140,10 @@ describe("fdpool.http.client", function()
     assert.equals("x", client.parse_url("https://x:443/").hosthdr)
     assert.same({ nil, "bad url: no host" }, { client.parse_url("http:///x") })
     assert.same({ nil, "bad url: space or control byte in the path" }, { client.parse_url("http://x/a b") })
+    -- a host cannot carry a line break (or anything else) into the Host line
+    assert.same({ nil, "bad url: bad byte in the host" }, { client.parse_url("http://x\r\nX-Evil/") })
+    assert.same({ nil, "bad url: bad byte in the host" }, { client.parse_url("http://a b:80/") })
+    assert.equals("my-host.example_1", client.parse_url("http://my-host.example_1:81/").host)
     assert.has_error(function() client.request{ url = "http://x/", headers = { ["X-A"] = "a\r\nB: c" } } end)
   end)
 end)

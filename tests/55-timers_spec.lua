@@ -40,6 +40,10 @@ describe("timers, threads, queues", function()
     assert.equals("5 nil already ended", cmd(p, "at"))
   end)
 
+  it("caps the worker's pending timers: past the cap, nil and a message; ended ones free their place", function()
+    assert.equals("nil too many pending timers 5 ran false 1024", cmd(p, "cap"))
+  end)
+
   it("spawns threads and waits for their results or errors", function()
     assert.equals("true 42 two | false thread boom | true 42", cmd(p, "spawn"))
     assert.truthy(p:log():find("thread error: [^\n]*thread boom"))

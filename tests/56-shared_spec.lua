@@ -51,6 +51,20 @@ describe("fdpool.shared", function()
     assert.truthy(out:find("false value too big false; nil", 1, true), out)
   end)
 
+  it("is a table of its methods that knows its own kind", function()
+    assert.equals("shdict,fdpool.shdict (cache),function,in-small in-cache in-cache in-small,"
+      .. "1111,2222,3333,true", cmd(p, "object"))
+  end)
+
+  it("answers get after its string cache could not be made (--max-memory)", function()
+    local q = start({ "--max-memory", "8" }, { workers = 1 })
+    local ok, out = pcall(cmd, q, "vcoom")
+    q:stop()
+    assert(ok, out)
+    assert.equals("false,false:not enough memory,short,short", out)
+    assert.falsy(q:log():find("killed by", 1, true), q:log())
+  end)
+
   it("is one dictionary for every worker", function()
     assert.equals("true nil false", cmd(p, "set shared-key hello"))
     local seen = {}
@@ -121,23 +135,33 @@ describe("a worker killed inside the dictionary's lock", function()
                           { "set", 3, "incr victim 10", "set victim 99" },
                           { "set", 6, "incr victim 10", "set victim 99" },
                           { "set", 12, "incr victim 10", "set victim " .. long },
-                          { "set", 20, "incr victim 10", "set victim " .. long } } do
+                          { "set", 20, "incr victim 10", "set victim " .. long },
+                          -- a get moves victim to the head of the LRU list (another
+                          -- key was set after it): killed inside the move
+                          { "get", 3, "incr victim 10", "get victim", "set other 1" } } do
     it(("costs no deadlock and no torn entry (%s, write %d, %s)"):format(case[1], case[2],
-        #case[4] > 20 and "a new block" or "in place"), function()
+        case[1] == "get" and "the LRU move" or #case[4] > 20 and "a new block" or "in place"), function()
       local p = start(nil, { shell = ("FDPOOL_TEST_SHARED_DIE=%s:%d:victim"):format(case[1], case[2]) })
       finally(function() p:stop() end)
       assert.equals("ok", cmd(p, "seed 50"))
       assert.truthy(cmd(p, case[3]):find("^t?r?u?e?1?0? nil false$"))
+      if case[5] then assert.equals("true nil false", cmd(p, case[5])) end
       local before = p:worker_pids()
       -- the worker dies inside the operation: its client sees the close
       local out = H.request(p.addr, case[4] .. "\n", 10)
       assert.equals("", out)
       H.wait_until(function() return p:log():find("exited with code 86", 1, true) end, 10, "the death")
       -- the next operation (any worker) undoes it, and the dictionary is whole
-      assert.equals("integer 10 nil", cmd(p, "get victim"))
+      -- (every worker has the knob: victim is read by an incr of 0 after a
+      -- get died)
+      if case[1] == "get" then
+        assert.equals("10 nil false", cmd(p, "incr victim 0"))
+      else
+        assert.equals("integer 10 nil", cmd(p, "get victim"))
+      end
       H.wait_until(function() return p:log():find("its operation was undone", 1, true) end, 10, "the repair line")
       assert.equals("0", cmd(p, "check 50"))
-      assert.equals("1 nil false", cmd(p, "incr other 1"))
+      assert.equals("1 nil false", cmd(p, "incr other" .. case[1] .. " 1"))
       assert.equals("true nil false", cmd(p, "set victim2 x"))
       assert.equals("string x nil", cmd(p, "get victim2"))
       p:wait_ready(2)

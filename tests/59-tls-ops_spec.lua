@@ -5,8 +5,10 @@
 -- its worker, and a reload whose certificate does not load is refused
 -- (exit 1, old generation serving); junk, plain HTTP and truncated or
 -- trickled handshakes cost only their connection (accept filter tls, and
--- with filter=none in the worker: no error line, no crash); a worker
--- under --user nobody serves TLS with a key only root can read.
+-- with filter=none in the worker: no error line, no crash); a silent
+-- client waits in the kernel (TCP_DEFER_ACCEPT) and is served when it
+-- speaks, unless filter=none; a worker under --user nobody serves TLS
+-- with a key only root can read.
 
 package.path = "./tests/?.lua;" .. package.path
 local fdpool = require "fdpool"
@@ -260,6 +262,52 @@ describe("the handshake deadline", function()
   end)
 end)
 
+describe("deferred accept", function()
+  -- The server side of connections to port, from /proc/net/tcp (the
+  -- kernel lists pending ones too): their states, "03" SYN_RECV, "01"
+  -- ESTABLISHED (the listener's own row, "0A", left out).
+  local function states(port)
+    local out = {}
+    for line in io.lines("/proc/net/tcp") do
+      local lport, st = line:match("^%s*%d+: %x+:(%x+) %x+:%x+ (%x%x)")
+      if lport and tonumber(lport, 16) == port and st ~= "0A" then
+        out[st] = (out[st] or 0) + 1
+      end
+    end
+    return out
+  end
+
+  it("a silent client waits in the kernel, not the master, and is served when it speaks after the deferral", function()
+    local p = H.start_pool{ script = APP, workers = 1, listen = "127.0.0.1:0,tls",
+                            extra = { "--tls-cert", C.srv, "--tls-key", C.srv_key } }
+    finally(function() p:stop() end)
+    assert(p.addr, p:log())
+    local port = port_of(p.addr)
+    local fd = assert(fdpool.connect(p.addr, 5))
+    -- TCP_DEFER_ACCEPT: established for the client, pending in the
+    -- kernel on our side (for 1 s, the deferral) until bytes come.
+    H.wait_until(function() return states(port)["03"] end, 5, "a deferred (SYN_RECV) connection")
+    assert.is_nil(states(port)["01"])
+    fd:close()
+    -- Silent for longer than the deferral, then a handshake: served (the
+    -- kernel hands it over after 1 s, the accept filter waits as before).
+    local r = py(("late %d %s 1.5"):format(port, C.ca))
+    assert.matches("proto=TLSv1", r.body)
+    assert.same({}, H.unexpected_errors(p:log()))
+  end)
+
+  it("is off with filter=none: the worker takes the connection at once", function()
+    local p = H.start_pool{ script = APP, workers = 1, listen = "127.0.0.1:0,tls,filter=none",
+                            extra = { "--tls-cert", C.srv, "--tls-key", C.srv_key } }
+    finally(function() p:stop() end)
+    assert(p.addr, p:log())
+    local fd = assert(fdpool.connect(p.addr, 5))
+    H.wait_status(p, function(s) return s.workers[1].active == 1 end, 5, "the worker to hold it")
+    assert.is_nil(states(port_of(p.addr))["03"])
+    fd:close()
+  end)
+end)
+
 describe("pool upgrade", function()
   it("the new master takes over the tls listener with its option and reads the certificates itself", function()
     local p = H.start_pool{ script = APP, workers = 1, listen = "127.0.0.1:0,tls",
@@ -281,6 +329,14 @@ describe("pool upgrade", function()
     assert.truthy(newpid, out)
     local after = curl_info(port):match("pid=(%d+)")
     assert.are_not.equal(before, after)
+    -- The new master makes itself SCHED_BATCH (not inherited), its
+    -- workers SCHED_OTHER (/proc/PID/stat's policy field: 3, 0).
+    local function policy(pid)
+      return tonumber(assert(H.readfile("/proc/" .. pid .. "/stat")):match("%) (.*)$")
+        :match(("%S+%s+"):rep(38) .. "(%d+)"))
+    end
+    assert.equal(3, policy(newpid))
+    assert.equal(0, policy(tonumber(after)))
     assert.equal("1001", certs.serial(port, C.ca))
     assert.truthy(p:log():find(("pool[%d]: TLS: 1 certificate(s) loaded"):format(newpid), 1, true))
     -- Still TLS only: plain text is closed by the new master's filter.

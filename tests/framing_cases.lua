@@ -123,6 +123,7 @@ M.cases = {
   { "a control byte in a name", crlf "GET / HTTP/1.1\nHost: t\nX\1Y: a\n\n", { 400 }, open = false },
   { "a DEL in a value", crlf "GET / HTTP/1.1\nHost: t\nX: a\127b\n\n", { 400 }, open = false },
   { "101 header fields are 431", crlf("GET / HTTP/1.1\nHost: t\n" .. ("X-A: b\n"):rep(100) .. "\n"), { 431 }, open = false },
+  { "a 9 KiB request line is 414", crlf("GET /" .. ("a"):rep(9216) .. " HTTP/1.1\nHost: t\n\n"), { 414 }, open = false },
   { "a 9 KiB head is 431", crlf("GET / HTTP/1.1\nHost: t\nX: " .. ("a"):rep(9216) .. "\n\n"), { 431 }, open = false },
   { "HEAD with a bad header: 400 without body", crlf "HEAD / HTTP/1.1\nHost : t\n\n", { 400 }, open = false, head = true },
 
@@ -142,6 +143,16 @@ M.cases = {
   { "CL.TE smuggling", crlf(post("Content-Length: 6\nTransfer-Encoding: chunked\n", "")) .. "0\r\n\r\nG", { 400 }, open = false },
   { "two equal Content-Length lines", crlf(post("Content-Length: 5\nContent-Length: 5\n", "hello")), { 400 }, open = false },
   { "two different Content-Length lines", crlf(post("Content-Length: 5\nContent-Length: 6\n", "hello!")), { 400 }, open = false },
+  -- past 32 fields the parser stops matching repeated names line by line
+  -- (every field is looked up in the headers table): the same answers
+  { "two Content-Length lines among 40 fields", crlf(post(("X-A: b\n"):rep(20) .. "Content-Length: 5\n"
+    .. ("X-B: c\n"):rep(20) .. "Content-Length: 5\n", "hello")), { 400 }, open = false },
+  { "TE on two lines among 40 fields", crlf(post(("X-A: b\n"):rep(38) .. "Transfer-Encoding: chunked\n"
+    .. "Transfer-Encoding: chunked\n", "")) .. "0\r\n\r\n", { 400 }, open = false },
+  { "CL and TE among 40 fields", crlf(post(("X-A: b\n"):rep(38) .. "Content-Length: 5\n"
+    .. "Transfer-Encoding: chunked\n", "")) .. "0\r\n\r\n", { 400 }, open = false },
+  { "one Content-Length after 40 fields", crlf(post(("X-A: b\n"):rep(40) .. "Content-Length: 5\n", "hello")),
+    { 200 }, open = true, len = 5 },
   { "Content-Length: 5, 5", crlf(post("Content-Length: 5, 5\n", "hello")), { 400 }, open = false },
   { "Content-Length: +5", crlf(post("Content-Length: +5\n", "hello")), { 400 }, open = false },
   { "Content-Length: -1", crlf(post("Content-Length: -1\n", "")), { 400 }, open = false },

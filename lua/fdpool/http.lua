@@ -151,19 +151,26 @@ local lower = setmetatable({}, { __index = function(t, k)
   return l
 end })
 
+-- The name a response header was set with, by lower-case name (or nil):
+-- res._headers holds a handful of names, scanned (no second table).
+local function key_of(h, l)
+  for k in pairs(h) do
+    if type(k) == "string" and lower[k] == l then return k end
+  end
+end
+
 function Res:header(name, value)
   assert(not self.started, "response already started")
-  local l = lower[name]
-  local old = self._hk[l]
-  if old then self._headers[old] = nil end
-  self._hk[l] = value ~= nil and name or nil
-  self._headers[name] = value
+  local h = self._headers
+  local old = key_of(h, lower[name])
+  if old then h[old] = nil end
+  h[name] = value
   return self
 end
 
 -- A response header by lower-case name.
 local function get(self, l)
-  local k = self._hk[l]
+  local k = key_of(self._headers, l)
   return k and self._headers[k]
 end
 
@@ -198,8 +205,8 @@ end
 -- followed by body (may be nil). length: a Content-Length, or nil.
 local function send_head(self, length, chunked, body)
   local req, code = self._req, self._status
-  local hk, h = self._hk, self._headers
-  local ck = hk["connection"]
+  local h = self._headers
+  local ck = key_of(h, "connection")
   if ck and tostring(h[ck]):lower() == "close" then req._close = true end
   -- A client waiting for 100 Continue whose body was not asked for:
   -- the connection cannot go on (drain closes it); say so.
@@ -214,7 +221,7 @@ local function send_head(self, length, chunked, body)
   end
   local connection = req._close and "close" or (req.version == "1.0" and "keep-alive") or nil
   local ok, err = self._conn:sendresponse(status_lines[code], h,
-    not hk["date"] and date_line() or nil, length, chunked, connection, body)
+    not key_of(h, "date") and date_line() or nil, length, chunked, connection, body)
   self._head_sent = true  -- (sendresponse raises on a bad header: not sent)
   if not ok then req._broken = true end
   return ok, err
@@ -231,6 +238,15 @@ function Res:send(body)
   local ok, err = send_head(self, #body, false, not head_only and body or nil)
   return ok ~= nil, err
 end
+
+-- Res:header and Res:send above, in C (src/lhttp.c: the same steps on the
+-- same fields, without the interpreter: the two calls of every plain
+-- request). The Lua ones stay as their reference (M._lua_res).
+M._lua_res = { header = Res.header, send = Res.send }
+if fdpool._httpres then
+  Res.header, Res.send = fdpool._httpres(status_lines)
+end
+M._c_res = { header = Res.header, send = Res.send }
 
 --- Send a part of the body: chunked for HTTP/1.1 clients when no
 -- Content-Length header was set; close-delimited for HTTP/1.0.
@@ -515,12 +531,16 @@ local function call(fn, req, res)
   local a, b, c = fn(req, res)
   if a ~= nil and not res.started then
     -- A status as a number or a numeric string ("404").
-    local code = math.tointeger(tonumber(a))
+    local code = math.type(a) == "integer" and a or math.tointeger(tonumber(a))
     if not code then
       error(("handler returned %s as the status (expected status, headers, body)")
         :format(type(a) == "string" and ("%q"):format(a) or type(a)), 0)
     end
-    res:status(code)
+    if code >= 100 and code <= 999 then
+      res._status = code              -- what res:status checks, inline
+    else
+      res:status(code)                -- (raises its error)
+    end
     if type(b) == "table" then
       for k, v in pairs(b) do res:header(k, v) end
     end
@@ -529,7 +549,7 @@ local function call(fn, req, res)
       error(("handler returned a %s as the body: a body is a string (use "
         .. "res:json(value) for JSON)"):format(tc), 0)
     end
-    res:send(c and tostring(c) or "")
+    res:send(tc == "string" and c or c and tostring(c) or "")
   end
   return a
 end
@@ -592,6 +612,8 @@ function M.serve(fn, options)
       if served == 0 or conn:buffered() > 0 then simple(conn, 408) end
     elseif err == "header too large" or err == "too many headers" then
       simple(conn, 431, nil, head)
+    elseif err == "uri too long" then
+      simple(conn, 414, nil, head)
     elseif err == "unsupported HTTP version" then
       simple(conn, 505, nil, head)
     elseif err ~= "closed" then
@@ -684,7 +706,7 @@ function M.serve(fn, options)
         req._close = true
       end
       local res = setmetatable({ _conn = conn, _req = req, _status = 200,
-        _headers = {}, _hk = {}, started = false, finished = false }, Res)
+        _headers = {}, started = false, finished = false }, Res)
       setmetatable(req, Req)
       req._out0 = select(2, conn:getstats())
       if not after(conn, req, res, xpcall(call, traceback, fn, req, res)) then

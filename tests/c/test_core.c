@@ -1376,6 +1376,60 @@ test_http_head(void)
 }
 
 
+static int
+resp(const char *in, struct fdp_http_head *h)
+{
+    static char buf[4096];
+    size_t n = strlen(in);
+
+    memcpy(buf, in, n);
+    return fdp_http_parse_response(buf, n, h);
+}
+
+
+static void
+test_http_response(void)
+{
+    struct fdp_http_head h;
+
+    test_cond("response: a 200 parses",
+              resp("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A:\t v \r\n"
+                   "\r\n", &h) == 0
+              && h.status == 200 && h.minor == 1 && h.reason_len == 2
+              && memcmp(h.reason, "OK", 2) == 0 && h.nfields == 2
+              && memcmp(h.fields[0].name, "content-length", 14) == 0
+              && h.fields[1].value_len == 1 && h.fields[1].value[0] == 'v');
+    test_cond("response: no reason, HTTP/1.0",
+              resp("HTTP/1.0 204\r\n\r\n", &h) == 0 && h.status == 204
+              && h.minor == 0 && h.reason_len == 0 && h.nfields == 0);
+    test_cond("response: bare LF line ends",
+              resp("HTTP/1.1 404 Not Found\nA: b\n\n", &h) == 0
+              && h.status == 404 && h.reason_len == 9 && h.nfields == 1
+              && h.fields[0].value_len == 1);
+    test_cond("response: HTTP/2.0", resp("HTTP/2.0 200 OK\r\n\r\n", &h)
+              == FDP_HTTP_ESTATUS);
+    test_cond("response: status 099", resp("HTTP/1.1 099 X\r\n\r\n", &h)
+              == FDP_HTTP_ESTATUS);
+    test_cond("response: 4-digit status",
+              resp("HTTP/1.1 2000 X\r\n\r\n", &h) == FDP_HTTP_ESTATUS);
+    test_cond("response: not HTTP", resp("HELLO WORLD\r\n\r\n", &h)
+              == FDP_HTTP_ESTATUS);
+    test_cond("response: control byte in the reason",
+              resp("HTTP/1.1 200 O\001K\r\n\r\n", &h) == FDP_HTTP_ESTATUS);
+    test_cond("response: obs-fold",
+              resp("HTTP/1.1 200 OK\r\nA: b\r\n c\r\n\r\n", &h)
+              == FDP_HTTP_EHEADER);
+    test_cond("response: no colon",
+              resp("HTTP/1.1 200 OK\r\nA b\r\n\r\n", &h) == FDP_HTTP_EHEADER);
+    test_cond("response: bare CR in a value",
+              resp("HTTP/1.1 200 OK\r\nA: b\rc\r\n\r\n", &h)
+              == FDP_HTTP_EVALUE);
+    test_cond("response: its error text",
+              strcmp(fdp_http_strerror(FDP_HTTP_ESTATUS), "bad status line")
+              == 0);
+}
+
+
 /* Decode in as one piece (step 0) or step bytes at a time; returns the
  * last result and the data in out (*outn bytes). */
 static int
@@ -1806,6 +1860,8 @@ test_shdict_values(void)
               == 2 && n == 2);
     fdp_shd_usage(m, size, &u);
     test_cond("shdict: usage", u.size == size && u.keys == 4 && u.used > 0);
+    test_cond("shdict: compatible", fdp_shd_compatible(m, size)
+              && !fdp_shd_compatible(m, size * 2));
     test_cond("shdict: flush", fdp_shd_flush(&d) == 0
               && shd_get_str(&d, "k", NULL));
     fdp_shd_usage(m, size, &u);
@@ -1932,10 +1988,14 @@ test_shdict_owner_dead(void)
      * same size (rewritten in place), then a longer one (a new block) */
     for (i = 0; i < 2; i++) {
         dead = good = 0;
-        shd_new_value = i == 0 ? "new-value" : "a-new-value-much-longer-than-"
+        /* (unchanged words are not written: a new value that differs in
+         * every byte, and "a" not the most recently used, so the set
+         * also moves it in the LRU list) */
+        shd_new_value = i == 0 ? "NEW-VALUE" : "a-new-value-much-longer-than-"
                         "the-old-one-so-it-needs-another-block";
         for (at = 1; at <= 80; at++) {
             fdp_shd_set(&d, 0, "a", 1, &v, 0, &ev);
+            fdp_shd_set(&d, 0, "k0", 2, &v, 0, &ev);
             if (shd_die_in(&d, FDP_SHD_OP_SET, (uint32_t) at) != 86) {
                 break;                  /* the set had fewer writes */
             }
@@ -1951,6 +2011,7 @@ test_shdict_owner_dead(void)
     test_cond("shdict: the other keys survived", shd_get_str(&d, "k0",
               "old-value") && shd_get_str(&d, "k49", "old-value"));
     fdp_shd_set(&d, 0, "n", 1, &n, 0, &ev);
+    fdp_shd_set(&d, 0, "k0", 2, &v, 0, &ev);
     test_cond("shdict: an incr killed inside is undone",
               shd_die_in(&d, FDP_SHD_OP_INCR, 2) == 86
               && fdp_shd_get(&d, "n", 1, &out, NULL) == 1
@@ -1966,6 +2027,90 @@ test_shdict_owner_dead(void)
     test_cond("shdict: works after all that",
               fdp_shd_set(&d, 0, "a", 1, &v, 0, &ev) == 0
               && shd_get_str(&d, "a", "old-value"));
+    fdp_shd_detach(&d);
+    munmap(m, size);
+}
+
+
+/* get_keys' order (most recently used first) as one string. */
+static void
+cat_key(void *ud, const char *key, size_t klen)
+{
+    char *b = ud;
+    size_t n = strlen(b);
+
+    if (n + klen + 2 < 256) {
+        memcpy(b + n, key, klen);
+        b[n + klen] = ',';
+        b[n + klen + 1] = '\0';
+    }
+}
+
+
+/* A get moves its entry to the head of the LRU list outside the journal
+ * (its own undo record): a child killed after each of the move's writes
+ * leaves a list the next locker puts back exactly as it was. */
+static void
+test_shdict_get_deaths(void)
+{
+    size_t size = 64 * 1024;
+    void *m = shd_map(size);
+    struct fdp_shd d;
+    struct fdp_shd_val v = sval("value"), out;
+    char key[16], before[256], after[256];
+    int i, ev, at, dead = 0, good = 0;
+
+    fdp_shd_format(m, size);
+    fdp_shd_attach(&d, m, size);
+    for (i = 0; i < 10; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        fdp_shd_set(&d, 0, key, strlen(key), &v, 0, &ev);
+    }
+    for (at = 1; at <= 20; at++) {
+        pid_t pid;
+        int st = 0;
+
+        before[0] = after[0] = '\0';
+        fdp_shd_keys(&d, 0, cat_key, before);
+        pid = fork();
+        if (pid == 0) {
+            d.die_op = FDP_SHD_OP_GET;
+            d.die_at = (uint32_t) at;
+            (void) fdp_shd_get(&d, at % 2 ? "k3" : "k0", 2, &out, NULL);
+            _exit(0);
+        }
+        waitpid(pid, &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 86) {
+            break;                      /* the move had fewer writes */
+        }
+        dead++;
+        if (fdp_shd_check(&d) == 0 && d.recovered == 1
+            && fdp_shd_keys(&d, 0, cat_key, after) == 10
+            && strcmp(before, after) == 0) {
+            good++;
+        }
+    }
+    test_cond("shdict: a get killed inside its LRU move is undone",
+              dead == 6 && good == dead);
+    test_cond("shdict: a get still moves its entry first",
+              shd_get_str(&d, "k3", "value")
+              && (after[0] = '\0', fdp_shd_keys(&d, 1, cat_key, after) == 1)
+              && strcmp(after, "k3,") == 0);
+    /* a scribbled move record is not believed: flushed, not followed */
+    fdp_shd_set(&d, 0, "k3", 2, &v, 0, &ev);
+    if (fork() == 0) {
+        d.die_op = FDP_SHD_OP_GET;
+        d.die_at = 2;
+        (void) fdp_shd_get(&d, "k5", 2, &out, NULL);
+        _exit(0);
+    }
+    wait(NULL);
+    /* the header's mv_p (shdict.c: the hot line at 192 holds jn, jover,
+     * op, mv_e, mv_p, ...) */
+    ((uint32_t *) m)[(192 + 4 * 4) / 4] = 12345;
+    test_cond("shdict: a bad move record flushes",
+              fdp_shd_get(&d, "k5", 2, &out, NULL) == 0 && d.recovered == 2
+              && fdp_shd_check(&d) == 0);
     fdp_shd_detach(&d);
     munmap(m, size);
 }
@@ -2148,6 +2293,7 @@ main(void)
     test_loop_io();
     test_status();
     test_http_head();
+    test_http_response();
     test_head_filter();
     test_proxy_codes();
     test_http_chunked();
@@ -2155,6 +2301,7 @@ main(void)
     test_shdict_values();
     test_shdict_lru();
     test_shdict_owner_dead();
+    test_shdict_get_deaths();
     test_shdict_random_deaths();
     test_shdict_corrupt();
     test_cond("no fd leaked by the whole run", fd_count() == before);

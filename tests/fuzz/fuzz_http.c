@@ -14,7 +14,9 @@
  * documented errors. Before that, what follows the first empty line (or
  * the whole input) is also decoded as a chunked body in one piece and in
  * small pieces: the incremental decoder must give the same result and
- * the same data whatever the split.
+ * the same data whatever the split. The input is also parsed as a
+ * response head (fdp_http_parse_response), whose answer must obey the
+ * grammar.
  */
 #include <assert.h>
 #include <fcntl.h>
@@ -41,6 +43,7 @@ static const char check_src[] =
     "local tchar = \"^[%w!#$%%&'*+%-.^_`|~]+$\"\n"
     "local errors = { closed = true, ['bad request: truncated'] = true,\n"
     "  ['header too large'] = true, ['bad request line'] = true,\n"
+    "  ['uri too long'] = true,\n"
     "  ['bad header line'] = true, ['bad header value'] = true,\n"
     "  ['too many headers'] = true, ['unsupported HTTP version'] = true }\n"
     "local body_errors = { closed = true, ['too large'] = true,\n"
@@ -151,6 +154,52 @@ check_chunked(const uint8_t *data, size_t size, size_t piece)
     assert(n1 == n2 && t1 == t2 && n1 == t1);
     assert(memcmp(whole, split, n1) == 0);
 }
+
+
+/* The input as a response head (fdpool.http.client's sock:readresponse):
+ * whatever fdp_http_parse_response accepts obeys the grammar. */
+static void
+check_response(const uint8_t *in, size_t n)
+{
+    struct fdp_http_head h;
+    size_t i, j;
+    int r;
+
+    if (n > sizeof(whole)) {
+        return;
+    }
+    memcpy(whole, in, n);
+    r = fdp_http_parse_response(whole, n, &h);
+    if (r < 0) {
+        assert(r == FDP_HTTP_ESTATUS || r == FDP_HTTP_EHEADER
+               || r == FDP_HTTP_EVALUE || r == FDP_HTTP_ETOOMANY);
+        return;
+    }
+    assert(r == 0 && h.status >= 100 && h.status <= 999);
+    assert(h.reason >= whole && h.reason + h.reason_len <= whole + n);
+    assert(h.nfields <= FDP_HTTP_FIELDS_MAX);
+    for (j = 0; j < h.reason_len; j++) {
+        assert(h.reason[j] == '\t' || (unsigned char) h.reason[j] >= 0x20);
+        assert(h.reason[j] != 0x7f);
+    }
+    for (i = 0; i < h.nfields; i++) {
+        const struct fdp_http_field *f = &h.fields[i];
+
+        assert(f->name_len > 0 && f->value + f->value_len <= whole + n);
+        for (j = 0; j < f->name_len; j++) {
+            unsigned char c = (unsigned char) f->name[j];
+
+            assert(c > 0x20 && c < 0x7f && c != ':' && !(c >= 'A' && c <= 'Z'));
+        }
+        for (j = 0; j < f->value_len; j++) {
+            unsigned char c = (unsigned char) f->value[j];
+
+            assert(c == '\t' || (c >= 0x20 && c != 0x7f));
+        }
+    }
+}
+
+
 static int check_ref;
 
 static void
@@ -189,6 +238,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_chunked(b, size - (size_t) (b - data),
                       (size_t) (data[0] % 7) + 1);
     }
+    check_response(data + 1, size - 1);
     data++;
     size--;
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {

@@ -24,12 +24,23 @@ M.defaults = {
                               -- the path of a PEM CA file to trust instead
 }
 
+-- A request's option k: the caller's, else M.defaults' (the numeric
+-- ones are read inline: `opts.k or M.defaults.k`).
+local function opt(opts, k)
+  local v = opts[k]
+  if v == nil then return M.defaults[k] end
+  return v
+end
+
 -- The last TLS session per pool key (host:port, SNI and trust): new
 -- connections to the same server resume it.
 local sessions = {}
 
 local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true,
   OPTIONS = true, TRACE = true }
+-- Methods known to be tokens, upper-case already.
+local METHODS = { GET = true, HEAD = true, POST = true, PUT = true, DELETE = true,
+  OPTIONS = true, TRACE = true, PATCH = true }
 
 local function tchar_only(s) return s:find("^[A-Za-z0-9!#$%%&'*+%-.^_`|~]+$") ~= nil end
 
@@ -55,6 +66,8 @@ function M.parse_url(url)
     hosthdr = host
   end
   if not host or host == "" then return nil, "bad url: no host" end
+  -- RFC 3986 reg-name bytes only: the host goes into the Host line.
+  if host:find("[^%w%.%-_~%%!$&'()*+,;=:]") then return nil, "bad url: bad byte in the host" end
   if target:find("[%z\1-\32\127]") then return nil, "bad url: space or control byte in the path" end
   local default = scheme == "https" and 443 or 80
   port = port ~= "" and tonumber(port) or default
@@ -77,8 +90,16 @@ local function parse_url_cached(url)
   return u
 end
 
+local NO_HEADERS = setmetatable({}, { __newindex = function() error("read-only", 2) end })
+
 -- The request head: method, target, Host, the caller's fields, framing.
 local function build_head(method, u, headers, body)
+  if next(headers) == nil then
+    -- No fields of the caller's (a proxy's usual request): one concat.
+    local cl = body and "Content-Length: " .. #body .. "\r\n"
+      or (method == "POST" or method == "PUT") and "Content-Length: 0\r\n" or ""
+    return method .. " " .. u.target .. " HTTP/1.1\r\nHost: " .. u.hosthdr .. "\r\n" .. cl .. "\r\n"
+  end
   local t = { method, " ", u.target, " HTTP/1.1\r\n" }
   local has = {}
   local function add(k, v)
@@ -88,7 +109,7 @@ local function build_head(method, u, headers, body)
     t[#t + 1] = k .. ": " .. v .. "\r\n"
     has[k:lower()] = true
   end
-  for k, v in pairs(headers or {}) do
+  for k, v in pairs(headers) do
     if type(k) ~= "string" then error("header names must be strings", 3) end
     if type(v) == "table" then
       for _, x in ipairs(v) do add(k, x) end
@@ -106,36 +127,9 @@ local function build_head(method, u, headers, body)
   return table.concat(t)
 end
 
--- Read the status line and header fields. Returns the response table,
--- or nil, err, got_bytes (whether anything at all arrived).
-local function read_head(sock, max_head)
-  local total, line, err, partial
-  repeat
-    line, err, partial = sock:receive("l")
-    if not line then return nil, err, partial ~= nil and partial ~= "" end
-  until line ~= ""          -- tolerate empty lines before (RFC 9112 2.2)
-  total = #line
-  local major, minor, status, reason = line:match("^HTTP/(%d)%.(%d) (%d%d%d) ?(.*)$")
-  if not major or major ~= "1" then return nil, "bad status line", true end
-  local res = { status = tonumber(status), reason = reason, version = major .. "." .. minor,
-    headers = {} }
-  local h, n = res.headers, 0
-  while true do
-    line, err = sock:receive("l")
-    if not line then return nil, err, true end
-    total = total + #line + 2
-    if total > max_head then return nil, "header too large", true end
-    if line == "" then break end
-    n = n + 1
-    if n > 100 then return nil, "too many headers", true end
-    local k, v = line:match("^([%w!#$%%&'*+%-.^_`|~]+):[ \t]*(.-)[ \t]*$")
-    if not k then return nil, "bad header line", true end
-    if v:find("[%z\1-\8\10-\31\127]") then return nil, "bad header value", true end
-    k = k:lower()
-    h[k] = h[k] and (h[k] .. ", " .. v) or v
-  end
-  return res
-end
+-- Content-Length values seen lately and their numbers (a proxy sees the
+-- same few again and again); emptied when it holds 256.
+local lengths, nlengths = {}, 0
 
 -- How the body is framed: "none", "chunked", "length" (n) or "close";
 -- or nil, err for a response nobody can frame safely.
@@ -144,7 +138,12 @@ local function framing(method, res)
   if method == "HEAD" or (s >= 100 and s < 200) or s == 204 or s == 304 then
     return "none"
   end
-  local te, cl = res.headers["transfer-encoding"], res.headers["content-length"]
+  local h = res.headers
+  local te, cl = h["transfer-encoding"], h["content-length"]
+  if cl and not te then
+    local n = lengths[cl]
+    if n then return "length", n end
+  end
   if te then
     if cl then return nil, "bad response: Transfer-Encoding and Content-Length" end
     local last = te:lower():match("([^,%s]+)%s*$")
@@ -153,26 +152,35 @@ local function framing(method, res)
   end
   if cl then
     if not cl:find("^%d+$") or #cl > 18 then return nil, "bad response: Content-Length" end
-    return "length", tonumber(cl)
+    local n = tonumber(cl)
+    if nlengths >= 256 then lengths, nlengths = {}, 0 end
+    lengths[cl], nlengths = n, nlengths + 1
+    return "length", n
   end
   return "close"
 end
 
 local function keepalive_ok(res)
-  local c = (res.headers.connection or ""):lower()
+  local c = res.headers.connection
+  if not c then return res.version ~= "1.0" end
+  c = c:lower()
   if res.version == "1.0" then return c:find("keep%-alive") ~= nil end
   return not c:find("close")
 end
 
 -- A streaming reader for the body: res:read() -> piece, or nil at the
 -- end (the connection then goes back to the pool), or nil, err.
-local function make_reader(sock, kind, len, keep, o)
+local function make_reader(sock, kind, len, keep, opts)
   local left, done = len, false
   local first = true
   local function finish(ok)
     done = true
     if ok and keep then
-      if not sock:setkeepalive(o.keepalive_timeout, o.keepalive_pool) then sock:close() end
+      local d = M.defaults
+      if not sock:setkeepalive(opts.keepalive_timeout or d.keepalive_timeout,
+        opts.keepalive_pool or d.keepalive_pool) then
+        sock:close()
+      end
     else
       sock:close()
     end
@@ -232,74 +240,80 @@ local function read_body(sock, kind, len, max)
   end
 end
 
+-- Closed sockets to make the next exchanges' with (a socket object is
+-- reusable once closed or back in the pool: connect starts it afresh);
+-- saves a userdata and its finalizer per request.
+local spare, nspare = {}, 0
+
 -- One exchange on one connection (no redirect). Returns res, or nil,
 -- err, retryable (a reused connection that failed before any byte of a
 -- response: the upstream closed it while it was idle).
-local function exchange(o, method, u, head, body, deadline)
-  local sock = fdpool.tcp()
+local function exchange(opts, method, u, head, body, deadline)
+  local sock
+  if nspare > 0 then
+    sock, spare[nspare], nspare = spare[nspare], nil, nspare - 1
+  else
+    sock = fdpool.tcp()
+  end
   local remaining = deadline - fdpool.now()
   if remaining <= 0 then return nil, "timeout" end
   sock:settimeout(remaining)
+  -- The whole exchange within the deadline (connect is bounded by the
+  -- timeout just set).
+  sock:setdeadline(remaining)
   local ok, err, pool
   if u.scheme == "https" then
     -- TLS connections are pooled apart (by name and trust) from plain
     -- ones to the same host:port.
-    pool = ("https:%s:%d:%s"):format(u.host, u.port, tostring(o.ssl_verify))
+    pool = ("https:%s:%d:%s"):format(u.host, u.port, tostring(opt(opts, "ssl_verify")))
+    ok, err = sock:connect(u.host, u.port, { pool = pool })
+  else
+    ok, err = sock:connect(u.host, u.port)
   end
-  ok, err = sock:connect(u.host, u.port, pool and { pool = pool })
   if not ok then return nil, err end
   local reused = sock:getreusedtimes()
   if pool then
     local sess
-    sess, err = sock:sslhandshake(sessions[pool], u.host, o.ssl_verify)
+    sess, err = sock:sslhandshake(sessions[pool], u.host, opt(opts, "ssl_verify"))
     if not sess then return nil, err end
     sessions[pool] = sess
   end
-  remaining = deadline - fdpool.now()
-  if remaining <= 0 then sock:close(); return nil, "timeout" end
-  sock:setdeadline(remaining)
   local sent
   sent, err = sock:send(body and head .. body or head)
   if not sent then
     sock:close()
     return nil, err, reused > 0
   end
-  local res, got
+  local res, partial
   repeat
-    res, err, got = read_head(sock, o.max_head)
+    res, err, partial = sock:readresponse(opts.max_head or M.defaults.max_head)
     if not res then
       sock:close()
-      return nil, err, reused > 0 and not got and err == "closed"
+      return nil, err, reused > 0 and err == "closed" and partial == ""
     end
   until res.status >= 200 or res.status == 101
   res.reused = reused
   local kind, len = framing(method, res)
   if not kind then sock:close(); return nil, len end
   local keep = kind ~= "close" and res.status ~= 101 and keepalive_ok(res)
-  if o.stream then
+  if opts.stream then
     sock:setdeadline(nil)
-    sock:settimeout(o.timeout)
-    local reader = make_reader(sock, kind, len, keep, o)
+    sock:settimeout(opts.timeout or M.defaults.timeout)
+    local reader = make_reader(sock, kind, len, keep, opts)
     res.read = function() return reader() end
     res.close = function() sock:close() end
     return res
   end
-  res.body, err = read_body(sock, kind, len, o.max_body)
+  res.body, err = read_body(sock, kind, len, opts.max_body or M.defaults.max_body)
   if not res.body then sock:close(); return nil, err end
-  if keep then
-    if not sock:setkeepalive(o.keepalive_timeout, o.keepalive_pool) then sock:close() end
-  else
+  local d = M.defaults
+  if not (keep and sock:setkeepalive(opts.keepalive_timeout or d.keepalive_timeout,
+      opts.keepalive_pool or d.keepalive_pool)) then
     sock:close()
   end
+  if nspare < 16 then nspare = nspare + 1; spare[nspare] = sock end
   return res
 end
-
--- A request's options: the caller's, else M.defaults.
-local OPTS_MT = { __index = function(t, k)
-  local v = t._opts[k]
-  if v == nil then v = M.defaults[k] end
-  return v
-end }
 
 local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
 
@@ -322,33 +336,36 @@ local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308]
 -- ...", "too many redirects"
 function M.request(opts)
   if type(opts) ~= "table" then error("request{} expects a table", 2) end
-  local o = setmetatable({ _opts = opts }, OPTS_MT)
-  local method = (opts.method or "GET"):upper()
-  if not tchar_only(method) then error("bad method", 2) end
+  local method = opts.method or "GET"
+  if not METHODS[method] then
+    if type(method) ~= "string" then error("bad method", 2) end
+    method = method:upper()
+    if not tchar_only(method) then error("bad method", 2) end
+  end
   local body = opts.body
   if body ~= nil and type(body) ~= "string" then error("body must be a string", 2) end
   local url = opts.url
-  local headers = opts.headers or {}
+  local headers = opts.headers or NO_HEADERS
   local follow = opts.follow_redirects
   local max_redirects = follow == true and M.defaults.max_redirects
     or (type(follow) == "number" and follow) or 0
-  local deadline = fdpool.now() + o.timeout
+  local deadline = fdpool.now() + (opts.timeout or M.defaults.timeout)
   local hops = 0
   while true do
     local u, err = parse_url_cached(url)
     if not u then return nil, err end
     local head = build_head(method, u, headers, body)
     local res, retry
-    res, err, retry = exchange(o, method, u, head, body, deadline)
+    res, err, retry = exchange(opts, method, u, head, body, deadline)
     if not res and retry and IDEMPOTENT[method] then
       -- The pooled connection was closed by the upstream while idle
       -- (its FIN still in flight): once more, as nginx does.
-      res, err = exchange(o, method, u, head, body, deadline)
+      res, err = exchange(opts, method, u, head, body, deadline)
     end
     if not res then return nil, err end
     res.url = url
     local loc = res.headers.location
-    if not (REDIRECT[res.status] and loc and max_redirects > 0) or o.stream then
+    if not (REDIRECT[res.status] and loc and max_redirects > 0) or opts.stream then
       return res
     end
     hops = hops + 1

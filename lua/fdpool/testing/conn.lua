@@ -283,10 +283,17 @@ end
 -- @treturn[1] table {method, target, path, query, version ("1.0"|"1.1"),
 -- headers (lower-case names; repeated ones joined with ", ")}
 -- @return[2] nil
--- @treturn[2] string "closed", "timeout", "header too large", "bad request
+-- @treturn[2] string "closed", "timeout", "uri too long", "header too large", "bad request
 -- line", "unsupported HTTP version", "bad header line", "bad header
 -- value", "too many headers" or "bad request: truncated"
 -- @treturn[2] string the method, when the request line parsed
+-- A head past max: "uri too long" when its request line alone is past
+-- it (414), else "header too large" (431), as the real conn.
+local function too_large(s, max)
+  if not s:sub(1, max):find("\n", 1, true) then return "uri too long" end
+  return "header too large"
+end
+
 function Conn:readrequest(max, head)
   max = optinteger(max, 1, "readrequest", HEAD_MAX_DEFAULT)
   if max <= 0 then argerror(1, "readrequest", "the limit must be positive") end
@@ -301,13 +308,13 @@ function Conn:readrequest(max, head)
     local s = self._buf
     local _, hend = s:find("\n\r?\n")
     if hend then
-      if hend > max then return nil, "header too large" end
+      if hend > max then return nil, too_large(s, max) end
       local req, err, method = M.parse_head(s:sub(1, hend))
       if not req then return nil, err, method end
       self._buf = s:sub(hend + 1)
       return req
     end
-    if #s > max then return nil, "header too large" end
+    if #s > max then return nil, too_large(s, max) end
     local r = self:_fill()
     if r == "eof" then
       local truncated = #self._buf > 0
@@ -455,39 +462,18 @@ function Conn:readchunked(max, discard)
   max = optinteger(max, 1, "readchunked")
   if max == nil then argerror(1, "readchunked", "number expected, got no value") end
   if max < 0 then argerror(1, "readchunked", "the limit must not be negative") end
-  local d = { state = "size", ndigits = 0, ext = 0, left = 0, total = 0,
-    trailer_bytes = 0, ntrailers = 0 }
-  local parts = {}
+  local parts, total, start = {}, 0, true
   while true do
-    if self.closed then return nil, "closed" end
-    local i = 1
-    while i <= #self._buf do
-      local r, j, at = chunked_next(d, self._buf, i)
-      if not r then
-        self._buf = self._buf:sub(at)
-        return nil, j
-      end
-      i = j
-      if r == "done" then
-        self._buf = self._buf:sub(i)
-        if discard then return d.total end
-        return table.concat(parts)
-      end
-      if r == "again" then break end
-      if d.left > max - d.total then
-        self._buf = self._buf:sub(i)
-        return nil, "too large"
-      end
-      local k = math.min(d.left, #self._buf - i + 1)
-      if k == 0 then break end
-      if not discard then parts[#parts + 1] = self._buf:sub(i, i + k - 1) end
-      d.left, d.total = d.left - k, d.total + k
-      i = i + k
+    local piece, err = self:readchunk(max, start)
+    start = false
+    if not piece then self._chunk = nil return nil, err end
+    if piece == "" then
+      self._chunk = nil
+      if discard then return total end
+      return table.concat(parts)
     end
-    self._buf = self._buf:sub(i)
-    local r = self:_fill()
-    if r == "eof" then return nil, "closed" end
-    if r == "timeout" then return nil, "timeout" end
+    total = total + #piece
+    if not discard then parts[#parts + 1] = piece end
   end
 end
 

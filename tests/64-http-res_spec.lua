@@ -1,0 +1,139 @@
+-- tests/64-http-res_spec.lua: res:header and res:send run in C
+-- (src/lhttp.c, fdpool._httpres); http.lua keeps their Lua versions as
+-- the reference (http._lua_res). For each case both run on twin req/res
+-- tables over a recording conn and must leave the same fields, pass the
+-- same arguments to conn:sendresponse, return the same values and raise
+-- the same errors. Then the real pool answers through the C versions.
+package.path = "./tests/?.lua;" .. package.path
+local http = require "fdpool.http"
+local H = require "helpers"
+
+local function ser(v, seen)
+  if type(v) == "string" then return ("%q"):format(v) end
+  if type(v) ~= "table" then return tostring(v) end
+  seen = seen or {}
+  if seen[v] then return "<cycle>" end
+  seen[v] = true
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  local t = {}
+  for _, k in ipairs(keys) do
+    if k ~= "_conn" and k ~= "_req" and k ~= "conn" then
+      t[#t + 1] = tostring(k) .. "=" .. ser(v[k], seen)
+    end
+  end
+  return "{" .. table.concat(t, ",") .. "}"
+end
+
+-- A conn recording each sendresponse call; ok: what it answers.
+local function recorder(ok)
+  local calls = {}
+  local conn = { calls = calls }
+  function conn.sendresponse(_, ...)
+    calls[#calls + 1] = ser({ n = select("#", ...), ... })
+    if ok then return select(7, ...) and #select(7, ...) or 0 end
+    return nil, "closed", 0
+  end
+  return conn
+end
+
+-- Twin objects, then the same steps on each with one implementation.
+local function run(impl, reqf, steps, ok)
+  local conn = recorder(ok ~= false)
+  local req = { method = "GET", version = "1.1", _length = 0, _close = false }
+  for k, v in pairs(reqf or {}) do req[k] = v end
+  local res = { _conn = conn, _req = req, _status = 200, _headers = {},
+    started = false, finished = false }
+  local out = {}
+  for _, s in ipairs(steps) do
+    local r = table.pack(pcall(impl[s[1]], res, table.unpack(s, 2, 3)))
+    if not r[1] then r[2] = tostring(r[2]):gsub("^[^:]+:%d+: ", "") end
+    out[#out + 1] = ser(r)
+    if r[2] == res then out[#out] = "res" end
+  end
+  return table.concat(out, "\n") .. "\nres " .. ser(res) .. "\nreq " .. ser(req)
+    .. "\ncalls " .. table.concat(conn.calls, "\n")
+end
+
+local CASES = {
+  { "plain", nil, { { "header", "Content-Type", "text/plain" }, { "send", "hello\n" } } },
+  { "replace whatever the case", nil, { { "header", "X-A", "1" }, { "header", "x-a", "2" },
+    { "header", "X-B", "3" }, { "header", "X-b", nil }, { "send", "" } } },
+  { "a table value, a number value", nil, { { "header", "Set-Cookie", { "a=1", "b=2" } },
+    { "header", "X-N", 5 }, { "send", "x" } } },
+  { "nil body", nil, { { "send" } } },
+  { "false body", nil, { { "send", false } } },
+  { "a number body", nil, { { "send", 42 } } },
+  { "HEAD", { method = "HEAD" }, { { "send", "body" } } },
+  { "204", nil, { { "status", 204 }, { "send", "dropped" } } },
+  { "304", nil, { { "status", 304 }, { "send", "" } } },
+  { "Connection: close from the handler", nil,
+    { { "header", "Connection", "Close" }, { "send", "x" } } },
+  { "Connection: keep-alive from the handler", nil,
+    { { "header", "connection", "keep-alive" }, { "send", "x" } } },
+  { "HTTP/1.0", { version = "1.0" }, { { "send", "x" } } },
+  { "HTTP/1.0 closing", { version = "1.0", _close = true }, { { "send", "x" } } },
+  { "own Date", nil, { { "header", "DATE", "Thu, 01 Jan 1970 00:00:00 GMT" }, { "send", "x" } } },
+  { "100-continue, body not read", { _expect_continue = true, _length = 5 }, { { "send", "x" } } },
+  { "100-continue, body read", { _expect_continue = true, _length = 5, _body = "abcde" },
+    { { "send", "x" } } },
+  { "100-continue, chunked", { _expect_continue = true, _chunked = true }, { { "send", "x" } } },
+  { "send twice", nil, { { "send", "a" }, { "send", "b" } } },
+  { "header after send", nil, { { "send", "a" }, { "header", "X", "y" } } },
+  { "a 999 status", nil, { { "status", 999 }, { "send", "a" } } },
+}
+
+describe("res:header and res:send in C", function()
+  it("are the ones http.serve's res uses", function()
+    assert.equal("C", debug.getinfo(http._c_res.send).what)
+    assert.equal("C", debug.getinfo(http._c_res.header).what)
+  end)
+
+  for _, case in ipairs(CASES) do
+    it("do what the Lua reference does: " .. case[1], function()
+      local status = function(res, code) res._status = code return res end
+      local lua = { header = http._lua_res.header, send = http._lua_res.send, status = status }
+      local c = { header = http._c_res.header, send = http._c_res.send, status = status }
+      -- The Date line is the current second: equal unless the clock
+      -- ticks between the two runs; then run both again.
+      local a, b
+      for _ = 1, 3 do
+        a, b = run(lua, case[2], case[3]), run(c, case[2], case[3])
+        if a == b then break end
+      end
+      assert.equal(a, b)
+    end)
+  end
+
+  it("mark the request broken when the write fails, as the Lua ones", function()
+    local steps = { { "header", "A", "b" }, { "send", "x" } }
+    local lua = { header = http._lua_res.header, send = http._lua_res.send }
+    local c = { header = http._c_res.header, send = http._c_res.send }
+    local a = run(lua, nil, steps, false)
+    assert.equal(a, run(c, nil, steps, false))
+    assert.truthy(a:find("_broken=true", 1, true))
+  end)
+
+  it("answer in the real pool (keep-alive, HEAD, HTTP/1.0)", function()
+    local pool = H.start_pool{ script = "examples/http_hello.lua", workers = 1 }
+    finally(function() pool:stop() end)
+    -- The 1.0 request closes the connection after its answer.
+    local reply = assert(H.tcp_request(pool.addr,
+      "GET / HTTP/1.1\r\nHost: x\r\n\r\nHEAD / HTTP/1.1\r\nHost: x\r\n\r\n"
+      .. "GET / HTTP/1.0\r\n\r\n"))
+    local answers = {}
+    for head, rest in reply:gmatch("(HTTP/1.1 200 OK\r\n.-\r\n\r\n)([^H]*)") do
+      answers[#answers + 1] = { head, rest }
+    end
+    assert.equal(3, #answers)
+    for i, a in ipairs(answers) do
+      assert.truthy(a[1]:find("Content-Type: text/plain\r\n", 1, true))
+      assert.truthy(a[1]:find("Content-Length: 6\r\n", 1, true))
+      assert.truthy(a[1]:find("\r\nDate: %a%a%a, %d%d %a%a%a %d%d%d%d %d%d:%d%d:%d%d GMT\r\n"))
+      assert.equal(i == 2 and "" or "hello\n", a[2])
+    end
+    assert.falsy(answers[1][1]:find("Connection:", 1, true))
+    assert.truthy(answers[3][1]:find("Connection: close\r\n", 1, true))
+  end)
+end)
