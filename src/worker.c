@@ -1080,8 +1080,8 @@ open_handler(struct fdp_wctx *w)
      * first requests stays until a cycle frees it: at 200 % the heap
      * (and the worker's RSS, which malloc does not give back) peaks at
      * up to twice what is live. bench/idle-rss: 10,000 idle
-     * connections cost 8.6 MiB instead of 11.0; bench/instr ka: +2 %
-     * instructions per request. A handler's init may set its own
+     * connections cost ~9.5 MiB instead of ~13; bench/instr ka: +1-5 %
+     * instructions per request (docs/performance.md). A handler's init may set its own
      * (collectgarbage("incremental", pause)). */
     lua_gc(L, LUA_GCINC, WORKER_GC_PAUSE, 0, 0);
 
