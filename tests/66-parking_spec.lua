@@ -1,4 +1,4 @@
--- tests/65-parking_spec.lua: keep-alive parking in strict prefork
+-- tests/66-parking_spec.lua: keep-alive parking in strict prefork
 -- (--concurrency 1) under the real build/pool. From its first park on,
 -- the master keeps its own copy of a parked socket: later parks carry no
 -- fd, and the master re-arms its one-shot epoll registration. What a
