@@ -37,7 +37,7 @@ end
 describe("a running pool", function()
   it("serves 300 connections on 3 workers and its status adds up", function()
     local p = H.start_pool{ script = FIX .. "pool_reply.lua", workers = 3 }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     assert.truthy(p.addr, p:log())
     local N, bytes_in, bytes_out = 300, 0, 0
     local deadline = H.now() + 30
@@ -72,9 +72,9 @@ describe("a running pool", function()
 
   it("spreads held connections over the workers with least_conn", function()
     local p = H.start_pool{ script = FIX .. "pool_reply.lua", workers = 2, policy = "least_conn" }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local fds = connect_n(p.addr, 6)
-    finally(function() close_all(fds) end)
+    H.defer(finally, function() close_all(fds) end)
     -- The handlers wait for a line we have not sent: all six stay active.
     local st = wait_status(p, function(s) return H.sum_workers(s, "active") == 6 end,
       5, "6 active connections")
@@ -95,7 +95,7 @@ describe("a running pool", function()
 
   it("replaces a worker killed with SIGKILL and keeps serving", function()
     local p = H.start_pool{ script = FIX .. "pool_reply.lua", workers = 2 }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local before = assert(p:status())
     local victim, other = before.workers[1].pid, before.workers[2].pid
     assert.truthy(os.execute("kill -KILL " .. victim))
@@ -122,7 +122,7 @@ describe("a running pool", function()
 
   it("leaks no fd and no process in the master", function()
     local p = H.start_pool{ script = FIX .. "pool_reply.lua", workers = 2 }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local fds0 = assert(H.fd_count(p.pid))
     assert.equals(2, #H.children(p.pid))
     local N = 2000
@@ -175,9 +175,9 @@ describe("a running pool", function()
   it("overlaps slow connections within a worker (concurrency 100)", function()
     local p = H.start_pool{ script = FIX .. "pool_slow.lua", args = { "0.5" },
                             workers = 2, concurrency = 100 }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local fds = connect_n(p.addr, 40)
-    finally(function() close_all(fds) end)
+    H.defer(finally, function() close_all(fds) end)
     local t0 = H.clock()
     for i, fd in ipairs(fds) do assert(fd:write("s" .. i .. "\n")) end
     for i, fd in ipairs(fds) do
@@ -194,9 +194,9 @@ describe("a running pool", function()
   it("queues, never drops, connections beyond capacity (concurrency 1)", function()
     local p = H.start_pool{ script = FIX .. "pool_slow.lua", args = { "0.3" },
                             workers = 2, concurrency = 1 }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local fds = connect_n(p.addr, 6)
-    finally(function() close_all(fds) end)
+    H.defer(finally, function() close_all(fds) end)
     local t0 = H.clock()
     for i, fd in ipairs(fds) do assert(fd:write("c" .. i .. "\n")) end
     for i, fd in ipairs(fds) do
@@ -216,9 +216,9 @@ describe("a running pool", function()
   it("logs a handler error with a traceback and closes only that connection", function()
     local script = FIX .. "pool_boom.lua"
     local p = H.start_pool{ script = script, workers = 1 }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local a = assert(fdpool.connect(p.addr, 10))
-    finally(function() close_all{ a } end)
+    H.defer(finally, function() close_all{ a } end)
     assert(a:write("hello\n"))
     local pid = tonumber(assert(a:read("l")):match("^pid (%d+) hello$"))
     assert.truthy(pid)
@@ -255,7 +255,7 @@ describe("a running pool", function()
   it("passes the arguments after -- to the script as ... and arg", function()
     local script = FIX .. "pool_args.lua"
     local p = H.start_pool{ script = script, workers = 1, args = { "alpha", "two words", "x=1" } }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     assert.equals("alpha,two words,x=1|alpha,two words,x=1|3|" .. script .. "\n",
       H.request(p.addr, "", 10))
     finish(p)
@@ -265,11 +265,11 @@ end)
 describe("stopping", function()
   it("exits 0 within 3 s on SIGTERM, with every worker gone", function()
     local p = H.start_pool{ script = FIX .. "pool_reply.lua", workers = 2 }
-    finally(function() p:stop("KILL") end)
+    H.defer(finally, function() p:stop("KILL") end)
     local pids = p:worker_pids()
     -- A connection in flight (its handler waits for a line).
     local fd = assert(fdpool.connect(p.addr, 10))
-    finally(function() close_all{ fd } end)
+    H.defer(finally, function() close_all{ fd } end)
     wait_status(p, function(s) return H.sum_workers(s, "active") == 1 end, 5, "1 active")
     local t0 = H.clock()
     p:kill("TERM")
@@ -288,7 +288,7 @@ describe("stopping", function()
 
   it("takes every worker down within 1 s when the master is SIGKILLed", function()
     local p = H.start_pool{ script = FIX .. "pool_reply.lua", workers = 3 }
-    finally(function() p:stop("KILL") end)
+    H.defer(finally, function() p:stop("KILL") end)
     local pids = p:worker_pids()
     assert.equals(3, #pids)
     local t0 = H.clock()
@@ -308,18 +308,18 @@ end)
 describe("strict prefork (concurrency 1)", function()
   it("shows a worker busy while it holds a connection and free after", function()
     local p = H.start_pool{ script = FIX .. "pool_reply.lua", workers = 1, concurrency = 1 }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local st = assert(p:status())
     assert.equals("free", st.workers[1].state)
     assert.equals(1, st.workers[1].capacity)
     local a = assert(fdpool.connect(p.addr, 10))
-    finally(function() close_all{ a } end)
+    H.defer(finally, function() close_all{ a } end)
     st = wait_status(p, function(s) return s.workers[1].state == "busy" end, 5, "busy")
     assert.equals(1, st.workers[1].active)
     assert.truthy(st.workers[1].busy_since > 0)
     -- A second client waits in the queue; it is not dropped.
     local b = assert(fdpool.connect(p.addr, 10))
-    finally(function() close_all{ b } end)
+    H.defer(finally, function() close_all{ b } end)
     assert(b:write("second\n"))
     wait_status(p, function(s) return s.queued == 1 end, 5, "1 queued")
     assert(a:write("first\n"))
@@ -336,7 +336,7 @@ end)
 describe("a unix socket listener", function()
   it("serves, and its path is removed after stop", function()
     local p = H.start_pool{ script = FIX .. "pool_reply.lua", workers = 2, listen = "unix" }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local path = p.dir .. "/pool.sock"
     assert.equals("unix:" .. path, p.addr, p:log())
     assert.truthy(H.run("test -S " .. q(path)))
@@ -353,7 +353,7 @@ describe("init and custom status fields", function()
     local dir = H.tmpdir()
     local log = dir .. "/inits"
     local p = H.start_pool{ script = FIX .. "pool_init.lua", workers = 2, args = { log } }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local st = assert(p:status())
     local lines = {}
     for id, pid, n in (H.readfile(log) or ""):gmatch("(%d+) (%d+) (%d+)\n") do
@@ -379,7 +379,7 @@ describe("init and custom status fields", function()
   it("shows fdpool.worker.set(k, v) from init in status --json and the table", function()
     local dir = H.tmpdir()
     local p = H.start_pool{ script = FIX .. "pool_init.lua", workers = 2, args = { dir .. "/inits" } }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local st = wait_status(p, function(s)
       for _, w in ipairs(s.workers) do
         if w.fields.k == nil or w.fields.inits == nil then return false end
@@ -400,9 +400,9 @@ end)
 describe("the examples", function()
   it("examples/echo.lua echoes lines prefixed with the worker id", function()
     local p = H.start_pool{ script = "examples/echo.lua", workers = 2 }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local fd = assert(fdpool.connect(p.addr, 10))
-    finally(function() close_all{ fd } end)
+    H.defer(finally, function() close_all{ fd } end)
     assert(fd:write("hello\n"))
     local id = assert(fd:read("l")):match("^([12]): hello$")
     assert.truthy(id)
@@ -415,9 +415,9 @@ describe("the examples", function()
 
   it("examples/hello.lua answers HTTP with keep-alive", function()
     local p = H.start_pool{ script = "examples/hello.lua", workers = 2 }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local fd = assert(fdpool.connect(p.addr, 10))
-    finally(function() close_all{ fd } end)
+    H.defer(finally, function() close_all{ fd } end)
     local function response()
       local status = assert(fd:read("l"))
       local headers = {}

@@ -60,7 +60,7 @@ for _, mode in ipairs { { name = "default concurrency" },
       local base = H.wait_until(function() return H.fd_count(pool.pid) end, 5, "fd count")
       local st0 = assert(pool:status())
       local silent, trickle = {}, {}
-      finally(function() closeall(silent); closeall(trickle) end)
+      H.defer(finally, function() closeall(silent); closeall(trickle) end)
       for i = 1, n do
         silent[i] = connect(pool.addr)
         trickle[i] = connect(pool.addr)
@@ -91,7 +91,7 @@ for _, mode in ipairs { { name = "default concurrency" },
 
     it("hands over a head as soon as it is complete, even when it came in pieces", function()
       local fd = connect(pool.addr)
-      finally(function() fd:close() end)
+      H.defer(finally, function() fd:close() end)
       assert(fd:write("GET / HTTP/1.1\r\n"))
       H.wait_status(pool, function(s) return s.pending == 1 end, 5, "pending 1")
       assert(fd:write("Host: t\r\nConnection: close\r\n\r\n"))
@@ -136,7 +136,7 @@ describe("whole-head timeout (head_timeout 1)", function()
     it("answers 408 and closes within a bounded time (--accept-filter " .. filter .. ")", function()
       local pool = H.start_pool{ script = HTTP, workers = 1, args = { "1" },
                                  extra = { "--accept-filter", filter } }
-      finally(function() pool:stop() end)
+      H.defer(finally, function() pool:stop() end)
       local got, dt, sent = trickle(pool.addr)
       assert.truthy(got:find("^HTTP/1.1 408"), got)
       assert.is_true(sent >= 3, "sent " .. sent)   -- no single wait was 1 s
@@ -147,9 +147,9 @@ describe("whole-head timeout (head_timeout 1)", function()
   it("bounds a trickled body with body_timeout and body_min_rate", function()
     -- body_timeout 1, min rate 1000 B/s: 1 byte every 300 ms falls behind.
     local pool = H.start_pool{ script = HTTP, workers = 1, args = { "5", "1", "1000" } }
-    finally(function() pool:stop() end)
+    H.defer(finally, function() pool:stop() end)
     local fd = connect(pool.addr)
-    finally(function() fd:close() end)
+    H.defer(finally, function() fd:close() end)
     assert(fd:write("POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n"))
     local t0, got = H.now(), nil
     fd:settimeout(0.3)
@@ -173,13 +173,13 @@ describe("--max-conns-per-ip", function()
   it("closes the connection over the cap at accept and counts it; a freed place is reused", function()
     local pool = H.start_pool{ script = HTTP, workers = 1, args = { "5" },
                                extra = { "--max-conns-per-ip", "3" } }
-    finally(function() pool:stop() end)
+    H.defer(finally, function() pool:stop() end)
     local fds = {}
-    finally(function() closeall(fds) end)
+    H.defer(finally, function() closeall(fds) end)
     for i = 1, 3 do fds[i] = connect(pool.addr) end
     H.wait_status(pool, function(s) return s.pending == 3 end, 5, "3 pending")
     local extra = connect(pool.addr)
-    finally(function() extra:close() end)
+    H.defer(finally, function() extra:close() end)
     assert.equal("", extra:read("a"))
     local st = assert(pool:status())
     assert.equal(1, st.closed.per_ip)
@@ -200,9 +200,9 @@ describe("--max-conns-per-ip", function()
   it("counts parked keep-alive connections (--concurrency 1) and frees them on close", function()
     local pool = H.start_pool{ script = HTTP, workers = 1, args = { "5" },
                                extra = { "--concurrency", "1", "--max-conns-per-ip", "2" } }
-    finally(function() pool:stop() end)
+    H.defer(finally, function() pool:stop() end)
     local a, b = connect(pool.addr), connect(pool.addr)
-    finally(function() pcall(a.close, a); b:close() end)
+    H.defer(finally, function() pcall(a.close, a); b:close() end)
     for _, fd in ipairs { a, b } do
       assert(fd:write("GET / HTTP/1.1\r\nHost: t\r\n\r\n"))
       assert.truthy(fd:read(4096):find("^HTTP/1.1 200"))
@@ -221,9 +221,9 @@ describe("--max-conns-per-ip", function()
   it("shows pending and the closes by reason in pool status and the metrics", function()
     local pool = H.start_pool{ script = HTTP, workers = 1, args = { "5" },
                                extra = { "--max-conns-per-ip", "1" } }
-    finally(function() pool:stop() end)
+    H.defer(finally, function() pool:stop() end)
     local a = connect(pool.addr)
-    finally(function() a:close() end)
+    H.defer(finally, function() a:close() end)
     H.wait_status(pool, function(s) return s.pending == 1 end, 5, "1 pending")
     local b = connect(pool.addr)
     b:close()
@@ -244,18 +244,18 @@ describe("accept filter none and per-listener filters", function()
   it("--accept-filter none hands a silent connection to a worker at once", function()
     local pool = H.start_pool{ script = HTTP, workers = 1, args = { "5" },
                                extra = { "--accept-filter", "none" } }
-    finally(function() pool:stop() end)
+    H.defer(finally, function() pool:stop() end)
     local fd = connect(pool.addr)
-    finally(function() fd:close() end)
+    H.defer(finally, function() fd:close() end)
     local st = H.wait_status(pool, function(s) return active(s) == 1 end, 5, "active 1")
     assert.equal(0, st.pending)
   end)
 
   it("a non-HTTP handler defaults to none: a server-speaks-first protocol works", function()
     local pool = H.start_pool{ script = GREETER, workers = 1 }
-    finally(function() pool:stop() end)
+    H.defer(finally, function() pool:stop() end)
     local fd = connect(pool.addr)
-    finally(function() fd:close() end)
+    H.defer(finally, function() fd:close() end)
     assert.equal("220 hello\r\n", fd:read("l") .. "\n")
     assert(fd:write("hi\r\n"))
     assert.equal("echo hi\r\n", fd:read("a"))
@@ -266,9 +266,9 @@ describe("accept filter none and per-listener filters", function()
     local dir = H.tmpdir()
     local pool = H.start_pool{ script = GREETER, workers = 1,
                                listen = "unix:" .. dir .. "/s.sock,filter=data" }
-    finally(function() pool:stop() end)
+    H.defer(finally, function() pool:stop() end)
     local fd = connect("unix:" .. dir .. "/s.sock")
-    finally(function() fd:close() end)
+    H.defer(finally, function() fd:close() end)
     local st = H.wait_status(pool, function(s) return s.pending == 1 end, 5, "pending 1")
     assert.equal(0, active(st))
     assert(fd:write("hi\r\n"))
@@ -280,10 +280,10 @@ describe("accept filter none and per-listener filters", function()
     local pool = H.start_pool{ script = HTTP, workers = 1, args = { "5" },
                                listen = "unix:" .. dir .. "/a.sock,filter=none",
                                extra = { "--listen", "unix:" .. dir .. "/b.sock" } }
-    finally(function() pool:stop() end)
+    H.defer(finally, function() pool:stop() end)
     local a = connect("unix:" .. dir .. "/a.sock")
     local b = connect("unix:" .. dir .. "/b.sock")
-    finally(function() a:close(); b:close() end)
+    H.defer(finally, function() a:close(); b:close() end)
     local st = H.wait_status(pool, function(s) return s.pending == 1 and active(s) == 1 end, 5,
       "one pending, one active")
     assert.equal(1, st.pending)
@@ -292,9 +292,9 @@ describe("accept filter none and per-listener filters", function()
   it("on a proxy listener, filters after the PROXY header is consumed", function()
     local pool = H.start_pool{ script = HTTP, workers = 1, args = { "5" },
                                listen = "127.0.0.1:0,proxy" }
-    finally(function() pool:stop() end)
+    H.defer(finally, function() pool:stop() end)
     local fd = connect(pool.addr)
-    finally(function() fd:close() end)
+    H.defer(finally, function() fd:close() end)
     assert(fd:write("PROXY TCP4 192.0.2.7 192.0.2.1 4242 80\r\nGET / HTTP/1.1\r\n"))
     local st = H.wait_status(pool, function(s) return s.pending == 1 end, 5, "pending 1")
     assert.equal(0, active(st))
@@ -317,9 +317,9 @@ describe("the pending set (--max-pending 5)", function()
   it("closes the oldest when full; accepting never stops", function()
     local pool = H.start_pool{ script = HTTP, workers = 1, args = { "10" },
                                extra = { "--max-pending", "5" } }
-    finally(function() pool:stop() end)
+    H.defer(finally, function() pool:stop() end)
     local fds = {}
-    finally(function() closeall(fds) end)
+    H.defer(finally, function() closeall(fds) end)
     for i = 1, 8 do
       fds[i] = connect(pool.addr)
       H.wait_status(pool, function(s) return s.accepted == i end, 5, "accepted " .. i)

@@ -63,7 +63,7 @@ describe("workers on demand", function()
     local bar = H.tmpdir()
     local p = start(FIX .. "od_barrier.lua", "1-8", 1,
       { "--worker-idle-timeout", "0.5", "--metrics", "127.0.0.1:0" }, { bar, "8" })
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     -- /healthz counts running workers against the range, not the slots:
     -- an idle pool on its minimum is healthy, not "1/8".
     local metrics = assert(p:log():match("metrics on http://(%S+)/metrics"))
@@ -114,7 +114,7 @@ describe("workers on demand", function()
   it("lets a Lua policy see every slot, those with no process as state none with pid -1", function()
     local p = start(FIX .. "od_reply.lua", "1-4", 1,
       { "--policy", FIX .. "od_policy.lua" }, { "x" })
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     assert.matches("^x %d+\n$", H.request(p.addr, ""))
     H.wait_until(function() return p:log():find("SAW ", 1, true) end, 5, "the policy's report")
     assert.truthy(p:log():find("SAW free,none(pid -1),none(pid -1),none(pid -1)", 1, true),
@@ -128,7 +128,7 @@ describe("workers on demand", function()
 
   it("moves MIN with pool scale, TTIN and TTOU, clamped to MAX", function()
     local p = start(FIX .. "od_reply.lua", "1-3", 1, { "--worker-idle-timeout", "0.3" }, { "s" })
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local ok, _, out = H.run(H.POOL .. " scale 2 --control " .. q(p.control))
     assert.is_true(ok, out)
     assert.matches("OK workers 2%-3 on demand", out)
@@ -181,7 +181,7 @@ describe("workers on demand", function()
   it("keeps to MAX and the spawn rate under a burst of connections", function()
     local n = ASAN and 200 or 2000
     local p = start(FIX .. "pool_slow.lua", "1-4", 1, nil, { "0.001" })
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local served = 0
     for _ = 1, n // 250 do
       for _, r in ipairs(burst(p.addr, 250, "b")) do
@@ -202,7 +202,7 @@ describe("workers on demand", function()
 
   it("survives a worker killed during the scale-up and shrinks back", function()
     local p = start(FIX .. "pool_slow.lua", "1-4", 1, { "--worker-idle-timeout", "0.5" }, { "1" })
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local fds = {}
     for i = 1, 8 do
       fds[i] = assert(fdpool.connect(p.addr, 20))
@@ -228,7 +228,7 @@ describe("workers on demand", function()
   it("reloads while scaled up: each running slot gets a new worker, empty slots stay empty", function()
     local bar = H.tmpdir()
     local p = start(FIX .. "od_barrier.lua", "1-4", 1, { "--worker-idle-timeout", "60" }, { bar, "3" })
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     for _, r in ipairs(burst(p.addr, 3)) do assert.matches("^ok %d+\n$", r) end
     local st = assert(p:status())
     assert.are.equal(3, live(st))
@@ -273,7 +273,7 @@ describe("pool status lists the processes outside the table", function()
     local bar = H.tmpdir()
     local p = H.start_pool { script = FIX .. "od_barrier.lua", workers = 1, concurrency = 1,
       args = { bar, "2" } }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local old = p:worker_pids()[1]
     local fd = assert(fdpool.connect(p.addr, 20))
     fd:write("held\n")
@@ -315,7 +315,7 @@ describe("reload reads --config again", function()
     local path, sock, conf = setup()
     conf("args = { 'one' }, workers = 1")
     local p = start_args { "--config", path }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     p:wait_ready(1)
     assert.matches("^one %d+\n$", H.request("unix:" .. sock, ""))
     conf("args = { 'two' }, workers = 3, timeout = 5, io_timeout = 7, max_requests = 100")
@@ -349,7 +349,7 @@ describe("reload reads --config again", function()
     local path, sock, conf = setup()
     conf("args = { 'old' }, workers = 2")
     local p = start_args { "--config", path }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     p:wait_ready(2)
     H.writefile(path, ("return { %s, listen = %q, args = { 'new' } }"):format(handler,
       "unix:" .. sock .. ".2"))
@@ -415,7 +415,7 @@ describe("unix listener mode= and owner=", function()
     local sock = dir .. "/www.sock"
     local p = start_args { "--listen", "unix:" .. sock .. ",mode=0660,owner=root:nogroup",
       "--workers", "1" }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     p:wait_ready(1)
     local _, _, ls = H.run("stat -c '%A %U %G' " .. q(sock))
     assert.are.equal("srw-rw---- root nogroup\n", ls)
@@ -425,7 +425,7 @@ describe("unix listener mode= and owner=", function()
     assert.are.equal(0, p:stop())
     -- The same without the options: the umask's mode, root's group.
     local p2 = start_args { "--listen", "unix:" .. sock, "--workers", "1" }
-    finally(function() p2:stop() end)
+    H.defer(finally, function() p2:stop() end)
     p2:wait_ready(1)
     local code
     ok, code, out = curl_as_nobody(sock)
@@ -436,7 +436,7 @@ describe("unix listener mode= and owner=", function()
     assert.are.equal(0, p2:stop())
     -- mode=0660 with the owner's own group (root): nobody is out.
     local p3 = start_args { "--listen", "unix:" .. sock .. ",mode=0660", "--workers", "1" }
-    finally(function() p3:stop() end)
+    H.defer(finally, function() p3:stop() end)
     p3:wait_ready(1)
     ok = curl_as_nobody(sock)
     assert.is_false(ok)

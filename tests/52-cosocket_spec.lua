@@ -16,7 +16,7 @@ end
 describe("a conn used from other handlers of its worker", function()
   it("carries a chat: every handler writes to the others, whole lines, in order", function()
     local p = H.start_pool{ script = "tests/fixtures/cos_chat.lua", workers = 1 }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local c = {}
     for i = 1, 3 do
       c[i] = assert(fdpool.connect(p.addr, 10))
@@ -60,7 +60,7 @@ describe("a conn used from other handlers of its worker", function()
 
   it("lets one reader and one writer wait; a second of either gets nil, \"busy\"", function()
     local p = H.start_pool{ script = "tests/fixtures/cos_busy.lua", workers = 1 }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local x = assert(fdpool.connect(p.addr, 10))
     assert(x:write("first\n"))
     assert.equals("ok", line(x))
@@ -280,7 +280,7 @@ describe("fdpool.tcp()", function()
   it("blocks at the top level and in init, and hands the top level's connection on", function()
     local p = H.start_pool{ script = "tests/fixtures/cos_toplevel.lua", workers = 1,
                             args = { uphost, tostring(upport) } }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     assert.equals("top init handler reused=1\n", H.request(p.addr, ""))
     assert.equals("top init handler reused=2\n", H.request(p.addr, ""))
     assert.equals(0, p:stop())
@@ -308,7 +308,7 @@ describe("fdpool.tcp()", function()
   it("connects to IPv6 literals", function()
     local up6 = H.start_pool{ script = "tests/fixtures/cos_upstream.lua", workers = 1,
                               listen = "[::1]:0" }
-    finally(function() up6:stop() end)
+    H.defer(finally, function() up6:stop() end)
     local port6 = up6.addr:match("%]:(%d+)$")
     local c = assert(fdpool.connect(cli.addr, 10))
     assert.equals("true", ask(c, "connect ::1 " .. port6))
@@ -364,15 +364,15 @@ describe("fdpool.tcp() name lookups through a DNS server", function()
     assert(os.execute(("/usr/bin/python3 tests/fixtures/cos_dns.py %s/port %s/queries >%s/dns.log 2>&1 & echo $! >%s/pid")
       :format(dir, dir, dir, dir)))
     local dpid = tonumber(H.wait_until(function() return H.readfile(dir .. "/pid") end, 5, "dns pid"))
-    finally(function() os.execute("kill " .. dpid .. " 2>/dev/null") end)
+    H.defer(finally, function() os.execute("kill " .. dpid .. " 2>/dev/null") end)
     local dport = tonumber(H.wait_until(function() return H.readfile(dir .. "/port") end, 10, "the DNS server"))
     local up = H.start_pool{ script = "tests/fixtures/cos_upstream.lua", workers = 1 }
-    finally(function() up:stop() end)
+    H.defer(finally, function() up:stop() end)
     local uphost, upport = split(up.addr)
     local cli = H.start_pool{ script = "tests/fixtures/cos_client.lua", workers = 1,
                               args = { uphost, tostring(upport) },
                               shell = "export FDPOOL_RESOLVER=127.0.0.1:" .. dport .. ";" }
-    finally(function() cli:stop() end)
+    H.defer(finally, function() cli:stop() end)
     local a = assert(fdpool.connect(cli.addr, 10))
     local b = assert(fdpool.connect(cli.addr, 10))
     assert.equals("true", ask(a, "connect up.test.example " .. upport))

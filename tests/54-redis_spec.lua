@@ -74,11 +74,16 @@ describe("examples/redis_counter.lua with a real redis-server", function()
   it("counts exactly, with few connections, 502 while Redis is down, and recovers", function()
     local dir = H.tmpdir()
     local sock, rpid = start_redis(dir)
-    finally(function() os.execute("kill " .. rpid .. " 2>/dev/null") end)
+    local p
+    -- One finally for both: busted keeps only the last one a test
+    -- registers (a second call replaced the redis kill: it leaked).
+    finally(function()
+      if p then p:stop() end
+      os.execute("kill " .. rpid .. " 2>/dev/null")
+    end)
     wait_redis(sock)
-    local p = H.start_pool{ script = "examples/redis_counter.lua", workers = 2,
-                            args = { "unix:" .. sock } }
-    finally(function() p:stop() end)
+    p = H.start_pool{ script = "examples/redis_counter.lua", workers = 2,
+                      args = { "unix:" .. sock } }
     local pids = p:worker_pids()
 
     local conns, per = ASAN and 8 or 20, ASAN and 5 or 10

@@ -4,7 +4,7 @@ local fdpool = require "fdpool"
 describe("smoke", function()
   it("serves hello", function()
     local p = H.start_pool{}
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     local r = H.http_get(p.addr)
     assert.matches("hello", r)
     assert.equals(0, p:stop())
@@ -15,10 +15,10 @@ describe("smoke", function()
   -- filter like any HTTP application.
   it("the embedded default keeps alive, refuses smuggling and holds silent clients in the master", function()
     local p = H.start_pool{ workers = 1 }
-    finally(function() p:stop() end)
+    H.defer(finally, function() p:stop() end)
     -- Two requests on one connection.
     local fd = assert(fdpool.connect(p.addr, 10))
-    finally(function() fd:close() end)
+    H.defer(finally, function() fd:close() end)
     assert(fd:write("GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"))
     local both = fd:read("a")
     local n = 0
@@ -36,7 +36,7 @@ describe("smoke", function()
     assert.truthy(r:find("^HTTP/1%.1 400"), r)
     -- A connection that sends nothing waits in the master, not in the worker.
     local silent = assert(fdpool.connect(p.addr, 10))
-    finally(function() silent:close() end)
+    H.defer(finally, function() silent:close() end)
     -- (The earlier connections' DONE reports may lag by their 2 ms batch.)
     local st = H.wait_status(p, function(s)
       return s.pending == 1 and H.sum_workers(s, "active") == 0

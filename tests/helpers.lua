@@ -43,6 +43,30 @@ function H.writefile(path, data)
   return path
 end
 
+-- busted keeps only the last function a test gives finally() (each call
+-- replaces the one before), so a test that registers two lost the first:
+-- a redis-server, a pool or a client leaked. H.defer(finally, fn) stacks
+-- them: all run when the test ends, the last registered first, the
+-- first error raised after all ran. Pass the test's own finally.
+local deferred = setmetatable({}, { __mode = "k" })
+function H.defer(finally, fn)
+  local list = deferred[finally]
+  if not list then
+    list = {}
+    deferred[finally] = list
+    finally(function()
+      deferred[finally] = nil
+      local err
+      for i = #list, 1, -1 do
+        local ok, e = pcall(list[i])
+        if not ok and err == nil then err = e end
+      end
+      if err ~= nil then error(err, 0) end
+    end)
+  end
+  list[#list + 1] = fn
+end
+
 function H.tmpdir()
   local p = io.popen("mktemp -d /tmp/fdpool-test.XXXXXX")
   local d = p:read("l")
