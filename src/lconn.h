@@ -73,6 +73,12 @@ struct fdp_conn {
                                    parked connection): closing shuts the
                                    socket down, so its peer sees the end
                                    now, not when the master lets go */
+    int ka_served;              /* > 0: conn:httploop waits for its next
+                                   head and may let its coroutine go
+                                   meanwhile (fdp_task_may_sleep); a new
+                                   call goes on after these requests */
+    int ka_sleep;               /* that loop's task may sleep: 1 yes,
+                                   -1 no, 0 not known yet */
 };
 
 void fdp_conn_open_meta(lua_State *L);

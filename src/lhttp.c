@@ -1056,7 +1056,14 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
         }
         fdp_conn_idle(c);       /* no buffer held while idle */
         head_limit_arm(L, c);
+        if (c->ka_served > 0) {
+            /* between keep-alive requests: the coroutine may go */
+            fdp_task_may_sleep(L, c->rbuf == NULL ? &c->wt : NULL);
+        }
         if (!fdp_conn_wait(L, c, EPOLLIN, ctx, k)) {
+            if (c->ka_served > 0) {
+                fdp_task_may_sleep(L, NULL);
+            }
             lua_pushnil(L);
             lua_pushliteral(L, "timeout");
             return 0;
@@ -1582,6 +1589,41 @@ park_end(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp)
 static int httploop_k(lua_State *L, int status, lua_KContext ctx);
 
 
+/*
+ * Whether the loop's coroutine may go while the connection waits idle
+ * for its next head (fdp_task_may_sleep): only when a new call of the
+ * task's root function with its argument would do exactly what resuming
+ * does, i.e. the root is http.serve's handler itself (cfg.handler) and
+ * was called with this conn, it called conn:httploop at once (nothing
+ * else on the coroutine's stack), and the task is this coroutine's own.
+ * Asked once per connection; a plain socket only (TLS roots differ).
+ */
+static int
+may_sleep(lua_State *L, struct fdp_conn *c)
+{
+    struct fdp_task *t = fdp_current_task(L);
+    lua_Debug ar;
+    int r;
+
+    if (t == NULL || t->co != L || c->tr_ctx != NULL
+        || lua_getstack(L, 2, &ar) || !lua_getstack(L, 1, &ar)
+        || !lua_checkstack(L, 3)) {
+        return 0;
+    }
+    (void) lua_getinfo(L, "f", &ar);
+    lua_getfield(L, S_CFG, "handler");
+    r = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (r && lua_getlocal(L, &ar, 1) != NULL) {
+        r = lua_rawequal(L, -1, S_CONN);
+        lua_pop(L, 1);
+    } else {
+        r = 0;
+    }
+    return r;
+}
+
+
 /* The next request: its head's limits, and the per-wait timeout that
  * keep-alive waits use from the second request on. */
 static void
@@ -1595,6 +1637,12 @@ httploop_next(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp)
     if (lua_tointeger(L, S_SERVED) == 1) {
         c->timeout = cp->keepalive_timeout;
         c->total = 0;
+    }
+    if (c->ka_sleep == 0) {
+        c->ka_sleep = may_sleep(L, c) ? 1 : -1;
+    }
+    if (c->ka_sleep > 0) {
+        c->ka_served = (int) lua_tointeger(L, S_SERVED);
     }
     fdp_conn_op_begin(c);
     fdp_task_request(L, 0);             /* waiting for a request */
@@ -1619,6 +1667,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         hl = head_find(L, c, cp->max_head, "bad request: truncated", PH_READ,
                        httploop_k);
     }
+    c->ka_served = 0;
     if (lua_isnumber(L, S_LIMIT)) {     /* the head's limit ends */
         c->limit = lua_tonumber(L, S_LIMIT);
         lua_pushnil(L);
@@ -1763,6 +1812,15 @@ conn_httploop(lua_State *L)
     lua_pushnil(L);                     /* S_RES */
     lua_pushnil(L);                     /* S_OUT0 */
     lua_pushinteger(L, 0);              /* S_BODY */
+    if (c->ka_served > 0) {
+        /* The task slept between requests (fdp_task_may_sleep) and this
+         * is its root again: go on waiting for the next head, as the
+         * resumed wait would (its timeout, if that woke it, included). */
+        lua_pushinteger(L, c->ka_served);
+        lua_replace(L, S_SERVED);
+        fdp_task_request(L, 0);
+        return httploop_k(L, LUA_YIELD, PH_READ);
+    }
     c->timeout = head > 0 ? head : -1;
     c->total = 0;
     fdp_conn_op_begin(c);

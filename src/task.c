@@ -243,6 +243,109 @@ waitable_drop(struct fdp_task *t)
 }
 
 
+/* A coroutine for a task: a spare one, or a new one; *ref: its registry
+ * reference. */
+static lua_State *
+thread_take(struct fdp_sched *s, int *ref)
+{
+    lua_State *co;
+
+    if (s->nspare > 0) {
+        *ref = s->spare[--s->nspare];
+        lua_rawgeti(s->L, LUA_REGISTRYINDEX, *ref);
+        co = lua_tothread(s->L, -1);
+        lua_pop(s->L, 1);
+    } else {
+        co = lua_newthread(s->L);
+        *ref = luaL_ref(s->L, LUA_REGISTRYINDEX);
+    }
+    return co;
+}
+
+
+/* A dormant task gets a coroutine again, its root function and argument
+ * pushed (not started). */
+static void
+task_revive(struct fdp_task *t)
+{
+    struct fdp_sched *s = t->s;
+    lua_State *co = thread_take(s, &t->ref);
+
+    t->co = co;
+    lua_rawgeti(co, LUA_REGISTRYINDEX, t->dfn);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, t->darg);
+    luaL_unref(s->L, LUA_REGISTRYINDEX, t->darg);
+    if (t->dfn != s->dfn) {
+        luaL_unref(s->L, LUA_REGISTRYINDEX, t->dfn);
+    }
+    t->dfn = t->darg = 0;
+}
+
+
+/*
+ * t's coroutine yielded in the wait fdp_task_may_sleep allowed: keep its
+ * root function (level 1 of the coroutine, nothing under it) and that
+ * function's first argument, and let the coroutine go. Its wait (waiter,
+ * deadline) stays registered as it is.
+ */
+static void
+task_sleep(struct fdp_task *t)
+{
+    struct fdp_sched *s = t->s;
+    lua_State *co = t->co, *L = s->L;
+    lua_Debug ar;
+    int same = 0;
+
+    if (t->kids != NULL || t->wlist != NULL || lua_gethook(co) != NULL
+        || !lua_getstack(co, 1, &ar) || lua_getstack(co, 2, &ar)
+        || !lua_getstack(co, 1, &ar) || !lua_checkstack(co, 3)
+        || !lua_checkstack(L, 3)) {
+        return;
+    }
+    (void) lua_getinfo(co, "f", &ar);
+    if (lua_getlocal(co, &ar, 1) == NULL) {
+        lua_pop(co, 1);
+        return;
+    }
+    lua_xmove(co, L, 2);
+    t->darg = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (s->dfn != 0) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, s->dfn);
+        same = lua_rawequal(L, -1, -2);
+        lua_pop(L, 1);
+    }
+    if (same) {
+        lua_pop(L, 1);
+        t->dfn = s->dfn;
+    } else {
+        t->dfn = luaL_ref(L, LUA_REGISTRYINDEX);
+        if (s->dfn == 0) {
+            s->dfn = t->dfn;
+        }
+    }
+    (void) lua_resetthread(co);
+    if (lua_status(co) == LUA_OK && s->nspare < (int) FDP_NELEM(s->spare)) {
+        lua_settop(co, 0);
+        s->spare[s->nspare++] = t->ref;
+    } else {
+        luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
+    }
+    t->ref = LUA_NOREF;
+    t->co = NULL;
+}
+
+
+void
+fdp_task_may_sleep(lua_State *L, struct fdp_waitable *wt)
+{
+    struct fdp_task *t = task_of(L, NULL);
+
+    if (t != NULL) {
+        t->dwt = wt;
+    }
+}
+
+
 /*
  * The handler is over: it returned (LUA_OK), raised (its error and
  * traceback are logged), or was cancelled by --timeout while waiting
@@ -256,6 +359,9 @@ task_finish(struct fdp_task *t, int status)
     const struct fdp_task_ops *ops = TASK_OPS(t);
     int logged = 0;
 
+    if (t->co == NULL) {
+        task_revive(t);                 /* ended while dormant */
+    }
     fdp_timer_stop(s->loop, &t->limit);
     fdp_timer_stop(s->loop, &t->slow);
     fdp_timer_stop(s->loop, &t->iot);
@@ -341,6 +447,11 @@ task_resume(struct fdp_task *t, int nargs)
     int nres = 0, r, limited = s->mem_limited;
 
     t->iot_dl = 0;              /* whatever wait it was in is over */
+    if (t->co == NULL) {
+        task_revive(t);                 /* dormant: the root again */
+        nargs = 1;
+    }
+    t->dwt = NULL;
     s->current = t;
     s->mem_limited = s->limit_mem;
     r = lua_resume(t->co, s->L, nargs, &nres);
@@ -348,6 +459,11 @@ task_resume(struct fdp_task *t, int nargs)
     s->current = prev;
     if (r == LUA_YIELD) {
         lua_pop(t->co, nres);
+        if (t->dwt != NULL && t->waiting && t->wobj == t->dwt
+            && t->dwt->waiter == t) {
+            task_sleep(t);
+            return;
+        }
         if (!t->waiting) {
             /* A bare coroutine.yield() in a handler: run it again on the
              * next turn of the loop, after the others. */
@@ -418,6 +534,9 @@ task_limit(struct fdp_loop *loop, struct fdp_timer *timer)
     char peer[80] = "?";
 
     (void) loop;
+    if (t->co == NULL) {
+        task_revive(t);
+    }
     TASK_OPS(t)->peer(t, peer, sizeof(peer));
     luaL_traceback(s->L, t->co, "handler timed out", 0);
     fdp_push_oneline(s->L, lua_tostring(s->L, -1));
@@ -493,7 +612,9 @@ task_slow(struct fdp_loop *loop, struct fdp_timer *timer)
     struct fdp_task *t = timer->data;
 
     (void) loop;
-    slow_log(t, t->s->L, t->co, "waiting");
+    if (t->co != NULL) {                /* dormant: between requests */
+        slow_log(t, t->s->L, t->co, "waiting");
+    }
 }
 
 
@@ -560,15 +681,7 @@ fdp_task_start(struct fdp_sched *s, struct fdp_task *t)
 {
     lua_State *co;
 
-    if (s->nspare > 0) {
-        t->ref = s->spare[--s->nspare];
-        lua_rawgeti(s->L, LUA_REGISTRYINDEX, t->ref);
-        co = lua_tothread(s->L, -1);
-        lua_pop(s->L, 1);
-    } else {
-        co = lua_newthread(s->L);
-        t->ref = luaL_ref(s->L, LUA_REGISTRYINDEX);
-    }
+    co = thread_take(s, &t->ref);
     t->co = co;
     t->s = s;
     fdp_timer_init(&t->timer, wait_timeout, t);

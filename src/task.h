@@ -99,6 +99,11 @@ struct fdp_task {
     struct fdp_task *kprev, *knext;
     struct fdp_waitlist *wlist; /* the waitlist it waits in, or NULL */
     struct fdp_task *wprev, *wnext;
+    /* Dormant tasks (fdp_task_may_sleep): co is NULL while it waits. */
+    struct fdp_waitable *dwt;   /* this resume's wait to read on it may
+                                   let the coroutine go */
+    int dfn, darg;              /* dormant: its root function and that
+                                   function's first argument (registry) */
 };
 
 struct fdp_sched {
@@ -110,6 +115,8 @@ struct fdp_sched {
     struct fdp_task *current;   /* the task being resumed */
     int active;                 /* tasks alive */
     int nspare;                 /* finished coroutines kept for reuse */
+    int dfn;                    /* the root function dormant tasks share
+                                   (a registry ref), 0: none yet */
     int spare[64];              /* their registry refs */
     int limit_mem;              /* set mem_limited while a task runs */
     int mem_limited;            /* handler code runs: the owner's
@@ -131,6 +138,18 @@ void fdp_sched_install_wrappers(lua_State *L);
  * arguments on t->co, then calls fdp_task_resume. */
 void fdp_task_start(struct fdp_sched *s, struct fdp_task *t);
 void fdp_task_resume(struct fdp_task *t, int nargs);
+
+/*
+ * L, its task's own coroutine, is about to wait to read on wt and holds
+ * no state but what its root function rebuilds from its first argument
+ * (fdpool.http's loop between keep-alive requests, nothing buffered):
+ * when that wait yields, the task lets its coroutine go (to the spares)
+ * and keeps only the root function and that argument; the wake-up (wt
+ * readable, the wait's timeout: fdp_wait_timed_out says which) calls
+ * the function with the argument on a coroutine again. NULL: the next
+ * wait keeps the coroutine.
+ */
+void fdp_task_may_sleep(lua_State *L, struct fdp_waitable *wt);
 
 /* The scheduler registered in L's state (a worker), or NULL. */
 struct fdp_sched *fdp_sched_of(lua_State *L);

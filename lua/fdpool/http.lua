@@ -714,6 +714,7 @@ function M.serve(fn, options)
       end
     end
   end
+  cfg.handler = handler   -- its idle connections may drop their coroutine
   M.handlers[handler] = opts
   return handler
 end
