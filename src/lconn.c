@@ -186,6 +186,8 @@ fdp_conn_close(struct fdp_conn *c)
     c->tr_ctx = NULL;
     c->tr = &sock_transport;
     rbuf_release(c);
+    free(c->req);
+    c->req = NULL;
 }
 
 

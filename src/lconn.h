@@ -67,8 +67,10 @@ struct fdp_conn {
     uint32_t peerlen;           /* > 0: the client from a PROXY header */
     unsigned char peer[28];
     struct fdp_http_chunked chunked;    /* conn:readchunked in progress */
-    char req[96];               /* the last request line read ("GET /x"),
-                                   for --slow's log line; "": none */
+    char *req;                  /* the last request line read ("GET /x"),
+                                   for --slow's log line (FDP_CONN_REQ
+                                   bytes, made only under --slow: an
+                                   idle conn is smaller); NULL: none */
     int shared;                 /* the master holds a copy of fd (a
                                    parked connection): closing shuts the
                                    socket down, so its peer sees the end
@@ -80,6 +82,8 @@ struct fdp_conn {
     int ka_sleep;               /* that loop's task may sleep: 1 yes,
                                    -1 no, 0 not known yet */
 };
+
+#define FDP_CONN_REQ 96
 
 void fdp_conn_open_meta(lua_State *L);
 

@@ -889,15 +889,18 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
     }
     if (c != NULL) {
         /* the request line for --slow's log ("GET /x"), and its clock */
-        size_t m = h.method_len < sizeof(c->req) - 2 ? h.method_len
-                   : sizeof(c->req) - 2;
-        size_t t = h.target_len < sizeof(c->req) - 2 - m ? h.target_len
-                   : sizeof(c->req) - 2 - m;
+        if (c->wt.s != NULL && c->wt.s->slow > 0
+            && (c->req != NULL || (c->req = malloc(FDP_CONN_REQ)) != NULL)) {
+            size_t m = h.method_len < FDP_CONN_REQ - 2 ? h.method_len
+                       : FDP_CONN_REQ - 2;
+            size_t t = h.target_len < FDP_CONN_REQ - 2 - m ? h.target_len
+                       : FDP_CONN_REQ - 2 - m;
 
-        memcpy(c->req, h.method, m);
-        c->req[m] = ' ';
-        memcpy(c->req + m + 1, h.target, t);
-        c->req[m + 1 + t] = '\0';
+            memcpy(c->req, h.method, m);
+            c->req[m] = ' ';
+            memcpy(c->req + m + 1, h.target, t);
+            c->req[m + 1 + t] = '\0';
+        }
         fdp_task_request(L, 1);         /* --slow counts from here */
     }
     lua_createtable(L, 0, 12);         /* and prepare's, body()'s fields */

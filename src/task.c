@@ -269,69 +269,154 @@ static void
 task_revive(struct fdp_task *t)
 {
     struct fdp_sched *s = t->s;
+    int arg = t->ref;
     lua_State *co = thread_take(s, &t->ref);
 
     t->co = co;
-    lua_rawgeti(co, LUA_REGISTRYINDEX, t->dfn);
-    lua_rawgeti(co, LUA_REGISTRYINDEX, t->darg);
-    luaL_unref(s->L, LUA_REGISTRYINDEX, t->darg);
-    if (t->dfn != s->dfn) {
-        luaL_unref(s->L, LUA_REGISTRYINDEX, t->dfn);
-    }
-    t->dfn = t->darg = 0;
+    lua_rawgeti(co, LUA_REGISTRYINDEX, s->dfn);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, arg);
+    luaL_unref(s->L, LUA_REGISTRYINDEX, arg);
 }
 
 
 /*
- * t's coroutine yielded in the wait fdp_task_may_sleep allowed: keep its
- * root function (level 1 of the coroutine, nothing under it) and that
- * function's first argument, and let the coroutine go. Its wait (waiter,
- * deadline) stays registered as it is.
+ * t's coroutine waits where fdp_task_may_sleep allowed: keep its root
+ * function (level 1 of the coroutine, nothing under it; the same for
+ * every dormant task, s->dfn) and that function's first argument (in
+ * t->ref), and let the coroutine go. Its wait (waiter, deadline) stays
+ * registered as it is. 1 when the coroutine went to the collector, 0
+ * to the spares or when it stays.
  */
-static void
+static int
 task_sleep(struct fdp_task *t)
 {
     struct fdp_sched *s = t->s;
     lua_State *co = t->co, *L = s->L;
     lua_Debug ar;
-    int same = 0;
+    int same, ref;
 
     if (t->kids != NULL || t->wlist != NULL || lua_gethook(co) != NULL
         || !lua_getstack(co, 1, &ar) || lua_getstack(co, 2, &ar)
         || !lua_getstack(co, 1, &ar) || !lua_checkstack(co, 3)
         || !lua_checkstack(L, 3)) {
-        return;
+        return 0;
     }
     (void) lua_getinfo(co, "f", &ar);
     if (lua_getlocal(co, &ar, 1) == NULL) {
         lua_pop(co, 1);
-        return;
+        return 0;
     }
     lua_xmove(co, L, 2);
-    t->darg = luaL_ref(L, LUA_REGISTRYINDEX);
-    if (s->dfn != 0) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, s->dfn);
-        same = lua_rawequal(L, -1, -2);
-        lua_pop(L, 1);
+    if (s->dfn == 0) {
+        lua_pushvalue(L, -2);
+        s->dfn = luaL_ref(L, LUA_REGISTRYINDEX);
     }
-    if (same) {
-        lua_pop(L, 1);
-        t->dfn = s->dfn;
-    } else {
-        t->dfn = luaL_ref(L, LUA_REGISTRYINDEX);
-        if (s->dfn == 0) {
-            s->dfn = t->dfn;
-        }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->dfn);
+    same = lua_rawequal(L, -1, -3);
+    lua_pop(L, 1);
+    if (!same) {
+        lua_pop(L, 2);
+        return 0;
     }
+    ref = luaL_ref(L, LUA_REGISTRYINDEX);       /* the argument */
+    lua_pop(L, 1);
     (void) lua_resetthread(co);
+    t->co = NULL;
     if (lua_status(co) == LUA_OK && s->nspare < (int) FDP_NELEM(s->spare)) {
         lua_settop(co, 0);
         s->spare[s->nspare++] = t->ref;
-    } else {
-        luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
+        t->ref = ref;
+        return 0;
     }
-    t->ref = LUA_NOREF;
-    t->co = NULL;
+    luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
+    t->ref = ref;
+    return 1;
+}
+
+
+static void
+drowsy_unlink(struct fdp_task *t)
+{
+    if (t->dprev) {
+        t->dprev->dnext = t->dnext;
+    } else {
+        t->s->drowsy = t->dnext;
+    }
+    if (t->dnext) {
+        t->dnext->dprev = t->dprev;
+    }
+    t->dprev = t->dnext = NULL;
+}
+
+
+static int
+drowsy_listed(const struct fdp_task *t)
+{
+    return t->dprev != NULL || t->s->drowsy == t;
+}
+
+
+/* Still in the wait fdp_task_may_sleep allowed (not woken since). */
+static int
+drowsy_waits(const struct fdp_task *t)
+{
+    return t->co != NULL && t->dwt != NULL && t->waiting
+           && t->wobj == t->dwt && t->dwt->waiter == t;
+}
+
+
+/* Every FDP_SLEEP_MS while some task is drowsy: the ones in their wait
+ * for FDP_SLEEP_MS or more sleep; the ones woken since leave the list. */
+static void
+sweep_fire(struct fdp_loop *loop, struct fdp_timer *timer)
+{
+    struct fdp_sched *s = timer->data;
+    struct fdp_task *t = s->drowsy, *next;
+    int n = 0;
+
+    for (; t != NULL; t = next) {
+        next = t->dnext;
+        if (!drowsy_waits(t)) {
+            drowsy_unlink(t);
+        } else if ((uint32_t) loop->now - t->dsince >= FDP_SLEEP_MS) {
+            drowsy_unlink(t);
+            n += task_sleep(t);
+        }
+    }
+    /* The coroutines past the spares are garbage now, and an idle
+     * worker allocates nothing that would drive the collector to them:
+     * step it as if their memory (about 1 KiB each) had been allocated. */
+    if (n > 0) {
+        (void) lua_gc(s->L, LUA_GCSTEP, 4 * n);
+    }
+    if (s->drowsy != NULL) {
+        (void) fdp_timer_start(loop, &s->sweep, FDP_SLEEP_MS);
+    }
+}
+
+
+/* t yielded in a wait where it may sleep: to the sweep's list. */
+static void
+drowsy(struct fdp_task *t)
+{
+    struct fdp_sched *s = t->s;
+
+    t->dsince = (uint32_t) s->loop->now;
+    if (drowsy_listed(t)) {
+        return;
+    }
+    t->dprev = NULL;
+    t->dnext = s->drowsy;
+    if (s->drowsy) {
+        s->drowsy->dprev = t;
+    }
+    s->drowsy = t;
+    if (s->sweep.cb == NULL) {
+        fdp_timer_init(&s->sweep, sweep_fire, s);
+    }
+    if (!fdp_timer_active(&s->sweep)) {
+        (void) fdp_timer_start(s->loop, &s->sweep, FDP_SLEEP_MS);
+    }
 }
 
 
@@ -361,6 +446,9 @@ task_finish(struct fdp_task *t, int status)
 
     if (t->co == NULL) {
         task_revive(t);                 /* ended while dormant */
+    }
+    if (drowsy_listed(t)) {
+        drowsy_unlink(t);
     }
     fdp_timer_stop(s->loop, &t->limit);
     fdp_timer_stop(s->loop, &t->slow);
@@ -459,9 +547,8 @@ task_resume(struct fdp_task *t, int nargs)
     s->current = prev;
     if (r == LUA_YIELD) {
         lua_pop(t->co, nres);
-        if (t->dwt != NULL && t->waiting && t->wobj == t->dwt
-            && t->dwt->waiter == t) {
-            task_sleep(t);
+        if (drowsy_waits(t)) {
+            drowsy(t);
             return;
         }
         if (!t->waiting) {

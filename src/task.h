@@ -77,12 +77,13 @@ struct fdp_task_ops {
 struct fdp_task {
     lua_State *co;
     int ref;                    /* the thread, in the registry */
+    uint32_t dsince;            /* ms (low bits): its drowsy wait's start */
     struct fdp_sched *s;
     void *data;                 /* the owner's: the object it serves */
     struct fdp_timer timer;     /* wait deadline or sleep */
     uint32_t waiting;           /* events waited for, 0 = runnable */
-    struct fdp_waitable *wobj;  /* waitable waited on */
     int timed_out;
+    struct fdp_waitable *wobj;  /* waitable waited on */
     struct fdp_timer limit;     /* --timeout for the whole handler */
     struct fdp_timer slow;      /* --slow: log where it waits, once */
     struct fdp_timer iot;       /* fdp_wait's deadline, re-armed lazily */
@@ -90,20 +91,21 @@ struct fdp_task {
     uint64_t start_ms;          /* when the handler (or its request)
                                    started; 0: between requests */
     int slow_logged;            /* its --slow line was written */
+    int nresume;                /* values for the next deferred resume */
     struct fdp_task *prev, *next;
     /* Additions for threads and timers (lthread.c). */
     const struct fdp_task_ops *ops;     /* NULL: the scheduler's */
-    int nresume;                /* values for the next deferred resume */
     struct fdp_task *parent;    /* ends this task when it ends, or NULL */
     struct fdp_task *kids;      /* tasks it ends when it ends */
     struct fdp_task *kprev, *knext;
     struct fdp_waitlist *wlist; /* the waitlist it waits in, or NULL */
     struct fdp_task *wprev, *wnext;
-    /* Dormant tasks (fdp_task_may_sleep): co is NULL while it waits. */
+    /* Dormant tasks (fdp_task_may_sleep): co is NULL while it sleeps,
+     * ref then the root function's argument (the function: the
+     * scheduler's dfn). */
     struct fdp_waitable *dwt;   /* this resume's wait to read on it may
                                    let the coroutine go */
-    int dfn, darg;              /* dormant: its root function and that
-                                   function's first argument (registry) */
+    struct fdp_task *dprev, *dnext;     /* the scheduler's drowsy list */
 };
 
 struct fdp_sched {
@@ -115,8 +117,12 @@ struct fdp_sched {
     struct fdp_task *current;   /* the task being resumed */
     int active;                 /* tasks alive */
     int nspare;                 /* finished coroutines kept for reuse */
-    int dfn;                    /* the root function dormant tasks share
-                                   (a registry ref), 0: none yet */
+    int dfn;                    /* the root function of dormant tasks (a
+                                   registry ref), 0: none yet; a task with
+                                   another root keeps its coroutine */
+    struct fdp_task *drowsy;    /* tasks that waited where they may sleep
+                                   (fdp_task_may_sleep), for the sweep */
+    struct fdp_timer sweep;     /* sleeps the ones idle FDP_SLEEP_MS */
     int spare[64];              /* their registry refs */
     int limit_mem;              /* set mem_limited while a task runs */
     int mem_limited;            /* handler code runs: the owner's
@@ -143,13 +149,17 @@ void fdp_task_resume(struct fdp_task *t, int nargs);
  * L, its task's own coroutine, is about to wait to read on wt and holds
  * no state but what its root function rebuilds from its first argument
  * (fdpool.http's loop between keep-alive requests, nothing buffered):
- * when that wait yields, the task lets its coroutine go (to the spares)
- * and keeps only the root function and that argument; the wake-up (wt
+ * when that wait has lasted FDP_SLEEP_MS (a sweep every FDP_SLEEP_MS
+ * looks), the task lets its coroutine go (to the spares) and keeps only
+ * the root function and that argument; the wake-up (wt
  * readable, the wait's timeout: fdp_wait_timed_out says which) calls
  * the function with the argument on a coroutine again. NULL: the next
  * wait keeps the coroutine.
  */
 void fdp_task_may_sleep(lua_State *L, struct fdp_waitable *wt);
+/* How long such a wait lasts before the coroutine goes (a keep-alive
+ * client's next request within it finds its coroutine as it was). */
+#define FDP_SLEEP_MS 100
 
 /* The scheduler registered in L's state (a worker), or NULL. */
 struct fdp_sched *fdp_sched_of(lua_State *L);

@@ -239,7 +239,7 @@ task_request(struct fdp_task *tk, char *out, size_t n)
 {
     struct fdp_wtask *t = (struct fdp_wtask *) tk;
 
-    if (t->conn) {
+    if (t->conn && t->conn->req) {
         snprintf(out, n, "%s", t->conn->req);
     }
 }
