@@ -621,11 +621,14 @@ task_limit(struct fdp_loop *loop, struct fdp_timer *timer)
     char peer[80] = "?";
 
     (void) loop;
-    if (t->co == NULL) {
-        task_revive(t);
-    }
     TASK_OPS(t)->peer(t, peer, sizeof(peer));
-    luaL_traceback(s->L, t->co, "handler timed out", 0);
+    if (t->co == NULL) {                /* dormant: no stack to show */
+        task_revive(t);
+        lua_pushliteral(s->L, "handler timed out between requests "
+                        "(an idle keep-alive connection)");
+    } else {
+        luaL_traceback(s->L, t->co, "handler timed out", 0);
+    }
     fdp_push_oneline(s->L, lua_tostring(s->L, -1));
     fdp_log(FDP_LOG_ERROR, 0, "handler exceeded --timeout %gs (peer %s); "
             "cancelled: %s", s->timeout, peer, lua_tostring(s->L, -1));

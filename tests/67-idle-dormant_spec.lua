@@ -1,0 +1,194 @@
+-- tests/67-idle-dormant_spec.lua: idle keep-alive connections without a
+-- coroutine (src/task.c: fdp_task_may_sleep, the drowsy sweep; lhttp.c's
+-- httploop goes on after the requests it served). A connection idle
+-- between requests for FDP_SLEEP_MS (100 ms) lets its coroutine go and
+-- gets one again when its next bytes come: many connections held idle,
+-- then each served again (keepalive_requests still counted across the
+-- sleeps), a head that comes in pieces after a sleep, the idle timeout and
+-- --timeout still closing a sleeping connection, graceful and fast stops
+-- with sleeping connections.
+local H = require "helpers"
+local fdpool = require "fdpool"
+
+local ASAN = H.BUILD ~= "build"
+
+local SCRIPT = [[
+local http = require "fdpool.http"
+return http.serve(function(req, res)
+  res:header("Content-Type", "text/plain")
+  res:send(req.path .. " " .. (req.headers["x-n"] or "-") .. "\n")
+end, { keepalive_requests = 3, keepalive_timeout = tonumber(os.getenv("KA_TIMEOUT")) or 20 })
+]]
+
+-- One response: status, headers (lower-case names), body.
+local function response(fd)
+  local line = fd:read("l")
+  if not line then return nil end
+  local status = tonumber(line:match("^HTTP/1%.1 (%d+)"))
+  local h = {}
+  while true do
+    local l = assert(fd:read("l"))
+    l = l:gsub("\r$", "")
+    if l == "" then break end
+    local k, v = l:match("^([^:]+):%s*(.*)$")
+    h[k:lower()] = v
+  end
+  local body = assert(fd:read(tonumber(h["content-length"])))
+  return status, h, body
+end
+
+local function get(path, n)
+  return ("GET %s HTTP/1.1\r\nHost: t\r\nX-N: %s\r\n\r\n"):format(path, n)
+end
+
+-- The delay is the test's input (several sweeps of 100 ms: the idle
+-- connections sleep), not a wait for a state.
+local function idle() H.sleep(0.5) end
+
+local function start(env)
+  local dir = H.tmpdir()
+  H.writefile(dir .. "/ka.lua", SCRIPT)
+  return H.start_pool{ script = dir .. "/ka.lua", workers = 1, concurrency = 4000,
+    shell = env and ("KA_TIMEOUT=" .. env .. " ") or nil }
+end
+
+describe("idle keep-alive connections without a coroutine", function()
+  local p
+  setup(function() p = start() end)
+  teardown(function() if p then p:stop() end end)
+
+  it("holds many idle connections, then serves each again, requests still counted", function()
+    local lim = tonumber(io.popen("ulimit -n"):read("l")) or 1024
+    local n = math.min(ASAN and 100 or 1500, lim - 200)
+    local fds = {}
+    for i = 1, n do
+      fds[i] = assert(fdpool.connect(p.addr, 10))
+      assert(fds[i]:write(get("/a" .. i, i)))
+      local st, h, body = response(fds[i])
+      assert.equal(200, st)
+      assert.equal("/a" .. i .. " " .. i .. "\n", body)
+      assert.is_nil(h.connection)
+    end
+    idle()
+    for i = 1, n do assert(fds[i]:write(get("/b" .. i, -i))) end
+    for i = 1, n do
+      local st, h, body = response(fds[i])
+      assert.equal(200, st)
+      assert.equal("/b" .. i .. " " .. -i .. "\n", body)
+      assert.is_nil(h.connection)
+    end
+    idle()
+    -- the third request is the last (keepalive_requests = 3): counted
+    -- across both sleeps
+    for i = 1, n do
+      assert(fds[i]:write(get("/c" .. i, i)))
+      local st, h, body = response(fds[i])
+      assert.equal(200, st)
+      assert.equal("/c" .. i .. " " .. i .. "\n", body)
+      assert.equal("close", h.connection)
+      assert.is_nil(fds[i]:read(1))
+      fds[i]:close()
+    end
+    assert.same({}, H.unexpected_errors(p:log()))
+  end)
+
+  it("serves pipelined requests and a head in pieces after a sleep", function()
+    local fd = assert(fdpool.connect(p.addr, 10))
+    assert(fd:write(get("/1", 1)))
+    assert.equal("/1 1\n", select(3, response(fd)))
+    idle()
+    assert(fd:write("GET /2 HTTP/1.1\r\nHo"))
+    idle()          -- a partial head keeps its coroutine; the rest comes
+    assert(fd:write("st: t\r\nX-N: 2\r\n\r\n"))
+    assert.equal("/2 2\n", select(3, response(fd)))
+    fd:close()
+    fd = assert(fdpool.connect(p.addr, 10))
+    assert(fd:write(get("/p", 0)))
+    assert.equal("/p 0\n", select(3, response(fd)))
+    idle()
+    assert(fd:write(get("/q", 1) .. get("/r", 2)))
+    assert.equal("/q 1\n", select(3, response(fd)))
+    local _, h, body = response(fd)
+    assert.equal("/r 2\n", body)
+    assert.equal("close", h.connection)
+    fd:close()
+  end)
+
+  it("a client closing a sleeping connection frees it", function()
+    local fds = {}
+    for i = 1, 50 do
+      fds[i] = assert(fdpool.connect(p.addr, 10))
+      assert(fds[i]:write(get("/x", i)))
+      assert.equal("/x " .. i .. "\n", select(3, response(fds[i])))
+    end
+    idle()
+    for i = 1, 50 do fds[i]:close() end
+    H.wait_status(p, function(st) return H.sum_workers(st, "active") == 0 end, 10,
+      "the closed connections to leave the worker")
+  end)
+end)
+
+describe("a sleeping keep-alive connection", function()
+  it("is closed by its idle timeout, without a response", function()
+    local p = start("1")
+    H.defer(finally, function() p:stop() end)
+    local fd = assert(fdpool.connect(p.addr, 10))
+    assert(fd:write(get("/t", 1)))
+    assert.equal("/t 1\n", select(3, response(fd)))
+    -- keepalive_timeout 1 s: the read ends with the server's close (the
+    -- connection's own 10 s limit would say "timeout")
+    local data, err = fd:read("a")
+    assert.equal("", data or err)
+    fd:close()
+    H.wait_status(p, function(st) return H.sum_workers(st, "active") == 0 end, 10,
+      "the connection to leave the worker")
+    assert.same({}, H.unexpected_errors(p:log()))
+  end)
+
+  it("is cancelled by --timeout like a waiting handler", function()
+    local dir = H.tmpdir()
+    H.writefile(dir .. "/ka.lua", SCRIPT)
+    local p = H.start_pool{ script = dir .. "/ka.lua", workers = 1, extra = { "--timeout", "1" } }
+    H.defer(finally, function() p:stop() end)
+    local fd = assert(fdpool.connect(p.addr, 10))
+    assert(fd:write(get("/t", 1)))
+    assert.equal("/t 1\n", select(3, response(fd)))
+    idle()
+    local data, err = fd:read("a")
+    assert.equal("", data or err)
+    fd:close()
+    H.wait_until(function() return p:log():find("exceeded --timeout", 1, true) end, 10,
+      "the --timeout line")
+  end)
+
+  it("ends with a graceful stop once idle, and at once with a fast stop", function()
+    local p = start("1")
+    local fds = {}
+    for i = 1, 20 do
+      fds[i] = assert(fdpool.connect(p.addr, 10))
+      assert(fds[i]:write(get("/s", i)))
+      assert.equal("/s " .. i .. "\n", select(3, response(fds[i])))
+    end
+    idle()
+    p:kill("QUIT")
+    for i = 1, 20 do
+      local data, err = fds[i]:read("a")
+      assert.equal("", data or err)
+      fds[i]:close()
+    end
+    assert.equal(0, p:wait_exit(15))
+    p = start()
+    for i = 1, 20 do
+      fds[i] = assert(fdpool.connect(p.addr, 10))
+      assert(fds[i]:write(get("/f", i)))
+      assert.equal("/f " .. i .. "\n", select(3, response(fds[i])))
+    end
+    idle()
+    assert.equal(0, p:stop("TERM"))
+    for i = 1, 20 do
+      local data, err = fds[i]:read("a")
+      assert.equal("", data or err)
+      fds[i]:close()
+    end
+  end)
+end)
