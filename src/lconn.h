@@ -42,15 +42,14 @@ struct fdp_transport {
 /* The conn object (userdata "fdpool.conn"). */
 struct fdp_conn {
     int fd;                     /* first, as every fd-owning userdata */
+    uint32_t tr_want;           /* the transport's last -EAGAIN waits for
+                                   this (EPOLLIN/EPOLLOUT), 0: the call's */
     struct fdp_waitable wt;     /* its waits (and readiness) */
     const struct fdp_transport *tr;
     void *tr_ctx;               /* the transport's state (a TLS session):
                                    it moves with the connection into and
                                    out of the keep-alive pool */
-    uint32_t tr_want;           /* the transport's last -EAGAIN waits for
-                                   this (EPOLLIN/EPOLLOUT), 0: the call's */
     double timeout;             /* seconds, < 0: none */
-    int total;                  /* timeout per call ("t"), else per wait */
     uint64_t deadline;          /* ms, "t" mode: of the read in progress */
     uint64_t wdeadline;         /* ms, "t" mode: of the write in progress */
     double limit;               /* ms: no wait goes past it (a whole head,
@@ -81,7 +80,8 @@ struct fdp_conn {
                                    call goes on after these requests */
     int ka_sleep;               /* that loop's task may sleep: 1 yes,
                                    -1 no, 0 not known yet */
-};
+    int total;                  /* timeout per call ("t"), else per wait */
+};                              /* (no padding: one per connection) */
 
 #define FDP_CONN_REQ 96
 

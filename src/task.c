@@ -387,7 +387,7 @@ sweep_fire(struct fdp_loop *loop, struct fdp_timer *timer)
      * worker allocates nothing that would drive the collector to them:
      * step it as if their memory (about 1 KiB each) had been allocated. */
     if (n > 0) {
-        (void) lua_gc(s->L, LUA_GCSTEP, 4 * n);
+        (void) lua_gc(s->L, LUA_GCSTEP, n);
     }
     if (s->drowsy != NULL) {
         (void) fdp_timer_start(loop, &s->sweep, FDP_SLEEP_MS);

@@ -35,17 +35,17 @@
 
 /* A task of the worker: the scheduler's, plus the connection it serves. */
 struct fdp_wtask {
-    struct fdp_task t;          /* first: a struct fdp_task * is one */
-    struct fdp_wctx *w;
+    struct fdp_task t;          /* first: a struct fdp_task * is one; its
+                                   scheduler is its worker's (TASK_W) */
     struct fdp_conn *conn;      /* the connection it serves */
     uint64_t id;
     uint64_t started_us;
-    int parked;                 /* its conn went back to the master */
-    int kept;                   /* the master kept a copy of its socket
-                                   (FDP_CONN_KEPT): PARK sends no fd */
     uint32_t status_id;         /* fdpool.status() request it waits for */
+    unsigned char parked;       /* its conn went back to the master */
+    unsigned char kept;         /* the master kept a copy of its socket
+                                   (FDP_CONN_KEPT): PARK sends no fd */
     struct fdp_wtask *status_next;
-};
+};                              /* small: one per connection, idle too */
 
 struct fdp_wctx {
     struct fdp_pool *pool;
@@ -74,6 +74,10 @@ struct fdp_wctx {
     size_t mem_limit;           /* refused past this in handler code */
     struct fcache *fc;          /* small blocks kept for reuse, or NULL */
 };
+
+/* The worker of a task: the one whose scheduler runs it. */
+#define TASK_W(t) ((struct fdp_wctx *) (void *) ((char *) (t)->t.s \
+                   - offsetof(struct fdp_wctx, sched)))
 
 static void status_unwait(struct fdp_wtask *t);
 
@@ -169,7 +173,7 @@ static void
 task_done(struct fdp_task *tk)
 {
     struct fdp_wtask *t = (struct fdp_wtask *) tk;
-    struct fdp_wctx *w = t->w;
+    struct fdp_wctx *w = TASK_W(t);
     struct fdp_conn *c = t->conn;
     struct fdp_done_entry *d;
 
@@ -215,7 +219,7 @@ task_park(struct fdp_task *tk, int fd, uint64_t bytes_in, uint64_t bytes_out,
     /* A socket the master kept a copy of goes back by its id alone: no
      * fd to pass, check or register again (the master re-arms its own
      * epoll registration). */
-    r = fdp_chan_send(t->w->ch, FDP_MSG_PARK, 1, &e, sizeof(e), &fd,
+    r = fdp_chan_send(TASK_W(t)->ch, FDP_MSG_PARK, 1, &e, sizeof(e), &fd,
                       t->kept ? 0 : 1);
     if (r < 0) {
         return r;
@@ -226,8 +230,9 @@ task_park(struct fdp_task *tk, int fd, uint64_t bytes_in, uint64_t bytes_out,
         fdp_close(&fd);
     }
     t->parked = 1;
-    if (t->w->ch->head != NULL) {
-        (void) fdp_loop_mod(&t->w->loop, &t->w->chio, EPOLLIN | EPOLLOUT);
+    if (TASK_W(t)->ch->head != NULL) {
+        (void) fdp_loop_mod(&TASK_W(t)->loop, &TASK_W(t)->chio,
+                            EPOLLIN | EPOLLOUT);
     }
     return 0;
 }
@@ -347,7 +352,7 @@ drop_privileges(struct fdp_pool *p, char *err, size_t errlen)
 static void
 status_unwait(struct fdp_wtask *t)
 {
-    struct fdp_wtask **pp = &t->w->status_waiters;
+    struct fdp_wtask **pp = &TASK_W(t)->status_waiters;
 
     while (*pp && *pp != t) {
         pp = &(*pp)->status_next;
@@ -409,21 +414,22 @@ fdp_worker_status(lua_State *L)
         lua_pushliteral(L, "fdpool.status() works in a handler's coroutine");
         return 2;
     }
-    id = ++t->w->status_seq;
+    id = ++TASK_W(t)->status_seq;
     if (id == 0) {
-        id = ++t->w->status_seq;
+        id = ++TASK_W(t)->status_seq;
     }
-    r = fdp_chan_send(t->w->ch, FDP_MSG_STATUS_REQ, 0, &id, sizeof(id),
-                      NULL, 0);
+    r = fdp_chan_send(TASK_W(t)->ch, FDP_MSG_STATUS_REQ, 0, &id,
+                      sizeof(id), NULL, 0);
     if (r < 0) {
         return fdp_pushfail(L, -r, "status");
     }
-    if (t->w->ch->head != NULL) {
-        (void) fdp_loop_mod(&t->w->loop, &t->w->chio, EPOLLIN | EPOLLOUT);
+    if (TASK_W(t)->ch->head != NULL) {
+        (void) fdp_loop_mod(&TASK_W(t)->loop, &TASK_W(t)->chio,
+                            EPOLLIN | EPOLLOUT);
     }
     t->status_id = id;
     t->status_next = NULL;
-    for (pp = &t->w->status_waiters; *pp; pp = &(*pp)->status_next) {
+    for (pp = &TASK_W(t)->status_waiters; *pp; pp = &(*pp)->status_next) {
     }
     *pp = t;
     fdp_task_suspend(&t->t, 5000);
@@ -473,7 +479,6 @@ start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
         fdp_close(&fd);
         return;
     }
-    t->w = w;
     w->nconn++;
     t->id = e->id;
     t->started_us = fdp_now_us();
