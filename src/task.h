@@ -158,8 +158,13 @@ void fdp_task_resume(struct fdp_task *t, int nargs);
  */
 void fdp_task_may_sleep(lua_State *L, struct fdp_waitable *wt);
 /* How long such a wait lasts before the coroutine goes (a keep-alive
- * client's next request within it finds its coroutine as it was). */
+ * client's next request within it finds its coroutine as it was). A
+ * build may set it (-DFDP_SLEEP_MS=...): bench/instr's `many` under
+ * callgrind, which slows the worker ~50 times, so that its connections
+ * idle as long as at full speed. */
+#ifndef FDP_SLEEP_MS
 #define FDP_SLEEP_MS 100
+#endif
 
 /* The scheduler registered in L's state (a worker), or NULL. */
 struct fdp_sched *fdp_sched_of(lua_State *L);
