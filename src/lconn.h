@@ -50,6 +50,11 @@ struct fdp_conn {
                                    it moves with the connection into and
                                    out of the keep-alive pool */
     double timeout;             /* seconds, < 0: none */
+    int total;                  /* timeout per call ("t"), else per wait */
+    int ka_served;              /* > 0: conn:httploop waits for its next
+                                   head and may let its coroutine go
+                                   meanwhile (fdp_task_may_sleep); a new
+                                   call goes on after these requests */
     uint64_t deadline;          /* ms, "t" mode: of the read in progress */
     uint64_t wdeadline;         /* ms, "t" mode: of the write in progress */
     double limit;               /* ms: no wait goes past it (a whole head,
@@ -63,6 +68,12 @@ struct fdp_conn {
     size_t rstart, rend, rcap;
     uint64_t bytes_in;
     uint64_t bytes_out;
+    int ka_sleep;               /* that loop's task may sleep: 1 yes,
+                                   -1 no, 0 not known yet */
+    int shared;                 /* the master holds a copy of fd (a
+                                   parked connection): closing shuts the
+                                   socket down, so its peer sees the end
+                                   now, not when the master lets go */
     uint32_t peerlen;           /* > 0: the client from a PROXY header */
     unsigned char peer[28];
     struct fdp_http_chunked chunked;    /* conn:readchunked in progress */
@@ -70,17 +81,6 @@ struct fdp_conn {
                                    for --slow's log line (FDP_CONN_REQ
                                    bytes, made only under --slow: an
                                    idle conn is smaller); NULL: none */
-    int shared;                 /* the master holds a copy of fd (a
-                                   parked connection): closing shuts the
-                                   socket down, so its peer sees the end
-                                   now, not when the master lets go */
-    int ka_served;              /* > 0: conn:httploop waits for its next
-                                   head and may let its coroutine go
-                                   meanwhile (fdp_task_may_sleep); a new
-                                   call goes on after these requests */
-    int ka_sleep;               /* that loop's task may sleep: 1 yes,
-                                   -1 no, 0 not known yet */
-    int total;                  /* timeout per call ("t"), else per wait */
 };                              /* (no padding: one per connection) */
 
 #define FDP_CONN_REQ 96

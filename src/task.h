@@ -75,37 +75,39 @@ struct fdp_task_ops {
 #define FDP_TASK_CANCELLED (-1)
 
 struct fdp_task {
+    /* What a request's waits touch first (one or two cache lines). */
     lua_State *co;
-    int ref;                    /* the thread, in the registry */
-    uint32_t dsince;            /* ms (low bits): its drowsy wait's start */
     struct fdp_sched *s;
     void *data;                 /* the owner's: the object it serves */
-    struct fdp_timer timer;     /* wait deadline or sleep */
+    struct fdp_waitable *dwt;   /* this resume's wait to read on it may
+                                   let the coroutine go (dormant tasks,
+                                   fdp_task_may_sleep: co is NULL while
+                                   it sleeps, ref then the root
+                                   function's argument; the function is
+                                   the scheduler's dfn) */
     uint32_t waiting;           /* events waited for, 0 = runnable */
     int timed_out;
     struct fdp_waitable *wobj;  /* waitable waited on */
-    struct fdp_timer limit;     /* --timeout for the whole handler */
-    struct fdp_timer slow;      /* --slow: log where it waits, once */
+    int ref;                    /* the thread, in the registry */
+    uint32_t dsince;            /* ms (low bits): its drowsy wait's start */
+    struct fdp_task *dprev, *dnext;     /* the scheduler's drowsy list */
+    struct fdp_timer timer;     /* wait deadline or sleep */
     struct fdp_timer iot;       /* fdp_wait's deadline, re-armed lazily */
     uint64_t iot_dl;            /* that deadline (ms), 0: none or over */
     uint64_t start_ms;          /* when the handler (or its request)
                                    started; 0: between requests */
+    const struct fdp_task_ops *ops;     /* NULL: the scheduler's */
     int slow_logged;            /* its --slow line was written */
     int nresume;                /* values for the next deferred resume */
+    struct fdp_timer limit;     /* --timeout for the whole handler */
+    struct fdp_timer slow;      /* --slow: log where it waits, once */
     struct fdp_task *prev, *next;
     /* Additions for threads and timers (lthread.c). */
-    const struct fdp_task_ops *ops;     /* NULL: the scheduler's */
     struct fdp_task *parent;    /* ends this task when it ends, or NULL */
     struct fdp_task *kids;      /* tasks it ends when it ends */
     struct fdp_task *kprev, *knext;
     struct fdp_waitlist *wlist; /* the waitlist it waits in, or NULL */
     struct fdp_task *wprev, *wnext;
-    /* Dormant tasks (fdp_task_may_sleep): co is NULL while it sleeps,
-     * ref then the root function's argument (the function: the
-     * scheduler's dfn). */
-    struct fdp_waitable *dwt;   /* this resume's wait to read on it may
-                                   let the coroutine go */
-    struct fdp_task *dprev, *dnext;     /* the scheduler's drowsy list */
 };
 
 struct fdp_sched {
