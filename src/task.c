@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <lauxlib.h>
@@ -379,6 +380,13 @@ sweep_fire(struct fdp_loop *loop, struct fdp_timer *timer)
         if (!drowsy_waits(t)) {
             drowsy_unlink(t);
         } else if ((uint32_t) loop->now - t->dsince >= FDP_SLEEP_MS) {
+            char b;
+
+            /* Bytes already in (a busy worker has not reached its event
+             * yet): it runs soon, with its coroutine. */
+            if (recv(t->dwt->io.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0) {
+                continue;
+            }
             drowsy_unlink(t);
             n += task_sleep(t);
         }

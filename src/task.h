@@ -124,7 +124,8 @@ struct fdp_sched {
                                    another root keeps its coroutine */
     struct fdp_task *drowsy;    /* tasks that waited where they may sleep
                                    (fdp_task_may_sleep), for the sweep */
-    struct fdp_timer sweep;     /* sleeps the ones idle FDP_SLEEP_MS */
+    struct fdp_timer sweep;     /* sleeps the ones idle FDP_SLEEP_MS,
+                                   nothing come in meanwhile */
     int spare[64];              /* their registry refs */
     int limit_mem;              /* set mem_limited while a task runs */
     int mem_limited;            /* handler code runs: the owner's
@@ -165,7 +166,7 @@ void fdp_task_may_sleep(lua_State *L, struct fdp_waitable *wt);
  * callgrind, which slows the worker ~50 times, so that its connections
  * idle as long as at full speed. */
 #ifndef FDP_SLEEP_MS
-#define FDP_SLEEP_MS 100
+#define FDP_SLEEP_MS 50
 #endif
 
 /* The scheduler registered in L's state (a worker), or NULL. */
