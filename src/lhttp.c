@@ -746,13 +746,14 @@ enum { C_FN = 1, C_CALL, C_TRACEBACK, C_AFTER, C_REQ, C_RES, C_HEADER_MT,
        K_METHOD, K_TARGET, K_PATH, K_QUERY, K_VERSION, K_HEADERS, K_CONN,
        K_OPTS, K_LENGTH, K_CLOSE, K_CHUNKED, K_EXPECT_CONTINUE, K_RCONN,
        K_RREQ, K_STATUS, K_RHEADERS, K_STARTED, K_FINISHED, K_BROKEN,
-       K_HOST, K_TE, K_CL, K_EXPECT, K_CONNECTION, K_OUT0, K_END };
+       K_HOST, K_TE, K_CL, K_EXPECT, K_CONNECTION, K_OUT0, K_HEAD, K_V10,
+       K_V11, K_EMPTY, K_END };
 static const char *const keynames[K_END - K_METHOD] = {
     "method", "target", "path", "query", "version", "headers", "conn",
     "_opts", "_length", "_close", "_chunked", "_expect_continue", "_conn",
     "_req", "_status", "_headers", "started", "finished", "_broken",
     "host", "transfer-encoding", "content-length", "expect", "connection",
-    "_out0"
+    "_out0", "_head", "1.0", "1.1", ""
 };
 
 
@@ -798,6 +799,7 @@ struct hspec {
     size_t n[SP_N];
     int count[SP_N];
     int v11;
+    int eager;                  /* req.headers made (else req._head) */
 };
 
 
@@ -822,10 +824,9 @@ hspec_note(struct hspec *sp, const struct fdp_http_field *f)
 
 
 /* The head's fields as a table (lower-case names; a repeated field's
- * values joined with ", ", RFC 9110 5.3), noting prepare's framing
- * headers in sp (NULL: a response's head). */
+ * values joined with ", ", RFC 9110 5.3). */
 static void
-push_fields(lua_State *L, const struct fdp_http_head *h, struct hspec *sp)
+push_fields(lua_State *L, const struct fdp_http_head *h)
 {
     size_t i;
 
@@ -838,9 +839,6 @@ push_fields(lua_State *L, const struct fdp_http_head *h, struct hspec *sp)
         for (j = 0; j < i && !seen; j++) {
             seen = h->fields[j].name_len == f->name_len
                    && memcmp(h->fields[j].name, f->name, f->name_len) == 0;
-        }
-        if (sp != NULL) {
-            hspec_note(sp, f);
         }
         lua_pushlstring(L, f->name, f->name_len);
         if (!seen) {
@@ -865,9 +863,14 @@ push_fields(lua_State *L, const struct fdp_http_head *h, struct hspec *sp)
 
 /*
  * Parse the head in [s, end) (it ends with an empty line; http_parse.c)
- * into a request table on the stack (sp: noted for prepare, or NULL). Returns 1, or 0 with nil, an error
- * string and the method (or nil when the request line did not parse)
- * pushed.
+ * into a request table on the stack. keyed 0: fields set by name
+ * (conn:readrequest); 1: with cfg's interned keys (httploop); 2: as 1,
+ * and req.headers, path and query left for Req's __index (req_index,
+ * below) to build from the head, kept as req._head, when a handler first
+ * reads them -- unless a framing header came twice (prepare reads it
+ * joined from the table). sp: noted for prepare, or NULL. Returns 1, or
+ * 0 with nil, an error string and the method (or nil when the request
+ * line did not parse) pushed.
  */
 static int
 parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
@@ -876,6 +879,7 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
     struct fdp_http_head h;
     const char *q;
     int err = fdp_http_parse_head(s, (size_t) (end - s), &h);
+    int lazy = keyed == 2 && sp != NULL;
 
     if (err < 0) {
         lua_pushnil(L);
@@ -900,29 +904,157 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
         c->req[m + 1 + t] = '\0';
         fdp_task_request(L, 1);         /* --slow counts from here */
     }
-    lua_createtable(L, 0, 12);         /* and prepare's, body()'s fields */
-    lua_pushlstring(L, h.method, h.method_len);
-    setkey(L, keyed, K_METHOD);
-    lua_pushlstring(L, h.target, h.target_len);
-    setkey(L, keyed, K_TARGET);
-    q = memchr(h.target, '?', h.target_len);
-    lua_pushlstring(L, h.target, q ? (size_t) (q - h.target) : h.target_len);
-    setkey(L, keyed, K_PATH);
-    if (q) {
-        lua_pushlstring(L, q + 1, h.target_len - (size_t) (q - h.target) - 1);
-    } else {
-        lua_pushliteral(L, "");
-    }
-    setkey(L, keyed, K_QUERY);
-    lua_pushstring(L, h.minor ? "1.1" : "1.0");
-    setkey(L, keyed, K_VERSION);
     if (sp != NULL) {
+        size_t i;
+
         memset(sp, 0, sizeof(*sp));
         sp->v11 = h.minor != 0;
+        for (i = 0; i < h.nfields; i++) {
+            hspec_note(sp, &h.fields[i]);
+        }
+        for (i = 0; lazy && i < SP_N; i++) {
+            lazy = sp->count[i] < 2;
+        }
+        sp->eager = !lazy;
     }
+    /* and prepare's, body()'s fields */
+    lua_createtable(L, 0, lazy ? 8 : 12);
+    lua_pushlstring(L, h.method, h.method_len);
+    setkey(L, keyed, K_METHOD);
+    q = memchr(h.target, '?', h.target_len);
+    lua_pushlstring(L, h.target, h.target_len);
+    if (!lazy && q == NULL && keyed) {
+        lua_pushvalue(L, -1);           /* path: the same string */
+        lua_rawgeti(L, S_CFG, K_PATH);
+        lua_insert(L, -2);
+        lua_rawset(L, -4);
+    }
+    setkey(L, keyed, K_TARGET);
+    if (!lazy) {
+        if (q != NULL || !keyed) {
+            lua_pushlstring(L, h.target,
+                            q ? (size_t) (q - h.target) : h.target_len);
+            setkey(L, keyed, K_PATH);
+        }
+        if (q) {
+            lua_pushlstring(L, q + 1, h.target_len - (size_t) (q - h.target) - 1);
+        } else if (keyed) {
+            lua_rawgeti(L, S_CFG, K_EMPTY);
+        } else {
+            lua_pushliteral(L, "");
+        }
+        setkey(L, keyed, K_QUERY);
+    }
+    if (keyed) {
+        lua_rawgeti(L, S_CFG, h.minor ? K_V11 : K_V10);
+    } else {
+        lua_pushstring(L, h.minor ? "1.1" : "1.0");
+    }
+    setkey(L, keyed, K_VERSION);
+    if (lazy) {
+        lua_pushlstring(L, s, (size_t) (end - s));
+        setkey(L, keyed, K_HEAD);
+    } else {
+        push_fields(L, &h);
+        setkey(L, keyed, K_HEADERS);
+    }
+    return 1;
+}
 
-    push_fields(L, &h, sp);
-    setkey(L, keyed, K_HEADERS);
+
+/*
+ * Req's __index, when fdpool.http installs it (fdpool._httpreq(Req,
+ * header_mt)): Req's own methods and fields first; then, for a request
+ * whose head httploop kept (req._head), headers, path and query built
+ * from that head on first use and stored in req as eager parsing would
+ * have set them, so a handler that never reads them does not pay for
+ * them (a head's headers table is most of a request's work in Lua).
+ * A missing _length reads 0 (httploop sets it only for a body).
+ * Upvalues: Req, header_mt, "_head". Every read of a field req lacks
+ * comes here: the common case (a method, a missing field) is a rawget
+ * and a length test.
+ */
+enum { Q_REQ = 1, Q_HMT, Q_HEAD };
+
+
+static int
+req_index(lua_State *L)
+{
+    struct fdp_http_head h;
+    char stack[2048], *b;
+    const char *s, *t, *q, *k;
+    size_t n, tn, kn;
+    int which;
+
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(Q_REQ)) != LUA_TNIL
+        || lua_type(L, 2) != LUA_TSTRING) {
+        return 1;
+    }
+    k = lua_tolstring(L, 2, &kn);
+    switch (kn) {
+    case 4: which = memcmp(k, "path", 4) == 0 ? 'p' : 0; break;
+    case 5: which = memcmp(k, "query", 5) == 0 ? 'q' : 0; break;
+    case 7:
+        which = memcmp(k, "headers", 7) == 0 ? 'h'
+                : memcmp(k, "_length", 7) == 0 ? 'l' : 0;
+        break;
+    default: which = 0;
+    }
+    if (which == 'l') {
+        lua_pushinteger(L, 0);
+        return 1;
+    }
+    if (which == 0) {
+        return 1;                       /* nil */
+    }
+    lua_pushvalue(L, lua_upvalueindex(Q_HEAD));
+    if (lua_rawget(L, 1) != LUA_TSTRING) {
+        lua_pushnil(L);
+        return 1;
+    }
+    s = lua_tolstring(L, -1, &n);
+    if (which == 'h') {
+        /* parsed again from a copy (the parser writes: lower-case names) */
+        b = n <= sizeof(stack) ? stack : lua_newuserdatauv(L, n, 0);
+        memcpy(b, s, n);
+        if (fdp_http_parse_head(b, n, &h) < 0) {
+            h.nfields = 0;              /* (it parsed once already) */
+        }
+        push_fields(L, &h);
+        lua_pushvalue(L, lua_upvalueindex(Q_HMT));
+        lua_setmetatable(L, -2);
+    } else {
+        /* request-line = method SP request-target SP HTTP-version */
+        t = memchr(s, ' ', n);
+        t = t != NULL ? t + 1 : s + n;
+        q = memchr(t, ' ', (size_t) (s + n - t));
+        tn = q != NULL ? (size_t) (q - t) : 0;
+        q = memchr(t, '?', tn);
+        if (which == 'p') {
+            lua_pushlstring(L, t, q != NULL ? (size_t) (q - t) : tn);
+        } else if (q != NULL) {
+            lua_pushlstring(L, q + 1, tn - (size_t) (q - t) - 1);
+        } else {
+            lua_pushliteral(L, "");
+        }
+    }
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, 1);
+    return 1;
+}
+
+
+/* fdpool._httpreq(Req, header_mt) -> Req's __index (above) */
+int
+fdp_lhttp_req(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    lua_pushliteral(L, "_head");
+    lua_pushcclosure(L, req_index, 3);
     return 1;
 }
 
@@ -1165,7 +1297,7 @@ readresponse_k(lua_State *L, int status, lua_KContext ctx)
     lua_setfield(L, -2, "reason");
     lua_pushstring(L, h.minor ? "1.1" : "1.0");
     lua_setfield(L, -2, "version");
-    push_fields(L, &h, NULL);
+    push_fields(L, &h);
     lua_setfield(L, -2, "headers");
     c->rstart += hl;
     return 1;
@@ -1230,6 +1362,8 @@ struct httpcfg {
     double max_body;
     lua_Integer keepalive_requests;
     int plain;                  /* no access log, no parking */
+    int lazy;                   /* Req's __index is req_index: parse_head's
+                                 * keyed 2 */
     int park;                   /* parking, no access log: park_end */
 };
 
@@ -1266,6 +1400,9 @@ cfg_params(lua_State *L)
     p->keepalive_requests = (lua_Integer) cfg_num(L, "keepalive_requests", 0);
     lua_getfield(L, S_CFG, "plain");
     p->plain = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, S_CFG, "lazy");
+    p->lazy = lua_toboolean(L, -1);
     lua_pop(L, 1);
     lua_getfield(L, S_CFG, "park");
     p->park = lua_toboolean(L, -1) && p->keepalive_timeout > 0
@@ -1375,8 +1512,9 @@ has_ci(const char *v, size_t n, const char *w)
  * http.lua's prepare, in C (the same rules, the same answers): the
  * request's framing (RFC 9112 6: anything ambiguous is refused), Host,
  * the target's form, Expect and Connection. Sets req's conn, _opts,
- * _length, _chunked, _expect_continue, _close and the headers' case-
- * folding metatable. Returns 0, or a status with *why set (or NULL).
+ * _length (with req_index: only when not 0), _chunked, _expect_continue,
+ * _close (only when true) and the headers' case-folding metatable (when
+ * parse_head made the headers table). Returns 0, or a status with *why set (or NULL).
  */
 static int
 prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
@@ -1392,7 +1530,11 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
     kset(L, S_REQ, K_CONN);
     lua_rawgeti(L, S_CFG, C_OPTS);
     kset(L, S_REQ, K_OPTS);
-    kget(L, S_REQ, K_HEADERS);
+    if (sp->eager) {
+        kget(L, S_REQ, K_HEADERS);
+    } else {
+        lua_pushnil(L);                 /* req._head: nothing came twice */
+    }
     hi = lua_gettop(L);
     te = spget(L, hi, sp, SP_TE, K_TE, &tn);
     cl = spget(L, hi, sp, SP_CL, K_CL, &cn);
@@ -1460,8 +1602,10 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
             return 413;
         }
     }
-    lua_pushinteger(L, length);
-    kset(L, S_REQ, K_LENGTH);
+    if (length > 0 || !cp->lazy) {      /* req_index: a missing one is 0 */
+        lua_pushinteger(L, length);
+        kset(L, S_REQ, K_LENGTH);
+    }
     /* for plain_end: a body to read (-1: chunked) */
     lua_pushinteger(L, te ? -1 : length);
     lua_replace(L, S_BODY);
@@ -1512,14 +1656,14 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
         kset(L, S_REQ, K_EXPECT_CONTINUE);
     }
     v = spget(L, hi, sp, SP_CONN, K_CONNECTION, &n);
-    if (v) {
-        lua_pushboolean(L, v11 ? has_ci(v, n, "close") : !has_ci(v, n, "keep-alive"));
-    } else {
-        lua_pushboolean(L, !v11);
+    if (v ? (v11 ? has_ci(v, n, "close") : !has_ci(v, n, "keep-alive")) : !v11) {
+        lua_pushboolean(L, 1);          /* (absent: false) */
+        kset(L, S_REQ, K_CLOSE);
     }
-    kset(L, S_REQ, K_CLOSE);
-    lua_rawgeti(L, S_CFG, C_HEADER_MT);
-    lua_setmetatable(L, hi);
+    if (sp->eager) {
+        lua_rawgeti(L, S_CFG, C_HEADER_MT);
+        lua_setmetatable(L, hi);
+    }
     lua_settop(L, hi - 1);
     return 0;
 }
@@ -1624,7 +1768,8 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         lua_pushnil(L);
         lua_replace(L, S_LIMIT);
     }
-    if (hl == 0 || !parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 1, c, &sp)) {
+    if (hl == 0 || !parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl,
+                               cp->lazy ? 2 : 1, c, &sp)) {
         if (hl == 0) {
             lua_pushnil(L);             /* no method */
         }

@@ -248,6 +248,17 @@ if fdpool._httpres then
 end
 M._c_res = { header = Res.header, send = Res.send }
 
+-- A request read by conn:httploop keeps its head (req._head) and gets
+-- headers, path and query only when first read: Req's __index in C
+-- (src/lhttp.c req_index) builds them as prepare and readrequest would
+-- have (the same table, case-folding metatable included) and stores
+-- them in req. Methods and fields of Req come first, as with
+-- Req.__index = Req.
+local lazy_req = fdpool._httpreq ~= nil
+if lazy_req then
+  Req.__index = fdpool._httpreq(Req, header_mt)
+end
+
 --- Send a part of the body: chunked for HTTP/1.1 clients when no
 -- Content-Length header was set; close-delimited for HTTP/1.0.
 function Res:write(chunk)
@@ -676,7 +687,8 @@ function M.serve(fn, options)
     keepalive_timeout = opts.keepalive_timeout,
     max_body = opts.max_upload or opts.max_body,   -- the framing check (prepare)
     keepalive_requests = opts.keepalive_requests, plain = not log and not park,
-    park = park and not log }     -- parking without Lua: lhttp.c's park_end
+    park = park and not log,      -- parking without Lua: lhttp.c's park_end
+    lazy = lazy_req }             -- req.headers, path, query on first use
   local handler = function(conn)
     if conn.httploop then
       local kind, a, b, c = conn:httploop(cfg)
