@@ -518,9 +518,8 @@ res_send(lua_State *L)
     (void) lua_tolstring(L, 2, &bn);
     rget(L, 1, R_REQ);                  /* 3 */
     luaL_checktype(L, 3, LUA_TTABLE);
-    rget(L, 1, R_STATUS);
-    code = lua_tointeger(L, -1);
-    lua_pop(L, 1);
+    code = rget(L, 1, R_STATUS) == LUA_TNIL ? 200 : lua_tointeger(L, -1);
+    lua_pop(L, 1);                      /* (nil: Res._status's default) */
     rget(L, 3, R_METHOD);
     {
         size_t mn;
@@ -1802,21 +1801,16 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         lua_pushboolean(L, 1);
         kset(L, S_REQ, K_CLOSE);
     }
-    /* res, as http.lua makes it (its methods create any other state);
-     * room for the fields sending adds (_head_sent, _bytes) */
+    /* res: _conn, _req, _headers (Res holds the defaults of _status,
+     * started, finished; its methods create any other state); room for
+     * the fields sending adds (started, finished, _head_sent, _bytes) */
     lua_createtable(L, 0, 8);
     lua_pushvalue(L, S_CONN);
     setkey(L, 1, K_RCONN);
     lua_pushvalue(L, S_REQ);
     setkey(L, 1, K_RREQ);
-    lua_pushinteger(L, 200);
-    setkey(L, 1, K_STATUS);
     lua_createtable(L, 0, 2);
     setkey(L, 1, K_RHEADERS);
-    lua_pushboolean(L, 0);
-    setkey(L, 1, K_STARTED);
-    lua_pushboolean(L, 0);
-    setkey(L, 1, K_FINISHED);
     lua_rawgeti(L, S_CFG, C_RES);
     lua_setmetatable(L, -2);
     lua_replace(L, S_RES);

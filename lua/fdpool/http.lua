@@ -131,6 +131,9 @@ end
 
 local Res = {}
 Res.__index = Res
+-- A res conn:httploop makes holds only _conn, _req and _headers: these
+-- defaults stand for its other fields until a method sets them.
+Res._status, Res.started, Res.finished = 200, false, false
 
 --- Set the status code (before anything is sent).
 function Res:status(code)
@@ -679,9 +682,11 @@ function M.serve(fn, options)
   -- The loop runs in C (conn:httploop, src/lhttp.c: the same steps as the
   -- Lua loop below, with prepare in C; cfg's order is lhttp.c's C_*) on
   -- a real conn; the Lua loop serves
-  -- fdpool.testing's in-memory conn. Both build req and res alike: res
-  -- gets exactly the fields below, so a method needing more state creates
-  -- it when first called.
+  -- fdpool.testing's in-memory conn. Both build req and res alike (the C
+  -- loop leaves out what Req's __index and Res's defaults stand for: req's
+  -- headers, path, query, a 0 _length, a false _close; res's _status,
+  -- started, finished): res gets no more than the fields below, so a
+  -- method needing more state creates it when first called.
   local cfg = { fn, call, traceback, after, Req, Res, header_mt, opts,
     max_head = opts.max_head, head_timeout = opts.head_timeout,
     keepalive_timeout = opts.keepalive_timeout,
