@@ -363,12 +363,12 @@ rget(lua_State *L, int t, int k)
 }
 
 
-/* t[key k] = value on top (pops it) */
+/* t[key k] = true; t absolute */
 static void
-rset(lua_State *L, int t, int k)
+rset_true(lua_State *L, int t, int k)
 {
     lua_rawgeti(L, RKEYS, k);
-    lua_insert(L, -2);
+    lua_pushboolean(L, 1);
     lua_rawset(L, t);
 }
 
@@ -477,12 +477,10 @@ res_send_k(lua_State *L, int status, lua_KContext ctx)
 
     (void) status;
     (void) ctx;
-    lua_pushboolean(L, 1);
-    rset(L, 1, R_HEAD_SENT);
+    rset_true(L, 1, R_HEAD_SENT);
     ok = !lua_isnil(L, -2);
     if (!ok) {
-        lua_pushboolean(L, 1);
-        rset(L, 3, R_BROKEN);
+        rset_true(L, 3, R_BROKEN);
     }
     lua_pushboolean(L, ok);
     lua_replace(L, -3);
@@ -507,10 +505,8 @@ res_send(lua_State *L)
         lua_pushliteral(L, "");
     }
     lua_settop(L, 2);
-    lua_pushboolean(L, 1);
-    rset(L, 1, R_STARTED);
-    lua_pushboolean(L, 1);
-    rset(L, 1, R_FINISHED);
+    rset_true(L, 1, R_STARTED);
+    rset_true(L, 1, R_FINISHED);
     if (lua_type(L, 2) != LUA_TSTRING) {
         return luaL_error(L, "attempt to get length of a %s value (local "
                           "'body')", luaL_typename(L, 2));
@@ -530,8 +526,9 @@ res_send(lua_State *L)
     }
     lua_pop(L, 1);
     if (!head_only) {
+        lua_rawgeti(L, RKEYS, R_BYTES);
         lua_pushinteger(L, (lua_Integer) bn);
-        rset(L, 1, R_BYTES);
+        lua_rawset(L, 1);
     }
     lua_pushnil(L);                     /* 4 (unused) */
     rget(L, 1, R_HEADERS);              /* 5 */
@@ -551,8 +548,7 @@ res_send(lua_State *L)
 
                 seen_conn = 1;
                 if (vn == 5 && ci_eq(v, "close", 5)) {
-                    lua_pushboolean(L, 1);
-                    rset(L, 3, R_CLOSE);
+                    rset_true(L, 3, R_CLOSE);
                 }
                 lua_pop(L, 1);
             } else if (kn == 4 && ci_eq(k, "date", 4)) {
@@ -566,8 +562,7 @@ res_send(lua_State *L)
         rget(L, 3, R_LENGTH);
         if ((lua_isnumber(L, -1) && lua_tonumber(L, -1) > 0)
             || rtrue(L, 3, R_CHUNKED)) {
-            lua_pushboolean(L, 1);
-            rset(L, 3, R_CLOSE);
+            rset_true(L, 3, R_CLOSE);
         }
         lua_pop(L, 1);
     }
@@ -756,28 +751,32 @@ static const char *const keynames[K_END - K_METHOD] = {
 };
 
 
-/* table[-2][key k] = value[-1] (pops it); keyed: with cfg's interned key,
- * else by name */
+/*
+ * Setting a field: the key first (KEY: cfg's interned key k), then the
+ * value, then lua_rawset (no lua_insert between). keyed 0 (a table
+ * without cfg): keyfirst pushes nothing and setkey sets by name.
+ */
+#define KEY(L, k) lua_rawgeti((L), S_CFG, (k))
+
 static void
-setkey(lua_State *L, int keyed, int k)
+keyfirst(lua_State *L, int keyed, int k)
 {
     if (keyed) {
-        lua_rawgeti(L, S_CFG, k);
-        lua_insert(L, -2);
-        lua_rawset(L, -3);
-    } else {
-        lua_setfield(L, -2, keynames[k - K_METHOD]);
+        KEY(L, k);
     }
 }
 
 
-/* t[key k] = value on top (pops it); t absolute */
+/* table[-3][key[-2]] = value[-1] (pops both); keyed 0: table[-2][name of
+ * k] = value[-1] */
 static void
-kset(lua_State *L, int t, int k)
+setkey(lua_State *L, int keyed, int k)
 {
-    lua_rawgeti(L, S_CFG, k);
-    lua_insert(L, -2);
-    lua_rawset(L, t);
+    if (keyed) {
+        lua_rawset(L, -3);
+    } else {
+        lua_setfield(L, -2, keynames[k - K_METHOD]);
+    }
 }
 
 
@@ -918,23 +917,26 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
     }
     /* and prepare's, body()'s fields */
     lua_createtable(L, 0, lazy ? 8 : 12);
+    keyfirst(L, keyed, K_METHOD);
     lua_pushlstring(L, h.method, h.method_len);
     setkey(L, keyed, K_METHOD);
     q = memchr(h.target, '?', h.target_len);
+    keyfirst(L, keyed, K_TARGET);
     lua_pushlstring(L, h.target, h.target_len);
     if (!lazy && q == NULL && keyed) {
-        lua_pushvalue(L, -1);           /* path: the same string */
-        lua_rawgeti(L, S_CFG, K_PATH);
-        lua_insert(L, -2);
-        lua_rawset(L, -4);
+        KEY(L, K_PATH);                 /* path: the same string */
+        lua_pushvalue(L, -2);
+        lua_rawset(L, -5);
     }
     setkey(L, keyed, K_TARGET);
     if (!lazy) {
         if (q != NULL || !keyed) {
+            keyfirst(L, keyed, K_PATH);
             lua_pushlstring(L, h.target,
                             q ? (size_t) (q - h.target) : h.target_len);
             setkey(L, keyed, K_PATH);
         }
+        keyfirst(L, keyed, K_QUERY);
         if (q) {
             lua_pushlstring(L, q + 1, h.target_len - (size_t) (q - h.target) - 1);
         } else if (keyed) {
@@ -944,16 +946,19 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
         }
         setkey(L, keyed, K_QUERY);
     }
+    keyfirst(L, keyed, K_VERSION);
     if (keyed) {
-        lua_rawgeti(L, S_CFG, h.minor ? K_V11 : K_V10);
+        KEY(L, h.minor ? K_V11 : K_V10);
     } else {
         lua_pushstring(L, h.minor ? "1.1" : "1.0");
     }
     setkey(L, keyed, K_VERSION);
     if (lazy) {
+        keyfirst(L, keyed, K_HEAD);
         lua_pushlstring(L, s, (size_t) (end - s));
         setkey(L, keyed, K_HEAD);
     } else {
+        keyfirst(L, keyed, K_HEADERS);
         push_fields(L, &h);
         setkey(L, keyed, K_HEADERS);
     }
@@ -1525,10 +1530,12 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
     lua_Integer length = 0;
 
     *why = NULL;
+    KEY(L, K_CONN);
     lua_pushvalue(L, S_CONN);
-    kset(L, S_REQ, K_CONN);
+    lua_rawset(L, S_REQ);
+    KEY(L, K_OPTS);
     lua_rawgeti(L, S_CFG, C_OPTS);
-    kset(L, S_REQ, K_OPTS);
+    lua_rawset(L, S_REQ);
     if (sp->eager) {
         kget(L, S_REQ, K_HEADERS);
     } else {
@@ -1575,8 +1582,9 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
             *why = "unsupported Transfer-Encoding";
             return 501;
         }
+        KEY(L, K_CHUNKED);
         lua_pushboolean(L, 1);
-        kset(L, S_REQ, K_CHUNKED);
+        lua_rawset(L, S_REQ);
     } else if (cl) {
         size_t i;
 
@@ -1602,8 +1610,9 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
         }
     }
     if (length > 0 || !cp->lazy) {      /* req_index: a missing one is 0 */
+        KEY(L, K_LENGTH);
         lua_pushinteger(L, length);
-        kset(L, S_REQ, K_LENGTH);
+        lua_rawset(L, S_REQ);
     }
     /* for plain_end: a body to read (-1: chunked) */
     lua_pushinteger(L, te ? -1 : length);
@@ -1651,13 +1660,15 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
         if (n != 12 || strncasecmp(v, "100-continue", 12) != 0) {
             return 417;
         }
+        KEY(L, K_EXPECT_CONTINUE);
         lua_pushboolean(L, v11);
-        kset(L, S_REQ, K_EXPECT_CONTINUE);
+        lua_rawset(L, S_REQ);
     }
     v = spget(L, hi, sp, SP_CONN, K_CONNECTION, &n);
     if (v ? (v11 ? has_ci(v, n, "close") : !has_ci(v, n, "keep-alive")) : !v11) {
+        KEY(L, K_CLOSE);
         lua_pushboolean(L, 1);          /* (absent: false) */
-        kset(L, S_REQ, K_CLOSE);
+        lua_rawset(L, S_REQ);
     }
     if (sp->eager) {
         lua_rawgeti(L, S_CFG, C_HEADER_MT);
@@ -1798,19 +1809,23 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     }
     lua_settop(L, S_TOP);
     if (cp->keepalive_requests > 0 && served >= cp->keepalive_requests) {
+        KEY(L, K_CLOSE);
         lua_pushboolean(L, 1);
-        kset(L, S_REQ, K_CLOSE);
+        lua_rawset(L, S_REQ);
     }
     /* res: _conn, _req, _headers (Res holds the defaults of _status,
      * started, finished; its methods create any other state); room for
      * the fields sending adds (started, finished, _head_sent, _bytes) */
     lua_createtable(L, 0, 8);
+    KEY(L, K_RCONN);
     lua_pushvalue(L, S_CONN);
-    setkey(L, 1, K_RCONN);
+    lua_rawset(L, -3);
+    KEY(L, K_RREQ);
     lua_pushvalue(L, S_REQ);
-    setkey(L, 1, K_RREQ);
+    lua_rawset(L, -3);
+    KEY(L, K_RHEADERS);
     lua_createtable(L, 0, 2);
-    setkey(L, 1, K_RHEADERS);
+    lua_rawset(L, -3);
     lua_rawgeti(L, S_CFG, C_RES);
     lua_setmetatable(L, -2);
     lua_replace(L, S_RES);
@@ -1857,8 +1872,9 @@ httploop_k(lua_State *L, int status, lua_KContext ctx)
             if (r && park_end(L, c, cp)) {
                 return 0;
             }
+            KEY(L, K_OUT0);
             lua_pushvalue(L, S_OUT0);
-            kset(L, S_REQ, K_OUT0);
+            lua_rawset(L, S_REQ);
             lua_rawgeti(L, S_CFG, C_AFTER);
             lua_pushvalue(L, S_CONN);
             lua_pushvalue(L, S_REQ);
