@@ -735,7 +735,7 @@ fdp_lhttp_res(lua_State *L)
  */
 enum { S_CONN = 1, S_CFG, S_HEADSEC, S_LIMIT, S_SERVED, S_REQ, S_RES,
        S_OUT0, S_BODY, S_TOP = S_BODY, S_MSGH };
-enum { C_FN = 1, C_CALL, C_TRACEBACK, C_AFTER, C_REQ, C_RES, C_HEADER_MT,
+enum { C_FN = 1, C_REPLY, C_TRACEBACK, C_AFTER, C_REQ, C_RES, C_HEADER_MT,
        C_OPTS, C_PARAMS,
        K_METHOD, K_TARGET, K_PATH, K_QUERY, K_VERSION, K_HEADERS, K_CONN,
        K_OPTS, K_LENGTH, K_CLOSE, K_CHUNKED, K_EXPECT_CONTINUE, K_RCONN,
@@ -798,6 +798,8 @@ struct hspec {
     int count[SP_N];
     int v11;
     int eager;                  /* req.headers made (else req._head) */
+    const char *method, *target;        /* in the read buffer */
+    size_t method_len, target_len;
 };
 
 
@@ -907,6 +909,10 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
 
         memset(sp, 0, sizeof(*sp));
         sp->v11 = h.minor != 0;
+        sp->method = h.method;
+        sp->method_len = h.method_len;
+        sp->target = h.target;
+        sp->target_len = h.target_len;
         for (i = 0; i < h.nfields; i++) {
             hspec_note(sp, &h.fields[i]);
         }
@@ -1344,8 +1350,10 @@ fdp_lhttp_readresponse(lua_State *L)
  * conn:httploop(cfg) is http.serve's connection loop in C: read and parse
  * each request head, check its framing (prepare, below), build req and
  * res (tables with http.lua's metatables, so methods added there work on
- * them), and enter Lua once per request, for call(fn, req, res) under
- * xpcall with traceback. When the request ended the plain way (res
+ * them), and enter Lua once per request, for fn(req, res) under xpcall
+ * with traceback (and, when fn returned a status, headers, body and had
+ * not started the response, cfg's reply(res, ...) under the same: the
+ * second half of http.lua's call). When the request ended the plain way (res
  * finished, no body, keep-alive, no access log, no parking) the next head
  * is read at once; otherwise cfg.after(conn, req, res, ok, a), http.lua's
  * own after-handler logic, decides (true: go on). It returns nothing when
@@ -1354,7 +1362,7 @@ fdp_lhttp_readresponse(lua_State *L)
  * http.lua answers those. The stack slots below survive yields (waits
  * for a head, a handler that waits).
  */
-enum { PH_READ, PH_HANDLER, PH_AFTER };
+enum { PH_READ, PH_HANDLER, PH_REPLY, PH_AFTER };
 
 /* C_PARAMS is a userdata the first call makes from cfg's named settings
  * (with the interned keys), so each request reads them from a struct. */
@@ -1525,7 +1533,7 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
         const char **why)
 {
     int hi, v11 = sp->v11;
-    size_t tn = 0, cn = 0, n = 0;
+    size_t tn = 0, cn = 0, n = 0, mn;
     const char *te, *cl, *v, *t, *m;
     lua_Integer length = 0;
 
@@ -1629,11 +1637,10 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
     }
     /* origin-form, absolute-form, authority-form (CONNECT), "*"
      * (OPTIONS). */
-    kget(L, S_REQ, K_TARGET);
-    t = lua_tolstring(L, -1, &n);
-    kget(L, S_REQ, K_METHOD);
-    m = lua_tostring(L, -1);
-    lua_pop(L, 2);                      /* req keeps both alive */
+    t = sp->target;
+    n = sp->target_len;
+    m = sp->method;
+    mn = sp->method_len;
     if (n == 0 || t[0] != '/') {
         size_t i = 1;
         int absolute = n > 0 && ((t[0] | 0x20) >= 'a' && (t[0] | 0x20) <= 'z');
@@ -1645,11 +1652,11 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
         absolute = absolute && n - i >= 3 && memcmp(t + i, "://", 3) == 0;
         if (!absolute) {
             if (n == 1 && t[0] == '*') {
-                if (strcmp(m, "OPTIONS") != 0) {
+                if (mn != 7 || memcmp(m, "OPTIONS", 7) != 0) {
                     *why = "bad request target";
                     return 400;
                 }
-            } else if (strcmp(m, "CONNECT") != 0) {
+            } else if (mn != 7 || memcmp(m, "CONNECT", 7) != 0) {
                 *why = "bad request target";
                 return 400;
             }
@@ -1734,6 +1741,17 @@ park_end(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp)
 
 
 static int httploop_k(lua_State *L, int status, lua_KContext ctx);
+
+
+/* res.started (raw: missing is Res's default, false) */
+static int
+res_started(lua_State *L)
+{
+    int r = kget(L, S_RES, K_STARTED) != LUA_TNIL && lua_toboolean(L, -1);
+
+    lua_pop(L, 1);
+    return r;
+}
 
 
 /* The next request: its head's limits, and the per-wait timeout that
@@ -1854,15 +1872,27 @@ httploop_k(lua_State *L, int status, lua_KContext ctx)
             lua_pushinteger(L, (lua_Integer) c->bytes_out);
             lua_replace(L, S_OUT0);     /* req._out0 for cfg.after */
             lua_rawgeti(L, S_CFG, C_TRACEBACK);         /* S_MSGH */
-            lua_rawgeti(L, S_CFG, C_CALL);
             lua_rawgeti(L, S_CFG, C_FN);
             lua_pushvalue(L, S_REQ);
             lua_pushvalue(L, S_RES);
-            status = lua_pcallk(L, 3, 1, S_MSGH, PH_HANDLER, httploop_k);
+            status = lua_pcallk(L, 2, 3, S_MSGH, PH_HANDLER, httploop_k);
             phase = PH_HANDLER;
             break;
         case PH_HANDLER:
+        case PH_REPLY:
             r = status == LUA_OK || status == LUA_YIELD;
+            if (phase == PH_HANDLER && r && !lua_isnil(L, S_MSGH + 1)
+                && !res_started(L)) {
+                /* fn returned status, headers, body: cfg's reply(res,
+                 * a, b, c) sends them under the same message handler
+                 * (a bad one is the handler's error) and returns a */
+                lua_rawgeti(L, S_CFG, C_REPLY);
+                lua_pushvalue(L, S_RES);
+                lua_rotate(L, S_MSGH + 1, 2);
+                status = lua_pcallk(L, 4, 1, S_MSGH, PH_REPLY, httploop_k);
+                phase = PH_REPLY;
+                break;
+            }
             if (r && plain_end(L, cp)) {
                 phase = PH_READ;
                 status = LUA_OK;

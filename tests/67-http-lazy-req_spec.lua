@@ -7,7 +7,9 @@
 -- every field at once) for the same bytes, and both answers must be
 -- equal -- lower-case names, lookups in any case, repeated headers
 -- joined, pairs(), a handler's changes and assignments, a req kept after
--- its response and read later.
+-- its response and read later. Then a handler's return values: the C
+-- loop calls fn itself and http.lua's reply only when fn returned
+-- something (after a wait in fn, and with a reply that waits itself).
 local testing = require "fdpool.testing"
 local H = require "helpers"
 
@@ -60,6 +62,24 @@ return http.serve(function(req, res)
     -- what req holds before any read (not the API: the laziness itself)
     return 200, {}, "raw=" .. type(rawget(req, "headers")) .. ","
       .. type(rawget(req, "path")) .. "," .. type(rawget(req, "query")) .. "\n"
+  elseif p == "/ret" then
+    return 201, { ["X-R"] = "1", ["X-List"] = { "a", "b" } }, "made\n"
+  elseif p == "/ret-num" then
+    return "404", nil, 42
+  elseif p == "/ret-sent" then
+    res:status(202):send("sent\n")
+    return 404, {}, "ignored\n"
+  elseif p == "/ret-bad" then
+    return "abc"
+  elseif p == "/ret-table" then
+    return 200, {}, {}
+  elseif p == "/ret-bad-header" then
+    return 200, { ["X-Bad"] = "a\r\nb" }, "x"
+  elseif p == "/ret-sleep" then
+    require("fdpool").sleep(0.01)
+    return 203, {}, "slept\n"
+  elseif p == "/ret-big" then
+    return 200, {}, ("0123456789abcdef"):rep(1 << 18)      -- 4 MiB
   elseif p == "/post" then
     local body = req:body()
     return 200, {}, dump(req) .. "got=" .. body .. "\n"
@@ -137,5 +157,41 @@ describe("req.headers, path and query built on first use", function()
     assert.matches("path=/keep\nquery=old\n.*headers={host=\"old\",x%-a=\"kept\",x%-only=\"here\"}", real)
     _, real = both(cases.post)
     assert.matches('content%-length="5".*got=hello', real)
+  end)
+
+  local rets = {
+    "GET /ret HTTP/1.1\r\nHost: h\r\n\r\nGET /ret-num HTTP/1.1\r\nHost: h\r\n\r\n",
+    "GET /ret-sent HTTP/1.1\r\nHost: h\r\n\r\nGET /a HTTP/1.1\r\nHost: h\r\n\r\n",
+    "HEAD /ret HTTP/1.1\r\nHost: h\r\n\r\n",
+    "GET /ret HTTP/1.0\r\n\r\n",
+    "GET /ret-bad HTTP/1.1\r\nHost: h\r\n\r\n",
+    "GET /ret-table HTTP/1.1\r\nHost: h\r\n\r\n",
+    "GET /ret-bad-header HTTP/1.1\r\nHost: h\r\n\r\n",
+  }
+
+  it("sends what the handler returns as the Lua loop does", function()
+    for _, bytes in ipairs(rets) do
+      local mem, real = both(bytes)
+      assert.equal(mem, real, bytes)
+    end
+    local _, real = both(rets[1])
+    assert.matches("^HTTP/1.1 201 Created\r\n.*X%-List: a\r\nX%-List: b\r\n.*\r\n\r\nmade\n"
+      .. "HTTP/1.1 404 Not Found\r\n.*Content%-Length: 2\r\n.*\r\n42$", real)
+    _, real = both(rets[2])
+    assert.matches("^HTTP/1.1 202 Accepted\r\n.*\r\n\r\nsent\nHTTP/1.1 200 OK", real)
+    for i = 5, 7 do
+      _, real = both(rets[i])
+      assert.matches("^HTTP/1.1 500 ", real)
+    end
+  end)
+
+  it("replies after a wait in the handler, and when the reply must wait", function()
+    local real = assert(pool:request("GET /ret-sleep HTTP/1.1\r\nHost: h\r\n\r\n"
+      .. "GET /ret-big HTTP/1.1\r\nHost: h\r\n\r\nGET /ret HTTP/1.1\r\nHost: h\r\n\r\n"))
+    assert.matches("^HTTP/1.1 203 [^\r]*\r\n.-\r\n\r\nslept\n", real)
+    local big = real:match("HTTP/1.1 200 OK\r\n.-Content%-Length: (%d+)\r\n")
+    assert.equal(tostring(16 << 18), big)
+    assert.truthy(real:find(("0123456789abcdef"):rep(1 << 18) .. "HTTP/1.1 201 Created", 1, true))
+    assert.matches("\r\n\r\nmade\n$", real)
   end)
 end)

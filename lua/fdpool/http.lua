@@ -538,11 +538,10 @@ local function drain(req)
   return true
 end
 
--- Run fn(req, res); a status, headers, body it returns are sent here,
--- under the same xpcall (a bad status or header is the handler's error).
--- Returns the status it returned, or nil.
-local function call(fn, req, res)
-  local a, b, c = fn(req, res)
+-- A status, headers, body fn(req, res) returned (a, b, c), sent unless
+-- the handler started the response itself: under the handler's xpcall
+-- (a bad status or header is the handler's error). Returns a.
+local function reply(res, a, b, c)
   if a ~= nil and not res.started then
     -- A status as a number or a numeric string ("404").
     local code = math.type(a) == "integer" and a or math.tointeger(tonumber(a))
@@ -566,6 +565,13 @@ local function call(fn, req, res)
     res:send(tc == "string" and c or c and tostring(c) or "")
   end
   return a
+end
+
+-- Run fn(req, res) and reply with what it returned. Returns the status
+-- it returned, or nil. (conn:httploop calls fn, then reply only when fn
+-- returned something.)
+local function call(fn, req, res)
+  return reply(res, fn(req, res))
 end
 
 -- After fn(req, res) returned (ok) or raised (not ok, a: the error):
@@ -687,7 +693,7 @@ function M.serve(fn, options)
   -- headers, path, query, a 0 _length, a false _close; res's _status,
   -- started, finished): res gets no more than the fields below, so a
   -- method needing more state creates it when first called.
-  local cfg = { fn, call, traceback, after, Req, Res, header_mt, opts,
+  local cfg = { fn, reply, traceback, after, Req, Res, header_mt, opts,
     max_head = opts.max_head, head_timeout = opts.head_timeout,
     keepalive_timeout = opts.keepalive_timeout,
     max_body = opts.max_upload or opts.max_body,   -- the framing check (prepare)
