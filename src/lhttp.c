@@ -979,12 +979,13 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
  * from that head on first use and stored in req as eager parsing would
  * have set them, so a handler that never reads them does not pay for
  * them (a head's headers table is most of a request's work in Lua).
- * A missing _length reads 0 (httploop sets it only for a body).
- * Upvalues: Req, header_mt, "_head". Every read of a field req lacks
- * comes here: the common case (a method, a missing field) is a rawget
- * and a length test.
+ * A missing _length reads 0 (httploop sets it only for a body), a
+ * missing _opts the serve's options (httploop does not set them).
+ * Upvalues: Req, header_mt, "_head", the options (or nil). Every read of
+ * a field req lacks comes here: the common case (a method, a missing
+ * field) is a rawget and a length test.
  */
-enum { Q_REQ = 1, Q_HMT, Q_HEAD };
+enum { Q_REQ = 1, Q_HMT, Q_HEAD, Q_OPTS };
 
 
 static int
@@ -1004,7 +1005,10 @@ req_index(lua_State *L)
     k = lua_tolstring(L, 2, &kn);
     switch (kn) {
     case 4: which = memcmp(k, "path", 4) == 0 ? 'p' : 0; break;
-    case 5: which = memcmp(k, "query", 5) == 0 ? 'q' : 0; break;
+    case 5:
+        which = memcmp(k, "query", 5) == 0 ? 'q'
+                : memcmp(k, "_opts", 5) == 0 ? 'o' : 0;
+        break;
     case 7:
         which = memcmp(k, "headers", 7) == 0 ? 'h'
                 : memcmp(k, "_length", 7) == 0 ? 'l' : 0;
@@ -1013,6 +1017,10 @@ req_index(lua_State *L)
     }
     if (which == 'l') {
         lua_pushinteger(L, 0);
+        return 1;
+    }
+    if (which == 'o') {
+        lua_pushvalue(L, lua_upvalueindex(Q_OPTS));
         return 1;
     }
     if (which == 0) {
@@ -1056,15 +1064,17 @@ req_index(lua_State *L)
 }
 
 
-/* fdpool._httpreq(Req, header_mt) -> Req's __index (above) */
+/* fdpool._httpreq(Req, header_mt [, opts]) -> an __index for requests
+ * (above) */
 int
 fdp_lhttp_req(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     luaL_checktype(L, 2, LUA_TTABLE);
-    lua_settop(L, 2);
+    lua_settop(L, 3);
     lua_pushliteral(L, "_head");
-    lua_pushcclosure(L, req_index, 3);
+    lua_insert(L, 3);
+    lua_pushcclosure(L, req_index, 4);
     return 1;
 }
 
@@ -1523,7 +1533,8 @@ has_ci(const char *v, size_t n, const char *w)
 /*
  * http.lua's prepare, in C (the same rules, the same answers): the
  * request's framing (RFC 9112 6: anything ambiguous is refused), Host,
- * the target's form, Expect and Connection. Sets req's conn, _opts,
+ * the target's form, Expect and Connection. Sets req's conn, _opts
+ * (without req_index),
  * _length (with req_index: only when not 0), _chunked, _expect_continue,
  * _close (only when true) and the headers' case-folding metatable (when
  * parse_head made the headers table). Returns 0, or a status with *why set (or NULL).
@@ -1541,9 +1552,11 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
     KEY(L, K_CONN);
     lua_pushvalue(L, S_CONN);
     lua_rawset(L, S_REQ);
-    KEY(L, K_OPTS);
-    lua_rawgeti(L, S_CFG, C_OPTS);
-    lua_rawset(L, S_REQ);
+    if (!cp->lazy) {                    /* else the __index's upvalue */
+        KEY(L, K_OPTS);
+        lua_rawgeti(L, S_CFG, C_OPTS);
+        lua_rawset(L, S_REQ);
+    }
     if (sp->eager) {
         kget(L, S_REQ, K_HEADERS);
     } else {

@@ -693,7 +693,10 @@ function M.serve(fn, options)
   -- headers, path, query, a 0 _length, a false _close; res's _status,
   -- started, finished): res gets no more than the fields below, so a
   -- method needing more state creates it when first called.
-  local cfg = { fn, reply, traceback, after, Req, Res, header_mt, opts,
+  -- conn:httploop's requests: Req's methods, and the options from their
+  -- __index (not a field set per request)
+  local req_mt = lazy_req and { __index = fdpool._httpreq(Req, header_mt, opts) } or Req
+  local cfg = { fn, reply, traceback, after, req_mt, Res, header_mt, opts,
     max_head = opts.max_head, head_timeout = opts.head_timeout,
     keepalive_timeout = opts.keepalive_timeout,
     max_body = opts.max_upload or opts.max_body,   -- the framing check (prepare)
