@@ -31,6 +31,9 @@ struct headbuf {
     char *p;
     size_t len, cap;
     const char *invalid;        /* the name of a header refused, or NULL */
+    int scan;                   /* hb_headers notes the two below: */
+    int conn_close;             /* the first Connection is "close" */
+    int has_date;               /* a Date header */
     char stack[2048];
 };
 
@@ -58,6 +61,24 @@ hb_add(struct headbuf *b, const char *s, size_t n)
     memcpy(b->p + b->len, s, n);
     b->len += n;
     return 0;
+}
+
+
+/* a and b (n bytes each) equal but for ASCII case */
+static int
+ci_eq(const char *a, const char *b, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        unsigned char x = (unsigned char) a[i], y = (unsigned char) b[i];
+
+        if (x != y && ((x | 0x20) != (y | 0x20) || (x | 0x20) < 'a'
+                       || (x | 0x20) > 'z')) {
+            return 0;
+        }
+    }
+    return 1;
 }
 
 
@@ -138,6 +159,20 @@ hb_headers(struct headbuf *b, lua_State *L, int idx)
             continue;
         }
         k = lua_tolstring(L, -2, &kn);
+        if (b->scan) {
+            /* res:send's send_head: Connection: close from the handler
+             * closes; a Date from the handler replaces ours */
+            if (b->scan == 1 && kn == 10 && ci_eq(k, "connection", 10)) {
+                size_t vn;
+                const char *v = luaL_tolstring(L, -1, &vn);
+
+                b->scan = 2;            /* the first one only */
+                b->conn_close = vn == 5 && ci_eq(v, "close", 5);
+                lua_pop(L, 1);
+            } else if (kn == 4 && ci_eq(k, "date", 4)) {
+                b->has_date = 1;
+            }
+        }
         if (!own_header(k, kn)) {
             if (lua_istable(L, -1)) {
                 lua_Integer i, m = luaL_len(L, -1);
@@ -203,18 +238,40 @@ send_rest(lua_State *L, struct fdp_conn *c, struct headbuf *b,
  * "Transfer-Encoding: chunked", "Connection: cv" (or NULL). Raises for
  * a header that is not a token/value, or out of memory (b freed). */
 static void
-head_build(lua_State *L, struct headbuf *b, const char *sl, size_t sn,
-           int hidx, const char *dl, size_t dn, int has_len, lua_Integer v,
-           int chunked, const char *cv, size_t cn)
+head_start(struct headbuf *b)
 {
-    int bad = 0;
-
     b->p = b->stack;
     b->len = 0;
     b->cap = sizeof(b->stack);
     b->invalid = NULL;
-    bad |= hb_add(b, sl, sn);
-    bad |= hb_headers(b, L, hidx);
+    b->scan = b->conn_close = b->has_date = 0;
+}
+
+
+/* Free b and raise: a header refused, or out of memory. */
+static void
+head_fail(lua_State *L, struct headbuf *b)
+{
+    if (b->p != b->stack) {
+        free(b->p);
+    }
+    if (b->invalid) {
+        luaL_error(L, "invalid response header '%s' (a name must be "
+                   "a token, a value must hold no CR, LF or other "
+                   "control byte)", b->invalid);
+    }
+    luaL_error(L, "out of memory");
+}
+
+
+/* The head's end, after the status line and headers: 0, or not 0 for
+ * head_fail. */
+static int
+head_finish(struct headbuf *b, const char *dl, size_t dn, int has_len,
+            lua_Integer v, int chunked, const char *cv, size_t cn)
+{
+    int bad = 0;
+
     if (dl) {
         bad |= hb_add(b, dl, dn);
     }
@@ -246,16 +303,21 @@ head_build(lua_State *L, struct headbuf *b, const char *sl, size_t sn,
                | hb_add(b, "\r\n", 2);
     }
     bad |= hb_add(b, "\r\n", 2);
-    if (bad || b->invalid) {
-        if (b->p != b->stack) {
-            free(b->p);
-        }
-        if (b->invalid) {
-            luaL_error(L, "invalid response header '%s' (a name must be "
-                       "a token, a value must hold no CR, LF or other "
-                       "control byte)", b->invalid);
-        }
-        luaL_error(L, "out of memory");
+    return bad || b->invalid;
+}
+
+
+static void
+head_build(lua_State *L, struct headbuf *b, const char *sl, size_t sn,
+           int hidx, const char *dl, size_t dn, int has_len, lua_Integer v,
+           int chunked, const char *cv, size_t cn)
+{
+    int bad;
+
+    head_start(b);
+    bad = hb_add(b, sl, sn) | hb_headers(b, L, hidx);
+    if (head_finish(b, dl, dn, has_len, v, chunked, cv, cn) || bad) {
+        head_fail(L, b);
     }
 }
 
@@ -394,24 +456,6 @@ not_started(lua_State *L)
 }
 
 
-/* a and b (n bytes each) equal but for ASCII case */
-static int
-ci_eq(const char *a, const char *b, size_t n)
-{
-    size_t i;
-
-    for (i = 0; i < n; i++) {
-        unsigned char x = (unsigned char) a[i], y = (unsigned char) b[i];
-
-        if (x != y && ((x | 0x20) != (y | 0x20) || (x | 0x20) < 'a'
-                       || (x | 0x20) > 'z')) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
-
 /* Push the key of the headers table at h (absolute) that is name but for
  * ASCII case, the first in traversal order (http.lua's key_of): 1, or 0
  * and nothing pushed. res._headers holds a handful of names. */
@@ -466,7 +510,36 @@ res_header(lua_State *L)
 
 
 static int conn_sendresponse(lua_State *L);
-static int res_write(lua_State *L, int head_only, int has_len, size_t bn);
+static int res_write(lua_State *L, struct fdp_conn *c, struct headbuf *b,
+                     size_t n1, int set_close);
+
+
+/* hb_headers' notes (b->conn_close, has_date) without building: for a
+ * conn whose own sendresponse builds the head */
+static void
+hb_scan(lua_State *L, struct headbuf *b, int idx)
+{
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        size_t kn;
+        const char *k;
+
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            k = lua_tolstring(L, -2, &kn);
+            if (b->scan == 0 && kn == 10 && ci_eq(k, "connection", 10)) {
+                size_t vn;
+                const char *v = luaL_tolstring(L, -1, &vn);
+
+                b->scan = 2;
+                b->conn_close = vn == 5 && ci_eq(v, "close", 5);
+                lua_pop(L, 1);
+            } else if (kn == 4 && ci_eq(k, "date", 4)) {
+                b->has_date = 1;
+            }
+        }
+        lua_pop(L, 1);
+    }
+}
 
 
 /* after sendresponse: (1 res, 2 body, 3 req, ..., ok, err) */
@@ -493,10 +566,13 @@ res_send_k(lua_State *L, int status, lua_KContext ctx)
 static int
 res_send(lua_State *L)
 {
-    size_t bn = 0;
+    size_t bn = 0, sn, dn = 0;
     lua_Integer code;
-    int head_only, close, seen_conn = 0, has_date = 0;
+    int head_only, has_len, set_close, bad = 0;
     time_t now;
+    struct fdp_conn *c;
+    struct headbuf b;
+    const char *sl, *dl, *cv;
 
     luaL_checktype(L, 1, LUA_TTABLE);
     not_started(L);
@@ -533,97 +609,67 @@ res_send(lua_State *L)
     lua_pushnil(L);                     /* 4 (unused) */
     rget(L, 1, R_HEADERS);              /* 5 */
     luaL_checktype(L, 5, LUA_TTABLE);
-    /* send_head: Connection: close from the handler closes; a Date from
-     * the handler replaces ours */
-    lua_pushnil(L);
-    while (lua_next(L, 5) != 0) {
-        size_t kn;
-        const char *k;
+    rget(L, 1, R_CONN);                 /* 6 */
+    lua_geti(L, RSTATUS_LINES, code);   /* 7 */
+    now = time(NULL);
+    if ((lua_Integer) now != lua_tointeger(L, RDATE_TIME)
+        || lua_isnil(L, RDATE)) {
+        char buf[64];
+        struct tm tm;
+        size_t n = 0;
 
-        if (lua_type(L, -2) == LUA_TSTRING) {
-            k = lua_tolstring(L, -2, &kn);
-            if (!seen_conn && kn == 10 && ci_eq(k, "connection", 10)) {
-                size_t vn;
-                const char *v = luaL_tolstring(L, -1, &vn);
-
-                seen_conn = 1;
-                if (vn == 5 && ci_eq(v, "close", 5)) {
-                    rset_true(L, 3, R_CLOSE);
-                }
-                lua_pop(L, 1);
-            } else if (kn == 4 && ci_eq(k, "date", 4)) {
-                has_date = 1;
-            }
+        if (gmtime_r(&now, &tm) != NULL) {
+            n = strftime(buf, sizeof(buf),
+                         "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
         }
-        lua_pop(L, 1);
+        lua_pushlstring(L, buf, n);
+        lua_replace(L, RDATE);
+        lua_pushinteger(L, (lua_Integer) now);
+        lua_replace(L, RDATE_TIME);
     }
-    /* a client waiting for 100 Continue whose body was not asked for */
+    c = luaL_testudata(L, 6, FDP_CONN_MT);
+    head_start(&b);
+    if (c != NULL) {
+        /* the head as far as the headers, noting Connection and Date as
+         * it goes (b is freed on every way out below) */
+        sl = luaL_checklstring(L, 7, &sn);
+        b.scan = 1;
+        bad = hb_add(&b, sl, sn) | hb_headers(&b, L, 5);
+    } else {
+        hb_scan(L, &b, 5);
+    }
+    /* req._close: Connection: close from the handler; a client waiting
+     * for 100 Continue whose body was not asked for. Set below, after
+     * b is freed (a new field may allocate). */
+    set_close = b.conn_close;
     if (rtrue(L, 3, R_EXPECT_CONTINUE) && !rtrue(L, 3, R_BODY)) {
         rget(L, 3, R_LENGTH);
         if ((lua_isnumber(L, -1) && lua_tonumber(L, -1) > 0)
             || rtrue(L, 3, R_CHUNKED)) {
-            rset_true(L, 3, R_CLOSE);
+            set_close = 1;
         }
         lua_pop(L, 1);
     }
-    close = rtrue(L, 3, R_CLOSE);
-    rget(L, 1, R_CONN);                         /* 6 */
-    lua_geti(L, RSTATUS_LINES, code);           /* 7 */
-    if (has_date) {                             /* 8 */
-        lua_pushnil(L);
-    } else {
-        now = time(NULL);
-        if ((lua_Integer) now != lua_tointeger(L, RDATE_TIME)
-            || lua_isnil(L, RDATE)) {
-            char buf[64];
-            struct tm tm;
-            size_t dn = 0;
-
-            if (gmtime_r(&now, &tm) != NULL) {
-                dn = strftime(buf, sizeof(buf),
-                              "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
-            }
-            lua_pushlstring(L, buf, dn);
-            lua_replace(L, RDATE);
-            lua_pushinteger(L, (lua_Integer) now);
-            lua_replace(L, RDATE_TIME);
-        }
-        lua_pushvalue(L, RDATE);
-    }
-    if (close) {                                /* 9 */
-        lua_pushliteral(L, "close");
+    if (set_close || rtrue(L, 3, R_CLOSE)) {
+        cv = "close";
     } else {
         size_t vn = 0;
         const char *v;
 
         rget(L, 3, R_VERSION);
         v = lua_tolstring(L, -1, &vn);
+        cv = v != NULL && vn == 3 && memcmp(v, "1.0", 3) == 0 ? "keep-alive"
+             : NULL;
         lua_pop(L, 1);
-        if (v != NULL && vn == 3 && memcmp(v, "1.0", 3) == 0) {
-            lua_pushliteral(L, "keep-alive");
-        } else {
-            lua_pushnil(L);
-        }
     }
-    return res_write(L, head_only, !(code == 204 || code == 304 || code < 200), bn);
-}
-
-
-/* res_send's write: (1 res, 2 body, 3 req, 4 hk, 5 headers, 6 conn,
- * 7 status line, 8 date line or nil, 9 connection or nil), as
- * conn:sendresponse(7, 5, 8, has_len and bn, false, 9, body) does it,
- * without a call through Lua on a real conn. */
-static int
-res_write(lua_State *L, int head_only, int has_len, size_t bn)
-{
-    struct fdp_conn *c = luaL_testudata(L, 6, FDP_CONN_MT);
-    size_t sn, dn = 0, cn = 0, n1 = head_only ? 0 : bn;
-    const char *sl, *dl, *cv, *body = head_only ? "" : lua_tostring(L, 2);
-    struct headbuf b;
-    ssize_t n;
-
+    has_len = !(code == 204 || code == 304 || code < 200);
     if (c == NULL) {
-        /* not a real conn (fdpool.testing's): its own sendresponse */
+        /* not a real conn (fdpool.testing's): its own sendresponse,
+         * conn:sendresponse(7, 5, date, has_len and bn, false, cv, body) */
+        if (set_close) {
+            rset_true(L, 3, R_CLOSE);
+        }
+        lua_settop(L, 7);
         if (lua_type(L, 6) == LUA_TUSERDATA) {
             lua_pushcfunction(L, conn_sendresponse);
         } else {
@@ -632,14 +678,22 @@ res_write(lua_State *L, int head_only, int has_len, size_t bn)
         lua_pushvalue(L, 6);
         lua_pushvalue(L, 7);
         lua_pushvalue(L, 5);
-        lua_pushvalue(L, 8);
+        if (b.has_date) {
+            lua_pushnil(L);
+        } else {
+            lua_pushvalue(L, RDATE);
+        }
         if (has_len) {
             lua_pushinteger(L, (lua_Integer) bn);
         } else {
             lua_pushnil(L);
         }
         lua_pushboolean(L, 0);
-        lua_pushvalue(L, 9);
+        if (cv) {
+            lua_pushstring(L, cv);
+        } else {
+            lua_pushnil(L);
+        }
         if (head_only) {
             lua_pushnil(L);
         } else {
@@ -648,15 +702,40 @@ res_write(lua_State *L, int head_only, int has_len, size_t bn)
         lua_callk(L, 8, 2, 0, res_send_k);
         return res_send_k(L, LUA_OK, 0);
     }
-    sl = luaL_checklstring(L, 7, &sn);
-    dl = lua_tolstring(L, 8, &dn);
-    cv = lua_tolstring(L, 9, &cn);
-    head_build(L, &b, sl, sn, 5, dl, dn, has_len, (lua_Integer) bn, 0, cv, cn);
-    n = head_write(c, &b, body, n1);
-    if (n == (ssize_t) (b.len + n1) || (n < 0 && n != -EAGAIN
-                                        && n != -EWOULDBLOCK)) {
-        if (b.p != b.stack) {
-            free(b.p);
+    dl = b.has_date ? NULL : lua_tolstring(L, RDATE, &dn);
+    if (head_finish(&b, dl, dn, has_len, (lua_Integer) bn, 0, cv,
+                    cv ? strlen(cv) : 0) || bad) {
+        if (set_close) {
+            if (b.p != b.stack) {
+                free(b.p);
+                b.p = b.stack;
+            }
+            rset_true(L, 3, R_CLOSE);
+        }
+        head_fail(L, &b);
+    }
+    return res_write(L, c, &b, head_only ? 0 : bn, set_close);
+}
+
+
+/* res_send's write of head b and the body (slot 2, n1 bytes of it) on
+ * the real conn c, with one writev; what the kernel does not take at
+ * once goes through conn:send, which waits (yields). Frees b; sets
+ * req._close (slot 3) when set_close. */
+static int
+res_write(lua_State *L, struct fdp_conn *c, struct headbuf *b, size_t n1,
+          int set_close)
+{
+    const char *body = n1 ? lua_tostring(L, 2) : "";
+    ssize_t n = head_write(c, b, body, n1);
+
+    if (n == (ssize_t) (b->len + n1) || (n < 0 && n != -EAGAIN
+                                         && n != -EWOULDBLOCK)) {
+        if (b->p != b->stack) {
+            free(b->p);
+        }
+        if (set_close) {
+            rset_true(L, 3, R_CLOSE);
         }
         lua_settop(L, 3);
         if (n >= 0) {
@@ -673,23 +752,25 @@ res_write(lua_State *L, int head_only, int has_len, size_t bn)
         /* the rest through conn:send, which waits (yields) as needed */
         size_t done = n > 0 ? (size_t) n : 0;
         luaL_Buffer rest;
+        char *p = b->p == b->stack ? NULL : b->p;
 
         c->bytes_out += done;
         lua_settop(L, 6);
         lua_pushcfunction(L, fdp_conn_send);
         lua_pushvalue(L, 6);
         luaL_buffinit(L, &rest);
-        if (done < b.len) {
-            luaL_addlstring(&rest, b.p + done, b.len - done);
+        if (done < b->len) {
+            luaL_addlstring(&rest, b->p + done, b->len - done);
             done = 0;
         } else {
-            done -= b.len;
+            done -= b->len;
         }
         luaL_addlstring(&rest, body + done, n1 - done);
-        if (b.p != b.stack) {
-            free(b.p);
-        }
+        free(p);
         luaL_pushresult(&rest);
+        if (set_close) {
+            rset_true(L, 3, R_CLOSE);
+        }
         lua_callk(L, 2, 2, 0, res_send_k);
         return res_send_k(L, LUA_OK, 0);
     }
