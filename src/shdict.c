@@ -36,14 +36,21 @@
 #include "shdict.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #define SHD_MAGIC       0x66647368u     /* "fdsh" */
-#define SHD_VERSION     2u      /* 2: the hot header line, the LRU move record */
+#define SHD_VERSION     3u      /* 2: the hot header line, the LRU move record;
+                                   3: the lock word (no glibc mutex) */
 #define TAG             0xb10c0000u
 #define TAG_FREE        0x100u
 #define MINORD          6               /* 64-byte blocks */
@@ -72,7 +79,7 @@ struct shd_hdr {
     /* first, alone in its cache line: a worker that scribbles on the
      * mapping elsewhere cannot break the lock */
     union {
-        pthread_mutex_t m;
+        uint64_t word;          /* see "the lock" below */
         char line[64];
     } lock;
     /* read once (attach), or by the allocator */
@@ -464,44 +471,266 @@ recover(struct fdp_shd *d)
 }
 
 
+/* ---- the lock ------------------------------------------------------------
+ *
+ * One 64-bit word in its own cache line: 0 when free, else its owner: the
+ * owner's pid (low 31 bits) with LK_WAIT (bit 31: a waiter may sleep on
+ * the futex, the unlock must wake one), and in the high 32 bits a token
+ * of that process (its start time from /proc, low bits set), so a pid
+ * reused by another process is not mistaken for the owner. Taking it is
+ * one compare-and-swap of 0 to this process's word; releasing it is one
+ * exchange to 0 (a futex wake when LK_WAIT was set). No kernel robust
+ * list: a waiter that finds the lock held checks whether its owner is
+ * still there (kill(pid, 0) first, then, after sleeping 10 ms in vain,
+ * /proc/PID/stat: gone, a zombie, or another process's start time), and
+ * takes a dead owner's lock over with one compare-and-swap of exactly
+ * the word it judged: then it repairs (recover) as the next locker after
+ * a death. A process that never meets a dead owner pays no system call.
+ * One thread per process may use a dictionary (the workers' Lua is one
+ * thread); threads of one process would still exclude each other, but a
+ * thread dying inside the lock in a live process is not detected.
+ */
+#define LK_WAIT     0x80000000u
+#define LK_PIDMASK  0x7fffffffu
+#define LK_NAP_NS   10000000L       /* a waiter's sleep before a full check */
+
+static uint64_t lk_me;              /* this process's word (0: not yet) */
+static pthread_once_t lk_once = PTHREAD_ONCE_INIT;
+
+
+static void
+lk_atfork_child(void)
+{
+    lk_me = 0;                      /* a new process: a new word */
+}
+
+
+static void
+lk_register(void)
+{
+    (void) pthread_atfork(NULL, NULL, lk_atfork_child);
+}
+
+
+/* The state and start time of process pid from /proc/PID/stat: 1 read,
+ * 0 gone (no such process), -1 unknown (no /proc, unreadable). */
+static int
+proc_stat(pid_t pid, char *state, uint64_t *start)
+{
+    char path[48], buf[1024], *p;
+    ssize_t n;
+    int fd, i;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+        return errno == ENOENT || errno == ESRCH ? 0 : -1;
+    }
+    n = read(fd, buf, sizeof(buf) - 1);
+    (void) close(fd);
+    if (n <= 0) {
+        return n == 0 || errno == ESRCH ? 0 : -1;
+    }
+    buf[n] = '\0';
+    /* "pid (comm) S ppid ..."; comm may hold anything: after the last ')' */
+    if ((p = strrchr(buf, ')')) == NULL || p[1] != ' ' || p[2] == '\0') {
+        return -1;
+    }
+    *state = p[2];
+    p += 3;
+    for (i = 4; i <= 22 && p != NULL; i++) {   /* to field 22, starttime */
+        p = strchr(p, ' ');
+        p = p != NULL ? p + 1 : NULL;
+    }
+    if (p == NULL) {
+        return -1;
+    }
+    *start = strtoull(p, NULL, 10);
+    return 1;
+}
+
+
+static uint32_t
+lk_token(uint64_t start)
+{
+    return (uint32_t) start | 1u;   /* never 0: 0 is "no /proc" */
+}
+
+
+static __attribute__((noinline)) uint64_t
+lk_me_slow(void)
+{
+    pid_t pid = getpid();
+    uint64_t start = 0;
+    char st;
+
+    (void) pthread_once(&lk_once, lk_register);
+    if (proc_stat(pid, &st, &start) != 1) {
+        start = 0;
+    }
+    lk_me = (uint64_t) (uint32_t) pid
+            | (uint64_t) (start != 0 ? lk_token(start) : 0) << 32;
+    return lk_me;
+}
+
+
+static inline uint64_t
+lk_self(void)
+{
+    return __builtin_expect(lk_me != 0, 1) ? lk_me : lk_me_slow();
+}
+
+
+/* Is the owner recorded in w gone? full: also ask /proc (a zombie, a
+ * reused pid), else kill(pid, 0) alone. */
+static int
+lk_owner_dead(uint64_t w, int full)
+{
+    pid_t pid = (pid_t) (w & LK_PIDMASK);
+    uint32_t tok = (uint32_t) (w >> 32);
+    uint64_t start = 0;
+    char st = 0;
+    int r;
+
+    if (pid == 0) {
+        return 1;                   /* not a word any locker writes */
+    }
+    if (kill(pid, 0) < 0 && errno == ESRCH) {
+        return 1;
+    }
+    if (!full) {
+        return 0;
+    }
+    r = proc_stat(pid, &st, &start);
+    if (r == 0) {
+        return 1;
+    }
+    if (r < 0) {
+        return 0;                   /* cannot tell: wait on */
+    }
+    return st == 'Z' || st == 'X'
+           || (tok != 0 && lk_token(start) != tok);
+}
+
+
+static uint32_t *
+lk_futex(struct shd_hdr *h)
+{
+    /* the word's low half, where pid and LK_WAIT are */
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    return (uint32_t *) (void *) &h->lock.word + 1;
+#else
+    return (uint32_t *) (void *) &h->lock.word;
+#endif
+}
+
+
+/* Wait until the lock is free, or take it from a dead owner. Returns 0
+ * (taken), 1 (taken from a dead owner: repair). */
+static __attribute__((noinline)) int
+lk_slow(struct shd_hdr *h, uint64_t me)
+{
+    uint64_t cur, checked = 0;
+    int i;
+
+    /* Critical sections are short: spin a little before sleeping in the
+     * kernel (as ngx_shmtx_lock does), reading the word (it stays in this
+     * CPU's cache) and trying again once it looks free */
+    for (i = 0; i < 100; i++) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        cur = __atomic_load_n(&h->lock.word, __ATOMIC_RELAXED);
+        if (cur == 0 && __atomic_compare_exchange_n(&h->lock.word, &cur, me,
+                                                    0, __ATOMIC_ACQUIRE,
+                                                    __ATOMIC_RELAXED)) {
+            return 0;
+        }
+    }
+    for (;;) {
+        struct timespec ts = { 0, LK_NAP_NS };
+        uint32_t lo;
+        long r;
+
+        cur = __atomic_load_n(&h->lock.word, __ATOMIC_RELAXED);
+        if (cur == 0) {
+            /* taken with LK_WAIT: others may still sleep */
+            if (__atomic_compare_exchange_n(&h->lock.word, &cur,
+                                            me | LK_WAIT, 0,
+                                            __ATOMIC_ACQUIRE,
+                                            __ATOMIC_RELAXED)) {
+                return 0;
+            }
+            continue;
+        }
+        /* a new owner: the cheap check once; the full one after a nap */
+        if ((cur | LK_WAIT) != checked) {
+            checked = cur | LK_WAIT;
+            if (lk_owner_dead(cur, 0)) {
+                goto take;
+            }
+        }
+        if (!(cur & LK_WAIT)) {
+            if (!__atomic_compare_exchange_n(&h->lock.word, &cur,
+                                             cur | LK_WAIT, 0,
+                                             __ATOMIC_RELAXED,
+                                             __ATOMIC_RELAXED)) {
+                continue;
+            }
+            cur |= LK_WAIT;
+        }
+        lo = (uint32_t) cur;
+        r = syscall(SYS_futex, lk_futex(h), FUTEX_WAIT, lo, &ts, NULL, 0);
+        if (r < 0 && errno == ETIMEDOUT
+            && __atomic_load_n(&h->lock.word, __ATOMIC_RELAXED) == cur
+            && lk_owner_dead(cur, 1)) {
+            goto take;
+        }
+        continue;
+take:
+        /* exactly the word judged: two waiters cannot both take it */
+        if (__atomic_compare_exchange_n(&h->lock.word, &cur, me | LK_WAIT,
+                                        0, __ATOMIC_ACQUIRE,
+                                        __ATOMIC_RELAXED)) {
+            return 1;
+        }
+    }
+}
+
+
+static inline __attribute__((always_inline)) int
+lk_lock(struct shd_hdr *h)
+{
+    uint64_t me = lk_self(), cur = 0;
+
+    if (__builtin_expect(__atomic_compare_exchange_n(&h->lock.word, &cur, me,
+                                                     0, __ATOMIC_ACQUIRE,
+                                                     __ATOMIC_RELAXED), 1)) {
+        return 0;
+    }
+    return lk_slow(h, me);
+}
+
+
+static inline __attribute__((always_inline)) void
+lk_unlock(struct shd_hdr *h)
+{
+    uint64_t old = __atomic_exchange_n(&h->lock.word, 0, __ATOMIC_RELEASE);
+
+    if (__builtin_expect((old & LK_WAIT) != 0, 0)) {
+        (void) syscall(SYS_futex, lk_futex(h), FUTEX_WAKE, 1, NULL, NULL, 0);
+    }
+}
+
+
 static inline __attribute__((always_inline)) int
 lock(struct fdp_shd *d, int op)
 {
     struct shd_hdr *h = hdr(d);
-    int r, i;
-
-    /* Critical sections are short: spin a little before sleeping in
-     * the kernel (as ngx_shmtx_lock does), or two busy workers hand the
-     * lock over through futex wake-ups. */
-    for (i = 0; i < 100; i++) {
-        r = pthread_mutex_trylock(&h->lock.m);
-        if (r != EBUSY) {
-            break;
-        }
-        /* wait reading the lock word (it stays in this CPU's cache) and
-         * try again once it looks free: a failed trylock writes the
-         * line and takes it away from the holder */
-        do {
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
-#ifdef __GLIBC__
-        } while (++i < 100 && __atomic_load_n(&h->lock.m.__data.__lock,
-                                              __ATOMIC_RELAXED) != 0);
-#else
-        } while (0);
-#endif
-    }
-    if (r == EBUSY) {
-        r = pthread_mutex_lock(&h->lock.m);
-    }
+    int r = lk_lock(h);
 
     d->recovered = 0;
-    if (r == EOWNERDEAD) {
-        recover(d);
-        (void) pthread_mutex_consistent(&h->lock.m);
-    } else if (r != 0) {
-        return -EIO;            /* ENOTRECOVERABLE, or a scribbled mutex */
+    if (r != 0) {
+        recover(d);             /* the last owner died holding the lock */
     } else if ((h->jn | h->op | h->jover | h->mv_e) != 0) {
         recover(d);             /* cannot happen but by a scribble */
     }
@@ -532,7 +761,7 @@ unlock(struct fdp_shd *d, int r)
         h->jover = 0;
     }
     d->op = FDP_SHD_OP_NONE;
-    (void) pthread_mutex_unlock(&h->lock.m);
+    lk_unlock(h);
     return r;
 }
 
@@ -1344,8 +1573,6 @@ fdp_shd_format(void *base, size_t size)
 {
     struct fdp_shd d;
     struct shd_hdr *h = base;
-    pthread_mutexattr_t a;
-    int r;
 
     if (size < FDP_SHD_MIN || size > FDP_SHD_MAX) {
         return -EINVAL;
@@ -1357,20 +1584,7 @@ fdp_shd_format(void *base, size_t size)
     h->magic = SHD_MAGIC;
     h->version = SHD_VERSION;
     h->size = (uint32_t) size;
-    if ((r = pthread_mutexattr_init(&a)) != 0) {
-        return -r;
-    }
-    r = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    if (r == 0) {
-        r = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    }
-    if (r == 0) {
-        r = pthread_mutex_init(&h->lock.m, &a);
-    }
-    (void) pthread_mutexattr_destroy(&a);
-    if (r != 0) {
-        return -r;
-    }
+    h->lock.word = 0;
     format_data(&d);
     h->flushes = 0;
     return 0;
