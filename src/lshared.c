@@ -301,9 +301,9 @@ shd_get(lua_State *L)
         return 1;
     }
     if (v.type == FDP_SHD_STRING && v.len <= SHD_VCMAX && own) {
-        /* entries start 8 bytes into 64-byte aligned blocks: the block's
-         * number, so SHD_VCACHE neighbouring blocks never collide */
-        uint32_t slot = (v.at >> 6) & (SHD_VCACHE - 1);
+        /* the block's number among blocks of its size: SHD_VCACHE
+         * neighbouring entries of a size never collide */
+        uint32_t slot = v.blkno & (SHD_VCACHE - 1);
 
         if (s->vc == NULL) {
             /* the table first: it may raise (--max-memory), and vc set

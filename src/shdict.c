@@ -56,6 +56,7 @@
 #define MINORD          6               /* 64-byte blocks */
 #define MAXORD          20              /* 1 MiB */
 #define EVICT_MAX       30              /* entries evicted for one alloc */
+#define EVICT_CHANCES   64              /* marked tails moved for one alloc */
 
 /* entry fields, from the entry's offset (block + 8) */
 #define E_HNEXT     0
@@ -101,7 +102,10 @@ struct shd_hdr {
     uint32_t used;              /* bytes of blocks holding entries */
     uint32_t nkeys;
     uint32_t lru_head, lru_tail;    /* head: most recently used */
-    uint32_t pad3;
+    /* odd while an operation that changes what a lockless get reads
+     * (buckets, chains, entries, blocks) holds the lock; each such
+     * operation adds 2 (seq_begin, seq_end). Not journaled. */
+    uint32_t seq;
 };
 
 /* the layout above, checked at compile time */
@@ -165,6 +169,41 @@ w32(struct fdp_shd *d, uint32_t off, uint32_t v)
 }
 
 
+/* Before the first write a lockless get could read (the lock held):
+ * make the sequence odd, then order it before those writes. Already odd
+ * (its last writer died) it stays so until seq_end. */
+static inline void
+seq_begin(struct fdp_shd *d)
+{
+    struct shd_hdr *h = hdr(d);
+    uint32_t s;
+
+    if (d->wseq) {
+        return;
+    }
+    s = __atomic_load_n(&h->seq, __ATOMIC_RELAXED);
+    if (!(s & 1u)) {
+        __atomic_store_n(&h->seq, s + 1, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+    }
+    d->wseq = 1;
+}
+
+
+/* The writes are done (before the unlock): even again, after them. */
+static inline void
+seq_end(struct fdp_shd *d)
+{
+    struct shd_hdr *h = hdr(d);
+
+    if (d->wseq) {
+        __atomic_store_n(&h->seq, (__atomic_load_n(&h->seq, __ATOMIC_RELAXED)
+                                   | 1u) + 1, __ATOMIC_RELEASE);
+        d->wseq = 0;
+    }
+}
+
+
 /* Copy n bytes to off (4-aligned). Into a block that was never freed in
  * this operation, directly (nothing live was there: a death undoes the
  * allocation); into one that may have been (an evicted or replaced
@@ -212,7 +251,10 @@ layout(struct fdp_shd *d, uint32_t size)
     d->buckets = align64(d->journal
                          + d->jcap * (uint32_t) sizeof(struct shd_rec));
     d->nbuckets = nb;
-    d->heap = align64(d->buckets + nb * 4);
+    /* a bit per 64-byte block the heap can hold, set by a lockless get */
+    d->seen = align64(d->buckets + nb * 4);
+    d->seenlen = align64(size / 512 + 1);
+    d->heap = align64(d->seen + d->seenlen);
     avail = size - d->heap;
     for (o = MAXORD; o > MINORD && (1u << o) > avail; o--) {
     }
@@ -387,9 +429,11 @@ format_data(struct fdp_shd *d)
     struct shd_hdr *h = hdr(d);
     uint32_t rel, o, avail = d->heapend - d->heap;
 
+    seq_begin(d);
     h->op = FDP_SHD_OP_FLUSH;
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     memset(d->base + d->buckets, 0, (size_t) d->nbuckets * 4);
+    memset(d->base + d->seen, 0, d->seenlen);
     h->used = 0;
     h->nkeys = 0;
     h->lru_head = 0;
@@ -429,7 +473,7 @@ journal_off_ok(struct fdp_shd *d, uint32_t off)
     if (off & 3u) {
         return 0;
     }
-    return (off >= HOFF(used) && off < HOFF(pad3))
+    return (off >= HOFF(used) && off < HOFF(seq))
            || (off >= HOFF(freelist) && off < HOFF(pad1))
            || (off >= d->buckets && off < d->buckets + d->nbuckets * 4)
            || (off >= d->heap && off + 4 <= d->heapend);
@@ -447,6 +491,7 @@ recover(struct fdp_shd *d)
     struct shd_rec *rec = (struct shd_rec *) (void *) (d->base + d->journal);
     uint32_t n = h->jn, i;
 
+    seq_begin(d);
     if (h->op != 0 || h->jover || n > d->jcap
         || (h->mv_e != 0 && lru_undo(d) < 0)) {
         format_data(d);
@@ -739,6 +784,9 @@ lock(struct fdp_shd *d, int op)
     d->corrupt = 0;
     d->nfreed = 0;
     d->now = 0;
+    if (op != FDP_SHD_OP_GET) {
+        seq_begin(d);           /* (a get-like op: in ent_delete, if any) */
+    }
     return 0;
 }
 
@@ -761,6 +809,7 @@ unlock(struct fdp_shd *d, int r)
         h->jover = 0;
     }
     d->op = FDP_SHD_OP_NONE;
+    seq_end(d);
     lk_unlock(h);
     return r;
 }
@@ -1012,6 +1061,7 @@ ent_delete(struct fdp_shd *d, uint32_t e, uint32_t link)
     if (o == 0) {
         return;
     }
+    seq_begin(d);
     w32(d, link, r32(d, e + E_HNEXT));
     lru_remove(d, e);
     w32(d, HOFF(used), used >= (1u << o) ? used - (1u << o) : 0);
@@ -1040,13 +1090,56 @@ link_of(struct fdp_shd *d, uint32_t e)
 }
 
 
+/* The get marks: a bit per 64-byte block of the heap, set by a get that
+ * found the entry at the block's start without the lock (it does not
+ * move the entry in the LRU list), read and cleared by the eviction
+ * under the lock. Hints only, outside the entries: a mark lost to a race
+ * or left on a reused block costs an entry its second chance, or gives
+ * one, and nothing else. e is a checked entry (block + 8). */
+static inline volatile unsigned char *
+seen_byte(struct fdp_shd *d, uint32_t e, unsigned *bit)
+{
+    uint32_t i = (e - 8 - d->heap) >> MINORD;
+
+    *bit = 1u << (i & 7);
+    return (volatile unsigned char *) (d->base + d->seen + (i >> 3));
+}
+
+
+static inline void
+seen_mark(struct fdp_shd *d, uint32_t e)
+{
+    unsigned bit;
+    volatile unsigned char *b = seen_byte(d, e, &bit);
+
+    if (!(*b & bit)) {          /* written once: gets stay reads */
+        *b = (unsigned char) (*b | bit);
+    }
+}
+
+
+/* Was e marked? Clears the mark. */
+static inline int
+seen_take(struct fdp_shd *d, uint32_t e)
+{
+    unsigned bit;
+    volatile unsigned char *b = seen_byte(d, e, &bit);
+
+    if (*b & bit) {
+        *b = (unsigned char) (*b & ~bit);
+        return 1;
+    }
+    return 0;
+}
+
+
 /* Room for an entry of `need` bytes (with its block tag): a block, after
  * evicting up to EVICT_MAX least recently used entries (expired ones do
  * not count as evicted). 0 with *err set: -E2BIG, -ENOMEM. */
 static uint32_t
 ent_alloc(struct fdp_shd *d, uint64_t need, int *evicted, int *err)
 {
-    uint32_t order = MINORD, blk, i;
+    uint32_t order = MINORD, blk, i, chances = 0;
     uint64_t now = 0;
 
     while (order <= d->maxorder && (1ull << order) < need) {
@@ -1064,6 +1157,16 @@ ent_alloc(struct fdp_shd *d, uint64_t need, int *evicted, int *err)
             break;
         }
         tail = r32(d, HOFF(lru_tail));
+        /* a tail a get marked since gets a second chance: to the head,
+         * its mark cleared (through the journal: other writes of this
+         * operation came before), at most EVICT_CHANCES for one alloc */
+        while (chances < EVICT_CHANCES && tail != 0 && ent_ok(d, tail)
+               && tail != r32(d, HOFF(lru_head)) && seen_take(d, tail)) {
+            lru_remove(d, tail);
+            lru_push(d, tail);
+            chances++;
+            tail = r32(d, HOFF(lru_tail));
+        }
         if (tail == 0 || !ent_ok(d, tail) || (link = link_of(d, tail)) == 0) {
             break;
         }
@@ -1078,6 +1181,7 @@ ent_alloc(struct fdp_shd *d, uint64_t need, int *evicted, int *err)
     }
     w32(d, HOFF(used), r32(d, HOFF(used)) + (1u << order));
     w32(d, HOFF(nkeys), r32(d, HOFF(nkeys)) + 1);
+    (void) seen_take(d, blk + 8);       /* a mark of an entry gone */
     return blk + 8;
 }
 
@@ -1214,14 +1318,126 @@ ttl_left(struct fdp_shd *d, uint32_t e, uint64_t now)
 
 /* ---- the operations ----------------------------------------------------- */
 
+/*
+ * A get without the lock (a seqlock reader): read the sequence (odd, or
+ * the lock held: give up), look the key up and copy the value out, then
+ * read the sequence again: changed, give up (the caller tries again, then
+ * takes the lock). Everything read may be torn by a writer in between:
+ * each offset is checked before it is followed (blk_order: a block in the
+ * heap; the key and value inside that block, from lengths read once),
+ * the walk is bounded, and nothing read is acted on before the second
+ * check. An expired entry gives up too (the locked get deletes it). It
+ * writes nothing to the mapping but its get mark (seen_mark). 1 found,
+ * 0 not found, -1 give up.
+ */
+static int
+get_nolock(struct fdp_shd *d, const char *key, size_t klen, uint32_t hash,
+           struct fdp_shd_val *v, double *ttl)
+{
+    struct shd_hdr *h = hdr(d);
+    uint32_t link = bucket_of(d, hash), e, o = 0, steps = 0, vlen = 0;
+    uint32_t maxsteps = (d->heapend - d->heap) >> MINORD, type = 0, s1;
+    uint32_t flags = 0;
+    uint64_t bits = 0, x = 0;
+
+    s1 = __atomic_load_n(&h->seq, __ATOMIC_ACQUIRE);
+    if ((s1 & 1u) || __atomic_load_n(&h->lock.word, __ATOMIC_RELAXED) != 0) {
+        return -1;
+    }
+    d->now = 0;
+    while ((e = r32(d, link)) != 0) {
+        if (++steps > maxsteps || e < d->heap + 8
+            || (o = blk_order(d, e - 8, 0)) == 0) {
+            goto giveup;
+        }
+        if (r32(d, e + E_HASH) == hash && r32(d, e + E_KLEN) == klen) {
+            if ((uint64_t) 8 + E_SIZE + klen > (1u << o)) {
+                goto giveup;
+            }
+            if (memcmp(d->base + e + E_SIZE, key, klen) == 0) {
+                break;
+            }
+        }
+        link = e + E_HNEXT;
+    }
+    if (e != 0) {
+        x = ent_exp(d, e);
+        if (x != 0 && now_ms(d) >= x) {
+            goto giveup;
+        }
+        type = r32(d, e + E_TYPE);
+        flags = r32(d, e + E_FLAGS);
+        bits = (uint64_t) r32(d, e + E_NUMLO)
+               | ((uint64_t) r32(d, e + E_NUMHI) << 32);
+        if (type < FDP_SHD_STRING || type > FDP_SHD_BOOLEAN) {
+            goto giveup;
+        }
+        if (type == FDP_SHD_STRING) {
+            vlen = r32(d, e + E_VLEN);
+            if ((uint64_t) 8 + E_SIZE + klen + vlen > (1u << o)) {
+                goto giveup;
+            }
+            if (vlen + 1 > d->scratchcap) {
+                char *b = realloc(d->scratch, vlen + 1);
+
+                if (b == NULL) {
+                    goto giveup;
+                }
+                d->scratch = b;
+                d->scratchcap = vlen + 1;
+            }
+            memcpy(d->scratch, d->base + e + E_SIZE + klen, vlen);
+        }
+    }
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&h->seq, __ATOMIC_RELAXED) != s1) {
+        goto giveup;
+    }
+    if (e == 0) {
+        return 0;
+    }
+    v->type = (int) type;
+    v->flags = flags;
+    v->i = (int64_t) bits;
+    memcpy(&v->n, &bits, 8);
+    v->s = NULL;
+    v->len = 0;
+    if (type == FDP_SHD_STRING) {
+        v->s = d->scratch;
+        v->len = vlen;
+        v->at = e;
+        v->blkno = (e - 8 - d->heap) >> o;
+    }
+    if (ttl) {
+        *ttl = x == 0 ? 0 : (double) (x - now_ms(d)) / 1000.0;
+    }
+    seen_mark(d, e);
+    return 1;
+giveup:
+    d->corrupt = 0;             /* (blk_order's verdict: the locked get's) */
+    return -1;
+}
+
+
 int
 fdp_shd_get(struct fdp_shd *d, const char *key, size_t klen,
             struct fdp_shd_val *v, double *ttl)
 {
     uint32_t hash = hash_key(key, klen), link = 0, e;
     uint64_t now = 0;
-    int r = 0;
+    int r = 0, i;
 
+    d->recovered = 0;
+    /* without the lock, a few times (not with the test knob: it dies
+     * inside the locked get's LRU move) */
+    for (i = 0; i < 3 && __builtin_expect(d->die_op == 0, 1); i++) {
+        if ((r = get_nolock(d, key, klen, hash, v, ttl)) >= 0) {
+            return r;
+        }
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
     if ((r = lock(d, FDP_SHD_OP_GET)) < 0) {
         return r;
     }
@@ -1251,6 +1467,7 @@ fdp_shd_get(struct fdp_shd *d, const char *key, size_t klen,
             v->s = d->scratch;
             v->len = n;
             v->at = e;
+            v->blkno = (e - 8 - d->heap) >> blk_order(d, e - 8, 0);
         }
         lru_touch(d, e);
         r = 1;
