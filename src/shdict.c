@@ -1,13 +1,14 @@
 /*
  * shdict.c - the shared dictionary (see shdict.h). One mapping:
  *
- *   header   the mutex (its own cache line), the free lists and the
+ *   header   the lock word (its own cache line), the free lists and the
  *            counters read once; then one "hot" line with what every
  *            operation touches (journal state, the LRU move record, the
- *            LRU ends, use counters)
+ *            LRU ends, use counters, the write sequence)
  *   journal  jcap x {u32 off, u32 old}: the undo record of the one
  *            operation in progress (its first two records in the hot line)
  *   buckets  nbuckets x u32: offset of the first entry of each chain
+ *   seen     a bit per 64-byte block: the get marks (seen_mark)
  *   heap     blocks of a buddy allocator (64 B .. 1 MiB), each an 8-byte
  *            tag then, when in use, one entry (48-byte head, key, value)
  *
@@ -20,17 +21,19 @@
  * Every metadata write of an operation goes through w32(), which first
  * appends the old value to the journal (a write that changes nothing is
  * skipped); the journal is emptied when the operation ends. A process
- * that dies holding the (robust) lock leaves the journal behind, and the
- * next locker (EOWNERDEAD) writes the old values back in reverse: the
+ * that dies holding the lock leaves the journal behind, and the next
+ * locker (which takes a dead owner's lock over) writes the old values
+ * back in reverse: the
  * dictionary is as it was before that operation. One exception, the
- * most frequent write: moving an entry to the head of the LRU list (get,
- * a value rewritten in place, incr) records the entry and its old
+ * most frequent write: moving an entry to the head of the LRU list (a
+ * locked get, a value rewritten in place, incr) records the entry and its old
  * neighbours in the hot line, then writes the six links directly; a
  * death inside is undone from that record (lru_undo), a death after it
  * leaves the entry at the head of a whole list. Key and value bytes go
  * only into freshly allocated blocks, or through the journal when
  * rewritten in place, so an undo finds them again; a journal that
  * overflowed (a long eviction) or a death inside flush_all flushes.
+ * A get first tries without the lock (get_nolock: a seqlock reader).
  */
 #include "fdp.h"
 #include "shdict.h"

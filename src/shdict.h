@@ -1,9 +1,10 @@
 /*
  * shdict.h - a key/value dictionary in one shared mapping (shdict.c),
- * used by every worker of a pool: a robust process-shared mutex, hash
- * buckets and an LRU list of offsets (never pointers), a buddy allocator,
- * and an undo journal that repairs the dictionary when a process dies
- * holding the lock. Everything read from the mapping is bounds-checked:
+ * used by every worker of a pool: a lock word that names its owner (a
+ * dead owner's lock is taken over), gets without the lock, hash buckets
+ * and an LRU list of offsets (never pointers), a buddy allocator, and an
+ * undo journal that repairs the dictionary when a process dies holding
+ * the lock. Everything read from the mapping is bounds-checked:
  * any process holding it may have scribbled on it. No Lua, no logging.
  */
 #ifndef FDP_SHDICT_H
