@@ -650,7 +650,8 @@ lk_owner_dead(uint64_t w, int full)
     }
     r = proc_stat(pid, &st, &start);
     if (r == 0) {
-        return 1;
+        /* gone since kill(), or hidden from us (hidepid): ask again */
+        return kill(pid, 0) < 0 && errno == ESRCH;
     }
     if (r < 0) {
         return 0;                   /* cannot tell: wait on */
