@@ -689,12 +689,12 @@ function M.serve(fn, options)
   -- Lua loop below, with prepare in C; cfg's order is lhttp.c's C_*) on
   -- a real conn; the Lua loop serves
   -- fdpool.testing's in-memory conn. Both build req and res alike (the C
-  -- loop leaves out what Req's __index and Res's defaults stand for: req's
-  -- headers, path, query, a 0 _length, a false _close; res's _status,
-  -- started, finished): res gets no more than the fields below, so a
-  -- method needing more state creates it when first called.
-  -- conn:httploop's requests: Req's methods, and the options from their
-  -- __index (not a field set per request)
+  -- loop leaves out what its requests' __index and Res's defaults stand
+  -- for: req's headers, path, query, _opts, a 0 _length, a false _close;
+  -- res's _status, started, finished): res gets no more than the fields
+  -- below, so a method needing more state creates it when first called.
+  -- The C loop's requests: Req's methods, and this serve's options from
+  -- their __index.
   local req_mt = lazy_req and { __index = fdpool._httpreq(Req, header_mt, opts) } or Req
   local cfg = { fn, reply, traceback, after, req_mt, Res, header_mt, opts,
     max_head = opts.max_head, head_timeout = opts.head_timeout,
