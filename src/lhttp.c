@@ -232,11 +232,7 @@ send_rest(lua_State *L, struct fdp_conn *c, struct headbuf *b,
  * not nil. Sends head and body with one writev; what the
  * kernel does not take at once goes through conn:send's waiting path.
  */
-/* The head of a response into b (b->p is b->stack or malloc'd; on
- * return 0 the caller frees it): status line, headers table at hidx,
- * date line (or NULL), "Content-Length: length" when has_len,
- * "Transfer-Encoding: chunked", "Connection: cv" (or NULL). Raises for
- * a header that is not a token/value, or out of memory (b freed). */
+/* An empty head in b (its stack buffer). */
 static void
 head_start(struct headbuf *b)
 {
@@ -307,6 +303,11 @@ head_finish(struct headbuf *b, const char *dl, size_t dn, int has_len,
 }
 
 
+/* The head of a response into b (b->p is b->stack or malloc'd; on
+ * return 0 the caller frees it): status line, headers table at hidx,
+ * date line (or NULL), "Content-Length: length" when has_len,
+ * "Transfer-Encoding: chunked", "Connection: cv" (or NULL). Raises for
+ * a header that is not a token/value, or out of memory (b freed). */
 static void
 head_build(lua_State *L, struct headbuf *b, const char *sl, size_t sn,
            int hidx, const char *dl, size_t dn, int has_len, lua_Integer v,
