@@ -1755,7 +1755,8 @@ fdp_shd_free_space(struct fdp_shd *d)
 /*
  * Check the whole structure (tests; slow: it walks everything): the heap
  * block by block, every bucket chain, the LRU list both ways and every
- * free list, and that the counters agree with them. 0, or -EIO (nothing
+ * free list, that the counters agree with them, and that the write
+ * sequence is even (a get goes without the lock). 0, or -EIO (nothing
  * is changed or flushed), or the lock's error.
  */
 int
@@ -1809,6 +1810,10 @@ fdp_shd_check(struct fdp_shd *d)
         }
     }
     ok = ok && n == freeb && !d->corrupt;
+    /* the write sequence is odd only while an operation writes (this
+     * one, if its lock repaired a dead owner's): else every get would
+     * take the lock */
+    ok = ok && (r32(d, HOFF(seq)) & 1u) == (uint32_t) d->wseq;
     d->corrupt = 0;             /* a check never flushes */
     return unlock(d, ok ? 0 : -EIO);
 }
@@ -1834,6 +1839,7 @@ fdp_shd_format(void *base, size_t size)
     h->size = (uint32_t) size;
     h->lock.word = 0;
     format_data(&d);
+    seq_end(&d);                /* even: gets go without the lock */
     h->flushes = 0;
     return 0;
 }
