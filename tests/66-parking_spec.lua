@@ -239,4 +239,55 @@ describe("parking (--concurrency 1)", function()
     end
     H.wait_status(p, function(s) return s.parked == 2 end, 10, "both parked")
   end)
+
+  -- A worker reuses its per-connection state from one hand-off to the
+  -- next (the task, the read buffer); the conn object of a parked
+  -- request is closed when its handler is over and has no finalizer.
+  it("gives each hand-off its own conn: right peer, old conns closed, no fd kept", function()
+    local defer = H.cleanup(finally)
+    H.writefile(dir .. "/keep.lua", [[
+local fdpool = require "fdpool"
+local http = require "fdpool.http"
+local kept, weak = {}, setmetatable({}, { __mode = "k" })
+return http.serve(function(req, res)
+  local open = 0
+  for _, c in ipairs(kept) do if c:getfd() >= 0 then open = open + 1 end end
+  if #kept < 20 then kept[#kept + 1] = req.conn else weak[req.conn] = true end
+  collectgarbage()
+  local _, port = req.conn:getpeername()
+  res:send(("%s %d %d %d\n"):format(req.path, port, open, fdpool.worker.pid))
 end)
+]])
+    local p = H.start_pool{ script = dir .. "/keep.lua", workers = 1, concurrency = 1 }
+    defer(function() p:stop() end)
+    local N, ROUNDS = 12, 15
+    local cs, ports, seen = {}, {}, {}
+    defer(function() for _, c in ipairs(cs) do c:close() end end)
+    for i = 1, N do cs[i] = client(p.addr) end
+    local wpid, fds
+    for r = 1, ROUNDS do
+      for i, c in ipairs(cs) do c:send(get("/" .. r .. "/" .. i)) end
+      for i, c in ipairs(cs) do
+        local st, body = c:response()
+        assert.equal(200, st, body)
+        local path, port, open, pid = body:match("^(%S+) (%d+) (%d+) (%d+)")
+        assert.equal("/" .. r .. "/" .. i, path)
+        if r == 1 then
+          assert.is_nil(seen[port], "a port seen twice")
+          ports[i], seen[port] = port, true
+        end
+        assert.equal(ports[i], port, "the conn's peer is its own client")
+        assert.equal("0", open, "conns of earlier requests are closed")
+        wpid = wpid or tonumber(pid)
+        assert.equal(wpid, tonumber(pid), "one worker, never replaced")
+      end
+      H.wait_status(p, function(s) return s.parked == N end, 10, N .. " parked")
+      -- the worker's fds: the same from the second round on
+      if r == 2 then fds = H.fd_count(wpid) end
+    end
+    assert.equal(fds, H.fd_count(wpid))
+    assert.equal(N * ROUNDS, H.sum_workers(p:status(), "served"))
+    assert.same({}, H.unexpected_errors(p:log()))
+  end)
+end)
+
