@@ -520,9 +520,14 @@ start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
     t->started_us = fdp_now_us();
     fdp_task_start(&w->sched, &t->t);
     co = t->t.co;
-    lua_rawgeti(co, LUA_REGISTRYINDEX, w->handler_ref);
+    /* The conn, under the handler on the coroutine's stack: it stays
+     * there (reachable) until the task ends, whatever the handler does
+     * with its own reference, so task_done never meets a collected
+     * conn. */
     t->conn = fdp_conn_new(co, fd, &w->sched, w->pool->io_timeout > 0
                                               ? w->pool->io_timeout : -1);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, w->handler_ref);
+    lua_pushvalue(co, -2);
     t->t.data = t->conn;
     if (e->flags & FDP_CONN_KEPT) {
         t->kept = 1;

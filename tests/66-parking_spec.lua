@@ -291,3 +291,42 @@ end)
   end)
 end)
 
+
+-- A handler may drop its own reference to the conn and run the collector
+-- before it returns: the conn stays alive for the worker until the
+-- handler is over (the worker closes it then). Under ASan a collected
+-- conn was a use after free in the worker's end of the task.
+describe("a handler's conn", function()
+  it("outlives the handler's own reference to it, strict prefork or not", function()
+    local defer = H.cleanup(finally)
+    local dir = H.tmpdir()
+    H.writefile(dir .. "/drop.lua", [[
+local fdpool = require "fdpool"
+return function(conn)
+  assert(conn:readrequest())
+  conn:send("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+  conn = nil
+  collectgarbage(); collectgarbage(); collectgarbage()
+  fdpool.sleep(0.005)
+end
+]])
+    for _, conc in ipairs{ 1, 64 } do
+      local p = H.start_pool{ script = dir .. "/drop.lua", workers = 1, concurrency = conc }
+      defer(function() p:stop() end)
+      local pids = p:worker_pids()
+      for i = 1, 5 do
+        local c = client(p.addr)
+        local st, body = c:send(get("/" .. i)):response()
+        assert.equal(200, st)
+        assert.equal("ok\n", body)
+        assert.is_true(c:eof(), "closed by the worker at the handler's end")
+        c:close()
+      end
+      H.wait_status(p, function(s) return H.all_idle(s) and H.sum_workers(s, "served") == 5 end,
+                    10, "5 served")
+      assert.same(pids, p:worker_pids(), "the worker was never replaced")
+      assert.same({}, H.unexpected_errors(p:log()))
+      p:stop()
+    end
+  end)
+end)
