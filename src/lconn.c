@@ -140,13 +140,11 @@ fdp_conn_init(struct fdp_conn *c, int fd, struct fdp_sched *s, double timeout)
 
 
 /*
- * A task's conn: its task closes it when the handler is over (the
- * worker's task_done), so it needs no finalizer, and collecting one
- * costs a finalizer call and an extra cycle (in strict prefork, a conn
- * per request: ~1,200 instructions). Lua marks an object for
- * finalization when its metatable gets one with __gc; the metatable is
- * set while __gc is absent (a documented rule of the manual, §2.5.3),
- * and __gc is put back for anything else.
+ * A task's conn (the only kind): the task keeps it reachable (on its
+ * coroutine's stack) and closes it when the handler is over (the
+ * worker's task_done), so the metatable has no __gc: a finalizer per
+ * conn would cost a call and an extra collector cycle per connection
+ * (in strict prefork, per request).
  */
 struct fdp_conn *
 fdp_conn_new(lua_State *L, int fd, struct fdp_sched *s, double timeout)
@@ -154,17 +152,7 @@ fdp_conn_new(lua_State *L, int fd, struct fdp_sched *s, double timeout)
     struct fdp_conn *c = lua_newuserdatauv(L, sizeof(*c), 0);
 
     fdp_conn_init(c, fd, s, timeout);
-    luaL_getmetatable(L, CONN_MT);
-    lua_pushliteral(L, "__gc");
-    lua_pushvalue(L, -1);
-    lua_rawget(L, -3);                  /* ud, mt, "__gc", conn_gc */
-    lua_pushliteral(L, "__gc");
-    lua_pushnil(L);
-    lua_rawset(L, -5);
-    lua_pushvalue(L, -3);
-    lua_setmetatable(L, -5);
-    lua_rawset(L, -3);                  /* __gc back */
-    lua_pop(L, 1);
+    luaL_setmetatable(L, CONN_MT);
     return c;
 }
 
@@ -841,8 +829,9 @@ conn_close(lua_State *L)
 }
 
 
+/* __close: `local c <close> = conn` closes it (when not waited on). */
 static int
-conn_gc(lua_State *L)
+conn_tbc(lua_State *L)
 {
     struct fdp_conn *c = luaL_checkudata(L, 1, CONN_MT);
 
@@ -1005,8 +994,7 @@ fdp_conn_open_meta(lua_State *L)
         { NULL, NULL }
     };
     static const luaL_Reg meta[] = {
-        { "__gc", conn_gc },
-        { "__close", conn_gc },
+        { "__close", conn_tbc },
         { "__tostring", conn_tostring },
         { NULL, NULL }
     };
