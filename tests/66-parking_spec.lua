@@ -292,6 +292,56 @@ end)
 end)
 
 
+-- The master's idle timer of a parked connection is lazy: dispatching
+-- it leaves the timer running, a later PARK only moves its deadline (or
+-- restarts it when the new deadline is earlier).
+describe("a parked connection's idle time", function()
+  local p
+  setup(function()
+    local dir = H.tmpdir()
+    -- GET /IDLE: answered, then parked for IDLE seconds
+    H.writefile(dir .. "/idle.lua", [[
+return function(conn)
+  local req = assert(conn:readrequest())
+  conn:send("HTTP/1.1 200 OK\r\nContent-Length: " .. #req.path .. "\r\n\r\n" .. req.path)
+  assert(conn:park(tonumber(req.path:sub(2))))
+end
+]])
+    p = H.start_pool{ script = dir .. "/idle.lua", workers = 1, concurrency = 1 }
+    assert(p.addr, p:log())
+  end)
+  teardown(function() if p then p:stop() end end)
+
+  it("counts from its last park: a client that keeps coming back outlives the first deadline", function()
+    local c = client(p.addr)
+    finally(function() c:close() end)
+    -- 8 requests half a second apart, parked for 2 s after each: 4 s in
+    -- all, past the deadline of the first park
+    for i = 1, 8 do
+      local st, body = c:send(get("/2")):response()
+      assert.equal(200, st, "request " .. i)
+      assert.equal("/2", body)
+      H.wait_status(p, function(s) return s.parked == 1 end, 10, "parked")
+      H.sleep(0.5)
+    end
+    -- and it ends 2 s after the last (the client's read waits up to 10 s)
+    assert.is_true(c:eof())
+    H.wait_status(p, function(s) return s.parked == 0 end, 10, "closed")
+  end)
+
+  it("ends at the earlier deadline when a later park is shorter", function()
+    local c = client(p.addr)
+    finally(function() c:close() end)
+    assert.equal(200, (c:send(get("/60")):response()))
+    H.wait_status(p, function(s) return s.parked == 1 end, 10, "parked for 60 s")
+    assert.equal(200, (c:send(get("/0.5")):response()))
+    -- closed within the client's 10 s read, not after 60 s
+    assert.is_true(c:eof())
+    H.wait_status(p, function(s) return s.parked == 0 end, 10, "closed")
+    assert.same({}, H.unexpected_errors(p:log()))
+  end)
+end)
+
 -- A handler may drop its own reference to the conn and run the collector
 -- before it returns: the conn stays alive for the worker until the
 -- handler is over (the worker closes it then). Under ASan a collected
