@@ -42,6 +42,7 @@
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -530,7 +531,8 @@ recover(struct fdp_shd *d)
  * exchange to 0 (a futex wake when LK_WAIT was set). No kernel robust
  * list: a waiter that finds the lock held checks whether its owner is
  * still there (kill(pid, 0) first, then, after sleeping 10 ms in vain,
- * /proc/PID/stat: gone, a zombie, or another process's start time), and
+ * /proc/PID/stat: gone, a zombie, or another process's start time; a
+ * pidfd when /proc hides it: lk_exited), and
  * takes a dead owner's lock over with one compare-and-swap of exactly
  * the word it judged: then it repairs (recover) as the next locker after
  * a death. A process that never meets a dead owner pays no system call.
@@ -628,8 +630,34 @@ lk_self(void)
 }
 
 
+/* Has process pid ended (a zombie too)? Asked of a pidfd, which polls
+ * readable then: no /proc needed, and it sees through hidepid (a worker
+ * under --user is not dumpable, its /proc/PID hidden from its peers, a
+ * zombie's as well). 0 when it cannot tell. */
+static int
+lk_exited(pid_t pid)
+{
+#ifdef SYS_pidfd_open
+    struct pollfd pfd;
+    int fd = (int) syscall(SYS_pidfd_open, pid, 0), r;  /* (CLOEXEC) */
+
+    if (fd < 0) {               /* (no pidfd: ENOSYS, EMFILE) */
+        return errno == ESRCH || (kill(pid, 0) < 0 && errno == ESRCH);
+    }
+    pfd.fd = fd;
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+    r = poll(&pfd, 1, 0);
+    (void) close(fd);
+    return r == 1 && (pfd.revents & POLLIN) != 0;
+#else
+    return kill(pid, 0) < 0 && errno == ESRCH;
+#endif
+}
+
+
 /* Is the owner recorded in w gone? full: also ask /proc (a zombie, a
- * reused pid), else kill(pid, 0) alone. */
+ * reused pid) or a pidfd, else kill(pid, 0) alone. */
 static int
 lk_owner_dead(uint64_t w, int full)
 {
@@ -649,12 +677,11 @@ lk_owner_dead(uint64_t w, int full)
         return 0;
     }
     r = proc_stat(pid, &st, &start);
-    if (r == 0) {
-        /* gone since kill(), or hidden from us (hidepid): ask again */
-        return kill(pid, 0) < 0 && errno == ESRCH;
-    }
-    if (r < 0) {
-        return 0;                   /* cannot tell: wait on */
+    if (r <= 0) {
+        /* gone since kill(), hidden from us (hidepid) or unreadable: a
+         * pidfd tells an ended process (a zombie too) from a live one,
+         * not a reused pid (wait on: until it ends) */
+        return lk_exited(pid);
     }
     return st == 'Z' || st == 'X'
            || (tok != 0 && lk_token(start) != tok);
@@ -1755,7 +1782,8 @@ fdp_shd_free_space(struct fdp_shd *d)
 /*
  * Check the whole structure (tests; slow: it walks everything): the heap
  * block by block, every bucket chain, the LRU list both ways and every
- * free list, and that the counters agree with them. 0, or -EIO (nothing
+ * free list, that the counters agree with them, and that the write
+ * sequence is even (a get goes without the lock). 0, or -EIO (nothing
  * is changed or flushed), or the lock's error.
  */
 int
@@ -1809,6 +1837,10 @@ fdp_shd_check(struct fdp_shd *d)
         }
     }
     ok = ok && n == freeb && !d->corrupt;
+    /* the write sequence is odd only while an operation writes (this
+     * one, if its lock repaired a dead owner's): else every get would
+     * take the lock */
+    ok = ok && (r32(d, HOFF(seq)) & 1u) == (uint32_t) d->wseq;
     d->corrupt = 0;             /* a check never flushes */
     return unlock(d, ok ? 0 : -EIO);
 }
@@ -1834,6 +1866,7 @@ fdp_shd_format(void *base, size_t size)
     h->size = (uint32_t) size;
     h->lock.word = 0;
     format_data(&d);
+    seq_end(&d);                /* even: gets go without the lock */
     h->flushes = 0;
     return 0;
 }

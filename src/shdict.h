@@ -126,8 +126,8 @@ int fdp_shd_flush(struct fdp_shd *d);
 int fdp_shd_keys(struct fdp_shd *d, size_t max,
                  void (*fn)(void *ud, const char *key, size_t klen),
                  void *ud);
-/* Walk and check everything (tests): 0, or -EIO when the structure is
- * inconsistent (nothing changed). */
+/* Walk and check everything (tests; the write sequence even too): 0, or
+ * -EIO when the structure is inconsistent (nothing changed). */
 int fdp_shd_check(struct fdp_shd *d);
 /* Free bytes in the allocator (the largest entry may still not fit). */
 int64_t fdp_shd_free_space(struct fdp_shd *d);
