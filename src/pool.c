@@ -1524,16 +1524,15 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             break;
         case FDP_MSG_DONE:
             on_done(p, w, &m);
-            break;
+            /* One DONE or PARK (the messages of every hand-off) per
+             * wake-up: the channel is level-triggered, so a message
+             * behind it wakes the next epoll_wait at once, and the
+             * recvmsg that would only say EAGAIN -- the common case --
+             * is saved. */
+            goto out;
         case FDP_MSG_PARK:
             fdp_dispatch_park(p, w, &m);
-            if (w->slot.capacity == 1) {
-                /* Strict prefork: nothing more comes before its next
-                 * CONN, as a rule; the channel is level-triggered, so
-                 * stopping here only saves the recvmsg that says so. */
-                goto out;
-            }
-            break;
+            goto out;
         case FDP_MSG_STATUS_REQ:
             on_status_req(p, w, &m);
             break;
