@@ -2268,6 +2268,7 @@ fdp_pool_start(struct fdp_pool *p)
         }
         fdp_log(FDP_LOG_INFO, 0, "listening on %s", p->listeners[i].bound);
     }
+    fdp_acceptf_defer(p);
     p->accepting = !p->accept_held;
     sched_master(p, 1);
     p->started = 1;
