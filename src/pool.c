@@ -2256,6 +2256,9 @@ fdp_pool_start(struct fdp_pool *p)
         goto fail;
     }
     raise_nofile(p);
+    /* Before "listening on": a client that reads the port there finds
+     * the deferral in place. */
+    fdp_acceptf_defer(p);
     for (i = 0; i < p->nlisten; i++) {
         p->listeners[i].io.cb = fdp_dispatch_listener_io;
         /* A pool upgrade's new master accepts from its READY on. */
@@ -2268,7 +2271,6 @@ fdp_pool_start(struct fdp_pool *p)
         }
         fdp_log(FDP_LOG_INFO, 0, "listening on %s", p->listeners[i].bound);
     }
-    fdp_acceptf_defer(p);
     p->accepting = !p->accept_held;
     sched_master(p, 1);
     p->started = 1;
