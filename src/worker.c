@@ -73,9 +73,45 @@ struct fdp_wctx {
     size_t mem_used;            /* bytes the Lua state holds */
     size_t mem_limit;           /* refused past this in handler code */
     struct fcache *fc;          /* small blocks kept for reuse, or NULL */
+    struct fdp_wtask *spare;    /* freed tasks kept for the next
+                                   connections (a list through
+                                   status_next) */
+    int nspare;
 };
 
 static void status_unwait(struct fdp_wtask *t);
+
+
+/* Tasks kept for reuse: in strict prefork a worker starts one per
+ * request, each a calloc and a free otherwise. */
+#define WTASK_SPARES 8
+
+static struct fdp_wtask *
+task_alloc(struct fdp_wctx *w)
+{
+    struct fdp_wtask *t = w->spare;
+
+    if (t == NULL) {
+        return calloc(1, sizeof(*t));
+    }
+    w->spare = t->status_next;
+    w->nspare--;
+    memset(t, 0, sizeof(*t));
+    return t;
+}
+
+
+static void
+task_free(struct fdp_wctx *w, struct fdp_wtask *t)
+{
+    if (w->nspare >= WTASK_SPARES) {
+        free(t);
+        return;
+    }
+    t->status_next = w->spare;
+    w->spare = t;
+    w->nspare++;
+}
 
 
 
@@ -162,8 +198,8 @@ task_peer(struct fdp_task *tk, char *out, size_t n)
 
 
 /*
- * The handler is over: queue its connection's DONE entry and close it
- * (unless parked), and free the task.
+ * The handler is over: queue its connection's DONE entry (unless
+ * parked: the PARK said it), close its conn, and keep the task for reuse.
  */
 static void
 task_done(struct fdp_task *tk)
@@ -189,8 +225,13 @@ task_done(struct fdp_task *tk)
         if (w->ndone == FDP_BATCH_MAX) {
             flush_done(w);
         }
+    } else if (c) {
+        /* Parked (its fd is the master's now): the conn has no
+         * finalizer (fdp_conn_new), so its read buffer goes back to
+         * the scheduler's spares here, for the next hand-off. */
+        fdp_conn_close(c);
     }
-    free(t);
+    task_free(w, t);
 }
 
 
@@ -465,7 +506,7 @@ on_status_resp(struct fdp_wctx *w, const struct fdp_msg *m)
 static void
 start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
 {
-    struct fdp_wtask *t = calloc(1, sizeof(*t));
+    struct fdp_wtask *t = task_alloc(w);
     lua_State *co;
 
     if (t == NULL) {
@@ -479,9 +520,14 @@ start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
     t->started_us = fdp_now_us();
     fdp_task_start(&w->sched, &t->t);
     co = t->t.co;
-    lua_rawgeti(co, LUA_REGISTRYINDEX, w->handler_ref);
+    /* The conn, under the handler on the coroutine's stack: it stays
+     * there (reachable) until the task ends, whatever the handler does
+     * with its own reference, so task_done never meets a collected
+     * conn. */
     t->conn = fdp_conn_new(co, fd, &w->sched, w->pool->io_timeout > 0
                                               ? w->pool->io_timeout : -1);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, w->handler_ref);
+    lua_pushvalue(co, -2);
     t->t.data = t->conn;
     if (e->flags & FDP_CONN_KEPT) {
         t->kept = 1;
