@@ -624,14 +624,12 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
              * master needs them soon (--max-requests, a small capacity),
              * not after every message waiting on the channel. */
             maybe_flush_done(w);
-            if (w->pool->concurrency == 1) {
-                /* Strict prefork: one CONN per connection served; the
-                 * channel is level-triggered, so a message behind it
-                 * wakes the next epoll_wait, and the recvmsg that would
-                 * only say EAGAIN is saved. */
-                return;
-            }
-            break;
+            /* One CONN per wake-up: the channel is level-triggered, so a
+             * message behind this one (a burst longer than one batch)
+             * wakes the next epoll_wait at once, and the recvmsg that
+             * would only say EAGAIN -- one per hand-off, the common
+             * case -- is saved. */
+            return;
         case FDP_MSG_STATUS_RESP:
             on_status_resp(w, &m);
             break;
