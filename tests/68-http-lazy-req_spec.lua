@@ -1,4 +1,4 @@
--- tests/67-http-lazy-req_spec.lua: a request read by conn:httploop (the
+-- tests/68-http-lazy-req_spec.lua: a request read by conn:httploop (the
 -- real pool) gets req.headers, req.path and req.query only when the
 -- handler first reads them (built from the kept head by Req's __index,
 -- src/lhttp.c req_index). What a handler sees must be what the eager
