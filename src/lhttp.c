@@ -26,10 +26,14 @@
 
 /* ---- HTTP/1.x response head ----------------------------------------- */
 
-/* Append to a growable head buffer; 0 or -1 (out of memory). */
+/* A growable head buffer: its stack, then a userdata that replaces the
+ * value at slot of L's stack (so the collector frees it also when a
+ * header's metamethod or an allocation raises while it is built). */
 struct headbuf {
     char *p;
     size_t len, cap;
+    lua_State *L;
+    int slot;                   /* absolute */
     const char *invalid;        /* the name of a header refused, or NULL */
     int scan;                   /* hb_headers notes the two below: */
     int conn_close;             /* the first Connection is "close" */
@@ -38,6 +42,7 @@ struct headbuf {
 };
 
 
+/* Append to b; 0 (out of memory raises: nothing to free). */
 static int
 hb_add(struct headbuf *b, const char *s, size_t n)
 {
@@ -48,13 +53,9 @@ hb_add(struct headbuf *b, const char *s, size_t n)
         while (cap < b->len + n) {
             cap *= 2;
         }
-        q = b->p == b->stack ? malloc(cap) : realloc(b->p, cap);
-        if (q == NULL) {
-            return -ENOMEM;
-        }
-        if (b->p == b->stack) {
-            memcpy(q, b->stack, b->len);
-        }
+        q = lua_newuserdatauv(b->L, cap, 0);
+        memcpy(q, b->p, b->len);
+        lua_replace(b->L, b->slot);
         b->p = q;
         b->cap = cap;
     }
@@ -143,7 +144,7 @@ hb_header(struct headbuf *b, const char *k, size_t kn, lua_State *L, int vi)
 
 
 /* Each headers[k] = v of the table at idx (a table value: one line per
- * element), except the ones sendresponse writes itself. 0 or -ENOMEM. */
+ * element), except the ones sendresponse writes itself. 0. */
 static int
 hb_headers(struct headbuf *b, lua_State *L, int idx)
 {
@@ -193,7 +194,7 @@ hb_headers(struct headbuf *b, lua_State *L, int idx)
 
 
 /* The kernel took n bytes of head b and body (maybe none): send the rest
- * through conn:send, which waits (yields) as needed. Frees b. */
+ * through conn:send, which waits (yields) as needed. */
 static int
 send_rest(lua_State *L, struct fdp_conn *c, struct headbuf *b,
           const char *body, size_t bn, ssize_t n)
@@ -210,9 +211,6 @@ send_rest(lua_State *L, struct fdp_conn *c, struct headbuf *b,
         done -= b->len;
     }
     luaL_addlstring(&rest, body + done, bn - done);
-    if (b->p != b->stack) {
-        free(b->p);
-    }
     luaL_pushresult(&rest);
     lua_replace(L, 2);
     lua_settop(L, 2);
@@ -232,10 +230,13 @@ send_rest(lua_State *L, struct fdp_conn *c, struct headbuf *b,
  * not nil. Sends head and body with one writev; what the
  * kernel does not take at once goes through conn:send's waiting path.
  */
-/* An empty head in b (its stack buffer). */
+/* An empty head in b (its stack buffer; a longer one replaces slot of
+ * L's stack). */
 static void
-head_start(struct headbuf *b)
+head_start(struct headbuf *b, lua_State *L, int slot)
 {
+    b->L = L;
+    b->slot = slot;
     b->p = b->stack;
     b->len = 0;
     b->cap = sizeof(b->stack);
@@ -244,19 +245,13 @@ head_start(struct headbuf *b)
 }
 
 
-/* Free b and raise: a header refused, or out of memory. */
+/* Raise: a header refused. */
 static void
 head_fail(lua_State *L, struct headbuf *b)
 {
-    if (b->p != b->stack) {
-        free(b->p);
-    }
-    if (b->invalid) {
-        luaL_error(L, "invalid response header '%s' (a name must be "
-                   "a token, a value must hold no CR, LF or other "
-                   "control byte)", b->invalid);
-    }
-    luaL_error(L, "out of memory");
+    luaL_error(L, "invalid response header '%s' (a name must be a token, "
+               "a value must hold no CR, LF or other control byte)",
+               b->invalid);
 }
 
 
@@ -303,19 +298,19 @@ head_finish(struct headbuf *b, const char *dl, size_t dn, int has_len,
 }
 
 
-/* The head of a response into b (b->p is b->stack or malloc'd; on
- * return 0 the caller frees it): status line, headers table at hidx,
- * date line (or NULL), "Content-Length: length" when has_len,
- * "Transfer-Encoding: chunked", "Connection: cv" (or NULL). Raises for
- * a header that is not a token/value, or out of memory (b freed). */
+/* The head of a response into b (b->p is b->stack or a userdata at
+ * slot of L's stack, kept there while b is used): status line, headers
+ * table at hidx, date line (or NULL), "Content-Length: length" when
+ * has_len, "Transfer-Encoding: chunked", "Connection: cv" (or NULL).
+ * Raises for a header that is not a token/value, or out of memory. */
 static void
-head_build(lua_State *L, struct headbuf *b, const char *sl, size_t sn,
-           int hidx, const char *dl, size_t dn, int has_len, lua_Integer v,
-           int chunked, const char *cv, size_t cn)
+head_build(lua_State *L, struct headbuf *b, int slot, const char *sl,
+           size_t sn, int hidx, const char *dl, size_t dn, int has_len,
+           lua_Integer v, int chunked, const char *cv, size_t cn)
 {
     int bad;
 
-    head_start(b);
+    head_start(b, L, slot);
     bad = hb_add(b, sl, sn) | hb_headers(b, L, hidx);
     if (head_finish(b, dl, dn, has_len, v, chunked, cv, cn) || bad) {
         head_fail(L, b);
@@ -369,21 +364,17 @@ conn_sendresponse(lua_State *L)
     ssize_t n;
 
     luaL_checktype(L, 3, LUA_TTABLE);
-    head_build(L, &b, sl, sn, 3, dl, dn, lua_isinteger(L, 5),
+    lua_settop(L, 8);
+    lua_pushnil(L);                     /* 9: a head past b's stack */
+    head_build(L, &b, 9, sl, sn, 3, dl, dn, lua_isinteger(L, 5),
                lua_tointeger(L, 5), lua_toboolean(L, 6), conn_v, cn);
     n = head_write(c, &b, body, bn);
     if (n == (ssize_t) (b.len + bn)) {
-        if (b.p != b.stack) {
-            free(b.p);
-        }
         c->bytes_out += (uint64_t) n;
         lua_pushinteger(L, (lua_Integer) bn);
         return 1;
     }
     if (n < 0 && n != -EAGAIN && n != -EWOULDBLOCK) {
-        if (b.p != b.stack) {
-            free(b.p);
-        }
         lua_pushnil(L);
         lua_pushliteral(L, "closed");
         lua_pushinteger(L, 0);
@@ -607,7 +598,7 @@ res_send(lua_State *L)
         lua_pushinteger(L, (lua_Integer) bn);
         lua_rawset(L, 1);
     }
-    lua_pushnil(L);                     /* 4 (unused) */
+    lua_pushnil(L);                     /* 4: a head past b's stack */
     rget(L, 1, R_HEADERS);              /* 5 */
     luaL_checktype(L, 5, LUA_TTABLE);
     rget(L, 1, R_CONN);                 /* 6 */
@@ -629,10 +620,10 @@ res_send(lua_State *L)
         lua_replace(L, RDATE_TIME);
     }
     c = luaL_testudata(L, 6, FDP_CONN_MT);
-    head_start(&b);
+    head_start(&b, L, 4);
     if (c != NULL) {
         /* the head as far as the headers, noting Connection and Date as
-         * it goes (b is freed on every way out below) */
+         * it goes */
         sl = luaL_checklstring(L, 7, &sn);
         b.scan = 1;
         bad = hb_add(&b, sl, sn) | hb_headers(&b, L, 5);
@@ -640,8 +631,8 @@ res_send(lua_State *L)
         hb_scan(L, &b, 5);
     }
     /* req._close: Connection: close from the handler; a client waiting
-     * for 100 Continue whose body was not asked for. Set below, after
-     * b is freed (a new field may allocate). */
+     * for 100 Continue whose body was not asked for. Set below, with the
+     * head built (before a refused header's error). */
     set_close = b.conn_close;
     if (rtrue(L, 3, R_EXPECT_CONTINUE) && !rtrue(L, 3, R_BODY)) {
         rget(L, 3, R_LENGTH);
@@ -707,10 +698,6 @@ res_send(lua_State *L)
     if (head_finish(&b, dl, dn, has_len, (lua_Integer) bn, 0, cv,
                     cv ? strlen(cv) : 0) || bad) {
         if (set_close) {
-            if (b.p != b.stack) {
-                free(b.p);
-                b.p = b.stack;
-            }
             rset_true(L, 3, R_CLOSE);
         }
         head_fail(L, &b);
@@ -721,8 +708,8 @@ res_send(lua_State *L)
 
 /* res_send's write of head b and the body (slot 2, n1 bytes of it) on
  * the real conn c, with one writev; what the kernel does not take at
- * once goes through conn:send, which waits (yields). Frees b; sets
- * req._close (slot 3) when set_close. */
+ * once goes through conn:send, which waits (yields). Sets req._close
+ * (slot 3) when set_close. */
 static int
 res_write(lua_State *L, struct fdp_conn *c, struct headbuf *b, size_t n1,
           int set_close)
@@ -732,9 +719,6 @@ res_write(lua_State *L, struct fdp_conn *c, struct headbuf *b, size_t n1,
 
     if (n == (ssize_t) (b->len + n1) || (n < 0 && n != -EAGAIN
                                          && n != -EWOULDBLOCK)) {
-        if (b->p != b->stack) {
-            free(b->p);
-        }
         if (set_close) {
             rset_true(L, 3, R_CLOSE);
         }
@@ -753,10 +737,9 @@ res_write(lua_State *L, struct fdp_conn *c, struct headbuf *b, size_t n1,
         /* the rest through conn:send, which waits (yields) as needed */
         size_t done = n > 0 ? (size_t) n : 0;
         luaL_Buffer rest;
-        char *p = b->p == b->stack ? NULL : b->p;
 
         c->bytes_out += done;
-        lua_settop(L, 6);
+        lua_settop(L, 6);                       /* (4: b's userdata) */
         lua_pushcfunction(L, fdp_conn_send);
         lua_pushvalue(L, 6);
         luaL_buffinit(L, &rest);
@@ -767,7 +750,6 @@ res_write(lua_State *L, struct fdp_conn *c, struct headbuf *b, size_t n1,
             done -= b->len;
         }
         luaL_addlstring(&rest, body + done, n1 - done);
-        free(p);
         luaL_pushresult(&rest);
         if (set_close) {
             rset_true(L, 3, R_CLOSE);
