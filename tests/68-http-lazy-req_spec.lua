@@ -138,6 +138,20 @@ describe("req.headers, path and query built on first use", function()
     post = "POST /post?p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello",
     chunked = "POST /post HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
       .. "3\r\nabc\r\n0\r\n\r\n",
+    -- odd but valid bytes: empty values, trailing whitespace, any tchar
+    -- in a name, "?" alone, "#", percent-encoding, two "?"
+    emptyval = "GET /ev HTTP/1.1\r\nHost: h\r\nX-A:\r\nX-B: \t \r\nX-C:  trail \t\r\n\r\n",
+    oddnames = "GET /on HTTP/1.1\r\nHost: h\r\nX!#$%&'*+-.^_`|~A: odd\r\nX-A: 1\r\nx-A: \r\n\r\n",
+    marks = "GET /p#f?a%20b?c=%26# HTTP/1.1\r\nHost: h\r\n\r\n",
+    qonly = "GET /? HTTP/1.1\r\nHost: h\r\n\r\n",
+    -- a framing header twice (the headers table made at once instead)
+    dupconn = "GET /dc HTTP/1.1\r\nHost: h\r\nConnection: x\r\nConnection: y\r\nX-A: 1\r\n\r\n",
+    -- a head past req_index's 2 KiB stack copy, 100 fields
+    many = (function()
+      local t = { "GET /many HTTP/1.1\r\nHost: h\r\n" }
+      for i = 1, 99 do t[#t + 1] = ("X-%d: %s\r\n"):format(i % 7, ("v"):rep(i)) end
+      return table.concat(t) .. "\r\n"
+    end)(),
     -- a req kept by the handler, read only after two later requests on
     -- the same connection (their heads reuse the read buffer)
     kept = "GET /keep?old HTTP/1.1\r\nHost: old\r\nX-A: kept\r\nX-Only: here\r\n\r\n"
