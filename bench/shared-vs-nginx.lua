@@ -11,7 +11,8 @@
 -- ...). One warm-up round (LuaJIT), then the median of ROUNDS.
 -- Run from the repository root: lua5.4 bench/shared-vs-nginx.lua
 -- (scripts/bench runs it; N=1000000 ROUNDS=5 by default; the median round
--- is shown). FDPOOL_BUILD=build by default.
+-- is shown). FDPOOL_BUILD=build by default; nginx listens on PORT_BASE + 20
+-- (and up) when PORT_BASE is set, else on a random port.
 package.path = "./tests/?.lua;./lua/?.lua;" .. package.path
 package.cpath = "./" .. (os.getenv("FDPOOL_BUILD") or "build") .. "/?.so;" .. package.cpath
 local H = require "helpers"
@@ -131,8 +132,10 @@ end
 local function start_nginx(workers)
   local dir = H.tmpdir()
   os.execute("mkdir -p " .. dir .. "/tmp")
-  for _ = 1, 20 do
-    local port = 20000 + math.random(0, 20000)
+  for try = 1, 20 do
+    -- PORT_BASE (scripts/bench passes its own): ports from PORT_BASE + 20
+    local base = tonumber(os.getenv("PORT_BASE"))
+    local port = base and base + 19 + try or 20000 + math.random(0, 20000)
     H.writefile(dir .. "/nginx.conf", (NGINX_CONF:gsub("@PORT@", port):gsub("@WORKERS@", workers)))
     os.execute(("nginx -p %s -c %s/nginx.conf -e %s/error.log -g 'daemon off;' >%s/log 2>&1 & echo $! > %s/pid")
       :format(dir, dir, dir, dir, dir))

@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -122,6 +123,39 @@ fdp_acceptf_ready(struct fdp_pool *p, const struct fdp_ready_body *b)
         af->http = b->http != 0;
         af->max_head = b->max_head;
         af->head_ms = b->head_ms;
+    }
+    fdp_acceptf_defer(p);
+}
+
+
+/*
+ * Deferred accept (TCP_DEFER_ACCEPT, 1 s; nginx's `listen ... deferred`)
+ * on every TCP listener whose filter waits for the client's bytes anyway
+ * (data, http, tls): the kernel holds a new connection until its first
+ * bytes (or 1 s, then it is accepted as ever, and the filter's deadline
+ * runs), so the master wakes once per connection instead of twice (the
+ * accept, then the bytes), and a silent client costs no fd meanwhile.
+ * Off with filter none (a server-first protocol: the worker must have
+ * the connection at once). The mode of an `auto` listener is known from
+ * the workers' READY, so this runs at start and at every READY, and
+ * touches a socket only when its setting changes.
+ */
+void
+fdp_acceptf_defer(struct fdp_pool *p)
+{
+    int i;
+
+    for (i = 0; i < p->nlisten; i++) {
+        struct fdp_listener *l = &p->listeners[i];
+        int on = fdp_acceptf_mode(p, (uint32_t) i) != FDP_AF_NONE;
+
+        if (!l->tcp || l->fd < 0 || (l->defer_set && l->deferred == on)) {
+            continue;
+        }
+        (void) setsockopt(l->fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &on,
+                          sizeof(on));
+        l->defer_set = 1;
+        l->deferred = on;
     }
 }
 

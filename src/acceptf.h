@@ -43,6 +43,7 @@ int fdp_acceptf_hold(struct fdp_pool *p, struct fdp_pending *c);
 int fdp_acceptf_dispatchable(struct fdp_pool *p,
                              const struct fdp_pending *c);
 void fdp_acceptf_ready(struct fdp_pool *p, const struct fdp_ready_body *b);
+void fdp_acceptf_defer(struct fdp_pool *p);
 void fdp_acceptf_retry(struct fdp_pool *p);
 void fdp_acceptf_close_all(struct fdp_pool *p);
 void fdp_acceptf_admit_all(struct fdp_pool *p);

@@ -44,7 +44,8 @@ struct fdp_held {
     struct sockaddr_in6 rpeer;      /* came from (a dead socket has no
                                      * peer name any more) */
     struct fdp_io io;
-    struct fdp_timer timer;
+    struct fdp_timer timer;         /* parked: lazy (held_arm) */
+    uint64_t deadline;              /* parked: idle until (loop ms) */
     struct fdp_pool *pool;
     struct fdp_held *prev, *next;
     struct fdp_held *kprev, *knext; /* parked kind: on p->kept */
@@ -134,6 +135,7 @@ static void
 kept_drop(struct fdp_pool *p, struct fdp_held *h)
 {
     fdp_loop_forget(&p->loop, &h->io);
+    fdp_timer_stop(&p->loop, &h->timer);
     fdp_close(&h->c.fd);
     kept_unlink(p, h);
     free(h);
@@ -173,7 +175,14 @@ held_timeout(struct fdp_loop *loop, struct fdp_timer *t)
 {
     struct fdp_held *h = t->data;
 
-    (void) loop;
+    if (h->kind == HELD_PARKED && !h->armed) {
+        return;         /* queued or in a worker: held_arm restarts it */
+    }
+    if (h->kind == HELD_PARKED && h->deadline > loop->now) {
+        /* parked again since this timer was set: the rest of its time */
+        (void) fdp_timer_start(loop, &h->timer, h->deadline - loop->now);
+        return;
+    }
     if (h->kind == HELD_PROXY) {
         fdp_log(FDP_LOG_DEBUG, 0, "no PROXY header within %d ms; closed",
                 PROXY_TIMEOUT_MS);
@@ -182,13 +191,23 @@ held_timeout(struct fdp_loop *loop, struct fdp_timer *t)
 }
 
 
-/* Put h on its list with a deadline of ms (its fd watched already). */
+/*
+ * Put h on its list with a deadline of ms (its fd watched already). A
+ * parked connection's timer is lazy: its dispatch leaves the timer in
+ * the loop's heap, and a PARK that finds it pending with a time no
+ * later than the new deadline only records the deadline (held_timeout
+ * re-arms for the rest): no heap removal and insertion per request.
+ */
 static void
 held_arm(struct fdp_pool *p, struct fdp_held *h, uint64_t ms)
 {
     struct fdp_held **list = held_list(p, h);
 
-    (void) fdp_timer_start(&p->loop, &h->timer, ms);
+    h->deadline = p->loop.now + ms;
+    if (h->kind != HELD_PARKED || !fdp_timer_active(&h->timer)
+        || h->timer.when > h->deadline) {
+        (void) fdp_timer_start(&p->loop, &h->timer, ms);
+    }
     h->prev = NULL;
     h->next = *list;
     if (*list) {
@@ -821,8 +840,8 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     }
     if (fdp_acceptf_dispatchable(p, &c)) {
         /* The common case: a whole request is there. The record goes
-         * with the connection (queued, then in flight) and owns fd. */
-        fdp_timer_stop(&p->loop, &k->timer);
+         * with the connection (queued, then in flight) and owns fd; its
+         * timer stays (lazy: see held_arm). */
         held_unlink(p, k);
         c.kept = k;
     } else {

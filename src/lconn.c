@@ -139,15 +139,20 @@ fdp_conn_init(struct fdp_conn *c, int fd, struct fdp_sched *s, double timeout)
 }
 
 
+/*
+ * A task's conn (the only kind): the task keeps it reachable (on its
+ * coroutine's stack) and closes it when the handler is over (the
+ * worker's task_done), so the metatable has no __gc: a finalizer per
+ * conn would cost a call and an extra collector cycle per connection
+ * (in strict prefork, per request).
+ */
 struct fdp_conn *
 fdp_conn_new(lua_State *L, int fd, struct fdp_sched *s, double timeout)
 {
     struct fdp_conn *c = lua_newuserdatauv(L, sizeof(*c), 0);
 
-    memset(c, 0, sizeof(*c));
-    c->fd = -1;
-    luaL_setmetatable(L, CONN_MT);
     fdp_conn_init(c, fd, s, timeout);
+    luaL_setmetatable(L, CONN_MT);
     return c;
 }
 
@@ -826,8 +831,9 @@ conn_close(lua_State *L)
 }
 
 
+/* __close: `local c <close> = conn` closes it (when not waited on). */
 static int
-conn_gc(lua_State *L)
+conn_tbc(lua_State *L)
 {
     struct fdp_conn *c = luaL_checkudata(L, 1, CONN_MT);
 
@@ -990,8 +996,7 @@ fdp_conn_open_meta(lua_State *L)
         { NULL, NULL }
     };
     static const luaL_Reg meta[] = {
-        { "__gc", conn_gc },
-        { "__close", conn_gc },
+        { "__close", conn_tbc },
         { "__tostring", conn_tostring },
         { NULL, NULL }
     };

@@ -95,7 +95,9 @@ void fdp_conn_open_meta(lua_State *L);
 
 /* A new conn owning fd on the stack of L, its waits scheduled by s
  * (NULL: they block in poll()), with timeout seconds per wait (< 0:
- * none). */
+ * none). No finalizer: its owner (the worker's task) keeps it reachable
+ * and fdp_conn_close's it (a parked one too: that returns its read
+ * buffer). */
 struct fdp_conn *fdp_conn_new(lua_State *L, int fd, struct fdp_sched *s,
                               double timeout);
 /* Fill a conn embedded in another object (a client socket: lsock.c)

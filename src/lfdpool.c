@@ -296,6 +296,7 @@ luaopen_fdpool(lua_State *L)
         { "log_file", l_log_file },
         { "log_format", l_log_format },
         { "_httpres", fdp_lhttp_res },
+        { "_httpreq", fdp_lhttp_req },
         { NULL, NULL }
     };
 

@@ -26,15 +26,23 @@
 
 /* ---- HTTP/1.x response head ----------------------------------------- */
 
-/* Append to a growable head buffer; 0 or -1 (out of memory). */
+/* A growable head buffer: its stack, then a userdata that replaces the
+ * value at slot of L's stack (so the collector frees it also when a
+ * header's metamethod or an allocation raises while it is built). */
 struct headbuf {
     char *p;
     size_t len, cap;
+    lua_State *L;
+    int slot;                   /* absolute */
     const char *invalid;        /* the name of a header refused, or NULL */
+    int scan;                   /* hb_headers notes the two below: */
+    int conn_close;             /* the first Connection is "close" */
+    int has_date;               /* a Date header */
     char stack[2048];
 };
 
 
+/* Append to b; 0 (out of memory raises: nothing to free). */
 static int
 hb_add(struct headbuf *b, const char *s, size_t n)
 {
@@ -45,19 +53,33 @@ hb_add(struct headbuf *b, const char *s, size_t n)
         while (cap < b->len + n) {
             cap *= 2;
         }
-        q = b->p == b->stack ? malloc(cap) : realloc(b->p, cap);
-        if (q == NULL) {
-            return -ENOMEM;
-        }
-        if (b->p == b->stack) {
-            memcpy(q, b->stack, b->len);
-        }
+        q = lua_newuserdatauv(b->L, cap, 0);
+        memcpy(q, b->p, b->len);
+        lua_replace(b->L, b->slot);
         b->p = q;
         b->cap = cap;
     }
     memcpy(b->p + b->len, s, n);
     b->len += n;
     return 0;
+}
+
+
+/* a and b (n bytes each) equal but for ASCII case */
+static int
+ci_eq(const char *a, const char *b, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        unsigned char x = (unsigned char) a[i], y = (unsigned char) b[i];
+
+        if (x != y && ((x | 0x20) != (y | 0x20) || (x | 0x20) < 'a'
+                       || (x | 0x20) > 'z')) {
+            return 0;
+        }
+    }
+    return 1;
 }
 
 
@@ -122,7 +144,7 @@ hb_header(struct headbuf *b, const char *k, size_t kn, lua_State *L, int vi)
 
 
 /* Each headers[k] = v of the table at idx (a table value: one line per
- * element), except the ones sendresponse writes itself. 0 or -ENOMEM. */
+ * element), except the ones sendresponse writes itself. 0. */
 static int
 hb_headers(struct headbuf *b, lua_State *L, int idx)
 {
@@ -138,6 +160,20 @@ hb_headers(struct headbuf *b, lua_State *L, int idx)
             continue;
         }
         k = lua_tolstring(L, -2, &kn);
+        if (b->scan) {
+            /* res:send's send_head: Connection: close from the handler
+             * closes; a Date from the handler replaces ours */
+            if (b->scan == 1 && kn == 10 && ci_eq(k, "connection", 10)) {
+                size_t vn;
+                const char *v = luaL_tolstring(L, -1, &vn);
+
+                b->scan = 2;            /* the first one only */
+                b->conn_close = vn == 5 && ci_eq(v, "close", 5);
+                lua_pop(L, 1);
+            } else if (kn == 4 && ci_eq(k, "date", 4)) {
+                b->has_date = 1;
+            }
+        }
         if (!own_header(k, kn)) {
             if (lua_istable(L, -1)) {
                 lua_Integer i, m = luaL_len(L, -1);
@@ -158,7 +194,7 @@ hb_headers(struct headbuf *b, lua_State *L, int idx)
 
 
 /* The kernel took n bytes of head b and body (maybe none): send the rest
- * through conn:send, which waits (yields) as needed. Frees b. */
+ * through conn:send, which waits (yields) as needed. */
 static int
 send_rest(lua_State *L, struct fdp_conn *c, struct headbuf *b,
           const char *body, size_t bn, ssize_t n)
@@ -175,9 +211,6 @@ send_rest(lua_State *L, struct fdp_conn *c, struct headbuf *b,
         done -= b->len;
     }
     luaL_addlstring(&rest, body + done, bn - done);
-    if (b->p != b->stack) {
-        free(b->p);
-    }
     luaL_pushresult(&rest);
     lua_replace(L, 2);
     lua_settop(L, 2);
@@ -197,24 +230,39 @@ send_rest(lua_State *L, struct fdp_conn *c, struct headbuf *b,
  * not nil. Sends head and body with one writev; what the
  * kernel does not take at once goes through conn:send's waiting path.
  */
-/* The head of a response into b (b->p is b->stack or malloc'd; on
- * return 0 the caller frees it): status line, headers table at hidx,
- * date line (or NULL), "Content-Length: length" when has_len,
- * "Transfer-Encoding: chunked", "Connection: cv" (or NULL). Raises for
- * a header that is not a token/value, or out of memory (b freed). */
+/* An empty head in b (its stack buffer; a longer one replaces slot of
+ * L's stack). */
 static void
-head_build(lua_State *L, struct headbuf *b, const char *sl, size_t sn,
-           int hidx, const char *dl, size_t dn, int has_len, lua_Integer v,
-           int chunked, const char *cv, size_t cn)
+head_start(struct headbuf *b, lua_State *L, int slot)
 {
-    int bad = 0;
-
+    b->L = L;
+    b->slot = slot;
     b->p = b->stack;
     b->len = 0;
     b->cap = sizeof(b->stack);
     b->invalid = NULL;
-    bad |= hb_add(b, sl, sn);
-    bad |= hb_headers(b, L, hidx);
+    b->scan = b->conn_close = b->has_date = 0;
+}
+
+
+/* Raise: a header refused. */
+static void
+head_fail(lua_State *L, struct headbuf *b)
+{
+    luaL_error(L, "invalid response header '%s' (a name must be a token, "
+               "a value must hold no CR, LF or other control byte)",
+               b->invalid);
+}
+
+
+/* The head's end, after the status line and headers: 0, or not 0 for
+ * head_fail. */
+static int
+head_finish(struct headbuf *b, const char *dl, size_t dn, int has_len,
+            lua_Integer v, int chunked, const char *cv, size_t cn)
+{
+    int bad = 0;
+
     if (dl) {
         bad |= hb_add(b, dl, dn);
     }
@@ -246,16 +294,26 @@ head_build(lua_State *L, struct headbuf *b, const char *sl, size_t sn,
                | hb_add(b, "\r\n", 2);
     }
     bad |= hb_add(b, "\r\n", 2);
-    if (bad || b->invalid) {
-        if (b->p != b->stack) {
-            free(b->p);
-        }
-        if (b->invalid) {
-            luaL_error(L, "invalid response header '%s' (a name must be "
-                       "a token, a value must hold no CR, LF or other "
-                       "control byte)", b->invalid);
-        }
-        luaL_error(L, "out of memory");
+    return bad || b->invalid;
+}
+
+
+/* The head of a response into b (b->p is b->stack or a userdata at
+ * slot of L's stack, kept there while b is used): status line, headers
+ * table at hidx, date line (or NULL), "Content-Length: length" when
+ * has_len, "Transfer-Encoding: chunked", "Connection: cv" (or NULL).
+ * Raises for a header that is not a token/value, or out of memory. */
+static void
+head_build(lua_State *L, struct headbuf *b, int slot, const char *sl,
+           size_t sn, int hidx, const char *dl, size_t dn, int has_len,
+           lua_Integer v, int chunked, const char *cv, size_t cn)
+{
+    int bad;
+
+    head_start(b, L, slot);
+    bad = hb_add(b, sl, sn) | hb_headers(b, L, hidx);
+    if (head_finish(b, dl, dn, has_len, v, chunked, cv, cn) || bad) {
+        head_fail(L, b);
     }
 }
 
@@ -306,21 +364,17 @@ conn_sendresponse(lua_State *L)
     ssize_t n;
 
     luaL_checktype(L, 3, LUA_TTABLE);
-    head_build(L, &b, sl, sn, 3, dl, dn, lua_isinteger(L, 5),
+    lua_settop(L, 8);
+    lua_pushnil(L);                     /* 9: a head past b's stack */
+    head_build(L, &b, 9, sl, sn, 3, dl, dn, lua_isinteger(L, 5),
                lua_tointeger(L, 5), lua_toboolean(L, 6), conn_v, cn);
     n = head_write(c, &b, body, bn);
     if (n == (ssize_t) (b.len + bn)) {
-        if (b.p != b.stack) {
-            free(b.p);
-        }
         c->bytes_out += (uint64_t) n;
         lua_pushinteger(L, (lua_Integer) bn);
         return 1;
     }
     if (n < 0 && n != -EAGAIN && n != -EWOULDBLOCK) {
-        if (b.p != b.stack) {
-            free(b.p);
-        }
         lua_pushnil(L);
         lua_pushliteral(L, "closed");
         lua_pushinteger(L, 0);
@@ -363,12 +417,12 @@ rget(lua_State *L, int t, int k)
 }
 
 
-/* t[key k] = value on top (pops it) */
+/* t[key k] = true; t absolute */
 static void
-rset(lua_State *L, int t, int k)
+rset_true(lua_State *L, int t, int k)
 {
     lua_rawgeti(L, RKEYS, k);
-    lua_insert(L, -2);
+    lua_pushboolean(L, 1);
     lua_rawset(L, t);
 }
 
@@ -391,24 +445,6 @@ not_started(lua_State *L)
         lua_pushliteral(L, "response already started");
         lua_error(L);
     }
-}
-
-
-/* a and b (n bytes each) equal but for ASCII case */
-static int
-ci_eq(const char *a, const char *b, size_t n)
-{
-    size_t i;
-
-    for (i = 0; i < n; i++) {
-        unsigned char x = (unsigned char) a[i], y = (unsigned char) b[i];
-
-        if (x != y && ((x | 0x20) != (y | 0x20) || (x | 0x20) < 'a'
-                       || (x | 0x20) > 'z')) {
-            return 0;
-        }
-    }
-    return 1;
 }
 
 
@@ -466,7 +502,36 @@ res_header(lua_State *L)
 
 
 static int conn_sendresponse(lua_State *L);
-static int res_write(lua_State *L, int head_only, int has_len, size_t bn);
+static int res_write(lua_State *L, struct fdp_conn *c, struct headbuf *b,
+                     size_t n1, int set_close);
+
+
+/* hb_headers' notes (b->conn_close, has_date) without building: for a
+ * conn whose own sendresponse builds the head */
+static void
+hb_scan(lua_State *L, struct headbuf *b, int idx)
+{
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        size_t kn;
+        const char *k;
+
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            k = lua_tolstring(L, -2, &kn);
+            if (b->scan == 0 && kn == 10 && ci_eq(k, "connection", 10)) {
+                size_t vn;
+                const char *v = luaL_tolstring(L, -1, &vn);
+
+                b->scan = 2;
+                b->conn_close = vn == 5 && ci_eq(v, "close", 5);
+                lua_pop(L, 1);
+            } else if (kn == 4 && ci_eq(k, "date", 4)) {
+                b->has_date = 1;
+            }
+        }
+        lua_pop(L, 1);
+    }
+}
 
 
 /* after sendresponse: (1 res, 2 body, 3 req, ..., ok, err) */
@@ -477,12 +542,10 @@ res_send_k(lua_State *L, int status, lua_KContext ctx)
 
     (void) status;
     (void) ctx;
-    lua_pushboolean(L, 1);
-    rset(L, 1, R_HEAD_SENT);
+    rset_true(L, 1, R_HEAD_SENT);
     ok = !lua_isnil(L, -2);
     if (!ok) {
-        lua_pushboolean(L, 1);
-        rset(L, 3, R_BROKEN);
+        rset_true(L, 3, R_BROKEN);
     }
     lua_pushboolean(L, ok);
     lua_replace(L, -3);
@@ -495,10 +558,13 @@ res_send_k(lua_State *L, int status, lua_KContext ctx)
 static int
 res_send(lua_State *L)
 {
-    size_t bn = 0;
+    size_t bn = 0, sn, dn = 0;
     lua_Integer code;
-    int head_only, close, seen_conn = 0, has_date = 0;
+    int head_only, has_len, set_close, bad = 0;
     time_t now;
+    struct fdp_conn *c;
+    struct headbuf b;
+    const char *sl, *dl, *cv;
 
     luaL_checktype(L, 1, LUA_TTABLE);
     not_started(L);
@@ -507,10 +573,8 @@ res_send(lua_State *L)
         lua_pushliteral(L, "");
     }
     lua_settop(L, 2);
-    lua_pushboolean(L, 1);
-    rset(L, 1, R_STARTED);
-    lua_pushboolean(L, 1);
-    rset(L, 1, R_FINISHED);
+    rset_true(L, 1, R_STARTED);
+    rset_true(L, 1, R_FINISHED);
     if (lua_type(L, 2) != LUA_TSTRING) {
         return luaL_error(L, "attempt to get length of a %s value (local "
                           "'body')", luaL_typename(L, 2));
@@ -518,9 +582,8 @@ res_send(lua_State *L)
     (void) lua_tolstring(L, 2, &bn);
     rget(L, 1, R_REQ);                  /* 3 */
     luaL_checktype(L, 3, LUA_TTABLE);
-    rget(L, 1, R_STATUS);
-    code = lua_tointeger(L, -1);
-    lua_pop(L, 1);
+    code = rget(L, 1, R_STATUS) == LUA_TNIL ? 200 : lua_tointeger(L, -1);
+    lua_pop(L, 1);                      /* (nil: Res._status's default) */
     rget(L, 3, R_METHOD);
     {
         size_t mn;
@@ -531,105 +594,74 @@ res_send(lua_State *L)
     }
     lua_pop(L, 1);
     if (!head_only) {
+        lua_rawgeti(L, RKEYS, R_BYTES);
         lua_pushinteger(L, (lua_Integer) bn);
-        rset(L, 1, R_BYTES);
+        lua_rawset(L, 1);
     }
-    lua_pushnil(L);                     /* 4 (unused) */
+    lua_pushnil(L);                     /* 4: a head past b's stack */
     rget(L, 1, R_HEADERS);              /* 5 */
     luaL_checktype(L, 5, LUA_TTABLE);
-    /* send_head: Connection: close from the handler closes; a Date from
-     * the handler replaces ours */
-    lua_pushnil(L);
-    while (lua_next(L, 5) != 0) {
-        size_t kn;
-        const char *k;
+    rget(L, 1, R_CONN);                 /* 6 */
+    lua_geti(L, RSTATUS_LINES, code);   /* 7 */
+    now = time(NULL);
+    if ((lua_Integer) now != lua_tointeger(L, RDATE_TIME)
+        || lua_isnil(L, RDATE)) {
+        char buf[64];
+        struct tm tm;
+        size_t n = 0;
 
-        if (lua_type(L, -2) == LUA_TSTRING) {
-            k = lua_tolstring(L, -2, &kn);
-            if (!seen_conn && kn == 10 && ci_eq(k, "connection", 10)) {
-                size_t vn;
-                const char *v = luaL_tolstring(L, -1, &vn);
-
-                seen_conn = 1;
-                if (vn == 5 && ci_eq(v, "close", 5)) {
-                    lua_pushboolean(L, 1);
-                    rset(L, 3, R_CLOSE);
-                }
-                lua_pop(L, 1);
-            } else if (kn == 4 && ci_eq(k, "date", 4)) {
-                has_date = 1;
-            }
+        if (gmtime_r(&now, &tm) != NULL) {
+            n = strftime(buf, sizeof(buf),
+                         "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
         }
-        lua_pop(L, 1);
+        lua_pushlstring(L, buf, n);
+        lua_replace(L, RDATE);
+        lua_pushinteger(L, (lua_Integer) now);
+        lua_replace(L, RDATE_TIME);
     }
-    /* a client waiting for 100 Continue whose body was not asked for */
+    c = luaL_testudata(L, 6, FDP_CONN_MT);
+    head_start(&b, L, 4);
+    if (c != NULL) {
+        /* the head as far as the headers, noting Connection and Date as
+         * it goes */
+        sl = luaL_checklstring(L, 7, &sn);
+        b.scan = 1;
+        bad = hb_add(&b, sl, sn) | hb_headers(&b, L, 5);
+    } else {
+        hb_scan(L, &b, 5);
+    }
+    /* req._close: Connection: close from the handler; a client waiting
+     * for 100 Continue whose body was not asked for. Set below, with the
+     * head built (before a refused header's error). */
+    set_close = b.conn_close;
     if (rtrue(L, 3, R_EXPECT_CONTINUE) && !rtrue(L, 3, R_BODY)) {
         rget(L, 3, R_LENGTH);
         if ((lua_isnumber(L, -1) && lua_tonumber(L, -1) > 0)
             || rtrue(L, 3, R_CHUNKED)) {
-            lua_pushboolean(L, 1);
-            rset(L, 3, R_CLOSE);
+            set_close = 1;
         }
         lua_pop(L, 1);
     }
-    close = rtrue(L, 3, R_CLOSE);
-    rget(L, 1, R_CONN);                         /* 6 */
-    lua_geti(L, RSTATUS_LINES, code);           /* 7 */
-    if (has_date) {                             /* 8 */
-        lua_pushnil(L);
-    } else {
-        now = time(NULL);
-        if ((lua_Integer) now != lua_tointeger(L, RDATE_TIME)
-            || lua_isnil(L, RDATE)) {
-            char buf[64];
-            struct tm tm;
-            size_t dn = 0;
-
-            if (gmtime_r(&now, &tm) != NULL) {
-                dn = strftime(buf, sizeof(buf),
-                              "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
-            }
-            lua_pushlstring(L, buf, dn);
-            lua_replace(L, RDATE);
-            lua_pushinteger(L, (lua_Integer) now);
-            lua_replace(L, RDATE_TIME);
-        }
-        lua_pushvalue(L, RDATE);
-    }
-    if (close) {                                /* 9 */
-        lua_pushliteral(L, "close");
+    if (set_close || rtrue(L, 3, R_CLOSE)) {
+        cv = "close";
     } else {
         size_t vn = 0;
         const char *v;
 
         rget(L, 3, R_VERSION);
         v = lua_tolstring(L, -1, &vn);
+        cv = v != NULL && vn == 3 && memcmp(v, "1.0", 3) == 0 ? "keep-alive"
+             : NULL;
         lua_pop(L, 1);
-        if (v != NULL && vn == 3 && memcmp(v, "1.0", 3) == 0) {
-            lua_pushliteral(L, "keep-alive");
-        } else {
-            lua_pushnil(L);
-        }
     }
-    return res_write(L, head_only, !(code == 204 || code == 304 || code < 200), bn);
-}
-
-
-/* res_send's write: (1 res, 2 body, 3 req, 4 hk, 5 headers, 6 conn,
- * 7 status line, 8 date line or nil, 9 connection or nil), as
- * conn:sendresponse(7, 5, 8, has_len and bn, false, 9, body) does it,
- * without a call through Lua on a real conn. */
-static int
-res_write(lua_State *L, int head_only, int has_len, size_t bn)
-{
-    struct fdp_conn *c = luaL_testudata(L, 6, FDP_CONN_MT);
-    size_t sn, dn = 0, cn = 0, n1 = head_only ? 0 : bn;
-    const char *sl, *dl, *cv, *body = head_only ? "" : lua_tostring(L, 2);
-    struct headbuf b;
-    ssize_t n;
-
+    has_len = !(code == 204 || code == 304 || code < 200);
     if (c == NULL) {
-        /* not a real conn (fdpool.testing's): its own sendresponse */
+        /* not a real conn (fdpool.testing's): its own sendresponse,
+         * conn:sendresponse(7, 5, date, has_len and bn, false, cv, body) */
+        if (set_close) {
+            rset_true(L, 3, R_CLOSE);
+        }
+        lua_settop(L, 7);
         if (lua_type(L, 6) == LUA_TUSERDATA) {
             lua_pushcfunction(L, conn_sendresponse);
         } else {
@@ -638,14 +670,22 @@ res_write(lua_State *L, int head_only, int has_len, size_t bn)
         lua_pushvalue(L, 6);
         lua_pushvalue(L, 7);
         lua_pushvalue(L, 5);
-        lua_pushvalue(L, 8);
+        if (b.has_date) {
+            lua_pushnil(L);
+        } else {
+            lua_pushvalue(L, RDATE);
+        }
         if (has_len) {
             lua_pushinteger(L, (lua_Integer) bn);
         } else {
             lua_pushnil(L);
         }
         lua_pushboolean(L, 0);
-        lua_pushvalue(L, 9);
+        if (cv) {
+            lua_pushstring(L, cv);
+        } else {
+            lua_pushnil(L);
+        }
         if (head_only) {
             lua_pushnil(L);
         } else {
@@ -654,15 +694,33 @@ res_write(lua_State *L, int head_only, int has_len, size_t bn)
         lua_callk(L, 8, 2, 0, res_send_k);
         return res_send_k(L, LUA_OK, 0);
     }
-    sl = luaL_checklstring(L, 7, &sn);
-    dl = lua_tolstring(L, 8, &dn);
-    cv = lua_tolstring(L, 9, &cn);
-    head_build(L, &b, sl, sn, 5, dl, dn, has_len, (lua_Integer) bn, 0, cv, cn);
-    n = head_write(c, &b, body, n1);
-    if (n == (ssize_t) (b.len + n1) || (n < 0 && n != -EAGAIN
-                                        && n != -EWOULDBLOCK)) {
-        if (b.p != b.stack) {
-            free(b.p);
+    dl = b.has_date ? NULL : lua_tolstring(L, RDATE, &dn);
+    if (head_finish(&b, dl, dn, has_len, (lua_Integer) bn, 0, cv,
+                    cv ? strlen(cv) : 0) || bad) {
+        if (set_close) {
+            rset_true(L, 3, R_CLOSE);
+        }
+        head_fail(L, &b);
+    }
+    return res_write(L, c, &b, head_only ? 0 : bn, set_close);
+}
+
+
+/* res_send's write of head b and the body (slot 2, n1 bytes of it) on
+ * the real conn c, with one writev; what the kernel does not take at
+ * once goes through conn:send, which waits (yields). Sets req._close
+ * (slot 3) when set_close. */
+static int
+res_write(lua_State *L, struct fdp_conn *c, struct headbuf *b, size_t n1,
+          int set_close)
+{
+    const char *body = n1 ? lua_tostring(L, 2) : "";
+    ssize_t n = head_write(c, b, body, n1);
+
+    if (n == (ssize_t) (b->len + n1) || (n < 0 && n != -EAGAIN
+                                         && n != -EWOULDBLOCK)) {
+        if (set_close) {
+            rset_true(L, 3, R_CLOSE);
         }
         lua_settop(L, 3);
         if (n >= 0) {
@@ -681,21 +739,21 @@ res_write(lua_State *L, int head_only, int has_len, size_t bn)
         luaL_Buffer rest;
 
         c->bytes_out += done;
-        lua_settop(L, 6);
+        lua_settop(L, 6);                       /* (4: b's userdata) */
         lua_pushcfunction(L, fdp_conn_send);
         lua_pushvalue(L, 6);
         luaL_buffinit(L, &rest);
-        if (done < b.len) {
-            luaL_addlstring(&rest, b.p + done, b.len - done);
+        if (done < b->len) {
+            luaL_addlstring(&rest, b->p + done, b->len - done);
             done = 0;
         } else {
-            done -= b.len;
+            done -= b->len;
         }
         luaL_addlstring(&rest, body + done, n1 - done);
-        if (b.p != b.stack) {
-            free(b.p);
-        }
         luaL_pushresult(&rest);
+        if (set_close) {
+            rset_true(L, 3, R_CLOSE);
+        }
         lua_callk(L, 2, 2, 0, res_send_k);
         return res_send_k(L, LUA_OK, 0);
     }
@@ -741,43 +799,48 @@ fdp_lhttp_res(lua_State *L)
  */
 enum { S_CONN = 1, S_CFG, S_HEADSEC, S_LIMIT, S_SERVED, S_REQ, S_RES,
        S_OUT0, S_BODY, S_TOP = S_BODY, S_MSGH };
-enum { C_FN = 1, C_CALL, C_TRACEBACK, C_AFTER, C_REQ, C_RES, C_HEADER_MT,
+enum { C_FN = 1, C_REPLY, C_TRACEBACK, C_AFTER, C_REQ, C_RES, C_HEADER_MT,
        C_OPTS, C_PARAMS,
        K_METHOD, K_TARGET, K_PATH, K_QUERY, K_VERSION, K_HEADERS, K_CONN,
        K_OPTS, K_LENGTH, K_CLOSE, K_CHUNKED, K_EXPECT_CONTINUE, K_RCONN,
        K_RREQ, K_STATUS, K_RHEADERS, K_STARTED, K_FINISHED, K_BROKEN,
-       K_HOST, K_TE, K_CL, K_EXPECT, K_CONNECTION, K_OUT0, K_END };
+       K_HOST, K_TE, K_CL, K_EXPECT, K_CONNECTION, K_OUT0, K_HEAD, K_V10,
+       K_V11, K_EMPTY, K_END };
 static const char *const keynames[K_END - K_METHOD] = {
     "method", "target", "path", "query", "version", "headers", "conn",
     "_opts", "_length", "_close", "_chunked", "_expect_continue", "_conn",
     "_req", "_status", "_headers", "started", "finished", "_broken",
     "host", "transfer-encoding", "content-length", "expect", "connection",
-    "_out0"
+    "_out0", "_head", "1.0", "1.1", ""
 };
 
 
-/* table[-2][key k] = value[-1] (pops it); keyed: with cfg's interned key,
- * else by name */
+/*
+ * Setting a field: the key first (KEY: cfg's interned key k), then the
+ * value, then lua_rawset (no lua_insert between). keyed 0 (a table
+ * without cfg): keyfirst pushes nothing and setkey sets by name.
+ */
+#define KEY(L, k) lua_rawgeti((L), S_CFG, (k))
+
 static void
-setkey(lua_State *L, int keyed, int k)
+keyfirst(lua_State *L, int keyed, int k)
 {
     if (keyed) {
-        lua_rawgeti(L, S_CFG, k);
-        lua_insert(L, -2);
-        lua_rawset(L, -3);
-    } else {
-        lua_setfield(L, -2, keynames[k - K_METHOD]);
+        KEY(L, k);
     }
 }
 
 
-/* t[key k] = value on top (pops it); t absolute */
+/* table[-3][key[-2]] = value[-1] (pops both); keyed 0: table[-2][name of
+ * k] = value[-1] */
 static void
-kset(lua_State *L, int t, int k)
+setkey(lua_State *L, int keyed, int k)
 {
-    lua_rawgeti(L, S_CFG, k);
-    lua_insert(L, -2);
-    lua_rawset(L, t);
+    if (keyed) {
+        lua_rawset(L, -3);
+    } else {
+        lua_setfield(L, -2, keynames[k - K_METHOD]);
+    }
 }
 
 
@@ -798,6 +861,9 @@ struct hspec {
     size_t n[SP_N];
     int count[SP_N];
     int v11;
+    int eager;                  /* req.headers made (else req._head) */
+    const char *method, *target;        /* in the read buffer */
+    size_t method_len, target_len;
 };
 
 
@@ -822,10 +888,9 @@ hspec_note(struct hspec *sp, const struct fdp_http_field *f)
 
 
 /* The head's fields as a table (lower-case names; a repeated field's
- * values joined with ", ", RFC 9110 5.3), noting prepare's framing
- * headers in sp (NULL: a response's head). */
+ * values joined with ", ", RFC 9110 5.3). */
 static void
-push_fields(lua_State *L, const struct fdp_http_head *h, struct hspec *sp)
+push_fields(lua_State *L, const struct fdp_http_head *h)
 {
     size_t i;
 
@@ -838,9 +903,6 @@ push_fields(lua_State *L, const struct fdp_http_head *h, struct hspec *sp)
         for (j = 0; j < i && !seen; j++) {
             seen = h->fields[j].name_len == f->name_len
                    && memcmp(h->fields[j].name, f->name, f->name_len) == 0;
-        }
-        if (sp != NULL) {
-            hspec_note(sp, f);
         }
         lua_pushlstring(L, f->name, f->name_len);
         if (!seen) {
@@ -865,9 +927,14 @@ push_fields(lua_State *L, const struct fdp_http_head *h, struct hspec *sp)
 
 /*
  * Parse the head in [s, end) (it ends with an empty line; http_parse.c)
- * into a request table on the stack (sp: noted for prepare, or NULL). Returns 1, or 0 with nil, an error
- * string and the method (or nil when the request line did not parse)
- * pushed.
+ * into a request table on the stack. keyed 0: fields set by name
+ * (conn:readrequest); 1: with cfg's interned keys (httploop); 2: as 1,
+ * and req.headers, path and query left for Req's __index (req_index,
+ * below) to build from the head, kept as req._head, when a handler first
+ * reads them -- unless a framing header came twice (prepare reads it
+ * joined from the table). sp: noted for prepare, or NULL. Returns 1, or
+ * 0 with nil, an error string and the method (or nil when the request
+ * line did not parse) pushed.
  */
 static int
 parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
@@ -876,6 +943,7 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
     struct fdp_http_head h;
     const char *q;
     int err = fdp_http_parse_head(s, (size_t) (end - s), &h);
+    int lazy = keyed == 2 && sp != NULL;
 
     if (err < 0) {
         lua_pushnil(L);
@@ -903,29 +971,177 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
         }
         fdp_task_request(L, 1);         /* --slow counts from here */
     }
-    lua_createtable(L, 0, 12);         /* and prepare's, body()'s fields */
-    lua_pushlstring(L, h.method, h.method_len);
-    setkey(L, keyed, K_METHOD);
-    lua_pushlstring(L, h.target, h.target_len);
-    setkey(L, keyed, K_TARGET);
-    q = memchr(h.target, '?', h.target_len);
-    lua_pushlstring(L, h.target, q ? (size_t) (q - h.target) : h.target_len);
-    setkey(L, keyed, K_PATH);
-    if (q) {
-        lua_pushlstring(L, q + 1, h.target_len - (size_t) (q - h.target) - 1);
-    } else {
-        lua_pushliteral(L, "");
-    }
-    setkey(L, keyed, K_QUERY);
-    lua_pushstring(L, h.minor ? "1.1" : "1.0");
-    setkey(L, keyed, K_VERSION);
     if (sp != NULL) {
+        size_t i;
+
         memset(sp, 0, sizeof(*sp));
         sp->v11 = h.minor != 0;
+        sp->method = h.method;
+        sp->method_len = h.method_len;
+        sp->target = h.target;
+        sp->target_len = h.target_len;
+        for (i = 0; i < h.nfields; i++) {
+            hspec_note(sp, &h.fields[i]);
+        }
+        for (i = 0; lazy && i < SP_N; i++) {
+            lazy = sp->count[i] < 2;
+        }
+        sp->eager = !lazy;
     }
+    /* and prepare's, body()'s fields */
+    lua_createtable(L, 0, lazy ? 8 : 12);
+    keyfirst(L, keyed, K_METHOD);
+    lua_pushlstring(L, h.method, h.method_len);
+    setkey(L, keyed, K_METHOD);
+    q = memchr(h.target, '?', h.target_len);
+    keyfirst(L, keyed, K_TARGET);
+    lua_pushlstring(L, h.target, h.target_len);
+    if (!lazy && q == NULL && keyed) {
+        KEY(L, K_PATH);                 /* path: the same string */
+        lua_pushvalue(L, -2);
+        lua_rawset(L, -5);
+    }
+    setkey(L, keyed, K_TARGET);
+    if (!lazy) {
+        if (q != NULL || !keyed) {
+            keyfirst(L, keyed, K_PATH);
+            lua_pushlstring(L, h.target,
+                            q ? (size_t) (q - h.target) : h.target_len);
+            setkey(L, keyed, K_PATH);
+        }
+        keyfirst(L, keyed, K_QUERY);
+        if (q) {
+            lua_pushlstring(L, q + 1, h.target_len - (size_t) (q - h.target) - 1);
+        } else if (keyed) {
+            lua_rawgeti(L, S_CFG, K_EMPTY);
+        } else {
+            lua_pushliteral(L, "");
+        }
+        setkey(L, keyed, K_QUERY);
+    }
+    keyfirst(L, keyed, K_VERSION);
+    if (keyed) {
+        KEY(L, h.minor ? K_V11 : K_V10);
+    } else {
+        lua_pushstring(L, h.minor ? "1.1" : "1.0");
+    }
+    setkey(L, keyed, K_VERSION);
+    if (lazy) {
+        keyfirst(L, keyed, K_HEAD);
+        lua_pushlstring(L, s, (size_t) (end - s));
+        setkey(L, keyed, K_HEAD);
+    } else {
+        keyfirst(L, keyed, K_HEADERS);
+        push_fields(L, &h);
+        setkey(L, keyed, K_HEADERS);
+    }
+    return 1;
+}
 
-    push_fields(L, &h, sp);
-    setkey(L, keyed, K_HEADERS);
+
+/*
+ * Req's __index, when fdpool.http installs it (fdpool._httpreq(Req,
+ * header_mt)): Req's own methods and fields first; then, for a request
+ * whose head httploop kept (req._head), headers, path and query built
+ * from that head on first use and stored in req as eager parsing would
+ * have set them, so a handler that never reads them does not pay for
+ * them (a head's headers table is most of a request's work in Lua).
+ * A missing _length reads 0 (httploop sets it only for a body), a
+ * missing _opts the serve's options (httploop does not set them).
+ * Upvalues: Req, header_mt, "_head", the options (or nil). Every read of
+ * a field req lacks comes here: the common case (a method, a missing
+ * field) is a rawget and a length test.
+ */
+enum { Q_REQ = 1, Q_HMT, Q_HEAD, Q_OPTS };
+
+
+static int
+req_index(lua_State *L)
+{
+    struct fdp_http_head h;
+    char stack[2048], *b;
+    const char *s, *t, *q, *k;
+    size_t n, tn, kn;
+    int which;
+
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(Q_REQ)) != LUA_TNIL
+        || lua_type(L, 2) != LUA_TSTRING) {
+        return 1;
+    }
+    k = lua_tolstring(L, 2, &kn);
+    switch (kn) {
+    case 4: which = memcmp(k, "path", 4) == 0 ? 'p' : 0; break;
+    case 5:
+        which = memcmp(k, "query", 5) == 0 ? 'q'
+                : memcmp(k, "_opts", 5) == 0 ? 'o' : 0;
+        break;
+    case 7:
+        which = memcmp(k, "headers", 7) == 0 ? 'h'
+                : memcmp(k, "_length", 7) == 0 ? 'l' : 0;
+        break;
+    default: which = 0;
+    }
+    if (which == 'l') {
+        lua_pushinteger(L, 0);
+        return 1;
+    }
+    if (which == 'o') {
+        lua_pushvalue(L, lua_upvalueindex(Q_OPTS));
+        return 1;
+    }
+    if (which == 0) {
+        return 1;                       /* nil */
+    }
+    lua_pushvalue(L, lua_upvalueindex(Q_HEAD));
+    if (lua_rawget(L, 1) != LUA_TSTRING) {
+        lua_pushnil(L);
+        return 1;
+    }
+    s = lua_tolstring(L, -1, &n);
+    if (which == 'h') {
+        /* parsed again from a copy (the parser writes: lower-case names) */
+        b = n <= sizeof(stack) ? stack : lua_newuserdatauv(L, n, 0);
+        memcpy(b, s, n);
+        if (fdp_http_parse_head(b, n, &h) < 0) {
+            h.nfields = 0;              /* (it parsed once already) */
+        }
+        push_fields(L, &h);
+        lua_pushvalue(L, lua_upvalueindex(Q_HMT));
+        lua_setmetatable(L, -2);
+    } else {
+        /* request-line = method SP request-target SP HTTP-version */
+        t = memchr(s, ' ', n);
+        t = t != NULL ? t + 1 : s + n;
+        q = memchr(t, ' ', (size_t) (s + n - t));
+        tn = q != NULL ? (size_t) (q - t) : 0;
+        q = memchr(t, '?', tn);
+        if (which == 'p') {
+            lua_pushlstring(L, t, q != NULL ? (size_t) (q - t) : tn);
+        } else if (q != NULL) {
+            lua_pushlstring(L, q + 1, tn - (size_t) (q - t) - 1);
+        } else {
+            lua_pushliteral(L, "");
+        }
+    }
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, 1);
+    return 1;
+}
+
+
+/* fdpool._httpreq(Req, header_mt [, opts]) -> an __index for requests
+ * (above) */
+int
+fdp_lhttp_req(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 3);
+    lua_pushliteral(L, "_head");
+    lua_insert(L, 3);
+    lua_pushcclosure(L, req_index, 4);
     return 1;
 }
 
@@ -1175,7 +1391,7 @@ readresponse_k(lua_State *L, int status, lua_KContext ctx)
     lua_setfield(L, -2, "reason");
     lua_pushstring(L, h.minor ? "1.1" : "1.0");
     lua_setfield(L, -2, "version");
-    push_fields(L, &h, NULL);
+    push_fields(L, &h);
     lua_setfield(L, -2, "headers");
     c->rstart += hl;
     return 1;
@@ -1218,8 +1434,10 @@ fdp_lhttp_readresponse(lua_State *L)
  * conn:httploop(cfg) is http.serve's connection loop in C: read and parse
  * each request head, check its framing (prepare, below), build req and
  * res (tables with http.lua's metatables, so methods added there work on
- * them), and enter Lua once per request, for call(fn, req, res) under
- * xpcall with traceback. When the request ended the plain way (res
+ * them), and enter Lua once per request, for fn(req, res) under xpcall
+ * with traceback (and, when fn returned a status, headers, body and had
+ * not started the response, cfg's reply(res, ...) under the same: the
+ * second half of http.lua's call). When the request ended the plain way (res
  * finished, no body, keep-alive, no access log, no parking) the next head
  * is read at once; otherwise cfg.after(conn, req, res, ok, a), http.lua's
  * own after-handler logic, decides (true: go on). It returns nothing when
@@ -1228,7 +1446,7 @@ fdp_lhttp_readresponse(lua_State *L)
  * http.lua answers those. The stack slots below survive yields (waits
  * for a head, a handler that waits).
  */
-enum { PH_READ, PH_HANDLER, PH_AFTER };
+enum { PH_READ, PH_HANDLER, PH_REPLY, PH_AFTER };
 
 /* C_PARAMS is a userdata the first call makes from cfg's named settings
  * (with the interned keys), so each request reads them from a struct. */
@@ -1240,6 +1458,8 @@ struct httpcfg {
     double max_body;
     lua_Integer keepalive_requests;
     int plain;                  /* no access log, no parking */
+    int lazy;                   /* Req's __index is req_index: parse_head's
+                                 * keyed 2 */
     int park;                   /* parking, no access log: park_end */
 };
 
@@ -1276,6 +1496,9 @@ cfg_params(lua_State *L)
     p->keepalive_requests = (lua_Integer) cfg_num(L, "keepalive_requests", 0);
     lua_getfield(L, S_CFG, "plain");
     p->plain = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, S_CFG, "lazy");
+    p->lazy = lua_toboolean(L, -1);
     lua_pop(L, 1);
     lua_getfield(L, S_CFG, "park");
     p->park = lua_toboolean(L, -1) && p->keepalive_timeout > 0
@@ -1384,25 +1607,35 @@ has_ci(const char *v, size_t n, const char *w)
 /*
  * http.lua's prepare, in C (the same rules, the same answers): the
  * request's framing (RFC 9112 6: anything ambiguous is refused), Host,
- * the target's form, Expect and Connection. Sets req's conn, _opts,
- * _length, _chunked, _expect_continue, _close and the headers' case-
- * folding metatable. Returns 0, or a status with *why set (or NULL).
+ * the target's form, Expect and Connection. Sets req's conn, _opts
+ * (without req_index),
+ * _length (with req_index: only when not 0), _chunked, _expect_continue,
+ * _close (only when true) and the headers' case-folding metatable (when
+ * parse_head made the headers table). Returns 0, or a status with *why set (or NULL).
  */
 static int
 prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
         const char **why)
 {
     int hi, v11 = sp->v11;
-    size_t tn = 0, cn = 0, n = 0;
+    size_t tn = 0, cn = 0, n = 0, mn;
     const char *te, *cl, *v, *t, *m;
     lua_Integer length = 0;
 
     *why = NULL;
+    KEY(L, K_CONN);
     lua_pushvalue(L, S_CONN);
-    kset(L, S_REQ, K_CONN);
-    lua_rawgeti(L, S_CFG, C_OPTS);
-    kset(L, S_REQ, K_OPTS);
-    kget(L, S_REQ, K_HEADERS);
+    lua_rawset(L, S_REQ);
+    if (!cp->lazy) {                    /* else the __index's upvalue */
+        KEY(L, K_OPTS);
+        lua_rawgeti(L, S_CFG, C_OPTS);
+        lua_rawset(L, S_REQ);
+    }
+    if (sp->eager) {
+        kget(L, S_REQ, K_HEADERS);
+    } else {
+        lua_pushnil(L);                 /* req._head: nothing came twice */
+    }
     hi = lua_gettop(L);
     te = spget(L, hi, sp, SP_TE, K_TE, &tn);
     cl = spget(L, hi, sp, SP_CL, K_CL, &cn);
@@ -1444,8 +1677,9 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
             *why = "unsupported Transfer-Encoding";
             return 501;
         }
+        KEY(L, K_CHUNKED);
         lua_pushboolean(L, 1);
-        kset(L, S_REQ, K_CHUNKED);
+        lua_rawset(L, S_REQ);
     } else if (cl) {
         size_t i;
 
@@ -1470,8 +1704,11 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
             return 413;
         }
     }
-    lua_pushinteger(L, length);
-    kset(L, S_REQ, K_LENGTH);
+    if (length > 0 || !cp->lazy) {      /* req_index: a missing one is 0 */
+        KEY(L, K_LENGTH);
+        lua_pushinteger(L, length);
+        lua_rawset(L, S_REQ);
+    }
     /* for plain_end: a body to read (-1: chunked) */
     lua_pushinteger(L, te ? -1 : length);
     lua_replace(L, S_BODY);
@@ -1487,11 +1724,10 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
     }
     /* origin-form, absolute-form, authority-form (CONNECT), "*"
      * (OPTIONS). */
-    kget(L, S_REQ, K_TARGET);
-    t = lua_tolstring(L, -1, &n);
-    kget(L, S_REQ, K_METHOD);
-    m = lua_tostring(L, -1);
-    lua_pop(L, 2);                      /* req keeps both alive */
+    t = sp->target;
+    n = sp->target_len;
+    m = sp->method;
+    mn = sp->method_len;
     if (n == 0 || t[0] != '/') {
         size_t i = 1;
         int absolute = n > 0 && ((t[0] | 0x20) >= 'a' && (t[0] | 0x20) <= 'z');
@@ -1503,11 +1739,11 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
         absolute = absolute && n - i >= 3 && memcmp(t + i, "://", 3) == 0;
         if (!absolute) {
             if (n == 1 && t[0] == '*') {
-                if (strcmp(m, "OPTIONS") != 0) {
+                if (mn != 7 || memcmp(m, "OPTIONS", 7) != 0) {
                     *why = "bad request target";
                     return 400;
                 }
-            } else if (strcmp(m, "CONNECT") != 0) {
+            } else if (mn != 7 || memcmp(m, "CONNECT", 7) != 0) {
                 *why = "bad request target";
                 return 400;
             }
@@ -1518,18 +1754,20 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
         if (n != 12 || strncasecmp(v, "100-continue", 12) != 0) {
             return 417;
         }
+        KEY(L, K_EXPECT_CONTINUE);
         lua_pushboolean(L, v11);
-        kset(L, S_REQ, K_EXPECT_CONTINUE);
+        lua_rawset(L, S_REQ);
     }
     v = spget(L, hi, sp, SP_CONN, K_CONNECTION, &n);
-    if (v) {
-        lua_pushboolean(L, v11 ? has_ci(v, n, "close") : !has_ci(v, n, "keep-alive"));
-    } else {
-        lua_pushboolean(L, !v11);
+    if (v ? (v11 ? has_ci(v, n, "close") : !has_ci(v, n, "keep-alive")) : !v11) {
+        KEY(L, K_CLOSE);
+        lua_pushboolean(L, 1);          /* (absent: false) */
+        lua_rawset(L, S_REQ);
     }
-    kset(L, S_REQ, K_CLOSE);
-    lua_rawgeti(L, S_CFG, C_HEADER_MT);
-    lua_setmetatable(L, hi);
+    if (sp->eager) {
+        lua_rawgeti(L, S_CFG, C_HEADER_MT);
+        lua_setmetatable(L, hi);
+    }
     lua_settop(L, hi - 1);
     return 0;
 }
@@ -1627,6 +1865,17 @@ may_sleep(lua_State *L, struct fdp_conn *c)
 }
 
 
+/* res.started (raw: missing is Res's default, false) */
+static int
+res_started(lua_State *L)
+{
+    int r = kget(L, S_RES, K_STARTED) != LUA_TNIL && lua_toboolean(L, -1);
+
+    lua_pop(L, 1);
+    return r;
+}
+
+
 /* The next request: its head's limits, and the per-wait timeout that
  * keep-alive waits use from the second request on. */
 static void
@@ -1676,7 +1925,8 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         lua_pushnil(L);
         lua_replace(L, S_LIMIT);
     }
-    if (hl == 0 || !parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 1, c, &sp)) {
+    if (hl == 0 || !parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl,
+                               cp->lazy ? 2 : 1, c, &sp)) {
         if (hl == 0) {
             lua_pushnil(L);             /* no method */
         }
@@ -1706,24 +1956,23 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     }
     lua_settop(L, S_TOP);
     if (cp->keepalive_requests > 0 && served >= cp->keepalive_requests) {
+        KEY(L, K_CLOSE);
         lua_pushboolean(L, 1);
-        kset(L, S_REQ, K_CLOSE);
+        lua_rawset(L, S_REQ);
     }
-    /* res, as http.lua makes it (its methods create any other state);
-     * room for the fields sending adds (_head_sent, _bytes) */
+    /* res: _conn, _req, _headers (Res holds the defaults of _status,
+     * started, finished; its methods create any other state); room for
+     * the fields sending adds (started, finished, _head_sent, _bytes) */
     lua_createtable(L, 0, 8);
+    KEY(L, K_RCONN);
     lua_pushvalue(L, S_CONN);
-    setkey(L, 1, K_RCONN);
+    lua_rawset(L, -3);
+    KEY(L, K_RREQ);
     lua_pushvalue(L, S_REQ);
-    setkey(L, 1, K_RREQ);
-    lua_pushinteger(L, 200);
-    setkey(L, 1, K_STATUS);
+    lua_rawset(L, -3);
+    KEY(L, K_RHEADERS);
     lua_createtable(L, 0, 2);
-    setkey(L, 1, K_RHEADERS);
-    lua_pushboolean(L, 0);
-    setkey(L, 1, K_STARTED);
-    lua_pushboolean(L, 0);
-    setkey(L, 1, K_FINISHED);
+    lua_rawset(L, -3);
     lua_rawgeti(L, S_CFG, C_RES);
     lua_setmetatable(L, -2);
     lua_replace(L, S_RES);
@@ -1752,15 +2001,27 @@ httploop_k(lua_State *L, int status, lua_KContext ctx)
             lua_pushinteger(L, (lua_Integer) c->bytes_out);
             lua_replace(L, S_OUT0);     /* req._out0 for cfg.after */
             lua_rawgeti(L, S_CFG, C_TRACEBACK);         /* S_MSGH */
-            lua_rawgeti(L, S_CFG, C_CALL);
             lua_rawgeti(L, S_CFG, C_FN);
             lua_pushvalue(L, S_REQ);
             lua_pushvalue(L, S_RES);
-            status = lua_pcallk(L, 3, 1, S_MSGH, PH_HANDLER, httploop_k);
+            status = lua_pcallk(L, 2, 3, S_MSGH, PH_HANDLER, httploop_k);
             phase = PH_HANDLER;
             break;
         case PH_HANDLER:
+        case PH_REPLY:
             r = status == LUA_OK || status == LUA_YIELD;
+            if (phase == PH_HANDLER && r && !lua_isnil(L, S_MSGH + 1)
+                && !res_started(L)) {
+                /* fn returned status, headers, body: cfg's reply(res,
+                 * a, b, c) sends them under the same message handler
+                 * (a bad one is the handler's error) and returns a */
+                lua_rawgeti(L, S_CFG, C_REPLY);
+                lua_pushvalue(L, S_RES);
+                lua_rotate(L, S_MSGH + 1, 2);
+                status = lua_pcallk(L, 4, 1, S_MSGH, PH_REPLY, httploop_k);
+                phase = PH_REPLY;
+                break;
+            }
             if (r && plain_end(L, cp)) {
                 phase = PH_READ;
                 status = LUA_OK;
@@ -1770,8 +2031,9 @@ httploop_k(lua_State *L, int status, lua_KContext ctx)
             if (r && park_end(L, c, cp)) {
                 return 0;
             }
+            KEY(L, K_OUT0);
             lua_pushvalue(L, S_OUT0);
-            kset(L, S_REQ, K_OUT0);
+            lua_rawset(L, S_REQ);
             lua_rawgeti(L, S_CFG, C_AFTER);
             lua_pushvalue(L, S_CONN);
             lua_pushvalue(L, S_REQ);

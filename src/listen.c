@@ -235,16 +235,10 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
          * ACK of the first, which a client delays by up to 40 ms. A
          * response is one writev (head and body), so nothing is lost. */
         (void) setsockopt(l->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        /* A TLS client speaks first, and its accept filter waits for
-         * the ClientHello anyway: the kernel holds the connection until
-         * its first bytes (or 1 s, then it is accepted as ever), so the
-         * master wakes once per connection instead of twice (accept,
-         * then the ClientHello) and a silent one costs no fd. nginx's
-         * `deferred`, with its 1 s. */
-        if (l->tls && l->filter != FDP_AF_NONE) {
-            (void) setsockopt(l->fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &one,
-                              sizeof(one));
-        }
+        /* TCP_DEFER_ACCEPT follows the listener's accept filter
+         * (fdp_acceptf_defer, at start and at every READY). */
+        l->tcp = 1;
+        l->defer_set = 0;
     }
     if (bind(l->fd, (struct sockaddr *) &ss, len) < 0) {
         what = "bind()";
@@ -355,6 +349,7 @@ fdp_pool_add_fd(struct fdp_pool *p, int fd, const char *name)
     l = &p->listeners[p->nlisten];
     memset(l, 0, sizeof(*l));
     l->fd = fd;
+    l->tcp = ss.ss_family == AF_INET || ss.ss_family == AF_INET6;
     fdp_format_sockaddr(&ss, l->bound, sizeof(l->bound), 1);
     l->named = name && *name;
     if (l->named) {

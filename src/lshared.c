@@ -101,15 +101,15 @@ check(lua_State *L)
 }
 
 
-static const char *
-check_key(lua_State *L, int idx, size_t *len, struct lshd *s, int op)
+/* The key at idx, checked (raises). The usual case inline: a string of
+ * 1 to 65535 bytes and no test knob. */
+static __attribute__((noinline)) const char *
+check_key_slow(lua_State *L, int idx, size_t *len, struct lshd *s, int op,
+               const char *k)
 {
-    const char *k = lua_tolstring(L, idx, len);
-
     if (k == NULL) {
         k = luaL_checklstring(L, idx, len);     /* raises */
     }
-
     luaL_argcheck(L, *len > 0, idx, "key must not be empty");
     luaL_argcheck(L, *len <= FDP_SHD_KEY_MAX, idx, "key too long (at most "
                   "65535 bytes)");
@@ -120,6 +120,19 @@ check_key(lua_State *L, int idx, size_t *len, struct lshd *s, int op)
         s->d.die_op = 0;
     }
     return k;
+}
+
+
+static inline __attribute__((always_inline)) const char *
+check_key(lua_State *L, int idx, size_t *len, struct lshd *s, int op)
+{
+    const char *k = lua_tolstring(L, idx, len);
+
+    if (__builtin_expect(k != NULL && *len - 1 < FDP_SHD_KEY_MAX
+                         && s->die_op == 0, 1)) {
+        return k;               /* (d.die_op is 0 when s->die_op is) */
+    }
+    return check_key_slow(L, idx, len, s, op, k);
 }
 
 
@@ -197,8 +210,8 @@ opt_ttl(lua_State *L, int idx)
 /* What the last operation's lock found, for the log: a worker that died
  * holding it (its operation undone, or the dictionary flushed), or a
  * scribbled mapping (flushed). */
-static void
-note(struct lshd *s, int r)
+static __attribute__((noinline)) void
+note_slow(struct lshd *s, int r)
 {
     if (s->d.recovered == 1) {
         fdp_log(FDP_LOG_WARN, 0, "shared '%s': a process died holding its "
@@ -209,6 +222,15 @@ note(struct lshd *s, int r)
                 "holding its lock in an operation that cannot be undone");
     }
     s->d.recovered = 0;
+}
+
+
+static inline __attribute__((always_inline)) void
+note(struct lshd *s, int r)
+{
+    if (__builtin_expect(s->d.recovered != 0, 0)) {
+        note_slow(s, r);
+    }
 }
 
 
@@ -279,8 +301,9 @@ shd_get(lua_State *L)
         return 1;
     }
     if (v.type == FDP_SHD_STRING && v.len <= SHD_VCMAX && own) {
-        /* Fibonacci hashing spreads the evenly spaced offsets */
-        uint32_t slot = (v.at * 2654435769u) >> (32 - SHD_VCBITS);
+        /* the block's number among blocks of its size: SHD_VCACHE
+         * neighbouring entries of a size never collide */
+        uint32_t slot = v.blkno & (SHD_VCACHE - 1);
 
         if (s->vc == NULL) {
             /* the table first: it may raise (--max-memory), and vc set

@@ -1524,16 +1524,15 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             break;
         case FDP_MSG_DONE:
             on_done(p, w, &m);
-            break;
+            /* One DONE or PARK (the messages of every hand-off) per
+             * wake-up: the channel is level-triggered, so a message
+             * behind it wakes the next epoll_wait at once, and the
+             * recvmsg that would only say EAGAIN -- the common case --
+             * is saved. */
+            goto out;
         case FDP_MSG_PARK:
             fdp_dispatch_park(p, w, &m);
-            if (w->slot.capacity == 1) {
-                /* Strict prefork: nothing more comes before its next
-                 * CONN, as a rule; the channel is level-triggered, so
-                 * stopping here only saves the recvmsg that says so. */
-                goto out;
-            }
-            break;
+            goto out;
         case FDP_MSG_STATUS_REQ:
             on_status_req(p, w, &m);
             break;
@@ -2257,6 +2256,9 @@ fdp_pool_start(struct fdp_pool *p)
         goto fail;
     }
     raise_nofile(p);
+    /* Before "listening on": a client that reads the port there finds
+     * the deferral in place. */
+    fdp_acceptf_defer(p);
     for (i = 0; i < p->nlisten; i++) {
         p->listeners[i].io.cb = fdp_dispatch_listener_io;
         /* A pool upgrade's new master accepts from its READY on. */

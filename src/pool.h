@@ -45,6 +45,9 @@ struct fdp_listener {
     int reuseport;
     int filter;                     /* enum fdp_af_mode; AUTO: the pool's */
     int tls;                        /* terminates TLS (the pool's certs) */
+    int tcp;                        /* AF_INET or AF_INET6 */
+    int defer_set;                  /* deferred is what the socket has */
+    int deferred;                   /* TCP_DEFER_ACCEPT on (acceptf.c) */
     char addr[FDP_ADDR_MAX];        /* as given to --listen */
     char bound[FDP_ADDR_MAX];       /* with the real port */
     char *unix_path;                /* to unlink at stop, owner only */

@@ -1,13 +1,14 @@
 /*
  * shdict.c - the shared dictionary (see shdict.h). One mapping:
  *
- *   header   the mutex (its own cache line), the free lists and the
+ *   header   the lock word (its own cache line), the free lists and the
  *            counters read once; then one "hot" line with what every
  *            operation touches (journal state, the LRU move record, the
- *            LRU ends, use counters)
+ *            LRU ends, use counters, the write sequence)
  *   journal  jcap x {u32 off, u32 old}: the undo record of the one
  *            operation in progress (its first two records in the hot line)
  *   buckets  nbuckets x u32: offset of the first entry of each chain
+ *   seen     a bit per 64-byte block: the get marks (seen_mark)
  *   heap     blocks of a buddy allocator (64 B .. 1 MiB), each an 8-byte
  *            tag then, when in use, one entry (48-byte head, key, value)
  *
@@ -20,35 +21,46 @@
  * Every metadata write of an operation goes through w32(), which first
  * appends the old value to the journal (a write that changes nothing is
  * skipped); the journal is emptied when the operation ends. A process
- * that dies holding the (robust) lock leaves the journal behind, and the
- * next locker (EOWNERDEAD) writes the old values back in reverse: the
+ * that dies holding the lock leaves the journal behind, and the next
+ * locker (which takes a dead owner's lock over) writes the old values
+ * back in reverse: the
  * dictionary is as it was before that operation. One exception, the
- * most frequent write: moving an entry to the head of the LRU list (get,
- * a value rewritten in place, incr) records the entry and its old
+ * most frequent write: moving an entry to the head of the LRU list (a
+ * locked get, a value rewritten in place, incr) records the entry and its old
  * neighbours in the hot line, then writes the six links directly; a
  * death inside is undone from that record (lru_undo), a death after it
  * leaves the entry at the head of a whole list. Key and value bytes go
  * only into freshly allocated blocks, or through the journal when
  * rewritten in place, so an undo finds them again; a journal that
  * overflowed (a long eviction) or a death inside flush_all flushes.
+ * A get first tries without the lock (get_nolock: a seqlock reader).
  */
 #include "fdp.h"
 #include "shdict.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #define SHD_MAGIC       0x66647368u     /* "fdsh" */
-#define SHD_VERSION     2u      /* 2: the hot header line, the LRU move record */
+#define SHD_VERSION     3u      /* 2: the hot header line, the LRU move record;
+                                   3: the lock word (no glibc mutex) */
 #define TAG             0xb10c0000u
 #define TAG_FREE        0x100u
 #define MINORD          6               /* 64-byte blocks */
 #define MAXORD          20              /* 1 MiB */
 #define EVICT_MAX       30              /* entries evicted for one alloc */
+#define EVICT_CHANCES   64              /* marked tails moved for one alloc */
 
 /* entry fields, from the entry's offset (block + 8) */
 #define E_HNEXT     0
@@ -72,7 +84,7 @@ struct shd_hdr {
     /* first, alone in its cache line: a worker that scribbles on the
      * mapping elsewhere cannot break the lock */
     union {
-        pthread_mutex_t m;
+        uint64_t word;          /* see "the lock" below */
         char line[64];
     } lock;
     /* read once (attach), or by the allocator */
@@ -94,7 +106,10 @@ struct shd_hdr {
     uint32_t used;              /* bytes of blocks holding entries */
     uint32_t nkeys;
     uint32_t lru_head, lru_tail;    /* head: most recently used */
-    uint32_t pad3;
+    /* odd while an operation that changes what a lockless get reads
+     * (buckets, chains, entries, blocks) holds the lock; each such
+     * operation adds 2 (seq_begin, seq_end). Not journaled. */
+    uint32_t seq;
 };
 
 /* the layout above, checked at compile time */
@@ -158,6 +173,41 @@ w32(struct fdp_shd *d, uint32_t off, uint32_t v)
 }
 
 
+/* Before the first write a lockless get could read (the lock held):
+ * make the sequence odd, then order it before those writes. Already odd
+ * (its last writer died) it stays so until seq_end. */
+static inline void
+seq_begin(struct fdp_shd *d)
+{
+    struct shd_hdr *h = hdr(d);
+    uint32_t s;
+
+    if (d->wseq) {
+        return;
+    }
+    s = __atomic_load_n(&h->seq, __ATOMIC_RELAXED);
+    if (!(s & 1u)) {
+        __atomic_store_n(&h->seq, s + 1, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+    }
+    d->wseq = 1;
+}
+
+
+/* The writes are done (before the unlock): even again, after them. */
+static inline void
+seq_end(struct fdp_shd *d)
+{
+    struct shd_hdr *h = hdr(d);
+
+    if (d->wseq) {
+        __atomic_store_n(&h->seq, (__atomic_load_n(&h->seq, __ATOMIC_RELAXED)
+                                   | 1u) + 1, __ATOMIC_RELEASE);
+        d->wseq = 0;
+    }
+}
+
+
 /* Copy n bytes to off (4-aligned). Into a block that was never freed in
  * this operation, directly (nothing live was there: a death undoes the
  * allocation); into one that may have been (an evicted or replaced
@@ -205,7 +255,10 @@ layout(struct fdp_shd *d, uint32_t size)
     d->buckets = align64(d->journal
                          + d->jcap * (uint32_t) sizeof(struct shd_rec));
     d->nbuckets = nb;
-    d->heap = align64(d->buckets + nb * 4);
+    /* a bit per 64-byte block the heap can hold, set by a lockless get */
+    d->seen = align64(d->buckets + nb * 4);
+    d->seenlen = align64(size / 512 + 1);
+    d->heap = align64(d->seen + d->seenlen);
     avail = size - d->heap;
     for (o = MAXORD; o > MINORD && (1u << o) > avail; o--) {
     }
@@ -380,9 +433,11 @@ format_data(struct fdp_shd *d)
     struct shd_hdr *h = hdr(d);
     uint32_t rel, o, avail = d->heapend - d->heap;
 
+    seq_begin(d);
     h->op = FDP_SHD_OP_FLUSH;
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     memset(d->base + d->buckets, 0, (size_t) d->nbuckets * 4);
+    memset(d->base + d->seen, 0, d->seenlen);
     h->used = 0;
     h->nkeys = 0;
     h->lru_head = 0;
@@ -422,7 +477,7 @@ journal_off_ok(struct fdp_shd *d, uint32_t off)
     if (off & 3u) {
         return 0;
     }
-    return (off >= HOFF(used) && off < HOFF(pad3))
+    return (off >= HOFF(used) && off < HOFF(seq))
            || (off >= HOFF(freelist) && off < HOFF(pad1))
            || (off >= d->buckets && off < d->buckets + d->nbuckets * 4)
            || (off >= d->heap && off + 4 <= d->heapend);
@@ -440,6 +495,7 @@ recover(struct fdp_shd *d)
     struct shd_rec *rec = (struct shd_rec *) (void *) (d->base + d->journal);
     uint32_t n = h->jn, i;
 
+    seq_begin(d);
     if (h->op != 0 || h->jover || n > d->jcap
         || (h->mv_e != 0 && lru_undo(d) < 0)) {
         format_data(d);
@@ -464,44 +520,293 @@ recover(struct fdp_shd *d)
 }
 
 
+/* ---- the lock ------------------------------------------------------------
+ *
+ * One 64-bit word in its own cache line: 0 when free, else its owner: the
+ * owner's pid (low 31 bits) with LK_WAIT (bit 31: a waiter may sleep on
+ * the futex, the unlock must wake one), and in the high 32 bits a token
+ * of that process (its start time from /proc, low bits set), so a pid
+ * reused by another process is not mistaken for the owner. Taking it is
+ * one compare-and-swap of 0 to this process's word; releasing it is one
+ * exchange to 0 (a futex wake when LK_WAIT was set). No kernel robust
+ * list: a waiter that finds the lock held checks whether its owner is
+ * still there (kill(pid, 0) first, then, after sleeping 10 ms in vain,
+ * /proc/PID/stat: gone, a zombie, or another process's start time; a
+ * pidfd when /proc hides it: lk_exited), and
+ * takes a dead owner's lock over with one compare-and-swap of exactly
+ * the word it judged: then it repairs (recover) as the next locker after
+ * a death. A process that never meets a dead owner pays no system call.
+ * One thread per process may use a dictionary (the workers' Lua is one
+ * thread); threads of one process would still exclude each other, but a
+ * thread dying inside the lock in a live process is not detected.
+ */
+#define LK_WAIT     0x80000000u
+#define LK_PIDMASK  0x7fffffffu
+#define LK_NAP_NS   10000000L       /* a waiter's sleep before a full check */
+
+static uint64_t lk_me;              /* this process's word (0: not yet) */
+static pthread_once_t lk_once = PTHREAD_ONCE_INIT;
+
+
+static void
+lk_atfork_child(void)
+{
+    lk_me = 0;                      /* a new process: a new word */
+}
+
+
+static void
+lk_register(void)
+{
+    (void) pthread_atfork(NULL, NULL, lk_atfork_child);
+}
+
+
+/* The state and start time of process pid from /proc/PID/stat: 1 read,
+ * 0 gone (no such process), -1 unknown (no /proc, unreadable). */
+static int
+proc_stat(pid_t pid, char *state, uint64_t *start)
+{
+    char path[48], buf[1024], *p;
+    ssize_t n;
+    int fd, i;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+        return errno == ENOENT || errno == ESRCH ? 0 : -1;
+    }
+    n = read(fd, buf, sizeof(buf) - 1);
+    (void) close(fd);
+    if (n <= 0) {
+        return n == 0 || errno == ESRCH ? 0 : -1;
+    }
+    buf[n] = '\0';
+    /* "pid (comm) S ppid ..."; comm may hold anything: after the last ')' */
+    if ((p = strrchr(buf, ')')) == NULL || p[1] != ' ' || p[2] == '\0') {
+        return -1;
+    }
+    *state = p[2];
+    p += 3;
+    for (i = 4; i <= 22 && p != NULL; i++) {   /* to field 22, starttime */
+        p = strchr(p, ' ');
+        p = p != NULL ? p + 1 : NULL;
+    }
+    if (p == NULL) {
+        return -1;
+    }
+    *start = strtoull(p, NULL, 10);
+    return 1;
+}
+
+
+static uint32_t
+lk_token(uint64_t start)
+{
+    return (uint32_t) start | 1u;   /* never 0: 0 is "no /proc" */
+}
+
+
+static __attribute__((noinline)) uint64_t
+lk_me_slow(void)
+{
+    pid_t pid = getpid();
+    uint64_t start = 0;
+    char st;
+
+    (void) pthread_once(&lk_once, lk_register);
+    if (proc_stat(pid, &st, &start) != 1) {
+        start = 0;
+    }
+    lk_me = (uint64_t) (uint32_t) pid
+            | (uint64_t) (start != 0 ? lk_token(start) : 0) << 32;
+    return lk_me;
+}
+
+
+static inline uint64_t
+lk_self(void)
+{
+    return __builtin_expect(lk_me != 0, 1) ? lk_me : lk_me_slow();
+}
+
+
+/* Has process pid ended (a zombie too)? Asked of a pidfd, which polls
+ * readable then: no /proc needed, and it sees through hidepid (a worker
+ * under --user is not dumpable, its /proc/PID hidden from its peers, a
+ * zombie's as well). 0 when it cannot tell. */
+static int
+lk_exited(pid_t pid)
+{
+#ifdef SYS_pidfd_open
+    struct pollfd pfd;
+    int fd = (int) syscall(SYS_pidfd_open, pid, 0), r;  /* (CLOEXEC) */
+
+    if (fd < 0) {               /* (no pidfd: ENOSYS, EMFILE) */
+        return errno == ESRCH || (kill(pid, 0) < 0 && errno == ESRCH);
+    }
+    pfd.fd = fd;
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+    r = poll(&pfd, 1, 0);
+    (void) close(fd);
+    return r == 1 && (pfd.revents & POLLIN) != 0;
+#else
+    return kill(pid, 0) < 0 && errno == ESRCH;
+#endif
+}
+
+
+/* Is the owner recorded in w gone? full: also ask /proc (a zombie, a
+ * reused pid) or a pidfd, else kill(pid, 0) alone. */
+static int
+lk_owner_dead(uint64_t w, int full)
+{
+    pid_t pid = (pid_t) (w & LK_PIDMASK);
+    uint32_t tok = (uint32_t) (w >> 32);
+    uint64_t start = 0;
+    char st = 0;
+    int r;
+
+    if (pid == 0) {
+        return 1;                   /* not a word any locker writes */
+    }
+    if (kill(pid, 0) < 0 && errno == ESRCH) {
+        return 1;
+    }
+    if (!full) {
+        return 0;
+    }
+    r = proc_stat(pid, &st, &start);
+    if (r <= 0) {
+        /* gone since kill(), hidden from us (hidepid) or unreadable: a
+         * pidfd tells an ended process (a zombie too) from a live one,
+         * not a reused pid (wait on: until it ends) */
+        return lk_exited(pid);
+    }
+    return st == 'Z' || st == 'X'
+           || (tok != 0 && lk_token(start) != tok);
+}
+
+
+static uint32_t *
+lk_futex(struct shd_hdr *h)
+{
+    /* the word's low half, where pid and LK_WAIT are */
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    return (uint32_t *) (void *) &h->lock.word + 1;
+#else
+    return (uint32_t *) (void *) &h->lock.word;
+#endif
+}
+
+
+/* Wait until the lock is free, or take it from a dead owner. Returns 0
+ * (taken), 1 (taken from a dead owner: repair). */
+static __attribute__((noinline)) int
+lk_slow(struct shd_hdr *h, uint64_t me)
+{
+    uint64_t cur, checked = 0;
+    int i;
+
+    /* Critical sections are short: spin a little before sleeping in the
+     * kernel (as ngx_shmtx_lock does), reading the word (it stays in this
+     * CPU's cache) and trying again once it looks free */
+    for (i = 0; i < 100; i++) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        cur = __atomic_load_n(&h->lock.word, __ATOMIC_RELAXED);
+        if (cur == 0 && __atomic_compare_exchange_n(&h->lock.word, &cur, me,
+                                                    0, __ATOMIC_ACQUIRE,
+                                                    __ATOMIC_RELAXED)) {
+            return 0;
+        }
+    }
+    for (;;) {
+        struct timespec ts = { 0, LK_NAP_NS };
+        uint32_t lo;
+        long r;
+
+        cur = __atomic_load_n(&h->lock.word, __ATOMIC_RELAXED);
+        if (cur == 0) {
+            /* taken with LK_WAIT: others may still sleep */
+            if (__atomic_compare_exchange_n(&h->lock.word, &cur,
+                                            me | LK_WAIT, 0,
+                                            __ATOMIC_ACQUIRE,
+                                            __ATOMIC_RELAXED)) {
+                return 0;
+            }
+            continue;
+        }
+        /* a new owner: the cheap check once; the full one after a nap */
+        if ((cur | LK_WAIT) != checked) {
+            checked = cur | LK_WAIT;
+            if (lk_owner_dead(cur, 0)) {
+                goto take;
+            }
+        }
+        if (!(cur & LK_WAIT)) {
+            if (!__atomic_compare_exchange_n(&h->lock.word, &cur,
+                                             cur | LK_WAIT, 0,
+                                             __ATOMIC_RELAXED,
+                                             __ATOMIC_RELAXED)) {
+                continue;
+            }
+            cur |= LK_WAIT;
+        }
+        lo = (uint32_t) cur;
+        r = syscall(SYS_futex, lk_futex(h), FUTEX_WAIT, lo, &ts, NULL, 0);
+        if (r < 0 && errno == ETIMEDOUT
+            && __atomic_load_n(&h->lock.word, __ATOMIC_RELAXED) == cur
+            && lk_owner_dead(cur, 1)) {
+            goto take;
+        }
+        continue;
+take:
+        /* exactly the word judged: two waiters cannot both take it */
+        if (__atomic_compare_exchange_n(&h->lock.word, &cur, me | LK_WAIT,
+                                        0, __ATOMIC_ACQUIRE,
+                                        __ATOMIC_RELAXED)) {
+            return 1;
+        }
+    }
+}
+
+
+static inline __attribute__((always_inline)) int
+lk_lock(struct shd_hdr *h)
+{
+    uint64_t me = lk_self(), cur = 0;
+
+    if (__builtin_expect(__atomic_compare_exchange_n(&h->lock.word, &cur, me,
+                                                     0, __ATOMIC_ACQUIRE,
+                                                     __ATOMIC_RELAXED), 1)) {
+        return 0;
+    }
+    return lk_slow(h, me);
+}
+
+
+static inline __attribute__((always_inline)) void
+lk_unlock(struct shd_hdr *h)
+{
+    uint64_t old = __atomic_exchange_n(&h->lock.word, 0, __ATOMIC_RELEASE);
+
+    if (__builtin_expect((old & LK_WAIT) != 0, 0)) {
+        (void) syscall(SYS_futex, lk_futex(h), FUTEX_WAKE, 1, NULL, NULL, 0);
+    }
+}
+
+
 static inline __attribute__((always_inline)) int
 lock(struct fdp_shd *d, int op)
 {
     struct shd_hdr *h = hdr(d);
-    int r, i;
-
-    /* Critical sections are short: spin a little before sleeping in
-     * the kernel (as ngx_shmtx_lock does), or two busy workers hand the
-     * lock over through futex wake-ups. */
-    for (i = 0; i < 100; i++) {
-        r = pthread_mutex_trylock(&h->lock.m);
-        if (r != EBUSY) {
-            break;
-        }
-        /* wait reading the lock word (it stays in this CPU's cache) and
-         * try again once it looks free: a failed trylock writes the
-         * line and takes it away from the holder */
-        do {
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
-#ifdef __GLIBC__
-        } while (++i < 100 && __atomic_load_n(&h->lock.m.__data.__lock,
-                                              __ATOMIC_RELAXED) != 0);
-#else
-        } while (0);
-#endif
-    }
-    if (r == EBUSY) {
-        r = pthread_mutex_lock(&h->lock.m);
-    }
+    int r = lk_lock(h);
 
     d->recovered = 0;
-    if (r == EOWNERDEAD) {
-        recover(d);
-        (void) pthread_mutex_consistent(&h->lock.m);
-    } else if (r != 0) {
-        return -EIO;            /* ENOTRECOVERABLE, or a scribbled mutex */
+    if (r != 0) {
+        recover(d);             /* the last owner died holding the lock */
     } else if ((h->jn | h->op | h->jover | h->mv_e) != 0) {
         recover(d);             /* cannot happen but by a scribble */
     }
@@ -510,6 +815,9 @@ lock(struct fdp_shd *d, int op)
     d->corrupt = 0;
     d->nfreed = 0;
     d->now = 0;
+    if (op != FDP_SHD_OP_GET) {
+        seq_begin(d);           /* (a get-like op: in ent_delete, if any) */
+    }
     return 0;
 }
 
@@ -532,23 +840,51 @@ unlock(struct fdp_shd *d, int r)
         h->jover = 0;
     }
     d->op = FDP_SHD_OP_NONE;
-    (void) pthread_mutex_unlock(&h->lock.m);
+    seq_end(d);
+    lk_unlock(h);
     return r;
 }
 
 
 /* ---- entries ------------------------------------------------------------ */
 
+/* 8 bytes at a time (the last ones overlapping, or 4+4, or bytes), each
+ * word mixed in by a multiply, then the high bits folded down (bucket_of
+ * takes the low ones). Keys are short: this is a few instructions where a
+ * byte loop was ~6 a byte. */
+static inline uint64_t
+hash_mix(uint64_t h, uint64_t w)
+{
+    h = (h ^ w) * 0x9e3779b97f4a7c15ull;
+    return h ^ (h >> 32);
+}
+
+
 static uint32_t
 hash_key(const char *key, size_t klen)
 {
-    uint32_t h = 2166136261u;
+    uint64_t h = 0x2545f4914f6cdd1dull ^ klen, w = 0;
+    uint32_t a, b;
     size_t i;
 
-    for (i = 0; i < klen; i++) {
-        h = (h ^ (unsigned char) key[i]) * 16777619u;
+    if (klen >= 8) {
+        for (i = 0; i + 8 < klen; i += 8) {
+            memcpy(&w, key + i, 8);
+            h = hash_mix(h, w);
+        }
+        memcpy(&w, key + klen - 8, 8);  /* the last 8, maybe overlapping */
+    } else if (klen >= 4) {
+        memcpy(&a, key, 4);
+        memcpy(&b, key + klen - 4, 4);
+        w = (uint64_t) a << 32 | b;
+    } else {
+        for (i = 0; i < klen; i++) {
+            w = w << 8 | (unsigned char) key[i];
+        }
     }
-    return h;
+    h = hash_mix(h, w);
+    h *= 0xff51afd7ed558ccdull;
+    return (uint32_t) (h >> 32) ^ (uint32_t) h;
 }
 
 
@@ -756,6 +1092,7 @@ ent_delete(struct fdp_shd *d, uint32_t e, uint32_t link)
     if (o == 0) {
         return;
     }
+    seq_begin(d);
     w32(d, link, r32(d, e + E_HNEXT));
     lru_remove(d, e);
     w32(d, HOFF(used), used >= (1u << o) ? used - (1u << o) : 0);
@@ -784,13 +1121,56 @@ link_of(struct fdp_shd *d, uint32_t e)
 }
 
 
+/* The get marks: a bit per 64-byte block of the heap, set by a get that
+ * found the entry at the block's start without the lock (it does not
+ * move the entry in the LRU list), read and cleared by the eviction
+ * under the lock. Hints only, outside the entries: a mark lost to a race
+ * or left on a reused block costs an entry its second chance, or gives
+ * one, and nothing else. e is a checked entry (block + 8). */
+static inline volatile unsigned char *
+seen_byte(struct fdp_shd *d, uint32_t e, unsigned *bit)
+{
+    uint32_t i = (e - 8 - d->heap) >> MINORD;
+
+    *bit = 1u << (i & 7);
+    return (volatile unsigned char *) (d->base + d->seen + (i >> 3));
+}
+
+
+static inline void
+seen_mark(struct fdp_shd *d, uint32_t e)
+{
+    unsigned bit;
+    volatile unsigned char *b = seen_byte(d, e, &bit);
+
+    if (!(*b & bit)) {          /* written once: gets stay reads */
+        *b = (unsigned char) (*b | bit);
+    }
+}
+
+
+/* Was e marked? Clears the mark. */
+static inline int
+seen_take(struct fdp_shd *d, uint32_t e)
+{
+    unsigned bit;
+    volatile unsigned char *b = seen_byte(d, e, &bit);
+
+    if (*b & bit) {
+        *b = (unsigned char) (*b & ~bit);
+        return 1;
+    }
+    return 0;
+}
+
+
 /* Room for an entry of `need` bytes (with its block tag): a block, after
  * evicting up to EVICT_MAX least recently used entries (expired ones do
  * not count as evicted). 0 with *err set: -E2BIG, -ENOMEM. */
 static uint32_t
 ent_alloc(struct fdp_shd *d, uint64_t need, int *evicted, int *err)
 {
-    uint32_t order = MINORD, blk, i;
+    uint32_t order = MINORD, blk, i, chances = 0;
     uint64_t now = 0;
 
     while (order <= d->maxorder && (1ull << order) < need) {
@@ -808,6 +1188,16 @@ ent_alloc(struct fdp_shd *d, uint64_t need, int *evicted, int *err)
             break;
         }
         tail = r32(d, HOFF(lru_tail));
+        /* a tail a get marked since gets a second chance: to the head,
+         * its mark cleared (through the journal: other writes of this
+         * operation came before), at most EVICT_CHANCES for one alloc */
+        while (chances < EVICT_CHANCES && tail != 0 && ent_ok(d, tail)
+               && tail != r32(d, HOFF(lru_head)) && seen_take(d, tail)) {
+            lru_remove(d, tail);
+            lru_push(d, tail);
+            chances++;
+            tail = r32(d, HOFF(lru_tail));
+        }
         if (tail == 0 || !ent_ok(d, tail) || (link = link_of(d, tail)) == 0) {
             break;
         }
@@ -822,6 +1212,7 @@ ent_alloc(struct fdp_shd *d, uint64_t need, int *evicted, int *err)
     }
     w32(d, HOFF(used), r32(d, HOFF(used)) + (1u << order));
     w32(d, HOFF(nkeys), r32(d, HOFF(nkeys)) + 1);
+    (void) seen_take(d, blk + 8);       /* a mark of an entry gone */
     return blk + 8;
 }
 
@@ -958,14 +1349,126 @@ ttl_left(struct fdp_shd *d, uint32_t e, uint64_t now)
 
 /* ---- the operations ----------------------------------------------------- */
 
+/*
+ * A get without the lock (a seqlock reader): read the sequence (odd, or
+ * the lock held: give up), look the key up and copy the value out, then
+ * read the sequence again: changed, give up (the caller tries again, then
+ * takes the lock). Everything read may be torn by a writer in between:
+ * each offset is checked before it is followed (blk_order: a block in the
+ * heap; the key and value inside that block, from lengths read once),
+ * the walk is bounded, and nothing read is acted on before the second
+ * check. An expired entry gives up too (the locked get deletes it). It
+ * writes nothing to the mapping but its get mark (seen_mark). 1 found,
+ * 0 not found, -1 give up.
+ */
+static int
+get_nolock(struct fdp_shd *d, const char *key, size_t klen, uint32_t hash,
+           struct fdp_shd_val *v, double *ttl)
+{
+    struct shd_hdr *h = hdr(d);
+    uint32_t link = bucket_of(d, hash), e, o = 0, steps = 0, vlen = 0;
+    uint32_t maxsteps = (d->heapend - d->heap) >> MINORD, type = 0, s1;
+    uint32_t flags = 0;
+    uint64_t bits = 0, x = 0;
+
+    s1 = __atomic_load_n(&h->seq, __ATOMIC_ACQUIRE);
+    if ((s1 & 1u) || __atomic_load_n(&h->lock.word, __ATOMIC_RELAXED) != 0) {
+        return -1;
+    }
+    d->now = 0;
+    while ((e = r32(d, link)) != 0) {
+        if (++steps > maxsteps || e < d->heap + 8
+            || (o = blk_order(d, e - 8, 0)) == 0) {
+            goto giveup;
+        }
+        if (r32(d, e + E_HASH) == hash && r32(d, e + E_KLEN) == klen) {
+            if ((uint64_t) 8 + E_SIZE + klen > (1u << o)) {
+                goto giveup;
+            }
+            if (memcmp(d->base + e + E_SIZE, key, klen) == 0) {
+                break;
+            }
+        }
+        link = e + E_HNEXT;
+    }
+    if (e != 0) {
+        x = ent_exp(d, e);
+        if (x != 0 && now_ms(d) >= x) {
+            goto giveup;
+        }
+        type = r32(d, e + E_TYPE);
+        flags = r32(d, e + E_FLAGS);
+        bits = (uint64_t) r32(d, e + E_NUMLO)
+               | ((uint64_t) r32(d, e + E_NUMHI) << 32);
+        if (type < FDP_SHD_STRING || type > FDP_SHD_BOOLEAN) {
+            goto giveup;
+        }
+        if (type == FDP_SHD_STRING) {
+            vlen = r32(d, e + E_VLEN);
+            if ((uint64_t) 8 + E_SIZE + klen + vlen > (1u << o)) {
+                goto giveup;
+            }
+            if (vlen + 1 > d->scratchcap) {
+                char *b = realloc(d->scratch, vlen + 1);
+
+                if (b == NULL) {
+                    goto giveup;
+                }
+                d->scratch = b;
+                d->scratchcap = vlen + 1;
+            }
+            memcpy(d->scratch, d->base + e + E_SIZE + klen, vlen);
+        }
+    }
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&h->seq, __ATOMIC_RELAXED) != s1) {
+        goto giveup;
+    }
+    if (e == 0) {
+        return 0;
+    }
+    v->type = (int) type;
+    v->flags = flags;
+    v->i = (int64_t) bits;
+    memcpy(&v->n, &bits, 8);
+    v->s = NULL;
+    v->len = 0;
+    if (type == FDP_SHD_STRING) {
+        v->s = d->scratch;
+        v->len = vlen;
+        v->at = e;
+        v->blkno = (e - 8 - d->heap) >> o;
+    }
+    if (ttl) {
+        *ttl = x == 0 ? 0 : (double) (x - now_ms(d)) / 1000.0;
+    }
+    seen_mark(d, e);
+    return 1;
+giveup:
+    d->corrupt = 0;             /* (blk_order's verdict: the locked get's) */
+    return -1;
+}
+
+
 int
 fdp_shd_get(struct fdp_shd *d, const char *key, size_t klen,
             struct fdp_shd_val *v, double *ttl)
 {
     uint32_t hash = hash_key(key, klen), link = 0, e;
     uint64_t now = 0;
-    int r = 0;
+    int r = 0, i;
 
+    d->recovered = 0;
+    /* without the lock, a few times (not with the test knob: it dies
+     * inside the locked get's LRU move) */
+    for (i = 0; i < 3 && __builtin_expect(d->die_op == 0, 1); i++) {
+        if ((r = get_nolock(d, key, klen, hash, v, ttl)) >= 0) {
+            return r;
+        }
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
     if ((r = lock(d, FDP_SHD_OP_GET)) < 0) {
         return r;
     }
@@ -995,6 +1498,7 @@ fdp_shd_get(struct fdp_shd *d, const char *key, size_t klen,
             v->s = d->scratch;
             v->len = n;
             v->at = e;
+            v->blkno = (e - 8 - d->heap) >> blk_order(d, e - 8, 0);
         }
         lru_touch(d, e);
         r = 1;
@@ -1278,7 +1782,8 @@ fdp_shd_free_space(struct fdp_shd *d)
 /*
  * Check the whole structure (tests; slow: it walks everything): the heap
  * block by block, every bucket chain, the LRU list both ways and every
- * free list, and that the counters agree with them. 0, or -EIO (nothing
+ * free list, that the counters agree with them, and that the write
+ * sequence is even (a get goes without the lock). 0, or -EIO (nothing
  * is changed or flushed), or the lock's error.
  */
 int
@@ -1332,6 +1837,10 @@ fdp_shd_check(struct fdp_shd *d)
         }
     }
     ok = ok && n == freeb && !d->corrupt;
+    /* the write sequence is odd only while an operation writes (this
+     * one, if its lock repaired a dead owner's): else every get would
+     * take the lock */
+    ok = ok && (r32(d, HOFF(seq)) & 1u) == (uint32_t) d->wseq;
     d->corrupt = 0;             /* a check never flushes */
     return unlock(d, ok ? 0 : -EIO);
 }
@@ -1344,8 +1853,6 @@ fdp_shd_format(void *base, size_t size)
 {
     struct fdp_shd d;
     struct shd_hdr *h = base;
-    pthread_mutexattr_t a;
-    int r;
 
     if (size < FDP_SHD_MIN || size > FDP_SHD_MAX) {
         return -EINVAL;
@@ -1357,21 +1864,9 @@ fdp_shd_format(void *base, size_t size)
     h->magic = SHD_MAGIC;
     h->version = SHD_VERSION;
     h->size = (uint32_t) size;
-    if ((r = pthread_mutexattr_init(&a)) != 0) {
-        return -r;
-    }
-    r = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    if (r == 0) {
-        r = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    }
-    if (r == 0) {
-        r = pthread_mutex_init(&h->lock.m, &a);
-    }
-    (void) pthread_mutexattr_destroy(&a);
-    if (r != 0) {
-        return -r;
-    }
+    h->lock.word = 0;
     format_data(&d);
+    seq_end(&d);                /* even: gets go without the lock */
     h->flushes = 0;
     return 0;
 }

@@ -1,9 +1,10 @@
 /*
  * shdict.h - a key/value dictionary in one shared mapping (shdict.c),
- * used by every worker of a pool: a robust process-shared mutex, hash
- * buckets and an LRU list of offsets (never pointers), a buddy allocator,
- * and an undo journal that repairs the dictionary when a process dies
- * holding the lock. Everything read from the mapping is bounds-checked:
+ * used by every worker of a pool: a lock word that names its owner (a
+ * dead owner's lock is taken over), gets without the lock, hash buckets
+ * and an LRU list of offsets (never pointers), a buddy allocator, and an
+ * undo journal that repairs the dictionary when a process dies holding
+ * the lock. Everything read from the mapping is bounds-checked:
  * any process holding it may have scribbled on it. No Lua, no logging.
  */
 #ifndef FDP_SHDICT_H
@@ -44,6 +45,8 @@ struct fdp_shd_val {
     size_t len;
     uint32_t flags;
     uint32_t at;                /* get: the entry's offset (a cache hint) */
+    uint32_t blkno;             /* get: its block's number among the blocks
+                                   of its size (neighbours: consecutive) */
 };
 
 /* A process's view of one mapping: the layout is computed from the size
@@ -53,6 +56,7 @@ struct fdp_shd {
     uint32_t size;
     uint32_t buckets, nbuckets; /* offset, count (a power of two) */
     uint32_t journal, jcap;     /* offset, records */
+    uint32_t seen, seenlen;     /* the get marks: offset, bytes */
     uint32_t heap, heapend;     /* offsets */
     uint32_t maxorder;          /* log2 of the largest block */
     /* the operation in progress (this process, under the lock) */
@@ -64,6 +68,7 @@ struct fdp_shd {
     uint64_t now;               /* the clock in this op (0: not read) */
     uint32_t nfreed;            /* blocks freed in this op: reusing one
                                    needs its bytes journaled too */
+    int wseq;                   /* this op made the write sequence odd */
     /* what the last lock found: 1 repaired from the journal, 2 flushed */
     int recovered;
     char *scratch;              /* get's copy of a string value */
@@ -121,8 +126,8 @@ int fdp_shd_flush(struct fdp_shd *d);
 int fdp_shd_keys(struct fdp_shd *d, size_t max,
                  void (*fn)(void *ud, const char *key, size_t klen),
                  void *ud);
-/* Walk and check everything (tests): 0, or -EIO when the structure is
- * inconsistent (nothing changed). */
+/* Walk and check everything (tests; the write sequence even too): 0, or
+ * -EIO when the structure is inconsistent (nothing changed). */
 int fdp_shd_check(struct fdp_shd *d);
 /* Free bytes in the allocator (the largest entry may still not fit). */
 int64_t fdp_shd_free_space(struct fdp_shd *d);

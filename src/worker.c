@@ -73,6 +73,10 @@ struct fdp_wctx {
     size_t mem_used;            /* bytes the Lua state holds */
     size_t mem_limit;           /* refused past this in handler code */
     struct fcache *fc;          /* small blocks kept for reuse, or NULL */
+    struct fdp_wtask *spare;    /* freed tasks kept for the next
+                                   connections (a list through
+                                   status_next) */
+    int nspare;
 };
 
 /* The worker of a task: the one whose scheduler runs it. */
@@ -80,6 +84,38 @@ struct fdp_wctx {
                    - offsetof(struct fdp_wctx, sched)))
 
 static void status_unwait(struct fdp_wtask *t);
+
+
+/* Tasks kept for reuse: in strict prefork a worker starts one per
+ * request, each a calloc and a free otherwise. */
+#define WTASK_SPARES 8
+
+static struct fdp_wtask *
+task_alloc(struct fdp_wctx *w)
+{
+    struct fdp_wtask *t = w->spare;
+
+    if (t == NULL) {
+        return calloc(1, sizeof(*t));
+    }
+    w->spare = t->status_next;
+    w->nspare--;
+    memset(t, 0, sizeof(*t));
+    return t;
+}
+
+
+static void
+task_free(struct fdp_wctx *w, struct fdp_wtask *t)
+{
+    if (w->nspare >= WTASK_SPARES) {
+        free(t);
+        return;
+    }
+    t->status_next = w->spare;
+    w->spare = t;
+    w->nspare++;
+}
 
 
 
@@ -166,8 +202,8 @@ task_peer(struct fdp_task *tk, char *out, size_t n)
 
 
 /*
- * The handler is over: queue its connection's DONE entry and close it
- * (unless parked), and free the task.
+ * The handler is over: queue its connection's DONE entry (unless
+ * parked: the PARK said it), close its conn, and keep the task for reuse.
  */
 static void
 task_done(struct fdp_task *tk)
@@ -193,8 +229,13 @@ task_done(struct fdp_task *tk)
         if (w->ndone == FDP_BATCH_MAX) {
             flush_done(w);
         }
+    } else if (c) {
+        /* Parked (its fd is the master's now): the conn has no
+         * finalizer (fdp_conn_new), so its read buffer goes back to
+         * the scheduler's spares here, for the next hand-off. */
+        fdp_conn_close(c);
     }
-    free(t);
+    task_free(w, t);
 }
 
 
@@ -471,7 +512,7 @@ on_status_resp(struct fdp_wctx *w, const struct fdp_msg *m)
 static void
 start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
 {
-    struct fdp_wtask *t = calloc(1, sizeof(*t));
+    struct fdp_wtask *t = task_alloc(w);
     lua_State *co;
 
     if (t == NULL) {
@@ -484,9 +525,14 @@ start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
     t->started_us = fdp_now_us();
     fdp_task_start(&w->sched, &t->t);
     co = t->t.co;
-    lua_rawgeti(co, LUA_REGISTRYINDEX, w->handler_ref);
+    /* The conn, under the handler on the coroutine's stack: it stays
+     * there (reachable) until the task ends, whatever the handler does
+     * with its own reference, so task_done never meets a collected
+     * conn. */
     t->conn = fdp_conn_new(co, fd, &w->sched, w->pool->io_timeout > 0
                                               ? w->pool->io_timeout : -1);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, w->handler_ref);
+    lua_pushvalue(co, -2);
     t->t.data = t->conn;
     if (e->flags & FDP_CONN_KEPT) {
         t->kept = 1;
@@ -583,14 +629,12 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
              * master needs them soon (--max-requests, a small capacity),
              * not after every message waiting on the channel. */
             maybe_flush_done(w);
-            if (w->pool->concurrency == 1) {
-                /* Strict prefork: one CONN per connection served; the
-                 * channel is level-triggered, so a message behind it
-                 * wakes the next epoll_wait, and the recvmsg that would
-                 * only say EAGAIN is saved. */
-                return;
-            }
-            break;
+            /* One CONN per wake-up: the channel is level-triggered, so a
+             * message behind this one (a burst longer than one batch)
+             * wakes the next epoll_wait at once, and the recvmsg that
+             * would only say EAGAIN -- one per hand-off, the common
+             * case -- is saved. */
+            return;
         case FDP_MSG_STATUS_RESP:
             on_status_resp(w, &m);
             break;

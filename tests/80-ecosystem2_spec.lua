@@ -331,7 +331,11 @@ describe("ecosystem, part 2", function()
       local p = launch({ "--config", CONFIG })
       finally(function() p:stop() end)
       -- control = false: no socket; the handler reports the settings.
-      assert.matches("3 worker%(s%), concurrency 2, policy round_robin", p:log())
+      -- the settings line follows "listening on" in the log: wait for it
+      local line = H.wait_until(function()
+        return p:log():match("[^\n]*worker%(s%)[^\n]*")
+      end, 10, "the pool's settings line")
+      assert.matches("3 worker%(s%), concurrency 2, policy round_robin", line)
       assert.not_matches("control /", p:log())
       local a = kv(H.wait_until(function()
         local r = H.request(p.addr, "")

@@ -83,7 +83,8 @@ Options for run:
                        to a worker only once its first bytes (data) or a
                        whole request head (http) arrived, closing it at
                        the deadline (head_timeout, else --io-timeout);
-                       default http for http.serve handlers, else none
+                       default http for http.serve handlers, else none;
+                       data/http/tls also defer a TCP accept (1 s)
   --max-pending N      connections the filter holds at most (default
                        4096); when full the oldest is closed
   --max-conns-per-ip N connections at once from one address (waiting,

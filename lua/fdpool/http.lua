@@ -131,6 +131,9 @@ end
 
 local Res = {}
 Res.__index = Res
+-- A res conn:httploop makes holds only _conn, _req and _headers: these
+-- defaults stand for its other fields until a method sets them.
+Res._status, Res.started, Res.finished = 200, false, false
 
 --- Set the status code (before anything is sent).
 function Res:status(code)
@@ -247,6 +250,17 @@ if fdpool._httpres then
   Res.header, Res.send = fdpool._httpres(status_lines)
 end
 M._c_res = { header = Res.header, send = Res.send }
+
+-- A request read by conn:httploop keeps its head (req._head) and gets
+-- headers, path and query only when first read: Req's __index in C
+-- (src/lhttp.c req_index) builds them as prepare and readrequest would
+-- have (the same table, case-folding metatable included) and stores
+-- them in req. Methods and fields of Req come first, as with
+-- Req.__index = Req.
+local lazy_req = fdpool._httpreq ~= nil
+if lazy_req then
+  Req.__index = fdpool._httpreq(Req, header_mt)
+end
 
 --- Send a part of the body: chunked for HTTP/1.1 clients when no
 -- Content-Length header was set; close-delimited for HTTP/1.0.
@@ -524,11 +538,10 @@ local function drain(req)
   return true
 end
 
--- Run fn(req, res); a status, headers, body it returns are sent here,
--- under the same xpcall (a bad status or header is the handler's error).
--- Returns the status it returned, or nil.
-local function call(fn, req, res)
-  local a, b, c = fn(req, res)
+-- A status, headers, body fn(req, res) returned (a, b, c), sent unless
+-- the handler started the response itself: under the handler's xpcall
+-- (a bad status or header is the handler's error). Returns a.
+local function reply(res, a, b, c)
   if a ~= nil and not res.started then
     -- A status as a number or a numeric string ("404").
     local code = math.type(a) == "integer" and a or math.tointeger(tonumber(a))
@@ -552,6 +565,13 @@ local function call(fn, req, res)
     res:send(tc == "string" and c or c and tostring(c) or "")
   end
   return a
+end
+
+-- Run fn(req, res) and reply with what it returned. Returns the status
+-- it returned, or nil. (conn:httploop calls fn, then reply only when fn
+-- returned something.)
+local function call(fn, req, res)
+  return reply(res, fn(req, res))
 end
 
 -- After fn(req, res) returned (ok) or raised (not ok, a: the error):
@@ -668,15 +688,21 @@ function M.serve(fn, options)
   -- The loop runs in C (conn:httploop, src/lhttp.c: the same steps as the
   -- Lua loop below, with prepare in C; cfg's order is lhttp.c's C_*) on
   -- a real conn; the Lua loop serves
-  -- fdpool.testing's in-memory conn. Both build req and res alike: res
-  -- gets exactly the fields below, so a method needing more state creates
-  -- it when first called.
-  local cfg = { fn, call, traceback, after, Req, Res, header_mt, opts,
+  -- fdpool.testing's in-memory conn. Both build req and res alike (the C
+  -- loop leaves out what its requests' __index and Res's defaults stand
+  -- for: req's headers, path, query, _opts, a 0 _length, a false _close;
+  -- res's _status, started, finished): res gets no more than the fields
+  -- below, so a method needing more state creates it when first called.
+  -- The C loop's requests: Req's methods, and this serve's options from
+  -- their __index.
+  local req_mt = lazy_req and { __index = fdpool._httpreq(Req, header_mt, opts) } or Req
+  local cfg = { fn, reply, traceback, after, req_mt, Res, header_mt, opts,
     max_head = opts.max_head, head_timeout = opts.head_timeout,
     keepalive_timeout = opts.keepalive_timeout,
     max_body = opts.max_upload or opts.max_body,   -- the framing check (prepare)
     keepalive_requests = opts.keepalive_requests, plain = not log and not park,
-    park = park and not log }     -- parking without Lua: lhttp.c's park_end
+    park = park and not log,      -- parking without Lua: lhttp.c's park_end
+    lazy = lazy_req }             -- req.headers, path, query on first use
   local handler = function(conn)
     if conn.httploop then
       local kind, a, b, c = conn:httploop(cfg)
