@@ -1,4 +1,4 @@
--- tests/67-idle-dormant_spec.lua: idle keep-alive connections without a
+-- tests/69-idle-dormant_spec.lua: idle keep-alive connections without a
 -- coroutine (src/task.c: fdp_task_may_sleep, the drowsy sweep; lhttp.c's
 -- httploop goes on after the requests it served). A connection idle
 -- between requests for FDP_SLEEP_MS (100 ms) lets its coroutine go and
