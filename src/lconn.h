@@ -77,12 +77,6 @@ struct fdp_conn {
     uint32_t peerlen;           /* > 0: the client from a PROXY header */
     unsigned char peer[28];
     struct fdp_http_chunked chunked;    /* conn:readchunked in progress */
-    char reserve[48];           /* unused: at 304 bytes (without it) the
-                                   worker missed its 512 KiB cache 10 %
-                                   more often per request among 1000
-                                   keep-alive connections (bench/instr
-                                   many, CACHESIM=1: 99 against 89), at
-                                   352 or 400 not; cause not found */
     char *req;                  /* the last request line read ("GET /x"),
                                    for --slow's log line (FDP_CONN_REQ
                                    bytes, made only under --slow: an
