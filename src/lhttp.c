@@ -1277,11 +1277,12 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
         head_limit_arm(L, c);
         if (c->ka_served > 0) {
             /* between keep-alive requests: the coroutine may go */
-            fdp_task_may_sleep(L, c->rbuf == NULL ? &c->wt : NULL);
+            fdp_task_may_sleep(L, c->rbuf == NULL ? &c->wt : NULL,
+                               c->ka_served == 1);
         }
         if (!fdp_conn_wait(L, c, EPOLLIN, ctx, k)) {
             if (c->ka_served > 0) {
-                fdp_task_may_sleep(L, NULL);
+                fdp_task_may_sleep(L, NULL, 0);
             }
             lua_pushnil(L);
             lua_pushliteral(L, "timeout");

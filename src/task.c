@@ -373,13 +373,14 @@ sweep_fire(struct fdp_loop *loop, struct fdp_timer *timer)
 {
     struct fdp_sched *s = timer->data;
     struct fdp_task *t = s->drowsy, *next;
-    int n = 0;
+    int n = 0, soon = 0;
 
     for (; t != NULL; t = next) {
         next = t->dnext;
         if (!drowsy_waits(t)) {
             drowsy_unlink(t);
-        } else if ((uint32_t) loop->now - t->dsince >= FDP_SLEEP_MS) {
+        } else if ((uint32_t) loop->now - t->dsince
+                   >= (t->dsoon ? FDP_SOON_MS : FDP_SLEEP_MS)) {
             char b;
 
             /* Bytes already in (a busy worker has not reached its event
@@ -389,6 +390,8 @@ sweep_fire(struct fdp_loop *loop, struct fdp_timer *timer)
             }
             drowsy_unlink(t);
             n += task_sleep(t);
+        } else {
+            soon |= t->dsoon;
         }
     }
     /* The coroutines past the spares are garbage now, and an idle
@@ -398,7 +401,8 @@ sweep_fire(struct fdp_loop *loop, struct fdp_timer *timer)
         (void) lua_gc(s->L, LUA_GCSTEP, n);
     }
     if (s->drowsy != NULL) {
-        (void) fdp_timer_start(loop, &s->sweep, FDP_SLEEP_MS);
+        (void) fdp_timer_start(loop, &s->sweep,
+                               soon ? FDP_SOON_MS : FDP_SLEEP_MS);
     }
 }
 
@@ -423,18 +427,24 @@ drowsy(struct fdp_task *t)
         fdp_timer_init(&s->sweep, sweep_fire, s);
     }
     if (!fdp_timer_active(&s->sweep)) {
-        (void) fdp_timer_start(s->loop, &s->sweep, FDP_SLEEP_MS);
+        (void) fdp_timer_start(s->loop, &s->sweep,
+                               t->dsoon ? FDP_SOON_MS : FDP_SLEEP_MS);
+    } else if (t->dsoon && s->sweep.when > s->loop->now + FDP_SOON_MS) {
+        /* earlier, never later (arrivals must not put it off) */
+        fdp_timer_stop(s->loop, &s->sweep);
+        (void) fdp_timer_start(s->loop, &s->sweep, FDP_SOON_MS);
     }
 }
 
 
 void
-fdp_task_may_sleep(lua_State *L, struct fdp_waitable *wt)
+fdp_task_may_sleep(lua_State *L, struct fdp_waitable *wt, int soon)
 {
     struct fdp_task *t = task_of(L, NULL);
 
     if (t != NULL) {
         t->dwt = wt;
+        t->dsoon = wt != NULL && soon;
     }
 }
 

@@ -86,7 +86,9 @@ struct fdp_task {
                                    function's argument; the function is
                                    the scheduler's dfn) */
     uint32_t waiting;           /* events waited for, 0 = runnable */
-    int timed_out;
+    unsigned char timed_out;
+    unsigned char dsoon;        /* its drowsy wait sleeps after
+                                   FDP_SOON_MS (fdp_task_may_sleep) */
     struct fdp_waitable *wobj;  /* waitable waited on */
     int ref;                    /* the thread, in the registry */
     uint32_t dsince;            /* ms (low bits): its drowsy wait's start */
@@ -157,9 +159,12 @@ void fdp_task_resume(struct fdp_task *t, int nargs);
  * the root function and that argument; the wake-up (wt
  * readable, the wait's timeout: fdp_wait_timed_out says which) calls
  * the function with the argument on a coroutine again. NULL: the next
- * wait keeps the coroutine.
+ * wait keeps the coroutine. soon: after FDP_SOON_MS instead (the wait
+ * after a connection's first request: a client that asked once may ask
+ * no more, and a burst of arrivals would otherwise hold FDP_SLEEP_MS of
+ * coroutines at once, whose holes stay in the heap after them).
  */
-void fdp_task_may_sleep(lua_State *L, struct fdp_waitable *wt);
+void fdp_task_may_sleep(lua_State *L, struct fdp_waitable *wt, int soon);
 /* How long such a wait lasts before the coroutine goes (a keep-alive
  * client's next request within it finds its coroutine as it was). A
  * build may set it (-DFDP_SLEEP_MS=...): bench/instr's `many` under
@@ -167,6 +172,9 @@ void fdp_task_may_sleep(lua_State *L, struct fdp_waitable *wt);
  * idle as long as at full speed. */
 #ifndef FDP_SLEEP_MS
 #define FDP_SLEEP_MS 50
+#endif
+#ifndef FDP_SOON_MS
+#define FDP_SOON_MS 5
 #endif
 
 /* The scheduler registered in L's state (a worker), or NULL. */
