@@ -1,7 +1,8 @@
 -- tests/69-idle-dormant_spec.lua: idle keep-alive connections without a
 -- coroutine (src/task.c: fdp_task_may_sleep, the drowsy sweep; lhttp.c's
 -- httploop goes on after the requests it served). A connection idle
--- between requests for FDP_SLEEP_MS (100 ms) lets its coroutine go and
+-- between requests for FDP_SLEEP_MS (50 ms; after its first request
+-- FDP_SOON_MS, 5 ms) lets its coroutine go and
 -- gets one again when its next bytes come: many connections held idle,
 -- then each served again (keepalive_requests still counted across the
 -- sleeps), a head that comes in pieces after a sleep, the idle timeout and
@@ -41,7 +42,7 @@ local function get(path, n)
   return ("GET %s HTTP/1.1\r\nHost: t\r\nX-N: %s\r\n\r\n"):format(path, n)
 end
 
--- The delay is the test's input (several sweeps of 100 ms: the idle
+-- The delay is the test's input (several sweeps of 50 ms: the idle
 -- connections sleep), not a wait for a state.
 local function idle() H.sleep(0.5) end
 
