@@ -173,6 +173,8 @@ void fdp_task_may_sleep(lua_State *L, struct fdp_waitable *wt, int soon);
 #ifndef FDP_SLEEP_MS
 #define FDP_SLEEP_MS 50
 #endif
+/* The same after a connection's first request (fdp_task_may_sleep's
+ * soon; docs/performance.md: idle RSS after a burst of arrivals). */
 #ifndef FDP_SOON_MS
 #define FDP_SOON_MS 5
 #endif
