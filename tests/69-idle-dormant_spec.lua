@@ -193,3 +193,82 @@ describe("a sleeping keep-alive connection", function()
     end
   end)
 end)
+
+-- The wake-ups test 69 does not reach otherwise: a sleeping connection
+-- closed by another connection's handler (its conn escaped into a
+-- global), a handler run in a thread (fdpool.spawn) that sleeps and is
+-- then killed by its parent, and http.serve's handler tail-called from a
+-- wrapper or run in coroutine.wrap (that one keeps its coroutine).
+describe("a sleeping keep-alive connection woken another way", function()
+  it("ends cleanly when another handler closes it, its thread is killed, or it is wrapped", function()
+    local dir = H.tmpdir()
+    H.writefile(dir .. "/w.lua", [[
+local http = require "fdpool.http"
+local fdpool = require "fdpool"
+saved = {}
+local h = http.serve(function(req, res)
+  if req.path == "/save" then saved[#saved + 1] = res._conn end
+  if req.path == "/closeall" then
+    for _, c in ipairs(saved) do c:close() end
+    local r = {}
+    for _, c in ipairs(saved) do r[#r + 1] = select(2, c:send("x")) end
+    saved = {}
+    return res:send(table.concat(r, ",") .. "\n")
+  end
+  res:send(req.path .. "\n")
+end, { keepalive_timeout = 20 })
+return function(conn)
+  local first = conn:receive(1)
+  if first == "T" then
+    return fdpool.wait(fdpool.spawn(h, conn))
+  elseif first == "K" then
+    local th = fdpool.spawn(h, conn)
+    fdpool.sleep(0.8)
+    fdpool.kill(th)
+  elseif first == "W" then
+    return coroutine.wrap(h)(conn)
+  else
+    return h(conn)
+  end
+end
+]])
+    local p = H.start_pool{ script = dir .. "/w.lua", workers = 1 }
+    H.defer(finally, function() p:stop() end)
+    local saved = {}
+    for i = 1, 5 do
+      saved[i] = assert(fdpool.connect(p.addr, 10))
+      assert(saved[i]:write("P" .. get("/save", i)))
+      assert.equal("/save\n", select(3, response(saved[i])))
+    end
+    local kinds = { "T", "K", "W", "P" }
+    local fds = {}
+    for i, k in ipairs(kinds) do
+      fds[i] = assert(fdpool.connect(p.addr, 10))
+      assert(fds[i]:write(k .. get("/1", i)))
+      assert.equal("/1\n", select(3, response(fds[i])))
+    end
+    idle()
+    local c = assert(fdpool.connect(p.addr, 10))
+    assert(c:write("P" .. get("/closeall", 0)))
+    assert.equal("closed,closed,closed,closed,closed\n", select(3, response(c)))
+    for i = 1, 5 do
+      local data, err = saved[i]:read("a")
+      assert.equal("", data or err)
+      saved[i]:close()
+    end
+    for i, k in ipairs(kinds) do
+      if k ~= "K" then
+        assert(fds[i]:write(get("/2", i)))
+        assert.equal("/2\n", select(3, response(fds[i])))
+      end
+    end
+    -- K's thread, asleep since its first request, is killed by its parent
+    local data, err = fds[2]:read("a")
+    assert.equal("", data or err)
+    for i = 1, #kinds do fds[i]:close() end
+    c:close()
+    H.wait_status(p, function(st) return H.sum_workers(st, "active") == 0 end, 10,
+      "every connection to leave the worker")
+    assert.same({}, H.unexpected_errors(p:log()))
+  end)
+end)
