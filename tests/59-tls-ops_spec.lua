@@ -263,19 +263,7 @@ describe("the handshake deadline", function()
 end)
 
 describe("deferred accept", function()
-  -- The server side of connections to port, from /proc/net/tcp (the
-  -- kernel lists pending ones too): their states, "03" SYN_RECV, "01"
-  -- ESTABLISHED (the listener's own row, "0A", left out).
-  local function states(port)
-    local out = {}
-    for line in io.lines("/proc/net/tcp") do
-      local lport, st = line:match("^%s*%d+: %x+:(%x+) %x+:%x+ (%x%x)")
-      if lport and tonumber(lport, 16) == port and st ~= "0A" then
-        out[st] = (out[st] or 0) + 1
-      end
-    end
-    return out
-  end
+  local states = H.tcp_states
 
   it("a silent client waits in the kernel, not the master, and is served when it speaks after the deferral", function()
     local p = H.start_pool{ script = APP, workers = 1, listen = "127.0.0.1:0,tls",

@@ -33,17 +33,19 @@ end
 
 local function port_of(addr) return tonumber(addr:match(":(%d+)$")) end
 
--- TCP states of the server's side of the connections to port (hex as in
--- /proc/net/tcp: 01 established, 03 SYN_RECV), the listener left out.
-local function states(port)
-  local out = {}
-  for line in io.lines("/proc/net/tcp") do
-    local lport, st = line:match("^%s*%d+: %x+:(%x+) %x+:%x+ (%x%x)")
-    if lport and tonumber(lport, 16) == port and st ~= "0A" then
-      out[st] = (out[st] or 0) + 1
-    end
-  end
-  return out
+local states = H.tcp_states
+
+-- Connects to p and waits until the server's side of it shows; asserts it
+-- never sat in SYN_RECV (accept not deferred). Returns the client's fd.
+local function connect_undeferred(p)
+  local port = port_of(p.addr)
+  local fd = assert(fdpool.connect(p.addr, 10))
+  local st = H.wait_until(function()
+    local s = states(port)
+    return (s["01"] or s["03"]) and s
+  end, 5, "our side of the connection")
+  assert.is_nil(st["03"])
+  return fd
 end
 
 for _, mode in ipairs {
@@ -118,14 +120,8 @@ describe("deferred accept on a plain listener", function()
     local p = H.start_pool{ script = HELLO, workers = 1, listen = "127.0.0.1:0,filter=none" }
     H.defer(finally, function() p:stop() end)
     assert(p.addr, p:log())
-    local port = port_of(p.addr)
-    local fd = assert(fdpool.connect(p.addr, 10))
+    local fd = connect_undeferred(p)
     H.defer(finally, function() fd:close() end)
-    local st = H.wait_until(function()
-      local s = states(port)
-      return (s["01"] or s["03"]) and s
-    end, 5, "our side of the connection")
-    assert.is_nil(st["03"])
     H.wait_status(p, function(s) return s.workers[1].active == 1 end, 5, "the worker to hold it")
   end)
 
@@ -133,15 +129,9 @@ describe("deferred accept on a plain listener", function()
     local p = H.start_pool{ script = GREETER, workers = 1 }
     H.defer(finally, function() p:stop() end)
     assert(p.addr, p:log())
-    local port = port_of(p.addr)
-    local fd = assert(fdpool.connect(p.addr, 10))
-    H.defer(finally, function() fd:close() end)
     -- Deferred, our side would sit in SYN_RECV for a second first.
-    local st = H.wait_until(function()
-      local s = states(port)
-      return (s["01"] or s["03"]) and s
-    end, 5, "our side of the connection")
-    assert.is_nil(st["03"])
+    local fd = connect_undeferred(p)
+    H.defer(finally, function() fd:close() end)
     assert.equal("220 hello\r", fd:read("l"))
   end)
 end)

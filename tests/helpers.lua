@@ -98,6 +98,20 @@ end
 
 -- Poll fn() until it returns a truthy value or timeout (seconds) passes;
 -- returns that value, or raises with msg.
+-- TCP states of the server's side of the connections to port, from
+-- /proc/net/tcp (the kernel lists pending ones too), the listener's own
+-- row ("0A") left out: { ["03"] = SYN_RECV count, ["01"] = ESTABLISHED, ... }.
+function H.tcp_states(port)
+  local out = {}
+  for line in io.lines("/proc/net/tcp") do
+    local lport, st = line:match("^%s*%d+: %x+:(%x+) %x+:%x+ (%x%x)")
+    if lport and tonumber(lport, 16) == port and st ~= "0A" then
+      out[st] = (out[st] or 0) + 1
+    end
+  end
+  return out
+end
+
 function H.wait_until(fn, timeout, msg)
   local deadline = H.now() + (timeout or 5)
   local delay = 0.005
