@@ -881,7 +881,7 @@ limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
  * the rest goes back to free(). The state is the worker's own
  * (luaL_newstate, whose allocator is realloc/free), so every block is
  * malloc's: a block from before the switch goes on a list only when
- * malloc_usable_size says it holds its class. Off under AddressSanitizer,
+ * it holds its class (FC_HOLDS). Off under AddressSanitizer,
  * which must see every free.
  */
 #define FC_MAX      512
@@ -902,6 +902,17 @@ struct fcache {
 #endif
 
 #ifndef FC_OFF
+/* Whether malloc's block p holds n bytes (n: its size rounded up to its
+ * class). glibc's always does: a chunk is a multiple of 16 bytes, its
+ * usable size the chunk less 8, and the chunk of a request for m bytes
+ * at least m + 8 rounded up to 16, so its usable size is at least m
+ * rounded up to 8 -- no call per freed block. Another malloc is asked. */
+#if defined(__GLIBC__)
+#define FC_HOLDS(p, n) ((void) (p), 1)
+#else
+#define FC_HOLDS(p, n) (malloc_usable_size(p) >= (n))
+#endif
+
 static void *
 fc_get(struct fcache *fc, size_t n)
 {
@@ -922,7 +933,7 @@ fc_put(struct fcache *fc, void *p, size_t n)
 {
     size_t k = (n + 7) >> 3;
 
-    if (fc->bytes + (k << 3) <= FC_CAP && malloc_usable_size(p) >= k << 3) {
+    if (fc->bytes + (k << 3) <= FC_CAP && FC_HOLDS(p, k << 3)) {
         *(void **) p = fc->head[k];
         fc->head[k] = p;
         fc->bytes += k << 3;
@@ -956,7 +967,7 @@ fc_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         return realloc(ptr, nsize);
     }
     if (old > 0 && ((old + 7) >> 3) == ((nsize + 7) >> 3)
-        && malloc_usable_size(ptr) >= nsize) {
+        && FC_HOLDS(ptr, nsize)) {
         return ptr;
     }
     np = nsize <= FC_MAX ? fc_get(fc, nsize) : malloc(nsize);
