@@ -806,6 +806,7 @@ enum { C_FN = 1, C_REPLY, C_TRACEBACK, C_AFTER, C_REQ, C_RES, C_HEADER_MT,
        K_RREQ, K_STATUS, K_RHEADERS, K_STARTED, K_FINISHED, K_BROKEN,
        K_HOST, K_TE, K_CL, K_EXPECT, K_CONNECTION, K_OUT0, K_HEAD, K_V10,
        K_V11, K_EMPTY, K_END };
+#define K_GET K_END     /* cfg[K_GET]: "GET", for req.method */
 static const char *const keynames[K_END - K_METHOD] = {
     "method", "target", "path", "query", "version", "headers", "conn",
     "_opts", "_length", "_close", "_chunked", "_expect_continue", "_conn",
@@ -991,7 +992,11 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
     /* and prepare's, body()'s fields */
     lua_createtable(L, 0, lazy ? 8 : 12);
     keyfirst(L, keyed, K_METHOD);
-    lua_pushlstring(L, h.method, h.method_len);
+    if (keyed && h.method_len == 3 && memcmp(h.method, "GET", 3) == 0) {
+        lua_rawgeti(L, S_CFG, K_GET);   /* the common one, interned */
+    } else {
+        lua_pushlstring(L, h.method, h.method_len);
+    }
     setkey(L, keyed, K_METHOD);
     q = memchr(h.target, '?', h.target_len);
     keyfirst(L, keyed, K_TARGET);
@@ -1510,6 +1515,8 @@ cfg_params(lua_State *L)
         lua_pushstring(L, keynames[k - K_METHOD]);
         lua_rawseti(L, S_CFG, k);
     }
+    lua_pushliteral(L, "GET");
+    lua_rawseti(L, S_CFG, K_GET);
     return p;
 }
 
