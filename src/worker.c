@@ -1093,6 +1093,9 @@ worker_signals(struct fdp_wctx *w)
  * one past WORKER_GC_MAJOR % (see open_handler). */
 #define WORKER_GC_MINOR 50      /* % (Lua's default 20) */
 #define WORKER_GC_MAJOR 100     /* % (Lua's default) */
+#define WORKER_GC_PAUSE 150     /* % (Lua's default 200): the pause of the
+                                 * incremental cycles it runs after a bad
+                                 * major collection */
 
 
 /*
@@ -1143,17 +1146,20 @@ open_handler(struct fdp_wctx *w)
      * strings) die young: a minor collection frees them without marking
      * or sweeping the old heap (the http.lua code, the conns, the
      * coroutines), so the collector's share of a keep-alive request goes
-     * from ~1.9k to ~0.9k instructions, almost all of it freeing. +20 %
-     * would collect so often that the per-collection cost (every live
-     * coroutine is traversed at each minor collection) takes back the gain
-     * at 1000 connections; +50 % also keeps the heap, and so the RSS
-     * after a burst of thousands of connections, where the pause of 150 %
-     * kept it (bench/idle-rss). docs/performance.md has the figures.
-     * Entering generational mode is a full collection; Lua 5.4.4 leaves
-     * the next minor collection's threshold unset after it (later 5.4
-     * releases set it), so one step sets it. A handler's init may choose its own
-     * (collectgarbage("incremental", pause) as before, or other
-     * generational parameters). */
+     * from ~1.9k to ~0.9k instructions, almost all of it freeing
+     * (bench/instr ka -7 %, many -3 % and a fifth fewer cache misses).
+     * +20 % or +30 % collect so often that the per-collection cost
+     * (every live coroutine is traversed at each minor collection) takes
+     * the gain back at 1000 connections. The price: ~5 % more RSS after
+     * a burst of 10,000 connections (bench/idle-rss: 8.8 MiB against
+     * 8.35, 1.4 x nginx). docs/performance.md has the figures. The pause
+     * is for the incremental cycles Lua runs after a major collection
+     * that freed little. Entering generational mode is a full
+     * collection; Lua 5.4.4 leaves the next minor collection's threshold
+     * unset after it (later 5.4 releases set it), so one step sets it.
+     * A handler's init may choose its own (collectgarbage("incremental",
+     * pause) as before, or other generational parameters). */
+    lua_gc(L, LUA_GCINC, WORKER_GC_PAUSE, 0, 0);
     lua_gc(L, LUA_GCGEN, WORKER_GC_MINOR, WORKER_GC_MAJOR);
     lua_gc(L, LUA_GCSTEP, 0);
 
