@@ -1150,9 +1150,9 @@ open_handler(struct fdp_wctx *w)
      * (bench/instr ka -7 %, many -3 % and a fifth fewer cache misses).
      * +20 % or +30 % collect so often that the per-collection cost
      * (every live coroutine is traversed at each minor collection) takes
-     * the gain back at 1000 connections. The price: ~5 % more RSS after
-     * a burst of 10,000 connections (bench/idle-rss: 8.8 MiB against
-     * 8.35, 1.4 x nginx). docs/performance.md has the figures. The pause
+     * the gain back at 1000 connections. The price: 2-5 % more RSS
+     * after a burst of 10,000 connections (bench/idle-rss: up to 8.8 MiB
+     * against 8.35, 1.4 x nginx). docs/performance.md has the figures. The pause
      * is for the incremental cycles Lua runs after a major collection
      * that freed little. Entering generational mode is a full
      * collection; Lua 5.4.4 leaves the next minor collection's threshold
