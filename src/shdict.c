@@ -1508,17 +1508,16 @@ fdp_shd_get(struct fdp_shd *d, const char *key, size_t klen,
 
 
 /* Does key = v need a block of e's size (so it can be rewritten in
- * place)? */
-static int
+ * place)? e was found by lookup() under this lock: its tag is checked. */
+static inline int
 same_block(struct fdp_shd *d, uint32_t e, size_t klen,
            const struct fdp_shd_val *v)
 {
     uint64_t need = (uint64_t) 8 + E_SIZE + klen
                     + (v->type == FDP_SHD_STRING ? v->len : 0);
-    uint32_t o = blk_order(d, e - 8, 0);
+    uint32_t o = r32(d, e - 8) & 0xffu;
 
-    return o != 0 && need <= (1ull << o)
-           && (o == MINORD || need > (1ull << (o - 1)));
+    return need <= (1ull << o) && (o == MINORD || need > (1ull << (o - 1)));
 }
 
 
@@ -1586,7 +1585,7 @@ fdp_shd_set(struct fdp_shd *d, int mode, const char *key, size_t klen,
         if (vlen && memcmp(d->base + e + E_SIZE + klen, v->s, vlen) != 0) {
             put_value(d, e, klen, v, vlen);
         }
-        lru_touch(d, e);
+        seen_mark(d, e);        /* used: as a get marks it */
     } else {
         r = ent_insert(d, key, klen, hash, v, ttl, now, evicted, e);
     }
@@ -1644,7 +1643,7 @@ fdp_shd_incr(struct fdp_shd *d, const char *key, size_t klen,
     } else {
         v->flags = cur.flags;
         put_num(d, e, v);
-        lru_touch(d, e);
+        seen_mark(d, e);        /* used: as a get marks it */
     }
     return unlock(d, r);
 }

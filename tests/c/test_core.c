@@ -1993,9 +1993,10 @@ test_shdict_owner_dead(void)
     for (i = 0; i < 2; i++) {
         dead = good = 0;
         /* (unchanged words are not written: a new value that differs in
-         * every byte, and "a" not the most recently used, so the set
-         * also moves it in the LRU list) */
-        shd_new_value = i == 0 ? "NEW-VALUE" : "a-new-value-much-longer-than-"
+         * every byte; in place, a longer one of the same block size: its
+         * length and ten words of bytes) */
+        shd_new_value = i == 0 ? "NEW-VALUE-THAT-STILL-FITS-THE-SAME-BLOCK"
+                        : "a-new-value-much-longer-than-"
                         "the-old-one-so-it-needs-another-block";
         for (at = 1; at <= 80; at++) {
             fdp_shd_set(&d, 0, "a", 1, &v, 0, &ev);
@@ -2304,6 +2305,68 @@ test_shdict_lockless(void)
 }
 
 
+/* A value rewritten in place (a set of the same block size, an incr) is
+ * marked as used, as a get marks it, instead of moved in the LRU list:
+ * in a full dictionary the oldest key, rewritten, survives the next
+ * evictions (its mark gives it a second chance), the one after it not;
+ * get_keys keeps the order of the list (the rewritten key not first). */
+static void
+test_shdict_inplace_mark(void)
+{
+    size_t size = 64 * 1024;
+    void *m = shd_map(size);
+    struct fdp_shd d;
+    char key[16], next[16], nk[16], first[64];
+    int kind, i, n, ev;
+
+    fdp_shd_format(m, size);
+    fdp_shd_attach(&d, m, size);
+    for (kind = 0; kind < 2; kind++) {
+        struct fdp_shd_val v = kind == 0 ? sval("value-of-some-length")
+                               : ival(1000), w = sval("VALUE-OF-SAME-LENGTH"),
+                               by = ival(1), out;
+        double t;
+        int ok;
+
+        fdp_shd_flush(&d);
+        for (i = 0, ev = 0; i < 5000 && !ev; i++) {
+            snprintf(key, sizeof(key), "k%d", i);
+            fdp_shd_set(&d, 0, key, strlen(key), &v, 0, &ev);
+        }
+        for (i = 0; i < 5000; i++) {
+            snprintf(key, sizeof(key), "k%d", i);
+            if (fdp_shd_ttl(&d, key, strlen(key), &t) == 0) {
+                break;
+            }
+        }
+        snprintf(next, sizeof(next), "k%d", i + 1);
+        ok = ev && (kind == 0
+                    ? fdp_shd_set(&d, 0, key, strlen(key), &w, 0, &ev) == 0
+                    : fdp_shd_incr(&d, key, strlen(key), &by, NULL, 0, &out,
+                                   &ev) == 0 && out.i == 1001);
+        first[0] = '\0';
+        snprintf(nk, sizeof(nk), "%s,", key);
+        ok = ok && fdp_shd_keys(&d, 1, cat_key, first) == 1
+             && strcmp(first, nk) != 0;
+        for (n = 0; n < 5; n++) {
+            snprintf(nk, sizeof(nk), "new%d", n);
+            fdp_shd_set(&d, 0, nk, strlen(nk), &v, 0, &ev);
+        }
+        ok = ok && fdp_shd_get(&d, key, strlen(key), &out, NULL) == 1
+             && (kind == 0 ? out.len == 20 && memcmp(out.s, "VALUE-OF-SAME-"
+                                                     "LENGTH", 20) == 0
+                 : out.type == FDP_SHD_INTEGER && out.i == 1001)
+             && fdp_shd_ttl(&d, next, strlen(next), &t) == -ENOENT
+             && fdp_shd_check(&d) == 0;
+        test_cond(kind == 0 ? "shdict: a value set in place is marked, "
+                  "not moved (survives evictions)" : "shdict: an incr is "
+                  "marked, not moved (survives evictions)", ok);
+    }
+    fdp_shd_detach(&d);
+    munmap(m, size);
+}
+
+
 /* A get moves its entry to the head of the LRU list outside the journal
  * (its own undo record): a child killed after each of the move's writes
  * leaves a list the next locker puts back exactly as it was. */
@@ -2557,6 +2620,7 @@ main(void)
     test_wsproto();
     test_shdict_values();
     test_shdict_lru();
+    test_shdict_inplace_mark();
     test_shdict_owner_dead();
     test_shdict_get_deaths();
     test_shdict_lock();
