@@ -24,16 +24,21 @@
  * that dies holding the lock leaves the journal behind, and the next
  * locker (which takes a dead owner's lock over) writes the old values
  * back in reverse: the
- * dictionary is as it was before that operation. One exception, the
- * most frequent write: moving an entry to the head of the LRU list (a
- * locked get, a value rewritten in place, incr) records the entry and its old
- * neighbours in the hot line, then writes the six links directly; a
+ * dictionary is as it was before that operation. One exception:
+ * moving an entry to the head of the LRU list (a locked get) records
+ * the entry and its old neighbours in the hot line, then writes the
+ * six links directly; a
  * death inside is undone from that record (lru_undo), a death after it
  * leaves the entry at the head of a whole list. Key and value bytes go
  * only into freshly allocated blocks, or through the journal when
  * rewritten in place, so an undo finds them again; a journal that
  * overflowed (a long eviction) or a death inside flush_all flushes.
- * A get first tries without the lock (get_nolock: a seqlock reader).
+ * A get first tries without the lock (get_nolock: a seqlock reader),
+ * and marks its entry as used (a bit outside the entries, a hint, not
+ * journaled) instead of moving it; so does a value rewritten in place
+ * (set of the same block size, incr): the eviction gives a marked tail
+ * a second chance. A set or incr in place thus writes its entry's
+ * changed words and no LRU links (no neighbour's cache line).
  */
 #include "fdp.h"
 #include "shdict.h"
@@ -888,6 +893,35 @@ hash_key(const char *key, size_t klen)
 }
 
 
+/* a == b for n bytes: short keys and values (most) without a call, by
+ * words that may overlap (every load inside both ranges). */
+static inline __attribute__((always_inline)) int
+eq_bytes(const void *a, const void *b, size_t n)
+{
+    const char *x = a, *y = b;
+
+    if (n >= 8 && n <= 16) {
+        uint64_t p, q, r, t;
+
+        memcpy(&p, x, 8);
+        memcpy(&q, y, 8);
+        memcpy(&r, x + n - 8, 8);
+        memcpy(&t, y + n - 8, 8);
+        return ((p ^ q) | (r ^ t)) == 0;
+    }
+    if (n >= 4 && n < 8) {
+        uint32_t p, q, r, t;
+
+        memcpy(&p, x, 4);
+        memcpy(&q, y, 4);
+        memcpy(&r, x + n - 4, 4);
+        memcpy(&t, y + n - 4, 4);
+        return ((p ^ q) | (r ^ t)) == 0;
+    }
+    return memcmp(x, y, n) == 0;
+}
+
+
 static uint32_t
 bucket_of(struct fdp_shd *d, uint32_t hash)
 {
@@ -909,7 +943,7 @@ lookup(struct fdp_shd *d, const char *key, size_t klen, uint32_t hash,
             return bad(d);
         }
         if (r32(d, e + E_HASH) == hash && r32(d, e + E_KLEN) == klen
-            && memcmp(d->base + e + E_SIZE, key, klen) == 0) {
+            && eq_bytes(d->base + e + E_SIZE, key, klen)) {
             *linkp = link;
             return e;
         }
@@ -1015,8 +1049,8 @@ st32(struct fdp_shd *d, uint32_t off, uint32_t v, int k)
 
 
 /*
- * Move e to the head of the LRU list (a get, or a value rewritten in
- * place). Not through the journal: the header first records e and what
+ * Move e to the head of the LRU list (a locked get). Not through the
+ * journal: the header first records e and what
  * it was linked to (its neighbours, the old head), then the six links
  * are written directly; a death in between is undone by lru_undo() from
  * that record alone. Called only where no journaled write of the same
@@ -1385,7 +1419,7 @@ get_nolock(struct fdp_shd *d, const char *key, size_t klen, uint32_t hash,
             if ((uint64_t) 8 + E_SIZE + klen > (1u << o)) {
                 goto giveup;
             }
-            if (memcmp(d->base + e + E_SIZE, key, klen) == 0) {
+            if (eq_bytes(d->base + e + E_SIZE, key, klen)) {
                 break;
             }
         }
@@ -1582,7 +1616,7 @@ fdp_shd_set(struct fdp_shd *d, int mode, const char *key, size_t klen,
                 w32(d, e + E_VLEN + 4 * i, f[i]);
             }
         }
-        if (vlen && memcmp(d->base + e + E_SIZE + klen, v->s, vlen) != 0) {
+        if (vlen && !eq_bytes(d->base + e + E_SIZE + klen, v->s, vlen)) {
             put_value(d, e, klen, v, vlen);
         }
         seen_mark(d, e);        /* used: as a get marks it */

@@ -53,7 +53,7 @@ describe("fdpool.shared", function()
 
   it("is a table of its methods that knows its own kind", function()
     assert.equals("shdict,fdpool.shdict (cache),function,in-small in-cache in-cache in-small,"
-      .. "1111,2222,3333,true", cmd(p, "object"))
+      .. "1111,2222,3333,true,true 2 nil 1 2 nil 2 3,true", cmd(p, "object"))
   end)
 
   it("answers get after its string cache could not be made (--max-memory)", function()
