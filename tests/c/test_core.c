@@ -2316,7 +2316,7 @@ test_shdict_inplace_mark(void)
     size_t size = 64 * 1024;
     void *m = shd_map(size);
     struct fdp_shd d;
-    char key[16], next[16], nk[16], first[64];
+    char key[16], next[16], nk[16], first[64], want[24];
     int kind, i, n, ev;
 
     fdp_shd_format(m, size);
@@ -2345,9 +2345,9 @@ test_shdict_inplace_mark(void)
                     : fdp_shd_incr(&d, key, strlen(key), &by, NULL, 0, &out,
                                    &ev) == 0 && out.i == 1001);
         first[0] = '\0';
-        snprintf(nk, sizeof(nk), "%s,", key);
+        snprintf(want, sizeof(want), "%s,", key);
         ok = ok && fdp_shd_keys(&d, 1, cat_key, first) == 1
-             && strcmp(first, nk) != 0;
+             && strcmp(first, want) != 0;
         for (n = 0; n < 5; n++) {
             snprintf(nk, sizeof(nk), "new%d", n);
             fdp_shd_set(&d, 0, nk, strlen(nk), &v, 0, &ev);
