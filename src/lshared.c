@@ -238,7 +238,8 @@ note_slow(struct lshd *s, int r)
 {
     if (s->d.recovered == 1) {
         fdp_log(FDP_LOG_WARN, 0, "shared '%s': a process died holding its "
-                "lock; its operation was undone", s->name);
+                "lock; %s", s->name, s->d.undone ? "its operation was undone"
+                : "nothing to undo");
     } else if (s->d.recovered == 2) {
         fdp_log(FDP_LOG_ERROR, 0, "shared '%s': %s; every entry flushed",
                 s->name, r == -EIO ? "found corrupted" : "a process died "

@@ -501,6 +501,7 @@ recover(struct fdp_shd *d)
     uint32_t n = h->jn, i;
 
     seq_begin(d);
+    d->undone = n + (h->mv_e != 0);
     if (h->op != 0 || h->jover || n > d->jcap
         || (h->mv_e != 0 && lru_undo(d) < 0)) {
         format_data(d);
@@ -820,8 +821,13 @@ lock(struct fdp_shd *d, int op)
     d->corrupt = 0;
     d->nfreed = 0;
     d->now = 0;
-    if (op != FDP_SHD_OP_GET) {
-        seq_begin(d);           /* (a get-like op: in ent_delete, if any) */
+    /* a get-like op: in ent_delete, if any; set and incr: before their
+     * first write (ent_delete, ent_insert, a rewrite in place), so one
+     * that changes nothing (the same value set again) or only a number
+     * (an incr: one 8-byte store) leaves the sequence and its line alone */
+    if (op != FDP_SHD_OP_GET && op != FDP_SHD_OP_SET
+        && op != FDP_SHD_OP_INCR) {
+        seq_begin(d);
     }
     return 0;
 }
@@ -1283,9 +1289,10 @@ ent_insert(struct fdp_shd *d, const char *key, size_t klen, uint32_t hash,
 {
     size_t vlen = v->type == FDP_SHD_STRING ? v->len : 0;
     int err = 0;
-    uint32_t nfreed = d->nfreed, link = 0;
-    uint32_t e = ent_alloc(d, (uint64_t) 8 + E_SIZE + klen + vlen, evicted,
-                           &err);
+    uint32_t nfreed = d->nfreed, link = 0, e;
+
+    seq_begin(d);
+    e = ent_alloc(d, (uint64_t) 8 + E_SIZE + klen + vlen, evicted, &err);
 
     if (e == 0) {
         return d->corrupt ? -EIO : err;
@@ -1432,8 +1439,9 @@ get_nolock(struct fdp_shd *d, const char *key, size_t klen, uint32_t hash,
         }
         type = r32(d, e + E_TYPE);
         flags = r32(d, e + E_FLAGS);
-        bits = (uint64_t) r32(d, e + E_NUMLO)
-               | ((uint64_t) r32(d, e + E_NUMHI) << 32);
+        /* at once: an incr stores it so, without the sequence */
+        bits = __atomic_load_n((uint64_t *) (void *) (d->base + e + E_NUMLO),
+                               __ATOMIC_RELAXED);
         if (type < FDP_SHD_STRING || type > FDP_SHD_BOOLEAN) {
             goto giveup;
         }
@@ -1612,11 +1620,13 @@ fdp_shd_set(struct fdp_shd *d, int mode, const char *key, size_t klen,
         if (memcmp(d->base + e + E_VLEN, f, sizeof(f)) != 0) {
             uint32_t i;
 
+            seq_begin(d);
             for (i = 0; i < 7; i++) {
                 w32(d, e + E_VLEN + 4 * i, f[i]);
             }
         }
         if (vlen && !eq_bytes(d->base + e + E_SIZE + klen, v->s, vlen)) {
+            seq_begin(d);
             put_value(d, e, klen, v, vlen);
         }
         seen_mark(d, e);        /* used: as a get marks it */
@@ -1676,7 +1686,22 @@ fdp_shd_incr(struct fdp_shd *d, const char *key, size_t klen,
         r = ent_insert(d, key, klen, hash, v, init_ttl, now, evicted, 0);
     } else {
         v->flags = cur.flags;
-        put_num(d, e, v);
+        if (v->type == cur.type) {
+            /* the number alone changes: one aligned 8-byte store (a
+             * lockless get loads it at once too), nothing to journal or
+             * to hide from gets: a death leaves it counted or not */
+            uint64_t bits = (uint64_t) v->i;
+
+            if (v->type == FDP_SHD_NUMBER) {
+                memcpy(&bits, &v->n, 8);
+            }
+            __atomic_store_n((uint64_t *) (void *) (d->base + e + E_NUMLO),
+                             bits, __ATOMIC_RELAXED);
+            knob(d);
+        } else {
+            seq_begin(d);
+            put_num(d, e, v);
+        }
         seen_mark(d, e);        /* used: as a get marks it */
     }
     return unlock(d, r);

@@ -1940,6 +1940,7 @@ test_shdict_lru(void)
  * parent's next operation must repair (or flush) and find the value as
  * before the dead operation. */
 static const char *shd_new_value = "new-value";
+static double shd_incr_by = 5;  /* incr's n: an integer unless fractional */
 
 static int
 shd_die_in(struct fdp_shd *d, int op, uint32_t at)
@@ -1956,6 +1957,12 @@ shd_die_in(struct fdp_shd *d, int op, uint32_t at)
         if (op == FDP_SHD_OP_SET) {
             fdp_shd_set(d, 0, "a", 1, &v, 0, &ev);
         } else if (op == FDP_SHD_OP_INCR) {
+            if (shd_incr_by != (double) (int64_t) shd_incr_by) {
+                by.type = FDP_SHD_NUMBER;
+                by.n = shd_incr_by;
+            } else {
+                by.i = (int64_t) shd_incr_by;
+            }
             fdp_shd_incr(d, "n", 1, &by, NULL, 0, &out, &ev);
         } else if (op == FDP_SHD_OP_DELETE || op == FDP_SHD_OP_GET) {
             v.type = FDP_SHD_NIL;
@@ -2017,10 +2024,26 @@ test_shdict_owner_dead(void)
               "old-value") && shd_get_str(&d, "k49", "old-value"));
     fdp_shd_set(&d, 0, "n", 1, &n, 0, &ev);
     fdp_shd_set(&d, 0, "k0", 2, &v, 0, &ev);
+    /* an incr that keeps the number's type writes it with one 8-byte
+     * store, no journal: killed after it, the incr counted, whole (and
+     * it made no other write: a knob at write 2 never fires) */
+    test_cond("shdict: an incr is one write, killed after it counted",
+              shd_die_in(&d, FDP_SHD_OP_INCR, 1) == 86
+              && fdp_shd_get(&d, "n", 1, &out, NULL) == 1
+              && d.recovered == 1 && d.undone == 0
+              && out.type == FDP_SHD_INTEGER && out.i == 105
+              && shd_die_in(&d, FDP_SHD_OP_INCR, 2) == 0
+              && fdp_shd_get(&d, "n", 1, &out, NULL) == 1 && out.i == 110
+              && fdp_shd_check(&d) == 0);
+    /* one that makes it a float (type and number: journaled) is undone */
+    shd_incr_by = 0.5;
     test_cond("shdict: an incr killed inside is undone",
               shd_die_in(&d, FDP_SHD_OP_INCR, 2) == 86
               && fdp_shd_get(&d, "n", 1, &out, NULL) == 1
-              && d.recovered == 1 && out.i == 100);
+              && d.recovered == 1 && d.undone > 0
+              && out.type == FDP_SHD_INTEGER && out.i == 110
+              && fdp_shd_check(&d) == 0);
+    shd_incr_by = 5;
     fdp_shd_set(&d, 0, "a", 1, &v, 0, &ev);
     i = shd_die_in(&d, FDP_SHD_OP_DELETE, 3);
     test_cond("shdict: a delete killed inside is undone",
@@ -2267,6 +2290,39 @@ test_shdict_lockless(void)
     test_cond("shdict: gets without the lock under a writer see whole "
               "values", ok && found > 0 && fdp_shd_check(&d) == 0);
 
+    /* an incr stores the number at once: gets without the lock under a
+     * child counting across 2^32 never see half of one (each answer
+     * inside the range, never going back) */
+    {
+        int64_t start = 0xffffffffLL - 30000, last = start;
+        struct fdp_shd_val c = ival(start);
+
+        fdp_shd_set(&d, 0, "c", 1, &c, 0, &ev);
+        if ((pid = fork()) == 0) {
+            struct fdp_shd_val one = ival(1);
+
+            for (i = 0; i < 60000; i++) {
+                fdp_shd_incr(&d, "c", 1, &one, NULL, 0, &out, &ev);
+            }
+            _exit(0);
+        }
+        for (i = 0, ok = 1; i < 400000 && ok; i++) {
+            if (fdp_shd_get(&d, "c", 1, &out, NULL) != 1
+                || out.type != FDP_SHD_INTEGER || out.i < last
+                || out.i > start + 60000) {
+                ok = 0;
+            }
+            last = out.i;
+            if (last == start + 60000) {
+                break;
+            }
+        }
+        waitpid(pid, &st, 0);
+        test_cond("shdict: gets without the lock under incr see whole "
+                  "numbers", ok && fdp_shd_get(&d, "c", 1, &out, NULL) == 1
+                  && out.i == start + 60000);
+    }
+
     /* the get mark: fill until a set evicts, find the oldest key left
      * (ttl: it does not mark), get it (marked), set 5 more */
     fdp_shd_flush(&d);
@@ -2361,6 +2417,29 @@ test_shdict_inplace_mark(void)
         test_cond(kind == 0 ? "shdict: a value set in place is marked, "
                   "not moved (survives evictions)" : "shdict: an incr is "
                   "marked, not moved (survives evictions)", ok);
+    }
+    {
+        /* the write sequence (header offset 236, after the hot line's
+         * jn .. lru_tail): a set that changes nothing and an incr (one
+         * 8-byte store) leave it alone; a set that changes the value
+         * moves it by 2 */
+        volatile uint32_t *seq = (volatile uint32_t *) m + 236 / 4;
+        struct fdp_shd_val a = sval("same"), b = sval("diff"), one = ival(1),
+                           out;
+        uint32_t s0;
+
+        fdp_shd_set(&d, 0, "s", 1, &a, 0, &ev);
+        fdp_shd_set(&d, 0, "c", 1, &one, 0, &ev);
+        s0 = *seq;
+        fdp_shd_set(&d, 0, "s", 1, &a, 0, &ev);
+        fdp_shd_incr(&d, "c", 1, &one, NULL, 0, &out, &ev);
+        test_cond("shdict: a set of the same value and an incr leave the "
+                  "write sequence alone", *seq == s0 && out.i == 2
+                  && (s0 & 1u) == 0);
+        fdp_shd_set(&d, 0, "s", 1, &b, 0, &ev);
+        test_cond("shdict: a set that changes the value moves it",
+                  *seq == s0 + 2 && shd_get_str(&d, "s", "diff")
+                  && fdp_shd_check(&d) == 0);
     }
     fdp_shd_detach(&d);
     munmap(m, size);
