@@ -13,6 +13,7 @@
 #include "lhttp.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +93,12 @@ own_header(const char *k, size_t n)
 }
 
 
+/* RFC 9110 5.6.2's tchar: a bitmap of the ASCII bytes */
+static const uint64_t tchar_map[2] = {
+    0x03ff6cfa00000000ULL, 0x57ffffffc7fffffeULL
+};
+
+
 /* A field name is a token, a value has no control byte but HTAB (RFC 9110
  * 5.1, 5.5): a CR or LF from a handler's header would end the head early
  * and let the rest be read as headers or a body of the attacker's. */
@@ -99,26 +106,19 @@ static int
 valid_field(const char *k, size_t kn, const char *v, size_t vn)
 {
     size_t i;
+    unsigned bad = kn == 0;
 
-    if (kn == 0) {
-        return 0;
-    }
     for (i = 0; i < kn; i++) {
         unsigned char ch = (unsigned char) k[i];
 
-        if (!((ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z'))
-            && (ch == 0 || strchr("!#$%&'*+-.^_`|~", ch) == NULL)) {
-            return 0;
-        }
+        bad |= ch >= 128 || !((tchar_map[ch >> 6 & 1] >> (ch & 63)) & 1);
     }
     for (i = 0; i < vn; i++) {
         unsigned char ch = (unsigned char) v[i];
 
-        if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
-            return 0;
-        }
+        bad |= (ch < 0x20 && ch != '\t') | (ch == 0x7f);
     }
-    return 1;
+    return !bad;
 }
 
 
@@ -133,12 +133,32 @@ hb_header(struct headbuf *b, const char *k, size_t kn, lua_State *L, int vi)
 
     if (!valid_field(k, kn, v, vn)) {
         b->invalid = k;         /* the headers table keeps k alive */
-        lua_pop(L, !str);
+        if (!str) {
+            lua_pop(L, 1);
+        }
         return 0;
     }
-    r = hb_add(b, k, kn) | hb_add(b, ": ", 2) | hb_add(b, v, vn)
-        | hb_add(b, "\r\n", 2);
-    lua_pop(L, !str);
+    if (b->len + kn + vn + 4 <= b->cap) {
+        /* (the usual case: one check, four copies) */
+        char *q = b->p + b->len;
+
+        memcpy(q, k, kn);
+        q += kn;
+        *q++ = ':';
+        *q++ = ' ';
+        memcpy(q, v, vn);
+        q += vn;
+        *q++ = '\r';
+        *q++ = '\n';
+        b->len = (size_t) (q - b->p);
+        r = 0;
+    } else {
+        r = hb_add(b, k, kn) | hb_add(b, ": ", 2) | hb_add(b, v, vn)
+            | hb_add(b, "\r\n", 2);
+    }
+    if (!str) {
+        lua_pop(L, 1);
+    }
     return r;
 }
 
@@ -391,8 +411,9 @@ conn_sendresponse(lua_State *L)
  * fields (res._headers, started, finished, _bytes, _head_sent;
  * req._close, _broken): the handler's two calls of every plain request
  * without the Lua interpreter. fdpool._httpres(status_lines) makes them:
- * closures whose upvalues are the field names (interned), http.lua's
- * status_lines table and the cached Date line.
+ * closures whose upvalues are the field names (interned strings, one
+ * upvalue each: pushing one is a lua_pushvalue, no table lookup),
+ * http.lua's status_lines table, its 200 line and the conn metatable.
  */
 enum { R_STARTED = 1, R_FINISHED, R_STATUS, R_REQ, R_HEADERS,
        R_BYTES, R_HEAD_SENT, R_CONN, R_METHOD, R_CLOSE, R_EXPECT_CONTINUE,
@@ -402,17 +423,47 @@ static const char *const reskeys[R_END - 1] = {
     "_head_sent", "_conn", "method", "_close", "_expect_continue", "_body",
     "_length", "_chunked", "version", "_broken"
 };
-#define RKEYS lua_upvalueindex(1)
-#define RSTATUS_LINES lua_upvalueindex(2)
-#define RDATE lua_upvalueindex(3)
-#define RDATE_TIME lua_upvalueindex(4)
+#define RKEY(k) lua_upvalueindex(k)
+#define RSTATUS_LINES lua_upvalueindex(R_END)
+#define RLINE200 lua_upvalueindex(R_END + 1)
+#define RCONN_MT lua_upvalueindex(R_END + 2)
+#define R_NUPVALUES (R_END + 2)
+
+/* The Date line of the current second, made once per second. Per
+ * process: a worker runs its Lua state on one thread. */
+static struct {
+    time_t t;
+    size_t n;
+    char line[64];
+} date_cache = { (time_t) -1, 0, "" };
+
+
+static const char *
+date_line(size_t *n)
+{
+    time_t now = time(NULL);
+
+    if (now != date_cache.t) {
+        struct tm tm;
+
+        date_cache.n = 0;
+        if (gmtime_r(&now, &tm) != NULL) {
+            date_cache.n = strftime(date_cache.line, sizeof(date_cache.line),
+                                    "Date: %a, %d %b %Y %H:%M:%S GMT\r\n",
+                                    &tm);
+        }
+        date_cache.t = now;
+    }
+    *n = date_cache.n;
+    return date_cache.line;
+}
 
 
 /* pushes t[key k] (raw); its type */
 static int
 rget(lua_State *L, int t, int k)
 {
-    lua_rawgeti(L, RKEYS, k);
+    lua_pushvalue(L, RKEY(k));
     return lua_rawget(L, t);
 }
 
@@ -421,7 +472,7 @@ rget(lua_State *L, int t, int k)
 static void
 rset_true(lua_State *L, int t, int k)
 {
-    lua_rawgeti(L, RKEYS, k);
+    lua_pushvalue(L, RKEY(k));
     lua_pushboolean(L, 1);
     lua_rawset(L, t);
 }
@@ -487,8 +538,9 @@ res_header(lua_State *L)
     }
     name = lua_tolstring(L, 2, &n);
     lua_settop(L, 3);
-    rget(L, 1, R_HEADERS);              /* 4 */
-    luaL_checktype(L, 4, LUA_TTABLE);
+    if (rget(L, 1, R_HEADERS) != LUA_TTABLE) {  /* 4 */
+        luaL_checktype(L, 4, LUA_TTABLE);
+    }
     if (header_key(L, 4, name, n)) {
         lua_pushnil(L);
         lua_rawset(L, 4);
@@ -553,18 +605,39 @@ res_send_k(lua_State *L, int status, lua_KContext ctx)
 }
 
 
+/* The conn at idx when it is a real one (fdpool.conn), else NULL:
+ * luaL_testudata without its registry lookup. */
+static struct fdp_conn *
+res_conn(lua_State *L, int idx)
+{
+    struct fdp_conn *c = NULL;
+
+    if (lua_type(L, idx) == LUA_TUSERDATA) {
+        if (lua_isnil(L, RCONN_MT)) {
+            return luaL_testudata(L, idx, FDP_CONN_MT);
+        }
+        if (lua_getmetatable(L, idx)) {
+            if (lua_rawequal(L, -1, RCONN_MT)) {
+                c = lua_touserdata(L, idx);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    return c;
+}
+
+
 /* res:send(body): the whole response with Content-Length (http.lua's
  * Res:send and send_head). Returns true, or false, err. */
 static int
 res_send(lua_State *L)
 {
-    size_t bn = 0, sn, dn = 0;
+    size_t bn = 0, sn, dn = 0, mn = 0, vn = 0;
     lua_Integer code;
     int head_only, has_len, set_close, bad = 0;
-    time_t now;
     struct fdp_conn *c;
     struct headbuf b;
-    const char *sl, *dl, *cv;
+    const char *sl, *dl, *cv, *m, *v;
 
     luaL_checktype(L, 1, LUA_TTABLE);
     not_started(L);
@@ -580,46 +653,34 @@ res_send(lua_State *L)
                           "'body')", luaL_typename(L, 2));
     }
     (void) lua_tolstring(L, 2, &bn);
-    rget(L, 1, R_REQ);                  /* 3 */
-    luaL_checktype(L, 3, LUA_TTABLE);
-    code = rget(L, 1, R_STATUS) == LUA_TNIL ? 200 : lua_tointeger(L, -1);
-    lua_pop(L, 1);                      /* (nil: Res._status's default) */
-    rget(L, 3, R_METHOD);
-    {
-        size_t mn;
-        const char *m = lua_tolstring(L, -1, &mn);
-
-        head_only = (m != NULL && mn == 4 && memcmp(m, "HEAD", 4) == 0)
-                    || code == 204 || code == 304 || code < 200;
-    }
-    lua_pop(L, 1);
-    if (!head_only) {
-        lua_rawgeti(L, RKEYS, R_BYTES);
-        lua_pushinteger(L, (lua_Integer) bn);
-        lua_rawset(L, 1);
+    if (rget(L, 1, R_REQ) != LUA_TTABLE) {      /* 3 */
+        luaL_checktype(L, 3, LUA_TTABLE);
     }
     lua_pushnil(L);                     /* 4: a head past b's stack */
     rget(L, 1, R_HEADERS);              /* 5 */
-    luaL_checktype(L, 5, LUA_TTABLE);
     rget(L, 1, R_CONN);                 /* 6 */
-    lua_geti(L, RSTATUS_LINES, code);   /* 7 */
-    now = time(NULL);
-    if ((lua_Integer) now != lua_tointeger(L, RDATE_TIME)
-        || lua_isnil(L, RDATE)) {
-        char buf[64];
-        struct tm tm;
-        size_t n = 0;
-
-        if (gmtime_r(&now, &tm) != NULL) {
-            n = strftime(buf, sizeof(buf),
-                         "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
-        }
-        lua_pushlstring(L, buf, n);
-        lua_replace(L, RDATE);
-        lua_pushinteger(L, (lua_Integer) now);
-        lua_replace(L, RDATE_TIME);
+    /* (nil: Res._status's default) */
+    code = rget(L, 1, R_STATUS) == LUA_TNIL ? 200 : lua_tointeger(L, 7);
+    rget(L, 3, R_METHOD);               /* 8 */
+    m = lua_tolstring(L, 8, &mn);
+    head_only = (m != NULL && mn == 4 && memcmp(m, "HEAD", 4) == 0)
+                || code == 204 || code == 304 || code < 200;
+    if (code == 200) {
+        lua_pushvalue(L, RLINE200);
+    } else {
+        lua_geti(L, RSTATUS_LINES, code);
     }
-    c = luaL_testudata(L, 6, FDP_CONN_MT);
+    lua_replace(L, 7);                  /* 7: the status line */
+    lua_settop(L, 7);
+    if (!head_only) {
+        lua_pushvalue(L, RKEY(R_BYTES));
+        lua_pushinteger(L, (lua_Integer) bn);
+        lua_rawset(L, 1);
+    }
+    if (lua_type(L, 5) != LUA_TTABLE) {
+        luaL_checktype(L, 5, LUA_TTABLE);
+    }
+    c = res_conn(L, 6);
     head_start(&b, L, 4);
     if (c != NULL) {
         /* the head as far as the headers, noting Connection and Date as
@@ -632,9 +693,13 @@ res_send(lua_State *L)
     }
     /* req._close: Connection: close from the handler; a client waiting
      * for 100 Continue whose body was not asked for. Set below, with the
-     * head built (before a refused header's error). */
+     * head built (before a refused header's error). req's fields read
+     * at once (8 _expect_continue, 9 _close, 10 version) */
     set_close = b.conn_close;
-    if (rtrue(L, 3, R_EXPECT_CONTINUE) && !rtrue(L, 3, R_BODY)) {
+    rget(L, 3, R_EXPECT_CONTINUE);
+    rget(L, 3, R_CLOSE);
+    rget(L, 3, R_VERSION);
+    if (lua_toboolean(L, 8) && !rtrue(L, 3, R_BODY)) {
         rget(L, 3, R_LENGTH);
         if ((lua_isnumber(L, -1) && lua_tonumber(L, -1) > 0)
             || rtrue(L, 3, R_CHUNKED)) {
@@ -642,17 +707,12 @@ res_send(lua_State *L)
         }
         lua_pop(L, 1);
     }
-    if (set_close || rtrue(L, 3, R_CLOSE)) {
+    if (set_close || lua_toboolean(L, 9)) {
         cv = "close";
     } else {
-        size_t vn = 0;
-        const char *v;
-
-        rget(L, 3, R_VERSION);
-        v = lua_tolstring(L, -1, &vn);
+        v = lua_tolstring(L, 10, &vn);
         cv = v != NULL && vn == 3 && memcmp(v, "1.0", 3) == 0 ? "keep-alive"
              : NULL;
-        lua_pop(L, 1);
     }
     has_len = !(code == 204 || code == 304 || code < 200);
     if (c == NULL) {
@@ -673,7 +733,8 @@ res_send(lua_State *L)
         if (b.has_date) {
             lua_pushnil(L);
         } else {
-            lua_pushvalue(L, RDATE);
+            dl = date_line(&dn);
+            lua_pushlstring(L, dl, dn);
         }
         if (has_len) {
             lua_pushinteger(L, (lua_Integer) bn);
@@ -694,7 +755,7 @@ res_send(lua_State *L)
         lua_callk(L, 8, 2, 0, res_send_k);
         return res_send_k(L, LUA_OK, 0);
     }
-    dl = b.has_date ? NULL : lua_tolstring(L, RDATE, &dn);
+    dl = b.has_date ? NULL : date_line(&dn);
     if (head_finish(&b, dl, dn, has_len, (lua_Integer) bn, 0, cv,
                     cv ? strlen(cv) : 0) || bad) {
         if (set_close) {
@@ -717,20 +778,24 @@ res_write(lua_State *L, struct fdp_conn *c, struct headbuf *b, size_t n1,
     const char *body = n1 ? lua_tostring(L, 2) : "";
     ssize_t n = head_write(c, b, body, n1);
 
-    if (n == (ssize_t) (b->len + n1) || (n < 0 && n != -EAGAIN
-                                         && n != -EWOULDBLOCK)) {
+    if (n == (ssize_t) (b->len + n1)) {
+        /* all sent (the usual case): as res_send_k after an ok */
+        c->bytes_out += (uint64_t) n;
+        if (set_close) {
+            rset_true(L, 3, R_CLOSE);
+        }
+        rset_true(L, 1, R_HEAD_SENT);
+        lua_pushboolean(L, 1);
+        lua_pushnil(L);
+        return 2;
+    }
+    if (n < 0 && n != -EAGAIN && n != -EWOULDBLOCK) {
         if (set_close) {
             rset_true(L, 3, R_CLOSE);
         }
         lua_settop(L, 3);
-        if (n >= 0) {
-            c->bytes_out += (uint64_t) n;
-            lua_pushinteger(L, (lua_Integer) n1);
-            lua_pushnil(L);
-        } else {
-            lua_pushnil(L);
-            lua_pushliteral(L, "closed");
-        }
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
         return res_send_k(L, LUA_OK, 0);
     }
     {
@@ -765,24 +830,19 @@ res_write(lua_State *L, struct fdp_conn *c, struct headbuf *b, size_t n1,
 int
 fdp_lhttp_res(lua_State *L)
 {
-    int k;
+    int k, f;
 
     luaL_checktype(L, 1, LUA_TTABLE);
-    lua_createtable(L, R_END - 1, 0);
-    for (k = 1; k < R_END; k++) {
-        lua_pushstring(L, reskeys[k - 1]);
-        lua_rawseti(L, -2, k);
+    lua_settop(L, 1);
+    for (f = 0; f < 2; f++) {
+        for (k = 1; k < R_END; k++) {
+            lua_pushstring(L, reskeys[k - 1]);
+        }
+        lua_pushvalue(L, 1);
+        lua_geti(L, 1, 200);
+        luaL_getmetatable(L, FDP_CONN_MT);
+        lua_pushcclosure(L, f == 0 ? res_header : res_send, R_NUPVALUES);
     }
-    lua_pushvalue(L, -1);
-    lua_pushvalue(L, 1);
-    lua_pushnil(L);
-    lua_pushinteger(L, -1);
-    lua_pushcclosure(L, res_header, 4);
-    lua_insert(L, -2);
-    lua_pushvalue(L, 1);
-    lua_pushnil(L);
-    lua_pushinteger(L, -1);
-    lua_pushcclosure(L, res_send, 4);
     return 2;
 }
 
