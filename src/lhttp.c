@@ -39,13 +39,58 @@ struct headbuf {
     int scan;                   /* hb_headers notes the two below: */
     int conn_close;             /* the first Connection is "close" */
     int has_date;               /* a Date header */
+    struct hcache *cache;       /* res:send's names and values checked */
+    int cache_idx;              /* (the userdata holding them) */
     char stack[2048];
 };
 
+/*
+ * The header names and values res:send found valid last (at most
+ * HCACHE_N of each), by address: the userdata at cache_idx holds each
+ * string as a user value, so none of them is collected and no other
+ * string can have its address while it is here. A handler setting the
+ * same literal names and values each request has them checked once.
+ */
+#define HCACHE_N 4
+struct hcache {
+    const char *s[2][HCACHE_N];         /* [0] names, [1] values */
+    unsigned next[2];
+};
 
-/* Append to b; 0 (out of memory raises: nothing to free). */
+
+/* s (at idx of L's stack) valid as kind 0 (name) or 1 (value): a known
+ * one is 1 at once; one found valid now is remembered. */
 static int
-hb_add(struct headbuf *b, const char *s, size_t n)
+hc_check(struct headbuf *b, int kind, const char *s, size_t n, int idx,
+         int (*valid)(const char *, size_t))
+{
+    struct hcache *hc = b->cache;
+    unsigned i;
+
+    if (hc != NULL) {
+        for (i = 0; i < HCACHE_N; i++) {
+            if (hc->s[kind][i] == s) {
+                return 1;
+            }
+        }
+    }
+    if (!valid(s, n)) {
+        return 0;
+    }
+    if (hc != NULL && idx != 0) {
+        i = hc->next[kind]++ % HCACHE_N;
+        lua_pushvalue(b->L, idx);
+        (void) lua_setiuservalue(b->L, b->cache_idx,
+                                 1 + kind * HCACHE_N + (int) i);
+        hc->s[kind][i] = s;
+    }
+    return 1;
+}
+
+
+/* Room for n more bytes in b (out of memory raises: nothing to free). */
+static void
+hb_reserve(struct headbuf *b, size_t n)
 {
     if (b->len + n > b->cap) {
         size_t cap = b->cap * 2;
@@ -60,6 +105,14 @@ hb_add(struct headbuf *b, const char *s, size_t n)
         b->p = q;
         b->cap = cap;
     }
+}
+
+
+/* Append to b; 0 (out of memory raises: nothing to free). */
+static int
+hb_add(struct headbuf *b, const char *s, size_t n)
+{
+    hb_reserve(b, n);
     memcpy(b->p + b->len, s, n);
     b->len += n;
     return 0;
@@ -103,7 +156,7 @@ static const uint64_t tchar_map[2] = {
  * 5.1, 5.5): a CR or LF from a handler's header would end the head early
  * and let the rest be read as headers or a body of the attacker's. */
 static int
-valid_field(const char *k, size_t kn, const char *v, size_t vn)
+valid_name(const char *k, size_t kn)
 {
     size_t i;
     unsigned bad = kn == 0;
@@ -113,6 +166,16 @@ valid_field(const char *k, size_t kn, const char *v, size_t vn)
 
         bad |= ch >= 128 || !((tchar_map[ch >> 6 & 1] >> (ch & 63)) & 1);
     }
+    return !bad;
+}
+
+
+static int
+valid_value(const char *v, size_t vn)
+{
+    size_t i;
+    unsigned bad = 0;
+
     for (i = 0; i < vn; i++) {
         unsigned char ch = (unsigned char) v[i];
 
@@ -123,25 +186,27 @@ valid_field(const char *k, size_t kn, const char *v, size_t vn)
 
 
 static int
-hb_header(struct headbuf *b, const char *k, size_t kn, lua_State *L, int vi)
+hb_header(struct headbuf *b, const char *k, size_t kn, int ki, lua_State *L,
+          int vi)
 {
     size_t vn;
     /* a string as it is (the table keeps it alive); else tostring */
     int str = lua_type(L, vi) == LUA_TSTRING;
     const char *v = str ? lua_tolstring(L, vi, &vn) : luaL_tolstring(L, vi, &vn);
-    int r;
 
-    if (!valid_field(k, kn, v, vn)) {
+    if (!hc_check(b, 0, k, kn, ki, valid_name)
+        || !hc_check(b, 1, v, vn, str ? vi : 0, valid_value)) {
         b->invalid = k;         /* the headers table keeps k alive */
         if (!str) {
             lua_pop(L, 1);
         }
         return 0;
     }
-    if (b->len + kn + vn + 4 <= b->cap) {
-        /* (the usual case: one check, four copies) */
-        char *q = b->p + b->len;
+    {
+        char *q;
 
+        hb_reserve(b, kn + vn + 4);
+        q = b->p + b->len;
         memcpy(q, k, kn);
         q += kn;
         *q++ = ':';
@@ -151,15 +216,11 @@ hb_header(struct headbuf *b, const char *k, size_t kn, lua_State *L, int vi)
         *q++ = '\r';
         *q++ = '\n';
         b->len = (size_t) (q - b->p);
-        r = 0;
-    } else {
-        r = hb_add(b, k, kn) | hb_add(b, ": ", 2) | hb_add(b, v, vn)
-            | hb_add(b, "\r\n", 2);
     }
     if (!str) {
         lua_pop(L, 1);
     }
-    return r;
+    return 0;
 }
 
 
@@ -174,12 +235,14 @@ hb_headers(struct headbuf *b, lua_State *L, int idx)
     while (lua_next(L, idx) != 0) {
         size_t kn;
         const char *k;
+        int ki;
 
         if (lua_type(L, -2) != LUA_TSTRING) {
             lua_pop(L, 1);
             continue;
         }
-        k = lua_tolstring(L, -2, &kn);
+        ki = lua_gettop(L) - 1;
+        k = lua_tolstring(L, ki, &kn);
         if (b->scan) {
             /* res:send's send_head: Connection: close from the handler
              * closes; a Date from the handler replaces ours */
@@ -200,11 +263,11 @@ hb_headers(struct headbuf *b, lua_State *L, int idx)
 
                 for (i = 1; i <= m; i++) {
                     lua_geti(L, -1, i);
-                    bad |= hb_header(b, k, kn, L, lua_gettop(L));
+                    bad |= hb_header(b, k, kn, ki, L, lua_gettop(L));
                     lua_pop(L, 1);
                 }
             } else {
-                bad |= hb_header(b, k, kn, L, lua_gettop(L));
+                bad |= hb_header(b, k, kn, ki, L, lua_gettop(L));
             }
         }
         lua_pop(L, 1);
@@ -262,6 +325,8 @@ head_start(struct headbuf *b, lua_State *L, int slot)
     b->cap = sizeof(b->stack);
     b->invalid = NULL;
     b->scan = b->conn_close = b->has_date = 0;
+    b->cache = NULL;
+    b->cache_idx = 0;
 }
 
 
@@ -281,40 +346,54 @@ static int
 head_finish(struct headbuf *b, const char *dl, size_t dn, int has_len,
             lua_Integer v, int chunked, const char *cv, size_t cn)
 {
-    int bad = 0;
+    /* digits from the end: no snprintf on the hot path */
+    char num[24];
+    char *d = num + sizeof(num), *q;
+    size_t nn = 0, need;
 
-    if (dl) {
-        bad |= hb_add(b, dl, dn);
-    }
     if (has_len) {
-        /* digits from the end: no snprintf on the hot path */
-        char num[48];
-        char *q = num + sizeof(num);
         unsigned long long u = v < 0 ? 0 - (unsigned long long) v
                                      : (unsigned long long) v;
 
-        *--q = '\n';
-        *--q = '\r';
         do {
-            *--q = (char) ('0' + u % 10);
+            *--d = (char) ('0' + u % 10);
             u /= 10;
         } while (u > 0);
         if (v < 0) {
-            *--q = '-';
+            *--d = '-';
         }
-        q -= 16;
+        nn = (size_t) (num + sizeof(num) - d);
+    }
+    need = (dl ? dn : 0) + (has_len ? 18 + nn : 0) + (chunked ? 28 : 0)
+           + (cv ? 14 + cn : 0) + 2;
+    hb_reserve(b, need);
+    q = b->p + b->len;
+    if (dl) {
+        memcpy(q, dl, dn);
+        q += dn;
+    }
+    if (has_len) {
         memcpy(q, "Content-Length: ", 16);
-        bad |= hb_add(b, q, (size_t) (num + sizeof(num) - q));
+        memcpy(q + 16, d, nn);
+        q += 16 + nn;
+        *q++ = '\r';
+        *q++ = '\n';
     }
     if (chunked) {
-        bad |= hb_add(b, "Transfer-Encoding: chunked\r\n", 28);
+        memcpy(q, "Transfer-Encoding: chunked\r\n", 28);
+        q += 28;
     }
     if (cv) {
-        bad |= hb_add(b, "Connection: ", 12) | hb_add(b, cv, cn)
-               | hb_add(b, "\r\n", 2);
+        memcpy(q, "Connection: ", 12);
+        memcpy(q + 12, cv, cn);
+        q += 12 + cn;
+        *q++ = '\r';
+        *q++ = '\n';
     }
-    bad |= hb_add(b, "\r\n", 2);
-    return bad || b->invalid;
+    *q++ = '\r';
+    *q++ = '\n';
+    b->len = (size_t) (q - b->p);
+    return b->invalid != NULL;
 }
 
 
@@ -427,7 +506,8 @@ static const char *const reskeys[R_END - 1] = {
 #define RSTATUS_LINES lua_upvalueindex(R_END)
 #define RLINE200 lua_upvalueindex(R_END + 1)
 #define RCONN_MT lua_upvalueindex(R_END + 2)
-#define R_NUPVALUES (R_END + 2)
+#define RHCACHE lua_upvalueindex(R_END + 3)
+#define R_NUPVALUES (R_END + 3)
 
 /* The Date line of the current second, made once per second. Per
  * process: a worker runs its Lua state on one thread. */
@@ -682,6 +762,8 @@ res_send(lua_State *L)
     }
     c = res_conn(L, 6);
     head_start(&b, L, 4);
+    b.cache = lua_touserdata(L, RHCACHE);
+    b.cache_idx = RHCACHE;
     if (c != NULL) {
         /* the head as far as the headers, noting Connection and Date as
          * it goes */
@@ -841,6 +923,14 @@ fdp_lhttp_res(lua_State *L)
         lua_pushvalue(L, 1);
         lua_geti(L, 1, 200);
         luaL_getmetatable(L, FDP_CONN_MT);
+        if (f == 0) {
+            lua_pushnil(L);             /* (res:header checks nothing) */
+        } else {
+            struct hcache *hc = lua_newuserdatauv(L, sizeof(*hc),
+                                                  2 * HCACHE_N);
+
+            memset(hc, 0, sizeof(*hc));
+        }
         lua_pushcclosure(L, f == 0 ? res_header : res_send, R_NUPVALUES);
     }
     return 2;
