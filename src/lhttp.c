@@ -506,8 +506,16 @@ static const char *const reskeys[R_END - 1] = {
 #define RSTATUS_LINES lua_upvalueindex(R_END)
 #define RLINE200 lua_upvalueindex(R_END + 1)
 #define RCONN_MT lua_upvalueindex(R_END + 2)
-#define RHCACHE lua_upvalueindex(R_END + 3)
+#define RCTX lua_upvalueindex(R_END + 3)
 #define R_NUPVALUES (R_END + 3)
+
+/* res:send's own state (the userdata at RCTX) */
+struct resctx {
+    struct hcache hc;           /* (its strings: RCTX's user values) */
+    const void *conn_mt;        /* RCONN_MT's address, or NULL */
+    size_t n200;                /* RLINE200's bytes (0: too long) */
+    char line200[64];
+};
 
 /* The Date line of the current second, made once per second. Per
  * process: a worker runs its Lua state on one thread. */
@@ -686,18 +694,19 @@ res_send_k(lua_State *L, int status, lua_KContext ctx)
 
 
 /* The conn at idx when it is a real one (fdpool.conn), else NULL:
- * luaL_testudata without its registry lookup. */
+ * luaL_testudata without its registry lookup (the metatable compared
+ * by address: RCONN_MT keeps it alive). */
 static struct fdp_conn *
-res_conn(lua_State *L, int idx)
+res_conn(lua_State *L, int idx, const struct resctx *ctx)
 {
     struct fdp_conn *c = NULL;
 
     if (lua_type(L, idx) == LUA_TUSERDATA) {
-        if (lua_isnil(L, RCONN_MT)) {
+        if (ctx->conn_mt == NULL) {
             return luaL_testudata(L, idx, FDP_CONN_MT);
         }
         if (lua_getmetatable(L, idx)) {
-            if (lua_rawequal(L, -1, RCONN_MT)) {
+            if (lua_topointer(L, -1) == ctx->conn_mt) {
                 c = lua_touserdata(L, idx);
             }
             lua_pop(L, 1);
@@ -712,12 +721,13 @@ res_conn(lua_State *L, int idx)
 static int
 res_send(lua_State *L)
 {
-    size_t bn = 0, sn, dn = 0, mn = 0, vn = 0;
+    size_t bn = 0, sn = 0, dn = 0, mn = 0, vn = 0;
     lua_Integer code;
     int head_only, has_len, set_close, bad = 0;
     struct fdp_conn *c;
     struct headbuf b;
-    const char *sl, *dl, *cv, *m, *v;
+    struct resctx *ctx = lua_touserdata(L, RCTX);
+    const char *sl = NULL, *dl, *cv, *m, *v;
 
     luaL_checktype(L, 1, LUA_TTABLE);
     not_started(L);
@@ -745,12 +755,13 @@ res_send(lua_State *L)
     m = lua_tolstring(L, 8, &mn);
     head_only = (m != NULL && mn == 4 && memcmp(m, "HEAD", 4) == 0)
                 || code == 204 || code == 304 || code < 200;
-    if (code == 200) {
-        lua_pushvalue(L, RLINE200);
+    if (code == 200 && ctx->n200 > 0) {
+        sl = ctx->line200;              /* (7 made below if asked for) */
+        sn = ctx->n200;
     } else {
         lua_geti(L, RSTATUS_LINES, code);
+        lua_replace(L, 7);              /* 7: the status line */
     }
-    lua_replace(L, 7);                  /* 7: the status line */
     lua_settop(L, 7);
     if (!head_only) {
         lua_pushvalue(L, RKEY(R_BYTES));
@@ -760,14 +771,16 @@ res_send(lua_State *L)
     if (lua_type(L, 5) != LUA_TTABLE) {
         luaL_checktype(L, 5, LUA_TTABLE);
     }
-    c = res_conn(L, 6);
+    c = res_conn(L, 6, ctx);
     head_start(&b, L, 4);
-    b.cache = lua_touserdata(L, RHCACHE);
-    b.cache_idx = RHCACHE;
+    b.cache = &ctx->hc;
+    b.cache_idx = RCTX;
     if (c != NULL) {
         /* the head as far as the headers, noting Connection and Date as
          * it goes */
-        sl = luaL_checklstring(L, 7, &sn);
+        if (sl == NULL) {
+            sl = luaL_checklstring(L, 7, &sn);
+        }
         b.scan = 1;
         bad = hb_add(&b, sl, sn) | hb_headers(&b, L, 5);
     } else {
@@ -802,6 +815,10 @@ res_send(lua_State *L)
          * conn:sendresponse(7, 5, date, has_len and bn, false, cv, body) */
         if (set_close) {
             rset_true(L, 3, R_CLOSE);
+        }
+        if (sl != NULL) {
+            lua_pushvalue(L, RLINE200);
+            lua_replace(L, 7);
         }
         lua_settop(L, 7);
         if (lua_type(L, 6) == LUA_TUSERDATA) {
@@ -924,12 +941,19 @@ fdp_lhttp_res(lua_State *L)
         lua_geti(L, 1, 200);
         luaL_getmetatable(L, FDP_CONN_MT);
         if (f == 0) {
-            lua_pushnil(L);             /* (res:header checks nothing) */
+            lua_pushnil(L);             /* (res:header needs none) */
         } else {
-            struct hcache *hc = lua_newuserdatauv(L, sizeof(*hc),
-                                                  2 * HCACHE_N);
+            struct resctx *ctx = lua_newuserdatauv(L, sizeof(*ctx),
+                                                   2 * HCACHE_N);
+            size_t n;
+            const char *line = lua_tolstring(L, -3, &n);
 
-            memset(hc, 0, sizeof(*hc));
+            memset(ctx, 0, sizeof(*ctx));
+            ctx->conn_mt = lua_topointer(L, -2);
+            if (line != NULL && n <= sizeof(ctx->line200)) {
+                memcpy(ctx->line200, line, n);
+                ctx->n200 = n;
+            }
         }
         lua_pushcclosure(L, f == 0 ? res_header : res_send, R_NUPVALUES);
     }
