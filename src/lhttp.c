@@ -50,8 +50,10 @@ struct headbuf {
  * string as a user value, so none of them is collected and no other
  * string can have its address while it is here. A handler setting the
  * same literal names and values each request has them checked once.
+ * Strings up to HCACHE_MAXLEN bytes only: none holds much memory.
  */
 #define HCACHE_N 4
+#define HCACHE_MAXLEN 128               /* (no big string kept alive) */
 struct hcache {
     const char *s[2][HCACHE_N];         /* [0] names, [1] values */
     unsigned next[2];
@@ -77,7 +79,7 @@ hc_check(struct headbuf *b, int kind, const char *s, size_t n, int idx,
     if (!valid(s, n)) {
         return 0;
     }
-    if (hc != NULL && idx != 0) {
+    if (hc != NULL && idx != 0 && n <= HCACHE_MAXLEN) {
         i = hc->next[kind]++ % HCACHE_N;
         lua_pushvalue(b->L, idx);
         (void) lua_setiuservalue(b->L, b->cache_idx,
