@@ -622,22 +622,27 @@ res_header(lua_State *L)
     const char *name;
 
     luaL_checktype(L, 1, LUA_TTABLE);
-    not_started(L);
     if (lua_type(L, 2) != LUA_TSTRING) {
+        not_started(L);
         return luaL_typeerror(L, 2, "string");
     }
-    name = lua_tolstring(L, 2, &n);
     lua_settop(L, 3);
-    if (rget(L, 1, R_HEADERS) != LUA_TTABLE) {  /* 4 */
-        luaL_checktype(L, 4, LUA_TTABLE);
+    if (rget(L, 1, R_STARTED) != LUA_TNIL && lua_toboolean(L, 4)) {
+        /* as assert(not self.started, "...") */
+        lua_pushliteral(L, "response already started");
+        return lua_error(L);
     }
-    if (header_key(L, 4, name, n)) {
+    name = lua_tolstring(L, 2, &n);
+    if (rget(L, 1, R_HEADERS) != LUA_TTABLE) {  /* 5 */
+        luaL_checktype(L, 5, LUA_TTABLE);
+    }
+    if (header_key(L, 5, name, n)) {
         lua_pushnil(L);
-        lua_rawset(L, 4);
+        lua_rawset(L, 5);
     }
     lua_pushvalue(L, 2);
     lua_pushvalue(L, 3);
-    lua_rawset(L, 4);
+    lua_rawset(L, 5);
     lua_settop(L, 1);
     return 1;
 }
