@@ -31,6 +31,7 @@
 struct lshd {
     struct fdp_shd d;
     const void *self;           /* the dictionary's table (lua_topointer) */
+    int gone;                   /* view_gc ran: never cached (check) again */
     char name[32];
     uint32_t size;
     /* FDPOOL_TEST_SHARED_DIE=OP:N:KEY (tests only): _exit at the N-th
@@ -93,7 +94,12 @@ check_slow(lua_State *L)
  * finds its view from argument 1 alone, without fetching the closure's
  * upvalue. Valid while that view lives (view_gc clears it), and the view
  * keeps its table alive (its user value), so no other table can have
- * that address meanwhile. One Lua state per worker opens dictionaries. */
+ * that address meanwhile. A view already finalized is never cached
+ * again: a finalizer that runs after view_gc in the same cycle (an
+ * object older than the view) may still call its dictionary, whose
+ * table and view are freed in the next cycle; cached then, the pointer
+ * would outlive them, and a new table at that address would be taken
+ * for the dictionary. One Lua state per worker opens dictionaries. */
 static const void *last_self;
 static struct lshd *last_view;
 
@@ -108,12 +114,12 @@ check(lua_State *L)
         return last_view;
     }
     s = lua_touserdata(L, lua_upvalueindex(1));
-    if (p == s->self) {
+    if (p == s->self && !s->gone) {
         last_self = p;
         last_view = s;
         return s;
     }
-    return check_slow(L);
+    return check_slow(L);       /* (a finalized view: found, not cached) */
 }
 
 
@@ -634,6 +640,7 @@ view_gc(lua_State *L)
         last_self = NULL;
         last_view = NULL;
     }
+    s->gone = 1;
     fdp_shd_detach(&s->d);
     free(s->vc);
     s->vc = NULL;
