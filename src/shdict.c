@@ -1689,14 +1689,20 @@ fdp_shd_incr(struct fdp_shd *d, const char *key, size_t klen,
         if (v->type == cur.type) {
             /* the number alone changes: one aligned 8-byte store (a
              * lockless get loads it at once too), nothing to journal or
-             * to hide from gets: a death leaves it counted or not */
+             * to hide from gets: a death leaves it counted or not. A
+             * release store (a plain mov on x86): a get that loads it
+             * and then, after its acquire fence, the sequence, sees the
+             * sequence of every write made before this lock was taken
+             * (an entry deleted and its block reused for this key), so
+             * it cannot pair this number with what it read of an older
+             * entry in that block and still find the sequence unchanged */
             uint64_t bits = (uint64_t) v->i;
 
             if (v->type == FDP_SHD_NUMBER) {
                 memcpy(&bits, &v->n, 8);
             }
             __atomic_store_n((uint64_t *) (void *) (d->base + e + E_NUMLO),
-                             bits, __ATOMIC_RELAXED);
+                             bits, __ATOMIC_RELEASE);
             knob(d);
         } else {
             seq_begin(d);

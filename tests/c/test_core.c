@@ -2991,7 +2991,6 @@ test_shdict_death_matrix(void)
         shd_dump(m, size, done, sizeof(done));
         for (at = 1; at <= 3000; at++) {
             memcpy(m, pristine, size);
-            fdp_shd_attach(&d, m, size);
             if ((pid = fork()) == 0) {
                 d.die_op = which == 5 || which == 6 || which == 7
                            || which == 8 || which == 13 ? FDP_SHD_OP_INCR
@@ -3028,8 +3027,8 @@ test_shdict_death_matrix(void)
         test_cond(name, deaths > 0 && good == deaths && strcmp(before, done)
                   != 0 && (which == 5 || which == 7 ? counted == 1
                            : counted == 0));
+        fdp_shd_detach(&d);
     }
-    fdp_shd_detach(&d);
     free(pristine);
     munmap(m, size);
 }
