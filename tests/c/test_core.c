@@ -21,6 +21,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
@@ -2796,6 +2797,52 @@ test_shdict_evict_edges(void)
 }
 
 
+/* incr at the edges of its numbers, as docs/api.md says: two integers
+ * wrap as Lua's + (math.maxinteger + 1 is math.mininteger, an integer),
+ * a float stays a float through nan and inf (each one store, the
+ * structure whole), a string is "not a number" and left as it was. */
+static void
+test_shdict_incr_edges(void)
+{
+    size_t size = 64 * 1024;
+    void *m = shd_map(size);
+    struct fdp_shd d;
+    struct fdp_shd_val v = ival(INT64_MAX), by = ival(1), out, f;
+    int ev;
+
+    fdp_shd_format(m, size);
+    fdp_shd_attach(&d, m, size);
+    fdp_shd_set(&d, 0, "n", 1, &v, 0, &ev);
+    test_cond("shdict: incr of math.maxinteger by 1 wraps to "
+              "math.mininteger, an integer",
+              fdp_shd_incr(&d, "n", 1, &by, NULL, 0, &out, &ev) == 0
+              && out.type == FDP_SHD_INTEGER && out.i == INT64_MIN
+              && fdp_shd_get(&d, "n", 1, &out, NULL) == 1
+              && out.type == FDP_SHD_INTEGER && out.i == INT64_MIN);
+    f = ival(0);
+    f.type = FDP_SHD_NUMBER;
+    f.n = 1.5;
+    fdp_shd_set(&d, 0, "f", 1, &f, 0, &ev);
+    f.n = HUGE_VAL;
+    test_cond("shdict: incr of a float to inf, then nan, stays a float",
+              fdp_shd_incr(&d, "f", 1, &f, NULL, 0, &out, &ev) == 0
+              && out.type == FDP_SHD_NUMBER && isinf(out.n)
+              && (f.n = -HUGE_VAL, fdp_shd_incr(&d, "f", 1, &f, NULL, 0,
+                                                &out, &ev) == 0)
+              && out.type == FDP_SHD_NUMBER && isnan(out.n)
+              && fdp_shd_get(&d, "f", 1, &out, NULL) == 1
+              && out.type == FDP_SHD_NUMBER && isnan(out.n)
+              && fdp_shd_check(&d) == 0);
+    v = sval("text");
+    fdp_shd_set(&d, 0, "s", 1, &v, 0, &ev);
+    test_cond("shdict: incr of a string: not a number, the string kept",
+              fdp_shd_incr(&d, "s", 1, &by, &by, 0, &out, &ev) == -EINVAL
+              && shd_get_str(&d, "s", "text") && fdp_shd_check(&d) == 0);
+    fdp_shd_detach(&d);
+    munmap(m, size);
+}
+
+
 /* A readable dump of a dictionary, taken from a private copy of its
  * mapping (so the gets that read it mark nothing in the real one): the
  * keys in LRU order, each with its value, flags and whether it has a
@@ -3132,6 +3179,7 @@ main(void)
     test_shdict_death_matrix();
     test_shdict_lockless_mixed();
     test_shdict_evict_edges();
+    test_shdict_incr_edges();
     test_shdict_corrupt();
     test_cond("no fd leaked by the whole run", fd_count() == before);
     test_report();
