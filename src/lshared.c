@@ -30,8 +30,10 @@
  */
 struct lshd {
     struct fdp_shd d;
-    const void *self;           /* the dictionary's table (lua_topointer) */
-    int gone;                   /* view_gc ran: never cached (check) again */
+    /* the dictionary's table (lua_topointer); once view_gc ran, an
+     * address no argument can have (&self): never cached again (check),
+     * get without its string cache (freed) */
+    const void *self;
     char name[32];
     uint32_t size;
     /* FDPOOL_TEST_SHARED_DIE=OP:N:KEY (tests only): _exit at the N-th
@@ -114,12 +116,12 @@ check(lua_State *L)
         return last_view;
     }
     s = lua_touserdata(L, lua_upvalueindex(1));
-    if (p == s->self && !s->gone) {
+    if (p == s->self) {
         last_self = p;
         last_view = s;
         return s;
     }
-    return check_slow(L);       /* (a finalized view: found, not cached) */
+    return check_slow(L);       /* (a finalized view too: not cached) */
 }
 
 
@@ -640,7 +642,7 @@ view_gc(lua_State *L)
         last_self = NULL;
         last_view = NULL;
     }
-    s->gone = 1;
+    s->self = &s->self;         /* (a finalizer may still call it) */
     fdp_shd_detach(&s->d);
     free(s->vc);
     s->vc = NULL;

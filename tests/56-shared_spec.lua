@@ -293,7 +293,7 @@ describe("a dictionary dropped and collected", function()
     H.wait_until(function() return H.readfile(exit) end, 10, "the driver to stop")
     -- no call with a fresh table as self passed; the finalizer's own call
     -- on the collected dictionary worked (found, not cached)
-    assert.equals("wrong 0 final 1", line)
+    assert.equals("wrong 0 final 1,str", line)
   end)
 end)
 
