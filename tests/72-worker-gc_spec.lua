@@ -1,4 +1,4 @@
--- tests/71-worker-gc_spec.lua: the worker's Lua collector (src/worker.c,
+-- tests/72-worker-gc_spec.lua: the worker's Lua collector (src/worker.c,
 -- open_handler): generational by default (minor collections at +50 %,
 -- major at +100 %), a handler's init may choose its own; the garbage of
 -- many keep-alive requests is collected as they go (the heap stays a
