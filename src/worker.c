@@ -891,6 +891,8 @@ limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 struct fcache {
     void *head[FC_CLASSES + 1];
     size_t bytes;
+    int exact;              /* malloc's blocks may hold only what was
+                             * asked (see FC_HOLDS) */
 };
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -906,12 +908,12 @@ struct fcache {
  * class). glibc's always does: a chunk is a multiple of 16 bytes, its
  * usable size the chunk less 8, and the chunk of a request for m bytes
  * at least m + 8 rounded up to 16, so its usable size is at least m
- * rounded up to 8 -- no call per freed block. Another malloc is asked. */
-#if defined(__GLIBC__)
-#define FC_HOLDS(p, n) ((void) (p), 1)
-#else
-#define FC_HOLDS(p, n) (malloc_usable_size(p) >= (n))
-#endif
+ * rounded up to 8 -- no call per freed block. So do jemalloc's,
+ * tcmalloc's and mimalloc's (classes of 8 bytes or more). An allocator
+ * whose blocks hold exactly what was asked (valgrind's, glibc's with
+ * MALLOC_CHECK_) is found by fcache_install's probe and asked each
+ * time. */
+#define FC_HOLDS(fc, p, n) (!(fc)->exact || malloc_usable_size(p) >= (n))
 
 static void *
 fc_get(struct fcache *fc, size_t n)
@@ -933,7 +935,7 @@ fc_put(struct fcache *fc, void *p, size_t n)
 {
     size_t k = (n + 7) >> 3;
 
-    if (fc->bytes + (k << 3) <= FC_CAP && FC_HOLDS(p, k << 3)) {
+    if (fc->bytes + (k << 3) <= FC_CAP && FC_HOLDS(fc, p, k << 3)) {
         *(void **) p = fc->head[k];
         fc->head[k] = p;
         fc->bytes += k << 3;
@@ -967,7 +969,7 @@ fc_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         return realloc(ptr, nsize);
     }
     if (old > 0 && ((old + 7) >> 3) == ((nsize + 7) >> 3)
-        && FC_HOLDS(ptr, nsize)) {
+        && FC_HOLDS(fc, ptr, nsize)) {
         return ptr;
     }
     np = nsize <= FC_MAX ? fc_get(fc, nsize) : malloc(nsize);
@@ -989,10 +991,22 @@ static void
 fcache_install(struct fdp_wctx *w)
 {
 #ifndef FC_OFF
+    static const size_t probe[] = {1, 9, 13, 25, 100, 257, 505};
+    size_t i;
+
     w->fc = calloc(1, sizeof(*w->fc));
-    if (w->fc != NULL) {
-        lua_setallocf(w->L, fc_alloc, w->fc);
+    if (w->fc == NULL) {
+        return;
     }
+    for (i = 0; i < sizeof(probe) / sizeof(probe[0]); i++) {
+        void *p = malloc(probe[i]);
+
+        if (p == NULL || malloc_usable_size(p) < ((probe[i] + 7) & ~(size_t) 7)) {
+            w->fc->exact = 1;
+        }
+        free(p);
+    }
+    lua_setallocf(w->L, fc_alloc, w->fc);
 #else
     (void) w;
 #endif
