@@ -40,6 +40,8 @@ struct fdp_held {
     struct fdp_pending c;           /* fd, listener; peer when proxied */
     int kind;
     int armed;                      /* parked: on p->parked, watched */
+    int unwatched;                  /* kept since an offer, never parked:
+                                     * not in the loop's epoll yet */
     int by_peer;                    /* parked: rpeer is the TCP peer it */
     struct sockaddr_in6 rpeer;      /* came from (a dead socket has no
                                      * peer name any more) */
@@ -110,7 +112,9 @@ held_free(struct fdp_pool *p, struct fdp_held *h)
         } else if (h->kind == HELD_PARKED) {
             fdp_acceptf_fd_release(p, h->c.fd, h->c.listener);
         }
-        (void) fdp_loop_del(&p->loop, &h->io);
+        if (!h->unwatched) {
+            (void) fdp_loop_del(&p->loop, &h->io);
+        }
         fdp_close(&h->c.fd);
     }
     fdp_timer_stop(&p->loop, &h->timer);
@@ -276,6 +280,10 @@ void
 fdp_dispatch_served(struct fdp_worker *w, uint32_t k, uint64_t bytes_in,
                     uint64_t bytes_out)
 {
+    if (w->inflight[k].offer) {     /* claimed: it was served */
+        w->inflight[k].offer = 0;
+        w->pool->noffers--;
+    }
     w->inflight[k].id = 0;
     w->freeidx[w->nfree++] = k;
     w->slot.active--;
@@ -426,7 +434,7 @@ fdp_dispatch_flush(struct fdp_pool *p)
 
 /* Put c in worker idx's next CONN message. Takes ownership of c->fd. */
 static void
-hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
+hand(struct fdp_pool *p, int idx, const struct fdp_pending *c, int offer)
 {
     struct fdp_worker *w = &p->workers[idx];
     uint32_t k = w->freeidx[--w->nfree];
@@ -446,6 +454,7 @@ hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
     }
     w->inflight[k].escalated = 0;
     w->inflight[k].slow_at = 0;
+    w->inflight[k].offer = offer;
     w->inflight[k].listener = c->listener;
     w->inflight[k].kept = c->kept;
     /* Remember the socket's identity for a later PARK: a plain TCP
@@ -470,6 +479,14 @@ hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
     w->batch[w->nbatch].id = id;
     w->batch[w->nbatch].listener = c->listener;
     w->batch[w->nbatch].flags = c->kept != NULL ? FDP_CONN_KEPT : 0;
+    if (offer) {
+        /* Its claim word holds the id before the worker can see it. */
+        __atomic_store_n(&w->claim[offer - 1], id, __ATOMIC_SEQ_CST);
+        w->batch[w->nbatch].flags |= FDP_CONN_OFFER
+                                     | (offer == 2 ? FDP_CONN_WORD : 0);
+        p->noffers++;
+        p->offers++;
+    }
     w->batch[w->nbatch].peerlen = 0;
     w->inflight[k].peerlen = 0;
     if (c->proxied && c->peerlen <= sizeof(w->batch[0].peer)) {
@@ -552,21 +569,274 @@ dispatch_one(struct fdp_pool *p, const struct fdp_pending *c)
     if (idx < 0) {
         return 0;
     }
-    hand(p, idx, c);
+    hand(p, idx, c, 0);
     return 1;
+}
+
+
+/*
+ * Strict prefork's prefetch (--concurrency 1; docs/ARCHITECTURE.md,
+ * "Strict prefork's prefetch"). When no worker is free, the queue's head
+ * is offered to a busy worker: a CONN it starts only when its own
+ * connection is over, so it does not sleep between the two. The master
+ * keeps its copy of the socket (a record on p->kept, as a parked one's)
+ * and writes the offer's id in one of the worker's two claim words
+ * (shared memory); the worker claims it with a compare-and-swap of the
+ * id to 0 before starting it, and the master takes an offer back the
+ * same way: whoever swaps first has it, so the connection is served by
+ * one worker or goes back to the queue's front, never both. Taken back:
+ * an offer not claimed within OFFER_WAIT_MS (checked at each tick: a
+ * slow handler holds it back at most two ticks), every unclaimed one
+ * when a worker is free and nothing else waits, and those of a worker
+ * that died or is told to stop.
+ */
+#define OFFER_WAIT_MS 100
+
+
+/* A claim word of w no offer uses (1 or 2), or 0. */
+static int
+offer_word(const struct fdp_worker *w)
+{
+    int used = 0, k;
+
+    for (k = 0; k < w->ncap; k++) {
+        if (w->inflight[k].id != 0 && w->inflight[k].offer) {
+            used |= 1 << (w->inflight[k].offer - 1);
+        }
+    }
+    return !(used & 1) ? 1 : !(used & 2) ? 2 : 0;
+}
+
+
+/* The worker to offer a connection to: one that serves one connection
+ * and has room for an offer, the one handed its connection last (the
+ * least likely to be in a long request). -1: none. */
+static int
+offer_target(struct fdp_pool *p)
+{
+    int i, k, best = -1;
+    uint64_t t = 0;
+
+    if (!fdp_policy_any_worker(p)) {
+        return -1;
+    }
+    for (i = 0; i < p->nworkers; i++) {
+        struct fdp_worker *w = &p->workers[i];
+
+        if (!w->prefetch || w->slot.state != FDP_W_RUNNING || w->ch.fd < 0
+            || w->slot.active != 1 || w->nfree == 0) {
+            continue;
+        }
+        for (k = 0; k < w->ncap; k++) {
+            if (w->inflight[k].id != 0 && w->inflight[k].since_us >= t) {
+                t = w->inflight[k].since_us;
+                best = i;
+            }
+        }
+    }
+    return best;
+}
+
+
+/* Offer c to worker idx. Takes ownership of c->fd; 0 when it could not
+ * (c unchanged). */
+static int
+offer(struct fdp_pool *p, int idx, struct fdp_pending *c)
+{
+    struct fdp_worker *w = &p->workers[idx];
+    int j = offer_word(w);
+
+    if (j == 0) {
+        return 0;
+    }
+    if (c->kept == NULL) {
+        /* The master's copy stays, in a record as a parked one's; not
+         * watched until its first PARK. */
+        struct fdp_held *h = calloc(1, sizeof(*h));
+
+        if (h == NULL) {
+            return 0;
+        }
+        h->c = *c;
+        h->kind = HELD_PARKED;
+        h->pool = p;
+        h->unwatched = 1;
+        h->io.fd = -1;
+        fdp_timer_init(&h->timer, held_timeout, h);
+        h->knext = p->kept;
+        if (p->kept) {
+            p->kept->kprev = h;
+        }
+        p->kept = h;
+        c->kept = h;
+    }
+    hand(p, idx, c, j);
+    return 1;
+}
+
+
+/* w's offer at k: claimed (the worker's now: 0) or taken back (to the
+ * queue's front, or closed when !requeue: 1). */
+static int
+offer_back(struct fdp_pool *p, struct fdp_worker *w, uint32_t k, int requeue)
+{
+    struct fdp_inflight *f = &w->inflight[k];
+    uint64_t want = f->id;
+    struct fdp_pending c;
+
+    if (!__atomic_compare_exchange_n(&w->claim[f->offer - 1], &want, 0, 0,
+                                     __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+        f->offer = 0;               /* claimed: it starts (or started) */
+        f->since_us = fdp_now_us();
+        p->noffers--;
+        return 0;
+    }
+    f->offer = 0;
+    p->noffers--;
+    memset(&c, 0, sizeof(c));
+    c.fd = f->kept->c.fd;
+    c.kept = f->kept;
+    c.listener = f->listener;
+    c.cpu = -1;
+    if (f->peerlen > 0) {
+        memcpy(&c.peer, f->peer, f->peerlen);
+        c.peerlen = f->peerlen;
+        c.proxied = 1;
+    } else if (f->by_peer) {
+        memcpy(&c.peer, &f->rpeer, sizeof(f->rpeer));
+        c.peerlen = f->rpeer.sin6_family == AF_INET
+                    ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    }
+    if (requeue && p->qlen < FDP_QUEUE_MAX) {
+        p->qhead = (p->qhead + FDP_QUEUE_MAX - 1) % FDP_QUEUE_MAX;
+        p->queue[p->qhead] = c;
+        p->qlen++;
+        p->offers_back++;
+    } else {
+        fdp_acceptf_inflight_done(p, f);
+        kept_drop(p, c.kept);
+    }
+    f->kept = NULL;
+    f->id = 0;
+    w->freeidx[w->nfree++] = k;
+    w->slot.active--;
+    fdp_slot_update_busy(&w->slot, fdp_wall());
+    return 1;
+}
+
+
+/* Take back w's offers it has not claimed (its death, its stop): to the
+ * queue (requeue) or closed. */
+void
+fdp_dispatch_offers_back(struct fdp_pool *p, struct fdp_worker *w,
+                         int requeue)
+{
+    uint32_t k;
+
+    for (k = 0; w->inflight != NULL && k < (uint32_t) w->ncap; k++) {
+        if (w->inflight[k].id != 0 && w->inflight[k].offer
+            && w->claim != NULL) {
+            (void) offer_back(p, w, k, requeue);
+        }
+    }
+}
+
+
+/* Note the offers w has claimed (after its DONE or PARK): their time
+ * runs from now for --timeout and --slow. */
+void
+fdp_dispatch_offers_settle(struct fdp_pool *p, struct fdp_worker *w)
+{
+    uint32_t k;
+
+    for (k = 0; k < (uint32_t) w->ncap && p->noffers > 0; k++) {
+        struct fdp_inflight *f = &w->inflight[k];
+
+        if (f->id != 0 && f->offer
+            && __atomic_load_n(&w->claim[f->offer - 1], __ATOMIC_SEQ_CST)
+               != f->id) {
+            f->offer = 0;
+            f->since_us = fdp_now_us();
+            p->noffers--;
+        }
+    }
+}
+
+
+/* Take back unclaimed offers: one when all is set (a worker is free
+ * and the queue empty), else those older than OFFER_WAIT_MS. Never one
+ * whose CONN may still sit in the channel's queue (its fd is borrowed
+ * from the record). */
+static int
+offers_take_back(struct fdp_pool *p, int all)
+{
+    /* all: one at a time (the oldest first is not worth a sort: the
+     * free worker takes it, the loop comes back for the next) */
+    uint64_t now = fdp_now_us();
+    int i, n = 0;
+    uint32_t k;
+
+    for (i = 0; i < FDP_SLOTS && p->noffers > 0; i++) {
+        struct fdp_worker *w = &p->workers[i];
+
+        if (w->inflight == NULL || w->claim == NULL || w->ch.head != NULL
+            || w->nbatch > 0) {
+            continue;
+        }
+        for (k = 0; k < (uint32_t) w->ncap; k++) {
+            struct fdp_inflight *f = &w->inflight[k];
+
+            if (f->id != 0 && f->offer
+                && (all || now - f->since_us >= OFFER_WAIT_MS * 1000)) {
+                n += offer_back(p, w, k, 1);
+                if (all && n > 0) {
+                    return n;
+                }
+            }
+        }
+    }
+    return n;
+}
+
+
+/* The tick: offers held back by a slow handler go to the next free
+ * worker. */
+void
+fdp_dispatch_offers_tick(struct fdp_pool *p)
+{
+    if (p->noffers > 0 && offers_take_back(p, 0) > 0) {
+        fdp_dispatch_queue(p);
+    }
 }
 
 
 void
 fdp_dispatch_queue(struct fdp_pool *p)
 {
-    while (p->qlen > 0 && first_free(p) >= 0) {
-        struct fdp_pending *c = &p->queue[p->qhead];
+    int idx;
 
-        if (!dispatch_one(p, c)) {
+    for (;;) {
+        while (p->qlen > 0 && first_free(p) >= 0) {
+            struct fdp_pending *c = &p->queue[p->qhead];
+
+            if (!dispatch_one(p, c)) {
+                break;
+            }
+            c->fd = -1;
+            p->qhead = (p->qhead + 1) % FDP_QUEUE_MAX;
+            p->qlen--;
+        }
+        /* A free worker and nothing queued: an offer waiting behind a
+         * busy worker's connection goes there instead. */
+        if (p->qlen > 0 || p->noffers == 0 || first_free(p) < 0
+            || offers_take_back(p, 1) == 0) {
             break;
         }
-        c->fd = -1;
+    }
+    while (p->qlen > 0 && p->concurrency == 1
+           && (idx = offer_target(p)) >= 0
+           && offer(p, idx, &p->queue[p->qhead])) {
+        p->queue[p->qhead].fd = -1;
         p->qhead = (p->qhead + 1) % FDP_QUEUE_MAX;
         p->qlen--;
     }
@@ -609,7 +879,11 @@ fdp_dispatch_admit(struct fdp_pool *p, struct fdp_pending *c)
         return;
     }
     queue_or_dispatch(p, c);
-    fdp_dispatch_flush(p);
+    if (p->qlen > 0) {
+        fdp_dispatch_queue(p);
+    } else {
+        fdp_dispatch_flush(p);
+    }
 }
 
 
@@ -862,7 +1136,11 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         p->queue[(p->qhead + p->qlen) % FDP_QUEUE_MAX] = c;
         p->qlen++;
     }
-    fdp_dispatch_flush(p);
+    if (p->qlen > 0) {
+        fdp_dispatch_queue(p);      /* offers, in strict prefork */
+    } else {
+        fdp_dispatch_flush(p);
+    }
 }
 
 
@@ -950,7 +1228,7 @@ fdp_dispatch_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
 
     m->fds[0] = -1;
     m->nfds = 0;
-    known = k < (uint32_t) w->slot.capacity && w->inflight[k].id == e->id
+    known = k < (uint32_t) w->ncap && w->inflight[k].id == e->id
             && e->id != 0;
     if (known && w->inflight[k].kept != NULL) {
         /* Kept: the id alone; an fd with it breaks the protocol. */
@@ -964,7 +1242,20 @@ fdp_dispatch_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
         w->inflight[k].kept = NULL;
         fdp_dispatch_served(w, k, e->bytes_in, e->bytes_out);
         fdp_slot_update_busy(&w->slot, fdp_wall());
-        if (p->stopping || parked_rearm(p, pk) < 0) {
+        if (pk->unwatched && !p->stopping) {
+            /* First parked after an offer: watched from now on. */
+            pk->by_peer = f.by_peer;
+            pk->rpeer = f.rpeer;
+            pk->io.fd = pk->c.fd;
+            pk->io.cb = parked_io;
+            pk->io.data = pk;
+            if (fdp_loop_add(&p->loop, &pk->io, PARKED_EVENTS) < 0) {
+                fdp_acceptf_inflight_done(p, &f);
+                kept_drop(p, pk);
+                return;
+            }
+            pk->unwatched = 0;
+        } else if (p->stopping || parked_rearm(p, pk) < 0) {
             fdp_acceptf_inflight_done(p, &f);
             kept_drop(p, pk);
             return;

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sched.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -35,6 +36,7 @@
 
 #define KILL_MARGIN_MS   500
 #define BACKOFF_MAX_MS   30000
+#define CLAIM_BYTES      64     /* a worker's 2 claim words (prefetch) */
 #define CRASH_LIMIT      10
 #define RELOAD_TIMEOUT_MS 60000
 
@@ -148,6 +150,10 @@ fdp_pool_free(struct fdp_pool *p)
     fdp_acceptf_free(p);
     for (i = 0; i < FDP_SLOTS; i++) {
         worker_free_tables(&p->workers[i]);
+        if (p->workers[i].claim != NULL) {
+            (void) munmap(p->workers[i].claim, CLAIM_BYTES);
+            p->workers[i].claim = NULL;
+        }
     }
     for (i = 0; i < p->nargs; i++) {
         free(p->args[i]);
@@ -292,6 +298,9 @@ worker_alloc_tables(struct fdp_worker *w, int capacity)
 {
     int k;
 
+    /* Prefetch: one more entry, for the offer (capacity is 1). */
+    capacity += w->prefetch;
+
     if (w->inflight != NULL && w->ncap != capacity) {
         /* --concurrency changed by a reload's --config. */
         worker_free_tables(w);
@@ -355,6 +364,19 @@ sched_child(struct fdp_pool *p)
 }
 
 
+/* Strict prefork's prefetch: --concurrency 1, a built-in policy that
+ * lets any worker take any connection, and not turned off with
+ * FDPOOL_PREFETCH=0 (for measuring). */
+static int
+prefetch_wanted(struct fdp_pool *p)
+{
+    const char *e = getenv("FDPOOL_PREFETCH");
+
+    return p->concurrency == 1 && !p->simulated
+           && fdp_policy_any_worker(p) && (e == NULL || strcmp(e, "0") != 0);
+}
+
+
 static int
 spawn_worker(struct fdp_pool *p, int idx)
 {
@@ -363,6 +385,21 @@ spawn_worker(struct fdp_pool *p, int idx)
     pid_t pid;
 
     assert(w->slot.pid == -1);
+    /* Strict prefork's prefetch (dispatch.c, fdp_dispatch_offer): its
+     * claim words, shared with the process. */
+    w->prefetch = prefetch_wanted(p);
+    if (w->prefetch && w->claim == NULL) {
+        void *m = mmap(NULL, CLAIM_BYTES, PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+        w->claim = m == MAP_FAILED ? NULL : m;
+    }
+    if (w->claim == NULL) {
+        w->prefetch = 0;
+    } else {
+        __atomic_store_n(&w->claim[0], 0, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&w->claim[1], 0, __ATOMIC_SEQ_CST);
+    }
     r = worker_alloc_tables(w, p->concurrency);
     if (r < 0) {
         fdp_log(FDP_LOG_ERROR, -r, "cannot allocate worker %d", idx + 1);
@@ -384,9 +421,17 @@ spawn_worker(struct fdp_pool *p, int idx)
         return r;
     }
     if (pid == 0) {
+        int i;
+
         sched_child(p);
         fdp_close(&sv[0]);
         fdp_pool_close_in_child(p, -1);
+        for (i = 0; i < FDP_SLOTS; i++) {   /* only its own claim words */
+            if (i != idx && p->workers[i].claim != NULL) {
+                (void) munmap(p->workers[i].claim, CLAIM_BYTES);
+                p->workers[i].claim = NULL;
+            }
+        }
         fdp_chan_init(&w->ch, sv[1]);
         if (p->worker_main != NULL) {
             p->worker_main(p, idx);
@@ -544,6 +589,10 @@ retire_stop(struct fdp_pool *p, struct fdp_worker *b)
 
     body.graceful = 1;
     body.grace_ms = (uint32_t) (p->graceful_grace * 1000);
+    /* An offer it has not claimed goes to the workers that stay. */
+    if (b->claim != NULL && b->ch.head == NULL && b->nbatch == 0) {
+        fdp_dispatch_offers_back(p, b, 1);
+    }
     if (b->ch.fd < 0 || fdp_chan_send(&b->ch, FDP_MSG_STOP, 0, &body,
                                       sizeof(body), NULL, 0) < 0) {
         worker_kill(b, SIGKILL);
@@ -1358,7 +1407,7 @@ on_done(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
         const struct fdp_done_entry *d = &m->u.done[i];
         uint32_t k = (uint32_t) (d->id & 0xffff);
 
-        if (k >= (uint32_t) w->slot.capacity || w->inflight[k].id != d->id
+        if (k >= (uint32_t) w->ncap || w->inflight[k].id != d->id
             || d->id == 0) {
             fdp_dispatch_fault(p, w,
                                "DONE for a connection it was not given");
@@ -1549,7 +1598,10 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         }
     }
 out:
-    if (p->qlen > 0) {
+    if (p->noffers > 0 && w->claim != NULL && w->inflight != NULL) {
+        fdp_dispatch_offers_settle(p, w);
+    }
+    if (p->qlen > 0 || p->noffers > 0) {
         fdp_dispatch_queue(p);
     }
 }
@@ -1593,7 +1645,9 @@ worker_gone(struct fdp_pool *p, struct fdp_worker *w, int st, char *how,
             w->slot.active > 0 && !p->stopping ? "; its connections are lost"
                                                : "");
     fdp_dispatch_drop_channel(p, w);
-    for (k = 0; k < w->slot.capacity && w->inflight; k++) {
+    /* An offer it had not claimed goes to another worker. */
+    fdp_dispatch_offers_back(p, w, !p->stopping);
+    for (k = 0; k < w->ncap && w->inflight; k++) {
         if (w->inflight[k].id != 0) {
             fdp_dispatch_inflight_end(p, &w->inflight[k]);
         }
@@ -1910,11 +1964,11 @@ watch_timeouts(struct fdp_pool *p)
             || w->cpu_killed) {
             continue;
         }
-        for (k = 0; k < w->slot.capacity; k++) {
+        for (k = 0; k < w->ncap; k++) {
             struct fdp_inflight *f = &w->inflight[k];
             uint64_t age;
 
-            if (f->id == 0) {
+            if (f->id == 0 || f->offer) {   /* an offer has not started */
                 continue;
             }
             age = now - f->since_us;
@@ -1966,10 +2020,10 @@ watch_slow(struct fdp_pool *p)
             continue;
         }
         send = 0;
-        for (k = 0; k < w->slot.capacity; k++) {
+        for (k = 0; k < w->ncap; k++) {
             struct fdp_inflight *f = &w->inflight[k];
 
-            if (f->id != 0 && now - f->since_us > limit && ms >= f->slow_at) {
+            if (f->id != 0 && !f->offer && now - f->since_us > limit && ms >= f->slow_at) {
                 f->slow_at = ms + (every < FDP_TICK_MS ? FDP_TICK_MS
                                    : every > 1000 ? 1000 : every);
                 send = 1;
@@ -2025,6 +2079,16 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
             p->crash_streak = 0;
             p->crash_why[0] = '\0';
         }
+    }
+    if (p->noffers > 0 && !p->stopping) {
+        /* Prefetch: claimed offers start their clocks; those a slow
+         * handler holds back go to the next free worker. */
+        for (i = 0; i < FDP_SLOTS; i++) {
+            if (p->workers[i].claim != NULL && p->workers[i].inflight) {
+                fdp_dispatch_offers_settle(p, &p->workers[i]);
+            }
+        }
+        fdp_dispatch_offers_tick(p);
     }
     if (p->timeout > 0) {
         watch_timeouts(p);

@@ -73,6 +73,10 @@ struct fdp_wctx {
     size_t mem_used;            /* bytes the Lua state holds */
     size_t mem_limit;           /* refused past this in handler code */
     struct fcache *fc;          /* small blocks kept for reuse, or NULL */
+    uint64_t *claim;            /* prefetch: its 2 claim words, or NULL */
+    int noffer;                 /* offers waiting for its connection's end */
+    int offer_fd[2];
+    struct fdp_conn_entry offer_e[2];
     struct fdp_wtask *spare;    /* freed tasks kept for the next
                                    connections (a list through
                                    status_next) */
@@ -564,6 +568,67 @@ start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
 }
 
 
+/*
+ * Strict prefork's prefetch: an offer (FDP_CONN_OFFER) is a connection
+ * for when this worker's own is over. It starts only once claimed: a
+ * compare-and-swap of its claim word from its id to 0, which fails when
+ * the master took it back (the master keeps its copy of the socket: the
+ * worker's copy is then just closed, no shutdown).
+ */
+static void
+offer_start(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
+{
+    uint64_t want = e->id;
+    int j = (e->flags & FDP_CONN_WORD) ? 1 : 0;
+
+    if (w->claim != NULL && !w->stopping
+        && __atomic_compare_exchange_n(&w->claim[j], &want, 0, 0,
+                                       __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+        start_task(w, fd, e);
+    } else {
+        fdp_close(&fd);
+    }
+}
+
+
+static void
+offer_take(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
+{
+    if (w->nconn == 0 && w->noffer == 0) {
+        offer_start(w, fd, e);
+        return;
+    }
+    if (w->noffer == 2) {
+        /* The master has at most 2 in flight besides the one served: the
+         * oldest was taken back. */
+        fdp_close(&w->offer_fd[0]);
+        w->offer_fd[0] = w->offer_fd[1];
+        w->offer_e[0] = w->offer_e[1];
+        w->noffer = 1;
+    }
+    w->offer_fd[w->noffer] = fd;
+    w->offer_e[w->noffer] = *e;
+    w->noffer++;
+}
+
+
+/* The worker's connection is over: its next offer, if any. */
+static void
+offers_run(struct fdp_wctx *w)
+{
+    while (w->nconn == 0 && w->noffer > 0) {
+        int fd = w->offer_fd[0];
+        struct fdp_conn_entry e = w->offer_e[0];
+
+        w->offer_fd[0] = w->offer_fd[1];
+        w->offer_e[0] = w->offer_e[1];
+        w->noffer--;
+        offer_start(w, fd, &e);
+        maybe_flush_done(w);
+    }
+}
+
+
 static void
 stop_now(struct fdp_loop *loop, struct fdp_timer *timer)
 {
@@ -623,7 +688,11 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
                 int fd = m.fds[i];
 
                 m.fds[i] = -1;
-                start_task(w, fd, &m.u.conn[i]);
+                if (m.u.conn[i].flags & FDP_CONN_OFFER) {
+                    offer_take(w, fd, &m.u.conn[i]);
+                } else {
+                    start_task(w, fd, &m.u.conn[i]);
+                }
             }
             /* Handlers that finished at once are reported now when the
              * master needs them soon (--max-requests, a small capacity),
@@ -640,6 +709,9 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             break;
         case FDP_MSG_STOP:
             w->stopping = 1;
+            while (w->noffer > 0) {     /* never started: the master's */
+                fdp_close(&w->offer_fd[--w->noffer]);
+            }
             /* The stop notice: exiting() turns true, timers stop, the
              * on_stop callbacks start (they run within the grace). */
             fdp_lthread_stop(w->L);
@@ -1186,6 +1258,7 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
      * and takes the table slot of this id once its generation is READY. */
     w.idx = wk->slot.id - 1;
     w.ch = &wk->ch;
+    w.claim = wk->claim;
     /* A reload's new worker serves with the certificates read for it. */
     w.tls = p->spawn_new ? p->reload_tls : p->tls;
     snprintf(tag, sizeof(tag), "worker %d", w.idx + 1);
@@ -1251,6 +1324,9 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
             worker_exit(&w, 1);
         }
         maybe_flush_done(&w);
+        if (w.noffer > 0 && w.nconn == 0) {
+            offers_run(&w);
+        }
         if (sig_reopen) {
             sig_reopen = 0;
             r = fdp_log_reopen();
