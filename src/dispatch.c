@@ -42,6 +42,8 @@ struct fdp_held {
     int armed;                      /* parked: on p->parked, watched */
     int unwatched;                  /* kept since an offer, never parked:
                                      * not in the loop's epoll yet */
+    int edge;                       /* parked kind: an event came while it
+                                     * was queued or a worker's */
     int by_peer;                    /* parked: rpeer is the TCP peer it */
     struct sockaddr_in6 rpeer;      /* came from (a dead socket has no
                                      * peer name any more) */
@@ -1040,19 +1042,13 @@ fdp_dispatch_listener_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 
 
 
-/* The parked registration: one-shot, so the event that dispatches a
- * connection also disarms it, and a PARK re-arms it (one epoll_ctl). */
-#define PARKED_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLONESHOT)
-
-
-/* Watch a kept parked connection again (its registration exists,
- * disarmed by its last event). 0, or -errno. */
-static int
-parked_rearm(struct fdp_pool *p, struct fdp_held *k)
-{
-    k->io.events = 0;               /* force the MOD: one-shot disarmed it */
-    return fdp_loop_mod(&p->loop, &k->io, PARKED_EVENTS);
-}
+/* The parked registration: edge-triggered and never changed while the
+ * master keeps the socket. An edge (new bytes, a hang-up) while the
+ * connection is queued or a worker's is only noted (edge); the PARK
+ * that brings it back then looks at once (a one-byte MSG_PEEK), so a
+ * request that came before the PARK is not missed, and a round trip
+ * costs no epoll_ctl (a one-shot registration needed one per PARK). */
+#define PARKED_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLET)
 
 
 /*
@@ -1069,13 +1065,30 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     struct fdp_held *k = io->data;
     struct fdp_pool *p = k->pool;
     struct fdp_pending c;
+    int ready = -1;
 
     (void) loop;
+    if (!k->armed) {
+        k->edge = 1;                /* queued or a worker's: see the PARK */
+        return;
+    }
     if (p->stopping) {
         held_free(p, k);
         return;
     }
-    if (!(ev & EPOLLIN) || (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+    if (ev == 0) {
+        /* From the PARK, after an edge while it was away: one look. */
+        ready = fdp_acceptf_parked_look(p, k->c.fd, k->c.listener);
+        if (ready == -EAGAIN) {
+            return;
+        }
+        if (ready < 0) {
+            p->closed_by_peer++;
+            held_free(p, k);
+            return;
+        }
+    } else if (!(ev & EPOLLIN)
+               || (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
         /* Bytes and a hang-up together (a last request, then FIN) still
          * go to a worker; a hang-up or a reset alone closes it here. */
         char b;
@@ -1083,10 +1096,7 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 
         if (n < 0 && (errno == EAGAIN || errno == EINTR)
             && (ev & EPOLLIN)) {
-            if (parked_rearm(p, k) < 0) {
-                held_free(p, k);
-            }
-            return;
+            return;                 /* nothing yet: the next edge */
         }
         if (n <= 0) {
             p->closed_by_peer++;
@@ -1112,11 +1122,12 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             return;
         }
     }
-    if (fdp_acceptf_dispatchable(p, &c)) {
+    if (ready >= 0 ? ready : fdp_acceptf_dispatchable(p, &c)) {
         /* The common case: a whole request is there. The record goes
          * with the connection (queued, then in flight) and owns fd; its
          * timer stays (lazy: see held_arm). */
         held_unlink(p, k);
+        k->edge = 0;
         c.kept = k;
     } else {
         /* A partial head (or a hang-up the filter sees): the accept
@@ -1255,12 +1266,17 @@ fdp_dispatch_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
                 return;
             }
             pk->unwatched = 0;
-        } else if (p->stopping || parked_rearm(p, pk) < 0) {
+        } else if (p->stopping) {
             fdp_acceptf_inflight_done(p, &f);
             kept_drop(p, pk);
             return;
         }
         held_arm(p, pk, idle);
+        if (pk->edge) {
+            /* Bytes (or a hang-up) came while it was away: look now. */
+            pk->edge = 0;
+            parked_io(&p->loop, &pk->io, 0);
+        }
         return;
     }
     if (known && fd >= 0) {
