@@ -53,12 +53,14 @@ struct fdp_conn_entry {
 #define FDP_CONN_KEPT   1u
 /* CONN flag (strict prefork's prefetch): an offer to a busy worker, with
  * FDP_CONN_KEPT. The worker starts it only after claiming it, when its
- * connection is over: compare-and-swap of its claim word j (flag bit
- * FDP_CONN_WORD) from the id to 0; the master may take the offer back
- * the same way first (docs/ARCHITECTURE.md, "Strict prefork's
- * prefetch"). */
+ * connection is over: compare-and-swap of its claim word j (flag bits
+ * FDP_CONN_WORD(j), j < FDP_CLAIM_WORDS) from the id to 0; the master may
+ * take the offer back the same way first (docs/ARCHITECTURE.md, "Strict
+ * prefork's prefetch"). */
 #define FDP_CONN_OFFER  2u
-#define FDP_CONN_WORD   4u
+#define FDP_CONN_WORD(j)    ((uint32_t) (j) << 2)
+#define FDP_CONN_WORD_OF(f) (((f) >> 2) & 3u)
+#define FDP_CLAIM_WORDS 4
 
 struct fdp_done_entry {
     uint64_t id;

@@ -485,7 +485,7 @@ hand(struct fdp_pool *p, int idx, const struct fdp_pending *c, int offer)
         /* Its claim word holds the id before the worker can see it. */
         __atomic_store_n(&w->claim[offer - 1], id, __ATOMIC_SEQ_CST);
         w->batch[w->nbatch].flags |= FDP_CONN_OFFER
-                                     | (offer == 2 ? FDP_CONN_WORD : 0);
+                                     | FDP_CONN_WORD(offer - 1);
         p->noffers++;
         p->offers++;
     }
@@ -595,7 +595,7 @@ dispatch_one(struct fdp_pool *p, const struct fdp_pending *c)
 #define OFFER_WAIT_MS 100
 
 
-/* A claim word of w no offer uses (1 or 2), or 0. */
+/* A claim word of w no offer uses (its number + 1), or 0. */
 static int
 offer_word(const struct fdp_worker *w)
 {
@@ -606,17 +606,23 @@ offer_word(const struct fdp_worker *w)
             used |= 1 << (w->inflight[k].offer - 1);
         }
     }
-    return !(used & 1) ? 1 : !(used & 2) ? 2 : 0;
+    for (k = 0; k < FDP_CLAIM_WORDS; k++) {
+        if (!(used & (1 << k))) {
+            return k + 1;
+        }
+    }
+    return 0;
 }
 
 
-/* The worker to offer a connection to: one that serves one connection
- * and has room for an offer, the one handed its connection last (the
- * least likely to be in a long request). -1: none. */
+/* The worker to offer a connection to: a busy one with room for an
+ * offer (fewer than its prefetch depth waiting), the one with the
+ * fewest, then the one handed a connection last (the least likely to be
+ * in a long request). -1: none. */
 static int
 offer_target(struct fdp_pool *p)
 {
-    int i, k, best = -1;
+    int i, k, best = -1, least = 0;
     uint64_t t = 0;
 
     if (!fdp_policy_any_worker(p)) {
@@ -626,13 +632,21 @@ offer_target(struct fdp_pool *p)
         struct fdp_worker *w = &p->workers[i];
 
         if (!w->prefetch || w->slot.state != FDP_W_RUNNING || w->ch.fd < 0
-            || w->slot.active != 1 || w->nfree == 0) {
+            || w->slot.active < 1 || w->slot.active > w->prefetch
+            || w->nfree == 0) {
             continue;
+        }
+        if (best >= 0 && w->slot.active > least) {
+            continue;
+        }
+        if (best >= 0 && w->slot.active < least) {
+            t = 0;
         }
         for (k = 0; k < w->ncap; k++) {
             if (w->inflight[k].id != 0 && w->inflight[k].since_us >= t) {
                 t = w->inflight[k].since_us;
                 best = i;
+                least = w->slot.active;
             }
         }
     }
@@ -765,10 +779,55 @@ fdp_dispatch_offers_settle(struct fdp_pool *p, struct fdp_worker *w)
 }
 
 
+/* The latest hand-off time of w's connections (offers too: newest) or
+ * of those it serves (!offers_too: its current), 0 when none. */
+static uint64_t
+since_of(const struct fdp_worker *w, int offers_too)
+{
+    uint64_t t = 0;
+    int k;
+
+    for (k = 0; k < w->ncap; k++) {
+        if (w->inflight[k].id != 0 && (offers_too || !w->inflight[k].offer)
+            && w->inflight[k].since_us > t) {
+            t = w->inflight[k].since_us;
+        }
+    }
+    return t;
+}
+
+
+/* Would another worker than w take an offer of w's sooner: one free, or
+ * one with room for an offer whose connection came after w's current
+ * (the one held up longer is the likelier slow one)? */
+static int
+better_than(struct fdp_pool *p, const struct fdp_worker *w, uint64_t cur)
+{
+    int i;
+
+    for (i = 0; i < p->nworkers; i++) {
+        const struct fdp_worker *v = &p->workers[i];
+
+        if (v == w || !v->prefetch || v->slot.state != FDP_W_RUNNING
+            || v->ch.fd < 0 || v->nfree == 0) {
+            continue;
+        }
+        if (worker_can_take(v)
+            || (v->slot.active <= v->prefetch && since_of(v, 1) > cur)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+
 /* Take back unclaimed offers: one when all is set (a worker is free
- * and the queue empty), else those older than OFFER_WAIT_MS. Never one
- * whose CONN may still sit in the channel's queue (its fd is borrowed
- * from the record). */
+ * and the queue empty), else each one older than OFFER_WAIT_MS whose
+ * worker is still in an older connection than another worker with room
+ * (better_than): a slow handler holds an offer back one tick or two,
+ * where another worker would serve it sooner. Never one whose CONN may
+ * still sit in the channel's queue (its fd is borrowed from the
+ * record). */
 static int
 offers_take_back(struct fdp_pool *p, int all)
 {
@@ -780,20 +839,27 @@ offers_take_back(struct fdp_pool *p, int all)
 
     for (i = 0; i < FDP_SLOTS && p->noffers > 0; i++) {
         struct fdp_worker *w = &p->workers[i];
+        uint64_t cur;
 
         if (w->inflight == NULL || w->claim == NULL || w->ch.head != NULL
             || w->nbatch > 0) {
             continue;
         }
+        cur = since_of(w, 0);
         for (k = 0; k < (uint32_t) w->ncap; k++) {
             struct fdp_inflight *f = &w->inflight[k];
 
-            if (f->id != 0 && f->offer
-                && (all || now - f->since_us >= OFFER_WAIT_MS * 1000)) {
-                n += offer_back(p, w, k, 1);
-                if (all && n > 0) {
-                    return n;
+            if (f->id == 0 || !f->offer) {
+                continue;
+            }
+            if (all) {
+                if (offer_back(p, w, k, 1)) {
+                    return 1;
                 }
+            } else if (now - f->since_us >= OFFER_WAIT_MS * 1000 && cur != 0
+                       && better_than(p, w, cur)) {
+                n += offer_back(p, w, k, 1);
+                cur = since_of(w, 0);
             }
         }
     }

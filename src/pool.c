@@ -36,7 +36,7 @@
 
 #define KILL_MARGIN_MS   500
 #define BACKOFF_MAX_MS   30000
-#define CLAIM_BYTES      64     /* a worker's 2 claim words (prefetch) */
+#define CLAIM_BYTES      64     /* a worker's claim words (prefetch) */
 #define CRASH_LIMIT      10
 #define RELOAD_TIMEOUT_MS 60000
 
@@ -364,16 +364,18 @@ sched_child(struct fdp_pool *p)
 }
 
 
-/* Strict prefork's prefetch: --concurrency 1, a built-in policy that
- * lets any worker take any connection, and not turned off with
- * FDPOOL_PREFETCH=0 (for measuring). */
+/* Strict prefork's prefetch depth: 1 with --concurrency 1 and a
+ * built-in policy that lets any worker take any connection, else 0;
+ * FDPOOL_PREFETCH=N (0 to FDP_CLAIM_WORDS - 1) sets it, for measuring. */
 static int
 prefetch_wanted(struct fdp_pool *p)
 {
     const char *e = getenv("FDPOOL_PREFETCH");
+    int n = e != NULL && *e >= '0' && *e < '0' + FDP_CLAIM_WORDS && !e[1]
+            ? *e - '0' : 1;
 
     return p->concurrency == 1 && !p->simulated
-           && fdp_policy_any_worker(p) && (e == NULL || strcmp(e, "0") != 0);
+           && fdp_policy_any_worker(p) ? n : 0;
 }
 
 
@@ -397,8 +399,11 @@ spawn_worker(struct fdp_pool *p, int idx)
     if (w->claim == NULL) {
         w->prefetch = 0;
     } else {
-        __atomic_store_n(&w->claim[0], 0, __ATOMIC_SEQ_CST);
-        __atomic_store_n(&w->claim[1], 0, __ATOMIC_SEQ_CST);
+        int j;
+
+        for (j = 0; j < FDP_CLAIM_WORDS; j++) {
+            __atomic_store_n(&w->claim[j], 0, __ATOMIC_SEQ_CST);
+        }
     }
     r = worker_alloc_tables(w, p->concurrency);
     if (r < 0) {
@@ -1636,6 +1641,10 @@ worker_gone(struct fdp_pool *p, struct fdp_worker *w, int st, char *how,
         w->slot.last_exit_code = WEXITSTATUS(st);
         snprintf(how, howlen, "exited with code %d", WEXITSTATUS(st));
     }
+    /* An offer it had not claimed goes to another worker (strict
+     * prefork's prefetch): not lost, not counted below. */
+    fdp_dispatch_drop_channel(p, w);
+    fdp_dispatch_offers_back(p, w, !p->stopping);
     /* A SIGTERM the master sent itself (the rest of a refused reload's
      * generation, a handler past --timeout already logged) is no news. */
     fdp_log(p->stopping || (WIFEXITED(st) && WEXITSTATUS(st) == 0)
@@ -1644,9 +1653,6 @@ worker_gone(struct fdp_pool *p, struct fdp_worker *w, int st, char *how,
             "worker %d (pid %ld) %s%s", w->slot.id, (long) w->slot.pid, how,
             w->slot.active > 0 && !p->stopping ? "; its connections are lost"
                                                : "");
-    fdp_dispatch_drop_channel(p, w);
-    /* An offer it had not claimed goes to another worker. */
-    fdp_dispatch_offers_back(p, w, !p->stopping);
     for (k = 0; k < w->ncap && w->inflight; k++) {
         if (w->inflight[k].id != 0) {
             fdp_dispatch_inflight_end(p, &w->inflight[k]);
@@ -1658,6 +1664,9 @@ worker_gone(struct fdp_pool *p, struct fdp_worker *w, int st, char *how,
     w->slot.active = 0;
     w->slot.busy_since = 0;
     p->nalive--;
+    if (p->qlen > 0 && !p->stopping) {
+        fdp_dispatch_queue(p);      /* a requeued offer, to another */
+    }
 }
 
 
@@ -2647,6 +2656,8 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
     info->started = p->started_at;
     info->generation = p->generation;
     info->closed_by_peer = p->closed_by_peer;
+    info->offers = p->offers;
+    info->offers_back = p->offers_back;
     info->crash_streak = p->crash_streak;
     info->crash_why = p->crash_streak > 0 ? p->crash_why : NULL;
     info->lat_counts = p->lat_counts;

@@ -33,6 +33,10 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+/* Offers a worker holds at most (the master sends fewer than
+ * FDP_CLAIM_WORDS that are valid; the rest were taken back). */
+#define OFFERS_MAX 8
+
 /* A task of the worker: the scheduler's, plus the connection it serves. */
 struct fdp_wtask {
     struct fdp_task t;          /* first: a struct fdp_task * is one; its
@@ -73,10 +77,10 @@ struct fdp_wctx {
     size_t mem_used;            /* bytes the Lua state holds */
     size_t mem_limit;           /* refused past this in handler code */
     struct fcache *fc;          /* small blocks kept for reuse, or NULL */
-    uint64_t *claim;            /* prefetch: its 2 claim words, or NULL */
+    uint64_t *claim;            /* prefetch: its claim words, or NULL */
     int noffer;                 /* offers waiting for its connection's end */
-    int offer_fd[2];
-    struct fdp_conn_entry offer_e[2];
+    int offer_fd[OFFERS_MAX];
+    struct fdp_conn_entry offer_e[OFFERS_MAX];
     struct fdp_wtask *spare;    /* freed tasks kept for the next
                                    connections (a list through
                                    status_next) */
@@ -579,7 +583,7 @@ static void
 offer_start(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
 {
     uint64_t want = e->id;
-    int j = (e->flags & FDP_CONN_WORD) ? 1 : 0;
+    int j = (int) FDP_CONN_WORD_OF(e->flags);
 
     if (w->claim != NULL && !w->stopping
         && __atomic_compare_exchange_n(&w->claim[j], &want, 0, 0,
@@ -598,13 +602,15 @@ offer_take(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
         offer_start(w, fd, e);
         return;
     }
-    if (w->noffer == 2) {
-        /* The master has at most 2 in flight besides the one served: the
-         * oldest was taken back. */
+    if (w->noffer == OFFERS_MAX) {
+        /* Cannot happen with a master that keeps to FDP_CLAIM_WORDS: the
+         * oldest goes unclaimed (the master takes it back at its tick). */
         fdp_close(&w->offer_fd[0]);
-        w->offer_fd[0] = w->offer_fd[1];
-        w->offer_e[0] = w->offer_e[1];
-        w->noffer = 1;
+        memmove(w->offer_fd, w->offer_fd + 1,
+                (OFFERS_MAX - 1) * sizeof(w->offer_fd[0]));
+        memmove(w->offer_e, w->offer_e + 1,
+                (OFFERS_MAX - 1) * sizeof(w->offer_e[0]));
+        w->noffer--;
     }
     w->offer_fd[w->noffer] = fd;
     w->offer_e[w->noffer] = *e;
@@ -620,9 +626,11 @@ offers_run(struct fdp_wctx *w)
         int fd = w->offer_fd[0];
         struct fdp_conn_entry e = w->offer_e[0];
 
-        w->offer_fd[0] = w->offer_fd[1];
-        w->offer_e[0] = w->offer_e[1];
         w->noffer--;
+        memmove(w->offer_fd, w->offer_fd + 1,
+                (size_t) w->noffer * sizeof(w->offer_fd[0]));
+        memmove(w->offer_e, w->offer_e + 1,
+                (size_t) w->noffer * sizeof(w->offer_e[0]));
         offer_start(w, fd, &e);
         maybe_flush_done(w);
     }
