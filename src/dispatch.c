@@ -276,6 +276,19 @@ fdp_dispatch_accepting(struct fdp_pool *p, int on)
 }
 
 
+/* Is w's connection k an offer it has not claimed (prefetch)? Then a
+ * DONE or PARK of it breaks the protocol. */
+int
+fdp_dispatch_unclaimed(const struct fdp_worker *w, uint32_t k)
+{
+    const struct fdp_inflight *f = &w->inflight[k];
+
+    return f->offer && w->claim != NULL
+           && __atomic_load_n(&w->claim[f->offer - 1], __ATOMIC_SEQ_CST)
+              == f->id;
+}
+
+
 /* Connection k of w has ended there (DONE) or come back (PARK): free its
  * in-flight entry and count it as served. */
 void
@@ -627,6 +640,14 @@ offer_target(struct fdp_pool *p)
 
     if (!fdp_policy_any_worker(p)) {
         return -1;
+    }
+    for (i = 0; p->max_workers > 0 && i < p->nworkers; i++) {
+        /* Workers on demand: a connection that waits is what starts a
+         * worker; none is offered while a slot could still get one. */
+        if (p->workers[i].off || p->workers[i].slot.pid <= 0
+            || p->workers[i].slot.state == FDP_W_STARTING) {
+            return -1;
+        }
     }
     for (i = 0; i < p->nworkers; i++) {
         struct fdp_worker *w = &p->workers[i];
@@ -1307,6 +1328,11 @@ fdp_dispatch_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
     m->nfds = 0;
     known = k < (uint32_t) w->ncap && w->inflight[k].id == e->id
             && e->id != 0;
+    if (known && fdp_dispatch_unclaimed(w, k)) {
+        fdp_close(&fd);
+        fdp_dispatch_fault(p, w, "PARK of an offer it had not claimed");
+        return;
+    }
     if (known && w->inflight[k].kept != NULL) {
         /* Kept: the id alone; an fd with it breaks the protocol. */
         if (fd >= 0) {

@@ -1413,7 +1413,7 @@ on_done(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
         uint32_t k = (uint32_t) (d->id & 0xffff);
 
         if (k >= (uint32_t) w->ncap || w->inflight[k].id != d->id
-            || d->id == 0) {
+            || d->id == 0 || fdp_dispatch_unclaimed(w, k)) {
             fdp_dispatch_fault(p, w,
                                "DONE for a connection it was not given");
             return;

@@ -266,8 +266,8 @@ task_park(struct fdp_task *tk, int fd, uint64_t bytes_in, uint64_t bytes_out,
     e.usec = (uint32_t) (fdp_now_us() - t->started_us);
     e.idle_ms = idle_ms;
     /* A socket the master kept a copy of goes back by its id alone: no
-     * fd to pass, check or register again (the master re-arms its own
-     * epoll registration). */
+     * fd to pass, check or register again (the master's epoll
+     * registration of it stays). */
     r = fdp_chan_send(TASK_W(t)->ch, FDP_MSG_PARK, 1, &e, sizeof(e), &fd,
                       t->kept ? 0 : 1);
     if (r < 0) {
