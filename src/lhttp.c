@@ -13,6 +13,7 @@
 #include "lhttp.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,13 +39,60 @@ struct headbuf {
     int scan;                   /* hb_headers notes the two below: */
     int conn_close;             /* the first Connection is "close" */
     int has_date;               /* a Date header */
+    struct hcache *cache;       /* res:send's names and values checked */
+    int cache_idx;              /* (the userdata holding them) */
     char stack[2048];
 };
 
+/*
+ * The header names and values res:send found valid last (at most
+ * HCACHE_N of each), by address: the userdata at cache_idx holds each
+ * string as a user value, so none of them is collected and no other
+ * string can have its address while it is here. A handler setting the
+ * same literal names and values each request has them checked once.
+ * Strings up to HCACHE_MAXLEN bytes only: none holds much memory.
+ */
+#define HCACHE_N 4
+#define HCACHE_MAXLEN 128               /* (no big string kept alive) */
+struct hcache {
+    const char *s[2][HCACHE_N];         /* [0] names, [1] values */
+    unsigned next[2];
+};
 
-/* Append to b; 0 (out of memory raises: nothing to free). */
+
+/* s (at idx of L's stack) valid as kind 0 (name) or 1 (value): a known
+ * one is 1 at once; one found valid now is remembered. */
 static int
-hb_add(struct headbuf *b, const char *s, size_t n)
+hc_check(struct headbuf *b, int kind, const char *s, size_t n, int idx,
+         int (*valid)(const char *, size_t))
+{
+    struct hcache *hc = b->cache;
+    unsigned i;
+
+    if (hc != NULL) {
+        for (i = 0; i < HCACHE_N; i++) {
+            if (hc->s[kind][i] == s) {
+                return 1;
+            }
+        }
+    }
+    if (!valid(s, n)) {
+        return 0;
+    }
+    if (hc != NULL && idx != 0 && n <= HCACHE_MAXLEN) {
+        i = hc->next[kind]++ % HCACHE_N;
+        lua_pushvalue(b->L, idx);
+        (void) lua_setiuservalue(b->L, b->cache_idx,
+                                 1 + kind * HCACHE_N + (int) i);
+        hc->s[kind][i] = s;
+    }
+    return 1;
+}
+
+
+/* Room for n more bytes in b (out of memory raises: nothing to free). */
+static void
+hb_reserve(struct headbuf *b, size_t n)
 {
     if (b->len + n > b->cap) {
         size_t cap = b->cap * 2;
@@ -59,6 +107,14 @@ hb_add(struct headbuf *b, const char *s, size_t n)
         b->p = q;
         b->cap = cap;
     }
+}
+
+
+/* Append to b; 0 (out of memory raises: nothing to free). */
+static int
+hb_add(struct headbuf *b, const char *s, size_t n)
+{
+    hb_reserve(b, n);
     memcpy(b->p + b->len, s, n);
     b->len += n;
     return 0;
@@ -92,54 +148,81 @@ own_header(const char *k, size_t n)
 }
 
 
+/* RFC 9110 5.6.2's tchar: a bitmap of the ASCII bytes */
+static const uint64_t tchar_map[2] = {
+    0x03ff6cfa00000000ULL, 0x57ffffffc7fffffeULL
+};
+
+
 /* A field name is a token, a value has no control byte but HTAB (RFC 9110
  * 5.1, 5.5): a CR or LF from a handler's header would end the head early
  * and let the rest be read as headers or a body of the attacker's. */
 static int
-valid_field(const char *k, size_t kn, const char *v, size_t vn)
+valid_name(const char *k, size_t kn)
 {
     size_t i;
+    unsigned bad = kn == 0;
 
-    if (kn == 0) {
-        return 0;
-    }
     for (i = 0; i < kn; i++) {
         unsigned char ch = (unsigned char) k[i];
 
-        if (!((ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z'))
-            && (ch == 0 || strchr("!#$%&'*+-.^_`|~", ch) == NULL)) {
-            return 0;
-        }
+        bad |= ch >= 128 || !((tchar_map[ch >> 6 & 1] >> (ch & 63)) & 1);
     }
-    for (i = 0; i < vn; i++) {
-        unsigned char ch = (unsigned char) v[i];
-
-        if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
-            return 0;
-        }
-    }
-    return 1;
+    return !bad;
 }
 
 
 static int
-hb_header(struct headbuf *b, const char *k, size_t kn, lua_State *L, int vi)
+valid_value(const char *v, size_t vn)
+{
+    size_t i;
+    unsigned bad = 0;
+
+    for (i = 0; i < vn; i++) {
+        unsigned char ch = (unsigned char) v[i];
+
+        bad |= (ch < 0x20 && ch != '\t') | (ch == 0x7f);
+    }
+    return !bad;
+}
+
+
+static int
+hb_header(struct headbuf *b, const char *k, size_t kn, int ki, lua_State *L,
+          int vi)
 {
     size_t vn;
     /* a string as it is (the table keeps it alive); else tostring */
     int str = lua_type(L, vi) == LUA_TSTRING;
     const char *v = str ? lua_tolstring(L, vi, &vn) : luaL_tolstring(L, vi, &vn);
-    int r;
 
-    if (!valid_field(k, kn, v, vn)) {
+    if (!hc_check(b, 0, k, kn, ki, valid_name)
+        || !hc_check(b, 1, v, vn, str ? vi : 0, valid_value)) {
         b->invalid = k;         /* the headers table keeps k alive */
-        lua_pop(L, !str);
+        if (!str) {
+            lua_pop(L, 1);
+        }
         return 0;
     }
-    r = hb_add(b, k, kn) | hb_add(b, ": ", 2) | hb_add(b, v, vn)
-        | hb_add(b, "\r\n", 2);
-    lua_pop(L, !str);
-    return r;
+    {
+        char *q;
+
+        hb_reserve(b, kn + vn + 4);
+        q = b->p + b->len;
+        memcpy(q, k, kn);
+        q += kn;
+        *q++ = ':';
+        *q++ = ' ';
+        memcpy(q, v, vn);
+        q += vn;
+        *q++ = '\r';
+        *q++ = '\n';
+        b->len = (size_t) (q - b->p);
+    }
+    if (!str) {
+        lua_pop(L, 1);
+    }
+    return 0;
 }
 
 
@@ -154,12 +237,14 @@ hb_headers(struct headbuf *b, lua_State *L, int idx)
     while (lua_next(L, idx) != 0) {
         size_t kn;
         const char *k;
+        int ki;
 
         if (lua_type(L, -2) != LUA_TSTRING) {
             lua_pop(L, 1);
             continue;
         }
-        k = lua_tolstring(L, -2, &kn);
+        ki = lua_gettop(L) - 1;
+        k = lua_tolstring(L, ki, &kn);
         if (b->scan) {
             /* res:send's send_head: Connection: close from the handler
              * closes; a Date from the handler replaces ours */
@@ -180,11 +265,11 @@ hb_headers(struct headbuf *b, lua_State *L, int idx)
 
                 for (i = 1; i <= m; i++) {
                     lua_geti(L, -1, i);
-                    bad |= hb_header(b, k, kn, L, lua_gettop(L));
+                    bad |= hb_header(b, k, kn, ki, L, lua_gettop(L));
                     lua_pop(L, 1);
                 }
             } else {
-                bad |= hb_header(b, k, kn, L, lua_gettop(L));
+                bad |= hb_header(b, k, kn, ki, L, lua_gettop(L));
             }
         }
         lua_pop(L, 1);
@@ -242,6 +327,8 @@ head_start(struct headbuf *b, lua_State *L, int slot)
     b->cap = sizeof(b->stack);
     b->invalid = NULL;
     b->scan = b->conn_close = b->has_date = 0;
+    b->cache = NULL;
+    b->cache_idx = 0;
 }
 
 
@@ -261,40 +348,54 @@ static int
 head_finish(struct headbuf *b, const char *dl, size_t dn, int has_len,
             lua_Integer v, int chunked, const char *cv, size_t cn)
 {
-    int bad = 0;
+    /* digits from the end: no snprintf on the hot path */
+    char num[24];
+    char *d = num + sizeof(num), *q;
+    size_t nn = 0, need;
 
-    if (dl) {
-        bad |= hb_add(b, dl, dn);
-    }
     if (has_len) {
-        /* digits from the end: no snprintf on the hot path */
-        char num[48];
-        char *q = num + sizeof(num);
         unsigned long long u = v < 0 ? 0 - (unsigned long long) v
                                      : (unsigned long long) v;
 
-        *--q = '\n';
-        *--q = '\r';
         do {
-            *--q = (char) ('0' + u % 10);
+            *--d = (char) ('0' + u % 10);
             u /= 10;
         } while (u > 0);
         if (v < 0) {
-            *--q = '-';
+            *--d = '-';
         }
-        q -= 16;
+        nn = (size_t) (num + sizeof(num) - d);
+    }
+    need = (dl ? dn : 0) + (has_len ? 18 + nn : 0) + (chunked ? 28 : 0)
+           + (cv ? 14 + cn : 0) + 2;
+    hb_reserve(b, need);
+    q = b->p + b->len;
+    if (dl) {
+        memcpy(q, dl, dn);
+        q += dn;
+    }
+    if (has_len) {
         memcpy(q, "Content-Length: ", 16);
-        bad |= hb_add(b, q, (size_t) (num + sizeof(num) - q));
+        memcpy(q + 16, d, nn);
+        q += 16 + nn;
+        *q++ = '\r';
+        *q++ = '\n';
     }
     if (chunked) {
-        bad |= hb_add(b, "Transfer-Encoding: chunked\r\n", 28);
+        memcpy(q, "Transfer-Encoding: chunked\r\n", 28);
+        q += 28;
     }
     if (cv) {
-        bad |= hb_add(b, "Connection: ", 12) | hb_add(b, cv, cn)
-               | hb_add(b, "\r\n", 2);
+        memcpy(q, "Connection: ", 12);
+        memcpy(q + 12, cv, cn);
+        q += 12 + cn;
+        *q++ = '\r';
+        *q++ = '\n';
     }
-    bad |= hb_add(b, "\r\n", 2);
-    return bad || b->invalid;
+    *q++ = '\r';
+    *q++ = '\n';
+    b->len = (size_t) (q - b->p);
+    return b->invalid != NULL;
 }
 
 
@@ -391,8 +492,9 @@ conn_sendresponse(lua_State *L)
  * fields (res._headers, started, finished, _bytes, _head_sent;
  * req._close, _broken): the handler's two calls of every plain request
  * without the Lua interpreter. fdpool._httpres(status_lines) makes them:
- * closures whose upvalues are the field names (interned), http.lua's
- * status_lines table and the cached Date line.
+ * closures whose upvalues are the field names (interned strings, one
+ * upvalue each: pushing one is a lua_pushvalue, no table lookup),
+ * http.lua's status_lines table, its 200 line and the conn metatable.
  */
 enum { R_STARTED = 1, R_FINISHED, R_STATUS, R_REQ, R_HEADERS,
        R_BYTES, R_HEAD_SENT, R_CONN, R_METHOD, R_CLOSE, R_EXPECT_CONTINUE,
@@ -402,17 +504,56 @@ static const char *const reskeys[R_END - 1] = {
     "_head_sent", "_conn", "method", "_close", "_expect_continue", "_body",
     "_length", "_chunked", "version", "_broken"
 };
-#define RKEYS lua_upvalueindex(1)
-#define RSTATUS_LINES lua_upvalueindex(2)
-#define RDATE lua_upvalueindex(3)
-#define RDATE_TIME lua_upvalueindex(4)
+#define RKEY(k) lua_upvalueindex(k)
+#define RSTATUS_LINES lua_upvalueindex(R_END)
+#define RLINE200 lua_upvalueindex(R_END + 1)
+#define RCONN_MT lua_upvalueindex(R_END + 2)
+#define RCTX lua_upvalueindex(R_END + 3)
+#define R_NUPVALUES (R_END + 3)
+
+/* res:send's own state (the userdata at RCTX) */
+struct resctx {
+    struct hcache hc;           /* (its strings: RCTX's user values) */
+    const void *conn_mt;        /* RCONN_MT's address, or NULL */
+    size_t n200;                /* RLINE200's bytes (0: too long) */
+    char line200[64];
+};
+
+/* The Date line of the current second, made once per second. Per
+ * process: a worker runs its Lua state on one thread. */
+static struct {
+    time_t t;
+    size_t n;
+    char line[64];
+} date_cache = { (time_t) -1, 0, "" };
+
+
+static const char *
+date_line(size_t *n)
+{
+    time_t now = time(NULL);
+
+    if (now != date_cache.t) {
+        struct tm tm;
+
+        date_cache.n = 0;
+        if (gmtime_r(&now, &tm) != NULL) {
+            date_cache.n = strftime(date_cache.line, sizeof(date_cache.line),
+                                    "Date: %a, %d %b %Y %H:%M:%S GMT\r\n",
+                                    &tm);
+        }
+        date_cache.t = now;
+    }
+    *n = date_cache.n;
+    return date_cache.line;
+}
 
 
 /* pushes t[key k] (raw); its type */
 static int
 rget(lua_State *L, int t, int k)
 {
-    lua_rawgeti(L, RKEYS, k);
+    lua_pushvalue(L, RKEY(k));
     return lua_rawget(L, t);
 }
 
@@ -421,7 +562,7 @@ rget(lua_State *L, int t, int k)
 static void
 rset_true(lua_State *L, int t, int k)
 {
-    lua_rawgeti(L, RKEYS, k);
+    lua_pushvalue(L, RKEY(k));
     lua_pushboolean(L, 1);
     lua_rawset(L, t);
 }
@@ -481,21 +622,27 @@ res_header(lua_State *L)
     const char *name;
 
     luaL_checktype(L, 1, LUA_TTABLE);
-    not_started(L);
     if (lua_type(L, 2) != LUA_TSTRING) {
+        not_started(L);
         return luaL_typeerror(L, 2, "string");
     }
-    name = lua_tolstring(L, 2, &n);
     lua_settop(L, 3);
-    rget(L, 1, R_HEADERS);              /* 4 */
-    luaL_checktype(L, 4, LUA_TTABLE);
-    if (header_key(L, 4, name, n)) {
+    if (rget(L, 1, R_STARTED) != LUA_TNIL && lua_toboolean(L, 4)) {
+        /* as assert(not self.started, "...") */
+        lua_pushliteral(L, "response already started");
+        return lua_error(L);
+    }
+    name = lua_tolstring(L, 2, &n);
+    if (rget(L, 1, R_HEADERS) != LUA_TTABLE) {  /* 5 */
+        luaL_checktype(L, 5, LUA_TTABLE);
+    }
+    if (header_key(L, 5, name, n)) {
         lua_pushnil(L);
-        lua_rawset(L, 4);
+        lua_rawset(L, 5);
     }
     lua_pushvalue(L, 2);
     lua_pushvalue(L, 3);
-    lua_rawset(L, 4);
+    lua_rawset(L, 5);
     lua_settop(L, 1);
     return 1;
 }
@@ -553,18 +700,41 @@ res_send_k(lua_State *L, int status, lua_KContext ctx)
 }
 
 
+/* The conn at idx when it is a real one (fdpool.conn), else NULL:
+ * luaL_testudata without its registry lookup (the metatable compared
+ * by address: RCONN_MT keeps it alive). */
+static struct fdp_conn *
+res_conn(lua_State *L, int idx, const struct resctx *ctx)
+{
+    struct fdp_conn *c = NULL;
+
+    if (lua_type(L, idx) == LUA_TUSERDATA) {
+        if (ctx->conn_mt == NULL) {
+            return luaL_testudata(L, idx, FDP_CONN_MT);
+        }
+        if (lua_getmetatable(L, idx)) {
+            if (lua_topointer(L, -1) == ctx->conn_mt) {
+                c = lua_touserdata(L, idx);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    return c;
+}
+
+
 /* res:send(body): the whole response with Content-Length (http.lua's
  * Res:send and send_head). Returns true, or false, err. */
 static int
 res_send(lua_State *L)
 {
-    size_t bn = 0, sn, dn = 0;
+    size_t bn = 0, sn = 0, dn = 0, mn = 0, vn = 0;
     lua_Integer code;
     int head_only, has_len, set_close, bad = 0;
-    time_t now;
     struct fdp_conn *c;
     struct headbuf b;
-    const char *sl, *dl, *cv;
+    struct resctx *ctx = lua_touserdata(L, RCTX);
+    const char *sl = NULL, *dl, *cv, *m, *v;
 
     luaL_checktype(L, 1, LUA_TTABLE);
     not_started(L);
@@ -580,51 +750,44 @@ res_send(lua_State *L)
                           "'body')", luaL_typename(L, 2));
     }
     (void) lua_tolstring(L, 2, &bn);
-    rget(L, 1, R_REQ);                  /* 3 */
-    luaL_checktype(L, 3, LUA_TTABLE);
-    code = rget(L, 1, R_STATUS) == LUA_TNIL ? 200 : lua_tointeger(L, -1);
-    lua_pop(L, 1);                      /* (nil: Res._status's default) */
-    rget(L, 3, R_METHOD);
-    {
-        size_t mn;
-        const char *m = lua_tolstring(L, -1, &mn);
-
-        head_only = (m != NULL && mn == 4 && memcmp(m, "HEAD", 4) == 0)
-                    || code == 204 || code == 304 || code < 200;
-    }
-    lua_pop(L, 1);
-    if (!head_only) {
-        lua_rawgeti(L, RKEYS, R_BYTES);
-        lua_pushinteger(L, (lua_Integer) bn);
-        lua_rawset(L, 1);
+    if (rget(L, 1, R_REQ) != LUA_TTABLE) {      /* 3 */
+        luaL_checktype(L, 3, LUA_TTABLE);
     }
     lua_pushnil(L);                     /* 4: a head past b's stack */
     rget(L, 1, R_HEADERS);              /* 5 */
-    luaL_checktype(L, 5, LUA_TTABLE);
     rget(L, 1, R_CONN);                 /* 6 */
-    lua_geti(L, RSTATUS_LINES, code);   /* 7 */
-    now = time(NULL);
-    if ((lua_Integer) now != lua_tointeger(L, RDATE_TIME)
-        || lua_isnil(L, RDATE)) {
-        char buf[64];
-        struct tm tm;
-        size_t n = 0;
-
-        if (gmtime_r(&now, &tm) != NULL) {
-            n = strftime(buf, sizeof(buf),
-                         "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
-        }
-        lua_pushlstring(L, buf, n);
-        lua_replace(L, RDATE);
-        lua_pushinteger(L, (lua_Integer) now);
-        lua_replace(L, RDATE_TIME);
+    /* (nil: Res._status's default) */
+    code = rget(L, 1, R_STATUS) == LUA_TNIL ? 200 : lua_tointeger(L, 7);
+    rget(L, 3, R_METHOD);               /* 8 */
+    m = lua_tolstring(L, 8, &mn);
+    head_only = (m != NULL && mn == 4 && memcmp(m, "HEAD", 4) == 0)
+                || code == 204 || code == 304 || code < 200;
+    if (code == 200 && ctx->n200 > 0) {
+        sl = ctx->line200;              /* (7 made below if asked for) */
+        sn = ctx->n200;
+    } else {
+        lua_geti(L, RSTATUS_LINES, code);
+        lua_replace(L, 7);              /* 7: the status line */
     }
-    c = luaL_testudata(L, 6, FDP_CONN_MT);
+    lua_settop(L, 7);
+    if (!head_only) {
+        lua_pushvalue(L, RKEY(R_BYTES));
+        lua_pushinteger(L, (lua_Integer) bn);
+        lua_rawset(L, 1);
+    }
+    if (lua_type(L, 5) != LUA_TTABLE) {
+        luaL_checktype(L, 5, LUA_TTABLE);
+    }
+    c = res_conn(L, 6, ctx);
     head_start(&b, L, 4);
+    b.cache = &ctx->hc;
+    b.cache_idx = RCTX;
     if (c != NULL) {
         /* the head as far as the headers, noting Connection and Date as
          * it goes */
-        sl = luaL_checklstring(L, 7, &sn);
+        if (sl == NULL) {
+            sl = luaL_checklstring(L, 7, &sn);
+        }
         b.scan = 1;
         bad = hb_add(&b, sl, sn) | hb_headers(&b, L, 5);
     } else {
@@ -632,9 +795,13 @@ res_send(lua_State *L)
     }
     /* req._close: Connection: close from the handler; a client waiting
      * for 100 Continue whose body was not asked for. Set below, with the
-     * head built (before a refused header's error). */
+     * head built (before a refused header's error). req's fields read
+     * at once (8 _expect_continue, 9 _close, 10 version) */
     set_close = b.conn_close;
-    if (rtrue(L, 3, R_EXPECT_CONTINUE) && !rtrue(L, 3, R_BODY)) {
+    rget(L, 3, R_EXPECT_CONTINUE);
+    rget(L, 3, R_CLOSE);
+    rget(L, 3, R_VERSION);
+    if (lua_toboolean(L, 8) && !rtrue(L, 3, R_BODY)) {
         rget(L, 3, R_LENGTH);
         if ((lua_isnumber(L, -1) && lua_tonumber(L, -1) > 0)
             || rtrue(L, 3, R_CHUNKED)) {
@@ -642,17 +809,12 @@ res_send(lua_State *L)
         }
         lua_pop(L, 1);
     }
-    if (set_close || rtrue(L, 3, R_CLOSE)) {
+    if (set_close || lua_toboolean(L, 9)) {
         cv = "close";
     } else {
-        size_t vn = 0;
-        const char *v;
-
-        rget(L, 3, R_VERSION);
-        v = lua_tolstring(L, -1, &vn);
+        v = lua_tolstring(L, 10, &vn);
         cv = v != NULL && vn == 3 && memcmp(v, "1.0", 3) == 0 ? "keep-alive"
              : NULL;
-        lua_pop(L, 1);
     }
     has_len = !(code == 204 || code == 304 || code < 200);
     if (c == NULL) {
@@ -660,6 +822,10 @@ res_send(lua_State *L)
          * conn:sendresponse(7, 5, date, has_len and bn, false, cv, body) */
         if (set_close) {
             rset_true(L, 3, R_CLOSE);
+        }
+        if (sl != NULL) {
+            lua_pushvalue(L, RLINE200);
+            lua_replace(L, 7);
         }
         lua_settop(L, 7);
         if (lua_type(L, 6) == LUA_TUSERDATA) {
@@ -673,7 +839,8 @@ res_send(lua_State *L)
         if (b.has_date) {
             lua_pushnil(L);
         } else {
-            lua_pushvalue(L, RDATE);
+            dl = date_line(&dn);
+            lua_pushlstring(L, dl, dn);
         }
         if (has_len) {
             lua_pushinteger(L, (lua_Integer) bn);
@@ -694,7 +861,7 @@ res_send(lua_State *L)
         lua_callk(L, 8, 2, 0, res_send_k);
         return res_send_k(L, LUA_OK, 0);
     }
-    dl = b.has_date ? NULL : lua_tolstring(L, RDATE, &dn);
+    dl = b.has_date ? NULL : date_line(&dn);
     if (head_finish(&b, dl, dn, has_len, (lua_Integer) bn, 0, cv,
                     cv ? strlen(cv) : 0) || bad) {
         if (set_close) {
@@ -717,20 +884,24 @@ res_write(lua_State *L, struct fdp_conn *c, struct headbuf *b, size_t n1,
     const char *body = n1 ? lua_tostring(L, 2) : "";
     ssize_t n = head_write(c, b, body, n1);
 
-    if (n == (ssize_t) (b->len + n1) || (n < 0 && n != -EAGAIN
-                                         && n != -EWOULDBLOCK)) {
+    if (n == (ssize_t) (b->len + n1)) {
+        /* all sent (the usual case): as res_send_k after an ok */
+        c->bytes_out += (uint64_t) n;
+        if (set_close) {
+            rset_true(L, 3, R_CLOSE);
+        }
+        rset_true(L, 1, R_HEAD_SENT);
+        lua_pushboolean(L, 1);
+        lua_pushnil(L);
+        return 2;
+    }
+    if (n < 0 && n != -EAGAIN && n != -EWOULDBLOCK) {
         if (set_close) {
             rset_true(L, 3, R_CLOSE);
         }
         lua_settop(L, 3);
-        if (n >= 0) {
-            c->bytes_out += (uint64_t) n;
-            lua_pushinteger(L, (lua_Integer) n1);
-            lua_pushnil(L);
-        } else {
-            lua_pushnil(L);
-            lua_pushliteral(L, "closed");
-        }
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
         return res_send_k(L, LUA_OK, 0);
     }
     {
@@ -765,24 +936,34 @@ res_write(lua_State *L, struct fdp_conn *c, struct headbuf *b, size_t n1,
 int
 fdp_lhttp_res(lua_State *L)
 {
-    int k;
+    int k, f;
 
     luaL_checktype(L, 1, LUA_TTABLE);
-    lua_createtable(L, R_END - 1, 0);
-    for (k = 1; k < R_END; k++) {
-        lua_pushstring(L, reskeys[k - 1]);
-        lua_rawseti(L, -2, k);
+    lua_settop(L, 1);
+    for (f = 0; f < 2; f++) {
+        for (k = 1; k < R_END; k++) {
+            lua_pushstring(L, reskeys[k - 1]);
+        }
+        lua_pushvalue(L, 1);
+        lua_geti(L, 1, 200);
+        luaL_getmetatable(L, FDP_CONN_MT);
+        if (f == 0) {
+            lua_pushnil(L);             /* (res:header needs none) */
+        } else {
+            struct resctx *ctx = lua_newuserdatauv(L, sizeof(*ctx),
+                                                   2 * HCACHE_N);
+            size_t n;
+            const char *line = lua_tolstring(L, -3, &n);
+
+            memset(ctx, 0, sizeof(*ctx));
+            ctx->conn_mt = lua_topointer(L, -2);
+            if (line != NULL && n <= sizeof(ctx->line200)) {
+                memcpy(ctx->line200, line, n);
+                ctx->n200 = n;
+            }
+        }
+        lua_pushcclosure(L, f == 0 ? res_header : res_send, R_NUPVALUES);
     }
-    lua_pushvalue(L, -1);
-    lua_pushvalue(L, 1);
-    lua_pushnil(L);
-    lua_pushinteger(L, -1);
-    lua_pushcclosure(L, res_header, 4);
-    lua_insert(L, -2);
-    lua_pushvalue(L, 1);
-    lua_pushnil(L);
-    lua_pushinteger(L, -1);
-    lua_pushcclosure(L, res_send, 4);
     return 2;
 }
 

@@ -89,12 +89,28 @@ check_slow(lua_State *L)
 }
 
 
+/* The dictionary last called (its table, its view): a method call on it
+ * finds its view from argument 1 alone, without fetching the closure's
+ * upvalue. Valid while that view lives (view_gc clears it), and the view
+ * keeps its table alive (its user value), so no other table can have
+ * that address meanwhile. One Lua state per worker opens dictionaries. */
+static const void *last_self;
+static struct lshd *last_view;
+
+
 static inline struct lshd *
 check(lua_State *L)
 {
-    struct lshd *s = lua_touserdata(L, lua_upvalueindex(1));
+    const void *p = lua_topointer(L, 1);
+    struct lshd *s;
 
-    if (lua_topointer(L, 1) == s->self) {
+    if (__builtin_expect(p == last_self && p != NULL, 1)) {
+        return last_view;
+    }
+    s = lua_touserdata(L, lua_upvalueindex(1));
+    if (p == s->self) {
+        last_self = p;
+        last_view = s;
         return s;
     }
     return check_slow(L);
@@ -177,21 +193,28 @@ check_value(lua_State *L, int idx, struct fdp_shd_val *v)
 
 
 /* A number argument of incr (raises "number expected" for others). */
-static void
+static __attribute__((noinline)) void
+check_num_slow(lua_State *L, int idx, struct fdp_shd_val *v)
+{
+    luaL_checktype(L, idx, LUA_TNUMBER);
+    v->type = FDP_SHD_NUMBER;
+    v->n = (double) lua_tonumber(L, idx);
+    v->i = 0;
+}
+
+
+static inline __attribute__((always_inline)) void
 check_num(lua_State *L, int idx, struct fdp_shd_val *v)
 {
     v->s = NULL;
     v->len = 0;
     v->flags = 0;
-    if (lua_isinteger(L, idx)) {
+    if (__builtin_expect(lua_isinteger(L, idx), 1)) {
         v->type = FDP_SHD_INTEGER;
-        v->i = (int64_t) lua_tointeger(L, idx);
+        v->i = (int64_t) lua_tointegerx(L, idx, NULL);
         v->n = 0;
     } else {
-        luaL_checktype(L, idx, LUA_TNUMBER);
-        v->type = FDP_SHD_NUMBER;
-        v->n = (double) lua_tonumber(L, idx);
-        v->i = 0;
+        check_num_slow(L, idx, v);
     }
 }
 
@@ -215,7 +238,8 @@ note_slow(struct lshd *s, int r)
 {
     if (s->d.recovered == 1) {
         fdp_log(FDP_LOG_WARN, 0, "shared '%s': a process died holding its "
-                "lock; its operation was undone", s->name);
+                "lock; %s", s->name, s->d.undone ? "its operation was undone"
+                : "nothing to undo");
     } else if (s->d.recovered == 2) {
         fdp_log(FDP_LOG_ERROR, 0, "shared '%s': %s; every entry flushed",
                 s->name, r == -EIO ? "found corrupted" : "a process died "
@@ -429,12 +453,13 @@ shd_incr(lua_State *L)
     const char *key = check_key(L, 2, &klen, s, FDP_SHD_OP_INCR);
     struct fdp_shd_val by, init, out;
     double ttl;
-    int top = lua_gettop(L), has_init = top >= 4 && !lua_isnil(L, 4);
+    int top = lua_gettop(L), has_init = 0;
     int ev = 0, r;
 
     check_num(L, 3, &by);
-    if (has_init) {
+    if (top >= 4 && (lua_isinteger(L, 4) || !lua_isnil(L, 4))) {
         check_num(L, 4, &init);
+        has_init = 1;
     }
     ttl = top >= 5 ? opt_ttl(L, 5) : 0;
     r = fdp_shd_incr(&s->d, key, klen, &by, has_init ? &init : NULL, ttl,
@@ -605,6 +630,10 @@ view_gc(lua_State *L)
 {
     struct lshd *s = luaL_checkudata(L, 1, VIEW_MT);
 
+    if (last_view == s) {
+        last_self = NULL;
+        last_view = NULL;
+    }
     fdp_shd_detach(&s->d);
     free(s->vc);
     s->vc = NULL;
@@ -661,7 +690,7 @@ fdp_lshared_open(lua_State *L, struct fdp_pool *p)
     lua_newtable(L);
     for (i = 0; i < p->nshared; i++) {
         struct fdp_shzone *z = &p->shared[i];
-        struct lshd *s = lua_newuserdatauv(L, sizeof(*s), 0);
+        struct lshd *s = lua_newuserdatauv(L, sizeof(*s), 1);
 
         memset(s, 0, sizeof(*s));
         if (z->base == NULL
@@ -684,6 +713,11 @@ fdp_lshared_open(lua_State *L, struct fdp_pool *p)
         lua_setfield(L, -3, "get");
         lua_pop(L, 1);
         s->self = lua_topointer(L, -1);
+        lua_getfield(L, -1, "capacity");
+        lua_getupvalue(L, -1, 1);
+        lua_pushvalue(L, -3);
+        lua_setiuservalue(L, -2, 1);    /* the view keeps its table */
+        lua_pop(L, 2);
         luaL_setmetatable(L, SHDICT_MT);
         lua_setfield(L, -2, z->name);
     }

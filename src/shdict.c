@@ -24,16 +24,21 @@
  * that dies holding the lock leaves the journal behind, and the next
  * locker (which takes a dead owner's lock over) writes the old values
  * back in reverse: the
- * dictionary is as it was before that operation. One exception, the
- * most frequent write: moving an entry to the head of the LRU list (a
- * locked get, a value rewritten in place, incr) records the entry and its old
- * neighbours in the hot line, then writes the six links directly; a
+ * dictionary is as it was before that operation. One exception:
+ * moving an entry to the head of the LRU list (a locked get) records
+ * the entry and its old neighbours in the hot line, then writes the
+ * six links directly; a
  * death inside is undone from that record (lru_undo), a death after it
  * leaves the entry at the head of a whole list. Key and value bytes go
  * only into freshly allocated blocks, or through the journal when
  * rewritten in place, so an undo finds them again; a journal that
  * overflowed (a long eviction) or a death inside flush_all flushes.
- * A get first tries without the lock (get_nolock: a seqlock reader).
+ * A get first tries without the lock (get_nolock: a seqlock reader),
+ * and marks its entry as used (a bit outside the entries, a hint, not
+ * journaled) instead of moving it; so does a value rewritten in place
+ * (set of the same block size, incr): the eviction gives a marked tail
+ * a second chance. A set or incr in place thus writes its entry's
+ * changed words and no LRU links (no neighbour's cache line).
  */
 #include "fdp.h"
 #include "shdict.h"
@@ -496,6 +501,7 @@ recover(struct fdp_shd *d)
     uint32_t n = h->jn, i;
 
     seq_begin(d);
+    d->undone = n + (h->mv_e != 0);
     if (h->op != 0 || h->jover || n > d->jcap
         || (h->mv_e != 0 && lru_undo(d) < 0)) {
         format_data(d);
@@ -815,8 +821,13 @@ lock(struct fdp_shd *d, int op)
     d->corrupt = 0;
     d->nfreed = 0;
     d->now = 0;
-    if (op != FDP_SHD_OP_GET) {
-        seq_begin(d);           /* (a get-like op: in ent_delete, if any) */
+    /* a get-like op: in ent_delete, if any; set and incr: before their
+     * first write (ent_delete, ent_insert, a rewrite in place), so one
+     * that changes nothing (the same value set again) or only a number
+     * (an incr: one 8-byte store) leaves the sequence and its line alone */
+    if (op != FDP_SHD_OP_GET && op != FDP_SHD_OP_SET
+        && op != FDP_SHD_OP_INCR) {
+        seq_begin(d);
     }
     return 0;
 }
@@ -888,6 +899,35 @@ hash_key(const char *key, size_t klen)
 }
 
 
+/* a == b for n bytes: short keys and values (most) without a call, by
+ * words that may overlap (every load inside both ranges). */
+static inline __attribute__((always_inline)) int
+eq_bytes(const void *a, const void *b, size_t n)
+{
+    const char *x = a, *y = b;
+
+    if (n >= 8 && n <= 16) {
+        uint64_t p, q, r, t;
+
+        memcpy(&p, x, 8);
+        memcpy(&q, y, 8);
+        memcpy(&r, x + n - 8, 8);
+        memcpy(&t, y + n - 8, 8);
+        return ((p ^ q) | (r ^ t)) == 0;
+    }
+    if (n >= 4 && n < 8) {
+        uint32_t p, q, r, t;
+
+        memcpy(&p, x, 4);
+        memcpy(&q, y, 4);
+        memcpy(&r, x + n - 4, 4);
+        memcpy(&t, y + n - 4, 4);
+        return ((p ^ q) | (r ^ t)) == 0;
+    }
+    return memcmp(x, y, n) == 0;
+}
+
+
 static uint32_t
 bucket_of(struct fdp_shd *d, uint32_t hash)
 {
@@ -909,7 +949,7 @@ lookup(struct fdp_shd *d, const char *key, size_t klen, uint32_t hash,
             return bad(d);
         }
         if (r32(d, e + E_HASH) == hash && r32(d, e + E_KLEN) == klen
-            && memcmp(d->base + e + E_SIZE, key, klen) == 0) {
+            && eq_bytes(d->base + e + E_SIZE, key, klen)) {
             *linkp = link;
             return e;
         }
@@ -1015,8 +1055,8 @@ st32(struct fdp_shd *d, uint32_t off, uint32_t v, int k)
 
 
 /*
- * Move e to the head of the LRU list (a get, or a value rewritten in
- * place). Not through the journal: the header first records e and what
+ * Move e to the head of the LRU list (a locked get). Not through the
+ * journal: the header first records e and what
  * it was linked to (its neighbours, the old head), then the six links
  * are written directly; a death in between is undone by lru_undo() from
  * that record alone. Called only where no journaled write of the same
@@ -1249,9 +1289,10 @@ ent_insert(struct fdp_shd *d, const char *key, size_t klen, uint32_t hash,
 {
     size_t vlen = v->type == FDP_SHD_STRING ? v->len : 0;
     int err = 0;
-    uint32_t nfreed = d->nfreed, link = 0;
-    uint32_t e = ent_alloc(d, (uint64_t) 8 + E_SIZE + klen + vlen, evicted,
-                           &err);
+    uint32_t nfreed = d->nfreed, link = 0, e;
+
+    seq_begin(d);
+    e = ent_alloc(d, (uint64_t) 8 + E_SIZE + klen + vlen, evicted, &err);
 
     if (e == 0) {
         return d->corrupt ? -EIO : err;
@@ -1385,7 +1426,7 @@ get_nolock(struct fdp_shd *d, const char *key, size_t klen, uint32_t hash,
             if ((uint64_t) 8 + E_SIZE + klen > (1u << o)) {
                 goto giveup;
             }
-            if (memcmp(d->base + e + E_SIZE, key, klen) == 0) {
+            if (eq_bytes(d->base + e + E_SIZE, key, klen)) {
                 break;
             }
         }
@@ -1398,8 +1439,9 @@ get_nolock(struct fdp_shd *d, const char *key, size_t klen, uint32_t hash,
         }
         type = r32(d, e + E_TYPE);
         flags = r32(d, e + E_FLAGS);
-        bits = (uint64_t) r32(d, e + E_NUMLO)
-               | ((uint64_t) r32(d, e + E_NUMHI) << 32);
+        /* at once: an incr stores it so, without the sequence */
+        bits = __atomic_load_n((uint64_t *) (void *) (d->base + e + E_NUMLO),
+                               __ATOMIC_RELAXED);
         if (type < FDP_SHD_STRING || type > FDP_SHD_BOOLEAN) {
             goto giveup;
         }
@@ -1508,17 +1550,16 @@ fdp_shd_get(struct fdp_shd *d, const char *key, size_t klen,
 
 
 /* Does key = v need a block of e's size (so it can be rewritten in
- * place)? */
-static int
+ * place)? e was found by lookup() under this lock: its tag is checked. */
+static inline int
 same_block(struct fdp_shd *d, uint32_t e, size_t klen,
            const struct fdp_shd_val *v)
 {
     uint64_t need = (uint64_t) 8 + E_SIZE + klen
                     + (v->type == FDP_SHD_STRING ? v->len : 0);
-    uint32_t o = blk_order(d, e - 8, 0);
+    uint32_t o = r32(d, e - 8) & 0xffu;
 
-    return o != 0 && need <= (1ull << o)
-           && (o == MINORD || need > (1ull << (o - 1)));
+    return need <= (1ull << o) && (o == MINORD || need > (1ull << (o - 1)));
 }
 
 
@@ -1579,14 +1620,16 @@ fdp_shd_set(struct fdp_shd *d, int mode, const char *key, size_t klen,
         if (memcmp(d->base + e + E_VLEN, f, sizeof(f)) != 0) {
             uint32_t i;
 
+            seq_begin(d);
             for (i = 0; i < 7; i++) {
                 w32(d, e + E_VLEN + 4 * i, f[i]);
             }
         }
-        if (vlen && memcmp(d->base + e + E_SIZE + klen, v->s, vlen) != 0) {
+        if (vlen && !eq_bytes(d->base + e + E_SIZE + klen, v->s, vlen)) {
+            seq_begin(d);
             put_value(d, e, klen, v, vlen);
         }
-        lru_touch(d, e);
+        seen_mark(d, e);        /* used: as a get marks it */
     } else {
         r = ent_insert(d, key, klen, hash, v, ttl, now, evicted, e);
     }
@@ -1643,8 +1686,23 @@ fdp_shd_incr(struct fdp_shd *d, const char *key, size_t klen,
         r = ent_insert(d, key, klen, hash, v, init_ttl, now, evicted, 0);
     } else {
         v->flags = cur.flags;
-        put_num(d, e, v);
-        lru_touch(d, e);
+        if (v->type == cur.type) {
+            /* the number alone changes: one aligned 8-byte store (a
+             * lockless get loads it at once too), nothing to journal or
+             * to hide from gets: a death leaves it counted or not */
+            uint64_t bits = (uint64_t) v->i;
+
+            if (v->type == FDP_SHD_NUMBER) {
+                memcpy(&bits, &v->n, 8);
+            }
+            __atomic_store_n((uint64_t *) (void *) (d->base + e + E_NUMLO),
+                             bits, __ATOMIC_RELAXED);
+            knob(d);
+        } else {
+            seq_begin(d);
+            put_num(d, e, v);
+        }
+        seen_mark(d, e);        /* used: as a get marks it */
     }
     return unlock(d, r);
 }

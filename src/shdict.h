@@ -71,6 +71,7 @@ struct fdp_shd {
     int wseq;                   /* this op made the write sequence odd */
     /* what the last lock found: 1 repaired from the journal, 2 flushed */
     int recovered;
+    uint32_t undone;            /* 1: the writes undone (0: none made) */
     char *scratch;              /* get's copy of a string value */
     size_t scratchcap;
 };

@@ -210,4 +210,100 @@ end)
     end
     assert.matches("http handler error %(GET /conn%):.*boom", pool:log())
   end)
+  -- res:send remembers the header names and values it found valid (by
+  -- string, at most four of each): every other one is still checked,
+  -- each request, whatever came before on the connection.
+  it("check each header of each request on a real conn, remembering only valid ones", function()
+    local dir = H.tmpdir()
+    local app = H.writefile(dir .. "/app.lua", [[
+local http = require "fdpool.http"
+local function unq(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+return http.serve(function(req, res)
+  local p, q = req.path, req.query and unq(req.query)
+  for i = 1, 6 do res:header("X-H" .. i, "v" .. i) end  -- more than it keeps
+  res:header("Content-Type", "text/plain")
+  res:header("content-type", "text/html")               -- replaces
+  res:header("X-Gone", "x")
+  res:header("x-gone", nil)                             -- removes
+  if p == "/value" then res:header("X-Q", q) end
+  if p == "/name" then res:header(q, "v") end
+  if p == "/list" then res:header("Set-Cookie", { "a=1", q }) end
+  if p == "/num" then res:header("X-N", 5) end
+  if p == "/big" then res:header("X-Big", ("b"):rep(tonumber(q))) end
+  if p == "/404" then res:status(404) end
+  if p == "/204" or p == "/304" then res:status(tonumber(p:sub(2))) end
+  if p == "/chunked" then
+    res:write("ab")
+    res:write("c")
+    return res:finish()
+  end
+  res:send("ok\n")
+end)
+]])
+    local pool = H.start_pool{ script = app, workers = 1 }
+    finally(function() pool:stop() end)
+    local function ask(target, method)
+      local r = assert(H.request(pool.addr, (method or "GET") .. " " .. target
+        .. " HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"))
+      local head, body = r:match("^(.-\r\n)\r\n(.*)$")
+      return r:match("^HTTP/1.1 (%d+)"), head or r, body
+    end
+    local function ok(target, method)
+      local st, head, body = ask(target, method)
+      assert.equal("200", st, target .. ": " .. head)
+      for i = 1, 6 do
+        assert.equal(1, H.count(head, "\r\nX-H" .. i .. ": v" .. i .. "\r\n"), head)
+      end
+      assert.equal(1, H.count(head, "\r\ncontent-type: text/html\r\n"), head)
+      assert.falsy(head:lower():find("\r\ncontent%-type: text/plain"), head)
+      assert.falsy(head:lower():find("x-gone", 1, true), head)
+      return head, body
+    end
+    local function refused(target)
+      local st, head = ask(target)
+      assert.equal("500", st, target .. ": " .. head)
+      assert.falsy(head:find("Injected", 1, true), head)
+    end
+    for _ = 1, 3 do
+      assert.truthy(ok("/value?a%09b"):find("\r\nX-Q: a\tb\r\n", 1, true))  -- HTAB is fine
+      refused("/value?a%0d%0aInjected:%20x")
+      refused("/value?a%0aInjected:%20x")
+      refused("/value?%7f")
+      refused("/value?%00")
+      refused("/name?Bad%20Name")
+      refused("/name?X-%c3%a9")
+      refused("/name?X-A%0d%0aInjected")
+      refused("/name?:")
+      refused("/list?b%0d%0aInjected:%20x")
+    end
+    refused("/name?")                                       -- an empty name
+    assert.equal(1, H.count(ok("/list?b=2"), "\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"))
+    assert.equal(1, H.count(ok("/num"), "\r\nX-N: 5\r\n"))
+    -- heads around and past the 2 KiB stack buffer
+    for _, n in ipairs{ 1900, 1960, 1980, 2000, 2014, 2030, 2048, 5000 } do
+      local head, body = ok("/big?" .. n)
+      assert.equal(1, H.count(head, "\r\nX-Big: " .. ("b"):rep(n) .. "\r\n"), n)
+      assert.equal(1, H.count(head, "\r\nContent-Length: 3\r\n"), n)
+      assert.equal("ok\n", body, n)
+    end
+    local st, head, body = ask("/404")
+    assert.equal("404", st)
+    assert.truthy(head:find("^HTTP/1.1 404 Not Found\r\n"), head)
+    assert.equal("ok\n", body)
+    head, body = ok("/", "HEAD")
+    assert.equal(1, H.count(head, "\r\nContent-Length: 3\r\n"), head)
+    assert.equal("", body)
+    for _, code in ipairs{ "204", "304" } do
+      st, head, body = ask("/" .. code)
+      assert.equal(code, st)
+      assert.falsy(head:find("Content-Length", 1, true), head)
+      assert.equal("", body)
+    end
+    head, body = ok("/chunked")
+    assert.equal(1, H.count(head, "\r\nTransfer-Encoding: chunked\r\n"), head)
+    assert.equal("2\r\nab\r\n1\r\nc\r\n0\r\n\r\n", body)
+    assert.equal(0, assert(pool:status()).workers[1].restarts)
+  end)
 end)

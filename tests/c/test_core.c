@@ -1940,6 +1940,7 @@ test_shdict_lru(void)
  * parent's next operation must repair (or flush) and find the value as
  * before the dead operation. */
 static const char *shd_new_value = "new-value";
+static double shd_incr_by = 5;  /* incr's n: an integer unless fractional */
 
 static int
 shd_die_in(struct fdp_shd *d, int op, uint32_t at)
@@ -1956,6 +1957,12 @@ shd_die_in(struct fdp_shd *d, int op, uint32_t at)
         if (op == FDP_SHD_OP_SET) {
             fdp_shd_set(d, 0, "a", 1, &v, 0, &ev);
         } else if (op == FDP_SHD_OP_INCR) {
+            if (shd_incr_by != (double) (int64_t) shd_incr_by) {
+                by.type = FDP_SHD_NUMBER;
+                by.n = shd_incr_by;
+            } else {
+                by.i = (int64_t) shd_incr_by;
+            }
             fdp_shd_incr(d, "n", 1, &by, NULL, 0, &out, &ev);
         } else if (op == FDP_SHD_OP_DELETE || op == FDP_SHD_OP_GET) {
             v.type = FDP_SHD_NIL;
@@ -1993,9 +2000,10 @@ test_shdict_owner_dead(void)
     for (i = 0; i < 2; i++) {
         dead = good = 0;
         /* (unchanged words are not written: a new value that differs in
-         * every byte, and "a" not the most recently used, so the set
-         * also moves it in the LRU list) */
-        shd_new_value = i == 0 ? "NEW-VALUE" : "a-new-value-much-longer-than-"
+         * every byte; in place, a longer one of the same block size: its
+         * length and ten words of bytes) */
+        shd_new_value = i == 0 ? "NEW-VALUE-THAT-STILL-FITS-THE-SAME-BLOCK"
+                        : "a-new-value-much-longer-than-"
                         "the-old-one-so-it-needs-another-block";
         for (at = 1; at <= 80; at++) {
             fdp_shd_set(&d, 0, "a", 1, &v, 0, &ev);
@@ -2016,10 +2024,26 @@ test_shdict_owner_dead(void)
               "old-value") && shd_get_str(&d, "k49", "old-value"));
     fdp_shd_set(&d, 0, "n", 1, &n, 0, &ev);
     fdp_shd_set(&d, 0, "k0", 2, &v, 0, &ev);
+    /* an incr that keeps the number's type writes it with one 8-byte
+     * store, no journal: killed after it, the incr counted, whole (and
+     * it made no other write: a knob at write 2 never fires) */
+    test_cond("shdict: an incr is one write, killed after it counted",
+              shd_die_in(&d, FDP_SHD_OP_INCR, 1) == 86
+              && fdp_shd_get(&d, "n", 1, &out, NULL) == 1
+              && d.recovered == 1 && d.undone == 0
+              && out.type == FDP_SHD_INTEGER && out.i == 105
+              && shd_die_in(&d, FDP_SHD_OP_INCR, 2) == 0
+              && fdp_shd_get(&d, "n", 1, &out, NULL) == 1 && out.i == 110
+              && fdp_shd_check(&d) == 0);
+    /* one that makes it a float (type and number: journaled) is undone */
+    shd_incr_by = 0.5;
     test_cond("shdict: an incr killed inside is undone",
               shd_die_in(&d, FDP_SHD_OP_INCR, 2) == 86
               && fdp_shd_get(&d, "n", 1, &out, NULL) == 1
-              && d.recovered == 1 && out.i == 100);
+              && d.recovered == 1 && d.undone > 0
+              && out.type == FDP_SHD_INTEGER && out.i == 110
+              && fdp_shd_check(&d) == 0);
+    shd_incr_by = 5;
     fdp_shd_set(&d, 0, "a", 1, &v, 0, &ev);
     i = shd_die_in(&d, FDP_SHD_OP_DELETE, 3);
     test_cond("shdict: a delete killed inside is undone",
@@ -2266,6 +2290,39 @@ test_shdict_lockless(void)
     test_cond("shdict: gets without the lock under a writer see whole "
               "values", ok && found > 0 && fdp_shd_check(&d) == 0);
 
+    /* an incr stores the number at once: gets without the lock under a
+     * child counting across 2^32 never see half of one (each answer
+     * inside the range, never going back) */
+    {
+        int64_t start = 0xffffffffLL - 30000, last = start;
+        struct fdp_shd_val c = ival(start);
+
+        fdp_shd_set(&d, 0, "c", 1, &c, 0, &ev);
+        if ((pid = fork()) == 0) {
+            struct fdp_shd_val one = ival(1);
+
+            for (i = 0; i < 60000; i++) {
+                fdp_shd_incr(&d, "c", 1, &one, NULL, 0, &out, &ev);
+            }
+            _exit(0);
+        }
+        for (i = 0, ok = 1; i < 400000 && ok; i++) {
+            if (fdp_shd_get(&d, "c", 1, &out, NULL) != 1
+                || out.type != FDP_SHD_INTEGER || out.i < last
+                || out.i > start + 60000) {
+                ok = 0;
+            }
+            last = out.i;
+            if (last == start + 60000) {
+                break;
+            }
+        }
+        waitpid(pid, &st, 0);
+        test_cond("shdict: gets without the lock under incr see whole "
+                  "numbers", ok && fdp_shd_get(&d, "c", 1, &out, NULL) == 1
+                  && out.i == start + 60000);
+    }
+
     /* the get mark: fill until a set evicts, find the oldest key left
      * (ttl: it does not mark), get it (marked), set 5 more */
     fdp_shd_flush(&d);
@@ -2297,6 +2354,91 @@ test_shdict_lockless(void)
         test_cond("shdict: a key got survives evictions, an older one not",
                   ok && fdp_shd_ttl(&d, key, strlen(key), &t) == 0
                   && fdp_shd_ttl(&d, next, strlen(next), &t) == -ENOENT
+                  && fdp_shd_check(&d) == 0);
+    }
+    fdp_shd_detach(&d);
+    munmap(m, size);
+}
+
+
+/* A value rewritten in place (a set of the same block size, an incr) is
+ * marked as used, as a get marks it, instead of moved in the LRU list:
+ * in a full dictionary the oldest key, rewritten, survives the next
+ * evictions (its mark gives it a second chance), the one after it not;
+ * get_keys keeps the order of the list (the rewritten key not first). */
+static void
+test_shdict_inplace_mark(void)
+{
+    size_t size = 64 * 1024;
+    void *m = shd_map(size);
+    struct fdp_shd d;
+    char key[16], next[16], nk[16], first[64], want[24];
+    int kind, i, n, ev;
+
+    fdp_shd_format(m, size);
+    fdp_shd_attach(&d, m, size);
+    for (kind = 0; kind < 2; kind++) {
+        struct fdp_shd_val v = kind == 0 ? sval("value-of-some-length")
+                               : ival(1000), w = sval("VALUE-OF-SAME-LENGTH"),
+                               by = ival(1), out;
+        double t;
+        int ok;
+
+        fdp_shd_flush(&d);
+        for (i = 0, ev = 0; i < 5000 && !ev; i++) {
+            snprintf(key, sizeof(key), "k%d", i);
+            fdp_shd_set(&d, 0, key, strlen(key), &v, 0, &ev);
+        }
+        for (i = 0; i < 5000; i++) {
+            snprintf(key, sizeof(key), "k%d", i);
+            if (fdp_shd_ttl(&d, key, strlen(key), &t) == 0) {
+                break;
+            }
+        }
+        snprintf(next, sizeof(next), "k%d", i + 1);
+        ok = ev && (kind == 0
+                    ? fdp_shd_set(&d, 0, key, strlen(key), &w, 0, &ev) == 0
+                    : fdp_shd_incr(&d, key, strlen(key), &by, NULL, 0, &out,
+                                   &ev) == 0 && out.i == 1001);
+        first[0] = '\0';
+        snprintf(want, sizeof(want), "%s,", key);
+        ok = ok && fdp_shd_keys(&d, 1, cat_key, first) == 1
+             && strcmp(first, want) != 0;
+        for (n = 0; n < 5; n++) {
+            snprintf(nk, sizeof(nk), "new%d", n);
+            fdp_shd_set(&d, 0, nk, strlen(nk), &v, 0, &ev);
+        }
+        ok = ok && fdp_shd_get(&d, key, strlen(key), &out, NULL) == 1
+             && (kind == 0 ? out.len == 20 && memcmp(out.s, "VALUE-OF-SAME-"
+                                                     "LENGTH", 20) == 0
+                 : out.type == FDP_SHD_INTEGER && out.i == 1001)
+             && fdp_shd_ttl(&d, next, strlen(next), &t) == -ENOENT
+             && fdp_shd_check(&d) == 0;
+        test_cond(kind == 0 ? "shdict: a value set in place is marked, "
+                  "not moved (survives evictions)" : "shdict: an incr is "
+                  "marked, not moved (survives evictions)", ok);
+    }
+    {
+        /* the write sequence (header offset 236, after the hot line's
+         * jn .. lru_tail): a set that changes nothing and an incr (one
+         * 8-byte store) leave it alone; a set that changes the value
+         * moves it by 2 */
+        volatile uint32_t *seq = (volatile uint32_t *) m + 236 / 4;
+        struct fdp_shd_val a = sval("same"), b = sval("diff"), one = ival(1),
+                           out;
+        uint32_t s0;
+
+        fdp_shd_set(&d, 0, "s", 1, &a, 0, &ev);
+        fdp_shd_set(&d, 0, "c", 1, &one, 0, &ev);
+        s0 = *seq;
+        fdp_shd_set(&d, 0, "s", 1, &a, 0, &ev);
+        fdp_shd_incr(&d, "c", 1, &one, NULL, 0, &out, &ev);
+        test_cond("shdict: a set of the same value and an incr leave the "
+                  "write sequence alone", *seq == s0 && out.i == 2
+                  && (s0 & 1u) == 0);
+        fdp_shd_set(&d, 0, "s", 1, &b, 0, &ev);
+        test_cond("shdict: a set that changes the value moves it",
+                  *seq == s0 + 2 && shd_get_str(&d, "s", "diff")
                   && fdp_shd_check(&d) == 0);
     }
     fdp_shd_detach(&d);
@@ -2406,8 +2548,8 @@ test_shdict_random_deaths(void)
         snprintf(key, sizeof(key), "r%d", k);
         memset(val, 'a' + round % 26, sizeof(val));     /* a new value */
         had = fdp_shd_get(&d, key, strlen(key), &before, NULL);
-        /* the get made it the most recently used: a set to another key
-         * first, so an in-place rewrite also moves it (more writes) */
+        /* the get may have made it the most recently used: a set to
+         * another key first, half the time */
         if (round % 2) {
             struct fdp_shd_val o = ival(round);
 
@@ -2557,6 +2699,7 @@ main(void)
     test_wsproto();
     test_shdict_values();
     test_shdict_lru();
+    test_shdict_inplace_mark();
     test_shdict_owner_dead();
     test_shdict_get_deaths();
     test_shdict_lock();
