@@ -595,15 +595,15 @@ dispatch_one(struct fdp_pool *p, const struct fdp_pending *c)
  * is offered to a busy worker: a CONN it starts only when its own
  * connection is over, so it does not sleep between the two. The master
  * keeps its copy of the socket (a record on p->kept, as a parked one's)
- * and writes the offer's id in one of the worker's two claim words
+ * and writes the offer's id in a free one of the worker's claim words
  * (shared memory); the worker claims it with a compare-and-swap of the
  * id to 0 before starting it, and the master takes an offer back the
  * same way: whoever swaps first has it, so the connection is served by
  * one worker or goes back to the queue's front, never both. Taken back:
- * an offer not claimed within OFFER_WAIT_MS (checked at each tick: a
- * slow handler holds it back at most two ticks), every unclaimed one
- * when a worker is free and nothing else waits, and those of a worker
- * that died or is told to stop.
+ * every unclaimed one when a worker is free and nothing else waits; at
+ * the tick, one unclaimed for OFFER_WAIT_MS whose worker is in an older
+ * connection than another worker with room (offers_take_back); those of
+ * a worker that died or is told to stop.
  */
 #define OFFER_WAIT_MS 100
 

@@ -387,8 +387,8 @@ spawn_worker(struct fdp_pool *p, int idx)
     pid_t pid;
 
     assert(w->slot.pid == -1);
-    /* Strict prefork's prefetch (dispatch.c, fdp_dispatch_offer): its
-     * claim words, shared with the process. */
+    /* Strict prefork's prefetch (dispatch.c, offer()): its claim
+     * words, shared with the process. */
     w->prefetch = prefetch_wanted(p);
     if (w->prefetch && w->claim == NULL) {
         void *m = mmap(NULL, CLAIM_BYTES, PROT_READ | PROT_WRITE,
@@ -2032,7 +2032,8 @@ watch_slow(struct fdp_pool *p)
         for (k = 0; k < w->ncap; k++) {
             struct fdp_inflight *f = &w->inflight[k];
 
-            if (f->id != 0 && !f->offer && now - f->since_us > limit && ms >= f->slow_at) {
+            if (f->id != 0 && !f->offer && now - f->since_us > limit
+                && ms >= f->slow_at) {
                 f->slow_at = ms + (every < FDP_TICK_MS ? FDP_TICK_MS
                                    : every > 1000 ? 1000 : every);
                 send = 1;

@@ -6,7 +6,7 @@
 -- an offered connection whose worker dies, or stops, is served by
 -- another; a slow handler holds an offer back only while another worker
 -- is no likelier to serve it sooner (the master takes it back at its
--- tick); a client that leaves while offered costs nothing.
+-- tick); a client that closes or resets while offered costs nothing.
 --
 -- The handlers block on files the test creates (no timing): /block?f=X
 -- answers once DIR/X exists.
@@ -224,6 +224,42 @@ describe("strict prefork's prefetch (--concurrency 1)", function()
     defer(function() e:close() end)
     e:send(get("/e"))
     assert.equal(200, (e:response()))
+    local log = pool:log()
+    assert.falsy(log:find("is faulty", 1, true), log)
+  end)
+
+  it("costs nothing when an offered connection's client resets before it starts", function()
+    local defer = H.cleanup(finally)
+    local base = H.fd_count(pool.pid)
+    local a, b = two_blocked_one_offered("x", defer)
+    -- a client (python) that sends a request, then resets (SO_LINGER 0)
+    -- once told to, while its connection is offered
+    local host, port = pool.addr:match("^(.*):(%d+)$")
+    local go, done = dir .. "/xgo", dir .. "/xdone"
+    os.execute(([[/usr/bin/python3 -c '
+import os, socket, struct, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+s.sendall(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+while not os.path.exists(sys.argv[3]): time.sleep(0.01)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+open(sys.argv[4], "w").close()
+' %s %s %s %s >/dev/null 2>&1 &]]):format(host, port, go, done))
+    wait_actives("1,2", "the resetting client offered")
+    H.writefile(go, "")
+    H.wait_until(function()
+      local f = io.open(done)
+      if f then f:close() end
+      return f ~= nil
+    end, 20, "the client reset")
+    release("xb")
+    assert.equal(200, (b:response()))
+    release("xa")
+    assert.equal(200, (a:response()))
+    a:close(); b:close()
+    H.wait_status(pool, function(s)
+      return s.parked == 0 and H.all_idle(s) and H.fd_count(pool.pid) == base
+    end, 20, "every connection over, the master's fds back to " .. base)
     local log = pool:log()
     assert.falsy(log:find("is faulty", 1, true), log)
   end)
