@@ -80,6 +80,19 @@ struct fdp_park_entry {
     uint32_t idle_ms;
 };
 
+/* Strict prefork: a worker's page shared with the master (MAP_SHARED,
+ * mapped before its fork; docs/ARCHITECTURE.md). claim: the offers
+ * (prefetch); parks: the PARKs of kept connections the worker holds
+ * back while it has more to serve, so that its death does not lose
+ * them (the master parks them). */
+#define FDP_PARKS_MAX 16
+struct fdp_wshared {
+    uint64_t claim[FDP_CLAIM_WORDS];
+    uint32_t nparks;
+    uint32_t pad;
+    struct fdp_park_entry parks[FDP_PARKS_MAX];
+};
+
 /* READY: what the accept filter needs to know of the handler. */
 struct fdp_ready_body {
     uint32_t http;              /* 1: made by http.serve (speaks HTTP) */

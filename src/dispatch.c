@@ -1313,19 +1313,36 @@ same_socket(struct fdp_pool *p, const struct fdp_inflight *f, int fd)
  * CONN entries say FDP_CONN_KEPT): later PARKs of it carry no fd, and
  * it is watched again with one epoll_ctl.
  */
+static void park_one(struct fdp_pool *p, struct fdp_worker *w,
+                     const struct fdp_park_entry *e, int fd);
+
+
 void
 fdp_dispatch_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
 {
     const struct fdp_park_entry *e = (const struct fdp_park_entry *) m->u.bytes;
-    uint32_t k = (uint32_t) (e->id & 0xffff);
-    struct fdp_held *pk;
-    struct fdp_inflight f;
     int fd = m->nfds == 1 ? m->fds[0] : -1;
-    int same = 0, known;
-    uint64_t idle = e->idle_ms ? e->idle_ms : 15000;
+    unsigned i;
 
     m->fds[0] = -1;
     m->nfds = 0;
+    /* Several entries (kept connections only: no fd) when the worker
+     * held its PARKs back while it had more to serve. */
+    for (i = 0; i < m->h.count && w->ch.fd >= 0; i++) {
+        park_one(p, w, &e[i], i == 0 ? fd : -1);
+    }
+}
+
+
+static void
+park_one(struct fdp_pool *p, struct fdp_worker *w,
+         const struct fdp_park_entry *e, int fd)
+{
+    uint32_t k = (uint32_t) (e->id & 0xffff);
+    struct fdp_held *pk;
+    struct fdp_inflight f;
+    int same = 0, known;
+    uint64_t idle = e->idle_ms ? e->idle_ms : 15000;
     known = k < (uint32_t) w->ncap && w->inflight[k].id == e->id
             && e->id != 0;
     if (known && fdp_dispatch_unclaimed(w, k)) {
@@ -1406,6 +1423,30 @@ fdp_dispatch_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
         fdp_close(&pk->c.fd);
         free(pk);
     }
+}
+
+
+/* A dead worker's PARKs it held back (its shared page): those
+ * connections were idle, their answers sent: parked, not lost. */
+void
+fdp_dispatch_parks_held(struct fdp_pool *p, struct fdp_worker *w)
+{
+    uint32_t i, n;
+
+    if (w->shm == NULL || w->inflight == NULL || p->stopping) {
+        return;
+    }
+    n = w->shm->nparks < FDP_PARKS_MAX ? w->shm->nparks : FDP_PARKS_MAX;
+    for (i = 0; i < n; i++) {
+        struct fdp_park_entry e = w->shm->parks[i];
+        uint32_t k = (uint32_t) (e.id & 0xffff);
+
+        if (e.id != 0 && k < (uint32_t) w->ncap && w->inflight[k].id == e.id
+            && w->inflight[k].kept != NULL && !w->inflight[k].offer) {
+            park_one(p, w, &e, -1);
+        }
+    }
+    w->shm->nparks = 0;
 }
 
 

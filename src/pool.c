@@ -36,7 +36,7 @@
 
 #define KILL_MARGIN_MS   500
 #define BACKOFF_MAX_MS   30000
-#define CLAIM_BYTES      64     /* a worker's claim words (prefetch) */
+#define SHM_BYTES        4096   /* a worker's struct fdp_wshared */
 #define CRASH_LIMIT      10
 #define RELOAD_TIMEOUT_MS 60000
 
@@ -150,8 +150,9 @@ fdp_pool_free(struct fdp_pool *p)
     fdp_acceptf_free(p);
     for (i = 0; i < FDP_SLOTS; i++) {
         worker_free_tables(&p->workers[i]);
-        if (p->workers[i].claim != NULL) {
-            (void) munmap(p->workers[i].claim, CLAIM_BYTES);
+        if (p->workers[i].shm != NULL) {
+            (void) munmap(p->workers[i].shm, SHM_BYTES);
+            p->workers[i].shm = NULL;
             p->workers[i].claim = NULL;
         }
     }
@@ -387,23 +388,21 @@ spawn_worker(struct fdp_pool *p, int idx)
     pid_t pid;
 
     assert(w->slot.pid == -1);
-    /* Strict prefork's prefetch (dispatch.c, offer()): its claim
-     * words, shared with the process. */
+    /* Strict prefork: its page shared with the process: the claim words
+     * of the prefetch (dispatch.c, offer()), the PARKs it holds back. */
     w->prefetch = prefetch_wanted(p);
-    if (w->prefetch && w->claim == NULL) {
-        void *m = mmap(NULL, CLAIM_BYTES, PROT_READ | PROT_WRITE,
+    if (p->concurrency == 1 && !p->simulated && w->shm == NULL) {
+        void *m = mmap(NULL, SHM_BYTES, PROT_READ | PROT_WRITE,
                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 
-        w->claim = m == MAP_FAILED ? NULL : m;
+        w->shm = m == MAP_FAILED ? NULL : m;
     }
-    if (w->claim == NULL) {
+    if (w->shm == NULL || p->concurrency != 1) {
         w->prefetch = 0;
+        w->claim = NULL;
     } else {
-        int j;
-
-        for (j = 0; j < FDP_CLAIM_WORDS; j++) {
-            __atomic_store_n(&w->claim[j], 0, __ATOMIC_SEQ_CST);
-        }
+        memset(w->shm, 0, sizeof(*w->shm));
+        w->claim = w->prefetch ? w->shm->claim : NULL;
     }
     r = worker_alloc_tables(w, p->concurrency);
     if (r < 0) {
@@ -431,9 +430,10 @@ spawn_worker(struct fdp_pool *p, int idx)
         sched_child(p);
         fdp_close(&sv[0]);
         fdp_pool_close_in_child(p, -1);
-        for (i = 0; i < FDP_SLOTS; i++) {   /* only its own claim words */
-            if (i != idx && p->workers[i].claim != NULL) {
-                (void) munmap(p->workers[i].claim, CLAIM_BYTES);
+        for (i = 0; i < FDP_SLOTS; i++) {   /* only its own shared page */
+            if (i != idx && p->workers[i].shm != NULL) {
+                (void) munmap(p->workers[i].shm, SHM_BYTES);
+                p->workers[i].shm = NULL;
                 p->workers[i].claim = NULL;
             }
         }
@@ -1645,6 +1645,7 @@ worker_gone(struct fdp_pool *p, struct fdp_worker *w, int st, char *how,
      * prefork's prefetch): not lost, not counted below. */
     fdp_dispatch_drop_channel(p, w);
     fdp_dispatch_offers_back(p, w, !p->stopping);
+    fdp_dispatch_parks_held(p, w);
     /* A SIGTERM the master sent itself (the rest of a refused reload's
      * generation, a handler past --timeout already logged) is no news. */
     fdp_log(p->stopping || (WIFEXITED(st) && WEXITSTATUS(st) == 0)

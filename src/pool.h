@@ -131,8 +131,9 @@ struct fdp_worker {
     int ncap;                       /* entries in inflight/freeidx: the
                                      * capacity, + 1 with prefetch */
     int prefetch;                   /* strict prefork's prefetch on */
-    uint64_t *claim;                /* its 2 claim words, shared with the
-                                     * process (MAP_SHARED), or NULL */
+    struct fdp_wshared *shm;        /* strict prefork: its page shared
+                                     * with the process, or NULL */
+    uint64_t *claim;                /* shm->claim (prefetch), or NULL */
 };
 
 struct fdp_control;

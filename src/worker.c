@@ -37,6 +37,10 @@
  * FDP_CLAIM_WORDS that are valid; the rest were taken back). */
 #define OFFERS_MAX 8
 
+/* PARKs of kept connections sent together at most (FDPOOL_PARKS=N, 1
+ * to FDP_PARKS_MAX, for measuring). */
+static unsigned parks_batch = 4;
+
 /* A task of the worker: the scheduler's, plus the connection it serves. */
 struct fdp_wtask {
     struct fdp_task t;          /* first: a struct fdp_task * is one; its
@@ -78,6 +82,8 @@ struct fdp_wctx {
     size_t mem_limit;           /* refused past this in handler code */
     struct fcache *fc;          /* small blocks kept for reuse, or NULL */
     uint64_t *claim;            /* prefetch: its claim words, or NULL */
+    struct fdp_wshared *shm;    /* strict prefork: shared with the
+                                   master (the PARKs held back), or NULL */
     int noffer;                 /* offers waiting for its connection's end */
     int offer_fd[OFFERS_MAX];
     struct fdp_conn_entry offer_e[OFFERS_MAX];
@@ -125,6 +131,28 @@ task_free(struct fdp_wctx *w, struct fdp_wtask *t)
     w->nspare++;
 }
 
+
+
+static void
+flush_parks(struct fdp_wctx *w)
+{
+    int r;
+
+    if (w->shm == NULL || w->shm->nparks == 0) {
+        return;
+    }
+    r = fdp_chan_send(w->ch, FDP_MSG_PARK, w->shm->nparks, w->shm->parks,
+                      (size_t) w->shm->nparks * sizeof(w->shm->parks[0]),
+                      NULL, 0);
+    if (r < 0) {
+        fdp_log(FDP_LOG_ERROR, -r, "cannot report to the master; exiting");
+        _exit(1);
+    }
+    w->shm->nparks = 0;
+    if (w->ch->head != NULL) {
+        (void) fdp_loop_mod(&w->loop, &w->chio, EPOLLIN | EPOLLOUT);
+    }
+}
 
 
 static void
@@ -187,6 +215,7 @@ maybe_flush_done(struct fdp_wctx *w)
 static void
 worker_exit(struct fdp_wctx *w, int code)
 {
+    flush_parks(w);
     flush_done(w);
     /* The channel queue may hold DONE messages: give them a moment. */
     if (w->ch->head != NULL) {
@@ -267,9 +296,25 @@ task_park(struct fdp_task *tk, int fd, uint64_t bytes_in, uint64_t bytes_out,
     e.idle_ms = idle_ms;
     /* A socket the master kept a copy of goes back by its id alone: no
      * fd to pass, check or register again (the master's epoll
-     * registration of it stays). */
-    r = fdp_chan_send(TASK_W(t)->ch, FDP_MSG_PARK, 1, &e, sizeof(e), &fd,
-                      t->kept ? 0 : 1);
+     * registration of it stays); such PARKs go together, before the
+     * worker waits (the master sees the next request's edge meanwhile
+     * and looks at the PARK). */
+    if (t->kept && parks_batch > 1 && TASK_W(t)->shm != NULL) {
+        struct fdp_wshared *sh = TASK_W(t)->shm;
+
+        /* In the shared page: if this worker dies before it sends them,
+         * the master parks these connections (they are idle). */
+        sh->parks[sh->nparks] = e;
+        sh->nparks++;
+        if (sh->nparks >= parks_batch) {
+            flush_parks(TASK_W(t));
+        }
+        r = 0;
+    } else {
+        flush_parks(TASK_W(t));
+        r = fdp_chan_send(TASK_W(t)->ch, FDP_MSG_PARK, 1, &e, sizeof(e),
+                          &fd, t->kept ? 0 : 1);
+    }
     if (r < 0) {
         return r;
     }
@@ -1267,6 +1312,7 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
     w.idx = wk->slot.id - 1;
     w.ch = &wk->ch;
     w.claim = wk->claim;
+    w.shm = wk->shm;
     /* A reload's new worker serves with the certificates read for it. */
     w.tls = p->spawn_new ? p->reload_tls : p->tls;
     snprintf(tag, sizeof(tag), "worker %d", w.idx + 1);
@@ -1325,11 +1371,24 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
     if (r < 0) {
         _exit(1);
     }
+    {
+        const char *e = getenv("FDPOOL_PARKS");
+
+        if (e != NULL && atoi(e) >= 1 && atoi(e) <= FDP_PARKS_MAX) {
+            parks_batch = (unsigned) atoi(e);
+        }
+    }
     for (;;) {
-        r = fdp_loop_run_once(&w.loop, -1);
+        /* PARKs held back: one look without waiting; nothing to do, so
+         * they go before the worker sleeps. */
+        r = fdp_loop_run_once(&w.loop,
+                              w.shm != NULL && w.shm->nparks > 0 ? 0 : -1);
         if (r < 0) {
             fdp_log(FDP_LOG_ERROR, -r, "epoll_wait() failed");
             worker_exit(&w, 1);
+        }
+        if (r == 0) {
+            flush_parks(&w);
         }
         maybe_flush_done(&w);
         if (w.noffer > 0 && w.nconn == 0) {
