@@ -88,10 +88,15 @@ struct fdp_park_entry {
 #define FDP_PARKS_MAX 16
 struct fdp_wshared {
     uint64_t claim[FDP_CLAIM_WORDS];
-    uint32_t nparks;
-    uint32_t pad;
+    /* parks[0 .. pstate & 0xffffffff) are held; the upper half is a
+     * generation, + 1 at every emptying: the worker empties it to send
+     * them, the master to take them (a worker stuck in a handler, a dead
+     * one), each with a compare-and-swap, so each PARK is had once. */
+    uint64_t pstate;
     struct fdp_park_entry parks[FDP_PARKS_MAX];
 };
+#define FDP_PARKS_N(st)     ((uint32_t) ((st) & 0xffffffffu))
+#define FDP_PARKS_EMPTY(st) ((((st) >> 32) + 1) << 32)
 
 /* READY: what the accept filter needs to know of the handler. */
 struct fdp_ready_body {

@@ -1426,27 +1426,65 @@ park_one(struct fdp_pool *p, struct fdp_worker *w,
 }
 
 
-/* A dead worker's PARKs it held back (its shared page): those
- * connections were idle, their answers sent: parked, not lost. */
+/* The PARKs w holds back in its shared page, taken and handled here:
+ * w is dead, or held up in a handler (fdp_dispatch_parks_tick). Those
+ * connections are idle, their answers sent: parked, not lost. */
 void
-fdp_dispatch_parks_held(struct fdp_pool *p, struct fdp_worker *w)
+fdp_dispatch_parks_take(struct fdp_pool *p, struct fdp_worker *w)
 {
+    struct fdp_park_entry e[FDP_PARKS_MAX];
+    uint64_t st;
     uint32_t i, n;
 
-    if (w->shm == NULL || w->inflight == NULL || p->stopping) {
+    if (w->shm == NULL || w->inflight == NULL) {
         return;
     }
-    n = w->shm->nparks < FDP_PARKS_MAX ? w->shm->nparks : FDP_PARKS_MAX;
-    for (i = 0; i < n; i++) {
-        struct fdp_park_entry e = w->shm->parks[i];
-        uint32_t k = (uint32_t) (e.id & 0xffff);
+    st = __atomic_load_n(&w->shm->pstate, __ATOMIC_SEQ_CST);
+    n = FDP_PARKS_N(st);
+    if (n == 0 || n > FDP_PARKS_MAX) {
+        return;
+    }
+    memcpy(e, w->shm->parks, n * sizeof(e[0]));
+    if (!__atomic_compare_exchange_n(&w->shm->pstate, &st,
+                                     FDP_PARKS_EMPTY(st), 0,
+                                     __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+        return;                     /* sent meanwhile (or more held) */
+    }
+    for (i = 0; i < n && !p->stopping; i++) {
+        uint32_t k = (uint32_t) (e[i].id & 0xffff);
 
-        if (e.id != 0 && k < (uint32_t) w->ncap && w->inflight[k].id == e.id
-            && w->inflight[k].kept != NULL && !w->inflight[k].offer) {
-            park_one(p, w, &e, -1);
+        if (e[i].id != 0 && k < (uint32_t) w->ncap
+            && w->inflight[k].id == e[i].id && w->inflight[k].kept != NULL
+            && !w->inflight[k].offer) {
+            park_one(p, w, &e[i], -1);
         }
     }
-    w->shm->nparks = 0;
+}
+
+
+/* The tick: a worker whose held-back PARKs did not move since the last
+ * tick is in a handler that neither ends nor waits: those connections
+ * are parked here, so none waits behind another's handler longer than
+ * about two ticks. */
+void
+fdp_dispatch_parks_tick(struct fdp_pool *p)
+{
+    int i;
+
+    for (i = 0; i < p->nworkers; i++) {
+        struct fdp_worker *w = &p->workers[i];
+        uint64_t st;
+
+        if (w->shm == NULL || w->slot.state != FDP_W_RUNNING) {
+            continue;
+        }
+        st = __atomic_load_n(&w->shm->pstate, __ATOMIC_SEQ_CST);
+        if (FDP_PARKS_N(st) > 0 && st == w->pstate_seen) {
+            fdp_dispatch_parks_take(p, w);
+            st = __atomic_load_n(&w->shm->pstate, __ATOMIC_SEQ_CST);
+        }
+        w->pstate_seen = st;
+    }
 }
 
 

@@ -1645,7 +1645,9 @@ worker_gone(struct fdp_pool *p, struct fdp_worker *w, int st, char *how,
      * prefork's prefetch): not lost, not counted below. */
     fdp_dispatch_drop_channel(p, w);
     fdp_dispatch_offers_back(p, w, !p->stopping);
-    fdp_dispatch_parks_held(p, w);
+    if (!p->stopping) {
+        fdp_dispatch_parks_take(p, w);  /* its held-back PARKs */
+    }
     /* A SIGTERM the master sent itself (the rest of a refused reload's
      * generation, a handler past --timeout already logged) is no news. */
     fdp_log(p->stopping || (WIFEXITED(st) && WEXITSTATUS(st) == 0)
@@ -2090,6 +2092,9 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
             p->crash_streak = 0;
             p->crash_why[0] = '\0';
         }
+    }
+    if (p->concurrency == 1 && !p->stopping) {
+        fdp_dispatch_parks_tick(p);
     }
     if (p->noffers > 0 && !p->stopping) {
         /* Prefetch: claimed offers start their clocks; those a slow

@@ -134,6 +134,7 @@ struct fdp_worker {
     struct fdp_wshared *shm;        /* strict prefork: its page shared
                                      * with the process, or NULL */
     uint64_t *claim;                /* shm->claim (prefetch), or NULL */
+    uint64_t pstate_seen;           /* shm->pstate at the last tick */
 };
 
 struct fdp_control;

@@ -138,17 +138,25 @@ flush_parks(struct fdp_wctx *w)
 {
     int r;
 
-    if (w->shm == NULL || w->shm->nparks == 0) {
+    uint64_t st;
+
+    if (w->shm == NULL) {
         return;
     }
-    r = fdp_chan_send(w->ch, FDP_MSG_PARK, w->shm->nparks, w->shm->parks,
-                      (size_t) w->shm->nparks * sizeof(w->shm->parks[0]),
+    st = __atomic_load_n(&w->shm->pstate, __ATOMIC_SEQ_CST);
+    if (FDP_PARKS_N(st) == 0
+        || !__atomic_compare_exchange_n(&w->shm->pstate, &st,
+                                        FDP_PARKS_EMPTY(st), 0,
+                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+        return;                     /* none, or the master took them */
+    }
+    r = fdp_chan_send(w->ch, FDP_MSG_PARK, FDP_PARKS_N(st), w->shm->parks,
+                      (size_t) FDP_PARKS_N(st) * sizeof(w->shm->parks[0]),
                       NULL, 0);
     if (r < 0) {
         fdp_log(FDP_LOG_ERROR, -r, "cannot report to the master; exiting");
         _exit(1);
     }
-    w->shm->nparks = 0;
     if (w->ch->head != NULL) {
         (void) fdp_loop_mod(&w->loop, &w->chio, EPOLLIN | EPOLLOUT);
     }
@@ -301,12 +309,16 @@ task_park(struct fdp_task *tk, int fd, uint64_t bytes_in, uint64_t bytes_out,
      * and looks at the PARK). */
     if (t->kept && parks_batch > 1 && TASK_W(t)->shm != NULL) {
         struct fdp_wshared *sh = TASK_W(t)->shm;
+        uint64_t st = __atomic_load_n(&sh->pstate, __ATOMIC_SEQ_CST);
 
-        /* In the shared page: if this worker dies before it sends them,
-         * the master parks these connections (they are idle). */
-        sh->parks[sh->nparks] = e;
-        sh->nparks++;
-        if (sh->nparks >= parks_batch) {
+        /* In the shared page: if this worker dies or is held up in a
+         * handler before it sends them, the master takes them. */
+        do {
+            sh->parks[FDP_PARKS_N(st)] = e;
+        } while (!__atomic_compare_exchange_n(&sh->pstate, &st, st + 1, 0,
+                                              __ATOMIC_SEQ_CST,
+                                              __ATOMIC_SEQ_CST));
+        if (FDP_PARKS_N(st) + 1 >= parks_batch) {
             flush_parks(TASK_W(t));
         }
         r = 0;
@@ -1380,19 +1392,20 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
     }
     for (;;) {
         /* PARKs held back: one look without waiting; nothing to do, so
-         * they go before the worker sleeps. */
-        r = fdp_loop_run_once(&w.loop,
-                              w.shm != NULL && w.shm->nparks > 0 ? 0 : -1);
+         * they go before the worker sleeps. An offer in hand starts
+         * first: its PARK may go with them. */
+        r = fdp_loop_run_once(&w.loop, w.shm != NULL
+                              && FDP_PARKS_N(w.shm->pstate) > 0 ? 0 : -1);
         if (r < 0) {
             fdp_log(FDP_LOG_ERROR, -r, "epoll_wait() failed");
             worker_exit(&w, 1);
         }
-        if (r == 0) {
-            flush_parks(&w);
-        }
         maybe_flush_done(&w);
         if (w.noffer > 0 && w.nconn == 0) {
             offers_run(&w);
+        }
+        if (r == 0) {
+            flush_parks(&w);
         }
         if (sig_reopen) {
             sig_reopen = 0;

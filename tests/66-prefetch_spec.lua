@@ -28,6 +28,12 @@ return http.serve(function(req, res)
       fdpool.sleep(0.01)
     end
   end
+  local g = req.path == "/spin" and req.query:match("f=(%%w+)")
+  while g do                        -- holds the worker: never yields
+    local h = io.open(DIR .. "/" .. g)
+    if h then h:close() break end
+  end
+  f = f or g
   res:send(req.path .. (f and ("/" .. f) or "") .. " " .. fdpool.worker.pid .. "\n")
 end)
 ]]
@@ -260,6 +266,36 @@ open(sys.argv[4], "w").close()
     H.wait_status(pool, function(s)
       return s.parked == 0 and H.all_idle(s) and H.fd_count(pool.pid) == base
     end, 20, "every connection over, the master's fds back to " .. base)
+    local log = pool:log()
+    assert.falsy(log:find("is faulty", 1, true), log)
+  end)
+
+  it("does not keep a parked connection behind the next handler of its worker, one that never yields", function()
+    -- The worker sends the PARKs of kept connections together while it
+    -- has more to serve; one stuck in a handler has them taken by the
+    -- master (at its tick), one that dies too.
+    local defer = H.cleanup(finally)
+    local a, b, c = client(pool.addr), client(pool.addr), client(pool.addr)
+    defer(function() a:close(); b:close(); c:close() end)
+    defer(function() release("pa"); release("pb"); release("pc") end)
+    a:send(get("/a0"))                  -- parked once: kept from now on
+    assert.equal(200, (a:response()))
+    c:send(get("/block?f=pc"))
+    wait_actives("0,1", "c served")
+    a:send(get("/block?f=pa"))
+    wait_actives("1,1", "a served")
+    b:send(get("/spin?f=pb"))           -- offered to a's worker (the later)
+    wait_actives("1,2", "b offered")
+    release("pa")
+    assert.equal(200, (a:response()))   -- then b holds a's worker
+    a:send(get("/a2"))
+    release("pc")
+    assert.equal(200, (c:response()))
+    local s1, body = a:response()       -- while b still spins
+    assert.equal(200, s1)
+    assert.equal("/a2", body:match("^(%S+)"))
+    release("pb")
+    assert.equal(200, (b:response()))
     local log = pool:log()
     assert.falsy(log:find("is faulty", 1, true), log)
   end)
