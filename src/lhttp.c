@@ -36,6 +36,7 @@ struct headbuf {
     lua_State *L;
     int slot;                   /* absolute */
     const char *invalid;        /* the name of a header refused, or NULL */
+    char bad[68];               /* (a copy of it: its string may die) */
     int scan;                   /* hb_headers notes the two below: */
     int conn_close;             /* the first Connection is "close" */
     int has_date;               /* a Date header */
@@ -198,7 +199,19 @@ hb_header(struct headbuf *b, const char *k, size_t kn, int ki, lua_State *L,
 
     if (!hc_check(b, 0, k, kn, ki, valid_name)
         || !hc_check(b, 1, v, vn, str ? vi : 0, valid_value)) {
-        b->invalid = k;         /* the headers table keeps k alive */
+        if (b->invalid == NULL) {
+            /* the first one, copied: a later header's __tostring may
+             * take k out of the table and collect it before the error
+             * is raised (up to 64 bytes: it goes to the log) */
+            if (kn <= 64) {
+                memcpy(b->bad, k, kn);
+                b->bad[kn] = '\0';
+            } else {
+                memcpy(b->bad, k, 60);
+                memcpy(b->bad + 60, "...", 4);
+            }
+            b->invalid = b->bad;
+        }
         if (!str) {
             lua_pop(L, 1);
         }

@@ -30,7 +30,10 @@
  */
 struct lshd {
     struct fdp_shd d;
-    const void *self;           /* the dictionary's table (lua_topointer) */
+    /* the dictionary's table (lua_topointer); once view_gc ran, an
+     * address no argument can have (&self): never cached again (check),
+     * get without its string cache (freed) */
+    const void *self;
     char name[32];
     uint32_t size;
     /* FDPOOL_TEST_SHARED_DIE=OP:N:KEY (tests only): _exit at the N-th
@@ -93,7 +96,12 @@ check_slow(lua_State *L)
  * finds its view from argument 1 alone, without fetching the closure's
  * upvalue. Valid while that view lives (view_gc clears it), and the view
  * keeps its table alive (its user value), so no other table can have
- * that address meanwhile. One Lua state per worker opens dictionaries. */
+ * that address meanwhile. A view already finalized is never cached
+ * again: a finalizer that runs after view_gc in the same cycle (an
+ * object older than the view) may still call its dictionary, whose
+ * table and view are freed in the next cycle; cached then, the pointer
+ * would outlive them, and a new table at that address would be taken
+ * for the dictionary. One Lua state per worker opens dictionaries. */
 static const void *last_self;
 static struct lshd *last_view;
 
@@ -113,7 +121,7 @@ check(lua_State *L)
         last_view = s;
         return s;
     }
-    return check_slow(L);
+    return check_slow(L);       /* (a finalized view too: not cached) */
 }
 
 
@@ -634,6 +642,7 @@ view_gc(lua_State *L)
         last_self = NULL;
         last_view = NULL;
     }
+    s->self = &s->self;         /* (a finalizer may still call it) */
     fdp_shd_detach(&s->d);
     free(s->vc);
     s->vc = NULL;

@@ -1257,19 +1257,25 @@ ent_alloc(struct fdp_shd *d, uint64_t need, int *evicted, int *err)
 }
 
 
+/* The number of an entry is one native 8-byte word at E_NUMLO (8-byte
+ * aligned), written here as two journaled words that hold its bytes in
+ * memory order: an incr's single 8-byte store and a lockless get's
+ * single load see the same number on either byte order. */
 static inline void
 put_num(struct fdp_shd *d, uint32_t e, const struct fdp_shd_val *v)
 {
     uint64_t bits = 0;
+    uint32_t w[2];
 
     if (v->type == FDP_SHD_NUMBER) {
         memcpy(&bits, &v->n, 8);
     } else {
         bits = (uint64_t) v->i;
     }
+    memcpy(w, &bits, 8);        /* its 8 bytes as they lie in memory */
     w32(d, e + E_TYPE, (uint32_t) v->type);
-    w32(d, e + E_NUMLO, (uint32_t) bits);
-    w32(d, e + E_NUMHI, (uint32_t) (bits >> 32));
+    w32(d, e + E_NUMLO, w[0]);
+    w32(d, e + E_NUMHI, w[1]);
 }
 
 
@@ -1361,9 +1367,10 @@ put_value(struct fdp_shd *d, uint32_t e, size_t klen,
 static inline void
 ent_value(struct fdp_shd *d, uint32_t e, struct fdp_shd_val *v)
 {
-    uint64_t bits = (uint64_t) r32(d, e + E_NUMLO)
-                    | ((uint64_t) r32(d, e + E_NUMHI) << 32);
+    uint32_t w[2] = { r32(d, e + E_NUMLO), r32(d, e + E_NUMHI) };
+    uint64_t bits;
 
+    memcpy(&bits, w, 8);        /* (put_num) */
     v->type = (int) r32(d, e + E_TYPE);
     v->flags = r32(d, e + E_FLAGS);
     v->i = (int64_t) bits;
@@ -1612,8 +1619,7 @@ fdp_shd_set(struct fdp_shd *d, int mode, const char *key, size_t klen,
         f[(E_FLAGS - E_VLEN) / 4] = v->flags;
         f[(E_EXPLO - E_VLEN) / 4] = (uint32_t) (ttl > 0 && x == 0 ? 1 : x);
         f[(E_EXPHI - E_VLEN) / 4] = (uint32_t) (x >> 32);
-        f[(E_NUMLO - E_VLEN) / 4] = (uint32_t) bits;
-        f[(E_NUMHI - E_VLEN) / 4] = (uint32_t) (bits >> 32);
+        memcpy(&f[(E_NUMLO - E_VLEN) / 4], &bits, 8);     /* (put_num) */
         d->nfreed++;
         /* the same fields (a value of the same type and length): none
          * written, nothing journaled */
@@ -1689,14 +1695,20 @@ fdp_shd_incr(struct fdp_shd *d, const char *key, size_t klen,
         if (v->type == cur.type) {
             /* the number alone changes: one aligned 8-byte store (a
              * lockless get loads it at once too), nothing to journal or
-             * to hide from gets: a death leaves it counted or not */
+             * to hide from gets: a death leaves it counted or not. A
+             * release store (a plain mov on x86): a get that loads it
+             * and then, after its acquire fence, the sequence, sees the
+             * sequence of every write made before this lock was taken
+             * (an entry deleted and its block reused for this key), so
+             * it cannot pair this number with what it read of an older
+             * entry in that block and still find the sequence unchanged */
             uint64_t bits = (uint64_t) v->i;
 
             if (v->type == FDP_SHD_NUMBER) {
                 memcpy(&bits, &v->n, 8);
             }
             __atomic_store_n((uint64_t *) (void *) (d->base + e + E_NUMLO),
-                             bits, __ATOMIC_RELAXED);
+                             bits, __ATOMIC_RELEASE);
             knob(d);
         } else {
             seq_begin(d);

@@ -272,6 +272,31 @@ describe("the dictionary's lifetime", function()
   end)
 end)
 
+describe("a dictionary dropped and collected", function()
+  -- The last dictionary called is cached (lshared.c, check): a finalizer
+  -- older than its view (an object made before the pool forked, with a
+  -- function handler) that calls it after view_gc must not leave the
+  -- cache pointing at a table and view about to be freed, or a new table
+  -- at that address would be taken for a dictionary.
+  it("is never taken for a new table at its address", function()
+    local dir = H.tmpdir()
+    local out, exit = dir .. "/out", dir .. "/exit"
+    os.execute(("(lua5.4 tests/fixtures/shared_gc_driver.lua %s; echo $? > %s)"
+      .. " </dev/null >%s 2>%s/err &"):format(H.quote(H.BUILD), exit, out, dir))
+    local pid = H.wait_until(function()
+      return tonumber(((H.readfile(out) or ""):match("pid (%d+)")))
+    end, 10, "the driver to start")
+    local line = H.wait_until(function()
+      return (H.readfile(out) or ""):match("wrong [^\n]+")
+    end, 20, "the worker's init")
+    os.execute("kill " .. pid)
+    H.wait_until(function() return H.readfile(exit) end, 10, "the driver to stop")
+    -- no call with a fresh table as self passed; the finalizer's own call
+    -- on the collected dictionary worked (found, not cached)
+    assert.equals("wrong 0 final 1,str", line)
+  end)
+end)
+
 describe("--shared", function()
   for _, case in ipairs {
     { "cache", "needs NAME:SIZE" },

@@ -21,6 +21,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
@@ -2611,6 +2612,475 @@ test_shdict_random_deaths(void)
 }
 
 
+/* Gets without the lock while one key is rewritten in place between
+ * every type (the same 64-byte block each time), its flags, ttl and
+ * number changed, counted by incr (one store each) and deleted and set
+ * again: each answer is one of the values written, whole, with the flags
+ * written with it (integer: flags 1 and both halves equal; float: flags
+ * 2, n + 0.5; boolean: flags 3; a string: its own flags, 4 or 5). */
+static int
+shd_mixed_ok(const struct fdp_shd_val *v)
+{
+    switch (v->type) {
+    case FDP_SHD_INTEGER:
+        return v->flags == 1 && (uint32_t) v->i == (uint32_t) (v->i >> 32);
+    case FDP_SHD_NUMBER:
+        return v->flags == 2 && v->n - (double) (int64_t) v->n == 0.5;
+    case FDP_SHD_BOOLEAN:
+        return v->flags == 3 && (v->i == 0 || v->i == 1);
+    case FDP_SHD_STRING:
+        return (v->flags == 4 && v->len == 6 && memcmp(v->s, "ABCDEF", 6) == 0)
+               || (v->flags == 5 && v->len == 3 && memcmp(v->s, "xyz", 3)
+                   == 0);
+    default:
+        return 0;
+    }
+}
+
+
+static void
+test_shdict_lockless_mixed(void)
+{
+    size_t size = 64 * 1024;
+    void *m = shd_map(size);
+    struct fdp_shd d;
+    struct fdp_shd_val v = ival(0), out;
+    pid_t pid;
+    int ev, i, st = 0, seen[6] = { 0 }, ok = 1, n = 0;
+
+    fdp_shd_format(m, size);
+    fdp_shd_attach(&d, m, size);
+    v.flags = 1;
+    fdp_shd_set(&d, 0, "a", 1, &v, 0, &ev);
+    if ((pid = fork()) == 0) {
+        for (i = 0; i < 30000; i++) {
+            struct fdp_shd_val w, by = ival(0x100000001LL);
+            int64_t k = i & 0x3fff;
+
+            w = ival(k << 32 | k);
+            w.flags = 1;
+            fdp_shd_set(&d, 0, "a", 1, &w, i % 3 ? 0 : 100, &ev);
+            fdp_shd_incr(&d, "a", 1, &by, NULL, 0, &out, &ev);
+            fdp_shd_incr(&d, "a", 1, &by, NULL, 0, &out, &ev);
+            w.type = FDP_SHD_NUMBER;
+            w.n = (double) i + 0.5;
+            w.flags = 2;
+            fdp_shd_set(&d, 0, "a", 1, &w, 0, &ev);
+            by = ival(1);
+            fdp_shd_incr(&d, "a", 1, &by, NULL, 0, &out, &ev);
+            w = sval(i & 1 ? "ABCDEF" : "xyz");
+            w.flags = i & 1 ? 4 : 5;
+            fdp_shd_set(&d, 0, "a", 1, &w, 0, &ev);
+            fdp_shd_expire(&d, "a", 1, i % 2 ? 50 : 0);
+            w = ival(i & 1);
+            w.type = FDP_SHD_BOOLEAN;
+            w.flags = 3;
+            fdp_shd_set(&d, 0, "a", 1, &w, 0, &ev);
+            if (i % 5 == 0) {
+                w.type = FDP_SHD_NIL;
+                fdp_shd_set(&d, 0, "a", 1, &w, 0, &ev);
+                w = ival(k << 32 | k);
+                w.flags = 1;
+                fdp_shd_set(&d, 0, "a", 1, &w, 0, &ev);
+            }
+        }
+        _exit(0);
+    }
+    for (i = 0; i < 2000000 && ok; i++) {
+        int r;
+
+        memset(&out, 0, sizeof(out));
+        r = fdp_shd_get(&d, "a", 1, &out, NULL);
+        if (r == 1) {
+            ok = shd_mixed_ok(&out);
+            seen[out.type]++;
+            n++;
+        } else if (r != 0) {
+            ok = 0;
+        }
+        if (i % 4096 == 0 && waitpid(pid, &st, WNOHANG) == pid) {
+            pid = 0;
+            break;
+        }
+    }
+    if (pid > 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+    }
+    if (!ok) {
+        printf("# mixed: bad answer type %d flags %u i %lld n %g len %zu\n",
+               out.type, out.flags, (long long) out.i, out.n, out.len);
+    }
+    if (getenv("FDPOOL_TEST_VERBOSE") != NULL) {
+        printf("# mixed: %d answers: %d int, %d float, %d bool, %d string\n",
+               n, seen[FDP_SHD_INTEGER], seen[FDP_SHD_NUMBER],
+               seen[FDP_SHD_BOOLEAN], seen[FDP_SHD_STRING]);
+    }
+    test_cond("shdict: gets without the lock under in-place rewrites of "
+              "every type see whole values with their flags",
+              ok && n > 1000 && fdp_shd_check(&d) == 0);
+    fdp_shd_detach(&d);
+    munmap(m, size);
+}
+
+
+/* The second chance at its edges: a dictionary whose every entry is
+ * marked still makes room (set says forcible, and returns: the chances
+ * are bounded), a value no 30 evictions can make room for gives "no
+ * memory" and leaves a whole dictionary, and the key being set, itself
+ * the tail (marked or not), is replaced once, never left twice. */
+static void
+test_shdict_evict_edges(void)
+{
+    size_t size = 64 * 1024;
+    void *m = shd_map(size);
+    struct fdp_shd d;
+    struct fdp_shd_val v = sval("v"), out;
+    char key[16], big[40000];
+    int i, n, ev, r, round;
+
+    fdp_shd_format(m, size);
+    fdp_shd_attach(&d, m, size);
+    memset(big, 'B', sizeof(big));
+    for (round = 0; round < 2; round++) {
+        fdp_shd_flush(&d);
+        for (n = 0, ev = 0; n < 5000 && !ev; n++) {
+            snprintf(key, sizeof(key), "k%d", n);
+            fdp_shd_set(&d, 0, key, strlen(key), &v, 0, &ev);
+        }
+        for (i = 0; i < n; i++) {          /* every entry marked */
+            snprintf(key, sizeof(key), "k%d", i);
+            (void) fdp_shd_get(&d, key, strlen(key), &out, NULL);
+        }
+        if (round == 0) {
+            struct fdp_shd_val w = sval("a-value-of-a-bigger-block-"
+                                        "than-the-others-xxxxxxxxxx");
+
+            ev = 0;
+            r = fdp_shd_set(&d, 0, "new", 3, &w, 0, &ev);
+            test_cond("shdict: a dictionary of marked entries makes room "
+                      "(forcible)", r == 0 && ev == 1
+                      && shd_get_str(&d, "new", w.s)
+                      && fdp_shd_check(&d) == 0);
+            w.s = big;
+            w.len = 30000;
+            ev = 0;
+            r = fdp_shd_set(&d, 0, "huge", 4, &w, 0, &ev);
+            test_cond("shdict: a value 30 evictions cannot make room for: "
+                      "no memory, forcible, a whole dictionary",
+                      r == -ENOMEM && ev == 1 && shd_get_str(&d, "huge", NULL)
+                      && fdp_shd_check(&d) == 0);
+        } else {
+            /* the tail is the oldest key left: set it to a value of
+             * another block size, marked (round 1, every entry is) */
+            struct fdp_shd_val w = sval("the-oldest-key-set-again-to-a-"
+                                        "longer-value-xxxxxxxxxxxxxxxxx");
+            double t;
+
+            for (i = 0; i < n; i++) {
+                snprintf(key, sizeof(key), "k%d", i);
+                if (fdp_shd_ttl(&d, key, strlen(key), &t) == 0) {
+                    break;
+                }
+            }
+            r = fdp_shd_set(&d, 0, key, strlen(key), &w, 0, &ev);
+            test_cond("shdict: the tail key set to a bigger value is "
+                      "there once, with it", r == 0
+                      && shd_get_str(&d, key, w.s) && fdp_shd_check(&d) == 0
+                      && (w.type = FDP_SHD_NIL, fdp_shd_set(&d, 0, key,
+                          strlen(key), &w, 0, &ev) == 0)
+                      && shd_get_str(&d, key, NULL));
+        }
+    }
+    fdp_shd_detach(&d);
+    munmap(m, size);
+}
+
+
+/* incr at the edges of its numbers, as docs/api.md says: two integers
+ * wrap as Lua's + (math.maxinteger + 1 is math.mininteger, an integer),
+ * a float stays a float through nan and inf (each one store, the
+ * structure whole), a string is "not a number" and left as it was. */
+static void
+test_shdict_incr_edges(void)
+{
+    size_t size = 64 * 1024;
+    void *m = shd_map(size);
+    struct fdp_shd d;
+    struct fdp_shd_val v = ival(INT64_MAX), by = ival(1), out, f;
+    int ev;
+
+    fdp_shd_format(m, size);
+    fdp_shd_attach(&d, m, size);
+    fdp_shd_set(&d, 0, "n", 1, &v, 0, &ev);
+    test_cond("shdict: incr of math.maxinteger by 1 wraps to "
+              "math.mininteger, an integer",
+              fdp_shd_incr(&d, "n", 1, &by, NULL, 0, &out, &ev) == 0
+              && out.type == FDP_SHD_INTEGER && out.i == INT64_MIN
+              && fdp_shd_get(&d, "n", 1, &out, NULL) == 1
+              && out.type == FDP_SHD_INTEGER && out.i == INT64_MIN);
+    f = ival(0);
+    f.type = FDP_SHD_NUMBER;
+    f.n = 1.5;
+    fdp_shd_set(&d, 0, "f", 1, &f, 0, &ev);
+    f.n = HUGE_VAL;
+    test_cond("shdict: incr of a float to inf, then nan, stays a float",
+              fdp_shd_incr(&d, "f", 1, &f, NULL, 0, &out, &ev) == 0
+              && out.type == FDP_SHD_NUMBER && isinf(out.n)
+              && (f.n = -HUGE_VAL, fdp_shd_incr(&d, "f", 1, &f, NULL, 0,
+                                                &out, &ev) == 0)
+              && out.type == FDP_SHD_NUMBER && isnan(out.n)
+              && fdp_shd_get(&d, "f", 1, &out, NULL) == 1
+              && out.type == FDP_SHD_NUMBER && isnan(out.n)
+              && fdp_shd_check(&d) == 0);
+    v = sval("text");
+    fdp_shd_set(&d, 0, "s", 1, &v, 0, &ev);
+    test_cond("shdict: incr of a string: not a number, the string kept",
+              fdp_shd_incr(&d, "s", 1, &by, &by, 0, &out, &ev) == -EINVAL
+              && shd_get_str(&d, "s", "text") && fdp_shd_check(&d) == 0);
+    fdp_shd_detach(&d);
+    munmap(m, size);
+}
+
+
+/* A readable dump of a dictionary, taken from a private copy of its
+ * mapping (so the gets that read it mark nothing in the real one): the
+ * keys in LRU order, each with its value, flags and whether it has a
+ * ttl, then the free space. The lock must be free. */
+static void
+shd_dump(const void *m, size_t size, char *out, size_t cap)
+{
+    void *copy = malloc(size);
+    struct fdp_shd c;
+    char keys[4096];
+    size_t n = 0, i = 0;
+
+    out[0] = '\0';
+    keys[0] = '\0';
+    if (copy == NULL) {
+        return;
+    }
+    memcpy(copy, m, size);
+    if (fdp_shd_attach(&c, copy, size) < 0) {
+        free(copy);
+        return;
+    }
+    (void) fdp_shd_keys(&c, 0, cat_key, keys);
+    while (keys[i] != '\0' && n + 200 < cap) {
+        char *comma = strchr(keys + i, ',');
+        struct fdp_shd_val v;
+        double t = 0;
+        size_t kl = (size_t) (comma - (keys + i));
+        int r = fdp_shd_get(&c, keys + i, kl, &v, &t);
+
+        n += (size_t) snprintf(out + n, cap - n, "%.*s=", (int) kl, keys + i);
+        if (r != 1) {
+            n += (size_t) snprintf(out + n, cap - n, "?%d", r);
+        } else if (v.type == FDP_SHD_STRING) {
+            n += (size_t) snprintf(out + n, cap - n, "s:%.*s", (int) (v.len
+                                   < 60 ? v.len : 60), v.s);
+        } else if (v.type == FDP_SHD_NUMBER) {
+            n += (size_t) snprintf(out + n, cap - n, "f:%g", v.n);
+        } else {
+            n += (size_t) snprintf(out + n, cap - n, "%c:%lld",
+                                   v.type == FDP_SHD_INTEGER ? 'i' : 'b',
+                                   (long long) v.i);
+        }
+        n += (size_t) snprintf(out + n, cap - n, "/%u%s,", v.flags,
+                               t > 0 ? "/ttl" : "");
+        i = (size_t) (comma - keys) + 1;
+    }
+    snprintf(out + n, cap - n, "free=%lld", (long long) fdp_shd_free_space(&c));
+    fdp_shd_detach(&c);
+    free(copy);
+}
+
+
+/* One operation of the death matrix, run by the child with the knob. */
+static void
+shd_matrix_op(struct fdp_shd *d, int which)
+{
+    struct fdp_shd_val v, by = ival(3), init = ival(10), out;
+    char big[3000];
+    int ev;
+
+    memset(big, 'B', sizeof(big));
+    switch (which) {
+    case 0:     /* set of a new key: a fresh block */
+        v = sval("brand-new-value");
+        fdp_shd_set(d, 0, "new", 3, &v, 0, &ev);
+        break;
+    case 1:     /* set in place: other bytes, flags and a ttl */
+        v = sval("SAME-LENGTH-OTHER-BYTES");
+        v.flags = 9;
+        fdp_shd_set(d, 0, "s", 1, &v, 100, &ev);
+        break;
+    case 2:     /* set in place: a string becomes an integer */
+        v = ival(0x123456789LL);
+        fdp_shd_set(d, 0, "t", 1, &v, 0, &ev);
+        break;
+    case 3:     /* set in place: an integer becomes a short string */
+        v = sval("xyz");
+        fdp_shd_set(d, 0, "i", 1, &v, 0, &ev);
+        break;
+    case 4:     /* set of a longer value: a new block, the old freed */
+        v = sval("a-value-long-enough-to-need-a-bigger-block-than-before-"
+                 "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+        fdp_shd_set(d, 0, "s", 1, &v, 0, &ev);
+        break;
+    case 5:     /* incr of an integer: one store */
+        fdp_shd_incr(d, "i", 1, &by, NULL, 0, &out, &ev);
+        break;
+    case 6:     /* incr of an integer by a float: type and number */
+        by.type = FDP_SHD_NUMBER;
+        by.n = 0.5;
+        fdp_shd_incr(d, "i", 1, &by, NULL, 0, &out, &ev);
+        break;
+    case 7:     /* incr of a float by an integer: one store */
+        fdp_shd_incr(d, "f", 1, &by, NULL, 0, &out, &ev);
+        break;
+    case 8:     /* incr of a missing key with init and init_ttl */
+        fdp_shd_incr(d, "m", 1, &by, &init, 50, &out, &ev);
+        break;
+    case 9:     /* add of a new key */
+        v = sval("added");
+        fdp_shd_set(d, 1, "add", 3, &v, 0, &ev);
+        break;
+    case 14:    /* replace with a value that needs a bigger block */
+        v = sval("replaced-by-a-much-longer-value-than-it-had-before-yyyy");
+        fdp_shd_set(d, 2, "t", 1, &v, 0, &ev);
+        break;
+    case 10:    /* delete */
+        v.type = FDP_SHD_NIL;
+        fdp_shd_set(d, 0, "s", 1, &v, 0, &ev);
+        break;
+    case 11:    /* expire: a ttl, then none */
+        fdp_shd_expire(d, "i", 1, 30);
+        break;
+    case 12:    /* a big set in a full dictionary: marked tails moved
+                 * to the head (second chances), then evictions */
+        v = sval("");
+        v.s = big;
+        v.len = sizeof(big);
+        fdp_shd_set(d, 0, "big", 3, &v, 0, &ev);
+        break;
+    case 13:    /* incr with init in a full dictionary: it evicts */
+        fdp_shd_incr(d, "m", 1, &by, &init, 0, &out, &ev);
+        break;
+    }
+}
+
+
+/* Every operation killed at each of its writes, one after another, from
+ * the same starting mapping: the next locker repairs it (never flushes)
+ * and the dictionary is exactly as before (keys, LRU order, values,
+ * flags, ttls, free space), or, for a death that had nothing to undo,
+ * before or after the whole operation (an incr's one store). */
+static void
+test_shdict_death_matrix(void)
+{
+    size_t size = 256 * 1024;
+    void *m = shd_map(size), *pristine = malloc(size);
+    static char before[16384], after[16384], done[16384];
+    struct fdp_shd d;
+    int which, ev, i;
+
+    for (which = 0; which <= 14; which++) {
+        int at, deaths = 0, good = 0, counted = 0, st = 0;
+        pid_t pid;
+        char name[80];
+
+        fdp_shd_format(m, size);
+        fdp_shd_attach(&d, m, size);
+        {
+            struct fdp_shd_val s = sval("SAME-LENGTH-SAME-BYTES"),
+                               t = sval("abc"), i0 = ival(7), f = ival(0),
+                               b = ival(1), x = sval("pad");
+
+            f.type = FDP_SHD_NUMBER;
+            f.n = 2.5;
+            b.type = FDP_SHD_BOOLEAN;
+            fdp_shd_set(&d, 0, "s", 1, &s, 0, &ev);
+            fdp_shd_set(&d, 0, "t", 1, &t, 0, &ev);
+            fdp_shd_set(&d, 0, "i", 1, &i0, 0, &ev);
+            fdp_shd_set(&d, 0, "f", 1, &f, 0, &ev);
+            fdp_shd_set(&d, 0, "b", 1, &b, 0, &ev);
+            fdp_shd_set(&d, 0, "x", 1, &x, 0, &ev);
+        }
+        if (which == 12 || which == 13) {
+            /* full: fill until a set evicts, then mark
+             * every other key (gets without the lock) */
+            char key[16], val[200];
+            struct fdp_shd_val v;
+
+            memset(val, 'v', sizeof(val) - 1);
+            val[sizeof(val) - 1] = '\0';
+            v = sval(val);
+            for (i = 0, ev = 0; i < 5000 && !ev; i++) {
+                snprintf(key, sizeof(key), "k%d", i);
+                fdp_shd_set(&d, 0, key, strlen(key), &v, 0, &ev);
+            }
+            for (i = 0; i < 5000; i += 2) {
+                struct fdp_shd_val o;
+
+                snprintf(key, sizeof(key), "k%d", i);
+                (void) fdp_shd_get(&d, key, strlen(key), &o, NULL);
+            }
+        }
+        memcpy(pristine, m, size);
+        shd_dump(m, size, before, sizeof(before));
+        /* the whole operation, once */
+        if ((pid = fork()) == 0) {
+            shd_matrix_op(&d, which);
+            _exit(0);
+        }
+        waitpid(pid, &st, 0);
+        shd_dump(m, size, done, sizeof(done));
+        for (at = 1; at <= 3000; at++) {
+            memcpy(m, pristine, size);
+            if ((pid = fork()) == 0) {
+                d.die_op = which == 5 || which == 6 || which == 7
+                           || which == 8 || which == 13 ? FDP_SHD_OP_INCR
+                           : which == 11 ? FDP_SHD_OP_EXPIRE
+                           : FDP_SHD_OP_SET;
+                d.die_at = (uint32_t) at;
+                shd_matrix_op(&d, which);
+                _exit(0);
+            }
+            waitpid(pid, &st, 0);
+            if (!WIFEXITED(st) || WEXITSTATUS(st) != 86) {
+                break;
+            }
+            deaths++;
+            if (fdp_shd_check(&d) == 0 && d.recovered == 1) {
+                shd_dump(m, size, after, sizeof(after));
+                if (strcmp(after, before) == 0) {
+                    good++;
+                } else if (d.undone == 0 && strcmp(after, done) == 0) {
+                    good++;
+                    counted++;
+                } else if (getenv("FDPOOL_TEST_VERBOSE") != NULL) {
+                    printf("# op %d at %d (undone %u):\n# before %s\n"
+                           "# after  %s\n# done   %s\n", which, at,
+                           d.undone, before, after, done);
+                }
+            }
+        }
+        snprintf(name, sizeof(name), "shdict: op %d killed at each of its "
+                 "%d writes is repaired exactly", which, deaths);
+        if (getenv("FDPOOL_TEST_VERBOSE") != NULL) {
+            printf("# %s (counted %d)\n", name, counted);
+        }
+        test_cond(name, deaths > 0 && good == deaths && strcmp(before, done)
+                  != 0 && (which == 5 || which == 7 ? counted == 1
+                           : counted == 0));
+        fdp_shd_detach(&d);
+    }
+    free(pristine);
+    munmap(m, size);
+}
+
+
 /* Scribbles on the mapping (what a bad worker could do): every operation
  * returns (-EIO at worst, the dictionary flushed), never crashes. */
 static void
@@ -2706,6 +3176,10 @@ main(void)
     test_shdict_lock_hidepid();
     test_shdict_lockless();
     test_shdict_random_deaths();
+    test_shdict_death_matrix();
+    test_shdict_lockless_mixed();
+    test_shdict_evict_edges();
+    test_shdict_incr_edges();
     test_shdict_corrupt();
     test_cond("no fd leaked by the whole run", fd_count() == before);
     test_report();

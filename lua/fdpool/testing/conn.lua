@@ -576,7 +576,7 @@ function Conn:sendresponse(status_line, headers, date_line, length, chunked, con
     v = tostring(v)
     if not k:find("^[!#$%%&'*+%-.^_`|~%w]+$") or v:find("[%z\1-\8\10-\31\127]") then
       error(("invalid response header '%s' (a name must be a token, a value must "
-        .. "hold no CR, LF or other control byte)"):format(k), 3)
+        .. "hold no CR, LF or other control byte)"):format(#k > 64 and k:sub(1, 60) .. "..." or k), 3)
     end
     t[#t + 1] = k .. ": " .. v .. "\r\n"
   end
