@@ -339,7 +339,7 @@ af_close(struct fdp_pool *p, struct af_conn *x, int reason)
  * listener's client sent something else; AF_WAIT.
  */
 static int
-af_look(struct fdp_acceptf *af, int fd, int mode, int hup)
+af_look_n(struct fdp_acceptf *af, int fd, int mode, int hup, ssize_t *got)
 {
     size_t want = 1;
     char one;
@@ -359,6 +359,9 @@ af_look(struct fdp_acceptf *af, int fd, int mode, int hup)
         n = recv(fd, mode == FDP_AF_DATA || mode == FDP_AF_NONE ? &one
                  : af->buf, want, MSG_PEEK | MSG_DONTWAIT);
     } while (n < 0 && errno == EINTR);
+    if (got != NULL) {
+        *got = n < 0 && errno != EAGAIN && errno != EWOULDBLOCK ? 0 : n;
+    }
     if (n < 0) {
         return errno == EAGAIN || errno == EWOULDBLOCK ? (hup ? AF_CLOSED
                                                               : AF_WAIT)
@@ -381,6 +384,13 @@ af_look(struct fdp_acceptf *af, int fd, int mode, int hup)
         return AF_READY;
     }
     return AF_WAIT;
+}
+
+
+static int
+af_look(struct fdp_acceptf *af, int fd, int mode, int hup)
+{
+    return af_look_n(af, fd, mode, hup, NULL);
 }
 
 
@@ -507,6 +517,33 @@ fdp_acceptf_dispatchable(struct fdp_pool *p, const struct fdp_pending *c)
         return 1;
     }
     return af_look(af, c->fd, mode, 0) == AF_READY;
+}
+
+
+/*
+ * A parked connection back from a worker after an edge came meanwhile:
+ * one look (one MSG_PEEK) says what fdp_acceptf_dispatchable would (1
+ * ready, 0 not), or -EAGAIN: nothing there (parked on), or -EPIPE: the
+ * client hung up or reset without bytes.
+ */
+int
+fdp_acceptf_parked_look(struct fdp_pool *p, int fd, uint32_t listener)
+{
+    int mode = fdp_acceptf_mode(p, listener), r;
+    struct fdp_acceptf *af = NULL;
+    ssize_t n = 0;
+
+    if (mode == FDP_AF_NONE || p->stopping || (af = get(p)) == NULL) {
+        mode = FDP_AF_DATA;         /* a byte is enough */
+    }
+    r = af_look_n(af, fd, mode, 0, &n);
+    if (n < 0) {
+        return -EAGAIN;
+    }
+    if (n == 0) {
+        return -EPIPE;
+    }
+    return r == AF_READY;
 }
 
 

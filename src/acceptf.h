@@ -40,6 +40,7 @@ int fdp_acceptf_parse(const char *s);
 const char *fdp_acceptf_name(int mode);
 int fdp_acceptf_mode(struct fdp_pool *p, uint32_t listener);
 int fdp_acceptf_hold(struct fdp_pool *p, struct fdp_pending *c);
+int fdp_acceptf_parked_look(struct fdp_pool *p, int fd, uint32_t listener);
 int fdp_acceptf_dispatchable(struct fdp_pool *p,
                              const struct fdp_pending *c);
 void fdp_acceptf_ready(struct fdp_pool *p, const struct fdp_ready_body *b);

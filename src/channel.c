@@ -211,9 +211,9 @@ fdp_msg_check(const struct fdp_msg *m, int from_worker)
     case FDP_MSG_PARK:
         /* The fd, or none for a connection the master kept a copy of
          * (FDP_CONN_KEPT); the master checks which. */
-        return from_worker && h->count == 1
-               && h->len == sizeof(struct fdp_park_entry)
-               && m->nfds <= 1 ? 0 : -EBADMSG;
+        return from_worker && h->count >= 1 && h->count <= FDP_BATCH_MAX
+               && h->len == h->count * sizeof(struct fdp_park_entry)
+               && m->nfds <= (h->count == 1 ? 1 : 0) ? 0 : -EBADMSG;
     case FDP_MSG_STATUS_REQ:
         return from_worker && h->count == 0 && h->len == 4
                && m->nfds == 0 ? 0 : -EBADMSG;

@@ -51,6 +51,16 @@ struct fdp_conn_entry {
 /* CONN flag: the master keeps its own copy of this socket (a connection
  * parked before), so a PARK of it carries no fd. */
 #define FDP_CONN_KEPT   1u
+/* CONN flag (strict prefork's prefetch): an offer to a busy worker, with
+ * FDP_CONN_KEPT. The worker starts it only after claiming it, when its
+ * connection is over: compare-and-swap of its claim word j (flag bits
+ * FDP_CONN_WORD(j), j < FDP_CLAIM_WORDS) from the id to 0; the master may
+ * take the offer back the same way first (docs/ARCHITECTURE.md, "Strict
+ * prefork's prefetch"). */
+#define FDP_CONN_OFFER  2u
+#define FDP_CONN_WORD(j)    ((uint32_t) (j) << 2)
+#define FDP_CONN_WORD_OF(f) (((f) >> 2) & 3u)
+#define FDP_CLAIM_WORDS 4
 
 struct fdp_done_entry {
     uint64_t id;
@@ -69,6 +79,24 @@ struct fdp_park_entry {
     uint32_t usec;
     uint32_t idle_ms;
 };
+
+/* Strict prefork: a worker's page shared with the master (MAP_SHARED,
+ * mapped before its fork; docs/ARCHITECTURE.md). claim: the offers
+ * (prefetch); parks: the PARKs of kept connections the worker holds
+ * back while it has more to serve, so that its death does not lose
+ * them (the master parks them). */
+#define FDP_PARKS_MAX 16
+struct fdp_wshared {
+    uint64_t claim[FDP_CLAIM_WORDS];
+    /* parks[0 .. pstate & 0xffffffff) are held; the upper half is a
+     * generation, + 1 at every emptying: the worker empties it to send
+     * them, the master to take them (a worker stuck in a handler, a dead
+     * one), each with a compare-and-swap, so each PARK is had once. */
+    uint64_t pstate;
+    struct fdp_park_entry parks[FDP_PARKS_MAX];
+};
+#define FDP_PARKS_N(st)     ((uint32_t) ((st) & 0xffffffffu))
+#define FDP_PARKS_EMPTY(st) ((((st) >> 32) + 1) << 32)
 
 /* READY: what the accept filter needs to know of the handler. */
 struct fdp_ready_body {

@@ -40,6 +40,10 @@ struct fdp_held {
     struct fdp_pending c;           /* fd, listener; peer when proxied */
     int kind;
     int armed;                      /* parked: on p->parked, watched */
+    int unwatched;                  /* kept since an offer, never parked:
+                                     * not in the loop's epoll yet */
+    int edge;                       /* parked kind: an event came while it
+                                     * was queued or a worker's */
     int by_peer;                    /* parked: rpeer is the TCP peer it */
     struct sockaddr_in6 rpeer;      /* came from (a dead socket has no
                                      * peer name any more) */
@@ -110,7 +114,9 @@ held_free(struct fdp_pool *p, struct fdp_held *h)
         } else if (h->kind == HELD_PARKED) {
             fdp_acceptf_fd_release(p, h->c.fd, h->c.listener);
         }
-        (void) fdp_loop_del(&p->loop, &h->io);
+        if (!h->unwatched) {
+            (void) fdp_loop_del(&p->loop, &h->io);
+        }
         fdp_close(&h->c.fd);
     }
     fdp_timer_stop(&p->loop, &h->timer);
@@ -270,12 +276,29 @@ fdp_dispatch_accepting(struct fdp_pool *p, int on)
 }
 
 
+/* Is w's connection k an offer it has not claimed (prefetch)? Then a
+ * DONE or PARK of it breaks the protocol. */
+int
+fdp_dispatch_unclaimed(const struct fdp_worker *w, uint32_t k)
+{
+    const struct fdp_inflight *f = &w->inflight[k];
+
+    return f->offer && w->claim != NULL
+           && __atomic_load_n(&w->claim[f->offer - 1], __ATOMIC_SEQ_CST)
+              == f->id;
+}
+
+
 /* Connection k of w has ended there (DONE) or come back (PARK): free its
  * in-flight entry and count it as served. */
 void
 fdp_dispatch_served(struct fdp_worker *w, uint32_t k, uint64_t bytes_in,
                     uint64_t bytes_out)
 {
+    if (w->inflight[k].offer) {     /* claimed: it was served */
+        w->inflight[k].offer = 0;
+        w->pool->noffers--;
+    }
     w->inflight[k].id = 0;
     w->freeidx[w->nfree++] = k;
     w->slot.active--;
@@ -426,7 +449,7 @@ fdp_dispatch_flush(struct fdp_pool *p)
 
 /* Put c in worker idx's next CONN message. Takes ownership of c->fd. */
 static void
-hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
+hand(struct fdp_pool *p, int idx, const struct fdp_pending *c, int offer)
 {
     struct fdp_worker *w = &p->workers[idx];
     uint32_t k = w->freeidx[--w->nfree];
@@ -446,6 +469,7 @@ hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
     }
     w->inflight[k].escalated = 0;
     w->inflight[k].slow_at = 0;
+    w->inflight[k].offer = offer;
     w->inflight[k].listener = c->listener;
     w->inflight[k].kept = c->kept;
     /* Remember the socket's identity for a later PARK: a plain TCP
@@ -470,6 +494,14 @@ hand(struct fdp_pool *p, int idx, const struct fdp_pending *c)
     w->batch[w->nbatch].id = id;
     w->batch[w->nbatch].listener = c->listener;
     w->batch[w->nbatch].flags = c->kept != NULL ? FDP_CONN_KEPT : 0;
+    if (offer) {
+        /* Its claim word holds the id before the worker can see it. */
+        __atomic_store_n(&w->claim[offer - 1], id, __ATOMIC_SEQ_CST);
+        w->batch[w->nbatch].flags |= FDP_CONN_OFFER
+                                     | FDP_CONN_WORD(offer - 1);
+        p->noffers++;
+        p->offers++;
+    }
     w->batch[w->nbatch].peerlen = 0;
     w->inflight[k].peerlen = 0;
     if (c->proxied && c->peerlen <= sizeof(w->batch[0].peer)) {
@@ -552,21 +584,348 @@ dispatch_one(struct fdp_pool *p, const struct fdp_pending *c)
     if (idx < 0) {
         return 0;
     }
-    hand(p, idx, c);
+    hand(p, idx, c, 0);
     return 1;
+}
+
+
+/*
+ * Strict prefork's prefetch (--concurrency 1; docs/ARCHITECTURE.md,
+ * "Strict prefork's prefetch"). When no worker is free, the queue's head
+ * is offered to a busy worker: a CONN it starts only when its own
+ * connection is over, so it does not sleep between the two. The master
+ * keeps its copy of the socket (a record on p->kept, as a parked one's)
+ * and writes the offer's id in a free one of the worker's claim words
+ * (shared memory); the worker claims it with a compare-and-swap of the
+ * id to 0 before starting it, and the master takes an offer back the
+ * same way: whoever swaps first has it, so the connection is served by
+ * one worker or goes back to the queue's front, never both. Taken back:
+ * every unclaimed one when a worker is free and nothing else waits; at
+ * the tick, one unclaimed for OFFER_WAIT_MS whose worker is in an older
+ * connection than another worker with room (offers_take_back); those of
+ * a worker that died or is told to stop.
+ */
+#define OFFER_WAIT_MS 100
+
+
+/* A claim word of w no offer uses (its number + 1), or 0. */
+static int
+offer_word(const struct fdp_worker *w)
+{
+    int used = 0, k;
+
+    for (k = 0; k < w->ncap; k++) {
+        if (w->inflight[k].id != 0 && w->inflight[k].offer) {
+            used |= 1 << (w->inflight[k].offer - 1);
+        }
+    }
+    for (k = 0; k < FDP_CLAIM_WORDS; k++) {
+        if (!(used & (1 << k))) {
+            return k + 1;
+        }
+    }
+    return 0;
+}
+
+
+/* The worker to offer a connection to: a busy one with room for an
+ * offer (fewer than its prefetch depth waiting), the one with the
+ * fewest, then the one handed a connection last (the least likely to be
+ * in a long request). -1: none. */
+static int
+offer_target(struct fdp_pool *p)
+{
+    int i, k, best = -1, least = 0;
+    uint64_t t = 0;
+
+    if (!fdp_policy_any_worker(p)) {
+        return -1;
+    }
+    for (i = 0; p->max_workers > 0 && i < p->nworkers; i++) {
+        /* Workers on demand: a connection that waits is what starts a
+         * worker; none is offered while a slot could still get one. */
+        if (p->workers[i].off || p->workers[i].slot.pid <= 0
+            || p->workers[i].slot.state == FDP_W_STARTING) {
+            return -1;
+        }
+    }
+    for (i = 0; i < p->nworkers; i++) {
+        struct fdp_worker *w = &p->workers[i];
+
+        if (!w->prefetch || w->slot.state != FDP_W_RUNNING || w->ch.fd < 0
+            || w->slot.active < 1 || w->slot.active > w->prefetch
+            || w->nfree == 0) {
+            continue;
+        }
+        if (best >= 0 && w->slot.active > least) {
+            continue;
+        }
+        if (best >= 0 && w->slot.active < least) {
+            t = 0;
+        }
+        for (k = 0; k < w->ncap; k++) {
+            if (w->inflight[k].id != 0 && w->inflight[k].since_us >= t) {
+                t = w->inflight[k].since_us;
+                best = i;
+                least = w->slot.active;
+            }
+        }
+    }
+    return best;
+}
+
+
+/* Offer c to worker idx. Takes ownership of c->fd; 0 when it could not
+ * (c unchanged). */
+static int
+offer(struct fdp_pool *p, int idx, struct fdp_pending *c)
+{
+    struct fdp_worker *w = &p->workers[idx];
+    int j = offer_word(w);
+
+    if (j == 0) {
+        return 0;
+    }
+    if (c->kept == NULL) {
+        /* The master's copy stays, in a record as a parked one's; not
+         * watched until its first PARK. */
+        struct fdp_held *h = calloc(1, sizeof(*h));
+
+        if (h == NULL) {
+            return 0;
+        }
+        h->c = *c;
+        h->kind = HELD_PARKED;
+        h->pool = p;
+        h->unwatched = 1;
+        h->io.fd = -1;
+        fdp_timer_init(&h->timer, held_timeout, h);
+        h->knext = p->kept;
+        if (p->kept) {
+            p->kept->kprev = h;
+        }
+        p->kept = h;
+        c->kept = h;
+    }
+    hand(p, idx, c, j);
+    return 1;
+}
+
+
+/* w's offer at k: claimed (the worker's now: 0) or taken back (to the
+ * queue's front, or closed when !requeue: 1). */
+static int
+offer_back(struct fdp_pool *p, struct fdp_worker *w, uint32_t k, int requeue)
+{
+    struct fdp_inflight *f = &w->inflight[k];
+    uint64_t want = f->id;
+    struct fdp_pending c;
+
+    if (!__atomic_compare_exchange_n(&w->claim[f->offer - 1], &want, 0, 0,
+                                     __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+        f->offer = 0;               /* claimed: it starts (or started) */
+        f->since_us = fdp_now_us();
+        p->noffers--;
+        return 0;
+    }
+    f->offer = 0;
+    p->noffers--;
+    memset(&c, 0, sizeof(c));
+    c.fd = f->kept->c.fd;
+    c.kept = f->kept;
+    c.listener = f->listener;
+    c.cpu = -1;
+    if (f->peerlen > 0) {
+        memcpy(&c.peer, f->peer, f->peerlen);
+        c.peerlen = f->peerlen;
+        c.proxied = 1;
+    } else if (f->by_peer) {
+        memcpy(&c.peer, &f->rpeer, sizeof(f->rpeer));
+        c.peerlen = f->rpeer.sin6_family == AF_INET
+                    ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    }
+    if (requeue && p->qlen < FDP_QUEUE_MAX) {
+        p->qhead = (p->qhead + FDP_QUEUE_MAX - 1) % FDP_QUEUE_MAX;
+        p->queue[p->qhead] = c;
+        p->qlen++;
+        p->offers_back++;
+    } else {
+        fdp_acceptf_inflight_done(p, f);
+        kept_drop(p, c.kept);
+    }
+    f->kept = NULL;
+    f->id = 0;
+    w->freeidx[w->nfree++] = k;
+    w->slot.active--;
+    fdp_slot_update_busy(&w->slot, fdp_wall());
+    return 1;
+}
+
+
+/* Take back w's offers it has not claimed (its death, its stop): to the
+ * queue (requeue) or closed. */
+void
+fdp_dispatch_offers_back(struct fdp_pool *p, struct fdp_worker *w,
+                         int requeue)
+{
+    uint32_t k;
+
+    for (k = 0; w->inflight != NULL && k < (uint32_t) w->ncap; k++) {
+        if (w->inflight[k].id != 0 && w->inflight[k].offer
+            && w->claim != NULL) {
+            (void) offer_back(p, w, k, requeue);
+        }
+    }
+}
+
+
+/* Note the offers w has claimed (after its DONE or PARK): their time
+ * runs from now for --timeout and --slow. */
+void
+fdp_dispatch_offers_settle(struct fdp_pool *p, struct fdp_worker *w)
+{
+    uint32_t k;
+
+    for (k = 0; k < (uint32_t) w->ncap && p->noffers > 0; k++) {
+        struct fdp_inflight *f = &w->inflight[k];
+
+        if (f->id != 0 && f->offer
+            && __atomic_load_n(&w->claim[f->offer - 1], __ATOMIC_SEQ_CST)
+               != f->id) {
+            f->offer = 0;
+            f->since_us = fdp_now_us();
+            p->noffers--;
+        }
+    }
+}
+
+
+/* The latest hand-off time of w's connections (offers too: newest) or
+ * of those it serves (!offers_too: its current), 0 when none. */
+static uint64_t
+since_of(const struct fdp_worker *w, int offers_too)
+{
+    uint64_t t = 0;
+    int k;
+
+    for (k = 0; k < w->ncap; k++) {
+        if (w->inflight[k].id != 0 && (offers_too || !w->inflight[k].offer)
+            && w->inflight[k].since_us > t) {
+            t = w->inflight[k].since_us;
+        }
+    }
+    return t;
+}
+
+
+/* Would another worker than w take an offer of w's sooner: one free, or
+ * one with room for an offer whose connection came after w's current
+ * (the one held up longer is the likelier slow one)? */
+static int
+better_than(struct fdp_pool *p, const struct fdp_worker *w, uint64_t cur)
+{
+    int i;
+
+    for (i = 0; i < p->nworkers; i++) {
+        const struct fdp_worker *v = &p->workers[i];
+
+        if (v == w || !v->prefetch || v->slot.state != FDP_W_RUNNING
+            || v->ch.fd < 0 || v->nfree == 0) {
+            continue;
+        }
+        if (worker_can_take(v)
+            || (v->slot.active <= v->prefetch && since_of(v, 1) > cur)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+
+/* Take back unclaimed offers: one when all is set (a worker is free
+ * and the queue empty), else each one older than OFFER_WAIT_MS whose
+ * worker is still in an older connection than another worker with room
+ * (better_than): a slow handler holds an offer back one tick or two,
+ * where another worker would serve it sooner. Never one whose CONN may
+ * still sit in the channel's queue (its fd is borrowed from the
+ * record). */
+static int
+offers_take_back(struct fdp_pool *p, int all)
+{
+    /* all: one at a time (the oldest first is not worth a sort: the
+     * free worker takes it, the loop comes back for the next) */
+    uint64_t now = fdp_now_us();
+    int i, n = 0;
+    uint32_t k;
+
+    for (i = 0; i < FDP_SLOTS && p->noffers > 0; i++) {
+        struct fdp_worker *w = &p->workers[i];
+        uint64_t cur;
+
+        if (w->inflight == NULL || w->claim == NULL || w->ch.head != NULL
+            || w->nbatch > 0) {
+            continue;
+        }
+        cur = since_of(w, 0);
+        for (k = 0; k < (uint32_t) w->ncap; k++) {
+            struct fdp_inflight *f = &w->inflight[k];
+
+            if (f->id == 0 || !f->offer) {
+                continue;
+            }
+            if (all) {
+                if (offer_back(p, w, k, 1)) {
+                    return 1;
+                }
+            } else if (now - f->since_us >= OFFER_WAIT_MS * 1000 && cur != 0
+                       && better_than(p, w, cur)) {
+                n += offer_back(p, w, k, 1);
+                cur = since_of(w, 0);
+            }
+        }
+    }
+    return n;
+}
+
+
+/* The tick: offers held back by a slow handler go to the next free
+ * worker. */
+void
+fdp_dispatch_offers_tick(struct fdp_pool *p)
+{
+    if (p->noffers > 0 && offers_take_back(p, 0) > 0) {
+        fdp_dispatch_queue(p);
+    }
 }
 
 
 void
 fdp_dispatch_queue(struct fdp_pool *p)
 {
-    while (p->qlen > 0 && first_free(p) >= 0) {
-        struct fdp_pending *c = &p->queue[p->qhead];
+    int idx;
 
-        if (!dispatch_one(p, c)) {
+    for (;;) {
+        while (p->qlen > 0 && first_free(p) >= 0) {
+            struct fdp_pending *c = &p->queue[p->qhead];
+
+            if (!dispatch_one(p, c)) {
+                break;
+            }
+            c->fd = -1;
+            p->qhead = (p->qhead + 1) % FDP_QUEUE_MAX;
+            p->qlen--;
+        }
+        /* A free worker and nothing queued: an offer waiting behind a
+         * busy worker's connection goes there instead. */
+        if (p->qlen > 0 || p->noffers == 0 || first_free(p) < 0
+            || offers_take_back(p, 1) == 0) {
             break;
         }
-        c->fd = -1;
+    }
+    while (p->qlen > 0 && p->concurrency == 1
+           && (idx = offer_target(p)) >= 0
+           && offer(p, idx, &p->queue[p->qhead])) {
+        p->queue[p->qhead].fd = -1;
         p->qhead = (p->qhead + 1) % FDP_QUEUE_MAX;
         p->qlen--;
     }
@@ -609,7 +968,11 @@ fdp_dispatch_admit(struct fdp_pool *p, struct fdp_pending *c)
         return;
     }
     queue_or_dispatch(p, c);
-    fdp_dispatch_flush(p);
+    if (p->qlen > 0) {
+        fdp_dispatch_queue(p);
+    } else {
+        fdp_dispatch_flush(p);
+    }
 }
 
 
@@ -766,19 +1129,13 @@ fdp_dispatch_listener_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 
 
 
-/* The parked registration: one-shot, so the event that dispatches a
- * connection also disarms it, and a PARK re-arms it (one epoll_ctl). */
-#define PARKED_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLONESHOT)
-
-
-/* Watch a kept parked connection again (its registration exists,
- * disarmed by its last event). 0, or -errno. */
-static int
-parked_rearm(struct fdp_pool *p, struct fdp_held *k)
-{
-    k->io.events = 0;               /* force the MOD: one-shot disarmed it */
-    return fdp_loop_mod(&p->loop, &k->io, PARKED_EVENTS);
-}
+/* The parked registration: edge-triggered and never changed while the
+ * master keeps the socket. An edge (new bytes, a hang-up) while the
+ * connection is queued or a worker's is only noted (edge); the PARK
+ * that brings it back then looks at once (a one-byte MSG_PEEK), so a
+ * request that came before the PARK is not missed, and a round trip
+ * costs no epoll_ctl (a one-shot registration needed one per PARK). */
+#define PARKED_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLET)
 
 
 /*
@@ -795,13 +1152,30 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     struct fdp_held *k = io->data;
     struct fdp_pool *p = k->pool;
     struct fdp_pending c;
+    int ready = -1;
 
     (void) loop;
+    if (!k->armed) {
+        k->edge = 1;                /* queued or a worker's: see the PARK */
+        return;
+    }
     if (p->stopping) {
         held_free(p, k);
         return;
     }
-    if (!(ev & EPOLLIN) || (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+    if (ev == 0) {
+        /* From the PARK, after an edge while it was away: one look. */
+        ready = fdp_acceptf_parked_look(p, k->c.fd, k->c.listener);
+        if (ready == -EAGAIN) {
+            return;
+        }
+        if (ready < 0) {
+            p->closed_by_peer++;
+            held_free(p, k);
+            return;
+        }
+    } else if (!(ev & EPOLLIN)
+               || (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
         /* Bytes and a hang-up together (a last request, then FIN) still
          * go to a worker; a hang-up or a reset alone closes it here. */
         char b;
@@ -809,10 +1183,7 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 
         if (n < 0 && (errno == EAGAIN || errno == EINTR)
             && (ev & EPOLLIN)) {
-            if (parked_rearm(p, k) < 0) {
-                held_free(p, k);
-            }
-            return;
+            return;                 /* nothing yet: the next edge */
         }
         if (n <= 0) {
             p->closed_by_peer++;
@@ -838,11 +1209,12 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             return;
         }
     }
-    if (fdp_acceptf_dispatchable(p, &c)) {
+    if (ready >= 0 ? ready : fdp_acceptf_dispatchable(p, &c)) {
         /* The common case: a whole request is there. The record goes
          * with the connection (queued, then in flight) and owns fd; its
          * timer stays (lazy: see held_arm). */
         held_unlink(p, k);
+        k->edge = 0;
         c.kept = k;
     } else {
         /* A partial head (or a hang-up the filter sees): the accept
@@ -862,7 +1234,11 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         p->queue[(p->qhead + p->qlen) % FDP_QUEUE_MAX] = c;
         p->qlen++;
     }
-    fdp_dispatch_flush(p);
+    if (p->qlen > 0) {
+        fdp_dispatch_queue(p);      /* offers, in strict prefork */
+    } else {
+        fdp_dispatch_flush(p);
+    }
 }
 
 
@@ -937,21 +1313,43 @@ same_socket(struct fdp_pool *p, const struct fdp_inflight *f, int fd)
  * CONN entries say FDP_CONN_KEPT): later PARKs of it carry no fd, and
  * it is watched again with one epoll_ctl.
  */
+static void park_one(struct fdp_pool *p, struct fdp_worker *w,
+                     const struct fdp_park_entry *e, int fd);
+
+
 void
 fdp_dispatch_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
 {
     const struct fdp_park_entry *e = (const struct fdp_park_entry *) m->u.bytes;
-    uint32_t k = (uint32_t) (e->id & 0xffff);
-    struct fdp_held *pk;
-    struct fdp_inflight f;
     int fd = m->nfds == 1 ? m->fds[0] : -1;
-    int same = 0, known;
-    uint64_t idle = e->idle_ms ? e->idle_ms : 15000;
+    unsigned i;
 
     m->fds[0] = -1;
     m->nfds = 0;
-    known = k < (uint32_t) w->slot.capacity && w->inflight[k].id == e->id
+    /* Several entries (kept connections only: no fd) when the worker
+     * held its PARKs back while it had more to serve. */
+    for (i = 0; i < m->h.count && w->ch.fd >= 0; i++) {
+        park_one(p, w, &e[i], i == 0 ? fd : -1);
+    }
+}
+
+
+static void
+park_one(struct fdp_pool *p, struct fdp_worker *w,
+         const struct fdp_park_entry *e, int fd)
+{
+    uint32_t k = (uint32_t) (e->id & 0xffff);
+    struct fdp_held *pk;
+    struct fdp_inflight f;
+    int same = 0, known;
+    uint64_t idle = e->idle_ms ? e->idle_ms : 15000;
+    known = k < (uint32_t) w->ncap && w->inflight[k].id == e->id
             && e->id != 0;
+    if (known && fdp_dispatch_unclaimed(w, k)) {
+        fdp_close(&fd);
+        fdp_dispatch_fault(p, w, "PARK of an offer it had not claimed");
+        return;
+    }
     if (known && w->inflight[k].kept != NULL) {
         /* Kept: the id alone; an fd with it breaks the protocol. */
         if (fd >= 0) {
@@ -964,12 +1362,30 @@ fdp_dispatch_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
         w->inflight[k].kept = NULL;
         fdp_dispatch_served(w, k, e->bytes_in, e->bytes_out);
         fdp_slot_update_busy(&w->slot, fdp_wall());
-        if (p->stopping || parked_rearm(p, pk) < 0) {
+        if (pk->unwatched && !p->stopping) {
+            /* First parked after an offer: watched from now on. */
+            pk->by_peer = f.by_peer;
+            pk->rpeer = f.rpeer;
+            pk->io.fd = pk->c.fd;
+            pk->io.cb = parked_io;
+            pk->io.data = pk;
+            if (fdp_loop_add(&p->loop, &pk->io, PARKED_EVENTS) < 0) {
+                fdp_acceptf_inflight_done(p, &f);
+                kept_drop(p, pk);
+                return;
+            }
+            pk->unwatched = 0;
+        } else if (p->stopping) {
             fdp_acceptf_inflight_done(p, &f);
             kept_drop(p, pk);
             return;
         }
         held_arm(p, pk, idle);
+        if (pk->edge) {
+            /* Bytes (or a hang-up) came while it was away: look now. */
+            pk->edge = 0;
+            parked_io(&p->loop, &pk->io, 0);
+        }
         return;
     }
     if (known && fd >= 0) {
@@ -1006,6 +1422,68 @@ fdp_dispatch_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
         fdp_acceptf_inflight_done(p, &f);
         fdp_close(&pk->c.fd);
         free(pk);
+    }
+}
+
+
+/* The PARKs w holds back in its shared page, taken and handled here:
+ * w is dead, or held up in a handler (fdp_dispatch_parks_tick). Those
+ * connections are idle, their answers sent: parked, not lost. */
+void
+fdp_dispatch_parks_take(struct fdp_pool *p, struct fdp_worker *w)
+{
+    struct fdp_park_entry e[FDP_PARKS_MAX];
+    uint64_t st;
+    uint32_t i, n;
+
+    if (w->shm == NULL || w->inflight == NULL) {
+        return;
+    }
+    st = __atomic_load_n(&w->shm->pstate, __ATOMIC_SEQ_CST);
+    n = FDP_PARKS_N(st);
+    if (n == 0 || n > FDP_PARKS_MAX) {
+        return;
+    }
+    memcpy(e, w->shm->parks, n * sizeof(e[0]));
+    if (!__atomic_compare_exchange_n(&w->shm->pstate, &st,
+                                     FDP_PARKS_EMPTY(st), 0,
+                                     __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+        return;                     /* sent meanwhile (or more held) */
+    }
+    for (i = 0; i < n && !p->stopping; i++) {
+        uint32_t k = (uint32_t) (e[i].id & 0xffff);
+
+        if (e[i].id != 0 && k < (uint32_t) w->ncap
+            && w->inflight[k].id == e[i].id && w->inflight[k].kept != NULL
+            && !w->inflight[k].offer) {
+            park_one(p, w, &e[i], -1);
+        }
+    }
+}
+
+
+/* The tick: a worker whose held-back PARKs did not move since the last
+ * tick is in a handler that neither ends nor waits: those connections
+ * are parked here, so none waits behind another's handler longer than
+ * about two ticks. */
+void
+fdp_dispatch_parks_tick(struct fdp_pool *p)
+{
+    int i;
+
+    for (i = 0; i < p->nworkers; i++) {
+        struct fdp_worker *w = &p->workers[i];
+        uint64_t st;
+
+        if (w->shm == NULL || w->slot.state != FDP_W_RUNNING) {
+            continue;
+        }
+        st = __atomic_load_n(&w->shm->pstate, __ATOMIC_SEQ_CST);
+        if (FDP_PARKS_N(st) > 0 && st == w->pstate_seen) {
+            fdp_dispatch_parks_take(p, w);
+            st = __atomic_load_n(&w->shm->pstate, __ATOMIC_SEQ_CST);
+        }
+        w->pstate_seen = st;
     }
 }
 

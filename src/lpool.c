@@ -1265,6 +1265,8 @@ pool_status(lua_State *L)
     set_int(L, "not_tls", (lua_Integer) info.closed[4]);
     lua_setfield(L, -2, "closed");
     set_int(L, "closed_by_peer", (lua_Integer) info.closed_by_peer);
+    set_int(L, "offers", (lua_Integer) info.offers);
+    set_int(L, "offers_back", (lua_Integer) info.offers_back);
     set_int(L, "crash_streak", info.crash_streak);
     if (info.crash_why) {
         lua_pushstring(L, info.crash_why);

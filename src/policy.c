@@ -643,6 +643,19 @@ fdp_policy_close(struct fdp_pool *p)
 }
 
 
+/* 1 when the policy lets any worker with room take any connection (the
+ * built-in first_free, round_robin, least_conn): strict prefork's
+ * prefetch may then offer a connection to a busy worker. */
+int
+fdp_policy_any_worker(struct fdp_pool *p)
+{
+    return p->policy != NULL
+           && (p->policy->builtin == B_FIRST_FREE
+               || p->policy->builtin == B_ROUND_ROBIN
+               || p->policy->builtin == B_LEAST_CONN);
+}
+
+
 const char *
 fdp_policy_name(struct fdp_pool *p)
 {

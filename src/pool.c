@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sched.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -35,6 +36,7 @@
 
 #define KILL_MARGIN_MS   500
 #define BACKOFF_MAX_MS   30000
+#define SHM_BYTES        4096   /* a worker's struct fdp_wshared */
 #define CRASH_LIMIT      10
 #define RELOAD_TIMEOUT_MS 60000
 
@@ -148,6 +150,11 @@ fdp_pool_free(struct fdp_pool *p)
     fdp_acceptf_free(p);
     for (i = 0; i < FDP_SLOTS; i++) {
         worker_free_tables(&p->workers[i]);
+        if (p->workers[i].shm != NULL) {
+            (void) munmap(p->workers[i].shm, SHM_BYTES);
+            p->workers[i].shm = NULL;
+            p->workers[i].claim = NULL;
+        }
     }
     for (i = 0; i < p->nargs; i++) {
         free(p->args[i]);
@@ -292,6 +299,9 @@ worker_alloc_tables(struct fdp_worker *w, int capacity)
 {
     int k;
 
+    /* Prefetch: one more entry, for the offer (capacity is 1). */
+    capacity += w->prefetch;
+
     if (w->inflight != NULL && w->ncap != capacity) {
         /* --concurrency changed by a reload's --config. */
         worker_free_tables(w);
@@ -355,6 +365,21 @@ sched_child(struct fdp_pool *p)
 }
 
 
+/* Strict prefork's prefetch depth: 1 with --concurrency 1 and a
+ * built-in policy that lets any worker take any connection, else 0;
+ * FDPOOL_PREFETCH=N (0 to FDP_CLAIM_WORDS - 1) sets it, for measuring. */
+static int
+prefetch_wanted(struct fdp_pool *p)
+{
+    const char *e = getenv("FDPOOL_PREFETCH");
+    int n = e != NULL && *e >= '0' && *e < '0' + FDP_CLAIM_WORDS && !e[1]
+            ? *e - '0' : 1;
+
+    return p->concurrency == 1 && !p->simulated
+           && fdp_policy_any_worker(p) ? n : 0;
+}
+
+
 static int
 spawn_worker(struct fdp_pool *p, int idx)
 {
@@ -363,6 +388,22 @@ spawn_worker(struct fdp_pool *p, int idx)
     pid_t pid;
 
     assert(w->slot.pid == -1);
+    /* Strict prefork: its page shared with the process: the claim words
+     * of the prefetch (dispatch.c, offer()), the PARKs it holds back. */
+    w->prefetch = prefetch_wanted(p);
+    if (p->concurrency == 1 && !p->simulated && w->shm == NULL) {
+        void *m = mmap(NULL, SHM_BYTES, PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+        w->shm = m == MAP_FAILED ? NULL : m;
+    }
+    if (w->shm == NULL || p->concurrency != 1) {
+        w->prefetch = 0;
+        w->claim = NULL;
+    } else {
+        memset(w->shm, 0, sizeof(*w->shm));
+        w->claim = w->prefetch ? w->shm->claim : NULL;
+    }
     r = worker_alloc_tables(w, p->concurrency);
     if (r < 0) {
         fdp_log(FDP_LOG_ERROR, -r, "cannot allocate worker %d", idx + 1);
@@ -384,9 +425,18 @@ spawn_worker(struct fdp_pool *p, int idx)
         return r;
     }
     if (pid == 0) {
+        int i;
+
         sched_child(p);
         fdp_close(&sv[0]);
         fdp_pool_close_in_child(p, -1);
+        for (i = 0; i < FDP_SLOTS; i++) {   /* only its own shared page */
+            if (i != idx && p->workers[i].shm != NULL) {
+                (void) munmap(p->workers[i].shm, SHM_BYTES);
+                p->workers[i].shm = NULL;
+                p->workers[i].claim = NULL;
+            }
+        }
         fdp_chan_init(&w->ch, sv[1]);
         if (p->worker_main != NULL) {
             p->worker_main(p, idx);
@@ -544,6 +594,10 @@ retire_stop(struct fdp_pool *p, struct fdp_worker *b)
 
     body.graceful = 1;
     body.grace_ms = (uint32_t) (p->graceful_grace * 1000);
+    /* An offer it has not claimed goes to the workers that stay. */
+    if (b->claim != NULL && b->ch.head == NULL && b->nbatch == 0) {
+        fdp_dispatch_offers_back(p, b, 1);
+    }
     if (b->ch.fd < 0 || fdp_chan_send(&b->ch, FDP_MSG_STOP, 0, &body,
                                       sizeof(body), NULL, 0) < 0) {
         worker_kill(b, SIGKILL);
@@ -1358,8 +1412,8 @@ on_done(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
         const struct fdp_done_entry *d = &m->u.done[i];
         uint32_t k = (uint32_t) (d->id & 0xffff);
 
-        if (k >= (uint32_t) w->slot.capacity || w->inflight[k].id != d->id
-            || d->id == 0) {
+        if (k >= (uint32_t) w->ncap || w->inflight[k].id != d->id
+            || d->id == 0 || fdp_dispatch_unclaimed(w, k)) {
             fdp_dispatch_fault(p, w,
                                "DONE for a connection it was not given");
             return;
@@ -1549,7 +1603,10 @@ worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         }
     }
 out:
-    if (p->qlen > 0) {
+    if (p->noffers > 0 && w->claim != NULL && w->inflight != NULL) {
+        fdp_dispatch_offers_settle(p, w);
+    }
+    if (p->qlen > 0 || p->noffers > 0) {
         fdp_dispatch_queue(p);
     }
 }
@@ -1584,6 +1641,13 @@ worker_gone(struct fdp_pool *p, struct fdp_worker *w, int st, char *how,
         w->slot.last_exit_code = WEXITSTATUS(st);
         snprintf(how, howlen, "exited with code %d", WEXITSTATUS(st));
     }
+    /* An offer it had not claimed goes to another worker (strict
+     * prefork's prefetch): not lost, not counted below. */
+    fdp_dispatch_drop_channel(p, w);
+    fdp_dispatch_offers_back(p, w, !p->stopping);
+    if (!p->stopping) {
+        fdp_dispatch_parks_take(p, w);  /* its held-back PARKs */
+    }
     /* A SIGTERM the master sent itself (the rest of a refused reload's
      * generation, a handler past --timeout already logged) is no news. */
     fdp_log(p->stopping || (WIFEXITED(st) && WEXITSTATUS(st) == 0)
@@ -1592,8 +1656,7 @@ worker_gone(struct fdp_pool *p, struct fdp_worker *w, int st, char *how,
             "worker %d (pid %ld) %s%s", w->slot.id, (long) w->slot.pid, how,
             w->slot.active > 0 && !p->stopping ? "; its connections are lost"
                                                : "");
-    fdp_dispatch_drop_channel(p, w);
-    for (k = 0; k < w->slot.capacity && w->inflight; k++) {
+    for (k = 0; k < w->ncap && w->inflight; k++) {
         if (w->inflight[k].id != 0) {
             fdp_dispatch_inflight_end(p, &w->inflight[k]);
         }
@@ -1604,6 +1667,9 @@ worker_gone(struct fdp_pool *p, struct fdp_worker *w, int st, char *how,
     w->slot.active = 0;
     w->slot.busy_since = 0;
     p->nalive--;
+    if (p->qlen > 0 && !p->stopping) {
+        fdp_dispatch_queue(p);      /* a requeued offer, to another */
+    }
 }
 
 
@@ -1910,11 +1976,11 @@ watch_timeouts(struct fdp_pool *p)
             || w->cpu_killed) {
             continue;
         }
-        for (k = 0; k < w->slot.capacity; k++) {
+        for (k = 0; k < w->ncap; k++) {
             struct fdp_inflight *f = &w->inflight[k];
             uint64_t age;
 
-            if (f->id == 0) {
+            if (f->id == 0 || f->offer) {   /* an offer has not started */
                 continue;
             }
             age = now - f->since_us;
@@ -1966,10 +2032,11 @@ watch_slow(struct fdp_pool *p)
             continue;
         }
         send = 0;
-        for (k = 0; k < w->slot.capacity; k++) {
+        for (k = 0; k < w->ncap; k++) {
             struct fdp_inflight *f = &w->inflight[k];
 
-            if (f->id != 0 && now - f->since_us > limit && ms >= f->slow_at) {
+            if (f->id != 0 && !f->offer && now - f->since_us > limit
+                && ms >= f->slow_at) {
                 f->slow_at = ms + (every < FDP_TICK_MS ? FDP_TICK_MS
                                    : every > 1000 ? 1000 : every);
                 send = 1;
@@ -2025,6 +2092,19 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
             p->crash_streak = 0;
             p->crash_why[0] = '\0';
         }
+    }
+    if (p->concurrency == 1 && !p->stopping) {
+        fdp_dispatch_parks_tick(p);
+    }
+    if (p->noffers > 0 && !p->stopping) {
+        /* Prefetch: claimed offers start their clocks; those a slow
+         * handler holds back go to the next free worker. */
+        for (i = 0; i < FDP_SLOTS; i++) {
+            if (p->workers[i].claim != NULL && p->workers[i].inflight) {
+                fdp_dispatch_offers_settle(p, &p->workers[i]);
+            }
+        }
+        fdp_dispatch_offers_tick(p);
     }
     if (p->timeout > 0) {
         watch_timeouts(p);
@@ -2583,6 +2663,8 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
     info->started = p->started_at;
     info->generation = p->generation;
     info->closed_by_peer = p->closed_by_peer;
+    info->offers = p->offers;
+    info->offers_back = p->offers_back;
     info->crash_streak = p->crash_streak;
     info->crash_why = p->crash_streak > 0 ? p->crash_why : NULL;
     info->lat_counts = p->lat_counts;

@@ -91,6 +91,8 @@ struct fdp_inflight {
     struct fdp_held *kept;          /* the master's copy of its socket
                                      * (parked before), or NULL */
     int escalated;                  /* 0, 1 SIGUSR2 sent, 2 SIGTERM sent */
+    int offer;                      /* prefetch: j + 1 while an offer in
+                                     * claim word j not seen claimed */
     uint64_t slow_at;               /* --slow: ms of the next SIGUSR2 */
 };
 
@@ -126,7 +128,13 @@ struct fdp_worker {
     int off;
     uint64_t used_ms;
     uint64_t used_served;
-    int ncap;                       /* entries in inflight/freeidx */
+    int ncap;                       /* entries in inflight/freeidx: the
+                                     * capacity, + 1 with prefetch */
+    int prefetch;                   /* strict prefork's prefetch on */
+    struct fdp_wshared *shm;        /* strict prefork: its page shared
+                                     * with the process, or NULL */
+    uint64_t *claim;                /* shm->claim (prefetch), or NULL */
+    uint64_t pstate_seen;           /* shm->pstate at the last tick */
 };
 
 struct fdp_control;
@@ -266,6 +274,8 @@ struct fdp_pool {
     int notified_ready;
     struct fdp_held *parked;        /* idle connections the master holds */
     int nparked;
+    int noffers;                    /* prefetch: offers not seen claimed */
+    uint64_t offers, offers_back;   /* made; taken back (requeued) */
     struct fdp_held *kept;          /* every socket the master keeps a
                                      * copy of: parked, queued or served */
     uint64_t lat_counts[FDP_LAT_BUCKETS];

@@ -377,6 +377,8 @@ status_tree(struct tree *t, const struct fdp_status_info *info,
     }
     t_close(t, 0);
     t_u64(t, "closed_by_peer", info->closed_by_peer);
+    t_u64(t, "offers", info->offers);
+    t_u64(t, "offers_back", info->offers_back);
     t_u64(t, "fallbacks", info->fallbacks);
     t_time(t, "started", info->started);
     t_int(t, "generation", info->generation);

@@ -77,6 +77,8 @@ struct fdp_status_info {
     int generation;
     uint64_t closed_by_peer;        /* clients gone while the master held
                                      * their connection (PARK, parked) */
+    uint64_t offers;                /* strict prefork's prefetch: made, */
+    uint64_t offers_back;           /* and taken back (requeued) */
     int crash_streak;               /* workers crashing in a row */
     const char *crash_why;          /* the last crash, or NULL */
     /* Dispatch latency (accept, or bytes on a parked connection, to the

@@ -33,6 +33,14 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+/* Offers a worker holds at most (the master sends fewer than
+ * FDP_CLAIM_WORDS that are valid; the rest were taken back). */
+#define OFFERS_MAX 8
+
+/* PARKs of kept connections sent together at most (FDPOOL_PARKS=N, 1
+ * to FDP_PARKS_MAX, for measuring). */
+static unsigned parks_batch = 4;
+
 /* A task of the worker: the scheduler's, plus the connection it serves. */
 struct fdp_wtask {
     struct fdp_task t;          /* first: a struct fdp_task * is one; its
@@ -73,6 +81,12 @@ struct fdp_wctx {
     size_t mem_used;            /* bytes the Lua state holds */
     size_t mem_limit;           /* refused past this in handler code */
     struct fcache *fc;          /* small blocks kept for reuse, or NULL */
+    uint64_t *claim;            /* prefetch: its claim words, or NULL */
+    struct fdp_wshared *shm;    /* strict prefork: shared with the
+                                   master (the PARKs held back), or NULL */
+    int noffer;                 /* offers waiting for its connection's end */
+    int offer_fd[OFFERS_MAX];
+    struct fdp_conn_entry offer_e[OFFERS_MAX];
     struct fdp_wtask *spare;    /* freed tasks kept for the next
                                    connections (a list through
                                    status_next) */
@@ -117,6 +131,36 @@ task_free(struct fdp_wctx *w, struct fdp_wtask *t)
     w->nspare++;
 }
 
+
+
+static void
+flush_parks(struct fdp_wctx *w)
+{
+    int r;
+
+    uint64_t st;
+
+    if (w->shm == NULL) {
+        return;
+    }
+    st = __atomic_load_n(&w->shm->pstate, __ATOMIC_SEQ_CST);
+    if (FDP_PARKS_N(st) == 0
+        || !__atomic_compare_exchange_n(&w->shm->pstate, &st,
+                                        FDP_PARKS_EMPTY(st), 0,
+                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+        return;                     /* none, or the master took them */
+    }
+    r = fdp_chan_send(w->ch, FDP_MSG_PARK, FDP_PARKS_N(st), w->shm->parks,
+                      (size_t) FDP_PARKS_N(st) * sizeof(w->shm->parks[0]),
+                      NULL, 0);
+    if (r < 0) {
+        fdp_log(FDP_LOG_ERROR, -r, "cannot report to the master; exiting");
+        _exit(1);
+    }
+    if (w->ch->head != NULL) {
+        (void) fdp_loop_mod(&w->loop, &w->chio, EPOLLIN | EPOLLOUT);
+    }
+}
 
 
 static void
@@ -179,6 +223,7 @@ maybe_flush_done(struct fdp_wctx *w)
 static void
 worker_exit(struct fdp_wctx *w, int code)
 {
+    flush_parks(w);
     flush_done(w);
     /* The channel queue may hold DONE messages: give them a moment. */
     if (w->ch->head != NULL) {
@@ -258,10 +303,30 @@ task_park(struct fdp_task *tk, int fd, uint64_t bytes_in, uint64_t bytes_out,
     e.usec = (uint32_t) (fdp_now_us() - t->started_us);
     e.idle_ms = idle_ms;
     /* A socket the master kept a copy of goes back by its id alone: no
-     * fd to pass, check or register again (the master re-arms its own
-     * epoll registration). */
-    r = fdp_chan_send(TASK_W(t)->ch, FDP_MSG_PARK, 1, &e, sizeof(e), &fd,
-                      t->kept ? 0 : 1);
+     * fd to pass, check or register again (the master's epoll
+     * registration of it stays); such PARKs go together, before the
+     * worker waits (the master sees the next request's edge meanwhile
+     * and looks at the PARK). */
+    if (t->kept && parks_batch > 1 && TASK_W(t)->shm != NULL) {
+        struct fdp_wshared *sh = TASK_W(t)->shm;
+        uint64_t st = __atomic_load_n(&sh->pstate, __ATOMIC_SEQ_CST);
+
+        /* In the shared page: if this worker dies or is held up in a
+         * handler before it sends them, the master takes them. */
+        do {
+            sh->parks[FDP_PARKS_N(st)] = e;
+        } while (!__atomic_compare_exchange_n(&sh->pstate, &st, st + 1, 0,
+                                              __ATOMIC_SEQ_CST,
+                                              __ATOMIC_SEQ_CST));
+        if (FDP_PARKS_N(st) + 1 >= parks_batch) {
+            flush_parks(TASK_W(t));
+        }
+        r = 0;
+    } else {
+        flush_parks(TASK_W(t));
+        r = fdp_chan_send(TASK_W(t)->ch, FDP_MSG_PARK, 1, &e, sizeof(e),
+                          &fd, t->kept ? 0 : 1);
+    }
     if (r < 0) {
         return r;
     }
@@ -564,6 +629,71 @@ start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
 }
 
 
+/*
+ * Strict prefork's prefetch: an offer (FDP_CONN_OFFER) is a connection
+ * for when this worker's own is over. It starts only once claimed: a
+ * compare-and-swap of its claim word from its id to 0, which fails when
+ * the master took it back (the master keeps its copy of the socket: the
+ * worker's copy is then just closed, no shutdown).
+ */
+static void
+offer_start(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
+{
+    uint64_t want = e->id;
+    int j = (int) FDP_CONN_WORD_OF(e->flags);
+
+    if (w->claim != NULL && !w->stopping
+        && __atomic_compare_exchange_n(&w->claim[j], &want, 0, 0,
+                                       __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+        start_task(w, fd, e);
+    } else {
+        fdp_close(&fd);
+    }
+}
+
+
+static void
+offer_take(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
+{
+    if (w->nconn == 0 && w->noffer == 0) {
+        offer_start(w, fd, e);
+        return;
+    }
+    if (w->noffer == OFFERS_MAX) {
+        /* Cannot happen with a master that keeps to FDP_CLAIM_WORDS: the
+         * oldest goes unclaimed (the master takes it back at its tick). */
+        fdp_close(&w->offer_fd[0]);
+        memmove(w->offer_fd, w->offer_fd + 1,
+                (OFFERS_MAX - 1) * sizeof(w->offer_fd[0]));
+        memmove(w->offer_e, w->offer_e + 1,
+                (OFFERS_MAX - 1) * sizeof(w->offer_e[0]));
+        w->noffer--;
+    }
+    w->offer_fd[w->noffer] = fd;
+    w->offer_e[w->noffer] = *e;
+    w->noffer++;
+}
+
+
+/* The worker's connection is over: its next offer, if any. */
+static void
+offers_run(struct fdp_wctx *w)
+{
+    while (w->nconn == 0 && w->noffer > 0) {
+        int fd = w->offer_fd[0];
+        struct fdp_conn_entry e = w->offer_e[0];
+
+        w->noffer--;
+        memmove(w->offer_fd, w->offer_fd + 1,
+                (size_t) w->noffer * sizeof(w->offer_fd[0]));
+        memmove(w->offer_e, w->offer_e + 1,
+                (size_t) w->noffer * sizeof(w->offer_e[0]));
+        offer_start(w, fd, &e);
+        maybe_flush_done(w);
+    }
+}
+
+
 static void
 stop_now(struct fdp_loop *loop, struct fdp_timer *timer)
 {
@@ -623,7 +753,11 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
                 int fd = m.fds[i];
 
                 m.fds[i] = -1;
-                start_task(w, fd, &m.u.conn[i]);
+                if (m.u.conn[i].flags & FDP_CONN_OFFER) {
+                    offer_take(w, fd, &m.u.conn[i]);
+                } else {
+                    start_task(w, fd, &m.u.conn[i]);
+                }
             }
             /* Handlers that finished at once are reported now when the
              * master needs them soon (--max-requests, a small capacity),
@@ -640,6 +774,9 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             break;
         case FDP_MSG_STOP:
             w->stopping = 1;
+            while (w->noffer > 0) {     /* never started: the master's */
+                fdp_close(&w->offer_fd[--w->noffer]);
+            }
             /* The stop notice: exiting() turns true, timers stop, the
              * on_stop callbacks start (they run within the grace). */
             fdp_lthread_stop(w->L);
@@ -1229,6 +1366,8 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
      * and takes the table slot of this id once its generation is READY. */
     w.idx = wk->slot.id - 1;
     w.ch = &wk->ch;
+    w.claim = wk->claim;
+    w.shm = wk->shm;
     /* A reload's new worker serves with the certificates read for it. */
     w.tls = p->spawn_new ? p->reload_tls : p->tls;
     snprintf(tag, sizeof(tag), "worker %d", w.idx + 1);
@@ -1287,13 +1426,30 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
     if (r < 0) {
         _exit(1);
     }
+    {
+        const char *e = getenv("FDPOOL_PARKS");
+
+        if (e != NULL && atoi(e) >= 1 && atoi(e) <= FDP_PARKS_MAX) {
+            parks_batch = (unsigned) atoi(e);
+        }
+    }
     for (;;) {
-        r = fdp_loop_run_once(&w.loop, -1);
+        /* PARKs held back: one look without waiting; nothing to do, so
+         * they go before the worker sleeps. An offer in hand starts
+         * first: its PARK may go with them. */
+        r = fdp_loop_run_once(&w.loop, w.shm != NULL
+                              && FDP_PARKS_N(w.shm->pstate) > 0 ? 0 : -1);
         if (r < 0) {
             fdp_log(FDP_LOG_ERROR, -r, "epoll_wait() failed");
             worker_exit(&w, 1);
         }
         maybe_flush_done(&w);
+        if (w.noffer > 0 && w.nconn == 0) {
+            offers_run(&w);
+        }
+        if (r == 0) {
+            flush_parks(&w);
+        }
         if (sig_reopen) {
             sig_reopen = 0;
             r = fdp_log_reopen();

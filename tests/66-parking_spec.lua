@@ -1,7 +1,7 @@
 -- tests/66-parking_spec.lua: keep-alive parking in strict prefork
 -- (--concurrency 1) under the real build/pool. From its first park on,
 -- the master keeps its own copy of a parked socket: later parks carry no
--- fd, and the master re-arms its one-shot epoll registration. What a
+-- fd, and the master keeps its (edge-triggered) epoll registration. What a
 -- client relies on: every request on many parked connections answered,
 -- in order; a client that closes while parked (or while being served
 -- after a park) costs nothing and leaks no fd; a client that sends while
@@ -187,7 +187,7 @@ describe("parking (--concurrency 1)", function()
   it("answers a client that sends its next request while the connection is handed back", function()
     -- Each client writes its next request the moment it has read an
     -- answer: the bytes land while the worker parks the connection, or
-    -- just after the master re-armed it. 6 clients x 150 requests.
+    -- just after the master took it back. 6 clients x 150 requests.
     local cs = {}
     finally(function() for _, c in ipairs(cs) do c:close() end end)
     for i = 1, 6 do cs[i] = client(pool.addr) end

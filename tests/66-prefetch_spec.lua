@@ -1,0 +1,320 @@
+-- tests/66-prefetch_spec.lua: strict prefork's prefetch (--concurrency 1).
+-- When every worker is busy, the next connection is offered to one of
+-- them: it starts there only when that worker's connection is over, and
+-- only if the worker claims it first; the master can take it back. What
+-- an operator and a client rely on: one connection per worker at a time;
+-- an offered connection whose worker dies, or stops, is served by
+-- another; a slow handler holds an offer back only while another worker
+-- is no likelier to serve it sooner (the master takes it back at its
+-- tick); a client that closes or resets while offered costs nothing.
+--
+-- The handlers block on files the test creates (no timing): /block?f=X
+-- answers once DIR/X exists.
+
+package.path = "./tests/?.lua;" .. package.path
+local fdpool = require "fdpool"
+local H = require "helpers"
+
+local APP = [[
+local fdpool = require "fdpool"
+local http = require "fdpool.http"
+local DIR = %q
+return http.serve(function(req, res)
+  local f = req.path == "/block" and req.query:match("f=(%%w+)")
+  if f then
+    while true do
+      local h = io.open(DIR .. "/" .. f)
+      if h then h:close() break end
+      fdpool.sleep(0.01)
+    end
+  end
+  local g = req.path == "/spin" and req.query:match("f=(%%w+)")
+  while g do                        -- holds the worker: never yields
+    local h = io.open(DIR .. "/" .. g)
+    if h then h:close() break end
+  end
+  f = f or g
+  res:send(req.path .. (f and ("/" .. f) or "") .. " " .. fdpool.worker.pid .. "\n")
+end)
+]]
+
+local function get(path)
+  return "GET " .. path .. " HTTP/1.1\r\nHost: t\r\n\r\n"
+end
+
+local C = {}
+C.__index = C
+
+local function client(addr)
+  return setmetatable({ fd = assert(fdpool.connect(addr, 20)), buf = "" }, C)
+end
+
+function C:send(s) assert(self.fd:write(s)); return self end
+
+-- status, body of the next response; nil, why at EOF or timeout.
+function C:response()
+  while true do
+    local i = self.buf:find("\r\n\r\n", 1, true)
+    if i then
+      local n = tonumber(self.buf:sub(1, i):match("\r\n[Cc]ontent%-[Ll]ength: *(%d+)"))
+      if n and #self.buf >= i + 3 + n then
+        local st = tonumber(self.buf:match("^HTTP/1%.%d (%d%d%d)"))
+        local body = self.buf:sub(i + 4, i + 3 + n)
+        self.buf = self.buf:sub(i + 4 + n)
+        return st, body
+      end
+    end
+    local d, err = self.fd:read(65536)
+    if not d then return nil, err or "closed" end
+    self.buf = self.buf .. d
+  end
+end
+
+function C:close() pcall(self.fd.close, self.fd) end
+
+describe("strict prefork's prefetch (--concurrency 1)", function()
+  local pool, dir
+
+  setup(function()
+    dir = H.tmpdir()
+    H.writefile(dir .. "/app.lua", APP:format(dir))
+    pool = H.start_pool{ script = dir .. "/app.lua", workers = 2, concurrency = 1 }
+    assert(pool.addr, pool:log())
+  end)
+
+  teardown(function()
+    if pool then pool:stop() end
+  end)
+
+  local function release(name) H.writefile(dir .. "/" .. name, "") end
+
+  local function actives(s)
+    local t = {}
+    for _, w in ipairs(s.workers) do t[#t + 1] = w.active end
+    table.sort(t)
+    return table.concat(t, ",")
+  end
+
+  -- Wait until the workers' active counts (sorted) are `want`.
+  local function wait_actives(want, what)
+    return H.wait_status(pool, function(s) return actives(s) == want end, 20,
+                         what .. " (active " .. want .. ")")
+  end
+
+  local function holder(s)           -- the worker with an offer besides its own
+    for _, w in ipairs(s.workers) do
+      if w.active == 2 then return w end
+    end
+  end
+
+  -- Two workers blocked on a and b (b the later), c offered to b's.
+  local function two_blocked_one_offered(tag, defer)
+    local a, b, c = client(pool.addr), client(pool.addr), client(pool.addr)
+    defer(function() a:close(); b:close(); c:close() end)
+    defer(function() release(tag .. "a"); release(tag .. "b"); release(tag .. "c") end)
+    a:send(get("/block?f=" .. tag .. "a"))
+    wait_actives("0,1", "a served")
+    b:send(get("/block?f=" .. tag .. "b"))
+    wait_actives("1,1", "b served")
+    return a, b, c
+  end
+
+  it("offers a connection to a busy worker, which serves it when its own is over", function()
+    local defer = H.cleanup(finally)
+    local offers0 = pool:status().offers
+    local a, b, c = two_blocked_one_offered("o", defer)
+    c:send(get("/c"))
+    local st = wait_actives("1,2", "c offered")
+    assert.equal(offers0 + 1, st.offers)
+    local pid = holder(st).pid
+    -- the worker serving b (the later) holds it; nothing runs before b ends
+    release("ob")
+    local s1, body = b:response()
+    assert.equal(200, s1)
+    assert.equal("/block/ob " .. pid, body:match("^(.-)\n"))
+    s1, body = c:response()
+    assert.equal(200, s1)
+    assert.equal("/c " .. pid, body:match("^(.-)\n"))
+    release("oa")
+    assert.equal(200, (a:response()))
+    assert.same({}, H.unexpected_errors(pool:log()))
+  end)
+
+  it("gives an offer to a worker that becomes free first (nothing else waits)", function()
+    local defer = H.cleanup(finally)
+    local a, b, c = two_blocked_one_offered("f", defer)
+    c:send(get("/c"))
+    local st = wait_actives("1,2", "c offered")
+    local other
+    for _, w in ipairs(st.workers) do
+      if w.active == 1 then other = w.pid end
+    end
+    -- a's worker is free first: c goes there while b's still blocks
+    release("fa")
+    assert.equal(200, (a:response()))
+    local s1, body = c:response()
+    assert.equal(200, s1)
+    assert.equal("/c " .. other, body:match("^(.-)\n"))
+    assert.truthy(pool:status().offers_back >= 1)
+    release("fb")
+    assert.equal(200, (b:response()))
+  end)
+
+  it("serves an offered connection whose worker is killed; loses only the one it was serving", function()
+    local defer = H.cleanup(finally)
+    local back0 = pool:status().offers_back
+    local a, b, c = two_blocked_one_offered("k", defer)
+    c:send(get("/c"))
+    local st = wait_actives("1,2", "c offered")
+    local victim = holder(st).pid
+    assert(os.execute("kill -KILL " .. victim))
+    -- b was being served: lost (its client sees the end, no answer)
+    assert.is_nil((b:response()))
+    -- c goes back to the queue's front: offered to a's worker (or the
+    -- new one), served once a is over at the latest
+    st = H.wait_status(pool, function(s) return s.offers_back > back0 end, 20,
+                       "the offer taken back")
+    release("ka")
+    assert.equal(200, (a:response()))
+    local s1, body = c:response()
+    assert.equal(200, s1)
+    assert.equal("/c", body:match("^(%S+)"))
+    assert.not_equal(tostring(victim), body:match("^%S+ (%d+)"))
+    local log = pool:log()
+    assert.falsy(log:find("is faulty", 1, true), log)
+  end)
+
+  it("takes an offer back from a slow handler when another worker serves later connections", function()
+    local defer = H.cleanup(finally)
+    local back0 = pool:status().offers_back
+    local a, b, c = two_blocked_one_offered("s", defer)
+    local d = client(pool.addr)
+    defer(function() d:close() end)
+    -- c offered to b's worker (the later), then d to a's (the only room)
+    c:send(get("/block?f=sc"))
+    wait_actives("1,2", "c offered")
+    d:send(get("/d"))
+    wait_actives("2,2", "d offered")
+    -- b ends: its worker starts c (which blocks too); d still waits
+    -- behind a, the older: the tick gives it to c's worker instead
+    release("sb")
+    assert.equal(200, (b:response()))
+    H.wait_status(pool, function(s) return s.offers_back > back0 end, 20,
+                  "d taken back from a's worker")
+    release("sc")
+    assert.equal(200, (c:response()))
+    local s1, body = d:response()
+    assert.equal(200, s1)
+    assert.equal("/d", body:match("^(%S+)"))
+    -- a still blocks: d did not wait for it
+    release("sa")
+    assert.equal(200, (a:response()))
+  end)
+
+  it("costs nothing when an offered connection's client leaves before it starts", function()
+    local defer = H.cleanup(finally)
+    local base = H.fd_count(pool.pid)
+    local a, b, c = two_blocked_one_offered("l", defer)
+    c:send(get("/c"))
+    wait_actives("1,2", "c offered")
+    c:close()
+    release("lb")
+    assert.equal(200, (b:response()))
+    release("la")
+    assert.equal(200, (a:response()))
+    a:close(); b:close()
+    H.wait_status(pool, function(s)
+      return s.parked == 0 and H.all_idle(s) and H.fd_count(pool.pid) == base
+    end, 20, "every connection over, the master's fds back to " .. base)
+    local e = client(pool.addr)
+    defer(function() e:close() end)
+    e:send(get("/e"))
+    assert.equal(200, (e:response()))
+    local log = pool:log()
+    assert.falsy(log:find("is faulty", 1, true), log)
+  end)
+
+  it("costs nothing when an offered connection's client resets before it starts", function()
+    local defer = H.cleanup(finally)
+    local base = H.fd_count(pool.pid)
+    local a, b = two_blocked_one_offered("x", defer)
+    -- a client (python) that sends a request, then resets (SO_LINGER 0)
+    -- once told to, while its connection is offered
+    local host, port = pool.addr:match("^(.*):(%d+)$")
+    local go, done = dir .. "/xgo", dir .. "/xdone"
+    os.execute(([[/usr/bin/python3 -c '
+import os, socket, struct, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+s.sendall(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+while not os.path.exists(sys.argv[3]): time.sleep(0.01)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+open(sys.argv[4], "w").close()
+' %s %s %s %s >/dev/null 2>&1 &]]):format(host, port, go, done))
+    wait_actives("1,2", "the resetting client offered")
+    H.writefile(go, "")
+    H.wait_until(function()
+      local f = io.open(done)
+      if f then f:close() end
+      return f ~= nil
+    end, 20, "the client reset")
+    release("xb")
+    assert.equal(200, (b:response()))
+    release("xa")
+    assert.equal(200, (a:response()))
+    a:close(); b:close()
+    H.wait_status(pool, function(s)
+      return s.parked == 0 and H.all_idle(s) and H.fd_count(pool.pid) == base
+    end, 20, "every connection over, the master's fds back to " .. base)
+    local log = pool:log()
+    assert.falsy(log:find("is faulty", 1, true), log)
+  end)
+
+  it("does not keep a parked connection behind the next handler of its worker, one that never yields", function()
+    -- The worker sends the PARKs of kept connections together while it
+    -- has more to serve; one stuck in a handler has them taken by the
+    -- master (at its tick), one that dies too.
+    local defer = H.cleanup(finally)
+    local a, b, c = client(pool.addr), client(pool.addr), client(pool.addr)
+    defer(function() a:close(); b:close(); c:close() end)
+    defer(function() release("pa"); release("pb"); release("pc") end)
+    a:send(get("/a0"))                  -- parked once: kept from now on
+    assert.equal(200, (a:response()))
+    c:send(get("/block?f=pc"))
+    wait_actives("0,1", "c served")
+    a:send(get("/block?f=pa"))
+    wait_actives("1,1", "a served")
+    b:send(get("/spin?f=pb"))           -- offered to a's worker (the later)
+    wait_actives("1,2", "b offered")
+    release("pa")
+    assert.equal(200, (a:response()))   -- then b holds a's worker
+    a:send(get("/a2"))
+    release("pc")
+    assert.equal(200, (c:response()))
+    local s1, body = a:response()       -- while b still spins
+    assert.equal(200, s1)
+    assert.equal("/a2", body:match("^(%S+)"))
+    release("pb")
+    assert.equal(200, (b:response()))
+    local log = pool:log()
+    assert.falsy(log:find("is faulty", 1, true), log)
+  end)
+
+  it("hands an offer back when its worker is told to stop (reload): served by the new generation", function()
+    local defer = H.cleanup(finally)
+    local a, b, c = two_blocked_one_offered("r", defer)
+    c:send(get("/c"))
+    local st = wait_actives("1,2", "c offered")
+    local old = {}
+    for _, w in ipairs(st.workers) do old[w.pid] = true end
+    pool:kill("HUP")
+    -- the new generation takes c at once; the old workers finish a and b
+    local s1, body = c:response()
+    assert.equal(200, s1)
+    assert.equal("/c", body:match("^(%S+)"))
+    assert.is_nil(old[tonumber(body:match("^%S+ (%d+)"))])
+    release("ra"); release("rb")
+    assert.equal(200, (a:response()))
+    assert.equal(200, (b:response()))
+  end)
+end)
