@@ -1433,22 +1433,37 @@ void
 fdp_dispatch_parks_take(struct fdp_pool *p, struct fdp_worker *w)
 {
     struct fdp_park_entry e[FDP_PARKS_MAX];
+    const char *bad = NULL;
     uint64_t st;
     uint32_t i, n;
 
     if (w->shm == NULL || w->inflight == NULL) {
         return;
     }
+    /* The worker writes this page as it likes: the state is read once,
+     * the entries copied once, and only the copies are judged (each id
+     * one of its kept connections in flight, each had once). */
     st = __atomic_load_n(&w->shm->pstate, __ATOMIC_SEQ_CST);
     n = FDP_PARKS_N(st);
-    if (n == 0 || n > FDP_PARKS_MAX) {
+    if (n == 0) {
         return;
     }
-    memcpy(e, w->shm->parks, n * sizeof(e[0]));
+    if (n > FDP_PARKS_MAX) {
+        bad = "held-back PARKs past the page's room";
+        n = 0;
+    }
+    if (n > 0) {
+        memcpy(e, w->shm->parks, n * sizeof(e[0]));
+    }
     if (!__atomic_compare_exchange_n(&w->shm->pstate, &st,
                                      FDP_PARKS_EMPTY(st), 0,
                                      __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
         return;                     /* sent meanwhile (or more held) */
+    }
+    /* An offer it claimed and served since its last message is its own
+     * connection now: noted before its PARK is judged. */
+    if (p->noffers > 0 && w->claim != NULL) {
+        fdp_dispatch_offers_settle(p, w);
     }
     for (i = 0; i < n && !p->stopping; i++) {
         uint32_t k = (uint32_t) (e[i].id & 0xffff);
@@ -1457,7 +1472,14 @@ fdp_dispatch_parks_take(struct fdp_pool *p, struct fdp_worker *w)
             && w->inflight[k].id == e[i].id && w->inflight[k].kept != NULL
             && !w->inflight[k].offer) {
             park_one(p, w, &e[i], -1);
+        } else if (bad == NULL) {
+            bad = "a held-back PARK of a connection it does not hold";
         }
+    }
+    if (bad != NULL && w->ch.fd >= 0) {
+        fdp_dispatch_fault(p, w, bad);
+    } else if (bad != NULL) {           /* dead already */
+        fdp_log(FDP_LOG_WARN, 0, "worker %d: %s", w->slot.id, bad);
     }
 }
 

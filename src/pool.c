@@ -37,6 +37,7 @@
 #define KILL_MARGIN_MS   500
 #define BACKOFF_MAX_MS   30000
 #define SHM_BYTES        4096   /* a worker's struct fdp_wshared */
+_Static_assert(sizeof(struct fdp_wshared) <= SHM_BYTES, "the shared page");
 #define CRASH_LIMIT      10
 #define RELOAD_TIMEOUT_MS 60000
 
@@ -391,7 +392,16 @@ spawn_worker(struct fdp_pool *p, int idx)
     /* Strict prefork: its page shared with the process: the claim words
      * of the prefetch (dispatch.c, offer()), the PARKs it holds back. */
     w->prefetch = prefetch_wanted(p);
-    if (p->concurrency == 1 && !p->simulated && w->shm == NULL) {
+    /* A new page for each process: a page a dead worker had may still be
+     * mapped (and written) by a process it forked and left behind; it
+     * must not reach its successor's claims and PARKs. */
+    if (w->shm != NULL) {
+        (void) munmap(w->shm, SHM_BYTES);
+        w->shm = NULL;
+        w->claim = NULL;
+    }
+    w->pstate_seen = 0;
+    if (p->concurrency == 1 && !p->simulated) {
         void *m = mmap(NULL, SHM_BYTES, PROT_READ | PROT_WRITE,
                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 

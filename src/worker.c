@@ -636,6 +636,51 @@ start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
  * the master took it back (the master keeps its copy of the socket: the
  * worker's copy is then just closed, no shutdown).
  */
+/* Tests only (tests/66-prefetch_spec.lua): FDPOOL_TEST_SHM=MODE:PATH
+ * makes the first worker given a connection while PATH does not exist
+ * (it creates it) fill its shared page with what a buggy or hostile
+ * worker could write, before that connection's handler runs. The master
+ * must survive it and kill this worker as faulty. */
+static void
+test_scribble(struct fdp_wctx *w, uint64_t id)
+{
+    static int off;                 /* unset, or done: no more getenv */
+    const char *e = off ? NULL : getenv("FDPOOL_TEST_SHM");
+    const char *path = e != NULL ? strchr(e, ':') : NULL;
+    int i, fd;
+
+    if (path == NULL || w->shm == NULL) {
+        off = 1;
+        return;
+    }
+    off = 1;
+    fd = open(path + 1, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        return;                     /* done once already */
+    }
+    (void) close(fd);
+    for (i = 0; i < FDP_CLAIM_WORDS; i++) {
+        __atomic_store_n(&w->shm->claim[i], id + (uint64_t) i,
+                         __ATOMIC_SEQ_CST);
+    }
+    if (strncmp(e, "count:", 6) == 0) {     /* a count past the page */
+        __atomic_store_n(&w->shm->pstate, 0xffffffffu, __ATOMIC_SEQ_CST);
+        return;
+    }
+    /* ids: its own connection not kept, twice; 0; one past its table;
+     * its own slot with another generation */
+    memset(w->shm->parks, 0, sizeof(w->shm->parks));
+    w->shm->parks[0].id = id;
+    w->shm->parks[1].id = id;
+    w->shm->parks[2].id = 0;
+    w->shm->parks[3].id = (id & ~(uint64_t) 0xffff) | 0xfffe;
+    w->shm->parks[4].id = id ^ ((uint64_t) 1 << 40);
+    w->shm->parks[5].id = ~(uint64_t) 0;
+    __atomic_store_n(&w->shm->pstate, ((uint64_t) 7 << 32) | 6u,
+                     __ATOMIC_SEQ_CST);
+}
+
+
 static void
 offer_start(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
 {
@@ -756,6 +801,7 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
                 if (m.u.conn[i].flags & FDP_CONN_OFFER) {
                     offer_take(w, fd, &m.u.conn[i]);
                 } else {
+                    test_scribble(w, m.u.conn[i].id);
                     start_task(w, fd, &m.u.conn[i]);
                 }
             }

@@ -318,3 +318,37 @@ open(sys.argv[4], "w").close()
     assert.equal(200, (b:response()))
   end)
 end)
+
+-- The master never trusts a worker's shared page (issue 13): a worker
+-- runs user code and may write anything there. FDPOOL_TEST_SHM makes the
+-- first worker given a connection fill its page with hostile values
+-- (src/worker.c, test_scribble) and then spin in its handler, so that
+-- the master's tick takes the "held-back PARKs": it must survive, log
+-- the worker as faulty and kill it, and serve on with a new one.
+describe("strict prefork: a worker's hostile shared page", function()
+  for _, mode in ipairs({ "count", "ids" }) do
+    it("survives " .. mode .. " and kills the worker as faulty", function()
+      local dir = H.tmpdir()
+      H.writefile(dir .. "/app.lua", APP:format(dir))
+      local pool = H.start_pool{ script = dir .. "/app.lua", workers = 2, concurrency = 1,
+        shell = ("FDPOOL_TEST_SHM=%s:%s/scribbled"):format(mode, dir) }
+      finally(function() H.writefile(dir .. "/s", ""); pool:stop() end)
+      assert(pool.addr, pool:log())
+      local master = pool.pid
+      local c = client(pool.addr)
+      finally(function() c:close() end)
+      c:send(get("/spin?f=s"))
+      H.wait_until(function() return pool:log():find("is faulty", 1, true) end, 20,
+                   "the worker called faulty\n" .. pool:log())
+      local st = c:response()
+      assert.is_nil(st)                 -- its connection went with it
+      assert.truthy(H.alive(master))
+      pool:wait_ready(2)
+      local r = H.http_get(pool.addr, "/after") or ""
+      assert.truthy(r:match("^HTTP/1%.1 200"), r)
+      local log = pool:log()
+      assert.truthy(log:find(mode == "count" and "held-back PARKs past the page's room"
+                             or "a held-back PARK of a connection it does not hold", 1, true), log)
+    end)
+  end
+end)
