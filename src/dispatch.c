@@ -416,13 +416,21 @@ fdp_dispatch_send(struct fdp_pool *p, struct fdp_worker *w)
                              ? sizeof(struct sockaddr_in)
                              : sizeof(struct sockaddr_in6);
             }
-            p->qlen++;
-        } else if (w->inflight[i].kept != NULL) {
-            kept_drop(p, w->inflight[i].kept);
+            p->qlen++;              /* its per-address count with it */
         } else {
-            fdp_close(&w->batchfds[k]);
+            fdp_acceptf_inflight_done(p, &w->inflight[i]);
+            if (w->inflight[i].kept != NULL) {
+                kept_drop(p, w->inflight[i].kept);
+            } else {
+                fdp_close(&w->batchfds[k]);
+            }
         }
-        fdp_acceptf_inflight_done(p, &w->inflight[i]);
+        if (w->inflight[i].offer) {     /* never reached it: no offer */
+            __atomic_store_n(&w->claim[w->inflight[i].offer - 1], 0,
+                             __ATOMIC_SEQ_CST);
+            w->inflight[i].offer = 0;
+            p->noffers--;
+        }
         w->inflight[i].kept = NULL;
         w->inflight[i].id = 0;
         w->freeidx[w->nfree++] = i;
