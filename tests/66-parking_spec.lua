@@ -27,46 +27,8 @@ local function get(path)
   return "GET " .. path .. " HTTP/1.1\r\nHost: t\r\n\r\n"
 end
 
--- A raw client: send bytes, read whole responses (Content-Length bodies).
-local C = {}
-C.__index = C
-
-local function client(addr)
-  return setmetatable({ fd = assert(fdpool.connect(addr, 10)), buf = "" }, C)
-end
-
-function C:send(s) assert(self.fd:write(s)); return self end
-
--- status, body of the next response; nil, why at EOF or timeout.
-function C:response()
-  while true do
-    local i = self.buf:find("\r\n\r\n", 1, true)
-    if i then
-      local n = tonumber(self.buf:sub(1, i):match("\r\n[Cc]ontent%-[Ll]ength: *(%d+)"))
-      if n and #self.buf >= i + 3 + n then
-        local st = tonumber(self.buf:match("^HTTP/1%.%d (%d%d%d)"))
-        local body = self.buf:sub(i + 4, i + 3 + n)
-        self.buf = self.buf:sub(i + 4 + n)
-        return st, body
-      end
-    end
-    local d, err = self.fd:read(65536)
-    if not d then return nil, err or "closed" end
-    self.buf = self.buf .. d
-  end
-end
-
--- true at EOF with nothing more sent
-function C:eof()
-  local d, err = self.fd:read(65536)
-  while d do
-    self.buf = self.buf .. d
-    d, err = self.fd:read(65536)
-  end
-  return err == nil and self.buf == ""
-end
-
-function C:close() pcall(self.fd.close, self.fd) end
+-- A raw HTTP client (tests/helpers.lua).
+local function client(addr) return H.raw_client(addr, 10) end
 
 describe("parking (--concurrency 1)", function()
   local pool, dir

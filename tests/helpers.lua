@@ -432,4 +432,47 @@ function H.reap(p)
   if not ok then p:kill("KILL"); pcall(p.wait_exit, p, 5) end
 end
 
+-- A raw HTTP/1.1 client over fdpool.connect (timeout seconds, default
+-- 10): c:send(bytes), c:response() -> status, body of the next response
+-- (Content-Length bodies) or nil, why at EOF or timeout; c:eof() -> true
+-- at EOF with nothing more sent; c:close().
+local RawClient = {}
+RawClient.__index = RawClient
+
+function H.raw_client(addr, timeout)
+  return setmetatable({ fd = assert(fdpool.connect(addr, timeout or 10)), buf = "" },
+                      RawClient)
+end
+
+function RawClient:send(s) assert(self.fd:write(s)); return self end
+
+function RawClient:response()
+  while true do
+    local i = self.buf:find("\r\n\r\n", 1, true)
+    if i then
+      local n = tonumber(self.buf:sub(1, i):match("\r\n[Cc]ontent%-[Ll]ength: *(%d+)"))
+      if n and #self.buf >= i + 3 + n then
+        local st = tonumber(self.buf:match("^HTTP/1%.%d (%d%d%d)"))
+        local body = self.buf:sub(i + 4, i + 3 + n)
+        self.buf = self.buf:sub(i + 4 + n)
+        return st, body
+      end
+    end
+    local d, err = self.fd:read(65536)
+    if not d then return nil, err or "closed" end
+    self.buf = self.buf .. d
+  end
+end
+
+function RawClient:eof()
+  local d, err = self.fd:read(65536)
+  while d do
+    self.buf = self.buf .. d
+    d, err = self.fd:read(65536)
+  end
+  return err == nil and self.buf == ""
+end
+
+function RawClient:close() pcall(self.fd.close, self.fd) end
+
 return H
