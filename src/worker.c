@@ -41,6 +41,21 @@
  * to FDP_PARKS_MAX, for measuring). */
 static unsigned parks_batch = 4;
 
+/* 1: held PARKs go as a message only while the master waits (its word
+ * in the page, msleep); else the master takes them from the page before
+ * it waits. 0 (FDPOOL_PARKWAKE=0, for measuring): they go whenever this
+ * worker would wait. */
+static int parks_wake = 1;
+
+
+/* Does the master wait (or is about to)? Then held PARKs must be sent:
+ * it would not look at the page before its next event. */
+static int
+master_waits(const struct fdp_wshared *sh)
+{
+    return !parks_wake || __atomic_load_n(&sh->msleep, __ATOMIC_SEQ_CST);
+}
+
 /* A task of the worker: the scheduler's, plus the connection it serves. */
 struct fdp_wtask {
     struct fdp_task t;          /* first: a struct fdp_task * is one; its
@@ -318,7 +333,11 @@ task_park(struct fdp_task *tk, int fd, uint64_t bytes_in, uint64_t bytes_out,
         } while (!__atomic_compare_exchange_n(&sh->pstate, &st, st + 1, 0,
                                               __ATOMIC_SEQ_CST,
                                               __ATOMIC_SEQ_CST));
-        if (FDP_PARKS_N(st) + 1 >= parks_batch) {
+        /* Sent when the page is full, or at the batch's size while
+         * the master waits; else before this worker waits (the loop in
+         * fdp_worker_run), or taken by the master. */
+        if (FDP_PARKS_N(st) + 1 >= FDP_PARKS_MAX || TASK_W(t)->stopping
+            || (FDP_PARKS_N(st) + 1 >= parks_batch && master_waits(sh))) {
             flush_parks(TASK_W(t));
         }
         r = 0;
@@ -1475,16 +1494,29 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
     {
         const char *e = getenv("FDPOOL_PARKS");
 
+        if (getenv("FDPOOL_PARKWAKE") != NULL
+            && strcmp(getenv("FDPOOL_PARKWAKE"), "0") == 0) {
+            parks_wake = 0;
+        }
         if (e != NULL && atoi(e) >= 1 && atoi(e) <= FDP_PARKS_MAX) {
             parks_batch = (unsigned) atoi(e);
         }
     }
     for (;;) {
-        /* PARKs held back: one look without waiting; nothing to do, so
-         * they go before the worker sleeps. An offer in hand starts
-         * first: its PARK may go with them. */
-        r = fdp_loop_run_once(&w.loop, w.shm != NULL
-                              && FDP_PARKS_N(w.shm->pstate) > 0 ? 0 : -1);
+        /* PARKs held back and a master that waits: one look without
+         * waiting; nothing to do, so they go before the worker sleeps
+         * (an offer in hand starts first: its PARK may go with them).
+         * A master that runs takes them from the page before it waits:
+         * the worker's compare-and-swap that held the last one came
+         * before the load of msleep, as the master's store of msleep
+         * before its last look at the page (both sequentially
+         * consistent): one of the two sees the other. */
+        int look = w.shm != NULL
+                   && FDP_PARKS_N(__atomic_load_n(&w.shm->pstate,
+                                                  __ATOMIC_RELAXED)) > 0
+                   && master_waits(w.shm);
+
+        r = fdp_loop_run_once(&w.loop, look ? 0 : -1);
         if (r < 0) {
             fdp_log(FDP_LOG_ERROR, -r, "epoll_wait() failed");
             worker_exit(&w, 1);
@@ -1493,7 +1525,7 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
         if (w.noffer > 0 && w.nconn == 0) {
             offers_run(&w);
         }
-        if (r == 0) {
+        if (r == 0 && look) {
             flush_parks(&w);
         }
         if (sig_reopen) {
