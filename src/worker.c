@@ -655,11 +655,14 @@ start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
  * the master took it back (the master keeps its copy of the socket: the
  * worker's copy is then just closed, no shutdown).
  */
-/* Tests only (tests/66-prefetch_spec.lua): FDPOOL_TEST_SHM=MODE:PATH
- * makes the first worker given a connection while PATH does not exist
- * (it creates it) fill its shared page with what a buggy or hostile
- * worker could write, before that connection's handler runs. The master
- * must survive it and kill this worker as faulty. */
+/* Tests only (tests/66-prefetch_spec.lua, tests/66-parkring_spec.lua):
+ * FDPOOL_TEST_SHM=MODE:PATH makes the first worker given a connection
+ * while PATH does not exist (it creates it) fill its shared page with
+ * what a buggy or hostile worker could write, before that connection's
+ * handler runs. The master must survive it and kill this worker as
+ * faulty. Mode "ring" waits for PATH.go to exist, and holds PARKs of the
+ * connections handed just before and after its own (another worker's),
+ * under a generation of its choosing. */
 static void
 test_scribble(struct fdp_wctx *w, uint64_t id)
 {
@@ -671,6 +674,14 @@ test_scribble(struct fdp_wctx *w, uint64_t id)
     if (path == NULL || w->shm == NULL) {
         off = 1;
         return;
+    }
+    if (strncmp(e, "ring:", 5) == 0) {
+        char go[512];
+
+        snprintf(go, sizeof(go), "%s.go", path + 1);
+        if (access(go, F_OK) != 0) {
+            return;                 /* not yet */
+        }
     }
     off = 1;
     fd = open(path + 1, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -684,6 +695,22 @@ test_scribble(struct fdp_wctx *w, uint64_t id)
     }
     if (strncmp(e, "count:", 6) == 0) {     /* a count past the page */
         __atomic_store_n(&w->shm->pstate, 0xffffffffu, __ATOMIC_SEQ_CST);
+        return;
+    }
+    if (strncmp(e, "ring:", 5) == 0) {
+        /* ids of the hand-offs next to its own: slots 0 to 3 of the
+         * sequence numbers before and after (another worker's
+         * connections), well-formed entries otherwise */
+        memset(w->shm->parks, 0, sizeof(w->shm->parks));
+        for (i = 0; i < 8; i++) {
+            uint64_t seq = (id >> 16) + (i < 4 ? (uint64_t) -1 : 1);
+
+            w->shm->parks[i].id = (seq << 16) | (uint64_t) (i & 3);
+            w->shm->parks[i].idle_ms = 1000;
+        }
+        __atomic_store_n(&w->shm->msleep, 0, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&w->shm->pstate, ((uint64_t) 0xdead << 32) | 8u,
+                         __ATOMIC_SEQ_CST);
         return;
     }
     /* ids: its own connection not kept, twice; 0; one past its table;
