@@ -1527,7 +1527,10 @@ fdp_dispatch_rings(struct fdp_pool *p)
 
         /* A worker's page is its input: the count is judged (and a
          * worker faulted) in fdp_dispatch_parks_take, on a copy. */
-        for (tries = 0; tries < 4 && w->shm != NULL && w->ch.fd >= 0
+        /* (None held by a worker with no connection in flight: each
+         * PARK is of one.) */
+        for (tries = 0; tries < 4 && w->slot.active > 0 && w->shm != NULL
+             && w->ch.fd >= 0
              && FDP_PARKS_N(__atomic_load_n(&w->shm->pstate,
                                             __ATOMIC_SEQ_CST)) > 0;
              tries++) {
@@ -1553,7 +1556,10 @@ fdp_dispatch_rings_wait(struct fdp_pool *p, int on)
     for (i = 0; i < p->nworkers; i++) {
         struct fdp_worker *w = &p->workers[i];
 
-        if (w->shm != NULL) {
+        /* Only a worker with a connection can park one: another has
+         * none before the master's next turn, which comes here again
+         * before it waits (a word left at 1 costs only a message). */
+        if (w->shm != NULL && w->slot.active > 0) {
             __atomic_store_n(&w->shm->msleep, (uint32_t) on,
                              __ATOMIC_SEQ_CST);
         }
@@ -1561,7 +1567,7 @@ fdp_dispatch_rings_wait(struct fdp_pool *p, int on)
     for (i = 0; on && i < p->nworkers && !more; i++) {
         struct fdp_worker *w = &p->workers[i];
 
-        more = w->shm != NULL && w->ch.fd >= 0
+        more = w->shm != NULL && w->ch.fd >= 0 && w->slot.active > 0
                && FDP_PARKS_N(__atomic_load_n(&w->shm->pstate,
                                               __ATOMIC_SEQ_CST)) > 0;
     }
