@@ -111,14 +111,13 @@ hb_reserve(struct headbuf *b, size_t n)
 }
 
 
-/* Append to b; 0 (out of memory raises: nothing to free). */
-static int
+/* Append to b (out of memory raises: nothing to free). */
+static void
 hb_add(struct headbuf *b, const char *s, size_t n)
 {
     hb_reserve(b, n);
     memcpy(b->p + b->len, s, n);
     b->len += n;
-    return 0;
 }
 
 
@@ -425,7 +424,8 @@ head_build(lua_State *L, struct headbuf *b, int slot, const char *sl,
     int bad;
 
     head_start(b, L, slot);
-    bad = hb_add(b, sl, sn) | hb_headers(b, L, hidx);
+    hb_add(b, sl, sn);
+    bad = hb_headers(b, L, hidx);
     if (head_finish(b, dl, dn, has_len, v, chunked, cv, cn) || bad) {
         head_fail(L, b);
     }
@@ -816,7 +816,8 @@ res_send(lua_State *L)
             sl = luaL_checklstring(L, 7, &sn);
         }
         b.scan = 1;
-        bad = hb_add(&b, sl, sn) | hb_headers(&b, L, 5);
+        hb_add(&b, sl, sn);
+        bad = hb_headers(&b, L, 5);
     } else {
         hb_scan(L, &b, 5);
     }
