@@ -113,8 +113,10 @@ describe("strict prefork's PARKs through the shared page", function()
   end)
 
   it("serves every connection a worker parked when it is killed holding them", function()
-    -- a's worker answers a (its PARK held in the page, the master asleep
-    -- or not), claims b, which spins: killed there, it loses b alone
+    -- a's worker answers a (its PARK held in the page: the master waits,
+    -- and the worker has b in hand), claims b, which spins: killed
+    -- there, it loses b alone; the master takes a's PARK from the dead
+    -- worker's page (or, had the tick come first, from the live one's)
     local defer = H.cleanup(finally)
     local a, b, c = client(pool.addr), client(pool.addr), client(pool.addr)
     defer(function() a:close(); b:close(); c:close() end)
