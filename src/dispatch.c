@@ -1510,19 +1510,33 @@ fdp_dispatch_parks_take(struct fdp_pool *p, struct fdp_worker *w)
 
 
 /*
- * Strict prefork: the PARKs the table's workers hold in their pages,
- * taken at every turn of the master's loop, before it waits (pool.c,
+ * Strict prefork: the PARKs the workers hold in their pages, taken at
+ * every turn of the master's loop, before it waits (pool.c,
  * fdp_pool_step). A worker sends them as a message only while the
  * master's word in its page says it waits (fdp_dispatch_rings_wait), so
- * under load a PARK costs no system call on either side. Returns how
- * many workers had some.
+ * under load a PARK costs no system call on either side. The table's
+ * workers and those out of it (a retiring one may hold PARKs from before
+ * it left, while it serves on): the slots up to the last live process
+ * (p->nalive of them counted), so the look costs nothing more while no
+ * process lives out of the table. Returns how many workers had some.
  */
+static int
+ring_slot_end(const struct fdp_pool *p, int i, int *alive)
+{
+    if (i >= FDP_SLOTS || (i >= p->nworkers && *alive >= p->nalive)) {
+        return 1;
+    }
+    *alive += p->workers[i].slot.pid > 0;
+    return 0;
+}
+
+
 int
 fdp_dispatch_rings(struct fdp_pool *p)
 {
-    int i, n = 0, tries;
+    int i, n = 0, tries, alive = 0;
 
-    for (i = 0; i < p->nworkers; i++) {
+    for (i = 0; !ring_slot_end(p, i, &alive); i++) {
         struct fdp_worker *w = &p->workers[i];
 
         /* A worker's page is its input: the count is judged (and a
@@ -1546,14 +1560,15 @@ fdp_dispatch_rings(struct fdp_pool *p)
 
 
 /* The master is about to wait (on), or has woken (!on): its word in the
- * table's workers' pages. After publishing it, one more look: returns 1
- * when a page holds PARKs (the caller takes them instead of waiting). */
+ * pages of the workers fdp_dispatch_rings looks at. After publishing it,
+ * one more look: returns 1 when a page holds PARKs (the caller takes
+ * them instead of waiting). */
 int
 fdp_dispatch_rings_wait(struct fdp_pool *p, int on)
 {
-    int i, more = 0;
+    int i, more = 0, alive = 0;
 
-    for (i = 0; i < p->nworkers; i++) {
+    for (i = 0; !ring_slot_end(p, i, &alive); i++) {
         struct fdp_worker *w = &p->workers[i];
 
         /* Only a worker with a connection can park one: another has
@@ -1564,7 +1579,8 @@ fdp_dispatch_rings_wait(struct fdp_pool *p, int on)
                              __ATOMIC_SEQ_CST);
         }
     }
-    for (i = 0; on && i < p->nworkers && !more; i++) {
+    for (i = 0, alive = 0; on && !more && !ring_slot_end(p, i, &alive);
+         i++) {
         struct fdp_worker *w = &p->workers[i];
 
         more = w->shm != NULL && w->ch.fd >= 0 && w->slot.active > 0
@@ -1588,13 +1604,13 @@ fdp_dispatch_parks_tick(struct fdp_pool *p)
         struct fdp_worker *w = &p->workers[i];
         uint64_t st;
 
-        if (w->shm == NULL || w->slot.state != FDP_W_RUNNING) {
+        /* A retiring worker too (out of the table, serving on); not
+         * one faulted (its channel closed: its page is taken when it is
+         * reaped). */
+        if (w->shm == NULL || w->ch.fd < 0
+            || (w->slot.state != FDP_W_RUNNING
+                && w->slot.state != FDP_W_EXITING)) {
             continue;
-        }
-        if (i >= p->nworkers) {
-            /* Out of the table (a reload's new worker, a retiring one):
-             * not looked at every turn, so it sends its PARKs. */
-            __atomic_store_n(&w->shm->msleep, 1, __ATOMIC_SEQ_CST);
         }
         st = __atomic_load_n(&w->shm->pstate, __ATOMIC_SEQ_CST);
         if (FDP_PARKS_N(st) > 0 && st == w->pstate_seen) {

@@ -196,3 +196,74 @@ describe("strict prefork: a worker that scribbles PARKs in its page", function()
     assert.truthy(r:match("^HTTP/1%.1 200"), r)
   end)
 end)
+
+describe("strict prefork: a retiring worker's held PARKs", function()
+  -- A worker leaves the table (a reload) holding a PARK in its page while
+  -- it serves another connection that never yields: the master takes
+  -- that PARK at its next turn, as it does for the table's workers, so
+  -- the parked client's next request goes to the new generation at once,
+  -- not after the other connection (or the 30 s grace). The new worker is
+  -- ready only once b's handler runs (a's PARK held by then, b claimed).
+  local RAPP = [[
+local fdpool = require "fdpool"
+local http = require "fdpool.http"
+local DIR = %q
+local function exists(n)
+  local h = io.open(DIR .. "/" .. n)
+  if h then h:close() return true end
+end
+if exists("gate") then              -- the reload's worker: ready after "go"
+  while not exists("go") do end
+end
+return http.serve(function(req, res)
+  local q = req.query or ""
+  local f, t = q:match("f=(%%w+)"), q:match("then=(%%w+)")
+  if t then local h = assert(io.open(DIR .. "/" .. t, "w")); h:close() end
+  if req.path == "/block" then
+    while not exists(f) do fdpool.sleep(0.01) end
+  elseif req.path == "/spin" then
+    while not exists(f) do end        -- holds the worker: never yields
+  end
+  res:send(req.path .. " " .. fdpool.worker.pid .. "\n")
+end)
+]]
+
+  it("are taken while it serves on: the client's next request goes to the new generation", function()
+    local dir = H.tmpdir()
+    H.writefile(dir .. "/app.lua", RAPP:format(dir))
+    local pool = H.start_pool{ script = dir .. "/app.lua", workers = 1, concurrency = 1 }
+    assert(pool.addr, pool:log())
+    local a, b = H.raw_client(pool.addr, 10), client(pool.addr)
+    finally(function()
+      H.writefile(dir .. "/go", ""); H.writefile(dir .. "/ka", ""); H.writefile(dir .. "/kb", "")
+      a:close(); b:close(); pool:stop()
+    end)
+    local old = pool:worker_pids()[1]
+    a:send(get("/a0"))                  -- parked once: kept from now on
+    assert.equal(200, (a:response()))
+    a:send(get("/block?f=ka"))
+    wait_actives(pool, "1", "a served")
+    b:send(get("/spin?f=kb&then=go"))   -- offered to the one worker
+    wait_actives(pool, "2", "b offered")
+    H.writefile(dir .. "/gate", "")
+    pool:kill("HUP")
+    H.wait_until(function() return H.count(pool:log(), "started (pid") == 2 end, 10,
+                 "the new generation's worker forked")
+    H.writefile(dir .. "/ka", "")       -- a answered and parked, b claimed
+    local s1, body = a:response()
+    assert.equal(200, s1)
+    assert.equal("/block " .. old, body:match("^(.-)\n"))
+    H.wait_until(function() return pool:log():find("retires: reload", 1, true) end, 10,
+                 "the reload's swap\n" .. pool:log())
+    a:send(get("/a2"))                  -- b still spins in the old worker
+    s1, body = a:response()
+    assert.equal(200, s1, "a's next request answered while b runs")
+    assert.equal("/a2", body:match("^(%S+)"))
+    assert.not_equal(tostring(old), body:match("^%S+ (%d+)"))
+    H.writefile(dir .. "/kb", "")
+    s1, body = b:response()
+    assert.equal(200, s1)
+    assert.equal("/spin " .. old, body:match("^(.-)\n"))
+    assert.same({}, H.unexpected_errors(pool:log()))
+  end)
+end)
