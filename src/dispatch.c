@@ -787,18 +787,31 @@ offer_back(struct fdp_pool *p, struct fdp_worker *w, uint32_t k, int requeue)
 
 
 /* Take back w's offers it has not claimed (its death, its stop): to the
- * queue (requeue) or closed. */
+ * queue (requeue) or closed. Each goes to the queue's front, so the
+ * newest first (by its hand-off's sequence number, not its slot's
+ * number): the oldest ends at the front, they keep their order. */
 void
 fdp_dispatch_offers_back(struct fdp_pool *p, struct fdp_worker *w,
                          int requeue)
 {
-    uint32_t k;
+    for (;;) {
+        uint32_t k, newest = 0;
+        uint64_t seq = 0;
+        int found = 0;
 
-    for (k = 0; w->inflight != NULL && k < (uint32_t) w->ncap; k++) {
-        if (w->inflight[k].id != 0 && w->inflight[k].offer
-            && w->claim != NULL) {
-            (void) offer_back(p, w, k, requeue);
+        for (k = 0; w->inflight != NULL && w->claim != NULL
+             && k < (uint32_t) w->ncap; k++) {
+            if (w->inflight[k].id != 0 && w->inflight[k].offer
+                && (!found || (w->inflight[k].id >> 16) > seq)) {
+                newest = k;
+                seq = w->inflight[k].id >> 16;
+                found = 1;
+            }
         }
+        if (!found) {
+            return;
+        }
+        (void) offer_back(p, w, newest, requeue);   /* ->offer is 0 now */
     }
 }
 

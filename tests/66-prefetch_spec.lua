@@ -325,3 +325,58 @@ describe("strict prefork: a worker's hostile shared page", function()
     end)
   end
 end)
+
+describe("strict prefork: the offers of a worker that dies", function()
+  -- One worker serves x (spinning) and holds three offers, o1 to o3 in
+  -- their order (FDPOOL_OFFERBATCH=0: one per turn, so the test can
+  -- wait for each); killed, it loses x alone, and o1 to o3 go back to the
+  -- queue's front in the order they came: the next worker serves o1 first.
+  local OAPP = [[
+local http = require "fdpool.http"
+local DIR = %q
+return http.serve(function(req, res)
+  local g = req.path == "/spin" and req.query:match("f=(%%w+)")
+  while g do                        -- holds the worker: never yields
+    local h = io.open(DIR .. "/" .. g)
+    if h then h:close() break end
+  end
+  local h = assert(io.open(DIR .. "/order", "a"))
+  h:write(req.path, "\n")
+  h:close()
+  res:send(req.path .. "\n")
+end)
+]]
+
+  it("go back to the queue's front in their order", function()
+    local dir = H.tmpdir()
+    H.writefile(dir .. "/app.lua", OAPP:format(dir))
+    local pool = H.start_pool{ script = dir .. "/app.lua", workers = 1, concurrency = 1,
+                               shell = "FDPOOL_OFFERBATCH=0" }
+    assert(pool.addr, pool:log())
+    local x, os_ = client(pool.addr), {}
+    finally(function()
+      H.writefile(dir .. "/kx", "")
+      x:close()
+      for _, c in ipairs(os_) do c:close() end
+      pool:stop()
+    end)
+    local victim = pool:worker_pids()[1]
+    x:send(get("/spin?f=kx"))
+    H.wait_status(pool, function(s) return s.workers[1].active == 1 end, 20, "x served")
+    for i = 1, 3 do
+      os_[i] = client(pool.addr)
+      os_[i]:send(get("/o" .. i))
+      H.wait_status(pool, function(s) return s.workers[1].active == 1 + i end, 20,
+                    "o" .. i .. " offered")
+    end
+    assert(os.execute("kill -KILL " .. victim))
+    assert.is_nil((x:response()))       -- the one it was serving
+    for i = 1, 3 do
+      local st, body = os_[i]:response()
+      assert.equal(200, st)
+      assert.equal("/o" .. i .. "\n", body)
+    end
+    assert.equal("/o1\n/o2\n/o3\n", H.readfile(dir .. "/order"))
+    assert.truthy(pool:status().offers_back >= 3)
+  end)
+end)
