@@ -1528,30 +1528,50 @@ fdp_dispatch_parks_take(struct fdp_pool *p, struct fdp_worker *w)
  * fdp_pool_step). A worker sends them as a message only while the
  * master's word in its page says it waits (fdp_dispatch_rings_wait), so
  * under load a PARK costs no system call on either side. The table's
- * workers and those out of it (a retiring one may hold PARKs from before
- * it left, while it serves on): the slots up to the last live process
- * (p->nalive of them counted), so the look costs nothing more while no
- * process lives out of the table. Returns how many workers had some.
+ * workers, and those out of it (a retiring one may hold PARKs from
+ * before it left, while it serves on): the master puts those from the
+ * top slot down, so they are looked for from there, until p->nalive
+ * processes are met (nothing more to look at while none lives out of the
+ * table). Returns how many workers had some.
  */
-static int
-ring_slot_end(const struct fdp_pool *p, int i, int *alive)
+struct ring_it {
+    int i;                          /* the next slot: up the table, then
+                                     * down from the top */
+    int down;
+    int left;                       /* live processes not met yet */
+};
+
+
+static struct fdp_worker *
+ring_next(struct fdp_pool *p, struct ring_it *it)
 {
-    if (i >= FDP_SLOTS || (i >= p->nworkers && *alive >= p->nalive)) {
-        return 1;
+    struct fdp_worker *w;
+
+    if (!it->down && it->i >= p->nworkers) {
+        it->down = 1;
+        it->i = FDP_SLOTS - 1;
     }
-    *alive += p->workers[i].slot.pid > 0;
-    return 0;
+    if (it->down && (it->left <= 0 || it->i < p->nworkers)) {
+        return NULL;
+    }
+    w = &p->workers[it->i];
+    it->i += it->down ? -1 : 1;
+    it->left -= w->slot.pid > 0;
+    return w;
 }
+
+
+#define RING_FIRST(p) { 0, 0, (p)->nalive }
 
 
 int
 fdp_dispatch_rings(struct fdp_pool *p)
 {
-    int i, n = 0, tries, alive = 0;
+    struct ring_it it = RING_FIRST(p);
+    struct fdp_worker *w;
+    int n = 0, tries;
 
-    for (i = 0; !ring_slot_end(p, i, &alive); i++) {
-        struct fdp_worker *w = &p->workers[i];
-
+    while ((w = ring_next(p, &it)) != NULL) {
         /* A worker's page is its input: the count is judged (and a
          * worker faulted) in fdp_dispatch_parks_take, on a copy. */
         /* (None held by a worker with no connection in flight: each
@@ -1579,11 +1599,11 @@ fdp_dispatch_rings(struct fdp_pool *p)
 int
 fdp_dispatch_rings_wait(struct fdp_pool *p, int on)
 {
-    int i, more = 0, alive = 0;
+    struct ring_it it = RING_FIRST(p);
+    struct fdp_worker *w;
+    int more = 0;
 
-    for (i = 0; !ring_slot_end(p, i, &alive); i++) {
-        struct fdp_worker *w = &p->workers[i];
-
+    while ((w = ring_next(p, &it)) != NULL) {
         /* Only a worker with a connection can park one: another has
          * none before the master's next turn, which comes here again
          * before it waits (a word left at 1 costs only a message). */
@@ -1592,10 +1612,8 @@ fdp_dispatch_rings_wait(struct fdp_pool *p, int on)
                              __ATOMIC_SEQ_CST);
         }
     }
-    for (i = 0, alive = 0; on && !more && !ring_slot_end(p, i, &alive);
-         i++) {
-        struct fdp_worker *w = &p->workers[i];
-
+    it = (struct ring_it) RING_FIRST(p);
+    while (on && !more && (w = ring_next(p, &it)) != NULL) {
         more = w->shm != NULL && w->ch.fd >= 0 && w->slot.active > 0
                && FDP_PARKS_N(__atomic_load_n(&w->shm->pstate,
                                               __ATOMIC_SEQ_CST)) > 0;
