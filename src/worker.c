@@ -866,6 +866,9 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             break;
         case FDP_MSG_STOP:
             w->stopping = 1;
+            /* Held PARKs go now: a stopping master looks at no page
+             * before this worker's exit, which may wait for a handler. */
+            flush_parks(w);
             while (w->noffer > 0) {     /* never started: the master's */
                 fdp_close(&w->offer_fd[--w->noffer]);
             }
