@@ -1069,7 +1069,9 @@ limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
  */
 #define FC_MAX      512
 #define FC_CLASSES  (FC_MAX / 8)
+#ifndef FC_CAP
 #define FC_CAP      (256 * 1024)
+#endif
 
 struct fcache {
     void *head[FC_CLASSES + 1];
@@ -1288,7 +1290,9 @@ worker_signals(struct fdp_wctx *w)
 /* The worker's collector: generational, a minor collection each time
  * the heap has grown by WORKER_GC_MINOR % since the last one, a major
  * one past WORKER_GC_MAJOR % (see open_handler). */
+#ifndef WORKER_GC_MINOR
 #define WORKER_GC_MINOR 50      /* % (Lua's default 20) */
+#endif
 #define WORKER_GC_MAJOR 100     /* % (Lua's default) */
 #define WORKER_GC_PAUSE 150     /* % (Lua's default 200): the pause of the
                                  * incremental cycles it runs after a bad
