@@ -1061,7 +1061,10 @@ limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
  * tables, their node arrays, strings) cost a list push and pop instead
  * of glibc's free and malloc, whose per-size caches (7 blocks) a
  * collector's sweep overflows. At most FC_CAP bytes wait on the lists;
- * the rest goes back to free(). The state is the worker's own
+ * the rest goes back to free(). 1 MiB: a minor collection of a worker
+ * holding 500-1000 keep-alive connections frees 0.6-1.2 MiB at once,
+ * and what glibc takes back there it hands out again through its bins,
+ * reading cold chunk headers (docs/performance.md). The state is the worker's own
  * (luaL_newstate, whose allocator is realloc/free), so every block is
  * malloc's: a block from before the switch goes on a list only when
  * it holds its class (FC_HOLDS). Off under AddressSanitizer,
@@ -1070,7 +1073,7 @@ limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 #define FC_MAX      512
 #define FC_CLASSES  (FC_MAX / 8)
 #ifndef FC_CAP
-#define FC_CAP      (256 * 1024)
+#define FC_CAP      (1024 * 1024)
 #endif
 
 struct fcache {
