@@ -94,6 +94,13 @@ struct fdp_wshared {
      * one), each with a compare-and-swap, so each PARK is had once. */
     uint64_t pstate;
     struct fdp_park_entry parks[FDP_PARKS_MAX];
+    /* The master's word (it writes it, never reads it back): nonzero
+     * while it is about to wait or waiting. A worker that holds a PARK
+     * then sends them (the wake-up); else the master takes them from
+     * here before it waits again: it publishes the word, then looks at
+     * parks once more (io_uring's SQ_NEED_WAKEUP). 1 from the fork on
+     * until the master takes the worker's page in hand. */
+    uint32_t msleep __attribute__((aligned(64)));
 };
 #define FDP_PARKS_N(st)     ((uint32_t) ((st) & 0xffffffffu))
 #define FDP_PARKS_EMPTY(st) ((((st) >> 32) + 1) << 32)

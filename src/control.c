@@ -31,6 +31,8 @@
                                  * may have cookies) */
 #define CTL_CMD_MAX     128     /* a control command line */
 #define CTL_TIMEOUT_MS  2000
+#define CTL_EVICT_MS    100     /* a silent client older than this gives
+                                 * its slot to a newcomer */
 
 struct ctl_client {
     int fd;
@@ -43,6 +45,7 @@ struct ctl_client {
     struct fdp_buf out;
     size_t sent;
     int waiting;                /* for the outcome of its reload */
+    uint64_t since;             /* accepted (fdp_now_ms) */
 };
 
 struct fdp_control {
@@ -330,6 +333,33 @@ client_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 }
 
 
+/*
+ * With every slot taken, the client to drop for a newcomer: the oldest
+ * one still reading its request (no answer under way, no reload waited
+ * for) for CTL_EVICT_MS at least: clients that connect and say nothing
+ * cost the operator their slot's timeout no more. A younger one may
+ * still have its command unread in this loop pass: kept. NULL: none.
+ */
+static struct ctl_client *
+idle_victim(struct fdp_control *ctl)
+{
+    struct ctl_client *v = NULL;
+    uint64_t now = fdp_now_ms();
+    int i;
+
+    for (i = 0; i < CTL_CLIENTS; i++) {
+        struct ctl_client *c = &ctl->clients[i];
+
+        if (c->fd >= 0 && !c->waiting && c->out.len == 0
+            && now - c->since >= CTL_EVICT_MS
+            && (v == NULL || c->since < v->since)) {
+            v = c;
+        }
+    }
+    return v;
+}
+
+
 static void
 control_accept(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 {
@@ -370,6 +400,12 @@ control_accept(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             }
         }
         if (c == NULL) {
+            c = idle_victim(ctl);
+            if (c != NULL) {
+                client_close(c);
+            }
+        }
+        if (c == NULL) {
             /* All slots taken: say so; fdp_control_request retries. */
             static const char busy503[] = "HTTP/1.1 503 Service Unavailable"
                 "\r\nContent-Length: 5\r\nRetry-After: 1\r\n"
@@ -394,6 +430,7 @@ control_accept(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         c->io.fd = fd;
         c->io.cb = client_io;
         c->io.data = c;
+        c->since = fdp_now_ms();
         fdp_timer_init(&c->timer, client_timeout, c);
         if (fdp_loop_add(loop, &c->io, EPOLLIN) < 0) {
             fdp_close(&c->fd);

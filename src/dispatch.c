@@ -636,6 +636,19 @@ offer_word(const struct fdp_worker *w)
 }
 
 
+/* w's offers the master has not seen claimed. */
+static int
+offers_waiting(const struct fdp_worker *w)
+{
+    int k, n = 0;
+
+    for (k = 0; k < w->ncap; k++) {
+        n += w->inflight[k].id != 0 && w->inflight[k].offer;
+    }
+    return n;
+}
+
+
 /* The worker to offer a connection to: a busy one with room for an
  * offer (fewer than its prefetch depth waiting), the one with the
  * fewest, then the one handed a connection last (the least likely to be
@@ -664,6 +677,9 @@ offer_target(struct fdp_pool *p)
             || w->slot.active < 1 || w->slot.active > w->prefetch
             || w->nfree == 0) {
             continue;
+        }
+        if (p->offer_batch && w->nbatch == 0 && offers_waiting(w) > 0) {
+            continue;               /* topped up all at once, later */
         }
         if (best >= 0 && w->slot.active > least) {
             continue;
@@ -1466,7 +1482,8 @@ fdp_dispatch_parks_take(struct fdp_pool *p, struct fdp_worker *w)
     if (!__atomic_compare_exchange_n(&w->shm->pstate, &st,
                                      FDP_PARKS_EMPTY(st), 0,
                                      __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
-        return;                     /* sent meanwhile (or more held) */
+        return;                     /* sent meanwhile (or more held: the
+                                     * next look takes them) */
     }
     /* An offer it claimed and served since its last message is its own
      * connection now: noted before its PARK is judged. */
@@ -1492,6 +1509,72 @@ fdp_dispatch_parks_take(struct fdp_pool *p, struct fdp_worker *w)
 }
 
 
+/*
+ * Strict prefork: the PARKs the table's workers hold in their pages,
+ * taken at every turn of the master's loop, before it waits (pool.c,
+ * fdp_pool_step). A worker sends them as a message only while the
+ * master's word in its page says it waits (fdp_dispatch_rings_wait), so
+ * under load a PARK costs no system call on either side. Returns how
+ * many workers had some.
+ */
+int
+fdp_dispatch_rings(struct fdp_pool *p)
+{
+    int i, n = 0, tries;
+
+    for (i = 0; i < p->nworkers; i++) {
+        struct fdp_worker *w = &p->workers[i];
+
+        /* A worker's page is its input: the count is judged (and a
+         * worker faulted) in fdp_dispatch_parks_take, on a copy. */
+        /* (None held by a worker with no connection in flight: each
+         * PARK is of one.) */
+        for (tries = 0; tries < 4 && w->slot.active > 0 && w->shm != NULL
+             && w->ch.fd >= 0
+             && FDP_PARKS_N(__atomic_load_n(&w->shm->pstate,
+                                            __ATOMIC_SEQ_CST)) > 0;
+             tries++) {
+            fdp_dispatch_parks_take(p, w);
+            n += tries == 0;
+        }
+    }
+    if (n > 0 && (p->qlen > 0 || p->noffers > 0)) {
+        fdp_dispatch_queue(p);
+    }
+    return n;
+}
+
+
+/* The master is about to wait (on), or has woken (!on): its word in the
+ * table's workers' pages. After publishing it, one more look: returns 1
+ * when a page holds PARKs (the caller takes them instead of waiting). */
+int
+fdp_dispatch_rings_wait(struct fdp_pool *p, int on)
+{
+    int i, more = 0;
+
+    for (i = 0; i < p->nworkers; i++) {
+        struct fdp_worker *w = &p->workers[i];
+
+        /* Only a worker with a connection can park one: another has
+         * none before the master's next turn, which comes here again
+         * before it waits (a word left at 1 costs only a message). */
+        if (w->shm != NULL && w->slot.active > 0) {
+            __atomic_store_n(&w->shm->msleep, (uint32_t) on,
+                             __ATOMIC_SEQ_CST);
+        }
+    }
+    for (i = 0; on && i < p->nworkers && !more; i++) {
+        struct fdp_worker *w = &p->workers[i];
+
+        more = w->shm != NULL && w->ch.fd >= 0 && w->slot.active > 0
+               && FDP_PARKS_N(__atomic_load_n(&w->shm->pstate,
+                                              __ATOMIC_SEQ_CST)) > 0;
+    }
+    return more;
+}
+
+
 /* The tick: a worker whose held-back PARKs did not move since the last
  * tick is in a handler that neither ends nor waits: those connections
  * are parked here, so none waits behind another's handler longer than
@@ -1501,12 +1584,17 @@ fdp_dispatch_parks_tick(struct fdp_pool *p)
 {
     int i;
 
-    for (i = 0; i < p->nworkers; i++) {
+    for (i = 0; i < FDP_SLOTS; i++) {
         struct fdp_worker *w = &p->workers[i];
         uint64_t st;
 
         if (w->shm == NULL || w->slot.state != FDP_W_RUNNING) {
             continue;
+        }
+        if (i >= p->nworkers) {
+            /* Out of the table (a reload's new worker, a retiring one):
+             * not looked at every turn, so it sends its PARKs. */
+            __atomic_store_n(&w->shm->msleep, 1, __ATOMIC_SEQ_CST);
         }
         st = __atomic_load_n(&w->shm->pstate, __ATOMIC_SEQ_CST);
         if (FDP_PARKS_N(st) > 0 && st == w->pstate_seen) {

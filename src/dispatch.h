@@ -30,6 +30,8 @@ void fdp_dispatch_offers_tick(struct fdp_pool *p);
 int fdp_dispatch_unclaimed(const struct fdp_worker *w, uint32_t k);
 void fdp_dispatch_parks_take(struct fdp_pool *p, struct fdp_worker *w);
 void fdp_dispatch_parks_tick(struct fdp_pool *p);
+int fdp_dispatch_rings(struct fdp_pool *p);
+int fdp_dispatch_rings_wait(struct fdp_pool *p, int on);
 void fdp_dispatch_pending_close(struct fdp_pool *p, struct fdp_pending *c);
 void fdp_dispatch_inflight_end(struct fdp_pool *p, struct fdp_inflight *f);
 void fdp_dispatch_close_in_child(struct fdp_pool *p);

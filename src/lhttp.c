@@ -111,14 +111,13 @@ hb_reserve(struct headbuf *b, size_t n)
 }
 
 
-/* Append to b; 0 (out of memory raises: nothing to free). */
-static int
+/* Append to b (out of memory raises: nothing to free). */
+static void
 hb_add(struct headbuf *b, const char *s, size_t n)
 {
     hb_reserve(b, n);
     memcpy(b->p + b->len, s, n);
     b->len += n;
-    return 0;
 }
 
 
@@ -425,7 +424,8 @@ head_build(lua_State *L, struct headbuf *b, int slot, const char *sl,
     int bad;
 
     head_start(b, L, slot);
-    bad = hb_add(b, sl, sn) | hb_headers(b, L, hidx);
+    hb_add(b, sl, sn);
+    bad = hb_headers(b, L, hidx);
     if (head_finish(b, dl, dn, has_len, v, chunked, cv, cn) || bad) {
         head_fail(L, b);
     }
@@ -769,8 +769,22 @@ res_send(lua_State *L)
     lua_pushnil(L);                     /* 4: a head past b's stack */
     rget(L, 1, R_HEADERS);              /* 5 */
     rget(L, 1, R_CONN);                 /* 6 */
-    /* (nil: Res._status's default) */
-    code = rget(L, 1, R_STATUS) == LUA_TNIL ? 200 : lua_tointeger(L, 7);
+    /* (nil: Res._status's default; else checked as res:status does) */
+    if (rget(L, 1, R_STATUS) == LUA_TNIL) {
+        code = 200;
+    } else {
+        int isint;
+        lua_Integer sv = lua_tointegerx(L, 7, &isint);
+        if (!isint || sv < 100 || sv > 999) {
+            return luaL_error(L, "status must be an integer from 100 to 999");
+        }
+        code = sv;
+        if (lua_type(L, 7) != LUA_TNUMBER || !lua_isinteger(L, 7)) {
+            lua_pushvalue(L, RKEY(R_STATUS));   /* as res:status stores it */
+            lua_pushinteger(L, sv);
+            lua_rawset(L, 1);
+        }
+    }
     rget(L, 3, R_METHOD);               /* 8 */
     m = lua_tolstring(L, 8, &mn);
     head_only = (m != NULL && mn == 4 && memcmp(m, "HEAD", 4) == 0)
@@ -802,7 +816,8 @@ res_send(lua_State *L)
             sl = luaL_checklstring(L, 7, &sn);
         }
         b.scan = 1;
-        bad = hb_add(&b, sl, sn) | hb_headers(&b, L, 5);
+        hb_add(&b, sl, sn);
+        bad = hb_headers(&b, L, 5);
     } else {
         hb_scan(L, &b, 5);
     }

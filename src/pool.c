@@ -366,15 +366,16 @@ sched_child(struct fdp_pool *p)
 }
 
 
-/* Strict prefork's prefetch depth: 1 with --concurrency 1 and a
- * built-in policy that lets any worker take any connection, else 0;
- * FDPOOL_PREFETCH=N (0 to FDP_CLAIM_WORDS - 1) sets it, for measuring. */
+/* Strict prefork's prefetch depth: 3 (FDP_CLAIM_WORDS - 1) with
+ * --concurrency 1 and a built-in policy that lets any worker take any
+ * connection, else 0; FDPOOL_PREFETCH=N (0 to FDP_CLAIM_WORDS - 1) sets
+ * it, for measuring. */
 static int
 prefetch_wanted(struct fdp_pool *p)
 {
     const char *e = getenv("FDPOOL_PREFETCH");
     int n = e != NULL && *e >= '0' && *e < '0' + FDP_CLAIM_WORDS && !e[1]
-            ? *e - '0' : 1;
+            ? *e - '0' : FDP_CLAIM_WORDS - 1;
 
     return p->concurrency == 1 && !p->simulated
            && fdp_policy_any_worker(p) ? n : 0;
@@ -412,6 +413,7 @@ spawn_worker(struct fdp_pool *p, int idx)
         w->claim = NULL;
     } else {
         memset(w->shm, 0, sizeof(*w->shm));
+        w->shm->msleep = 1;         /* until the master looks at it */
         w->claim = w->prefetch ? w->shm->claim : NULL;
     }
     r = worker_alloc_tables(w, p->concurrency);
@@ -2296,6 +2298,10 @@ fdp_pool_start(struct fdp_pool *p)
     if (p->max_workers > 0) {
         p->nworkers = p->max_workers;
     }
+    p->offer_batch = getenv("FDPOOL_OFFERBATCH") == NULL
+                     || strcmp(getenv("FDPOOL_OFFERBATCH"), "0") != 0;
+    p->ring_parks = getenv("FDPOOL_PARKWAKE") == NULL
+                    || strcmp(getenv("FDPOOL_PARKWAKE"), "0") != 0;
     if (p->script && p->script_src == NULL
         && (r = read_file(p->script, &p->script_src, &p->script_len,
                           p->error, sizeof(p->error))) < 0) {
@@ -2623,7 +2629,31 @@ fdp_pool_step(struct fdp_pool *p, int timeout_ms)
         return 0;
     }
     if (!(p->stopping && p->nalive == 0)) {
+        /* Strict prefork: the PARKs in the workers' pages first; then
+         * the master says it waits, and looks once more (a worker that
+         * held one meanwhile and missed the word would wait for the
+         * master's next turn: the look takes it). */
+        int rings = p->concurrency == 1 && !p->simulated && !p->stopping
+                    && p->ring_parks;
+
+        if (rings) {
+            int n;
+
+            for (n = 0; n < 4; n++) {
+                (void) fdp_dispatch_rings(p);
+                if (!fdp_dispatch_rings_wait(p, 1)) {
+                    break;
+                }
+                (void) fdp_dispatch_rings_wait(p, 0);
+            }
+            if (n == 4) {
+                timeout_ms = 0;
+            }
+        }
         r = fdp_loop_run_once(&p->loop, timeout_ms);
+        if (rings) {
+            (void) fdp_dispatch_rings_wait(p, 0);
+        }
         if (r < 0) {
             fdp_log(FDP_LOG_ERROR, -r, "epoll_wait() failed");
             fdp_pool_stop(p, 0);

@@ -276,6 +276,12 @@ struct fdp_pool {
     int nparked;
     int noffers;                    /* prefetch: offers not seen claimed */
     uint64_t offers, offers_back;   /* made; taken back (requeued) */
+    int offer_batch;                /* offers given a worker only when
+                                     * none waits there, all in one CONN
+                                     * (FDPOOL_OFFERBATCH=0: off) */
+    int ring_parks;                 /* strict prefork: PARKs taken from
+                                     * the workers' pages every turn
+                                     * (FDPOOL_PARKWAKE=0: off) */
     struct fdp_held *kept;          /* every socket the master keeps a
                                      * copy of: parked, queued or served */
     uint64_t lat_counts[FDP_LAT_BUCKETS];

@@ -41,6 +41,21 @@
  * to FDP_PARKS_MAX, for measuring). */
 static unsigned parks_batch = 4;
 
+/* 1: held PARKs go as a message only while the master waits (its word
+ * in the page, msleep); else the master takes them from the page before
+ * it waits. 0 (FDPOOL_PARKWAKE=0, for measuring): they go whenever this
+ * worker would wait. */
+static int parks_wake = 1;
+
+
+/* Does the master wait (or is about to)? Then held PARKs must be sent:
+ * it would not look at the page before its next event. */
+static int
+master_waits(const struct fdp_wshared *sh)
+{
+    return !parks_wake || __atomic_load_n(&sh->msleep, __ATOMIC_SEQ_CST);
+}
+
 /* A task of the worker: the scheduler's, plus the connection it serves. */
 struct fdp_wtask {
     struct fdp_task t;          /* first: a struct fdp_task * is one; its
@@ -318,7 +333,11 @@ task_park(struct fdp_task *tk, int fd, uint64_t bytes_in, uint64_t bytes_out,
         } while (!__atomic_compare_exchange_n(&sh->pstate, &st, st + 1, 0,
                                               __ATOMIC_SEQ_CST,
                                               __ATOMIC_SEQ_CST));
-        if (FDP_PARKS_N(st) + 1 >= parks_batch) {
+        /* Sent when the page is full, or at the batch's size while
+         * the master waits; else before this worker waits (the loop in
+         * fdp_worker_run), or taken by the master. */
+        if (FDP_PARKS_N(st) + 1 >= FDP_PARKS_MAX || TASK_W(t)->stopping
+            || (FDP_PARKS_N(st) + 1 >= parks_batch && master_waits(sh))) {
             flush_parks(TASK_W(t));
         }
         r = 0;
@@ -636,11 +655,14 @@ start_task(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
  * the master took it back (the master keeps its copy of the socket: the
  * worker's copy is then just closed, no shutdown).
  */
-/* Tests only (tests/66-prefetch_spec.lua): FDPOOL_TEST_SHM=MODE:PATH
- * makes the first worker given a connection while PATH does not exist
- * (it creates it) fill its shared page with what a buggy or hostile
- * worker could write, before that connection's handler runs. The master
- * must survive it and kill this worker as faulty. */
+/* Tests only (tests/66-prefetch_spec.lua, tests/66-parkring_spec.lua):
+ * FDPOOL_TEST_SHM=MODE:PATH makes the first worker given a connection
+ * while PATH does not exist (it creates it) fill its shared page with
+ * what a buggy or hostile worker could write, before that connection's
+ * handler runs. The master must survive it and kill this worker as
+ * faulty. Mode "ring" waits for PATH.go to exist, and holds PARKs of the
+ * connections handed just before and after its own (another worker's),
+ * under a generation of its choosing. */
 static void
 test_scribble(struct fdp_wctx *w, uint64_t id)
 {
@@ -652,6 +674,14 @@ test_scribble(struct fdp_wctx *w, uint64_t id)
     if (path == NULL || w->shm == NULL) {
         off = 1;
         return;
+    }
+    if (strncmp(e, "ring:", 5) == 0) {
+        char go[512];
+
+        snprintf(go, sizeof(go), "%s.go", path + 1);
+        if (access(go, F_OK) != 0) {
+            return;                 /* not yet */
+        }
     }
     off = 1;
     fd = open(path + 1, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -665,6 +695,22 @@ test_scribble(struct fdp_wctx *w, uint64_t id)
     }
     if (strncmp(e, "count:", 6) == 0) {     /* a count past the page */
         __atomic_store_n(&w->shm->pstate, 0xffffffffu, __ATOMIC_SEQ_CST);
+        return;
+    }
+    if (strncmp(e, "ring:", 5) == 0) {
+        /* ids of the hand-offs next to its own: slots 0 to 3 of the
+         * sequence numbers before and after (another worker's
+         * connections), well-formed entries otherwise */
+        memset(w->shm->parks, 0, sizeof(w->shm->parks));
+        for (i = 0; i < 8; i++) {
+            uint64_t seq = (id >> 16) + (i < 4 ? (uint64_t) -1 : 1);
+
+            w->shm->parks[i].id = (seq << 16) | (uint64_t) (i & 3);
+            w->shm->parks[i].idle_ms = 1000;
+        }
+        __atomic_store_n(&w->shm->msleep, 0, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&w->shm->pstate, ((uint64_t) 0xdead << 32) | 8u,
+                         __ATOMIC_SEQ_CST);
         return;
     }
     /* ids: its own connection not kept, twice; 0; one past its table;
@@ -1482,16 +1528,29 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
     {
         const char *e = getenv("FDPOOL_PARKS");
 
+        if (getenv("FDPOOL_PARKWAKE") != NULL
+            && strcmp(getenv("FDPOOL_PARKWAKE"), "0") == 0) {
+            parks_wake = 0;
+        }
         if (e != NULL && atoi(e) >= 1 && atoi(e) <= FDP_PARKS_MAX) {
             parks_batch = (unsigned) atoi(e);
         }
     }
     for (;;) {
-        /* PARKs held back: one look without waiting; nothing to do, so
-         * they go before the worker sleeps. An offer in hand starts
-         * first: its PARK may go with them. */
-        r = fdp_loop_run_once(&w.loop, w.shm != NULL
-                              && FDP_PARKS_N(w.shm->pstate) > 0 ? 0 : -1);
+        /* PARKs held back and a master that waits: one look without
+         * waiting; nothing to do, so they go before the worker sleeps
+         * (an offer in hand starts first: its PARK may go with them).
+         * A master that runs takes them from the page before it waits:
+         * the worker's compare-and-swap that held the last one came
+         * before the load of msleep, as the master's store of msleep
+         * before its last look at the page (both sequentially
+         * consistent): one of the two sees the other. */
+        int look = w.shm != NULL
+                   && FDP_PARKS_N(__atomic_load_n(&w.shm->pstate,
+                                                  __ATOMIC_RELAXED)) > 0
+                   && master_waits(w.shm);
+
+        r = fdp_loop_run_once(&w.loop, look ? 0 : -1);
         if (r < 0) {
             fdp_log(FDP_LOG_ERROR, -r, "epoll_wait() failed");
             worker_exit(&w, 1);
@@ -1500,7 +1559,7 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
         if (w.noffer > 0 && w.nconn == 0) {
             offers_run(&w);
         }
-        if (r == 0) {
+        if (r == 0 && look) {
             flush_parks(&w);
         }
         if (sig_reopen) {

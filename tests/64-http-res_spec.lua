@@ -89,6 +89,13 @@ local CASES = {
   { "send twice", nil, { { "send", "a" }, { "send", "b" } } },
   { "header after send", nil, { { "send", "a" }, { "header", "X", "y" } } },
   { "a 999 status", nil, { { "status", 999 }, { "send", "a" } } },
+  -- a handler's own res._status, checked as res:status checks it
+  { "a status stored as a string", nil, { { "status", "abc" }, { "send", "a" } } },
+  { "a status stored as a numeric string", nil, { { "status", "404" }, { "send", "a" } } },
+  { "a status stored as a float", nil, { { "status", 200.5 }, { "send", "a" } } },
+  { "a status stored as an integral float", nil, { { "status", 201.0 }, { "send", "a" } } },
+  { "a status stored out of range", nil, { { "status", 0 }, { "send", "a" } } },
+  { "a status stored as a table", nil, { { "status", {} }, { "send", "a" } } },
 }
 
 describe("res:header and res:send in C", function()
@@ -158,6 +165,36 @@ describe("res:header and res:send in C", function()
     end
     assert.falsy(answers[1][1]:find("Connection:", 1, true))
     assert.truthy(answers[3][1]:find("Connection: close\r\n", 1, true))
+  end)
+
+  -- A handler that stores a bad status itself (res._status, res:status's
+  -- field) gets a 500 and a log line naming it, never "HTTP/1.1 0", in
+  -- res:send (C) as in res:write (Lua); a numeric string is the status.
+  it("answer 500 to a handler's own bad res._status, in send and write", function()
+    local dir = H.tmpdir()
+    local app = H.writefile(dir .. "/app.lua", [[
+local http = require "fdpool.http"
+return http.serve(function(req, res)
+  local v = req.path:match("^/%a+/(.*)$")
+  res._status = tonumber(v) or v
+  if req.path:find("^/write/") then res:write("w\n"); return res:finish() end
+  res:send("s\n")
+end)
+]])
+    local pool = H.start_pool{ script = app, workers = 1 }
+    finally(function() pool:stop() end)
+    for _, how in ipairs{ "send", "write" } do
+      for _, bad in ipairs{ "oops", "0", "1000", "200.5" } do
+        local r = assert(H.request(pool.addr, "GET /" .. how .. "/" .. bad
+          .. " HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"))
+        assert.matches("^HTTP/1.1 500 ", r, how .. " " .. bad)
+      end
+      local r = assert(H.request(pool.addr, "GET /" .. how .. "/404"
+        .. " HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"))
+      assert.matches("^HTTP/1.1 404 ", r, how)
+    end
+    assert.matches("status must be an integer from 100 to 999", pool:log())
+    assert.equal(1, #pool:worker_pids())
   end)
 
   -- A head past the 2 KiB stack buffer lives in memory the collector

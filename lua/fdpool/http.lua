@@ -180,8 +180,21 @@ end
 -- A response that carries no body whatever the handler gives (RFC 9110
 -- 6.4.1): to HEAD, and 1xx, 204 and 304. Bytes sent after its head would
 -- be read as the next response on a keep-alive connection.
-local function no_body(self)
+-- The status: res:status's, or one a handler stored in res._status
+-- itself, checked as res:status checks it (a bad one is the handler's
+-- error, never a status line of 0).
+local function code_of(self)
   local code = self._status
+  if math.type(code) ~= "integer" or code < 100 or code > 999 then
+    code = math.tointeger(code)
+    assert(code and code >= 100 and code <= 999, "status must be an integer from 100 to 999")
+    self._status = code
+  end
+  return code
+end
+
+local function no_body(self)
+  local code = code_of(self)
   return self._req.method == "HEAD" or code == 204 or code == 304 or code < 200
 end
 
@@ -207,7 +220,7 @@ end
 -- Write the status line and headers (built in C by conn:sendresponse)
 -- followed by body (may be nil). length: a Content-Length, or nil.
 local function send_head(self, length, chunked, body)
-  local req, code = self._req, self._status
+  local req, code = self._req, code_of(self)
   local h = self._headers
   local ck = key_of(h, "connection")
   if ck and tostring(h[ck]):lower() == "close" then req._close = true end
@@ -272,7 +285,7 @@ function Res:write(chunk)
     self._declared = len
     -- A HEAD's head says what the GET's would (chunked); a 1xx, 204 or
     -- 304 has no body to frame.
-    local code = self._status
+    local code = code_of(self)
     self._chunked = len == nil and req.version == "1.1"
       and code ~= 204 and code ~= 304 and code >= 200
     if not send_head(self, len, self._chunked) then return false end
