@@ -1110,10 +1110,10 @@ limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
  * the rest goes back to free(). 1 MiB: a minor collection of a worker
  * holding 500-1000 keep-alive connections frees 0.6-1.2 MiB at once,
  * and what glibc takes back there it hands out again through its bins,
- * reading cold chunk headers (docs/performance.md). The state is the worker's own
- * (luaL_newstate, whose allocator is realloc/free), so every block is
- * malloc's: a block from before the switch goes on a list only when
- * it holds its class (FC_HOLDS). Off under AddressSanitizer,
+ * reading cold chunk headers (docs/performance.md). The state is the
+ * worker's own (luaL_newstate, whose allocator is realloc/free), so
+ * every block is malloc's: a block from before the switch goes on a list
+ * only when it holds its class (FC_HOLDS). Off under AddressSanitizer,
  * which must see every free.
  */
 #define FC_MAX      512
