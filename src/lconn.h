@@ -68,12 +68,14 @@ struct fdp_conn {
     size_t rstart, rend, rcap;
     uint64_t bytes_in;
     uint64_t bytes_out;
-    int ka_sleep;               /* that loop's task may sleep: 1 yes,
+    signed char ka_sleep;       /* that loop's task may sleep: 1 yes,
                                    -1 no, 0 not known yet */
-    int shared;                 /* the master holds a copy of fd (a
+    unsigned char shared;       /* the master holds a copy of fd (a
                                    parked connection): closing shuts the
                                    socket down, so its peer sees the end
                                    now, not when the master lets go */
+    unsigned char hbody;        /* conn:httploop: the request has a body
+                                   to read (prepare; plain_end reads it) */
     uint32_t peerlen;           /* > 0: the client from a PROXY header */
     unsigned char peer[28];
     struct fdp_http_chunked chunked;    /* conn:readchunked in progress */

@@ -1006,8 +1006,16 @@ fdp_lhttp_res(lua_State *L)
  * writes, as interned strings: pushing one is a rawgeti, where
  * lua_getfield/lua_setfield would look the C string up each time.
  */
-enum { S_CONN = 1, S_CFG, S_HEADSEC, S_LIMIT, S_SERVED, S_REQ, S_RES,
-       S_OUT0, S_BODY, S_TOP = S_BODY, S_MSGH };
+/* conn:httploop's stack slots. A handler runs above them (S_MSGH, the
+ * handler, req, res, then its own frame), so every slot here is one
+ * less for handlers to fit in a coroutine's first stack (40 slots; the
+ * first call past it doubles the stack to 80, which every minor
+ * collection then clears above the idle loop's top): S_LIMIT, the
+ * limit in force before the head's own (nil once the head is read),
+ * holds S_OUT0 while the request runs, and whether a body is to be
+ * read is c->hbody. */
+enum { S_CONN = 1, S_CFG, S_LIMIT, S_SERVED, S_REQ, S_RES,
+       S_TOP = S_RES, S_MSGH, S_OUT0 = S_LIMIT };
 enum { C_FN = 1, C_REPLY, C_TRACEBACK, C_AFTER, C_REQ, C_RES, C_HEADER_MT,
        C_OPTS, C_PARAMS,
        K_METHOD, K_TARGET, K_PATH, K_QUERY, K_VERSION, K_HEADERS, K_CONN,
@@ -1361,22 +1369,35 @@ fdp_lhttp_req(lua_State *L)
 
 
 /*
- * The whole-head limit of readrequest: armed once the head's first byte
- * is buffered (stack slot 3: seconds, or nil), the conn's own limit kept
- * in slot 4 and put back when the call returns.
+ * The whole-head limit of readrequest (and of conn:httploop): armed once
+ * the head's first byte is buffered (sec: seconds, or NULL), the conn's
+ * own limit kept in stack slot stash (readrequest's 4) and put back when
+ * the head is read.
  */
 static void
-head_limit_arm(lua_State *L, struct fdp_conn *c)
+head_limit_arm(lua_State *L, struct fdp_conn *c, const double *sec, int stash)
 {
-    if (lua_isnumber(L, 3) && lua_isnil(L, 4) && c->rend > c->rstart) {
-        double lim = (double) fdp_now_ms() + lua_tonumber(L, 3) * 1000.0;
+    if (sec != NULL && lua_isnil(L, stash) && c->rend > c->rstart) {
+        double lim = (double) fdp_now_ms() + *sec * 1000.0;
 
         lua_pushnumber(L, c->limit);
-        lua_replace(L, 4);
+        lua_replace(L, stash);
         if (c->limit <= 0 || lim < c->limit) {
             c->limit = lim;
         }
     }
+}
+
+
+/* &(*v = the number at idx), or NULL when that slot holds none */
+static const double *
+slot_num(lua_State *L, int idx, double *v)
+{
+    if (!lua_isnumber(L, idx)) {
+        return NULL;
+    }
+    *v = lua_tonumber(L, idx);
+    return v;
 }
 
 
@@ -1404,8 +1425,9 @@ readrequest_k(lua_State *L, int status, lua_KContext ctx)
  * peer that closes mid-head gives `truncated` (then the buffer is
  * emptied), or with truncated NULL "closed" and the bytes left buffered
  * for the caller. A wait yields to k with ctx; the head's whole-time
- * limit uses stack slots 3 and 4 (head_limit_arm). Empty lines before a
- * head are skipped (RFC 9112 2.2).
+ * limit, sec seconds from its first byte (NULL: none), keeps the limit
+ * it replaces in stack slot stash (head_limit_arm; armed while that slot
+ * is nil). Empty lines before a head are skipped (RFC 9112 2.2).
  */
 /* A head past max: for a request whose first line alone is past it,
  * "uri too long" (414, as nginx and Apache answer), else "header too
@@ -1425,7 +1447,7 @@ head_too_large(lua_State *L, const char *s, size_t max, const char *truncated)
 
 static size_t
 head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
-          lua_KContext ctx, lua_KFunction k)
+          const double *sec, int stash, lua_KContext ctx, lua_KFunction k)
 {
     ssize_t n;
 
@@ -1488,7 +1510,7 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
             return 0;
         }
         fdp_conn_idle(c);       /* no buffer held while idle */
-        head_limit_arm(L, c);
+        head_limit_arm(L, c, sec, stash);
         if (c->ka_served > 0) {
             /* between keep-alive requests: the coroutine may go */
             fdp_task_may_sleep(L, c->rbuf == NULL ? &c->wt : NULL,
@@ -1512,13 +1534,15 @@ readrequest_run(lua_State *L, int status)
     struct fdp_conn *c = fdp_checkconn(L);
     size_t max = (size_t) lua_tointeger(L, 2);
     size_t hl;
+    double sec;
 
     if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
         lua_pushnil(L);
         lua_pushliteral(L, "timeout");
         return 2;
     }
-    hl = head_find(L, c, max, "bad request: truncated", 0, readrequest_k);
+    hl = head_find(L, c, max, "bad request: truncated", slot_num(L, 3, &sec),
+                   4, 0, readrequest_k);
     if (hl == 0) {
         return 2;
     }
@@ -1571,6 +1595,7 @@ readresponse_k(lua_State *L, int status, lua_KContext ctx)
     struct fdp_conn *c = fdp_checkconn(L);
     struct fdp_http_head h;
     size_t hl;
+    double sec;
     int err;
 
     (void) ctx;
@@ -1579,8 +1604,8 @@ readresponse_k(lua_State *L, int status, lua_KContext ctx)
         lua_pushliteral(L, "timeout");
         hl = 0;
     } else {
-        hl = head_find(L, c, (size_t) lua_tointeger(L, 2), NULL, 0,
-                       readresponse_k);
+        hl = head_find(L, c, (size_t) lua_tointeger(L, 2), NULL,
+                       slot_num(L, 3, &sec), 4, 0, readresponse_k);
     }
     if (hl == 0) {
         /* nil, why, partial: what arrived is handed over (a caller may
@@ -1831,8 +1856,8 @@ has_ci(const char *v, size_t n, const char *w)
  * parse_head made the headers table). Returns 0, or a status with *why set (or NULL).
  */
 static int
-prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
-        const char **why)
+prepare(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
+        const struct hspec *sp, const char **why)
 {
     int hi, v11 = sp->v11;
     size_t tn = 0, cn = 0, n = 0, mn;
@@ -1840,6 +1865,7 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
     lua_Integer length = 0;
 
     *why = NULL;
+    c->hbody = 0;
     KEY(L, K_CONN);
     lua_pushvalue(L, S_CONN);
     lua_rawset(L, S_REQ);
@@ -1926,9 +1952,8 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
         lua_pushinteger(L, length);
         lua_rawset(L, S_REQ);
     }
-    /* for plain_end: a body to read (-1: chunked) */
-    lua_pushinteger(L, te ? -1 : length);
-    lua_replace(L, S_BODY);
+    /* for plain_end: a body to read (chunked or a length) */
+    c->hbody = te || length > 0;
     v = spget(L, hi, sp, SP_HOST, K_HOST, &n);
     if (v) {
         if (!valid_host(v, n)) {
@@ -1993,7 +2018,7 @@ prepare(lua_State *L, const struct httpcfg *cp, const struct hspec *sp,
 /* The request ended the plain way: res finished, no request body, no
  * close, nothing for cfg.after to do (no access log, no parking). */
 static int
-plain_end(lua_State *L, const struct httpcfg *cp)
+plain_end(lua_State *L, const struct fdp_conn *c, const struct httpcfg *cp)
 {
     int r;
 
@@ -2004,11 +2029,10 @@ plain_end(lua_State *L, const struct httpcfg *cp)
         lua_pop(L, 1);
         return 0;
     }
-    /* req._chunked and _length as prepare set them (S_BODY) */
+    /* req._chunked and _length as prepare set them (c->hbody) */
     kget(L, S_REQ, K_CLOSE);
     kget(L, S_REQ, K_BROKEN);
-    r = !lua_toboolean(L, -2) && !lua_toboolean(L, -1)
-        && lua_tointeger(L, S_BODY) == 0;
+    r = !lua_toboolean(L, -2) && !lua_toboolean(L, -1) && !c->hbody;
     lua_pop(L, 3);
     return r;
 }
@@ -2034,7 +2058,7 @@ park_end(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp)
         return 0;
     }
     plain.plain = 1;
-    if (!plain_end(L, &plain)) {
+    if (!plain_end(L, c, &plain)) {
         return 0;
     }
     r = fdp_conn_park(L, c, (uint32_t) (cp->keepalive_timeout * 1000.0));
@@ -2103,6 +2127,8 @@ httploop_next(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp)
     lua_replace(L, S_REQ);
     lua_pushnil(L);
     lua_replace(L, S_RES);
+    lua_pushnil(L);
+    lua_replace(L, S_LIMIT);            /* was S_OUT0 */
     if (lua_tointeger(L, S_SERVED) == 1) {
         c->timeout = cp->keepalive_timeout;
         c->total = 0;
@@ -2133,7 +2159,9 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         lua_pushliteral(L, "timeout");
         hl = 0;
     } else {
-        hl = head_find(L, c, cp->max_head, "bad request: truncated", PH_READ,
+        hl = head_find(L, c, cp->max_head, "bad request: truncated",
+                       cp->head_timeout > 0 ? &cp->head_timeout : NULL, S_LIMIT,
+                       PH_READ,
                        httploop_k);
     }
     c->ka_served = 0;
@@ -2158,7 +2186,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     lua_pushinteger(L, served);
     lua_replace(L, S_SERVED);
     lua_replace(L, S_REQ);
-    code = prepare(L, cp, &sp, &why);
+    code = prepare(L, c, cp, &sp, &why);
     if (code) {
         lua_settop(L, S_TOP);
         lua_pushliteral(L, "refuse");
@@ -2239,7 +2267,7 @@ httploop_k(lua_State *L, int status, lua_KContext ctx)
                 phase = PH_REPLY;
                 break;
             }
-            if (r && plain_end(L, cp)) {
+            if (r && plain_end(L, c, cp)) {
                 phase = PH_READ;
                 status = LUA_OK;
                 httploop_next(L, c, cp);
@@ -2283,17 +2311,10 @@ conn_httploop(lua_State *L)
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, S_CFG);
     head = cfg_params(L)->head_timeout;
-    if (head > 0) {
-        lua_pushnumber(L, head);        /* S_HEADSEC */
-    } else {
-        lua_pushnil(L);
-    }
     lua_pushnil(L);                     /* S_LIMIT */
     lua_pushinteger(L, 0);              /* S_SERVED */
     lua_pushnil(L);                     /* S_REQ */
     lua_pushnil(L);                     /* S_RES */
-    lua_pushnil(L);                     /* S_OUT0 */
-    lua_pushinteger(L, 0);              /* S_BODY */
     if (c->ka_served > 0) {
         /* The task slept between requests (fdp_task_may_sleep) and this
          * is its root again: go on waiting for the next head, as the

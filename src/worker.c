@@ -1110,15 +1110,20 @@ limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
  * tables, their node arrays, strings) cost a list push and pop instead
  * of glibc's free and malloc, whose per-size caches (7 blocks) a
  * collector's sweep overflows. At most FC_CAP bytes wait on the lists;
- * the rest goes back to free(). The state is the worker's own
- * (luaL_newstate, whose allocator is realloc/free), so every block is
- * malloc's: a block from before the switch goes on a list only when
- * it holds its class (FC_HOLDS). Off under AddressSanitizer,
+ * the rest goes back to free(). 1 MiB: a minor collection of a worker
+ * holding 500-1000 keep-alive connections frees 0.6-1.2 MiB at once,
+ * and what glibc takes back there it hands out again through its bins,
+ * reading cold chunk headers (docs/performance.md). The state is the
+ * worker's own (luaL_newstate, whose allocator is realloc/free), so
+ * every block is malloc's: a block from before the switch goes on a list
+ * only when it holds its class (FC_HOLDS). Off under AddressSanitizer,
  * which must see every free.
  */
 #define FC_MAX      512
 #define FC_CLASSES  (FC_MAX / 8)
-#define FC_CAP      (256 * 1024)
+#ifndef FC_CAP
+#define FC_CAP      (1024 * 1024)
+#endif
 
 struct fcache {
     void *head[FC_CLASSES + 1];
@@ -1337,7 +1342,9 @@ worker_signals(struct fdp_wctx *w)
 /* The worker's collector: generational, a minor collection each time
  * the heap has grown by WORKER_GC_MINOR % since the last one, a major
  * one past WORKER_GC_MAJOR % (see open_handler). */
+#ifndef WORKER_GC_MINOR
 #define WORKER_GC_MINOR 50      /* % (Lua's default 20) */
+#endif
 #define WORKER_GC_MAJOR 100     /* % (Lua's default) */
 #define WORKER_GC_PAUSE 150     /* % (Lua's default 200): the pause of the
                                  * incremental cycles it runs after a bad

@@ -144,6 +144,39 @@ describe("whole-head timeout (head_timeout 1)", function()
     end)
   end
 
+  it("bounds the next head on a keep-alive connection too, after requests with and without a body", function()
+    -- conn:httploop keeps the head's limit and the request's own state in
+    -- shared stack slots: each request's head gets its limit again.
+    local pool = H.start_pool{ script = HTTP, workers = 1, args = { "1" } }
+    H.defer(finally, function() pool:stop() end)
+    local c = H.raw_client(pool.addr)
+    H.defer(finally, function() c:close() end)
+    c:send("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    local st, body = c:response()
+    assert.equal(200, st)
+    assert.equal("hello\n", body)
+    c:send("POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc")
+    st, body = c:response()
+    assert.equal(200, st)
+    assert.equal("len 3\n", body)
+    c:send("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert.equal(200, (c:response()))
+    local head = "GET / HTTP/1.1\r\nHost: t\r\nX-Slow: " .. ("a"):rep(100)
+    local t0, sent, got = H.now(), 0, nil
+    c.fd:settimeout(0.3)
+    for i = 1, #head do
+      if not c.fd:write(head:sub(i, i)) then break end
+      sent = sent + 1
+      local data, err = c.fd:read(4096)   -- nil, err: nothing within 0.3 s
+      if data or not err then got = data or ""; break end
+    end
+    c.fd:settimeout(10)
+    got = (got or "") .. (c.fd:read("a") or "")
+    assert.truthy(got:find("^HTTP/1.1 408"), got)
+    assert.is_true(sent >= 3, "sent " .. sent)   -- no single wait was 1 s
+    assert.is_true(H.now() - t0 < 5, "closed after " .. (H.now() - t0) .. " s")
+  end)
+
   it("bounds a trickled body with body_timeout and body_min_rate", function()
     -- body_timeout 1, min rate 1000 B/s: 1 byte every 300 ms falls behind.
     local pool = H.start_pool{ script = HTTP, workers = 1, args = { "5", "1", "1000" } }
