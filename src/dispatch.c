@@ -1534,61 +1534,82 @@ fdp_dispatch_parks_take(struct fdp_pool *p, struct fdp_worker *w)
  * processes are met (nothing more to look at while none lives out of the
  * table). Returns how many workers had some.
  */
-struct ring_it {
-    int i;                          /* the next slot: up the table, then
-                                     * down from the top */
-    int down;
-    int left;                       /* live processes not met yet */
-};
-
-
-static struct fdp_worker *
-ring_next(struct fdp_pool *p, struct ring_it *it)
+static int
+ring_out_first(const struct fdp_pool *p, int live, int *left)
 {
-    struct fdp_worker *w;
-
-    if (!it->down && it->i >= p->nworkers) {
-        it->down = 1;
-        it->i = FDP_SLOTS - 1;
-    }
-    if (it->down && (it->left <= 0 || it->i < p->nworkers)) {
-        return NULL;
-    }
-    w = &p->workers[it->i];
-    it->i += it->down ? -1 : 1;
-    it->left -= w->slot.pid > 0;
-    return w;
+    *left = p->nalive - live;       /* live processes out of the table */
+    return *left > 0 ? FDP_SLOTS - 1 : -1;
 }
 
 
-#define RING_FIRST(p) { 0, 0, (p)->nalive }
+static int
+ring_out_next(const struct fdp_pool *p, int i, int *left)
+{
+    *left -= p->workers[i].slot.pid > 0;
+    return *left > 0 && i > p->nworkers ? i - 1 : -1;
+}
+
+
+/* w's held PARKs taken (4 tries: a worker that appends meanwhile makes
+ * the swap fail); 1 when it had some. */
+static int
+ring_take(struct fdp_pool *p, struct fdp_worker *w)
+{
+    int tries;
+
+    /* A worker's page is its input: the count is judged (and a worker
+     * faulted) in fdp_dispatch_parks_take, on a copy. (None held by a
+     * worker with no connection in flight: each PARK is of one.) */
+    for (tries = 0; tries < 4 && w->slot.active > 0 && w->shm != NULL
+         && w->ch.fd >= 0
+         && FDP_PARKS_N(__atomic_load_n(&w->shm->pstate,
+                                        __ATOMIC_SEQ_CST)) > 0;
+         tries++) {
+        fdp_dispatch_parks_take(p, w);
+    }
+    return tries > 0;
+}
 
 
 int
 fdp_dispatch_rings(struct fdp_pool *p)
 {
-    struct ring_it it = RING_FIRST(p);
-    struct fdp_worker *w;
-    int n = 0, tries;
+    int i, n = 0, live = 0, left;
 
-    while ((w = ring_next(p, &it)) != NULL) {
-        /* A worker's page is its input: the count is judged (and a
-         * worker faulted) in fdp_dispatch_parks_take, on a copy. */
-        /* (None held by a worker with no connection in flight: each
-         * PARK is of one.) */
-        for (tries = 0; tries < 4 && w->slot.active > 0 && w->shm != NULL
-             && w->ch.fd >= 0
-             && FDP_PARKS_N(__atomic_load_n(&w->shm->pstate,
-                                            __ATOMIC_SEQ_CST)) > 0;
-             tries++) {
-            fdp_dispatch_parks_take(p, w);
-            n += tries == 0;
-        }
+    for (i = 0; i < p->nworkers; i++) {
+        live += p->workers[i].slot.pid > 0;
+        n += ring_take(p, &p->workers[i]);
+    }
+    for (i = ring_out_first(p, live, &left); i >= p->nworkers;
+         i = ring_out_next(p, i, &left)) {
+        n += ring_take(p, &p->workers[i]);
     }
     if (n > 0 && (p->qlen > 0 || p->noffers > 0)) {
         fdp_dispatch_queue(p);
     }
     return n;
+}
+
+
+/* w's word: nonzero while the master waits. Only a worker with a
+ * connection can park one: another has none before the master's next
+ * turn, which comes here again before it waits (a word left at 1 costs
+ * only a message). */
+static void
+ring_word(struct fdp_worker *w, int on)
+{
+    if (w->shm != NULL && w->slot.active > 0) {
+        __atomic_store_n(&w->shm->msleep, (uint32_t) on, __ATOMIC_SEQ_CST);
+    }
+}
+
+
+static int
+ring_held(const struct fdp_worker *w)
+{
+    return w->shm != NULL && w->ch.fd >= 0 && w->slot.active > 0
+           && FDP_PARKS_N(__atomic_load_n(&w->shm->pstate,
+                                          __ATOMIC_SEQ_CST)) > 0;
 }
 
 
@@ -1599,26 +1620,31 @@ fdp_dispatch_rings(struct fdp_pool *p)
 int
 fdp_dispatch_rings_wait(struct fdp_pool *p, int on)
 {
-    struct ring_it it = RING_FIRST(p);
-    struct fdp_worker *w;
-    int more = 0;
+    int i, live = 0, left;
 
-    while ((w = ring_next(p, &it)) != NULL) {
-        /* Only a worker with a connection can park one: another has
-         * none before the master's next turn, which comes here again
-         * before it waits (a word left at 1 costs only a message). */
-        if (w->shm != NULL && w->slot.active > 0) {
-            __atomic_store_n(&w->shm->msleep, (uint32_t) on,
-                             __ATOMIC_SEQ_CST);
+    for (i = 0; i < p->nworkers; i++) {
+        live += p->workers[i].slot.pid > 0;
+        ring_word(&p->workers[i], on);
+    }
+    for (i = ring_out_first(p, live, &left); i >= p->nworkers;
+         i = ring_out_next(p, i, &left)) {
+        ring_word(&p->workers[i], on);
+    }
+    if (!on) {
+        return 0;
+    }
+    for (i = 0; i < p->nworkers; i++) {
+        if (ring_held(&p->workers[i])) {
+            return 1;
         }
     }
-    it = (struct ring_it) RING_FIRST(p);
-    while (on && !more && (w = ring_next(p, &it)) != NULL) {
-        more = w->shm != NULL && w->ch.fd >= 0 && w->slot.active > 0
-               && FDP_PARKS_N(__atomic_load_n(&w->shm->pstate,
-                                              __ATOMIC_SEQ_CST)) > 0;
+    for (i = ring_out_first(p, live, &left); i >= p->nworkers;
+         i = ring_out_next(p, i, &left)) {
+        if (ring_held(&p->workers[i])) {
+            return 1;
+        }
     }
-    return more;
+    return 0;
 }
 
 
