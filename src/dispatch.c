@@ -1534,15 +1534,15 @@ fdp_dispatch_parks_take(struct fdp_pool *p, struct fdp_worker *w)
  * processes are met (nothing more to look at while none lives out of the
  * table). Returns how many workers had some.
  */
-static int
-ring_out_first(const struct fdp_pool *p, int live, int *left)
+static inline int
+ring_out_first(const struct fdp_pool *p, int *left)
 {
-    *left = p->nalive - live;       /* live processes out of the table */
+    *left = p->ring_out;
     return *left > 0 ? FDP_SLOTS - 1 : -1;
 }
 
 
-static int
+static inline int
 ring_out_next(const struct fdp_pool *p, int i, int *left)
 {
     *left -= p->workers[i].slot.pid > 0;
@@ -1552,7 +1552,7 @@ ring_out_next(const struct fdp_pool *p, int i, int *left)
 
 /* w's held PARKs taken (4 tries: a worker that appends meanwhile makes
  * the swap fail); 1 when it had some. */
-static int
+static inline int
 ring_take(struct fdp_pool *p, struct fdp_worker *w)
 {
     int tries;
@@ -1580,7 +1580,11 @@ fdp_dispatch_rings(struct fdp_pool *p)
         live += p->workers[i].slot.pid > 0;
         n += ring_take(p, &p->workers[i]);
     }
-    for (i = ring_out_first(p, live, &left); i >= p->nworkers;
+    /* Counted at each turn, for fdp_dispatch_rings_wait too (a process
+     * that left the table since costs at most a message: its word stays
+     * at 1 until the next count). */
+    p->ring_out = p->nalive - live;
+    for (i = ring_out_first(p, &left); i >= p->nworkers;
          i = ring_out_next(p, i, &left)) {
         n += ring_take(p, &p->workers[i]);
     }
@@ -1595,7 +1599,7 @@ fdp_dispatch_rings(struct fdp_pool *p)
  * connection can park one: another has none before the master's next
  * turn, which comes here again before it waits (a word left at 1 costs
  * only a message). */
-static void
+static inline void
 ring_word(struct fdp_worker *w, int on)
 {
     if (w->shm != NULL && w->slot.active > 0) {
@@ -1604,7 +1608,7 @@ ring_word(struct fdp_worker *w, int on)
 }
 
 
-static int
+static inline int
 ring_held(const struct fdp_worker *w)
 {
     return w->shm != NULL && w->ch.fd >= 0 && w->slot.active > 0
@@ -1620,13 +1624,12 @@ ring_held(const struct fdp_worker *w)
 int
 fdp_dispatch_rings_wait(struct fdp_pool *p, int on)
 {
-    int i, live = 0, left;
+    int i, left;
 
     for (i = 0; i < p->nworkers; i++) {
-        live += p->workers[i].slot.pid > 0;
         ring_word(&p->workers[i], on);
     }
-    for (i = ring_out_first(p, live, &left); i >= p->nworkers;
+    for (i = ring_out_first(p, &left); i >= p->nworkers;
          i = ring_out_next(p, i, &left)) {
         ring_word(&p->workers[i], on);
     }
@@ -1638,7 +1641,7 @@ fdp_dispatch_rings_wait(struct fdp_pool *p, int on)
             return 1;
         }
     }
-    for (i = ring_out_first(p, live, &left); i >= p->nworkers;
+    for (i = ring_out_first(p, &left); i >= p->nworkers;
          i = ring_out_next(p, i, &left)) {
         if (ring_held(&p->workers[i])) {
             return 1;

@@ -279,6 +279,9 @@ struct fdp_pool {
     int offer_batch;                /* offers given a worker only when
                                      * none waits there, all in one CONN
                                      * (FDPOOL_OFFERBATCH=0: off) */
+    int ring_out;                   /* live processes out of the table
+                                     * at the last page look (dispatch.c,
+                                     * fdp_dispatch_rings) */
     int ring_parks;                 /* strict prefork: PARKs taken from
                                      * the workers' pages every turn
                                      * (FDPOOL_PARKWAKE=0: off) */
