@@ -17,6 +17,7 @@
 #include "proxy.h"
 #include "wsproto.h"
 #include "shdict.h"
+#include "fcache.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -3144,6 +3145,182 @@ test_shdict_corrupt(void)
 }
 
 
+/* ---- fcache: the worker's Lua allocator (src/fcache.h) -------------- */
+
+/* Does a block hold its bytes (tag + i)? */
+static int
+fc_intact(const unsigned char *p, size_t n, unsigned char tag)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if (p[i] != (unsigned char) (tag + i)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+
+/* The bytes on the cache's lists. */
+static size_t
+fc_listed(const struct fcache *fc)
+{
+    size_t n = 0;
+    int k;
+
+    for (k = 0; k <= FC_CLASSES; k++) {
+        void *p;
+
+        for (p = fc->head[k]; p != NULL; p = *(void **) p) {
+            n += (size_t) k << 3;
+        }
+    }
+    return n;
+}
+
+
+/* A size for the next block: a class boundary (FC_MAX's among them)
+ * one time in three, else anything up to twice FC_MAX. */
+static size_t
+fc_size(unsigned *r)
+{
+    static const size_t edge[] = { 1, 7, 8, 9, 16, 17, 255, 256, 257, 503,
+                                   504, 505, 511, 512, 513, 519, 520, 521,
+                                   1024, 4096 };
+
+    *r = *r * 1103515245u + 12345u;
+    if ((*r >> 16) % 3 == 0) {
+        return edge[(*r >> 8) % (sizeof(edge) / sizeof(edge[0]))];
+    }
+    return 1 + (*r >> 8) % (2 * FC_MAX + 76);
+}
+
+
+/* fc_alloc as Lua calls it: new blocks (osize a type tag), reallocs
+ * larger, smaller and across FC_MAX, frees; every live block keeps its
+ * bytes (no block handed to two owners, no copy short), the cache's
+ * count is what its lists hold and never passes FC_CAP. exact: as for an
+ * allocator whose blocks hold only what was asked (FC_HOLDS asks). */
+static void
+fc_torture(int exact, unsigned seed, long ops)
+{
+    enum { NB = 8000 };         /* more small bytes than FC_CAP */
+    static unsigned char *blk[NB];
+    static size_t sz[NB];
+    static unsigned char tag[NB];
+    struct fcache fc;
+    unsigned r = seed;
+    long op;
+    int i, ok = 1, capped = 1, counted = 1, moved = 0;
+
+    memset(&fc, 0, sizeof(fc));
+    fc.exact = exact;
+    for (op = 0; op < ops && ok; op++) {
+        r = r * 1103515245u + 12345u;
+        i = (int) ((r >> 10) % NB);
+        if (blk[i] != NULL && !fc_intact(blk[i], sz[i], tag[i])) {
+            ok = 0;
+            break;
+        }
+        r = r * 1103515245u + 12345u;
+        if ((r >> 12) % 4 == 0) {
+            if (blk[i] != NULL) {
+                (void) fc_alloc(&fc, blk[i], sz[i], 0);
+                blk[i] = NULL;
+            }
+        } else if (blk[i] == NULL) {
+            size_t j;
+
+            sz[i] = fc_size(&r);
+            blk[i] = fc_alloc(&fc, NULL, 5 /* LUA_TTABLE */, sz[i]);
+            if (blk[i] == NULL) {
+                ok = 0;
+                break;
+            }
+            tag[i] = (unsigned char) r;
+            for (j = 0; j < sz[i]; j++) {
+                blk[i][j] = (unsigned char) (tag[i] + j);
+            }
+        } else {
+            size_t n = fc_size(&r), o = sz[i], j;
+            unsigned char *p = fc_alloc(&fc, blk[i], o, n);
+
+            if (p == NULL) {
+                ok = 0;
+                break;
+            }
+            moved += p != blk[i];
+            blk[i] = p;
+            sz[i] = n;
+            for (j = o; j < n; j++) {
+                p[j] = (unsigned char) (tag[i] + j);
+            }
+            ok = fc_intact(p, n, tag[i]);
+        }
+        capped = capped && fc.bytes <= FC_CAP;
+        if (op % 50000 == 0) {
+            counted = counted && fc_listed(&fc) == fc.bytes;
+        }
+    }
+    counted = counted && fc_listed(&fc) == fc.bytes;
+    test_cond("fcache: every live block keeps its bytes", ok);
+    test_cond("fcache: reallocs moved blocks", moved > 0);
+    test_cond("fcache: the cache's count is what its lists hold", counted);
+    test_cond("fcache: at most FC_CAP bytes cached", capped);
+    for (i = 0; i < NB; i++) {
+        if (blk[i] != NULL) {
+            (void) fc_alloc(&fc, blk[i], sz[i], 0);
+            blk[i] = NULL;
+        }
+    }
+    test_cond("fcache: FC_CAP bytes cached once all are freed",
+              fc.bytes > FC_CAP - FC_MAX && fc.bytes <= FC_CAP
+              && fc_listed(&fc) == fc.bytes);
+    for (i = 0; i <= FC_CLASSES; i++) {
+        while (fc.head[i] != NULL) {
+            void *p = fc.head[i];
+
+            fc.head[i] = *(void **) p;
+            free(p);
+        }
+    }
+}
+
+
+static void
+test_fcache(void)
+{
+    struct fcache fc;
+    unsigned char *p, *q;
+
+    /* the same class: the block stays; across FC_MAX: it moves, its
+     * bytes kept; a freed small block comes back for its class */
+    memset(&fc, 0, sizeof(fc));
+    p = fc_alloc(&fc, NULL, 0, 20);
+    memset(p, 'a', 20);
+    test_cond("fcache: a realloc within the class keeps the block",
+              fc_alloc(&fc, p, 20, 24) == p);
+    q = fc_alloc(&fc, p, 24, FC_MAX + 100);
+    test_cond("fcache: a realloc past FC_MAX keeps the bytes", q != NULL
+              && memcmp(q, "aaaaaaaaaaaaaaaaaaaa", 20) == 0);
+    test_cond("fcache: the old block is cached", fc.bytes == 24);
+    p = fc_alloc(&fc, q, FC_MAX + 100, 10);
+    test_cond("fcache: a realloc below FC_MAX keeps the bytes", p != NULL
+              && memcmp(p, "aaaaaaaaaa", 10) == 0);
+    q = fc_alloc(&fc, NULL, 3, 17);
+    test_cond("fcache: a cached block comes back for its class",
+              q != NULL && fc.bytes == 0);
+    (void) fc_alloc(&fc, p, 10, 0);
+    (void) fc_alloc(&fc, q, 17, 0);
+    test_cond("fcache: freed blocks are cached", fc.bytes == 16 + 24);
+    free(fc.head[2]);
+    free(fc.head[3]);
+    fc_torture(0, 1, 400000);
+    fc_torture(1, 7, 400000);
+}
+
+
 int
 main(void)
 {
@@ -3181,6 +3358,7 @@ main(void)
     test_shdict_evict_edges();
     test_shdict_incr_edges();
     test_shdict_corrupt();
+    test_fcache();
     test_cond("no fd leaked by the whole run", fd_count() == before);
     test_report();
 }
