@@ -15,32 +15,9 @@ package.path = "./tests/?.lua;" .. package.path
 local fdpool = require "fdpool"
 local H = require "helpers"
 
-local APP = [[
-local fdpool = require "fdpool"
-local http = require "fdpool.http"
-local DIR = %q
-return http.serve(function(req, res)
-  local f = req.path == "/block" and req.query:match("f=(%%w+)")
-  if f then
-    while true do
-      local h = io.open(DIR .. "/" .. f)
-      if h then h:close() break end
-      fdpool.sleep(0.01)
-    end
-  end
-  local g = req.path == "/spin" and req.query:match("f=(%%w+)")
-  while g do                        -- holds the worker: never yields
-    local h = io.open(DIR .. "/" .. g)
-    if h then h:close() break end
-  end
-  f = f or g
-  res:send(req.path .. (f and ("/" .. f) or "") .. " " .. fdpool.worker.pid .. "\n")
-end)
-]]
-
-local function get(path)
-  return "GET " .. path .. " HTTP/1.1\r\nHost: t\r\n\r\n"
-end
+-- The handler both strict-prefork specs run (tests/helpers.lua).
+local APP = H.PREFORK_APP
+local get = H.get_head
 
 -- A raw HTTP client (tests/helpers.lua).
 local function client(addr) return H.raw_client(addr, 20) end

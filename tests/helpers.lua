@@ -439,6 +439,38 @@ end
 local RawClient = {}
 RawClient.__index = RawClient
 
+-- The handler of the strict-prefork specs (tests/66-*), formatted with
+-- its directory: /block?f=X answers once DIR/X exists (waiting in
+-- fdpool.sleep), /spin?f=X the same without ever yielding (it holds its
+-- worker); every answer is "PATH[/X] PID".
+H.PREFORK_APP = [[
+local fdpool = require "fdpool"
+local http = require "fdpool.http"
+local DIR = %q
+return http.serve(function(req, res)
+  local f = req.path == "/block" and req.query:match("f=(%%w+)")
+  if f then
+    while true do
+      local h = io.open(DIR .. "/" .. f)
+      if h then h:close() break end
+      fdpool.sleep(0.01)
+    end
+  end
+  local g = req.path == "/spin" and req.query:match("f=(%%w+)")
+  while g do                        -- holds the worker: never yields
+    local h = io.open(DIR .. "/" .. g)
+    if h then h:close() break end
+  end
+  f = f or g
+  res:send(req.path .. (f and ("/" .. f) or "") .. " " .. fdpool.worker.pid .. "\n")
+end)
+]]
+
+-- A plain keep-alive GET head for PATH.
+function H.get_head(path)
+  return "GET " .. path .. " HTTP/1.1\r\nHost: t\r\n\r\n"
+end
+
 function H.raw_client(addr, timeout)
   return setmetatable({ fd = assert(fdpool.connect(addr, timeout or 10)), buf = "" },
                       RawClient)
