@@ -1,4 +1,4 @@
--- tests/74-dormant-return_spec.lua: a keep-alive connection's task goes
+-- tests/76-dormant-return_spec.lua: a keep-alive connection's task goes
 -- dormant by returning (src/task.c: fdp_wait_dormant; lhttp.c's head wait)
 -- when its worker holds more than FDP_DRET_MIN (96) tasks: the wait is
 -- registered, conn:httploop returns, http.serve's handler ends, and the
