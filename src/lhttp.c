@@ -2573,6 +2573,7 @@ fdp_lhttp_open(lua_State *L)
     lua_getfield(L, -1, "__index");
     luaL_setfuncs(L, methods, 0);
     /* httploop with its field names as upvalues (KEY) */
+    luaL_checkstack(L, K_NUP, "httploop's keys");
     for (int k = K_METHOD; k < K_END; k++) {
         lua_pushstring(L, keynames[k - K_METHOD]);
     }
