@@ -4,6 +4,7 @@
 # make asan       the same build with AddressSanitizer/UBSan in build-asan/
 # make install    PREFIX, DESTDIR, BINDIR, LUA_CMOD, LUA_LMOD, MANDIR, DOCDIR
 #                 as below; make uninstall removes exactly those files
+# LUA_STATIC=     build/pool with the shared liblua instead of lib$(LUA_PC).a
 
 PREFIX   ?= /usr/local
 DESTDIR  ?=
