@@ -857,7 +857,9 @@ since_of(const struct fdp_worker *w, int offers_too)
 
 /* Would another worker than w take an offer of w's sooner: one free, or
  * one with room for an offer whose connection came after w's current
- * (the one held up longer is the likelier slow one)? */
+ * (the one held up longer is the likelier slow one) and with fewer
+ * connections than w (else the offer moves between two busy workers,
+ * each holding one, at every tick: a CONN each way, and its turn lost)? */
 static int
 better_than(struct fdp_pool *p, const struct fdp_worker *w, uint64_t cur)
 {
@@ -871,7 +873,8 @@ better_than(struct fdp_pool *p, const struct fdp_worker *w, uint64_t cur)
             continue;
         }
         if (worker_can_take(v)
-            || (v->slot.active <= v->prefetch && since_of(v, 1) > cur)) {
+            || (v->slot.active <= v->prefetch && v->slot.active < w->slot.active
+                && since_of(v, 1) > cur)) {
             return 1;
         }
     }
@@ -889,11 +892,14 @@ better_than(struct fdp_pool *p, const struct fdp_worker *w, uint64_t cur)
 static int
 offers_take_back(struct fdp_pool *p, int all)
 {
-    /* all: one at a time (the oldest first is not worth a sort: the
-     * free worker takes it, the loop comes back for the next) */
-    uint64_t now = fdp_now_us();
-    int i, n = 0;
-    uint32_t k;
+    /* all: one at a time, the one offered first (the lowest hand-off
+     * sequence number) of every worker's: the free worker serves it now,
+     * the younger ones keep their places behind their workers' current
+     * connections, so connections start in the order they were offered
+     * (the lowest slot could be a younger one: slots are reused) */
+    uint64_t now = fdp_now_us(), seq = UINT64_MAX;
+    int i, n = 0, oldest = -1;
+    uint32_t k, ok = 0;
 
     for (i = 0; i < FDP_SLOTS && p->noffers > 0; i++) {
         struct fdp_worker *w = &p->workers[i];
@@ -911,8 +917,10 @@ offers_take_back(struct fdp_pool *p, int all)
                 continue;
             }
             if (all) {
-                if (offer_back(p, w, k, 1)) {
-                    return 1;
+                if ((f->id >> 16) < seq) {
+                    seq = f->id >> 16;
+                    oldest = i;
+                    ok = k;
                 }
             } else if (now - f->since_us >= OFFER_WAIT_MS * 1000 && cur != 0
                        && better_than(p, w, cur)) {
@@ -921,7 +929,10 @@ offers_take_back(struct fdp_pool *p, int all)
             }
         }
     }
-    return n;
+    if (oldest >= 0 && !offer_back(p, &p->workers[oldest], ok, 1)) {
+        return offers_take_back(p, 1);  /* claimed meanwhile: the next */
+    }
+    return oldest >= 0 ? 1 : n;
 }
 
 

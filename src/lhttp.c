@@ -2321,7 +2321,9 @@ conn_httploop(lua_State *L)
         fdp_task_request(L, 0);
         return httploop_k(L, LUA_YIELD, PH_READ);
     }
-    c->timeout = head > 0 ? head : -1;
+    if (head > 0) {             /* else the conn's own: --io-timeout */
+        c->timeout = head;
+    }
     c->total = 0;
     fdp_conn_op_begin(c);
     fdp_task_request(L, 0);             /* waiting for a request */

@@ -357,3 +357,71 @@ end)
     assert.truthy(pool:status().offers_back >= 3)
   end)
 end)
+
+describe("a worker that becomes free with offers waiting elsewhere", function()
+  -- It takes the offer made first, whichever worker holds it: the
+  -- younger one keeps its place behind its worker's connection. Two busy
+  -- workers holding one offer each do not pass them to each other.
+  it("serves the oldest offer first", function()
+    local dir = H.tmpdir()
+    H.writefile(dir .. "/app.lua", APP:format(dir))
+    local pool = H.start_pool{ script = dir .. "/app.lua", workers = 3, concurrency = 1 }
+    assert(pool.addr, pool:log())
+    local cs = {}
+    local function release(name) H.writefile(dir .. "/" .. name, "") end
+    finally(function()
+      for _, n in ipairs { "qa", "qb", "qc", "qx", "qe" } do release(n) end
+      for _, c in pairs(cs) do c:close() end
+      pool:stop()
+    end)
+    local function total(s)
+      local n = 0
+      for _, w in ipairs(s.workers) do n = n + w.active end
+      return n
+    end
+    -- Send name's request and wait until n connections are in: the
+    -- index of the worker (slot order) whose active count rose.
+    local function place(name, path, n)
+      local before = pool:status().workers
+      cs[name] = client(pool.addr)
+      cs[name]:send(get(path))
+      local st = H.wait_status(pool, function(s) return total(s) == n end, 20, name .. " in")
+      for i, w in ipairs(st.workers) do
+        if w.active > before[i].active then return i end
+      end
+    end
+    local at = {}
+    at.a = place("a", "/block?f=qa", 1)
+    at.b = place("b", "/block?f=qb", 2)
+    at.c = place("c", "/block?f=qc", 3)
+    -- The newest connection on the higher-numbered worker of b's and c's
+    -- (where it is not, b's ends and x takes its worker): the offer made
+    -- first goes there, the second to the lower-numbered one, which a
+    -- scan by worker (or slot) number would take back first.
+    if at.b > at.c then
+      release("qb")
+      assert.equal(200, (cs.b:response()))
+      at.b = place("x", "/block?f=qx", 3)
+    end
+    assert.equal(math.max(at.b, at.c), place("d", "/d", 4))
+    place("e", "/block?f=qe", 5)    -- e blocks: it cannot let d by
+    local back0 = pool:status().offers_back
+    -- neither offer moves while both workers are busy: looked at for
+    -- half a second (five of the master's 100 ms ticks), none was taken
+    -- back (an observation window, not a timing assertion)
+    local until_t = H.clock() + 0.5
+    repeat
+      assert.equal(back0, pool:status().offers_back)
+    until H.clock() > until_t
+    -- a's worker is free first, with no offer of its own: it takes d
+    -- (taking e, it would block there, and d behind c's)
+    release("qa")
+    assert.equal(200, (cs.a:response()))
+    local st, body = cs.d:response()
+    assert.equal(200, st)
+    assert.equal("/d", body:match("^(%S+)"))
+    for _, n in ipairs { "qb", "qc", "qx", "qe" } do release(n) end
+    assert.equal(200, (cs.e:response()))
+    assert.same({}, H.unexpected_errors(pool:log()))
+  end)
+end)

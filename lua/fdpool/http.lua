@@ -615,6 +615,52 @@ local function handed_over(conn, req, res, ok, a, log)
 end
 M._handed_over = handed_over
 
+-- serve's numeric options: kind ("int" or "num"), the least value, and
+-- whether that least value is allowed. Checked at serve() time, so a bad
+-- one stops `pool run` with one line naming it (the C loop reads only
+-- numbers: a string "5" would have been no limit there).
+local numeric = {
+  max_head = { "int", 1, true }, max_body = { "int", 0, true },
+  max_upload = { "int", 0, true }, keepalive_requests = { "int", 0, true },
+  head_timeout = { "num", 0, true }, keepalive_timeout = { "num", 0, true },
+  body_timeout = { "num", 0, false }, body_min_rate = { "num", 0, true },
+}
+
+local function check_options(opts)
+  for k, spec in pairs(numeric) do
+    local v = opts[k]
+    if v ~= nil or k ~= "max_upload" then
+      local what = spec[1] == "int" and "an integer" or "a finite number"
+      local bound = (spec[3] and " >= " or " > ") .. spec[2]
+      local bad
+      if math.type(v) == nil then
+        bad = type(v) .. (type(v) == "string" and (" %q"):format(v) or "")
+      elseif v ~= v then
+        bad = "nan"
+      elseif v == math.huge or v == -math.huge then
+        bad = tostring(v)
+      elseif spec[1] == "int" and not math.tointeger(v) then
+        bad = tostring(v)
+      elseif v < spec[2] or (not spec[3] and v == spec[2]) then
+        bad = tostring(v)
+      end
+      if bad then
+        error(("http.serve: option '%s' must be %s%s, got %s"):format(k, what, bound, bad), 3)
+      end
+    end
+  end
+  local log = opts.access_log
+  if log ~= nil and log ~= false and log ~= true and type(log) ~= "string"
+     and type(log) ~= "function" then
+    error("http.serve: option 'access_log' must be \"-\", a path or a function, got "
+      .. type(log), 3)
+  end
+  if opts.park ~= nil and type(opts.park) ~= "boolean" then
+    error("http.serve: option 'park' must be a boolean, got " .. type(opts.park), 3)
+  end
+end
+M._check_options = check_options
+
 -- Handlers made by serve, with their options: a worker tells the master
 -- (READY) that its handler speaks HTTP, so the master's accept filter
 -- waits for whole request heads (max_head, head_timeout).
@@ -631,6 +677,7 @@ function M.serve(fn, options)
     end
     opts[k] = v
   end
+  check_options(opts)
   local traceback = debug.traceback
   local log = opts.access_log and access_logger(opts.access_log)
   local readrequest
@@ -728,7 +775,8 @@ function M.serve(fn, options)
     end
     readrequest = readrequest or conn.readrequest
     local served = 0
-    conn:settimeout(opts.head_timeout)
+    -- head_timeout 0: each wait keeps the conn's own (--io-timeout)
+    if opts.head_timeout > 0 then conn:settimeout(opts.head_timeout) end
     while true do
       if served == 1 then conn:settimeout(opts.keepalive_timeout) end
       local req, err, method = readrequest(conn, opts.max_head, opts.head_timeout)
