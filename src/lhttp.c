@@ -1448,6 +1448,10 @@ head_too_large(lua_State *L, const char *s, size_t max, const char *truncated)
 }
 
 
+/* head_find's "the wait is registered: return to the root" */
+#define HEAD_DORMANT ((size_t) -1)
+
+
 static size_t
 head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
           const double *sec, int stash, lua_KContext ctx, lua_KFunction k)
@@ -1515,7 +1519,12 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
         fdp_conn_idle(c);       /* no buffer held while idle */
         head_limit_arm(L, c, sec, stash);
         if (c->ka_served > 0) {
-            /* between keep-alive requests: the coroutine may go */
+            /* between keep-alive requests: the coroutine may go, at
+             * once by returning when the worker holds many (httploop's
+             * S_CONN is the root's argument) */
+            if (c->rbuf == NULL && fdp_conn_wait_dormant(L, c, 1)) {
+                return HEAD_DORMANT;
+            }
             fdp_task_may_sleep(L, c->rbuf == NULL ? &c->wt : NULL,
                                c->ka_served == 1);
         }
@@ -2091,7 +2100,7 @@ may_sleep(lua_State *L, struct fdp_conn *c)
     }
     (void) lua_getinfo(L, "f", &ar);
     lua_getfield(L, S_CFG, "handler");
-    r = lua_rawequal(L, -1, -2);
+    r = lua_rawequal(L, -1, -2) && fdp_sched_root(L, -1);
     lua_pop(L, 2);
     if (r && lua_getlocal(L, &ar, 1) != NULL) {
         r = lua_rawequal(L, -1, S_CONN);
@@ -2161,6 +2170,9 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
                        PH_READ,
                        httploop_k);
     }
+    if (hl == HEAD_DORMANT) {
+        return -1;      /* nothing: the root returns, the task sleeps */
+    }
     c->ka_served = 0;
     if (lua_isnumber(L, S_LIMIT)) {     /* the head's limit ends */
         c->limit = lua_tonumber(L, S_LIMIT);
@@ -2176,7 +2188,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         lua_pushvalue(L, S_SERVED);
         lua_rotate(L, -5, 2);           /* "read", served, nil, why, method */
         lua_remove(L, -3);
-        return -4;
+        return -5;
     }
     c->rstart += hl;
     served = lua_tointeger(L, S_SERVED) + 1;
@@ -2194,7 +2206,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         } else {
             lua_pushnil(L);
         }
-        return -4;
+        return -5;
     }
     lua_settop(L, S_TOP);
     if (cp->keepalive_requests > 0 && served >= cp->keepalive_requests) {
@@ -2236,7 +2248,7 @@ httploop_k(lua_State *L, int status, lua_KContext ctx)
         case PH_READ:
             r = httploop_read(L, c, cp, status);
             if (r < 0) {
-                return -r;
+                return -r - 1;
             }
             /* http.lua's handed_over: bytes the handler writes past res
              * (a hand-made 101) mean it took the connection over. */
@@ -2321,6 +2333,7 @@ conn_httploop(lua_State *L)
         fdp_task_request(L, 0);
         return httploop_k(L, LUA_YIELD, PH_READ);
     }
+    c->ka_sleep = 0;                    /* asked again for this call */
     if (head > 0) {             /* else the conn's own: --io-timeout */
         c->timeout = head;
     }
