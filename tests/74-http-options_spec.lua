@@ -34,6 +34,8 @@ describe("http.serve's options", function()
     { "max_upload = -5", "option 'max_upload' must be an integer >= 0, got -5" },
     { "body_min_rate = -1", "option 'body_min_rate' must be a finite number >= 0, got -1" },
     { "park = 1", "option 'park' must be a boolean, got number" },
+    -- a string with a newline: still one line, the newline shown as \n
+    { 'max_body = "1\\n2"', [[option 'max_body' must be an integer >= 0, got string "1\n2"]] },
   }
   for _, case in ipairs(cases) do
     it("refuses " .. case[1] .. " at start: exit 1, one line naming it", function()

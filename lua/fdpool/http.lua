@@ -634,7 +634,11 @@ local function check_options(opts)
       local bound = (spec[3] and " >= " or " > ") .. spec[2]
       local bad
       if math.type(v) == nil then
-        bad = type(v) .. (type(v) == "string" and (" %q"):format(v) or "")
+        -- %q keeps a newline as "\" and a raw one: the message would
+        -- end there; show it as \n, and at most 40 bytes of the string
+        bad = type(v) .. (type(v) == "string"
+          and (" %q"):format(#v > 40 and v:sub(1, 40) .. "..." or v):gsub("\\\n", "\\n")
+          or "")
       elseif v ~= v then
         bad = "nan"
       elseif v == math.huge or v == -math.huge then
