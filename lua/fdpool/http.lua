@@ -689,6 +689,11 @@ function M.serve(fn, options)
   if park == nil then
     park = fdpool.worker ~= nil and fdpool.worker.capacity == 1
   end
+  -- conn:park takes 0 < idle < 86400: past that the connection stays
+  -- in the worker (as lhttp.c's cfg_params decides for the C loop)
+  if not (opts.keepalive_timeout > 0 and opts.keepalive_timeout < 86400) then
+    park = false
+  end
   -- The connection's end when its next head could not be read.
   local function read_failed(conn, served, err, method)
     local head = method == "HEAD"
