@@ -4,6 +4,7 @@
 # make asan       the same build with AddressSanitizer/UBSan in build-asan/
 # make install    PREFIX, DESTDIR, BINDIR, LUA_CMOD, LUA_LMOD, MANDIR, DOCDIR
 #                 as below; make uninstall removes exactly those files
+# LUA_STATIC=     build/pool with the shared liblua instead of lib$(LUA_PC).a
 
 PREFIX   ?= /usr/local
 DESTDIR  ?=
@@ -11,6 +12,13 @@ BINDIR   ?= $(PREFIX)/bin
 LUA_PC   ?= lua5.4
 LUA_CFLAGS ?= $(shell pkg-config --cflags $(LUA_PC) 2>/dev/null || echo -I/usr/include/lua5.4)
 LUA_LIBS   ?= $(shell pkg-config --libs $(LUA_PC) 2>/dev/null || echo -llua5.4)
+# build/pool links Lua statically when the toolchain has lib$(LUA_PC).a
+# (Debian's liblua5.4-dev does): calls into Lua without the PLT, ~2 % fewer
+# instructions per keep-alive request (docs/performance.md). -rdynamic
+# exports lua_* from the pool for the C modules handlers load (cjson).
+# LUA_STATIC= (empty) links the shared library as before.
+LUA_STATIC ?= $(shell $(CC) -print-file-name=lib$(LUA_PC).a 2>/dev/null)
+POOL_LUA_LIBS ?= $(if $(filter /%,$(LUA_STATIC)),-rdynamic $(LUA_STATIC) -ldl,$(LUA_LIBS))
 LUA_CMOD ?= $(PREFIX)/lib/lua/5.4
 LUA_LMOD ?= $(PREFIX)/share/lua/5.4
 MANDIR   ?= $(PREFIX)/share/man
@@ -25,7 +33,7 @@ CARES_CFLAGS ?= $(shell pkg-config --cflags libcares 2>/dev/null)
 CARES_LIBS   ?= $(shell pkg-config --libs libcares 2>/dev/null || echo -lcares)
 
 CC       ?= cc
-OPT      ?= -O2 -g
+OPT      ?= -O3 -g
 WARN     := -Wall -Wextra -Wshadow -Wwrite-strings -Wmissing-prototypes \
             -Wstrict-prototypes
 CFLAGS   ?=
@@ -67,7 +75,7 @@ $(B)/statuspage_html.o: $(B)/statuspage_html.c
 	$(CC) $(ALLCFLAGS) -c -o $@ $<
 
 $(B)/pool: $(CORE_OBJ) $(B)/main.o
-	$(CC) $(SAN) $(LDFLAGS) -o $@ $^ $(LUA_LIBS) $(CARES_LIBS) $(SSL_LIBS) -lm
+	$(CC) $(SAN) $(LDFLAGS) -o $@ $^ $(POOL_LUA_LIBS) $(CARES_LIBS) $(SSL_LIBS) -lm
 
 # The module leaves Lua's symbols to the interpreter that loads it.
 $(B)/fdpool.so: $(CORE_OBJ)

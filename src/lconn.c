@@ -219,10 +219,39 @@ fdp_conn_peer(struct fdp_conn *c, char *out, size_t n)
  * (or, in "t" mode, the call's deadline) and any conn:setdeadline or
  * whole-head limit: fdp_wait's contract.
  */
+static uint64_t conn_wait_dl(struct fdp_conn *c, uint32_t *events);
+
+
 int
 fdp_conn_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
               lua_KContext ctx, lua_KFunction k)
 {
+    uint64_t dl = conn_wait_dl(c, &events);
+
+    return fdp_wait(L, &c->wt, c->fd, events, dl, ctx, k);
+}
+
+
+/* The same wait to read, registered without the yield when the task may
+ * go dormant by returning (fdp_wait_dormant): 1 then. */
+int
+fdp_conn_wait_dormant(lua_State *L, struct fdp_conn *c, int arg)
+{
+    uint32_t events = EPOLLIN;
+
+    if (c->tr_want != 0) {
+        return 0;
+    }
+    return fdp_wait_dormant(L, &c->wt, c->fd, EPOLLIN,
+                            conn_wait_dl(c, &events), arg);
+}
+
+
+/* A wait's deadline (and its events: TLS may want both). */
+static uint64_t
+conn_wait_dl(struct fdp_conn *c, uint32_t *ev)
+{
+    uint32_t events = *ev;
     uint64_t dl, *d = events == EPOLLOUT ? &c->wdeadline : &c->deadline;
 
     if (!c->total) {
@@ -241,7 +270,8 @@ fdp_conn_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
     if (c->limit > 0 && (dl == 0 || (uint64_t) c->limit < dl)) {
         dl = (uint64_t) c->limit;
     }
-    return fdp_wait(L, &c->wt, c->fd, events, dl, ctx, k);
+    *ev = events;
+    return dl;
 }
 
 

@@ -119,6 +119,7 @@ ssize_t fdp_conn_fill(struct fdp_conn *c, size_t want);
 void fdp_conn_idle(struct fdp_conn *c);
 int fdp_conn_wait(lua_State *L, struct fdp_conn *c, uint32_t events,
                   lua_KContext ctx, lua_KFunction k);
+int fdp_conn_wait_dormant(lua_State *L, struct fdp_conn *c, int arg);
 int fdp_conn_send(lua_State *L);
 /* conn:park(idle_ms) for the task's own conn: pushes true, or nil and
  * why (unread data, closed, tls, a channel error); returns 1 or 2. */

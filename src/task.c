@@ -270,13 +270,32 @@ static void
 task_revive(struct fdp_task *t)
 {
     struct fdp_sched *s = t->s;
-    int arg = t->ref;
     lua_State *co = thread_take(s, &t->ref);
 
     t->co = co;
     lua_rawgeti(co, LUA_REGISTRYINDEX, s->dfn);
-    lua_rawgeti(co, LUA_REGISTRYINDEX, arg);
-    luaL_unref(s->L, LUA_REGISTRYINDEX, arg);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, t->aref);
+}
+
+
+/* t's coroutine, stopped or ended, goes to the spares (or the collector:
+ * 1); t is dormant. */
+static int
+task_let_go(struct fdp_task *t)
+{
+    struct fdp_sched *s = t->s;
+    lua_State *co = t->co;
+
+    t->co = NULL;
+    if (lua_status(co) == LUA_OK && s->nspare < (int) FDP_NELEM(s->spare)) {
+        lua_settop(co, 0);
+        s->spare[s->nspare++] = t->ref;
+        t->ref = LUA_NOREF;
+        return 0;
+    }
+    luaL_unref(s->L, LUA_REGISTRYINDEX, t->ref);
+    t->ref = LUA_NOREF;
+    return 1;
 }
 
 
@@ -284,7 +303,7 @@ task_revive(struct fdp_task *t)
  * t's coroutine waits where fdp_task_may_sleep allowed: keep its root
  * function (level 1 of the coroutine, nothing under it; the same for
  * every dormant task, s->dfn) and that function's first argument (in
- * t->ref), and let the coroutine go. Its wait (waiter, deadline) stays
+ * t->aref, kept until the task ends), and let the coroutine go. Its wait (waiter, deadline) stays
  * registered as it is. 1 when the coroutine went to the collector, 0
  * to the spares or when it stays.
  */
@@ -294,7 +313,7 @@ task_sleep(struct fdp_task *t)
     struct fdp_sched *s = t->s;
     lua_State *co = t->co, *L = s->L;
     lua_Debug ar;
-    int same, ref;
+    int same;
 
     if (t->kids != NULL || t->wlist != NULL || lua_gethook(co) != NULL
         || !lua_getstack(co, 1, &ar) || lua_getstack(co, 2, &ar)
@@ -319,19 +338,14 @@ task_sleep(struct fdp_task *t)
         lua_pop(L, 2);
         return 0;
     }
-    ref = luaL_ref(L, LUA_REGISTRYINDEX);       /* the argument */
+    if (t->aref == 0) {
+        t->aref = luaL_ref(L, LUA_REGISTRYINDEX);       /* the argument */
+    } else {
+        lua_pop(L, 1);
+    }
     lua_pop(L, 1);
     (void) lua_resetthread(co);
-    t->co = NULL;
-    if (lua_status(co) == LUA_OK && s->nspare < (int) FDP_NELEM(s->spare)) {
-        lua_settop(co, 0);
-        s->spare[s->nspare++] = t->ref;
-        t->ref = ref;
-        return 0;
-    }
-    luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
-    t->ref = ref;
-    return 1;
+    return task_let_go(t);
 }
 
 
@@ -460,11 +474,12 @@ task_finish(struct fdp_task *t, int status)
 {
     struct fdp_sched *s = t->s;
     const struct fdp_task_ops *ops = TASK_OPS(t);
-    int logged = 0;
+    int logged = 0, aref = t->aref;
 
     if (t->co == NULL) {
         task_revive(t);                 /* ended while dormant */
     }
+    t->dret = 0;
     if (drowsy_listed(t)) {
         drowsy_unlink(t);
     }
@@ -529,6 +544,9 @@ task_finish(struct fdp_task *t, int status)
     }
     s->active--;
     ops->finish(t);
+    if (aref != 0) {                    /* t is the owner's again */
+        luaL_unref(s->L, LUA_REGISTRYINDEX, aref);
+    }
 }
 
 
@@ -563,6 +581,17 @@ task_resume(struct fdp_task *t, int nargs)
     r = lua_resume(t->co, s->L, nargs, &nres);
     s->mem_limited = limited;
     s->current = prev;
+    if (r == LUA_OK && t->dret) {
+        /* Its root returned over a registered wait
+         * (fdp_wait_dormant): the coroutine ended the plain way, and
+         * is reusable as it is (no reset, its stack kept). */
+        t->dret = 0;
+        if (lua_gethook(t->co) != NULL) {
+            lua_sethook(t->co, NULL, 0, 0);
+        }
+        (void) task_let_go(t);
+        return;
+    }
     if (r == LUA_YIELD) {
         lua_pop(t->co, nres);
         if (drowsy_waits(t)) {
@@ -952,43 +981,55 @@ fdp_waitable_forget(struct fdp_waitable *wt)
 }
 
 
+/* fdp_wait's registration of t's wait (the waiter or writer slot, the
+ * fd's watch, the deadline), without the yield: a luaL_error when
+ * another coroutine waits there or epoll refuses. */
+static void
+wait_register(lua_State *L, struct fdp_task *t, struct fdp_waitable *wt,
+              int fd, uint32_t events, uint64_t dl)
+{
+    struct fdp_task **slot = events == EPOLLOUT ? &wt->writer : &wt->waiter;
+
+    if (*slot != NULL) {
+        (void) luaL_error(L, "connection already waited on by another "
+                          "coroutine");
+        return;
+    }
+    if (wt->io.seq == 0) {
+        wt->io.fd = fd;
+        wt->io.cb = waitable_io;
+        wt->io.data = wt;
+        if (fdp_loop_add(wt->s->loop, &wt->io,
+                         EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0) {
+            (void) luaL_error(L, "epoll_ctl() failed: %s", strerror(errno));
+            return;
+        }
+    }
+    *slot = t;
+    if (slot == &wt->waiter) {
+        wt->events = events;
+    }
+    t->wobj = wt;
+    t->waiting = events;
+    t->timed_out = 0;
+    t->iot_dl = dl;
+    if (dl && !(fdp_timer_active(&t->iot) && t->iot.when <= dl)) {
+        uint64_t now = fdp_now_ms();
+
+        (void) fdp_timer_start(wt->s->loop, &t->iot, dl > now ? dl - now : 0);
+    }
+}
+
+
 int
 fdp_wait(lua_State *L, struct fdp_waitable *wt, int fd, uint32_t events,
          uint64_t dl, lua_KContext ctx, lua_KFunction k)
 {
     struct fdp_task *t = fdp_wait_task(L);
-    uint64_t now = fdp_now_ms();
+    uint64_t now;
 
     if (t != NULL && wt->s != NULL) {
-        struct fdp_task **slot = events == EPOLLOUT ? &wt->writer
-                                                    : &wt->waiter;
-
-        if (*slot != NULL) {
-            return luaL_error(L, "connection already waited on by another "
-                              "coroutine");
-        }
-        if (wt->io.seq == 0) {
-            wt->io.fd = fd;
-            wt->io.cb = waitable_io;
-            wt->io.data = wt;
-            if (fdp_loop_add(wt->s->loop, &wt->io,
-                             EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0) {
-                return luaL_error(L, "epoll_ctl() failed: %s",
-                                  strerror(errno));
-            }
-        }
-        *slot = t;
-        if (slot == &wt->waiter) {
-            wt->events = events;
-        }
-        t->wobj = wt;
-        t->waiting = events;
-        t->timed_out = 0;
-        t->iot_dl = dl;
-        if (dl && !(fdp_timer_active(&t->iot) && t->iot.when <= dl)) {
-            (void) fdp_timer_start(wt->s->loop, &t->iot,
-                                   dl > now ? dl - now : 0);
-        }
+        wait_register(L, t, wt, fd, events, dl);
         return fdp_task_yield(L, t, ctx, k);
     } else {
         struct pollfd pfd;
@@ -1007,6 +1048,49 @@ fdp_wait(lua_State *L, struct fdp_waitable *wt, int fd, uint32_t events,
         }
         return r > 0;
     }
+}
+
+
+int
+fdp_wait_dormant(lua_State *L, struct fdp_waitable *wt, int fd,
+                 uint32_t events, uint64_t dl, int arg)
+{
+    struct fdp_task *t = task_of(L, NULL);
+
+    if (t == NULL || t->co != L || t->s->active <= FDP_DRET_MIN
+        || t->s->dfn == 0 || wt->s == NULL || t->kids != NULL
+        || t->wlist != NULL || lua_gethook(L) != NULL) {
+        return 0;
+    }
+    if (t->aref == 0) {
+        lua_pushvalue(L, arg);
+        t->aref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    wait_register(L, t, wt, fd, events, dl);
+    t->dret = 1;
+    return 1;
+}
+
+
+int
+fdp_sched_root(lua_State *L, int idx)
+{
+    struct fdp_task *t = task_of(L, NULL);
+    struct fdp_sched *s = t != NULL ? t->s : NULL;
+    int same;
+
+    if (s == NULL || !lua_checkstack(L, 2)) {
+        return 0;
+    }
+    if (s->dfn == 0) {
+        lua_pushvalue(L, idx);
+        s->dfn = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_pushvalue(L, idx);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->dfn);
+    same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return same;
 }
 
 

@@ -89,6 +89,8 @@ struct fdp_task {
     unsigned char timed_out;
     unsigned char dsoon;        /* its drowsy wait sleeps after
                                    FDP_SOON_MS (fdp_task_may_sleep) */
+    unsigned char dret;         /* its root returns over a registered
+                                   wait: dormant then (fdp_wait_dormant) */
     struct fdp_waitable *wobj;  /* waitable waited on */
     int ref;                    /* the thread, in the registry */
     uint32_t dsince;            /* ms (low bits): its drowsy wait's start */
@@ -101,6 +103,8 @@ struct fdp_task {
     const struct fdp_task_ops *ops;     /* NULL: the scheduler's */
     int slow_logged;            /* its --slow line was written */
     int nresume;                /* values for the next deferred resume */
+    int aref;                   /* a dormant task's root argument (a
+                                   registry ref, kept till it ends), 0 */
     struct fdp_timer limit;     /* --timeout for the whole handler */
     struct fdp_timer slow;      /* --slow: log where it waits, once */
     struct fdp_task *prev, *next;
@@ -203,6 +207,28 @@ void fdp_task_wake(struct fdp_task *t, int nargs);
 int fdp_wait(lua_State *L, struct fdp_waitable *wt, int fd, uint32_t events,
              uint64_t deadline_ms, lua_KContext ctx, lua_KFunction k);
 int fdp_wait_timed_out(lua_State *L);
+/*
+ * fdp_wait without the yield, for a wait where fdp_task_may_sleep is
+ * allowed (the caller checked the root with fdp_sched_root), when the
+ * worker holds more than FDP_DRET_MIN tasks: the wait is registered,
+ * and the caller returns up to the task's root function, whose plain
+ * return makes the task dormant (its coroutine, ended as usual, to the
+ * spares at once, no reset); the argument at stack index arg is the
+ * one the wake-up calls the root with. 1 when so (return), 0 when the
+ * task must wait the usual way.
+ */
+int fdp_wait_dormant(lua_State *L, struct fdp_waitable *wt, int fd,
+                     uint32_t events, uint64_t deadline_ms, int arg);
+/* The function at idx is L's task's root (the caller checked): the
+ * worker's root of dormant tasks if it has none yet; 1 when it is. */
+int fdp_sched_root(lua_State *L, int idx);
+/* The fewest live tasks at which fdp_wait_dormant lets go: below it a
+ * connection's coroutine stays hot in the cache between its requests
+ * (and sleeps only after FDP_SLEEP_MS); above it the coroutines of
+ * every idle connection would not fit, and a few spares serve all. */
+#ifndef FDP_DRET_MIN
+#define FDP_DRET_MIN 96
+#endif
 /* wt's fd is being closed by its owner: resume its waiter (which then
  * sees it closed) and stop watching it; unwatch with epoll_ctl, forget
  * without a syscall (the fd is about to close). */
