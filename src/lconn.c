@@ -829,7 +829,9 @@ conn_setdeadline(lua_State *L)
     lua_Number sec = luaL_optnumber(L, 2, -1);
     lua_Number rate = luaL_optnumber(L, 3, 0);
 
+    luaL_argcheck(L, sec == sec, 2, "seconds must not be NaN");
     luaL_argcheck(L, rate >= 0, 3, "min_rate must not be negative");
+    sec = fdp_clamp_sec(sec);
     c->limit = sec >= 0 ? (double) fdp_now_ms() + sec * 1000.0 : 0;
     c->min_rate = sec >= 0 ? rate : 0;
     lua_pushboolean(L, 1);
@@ -844,8 +846,10 @@ conn_settimeout(lua_State *L)
 {
     struct fdp_conn *c = fdp_checkconn(L);
     static const char *const modes[] = { "b", "t", "r", NULL };
+    lua_Number sec = luaL_optnumber(L, 2, -1);
 
-    c->timeout = luaL_optnumber(L, 2, -1);
+    luaL_argcheck(L, sec == sec, 2, "seconds must not be NaN");
+    c->timeout = fdp_clamp_sec(sec);
     c->total = luaL_checkoption(L, 3, "b", modes) == 1;
     lua_pushboolean(L, 1);
     return 1;

@@ -87,6 +87,17 @@ struct fdp_conn {
 
 #define FDP_CONN_REQ 96
 
+/* The longest timeout or deadline a conn keeps, in seconds (about 31
+ * years): longer ones mean the same and would overflow the milliseconds
+ * the loop counts in. */
+#define FDP_SEC_MAX 1e9
+
+static inline double
+fdp_clamp_sec(double sec)
+{
+    return sec > FDP_SEC_MAX ? FDP_SEC_MAX : sec;
+}
+
 void fdp_conn_open_meta(lua_State *L);
 
 /* A new conn owning fd on the stack of L, its waits scheduled by s

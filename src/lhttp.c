@@ -1722,7 +1722,7 @@ cfg_num(lua_State *L, const char *k, double dflt)
     double v = dflt;
 
     if (lua_getfield(L, S_CFG, k) == LUA_TNUMBER) {
-        v = lua_tonumber(L, -1);
+        v = fdp_clamp_sec(lua_tonumber(L, -1));
     }
     lua_pop(L, 1);
     return v;

@@ -396,13 +396,14 @@ opt_timeouts(lua_State *L, struct fdp_pool *p)
 {
     if (lua_getfield(L, 1, "io_timeout") != LUA_TNIL) {
         p->io_timeout = luaL_checknumber(L, -1);
-        luaL_argcheck(L, p->io_timeout >= 0, 1, "io_timeout must not be "
-                      "negative");
+        luaL_argcheck(L, p->io_timeout >= 0 && p->io_timeout <= 1e9, 1,
+                      "io_timeout must be 0 to 1e9 seconds");
     }
     lua_pop(L, 1);
     if (lua_getfield(L, 1, "timeout") != LUA_TNIL) {
         p->timeout = luaL_checknumber(L, -1);
-        luaL_argcheck(L, p->timeout >= 0, 1, "timeout must not be negative");
+        luaL_argcheck(L, p->timeout >= 0 && p->timeout <= 1e9, 1,
+                      "timeout must be 0 to 1e9 seconds");
     }
     lua_pop(L, 1);
     if (lua_getfield(L, 1, "log_level") != LUA_TNIL) {
@@ -422,7 +423,8 @@ opt_delays(lua_State *L, struct fdp_pool *p)
 {
     if (lua_getfield(L, 1, "slow") != LUA_TNIL) {
         p->slow = luaL_checknumber(L, -1);
-        luaL_argcheck(L, p->slow >= 0, 1, "slow must not be negative");
+        luaL_argcheck(L, p->slow >= 0 && p->slow <= 1e9, 1,
+                      "slow must be 0 to 1e9 seconds");
     }
     lua_pop(L, 1);
     if (lua_getfield(L, 1, "drain_delay") != LUA_TNIL) {

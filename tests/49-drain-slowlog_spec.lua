@@ -130,6 +130,11 @@ describe("--slow", function()
       { "--slow soon", 2, "pool: --slow must be a number of seconds above 0 (got 'soon')\n" },
       { "--drain-delay -1", 2, "pool: --drain-delay must be a number of seconds from 0 to 3600 (got '-1')\n" },
       { "--drain-delay x", 2, "pool: --drain-delay must be a number of seconds from 0 to 3600 (got 'x')\n" },
+      -- seconds past about 31 years would overflow the C side's milliseconds
+      { "--io-timeout 1e300", 2, "pool: --io-timeout must be a number of seconds up to 1e+09 (got '1e300')\n" },
+      { "--timeout 1e300", 2, "pool: --timeout must be a number of seconds up to 1e+09 (got '1e300')\n" },
+      { "--slow 2e9", 2, "pool: --slow must be a number of seconds up to 1e+09 (got '2e9')\n" },
+      { "--io-timeout nan", 2, "pool: --io-timeout must be a number of seconds (got 'nan')\n" },
       { "--slow 1 --slow-log " .. dir .. "/no/such/dir/slow.log", 1,
         "pool: cannot open slow log " .. dir .. "/no/such/dir/slow.log (No such file or directory)\n" },
     }

@@ -15,12 +15,20 @@ return function(conn)
   while true do
     local op = conn:receive("l")
     if not op or op == "end" then break end
+    if op == "nan" then
+      -- a NaN timeout is refused (it would be no number of milliseconds)
+      local ok, e = pcall(conn.settimeout, conn, 0/0)
+      local ok2, e2 = pcall(conn.setdeadline, conn, 0/0)
+      conn:send(("%s %s|%s %s\n"):format(ok, e, ok2, e2))
+      goto continue
+    end
     -- "t SECONDS": wait for one line with this per-wait timeout
     local secs = tonumber(op:match("^t (%S+)$"))
     conn:settimeout(secs)
     local line, err = conn:receive("l")
     conn:send((line or err) .. "\n")
     if not line then break end
+    ::continue::
   end
 end
 ]]
@@ -50,6 +58,24 @@ describe("a conn's wait deadlines (lazily re-armed timer)", function()
     H.sleep(0.8)
     assert(fd:write("second\n"))
     assert.equal("second", line_of(fd))
+    assert(fd:write("end\n"))
+    fd:close()
+  end)
+
+  it("refuses a NaN timeout or deadline and keeps a huge one as no limit", function()
+    local fd = assert(fdpool.connect(p.addr, 10))
+    assert(fd:write("nan\n"))
+    local l = line_of(fd)
+    local a, b = l:match("^(.*)|(.*)$")
+    assert.matches("^false bad argument #2 .*seconds must not be NaN", a)
+    assert.matches("^false bad argument #2 .*seconds must not be NaN", b)
+    -- 1e300 seconds: longer than the loop's milliseconds can count; it
+    -- waits (the test's line comes after a moment) instead of overflowing
+    -- into an instant or random deadline
+    assert(fd:write("t 1e300\n"))
+    H.sleep(0.3)
+    assert(fd:write("late\n"))
+    assert.equal("late", line_of(fd))
     assert(fd:write("end\n"))
     fd:close()
   end)

@@ -34,6 +34,8 @@ describe("http.serve's options", function()
     { "max_upload = -5", "option 'max_upload' must be an integer >= 0, got -5" },
     { "body_min_rate = -1", "option 'body_min_rate' must be a finite number >= 0, got -1" },
     { "park = 1", "option 'park' must be a boolean, got number" },
+    -- a string with a newline: still one line, the newline shown as \n
+    { 'max_body = "1\\n2"', [[option 'max_body' must be an integer >= 0, got string "1\n2"]] },
   }
   for _, case in ipairs(cases) do
     it("refuses " .. case[1] .. " at start: exit 1, one line naming it", function()
@@ -96,4 +98,33 @@ describe("head_timeout = 0", function()
     assert.equals(60, first_wait{ head_timeout = 0 })
     assert.equals(3, first_wait{ head_timeout = 3 })
   end)
+end)
+
+-- Strict prefork parks keep-alive connections; with an access_log the
+-- parking is Lua's (after), which called conn:park(keepalive_timeout)
+-- even where park refuses the value (0 and >= 86400, both valid
+-- keepalive_timeouts): every keep-alive answer was followed by a handler
+-- error and a reset connection. Those values now keep the connection in
+-- the worker, as the C loop's own parking does.
+describe("keepalive_timeout park cannot take, with an access_log, strict prefork", function()
+  for _, ka in ipairs{ "0", "86400" } do
+    it("keepalive_timeout = " .. ka .. ": keep-alive requests answered, no handler error", function()
+      local dir = H.tmpdir()
+      local p = H.start_pool{ script = script(dir,
+        "keepalive_timeout = " .. ka .. ", access_log = function() end"),
+        workers = 1, concurrency = 1 }
+      finally(function() p:stop() end)
+      assert(p.addr, p:log())
+      local c = H.raw_client(p.addr)
+      finally(function() c:close() end)
+      local get = "GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+      -- pipelined: the second is there at once (keepalive_timeout = 0)
+      c:send(get .. get)
+      for i = 1, 2 do
+        local st, body = c:response()
+        assert.equals(200, st, ("answer %d: %s\n%s"):format(i, tostring(body), p:log()))
+      end
+      assert.same({}, H.unexpected_errors(p:log()))
+    end)
+  end
 end)

@@ -275,14 +275,23 @@ local function load_config(path)
   return t
 end
 
+-- The longest time a setting takes (about 31 years, as src/lconn.h's
+-- FDP_SEC_MAX): longer ones mean the same and would overflow the
+-- milliseconds the C side counts in.
+local SEC_MAX = 1e9
+
 local function num_setting(name, v, lo, hi, integer)
   local n = tonumber(v)
-  if not n or n < lo or (hi and n > hi) or (integer and n ~= math.floor(n)) then
+  hi = hi or SEC_MAX
+  if not n or n ~= n or n < lo or n > hi or (integer and n ~= math.floor(n)) then
     if integer then
       return nil, ("%s must be an integer from %d to %d (got '%s')"):format(name, lo, hi, tostring(v))
     end
+    if n and n > hi then
+      return nil, ("%s must be a number of seconds up to %g (got '%s')"):format(name, hi, tostring(v))
+    end
     return nil, ("%s must be a number of seconds%s (got '%s')"):format(name,
-      lo > 0 and " above 0" or hi and (" from 0 to %g"):format(hi) or "", tostring(v))
+      lo > 0 and " above 0" or hi < SEC_MAX and (" from 0 to %g"):format(hi) or "", tostring(v))
   end
   return integer and math.tointeger(n) or n
 end

@@ -634,7 +634,11 @@ local function check_options(opts)
       local bound = (spec[3] and " >= " or " > ") .. spec[2]
       local bad
       if math.type(v) == nil then
-        bad = type(v) .. (type(v) == "string" and (" %q"):format(v) or "")
+        -- %q keeps a newline as "\" and a raw one: the message would
+        -- end there; show it as \n, and at most 40 bytes of the string
+        bad = type(v) .. (type(v) == "string"
+          and (" %q"):format(#v > 40 and v:sub(1, 40) .. "..." or v):gsub("\\\n", "\\n")
+          or "")
       elseif v ~= v then
         bad = "nan"
       elseif v == math.huge or v == -math.huge then
@@ -684,6 +688,11 @@ function M.serve(fn, options)
   local park = opts.park
   if park == nil then
     park = fdpool.worker ~= nil and fdpool.worker.capacity == 1
+  end
+  -- conn:park takes 0 < idle < 86400: past that the connection stays
+  -- in the worker (as lhttp.c's cfg_params decides for the C loop)
+  if not (opts.keepalive_timeout > 0 and opts.keepalive_timeout < 86400) then
+    park = false
   end
   -- The connection's end when its next head could not be read.
   local function read_failed(conn, served, err, method)
