@@ -1051,13 +1051,38 @@ fdp_wait(lua_State *L, struct fdp_waitable *wt, int fd, uint32_t events,
 }
 
 
+/* FDP_DRET_MIN, or FDPOOL_DRET_MIN from the environment (read once):
+ * a negative value is off. */
+static int
+dret_min(void)
+{
+    static int min = -2;
+
+    if (min == -2) {
+        const char *e = getenv("FDPOOL_DRET_MIN");
+        char *end;
+        long v;
+
+        min = FDP_DRET_MIN;
+        if (e != NULL && *e != '\0') {
+            v = strtol(e, &end, 10);
+            if (*end == '\0' && v >= -1 && v <= 1000000) {
+                min = (int) v;
+            }
+        }
+    }
+    return min;
+}
+
+
 int
 fdp_wait_dormant(lua_State *L, struct fdp_waitable *wt, int fd,
                  uint32_t events, uint64_t dl, int arg)
 {
     struct fdp_task *t = task_of(L, NULL);
+    int min = dret_min();
 
-    if (t == NULL || t->co != L || t->s->active <= FDP_DRET_MIN
+    if (t == NULL || t->co != L || min < 0 || t->s->active <= min
         || t->s->dfn == 0 || wt->s == NULL || t->kids != NULL
         || t->wlist != NULL || lua_gethook(L) != NULL) {
         return 0;

@@ -224,8 +224,10 @@ int fdp_wait_dormant(lua_State *L, struct fdp_waitable *wt, int fd,
 int fdp_sched_root(lua_State *L, int idx);
 /* The fewest live tasks at which fdp_wait_dormant lets go: below it a
  * connection's coroutine stays hot in the cache between its requests
- * (and sleeps only after FDP_SLEEP_MS); above it the coroutines of
- * every idle connection would not fit, and a few spares serve all. */
+ * (and sleeps only after FDP_SLEEP_MS); above it a few spares serve
+ * every idle connection. The environment's FDPOOL_DRET_MIN=N moves it
+ * (-1: off), for A/B runs on one binary: the wall clock at 1000
+ * connections has not settled it yet (docs/performance.md). */
 #ifndef FDP_DRET_MIN
 #define FDP_DRET_MIN 96
 #endif

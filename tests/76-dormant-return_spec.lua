@@ -47,7 +47,7 @@ local function start(ka)
   local dir = H.tmpdir()
   H.writefile(dir .. "/d.lua", SCRIPT)
   return H.start_pool{ script = dir .. "/d.lua", workers = 1, concurrency = 1000,
-    shell = ka and ("KA_TIMEOUT=" .. ka .. " ") or nil }
+    shell = "FDPOOL_DRET_MIN=96 " .. (ka and ("KA_TIMEOUT=" .. ka .. " ") or "") }
 end
 
 -- BALLAST connections, each served once and then idle (dormant).

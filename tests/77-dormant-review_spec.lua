@@ -66,7 +66,7 @@ describe("dormant-by-return tasks across many connections", function()
     local dir = H.tmpdir()
     H.writefile(dir .. "/d.lua", SCRIPT)
     local p = H.start_pool{ script = dir .. "/d.lua", workers = 1, concurrency = 2000,
-      shell = "KA_TIMEOUT=1 " }
+      shell = "FDPOOL_DRET_MIN=96 KA_TIMEOUT=1 " }
     local ballast = {}
     local function close_ballast()
       for _, fd in ipairs(ballast) do fd:close() end
