@@ -23,25 +23,9 @@ return http.serve(function(req, res)
 end, { keepalive_requests = 4, keepalive_timeout = tonumber(os.getenv("KA_TIMEOUT")) or 20 })
 ]]
 
-local function response(fd)
-  local line = fd:read("l")
-  if not line then return nil end
-  local status = tonumber(line:match("^HTTP/1%.1 (%d+)"))
-  local h = {}
-  while true do
-    local l = assert(fd:read("l"))
-    l = l:gsub("\r$", "")
-    if l == "" then break end
-    local k, v = l:match("^([^:]+):%s*(.*)$")
-    h[k:lower()] = v
-  end
-  local body = assert(fd:read(tonumber(h["content-length"])))
-  return status, h, body
-end
+local response = H.read_response
 
-local function get(path, n)
-  return ("GET %s HTTP/1.1\r\nHost: t\r\nX-N: %s\r\n\r\n"):format(path, n)
-end
+local get = H.get_n
 
 local function start(ka)
   local dir = H.tmpdir()

@@ -471,6 +471,29 @@ function H.get_head(path)
   return "GET " .. path .. " HTTP/1.1\r\nHost: t\r\n\r\n"
 end
 
+-- A GET with an X-N header (the dormant-connection specs number their
+-- requests with it), and one response read from fd: status, headers
+-- (lower-case names), body; nil at EOF.
+function H.get_n(path, n)
+  return ("GET %s HTTP/1.1\r\nHost: t\r\nX-N: %s\r\n\r\n"):format(path, n)
+end
+
+function H.read_response(fd)
+  local line = fd:read("l")
+  if not line then return nil end
+  local status = tonumber(line:match("^HTTP/1%.1 (%d+)"))
+  local h = {}
+  while true do
+    local l = assert(fd:read("l"))
+    l = l:gsub("\r$", "")
+    if l == "" then break end
+    local k, v = l:match("^([^:]+):%s*(.*)$")
+    h[k:lower()] = v
+  end
+  local body = assert(fd:read(tonumber(h["content-length"])))
+  return status, h, body
+end
+
 function H.raw_client(addr, timeout)
   return setmetatable({ fd = assert(fdpool.connect(addr, timeout or 10)), buf = "" },
                       RawClient)
