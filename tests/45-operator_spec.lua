@@ -370,7 +370,7 @@ describe("the master's scheduling policy", function()
     end
   end)
 
-  it("is the master's for every worker it forks: on demand, recycled by --max-requests, scaled, a reload's", function()
+  it("is the master's for every worker it forks (workers on demand): recycled by --max-requests, scaled up, a reload's", function()
     local p = H.start_pool{ workers = 1, extra = { "--workers", "1-3", "--max-requests", "2" } }
     finally(function() p:stop() end)
     assert(p.addr, p:log())
@@ -466,6 +466,12 @@ describe("the master's scheduling policy", function()
       assert.equal(want[2], policy(pid), want[1])
       assert.equal(want[2], policy(st.workers[1].pid), want[1])
       H.wait_until(function() return not H.alive(masters[#masters - 1]) end, 30, "the old master to exit")
+    end
+    -- The last master stops as any; no sanitizer report from any of them.
+    os.execute("kill -TERM " .. masters[#masters])
+    H.wait_until(function() return not H.alive(masters[#masters]) end, 15, "the last master to exit")
+    for _, pat in ipairs { "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:" } do
+      assert.falsy(p:log():find(pat, 1, true), p:log())
     end
   end)
 end)
