@@ -328,6 +328,18 @@ describe("handler return values", function()
     assert.equal(500, status)
     assert.matches("handler returned a table as the body: a body is a string", logged, 1, true)
   end)
+
+  it("refuses a string where the headers go (return 200, text) with a clear message (500), not an empty 200", function()
+    local logged
+    local fdpool = require "fdpool"
+    local log = fdpool.log
+    fdpool.log = function(_, msg) logged = msg end
+    local status, _, body = req("GET", "/string-headers")
+    fdpool.log = log
+    assert.equal(500, status)
+    assert.is_nil(body:find("text meant", 1, true))
+    assert.matches("handler returned a string as the headers (expected status, headers, body", logged, 1, true)
+  end)
 end)
 
 describe("http.static", function()
