@@ -366,6 +366,14 @@ describe("http.static", function()
     assert.same({ 200, "sub index\n" }, { s2, body })
   end)
 
+  it("redirects a directory without an index too (as nginx), whose slash form is then missing (on_missing); a file with a slash is missing", function()
+    local status, headers = testing.http_request(handler, "GET", "/empty")
+    assert.same({ 301, "/empty/" }, { status, headers["location"] })
+    local s2, _, body = testing.http_request(handler, "GET", "/empty/")
+    assert.same({ 404, "<h1>custom 404</h1>\n" }, { s2, body })     -- its on_missing
+    assert.equal(404, (testing.http_request(handler, "GET", "/a.txt/")))
+  end)
+
   it("serves the first index file of the list", function()
     local status, _, body = testing.http_request(handler, "GET", "/both/")
     assert.same({ 200, "htm first\n" }, { status, body })

@@ -985,9 +985,10 @@ function M.static(dir, options)
       fd, size, mtime = fdpool.open_beneath(dir, rel)
       -- A directory named without its slash: redirect (as nginx and
       -- Apache's mod_dir), so its relative links resolve inside it.
-      local ifd = not fd and size == "not a regular file" and open_index(rel .. "/")
-      if ifd then
-        ifd:close()
+      -- (With or without an index: "dir/" then serves it or is missing.)
+      local isdir = not fd and size == "not a regular file"
+        and select(2, fdpool.open_beneath(dir, rel .. "/")) == "not a regular file"
+      if isdir then
         local q = req.query ~= "" and "?" .. req.query or ""
         res:status(301):header("Location", req.path .. "/" .. q)
         return res:send("moved\n")
