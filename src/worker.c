@@ -1030,8 +1030,7 @@ ready_body(lua_State *L, struct fdp_ready_body *rb)
              * accept filter --io-timeout instead. */
             rb->max_head = !(mh > 0) ? 0 : mh >= 4294967295.0 ? UINT32_MAX
                            : (uint32_t) mh;
-            rb->head_ms = !(ht > 0) ? 0 : ht >= 4294967.295 ? UINT32_MAX
-                          : (uint32_t) (ht * 1000.0);
+            rb->head_ms = fdp_sec_ms32(ht);
         }
     }
     lua_settop(L, top);
