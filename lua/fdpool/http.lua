@@ -404,7 +404,7 @@ local function access_logger(dest)
         if dropped > 0 then
           fdpool.log("warn", ("access log %s: writing again, %d line(s) dropped"):format(
             name, dropped))
-          dropped, told = 0, nil
+          dropped, told, since = 0, nil, 0
         end
         return
       end
