@@ -393,9 +393,34 @@ local function access_logger(dest)
       f = io.stderr
     else
       f = assert(io.open(dest, "a"))
-      f:setvbuf("line")
+      -- unbuffered, one write(2) per line: a line-buffered stream's
+      -- failed flush is not reported by the write that caused it (glibc)
+      f:setvbuf("no")
     end
-    out = function(line) f:write(line, "\n") end
+    -- A write that fails (a full disk: ENOSPC) drops its line, and says
+    -- so in the pool's log: at the first failure, then at most once a
+    -- minute with the count dropped since, and once when writes work
+    -- again. The request is answered either way.
+    local name = (dest == "-" or dest == true) and "stderr" or dest
+    local dropped, told, since = 0, nil, 0
+    out = function(line)
+      local ok, err = f:write(line .. "\n")
+      if ok then
+        if dropped > 0 then
+          fdpool.log("warn", ("access log %s: writing again, %d line(s) dropped"):format(
+            name, dropped))
+          dropped, told, since = 0, nil, 0
+        end
+        return
+      end
+      dropped, since = dropped + 1, since + 1
+      local now = os.time()
+      if not told or now - told >= 60 then
+        fdpool.log("error", ("access log %s: %s; %d line(s) dropped%s"):format(name,
+          tostring(err), since, told and " in the last minute" or ""))
+        told, since = now, 0
+      end
+    end
   end
   return function(req, res)
     local ip = req.conn and req.conn:getpeername() or "-"
