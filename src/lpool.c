@@ -246,8 +246,8 @@ opt_limits(lua_State *L, struct fdp_pool *p)
     p->concurrency = opt_int(L, "concurrency", 1024, 1, FDP_MAX_CONCURRENCY);
     if (lua_getfield(L, 1, "grace") != LUA_TNIL) {
         p->graceful_grace = luaL_checknumber(L, -1);
-        luaL_argcheck(L, p->graceful_grace >= 0, 1, "grace must not be "
-                      "negative");
+        luaL_argcheck(L, p->graceful_grace >= 0 && p->graceful_grace <= 1e9,
+                      1, "grace must be 0 to 1e9 seconds");
     }
     lua_pop(L, 1);
     p->max_requests = opt_int(L, "max_requests", 0, 0, 0x7fffffff);

@@ -621,7 +621,7 @@ retire_stop(struct fdp_pool *p, struct fdp_worker *b)
     struct fdp_stop_body body;
 
     body.graceful = 1;
-    body.grace_ms = (uint32_t) (p->graceful_grace * 1000);
+    body.grace_ms = fdp_sec_ms32(p->graceful_grace);
     /* An offer it has not claimed goes to the workers that stay. */
     if (b->claim != NULL && b->ch.head == NULL && b->nbatch == 0) {
         fdp_dispatch_offers_back(p, b, 1);
@@ -2555,7 +2555,7 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
         }
     }
     body.graceful = (uint32_t) graceful;
-    body.grace_ms = (uint32_t) (grace * 1000);
+    body.grace_ms = fdp_sec_ms32(grace);
     for (i = 0; i < FDP_SLOTS; i++) {
         struct fdp_worker *w = &p->workers[i];
 

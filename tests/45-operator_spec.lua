@@ -299,6 +299,15 @@ describe("the master's scheduling policy", function()
     end
     return tonumber(f[39])
   end
+  -- Kill worker i; its successor's pid.
+  local function successor(p, i)
+    local old = p:worker_pids()[i]
+    assert(H.run("kill -KILL " .. old))
+    return H.wait_until(function()
+      local now = p:worker_pids()
+      return now[i] ~= old and now[i] > 0 and now[i]
+    end, 10, "the killed worker's successor")
+  end
 
   it("is SCHED_BATCH for the master and the workers, restarted ones too (wake-ups do not preempt a running task)", function()
     local p = H.start_pool{ workers = 2 }
@@ -307,12 +316,7 @@ describe("the master's scheduling policy", function()
     assert.equal(3, policy(p.pid))
     local pids = p:worker_pids()
     for _, pid in ipairs(pids) do assert.equal(3, policy(pid)) end
-    assert(H.run("kill -KILL " .. pids[1]))
-    local new = H.wait_until(function()
-      local now = p:worker_pids()
-      return now[1] ~= pids[1] and now[1] > 0 and now[1]
-    end, 10, "the killed worker's successor")
-    assert.equal(3, policy(new))
+    assert.equal(3, policy(successor(p, 1)))
     assert.equal(0, p:stop())
   end)
 
@@ -323,12 +327,7 @@ describe("the master's scheduling policy", function()
     assert.equal(0, policy(p.pid))
     local pids = p:worker_pids()
     for _, pid in ipairs(pids) do assert.equal(0, policy(pid)) end
-    assert(H.run("kill -KILL " .. pids[2]))
-    local new = H.wait_until(function()
-      local now = p:worker_pids()
-      return now[2] ~= pids[2] and now[2] > 0 and now[2]
-    end, 10, "the killed worker's successor")
-    assert.equal(0, policy(new))
+    assert.equal(0, policy(successor(p, 2)))
     assert.equal(0, p:stop())
   end)
 

@@ -84,7 +84,8 @@ Options for run:
                        whole request head (http) arrived, closing it at
                        the deadline (head_timeout, else --io-timeout);
                        default http for http.serve handlers, else none;
-                       data/http/tls also defer a TCP accept (1 s)
+                       data/http/tls also defer a TCP accept (1 s:
+                       a silent client is closed 1 s past the deadline)
   --max-pending N      connections the filter holds at most (default
                        4096); when full the oldest is closed
   --max-conns-per-ip N connections at once from one address (waiting,
