@@ -152,19 +152,25 @@ opt_affinity(lua_State *L, struct fdp_pool *p)
 }
 
 
-/* sched = "batch" (default) | "other": the master's and the workers'
- * scheduling policy (pool.c's sched_master). Read at start; a reload
- * keeps the running pool's (start_only warns when it changed). */
+/* sched = "master" (default) | "batch" | "other": who runs SCHED_BATCH
+ * (pool.c's sched_master, sched_child). Read at start; a reload keeps
+ * the running pool's (start_only warns when it changed). */
+static const char *const sched_names[] = { "master", "batch", "other", NULL };
+
 static void
 opt_sched(lua_State *L, struct fdp_pool *p)
 {
     if (lua_getfield(L, 1, "sched") != LUA_TNIL) {
-        const char *v = lua_tostring(L, -1);
+        int i;
 
-        luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING
-                      && (strcmp(v, "batch") == 0 || strcmp(v, "other") == 0),
-                      1, "sched must be batch or other");
-        p->sched_other = v[0] == 'o';
+        for (i = 0; lua_type(L, -1) == LUA_TSTRING && sched_names[i]; i++) {
+            if (strcmp(lua_tostring(L, -1), sched_names[i]) == 0) {
+                break;
+            }
+        }
+        luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING && sched_names[i],
+                      1, "sched must be master, batch or other");
+        p->sched = i;
     }
     lua_pop(L, 1);
 }
@@ -923,11 +929,11 @@ same_shared(lua_State *L, struct fdp_pool *p)
 static void
 start_only(const struct fdp_pool *p, const struct fdp_pool *q)
 {
-    if (q->sched_other != p->sched_other) {
+    if (q->sched != p->sched) {
         fdp_log(FDP_LOG_WARN, 0, "reload: sched changed to '%s': read at "
                 "start only, the pool keeps '%s' (`pool upgrade` or a "
-                "restart applies it)", q->sched_other ? "other" : "batch",
-                p->sched_other ? "other" : "batch");
+                "restart applies it)", sched_names[q->sched],
+                sched_names[p->sched]);
     }
     if (q->ncpus != p->ncpus
         || memcmp(q->cpus, p->cpus, sizeof(p->cpus[0]) * (size_t) p->ncpus)) {

@@ -330,20 +330,23 @@ worker_alloc_tables(struct fdp_worker *w, int capacity)
  * never returns from p->worker_main. Returns 0 or -errno (logged).
  */
 /*
- * The pool's scheduling (sched = "batch", the default): SCHED_BATCH for
- * the master and its workers, when it was started as SCHED_OTHER (an
- * operator's chrt is kept). A wake-up (a request's bytes, a new
- * connection, a DONE) then never preempts a running task on its CPU: the
- * woken process runs on an idle CPU at once, else when that task waits
- * or at the scheduler's tick, and takes what came meanwhile in one turn.
- * Fair share is unchanged. Measured with wrk on the same 2 CPUs
+ * The pool's scheduling, when it was started as SCHED_OTHER (an
+ * operator's chrt is kept): sched = "master" (the default) makes the
+ * master SCHED_BATCH and each worker goes back to SCHED_OTHER
+ * (sched_child); "batch" lets the workers keep it; "other" changes
+ * nothing. A SCHED_BATCH wake-up (a new connection, a DONE; a request's
+ * bytes for a batch worker) never preempts a running task on its CPU:
+ * the woken process runs on an idle CPU at once, else when that task
+ * waits or at the scheduler's tick, and takes what came meanwhile in one
+ * turn. Fair share is unchanged. Measured with wrk on the same 2 CPUs
  * (docs/performance.md): the master's wake-ups 0.7 -> 0.3 per new
- * connection; keep-alive unpinned, the workers' voluntary switches
- * 0.10-0.25 -> 0.01-0.05 per request and req/s +20-40 %. sched = "other"
- * leaves every process SCHED_OTHER (sched_child). A new master of `pool
- * upgrade` goes back to SCHED_OTHER and chooses its own (upgrade.c). In
- * a Lua program running several pools, the caller stays SCHED_BATCH
- * until the last batch pool has stopped (sched_refs).
+ * connection; batch workers, keep-alive unpinned: their voluntary
+ * switches 0.10-0.25 -> 0.01-0.05 per request and req/s +20-40 %, but a
+ * lone client's p99 up to a tick longer when other tasks hold the CPUs,
+ * hence not the default. A new master of `pool upgrade` goes back to
+ * SCHED_OTHER and chooses its own (upgrade.c). In a Lua program running
+ * several pools, the caller stays SCHED_BATCH until the last pool that
+ * made it so has stopped (sched_refs).
  */
 static int sched_refs;          /* running pools of this process that
                                  * made it SCHED_BATCH (fdpool.pool{} can
@@ -354,7 +357,7 @@ sched_master(struct fdp_pool *p, int on)
 {
     struct sched_param sp = { 0 };
 
-    if (on && !p->sched_batch && !p->sched_other
+    if (on && !p->sched_batch && p->sched != FDP_SCHED_OTHER
         && (sched_refs > 0 || (sched_getscheduler(0) == SCHED_OTHER
                                && sched_setscheduler(0, SCHED_BATCH,
                                                      &sp) == 0))) {
@@ -369,14 +372,15 @@ sched_master(struct fdp_pool *p, int on)
 }
 
 
-/* In a worker just forked: a sched = "other" pool's workers do not keep
- * the SCHED_BATCH another pool of the same program gave the caller. */
+/* In a worker just forked: it keeps SCHED_BATCH only in a sched =
+ * "batch" pool, never undoing an operator's chrt (the batch came from
+ * this pool, or from another pool of the same program). */
 static void
 sched_child(struct fdp_pool *p)
 {
     struct sched_param sp = { 0 };
 
-    if (p->sched_other && sched_refs > 0) {
+    if (p->sched != FDP_SCHED_BATCH && (p->sched_batch || sched_refs > 0)) {
         (void) sched_setscheduler(0, SCHED_OTHER, &sp);
     }
 }

@@ -162,6 +162,10 @@ struct fdp_service {
 
 enum { FDP_SVC_FDS, FDP_SVC_RESUME, FDP_SVC_RELEASE };
 
+/* sched: who runs SCHED_BATCH when the pool starts as SCHED_OTHER */
+enum { FDP_SCHED_MASTER, FDP_SCHED_BATCH, FDP_SCHED_OTHER };
+
+
 struct fdp_pool {
     /* Configuration, set before start. Strings are owned by the pool. */
     char *script;                   /* handler file, or NULL */
@@ -198,7 +202,8 @@ struct fdp_pool {
     int sched_batch;                /* the master runs SCHED_BATCH for
                                      * this pool (its workers inherit it;
                                      * one of pool.c's sched_refs) */
-    int sched_other;                /* sched = "other": neither does */
+    int sched;                      /* FDP_SCHED_*: sched = "master"
+                                     * (the default), "batch", "other" */
     double slow;                    /* --slow: log handlers past it, 0 no */
     int slow_fd;                    /* --slow-log file (O_APPEND), or -1 */
     double drain_delay;             /* graceful stop: report stopping

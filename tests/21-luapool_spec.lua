@@ -127,10 +127,10 @@ describe("fdpool.pool{} from a Lua program", function()
       assert.is_true(H.alive(pid))
       assert.not_equals(d.pid, pid)
     end
-    -- The caller is the master: SCHED_BATCH while the pool runs, and the
-    -- workers it forked inherit it.
+    -- The caller is the master: SCHED_BATCH while the pool runs; the
+    -- workers it forked go back to SCHED_OTHER (sched = "master").
     assert.same({ "3" }, d:wait_line("sched"))
-    for _, pid in ipairs(pids) do assert.equals(3, policy(pid)) end
+    for _, pid in ipairs(pids) do assert.equals(0, policy(pid)) end
     -- A second start() fails as the world does: nil, message, EINVAL.
     assert.same({ "nil", "22", "pool", "already", "started" }, d:wait_line("again"))
     -- The handler's upvalue `token` is the driver's own, unique to this run.
@@ -177,18 +177,18 @@ describe("fdpool.pool{} from a Lua program", function()
     assert.equals(0, d:wait_exit())
   end)
 
-  it("two pools in one program: each one's workers get its own sched; the caller is SCHED_BATCH while a batch pool runs", function()
+  it("two pools in one program: each one's workers get its own sched; the caller is SCHED_BATCH while a batch or master pool runs", function()
     local defer = H.cleanup(finally)
-    for _, c in ipairs { { "two_other", 0, "0" }, { "two_batch", 3, "3" } } do
+    for _, c in ipairs { { "two_other", 0, "0" }, { "two_batch", 3, "3" }, { "two_master", 0, "3" } } do
       local d = start_driver(c[1])
       local pids = {}
       defer(function() d:cleanup(pids) end)
       pids = split(table.concat(d:wait_line("ready"), ","), ",")
       assert.same({ "3" }, d:wait_line("sched"))
-      assert.equals(3, policy(pids[1]), c[1])          -- pool A's worker
+      assert.equals(3, policy(pids[1]), c[1])          -- pool A's worker (batch)
       assert.equals(c[2], policy(pids[2]), c[1])       -- pool B's
       d:ask_stop()
-      -- A stopped: the caller stays SCHED_BATCH while B (batch) runs.
+      -- A stopped: the caller stays SCHED_BATCH while B (batch, master) runs.
       assert.same({ c[3] }, d:wait_line("sched-a-stopped"), c[1])
       assert.same({ "0" }, d:wait_line("sched-after"))
       assert.equals(0, d:wait_exit())

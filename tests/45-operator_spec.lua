@@ -309,8 +309,21 @@ describe("the master's scheduling policy", function()
     end, 10, "the killed worker's successor")
   end
 
-  it("is SCHED_BATCH for the master and the workers, restarted ones too (wake-ups do not preempt a running task)", function()
-    local p = H.start_pool{ workers = 2 }
+  it("is SCHED_BATCH for the master (its wake-ups do not preempt busy workers); workers, restarted ones too, stay SCHED_OTHER", function()
+    for _, extra in ipairs { {}, { "--sched", "master" } } do
+      local p = H.start_pool{ workers = 2, extra = extra }
+      finally(function() p:stop() end)
+      assert(p.addr, p:log())
+      assert.equal(3, policy(p.pid))
+      local pids = p:worker_pids()
+      for _, pid in ipairs(pids) do assert.equal(0, policy(pid)) end
+      assert.equal(0, policy(successor(p, 1)))
+      assert.equal(0, p:stop())
+    end
+  end)
+
+  it("--sched batch makes the workers SCHED_BATCH too, restarted ones too", function()
+    local p = H.start_pool{ workers = 2, extra = { "--sched", "batch" } }
     finally(function() p:stop() end)
     assert(p.addr, p:log())
     assert.equal(3, policy(p.pid))
@@ -334,7 +347,7 @@ describe("the master's scheduling policy", function()
   it("a bad --sched, config sched or fdpool.pool{sched} is refused with one line", function()
     local code, out, err = H.run_pool("run --sched fifo --no-control --listen 127.0.0.1:0", 10)
     assert.equal(2, code, out)
-    assert.equal("pool: --sched must be batch or other (got 'fifo')\n", err)
+    assert.equal("pool: --sched must be master, batch or other (got 'fifo')\n", err)
     local dir = H.tmpdir()
     local cfg = dir .. "/c.lua"
     H.writefile(cfg, "return { sched = 3 }\n")
@@ -345,7 +358,7 @@ describe("the master's scheduling policy", function()
     local fdpool = require "fdpool"
     local ok, msg = pcall(fdpool.pool, { handler = function() end, sched = "idle" })
     assert.is_false(ok)
-    assert.truthy(tostring(msg):find("sched must be batch or other", 1, true), msg)
+    assert.truthy(tostring(msg):find("sched must be master, batch or other", 1, true), msg)
   end)
 
   it("is left alone when the operator chose one (chrt): the pool keeps it for all its processes", function()
@@ -369,8 +382,8 @@ describe("the master's scheduling policy", function()
     end
   end)
 
-  it("is the master's for every worker it forks (workers on demand): recycled by --max-requests, scaled up, a reload's", function()
-    local p = H.start_pool{ workers = 1, extra = { "--workers", "1-3", "--max-requests", "2" } }
+  it("with --sched batch, is the master's for every worker it forks (workers on demand): recycled by --max-requests, scaled up, a reload's", function()
+    local p = H.start_pool{ workers = 1, extra = { "--workers", "1-3", "--max-requests", "2", "--sched", "batch" } }
     finally(function() p:stop() end)
     assert(p.addr, p:log())
     local seen = {}
@@ -414,21 +427,21 @@ describe("the master's scheduling policy", function()
     local p = H.start_pool{ workers = 1, extra = { "--config", cfg } }
     finally(function() p:stop() end)
     assert(p.addr, p:log())
-    H.writefile(cfg, "return { sched = 'other', cpu_affinity = 'auto' }\n")
+    H.writefile(cfg, "return { sched = 'batch', cpu_affinity = 'auto' }\n")
     local ok, _, out = H.run(H.POOL .. " reload --control " .. q(p.control))
     assert.is_true(ok, out)
     local st = H.wait_status(p, function(s) return s.generation == 2 and s.workers[1].pid > 0 end,
       10, "generation 2")
     assert.equal(3, policy(p.pid))
-    assert.equal(3, policy(st.workers[1].pid))
+    assert.equal(0, policy(st.workers[1].pid))
     assert.is_nil(st.workers[1].cpu)
     local log = p:log()
-    assert.truthy(log:find("warn  pool[" .. p.pid .. "]: reload: sched changed to 'other': read at "
-      .. "start only, the pool keeps 'batch' (`pool upgrade` or a restart applies it)", 1, true), log)
+    assert.truthy(log:find("warn  pool[" .. p.pid .. "]: reload: sched changed to 'batch': read at "
+      .. "start only, the pool keeps 'master' (`pool upgrade` or a restart applies it)", 1, true), log)
     assert.truthy(log:find("warn  pool[" .. p.pid .. "]: reload: cpu_affinity changed: read at "
       .. "start only, the workers keep their CPUs (`pool upgrade` or a restart applies it)", 1, true), log)
     -- A configuration that asks for the running ones says nothing.
-    H.writefile(cfg, "return { sched = 'batch' }\n")
+    H.writefile(cfg, "return { sched = 'master' }\n")
     ok, _, out = H.run(H.POOL .. " reload --control " .. q(p.control))
     assert.is_true(ok, out)
     H.wait_status(p, function(s) return s.generation == 3 end, 10, "generation 3")
@@ -453,7 +466,7 @@ describe("the master's scheduling policy", function()
     end)
     assert(p.addr, p:log())
     assert.equal(3, policy(p.pid))
-    for _, want in ipairs { { "other", 0 }, { "batch", 3 } } do
+    for _, want in ipairs { { "other", 0, 0 }, { "batch", 3, 3 }, { "master", 3, 0 } } do
       H.writefile(cfg, ("return { sched = %q }\n"):format(want[1]))
       local code, out, err = H.run_pool("upgrade --control " .. q(p.control), 60)
       assert.equal(0, code, err)
@@ -463,7 +476,7 @@ describe("the master's scheduling policy", function()
       local st = H.wait_status(p, function(s) return s.pid == pid and s.workers[1].pid > 0 end,
         10, "the new master's worker")
       assert.equal(want[2], policy(pid), want[1])
-      assert.equal(want[2], policy(st.workers[1].pid), want[1])
+      assert.equal(want[3], policy(st.workers[1].pid), want[1])
       H.wait_until(function() return not H.alive(masters[#masters - 1]) end, 30, "the old master to exit")
     end
     -- The last master stops as any; no sanitizer report from any of them.

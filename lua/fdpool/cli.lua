@@ -110,12 +110,13 @@ Options for run:
   --cpu-affinity A     auto: pin worker i to the i-th CPU of the pool's
                        own CPU set (taskset's, if any); or a LIST such as
                        0,2-3 (worker i on its i-th CPU, wrapping)
-  --sched P            batch (default): the master and the workers run
-                       SCHED_BATCH when started as SCHED_OTHER, so a
-                       wake-up never preempts a running task (more req/s
-                       on shared CPUs, up to one scheduler tick more
-                       latency under contention); other: SCHED_OTHER.
-                       A policy set with chrt is kept either way
+  --sched P            who runs SCHED_BATCH (a wake-up that never
+                       preempts a running task) when the pool starts as
+                       SCHED_OTHER: master (default) the master only;
+                       batch the workers too (more req/s when the CPUs
+                       are shared with the clients or a proxy, up to a
+                       scheduler tick more latency when they are busy);
+                       other none. A policy set with chrt is kept
   --user USER[:GROUP]  workers drop to this user (needs root)
   --log FILE           log to FILE instead of stderr (SIGUSR1 reopens)
   --log-level L        error, warn, info (default), debug
@@ -370,8 +371,8 @@ local function build_config(opts, pos, cmd)
   if cfg.accept_filter and not ({ none = 1, data = 1, http = 1 })[cfg.accept_filter] then
     return nil, 2, ("--accept-filter must be none, data or http (got '%s')"):format(cfg.accept_filter)
   end
-  if cfg.sched and not ({ batch = 1, other = 1 })[cfg.sched] then
-    return nil, 2, ("--sched must be batch or other (got '%s')"):format(cfg.sched)
+  if cfg.sched and not ({ master = 1, batch = 1, other = 1 })[cfg.sched] then
+    return nil, 2, ("--sched must be master, batch or other (got '%s')"):format(cfg.sched)
   end
   if cfg.log_level and not ({ error = 1, warn = 1, info = 1, debug = 1 })[cfg.log_level] then
     return nil, 2, ("--log-level must be error, warn, info or debug (got '%s')"):format(cfg.log_level)
