@@ -1807,15 +1807,29 @@ cfg_num(lua_State *L, const char *k, double dflt)
 }
 
 
+/* The last cfg_params answer, by cfg's address: valid while that cfg
+ * is at S_CFG of a running conn:httploop. Each call of conn:httploop
+ * looks its cfg up afresh (fresh), so a new cfg at a dead one's address
+ * replaces it before any of its continuations could look. */
+static _Thread_local struct {
+    const void *cfg;
+    struct httpcfg *p;
+} cfg_last;
+
+
 static struct httpcfg *
-cfg_params(lua_State *L)
+cfg_params(lua_State *L, int fresh)
 {
     struct httpcfg *p;
 
+    if (!fresh && lua_topointer(L, S_CFG) == cfg_last.cfg) {
+        return cfg_last.p;
+    }
+    cfg_last.cfg = lua_topointer(L, S_CFG);
     if (lua_rawgeti(L, S_CFG, C_PARAMS) == LUA_TUSERDATA) {
         p = lua_touserdata(L, -1);
         lua_pop(L, 1);
-        return p;
+        return cfg_last.p = p;
     }
     lua_pop(L, 1);
     p = lua_newuserdatauv(L, sizeof(*p), 0);
@@ -1841,7 +1855,7 @@ cfg_params(lua_State *L)
     p->res_mt[1] = lua_istable(L, -1) ? lua_topointer(L, -1) : NULL;
     lua_pop(L, 2);
     lua_rawseti(L, S_CFG, C_PARAMS);
-    return p;
+    return cfg_last.p = p;
 }
 
 
@@ -2339,7 +2353,7 @@ static int
 httploop_k(lua_State *L, int status, lua_KContext ctx)
 {
     struct fdp_conn *c = lua_touserdata(L, S_CONN);
-    const struct httpcfg *cp = cfg_params(L);
+    const struct httpcfg *cp = cfg_params(L, 0);
     int phase = (int) ctx, r;
 
     for (;;) {
@@ -2418,7 +2432,7 @@ conn_httploop(lua_State *L)
 
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, S_CFG);
-    head = cfg_params(L)->head_timeout;
+    head = cfg_params(L, 1)->head_timeout;
     lua_pushnil(L);                     /* S_LIMIT */
     lua_pushinteger(L, 0);              /* S_SERVED */
     lua_pushnil(L);                     /* S_REQ */
