@@ -1293,16 +1293,16 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
         lua_pushlstring(L, h.method, h.method_len);
     }
     setkey(L, keyed, K_METHOD);
-    q = memchr(h.target, '?', h.target_len);
-    keyfirst(L, keyed, K_TARGET);
-    lua_pushlstring(L, h.target, h.target_len);
-    if (!lazy && q == NULL && keyed) {
-        KEY(L, K_PATH);                 /* path: the same string */
-        lua_pushvalue(L, -2);
-        lua_rawset(L, -5);
-    }
-    setkey(L, keyed, K_TARGET);
-    if (!lazy) {
+    if (!lazy) {                /* (else req_index makes target too) */
+        q = memchr(h.target, '?', h.target_len);
+        keyfirst(L, keyed, K_TARGET);
+        lua_pushlstring(L, h.target, h.target_len);
+        if (q == NULL && keyed) {
+            KEY(L, K_PATH);             /* path: the same string */
+            lua_pushvalue(L, -2);
+            lua_rawset(L, -5);
+        }
+        setkey(L, keyed, K_TARGET);
         if (q != NULL || !keyed) {
             keyfirst(L, keyed, K_PATH);
             lua_pushlstring(L, h.target,
@@ -1342,7 +1342,7 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
 /*
  * Req's __index, when fdpool.http installs it (fdpool._httpreq(Req,
  * header_mt)): Req's own methods and fields first; then, for a request
- * whose head httploop kept (req._head), headers, path and query built
+ * whose head httploop kept (req._head), headers, target, path and query built
  * from that head on first use and stored in req as eager parsing would
  * have set them, so a handler that never reads them does not pay for
  * them (a head's headers table is most of a request's work in Lua).
@@ -1372,6 +1372,7 @@ req_index(lua_State *L)
     k = lua_tolstring(L, 2, &kn);
     switch (kn) {
     case 4: which = memcmp(k, "path", 4) == 0 ? 'p' : 0; break;
+    case 6: which = memcmp(k, "target", 6) == 0 ? 't' : 0; break;
     case 5:
         which = memcmp(k, "query", 5) == 0 ? 'q'
                 : memcmp(k, "_opts", 5) == 0 ? 'o' : 0;
@@ -1416,7 +1417,9 @@ req_index(lua_State *L)
         q = memchr(t, ' ', (size_t) (s + n - t));
         tn = q != NULL ? (size_t) (q - t) : 0;
         q = memchr(t, '?', tn);
-        if (which == 'p') {
+        if (which == 't') {
+            lua_pushlstring(L, t, tn);
+        } else if (which == 'p') {
             lua_pushlstring(L, t, q != NULL ? (size_t) (q - t) : tn);
         } else if (q != NULL) {
             lua_pushlstring(L, q + 1, tn - (size_t) (q - t) - 1);

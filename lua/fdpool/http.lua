@@ -283,7 +283,7 @@ end
 M._c_res = { header = Res.header, send = Res.send }
 
 -- A request read by conn:httploop keeps its head (req._head) and gets
--- headers, path and query only when first read: Req's __index in C
+-- headers, target, path and query only when first read: Req's __index in C
 -- (src/lhttp.c req_index) builds them as prepare and readrequest would
 -- have (the same table, case-folding metatable included) and stores
 -- them in req. Methods and fields of Req come first, as with
@@ -790,7 +790,7 @@ function M.serve(fn, options)
     keepalive_requests = opts.keepalive_requests, plain = not log and not park,
     park = park and not log,      -- parking without Lua: lhttp.c's park_end
     res_started = ResStarted, res_sent = ResSent, -- res's sent state (Res:send)
-    lazy = lazy_req }             -- req.headers, path, query on first use
+    lazy = lazy_req }             -- req.headers, target, path, query on first use
   local handler = function(conn)
     if conn.httploop then
       local kind, a, b, c = conn:httploop(cfg)
