@@ -1919,8 +1919,10 @@ valid_host(const char *v, size_t n)
         }
         i = 0;
     }
+    /* ('.' and '-' before strchr: a name's usual bytes) */
     while (i < n && v[i] != 0 && (is_alnum((unsigned char) v[i])
-                                  || strchr("-._~!$&'()*+,;=%", v[i]) != NULL)) {
+                                  || v[i] == '.' || v[i] == '-'
+                                  || strchr("_~!$&'()*+,;=%", v[i]) != NULL)) {
         i++;
     }
 port:
