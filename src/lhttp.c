@@ -2324,7 +2324,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         }
         return -5;
     }
-    lua_settop(L, S_TOP);
+    lua_settop(L, S_REQ);               /* res is made at S_RES */
     if (cp->keepalive_requests > 0 && served >= cp->keepalive_requests) {
         KEY(L, K_CLOSE);
         lua_pushboolean(L, 1);
@@ -2346,8 +2346,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     lua_createtable(L, 0, 2);
     lua_rawset(L, -3);
     lua_rawgeti(L, S_CFG, C_RES);
-    lua_setmetatable(L, -2);
-    lua_replace(L, S_RES);
+    lua_setmetatable(L, S_RES);
     lua_rawgeti(L, S_CFG, C_REQ);
     lua_setmetatable(L, S_REQ);
     return 0;
