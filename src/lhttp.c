@@ -1813,8 +1813,9 @@ cfg_num(lua_State *L, const char *k, double dflt)
 /* The last cfg_params answer, by cfg's address: valid while that cfg
  * is at S_CFG of a running conn:httploop. Each call of conn:httploop
  * looks its cfg up afresh (fresh), so a new cfg at a dead one's address
- * replaces it before any of its continuations could look. */
-static _Thread_local struct {
+ * replaces it before any of its continuations could look. Per process,
+ * as date_cache. */
+static struct {
     const void *cfg;
     struct httpcfg *p;
 } cfg_last;
