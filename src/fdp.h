@@ -34,6 +34,16 @@ fdp_close(int *fd)
     }
 }
 
+/* Seconds as the u32 milliseconds of a channel message: 0 for <= 0 (or
+ * NaN), 2^32 - 1 (49.7 days) for anything longer, never a wrapped value
+ * (--grace 4294967.8 once told the workers 504 ms). */
+static inline uint32_t
+fdp_sec_ms32(double s)
+{
+    return !(s > 0) ? 0 : s >= 4294967.295 ? UINT32_MAX
+           : (uint32_t) (s * 1000.0);
+}
+
 /* One line per event on the log fd (stderr by default), written with a
  * single write(2) so lines from several processes never interleave.
  * err > 0 appends " (errno: strerror)". */

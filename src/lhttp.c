@@ -900,8 +900,8 @@ res_send(lua_State *L)
         }
         lua_pop(L, 1);
     }
-    if (set_close || lua_toboolean(L, 9)) {
-        cv = "close";
+    if (set_close || lua_toboolean(L, 9) || rtrue(L, 3, R_BROKEN)) {
+        cv = "close";                   /* (_broken: a body read in part) */
     } else {
         v = lua_tolstring(L, 10, &vn);
         cv = v != NULL && vn == 3 && memcmp(v, "1.0", 3) == 0 ? "keep-alive"

@@ -5,6 +5,7 @@
 #include "fdp.h"
 #include "loop.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -289,7 +290,11 @@ fdp_loop_run_once(struct fdp_loop *loop, int max_wait_ms)
     loop->now = fdp_now_ms();
     if (loop->nheap > 0) {
         uint64_t due = loop->heap[0]->when;
-        int t = due <= loop->now ? 0 : (int) (due - loop->now);
+        /* A timer weeks away (a huge head_timeout, --io-timeout 1e9):
+         * wait INT_MAX ms at most, never a truncated, maybe negative
+         * (= forever) int that would stop the caller's tick. */
+        int t = due <= loop->now ? 0 : due - loop->now > INT_MAX ? INT_MAX
+                : (int) (due - loop->now);
 
         if (wait < 0 || t < wait) {
             wait = t;

@@ -109,7 +109,7 @@ check_keys(lua_State *L)
         "io_timeout", "metrics", "max_memory", "accept_filter",
         "max_conns_per_ip", "max_pending", "worker_idle_timeout",
         "reconfigure", "slow", "slow_log", "drain_delay", "exec_argv",
-        "cpu_affinity", "tls_cert", "tls_key", "shared",
+        "cpu_affinity", "tls_cert", "tls_key", "shared", "sched",
         NULL
     };
 
@@ -149,6 +149,24 @@ opt_affinity(lua_State *L, struct fdp_pool *p)
     }
     lua_pop(L, 1);
     return 0;
+}
+
+
+/* sched = "batch" (default) | "other": the master's and the workers'
+ * scheduling policy (pool.c's sched_master). Read at start; a reload
+ * keeps the running pool's. */
+static void
+opt_sched(lua_State *L, struct fdp_pool *p)
+{
+    if (lua_getfield(L, 1, "sched") != LUA_TNIL) {
+        const char *v = lua_tostring(L, -1);
+
+        luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING
+                      && (strcmp(v, "batch") == 0 || strcmp(v, "other") == 0),
+                      1, "sched must be batch or other");
+        p->sched_other = v[0] == 'o';
+    }
+    lua_pop(L, 1);
 }
 
 
@@ -220,7 +238,7 @@ opt_workers(lua_State *L, struct fdp_pool *p)
 
 
 /* workers, concurrency, grace, max_requests, max_conns_per_ip,
- * max_pending, accept_filter, max_memory, cpu_affinity. */
+ * max_pending, accept_filter, max_memory, sched, cpu_affinity. */
 static int
 opt_limits(lua_State *L, struct fdp_pool *p)
 {
@@ -228,8 +246,8 @@ opt_limits(lua_State *L, struct fdp_pool *p)
     p->concurrency = opt_int(L, "concurrency", 1024, 1, FDP_MAX_CONCURRENCY);
     if (lua_getfield(L, 1, "grace") != LUA_TNIL) {
         p->graceful_grace = luaL_checknumber(L, -1);
-        luaL_argcheck(L, p->graceful_grace >= 0, 1, "grace must not be "
-                      "negative");
+        luaL_argcheck(L, p->graceful_grace >= 0 && p->graceful_grace <= 1e9,
+                      1, "grace must be 0 to 1e9 seconds");
     }
     lua_pop(L, 1);
     p->max_requests = opt_int(L, "max_requests", 0, 0, 0x7fffffff);
@@ -247,6 +265,7 @@ opt_limits(lua_State *L, struct fdp_pool *p)
     lua_pop(L, 1);
     /* MiB per worker: its Lua heap in handler code, and its RssAnon. */
     p->max_memory = (uint64_t) opt_int(L, "max_memory", 0, 0, 4194304) << 20;
+    opt_sched(L, p);
     return opt_affinity(L, p);
 }
 

@@ -330,38 +330,30 @@ worker_alloc_tables(struct fdp_worker *w, int capacity)
  * never returns from p->worker_main. Returns 0 or -errno (logged).
  */
 /*
- * The master's scheduling: SCHED_BATCH, when it was started as
- * SCHED_OTHER (an operator's chrt is kept). Its wake-ups (a new
- * connection, a DONE) then never preempt a busy worker on their CPU: it
- * runs on an idle CPU at once, else when a worker waits (or at the
- * scheduler's tick), and takes what came meanwhile in one turn. Fair
- * share is unchanged. Measured with wrk on 2 CPUs (docs/performance.md,
- * TLS): involuntary switches of the workers 0.25 -> 0.06 per new
- * connection, the master's wake-ups 0.7 -> 0.3. Workers, and a new
- * master of `pool upgrade`, go back to SCHED_OTHER (sched_child).
+ * The pool's scheduling (sched = "batch", the default): SCHED_BATCH for
+ * the master and its workers, when it was started as SCHED_OTHER (an
+ * operator's chrt is kept). A wake-up (a request's bytes, a new
+ * connection, a DONE) then never preempts a running task on its CPU: the
+ * woken process runs on an idle CPU at once, else when that task waits
+ * or at the scheduler's tick, and takes what came meanwhile in one turn.
+ * Fair share is unchanged. Measured with wrk on the same 2 CPUs
+ * (docs/performance.md): the master's wake-ups 0.7 -> 0.3 per new
+ * connection; keep-alive unpinned, the workers' voluntary switches
+ * 0.10-0.25 -> 0.01-0.05 per request and req/s +20-40 %. sched = "other"
+ * leaves every process SCHED_OTHER. A new master of `pool upgrade` goes
+ * back to SCHED_OTHER and chooses its own (upgrade.c).
  */
 static void
 sched_master(struct fdp_pool *p, int on)
 {
     struct sched_param sp = { 0 };
 
-    if (on && !p->sched_batch && sched_getscheduler(0) == SCHED_OTHER) {
+    if (on && !p->sched_batch && !p->sched_other
+        && sched_getscheduler(0) == SCHED_OTHER) {
         p->sched_batch = sched_setscheduler(0, SCHED_BATCH, &sp) == 0;
     } else if (!on && p->sched_batch) {
         (void) sched_setscheduler(0, SCHED_OTHER, &sp);
         p->sched_batch = 0;
-    }
-}
-
-
-/* In a child forked by the master (inherits its policy). */
-static void
-sched_child(struct fdp_pool *p)
-{
-    struct sched_param sp = { 0 };
-
-    if (p->sched_batch) {
-        (void) sched_setscheduler(0, SCHED_OTHER, &sp);
     }
 }
 
@@ -439,7 +431,6 @@ spawn_worker(struct fdp_pool *p, int idx)
     if (pid == 0) {
         int i;
 
-        sched_child(p);
         fdp_close(&sv[0]);
         fdp_pool_close_in_child(p, -1);
         for (i = 0; i < FDP_SLOTS; i++) {   /* only its own shared page */
@@ -605,7 +596,7 @@ retire_stop(struct fdp_pool *p, struct fdp_worker *b)
     struct fdp_stop_body body;
 
     body.graceful = 1;
-    body.grace_ms = (uint32_t) (p->graceful_grace * 1000);
+    body.grace_ms = fdp_sec_ms32(p->graceful_grace);
     /* An offer it has not claimed goes to the workers that stay. */
     if (b->claim != NULL && b->ch.head == NULL && b->nbatch == 0) {
         fdp_dispatch_offers_back(p, b, 1);
@@ -2539,7 +2530,7 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
         }
     }
     body.graceful = (uint32_t) graceful;
-    body.grace_ms = (uint32_t) (grace * 1000);
+    body.grace_ms = fdp_sec_ms32(grace);
     for (i = 0; i < FDP_SLOTS; i++) {
         struct fdp_worker *w = &p->workers[i];
 

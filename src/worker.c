@@ -1025,9 +1025,12 @@ ready_body(lua_State *L, struct fdp_ready_body *rb)
             mh = lua_tonumber(L, -2);
             ht = lua_tonumber(L, -1);
             rb->http = 1;
-            rb->max_head = mh > 0 && mh < 4294967295.0 ? (uint32_t) mh : 0;
-            rb->head_ms = ht > 0 && ht < 4294967.0
-                          ? (uint32_t) (ht * 1000.0) : 0;
+            /* Past what 32 bits hold: the largest (49.7 days of ms, a
+             * 4 GiB head), never 0, which would mean "none" and give the
+             * accept filter --io-timeout instead. */
+            rb->max_head = !(mh > 0) ? 0 : mh >= 4294967295.0 ? UINT32_MAX
+                           : (uint32_t) mh;
+            rb->head_ms = fdp_sec_ms32(ht);
         }
     }
     lua_settop(L, top);

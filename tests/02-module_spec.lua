@@ -296,8 +296,12 @@ describe("fdpool.pool{} argument checking", function()
     assert.matches("bad option 'workers'", errof(fdpool.pool, { handler = noop, workers = 100000 }), 1, true)
     assert.matches("bad option 'concurrency' (an integer from 1 to",
       errof(fdpool.pool, { handler = noop, concurrency = 0 }), 1, true)
-    assert.matches("grace must not be negative",
-      errof(fdpool.pool, { handler = noop, grace = -1 }), 1, true)
+    for _, g in ipairs { -1, 0/0, 1e9 + 1, math.huge, -math.huge } do
+      assert.matches("grace must be 0 to 1e9 seconds",
+        errof(fdpool.pool, { handler = noop, grace = g }), 1, true)
+    end
+    assert.matches("number expected, got string",
+      errof(fdpool.pool, { handler = noop, grace = "soon" }), 1, true)
   end)
 
   it("raises on a missing or bad handler, policy, listen", function()

@@ -365,3 +365,69 @@ describe("the pending set (--max-pending 5)", function()
     assert.truthy(r:find("^HTTP/1.1 200"), r)
   end)
 end)
+
+describe("the accept filter's deadline at the extremes", function()
+  -- head_timeout reaches the master in READY as 32-bit milliseconds; 5e6 s
+  -- (past 4294967.295 s) once wrapped to 0, "no head_timeout", and the
+  -- filter fell back to --io-timeout. Now it saturates (49.7 days). A
+  -- control pool with head_timeout = 0 shows the --io-timeout deadline.
+  it("a head_timeout of 5e6 s keeps silent and half-head clients past --io-timeout 1", function()
+    local long = H.start_pool{ script = HTTP, workers = 1, args = { "5e6" },
+                               extra = { "--io-timeout", "1" } }
+    H.defer(finally, function() long:stop() end)
+    local ctl = H.start_pool{ script = HTTP, workers = 1, args = { "0" },
+                              extra = { "--io-timeout", "1" } }
+    H.defer(finally, function() ctl:stop() end)
+    assert(long.addr and ctl.addr, long:log() .. ctl:log())
+    local l0 = assert(long:status())
+    local fds = {}
+    H.defer(finally, function() closeall(fds) end)
+    for i, addr in ipairs { long.addr, long.addr, ctl.addr, ctl.addr } do
+      fds[i] = connect(addr)
+      if i % 2 == 0 then assert(fds[i]:write("GET / HTTP/1.1\r\nHo")) end
+    end
+    -- The control closes both at --io-timeout (the silent one up to 1 s
+    -- later: deferred accept).
+    assert.equal("", fds[3]:read("a"))
+    local t = fds[4]:read("a") or ""
+    assert.truthy(t:find("^HTTP/1.1 408"), t)
+    -- The long pool still holds both, a second after that.
+    local st = H.wait_status(long, function(s) return s.pending == 2 end, 5, "2 pending")
+    local t_end = H.now() + 1
+    while H.now() < t_end do
+      st = assert(long:status())
+      assert.equal(2, st.pending)
+      assert.equal(l0.closed.deadline, st.closed.deadline)
+      H.sleep(0.1)
+    end
+    assert.is_true(is_open(fds[1]))
+    assert.is_true(is_open(fds[2]))
+    -- and serves the half head once it is complete
+    assert(fds[2]:write("st: t\r\nConnection: close\r\n\r\n"))
+    local r = fds[2]:read("a") or ""
+    assert.truthy(r:find("^HTTP/1.1 200"), r)
+  end)
+
+  -- A silent client's close: deferred accept (TCP_DEFER_ACCEPT, 1 s)
+  -- keeps it in the kernel until the SYN-ACK is resent at ~1 s, then the
+  -- filter's deadline runs from the accept: closed at about --io-timeout
+  -- + 1 s (docs/operations.md), never before --io-timeout. A half head is
+  -- accepted at once: its 408 comes at about --io-timeout.
+  it("closes a silent client no earlier than --io-timeout, within a generous bound", function()
+    local pool = H.start_pool{ script = HTTP, workers = 1, args = { "0" },
+                               extra = { "--io-timeout", "1" } }
+    H.defer(finally, function() pool:stop() end)
+    local fds = {}
+    H.defer(finally, function() closeall(fds) end)
+    local t0 = H.clock()
+    fds[1] = connect(pool.addr)
+    fds[2] = connect(pool.addr)
+    assert(fds[2]:write("GET / HTTP/1.1\r\nHo"))
+    assert.equal("", fds[1]:read("a"))
+    local t1 = H.clock()
+    local t = fds[2]:read("a") or ""
+    assert.truthy(t:find("^HTTP/1.1 408"), t)
+    assert.is_true(t1 - t0 >= 1, "closed after " .. (t1 - t0) .. " s")
+    assert.is_true(t1 - t0 < 8, "closed after " .. (t1 - t0) .. " s")
+  end)
+end)

@@ -299,21 +299,53 @@ describe("the master's scheduling policy", function()
     end
     return tonumber(f[39])
   end
+  -- Kill worker i; its successor's pid.
+  local function successor(p, i)
+    local old = p:worker_pids()[i]
+    assert(H.run("kill -KILL " .. old))
+    return H.wait_until(function()
+      local now = p:worker_pids()
+      return now[i] ~= old and now[i] > 0 and now[i]
+    end, 10, "the killed worker's successor")
+  end
 
-  it("is SCHED_BATCH (its wake-ups do not preempt busy workers); workers, restarted ones too, stay SCHED_OTHER", function()
+  it("is SCHED_BATCH for the master and the workers, restarted ones too (wake-ups do not preempt a running task)", function()
     local p = H.start_pool{ workers = 2 }
     finally(function() p:stop() end)
     assert(p.addr, p:log())
     assert.equal(3, policy(p.pid))
     local pids = p:worker_pids()
-    for _, pid in ipairs(pids) do assert.equal(0, policy(pid)) end
-    assert(H.run("kill -KILL " .. pids[1]))
-    local new = H.wait_until(function()
-      local now = p:worker_pids()
-      return now[1] ~= pids[1] and now[1] > 0 and now[1]
-    end, 10, "the killed worker's successor")
-    assert.equal(0, policy(new))
+    for _, pid in ipairs(pids) do assert.equal(3, policy(pid)) end
+    assert.equal(3, policy(successor(p, 1)))
     assert.equal(0, p:stop())
+  end)
+
+  it("--sched other leaves the master and the workers SCHED_OTHER, restarted ones too", function()
+    local p = H.start_pool{ workers = 2, extra = { "--sched", "other" } }
+    finally(function() p:stop() end)
+    assert(p.addr, p:log())
+    assert.equal(0, policy(p.pid))
+    local pids = p:worker_pids()
+    for _, pid in ipairs(pids) do assert.equal(0, policy(pid)) end
+    assert.equal(0, policy(successor(p, 2)))
+    assert.equal(0, p:stop())
+  end)
+
+  it("a bad --sched, config sched or fdpool.pool{sched} is refused with one line", function()
+    local code, out, err = H.run_pool("run --sched fifo --no-control --listen 127.0.0.1:0", 10)
+    assert.equal(2, code, out)
+    assert.equal("pool: --sched must be batch or other (got 'fifo')\n", err)
+    local dir = H.tmpdir()
+    local cfg = dir .. "/c.lua"
+    H.writefile(cfg, "return { sched = 3 }\n")
+    code, out, err = H.run_pool("run --config " .. H.quote(cfg) .. " --no-control", 10)
+    assert.equal(1, code, out)
+    assert.truthy(err:find("setting 'sched' must be a string (got number)", 1, true), err)
+    assert.equal(1, select(2, err:gsub("\n", "")))
+    local fdpool = require "fdpool"
+    local ok, msg = pcall(fdpool.pool, { handler = function() end, sched = "idle" })
+    assert.is_false(ok)
+    assert.truthy(tostring(msg):find("sched must be batch or other", 1, true), msg)
   end)
 
   it("is left alone when the operator chose one (chrt): the pool keeps it for all its processes", function()

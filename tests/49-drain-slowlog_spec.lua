@@ -135,6 +135,9 @@ describe("--slow", function()
       { "--timeout 1e300", 2, "pool: --timeout must be a number of seconds up to 1e+09 (got '1e300')\n" },
       { "--slow 2e9", 2, "pool: --slow must be a number of seconds up to 1e+09 (got '2e9')\n" },
       { "--io-timeout nan", 2, "pool: --io-timeout must be a number of seconds (got 'nan')\n" },
+      { "--grace 2e9", 2, "pool: --grace must be a number of seconds up to 1e+09 (got '2e9')\n" },
+      { "--grace -1", 2, "pool: --grace must be a number of seconds (got '-1')\n" },
+      { "--grace nan", 2, "pool: --grace must be a number of seconds (got 'nan')\n" },
       { "--slow 1 --slow-log " .. dir .. "/no/such/dir/slow.log", 1,
         "pool: cannot open slow log " .. dir .. "/no/such/dir/slow.log (No such file or directory)\n" },
     }
@@ -158,6 +161,35 @@ describe("--slow", function()
     assert.has_error(function()
       fdpool.pool { handler = function() end, listen = "127.0.0.1:0", control = false, slow = -1 }
     end)
+    -- grace: the same bounds as the time flags, through fdpool.pool{} too
+    for _, g in ipairs { 2e9, -1, 0/0, math.huge } do
+      local ok, e = pcall(fdpool.pool, { handler = function() end, listen = "127.0.0.1:0",
+        control = false, grace = g })
+      assert.is_false(ok, tostring(g))
+      assert.matches("grace must be 0 to 1e9 seconds", e, 1, true)
+      assert.falsy(e:find("\n", 1, true), e)
+    end
+  end)
+end)
+
+describe("--grace past 2^32 milliseconds", function()
+  -- The grace reaches the workers (and the master's kill deadline) as
+  -- 32-bit milliseconds: 4294967.8 s once wrapped to 504 ms and cut a
+  -- 2 s handler; now it saturates (49.7 days) and the handler finishes.
+  it("lets a graceful stop wait for a running handler", function()
+    local p = H.start_pool { script = SLOW, workers = 1, args = { "2" },
+      extra = { "--grace", "4294967.8", "--drain-delay", "0" } }
+    H.defer(finally, function() p:stop("KILL") end)
+    assert(p.addr, p:log())
+    local pid = p:worker_pids()[1]
+    local fd = assert(fdpool.connect(p.addr, 20))
+    H.defer(finally, function() fd:close() end)
+    assert(fd:write("wait\n"))
+    H.wait_status(p, function(st) return H.sum_workers(st, "active") == 1 end, 5, "the handler running")
+    p:kill("QUIT")
+    assert.equals("done wait " .. pid .. "\n", fd:read("a"))
+    assert.equals(0, p:wait_exit(20))
+    assert.falsy(p:log():find("grace period over", 1, true), p:log())
   end)
 end)
 

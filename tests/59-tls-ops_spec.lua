@@ -317,14 +317,14 @@ describe("pool upgrade", function()
     assert.truthy(newpid, out)
     local after = curl_info(port):match("pid=(%d+)")
     assert.are_not.equal(before, after)
-    -- The new master makes itself SCHED_BATCH (not inherited), its
-    -- workers SCHED_OTHER (/proc/PID/stat's policy field: 3, 0).
+    -- The new master makes itself SCHED_BATCH (not inherited), and its
+    -- workers inherit it (/proc/PID/stat's policy field: 3).
     local function policy(pid)
       return tonumber(assert(H.readfile("/proc/" .. pid .. "/stat")):match("%) (.*)$")
         :match(("%S+%s+"):rep(38) .. "(%d+)"))
     end
     assert.equal(3, policy(newpid))
-    assert.equal(0, policy(tonumber(after)))
+    assert.equal(3, policy(tonumber(after)))
     assert.equal("1001", certs.serial(port, C.ca))
     assert.truthy(p:log():find(("pool[%d]: TLS: 1 certificate(s) loaded"):format(newpid), 1, true))
     -- Still TLS only: plain text is closed by the new master's filter.

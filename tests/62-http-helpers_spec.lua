@@ -328,6 +328,18 @@ describe("handler return values", function()
     assert.equal(500, status)
     assert.matches("handler returned a table as the body: a body is a string", logged, 1, true)
   end)
+
+  it("refuses a string where the headers go (return 200, text) with a clear message (500), not an empty 200", function()
+    local logged
+    local fdpool = require "fdpool"
+    local log = fdpool.log
+    fdpool.log = function(_, msg) logged = msg end
+    local status, _, body = req("GET", "/string-headers")
+    fdpool.log = log
+    assert.equal(500, status)
+    assert.is_nil(body:find("text meant", 1, true))
+    assert.matches("handler returned a string as the headers (expected status, headers, body", logged, 1, true)
+  end)
 end)
 
 describe("http.static", function()
@@ -352,6 +364,14 @@ describe("http.static", function()
     assert.same({ 301, "/sub/?x=1" }, { status, headers["location"] })
     local s2, _, body = testing.http_request(handler, "GET", "/sub/")
     assert.same({ 200, "sub index\n" }, { s2, body })
+  end)
+
+  it("redirects a directory without an index too (as nginx), whose slash form is then missing (on_missing); a file with a slash is missing", function()
+    local status, headers = testing.http_request(handler, "GET", "/empty")
+    assert.same({ 301, "/empty/" }, { status, headers["location"] })
+    local s2, _, body = testing.http_request(handler, "GET", "/empty/")
+    assert.same({ 404, "<h1>custom 404</h1>\n" }, { s2, body })     -- its on_missing
+    assert.equal(404, (testing.http_request(handler, "GET", "/a.txt/")))
   end)
 
   it("serves the first index file of the list", function()

@@ -83,3 +83,84 @@ for i in range(20):
     unharmed("GET /")
   end)
 end)
+
+-- A request body that cannot be read to its end (a bad chunk, a body
+-- read only in part) ends the connection after the handler's reply: the
+-- reply says `Connection: close`, and a request pipelined behind the bad
+-- body is never answered (its bytes are not a request). A handler that
+-- returns a string where the headers go gets a 500, not an empty 200.
+describe("a body that cannot be read to its end", function()
+  local pool, dir
+
+  setup(function()
+    dir = H.tmpdir()
+    H.writefile(dir .. "/app.lua", [[
+local http = require "fdpool.http"
+return http.serve(function(req, res)
+  if req.path == "/body" then
+    local b, err = req:body()
+    if not b then return 422, nil, "body: " .. err end
+    return 200, nil, "got " .. #b
+  elseif req.path == "/part" then
+    local next_piece = req:body_reader(nil, 10)
+    local piece = next_piece()
+    return 200, nil, "first " .. #piece
+  elseif req.path == "/string-headers" then
+    return 200, "meant as the body"
+  end
+  return 200, nil, "hello " .. req.path
+end)
+]])
+    pool = H.start_pool{ script = dir .. "/app.lua", workers = 1 }
+    assert(pool.addr, pool:log())
+  end)
+
+  teardown(function()
+    if pool then pool:stop() end
+  end)
+
+  local SMUGGLED = "GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
+
+  for name, body in pairs {
+    ["an overflowing chunk size"] = "FFFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n",
+    ["a chunk size with a stray byte"] = "5x\r\nhello\r\n0\r\n\r\n",
+    ["a chunk longer than its size"] = "3\r\nhello\r\n0\r\n\r\n",
+  } do
+    it("with " .. name .. ": the reply says Connection: close and what follows is not served", function()
+      local out = assert(H.request(pool.addr, "POST /body HTTP/1.1\r\nHost: t\r\n"
+        .. "Transfer-Encoding: chunked\r\n\r\n" .. body .. SMUGGLED, 10))
+      assert.truthy(out:match("^HTTP/1%.1 422 "), out)
+      assert.truthy(out:lower():find("\r\nconnection: close\r\n", 1, true), out)
+      assert.truthy(out:find("body: bad chunk", 1, true), out)
+      assert.is_nil(out:find("smuggled", 1, true), out)
+      assert.equals(1, select(2, out:gsub("HTTP/1%.1 ", "")))
+    end)
+  end
+
+  it("read in part by body_reader: the reply says Connection: close", function()
+    local out = assert(H.request(pool.addr, "POST /part HTTP/1.1\r\nHost: t\r\n"
+      .. "Content-Length: 100\r\n\r\n" .. ("x"):rep(100) .. SMUGGLED, 10))
+    assert.truthy(out:match("^HTTP/1%.1 200 "), out)
+    assert.truthy(out:find("first 10", 1, true), out)
+    assert.truthy(out:lower():find("\r\nconnection: close\r\n", 1, true), out)
+    assert.is_nil(out:find("smuggled", 1, true), out)
+  end)
+
+  it("read whole: the connection goes on (the control)", function()
+    local out = assert(H.request(pool.addr, "POST /body HTTP/1.1\r\nHost: t\r\n"
+      .. "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+      .. "GET /next HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 10))
+    assert.truthy(out:find("got 5", 1, true), out)
+    assert.truthy(out:find("hello /next", 1, true), out)
+    assert.equals(1, select(2, out:lower():gsub("\r\nconnection: close\r\n", "")))
+  end)
+
+  it("a handler returning a string where the headers go gets a 500, logged", function()
+    local out = assert(H.http_get(pool.addr, "/string-headers"))
+    assert.truthy(out:match("^HTTP/1%.1 500 "), out)
+    assert.is_nil(out:find("meant as the body", 1, true), out)
+    H.wait_until(function()
+      return pool:log():find("handler returned a string as the headers", 1, true)
+    end, 10, "the handler's error in the log")
+  end)
+end)

@@ -84,7 +84,8 @@ Options for run:
                        whole request head (http) arrived, closing it at
                        the deadline (head_timeout, else --io-timeout);
                        default http for http.serve handlers, else none;
-                       data/http/tls also defer a TCP accept (1 s)
+                       data/http/tls also defer a TCP accept (1 s:
+                       a silent client is closed 1 s past the deadline)
   --max-pending N      connections the filter holds at most (default
                        4096); when full the oldest is closed
   --max-conns-per-ip N connections at once from one address (waiting,
@@ -109,6 +110,12 @@ Options for run:
   --cpu-affinity A     auto: pin worker i to the i-th CPU of the pool's
                        own CPU set (taskset's, if any); or a LIST such as
                        0,2-3 (worker i on its i-th CPU, wrapping)
+  --sched P            batch (default): the master and the workers run
+                       SCHED_BATCH when started as SCHED_OTHER, so a
+                       wake-up never preempts a running task (more req/s
+                       on shared CPUs, up to one scheduler tick more
+                       latency under contention); other: SCHED_OTHER.
+                       A policy set with chrt is kept either way
   --user USER[:GROUP]  workers drop to this user (needs root)
   --log FILE           log to FILE instead of stderr (SIGUSR1 reopens)
   --log-level L        error, warn, info (default), debug
@@ -188,7 +195,7 @@ local RUN_FLAGS = {
   ["--max-requests"] = "value", ["--user"] = "value", ["--log"] = "value",
   ["--max-memory"] = "value", ["--tls-cert"] = "list", ["--tls-key"] = "list",
   ["--slow"] = "value", ["--slow-log"] = "value", ["--drain-delay"] = "value",
-  ["--cpu-affinity"] = "value",
+  ["--cpu-affinity"] = "value", ["--sched"] = "value",
   ["--worker-idle-timeout"] = "value",
   ["--shared"] = "list",
 }
@@ -211,7 +218,7 @@ local CONFIG_KEYS = {
   max_conns_per_ip = "number", tls_cert = "any", tls_key = "any",
   slow = "number", slow_log = "string", drain_delay = "number",
   shared = "table",
-  cpu_affinity = "string",
+  cpu_affinity = "string", sched = "string",
 }
 
 -- --workers N or MIN-MAX (config: also {min = MIN, max = MAX}): N, or
@@ -342,7 +349,7 @@ local function build_config(opts, pos, cmd)
   for _, f in ipairs { { "--user", "user" }, { "--log", "log" }, { "--log-level", "log_level" },
                        { "--policy", "policy" }, { "--metrics", "metrics" },
                        { "--accept-filter", "accept_filter" }, { "--slow-log", "slow_log" },
-                       { "--cpu-affinity", "cpu_affinity" } } do
+                       { "--cpu-affinity", "cpu_affinity" }, { "--sched", "sched" } } do
     if opts[f[1]] then cfg[f[2]] = opts[f[1]] end
   end
   -- --shared NAME:SIZE (repeatable), added to the config's shared table;
@@ -362,6 +369,9 @@ local function build_config(opts, pos, cmd)
   end
   if cfg.accept_filter and not ({ none = 1, data = 1, http = 1 })[cfg.accept_filter] then
     return nil, 2, ("--accept-filter must be none, data or http (got '%s')"):format(cfg.accept_filter)
+  end
+  if cfg.sched and not ({ batch = 1, other = 1 })[cfg.sched] then
+    return nil, 2, ("--sched must be batch or other (got '%s')"):format(cfg.sched)
   end
   if cfg.log_level and not ({ error = 1, warn = 1, info = 1, debug = 1 })[cfg.log_level] then
     return nil, 2, ("--log-level must be error, warn, info or debug (got '%s')"):format(cfg.log_level)

@@ -100,6 +100,7 @@ function Req:body()
   if self._length > opts.max_body then
     -- Allowed in by max_upload, for body_reader only.
     self._body_err = "too large"
+    self._close = true                -- not drained: closed after the reply
     return nil, "too large"
   end
   if self._expect_continue then
@@ -121,6 +122,7 @@ function Req:body()
   if not body then
     self._body_err = err
     self._broken = true
+    self._close = true                -- the reply says Connection: close
     return nil, err
   end
   self._body = body
@@ -233,6 +235,9 @@ local function send_head(self, length, chunked, body)
   local h = self._headers
   local ck = key_of(h, "connection")
   if ck and tostring(h[ck]):lower() == "close" then req._close = true end
+  -- A body read in part (body_reader) or broken: the connection ends
+  -- after this response; say so.
+  if req._broken then req._close = true end
   -- A client waiting for 100 Continue whose body was not asked for:
   -- the connection cannot go on (drain closes it); say so.
   if req._expect_continue and not req._body and (req._length > 0 or req._chunked) then
@@ -406,9 +411,34 @@ local function access_logger(dest)
       f = io.stderr
     else
       f = assert(io.open(dest, "a"))
-      f:setvbuf("line")
+      -- unbuffered, one write(2) per line: a line-buffered stream's
+      -- failed flush is not reported by the write that caused it (glibc)
+      f:setvbuf("no")
     end
-    out = function(line) f:write(line, "\n") end
+    -- A write that fails (a full disk: ENOSPC) drops its line, and says
+    -- so in the pool's log: at the first failure, then at most once a
+    -- minute with the count dropped since, and once when writes work
+    -- again. The request is answered either way.
+    local name = (dest == "-" or dest == true) and "stderr" or dest
+    local dropped, told, since = 0, nil, 0
+    out = function(line)
+      local ok, err = f:write(line .. "\n")
+      if ok then
+        if dropped > 0 then
+          fdpool.log("warn", ("access log %s: writing again, %d line(s) dropped"):format(
+            name, dropped))
+          dropped, told, since = 0, nil, 0
+        end
+        return
+      end
+      dropped, since = dropped + 1, since + 1
+      local now = os.time()
+      if not told or now - told >= 60 then
+        fdpool.log("error", ("access log %s: %s; %d line(s) dropped%s"):format(name,
+          tostring(err), since, told and " in the last minute" or ""))
+        told, since = now, 0
+      end
+    end
   end
   return function(req, res)
     local ip = req.conn and req.conn:getpeername() or "-"
@@ -587,6 +617,9 @@ local function reply(res, a, b, c)
     end
     if type(b) == "table" then
       for k, v in pairs(b) do res:header(k, v) end
+    elseif b then                     -- return 200, "text": a lost body
+      error(("handler returned a %s as the headers (expected status, headers, "
+        .. "body: return 200, nil, body)"):format(type(b)), 0)
     end
     local tc = type(c)
     if c ~= nil and tc ~= "string" and tc ~= "number" then
@@ -996,9 +1029,10 @@ function M.static(dir, options)
       fd, size, mtime = fdpool.open_beneath(dir, rel)
       -- A directory named without its slash: redirect (as nginx and
       -- Apache's mod_dir), so its relative links resolve inside it.
-      local ifd = not fd and size == "not a regular file" and open_index(rel .. "/")
-      if ifd then
-        ifd:close()
+      -- (With or without an index: "dir/" then serves it or is missing.)
+      local isdir = not fd and size == "not a regular file"
+        and select(2, fdpool.open_beneath(dir, rel .. "/")) == "not a regular file"
+      if isdir then
         local q = req.query ~= "" and "?" .. req.query or ""
         res:status(301):header("Location", req.path .. "/" .. q)
         return res:send("moved\n")

@@ -949,6 +949,23 @@ test_loop_timers(void)
         }
     }
     test_cond("40 timers, 14 stopped: 26 fire in order", ok);
+
+    /* A timer 2^32 ms or 1e12 ms away (--io-timeout 1e9, a saturated
+     * head_timeout) leaves run_once's own bound in force: once its wait
+     * was a truncated int, -1 for 2^32 - 1, and epoll_wait blocked for
+     * good (SIGALRM ends this test instead of hanging it). */
+    memset(&log, 0, sizeof(log));
+    (void) fdp_timer_start(&loop, &tt[0].t, UINT64_C(4294967295));
+    (void) fdp_timer_start(&loop, &tt[1].t, UINT64_C(1000000000000));
+    alarm(20);
+    t0 = fdp_now_ms();
+    (void) fdp_loop_run_once(&loop, 20);
+    (void) fdp_loop_run_once(&loop, 20);
+    alarm(0);
+    test_cond("far timers: run_once still returns at its bound, none fired",
+              fdp_now_ms() - t0 < 15000 && log.n == 0);
+    fdp_timer_stop(&loop, &tt[0].t);
+    fdp_timer_stop(&loop, &tt[1].t);
     fdp_loop_free(&loop);
 }
 

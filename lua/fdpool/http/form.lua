@@ -157,6 +157,7 @@ function M.body_reader(req, limit, size)
     if err then
       conn:setdeadline(nil)
       req._body_err = err
+      req._close = true               -- the reply says Connection: close
       done = true
       return nil, err
     end
