@@ -154,7 +154,7 @@ opt_affinity(lua_State *L, struct fdp_pool *p)
 
 /* sched = "batch" (default) | "other": the master's and the workers'
  * scheduling policy (pool.c's sched_master). Read at start; a reload
- * keeps the running pool's. */
+ * keeps the running pool's (start_only warns when it changed). */
 static void
 opt_sched(lua_State *L, struct fdp_pool *p)
 {
@@ -917,6 +917,27 @@ same_shared(lua_State *L, struct fdp_pool *p)
 }
 
 
+/* sched and cpu_affinity are read at start only (the master's policy,
+ * which every worker inherits; the CPUs of the slots): a reload that
+ * changes them says so at warn level and keeps the running ones. */
+static void
+start_only(const struct fdp_pool *p, const struct fdp_pool *q)
+{
+    if (q->sched_other != p->sched_other) {
+        fdp_log(FDP_LOG_WARN, 0, "reload: sched changed to '%s': read at "
+                "start only, the pool keeps '%s' (`pool upgrade` or a "
+                "restart applies it)", q->sched_other ? "other" : "batch",
+                p->sched_other ? "other" : "batch");
+    }
+    if (q->ncpus != p->ncpus
+        || memcmp(q->cpus, p->cpus, sizeof(p->cpus[0]) * (size_t) p->ncpus)) {
+        fdp_log(FDP_LOG_WARN, 0, "reload: cpu_affinity changed: read at "
+                "start only, the workers keep their CPUs (`pool upgrade` "
+                "or a restart applies it)");
+    }
+}
+
+
 /*
  * (Under lua_pcall.) Call the pool's reconfigure function for a new
  * settings table, check it as fdpool.pool{} would (in a scratch pool,
@@ -994,6 +1015,7 @@ reconf_read(lua_State *L)
     p->reconf_saved = s;
     p->reconf_workers[0] = q->max_workers ? q->min_workers : q->nworkers;
     p->reconf_workers[1] = q->max_workers;
+    start_only(p, q);
     return 0;
 }
 

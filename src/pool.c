@@ -340,20 +340,44 @@ worker_alloc_tables(struct fdp_worker *w, int capacity)
  * (docs/performance.md): the master's wake-ups 0.7 -> 0.3 per new
  * connection; keep-alive unpinned, the workers' voluntary switches
  * 0.10-0.25 -> 0.01-0.05 per request and req/s +20-40 %. sched = "other"
- * leaves every process SCHED_OTHER. A new master of `pool upgrade` goes
- * back to SCHED_OTHER and chooses its own (upgrade.c).
+ * leaves every process SCHED_OTHER (sched_child). A new master of `pool
+ * upgrade` goes back to SCHED_OTHER and chooses its own (upgrade.c). In
+ * a Lua program running several pools, the caller stays SCHED_BATCH
+ * until the last batch pool has stopped (sched_refs).
  */
+static int sched_refs;          /* running pools of this process that
+                                 * made it SCHED_BATCH (fdpool.pool{} can
+                                 * run several in one program) */
+
 static void
 sched_master(struct fdp_pool *p, int on)
 {
     struct sched_param sp = { 0 };
 
     if (on && !p->sched_batch && !p->sched_other
-        && sched_getscheduler(0) == SCHED_OTHER) {
-        p->sched_batch = sched_setscheduler(0, SCHED_BATCH, &sp) == 0;
+        && (sched_refs > 0 || (sched_getscheduler(0) == SCHED_OTHER
+                               && sched_setscheduler(0, SCHED_BATCH,
+                                                     &sp) == 0))) {
+        p->sched_batch = 1;
+        sched_refs++;
     } else if (!on && p->sched_batch) {
-        (void) sched_setscheduler(0, SCHED_OTHER, &sp);
         p->sched_batch = 0;
+        if (--sched_refs == 0) {    /* the last one gives it back */
+            (void) sched_setscheduler(0, SCHED_OTHER, &sp);
+        }
+    }
+}
+
+
+/* In a worker just forked: a sched = "other" pool's workers do not keep
+ * the SCHED_BATCH another pool of the same program gave the caller. */
+static void
+sched_child(struct fdp_pool *p)
+{
+    struct sched_param sp = { 0 };
+
+    if (p->sched_other && sched_refs > 0) {
+        (void) sched_setscheduler(0, SCHED_OTHER, &sp);
     }
 }
 
@@ -431,6 +455,7 @@ spawn_worker(struct fdp_pool *p, int idx)
     if (pid == 0) {
         int i;
 
+        sched_child(p);
         fdp_close(&sv[0]);
         fdp_pool_close_in_child(p, -1);
         for (i = 0; i < FDP_SLOTS; i++) {   /* only its own shared page */

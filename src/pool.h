@@ -195,8 +195,9 @@ struct fdp_pool {
     char **tls_key;                 /* first the default, others by SNI) */
     int ntls;
     struct fdp_tls *tls;            /* loaded: the serving generation's */
-    int sched_batch;                /* the master made itself SCHED_BATCH
-                                     * (its workers inherit it) */
+    int sched_batch;                /* the master runs SCHED_BATCH for
+                                     * this pool (its workers inherit it;
+                                     * one of pool.c's sched_refs) */
     int sched_other;                /* sched = "other": neither does */
     double slow;                    /* --slow: log handlers past it, 0 no */
     int slow_fd;                    /* --slow-log file (O_APPEND), or -1 */

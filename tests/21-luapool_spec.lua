@@ -82,6 +82,13 @@ function Driver:cleanup(pids)
   end
 end
 
+-- A process's scheduling policy (/proc/PID/stat's field 41: 0
+-- SCHED_OTHER, 3 SCHED_BATCH).
+local function policy(pid)
+  return tonumber(assert(H.readfile("/proc/" .. pid .. "/stat")):match("%) (.*)$")
+    :match(("%S+%s+"):rep(38) .. "(%d+)"))
+end
+
 local function split(s, sep)
   local t = {}
   for f in s:gmatch("[^" .. sep .. "]+") do t[#t + 1] = tonumber(f) or f end
@@ -120,8 +127,10 @@ describe("fdpool.pool{} from a Lua program", function()
       assert.is_true(H.alive(pid))
       assert.not_equals(d.pid, pid)
     end
-    -- The caller is the master: SCHED_BATCH while the pool runs.
+    -- The caller is the master: SCHED_BATCH while the pool runs, and the
+    -- workers it forked inherit it.
     assert.same({ "3" }, d:wait_line("sched"))
+    for _, pid in ipairs(pids) do assert.equals(3, policy(pid)) end
     -- A second start() fails as the world does: nil, message, EINVAL.
     assert.same({ "nil", "22", "pool", "already", "started" }, d:wait_line("again"))
     -- The handler's upvalue `token` is the driver's own, unique to this run.
@@ -153,6 +162,37 @@ describe("fdpool.pool{} from a Lua program", function()
     assert.equals(1, d:count("ready"))
     assert.equals(1, d:count("pid"))
     assert.same({}, H.unexpected_errors(d:stderr()))
+  end)
+
+  it("with sched = \"other\" never changes the caller's policy; its workers stay SCHED_OTHER", function()
+    local d = start_driver("sched_other")
+    local pids = {}
+    finally(function() d:cleanup(pids) end)
+    assert.same({ "0" }, d:wait_line("sched-before"))
+    pids = split(d:wait_line("ready")[1], ",")
+    assert.same({ "0" }, d:wait_line("sched"))
+    for _, pid in ipairs(pids) do assert.equals(0, policy(pid)) end
+    d:ask_stop()
+    assert.same({ "0" }, d:wait_line("sched-after"))
+    assert.equals(0, d:wait_exit())
+  end)
+
+  it("two pools in one program: each one's workers get its own sched; the caller is SCHED_BATCH while a batch pool runs", function()
+    local defer = H.cleanup(finally)
+    for _, c in ipairs { { "two_other", 0, "0" }, { "two_batch", 3, "3" } } do
+      local d = start_driver(c[1])
+      local pids = {}
+      defer(function() d:cleanup(pids) end)
+      pids = split(table.concat(d:wait_line("ready"), ","), ",")
+      assert.same({ "3" }, d:wait_line("sched"))
+      assert.equals(3, policy(pids[1]), c[1])          -- pool A's worker
+      assert.equals(c[2], policy(pids[2]), c[1])       -- pool B's
+      d:ask_stop()
+      -- A stopped: the caller stays SCHED_BATCH while B (batch) runs.
+      assert.same({ c[3] }, d:wait_line("sched-a-stopped"), c[1])
+      assert.same({ "0" }, d:wait_line("sched-after"))
+      assert.equals(0, d:wait_exit())
+    end
   end)
 
   it("uses a policy function from the program, run in its own process", function()

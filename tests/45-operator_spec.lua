@@ -356,4 +356,121 @@ describe("the master's scheduling policy", function()
     assert.equal(5, policy(p:worker_pids()[1]))
     assert.equal(0, p:stop())
   end)
+
+  it("--sched other does not undo the operator's chrt (batch or idle): every process keeps it", function()
+    for _, c in ipairs { { "-b", 3 }, { "-i", 5 } } do
+      local p = H.start_pool{ workers = 1, shell = "chrt " .. c[1] .. " 0 env",
+                              extra = { "--sched", "other" } }
+      finally(function() p:stop() end)
+      assert(p.addr, p:log())
+      assert.equal(c[2], policy(p.pid))
+      assert.equal(c[2], policy(p:worker_pids()[1]))
+      assert.equal(0, p:stop())
+    end
+  end)
+
+  it("is the master's for every worker it forks (workers on demand): recycled by --max-requests, scaled up, a reload's", function()
+    local p = H.start_pool{ workers = 1, extra = { "--workers", "1-3", "--max-requests", "2" } }
+    finally(function() p:stop() end)
+    assert(p.addr, p:log())
+    local seen = {}
+    local function check_all()
+      for _, pid in ipairs(p:worker_pids()) do
+        if pid > 0 then
+          seen[pid] = true
+          assert.equal(3, policy(pid), "worker pid " .. pid)
+        end
+      end
+    end
+    check_all()
+    local first = p:worker_pids()[1]
+    -- Recycled: two requests retire worker 1; its successor batch too.
+    for _ = 1, 2 do assert.matches("^HTTP/1.1 200", H.http_get(p.addr)) end
+    H.wait_until(function()
+      local w = p:worker_pids()[1]
+      return w ~= first and w > 0
+    end, 10, "worker 1 recycled")
+    check_all()
+    -- Scaled up (slots 2 and 3 forked now), then a reload's generation.
+    assert(H.run(H.POOL .. " scale 3 --control " .. q(p.control)))
+    H.wait_status(p, function(st) return #st.workers == 3 and st.workers[3].pid > 0 end, 10,
+      "3 workers")
+    check_all()
+    local ok, _, out = H.run(H.POOL .. " reload --control " .. q(p.control))
+    assert.is_true(ok, out)
+    H.wait_status(p, function(st) return st.generation == 2 end, 10, "generation 2")
+    check_all()
+    local n = 0
+    for _ in pairs(seen) do n = n + 1 end
+    assert.truthy(n >= 5, n)
+    assert.equal(3, policy(p.pid))
+    assert.equal(0, p:stop())
+  end)
+
+  it("a reload whose config changes sched or cpu_affinity keeps the running ones and says so at warn level", function()
+    local dir = H.tmpdir()
+    local cfg = dir .. "/c.lua"
+    H.writefile(cfg, "return { }\n")
+    local p = H.start_pool{ workers = 1, extra = { "--config", cfg } }
+    finally(function() p:stop() end)
+    assert(p.addr, p:log())
+    H.writefile(cfg, "return { sched = 'other', cpu_affinity = 'auto' }\n")
+    local ok, _, out = H.run(H.POOL .. " reload --control " .. q(p.control))
+    assert.is_true(ok, out)
+    local st = H.wait_status(p, function(s) return s.generation == 2 and s.workers[1].pid > 0 end,
+      10, "generation 2")
+    assert.equal(3, policy(p.pid))
+    assert.equal(3, policy(st.workers[1].pid))
+    assert.is_nil(st.workers[1].cpu)
+    local log = p:log()
+    assert.truthy(log:find("warn  pool[" .. p.pid .. "]: reload: sched changed to 'other': read at "
+      .. "start only, the pool keeps 'batch' (`pool upgrade` or a restart applies it)", 1, true), log)
+    assert.truthy(log:find("warn  pool[" .. p.pid .. "]: reload: cpu_affinity changed: read at "
+      .. "start only, the workers keep their CPUs (`pool upgrade` or a restart applies it)", 1, true), log)
+    -- A configuration that asks for the running ones says nothing.
+    H.writefile(cfg, "return { sched = 'batch' }\n")
+    ok, _, out = H.run(H.POOL .. " reload --control " .. q(p.control))
+    assert.is_true(ok, out)
+    H.wait_status(p, function(s) return s.generation == 3 end, 10, "generation 3")
+    assert.equal(1, H.count(p:log(), "reload: sched changed"))
+    assert.equal(1, H.count(p:log(), "reload: cpu_affinity changed"))
+    assert.equal(0, p:stop())
+  end)
+
+  it("pool upgrade: each new master takes the policy its own configuration asks for, its workers too", function()
+    local dir = H.tmpdir()
+    local cfg = dir .. "/c.lua"
+    H.writefile(cfg, "return { }\n")
+    local p = H.start_pool{ workers = 1, extra = { "--config", cfg } }
+    local masters = { p.pid }
+    finally(function()
+      for _, pid in ipairs(masters) do
+        if H.alive(pid) then os.execute("kill -TERM " .. pid .. " 2>/dev/null") end
+      end
+      for _, pid in ipairs(masters) do
+        pcall(H.wait_until, function() return not H.alive(pid) end, 10)
+      end
+    end)
+    assert(p.addr, p:log())
+    assert.equal(3, policy(p.pid))
+    for _, want in ipairs { { "other", 0 }, { "batch", 3 } } do
+      H.writefile(cfg, ("return { sched = %q }\n"):format(want[1]))
+      local code, out, err = H.run_pool("upgrade --control " .. q(p.control), 60)
+      assert.equal(0, code, err)
+      local pid = tonumber(out:match("master pid (%d+) serving"))
+      assert.truthy(pid, out)
+      masters[#masters + 1] = pid
+      local st = H.wait_status(p, function(s) return s.pid == pid and s.workers[1].pid > 0 end,
+        10, "the new master's worker")
+      assert.equal(want[2], policy(pid), want[1])
+      assert.equal(want[2], policy(st.workers[1].pid), want[1])
+      H.wait_until(function() return not H.alive(masters[#masters - 1]) end, 30, "the old master to exit")
+    end
+    -- The last master stops as any; no sanitizer report from any of them.
+    os.execute("kill -TERM " .. masters[#masters])
+    H.wait_until(function() return not H.alive(masters[#masters]) end, 15, "the last master to exit")
+    for _, pat in ipairs { "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:" } do
+      assert.falsy(p:log():find(pat, 1, true), p:log())
+    end
+  end)
 end)
