@@ -10,6 +10,7 @@
 #include "http_parse.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <string.h>
 
 
@@ -92,6 +93,66 @@ fdp_http_strerror(int err)
  * The line at s ending in CRLF: its end (at the CR) in *eol and the next
  * line in *next. Returns 0 when the line ends in a bare LF or has no LF.
  */
+/* Every byte in [p, e) a field byte (is_field_byte), 8 at a time while
+ * none is below 0x20 or 0x7f (per byte, no carry between bytes: low 7
+ * bits + 0x60 reach the high bit from 0x20 on; (b ^ 0x7f) is zero only
+ * for DEL); from a chunk with one (an HTAB too), byte by byte. */
+static int
+field_bytes_ok(const char *p, const char *e)
+{
+    const uint64_t hi = 0x8080808080808080ULL, lo7 = 0x7f7f7f7f7f7f7f7fULL;
+    uint64_t x, y;
+
+    for (; e - p >= 8; p += 8) {
+        memcpy(&x, p, 8);
+        y = x ^ lo7;
+        if ((~(((x & lo7) + 0x6060606060606060ULL) | x)
+             | ~(((y & lo7) + lo7) | y)) & hi) {
+            break;
+        }
+    }
+    for (; p < e; p++) {
+        if (!is_field_byte((unsigned char) *p)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+
+/* Lower-case the n bytes of a field name at q (tchars: all below 0x80),
+ * 8 (then 4) at a time: a byte's high bit in (x + 0x3f) says >= 'A', in (x +
+ * 0x25) >= '[', and no sum carries into the next byte. */
+static void
+lower_name(char *q, size_t n)
+{
+    uint64_t x, m;
+
+    for (; n >= 8; q += 8, n -= 8) {
+        memcpy(&x, q, 8);
+        m = (x + 0x3f3f3f3f3f3f3f3fULL) & ~(x + 0x2525252525252525ULL)
+            & 0x8080808080808080ULL;
+        x |= m >> 2;
+        memcpy(q, &x, 8);
+    }
+    if (n >= 4) {
+        uint32_t y, k;
+
+        memcpy(&y, q, 4);
+        k = (y + 0x3f3f3f3fU) & ~(y + 0x25252525U) & 0x80808080U;
+        y |= k >> 2;
+        memcpy(q, &y, 4);
+        q += 4;
+        n -= 4;
+    }
+    for (; n > 0; q++, n--) {
+        if (*q >= 'A' && *q <= 'Z') {
+            *q = (char) (*q + 32);
+        }
+    }
+}
+
+
 static int
 crlf_line(const char *s, const char *end, const char **eol,
           const char **next)
@@ -138,7 +199,7 @@ static int
 parse_fields(const char *next, const char *end, struct fdp_http_head *h,
              int lf_ok)
 {
-    const char *eol, *p;
+    const char *eol;
     size_t i;
 
     for (;;) {
@@ -156,8 +217,9 @@ parse_fields(const char *next, const char *end, struct fdp_http_head *h,
             return FDP_HTTP_ETOOMANY;
         }
         /* A leading SP/HTAB (obs-fold) or a space before the colon
-         * fails here: neither is a tchar. */
-        for (q = line; q < eol && tchar[(unsigned char) *q]; q++) {
+         * fails here: neither is a tchar. (No bound check: the byte at
+         * eol, CR or LF, is not one either.) */
+        for (q = line; tchar[(unsigned char) *q]; q++) {
         }
         if (q == line || q == eol || *q != ':') {
             return FDP_HTTP_EHEADER;
@@ -170,10 +232,8 @@ parse_fields(const char *next, const char *end, struct fdp_http_head *h,
         while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) {
             ve--;
         }
-        for (p = v; p < ve; p++) {
-            if (!is_field_byte((unsigned char) *p)) {
-                return FDP_HTTP_EVALUE;
-            }
+        if (!field_bytes_ok(v, ve)) {
+            return FDP_HTTP_EVALUE;
         }
         h->fields[h->nfields].name = line;
         h->fields[h->nfields].name_len = (size_t) (q - line);
@@ -184,13 +244,7 @@ parse_fields(const char *next, const char *end, struct fdp_http_head *h,
     /* Lower-case the names only now: a refused head stays as it came
      * (conn:receive may still read it). */
     for (i = 0; i < h->nfields; i++) {
-        char *q = (char *) h->fields[i].name, *e = q + h->fields[i].name_len;
-
-        for (; q < e; q++) {
-            if (*q >= 'A' && *q <= 'Z') {
-                *q = (char) (*q + 32);
-            }
-        }
+        lower_name((char *) h->fields[i].name, h->fields[i].name_len);
     }
     return 0;
 }

@@ -522,12 +522,27 @@ static const char *const reskeys[R_END - 1] = {
 #define RLINE200 lua_upvalueindex(R_END + 1)
 #define RCONN_MT lua_upvalueindex(R_END + 2)
 #define RCTX lua_upvalueindex(R_END + 3)
-#define R_NUPVALUES (R_END + 3)
+#define RMT_STARTED lua_upvalueindex(R_END + 4)
+#define RMT_SENT lua_upvalueindex(R_END + 5)
+#define RMT_RES lua_upvalueindex(R_END + 6)
+#define R_NUPVALUES (R_END + 6)
 
-/* res:send's own state (the userdata at RCTX) */
+/*
+ * The sent state of a res conn:httploop made (metatable Res, no started
+ * field of its own) is its metatable, not 3 fields: res:send swaps Res
+ * for http.lua's ResStarted (started, finished: true) and, once the head
+ * is out, ResSent (and _head_sent), whose __index falls back to Res.
+ * Any other res (a raw started field, another metatable or none) gets
+ * the fields as before. A raw read of started or finished that finds
+ * nothing looks at the metatable (res_mtstate).
+ */
+enum { RS_OTHER, RS_RES, RS_STARTED, RS_SENT };
+
+/* res:header's and res:send's state (the userdata at RCTX) */
 struct resctx {
     struct hcache hc;           /* (its strings: RCTX's user values) */
     const void *conn_mt;        /* RCONN_MT's address, or NULL */
+    const void *mt[4];          /* RMT_RES, _STARTED, _SENT by RS_* (or NULL) */
     size_t n200;                /* RLINE200's bytes (0: too long) */
     char line200[64];
 };
@@ -591,13 +606,55 @@ rtrue(lua_State *L, int t, int k)
 }
 
 
-static void
-not_started(lua_State *L)
+/* Which of Res, ResStarted, ResSent the metatable of the value at idx
+ * is (RS_*; RS_OTHER: another or none) */
+static int
+res_mtstate(lua_State *L, int idx, const struct resctx *ctx)
 {
-    if (rtrue(L, 1, R_STARTED)) {
-        /* as assert(not self.started, "...") */
+    const void *p;
+
+    if (!lua_getmetatable(L, idx)) {
+        return RS_OTHER;
+    }
+    p = lua_topointer(L, -1);
+    lua_pop(L, 1);
+    return p == ctx->mt[RS_RES] ? RS_RES
+           : p == ctx->mt[RS_STARTED] ? RS_STARTED
+           : p == ctx->mt[RS_SENT] ? RS_SENT : RS_OTHER;
+}
+
+
+/* Raises as assert(not self.started, "...") for res (at 1) when it has
+ * started (its own field, else its metatable). Returns 1 when res's
+ * sent state is to go in its metatable (RS_RES without its own field). */
+static int
+not_started(lua_State *L, const struct resctx *ctx)
+{
+    int t = rget(L, 1, R_STARTED), on = lua_toboolean(L, -1), mt = RS_OTHER;
+
+    lua_pop(L, 1);
+    if (t == LUA_TNIL) {
+        mt = res_mtstate(L, 1, ctx);
+        on = mt == RS_STARTED || mt == RS_SENT;
+    }
+    if (on) {
         lua_pushliteral(L, "response already started");
         lua_error(L);
+    }
+    return mt == RS_RES;
+}
+
+
+/* res (at 1) has sent its head: ResSent (swap, see not_started) or the
+ * field _head_sent */
+static void
+head_sent(lua_State *L, int swap)
+{
+    if (swap) {
+        lua_pushvalue(L, RMT_SENT);
+        lua_setmetatable(L, 1);
+    } else {
+        rset_true(L, 1, R_HEAD_SENT);
     }
 }
 
@@ -636,11 +693,12 @@ res_header(lua_State *L)
 
     luaL_checktype(L, 1, LUA_TTABLE);
     if (lua_type(L, 2) != LUA_TSTRING) {
-        not_started(L);
+        (void) not_started(L, lua_touserdata(L, RCTX));
         return luaL_typeerror(L, 2, "string");
     }
     lua_settop(L, 3);
-    if (rget(L, 1, R_STARTED) != LUA_TNIL && lua_toboolean(L, 4)) {
+    if (rget(L, 1, R_STARTED) != LUA_TNIL ? lua_toboolean(L, 4)
+        : res_mtstate(L, 1, lua_touserdata(L, RCTX)) >= RS_STARTED) {
         /* as assert(not self.started, "...") */
         lua_pushliteral(L, "response already started");
         return lua_error(L);
@@ -663,7 +721,7 @@ res_header(lua_State *L)
 
 static int conn_sendresponse(lua_State *L);
 static int res_write(lua_State *L, struct fdp_conn *c, struct headbuf *b,
-                     size_t n1, int set_close);
+                     size_t n1, int set_close, int swap);
 
 
 /* hb_headers' notes (b->conn_close, has_date) without building: for a
@@ -694,15 +752,15 @@ hb_scan(lua_State *L, struct headbuf *b, int idx)
 }
 
 
-/* after sendresponse: (1 res, 2 body, 3 req, ..., ok, err) */
+/* after sendresponse: (1 res, 2 body, 3 req, ..., ok, err); ctx: the
+ * sent state in res's metatable (not_started's 1) */
 static int
 res_send_k(lua_State *L, int status, lua_KContext ctx)
 {
     int ok;
 
     (void) status;
-    (void) ctx;
-    rset_true(L, 1, R_HEAD_SENT);
+    head_sent(L, (int) ctx);
     ok = !lua_isnil(L, -2);
     if (!ok) {
         rset_true(L, 3, R_BROKEN);
@@ -743,21 +801,26 @@ res_send(lua_State *L)
 {
     size_t bn = 0, sn = 0, dn = 0, mn = 0, vn = 0;
     lua_Integer code;
-    int head_only, has_len, set_close, bad = 0;
+    int head_only, has_len, set_close, bad = 0, swap;
     struct fdp_conn *c;
     struct headbuf b;
     struct resctx *ctx = lua_touserdata(L, RCTX);
     const char *sl = NULL, *dl, *cv, *m, *v;
 
     luaL_checktype(L, 1, LUA_TTABLE);
-    not_started(L);
+    swap = not_started(L, ctx);
     if (!lua_toboolean(L, 2)) {         /* body or "" */
         lua_settop(L, 1);
         lua_pushliteral(L, "");
     }
     lua_settop(L, 2);
-    rset_true(L, 1, R_STARTED);
-    rset_true(L, 1, R_FINISHED);
+    if (swap) {
+        lua_pushvalue(L, RMT_STARTED);
+        lua_setmetatable(L, 1);
+    } else {
+        rset_true(L, 1, R_STARTED);
+        rset_true(L, 1, R_FINISHED);
+    }
     if (lua_type(L, 2) != LUA_TSTRING) {
         return luaL_error(L, "attempt to get length of a %s value (local "
                           "'body')", luaL_typename(L, 2));
@@ -886,8 +949,8 @@ res_send(lua_State *L)
         } else {
             lua_pushvalue(L, 2);
         }
-        lua_callk(L, 8, 2, 0, res_send_k);
-        return res_send_k(L, LUA_OK, 0);
+        lua_callk(L, 8, 2, swap, res_send_k);
+        return res_send_k(L, LUA_OK, swap);
     }
     dl = b.has_date ? NULL : date_line(&dn);
     if (head_finish(&b, dl, dn, has_len, (lua_Integer) bn, 0, cv,
@@ -897,7 +960,7 @@ res_send(lua_State *L)
         }
         head_fail(L, &b);
     }
-    return res_write(L, c, &b, head_only ? 0 : bn, set_close);
+    return res_write(L, c, &b, head_only ? 0 : bn, set_close, swap);
 }
 
 
@@ -907,7 +970,7 @@ res_send(lua_State *L)
  * (slot 3) when set_close. */
 static int
 res_write(lua_State *L, struct fdp_conn *c, struct headbuf *b, size_t n1,
-          int set_close)
+          int set_close, int swap)
 {
     const char *body = n1 ? lua_tostring(L, 2) : "";
     ssize_t n = head_write(c, b, body, n1);
@@ -918,7 +981,7 @@ res_write(lua_State *L, struct fdp_conn *c, struct headbuf *b, size_t n1,
         if (set_close) {
             rset_true(L, 3, R_CLOSE);
         }
-        rset_true(L, 1, R_HEAD_SENT);
+        head_sent(L, swap);
         lua_pushboolean(L, 1);
         lua_pushnil(L);
         return 2;
@@ -930,7 +993,7 @@ res_write(lua_State *L, struct fdp_conn *c, struct headbuf *b, size_t n1,
         lua_settop(L, 3);
         lua_pushnil(L);
         lua_pushliteral(L, "closed");
-        return res_send_k(L, LUA_OK, 0);
+        return res_send_k(L, LUA_OK, swap);
     }
     {
         /* the rest through conn:send, which waits (yields) as needed */
@@ -953,43 +1016,55 @@ res_write(lua_State *L, struct fdp_conn *c, struct headbuf *b, size_t n1,
         if (set_close) {
             rset_true(L, 3, R_CLOSE);
         }
-        lua_callk(L, 2, 2, 0, res_send_k);
-        return res_send_k(L, LUA_OK, 0);
+        lua_callk(L, 2, 2, swap, res_send_k);
+        return res_send_k(L, LUA_OK, swap);
     }
 }
 
 
-/* fdpool._httpres(status_lines) -> header, send (http.lua's Res
- * methods, above) */
+/* fdpool._httpres(status_lines [, ResStarted, ResSent, Res]) -> header,
+ * send (http.lua's Res methods, above; without the three metatables
+ * every res gets its sent state as fields) */
 int
 fdp_lhttp_res(lua_State *L)
 {
-    int k, f;
+    int k, f, i;
+    struct resctx *ctx;
+    size_t n;
+    const char *line;
 
     luaL_checktype(L, 1, LUA_TTABLE);
-    lua_settop(L, 1);
+    for (i = 2; i <= 4; i++) {
+        if (!lua_isnoneornil(L, i)) {
+            luaL_checktype(L, i, LUA_TTABLE);
+        }
+    }
+    lua_settop(L, 4);
+    ctx = lua_newuserdatauv(L, sizeof(*ctx), 2 * HCACHE_N);    /* 5 */
+    memset(ctx, 0, sizeof(*ctx));
+    luaL_getmetatable(L, FDP_CONN_MT);                          /* 6 */
+    ctx->conn_mt = lua_topointer(L, 6);
+    lua_geti(L, 1, 200);                                        /* 7 */
+    line = lua_tolstring(L, 7, &n);
+    if (line != NULL && n <= sizeof(ctx->line200)) {
+        memcpy(ctx->line200, line, n);
+        ctx->n200 = n;
+    }
+    ctx->mt[RS_STARTED] = lua_istable(L, 2) ? lua_topointer(L, 2) : NULL;
+    ctx->mt[RS_SENT] = lua_istable(L, 3) ? lua_topointer(L, 3) : NULL;
+    ctx->mt[RS_RES] = ctx->mt[RS_STARTED] && ctx->mt[RS_SENT]
+                      && lua_istable(L, 4) ? lua_topointer(L, 4) : NULL;
     for (f = 0; f < 2; f++) {
         for (k = 1; k < R_END; k++) {
             lua_pushstring(L, reskeys[k - 1]);
         }
         lua_pushvalue(L, 1);
-        lua_geti(L, 1, 200);
-        luaL_getmetatable(L, FDP_CONN_MT);
-        if (f == 0) {
-            lua_pushnil(L);             /* (res:header needs none) */
-        } else {
-            struct resctx *ctx = lua_newuserdatauv(L, sizeof(*ctx),
-                                                   2 * HCACHE_N);
-            size_t n;
-            const char *line = lua_tolstring(L, -3, &n);
-
-            memset(ctx, 0, sizeof(*ctx));
-            ctx->conn_mt = lua_topointer(L, -2);
-            if (line != NULL && n <= sizeof(ctx->line200)) {
-                memcpy(ctx->line200, line, n);
-                ctx->n200 = n;
-            }
-        }
+        lua_pushvalue(L, 7);
+        lua_pushvalue(L, 6);
+        lua_pushvalue(L, 5);
+        lua_pushvalue(L, 2);
+        lua_pushvalue(L, 3);
+        lua_pushvalue(L, 4);
         lua_pushcclosure(L, f == 0 ? res_header : res_send, R_NUPVALUES);
     }
     return 2;
@@ -1218,16 +1293,16 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
         lua_pushlstring(L, h.method, h.method_len);
     }
     setkey(L, keyed, K_METHOD);
-    q = memchr(h.target, '?', h.target_len);
-    keyfirst(L, keyed, K_TARGET);
-    lua_pushlstring(L, h.target, h.target_len);
-    if (!lazy && q == NULL && keyed) {
-        KEY(L, K_PATH);                 /* path: the same string */
-        lua_pushvalue(L, -2);
-        lua_rawset(L, -5);
-    }
-    setkey(L, keyed, K_TARGET);
-    if (!lazy) {
+    if (!lazy) {                /* (else req_index makes target too) */
+        q = memchr(h.target, '?', h.target_len);
+        keyfirst(L, keyed, K_TARGET);
+        lua_pushlstring(L, h.target, h.target_len);
+        if (q == NULL && keyed) {
+            KEY(L, K_PATH);             /* path: the same string */
+            lua_pushvalue(L, -2);
+            lua_rawset(L, -5);
+        }
+        setkey(L, keyed, K_TARGET);
         if (q != NULL || !keyed) {
             keyfirst(L, keyed, K_PATH);
             lua_pushlstring(L, h.target,
@@ -1267,7 +1342,7 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
 /*
  * Req's __index, when fdpool.http installs it (fdpool._httpreq(Req,
  * header_mt)): Req's own methods and fields first; then, for a request
- * whose head httploop kept (req._head), headers, path and query built
+ * whose head httploop kept (req._head), headers, target, path and query built
  * from that head on first use and stored in req as eager parsing would
  * have set them, so a handler that never reads them does not pay for
  * them (a head's headers table is most of a request's work in Lua).
@@ -1297,6 +1372,7 @@ req_index(lua_State *L)
     k = lua_tolstring(L, 2, &kn);
     switch (kn) {
     case 4: which = memcmp(k, "path", 4) == 0 ? 'p' : 0; break;
+    case 6: which = memcmp(k, "target", 6) == 0 ? 't' : 0; break;
     case 5:
         which = memcmp(k, "query", 5) == 0 ? 'q'
                 : memcmp(k, "_opts", 5) == 0 ? 'o' : 0;
@@ -1341,7 +1417,9 @@ req_index(lua_State *L)
         q = memchr(t, ' ', (size_t) (s + n - t));
         tn = q != NULL ? (size_t) (q - t) : 0;
         q = memchr(t, '?', tn);
-        if (which == 'p') {
+        if (which == 't') {
+            lua_pushlstring(L, t, tn);
+        } else if (which == 'p') {
             lua_pushlstring(L, t, q != NULL ? (size_t) (q - t) : tn);
         } else if (q != NULL) {
             lua_pushlstring(L, q + 1, tn - (size_t) (q - t) - 1);
@@ -1713,6 +1791,9 @@ struct httpcfg {
     int lazy;                   /* Req's __index is req_index: parse_head's
                                  * keyed 2 */
     int park;                   /* parking, no access log: park_end */
+    const void *res_mt[2];      /* cfg.res_started, res_sent (or NULL): a
+                                 * res whose metatable is one of them has
+                                 * started and finished (see RS_RES) */
 };
 
 
@@ -1729,15 +1810,30 @@ cfg_num(lua_State *L, const char *k, double dflt)
 }
 
 
+/* The last cfg_params answer, by cfg's address: valid while that cfg
+ * is at S_CFG of a running conn:httploop. Each call of conn:httploop
+ * looks its cfg up afresh (fresh), so a new cfg at a dead one's address
+ * replaces it before any of its continuations could look. Per process,
+ * as date_cache. */
+static struct {
+    const void *cfg;
+    struct httpcfg *p;
+} cfg_last;
+
+
 static struct httpcfg *
-cfg_params(lua_State *L)
+cfg_params(lua_State *L, int fresh)
 {
     struct httpcfg *p;
 
+    if (!fresh && lua_topointer(L, S_CFG) == cfg_last.cfg) {
+        return cfg_last.p;
+    }
+    cfg_last.cfg = lua_topointer(L, S_CFG);
     if (lua_rawgeti(L, S_CFG, C_PARAMS) == LUA_TUSERDATA) {
         p = lua_touserdata(L, -1);
         lua_pop(L, 1);
-        return p;
+        return cfg_last.p = p;
     }
     lua_pop(L, 1);
     p = lua_newuserdatauv(L, sizeof(*p), 0);
@@ -1756,8 +1852,14 @@ cfg_params(lua_State *L)
     p->park = lua_toboolean(L, -1) && p->keepalive_timeout > 0
               && p->keepalive_timeout < 86400;
     lua_pop(L, 1);
+    /* (cfg keeps them alive) */
+    lua_getfield(L, S_CFG, "res_started");
+    p->res_mt[0] = lua_istable(L, -1) ? lua_topointer(L, -1) : NULL;
+    lua_getfield(L, S_CFG, "res_sent");
+    p->res_mt[1] = lua_istable(L, -1) ? lua_topointer(L, -1) : NULL;
+    lua_pop(L, 2);
     lua_rawseti(L, S_CFG, C_PARAMS);
-    return p;
+    return cfg_last.p = p;
 }
 
 
@@ -1818,8 +1920,10 @@ valid_host(const char *v, size_t n)
         }
         i = 0;
     }
+    /* ('.' and '-' before strchr: a name's usual bytes) */
     while (i < n && v[i] != 0 && (is_alnum((unsigned char) v[i])
-                                  || strchr("-._~!$&'()*+,;=%", v[i]) != NULL)) {
+                                  || v[i] == '.' || v[i] == '-'
+                                  || strchr("_~!$&'()*+,;=%", v[i]) != NULL)) {
         i++;
     }
 port:
@@ -2021,6 +2125,25 @@ prepare(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
 }
 
 
+/* res's started or finished field (k) when it has one (raw: a boolean
+ * true), else its metatable's (cfg.res_started, res_sent: true; Res:
+ * its default, false) */
+static int
+res_flag(lua_State *L, const struct httpcfg *cp, int k)
+{
+    int t = kget(L, S_RES, k), r = t == LUA_TBOOLEAN && lua_toboolean(L, -1);
+
+    lua_pop(L, 1);
+    if (t == LUA_TNIL && cp->res_mt[0] != NULL && lua_getmetatable(L, S_RES)) {
+        const void *p = lua_topointer(L, -1);
+
+        r = p == cp->res_mt[0] || p == cp->res_mt[1];
+        lua_pop(L, 1);
+    }
+    return r;
+}
+
+
 /* The request ended the plain way: res finished, no request body, no
  * close, nothing for cfg.after to do (no access log, no parking). */
 static int
@@ -2028,18 +2151,14 @@ plain_end(lua_State *L, const struct fdp_conn *c, const struct httpcfg *cp)
 {
     int r;
 
-    if (!cp->plain) {
-        return 0;
-    }
-    if (kget(L, S_RES, K_FINISHED) != LUA_TBOOLEAN || !lua_toboolean(L, -1)) {
-        lua_pop(L, 1);
+    if (!cp->plain || !res_flag(L, cp, K_FINISHED)) {
         return 0;
     }
     /* req._chunked and _length as prepare set them (c->hbody) */
     kget(L, S_REQ, K_CLOSE);
     kget(L, S_REQ, K_BROKEN);
     r = !lua_toboolean(L, -2) && !lua_toboolean(L, -1) && !c->hbody;
-    lua_pop(L, 3);
+    lua_pop(L, 2);
     return r;
 }
 
@@ -2112,14 +2231,14 @@ may_sleep(lua_State *L, struct fdp_conn *c)
 }
 
 
-/* res.started (raw: missing is Res's default, false) */
+/* res.started (its own, else its metatable's: res_flag) */
 static int
-res_started(lua_State *L)
+res_started(lua_State *L, const struct httpcfg *cp)
 {
-    int r = kget(L, S_RES, K_STARTED) != LUA_TNIL && lua_toboolean(L, -1);
+    int t = kget(L, S_RES, K_STARTED), r = lua_toboolean(L, -1);
 
     lua_pop(L, 1);
-    return r;
+    return t == LUA_TNIL ? res_flag(L, cp, K_STARTED) : r;
 }
 
 
@@ -2128,13 +2247,11 @@ res_started(lua_State *L)
 static void
 httploop_next(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp)
 {
-    lua_settop(L, S_TOP);
-    lua_pushnil(L);
-    lua_replace(L, S_REQ);
-    lua_pushnil(L);
-    lua_replace(L, S_RES);
-    lua_pushnil(L);
-    lua_replace(L, S_LIMIT);            /* was S_OUT0 */
+    /* S_REQ, S_RES and S_LIMIT (was S_OUT0) nil */
+    lua_settop(L, S_SERVED);
+    lua_pushnil(L);                     /* S_REQ */
+    lua_copy(L, S_REQ, S_LIMIT);
+    lua_pushnil(L);                     /* S_RES */
     if (lua_tointeger(L, S_SERVED) == 1) {
         c->timeout = cp->keepalive_timeout;
         c->total = 0;
@@ -2208,15 +2325,17 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         }
         return -5;
     }
-    lua_settop(L, S_TOP);
+    lua_settop(L, S_REQ);               /* res is made at S_RES */
     if (cp->keepalive_requests > 0 && served >= cp->keepalive_requests) {
         KEY(L, K_CLOSE);
         lua_pushboolean(L, 1);
         lua_rawset(L, S_REQ);
     }
     /* res: _conn, _req, _headers (Res holds the defaults of _status,
-     * started, finished; its methods create any other state); room for
-     * the fields sending adds (started, finished, _head_sent, _bytes) */
+     * started, finished; its methods create any other state; res:send
+     * swaps its metatable for the sent state); room for what sending
+     * adds (_bytes) and a handler's own fields (room for 4 only:
+     * more collisions, measured ~+300 instructions a request) */
     lua_createtable(L, 0, 8);
     KEY(L, K_RCONN);
     lua_pushvalue(L, S_CONN);
@@ -2228,8 +2347,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     lua_createtable(L, 0, 2);
     lua_rawset(L, -3);
     lua_rawgeti(L, S_CFG, C_RES);
-    lua_setmetatable(L, -2);
-    lua_replace(L, S_RES);
+    lua_setmetatable(L, S_RES);
     lua_rawgeti(L, S_CFG, C_REQ);
     lua_setmetatable(L, S_REQ);
     return 0;
@@ -2240,7 +2358,7 @@ static int
 httploop_k(lua_State *L, int status, lua_KContext ctx)
 {
     struct fdp_conn *c = lua_touserdata(L, S_CONN);
-    const struct httpcfg *cp = cfg_params(L);
+    const struct httpcfg *cp = cfg_params(L, 0);
     int phase = (int) ctx, r;
 
     for (;;) {
@@ -2265,7 +2383,7 @@ httploop_k(lua_State *L, int status, lua_KContext ctx)
         case PH_REPLY:
             r = status == LUA_OK || status == LUA_YIELD;
             if (phase == PH_HANDLER && r && !lua_isnil(L, S_MSGH + 1)
-                && !res_started(L)) {
+                && !res_started(L, cp)) {
                 /* fn returned status, headers, body: cfg's reply(res,
                  * a, b, c) sends them under the same message handler
                  * (a bad one is the handler's error) and returns a */
@@ -2319,7 +2437,7 @@ conn_httploop(lua_State *L)
 
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, S_CFG);
-    head = cfg_params(L)->head_timeout;
+    head = cfg_params(L, 1)->head_timeout;
     lua_pushnil(L);                     /* S_LIMIT */
     lua_pushinteger(L, 0);              /* S_SERVED */
     lua_pushnil(L);                     /* S_REQ */

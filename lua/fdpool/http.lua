@@ -136,6 +136,15 @@ Res.__index = Res
 -- A res conn:httploop makes holds only _conn, _req and _headers: these
 -- defaults stand for its other fields until a method sets them.
 Res._status, Res.started, Res.finished = 200, false, false
+-- res:send's sent state, for a res whose metatable is Res and that has
+-- no started field of its own (as conn:httploop makes them): the
+-- metatable swapped for ResStarted (started, finished), then, once the
+-- head is out, ResSent (and _head_sent), instead of 3 new fields per
+-- response; both fall back to Res. Any other res gets the fields.
+local ResStarted = setmetatable({ started = true, finished = true }, Res)
+ResStarted.__index = ResStarted
+local ResSent = setmetatable({ started = true, finished = true, _head_sent = true }, Res)
+ResSent.__index = ResSent
 
 --- Set the status code (before anything is sent).
 function Res:status(code)
@@ -243,7 +252,12 @@ local function send_head(self, length, chunked, body)
   local connection = req._close and "close" or (req.version == "1.0" and "keep-alive") or nil
   local ok, err = self._conn:sendresponse(status_lines[code], h,
     not key_of(h, "date") and date_line() or nil, length, chunked, connection, body)
-  self._head_sent = true  -- (sendresponse raises on a bad header: not sent)
+  -- (sendresponse raises on a bad header: not sent)
+  if getmetatable(self) == ResStarted then
+    setmetatable(self, ResSent)
+  else
+    self._head_sent = true
+  end
   if not ok then req._broken = true end
   return ok, err
 end
@@ -252,8 +266,12 @@ end
 function Res:send(body)
   assert(not self.started, "response already started")
   body = body or ""
-  self.started = true
-  self.finished = true
+  if rawget(self, "started") == nil and getmetatable(self) == Res then
+    setmetatable(self, ResStarted)
+  else
+    self.started = true
+    self.finished = true
+  end
   local head_only = no_body(self)
   if not head_only then self._bytes = #body end
   local ok, err = send_head(self, #body, false, not head_only and body or nil)
@@ -265,12 +283,12 @@ end
 -- request). The Lua ones stay as their reference (M._lua_res).
 M._lua_res = { header = Res.header, send = Res.send }
 if fdpool._httpres then
-  Res.header, Res.send = fdpool._httpres(status_lines)
+  Res.header, Res.send = fdpool._httpres(status_lines, ResStarted, ResSent, Res)
 end
 M._c_res = { header = Res.header, send = Res.send }
 
 -- A request read by conn:httploop keeps its head (req._head) and gets
--- headers, path and query only when first read: Req's __index in C
+-- headers, target, path and query only when first read: Req's __index in C
 -- (src/lhttp.c req_index) builds them as prepare and readrequest would
 -- have (the same table, case-folding metatable included) and stores
 -- them in req. Methods and fields of Req come first, as with
@@ -804,7 +822,8 @@ function M.serve(fn, options)
     max_body = opts.max_upload or opts.max_body,   -- the framing check (prepare)
     keepalive_requests = opts.keepalive_requests, plain = not log and not park,
     park = park and not log,      -- parking without Lua: lhttp.c's park_end
-    lazy = lazy_req }             -- req.headers, path, query on first use
+    res_started = ResStarted, res_sent = ResSent, -- res's sent state (Res:send)
+    lazy = lazy_req }             -- req.headers, target, path, query on first use
   local handler = function(conn)
     if conn.httploop then
       local kind, a, b, c = conn:httploop(cfg)

@@ -1,0 +1,141 @@
+-- tests/78-res-state_spec.lua: res:send keeps a res's sent state in its
+-- metatable (Res -> ResStarted -> ResSent, lua/fdpool/http.lua) instead
+-- of three new fields, for the res conn:httploop makes; any other res
+-- gets the fields. What a handler sees must not change: res.started and
+-- res.finished before and after res:send, the errors of a second send or
+-- a header after it, its own fields on res, a method added to res's
+-- metatable, a send refused for a bad header (started, head not sent:
+-- a raise then still gets a 500), a raise after a send (no second
+-- answer). The same handler runs in the real pool (C loop, the swap) and
+-- on fdpool.testing's in-memory conn (Lua loop, fields): equal answers.
+local testing = require "fdpool.testing"
+local H = require "helpers"
+
+local APP = [=[
+local http = require "fdpool.http"
+
+local function state(res)
+  return ("started=%s finished=%s head_sent=%s"):format(tostring(res.started),
+    tostring(res.finished), tostring(res._head_sent))
+end
+
+local last = "none"
+return http.serve(function(req, res)
+  local p = req.path
+  if p == "/state" then
+    local before = state(res)
+    res.mine = "own"                          -- the handler's own field
+    res:header("Content-Type", "text/plain")
+    local ok = res:send("x")
+    local r1 = table.pack(pcall(res.send, res, "again"))
+    local r2 = table.pack(pcall(res.header, res, "X-Late", "1"))
+    local r3 = table.pack(pcall(res.status, res, 500))
+    res.after = "set after"
+    last = table.concat({ "before: " .. before, "after: " .. state(res),
+      "ok=" .. tostring(ok), "mine=" .. tostring(res.mine),
+      "after=" .. tostring(res.after),
+      "send again: " .. tostring(r1[1]) .. " " .. tostring(r1[2]):gsub("^[^:]*:%d+: ", ""),
+      "header after: " .. tostring(r2[1]) .. " " .. tostring(r2[2]):gsub("^[^:]*:%d+: ", ""),
+      "status after: " .. tostring(r3[1]) .. " " .. tostring(r3[2]):gsub("^[^:]*:%d+: ", ""),
+      "method after: " .. tostring(res.probe and res:probe()),
+    }, "\n")
+  elseif p == "/addmethod" then
+    -- a method added to the metatable res has before its send
+    getmetatable(res).__index.probe = function() return "probe" end
+    res:send("added\n")
+  elseif p == "/badheader" then
+    res:header("X-Bad", "a\nb")
+    local ok, err = pcall(res.send, res, "never")
+    last = "bad send: " .. tostring(ok) .. " " .. tostring(err):gsub("^[^:]*:%d+: ", "")
+      .. "\n" .. state(res)
+    error("raised after a refused send")
+  elseif p == "/raiseafter" then
+    res:send("sent\n")
+    error("raised after the response")
+  elseif p == "/returned" then
+    local ok = res:status(201):send("first\n")
+    last = "returned: " .. state(res) .. " ok=" .. tostring(ok)
+    return 404, {}, "ignored\n"                   -- started: not sent
+  elseif p == "/last" then
+    return 200, { ["Content-Type"] = "text/plain" }, last .. "\n"
+  else
+    res:send(state(res) .. "\n")
+  end
+end)
+]=]
+
+describe("res's sent state", function()
+  local dir, app, pool
+
+  setup(function()
+    dir = H.tmpdir()
+    local path = H.writefile(dir .. "/app.lua", APP)
+    app = dofile(path)
+    pool = assert(testing.start{ script = path, workers = 1, pool = H.POOL })
+  end)
+
+  teardown(function()
+    if pool then pool:stop() end
+  end)
+
+  local function req(path, close)
+    return ("GET %s HTTP/1.1\r\nHost: h\r\n%s\r\n"):format(path,
+      close and "Connection: close\r\n" or "")
+  end
+
+  -- Both answers (in-memory Lua loop, real pool) to bytes, Date lines
+  -- removed; the in-memory run first, each on its own app state.
+  local function both(bytes)
+    local mem = testing.run(app, { input = bytes }):gsub("Date: [^\r\n]*\r\n", "")
+    local real = assert(pool:request(bytes)):gsub("Date: [^\r\n]*\r\n", "")
+    return mem, real
+  end
+
+  it("reads as documented before and after res:send, with the handler's own fields", function()
+    -- (the method added on an earlier request of the same process)
+    local bytes = req("/addmethod") .. req("/state") .. req("/last", true)
+    local mem, real = both(bytes)
+    assert.equal(mem, real)
+    assert.matches("before: started=false finished=false head_sent=nil\n"
+      .. "after: started=true finished=true head_sent=true\nok=true\n"
+      .. "mine=own\nafter=set after\n"
+      .. "send again: false response already started\n"
+      .. "header after: false response already started\n"
+      .. "status after: false response already started\n"
+      .. "method after: probe\n", real, 1, true)
+  end)
+
+  it("is the same for every keep-alive request on a connection", function()
+    local bytes = req("/") .. req("/") .. req("/", true)
+    local mem, real = both(bytes)
+    assert.equal(mem, real)
+    local n = 0
+    for _ in real:gmatch("started=false finished=false head_sent=nil\n") do n = n + 1 end
+    assert.equal(3, n)
+  end)
+
+  it("after a send refused for a bad header: started, head not sent, 500 on a raise", function()
+    local mem, real = both(req("/badheader"))
+    assert.equal(mem, real)
+    assert.matches("^HTTP/1.1 500 ", real)
+    local _, last = both(req("/last", true))
+    assert.matches("bad send: false invalid response header 'X-Bad'", last, 1, true)
+    assert.matches("\nstarted=true finished=true head_sent=nil\n", last, 1, true)
+  end)
+
+  it("a raise after the response sent: no second answer", function()
+    local mem, real = both(req("/raiseafter") .. req("/", true))
+    assert.equal(mem, real)
+    assert.equal("sent\n", real:match("\r\n\r\n(.*)$"))
+    local n = select(2, real:gsub("HTTP/1.1 ", ""))
+    assert.equal(1, n)
+  end)
+
+  it("values returned after the handler sent are not sent", function()
+    local mem, real = both(req("/returned") .. req("/last", true))
+    assert.equal(mem, real)
+    assert.matches("^HTTP/1.1 201 ", real)
+    assert.matches("returned: started=true finished=true head_sent=true ok=true", real, 1, true)
+    assert.is_nil(real:find("ignored", 1, true))
+  end)
+end)
