@@ -1,4 +1,4 @@
--- tests/78-res-state_spec.lua: res:send keeps a res's sent state in its
+-- tests/79-res-state_spec.lua: res:send keeps a res's sent state in its
 -- metatable (Res -> ResStarted -> ResSent, lua/fdpool/http.lua) instead
 -- of three new fields, for the res conn:httploop makes; any other res
 -- gets the fields. What a handler sees must not change: res.started and
