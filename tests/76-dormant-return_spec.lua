@@ -35,17 +35,7 @@ local function start(ka)
 end
 
 -- BALLAST connections, each served once and then idle (dormant).
-local function ballast(p)
-  local fds = {}
-  for i = 1, BALLAST do
-    fds[i] = assert(fdpool.connect(p.addr, 10))
-    assert(fds[i]:write(get("/b", i)))
-    assert.equal("/b " .. i .. "\n", select(3, response(fds[i])))
-  end
-  H.wait_status(p, function(st) return H.sum_workers(st, "active") >= BALLAST end, 10,
-    "the ballast held by the worker")
-  return fds
-end
+local function ballast(p) return H.ballast(p, BALLAST) end
 
 local function close_all(fds) for _, fd in ipairs(fds) do fd:close() end end
 

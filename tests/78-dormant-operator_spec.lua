@@ -57,17 +57,7 @@ local function start(extra, access_log)
 end
 
 -- BALLAST connections, each served once and then idle (dormant).
-local function ballast(p)
-  local fds = {}
-  for i = 1, BALLAST do
-    fds[i] = assert(fdpool.connect(p.addr, 10))
-    assert(fds[i]:write(get("/b", i)))
-    assert.equal("/b " .. i .. "\n", select(3, response(fds[i])))
-  end
-  H.wait_status(p, function(st) return H.sum_workers(st, "active") >= BALLAST end, 10,
-    "the ballast held by the worker")
-  return fds
-end
+local function ballast(p) return H.ballast(p, BALLAST) end
 
 -- Another request on every ballast connection, all sent first.
 local function again(fds, path)

@@ -494,6 +494,24 @@ function H.read_response(fd)
   return status, h, body
 end
 
+-- n connections to pool p, each served once ("GET /b" with X-N: i,
+-- answered "/b i") and then left idle: the dormant specs' ballast, held
+-- by the worker when this returns. Returns their fds.
+function H.ballast(p, n)
+  local fds = {}
+  for i = 1, n do
+    fds[i] = assert(fdpool.connect(p.addr, 10))
+    assert(fds[i]:write(H.get_n("/b", i)))
+    local body = select(3, H.read_response(fds[i]))
+    if body ~= "/b " .. i .. "\n" then
+      error(("ballast connection %d: expected \"/b %d\\n\", got %q"):format(i, i, tostring(body)), 2)
+    end
+  end
+  H.wait_status(p, function(st) return H.sum_workers(st, "active") >= n end, 10,
+    "the ballast held by the worker")
+  return fds
+end
+
 function H.raw_client(addr, timeout)
   return setmetatable({ fd = assert(fdpool.connect(addr, timeout or 10)), buf = "" },
                       RawClient)
