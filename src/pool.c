@@ -348,6 +348,10 @@ worker_alloc_tables(struct fdp_worker *w, int capacity)
  * several pools, the caller stays SCHED_BATCH until the last pool that
  * made it so has stopped (sched_refs).
  */
+static int sig_refs;            /* running pools that blocked the
+                                 * signals (setup_signals) */
+static sigset_t sig_oldmask;    /* the mask from before the first */
+static unsigned sigchld_gen;    /* SIGCHLDs read by any pool */
 static int sched_refs;          /* running pools of this process that
                                  * made it SCHED_BATCH (fdpool.pool{} can
                                  * run several in one program) */
@@ -1834,6 +1838,7 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         }
         switch (si.ssi_signo) {
         case SIGCHLD:
+            p->sigchld_seen = ++sigchld_gen;
             reap(p);
             fdp_upgrade_poll(p);
             break;
@@ -2252,6 +2257,24 @@ raise_nofile(struct fdp_pool *p)
 }
 
 
+/*
+ * Several pools may run in one Lua program (fdpool.pool{}): the first to
+ * start blocks the signals and saves the mask, the last to finish gives
+ * it back (sig_refs), so a pool that stops first does not unblock the
+ * others' SIGCHLD and SIGTERM. SIGCHLD is not queued: whichever pool's
+ * signalfd reads it counts it in sigchld_gen, and the others reap on
+ * their next turn (at the latest the tick).
+ */
+static void
+release_signals(struct fdp_pool *p)
+{
+    (void) p;
+    if (sig_refs > 0 && --sig_refs == 0) {
+        (void) sigprocmask(SIG_SETMASK, &sig_oldmask, NULL);
+    }
+}
+
+
 static int
 setup_signals(struct fdp_pool *p)
 {
@@ -2267,14 +2290,17 @@ setup_signals(struct fdp_pool *p)
     sigaddset(&set, SIGTTOU);
     sigaddset(&set, SIGUSR1);
     sigaddset(&set, SIGUSR2);
-    if (sigprocmask(SIG_BLOCK, &set, &p->oldmask) < 0) {
+    if (sig_refs == 0 && sigprocmask(SIG_BLOCK, &set, &sig_oldmask) < 0) {
         return -errno;
     }
+    sig_refs++;
+    p->oldmask = sig_oldmask;
+    p->sigchld_seen = sigchld_gen;
     p->sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
     if (p->sigfd < 0) {
         int r = -errno;
 
-        (void) sigprocmask(SIG_SETMASK, &p->oldmask, NULL);
+        release_signals(p);
         return r;
     }
     p->sigio.fd = p->sigfd;
@@ -2434,7 +2460,7 @@ fail:
     fdp_upgrade_abandon(p, p->error);
     if (p->sigfd >= 0) {
         fdp_close(&p->sigfd);
-        (void) sigprocmask(SIG_SETMASK, &p->oldmask, NULL);
+        release_signals(p);
     }
     service_close(p, 1);
     fdp_policy_close(p);
@@ -2600,7 +2626,7 @@ pool_finish(struct fdp_pool *p)
     service_close(p, 1);
     fdp_policy_close(p);
     fdp_close(&p->sigfd);
-    (void) sigprocmask(SIG_SETMASK, &p->oldmask, NULL);
+    release_signals(p);
     fdp_loop_free(&p->loop);
     fdp_log(p->failed ? FDP_LOG_ERROR : FDP_LOG_INFO, 0, "pool stopped%s%s",
             p->failed ? ": " : "", p->failed ? p->error : "");
@@ -2683,8 +2709,10 @@ fdp_pool_step(struct fdp_pool *p, int timeout_ms)
              * the next tick. */
             (void) ondemand_grow(p, fdp_now_ms());
         }
-        if (p->stopping && p->nalive > 0) {
+        if ((p->stopping && p->nalive > 0) || p->sigchld_seen != sigchld_gen) {
+            p->sigchld_seen = sigchld_gen;  /* (another pool read it) */
             reap(p);
+            fdp_upgrade_poll(p);
         }
         if (p->upgrade_state == FDP_UP_READY) {
             upgrade_handover(p);

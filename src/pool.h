@@ -233,7 +233,9 @@ struct fdp_pool {
     struct fdp_loop loop;
     int sigfd;
     struct fdp_io sigio;
-    sigset_t oldmask;
+    sigset_t oldmask;               /* the process's mask before any
+                                     * running pool blocked its signals */
+    unsigned sigchld_seen;          /* pool.c's sigchld_gen, reaped at */
     struct fdp_timer tick;
 
     int nlisten;

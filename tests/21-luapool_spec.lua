@@ -195,6 +195,22 @@ describe("fdpool.pool{} from a Lua program", function()
     end
   end)
 
+  it("two pools in one program: the one that stops first leaves the other its signals (a killed worker replaced, SIGTERM a stop, not a kill)", function()
+    local d = start_driver("two_signals")
+    local pids = {}
+    finally(function() d:cleanup(pids) end)
+    local first = d:wait_line("a-stopped")[1]
+    pids[1] = first
+    assert(H.run("kill -KILL " .. first))
+    local new = d:wait_line("b-replaced", 10)[1]
+    pids[2] = new
+    assert.are_not.equal(first, new)
+    assert(H.run("kill -TERM " .. d.pid))
+    d:wait_line("b-stopped", 10)
+    assert.equals(0, d:wait_exit())
+    assert.is_false(H.alive(tonumber(new)))
+  end)
+
   it("uses a policy function from the program, run in its own process", function()
     local d = start_driver("policy_last")
     local pids = {}
