@@ -228,6 +228,12 @@ local function date_line()
   return date_line_cache
 end
 
+-- true once the worker was told to stop (false outside a worker)
+local function exiting()
+  local w = fdpool.worker
+  return w ~= nil and w.exiting ~= nil and w.exiting()
+end
+
 -- Write the status line and headers (built in C by conn:sendresponse)
 -- followed by body (may be nil). length: a Content-Length, or nil.
 local function send_head(self, length, chunked, body)
@@ -245,6 +251,14 @@ local function send_head(self, length, chunked, body)
   end
   if not chunked and not length and code ~= 204 and code ~= 304 and code >= 200 then
     req._close = true  -- close-delimited body
+  end
+  -- A body past max_body (max_upload let it in) neither read nor
+  -- streamed: drain will not read it, the connection closes; and a
+  -- worker told to stop (graceful stop, reload) sends its last response.
+  local len, opts = req._length, req._opts
+  if not req._close and ((not req._body and not req._streamed and len and len > 0
+      and opts and len > opts.max_body) or exiting()) then
+    req._close = true
   end
   if not length or chunked or code == 204 or code == 304 or code < 200 then
     length = nil
