@@ -464,11 +464,18 @@ local function access_logger(dest)
     if dest == "-" or dest == true then
       f = io.stderr
     else
-      -- read too (a+): a line cut short by a full disk is found at the
-      -- file's end, and the next line starts on a line of its own
-      f = io.open(dest, "a+")
-      seekable = f ~= nil
-      f = f or assert(io.open(dest, "a"))
+      f = assert(io.open(dest, "a"))
+      -- A file (seekable: not a pipe, whose read end this worker must
+      -- not hold) is opened for reading too (a+): a line cut short by a
+      -- full disk is found at its end, and the next line starts on a
+      -- line of its own. One that may only be appended to stays "a".
+      if f:seek("end") then
+        local rw = io.open(dest, "a+")
+        if rw then
+          f:close()
+          f, seekable = rw, true
+        end
+      end
       -- unbuffered, one write(2) per line: a line-buffered stream's
       -- failed flush is not reported by the write that caused it (glibc)
       f:setvbuf("no")
