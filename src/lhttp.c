@@ -11,6 +11,7 @@
 #include "laux.h"
 #include "lconn.h"
 #include "lhttp.h"
+#include "lthread.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -752,6 +753,36 @@ hb_scan(lua_State *L, struct headbuf *b, int idx)
 }
 
 
+/* Whether req (slot 3) has a body the connection cannot go on after:
+ * a Content-Length past max_body (max_upload let it in, for
+ * req:body_reader) that the handler neither read (_body) nor streamed
+ * (_streamed): http.lua's drain will not read it, so the connection
+ * closes after the response, which must say so. */
+static int
+body_undrainable(lua_State *L)
+{
+    lua_Integer len;
+    int r = 0;
+
+    if (rtrue(L, 3, R_BODY)) {
+        return 0;
+    }
+    rget(L, 3, R_LENGTH);
+    len = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (len <= 0) {
+        return 0;
+    }
+    if (lua_getfield(L, 3, "_streamed") == LUA_TNIL
+        && lua_getfield(L, 3, "_opts") == LUA_TTABLE
+        && lua_getfield(L, -1, "max_body") == LUA_TNUMBER) {
+        r = (lua_Number) len > lua_tonumber(L, -1);
+    }
+    lua_settop(L, 10);
+    return r;
+}
+
+
 /* after sendresponse: (1 res, 2 body, 3 req, ..., ok, err); ctx: the
  * sent state in res's metatable (not_started's 1) */
 static int
@@ -899,6 +930,14 @@ res_send(lua_State *L)
             set_close = 1;
         }
         lua_pop(L, 1);
+    }
+    /* The worker was told to stop (a graceful stop, a reload): this
+     * response is the connection's last. A body past max_body left
+     * unread: not drained, the connection closes. (c->hbody: the conn
+     * loop's request has a body; a test conn (c NULL) always looks.) */
+    if (!set_close && !lua_toboolean(L, 9) && (fdp_lthread_stopping
+                       || ((c == NULL || c->hbody) && body_undrainable(L)))) {
+        set_close = 1;
     }
     if (set_close || lua_toboolean(L, 9) || rtrue(L, 3, R_BROKEN)) {
         cv = "close";                   /* (_broken: a body read in part) */

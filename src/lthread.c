@@ -846,6 +846,8 @@ sema_count(lua_State *L)
 
 /* ---- the stop notice --------------------------------------------------- */
 
+int fdp_lthread_stopping;
+
 int
 fdp_lthread_exiting(lua_State *L)
 {
@@ -901,6 +903,7 @@ fdp_lthread_stop(lua_State *L)
         return;
     }
     st->exiting = 1;
+    fdp_lthread_stopping = 1;
     /* Timers stop firing: wake the ones between runs (they see exiting
      * and end); a callback that runs now finishes. */
     for (t = s->tasks; t != NULL; t = t->next) {

@@ -13,6 +13,9 @@ void fdp_lthread_open(lua_State *L);
 /* The worker was told to stop: exiting() turns true, timers stop firing,
  * the on_stop callbacks start (each in a task of its own). */
 void fdp_lthread_stop(lua_State *L);
+/* 1 once this process's worker was told to stop (fdp_lthread_stop): a
+ * response sent from then on says Connection: close (src/lhttp.c) */
+extern int fdp_lthread_stopping;
 /* on_stop callbacks still running (the worker waits for them, within
  * its grace). */
 int fdp_lthread_holding(lua_State *L);

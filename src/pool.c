@@ -352,6 +352,13 @@ static int sig_refs;            /* running pools that blocked the
                                  * signals (setup_signals) */
 static sigset_t sig_oldmask;    /* the mask from before the first */
 static unsigned sigchld_gen;    /* SIGCHLDs read by any pool */
+/* The program's signals, read by any pool: TERM/INT, QUIT, HUP, USR1
+ * (psig_follow), and the last one of each (its name in the others' log) */
+enum { PSIG_STOP, PSIG_QUIT, PSIG_HUP, PSIG_USR1, PSIG_N };
+static unsigned psig_gen[PSIG_N];
+static int psig_signo[PSIG_N];
+_Static_assert(sizeof(((struct fdp_pool *) 0)->psig_seen) == sizeof(psig_gen),
+               "pool.h's psig_seen: one per PSIG_*");
 static int sched_refs;          /* running pools of this process that
                                  * made it SCHED_BATCH (fdpool.pool{} can
                                  * run several in one program) */
@@ -1821,6 +1828,63 @@ reap(struct fdp_pool *p)
 }
 
 
+/*
+ * Several pools in one Lua program (fdpool.pool{}) share the process's
+ * signals, and a signal is read by one signalfd only: whichever pool's.
+ * A stop (TERM, INT), graceful stop (QUIT), reload (HUP) or log reopen
+ * (USR1) is the program's: the pool that reads it counts it in psig_gen
+ * and acts, and every other running pool acts on it at its next step
+ * (psig_follow): all of the program's pools stop, reload, or have their
+ * workers reopen the log. (TTIN, TTOU and USR2 stay with the pool that
+ * reads them: pool:scale() and pool:upgrade() name their pool.)
+ */
+static void
+psig_read(struct fdp_pool *p, int k, int signo)
+{
+    p->psig_seen[k] = ++psig_gen[k];
+    psig_signo[k] = signo;
+}
+
+
+static void
+psig_follow(struct fdp_pool *p)
+{
+    int i;
+
+    if (p->psig_seen[PSIG_QUIT] != psig_gen[PSIG_QUIT]) {
+        p->psig_seen[PSIG_QUIT] = psig_gen[PSIG_QUIT];
+        fdp_log(FDP_LOG_INFO, 0, "SIGQUIT (read by another pool of this "
+                "program): stopping gracefully");
+        fdp_pool_stop(p, 1);
+    }
+    if (p->psig_seen[PSIG_STOP] != psig_gen[PSIG_STOP]) {
+        p->psig_seen[PSIG_STOP] = psig_gen[PSIG_STOP];
+        fdp_log(FDP_LOG_INFO, 0, "%s (read by another pool of this program):"
+                " stopping", fdp_signame(psig_signo[PSIG_STOP]));
+        fdp_pool_stop(p, 0);
+    }
+    if (p->psig_seen[PSIG_HUP] != psig_gen[PSIG_HUP]) {
+        p->psig_seen[PSIG_HUP] = psig_gen[PSIG_HUP];
+        if (p->running && !p->stopping) {
+            fdp_log(FDP_LOG_INFO, 0, "SIGHUP (read by another pool of this "
+                    "program): reloading");
+            if (fdp_pool_reload(p) < 0) {
+                fdp_log(FDP_LOG_ERROR, 0, "%s", p->error);
+                p->error[0] = '\0';
+            }
+        }
+    }
+    if (p->psig_seen[PSIG_USR1] != psig_gen[PSIG_USR1]) {
+        /* the log itself is the process's, reopened by the pool that
+         * read the signal: the workers reopen theirs */
+        p->psig_seen[PSIG_USR1] = psig_gen[PSIG_USR1];
+        for (i = 0; i < FDP_SLOTS; i++) {
+            worker_kill(&p->workers[i], SIGUSR1);
+        }
+    }
+}
+
+
 static void
 signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 {
@@ -1851,14 +1915,17 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             break;
         case SIGTERM:
         case SIGINT:
+            psig_read(p, PSIG_STOP, (int) si.ssi_signo);
             fdp_log(FDP_LOG_INFO, 0, "%s: stopping", fdp_signame((int) si.ssi_signo));
             fdp_pool_stop(p, 0);
             break;
         case SIGQUIT:
+            psig_read(p, PSIG_QUIT, SIGQUIT);
             fdp_log(FDP_LOG_INFO, 0, "SIGQUIT: stopping gracefully");
             fdp_pool_stop(p, 1);
             break;
         case SIGHUP:
+            psig_read(p, PSIG_HUP, SIGHUP);
             fdp_log(FDP_LOG_INFO, 0, "SIGHUP: reloading");
             if (fdp_pool_reload(p) < 0) {
                 fdp_log(FDP_LOG_ERROR, 0, "%s", p->error);
@@ -1888,6 +1955,7 @@ signal_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             }
             break;
         case SIGUSR1:
+            psig_read(p, PSIG_USR1, SIGUSR1);
             r = fdp_log_reopen();
             if (r < 0) {
                 fdp_log(FDP_LOG_WARN, -r, "SIGUSR1: cannot reopen the log "
@@ -2296,6 +2364,7 @@ setup_signals(struct fdp_pool *p)
     sig_refs++;
     p->oldmask = sig_oldmask;
     p->sigchld_seen = sigchld_gen;
+    memcpy(p->psig_seen, psig_gen, sizeof(p->psig_seen));
     p->sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
     if (p->sigfd < 0) {
         int r = -errno;
@@ -2674,6 +2743,7 @@ fdp_pool_step(struct fdp_pool *p, int timeout_ms)
     if (!p->running) {
         return 0;
     }
+    psig_follow(p);                     /* (another pool read them) */
     if (!(p->stopping && p->nalive == 0)) {
         /* Strict prefork: the PARKs in the workers' pages first; then
          * the master says it waits, and looks once more (a worker that
@@ -2709,6 +2779,7 @@ fdp_pool_step(struct fdp_pool *p, int timeout_ms)
              * the next tick. */
             (void) ondemand_grow(p, fdp_now_ms());
         }
+        psig_follow(p);
         if ((p->stopping && p->nalive > 0) || p->sigchld_seen != sigchld_gen) {
             p->sigchld_seen = sigchld_gen;  /* (another pool read it) */
             reap(p);

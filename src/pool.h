@@ -236,6 +236,9 @@ struct fdp_pool {
     sigset_t oldmask;               /* the process's mask before any
                                      * running pool blocked its signals */
     unsigned sigchld_seen;          /* pool.c's sigchld_gen, reaped at */
+    unsigned psig_seen[4];          /* pool.c's psig_gen (the program's
+                                     * stop, graceful stop, reload and
+                                     * log reopen signals), acted on at */
     struct fdp_timer tick;
 
     int nlisten;

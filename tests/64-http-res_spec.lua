@@ -86,6 +86,16 @@ local CASES = {
   { "100-continue, body read", { _expect_continue = true, _length = 5, _body = "abcde" },
     { { "send", "x" } } },
   { "100-continue, chunked", { _expect_continue = true, _chunked = true }, { { "send", "x" } } },
+  -- a Content-Length past max_body (max_upload let it in), not read:
+  -- drain will not read it, the reply says close (tests/82)
+  { "a body past max_body, not read", { _length = 500, _opts = { max_body = 10 } },
+    { { "send", "x" } } },
+  { "a body past max_body, read", { _length = 500, _opts = { max_body = 10 }, _body = "b" },
+    { { "send", "x" } } },
+  { "a body past max_body, streamed", { _length = 500, _opts = { max_body = 10 },
+    _streamed = "done" }, { { "send", "x" } } },
+  { "a body under max_body, not read", { _length = 5, _opts = { max_body = 10 } },
+    { { "send", "x" } } },
   { "send twice", nil, { { "send", "a" }, { "send", "b" } } },
   { "header after send", nil, { { "send", "a" }, { "header", "X", "y" } } },
   { "a 999 status", nil, { { "status", 999 }, { "send", "a" } } },

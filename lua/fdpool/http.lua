@@ -228,6 +228,12 @@ local function date_line()
   return date_line_cache
 end
 
+-- true once the worker was told to stop (false outside a worker)
+local function exiting()
+  local w = fdpool.worker
+  return w ~= nil and w.exiting ~= nil and w.exiting()
+end
+
 -- Write the status line and headers (built in C by conn:sendresponse)
 -- followed by body (may be nil). length: a Content-Length, or nil.
 local function send_head(self, length, chunked, body)
@@ -245,6 +251,14 @@ local function send_head(self, length, chunked, body)
   end
   if not chunked and not length and code ~= 204 and code ~= 304 and code >= 200 then
     req._close = true  -- close-delimited body
+  end
+  -- A body past max_body (max_upload let it in) neither read nor
+  -- streamed: drain will not read it, the connection closes; and a
+  -- worker told to stop (graceful stop, reload) sends its last response.
+  local len, opts = req._length, req._opts
+  if not req._close and ((not req._body and not req._streamed and len and len > 0
+      and opts and len > opts.max_body) or exiting()) then
+    req._close = true
   end
   if not length or chunked or code == 204 or code == 304 or code < 200 then
     length = nil
@@ -400,53 +414,101 @@ end
 
 -- ---- access log ----------------------------------------------------------
 
+-- Lines an access log could not take, reported in the pool's log: at
+-- the first failure, then at most once a minute with the count dropped
+-- since, and once when lines go through again. what: "access log PATH"
+-- or "access log function". Returns failed(err), worked(), and whether
+-- lines are being dropped.
+local function drop_reporter(what)
+  local dropped, told, since = 0, nil, 0
+  local function failed(err)
+    dropped, since = dropped + 1, since + 1
+    local now = os.time()
+    if not told or now - told >= 60 then
+      fdpool.log("error", ("%s: %s; %d line(s) dropped%s"):format(what,
+        (tostring(err):gsub("\n%s*", " | ")), since, told and " in the last minute" or ""))
+      told, since = now, 0
+    end
+  end
+  local function worked()
+    fdpool.log("warn", ("%s: writing again, %d line(s) dropped"):format(what, dropped))
+    dropped, told, since = 0, nil, 0
+  end
+  return failed, worked, function() return dropped > 0 end
+end
+
+-- Whether the file f (open for reading, appending) ends inside a line: a
+-- write cut short by a full disk (or a crash) left part of one there.
+local function ends_torn(f)
+  local size = f:seek("end")
+  if not size or size == 0 or not f:seek("end", -1) then return false end
+  local last = f:read(1)
+  f:seek("end")
+  return last ~= nil and last ~= "\n"
+end
+
 -- A function(req, res) writing one combined-format line per request.
+-- Nothing it meets raises into the connection loop: a line that cannot
+-- be written, or a handler's own function that raises, drops that line
+-- (drop_reporter says so) and the request is answered as ever.
 local function access_logger(dest)
-  local out
+  local out, failed, worked, dropping
   if type(dest) == "function" then
-    out = dest
+    failed, worked, dropping = drop_reporter("access log function")
+    out = function(line)
+      dest(line)
+      if dropping() then worked() end
+    end
   else
-    local f
+    local f, seekable
     if dest == "-" or dest == true then
       f = io.stderr
     else
       f = assert(io.open(dest, "a"))
+      -- A file (seekable: not a pipe, whose read end this worker must
+      -- not hold) is opened for reading too (a+): a line cut short by a
+      -- full disk is found at its end, and the next line starts on a
+      -- line of its own. One that may only be appended to stays "a".
+      if f:seek("end") then
+        local rw = io.open(dest, "a+")
+        if rw then
+          f:close()
+          f, seekable = rw, true
+        end
+      end
       -- unbuffered, one write(2) per line: a line-buffered stream's
       -- failed flush is not reported by the write that caused it (glibc)
       f:setvbuf("no")
     end
-    -- A write that fails (a full disk: ENOSPC) drops its line, and says
-    -- so in the pool's log: at the first failure, then at most once a
-    -- minute with the count dropped since, and once when writes work
-    -- again. The request is answered either way.
     local name = (dest == "-" or dest == true) and "stderr" or dest
-    local dropped, told, since = 0, nil, 0
+    failed, worked, dropping = drop_reporter("access log " .. name)
+    -- A write that fails (a full disk: ENOSPC) drops its line; one cut
+    -- short leaves part of it, which the next line written ends first.
+    local torn = seekable and ends_torn(f)
     out = function(line)
-      local ok, err = f:write(line .. "\n")
+      local data = line .. "\n"
+      if torn then data = "\n" .. data end
+      local ok, err = f:write(data)
       if ok then
-        if dropped > 0 then
-          fdpool.log("warn", ("access log %s: writing again, %d line(s) dropped"):format(
-            name, dropped))
-          dropped, told, since = 0, nil, 0
-        end
+        torn = false
+        if dropping() then worked() end
         return
       end
-      dropped, since = dropped + 1, since + 1
-      local now = os.time()
-      if not told or now - told >= 60 then
-        fdpool.log("error", ("access log %s: %s; %d line(s) dropped%s"):format(name,
-          tostring(err), since, told and " in the last minute" or ""))
-        told, since = now, 0
-      end
+      torn = seekable and ends_torn(f)
+      failed(err)
     end
   end
-  return function(req, res)
+  local function write(req, res)
     local ip = req.conn and req.conn:getpeername() or "-"
     local h = req.headers
     out(('%s - - [%s] "%s %s HTTP/%s" %d %d "%s" "%s"'):format(ip,
       os.date("!%d/%b/%Y:%H:%M:%S +0000"), req.method, req.target, req.version,
       res._status, res._bytes or 0, (h["referer"] or "-"):gsub('"', '\\"'),
       (h["user-agent"] or "-"):gsub('"', '\\"')))
+  end
+  return function(req, res)
+    local ok, err = pcall(write, req, res)
+    if not ok then failed(err) end
   end
 end
 
