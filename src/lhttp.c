@@ -1291,6 +1291,7 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
         return 0;
     }
     if (c != NULL) {
+        c->kawait = 1;                  /* a next head is keep-alive */
         /* the request line for --slow's log ("GET /x"), and its clock */
         if (c->wt.s != NULL && c->wt.s->slow > 0
             && (c->req != NULL || (c->req = malloc(FDP_CONN_REQ)) != NULL)) {
@@ -1575,6 +1576,9 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
 {
     ssize_t n;
 
+    if (c->kawait == 2) {
+        c->kawait = 1;
+    }
     for (;;) {
         const char *s, *end, *p;
 
@@ -1632,6 +1636,16 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
             lua_pushnil(L);
             lua_pushstring(L, strerror((int) -n));
             return 0;
+        }
+        if (c->kawait && c->rend == c->rstart) {
+            /* idle between requests: a stopping worker closes it now,
+             * as it closes the ones already waiting */
+            if (fdp_lthread_stopping) {
+                lua_pushnil(L);
+                lua_pushliteral(L, "closed");
+                return 0;
+            }
+            c->kawait = 2;
         }
         fdp_conn_idle(c);       /* no buffer held while idle */
         head_limit_arm(L, c, sec, stash);

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/prctl.h>
 #include <grp.h>
 #include <malloc.h>
@@ -378,6 +379,8 @@ task_request(struct fdp_task *tk, char *out, size_t n)
 static const struct fdp_task_ops task_ops = { task_peer, task_done,
                                               task_park, task_request,
                                               NULL };
+
+static void close_idle(struct fdp_wctx *w);
 
 
 /*
@@ -875,6 +878,7 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             /* The stop notice: exiting() turns true, timers stop, the
              * on_stop callbacks start (they run within the grace). */
             fdp_lthread_stop(w->L);
+            close_idle(w);
             if (w->nconn == 0 && fdp_lthread_holding(w->L) == 0) {
                 worker_exit(w, 0);
             }
@@ -883,6 +887,30 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             break;
         default:
             break;
+        }
+    }
+}
+
+
+/*
+ * Told to stop: the keep-alive connections idle between requests (no
+ * byte of a next head) go now, as nginx's do, instead of holding the
+ * worker until their keep-alive timeout. Their read side is shut down:
+ * each wait (or a dormant task's registration) wakes to the end and the
+ * loop ends the usual way, reading first any head that came meanwhile.
+ */
+static void
+close_idle(struct fdp_wctx *w)
+{
+    struct fdp_task *t;
+
+    for (t = w->sched.tasks; t != NULL; t = t->next) {
+        /* the worker's own (ops NULL: the scheduler's) serve a conn */
+        struct fdp_conn *c = ((struct fdp_wtask *) t)->conn;
+
+        if (t->ops == NULL && c != NULL && c->kawait == 2 && c->fd >= 0
+            && c->rend == c->rstart) {
+            (void) shutdown(c->fd, SHUT_RD);
         }
     }
 }
