@@ -133,6 +133,14 @@ describe("fdpool.http.client", function()
     assert.matches("^200 reused=[1-9]", ask(c, "GET /id"))
   end)
 
+  it("streams a slow body piece by piece as it arrives", function()
+    -- Content-Length and close-delimited bodies as chunked ones: each
+    -- res.read() returns what has come (it waited for 64 KiB or the end:
+    -- one piece, after the last byte).
+    assert.equals("200 pieces=4 len=24", ask(c, "GET /drip/4 stream=1"))
+    assert.equals("200 pieces=4 len=24", ask(c, "GET /dripclose/4 stream=1"))
+  end)
+
   it("parses URLs and refuses what it cannot send", function()
     assert.same({ scheme = "http", host = "::1", port = 8080, target = "/a?b", hosthdr = "[::1]:8080" },
       client.parse_url("http://[::1]:8080/a?b#frag"))

@@ -70,6 +70,10 @@ describe("websocket handshake (in memory)", function()
     local r = assert(testing.websocket(app, "/echo", { version = "8" }))
     assert.equal(426, r.status)
     assert.equal("13", r.headers["sec-websocket-version"])
+    -- RFC 9110 15.5.22: the reason phrase, and Upgrade naming the protocol
+    -- (it said "426 Unknown", without Upgrade).
+    assert.matches("^HTTP/1%.1 426 Upgrade Required\r\n", r.conn:output())
+    assert.equal("websocket", r.headers["upgrade"])
   end)
 
   it("sends the headers set on res before the upgrade with the 101", function()

@@ -190,8 +190,9 @@ local function make_reader(sock, kind, len, keep, opts)
     if kind == "none" then finish(true); return nil end
     if kind == "length" then
       if left == 0 then finish(true); return nil end
-      local n = math.min(left, 65536)
-      local data, err = sock:receive(n)
+      -- What has come (a slow upstream's body is relayed as it arrives,
+      -- not held until 64 KiB are in).
+      local data, err = sock:receiveany(math.min(left, 65536))
       if not data then finish(false); return nil, err end
       left = left - #data
       return data
@@ -202,13 +203,10 @@ local function make_reader(sock, kind, len, keep, opts)
       if data == "" then finish(true); return nil end
       return data
     else
-      local data, err, partial = sock:receive(65536)
+      local data, err = sock:receiveany(65536)
       if data then return data end
       finish(false)
-      if err == "closed" then
-        if partial and partial ~= "" then return partial end
-        return nil
-      end
+      if err == "closed" then return nil end
       return nil, err
     end
   end

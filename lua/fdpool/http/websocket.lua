@@ -419,7 +419,8 @@ function M.upgrade(req, res, options)
     why = "a request body with the upgrade"
   end
   if not why and h["sec-websocket-version"] ~= "13" then
-    res:status(426):header("Sec-WebSocket-Version", "13")
+    -- (RFC 9110 15.5.22: a 426 names the protocol to upgrade to.)
+    res:status(426):header("Sec-WebSocket-Version", "13"):header("Upgrade", "websocket")
     res:send("unsupported WebSocket version (13 only)\n")
     return nil, "unsupported WebSocket version"
   end
