@@ -7,8 +7,8 @@
 -- and a taken-over connection that http.serve never writes to again. In
 -- the real build/pool: python3-websockets and node's ws as clients (echo,
 -- fragments, ping, subprotocols, close codes, a chat between three
--- clients of one worker), hand-made frames over a socket, no fd left
--- behind.
+-- clients of one worker), hand-made frames over a socket, a client that
+-- never reads (bounded memory), no fd left behind.
 package.path = "./tests/?.lua;" .. package.path
 local fdpool = require "fdpool"
 local testing = require "fdpool.testing"
@@ -142,6 +142,11 @@ describe("websocket messages (in memory)", function()
     assert.same({}, r.messages)
     code = close_code({ { "close" } })         -- no code: empty close back
     assert.is_nil(code)
+    -- The edges of the ranges a peer may send (RFC 6455 7.4, IANA's
+    -- registry: 1012-1014 are registered), a 123-byte reason.
+    for _, c in ipairs { 1000, 1003, 1007, 1011, 1012, 1014, 3000, 4999 } do
+      assert.equal(c, (close_code({ { "close", { c, ("r"):rep(123) } } })))
+    end
   end)
 
   it("closes with the handler's code and reason", function()
@@ -174,6 +179,15 @@ describe("websocket protocol errors (in memory)", function()
     { "a close code 1005", { { "close", { 1005 } } }, 1002 },
     { "a close code 999", { { "close", { 999 } } }, 1002 },
     { "a close code 2000", { { "close", { 2000 } } }, 1002 },
+    { "a close code 1006 (never on the wire)", { { "close", { 1006 } } }, 1002 },
+    { "a close code 1015 (never on the wire)", { { "close", { 1015 } } }, 1002 },
+    { "a close code 1004 (reserved)", { { "close", { 1004 } } }, 1002 },
+    { "a close code 5000", { { "close", { 5000 } } }, 1002 },
+    { "a ping whose 16-bit length says 126", { string.pack(">BBI2", 0x89, 0x80 | 126, 126)
+      .. "\1\2\3\4" .. ("x"):rep(126) }, 1002 },
+    { "a text message invalid in a fragment before the last",
+      { { "text", "ok", { fin = false } }, { "continuation", "\xc3", { fin = false } },
+        { "continuation", "(", { fin = false } } }, 1007 },
     { "a 2^63 payload length", { { "binary", "", { length = math.mininteger } } }, 1002 },
     { "invalid UTF-8 in a text message", { { "text", "a\xff" } }, 1007 },
     { "an overlong encoding", { { "text", "\xc0\xaf" } }, 1007 },
@@ -339,6 +353,25 @@ describe("websocket in the real pool", function()
       assert.equal(1, #frames)
       assert.equal(case[2], frames[1].code)
     end
+  end)
+
+  it("stops reading a client that never reads its echoes: the worker's memory stays bounded", function()
+    local function hwm()
+      local f = assert(io.open("/proc/" .. p:worker_pids()[1] .. "/status"))
+      local kb = f:read("a"):match("VmHWM:%s*(%d+)")
+      f:close()
+      return tonumber(kb)
+    end
+    local before = hwm()
+    local out = py("noread")
+    local mib = tonumber(out:match("stalled (%d+)"))
+    assert(mib, out)
+    -- What the sockets' buffers hold, not the 64 MiB tried.
+    assert.is_true(mib < 40, out)
+    assert.is_true(hwm() - before < 24 * 1024, "peak RSS grew by " .. (hwm() - before) .. " kB")
+    H.wait_until(function()
+      return (H.http_get(p.addr, "/stats") or ""):match("\r\n\r\n0$"):match("\r\n\r\n0$")
+    end, 10, "the WebSocket closed")
   end)
 
   it("reads a frame trickled one byte per write", function()
