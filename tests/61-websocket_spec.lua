@@ -152,6 +152,19 @@ describe("websocket messages (in memory)", function()
   it("closes with the handler's code and reason", function()
     local code, reason = close_code({ { "close", { 4001 } } }, "/close?code=4002")
     assert.same({ 4002, "bye" }, { code, reason })
+    -- A reason that is not UTF-8 raises (the client would fail it with
+    -- 1007): the handler's error closes with 1011 instead.
+    local http = require "fdpool.http"
+    local r = assert(testing.websocket(http.serve(function(req, res)
+      http.websocket(req, res):close(1000, "caf\xe9")
+    end), "/", { frames = {} }))
+    assert.equal(1011, r.close.code)
+    -- close_all's too, and a reason over 123 bytes (a close frame's
+    -- payload is at most 125).
+    local wsmod = require "fdpool.http.websocket"
+    assert.has_error(function() wsmod.close_all(1001, ("x"):rep(124)) end)
+    assert.has_error(function() wsmod.close_all(1001, "\xff") end)
+    assert.has_error(function() wsmod.close_all(1005) end)
   end)
 
   it("closes after the close timeout when the client never answers", function()

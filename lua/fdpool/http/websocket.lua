@@ -343,13 +343,20 @@ end
 -- this ws, read until the client's close (data is dropped) for at most
 -- close_timeout s, and close the connection.
 -- @treturn boolean true
+-- A close code and reason this side may send, or raise (as `who`).
+local function check_close(code, reason, who)
+  assert(math.type(code) == "integer" and (code == 1000 or code == 1001
+    or (code >= 1002 and code <= 1003) or (code >= 1007 and code <= 1014)
+    or (code >= 3000 and code <= 4999)), who .. ": invalid close code")
+  assert(type(reason) == "string" and #reason <= 123, who .. ": the reason is at most 123 bytes")
+  -- (A peer fails a close whose reason is not UTF-8 with 1007.)
+  assert(fdpool.utf8_check(reason) == 0, who .. ": the reason must be UTF-8")
+end
+
 function WS:close(code, reason)
   code = code or 1000
   reason = reason or ""
-  assert(math.type(code) == "integer" and (code == 1000 or code == 1001
-    or (code >= 1002 and code <= 1003) or (code >= 1007 and code <= 1014)
-    or (code >= 3000 and code <= 4999)), "ws:close: invalid close code")
-  assert(#reason <= 123, "ws:close: the reason is at most 123 bytes")
+  check_close(code, reason, "ws:close")
   if self.state == "closed" then return true end
   if not self:_send_close(code, reason) then return true end
   if self._reading then return true end  -- the reader sees the reply
@@ -368,10 +375,12 @@ end
 -- going away) without waiting: their handlers see the clients' replies
 -- in ws:receive(). Returns how many.
 function M.close_all(code, reason)
+  code, reason = code or 1001, reason or "server stopping"
+  check_close(code, reason, "close_all")
   local n = 0
   for ws in pairs(open) do
     if ws.state == "open" then
-      ws:_send_close(code or 1001, reason or "server stopping")
+      ws:_send_close(code, reason)
       n = n + 1
     end
   end
