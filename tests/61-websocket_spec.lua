@@ -387,6 +387,28 @@ describe("websocket in the real pool", function()
     end, 10, "the WebSocket closed")
   end)
 
+  it("closes with 1011 and a FIN, not a reset, when the handler raises while the client sends", function()
+    -- The handler's end closed the socket with the client's frames
+    -- unread: an RST, which can make the client's kernel drop the close
+    -- frame (and read_all fail on "connection reset").
+    for _ = 1, 3 do
+      -- The upgrade and the frames in one write: queued before the
+      -- handler ends.
+      local fd = assert(fdpool.connect(p.addr, 10))
+      assert(fd:write(testing.build_request("GET", "/err", { headers = {
+        Upgrade = "websocket", Connection = "Upgrade",
+        ["Sec-WebSocket-Key"] = "dGhlIHNhbXBsZSBub25jZQ==", ["Sec-WebSocket-Version"] = "13" } })
+        .. testing.ws_frame("text", ("x"):rep(1000)):rep(64)))
+      local buf = ""
+      while not buf:find("\r\n\r\n", 1, true) do
+        buf = buf .. assert(fd:read(4096))
+      end
+      local frames = read_all(fd, buf:sub(buf:find("\r\n\r\n", 1, true) + 4))
+      assert.equal("about to fail", frames[1] and frames[1].data)
+      assert.equal(1011, frames[#frames].code)
+    end
+  end)
+
   it("reads a frame trickled one byte per write", function()
     local fd, rest = raw("/echo")
     local bytes = testing.ws_frame("text", "trickle") .. testing.ws_frame("close", { 1000 })

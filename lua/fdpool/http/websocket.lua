@@ -111,11 +111,20 @@ function WS:_drop()
 end
 
 -- The handler returned (or raised) with the ws open: a close frame
--- without waiting for the reply, then the TCP close.
+-- (unless one went already), then the TCP close, lingering as _fail
+-- does: closing with the client's frames unread would send an RST, and
+-- an RST can make the client's kernel drop the close frame.
 function WS:_abandon(code)
-  if self.state ~= "closed" and not self._close_sent and not self._sending then
-    self._close_sent = true
-    self:_write(frame(8, string.pack(">I2", code)))
+  if self.state ~= "closed" and not self._sending then
+    local ok = true
+    if not self._close_sent then
+      self._close_sent = true
+      ok = self:_write(frame(8, string.pack(">I2", code)))
+    end
+    if ok and self.state ~= "closed" then
+      local http = require "fdpool.http"
+      http._linger(self.conn)
+    end
   end
   self:_drop()
 end
