@@ -66,6 +66,25 @@ describe("websocket handshake (in memory)", function()
     end
   end)
 
+  it("refuses an Origin not in opts.origins with 403 (a page of another site)", function()
+    local http = require "fdpool.http"
+    local h = http.serve(function(req, res)
+      local w = http.websocket(req, res, { origins = { "https://app.example" } })
+      if w then w:close() end
+    end)
+    local function status(origin)
+      return assert(testing.websocket(h, "/", { headers = { Origin = origin },
+        frames = { { "close", { 1000 } } } })).status
+    end
+    assert.equal(101, status("https://app.example"))
+    assert.equal(101, status("HTTPS://APP.example"))
+    assert.equal(403, status("https://evil.example"))
+    assert.equal(403, status(false))
+    -- Without the option any Origin is let through (the handler's call).
+    assert.equal(101, assert(testing.websocket(app, "/echo", { headers = { Origin = "https://x" },
+      frames = { { "close", { 1000 } } } })).status)
+  end)
+
   it("answers another version with 426 and Sec-WebSocket-Version: 13", function()
     local r = assert(testing.websocket(app, "/echo", { version = "8" }))
     assert.equal(426, r.status)

@@ -17,6 +17,8 @@ M.defaults = {
   frame_min_rate = 500,       -- bytes/s (a frame trickled slower is cut)
   close_timeout = 5,          -- seconds ws:close() waits for the reply
   protocols = nil,            -- subprotocols offered, in preference order
+  origins = nil,              -- Origin values allowed (403 for others, and
+                              -- for none); nil: any (check it yourself)
 }
 
 -- Close codes a peer may send (RFC 6455 7.4.1, IANA's registry): the
@@ -416,7 +418,7 @@ function M.upgrade(req, res, options)
   local opts = {}
   for k, v in pairs(M.defaults) do opts[k] = v end
   for k, v in pairs(options or {}) do
-    if M.defaults[k] == nil and k ~= "timeout" and k ~= "protocols" then
+    if M.defaults[k] == nil and k ~= "timeout" and k ~= "protocols" and k ~= "origins" then
       error("unknown websocket option '" .. tostring(k) .. "'", 2)
     end
     opts[k] = v
@@ -448,6 +450,19 @@ function M.upgrade(req, res, options)
     res:status(400)
     res:send("bad WebSocket handshake: " .. why .. "\n")
     return nil, "bad handshake: " .. why
+  end
+  if opts.origins then
+    -- A browser sends the page's Origin with the upgrade, and cookies:
+    -- a page of another site could otherwise talk as the user.
+    local origin, allowed = (h["origin"] or ""):lower(), false
+    for _, o in ipairs(opts.origins) do
+      if origin ~= "" and origin == o:lower() then allowed = true break end
+    end
+    if not allowed then
+      res:status(403)
+      res:send("WebSocket origin not allowed\n")
+      return nil, "origin not allowed"
+    end
   end
   local headers = {}
   for k, v in pairs(res._headers or {}) do headers[k] = v end
