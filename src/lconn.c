@@ -547,7 +547,9 @@ conn_receive(lua_State *L)
 
 
 /* conn:receiveany(max): what is buffered, or the next read's bytes, at
- * most max; nil, err, partial as receive. */
+ * most max; nil, err, partial as receive. While reads come back full
+ * (more is waiting) it reads on up to max without waiting, so a fast
+ * stream comes in pieces of max and a slow one as it arrives. */
 static int
 receiveany_k(lua_State *L, int status, lua_KContext ctx)
 {
@@ -565,17 +567,15 @@ receiveany_k(lua_State *L, int status, lua_KContext ctx)
         if (c->fd < 0) {
             return receive_fail(L, c, "closed");
         }
-        if (avail > 0) {
-            if (avail > max) {
-                avail = max;
-            }
-            lua_pushlstring(L, c->rbuf + c->rstart, avail);
-            c->rstart += avail;
-            return 1;
+        if (avail >= max || (avail > 0 && !c->wt.rready)) {
+            break;
         }
-        n = fdp_conn_fill(c, 0);
+        n = fdp_conn_fill(c, avail > 0 ? max : 0);
         if (n > 0) {
             continue;
+        }
+        if (avail > 0) {
+            break;              /* the end or an error: the next call's */
         }
         if (n == 0) {
             return receive_fail(L, c, "closed");
@@ -587,6 +587,13 @@ receiveany_k(lua_State *L, int status, lua_KContext ctx)
         if (!fdp_conn_wait(L, c, EPOLLIN, 0, receiveany_k)) {
             return receive_fail(L, c, "timeout");
         }
+    }
+    {
+        size_t k = c->rend - c->rstart < max ? c->rend - c->rstart : max;
+
+        lua_pushlstring(L, c->rbuf + c->rstart, k);
+        c->rstart += k;
+        return 1;
     }
 }
 
