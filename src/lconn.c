@@ -546,6 +546,79 @@ conn_receive(lua_State *L)
 }
 
 
+/* conn:receiveany(max): what is buffered, or the next read's bytes, at
+ * most max; nil, err, partial as receive. While reads come back full
+ * (more is waiting) it reads on up to max without waiting, so a fast
+ * stream comes in pieces of max and a slow one as it arrives. */
+static int
+receiveany_k(lua_State *L, int status, lua_KContext ctx)
+{
+    struct fdp_conn *c = fdp_checkconn(L);
+    size_t max = (size_t) lua_tointeger(L, 2);
+    ssize_t n;
+
+    (void) ctx;
+    if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
+        return receive_fail(L, c, "timeout");
+    }
+    for (;;) {
+        size_t avail = c->rend - c->rstart;
+
+        if (c->fd < 0) {
+            return receive_fail(L, c, "closed");
+        }
+        if (avail >= max || (avail > 0 && !c->wt.rready)) {
+            break;
+        }
+        n = fdp_conn_fill(c, avail > 0 ? max : 0);
+        if (n > 0) {
+            continue;
+        }
+        if (avail > 0) {
+            break;              /* the end or an error: the next call's */
+        }
+        if (n == 0) {
+            return receive_fail(L, c, "closed");
+        }
+        if (n != -EAGAIN) {
+            return receive_fail(L, c, n == -ECONNRESET || n == -EPIPE
+                                ? "closed" : strerror((int) -n));
+        }
+        if (!fdp_conn_wait(L, c, EPOLLIN, 0, receiveany_k)) {
+            return receive_fail(L, c, "timeout");
+        }
+    }
+    {
+        size_t k = c->rend - c->rstart < max ? c->rend - c->rstart : max;
+
+        lua_pushlstring(L, c->rbuf + c->rstart, k);
+        c->rstart += k;
+        return 1;
+    }
+}
+
+
+/*
+ * conn:receiveany(max) -> data (1 to max bytes, as soon as any came) |
+ * nil, "closed"|"timeout", "" -- OpenResty's tcpsock:receiveany: a body
+ * relayed piece by piece as it arrives.
+ */
+static int
+conn_receiveany(lua_State *L)
+{
+    struct fdp_conn *c = fdp_checkconn(L);
+    lua_Integer max = luaL_checkinteger(L, 2);
+
+    luaL_argcheck(L, max > 0, 2, "max must be positive");
+    if (fdp_conn_busy(L, c, 0)) {
+        return 2;
+    }
+    lua_settop(L, 2);
+    fdp_conn_op_begin(c);
+    return receiveany_k(L, LUA_OK, 0);
+}
+
+
 static int
 send_k(lua_State *L, int status, lua_KContext ctx)
 {
@@ -1014,6 +1087,7 @@ fdp_conn_open_meta(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         { "receive", conn_receive },
+        { "receiveany", conn_receiveany },
         { "buffered", conn_buffered },
         { "park", conn_park },
         { "send", fdp_conn_send },

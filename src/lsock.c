@@ -1079,7 +1079,8 @@ fdp_lsock_open(lua_State *L)
     static const luaL_Reg pmeta[] = { { "__gc", pool_gc }, { NULL, NULL } };
     static const luaL_Reg rmeta[] = { { "__gc", resolver_gc }, { NULL, NULL } };
     static const char *const shared[] = {
-        "receive", "send", "buffered", "settimeout", "setdeadline",
+        "receive", "receiveany", "send", "buffered", "settimeout",
+        "setdeadline",
         "getpeername", "getsockname", "getfd", "fileno", "getstats",
         "shutdown", "readchunked", "sendfile", NULL
     };

@@ -133,6 +133,25 @@ describe("fdpool.http.client", function()
     assert.matches("^200 reused=[1-9]", ask(c, "GET /id"))
   end)
 
+  it("streams a slow body piece by piece as it arrives", function()
+    -- Content-Length and close-delimited bodies as chunked ones: each
+    -- res.read() returns what has come (it waited for 64 KiB or the end:
+    -- one piece, after the last byte).
+    assert.equals("200 pieces=4 len=24", ask(c, "GET /drip/4 stream=1"))
+    assert.equals("200 pieces=4 len=24", ask(c, "GET /dripclose/4 stream=1"))
+  end)
+
+  it("frames a body itself: a caller's Transfer-Encoding or Content-Length cannot smuggle a request", function()
+    -- A proxy passing a client's headers on with the decoded body: the
+    -- upstream read the body as chunked ("0" CRLF CRLF: empty), or 3
+    -- bytes of it, and the rest as a second request, GET /id.
+    local n = 5 + #"0\r\n\r\nGET /id HTTP/1.1\r\nHost: x\r\n\r\n"
+    local want = " len=" .. n .. " body=POST 0\\13\\10\\13\\10GET /id HTTP/1.1\\13\\10Host: x\\13\\10\\13\\10"
+    assert.equals("200 reused=R" .. want, (ask(c, "POST /echo smuggle=te"):gsub("reused=%d+", "reused=R")))
+    assert.equals("200 reused=R" .. want, (ask(c, "POST /echo smuggle=cl"):gsub("reused=%d+", "reused=R")))
+    assert.matches("^200 reused=%d+ len=%d+ body=%d+$", ask(c, "GET /id"))
+  end)
+
   it("parses URLs and refuses what it cannot send", function()
     assert.same({ scheme = "http", host = "::1", port = 8080, target = "/a?b", hosthdr = "[::1]:8080" },
       client.parse_url("http://[::1]:8080/a?b#frag"))

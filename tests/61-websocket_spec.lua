@@ -7,8 +7,8 @@
 -- and a taken-over connection that http.serve never writes to again. In
 -- the real build/pool: python3-websockets and node's ws as clients (echo,
 -- fragments, ping, subprotocols, close codes, a chat between three
--- clients of one worker), hand-made frames over a socket, no fd left
--- behind.
+-- clients of one worker), hand-made frames over a socket, a client that
+-- never reads (bounded memory), no fd left behind.
 package.path = "./tests/?.lua;" .. package.path
 local fdpool = require "fdpool"
 local testing = require "fdpool.testing"
@@ -66,10 +66,33 @@ describe("websocket handshake (in memory)", function()
     end
   end)
 
+  it("refuses an Origin not in opts.origins with 403 (a page of another site)", function()
+    local http = require "fdpool.http"
+    local h = http.serve(function(req, res)
+      local w = http.websocket(req, res, { origins = { "https://app.example" } })
+      if w then w:close() end
+    end)
+    local function status(origin)
+      return assert(testing.websocket(h, "/", { headers = { Origin = origin },
+        frames = { { "close", { 1000 } } } })).status
+    end
+    assert.equal(101, status("https://app.example"))
+    assert.equal(101, status("HTTPS://APP.example"))
+    assert.equal(403, status("https://evil.example"))
+    assert.equal(403, status(false))
+    -- Without the option any Origin is let through (the handler's call).
+    assert.equal(101, assert(testing.websocket(app, "/echo", { headers = { Origin = "https://x" },
+      frames = { { "close", { 1000 } } } })).status)
+  end)
+
   it("answers another version with 426 and Sec-WebSocket-Version: 13", function()
     local r = assert(testing.websocket(app, "/echo", { version = "8" }))
     assert.equal(426, r.status)
     assert.equal("13", r.headers["sec-websocket-version"])
+    -- RFC 9110 15.5.22: the reason phrase, and Upgrade naming the protocol
+    -- (it said "426 Unknown", without Upgrade).
+    assert.matches("^HTTP/1%.1 426 Upgrade Required\r\n", r.conn:output())
+    assert.equal("websocket", r.headers["upgrade"])
   end)
 
   it("sends the headers set on res before the upgrade with the 101", function()
@@ -138,11 +161,29 @@ describe("websocket messages (in memory)", function()
     assert.same({}, r.messages)
     code = close_code({ { "close" } })         -- no code: empty close back
     assert.is_nil(code)
+    -- The edges of the ranges a peer may send (RFC 6455 7.4, IANA's
+    -- registry: 1012-1014 are registered), a 123-byte reason.
+    for _, c in ipairs { 1000, 1003, 1007, 1011, 1012, 1014, 3000, 4999 } do
+      assert.equal(c, (close_code({ { "close", { c, ("r"):rep(123) } } })))
+    end
   end)
 
   it("closes with the handler's code and reason", function()
     local code, reason = close_code({ { "close", { 4001 } } }, "/close?code=4002")
     assert.same({ 4002, "bye" }, { code, reason })
+    -- A reason that is not UTF-8 raises (the client would fail it with
+    -- 1007): the handler's error closes with 1011 instead.
+    local http = require "fdpool.http"
+    local r = assert(testing.websocket(http.serve(function(req, res)
+      http.websocket(req, res):close(1000, "caf\xe9")
+    end), "/", { frames = {} }))
+    assert.equal(1011, r.close.code)
+    -- close_all's too, and a reason over 123 bytes (a close frame's
+    -- payload is at most 125).
+    local wsmod = require "fdpool.http.websocket"
+    assert.has_error(function() wsmod.close_all(1001, ("x"):rep(124)) end)
+    assert.has_error(function() wsmod.close_all(1001, "\xff") end)
+    assert.has_error(function() wsmod.close_all(1005) end)
   end)
 
   it("closes after the close timeout when the client never answers", function()
@@ -170,6 +211,15 @@ describe("websocket protocol errors (in memory)", function()
     { "a close code 1005", { { "close", { 1005 } } }, 1002 },
     { "a close code 999", { { "close", { 999 } } }, 1002 },
     { "a close code 2000", { { "close", { 2000 } } }, 1002 },
+    { "a close code 1006 (never on the wire)", { { "close", { 1006 } } }, 1002 },
+    { "a close code 1015 (never on the wire)", { { "close", { 1015 } } }, 1002 },
+    { "a close code 1004 (reserved)", { { "close", { 1004 } } }, 1002 },
+    { "a close code 5000", { { "close", { 5000 } } }, 1002 },
+    { "a ping whose 16-bit length says 126", { string.pack(">BBI2", 0x89, 0x80 | 126, 126)
+      .. "\1\2\3\4" .. ("x"):rep(126) }, 1002 },
+    { "a text message invalid in a fragment before the last",
+      { { "text", "ok", { fin = false } }, { "continuation", "\xc3", { fin = false } },
+        { "continuation", "(", { fin = false } } }, 1007 },
     { "a 2^63 payload length", { { "binary", "", { length = math.mininteger } } }, 1002 },
     { "invalid UTF-8 in a text message", { { "text", "a\xff" } }, 1007 },
     { "an overlong encoding", { { "text", "\xc0\xaf" } }, 1007 },
@@ -334,6 +384,47 @@ describe("websocket in the real pool", function()
       local frames = read_all(fd, rest)
       assert.equal(1, #frames)
       assert.equal(case[2], frames[1].code)
+    end
+  end)
+
+  it("stops reading a client that never reads its echoes: the worker's memory stays bounded", function()
+    local function hwm()
+      local f = assert(io.open("/proc/" .. p:worker_pids()[1] .. "/status"))
+      local kb = f:read("a"):match("VmHWM:%s*(%d+)")
+      f:close()
+      return tonumber(kb)
+    end
+    local before = hwm()
+    local out = py("noread")
+    local mib = tonumber(out:match("stalled (%d+)"))
+    assert(mib, out)
+    -- What the sockets' buffers hold, not the 64 MiB tried.
+    assert.is_true(mib < 40, out)
+    assert.is_true(hwm() - before < 24 * 1024, "peak RSS grew by " .. (hwm() - before) .. " kB")
+    H.wait_until(function()
+      return (H.http_get(p.addr, "/stats") or ""):match("\r\n\r\n0$"):match("\r\n\r\n0$")
+    end, 10, "the WebSocket closed")
+  end)
+
+  it("closes with 1011 and a FIN, not a reset, when the handler raises while the client sends", function()
+    -- The handler's end closed the socket with the client's frames
+    -- unread: an RST, which can make the client's kernel drop the close
+    -- frame (and read_all fail on "connection reset").
+    for _ = 1, 3 do
+      -- The upgrade and the frames in one write: queued before the
+      -- handler ends.
+      local fd = assert(fdpool.connect(p.addr, 10))
+      assert(fd:write(testing.build_request("GET", "/err", { headers = {
+        Upgrade = "websocket", Connection = "Upgrade",
+        ["Sec-WebSocket-Key"] = "dGhlIHNhbXBsZSBub25jZQ==", ["Sec-WebSocket-Version"] = "13" } })
+        .. testing.ws_frame("text", ("x"):rep(1000)):rep(64)))
+      local buf = ""
+      while not buf:find("\r\n\r\n", 1, true) do
+        buf = buf .. assert(fd:read(4096))
+      end
+      local frames = read_all(fd, buf:sub(buf:find("\r\n\r\n", 1, true) + 4))
+      assert.equal("about to fail", frames[1] and frames[1].data)
+      assert.equal(1011, frames[#frames].code)
     end
   end)
 

@@ -313,6 +313,17 @@ describe("http.router", function()
 end)
 
 describe("handler return values", function()
+  it("get RFC 9110's reason phrase in the status line (a proxy's 502, 504, 429)", function()
+    -- They said "Unknown" for every code outside a short list.
+    for code, reason in pairs { [502] = "Bad Gateway", [504] = "Gateway Timeout",
+        [429] = "Too Many Requests", [409] = "Conflict", [422] = "Unprocessable Content" } do
+      local h = http.serve(function() return code, {}, "x" end)
+      local status, _, _, conn = testing.http_request(h, "GET", "/")
+      assert.equal(code, status)
+      assert.matches("^HTTP/1%.1 " .. code .. " " .. reason .. "\r\n", conn:output())
+    end
+  end)
+
   it("accepts a numeric string status", function()
     local status, headers, body = req("GET", "/status-string")
     assert.same({ 404, "b", "nope\n" }, { status, headers["x-a"], body })

@@ -48,6 +48,8 @@ return function(conn)
       r = pack(conn:settimeout(tonumber(a)))
     elseif name == "buf" then
       r = pack(conn:buffered())
+    elseif name == "any" then
+      r = pack(conn:receiveany(tonumber(a)))
     elseif name == "send" then
       r = pack(conn:send("hello", tonumber(a), tonumber(b)))
     elseif name == "sf" then
@@ -122,6 +124,13 @@ describe("fdpool.testing.conn against the real conn", function()
   it("receive: timeouts hand over partial data and drop it", function()
     local r = same("to:0.1 l 10 buf", "abc", true)
     assert.matches('l %-> nil "timeout" "abc"\n10 %-> nil "timeout" ""\nbuf %-> 0', r)
+  end)
+
+  it("receiveany: what is buffered, at most max, then closed or timeout", function()
+    local r = same("any:4 any:100 any:1", "abcdef")
+    assert.matches('any:4 %-> "abcd"\nany:100 %-> "ef"\nany:1 %-> nil "closed" ""', r)
+    r = same("to:0.1 any:3 any:3", "ab", true)
+    assert.matches('any:3 %-> "ab"\nany:3 %-> nil "timeout" ""', r)
   end)
 
   it("buffered() counts what was read and not consumed", function()

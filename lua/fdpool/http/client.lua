@@ -106,8 +106,14 @@ local function build_head(method, u, headers, body)
     v = tostring(v)
     if not tchar_only(k) then error("bad header name: " .. k, 4) end
     if v:find("[%z\r\n]") then error("bad header value for " .. k, 4) end
+    local lk = k:lower()
+    -- The body's framing is the client's alone: a Content-Length or
+    -- Transfer-Encoding copied from a client's request (a proxy passing
+    -- req.headers on with the decoded req:body()) would make the upstream
+    -- read the body's bytes as framing, or as a next request (smuggled).
+    if lk == "content-length" or lk == "transfer-encoding" then return end
     t[#t + 1] = k .. ": " .. v .. "\r\n"
-    has[k:lower()] = true
+    has[lk] = true
   end
   for k, v in pairs(headers) do
     if type(k) ~= "string" then error("header names must be strings", 3) end
@@ -118,9 +124,9 @@ local function build_head(method, u, headers, body)
     end
   end
   if not has.host then t[#t + 1] = "Host: " .. u.hosthdr .. "\r\n" end
-  if body and not has["content-length"] and not has["transfer-encoding"] then
+  if body then
     t[#t + 1] = "Content-Length: " .. #body .. "\r\n"
-  elseif not body and (method == "POST" or method == "PUT") and not has["content-length"] then
+  elseif method == "POST" or method == "PUT" then
     t[#t + 1] = "Content-Length: 0\r\n"
   end
   t[#t + 1] = "\r\n"
@@ -190,8 +196,9 @@ local function make_reader(sock, kind, len, keep, opts)
     if kind == "none" then finish(true); return nil end
     if kind == "length" then
       if left == 0 then finish(true); return nil end
-      local n = math.min(left, 65536)
-      local data, err = sock:receive(n)
+      -- What has come (a slow upstream's body is relayed as it arrives,
+      -- not held until 64 KiB are in).
+      local data, err = sock:receiveany(math.min(left, 65536))
       if not data then finish(false); return nil, err end
       left = left - #data
       return data
@@ -202,13 +209,10 @@ local function make_reader(sock, kind, len, keep, opts)
       if data == "" then finish(true); return nil end
       return data
     else
-      local data, err, partial = sock:receive(65536)
+      local data, err = sock:receiveany(65536)
       if data then return data end
       finish(false)
-      if err == "closed" then
-        if partial and partial ~= "" then return partial end
-        return nil
-      end
+      if err == "closed" then return nil end
       return nil, err
     end
   end
@@ -319,7 +323,8 @@ local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308]
 
 --- Make a request.
 -- @tparam table opts `url` (http://host[:port]/path), `method` ("GET"),
--- `headers` (name = value; a list sends one line each), `body` (a
+-- `headers` (name = value; a list sends one line each; Content-Length and
+-- Transfer-Encoding are dropped: the body is framed here), `body` (a
 -- string), `timeout` (seconds, the whole request), `follow_redirects`
 -- (false (default), true (up to max_redirects) or a number), `stream`
 -- (true: `res.body` is nil; read it with `res:read()`), `max_head`,

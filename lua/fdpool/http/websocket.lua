@@ -17,6 +17,8 @@ M.defaults = {
   frame_min_rate = 500,       -- bytes/s (a frame trickled slower is cut)
   close_timeout = 5,          -- seconds ws:close() waits for the reply
   protocols = nil,            -- subprotocols offered, in preference order
+  origins = nil,              -- Origin values allowed (403 for others, and
+                              -- for none); nil: any (check it yourself)
 }
 
 -- Close codes a peer may send (RFC 6455 7.4.1, IANA's registry): the
@@ -111,11 +113,20 @@ function WS:_drop()
 end
 
 -- The handler returned (or raised) with the ws open: a close frame
--- without waiting for the reply, then the TCP close.
+-- (unless one went already), then the TCP close, lingering as _fail
+-- does: closing with the client's frames unread would send an RST, and
+-- an RST can make the client's kernel drop the close frame.
 function WS:_abandon(code)
-  if self.state ~= "closed" and not self._close_sent and not self._sending then
-    self._close_sent = true
-    self:_write(frame(8, string.pack(">I2", code)))
+  if self.state ~= "closed" and not self._sending then
+    local ok = true
+    if not self._close_sent then
+      self._close_sent = true
+      ok = self:_write(frame(8, string.pack(">I2", code)))
+    end
+    if ok and self.state ~= "closed" then
+      local http = require "fdpool.http"
+      http._linger(self.conn)
+    end
   end
   self:_drop()
 end
@@ -343,13 +354,20 @@ end
 -- this ws, read until the client's close (data is dropped) for at most
 -- close_timeout s, and close the connection.
 -- @treturn boolean true
+-- A close code and reason this side may send, or raise (as `who`).
+local function check_close(code, reason, who)
+  assert(math.type(code) == "integer" and (code == 1000 or code == 1001
+    or (code >= 1002 and code <= 1003) or (code >= 1007 and code <= 1014)
+    or (code >= 3000 and code <= 4999)), who .. ": invalid close code")
+  assert(type(reason) == "string" and #reason <= 123, who .. ": the reason is at most 123 bytes")
+  -- (A peer fails a close whose reason is not UTF-8 with 1007.)
+  assert(fdpool.utf8_check(reason) == 0, who .. ": the reason must be UTF-8")
+end
+
 function WS:close(code, reason)
   code = code or 1000
   reason = reason or ""
-  assert(math.type(code) == "integer" and (code == 1000 or code == 1001
-    or (code >= 1002 and code <= 1003) or (code >= 1007 and code <= 1014)
-    or (code >= 3000 and code <= 4999)), "ws:close: invalid close code")
-  assert(#reason <= 123, "ws:close: the reason is at most 123 bytes")
+  check_close(code, reason, "ws:close")
   if self.state == "closed" then return true end
   if not self:_send_close(code, reason) then return true end
   if self._reading then return true end  -- the reader sees the reply
@@ -368,10 +386,12 @@ end
 -- going away) without waiting: their handlers see the clients' replies
 -- in ws:receive(). Returns how many.
 function M.close_all(code, reason)
+  code, reason = code or 1001, reason or "server stopping"
+  check_close(code, reason, "close_all")
   local n = 0
   for ws in pairs(open) do
     if ws.state == "open" then
-      ws:_send_close(code or 1001, reason or "server stopping")
+      ws:_send_close(code, reason)
       n = n + 1
     end
   end
@@ -398,7 +418,7 @@ function M.upgrade(req, res, options)
   local opts = {}
   for k, v in pairs(M.defaults) do opts[k] = v end
   for k, v in pairs(options or {}) do
-    if M.defaults[k] == nil and k ~= "timeout" and k ~= "protocols" then
+    if M.defaults[k] == nil and k ~= "timeout" and k ~= "protocols" and k ~= "origins" then
       error("unknown websocket option '" .. tostring(k) .. "'", 2)
     end
     opts[k] = v
@@ -419,7 +439,8 @@ function M.upgrade(req, res, options)
     why = "a request body with the upgrade"
   end
   if not why and h["sec-websocket-version"] ~= "13" then
-    res:status(426):header("Sec-WebSocket-Version", "13")
+    -- (RFC 9110 15.5.22: a 426 names the protocol to upgrade to.)
+    res:status(426):header("Sec-WebSocket-Version", "13"):header("Upgrade", "websocket")
     res:send("unsupported WebSocket version (13 only)\n")
     return nil, "unsupported WebSocket version"
   end
@@ -429,6 +450,19 @@ function M.upgrade(req, res, options)
     res:status(400)
     res:send("bad WebSocket handshake: " .. why .. "\n")
     return nil, "bad handshake: " .. why
+  end
+  if opts.origins then
+    -- A browser sends the page's Origin with the upgrade, and cookies:
+    -- a page of another site could otherwise talk as the user.
+    local origin, allowed = (h["origin"] or ""):lower(), false
+    for _, o in ipairs(opts.origins) do
+      if origin ~= "" and origin == o:lower() then allowed = true break end
+    end
+    if not allowed then
+      res:status(403)
+      res:send("WebSocket origin not allowed\n")
+      return nil, "origin not allowed"
+    end
   end
   local headers = {}
   for k, v in pairs(res._headers or {}) do headers[k] = v end

@@ -223,6 +223,32 @@ function Conn:receive(pat, prefix)
   end
 end
 
+--- What is buffered, or else the next chunk of input: 1 to max bytes.
+-- @treturn[1] string data
+-- @return[2] nil
+-- @treturn[2] string "closed" or "timeout"
+-- @treturn[2] string partial ("")
+function Conn:receiveany(max)
+  local n = math.tointeger(max)
+  if n == nil then
+    argerror(1, "receiveany", type(max) == "number" and "number has no integer representation"
+      or "number expected, got " .. type(max))
+  end
+  if n <= 0 then argerror(1, "receiveany", "max must be positive") end
+  if self:_busy() then return nil, "busy" end
+  while true do
+    if self.closed then return self:_fail("closed") end
+    local buf = self._buf
+    if #buf > 0 then
+      self._buf = buf:sub(n + 1)
+      return buf:sub(1, n)
+    end
+    local r = self:_fill()
+    if r == "eof" then return self:_fail("closed") end
+    if r == "timeout" then return self:_fail("timeout") end
+  end
+end
+
 -- The line at position i of s (up to LF) without CR LF, the position
 -- after the LF, and whether the line ended in CRLF (crlf_line in
 -- src/http_parse.c: a bare LF is an error there).
