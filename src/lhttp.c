@@ -845,6 +845,17 @@ res_send(lua_State *L)
         lua_pushliteral(L, "");
     }
     lua_settop(L, 2);
+    /* a 1xx is no final response (http.lua's final_code): the
+     * handler's error, before anything is sent */
+    if (rget(L, 1, R_STATUS) == LUA_TNUMBER) {
+        lua_Integer sv = lua_tointeger(L, 3);
+
+        if (sv >= 100 && sv < 200) {
+            return luaL_error(L, "status %d is informational, not a final "
+                              "response (101: use res:takeover)", (int) sv);
+        }
+    }
+    lua_settop(L, 2);
     if (swap) {
         lua_pushvalue(L, RMT_STARTED);
         lua_setmetatable(L, 1);

@@ -214,6 +214,20 @@ local function code_of(self)
   return code
 end
 
+-- The status of a response about to start: a final one. A 1xx sent as
+-- the response would be read as an interim one (RFC 9110 15.2), the
+-- client waiting on for a final answer and pairing the next one it gets
+-- with this request; the handler's error (a 500 then), before anything
+-- is sent. (100 Continue is the server's own; 101: res:takeover.)
+local function final_code(self)
+  local code = self._status
+  code = type(code) == "number" and math.tointeger(code)
+  if code and code >= 100 and code < 200 then
+    error(("status %d is informational, not a final response (101: use "
+      .. "res:takeover)"):format(code), 3)
+  end
+end
+
 local function no_body(self)
   local code = code_of(self)
   return self._req.method == "HEAD" or code == 204 or code == 304 or code < 200
@@ -289,6 +303,7 @@ end
 --- Send the whole response with this body (Content-Length set).
 function Res:send(body)
   assert(not self.started, "response already started")
+  final_code(self)
   body = body or ""
   if rawget(self, "started") == nil and getmetatable(self) == Res then
     setmetatable(self, ResStarted)
@@ -327,6 +342,7 @@ end
 function Res:write(chunk)
   local conn, req = self._conn, self._req
   if not self.started then
+    final_code(self)
     self.started = true
     local len = tonumber(get(self, "content-length"))
     self._declared = len
@@ -396,6 +412,7 @@ function Res:sendfile(path, offset, count, size)
   if not get(self, "content-type") then
     self:header("Content-Type", "application/octet-stream")
   end
+  final_code(self)
   self.started = true
   self.finished = true
   local conn = self._conn
