@@ -266,6 +266,20 @@ client_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         char *nl;
 
         n = read(c->fd, c->in + c->nin, sizeof(c->in) - 1 - c->nin);
+        if (n == 0 && !c->http && c->nin > 0 && c->nin < CTL_CMD_MAX) {
+            /* the end of a last line without its newline (printf 'ping'
+             * | socat ... half-closes): the command all the same (one
+             * per connection: the answer sent, it closes) */
+            run_command(c, c->in, c->nin);
+            if (c->out.oom || c->fd < 0) {
+                client_close(c);
+                return;
+            }
+            if (!c->waiting) {
+                (void) fdp_loop_mod(&c->ctl->pool->loop, &c->io, EPOLLOUT);
+            }
+            return;
+        }
         if (n <= 0) {
             if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
                 return;

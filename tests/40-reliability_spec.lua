@@ -731,6 +731,25 @@ describe("the control socket", function()
     finish(p)
   end)
 
+  -- A last line without its newline, then the end of the client's
+  -- writing (`printf ping | socat - UNIX-CONNECT:...`): the command all
+  -- the same, answered before the close. It got no answer.
+  it("answers a command whose newline never comes, at the client's half-close", function()
+    local defer = cleanup()
+    local p = H.start_pool{ script = TIMEOUT_FIX, workers = 1 }
+    defer(function() p:stop() end)
+    for _, cmd in ipairs{ { "ping", "^OK pong\n$" }, { "status", "^master %d+" },
+                          { "bogus", "^ERR unknown command" } } do
+      local ctl = assert(fdpool.connect("unix:" .. p.control, 10))
+      assert(ctl:write(cmd[1]))
+      assert(ctl:shutdown("send"))
+      local out = ctl:read("a")
+      ctl:close()
+      assert.matches(cmd[2], out, cmd[1])
+    end
+    finish(p)
+  end)
+
   -- Regression test (was a bug, now fixed): silent clients holding
   -- every control slot give the oldest one up to a newcomer, so status
   -- answers without waiting for their 2 s timeout (which would close
