@@ -35,11 +35,12 @@
 
 /* Offers a worker holds at most (the master sends fewer than
  * FDP_CLAIM_WORDS that are valid; the rest were taken back). */
-#define OFFERS_MAX 8
+#define OFFERS_MAX (FDP_CLAIM_WORDS + 4)
 
-/* PARKs of kept connections sent together at most (FDPOOL_PARKS=N, 1
- * to FDP_PARKS_MAX, for measuring). */
-static unsigned parks_batch = 4;
+/* PARKs of kept connections held before they go as a message while the
+ * master waits: the page's size (FDPOOL_PARKS=N, 1 to FDP_PARKS_MAX,
+ * for measuring; 4 until the deep offers, docs/performance.md). */
+static unsigned parks_batch = FDP_PARKS_MAX;
 
 /* 1: held PARKs go as a message only while the master waits (its word
  * in the page, msleep); else the master takes them from the page before
@@ -333,9 +334,10 @@ task_park(struct fdp_task *tk, int fd, uint64_t bytes_in, uint64_t bytes_out,
         } while (!__atomic_compare_exchange_n(&sh->pstate, &st, st + 1, 0,
                                               __ATOMIC_SEQ_CST,
                                               __ATOMIC_SEQ_CST));
-        /* Sent when the page is full, or at the batch's size while
-         * the master waits; else before this worker waits (the loop in
-         * fdp_worker_run), or taken by the master. */
+        /* Sent when the page is full (or at FDPOOL_PARKS's size while
+         * the master waits); else when this worker finds nothing ready
+         * while the master waits (the loop in fdp_worker_run: after
+         * each request then), or taken by the master at its turn. */
         if (FDP_PARKS_N(st) + 1 >= FDP_PARKS_MAX || TASK_W(t)->stopping
             || (FDP_PARKS_N(st) + 1 >= parks_batch && master_waits(sh))) {
             flush_parks(TASK_W(t));
@@ -733,7 +735,7 @@ offer_start(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
     uint64_t want = e->id;
     int j = (int) FDP_CONN_WORD_OF(e->flags);
 
-    if (w->claim != NULL && !w->stopping
+    if (w->claim != NULL && !w->stopping && j < FDP_CLAIM_WORDS
         && __atomic_compare_exchange_n(&w->claim[j], &want, 0, 0,
                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
         start_task(w, fd, e);
