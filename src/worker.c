@@ -41,6 +41,7 @@
  * (FDPOOL_PARKS=N, 1 to FDP_PARKS_MAX, for measuring); the page's size
  * (FDP_PARKS_MAX) in a run with deep offers (wctx.deep). */
 static unsigned parks_batch = 4;
+static int parks_fixed;         /* FDPOOL_PARKS given: deep runs too */
 
 /* 1: held PARKs go as a message only while the master waits (its word
  * in the page, msleep); else the master takes them from the page before
@@ -347,8 +348,8 @@ task_park(struct fdp_task *tk, int fd, uint64_t bytes_in, uint64_t bytes_out,
          * finds nothing ready while the master waits (the loop in
          * fdp_worker_run), or taken by the master at its turn. */
         if (FDP_PARKS_N(st) + 1 >= FDP_PARKS_MAX || TASK_W(t)->stopping
-            || (FDP_PARKS_N(st) + 1 >= parks_batch && !TASK_W(t)->deep
-                && master_waits(sh))) {
+            || (FDP_PARKS_N(st) + 1 >= parks_batch
+                && (!TASK_W(t)->deep || parks_fixed) && master_waits(sh))) {
             flush_parks(TASK_W(t));
         }
         r = 0;
@@ -1466,6 +1467,7 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
         }
         if (e != NULL && atoi(e) >= 1 && atoi(e) <= FDP_PARKS_MAX) {
             parks_batch = (unsigned) atoi(e);
+            parks_fixed = 1;
         }
     }
     for (;;) {
