@@ -59,8 +59,12 @@ struct fdp_conn_entry {
  * prefork's prefetch"). */
 #define FDP_CONN_OFFER  2u
 #define FDP_CONN_WORD(j)    ((uint32_t) (j) << 2)
-#define FDP_CONN_WORD_OF(f) (((f) >> 2) & 3u)
-#define FDP_CLAIM_WORDS 4
+#define FDP_CONN_WORD_OF(f) (((f) >> 2) & 15u)
+#define FDP_CLAIM_WORDS 16
+/* Offers a busy worker gets at most while few connections wait in the
+ * master's queue; up to FDP_CLAIM_WORDS - 1 while many do (dispatch.c,
+ * offer_depth). */
+#define FDP_PREFETCH_SHALLOW 3
 
 struct fdp_done_entry {
     uint64_t id;

@@ -298,6 +298,7 @@ fdp_dispatch_served(struct fdp_worker *w, uint32_t k, uint64_t bytes_in,
     if (w->inflight[k].offer) {     /* claimed: it was served */
         w->inflight[k].offer = 0;
         w->pool->noffers--;
+        w->noffers--;
     }
     w->inflight[k].id = 0;
     w->freeidx[w->nfree++] = k;
@@ -430,6 +431,7 @@ fdp_dispatch_send(struct fdp_pool *p, struct fdp_worker *w)
                              __ATOMIC_SEQ_CST);
             w->inflight[i].offer = 0;
             p->noffers--;
+            w->noffers--;
         }
         w->inflight[i].kept = NULL;
         w->inflight[i].id = 0;
@@ -508,6 +510,7 @@ hand(struct fdp_pool *p, int idx, const struct fdp_pending *c, int offer)
         w->batch[w->nbatch].flags |= FDP_CONN_OFFER
                                      | FDP_CONN_WORD(offer - 1);
         p->noffers++;
+        w->noffers++;
         p->offers++;
     }
     w->batch[w->nbatch].peerlen = 0;
@@ -622,7 +625,7 @@ offer_word(const struct fdp_worker *w)
 {
     int used = 0, k;
 
-    for (k = 0; k < w->ncap; k++) {
+    for (k = 0; k < w->ncap && w->noffers > 0; k++) {
         if (w->inflight[k].id != 0 && w->inflight[k].offer) {
             used |= 1 << (w->inflight[k].offer - 1);
         }
@@ -637,15 +640,26 @@ offer_word(const struct fdp_worker *w)
 
 
 /* w's offers the master has not seen claimed. */
-static int
+static inline int
 offers_waiting(const struct fdp_worker *w)
 {
-    int k, n = 0;
+    return w->noffers;
+}
 
-    for (k = 0; k < w->ncap; k++) {
-        n += w->inflight[k].id != 0 && w->inflight[k].offer;
-    }
-    return n;
+
+/* The offers w may hold now: FDP_PREFETCH_SHALLOW, or its most (up to
+ * FDP_CLAIM_WORDS - 1) while more connections wait in the queue than
+ * every worker could hold that deep (then the one offered would wait in
+ * the queue behind more requests than it does behind a worker's: the
+ * deep offers save a CONN and a worker's sleep per cycle of requests,
+ * docs/performance.md). */
+static inline int
+offer_depth(const struct fdp_pool *p, const struct fdp_worker *w)
+{
+    return w->prefetch > FDP_PREFETCH_SHALLOW
+           && p->qlen > p->nworkers * FDP_CLAIM_WORDS
+           ? w->prefetch : w->prefetch < FDP_PREFETCH_SHALLOW
+           ? w->prefetch : FDP_PREFETCH_SHALLOW;
 }
 
 
@@ -674,7 +688,7 @@ offer_target(struct fdp_pool *p)
         struct fdp_worker *w = &p->workers[i];
 
         if (!w->prefetch || w->slot.state != FDP_W_RUNNING || w->ch.fd < 0
-            || w->slot.active < 1 || w->slot.active > w->prefetch
+            || w->slot.active < 1 || w->slot.active > offer_depth(p, w)
             || w->nfree == 0) {
             continue;
         }
@@ -750,10 +764,12 @@ offer_back(struct fdp_pool *p, struct fdp_worker *w, uint32_t k, int requeue)
         f->offer = 0;               /* claimed: it starts (or started) */
         f->since_us = fdp_now_us();
         p->noffers--;
+        w->noffers--;
         return 0;
     }
     f->offer = 0;
     p->noffers--;
+    w->noffers--;
     memset(&c, 0, sizeof(c));
     c.fd = f->kept->c.fd;
     c.kept = f->kept;
@@ -823,7 +839,7 @@ fdp_dispatch_offers_settle(struct fdp_pool *p, struct fdp_worker *w)
 {
     uint32_t k;
 
-    for (k = 0; k < (uint32_t) w->ncap && p->noffers > 0; k++) {
+    for (k = 0; k < (uint32_t) w->ncap && w->noffers > 0; k++) {
         struct fdp_inflight *f = &w->inflight[k];
 
         if (f->id != 0 && f->offer
@@ -832,6 +848,7 @@ fdp_dispatch_offers_settle(struct fdp_pool *p, struct fdp_worker *w)
             f->offer = 0;
             f->since_us = fdp_now_us();
             p->noffers--;
+            w->noffers--;
         }
     }
 }
@@ -873,7 +890,8 @@ better_than(struct fdp_pool *p, const struct fdp_worker *w, uint64_t cur)
             continue;
         }
         if (worker_can_take(v)
-            || (v->slot.active <= v->prefetch && v->slot.active < w->slot.active
+            || (v->slot.active <= offer_depth(p, v)
+                && v->slot.active < w->slot.active
                 && since_of(v, 1) > cur)) {
             return 1;
         }

@@ -300,7 +300,7 @@ worker_alloc_tables(struct fdp_worker *w, int capacity)
 {
     int k;
 
-    /* Prefetch: one more entry, for the offer (capacity is 1). */
+    /* Prefetch: an entry per offer it may hold (capacity is 1). */
     capacity += w->prefetch;
 
     if (w->inflight != NULL && w->ncap != capacity) {
@@ -317,6 +317,7 @@ worker_alloc_tables(struct fdp_worker *w, int capacity)
         }
     }
     memset(w->inflight, 0, (size_t) capacity * sizeof(*w->inflight));
+    w->noffers = 0;
     for (k = 0; k < capacity; k++) {
         w->freeidx[k] = (uint32_t) (capacity - 1 - k);
     }
@@ -397,7 +398,8 @@ sched_child(struct fdp_pool *p)
 }
 
 
-/* Strict prefork's prefetch depth: 3 (FDP_CLAIM_WORDS - 1) with
+/* Strict prefork's prefetch depth, the most: 15 (FDP_CLAIM_WORDS - 1;
+ * 3 while few connections wait: dispatch.c, offer_depth) with
  * --concurrency 1 and a built-in policy that lets any worker take any
  * connection, else 0; FDPOOL_PREFETCH=N (0 to FDP_CLAIM_WORDS - 1) sets
  * it, for measuring. */
@@ -405,8 +407,10 @@ static int
 prefetch_wanted(struct fdp_pool *p)
 {
     const char *e = getenv("FDPOOL_PREFETCH");
-    int n = e != NULL && *e >= '0' && *e < '0' + FDP_CLAIM_WORDS && !e[1]
-            ? *e - '0' : FDP_CLAIM_WORDS - 1;
+    char *end = NULL;
+    long v = e != NULL ? strtol(e, &end, 10) : -1;
+    int n = e != NULL && *e != '\0' && *end == '\0' && v >= 0
+            && v < FDP_CLAIM_WORDS ? (int) v : FDP_CLAIM_WORDS - 1;
 
     return p->concurrency == 1 && !p->simulated
            && fdp_policy_any_worker(p) ? n : 0;

@@ -129,11 +129,13 @@ struct fdp_worker {
     uint64_t used_ms;
     uint64_t used_served;
     int ncap;                       /* entries in inflight/freeidx: the
-                                     * capacity, + 1 with prefetch */
-    int prefetch;                   /* strict prefork's prefetch on */
+                                     * capacity, + prefetch */
+    int prefetch;                   /* strict prefork's prefetch: the
+                                     * most offers it may hold */
     struct fdp_wshared *shm;        /* strict prefork: its page shared
                                      * with the process, or NULL */
     uint64_t *claim;                /* shm->claim (prefetch), or NULL */
+    int noffers;                    /* its offers not seen claimed */
     uint64_t pstate_seen;           /* shm->pstate at the last tick */
 };
 

@@ -425,3 +425,65 @@ describe("a worker that becomes free with offers waiting elsewhere", function()
     assert.same({}, H.unexpected_errors(pool:log()))
   end)
 end)
+
+describe("strict prefork: deep offers only while many connections wait", function()
+  -- A busy worker holds at most 3 offers while few connections wait in
+  -- the master's queue; up to 15 while more wait than every worker could
+  -- hold that deep (16 per worker): then an offered connection waits
+  -- behind fewer requests than it would in the queue. Each connection is
+  -- still served once, one at a time. (FDPOOL_OFFERBATCH=0: an offer
+  -- whenever there is room, so the counts do not depend on which turn
+  -- of the master's saw which request.)
+  it("holds 3 offers with 2 waiting, up to 15 while more than 16 wait", function()
+    local dir = H.tmpdir()
+    H.writefile(dir .. "/app.lua", APP:format(dir))
+    local pool = H.start_pool{ script = dir .. "/app.lua", workers = 1, concurrency = 1,
+                               shell = "FDPOOL_OFFERBATCH=0" }
+    assert(pool.addr, pool:log())
+    local cs = {}
+    finally(function()
+      H.writefile(dir .. "/da", ""); H.writefile(dir .. "/dc", "")
+      for _, c in ipairs(cs) do c:close() end
+      pool:stop()
+    end)
+    local function state(active, queued, what)
+      return H.wait_status(pool, function(s)
+        return s.workers[1].active == active and s.queued == queued
+      end, 20, what .. (" (active %d, queued %d)"):format(active, queued))
+    end
+    local function send(path)
+      local c = client(pool.addr)
+      cs[#cs + 1] = c
+      c:send(get(path))
+    end
+    send("/block?f=da")
+    state(1, 0, "a served")
+    for i = 1, 5 do
+      send("/block?f=dc")
+      state(math.min(1 + i, 4), math.max(0, i - 3), "c" .. i .. " in")
+    end
+    -- five waiting: three offered, two queued, for half a second (an
+    -- observation window, not a timing assertion)
+    local until_t = H.clock() + 0.5
+    repeat
+      local s = pool:status()
+      assert.equal(4, s.workers[1].active)
+      assert.equal(2, s.queued)
+    until H.clock() > until_t
+    -- 25 waiting: offered while more than 16 wait, so 9 offered, 16 queued
+    for _ = 6, 25 do send("/block?f=dc") end
+    state(10, 16, "deep offers")
+    H.writefile(dir .. "/da", "")
+    H.writefile(dir .. "/dc", "")
+    local pid = tostring(pool:worker_pids()[1])
+    for i, c in ipairs(cs) do
+      local st, body = c:response()
+      assert.equal(200, st)
+      assert.equal((i == 1 and "/block/da " or "/block/dc ") .. pid .. "\n", body)
+    end
+    local s = pool:status()
+    assert.equal(0, s.offers_back)
+    local log = pool:log()
+    assert.falsy(log:find("is faulty", 1, true), log)
+  end)
+end)
