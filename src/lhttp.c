@@ -498,6 +498,28 @@ conn_sendresponse(lua_State *L)
 }
 
 
+/* The method (*m, *mn) and version ("1.0" or "1.1", *v) of a head kept as
+ * req._head (s, n bytes: it parsed, so its request line is method SP
+ * target SP HTTP/1.x CRLF; HTTP/1.2..1.9 read as "1.1"). m or v NULL:
+ * not asked for. */
+static void
+head_method_version(const char *s, size_t n, const char **m, size_t *mn,
+                    const char **v)
+{
+    if (m != NULL) {
+        const char *sp = memchr(s, ' ', n);
+
+        *m = s;
+        *mn = sp != NULL ? (size_t) (sp - s) : n;
+    }
+    if (v != NULL) {
+        const char *nl = memchr(s, '\n', n);
+
+        *v = nl != NULL && nl - s >= 2 && nl[-2] == '0' ? "1.0" : "1.1";
+    }
+}
+
+
 /* ---- res:header and res:send (fdpool.http's Res methods) ------------ */
 
 /*
@@ -511,11 +533,11 @@ conn_sendresponse(lua_State *L)
  */
 enum { R_STARTED = 1, R_FINISHED, R_STATUS, R_REQ, R_HEADERS,
        R_BYTES, R_HEAD_SENT, R_CONN, R_METHOD, R_CLOSE, R_EXPECT_CONTINUE,
-       R_BODY, R_LENGTH, R_CHUNKED, R_VERSION, R_BROKEN, R_END };
+       R_BODY, R_LENGTH, R_CHUNKED, R_VERSION, R_BROKEN, R_HEAD, R_END };
 static const char *const reskeys[R_END - 1] = {
     "started", "finished", "_status", "_req", "_headers", "_bytes",
     "_head_sent", "_conn", "method", "_close", "_expect_continue", "_body",
-    "_length", "_chunked", "version", "_broken"
+    "_length", "_chunked", "version", "_broken", "_head"
 };
 #define RKEY(k) lua_upvalueindex(k)
 #define RSTATUS_LINES lua_upvalueindex(R_END)
@@ -801,7 +823,7 @@ res_send(lua_State *L)
 {
     size_t bn = 0, sn = 0, dn = 0, mn = 0, vn = 0;
     lua_Integer code;
-    int head_only, has_len, set_close, bad = 0, swap;
+    int head_only, has_len, set_close, bad = 0, swap, v10;
     struct fdp_conn *c;
     struct headbuf b;
     struct resctx *ctx = lua_touserdata(L, RCTX);
@@ -848,8 +870,23 @@ res_send(lua_State *L)
             lua_rawset(L, 1);
         }
     }
-    rget(L, 3, R_METHOD);               /* 8 */
+    /* req's method and version (8, 9), else (req_index's) from its head
+     * (10), read at once (the head's bytes die with the slots) */
+    rget(L, 3, R_METHOD);
+    rget(L, 3, R_VERSION);
     m = lua_tolstring(L, 8, &mn);
+    v = lua_tolstring(L, 9, &vn);
+    if ((m == NULL || v == NULL) && rget(L, 3, R_HEAD) == LUA_TSTRING) {
+        size_t hn;
+        const char *hs = lua_tolstring(L, 10, &hn), *hv = NULL;
+
+        head_method_version(hs, hn, m == NULL ? &m : NULL, &mn, &hv);
+        if (v == NULL) {
+            v = hv;
+            vn = 3;
+        }
+    }
+    v10 = v != NULL && vn == 3 && memcmp(v, "1.0", 3) == 0;
     head_only = (m != NULL && mn == 4 && memcmp(m, "HEAD", 4) == 0)
                 || code == 204 || code == 304 || code < 200;
     if (code == 200 && ctx->n200 > 0) {
@@ -887,11 +924,10 @@ res_send(lua_State *L)
     /* req._close: Connection: close from the handler; a client waiting
      * for 100 Continue whose body was not asked for. Set below, with the
      * head built (before a refused header's error). req's fields read
-     * at once (8 _expect_continue, 9 _close, 10 version) */
+     * at once (8 _expect_continue, 9 _close) */
     set_close = b.conn_close;
     rget(L, 3, R_EXPECT_CONTINUE);
     rget(L, 3, R_CLOSE);
-    rget(L, 3, R_VERSION);
     if (lua_toboolean(L, 8) && !rtrue(L, 3, R_BODY)) {
         rget(L, 3, R_LENGTH);
         if ((lua_isnumber(L, -1) && lua_tonumber(L, -1) > 0)
@@ -903,9 +939,7 @@ res_send(lua_State *L)
     if (set_close || lua_toboolean(L, 9) || rtrue(L, 3, R_BROKEN)) {
         cv = "close";                   /* (_broken: a body read in part) */
     } else {
-        v = lua_tolstring(L, 10, &vn);
-        cv = v != NULL && vn == 3 && memcmp(v, "1.0", 3) == 0 ? "keep-alive"
-             : NULL;
+        cv = v10 ? "keep-alive" : NULL;
     }
     has_len = !(code == 204 || code == 304 || code < 200);
     if (c == NULL) {
@@ -1225,9 +1259,9 @@ push_fields(lua_State *L, const struct fdp_http_head *h)
  * Parse the head in [s, end) (it ends with an empty line; http_parse.c)
  * into a request table on the stack. keyed 0: fields set by name
  * (conn:readrequest); 1: with cfg's interned keys (httploop); 2: as 1,
- * and req.headers, path and query left for Req's __index (req_index,
- * below) to build from the head, kept as req._head, when a handler first
- * reads them -- unless a framing header came twice (prepare reads it
+ * and req.method, version, headers, target, path and query left for
+ * Req's __index (req_index, below) to build from the head, kept as
+ * req._head, when a handler first reads them -- unless a framing header came twice (prepare reads it
  * joined from the table). sp: noted for prepare, or NULL. Returns 1, or
  * 0 with nil, an error string and the method (or nil when the request
  * line did not parse) pushed.
@@ -1286,14 +1320,14 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
     }
     /* and prepare's, body()'s fields */
     lua_createtable(L, 0, lazy ? 8 : 12);
-    keyfirst(L, keyed, K_METHOD);
-    if (keyed && h.method_len == 3 && memcmp(h.method, "GET", 3) == 0) {
-        KEY(L, K_GET);                  /* the common one, interned */
-    } else {
-        lua_pushlstring(L, h.method, h.method_len);
-    }
-    setkey(L, keyed, K_METHOD);
-    if (!lazy) {                /* (else req_index makes target too) */
+    if (!lazy) {        /* (else req_index makes method, target, version) */
+        keyfirst(L, keyed, K_METHOD);
+        if (keyed && h.method_len == 3 && memcmp(h.method, "GET", 3) == 0) {
+            KEY(L, K_GET);              /* the common one, interned */
+        } else {
+            lua_pushlstring(L, h.method, h.method_len);
+        }
+        setkey(L, keyed, K_METHOD);
         q = memchr(h.target, '?', h.target_len);
         keyfirst(L, keyed, K_TARGET);
         lua_pushlstring(L, h.target, h.target_len);
@@ -1318,14 +1352,14 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
             lua_pushliteral(L, "");
         }
         setkey(L, keyed, K_QUERY);
+        keyfirst(L, keyed, K_VERSION);
+        if (keyed) {
+            KEY(L, h.minor ? K_V11 : K_V10);
+        } else {
+            lua_pushstring(L, h.minor ? "1.1" : "1.0");
+        }
+        setkey(L, keyed, K_VERSION);
     }
-    keyfirst(L, keyed, K_VERSION);
-    if (keyed) {
-        KEY(L, h.minor ? K_V11 : K_V10);
-    } else {
-        lua_pushstring(L, h.minor ? "1.1" : "1.0");
-    }
-    setkey(L, keyed, K_VERSION);
     if (lazy) {
         keyfirst(L, keyed, K_HEAD);
         lua_pushlstring(L, s, (size_t) (end - s));
@@ -1342,9 +1376,9 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
 /*
  * Req's __index, when fdpool.http installs it (fdpool._httpreq(Req,
  * header_mt)): Req's own methods and fields first; then, for a request
- * whose head httploop kept (req._head), headers, target, path and query built
- * from that head on first use and stored in req as eager parsing would
- * have set them, so a handler that never reads them does not pay for
+ * whose head httploop kept (req._head), method, version, headers, target,
+ * path and query built from that head on first use and stored in req as
+ * eager parsing would have set them, so a handler that never reads them does not pay for
  * them (a head's headers table is most of a request's work in Lua).
  * A missing _length reads 0 (httploop sets it only for a body), a
  * missing _opts the serve's options (httploop does not set them).
@@ -1372,14 +1406,18 @@ req_index(lua_State *L)
     k = lua_tolstring(L, 2, &kn);
     switch (kn) {
     case 4: which = memcmp(k, "path", 4) == 0 ? 'p' : 0; break;
-    case 6: which = memcmp(k, "target", 6) == 0 ? 't' : 0; break;
+    case 6:
+        which = memcmp(k, "target", 6) == 0 ? 't'
+                : memcmp(k, "method", 6) == 0 ? 'm' : 0;
+        break;
     case 5:
         which = memcmp(k, "query", 5) == 0 ? 'q'
                 : memcmp(k, "_opts", 5) == 0 ? 'o' : 0;
         break;
     case 7:
         which = memcmp(k, "headers", 7) == 0 ? 'h'
-                : memcmp(k, "_length", 7) == 0 ? 'l' : 0;
+                : memcmp(k, "_length", 7) == 0 ? 'l'
+                : memcmp(k, "version", 7) == 0 ? 'v' : 0;
         break;
     default: which = 0;
     }
@@ -1410,6 +1448,12 @@ req_index(lua_State *L)
         push_fields(L, &h);
         lua_pushvalue(L, lua_upvalueindex(Q_HMT));
         lua_setmetatable(L, -2);
+    } else if (which == 'm') {
+        head_method_version(s, n, &t, &tn, NULL);
+        lua_pushlstring(L, t, tn);
+    } else if (which == 'v') {
+        head_method_version(s, n, NULL, NULL, &t);
+        lua_pushstring(L, t);
     } else {
         /* request-line = method SP request-target SP HTTP-version */
         t = memchr(s, ' ', n);
@@ -1434,8 +1478,64 @@ req_index(lua_State *L)
 }
 
 
-/* fdpool._httpreq(Req, header_mt [, opts]) -> an __index for requests
- * (above) */
+/* next, for req_pairs (the global one may be another) */
+static int
+req_next(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    if (lua_next(L, 1)) {
+        return 2;
+    }
+    lua_pushnil(L);
+    return 1;
+}
+
+
+/*
+ * Req's __pairs, with req_index: method and version, which an eager
+ * parse set as fields, are made from the kept head first (when req has
+ * none of its own), so pairs(req) lists them as before; headers, target,
+ * path and query stay as they are (made when first read). Upvalue:
+ * "_head".
+ */
+static int
+req_pairs(lua_State *L)
+{
+    size_t n;
+    const char *s, *x;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    if (lua_rawget(L, 1) == LUA_TSTRING) {
+        s = lua_tolstring(L, 2, &n);
+        lua_pushliteral(L, "method");
+        if (lua_rawget(L, 1) == LUA_TNIL) {
+            head_method_version(s, n, &x, &n, NULL);
+            lua_pushliteral(L, "method");
+            lua_pushlstring(L, x, n);
+            lua_rawset(L, 1);
+            s = lua_tolstring(L, 2, &n);
+        }
+        lua_pushliteral(L, "version");
+        if (lua_rawget(L, 1) == LUA_TNIL) {
+            head_method_version(s, n, NULL, NULL, &x);
+            lua_pushliteral(L, "version");
+            lua_pushstring(L, x);
+            lua_rawset(L, 1);
+        }
+    }
+    lua_settop(L, 1);
+    lua_pushcfunction(L, req_next);
+    lua_insert(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+
+/* fdpool._httpreq(Req, header_mt [, opts]) -> an __index and a __pairs
+ * for requests (above) */
 int
 fdp_lhttp_req(lua_State *L)
 {
@@ -1445,7 +1545,9 @@ fdp_lhttp_req(lua_State *L)
     lua_pushliteral(L, "_head");
     lua_insert(L, 3);
     lua_pushcclosure(L, req_index, 4);
-    return 1;
+    lua_pushliteral(L, "_head");
+    lua_pushcclosure(L, req_pairs, 1);
+    return 2;
 }
 
 
@@ -2315,6 +2417,9 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     code = prepare(L, c, cp, &sp, &why);
     if (code) {
         lua_settop(L, S_TOP);
+        /* (req.method for http.lua's answer: req_index's, from the head) */
+        lua_rawgeti(L, S_CFG, C_REQ);
+        lua_setmetatable(L, S_REQ);
         lua_pushliteral(L, "refuse");
         lua_pushvalue(L, S_REQ);
         lua_pushinteger(L, code);

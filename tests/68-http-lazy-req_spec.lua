@@ -97,6 +97,37 @@ return http.serve(function(req, res)
     return 203, {}, "slept\n"
   elseif p == "/ret-big" then
     return 200, {}, ("0123456789abcdef"):rep(1 << 18)      -- 4 MiB
+  elseif p == "/mv-raw" then
+    -- method and version: made on first read too, then fields of req
+    local before = tostring(rawget(req, "method")) .. "," .. tostring(rawget(req, "version"))
+    local m, v = req.method, req.version
+    return 200, {}, "before=" .. before .. " read=" .. m .. "," .. v .. " after="
+      .. tostring(rawget(req, "method")) .. "," .. tostring(rawget(req, "version")) .. "\n"
+  elseif p == "/mv-pairs" then
+    -- pairs(req) lists method, version and conn as the eager parse's
+    local seen = {}
+    for k, v in pairs(req) do
+      if k == "method" or k == "version" or k == "conn" then
+        seen[#seen + 1] = k == "conn" and k or k .. "=" .. v
+      end
+    end
+    table.sort(seen)
+    return 200, {}, "pairs=" .. table.concat(seen, ",") .. " method=" .. req.method .. "\n"
+  elseif p == "/mv-set" then
+    -- assigned before any read: the handler's values stay, and res:send
+    -- answers by them (a HEAD's head only, a 1.0's keep-alive)
+    req.method = "HEAD"
+    req.version = "1.0"
+    res:send(req.method .. " " .. req.version .. "\n")
+    return
+  elseif p == "/mv-nil" then
+    -- assigned nil after a read
+    local _ = req.method .. req.version
+    req.method, req.version = nil, nil
+    local t = {}
+    for k in pairs(req) do t[#t + 1] = k end
+    table.sort(t)
+    return 200, {}, "keys=" .. table.concat(t, ",") .. " again=" .. req.method .. "\n"
   elseif p == "/post" then
     local body = req:body()
     return 200, {}, dump(req) .. "got=" .. body .. "\n"
@@ -171,6 +202,35 @@ describe("req.headers, path and query built on first use", function()
     local mem, real = both("GET /raw?q HTTP/1.1\r\nHost: h\r\n\r\n")
     assert.matches("raw=nil,nil,nil\n", real)
     assert.matches("raw=table,string,string\n", mem)
+  end)
+
+  it("makes method and version on first read, for pairs too", function()
+    local mem, real = both("GET /mv-raw HTTP/1.0\r\n\r\n")
+    assert.matches("\r\n\r\nbefore=nil,nil read=GET,1.0 after=GET,1.0\n$", real)
+    assert.matches("before=GET,1.0 read=GET,1.0 after=GET,1.0\n", mem)
+    real = select(2, both("DELETE /mv-raw HTTP/1.1\r\nHost: h\r\n\r\n"
+      .. "OPTIONS /mv-raw HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"))
+    assert.matches("\r\n\r\nbefore=nil,nil read=DELETE,1.1 after=DELETE,1.1\n"
+      .. "HTTP/1.1 200 OK\r\n.-\r\n\r\nbefore=nil,nil read=OPTIONS,1.1 after=OPTIONS,1.1\n$", real)
+    for _, bytes in ipairs({
+      "POST /mv-pairs HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+      "GET /mv-pairs HTTP/1.0\r\n\r\n",
+      "GET /mv-set HTTP/1.1\r\nHost: h\r\n\r\nGET /mv-pairs HTTP/1.1\r\nHost: h\r\n\r\n",
+    }) do
+      mem, real = both(bytes)
+      assert.equal(mem, real)
+    end
+    assert.matches("pairs=conn,method=POST,version=1.1 method=POST\n$",
+      select(2, both("POST /mv-pairs HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n")))
+    -- the handler's HEAD and 1.0: no body, keep-alive, and the next
+    -- request still served
+    real = select(2, both("GET /mv-set HTTP/1.1\r\nHost: h\r\n\r\nGET /mv-pairs HTTP/1.1\r\nHost: h\r\n\r\n"))
+    assert.matches("^HTTP/1.1 200 OK\r\n.-Content%-Length: 9\r\n.-Connection: keep%-alive\r\n\r\n"
+      .. "HTTP/1.1 200 OK\r\n.-pairs=conn,method=GET,version=1.1 ", real)
+    mem, real = both("GET /mv-nil HTTP/1.1\r\nHost: h\r\n\r\n")
+    -- (as target, path, query and headers: a field assigned nil is made
+    -- again from the head, by pairs too)
+    assert.matches("keys=_head,conn,method,target,version again=GET\n$", real)
   end)
 
   it("holds the documented values", function()
