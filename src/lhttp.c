@@ -876,19 +876,21 @@ res_send(lua_State *L)
     rget(L, 3, R_VERSION);
     m = lua_tolstring(L, 8, &mn);
     v = lua_tolstring(L, 9, &vn);
+    head_only = m != NULL && mn == 4 && memcmp(m, "HEAD", 4) == 0;
     if ((m == NULL || v == NULL) && rget(L, 3, R_HEAD) == LUA_TSTRING) {
         size_t hn;
-        const char *hs = lua_tolstring(L, 10, &hn), *hv = NULL;
+        const char *hs = lua_tolstring(L, 10, &hn);
 
-        head_method_version(hs, hn, m == NULL ? &m : NULL, &mn, &hv);
+        if (m == NULL) {        /* (the head parsed: "HEAD " or another) */
+            head_only = hn > 5 && memcmp(hs, "HEAD ", 5) == 0;
+        }
         if (v == NULL) {
-            v = hv;
+            head_method_version(hs, hn, NULL, NULL, &v);
             vn = 3;
         }
     }
     v10 = v != NULL && vn == 3 && memcmp(v, "1.0", 3) == 0;
-    head_only = (m != NULL && mn == 4 && memcmp(m, "HEAD", 4) == 0)
-                || code == 204 || code == 304 || code < 200;
+    head_only = head_only || code == 204 || code == 304 || code < 200;
     if (code == 200 && ctx->n200 > 0) {
         sl = ctx->line200;              /* (7 made below if asked for) */
         sn = ctx->n200;
@@ -1182,6 +1184,15 @@ kget(lua_State *L, int t, int k)
     return lua_rawget(L, t);
 }
 
+/* Where a head's LFs are, noted by head_find for the parser
+ * (fdp_http_parse_head_lines): n of them (0: not noted; lf[n] is
+ * scratch once n is FDP_HTTP_LINES_MAX). */
+struct head_lfs {
+    size_t n;
+    const char *lf[FDP_HTTP_LINES_MAX + 1];
+};
+
+
 /* What prepare reads of a head, noted while parse_head goes over its
  * fields: each framing header's value in the read buffer when it came
  * once (a repeated one is read back from the headers table, joined). */
@@ -1268,11 +1279,12 @@ push_fields(lua_State *L, const struct fdp_http_head *h)
  */
 static int
 parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
-           struct hspec *sp)
+           struct hspec *sp, const struct head_lfs *lfs)
 {
     struct fdp_http_head h;
     const char *q;
-    int err = fdp_http_parse_head(s, (size_t) (end - s), &h);
+    int err = fdp_http_parse_head_lines(s, (size_t) (end - s), lfs->lf,
+                                        lfs->n, &h);
     int lazy = keyed == 2 && sp != NULL;
 
     if (err < 0) {
@@ -1634,12 +1646,20 @@ head_too_large(lua_State *L, const char *s, size_t max, const char *truncated)
 
 static size_t
 head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
-          const double *sec, int stash, lua_KContext ctx, lua_KFunction k)
+          const double *sec, int stash, lua_KContext ctx, lua_KFunction k,
+          struct head_lfs *lfs)
 {
     ssize_t n;
 
     for (;;) {
         const char *s, *end, *p;
+        /* the LFs passed, for the parser: noted only when the scan
+         * starts at the head's first byte (the usual case: the whole
+         * head came in one read), not when it goes on from where the
+         * last one stopped (lf[nlf]: scratch once full) */
+        const char *scratch[FDP_HTTP_LINES_MAX + 1];
+        const char **lf = lfs != NULL ? lfs->lf : scratch;
+        size_t nlf = 0;
 
         if (c->fd < 0) {
             lua_pushnil(L);
@@ -1660,12 +1680,19 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
             if (p == NULL) {
                 break;
             }
+            lf[nlf] = p;
+            nlf += nlf < FDP_HTTP_LINES_MAX;
             if ((p + 1 < end && p[1] == '\n')
                 || (p + 2 < end && p[1] == '\r' && p[2] == '\n')) {
                 const char *hend = p + (p[1] == '\n' ? 2 : 3);
 
                 if ((size_t) (hend - s) > max) {
                     return head_too_large(L, s, max, truncated);
+                }
+                if (lfs != NULL) {
+                    lf[nlf] = hend - 1;
+                    nlf += nlf < FDP_HTTP_LINES_MAX;
+                    lfs->n = c->op_pos == 0 ? nlf : 0;
                 }
                 c->op_pos = 0;
                 return (size_t) (hend - s);
@@ -1727,18 +1754,21 @@ readrequest_run(lua_State *L, int status)
     size_t max = (size_t) lua_tointeger(L, 2);
     size_t hl;
     double sec;
+    struct head_lfs lfs;
 
+    lfs.n = 0;
     if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
         lua_pushnil(L);
         lua_pushliteral(L, "timeout");
         return 2;
     }
     hl = head_find(L, c, max, "bad request: truncated", slot_num(L, 3, &sec),
-                   4, 0, readrequest_k);
+                   4, 0, readrequest_k, &lfs);
     if (hl == 0) {
         return 2;
     }
-    if (!parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 0, c, NULL)) {
+    if (!parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 0, c,
+                    NULL, &lfs)) {
         return 3;
     }
     c->rstart += hl;
@@ -1797,7 +1827,7 @@ readresponse_k(lua_State *L, int status, lua_KContext ctx)
         hl = 0;
     } else {
         hl = head_find(L, c, (size_t) lua_tointeger(L, 2), NULL,
-                       slot_num(L, 3, &sec), 4, 0, readresponse_k);
+                       slot_num(L, 3, &sec), 4, 0, readresponse_k, NULL);
     }
     if (hl == 0) {
         /* nil, why, partial: what arrived is handed over (a caller may
@@ -2378,7 +2408,9 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     int code;
     const char *why;
     struct hspec sp;
+    struct head_lfs lfs;
 
+    lfs.n = 0;
     if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
         lua_pushnil(L);
         lua_pushliteral(L, "timeout");
@@ -2386,8 +2418,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     } else {
         hl = head_find(L, c, cp->max_head, "bad request: truncated",
                        cp->head_timeout > 0 ? &cp->head_timeout : NULL, S_LIMIT,
-                       PH_READ,
-                       httploop_k);
+                       PH_READ, httploop_k, &lfs);
     }
     if (hl == HEAD_DORMANT) {
         return -1;      /* nothing: the root returns, the task sleeps */
@@ -2399,7 +2430,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         lua_replace(L, S_LIMIT);
     }
     if (hl == 0 || !parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl,
-                               cp->lazy ? 2 : 1, c, &sp)) {
+                               cp->lazy ? 2 : 1, c, &sp, &lfs)) {
         if (hl == 0) {
             lua_pushnil(L);             /* no method */
         }
