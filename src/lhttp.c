@@ -2379,12 +2379,14 @@ res_started(lua_State *L, const struct httpcfg *cp)
 static void
 httploop_next(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp)
 {
+    lua_Integer served = lua_tointeger(L, S_SERVED);
+
     /* S_REQ, S_RES and S_LIMIT (was S_OUT0) nil */
     lua_settop(L, S_SERVED);
     lua_pushnil(L);                     /* S_REQ */
     lua_copy(L, S_REQ, S_LIMIT);
     lua_pushnil(L);                     /* S_RES */
-    if (lua_tointeger(L, S_SERVED) == 1) {
+    if (served == 1) {
         c->timeout = cp->keepalive_timeout;
         c->total = 0;
     }
@@ -2392,7 +2394,7 @@ httploop_next(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp)
         c->ka_sleep = may_sleep(L, c) ? 1 : -1;
     }
     if (c->ka_sleep > 0) {
-        c->ka_served = (int) lua_tointeger(L, S_SERVED);
+        c->ka_served = (int) served;
     }
     fdp_conn_op_begin(c);
     fdp_task_request(L, 0);             /* waiting for a request */
@@ -2424,7 +2426,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         return -1;      /* nothing: the root returns, the task sleeps */
     }
     c->ka_served = 0;
-    if (lua_isnumber(L, S_LIMIT)) {     /* the head's limit ends */
+    if (lua_type(L, S_LIMIT) == LUA_TNUMBER) {  /* the head's limit ends */
         c->limit = lua_tonumber(L, S_LIMIT);
         lua_pushnil(L);
         lua_replace(L, S_LIMIT);
