@@ -499,7 +499,7 @@ conn_sendresponse(lua_State *L)
 
 
 /* The method (*m, *mn) and version ("1.0" or "1.1", *v) of a head kept as
- * req._head (s, n bytes: it parsed, so its request line is method SP
+ * req._head (s, n bytes, a userdata's: it parsed, so its request line is method SP
  * target SP HTTP/1.x CRLF; HTTP/1.2..1.9 read as "1.1"). m or v NULL:
  * not asked for. */
 static void
@@ -877,9 +877,9 @@ res_send(lua_State *L)
     m = lua_tolstring(L, 8, &mn);
     v = lua_tolstring(L, 9, &vn);
     head_only = m != NULL && mn == 4 && memcmp(m, "HEAD", 4) == 0;
-    if ((m == NULL || v == NULL) && rget(L, 3, R_HEAD) == LUA_TSTRING) {
-        size_t hn;
-        const char *hs = lua_tolstring(L, 10, &hn);
+    if ((m == NULL || v == NULL) && rget(L, 3, R_HEAD) == LUA_TUSERDATA) {
+        size_t hn = lua_rawlen(L, 10);
+        const char *hs = lua_touserdata(L, 10);
 
         if (m == NULL) {        /* (the head parsed: "HEAD " or another) */
             head_only = hn > 5 && memcmp(hs, "HEAD ", 5) == 0;
@@ -1270,9 +1270,10 @@ push_fields(lua_State *L, const struct fdp_http_head *h)
  * Parse the head in [s, end) (it ends with an empty line; http_parse.c)
  * into a request table on the stack. keyed 0: fields set by name
  * (conn:readrequest); 1: with cfg's interned keys (httploop); 2: as 1,
- * and req.method, version, headers, target, path and query left for
- * Req's __index (req_index, below) to build from the head, kept as
- * req._head, when a handler first reads them -- unless a framing header came twice (prepare reads it
+ * and req.method, version, headers, target, path, query (and prepare's
+ * conn) left for Req's __index (req_index, below) to build from the head,
+ * kept as req._head (a userdata, the conn at S_CONN its user value),
+ * when a handler first reads them -- unless a framing header came twice (prepare reads it
  * joined from the table). sp: noted for prepare, or NULL. Returns 1, or
  * 0 with nil, an error string and the method (or nil when the request
  * line did not parse) pushed.
@@ -1373,8 +1374,15 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
         setkey(L, keyed, K_VERSION);
     }
     if (lazy) {
+        /* the head's bytes, and the conn as its user value (req.conn
+         * for req_index: one field less per request) */
+        char *u;
+
         keyfirst(L, keyed, K_HEAD);
-        lua_pushlstring(L, s, (size_t) (end - s));
+        u = lua_newuserdatauv(L, (size_t) (end - s), 1);
+        memcpy(u, s, (size_t) (end - s));
+        lua_pushvalue(L, S_CONN);
+        lua_setiuservalue(L, -2, 1);
         setkey(L, keyed, K_HEAD);
     } else {
         keyfirst(L, keyed, K_HEADERS);
@@ -1388,9 +1396,10 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
 /*
  * Req's __index, when fdpool.http installs it (fdpool._httpreq(Req,
  * header_mt)): Req's own methods and fields first; then, for a request
- * whose head httploop kept (req._head), method, version, headers, target,
- * path and query built from that head on first use and stored in req as
- * eager parsing would have set them, so a handler that never reads them does not pay for
+ * whose head httploop kept (req._head: a userdata of its bytes, the conn
+ * its user value), method, version, headers, target, path, query and
+ * conn built from that head on first use and stored in req as eager
+ * parsing and prepare would have set them, so a handler that never reads them does not pay for
  * them (a head's headers table is most of a request's work in Lua).
  * A missing _length reads 0 (httploop sets it only for a body), a
  * missing _opts the serve's options (httploop does not set them).
@@ -1417,7 +1426,10 @@ req_index(lua_State *L)
     }
     k = lua_tolstring(L, 2, &kn);
     switch (kn) {
-    case 4: which = memcmp(k, "path", 4) == 0 ? 'p' : 0; break;
+    case 4:
+        which = memcmp(k, "path", 4) == 0 ? 'p'
+                : memcmp(k, "conn", 4) == 0 ? 'c' : 0;
+        break;
     case 6:
         which = memcmp(k, "target", 6) == 0 ? 't'
                 : memcmp(k, "method", 6) == 0 ? 'm' : 0;
@@ -1445,12 +1457,15 @@ req_index(lua_State *L)
         return 1;                       /* nil */
     }
     lua_pushvalue(L, lua_upvalueindex(Q_HEAD));
-    if (lua_rawget(L, 1) != LUA_TSTRING) {
+    if (lua_rawget(L, 1) != LUA_TUSERDATA) {
         lua_pushnil(L);
         return 1;
     }
-    s = lua_tolstring(L, -1, &n);
-    if (which == 'h') {
+    s = lua_touserdata(L, -1);
+    n = lua_rawlen(L, -1);
+    if (which == 'c') {
+        (void) lua_getiuservalue(L, -1, 1);
+    } else if (which == 'h') {
         /* parsed again from a copy (the parser writes: lower-case names) */
         b = n <= sizeof(stack) ? stack : lua_newuserdatauv(L, n, 0);
         memcpy(b, s, n);
@@ -1505,36 +1520,42 @@ req_next(lua_State *L)
 
 
 /*
- * Req's __pairs, with req_index: method and version, which an eager
- * parse set as fields, are made from the kept head first (when req has
- * none of its own), so pairs(req) lists them as before; headers, target,
- * path and query stay as they are (made when first read). Upvalue:
- * "_head".
+ * Req's __pairs, with req_index: method, version and conn, which an
+ * eager parse set as fields, are made from the kept head first (when req
+ * has none of its own), so pairs(req) lists them as before; headers,
+ * target, path and query stay as they are (made when first read).
+ * Upvalue: "_head".
  */
 static int
 req_pairs(lua_State *L)
 {
-    size_t n;
+    size_t n, m;
     const char *s, *x;
 
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     lua_pushvalue(L, lua_upvalueindex(1));
-    if (lua_rawget(L, 1) == LUA_TSTRING) {
-        s = lua_tolstring(L, 2, &n);
+    if (lua_rawget(L, 1) == LUA_TUSERDATA) {
+        s = lua_touserdata(L, 2);
+        n = lua_rawlen(L, 2);
         lua_pushliteral(L, "method");
         if (lua_rawget(L, 1) == LUA_TNIL) {
-            head_method_version(s, n, &x, &n, NULL);
+            head_method_version(s, n, &x, &m, NULL);
             lua_pushliteral(L, "method");
-            lua_pushlstring(L, x, n);
+            lua_pushlstring(L, x, m);
             lua_rawset(L, 1);
-            s = lua_tolstring(L, 2, &n);
         }
         lua_pushliteral(L, "version");
         if (lua_rawget(L, 1) == LUA_TNIL) {
             head_method_version(s, n, NULL, NULL, &x);
             lua_pushliteral(L, "version");
             lua_pushstring(L, x);
+            lua_rawset(L, 1);
+        }
+        lua_pushliteral(L, "conn");
+        if (lua_rawget(L, 1) == LUA_TNIL) {
+            lua_pushliteral(L, "conn");
+            (void) lua_getiuservalue(L, 2, 1);
             lua_rawset(L, 1);
         }
     }
@@ -2091,8 +2112,8 @@ has_ci(const char *v, size_t n, const char *w)
 /*
  * http.lua's prepare, in C (the same rules, the same answers): the
  * request's framing (RFC 9112 6: anything ambiguous is refused), Host,
- * the target's form, Expect and Connection. Sets req's conn, _opts
- * (without req_index),
+ * the target's form, Expect and Connection. Sets req's conn (when
+ * parse_head kept no head: else req_index's), _opts (without req_index),
  * _length (with req_index: only when not 0), _chunked, _expect_continue,
  * _close (only when true) and the headers' case-folding metatable (when
  * parse_head made the headers table). Returns 0, or a status with *why set (or NULL).
@@ -2108,9 +2129,11 @@ prepare(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
 
     *why = NULL;
     c->hbody = 0;
-    KEY(L, K_CONN);
-    lua_pushvalue(L, S_CONN);
-    lua_rawset(L, S_REQ);
+    if (sp->eager) {                    /* else req_index's, from _head */
+        KEY(L, K_CONN);
+        lua_pushvalue(L, S_CONN);
+        lua_rawset(L, S_REQ);
+    }
     if (!cp->lazy) {                    /* else the __index's upvalue */
         KEY(L, K_OPTS);
         lua_rawgeti(L, S_CFG, C_OPTS);

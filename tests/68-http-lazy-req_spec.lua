@@ -1,7 +1,7 @@
 -- tests/68-http-lazy-req_spec.lua: a request read by conn:httploop (the
--- real pool) gets req.headers, req.path and req.query only when the
--- handler first reads them (built from the kept head by Req's __index,
--- src/lhttp.c req_index). What a handler sees must be what the eager
+-- real pool) gets req.headers, req.path and req.query (and method,
+-- version, target, conn) only when the handler first reads them (built
+-- from the kept head by Req's __index, src/lhttp.c req_index). What a handler sees must be what the eager
 -- parse gives: the same handler runs in the real pool and on
 -- fdpool.testing's in-memory conn (http.serve's Lua loop, which parses
 -- every field at once) for the same bytes, and both answers must be
@@ -103,6 +103,14 @@ return http.serve(function(req, res)
     local m, v = req.method, req.version
     return 200, {}, "before=" .. before .. " read=" .. m .. "," .. v .. " after="
       .. tostring(rawget(req, "method")) .. "," .. tostring(rawget(req, "version")) .. "\n"
+  elseif p == "/conn-lazy" then
+    -- req.conn too: from the kept head's user value on a real conn
+    local before = type(rawget(req, "conn"))
+    return 200, {}, "before=" .. before .. " same=" .. tostring(req.conn == res._conn)
+      .. " after=" .. tostring(rawget(req, "conn") == res._conn) .. "\n"
+  elseif p == "/conn-set" then
+    req.conn = "mine"
+    return 200, {}, "conn=" .. tostring(req.conn) .. "\n"
   elseif p == "/mv-pairs" then
     -- pairs(req) lists method, version and conn as the eager parse's
     local seen = {}
@@ -231,6 +239,15 @@ describe("req.headers, path and query built on first use", function()
     -- (as target, path, query and headers: a field assigned nil is made
     -- again from the head, by pairs too)
     assert.matches("keys=_head,conn,method,target,version again=GET\n$", real)
+  end)
+
+  it("makes req.conn on first read (the conn), keeps an assigned one", function()
+    local mem, real = both("GET /conn-lazy HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert.matches("\r\n\r\nbefore=nil same=true after=true\n$", real)
+    assert.matches("\r\n\r\nbefore=%a+ same=true after=true\n$", mem)
+    mem, real = both("GET /conn-set HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert.equal(mem, real)
+    assert.matches("\r\n\r\nconn=mine\n$", real)
   end)
 
   it("holds the documented values", function()
