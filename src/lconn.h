@@ -76,6 +76,9 @@ struct fdp_conn {
                                    now, not when the master lets go */
     unsigned char hbody;        /* conn:httploop: the request has a body
                                    to read (prepare; plain_end reads it) */
+    unsigned char hnolog;       /* conn:httploop: its serve keeps no
+                                   access log, the one reader of
+                                   res._bytes (res:send leaves it out) */
     uint32_t peerlen;           /* > 0: the client from a PROXY header */
     unsigned char peer[28];
     struct fdp_http_chunked chunked;    /* conn:readchunked in progress */

@@ -899,15 +899,17 @@ res_send(lua_State *L)
         lua_replace(L, 7);              /* 7: the status line */
     }
     lua_settop(L, 7);
-    if (!head_only) {
-        lua_pushvalue(L, RKEY(R_BYTES));
-        lua_pushinteger(L, (lua_Integer) bn);
-        lua_rawset(L, 1);
-    }
     if (lua_type(L, 5) != LUA_TTABLE) {
         luaL_checktype(L, 5, LUA_TTABLE);
     }
     c = res_conn(L, 6, ctx);
+    /* _bytes: for the access log, left out by a serve that keeps none
+     * (conn:httploop's c->hnolog) */
+    if (!head_only && (c == NULL || !c->hnolog)) {
+        lua_pushvalue(L, RKEY(R_BYTES));
+        lua_pushinteger(L, (lua_Integer) bn);
+        lua_rawset(L, 1);
+    }
     head_start(&b, L, 4);
     b.cache = &ctx->hc;
     b.cache_idx = RCTX;
@@ -1944,6 +1946,7 @@ struct httpcfg {
     int lazy;                   /* Req's __index is req_index: parse_head's
                                  * keyed 2 */
     int park;                   /* parking, no access log: park_end */
+    int nolog;                  /* no access log (plain, or cfg.park) */
     const void *res_mt[2];      /* cfg.res_started, res_sent (or NULL): a
                                  * res whose metatable is one of them has
                                  * started and finished (see RS_RES) */
@@ -2002,6 +2005,7 @@ cfg_params(lua_State *L, int fresh)
     p->lazy = lua_toboolean(L, -1);
     lua_pop(L, 1);
     lua_getfield(L, S_CFG, "park");
+    p->nolog = p->plain || lua_toboolean(L, -1);
     p->park = lua_toboolean(L, -1) && p->keepalive_timeout > 0
               && p->keepalive_timeout < 86400;
     lua_pop(L, 1);
@@ -2466,6 +2470,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         return -5;
     }
     c->rstart += hl;
+    c->hnolog = (unsigned char) cp->nolog;      /* (res_send) */
     served = lua_tointeger(L, S_SERVED) + 1;
     lua_pushinteger(L, served);
     lua_replace(L, S_SERVED);

@@ -134,7 +134,9 @@ end
 local Res = {}
 Res.__index = Res
 -- A res conn:httploop makes holds only _conn, _req and _headers: these
--- defaults stand for its other fields until a method sets them.
+-- defaults stand for its other fields until a method sets them. (Its
+-- res:send, in C, notes _bytes only for a serve with an access log, the
+-- field's one reader.)
 Res._status, Res.started, Res.finished = 200, false, false
 -- res:send's sent state, for a res whose metatable is Res and that has
 -- no started field of its own (as conn:httploop makes them): the
