@@ -290,8 +290,8 @@ end
 M._c_res = { header = Res.header, send = Res.send }
 
 -- A request read by conn:httploop keeps its head (req._head) and gets
--- method, version, headers, target, path, query and conn only when first
--- read (method, version and conn by pairs(req) too): Req's __index in C
+-- version, headers, target, path, query and conn only when first read
+-- (version and conn by pairs(req) too): Req's __index in C
 -- (src/lhttp.c req_index) builds them as prepare and readrequest would
 -- have (the same table, case-folding metatable included) and stores
 -- them in req. Methods and fields of Req come first, as with
