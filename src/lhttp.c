@@ -1527,10 +1527,10 @@ req_next(lua_State *L)
 
 /*
  * Req's __pairs, with req_index: method, version and conn, which an
- * eager parse set as fields, are made from the kept head first (when req
- * has none of its own: version and conn, method if assigned nil), so pairs(req) lists them as before; headers,
- * target, path and query stay as they are (made when first read).
- * Upvalue: "_head".
+ * eager parse set as fields, are made from the kept head first when req
+ * has none of its own (version and conn; method if assigned nil), so
+ * pairs(req) lists them as before; headers, target, path and query stay
+ * as they are (made when first read). Upvalue: "_head".
  */
 static int
 req_pairs(lua_State *L)
