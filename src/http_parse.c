@@ -42,6 +42,19 @@ is_field_byte(unsigned char c)
 }
 
 
+/* is_field_byte as a table, for field_bytes_ok's byte-by-byte part */
+#define FB16(x) x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x
+static const unsigned char field_byte[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0,     /* HTAB */
+    FB16(0),
+    FB16(1), FB16(1), FB16(1), FB16(1), FB16(1),        /* 0x20-0x6f */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0,     /* DEL */
+    FB16(1), FB16(1), FB16(1), FB16(1),                 /* obs-text */
+    FB16(1), FB16(1), FB16(1), FB16(1)
+};
+#undef FB16
+
+
 /* A hex digit's value, or -EINVAL. */
 static int
 hexval(unsigned char c)
@@ -112,7 +125,7 @@ field_bytes_ok(const char *p, const char *e)
         }
     }
     for (; p < e; p++) {
-        if (!is_field_byte((unsigned char) *p)) {
+        if (!field_byte[(unsigned char) *p]) {
             return 0;
         }
     }
@@ -153,12 +166,25 @@ lower_name(char *q, size_t n)
 }
 
 
+/* A request head's LFs known to its parser: lf[i..n) are the next ones
+ * (fdp_http_parse_head_lines). */
+struct lfs {
+    const char *const *lf;
+    size_t i, n;
+};
+
+
 static int
 crlf_line(const char *s, const char *end, const char **eol,
-          const char **next)
+          const char **next, struct lfs *k)
 {
-    const char *nl = memchr(s, '\n', (size_t) (end - s));
+    const char *nl;
 
+    if (k->i < k->n) {
+        nl = k->lf[k->i++];
+    } else {
+        nl = memchr(s, '\n', (size_t) (end - s));
+    }
     if (nl == NULL || nl == s || nl[-1] != '\r') {
         return 0;
     }
@@ -197,7 +223,7 @@ lf_line(const char *s, const char *end, const char **eol,
  */
 static int
 parse_fields(const char *next, const char *end, struct fdp_http_head *h,
-             int lf_ok)
+             int lf_ok, struct lfs *k)
 {
     const char *eol;
     size_t i;
@@ -207,7 +233,7 @@ parse_fields(const char *next, const char *end, struct fdp_http_head *h,
         const char *v, *ve;
 
         if (!(lf_ok ? lf_line(line, end, &eol, &next)
-              : crlf_line(line, end, &eol, &next))) {
+              : crlf_line(line, end, &eol, &next, k))) {
             return FDP_HTTP_EHEADER;        /* a request's bare LF */
         }
         if (eol == line) {
@@ -219,8 +245,10 @@ parse_fields(const char *next, const char *end, struct fdp_http_head *h,
         /* A leading SP/HTAB (obs-fold) or a space before the colon
          * fails here: neither is a tchar. (No bound check: the byte at
          * eol, CR or LF, is not one either.) */
-        for (q = line; tchar[(unsigned char) *q]; q++) {
+        for (q = line; tchar[(unsigned char) q[0]] && tchar[(unsigned char) q[1]];
+             q += 2) {
         }
+        q += tchar[(unsigned char) q[0]];
         if (q == line || q == eol || *q != ':') {
             return FDP_HTTP_EHEADER;
         }
@@ -260,12 +288,21 @@ parse_fields(const char *next, const char *end, struct fdp_http_head *h,
 int
 fdp_http_parse_head(char *s, size_t n, struct fdp_http_head *h)
 {
+    return fdp_http_parse_head_lines(s, n, NULL, 0, h);
+}
+
+
+int
+fdp_http_parse_head_lines(char *s, size_t n, const char *const *lf,
+                          size_t nlf, struct fdp_http_head *h)
+{
     const char *end = s + n, *eol, *next, *p, *sp1, *sp2;
+    struct lfs k = { lf, 0, lf != NULL ? nlf : 0 };
 
     h->method = NULL;
     h->nfields = 0;
     /* request-line = method SP request-target SP HTTP-version CRLF */
-    if (!crlf_line(s, end, &eol, &next)) {
+    if (!crlf_line(s, end, &eol, &next, &k)) {
         return FDP_HTTP_EBADLINE;
     }
     for (p = s; p < eol && tchar[(unsigned char) *p]; p++) {
@@ -294,7 +331,7 @@ fdp_http_parse_head(char *s, size_t n, struct fdp_http_head *h)
         return FDP_HTTP_EVERSION;
     }
     h->minor = sp2[8] == '0' ? 0 : 1;
-    return parse_fields(next, end, h, 0);
+    return parse_fields(next, end, h, 0, &k);
 }
 
 
@@ -331,7 +368,7 @@ fdp_http_parse_response(char *s, size_t n, struct fdp_http_head *h)
     h->status = (s[9] - '0') * 100 + (s[10] - '0') * 10 + (s[11] - '0');
     h->reason = eol - s > 12 ? s + 13 : eol;
     h->reason_len = (size_t) (eol - h->reason);
-    return parse_fields(next, end, h, 1);
+    return parse_fields(next, end, h, 1, NULL);
 }
 
 

@@ -53,6 +53,14 @@ struct fdp_http_head {
 };
 
 int fdp_http_parse_head(char *s, size_t n, struct fdp_http_head *h);
+
+/* As fdp_http_parse_head, given where the head's first nnl LFs are (in
+ * order: every LF of [s, s+n) up to the nnl-th, as a scan for the head's
+ * end finds them), so that its lines need not be searched again. At
+ * most FDP_HTTP_LINES_MAX are worth giving. */
+#define FDP_HTTP_LINES_MAX      32
+int fdp_http_parse_head_lines(char *s, size_t n, const char *const *lf,
+                              size_t nlf, struct fdp_http_head *h);
 int fdp_http_parse_response(char *s, size_t n, struct fdp_http_head *h);
 const char *fdp_http_strerror(int err);
 

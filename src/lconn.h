@@ -76,11 +76,14 @@ struct fdp_conn {
                                    now, not when the master lets go */
     unsigned char hbody;        /* conn:httploop: the request has a body
                                    to read (prepare; plain_end reads it) */
-    unsigned char kawait;       /* fdpool.http: 1 once a head was read,
+    unsigned char kawait : 2;   /* fdpool.http: 1 once a head was read,
                                    2 while waiting for the next with no
                                    byte of it: an idle keep-alive
                                    connection, which a stopping worker
-                                   closes (fdp_conn_close_idle) */
+                                   closes (worker.c close_idle) */
+    unsigned char hnolog : 1;   /* conn:httploop: its serve keeps no
+                                   access log, the one reader of
+                                   res._bytes (res:send leaves it out) */
     uint32_t peerlen;           /* > 0: the client from a PROXY header */
     unsigned char peer[28];
     struct fdp_http_chunked chunked;    /* conn:readchunked in progress */

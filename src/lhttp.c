@@ -499,6 +499,28 @@ conn_sendresponse(lua_State *L)
 }
 
 
+/* The method (*m, *mn) and version ("1.0" or "1.1", *v) of a head kept as
+ * req._head (s, n bytes, a userdata's: it parsed, so its request line is method SP
+ * target SP HTTP/1.x CRLF; HTTP/1.2..1.9 read as "1.1"). m or v NULL:
+ * not asked for. */
+static void
+head_method_version(const char *s, size_t n, const char **m, size_t *mn,
+                    const char **v)
+{
+    if (m != NULL) {
+        const char *sp = memchr(s, ' ', n);
+
+        *m = s;
+        *mn = sp != NULL ? (size_t) (sp - s) : n;
+    }
+    if (v != NULL) {
+        const char *nl = memchr(s, '\n', n);
+
+        *v = nl != NULL && nl - s >= 2 && nl[-2] == '0' ? "1.0" : "1.1";
+    }
+}
+
+
 /* ---- res:header and res:send (fdpool.http's Res methods) ------------ */
 
 /*
@@ -512,11 +534,11 @@ conn_sendresponse(lua_State *L)
  */
 enum { R_STARTED = 1, R_FINISHED, R_STATUS, R_REQ, R_HEADERS,
        R_BYTES, R_HEAD_SENT, R_CONN, R_METHOD, R_CLOSE, R_EXPECT_CONTINUE,
-       R_BODY, R_LENGTH, R_CHUNKED, R_VERSION, R_BROKEN, R_END };
+       R_BODY, R_LENGTH, R_CHUNKED, R_VERSION, R_BROKEN, R_HEAD, R_END };
 static const char *const reskeys[R_END - 1] = {
     "started", "finished", "_status", "_req", "_headers", "_bytes",
     "_head_sent", "_conn", "method", "_close", "_expect_continue", "_body",
-    "_length", "_chunked", "version", "_broken"
+    "_length", "_chunked", "version", "_broken", "_head"
 };
 #define RKEY(k) lua_upvalueindex(k)
 #define RSTATUS_LINES lua_upvalueindex(R_END)
@@ -832,7 +854,7 @@ res_send(lua_State *L)
 {
     size_t bn = 0, sn = 0, dn = 0, mn = 0, vn = 0;
     lua_Integer code;
-    int head_only, has_len, set_close, bad = 0, swap;
+    int head_only, has_len, set_close, bad = 0, swap, v10;
     struct fdp_conn *c;
     struct headbuf b;
     struct resctx *ctx = lua_touserdata(L, RCTX);
@@ -890,10 +912,27 @@ res_send(lua_State *L)
             lua_rawset(L, 1);
         }
     }
-    rget(L, 3, R_METHOD);               /* 8 */
+    /* req's method and version (8, 9), else (req_index's) from its head
+     * (10), read at once (the head's bytes die with the slots) */
+    rget(L, 3, R_METHOD);
+    rget(L, 3, R_VERSION);
     m = lua_tolstring(L, 8, &mn);
-    head_only = (m != NULL && mn == 4 && memcmp(m, "HEAD", 4) == 0)
-                || code == 204 || code == 304 || code < 200;
+    v = lua_tolstring(L, 9, &vn);
+    head_only = m != NULL && mn == 4 && memcmp(m, "HEAD", 4) == 0;
+    if ((m == NULL || v == NULL) && rget(L, 3, R_HEAD) == LUA_TUSERDATA) {
+        size_t hn = lua_rawlen(L, 10);
+        const char *hs = lua_touserdata(L, 10);
+
+        if (m == NULL) {        /* (the head parsed: "HEAD " or another) */
+            head_only = hn > 5 && memcmp(hs, "HEAD ", 5) == 0;
+        }
+        if (v == NULL) {
+            head_method_version(hs, hn, NULL, NULL, &v);
+            vn = 3;
+        }
+    }
+    v10 = v != NULL && vn == 3 && memcmp(v, "1.0", 3) == 0;
+    head_only = head_only || code == 204 || code == 304 || code < 200;
     if (code == 200 && ctx->n200 > 0) {
         sl = ctx->line200;              /* (7 made below if asked for) */
         sn = ctx->n200;
@@ -902,15 +941,17 @@ res_send(lua_State *L)
         lua_replace(L, 7);              /* 7: the status line */
     }
     lua_settop(L, 7);
-    if (!head_only) {
-        lua_pushvalue(L, RKEY(R_BYTES));
-        lua_pushinteger(L, (lua_Integer) bn);
-        lua_rawset(L, 1);
-    }
     if (lua_type(L, 5) != LUA_TTABLE) {
         luaL_checktype(L, 5, LUA_TTABLE);
     }
     c = res_conn(L, 6, ctx);
+    /* _bytes: for the access log, left out by a serve that keeps none
+     * (conn:httploop's c->hnolog) */
+    if (!head_only && (c == NULL || !c->hnolog)) {
+        lua_pushvalue(L, RKEY(R_BYTES));
+        lua_pushinteger(L, (lua_Integer) bn);
+        lua_rawset(L, 1);
+    }
     head_start(&b, L, 4);
     b.cache = &ctx->hc;
     b.cache_idx = RCTX;
@@ -929,11 +970,10 @@ res_send(lua_State *L)
     /* req._close: Connection: close from the handler; a client waiting
      * for 100 Continue whose body was not asked for. Set below, with the
      * head built (before a refused header's error). req's fields read
-     * at once (8 _expect_continue, 9 _close, 10 version) */
+     * at once (8 _expect_continue, 9 _close) */
     set_close = b.conn_close;
     rget(L, 3, R_EXPECT_CONTINUE);
     rget(L, 3, R_CLOSE);
-    rget(L, 3, R_VERSION);
     if (lua_toboolean(L, 8) && !rtrue(L, 3, R_BODY)) {
         rget(L, 3, R_LENGTH);
         if ((lua_isnumber(L, -1) && lua_tonumber(L, -1) > 0)
@@ -953,9 +993,7 @@ res_send(lua_State *L)
     if (set_close || lua_toboolean(L, 9) || rtrue(L, 3, R_BROKEN)) {
         cv = "close";                   /* (_broken: a body read in part) */
     } else {
-        v = lua_tolstring(L, 10, &vn);
-        cv = v != NULL && vn == 3 && memcmp(v, "1.0", 3) == 0 ? "keep-alive"
-             : NULL;
+        cv = v10 ? "keep-alive" : NULL;
     }
     has_len = !(code == 204 || code == 304 || code < 200);
     if (c == NULL) {
@@ -1198,6 +1236,15 @@ kget(lua_State *L, int t, int k)
     return lua_rawget(L, t);
 }
 
+/* Where a head's LFs are, noted by head_find for the parser
+ * (fdp_http_parse_head_lines): n of them (0: not noted; lf[n] is
+ * scratch once n is FDP_HTTP_LINES_MAX). */
+struct head_lfs {
+    size_t n;
+    const char *lf[FDP_HTTP_LINES_MAX + 1];
+};
+
+
 /* What prepare reads of a head, noted while parse_head goes over its
  * fields: each framing header's value in the read buffer when it came
  * once (a repeated one is read back from the headers table, joined). */
@@ -1275,20 +1322,25 @@ push_fields(lua_State *L, const struct fdp_http_head *h)
  * Parse the head in [s, end) (it ends with an empty line; http_parse.c)
  * into a request table on the stack. keyed 0: fields set by name
  * (conn:readrequest); 1: with cfg's interned keys (httploop); 2: as 1,
- * and req.headers, path and query left for Req's __index (req_index,
- * below) to build from the head, kept as req._head, when a handler first
- * reads them -- unless a framing header came twice (prepare reads it
- * joined from the table). sp: noted for prepare, or NULL. Returns 1, or
+ * and req.version, headers, target, path, query (and prepare's conn)
+ * left for Req's __index (req_index, below) to build from the head, kept
+ * as req._head (a userdata, the conn at S_CONN its user value), when a
+ * handler first reads them -- unless a framing header came twice
+ * (prepare reads it joined from the table). req.method is set at once
+ * (a router reads it on every request: made on first read it cost a
+ * router ~+650 instructions a request, for ~250 saved where nothing
+ * reads it). sp: noted for prepare, or NULL. Returns 1, or
  * 0 with nil, an error string and the method (or nil when the request
  * line did not parse) pushed.
  */
 static int
 parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
-           struct hspec *sp)
+           struct hspec *sp, const struct head_lfs *lfs)
 {
     struct fdp_http_head h;
     const char *q;
-    int err = fdp_http_parse_head(s, (size_t) (end - s), &h);
+    int err = fdp_http_parse_head_lines(s, (size_t) (end - s), lfs->lf,
+                                        lfs->n, &h);
     int lazy = keyed == 2 && sp != NULL;
 
     if (err < 0) {
@@ -1344,7 +1396,7 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
         lua_pushlstring(L, h.method, h.method_len);
     }
     setkey(L, keyed, K_METHOD);
-    if (!lazy) {                /* (else req_index makes target too) */
+    if (!lazy) {        /* (else req_index makes target, version, ...) */
         q = memchr(h.target, '?', h.target_len);
         keyfirst(L, keyed, K_TARGET);
         lua_pushlstring(L, h.target, h.target_len);
@@ -1369,17 +1421,24 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
             lua_pushliteral(L, "");
         }
         setkey(L, keyed, K_QUERY);
+        keyfirst(L, keyed, K_VERSION);
+        if (keyed) {
+            KEY(L, h.minor ? K_V11 : K_V10);
+        } else {
+            lua_pushstring(L, h.minor ? "1.1" : "1.0");
+        }
+        setkey(L, keyed, K_VERSION);
     }
-    keyfirst(L, keyed, K_VERSION);
-    if (keyed) {
-        KEY(L, h.minor ? K_V11 : K_V10);
-    } else {
-        lua_pushstring(L, h.minor ? "1.1" : "1.0");
-    }
-    setkey(L, keyed, K_VERSION);
     if (lazy) {
+        /* the head's bytes, and the conn as its user value (req.conn
+         * for req_index: one field less per request) */
+        char *u;
+
         keyfirst(L, keyed, K_HEAD);
-        lua_pushlstring(L, s, (size_t) (end - s));
+        u = lua_newuserdatauv(L, (size_t) (end - s), 1);
+        memcpy(u, s, (size_t) (end - s));
+        lua_pushvalue(L, S_CONN);
+        lua_setiuservalue(L, -2, 1);
         setkey(L, keyed, K_HEAD);
     } else {
         keyfirst(L, keyed, K_HEADERS);
@@ -1393,10 +1452,12 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
 /*
  * Req's __index, when fdpool.http installs it (fdpool._httpreq(Req,
  * header_mt)): Req's own methods and fields first; then, for a request
- * whose head httploop kept (req._head), headers, target, path and query built
- * from that head on first use and stored in req as eager parsing would
- * have set them, so a handler that never reads them does not pay for
- * them (a head's headers table is most of a request's work in Lua).
+ * whose head httploop kept (req._head: a userdata of its bytes, the conn
+ * its user value), version, headers, target, path, query and conn (and
+ * method, when assigned nil) built from that head on first use and
+ * stored in req as eager parsing and prepare would have set them, so a
+ * handler that never reads them does not pay for them (a head's headers
+ * table is most of a request's work in Lua).
  * A missing _length reads 0 (httploop sets it only for a body), a
  * missing _opts the serve's options (httploop does not set them).
  * Upvalues: Req, header_mt, "_head", the options (or nil). Every read of
@@ -1422,15 +1483,22 @@ req_index(lua_State *L)
     }
     k = lua_tolstring(L, 2, &kn);
     switch (kn) {
-    case 4: which = memcmp(k, "path", 4) == 0 ? 'p' : 0; break;
-    case 6: which = memcmp(k, "target", 6) == 0 ? 't' : 0; break;
+    case 4:
+        which = memcmp(k, "path", 4) == 0 ? 'p'
+                : memcmp(k, "conn", 4) == 0 ? 'c' : 0;
+        break;
+    case 6:
+        which = memcmp(k, "target", 6) == 0 ? 't'
+                : memcmp(k, "method", 6) == 0 ? 'm' : 0;
+        break;
     case 5:
         which = memcmp(k, "query", 5) == 0 ? 'q'
                 : memcmp(k, "_opts", 5) == 0 ? 'o' : 0;
         break;
     case 7:
         which = memcmp(k, "headers", 7) == 0 ? 'h'
-                : memcmp(k, "_length", 7) == 0 ? 'l' : 0;
+                : memcmp(k, "_length", 7) == 0 ? 'l'
+                : memcmp(k, "version", 7) == 0 ? 'v' : 0;
         break;
     default: which = 0;
     }
@@ -1446,12 +1514,15 @@ req_index(lua_State *L)
         return 1;                       /* nil */
     }
     lua_pushvalue(L, lua_upvalueindex(Q_HEAD));
-    if (lua_rawget(L, 1) != LUA_TSTRING) {
+    if (lua_rawget(L, 1) != LUA_TUSERDATA) {
         lua_pushnil(L);
         return 1;
     }
-    s = lua_tolstring(L, -1, &n);
-    if (which == 'h') {
+    s = lua_touserdata(L, -1);
+    n = lua_rawlen(L, -1);
+    if (which == 'c') {
+        (void) lua_getiuservalue(L, -1, 1);
+    } else if (which == 'h') {
         /* parsed again from a copy (the parser writes: lower-case names) */
         b = n <= sizeof(stack) ? stack : lua_newuserdatauv(L, n, 0);
         memcpy(b, s, n);
@@ -1461,6 +1532,12 @@ req_index(lua_State *L)
         push_fields(L, &h);
         lua_pushvalue(L, lua_upvalueindex(Q_HMT));
         lua_setmetatable(L, -2);
+    } else if (which == 'm') {
+        head_method_version(s, n, &t, &tn, NULL);
+        lua_pushlstring(L, t, tn);
+    } else if (which == 'v') {
+        head_method_version(s, n, NULL, NULL, &t);
+        lua_pushstring(L, t);
     } else {
         /* request-line = method SP request-target SP HTTP-version */
         t = memchr(s, ' ', n);
@@ -1485,8 +1562,70 @@ req_index(lua_State *L)
 }
 
 
-/* fdpool._httpreq(Req, header_mt [, opts]) -> an __index for requests
- * (above) */
+/* next, for req_pairs (the global one may be another) */
+static int
+req_next(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    if (lua_next(L, 1)) {
+        return 2;
+    }
+    lua_pushnil(L);
+    return 1;
+}
+
+
+/*
+ * Req's __pairs, with req_index: method, version and conn, which an
+ * eager parse set as fields, are made from the kept head first when req
+ * has none of its own (version and conn; method if assigned nil), so
+ * pairs(req) lists them as before; headers, target, path and query stay
+ * as they are (made when first read). Upvalue: "_head".
+ */
+static int
+req_pairs(lua_State *L)
+{
+    size_t n, m;
+    const char *s, *x;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    if (lua_rawget(L, 1) == LUA_TUSERDATA) {
+        s = lua_touserdata(L, 2);
+        n = lua_rawlen(L, 2);
+        lua_pushliteral(L, "method");
+        if (lua_rawget(L, 1) == LUA_TNIL) {
+            head_method_version(s, n, &x, &m, NULL);
+            lua_pushliteral(L, "method");
+            lua_pushlstring(L, x, m);
+            lua_rawset(L, 1);
+        }
+        lua_pushliteral(L, "version");
+        if (lua_rawget(L, 1) == LUA_TNIL) {
+            head_method_version(s, n, NULL, NULL, &x);
+            lua_pushliteral(L, "version");
+            lua_pushstring(L, x);
+            lua_rawset(L, 1);
+        }
+        lua_pushliteral(L, "conn");
+        if (lua_rawget(L, 1) == LUA_TNIL) {
+            lua_pushliteral(L, "conn");
+            (void) lua_getiuservalue(L, 2, 1);
+            lua_rawset(L, 1);
+        }
+    }
+    lua_settop(L, 1);
+    lua_pushcfunction(L, req_next);
+    lua_insert(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+
+/* fdpool._httpreq(Req, header_mt [, opts]) -> an __index and a __pairs
+ * for requests (above) */
 int
 fdp_lhttp_req(lua_State *L)
 {
@@ -1496,7 +1635,9 @@ fdp_lhttp_req(lua_State *L)
     lua_pushliteral(L, "_head");
     lua_insert(L, 3);
     lua_pushcclosure(L, req_index, 4);
-    return 1;
+    lua_pushliteral(L, "_head");
+    lua_pushcclosure(L, req_pairs, 1);
+    return 2;
 }
 
 
@@ -1583,7 +1724,8 @@ head_too_large(lua_State *L, const char *s, size_t max, const char *truncated)
 
 static size_t
 head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
-          const double *sec, int stash, lua_KContext ctx, lua_KFunction k)
+          const double *sec, int stash, lua_KContext ctx, lua_KFunction k,
+          struct head_lfs *lfs)
 {
     ssize_t n;
 
@@ -1592,6 +1734,13 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
     }
     for (;;) {
         const char *s, *end, *p;
+        /* the LFs passed, for the parser: noted only when the scan
+         * starts at the head's first byte (the usual case: the whole
+         * head came in one read), not when it goes on from where the
+         * last one stopped (lf[nlf]: scratch once full) */
+        const char *scratch[FDP_HTTP_LINES_MAX + 1];
+        const char **lf = lfs != NULL ? lfs->lf : scratch;
+        size_t nlf = 0;
 
         if (c->fd < 0) {
             lua_pushnil(L);
@@ -1612,12 +1761,19 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
             if (p == NULL) {
                 break;
             }
+            lf[nlf] = p;
+            nlf += nlf < FDP_HTTP_LINES_MAX;
             if ((p + 1 < end && p[1] == '\n')
                 || (p + 2 < end && p[1] == '\r' && p[2] == '\n')) {
                 const char *hend = p + (p[1] == '\n' ? 2 : 3);
 
                 if ((size_t) (hend - s) > max) {
                     return head_too_large(L, s, max, truncated);
+                }
+                if (lfs != NULL) {
+                    lf[nlf] = hend - 1;
+                    nlf += nlf < FDP_HTTP_LINES_MAX;
+                    lfs->n = c->op_pos == 0 ? nlf : 0;
                 }
                 c->op_pos = 0;
                 return (size_t) (hend - s);
@@ -1689,18 +1845,21 @@ readrequest_run(lua_State *L, int status)
     size_t max = (size_t) lua_tointeger(L, 2);
     size_t hl;
     double sec;
+    struct head_lfs lfs;
 
+    lfs.n = 0;
     if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
         lua_pushnil(L);
         lua_pushliteral(L, "timeout");
         return 2;
     }
     hl = head_find(L, c, max, "bad request: truncated", slot_num(L, 3, &sec),
-                   4, 0, readrequest_k);
+                   4, 0, readrequest_k, &lfs);
     if (hl == 0) {
         return 2;
     }
-    if (!parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 0, c, NULL)) {
+    if (!parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl, 0, c,
+                    NULL, &lfs)) {
         return 3;
     }
     c->rstart += hl;
@@ -1759,7 +1918,7 @@ readresponse_k(lua_State *L, int status, lua_KContext ctx)
         hl = 0;
     } else {
         hl = head_find(L, c, (size_t) lua_tointeger(L, 2), NULL,
-                       slot_num(L, 3, &sec), 4, 0, readresponse_k);
+                       slot_num(L, 3, &sec), 4, 0, readresponse_k, NULL);
     }
     if (hl == 0) {
         /* nil, why, partial: what arrived is handed over (a caller may
@@ -1855,6 +2014,7 @@ struct httpcfg {
     int lazy;                   /* Req's __index is req_index: parse_head's
                                  * keyed 2 */
     int park;                   /* parking, no access log: park_end */
+    int nolog;                  /* no access log (plain, or cfg.park) */
     const void *res_mt[2];      /* cfg.res_started, res_sent (or NULL): a
                                  * res whose metatable is one of them has
                                  * started and finished (see RS_RES) */
@@ -1913,6 +2073,7 @@ cfg_params(lua_State *L, int fresh)
     p->lazy = lua_toboolean(L, -1);
     lua_pop(L, 1);
     lua_getfield(L, S_CFG, "park");
+    p->nolog = p->plain || lua_toboolean(L, -1);
     p->park = lua_toboolean(L, -1) && p->keepalive_timeout > 0
               && p->keepalive_timeout < 86400;
     lua_pop(L, 1);
@@ -2023,8 +2184,8 @@ has_ci(const char *v, size_t n, const char *w)
 /*
  * http.lua's prepare, in C (the same rules, the same answers): the
  * request's framing (RFC 9112 6: anything ambiguous is refused), Host,
- * the target's form, Expect and Connection. Sets req's conn, _opts
- * (without req_index),
+ * the target's form, Expect and Connection. Sets req's conn (when
+ * parse_head kept no head: else req_index's), _opts (without req_index),
  * _length (with req_index: only when not 0), _chunked, _expect_continue,
  * _close (only when true) and the headers' case-folding metatable (when
  * parse_head made the headers table). Returns 0, or a status with *why set (or NULL).
@@ -2040,9 +2201,11 @@ prepare(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
 
     *why = NULL;
     c->hbody = 0;
-    KEY(L, K_CONN);
-    lua_pushvalue(L, S_CONN);
-    lua_rawset(L, S_REQ);
+    if (sp->eager) {                    /* else req_index's, from _head */
+        KEY(L, K_CONN);
+        lua_pushvalue(L, S_CONN);
+        lua_rawset(L, S_REQ);
+    }
     if (!cp->lazy) {                    /* else the __index's upvalue */
         KEY(L, K_OPTS);
         lua_rawgeti(L, S_CFG, C_OPTS);
@@ -2311,12 +2474,14 @@ res_started(lua_State *L, const struct httpcfg *cp)
 static void
 httploop_next(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp)
 {
+    lua_Integer served = lua_tointeger(L, S_SERVED);
+
     /* S_REQ, S_RES and S_LIMIT (was S_OUT0) nil */
     lua_settop(L, S_SERVED);
     lua_pushnil(L);                     /* S_REQ */
     lua_copy(L, S_REQ, S_LIMIT);
     lua_pushnil(L);                     /* S_RES */
-    if (lua_tointeger(L, S_SERVED) == 1) {
+    if (served == 1) {
         c->timeout = cp->keepalive_timeout;
         c->total = 0;
     }
@@ -2324,7 +2489,7 @@ httploop_next(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp)
         c->ka_sleep = may_sleep(L, c) ? 1 : -1;
     }
     if (c->ka_sleep > 0) {
-        c->ka_served = (int) lua_tointeger(L, S_SERVED);
+        c->ka_served = (int) served;
     }
     fdp_conn_op_begin(c);
     fdp_task_request(L, 0);             /* waiting for a request */
@@ -2340,7 +2505,9 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     int code;
     const char *why;
     struct hspec sp;
+    struct head_lfs lfs;
 
+    lfs.n = 0;
     if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
         lua_pushnil(L);
         lua_pushliteral(L, "timeout");
@@ -2348,20 +2515,19 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     } else {
         hl = head_find(L, c, cp->max_head, "bad request: truncated",
                        cp->head_timeout > 0 ? &cp->head_timeout : NULL, S_LIMIT,
-                       PH_READ,
-                       httploop_k);
+                       PH_READ, httploop_k, &lfs);
     }
     if (hl == HEAD_DORMANT) {
         return -1;      /* nothing: the root returns, the task sleeps */
     }
     c->ka_served = 0;
-    if (lua_isnumber(L, S_LIMIT)) {     /* the head's limit ends */
+    if (lua_type(L, S_LIMIT) == LUA_TNUMBER) {  /* the head's limit ends */
         c->limit = lua_tonumber(L, S_LIMIT);
         lua_pushnil(L);
         lua_replace(L, S_LIMIT);
     }
     if (hl == 0 || !parse_head(L, c->rbuf + c->rstart, c->rbuf + c->rstart + hl,
-                               cp->lazy ? 2 : 1, c, &sp)) {
+                               cp->lazy ? 2 : 1, c, &sp, &lfs)) {
         if (hl == 0) {
             lua_pushnil(L);             /* no method */
         }
@@ -2372,6 +2538,7 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         return -5;
     }
     c->rstart += hl;
+    c->hnolog = (unsigned char) cp->nolog;      /* (res_send) */
     served = lua_tointeger(L, S_SERVED) + 1;
     lua_pushinteger(L, served);
     lua_replace(L, S_SERVED);
@@ -2379,6 +2546,9 @@ httploop_read(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     code = prepare(L, c, cp, &sp, &why);
     if (code) {
         lua_settop(L, S_TOP);
+        /* (req.method for http.lua's answer: req_index's, from the head) */
+        lua_rawgeti(L, S_CFG, C_REQ);
+        lua_setmetatable(L, S_REQ);
         lua_pushliteral(L, "refuse");
         lua_pushvalue(L, S_REQ);
         lua_pushinteger(L, code);

@@ -23,9 +23,10 @@ int fdp_lhttp_readchunk(lua_State *L, lua_Integer max, lua_Integer piece,
  * res:header and res:send in C. */
 int fdp_lhttp_res(lua_State *L);
 
-/* fdpool._httpreq(Req, header_mt [, opts]) -> an __index for fdpool.http's
- * requests: req.headers, path and query built from the kept head on first
- * use; _opts from opts. */
+/* fdpool._httpreq(Req, header_mt [, opts]) -> an __index and a __pairs
+ * for fdpool.http's requests: req.version, headers, target, path, query
+ * and conn built from the kept head on first use (version and conn also
+ * by pairs); _opts from opts. */
 int fdp_lhttp_req(lua_State *L);
 
 #endif

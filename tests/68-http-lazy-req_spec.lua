@@ -1,7 +1,7 @@
 -- tests/68-http-lazy-req_spec.lua: a request read by conn:httploop (the
--- real pool) gets req.headers, req.path and req.query only when the
--- handler first reads them (built from the kept head by Req's __index,
--- src/lhttp.c req_index). What a handler sees must be what the eager
+-- real pool) gets req.headers, req.path and req.query (and method,
+-- version, target, conn) only when the handler first reads them (built
+-- from the kept head by Req's __index, src/lhttp.c req_index). What a handler sees must be what the eager
 -- parse gives: the same handler runs in the real pool and on
 -- fdpool.testing's in-memory conn (http.serve's Lua loop, which parses
 -- every field at once) for the same bytes, and both answers must be
@@ -97,6 +97,46 @@ return http.serve(function(req, res)
     return 203, {}, "slept\n"
   elseif p == "/ret-big" then
     return 200, {}, ("0123456789abcdef"):rep(1 << 18)      -- 4 MiB
+  elseif p == "/mv-raw" then
+    -- version: made on first read too, then a field of req (method is
+    -- set at once)
+    local before = tostring(rawget(req, "method")) .. "," .. tostring(rawget(req, "version"))
+    local m, v = req.method, req.version
+    return 200, {}, "before=" .. before .. " read=" .. m .. "," .. v .. " after="
+      .. tostring(rawget(req, "method")) .. "," .. tostring(rawget(req, "version")) .. "\n"
+  elseif p == "/conn-lazy" then
+    -- req.conn too: from the kept head's user value on a real conn
+    local before = type(rawget(req, "conn"))
+    return 200, {}, "before=" .. before .. " same=" .. tostring(req.conn == res._conn)
+      .. " after=" .. tostring(rawget(req, "conn") == res._conn) .. "\n"
+  elseif p == "/conn-set" then
+    req.conn = "mine"
+    return 200, {}, "conn=" .. tostring(req.conn) .. "\n"
+  elseif p == "/mv-pairs" then
+    -- pairs(req) lists method, version and conn as the eager parse's
+    local seen = {}
+    for k, v in pairs(req) do
+      if k == "method" or k == "version" or k == "conn" then
+        seen[#seen + 1] = k == "conn" and k or k .. "=" .. v
+      end
+    end
+    table.sort(seen)
+    return 200, {}, "pairs=" .. table.concat(seen, ",") .. " method=" .. req.method .. "\n"
+  elseif p == "/mv-set" then
+    -- assigned before any read: the handler's values stay, and res:send
+    -- answers by them (a HEAD's head only, a 1.0's keep-alive)
+    req.method = "HEAD"
+    req.version = "1.0"
+    res:send(req.method .. " " .. req.version .. "\n")
+    return
+  elseif p == "/mv-nil" then
+    -- assigned nil after a read
+    local _ = req.method .. req.version
+    req.method, req.version = nil, nil
+    local t = {}
+    for k in pairs(req) do t[#t + 1] = k end
+    table.sort(t)
+    return 200, {}, "keys=" .. table.concat(t, ",") .. " again=" .. req.method .. "\n"
   elseif p == "/post" then
     local body = req:body()
     return 200, {}, dump(req) .. "got=" .. body .. "\n"
@@ -171,6 +211,44 @@ describe("req.headers, path and query built on first use", function()
     local mem, real = both("GET /raw?q HTTP/1.1\r\nHost: h\r\n\r\n")
     assert.matches("raw=nil,nil,nil\n", real)
     assert.matches("raw=table,string,string\n", mem)
+  end)
+
+  it("makes version on first read, for pairs too (method at once)", function()
+    local mem, real = both("GET /mv-raw HTTP/1.0\r\n\r\n")
+    assert.matches("\r\n\r\nbefore=GET,nil read=GET,1.0 after=GET,1.0\n$", real)
+    assert.matches("before=GET,1.0 read=GET,1.0 after=GET,1.0\n", mem)
+    real = select(2, both("DELETE /mv-raw HTTP/1.1\r\nHost: h\r\n\r\n"
+      .. "OPTIONS /mv-raw HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"))
+    assert.matches("\r\n\r\nbefore=DELETE,nil read=DELETE,1.1 after=DELETE,1.1\n"
+      .. "HTTP/1.1 200 OK\r\n.-\r\n\r\nbefore=OPTIONS,nil read=OPTIONS,1.1 after=OPTIONS,1.1\n$", real)
+    for _, bytes in ipairs({
+      "POST /mv-pairs HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+      "GET /mv-pairs HTTP/1.0\r\n\r\n",
+      "GET /mv-set HTTP/1.1\r\nHost: h\r\n\r\nGET /mv-pairs HTTP/1.1\r\nHost: h\r\n\r\n",
+    }) do
+      mem, real = both(bytes)
+      assert.equal(mem, real)
+    end
+    assert.matches("pairs=conn,method=POST,version=1.1 method=POST\n$",
+      select(2, both("POST /mv-pairs HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n")))
+    -- the handler's HEAD and 1.0: no body, keep-alive, and the next
+    -- request still served
+    real = select(2, both("GET /mv-set HTTP/1.1\r\nHost: h\r\n\r\nGET /mv-pairs HTTP/1.1\r\nHost: h\r\n\r\n"))
+    assert.matches("^HTTP/1.1 200 OK\r\n.-Content%-Length: 9\r\n.-Connection: keep%-alive\r\n\r\n"
+      .. "HTTP/1.1 200 OK\r\n.-pairs=conn,method=GET,version=1.1 ", real)
+    mem, real = both("GET /mv-nil HTTP/1.1\r\nHost: h\r\n\r\n")
+    -- (as target, path, query and headers: a field assigned nil is made
+    -- again from the head, by pairs too)
+    assert.matches("keys=_head,conn,method,target,version again=GET\n$", real)
+  end)
+
+  it("makes req.conn on first read (the conn), keeps an assigned one", function()
+    local mem, real = both("GET /conn-lazy HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert.matches("\r\n\r\nbefore=nil same=true after=true\n$", real)
+    assert.matches("\r\n\r\nbefore=%a+ same=true after=true\n$", mem)
+    mem, real = both("GET /conn-set HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert.equal(mem, real)
+    assert.matches("\r\n\r\nconn=mine\n$", real)
   end)
 
   it("holds the documented values", function()

@@ -144,7 +144,9 @@ end
 local Res = {}
 Res.__index = Res
 -- A res conn:httploop makes holds only _conn, _req and _headers: these
--- defaults stand for its other fields until a method sets them.
+-- defaults stand for its other fields until a method sets them. (Its
+-- res:send, in C, notes _bytes only for a serve with an access log, the
+-- field's one reader.)
 Res._status, Res.started, Res.finished = 200, false, false
 -- res:send's sent state, for a res whose metatable is Res and that has
 -- no started field of its own (as conn:httploop makes them): the
@@ -327,7 +329,8 @@ end
 M._c_res = { header = Res.header, send = Res.send }
 
 -- A request read by conn:httploop keeps its head (req._head) and gets
--- headers, target, path and query only when first read: Req's __index in C
+-- version, headers, target, path, query and conn only when first read
+-- (version and conn by pairs(req) too): Req's __index in C
 -- (src/lhttp.c req_index) builds them as prepare and readrequest would
 -- have (the same table, case-folding metatable included) and stores
 -- them in req. Methods and fields of Req come first, as with
@@ -904,7 +907,11 @@ function M.serve(fn, options)
   -- below, so a method needing more state creates it when first called.
   -- The C loop's requests: Req's methods, and this serve's options from
   -- their __index.
-  local req_mt = lazy_req and { __index = fdpool._httpreq(Req, header_mt, opts) } or Req
+  local req_mt = Req
+  if lazy_req then
+    local index, pairs_ = fdpool._httpreq(Req, header_mt, opts)
+    req_mt = { __index = index, __pairs = pairs_ }
+  end
   local cfg = { fn, reply, traceback, after, req_mt, Res, header_mt, opts,
     max_head = opts.max_head, head_timeout = opts.head_timeout,
     keepalive_timeout = opts.keepalive_timeout,

@@ -16,7 +16,8 @@
  * small pieces: the incremental decoder must give the same result and
  * the same data whatever the split. The input is also parsed as a
  * response head (fdp_http_parse_response), whose answer must obey the
- * grammar.
+ * grammar, and parsed as a request head with its LFs given
+ * (fdp_http_parse_head_lines) as without.
  */
 #include <assert.h>
 #include <fcntl.h>
@@ -200,6 +201,53 @@ check_response(const uint8_t *in, size_t n)
 }
 
 
+/* The input as a request head both ways: fdp_http_parse_head, which
+ * finds each line's end itself, and fdp_http_parse_head_lines given
+ * the first LFs as conn:httploop's scan notes them (all of them, or
+ * fewer than there are): the same answer, the same spans. */
+static char lines_copy[65536];
+
+static void
+check_lines(const uint8_t *in, size_t n, size_t max_lf)
+{
+    static struct fdp_http_head h1, h2;
+    const char *lf[FDP_HTTP_LINES_MAX];
+    size_t nlf = 0, i;
+    int r1, r2;
+
+    if (n > sizeof(whole) || n > sizeof(lines_copy)) {
+        return;
+    }
+    memcpy(whole, in, n);
+    memcpy(lines_copy, in, n);
+    for (i = 0; i < n && nlf < max_lf && nlf < FDP_HTTP_LINES_MAX; i++) {
+        if (lines_copy[i] == '\n') {
+            lf[nlf++] = lines_copy + i;
+        }
+    }
+    r1 = fdp_http_parse_head(whole, n, &h1);
+    r2 = fdp_http_parse_head_lines(lines_copy, n, lf, nlf, &h2);
+    assert(r1 == r2);
+    assert((h1.method == NULL) == (h2.method == NULL));
+    if (h1.method == NULL) {
+        return;
+    }
+    assert(h1.method - whole == h2.method - lines_copy);
+    assert(h1.method_len == h2.method_len && h1.target_len == h2.target_len);
+    if (r1 < 0) {
+        return;
+    }
+    assert(h1.minor == h2.minor && h1.nfields == h2.nfields);
+    for (i = 0; i < h1.nfields; i++) {
+        assert(h1.fields[i].name - whole == h2.fields[i].name - lines_copy);
+        assert(h1.fields[i].name_len == h2.fields[i].name_len);
+        assert(h1.fields[i].value - whole == h2.fields[i].value - lines_copy);
+        assert(h1.fields[i].value_len == h2.fields[i].value_len);
+    }
+    assert(memcmp(whole, lines_copy, n) == 0);
+}
+
+
 static int check_ref;
 
 static void
@@ -239,6 +287,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                       (size_t) (data[0] % 7) + 1);
     }
     check_response(data + 1, size - 1);
+    {
+        /* the first head, as conn:httploop hands it to the parser */
+        const uint8_t *e = memmem(data + 1, size - 1, "\r\n\r\n", 4);
+        size_t hn = e ? (size_t) (e + 4 - (data + 1)) : size - 1;
+
+        check_lines(data + 1, hn, data[0] & 1 ? FDP_HTTP_LINES_MAX : data[0] % 5);
+    }
     data++;
     size--;
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
