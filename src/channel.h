@@ -118,9 +118,16 @@ struct fdp_ready_body {
 };
 
 struct fdp_stop_body {
-    uint32_t graceful;
+    uint32_t graceful;          /* 1: graceful; | FDP_STOP_IDLE */
     uint32_t grace_ms;
 };
+
+/* In a STOP's graceful word: the pool itself stops (no generation or
+ * master takes over its clients), so idle keep-alive connections close
+ * at once. Without it (a reload's or an upgrade's retiring worker,
+ * recycling, scaling down) their next request is still answered, saying
+ * Connection: close: nothing a client sends is lost in a hand-over. */
+#define FDP_STOP_IDLE 2u
 
 /* A received message. The receiver owns fds[0..nfds). */
 struct fdp_msg {

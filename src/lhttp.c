@@ -1805,9 +1805,9 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
             return 0;
         }
         if (c->kawait && c->rend == c->rstart) {
-            /* idle between requests: a stopping worker closes it now,
-             * as it closes the ones already waiting */
-            if (fdp_lthread_stopping) {
+            /* idle between requests: once the pool stops, closed now,
+             * as the worker closes the ones already waiting */
+            if (fdp_lthread_close_idle) {
                 lua_pushnil(L);
                 lua_pushliteral(L, "closed");
                 return 0;

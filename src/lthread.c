@@ -847,6 +847,7 @@ sema_count(lua_State *L)
 /* ---- the stop notice --------------------------------------------------- */
 
 int fdp_lthread_stopping;
+int fdp_lthread_close_idle;
 
 int
 fdp_lthread_exiting(lua_State *L)

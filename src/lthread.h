@@ -16,6 +16,9 @@ void fdp_lthread_stop(lua_State *L);
 /* 1 once this process's worker was told to stop (fdp_lthread_stop): a
  * response sent from then on says Connection: close (src/lhttp.c) */
 extern int fdp_lthread_stopping;
+/* 1 once told that the pool stops (FDP_STOP_IDLE): fdpool.http closes a
+ * keep-alive connection instead of waiting for its next request. */
+extern int fdp_lthread_close_idle;
 /* on_stop callbacks still running (the worker waits for them, within
  * its grace). */
 int fdp_lthread_holding(lua_State *L);

@@ -2657,7 +2657,8 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
             p->qlen--;
         }
     }
-    body.graceful = (uint32_t) graceful;
+    /* an upgrade's old master hands its clients over: theirs stay */
+    body.graceful = (uint32_t) graceful | (p->upgraded ? 0 : FDP_STOP_IDLE);
     body.grace_ms = fdp_sec_ms32(grace);
     for (i = 0; i < FDP_SLOTS; i++) {
         struct fdp_worker *w = &p->workers[i];

@@ -896,7 +896,10 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             /* The stop notice: exiting() turns true, timers stop, the
              * on_stop callbacks start (they run within the grace). */
             fdp_lthread_stop(w->L);
-            close_idle(w);
+            if (m.u.stop.graceful & FDP_STOP_IDLE) {
+                fdp_lthread_close_idle = 1;
+                close_idle(w);
+            }
             if (w->nconn == 0 && fdp_lthread_holding(w->L) == 0) {
                 worker_exit(w, 0);
             }
@@ -911,9 +914,9 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 
 
 /*
- * Told to stop: the keep-alive connections idle between requests (no
- * byte of a next head) go now, as nginx's do, instead of holding the
- * worker until their keep-alive timeout. Their read side is shut down:
+ * Told that the pool stops (FDP_STOP_IDLE): the keep-alive connections
+ * idle between requests (no byte of a next head) go now, as nginx's do,
+ * instead of holding the worker until their keep-alive timeout. Their read side is shut down:
  * each wait (or a dormant task's registration) wakes to the end and the
  * loop ends the usual way, reading first any head that came meanwhile.
  */

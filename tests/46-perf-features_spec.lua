@@ -206,29 +206,28 @@ describe("the HTTP loop in C keeps fdpool.http's behaviours", function()
     assert.truthy(p.addr, p:log())
   end
 
-  it("pipelined requests: answered in order, HEAD/1xx/204/304 without bodies", function()
+  -- (a 1xx as the final status is the handler's error: tests/64)
+  it("pipelined requests: answered in order, HEAD/204/304 without bodies", function()
     finally_(finally)
     start()
     local req = "GET /a HTTP/1.1\r\nHost: t\r\n\r\n"
       .. "HEAD /b HTTP/1.1\r\nHost: t\r\n\r\n"
       .. "GET /status?c=204 HTTP/1.1\r\nHost: t\r\n\r\n"
       .. "GET /status?c=304 HTTP/1.1\r\nHost: t\r\n\r\n"
-      .. "GET /status?c=150 HTTP/1.1\r\nHost: t\r\n\r\n"
       .. "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nabcde"
       .. "GET /yield HTTP/1.1\r\nHost: t\r\n\r\n"
       .. "GET /c HTTP/1.0\r\n\r\n"
     local data = assert(H.request(p.addr, req))
-    local r, rest = responses(data, { "GET", "HEAD", "GET", "GET", "GET", "POST", "GET", "GET" })
-    assert.equal(8, #r, data)
+    local r, rest = responses(data, { "GET", "HEAD", "GET", "GET", "POST", "GET", "GET" })
+    assert.equal(7, #r, data)
     assert.equal("", rest)
     assert.same({ 200, "hello GET /a\n" }, { r[1].status, r[1].body })
     assert.same({ 200, "", "14" }, { r[2].status, r[2].body, r[2].headers["content-length"] })
     assert.same({ 204, nil }, { r[3].status, r[3].headers["content-length"] })
     assert.same({ 304, nil }, { r[4].status, r[4].headers["content-length"] })
-    assert.same({ 150, nil }, { r[5].status, r[5].headers["content-length"] })
-    assert.same({ 200, "abcde" }, { r[6].status, r[6].body })
-    assert.same({ 200, "yielded\n" }, { r[7].status, r[7].body })
-    assert.same({ 200, "hello GET /c\n", "close" }, { r[8].status, r[8].body, r[8].headers["connection"] })
+    assert.same({ 200, "abcde" }, { r[5].status, r[5].body })
+    assert.same({ 200, "yielded\n" }, { r[6].status, r[6].body })
+    assert.same({ 200, "hello GET /c\n", "close" }, { r[7].status, r[7].body, r[7].headers["connection"] })
     assert.equal(0, p:stop())
   end)
 
