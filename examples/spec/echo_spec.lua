@@ -39,7 +39,9 @@ describe("examples/echo.lua in a real pool", function()
         assert.equal("free", w.state)
         n = n + w.served
       end
-      return n == before + 1
+      -- (>=: the previous test's connection may be reported after
+      -- `before` was read, on a loaded machine)
+      return n >= before + 1
     end, 5, "the served count to grow")
   end)
 
