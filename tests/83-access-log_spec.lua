@@ -121,6 +121,24 @@ describe("an access_log function that raises", function()
     assert.equal(0, p:stop())
   end)
 
+  it("with an error value whose __tostring raises too: the same", function()
+    local dir = H.tmpdir()
+    local path = dir .. "/lines"
+    local p = H.start_pool { script = FIXTURE, workers = 1, args = { "alog-obj", path } }
+    H.defer(finally, function() p:stop() end)
+    assert(p.addr, p:log())
+    local pid = p:worker_pids()[1]
+    serve(p.addr, "/raise", 5)    -- one connection: each answered, kept
+    serve(p.addr, "/ok", 1)
+    H.wait_until(function() return p:log():find("access log function", 1, true) end, 5,
+      "the error line")
+    local log = p:log()
+    assert.truthy(log:find("access log function: (an error table); 1 line(s) dropped", 1, true), log)
+    assert.same({ pid }, p:worker_pids())
+    assert.same({}, H.unexpected_errors(log, { "access log function" }))
+    assert.equal(0, p:stop())
+  end)
+
   it("on every request (a function that always raises): the same", function()
     local p = H.start_pool { script = FIXTURE, workers = 1, args = { "alog-all", "/nonexistent" } }
     H.defer(finally, function() p:stop() end)

@@ -455,8 +455,11 @@ local function drop_reporter(what)
     dropped, since = dropped + 1, since + 1
     local now = os.time()
     if not told or now - told >= 60 then
+      -- (an error value whose __tostring raises is named by its type)
+      local ok, msg = pcall(tostring, err)
+      if not ok or type(msg) ~= "string" then msg = "(an error " .. type(err) .. ")" end
       fdpool.log("error", ("%s: %s; %d line(s) dropped%s"):format(what,
-        (tostring(err):gsub("\n%s*", " | ")), since, told and " in the last minute" or ""))
+        (msg:gsub("\n%s*", " | ")), since, told and " in the last minute" or ""))
       told, since = now, 0
     end
   end
