@@ -860,6 +860,16 @@ function M.serve(fn, options)
   -- connection goes on to its next request.
   local function after(conn, req, res, ok, a)
     if handed_over(conn, req, res, ok, a, log) then return false end
+    if ok and not res.started then
+      -- A 1xx set and nothing sent: the same handler's error as a 1xx
+      -- sent (final_code), not one of res:finish here, which would end
+      -- the connection unanswered.
+      local code = res._status
+      if type(code) == "number" and code >= 100 and code < 200 then
+        ok, a = false, ("status %d is informational, not a final response (101: "
+          .. "use res:takeover)"):format(code)
+      end
+    end
     if not ok then
       fdpool.log("error", ("http handler error (%s %s): %s"):format(req.method,
         req.path, tostring(a):gsub("\n%s*", " | ")))
