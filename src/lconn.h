@@ -80,7 +80,7 @@ struct fdp_conn {
                                    2 while waiting for the next with no
                                    byte of it: an idle keep-alive
                                    connection, which a stopping worker
-                                   closes (worker.c close_idle) */
+                                   wakes to close (worker.c close_idle) */
     unsigned char hnolog : 1;   /* conn:httploop: its serve keeps no
                                    access log, the one reader of
                                    res._bytes (res:send leaves it out) */

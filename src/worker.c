@@ -26,7 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/socket.h>
 #include <sys/prctl.h>
 #include <grp.h>
 #include <malloc.h>
@@ -916,9 +915,13 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
 /*
  * Told that the pool stops (FDP_STOP_IDLE): the keep-alive connections
  * idle between requests (no byte of a next head) go now, as nginx's do,
- * instead of holding the worker until their keep-alive timeout. Their read side is shut down:
- * each wait (or a dormant task's registration) wakes to the end and the
- * loop ends the usual way, reading first any head that came meanwhile.
+ * instead of holding the worker until their keep-alive timeout. Each
+ * one's wait (or a dormant task's registration) is woken on the loop's
+ * next turn with a read forced: a next head already in the socket (its
+ * edge not yet seen) is read and served, whole, body too; none, and the
+ * loop ends the usual way (head_find: such an idle conn is "closed").
+ * (Not a shutdown(SHUT_RD): a head that came meanwhile would be read,
+ * but a body sent after it would read as the end.)
  */
 static void
 close_idle(struct fdp_wctx *w)
@@ -930,8 +933,9 @@ close_idle(struct fdp_wctx *w)
         struct fdp_conn *c = ((struct fdp_wtask *) t)->conn;
 
         if (t->ops == NULL && c != NULL && c->kawait == 2 && c->fd >= 0
-            && c->rend == c->rstart) {
-            (void) shutdown(c->fd, SHUT_RD);
+            && c->rend == c->rstart && c->wt.waiter == t) {
+            c->wt.rready = 1;
+            fdp_task_resume_soon(t, 0);
         }
     }
 }

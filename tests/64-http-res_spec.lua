@@ -216,7 +216,8 @@ end)
   -- A 1xx as the response would be read as an interim one: the client
   -- waits on and pairs the next answer it gets (the next pipelined
   -- request's) with this request. It is the handler's error (500), for
-  -- a returned status, res:status then res:send, and res:write; the
+  -- a returned status, res:status then res:send, and res:write, and
+  -- res:status with nothing sent (the loop finishes the response); the
   -- pipelined request behind it gets its own answer or none.
   it("answer 500 to a 1xx as the final status, never an interim line", function()
     local dir = H.tmpdir()
@@ -228,13 +229,14 @@ return http.serve(function(req, res)
   if how == "return" then return tonumber(v), {}, "x" end
   res:status(tonumber(v))
   if how == "write" then res:write("w\n"); return res:finish() end
+  if how == "none" then return end
   res:send("s\n")
 end)
 ]])
     local pool = H.start_pool{ script = app, workers = 1 }
     finally(function() pool:stop() end)
-    for _, how in ipairs{ "return", "send", "write" } do
-      for _, code in ipairs{ "100", "102", "103", "199" } do
+    for _, how in ipairs{ "return", "send", "write", "none" } do
+      for _, code in ipairs{ "100", "101", "102", "103", "199" } do
         local r = assert(H.request(pool.addr, "GET /" .. how .. "/" .. code
           .. " HTTP/1.1\r\nHost: h\r\n\r\nGET /n HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"))
         assert.matches("^HTTP/1.1 500 ", r, how .. " " .. code)

@@ -129,6 +129,48 @@ describe("stopping, a next request that is already there", function()
   end)
 end)
 
+describe("stopping, a next request that comes as the stop does", function()
+  -- The worker is held (a handler on its CPU) while an idle keep-alive
+  -- connection's next head arrives and the stop notice comes: when the
+  -- worker runs again the head is in the socket, not yet read. It is no
+  -- idle connection: its request is served whole, its body too (sent
+  -- after the head, as a client that waits for 100 Continue does).
+  for _, expect in ipairs { true, false } do
+    it(("serves it, its body sent after the head%s"):format(
+        expect and " (Expect: 100-continue)" or ""), function()
+      local defer = H.cleanup(finally)
+      local p = H.start_pool{ script = APP, workers = 1 }
+      defer(function() p:stop("KILL") end)
+      local fd = idle_clients(p.addr, 1)[1]
+      local blocker = assert(fdpool.connect(p.addr, 10))
+      assert(blocker:write("GET /block HTTP/1.1\r\nHost: t\r\n\r\n"))
+      H.wait_status(p, function(s) return H.sum_workers(s, "active") >= 1 end, 10, "busy")
+      assert(fd:write("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+        .. (expect and "Expect: 100-continue\r\n" or "") .. "\r\n"))
+      p:kill("QUIT")
+      fd:settimeout(10)
+      if expect then
+        local line = fd:read("l")
+        assert.equal("HTTP/1.1 100 Continue\r", line)
+        assert.equal("\r", fd:read("l"))
+      else
+        -- the worker runs again (the blocker answered), then the body
+        local s = H.read_response(blocker)
+        assert.equal(200, s)
+        fdpool.sleep(0.2)
+      end
+      assert(fd:write("hello"))
+      local status, h, body = H.read_response(fd)
+      assert.equal(200, status)
+      assert.equal("hello", body)
+      assert.equal("close", (h.connection or ""):lower())
+      fd:close()
+      blocker:close()
+      assert.equal(0, p:wait_exit(10))
+    end)
+  end
+end)
+
 describe("stopping with an idle TLS keep-alive connection", function()
   it("closes it at once too", function()
     local defer = H.cleanup(finally)

@@ -455,8 +455,11 @@ local function drop_reporter(what)
     dropped, since = dropped + 1, since + 1
     local now = os.time()
     if not told or now - told >= 60 then
+      -- (an error value whose __tostring raises is named by its type)
+      local ok, msg = pcall(tostring, err)
+      if not ok or type(msg) ~= "string" then msg = "(an error " .. type(err) .. ")" end
       fdpool.log("error", ("%s: %s; %d line(s) dropped%s"):format(what,
-        (tostring(err):gsub("\n%s*", " | ")), since, told and " in the last minute" or ""))
+        (msg:gsub("\n%s*", " | ")), since, told and " in the last minute" or ""))
       told, since = now, 0
     end
   end
@@ -857,6 +860,16 @@ function M.serve(fn, options)
   -- connection goes on to its next request.
   local function after(conn, req, res, ok, a)
     if handed_over(conn, req, res, ok, a, log) then return false end
+    if ok and not res.started then
+      -- A 1xx set and nothing sent: the same handler's error as a 1xx
+      -- sent (final_code), not one of res:finish here, which would end
+      -- the connection unanswered.
+      local code = res._status
+      if type(code) == "number" and code >= 100 and code < 200 then
+        ok, a = false, ("status %d is informational, not a final response (101: "
+          .. "use res:takeover)"):format(code)
+      end
+    end
     if not ok then
       fdpool.log("error", ("http handler error (%s %s): %s"):format(req.method,
         req.path, tostring(a):gsub("\n%s*", " | ")))
