@@ -85,6 +85,21 @@ describe("websocket handshake (in memory)", function()
       frames = { { "close", { 1000 } } } })).status)
   end)
 
+  it("names a bad opts.origins (a string, a list with a non-string) in the handler's error", function()
+    local http = require "fdpool.http"
+    for _, bad in ipairs { "https://app.example", { "https://a", 5 } } do
+      local err
+      local h = http.serve(function(req, res)
+        local ok, e = pcall(http.websocket, req, res, { origins = bad })
+        err = not ok and e
+        return 500, {}, "x"
+      end)
+      assert(testing.websocket(h, "/", {}))
+      assert.matches("websocket option 'origins' must be a list of strings, got " .. type(bad),
+        tostring(err))
+    end
+  end)
+
   it("answers another version with 426 and Sec-WebSocket-Version: 13", function()
     local r = assert(testing.websocket(app, "/echo", { version = "8" }))
     assert.equal(426, r.status)

@@ -421,6 +421,13 @@ function M.upgrade(req, res, options)
     if M.defaults[k] == nil and k ~= "timeout" and k ~= "protocols" and k ~= "origins" then
       error("unknown websocket option '" .. tostring(k) .. "'", 2)
     end
+    if k == "origins" and v ~= nil then
+      local ok = type(v) == "table"
+      for _, o in ipairs(ok and v or {}) do ok = ok and type(o) == "string" end
+      if not ok then
+        error("websocket option 'origins' must be a list of strings, got " .. type(v), 2)
+      end
+    end
     opts[k] = v
   end
   assert(not res.started, "http.websocket: the response has started")
