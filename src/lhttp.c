@@ -853,8 +853,9 @@ static int
 res_send(lua_State *L)
 {
     size_t bn = 0, sn = 0, dn = 0, mn = 0, vn = 0;
-    lua_Integer code;
+    lua_Integer code, st = 0;
     int head_only, has_len, set_close, bad = 0, swap, v10;
+    int st_type, st_int = 0, st_stored = 0, has_body;
     struct fdp_conn *c;
     struct headbuf b;
     struct resctx *ctx = lua_touserdata(L, RCTX);
@@ -867,14 +868,17 @@ res_send(lua_State *L)
         lua_pushliteral(L, "");
     }
     lua_settop(L, 2);
-    /* a 1xx is no final response (http.lua's final_code): the
-     * handler's error, before anything is sent */
-    if (rget(L, 1, R_STATUS) == LUA_TNUMBER) {
-        lua_Integer sv = lua_tointeger(L, 3);
-
-        if (sv >= 100 && sv < 200) {
+    /* res._status, read once (no Lua runs before its second use below):
+     * its type, its integer value (st_int: one), whether it is stored
+     * as an integer. A 1xx is no final response (http.lua's
+     * final_code): the handler's error, before anything is sent. */
+    st_type = rget(L, 1, R_STATUS);
+    if (st_type != LUA_TNIL) {
+        st = lua_tointegerx(L, 3, &st_int);
+        st_stored = st_type == LUA_TNUMBER && lua_isinteger(L, 3);
+        if (st_type == LUA_TNUMBER && st_int && st >= 100 && st < 200) {
             return luaL_error(L, "status %d is informational, not a final "
-                              "response (101: use res:takeover)", (int) sv);
+                              "response (101: use res:takeover)", (int) st);
         }
     }
     lua_settop(L, 2);
@@ -896,19 +900,18 @@ res_send(lua_State *L)
     lua_pushnil(L);                     /* 4: a head past b's stack */
     rget(L, 1, R_HEADERS);              /* 5 */
     rget(L, 1, R_CONN);                 /* 6 */
+    lua_pushnil(L);                     /* 7 */
     /* (nil: Res._status's default; else checked as res:status does) */
-    if (rget(L, 1, R_STATUS) == LUA_TNIL) {
+    if (st_type == LUA_TNIL) {
         code = 200;
     } else {
-        int isint;
-        lua_Integer sv = lua_tointegerx(L, 7, &isint);
-        if (!isint || sv < 100 || sv > 999) {
+        if (!st_int || st < 100 || st > 999) {
             return luaL_error(L, "status must be an integer from 100 to 999");
         }
-        code = sv;
-        if (lua_type(L, 7) != LUA_TNUMBER || !lua_isinteger(L, 7)) {
+        code = st;
+        if (!st_stored) {
             lua_pushvalue(L, RKEY(R_STATUS));   /* as res:status stores it */
-            lua_pushinteger(L, sv);
+            lua_pushinteger(L, st);
             lua_rawset(L, 1);
         }
     }
@@ -970,9 +973,17 @@ res_send(lua_State *L)
     /* req._close: Connection: close from the handler; a client waiting
      * for 100 Continue whose body was not asked for. Set below, with the
      * head built (before a refused header's error). req's fields read
-     * at once (8 _expect_continue, 9 _close) */
+     * at once (8 _expect_continue, 9 _close). The conn loop's request
+     * without a body (!c->hbody) needs no look at _expect_continue (it
+     * closes only for a body) nor _broken (set by a body's read, with
+     * _close, or by a failed send, after which res:send raises). */
     set_close = b.conn_close;
-    rget(L, 3, R_EXPECT_CONTINUE);
+    has_body = c == NULL || c->hbody;
+    if (has_body) {
+        rget(L, 3, R_EXPECT_CONTINUE);
+    } else {
+        lua_pushnil(L);
+    }
     rget(L, 3, R_CLOSE);
     if (lua_toboolean(L, 8) && !rtrue(L, 3, R_BODY)) {
         rget(L, 3, R_LENGTH);
@@ -987,10 +998,11 @@ res_send(lua_State *L)
      * unread: not drained, the connection closes. (c->hbody: the conn
      * loop's request has a body; a test conn (c NULL) always looks.) */
     if (!set_close && !lua_toboolean(L, 9) && (fdp_lthread_stopping
-                       || ((c == NULL || c->hbody) && body_undrainable(L)))) {
+                       || (has_body && body_undrainable(L)))) {
         set_close = 1;
     }
-    if (set_close || lua_toboolean(L, 9) || rtrue(L, 3, R_BROKEN)) {
+    if (set_close || lua_toboolean(L, 9)
+        || (has_body && rtrue(L, 3, R_BROKEN))) {
         cv = "close";                   /* (_broken: a body read in part) */
     } else {
         cv = v10 ? "keep-alive" : NULL;

@@ -110,6 +110,13 @@ local CASES = {
   { "a 103 status", nil, { { "status", 103 }, { "send", "a" } } },
   { "a 100 status", nil, { { "status", 100 }, { "send", "a" } } },
   { "a 199 status", nil, { { "status", 199 }, { "send", "a" } } },
+  -- res._status read once by res:send (its 1xx check and its range
+  -- check on the same read): a 1xx as an integral float, a float, a
+  -- numeric string
+  { "a 150 status stored as an integral float", nil, { { "status", 150.0 }, { "send", "a" } } },
+  { "a 150.5 status stored", nil, { { "status", 150.5 }, { "send", "a" } } },
+  { "a 150 status stored as a numeric string", nil, { { "status", "150" }, { "send", "a" } } },
+  { "a 404 status stored as an integral float", nil, { { "status", 404.0 }, { "send", "a" } } },
   { "a 201 after a refused 101", nil, { { "status", 101 }, { "send", "a" },
     { "status", 201 }, { "send", "b" } } },
 }
