@@ -179,6 +179,22 @@ run_command(struct ctl_client *c, const char *line, size_t n)
 }
 
 
+/* Run the command in the first len bytes of c->in, then send its answer
+ * (or wait for a reload's outcome). */
+static void
+run_line(struct ctl_client *c, size_t len)
+{
+    run_command(c, c->in, len);
+    if (c->out.oom || c->fd < 0) {
+        client_close(c);
+        return;
+    }
+    if (!c->waiting) {
+        (void) fdp_loop_mod(&c->ctl->pool->loop, &c->io, EPOLLOUT);
+    }
+}
+
+
 /* GET /metrics (OpenMetrics) and GET /healthz (200 while workers run,
  * else 503), HTTP/1.x, one request per connection; the request line,
  * /status and /status.json are src/statuspage.c's. */
@@ -270,14 +286,7 @@ client_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             /* the end of a last line without its newline (printf 'ping'
              * | socat ... half-closes): the command all the same (one
              * per connection: the answer sent, it closes) */
-            run_command(c, c->in, c->nin);
-            if (c->out.oom || c->fd < 0) {
-                client_close(c);
-                return;
-            }
-            if (!c->waiting) {
-                (void) fdp_loop_mod(&c->ctl->pool->loop, &c->io, EPOLLOUT);
-            }
+            run_line(c, c->nin);
             return;
         }
         if (n <= 0) {
@@ -317,14 +326,7 @@ client_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
             client_close(c);
             return;
         }
-        run_command(c, c->in, (size_t) (nl - c->in));
-        if (c->out.oom || c->fd < 0) {
-            client_close(c);
-            return;
-        }
-        if (!c->waiting) {
-            (void) fdp_loop_mod(&c->ctl->pool->loop, &c->io, EPOLLOUT);
-        }
+        run_line(c, (size_t) (nl - c->in));
         return;
     }
     if (ev & EPOLLOUT) {
