@@ -5,7 +5,7 @@
 
 local fdpool = require "fdpool"
 
-local REQUEST_TIMEOUT = 10      -- seconds to wait for the request line
+local REQUEST_TIMEOUT = 10      -- seconds for the whole request line
 local SEND_TIMEOUT = 60         -- seconds a stalled download may sit idle
 local MAX_LINE = 4096           -- longest request line we look at
 
@@ -72,7 +72,9 @@ local function refuse(conn, reason)
 end
 
 return function(conn)
-    conn:settimeout(REQUEST_TIMEOUT)
+    -- Mode "t": the whole line within REQUEST_TIMEOUT, so a client that
+    -- trickles a byte now and then cannot hold the connection forever.
+    conn:settimeout(REQUEST_TIMEOUT, "t")
     local line, err = conn:receive("l")
     if not line then
         if err == "closed" then
