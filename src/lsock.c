@@ -712,22 +712,32 @@ static int
 sock_connect(lua_State *L)
 {
     struct fdp_sock *k = checksock(L);
-    const char *host = luaL_checkstring(L, 2);
+    size_t hl;
+    const char *host = luaL_checklstring(L, 2, &hl);
     int is_unix = strncmp(host, "unix:", 5) == 0;
     lua_Integer port = 0;
     struct connecting *cn;
     char key[KEY_MAX];
     const char *h = host;
     char lit[INET6_ADDRSTRLEN + 2];
-    size_t hl = strlen(host);
 
     if (!is_unix) {
         port = luaL_checkinteger(L, 3);
         luaL_argcheck(L, port > 0 && port < 65536, 3, "port out of range");
         luaL_argcheck(L, hl > 0 && hl < 256, 2, "bad host name length");
+        if (memchr(host, '\0', hl) != NULL) {
+            /* Else "evil\0.example.com" would look up (and pool as)
+             * "evil", and "127.0.0.1\0x" reach 127.0.0.1. */
+            lua_pushnil(L);
+            lua_pushliteral(L, "bad host name");
+            lua_pushinteger(L, EINVAL);
+            return 3;
+        }
     } else {
         luaL_argcheck(L, hl > 5 && hl - 5 < sizeof(((struct sockaddr_un *)
                       0)->sun_path), 2, "unix socket path too long or empty");
+        luaL_argcheck(L, memchr(host, '\0', hl) == NULL, 2,
+                      "unix socket path contains a NUL byte");
     }
     lua_settop(L, 4);
     if (!is_unix && lua_istable(L, 4)) {

@@ -198,6 +198,9 @@ describe("fdpool.tcp()", function()
     local c = assert(fdpool.connect(cli.addr, 10))
     local port = closed_port()
     assert.equals("nil connection refused 111", ask(c, "connect 127.0.0.1 " .. port))
+    -- A NUL byte in the host: not the name (or address) before it.
+    assert.equals("nil bad host name 22", ask(c, "connect " .. uphost .. "\\0x " .. upport))
+    assert.equals("nil bad host name 22", ask(c, "connect localhost\\0.invalid " .. upport))
     -- The reserved .invalid TLD fails at once, without asking a server.
     local r = ask(c, "connect nothing.invalid 80 timed")
     assert.matches("^nil no such host 2 ", r)
