@@ -104,14 +104,16 @@ return function(conn)
     end
 
     conn:settimeout(SEND_TIMEOUT)
+    -- The peer's name now: once it has reset, getpeername has none.
+    local ip, port = conn:getpeername()
     if conn:send(("OK %d\n"):format(size)) and offset < size then
-        local sent, serr = conn:sendfile(fd, offset, size - offset)
+        local sent, serr, partial = conn:sendfile(fd, offset, size - offset)
         if sent ~= size - offset then
             -- The client sees a short download and can resume; note why.
-            local ip, port = conn:getpeername()
             local fmt = "fileserver: %s to %s:%s: sent %d of %d bytes%s\n"
             io.stderr:write(fmt:format(name, tostring(ip), tostring(port),
-                sent or 0, size - offset, serr and (": " .. serr) or ""))
+                sent or partial or 0, size - offset,
+                serr and (": " .. serr) or ""))
         end
     end
     conn:close()

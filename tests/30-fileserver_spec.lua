@@ -167,6 +167,21 @@ describe("examples/fileserver.lua", function()
         assert.is_true(took > 8 and took < 14, "cut after " .. took .. " s")
     end)
 
+    it("logs the peer and the bytes sent of a download reset midway", function()
+        local fd = assert(fdpool.connect(pool.addr, 5))
+        assert(fd:write("GET big.bin\n"))
+        assert(fd:read(100))
+        fd:close()      -- unread data: the close sends a reset
+        local line = H.wait_until(function()
+            return pool:log():match("fileserver: big%.bin to [^\n]*")
+        end, 10, "the fileserver's log line")
+        -- Before: "to nil:getpeername: ...: sent 0 of": the name was
+        -- asked after the reset, and the partial count was dropped.
+        assert.matches("^fileserver: big%.bin to 127%.0%.0%.1:%d+: sent %d+ of "
+                       .. BIG .. " bytes: ", line)
+        assert.is_nil(line:find("sent 0 of", 1, true), line)
+    end)
+
     it("keeps serving after all that", function()
         local code, text = fetch(pool.addr, "small.txt", out .. "/last.txt")
         assert.equal(0, code, text)
