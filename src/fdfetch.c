@@ -453,10 +453,21 @@ main(int argc, char **argv)
     f.tty = isatty(STDERR_FILENO);
 
     /* Resume from a non-empty OUT; a missing one is created on "OK". */
-    f.outfd = open(f.out, O_WRONLY | O_APPEND | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO nobody reads fails (ENXIO) instead of blocking
+     * the open forever; writes block again below. */
+    f.outfd = open(f.out, O_WRONLY | O_APPEND | O_CLOEXEC | O_NONBLOCK);
     if (f.outfd == -1 && errno != ENOENT) {
-        say(&f, "open %s: %s", f.out, strerror(errno));
+        say(&f, "open %s: %s", f.out, errno == ENXIO
+            ? "a FIFO with no reader" : strerror(errno));
         return EX_FAIL;
+    }
+    if (f.outfd != -1) {
+        int fl = fcntl(f.outfd, F_GETFL);
+
+        if (fl == -1 || fcntl(f.outfd, F_SETFL, fl & ~O_NONBLOCK) == -1) {
+            say(&f, "open %s: %s", f.out, strerror(errno));
+            return EX_FAIL;
+        }
     }
     if (f.outfd != -1 && fstat(f.outfd, &st) == 0 && S_ISREG(st.st_mode)) {
         f.offset = (long long) st.st_size;

@@ -307,6 +307,17 @@ end
         assert.is_false(exists(dir .. "/out"))
     end)
 
+    it("fails at once on an OUT that is a FIFO nobody reads", function()
+        local dir = H.tmpdir()
+        sh("mkfifo %s", q(dir .. "/fifo"))
+        -- timeout: before, the open blocked forever.
+        local _, code, text = H.run(("timeout 10 %s 127.0.0.1:1 x %s")
+            :format(FETCH, q(dir .. "/fifo")))
+        assert.equal(1, code, text)
+        assert.equal("fdfetch: open " .. dir .. "/fifo: a FIFO with no reader\n",
+                     text)
+    end)
+
     it("rejects a bad FDFETCH_TIMEOUT with one line and exit 64", function()
         for _, v in ipairs{ "abc", "0", "-1", "5s", "99999999999",
                             "86401" } do
