@@ -276,18 +276,21 @@ sockpool_of(lua_State *L)
 }
 
 
+/* The process's resolver, made on first use; NULL with *err (-errno:
+ * -EINVAL for a bad FDPOOL_RESOLVER) when it cannot be made. */
 static struct fdp_dns *
-resolver_of(lua_State *L)
+resolver_of(lua_State *L, int *err)
 {
     pid_t *pid = NULL;
     struct resolver *r = registry_obj(L, DNS_MT, &dns_key, sizeof(*r), &pid);
 
+    *err = 0;
     if (r->d == NULL) {
         struct fdp_sched *s = fdp_sched_of(L);
 
         /* FDPOOL_RESOLVER ("ip[:port],..."): these servers instead of
          * resolv.conf's (tests, or a local cache). */
-        (void) fdp_dns_new(&r->d, s ? s->loop : NULL,
+        *err = fdp_dns_new(&r->d, s ? s->loop : NULL,
                            getenv("FDPOOL_RESOLVER"));
     }
     return r->d;
@@ -666,13 +669,19 @@ connect_k(lua_State *L, int status, lua_KContext ctx)
 static int
 resolve(lua_State *L, struct fdp_sock *k, const char *host, int port)
 {
-    struct fdp_dns *d = resolver_of(L);
+    int err;
+    struct fdp_dns *d = resolver_of(L, &err);
     struct fdp_sched *s = fdp_sched_of(L);
     struct fdp_task *t;
     struct dnsq *q;
 
+    if (d == NULL && err == -EINVAL) {
+        return connect_fail(L, k, EINVAL, "resolver: bad FDPOOL_RESOLVER "
+                            "(want ip[:port],...)");
+    }
     if (d == NULL) {
-        return connect_fail(L, k, ENOMEM, "resolver: cannot start");
+        return connect_fail(L, k, err < 0 ? -err : ENOMEM,
+                            "resolver: cannot start");
     }
     q = calloc(1, sizeof(*q));
     if (q == NULL) {
