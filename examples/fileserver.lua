@@ -5,7 +5,7 @@
 
 local fdpool = require "fdpool"
 
-local REQUEST_TIMEOUT = 10      -- seconds to wait for the request line
+local REQUEST_TIMEOUT = 10      -- seconds for the whole request line
 local SEND_TIMEOUT = 60         -- seconds a stalled download may sit idle
 local MAX_LINE = 4096           -- longest request line we look at
 
@@ -72,7 +72,9 @@ local function refuse(conn, reason)
 end
 
 return function(conn)
-    conn:settimeout(REQUEST_TIMEOUT)
+    -- Mode "t": the whole line within REQUEST_TIMEOUT, so a client that
+    -- trickles a byte now and then cannot hold the connection forever.
+    conn:settimeout(REQUEST_TIMEOUT, "t")
     local line, err = conn:receive("l")
     if not line then
         if err == "closed" then
@@ -102,14 +104,16 @@ return function(conn)
     end
 
     conn:settimeout(SEND_TIMEOUT)
+    -- The peer's name now: once it has reset, getpeername has none.
+    local ip, port = conn:getpeername()
     if conn:send(("OK %d\n"):format(size)) and offset < size then
-        local sent, serr = conn:sendfile(fd, offset, size - offset)
+        local sent, serr, partial = conn:sendfile(fd, offset, size - offset)
         if sent ~= size - offset then
             -- The client sees a short download and can resume; note why.
-            local ip, port = conn:getpeername()
             local fmt = "fileserver: %s to %s:%s: sent %d of %d bytes%s\n"
             io.stderr:write(fmt:format(name, tostring(ip), tostring(port),
-                sent or 0, size - offset, serr and (": " .. serr) or ""))
+                sent or partial or 0, size - offset,
+                serr and (": " .. serr) or ""))
         end
     end
     conn:close()

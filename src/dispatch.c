@@ -1063,7 +1063,6 @@ proxywait_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
     int r;
 
     (void) loop;
-    (void) ev;
     do {
         n = recv(x->c.fd, buf, sizeof(buf), MSG_PEEK);
     } while (n < 0 && errno == EINTR);
@@ -1071,9 +1070,12 @@ proxywait_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         return;
     }
     r = n > 0 ? fdp_proxy_parse(buf, (size_t) n, &src, &slen) : -EINVAL;
-    if (r == 0 && (size_t) n < sizeof(buf)) {
+    if (r == 0 && (size_t) n < sizeof(buf)
+        && !(ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
         return;                     /* wait for the rest */
     }
+    /* A part of a header and then the peer's FIN: the rest never comes,
+     * close now rather than at PROXY_TIMEOUT_MS. */
     if (r <= 0 || recv(x->c.fd, buf, (size_t) r, 0) != r) {
         fdp_log(FDP_LOG_DEBUG, 0, "bad or missing PROXY header on %s; closed",
                 p->listeners[x->c.listener].bound);

@@ -25,6 +25,7 @@
 #define EX_USAGE    64      /* as sysexits.h */
 #define LINE_MAX_   128     /* longest reply line we accept */
 #define TIMEOUT_S   30      /* default receive/connect timeout */
+#define TIMEOUT_MAX 86400   /* longest FDFETCH_TIMEOUT (a day) */
 #define NAME_MAX_   1024    /* longest NAME we send */
 #define USAGE "usage: fdfetch HOST:PORT|[V6]:PORT|unix:PATH NAME [OUT]\n"
 
@@ -266,7 +267,7 @@ store(struct fetch *f, const char *buf, size_t n)
 static int
 fetch(struct fetch *f)
 {
-    char line[LINE_MAX_ + 1], req[NAME_MAX_ + 32], buf[65536], *nl, *p;
+    char line[LINE_MAX_ + 1], req[NAME_MAX_ + 32], buf[65536], *nl, *p, *end;
     char sz[64], rate[32];
     size_t len = 0, extra;
     long long want;
@@ -304,12 +305,12 @@ fetch(struct fetch *f)
         }
         len += (size_t) r;
     }
-    *nl = '\0';
     extra = len - (size_t) (nl + 1 - line);
-    if (nl > line && nl[-1] == '\r') {
-        nl[-1] = '\0';
-    }
-    for (p = line; *p; p++) {
+    end = nl > line && nl[-1] == '\r' ? nl - 1 : nl;
+    *end = '\0';
+    /* Every control byte, NUL included, becomes '?': "OK 3\0junk" is a
+     * bad reply, not a size of 3. */
+    for (p = line; p < end; p++) {
         *p = (*p < ' ' || *p == 0x7f) ? '?' : *p;
     }
     if (strncmp(line, "ERR", 3) == 0 && (line[3] == ' ' || !line[3])) {
@@ -331,9 +332,14 @@ fetch(struct fetch *f)
         goto fail;
     }
     want = f->size - f->offset;
-    if (want == 0) {
+    if (want == 0 && f->offset > 0) {
         say(f, "%s is already complete (%lld bytes)", f->out, f->size);
         rc = 0;
+        goto fail;
+    }
+    if (want == 0 && (err = store(f, "", 0)) < 0) {
+        /* An empty file: OUT must still exist afterwards. */
+        say(f, "write %s: %s", f->out, strerror(-err));
         goto fail;
     }
 
@@ -401,8 +407,8 @@ main(int argc, char **argv)
                "If OUT exists and is not empty, resume from its size.\n"
                "Exit: 0 done, 1 connection/transfer error, "
                "2 server refused, 64 usage.\n"
-               "FDFETCH_TIMEOUT: receive timeout in seconds (default %d).\n",
-               TIMEOUT_S);
+               "FDFETCH_TIMEOUT: receive timeout in seconds (default %d, "
+               "at most %d).\n", TIMEOUT_S, TIMEOUT_MAX);
         return 0;
     }
     if (argc < 3 || argc > 4 || argv[2][0] == '\0'
@@ -431,16 +437,37 @@ main(int argc, char **argv)
         return EX_USAGE;
     }
     e = getenv("FDFETCH_TIMEOUT");
-    if (e != NULL && atoi(e) > 0) {
-        f.timeout = atoi(e);
+    if (e != NULL && *e != '\0') {
+        char *end;
+        long v;
+
+        errno = 0;
+        v = strtol(e, &end, 10);
+        if (*end != '\0' || errno != 0 || v < 1 || v > TIMEOUT_MAX) {
+            say(&f, "bad FDFETCH_TIMEOUT \"%s\": want whole seconds, "
+                "1 to %d", e, TIMEOUT_MAX);
+            return EX_USAGE;
+        }
+        f.timeout = (int) v;
     }
     f.tty = isatty(STDERR_FILENO);
 
     /* Resume from a non-empty OUT; a missing one is created on "OK". */
-    f.outfd = open(f.out, O_WRONLY | O_APPEND | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO nobody reads fails (ENXIO) instead of blocking
+     * the open forever; writes block again below. */
+    f.outfd = open(f.out, O_WRONLY | O_APPEND | O_CLOEXEC | O_NONBLOCK);
     if (f.outfd == -1 && errno != ENOENT) {
-        say(&f, "open %s: %s", f.out, strerror(errno));
+        say(&f, "open %s: %s", f.out, errno == ENXIO
+            ? "a FIFO with no reader" : strerror(errno));
         return EX_FAIL;
+    }
+    if (f.outfd != -1) {
+        int fl = fcntl(f.outfd, F_GETFL);
+
+        if (fl == -1 || fcntl(f.outfd, F_SETFL, fl & ~O_NONBLOCK) == -1) {
+            say(&f, "open %s: %s", f.out, strerror(errno));
+            return EX_FAIL;
+        }
     }
     if (f.outfd != -1 && fstat(f.outfd, &st) == 0 && S_ISREG(st.st_mode)) {
         f.offset = (long long) st.st_size;

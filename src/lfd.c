@@ -279,13 +279,16 @@ fd_shutdown(lua_State *L)
 static int
 l_connect(lua_State *L)
 {
-    const char *addr = luaL_checkstring(L, 1);
+    size_t alen;
+    const char *addr = luaL_checklstring(L, 1, &alen);
     lua_Number t = luaL_optnumber(L, 2, 0);
     struct sockaddr_storage ss;
     socklen_t len;
     char err[256];
     int fd;
 
+    luaL_argcheck(L, memchr(addr, '\0', alen) == NULL, 1,
+                  "address contains a NUL byte");
     if (fdp_parse_addr(addr, &ss, &len, err, sizeof(err)) < 0) {
         return luaL_argerror(L, 1, err);
     }
@@ -481,12 +484,20 @@ chan_fileno(lua_State *L)
 static int
 l_open_beneath(lua_State *L)
 {
-    const char *dir = luaL_checkstring(L, 1);
-    const char *name = luaL_checkstring(L, 2);
+    size_t dlen, nlen;
+    const char *dir = luaL_checklstring(L, 1, &dlen);
+    const char *name = luaL_checklstring(L, 2, &nlen);
     struct open_how how;
     struct stat st;
     int dfd, fd, err;
 
+    if (memchr(dir, '\0', dlen) != NULL || memchr(name, '\0', nlen) != NULL) {
+        /* Not the file named by the part before the NUL. */
+        lua_pushnil(L);
+        lua_pushliteral(L, "name contains a NUL byte");
+        lua_pushinteger(L, EINVAL);
+        return 3;
+    }
     dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0) {
         return fdp_pushfail(L, errno, dir);

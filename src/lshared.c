@@ -232,7 +232,7 @@ opt_ttl(lua_State *L, int idx)
 {
     lua_Number t = luaL_optnumber(L, idx, 0);
 
-    luaL_argcheck(L, t >= 0 && t < 1e9, idx, "ttl must be 0 (never) to 1e9 "
+    luaL_argcheck(L, t >= 0 && t <= 1e9, idx, "ttl must be 0 (never) to 1e9 "
                   "seconds");
     return (double) t;
 }

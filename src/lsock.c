@@ -276,18 +276,21 @@ sockpool_of(lua_State *L)
 }
 
 
+/* The process's resolver, made on first use; NULL with *err (-errno:
+ * -EINVAL for a bad FDPOOL_RESOLVER) when it cannot be made. */
 static struct fdp_dns *
-resolver_of(lua_State *L)
+resolver_of(lua_State *L, int *err)
 {
     pid_t *pid = NULL;
     struct resolver *r = registry_obj(L, DNS_MT, &dns_key, sizeof(*r), &pid);
 
+    *err = 0;
     if (r->d == NULL) {
         struct fdp_sched *s = fdp_sched_of(L);
 
         /* FDPOOL_RESOLVER ("ip[:port],..."): these servers instead of
          * resolv.conf's (tests, or a local cache). */
-        (void) fdp_dns_new(&r->d, s ? s->loop : NULL,
+        *err = fdp_dns_new(&r->d, s ? s->loop : NULL,
                            getenv("FDPOOL_RESOLVER"));
     }
     return r->d;
@@ -666,13 +669,19 @@ connect_k(lua_State *L, int status, lua_KContext ctx)
 static int
 resolve(lua_State *L, struct fdp_sock *k, const char *host, int port)
 {
-    struct fdp_dns *d = resolver_of(L);
+    int err;
+    struct fdp_dns *d = resolver_of(L, &err);
     struct fdp_sched *s = fdp_sched_of(L);
     struct fdp_task *t;
     struct dnsq *q;
 
+    if (d == NULL && err == -EINVAL) {
+        return connect_fail(L, k, EINVAL, "resolver: bad FDPOOL_RESOLVER "
+                            "(want ip[:port],...)");
+    }
     if (d == NULL) {
-        return connect_fail(L, k, ENOMEM, "resolver: cannot start");
+        return connect_fail(L, k, err < 0 ? -err : ENOMEM,
+                            "resolver: cannot start");
     }
     q = calloc(1, sizeof(*q));
     if (q == NULL) {
@@ -712,22 +721,32 @@ static int
 sock_connect(lua_State *L)
 {
     struct fdp_sock *k = checksock(L);
-    const char *host = luaL_checkstring(L, 2);
+    size_t hl;
+    const char *host = luaL_checklstring(L, 2, &hl);
     int is_unix = strncmp(host, "unix:", 5) == 0;
     lua_Integer port = 0;
     struct connecting *cn;
     char key[KEY_MAX];
     const char *h = host;
     char lit[INET6_ADDRSTRLEN + 2];
-    size_t hl = strlen(host);
 
     if (!is_unix) {
         port = luaL_checkinteger(L, 3);
         luaL_argcheck(L, port > 0 && port < 65536, 3, "port out of range");
         luaL_argcheck(L, hl > 0 && hl < 256, 2, "bad host name length");
+        if (memchr(host, '\0', hl) != NULL) {
+            /* Else "evil\0.example.com" would look up (and pool as)
+             * "evil", and "127.0.0.1\0x" reach 127.0.0.1. */
+            lua_pushnil(L);
+            lua_pushliteral(L, "bad host name");
+            lua_pushinteger(L, EINVAL);
+            return 3;
+        }
     } else {
         luaL_argcheck(L, hl > 5 && hl - 5 < sizeof(((struct sockaddr_un *)
                       0)->sun_path), 2, "unix socket path too long or empty");
+        luaL_argcheck(L, memchr(host, '\0', hl) == NULL, 2,
+                      "unix socket path contains a NUL byte");
     }
     lua_settop(L, 4);
     if (!is_unix && lua_istable(L, 4)) {

@@ -57,7 +57,11 @@ parse_v1(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
     if (end == NULL) {
         return n >= 107 ? -EINVAL : 0;
     }
-    if (end == s || end[-1] != '\r') {
+    /* CR LF ends it; no NUL inside (inet_pton would stop at one and take
+     * "1.2.3.4\0junk" for 1.2.3.4), no space before the CR (an empty
+     * last field). */
+    if (end == s || end[-1] != '\r' || memchr(s, '\0', (size_t) (end - s))
+        || (end - s >= 2 && end[-2] == ' ')) {
         return -EINVAL;
     }
     /* Split the line (without CR LF) on single spaces; a seventh field
@@ -153,7 +157,10 @@ parse_v2(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
     if ((ver_cmd & 0x0F) == 0x00) {         /* LOCAL: health check */
         return (int) total;
     }
-    if ((ver_cmd & 0x0F) != 0x01) {
+    /* PROXY: the family (UNSPEC, INET, INET6, UNIX) and transport
+     * (UNSPEC, STREAM, DGRAM) must be ones the spec defines: receivers
+     * drop unexpected values. */
+    if ((ver_cmd & 0x0F) != 0x01 || (fam >> 4) > 3 || (fam & 0x0F) > 2) {
         return -EINVAL;
     }
     if (fam == 0x11) {                      /* TCP over IPv4 */

@@ -83,6 +83,15 @@ describe("fdpool.open_beneath", function()
     assert.equals(2, code)
   end)
 
+  it("refuses a name or dir with a NUL byte, not the part before it", function()
+    for _, args in ipairs({ { dir, "file.txt\0../x" }, { dir .. "\0/sub", "file.txt" } }) do
+      local fd, err, code = fdpool.open_beneath(args[1], args[2])
+      assert.is_nil(fd)
+      assert.equals("name contains a NUL byte", err)
+      assert.equals(22, code)
+    end
+  end)
+
   it("returns nil, message naming the dir when the dir is missing", function()
     local fd, err, code = fdpool.open_beneath(dir .. "/nodir", "file.txt")
     assert.is_nil(fd)
@@ -250,6 +259,9 @@ describe("fdpool.connect", function()
     assert.equals("unix:" .. dir .. "/s.sock", p:addresses()[1])
     local fd = assert(fdpool.connect("unix:" .. dir .. "/s.sock", 1))
     fd:close()
+    -- Not the socket named by the part before a NUL byte.
+    assert.matches("address contains a NUL byte",
+      errof(fdpool.connect, "unix:" .. dir .. "/s.sock\0x"), 1, true)
   end)
 
   it("raises on a malformed address", function()

@@ -4,6 +4,7 @@
 
 package.path = "./tests/?.lua;" .. package.path
 local H = require "helpers"
+local fdpool = require "fdpool"
 
 local FETCH = "build/fdfetch"
 local SCRIPT = "examples/fileserver.lua"
@@ -146,6 +147,41 @@ describe("examples/fileserver.lua", function()
         assert.matches("^ERR ", reply)
     end)
 
+    it("cuts a request line trickled past 10 s in all", function()
+        -- One byte every 0.5 s: each wait is short, the whole line is not.
+        local fd = assert(fdpool.connect(pool.addr, 5))
+        finally(function() fd:close() end)
+        assert(fd:settimeout(0.5))
+        local t0, reply = H.now(), nil
+        local req = "GET " .. ("a"):rep(100)
+        for i = 1, 30 do
+            assert(fd:write(req:sub(i, i)))
+            local d, _, errno = fd:read(100)
+            if d or errno ~= 11 then
+                reply = d or "EOF"
+                break
+            end
+        end
+        local took = H.now() - t0
+        assert.equal("ERR request timeout\n", reply)
+        assert.is_true(took > 8 and took < 14, "cut after " .. took .. " s")
+    end)
+
+    it("logs the peer and the bytes sent of a download reset midway", function()
+        local fd = assert(fdpool.connect(pool.addr, 5))
+        assert(fd:write("GET big.bin\n"))
+        assert(fd:read(100))
+        fd:close()      -- unread data: the close sends a reset
+        local line = H.wait_until(function()
+            return pool:log():match("fileserver: big%.bin to [^\n]*")
+        end, 10, "the fileserver's log line")
+        -- Before: "to nil:getpeername: ...: sent 0 of": the name was
+        -- asked after the reset, and the partial count was dropped.
+        assert.matches("^fileserver: big%.bin to 127%.0%.0%.1:%d+: sent %d+ of "
+                       .. BIG .. " bytes: ", line)
+        assert.is_nil(line:find("sent 0 of", 1, true), line)
+    end)
+
     it("keeps serving after all that", function()
         local code, text = fetch(pool.addr, "small.txt", out .. "/last.txt")
         assert.equal(0, code, text)
@@ -236,5 +272,61 @@ end
         assert.equal(1, code, text)
         assert.matches("bad reply", text, 1, true)
         assert.is_false(exists(dir .. "/out"))
+    end)
+    -- A one-connection server (under a real pool) that answers `reply`.
+    local function liar(reply)
+        local dir = H.tmpdir()
+        local f = assert(io.open(dir .. "/liar.lua", "w"))
+        f:write(([[
+return function(conn)
+    conn:settimeout(5)
+    conn:receive("l")
+    conn:send(%q)
+    conn:close()
+end
+]]):format(reply))
+        f:close()
+        return dir, H.start_pool{ script = dir .. "/liar.lua", workers = 1 }
+    end
+
+    it("creates OUT for an empty file", function()
+        local dir, p = liar("OK 0\n")
+        finally(function() p:stop() end)
+        local code, text = fetch(p.addr, "empty", dir .. "/out")
+        assert.equal(0, code, text)
+        assert.matches("received 0 bytes", text, 1, true)
+        assert.equal("", H.readfile(dir .. "/out"))
+    end)
+
+    it("rejects a NUL byte in the reply line", function()
+        local dir, p = liar("OK 3\0junk\nabc")
+        finally(function() p:stop() end)
+        local code, text = fetch(p.addr, "anything", dir .. "/out")
+        assert.equal(1, code, text)
+        assert.matches('bad reply from [^\n]*"OK 3%?junk"\n$', text)
+        assert.is_false(exists(dir .. "/out"))
+    end)
+
+    it("fails at once on an OUT that is a FIFO nobody reads", function()
+        local dir = H.tmpdir()
+        sh("mkfifo %s", q(dir .. "/fifo"))
+        -- timeout: before, the open blocked forever.
+        local _, code, text = H.run(("timeout 10 %s 127.0.0.1:1 x %s")
+            :format(FETCH, q(dir .. "/fifo")))
+        assert.equal(1, code, text)
+        assert.equal("fdfetch: open " .. dir .. "/fifo: a FIFO with no reader\n",
+                     text)
+    end)
+
+    it("rejects a bad FDFETCH_TIMEOUT with one line and exit 64", function()
+        for _, v in ipairs{ "abc", "0", "-1", "5s", "99999999999",
+                            "86401" } do
+            local _, code, text = H.run(("FDFETCH_TIMEOUT=%s %s "
+                .. "127.0.0.1:1 x %s"):format(q(v), FETCH,
+                q(H.tmpdir() .. "/x")))
+            assert.equal(64, code, v .. ": " .. text)
+            assert.equal("fdfetch: bad FDFETCH_TIMEOUT \"" .. v
+                         .. "\": want whole seconds, 1 to 86400\n", text)
+        end
     end)
 end)

@@ -336,6 +336,26 @@ describe("accept filter none and per-listener filters", function()
     assert.truthy(r:find("^HTTP/1.1 200"), r)
   end)
 
+  it("on a proxy listener, closes at once a part of a header then EOF", function()
+    local pool = H.start_pool{ script = HTTP, workers = 1, args = { "5" },
+                               listen = "127.0.0.1:0,proxy" }
+    H.defer(finally, function() pool:stop() end)
+    for _, part in ipairs{ "PROXY TCP4 192.0.2.7",
+                           "\r\n\r\n\0\r\nQUIT\n\x21\x11\0\x0c\1\2" } do
+      local fd = connect(pool.addr)
+      H.defer(finally, function() fd:close() end)
+      assert(fd:write(part))
+      assert(fd:shutdown("send"))
+      -- Before: held until the 5 s PROXY limit. The master sees the FIN.
+      fd:settimeout(2)
+      local t0 = H.now()
+      local data, err = fd:read(1)
+      assert.is_nil(data)
+      assert.is_true(err == nil or err:find("reset", 1, true) ~= nil, err)
+      assert.is_true(H.now() - t0 < 1.5, ("closed after %.2f s"):format(H.now() - t0))
+    end
+  end)
+
   it("refuses a bad filter name with a one-line error", function()
     local code, _, err = H.run_pool("run --accept-filter sometimes --listen 127.0.0.1:0 --no-control")
     assert.equal(2, code)

@@ -198,6 +198,9 @@ describe("fdpool.tcp()", function()
     local c = assert(fdpool.connect(cli.addr, 10))
     local port = closed_port()
     assert.equals("nil connection refused 111", ask(c, "connect 127.0.0.1 " .. port))
+    -- A NUL byte in the host: not the name (or address) before it.
+    assert.equals("nil bad host name 22", ask(c, "connect " .. uphost .. "\\0x " .. upport))
+    assert.equals("nil bad host name 22", ask(c, "connect localhost\\0.invalid " .. upport))
     -- The reserved .invalid TLD fails at once, without asking a server.
     local r = ask(c, "connect nothing.invalid 80 timed")
     assert.matches("^nil no such host 2 ", r)
@@ -403,5 +406,20 @@ describe("fdpool.tcp() name lookups through a DNS server", function()
     a:close(); b:close()
     assert.equals(0, cli:stop())
     assert.same({}, H.unexpected_errors(cli:log()))
+  end)
+end)
+
+describe("fdpool.tcp() with a bad FDPOOL_RESOLVER", function()
+  it("says so (EINVAL) instead of a resolver that cannot start (ENOMEM)", function()
+    local cli = H.start_pool{ script = "tests/fixtures/cos_client.lua", workers = 1,
+                              args = { "127.0.0.1", "1" },
+                              shell = "export FDPOOL_RESOLVER=garbage;" }
+    H.defer(finally, function() cli:stop() end)
+    local a = assert(fdpool.connect(cli.addr, 10))
+    H.defer(finally, function() a:close() end)
+    assert.equals("nil resolver: bad FDPOOL_RESOLVER (want ip[:port],...) 22",
+                  ask(a, "connect name.example 80"))
+    -- IP literals need no resolver.
+    assert.equals("nil connection refused 111", ask(a, "connect 127.0.0.1 " .. closed_port()))
   end)
 end)

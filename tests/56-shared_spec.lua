@@ -51,6 +51,10 @@ describe("fdpool.shared", function()
     assert.truthy(out:find("false value too big false; nil", 1, true), out)
   end)
 
+  it("takes a ttl of 1e9, the documented most, and raises past it", function()
+    assert.equals("true,true,1,ttl must be,ttl must be,ttl must be,true", cmd(p, "ttledge"))
+  end)
+
   it("is a table of its methods that knows its own kind", function()
     assert.equals("shdict,fdpool.shdict (cache),function,in-small in-cache in-cache in-small,"
       .. "1111,2222,3333,true,true 2 nil 1 2 nil 2 3,true", cmd(p, "object"))

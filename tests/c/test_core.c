@@ -1618,6 +1618,42 @@ test_proxy_codes(void)
     test_cond("proxy: 107 bytes without a newline is -EINVAL",
               fdp_proxy_parse((const uint8_t *) longline, sizeof(longline),
                               &src, &len) == -EINVAL);
+    {
+        static const char nul[] = "PROXY TCP4 1.2.3.4\0x 5.6.7.8 111 222\r\n";
+        static const char sp[] = "PROXY TCP4 1.2.3.4 5.6.7.8 111 222 \r\n";
+        static const char unk[] = "PROXY UNKNOWN\r\n";
+        uint8_t v2[28] = { 0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51,
+                           0x55, 0x49, 0x54, 0x0A, 0x21, 0x11, 0, 12,
+                           1, 2, 3, 4, 5, 6, 7, 8, 0, 111, 0, 222 };
+
+        test_cond("proxy: a NUL inside a v1 line is -EINVAL",
+                  fdp_proxy_parse((const uint8_t *) nul, sizeof(nul) - 1,
+                                  &src, &len) == -EINVAL);
+        test_cond("proxy: a space before a v1 line's CR is -EINVAL",
+                  fdp_proxy_parse((const uint8_t *) sp, sizeof(sp) - 1,
+                                  &src, &len) == -EINVAL);
+        test_cond("proxy: PROXY UNKNOWN keeps the peer",
+                  fdp_proxy_parse((const uint8_t *) unk, sizeof(unk) - 1,
+                                  &src, &len) == (int) sizeof(unk) - 1
+                  && len == 0);
+        test_cond("proxy: a v2 TCP4 header gives its length",
+                  fdp_proxy_parse(v2, sizeof(v2), &src, &len) == 28
+                  && len == sizeof(struct sockaddr_in));
+        v2[13] = 0x31;      /* UNIX STREAM: kept, the real peer stays */
+        test_cond("proxy: a v2 unix family keeps the peer",
+                  fdp_proxy_parse(v2, sizeof(v2), &src, &len) == 28
+                  && len == 0);
+        v2[13] = 0xFF;
+        test_cond("proxy: an undefined v2 family is -EINVAL",
+                  fdp_proxy_parse(v2, sizeof(v2), &src, &len) == -EINVAL);
+        v2[13] = 0x13;
+        test_cond("proxy: an undefined v2 transport is -EINVAL",
+                  fdp_proxy_parse(v2, sizeof(v2), &src, &len) == -EINVAL);
+        v2[12] = 0x20;      /* LOCAL: any family, the real peer stays */
+        test_cond("proxy: a v2 LOCAL header keeps the peer",
+                  fdp_proxy_parse(v2, sizeof(v2), &src, &len) == 28
+                  && len == 0);
+    }
 }
 
 /* ---- wsproto.c -------------------------------------------------------- */
