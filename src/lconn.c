@@ -471,11 +471,10 @@ static int
 receive_k(lua_State *L, int status, lua_KContext ctx)
 {
     struct fdp_conn *c = CONN_AT1(L);
-    size_t count = 0;
-    int pat = pattern_of(L, &count);
+    int pat = (int) ctx;        /* (conn_receive's pattern_of) */
+    size_t count = pat == PAT_COUNT ? (size_t) lua_tointeger(L, 2) : 0;
     ssize_t n;
 
-    (void) ctx;
     if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
         return receive_fail(L, c, "timeout");
     }
@@ -526,7 +525,7 @@ receive_k(lua_State *L, int status, lua_KContext ctx)
             return receive_fail(L, c, n == -ECONNRESET || n == -EPIPE
                                 ? "closed" : strerror((int) -n));
         }
-        if (!fdp_conn_wait(L, c, EPOLLIN, 0, receive_k)) {
+        if (!fdp_conn_wait(L, c, EPOLLIN, pat, receive_k)) {
             return receive_fail(L, c, "timeout");
         }
     }
@@ -542,8 +541,8 @@ conn_receive(lua_State *L)
 {
     struct fdp_conn *c = fdp_checkconn(L);
     size_t count;
+    int pat = pattern_of(L, &count);
 
-    (void) pattern_of(L, &count);
     luaL_argcheck(L, lua_isnoneornil(L, 3) || lua_isstring(L, 3), 3,
                   "prefix must be a string");
     if (fdp_conn_busy(L, c, 0)) {
@@ -551,7 +550,7 @@ conn_receive(lua_State *L)
     }
     lua_settop(L, 3);
     fdp_conn_op_begin(c);
-    return receive_k(L, LUA_OK, 0);
+    return receive_k(L, LUA_OK, pat);
 }
 
 
