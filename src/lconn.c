@@ -82,12 +82,6 @@ fdp_checkconn(lua_State *L)
 }
 
 
-/* The conn at 1 in a method's continuation (NAME_k): its entry checked
- * it with fdp_checkconn before the first call, and a yielded C call's
- * stack is out of Lua's reach, so a resumed one needs no second check
- * (~200 instructions per call). */
-#define CONN_AT1(L) ((struct fdp_conn *) lua_touserdata((L), 1))
-
 
 /* ---- the plain-socket transport ------------------------------------ */
 
@@ -470,7 +464,7 @@ pattern_of(lua_State *L, size_t *count)
 static int
 receive_k(lua_State *L, int status, lua_KContext ctx)
 {
-    struct fdp_conn *c = CONN_AT1(L);
+    struct fdp_conn *c = FDP_CONN_AT1(L);
     int pat = (int) ctx;        /* (conn_receive's pattern_of) */
     size_t count = pat == PAT_COUNT ? (size_t) lua_tointeger(L, 2) : 0;
     ssize_t n;
@@ -561,7 +555,7 @@ conn_receive(lua_State *L)
 static int
 receiveany_k(lua_State *L, int status, lua_KContext ctx)
 {
-    struct fdp_conn *c = CONN_AT1(L);
+    struct fdp_conn *c = FDP_CONN_AT1(L);
     size_t max = (size_t) lua_tointeger(L, 2);
     ssize_t n;
 
@@ -630,7 +624,7 @@ conn_receiveany(lua_State *L)
 static int
 send_k(lua_State *L, int status, lua_KContext ctx)
 {
-    struct fdp_conn *c = CONN_AT1(L);
+    struct fdp_conn *c = FDP_CONN_AT1(L);
     size_t len;
     const char *s = lua_tolstring(L, 2, &len);
     size_t end = (size_t) lua_tointeger(L, 4);
@@ -716,7 +710,7 @@ fdp_conn_send(lua_State *L)
 static int
 sendfile_k(lua_State *L, int status, lua_KContext ctx)
 {
-    struct fdp_conn *c = CONN_AT1(L);
+    struct fdp_conn *c = FDP_CONN_AT1(L);
     int in = fdp_fd_fileno(L, 2);
     off_t off = (off_t) lua_tointeger(L, 3);
     size_t count = (size_t) lua_tointeger(L, 4);
