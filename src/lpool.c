@@ -39,7 +39,8 @@ l_set_log_level(lua_State *L)
     static const char *const levels[] = { "error", "warn", "info", "debug",
                                           NULL };
 
-    fdp_log_set_level(luaL_checkoption(L, 1, NULL, levels));
+    fdp_log_set_level(luaL_checkoption(L, (fdp_checkcstring(L, 1), 1), NULL,
+                                       levels));
     return 0;
 }
 
@@ -1594,7 +1595,7 @@ l_simulator(lua_State *L)
         lua_pushvalue(L, 1);
         p->policy_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     } else {
-        p->policy_name = xstrdup(L, luaL_checkstring(L, 1));
+        p->policy_name = xstrdup(L, fdp_checkcstring(L, 1));
     }
     if (fdp_policy_open(p, p->error, sizeof(p->error)) < 0) {
         return luaL_error(L, "%s", p->error);

@@ -352,6 +352,17 @@ describe("fdpool.pool{} argument checking", function()
     p:close()
   end)
 
+  it("module functions taking a path or a name raise for a string holding a NUL byte", function()
+    -- (log_file created the file named by the part before the NUL;
+    -- control asked the pool at that part; the options matched it)
+    local dir = H.tmpdir()
+    for name, args in pairs { log_file = { dir .. "/lf\0x" }, control = { dir .. "/c\0x", "status" },
+        check_policy = { "least_conn\0x" }, log_format = { "json\0x" }, set_log_level = { "info\0x" } } do
+      assert.matches("string contains a NUL byte", errof(fdpool[name], table.unpack(args)), 1, true)
+    end
+    assert.is_nil(io.open(dir .. "/lf"))
+  end)
+
   it("returns nil, a message naming a bad listen address, EINVAL", function()
     for _, addr in ipairs({ "nope", "127.0.0.1:99999", "127.0.0.1:x", "::1:80",
                             "127.0.0.1:0,bogus" }) do
