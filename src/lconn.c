@@ -40,21 +40,23 @@ enum { PAT_LINE, PAT_ALL, PAT_COUNT };
 typedef char conn_fd_first[offsetof(struct fdp_conn, fd) == 0 ? 1 : -1];
 
 
-/* The key both metatables (the conn's, a client socket's) carry: one
- * raw lookup in the argument's metatable tells either (every conn
- * method call asks; luaL_testudata would look each name up in the
- * registry). Its value is the metatable's own address as a light
- * userdata: Lua code can read the mark (pairs over getmetatable) and
- * copy it into another userdata's metatable, but a copy there names
- * the wrong table, and Lua cannot make a light userdata of its own. */
-static const char conn_tag = 'c';
+/* The mark both metatables (the conn's, a client socket's) carry: at
+ * integer key 1 (CONN_TAG_KEY), the metatable's own address as a light
+ * userdata. Every conn method call reads it with one raw integer lookup
+ * (luaL_testudata would look each name up in the registry, and a light
+ * userdata key, the mark's place before, costs a generic hash lookup:
+ * ~300 instructions more per call). Lua code can read the mark (pairs
+ * over getmetatable) and copy it into another userdata's metatable, but
+ * a copy there names the wrong table, and Lua cannot make a light
+ * userdata of its own. */
+#define CONN_TAG_KEY 1
 
 
 void
 fdp_conn_tag_meta(lua_State *L)
 {
     lua_pushlightuserdata(L, (void *) lua_topointer(L, -1));
-    lua_rawsetp(L, -2, &conn_tag);
+    lua_rawseti(L, -2, CONN_TAG_KEY);
 }
 
 
@@ -67,7 +69,7 @@ fdp_checkconn(lua_State *L)
 
     if (c != NULL && lua_type(L, 1) == LUA_TUSERDATA
         && lua_getmetatable(L, 1)) {
-        int ok = lua_rawgetp(L, -1, &conn_tag) == LUA_TLIGHTUSERDATA
+        int ok = lua_rawgeti(L, -1, CONN_TAG_KEY) == LUA_TLIGHTUSERDATA
                  && lua_touserdata(L, -1) == lua_topointer(L, -2)
                  && lua_rawlen(L, 1) >= sizeof(struct fdp_conn);
 
@@ -78,6 +80,7 @@ fdp_checkconn(lua_State *L)
     }
     return luaL_checkudata(L, 1, CONN_MT);      /* raises */
 }
+
 
 
 /* ---- the plain-socket transport ------------------------------------ */
@@ -461,12 +464,11 @@ pattern_of(lua_State *L, size_t *count)
 static int
 receive_k(lua_State *L, int status, lua_KContext ctx)
 {
-    struct fdp_conn *c = fdp_checkconn(L);
-    size_t count = 0;
-    int pat = pattern_of(L, &count);
+    struct fdp_conn *c = FDP_CONN_AT1(L);
+    int pat = (int) ctx;        /* (conn_receive's pattern_of) */
+    size_t count = pat == PAT_COUNT ? (size_t) lua_tointeger(L, 2) : 0;
     ssize_t n;
 
-    (void) ctx;
     if (status == LUA_YIELD && fdp_wait_timed_out(L)) {
         return receive_fail(L, c, "timeout");
     }
@@ -517,7 +519,7 @@ receive_k(lua_State *L, int status, lua_KContext ctx)
             return receive_fail(L, c, n == -ECONNRESET || n == -EPIPE
                                 ? "closed" : strerror((int) -n));
         }
-        if (!fdp_conn_wait(L, c, EPOLLIN, 0, receive_k)) {
+        if (!fdp_conn_wait(L, c, EPOLLIN, pat, receive_k)) {
             return receive_fail(L, c, "timeout");
         }
     }
@@ -533,8 +535,8 @@ conn_receive(lua_State *L)
 {
     struct fdp_conn *c = fdp_checkconn(L);
     size_t count;
+    int pat = pattern_of(L, &count);
 
-    (void) pattern_of(L, &count);
     luaL_argcheck(L, lua_isnoneornil(L, 3) || lua_isstring(L, 3), 3,
                   "prefix must be a string");
     if (fdp_conn_busy(L, c, 0)) {
@@ -542,7 +544,7 @@ conn_receive(lua_State *L)
     }
     lua_settop(L, 3);
     fdp_conn_op_begin(c);
-    return receive_k(L, LUA_OK, 0);
+    return receive_k(L, LUA_OK, pat);
 }
 
 
@@ -553,7 +555,7 @@ conn_receive(lua_State *L)
 static int
 receiveany_k(lua_State *L, int status, lua_KContext ctx)
 {
-    struct fdp_conn *c = fdp_checkconn(L);
+    struct fdp_conn *c = FDP_CONN_AT1(L);
     size_t max = (size_t) lua_tointeger(L, 2);
     ssize_t n;
 
@@ -622,7 +624,7 @@ conn_receiveany(lua_State *L)
 static int
 send_k(lua_State *L, int status, lua_KContext ctx)
 {
-    struct fdp_conn *c = fdp_checkconn(L);
+    struct fdp_conn *c = FDP_CONN_AT1(L);
     size_t len;
     const char *s = lua_tolstring(L, 2, &len);
     size_t end = (size_t) lua_tointeger(L, 4);
@@ -708,7 +710,7 @@ fdp_conn_send(lua_State *L)
 static int
 sendfile_k(lua_State *L, int status, lua_KContext ctx)
 {
-    struct fdp_conn *c = fdp_checkconn(L);
+    struct fdp_conn *c = FDP_CONN_AT1(L);
     int in = fdp_fd_fileno(L, 2);
     off_t off = (off_t) lua_tointeger(L, 3);
     size_t count = (size_t) lua_tointeger(L, 4);

@@ -128,6 +128,12 @@ void fdp_conn_peer(struct fdp_conn *c, char *out, size_t n);
  * at 1 (raises for anything else); a socket's metatable is marked as one
  * with fdp_conn_tag_meta (the metatable at the top of the stack). */
 struct fdp_conn *fdp_checkconn(lua_State *L);
+/* The conn at 1 in a method's continuation (NAME_k) and in what only
+ * its checked entry and its continuation call: the entry checked it with
+ * fdp_checkconn before the first call, and a yielded C call's stack is
+ * out of Lua's reach, so a resumed one needs no second check (~200
+ * instructions a call). */
+#define FDP_CONN_AT1(L) ((struct fdp_conn *) lua_touserdata((L), 1))
 void fdp_conn_tag_meta(lua_State *L);
 /* Start a read (op_pos, deadline); writes keep their own state. */
 void fdp_conn_op_begin(struct fdp_conn *c);

@@ -1692,7 +1692,7 @@ static int readrequest_run(lua_State *L, int status);
 static int
 readrequest_k(lua_State *L, int status, lua_KContext ctx)
 {
-    struct fdp_conn *c = fdp_checkconn(L);
+    struct fdp_conn *c = FDP_CONN_AT1(L);
     int r;
 
     (void) ctx;
@@ -1853,7 +1853,7 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
 static int
 readrequest_run(lua_State *L, int status)
 {
-    struct fdp_conn *c = fdp_checkconn(L);
+    struct fdp_conn *c = FDP_CONN_AT1(L);
     size_t max = (size_t) lua_tointeger(L, 2);
     size_t hl;
     double sec;
@@ -1917,7 +1917,7 @@ conn_readrequest(lua_State *L)
 static int
 readresponse_k(lua_State *L, int status, lua_KContext ctx)
 {
-    struct fdp_conn *c = fdp_checkconn(L);
+    struct fdp_conn *c = FDP_CONN_AT1(L);
     struct fdp_http_head h;
     size_t hl;
     double sec;
@@ -2726,7 +2726,7 @@ readchunked_fail(lua_State *L, const char *why)
 static int
 readchunked_k(lua_State *L, int status, lua_KContext ctx)
 {
-    struct fdp_conn *c = fdp_checkconn(L);
+    struct fdp_conn *c = FDP_CONN_AT1(L);
     struct fdp_http_chunked *d = &c->chunked;
     uint64_t max = (uint64_t) lua_tointeger(L, 2);
     int discard = lua_toboolean(L, 3);
@@ -2837,7 +2837,7 @@ conn_readchunked(lua_State *L)
 static int
 readchunk_k(lua_State *L, int status, lua_KContext ctx)
 {
-    struct fdp_conn *c = fdp_checkconn(L);
+    struct fdp_conn *c = FDP_CONN_AT1(L);
     struct fdp_http_chunked *d = &c->chunked;
     uint64_t max = (uint64_t) lua_tointeger(L, 2);
     uint64_t piece = (uint64_t) lua_tointeger(L, 3);

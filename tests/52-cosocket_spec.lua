@@ -141,7 +141,7 @@ describe("a conn method called on a userdata of another kind", function()
     local mt = getmetatable(f)
     local copied = {}
     for k, v in pairs(getmetatable(s)) do
-      if type(k) == "userdata" then mt[k] = v; copied[#copied + 1] = k end
+      if type(v) == "userdata" then mt[k] = v; copied[#copied + 1] = k end
     end
     local ok, err = pcall(s.getstats, f)
     local ok2, err2 = pcall(s.getfd, f)
