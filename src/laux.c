@@ -130,3 +130,16 @@ fdp_pushfailmsg(lua_State *L, const char *msg, int r)
     lua_pushinteger(L, r < 0 ? -r : r);
     return 3;
 }
+
+
+const char *
+fdp_checkcstring(lua_State *L, int arg)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, arg, &n);
+
+    if (strlen(s) != n) {
+        luaL_argerror(L, arg, "string contains a NUL byte");
+    }
+    return s;
+}

@@ -29,6 +29,11 @@ int fdp_pushfail(lua_State *L, int err, const char *what);
  * binding's failure shape when the C side wrote the message. Returns 3. */
 int fdp_pushfailmsg(lua_State *L, const char *msg, int r);
 
+/* luaL_checkstring for a string C reads as a C string (a path, a name,
+ * an option): one holding a NUL byte raises (C would read its part
+ * before the NUL). */
+const char *fdp_checkcstring(lua_State *L, int arg);
+
 /* Push a new fd object owning fd. Returns 1. */
 int fdp_pushfd(lua_State *L, int fd);
 

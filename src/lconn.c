@@ -31,6 +31,11 @@
 
 #define CONN_MT         FDP_CONN_MT
 #define RBUF_MIN        8192
+/* The buffer grows toward a read's want (a count asked of receive) at
+ * once up to RBUF_STEP, past it by doubling as the bytes come: what it
+ * holds follows what arrived, not a count a client may have chosen
+ * (conn:receive(content_length) with 2^53). */
+#define RBUF_STEP       (1u << 20)
 #define LINE_MAX_BYTES  (1u << 20)
 
 enum { PAT_LINE, PAT_ALL, PAT_COUNT };
@@ -352,6 +357,9 @@ fdp_conn_fill(struct fdp_conn *c, size_t want)
 {
     ssize_t n;
 
+    if (want > RBUF_STEP && want / 2 > c->rcap) {
+        want = c->rcap * 2 > RBUF_STEP ? c->rcap * 2 : RBUF_STEP;
+    }
     if (c->rstart == c->rend) {
         c->rstart = c->rend = 0;
     }

@@ -96,8 +96,8 @@ l_type(lua_State *L)
 static int
 l_control(lua_State *L)
 {
-    const char *path = luaL_checkstring(L, 1);
-    const char *cmd = luaL_checkstring(L, 2);
+    const char *path = fdp_checkcstring(L, 1);
+    const char *cmd = fdp_checkcstring(L, 2);
     struct fdp_buf out;
     char err[256];
     int r;
@@ -119,7 +119,7 @@ static int
 l_check_policy(lua_State *L)
 {
     char err[512];
-    int r = fdp_policy_check(L, luaL_checkstring(L, 1), err, sizeof(err));
+    int r = fdp_policy_check(L, fdp_checkcstring(L, 1), err, sizeof(err));
 
     if (r < 0) {
         return fdp_pushfailmsg(L, err, r);
@@ -186,7 +186,7 @@ l_log(lua_State *L)
 {
     static const char *const levels[] = { "error", "warn", "info", "debug",
                                           NULL };
-    int level = luaL_checkoption(L, 1, NULL, levels);
+    int level = luaL_checkoption(L, (fdp_checkcstring(L, 1), 1), NULL, levels);
 
     fdp_log(level, 0, "%s", luaL_checkstring(L, 2));
     return 0;
@@ -198,7 +198,7 @@ l_log(lua_State *L)
 static int
 l_log_file(lua_State *L)
 {
-    const char *path = luaL_checkstring(L, 1);
+    const char *path = fdp_checkcstring(L, 1);
     int r = fdp_log_open(path);
 
     if (r < 0) {
@@ -215,7 +215,8 @@ l_log_format(lua_State *L)
 {
     static const char *const fmts[] = { "text", "json", NULL };
 
-    fdp_log_set_json(luaL_checkoption(L, 1, NULL, fmts) == 1);
+    fdp_log_set_json(luaL_checkoption(L, (fdp_checkcstring(L, 1), 1), NULL,
+                                      fmts) == 1);
     return 0;
 }
 

@@ -2383,14 +2383,43 @@ res_flag(lua_State *L, const struct httpcfg *cp, int k)
 }
 
 
-/* The request ended the plain way: res finished, no request body, no
- * close, nothing for cfg.after to do (no access log, no parking). */
+/* res's response is out: finished with its head sent (its metatable
+ * ResSent, else its own fields finished and _head_sent). A res whose
+ * send was refused for a bad header has started and sent nothing; when
+ * the handler caught the error and returned, cfg.after answers 500
+ * (else the client would wait for an answer on a connection the loop
+ * keeps for the next request). */
+static int
+res_done(lua_State *L, const struct httpcfg *cp)
+{
+    int t = kget(L, S_RES, K_FINISHED), r = lua_toboolean(L, -1);
+
+    lua_pop(L, 1);
+    if (t != LUA_TNIL) {
+        if (r) {
+            lua_pushliteral(L, "_head_sent");
+            r = lua_rawget(L, S_RES) != LUA_TNIL && lua_toboolean(L, -1);
+            lua_pop(L, 1);
+        }
+        return r;
+    }
+    if (cp->res_mt[1] != NULL && lua_getmetatable(L, S_RES)) {
+        r = lua_topointer(L, -1) == cp->res_mt[1];
+        lua_pop(L, 1);
+    }
+    return r;
+}
+
+
+/* The request ended the plain way: res's response out (res_done), no
+ * request body, no close, nothing for cfg.after to do (no access log,
+ * no parking). */
 static int
 plain_end(lua_State *L, const struct fdp_conn *c, const struct httpcfg *cp)
 {
     int r;
 
-    if (!cp->plain || !res_flag(L, cp, K_FINISHED)) {
+    if (!cp->plain || !res_done(L, cp)) {
         return 0;
     }
     /* req._chunked and _length as prepare set them (c->hbody) */

@@ -39,7 +39,8 @@ l_set_log_level(lua_State *L)
     static const char *const levels[] = { "error", "warn", "info", "debug",
                                           NULL };
 
-    fdp_log_set_level(luaL_checkoption(L, 1, NULL, levels));
+    fdp_log_set_level(luaL_checkoption(L, (fdp_checkcstring(L, 1), 1), NULL,
+                                       levels));
     return 0;
 }
 
@@ -100,6 +101,51 @@ xstrdup(lua_State *L, const char *s)
 }
 
 
+/* Whether the value at idx is anything but a string holding a NUL byte
+ * (C would read it as the part before the NUL: "127.0.0.1:0\0junk"
+ * bound 127.0.0.1:0, "app.lua\0x" loaded app.lua). */
+static int
+nul_free(lua_State *L, int idx)
+{
+    size_t n;
+    const char *v;
+
+    if (lua_type(L, idx) != LUA_TSTRING) {
+        return 1;
+    }
+    v = lua_tolstring(L, idx, &n);
+    return strlen(v) == n;
+}
+
+
+/* Raises for option key's value (at -1, the key at -2 as check_keys
+ * leaves it... here pushed again) holding a NUL byte: itself, or in a
+ * list (listen, args, exec_argv, tls_cert, tls_key) or in shared's
+ * names and sizes. */
+static void
+check_nul(lua_State *L, const char *key)
+{
+    int bad;
+
+    lua_getfield(L, 1, key);
+    bad = !nul_free(L, -1);
+    if (!bad && lua_type(L, -1) == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (!bad && lua_next(L, -2) != 0) {
+            bad = !nul_free(L, -1) || !nul_free(L, -2);
+            lua_pop(L, 1);
+        }
+        if (bad) {
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    if (bad) {
+        luaL_error(L, "bad option '%s' (a string holds a NUL byte)", key);
+    }
+}
+
+
 static void
 check_keys(lua_State *L)
 {
@@ -129,6 +175,7 @@ check_keys(lua_State *L)
             luaL_error(L, "unknown option '%s' in fdpool.pool{}",
                        luaL_tolstring(L, -1, NULL));
         }
+        check_nul(L, lua_tostring(L, -1));
     }
 }
 
@@ -470,7 +517,14 @@ opt_ops(lua_State *L, struct fdp_pool *p)
 {
     opt_delays(L, p);
     if (lua_getfield(L, 1, "slow_log") != LUA_TNIL) {
-        const char *path = luaL_checkstring(L, -1);
+        const char *path;
+
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            /* (a number made a file named after it: "-nan", "1e+308") */
+            return luaL_error(L, "bad option 'slow_log' (a file name "
+                              "expected, got %s)", luaL_typename(L, -1));
+        }
+        path = lua_tostring(L, -1);
 
         p->slow_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC
                           | O_NOCTTY, 0640);
@@ -524,6 +578,16 @@ opt_handler(lua_State *L, struct fdp_pool *p)
     int t, i;
 
     t = lua_getfield(L, 1, "handler");
+    if (t == LUA_TTABLE && lua_getfield(L, -1, "handle") != LUA_TFUNCTION) {
+        /* (else each worker failed at start, the pool stopping with
+         * "the handler must return ... (got nil)") */
+        return luaL_error(L, "bad option 'handler' (a table handler needs "
+                          "a function 'handle', got %s)",
+                          luaL_typename(L, -1));
+    }
+    if (t == LUA_TTABLE) {
+        lua_pop(L, 1);
+    }
     if (t == LUA_TFUNCTION || t == LUA_TTABLE) {
         p->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     } else if (t == LUA_TSTRING) {
@@ -591,6 +655,10 @@ opt_policy(lua_State *L, struct fdp_pool *p)
     }
     lua_pop(L, 1);
     t = lua_getfield(L, 1, "control");
+    if (t == LUA_TSTRING && lua_rawlen(L, -1) == 0) {
+        return luaL_error(L, "bad option 'control' (a path or true expected, "
+                          "got an empty string)");
+    }
     if (t == LUA_TSTRING) {
         p->control_path = xstrdup(L, lua_tostring(L, -1));
     } else if (t == LUA_TBOOLEAN) {
@@ -705,6 +773,12 @@ opt_listen(lua_State *L, struct fdp_pool *p)
     }
     lua_pop(L, 1);
     upgrade_drop_listeners(p, nadopted, kept);
+    if (p->nlisten == 0) {
+        /* listen = {}: a pool that listens nowhere */
+        return luaL_error(L, "bad option 'listen' (an address or a list of "
+                          "1 to %d addresses expected, got an empty list)",
+                          FDP_MAX_LISTEN);
+    }
     return 0;
 }
 
@@ -1521,7 +1595,7 @@ l_simulator(lua_State *L)
         lua_pushvalue(L, 1);
         p->policy_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     } else {
-        p->policy_name = xstrdup(L, luaL_checkstring(L, 1));
+        p->policy_name = xstrdup(L, fdp_checkcstring(L, 1));
     }
     if (fdp_policy_open(p, p->error, sizeof(p->error)) < 0) {
         return luaL_error(L, "%s", p->error);

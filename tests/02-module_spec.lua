@@ -326,6 +326,43 @@ describe("fdpool.pool{} argument checking", function()
     assert.matches("table expected, got string", errof(fdpool.pool, "x"), 1, true)
   end)
 
+  it("raises on a string with a NUL byte, an empty listen list or control path, a table handler without handle, a slow_log that is not a name", function()
+    -- (C read such a string as its part before the NUL: "127.0.0.1:0\0junk"
+    -- bound 127.0.0.1:0; an empty list listened nowhere; a number made a
+    -- slow log file named after it; a handler table without handle
+    -- stopped the pool at start)
+    for k, v in pairs { listen = "127.0.0.1:0\0junk", handler = "app.lua\0x",
+        policy = "least_conn\0x", user = "root\0x", metrics = "127.0.0.1:0\0x",
+        cpu_affinity = "0\0x", sched = "batch\0x", args = { "a\0b" },
+        shared = { d = "64k\0x" }, tls_cert = { "a\0b" } } do
+      local o = { handler = noop, listen = "127.0.0.1:0" }
+      o[k] = v
+      assert.matches("bad option '" .. k .. "' (a string holds a NUL byte)",
+        errof(fdpool.pool, o), 1, true)
+    end
+    assert.matches("bad option 'listen' (an address or a list of 1 to 16 addresses expected, got an empty list)",
+      errof(fdpool.pool, { handler = noop, listen = {} }), 1, true)
+    assert.matches("bad option 'control' (a path or true expected, got an empty string)",
+      errof(fdpool.pool, { handler = noop, listen = "127.0.0.1:0", control = "" }), 1, true)
+    assert.matches("bad option 'handler' (a table handler needs a function 'handle', got nil)",
+      errof(fdpool.pool, { handler = { init = noop }, listen = "127.0.0.1:0" }), 1, true)
+    assert.matches("bad option 'slow_log' (a file name expected, got number)",
+      errof(fdpool.pool, { handler = noop, listen = "127.0.0.1:0", slow_log = 5 }), 1, true)
+    local p = assert(fdpool.pool{ handler = { handle = noop }, listen = "127.0.0.1:0" })
+    p:close()
+  end)
+
+  it("module functions taking a path or a name raise for a string holding a NUL byte", function()
+    -- (log_file created the file named by the part before the NUL;
+    -- control asked the pool at that part; the options matched it)
+    local dir = H.tmpdir()
+    for name, args in pairs { log_file = { dir .. "/lf\0x" }, control = { dir .. "/c\0x", "status" },
+        check_policy = { "least_conn\0x" }, log_format = { "json\0x" }, set_log_level = { "info\0x" } } do
+      assert.matches("string contains a NUL byte", errof(fdpool[name], table.unpack(args)), 1, true)
+    end
+    assert.is_nil(io.open(dir .. "/lf"))
+  end)
+
   it("returns nil, a message naming a bad listen address, EINVAL", function()
     for _, addr in ipairs({ "nope", "127.0.0.1:99999", "127.0.0.1:x", "::1:80",
                             "127.0.0.1:0,bogus" }) do

@@ -156,6 +156,20 @@ describe("pool run with bad input", function()
     assert.same({}, H.unexpected_errors(p:log()))
   end)
 
+  it("refuses an empty --control and a config file's string holding a NUL, in one line", function()
+    local code, _, err = H.run_pool(("run %s --listen 127.0.0.1:0 --workers 1 --control ''"):format(
+      q(FIX .. "cli_ok.lua")))
+    assert.equals(2, code)
+    assert_one_error_line(err, "--control must be a socket path (got '')")
+    local conf = H.writefile(H.tmpdir() .. "/nul.lua",
+      ('return { handler = %q, listen = "127.0.0.1:0\\0junk", workers = 1 }'):format(
+        select(3, H.run("pwd")):match("[^\n]+") .. "/" .. FIX .. "cli_ok.lua"))
+    code, _, err = H.run_pool("run --no-control --config " .. q(conf))
+    assert.equals(2, code)
+    assert_one_error_line(err, "bad option 'listen' (a string holds a NUL byte)")
+    assert.not_matches("worker 1 started", err)
+  end)
+
   it("refuses an unknown flag and an unknown command", function()
     local code, _, err = run_script(FIX .. "cli_ok.lua", "--bogus")
     assert.equals(2, code)

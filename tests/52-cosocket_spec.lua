@@ -423,3 +423,62 @@ describe("fdpool.tcp() with a bad FDPOOL_RESOLVER", function()
     assert.equals("nil connection refused 111", ask(a, "connect 127.0.0.1 " .. closed_port()))
   end)
 end)
+
+describe("conn:receive(n) and receiveany(n) with a count a client chose", function()
+  -- A handler passing a client's Content-Length to receive(n): the read
+  -- buffer grows with the bytes that came, not with n (before, it took n
+  -- bytes of address space at once: 1 GiB for a client that sends 100
+  -- KiB, and an allocator abort under AddressSanitizer for 2^53).
+  local function start()
+    local p = H.start_pool{ script = "tests/fixtures/cos_count.lua", workers = 1 }
+    H.defer(finally, function() p:stop() end)
+    return p
+  end
+
+  -- sends "OP N\n", then data (and a half-close when shut); the answer's
+  -- words
+  local function ask_count(p, op, n, data, shut)
+    local c = assert(fdpool.connect(p.addr, 10))
+    assert(c:write(op .. " " .. n .. "\n"))
+    local chunk = 65536
+    for i = 1, #data, chunk do
+      assert(c:write(data:sub(i, i + chunk - 1)))
+    end
+    if shut then c:shutdown("send") end
+    local r = line(c)
+    c:close()
+    local w = {}
+    for x in (r or ""):gmatch("%S+") do w[#w + 1] = x end
+    return w, r
+  end
+
+  it("holds what arrived, not the count: 1 GiB asked, 100 KiB sent", function()
+    local p = start()
+    local w, r = ask_count(p, "receive", 1 << 30, string.rep("x", 100 * 1024), true)
+    assert.same({ "nil", "closed", "102400" }, { w[1], w[2], w[3] }, r)
+    -- (a few MiB at most: the buffer's doublings up to 1 MiB, the
+    -- partial's string)
+    assert.is_true(tonumber(w[4]) < 32 * 1024, "the worker's peak address space grew by " .. w[4] .. " KiB")
+  end)
+
+  it("2^53 and 2^62 asked: receive says closed with the bytes sent as its partial, receiveany returns them", function()
+    local p = start()
+    for _, op in ipairs { "receive", "receiveany" } do
+      for _, n in ipairs { 1 << 53, 1 << 62 } do
+        local w, r = ask_count(p, op, n, "0123456789", true)
+        if op == "receive" then
+          assert.same({ "nil", "closed", "10" }, { w[1], w[2], w[3] }, op .. " " .. n .. ": " .. tostring(r))
+        else
+          assert.same({ "ok", "10" }, { w[1], w[2] }, op .. " " .. n .. ": " .. tostring(r))
+        end
+      end
+    end
+  end)
+
+  it("a count past 1 MiB arrives whole (the buffer grown on the way)", function()
+    local p = start()
+    local n = 3 * 1024 * 1024 + 17
+    local w, r = ask_count(p, "receive", n, string.rep("y", n), false)
+    assert.same({ "ok", tostring(n) }, { w[1], w[2] }, r)
+  end)
+end)

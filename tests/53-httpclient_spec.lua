@@ -165,4 +165,19 @@ describe("fdpool.http.client", function()
     assert.equals("my-host.example_1", client.parse_url("http://my-host.example_1:81/").host)
     assert.has_error(function() client.request{ url = "http://x/", headers = { ["X-A"] = "a\r\nB: c" } } end)
   end)
+
+  it("raises for a numeric option that is not a number >= 0, and for a bad ssl_verify or follow_redirects", function()
+    -- (a table, a string or NaN there was taken as no limit)
+    for _, k in ipairs { "timeout", "max_head", "max_body", "keepalive_timeout", "keepalive_pool" } do
+      for _, v in ipairs { "10", {}, -1, 0/0, true } do
+        local ok, err = pcall(client.request, { url = "http://127.0.0.1:9/", [k] = v })
+        assert.is_false(ok, k)
+        assert.matches("request{}: " .. k .. " must be a number >= 0, got ", err, 1, true)
+      end
+    end
+    assert.has_error(function() client.request{ url = "http://x/", ssl_verify = 1 } end,
+      "request{}: ssl_verify must be true, false or a CA file name, got number")
+    assert.has_error(function() client.request{ url = "http://x/", follow_redirects = "yes" } end,
+      "request{}: follow_redirects must be a boolean or a number >= 0, got string")
+  end)
 end)

@@ -82,6 +82,23 @@ describe("cookies", function()
     end, "res:cookie: path must not hold ';' or control bytes")
   end)
 
+  it("refuses a value that is not a string or a number (a nil is never sent as \"nil\")", function()
+    local form = require "fdpool.http.form"
+    for _, v in ipairs { "nil", "true", "table" } do
+      local value = v == "true" or (v == "table" and {}) or nil
+      assert.has_error(function() form.set_cookie("sid", value, nil, http.date) end,
+        "res:cookie: the value must be a string or a number, got " .. (v == "true" and "boolean" or v))
+    end
+    assert.equal("n=42", form.set_cookie("n", 42, nil, http.date))
+    local h = http.serve(function(_, res)
+      res:cookie("sid", nil)
+      return res:send("x")
+    end)
+    local status, _, _, conn = testing.http_request(h, "GET", "/")
+    assert.equal(500, status)
+    assert.falsy(conn:output():find("sid=nil", 1, true))
+  end)
+
   it("is refused by testing.conn as by the real conn when a raw header carries CR LF", function()
     local h = http.serve(function(_, res)
       res:header("X-A", "a\r\nSet-Cookie: evil=1")

@@ -49,6 +49,17 @@ return http.serve(function(req, res)
     last = "bad send: " .. tostring(ok) .. " " .. tostring(err):gsub("^[^:]*:%d+: ", "")
       .. "\n" .. state(res)
     error("raised after a refused send")
+  elseif p == "/badheader_caught" then
+    -- the refused send's error caught, and the handler returns
+    res:header("X-Bad", "a\nb")
+    local ok = pcall(res.send, res, "never")
+    last = "caught send: " .. tostring(ok) .. " " .. state(res)
+  elseif p == "/badwrite_caught" then
+    -- the same through res:write, and values returned after it
+    res:header("X-Bad", "a\rb")
+    local ok = pcall(res.write, res, "never")
+    last = "caught write: " .. tostring(ok) .. " started=" .. tostring(res.started)
+    return 200, {}, "not sent either\n"
   elseif p == "/raiseafter" then
     res:send("sent\n")
     error("raised after the response")
@@ -121,6 +132,23 @@ describe("res's sent state", function()
     local _, last = both(req("/last", true))
     assert.matches("bad send: false invalid response header 'X-Bad'", last, 1, true)
     assert.matches("\nstarted=true finished=true head_sent=nil\n", last, 1, true)
+  end)
+
+  it("a refused send or write whose error the handler caught: 500, closed, never a silent hang", function()
+    -- (before: the loop took the response for sent and waited for the
+    -- next request while the client waited for this one's answer)
+    for _, path in ipairs { "/badheader_caught", "/badwrite_caught" } do
+      local mem, real = both(req(path) .. req("/"))
+      assert.equal(mem, real)
+      assert.matches("^HTTP/1.1 500 ", real)
+      assert.matches("\r\nConnection: close\r\n", real)
+      assert.equal(1, select(2, real:gsub("HTTP/1.1 ", "")), real)
+      assert.equal(1, select(2, mem:gsub("HTTP/1.1 ", "")), mem)
+    end
+    local _, last = both(req("/last", true))
+    assert.matches("caught write: false started=true", last, 1, true)
+    local log = pool:log()
+    assert.matches("http handler error (GET /badheader_caught): the response was started but nothing of it was sent", log, 1, true)
   end)
 
   it("a raise after the response sent: no second answer", function()

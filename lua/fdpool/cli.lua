@@ -404,6 +404,9 @@ local function build_config(opts, pos, cmd)
   elseif cfg.control == false then
     cfg.control = nil
   end
+  if cfg.control == "" then
+    return nil, 2, "--control must be a socket path (got '')"
+  end
   return cfg
 end
 
@@ -466,7 +469,10 @@ local function cmd_run(args)
   if opts["--config"] then cfg.reconfigure = rereader(opts, pos) end
   -- pool upgrade runs this command line again (docs/operations.md).
   if args[0] then cfg.exec_argv = table.move(args, 0, #args, 1, {}) end
-  local pool, perr = fdpool.pool(cfg)
+  -- (pool{} raises for misuse the checks above let through, e.g. a
+  -- config file's string holding a NUL: one line, not a traceback)
+  local pok, pool, perr = pcall(fdpool.pool, cfg)
+  if not pok then return die(2, "%s", (tostring(pool):gsub("^[^:\n]*:%d+: ", ""))) end
   if not pool then return die(1, "%s", perr) end
   local rok, rerr = pool:run()
   if not rok then return die(1, "%s", rerr) end

@@ -860,6 +860,14 @@ function M.serve(fn, options)
   -- connection goes on to its next request.
   local function after(conn, req, res, ok, a)
     if handed_over(conn, req, res, ok, a, log) then return false end
+    if ok and res.started and not res._head_sent then
+      -- res:send or res:write raised before anything went out (a header
+      -- refused) and the handler caught it and went on: the client has
+      -- nothing and would wait for it. The handler's error, as if it
+      -- had not caught it (500, the connection closed).
+      ok, a = false, "the response was started but nothing of it was sent "
+        .. "(res:send or res:write raised, and the handler went on)"
+    end
     if ok and not res.started then
       -- A 1xx set and nothing sent: the same handler's error as a 1xx
       -- sent (final_code), not one of res:finish here, which would end

@@ -321,6 +321,29 @@ end
 
 local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
 
+-- request{}'s numeric options: a number >= 0 (not NaN) when given (a
+-- table or a string there was taken as no limit, or as no pool).
+local NUMERIC = { "timeout", "max_head", "max_body", "keepalive_timeout", "keepalive_pool" }
+local function check_options(opts)
+  for i = 1, #NUMERIC do
+    local k = NUMERIC[i]
+    local v = opts[k]
+    if v ~= nil and (type(v) ~= "number" or not (v >= 0)) then
+      error(("request{}: %s must be a number >= 0, got %s"):format(k,
+        type(v) == "number" and tostring(v) or type(v)), 3)
+    end
+  end
+  local sv = opts.ssl_verify
+  if sv ~= nil and type(sv) ~= "boolean" and type(sv) ~= "string" then
+    error("request{}: ssl_verify must be true, false or a CA file name, got " .. type(sv), 3)
+  end
+  local fr = opts.follow_redirects
+  if fr ~= nil and type(fr) ~= "boolean" and not (type(fr) == "number" and fr >= 0) then
+    error("request{}: follow_redirects must be a boolean or a number >= 0, got "
+      .. (type(fr) == "number" and tostring(fr) or type(fr)), 3)
+  end
+end
+
 --- Make a request.
 -- @tparam table opts `url` (http://host[:port]/path), `method` ("GET"),
 -- `headers` (name = value; a list sends one line each; Content-Length and
@@ -341,6 +364,7 @@ local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308]
 -- ...", "too many redirects"
 function M.request(opts)
   if type(opts) ~= "table" then error("request{} expects a table", 2) end
+  check_options(opts)
   local method = opts.method or "GET"
   if not METHODS[method] then
     if type(method) ~= "string" then error("bad method", 2) end

@@ -86,6 +86,11 @@ local samesites = { strict = "Strict", lax = "Lax", none = "None" }
 -- first, e.g. with http.urlencode), so no header can be injected.
 function M.set_cookie(name, value, opts, date)
   if not token(name) then error("res:cookie: the name must be a token", 3) end
+  local vt = type(value)
+  if vt ~= "string" and vt ~= "number" then
+    -- (a nil from a missing session id would be sent as "name=nil")
+    error("res:cookie: the value must be a string or a number, got " .. vt, 3)
+  end
   value = tostring(value)
   if value:find('[%c%s",;\\\128-\255]') then
     error("res:cookie: the value holds a byte a cookie cannot carry "
