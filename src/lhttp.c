@@ -2243,10 +2243,17 @@ prepare(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
             *why = "Transfer-Encoding in HTTP/1.0";
             return 400;
         }
-        /* chunked once and last (400 otherwise, RFC 9112 6.3); no other
-         * coding is implemented (501, 6.1). */
+        /* chunked once and last, with nothing after it, not even an
+         * empty list element ("chunked," or a second, empty line: as
+         * llhttp) (400 otherwise, RFC 9112 6.3); a value naming no
+         * coding at all is 400 too; no other coding is implemented
+         * (501, 6.1). */
         while (i <= tn) {
             for (a = i; a < tn && te[a] != ','; a++) {
+            }
+            if (last_chunked) {
+                *why = "chunked is not the final Transfer-Encoding";
+                return 400;
             }
             b = a;
             while (i < b && (te[i] == ' ' || te[i] == '\t')) {
@@ -2256,14 +2263,14 @@ prepare(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
                 b--;
             }
             if (b > i) {
-                if (last_chunked) {
-                    *why = "chunked is not the final Transfer-Encoding";
-                    return 400;
-                }
                 ncod++;
                 last_chunked = b - i == 7 && strncasecmp(te + i, "chunked", 7) == 0;
             }
             i = a + 1;
+        }
+        if (ncod == 0) {
+            *why = "empty Transfer-Encoding";
+            return 400;
         }
         if (ncod != 1 || !last_chunked) {
             *why = "unsupported Transfer-Encoding";
@@ -2319,7 +2326,17 @@ prepare(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     n = sp->target_len;
     m = sp->method;
     mn = sp->method_len;
-    if (n == 0 || t[0] != '/') {
+    if (mn == 7 && memcmp(m, "CONNECT", 7) == 0) {
+        /* CONNECT's is authority-form and nothing else (RFC 9112
+         * 3.2.3): uri-host ":" port, the port required */
+        const char *colon = n > 0 ? memrchr(t, ':', n) : NULL;
+
+        if (colon == NULL || colon == t || colon == t + n - 1
+            || (t[0] == '[' && colon[-1] != ']') || !valid_host(t, n)) {
+            *why = "bad request target";
+            return 400;
+        }
+    } else if (n == 0 || t[0] != '/') {
         size_t i = 1;
         int absolute = n > 0 && ((t[0] | 0x20) >= 'a' && (t[0] | 0x20) <= 'z');
 
@@ -2329,14 +2346,18 @@ prepare(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         }
         absolute = absolute && n - i >= 3 && memcmp(t + i, "://", 3) == 0;
         if (!absolute) {
-            if (n == 1 && t[0] == '*') {
-                if (mn != 7 || memcmp(m, "OPTIONS", 7) != 0) {
+            if (n != 1 || t[0] != '*' || mn != 7 || memcmp(m, "OPTIONS", 7) != 0) {
+                *why = "bad request target";
+                return 400;
+            }
+        } else {
+            /* no userinfo in an http(s) URI a request carries (RFC 9110
+             * 4.2.4: an error), as in Host */
+            for (i += 3; i < n && t[i] != '/' && t[i] != '?' && t[i] != '#'; i++) {
+                if (t[i] == '@') {
                     *why = "bad request target";
                     return 400;
                 }
-            } else if (mn != 7 || memcmp(m, "CONNECT", 7) != 0) {
-                *why = "bad request target";
-                return 400;
             }
         }
     }

@@ -154,6 +154,12 @@ local function framing(method, res)
     if cl then return nil, "bad response: Transfer-Encoding and Content-Length" end
     local last = te:lower():match("([^,%s]+)%s*$")
     if last == "chunked" then return "chunked" end
+    -- A value naming no coding at all (an empty line): refused, as
+    -- llhttp does; any other without chunked last is read until close
+    -- (RFC 9112 6.3).
+    if not last and not te:find("[^,%s]") then
+      return nil, "bad response: Transfer-Encoding"
+    end
     return "close"
   end
   if cl then
@@ -168,10 +174,13 @@ end
 
 local function keepalive_ok(res)
   local c = res.headers.connection
-  if not c then return res.version ~= "1.0" end
-  c = c:lower()
-  if res.version == "1.0" then return c:find("keep%-alive") ~= nil end
-  return not c:find("close")
+  if res.version == "1.0" then
+    -- Transfer-Encoding in an HTTP/1.0 message is faulty framing: the
+    -- connection closes after it (RFC 9112 6.3), whatever it says.
+    return c ~= nil and c:lower():find("keep%-alive") ~= nil
+      and not res.headers["transfer-encoding"]
+  end
+  return not c or not c:lower():find("close")
 end
 
 -- A streaming reader for the body: res:read() -> piece, or nil at the

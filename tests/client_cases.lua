@@ -1,0 +1,121 @@
+-- tests/client_cases.lua: HTTP/1.x response framing cases for
+-- fdpool.http.client (RFC 9112 4, 6, 7; llhttp's strict answers where
+-- RFC 9112 lets a client choose, except bare LF line ends, which a client
+-- MAY take and fdpool.http.client does), as a table. Used by
+-- tests/85-httpclient-corpus_spec.lua, whose upstream
+-- (tests/fixtures/http_rawreply.lua) answers GET /cN with case N's bytes
+-- as they are, then closes when the case says close (else it waits for
+-- the next request on the connection).
+--
+-- A case: { name, raw response bytes, close = the upstream closes after
+-- them, method = the request's (GET by default), want = { status, body }
+-- (what request() returns) or err = the error it returns }. After each
+-- case the spec makes one more request (GET /ok, answered "ok") through
+-- the same keep-alive pool: it must get its own answer, never bytes left
+-- over from the case (a response paired with the wrong request).
+-- Heads are written with "\n" and sent with CRLF; cases about bare LF or
+-- bare CR spell their bytes with raw().
+
+local function crlf(s) return (s:gsub("\n", "\r\n")) end
+local function raw(s) return { raw = s } end
+
+local OK = "HTTP/1.1 200 OK\nContent-Length: 2\n\nhi"
+
+local cases = {
+  -- ---- status lines ----------------------------------------------------
+  { "a Content-Length response", crlf(OK), want = { 200, "hi" } },
+  { "bare LF line ends (RFC 9112 2.2: a client MAY)", raw "HTTP/1.1 200 OK\nContent-Length: 2\n\nhi", want = { 200, "hi" } },
+  { "empty lines before the status line are skipped", crlf("\n\n" .. OK), want = { 200, "hi" } },
+  { "HTP/1.1: not HTTP", crlf "HTP/1.1 200 OK\n\n", close = true, err = "bad status line" },
+  { "HTTP/01.1: two major digits", crlf "HTTP/01.1 200 OK\nContent-Length: 0\n\n", err = "bad status line" },
+  { "HTTP/11.1: two major digits", crlf "HTTP/11.1 200 OK\nContent-Length: 0\n\n", err = "bad status line" },
+  { "HTTP/1.01: two minor digits", crlf "HTTP/1.01 200 OK\nContent-Length: 0\n\n", err = "bad status line" },
+  { "HTTP/5.6: another major version", crlf "HTTP/5.6 200 OK\nContent-Length: 0\n\n", err = "bad status line" },
+  { "HTTP/2 without a minor", crlf "HTTP/2 200\nContent-Length: 0\n\n", err = "bad status line" },
+  { "a tab after the version", crlf "HTTP/1.1\t200 OK\nContent-Length: 0\n\n", err = "bad status line" },
+  { "a bare CR, then a tab after the version", crlf "\rHTTP/1.1\t200 OK\nContent-Length: 0\n\n", err = "bad status line" },
+  { "two spaces before the status code", crlf "HTTP/1.1  200 OK\nContent-Length: 0\n\n", err = "bad status line" },
+  { "two spaces before the reason: taken", crlf "HTTP/1.1 200  OK\nContent-Length: 2\n\nhi", want = { 200, "hi" } },
+  { "a one-digit status code", crlf "HTTP/1.1 2 OK\nContent-Length: 0\n\n", err = "bad status line" },
+  { "a four-digit status code", crlf "HTTP/1.1 2000 OK\nContent-Length: 0\n\n", err = "bad status line" },
+  { "a status code with a letter", crlf "HTTP/1.1 20x OK\nContent-Length: 0\n\n", err = "bad status line" },
+  { "status 099", crlf "HTTP/1.1 099 X\nContent-Length: 0\n\n", err = "bad status line" },
+  { "no reason and no space after the code", crlf "HTTP/1.1 200\nContent-Length: 2\n\nhi", want = { 200, "hi" } },
+  { "an empty reason", crlf "HTTP/1.1 200 \nContent-Length: 2\n\nhi", want = { 200, "hi" } },
+  { "obs-text in the reason", crlf "HTTP/1.1 200 \xe2\x9c\x93\nContent-Length: 2\n\nhi", want = { 200, "hi" } },
+  { "a NUL in the reason", crlf "HTTP/1.1 200 O\0K\nContent-Length: 2\n\nhi", err = "bad status line" },
+  { "nothing at all, then close", "", close = true, err = "closed" },
+  { "a head cut short by close", crlf "HTTP/1.1 200 OK\n", close = true, err = "closed" },
+
+  -- ---- header fields ---------------------------------------------------
+  { "whitespace before the first header", crlf "HTTP/1.1 200 OK\n Host: foo\nContent-Length: 0\n\n", err = "bad header line" },
+  { "obs-fold", crlf "HTTP/1.1 200 OK\nX: a\n b\nContent-Length: 0\n\n", err = "bad header line" },
+  { "headers separated by a bare CR", crlf "HTTP/1.1 200 OK\nFoo: 1\rBar: 2\nContent-Length: 0\n\n", err = "bad header value" },
+  { "a NUL in a value", crlf "HTTP/1.1 200 OK\nX: a\0b\nContent-Length: 0\n\n", err = "bad header value" },
+  { "a space before the colon", crlf "HTTP/1.1 200 OK\nContent-Length : 2\n\nhi", err = "bad header line" },
+  { "a line without colon", crlf "HTTP/1.1 200 OK\nNoColon\nContent-Length: 0\n\n", err = "bad header line" },
+  { "an empty header name", crlf "HTTP/1.1 200 OK\n: x\nContent-Length: 0\n\n", err = "bad header line" },
+
+  -- ---- Content-Length --------------------------------------------------
+  { "Content-Length with tabs around", raw "HTTP/1.1 200 OK\r\nContent-Length:\t2\t\r\n\r\nhi", want = { 200, "hi" } },
+  { "Content-Length with leading zeros", crlf "HTTP/1.1 200 OK\nContent-Length: 005\n\nhello", want = { 200, "hello" } },
+  { "two equal Content-Length lines", crlf "HTTP/1.1 200 OK\nContent-Length: 2\nContent-Length: 2\n\nhi", err = "bad response: Content-Length" },
+  { "Content-Length: 2, 2", crlf "HTTP/1.1 200 OK\nContent-Length: 2, 2\n\nhi", err = "bad response: Content-Length" },
+  { "two different Content-Length lines", crlf "HTTP/1.1 200 OK\nContent-Length: 2\nContent-Length: 3\n\nhi!", err = "bad response: Content-Length" },
+  { "Content-Length: +2", crlf "HTTP/1.1 200 OK\nContent-Length: +2\n\nhi", err = "bad response: Content-Length" },
+  { "Content-Length: -1", crlf "HTTP/1.1 200 OK\nContent-Length: -1\n\nhi", close = true, err = "bad response: Content-Length" },
+  { "an empty Content-Length", crlf "HTTP/1.1 200 OK\nContent-Length:\n\nhi", close = true, err = "bad response: Content-Length" },
+  { "Content-Length: 0x2", crlf "HTTP/1.1 200 OK\nContent-Length: 0x2\n\nhi", err = "bad response: Content-Length" },
+  { "a 21-digit Content-Length", crlf "HTTP/1.1 200 OK\nContent-Length: 100000000000000000000\n\nhi", err = "bad response: Content-Length" },
+  { "Content-Length-X is another field", crlf "HTTP/1.1 200 OK\nContent-Length-X: 0\nTransfer-Encoding: chunked\n\n2\nOK\n0\n\n", want = { 200, "OK" } },
+  { "a body longer than its Content-Length: the rest never answers the next request",
+    crlf("HTTP/1.1 200 OK\nContent-Length: 2\n\nhiHTTP/1.1 200 OK\nContent-Length: 3\n\nbad"), want = { 200, "hi" } },
+  { "a body shorter than its Content-Length, then close", crlf "HTTP/1.1 200 OK\nContent-Length: 10\n\nhi", close = true, err = "closed" },
+
+  -- ---- close-delimited ---------------------------------------------------
+  { "no length, Connection: close: read until close", crlf "HTTP/1.1 200 OK\nConnection: close\n\n<a>\n</a>", close = true, want = { 200, "<a>\r\n</a>" } },
+  { "no length, keep-alive HTTP/1.1: read until close", crlf "HTTP/1.1 200 OK\n\nuntil close", close = true, want = { 200, "until close" } },
+  { "HTTP/1.0 without a length: read until close", crlf "HTTP/1.0 200 OK\n\nold", close = true, want = { 200, "old" } },
+  { "HTTP/1.0 keep-alive with a length", crlf "HTTP/1.0 200 OK\nConnection: keep-alive\nContent-Length: 2\n\nhi", want = { 200, "hi" } },
+
+  -- ---- Transfer-Encoding -------------------------------------------------
+  { "Transfer-Encoding and Content-Length", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\nContent-Length: 2\n\n0\n\n", err = "bad response: Transfer-Encoding and Content-Length" },
+  { "an empty Transfer-Encoding and Content-Length", crlf "HTTP/1.1 200 OK\nTransfer-Encoding:\nContent-Length: 5\n\nhello", err = "bad response: Transfer-Encoding and Content-Length" },
+  { "an empty Transfer-Encoding alone (as llhttp)", crlf "HTTP/1.1 200 OK\nTransfer-Encoding:\n\nhello", close = true, err = "bad response: Transfer-Encoding" },
+  { "chunked, deflate: chunked not last, read until close", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunked, deflate\n\nWorld", close = true, want = { 200, "World" } },
+  { "chunked, then identity on a second line: read until close", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\nTransfer-Encoding: identity\n\nWorld", close = true, want = { 200, "World" } },
+  { "chunkedchunked is not chunked: read until close", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunkedchunked\n\n2\nOK\n0\n\n", close = true, want = { 200, "2\r\nOK\r\n0\r\n\r\n" } },
+  { "chunked, (an empty element last): read until close", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunked,\n\n2\nOK\n0\n\n", close = true, want = { 200, "2\r\nOK\r\n0\r\n\r\n" } },
+  { "HTTP/1.0 chunked keep-alive: decoded, the connection not reused (RFC 9112 6.3)",
+    crlf "HTTP/1.0 200 OK\nConnection: keep-alive\nTransfer-Encoding: chunked\n\n2\nhi\n0\n\n", want = { 200, "hi", fresh_next = true } },
+
+  -- ---- chunked bodies ------------------------------------------------------
+  { "chunk extensions", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n5;ilovew3;somuchlove=aretheseparametersfor\nhello\n6;blahblah;blah\n world\n0\n\n", want = { 200, "hello world" } },
+  { "a quoted chunk extension with ; inside", crlf 'HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n5;a="I love; ext";b=c\nhello\n0\n\n', want = { 200, "hello" } },
+  { "trailers", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n5\nhello\n0\nX-T: 1\n\n", want = { 200, "hello" } },
+  { "junk after the chunk size without ;", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n2 erfrferferf\naa\n0 rrrr\n\n", err = "bad chunk size" },
+  { "; without an extension", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n2;\naa\n0\n\n", err = "bad chunk extension" },
+  { "an unterminated quoted extension", crlf 'HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n5;a="abc";b="def; ghi\nhello\n0\n\n', err = "bad chunk extension" },
+  { "blanks after the chunk size", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n5  \nhello\n0\n\n", err = "bad chunk size" },
+  { "a 17-digit chunk size", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n10000000000000005\nhello\n0\n\n", err = "bad chunk size" },
+  { "bare LF in the chunked body", raw "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n", err = "bad chunk size" },
+  { "no last chunk, then close", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n5\nhello\n", close = true, err = "closed" },
+
+  -- ---- bodiless responses, 1xx -------------------------------------------
+  { "100 Continue, then the 200", crlf("HTTP/1.1 100 Continue\n\n" .. OK), want = { 200, "hi" } },
+  { "103 with fields, then the 200", crlf("HTTP/1.1 103 Early Hints\nLink: </s.css>; rel=preload\n\n" .. OK), want = { 200, "hi" } },
+  { "three 1xx, then the 200", crlf("HTTP/1.1 100 Continue\n\nHTTP/1.1 102 Processing\n\nHTTP/1.1 103 Early Hints\n\n" .. OK), want = { 200, "hi" } },
+  { "a 1xx's Content-Length means no body", crlf("HTTP/1.1 100 Continue\nContent-Length: 5\n\n" .. OK), want = { 200, "hi" } },
+  { "100 Continue, then a 204", crlf "HTTP/1.1 100 Continue\n\nHTTP/1.1 204 No Content\n\n", want = { 204, "" } },
+  { "204 with a Content-Length has no body", crlf "HTTP/1.1 204 No Content\nContent-Length: 5\n\n", want = { 204, "" } },
+  { "304 with a Content-Length has no body", crlf "HTTP/1.1 304 Not Modified\nContent-Length: 5\n\n", want = { 304, "" } },
+  { "304 with chunked has no body", crlf "HTTP/1.1 304 Not Modified\nTransfer-Encoding: chunked\n\n", want = { 304, "" } },
+  { "HEAD: Content-Length but no body", crlf "HTTP/1.1 200 OK\nContent-Length: 5\n\n", method = "HEAD", want = { 200, "" } },
+  { "HEAD: chunked but no body", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n", method = "HEAD", want = { 200, "" } },
+}
+
+for _, c in ipairs(cases) do
+  if type(c[2]) == "table" then c[2] = c[2].raw end
+end
+
+return cases
