@@ -33,6 +33,7 @@ describe("fdpool.http.client response framing (tests/client_cases.lua)", functio
         assert(res, err)
         assert.equal(c.want[1], res.status)
         assert.equal(c.want[2], res.body)
+        for k, v in pairs(c.want.headers or {}) do assert.equal(v, res.headers[k]) end
       end
       local nxt, err2 = client.request{ url = base .. "/ok", timeout = 5 }
       assert(nxt, err2)

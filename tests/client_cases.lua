@@ -44,7 +44,11 @@ local cases = {
   { "an empty reason", crlf "HTTP/1.1 200 \nContent-Length: 2\n\nhi", want = { 200, "hi" } },
   { "obs-text in the reason", crlf "HTTP/1.1 200 \xe2\x9c\x93\nContent-Length: 2\n\nhi", want = { 200, "hi" } },
   { "a NUL in the reason", crlf "HTTP/1.1 200 O\0K\nContent-Length: 2\n\nhi", err = "bad status line" },
+  { "400.100: a dot after the code", crlf "HTTP/1.1 400.100 Not Ok\n\nText", close = true, err = "bad status line" },
+  { "no status line at all", crlf "Invalid status line\n\n", close = true, err = "bad status line" },
+  { "a status line of 70 000 bytes", crlf("HTTP/1.1 200 Ok" .. ("k"):rep(70000) .. "\n\n"), close = true, err = "header too large" },
   { "nothing at all, then close", "", close = true, err = "closed" },
+  { "a status line without CRLF, then close", "HTTP/1.1 200 Ok", close = true, err = "closed" },
   { "a head cut short by close", crlf "HTTP/1.1 200 OK\n", close = true, err = "closed" },
 
   -- ---- header fields ---------------------------------------------------
@@ -55,6 +59,11 @@ local cases = {
   { "a space before the colon", crlf "HTTP/1.1 200 OK\nContent-Length : 2\n\nhi", err = "bad header line" },
   { "a line without colon", crlf "HTTP/1.1 200 OK\nNoColon\nContent-Length: 0\n\n", err = "bad header line" },
   { "an empty header name", crlf "HTTP/1.1 200 OK\n: x\nContent-Length: 0\n\n", err = "bad header line" },
+  { "a header line of 70 000 bytes", crlf("HTTP/1.1 200 OK\nX-Foo: bar" .. ("r"):rep(70000) .. "\n\n"), close = true, err = "header too large" },
+  { "101 header fields", crlf("HTTP/1.1 200 OK\n" .. ("X-H: foo\n"):rep(101) .. "\n"), close = true, err = "too many headers" },
+  { "a 1xx followed by lines without colon", crlf("HTTP/1.1 100 OK\n" .. ("r\n"):rep(200) .. "\n"), close = true, err = "bad header line" },
+  { "repeated Set-Cookie lines, joined", crlf "HTTP/1.1 200 OK\nSet-Cookie: a=1; Path=/\nSet-Cookie: b=2\nContent-Length: 2\n\nhi",
+    want = { 200, "hi", headers = { ["set-cookie"] = "a=1; Path=/, b=2" } } },
 
   -- ---- Content-Length --------------------------------------------------
   { "Content-Length with tabs around", raw "HTTP/1.1 200 OK\r\nContent-Length:\t2\t\r\n\r\nhi", want = { 200, "hi" } },
@@ -76,6 +85,10 @@ local cases = {
   { "no length, Connection: close: read until close", crlf "HTTP/1.1 200 OK\nConnection: close\n\n<a>\n</a>", close = true, want = { 200, "<a>\r\n</a>" } },
   { "no length, keep-alive HTTP/1.1: read until close", crlf "HTTP/1.1 200 OK\n\nuntil close", close = true, want = { 200, "until close" } },
   { "HTTP/1.0 without a length: read until close", crlf "HTTP/1.0 200 OK\n\nold", close = true, want = { 200, "old" } },
+  { "404 without fields or body, then close", crlf "HTTP/1.1 404 Not Found\n\n", close = true, want = { 404, "" } },
+  { "HTTP/0.9 in a status line", crlf "HTTP/0.9 200 OK\n\n", close = true, err = "bad status line" },
+  { "HTTP/1.0 204 with keep-alive", crlf "HTTP/1.0 204 No content\nConnection: keep-alive\n\n", want = { 204, "" } },
+  { "301 with no reason, then close", crlf "HTTP/1.1 301\n\n", close = true, want = { 301, "" } },
   { "HTTP/1.0 keep-alive with a length", crlf "HTTP/1.0 200 OK\nConnection: keep-alive\nContent-Length: 2\n\nhi", want = { 200, "hi" } },
 
   -- ---- Transfer-Encoding -------------------------------------------------
@@ -100,8 +113,17 @@ local cases = {
   { "a 17-digit chunk size", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n10000000000000005\nhello\n0\n\n", err = "bad chunk size" },
   { "bare LF in the chunked body", raw "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n", err = "bad chunk size" },
   { "no last chunk, then close", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n5\nhello\n", close = true, err = "closed" },
+  { "no final CRLF after the last chunk, then close", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n5\nhello\n0\n", close = true, err = "closed" },
+  -- a 65 537-digit chunk size of leading zeros: over 16 digits is refused
+  -- whatever their value (as Go; llhttp takes leading zeros)
+  { "65 536 leading zeros in a chunk size", crlf("HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n" .. ("0"):rep(65536) .. "a\nhello worl\n0\n\n"), err = "bad chunk size" },
+  { "a chunk size that is not hex", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\nfoo\n", close = true, err = "bad chunk size" },
 
   -- ---- bodiless responses, 1xx -------------------------------------------
+  -- a 101 ends the HTTP exchange: returned with no body, the connection
+  -- never pooled (the bytes after it are another protocol's)
+  { "101 with Upgrade and Content-Length", crlf "HTTP/1.1 101 Switching Protocols\nUpgrade: h2c\nConnection: Upgrade\nContent-Length: 4\n\nbody",
+    want = { 101, "", fresh_next = true } },
   { "100 Continue, then the 200", crlf("HTTP/1.1 100 Continue\n\n" .. OK), want = { 200, "hi" } },
   { "103 with fields, then the 200", crlf("HTTP/1.1 103 Early Hints\nLink: </s.css>; rel=preload\n\n" .. OK), want = { 200, "hi" } },
   { "three 1xx, then the 200", crlf("HTTP/1.1 100 Continue\n\nHTTP/1.1 102 Processing\n\nHTTP/1.1 103 Early Hints\n\n" .. OK), want = { 200, "hi" } },
@@ -112,6 +134,10 @@ local cases = {
   { "304 with chunked has no body", crlf "HTTP/1.1 304 Not Modified\nTransfer-Encoding: chunked\n\n", want = { 304, "" } },
   { "HEAD: Content-Length but no body", crlf "HTTP/1.1 200 OK\nContent-Length: 5\n\n", method = "HEAD", want = { 200, "" } },
   { "HEAD: chunked but no body", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n", method = "HEAD", want = { 200, "" } },
+  -- a server that sends a body where none can be: those bytes are never
+  -- read as the next response (the connection is not reused)
+  { "HEAD answered with a chunked body anyway", crlf "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\na\nhello worl\n0\n\n", method = "HEAD", want = { 200, "" } },
+  { "204 with a body anyway", crlf "HTTP/1.1 204 No Content\nContent-Length: 5\n\nHTTP/1.1 200 OK\nContent-Length: 3\n\nbad", want = { 204, "" } },
 }
 
 for _, c in ipairs(cases) do

@@ -230,11 +230,18 @@ M.cases = {
   { "* with M-SEARCH (OPTIONS only)", crlf "M-SEARCH * HTTP/1.1\nHost: 239.255.255.250:1900\n\n", { 400 }, open = false },
   { "CONNECT host:port, HTTP/1.0", crlf "CONNECT home_0.example.com:443 HTTP/1.0\nUser-Agent: M\n\n", { 200 }, open = false },
   { "CONNECT [v6]:port", crlf "CONNECT [::1]:443 HTTP/1.1\nHost: [::1]:443\nConnection: close\n\n", { 200 }, open = false },
+  -- Go's server takes CONNECT /path (its RPC); RFC 9112 3.2.3 does not
   { "CONNECT with an origin-form target", crlf "CONNECT /x HTTP/1.1\nHost: t\n\n", { 400 }, open = false },
   { "CONNECT without a port", crlf "CONNECT a.example HTTP/1.1\nHost: a.example\n\n", { 400 }, open = false },
   { "CONNECT with an empty port", crlf "CONNECT a.example: HTTP/1.1\nHost: a.example\n\n", { 400 }, open = false },
   { "CONNECT without a host", crlf "CONNECT :443 HTTP/1.1\nHost: t\n\n", { 400 }, open = false },
   { "CONNECT in absolute-form", crlf "CONNECT http://a.example/ HTTP/1.1\nHost: a.example\n\n", { 400 }, open = false },
+  { "a path that looks scheme-relative", crlf "GET //user@host/is/a/path/ HTTP/1.1\nHost: t\n\n", { 200 }, open = true },
+  { "a relative path", crlf "GET ../../../../etc/passwd HTTP/1.1\nHost: t\n\n", { 400 }, open = false },
+  { "* with NOTIFY (OPTIONS only)", crlf "NOTIFY * HTTP/1.1\nHost: t\n\n", { 400 }, open = false },
+  { "CONNECT with percent-encoded junk", crlf "CONNECT []%20%48%54%54%50%2f%31%2e%31%0a%4d%79%0a%0a HTTP/1.0\n\n", { 400 }, open = false },
+  { "the HTTP/2 preface is 505", crlf "PRI * HTTP/2.0\n\nSM\n\n", { 505 }, open = false },
+  { "HTTP/3.0 is 505", crlf "GET / HTTP/3.0\nHost: t\n\n", { 505 }, open = false },
   { "an unknown 6-letter method", crlf "MKCOLA / HTTP/1.1\nHost: t\n\n", { 200 }, open = true },
   { "ANNOUNCE, HTTP/1.0", crlf "ANNOUNCE /m HTTP/1.0\n\n", { 200 }, open = false },
   { "ICE/1.0", crlf "GET /m ICE/1.0\nHost: t\n\n", { 400 }, open = false },
@@ -276,6 +283,25 @@ M.cases = {
   { "Host: ::1 without brackets", crlf "GET / HTTP/1.1\nHost: ::1\n\n", { 400 }, open = false },
   { "a tab inside Host", crlf "GET / HTTP/1.1\nHost: a\tb\n\n", { 400 }, open = false },
   { "absolute-form without Host in HTTP/1.1", crlf "GET http://a/ HTTP/1.1\n\n", { 400 }, open = false },
+  { "Host with _ and -", crlf "GET / HTTP/1.1\nHost: foo-bar_baz.com\n\n", { 200 }, open = true },
+  { "Host [::1] without a port", crlf "GET / HTTP/1.1\nHost: [::1]\n\n", { 200 }, open = true },
+  -- RFC 3986's IP-literal has no zone (RFC 6874's %25 is not in RFC
+  -- 9110's uri-host); Go's server takes it
+  { "Host [::1%25en0]:80 (an IPv6 zone)", crlf "GET / HTTP/1.1\nHost: [::1%25en0]:80\n\n", { 400 }, open = false },
+  { "Host with a control byte", crlf "GET / HTTP/1.1\nHost: \6\n\n", { 400 }, open = false },
+  { "Host: \xff", crlf "GET / HTTP/1.1\nHost: \xff\n\n", { 400 }, open = false },
+  { "Host: {", crlf "GET / HTTP/1.1\nHost: {\n\n", { 400 }, open = false },
+  { "HTTP/1.0 with two Host lines", crlf "GET / HTTP/1.0\nHost: first\nHost: second\n\n", { 400 }, open = false },
+  { "HTTP/1.0 with a bad Host", crlf "GET / HTTP/1.0\nHost: \xff\n\n", { 400 }, open = false },
+  -- RFC 9112 3.2: every HTTP/1.1 request without Host is 400, CONNECT's
+  -- too (Go's server lets CONNECT go without)
+  { "CONNECT in HTTP/1.1 without Host", crlf "CONNECT golang.org:443 HTTP/1.1\n\n", { 400 }, open = false },
+  { "a byte over 0x7f inside a name", crlf "GET / HTTP/1.1\nHost: t\nfoo\xffbar: foo\n\n", { 400 }, open = false },
+  { "a byte over 0x7f in a value", crlf "GET / HTTP/1.1\nHost: t\nfoo: foo\xfffoo\n\n", { 200 }, open = true },
+  { "a bad Content-Length with chunked", crlf(post("Content-Length: notdigits\nTransfer-Encoding: chunked\n", "0\n\n")), { 400 }, open = false },
+  { "HEAD with two Content-Length lines", crlf "HEAD / HTTP/1.1\nHost: foo\nContent-Length: 4\nContent-Length: 5\n\n1234", { 400 }, open = false, head = true },
+  { "absolute-form, Keep-Alive and Proxy-Connection fields, a body", crlf("GET http://www.t.com/ HTTP/1.1\nHost: www.t.com\nKeep-Alive: 300\n"
+    .. "Content-Length: 7\nProxy-Connection: keep-alive\n\n") .. "abcdef\n", { 200 }, open = true, len = 7 },
   { "Expect other than 100-continue is 417", crlf(post("Expect: foo\nContent-Length: 0\n", "")), { 417 }, open = false },
   { "Expect: 100-continue", crlf(post("Expect: 100-continue\nContent-Length: 5\n", "hello")), { 200 }, open = true, len = 5 },
 
@@ -323,6 +349,17 @@ M.cases = {
   { "TE: chunked and a NUL", crlf(post("Transfer-Encoding: chunked\0\n", "")) .. "0\r\n\r\n", { 400 }, open = false },
   { "TE: chunked and a vertical tab", crlf(post("Transfer-Encoding: chunked\v\n", "")) .. "0\r\n\r\n", { 400 }, open = false },
   { "TE: chunked and a form feed", crlf(post("Transfer-Encoding: chunked\f\n", "")) .. "0\r\n\r\n", { 400 }, open = false },
+  -- smuggling-suite mutations: look-alike names are other fields (no
+  -- body), look-alike values are no chunked
+  { "Transfer_Encoding (underscore) is another field", raw("POST / HTTP/1.1\r\nHost: t\r\nTransfer_Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    { 200, 400 }, open = false, len = 0 },
+  { "Content-Encoding: chunked is no framing", raw("POST / HTTP/1.1\r\nHost: t\r\nContent-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    { 200, 400 }, open = false, len = 0 },
+  { "Content_Length (underscore) is another field", crlf(post("Content_Length: 33\n", SMUGGLED)), { 200, 200 }, open = true, len = 0 },
+  { "TE: ,,chunked", crlf(post("Transfer-Encoding: ,,chunked\n", "")) .. "0\r\n\r\n", { 200 }, open = true, len = 0 },
+  { "TE: chunked; (an empty parameter)", crlf(post("Transfer-Encoding: chunked;\n", "")) .. "0\r\n\r\n", { 501 }, open = false },
+  { "TE: a no-break space, then chunked", crlf(post("Transfer-Encoding: \xa0chunked\n", "")) .. "0\r\n\r\n", { 501 }, open = false },
+  { "TE: chunked and an ESC byte", crlf(post("Transfer-Encoding: chunked\27\n", "")) .. "0\r\n\r\n", { 400 }, open = false },
   { "a Transfer-Encoding trailer is no framing", chunked("5\r\nhello\r\n0\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n")
     .. crlf "GET /2 HTTP/1.1\nHost: t\n\n", { 200, 200 }, open = true, len = 5 },
 
@@ -334,6 +371,9 @@ M.cases = {
   { "a tab between size and extension", chunked "5\t;a=b\r\nhello\r\n0\r\n\r\n", { 200 }, open = true, len = 5 },
   { "trailers Vary and Content-Type", chunked "5\r\nhello\r\n6\r\n world\r\n0\r\nVary: *\r\nContent-Type: text/plain\r\n\r\n", { 200 }, open = true, len = 11 },
   { "a tab before the chunk size", chunked "\t5\r\nhello\r\n0\r\n\r\n", { 400 }, open = false },
+  -- over 16 hex digits is refused whatever their value, as Go does
+  -- (llhttp takes any number of leading zeros)
+  { "a chunk size of 20 digits, leading zeros", chunked "00000000000000000005\r\nhello\r\n0\r\n\r\n", { 400 }, open = false },
   { "a blank and a bare LF after the size", chunked "3 \n  \r\nfoo\r\n0\r\n\r\n", { 400 }, open = false },
   { "no last-chunk: an empty line", crlf "PUT /url HTTP/1.1\nHost: t\nTransfer-Encoding: chunked\n\n3\nfoo\n\n", { 400 }, open = false },
   { "no ; before an extension, on the last-chunk too", chunked "2 erfrferferf\r\naa\r\n0 rrrr\r\n\r\n", { 400 }, open = false },
