@@ -89,6 +89,17 @@ local cases = {
   { "HTTP/0.9 in a status line", crlf "HTTP/0.9 200 OK\n\n", close = true, err = "bad status line" },
   { "HTTP/1.0 204 with keep-alive", crlf "HTTP/1.0 204 No content\nConnection: keep-alive\n\n", want = { 204, "" } },
   { "301 with no reason, then close", crlf "HTTP/1.1 301\n\n", close = true, want = { 301, "" } },
+  { "Content-Length: 0", crlf "HTTP/1.1 200 OK\nContent-Length: 0\n\n", want = { 200, "" } },
+  { "keep-alive, then close on a second Connection line: not reused", crlf "HTTP/1.1 200 OK\nContent-Length: 2\nConnection: keep-alive\nConnection: close\n\nhi",
+    want = { 200, "hi", fresh_next = true } },
+  { "Connection: close and a body longer than Content-Length", crlf "HTTP/1.1 200 OK\nContent-Length: 5\nConnection: close\n\n2ad731e3-4dcd",
+    want = { 200, "2ad73", fresh_next = true } },
+  { "Connection: upgrade on a 200 without a length: read until close", crlf "HTTP/1.1 200 OK\nConnection: upgrade\nUpgrade: h2c\n\nbody", close = true, want = { 200, "body" } },
+  -- Transfer-Encoding in HTTP/1.0 is faulty framing (RFC 9112 6.3): with
+  -- a Content-Length too it is refused (Go's client drops the coding and
+  -- takes the length); alone, a coding not chunked is read until close
+  { "HTTP/1.0, TE: bogus, no length: read until close", crlf "HTTP/1.0 200 OK\nTransfer-Encoding: bogus\n\nBody here\n", close = true, want = { 200, "Body here\r\n" } },
+  { "HTTP/1.0, TE: bogus and Content-Length", crlf "HTTP/1.0 200 OK\nTransfer-Encoding: bogus\nContent-Length: 10\n\nBody here\n", err = "bad response: Transfer-Encoding and Content-Length" },
   { "HTTP/1.0 keep-alive with a length", crlf "HTTP/1.0 200 OK\nConnection: keep-alive\nContent-Length: 2\n\nhi", want = { 200, "hi" } },
 
   -- ---- Transfer-Encoding -------------------------------------------------
