@@ -68,6 +68,7 @@ local cases = {
   -- ---- Content-Length --------------------------------------------------
   { "Content-Length with tabs around", raw "HTTP/1.1 200 OK\r\nContent-Length:\t2\t\r\n\r\nhi", want = { 200, "hi" } },
   { "Content-Length with leading zeros", crlf "HTTP/1.1 200 OK\nContent-Length: 005\n\nhello", want = { 200, "hello" } },
+  { "Content-Length with 24 leading zeros", crlf("HTTP/1.1 200 OK\nContent-Length: " .. ("0"):rep(24) .. "2\n\nhi"), want = { 200, "hi" } },
   { "two equal Content-Length lines", crlf "HTTP/1.1 200 OK\nContent-Length: 2\nContent-Length: 2\n\nhi", err = "bad response: Content-Length" },
   { "Content-Length: 2, 2", crlf "HTTP/1.1 200 OK\nContent-Length: 2, 2\n\nhi", err = "bad response: Content-Length" },
   { "two different Content-Length lines", crlf "HTTP/1.1 200 OK\nContent-Length: 2\nContent-Length: 3\n\nhi!", err = "bad response: Content-Length" },

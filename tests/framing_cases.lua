@@ -313,6 +313,7 @@ M.cases = {
   { "HTTP/1.0 GET with a body", crlf "GET / HTTP/1.0\nContent-Length: 5\n\nHELLO", { 200 }, open = false, len = 5 },
   { "HEAD with a Content-Length body", crlf "HEAD / HTTP/1.1\nHost: t\nContent-Length: 5\n\nhello", { 200 }, open = true, head = true },
   { "Content-Length: 0 before a body that is a request", crlf(post("Content-Length: 0\n", SMUGGLED)), { 200, 200 }, open = true, len = 0 },
+  { "Content-Length with 20 leading zeros", crlf(post("Content-Length: " .. ("0"):rep(20) .. "5\n", "hello")), { 200 }, open = true, len = 5 },
   { "Content-Length: 13 37", crlf(post("Content-Length: 13 37\n", "")), { 400 }, open = false },
   { "Content-Length: 5.0", crlf(post("Content-Length: 5.0\n", "hello")), { 400 }, open = false },
   { "Content-Length: 1e1", crlf(post("Content-Length: 1e1\n", "helloworld")), { 400 }, open = false },

@@ -163,8 +163,11 @@ local function framing(method, res)
     return "close"
   end
   if cl then
-    if not cl:find("^%d+$") or #cl > 18 then return nil, "bad response: Content-Length" end
-    local n = tonumber(cl)
+    -- 1*DIGIT, leading zeros taken (as llhttp), at most 18 digits after
+    -- them (no integer overflow)
+    local digits = cl:match("^0*(%d+)$")
+    if not digits or #digits > 18 then return nil, "bad response: Content-Length" end
+    local n = tonumber(digits)
     if nlengths >= 256 then lengths, nlengths = {}, 0 end
     lengths[cl], nlengths = n, nlengths + 1
     return "length", n
