@@ -2179,15 +2179,28 @@ port:
 }
 
 
+/* Whether the list v (n bytes: comma-separated, OWS around each
+ * element, RFC 9110 5.6.1) has the token w, compared without case
+ * ("close" is in "keep-alive, Close", not in "closed"). */
 static int
-has_ci(const char *v, size_t n, const char *w)
+has_token_ci(const char *v, size_t n, const char *w)
 {
-    size_t m = strlen(w), i;
+    size_t m = strlen(w), i = 0, a, b;
 
-    for (i = 0; i + m <= n; i++) {
-        if (strncasecmp(v + i, w, m) == 0) {
+    while (i < n) {
+        for (a = i; a < n && v[a] != ','; a++) {
+        }
+        b = a;
+        while (i < b && (v[i] == ' ' || v[i] == '\t')) {
+            i++;
+        }
+        while (b > i && (v[b - 1] == ' ' || v[b - 1] == '\t')) {
+            b--;
+        }
+        if (b - i == m && strncasecmp(v + i, w, m) == 0) {
             return 1;
         }
+        i = a + 1;
     }
     return 0;
 }
@@ -2371,7 +2384,7 @@ prepare(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         lua_rawset(L, S_REQ);
     }
     v = spget(L, hi, sp, SP_CONN, K_CONNECTION, &n);
-    if (v ? (v11 ? has_ci(v, n, "close") : !has_ci(v, n, "keep-alive")) : !v11) {
+    if (v ? (v11 ? has_token_ci(v, n, "close") : !has_token_ci(v, n, "keep-alive")) : !v11) {
         KEY(L, K_CLOSE);
         lua_pushboolean(L, 1);          /* (absent: false) */
         lua_rawset(L, S_REQ);

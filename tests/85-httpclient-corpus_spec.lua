@@ -42,6 +42,9 @@ describe("fdpool.http.client response framing (tests/client_cases.lua)", functio
       if c.want and c.want.fresh_next then
         assert.equal(0, nxt.reused, "the connection was pooled")
       end
+      if c.want and c.want.reused_next then
+        assert.is_true(nxt.reused > 0, "the connection was not pooled")
+      end
     end)
   end
 

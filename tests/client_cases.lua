@@ -8,11 +8,14 @@
 -- the next request on the connection).
 --
 -- A case: { name, raw response bytes, close = the upstream closes after
--- them, method = the request's (GET by default), want = { status, body }
--- (what request() returns) or err = the error it returns }. After each
--- case the spec makes one more request (GET /ok, answered "ok") through
--- the same keep-alive pool: it must get its own answer, never bytes left
--- over from the case (a response paired with the wrong request).
+-- them, method = the request's (GET by default), want = { status, body,
+-- headers = fields res.headers must hold } (what request() returns) or
+-- err = the error it returns }. After each case the spec makes one more
+-- request (GET /ok, answered "ok") through the same keep-alive pool: it
+-- must get its own answer, never bytes left over from the case (a
+-- response paired with the wrong request); with want.fresh_next on a new
+-- connection (the case's was not pooled), with want.reused_next on the
+-- case's own (it was).
 -- Heads are written with "\n" and sent with CRLF; cases about bare LF or
 -- bare CR spell their bytes with raw().
 
@@ -93,6 +96,8 @@ local cases = {
   { "Content-Length: 0", crlf "HTTP/1.1 200 OK\nContent-Length: 0\n\n", want = { 200, "" } },
   { "keep-alive, then close on a second Connection line: not reused", crlf "HTTP/1.1 200 OK\nContent-Length: 2\nConnection: keep-alive\nConnection: close\n\nhi",
     want = { 200, "hi", fresh_next = true } },
+  { "Connection: closed is not close: reused", crlf "HTTP/1.1 200 OK\nContent-Length: 2\nConnection: closed\n\nhi", want = { 200, "hi", reused_next = true } },
+  { "HTTP/1.0, Connection: keep-alive-x is not keep-alive", crlf "HTTP/1.0 200 OK\nContent-Length: 2\nConnection: keep-alive-x\n\nhi", want = { 200, "hi", fresh_next = true } },
   { "Connection: close and a body longer than Content-Length", crlf "HTTP/1.1 200 OK\nContent-Length: 5\nConnection: close\n\n2ad731e3-4dcd",
     want = { 200, "2ad73", fresh_next = true } },
   { "Connection: upgrade on a 200 without a length: read until close", crlf "HTTP/1.1 200 OK\nConnection: upgrade\nUpgrade: h2c\n\nbody", close = true, want = { 200, "body" } },

@@ -398,6 +398,11 @@ M.cases = {
   { "HTTP/1.0 keep-alive, a body, then a request", crlf "POST / HTTP/1.0\nConnection: keep-alive\nContent-Length: 2\n\nhiGET /2 HTTP/1.0\nConnection: keep-alive\n\n", { 200, 200 }, open = true, len = 2 },
   { "a Connection list with close", crlf "PUT /url HTTP/1.1\nHost: t\nConnection: close, token, upgrade, token, keep-alive\n\n", { 200 }, open = false },
   { "Connection: Close (case)", crlf "GET / HTTP/1.1\nHost: t\nConnection: Close\n\n", { 200 }, open = false },
+  -- Connection is a list of tokens (RFC 9110 7.6.1): matched whole
+  { "Connection: keep-alive, Close", crlf "GET / HTTP/1.1\nHost: t\nConnection: keep-alive, Close\n\n", { 200 }, open = false },
+  { "Connection: closed is not close", crlf "GET / HTTP/1.1\nHost: t\nConnection: closed\n\n", { 200 }, open = true },
+  { "HTTP/1.0, Connection: TE, Keep-Alive", crlf "GET / HTTP/1.0\nConnection: TE, Keep-Alive\n\n", { 200 }, open = true },
+  { "HTTP/1.0, Connection: keep-alive-x is not keep-alive", crlf "GET / HTTP/1.0\nConnection: keep-alive-x\n\n", { 200 }, open = false },
   { "Connection on two lines, close on the second", crlf "GET / HTTP/1.1\nHost: t\nConnection: keep-alive\nConnection: close\n\n", { 200 }, open = false },
   -- an Upgrade the handler does not take is ignored (RFC 9110 7.8): the
   -- request is served as HTTP, its body read by its Content-Length

@@ -593,6 +593,15 @@ local function valid_host(v)
   return port == "" or port:find("^:%d*$") ~= nil
 end
 
+-- Whether the list v (comma-separated, OWS around each element, RFC
+-- 9110 5.6.1) has the token tok (lower case), compared without case.
+local function has_token(v, tok)
+  for e in v:gmatch("[^,]+") do
+    if e:match("^[ \t]*(.-)[ \t]*$"):lower() == tok then return true end
+  end
+  return false
+end
+
 local function prepare(req, conn, opts)
   local h = req.headers
   req.conn = conn
@@ -664,11 +673,10 @@ local function prepare(req, conn, opts)
   end
   local c = rawget(h, "connection")
   if c then
-    c = c:lower()
     if v11 then
-      req._close = c:find("close", 1, true) ~= nil
+      req._close = has_token(c, "close")
     else
-      req._close = c:find("keep-alive", 1, true) == nil
+      req._close = not has_token(c, "keep-alive")
     end
   else
     req._close = not v11

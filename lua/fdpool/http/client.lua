@@ -175,15 +175,23 @@ local function framing(method, res)
   return "close"
 end
 
+-- Whether the list v (comma-separated, OWS around each element) has the
+-- token tok (lower case), compared without case.
+local function has_token(v, tok)
+  for e in v:gmatch("[^,]+") do
+    if e:match("^[ \t]*(.-)[ \t]*$"):lower() == tok then return true end
+  end
+  return false
+end
+
 local function keepalive_ok(res)
   local c = res.headers.connection
   if res.version == "1.0" then
     -- Transfer-Encoding in an HTTP/1.0 message is faulty framing: the
     -- connection closes after it (RFC 9112 6.3), whatever it says.
-    return c ~= nil and c:lower():find("keep%-alive") ~= nil
-      and not res.headers["transfer-encoding"]
+    return c ~= nil and has_token(c, "keep-alive") and not res.headers["transfer-encoding"]
   end
-  return not c or not c:lower():find("close")
+  return not c or not has_token(c, "close")
 end
 
 -- A streaming reader for the body: res:read() -> piece, or nil at the
