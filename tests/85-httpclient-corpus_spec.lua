@@ -35,6 +35,10 @@ describe("fdpool.http.client response framing (tests/client_cases.lua)", functio
         assert.equal(c.want[2], res.body)
         for k, v in pairs(c.want.headers or {}) do assert.equal(v, res.headers[k]) end
       end
+      if c.once then
+        local hits = assert(client.request{ url = base .. "/hits/" .. i, timeout = 5 })
+        assert.equal("1", hits.body, "the request was sent again")
+      end
       local nxt, err2 = client.request{ url = base .. "/ok", timeout = 5 }
       assert(nxt, err2)
       assert.equal(200, nxt.status)

@@ -15,7 +15,7 @@
 -- must get its own answer, never bytes left over from the case (a
 -- response paired with the wrong request); with want.fresh_next on a new
 -- connection (the case's was not pooled), with want.reused_next on the
--- case's own (it was).
+-- case's own (it was); once = the request reached the upstream once.
 -- Heads are written with "\n" and sent with CRLF; cases about bare LF or
 -- bare CR spell their bytes with raw().
 
@@ -145,6 +145,9 @@ local cases = {
   { "103 with fields, then the 200", crlf("HTTP/1.1 103 Early Hints\nLink: </s.css>; rel=preload\n\n" .. OK), want = { 200, "hi" } },
   { "three 1xx, then the 200", crlf("HTTP/1.1 100 Continue\n\nHTTP/1.1 102 Processing\n\nHTTP/1.1 103 Early Hints\n\n" .. OK), want = { 200, "hi" } },
   { "a 1xx's Content-Length means no body", crlf("HTTP/1.1 100 Continue\nContent-Length: 5\n\n" .. OK), want = { 200, "hi" } },
+  -- a reused connection that fails after an interim answer is no idle
+  -- connection the upstream closed: the request is not sent again
+  { "100 Continue, then close", crlf "HTTP/1.1 100 Continue\n\n", close = true, err = "closed", once = true },
   { "100 Continue, then a 204", crlf "HTTP/1.1 100 Continue\n\nHTTP/1.1 204 No Content\n\n", want = { 204, "" } },
   { "204 with a Content-Length has no body", crlf "HTTP/1.1 204 No Content\nContent-Length: 5\n\n", want = { 204, "" } },
   { "304 with a Content-Length has no body", crlf "HTTP/1.1 304 Not Modified\nContent-Length: 5\n\n", want = { 304, "" } },

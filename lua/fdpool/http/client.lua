@@ -309,12 +309,15 @@ local function exchange(opts, method, u, head, body, deadline)
     return nil, err, reused > 0
   end
   local res, partial
+  local first = true     -- no interim (1xx) answer read yet
   repeat
     res, err, partial = sock:readresponse(opts.max_head or M.defaults.max_head)
     if not res then
       sock:close()
-      return nil, err, reused > 0 and err == "closed" and partial == ""
+      -- retryable: nothing at all came back (not even a 1xx)
+      return nil, err, first and reused > 0 and err == "closed" and partial == ""
     end
+    first = false
   until res.status >= 200 or res.status == 101
   res.reused = reused
   local kind, len = framing(method, res)
