@@ -2364,13 +2364,15 @@ prepare(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
                 return 400;
             }
         } else {
-            /* no userinfo in an http(s) URI a request carries (RFC 9110
-             * 4.2.4: an error), as in Host */
-            for (i += 3; i < n && t[i] != '/' && t[i] != '?' && t[i] != '#'; i++) {
-                if (t[i] == '@') {
-                    *why = "bad request target";
-                    return 400;
-                }
+            /* the authority as Host's, with a host: no userinfo (RFC
+             * 9110 4.2.4: an error), no empty host (4.2.1: invalid) */
+            size_t a = i + 3;
+
+            for (i = a; i < n && t[i] != '/' && t[i] != '?' && t[i] != '#'; i++) {
+            }
+            if (i == a || t[a] == ':' || !valid_host(t + a, i - a)) {
+                *why = "bad request target";
+                return 400;
             }
         }
     }

@@ -649,7 +649,7 @@ local function prepare(req, conn, opts)
   elseif v11 then
     return 400, "missing Host"
   end
-  -- origin-form, absolute-form (without userinfo, RFC 9110 4.2.4),
+  -- origin-form, absolute-form (its authority as Host's, with a host),
   -- authority-form (CONNECT's only form: uri-host ":" port), "*"
   -- (OPTIONS).
   local t = req.target
@@ -661,7 +661,11 @@ local function prepare(req, conn, opts)
   elseif t:byte(1) ~= 47 then
     local authority = t:match("^%a[%w+.-]*://([^/?#]*)")
     if authority then
-      if authority:find("@", 1, true) then return 400, "bad request target" end
+      -- the authority as Host's, with a host: no userinfo (RFC 9110
+      -- 4.2.4: an error), no empty host (4.2.1: invalid)
+      if authority == "" or authority:byte(1) == 58 or not valid_host(authority) then
+        return 400, "bad request target"
+      end
     elseif t ~= "*" or req.method ~= "OPTIONS" then
       return 400, "bad request target"
     end
