@@ -2179,15 +2179,28 @@ port:
 }
 
 
+/* Whether the list v (n bytes: comma-separated, OWS around each
+ * element, RFC 9110 5.6.1) has the token w, compared without case
+ * ("close" is in "keep-alive, Close", not in "closed"). */
 static int
-has_ci(const char *v, size_t n, const char *w)
+has_token_ci(const char *v, size_t n, const char *w)
 {
-    size_t m = strlen(w), i;
+    size_t m = strlen(w), i = 0, a, b;
 
-    for (i = 0; i + m <= n; i++) {
-        if (strncasecmp(v + i, w, m) == 0) {
+    while (i < n) {
+        for (a = i; a < n && v[a] != ','; a++) {
+        }
+        b = a;
+        while (i < b && (v[i] == ' ' || v[i] == '\t')) {
+            i++;
+        }
+        while (b > i && (v[b - 1] == ' ' || v[b - 1] == '\t')) {
+            b--;
+        }
+        if (b - i == m && strncasecmp(v + i, w, m) == 0) {
             return 1;
         }
+        i = a + 1;
     }
     return 0;
 }
@@ -2243,10 +2256,17 @@ prepare(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
             *why = "Transfer-Encoding in HTTP/1.0";
             return 400;
         }
-        /* chunked once and last (400 otherwise, RFC 9112 6.3); no other
-         * coding is implemented (501, 6.1). */
+        /* chunked once and last, with nothing after it, not even an
+         * empty list element ("chunked," or a second, empty line: as
+         * llhttp) (400 otherwise, RFC 9112 6.3); a value naming no
+         * coding at all is 400 too; no other coding is implemented
+         * (501, 6.1). */
         while (i <= tn) {
             for (a = i; a < tn && te[a] != ','; a++) {
+            }
+            if (last_chunked) {
+                *why = "chunked is not the final Transfer-Encoding";
+                return 400;
             }
             b = a;
             while (i < b && (te[i] == ' ' || te[i] == '\t')) {
@@ -2256,14 +2276,14 @@ prepare(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
                 b--;
             }
             if (b > i) {
-                if (last_chunked) {
-                    *why = "chunked is not the final Transfer-Encoding";
-                    return 400;
-                }
                 ncod++;
                 last_chunked = b - i == 7 && strncasecmp(te + i, "chunked", 7) == 0;
             }
             i = a + 1;
+        }
+        if (ncod == 0) {
+            *why = "empty Transfer-Encoding";
+            return 400;
         }
         if (ncod != 1 || !last_chunked) {
             *why = "unsupported Transfer-Encoding";
@@ -2319,7 +2339,17 @@ prepare(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
     n = sp->target_len;
     m = sp->method;
     mn = sp->method_len;
-    if (n == 0 || t[0] != '/') {
+    if (mn == 7 && memcmp(m, "CONNECT", 7) == 0) {
+        /* CONNECT's is authority-form and nothing else (RFC 9112
+         * 3.2.3): uri-host ":" port, the port required */
+        const char *colon = n > 0 ? memrchr(t, ':', n) : NULL;
+
+        if (colon == NULL || colon == t || colon == t + n - 1
+            || (t[0] == '[' && colon[-1] != ']') || !valid_host(t, n)) {
+            *why = "bad request target";
+            return 400;
+        }
+    } else if (n == 0 || t[0] != '/') {
         size_t i = 1;
         int absolute = n > 0 && ((t[0] | 0x20) >= 'a' && (t[0] | 0x20) <= 'z');
 
@@ -2329,12 +2359,18 @@ prepare(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         }
         absolute = absolute && n - i >= 3 && memcmp(t + i, "://", 3) == 0;
         if (!absolute) {
-            if (n == 1 && t[0] == '*') {
-                if (mn != 7 || memcmp(m, "OPTIONS", 7) != 0) {
-                    *why = "bad request target";
-                    return 400;
-                }
-            } else if (mn != 7 || memcmp(m, "CONNECT", 7) != 0) {
+            if (n != 1 || t[0] != '*' || mn != 7 || memcmp(m, "OPTIONS", 7) != 0) {
+                *why = "bad request target";
+                return 400;
+            }
+        } else {
+            /* the authority as Host's, with a host: no userinfo (RFC
+             * 9110 4.2.4: an error), no empty host (4.2.1: invalid) */
+            size_t a = i + 3;
+
+            for (i = a; i < n && t[i] != '/' && t[i] != '?' && t[i] != '#'; i++) {
+            }
+            if (i == a || t[a] == ':' || !valid_host(t + a, i - a)) {
                 *why = "bad request target";
                 return 400;
             }
@@ -2350,7 +2386,7 @@ prepare(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
         lua_rawset(L, S_REQ);
     }
     v = spget(L, hi, sp, SP_CONN, K_CONNECTION, &n);
-    if (v ? (v11 ? has_ci(v, n, "close") : !has_ci(v, n, "keep-alive")) : !v11) {
+    if (v ? (v11 ? has_token_ci(v, n, "close") : !has_token_ci(v, n, "keep-alive")) : !v11) {
         KEY(L, K_CLOSE);
         lua_pushboolean(L, 1);          /* (absent: false) */
         lua_rawset(L, S_REQ);

@@ -593,6 +593,15 @@ local function valid_host(v)
   return port == "" or port:find("^:%d*$") ~= nil
 end
 
+-- Whether the list v (comma-separated, OWS around each element, RFC
+-- 9110 5.6.1) has the token tok (lower case), compared without case.
+local function has_token(v, tok)
+  for e in v:gmatch("[^,]+") do
+    if e:match("^[ \t]*(.-)[ \t]*$"):lower() == tok then return true end
+  end
+  return false
+end
+
 local function prepare(req, conn, opts)
   local h = req.headers
   req.conn = conn
@@ -605,18 +614,19 @@ local function prepare(req, conn, opts)
   if te then
     if cl then return 400, "both Transfer-Encoding and Content-Length" end
     if not v11 then return 400, "Transfer-Encoding in HTTP/1.0" end
+    -- chunked once and last, with nothing after it, not even an empty
+    -- list element ("chunked," or a second, empty line: as llhttp) (400
+    -- otherwise, RFC 9112 6.3); a value naming no coding at all is 400
+    -- too; no other coding is implemented (501, 6.1).
     local codings = {}
-    for c in te:gmatch("[^,]+") do
+    for c in (te .. ","):gmatch("([^,]*),") do
+      if codings[#codings] == "chunked" then
+        return 400, "chunked is not the final Transfer-Encoding"
+      end
       c = c:match("^[ \t]*(.-)[ \t]*$"):lower()
       if c ~= "" then codings[#codings + 1] = c end
     end
-    -- chunked once and last (400 otherwise, RFC 9112 6.3); no other
-    -- coding is implemented (501, 6.1).
-    for i = 1, #codings - 1 do
-      if codings[i] == "chunked" then
-        return 400, "chunked is not the final Transfer-Encoding"
-      end
-    end
+    if #codings == 0 then return 400, "empty Transfer-Encoding" end
     if #codings ~= 1 or codings[1] ~= "chunked" then
       return 501, "unsupported Transfer-Encoding"
     end
@@ -639,12 +649,24 @@ local function prepare(req, conn, opts)
   elseif v11 then
     return 400, "missing Host"
   end
-  -- origin-form, absolute-form, authority-form (CONNECT), "*" (OPTIONS).
+  -- origin-form, absolute-form (its authority as Host's, with a host),
+  -- authority-form (CONNECT's only form: uri-host ":" port), "*"
+  -- (OPTIONS).
   local t = req.target
-  if t:byte(1) ~= 47 and not t:find("^%a[%w+.-]*://") then
-    if t == "*" then
-      if req.method ~= "OPTIONS" then return 400, "bad request target" end
-    elseif req.method ~= "CONNECT" then
+  if req.method == "CONNECT" then
+    local host = t:match("^(.+):%d+$")
+    if not host or (host:byte(1) == 91 and host:byte(-1) ~= 93) or not valid_host(t) then
+      return 400, "bad request target"
+    end
+  elseif t:byte(1) ~= 47 then
+    local authority = t:match("^%a[%w+.-]*://([^/?#]*)")
+    if authority then
+      -- the authority as Host's, with a host: no userinfo (RFC 9110
+      -- 4.2.4: an error), no empty host (4.2.1: invalid)
+      if authority == "" or authority:byte(1) == 58 or not valid_host(authority) then
+        return 400, "bad request target"
+      end
+    elseif t ~= "*" or req.method ~= "OPTIONS" then
       return 400, "bad request target"
     end
   end
@@ -655,11 +677,10 @@ local function prepare(req, conn, opts)
   end
   local c = rawget(h, "connection")
   if c then
-    c = c:lower()
     if v11 then
-      req._close = c:find("close", 1, true) ~= nil
+      req._close = has_token(c, "close")
     else
-      req._close = c:find("keep-alive", 1, true) == nil
+      req._close = not has_token(c, "keep-alive")
     end
   else
     req._close = not v11

@@ -154,11 +154,20 @@ local function framing(method, res)
     if cl then return nil, "bad response: Transfer-Encoding and Content-Length" end
     local last = te:lower():match("([^,%s]+)%s*$")
     if last == "chunked" then return "chunked" end
+    -- A value naming no coding at all (an empty line): refused, as
+    -- llhttp does; any other without chunked last is read until close
+    -- (RFC 9112 6.3).
+    if not last and not te:find("[^,%s]") then
+      return nil, "bad response: Transfer-Encoding"
+    end
     return "close"
   end
   if cl then
-    if not cl:find("^%d+$") or #cl > 18 then return nil, "bad response: Content-Length" end
-    local n = tonumber(cl)
+    -- 1*DIGIT, leading zeros taken (as llhttp), at most 18 digits after
+    -- them (no integer overflow)
+    local digits = cl:match("^0*(%d+)$")
+    if not digits or #digits > 18 then return nil, "bad response: Content-Length" end
+    local n = tonumber(digits)
     if nlengths >= 256 then lengths, nlengths = {}, 0 end
     lengths[cl], nlengths = n, nlengths + 1
     return "length", n
@@ -166,12 +175,23 @@ local function framing(method, res)
   return "close"
 end
 
+-- Whether the list v (comma-separated, OWS around each element) has the
+-- token tok (lower case), compared without case.
+local function has_token(v, tok)
+  for e in v:gmatch("[^,]+") do
+    if e:match("^[ \t]*(.-)[ \t]*$"):lower() == tok then return true end
+  end
+  return false
+end
+
 local function keepalive_ok(res)
   local c = res.headers.connection
-  if not c then return res.version ~= "1.0" end
-  c = c:lower()
-  if res.version == "1.0" then return c:find("keep%-alive") ~= nil end
-  return not c:find("close")
+  if res.version == "1.0" then
+    -- Transfer-Encoding in an HTTP/1.0 message is faulty framing: the
+    -- connection closes after it (RFC 9112 6.3), whatever it says.
+    return c ~= nil and has_token(c, "keep-alive") and not res.headers["transfer-encoding"]
+  end
+  return not c or not has_token(c, "close")
 end
 
 -- A streaming reader for the body: res:read() -> piece, or nil at the
@@ -289,12 +309,15 @@ local function exchange(opts, method, u, head, body, deadline)
     return nil, err, reused > 0
   end
   local res, partial
+  local first = true     -- no interim (1xx) answer read yet
   repeat
     res, err, partial = sock:readresponse(opts.max_head or M.defaults.max_head)
     if not res then
       sock:close()
-      return nil, err, reused > 0 and err == "closed" and partial == ""
+      -- retryable: nothing at all came back (not even a 1xx)
+      return nil, err, first and reused > 0 and err == "closed" and partial == ""
     end
+    first = false
   until res.status >= 200 or res.status == 101
   res.reused = reused
   local kind, len = framing(method, res)
