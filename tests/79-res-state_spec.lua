@@ -63,7 +63,8 @@ return http.serve(function(req, res)
   elseif p:match("^/ret/") then
     -- what a handler returns (conn loop: the C reply; in-memory: Lua's)
     local k = p:sub(6)
-    if k == "int" then return 404, { ["X-A"] = "1", ["X-L"] = { "a", "b" } }, "nf\n"
+    -- (one key per table: pairs' order differs from one Lua state to another)
+    if k == "int" then return 404, { ["X-L"] = { "a", "b" } }, "nf\n"
     elseif k == "numbody" then return 200, nil, 3.5
     elseif k == "nilbody" then return 204
     elseif k == "strstatus" then return "201", {}, "s\n"
@@ -186,7 +187,6 @@ describe("res's sent state", function()
       if w[2] then assert.equal(w[2], real:match("\r\n\r\n(.*)$"), k) end
       assert.equal(1, select(2, real:gsub("HTTP/1.1 ", "")), k)
       if k == "int" then
-        assert.matches("\r\nX%-A: 1\r\n", real)
         assert.matches("\r\nX%-L: a\r\nX%-L: b\r\n", real)
       elseif k == "pairs" then
         assert.matches("\r\nX%-P: via __pairs\r\n", real)
