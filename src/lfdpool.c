@@ -297,6 +297,7 @@ luaopen_fdpool(lua_State *L)
         { "log_file", l_log_file },
         { "log_format", l_log_format },
         { "_httpres", fdp_lhttp_res },
+        { "_httpreply", fdp_lhttp_reply },
         { "_httpreq", fdp_lhttp_req },
         { NULL, NULL }
     };

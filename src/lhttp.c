@@ -1171,6 +1171,101 @@ fdp_lhttp_res(lua_State *L)
 }
 
 
+/* reply's end: after res:send (ctx 0: slot 2 holds the status it
+ * returns), or after the Lua reply (ctx 1: its result on top) */
+static int
+reply_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void) status;
+    if (ctx == 0) {
+        lua_settop(L, 2);
+    }
+    return 1;
+}
+
+
+/*
+ * reply(res, status, headers, body) -> status: http.lua's reply (what a
+ * handler returned, sent through res) without the interpreter for the
+ * usual values: an integer status from 100 to 999, nil or a table without
+ * __pairs as the headers, nil, a string or a number as the body. The
+ * same steps in the same order: res.started, res._status (not stored
+ * again when it already reads so), res:header for each pair, res:send;
+ * each looked up on res as the Lua one does. Anything else (a status as
+ * a string or a float, headers or a body of another type: the errors
+ * with their texts) goes to the Lua reply, upvalue 1.
+ */
+static int
+res_reply(lua_State *L)
+{
+    lua_Integer code;
+    int tb, tc;
+
+    lua_settop(L, 4);
+    if (lua_isnil(L, 2)) {
+        return 1;
+    }
+    code = lua_isinteger(L, 2) ? lua_tointeger(L, 2) : 0;
+    tb = lua_type(L, 3);
+    tc = lua_type(L, 4);
+    if (code < 100 || code > 999
+        || (tb != LUA_TNIL && tb != LUA_TTABLE)
+        || (tb == LUA_TTABLE && luaL_getmetafield(L, 3, "__pairs") != LUA_TNIL)
+        || (tc != LUA_TNIL && tc != LUA_TSTRING && tc != LUA_TNUMBER)) {
+        lua_settop(L, 4);
+        lua_pushvalue(L, lua_upvalueindex(1));
+        lua_insert(L, 1);
+        lua_callk(L, 4, 1, 1, reply_k);
+        return reply_k(L, LUA_OK, 1);
+    }
+    lua_getfield(L, 1, "started");                      /* 5 */
+    if (lua_toboolean(L, 5)) {
+        lua_settop(L, 2);
+        return 1;
+    }
+    lua_getfield(L, 1, "_status");                      /* 6 */
+    if (!lua_isinteger(L, 6) || lua_tointeger(L, 6) != code) {
+        lua_pushvalue(L, 2);
+        lua_setfield(L, 1, "_status");
+    }
+    if (tb == LUA_TTABLE) {
+        lua_getfield(L, 1, "header");                   /* 7 */
+        lua_pushnil(L);
+        while (lua_next(L, 3) != 0) {                   /* 8 key, 9 value */
+            lua_pushvalue(L, 7);
+            lua_pushvalue(L, 1);
+            lua_pushvalue(L, 8);
+            lua_pushvalue(L, 9);
+            lua_call(L, 3, 0);                          /* (never yields) */
+            lua_settop(L, 8);
+        }
+    }
+    lua_settop(L, 4);
+    lua_getfield(L, 1, "send");                         /* 5 */
+    lua_pushvalue(L, 1);
+    if (tc == LUA_TNIL) {
+        lua_pushliteral(L, "");
+    } else {
+        lua_pushvalue(L, 4);
+        if (tc == LUA_TNUMBER) {
+            (void) lua_tolstring(L, -1, NULL);          /* tostring(c) */
+        }
+    }
+    lua_callk(L, 2, 0, 0, reply_k);
+    return reply_k(L, LUA_OK, 0);
+}
+
+
+int
+fdp_lhttp_reply(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_settop(L, 1);
+    lua_pushcclosure(L, res_reply, 1);
+    return 1;
+}
+
+
 /* ---- HTTP/1.x request head and chunked body -------------------------- */
 
 #define HEAD_MAX_DEFAULT   8192

@@ -23,6 +23,11 @@ int fdp_lhttp_readchunk(lua_State *L, lua_Integer max, lua_Integer piece,
  * res:header and res:send in C. */
 int fdp_lhttp_res(lua_State *L);
 
+/* fdpool._httpreply(reply) -> fdpool.http's reply (a handler's returned
+ * status, headers, body sent through res) in C for the usual values,
+ * the Lua reply for the rest. */
+int fdp_lhttp_reply(lua_State *L);
+
 /* fdpool._httpreq(Req, header_mt [, opts]) -> an __index and a __pairs
  * for fdpool.http's requests: req.version, headers, target, path, query
  * and conn built from the kept head on first use (version and conn also

@@ -60,6 +60,27 @@ return http.serve(function(req, res)
     local ok = pcall(res.write, res, "never")
     last = "caught write: " .. tostring(ok) .. " started=" .. tostring(res.started)
     return 200, {}, "not sent either\n"
+  elseif p:match("^/ret/") then
+    -- what a handler returns (conn loop: the C reply; in-memory: Lua's)
+    local k = p:sub(6)
+    -- (one key per table: pairs' order differs from one Lua state to another)
+    if k == "int" then return 404, { ["X-L"] = { "a", "b" } }, "nf\n"
+    elseif k == "numbody" then return 200, nil, 3.5
+    elseif k == "nilbody" then return 204
+    elseif k == "strstatus" then return "201", {}, "s\n"
+    elseif k == "floatstatus" then return 202.0, {}, "f\n"
+    elseif k == "badfloat" then return 202.5, {}, "x\n"
+    elseif k == "pairs" then
+      return 200, setmetatable({}, { __pairs = function()
+        return next, { ["X-P"] = "via __pairs" }, nil end }), "p\n"
+    elseif k == "info" then return 103, {}, "early\n"
+    elseif k == "range" then return 1000, {}, "x\n"
+    elseif k == "boolbody" then return 200, {}, true
+    elseif k == "strheaders" then return 200, "text"
+    elseif k == "afterstatus" then res:status(201); return 202, {}, "after status\n"
+    elseif k == "started" then res:send("sent first\n"); return 500, {}, "ignored\n"
+    elseif k == "headerset" then res:header("X-Mine", "m"); return 200, { ["x-mine"] = "replaced" }, "h\n"
+    end
   elseif p == "/raiseafter" then
     res:send("sent\n")
     error("raised after the response")
@@ -149,6 +170,36 @@ describe("res's sent state", function()
     assert.matches("caught write: false started=true", last, 1, true)
     local log = pool:log()
     assert.matches("http handler error (GET /badheader_caught): the response was started but nothing of it was sent", log, 1, true)
+  end)
+
+  it("what a handler returns is sent alike by the conn loop (C) and the in-memory loop (Lua)", function()
+    local want = {
+      int = { "404", "nf\n" }, numbody = { "200", "3.5" }, nilbody = { "204", "" },
+      strstatus = { "201", "s\n" }, floatstatus = { "202", "f\n" },
+      badfloat = { "500" }, pairs = { "200", "p\n" }, info = { "500" }, range = { "500" },
+      boolbody = { "500" }, strheaders = { "500" }, afterstatus = { "202", "after status\n" },
+      started = { "200", "sent first\n" }, headerset = { "200", "h\n" },
+    }
+    for k, w in pairs(want) do
+      local mem, real = both(req("/ret/" .. k, true))
+      assert.equal(mem, real, k)
+      assert.matches("^HTTP/1.1 " .. w[1] .. " ", real, nil, k)
+      if w[2] then assert.equal(w[2], real:match("\r\n\r\n(.*)$"), k) end
+      assert.equal(1, select(2, real:gsub("HTTP/1.1 ", "")), k)
+      if k == "int" then
+        assert.matches("\r\nX%-L: a\r\nX%-L: b\r\n", real)
+      elseif k == "pairs" then
+        assert.matches("\r\nX%-P: via __pairs\r\n", real)
+      elseif k == "headerset" then
+        assert.matches("\r\nx%-mine: replaced\r\n", real)
+        assert.not_matches("X%-Mine: m", real)
+      end
+    end
+    local log = pool:log()
+    assert.matches("handler returned number as the status", log, 1, true)
+    assert.matches("status 103 is informational", log, 1, true)
+    assert.matches("handler returned a boolean as the body", log, 1, true)
+    assert.matches("handler returned a string as the headers", log, 1, true)
   end)
 
   it("a raise after the response sent: no second answer", function()

@@ -747,6 +747,11 @@ local function reply(res, a, b, c)
   return a
 end
 
+-- reply in C for the usual values (src/lhttp.c res_reply: the same
+-- steps), for the conn loop; the Lua one stays its reference (and the
+-- in-memory loop's).
+local creply = fdpool._httpreply and fdpool._httpreply(reply) or reply
+
 -- Run fn(req, res) and reply with what it returned. Returns the status
 -- it returned, or nil. (conn:httploop calls fn, then reply only when fn
 -- returned something.)
@@ -954,7 +959,7 @@ function M.serve(fn, options)
     local index, pairs_ = fdpool._httpreq(Req, header_mt, opts)
     req_mt = { __index = index, __pairs = pairs_ }
   end
-  local cfg = { fn, reply, traceback, after, req_mt, Res, header_mt, opts,
+  local cfg = { fn, creply, traceback, after, req_mt, Res, header_mt, opts,
     max_head = opts.max_head, head_timeout = opts.head_timeout,
     keepalive_timeout = opts.keepalive_timeout,
     max_body = opts.max_upload or opts.max_body,   -- the framing check (prepare)
