@@ -260,10 +260,39 @@ local function exiting()
   return w ~= nil and w.exiting ~= nil and w.exiting()
 end
 
+-- A chunked request body the handler did not read, discarded (up to
+-- max_body, in constant memory) before the response's head, so the head
+-- can say whether the connection goes on: a body past max_body, bad or
+-- cut short closes it, and the head says Connection: close. Discarded
+-- after the head instead, a keep-alive client (Node's agent, a proxy)
+-- would send its next request on a connection about to close. (A client
+-- waiting for 100 Continue sends no body: closed, as before.) res:send
+-- in C calls it as Res._predrain.
+local function predrain(req)
+  req._predrained = true
+  if not req._chunked or req._body or req._streamed or req._broken
+      or req._expect_continue or req._body_err then
+    return
+  end
+  local conn, opts = req.conn, req._opts
+  conn:settimeout(opts.body_timeout)
+  conn:setdeadline(opts.body_timeout, opts.body_min_rate)
+  local ok = conn:readchunked(opts.max_body, true)
+  conn:setdeadline(nil)
+  if ok then
+    req._streamed = "done"
+  else
+    req._broken = true
+  end
+end
+Res._predrain = predrain
+
 -- Write the status line and headers (built in C by conn:sendresponse)
 -- followed by body (may be nil). length: a Content-Length, or nil.
 local function send_head(self, length, chunked, body)
-  local req, code = self._req, code_of(self)
+  local req = self._req
+  if req._chunked and not req._predrained then predrain(req) end
+  local code = code_of(self)
   local h = self._headers
   local ck = key_of(h, "connection")
   if ck and tostring(h[ck]):lower() == "close" then req._close = true end
@@ -1091,6 +1120,18 @@ local function parse_range(h, size)
   return first, last - first + 1
 end
 
+-- If-None-Match's value ("*", or a list of entity-tags, several lines
+-- joined with ", ") against our (strong) etag, compared weakly (RFC 9110
+-- 13.1.2): W/"x" matches "x". A proxy that compresses (nginx's gzip)
+-- turns the ETag weak, and browsers send that one back.
+local function etag_matches(list, etag)
+  if list:find("^[ \t]*%*[ \t]*$") then return true end
+  for tag in list:gmatch('"[^"]*"') do
+    if tag == etag then return true end
+  end
+  return false
+end
+
 --- A function(req, res) serving the files under dir: no escape through
 -- "..", absolute paths or symlinks (openat2 RESOLVE_BENEATH |
 -- RESOLVE_NO_SYMLINKS), Content-Type by extension, Last-Modified and
@@ -1162,7 +1203,7 @@ function M.static(dir, options)
       or "application/octet-stream")
     local inm, ims = h["if-none-match"], h["if-modified-since"]
     local since = ims and M.parse_date(ims)
-    if (inm and (inm == etag or inm == "*")) or (not inm and since and mtime <= since) then
+    if (inm and etag_matches(inm, etag)) or (not inm and since and mtime <= since) then
       fd:close()
       res:status(304)
       return res:send("")
