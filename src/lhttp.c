@@ -847,23 +847,47 @@ res_conn(lua_State *L, int idx, const struct resctx *ctx)
 }
 
 
-/* res:send(body): the whole response with Content-Length (http.lua's
- * Res:send and send_head). Returns true, or false, err. */
-static int res_send(lua_State *L);
+static int res_send_do(lua_State *L);
 
-/* res:send again once http.lua's predrain returned (ctx: the stack's
- * top when res:send was called) */
+/* res:send once http.lua's predrain returned (ctx: the stack's top when
+ * res:send was called) */
 static int
 res_send_again(lua_State *L, int status, lua_KContext ctx)
 {
     (void) status;
     lua_settop(L, (int) ctx);
-    return res_send(L);
+    return res_send_do(L);
+}
+
+
+/* res:send(body): the whole response with Content-Length (http.lua's
+ * Res:send and send_head). Returns true, or false, err. A chunked
+ * request body not read yet is first discarded by http.lua's predrain
+ * (which waits; res._predrain, Res's), so the head can say whether the
+ * connection goes on (a body past max_body: close). Bodiless and
+ * Content-Length requests: two rawgets more. */
+static int
+res_send(lua_State *L)
+{
+    int top = lua_gettop(L), rq;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (rget(L, 1, R_REQ) == LUA_TTABLE) {
+        rq = lua_absindex(L, -1);
+        if (rtrue(L, rq, R_CHUNKED)
+            && lua_getfield(L, 1, "_predrain") == LUA_TFUNCTION) {
+            lua_pushvalue(L, rq);
+            lua_callk(L, 1, 0, (lua_KContext) top, res_send_again);
+            return res_send_again(L, LUA_OK, (lua_KContext) top);
+        }
+    }
+    lua_settop(L, top);
+    return res_send_do(L);
 }
 
 
 static int
-res_send(lua_State *L)
+res_send_do(lua_State *L)
 {
     size_t bn = 0, sn = 0, dn = 0, mn = 0, vn = 0;
     lua_Integer code, st = 0;
@@ -873,27 +897,8 @@ res_send(lua_State *L)
     struct headbuf b;
     struct resctx *ctx = lua_touserdata(L, RCTX);
     const char *sl = NULL, *dl, *cv, *m, *v;
-    int top = lua_gettop(L), rq;
 
     luaL_checktype(L, 1, LUA_TTABLE);
-    /* A chunked request body not read yet: http.lua's predrain (which
-     * waits) discards it before the head, so the head can say whether
-     * the connection goes on (a body past max_body: close); then this
-     * send runs again. (Bodiless and Content-Length requests: one
-     * rawget.) */
-    if (rget(L, 1, R_REQ) == LUA_TTABLE) {
-        rq = lua_absindex(L, -1);
-        if (rtrue(L, rq, R_CHUNKED)) {
-            lua_pushliteral(L, "_predrained");
-            if (lua_rawget(L, rq) == LUA_TNIL
-                && lua_getfield(L, 1, "_predrain") == LUA_TFUNCTION) {
-                lua_pushvalue(L, rq);
-                lua_callk(L, 1, 0, (lua_KContext) top, res_send_again);
-                return res_send_again(L, LUA_OK, (lua_KContext) top);
-            }
-        }
-    }
-    lua_settop(L, top);
     swap = not_started(L, ctx);
     if (!lua_toboolean(L, 2)) {         /* body or "" */
         lua_settop(L, 1);

@@ -126,6 +126,24 @@ print(r.status, r.read().decode().strip(), "same connection" if c.sock is first 
     assert.equal("405 None False\n200 hello same connection\n", out)
   end)
 
+  it("leaves a chunked body to a res:write handler that streams it back after the head (curl)", function()
+    local src = H.writefile(dir .. "/up.bin", ("0123456789abcdef"):rep(20000))
+    local code, out = curl(("-H 'Transfer-Encoding: chunked' --data-binary @%s -o %s -w '%%{http_code}' %s/duplex")
+      :format(q(src), q(dir .. "/down.bin"), url))
+    assert.equal(0, code, out)
+    assert.equal("200", out)
+    assert.is_true(H.readfile(dir .. "/down.bin") == H.readfile(src), "the body came back whole")
+  end)
+
+  it("says why req:body() has nothing after a whole response discarded a chunked body", function()
+    local code, out = curl(("-H 'Transfer-Encoding: chunked' --data-binary abc %s/after"):format(url))
+    assert.equal(0, code, out)
+    assert.equal("sent\n", out)
+    H.wait_until(function() return pool:log():find("after: ", 1, true) end, 10, "the handler's line")
+    assert.truthy(pool:log():find("after: nil body discarded (the response was sent first)", 1, true),
+      pool:log())
+  end)
+
   it("keeps one python http.client connection through HEAD, 204, chunked, 206, 304 and bodies", function()
     local code, out = python(dir, [[
 import http.client, sys

@@ -105,7 +105,10 @@ Req.__index = Req
 function Req:body()
   if self._body then return self._body end
   if self._body_err then return nil, self._body_err end
-  if self._streamed then return nil, "body already read by body_reader" end
+  if self._streamed then
+    return nil, self._discarded and "body discarded (the response was sent first)"
+      or "body already read by body_reader"
+  end
   local conn, opts = self.conn, self._opts
   if self._length > opts.max_body then
     -- Allowed in by max_upload, for body_reader only.
@@ -261,28 +264,30 @@ local function exiting()
 end
 
 -- A chunked request body the handler did not read, discarded (up to
--- max_body, in constant memory) before the response's head, so the head
--- can say whether the connection goes on: a body past max_body, bad or
--- cut short closes it, and the head says Connection: close. Discarded
--- after the head instead, a keep-alive client (Node's agent, a proxy)
--- would send its next request on a connection about to close. (A client
--- waiting for 100 Continue sends no body: closed, as before.) res:send
--- in C calls it as Res._predrain.
+-- max_body, in constant memory) before the head of a whole response
+-- (res:send, res:sendfile), so the head can say whether the connection
+-- goes on: a body past max_body, bad or cut short closes it, and the
+-- head says Connection: close. Discarded after the head instead, a
+-- keep-alive client (Node's agent, python's http.client, a proxy) would
+-- send its next request on a connection about to close. (A client
+-- waiting for 100 Continue sends no body: closed, as before. res:write
+-- leaves the body to the handler, which may stream it after the head.)
+-- res:send in C calls it as Res._predrain.
 local function predrain(req)
-  req._predrained = true
   if not req._chunked or req._body or req._streamed or req._broken
       or req._expect_continue or req._body_err then
     return
   end
+  req._predrained = true
   local conn, opts = req.conn, req._opts
   conn:settimeout(opts.body_timeout)
   conn:setdeadline(opts.body_timeout, opts.body_min_rate)
-  local ok = conn:readchunked(opts.max_body, true)
+  local ok, err = conn:readchunked(opts.max_body, true)
   conn:setdeadline(nil)
   if ok then
-    req._streamed = "done"
+    req._streamed, req._discarded = "done", true
   else
-    req._broken = true
+    req._broken, req._body_err = true, err
   end
 end
 Res._predrain = predrain
@@ -290,9 +295,7 @@ Res._predrain = predrain
 -- Write the status line and headers (built in C by conn:sendresponse)
 -- followed by body (may be nil). length: a Content-Length, or nil.
 local function send_head(self, length, chunked, body)
-  local req = self._req
-  if req._chunked and not req._predrained then predrain(req) end
-  local code = code_of(self)
+  local req, code = self._req, code_of(self)
   local h = self._headers
   local ck = key_of(h, "connection")
   if ck and tostring(h[ck]):lower() == "close" then req._close = true end
@@ -342,6 +345,8 @@ function Res:send(body)
     self.started = true
     self.finished = true
   end
+  local req = self._req
+  if req._chunked and not req._predrained then predrain(req) end
   local head_only = no_body(self)
   if not head_only then self._bytes = #body end
   local ok, err = send_head(self, #body, false, not head_only and body or nil)
@@ -447,7 +452,8 @@ function Res:sendfile(path, offset, count, size)
   final_code(self)
   self.started = true
   self.finished = true
-  local conn = self._conn
+  local conn, req = self._conn, self._req
+  if req._chunked and not req._predrained then predrain(req) end
   if not send_head(self, count, false) then return false end
   if no_body(self) or count == 0 then return true end
   conn:settimeout(self._req._opts.body_timeout)
