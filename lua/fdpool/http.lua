@@ -106,7 +106,7 @@ function Req:body()
   if self._body then return self._body end
   if self._body_err then return nil, self._body_err end
   if self._streamed then
-    return nil, self._discarded and "body discarded (the response was sent first)"
+    return nil, self._discarded and "body discarded (past 64 KiB, the response was sent first)"
       or "body already read by body_reader"
   end
   local conn, opts = self.conn, self._opts
@@ -263,16 +263,19 @@ local function exiting()
   return w ~= nil and w.exiting ~= nil and w.exiting()
 end
 
--- A chunked request body the handler did not read, discarded (up to
--- max_body, in constant memory) before the head of a whole response
--- (res:send, res:sendfile), so the head can say whether the connection
--- goes on: a body past max_body, bad or cut short closes it, and the
--- head says Connection: close. Discarded after the head instead, a
--- keep-alive client (Node's agent, python's http.client, a proxy) would
--- send its next request on a connection about to close. (A client
--- waiting for 100 Continue sends no body: closed, as before. res:write
--- leaves the body to the handler, which may stream it after the head.)
--- res:send in C calls it as Res._predrain.
+-- A chunked request body the handler did not read, read (up to
+-- max_body) before the head of a whole response (res:send, res:sendfile),
+-- so the head can say whether the connection goes on: a body past
+-- max_body, bad or cut short closes it, and the head says Connection:
+-- close. Read after the head instead, a keep-alive client (Node's agent,
+-- python's http.client, a proxy) would send its next request on a
+-- connection about to close. The first PREDRAIN_KEEP bytes are kept
+-- (req:body() after the response still has a small body); past them it
+-- is discarded piece by piece, in constant memory. (A client waiting for
+-- 100 Continue sends no body: closed, as before. res:write leaves the
+-- body to the handler, which may stream it after the head.) res:send in
+-- C calls it as Res._predrain.
+local PREDRAIN_KEEP = 65536
 local function predrain(req)
   if not req._chunked or req._body or req._streamed or req._broken
       or req._expect_continue or req._body_err then
@@ -282,12 +285,28 @@ local function predrain(req)
   local conn, opts = req.conn, req._opts
   conn:settimeout(opts.body_timeout)
   conn:setdeadline(opts.body_timeout, opts.body_min_rate)
-  local ok, err = conn:readchunked(opts.max_body, true)
+  local parts, n, first = {}, 0, true
+  while true do
+    local piece, err = conn:readchunk(opts.max_body, first)
+    first = false
+    if not piece then
+      conn:setdeadline(nil)
+      req._broken, req._body_err = true, err
+      return
+    end
+    if piece == "" then break end
+    n = n + #piece
+    if parts and n <= PREDRAIN_KEEP then
+      parts[#parts + 1] = piece
+    else
+      parts = nil
+    end
+  end
   conn:setdeadline(nil)
-  if ok then
-    req._streamed, req._discarded = "done", true
+  if parts then
+    req._body = table.concat(parts)
   else
-    req._broken, req._body_err = true, err
+    req._streamed, req._discarded = "done", true
   end
 end
 Res._predrain = predrain
