@@ -847,47 +847,30 @@ res_conn(lua_State *L, int idx, const struct resctx *ctx)
 }
 
 
-static int res_send_do(lua_State *L);
+static int res_send_do(lua_State *L, int predrained);
 
-/* res:send once http.lua's predrain returned (ctx: the stack's top when
- * res:send was called) */
+/* res:send again once http.lua's predrain returned */
 static int
 res_send_again(lua_State *L, int status, lua_KContext ctx)
 {
     (void) status;
-    lua_settop(L, (int) ctx);
-    return res_send_do(L);
+    (void) ctx;
+    lua_settop(L, 2);
+    return res_send_do(L, 1);
 }
 
 
 /* res:send(body): the whole response with Content-Length (http.lua's
- * Res:send and send_head). Returns true, or false, err. A chunked
- * request body not read yet is first discarded by http.lua's predrain
- * (which waits; res._predrain, Res's), so the head can say whether the
- * connection goes on (a body past max_body: close). Bodiless and
- * Content-Length requests: two rawgets more. */
+ * Res:send and send_head). Returns true, or false, err. */
 static int
 res_send(lua_State *L)
 {
-    int top = lua_gettop(L), rq;
-
-    luaL_checktype(L, 1, LUA_TTABLE);
-    if (rget(L, 1, R_REQ) == LUA_TTABLE) {
-        rq = lua_absindex(L, -1);
-        if (rtrue(L, rq, R_CHUNKED)
-            && lua_getfield(L, 1, "_predrain") == LUA_TFUNCTION) {
-            lua_pushvalue(L, rq);
-            lua_callk(L, 1, 0, (lua_KContext) top, res_send_again);
-            return res_send_again(L, LUA_OK, (lua_KContext) top);
-        }
-    }
-    lua_settop(L, top);
-    return res_send_do(L);
+    return res_send_do(L, 0);
 }
 
 
 static int
-res_send_do(lua_State *L)
+res_send_do(lua_State *L, int predrained)
 {
     size_t bn = 0, sn = 0, dn = 0, mn = 0, vn = 0;
     lua_Integer code, st = 0;
@@ -985,6 +968,31 @@ res_send_do(lua_State *L)
         luaL_checktype(L, 5, LUA_TTABLE);
     }
     c = res_conn(L, 6, ctx);
+    /* A chunked request body not read yet (c->hbody: the request has a
+     * body; a test conn (c NULL) always looks): http.lua's predrain
+     * (Res._predrain, which waits) reads it before the head, so the
+     * head can say whether the connection goes on (a body past
+     * max_body: close). The sent state undone, res:send starts again
+     * once it returned. */
+    if (!predrained && (c == NULL || c->hbody) && rtrue(L, 3, R_CHUNKED)) {
+        if (lua_getfield(L, 1, "_predrain") == LUA_TFUNCTION) {
+            if (swap) {
+                lua_pushvalue(L, RMT_RES);
+                lua_setmetatable(L, 1);
+            } else {
+                lua_pushvalue(L, RKEY(R_STARTED));
+                lua_pushboolean(L, 0);
+                lua_rawset(L, 1);
+                lua_pushvalue(L, RKEY(R_FINISHED));
+                lua_pushboolean(L, 0);
+                lua_rawset(L, 1);
+            }
+            lua_pushvalue(L, 3);
+            lua_callk(L, 1, 0, 0, res_send_again);
+            return res_send_again(L, LUA_OK, 0);
+        }
+        lua_pop(L, 1);                  /* (slots 8, 9 are read below) */
+    }
     /* _bytes: for the access log, left out by a serve that keeps none
      * (conn:httploop's c->hnolog) */
     if (!head_only && (c == NULL || !c->hnolog)) {
