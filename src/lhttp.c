@@ -847,10 +847,30 @@ res_conn(lua_State *L, int idx, const struct resctx *ctx)
 }
 
 
+static int res_send_do(lua_State *L, int predrained);
+
+/* res:send again once http.lua's predrain returned */
+static int
+res_send_again(lua_State *L, int status, lua_KContext ctx)
+{
+    (void) status;
+    (void) ctx;
+    lua_settop(L, 2);
+    return res_send_do(L, 1);
+}
+
+
 /* res:send(body): the whole response with Content-Length (http.lua's
  * Res:send and send_head). Returns true, or false, err. */
 static int
 res_send(lua_State *L)
+{
+    return res_send_do(L, 0);
+}
+
+
+static int
+res_send_do(lua_State *L, int predrained)
 {
     size_t bn = 0, sn = 0, dn = 0, mn = 0, vn = 0;
     lua_Integer code, st = 0;
@@ -948,6 +968,31 @@ res_send(lua_State *L)
         luaL_checktype(L, 5, LUA_TTABLE);
     }
     c = res_conn(L, 6, ctx);
+    /* A chunked request body not read yet (c->hbody: the request has a
+     * body; a test conn (c NULL) always looks): http.lua's predrain
+     * (Res._predrain, which waits) reads it before the head, so the
+     * head can say whether the connection goes on (a body past
+     * max_body: close). The sent state undone, res:send starts again
+     * once it returned. */
+    if (!predrained && (c == NULL || c->hbody) && rtrue(L, 3, R_CHUNKED)) {
+        if (lua_getfield(L, 1, "_predrain") == LUA_TFUNCTION) {
+            if (swap) {
+                lua_pushvalue(L, RMT_RES);
+                lua_setmetatable(L, 1);
+            } else {
+                lua_pushvalue(L, RKEY(R_STARTED));
+                lua_pushboolean(L, 0);
+                lua_rawset(L, 1);
+                lua_pushvalue(L, RKEY(R_FINISHED));
+                lua_pushboolean(L, 0);
+                lua_rawset(L, 1);
+            }
+            lua_pushvalue(L, 3);
+            lua_callk(L, 1, 0, 0, res_send_again);
+            return res_send_again(L, LUA_OK, 0);
+        }
+        lua_pop(L, 1);                  /* (slots 8, 9 are read below) */
+    }
     /* _bytes: for the access log, left out by a serve that keeps none
      * (conn:httploop's c->hnolog) */
     if (!head_only && (c == NULL || !c->hnolog)) {
@@ -1425,6 +1470,40 @@ push_fields(lua_State *L, const struct fdp_http_head *h)
 }
 
 
+
+/*
+ * The path of request-target t (n bytes; q: its '?', or NULL) in *pn
+ * bytes: origin-form's own ("/p?q" -> "/p"); absolute-form's after its
+ * authority ("http://h/p?q" -> "/p", "http://h?q" -> "/"), as a server
+ * MUST accept the absolute-form (RFC 9112 3.2.2): handlers, routers and
+ * http.static see the same path whichever form a client sent.
+ */
+static const char *
+target_path(const char *t, size_t n, const char *q, size_t *pn)
+{
+    const char *end = q != NULL ? q : t + n, *p;
+    size_t i = 1;
+
+    *pn = (size_t) (end - t);
+    if (n == 0 || (t[0] | 0x20) < 'a' || (t[0] | 0x20) > 'z') {
+        return t;
+    }
+    while (i < n && (((t[i] | 0x20) >= 'a' && (t[i] | 0x20) <= 'z')
+                     || (t[i] >= '0' && t[i] <= '9')
+                     || t[i] == '+' || t[i] == '.' || t[i] == '-')) {
+        i++;
+    }
+    if (t + i + 3 > end || memcmp(t + i, "://", 3) != 0) {
+        return t;
+    }
+    p = memchr(t + i + 3, '/', (size_t) (end - (t + i + 3)));
+    if (p == NULL) {
+        *pn = 1;
+        return "/";
+    }
+    *pn = (size_t) (end - p);
+    return p;
+}
 /*
  * Parse the head in [s, end) (it ends with an empty line; http_parse.c)
  * into a request table on the stack. keyed 0: fields set by name
@@ -1445,7 +1524,9 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
            struct hspec *sp, const struct head_lfs *lfs)
 {
     struct fdp_http_head h;
-    const char *q;
+    const char *q, *path;
+    size_t pathn;
+    int same;
     int err = fdp_http_parse_head_lines(s, (size_t) (end - s), lfs->lf,
                                         lfs->n, &h);
     int lazy = keyed == 2 && sp != NULL;
@@ -1505,18 +1586,19 @@ parse_head(lua_State *L, char *s, char *end, int keyed, struct fdp_conn *c,
     setkey(L, keyed, K_METHOD);
     if (!lazy) {        /* (else req_index makes target, version, ...) */
         q = memchr(h.target, '?', h.target_len);
+        path = target_path(h.target, h.target_len, q, &pathn);
+        same = path == h.target && pathn == h.target_len;
         keyfirst(L, keyed, K_TARGET);
         lua_pushlstring(L, h.target, h.target_len);
-        if (q == NULL && keyed) {
+        if (same && keyed) {
             KEY(L, K_PATH);             /* path: the same string */
             lua_pushvalue(L, -2);
             lua_rawset(L, -5);
         }
         setkey(L, keyed, K_TARGET);
-        if (q != NULL || !keyed) {
+        if (!same || !keyed) {
             keyfirst(L, keyed, K_PATH);
-            lua_pushlstring(L, h.target,
-                            q ? (size_t) (q - h.target) : h.target_len);
+            lua_pushlstring(L, path, pathn);
             setkey(L, keyed, K_PATH);
         }
         keyfirst(L, keyed, K_QUERY);
@@ -1655,7 +1737,10 @@ req_index(lua_State *L)
         if (which == 't') {
             lua_pushlstring(L, t, tn);
         } else if (which == 'p') {
-            lua_pushlstring(L, t, q != NULL ? (size_t) (q - t) : tn);
+            size_t pn;
+            const char *p = target_path(t, tn, q, &pn);
+
+            lua_pushlstring(L, p, pn);
         } else if (q != NULL) {
             lua_pushlstring(L, q + 1, tn - (size_t) (q - t) - 1);
         } else {

@@ -274,7 +274,8 @@ describe("the HTTP loop in C keeps fdpool.http's behaviours", function()
       { "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999\r\n\r\n", 413, nil },
       { "GET / HTTP/1.1\r\nHost: t\r\nExpect: tea\r\n\r\n", 417, nil },
       { "OPTIONS * HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 200, "hello OPTIONS *" },
-      { "GET http://t/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 200, "hello GET http://t/x" },
+      -- absolute-form: req.path is the origin-form's (RFC 9112 3.2.2)
+      { "GET http://t/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 200, "hello GET /x" },
       { "GET /h HTTP/1.1\r\nHost: [::1]:80\r\nConnection: close\r\n\r\n", 200, "hello GET /h" },
     }
     -- the Lua loop (fdpool.testing's in-memory conn) on the same bytes

@@ -114,6 +114,30 @@ describe("Connection: close whenever the server closes after the response", func
     honest(pool.addr, post("/stream", 5), false, false)
   end)
 
+  -- A chunked body's size is known only at its end: discarded before
+  -- the head, so the head can say close when it passes max_body (Node's
+  -- keep-alive agent sent its next request on the closing connection).
+  local function chunked_post(path, n)
+    return ("POST %s HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n")
+      :format(path, n, ("x"):rep(n))
+  end
+
+  it("an unread chunked body over max_body: says close (res:send)", function()
+    local h, body = honest(pool.addr, chunked_post("/skip", 500), false, true)
+    assert.equal(200, h.status)
+    assert.equal("ok\n", body)
+    h = honest(pool.addr, ("HEAD /skip HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+      .. "1f4\r\n" .. ("x"):rep(500) .. "\r\n0\r\n\r\n"), true, true)
+    assert.equal(200, h.status)
+  end)
+
+  it("an unread chunked body under max_body: discarded, kept alive", function()
+    honest(pool.addr, chunked_post("/skip", 5), false, false)
+    honest(pool.addr, chunked_post("/stream", 5), false, false)
+    honest(pool.addr, ("HEAD /skip HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+      .. "5\r\nxxxxx\r\n0\r\n\r\n"), true, false)
+  end)
+
   it("a body over max_body read whole with body_reader: kept alive", function()
     local _, body = honest(pool.addr, post("/read", 500), false, false)
     assert.equal("read 500\n", body)

@@ -105,7 +105,10 @@ Req.__index = Req
 function Req:body()
   if self._body then return self._body end
   if self._body_err then return nil, self._body_err end
-  if self._streamed then return nil, "body already read by body_reader" end
+  if self._streamed then
+    return nil, self._discarded and "body discarded (past 64 KiB, the response was sent first)"
+      or "body already read by body_reader"
+  end
   local conn, opts = self.conn, self._opts
   if self._length > opts.max_body then
     -- Allowed in by max_upload, for body_reader only.
@@ -260,6 +263,54 @@ local function exiting()
   return w ~= nil and w.exiting ~= nil and w.exiting()
 end
 
+-- A chunked request body the handler did not read, read (up to
+-- max_body) before the head of a whole response (res:send, res:sendfile),
+-- so the head can say whether the connection goes on: a body past
+-- max_body, bad or cut short closes it, and the head says Connection:
+-- close. Read after the head instead, a keep-alive client (Node's agent,
+-- python's http.client, a proxy) would send its next request on a
+-- connection about to close. The first PREDRAIN_KEEP bytes are kept
+-- (req:body() after the response still has a small body); past them it
+-- is discarded piece by piece, in constant memory. (A client waiting for
+-- 100 Continue sends no body: closed, as before. res:write leaves the
+-- body to the handler, which may stream it after the head.) res:send in
+-- C calls it as Res._predrain.
+local PREDRAIN_KEEP = 65536
+local function predrain(req)
+  if not req._chunked or req._body or req._streamed or req._broken
+      or req._expect_continue or req._body_err then
+    return
+  end
+  req._predrained = true
+  local conn, opts = req.conn, req._opts
+  conn:settimeout(opts.body_timeout)
+  conn:setdeadline(opts.body_timeout, opts.body_min_rate)
+  local parts, n, first = {}, 0, true
+  while true do
+    local piece, err = conn:readchunk(opts.max_body, first)
+    first = false
+    if not piece then
+      conn:setdeadline(nil)
+      req._broken, req._body_err = true, err
+      return
+    end
+    if piece == "" then break end
+    n = n + #piece
+    if parts and n <= PREDRAIN_KEEP then
+      parts[#parts + 1] = piece
+    else
+      parts = nil
+    end
+  end
+  conn:setdeadline(nil)
+  if parts then
+    req._body = table.concat(parts)
+  else
+    req._streamed, req._discarded = "done", true
+  end
+end
+Res._predrain = predrain
+
 -- Write the status line and headers (built in C by conn:sendresponse)
 -- followed by body (may be nil). length: a Content-Length, or nil.
 local function send_head(self, length, chunked, body)
@@ -313,6 +364,8 @@ function Res:send(body)
     self.started = true
     self.finished = true
   end
+  local req = self._req
+  if req._chunked and not req._predrained then predrain(req) end
   local head_only = no_body(self)
   if not head_only then self._bytes = #body end
   local ok, err = send_head(self, #body, false, not head_only and body or nil)
@@ -418,7 +471,8 @@ function Res:sendfile(path, offset, count, size)
   final_code(self)
   self.started = true
   self.finished = true
-  local conn = self._conn
+  local conn, req = self._conn, self._req
+  if req._chunked and not req._predrained then predrain(req) end
   if not send_head(self, count, false) then return false end
   if no_body(self) or count == 0 then return true end
   conn:settimeout(self._req._opts.body_timeout)
@@ -1125,6 +1179,18 @@ local function parse_range(h, size)
   return first, last - first + 1
 end
 
+-- If-None-Match's value ("*", or a list of entity-tags, several lines
+-- joined with ", ") against our (strong) etag, compared weakly (RFC 9110
+-- 13.1.2): W/"x" matches "x". A proxy that compresses (nginx's gzip)
+-- turns the ETag weak, and browsers send that one back.
+local function etag_matches(list, etag)
+  if list:find("^[ \t]*%*[ \t]*$") then return true end
+  for tag in list:gmatch('"[^"]*"') do
+    if tag == etag then return true end
+  end
+  return false
+end
+
 --- A function(req, res) serving the files under dir: no escape through
 -- "..", absolute paths or symlinks (openat2 RESOLVE_BENEATH |
 -- RESOLVE_NO_SYMLINKS), Content-Type by extension, Last-Modified and
@@ -1196,7 +1262,7 @@ function M.static(dir, options)
       or "application/octet-stream")
     local inm, ims = h["if-none-match"], h["if-modified-since"]
     local since = ims and M.parse_date(ims)
-    if (inm and (inm == etag or inm == "*")) or (not inm and since and mtime <= since) then
+    if (inm and etag_matches(inm, etag)) or (not inm and since and mtime <= since) then
       fd:close()
       res:status(304)
       return res:send("")

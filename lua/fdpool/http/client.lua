@@ -76,6 +76,52 @@ function M.parse_url(url)
   return { scheme = scheme, host = host, port = port, target = target, hosthdr = hosthdr }
 end
 
+-- RFC 3986 5.2.4: the path without its "." and ".." segments.
+local function remove_dots(path)
+  local out = {}
+  local absolute = path:sub(1, 1) == "/"
+  local segs = {}
+  for seg in (path .. "/"):gmatch("([^/]*)/") do segs[#segs + 1] = seg end
+  if absolute then table.remove(segs, 1) end
+  for i, seg in ipairs(segs) do
+    if seg == ".." then
+      if #out > 0 then out[#out] = nil end
+      if i == #segs then out[#out + 1] = "" end
+    elseif seg == "." then
+      if i == #segs then out[#out + 1] = "" end
+    else
+      out[#out + 1] = seg
+    end
+  end
+  return "/" .. table.concat(out, "/")
+end
+
+--- The absolute URL of reference ref (a Location header's value) seen
+-- from base (parse_url's table): RFC 3986 5.2 for a reference that is
+-- absolute ("http://h/p"), network-path ("//h/p"), absolute-path
+-- ("/p"), relative-path ("p", "../p") or query-only ("?q"); spaces and
+-- non-ASCII bytes %-encoded. Returns the URL, or nil for an empty
+-- reference or one with a control byte.
+function M.resolve(base, ref)
+  if type(ref) ~= "string" then return nil end
+  ref = ref:match("^[ \t]*(.-)[ \t]*$"):gsub("#.*$", "")
+  if ref:find("[%z\1-\31\127]") then return nil end
+  -- A space or a non-ASCII byte sent raw (servers do): %XX, as curl and
+  -- browsers send them on.
+  ref = ref:gsub("[ \128-\255]", function(c) return ("%%%02X"):format(c:byte()) end)
+  if ref:find("^%a[%w+.-]*:") then return ref end
+  local origin = base.scheme .. "://" .. base.hosthdr
+  if ref:sub(1, 2) == "//" then return base.scheme .. ":" .. ref end
+  local bpath = base.target:match("^([^?]*)")
+  if ref == "" then return nil end   -- (itself: a loop)
+  if ref:sub(1, 1) == "?" then return origin .. bpath .. ref end
+  local path, query = ref:match("^([^?]*)(.*)$")
+  if path:sub(1, 1) ~= "/" then
+    path = (bpath:match("^(.*/)") or "/") .. path
+  end
+  return origin .. remove_dots(path) .. query
+end
+
 -- parse_url's answers for the URLs seen lately (a proxy asks for the same
 -- few again and again); emptied when it holds 256.
 local url_cache, url_cached = {}, 0
@@ -430,11 +476,8 @@ function M.request(opts)
     end
     hops = hops + 1
     if hops > max_redirects then return nil, "too many redirects" end
-    if loc:find("^/") and not loc:find("^//") then
-      loc = u.scheme .. "://" .. u.hosthdr .. loc
-    elseif not loc:find("^%a[%w+.-]*://") then
-      return nil, "bad redirect location"
-    end
+    loc = M.resolve(u, loc)
+    if not loc then return nil, "bad redirect location" end
     local nu = M.parse_url(loc)
     if nu and (nu.host ~= u.host or nu.port ~= u.port or nu.scheme ~= u.scheme) then
       local h = {}

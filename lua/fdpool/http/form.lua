@@ -127,7 +127,9 @@ function M.body_reader(req, limit, size)
   local conn, opts = req.conn, req._opts
   size = size or 65536
   if req._body or req._streamed then
-    error("the body was read already (req:body or req:body_reader)", 3)
+    error(req._discarded
+      and "the body was discarded: the response was sent before it was read"
+      or "the body was read already (req:body or req:body_reader)", 3)
   end
   req._streamed = "started"
   req._broken = true          -- until the whole body is read

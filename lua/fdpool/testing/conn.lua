@@ -276,9 +276,14 @@ function M.parse_head(head)
   if not crlf or not method then return nil, "bad request line" end
   if major ~= "1" then return nil, "unsupported HTTP version", method end
   local q = target:find("?", 1, true)
+  local path = q and target:sub(1, q - 1) or target
+  -- absolute-form ("http://host/p?q"): the path after the authority,
+  -- as src/lhttp.c's target_path gives it
+  local after = path:match("^%a[%w+.-]*://[^/]*(.*)$")
+  if after then path = after ~= "" and after or "/" end
   local req = {
     method = method, target = target,
-    path = q and target:sub(1, q - 1) or target,
+    path = path,
     query = q and target:sub(q + 1) or "",
     version = minor == "0" and "1.0" or "1.1",
   }
