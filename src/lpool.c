@@ -21,6 +21,7 @@
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 
 #include <lauxlib.h>
@@ -1236,7 +1237,12 @@ pool_step(lua_State *L)
 {
     struct fdp_pool *p = checkpool(L);
     lua_Number s = luaL_optnumber(L, 2, -1);
-    int r = fdp_pool_step(p, s < 0 ? -1 : (int) (s * 1000));
+    int r;
+
+    /* (NaN or past INT_MAX ms was an undefined conversion) */
+    luaL_argcheck(L, s == s, 2, "seconds must not be NaN");
+    r = fdp_pool_step(p, s < 0 ? -1 : s >= INT_MAX / 1000 ? INT_MAX
+                      : (int) (s * 1000));
 
     if (!r) {
         anchor(L, p, 0);

@@ -1144,8 +1144,16 @@ fdp_sleep(lua_State *L, lua_Number s)
 {
     struct fdp_task *t = fdp_wait_task(L);
 
+    if (s != s) {
+        /* (NaN made the timer's milliseconds undefined: a sleep of
+         * ~292 million years) */
+        return luaL_argerror(L, 1, "seconds must be a number, got nan");
+    }
     if (s < 0) {
         s = 0;
+    }
+    if (s > FDP_SLEEP_MAX) {
+        s = FDP_SLEEP_MAX;                  /* (and inf) */
     }
     if (t != NULL) {
         t->waiting = FDP_WAIT_SLEEP;

@@ -255,6 +255,9 @@ int fdp_waitlist_wait(lua_State *L, struct fdp_task *t,
                       lua_KContext ctx, lua_KFunction k);
 
 /* fdpool.sleep: yield the task for s seconds, or block outside one. */
+/* fdpool.sleep: at most FDP_SLEEP_MAX seconds (about 31.7 years; inf
+ * too), NaN raises. */
+#define FDP_SLEEP_MAX 1e9
 int fdp_sleep(lua_State *L, lua_Number s);
 
 /* --slow for a handler that holds the CPU: the master's SIGUSR2 (with

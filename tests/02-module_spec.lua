@@ -349,6 +349,8 @@ describe("fdpool.pool{} argument checking", function()
     assert.matches("bad option 'slow_log' (a file name expected, got number)",
       errof(fdpool.pool, { handler = noop, listen = "127.0.0.1:0", slow_log = 5 }), 1, true)
     local p = assert(fdpool.pool{ handler = { handle = noop }, listen = "127.0.0.1:0" })
+    -- pool:step(NaN): an undefined conversion to milliseconds before
+    assert.matches("seconds must not be NaN", errof(p.step, p, 0/0), 1, true)
     p:close()
   end)
 

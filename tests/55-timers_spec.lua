@@ -186,6 +186,30 @@ describe("timers at a script's top level", function()
   end)
 end)
 
+describe("fdpool.sleep with a NaN or a huge number of seconds", function()
+  -- (NaN made the timer's milliseconds undefined: the handler slept for
+  -- ~292 million years; inf and past 1e9 seconds now wait 1e9)
+  it("raises for NaN in a handler and outside, returns at once for -inf", function()
+    local dir = H.tmpdir()
+    local script = H.writefile(dir .. "/nan.lua", [[
+      local fdpool = require "fdpool"
+      return function(conn)
+        local ok, err = pcall(fdpool.sleep, 0/0)
+        local t0 = fdpool.now()
+        fdpool.sleep(-math.huge)
+        conn:send(tostring(ok) .. " " .. tostring(err) .. " " .. tostring(fdpool.now() - t0 < 1) .. "\n")
+      end
+    ]])
+    local p = H.start_pool{ script = script, workers = 1 }
+    finally(function() p:stop() end)
+    assert.equals("false bad argument #1 to 'fdpool.sleep' (seconds must be a number, got nan) true\n",
+      H.request(p.addr, ""))
+    local ok, err = pcall(fdpool.sleep, 0/0)
+    assert.is_false(ok)
+    assert.matches("seconds must be a number, got nan", err, 1, true)
+  end)
+end)
+
 describe("outside a worker", function()
   it("raises: timers and threads need a pool's worker", function()
     local ok, err = pcall(fdpool.timer.at, 1, print)
