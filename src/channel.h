@@ -141,6 +141,8 @@ struct fdp_msg {
     } u;
     int fds[FDP_MAX_FDS];
     int nfds;
+    int lost;       /* 1: the kernel dropped fds past nfds (MSG_CTRUNC:
+                       the receiver's RLIMIT_NOFILE); CONN and PARK only */
 };
 
 struct fdp_qmsg;
