@@ -165,6 +165,57 @@ local function ctl(p, cmd)
   return code, out
 end
 
+describe("a worker killed during a graceful stop", function()
+  -- Regression test (was a bug, now fixed): once the pool was stopping,
+  -- a worker killed by someone else (SIGKILL, a crash) was logged at
+  -- info, without the connections it took with it, like an exit.
+  it("by someone else is logged as a loss (warn, its connections are lost); the stop ends", function()
+    local p = H.start_pool { script = FIX .. "pool_slow.lua", args = { "30" }, workers = 1,
+                             extra = { "--drain-delay", "0" } }
+    finally(function() p:stop() end)
+    local victim = p:worker_pids()[1]
+    local fd = assert(fdpool.connect(p.addr, 10))
+    finally(function() fd:close() end)
+    assert(fd:write("held\n"))
+    H.wait_status(p, function(st) return st.workers[1].active == 1 end, 10, "one connection in flight")
+    local _, code, out = H.run(H.POOL .. " stop --graceful --control " .. q(p.control))
+    assert.equals(0, code, out)
+    H.wait_until(function() return p:log():find("graceful stop requested", 1, true) end, 10, "the stop begun")
+    assert(H.run("kill -KILL " .. victim))
+    assert.equals(0, p:wait_exit(10))
+    local got = fd:read("a")
+    assert.is_true(got == nil or got == "", tostring(got))
+    local log = p:log()
+    assert.truthy(log:find("warn  pool[" .. p.pid .. "]: worker 1 (pid " .. victim
+      .. ") killed by SIGKILL; its connections are lost", 1, true), log)
+    -- No new worker for a stopping pool, and no grace-end kill line.
+    assert.equals(1, count(log, "worker 1 started"))
+    assert.equals(0, count(log, "after the grace period"))
+  end)
+
+  it("at the grace's end by the master (a stopped worker) is not logged twice as a loss", function()
+    local p = H.start_pool { script = FIX .. "pool_slow.lua", args = { "30" }, workers = 1,
+                             extra = { "--drain-delay", "0", "--grace", "0.3" } }
+    finally(function() p:stop() end)
+    local victim = p:worker_pids()[1]
+    local fd = assert(fdpool.connect(p.addr, 10))
+    finally(function() fd:close() end)
+    assert(fd:write("held\n"))
+    H.wait_status(p, function(st) return st.workers[1].active == 1 end, 10, "one connection in flight")
+    -- Stopped: it cannot end by itself at the grace, the master kills it.
+    assert(H.run("kill -STOP " .. victim))
+    finally(function() H.run("kill -CONT " .. victim .. " 2>/dev/null") end)
+    p:kill("QUIT")
+    assert.equals(0, p:wait_exit(10))
+    local log = p:log()
+    assert.truthy(log:find("worker 1 (pid " .. victim .. ") still running after the grace period; "
+      .. "killing it", 1, true), log)
+    assert.truthy(log:find("info  pool[" .. p.pid .. "]: worker 1 (pid " .. victim
+      .. ") killed by SIGKILL\n", 1, true), log)
+    assert.equals(0, count(log, "its connections are lost"))
+  end)
+end)
+
 describe("workers retired before they were ready", function()
   -- ops_reload.lua with "slow_init": every worker takes 1 s to be READY.
   local function slow_pool()
