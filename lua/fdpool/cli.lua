@@ -249,10 +249,29 @@ local function workers_setting(v)
   return ("%d-%d"):format(lo, hi)
 end
 
+-- A config file runs in the master (at start and at each reload): one
+-- that loops is stopped after CONFIG_SECONDS (within the control socket's
+-- 2 s for `pool reload`), and os.exit in it raises, instead of hanging or
+-- ending the running pool.
+local CONFIG_SECONDS = 1
+local config_os = setmetatable({
+  exit = function() error("os.exit() in a config file", 2) end,
+}, { __index = os })
+
 local function load_config(path)
-  local chunk, err = loadfile(path, "t")
+  local env = setmetatable({ os = config_os }, { __index = _G })
+  local chunk, err = loadfile(path, "t", env)
   if not chunk then return nil, err end
+  local hook, mask, count = debug.gethook()
+  local t0 = fdpool.now()
+  debug.sethook(function()
+    if fdpool.now() - t0 > CONFIG_SECONDS then
+      debug.sethook()
+      error(("still running after %g s (an endless loop?)"):format(CONFIG_SECONDS), 2)
+    end
+  end, "", 100000)
   local ok, t = pcall(chunk)
+  debug.sethook(hook, mask, count)
   if not ok then return nil, ("%s: %s"):format(path, tostring(t)) end
   if type(t) ~= "table" then
     return nil, ("%s must return a table of settings (got %s)"):format(path, type(t))
@@ -265,6 +284,15 @@ local function load_config(path)
     end
     if want ~= "any" and type(v) ~= want then
       return nil, ("%s: setting '%s' must be a %s (got %s)"):format(path, k, want, type(v))
+    end
+  end
+  local l = t.listen
+  if l ~= nil and type(l) ~= "string" then
+    local ok = type(l) == "table"
+    for _, a in ipairs(ok and l or {}) do ok = ok and type(a) == "string" end
+    if not ok then
+      return nil, ("%s: setting 'listen' must be an address or a list of addresses (got %s)")
+        :format(path, type(l) == "table" and "a table of " .. type(l[1]) or type(l))
     end
   end
   if t.workers ~= nil then
