@@ -47,7 +47,7 @@ describe("pool run with bad input", function()
     assert.not_equals(0, code)
     assert.not_equals(124, code)
     assert.equals("", out)
-    assert_one_error_line(err, "cli_does_not_exist.lua")
+    assert_one_error_line(err, "cli_does_not_exist.lua' (No such file or directory)")  -- with the reason
     assert.not_matches("listening on", err)
   end)
 
@@ -248,7 +248,7 @@ describe("pool check", function()
   it("refuses a missing script", function()
     local code, _, err = H.run_pool("check " .. q(FIX .. "cli_does_not_exist.lua"))
     assert.not_equals(0, code)
-    assert_one_error_line(err, "cli_does_not_exist.lua")
+    assert_one_error_line(err, "cli_does_not_exist.lua' (No such file or directory)")
   end)
 end)
 

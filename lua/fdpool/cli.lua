@@ -201,6 +201,11 @@ local RUN_FLAGS = {
   ["--shared"] = "list",
 }
 
+-- io.open's "PATH: reason" -> "reason".
+local function open_why(err)
+  return tostring(err):match(": ([^:]+)$") or tostring(err)
+end
+
 local function check_script(script)
   local f, err = loadfile(script, "t")
   if not f then return nil, err end
@@ -483,8 +488,8 @@ local function cmd_run(args)
   end
   local script = cfg.handler
   if type(script) == "string" then
-    local f = io.open(script, "r")
-    if not f then return die(2, "cannot open script '%s'", script) end
+    local f, ferr = io.open(script, "r")
+    if not f then return die(2, "cannot open script '%s' (%s)", script, open_why(ferr)) end
     f:close()
     local sok, serr = check_script(script)
     if not sok then return die(1, "%s", serr) end
@@ -514,8 +519,8 @@ local function cmd_check(args)
     end
     return die(2, "'pool check' needs a SCRIPT or --config FILE")
   end
-  local f = io.open(script, "r")
-  if not f then return die(2, "cannot open script '%s'", script) end
+  local f, ferr = io.open(script, "r")
+  if not f then return die(2, "cannot open script '%s' (%s)", script, open_why(ferr)) end
   f:close()
   local chunk, lerr = loadfile(script, "t")
   if not chunk then return die(1, "%s", lerr) end
@@ -649,7 +654,8 @@ local function cmd_simple(args, name, command)
   if name == "scale" then
     local n = tonumber(pos[1] or "")
     if not n or n ~= math.floor(n) or n < 1 or n > 256 then
-      return die(2, "'pool scale' needs a number of workers from 1 to 256 (got '%s')", tostring(pos[1]))
+      return die(2, "'pool scale' needs a number of workers from 1 to 256 (got %s)",
+        pos[1] and "'" .. pos[1] .. "'" or "none")
     end
     command = "scale " .. math.tointeger(n)
     table.remove(pos, 1)
