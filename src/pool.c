@@ -1531,6 +1531,19 @@ on_ready(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
         return 0;
     }
     w->slot.state = FDP_W_RUNNING;
+    if (b->maxconns > 0 && (int) b->maxconns < w->slot.capacity) {
+        /* Its open-files limit leaves room for fewer: the rest wait in
+         * the queue rather than lose their fd on the way (EMFILE). */
+        w->slot.capacity = (int) b->maxconns;
+        if (!p->fd_room_said) {
+            p->fd_room_said = 1;
+            fdp_log(FDP_LOG_WARN, 0, "worker %d takes at most %d "
+                    "connection(s) at once, not --concurrency %d: its open "
+                    "files limit leaves no room for more (raise it: ulimit "
+                    "-n, systemd LimitNOFILE=)", w->slot.id,
+                    w->slot.capacity, p->concurrency);
+        }
+    }
     if (w->pending) {
         fdp_log(FDP_LOG_DEBUG, 0, "worker %d of generation %d ready",
                 w->slot.id, w->slot.generation);

@@ -28,6 +28,7 @@
 #include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <dirent.h>
 #include <grp.h>
 #include <malloc.h>
 
@@ -1111,6 +1112,44 @@ module_set_worker(lua_State *L, struct fdp_wctx *w)
 
 
 /*
+ * How many connections at once this worker's RLIMIT_NOFILE leaves room
+ * for, when fewer than cap (--concurrency): the limit, less the fds open
+ * now (after the top level and init) and a margin for what handlers open
+ * (files, upstream sockets: an eighth of the limit, at least 16). The
+ * master then hands it no more (they wait in its queue) instead of
+ * handing it connections whose fd the kernel would drop. 0: no need.
+ */
+static uint32_t
+fd_room(int cap)
+{
+    struct rlimit rl;
+    struct dirent *e;
+    DIR *d;
+    long open = 0, room, margin;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY
+        || rl.rlim_cur >= (rlim_t) cap + 1024 * 1024) {
+        return 0;
+    }
+    d = opendir("/proc/self/fd");
+    if (d == NULL) {
+        return 0;
+    }
+    while ((e = readdir(d)) != NULL) {
+        open += e->d_name[0] != '.';
+    }
+    (void) closedir(d);
+    open--;                             /* the directory's own fd */
+    margin = (long) rl.rlim_cur / 8 < 16 ? 16 : (long) rl.rlim_cur / 8;
+    room = (long) rl.rlim_cur - open - margin;
+    if (room < 1) {
+        room = 1;
+    }
+    return room < cap ? (uint32_t) room : 0;
+}
+
+
+/*
  * What READY tells the master about the handler on top of L's stack: a
  * function made by http.serve (listed in fdpool.http's weak `handlers`
  * table with its options) speaks HTTP, and its max_head and head_timeout
@@ -1544,6 +1583,7 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
 
     L = open_handler(&w);
     ready_body(L, &rb);
+    rb.maxconns = fd_room(w.pool->concurrency);
     w.handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
     r = fdp_chan_send(w.ch, FDP_MSG_READY, 0, &rb, sizeof(rb), NULL, 0);
