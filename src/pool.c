@@ -1713,8 +1713,12 @@ worker_gone(struct fdp_pool *p, struct fdp_worker *w, int st, char *how,
      * nor is a stopping worker that exits or that the master killed at
      * the grace's end (logged then). One killed by anyone else while
      * the pool stops (SIGKILL, a crash) took its connections with it:
-     * that is said, as at any other time. */
-    int stray = p->stopping && WIFSIGNALED(st) && !w->ordered;
+     * that is said, as at any other time. (A stop signal sent to the
+     * whole process group -- timeout(1), KillMode=control-group -- is
+     * part of the stop, not news.) */
+    int sig = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
+    int stray = p->stopping && sig != 0 && !w->ordered && sig != SIGTERM
+                && sig != SIGINT && sig != SIGQUIT && sig != SIGHUP;
 
     fdp_log((p->stopping && !stray) || (WIFEXITED(st) && WEXITSTATUS(st) == 0)
             || (w->ordered && WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM)
