@@ -188,11 +188,18 @@ fdp_msg_check(const struct fdp_msg *m, int from_worker)
     const struct fdp_msg_hdr *h = &m->h;
     size_t klen, vlen;
 
+    /* fds the kernel dropped (the receiver's RLIMIT_NOFILE): only where
+     * fds belong, one a connection (CONN: each its own; PARK: one). */
+    if (m->lost && h->type != FDP_MSG_CONN
+        && !(h->type == FDP_MSG_PARK && h->count == 1)) {
+        return -EBADMSG;
+    }
     switch (h->type) {
     case FDP_MSG_CONN:
         return !from_worker && h->count >= 1 && h->count <= FDP_BATCH_MAX
                && h->len == h->count * sizeof(struct fdp_conn_entry)
-               && m->nfds == h->count ? 0 : -EBADMSG;
+               && (m->nfds == h->count || (m->lost && m->nfds < h->count))
+               ? 0 : -EBADMSG;
     case FDP_MSG_STOP:
         return !from_worker && h->count == 0
                && h->len == sizeof(struct fdp_stop_body)
@@ -268,7 +275,8 @@ fdp_chan_recv(struct fdp_chan *ch, struct fdp_msg *m)
     int r;
 
     m->nfds = FDP_MAX_FDS;
-    n = fdp_recvfds(ch->fd, wire.bytes, sizeof(wire.bytes), m->fds, &m->nfds);
+    n = fdp_recvfds_lossy(ch->fd, wire.bytes, sizeof(wire.bytes), m->fds,
+                          &m->nfds, &m->lost);
     if (n < 0) {
         return (int) n;
     }

@@ -114,7 +114,9 @@ struct fdp_ready_body {
     uint32_t http;              /* 1: made by http.serve (speaks HTTP) */
     uint32_t max_head;          /* its max_head in bytes, 0: not HTTP */
     uint32_t head_ms;           /* its head_timeout in ms, 0: none */
-    uint32_t reserved;          /* 0 */
+    uint32_t maxconns;          /* 0, or the most connections at once
+                                   its open-files limit leaves room for
+                                   (below --concurrency) */
 };
 
 struct fdp_stop_body {
@@ -141,6 +143,8 @@ struct fdp_msg {
     } u;
     int fds[FDP_MAX_FDS];
     int nfds;
+    int lost;       /* 1: the kernel dropped fds past nfds (MSG_CTRUNC:
+                       the receiver's RLIMIT_NOFILE); CONN and PARK only */
 };
 
 struct fdp_qmsg;

@@ -83,6 +83,26 @@ client_close(struct ctl_client *c)
 }
 
 
+/* "ERR busy" (a 503 on the metrics listener) on fd, before its close. */
+static void
+busy(int fd, int http)
+{
+    static const char busy503[] = "HTTP/1.1 503 Service Unavailable"
+        "\r\nContent-Length: 5\r\nRetry-After: 1\r\n"
+        "Connection: close\r\n\r\nbusy\n";
+
+    if (http) {
+        (void) send(fd, busy503, sizeof(busy503) - 1,
+                    MSG_NOSIGNAL | MSG_DONTWAIT);
+    } else {
+        (void) send(fd, "ERR busy\n", 9, MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+    /* The request is often here already: unread, the close would send
+     * RST and drop the answer before it leaves. */
+    fdp_statuspage_drain(fd);
+}
+
+
 static void
 client_timeout(struct fdp_loop *loop, struct fdp_timer *t)
 {
@@ -418,24 +438,17 @@ control_accept(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         if (c == NULL) {
             c = idle_victim(ctl);
             if (c != NULL) {
+                /* Told so, as a newcomer without a slot is: nothing it
+                 * asked was done (fdp_control_request retries on ERR
+                 * busy, and only a read-only command on a close without
+                 * an answer, which may follow a command that ran). */
+                busy(c->fd, c->http);
                 client_close(c);
             }
         }
         if (c == NULL) {
             /* All slots taken: say so; fdp_control_request retries. */
-            static const char busy503[] = "HTTP/1.1 503 Service Unavailable"
-                "\r\nContent-Length: 5\r\nRetry-After: 1\r\n"
-                "Connection: close\r\n\r\nbusy\n";
-
-            if (http) {
-                (void) send(fd, busy503, sizeof(busy503) - 1,
-                            MSG_NOSIGNAL | MSG_DONTWAIT);
-            } else {
-                (void) send(fd, "ERR busy\n", 9, MSG_NOSIGNAL | MSG_DONTWAIT);
-            }
-            /* The request is often here already: unread, the close
-             * would send RST and drop the answer before it leaves. */
-            fdp_statuspage_drain(fd);
+            busy(fd, http);
             fdp_close(&fd);
             continue;
         }

@@ -99,11 +99,19 @@ control_request_once(const char *path, const char *cmd,
 }
 
 
+/* ERR busy (nothing done) and a send that failed (nothing delivered)
+ * are tried again. A close without an answer after the command went out
+ * only for a command that changes nothing: a reload, an upgrade, a stop
+ * or a scale may have run before the pool closed (killed, or handed over
+ * by an upgrade), and a second one would go to whoever holds the socket
+ * now -- a new master upgraded again. */
 static int
-retryable(int r)
+retryable(int r, const char *cmd)
 {
-    return r == -EBUSY || r == -ECONNABORTED || r == -EPIPE
-           || r == -ECONNRESET;
+    return r == -EBUSY || r == -EPIPE
+           || ((r == -ECONNABORTED || r == -ECONNRESET)
+               && (strcmp(cmd, "ping") == 0 || strcmp(cmd, "status") == 0
+                   || strncmp(cmd, "status ", 7) == 0));
 }
 
 
@@ -124,7 +132,7 @@ fdp_control_request(const char *path, const char *cmd, struct fdp_buf *out,
     for (;;) {
         out->len = 0;
         r = control_request_once(path, cmd, out, err, errlen);
-        if (!retryable(r) || fdp_now_ms() >= deadline) {
+        if (!retryable(r, cmd) || fdp_now_ms() >= deadline) {
             return r;
         }
         nanosleep(&ts, NULL);

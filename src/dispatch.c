@@ -1381,6 +1381,8 @@ same_socket(struct fdp_pool *p, const struct fdp_inflight *f, int fd)
  * CONN entries say FDP_CONN_KEPT): later PARKs of it carry no fd, and
  * it is watched again with one epoll_ctl.
  */
+static void park_lost(struct fdp_pool *p, struct fdp_worker *w,
+                      const struct fdp_park_entry *e);
 static void park_one(struct fdp_pool *p, struct fdp_worker *w,
                      const struct fdp_park_entry *e, int fd);
 
@@ -1394,10 +1396,52 @@ fdp_dispatch_park(struct fdp_pool *p, struct fdp_worker *w, struct fdp_msg *m)
 
     m->fds[0] = -1;
     m->nfds = 0;
+    if (m->lost && fd < 0) {
+        park_lost(p, w, e);
+        return;
+    }
     /* Several entries (kept connections only: no fd) when the worker
      * held its PARKs back while it had more to serve. */
     for (i = 0; i < m->h.count && w->ch.fd >= 0; i++) {
         park_one(p, w, &e[i], i == 0 ? fd : -1);
+    }
+}
+
+
+/*
+ * A PARK whose fd the kernel dropped on its way here (the master is at
+ * its RLIMIT_NOFILE: MSG_CTRUNC). The connection is gone (the worker
+ * closed its copy when it sent it): it counts as served and over, its
+ * --max-conns-per-ip count is given back, and it is logged at most once
+ * a second. Not the worker's fault -- unless the id is not one it holds
+ * without a kept copy, which a PARK with an fd never names.
+ */
+static void
+park_lost(struct fdp_pool *p, struct fdp_worker *w,
+          const struct fdp_park_entry *e)
+{
+    static uint64_t last_ms;
+    static unsigned long unsaid;
+    uint32_t k = (uint32_t) (e->id & 0xffff);
+    uint64_t now = fdp_now_ms();
+    struct fdp_inflight f;
+
+    if (e->id == 0 || k >= (uint32_t) w->ncap || w->inflight[k].id != e->id
+        || w->inflight[k].kept != NULL || fdp_dispatch_unclaimed(w, k)) {
+        fdp_dispatch_fault(p, w, "PARK of a connection it was not given");
+        return;
+    }
+    f = w->inflight[k];
+    fdp_dispatch_served(w, k, e->bytes_in, e->bytes_out);
+    fdp_slot_update_busy(&w->slot, fdp_wall());
+    fdp_acceptf_inflight_done(p, &f);
+    unsaid++;
+    if (last_ms == 0 || now - last_ms >= 1000) {
+        fdp_log(FDP_LOG_ERROR, EMFILE, "%lu keep-alive connection(s) "
+                "closed: the master is out of file descriptors to park "
+                "them", unsaid);
+        last_ms = now;
+        unsaid = 0;
     }
 }
 

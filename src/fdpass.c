@@ -92,6 +92,22 @@ close_cmsg_fds(struct msghdr *msg)
 ssize_t
 fdp_recvfds(int sock, void *buf, size_t cap, int *fds, int *nfds)
 {
+    return fdp_recvfds_lossy(sock, buf, cap, fds, nfds, NULL);
+}
+
+
+/*
+ * The same, but with lost non-NULL a message whose descriptors the
+ * kernel could not all install (MSG_CTRUNC alone: the receiver is at its
+ * RLIMIT_NOFILE, or more came than fit) is no error: its data is whole,
+ * *nfds holds the descriptors that did arrive (the first ones sent: the
+ * kernel installs them in order and drops the rest, whose sockets are
+ * then closed unless the sender kept a copy), and *lost is 1. Else 0.
+ */
+ssize_t
+fdp_recvfds_lossy(int sock, void *buf, size_t cap, int *fds, int *nfds,
+                  int *lost)
+{
     union fdp_cmsgbuf cbuf;
     struct msghdr msg;
     struct iovec iov;
@@ -115,9 +131,16 @@ fdp_recvfds(int sock, void *buf, size_t cap, int *fds, int *nfds)
     if (n < 0) {
         return -errno;
     }
-    if (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) {
+    if (lost != NULL) {
+        *lost = 0;
+    }
+    if ((msg.msg_flags & MSG_TRUNC)
+        || ((msg.msg_flags & MSG_CTRUNC) && lost == NULL)) {
         close_cmsg_fds(&msg);
         return -EMSGSIZE;
+    }
+    if (msg.msg_flags & MSG_CTRUNC) {
+        *lost = 1;
     }
     for (cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
         size_t k;

@@ -13,5 +13,7 @@
 ssize_t fdp_sendfds(int sock, const void *data, size_t len,
                     const int *fds, int nfds);
 ssize_t fdp_recvfds(int sock, void *buf, size_t cap, int *fds, int *nfds);
+ssize_t fdp_recvfds_lossy(int sock, void *buf, size_t cap, int *fds,
+                          int *nfds, int *lost);
 
 #endif

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <sys/uio.h>
 
 static char log_tag[32] = "pool";
 static char log_path[4096];
@@ -152,6 +153,53 @@ fdp_log_enabled(int level)
 }
 
 
+/*
+ * One write per line (atomic for pipes up to PIPE_BUF, and for a file
+ * opened O_APPEND). A line the file cannot take (a full disk: ENOSPC) is
+ * dropped and counted; one the disk cut short (its last bytes of space)
+ * stays as a partial line, counted too, and the next line written starts
+ * on a line of its own. Once a line goes through again, a warning says
+ * how many were lost (this process's: master and workers count their
+ * own).
+ */
+static void
+log_write(const char *line, size_t n)
+{
+    static int torn, lost_err;
+    static unsigned long lost;
+    struct iovec iov[2];
+    ssize_t w;
+    size_t want;
+
+    iov[0].iov_base = (void *) "\n";
+    iov[0].iov_len = torn ? 1 : 0;
+    iov[1].iov_base = (void *) line;
+    iov[1].iov_len = n;
+    want = iov[0].iov_len + n;
+    do {
+        w = writev(STDERR_FILENO, iov, 2);
+    } while (w < 0 && errno == EINTR);
+    if (w < 0 || (size_t) w < want) {
+        if (w < 0) {
+            lost_err = errno;
+        } else if (w > 0) {
+            torn = 1;
+            lost_err = ENOSPC;
+        }
+        lost++;
+        return;
+    }
+    torn = 0;
+    if (lost > 0) {
+        unsigned long k = lost;
+
+        lost = 0;                   /* (this call writes through here) */
+        fdp_log(FDP_LOG_WARN, lost_err, "log: %lu line(s) could not be "
+                "written (or only in part) and are missing above", k);
+    }
+}
+
+
 void
 fdp_log(int level, int err, const char *fmt, ...)
 {
@@ -215,9 +263,7 @@ fdp_log(int level, int err, const char *fmt, ...)
         n = k;
     }
     buf[n++] = '\n';
-    /* One write per line: atomic for pipes up to PIPE_BUF. */
-    while (write(STDERR_FILENO, buf, n) < 0 && errno == EINTR) {
-    }
+    log_write(buf, n);
 }
 
 

@@ -1531,6 +1531,19 @@ on_ready(struct fdp_pool *p, struct fdp_worker *w, const struct fdp_msg *m)
         return 0;
     }
     w->slot.state = FDP_W_RUNNING;
+    if (b->maxconns > 0 && (int) b->maxconns < w->slot.capacity) {
+        /* Its open-files limit leaves room for fewer: the rest wait in
+         * the queue rather than lose their fd on the way (EMFILE). */
+        w->slot.capacity = (int) b->maxconns;
+        if (!p->fd_room_said) {
+            p->fd_room_said = 1;
+            fdp_log(FDP_LOG_WARN, 0, "worker %d takes at most %d "
+                    "connection(s) at once, not --concurrency %d: its open "
+                    "files limit leaves no room for more (raise it: ulimit "
+                    "-n, systemd LimitNOFILE=)", w->slot.id,
+                    w->slot.capacity, p->concurrency);
+        }
+    }
     if (w->pending) {
         fdp_log(FDP_LOG_DEBUG, 0, "worker %d of generation %d ready",
                 w->slot.id, w->slot.generation);
@@ -1696,13 +1709,23 @@ worker_gone(struct fdp_pool *p, struct fdp_worker *w, int st, char *how,
         fdp_dispatch_parks_take(p, w);  /* its held-back PARKs */
     }
     /* A SIGTERM the master sent itself (the rest of a refused reload's
-     * generation, a handler past --timeout already logged) is no news. */
-    fdp_log(p->stopping || (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+     * generation, a handler past --timeout already logged) is no news,
+     * nor is a stopping worker that exits or that the master killed at
+     * the grace's end (logged then). One killed by anyone else while
+     * the pool stops (SIGKILL, a crash) took its connections with it:
+     * that is said, as at any other time. (A stop signal sent to the
+     * whole process group -- timeout(1), KillMode=control-group -- is
+     * part of the stop, not news.) */
+    int sig = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
+    int stray = p->stopping && sig != 0 && !w->ordered && sig != SIGTERM
+                && sig != SIGINT && sig != SIGQUIT && sig != SIGHUP;
+
+    fdp_log((p->stopping && !stray) || (WIFEXITED(st) && WEXITSTATUS(st) == 0)
             || (w->ordered && WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM)
             ? FDP_LOG_INFO : FDP_LOG_WARN, 0,
             "worker %d (pid %ld) %s%s", w->slot.id, (long) w->slot.pid, how,
-            w->slot.active > 0 && !p->stopping ? "; its connections are lost"
-                                               : "");
+            w->slot.active > 0 && (!p->stopping || stray)
+            ? "; its connections are lost" : "");
     for (k = 0; k < w->ncap && w->inflight; k++) {
         if (w->inflight[k].id != 0) {
             fdp_dispatch_inflight_end(p, &w->inflight[k]);
@@ -2172,6 +2195,7 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
             fdp_log(FDP_LOG_WARN, 0, "worker %d (pid %ld) still running "
                     "after the grace period; killing it", w->slot.id,
                     (long) w->slot.pid);
+            w->ordered = 1;     /* its death is the master's: no news */
             worker_kill(w, SIGKILL);
             w->kill_at = 0;
         }
@@ -2672,6 +2696,7 @@ fdp_pool_stop(struct fdp_pool *p, int graceful)
         if (w->ch.fd < 0
             || fdp_chan_send(&w->ch, FDP_MSG_STOP, 0, &body, sizeof(body),
                              NULL, 0) < 0) {
+            w->ordered = 1;
             worker_kill(w, SIGKILL);
         } else if (w->ch.head != NULL) {
             (void) fdp_loop_mod(&p->loop, &w->io, EPOLLIN | EPOLLOUT);

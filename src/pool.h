@@ -231,6 +231,7 @@ struct fdp_pool {
     struct fdp_shzone shared[FDP_MAX_SHARED];   /* --shared (shzone.c) */
     int nshared;
     int ever_ready;
+    int fd_room_said;           /* the open-files capacity warning, once */
 
     struct fdp_loop loop;
     int sigfd;

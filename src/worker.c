@@ -27,6 +27,8 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <dirent.h>
 #include <grp.h>
 #include <malloc.h>
 
@@ -757,6 +759,58 @@ offer_start(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
 }
 
 
+/*
+ * A connection whose descriptor the kernel dropped on its way here (this
+ * worker is at its RLIMIT_NOFILE: MSG_CTRUNC): it cannot be served, and
+ * its socket is closed (the master closed its own copy when it sent it,
+ * or closes a kept one at the DONE). It is reported DONE at once, so the
+ * master's count of this worker's connections stays true, and logged at
+ * most once a second with a count: the worker goes on with the others.
+ * An offer is claimed first; one the master took back is its own.
+ */
+static void
+conn_lost(struct fdp_wctx *w, const struct fdp_conn_entry *e)
+{
+    static uint64_t last_ms;
+    static unsigned long unsaid;
+    uint64_t now = fdp_now_ms();
+    struct fdp_done_entry *d;
+
+    if (e->flags & FDP_CONN_OFFER) {
+        uint64_t want = e->id;
+        int j = (int) FDP_CONN_WORD_OF(e->flags);
+
+        if (w->claim == NULL || j >= FDP_CLAIM_WORDS
+            || !__atomic_compare_exchange_n(&w->claim[j], &want, 0, 0,
+                                            __ATOMIC_SEQ_CST,
+                                            __ATOMIC_SEQ_CST)) {
+            return;
+        }
+    }
+    unsaid++;
+    if (last_ms == 0 || now - last_ms >= 1000) {
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
+            rl.rlim_cur = 0;
+        }
+        fdp_log(FDP_LOG_ERROR, 0, "%lu connection(s) closed unserved: "
+                "out of file descriptors (open files limit %llu, %d "
+                "connection(s) open here); raise the limit (ulimit -n, "
+                "systemd LimitNOFILE=) or lower --concurrency", unsaid,
+                (unsigned long long) rl.rlim_cur, w->nconn);
+        last_ms = now;
+        unsaid = 0;
+    }
+    d = &w->done[w->ndone++];
+    memset(d, 0, sizeof(*d));
+    d->id = e->id;
+    if (w->ndone == FDP_BATCH_MAX) {
+        flush_done(w);
+    }
+}
+
+
 static void
 offer_take(struct fdp_wctx *w, int fd, const struct fdp_conn_entry *e)
 {
@@ -861,8 +915,12 @@ channel_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
                 w->deep = 1;
             }
             for (i = 0; i < m.h.count; i++) {
-                int fd = m.fds[i];
+                int fd = i < m.nfds ? m.fds[i] : -1;
 
+                if (fd < 0) {       /* dropped by the kernel: EMFILE */
+                    conn_lost(w, &m.u.conn[i]);
+                    continue;
+                }
                 m.fds[i] = -1;
                 if (m.u.conn[i].flags & FDP_CONN_OFFER) {
                     offer_take(w, fd, &m.u.conn[i]);
@@ -1050,6 +1108,44 @@ module_set_worker(lua_State *L, struct fdp_wctx *w)
     lua_setfield(L, -2, "worker");
     fdp_lshared_open(L, w->pool);
     lua_pop(L, 1);
+}
+
+
+/*
+ * How many connections at once this worker's RLIMIT_NOFILE leaves room
+ * for, when fewer than cap (--concurrency): the limit, less the fds open
+ * now (after the top level and init) and a margin for what handlers open
+ * (files, upstream sockets: an eighth of the limit, at least 16). The
+ * master then hands it no more (they wait in its queue) instead of
+ * handing it connections whose fd the kernel would drop. 0: no need.
+ */
+static uint32_t
+fd_room(int cap)
+{
+    struct rlimit rl;
+    struct dirent *e;
+    DIR *d;
+    long open = 0, room, margin;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY
+        || rl.rlim_cur >= (rlim_t) cap + 1024 * 1024) {
+        return 0;
+    }
+    d = opendir("/proc/self/fd");
+    if (d == NULL) {
+        return 0;
+    }
+    while ((e = readdir(d)) != NULL) {
+        open += e->d_name[0] != '.';
+    }
+    (void) closedir(d);
+    open--;                             /* the directory's own fd */
+    margin = (long) rl.rlim_cur / 8 < 16 ? 16 : (long) rl.rlim_cur / 8;
+    room = (long) rl.rlim_cur - open - margin;
+    if (room < 1) {
+        room = 1;
+    }
+    return room < cap ? (uint32_t) room : 0;
 }
 
 
@@ -1487,6 +1583,7 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
 
     L = open_handler(&w);
     ready_body(L, &rb);
+    rb.maxconns = fd_room(w.pool->concurrency);
     w.handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
     r = fdp_chan_send(w.ch, FDP_MSG_READY, 0, &rb, sizeof(rb), NULL, 0);

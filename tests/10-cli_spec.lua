@@ -47,7 +47,7 @@ describe("pool run with bad input", function()
     assert.not_equals(0, code)
     assert.not_equals(124, code)
     assert.equals("", out)
-    assert_one_error_line(err, "cli_does_not_exist.lua")
+    assert_one_error_line(err, "cli_does_not_exist.lua' (No such file or directory)")  -- with the reason
     assert.not_matches("listening on", err)
   end)
 
@@ -170,6 +170,34 @@ describe("pool run with bad input", function()
     assert.not_matches("worker 1 started", err)
   end)
 
+  -- Regression test (was a bug, now fixed): a config file that looped
+  -- hung `pool run` (and, at a reload, the running master), one that
+  -- called os.exit ended it with code 0 (a reload: the running pool), and
+  -- a listen of the wrong type was a Lua error naming fdpool.cli.
+  it("refuses a --config file that loops, calls os.exit or has a bad listen, in one line", function()
+    local dir = H.tmpdir()
+    local cases = {
+      { "while true do end", "still running after 1 s (an endless loop?)" },
+      { "os.exit(0)", "os.exit() in a config file" },
+      { "return { listen = 5 }", "setting 'listen' must be an address or a list of addresses (got number)" },
+      { "return { listen = { 5 } }", "setting 'listen' must be an address or a list of addresses (got a table of number)" },
+    }
+    for i, c in ipairs(cases) do
+      local cfg = H.writefile(dir .. "/c" .. i .. ".lua", c[1] .. "\n")
+      local t0 = H.clock()
+      local code, out, err = H.run_pool("run --config " .. q(cfg) .. " --no-control", 10)
+      assert.equals(1, code, c[1] .. ": " .. err)
+      assert.equals("", out)
+      assert.truthy(H.clock() - t0 < 8, c[1])
+      assert.equals("pool: " .. cfg .. ": ", assert_one_error_line(err, c[2]):sub(1, #cfg + 8), err)
+    end
+    -- os.getenv and the rest of os still work in a config file.
+    local cfg = H.writefile(dir .. "/ok.lua", 'return { workers = os.getenv("HOME") and 1 or 2 }\n')
+    local code, out, err = H.run_pool("check --config " .. q(cfg))
+    assert.equals(0, code, err)
+    assert.equals(cfg .. ": ok (built-in hello handler)\n", out)
+  end)
+
   it("refuses an unknown flag and an unknown command", function()
     local code, _, err = run_script(FIX .. "cli_ok.lua", "--bogus")
     assert.equals(2, code)
@@ -234,7 +262,7 @@ describe("pool check", function()
   it("refuses a missing script", function()
     local code, _, err = H.run_pool("check " .. q(FIX .. "cli_does_not_exist.lua"))
     assert.not_equals(0, code)
-    assert_one_error_line(err, "cli_does_not_exist.lua")
+    assert_one_error_line(err, "cli_does_not_exist.lua' (No such file or directory)")
   end)
 end)
 

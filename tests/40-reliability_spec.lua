@@ -874,6 +874,98 @@ describe("resources", function()
     assert.truthy(cpu < 0.2, ("master used %.2f s of CPU in 1 s at EMFILE"):format(cpu))
     finish(p, { "pausing accept" })
   end)
+
+  -- Regression test (was a bug, now fixed): a worker at its open-files
+  -- limit got the hand-off with its fd dropped by the kernel
+  -- (MSG_CTRUNC), took it for a bad message and exited, losing every
+  -- connection it served.
+  it("a worker at its open-files limit loses only the connections it had no fd for, and serves on", function()
+    local defer = cleanup()
+    local p = H.start_pool{ script = FIX .. "pool_slow.lua", args = { "1" }, workers = 1 }
+    defer(function() p:stop() end)
+    local victim = p:worker_pids()[1]
+    local open, lowest = open_fds(victim), 0
+    while open[lowest] do lowest = lowest + 1 end
+    local room = 0
+    for fd = lowest, lowest + 2 do if not open[fd] then room = room + 1 end end
+    -- Room for `room` (3) more descriptors in the worker only.
+    assert.truthy(H.run(("prlimit --pid %d --nofile=%d:4096"):format(victim, lowest + 3)))
+    local restored = false
+    defer(function()
+      if not restored then H.run(("prlimit --pid %d --nofile=1024:4096"):format(victim)) end
+    end)
+    local fds = {}
+    defer(function() close_all(fds) end)
+    for i = 1, 10 do
+      fds[i] = assert(fdpool.connect(p.addr, 10))
+      assert(fds[i]:write("l" .. i .. "\n"))
+    end
+    local ok, lost = 0, 0
+    for i = 1, 10 do
+      local r = fds[i]:read("a")
+      if r == "1 l" .. i .. "\n" then ok = ok + 1
+      elseif r == nil or r == "" then lost = lost + 1 end
+    end
+    assert.equals(10, ok + lost)
+    assert.equals(room, ok)
+    assert.truthy(H.run(("prlimit --pid %d --nofile=1024:4096"):format(victim)))
+    restored = true
+    -- The same worker, nothing left in flight in the master's view.
+    local st = H.wait_status(p, H.all_idle, 10, "an idle pool")
+    assert.equals(victim, st.workers[1].pid)
+    assert.equals(0, st.workers[1].restarts)
+    assert.equals("1 after\n", H.request(p.addr, "after\n", 10))
+    local log = p:log()
+    assert.falsy(log:find("bad message from the master", 1, true), log)
+    local said = count(log, "closed unserved: out of file descriptors (open files limit "
+                       .. (lowest + 3))
+    assert.truthy(said >= 1 and said <= 3, log)      -- at most once a second
+    finish(p, { "closed unserved: out of file descriptors" })
+  end)
+
+  -- Regression test (was a bug, now fixed): a master at its open-files
+  -- limit got a PARK with its fd dropped by the kernel (MSG_CTRUNC) and
+  -- killed the worker that sent it as faulty.
+  it("a master at its open-files limit closes the keep-alive connection it cannot park, not the worker", function()
+    local defer = cleanup()
+    local p = H.start_pool{ script = FIX .. "up_slowhttp.lua", workers = 1, concurrency = 1 }
+    defer(function() p:stop() end)
+    local victim = p:worker_pids()[1]
+    local fds = {}
+    defer(function() close_all(fds) end)
+    -- A: a keep-alive request the worker serves for 1 s, then parks.
+    fds[1] = assert(fdpool.connect(p.addr, 10))
+    assert(fds[1]:write("GET /sleep HTTP/1.1\r\nHost: x\r\n\r\n"))
+    H.wait_status(p, function(st) return st.workers[1].active == 1 end, 5, "A in the worker")
+    -- Room for one more descriptor in the master: B's, a head that
+    -- never ends, held by the accept filter.
+    local open, lowest = open_fds(p.pid), 0
+    while open[lowest] do lowest = lowest + 1 end
+    assert.truthy(H.run(("prlimit --pid %d --nofile=%d:4096"):format(p.pid, lowest + 1)))
+    local restored = false
+    defer(function()
+      if not restored then H.run(("prlimit --pid %d --nofile=1024:4096"):format(p.pid)) end
+    end)
+    fds[2] = assert(fdpool.connect(p.addr, 10))
+    assert(fds[2]:write("GET / HTTP/1.1\r\nX-"))
+    H.wait_until(function() return open_fds(p.pid)[lowest] end, 5, "B accepted")
+    -- A's answer comes, then its close: the master had no fd for it.
+    local got = fds[1]:read("a")
+    assert.matches("^HTTP/1.1 200", got)
+    assert.matches("done /sleep\n$", got)
+    assert.truthy(H.run(("prlimit --pid %d --nofile=1024:4096"):format(p.pid)))
+    restored = true
+    close_all(fds)
+    -- The same worker serves on.
+    local st = H.wait_status(p, function(s) return H.all_idle(s) and s.parked == 0 end, 10, "an idle pool")
+    assert.equals(victim, st.workers[1].pid, p:log())
+    assert.equals(0, st.workers[1].restarts)
+    assert.matches("done /\n$", H.http_get(p.addr, "/"))
+    local log = p:log()
+    assert.falsy(log:find("is faulty", 1, true), log)
+    assert.equals(1, count(log, "1 keep-alive connection(s) closed: the master is out of file descriptors"))
+    finish(p, { "pausing accept", "the master is out of file descriptors" })
+  end)
 end)
 
 describe("a hostile worker", function()

@@ -217,6 +217,32 @@ describe("RLIMIT_NOFILE", function()
     assert.equals(200, (get(p.addr, "/pid")))
     assert.equals(0, p:stop())
   end)
+
+  -- Regression test (was a bug, now fixed): a worker took connections
+  -- past its open-files limit; the kernel dropped their fds on the way
+  -- (and before that, the worker exited with all it served).
+  it("bounds what a worker takes at once by its open files: 80 connections held at once, all answered", function()
+    local defer = cleanup()
+    local p = H.start_pool{ script = "tests/fixtures/pool_slow.lua", args = { "1" }, workers = 1,
+                            shell = "ulimit -Sn 64; ulimit -Hn 64;" }
+    defer(function() p:stop() end)
+    local st = assert(p:status())
+    local cap = st.workers[1].capacity
+    assert.truthy(cap >= 1 and cap < 64 - 16, "capacity " .. cap)
+    assert.truthy(p:log():find("warn  pool[" .. p.pid .. "]: worker 1 takes at most " .. cap
+      .. " connection(s) at once, not --concurrency 1024: its open files limit", 1, true), p:log())
+    local fds = {}
+    defer(function() for _, fd in ipairs(fds) do fd:close() end end)
+    for i = 1, 80 do
+      fds[i] = assert(fdpool.connect(p.addr, 10))
+      assert(fds[i]:write("c" .. i .. "\n"))
+    end
+    for i = 1, 80 do
+      assert.equals("1 c" .. i .. "\n", fds[i]:read("a"))
+    end
+    assert.falsy(p:log():find("closed unserved", 1, true), p:log())
+    assert.equals(0, p:stop())
+  end)
 end)
 
 describe("workers' stdin", function()

@@ -380,6 +380,19 @@ describe("reload reads --config again", function()
     local st = assert(p:status())
     assert.are.equal(1, st.generation)
     assert.matches("^old %d+\n$", H.request("unix:" .. sock, ""))
+    -- Regression (was a bug, now fixed): a file that loops hung the
+    -- master (nothing dispatched, ever), one that calls os.exit ended the
+    -- running pool. Both are refused in one line; the pool serves on.
+    for _, c in ipairs { { "while true do end", "still running after 1 s %(an endless loop%?%)" },
+                         { "os.exit(0)", "os%.exit%(%) in a config file" } } do
+      H.writefile(path, c[1])
+      ok, code, out = reload(p)
+      assert.is_false(ok)
+      assert.are.equal(1, code)
+      assert.matches("^pool: reload refused, keeping the running workers and configuration: [^\n]*"
+        .. "pool%.conf%.lua:1: " .. c[2] .. "\n$", out)
+      assert.matches("^old %d+\n$", H.request("unix:" .. sock, ""))
+    end
     -- A new generation that cannot start (its init raises): refused, the
     -- old settings back (a later reload with a good file still works).
     local boom = H.writefile(H.tmpdir() .. "/boom.lua",

@@ -270,6 +270,43 @@ describe("pool upgrade", function()
     assert.is_false(H.run("test -e " .. q(p.control)))
   end)
 
+  -- Regression test (was a bug, now fixed): `pool upgrade` whose old
+  -- master died under it (SIGKILL) before it answered sent "upgrade"
+  -- again, to the new master now holding the control socket, which
+  -- upgraded once more.
+  it("is not sent twice when the old master dies before it answers", function()
+    local defer = H.cleanup(finally)
+    local dir = H.tmpdir()
+    local script = dir .. "/app.lua"
+    H.writefile(script, "return function(conn) conn:send('v1\\n') end\n")
+    local p = H.start_pool { script = script, workers = 1 }
+    defer(function() p:stop() end)
+    assert.equals("v1\n", H.request(p.addr, nil, 10))
+    -- The new master's worker takes 2 s to be ready.
+    H.writefile(script, "local fdpool = require 'fdpool'\n"
+      .. "return { init = function() fdpool.sleep(2) end,\n"
+      .. "  handle = function(conn) conn:send('v2\\n') end }\n")
+    os.execute(("(%s upgrade --control %s >%s/out 2>%s/err; echo $? >%s/code) </dev/null &"):format(
+      H.POOL, q(p.control), dir, dir, dir))
+    local newm = H.wait_until(function()
+      return tonumber(p:log():match("upgrading: new master %(pid (%d+)%) starting"))
+    end, 10, "the new master")
+    defer(function() stop_pid(newm) end)
+    H.wait_until(function() return p:log():find("pool[" .. newm .. "]: worker 1 started", 1, true) end,
+      10, "the new master's worker")
+    assert(H.run("kill -KILL " .. p.pid))
+    local code = H.wait_until(function() return tonumber(H.readfile(dir .. "/code") or "") end,
+      20, "pool upgrade to exit")
+    assert.equals(1, code)
+    assert.matches("closed the connection without an answer", H.readfile(dir .. "/err"))
+    -- The new master (no longer anyone's child) serves, and was asked once.
+    H.wait_until(function() return H.request(p.addr, nil, 10) == "v2\n" end, 10, "v2 served")
+    local log = p:log()
+    assert.equals(1, H.count(log, "upgrade requested on the control socket"), log)
+    assert.is_nil(log:find("pool[" .. newm .. "]: upgrading", 1, true), log)
+    no_sanitizer_reports(log)
+  end)
+
   it("is refused by a pool made by fdpool.pool{} (pool upgrade and SIGUSR2), which serves on", function()
     local defer = H.cleanup(finally)
     local dir = H.tmpdir()

@@ -265,6 +265,41 @@ describe("req:form", function()
     assert.same({ 413, "file too large" }, { status, v.error })
   end)
 
+  -- Regression test (was a bug, now fixed): a temp file write that failed
+  -- (a full disk) was ignored: the handler got the file with its whole
+  -- size while the file held less.
+  it("fails the form with 500 when a file cannot be stored (a full disk), never a short file", function()
+    local real_open, made = io.open, {}
+    -- Temp files take 1000 bytes, then say ENOSPC, as a full disk does
+    -- (at a write, or at the close that flushes the buffer).
+    io.open = function(path, mode)
+      local f, err = real_open(path, mode)
+      if not f or mode ~= "wb" then return f, err end
+      made[#made + 1] = path
+      local n = 0
+      return setmetatable({}, { __index = {
+        write = function(_, s)
+          n = n + #s
+          if n > 1000 then return nil, "No space left on device", 28 end
+          return f:write(s)
+        end,
+        close = function()
+          f:close()
+          if n > 1000 then return nil, "No space left on device", 28 end
+          return true
+        end } })
+    end
+    local ok, status, v = pcall(function()
+      local body, ct = multipart { { name = "f", filename = "f.bin", data = ("x"):rep(5000) } }
+      return jreq("POST", "/form", { body = body, headers = { ["Content-Type"] = ct }, chunks = 700 })
+    end)
+    io.open = real_open
+    assert(ok, status)
+    assert.same({ 500, "cannot store the upload: No space left on device" }, { status, v.error })
+    assert.equal(1, #made)
+    assert.is_nil(real_open(made[1], "rb"))   -- removed when the handler returned
+  end)
+
   it("answers 400 to a multipart body without its final boundary", function()
     local body, ct = multipart { { name = "a", data = "1" }, { name = "f", filename = "f", data = "abc" } }
     body = body:sub(1, -(#"--XyZ123--\r\n" + 3))

@@ -390,7 +390,7 @@ describe("ecosystem, part 2", function()
       local cfg = H.writefile(d .. "/c.lua", 'return { handler = "missing.lua" }')
       code, _, err = H.run_pool("check --config " .. H.quote(cfg))
       assert.equal(2, code)
-      assert.equal(("pool: cannot open script '%s/missing.lua'\n"):format(d), err)
+      assert.equal(("pool: cannot open script '%s/missing.lua' (No such file or directory)\n"):format(d), err)
     end)
   end)
 

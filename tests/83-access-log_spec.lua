@@ -97,6 +97,32 @@ describe("the access log on a full disk", function()
   end)
 end)
 
+describe("the access log line of a request answered with an error", function()
+  -- Regression test (was a bug, now fixed): a handler that raised got
+  -- its 500, but the line was written only after the lingering close
+  -- (when the client closed, up to 5 s later), with "-" for the address
+  -- (the socket closed by then) and 0 for the body bytes.
+  it("is written at once, with the client's address and the body's bytes", function()
+    local dir = H.tmpdir()
+    local path = dir .. "/access.log"
+    local p = H.start_pool { script = FIXTURE, workers = 1, args = { "alog-path", path } }
+    H.defer(finally, function() p:stop() end)
+    assert(p.addr, p:log())
+    local fd = assert(fdpool.connect(p.addr, 10))
+    H.defer(finally, function() fd:close() end)
+    assert(fd:write("GET /boom HTTP/1.1\r\nHost: t\r\nUser-Agent: ua-1\r\n\r\n"))
+    local st, _, body = H.read_response(fd)
+    assert.equal(500, st)
+    -- The client keeps its end open: the line must not wait for it.
+    local line = H.wait_until(function()
+      return (H.readfile(path) or ""):match("[^\n]*GET /boom[^\n]*")
+    end, 3, "the access log line while the client is still connected")
+    assert.equal(('127.0.0.1 - - [%s] "GET /boom HTTP/1.1" 500 %d "-" "ua-1"'):format(
+      line:match("%[([^%]]+)%]"), #body), line)
+    assert.equal(0, p:stop())
+  end)
+end)
+
 describe("an access_log function that raises", function()
   it("answers every request, keeps the connection, logs the error rate-limited", function()
     local dir = H.tmpdir()

@@ -201,6 +201,11 @@ local RUN_FLAGS = {
   ["--shared"] = "list",
 }
 
+-- io.open's "PATH: reason" -> "reason".
+local function open_why(err)
+  return tostring(err):match(": ([^:]+)$") or tostring(err)
+end
+
 local function check_script(script)
   local f, err = loadfile(script, "t")
   if not f then return nil, err end
@@ -249,10 +254,29 @@ local function workers_setting(v)
   return ("%d-%d"):format(lo, hi)
 end
 
+-- A config file runs in the master (at start and at each reload): one
+-- that loops is stopped after CONFIG_SECONDS (within the control socket's
+-- 2 s for `pool reload`), and os.exit in it raises, instead of hanging or
+-- ending the running pool.
+local CONFIG_SECONDS = 1
+local config_os = setmetatable({
+  exit = function() error("os.exit() in a config file", 2) end,
+}, { __index = os })
+
 local function load_config(path)
-  local chunk, err = loadfile(path, "t")
+  local env = setmetatable({ os = config_os }, { __index = _G })
+  local chunk, err = loadfile(path, "t", env)
   if not chunk then return nil, err end
+  local hook, mask, count = debug.gethook()
+  local t0 = fdpool.now()
+  debug.sethook(function()
+    if fdpool.now() - t0 > CONFIG_SECONDS then
+      debug.sethook()
+      error(("still running after %g s (an endless loop?)"):format(CONFIG_SECONDS), 2)
+    end
+  end, "", 100000)
   local ok, t = pcall(chunk)
+  debug.sethook(hook, mask, count)
   if not ok then return nil, ("%s: %s"):format(path, tostring(t)) end
   if type(t) ~= "table" then
     return nil, ("%s must return a table of settings (got %s)"):format(path, type(t))
@@ -265,6 +289,15 @@ local function load_config(path)
     end
     if want ~= "any" and type(v) ~= want then
       return nil, ("%s: setting '%s' must be a %s (got %s)"):format(path, k, want, type(v))
+    end
+  end
+  local l = t.listen
+  if l ~= nil and type(l) ~= "string" then
+    local ok = type(l) == "table"
+    for _, a in ipairs(ok and l or {}) do ok = ok and type(a) == "string" end
+    if not ok then
+      return nil, ("%s: setting 'listen' must be an address or a list of addresses (got %s)")
+        :format(path, type(l) == "table" and "a table of " .. type(l[1]) or type(l))
     end
   end
   if t.workers ~= nil then
@@ -458,8 +491,8 @@ local function cmd_run(args)
   end
   local script = cfg.handler
   if type(script) == "string" then
-    local f = io.open(script, "r")
-    if not f then return die(2, "cannot open script '%s'", script) end
+    local f, ferr = io.open(script, "r")
+    if not f then return die(2, "cannot open script '%s' (%s)", script, open_why(ferr)) end
     f:close()
     local sok, serr = check_script(script)
     if not sok then return die(1, "%s", serr) end
@@ -492,8 +525,8 @@ local function cmd_check(args)
     end
     return die(2, "'pool check' needs a SCRIPT or --config FILE")
   end
-  local f = io.open(script, "r")
-  if not f then return die(2, "cannot open script '%s'", script) end
+  local f, ferr = io.open(script, "r")
+  if not f then return die(2, "cannot open script '%s' (%s)", script, open_why(ferr)) end
   f:close()
   local chunk, lerr = loadfile(script, "t")
   if not chunk then return die(1, "%s", lerr) end
@@ -627,7 +660,8 @@ local function cmd_simple(args, name, command)
   if name == "scale" then
     local n = tonumber(pos[1] or "")
     if not n or n ~= math.floor(n) or n < 1 or n > 256 then
-      return die(2, "'pool scale' needs a number of workers from 1 to 256 (got '%s')", tostring(pos[1]))
+      return die(2, "'pool scale' needs a number of workers from 1 to 256 (got %s)",
+        pos[1] and "'" .. pos[1] .. "'" or "none")
     end
     command = "scale " .. math.tointeger(n)
     table.remove(pos, 1)

@@ -621,11 +621,19 @@ M._linger = linger
 
 -- An error reply, then the connection closes (lingering). head: the
 -- request was HEAD (or nil when unknown): the headers only.
-local function simple(conn, code, text, head)
+-- With res (a request's, for its access log line): its status and body
+-- bytes are set, and the lingering close is the caller's (after the log
+-- line, which would else wait for the client's close and find no peer
+-- address any more); returns whether to linger.
+local function simple(conn, code, text, head, res)
   local body = text or (reasons[code] or "error") .. "\n"
   local ok = conn:send(("HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
     .. "Connection: close\r\nDate: %s\r\n\r\n%s"):format(code, reasons[code] or "Error",
     #body, http_date(), head and "" or body))
+  if res then
+    res._status, res._bytes = code, ok and not head and #body or 0
+    return ok
+  end
   if ok then linger(conn) end
 end
 
@@ -961,20 +969,21 @@ function M.serve(fn, options)
     if not ok then
       fdpool.log("error", ("http handler error (%s %s): %s"):format(req.method,
         req.path, tostring(a):gsub("\n%s*", " | ")))
+      local lingering
       if not res._head_sent then
         -- A body that failed to frame is the client's error, not ours.
         local st = body_status(req._body_err) or 500
-        simple(conn, st, nil, req.method == "HEAD")
-        res._status = st
+        lingering = simple(conn, st, nil, req.method == "HEAD", res)
       end
       if log then log(req, res) end
+      if lingering then linger(conn) end
       return false
     end
     local st = not res.started and a == nil and body_status(req._body_err)
     if st then
-      simple(conn, st, nil, req.method == "HEAD")
-      res._status = st
+      local lingering = simple(conn, st, nil, req.method == "HEAD", res)
       if log then log(req, res) end
+      if lingering then linger(conn) end
       return false
     end
     if not res.finished then

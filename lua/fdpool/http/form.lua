@@ -265,17 +265,27 @@ local function multipart(req, read, boundary, o)
     if not name then return nil, "part without a form-data name" end
     local part = { name = name, filename = filename,
       content_type = headers["content-type"], headers = headers, size = 0 }
-    local sink, f, value
+    local sink, f, value, werr
     if filename then
       if o.on_file then
         sink = o.on_file(part)
       else
-        part.path = os.tmpname()
+        -- A temp file that cannot be made or written (a full disk, no
+        -- /tmp) fails the form with "cannot store the upload: ..." (500),
+        -- never a file shorter than part.size says.
+        local ok, path = pcall(os.tmpname)
+        if not ok then return nil, "cannot store the upload: " .. tostring(path) end
+        part.path = path
         req._tmpfiles = req._tmpfiles or {}
         req._tmpfiles[#req._tmpfiles + 1] = part.path
-        f = assert(io.open(part.path, "wb"))
+        local ferr
+        f, ferr = io.open(part.path, "wb")
+        if not f then return nil, "cannot store the upload: " .. tostring(ferr) end
         sink = function(chunk)
-          if chunk then f:write(chunk) else f:close() end
+          if werr then return end
+          local wok, e
+          if chunk then wok, e = f:write(chunk) else wok, e = f:close() end
+          if not wok then werr = "cannot store the upload: " .. tostring(e) end
         end
       end
     else
@@ -294,6 +304,7 @@ local function multipart(req, read, boundary, o)
           return nil, filename and "file too large" or "field too large"
         end
         if sink then sink(data) else value[#value + 1] = data end
+        if werr then f:close() return nil, werr end
       end
       if i then
         buf = buf:sub(i + #delim)
@@ -308,6 +319,7 @@ local function multipart(req, read, boundary, o)
     end
     if sink then
       sink(nil)
+      if werr then return nil, werr end
       add(fields, name, part)
     else
       add(fields, name, table.concat(value))
@@ -319,7 +331,7 @@ end
 -- multipart/form-data (streamed from req:body_reader(); files to temp
 -- files removed when the handler returns, or to o.on_file(part) ->
 -- sink(chunk), sink(nil) at the end). Returns fields, or nil, err,
--- status (400, 413 or 415).
+-- status (400, 413 or 415; 500 for a temp file that cannot be written).
 function M.form(req, o)
   local opts = {}
   for k, v in pairs(M.form_defaults) do opts[k] = v end
@@ -345,7 +357,8 @@ function M.form(req, o)
     local t, err = multipart(req, req:body_reader(), boundary, opts)
     if not t then
       return nil, err, (err == "too large" or err:find("too large$")
-        or err == "too many parts") and 413 or 400
+        or err == "too many parts") and 413
+        or err:find("^cannot store the upload") and 500 or 400
     end
     return t
   end
