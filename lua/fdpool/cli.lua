@@ -404,6 +404,12 @@ local function build_config(opts, pos, cmd)
   if cfg.accept_filter and not ({ none = 1, data = 1, http = 1 })[cfg.accept_filter] then
     return nil, 2, ("--accept-filter must be none, data or http (got '%s')"):format(cfg.accept_filter)
   end
+  if cfg.cpu_affinity and cfg.cpu_affinity ~= "auto"
+      and not tostring(cfg.cpu_affinity):find("^%d[%d,%-]*$") then
+    -- (a CPU the process may not run on is found by fdpool.pool{}: exit 1)
+    return nil, 2, ("--cpu-affinity must be auto or a list of CPUs such as 0,2-3 (got '%s')")
+      :format(tostring(cfg.cpu_affinity))
+  end
   if cfg.sched and not ({ master = 1, batch = 1, other = 1 })[cfg.sched] then
     return nil, 2, ("--sched must be master, batch or other (got '%s')"):format(cfg.sched)
   end
