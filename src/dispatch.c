@@ -1301,6 +1301,14 @@ parked_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev)
         }
         p->queue[(p->qhead + p->qlen) % FDP_QUEUE_MAX] = c;
         p->qlen++;
+        if (p->qlen == FDP_QUEUE_MAX) {
+            /* As queue_or_dispatch: no accept until there is room, or a
+             * new connection whose request is already there (deferred
+             * accept) would find the queue full and be closed unanswered
+             * (hostile-mix, strict prefork: 2500 parked keep-alive
+             * clients asking at once). */
+            fdp_dispatch_accepting(p, 0);
+        }
     }
     if (p->qlen > 0) {
         fdp_dispatch_queue(p);      /* offers, in strict prefork */

@@ -2207,6 +2207,9 @@ struct httpcfg {
                                  * keyed 2 */
     int park;                   /* parking, no access log: park_end */
     int nolog;                  /* no access log (plain, or cfg.park) */
+    const struct fdp_sched *crowd; /* cfg.park_auto: park when this
+                                 * worker is crowded (crowded_end), or
+                                 * NULL */
     const void *res_mt[2];      /* cfg.res_started, res_sent (or NULL): a
                                  * res whose metatable is one of them has
                                  * started and finished (see RS_RES) */
@@ -2268,6 +2271,10 @@ cfg_params(lua_State *L, int fresh)
     p->nolog = p->plain || lua_toboolean(L, -1);
     p->park = lua_toboolean(L, -1) && p->keepalive_timeout > 0
               && p->keepalive_timeout < 86400;
+    lua_pop(L, 1);
+    lua_getfield(L, S_CFG, "park_auto");
+    p->crowd = lua_toboolean(L, -1) && p->plain && p->keepalive_timeout > 0
+               && p->keepalive_timeout < 86400 ? fdp_sched_of(L) : NULL;
     lua_pop(L, 1);
     /* (cfg keeps them alive) */
     lua_getfield(L, S_CFG, "res_started");
@@ -2677,6 +2684,28 @@ park_end(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp)
 }
 
 
+/*
+ * The default mode's plain end in a crowded worker (3/4 of its slots
+ * taken: fdp_sched_crowded): park the idle connection as strict prefork
+ * does (park_end), so that idle keep-alive connections cannot take
+ * every slot and leave new clients queued until keepalive_timeout. 1
+ * when parked; 0: the loop goes on as ever (not crowded, or the
+ * connection cannot be parked: TLS, pipelined bytes).
+ */
+static int
+crowded_end(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp)
+{
+    struct httpcfg pk;
+
+    if (cp->crowd == NULL || !fdp_sched_crowded(cp->crowd)) {
+        return 0;
+    }
+    pk = *cp;
+    pk.park = 1;
+    return park_end(L, c, &pk);
+}
+
+
 static int httploop_k(lua_State *L, int status, lua_KContext ctx);
 
 
@@ -2884,6 +2913,9 @@ httploop_k(lua_State *L, int status, lua_KContext ctx)
                 status = lua_pcallk(L, 4, 1, S_MSGH, PH_REPLY, httploop_k);
                 phase = PH_REPLY;
                 break;
+            }
+            if (r && cp->crowd != NULL && crowded_end(L, c, cp)) {
+                return 0;
             }
             if (r && plain_end(L, c, cp)) {
                 phase = PH_READ;

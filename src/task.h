@@ -138,10 +138,24 @@ struct fdp_sched {
                                    allocator refuses growth past its limit */
     int nrbufs;                 /* idle conns' read buffers, kept for */
     char *rbufs[32];            /* the next fill (lconn.c) */
+    const int *nconn;           /* the owner's count of connections being
+                                   served (a worker's), or NULL */
+    int crowded;                /* *nconn at which the owner is crowded
+                                   (fdp_sched_crowded), 0: never */
     double slow;                /* --slow, seconds, 0: none */
     int slow_fd;                /* --slow-log file, or -1: the log */
     char slow_who[32];          /* "worker N": who writes the line */
 };
+
+/* Whether s's owner serves so many connections (3/4 of a worker's
+ * capacity) that an idle keep-alive connection should wait parked with
+ * the master rather than hold one of its slots (fdpool.http). */
+static inline int
+fdp_sched_crowded(const struct fdp_sched *s)
+{
+    return s != NULL && s->nconn != NULL && s->crowded > 0
+           && *s->nconn >= s->crowded;
+}
 
 /* Make s the scheduler of L's tasks (a registry entry), and install the
  * coroutine.resume/wrap that pass a nested coroutine's waits up. */

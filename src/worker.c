@@ -1030,6 +1030,19 @@ msgh(lua_State *L)
 }
 
 
+/* fdpool.worker.crowded() -> whether the worker serves 3/4 of its
+ * capacity or more (fdp_sched_crowded): fdpool.http parks idle
+ * keep-alive connections then. */
+static int
+worker_crowded(lua_State *L)
+{
+    struct fdp_wctx *w = lua_touserdata(L, lua_upvalueindex(1));
+
+    lua_pushboolean(L, fdp_sched_crowded(&w->sched));
+    return 1;
+}
+
+
 /* fdpool.worker.set(key, value): a custom field in this worker's slot of
  * the status table. */
 static int
@@ -1099,6 +1112,9 @@ module_set_worker(lua_State *L, struct fdp_wctx *w)
     lua_pushlightuserdata(L, w);
     lua_pushcclosure(L, worker_set, 1);
     lua_setfield(L, -2, "set");
+    lua_pushlightuserdata(L, w);
+    lua_pushcclosure(L, worker_crowded, 1);
+    lua_setfield(L, -2, "crowded");
     lua_pushcfunction(L, fdp_lthread_exiting);
     lua_setfield(L, -2, "exiting");
     lua_pushcfunction(L, fdp_lthread_on_stop);
@@ -1570,6 +1586,8 @@ fdp_worker_run(struct fdp_pool *p, struct fdp_worker *wk)
     w.sched.ops = &task_ops;
     w.sched.timeout = p->timeout;
     w.sched.slow = p->slow;
+    w.sched.nconn = &w.nconn;
+    w.sched.crowded = p->concurrency - p->concurrency / 4;
     w.sched.slow_fd = p->slow_fd;
     snprintf(w.sched.slow_who, sizeof(w.sched.slow_who), "%s", tag);
     fdp_timer_init(&w.done_timer, done_timer_cb, &w);

@@ -451,3 +451,46 @@ describe("the accept filter's deadline at the extremes", function()
     assert.is_true(t1 - t0 < 8, "closed after " .. (t1 - t0) .. " s")
   end)
 end)
+
+-- Idle keep-alive connections (each served once, then silent) used to
+-- stay in their worker in the default mode, each holding a slot until
+-- keepalive_timeout (15 s): a client holding capacity x workers of them,
+-- with one request each every few seconds, had every new client queued
+-- for good (2,100 against 2 workers: 0 of 5 new requests answered in
+-- 10 s; scripts/hostile-mix found it). Past 3/4 of a worker's slots they
+-- are parked with the master, as in strict prefork, on both ends of a
+-- request: the C loop's plain one (a GET) and http.lua's after (a body).
+describe("idle keep-alive connections in the default mode", function()
+  it("cannot take every slot: past 3/4 of the capacity they wait parked, and a new client is answered", function()
+    local pool = H.start_pool{ script = "examples/http_hello.lua", workers = 1, concurrency = 8 }
+    H.defer(finally, function() pool:stop() end)
+    local base = H.fd_count(pool:worker_pids()[1])
+    local cs = {}
+    H.defer(finally, function() for _, c in ipairs(cs) do c:close() end end)
+    for i = 1, 8 do
+      cs[i] = H.raw_client(pool.addr, 10)
+      cs[i]:send(i % 2 == 0 and "GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+        or "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc")
+      local st, body = cs[i]:response()
+      assert.equals(200, st, tostring(body))
+    end
+    -- the worker keeps 6 (3/4 of 8), the other two wait parked
+    local st = H.wait_status(pool, function(s) return s.parked >= 2 end, 10,
+                             "idle keep-alive connections parked")
+    assert.truthy(H.sum_workers(st, "active") <= 6, H.sum_workers(st, "active") .. " active")
+    -- a new client is answered at once, not after keepalive_timeout
+    local r, err = H.request(pool.addr, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 5)
+    assert.truthy(r and r:match("^HTTP/1%.1 200 "), tostring(r) .. " " .. tostring(err))
+    -- every idle one, parked or kept, is still served, in the same order
+    for i = 1, 8 do
+      cs[i]:send("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+      local code, body = cs[i]:response()
+      assert.equals(200, code, "connection " .. i .. ": " .. tostring(body))
+    end
+    for _, c in ipairs(cs) do c:close() end
+    H.wait_status(pool, function(s) return s.parked == 0 and H.sum_workers(s, "active") == 0 end,
+                  20, "every connection gone")
+    H.wait_until(function() return H.fd_count(pool:worker_pids()[1]) == base end, 10,
+                 "the worker's fds back to " .. base)
+  end)
+end)

@@ -342,3 +342,41 @@ end
     end
   end)
 end)
+
+-- Parked connections that all ask at once can fill the master's queue
+-- (1024). Their enqueue did not stop accepting (a new connection's did),
+-- so a new client whose request came with its connect (deferred accept)
+-- was accepted into a full queue and closed unanswered; scripts/hostile-
+-- mix (strict prefork, 2500 keep-alive clients) saw it as an empty reply
+-- to a request and a half-close. Now accepting stops until there is room,
+-- and the new client waits in the kernel's backlog instead.
+describe("a queue filled by parked connections (--concurrency 1)", function()
+  it("stops accepting until there is room: a new client's request is answered, not closed", function()
+    local dir = H.tmpdir()
+    H.writefile(dir .. "/app.lua", APP)
+    local p = H.start_pool{ script = dir .. "/app.lua", workers = 1, concurrency = 1 }
+    H.defer(finally, function() p:stop() end)
+    local N = 1100
+    local cs = {}
+    H.defer(finally, function() for _, c in ipairs(cs) do c:close() end end)
+    for i = 1, N do
+      cs[i] = client(p.addr)
+      cs[i]:send(get("/a"))
+      assert.equals(200, (cs[i]:response()))
+    end
+    H.wait_status(p, function(s) return s.parked >= N end, 20, N .. " parked")
+    -- the only worker busy for a while, then every parked client asks
+    local busy = client(p.addr)
+    cs[#cs + 1] = busy
+    busy:send(get("/sleep?ms=3000"))
+    for i = 1, N do cs[i]:send(get("/b")) end
+    H.wait_status(p, function(s) return s.queued >= 1024 end, 10, "a full queue")
+    local fd = assert(fdpool.connect(p.addr, 30))
+    assert(fd:write(get("/new")))
+    assert(fd:shutdown("send"))
+    local out = fd:read("a")
+    fd:close()
+    assert.truthy(out and out:match("^HTTP/1%.1 200 "), tostring(out))
+    assert.truthy(out:find("/new ", 1, true), out)
+  end)
+end)

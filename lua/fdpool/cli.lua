@@ -541,7 +541,7 @@ local function cmd_check(args)
   _G.arg = { [0] = script, table.unpack(cfg.args) }
   fdpool.worker = fdpool.worker or { id = 0, pid = 0, capacity = 1,
     set = function() return true end, exiting = function() return false end,
-    on_stop = function() end }
+    on_stop = function() end, crowded = function() return false end }
   -- Timers and threads started by the top level are not run here: inert
   -- stand-ins (the real ones exist only in a worker).
   local inert = setmetatable({}, { __index = function() return function() return true end end })

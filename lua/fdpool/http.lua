@@ -928,6 +928,13 @@ function M.serve(fn, options)
   if not (opts.keepalive_timeout > 0 and opts.keepalive_timeout < 86400) then
     park = false
   end
+  -- Not asked for either way: park anyway while the worker is crowded
+  -- (3/4 of its slots taken), so idle keep-alive connections cannot hold
+  -- every slot (lhttp.c's crowded_end for the C loop's plain ends).
+  local crowded = opts.park == nil and not park and fdpool.worker ~= nil
+    and fdpool.worker.crowded
+    and opts.keepalive_timeout > 0 and opts.keepalive_timeout < 86400
+    and fdpool.worker.crowded or nil
   -- The connection's end when its next head could not be read.
   local function read_failed(conn, served, err, method)
     local head = method == "HEAD"
@@ -1002,7 +1009,8 @@ function M.serve(fn, options)
       conn:settimeout(opts.keepalive_timeout)
     end
     -- A TLS connection cannot be parked (park says "tls"): it stays.
-    if park and conn:buffered() == 0 and conn:park(opts.keepalive_timeout) then
+    if (park or (crowded and crowded())) and conn:buffered() == 0
+        and conn:park(opts.keepalive_timeout) then
       return false
     end
     return true
@@ -1028,6 +1036,7 @@ function M.serve(fn, options)
     max_body = opts.max_upload or opts.max_body,   -- the framing check (prepare)
     keepalive_requests = opts.keepalive_requests, plain = not log and not park,
     park = park and not log,      -- parking without Lua: lhttp.c's park_end
+    park_auto = crowded ~= nil and not log,   -- lhttp.c's crowded_end
     res_started = ResStarted, res_sent = ResSent, -- res's sent state (Res:send)
     lazy = lazy_req }             -- req.headers, target, path, query on first use
   local handler = function(conn)
