@@ -347,7 +347,7 @@ af_look_n(struct fdp_acceptf *af, int fd, int mode, int hup, ssize_t *got)
 
     if (mode == FDP_AF_HTTP || mode == FDP_AF_TLS) {
         want = mode == FDP_AF_TLS ? 5 + 16384
-               : (size_t) (af->max_head ? af->max_head : 8192) + 64;
+               : (size_t) (af->max_head ? af->max_head : 32768) + 64;
         if (want > PEEK_CAP) {
             want = PEEK_CAP;
         }

@@ -1313,7 +1313,11 @@ fdp_lhttp_reply(lua_State *L)
 
 /* ---- HTTP/1.x request head and chunked body -------------------------- */
 
-#define HEAD_MAX_DEFAULT   8192
+/* A request head: 32 KiB in all, as much as nginx takes by default (its
+ * 4 large header buffers of 8 KiB); a browser with big cookies sends
+ * more than 8 KiB. A response head (sock:readresponse): 8 KiB. */
+#define HEAD_MAX_DEFAULT   32768
+#define RESPHEAD_MAX_DEFAULT 8192
 
 /*
  * conn:httploop's cfg table (stack slot S_CFG) holds in its array part
@@ -2158,7 +2162,7 @@ int
 fdp_lhttp_readresponse(lua_State *L)
 {
     struct fdp_conn *c = fdp_checkconn(L);
-    lua_Integer max = luaL_optinteger(L, 2, HEAD_MAX_DEFAULT);
+    lua_Integer max = luaL_optinteger(L, 2, RESPHEAD_MAX_DEFAULT);
 
     luaL_argcheck(L, max > 0, 2, "the limit must be positive");
     if (fdp_conn_busy(L, c, 0)) {

@@ -454,18 +454,23 @@ describe("fdpool.http (tests/fixtures/http_echo.lua)", function()
             return r
         end
 
-        it("answers a 9 KiB header with 431 (head still arriving)", function()
-            refused("GET / HTTP/1.1\r\nHost: test\r\nX-Big: " .. ("a"):rep(9 * 1024) .. "\r\n", 431)
+        it("answers a 33 KiB header with 431 (head still arriving)", function()
+            refused("GET / HTTP/1.1\r\nHost: test\r\nX-Big: " .. ("a"):rep(33 * 1024) .. "\r\n", 431)
         end)
 
         -- Regression test (was a bug, now fixed).
-        it("answers a 9 KiB request line with 414 (still arriving, and complete)", function()
-            refused("GET /" .. ("a"):rep(9 * 1024), 414)
-            refused("GET /" .. ("a"):rep(9 * 1024) .. " HTTP/1.1\r\nHost: test\r\n\r\n", 414)
+        it("answers a 33 KiB request line with 414 (still arriving, and complete)", function()
+            refused("GET /" .. ("a"):rep(33 * 1024), 414)
+            refused("GET /" .. ("a"):rep(33 * 1024) .. " HTTP/1.1\r\nHost: test\r\n\r\n", 414)
         end)
 
-        it("answers a complete 9 KiB header with 431", function()
-            refused("GET / HTTP/1.1\r\nHost: test\r\nX-Big: " .. ("a"):rep(9 * 1024) .. "\r\n\r\n", 431)
+        it("answers a complete 33 KiB header with 431", function()
+            refused("GET / HTTP/1.1\r\nHost: test\r\nX-Big: " .. ("a"):rep(33 * 1024) .. "\r\n\r\n", 431)
+        end)
+
+        it("takes a 16 KiB Cookie header by default (a browser's big cookies; nginx takes 32 KiB in all)", function()
+            local r = assert(once(pool.addr, "GET /ok HTTP/1.1\r\nHost: test\r\nCookie: " .. ("a=b; "):rep(3200) .. "c=d\r\n\r\n"))
+            assert.equal(200, r.status)
         end)
 
         it("answers a 2 MiB Content-Length with 413 before reading the body", function()

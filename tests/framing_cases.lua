@@ -123,8 +123,9 @@ M.cases = {
   { "a control byte in a name", crlf "GET / HTTP/1.1\nHost: t\nX\1Y: a\n\n", { 400 }, open = false },
   { "a DEL in a value", crlf "GET / HTTP/1.1\nHost: t\nX: a\127b\n\n", { 400 }, open = false },
   { "101 header fields are 431", crlf("GET / HTTP/1.1\nHost: t\n" .. ("X-A: b\n"):rep(100) .. "\n"), { 431 }, open = false },
-  { "a 9 KiB request line is 414", crlf("GET /" .. ("a"):rep(9216) .. " HTTP/1.1\nHost: t\n\n"), { 414 }, open = false },
-  { "a 9 KiB head is 431", crlf("GET / HTTP/1.1\nHost: t\nX: " .. ("a"):rep(9216) .. "\n\n"), { 431 }, open = false },
+  { "a 33 KiB request line is 414", crlf("GET /" .. ("a"):rep(33 * 1024) .. " HTTP/1.1\nHost: t\n\n"), { 414 }, open = false },
+  { "a 33 KiB head is 431", crlf("GET / HTTP/1.1\nHost: t\nX: " .. ("a"):rep(33 * 1024) .. "\n\n"), { 431 }, open = false },
+  { "a 9 KiB head is taken (32 KiB in all)", crlf("GET / HTTP/1.1\nHost: t\nX: " .. ("a"):rep(9216) .. "\n\n"), { 200 }, open = true },
   { "HEAD with a bad header: 400 without body", crlf "HEAD / HTTP/1.1\nHost : t\n\n", { 400 }, open = false, head = true },
 
   -- ---- Host ---------------------------------------------------------------

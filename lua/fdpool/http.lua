@@ -9,7 +9,7 @@ local fdpool = require "fdpool"
 local M = {}
 
 M.defaults = {
-  max_head = 8192,            -- bytes of request line + headers (431)
+  max_head = 32768,           -- bytes of request line + headers (431)
   max_body = 1024 * 1024,     -- bytes of request body (413)
   max_upload = nil,           -- bytes of a body streamed with
                               -- req:body_reader (nil: max_body)

@@ -40,7 +40,7 @@ end
 -- ---- the in-memory conn ----------------------------------------------
 
 local LINE_MAX = 1 << 20      -- as LINE_MAX_BYTES in src/lconn.c
-local HEAD_MAX_DEFAULT = 8192
+local HEAD_MAX_DEFAULT = 32768   -- as src/lhttp.c
 local HEADERS_MAX = 100
 
 local Conn = {}
@@ -308,7 +308,7 @@ end
 
 --- Read one HTTP/1.x request head, as the real conn:readrequest: empty
 -- lines before it are skipped, the body stays buffered.
--- @tparam[opt=8192] integer max bytes of request line and headers
+-- @tparam[opt=32768] integer max bytes of request line and headers
 -- @tparam[opt] number head seconds for the whole head (recorded as
 -- `conn.head_timeout`; in memory nothing waits)
 -- @treturn[1] table {method, target, path, query, version ("1.0"|"1.1"),
