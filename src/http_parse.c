@@ -239,10 +239,42 @@ parse_fields(const char *next, const char *end, struct fdp_http_head *h,
         if (eol == line) {
             break;
         }
+        if (lf_ok && (*line == ' ' || *line == '\t') && h->nfields > 0) {
+            /* A response's obs-fold: a user agent replaces it with SP
+             * (RFC 9112 5.2), in place: this line's text moves back to
+             * one SP after the previous value's end (bytes no span
+             * holds: its trailing OWS, the line break, the indent). */
+            struct fdp_http_field *f = &h->fields[h->nfields - 1];
+            char *pe = (char *) f->value + f->value_len;
+
+            v = line;
+            ve = eol;
+            while (v < ve && (*v == ' ' || *v == '\t')) {
+                v++;
+            }
+            while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) {
+                ve--;
+            }
+            if (v == ve) {
+                continue;                   /* an empty continuation */
+            }
+            if (!field_bytes_ok(v, ve)) {
+                return FDP_HTTP_EVALUE;
+            }
+            if (f->value_len == 0) {
+                f->value = v;
+                f->value_len = (size_t) (ve - v);
+            } else {
+                *pe = ' ';
+                memmove(pe + 1, v, (size_t) (ve - v));
+                f->value_len += 1 + (size_t) (ve - v);
+            }
+            continue;
+        }
         if (h->nfields == FDP_HTTP_FIELDS_MAX) {
             return FDP_HTTP_ETOOMANY;
         }
-        /* A leading SP/HTAB (obs-fold) or a space before the colon
+        /* A leading SP/HTAB (a request's obs-fold) or a space before the colon
          * fails here: neither is a tchar. (No bound check: the byte at
          * eol, CR or LF, is not one either.) */
         for (q = line; tchar[(unsigned char) q[0]] && tchar[(unsigned char) q[1]];

@@ -56,7 +56,10 @@ local cases = {
 
   -- ---- header fields ---------------------------------------------------
   { "whitespace before the first header", crlf "HTTP/1.1 200 OK\n Host: foo\nContent-Length: 0\n\n", err = "bad header line" },
-  { "obs-fold", crlf "HTTP/1.1 200 OK\nX: a\n b\nContent-Length: 0\n\n", err = "bad header line" },
+  { "obs-fold: one value, the fold a space (RFC 9112 5.2)", crlf "HTTP/1.1 200 OK\nX: a \n \t b\t\nContent-Length: 2\n\nhi", want = { 200, "hi", headers = { x = "a b" } } },
+  { "obs-fold of an empty value, and an empty fold", crlf "HTTP/1.1 200 OK\nX:\n b\n \nY: c\n  d\n  e\nContent-Length: 2\n\nhi", want = { 200, "hi", headers = { x = "b", y = "c d e" } } },
+  { "obs-fold with a control byte", crlf "HTTP/1.1 200 OK\nX: a\n b\1\nContent-Length: 0\n\n", err = "bad header value" },
+  { "a fold before any header", crlf "HTTP/1.1 200 OK\n X: a\nContent-Length: 0\n\n", err = "bad header line" },
   { "headers separated by a bare CR", crlf "HTTP/1.1 200 OK\nFoo: 1\rBar: 2\nContent-Length: 0\n\n", err = "bad header value" },
   { "a NUL in a value", crlf "HTTP/1.1 200 OK\nX: a\0b\nContent-Length: 0\n\n", err = "bad header value" },
   { "a space before the colon", crlf "HTTP/1.1 200 OK\nContent-Length : 2\n\nhi", err = "bad header line" },

@@ -1439,8 +1439,13 @@ test_http_response(void)
               == FDP_HTTP_ESTATUS);
     test_cond("response: control byte in the reason",
               resp("HTTP/1.1 200 O\001K\r\n\r\n", &h) == FDP_HTTP_ESTATUS);
-    test_cond("response: obs-fold",
-              resp("HTTP/1.1 200 OK\r\nA: b\r\n c\r\n\r\n", &h)
+    test_cond("response: obs-fold joined with one space (RFC 9112 5.2)",
+              resp("HTTP/1.1 200 OK\r\nA: b \r\n \t c \r\nD: e\r\n\r\n", &h)
+              == 0 && h.nfields == 2 && h.fields[0].value_len == 3
+              && memcmp(h.fields[0].value, "b c", 3) == 0
+              && h.fields[1].value_len == 1 && h.fields[1].value[0] == 'e');
+    test_cond("response: a fold before the first field",
+              resp("HTTP/1.1 200 OK\r\n A: b\r\n\r\n", &h)
               == FDP_HTTP_EHEADER);
     test_cond("response: no colon",
               resp("HTTP/1.1 200 OK\r\nA b\r\n\r\n", &h) == FDP_HTTP_EHEADER);
