@@ -190,6 +190,10 @@ run_command(struct ctl_client *c, const char *line, size_t n)
     case FDP_CTL_PING:
         fdp_buf_printf(&c->out, "OK pong\n");
         break;
+    case FDP_CTL_BAD_SCALE:
+        fdp_buf_printf(&c->out, "ERR scale needs a number of workers from "
+                       "1 to 256\n");
+        break;
     default:
         fdp_buf_printf(&c->out, "ERR unknown command (expected status, "
                        "status json, status openmetrics, stop, "

@@ -56,15 +56,18 @@ fdp_ctl_parse(const char *line, size_t n, long *arg)
     if (is(line, n, "ping")) {
         return FDP_CTL_PING;
     }
-    if (n > 6 && n <= 9 && memcmp(line, "scale ", 6) == 0) {
+    if (n >= 5 && memcmp(line, "scale", 5) == 0 && (n == 5 || line[5] == ' ')) {
+        if (n <= 6 || n > 9) {
+            return FDP_CTL_BAD_SCALE;
+        }
         for (i = 6; i < n; i++) {
             if (line[i] < '0' || line[i] > '9') {
-                return FDP_CTL_BAD;
+                return FDP_CTL_BAD_SCALE;
             }
             v = v * 10 + (line[i] - '0');
         }
         if (v < 1 || v > 256) {
-            return FDP_CTL_BAD;
+            return FDP_CTL_BAD_SCALE;
         }
         *arg = v;
         return FDP_CTL_SCALE;

@@ -8,9 +8,11 @@
 #include <errno.h>
 #include <stddef.h>
 
-/* fdp_ctl_parse returns a command (> 0), or FDP_CTL_BAD (-EINVAL). */
+/* fdp_ctl_parse returns a command (> 0), FDP_CTL_BAD (-EINVAL), or
+ * FDP_CTL_BAD_SCALE (-ERANGE: "scale" without a number from 1 to 256). */
 enum fdp_ctl_cmd {
     FDP_CTL_BAD = -EINVAL,
+    FDP_CTL_BAD_SCALE = -ERANGE,
     FDP_CTL_STATUS = 1,
     FDP_CTL_STATUS_JSON,
     FDP_CTL_STOP,

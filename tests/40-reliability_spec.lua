@@ -739,7 +739,13 @@ describe("the control socket", function()
     local p = H.start_pool{ script = TIMEOUT_FIX, workers = 1 }
     defer(function() p:stop() end)
     for _, cmd in ipairs{ { "ping", "^OK pong\n$" }, { "status", "^master %d+" },
-                          { "bogus", "^ERR unknown command" } } do
+                          { "bogus", "^ERR unknown command" },
+                          -- a scale out of range says so, not "unknown command"
+                          { "scale 0", "^ERR scale needs a number of workers from 1 to 256\n$" },
+                          { "scale", "^ERR scale needs a number" },
+                          { "scale x", "^ERR scale needs a number" },
+                          { "scale 1000", "^ERR scale needs a number" },
+                          { "scalex", "^ERR unknown command" } } do
       local ctl = assert(fdpool.connect("unix:" .. p.control, 10))
       assert(ctl:write(cmd[1]))
       assert(ctl:shutdown("send"))

@@ -22,9 +22,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else {
         assert(arg == 0);
     }
-    assert(cmd == -EINVAL || (cmd >= FDP_CTL_STATUS
+    assert(cmd == -EINVAL || cmd == -ERANGE || (cmd >= FDP_CTL_STATUS
                               && cmd <= FDP_CTL_LAST));
-    if (cmd != FDP_CTL_BAD) {
+    if (cmd == FDP_CTL_BAD_SCALE) {
+        assert(size >= 5 && memcmp(data, "scale", 5) == 0);
+    }
+    if (cmd > 0) {
         assert(memchr(data, '\0', size) == NULL);
     }
     return 0;
