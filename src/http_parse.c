@@ -311,6 +311,51 @@ parse_fields(const char *next, const char *end, struct fdp_http_head *h,
 
 
 /*
+ * [s, s+n) is the start of a request head that has not ended: can no
+ * request line fdp_http_parse_head takes begin so? Empty lines before
+ * it skipped, then method SP target SP "HTTP/" DIGIT "." DIGIT CRLF,
+ * each byte checked where it stands, up to the line's end or n (the
+ * caller bounds n: FDP_HTTP_HOPELESS_LOOK). 1 means the parser would
+ * refuse the line whatever came next (a TLS hello or binary junk on a
+ * plain port, a version that is not HTTP/x.y), so the client is answered
+ * at once instead of when head_timeout runs out. Pure.
+ */
+int
+fdp_http_line_hopeless(const char *s, size_t n)
+{
+    static const char ver[] = "HTTP/0.0\r\n";      /* 0: a digit */
+    const char *p = s, *end = s + n, *f;
+    size_t i;
+
+    while (p < end && (*p == '\r' || *p == '\n')) {
+        p++;
+    }
+    for (f = p; p < end && tchar[(unsigned char) *p]; p++) {
+    }
+    if (p == end) {
+        return 0;
+    }
+    if (p == f || *p != ' ') {
+        return 1;                           /* method */
+    }
+    for (f = ++p; p < end && (unsigned char) *p > 0x20 && *p != 0x7f; p++) {
+    }
+    if (p == end) {
+        return 0;
+    }
+    if (p == f || *p != ' ') {
+        return 1;                           /* target */
+    }
+    for (p++, i = 0; p < end && i < sizeof(ver) - 1; p++, i++) {
+        if (ver[i] == '0' ? *p < '0' || *p > '9' : *p != ver[i]) {
+            return 1;                       /* version, line end */
+        }
+    }
+    return 0;
+}
+
+
+/*
  * Parse the head in [s, s+n) (it ends with the empty line) into *h: the
  * spans point into s, and header names are lower-cased in place (only
  * when the whole head parsed). Returns

@@ -62,6 +62,10 @@ int fdp_http_parse_head(char *s, size_t n, struct fdp_http_head *h);
 int fdp_http_parse_head_lines(char *s, size_t n, const char *const *lf,
                               size_t nlf, struct fdp_http_head *h);
 int fdp_http_parse_response(char *s, size_t n, struct fdp_http_head *h);
+/* The first bytes of a request head still coming that no request line
+ * can begin with: 1 (answer 400 now), else 0 (wait for more). */
+#define FDP_HTTP_HOPELESS_LOOK  256     /* bytes it looks at, at most */
+int fdp_http_line_hopeless(const char *s, size_t n);
 const char *fdp_http_strerror(int err);
 
 /*

@@ -1976,9 +1976,22 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
             }
         }
         if (s) {
-            c->op_pos = (size_t) (end - s) > 2 ? (size_t) (end - s) - 2 : 0;
-            if ((size_t) (end - s) > max) {
+            size_t look = (size_t) (end - s);
+
+            c->op_pos = look > 2 ? look - 2 : 0;
+            if (look > max) {
                 return head_too_large(L, s, max, truncated);
+            }
+            /* a request line none could finish: the parser refuses
+             * these bytes now (400) rather than at head_timeout */
+            if (truncated != NULL
+                && fdp_http_line_hopeless(s, look < FDP_HTTP_HOPELESS_LOOK
+                                          ? look : FDP_HTTP_HOPELESS_LOOK)) {
+                if (lfs != NULL) {
+                    lfs->n = 0;
+                }
+                c->op_pos = 0;
+                return look;
             }
         }
         n = fdp_conn_fill(c, 0);

@@ -390,3 +390,43 @@ describe("pipelined responses", function()
     assert.equal("nodelay=1\n", out)
   end)
 end)
+
+-- Regression test (was a bug, now fixed): bytes no request line could
+-- begin with (a TLS hello on the plain port, binary junk, a version that
+-- is not HTTP/x.y), with no line end yet, were held until head_timeout
+-- (10 s) and then answered 408, as if the client were only slow. They
+-- get 400 at once, in the default mode and with the master looking at
+-- heads first (strict prefork, --concurrency 1).
+describe("a request line none could finish", function()
+  for _, mode in ipairs{ { "default", {} }, { "strict prefork", { concurrency = 1 } } } do
+    it("is answered 400 at once (" .. mode[1] .. ")", function()
+      local opts = { script = "tests/fixtures/attacks.lua", workers = 1 }
+      for k, v in pairs(mode[2]) do opts[k] = v end
+      local pool = H.start_pool(opts)
+      finally(function() pool:stop() end)
+      assert(pool.addr, "pool did not start: " .. pool:log())
+      for _, junk in ipairs{ "\22\3\1\2\0\1\0\1\252\3\3" .. ("\0"):rep(40), "GET\0 / HTTP/1.1",
+                             "GET /a\1b HTTP/1.1", "GET / FTP/1.1", "GET / HTTP/1.1\nHost: t" } do
+        local fd = assert(fdpool.connect(pool.addr, 10))
+        assert(fd:settimeout(5))     -- head_timeout is 10 s: well before it
+        assert(fd:write(junk))
+        local data, err = fd:read("a")
+        fd:close()
+        assert(data, ("%q: %s"):format(junk, tostring(err)))
+        assert.equal("HTTP/1.1 400 ", data:sub(1, 13), ("%q"):format(junk))
+      end
+      -- a line still coming that could be a request is waited for
+      local fd = assert(fdpool.connect(pool.addr, 10))
+      assert(fd:settimeout(0.3))
+      assert(fd:write("GET /a HTTP/1.1\r\nHost: t"))
+      local data, err = fd:read("a")
+      assert.is_nil(data)
+      assert.matches("temporarily unavailable", err)   -- (the socket's timeout)
+      assert(fd:write("\r\n\r\n"))
+      assert(fd:settimeout(5))
+      data = fd:read(12)
+      fd:close()
+      assert.equal("HTTP/1.1 ", data and data:sub(1, 9))
+    end)
+  end
+end)

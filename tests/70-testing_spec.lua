@@ -253,6 +253,24 @@ describe("fdpool.testing readrequest against the C parser", function()
     assert.matches('"too many headers"', r, 1, true)
   end)
 
+  -- Regression test (was a bug, now fixed): a head whose request line no
+  -- request could finish (binary junk, a TLS hello on the plain port, a
+  -- version that is not HTTP/x.y) is refused at once, not held until the
+  -- head's timeout ran out (then 408, as if the client were slow).
+  it("refuses at once a request line none could finish, as the real one", function()
+    for _, input in ipairs{ "\22\3\1\2\0\1\0\1\252\3\3", "GET\0 / HTTP/1.1", "GE(T / HTTP/1.1",
+                            "GET /a\1b HTTP/1.1", "GET / FTP/1.1", "GET / HTTP/1.1\nHost", " GET / HTTP/1.1",
+                            "\r\nGET / HTTP/1.1 \r", "GET  /", "GET / HTTP/1.x" } do
+      local r = same("to:5 rr", input, true)
+      assert.matches('rr %-> nil "bad request line"', r)
+    end
+    -- what could still be a request waits for more (here: the timeout)
+    for _, input in ipairs{ "G", "GET /", "GET / HTTP/1", "\r\nGET / HTTP/1.1\r", "GET / HTTP/1.1\r\nX-A" } do
+      local r = same("to:0.1 rr", input, true)
+      assert.matches('rr %-> nil "timeout"', r)
+    end
+  end)
+
   it("keeps a partial head buffered on timeout, as the real one", function()
     local r = same("to:0.1 rr buf", "GET / HTTP/1.1\r\nHo", true)
     assert.matches('rr %-> nil "timeout"\nbuf %-> 18', r)

@@ -325,6 +325,29 @@ local function too_large(s, max)
   return "header too large"
 end
 
+-- A request line none could finish, judged on the head's first 256
+-- bytes (src/http_parse.c fdp_http_line_hopeless): refused at once.
+local function hopeless(s)
+  s = s:sub(1, 256)
+  local method, rest = s:match("^([%w!#$%%&'*+%-.^_`|~]*)(.*)$")
+  if rest == "" then return false end
+  if method == "" or rest:sub(1, 1) ~= " " then return true end
+  local target
+  target, rest = rest:sub(2):match("^([^%c ]*)(.*)$")
+  if rest == "" then return false end
+  if target == "" or rest:sub(1, 1) ~= " " then return true end
+  local want = "HTTP/0.0\r\n"
+  for i = 2, math.min(#rest, #want + 1) do
+    local c, w = rest:sub(i, i), want:sub(i - 1, i - 1)
+    if w == "0" then
+      if not c:find("^%d$") then return true end
+    elseif c ~= w then
+      return true
+    end
+  end
+  return false
+end
+
 function Conn:readrequest(max, head)
   max = optinteger(max, 1, "readrequest", HEAD_MAX_DEFAULT)
   if max <= 0 then argerror(1, "readrequest", "the limit must be positive") end
@@ -346,6 +369,7 @@ function Conn:readrequest(max, head)
       return req
     end
     if #s > max then return nil, too_large(s, max) end
+    if hopeless(s) then return nil, "bad request line", nil end
     local r = self:_fill()
     if r == "eof" then
       local truncated = #self._buf > 0
