@@ -237,6 +237,12 @@ check_lines(const uint8_t *in, size_t n, size_t max_lf)
     r1 = fdp_http_parse_head(whole, n, &h1);
     r2 = fdp_http_parse_head_lines(lines_copy, n, lf, nlf, &h2);
     assert(r1 == r2);
+    /* what head_find refuses before the head ends, the parser refuses
+     * once it has ended */
+    if (fdp_http_line_hopeless((const char *) in, n < FDP_HTTP_HOPELESS_LOOK
+                               ? n : FDP_HTTP_HOPELESS_LOOK)) {
+        assert(r1 == FDP_HTTP_EBADLINE);
+    }
     assert((h1.method == NULL) == (h2.method == NULL));
     if (h1.method == NULL) {
         return;
