@@ -1438,10 +1438,37 @@ hspec_note(struct hspec *sp, const struct fdp_http_field *f)
 
 /* The head's fields as a table (lower-case names; a repeated field's
  * values joined with ", ", RFC 9110 5.3). */
+/* The authority of an absolute-form request-target t (n bytes), "h:1"
+ * of "http://h:1/p?q", in *an bytes; NULL for any other form. */
+static const char *
+target_authority(const char *t, size_t n, size_t *an)
+{
+    size_t i = 1, j;
+
+    if (n == 0 || (t[0] | 0x20) < 'a' || (t[0] | 0x20) > 'z') {
+        return NULL;
+    }
+    while (i < n && (((t[i] | 0x20) >= 'a' && (t[i] | 0x20) <= 'z')
+                     || (t[i] >= '0' && t[i] <= '9')
+                     || t[i] == '+' || t[i] == '.' || t[i] == '-')) {
+        i++;
+    }
+    if (i + 3 > n || memcmp(t + i, "://", 3) != 0) {
+        return NULL;
+    }
+    i += 3;
+    for (j = i; j < n && t[j] != '/' && t[j] != '?' && t[j] != '#'; j++) {
+    }
+    *an = j - i;
+    return t + i;
+}
+
+
 static void
 push_fields(lua_State *L, const struct fdp_http_head *h)
 {
-    size_t i;
+    size_t i, an;
+    const char *a;
 
     lua_createtable(L, 0, (int) h->nfields);
     for (i = 0; i < h->nfields; i++) {
@@ -1471,6 +1498,16 @@ push_fields(lua_State *L, const struct fdp_http_head *h)
         }
         lua_rawset(L, -3);
     }
+    /* An absolute-form target's authority is the request's host: the
+     * server MUST ignore the Host field it got (RFC 9112 3.2.2; prepare
+     * checked that one all the same), so a handler, a router or a
+     * virtual host sees one host, never "GET http://a/" with "Host: b". */
+    if (h->method != NULL
+        && (a = target_authority(h->target, h->target_len, &an)) != NULL) {
+        lua_pushliteral(L, "host");
+        lua_pushlstring(L, a, an);
+        lua_rawset(L, -3);
+    }
 }
 
 
@@ -1485,22 +1522,15 @@ push_fields(lua_State *L, const struct fdp_http_head *h)
 static const char *
 target_path(const char *t, size_t n, const char *q, size_t *pn)
 {
-    const char *end = q != NULL ? q : t + n, *p;
-    size_t i = 1;
+    const char *end = q != NULL ? q : t + n, *a, *p;
+    size_t an;
 
     *pn = (size_t) (end - t);
-    if (n == 0 || (t[0] | 0x20) < 'a' || (t[0] | 0x20) > 'z') {
+    a = target_authority(t, (size_t) (end - t), &an);
+    if (a == NULL) {
         return t;
     }
-    while (i < n && (((t[i] | 0x20) >= 'a' && (t[i] | 0x20) <= 'z')
-                     || (t[i] >= '0' && t[i] <= '9')
-                     || t[i] == '+' || t[i] == '.' || t[i] == '-')) {
-        i++;
-    }
-    if (t + i + 3 > end || memcmp(t + i, "://", 3) != 0) {
-        return t;
-    }
-    p = memchr(t + i + 3, '/', (size_t) (end - (t + i + 3)));
+    p = memchr(a + an, '/', (size_t) (end - (a + an)));
     if (p == NULL) {
         *pn = 1;
         return "/";
@@ -2554,30 +2584,20 @@ prepare(lua_State *L, struct fdp_conn *c, const struct httpcfg *cp,
             return 400;
         }
     } else if (n == 0 || t[0] != '/') {
-        size_t i = 1;
-        int absolute = n > 0 && ((t[0] | 0x20) >= 'a' && (t[0] | 0x20) <= 'z');
+        size_t an;
+        const char *a = target_authority(t, n, &an);
 
-        while (absolute && i < n && (is_alnum((unsigned char) t[i])
-                                     || t[i] == '+' || t[i] == '.' || t[i] == '-')) {
-            i++;
-        }
-        absolute = absolute && n - i >= 3 && memcmp(t + i, "://", 3) == 0;
-        if (!absolute) {
+        if (a == NULL) {
             if (n != 1 || t[0] != '*' || mn != 7 || memcmp(m, "OPTIONS", 7) != 0) {
                 *why = "bad request target";
                 return 400;
             }
-        } else {
-            /* the authority as Host's, with a host: no userinfo (RFC
-             * 9110 4.2.4: an error), no empty host (4.2.1: invalid) */
-            size_t a = i + 3;
-
-            for (i = a; i < n && t[i] != '/' && t[i] != '?' && t[i] != '#'; i++) {
-            }
-            if (i == a || t[a] == ':' || !valid_host(t + a, i - a)) {
-                *why = "bad request target";
-                return 400;
-            }
+        } else if (an == 0 || a[0] == ':' || !valid_host(a, an)) {
+            /* absolute-form: the authority as Host's, with a host: no
+             * userinfo (RFC 9110 4.2.4: an error), no empty host
+             * (4.2.1: invalid) */
+            *why = "bad request target";
+            return 400;
         }
     }
     v = spget(L, hi, sp, SP_EXPECT, K_EXPECT, &n);

@@ -173,6 +173,10 @@ describe("req.headers, path and query built on first use", function()
     noquery = "GET /plain HTTP/1.1\r\nHost: h\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
     emptyquery = "GET /e? HTTP/1.1\r\nHost: h\r\n\r\n",
     absolute = "GET http://h/abs?k=v HTTP/1.1\r\nHost: h\r\n\r\n",
+    -- the target's authority is the host, not the Host field (RFC 9112
+    -- 3.2.2: a server MUST ignore it)
+    abshost = "GET http://a.example:8080/abs HTTP/1.1\r\nHost: other\r\n\r\n",
+    abshostdup = "GET HTTP://a.example?q HTTP/1.1\r\nHost: other\r\nConnection: x\r\nConnection: y\r\n\r\n",
     modify = "GET /modify?q HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n",
     assign = "GET /assign?q HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n",
     post = "POST /post?p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello",
@@ -204,6 +208,10 @@ describe("req.headers, path and query built on first use", function()
       local mem, real = both(bytes)
       assert.equal(mem, real)
       assert.matches("HTTP/1.%d 200 OK", real)
+      if name:match("^abshost") then
+        assert.matches("a%.example", real)
+        assert.not_matches("other", real)
+      end
     end)
   end
 

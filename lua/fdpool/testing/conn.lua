@@ -302,6 +302,10 @@ function M.parse_head(head)
     local old = headers[name]
     headers[name] = old and (old .. ", " .. value) or value
   end
+  -- an absolute-form target's authority is the host (RFC 9112 3.2.2),
+  -- as src/lhttp.c's push_fields sets it
+  local authority = target:match("^%a[%w+.-]*://([^/?#]*)")
+  if authority then headers.host = authority end
   req.headers = headers
   return req
 end
