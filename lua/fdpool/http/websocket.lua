@@ -264,10 +264,10 @@ function WS:_frame()
     -- has sent (or stopped sending) the rest of the frame. The state
     -- carries a character split across reads and fragments.
     local st = op == 1 and 0 or self._utf8
-    local parts, got = {}, 0
+    local data, parts, got = "", nil, 0
     while got < len do
       local d
-      d, err = conn:receiveany(math.min(len - got, 65536))
+      d, err = conn:receiveany(len - got)
       if not d then
         conn:setdeadline(nil)
         self:_drop()
@@ -280,11 +280,16 @@ function WS:_frame()
         self._op, self._parts, self._size = nil, nil, 0
         return self:_fail(1007, "invalid UTF-8 in a text message")
       end
-      parts[#parts + 1] = d
       got = got + #d
+      if got == len and not parts then
+        data = d   -- the usual case: the payload was there in one piece
+      else
+        parts = parts or {}
+        parts[#parts + 1] = d
+      end
     end
     conn:setdeadline(nil)
-    return op, fin, #parts == 1 and parts[1] or table.concat(parts), st
+    return op, fin, parts and table.concat(parts) or data, st
   end
   local data
   data, err = need(self, len)
