@@ -242,6 +242,15 @@ function WS:_frame()
       return self:_fail(1002, "payload length with its high bit set")
     end
   end
+  -- A data frame out of sequence is known from its head.
+  if op == 0 and not self._op then
+    conn:setdeadline(nil)
+    return self:_fail(1002, "continuation frame without a message")
+  end
+  if (op == 1 or op == 2) and self._op then
+    conn:setdeadline(nil)
+    return self:_fail(1002, "new message inside a fragmented one")
+  end
   if op < 8 and len > self._opts.max_payload - (self._size or 0) then
     conn:setdeadline(nil)
     return self:_fail(1009, "message larger than " .. self._opts.max_payload .. " bytes")
@@ -249,6 +258,39 @@ function WS:_frame()
   local key
   key, err = need(self, 4)
   if not key then return nil, err end
+  if op == 1 or (op == 0 and self._op == 1) then
+    -- Text: checked as its bytes come, so that invalid UTF-8 fails the
+    -- connection at once (Autobahn's "fail fast"), not once the client
+    -- has sent (or stopped sending) the rest of the frame. The state
+    -- carries a character split across reads and fragments.
+    local st = op == 1 and 0 or self._utf8
+    local data, parts, got = "", nil, 0
+    while got < len do
+      local d
+      d, err = conn:receiveany(len - got)
+      if not d then
+        conn:setdeadline(nil)
+        self:_drop()
+        return nil, err
+      end
+      d = fdpool.ws_mask(d, key, got)
+      st = fdpool.utf8_check(d, st)
+      if not st then
+        conn:setdeadline(nil)
+        self._op, self._parts, self._size = nil, nil, 0
+        return self:_fail(1007, "invalid UTF-8 in a text message")
+      end
+      got = got + #d
+      if got == len and not parts then
+        data = d   -- the usual case: the payload was there in one piece
+      else
+        parts = parts or {}
+        parts[#parts + 1] = d
+      end
+    end
+    conn:setdeadline(nil)
+    return op, fin, parts and table.concat(parts) or data, st
+  end
   local data
   data, err = need(self, len)
   if not data then return nil, err end
@@ -289,7 +331,7 @@ end
 
 function WS:_receive()
   while true do
-    local op, fin, data = self:_frame()
+    local op, fin, data, utf8 = self:_frame()
     if not op then return nil, fin, data end
     if op == 8 then
       local code, reason, fcode = parse_close(data)
@@ -297,6 +339,17 @@ function WS:_receive()
       if not self._close_sent then
         self._close_sent = true
         self:_write(frame(8, code == 1005 and "" or string.pack(">I2", code)))
+      end
+      -- The handshake is done: the server closes the TCP connection
+      -- first (RFC 6455 7.1.1), lingering as _fail does: what the client
+      -- sent after its close (ignored) would else be unread at the
+      -- close, and the reset sent for it can make the client's kernel
+      -- drop the close frame. A client that closes on the FIN ends the
+      -- wait at once.
+      if self.state ~= "closed" then
+        self.state = "closing"   -- (a send from another coroutine: "closed")
+        local http = require "fdpool.http"
+        http._linger(self.conn)
       end
       self:_drop()
       return reason, "close", code
@@ -308,16 +361,14 @@ function WS:_receive()
       if self._close_sent then goto continue end
       return data, "pong"
     end
-    -- Data frames.
-    if op == 0 then
-      if not self._op then return self:_fail(1002, "continuation frame without a message") end
-    else
-      if self._op then return self:_fail(1002, "new message inside a fragmented one") end
+    -- Data frames (in sequence: _frame checked; a text frame's UTF-8
+    -- too, up to its end: utf8 is the state there).
+    if op ~= 0 then
       self._op, self._parts, self._size, self._utf8 = op, {}, 0, 0
     end
     if self._op == 1 then
-      self._utf8 = fdpool.utf8_check(data, self._utf8)
-      if not self._utf8 or (fin and self._utf8 ~= 0) then
+      self._utf8 = utf8
+      if fin and utf8 ~= 0 then
         self._op, self._parts, self._size = nil, nil, 0
         return self:_fail(1007, "invalid UTF-8 in a text message")
       end
