@@ -102,6 +102,22 @@ fdp_http_strerror(int err)
 }
 
 
+int
+fdp_http_line_hopeless(const char *s, size_t n)
+{
+    size_t i;
+
+    /* (the first 16 bytes: enough for binary junk, and a trickled head
+     * is not scanned over and over) */
+    for (i = 0; i < n && i < 16 && s[i] != ' '; i++) {
+        if (!tchar[(unsigned char) s[i]]) {
+            return 1;
+        }
+    }
+    return n > 0 && s[0] == ' ';        /* a SP first: no method */
+}
+
+
 /*
  * The line at s ending in CRLF: its end (at the CR) in *eol and the next
  * line in *next. Returns 0 when the line ends in a bare LF or has no LF.

@@ -64,6 +64,14 @@ int fdp_http_parse_head_lines(char *s, size_t n, const char *const *lf,
 int fdp_http_parse_response(char *s, size_t n, struct fdp_http_head *h);
 const char *fdp_http_strerror(int err);
 
+/* 1 when the first n bytes of a request (empty lines before it already
+ * skipped) cannot begin a request line whatever follows: a byte other
+ * than a tchar before the method's SP (a TLS ClientHello sent to a plain
+ * port, binary junk). The head need not be complete: the server answers
+ * 400 at once instead of waiting for an empty line that will not come.
+ * Pure. */
+int fdp_http_line_hopeless(const char *s, size_t n);
+
 /*
  * The chunked decoder: zero it (or fdp_http_chunked_init), then call
  * fdp_http_chunked_next with the bytes at hand. It consumes framing bytes

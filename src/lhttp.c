@@ -1976,6 +1976,15 @@ head_find(lua_State *L, struct fdp_conn *c, size_t max, const char *truncated,
             if ((size_t) (end - s) > max) {
                 return head_too_large(L, s, max, truncated);
             }
+            /* A request that can never be one (a TLS ClientHello on a
+             * plain port): refused now, as nginx does, not after
+             * head_timeout waiting for an empty line. */
+            if (truncated != NULL
+                && fdp_http_line_hopeless(s, (size_t) (end - s))) {
+                lua_pushnil(L);
+                lua_pushstring(L, fdp_http_strerror(FDP_HTTP_EBADLINE));
+                return 0;
+            }
         }
         n = fdp_conn_fill(c, 0);
         if (n > 0) {

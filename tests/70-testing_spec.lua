@@ -197,6 +197,12 @@ describe("fdpool.testing readrequest against the C parser", function()
     "GET /a b HTTP/1.1\r\n\r\n",
     "GET /\127 HTTP/1.1\r\n\r\n",
     "GET / HTTP/1.1\r\r\n\r\n",
+    -- never a request line, refused before the head ends (a TLS
+    -- ClientHello on a plain port, a space first, a non-token byte)
+    "\22\3\1\0\165\1\0\0\161\3\3",
+    " GET / HTTP/1.1\r\n",
+    "\r\nG(T / HTTP/1.1\r\nHost: x",
+    "GET / HTTP/1.1\r\nHost: x\r\n\r\n\22\3\1",
     -- bad header lines and values
     "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
     "GET / HTTP/1.1\r\nNoColon\r\n\r\n",

@@ -1577,6 +1577,16 @@ test_head_filter(void)
         { "GET / HTTP/1.1\r\nHost: a\r\n", 0 },
         { "GET / HTTP/1.1\r\nHost: a\r\n\r", 0 },
         { "GET / HTTP/1.1\r\r\n", 0 },
+        /* never a request line: judged at once (the worker says 400) */
+        { "\x16\x03\x01\x02\x00\x01", 1 },
+        { "\r\n\x16\x03", 1 },
+        { " GET / HTTP/1.1\r\n", 1 },
+        { "G(T / HTTP/1.1\r\n", 1 },
+        { "GET\t/ HTTP/1.1\r\n", 1 },
+        { "GE", 0 },
+        { "GET ", 0 },
+        { "GET /\x01", 0 },
+        { "ABCDEFGHIJKLMNOPQRSTUVWXYZ\x01", 0 },
     };
     size_t i;
     int ok = 1;

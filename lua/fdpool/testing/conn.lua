@@ -346,6 +346,12 @@ function Conn:readrequest(max, head)
       return req
     end
     if #s > max then return nil, too_large(s, max) end
+    -- Bytes that can never begin a request line (a TLS ClientHello, a
+    -- space first): refused at once, as fdp_http_line_hopeless does.
+    local m = s:sub(1, 16):match("^[^ ]*")
+    if s:sub(1, 1) == " " or m:find("[^A-Za-z0-9!#$%%&'*+%-.^_`|~]") then
+      return nil, "bad request line"
+    end
     local r = self:_fill()
     if r == "eof" then
       local truncated = #self._buf > 0
