@@ -250,6 +250,13 @@ describe("fdpool.testing readrequest against the C parser", function()
     assert.is_true(n >= 40, n .. " bodies")
     -- Split across reads, byte by byte.
     same("rc:100 a", "2;a=\"b\"\r\nhe\r\n3\r\nllo\r\n0\r\nT: 1\r\n\r\nrest")
+    -- Framing not paid for by data (past 16 KiB owed): refused alike;
+    -- just under it, and many plain 1-byte chunks, taken alike.
+    local r = same("rc:100000 a", ("1;" .. ("a"):rep(1000) .. "\r\nx\r\n"):rep(20) .. "0\r\n\r\n")
+    assert.matches('"bad chunk extension"', r, 1, true)
+    r = same("rc:100000 a", ("1;" .. ("a"):rep(1000) .. "\r\nx\r\n"):rep(16) .. "0\r\n\r\n")
+    assert.matches('"xxxxxxxxxxxxxxxx"', r, 1, true)
+    same("rc:100000 a", ("1\r\nx\r\n"):rep(5000) .. "0\r\n\r\n")
   end)
 
   it("gives the same result for more than 100 headers", function()

@@ -148,6 +148,7 @@ describe("fdpool.http, hostile round 2", function()
       { "splitcr", 502, nil, "a bare CR in a value (a second field hidden after it)" },
       { "clte", 502, nil, "Content-Length and Transfer-Encoding" },
       { "hugechunk", 502, nil, "a chunk size of 2^60" },
+      { "extflood", 502, nil, "1-byte chunks with 1000-byte extensions (framing no data pays for)" },
       { "flood1xx", 200, "hi", "10 000 interim 100s, then the answer" },
       { "cut", 502, nil, "a body cut short by close" },
       { "cutchunk", 502, nil, "a chunked body cut short by close" },
@@ -242,6 +243,37 @@ describe("fdpool.http, hostile round 2", function()
       assert.equal(200, rs[1].status, out)
       assert.equal(408, rs[2] and rs[2].status, out)
       assert.is_true(eof and took < 4.5, "took " .. took .. " s")
+    end)
+  end)
+
+  describe("chunk framing that no data pays for", function()
+    local function post(chunks)
+      return exchange(app.addr, "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+        .. "Connection: close\r\n\r\n" .. chunks .. "0\r\n\r\n", 10)
+    end
+
+    it("1-byte chunks with 1000-byte extensions: 400 once 16 KiB are owed, not 1000 x max_body read", function()
+      -- (20 000 of them are 20 MB for 20 KB of data; refused after 17)
+      local fd = assert(fdpool.connect(app.addr, 5))
+      H.defer(finally, function() fd:close() end)
+      assert(fd:settimeout(10))
+      assert(fd:write("POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        .. ("1;" .. ("a"):rep(1000) .. "\r\nx\r\n"):rep(64)))
+      local out = fd:read("a") or ""
+      assert.truthy(out:find("^HTTP/1%.1 400 "), out)
+      assert.truthy(out:find("bad chunk extension", 1, true) or out:find("Bad Request", 1, true), out)
+    end)
+
+    it("takes what real clients send: many small chunks, short extensions, padded sizes", function()
+      for _, c in ipairs{
+        { ("1\r\nx\r\n"):rep(100000), 100000 },
+        { ("1;a=b\r\nx\r\n"):rep(100000), 100000 },
+        { ("00000400\r\n" .. ("y"):rep(1024) .. "\r\n"):rep(100), 102400 },
+        { ("5;name=\"a quoted value\"\r\nhello\r\n"):rep(1000), 5000 },
+      } do
+        local out = post(c[1])
+        assert.truthy(out:find("\r\n\r\nlen=" .. c[2] .. "\n$"), out)
+      end
     end)
   end)
 
