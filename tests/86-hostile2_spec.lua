@@ -297,6 +297,17 @@ describe("fdpool.http, hostile round 2", function()
       assert.equal("/sub/", out:match("\r\nLocation: ([^\r\n]*)"), out)
     end)
 
+    it("leaves a keep-alive connection its keepalive_timeout (5 s) after pipelined files, not body_timeout (2 s)", function()
+      -- (res:sendfile set body_timeout for its send and left it: from the
+      -- second file on a connection the idle wait was body_timeout)
+      local out, took = exchange(app.addr, GET:format("/a.txt") .. GET:format("/a.txt")
+        .. GET:format("/a.txt"), 10)
+      local rs = responses(out)
+      assert.equal(3, #rs, out)
+      assert.equal("hello\n", rs[3].body)
+      assert.is_true(took >= 4.9 and took < 8, "closed after " .. took .. " s")
+    end)
+
     it("never serves a byte from outside its root", function()
       local paths = { "/..%2fsecret.txt", "/%2e%2e/secret.txt", "/%2e%2e%2fsecret.txt",
         "/sub/%2e%2e/%2e%2e/secret.txt", "/%252e%252e/secret.txt", "/..\\secret.txt",

@@ -475,8 +475,13 @@ function Res:sendfile(path, offset, count, size)
   if req._chunked and not req._predrained then predrain(req) end
   if not send_head(self, count, false) then return false end
   if no_body(self) or count == 0 then return true end
-  conn:settimeout(self._req._opts.body_timeout)
+  local opts = self._req._opts
+  conn:settimeout(opts.body_timeout)
   local sent, err = conn:sendfile(fd, offset, count)
+  -- Back to the wait between requests (the C loop sets it after the
+  -- first request only: from the second sendfile on, an idle keep-alive
+  -- connection waited body_timeout, 30 s by default, not 15).
+  conn:settimeout(opts.keepalive_timeout)
   self._bytes = sent or 0
   if sent ~= count then
     self._req._broken = true
