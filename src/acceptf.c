@@ -9,7 +9,6 @@
 #include "fdp.h"
 #include "pool.h"
 #include "acceptf.h"
-#include "http_parse.h"
 #include "proxy.h"
 #include "tls.h"
 
@@ -380,11 +379,8 @@ af_look_n(struct fdp_acceptf *af, int fd, int mode, int hup, ssize_t *got)
         return r > 0 ? AF_READY : r < 0 ? AF_NOT_TLS : hup ? AF_CLOSED
                : AF_WAIT;
     }
-    /* (a request line none could finish: the worker answers 400 now) */
     if (mode != FDP_AF_HTTP || hup || (size_t) n >= want
-        || fdp_http_head_complete(af->buf, (size_t) n)
-        || fdp_http_line_hopeless(af->buf, (size_t) n < FDP_HTTP_HOPELESS_LOOK
-                                  ? (size_t) n : FDP_HTTP_HOPELESS_LOOK)) {
+        || fdp_http_head_complete(af->buf, (size_t) n)) {
         return AF_READY;
     }
     return AF_WAIT;

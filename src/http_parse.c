@@ -656,6 +656,21 @@ fdp_http_chunked_next(struct fdp_http_chunked *d, const char *buf,
                 err = FDP_HTTP_ECHUNK;
                 goto fail;
             }
+            /* Framing against data, as Go's net/http: each chunk's size
+             * line and CRLFs may cost 16 bytes plus twice its data; past
+             * 16 KiB owed in all, the body is refused. Else a sender of
+             * 1-byte chunks with 1 KiB extensions has the reader take
+             * 1000 times max_body off the wire (CVE-2023-39326). */
+            {
+                uint64_t credit = d->left >= (UINT64_C(1) << 62) ? UINT64_MAX
+                                  : 16 + 2 * d->left;
+
+                d->excess += (uint64_t) d->ndigits + d->ext + 4;
+                d->excess = d->excess > credit ? d->excess - credit : 0;
+                if (d->excess > FDP_HTTP_EXCESS_MAX) {
+                    goto bad_ext;
+                }
+            }
             d->state = d->left > 0 ? CH_DATA : CH_TR_LINE;
             break;
         case CH_DATA_CR:

@@ -15,6 +15,7 @@
 #define FDP_HTTP_EXT_MAX        1024    /* bytes of chunk-ext on one line */
 #define FDP_HTTP_TRAILERS_MAX   100     /* trailer fields */
 #define FDP_HTTP_TRAILER_BYTES  8192    /* bytes of the trailer section */
+#define FDP_HTTP_EXCESS_MAX     16384   /* framing bytes past the data's allowance */
 
 /* Results: 0 or a positive state on success, these on a framing error:
  * this parser's own codes naming the rule broken, not errnos (read them
@@ -93,6 +94,7 @@ struct fdp_http_chunked {
     unsigned ntrailers;
     uint64_t left;              /* data bytes left in the current chunk */
     uint64_t total;             /* data bytes of the body so far */
+    uint64_t excess;            /* framing bytes not paid for by data */
 };
 
 void fdp_http_chunked_init(struct fdp_http_chunked *d);

@@ -8,6 +8,7 @@
  * and unit-tested.
  */
 #include "proxy.h"
+#include "http_parse.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -212,8 +213,10 @@ fdp_proxy_parse(const uint8_t *buf, size_t n, struct sockaddr_storage *src,
 /*
  * Does [s, s+n) hold a complete request head, as conn:readrequest reads
  * it: empty lines before the request skipped, then up to an empty line
- * (CRLF CRLF, or bare LFs, which it finds too and then refuses)? 1 or 0.
- * Pure.
+ * (CRLF CRLF, or bare LFs, which it finds too and then refuses)? Or the
+ * start of something that can never be one (fdp_http_line_hopeless: a
+ * TLS ClientHello on a plain port), which the worker refuses at once as
+ * conn:readrequest does? 1 or 0. Pure.
  */
 int
 fdp_http_head_complete(const char *s, size_t n)
@@ -222,6 +225,10 @@ fdp_http_head_complete(const char *s, size_t n)
 
     while (p < end && (*p == '\r' || *p == '\n')) {
         p++;
+    }
+    if (fdp_http_line_hopeless(p, (size_t) (end - p) < FDP_HTTP_HOPELESS_LOOK
+                               ? (size_t) (end - p) : FDP_HTTP_HOPELESS_LOOK)) {
+        return 1;
     }
     while (p < end) {
         p = memchr(p, '\n', (size_t) (end - p));

@@ -197,6 +197,12 @@ describe("fdpool.testing readrequest against the C parser", function()
     "GET /a b HTTP/1.1\r\n\r\n",
     "GET /\127 HTTP/1.1\r\n\r\n",
     "GET / HTTP/1.1\r\r\n\r\n",
+    -- never a request line, refused before the head ends (a TLS
+    -- ClientHello on a plain port, a space first, a non-token byte)
+    "\22\3\1\0\165\1\0\0\161\3\3",
+    " GET / HTTP/1.1\r\n",
+    "\r\nG(T / HTTP/1.1\r\nHost: x",
+    "GET / HTTP/1.1\r\nHost: x\r\n\r\n\22\3\1",
     -- bad header lines and values
     "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
     "GET / HTTP/1.1\r\nNoColon\r\n\r\n",
@@ -244,6 +250,13 @@ describe("fdpool.testing readrequest against the C parser", function()
     assert.is_true(n >= 40, n .. " bodies")
     -- Split across reads, byte by byte.
     same("rc:100 a", "2;a=\"b\"\r\nhe\r\n3\r\nllo\r\n0\r\nT: 1\r\n\r\nrest")
+    -- Framing not paid for by data (past 16 KiB owed): refused alike;
+    -- just under it, and many plain 1-byte chunks, taken alike.
+    local r = same("rc:100000 a", ("1;" .. ("a"):rep(1000) .. "\r\nx\r\n"):rep(20) .. "0\r\n\r\n")
+    assert.matches('"bad chunk extension"', r, 1, true)
+    r = same("rc:100000 a", ("1;" .. ("a"):rep(1000) .. "\r\nx\r\n"):rep(16) .. "0\r\n\r\n")
+    assert.matches('"xxxxxxxxxxxxxxxx"', r, 1, true)
+    same("rc:100000 a", ("1\r\nx\r\n"):rep(5000) .. "0\r\n\r\n")
   end)
 
   it("gives the same result for more than 100 headers", function()

@@ -475,8 +475,13 @@ function Res:sendfile(path, offset, count, size)
   if req._chunked and not req._predrained then predrain(req) end
   if not send_head(self, count, false) then return false end
   if no_body(self) or count == 0 then return true end
-  conn:settimeout(self._req._opts.body_timeout)
+  local opts = self._req._opts
+  conn:settimeout(opts.body_timeout)
   local sent, err = conn:sendfile(fd, offset, count)
+  -- Back to the wait between requests (the C loop sets it after the
+  -- first request only: from the second sendfile on, an idle keep-alive
+  -- connection waited body_timeout, 30 s by default, not 15).
+  conn:settimeout(opts.keepalive_timeout)
   self._bytes = sent or 0
   if sent ~= count then
     self._req._broken = true
@@ -763,18 +768,27 @@ local function drain(req)
   end
   if req._length > req._opts.max_body then return false end
   if req._expect_continue then return false end  -- client waits: just close
-  local conn = req.conn
-  conn:settimeout(req._opts.body_timeout)
+  local conn, opts = req.conn, req._opts
+  conn:settimeout(opts.body_timeout)
+  -- The whole body within body_timeout plus 1 s per body_min_rate bytes,
+  -- as when the handler reads it: a client trickling a body nobody reads
+  -- (a byte now and then, each within body_timeout) would otherwise hold
+  -- its connection, and in strict prefork its worker, for as long as it
+  -- likes.
+  conn:setdeadline(opts.body_timeout, opts.body_min_rate)
+  local ok = true
   if req._chunked then
-    return conn:readchunked(req._opts.max_body, true) ~= nil
+    ok = conn:readchunked(opts.max_body, true) ~= nil
+  else
+    local left = req._length
+    while left > 0 do
+      local got = conn:receive(left < 65536 and left or 65536)
+      if not got then ok = false; break end
+      left = left - #got
+    end
   end
-  local left = req._length
-  while left > 0 do
-    local got = conn:receive(left < 65536 and left or 65536)
-    if not got then return false end
-    left = left - #got
-  end
-  return true
+  conn:setdeadline(nil)
+  return ok
 end
 
 -- A status, headers, body fn(req, res) returned (a, b, c), sent unless
@@ -1261,7 +1275,12 @@ function M.static(dir, options)
         and select(2, fdpool.open_beneath(dir, rel .. "/")) == "not a regular file"
       if isdir then
         local q = req.query ~= "" and "?" .. req.query or ""
-        res:status(301):header("Location", req.path .. "/" .. q)
+        -- One leading slash, and a backslash as %5C: "//host/dir" (or
+        -- "/\host", which browsers read as "//") would send the client
+        -- to another site (a network-path reference, RFC 3986 4.2): an
+        -- open redirect.
+        local loc = req.path:gsub("^//+", "/"):gsub("\\", "%%5C")
+        res:status(301):header("Location", loc .. "/" .. q)
         return res:send("moved\n")
       end
     end

@@ -1581,7 +1581,24 @@ test_head_filter(void)
         { "\r\n\r\nGET / HTTP/1.1\r\n", 0 },
         { "GET / HTTP/1.1\r\nHost: a\r\n", 0 },
         { "GET / HTTP/1.1\r\nHost: a\r\n\r", 0 },
-        { "GET / HTTP/1.1\r\r\n", 0 },
+        { "GET / HTTP/1.1\r\r\n", 1 },    /* a bare CR: never a line end */
+        /* never a request line: judged at once (the worker says 400) */
+        { "\x16\x03\x01\x02\x00\x01", 1 },
+        { "\r\n\x16\x03", 1 },
+        { " GET / HTTP/1.1\r\n", 1 },
+        { "G(T / HTTP/1.1\r\n", 1 },
+        { "GET\t/ HTTP/1.1\r\n", 1 },
+        { "GET /\x01", 1 },                 /* a control byte in the target */
+        { "GET / FTP/1.1", 1 },             /* not HTTP/x.y */
+        { "GET / HTTP/1.1\nHost: a", 1 },   /* a bare LF */
+        { "GET  /", 1 },                    /* no target */
+        { "ABCDEFGHIJKLMNOPQRSTUVWXYZ\x01", 1 },
+        /* what could still be a request line waits */
+        { "GE", 0 },
+        { "GET ", 0 },
+        { "GET /a", 0 },
+        { "GET /a HTTP/1", 0 },
+        { "GET /a HTTP/2.0\r", 0 },         /* (505 once it ends) */
     };
     size_t i;
     int ok = 1;

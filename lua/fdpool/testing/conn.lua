@@ -390,7 +390,7 @@ end
 -- chunk's data starts at byte i) or "done" (the body ended before byte i),
 -- and the position after what it consumed; or nil, error, the position
 -- after the offending byte.
-local EXT_MAX, TRAILERS_MAX, TRAILER_BYTES = 1024, 100, 8192
+local EXT_MAX, TRAILERS_MAX, TRAILER_BYTES, EXCESS_MAX = 1024, 100, 8192, 16384
 local function tchar(c) return c:find("^[A-Za-z0-9!#$%%&'*+%-.^_`|~]$") ~= nil end
 local function fieldbyte(c) return c == "\t" or (c >= " " and c ~= "\127") end
 local function ows(c) return c == " " or c == "\t" end
@@ -479,6 +479,11 @@ local function chunked_next(d, s, i)
       elseif not ows(c) then return fail("bad chunk extension") end
     elseif st == "size_lf" then
       if c ~= "\n" then return fail("bad chunk") end
+      -- framing against data (16 + 2 x data per chunk, 16 KiB owed at most)
+      local credit = d.left >= 1 << 61 and math.maxinteger or 16 + 2 * d.left
+      d.excess = (d.excess or 0) + d.ndigits + d.ext + 4
+      d.excess = d.excess > credit and d.excess - credit or 0
+      if d.excess > EXCESS_MAX then return fail("bad chunk extension") end
       d.state = d.left > 0 and "data" or "tr_line"
     elseif st == "data_cr" then
       if c ~= "\r" then return fail("bad chunk") end
@@ -544,7 +549,7 @@ function Conn:readchunk(max, start)
   if max == nil then argerror(1, "readchunk", "number expected, got no value") end
   if max < 0 then argerror(1, "readchunk", "the limit must not be negative") end
   if start or not self._chunk then
-    self._chunk = { state = "size", ndigits = 0, ext = 0, left = 0, total = 0,
+    self._chunk = { state = "size", ndigits = 0, ext = 0, left = 0, total = 0, excess = 0,
       trailer_bytes = 0, ntrailers = 0 }
   end
   local d = self._chunk
