@@ -101,7 +101,9 @@ parse_options(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
     char *opt, *tok, *save = NULL;
 
     if (strlen(addr) >= FDP_ADDR_MAX) {
-        snprintf(p->error, sizeof(p->error), "listen address too long");
+        snprintf(p->error, sizeof(p->error), "listen address too long: "
+                 "'%.48s...' is %zu bytes (at most %d; a unix socket path "
+                 "at most 107)", addr, strlen(addr), FDP_ADDR_MAX - 1);
         return -EINVAL;
     }
     l->proxy = l->reuseport = l->tls = 0;

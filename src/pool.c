@@ -39,7 +39,9 @@
 #define SHM_BYTES        4096   /* a worker's struct fdp_wshared */
 _Static_assert(sizeof(struct fdp_wshared) <= SHM_BYTES, "the shared page");
 #define CRASH_LIMIT      10
-#define RELOAD_TIMEOUT_MS 60000
+#define POKE_MS 1000             /* a worker past --start-timeout has
+                                 * this long to say where it was (its
+                                 * FAIL) before it is stopped */
 
 
 static void worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev);
@@ -110,6 +112,7 @@ fdp_pool_new(void)
     p->grace = 1.0;
     p->graceful_grace = 30.0;
     p->drain_delay = 0.5;
+    p->start_timeout = 60.0;
     p->io_timeout = 60.0;
     p->accept_filter = FDP_AF_AUTO;
     p->max_pending = FDP_PENDING_MAX_DEFAULT;
@@ -503,6 +506,7 @@ spawn_worker(struct fdp_pool *p, int idx)
     w->slot.busy_since = 0;
     w->slot.nkv = 0;
     w->started_ms = fdp_now_ms();
+    w->poked = 0;
     w->kill_at = 0;
     w->spawn_at = 0;
     w->retiring = 0;
@@ -1244,13 +1248,21 @@ reload_commit(struct fdp_pool *p)
 }
 
 
+/* --start-timeout in ms. */
+static uint64_t
+start_ms(const struct fdp_pool *p)
+{
+    return (uint64_t) (p->start_timeout * 1000.0);
+}
+
+
 /*
  * Reload: check that the script compiles (and that a policy file loads),
  * then start a whole new generation of workers in spare slots, next to
  * the running one, which goes on serving. When every new worker has run
  * the top level and `init` and sent READY, the new generation takes the
  * table and the old one retires gracefully (reload_commit); if one sends
- * FAIL, dies, or is not READY within RELOAD_TIMEOUT_MS, the new
+ * FAIL, dies, or is not READY within --start-timeout, the new
  * generation is stopped and the old one stays (reload_abort). Returns 0
  * when the new generation is starting (the outcome is logged and given
  * to p->service->reload_done), or -errno with p->error set when it is
@@ -1354,7 +1366,7 @@ fdp_pool_reload(struct fdp_pool *p)
     }
     p->reload_gen = p->generation + 1;
     p->reload_npending = 0;
-    p->reload_deadline = fdp_now_ms() + RELOAD_TIMEOUT_MS;
+    p->reload_deadline = fdp_now_ms() + start_ms(p) + POKE_MS;
     fdp_log(FDP_LOG_INFO, 0, "reloading: generation %d starting next to "
             "generation %d", p->reload_gen, p->generation);
     fdp_listen_notify(p, "RELOADING=1\nMONOTONIC_USEC=%llu",
@@ -2181,6 +2193,47 @@ watch_slow(struct fdp_pool *p)
 }
 
 
+/*
+ * A worker still starting (its top level or init) past --start-timeout
+ * is sent SIGUSR2: one running Lua raises where it is and sends FAIL,
+ * which names the file and line (on_fail). One that has not after
+ * POKE_MS (stuck in C) is stopped: the first generation fails the
+ * start; a reload's new one is refused at its deadline (tick); a
+ * restarted worker is killed and restarts with the crash back-off.
+ */
+static void
+start_deadline(struct fdp_pool *p, struct fdp_worker *w, uint64_t now)
+{
+    uint64_t age = now - w->started_ms;
+
+    if (w->poked == 0 && age >= start_ms(p)) {
+        w->poked = 1;
+        fdp_log(FDP_LOG_WARN, 0, "worker %d (pid %ld) is not ready after "
+                "%g s (--start-timeout): interrupting its start",
+                w->slot.id, (long) w->slot.pid, p->start_timeout);
+        (void) kill(w->slot.pid, SIGUSR2);
+    } else if (w->poked == 1 && age >= start_ms(p) + POKE_MS
+               && !w->pending) {
+        w->poked = 2;
+        if (!p->ever_ready) {
+            if (!p->failed) {
+                p->failed = 1;
+                snprintf(p->error, sizeof(p->error), "worker %d was not "
+                         "ready within %g s (--start-timeout): its top "
+                         "level or init did not finish", w->slot.id,
+                         p->start_timeout);
+                fdp_pool_stop(p, 0);
+            }
+            return;
+        }
+        fdp_log(FDP_LOG_ERROR, 0, "worker %d (pid %ld) was not ready "
+                "within %g s (--start-timeout); killing it", w->slot.id,
+                (long) w->slot.pid, p->start_timeout);
+        worker_kill(w, SIGKILL);
+    }
+}
+
+
 static void
 tick(struct fdp_loop *loop, struct fdp_timer *t)
 {
@@ -2199,6 +2252,10 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
             worker_kill(w, SIGKILL);
             w->kill_at = 0;
         }
+        if (w->slot.pid > 0 && w->slot.state == FDP_W_STARTING
+            && !p->stopping) {
+            start_deadline(p, w, now);
+        }
         if (!p->stopping && i < p->nworkers && w->slot.pid == -1
             && !w->off && now >= w->spawn_at) {
             (void) spawn_worker(p, i);
@@ -2208,7 +2265,7 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
         char why[96];
 
         snprintf(why, sizeof(why), "generation %d was not ready within "
-                 "%d s", p->reload_gen, RELOAD_TIMEOUT_MS / 1000);
+                 "%g s (--start-timeout)", p->reload_gen, p->start_timeout);
         reload_abort(p, why);
     }
     if (p->crash_streak > 0 && !p->stopping) {
@@ -2536,21 +2593,25 @@ fdp_pool_start(struct fdp_pool *p)
         snprintf(p->scaled_why, sizeof(p->scaled_why), "started: %d",
                  p->min_workers);
     }
+    /* The tick first: a start that fails below stops the pool, whose
+     * end stops the tick and whose workers it kills past the grace. */
+    fdp_timer_init(&p->tick, tick, p);
+    (void) fdp_timer_start(&p->loop, &p->tick, FDP_TICK_MS);
     for (i = 0; i < p->nworkers; i++) {
         if (p->max_workers > 0 && i >= p->min_workers) {
             p->workers[i].off = 1;
             continue;
         }
-        if (spawn_worker(p, i) < 0) {
-            snprintf(p->error, sizeof(p->error), "cannot start worker %d",
-                     i + 1);
+        if ((r = spawn_worker(p, i)) < 0) {
+            snprintf(p->error, sizeof(p->error), "cannot start worker %d: "
+                     "%s%s", i + 1, strerror(-r), r == -EAGAIN
+                     ? " (too many processes for this user? RLIMIT_NPROC: "
+                     "ulimit -u, systemd LimitNPROC=)" : "");
             p->failed = 1;
             fdp_pool_stop(p, 0);
             return 0;
         }
     }
-    fdp_timer_init(&p->tick, tick, p);
-    (void) fdp_timer_start(&p->loop, &p->tick, FDP_TICK_MS);
     return 0;
 
 fail:

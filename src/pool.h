@@ -111,6 +111,7 @@ struct fdp_worker {
     uint64_t spawn_at;              /* ms: respawn not before */
     uint64_t kill_at;               /* ms: SIGKILL after, 0 = no */
     uint64_t started_ms;
+    int poked;                      /* told it is past --start-timeout */
     uint64_t retire_after;          /* served count that retires it, 0 no */
     int retiring;                   /* moved out of the table, stopping */
     int pending;                    /* a reload's new generation, not
@@ -210,6 +211,8 @@ struct fdp_pool {
     int slow_fd;                    /* --slow-log file (O_APPEND), or -1 */
     double drain_delay;             /* graceful stop: report stopping
                                      * but serve for this long first */
+    double start_timeout;           /* s: a worker not READY by then is
+                                     * told (SIGUSR2), then stopped */
 
     struct lua_State *L;            /* the state that made the pool */
     pid_t owner;                    /* pid of the master */

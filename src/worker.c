@@ -394,6 +394,7 @@ static const struct fdp_task_ops task_ops = { task_peer, task_done,
                                               NULL };
 
 static void close_idle(struct fdp_wctx *w);
+static void start_guard(lua_State *L, int on);
 
 
 /*
@@ -406,6 +407,9 @@ static void close_idle(struct fdp_wctx *w);
  */
 static struct fdp_wctx *volatile sig_worker;
 static volatile sig_atomic_t sig_reopen;
+/* The state running the top level and init (NULL once READY): the
+ * master's SIGUSR2 then means "past --start-timeout" (start_hook). */
+static lua_State *volatile sig_start_L;
 
 
 static void
@@ -414,6 +418,26 @@ cpu_hook(lua_State *L, lua_Debug *ar)
     (void) ar;
     lua_sethook(L, cpu_hook, LUA_MASKCOUNT, 1000);  /* again if caught */
     luaL_error(L, "handler timed out: held the CPU past --timeout");
+}
+
+
+/* Still starting past --start-timeout (an endless loop in the top
+ * level or init): raise where it runs, so that the FAIL the master
+ * gets names the file and line. */
+static void
+start_hook(lua_State *L, lua_Debug *ar)
+{
+    char s[32];
+
+    (void) ar;
+    lua_sethook(L, start_hook, LUA_MASKCOUNT, 1000);    /* if caught */
+    snprintf(s, sizeof(s), "%g", sig_worker != NULL
+             ? sig_worker->pool->start_timeout : 0.0);
+    luaL_where(L, 0);           /* in a hook, level 0 is where it runs */
+    lua_pushfstring(L, "still starting after --start-timeout %s s (an "
+                    "endless loop in the top level or init?)", s);
+    lua_concat(L, 2);
+    lua_error(L);
 }
 
 
@@ -436,6 +460,10 @@ on_sigusr2(int sig, siginfo_t *si, void *uc)
         return;
     }
     if (si->si_code != SI_USER) {
+        return;
+    }
+    if (sig_start_L != NULL) {
+        lua_sethook(sig_start_L, start_hook, LUA_MASKCOUNT, 1);
         return;
     }
     if (w->sched.current != NULL) {
@@ -1454,6 +1482,8 @@ open_handler(struct fdp_wctx *w)
         luaL_openlibs(L);
         module_set_worker(L, w);
         fdp_sched_install_wrappers(L);
+        start_guard(L, 1);
+        sig_start_L = L;
         w->sched.mem_limited = w->sched.limit_mem;
         r = load_script(L, p);
         w->sched.mem_limited = 0;
@@ -1468,6 +1498,8 @@ open_handler(struct fdp_wctx *w)
         module_set_worker(L, w);
         fdp_sched_install_wrappers(L);
         lua_rawgeti(L, LUA_REGISTRYINDEX, p->handler_ref);
+        start_guard(L, 1);
+        sig_start_L = L;
     }
 
     /* The collector: generational (minor collections at +50 %, Lua's
@@ -1517,6 +1549,11 @@ open_handler(struct fdp_wctx *w)
         lua_getfield(L, -1, "handle");
         lua_remove(L, -2);
     }
+    sig_start_L = NULL;
+    if (lua_gethook(L) == start_hook) {
+        lua_sethook(L, NULL, 0, 0); /* a late SIGUSR2's */
+    }
+    start_guard(L, 0);
     if (!lua_isfunction(L, -1)) {
         lua_pushfstring(L, "%s must return a function(conn) or a table "
                         "{handle = function(conn) ... end} (got %s)",
@@ -1525,6 +1562,48 @@ open_handler(struct fdp_wctx *w)
         fail(w, lua_tostring(L, -1));
     }
     return L;
+}
+
+
+/* os.exit while the worker starts: raise instead, so that the master
+ * hears why (FAIL, with the file and line) rather than of an exit code
+ * from a worker that never said what went wrong. */
+static int
+start_exit(lua_State *L)
+{
+    return luaL_error(L, "os.exit() called while the worker starts (its "
+                      "top level or init): raise an error to refuse to "
+                      "start");
+}
+
+
+/* Swap os.exit for start_exit (on = 1), or put the saved one back if
+ * start_exit is still there (on = 0). */
+static void
+start_guard(lua_State *L, int on)
+{
+    static const char key = 'x';
+
+    if (lua_getglobal(L, "os") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (on) {
+        lua_getfield(L, -1, "exit");
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &key);
+        lua_pushcfunction(L, start_exit);
+        lua_setfield(L, -2, "exit");
+    } else {
+        lua_getfield(L, -1, "exit");
+        if (lua_tocfunction(L, -1) == start_exit) {
+            lua_rawgetp(L, LUA_REGISTRYINDEX, &key);
+            lua_setfield(L, -3, "exit");
+        }
+        lua_pop(L, 1);
+        lua_pushnil(L);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &key);
+    }
+    lua_pop(L, 1);
 }
 
 

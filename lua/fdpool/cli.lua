@@ -104,6 +104,13 @@ Options for run:
                        stopping (/healthz 503) but accept and serve for S
                        seconds first, so a balancer's health check sees
                        it go (default 0.5; 0 = none)
+  --start-timeout S    a worker whose top level and init have not finished
+                       in S seconds is interrupted (a Lua loop: the error
+                       names its file and line) and stopped: the start
+                       fails (exit 1), a reload is refused (default and
+                       most 60; pool check stops its run of the top level
+                       then too). os.exit() in the top level or init
+                       raises an error instead of exiting
   --shared NAME:SIZE   a dictionary shared by all workers, as
                        fdpool.shared.NAME (SIZE 64k to 1g: 512k, 10m);
                        repeatable; kept across reloads and restarts
@@ -198,7 +205,7 @@ local RUN_FLAGS = {
   ["--slow"] = "value", ["--slow-log"] = "value", ["--drain-delay"] = "value",
   ["--cpu-affinity"] = "value", ["--sched"] = "value",
   ["--worker-idle-timeout"] = "value",
-  ["--shared"] = "list",
+  ["--shared"] = "list", ["--start-timeout"] = "value",
 }
 
 -- io.open's "PATH: reason" -> "reason".
@@ -223,6 +230,7 @@ local CONFIG_KEYS = {
   metrics = "string", accept_filter = "string", max_pending = "number",
   max_conns_per_ip = "number", tls_cert = "any", tls_key = "any",
   slow = "number", slow_log = "string", drain_delay = "number",
+  start_timeout = "number",
   shared = "table",
   cpu_affinity = "string", sched = "string",
 }
@@ -291,6 +299,11 @@ local function load_config(path)
       return nil, ("%s: setting '%s' must be a %s (got %s)"):format(path, k, want, type(v))
     end
   end
+  for i, a in ipairs(type(t.args) == "table" and t.args or {}) do
+    if type(a) ~= "string" and type(a) ~= "number" then
+      return nil, ("%s: setting 'args' must be a list of strings (item %d is a %s)"):format(path, i, type(a))
+    end
+  end
   local l = t.listen
   if l ~= nil and type(l) ~= "string" then
     local ok = type(l) == "table"
@@ -332,7 +345,8 @@ local function num_setting(name, v, lo, hi, integer)
       return nil, ("%s must be a number of seconds up to %g (got '%s')"):format(name, hi, tostring(v))
     end
     return nil, ("%s must be a number of seconds%s (got '%s')"):format(name,
-      lo > 0 and " above 0" or hi < SEC_MAX and (" from 0 to %g"):format(hi) or "", tostring(v))
+      hi < 1e6 and (" from %g to %g"):format(lo, hi) or lo > 0 and " above 0" or "",
+      tostring(v))
   end
   return integer and math.tointeger(n) or n
 end
@@ -361,6 +375,7 @@ local function build_config(opts, pos, cmd)
     { "--max-pending", "max_pending", 1, 1048576, true },
     { "--max-conns-per-ip", "max_conns_per_ip", 1, 2^31 - 1, true },
     { "--slow", "slow", 0.001 }, { "--drain-delay", "drain_delay", 0, 3600 },
+    { "--start-timeout", "start_timeout", 0.1, 60 },
   }
   for _, f in ipairs(flagmap) do
     local flag, key, lo, hi, int = f[1], f[2], f[3], f[4], f[5]
@@ -519,7 +534,8 @@ local function cmd_run(args)
 end
 
 local function cmd_check(args)
-  local opts, pos = parse(args, 2, { ["--policy"] = "value", ["--config"] = "value" }, "check")
+  local opts, pos = parse(args, 2, { ["--policy"] = "value", ["--config"] = "value",
+    ["--start-timeout"] = "value" }, "check")
   if not opts then return die(2, "%s", pos) end
   local cfg, code, err = build_config(opts, pos, "check")
   if not cfg then return die(code, "%s", err) end
@@ -547,7 +563,22 @@ local function cmd_check(args)
   local inert = setmetatable({}, { __index = function() return function() return true end end })
   fdpool.timer = { at = function() return inert end, every = function() return inert end }
   fdpool.spawn = function() return inert end
+  -- As in a worker: os.exit raises, and a top level still running past
+  -- --start-timeout (default 60 s) is stopped where it is.
+  local exit = os.exit
+  os.exit = function()
+    error("os.exit() called while the worker starts (its top level or init): raise an error to refuse to start", 2)
+  end
+  local limit, t0 = cfg.start_timeout or 60, fdpool.now()
+  debug.sethook(function()
+    if fdpool.now() - t0 > limit then
+      debug.sethook()
+      error(("still starting after --start-timeout %g s (an endless loop in the top level or init?)"):format(limit), 2)
+    end
+  end, "", 100000)
   local ok, h = pcall(chunk, table.unpack(cfg.args))
+  debug.sethook()
+  if os.exit ~= exit then os.exit = exit end
   if not ok then return die(1, "%s", tostring(h)) end
   local handle = type(h) == "table" and h.handle or h
   if type(handle) ~= "function" then

@@ -1,0 +1,239 @@
+-- tests/87-operator2_spec.lua: operator faults round 2 (what 40, 41, 42,
+-- 45, 47, 48, 49, 59, 78 and 84 leave out): a start or a reload whose
+-- new code never finishes its top level or init, or calls os.exit there;
+-- a fork the user's process limit refuses at start; bad values that must
+-- be refused in one line naming what is wrong. Every test starts the
+-- real build/pool and talks to it over real sockets.
+local H = require "helpers"
+
+local q = H.quote
+
+local function literal(s) return (s:gsub("%p", "%%%0")) end
+
+local GOOD = [[
+local gen = ...
+return function(conn)
+  conn:receive("l")
+  conn:send("HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n" .. gen .. "\n")
+end
+]]
+
+local TOP_LOOP = "local n = 0\nwhile true do n = n + 1 end\n"
+local INIT_LOOP = [[
+local function spin() local n = 0 while true do n = n + 1 end end
+return { init = function() spin() end, handle = function(conn) end }
+]]
+-- stuck in C (a child process): no Lua instruction runs to raise
+local INIT_C = [[
+return { init = function() os.execute("exec sleep 30 >/dev/null 2>&1 </dev/null") end,
+         handle = function(conn) end }
+]]
+local TOP_EXIT = "os.exit(3)\n"
+local INIT_EXIT = [[
+return { init = function() os.exit(0) end, handle = function(conn) end }
+]]
+
+-- `pool run SCRIPT` that fails at start: its exit code, the last line of
+-- its stderr, the whole stderr, the seconds it took.
+local function run_failing(dir, script, extra)
+  local t0 = H.now()
+  local ok, code, out = H.run(("timeout 20 %s run %s --listen 127.0.0.1:0 --workers 2 --no-control %s 2>&1")
+    :format(H.POOL, q(script), extra or ""))
+  assert.is_false(ok, out)
+  local lines = H.lines(out)
+  return code, lines[#lines] or "", out, H.now() - t0
+end
+
+-- No process of ours runs SCRIPT any more (a worker left behind).
+local function none_left(script)
+  return H.wait_until(function()
+    -- ([p]: not this pgrep's own shell, whose command line holds it)
+    local p = io.popen("pgrep -f -- " .. q("[p]ool run " .. script) .. " 2>/dev/null")
+    local s = p:read("a")
+    p:close()
+    return s == ""
+  end, 5, "no process running " .. script)
+end
+
+describe("--start-timeout at the first start", function()
+  it("a top level or init that loops: exit 1 in about the timeout, the error names file and line", function()
+    local dir = H.tmpdir()
+    for _, c in ipairs {
+      { "top.lua", TOP_LOOP, "/top%.lua:2: still starting after %-%-start%-timeout 1 s" },
+      { "init.lua", INIT_LOOP, "init failed: /.*/init%.lua:1: still starting after %-%-start%-timeout 1 s" },
+    } do
+      local script = H.writefile(dir .. "/" .. c[1], c[2])
+      local code, last, out, took = run_failing(dir, script, "--start-timeout 1")
+      assert.equals(1, code, out)
+      assert.matches("^pool: .*" .. c[3], last)
+      assert.is_true(took < 6, ("took %.1f s"):format(took))
+      none_left(script)
+    end
+  end)
+
+  it("an init stuck in C: stopped with one line saying it was not ready, exit 1", function()
+    local dir = H.tmpdir()
+    local script = H.writefile(dir .. "/stuck.lua", INIT_C)
+    local code, last, out, took = run_failing(dir, script, "--start-timeout 0.5")
+    assert.equals(1, code, out)
+    assert.equals("pool: worker 1 was not ready within 0.5 s (--start-timeout): its top level or init did not finish",
+      last:gsub("worker %d", "worker 1"), out)
+    assert.is_true(took < 6, ("took %.1f s"):format(took))
+    none_left(script)
+  end)
+
+  it("is refused out of range, on the command line and in a config file, in one line", function()
+    local dir = H.tmpdir()
+    for _, c in ipairs {
+      { "--start-timeout 0", "pool: --start-timeout must be a number of seconds from 0.1 to 60 (got '0')" },
+      { "--start-timeout 61", "pool: --start-timeout must be a number of seconds up to 60 (got '61')" },
+      { "--start-timeout soon", "pool: --start-timeout must be a number of seconds from 0.1 to 60 (got 'soon')" },
+    } do
+      local ok, code, out = H.run(("%s run --listen 127.0.0.1:0 --no-control %s 2>&1"):format(H.POOL, c[1]))
+      assert.is_false(ok)
+      assert.equals(2, code, out)
+      assert.equals(c[2] .. "\n", out)
+    end
+    local cf = H.writefile(dir .. "/c.lua", "return { start_timeout = 'x' }")
+    local ok, code, out = H.run(("%s run --config %s --no-control 2>&1"):format(H.POOL, cf))
+    assert.is_false(ok)
+    assert.equals(1, code, out)
+    assert.equals(("pool: %s: setting 'start_timeout' must be a number (got string)\n"):format(cf), out)
+  end)
+end)
+
+describe("os.exit while a worker starts", function()
+  it("in the top level or init at the first start: exit 1, the error names file and line", function()
+    local dir = H.tmpdir()
+    for _, c in ipairs {
+      { "top.lua", TOP_EXIT, "^pool: /.*/top%.lua:1: os%.exit%(%) called while the worker starts" },
+      { "init.lua", INIT_EXIT, "^pool: init failed: /.*/init%.lua:1: os%.exit%(%) called while the worker starts" },
+    } do
+      local script = H.writefile(dir .. "/" .. c[1], c[2])
+      local code, last, out = run_failing(dir, script)
+      assert.equals(1, code, out)
+      assert.matches(c[3], last)
+    end
+  end)
+
+  it("is still os.exit in a handler once the worker serves", function()
+    local dir = H.tmpdir()
+    local script = H.writefile(dir .. "/h.lua", [[
+return function(conn) conn:receive("l") conn:send("HTTP/1.0 200 OK\r\n\r\nbye\n") os.exit(0) end
+]])
+    local p = H.start_pool { script = script, workers = 1 }
+    H.defer(finally, function() p:stop() end)
+    local pid = p:worker_pids()[1]
+    assert.matches("bye", H.http_get(p.addr, "/") or "")
+    H.wait_until(function() return not H.alive(pid) end, 5, "the worker's exit")
+  end)
+end)
+
+describe("pool check", function()
+  it("reports os.exit and an endless top level instead of exiting or hanging", function()
+    local dir = H.tmpdir()
+    local ex = H.writefile(dir .. "/ex.lua", TOP_EXIT)
+    local ok, code, out = H.run(("timeout 20 %s check %s 2>&1"):format(H.POOL, ex))
+    assert.is_false(ok)
+    assert.equals(1, code, out)
+    assert.matches("^pool: " .. literal(ex) .. ":1: os%.exit%(%) called while the worker starts", out)
+    local loop = H.writefile(dir .. "/loop.lua", TOP_LOOP)
+    local t0 = H.now()
+    ok, code, out = H.run(("timeout 20 %s check %s --start-timeout 0.5 2>&1"):format(H.POOL, loop))
+    assert.is_false(ok)
+    assert.equals(1, code, out)
+    assert.matches(":2: still starting after %-%-start%-timeout 0%.5 s", out)
+    assert.is_true(H.now() - t0 < 5)
+  end)
+end)
+
+describe("a reload whose new code", function()
+  it("loops, is stuck in C or calls os.exit: refused within the timeout, naming the file and line; the old workers serve; a good reload then works", function()
+    local dir = H.tmpdir()
+    local app = dir .. "/app.lua"
+    H.writefile(app, GOOD)
+    local p = H.start_pool { script = app, workers = 2, args = { "g1" },
+                             extra = { "--start-timeout", "1" } }
+    H.defer(finally, function() p:stop() end)
+    local old = p:worker_pids()
+    local function reload()
+      local t0 = H.now()
+      local ok, code, out = H.run(("timeout 30 %s reload --control %s 2>&1"):format(H.POOL, q(p.control)))
+      return ok, code, out, H.now() - t0
+    end
+    for _, c in ipairs {
+      { TOP_LOOP, "/app%.lua:2: still starting after %-%-start%-timeout 1 s" },
+      { INIT_LOOP, "init failed: /.*/app%.lua:1: still starting after %-%-start%-timeout 1 s" },
+      { INIT_C, "generation %d+ was not ready within 1 s %(%-%-start%-timeout%)" },
+      { TOP_EXIT, "/app%.lua:1: os%.exit%(%) called while the worker starts" },
+      { INIT_EXIT, "init failed: /.*/app%.lua:1: os%.exit%(%) called while the worker starts" },
+    } do
+      H.writefile(app, c[1])
+      local ok, code, out, took = reload()
+      assert.is_false(ok, out)
+      assert.equals(1, code, out)
+      assert.matches("^pool: reload refused, keeping the running workers: .*" .. c[2], out)
+      assert.equals(1, #H.lines(out), out)
+      assert.is_true(took < 6, ("took %.1f s"):format(took))
+      -- the old generation serves on, same processes
+      assert.matches("g1", H.http_get(p.addr, "/") or "")
+      assert.same(old, p:worker_pids())
+      local st = assert(p:status())
+      assert.equals(1, st.generation)
+    end
+    H.writefile(app, GOOD)
+    local ok, _, out = reload()
+    assert.is_true(ok, out)
+    assert.matches("generation 2 serving", out)
+    assert.matches("g1", H.http_get(p.addr, "/") or "")
+    assert.equals(0, p:stop())
+    none_left(app)
+  end)
+end)
+
+describe("the user's process limit (RLIMIT_NPROC)", function()
+  it("refusing a worker's fork at start: one line naming it, exit 1, no crash, no worker left", function()
+    if not H.have("setpriv") or H.run("test $(id -u) = 0") == false then
+      pending("needs root and setpriv")
+      return
+    end
+    -- An unused uid: the limit counts only this test's processes (the
+    -- master and 2 workers fit in 3; the third fork fails).
+    local dir = H.tmpdir()
+    os.execute("chmod 755 " .. q(dir))
+    local rp = io.popen("realpath " .. q(H.POOL))
+    local pool = rp:read("l")
+    rp:close()
+    local ok, code, out = H.run(("bash -c %s 2>&1"):format(q(("cd %s && ulimit -u 3 && exec timeout 20 setpriv --reuid=64123 --regid=64123 --clear-groups %s run --listen 127.0.0.1:0 --workers 4 --no-control")
+      :format(q(dir), q(pool)))))
+    assert.is_false(ok)
+    assert.equals(1, code, out)
+    local lines = H.lines(out)
+    assert.equals("pool: cannot start worker 3: Resource temporarily unavailable (too many processes for this user? RLIMIT_NPROC: ulimit -u, systemd LimitNPROC=)",
+      lines[#lines], out)
+    assert.is_nil(out:find("Segmentation", 1, true))
+    H.wait_until(function()
+      local p = io.popen("pgrep -u 64123 2>/dev/null")
+      local s = p:read("a")
+      p:close()
+      return s == ""
+    end, 5, "no process of uid 64123")
+  end)
+end)
+
+describe("bad values", function()
+  it("a config file's args holding a table, and a listen address too long, in one line naming them", function()
+    local dir = H.tmpdir()
+    local cf = H.writefile(dir .. "/c.lua", "return { args = { 'a', {} } }")
+    local ok, code, out = H.run(("%s run --config %s --no-control 2>&1"):format(H.POOL, cf))
+    assert.is_false(ok)
+    assert.equals(1, code, out)
+    assert.equals(("pool: %s: setting 'args' must be a list of strings (item 2 is a table)\n"):format(cf), out)
+    local long = "unix:" .. dir .. "/" .. ("x"):rep(140)
+    ok, code, out = H.run(("%s run --listen %s --no-control 2>&1"):format(H.POOL, long))
+    assert.is_false(ok)
+    assert.equals(1, #H.lines(out), out)
+    assert.matches("^pool: listen address too long: 'unix:/tmp/", out)
+    assert.matches("is %d+ bytes %(at most 127; a unix socket path at most 107%)\n$", out)
+  end)
+end)
