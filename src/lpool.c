@@ -1411,6 +1411,10 @@ pool_status(lua_State *L)
         lua_pushstring(L, info.crash_why);
         lua_setfield(L, -2, "crash");
     }
+    if (info.reload_refused) {
+        lua_pushstring(L, info.reload_refused);
+        lua_setfield(L, -2, "reload_refused");
+    }
     set_int(L, "fallbacks", (lua_Integer) info.fallbacks);
     set_int(L, "workers_min", info.workers_min);
     set_int(L, "workers_max", info.workers_max);

@@ -1058,6 +1058,33 @@ policy_close_other(struct fdp_pool *p, struct fdp_policy *other)
  * stopped (they hold no connection), the old generation goes on as if
  * nothing happened, and the refusal is logged and answered.
  */
+/* The status's reload_refused: why the last reload was refused (the
+ * text after "reload refused, keeping the running workers...: "), on
+ * one line, with the time. */
+static void
+note_refused(struct fdp_pool *p, const char *why)
+{
+    const char *c = strstr(why, "keeping the running workers");
+    char ts[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    size_t i;
+
+    if (c != NULL && (c = strstr(c, ": ")) != NULL) {
+        why = c + 2;
+    }
+    (void) gmtime_r(&now, &tm);
+    (void) strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    snprintf(p->reload_refused, sizeof(p->reload_refused), "%s: %s", ts,
+             why);
+    for (i = 0; p->reload_refused[i]; i++) {
+        if (p->reload_refused[i] == '\n' || p->reload_refused[i] == '\r') {
+            p->reload_refused[i] = ' ';
+        }
+    }
+}
+
+
 static void
 reload_abort(struct fdp_pool *p, const char *why)
 {
@@ -1104,6 +1131,7 @@ reload_abort(struct fdp_pool *p, const char *why)
         (void) p->reconfigure(p, 2, err, sizeof(err));
     }
     fdp_log(FDP_LOG_ERROR, 0, "%s", text);
+    note_refused(p, why);
     fdp_listen_notify(p, "READY=1\nSTATUS=reload refused, generation %d "
                       "serving", p->generation);
     if (p->service != NULL) {
@@ -1196,6 +1224,7 @@ reload_commit(struct fdp_pool *p)
     char text[128];
     int i, j;
 
+    p->reload_refused[0] = '\0';
     for (i = 0; i < p->nworkers; i++) {
         for (j = p->nworkers; j < FDP_SLOTS; j++) {
             if (p->workers[j].pending && p->workers[j].slot.id == i + 1) {
@@ -1296,6 +1325,7 @@ fdp_pool_reload(struct fdp_pool *p)
         && (r = p->reconfigure(p, 0, err, sizeof(err))) < 0) {
         snprintf(p->error, sizeof(p->error), "reload refused, keeping the "
                  "running workers and configuration: %s", err);
+        note_refused(p, p->error);
         return r;
     }
     if (p->script
@@ -1403,6 +1433,7 @@ fdp_pool_reload(struct fdp_pool *p)
     return 0;
 
 refused:
+    note_refused(p, p->error);
     free(p->reload_src);
     p->reload_src = NULL;
     fdp_tls_free(p->reload_tls);
@@ -2917,6 +2948,7 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
     info->offers_back = p->offers_back;
     info->crash_streak = p->crash_streak;
     info->crash_why = p->crash_streak > 0 ? p->crash_why : NULL;
+    info->reload_refused = p->reload_refused[0] ? p->reload_refused : NULL;
     info->lat_counts = p->lat_counts;
     info->lat_sum = p->lat_sum;
     info->lat_count = p->lat_count;

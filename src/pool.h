@@ -317,6 +317,8 @@ struct fdp_pool {
     double started_at;
     int crash_streak;
     char crash_why[160];            /* the last crash, while streak > 0 */
+    char reload_refused[256];       /* why the last reload was refused,
+                                     * "" after one that served */
     uint64_t closed_by_peer;        /* died while the master held them */
 
     /* A reload in progress: its new generation starts in spare slots and

@@ -1457,6 +1457,32 @@ worker_signals(struct fdp_wctx *w)
 
 
 /*
+ * A memory error says only "not enough memory": the error on top of the
+ * stack becomes "app.lua: not enough memory in its top level (--max-memory
+ * 64 MB)", so that the start's or the reload's refusal names the file.
+ */
+static void
+start_oom_where(struct fdp_wctx *w, const char *where)
+{
+    lua_State *L = w->L;
+    const char *e = lua_tostring(L, -1);
+    const char *oom = "not enough memory";
+
+    if (e == NULL || strncmp(e, oom, strlen(oom)) != 0) {
+        return;
+    }
+    lua_pushfstring(L, "%s: not enough memory in %s", w->pool->script
+                    ? w->pool->script : "the handler", where);
+    if (w->pool->max_memory > 0) {
+        lua_pushfstring(L, " (--max-memory %d MB)", (int)
+                        (w->pool->max_memory / (1024 * 1024)));
+        lua_concat(L, 2);
+    }
+    lua_replace(L, -2);
+}
+
+
+/*
  * The Lua side of a new worker: a fresh state running the script (or
  * the forked copy of the caller's state for a function handler), the
  * fdpool.worker table, the coroutine wrappers, the handler table's
@@ -1488,6 +1514,7 @@ open_handler(struct fdp_wctx *w)
         r = load_script(L, p);
         w->sched.mem_limited = 0;
         if (r < 0) {
+            start_oom_where(w, "its top level");
             fail(w, lua_tostring(L, -1));
         }
     } else {
@@ -1539,6 +1566,7 @@ open_handler(struct fdp_wctx *w)
             r = lua_pcall(L, 1, 0, -3);
             w->sched.mem_limited = 0;
             if (r != LUA_OK) {
+                start_oom_where(w, "init");
                 lua_pushfstring(L, "init failed: %s", lua_tostring(L, -1));
                 fail(w, lua_tostring(L, -1));
             }

@@ -29,6 +29,11 @@ return { init = function() os.execute("exec sleep 30 >/dev/null 2>&1 </dev/null"
          handle = function(conn) end }
 ]]
 local TOP_EXIT = "os.exit(3)\n"
+local TOP_HOG = "local t = {} for i = 1, 1e9 do t[i] = ('x'):rep(100000) .. i end\n"
+local INIT_HOG = [[
+return { init = function() local t = {} for i = 1, 1e9 do t[i] = ("x"):rep(100000) .. i end end,
+         handle = function(conn) end }
+]]
 local INIT_EXIT = [[
 return { init = function() os.exit(0) end, handle = function(conn) end }
 ]]
@@ -129,6 +134,34 @@ return function(conn) conn:receive("l") conn:send("HTTP/1.0 200 OK\r\n\r\nbye\n"
   end)
 end)
 
+describe("a worker restarted after the pool served", function()
+  it("whose init then loops is stopped at --start-timeout and restarted with back-off; the others serve; it serves once init works", function()
+    local dir = H.tmpdir()
+    local flag = dir .. "/flag"
+    local app = H.writefile(dir .. "/app.lua", ([[
+return { init = function() if io.open(%q) then while true do end end end,
+         handle = function(conn) conn:receive("l") conn:send("HTTP/1.0 200 OK\r\n\r\nok\n") end }
+]]):format(flag))
+    local p = H.start_pool { script = app, workers = 2, extra = { "--start-timeout", "0.5" } }
+    H.defer(finally, function() p:stop() end)
+    local pids = p:worker_pids()
+    H.writefile(flag, "")
+    os.execute("kill -KILL " .. pids[1])
+    H.wait_until(function()
+      return p:log():find("cannot start: init failed: " .. app .. ":1: still starting after --start-timeout 0.5 s", 1, true)
+    end, 10, "the restarted worker's start interrupted")
+    for _ = 1, 5 do assert.matches("ok", H.http_get(p.addr, "/") or "") end
+    assert.is_nil(p:exited())
+    os.remove(flag)
+    H.wait_status(p, function(st)
+      local up = 0
+      for _, w in ipairs(st.workers) do up = up + (w.state ~= "starting" and w.pid > 0 and 1 or 0) end
+      return up == 2
+    end, 15, "both workers serving again")
+    assert.equals(0, p:stop())
+  end)
+end)
+
 describe("pool check", function()
   it("reports os.exit and an endless top level instead of exiting or hanging", function()
     local dir = H.tmpdir()
@@ -148,12 +181,12 @@ describe("pool check", function()
 end)
 
 describe("a reload whose new code", function()
-  it("loops, is stuck in C or calls os.exit: refused within the timeout, naming the file and line; the old workers serve; a good reload then works", function()
+  it("loops, is stuck in C, calls os.exit or runs out of memory: refused in one line naming the file (and line); the old workers serve; the status says why; a good reload then works", function()
     local dir = H.tmpdir()
     local app = dir .. "/app.lua"
     H.writefile(app, GOOD)
     local p = H.start_pool { script = app, workers = 2, args = { "g1" },
-                             extra = { "--start-timeout", "1" } }
+                             extra = { "--start-timeout", "1", "--max-memory", "64" } }
     H.defer(finally, function() p:stop() end)
     local old = p:worker_pids()
     local function reload()
@@ -167,6 +200,8 @@ describe("a reload whose new code", function()
       { INIT_C, "generation %d+ was not ready within 1 s %(%-%-start%-timeout%)" },
       { TOP_EXIT, "/app%.lua:1: os%.exit%(%) called while the worker starts" },
       { INIT_EXIT, "init failed: /.*/app%.lua:1: os%.exit%(%) called while the worker starts" },
+      { TOP_HOG, "/app%.lua: not enough memory in its top level %(%-%-max%-memory 64 MB%)" },
+      { INIT_HOG, "init failed: /.*/app%.lua: not enough memory in init %(%-%-max%-memory 64 MB%)" },
     } do
       H.writefile(app, c[1])
       local ok, code, out, took = reload()
@@ -180,11 +215,16 @@ describe("a reload whose new code", function()
       assert.same(old, p:worker_pids())
       local st = assert(p:status())
       assert.equals(1, st.generation)
+      -- the status says why (JSON and text), with the time
+      assert.matches("^%d+%-%d+%-%d+T[%d:]+Z: .*" .. c[2], st.reload_refused)
+      local _, _, text = H.run(("%s status --control %s"):format(H.POOL, q(p.control)))
+      assert.matches("\nlast reload refused %(%d+%-.*" .. c[2], text)
     end
     H.writefile(app, GOOD)
     local ok, _, out = reload()
     assert.is_true(ok, out)
     assert.matches("generation 2 serving", out)
+    assert.is_nil(assert(p:status()).reload_refused)
     assert.matches("g1", H.http_get(p.addr, "/") or "")
     assert.equals(0, p:stop())
     none_left(app)
