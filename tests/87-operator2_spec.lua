@@ -134,6 +134,29 @@ return function(conn) conn:receive("l") conn:send("HTTP/1.0 200 OK\r\n\r\nbye\n"
   end)
 end)
 
+describe("the master SIGKILLed during a reload whose init loops", function()
+  it("takes every worker with it, old and new; pool reload says the pool is gone", function()
+    local dir = H.tmpdir()
+    local app = H.writefile(dir .. "/app.lua", GOOD)
+    local p = H.start_pool { script = app, workers = 2, args = { "g1" } }
+    H.defer(finally, function() p:stop("KILL") end)
+    H.writefile(app, INIT_LOOP)
+    local out_path = dir .. "/reload.out"
+    os.execute(("(%s reload --control %s > %s 2>&1; echo $? >> %s) &"):format(
+      H.POOL, q(p.control), q(out_path), q(out_path)))
+    H.wait_until(function()
+      return H.count(p:log(), "started (pid") >= 4
+    end, 10, "the new generation forked")
+    p:kill("KILL")
+    local out = H.wait_until(function()
+      local s = H.readfile(out_path) or ""
+      return s:match("\n%d+\n$") and s
+    end, 10, "pool reload's answer")
+    assert.matches("^pool: the pool at .* closed the connection without an answer %(it is gone: it died or stopped meanwhile%)\n1\n$", out)
+    none_left(app)
+  end)
+end)
+
 describe("a worker restarted after the pool served", function()
   it("whose init then loops is stopped at --start-timeout and restarted with back-off; the others serve; it serves once init works", function()
     local dir = H.tmpdir()
@@ -186,7 +209,7 @@ describe("a reload whose new code", function()
     local app = dir .. "/app.lua"
     H.writefile(app, GOOD)
     local p = H.start_pool { script = app, workers = 2, args = { "g1" },
-                             extra = { "--start-timeout", "1", "--max-memory", "64" } }
+                             extra = { "--start-timeout", "1", "--max-memory", "16" } }
     H.defer(finally, function() p:stop() end)
     local old = p:worker_pids()
     local function reload()
@@ -200,8 +223,8 @@ describe("a reload whose new code", function()
       { INIT_C, "generation %d+ was not ready within 1 s %(%-%-start%-timeout%)" },
       { TOP_EXIT, "/app%.lua:1: os%.exit%(%) called while the worker starts" },
       { INIT_EXIT, "init failed: /.*/app%.lua:1: os%.exit%(%) called while the worker starts" },
-      { TOP_HOG, "/app%.lua: not enough memory in its top level %(%-%-max%-memory 64 MB%)" },
-      { INIT_HOG, "init failed: /.*/app%.lua: not enough memory in init %(%-%-max%-memory 64 MB%)" },
+      { TOP_HOG, "/app%.lua: not enough memory in its top level %(%-%-max%-memory 16 MB%)" },
+      { INIT_HOG, "init failed: /.*/app%.lua: not enough memory in init %(%-%-max%-memory 16 MB%)" },
     } do
       H.writefile(app, c[1])
       local ok, code, out, took = reload()
