@@ -251,11 +251,28 @@ read_file(const char *path, char **out, size_t *len, char *err,
 {
     char *buf = NULL, *nb;
     size_t n = 0, cap = 0;
-    FILE *f = fopen(path, "re");
-    int r;
+    struct stat st;
+    FILE *f;
+    int r, fd;
 
+    /* Not blocking on a FIFO, nor reading /dev/zero for ever: a regular
+     * file only (the master must not stop serving to read it). */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
+        r = -errno;
+        snprintf(err, errlen, "cannot open %s (%s)", path, strerror(-r));
+        return r;
+    }
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        fdp_close(&fd);
+        snprintf(err, errlen, "cannot read %s (not a regular file)", path);
+        return -EINVAL;
+    }
+    (void) fdp_set_nonblock(fd, 0);
+    f = fdopen(fd, "r");
     if (f == NULL) {
         r = -errno;
+        fdp_close(&fd);
         snprintf(err, errlen, "cannot open %s (%s)", path, strerror(-r));
         return r;
     }

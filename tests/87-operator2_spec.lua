@@ -284,6 +284,73 @@ describe("the user's process limit (RLIMIT_NPROC)", function()
   end)
 end)
 
+describe("a script, config or policy that is no regular file", function()
+  it("(a FIFO, /dev/zero, a directory) is refused in one line at start and by pool check, never read", function()
+    local dir = H.tmpdir()
+    local fifo = dir .. "/app.lua"
+    assert(os.execute("mkfifo " .. q(fifo)))
+    for _, c in ipairs {
+      { "run " .. q(fifo) .. " --listen 127.0.0.1:0 --no-control", 2, "script '" .. fifo .. "' (it is a fifo" },
+      { "check " .. q(fifo), 2, "script '" .. fifo .. "' (it is a fifo" },
+      { "run /dev/zero --listen 127.0.0.1:0 --no-control", 2, "script '/dev/zero' (it is a character device" },
+      { "run " .. q(dir) .. " --listen 127.0.0.1:0 --no-control", 2, "script '" .. dir .. "' (it is a directory" },
+      { "run --config " .. q(fifo), 1, "config file '" .. fifo .. "' (it is a fifo" },
+      { "run --policy " .. q(fifo) .. " --listen 127.0.0.1:0 --no-control", 2, "policy file '" .. fifo .. "' (it is a fifo" },
+    } do
+      local ok, code, out = H.run(("timeout 10 %s %s 2>&1"):format(H.POOL, c[1]))
+      assert.is_false(ok)
+      assert.equals(c[2], code, c[1] .. ": " .. out)
+      assert.equals("pool: cannot read " .. c[3] .. ", not a regular file)\n", out)
+    end
+  end)
+
+  it("replacing the script or the config file at a reload: refused at once, the master serves on", function()
+    local dir = H.tmpdir()
+    local app = H.writefile(dir .. "/app.lua", GOOD)
+    local cf = H.writefile(dir .. "/c.lua", ("return { handler = %q, args = { 'g1' } }"):format(app))
+    local p = H.start_pool { script = false, workers = 1, extra = { "--config", cf } }
+    H.defer(finally, function() p:stop() end)
+    local function reload()
+      local t0 = H.now()
+      local ok, code, out = H.run(("timeout 20 %s reload --control %s 2>&1"):format(H.POOL, q(p.control)))
+      assert.is_false(ok, out)
+      assert.equals(1, code, out)
+      assert.is_true(H.now() - t0 < 5)
+      assert.matches("g1", H.http_get(p.addr, "/") or "")
+      return out
+    end
+    os.remove(app)
+    assert(os.execute("mkfifo " .. q(app)))
+    assert.equals(("pool: reload refused, keeping the running workers and configuration: cannot read script '%s' (it is a fifo, not a regular file)\n")
+      :format(app), reload())
+    os.remove(app)
+    assert(os.execute("ln -s /dev/zero " .. q(app)))
+    assert.matches("cannot read script '" .. literal(app) .. "' %(it is a character device, not a regular file%)\n$", reload())
+    os.remove(cf)
+    assert(os.execute("mkfifo " .. q(cf)))
+    assert.equals(("pool: reload refused, keeping the running workers and configuration: cannot read config file '%s' (it is a fifo, not a regular file)\n")
+      :format(cf), reload())
+    assert.equals(0, p:stop())
+  end)
+
+  it("replacing the script at a reload without --config: the master reads no FIFO", function()
+    local dir = H.tmpdir()
+    local app = H.writefile(dir .. "/app.lua", GOOD)
+    local p = H.start_pool { script = app, workers = 1, args = { "g1" } }
+    H.defer(finally, function() p:stop() end)
+    os.remove(app)
+    assert(os.execute("mkfifo " .. q(app)))
+    local t0 = H.now()
+    local ok, code, out = H.run(("timeout 20 %s reload --control %s 2>&1"):format(H.POOL, q(p.control)))
+    assert.is_false(ok, out)
+    assert.equals(1, code, out)
+    assert.equals(("pool: reload refused, keeping the running workers: cannot read %s (not a regular file)\n"):format(app), out)
+    assert.is_true(H.now() - t0 < 5)
+    assert.matches("g1", H.http_get(p.addr, "/") or "")
+    assert.equals(0, p:stop())
+  end)
+end)
+
 describe("bad values", function()
   it("a config file's args holding a table, and a listen address too long, in one line naming them", function()
     local dir = H.tmpdir()

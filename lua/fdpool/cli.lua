@@ -213,7 +213,19 @@ local function open_why(err)
   return tostring(err):match(": ([^:]+)$") or tostring(err)
 end
 
+-- A script, config or policy file must be a regular file: a FIFO would
+-- block the read, /dev/zero never end. nil, message when it is not (a
+-- path that does not exist is left to the open, which says so).
+local function not_regular(path, what)
+  local kind = fdpool._filekind(path)
+  if kind and kind ~= "file" then
+    return ("cannot read %s '%s' (it is a %s, not a regular file)"):format(what, path, kind)
+  end
+end
+
 local function check_script(script)
+  local nr = not_regular(script, "script")
+  if nr then return nil, nr end
   local f, err = loadfile(script, "t")
   if not f then return nil, err end
   return true
@@ -272,6 +284,8 @@ local config_os = setmetatable({
 }, { __index = os })
 
 local function load_config(path)
+  local nr = not_regular(path, "config file")
+  if nr then return nil, nr end
   local env = setmetatable({ os = config_os }, { __index = _G })
   local chunk, err = loadfile(path, "t", env)
   if not chunk then return nil, err end
@@ -432,6 +446,10 @@ local function build_config(opts, pos, cmd)
     return nil, 2, ("--log-level must be error, warn, info or debug (got '%s')"):format(cfg.log_level)
   end
   if cfg.policy then
+    if not ({ first_free = 1, round_robin = 1, least_conn = 1, ip_hash = 1 })[cfg.policy] then
+      local nr = not_regular(cfg.policy, "policy file")
+      if nr then return nil, 2, nr end
+    end
     local pok, perr = fdpool.check_policy(cfg.policy)
     if not pok then return nil, 2, perr end
   end
@@ -512,6 +530,8 @@ local function cmd_run(args)
   end
   local script = cfg.handler
   if type(script) == "string" then
+    local nr = not_regular(script, "script")
+    if nr then return die(2, "%s", nr) end
     local f, ferr = io.open(script, "r")
     if not f then return die(2, "cannot open script '%s' (%s)", script, open_why(ferr)) end
     f:close()
@@ -547,6 +567,8 @@ local function cmd_check(args)
     end
     return die(2, "'pool check' needs a SCRIPT or --config FILE")
   end
+  local nr = not_regular(script, "script")
+  if nr then return die(2, "%s", nr) end
   local f, ferr = io.open(script, "r")
   if not f then return die(2, "cannot open script '%s' (%s)", script, open_why(ferr)) end
   f:close()
