@@ -300,8 +300,15 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
 
 fail:
     r = -errno;
-    snprintf(p->error, sizeof(p->error), "cannot listen on %s: %s failed "
-             "(%s)", addr, what, strerror(-r));
+    if (r == -EEXIST && what != NULL && strncmp(what, "path exists", 11) == 0) {
+        /* a file that is no socket: never removed; the operator's call */
+        snprintf(p->error, sizeof(p->error), "cannot listen on %s: the "
+                 "path exists and is not a socket (remove it or choose "
+                 "another path)", addr);
+    } else {
+        snprintf(p->error, sizeof(p->error), "cannot listen on %s: %s "
+                 "failed (%s)", addr, what, strerror(-r));
+    }
     fdp_close(&dirlock);
     if (l->unix_path) {
         fdp_unlink_own(l->unix_path, l->path_dev, l->path_ino);

@@ -351,6 +351,52 @@ describe("a script, config or policy that is no regular file", function()
   end)
 end)
 
+describe("--metrics unix:PATH", function()
+  it("is removed at stop, replaced when stale (a killed pool's), never taken from a live pool or a file", function()
+    local dir = H.tmpdir()
+    local m = dir .. "/m.sock"
+    local function healthz()
+      local ok, _, out = H.run(("curl -s -m 5 --unix-socket %s http://x/healthz"):format(q(m)))
+      return ok and out or nil
+    end
+    local p = H.start_pool { workers = 1, extra = { "--metrics", "unix:" .. m } }
+    H.defer(finally, function() p:stop("KILL") end)
+    assert.matches("^ok", healthz())
+    -- a second pool on the same path: refused, the first keeps it
+    local ok, code, out = H.run(("%s run --listen 127.0.0.1:0 --no-control --metrics unix:%s 2>&1"):format(H.POOL, q(m)))
+    assert.is_false(ok)
+    assert.equals(1, code)
+    assert.equals(("pool: cannot listen on unix:%s for metrics: another pool is running there\n"):format(m), out)
+    assert.matches("^ok", healthz())
+    assert.equals(0, p:stop())
+    assert.is_falsy(os.execute("test -e " .. q(m)))   -- removed
+    -- killed: the file stays; the next pool replaces it
+    local p2 = H.start_pool { workers = 1, extra = { "--metrics", "unix:" .. m } }
+    H.defer(finally, function() p2:stop("KILL") end)
+    p2:kill("KILL")
+    p2:wait_exit(10)
+    assert.is_truthy(os.execute("test -S " .. q(m)))   -- left behind
+    local p3 = H.start_pool { workers = 1, extra = { "--metrics", "unix:" .. m } }
+    H.defer(finally, function() p3:stop() end)
+    assert.is_nil(p3:exited())
+    assert.matches("^ok", healthz())
+    assert.equals(0, p3:stop())
+    -- a regular file there, as --metrics, --control and --listen path: kept, one line each
+    H.writefile(m, "data")
+    for _, c in ipairs {
+      { "--listen 127.0.0.1:0 --no-control --metrics unix:" .. q(m), ("cannot listen on unix:%s for metrics: "):format(m) },
+      { "--listen 127.0.0.1:0 --control " .. q(m), ("control socket %s: "):format(m) },
+      { "--listen unix:" .. q(m) .. " --no-control", ("cannot listen on unix:%s: "):format(m) },
+    } do
+      ok, code, out = H.run(("%s run %s 2>&1"):format(H.POOL, c[1]))
+      assert.is_false(ok)
+      assert.equals(1, code, out)
+      assert.equals("pool: " .. c[2] .. "the path exists and is not a socket (remove it or choose another path)\n", out)
+      assert.equals("data", H.readfile(m))
+    end
+  end)
+end)
+
 describe("bad values", function()
   it("a config file's args holding a table, and a listen address too long, in one line naming them", function()
     local dir = H.tmpdir()
