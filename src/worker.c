@@ -1037,6 +1037,12 @@ fail(struct fdp_wctx *w, const char *msg)
     const char *nl = strchr(msg, '\n');
     size_t n = nl ? (size_t) (nl - msg) : strlen(msg);
 
+    /* "app.lua:1: module 'x' not found:" and its list below: the first
+     * line goes to the master, without the colon that led to the list */
+    if (nl != NULL && n > 1 && msg[n - 1] == ':') {
+        n--;
+    }
+
     if (nl != NULL && w->L != NULL) {
         fdp_push_oneline(w->L, msg);
         fdp_log(FDP_LOG_ERROR, 0, "cannot start: %s", lua_tostring(w->L, -1));

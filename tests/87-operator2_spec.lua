@@ -204,7 +204,7 @@ describe("pool check", function()
 end)
 
 describe("a reload whose new code", function()
-  it("loops, is stuck in C, calls os.exit or runs out of memory: refused in one line naming the file (and line); the old workers serve; the status says why; a good reload then works", function()
+  it("loops, is stuck in C, calls os.exit, requires a missing module, returns no function or runs out of memory: refused in one line naming the file (and line); the old workers serve; the status says why; a good reload then works", function()
     local dir = H.tmpdir()
     local app = dir .. "/app.lua"
     H.writefile(app, GOOD)
@@ -223,6 +223,8 @@ describe("a reload whose new code", function()
       { INIT_C, "generation %d+ was not ready within 1 s %(%-%-start%-timeout%)" },
       { TOP_EXIT, "/app%.lua:1: os%.exit%(%) called while the worker starts" },
       { INIT_EXIT, "init failed: /.*/app%.lua:1: os%.exit%(%) called while the worker starts" },
+      { "require 'no_such_module_h68'\n", "/app%.lua:1: module 'no_such_module_h68' not found\n$" },
+      { "return 42\n", "/app%.lua must return a function%(conn%) or a table" },
       { TOP_HOG, "/app%.lua: not enough memory in its top level %(%-%-max%-memory 16 MB%)" },
       { INIT_HOG, "init failed: /.*/app%.lua: not enough memory in init %(%-%-max%-memory 16 MB%)" },
     } do
@@ -239,9 +241,10 @@ describe("a reload whose new code", function()
       local st = assert(p:status())
       assert.equals(1, st.generation)
       -- the status says why (JSON and text), with the time
-      assert.matches("^%d+%-%d+%-%d+T[%d:]+Z: .*" .. c[2], st.reload_refused)
+      local sp = c[2]:gsub("\n%$$", "")
+      assert.matches("^%d+%-%d+%-%d+T[%d:]+Z: .*" .. sp, st.reload_refused)
       local _, _, text = H.run(("%s status --control %s"):format(H.POOL, q(p.control)))
-      assert.matches("\nlast reload refused %(%d+%-.*" .. c[2], text)
+      assert.matches("\nlast reload refused %(%d+%-.*" .. sp, text)
     end
     H.writefile(app, GOOD)
     local ok, _, out = reload()
@@ -398,13 +401,17 @@ describe("--metrics unix:PATH", function()
 end)
 
 describe("bad values", function()
-  it("a config file's args holding a table, and a listen address too long, in one line naming them", function()
+  it("a config file's args holding a table, --no-control with --control, a listen address too long: one line naming them", function()
     local dir = H.tmpdir()
     local cf = H.writefile(dir .. "/c.lua", "return { args = { 'a', {} } }")
     local ok, code, out = H.run(("%s run --config %s --no-control 2>&1"):format(H.POOL, cf))
     assert.is_false(ok)
     assert.equals(1, code, out)
     assert.equals(("pool: %s: setting 'args' must be a list of strings (item 2 is a table)\n"):format(cf), out)
+    ok, code, out = H.run(("%s run --listen 127.0.0.1:0 --no-control --control %s 2>&1"):format(H.POOL, q(dir .. "/c.sock")))
+    assert.is_false(ok)
+    assert.equals(2, code, out)
+    assert.equals(("pool: --no-control and --control %s contradict each other: give one\n"):format(dir .. "/c.sock"), out)
     local long = "unix:" .. dir .. "/" .. ("x"):rep(140)
     ok, code, out = H.run(("%s run --listen %s --no-control 2>&1"):format(H.POOL, long))
     assert.is_false(ok)

@@ -467,6 +467,9 @@ local function build_config(opts, pos, cmd)
   end
   -- No address at all: 127.0.0.1:8080, unless systemd passed sockets.
   cfg.listen = opts["--listen"] or cfg.listen
+  if opts["--no-control"] and opts["--control"] then
+    return nil, 2, ("--no-control and --control %s contradict each other: give one"):format(opts["--control"])
+  end
   if opts["--no-control"] then
     cfg.control = nil
   elseif opts["--control"] then
