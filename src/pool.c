@@ -437,6 +437,9 @@ prefetch_wanted(struct fdp_pool *p)
 }
 
 
+static uint64_t backoff_ms(int streak);
+
+
 static int
 spawn_worker(struct fdp_pool *p, int idx)
 {
@@ -485,8 +488,25 @@ spawn_worker(struct fdp_pool *p, int idx)
     pid = fork();
     if (pid < 0) {
         r = -errno;
-        fdp_log(FDP_LOG_ERROR, errno, "fork() failed while spawning worker %d",
-                idx + 1);
+        if (p->ever_ready && !p->spawn_new && !p->stopping) {
+            /* A restart the kernel refuses (RLIMIT_NPROC, memory): a
+             * crash for the back-off, so that the tick retries after
+             * 100 ms doubling up to 30 s, not every tick with an error
+             * line each time; the status and /healthz say why. */
+            p->crash_streak++;
+            snprintf(p->crash_why, sizeof(p->crash_why), "worker %d "
+                     "cannot be forked: %s%s", idx + 1, strerror(-r),
+                     r == -EAGAIN ? " (too many processes for this user? "
+                     "RLIMIT_NPROC)" : "");
+            w->spawn_at = fdp_now_ms() + backoff_ms(p->crash_streak);
+            fdp_log(FDP_LOG_ERROR, -r, "fork() failed while spawning worker "
+                    "%d; retrying in %llu ms (crash streak %d)", idx + 1,
+                    (unsigned long long) (w->spawn_at - fdp_now_ms()),
+                    p->crash_streak);
+        } else {
+            fdp_log(FDP_LOG_ERROR, -r, "fork() failed while spawning worker "
+                    "%d", idx + 1);
+        }
         fdp_close(&sv[0]);
         fdp_close(&sv[1]);
         return r;

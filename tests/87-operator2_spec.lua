@@ -287,6 +287,57 @@ describe("the user's process limit (RLIMIT_NPROC)", function()
   end)
 end)
 
+describe("the user's process limit reached while the pool serves", function()
+  it("a worker's restart the kernel refuses backs off (one line per try), the status says why, and it starts once it can", function()
+    if not H.have("setpriv") or H.run("test $(id -u) = 0") == false then
+      pending("needs root and setpriv")
+      return
+    end
+    local uid = "64124"     -- unused: the limit counts only this test's processes
+    local dir = H.tmpdir()
+    os.execute("chmod 777 " .. q(dir))  -- its control socket and lock
+    local rp = io.popen("realpath " .. q(H.POOL))
+    local pool = rp:read("l")
+    rp:close()
+    local as = ("setpriv --reuid=%s --regid=%s --clear-groups "):format(uid, uid)
+    local p = { dir = dir, log_path = dir .. "/pool.log", exit_path = dir .. "/exit",
+                control = dir .. "/control.sock" }
+    local cmd = ("ulimit -u 3 && exec %s%s run --listen 127.0.0.1:0 --workers 2 --control %s")
+      :format(as, q(pool), q(p.control))
+    os.execute(("(bash -c %s; echo $? > %s) </dev/null >%s/stdout 2>%s &"):format(
+      q(cmd), q(p.exit_path), q(dir), q(p.log_path)))
+    setmetatable(p, { __index = H.Pool })
+    p.pid = H.wait_until(function() return tonumber(p:log():match("pool%[(%d+)%]")) end, 10, "the pool's log")
+    p.addr = H.wait_until(function() return p:log():match("listening on (%S+)") end, 10, "listening")
+    H.defer(finally, function() if not p:exited() then p:kill("KILL") end end)
+    p:wait_ready(2)
+    -- a third process of that user: the master may not fork again
+    local sp = io.popen(as .. "sh -c 'echo $$; exec sleep 30' </dev/null 2>/dev/null")
+    local sleeper = tonumber(sp:read("l"))
+    local sleeper_gone = false
+    H.defer(finally, function()
+      if not sleeper_gone then os.execute("kill -KILL " .. sleeper) end
+      sp:close()
+    end)
+    local victim = p:worker_pids()[2]
+    os.execute("kill -KILL " .. victim)
+    local st = H.wait_status(p, function(s) return s.crash_streak >= 4 and s end, 15, "four refused forks")
+    assert.matches("^worker %d cannot be forked: Resource temporarily unavailable %(too many processes for this user%? RLIMIT_NPROC%)$", st.crash)
+    -- one error line per try, not one per tick
+    local tries = H.count(p:log(), "fork() failed while spawning worker")
+    assert.is_true(tries <= st.crash_streak + 1, ("%d lines for a streak of %d"):format(tries, st.crash_streak))
+    assert.matches("hello", H.http_get(p.addr, "/") or "")
+    os.execute("kill -KILL " .. sleeper)
+    sleeper_gone = true
+    H.wait_status(p, function(s)
+      local up = 0
+      for _, w in ipairs(s.workers) do up = up + (w.state ~= "starting" and w.pid > 0 and 1 or 0) end
+      return up == 2
+    end, 15, "the worker forked again")
+    assert.equals(0, p:stop())
+  end)
+end)
+
 describe("a script, config or policy that is no regular file", function()
   it("(a FIFO, /dev/zero, a directory) is refused in one line at start and by pool check, never read", function()
     local dir = H.tmpdir()
