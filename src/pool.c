@@ -2273,13 +2273,17 @@ static void
 start_deadline(struct fdp_pool *p, struct fdp_worker *w, uint64_t now)
 {
     uint64_t age = now - w->started_ms;
+    union sigval v;
 
     if (w->poked == 0 && age >= start_ms(p)) {
         w->poked = 1;
         fdp_log(FDP_LOG_WARN, 0, "worker %d (pid %ld) is not ready after "
                 "%g s (--start-timeout): interrupting its start",
                 w->slot.id, (long) w->slot.pid, p->start_timeout);
-        (void) kill(w->slot.pid, SIGUSR2);
+        /* sigqueue, with its own value: a worker that turned READY in
+         * the meantime ignores it (a kill() would stop its handler) */
+        v.sival_int = FDP_SIG_START_VALUE;
+        (void) sigqueue(w->slot.pid, SIGUSR2, v);
     } else if (w->poked == 1 && age >= start_ms(p) + POKE_MS
                && !w->pending) {
         w->poked = 2;

@@ -33,6 +33,8 @@
 /* The value of the SIGUSR2 the master sends with sigqueue for --slow
  * (task.h's FDP_SIG_SLOW: the worker logs, the handler goes on). */
 #define FDP_SIG_SLOW_VALUE  1
+#define FDP_SIG_START_VALUE 2       /* past --start-timeout: raise where the
+                                     * top level or init runs */
 
 struct lua_State;
 struct fdp_pool;

@@ -459,11 +459,15 @@ on_sigusr2(int sig, siginfo_t *si, void *uc)
         fdp_sched_slow_signal(&w->sched);
         return;
     }
-    if (si->si_code != SI_USER) {
+    if (si->si_code == SI_QUEUE
+        && si->si_value.sival_int == FDP_SIG_START_VALUE) {
+        /* past --start-timeout; late (READY already sent): nothing */
+        if (sig_start_L != NULL) {
+            lua_sethook(sig_start_L, start_hook, LUA_MASKCOUNT, 1);
+        }
         return;
     }
-    if (sig_start_L != NULL) {
-        lua_sethook(sig_start_L, start_hook, LUA_MASKCOUNT, 1);
+    if (si->si_code != SI_USER) {
         return;
     }
     if (w->sched.current != NULL) {
