@@ -10,6 +10,10 @@ local q = H.quote
 
 local function literal(s) return (s:gsub("%p", "%%%0")) end
 
+-- A shell command without LD_PRELOAD: under the ASan run it holds
+-- libasan for busted's lua5.4, and tools (pgrep, setpriv...) hang with it.
+local function sh(cmd) return os.execute("unset LD_PRELOAD; " .. cmd) end
+
 local GOOD = [[
 local gen = ...
 return function(conn)
@@ -53,7 +57,7 @@ end
 local function none_left(script)
   return H.wait_until(function()
     -- ([p]: not this pgrep's own shell, whose command line holds it)
-    local p = io.popen("pgrep -f -- " .. q("[p]ool run " .. script) .. " 2>/dev/null")
+    local p = io.popen("LD_PRELOAD= pgrep -f -- " .. q("[p]ool run " .. script) .. " 2>/dev/null")
     local s = p:read("a")
     p:close()
     return s == ""
@@ -142,7 +146,7 @@ describe("the master SIGKILLed during a reload whose init loops", function()
     H.defer(finally, function() p:stop("KILL") end)
     H.writefile(app, INIT_LOOP)
     local out_path = dir .. "/reload.out"
-    os.execute(("(%s reload --control %s > %s 2>&1; echo $? >> %s) &"):format(
+    sh(("(%s reload --control %s > %s 2>&1; echo $? >> %s) &"):format(
       H.POOL, q(p.control), q(out_path), q(out_path)))
     H.wait_until(function()
       return H.count(p:log(), "started (pid") >= 4
@@ -169,7 +173,7 @@ return { init = function() if io.open(%q) then while true do end end end,
     H.defer(finally, function() p:stop() end)
     local pids = p:worker_pids()
     H.writefile(flag, "")
-    os.execute("kill -KILL " .. pids[1])
+    sh("kill -KILL " .. pids[1])
     H.wait_until(function()
       return p:log():find("cannot start: init failed: " .. app .. ":1: still starting after --start-timeout 0.5 s", 1, true)
     end, 10, "the restarted worker's start interrupted")
@@ -266,8 +270,8 @@ describe("the user's process limit (RLIMIT_NPROC)", function()
     -- An unused uid: the limit counts only this test's processes (the
     -- master and 2 workers fit in 3; the third fork fails).
     local dir = H.tmpdir()
-    os.execute("chmod 755 " .. q(dir))
-    local rp = io.popen("realpath " .. q(H.POOL))
+    sh("chmod 755 " .. q(dir))
+    local rp = io.popen("LD_PRELOAD= realpath " .. q(H.POOL))
     local pool = rp:read("l")
     rp:close()
     local ok, code, out = H.run(("bash -c %s 2>&1"):format(q(("cd %s && ulimit -u 3 && exec timeout 20 setpriv --reuid=64123 --regid=64123 --clear-groups %s run --listen 127.0.0.1:0 --workers 4 --no-control")
@@ -279,7 +283,7 @@ describe("the user's process limit (RLIMIT_NPROC)", function()
       lines[#lines], out)
     assert.is_nil(out:find("Segmentation", 1, true))
     H.wait_until(function()
-      local p = io.popen("pgrep -u 64123 2>/dev/null")
+      local p = io.popen("LD_PRELOAD= pgrep -u 64123 2>/dev/null")
       local s = p:read("a")
       p:close()
       return s == ""
@@ -295,8 +299,8 @@ describe("the user's process limit reached while the pool serves", function()
     end
     local uid = "64124"     -- unused: the limit counts only this test's processes
     local dir = H.tmpdir()
-    os.execute("chmod 777 " .. q(dir))  -- its control socket and lock
-    local rp = io.popen("realpath " .. q(H.POOL))
+    sh("chmod 777 " .. q(dir))  -- its control socket and lock
+    local rp = io.popen("LD_PRELOAD= realpath " .. q(H.POOL))
     local pool = rp:read("l")
     rp:close()
     local as = ("setpriv --reuid=%s --regid=%s --clear-groups "):format(uid, uid)
@@ -304,7 +308,7 @@ describe("the user's process limit reached while the pool serves", function()
                 control = dir .. "/control.sock" }
     local cmd = ("ulimit -u 3 && exec %s%s run --listen 127.0.0.1:0 --workers 2 --control %s")
       :format(as, q(pool), q(p.control))
-    os.execute(("(bash -c %s; echo $? > %s) </dev/null >%s/stdout 2>%s &"):format(
+    sh(("(bash -c %s; echo $? > %s) </dev/null >%s/stdout 2>%s &"):format(
       q(cmd), q(p.exit_path), q(dir), q(p.log_path)))
     setmetatable(p, { __index = H.Pool })
     p.pid = H.wait_until(function() return tonumber(p:log():match("pool%[(%d+)%]")) end, 10, "the pool's log")
@@ -312,22 +316,22 @@ describe("the user's process limit reached while the pool serves", function()
     H.defer(finally, function() if not p:exited() then p:kill("KILL") end end)
     p:wait_ready(2)
     -- a third process of that user: the master may not fork again
-    local sp = io.popen(as .. "sh -c 'echo $$; exec sleep 30' </dev/null 2>/dev/null")
+    local sp = io.popen("LD_PRELOAD= " .. as .. "sh -c 'echo $$; exec sleep 30' </dev/null 2>/dev/null")
     local sleeper = tonumber(sp:read("l"))
     local sleeper_gone = false
     H.defer(finally, function()
-      if not sleeper_gone then os.execute("kill -KILL " .. sleeper) end
+      if not sleeper_gone then sh("kill -KILL " .. sleeper) end
       sp:close()
     end)
     local victim = p:worker_pids()[2]
-    os.execute("kill -KILL " .. victim)
+    sh("kill -KILL " .. victim)
     local st = H.wait_status(p, function(s) return s.crash_streak >= 4 and s end, 15, "four refused forks")
     assert.matches("^worker %d cannot be forked: Resource temporarily unavailable %(too many processes for this user%? RLIMIT_NPROC%)$", st.crash)
     -- one error line per try, not one per tick
     local tries = H.count(p:log(), "fork() failed while spawning worker")
     assert.is_true(tries <= st.crash_streak + 1, ("%d lines for a streak of %d"):format(tries, st.crash_streak))
     assert.matches("hello", H.http_get(p.addr, "/") or "")
-    os.execute("kill -KILL " .. sleeper)
+    sh("kill -KILL " .. sleeper)
     sleeper_gone = true
     H.wait_status(p, function(s)
       local up = 0
@@ -342,7 +346,7 @@ describe("a script, config or policy that is no regular file", function()
   it("(a FIFO, /dev/zero, a directory) is refused in one line at start and by pool check, never read", function()
     local dir = H.tmpdir()
     local fifo = dir .. "/app.lua"
-    assert(os.execute("mkfifo " .. q(fifo)))
+    assert(sh("mkfifo " .. q(fifo)))
     for _, c in ipairs {
       { "run " .. q(fifo) .. " --listen 127.0.0.1:0 --no-control", 2, "script '" .. fifo .. "' (it is a fifo" },
       { "check " .. q(fifo), 2, "script '" .. fifo .. "' (it is a fifo" },
@@ -374,14 +378,14 @@ describe("a script, config or policy that is no regular file", function()
       return out
     end
     os.remove(app)
-    assert(os.execute("mkfifo " .. q(app)))
+    assert(sh("mkfifo " .. q(app)))
     assert.equals(("pool: reload refused, keeping the running workers and configuration: cannot read script '%s' (it is a fifo, not a regular file)\n")
       :format(app), reload())
     os.remove(app)
-    assert(os.execute("ln -s /dev/zero " .. q(app)))
+    assert(sh("ln -s /dev/zero " .. q(app)))
     assert.matches("cannot read script '" .. literal(app) .. "' %(it is a character device, not a regular file%)\n$", reload())
     os.remove(cf)
-    assert(os.execute("mkfifo " .. q(cf)))
+    assert(sh("mkfifo " .. q(cf)))
     assert.equals(("pool: reload refused, keeping the running workers and configuration: cannot read config file '%s' (it is a fifo, not a regular file)\n")
       :format(cf), reload())
     assert.equals(0, p:stop())
@@ -393,7 +397,7 @@ describe("a script, config or policy that is no regular file", function()
     local p = H.start_pool { script = app, workers = 1, args = { "g1" } }
     H.defer(finally, function() p:stop() end)
     os.remove(app)
-    assert(os.execute("mkfifo " .. q(app)))
+    assert(sh("mkfifo " .. q(app)))
     local t0 = H.now()
     local ok, code, out = H.run(("timeout 20 %s reload --control %s 2>&1"):format(H.POOL, q(p.control)))
     assert.is_false(ok, out)
@@ -423,13 +427,13 @@ describe("--metrics unix:PATH", function()
     assert.equals(("pool: cannot listen on unix:%s for metrics: another pool is running there\n"):format(m), out)
     assert.matches("^ok", healthz())
     assert.equals(0, p:stop())
-    assert.is_falsy(os.execute("test -e " .. q(m)))   -- removed
+    assert.is_falsy(sh("test -e " .. q(m)))   -- removed
     -- killed: the file stays; the next pool replaces it
     local p2 = H.start_pool { workers = 1, extra = { "--metrics", "unix:" .. m } }
     H.defer(finally, function() p2:stop("KILL") end)
     p2:kill("KILL")
     p2:wait_exit(10)
-    assert.is_truthy(os.execute("test -S " .. q(m)))   -- left behind
+    assert.is_truthy(sh("test -S " .. q(m)))   -- left behind
     local p3 = H.start_pool { workers = 1, extra = { "--metrics", "unix:" .. m } }
     H.defer(finally, function() p3:stop() end)
     assert.is_nil(p3:exited())
