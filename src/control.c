@@ -61,6 +61,9 @@ struct fdp_control {
     int lockfd;                 /* PATH.lock, flock()ed while we run */
     uint64_t path_dev;          /* the socket file we bound, so that */
     uint64_t path_ino;          /* stop unlinks only that one */
+    char mpath[108];            /* --metrics unix:PATH we bound (as path) */
+    char mupath[108];           /* ... taken over from an old master */
+    uint64_t mpath_dev, mpath_ino;
     struct ctl_client clients[CTL_CLIENTS];
 };
 
@@ -495,15 +498,36 @@ open_metrics(struct fdp_control *ctl, struct fdp_pool *p, char *err,
     int one = 1, r;
 
     if (p->inherit_metrics_fd >= 0) {
-        /* A pool upgrade handed it over: the same socket, still bound. */
+        /* A pool upgrade handed it over: the same socket, still bound;
+         * a unix one's file is ours from READY on (control_upgrade). */
         ctl->mfd = p->inherit_metrics_fd;
         p->inherit_metrics_fd = -1;
         (void) fdp_set_nonblock(ctl->mfd, 1);
+        len = sizeof(ss);
+        if (getsockname(ctl->mfd, (struct sockaddr *) &ss, &len) == 0
+            && ss.ss_family == AF_UNIX) {
+            snprintf(ctl->mupath, sizeof(ctl->mupath), "%.107s",
+                     ((struct sockaddr_un *) &ss)->sun_path);
+        }
         goto bound;
     }
     r = fdp_parse_addr(p->metrics_addr, &ss, &len, err, errlen);
     if (r < 0) {
         return r;
+    }
+    if (ss.ss_family == AF_UNIX) {
+        /* As a unix listener's: a stale file (a pool killed, or one that
+         * stopped before these were removed) is replaced, a live socket
+         * or another file is not. */
+        r = fdp_unix_reclaim(((struct sockaddr_un *) &ss)->sun_path);
+        if (r < 0) {
+            snprintf(err, errlen, "cannot listen on %s for metrics: %s",
+                     p->metrics_addr, r == -EADDRINUSE ? "another pool is "
+                     "running there" : r == -EEXIST ? "the path exists and "
+                     "is not a socket (remove it or choose another path)"
+                     : strerror(-r));
+            return r;
+        }
     }
     ctl->mfd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
                       0);
@@ -520,6 +544,12 @@ open_metrics(struct fdp_control *ctl, struct fdp_pool *p, char *err,
                  p->metrics_addr, strerror(-r));
         fdp_close(&ctl->mfd);
         return r;
+    }
+    if (ss.ss_family == AF_UNIX) {
+        snprintf(ctl->mpath, sizeof(ctl->mpath), "%.107s",
+                 ((struct sockaddr_un *) &ss)->sun_path);
+        (void) fdp_path_identity(ctl->mpath, &ctl->mpath_dev,
+                                 &ctl->mpath_ino);
     }
 bound:
     len = sizeof(ss);
@@ -681,7 +711,8 @@ fdp_control_open(struct fdp_pool *p, char *err, size_t errlen)
     if (r < 0) {
         snprintf(err, errlen, "control socket %s: %s", ctl->path,
                  r == -EADDRINUSE ? "another pool is running there"
-                 : strerror(-r));
+                 : r == -EEXIST ? "the path exists and is not a socket "
+                 "(remove it or choose another path)" : strerror(-r));
         goto fail;
     }
     ctl->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -722,6 +753,9 @@ fail:
     if (ctl->mfd >= 0) {
         (void) fdp_loop_del(&p->loop, &ctl->mio);
         fdp_close(&ctl->mfd);
+        if (ctl->mpath[0]) {
+            fdp_unlink_own(ctl->mpath, ctl->mpath_dev, ctl->mpath_ino);
+        }
     }
     fdp_close(&ctl->fd);
     free(ctl);
@@ -819,6 +853,9 @@ fdp_control_close(struct fdp_pool *p, int unlink_path)
     if (unlink_path && ctl->path[0] && getpid() == p->owner) {
         fdp_unlink_own(ctl->path, ctl->path_dev, ctl->path_ino);
     }
+    if (unlink_path && ctl->mpath[0] && getpid() == p->owner) {
+        fdp_unlink_own(ctl->mpath, ctl->mpath_dev, ctl->mpath_ino);
+    }
     fdp_close(&ctl->lockfd);
     free(ctl);
     p->control = NULL;
@@ -906,6 +943,11 @@ control_upgrade(struct fdp_pool *p, int op, int *fds)
             (void) fdp_path_identity(ctl->path, &ctl->path_dev,
                                      &ctl->path_ino);
         }
+        if (ctl->mupath[0] && !ctl->mpath[0]) {
+            memcpy(ctl->mpath, ctl->mupath, sizeof(ctl->mpath));
+            (void) fdp_path_identity(ctl->mpath, &ctl->mpath_dev,
+                                     &ctl->mpath_ino);
+        }
         if (ctl->fd >= 0) {
             (void) fdp_loop_mod(&p->loop, &ctl->io, EPOLLIN);
         }
@@ -925,6 +967,7 @@ control_upgrade(struct fdp_pool *p, int op, int *fds)
         }
         fdp_close(&ctl->lockfd);
         ctl->path[0] = '\0';
+        ctl->mpath[0] = '\0';
     }
 }
 

@@ -24,6 +24,36 @@
                                  * 60 s to be READY */
 
 
+/* Whether a pool still listens at path: a master killed while a
+ * command was out closes that connection first and its listening socket
+ * a moment later, so the connect is tried for half a second (a refused
+ * uid is let in by connect each time). */
+static int
+still_there(const char *path)
+{
+    struct sockaddr_un un;
+    struct timespec ts = { 0, 50 * 1000 * 1000 };
+    int i, fd, r;
+
+    memset(&un, 0, sizeof(un));
+    un.sun_family = AF_UNIX;
+    memcpy(un.sun_path, path, strlen(path) + 1);
+    for (i = 0; i < 10; i++) {
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            return 1;
+        }
+        r = connect(fd, (struct sockaddr *) &un, sizeof(un)) == 0 ? 0 : errno;
+        fdp_close(&fd);
+        if (r == ECONNREFUSED || r == ENOENT) {
+            return 0;
+        }
+        nanosleep(&ts, NULL);
+    }
+    return 1;
+}
+
+
 /* One attempt: 0, or -errno with err set. The codes that mean "try
  * again" (retryable()): -EBUSY (the pool is busy with other clients),
  * -ECONNABORTED (closed without an answer), -EPIPE, -ECONNRESET. */
@@ -87,7 +117,8 @@ control_request_once(const char *path, const char *cmd,
     fdp_close(&fd);
     if (out->len == 0) {
         snprintf(err, errlen, "the pool at %s closed the connection without "
-                 "an answer (permission?)", path);
+                 "an answer (%s)", path, still_there(path) ? "permission?"
+                 : "it is gone: it died or stopped meanwhile");
         return -ECONNABORTED;
     }
     if (out->len == 9 && memcmp(out->data, "ERR busy\n", 9) == 0) {

@@ -22,6 +22,7 @@
 #include "task.h"
 #include "worker.h"
 
+#include <sys/stat.h>
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,6 +163,29 @@ l_control_sockets(lua_State *L)
 }
 
 
+/* fdpool._filekind(path) -> "file", "directory", "fifo", "socket",
+ * "character device", "block device", or nil, err, errno (stat follows
+ * links). The CLI refuses a script or config file that is no regular
+ * file: reading a FIFO would block, /dev/zero never end. */
+static int
+l_filekind(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    struct stat st;
+
+    if (stat(path, &st) < 0) {
+        return fdp_pushfail(L, errno, path);
+    }
+    lua_pushstring(L, S_ISREG(st.st_mode) ? "file"
+                   : S_ISDIR(st.st_mode) ? "directory"
+                   : S_ISFIFO(st.st_mode) ? "fifo"
+                   : S_ISSOCK(st.st_mode) ? "socket"
+                   : S_ISCHR(st.st_mode) ? "character device"
+                   : S_ISBLK(st.st_mode) ? "block device" : "special file");
+    return 1;
+}
+
+
 /* fdpool.now() -> monotonic seconds (for rates and deadlines). */
 static int
 l_now(lua_State *L)
@@ -293,6 +317,7 @@ luaopen_fdpool(lua_State *L)
         { "ncpu", l_ncpu },
         { "now", l_now },
         { "control_sockets", l_control_sockets },
+        { "_filekind", l_filekind },
         { "log", l_log },
         { "log_file", l_log_file },
         { "log_format", l_log_format },

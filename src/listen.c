@@ -101,7 +101,9 @@ parse_options(struct fdp_pool *p, struct fdp_listener *l, const char *addr,
     char *opt, *tok, *save = NULL;
 
     if (strlen(addr) >= FDP_ADDR_MAX) {
-        snprintf(p->error, sizeof(p->error), "listen address too long");
+        snprintf(p->error, sizeof(p->error), "listen address too long: "
+                 "'%.48s...' is %zu bytes (at most %d; a unix socket path "
+                 "at most 107)", addr, strlen(addr), FDP_ADDR_MAX - 1);
         return -EINVAL;
     }
     l->proxy = l->reuseport = l->tls = 0;
@@ -298,8 +300,15 @@ fdp_pool_add_listen(struct fdp_pool *p, const char *addr)
 
 fail:
     r = -errno;
-    snprintf(p->error, sizeof(p->error), "cannot listen on %s: %s failed "
-             "(%s)", addr, what, strerror(-r));
+    if (r == -EEXIST && what != NULL && strncmp(what, "path exists", 11) == 0) {
+        /* a file that is no socket: never removed; the operator's call */
+        snprintf(p->error, sizeof(p->error), "cannot listen on %s: the "
+                 "path exists and is not a socket (remove it or choose "
+                 "another path)", addr);
+    } else {
+        snprintf(p->error, sizeof(p->error), "cannot listen on %s: %s "
+                 "failed (%s)", addr, what, strerror(-r));
+    }
     fdp_close(&dirlock);
     if (l->unix_path) {
         fdp_unlink_own(l->unix_path, l->path_dev, l->path_ino);

@@ -156,6 +156,7 @@ check_keys(lua_State *L)
         "io_timeout", "metrics", "max_memory", "accept_filter",
         "max_conns_per_ip", "max_pending", "worker_idle_timeout",
         "reconfigure", "slow", "slow_log", "drain_delay", "exec_argv",
+        "start_timeout",
         "cpu_affinity", "tls_cert", "tls_key", "shared", "sched",
         NULL
     };
@@ -490,7 +491,8 @@ opt_timeouts(lua_State *L, struct fdp_pool *p)
 }
 
 
-/* slow, drain_delay (docs/operations.md); a reload reads them again. */
+/* slow, drain_delay, start_timeout (docs/operations.md); a reload reads
+ * them again. */
 static void
 opt_delays(lua_State *L, struct fdp_pool *p)
 {
@@ -504,6 +506,13 @@ opt_delays(lua_State *L, struct fdp_pool *p)
         p->drain_delay = luaL_checknumber(L, -1);
         luaL_argcheck(L, p->drain_delay >= 0 && p->drain_delay <= 3600, 1,
                       "drain_delay must be 0 to 3600 seconds");
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "start_timeout") != LUA_TNIL) {
+        p->start_timeout = luaL_checknumber(L, -1);
+        luaL_argcheck(L, p->start_timeout >= 0.1
+                      && p->start_timeout <= 60, 1,
+                      "start_timeout must be 0.1 to 60 seconds");
     }
     lua_pop(L, 1);
 }
@@ -819,7 +828,7 @@ struct saved_conf {
     uint64_t max_memory;
     char **tls_cert, **tls_key;     /* NULL-terminated lists */
     int ntls;
-    double slow, drain_delay;
+    double slow, drain_delay, start_timeout;
 };
 
 
@@ -860,7 +869,7 @@ swap_conf(struct fdp_pool *p, struct saved_conf *s)
     SW(max_pending); SW(accept_filter); SW(timeout); SW(io_timeout);
     SW(graceful_grace); SW(idle_timeout); SW(max_memory);
     SW(tls_cert); SW(tls_key); SW(ntls);
-    SW(slow); SW(drain_delay);
+    SW(slow); SW(drain_delay); SW(start_timeout);
 #undef SW
 }
 
@@ -1092,6 +1101,7 @@ reconf_read(lua_State *L)
     q->ntls = 0;
     s->slow = q->slow;
     s->drain_delay = q->drain_delay;
+    s->start_timeout = q->start_timeout;
     swap_conf(p, s);
     p->reconf_saved = s;
     p->reconf_workers[0] = q->max_workers ? q->min_workers : q->nworkers;
@@ -1400,6 +1410,10 @@ pool_status(lua_State *L)
     if (info.crash_why) {
         lua_pushstring(L, info.crash_why);
         lua_setfield(L, -2, "crash");
+    }
+    if (info.reload_refused) {
+        lua_pushstring(L, info.reload_refused);
+        lua_setfield(L, -2, "reload_refused");
     }
     set_int(L, "fallbacks", (lua_Integer) info.fallbacks);
     set_int(L, "workers_min", info.workers_min);

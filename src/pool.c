@@ -39,7 +39,9 @@
 #define SHM_BYTES        4096   /* a worker's struct fdp_wshared */
 _Static_assert(sizeof(struct fdp_wshared) <= SHM_BYTES, "the shared page");
 #define CRASH_LIMIT      10
-#define RELOAD_TIMEOUT_MS 60000
+#define POKE_MS 1000             /* a worker past --start-timeout has
+                                 * this long to say where it was (its
+                                 * FAIL) before it is stopped */
 
 
 static void worker_io(struct fdp_loop *loop, struct fdp_io *io, uint32_t ev);
@@ -110,6 +112,7 @@ fdp_pool_new(void)
     p->grace = 1.0;
     p->graceful_grace = 30.0;
     p->drain_delay = 0.5;
+    p->start_timeout = 60.0;
     p->io_timeout = 60.0;
     p->accept_filter = FDP_AF_AUTO;
     p->max_pending = FDP_PENDING_MAX_DEFAULT;
@@ -248,11 +251,28 @@ read_file(const char *path, char **out, size_t *len, char *err,
 {
     char *buf = NULL, *nb;
     size_t n = 0, cap = 0;
-    FILE *f = fopen(path, "re");
-    int r;
+    struct stat st;
+    FILE *f;
+    int r, fd;
 
+    /* Not blocking on a FIFO, nor reading /dev/zero for ever: a regular
+     * file only (the master must not stop serving to read it). */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
+        r = -errno;
+        snprintf(err, errlen, "cannot open %s (%s)", path, strerror(-r));
+        return r;
+    }
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        fdp_close(&fd);
+        snprintf(err, errlen, "cannot read %s (not a regular file)", path);
+        return -EINVAL;
+    }
+    (void) fdp_set_nonblock(fd, 0);
+    f = fdopen(fd, "r");
     if (f == NULL) {
         r = -errno;
+        fdp_close(&fd);
         snprintf(err, errlen, "cannot open %s (%s)", path, strerror(-r));
         return r;
     }
@@ -417,6 +437,9 @@ prefetch_wanted(struct fdp_pool *p)
 }
 
 
+static uint64_t backoff_ms(int streak);
+
+
 static int
 spawn_worker(struct fdp_pool *p, int idx)
 {
@@ -465,8 +488,25 @@ spawn_worker(struct fdp_pool *p, int idx)
     pid = fork();
     if (pid < 0) {
         r = -errno;
-        fdp_log(FDP_LOG_ERROR, errno, "fork() failed while spawning worker %d",
-                idx + 1);
+        if (p->ever_ready && !p->spawn_new && !p->stopping) {
+            /* A restart the kernel refuses (RLIMIT_NPROC, memory): a
+             * crash for the back-off, so that the tick retries after
+             * 100 ms doubling up to 30 s, not every tick with an error
+             * line each time; the status and /healthz say why. */
+            p->crash_streak++;
+            snprintf(p->crash_why, sizeof(p->crash_why), "worker %d "
+                     "cannot be forked: %s%s", idx + 1, strerror(-r),
+                     r == -EAGAIN ? " (too many processes for this user? "
+                     "RLIMIT_NPROC)" : "");
+            w->spawn_at = fdp_now_ms() + backoff_ms(p->crash_streak);
+            fdp_log(FDP_LOG_ERROR, -r, "fork() failed while spawning worker "
+                    "%d; retrying in %llu ms (crash streak %d)", idx + 1,
+                    (unsigned long long) (w->spawn_at - fdp_now_ms()),
+                    p->crash_streak);
+        } else {
+            fdp_log(FDP_LOG_ERROR, -r, "fork() failed while spawning worker "
+                    "%d", idx + 1);
+        }
         fdp_close(&sv[0]);
         fdp_close(&sv[1]);
         return r;
@@ -503,6 +543,7 @@ spawn_worker(struct fdp_pool *p, int idx)
     w->slot.busy_since = 0;
     w->slot.nkv = 0;
     w->started_ms = fdp_now_ms();
+    w->poked = 0;
     w->kill_at = 0;
     w->spawn_at = 0;
     w->retiring = 0;
@@ -1054,6 +1095,33 @@ policy_close_other(struct fdp_pool *p, struct fdp_policy *other)
  * stopped (they hold no connection), the old generation goes on as if
  * nothing happened, and the refusal is logged and answered.
  */
+/* The status's reload_refused: why the last reload was refused (the
+ * text after "reload refused, keeping the running workers...: "), on
+ * one line, with the time. */
+static void
+note_refused(struct fdp_pool *p, const char *why)
+{
+    const char *c = strstr(why, "keeping the running workers");
+    char ts[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    size_t i;
+
+    if (c != NULL && (c = strstr(c, ": ")) != NULL) {
+        why = c + 2;
+    }
+    (void) gmtime_r(&now, &tm);
+    (void) strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    snprintf(p->reload_refused, sizeof(p->reload_refused), "%s: %s", ts,
+             why);
+    for (i = 0; p->reload_refused[i]; i++) {
+        if (p->reload_refused[i] == '\n' || p->reload_refused[i] == '\r') {
+            p->reload_refused[i] = ' ';
+        }
+    }
+}
+
+
 static void
 reload_abort(struct fdp_pool *p, const char *why)
 {
@@ -1100,6 +1168,7 @@ reload_abort(struct fdp_pool *p, const char *why)
         (void) p->reconfigure(p, 2, err, sizeof(err));
     }
     fdp_log(FDP_LOG_ERROR, 0, "%s", text);
+    note_refused(p, why);
     fdp_listen_notify(p, "READY=1\nSTATUS=reload refused, generation %d "
                       "serving", p->generation);
     if (p->service != NULL) {
@@ -1192,6 +1261,7 @@ reload_commit(struct fdp_pool *p)
     char text[128];
     int i, j;
 
+    p->reload_refused[0] = '\0';
     for (i = 0; i < p->nworkers; i++) {
         for (j = p->nworkers; j < FDP_SLOTS; j++) {
             if (p->workers[j].pending && p->workers[j].slot.id == i + 1) {
@@ -1244,13 +1314,21 @@ reload_commit(struct fdp_pool *p)
 }
 
 
+/* --start-timeout in ms. */
+static uint64_t
+start_ms(const struct fdp_pool *p)
+{
+    return (uint64_t) (p->start_timeout * 1000.0);
+}
+
+
 /*
  * Reload: check that the script compiles (and that a policy file loads),
  * then start a whole new generation of workers in spare slots, next to
  * the running one, which goes on serving. When every new worker has run
  * the top level and `init` and sent READY, the new generation takes the
  * table and the old one retires gracefully (reload_commit); if one sends
- * FAIL, dies, or is not READY within RELOAD_TIMEOUT_MS, the new
+ * FAIL, dies, or is not READY within --start-timeout, the new
  * generation is stopped and the old one stays (reload_abort). Returns 0
  * when the new generation is starting (the outcome is logged and given
  * to p->service->reload_done), or -errno with p->error set when it is
@@ -1284,6 +1362,7 @@ fdp_pool_reload(struct fdp_pool *p)
         && (r = p->reconfigure(p, 0, err, sizeof(err))) < 0) {
         snprintf(p->error, sizeof(p->error), "reload refused, keeping the "
                  "running workers and configuration: %s", err);
+        note_refused(p, p->error);
         return r;
     }
     if (p->script
@@ -1354,7 +1433,7 @@ fdp_pool_reload(struct fdp_pool *p)
     }
     p->reload_gen = p->generation + 1;
     p->reload_npending = 0;
-    p->reload_deadline = fdp_now_ms() + RELOAD_TIMEOUT_MS;
+    p->reload_deadline = fdp_now_ms() + start_ms(p) + POKE_MS;
     fdp_log(FDP_LOG_INFO, 0, "reloading: generation %d starting next to "
             "generation %d", p->reload_gen, p->generation);
     fdp_listen_notify(p, "RELOADING=1\nMONOTONIC_USEC=%llu",
@@ -1391,6 +1470,7 @@ fdp_pool_reload(struct fdp_pool *p)
     return 0;
 
 refused:
+    note_refused(p, p->error);
     free(p->reload_src);
     p->reload_src = NULL;
     fdp_tls_free(p->reload_tls);
@@ -2181,6 +2261,51 @@ watch_slow(struct fdp_pool *p)
 }
 
 
+/*
+ * A worker still starting (its top level or init) past --start-timeout
+ * is sent SIGUSR2: one running Lua raises where it is and sends FAIL,
+ * which names the file and line (on_fail). One that has not after
+ * POKE_MS (stuck in C) is stopped: the first generation fails the
+ * start; a reload's new one is refused at its deadline (tick); a
+ * restarted worker is killed and restarts with the crash back-off.
+ */
+static void
+start_deadline(struct fdp_pool *p, struct fdp_worker *w, uint64_t now)
+{
+    uint64_t age = now - w->started_ms;
+    union sigval v;
+
+    if (w->poked == 0 && age >= start_ms(p)) {
+        w->poked = 1;
+        fdp_log(FDP_LOG_WARN, 0, "worker %d (pid %ld) is not ready after "
+                "%g s (--start-timeout): interrupting its start",
+                w->slot.id, (long) w->slot.pid, p->start_timeout);
+        /* sigqueue, with its own value: a worker that turned READY in
+         * the meantime ignores it (a kill() would stop its handler) */
+        v.sival_int = FDP_SIG_START_VALUE;
+        (void) sigqueue(w->slot.pid, SIGUSR2, v);
+    } else if (w->poked == 1 && age >= start_ms(p) + POKE_MS
+               && !w->pending) {
+        w->poked = 2;
+        if (!p->ever_ready) {
+            if (!p->failed) {
+                p->failed = 1;
+                snprintf(p->error, sizeof(p->error), "worker %d was not "
+                         "ready within %g s (--start-timeout): its top "
+                         "level or init did not finish", w->slot.id,
+                         p->start_timeout);
+                fdp_pool_stop(p, 0);
+            }
+            return;
+        }
+        fdp_log(FDP_LOG_ERROR, 0, "worker %d (pid %ld) was not ready "
+                "within %g s (--start-timeout); killing it", w->slot.id,
+                (long) w->slot.pid, p->start_timeout);
+        worker_kill(w, SIGKILL);
+    }
+}
+
+
 static void
 tick(struct fdp_loop *loop, struct fdp_timer *t)
 {
@@ -2199,6 +2324,10 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
             worker_kill(w, SIGKILL);
             w->kill_at = 0;
         }
+        if (w->slot.pid > 0 && w->slot.state == FDP_W_STARTING
+            && !p->stopping) {
+            start_deadline(p, w, now);
+        }
         if (!p->stopping && i < p->nworkers && w->slot.pid == -1
             && !w->off && now >= w->spawn_at) {
             (void) spawn_worker(p, i);
@@ -2208,7 +2337,7 @@ tick(struct fdp_loop *loop, struct fdp_timer *t)
         char why[96];
 
         snprintf(why, sizeof(why), "generation %d was not ready within "
-                 "%d s", p->reload_gen, RELOAD_TIMEOUT_MS / 1000);
+                 "%g s (--start-timeout)", p->reload_gen, p->start_timeout);
         reload_abort(p, why);
     }
     if (p->crash_streak > 0 && !p->stopping) {
@@ -2536,21 +2665,25 @@ fdp_pool_start(struct fdp_pool *p)
         snprintf(p->scaled_why, sizeof(p->scaled_why), "started: %d",
                  p->min_workers);
     }
+    /* The tick first: a start that fails below stops the pool, whose
+     * end stops the tick and whose workers it kills past the grace. */
+    fdp_timer_init(&p->tick, tick, p);
+    (void) fdp_timer_start(&p->loop, &p->tick, FDP_TICK_MS);
     for (i = 0; i < p->nworkers; i++) {
         if (p->max_workers > 0 && i >= p->min_workers) {
             p->workers[i].off = 1;
             continue;
         }
-        if (spawn_worker(p, i) < 0) {
-            snprintf(p->error, sizeof(p->error), "cannot start worker %d",
-                     i + 1);
+        if ((r = spawn_worker(p, i)) < 0) {
+            snprintf(p->error, sizeof(p->error), "cannot start worker %d: "
+                     "%s%s", i + 1, strerror(-r), r == -EAGAIN
+                     ? " (too many processes for this user? RLIMIT_NPROC: "
+                     "ulimit -u, systemd LimitNPROC=)" : "");
             p->failed = 1;
             fdp_pool_stop(p, 0);
             return 0;
         }
     }
-    fdp_timer_init(&p->tick, tick, p);
-    (void) fdp_timer_start(&p->loop, &p->tick, FDP_TICK_MS);
     return 0;
 
 fail:
@@ -2856,6 +2989,7 @@ fdp_pool_status_info(struct fdp_pool *p, struct fdp_status_info *info,
     info->offers_back = p->offers_back;
     info->crash_streak = p->crash_streak;
     info->crash_why = p->crash_streak > 0 ? p->crash_why : NULL;
+    info->reload_refused = p->reload_refused[0] ? p->reload_refused : NULL;
     info->lat_counts = p->lat_counts;
     info->lat_sum = p->lat_sum;
     info->lat_count = p->lat_count;

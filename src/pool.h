@@ -33,6 +33,8 @@
 /* The value of the SIGUSR2 the master sends with sigqueue for --slow
  * (task.h's FDP_SIG_SLOW: the worker logs, the handler goes on). */
 #define FDP_SIG_SLOW_VALUE  1
+#define FDP_SIG_START_VALUE 2       /* past --start-timeout: raise where the
+                                     * top level or init runs */
 
 struct lua_State;
 struct fdp_pool;
@@ -111,6 +113,7 @@ struct fdp_worker {
     uint64_t spawn_at;              /* ms: respawn not before */
     uint64_t kill_at;               /* ms: SIGKILL after, 0 = no */
     uint64_t started_ms;
+    int poked;                      /* told it is past --start-timeout */
     uint64_t retire_after;          /* served count that retires it, 0 no */
     int retiring;                   /* moved out of the table, stopping */
     int pending;                    /* a reload's new generation, not
@@ -210,6 +213,8 @@ struct fdp_pool {
     int slow_fd;                    /* --slow-log file (O_APPEND), or -1 */
     double drain_delay;             /* graceful stop: report stopping
                                      * but serve for this long first */
+    double start_timeout;           /* s: a worker not READY by then is
+                                     * told (SIGUSR2), then stopped */
 
     struct lua_State *L;            /* the state that made the pool */
     pid_t owner;                    /* pid of the master */
@@ -314,6 +319,8 @@ struct fdp_pool {
     double started_at;
     int crash_streak;
     char crash_why[160];            /* the last crash, while streak > 0 */
+    char reload_refused[256];       /* why the last reload was refused,
+                                     * "" after one that served */
     uint64_t closed_by_peer;        /* died while the master held them */
 
     /* A reload in progress: its new generation starts in spare slots and

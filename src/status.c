@@ -384,6 +384,7 @@ status_tree(struct tree *t, const struct fdp_status_info *info,
     t_int(t, "generation", info->generation);
     t_int(t, "crash_streak", info->crash_streak);
     t_str(t, "crash", info->crash_why);
+    t_str(t, "reload_refused", info->reload_refused);
     t_int(t, "workers_min", info->workers_min);
     t_int(t, "workers_max", info->workers_max);
     t_u64(t, "spawned", info->spawned);
@@ -488,6 +489,10 @@ fdp_status_table(struct fdp_buf *b, const struct fdp_status_info *info,
     if (info->crash_why) {
         fdp_buf_printf(b, "crash streak %d: %s; restarting with back-off\n",
                        info->crash_streak, info->crash_why);
+    }
+    if (info->reload_refused) {
+        fdp_buf_printf(b, "last reload refused (%s)\n",
+                       info->reload_refused);
     }
     if (info->state && strcmp(info->state, "running") != 0) {
         fdp_buf_printf(b, "state %s\n", info->state);

@@ -81,6 +81,8 @@ struct fdp_status_info {
     uint64_t offers_back;           /* and taken back (requeued) */
     int crash_streak;               /* workers crashing in a row */
     const char *crash_why;          /* the last crash, or NULL */
+    const char *reload_refused;     /* the last reload's refusal, NULL
+                                     * when none or one served since */
     /* Dispatch latency (accept, or bytes on a parked connection, to the
      * hand-off), as a histogram over FDP_LAT_BUCKETS upper bounds. */
     const uint64_t *lat_counts;     /* per bucket, not cumulative */

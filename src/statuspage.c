@@ -163,6 +163,9 @@ render_pool(struct fdp_buf *b, const struct fdp_status_info *info)
         snprintf(v, sizeof(v), "%d", info->crash_streak);
     }
     item(b, "crash streak", v);
+    if (info->reload_refused) {
+        item(b, "last reload refused", info->reload_refused);
+    }
     snprintf(v, sizeof(v), "%d-%d%s%s", info->workers_min,
              info->workers_max, info->scaled ? ", last change: " : "",
              info->scaled ? info->scaled : "");

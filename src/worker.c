@@ -394,6 +394,7 @@ static const struct fdp_task_ops task_ops = { task_peer, task_done,
                                               NULL };
 
 static void close_idle(struct fdp_wctx *w);
+static void start_guard(lua_State *L, int on);
 
 
 /*
@@ -406,6 +407,9 @@ static void close_idle(struct fdp_wctx *w);
  */
 static struct fdp_wctx *volatile sig_worker;
 static volatile sig_atomic_t sig_reopen;
+/* The state running the top level and init (NULL once READY): the
+ * master's SIGUSR2 then means "past --start-timeout" (start_hook). */
+static lua_State *volatile sig_start_L;
 
 
 static void
@@ -414,6 +418,26 @@ cpu_hook(lua_State *L, lua_Debug *ar)
     (void) ar;
     lua_sethook(L, cpu_hook, LUA_MASKCOUNT, 1000);  /* again if caught */
     luaL_error(L, "handler timed out: held the CPU past --timeout");
+}
+
+
+/* Still starting past --start-timeout (an endless loop in the top
+ * level or init): raise where it runs, so that the FAIL the master
+ * gets names the file and line. */
+static void
+start_hook(lua_State *L, lua_Debug *ar)
+{
+    char s[32];
+
+    (void) ar;
+    lua_sethook(L, start_hook, LUA_MASKCOUNT, 1000);    /* if caught */
+    snprintf(s, sizeof(s), "%g", sig_worker != NULL
+             ? sig_worker->pool->start_timeout : 0.0);
+    luaL_where(L, 0);           /* in a hook, level 0 is where it runs */
+    lua_pushfstring(L, "still starting after --start-timeout %s s (an "
+                    "endless loop in the top level or init?)", s);
+    lua_concat(L, 2);
+    lua_error(L);
 }
 
 
@@ -433,6 +457,14 @@ on_sigusr2(int sig, siginfo_t *si, void *uc)
         && si->si_value.sival_int == FDP_SIG_SLOW_VALUE) {
         /* --slow (sigqueue): log where it runs, do not stop it. */
         fdp_sched_slow_signal(&w->sched);
+        return;
+    }
+    if (si->si_code == SI_QUEUE
+        && si->si_value.sival_int == FDP_SIG_START_VALUE) {
+        /* past --start-timeout; late (READY already sent): nothing */
+        if (sig_start_L != NULL) {
+            lua_sethook(sig_start_L, start_hook, LUA_MASKCOUNT, 1);
+        }
         return;
     }
     if (si->si_code != SI_USER) {
@@ -1009,6 +1041,12 @@ fail(struct fdp_wctx *w, const char *msg)
     const char *nl = strchr(msg, '\n');
     size_t n = nl ? (size_t) (nl - msg) : strlen(msg);
 
+    /* "app.lua:1: module 'x' not found:" and its list below: the first
+     * line goes to the master, without the colon that led to the list */
+    if (nl != NULL && n > 1 && msg[n - 1] == ':') {
+        n--;
+    }
+
     if (nl != NULL && w->L != NULL) {
         fdp_push_oneline(w->L, msg);
         fdp_log(FDP_LOG_ERROR, 0, "cannot start: %s", lua_tostring(w->L, -1));
@@ -1429,6 +1467,32 @@ worker_signals(struct fdp_wctx *w)
 
 
 /*
+ * A memory error says only "not enough memory": the error on top of the
+ * stack becomes "app.lua: not enough memory in its top level (--max-memory
+ * 64 MB)", so that the start's or the reload's refusal names the file.
+ */
+static void
+start_oom_where(struct fdp_wctx *w, const char *where)
+{
+    lua_State *L = w->L;
+    const char *e = lua_tostring(L, -1);
+    const char *oom = "not enough memory";
+
+    if (e == NULL || strncmp(e, oom, strlen(oom)) != 0) {
+        return;
+    }
+    lua_pushfstring(L, "%s: not enough memory in %s", w->pool->script
+                    ? w->pool->script : "the handler", where);
+    if (w->pool->max_memory > 0) {
+        lua_pushfstring(L, " (--max-memory %d MB)", (int)
+                        (w->pool->max_memory / (1024 * 1024)));
+        lua_concat(L, 2);
+    }
+    lua_replace(L, -2);
+}
+
+
+/*
  * The Lua side of a new worker: a fresh state running the script (or
  * the forked copy of the caller's state for a function handler), the
  * fdpool.worker table, the coroutine wrappers, the handler table's
@@ -1454,10 +1518,13 @@ open_handler(struct fdp_wctx *w)
         luaL_openlibs(L);
         module_set_worker(L, w);
         fdp_sched_install_wrappers(L);
+        start_guard(L, 1);
+        sig_start_L = L;
         w->sched.mem_limited = w->sched.limit_mem;
         r = load_script(L, p);
         w->sched.mem_limited = 0;
         if (r < 0) {
+            start_oom_where(w, "its top level");
             fail(w, lua_tostring(L, -1));
         }
     } else {
@@ -1468,6 +1535,8 @@ open_handler(struct fdp_wctx *w)
         module_set_worker(L, w);
         fdp_sched_install_wrappers(L);
         lua_rawgeti(L, LUA_REGISTRYINDEX, p->handler_ref);
+        start_guard(L, 1);
+        sig_start_L = L;
     }
 
     /* The collector: generational (minor collections at +50 %, Lua's
@@ -1507,6 +1576,7 @@ open_handler(struct fdp_wctx *w)
             r = lua_pcall(L, 1, 0, -3);
             w->sched.mem_limited = 0;
             if (r != LUA_OK) {
+                start_oom_where(w, "init");
                 lua_pushfstring(L, "init failed: %s", lua_tostring(L, -1));
                 fail(w, lua_tostring(L, -1));
             }
@@ -1517,6 +1587,11 @@ open_handler(struct fdp_wctx *w)
         lua_getfield(L, -1, "handle");
         lua_remove(L, -2);
     }
+    sig_start_L = NULL;
+    if (lua_gethook(L) == start_hook) {
+        lua_sethook(L, NULL, 0, 0); /* a late SIGUSR2's */
+    }
+    start_guard(L, 0);
     if (!lua_isfunction(L, -1)) {
         lua_pushfstring(L, "%s must return a function(conn) or a table "
                         "{handle = function(conn) ... end} (got %s)",
@@ -1525,6 +1600,48 @@ open_handler(struct fdp_wctx *w)
         fail(w, lua_tostring(L, -1));
     }
     return L;
+}
+
+
+/* os.exit while the worker starts: raise instead, so that the master
+ * hears why (FAIL, with the file and line) rather than of an exit code
+ * from a worker that never said what went wrong. */
+static int
+start_exit(lua_State *L)
+{
+    return luaL_error(L, "os.exit() called while the worker starts (its "
+                      "top level or init): raise an error to refuse to "
+                      "start");
+}
+
+
+/* Swap os.exit for start_exit (on = 1), or put the saved one back if
+ * start_exit is still there (on = 0). */
+static void
+start_guard(lua_State *L, int on)
+{
+    static const char key = 'x';
+
+    if (lua_getglobal(L, "os") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (on) {
+        lua_getfield(L, -1, "exit");
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &key);
+        lua_pushcfunction(L, start_exit);
+        lua_setfield(L, -2, "exit");
+    } else {
+        lua_getfield(L, -1, "exit");
+        if (lua_tocfunction(L, -1) == start_exit) {
+            lua_rawgetp(L, LUA_REGISTRYINDEX, &key);
+            lua_setfield(L, -3, "exit");
+        }
+        lua_pop(L, 1);
+        lua_pushnil(L);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &key);
+    }
+    lua_pop(L, 1);
 }
 
 

@@ -104,6 +104,13 @@ Options for run:
                        stopping (/healthz 503) but accept and serve for S
                        seconds first, so a balancer's health check sees
                        it go (default 0.5; 0 = none)
+  --start-timeout S    a worker whose top level and init have not finished
+                       in S seconds is interrupted (a Lua loop: the error
+                       names its file and line) and stopped: the start
+                       fails (exit 1), a reload is refused (default and
+                       most 60; pool check stops its run of the top level
+                       then too). os.exit() in the top level or init
+                       raises an error instead of exiting
   --shared NAME:SIZE   a dictionary shared by all workers, as
                        fdpool.shared.NAME (SIZE 64k to 1g: 512k, 10m);
                        repeatable; kept across reloads and restarts
@@ -198,7 +205,7 @@ local RUN_FLAGS = {
   ["--slow"] = "value", ["--slow-log"] = "value", ["--drain-delay"] = "value",
   ["--cpu-affinity"] = "value", ["--sched"] = "value",
   ["--worker-idle-timeout"] = "value",
-  ["--shared"] = "list",
+  ["--shared"] = "list", ["--start-timeout"] = "value",
 }
 
 -- io.open's "PATH: reason" -> "reason".
@@ -206,7 +213,19 @@ local function open_why(err)
   return tostring(err):match(": ([^:]+)$") or tostring(err)
 end
 
+-- A script, config or policy file must be a regular file: a FIFO would
+-- block the read, /dev/zero never end. nil, message when it is not (a
+-- path that does not exist is left to the open, which says so).
+local function not_regular(path, what)
+  local kind = fdpool._filekind(path)
+  if kind and kind ~= "file" then
+    return ("cannot read %s '%s' (it is a %s, not a regular file)"):format(what, path, kind)
+  end
+end
+
 local function check_script(script)
+  local nr = not_regular(script, "script")
+  if nr then return nil, nr end
   local f, err = loadfile(script, "t")
   if not f then return nil, err end
   return true
@@ -223,6 +242,7 @@ local CONFIG_KEYS = {
   metrics = "string", accept_filter = "string", max_pending = "number",
   max_conns_per_ip = "number", tls_cert = "any", tls_key = "any",
   slow = "number", slow_log = "string", drain_delay = "number",
+  start_timeout = "number",
   shared = "table",
   cpu_affinity = "string", sched = "string",
 }
@@ -264,6 +284,8 @@ local config_os = setmetatable({
 }, { __index = os })
 
 local function load_config(path)
+  local nr = not_regular(path, "config file")
+  if nr then return nil, nr end
   local env = setmetatable({ os = config_os }, { __index = _G })
   local chunk, err = loadfile(path, "t", env)
   if not chunk then return nil, err end
@@ -289,6 +311,11 @@ local function load_config(path)
     end
     if want ~= "any" and type(v) ~= want then
       return nil, ("%s: setting '%s' must be a %s (got %s)"):format(path, k, want, type(v))
+    end
+  end
+  for i, a in ipairs(type(t.args) == "table" and t.args or {}) do
+    if type(a) ~= "string" and type(a) ~= "number" then
+      return nil, ("%s: setting 'args' must be a list of strings (item %d is a %s)"):format(path, i, type(a))
     end
   end
   local l = t.listen
@@ -332,7 +359,8 @@ local function num_setting(name, v, lo, hi, integer)
       return nil, ("%s must be a number of seconds up to %g (got '%s')"):format(name, hi, tostring(v))
     end
     return nil, ("%s must be a number of seconds%s (got '%s')"):format(name,
-      lo > 0 and " above 0" or hi < SEC_MAX and (" from 0 to %g"):format(hi) or "", tostring(v))
+      hi < 1e6 and (" from %g to %g"):format(lo, hi) or lo > 0 and " above 0" or "",
+      tostring(v))
   end
   return integer and math.tointeger(n) or n
 end
@@ -361,6 +389,7 @@ local function build_config(opts, pos, cmd)
     { "--max-pending", "max_pending", 1, 1048576, true },
     { "--max-conns-per-ip", "max_conns_per_ip", 1, 2^31 - 1, true },
     { "--slow", "slow", 0.001 }, { "--drain-delay", "drain_delay", 0, 3600 },
+    { "--start-timeout", "start_timeout", 0.1, 60 },
   }
   for _, f in ipairs(flagmap) do
     local flag, key, lo, hi, int = f[1], f[2], f[3], f[4], f[5]
@@ -417,6 +446,10 @@ local function build_config(opts, pos, cmd)
     return nil, 2, ("--log-level must be error, warn, info or debug (got '%s')"):format(cfg.log_level)
   end
   if cfg.policy then
+    if not ({ first_free = 1, round_robin = 1, least_conn = 1, ip_hash = 1 })[cfg.policy] then
+      local nr = not_regular(cfg.policy, "policy file")
+      if nr then return nil, 2, nr end
+    end
     local pok, perr = fdpool.check_policy(cfg.policy)
     if not pok then return nil, 2, perr end
   end
@@ -434,6 +467,9 @@ local function build_config(opts, pos, cmd)
   end
   -- No address at all: 127.0.0.1:8080, unless systemd passed sockets.
   cfg.listen = opts["--listen"] or cfg.listen
+  if opts["--no-control"] and opts["--control"] then
+    return nil, 2, ("--no-control and --control %s contradict each other: give one"):format(opts["--control"])
+  end
   if opts["--no-control"] then
     cfg.control = nil
   elseif opts["--control"] then
@@ -497,6 +533,8 @@ local function cmd_run(args)
   end
   local script = cfg.handler
   if type(script) == "string" then
+    local nr = not_regular(script, "script")
+    if nr then return die(2, "%s", nr) end
     local f, ferr = io.open(script, "r")
     if not f then return die(2, "cannot open script '%s' (%s)", script, open_why(ferr)) end
     f:close()
@@ -519,7 +557,8 @@ local function cmd_run(args)
 end
 
 local function cmd_check(args)
-  local opts, pos = parse(args, 2, { ["--policy"] = "value", ["--config"] = "value" }, "check")
+  local opts, pos = parse(args, 2, { ["--policy"] = "value", ["--config"] = "value",
+    ["--start-timeout"] = "value" }, "check")
   if not opts then return die(2, "%s", pos) end
   local cfg, code, err = build_config(opts, pos, "check")
   if not cfg then return die(code, "%s", err) end
@@ -531,6 +570,8 @@ local function cmd_check(args)
     end
     return die(2, "'pool check' needs a SCRIPT or --config FILE")
   end
+  local nr = not_regular(script, "script")
+  if nr then return die(2, "%s", nr) end
   local f, ferr = io.open(script, "r")
   if not f then return die(2, "cannot open script '%s' (%s)", script, open_why(ferr)) end
   f:close()
@@ -547,7 +588,22 @@ local function cmd_check(args)
   local inert = setmetatable({}, { __index = function() return function() return true end end })
   fdpool.timer = { at = function() return inert end, every = function() return inert end }
   fdpool.spawn = function() return inert end
+  -- As in a worker: os.exit raises, and a top level still running past
+  -- --start-timeout (default 60 s) is stopped where it is.
+  local exit = os.exit
+  os.exit = function()
+    error("os.exit() called while the worker starts (its top level or init): raise an error to refuse to start", 2)
+  end
+  local limit, t0 = cfg.start_timeout or 60, fdpool.now()
+  debug.sethook(function()
+    if fdpool.now() - t0 > limit then
+      debug.sethook()
+      error(("still starting after --start-timeout %g s (an endless loop in the top level or init?)"):format(limit), 2)
+    end
+  end, "", 100000)
   local ok, h = pcall(chunk, table.unpack(cfg.args))
+  debug.sethook()
+  if os.exit ~= exit then os.exit = exit end
   if not ok then return die(1, "%s", tostring(h)) end
   local handle = type(h) == "table" and h.handle or h
   if type(handle) ~= "function" then
