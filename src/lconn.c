@@ -355,10 +355,14 @@ fdp_conn_busy(lua_State *L, struct fdp_conn *c, int write)
 ssize_t
 fdp_conn_fill(struct fdp_conn *c, size_t want)
 {
+    size_t held = c->rend - c->rstart;
     ssize_t n;
 
-    if (want > RBUF_STEP && want / 2 > c->rcap) {
-        want = c->rcap * 2 > RBUF_STEP ? c->rcap * 2 : RBUF_STEP;
+    /* Past RBUF_STEP, at most twice the bytes held: the capacity, which
+     * a read that timed out leaves as it was, is no measure of them
+     * (with it, each receive(2^40) that timed out doubled the buffer). */
+    if (want > RBUF_STEP && want / 2 > held) {
+        want = held * 2 > RBUF_STEP ? held * 2 : RBUF_STEP;
     }
     if (c->rstart == c->rend) {
         c->rstart = c->rend = 0;

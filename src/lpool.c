@@ -69,6 +69,19 @@ checkpool(lua_State *L)
 }
 
 
+/* A method that would free, step or re-enter the policy, called from
+ * inside that policy's pick() (a function policy holding its pool or
+ * simulator): an error, not a use after free (p:close() in the policy
+ * freed it under the pick; p:run() in it nested the event loop). */
+static void
+not_in_policy(lua_State *L, const struct fdp_pool *p, const char *what)
+{
+    if (fdp_policy_running(p)) {
+        luaL_error(L, "%s: not from inside the pool's own policy", what);
+    }
+}
+
+
 static int
 opt_int(lua_State *L, const char *key, int def, int lo, int hi)
 {
@@ -1229,6 +1242,7 @@ pool_start(lua_State *L)
 
     int r;
 
+    not_in_policy(L, p, "pool:start");
     anchor(L, p, 1);
     r = fdp_pool_start(p);
     if (r < 0) {
@@ -1249,6 +1263,7 @@ pool_step(lua_State *L)
     lua_Number s = luaL_optnumber(L, 2, -1);
     int r;
 
+    not_in_policy(L, p, "pool:step");
     /* (NaN or past INT_MAX ms was an undefined conversion) */
     luaL_argcheck(L, s == s, 2, "seconds must not be NaN");
     r = fdp_pool_step(p, s < 0 ? -1 : s >= INT_MAX / 1000 ? INT_MAX
@@ -1275,6 +1290,7 @@ pool_run(lua_State *L)
     struct fdp_pool *p = checkpool(L);
     int r;
 
+    not_in_policy(L, p, "pool:run");
     anchor(L, p, 1);
     if (!p->started && (r = fdp_pool_start(p)) < 0) {
         anchor(L, p, 0);
@@ -1312,7 +1328,10 @@ static int
 pool_reload(lua_State *L)
 {
     struct fdp_pool *p = checkpool(L);
-    int r = fdp_pool_reload(p);
+    int r;
+
+    not_in_policy(L, p, "pool:reload");
+    r = fdp_pool_reload(p);
 
     if (r < 0) {
         return fdp_pushfailmsg(L, p->error, r);
@@ -1332,6 +1351,7 @@ pool_scale(lua_State *L)
 
     luaL_argcheck(L, n >= 1 && n <= FDP_MAX_WORKERS, 2, "workers must be "
                   "1 to 256");
+    not_in_policy(L, p, "pool:scale");
     r = fdp_pool_scale(p, (int) n);
     if (r < 0) {
         lua_pushfstring(L, "cannot scale now: %s", p->error);
@@ -1500,6 +1520,7 @@ pool_gc(lua_State *L)
     if (p == NULL) {
         return 0;
     }
+    not_in_policy(L, p, "pool:close");
     p->L = L;
     if (getpid() == p->owner && p->running) {
         fdp_pool_stop(p, 0);
@@ -1636,6 +1657,7 @@ sim_choose(lua_State *L)
     char err[256];
     int fallback, idx;
 
+    not_in_policy(L, p, "sim:choose");
     memset(&c, 0, sizeof(c));
     c.fd = -1;
     c.cpu = (int) luaL_optinteger(L, 3, -1);
@@ -1741,6 +1763,7 @@ sim_gc(lua_State *L)
     struct lpool *lp = luaL_checkudata(L, 1, SIM_MT);
 
     if (lp->p) {
+        not_in_policy(L, lp->p, "sim:close");
         if (lp->p->policy_ref != LUA_NOREF) {
             luaL_unref(L, LUA_REGISTRYINDEX, lp->p->policy_ref);
         }

@@ -643,6 +643,16 @@ fdp_policy_close(struct fdp_pool *p)
 }
 
 
+/* 1 while the policy's Lua pick() runs (its views read the connection
+ * being placed): the Lua-facing pool and simulator methods that could
+ * free or re-enter the policy refuse then. */
+int
+fdp_policy_running(const struct fdp_pool *p)
+{
+    return p->policy != NULL && p->policy->cur != NULL;
+}
+
+
 /* 1 when the policy lets any worker with room take any connection (the
  * built-in first_free, round_robin, least_conn): strict prefork's
  * prefetch may then offer a connection to a busy worker. */

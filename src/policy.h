@@ -16,6 +16,7 @@ void fdp_policy_close(struct fdp_pool *p);
 void fdp_policy_flush_log(struct fdp_pool *p);
 const char *fdp_policy_name(struct fdp_pool *p);
 int fdp_policy_any_worker(struct fdp_pool *p);
+int fdp_policy_running(const struct fdp_pool *p);
 int fdp_script_check(struct fdp_pool *p, const char *src, size_t len,
                      char *err, size_t errlen);
 int fdp_script_load(struct lua_State *L, const char *path, const char *src,

@@ -100,6 +100,27 @@ describe("websocket handshake (in memory)", function()
     end
   end)
 
+  it("checks the numeric options and protocols before the 101 (a bad timeout raised after it)", function()
+    local http = require "fdpool.http"
+    for _, case in ipairs {
+      { "timeout", "abc" }, { "timeout", true }, { "timeout", 0 / 0 }, { "timeout", -1 },
+      { "timeout", {} }, { "max_payload", "1" }, { "close_timeout", -1 / 0 },
+      { "frame_timeout", false }, { "frame_min_rate", 0 / 0 }, { "protocols", "chat" },
+      { "protocols", { "chat", 5 } },
+    } do
+      local err, started
+      local h = http.serve(function(req, res)
+        local ok, e = pcall(http.websocket, req, res, { [case[1]] = case[2] })
+        err, started = not ok and e, res.started
+        return 500, {}, "x"
+      end)
+      local r = assert(testing.websocket(h, "/", {}))
+      assert.matches("websocket option '" .. case[1] .. "' must be", tostring(err))
+      assert.is_falsy(started, case[1])
+      assert.equal(500, r.status)
+    end
+  end)
+
   it("answers another version with 426 and Sec-WebSocket-Version: 13", function()
     local r = assert(testing.websocket(app, "/echo", { version = "8" }))
     assert.equal(426, r.status)

@@ -472,12 +472,17 @@ function M.upgrade(req, res, options)
     if M.defaults[k] == nil and k ~= "timeout" and k ~= "protocols" and k ~= "origins" then
       error("unknown websocket option '" .. tostring(k) .. "'", 2)
     end
-    if k == "origins" and v ~= nil then
+    if (k == "origins" or k == "protocols") and v ~= nil then
       local ok = type(v) == "table"
       for _, o in ipairs(ok and v or {}) do ok = ok and type(o) == "string" end
       if not ok then
-        error("websocket option 'origins' must be a list of strings, got " .. type(v), 2)
+        error("websocket option '" .. k .. "' must be a list of strings, got " .. type(v), 2)
       end
+    elseif k ~= "origins" and k ~= "protocols" and (math.type(v) == nil or v ~= v or v < 0) then
+      -- (checked here, before the 101: conn:settimeout(opts.timeout)
+      -- raised after the handshake was sent)
+      error("websocket option '" .. tostring(k) .. "' must be a number >= 0, got "
+        .. (type(v) == "number" and tostring(v) or type(v)), 2)
     end
     opts[k] = v
   end
