@@ -2,43 +2,11 @@
 local fdpool = require "fdpool"
 local http = require "fdpool.http"
 local MYADDR -- set from the first line
-local evil_mt = { __index = function() error("idx") end, __tostring = function() error("ts") end,
-  __len = function() error("len") end, __eq = function() error("eq") end,
-  __call = function() error("call") end, __name = "evil", __close = function() error("cl") end,
-  __lt = function() error("lt") end, __concat = function() error("cc") end }
-local evil = setmetatable({}, evil_mt)
-local yielder = setmetatable({}, { __tostring = function() fdpool.sleep(0.001); return "5" end,
-  __index = function() fdpool.sleep(0.001); return 1 end, __len = function() fdpool.sleep(0) return 3 end })
-local BAD = { nil, true, false, 0, -1, 1, 2^31, 2^32+1, 2^53, math.maxinteger, math.mininteger,
-  0/0, 1/0, -1/0, -0.0, 1.5, -1e300, 2^63, "", "\0", "a\0b", ("x"):rep(70000), "-1", "1e400",
-  "0x7fffffffffffffff", {}, { 1, 2 }, evil, yielder, function() end, coroutine.create(print), io.stdout,
-  "a", "l", "*a", "*l", "L", 7, "r", "w", "rw", "binary", "text", "127.0.0.1", 10 }
-local NB = #BAD + 0
-for i = 1, 60 do if BAD[i] == nil and i > 1 and i <= NB then end end
-NB = 45
-local SMALL = { nil, -1, 0, 0/0, 1/0, math.mininteger, math.maxinteger, "", "\0", {}, evil, yielder, function() end }
-local NS = 13
-local count, errs = 0, 0
-local function call(fn, ...)
-  count = count + 1
-  local ok, e = pcall(fn, ...)
-  if not ok then errs = errs + 1 end
-  return ok, e
-end
--- fuzz one method: obj:name(bad...)  `reset` runs before each call
-local function fuzz(obj, fn, reset, deep)
-  reset = reset or function() end
-  reset(); call(fn, obj)
-  for i = 1, NB do
-    reset(); call(fn, obj, BAD[i])
-    for j = 1, (deep and NB or NS) do
-      reset(); call(fn, obj, BAD[i], deep and BAD[j] or SMALL[j])
-      if deep then for k = 1, NS, 2 do reset(); call(fn, obj, BAD[i], BAD[j], SMALL[k]) end end
-    end
-  end
-  -- wrong self
-  for i = 1, NB do call(fn, BAD[i]); call(fn, BAD[i], 1, 2) end
-end
+local C = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "common.lua")
+local evil, yielder, call = C.evil, C.yielder, C.call
+local BAD, NB = C.bad("a", "l", "*a", "*l", "L", 7, "r", "w", "rw", "binary", "text", "127.0.0.1", 10)
+local SMALL, NS = C.small()
+local fuzz = C.fuzzer(BAD, NB, SMALL, NS)
 local function methods(obj)
   local mt = getmetatable(obj)
   local idx = type(mt) == "table" and mt.__index
@@ -207,7 +175,7 @@ G.lmods = function(conn)
   -- json encode odd values
   local J = mods.json
   local cyc = {}; cyc.a = cyc
-  for _, v in ipairs { cyc, { [1.5] = 1 }, { [0/0 ~= 0/0 and 1 or 2] = 0/0 }, { 1/0 }, setmetatable({}, evil_mt), { a = print }, ("\xff"):rep(10) } do call(J.encode, v) end
+  for _, v in ipairs { cyc, { [1.5] = 1 }, { [0/0 ~= 0/0 and 1 or 2] = 0/0 }, { 1/0 }, setmetatable({}, getmetatable(evil)), { a = print }, ("\xff"):rep(10) } do call(J.encode, v) end
   local deep = {}; local cur = deep; for i = 1, 100000 do cur[1] = {}; cur = cur[1] end
   call(J.encode, deep)
   call(J.decode, ("["):rep(200000)); call(J.decode, ("{\"a\":"):rep(100000))
@@ -240,10 +208,10 @@ return function(conn)
   if group == "idle" then return G.idle(conn) end
   local fn = G[group]
   if not fn then conn:send("nogroup\n") return end
-  count, errs = 0, 0
+  C.count, C.errs = 0, 0
   local t0 = fdpool.now()
   local ok, e = pcall(fn, conn, rest ~= "" and rest or nil)
   pcall(conn.settimeout, conn, 5)
-  io.stderr:write(("RESULT done %s %s calls=%d errs=%d t=%.2f %s\n"):format(group, tostring(ok), count, errs, fdpool.now() - t0, ok and "" or tostring(e)))
-  pcall(conn.send, conn, ("done %s %s calls=%d errs=%d t=%.2f %s\n"):format(group, tostring(ok), count, errs, fdpool.now() - t0, ok and "" or tostring(e)))
+  io.stderr:write(("RESULT done %s %s calls=%d errs=%d t=%.2f %s\n"):format(group, tostring(ok), C.count, C.errs, fdpool.now() - t0, ok and "" or tostring(e)))
+  pcall(conn.send, conn, ("done %s %s calls=%d errs=%d t=%.2f %s\n"):format(group, tostring(ok), C.count, C.errs, fdpool.now() - t0, ok and "" or tostring(e)))
 end

@@ -1,40 +1,12 @@
 -- scripts/apifuzz/worker_http.lua: the worker side of scripts/apifuzz/run (http.serve); the path /GROUP[/ARG] picks the case; results go to stderr as "RESULT done ..."
 local fdpool = require "fdpool"
 local http = require "fdpool.http"
-local evil_mt = { __index = function() error("idx") end, __tostring = function() error("ts") end,
-  __len = function() error("len") end, __eq = function() error("eq") end,
-  __call = function() error("call") end, __name = "evil", __close = function() error("cl") end,
-  __lt = function() error("lt") end, __concat = function() error("cc") end, __pairs = function() error("pairs") end }
-local evil = setmetatable({}, evil_mt)
-local yielder = setmetatable({}, { __tostring = function() fdpool.sleep(0.001); return "5" end,
-  __index = function() fdpool.sleep(0.001); return 1 end, __len = function() fdpool.sleep(0) return 3 end,
-  __pairs = function() fdpool.sleep(0) return next, {} end })
-local BAD = { nil, true, false, 0, -1, 1, 2^31, 2^32+1, 2^53, math.maxinteger, math.mininteger,
-  0/0, 1/0, -1/0, -0.0, 1.5, -1e300, 2^63, "", "\0", "a\0b", ("x"):rep(70000), "-1", "1e400",
-  "0x7fffffffffffffff", {}, { 1, 2 }, evil, yielder, function() end, coroutine.create(print), io.stdout,
-  "a\r\nb: c", "Content-Length", "Transfer-Encoding", "chunked", 200, 101, 304, 999, "Connection", "close", "/etc/passwd", "x-y", 10 }
-local NB = 45
-local SMALL = { nil, -1, 0, 0/0, 1/0, math.mininteger, math.maxinteger, "", "\0", {}, evil, yielder, function() end, "a\r\nb", 200, "x" }
-local NS = 16
-local count, errs = 0, 0
-local function call(fn, ...)
-  count = count + 1
-  local ok, e = pcall(fn, ...)
-  if not ok then errs = errs + 1 end
-  return ok, e
-end
-local function fuzz(obj, fn, reset, deep)
-  reset = reset or function() end
-  reset(); call(fn, obj)
-  for i = 1, NB do
-    reset(); call(fn, obj, BAD[i])
-    for j = 1, (deep and NB or NS) do
-      reset(); call(fn, obj, BAD[i], deep and BAD[j] or SMALL[j])
-      if deep then for k = 1, NS, 2 do reset(); call(fn, obj, BAD[i], BAD[j], SMALL[k]) end end
-    end
-  end
-  for i = 1, NB do call(fn, BAD[i]); call(fn, BAD[i], 1, 2) end
-end
+local C = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "common.lua")
+local call = C.call
+local BAD, NB = C.bad("a\r\nb: c", "Content-Length", "Transfer-Encoding", "chunked", 200, 101, 304, 999,
+  "Connection", "close", "/etc/passwd", "x-y", 10)
+local SMALL, NS = C.small("a\r\nb", 200, "x")
+local fuzz = C.fuzzer(BAD, NB, SMALL, NS)
 local function methods(obj)
   local t, seen = {}, {}
   local function add(tab) if type(tab) == "table" then for k, v in pairs(tab) do if type(v) == "function" and not seen[k] then seen[k] = true; t[#t+1] = k end end end end
@@ -120,9 +92,9 @@ end
 return http.serve(function(req, res)
   local group, arg = req.path:match("^/(%w+)/?(.*)$")
   arg = http.urldecode(arg or "")
-  count, errs = 0, 0
+  C.count, C.errs = 0, 0
   local t0 = fdpool.now()
   local ok, e = pcall(G[group] or error, req, res, arg ~= "" and arg or nil)
-  io.stderr:write(("RESULT done %s %s %s calls=%d errs=%d t=%.2f %s\n"):format(group, arg, tostring(ok), count, errs, fdpool.now() - t0, ok and "" or tostring(e)))
+  io.stderr:write(("RESULT done %s %s %s calls=%d errs=%d t=%.2f %s\n"):format(group, arg, tostring(ok), C.count, C.errs, fdpool.now() - t0, ok and "" or tostring(e)))
   pcall(res.send, res, "done")
 end)
