@@ -323,6 +323,7 @@ luaopen_fdpool(lua_State *L)
         { "log_format", l_log_format },
         { "_httpres", fdp_lhttp_res },
         { "_httpreply", fdp_lhttp_reply },
+        { "_httptoken", fdp_lhttp_token },
         { "_httpreq", fdp_lhttp_req },
         { NULL, NULL }
     };

@@ -2440,6 +2440,22 @@ has_token_ci(const char *v, size_t n, const char *w)
 }
 
 
+/* fdpool._httptoken(v, token): whether the comma-separated list v (a
+ * header value, OWS around each element: RFC 9110 5.6.1) holds token,
+ * compared without case; false for nil. The one test of http.lua,
+ * http/client.lua and http/websocket.lua. */
+int
+fdp_lhttp_token(lua_State *L)
+{
+    size_t n;
+    const char *v = lua_isnoneornil(L, 1) ? NULL : luaL_checklstring(L, 1, &n);
+    const char *w = luaL_checkstring(L, 2);
+
+    lua_pushboolean(L, v != NULL && has_token_ci(v, n, w));
+    return 1;
+}
+
+
 /*
  * http.lua's prepare, in C (the same rules, the same answers): the
  * request's framing (RFC 9112 6: anything ambiguous is refused), Host,

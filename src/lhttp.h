@@ -27,6 +27,7 @@ int fdp_lhttp_res(lua_State *L);
  * status, headers, body sent through res) in C for the usual values,
  * the Lua reply for the rest. */
 int fdp_lhttp_reply(lua_State *L);
+int fdp_lhttp_token(lua_State *L);
 
 /* fdpool._httpreq(Req, header_mt [, opts]) -> an __index and a __pairs
  * for fdpool.http's requests: req.version, headers, target, path, query

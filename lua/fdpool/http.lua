@@ -661,13 +661,8 @@ local function valid_host(v)
 end
 
 -- Whether the list v (comma-separated, OWS around each element, RFC
--- 9110 5.6.1) has the token tok (lower case), compared without case.
-local function has_token(v, tok)
-  for e in v:gmatch("[^,]+") do
-    if e:match("^[ \t]*(.-)[ \t]*$"):lower() == tok then return true end
-  end
-  return false
-end
+-- 9110 5.6.1) has the token tok, compared without case (in C).
+local has_token = fdpool._httptoken
 
 local function prepare(req, conn, opts)
   local h = req.headers

@@ -222,13 +222,8 @@ local function framing(method, res)
 end
 
 -- Whether the list v (comma-separated, OWS around each element) has the
--- token tok (lower case), compared without case.
-local function has_token(v, tok)
-  for e in v:gmatch("[^,]+") do
-    if e:match("^[ \t]*(.-)[ \t]*$"):lower() == tok then return true end
-  end
-  return false
-end
+-- token tok, compared without case (src/lhttp.c, as fdpool.http's).
+local has_token = fdpool._httptoken
 
 local function keepalive_ok(res)
   local c = res.headers.connection

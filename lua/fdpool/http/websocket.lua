@@ -45,13 +45,8 @@ end
 M.frame = frame
 
 -- Does a comma-separated header value hold this token (any case)?
-local function has_token(v, token)
-  if not v then return false end
-  for t in v:gmatch("[^,]+") do
-    if t:match("^[ \t]*(.-)[ \t]*$"):lower() == token then return true end
-  end
-  return false
-end
+-- (nil: no; src/lhttp.c, as fdpool.http's)
+local has_token = fdpool._httptoken
 
 -- Open WebSockets of this worker (weak), closed with 1001 on a stop.
 local open = setmetatable({}, { __mode = "k" })
